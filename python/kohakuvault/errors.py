@@ -1,0 +1,116 @@
+"""Exception hierarchy of kohakuvault and the native-error mapping.
+
+The native module ``kohakuvault._kvault`` raises builtin exceptions
+(``RuntimeError``, ``ValueError``, ``TypeError``, ``OSError``); the Python
+proxies translate them with :func:`map_exception` into the hierarchy below.
+None of these classes subclasses ``KeyError``, ``ValueError``, ``TypeError``
+or ``OSError``: code that wants the builtin kinds gets them only where the
+API documents a builtin (``kv[k]`` raising ``KeyError`` and so on).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KohakuVaultError",
+    "NotFound",
+    "DatabaseBusy",
+    "InvalidArgument",
+    "IoError",
+    "map_exception",
+]
+
+
+class KohakuVaultError(Exception):
+    """Base class of every error kohakuvault raises on its own account."""
+
+
+class NotFound(KohakuVaultError):
+    """A key (or a column name) does not exist.
+
+    Args:
+        key: the missing key as ``bytes`` or ``str``; kept on ``.key``.
+
+    The message is ``"Key not found: {key!r}"``.
+    """
+
+    def __init__(self, key):
+        self.key = key
+        super().__init__(f"Key not found: {key!r}")
+
+
+class DatabaseBusy(KohakuVaultError):
+    """SQLite stayed busy/locked after its busy timeout (and after the
+    proxy's retries, for KVault).
+
+    Args:
+        message: the error text; default ``"database is busy/locked"``.
+    """
+
+    def __init__(self, message: str = "database is busy/locked"):
+        super().__init__(message)
+
+
+class InvalidArgument(KohakuVaultError):
+    """An argument has the wrong type or value (mapped from the native
+    layer's ``TypeError``/``ValueError``)."""
+
+
+class IoError(KohakuVaultError):
+    """An operating-system error happened during I/O.
+
+    Args:
+        message: what was being done.
+        cause: the underlying exception, or ``None``. When given, the
+            message becomes ``"{message}: {cause}"`` and ``__cause__`` is set
+            to ``cause``.
+    """
+
+    def __init__(self, message: str, cause: BaseException | None = None):
+        if cause is not None:
+            super().__init__(f"{message}: {cause}")
+            self.__cause__ = cause
+        else:
+            super().__init__(message)
+        self.cause = cause
+
+
+def map_exception(exc: BaseException, *, key=None) -> KohakuVaultError:
+    """Translate an exception raised by the native layer into the
+    kohakuvault hierarchy.
+
+    Rules, the first that matches wins:
+
+    1. already a :class:`KohakuVaultError` → returned unchanged;
+    2. ``RuntimeError`` whose lower-cased text contains ``"key not found"``
+       or ``"query returned no rows"`` → ``NotFound(key)`` (``key`` if given,
+       else ``b"<unknown>"``);
+    3. ``RuntimeError`` whose lower-cased text contains ``"busy"`` or
+       ``"locked"`` → ``DatabaseBusy(text)``;
+    4. any other ``RuntimeError`` → ``KohakuVaultError(text)``;
+    5. ``TypeError`` or ``ValueError`` → ``InvalidArgument(text)``;
+    6. ``OSError`` → ``IoError("OS error during I/O", exc)``;
+    7. anything else (``KeyError`` included) → ``KohakuVaultError(str(exc))``.
+
+    Args:
+        exc: the exception to translate (not raised by this function).
+        key: the key involved in the call, used for :class:`NotFound`.
+
+    Returns:
+        A new (or, rule 1, the same) :class:`KohakuVaultError` instance; the
+        caller raises it, normally ``raise map_exception(e, key=k) from e``.
+    """
+    if isinstance(exc, KohakuVaultError):
+        return exc
+    if isinstance(exc, RuntimeError):
+        text = str(exc)
+        low = text.lower()
+        if "key not found" in low or "query returned no rows" in low:
+            return NotFound(key if key is not None else b"<unknown>")
+        if "busy" in low or "locked" in low:
+            return DatabaseBusy(text)
+        return KohakuVaultError(text)
+    if isinstance(exc, (TypeError, ValueError)):
+        return InvalidArgument(str(exc))
+    if isinstance(exc, OSError):
+        return IoError("OS error during I/O", exc)
+    return KohakuVaultError(str(exc))

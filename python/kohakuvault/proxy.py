@@ -1,0 +1,794 @@
+"""``KVault``: the key-value store (Python side).
+
+The per-call work (auto-pack encoding/decoding, SQLite statements, the
+write-back cache, blob streaming) happens in the native class
+``kohakuvault._kvault._KVault``. This module adds what Python does best: the
+``Mapping`` protocol, the busy-retry loop, the mapping of native errors to
+:mod:`kohakuvault.errors`, context managers and the cache flush daemon.
+
+Hot paths (``kv[k]``, ``kv[k] = v``, ``get``, ``put``, ``k in kv``) call the
+native bound method directly inside ``try:``; the retry/mapping machinery
+runs only when the native call raised.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping
+from contextlib import contextmanager
+
+from . import _kvault
+from .errors import (
+    DatabaseBusy,
+    InvalidArgument,
+    NotFound,
+    map_exception,
+)
+
+__all__ = ["KVault"]
+
+_CLOSED_MSG = "Cannot operate on closed KVault"
+_MISSING = object()
+# "No limit" for key listings that should see every key (__iter__, clear).
+_ALL_KEYS = 1 << 62
+# Flush daemon wake-up period, seconds (API.md §4.7).
+_DAEMON_TICK = 0.5
+
+
+def _key_bytes(key):
+    """The key as stored: ``str`` → UTF-8 bytes, anything else unchanged."""
+    return key.encode("utf-8") if isinstance(key, str) else key
+
+
+def _check_chunk(chunk_size):
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise InvalidArgument(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
+def _flush_daemon(native, interval: float, stop: threading.Event) -> None:
+    """Body of the cache flush daemon thread (API.md §4.7).
+
+    Wakes every 0.5 s; flushes when at least ``interval`` seconds passed
+    since its last flush that wrote something. Errors are ignored (a busy
+    database simply makes the next tick try again; the entries stay cached).
+    Holds only the native object, so it never keeps the proxy alive.
+    """
+    last = time.monotonic()
+    while not stop.wait(_DAEMON_TICK):
+        now = time.monotonic()
+        if now - last < interval:
+            continue
+        try:
+            if native.closed:
+                return
+            if native.flush_cache() > 0:
+                last = now
+        except Exception:  # noqa: BLE001 - documented: daemon errors are ignored
+            pass
+
+
+class KVault(Mapping):
+    """A key-value store in one SQLite table, with auto-packed values.
+
+    ``KVault`` is a :class:`collections.abc.Mapping` (``==`` compares as a
+    dict; instances are unhashable) with the mutating methods of a dict
+    added. Keys are ``bytes`` or ``str`` (stored as UTF-8 bytes, always
+    bound as BLOBs); keys come back as ``bytes``. Values go through
+    auto-pack (see API.md §3): ``bytes`` are stored raw, other values get a
+    10-byte header and a MessagePack / JSON / CBOR / UTF-8 / pickle /
+    DataPacker payload.
+
+    Args:
+        path: ``str``, :class:`pathlib.Path` or any ``os.PathLike``;
+            ``":memory:"`` and ``file:`` URIs are accepted. Parent
+            directories are created.
+        chunk_size: default piece size in bytes for :meth:`put_file` and
+            :meth:`get_to_file` (default 1 MiB).
+        retries: attempts per call when SQLite reports busy/locked (default
+            4). ``retries=0`` (the original makes no attempt and fails) is
+            treated as 1: every call is attempted at least once.
+        backoff_base: first sleep between busy attempts, in seconds; it
+            doubles after each attempt (defaults give 0.02, 0.04, 0.08 s).
+        table: table name; must be a plain SQL identifier. Several vaults
+            with different tables may share one file.
+        enable_wal: ``journal_mode=WAL`` and ``wal_autocheckpoint=1000``.
+        page_size: SQLite page size in bytes, applied only when the file is
+            new (default 32768).
+        mmap_size: ``PRAGMA mmap_size`` in bytes (default 256 MiB).
+        cache_kb: SQLite page cache in KiB (``PRAGMA cache_size=-cache_kb``).
+
+    Always set: ``synchronous=NORMAL``, ``temp_store=MEMORY``, busy timeout
+    5000 ms.
+
+    Raises:
+        InvalidArgument: ``path`` is not path-like, bad table name or other
+            bad parameter.
+        DatabaseBusy: the file stayed locked through every retry.
+        KohakuVaultError: SQLite refused to open or set up the file.
+
+    Thread safety: one instance may be used from several threads; the native
+    object serialises calls with an internal mutex and releases the GIL
+    while it waits on SQLite. Several processes may open the same file.
+    """
+
+    # ------------------------------------------------------------------ setup
+
+    def __init__(
+        self,
+        path,
+        *,
+        chunk_size: int = 1048576,
+        retries: int = 4,
+        backoff_base: float = 0.02,
+        table: str = "kv",
+        enable_wal: bool = True,
+        page_size: int = 32768,
+        mmap_size: int = 268435456,
+        cache_kb: int = 100000,
+    ):
+        self._closed = True  # until the native object exists
+        self._native = None
+        self._daemon = None
+        self._daemon_stop = None
+        self._cache_locked = False
+        try:
+            fspath = os.fspath(path)
+        except TypeError as exc:
+            raise InvalidArgument(str(exc)) from exc
+        if isinstance(fspath, bytes):
+            fspath = os.fsdecode(fspath)
+        _check_chunk(chunk_size)
+        try:
+            retries = int(retries)
+            backoff_base = float(backoff_base)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(str(exc)) from exc
+        if backoff_base < 0:
+            raise InvalidArgument("backoff_base must be >= 0")
+        self._path = fspath
+        self._table = table
+        self._chunk_size = chunk_size
+        self._retries = max(1, retries)
+        self._backoff_base = backoff_base
+
+        native = self._call(
+            _kvault._KVault,
+            fspath,
+            table,
+            chunk_size,
+            bool(enable_wal),
+            page_size,
+            mmap_size,
+            cache_kb,
+        )
+        self._native = native
+        self._closed = False
+        # Bound native methods, looked up once: the hot paths below do one
+        # instance-attribute lookup and one C call.
+        self._nget = native.get
+        self._nget_or = native.get_or
+        self._nput = native.put
+        self._nexists = native.exists
+
+    # ------------------------------------------------------ error machinery
+
+    def _fail(self, exc, fn, args, key):
+        """Slow path after a native call ``fn(*args)`` raised ``exc``.
+
+        Closed vault → ``ValueError``; a busy error → retried up to
+        ``retries`` attempts in total with exponential backoff; everything
+        else → the mapped exception at once. Returns ``fn``'s result when a
+        retry succeeds.
+        """
+        if self._closed:
+            raise ValueError(_CLOSED_MSG) from None
+        mapped = map_exception(exc, key=key)
+        if not isinstance(mapped, DatabaseBusy):
+            raise mapped from exc
+        delay = self._backoff_base
+        for _ in range(self._retries - 1):
+            time.sleep(delay)
+            delay *= 2
+            try:
+                return fn(*args)
+            except Exception as again:  # noqa: BLE001 - mapped below
+                if self._closed:
+                    raise ValueError(_CLOSED_MSG) from None
+                mapped = map_exception(again, key=key)
+                exc = again
+                if not isinstance(mapped, DatabaseBusy):
+                    raise mapped from again
+        raise mapped from exc
+
+    def _call(self, fn, *args, key=None):
+        """Run a native call through the retry loop and error mapping."""
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - mapped in _fail
+            return self._fail(exc, fn, args, key)
+
+    def _n(self):
+        """The native object, or ``ValueError`` when closed."""
+        if self._closed:
+            raise ValueError(_CLOSED_MSG)
+        return self._native
+
+    # --------------------------------------------------------- hot paths
+
+    def __getitem__(self, key):
+        """``kv[key]``: the decoded value (API.md §3.3).
+
+        Raises:
+            KeyError: ``key`` (as passed) is not stored (nor in the cache).
+            InvalidArgument: key is not ``bytes``/``str``; malformed header.
+            ValueError: the vault is closed.
+        """
+        try:
+            return self._nget(key)
+        except Exception as exc:  # noqa: BLE001
+            try:
+                return self._fail(exc, self._nget, (key,), key)
+            except NotFound:
+                raise KeyError(key) from None
+
+    def get(self, key, default=None):
+        """The decoded value of ``key``, or ``default`` when it is missing.
+
+        Looks in the write-back cache first, then SQLite.
+
+        Raises:
+            InvalidArgument: key is not ``bytes``/``str``; the stored value
+                has a malformed header.
+            ValueError: the vault is closed.
+        """
+        try:
+            return self._nget_or(key, default)
+        except Exception as exc:  # noqa: BLE001
+            return self._fail(exc, self._nget_or, (key, default), key)
+
+    def put(self, key, value) -> None:
+        """Store ``value`` under ``key`` (insert or replace).
+
+        Auto-pack on: any value, encoded per API.md §3.2. Auto-pack off:
+        ``bytes``, ``bytearray`` or ``memoryview`` (copied). Goes through the
+        write-back cache when one is enabled.
+
+        Raises:
+            InvalidArgument: bad key type; value not bytes-like with
+                auto-pack off (``"value must be bytes-like (or enable
+                auto-pack)"``); value not encodable (``use_pickle=False``,
+                unknown wrapper, msgpack/cbor wrapper failure).
+            DatabaseBusy: still locked after the retries.
+            ValueError: the vault is closed.
+        """
+        try:
+            self._nput(key, value)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc, self._nput, (key, value), key)
+
+    def __setitem__(self, key, value) -> None:
+        """``kv[key] = value``: same as :meth:`put`."""
+        try:
+            self._nput(key, value)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc, self._nput, (key, value), key)
+
+    def __contains__(self, key) -> bool:
+        """``key in kv``: whether a row exists in SQLite (the write-back
+        cache is not consulted). Any exception (bad key type, closed vault,
+        busy after retries) gives ``False``."""
+        try:
+            return self._nexists(key)
+        except Exception as exc:  # noqa: BLE001
+            try:
+                return self._fail(exc, self._nexists, (key,), key)
+            except Exception:  # noqa: BLE001 - documented: any error → False
+                return False
+
+    # ------------------------------------------------------ other methods
+
+    def exists(self, key) -> bool:
+        """Whether ``key`` has a row in SQLite (the cache is not consulted).
+
+        Raises:
+            InvalidArgument: key is not ``bytes``/``str``.
+            ValueError: the vault is closed.
+        """
+        return self._call(self._n().exists, key, key=key)
+
+    def delete(self, key) -> bool:
+        """Delete ``key``. Returns ``True`` if a stored row or a value still
+        waiting in the write-back cache was removed.
+
+        (The original leaves a cached value alone, so it is written later;
+        here the cached entry is dropped too, so ``kv[k] = v; del kv[k]``
+        behaves like a dict.)
+
+        Raises:
+            InvalidArgument: key is not ``bytes``/``str``.
+            ValueError: the vault is closed.
+        """
+        return self._call(self._n().delete, key, key=key)
+
+    def __delitem__(self, key) -> None:
+        """``del kv[key]``; ``KeyError(key)`` when nothing was deleted."""
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def __len__(self) -> int:
+        """Number of rows in SQLite (``SELECT COUNT(*)``); values still in
+        the write-back cache are not counted."""
+        return self._call(self._n().count)
+
+    def keys(self, prefix=None, limit: int = 10000):
+        """Generator of keys (``bytes``) in ascending bytewise order.
+
+        Args:
+            prefix: ``bytes``/``str`` or ``None``. Selects keys with
+                ``prefix <= k < prefix + b"\\xff"`` (so keys continuing the
+                prefix with a 0xFF byte are not listed — format quirk).
+            limit: at most this many keys in total (default 10000).
+
+        The write-back cache is not consulted. Being a generator, argument
+        errors and the closed check surface at the first ``next()``.
+
+        Raises (on iteration):
+            InvalidArgument: bad prefix type or limit.
+            ValueError: the vault is closed.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise InvalidArgument(f"limit must be an int, got {type(limit).__name__}")
+        it = self._call(self._n().keys, prefix, limit)
+        nxt = it.__next__
+        while True:
+            try:
+                k = nxt()
+            except StopIteration:
+                return
+            except Exception as exc:  # noqa: BLE001
+                if self._closed:
+                    raise ValueError(_CLOSED_MSG) from None
+                raise map_exception(exc) from exc
+            yield k
+
+    def __iter__(self):
+        """Iterate over every stored key, bytewise order (like
+        ``keys()`` but without the 10000-key cap of the original)."""
+        return self.keys(limit=_ALL_KEYS)
+
+    def values(self):
+        """Generator of decoded values, ``get(k)`` for each ``k`` in
+        ``keys()`` (so at most 10000, like ``keys()``)."""
+        for k in self.keys():
+            yield self.get(k)
+
+    def items(self):
+        """Generator of ``(key bytes, value)`` pairs in ``keys()`` order (at
+        most 10000, like ``keys()``)."""
+        for k in self.keys():
+            yield k, self.get(k)
+
+    def pop(self, key, default=None):
+        """Remove ``key`` and return its value; ``default`` if it is missing.
+
+        (The original returns ``None`` for a missing key whatever the
+        default; returning ``default`` is the dict behaviour chosen here.)
+
+        Raises:
+            InvalidArgument: key is not ``bytes``/``str``.
+            ValueError: the vault is closed.
+        """
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            return default
+        self.delete(key)
+        return value
+
+    def setdefault(self, key, default):
+        """The value of ``key``; if missing, store ``default`` and return it.
+
+        (Returns ``default`` itself, where the original returned
+        ``bytes(default)`` or failed for non-bytes defaults.)
+        """
+        value = self.get(key, _MISSING)
+        if value is not _MISSING:
+            return value
+        self.put(key, default)
+        return default
+
+    def update(self, other, **kwargs) -> None:
+        """Store every pair of ``other`` then of ``kwargs``.
+
+        Args:
+            other: a Mapping (its ``.items()`` are used) or an iterable of
+                ``(key, value)`` pairs.
+            kwargs: more pairs (``str`` keys).
+
+        Without a write-back cache all pairs are written in one transaction
+        (either all or none are stored when one value is bad); with a cache
+        each pair follows the cache rules of :meth:`put`.
+
+        Raises:
+            InvalidArgument: a bad key or value, or a malformed pair.
+            ValueError: the vault is closed.
+        """
+        native = self._n()
+        src = other.items() if isinstance(other, Mapping) else other
+        pairs = []
+        try:
+            for pair in src:
+                k, v = pair
+                pairs.append((k, v))
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"update expects a mapping or (key, value) pairs: {exc}") from exc
+        pairs.extend(kwargs.items())
+        if not pairs:
+            return
+        self._call(native.put_many, pairs)
+
+    def clear(self) -> None:
+        """Delete every key.
+
+        The original deletes at most 10000 keys per call and leaves cache
+        entries alone; here the cache is flushed first (unless locked) and
+        keys are deleted until none is left. Values held in a *locked* cache
+        are not visible to this call and are written when it unlocks.
+        """
+        native = self._n()
+        if not self._cache_locked:
+            self.flush_cache()
+        while True:
+            batch = list(self.keys(limit=10000))
+            if not batch:
+                return
+            for k in batch:
+                self._call(native.delete, k, key=k)
+
+    # ---------------------------------------------------------- streaming
+
+    def put_file(self, key, reader, *, size=None, chunk_size=None) -> None:
+        """Stream a file-like object (or bytes-like) into ``key``.
+
+        The value is stored raw (no header), outside the write-back cache,
+        through SQLite's incremental blob API: a zero blob of the final size
+        is inserted, then filled in ``chunk_size`` pieces (reads kept in
+        flight with io_uring when ``reader`` has a real ``fileno()``).
+        Memory use is a few chunks, whatever the size.
+
+        Args:
+            key: ``bytes``/``str``.
+            reader: an object with ``read(n) -> bytes`` (files, ``BytesIO``,
+                pipes, sockets...) or a ``bytes``/``bytearray``/``memoryview``
+                (stored raw like ``bytes``; the original pickled or refused
+                the last two).
+            size: bytes to store; default: what remains from the current
+                position (``fstat`` for regular files, else seek to end and
+                back); if that is unknown (pipes), the stream is read whole
+                into memory and stored.
+            chunk_size: piece size in bytes; default the vault's
+                ``chunk_size``.
+
+        Raises:
+            InvalidArgument: ``reader`` has no ``read`` (``"reader must be
+                file-like or bytes-like"``), ``read`` returned a non-bytes
+                object, bad ``size``/``chunk_size``.
+            KohakuVaultError: the stream ended early (``"short write: wrote
+                X of Y bytes"``; the row then keeps a zero-filled tail).
+            IoError: the OS failed reading the file.
+            ValueError: the vault is closed.
+
+        A busy database is retried only when ``reader`` is seekable (it is
+        rewound to its starting position first).
+        """
+        native = self._n()
+        if isinstance(reader, (bytes, bytearray, memoryview)):
+            self._call(native.put, key, bytes(reader), key=key)
+            return
+        if not hasattr(reader, "read"):
+            raise InvalidArgument("reader must be file-like or bytes-like")
+        _check_chunk(chunk_size)
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+            raise InvalidArgument(f"size must be a non-negative int, got {size!r}")
+        chunk = chunk_size if chunk_size is not None else self._chunk_size
+        start = _tell(reader)
+        args = (key, reader, size, chunk)
+        try:
+            native.put_file(*args)
+        except Exception as exc:  # noqa: BLE001
+            if start is None:
+                self._fail_no_retry(exc, key)
+            self._fail(exc, _rewinding(native.put_file, reader, start), args, key)
+
+    def get_to_file(self, key, writer, *, chunk_size=None) -> int:
+        """Write the stored bytes of ``key`` to ``writer``; returns the
+        number of bytes written.
+
+        The bytes are written exactly as stored (a packed value includes its
+        10-byte header; nothing is decoded). A value still in the write-back
+        cache is written with one ``write()``; a stored value is streamed in
+        ``chunk_size`` pieces (writes kept in flight with io_uring when
+        ``writer`` has a real ``fileno()``), so memory use is a few chunks.
+
+        Args:
+            key: ``bytes``/``str``.
+            writer: an object with ``write(b)``: files, ``BytesIO``, pipes,
+                sockets... A short ``write`` is an error.
+            chunk_size: piece size in bytes; default the vault's
+                ``chunk_size``.
+
+        Returns:
+            int, bytes written.
+
+        Raises:
+            NotFound: ``key`` is missing (``.key`` is the key as bytes).
+            InvalidArgument: ``writer`` has no ``write``; bad ``chunk_size``.
+            IoError / KohakuVaultError: writing failed.
+            ValueError: the vault is closed.
+        """
+        native = self._n()
+        if not hasattr(writer, "write"):
+            raise InvalidArgument("writer must be file-like (have a write method)")
+        _check_chunk(chunk_size)
+        chunk = chunk_size if chunk_size is not None else self._chunk_size
+        kb = _key_bytes(key)
+        start = _tell(writer)
+        args = (key, writer, chunk)
+        try:
+            return native.get_to_file(*args)
+        except Exception as exc:  # noqa: BLE001
+            if start is None:
+                self._fail_no_retry(exc, kb)
+            return self._fail(exc, _rewinding(native.get_to_file, writer, start), args, kb)
+
+    def _fail_no_retry(self, exc, key):
+        if self._closed:
+            raise ValueError(_CLOSED_MSG) from None
+        raise map_exception(exc, key=key) from exc
+
+    # ----------------------------------------------------- write-back cache
+
+    def enable_cache(
+        self,
+        *,
+        cap_bytes: int = 67108864,
+        flush_threshold: int = 16777216,
+        flush_interval: float | None = None,
+    ) -> None:
+        """Install an in-memory write-back cache for :meth:`put`.
+
+        Puts are kept in memory (encoded) and written in one transaction per
+        flush. A value with ``len(key)+len(value) > cap_bytes`` bypasses the
+        cache (after a flush); a put that would overflow ``cap_bytes``
+        flushes first; reaching ``flush_threshold`` bytes flushes. ``get``
+        and ``get_to_file`` see cached values; ``len``, ``in``, ``exists``
+        and ``keys`` see only SQLite. An existing cache is flushed first
+        (the original dropped it).
+
+        Args:
+            cap_bytes: cache capacity in bytes (key + encoded value sizes).
+            flush_threshold: flush when the cached bytes reach this.
+            flush_interval: seconds; if given, a daemon thread flushes within
+                about ``flush_interval + 0.5`` s of a write (replacing a
+                running daemon).
+
+        Raises:
+            InvalidArgument: non-positive sizes or interval.
+            ValueError: the vault is closed.
+        """
+        native = self._n()
+        for name, v in (("cap_bytes", cap_bytes), ("flush_threshold", flush_threshold)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise InvalidArgument(f"{name} must be a positive int, got {v!r}")
+        if flush_interval is not None:
+            try:
+                flush_interval = float(flush_interval)
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgument(f"flush_interval must be a number: {exc}") from exc
+            if not flush_interval > 0:
+                raise InvalidArgument("flush_interval must be > 0")
+        self._call(native.enable_cache, cap_bytes, flush_threshold)
+        if flush_interval is not None:
+            self._stop_daemon()
+            stop = threading.Event()
+            t = threading.Thread(
+                target=_flush_daemon,
+                args=(native, flush_interval, stop),
+                name="kohakuvault-kv-flush",
+                daemon=True,
+            )
+            self._daemon_stop = stop
+            self._daemon = t
+            t.start()
+
+    def _stop_daemon(self) -> None:
+        t, stop = self._daemon, self._daemon_stop
+        self._daemon = self._daemon_stop = None
+        if t is not None:
+            stop.set()
+            t.join(timeout=2.0)
+
+    def disable_cache(self) -> None:
+        """Stop the flush daemon, flush the cache and remove it.
+
+        While the cache is locked the entries are written directly anyway
+        (never dropped). No-op without a cache.
+
+        Raises:
+            DatabaseBusy / KohakuVaultError: writing the entries failed
+                (they stay cached).
+            ValueError: the vault is closed.
+        """
+        native = self._n()
+        self._stop_daemon()
+        self._call(native.disable_cache)
+
+    def flush_cache(self) -> int:
+        """Write every cached entry in one transaction; returns the number
+        of entries written. 0 when closed, without a cache, when it is empty
+        or while it is locked (a locked cache refuses every flush)."""
+        if self._closed:
+            return 0
+        return self._call(self._native.flush_cache)
+
+    @contextmanager
+    def cache(self, cap_bytes: int = 67108864, flush_threshold=None, auto_flush: bool = True):
+        """Context manager: enable the write-back cache for a block.
+
+        Args:
+            cap_bytes: cache capacity in bytes (default 64 MiB).
+            flush_threshold: bytes that trigger a flush; ``None`` means
+                ``cap_bytes // 4``.
+            auto_flush: flush on exit (the cache is disabled on exit anyway,
+                which also flushes).
+
+        Yields the vault. On exit, also on exception, the cache is flushed
+        and disabled.
+        """
+        if flush_threshold is None:
+            flush_threshold = max(1, cap_bytes // 4) if isinstance(cap_bytes, int) else 0
+        self.enable_cache(cap_bytes=cap_bytes, flush_threshold=flush_threshold)
+        try:
+            yield self
+        finally:
+            if not self._closed:
+                if auto_flush:
+                    self.flush_cache()
+                self.disable_cache()
+
+    @contextmanager
+    def lock_cache(self):
+        """Context manager: while inside, the cache refuses every flush
+        (explicit, threshold, daemon); puts that do not fit the cap are
+        written directly instead of being dropped. Yields ``None``.
+
+        Raises:
+            ValueError: the vault is closed.
+        """
+        native = self._n()
+        self._call(native.set_cache_locked, True)
+        self._cache_locked = True
+        try:
+            yield None
+        finally:
+            self._cache_locked = False
+            if not self._closed:
+                self._call(native.set_cache_locked, False)
+
+    # ------------------------------------------------------------ switches
+
+    def enable_auto_pack(self, use_pickle: bool = True) -> None:
+        """Turn auto-pack on (and headers on). ``use_pickle=False`` refuses
+        values that need pickle (reading pickled values still works).
+        Records feature ``auto_pack_v1`` in ``kohakuvault_meta``."""
+        native = self._n()
+        self._call(native.enable_auto_pack, bool(use_pickle))
+        self._call(native.enable_headers)
+        self._call(native.record_feature, "auto_pack_v1")
+
+    def disable_auto_pack(self) -> None:
+        """Turn auto-pack off: puts require bytes-like values and reads
+        return the stored bytes (headers included). Headers switch kept."""
+        self._call(self._n().disable_auto_pack)
+
+    def auto_pack_enabled(self) -> bool:
+        """Whether auto-pack is on (it starts on)."""
+        return self._call(self._n().auto_pack_enabled)
+
+    def enable_headers(self) -> None:
+        """Write the 10-byte header on packed values (the default). Records
+        feature ``headers_v1`` in ``kohakuvault_meta``."""
+        native = self._n()
+        self._call(native.enable_headers)
+        self._call(native.record_feature, "headers_v1")
+
+    def disable_headers(self) -> None:
+        """Store packed payloads bare (they then read back as raw bytes)."""
+        self._call(self._n().disable_headers)
+
+    def headers_enabled(self) -> bool:
+        """Whether headers are written (they start on)."""
+        return self._call(self._n().headers_enabled)
+
+    # -------------------------------------------------------- maintenance
+
+    def checkpoint(self) -> None:
+        """``PRAGMA wal_checkpoint(PASSIVE)``; errors are ignored; no-op
+        when closed."""
+        if self._closed:
+            return
+        try:
+            self._native.checkpoint()
+        except Exception:  # noqa: BLE001 - documented: errors swallowed
+            pass
+
+    def optimize(self) -> None:
+        """``PRAGMA optimize; VACUUM`` (rewrites the file; needs no open
+        transaction on this connection).
+
+        Raises:
+            DatabaseBusy / KohakuVaultError: SQLite refused.
+            ValueError: the vault is closed.
+        """
+        self._call(self._n().optimize)
+
+    def close(self) -> None:
+        """Stop the flush daemon, flush the cache (a locked cache's entries
+        are written directly, never dropped), checkpoint and close.
+        Idempotent. The vault is marked closed even if the flush raises
+        (the exception then propagates, mapped)."""
+        if self._closed:
+            return
+        native = self._native
+        try:
+            self._stop_daemon()
+            try:
+                native.close()
+            except Exception as exc:  # noqa: BLE001
+                raise map_exception(exc) from exc
+        finally:
+            self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close()
+        return False
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"KVault({self._path!r}, status=closed, keys=?)"
+        try:
+            n = self._native.count()
+        except Exception:  # noqa: BLE001
+            n = "?"
+        return f"KVault({self._path!r}, status=open, keys={n})"
+
+
+def _tell(stream):
+    """Current position of a seekable stream, or ``None``."""
+    try:
+        if hasattr(stream, "seekable") and not stream.seekable():
+            return None
+        return stream.tell()
+    except Exception:  # noqa: BLE001 - not seekable
+        return None
+
+
+def _rewinding(fn, stream, pos):
+    """``fn`` wrapped so each retry first seeks ``stream`` back to ``pos``."""
+
+    def call(*args):
+        stream.seek(pos)
+        return fn(*args)
+
+    return call
