@@ -1,0 +1,181 @@
+/*
+ * internal.h - helpers shared inside engine/ (kvi_ prefix). Not installed,
+ * not part of the public contract.
+ *
+ * Who may call what:
+ *   - any engine .c file may use everything here;
+ *   - the other engine modules (DataPacker, columns, text, vectors; owned by
+ *     other helpers) may call the "connections", "errors" and "memory"
+ *     sections: kvi_conn_open, kvi_table_name_valid, kvi_status_from_sqlite,
+ *     kvi_err_*, kvi_malloc & co. They must not touch struct kv_db.
+ *   - nothing outside engine/ includes this file (python/ext includes only
+ *     the headers in engine/include/kvault; it may include this header solely for the
+ *     kvi_err type, never for struct kv_db).
+ */
+#ifndef KVAULT_INTERNAL_H
+#define KVAULT_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sqlite3.h>
+#include <mimalloc.h>
+
+#include "kvault/kvault.h"
+#include "kvault/codec.h"
+
+/* ------------------------------------------------------------------------
+ * Memory: every engine allocation goes through mimalloc.
+ * ---------------------------------------------------------------------- */
+#define kvi_malloc(n) mi_malloc(n)
+#define kvi_calloc(n, s) mi_calloc((n), (s))
+#define kvi_realloc(p, n) mi_realloc((p), (n))
+#define kvi_free(p) mi_free(p)
+#define kvi_strdup(s) mi_strdup(s)
+
+/* ------------------------------------------------------------------------
+ * Errors: the coarse kv_status plus the detail for diagnostics.
+ * ---------------------------------------------------------------------- */
+
+/** Last failure of a handle: status, SQLite extended code or errno, text. */
+typedef struct kvi_err {
+    kv_status st;      /**< status of the last failure (KV_OK if none) */
+    int sqlite_rc;     /**< extended SQLite result code, 0 if not SQLite's */
+    int os_errno;      /**< errno, 0 if not an OS failure */
+    char msg[512];     /**< "op: reason" */
+} kvi_err;
+
+/** Map an SQLite (extended or primary) result code to kv_status:
+ *  OK/ROW/DONE → KV_OK, BUSY/LOCKED → KV_BUSY, NOMEM → KV_NOMEM,
+ *  IOERR/CANTOPEN/FULL/READONLY/PERM → KV_IO, CORRUPT/NOTADB → KV_CORRUPT,
+ *  TOOBIG/RANGE/MISMATCH → KV_INVALID, else KV_SQLITE. */
+kv_status kvi_status_from_sqlite(int rc);
+
+/** Reset *e to "no error". */
+void kvi_err_clear(kvi_err *e);
+/** Record a failure with a printf-style message; returns st. */
+kv_status kvi_err_set(kvi_err *e, kv_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/** Record SQLite failure `rc` of connection `db` (may be NULL) during `op`
+ *  (may be NULL): keeps the extended code and SQLite's message
+ *  ("op: database is locked"). Returns the mapped status (never KV_OK). */
+kv_status kvi_err_sqlite(kvi_err *e, sqlite3 *db, int rc, const char *op);
+/** Record OS failure `err` (errno) during `op`; returns KV_IO or KV_NOMEM. */
+kv_status kvi_err_os(kvi_err *e, int err, const char *op);
+
+/* ------------------------------------------------------------------------
+ * Connections
+ * ---------------------------------------------------------------------- */
+
+/** Connection options (API.md §4.1 pragmas). */
+typedef struct kvi_conn_opts {
+    int enable_wal;          /**< nonzero: journal_mode=WAL, wal_autocheckpoint=1000 */
+    int page_size;           /**< bytes; applied only if the file is new; 0 = SQLite default */
+    int64_t mmap_size;       /**< bytes, PRAGMA mmap_size; negative = leave SQLite's default */
+    int64_t cache_kb;        /**< KiB, PRAGMA cache_size=-cache_kb; 0 = leave default */
+    int busy_timeout_ms;     /**< busy timeout, ms (5000 per API.md) */
+    int nomutex;             /**< nonzero: SQLITE_OPEN_NOMUTEX (caller serialises all use) */
+} kvi_conn_opts;
+
+/** Fill *o with API.md defaults (WAL, 32 KiB pages, 256 MiB mmap,
+ *  100000 KiB cache, 5000 ms, serialized mode). */
+void kvi_conn_opts_default(kvi_conn_opts *o);
+
+/** Open a SQLite connection to `path` with the pragmas of *o: creates the
+ *  parent directories of a plain path (not for ":memory:" / "file:" URIs),
+ *  opens READWRITE|CREATE|URI, sets busy timeout first, page_size only if
+ *  the file did not exist (or was empty), then WAL/autocheckpoint,
+ *  synchronous=NORMAL, temp_store=MEMORY, mmap_size, cache_size.
+ *  On success *out owns the connection (sqlite3_close_v2 it). On failure
+ *  *out is NULL and err (may be NULL) receives a message of at most
+ *  errlen-1 bytes. Returns KV_OK, KV_IO, KV_BUSY, KV_CORRUPT, KV_NOMEM,
+ *  KV_SQLITE. Thread-safe. */
+kv_status kvi_conn_open(const char *path, const kvi_conn_opts *o, sqlite3 **out,
+                        char *err, size_t errlen);
+
+/** KV_OK if `name` matches [A-Za-z_][A-Za-z0-9_]* and is 1..128 bytes,
+ *  else KV_INVALID. NULL is invalid. */
+kv_status kvi_table_name_valid(const char *name);
+
+/** Run `sql` (one or more statements, no results) on `db`; on failure
+ *  records into *e (with op = sql) and returns the mapped status. */
+kv_status kvi_exec(sqlite3 *db, const char *sql, kvi_err *e);
+
+/** Prepare `sql` as a persistent statement; records failures into *e. */
+kv_status kvi_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out, kvi_err *e);
+
+/* ------------------------------------------------------------------------
+ * The kv_db handle (kv.c, cache.c, stream.c only)
+ * ---------------------------------------------------------------------- */
+
+/** One cache entry: key bytes then value bytes in `data`. */
+typedef struct kvi_centry {
+    uint64_t hash;           /**< XXH3 of the key */
+    size_t klen;             /**< key bytes */
+    size_t vlen;             /**< value bytes */
+    uint8_t data[];          /**< klen + vlen bytes */
+} kvi_centry;
+
+/** Write-back cache: open-addressing hash table (linear probing, backward
+ *  shift deletion) of entry pointers. */
+typedef struct kvi_cache {
+    kvi_centry **slots;      /**< nslots pointers, NULL = empty */
+    size_t nslots;           /**< power of two */
+    size_t count;            /**< live entries */
+    size_t bytes;            /**< API.md §4.7 counter: sum of klen+vlen per insert */
+    size_t cap_bytes;        /**< flush / bypass limit */
+    size_t flush_threshold;  /**< flush when bytes >= this after an insert (0 = never) */
+    int locked;              /**< nonzero: flushes are refused */
+} kvi_cache;
+
+struct kv_db {
+    sqlite3 *db;                 /**< owned connection (NOMUTEX: the handle is single-threaded) */
+    char *table;                 /**< owned copy of the table name */
+    size_t chunk_size;           /**< default streaming chunk, bytes */
+    sqlite3_stmt *st_get;        /**< SELECT value FROM t WHERE key=?1 */
+    sqlite3_stmt *st_put;        /**< INSERT ... ON CONFLICT(key) DO UPDATE */
+    sqlite3_stmt *st_del;        /**< DELETE FROM t WHERE key=?1 */
+    sqlite3_stmt *st_exists;     /**< SELECT 1 FROM t WHERE key=?1 */
+    sqlite3_stmt *st_count;      /**< SELECT COUNT(*) FROM t */
+    sqlite3_stmt *st_rowid;      /**< SELECT rowid FROM t WHERE key=?1 */
+    sqlite3_stmt *st_putzero;    /**< upsert of zeroblob(?2) */
+    sqlite3_stmt *st_begin;      /**< BEGIN IMMEDIATE */
+    sqlite3_stmt *st_commit;     /**< COMMIT */
+    sqlite3_stmt *st_rollback;   /**< ROLLBACK */
+    int get_active;              /**< st_get holds a row lent out by kv_get */
+    int used_uring;              /**< last fd stream used io_uring */
+    kvi_cache *cache;            /**< write-back cache or NULL */
+    kvi_err err;                 /**< last failure */
+};
+
+/** Reset st_get if kv_get lent a row. Called at the start of every call. */
+static inline void kvi_get_release(kv_db *db)
+{
+    if (db->get_active) {
+        sqlite3_reset(db->st_get);
+        db->get_active = 0;
+    }
+}
+
+/** Upsert one row straight into SQLite (no cache, no transaction). */
+kv_status kvi_put_direct(kv_db *db, const void *key, size_t klen,
+                         const void *val, size_t vlen);
+/** Run BEGIN IMMEDIATE / COMMIT / ROLLBACK with the kept statements. */
+kv_status kvi_begin(kv_db *db);
+kv_status kvi_commit(kv_db *db);
+void kvi_rollback(kv_db *db);
+
+/* cache.c */
+/** Find a cached entry (NULL if absent or no cache). */
+kvi_centry *kvi_cache_find(kvi_cache *c, const void *key, size_t klen);
+/** Remove a cached entry; returns 1 if one was removed. */
+int kvi_cache_remove(kvi_cache *c, const void *key, size_t klen);
+/** Write all entries in one transaction ignoring the lock flag, then empty
+ *  the cache; on failure nothing is removed. *written may be NULL. */
+kv_status kvi_cache_flush_force(kv_db *db, size_t *written);
+/** Free the cache and all entries (no writes). */
+void kvi_cache_destroy(kvi_cache *c);
+/** kv_put's cache path (the cache exists). */
+kv_status kvi_cache_put(kv_db *db, const void *key, size_t klen,
+                        const void *val, size_t vlen);
+
+#endif /* KVAULT_INTERNAL_H */
