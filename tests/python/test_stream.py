@@ -1,0 +1,320 @@
+"""Streaming (API.md §4.6): put_file / get_to_file with real files, BytesIO,
+pipes and other non-seekable streams, error cases, and a 1 GiB round trip
+with bounded memory (run in a subprocess so its peak RSS is its own)."""
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from kohakuvault import InvalidArgument, KohakuVaultError, KVault, NotFound
+
+
+def make_file(path, size):
+    data = os.urandom(size)
+    with open(path, "wb") as f:
+        f.write(data)
+    return data
+
+
+def test_real_file_round_trip(kv, db_path, tmp_path, raw_row):
+    src = tmp_path / "src.bin"
+    data = make_file(src, 5 * 1024 * 1024 + 123)
+    with open(src, "rb") as f:
+        assert kv.put_file("file", f) is None
+    assert raw_row(db_path, "file") == data          # raw, no header
+    out = tmp_path / "out.bin"
+    with open(out, "wb") as f:
+        n = kv.get_to_file("file", f)
+    assert n == len(data)
+    assert out.read_bytes() == data
+    assert kv["file"] == data
+
+
+def test_small_chunk_sizes(kv, tmp_path):
+    src = tmp_path / "src.bin"
+    data = make_file(src, 100_003)
+    with open(src, "rb") as f:
+        kv.put_file("k", f, chunk_size=4096)
+    buf = io.BytesIO()
+    assert kv.get_to_file("k", buf, chunk_size=1000) == len(data)
+    assert buf.getvalue() == data
+
+
+def test_reader_position_and_size(kv, tmp_path):
+    src = tmp_path / "src.bin"
+    data = make_file(src, 10_000)
+    with open(src, "rb") as f:
+        f.seek(1000)
+        kv.put_file("rest", f)                         # from the current position
+    assert kv["rest"] == data[1000:]
+    with open(src, "rb") as f:
+        kv.put_file("head", f, size=777)
+        assert f.read(3) == data[777:780]              # stream advanced by size
+    assert kv["head"] == data[:777]
+
+
+def test_bytesio_both_ways(kv):
+    data = os.urandom(300_000)
+    kv.put_file("b", io.BytesIO(data))
+    out = io.BytesIO()
+    assert kv.get_to_file("b", out) == len(data)
+    assert out.getvalue() == data
+
+
+def test_get_to_file_appends_at_writer_position(kv, tmp_path):
+    kv.put_file("x", io.BytesIO(b"payload"))
+    p = tmp_path / "w.bin"
+    with open(p, "wb") as f:
+        f.write(b"HEAD:")
+        kv.get_to_file("x", f)
+        f.write(b":TAIL")
+    assert p.read_bytes() == b"HEAD:payload:TAIL"
+
+
+def test_pipe_reader_unknown_size(kv):
+    data = os.urandom(3 * 1024 * 1024)
+    r, w = os.pipe()
+
+    def feed():
+        with os.fdopen(w, "wb") as f:
+            f.write(data)
+
+    t = threading.Thread(target=feed)
+    t.start()
+    with os.fdopen(r, "rb") as f:
+        kv.put_file("pipe", f)
+    t.join()
+    assert kv["pipe"] == data
+
+
+def test_pipe_reader_with_size(kv):
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    r, w = os.pipe()
+
+    def feed():
+        with os.fdopen(w, "wb") as f:
+            f.write(data)
+
+    t = threading.Thread(target=feed)
+    t.start()
+    with os.fdopen(r, "rb", buffering=0) as f:
+        kv.put_file("pipe", f, size=len(data), chunk_size=65536)
+    t.join()
+    assert kv["pipe"] == data
+
+
+def test_pipe_writer(kv):
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    kv.put_file("k", io.BytesIO(data))
+    r, w = os.pipe()
+    got = []
+
+    def drain():
+        with os.fdopen(r, "rb") as f:
+            got.append(f.read())
+
+    t = threading.Thread(target=drain)
+    t.start()
+    with os.fdopen(w, "wb") as f:
+        n = kv.get_to_file("k", f, chunk_size=65536)
+    t.join()
+    assert n == len(data)
+    assert got[0] == data
+
+
+class ReadOnly:
+    """A non-seekable reader with only read(): no fileno, no seek."""
+
+    def __init__(self, data, piece=1000):
+        self._b = io.BytesIO(data)
+        self._piece = piece
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            return self._b.read()
+        return self._b.read(min(n, self._piece))
+
+
+class WriteOnly:
+    def __init__(self):
+        self.parts = []
+
+    def write(self, b):
+        self.parts.append(bytes(b))
+        return len(b)
+
+
+def test_non_seekable_python_objects(kv):
+    data = os.urandom(200_000)
+    kv.put_file("k", ReadOnly(data))
+    w = WriteOnly()
+    assert kv.get_to_file("k", w, chunk_size=50_000) == len(data)
+    assert b"".join(w.parts) == data
+    assert max(len(p) for p in w.parts) <= 50_000
+
+
+def test_short_reads_with_known_size(kv):
+    data = os.urandom(100_000)
+    kv.put_file("k", ReadOnly(data, piece=333), size=len(data), chunk_size=8192)
+    assert kv["k"] == data
+
+
+def test_short_write_error_keeps_zero_tail(kv, db_path, raw_row):
+    kv["other"] = "untouched"
+    with pytest.raises(KohakuVaultError, match=r"short write: wrote 100 of 1000 bytes"):
+        kv.put_file("k", io.BytesIO(b"a" * 100), size=1000)
+    stored = raw_row(db_path, "k")
+    assert stored == b"a" * 100 + b"\x00" * 900
+    assert kv["other"] == "untouched"
+
+
+def test_bytes_like_readers_stored_raw(kv, db_path, raw_row):
+    kv.put_file("b", b"bytes reader")
+    kv.put_file("ba", bytearray(b"bytearray reader"))
+    kv.put_file("mv", memoryview(b"memoryview reader"))
+    assert raw_row(db_path, "b") == b"bytes reader"
+    assert raw_row(db_path, "ba") == b"bytearray reader"
+    assert raw_row(db_path, "mv") == b"memoryview reader"
+
+
+def test_put_file_bypasses_cache(kv, db_path, raw_row):
+    kv.enable_cache(cap_bytes=1 << 24, flush_threshold=1 << 23)
+    kv.put_file("f", io.BytesIO(b"streamed"))
+    assert raw_row(db_path, "f") == b"streamed"      # already in SQLite
+    kv["c"] = b"cached"
+    w = WriteOnly()
+    assert kv.get_to_file("c", w) == 6                # from the cache, one write
+    assert w.parts == [b"cached"]
+
+
+def test_get_to_file_writes_header_bytes(kv, db_path, raw_row):
+    kv["d"] = {"a": 1}
+    buf = io.BytesIO()
+    n = kv.get_to_file("d", buf)
+    assert buf.getvalue() == raw_row(db_path, "d")
+    assert n == len(buf.getvalue()) and buf.getvalue()[:2] == b"\x89\x4b"
+
+
+def test_bad_reader_and_writer(kv):
+    kv["k"] = b"keep"
+    with pytest.raises(InvalidArgument, match="reader must be file-like or bytes-like"):
+        kv.put_file("k", 12345)
+    with pytest.raises(InvalidArgument, match="reader must be file-like or bytes-like"):
+        kv.put_file("k", "a str is not a reader")
+    with pytest.raises(InvalidArgument):
+        kv.get_to_file("k", object())
+    with pytest.raises(InvalidArgument):
+        kv.put_file("k", io.BytesIO(b"x"), chunk_size=0)
+    with pytest.raises(InvalidArgument):
+        kv.put_file("k", io.BytesIO(b"x"), size=-1)
+    assert kv["k"] == b"keep"
+
+
+def test_reader_returning_wrong_type(kv):
+    kv["k"] = b"keep"
+
+    class StrReader:
+        def read(self, n=-1):
+            return "text"
+
+    class NoneReader:
+        def read(self, n=-1):
+            return None
+
+    for reader in (StrReader(), NoneReader()):
+        with pytest.raises(KohakuVaultError):
+            kv.put_file("k2", reader, size=10)
+    assert kv["k"] == b"keep"
+
+
+def test_reader_raising_oserror(kv):
+    class Failing:
+        def read(self, n=-1):
+            raise OSError(5, "device gone")
+
+    with pytest.raises(KohakuVaultError):
+        kv.put_file("k", Failing(), size=100)
+
+
+def test_get_to_file_missing_key(kv):
+    with pytest.raises(NotFound) as ei:
+        kv.get_to_file("missing", io.BytesIO())
+    assert ei.value.key == b"missing"
+    with pytest.raises(NotFound) as ei:
+        kv.get_to_file(b"gone", io.BytesIO())
+    assert ei.value.key == b"gone"
+
+
+def test_empty_file(kv, tmp_path):
+    p = tmp_path / "empty"
+    p.write_bytes(b"")
+    with open(p, "rb") as f:
+        kv.put_file("e", f)
+    assert kv["e"] == b""
+    buf = io.BytesIO()
+    assert kv.get_to_file("e", buf) == 0
+
+
+GIB_SCRIPT = textwrap.dedent(
+    r"""
+    import hashlib, os, resource, sys
+    from kohakuvault import KVault
+
+    tmp = sys.argv[1]
+    size = 1 << 30
+    src, out, db = (os.path.join(tmp, n) for n in ("src.bin", "out.bin", "big.db"))
+
+    # Fast-generated, non-repeating content: a 1 MiB random block, with each
+    # block's index written into its first 8 bytes.
+    block = bytearray(os.urandom(1 << 20))
+    h_src = hashlib.sha256()
+    with open(src, "wb") as f:
+        for i in range(size >> 20):
+            block[:8] = i.to_bytes(8, "little")
+            f.write(block)
+            h_src.update(block)
+    del block
+
+    def peak_kib():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    with KVault(db) as kv:
+        kv["warm"] = b"x"
+        base = peak_kib()
+        with open(src, "rb") as f:
+            kv.put_file("big", f)
+        after_put = peak_kib()
+        with open(out, "wb") as f:
+            n = kv.get_to_file("big", f)
+        after_get = peak_kib()
+    assert n == size, n
+    h_out = hashlib.sha256()
+    with open(out, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h_out.update(chunk)
+    growth = (after_get - base) / 1024
+    print(f"1 GiB round trip: sha256 equal={h_out.digest() == h_src.digest()} "
+          f"peak RSS base={base / 1024:.1f} MiB after put={after_put / 1024:.1f} MiB "
+          f"after get={after_get / 1024:.1f} MiB growth={growth:.1f} MiB")
+    assert h_out.digest() == h_src.digest(), "content differs"
+    assert growth < 64, f"peak RSS grew by {growth:.1f} MiB"
+    """
+)
+
+
+def test_one_gib_round_trip_bounded_rss(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", GIB_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    print(proc.stdout, proc.stderr)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "sha256 equal=True" in proc.stdout
