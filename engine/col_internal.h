@@ -1,0 +1,115 @@
+/*
+ * col_internal.h - structures shared by col_meta.c, col_fixed.c, col_var.c
+ * and col_cache.c (kvi_col prefix). Not installed.
+ *
+ * Locking: every kv_col_* / kv_colvault_* entry point takes cv->mu and
+ * releases it before returning; kvi_col* helpers run with cv->mu held and
+ * never take it.
+ */
+#ifndef KVAULT_COL_INTERNAL_H
+#define KVAULT_COL_INTERNAL_H
+
+#include <pthread.h>
+
+#include "internal.h"
+#include "kvault/column.h"
+
+/** Prepared statements of a vault (owned; finalized at close). */
+enum {
+    KVI_CS_BEGIN_IMM,    /* BEGIN IMMEDIATE */
+    KVI_CS_BEGIN,        /* BEGIN (deferred, for consistent multi-chunk reads) */
+    KVI_CS_COMMIT,
+    KVI_CS_ROLLBACK,
+    KVI_CS_SEL_LEN,      /* length of col_id */
+    KVI_CS_UPD_LEN,      /* set length of col_id */
+    KVI_CS_SEL_CHUNK,    /* rowid, actual_size, bytes_used of (col_id, chunk_idx) */
+    KVI_CS_INS_CHUNK,    /* insert (col_id, chunk_idx, data, actual_size, bytes_used) */
+    KVI_CS_UPD_CHUNK,    /* set data, actual_size, bytes_used by rowid */
+    KVI_CS_UPD_USED,     /* set bytes_used by rowid */
+    KVI_CS_SEL_LAST,     /* last chunk of col_id: chunk_idx, rowid, actual_size, bytes_used */
+    KVI_CS_COUNT
+};
+
+struct kv_colvault {
+    sqlite3 *db;                       /* owned connection */
+    pthread_mutex_t mu;                /* serialises every call on the vault and its columns */
+    int64_t min_chunk, max_chunk;      /* bytes, for columns created here (unaligned) */
+    sqlite3_stmt *st[KVI_CS_COUNT];    /* owned prepared statements */
+    kvi_err err;                       /* last failure (message for kv_colvault_errmsg) */
+    int cache_locked;                  /* lock_cache flag, read by background flushers */
+};
+
+/** Geometry of one fixed physical column. */
+typedef struct kvi_fx {
+    int64_t col_id;
+    int64_t elem;       /* bytes per element */
+    int64_t min;        /* aligned min_chunk_bytes */
+    int64_t max;        /* aligned max_chunk_bytes (M) */
+} kvi_fx;
+
+struct kv_col {
+    kv_colvault *cv;     /* borrowed: the vault outlives its columns */
+    int is_var;
+    kvi_fx fx;           /* fixed column, or the _idx column of a var pair */
+    kvi_fx data;         /* var pair only: the _data column (elem 1) */
+    /* write-back cache (col_cache.c); all under cv->mu */
+    int cache_on;
+    size_t cache_cap, cache_thresh;   /* bytes */
+    kv_buf cbuf;                      /* packed appends, back to back */
+    size_t *clens;                    /* var only: byte length of each cached element */
+    size_t cn, ccap;                  /* cached element count, clens capacity */
+    double last_write_s;              /* monotonic seconds of the last cached append */
+};
+
+/* col_meta.c */
+kv_status kvi_col_begin(kv_colvault *cv, int immediate);
+kv_status kvi_col_commit(kv_colvault *cv);
+void kvi_col_rollback(kv_colvault *cv);
+kv_status kvi_col_step_done(kv_colvault *cv, sqlite3_stmt *s, const char *op);
+kv_status kvi_fx_load(kv_colvault *cv, int64_t col_id, kvi_fx *fx);
+
+/** One col_chunks row as the writers see it. */
+typedef struct kvi_chunk {
+    int exists;
+    int64_t rowid;
+    int64_t cap;     /* actual_size: blob length, bytes */
+    int64_t used;    /* bytes_used */
+} kvi_chunk;
+
+/** Blob handle reused across the chunks of one operation (reopen is cheap). */
+typedef struct kvi_blob {
+    sqlite3_blob *b;
+    int writable;
+} kvi_blob;
+
+kv_status kvi_chunk_get(kv_colvault *cv, int64_t col_id, int64_t idx, kvi_chunk *c);
+kv_status kvi_blob_at(kv_colvault *cv, kvi_blob *bl, int64_t rowid, int writable);
+void kvi_blob_done(kvi_blob *bl);
+/** Smallest min * 2^k >= need, capped at max (first capacity of a chunk). */
+int64_t kvi_first_cap(const kvi_fx *fx, int64_t need);
+
+/* col_fixed.c (cv->mu held, inside a transaction where they write) */
+kv_status kvi_fx_length(kv_colvault *cv, const kvi_fx *fx, int64_t *len);
+kv_status kvi_fx_set_length(kv_colvault *cv, const kvi_fx *fx, int64_t len);
+kv_status kvi_fx_write_bytes(kv_colvault *cv, const kvi_fx *fx, uint64_t off, const uint8_t *src,
+                             uint64_t n);
+kv_status kvi_fx_read_bytes(kv_colvault *cv, const kvi_fx *fx, uint64_t off, uint8_t *dst,
+                            uint64_t n);
+kv_status kvi_fx_append_raw(kv_colvault *cv, const kvi_fx *fx, const uint8_t *src, uint64_t nelem);
+kv_status kvi_fx_delete_at(kv_colvault *cv, const kvi_fx *fx, int64_t idx, int64_t len);
+
+kv_status kvi_col_append_direct(kv_col *col, const void *data, const size_t *lens, size_t n);
+
+/* col_var.c (cv->mu held, inside a transaction) */
+kv_status kvi_var_append_raw(kv_col *col, const uint8_t *src, const size_t *lens, size_t n);
+kv_status kvi_var_read(kv_col *col, int64_t start, int64_t count, kv_buf *data, uint64_t *offs);
+kv_status kvi_var_write(kv_col *col, int64_t start, const uint8_t *src, const size_t *lens,
+                        size_t n);
+kv_status kvi_var_clear(kv_col *col);
+
+/* col_cache.c (cv->mu held) */
+kv_status kvi_cache_append_locked(kv_col *col, const void *data, const size_t *lens, size_t n);
+kv_status kvi_cache_flush_locked(kv_col *col, size_t *flushed);
+double kvi_now_s(void);
+
+#endif /* KVAULT_COL_INTERNAL_H */
