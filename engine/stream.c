@@ -1,0 +1,686 @@
+/*
+ * stream.c - put_file / get_to_file (API.md §4.6): large values move between
+ * a file descriptor (or a callback) and SQLite's incremental BLOB I/O in
+ * chunks, so memory stays bounded by a few chunk buffers.
+ *
+ * put: BEGIN IMMEDIATE; upsert zeroblob(size); open the row's blob; keep up
+ * to KVI_RING reads of the source in flight with io_uring into a ring of
+ * buffers and hand completed chunks to sqlite3_blob_write in file order;
+ * COMMIT. get: sqlite3_blob_read a chunk into a free buffer and submit its
+ * write to the destination, keeping up to KVI_RING writes in flight.
+ * Fallback: when io_uring_queue_init fails (old kernel, seccomp), when
+ * KV_NO_URING=1, or for unseekable fds (pipes), plain pread/pwrite or
+ * read/write loops do the same work one chunk at a time.
+ *
+ * Memory bound: SQLite's page cache would otherwise hold dirty pages of the
+ * whole transaction up to cache_size, and mmap'd reads would touch up to
+ * mmap_size of file pages; for large streams both are lowered for the
+ * duration (cache_size to KVI_STREAM_CACHE_KB, mmap off) and restored after.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <liburing.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define KVI_RING 4                        /* buffers / requests in flight */
+#define KVI_STREAM_BIG (8u << 20)         /* streams >= this lower cache/mmap */
+#define KVI_STREAM_CACHE_KB 8192          /* page cache while streaming, KiB */
+#define KVI_MAX_CHUNK (64u << 20)
+
+/* ======================================================================
+ * Memory guard: lower cache_size and mmap_size during big streams.
+ * ==================================================================== */
+
+typedef struct mem_guard {
+    int active;
+    sqlite3_int64 cache;    /* previous cache_size */
+    sqlite3_int64 mmap;     /* previous mmap_size */
+} mem_guard;
+
+static sqlite3_int64 pragma_int(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *s = NULL;
+    sqlite3_int64 v = 0;
+    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
+        v = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    return v;
+}
+
+static void guard_enter(kv_db *db, uint64_t size, mem_guard *g)
+{
+    char sql[96];
+    g->active = 0;
+    if (size < KVI_STREAM_BIG)
+        return;
+    g->cache = pragma_int(db->db, "PRAGMA cache_size");
+    g->mmap = pragma_int(db->db, "PRAGMA mmap_size");
+    snprintf(sql, sizeof sql, "PRAGMA cache_size=-%d; PRAGMA mmap_size=0", KVI_STREAM_CACHE_KB);
+    sqlite3_exec(db->db, sql, NULL, NULL, NULL);
+    g->active = 1;
+}
+
+static void guard_leave(kv_db *db, mem_guard *g)
+{
+    char sql[128];
+    if (!g->active)
+        return;
+    snprintf(sql, sizeof sql, "PRAGMA cache_size=%lld; PRAGMA mmap_size=%lld",
+             (long long)g->cache, (long long)g->mmap);
+    sqlite3_exec(db->db, sql, NULL, NULL, NULL);
+    g->active = 0;
+}
+
+/* ======================================================================
+ * io_uring setup
+ * ==================================================================== */
+
+static int uring_allowed(void)
+{
+    const char *e = getenv("KV_NO_URING");
+    return !(e && e[0] == '1');
+}
+
+static size_t pick_chunk(kv_db *db, size_t chunk)
+{
+    if (chunk == 0)
+        chunk = db->chunk_size;
+    if (chunk > KVI_MAX_CHUNK)
+        chunk = KVI_MAX_CHUNK;
+    if (chunk < 4096)
+        chunk = 4096;
+    return chunk;
+}
+
+typedef struct ring_buf {
+    uint8_t *p;
+    uint64_t off;     /* byte offset within the value */
+    size_t want;      /* bytes requested */
+    int64_t res;      /* completion result, or -1 pending */
+    int busy;         /* request in flight */
+} ring_buf;
+
+static void free_bufs(ring_buf *b, int n)
+{
+    for (int i = 0; i < n; i++)
+        kvi_free(b[i].p);
+}
+
+static int alloc_bufs(ring_buf *b, int n, size_t chunk)
+{
+    memset(b, 0, sizeof *b * n);
+    for (int i = 0; i < n; i++) {
+        b[i].res = -1;
+        b[i].off = UINT64_MAX;
+        if (!(b[i].p = kvi_malloc(chunk)))
+            return -1;
+    }
+    return 0;
+}
+
+/* ======================================================================
+ * Row + blob opening
+ * ==================================================================== */
+
+static kv_status open_new_blob(kv_db *db, const void *key, size_t klen, uint64_t size,
+                               sqlite3_blob **blob)
+{
+    kv_status st;
+    int rc;
+    static const uint8_t empty[1];
+    const void *k = klen ? key : empty;
+
+    if ((st = kvi_begin(db)) != KV_OK)
+        return st;
+    sqlite3_bind_blob64(db->st_putzero, 1, k, klen, SQLITE_STATIC);
+    sqlite3_bind_int64(db->st_putzero, 2, (sqlite3_int64)size);
+    rc = sqlite3_step(db->st_putzero);
+    sqlite3_reset(db->st_putzero);
+    if (rc != SQLITE_DONE) {
+        st = kvi_err_sqlite(&db->err, db->db, rc, "put_file");
+        goto fail;
+    }
+    sqlite3_bind_blob64(db->st_rowid, 1, k, klen, SQLITE_STATIC);
+    rc = sqlite3_step(db->st_rowid);
+    sqlite3_int64 rowid = rc == SQLITE_ROW ? sqlite3_column_int64(db->st_rowid, 0) : 0;
+    sqlite3_reset(db->st_rowid);
+    if (rc != SQLITE_ROW) {
+        st = kvi_err_sqlite(&db->err, db->db, rc == SQLITE_DONE ? SQLITE_INTERNAL : rc, "put_file rowid");
+        goto fail;
+    }
+    rc = sqlite3_blob_open(db->db, "main", db->table, "value", rowid, 1, blob);
+    if (rc != SQLITE_OK) {
+        st = kvi_err_sqlite(&db->err, db->db, rc, "blob_open");
+        goto fail;
+    }
+    return KV_OK;
+fail:
+    kvi_rollback(db);
+    return st;
+}
+
+static kv_status open_read_blob(kv_db *db, const void *key, size_t klen, sqlite3_blob **blob,
+                                uint64_t *size)
+{
+    static const uint8_t empty[1];
+    const void *k = klen ? key : empty;
+    sqlite3_bind_blob64(db->st_rowid, 1, k, klen, SQLITE_STATIC);
+    int rc = sqlite3_step(db->st_rowid);
+    sqlite3_int64 rowid = rc == SQLITE_ROW ? sqlite3_column_int64(db->st_rowid, 0) : 0;
+    sqlite3_reset(db->st_rowid);
+    if (rc == SQLITE_DONE)
+        return KV_NOTFOUND;
+    if (rc != SQLITE_ROW)
+        return kvi_err_sqlite(&db->err, db->db, rc, "get_to_file");
+    rc = sqlite3_blob_open(db->db, "main", db->table, "value", rowid, 0, blob);
+    if (rc != SQLITE_OK)
+        return kvi_err_sqlite(&db->err, db->db, rc, "blob_open");
+    *size = (uint64_t)sqlite3_blob_bytes(*blob);
+    return KV_OK;
+}
+
+/* Close the blob and commit (also after a short write: the zero tail is
+ * kept, as API.md §4.6 says). On failure roll back. */
+static kv_status finish_put(kv_db *db, sqlite3_blob *blob, kv_status st)
+{
+    int rc = sqlite3_blob_close(blob);
+    if (st != KV_OK && st != KV_SHORT) {
+        kvi_rollback(db);
+        return st;
+    }
+    if (rc != SQLITE_OK) {
+        kvi_rollback(db);
+        return kvi_err_sqlite(&db->err, db->db, rc, "blob_close");
+    }
+    kv_status cst = kvi_commit(db);
+    if (cst != KV_OK) {
+        kvi_rollback(db);
+        return cst;
+    }
+    return st;
+}
+
+static kv_status blob_write(kv_db *db, sqlite3_blob *b, const void *p, size_t n, uint64_t off)
+{
+    int rc = sqlite3_blob_write(b, p, (int)n, (int)off);
+    if (rc != SQLITE_OK)
+        return kvi_err_sqlite(&db->err, db->db, rc, "blob_write");
+    return KV_OK;
+}
+
+static kv_status blob_read(kv_db *db, sqlite3_blob *b, void *p, size_t n, uint64_t off)
+{
+    int rc = sqlite3_blob_read(b, p, (int)n, (int)off);
+    if (rc != SQLITE_OK)
+        return kvi_err_sqlite(&db->err, db->db, rc, "blob_read");
+    return KV_OK;
+}
+
+static kv_status short_err(kv_db *db, uint64_t got, uint64_t size)
+{
+    return kvi_err_set(&db->err, KV_SHORT, "short write: wrote %llu of %llu bytes",
+                       (unsigned long long)got, (unsigned long long)size);
+}
+
+/* ======================================================================
+ * put: source fd → blob
+ * ==================================================================== */
+
+/* Read exactly up to n bytes with pread (seekable) or read; returns bytes
+ * read (< n only at EOF) or -errno. */
+static int64_t full_read(int fd, void *p, size_t n, int64_t off, int seekable)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = seekable ? pread(fd, (uint8_t *)p + got, n - got, off + (int64_t)got)
+                             : read(fd, (uint8_t *)p + got, n - got);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (r == 0)
+            break;
+        got += (size_t)r;
+    }
+    return (int64_t)got;
+}
+
+static int64_t full_write(int fd, const void *p, size_t n, int64_t off, int seekable)
+{
+    size_t put = 0;
+    while (put < n) {
+        ssize_t r = seekable ? pwrite(fd, (const uint8_t *)p + put, n - put, off + (int64_t)put)
+                             : write(fd, (const uint8_t *)p + put, n - put);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        put += (size_t)r;
+    }
+    return (int64_t)put;
+}
+
+static kv_status put_plain(kv_db *db, sqlite3_blob *blob, int fd, int64_t base, int seekable,
+                           uint64_t size, size_t chunk, uint64_t *done)
+{
+    kv_status st = KV_OK;
+    uint8_t *buf = kvi_malloc(chunk);
+    if (!buf)
+        return kvi_err_set(&db->err, KV_NOMEM, "out of memory");
+    uint64_t off = 0;
+    while (off < size) {
+        size_t want = size - off < chunk ? (size_t)(size - off) : chunk;
+        int64_t r = full_read(fd, buf, want, base + (int64_t)off, seekable);
+        if (r < 0) {
+            st = kvi_err_os(&db->err, (int)-r, "read");
+            break;
+        }
+        if (r > 0 && (st = blob_write(db, blob, buf, (size_t)r, off)) != KV_OK)
+            break;
+        off += (uint64_t)r;
+        if ((size_t)r < want) {
+            st = short_err(db, off, size);
+            break;
+        }
+    }
+    *done = off;
+    kvi_free(buf);
+    return st;
+}
+
+/* io_uring: keep up to KVI_RING preads in flight; write completed chunks to
+ * the blob strictly in order. Returns KV_UNSUPPORTED (before touching the
+ * blob) when the ring cannot be set up, so the caller falls back. */
+static kv_status put_uring(kv_db *db, sqlite3_blob *blob, int fd, int64_t base,
+                           uint64_t size, size_t chunk, uint64_t *done)
+{
+    struct io_uring ring;
+    ring_buf b[KVI_RING];
+    kv_status st = KV_OK;
+    uint64_t next_submit = 0;   /* next value offset to request */
+    uint64_t next_write = 0;    /* next value offset to hand to SQLite */
+    int inflight = 0;
+
+    *done = 0;
+    if (io_uring_queue_init(KVI_RING * 2, &ring, 0) < 0)
+        return KV_UNSUPPORTED;
+    if (alloc_bufs(b, KVI_RING, chunk) != 0) {
+        free_bufs(b, KVI_RING);
+        io_uring_queue_exit(&ring);
+        return kvi_err_set(&db->err, KV_NOMEM, "out of memory");
+    }
+    db->used_uring = 1;
+
+    for (;;) {
+        /* Submit reads into idle buffers. */
+        int queued = 0;
+        for (int i = 0; i < KVI_RING && next_submit < size && st == KV_OK; i++) {
+            if (b[i].busy || b[i].res >= 0)
+                continue;
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+            if (!sqe)
+                break;
+            b[i].off = next_submit;
+            b[i].want = size - next_submit < chunk ? (size_t)(size - next_submit) : chunk;
+            b[i].busy = 1;
+            b[i].res = -1;
+            io_uring_prep_read(sqe, fd, b[i].p, (unsigned)b[i].want, (uint64_t)base + next_submit);
+            io_uring_sqe_set_data(sqe, &b[i]);
+            next_submit += b[i].want;
+            inflight++;
+            queued++;
+        }
+        if (queued)
+            io_uring_submit(&ring);
+        if (inflight == 0)
+            break;
+        /* Reap one completion. */
+        struct io_uring_cqe *cqe;
+        int rc = io_uring_wait_cqe(&ring, &cqe);
+        if (rc < 0) {
+            if (rc == -EINTR)
+                continue;
+            st = kvi_err_os(&db->err, -rc, "io_uring_wait_cqe");
+            break;   /* in-flight requests end with io_uring_queue_exit */
+        }
+        ring_buf *rb = io_uring_cqe_get_data(cqe);
+        int res = cqe->res;
+        io_uring_cqe_seen(&ring, cqe);
+        rb->busy = 0;
+        inflight--;
+        if (res < 0) {
+            if (st == KV_OK)
+                st = kvi_err_os(&db->err, -res, "read");
+            rb->res = 0;
+        } else {
+            rb->res = res;
+            /* A short but non-empty read: finish the chunk synchronously. */
+            if ((size_t)res < rb->want && res > 0) {
+                int64_t r = full_read(fd, rb->p + res, rb->want - (size_t)res,
+                                      base + (int64_t)(rb->off + (uint64_t)res), 1);
+                if (r < 0 && st == KV_OK)
+                    st = kvi_err_os(&db->err, (int)-r, "read");
+                else if (r > 0)
+                    rb->res += r;
+            }
+        }
+        if (st != KV_OK)
+            continue;      /* drain remaining completions */
+        /* Hand every in-order completed chunk to SQLite. */
+        for (int progressed = 1; progressed && st == KV_OK;) {
+            progressed = 0;
+            for (int i = 0; i < KVI_RING; i++) {
+                if (b[i].busy || b[i].res < 0 || b[i].off != next_write)
+                    continue;
+                if (b[i].res > 0)
+                    st = blob_write(db, blob, b[i].p, (size_t)b[i].res, next_write);
+                next_write += (uint64_t)b[i].res;
+                int eof = (size_t)b[i].res < b[i].want;
+                b[i].res = -1;
+                b[i].off = UINT64_MAX;
+                if (st == KV_OK && eof) {
+                    st = short_err(db, next_write, size);
+                    break;
+                }
+                progressed = 1;
+            }
+        }
+    }
+    *done = next_write;
+    io_uring_queue_exit(&ring);
+    free_bufs(b, KVI_RING);
+    return st;
+}
+
+KV_API kv_status kv_put_fd(kv_db *db, const void *key, size_t klen, int fd,
+                           uint64_t size, size_t chunk)
+{
+    sqlite3_blob *blob = NULL;
+    mem_guard g;
+    kv_status st;
+    uint64_t done = 0;
+
+    kvi_get_release(db);
+    db->used_uring = 0;
+    if (size >= (uint64_t)sqlite3_limit(db->db, SQLITE_LIMIT_LENGTH, -1))
+        return kvi_err_set(&db->err, KV_INVALID,
+                           "value of %llu bytes exceeds SQLite's blob limit of %d bytes",
+                           (unsigned long long)size, sqlite3_limit(db->db, SQLITE_LIMIT_LENGTH, -1));
+    chunk = pick_chunk(db, chunk);
+    off_t base = lseek(fd, 0, SEEK_CUR);
+    int seekable = base >= 0;
+    if (!seekable)
+        base = 0;
+
+    guard_enter(db, size, &g);
+    if ((st = open_new_blob(db, key, klen, size, &blob)) != KV_OK)
+        goto out;
+    if (db->cache)
+        kvi_cache_remove(db->cache, key, klen);   /* the stream is newer */
+    st = KV_UNSUPPORTED;
+    if (seekable && size > 0 && uring_allowed())
+        st = put_uring(db, blob, fd, base, size, chunk, &done);
+    if (st == KV_UNSUPPORTED)
+        st = put_plain(db, blob, fd, base, seekable, size, chunk, &done);
+    st = finish_put(db, blob, st);
+    if (seekable && (st == KV_OK || st == KV_SHORT))
+        lseek(fd, base + (off_t)done, SEEK_SET);
+out:
+    guard_leave(db, &g);
+    return st;
+}
+
+KV_API kv_status kv_put_stream(kv_db *db, const void *key, size_t klen,
+                               uint64_t size, size_t chunk, kv_read_fn rd, void *ctx)
+{
+    sqlite3_blob *blob = NULL;
+    mem_guard g;
+    kv_status st = KV_OK;
+    uint8_t *buf = NULL;
+    uint64_t off = 0;
+
+    kvi_get_release(db);
+    if (size >= (uint64_t)sqlite3_limit(db->db, SQLITE_LIMIT_LENGTH, -1))
+        return kvi_err_set(&db->err, KV_INVALID,
+                           "value of %llu bytes exceeds SQLite's blob limit of %d bytes",
+                           (unsigned long long)size, sqlite3_limit(db->db, SQLITE_LIMIT_LENGTH, -1));
+    chunk = pick_chunk(db, chunk);
+    if (!(buf = kvi_malloc(chunk)))
+        return kvi_err_set(&db->err, KV_NOMEM, "out of memory");
+    guard_enter(db, size, &g);
+    if ((st = open_new_blob(db, key, klen, size, &blob)) != KV_OK)
+        goto out;
+    if (db->cache)
+        kvi_cache_remove(db->cache, key, klen);
+    while (off < size) {
+        size_t want = size - off < chunk ? (size_t)(size - off) : chunk;
+        int64_t r = rd(ctx, buf, want);
+        if (r < 0 || (uint64_t)r > want) {
+            st = kvi_err_set(&db->err, KV_CALLBACK, "reader failed");
+            break;
+        }
+        if (r == 0) {
+            st = short_err(db, off, size);
+            break;
+        }
+        if ((st = blob_write(db, blob, buf, (size_t)r, off)) != KV_OK)
+            break;
+        off += (uint64_t)r;
+    }
+    st = finish_put(db, blob, st);
+out:
+    guard_leave(db, &g);
+    kvi_free(buf);
+    return st;
+}
+
+/* ======================================================================
+ * get: blob → destination fd
+ * ==================================================================== */
+
+static kv_status get_plain(kv_db *db, sqlite3_blob *blob, uint64_t size, int fd, int64_t base,
+                           int seekable, size_t chunk)
+{
+    kv_status st = KV_OK;
+    uint8_t *buf = kvi_malloc(chunk);
+    if (!buf)
+        return kvi_err_set(&db->err, KV_NOMEM, "out of memory");
+    for (uint64_t off = 0; off < size; ) {
+        size_t n = size - off < chunk ? (size_t)(size - off) : chunk;
+        if ((st = blob_read(db, blob, buf, n, off)) != KV_OK)
+            break;
+        int64_t w = full_write(fd, buf, n, base + (int64_t)off, seekable);
+        if (w < 0) {
+            st = kvi_err_os(&db->err, (int)-w, "write");
+            break;
+        }
+        off += n;
+    }
+    kvi_free(buf);
+    return st;
+}
+
+static kv_status get_uring(kv_db *db, sqlite3_blob *blob, uint64_t size, int fd, int64_t base,
+                           size_t chunk)
+{
+    struct io_uring ring;
+    ring_buf b[KVI_RING];
+    kv_status st = KV_OK;
+    uint64_t next = 0;
+    int inflight = 0;
+
+    if (io_uring_queue_init(KVI_RING * 2, &ring, 0) < 0)
+        return KV_UNSUPPORTED;
+    if (alloc_bufs(b, KVI_RING, chunk) != 0) {
+        free_bufs(b, KVI_RING);
+        io_uring_queue_exit(&ring);
+        return kvi_err_set(&db->err, KV_NOMEM, "out of memory");
+    }
+    db->used_uring = 1;
+    for (;;) {
+        int queued = 0;
+        for (int i = 0; i < KVI_RING && next < size && st == KV_OK; i++) {
+            if (b[i].busy)
+                continue;
+            size_t n = size - next < chunk ? (size_t)(size - next) : chunk;
+            if ((st = blob_read(db, blob, b[i].p, n, next)) != KV_OK)
+                break;
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+            if (!sqe) {   /* cannot happen: ring has 2x entries; write synchronously */
+                int64_t w = full_write(fd, b[i].p, n, base + (int64_t)next, 1);
+                if (w < 0)
+                    st = kvi_err_os(&db->err, (int)-w, "write");
+                next += n;
+                continue;
+            }
+            b[i].off = next;
+            b[i].want = n;
+            b[i].busy = 1;
+            io_uring_prep_write(sqe, fd, b[i].p, (unsigned)n, (uint64_t)base + next);
+            io_uring_sqe_set_data(sqe, &b[i]);
+            next += n;
+            inflight++;
+            queued++;
+        }
+        if (queued)
+            io_uring_submit(&ring);
+        if (inflight == 0)
+            break;
+        struct io_uring_cqe *cqe;
+        int rc = io_uring_wait_cqe(&ring, &cqe);
+        if (rc < 0) {
+            if (rc == -EINTR)
+                continue;
+            st = kvi_err_os(&db->err, -rc, "io_uring_wait_cqe");
+            break;
+        }
+        ring_buf *rb = io_uring_cqe_get_data(cqe);
+        int res = cqe->res;
+        io_uring_cqe_seen(&ring, cqe);
+        rb->busy = 0;
+        inflight--;
+        if (res < 0) {
+            if (st == KV_OK)
+                st = kvi_err_os(&db->err, -res, "write");
+        } else if ((size_t)res < rb->want && st == KV_OK) {
+            int64_t w = full_write(fd, rb->p + res, rb->want - (size_t)res,
+                                   base + (int64_t)(rb->off + (uint64_t)res), 1);
+            if (w < 0)
+                st = kvi_err_os(&db->err, (int)-w, "write");
+        }
+    }
+    io_uring_queue_exit(&ring);
+    free_bufs(b, KVI_RING);
+    return st;
+}
+
+KV_API kv_status kv_get_to_fd(kv_db *db, const void *key, size_t klen, int fd,
+                              size_t chunk, uint64_t *written)
+{
+    sqlite3_blob *blob = NULL;
+    mem_guard g = {0};
+    kv_status st;
+    uint64_t size = 0;
+
+    kvi_get_release(db);
+    db->used_uring = 0;
+    *written = 0;
+    chunk = pick_chunk(db, chunk);
+    off_t base = lseek(fd, 0, SEEK_CUR);
+    int seekable = base >= 0;
+    if (!seekable)
+        base = 0;
+    kvi_centry *e = kvi_cache_find(db->cache, key, klen);
+    if (e) {
+        int64_t w = full_write(fd, e->data + e->klen, e->vlen, base, seekable);
+        if (w < 0)
+            return kvi_err_os(&db->err, (int)-w, "write");
+        if (seekable)
+            lseek(fd, base + (off_t)e->vlen, SEEK_SET);
+        *written = e->vlen;
+        return KV_OK;
+    }
+    /* A read transaction keeps the blob stable while we stream it. */
+    if ((st = kvi_exec(db->db, "BEGIN", &db->err)) != KV_OK)
+        return st;
+    if ((st = open_read_blob(db, key, klen, &blob, &size)) != KV_OK)
+        goto out;
+    guard_enter(db, size, &g);
+    st = KV_UNSUPPORTED;
+    if (seekable && size > 0 && uring_allowed())
+        st = get_uring(db, blob, size, fd, base, chunk);
+    if (st == KV_UNSUPPORTED)
+        st = get_plain(db, blob, size, fd, base, seekable, chunk);
+    sqlite3_blob_close(blob);
+    if (st == KV_OK) {
+        *written = size;
+        if (seekable)
+            lseek(fd, base + (off_t)size, SEEK_SET);
+    }
+out:
+    kvi_exec(db->db, "COMMIT", &db->err);
+    guard_leave(db, &g);
+    return st;
+}
+
+KV_API kv_status kv_get_stream(kv_db *db, const void *key, size_t klen,
+                               size_t chunk, kv_write_fn wr, void *ctx,
+                               uint64_t *written)
+{
+    sqlite3_blob *blob = NULL;
+    mem_guard g = {0};
+    kv_status st;
+    uint64_t size = 0;
+    uint8_t *buf = NULL;
+
+    kvi_get_release(db);
+    *written = 0;
+    chunk = pick_chunk(db, chunk);
+    kvi_centry *e = kvi_cache_find(db->cache, key, klen);
+    if (e) {
+        if (wr(ctx, e->data + e->klen, e->vlen) != 0)
+            return kvi_err_set(&db->err, KV_CALLBACK, "writer failed");
+        *written = e->vlen;
+        return KV_OK;
+    }
+    if ((st = kvi_exec(db->db, "BEGIN", &db->err)) != KV_OK)
+        return st;
+    if ((st = open_read_blob(db, key, klen, &blob, &size)) != KV_OK)
+        goto out;
+    guard_enter(db, size, &g);
+    if (!(buf = kvi_malloc(size < chunk ? (size ? size : 1) : chunk))) {
+        st = kvi_err_set(&db->err, KV_NOMEM, "out of memory");
+        sqlite3_blob_close(blob);
+        goto out;
+    }
+    uint64_t off = 0;
+    while (off < size) {
+        size_t n = size - off < chunk ? (size_t)(size - off) : chunk;
+        if ((st = blob_read(db, blob, buf, n, off)) != KV_OK)
+            break;
+        if (wr(ctx, buf, n) != 0) {
+            st = kvi_err_set(&db->err, KV_CALLBACK, "writer failed");
+            break;
+        }
+        off += n;
+    }
+    sqlite3_blob_close(blob);
+    if (st == KV_OK)
+        *written = size;
+out:
+    kvi_exec(db->db, "COMMIT", &db->err);
+    guard_leave(db, &g);
+    kvi_free(buf);
+    return st;
+}
+
+KV_API int kv_stream_used_uring(const kv_db *db)
+{
+    return db->used_uring;
+}
