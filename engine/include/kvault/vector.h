@@ -1,0 +1,178 @@
+/*
+ * vector.h - vector store of libkvault: exact k-nearest-neighbour search
+ * over vectors kept in a plain SQLite table (API.md §8, the engine behind
+ * kohakuvault.VectorKVault).
+ *
+ * sqlite-vec is not available on this project's platform, so the vector
+ * table layout is this project's own (docs/vectors.md):
+ *
+ *   CREATE TABLE IF NOT EXISTS <table>
+ *       (id INTEGER PRIMARY KEY, value_ref INTEGER NOT NULL, vector BLOB NOT NULL)
+ *   CREATE TABLE IF NOT EXISTS <table>_values
+ *       (id INTEGER PRIMARY KEY AUTOINCREMENT, value BLOB NOT NULL)      -- API.md §8.1
+ *
+ * `vector` holds the element bytes: float32 LE (4*N bytes), int8 (N bytes)
+ * or bits (N/8 bytes, bit i of the vector = bit (i%8) of byte i/8). The
+ * row's value_ref names the <table>_values row holding the value bytes.
+ *
+ * Search is an exact brute-force scan: every stored vector is compared with
+ * the query and a bounded max-heap keeps the best k (k <= 4096, the limit
+ * sqlite-vec imposes on KNN queries). Distances follow sqlite-vec:
+ * cosine = 1 - a.b / (|a| |b|) (a zero vector gives 1.0 here, where
+ * sqlite-vec gives NaN); L2 = Euclidean distance (not squared);
+ * L1 = sum of absolute differences; hamming = number of differing bits.
+ * Sums are accumulated in double and reported as float32-rounded values.
+ * With the cosine metric, f32 vectors are L2-normalised before they are
+ * stored and before they are searched for (a zero vector is left as is).
+ *
+ * Thread safety: a kv_vector handle is not internally locked: one thread at
+ * a time. Distinct handles may be used concurrently, also from several
+ * processes (WAL). Do not use a handle in a child after fork().
+ */
+#ifndef KVAULT_VECTOR_H
+#define KVAULT_VECTOR_H
+
+#include "kvault/kvault.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Distance metrics. */
+typedef enum kv_vector_metric {
+    KV_VECTOR_COSINE = 0,   /**< 1 - cosine similarity (f32 only) */
+    KV_VECTOR_L2,           /**< Euclidean distance (f32, int8) */
+    KV_VECTOR_L1,           /**< Manhattan distance (f32, int8) */
+    KV_VECTOR_HAMMING       /**< differing bits (bit only) */
+} kv_vector_metric;
+
+/** Element types. */
+typedef enum kv_vector_elem {
+    KV_VECTOR_F32 = 0,      /**< float32 LE, 4 bytes per dimension */
+    KV_VECTOR_I8,           /**< int8, 1 byte per dimension */
+    KV_VECTOR_BIT           /**< 1 bit per dimension, dimensions % 8 == 0 */
+} kv_vector_elem;
+
+/** Largest k accepted by kv_vector_search. */
+#define KV_VECTOR_MAX_K 4096
+
+/** Opaque vector store handle. */
+typedef struct kv_vector kv_vector;
+
+/** Whether `metric` may be used with `elem` (API.md §8.1: cosine → f32;
+ *  L2, L1 → f32 or int8; hamming → bit). Returns 1 or 0. Thread-safe. */
+KV_API int kv_vector_compatible(kv_vector_metric metric, kv_vector_elem elem);
+
+/** Bytes of one stored vector of `dims` dimensions of type `elem`
+ *  (0 for an unknown type). */
+KV_API size_t kv_vector_row_bytes(kv_vector_elem elem, size_t dims);
+
+/** Open (creating if needed) the vector store `table` in the database at
+ *  `path` for vectors of `dims` dimensions, type `elem`, metric `metric`.
+ *
+ *  Pragmas (API.md §8.1): journal_mode=WAL, synchronous=NORMAL,
+ *  temp_store=MEMORY, no busy timeout. `table` must be an ASCII identifier
+ *  (1..128 bytes). dims is 1..65536; bit vectors need dims % 8 == 0; the
+ *  metric must be compatible with the type.
+ *
+ *  On success *out owns the handle (kv_vector_close). On failure *out is
+ *  NULL and `err` (may be NULL) receives a message (at most errlen-1 bytes).
+ *  Returns KV_OK; KV_INVALID; KV_BUSY; KV_IO; KV_CORRUPT; KV_NOMEM;
+ *  KV_SQLITE (e.g. `table` exists with another layout, such as an original
+ *  sqlite-vec vec0 table: "no such module: vec0"). Thread-safe. */
+KV_API kv_status kv_vector_open(const char *path, const char *table, size_t dims,
+                                kv_vector_metric metric, kv_vector_elem elem,
+                                kv_vector **out, char *err, size_t errlen);
+
+/** Passive WAL checkpoint (errors ignored), finalize, close, free. NULL is
+ *  a no-op. */
+KV_API void kv_vector_close(kv_vector *v);
+
+/** Message of the last failure on `v` ("" if none); valid until the next
+ *  call on `v`. */
+KV_API const char *kv_vector_errmsg(const kv_vector *v);
+
+/** Insert a vector and its value in one transaction. `vec` holds
+ *  kv_vector_row_bytes(elem, dims) bytes (`vbytes` must equal it) in the
+ *  store's element type; for f32 any alignment is accepted. With the cosine
+ *  metric the stored copy is L2-normalised. `val` is `vlen` opaque bytes
+ *  (may be empty). *id receives the vector row id. Copies every buffer.
+ *  Returns KV_OK; KV_INVALID (wrong byte count, non-finite f32 element);
+ *  KV_BUSY; KV_IO; KV_NOMEM; KV_SQLITE. */
+KV_API kv_status kv_vector_insert(kv_vector *v, const void *vec, size_t vbytes,
+                                  const void *val, size_t vlen, int64_t *id);
+
+/** One search result; `val` borrows the kv_vector_hits holding it. */
+typedef struct kv_vector_hit {
+    int64_t id;            /**< vector row id */
+    double distance;       /**< distance to the query (float32-rounded) */
+    const uint8_t *val;    /**< value bytes */
+    size_t vlen;           /**< bytes at val */
+} kv_vector_hit;
+
+/** Results of kv_vector_search in ascending distance (ties: ascending id).
+ *  Free with kv_vector_hits_free. */
+typedef struct kv_vector_hits {
+    size_t n;              /**< number of hits (<= k) */
+    kv_vector_hit *hits;   /**< n hits */
+    void *mem_;            /**< private: value storage */
+} kv_vector_hits;
+
+/** Exact k-NN: the `k` stored vectors nearest to `query` under the store's
+ *  metric, with their values, read in one snapshot. `query` is in the
+ *  store's element type and has the row byte count (`qbytes`); with the
+ *  cosine metric it is normalised first. Cost: one pass over every stored
+ *  vector (O(rows * dims)) plus O(rows log k) for the heap; memory O(k).
+ *  k == 0 or an empty table give zero hits.
+ *
+ *  On KV_OK *out owns the results (kv_vector_hits_free). Returns KV_OK;
+ *  KV_INVALID (k < 0, k > KV_VECTOR_MAX_K, wrong byte count, non-finite f32);
+ *  KV_CORRUPT (a stored vector has a different size than the store's
+ *  dimensions); KV_BUSY; KV_IO; KV_NOMEM; KV_SQLITE. */
+KV_API kv_status kv_vector_search(kv_vector *v, const void *query, size_t qbytes,
+                                  int64_t k, kv_vector_hits **out);
+
+/** Free search results (NULL is a no-op). */
+KV_API void kv_vector_hits_free(kv_vector_hits *h);
+
+/** Fetch row `id`: on KV_OK *vec receives a mi_malloc'd copy of the stored
+ *  vector bytes (*vbytes; normalised if cosine) and *val a mi_malloc'd copy
+ *  of the value (*vlen); free both with kv_vector_free. Returns KV_OK;
+ *  KV_NOTFOUND (message "ID <id> not found"); KV_BUSY; KV_IO; KV_NOMEM;
+ *  KV_SQLITE. */
+KV_API kv_status kv_vector_get_by_id(kv_vector *v, int64_t id, uint8_t **vec, size_t *vbytes,
+                                     uint8_t **val, size_t *vlen);
+
+/** Free memory returned by this module (NULL is a no-op). */
+KV_API void kv_vector_free(void *p);
+
+/** Delete row `id` and its value row in one transaction; *removed (may be
+ *  NULL) is 1 if a row was removed, 0 for an unknown id (not an error).
+ *  Returns KV_OK, KV_BUSY, KV_IO, KV_SQLITE. */
+KV_API kv_status kv_vector_delete(kv_vector *v, int64_t id, int *removed);
+
+/** Update row `id` in one transaction: a non-NULL `vec` (`vbytes` bytes,
+ *  normalised if cosine) replaces the vector, a no-op for an unknown id; a
+ *  non-NULL `val` (`vlen` bytes) replaces the value, and an unknown id then
+ *  gives KV_NOTFOUND ("Query returned no rows") with nothing changed.
+ *  Returns KV_OK, KV_NOTFOUND, KV_INVALID (both NULL, wrong byte count),
+ *  KV_BUSY, KV_IO, KV_SQLITE. */
+KV_API kv_status kv_vector_update(kv_vector *v, int64_t id, const void *vec, size_t vbytes,
+                                  const void *val, size_t vlen);
+
+/** *found = 1 if row `id` exists. Returns KV_OK, KV_BUSY, KV_IO, KV_SQLITE. */
+KV_API kv_status kv_vector_exists(kv_vector *v, int64_t id, int *found);
+
+/** *count = number of vector rows. Returns KV_OK, KV_BUSY, KV_IO, KV_SQLITE. */
+KV_API kv_status kv_vector_count(kv_vector *v, int64_t *count);
+
+/** Distance between two vectors of `dims` dimensions of type `elem` under
+ *  `metric` (no normalisation is applied here), as used by the search.
+ *  For KV_VECTOR_BIT, a and b hold dims/8 bytes. Pure function, thread-safe. */
+KV_API double kv_vector_distance(kv_vector_metric metric, kv_vector_elem elem, const void *a,
+                                 const void *b, size_t dims);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVAULT_VECTOR_H */
