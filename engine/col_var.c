@@ -148,7 +148,7 @@ out:
     return st;
 }
 
-/* Place `len` bytes; *chunk/*start receive where they will live. */
+/* Place `len` bytes; *chunk and *start receive where they will live. */
 static kv_status kvi_place_one(kv_col *col, kvi_place *p, const uint8_t *src, size_t len,
                                int64_t *chunk, int64_t *start)
 {

@@ -1,0 +1,847 @@
+/*
+ * col_py.c - kohakuvault._kvault._ColumnVault and its column handle type
+ * _ColumnHandle: the native half of ColumnVault/Column/VarSizeColumn
+ * (API.md §6). The pure-Python proxies (kohakuvault/column_proxy.py) add
+ * index normalisation, messages and the MutableSequence protocol.
+ *
+ * Every engine call runs with the GIL released (values are packed into a
+ * C buffer first). Bulk paths: extend() of i64/f64 from a numpy array or
+ * any matching buffer is one memcpy-free kv_col_append; from a list it is
+ * one C conversion loop; read_raw() returns a whole range as one bytes.
+ *
+ * Ownership: a handle holds a strong reference to its vault object, so the
+ * vault's connection outlives every column; a handle's dealloc flushes its
+ * cache (flush on close).
+ */
+#include "kvpy.h"
+#include "packer_py.h"
+#include "kvault/column.h"
+
+#include <string.h>
+
+/* ------------------------------------------------------------------------ */
+/* errors                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static PyObject *kvpy_col_raise(kv_colvault *cv, kv_status st, const char *op)
+{
+    const char *msg = cv ? kv_colvault_errmsg(cv) : "";
+    if (!msg || !msg[0])
+        msg = kv_strerror(st);
+    switch (st) {
+    case KV_NOMEM:
+        return PyErr_NoMemory();
+    case KV_INVALID:
+        PyErr_Format(PyExc_ValueError, "%s: %s", op, msg);
+        break;
+    default: /* busy → "database is locked" text from SQLite; the rest raw RuntimeError */
+        PyErr_Format(PyExc_RuntimeError, "%s", msg);
+        break;
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* _ColumnVault                                                             */
+/* ------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    kv_colvault *cv;   /* owned */
+} ColVaultObject;
+
+typedef struct {
+    PyObject_HEAD
+    ColVaultObject *vault;  /* owned reference */
+    kv_col *col;            /* owned */
+    kv_packer pk;
+    PyObject *name;         /* logical name (owned) */
+    PyObject *dtype;        /* dtype string (owned) */
+    int is_var;
+    int64_t col_id;         /* fixed: its col_id; var: the _data col_id */
+    int64_t idx_col_id;     /* var: the _idx col_id */
+    int64_t max_chunk;      /* aligned max_chunk_bytes of the (fixed / data) column */
+} ColHandleObject;
+
+static PyTypeObject ColVaultType, ColHandleType;
+
+static int ColVault_init(ColVaultObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"path", "min_chunk_bytes", "max_chunk_bytes", NULL};
+    const char *path;
+    long long mn = KV_COL_MIN_CHUNK_DEFAULT, mx = KV_COL_MAX_CHUNK_DEFAULT;
+    char err[512] = "";
+    kv_status st;
+    kv_colvault *cv = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|LL", kwlist, &path, &mn, &mx))
+        return -1;
+    if (self->cv) {
+        PyErr_SetString(PyExc_RuntimeError, "_ColumnVault already initialised");
+        return -1;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_colvault_open(path, mn, mx, &cv, err, sizeof err);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK) {
+        if (st == KV_INVALID)
+            PyErr_Format(PyExc_ValueError, "Invalid ColumnVault arguments: %s", err);
+        else
+            PyErr_Format(PyExc_RuntimeError, "Failed to open %s: %s", path, err[0] ? err : kv_strerror(st));
+        return -1;
+    }
+    self->cv = cv;
+    return 0;
+}
+
+static void ColVault_dealloc(ColVaultObject *self)
+{
+    if (self->cv) {
+        kv_colvault *cv = self->cv;
+        self->cv = NULL;
+        Py_BEGIN_ALLOW_THREADS
+        kv_colvault_checkpoint(cv);
+        kv_colvault_close(cv);
+        Py_END_ALLOW_THREADS
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+#define CV_CHECK(self)                                                     \
+    do {                                                                   \
+        if (!(self)->cv) {                                                 \
+            PyErr_SetString(PyExc_RuntimeError, "_ColumnVault is closed"); \
+            return NULL;                                                   \
+        }                                                                  \
+    } while (0)
+
+static PyObject *ColVault_create_column(ColVaultObject *self, PyObject *args)
+{
+    const char *name, *dtype;
+    kv_packer pk;
+    kv_status st;
+    CV_CHECK(self);
+    if (!PyArg_ParseTuple(args, "ss", &name, &dtype))
+        return NULL;
+    if (kvpy_packer_parse(dtype, &pk) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (pk.pk_elem_size > 0)
+        st = kv_col_create(self->cv, name, dtype, (int64_t)pk.pk_elem_size, NULL);
+    else
+        st = kv_col_create_var(self->cv, name, dtype, NULL, NULL);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK) {
+        /* duplicate names and alignment failures are raw RuntimeError (API.md §2.5) */
+        PyErr_Format(PyExc_RuntimeError, "%s", kv_colvault_errmsg(self->cv));
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *ColHandle_make(ColVaultObject *vault, const char *name, kv_col *col,
+                                const char *dtype, int is_var, int64_t col_id, int64_t idx_id,
+                                int64_t max_chunk)
+{
+    ColHandleObject *h = PyObject_New(ColHandleObject, &ColHandleType);
+    if (!h) {
+        kv_col_close(col);
+        return NULL;
+    }
+    h->col = col;
+    Py_INCREF(vault);
+    h->vault = vault;
+    h->name = PyUnicode_FromString(name);
+    h->dtype = PyUnicode_FromString(dtype);
+    h->is_var = is_var;
+    h->col_id = col_id;
+    h->idx_col_id = idx_id;
+    h->max_chunk = max_chunk;
+    if (!h->name || !h->dtype || kvpy_packer_parse(dtype, &h->pk) < 0) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    return (PyObject *)h;
+}
+
+/* open_column(name) -> handle; KeyError(name) when no such column. */
+static PyObject *ColVault_open_column(ColVaultObject *self, PyObject *args)
+{
+    const char *name;
+    kv_col_info di, ii, fi;
+    kv_status st, st2 = KV_NOTFOUND;
+    kv_col *col = NULL;
+    char nd[1100], ni[1100];
+    CV_CHECK(self);
+    if (!PyArg_ParseTuple(args, "s", &name))
+        return NULL;
+    if (strlen(name) > 1000) {
+        PyErr_SetString(PyExc_ValueError, "column name too long");
+        return NULL;
+    }
+    snprintf(nd, sizeof nd, "%s_data", name);
+    snprintf(ni, sizeof ni, "%s_idx", name);
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_info_get(self->cv, nd, &di);
+    if (st == KV_OK)
+        st = kv_col_info_get(self->cv, ni, &ii);
+    if (st == KV_OK)
+        st2 = kv_col_open_var(self->cv, di.ci_col_id, ii.ci_col_id, &col);
+    else if (st == KV_NOTFOUND) {
+        st = kv_col_info_get(self->cv, name, &fi);
+        if (st == KV_OK)
+            st2 = kv_col_open_fixed(self->cv, fi.ci_col_id, &col);
+    }
+    Py_END_ALLOW_THREADS
+    if (st == KV_NOTFOUND) {
+        PyErr_SetObject(PyExc_KeyError, PyTuple_GetItem(args, 0));
+        return NULL;
+    }
+    if (st != KV_OK)
+        return kvpy_col_raise(self->cv, st, "open column");
+    if (st2 != KV_OK)
+        return kvpy_col_raise(self->cv, st2, "open column");
+    if (kv_col_is_var(col))
+        return ColHandle_make(self, name, col, di.ci_dtype, 1, di.ci_col_id, ii.ci_col_id, di.ci_max_chunk);
+    return ColHandle_make(self, name, col, fi.ci_dtype, 0, fi.ci_col_id, 0, fi.ci_max_chunk);
+}
+
+static int kvpy_list_cb(void *ctx, const char *name, const char *dtype, int64_t length)
+{
+    PyObject *t = Py_BuildValue("(ssL)", name, dtype, (long long)length);
+    if (!t)
+        return 1;
+    int rc = PyList_Append(ctx, t);
+    Py_DECREF(t);
+    return rc != 0;
+}
+
+static PyObject *ColVault_list_columns(ColVaultObject *self, PyObject *unused)
+{
+    CV_CHECK(self);
+    PyObject *lst = PyList_New(0);
+    if (!lst)
+        return NULL;
+    kv_status st = kv_col_list(self->cv, kvpy_list_cb, lst); /* callback needs the GIL: keep it */
+    if (st != KV_OK) {
+        Py_DECREF(lst);
+        if (PyErr_Occurred())
+            return NULL;
+        return kvpy_col_raise(self->cv, st, "list columns");
+    }
+    return lst;
+}
+
+static PyObject *ColVault_count_columns(ColVaultObject *self, PyObject *unused)
+{
+    int64_t n = 0;
+    kv_status st;
+    CV_CHECK(self);
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_count(self->cv, &n);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK)
+        return kvpy_col_raise(self->cv, st, "count columns");
+    return PyLong_FromLongLong(n);
+}
+
+static PyObject *ColVault_delete_column(ColVaultObject *self, PyObject *args)
+{
+    const char *name;
+    int deleted = 0;
+    kv_status st;
+    CV_CHECK(self);
+    if (!PyArg_ParseTuple(args, "s", &name))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_delete(self->cv, name, &deleted);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK)
+        return kvpy_col_raise(self->cv, st, "delete column");
+    return PyBool_FromLong(deleted);
+}
+
+static PyObject *ColVault_checkpoint(ColVaultObject *self, PyObject *unused)
+{
+    CV_CHECK(self);
+    Py_BEGIN_ALLOW_THREADS
+    kv_colvault_checkpoint(self->cv);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *ColVault_set_cache_locked(ColVaultObject *self, PyObject *flag)
+{
+    CV_CHECK(self);
+    int v = PyObject_IsTrue(flag);
+    if (v < 0)
+        return NULL;
+    kv_colvault_cache_lock(self->cv, v);
+    Py_RETURN_NONE;
+}
+
+static PyObject *ColVault_cache_locked(ColVaultObject *self, PyObject *unused)
+{
+    CV_CHECK(self);
+    return PyBool_FromLong(kv_colvault_cache_locked(self->cv));
+}
+
+static PyMethodDef ColVault_methods[] = {
+    {"create_column", (PyCFunction)ColVault_create_column, METH_VARARGS,
+     "create_column(name, dtype) -> None. One col_meta row for a fixed dtype, the _data/_idx pair"
+     " for a variable one. ValueError('Invalid dtype: ...'); RuntimeError for a duplicate name or"
+     " chunk sizes that cannot be aligned."},
+    {"open_column", (PyCFunction)ColVault_open_column, METH_VARARGS,
+     "open_column(name) -> _ColumnHandle. The variable-size pair <name>_data/<name>_idx wins over a"
+     " fixed column <name>. KeyError(name) when neither exists."},
+    {"list_columns", (PyCFunction)ColVault_list_columns, METH_NOARGS,
+     "list_columns() -> list[(name, dtype, length)] of the physical col_meta rows by col_id."},
+    {"count_columns", (PyCFunction)ColVault_count_columns, METH_NOARGS, "Number of col_meta rows."},
+    {"delete_column", (PyCFunction)ColVault_delete_column, METH_VARARGS,
+     "delete_column(name) -> bool. Deletes the row and its chunks (a logical var-size name deletes"
+     " both rows). Handles on it must not be used afterwards."},
+    {"checkpoint", (PyCFunction)ColVault_checkpoint, METH_NOARGS, "Passive WAL checkpoint; errors ignored."},
+    {"set_cache_locked", (PyCFunction)ColVault_set_cache_locked, METH_O, "Set the lock_cache flag."},
+    {"cache_locked", (PyCFunction)ColVault_cache_locked, METH_NOARGS, "The lock_cache flag."},
+    {NULL},
+};
+
+static PyTypeObject ColVaultType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kohakuvault._kvault._ColumnVault",
+    .tp_basicsize = sizeof(ColVaultObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "_ColumnVault(path, min_chunk_bytes=131072, max_chunk_bytes=16777216)\n\nNative column"
+              " vault: its own SQLite connection (WAL, synchronous=NORMAL, busy timeout 5000 ms) and"
+              " the col_meta/col_chunks tables. Thread-safe (one internal mutex; the GIL is released"
+              " during SQLite work).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)ColVault_init,
+    .tp_dealloc = (destructor)ColVault_dealloc,
+    .tp_methods = ColVault_methods,
+};
+
+/* ------------------------------------------------------------------------ */
+/* _ColumnHandle                                                            */
+/* ------------------------------------------------------------------------ */
+
+static void ColHandle_dealloc(ColHandleObject *self)
+{
+    if (self->col) {
+        kv_col *col = self->col;
+        self->col = NULL;
+        Py_BEGIN_ALLOW_THREADS
+        kv_col_close(col); /* flushes the cache */
+        Py_END_ALLOW_THREADS
+    }
+    Py_XDECREF(self->vault);
+    Py_XDECREF(self->name);
+    Py_XDECREF(self->dtype);
+    PyObject_Free(self);
+}
+
+#define H_ERR(self, st, op) kvpy_col_raise((self)->vault->cv, (st), (op))
+
+static PyObject *ColHandle_len(ColHandleObject *self, PyObject *unused)
+{
+    int64_t n = 0;
+    kv_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_len(self->col, &n);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK)
+        return H_ERR(self, st, "len");
+    return PyLong_FromLongLong(n);
+}
+
+/* Pack `values` into b (+lens for var). Fast paths for i64/f64. */
+static int ColHandle_pack_values(ColHandleObject *self, PyObject *values, kv_buf *b, size_t **lens,
+                                 size_t *n)
+{
+    kv_pk_kind k = self->pk.pk_kind;
+    *lens = NULL;
+    if ((k == KV_PK_I64 || k == KV_PK_F64) && PyList_Check(values)) {
+        Py_ssize_t cnt = PyList_GET_SIZE(values);
+        if (kv_buf_reserve(b, (size_t)cnt * 8) != KV_OK) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        uint8_t *o = b->data + b->len;
+        for (Py_ssize_t i = 0; i < cnt; i++) {
+            PyObject *v = PyList_GET_ITEM(values, i);
+            if (k == KV_PK_I64 && PyLong_CheckExact(v)) {
+                long long x = PyLong_AsLongLong(v);
+                if (x == -1 && PyErr_Occurred())
+                    goto slow;
+                memcpy(o + 8 * i, &x, 8);
+            } else if (k == KV_PK_F64 && PyFloat_CheckExact(v)) {
+                double d = PyFloat_AS_DOUBLE(v);
+                memcpy(o + 8 * i, &d, 8);
+            } else {
+            slow:
+                PyErr_Clear();
+                kv_buf tmp;
+                kv_buf_init(&tmp);
+                if (kvpy_pack_one(&self->pk, v, &tmp) < 0) {
+                    kv_buf_free(&tmp);
+                    return -1;
+                }
+                memcpy(o + 8 * i, tmp.data, 8);
+                kv_buf_free(&tmp);
+            }
+        }
+        b->len += (size_t)cnt * 8;
+        *n = (size_t)cnt;
+        return 0;
+    }
+    return kvpy_pack_many(&self->pk, values, b, self->is_var ? lens : NULL, n);
+}
+
+/* Numeric buffer fast path: returns 1 and fills view when `values` is a
+ * C-contiguous buffer of exactly the column's numeric type (little-endian
+ * host), 0 when not applicable, -1 on error. */
+static int ColHandle_numeric_view(ColHandleObject *self, PyObject *values, Py_buffer *view,
+                                  PyObject **holder)
+{
+    kv_pk_kind k = self->pk.pk_kind;
+    *holder = NULL;
+    if (k != KV_PK_I64 && k != KV_PK_F64)
+        return 0;
+    if (PyList_Check(values) || PyTuple_Check(values) || PyBytes_Check(values) ||
+        PyByteArray_Check(values) || PyUnicode_Check(values))
+        return 0;
+    PyObject *src = values;
+    if (!PyObject_CheckBuffer(values)) {
+        if (!PyObject_HasAttrString(values, "__array__"))
+            return 0;
+    }
+    /* numpy arrays of another dtype are cast once (astype), like DataPacker vectors */
+    if (PyObject_HasAttrString(values, "__array__") || !PyObject_CheckBuffer(values)) {
+        PyObject *np = PyImport_ImportModule("numpy");
+        if (!np)
+            return -1;
+        src = PyObject_CallMethod(np, "ascontiguousarray", "Os", values, k == KV_PK_I64 ? "int64" : "float64");
+        Py_DECREF(np);
+        if (!src)
+            return -1;
+        *holder = src;
+    }
+    if (PyObject_GetBuffer(src, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        Py_CLEAR(*holder);
+        return -1;
+    }
+    const char *f = view->format ? view->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@')
+        f++;
+    int ok = view->itemsize == 8 &&
+             (k == KV_PK_I64 ? (strcmp(f, "q") == 0 || strcmp(f, "l") == 0) : strcmp(f, "d") == 0);
+    if (!ok) {
+        PyBuffer_Release(view);
+        Py_CLEAR(*holder);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *ColHandle_extend(ColHandleObject *self, PyObject *values)
+{
+    kv_buf b;
+    size_t *lens = NULL, n = 0;
+    kv_status st;
+    Py_buffer view;
+    PyObject *holder = NULL;
+    int nv = ColHandle_numeric_view(self, values, &view, &holder);
+    if (nv < 0)
+        return NULL;
+    if (nv == 1) {
+        n = (size_t)view.len / 8;
+        Py_BEGIN_ALLOW_THREADS
+        st = kv_col_append(self->col, view.buf, NULL, n);
+        Py_END_ALLOW_THREADS
+        PyBuffer_Release(&view);
+        Py_XDECREF(holder);
+        if (st != KV_OK)
+            return H_ERR(self, st, "extend");
+        return PyLong_FromSize_t(n);
+    }
+    kv_buf_init(&b);
+    if (ColHandle_pack_values(self, values, &b, &lens, &n) < 0) {
+        kv_buf_free(&b);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_append(self->col, b.data, lens, n);
+    Py_END_ALLOW_THREADS
+    kv_buf_free(&b);
+    PyMem_Free(lens);
+    if (st != KV_OK)
+        return H_ERR(self, st, "extend");
+    return PyLong_FromSize_t(n);
+}
+
+static PyObject *ColHandle_append(ColHandleObject *self, PyObject *value)
+{
+    kv_buf b;
+    kv_status st;
+    kv_buf_init(&b);
+    if (kvpy_pack_one(&self->pk, value, &b) < 0) {
+        kv_buf_free(&b);
+        return NULL;
+    }
+    size_t len = b.len;
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_append(self->col, b.data, &len, 1);
+    Py_END_ALLOW_THREADS
+    kv_buf_free(&b);
+    if (st != KV_OK)
+        return H_ERR(self, st, "append");
+    Py_RETURN_NONE;
+}
+
+/* append_packed(data: bytes-like) for var columns / raw mode: one element. */
+static PyObject *ColHandle_append_raw(ColHandleObject *self, PyObject *arg)
+{
+    Py_buffer view;
+    kv_status st;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    size_t len = (size_t)view.len;
+    if (!self->is_var && len != (size_t)self->pk.pk_elem_size) {
+        PyBuffer_Release(&view);
+        PyErr_Format(PyExc_ValueError, "packed element must be %zu bytes", self->pk.pk_elem_size);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_append(self->col, view.buf, &len, 1);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    if (st != KV_OK)
+        return H_ERR(self, st, "append");
+    Py_RETURN_NONE;
+}
+
+/* read_raw(start, stop) -> bytes (fixed) or (bytes, offsets list) (var). */
+static PyObject *ColHandle_read_raw(ColHandleObject *self, PyObject *args)
+{
+    long long a, z;
+    kv_status st;
+    if (!PyArg_ParseTuple(args, "LL", &a, &z))
+        return NULL;
+    if (a < 0 || z < a) {
+        PyErr_SetString(PyExc_ValueError, "invalid range");
+        return NULL;
+    }
+    int64_t cnt = z - a;
+    if (!self->is_var) {
+        PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(cnt * (int64_t)self->pk.pk_elem_size));
+        if (!out)
+            return NULL;
+        char *p = PyBytes_AS_STRING(out);
+        Py_BEGIN_ALLOW_THREADS
+        st = kv_col_read_fixed(self->col, a, cnt, p);
+        Py_END_ALLOW_THREADS
+        if (st != KV_OK) {
+            Py_DECREF(out);
+            return H_ERR(self, st, "read");
+        }
+        return out;
+    }
+    kv_buf b;
+    uint64_t *offs = PyMem_Malloc(sizeof *offs * (size_t)(cnt + 1));
+    if (!offs)
+        return PyErr_NoMemory();
+    kv_buf_init(&b);
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_read_var(self->col, a, cnt, &b, offs);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK) {
+        PyMem_Free(offs);
+        kv_buf_free(&b);
+        return H_ERR(self, st, "read");
+    }
+    PyObject *data = PyBytes_FromStringAndSize((const char *)b.data, (Py_ssize_t)b.len);
+    PyObject *ol = PyList_New(cnt + 1);
+    for (int64_t i = 0; ol && i <= cnt; i++)
+        PyList_SET_ITEM(ol, i, PyLong_FromUnsignedLongLong(offs[i]));
+    PyMem_Free(offs);
+    kv_buf_free(&b);
+    if (!data || !ol) {
+        Py_XDECREF(data);
+        Py_XDECREF(ol);
+        return NULL;
+    }
+    PyObject *r = PyTuple_Pack(2, data, ol);
+    Py_DECREF(data);
+    Py_DECREF(ol);
+    return r;
+}
+
+/* read(start, stop) -> list of unpacked values. */
+static PyObject *ColHandle_read(ColHandleObject *self, PyObject *args)
+{
+    long long a, z;
+    kv_status st;
+    if (!PyArg_ParseTuple(args, "LL", &a, &z))
+        return NULL;
+    if (a < 0 || z < a) {
+        PyErr_SetString(PyExc_ValueError, "invalid range");
+        return NULL;
+    }
+    int64_t cnt = z - a;
+    PyObject *res = PyList_New((Py_ssize_t)cnt);
+    if (!res || cnt == 0)
+        return res;
+    if (!self->is_var) {
+        size_t es = self->pk.pk_elem_size;
+        uint8_t *buf = PyMem_Malloc((size_t)cnt * es);
+        if (!buf) {
+            Py_DECREF(res);
+            return PyErr_NoMemory();
+        }
+        Py_BEGIN_ALLOW_THREADS
+        st = kv_col_read_fixed(self->col, a, cnt, buf);
+        Py_END_ALLOW_THREADS
+        if (st != KV_OK) {
+            PyMem_Free(buf);
+            Py_DECREF(res);
+            return H_ERR(self, st, "read");
+        }
+        for (int64_t i = 0; i < cnt; i++) {
+            PyObject *v;
+            if (self->pk.pk_kind == KV_PK_I64) {
+                int64_t x;
+                memcpy(&x, buf + 8 * i, 8);
+                v = PyLong_FromLongLong(x);
+            } else if (self->pk.pk_kind == KV_PK_F64) {
+                double d;
+                memcpy(&d, buf + 8 * i, 8);
+                v = PyFloat_FromDouble(d);
+            } else
+                v = kvpy_unpack_one(&self->pk, buf + (size_t)i * es, es);
+            if (!v) {
+                PyMem_Free(buf);
+                Py_DECREF(res);
+                return NULL;
+            }
+            PyList_SET_ITEM(res, i, v);
+        }
+        PyMem_Free(buf);
+        return res;
+    }
+    kv_buf b;
+    uint64_t *offs = PyMem_Malloc(sizeof *offs * (size_t)(cnt + 1));
+    if (!offs) {
+        Py_DECREF(res);
+        return PyErr_NoMemory();
+    }
+    kv_buf_init(&b);
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_read_var(self->col, a, cnt, &b, offs);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK) {
+        PyMem_Free(offs);
+        kv_buf_free(&b);
+        Py_DECREF(res);
+        return H_ERR(self, st, "read");
+    }
+    for (int64_t i = 0; i < cnt; i++) {
+        PyObject *v = kvpy_unpack_one(&self->pk, b.data + offs[i], (size_t)(offs[i + 1] - offs[i]));
+        if (!v) {
+            Py_CLEAR(res);
+            break;
+        }
+        PyList_SET_ITEM(res, i, v);
+    }
+    PyMem_Free(offs);
+    kv_buf_free(&b);
+    return res;
+}
+
+/* write(start, values: list) -> None: overwrite len(values) elements. */
+static PyObject *ColHandle_write(ColHandleObject *self, PyObject *args)
+{
+    long long a;
+    PyObject *values;
+    kv_buf b;
+    size_t *lens = NULL, n = 0;
+    kv_status st;
+    if (!PyArg_ParseTuple(args, "LO", &a, &values))
+        return NULL;
+    kv_buf_init(&b);
+    if (ColHandle_pack_values(self, values, &b, &lens, &n) < 0) {
+        kv_buf_free(&b);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_write(self->col, a, b.data, lens, n);
+    Py_END_ALLOW_THREADS
+    kv_buf_free(&b);
+    PyMem_Free(lens);
+    if (st != KV_OK)
+        return H_ERR(self, st, "write");
+    Py_RETURN_NONE;
+}
+
+static PyObject *ColHandle_insert(ColHandleObject *self, PyObject *args)
+{
+    long long i;
+    PyObject *value;
+    kv_buf b;
+    kv_status st;
+    if (!PyArg_ParseTuple(args, "LO", &i, &value))
+        return NULL;
+    if (self->is_var) {
+        PyErr_SetString(PyExc_NotImplementedError,
+                        "Insert not supported for variable-size columns. Use append instead.");
+        return NULL;
+    }
+    kv_buf_init(&b);
+    if (kvpy_pack_one(&self->pk, value, &b) < 0) {
+        kv_buf_free(&b);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_insert(self->col, i, b.data);
+    Py_END_ALLOW_THREADS
+    kv_buf_free(&b);
+    if (st != KV_OK)
+        return H_ERR(self, st, "insert");
+    Py_RETURN_NONE;
+}
+
+static PyObject *ColHandle_delete(ColHandleObject *self, PyObject *arg)
+{
+    long long i = PyLong_AsLongLong(arg);
+    kv_status st;
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_delete_at(self->col, i);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK)
+        return H_ERR(self, st, "delete");
+    Py_RETURN_NONE;
+}
+
+static PyObject *ColHandle_clear(ColHandleObject *self, PyObject *unused)
+{
+    kv_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_clear(self->col);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK)
+        return H_ERR(self, st, "clear");
+    Py_RETURN_NONE;
+}
+
+static PyObject *ColHandle_enable_cache(ColHandleObject *self, PyObject *args)
+{
+    unsigned long long cap, thr;
+    kv_status st;
+    if (!PyArg_ParseTuple(args, "KK", &cap, &thr))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_cache_enable(self->col, (size_t)cap, (size_t)thr);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK)
+        return H_ERR(self, st, "enable_cache");
+    Py_RETURN_NONE;
+}
+
+static PyObject *ColHandle_disable_cache(ColHandleObject *self, PyObject *unused)
+{
+    kv_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_cache_disable(self->col);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK)
+        return H_ERR(self, st, "disable_cache");
+    Py_RETURN_NONE;
+}
+
+static PyObject *ColHandle_flush_cache(ColHandleObject *self, PyObject *unused)
+{
+    size_t n = 0;
+    kv_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_cache_flush(self->col, &n);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK)
+        return H_ERR(self, st, "flush_cache");
+    return PyLong_FromSize_t(n);
+}
+
+static PyObject *ColHandle_cache_enabled(ColHandleObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(kv_col_cache_enabled(self->col));
+}
+
+static PyObject *ColHandle_cache_idle(ColHandleObject *self, PyObject *unused)
+{
+    return PyFloat_FromDouble(kv_col_cache_idle_s(self->col));
+}
+
+static PyObject *ColHandle_info(ColHandleObject *self, void *c)
+{
+    return Py_BuildValue("{s:O,s:O,s:i,s:L,s:L,s:L,s:n}", "name", self->name, "dtype", self->dtype,
+                         "is_var", self->is_var, "col_id", (long long)self->col_id, "idx_col_id",
+                         (long long)self->idx_col_id, "max_chunk", (long long)self->max_chunk,
+                         "elem_size", (Py_ssize_t)self->pk.pk_elem_size);
+}
+
+static PyMethodDef ColHandle_methods[] = {
+    {"length", (PyCFunction)ColHandle_len, METH_NOARGS, "Stored length + cached appends."},
+    {"append", (PyCFunction)ColHandle_append, METH_O, "Pack and append one value (cached if enabled)."},
+    {"append_raw", (PyCFunction)ColHandle_append_raw, METH_O, "Append one already-packed element."},
+    {"extend", (PyCFunction)ColHandle_extend, METH_O,
+     "extend(values) -> int count. A list/tuple is packed in C; for i64/f64 a numpy array or any"
+     " C-contiguous buffer of int64/float64 is appended straight from its memory (other numpy dtypes"
+     " are cast once). One transaction."},
+    {"read", (PyCFunction)ColHandle_read, METH_VARARGS, "read(start, stop) -> list of values."},
+    {"read_raw", (PyCFunction)ColHandle_read_raw, METH_VARARGS,
+     "read_raw(start, stop) -> bytes (fixed: (stop-start)*elem_size bytes) or (bytes, offsets) for"
+     " variable size (offsets has stop-start+1 entries)."},
+    {"write", (PyCFunction)ColHandle_write, METH_VARARGS, "write(start, values) overwrites in place."},
+    {"insert", (PyCFunction)ColHandle_insert, METH_VARARGS, "insert(i, value), 0 <= i <= len (fixed only)."},
+    {"delete", (PyCFunction)ColHandle_delete, METH_O, "delete(i), 0 <= i < len."},
+    {"clear", (PyCFunction)ColHandle_clear, METH_NOARGS, "Length -> 0; chunks are kept."},
+    {"enable_cache", (PyCFunction)ColHandle_enable_cache, METH_VARARGS, "enable_cache(cap_bytes, flush_threshold)"},
+    {"disable_cache", (PyCFunction)ColHandle_disable_cache, METH_NOARGS, "Flush and remove the cache."},
+    {"flush_cache", (PyCFunction)ColHandle_flush_cache, METH_NOARGS, "Flush; returns bytes written."},
+    {"cache_enabled", (PyCFunction)ColHandle_cache_enabled, METH_NOARGS, "True when the cache is on."},
+    {"cache_idle", (PyCFunction)ColHandle_cache_idle, METH_NOARGS, "Seconds since the last cached append."},
+    {NULL},
+};
+
+static PyGetSetDef ColHandle_getset[] = {
+    {"info", (getter)ColHandle_info, NULL, "dict: name, dtype, is_var, col_id, idx_col_id, max_chunk, elem_size", NULL},
+    {NULL},
+};
+
+static PyTypeObject ColHandleType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kohakuvault._kvault._ColumnHandle",
+    .tp_basicsize = sizeof(ColHandleObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Native handle on one column (fixed, or a variable-size _data/_idx pair); made by"
+              " _ColumnVault.open_column. Indices must already be normalised (0-based, in range).",
+    .tp_dealloc = (destructor)ColHandle_dealloc,
+    .tp_methods = ColHandle_methods,
+    .tp_getset = ColHandle_getset,
+};
+
+int kvpy_init_col(PyObject *module)
+{
+    if (PyType_Ready(&ColVaultType) < 0 || PyType_Ready(&ColHandleType) < 0)
+        return -1;
+    Py_INCREF(&ColVaultType);
+    if (PyModule_AddObject(module, "_ColumnVault", (PyObject *)&ColVaultType) < 0) {
+        Py_DECREF(&ColVaultType);
+        return -1;
+    }
+    Py_INCREF(&ColHandleType);
+    if (PyModule_AddObject(module, "_ColumnHandle", (PyObject *)&ColHandleType) < 0) {
+        Py_DECREF(&ColHandleType);
+        return -1;
+    }
+    return 0;
+}
