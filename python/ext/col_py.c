@@ -167,12 +167,13 @@ static PyObject *ColHandle_make(ColVaultObject *vault, const char *name, kv_col 
 static PyObject *ColVault_open_column(ColVaultObject *self, PyObject *args)
 {
     const char *name;
+    int raw = 0;
     kv_col_info di, ii, fi;
     kv_status st, st2 = KV_NOTFOUND;
     kv_col *col = NULL;
     char nd[1100], ni[1100];
     CV_CHECK(self);
-    if (!PyArg_ParseTuple(args, "s", &name))
+    if (!PyArg_ParseTuple(args, "s|p", &name, &raw))
         return NULL;
     if (strlen(name) > 1000) {
         PyErr_SetString(PyExc_ValueError, "column name too long");
@@ -200,8 +201,13 @@ static PyObject *ColVault_open_column(ColVaultObject *self, PyObject *args)
         return kvpy_col_raise(self->cv, st, "open column");
     if (st2 != KV_OK)
         return kvpy_col_raise(self->cv, st2, "open column");
-    if (kv_col_is_var(col))
-        return ColHandle_make(self, name, col, di.ci_dtype, 1, di.ci_col_id, ii.ci_col_id, di.ci_max_chunk);
+    if (kv_col_is_var(col)) {
+        PyObject *h = ColHandle_make(self, name, col, di.ci_dtype, 1, di.ci_col_id, ii.ci_col_id,
+                                     di.ci_max_chunk);
+        if (h && raw) /* raw-bytes mode (use_rust_packer=False): store values as given */
+            kvpy_packer_parse("bytes", &((ColHandleObject *)h)->pk);
+        return h;
+    }
     return ColHandle_make(self, name, col, fi.ci_dtype, 0, fi.ci_col_id, 0, fi.ci_max_chunk);
 }
 
@@ -291,7 +297,8 @@ static PyMethodDef ColVault_methods[] = {
      " for a variable one. ValueError('Invalid dtype: ...'); RuntimeError for a duplicate name or"
      " chunk sizes that cannot be aligned."},
     {"open_column", (PyCFunction)ColVault_open_column, METH_VARARGS,
-     "open_column(name) -> _ColumnHandle. The variable-size pair <name>_data/<name>_idx wins over a"
+     "open_column(name, raw=False) -> _ColumnHandle (raw: a variable-size column packs values as"
+     " plain bytes whatever its dtype). The variable-size pair <name>_data/<name>_idx wins over a"
      " fixed column <name>. KeyError(name) when neither exists."},
     {"list_columns", (PyCFunction)ColVault_list_columns, METH_NOARGS,
      "list_columns() -> list[(name, dtype, length)] of the physical col_meta rows by col_id."},

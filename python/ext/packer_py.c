@@ -3,11 +3,9 @@
  * helpers the column binding uses (packer_py.h).
  *
  * The dtype grammar, scalar/text/padding codecs live in engine/packer.c;
- * MessagePack and CBOR go through the engine's streaming encoder and
- * visitor decoder (codec.h) under the JSON-like model of API.md §5.4:
- * None/bool/int/float/str, list/tuple/set/frozenset -> array, mappings with
- * str keys -> maps with keys sorted bytewise; decoding maps NaN/inf to None
- * and returns dicts in sorted key order. Vectors go through numpy (imported
+ * MessagePack and CBOR bodies reuse autopack.c's §5.4 model converters
+ * (kvpy_model_encode/kvpy_model_decode, declared in kvpy.h), the same
+ * ones KVault auto-pack uses. Vectors go through numpy (imported
  * lazily). JSON-schema validation uses the jsonschema package
  * (Draft7Validator), called from here.
  *
@@ -15,7 +13,6 @@
  */
 #include "packer_py.h"
 
-#include <math.h>
 #include <string.h>
 
 /* ------------------------------------------------------------------------ */
@@ -111,269 +108,6 @@ static PyObject *kvpy_make_array(uint8_t t, const uint8_t *data, uint64_t count,
         return r;
     }
     return arr;
-}
-
-/* ------------------------------------------------------------------------ */
-/* msgpack/cbor model                                                       */
-/* ------------------------------------------------------------------------ */
-
-static int kvpy_key_cmp(const void *a, const void *b)
-{
-    PyObject *ka = *(PyObject *const *)a, *kb = *(PyObject *const *)b;
-    /* code point order of str == bytewise order of their UTF-8 */
-    int lt = PyUnicode_Compare(ka, kb);
-    return lt;
-}
-
-static int kvpy_enc_obj(kv_enc *e, PyObject *o, int depth);
-
-static int kvpy_enc_fail(PyObject *o, const char *why)
-{
-    if (!PyErr_Occurred())
-        PyErr_Format(PyExc_ValueError, "Cannot encode %s: %s", Py_TYPE(o)->tp_name, why);
-    return -1;
-}
-
-static int kvpy_enc_map(kv_enc *e, PyObject *o, int depth)
-{
-    PyObject *items = PyMapping_Items(o);
-    if (!items)
-        return -1;
-    Py_ssize_t n = PyList_GET_SIZE(items);
-    PyObject **keys = PyMem_Malloc(sizeof(PyObject *) * (size_t)(n ? n : 1));
-    PyObject *d = PyDict_New();
-    int rc = -1;
-    if (!keys || !d)
-        goto out;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *kv = PyList_GET_ITEM(items, i);
-        PyObject *k = PyTuple_GET_ITEM(kv, 0);
-        if (!PyUnicode_Check(k)) {
-            PyErr_Format(PyExc_ValueError, "Cannot encode map key of type %s: keys must be str",
-                         Py_TYPE(k)->tp_name);
-            goto out;
-        }
-        keys[i] = k;
-        if (PyDict_SetItem(d, k, PyTuple_GET_ITEM(kv, 1)) < 0)
-            goto out;
-    }
-    qsort(keys, (size_t)n, sizeof *keys, kvpy_key_cmp);
-    if (PyErr_Occurred())
-        goto out;
-    kv_enc_map(e, (size_t)n);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t sl;
-        const char *s = PyUnicode_AsUTF8AndSize(keys[i], &sl);
-        if (!s)
-            goto out;
-        kv_enc_str(e, s, (size_t)sl);
-        if (kvpy_enc_obj(e, PyDict_GetItem(d, keys[i]), depth + 1) < 0)
-            goto out;
-    }
-    rc = 0;
-out:
-    PyMem_Free(keys);
-    Py_XDECREF(d);
-    Py_DECREF(items);
-    return rc;
-}
-
-static int kvpy_enc_obj(kv_enc *e, PyObject *o, int depth)
-{
-    if (depth > KV_DECODE_MAX_DEPTH) {
-        PyErr_SetString(PyExc_ValueError, "Cannot encode: nesting too deep");
-        return -1;
-    }
-    if (o == Py_None)
-        kv_enc_nil(e);
-    else if (PyBool_Check(o))
-        kv_enc_bool(e, o == Py_True);
-    else if (PyLong_Check(o)) {
-        int overflow = 0;
-        long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
-        if (v == -1 && PyErr_Occurred())
-            return -1;
-        if (!overflow)
-            kv_enc_int(e, v);
-        else if (overflow > 0) {
-            unsigned long long u = PyLong_AsUnsignedLongLong(o);
-            if (u == (unsigned long long)-1 && PyErr_Occurred()) {
-                PyErr_Clear();
-                return kvpy_enc_fail(o, "integer out of range [-2**63, 2**64-1]");
-            }
-            kv_enc_uint(e, u);
-        } else
-            return kvpy_enc_fail(o, "integer out of range [-2**63, 2**64-1]");
-    } else if (PyFloat_Check(o))
-        kv_enc_double(e, PyFloat_AS_DOUBLE(o));
-    else if (PyUnicode_Check(o)) {
-        Py_ssize_t n;
-        const char *s = PyUnicode_AsUTF8AndSize(o, &n);
-        if (!s)
-            return -1;
-        kv_enc_str(e, s, (size_t)n);
-    } else if (PyList_Check(o) || PyTuple_Check(o) || PyAnySet_Check(o)) {
-        PyObject *seq = PySequence_Fast(o, "expected a sequence");
-        if (!seq)
-            return -1;
-        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-        kv_enc_array(e, (size_t)n);
-        for (Py_ssize_t i = 0; i < n; i++)
-            if (kvpy_enc_obj(e, PySequence_Fast_GET_ITEM(seq, i), depth + 1) < 0) {
-                Py_DECREF(seq);
-                return -1;
-            }
-        Py_DECREF(seq);
-    } else if (PyDict_Check(o) || (!PyBytes_Check(o) && !PyByteArray_Check(o) && PyMapping_Check(o) &&
-                                   PyObject_HasAttrString(o, "items") &&
-                                   !PyObject_HasAttrString(o, "__array__"))) {
-        if (kvpy_enc_map(e, o, depth) < 0)
-            return -1;
-    } else
-        return kvpy_enc_fail(o, "outside the MessagePack/CBOR data model");
-    if (e->st != KV_OK) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    return 0;
-}
-
-/* Decoder: a stack of open containers. */
-typedef struct kvpy_frame {
-    PyObject *c;       /* list or dict (owned) */
-    int is_map;
-    Py_ssize_t i;      /* next list slot */
-    PyObject *key;     /* pending map key (owned) */
-} kvpy_frame;
-
-typedef struct kvpy_dec {
-    kvpy_frame st[KV_DECODE_MAX_DEPTH + 2];
-    int depth;
-    PyObject *result;  /* owned */
-} kvpy_dec;
-
-static int kvpy_dec_add(kvpy_dec *d, PyObject *v)
-{
-    if (!v)
-        return 1;
-    if (d->depth == 0) {
-        d->result = v;
-        return 0;
-    }
-    kvpy_frame *f = &d->st[d->depth - 1];
-    if (!f->is_map) {
-        if (f->i >= PyList_GET_SIZE(f->c)) {
-            Py_DECREF(v);
-            PyErr_SetString(PyExc_ValueError, "malformed array length");
-            return 1;
-        }
-        PyList_SET_ITEM(f->c, f->i++, v);
-        return 0;
-    }
-    if (!f->key) {
-        f->key = v;
-        return 0;
-    }
-    int rc = PyDict_SetItem(f->c, f->key, v);
-    Py_DECREF(v);
-    Py_CLEAR(f->key);
-    return rc < 0;
-}
-
-static int kvpy_on_nil(void *c) { Py_INCREF(Py_None); return kvpy_dec_add(c, Py_None); }
-static int kvpy_on_bool(void *c, int v) { PyObject *b = v ? Py_True : Py_False; Py_INCREF(b); return kvpy_dec_add(c, b); }
-static int kvpy_on_int(void *c, int64_t v) { return kvpy_dec_add(c, PyLong_FromLongLong(v)); }
-static int kvpy_on_uint(void *c, uint64_t v) { return kvpy_dec_add(c, PyLong_FromUnsignedLongLong(v)); }
-static int kvpy_on_double(void *c, double v)
-{
-    if (!isfinite(v)) {
-        Py_INCREF(Py_None);
-        return kvpy_dec_add(c, Py_None);
-    }
-    return kvpy_dec_add(c, PyFloat_FromDouble(v));
-}
-static int kvpy_on_str(void *c, const char *s, size_t n)
-{
-    return kvpy_dec_add(c, PyUnicode_DecodeUTF8(s, (Py_ssize_t)n, "strict"));
-}
-static int kvpy_push(kvpy_dec *d, PyObject *c, int is_map)
-{
-    if (!c)
-        return 1;
-    if (d->depth >= KV_DECODE_MAX_DEPTH + 1) {
-        Py_DECREF(c);
-        PyErr_SetString(PyExc_ValueError, "nesting too deep");
-        return 1;
-    }
-    kvpy_frame *f = &d->st[d->depth++];
-    f->c = c;
-    f->is_map = is_map;
-    f->i = 0;
-    f->key = NULL;
-    return 0;
-}
-static int kvpy_on_array_begin(void *c, size_t n)
-{
-    if (n > (size_t)PY_SSIZE_T_MAX / 8) {
-        PyErr_SetString(PyExc_ValueError, "array too large");
-        return 1;
-    }
-    return kvpy_push(c, PyList_New((Py_ssize_t)n), 0);
-}
-static int kvpy_on_map_begin(void *c, size_t n) { (void)n; return kvpy_push(c, PyDict_New(), 1); }
-static int kvpy_on_end(void *c)
-{
-    kvpy_dec *d = c;
-    kvpy_frame *f = &d->st[--d->depth];
-    PyObject *v = f->c;
-    Py_CLEAR(f->key);
-    if (f->is_map) { /* return dicts in sorted key order */
-        PyObject *keys = PyDict_Keys(v), *nd = NULL;
-        if (keys && PyList_Sort(keys) == 0 && (nd = PyDict_New())) {
-            for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
-                PyObject *k = PyList_GET_ITEM(keys, i);
-                if (PyDict_SetItem(nd, k, PyDict_GetItem(v, k)) < 0) {
-                    Py_CLEAR(nd);
-                    break;
-                }
-            }
-        }
-        Py_XDECREF(keys);
-        Py_DECREF(v);
-        v = nd;
-    }
-    return kvpy_dec_add(d, v);
-}
-
-static const kv_visitor kvpy_visitor = {
-    kvpy_on_nil, kvpy_on_bool, kvpy_on_int, kvpy_on_uint, kvpy_on_double, kvpy_on_str,
-    kvpy_on_array_begin, kvpy_on_end, kvpy_on_map_begin, kvpy_on_end,
-};
-
-static PyObject *kvpy_decode(kv_fmt fmt, const uint8_t *data, size_t len)
-{
-    kvpy_dec *d = PyMem_Calloc(1, sizeof *d);
-    char err[256];
-    if (!d)
-        return PyErr_NoMemory();
-    kv_status st = kv_decode(fmt, data, len, &kvpy_visitor, d, NULL, err, sizeof err);
-    PyObject *r = NULL;
-    if (st == KV_OK && d->result && d->depth == 0) {
-        r = d->result;
-        d->result = NULL;
-    } else if (!PyErr_Occurred()) {
-        PyErr_Format(PyExc_ValueError, "Failed to decode %s: %s",
-                     fmt == KV_FMT_MSGPACK ? "MessagePack" : "CBOR",
-                     st == KV_OK ? "no item" : err);
-    }
-    while (d->depth > 0) {
-        kvpy_frame *f = &d->st[--d->depth];
-        Py_XDECREF(f->c);
-        Py_XDECREF(f->key);
-    }
-    Py_XDECREF(d->result);
-    PyMem_Free(d);
-    return r;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -608,10 +342,8 @@ int kvpy_pack_one(const kv_packer *pk, PyObject *v, kv_buf *out)
     case KV_PK_MSGPACK:
     case KV_PK_CBOR: {
         kv_buf tmp;
-        kv_enc e;
         kv_buf_init(&tmp);
-        kv_enc_init(&e, pk->pk_kind == KV_PK_MSGPACK ? KV_FMT_MSGPACK : KV_FMT_CBOR, &tmp);
-        if (kvpy_enc_obj(&e, v, 0) == 0)
+        if (kvpy_model_encode(v, pk->pk_kind == KV_PK_MSGPACK ? KV_FMT_MSGPACK : KV_FMT_CBOR, &tmp) == 0)
             rc = kvpy_put_sized(pk, tmp.data, tmp.len, out);
         kv_buf_free(&tmp);
         break;
@@ -675,7 +407,7 @@ PyObject *kvpy_unpack_one(const kv_packer *pk, const uint8_t *data, size_t len)
     case KV_PK_CBOR:
         if (n == 0)
             return kvpy_not_enough(1, 0);
-        return kvpy_decode(pk->pk_kind == KV_PK_MSGPACK ? KV_FMT_MSGPACK : KV_FMT_CBOR, data, n);
+        return kvpy_model_decode(pk->pk_kind == KV_PK_MSGPACK ? KV_FMT_MSGPACK : KV_FMT_CBOR, data, n, NULL);
     case KV_PK_VEC: {
         if (pk->pk_ndim > 0) {
             uint8_t t;
