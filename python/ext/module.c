@@ -11,6 +11,9 @@ static const kvpy_init_fn kvpy_inits[] = {
     kvpy_init_kv,
     kvpy_init_packer,
     kvpy_init_col,
+    kvpy_init_text,
+    kvpy_init_vector,
+    kvpy_init_tree,
 };
 
 static int kvpy_exec(PyObject *module)

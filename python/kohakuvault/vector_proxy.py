@@ -1,0 +1,229 @@
+"""VectorKVault: vectors as keys, exact k-nearest-neighbour search (API.md §8).
+
+sqlite-vec is not available on this platform, so the native ``_VectorKVault``
+(python/ext/vector_py.c over engine/vector.c) keeps vectors in its own table
+layout (docs/vectors.md) and runs an exact brute-force k-NN scan in C with the
+GIL released. This module prepares vector input (§8.2), adds the dict protocol
+and maps exceptions (:func:`kohakuvault.errors.map_exception`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from . import errors as E
+from ._kvault import _VectorKVault
+
+VectorInput = Union[np.ndarray, List[float], bytes]
+
+__all__ = ["VectorKVault"]
+
+_METRICS = {"cosine": "cosine", "l2": "L2", "euclidean": "L2", "l1": "L1", "manhattan": "L1",
+            "hamming": "hamming"}
+_TYPES = {"f32": "float32", "float32": "float32", "i8": "int8", "int8": "int8", "bit": "bit"}
+_COMPATIBLE = {"cosine": {"float32"}, "L2": {"float32", "int8"}, "L1": {"float32", "int8"},
+               "hamming": {"bit"}}
+
+
+class VectorKVault:
+    """Vector similarity store: each row is a vector (the key) and a value.
+
+    ``VectorKVault(path, table="vec_kvault", dimensions=768, metric="cosine",
+    vector_type="f32")``. ``metric``: ``cosine``, ``l2``/``euclidean``,
+    ``l1``/``manhattan``, ``hamming`` (case-insensitive); ``vector_type``:
+    ``f32``/``float32``, ``i8``/``int8``, ``bit``; cosine needs f32, l2/l1 need
+    f32 or int8, hamming needs bit, bit needs ``dimensions % 8 == 0``. The
+    constructor raises raw ``ValueError``/``RuntimeError``; the methods raise
+    the mapped hierarchy. Only f32 tables can insert and search (int8/bit raise
+    InvalidArgument "not yet supported"). With cosine, vectors are
+    L2-normalised before storing and before searching. Values are encoded per
+    API.md §3.
+
+    Distances: cosine = 1 - cosine similarity, L2 = Euclidean (not squared),
+    L1 = sum of absolute differences; float32 precision.
+
+    Thread safety: calls on one instance are serialised by the native object;
+    SQLite work and the k-NN scan run with the GIL released.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], table: str = "vec_kvault",
+                 dimensions: int = 768, metric: str = "cosine", vector_type: str = "f32"):
+        m = _METRICS.get(str(metric).lower())
+        if m is None:
+            raise ValueError(
+                f"Unknown metric '{metric}'. Supported: cosine, l2/euclidean, l1/manhattan, hamming")
+        t = _TYPES.get(str(vector_type).lower())
+        if t is None:
+            raise ValueError(f"Unknown vector type: {vector_type}. Supported: f32, int8, bit")
+        if t not in _COMPATIBLE[m]:
+            raise ValueError(f"Metric '{metric}' is not compatible with vector type '{vector_type}'")
+        if t == "bit" and dimensions % 8 != 0:
+            raise ValueError(f"Bit vectors require dimensions divisible by 8, got {dimensions}")
+        self._vault = _VectorKVault(os.fspath(path), table, dimensions, metric, vector_type)
+        self.path = path
+        self.table = table
+        self.dimensions = dimensions
+        self.metric = metric
+        self.vector_type = vector_type
+
+    # ------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _prepare_vector(vector: VectorInput):
+        """§8.2: ndarray (non-float dtypes cast to float32), list, or bytes
+        (float32 LE); anything else, including tuples, → TypeError."""
+        if isinstance(vector, np.ndarray):
+            if not np.issubdtype(vector.dtype, np.floating):
+                vector = vector.astype(np.float32)
+            if vector.ndim != 1:
+                # the original converts with tolist(): nested lists (or a
+                # scalar for 0-d) are then rejected
+                raise TypeError(f"vector must be 1-D, got an array of shape {vector.shape}")
+            return np.ascontiguousarray(vector, dtype=np.float32)
+        if isinstance(vector, list):
+            return vector
+        if isinstance(vector, bytes):
+            return np.frombuffer(vector, dtype=np.float32, count=len(vector) // 4)
+        raise TypeError(f"Vector must be numpy array, list, or bytes, got {type(vector)}")
+
+    # ------------------------------------------------------------ methods
+
+    def insert(self, vector: VectorInput, value: Any, metadata: Optional[Dict[str, Any]] = None) -> int:
+        """Insert a vector and its value; returns the row id. ``metadata``
+        (dict or None) is ignored. Raises InvalidArgument (bad vector, wrong
+        dimensions "Expected N dimensions, got M", int8/bit tables),
+        DatabaseBusy, KohakuVaultError."""
+        try:
+            return self._vault.insert(self._prepare_vector(vector), value, metadata)
+        except Exception as ex:
+            raise E.map_exception(ex) from ex
+
+    def search(self, query_vector: VectorInput, k: int = 10,
+               metric: Optional[str] = None) -> List[Tuple[int, float, Any]]:
+        """The ``k`` nearest rows as ``[(id, distance, value)]``, ascending
+        distance. ``metric`` is validated only; the table's metric is used.
+        ``k`` > 4096 → InvalidArgument; an empty table → ``[]``."""
+        try:
+            return self._vault.search(self._prepare_vector(query_vector), k, metric)
+        except Exception as ex:
+            raise E.map_exception(ex) from ex
+
+    def get(self, query_vector: VectorInput, metric: Optional[str] = None) -> Any:
+        """Value of the nearest row; empty table →
+        KohakuVaultError("No vectors found in database")."""
+        try:
+            return self._vault.get(self._prepare_vector(query_vector), metric)
+        except Exception as ex:
+            raise E.map_exception(ex) from ex
+
+    def get_by_id(self, id: int) -> Tuple[np.ndarray, Any]:
+        """``(vector, value)``: the stored float32 vector (unit length with
+        cosine) as a read-only 1-D array; missing →
+        KohakuVaultError("ID <id> not found")."""
+        try:
+            vector_bytes, value = self._vault.get_by_id(id)
+            return np.frombuffer(vector_bytes, dtype=np.float32), value
+        except Exception as ex:
+            raise E.map_exception(ex) from ex
+
+    def delete(self, id: int) -> None:
+        """Remove row ``id`` and its value; an unknown id does nothing."""
+        try:
+            self._vault.delete(id)
+        except Exception as ex:
+            raise E.map_exception(ex) from ex
+
+    def update(self, id: int, vector: Optional[VectorInput] = None, value: Any = None) -> None:
+        """Replace the vector (unknown id: no-op) and/or the value (unknown
+        id → NotFound). Both ``None`` → InvalidArgument."""
+        try:
+            if vector is None and value is None:
+                raise ValueError("Must provide either vector or value to update")
+            vec = None if vector is None else self._prepare_vector(vector)
+            self._vault.update(id, vec, value)
+        except Exception as ex:
+            raise E.map_exception(ex) from ex
+
+    def exists(self, id: int) -> bool:
+        """Whether row ``id`` exists (ids only)."""
+        try:
+            return self._vault.exists(id)
+        except Exception as ex:
+            raise E.map_exception(ex) from ex
+
+    def count(self) -> int:
+        """Number of vectors."""
+        try:
+            return self._vault.count()
+        except Exception as ex:
+            raise E.map_exception(ex) from ex
+
+    def info(self) -> Dict[str, Any]:
+        """``{table, dimensions, metric, vector_type, count}`` with normalised
+        spellings (metric ``cosine``/``L2``/``L1``/``hamming``, vector_type
+        ``float32``/``int8``/``bit``)."""
+        try:
+            d = self._vault.info()
+        except Exception as ex:
+            raise E.map_exception(ex) from ex
+        return {"table": self.table, "dimensions": d["dimensions"], "metric": d["metric"],
+                "vector_type": d["vector_type"], "count": d["count"]}
+
+    def close(self) -> None:
+        """Close the connection (extension; idempotent)."""
+        self._vault.close()
+
+    # ------------------------------------------------------------ switches (§3.6)
+
+    def enable_auto_pack(self, use_pickle: bool = True) -> None:
+        """Auto-pack on (also turns headers on)."""
+        self._vault.enable_auto_pack(use_pickle)
+
+    def disable_auto_pack(self) -> None:
+        """Auto-pack off: values must be bytes-like; reads return stored bytes."""
+        self._vault.disable_auto_pack()
+
+    def auto_pack_enabled(self) -> bool:
+        """Whether auto-pack is on."""
+        return self._vault.auto_pack_enabled()
+
+    def enable_headers(self) -> None:
+        """Write the 10-byte header for non-bytes values."""
+        self._vault.enable_headers()
+
+    def disable_headers(self) -> None:
+        """Store encoded payloads without a header."""
+        self._vault.disable_headers()
+
+    def headers_enabled(self) -> bool:
+        """Whether headers are on."""
+        return self._vault.headers_enabled()
+
+    # ------------------------------------------------------------ protocol
+
+    def __setitem__(self, vector: VectorInput, value: Any) -> None:
+        """``vkv[vector] = value`` is ``insert(vector, value)``."""
+        self.insert(vector, value)
+
+    def __getitem__(self, query: VectorInput) -> Any:
+        """``get(query)``; any KohakuVaultError →
+        ``KeyError("No vectors found in database")``."""
+        try:
+            return self.get(query)
+        except E.KohakuVaultError:
+            raise KeyError("No vectors found in database") from None
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __contains__(self, id: int) -> bool:
+        """``id in vkv`` tests row ids."""
+        return self.exists(id)
+
+    def __repr__(self) -> str:
+        return (f"VectorKVault(path={self.path!r}, table={self.table!r}, "
+                f"dimensions={self.dimensions}, metric={self.metric!r}, "
+                f"vector_type={self.vector_type!r}, count={len(self)})")
