@@ -1,0 +1,228 @@
+/*
+ * blocks.c -- size-classed block allocation inside one shard's region, epoch
+ * retire lists, and checksummed records.
+ *
+ * Writer-private state (free-list heads, bump pointer, retire FIFO) lives in
+ * the writer's heap; only the blocks and the free-list links inside free
+ * blocks are in the segment. Readers never see a free block: a block reaches
+ * a free list only through kvshm_blocks_free (never published) or through
+ * kvshm_blocks_reclaim once no reader can hold it (epochs, slots.c).
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "kvshm/structs.h"
+
+/* ---- size classes --------------------------------------------------------- */
+
+static int size_class(uint64_t bytes, uint64_t *cbytes)
+{
+    if (bytes == 0) return -1;
+    if (bytes <= 1024) {
+        uint64_t c = (bytes + 15) >> 4;         /* 1..64 */
+        *cbytes = c << 4;
+        return (int)c - 1;
+    }
+    unsigned e = 63u - (unsigned)__builtin_clzll(bytes - 1); /* 2^e <= bytes-1 */
+    if (e >= 40) return -1;
+    uint64_t step = UINT64_C(1) << (e - 2);
+    uint64_t r = (bytes + step - 1) & ~(step - 1);       /* (2^e, 2^(e+1)] */
+    unsigned k = (unsigned)(r >> (e - 2));               /* 5..8 */
+    *cbytes = r;
+    return 64 + (int)(e - 10) * 4 + (int)(k - 5);
+}
+
+uint64_t kvshm_blocks_class_bytes(uint64_t bytes)
+{
+    uint64_t c;
+    return size_class(bytes, &c) < 0 ? 0 : c;
+}
+
+void kvshm_blocks_init(kvshm_blocks *b, kvshm_seg *seg, uint64_t lo,
+                       uint64_t bytes, struct kvshm_shard *stats)
+{
+    memset(b, 0, sizeof *b);
+    b->seg = seg;
+    b->stats = stats;
+    b->lo = lo;
+    b->hi = lo + bytes;
+    b->bump = lo;
+}
+
+void kvshm_blocks_fini(kvshm_blocks *b)
+{
+    free(b->ret);
+    b->ret = NULL;
+    b->ret_len = b->ret_cap = b->ret_head = 0;
+}
+
+static void publish_stats(kvshm_blocks *b)
+{
+    if (b->stats) {
+        kv_atomic_store_relaxed64(&b->stats->s_used, b->used);
+        kv_atomic_store_relaxed64(&b->stats->s_retired, b->retired);
+    }
+}
+
+kvshm_status kvshm_blocks_alloc(kvshm_blocks *b, uint64_t bytes, uint64_t *off)
+{
+    uint64_t cb;
+    int c = size_class(bytes, &cb);
+    if (c < 0) return KVSHM_E_INVAL;
+    uint64_t head = b->free_head[c];
+    if (head) {
+        uint64_t *link = kvshm_at(b->seg, head, 8);
+        if (!link) return KVSHM_E_CORRUPT;
+        b->free_head[c] = *link;
+        *off = head;
+    } else {
+        uint64_t align = cb >= 64 ? 64 : 16;
+        uint64_t at = (b->bump + align - 1) & ~(align - 1);
+        if (at > b->hi || cb > b->hi - at) return KVSHM_E_FULL;
+        b->bump = at + cb;
+        *off = at;
+    }
+    b->used += cb;
+    publish_stats(b);
+    return KVSHM_OK;
+}
+
+void kvshm_blocks_free(kvshm_blocks *b, uint64_t off, uint64_t bytes)
+{
+    uint64_t cb;
+    int c = size_class(bytes, &cb);
+    uint64_t *link = kvshm_at(b->seg, off, 8);
+    if (c < 0 || !link || off < b->lo || off >= b->hi) return;
+    *link = b->free_head[c];
+    b->free_head[c] = off;
+    b->used -= cb;
+    publish_stats(b);
+}
+
+kvshm_status kvshm_blocks_retire(kvshm_blocks *b, uint64_t off, uint64_t bytes,
+                                 uint64_t epoch)
+{
+    if (b->ret_len == b->ret_cap) {
+        size_t ncap = b->ret_cap ? b->ret_cap * 2 : 256;
+        kvshm_retired *n = malloc(ncap * sizeof *n);
+        if (!n) return KVSHM_E_NOMEM;
+        for (size_t i = 0; i < b->ret_len; i++)
+            n[i] = b->ret[(b->ret_head + i) % b->ret_cap];
+        free(b->ret);
+        b->ret = n;
+        b->ret_cap = ncap;
+        b->ret_head = 0;
+    }
+    b->ret[(b->ret_head + b->ret_len) % b->ret_cap] =
+        (kvshm_retired){ .off = off, .bytes = bytes, .epoch = epoch };
+    b->ret_len++;
+    b->retired += kvshm_blocks_class_bytes(bytes);
+    publish_stats(b);
+    return KVSHM_OK;
+}
+
+uint64_t kvshm_blocks_reclaim(kvshm_blocks *b, uint64_t min_live_epoch)
+{
+    uint64_t freed = 0;
+    /* Invariant: the FIFO is ordered by epoch, so the first entry that is
+     * still live ends the pass. */
+    while (b->ret_len) {
+        kvshm_retired *r = &b->ret[b->ret_head];
+        if (r->epoch >= min_live_epoch) break;
+        uint64_t cb = kvshm_blocks_class_bytes(r->bytes);
+        kvshm_blocks_free(b, r->off, r->bytes);
+        b->retired -= cb;
+        freed += cb;
+        b->ret_head = (b->ret_head + 1) % b->ret_cap;
+        b->ret_len--;
+    }
+    publish_stats(b);
+    return freed;
+}
+
+uint64_t kvshm_blocks_oldest_retired(const kvshm_blocks *b)
+{
+    return b->ret_len ? b->ret[b->ret_head].epoch : UINT64_MAX;
+}
+
+/* ---- records ---------------------------------------------------------------- */
+
+uint64_t kvshm_rec_checksum(uint64_t seqt, const void *key, uint32_t klen,
+                            const void *val, uint32_t vlen)
+{
+    uint64_t seed = seqt ^ ((uint64_t)klen << 32 | vlen);
+    uint64_t hk = XXH3_64bits_withSeed(key, klen, seed);
+    return XXH3_64bits_withSeed(val, vlen, hk);
+}
+
+void kvshm_rec_fill(void *dst, const void *key, uint32_t klen, const void *val,
+                    uint32_t vlen, uint64_t seq, int tombstone)
+{
+    struct kvshm_rec *r = dst;
+    r->r_klen = klen;
+    r->r_vlen = vlen;
+    r->r_seqt = seq << 1 | (tombstone ? 1u : 0u);
+    memcpy((uint8_t *)dst + KVSHM_REC_HDR, key, klen);
+    if (vlen) memcpy((uint8_t *)dst + KVSHM_REC_HDR + klen, val, vlen);
+    r->r_checksum = kvshm_rec_checksum(r->r_seqt, key, klen, val, vlen);
+}
+
+kvshm_status kvshm_rec_new(kvshm_blocks *b, const void *key, uint32_t klen,
+                           const void *val, uint32_t vlen, uint64_t seq,
+                           int tombstone, uint64_t *off)
+{
+    if (klen == 0 || klen > KVSHM_MAX_KEY) return KVSHM_E_INVAL;
+    uint64_t o;
+    kvshm_status st = kvshm_blocks_alloc(b, kvshm_rec_bytes(klen, vlen), &o);
+    if (st) return st;
+    kvshm_rec_fill(kvshm_at(b->seg, o, kvshm_rec_bytes(klen, vlen)), key, klen,
+                   val, vlen, seq, tombstone);
+    *off = o;
+    return KVSHM_OK;
+}
+
+const struct kvshm_rec *kvshm_rec_at(const kvshm_seg *s, uint64_t off)
+{
+    const struct kvshm_rec *r = kvshm_at(s, off, KVSHM_REC_HDR);
+    if (!r) return NULL;
+    uint32_t kl = r->r_klen, vl = r->r_vlen;
+    if (!kvshm_at(s, off, kvshm_rec_bytes(kl, vl))) return NULL;
+    return r;
+}
+
+uint64_t kvshm_rec_block_bytes(const kvshm_seg *s, uint64_t off)
+{
+    const struct kvshm_rec *r = kvshm_rec_at(s, off);
+    return r ? kvshm_rec_bytes(r->r_klen, r->r_vlen) : 0;
+}
+
+kvshm_status kvshm_rec_read(const kvshm_seg *s, uint64_t off, const void *key,
+                            uint32_t klen, kvshm_val *out)
+{
+    const struct kvshm_rec *r = kvshm_at(s, off, KVSHM_REC_HDR);
+    if (!r) return KVSHM_E_CORRUPT;
+    /* Read each header field once: a stale block may change under us and
+     * every later check must use the same values. */
+    uint64_t sum = r->r_checksum, seqt = r->r_seqt;
+    uint32_t kl = r->r_klen, vl = r->r_vlen;
+    kv_compiler_barrier();
+    if (kl != klen || !kvshm_at(s, off, kvshm_rec_bytes(kl, vl)))
+        return KVSHM_E_CORRUPT;
+    const uint8_t *p = (const uint8_t *)r + KVSHM_REC_HDR;
+    if (memcmp(p, key, klen) != 0) return KVSHM_E_CORRUPT;
+    out->seq = seqt >> 1;
+    out->len = vl;
+    if (seqt & 1) {
+        if (vl != 0 || kvshm_rec_checksum(seqt, key, klen, "", 0) != sum)
+            return KVSHM_E_CORRUPT;
+        return KVSHM_DELETED;
+    }
+    if (vl > out->cap) return KVSHM_E_SMALLBUF;
+    if (vl) memcpy(out->buf, p + klen, vl);
+    /* The checksum is computed over the caller's copies (key compared equal,
+     * value just copied), so a copy torn by a concurrent reuse cannot pass. */
+    if (kvshm_rec_checksum(seqt, key, klen, out->buf, vl) != sum)
+        return KVSHM_E_CORRUPT;
+    return KVSHM_OK;
+}

@@ -1,0 +1,340 @@
+/*
+ * kvshm/kvshm.h -- kohakuvault's shared segment: the public C API.
+ *
+ * One writer process builds everything in the data segment; any number of
+ * processes attach read-only and look keys up without locks or system calls
+ * (DESIGN.md, "The shared segment"). This header is the contract used by the
+ * writer process (workers/) and by attach (python/, kv_attach):
+ *
+ *   writer:  kvshm_writer_create / _put / _freeze / _frozen_scan / _fold /
+ *            _cache_load / _cache_evict / _publish_seq / _maintain / _destroy
+ *   readers: kvshm_reader_attach / _get / _next / _enter / _leave / _detach
+ *
+ * Process rules. "Writer only" functions may be called only by the process
+ * that created the segment, from one thread at a time. "Any reader" functions
+ * may be called by any process holding a kvshm_reader, one thread per reader
+ * handle at a time (take one handle per thread). A handle survives fork():
+ * the child's first call through an inherited handle takes a new slot for the
+ * child (the parent's slot stays the parent's).
+ *
+ * Memory ordering, in one paragraph. The writer fills new records, nodes and
+ * view records with plain stores and publishes each shard's view with a
+ * release store (kvshm_shard.s_view); a reader acquire-loads the view, so
+ * everything the writer wrote before the publication is visible to it.
+ * Memtable records become visible the same way, through release-stored skip
+ * list links. A reader enters an epoch with one relaxed load of the global
+ * epoch and one plain store into its own slot (no read-modify-write and no
+ * fence: the writer issues membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) before
+ * it scans the slots, which orders every registered reader's slot store
+ * against its later loads -- the asymmetric fence of userspace RCU). Memory
+ * retired at epoch e is reused only when no slot shows an epoch <= e.
+ *
+ * Status codes: kvshm_status below (this library is independent of libkvault
+ * and of SQLite; attach maps these to kv_status).
+ */
+#ifndef KVSHM_KVSHM_H
+#define KVSHM_KVSHM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "kvshm/layout.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- status codes ------------------------------------------------------- */
+typedef enum kvshm_status {
+    KVSHM_OK = 0,          /* success */
+    KVSHM_NOTFOUND = 1,    /* outcome: key not cached (read SQLite, report a miss) */
+    KVSHM_DELETED = 2,     /* outcome: a tombstone is newest: the key is deleted */
+    KVSHM_EMPTY = 3,       /* outcome: ring has no record / iteration is done */
+    KVSHM_TIMEOUT = 4,     /* outcome: a wait ran out of time */
+    KVSHM_E_INVAL = -1,    /* bad argument (key length 0 or > KVSHM_MAX_KEY, ...) */
+    KVSHM_E_NOMEM = -2,    /* process-local allocation failed */
+    KVSHM_E_FULL = -3,     /* no room: shard region, memtable arena or ring */
+    KVSHM_E_BUSY = -4,     /* writer: a frozen memtable is still pending */
+    KVSHM_E_SMALLBUF = -5, /* caller's buffer too small; the needed size is returned */
+    KVSHM_E_SYS = -6,      /* a system call failed; errno is kept in the handle */
+    KVSHM_E_EXISTS = -7,   /* a shared-memory object with that name exists */
+    KVSHM_E_NOENT = -8,    /* no shared-memory object with that name */
+    KVSHM_E_MAGIC = -9,    /* attach: not a kvshm region (magic mismatch) */
+    KVSHM_E_LAYOUT = -10,  /* attach: built with another layout (layout hash) */
+    KVSHM_E_SIZE = -11,    /* attach: object size disagrees with its header */
+    KVSHM_E_GENERATION = -12, /* attach: slot file and segment from different writers */
+    KVSHM_E_NOTREADY = -13,/* attach: the writer has not finished creating it */
+    KVSHM_E_NOSLOT = -14,  /* attach: every slot is taken */
+    KVSHM_E_EVICTED = -15, /* read section invalidated by the writer: retry */
+    KVSHM_E_CORRUPT = -16, /* bounds or checksum check failed (not an eviction) */
+    KVSHM_E_STALE = -17    /* the writer closed this segment: re-attach */
+} kvshm_status;
+
+/* One line per status; never NULL; static storage. Any process. */
+const char *kvshm_strerror(kvshm_status st);
+
+/* Copy-out target for a value: the caller's buffer and what was found. */
+typedef struct kvshm_val {
+    void    *buf;   /* caller's buffer (may be NULL when cap is 0) */
+    size_t   cap;   /* its capacity in bytes */
+    size_t   len;   /* out: value length in bytes (also on KVSHM_E_SMALLBUF) */
+    uint64_t seq;   /* out: sequence number of the version returned */
+} kvshm_val;
+
+/* ---- writer -------------------------------------------------------------- */
+
+typedef struct kvshm_config {
+    const char *seg_name;       /* shm_open name of the data segment, "/..." */
+    const char *slot_name;      /* shm_open name of the slot file, "/..." */
+    uint64_t size_bytes;        /* data segment size; reserved with posix_fallocate */
+    uint32_t shards;            /* 1..KVSHM_MAX_SHARDS; key -> xxh3(key) % shards */
+    uint32_t nslots;            /* reader slots (processes attached at once) */
+    uint64_t memtable_bytes;    /* arena size of one memtable */
+    uint64_t retire_limit_bytes;/* retired-but-pinned memory per shard above which
+                                   the writer evicts the reader pinning it */
+    uint64_t generation;        /* writer incarnation; bump on every restart */
+} kvshm_config;
+#define KVSHM_MAX_SHARDS 256u
+
+/* Fills cfg with defaults: 256 MiB segment, 4 shards, 128 slots, 4 MiB
+ * memtables, 16 MiB retire limit, generation 1. Names are left NULL. */
+void kvshm_config_default(kvshm_config *cfg);
+
+typedef struct kvshm_writer kvshm_writer;
+
+/*
+ * kvshm_writer_create: create the data segment and the slot file (mode 0600,
+ * O_EXCL), reserve both with posix_fallocate, lay out the header and shards,
+ * give each shard an empty active memtable and an empty tree, and publish
+ * state READY with a release store. Writer only (the calling process becomes
+ * the writer). *out is freed by kvshm_writer_destroy.
+ * Returns KVSHM_OK; KVSHM_E_INVAL (bad config: names, shards, sizes too small
+ * for the shard regions); KVSHM_E_EXISTS (a name is taken -- unlink a stale
+ * one with kvshm_unlink first); KVSHM_E_FULL (posix_fallocate: /dev/shm has no
+ * room); KVSHM_E_SYS; KVSHM_E_NOMEM.
+ */
+kvshm_status kvshm_writer_create(const kvshm_config *cfg, kvshm_writer **out);
+
+/*
+ * kvshm_writer_destroy: mark the segment CLOSED (release store; readers then
+ * get KVSHM_E_STALE), unmap, and if unlink is nonzero shm_unlink both names.
+ * Writer only. Frees w.
+ */
+void kvshm_writer_destroy(kvshm_writer *w, int unlink_names);
+
+/* Unlink a segment and slot file by name (stale objects after a crash).
+ * Either name may be NULL. Any process with the rights. */
+void kvshm_unlink(const char *seg_name, const char *slot_name);
+
+/* The shard a key belongs to: xxh3_64(key) % shards. Any process. */
+uint32_t kvshm_shard_of(const void *key, size_t klen, uint32_t shards);
+
+/*
+ * kvshm_writer_put: append (key, value, seq, tombstone) to the active
+ * memtable of the key's shard. Visible to every reader as soon as it returns
+ * (the skip-list links are release-stored). seq must grow across calls for
+ * the same key. For a tombstone pass val = NULL, vlen = 0. Writer only.
+ * Returns KVSHM_OK; KVSHM_E_INVAL (klen 0 or > KVSHM_MAX_KEY);
+ * KVSHM_E_FULL (the active memtable has no room: freeze, commit, fold, retry).
+ */
+kvshm_status kvshm_writer_put(kvshm_writer *w, const void *key, size_t klen,
+                              const void *val, size_t vlen, uint64_t seq,
+                              int tombstone);
+
+/*
+ * kvshm_writer_freeze: make the shard's active memtable the frozen one and
+ * give the shard a new empty active memtable; publishes a new view (release).
+ * Writer only. Returns KVSHM_OK; KVSHM_E_BUSY (a frozen memtable is still
+ * pending: commit and fold it first); KVSHM_E_FULL (no room for a new arena).
+ */
+kvshm_status kvshm_writer_freeze(kvshm_writer *w, uint32_t shard);
+
+/* Does the shard have a frozen memtable waiting to be committed/folded? */
+int kvshm_writer_has_frozen(const kvshm_writer *w, uint32_t shard);
+
+/*
+ * Visitor for records: key/val point into the segment and stay valid until
+ * the writer's next kvshm_writer_fold or _maintain. Return nonzero to stop.
+ */
+typedef int (*kvshm_rec_fn)(void *ctx, const void *key, size_t klen,
+                            const void *val, size_t vlen, uint64_t seq,
+                            int tombstone);
+
+/*
+ * kvshm_writer_frozen_scan: visit the newest version of every key in the
+ * shard's frozen memtable in key order (what the writer commits to SQLite).
+ * Writer only. Returns KVSHM_OK (also when there is no frozen memtable);
+ * KVSHM_E_CORRUPT.
+ */
+kvshm_status kvshm_writer_frozen_scan(kvshm_writer *w, uint32_t shard,
+                                      kvshm_rec_fn fn, void *ctx);
+
+/*
+ * kvshm_writer_fold: fold the frozen memtable (already committed to SQLite)
+ * into the shard's CSB+tree as one copy-on-write batch -- puts become cached
+ * values (values above max_value_bytes are dropped from the cache instead),
+ * tombstones delete -- then publish the view (new tree, no frozen memtable)
+ * with one release store and retire the old memtable, nodes and replaced
+ * values at the current epoch. Writer only. Returns KVSHM_OK (no-op without a
+ * frozen memtable); KVSHM_E_FULL (region full: evict, then retry -- nothing
+ * was changed); KVSHM_E_NOMEM.
+ */
+kvshm_status kvshm_writer_fold(kvshm_writer *w, uint32_t shard,
+                               size_t max_value_bytes);
+
+/* A clean value to cache (from SQLite after a reported miss). */
+typedef struct kvshm_kv {
+    const void *key; size_t klen;
+    const void *val; size_t vlen;
+    uint64_t seq;                  /* committed sequence it was read at */
+} kvshm_kv;
+
+/*
+ * kvshm_writer_cache_load: insert clean values into the CSB+trees (one
+ * copy-on-write batch per shard touched; the array need not be sorted and
+ * may mix shards; a later duplicate of a key wins). A key that has a version
+ * in the shard's active or frozen memtable is skipped (the memtable is
+ * newer). Publishes each touched shard's view with a release store.
+ * Writer only. Returns KVSHM_OK; KVSHM_E_INVAL; KVSHM_E_FULL (a shard ran out
+ * of room; shards processed before it are published, that shard unchanged);
+ * KVSHM_E_NOMEM.
+ */
+kvshm_status kvshm_writer_cache_load(kvshm_writer *w, const kvshm_kv *kvs, size_t n);
+
+/*
+ * kvshm_writer_cache_evict: drop keys from the CSB+trees (cache eviction; the
+ * data stays in SQLite). Missing keys are ignored. Same batching, publication
+ * and statuses as kvshm_writer_cache_load. Writer only.
+ */
+kvshm_status kvshm_writer_cache_evict(kvshm_writer *w, const void *const *keys,
+                                      const size_t *klens, size_t n);
+
+/* Publish the applied / committed sequence numbers (release stores; readers
+ * acquire-load them with kvshm_reader_seqs). 0 leaves a value unchanged.
+ * Writer only. */
+void kvshm_writer_publish_seq(kvshm_writer *w, uint64_t applied, uint64_t committed);
+
+/* What kvshm_writer_maintain did and how the segment stands. */
+typedef struct kvshm_maint {
+    uint64_t epoch;          /* global epoch after the pass */
+    uint64_t min_live_epoch; /* oldest epoch a live reader holds (epoch if none) */
+    uint32_t reaped;         /* dead owners' slots cleared in this pass */
+    uint32_t evicted;        /* stalled readers evicted in this pass */
+    uint64_t reclaimed_bytes;/* retired bytes made reusable in this pass */
+    uint64_t used_bytes;     /* all shards: allocated block bytes (live + retired) */
+    uint64_t retired_bytes;  /* all shards: retired, not yet reclaimed */
+    uint32_t live_slots;     /* slots with an owner */
+} kvshm_maint;
+
+/*
+ * kvshm_writer_maintain: one reclamation pass. Advances the global epoch
+ * (release store), clears the slots of dead owners (an F_OFD_SETLK probe on
+ * each owned slot succeeds only when the owner's lock is gone), issues
+ * membarrier(GLOBAL_EXPEDITED) (or a seq_cst fence when unavailable), reads
+ * every slot's epoch (acquire), and reclaims memory retired before the oldest
+ * live epoch. If a shard's retired bytes still exceed retire_limit_bytes, the
+ * readers holding the oldest epochs are evicted (their slot generation is
+ * bumped with a release store after a new epoch is published) and reclamation
+ * is retried. out may be NULL. Writer only.
+ * Returns KVSHM_OK; KVSHM_E_SYS (a lock probe failed unexpectedly).
+ */
+kvshm_status kvshm_writer_maintain(kvshm_writer *w, kvshm_maint *out);
+
+/* Wait up to timeout_ms on the slot file's doorbell (clients ring it after
+ * filling their submission ring, see kvshm_reader_ring_doorbell). Returns
+ * KVSHM_OK when rung or spuriously woken, KVSHM_TIMEOUT. Writer only. */
+kvshm_status kvshm_writer_wait_doorbell(kvshm_writer *w, uint32_t seen, int timeout_ms);
+/* Current doorbell value, to pass as `seen` (acquire). Writer only. */
+uint32_t kvshm_writer_doorbell(const kvshm_writer *w);
+
+/* The writer's mapping and layout, for tests and status tools (read-only use).
+ * Writer only. */
+const kvshm_seg *kvshm_writer_seg(const kvshm_writer *w);
+uint32_t kvshm_writer_shards(const kvshm_writer *w);
+
+/* ---- readers ------------------------------------------------------------- */
+
+typedef struct kvshm_reader kvshm_reader;
+
+/*
+ * kvshm_reader_attach: map the data segment read-only and the slot file
+ * read-write, check magic, layout hash, size and generation, register for
+ * membarrier, and claim a free slot (F_OFD_SETLK on its byte). Any process
+ * (including the writer, for tests). *out is freed by kvshm_reader_detach.
+ * Returns KVSHM_OK; KVSHM_E_NOENT; KVSHM_E_MAGIC; KVSHM_E_LAYOUT; KVSHM_E_SIZE;
+ * KVSHM_E_GENERATION; KVSHM_E_NOTREADY; KVSHM_E_STALE (writer closed it);
+ * KVSHM_E_NOSLOT; KVSHM_E_SYS; KVSHM_E_NOMEM.
+ */
+kvshm_status kvshm_reader_attach(const char *seg_name, const char *slot_name,
+                                 kvshm_reader **out);
+
+/* Release the slot (clears its epoch, closes the locked descriptor) and unmap.
+ * Any reader; the handle's owner (in a forked child, the child's own slot). */
+void kvshm_reader_detach(kvshm_reader *r);
+
+/*
+ * kvshm_reader_get: the read path for one key. Enter epoch -> acquire-load
+ * the shard's view -> active memtable -> frozen memtable -> CSB+tree -> copy
+ * the value into out->buf -> verify its checksum -> leave epoch -> re-check the
+ * slot generation (retrying the whole lookup if the writer evicted us).
+ * The value returned is at least as new as every version published before the
+ * call began. Any reader. Wait-free except for eviction retries.
+ * Returns KVSHM_OK (out->len, out->seq set); KVSHM_NOTFOUND (not cached: read
+ * SQLite); KVSHM_DELETED (a newer tombstone: the key does not exist);
+ * KVSHM_E_SMALLBUF (out->len is the size needed; call again);
+ * KVSHM_E_INVAL; KVSHM_E_STALE (writer gone: re-attach); KVSHM_E_CORRUPT.
+ */
+kvshm_status kvshm_reader_get(kvshm_reader *r, const void *key, size_t klen,
+                              kvshm_val *out);
+
+/*
+ * kvshm_reader_next: ordered iteration, one step, stateless: find the
+ * smallest key that starts with prefix[0..plen) and is greater than
+ * after[0..alen) (alen 0 = from the start of the prefix), across all shards
+ * and all three structures, newest version wins, deleted keys skipped. The
+ * key is copied into key->buf (len = key length) and, if val is not NULL, the
+ * value into val. Each step is its own epoch section, so an iteration never
+ * pins memory between steps; it sees every key present for its whole
+ * duration, and keys added or deleted meanwhile may or may not appear.
+ * Any reader. Returns KVSHM_OK; KVSHM_EMPTY (no further key);
+ * KVSHM_E_SMALLBUF (key->len / val->len say what is needed); KVSHM_E_INVAL;
+ * KVSHM_E_STALE; KVSHM_E_CORRUPT.
+ * Note: keys present only in SQLite are not seen; attach merges them.
+ */
+kvshm_status kvshm_reader_next(kvshm_reader *r, const void *prefix, size_t plen,
+                               const void *after, size_t alen,
+                               kvshm_val *key, kvshm_val *val);
+
+/*
+ * Explicit read sections (for a batch of lookups under one epoch, and for
+ * tests). kvshm_reader_enter publishes the epoch (one store); between enter
+ * and leave, kvshm_reader_get and _next reuse the section instead of opening
+ * their own, and report KVSHM_E_EVICTED instead of retrying. kvshm_reader_leave
+ * clears the epoch (release store) and returns KVSHM_E_EVICTED if the writer
+ * evicted the reader during the section -- every result obtained inside it
+ * must then be discarded and the work redone -- else KVSHM_OK.
+ * Any reader. Sections do not nest.
+ */
+kvshm_status kvshm_reader_enter(kvshm_reader *r);
+kvshm_status kvshm_reader_leave(kvshm_reader *r);
+
+/* Applied and committed sequence numbers as last published (acquire loads).
+ * Either pointer may be NULL. Any reader. */
+void kvshm_reader_seqs(const kvshm_reader *r, uint64_t *applied, uint64_t *committed);
+
+/* Ring the writer's doorbell (fetch_add + FUTEX_WAKE on the slot file) after
+ * publishing records in a submission ring. Any reader. */
+void kvshm_reader_ring_doorbell(kvshm_reader *r);
+
+/* This handle's slot index and the segment generation; errno of the last
+ * KVSHM_E_SYS. Any reader. */
+uint32_t kvshm_reader_slot(const kvshm_reader *r);
+uint64_t kvshm_reader_generation(const kvshm_reader *r);
+int kvshm_reader_errno(const kvshm_reader *r);
+const kvshm_seg *kvshm_reader_seg(const kvshm_reader *r);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVSHM_KVSHM_H */

@@ -1,0 +1,363 @@
+/*
+ * kvshm/layout.h -- the byte layout of kohakuvault's shared memory.
+ *
+ * Three regions (DESIGN.md, "The shared segment"):
+ *   data segment   created by the writer, mapped read-only by clients
+ *   slot file      created by the writer, mapped read-write by clients
+ *   submission ring  created by each client (memfd), mapped by the writer too
+ * This header draws the first two and the records inside them; ring.h draws
+ * the third. Only fixed-width integers live in shared memory; every reference
+ * is a byte offset from the region base (0 means null), turned into a pointer
+ * by exactly one helper, kvshm_at(), which checks bounds. Every diagram below
+ * is backed by _Static_assert offset checks so it cannot drift.
+ *
+ * Data segment:
+ *
+ *   0        header (struct kvshm_hdr, 4096 bytes reserved, 128 used)
+ *   4096     shard table: shards x struct kvshm_shard (64 bytes each)
+ *   ...      shard 0 region | shard 1 region | ...  (equal, 64-byte aligned)
+ *
+ *   Each shard region is carved by the writer into size-classed blocks
+ *   (blocks.c): view records, memtable arenas, CSB+tree node groups, cached
+ *   value records and separator key records.
+ *
+ * Segment header (struct kvshm_hdr):
+ *
+ *      0      8      16     24     32     36     40     48     56     64
+ *      +------+------+------+------+------+------+------+------+------+
+ *      |magic |layout| size |gener-|shards|hdr_  |epoch |appl- |commi-|
+ *      |      |hash  |bytes |ation |      |bytes |      |ied_  |tted_ |
+ *      +------+------+------+------+------+------+------+------+------+
+ *      64     72     80     88     96     104    112    120    128
+ *      |shard_|heap_ |heap_ |evict-|reaped|state |writer|reser-|
+ *      |tbl   |off   |bytes |ions  |      |      |_pid  |ved   |
+ *      +------+------+------+------+------+------+------+------+
+ *
+ * Writers of each field: all by the writer process. Readers may assume
+ * magic..heap_bytes are immutable after state == KVSHM_STATE_READY (set with a
+ * release store last at creation). epoch, applied_seq, committed_seq are
+ * published with release stores and read with acquire loads.
+ */
+#ifndef KVSHM_LAYOUT_H
+#define KVSHM_LAYOUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ---- constants ---------------------------------------------------------- */
+#define KVSHM_MAGIC_SEG    UINT64_C(0x31474553484d534b) /* "KSMHSEG1" LE bytes */
+#define KVSHM_MAGIC_SLOTS  UINT64_C(0x31544f4c534d534b) /* "KSMSLOT1" */
+#define KVSHM_MAGIC_MT     UINT64_C(0x3154424c544d534b) /* "KSMTLBT1" */
+#define KVSHM_LAYOUT_VERSION 1u
+#define KVSHM_HDR_BYTES    4096u
+#define KVSHM_LINE         64u
+#define KVSHM_STATE_READY  1u
+#define KVSHM_STATE_CLOSED 2u  /* writer exited cleanly */
+
+/* ---- data segment header ------------------------------------------------- */
+struct kvshm_hdr {
+    uint64_t h_magic;         /*  0 KVSHM_MAGIC_SEG; writer, immutable */
+    uint64_t h_layout_hash;   /*  8 kvshm_layout_hash(); writer, immutable */
+    uint64_t h_size_bytes;    /* 16 mapped size of the segment; immutable */
+    uint64_t h_generation;    /* 24 writer incarnation; immutable per segment */
+    uint32_t h_shards;        /* 32 shard count (1..KVSHM_MAX_SHARDS); immutable */
+    uint32_t h_hdr_bytes;     /* 36 KVSHM_HDR_BYTES; immutable */
+    uint64_t h_epoch;         /* 40 global epoch, >= 1; writer release-stores */
+    uint64_t h_applied_seq;   /* 48 last sequence applied to memtables; release */
+    uint64_t h_committed_seq; /* 56 last sequence committed to SQLite; release */
+    uint64_t h_shard_tbl;     /* 64 offset of the shard table; immutable */
+    uint64_t h_heap_off;      /* 72 offset of shard 0's region; immutable */
+    uint64_t h_heap_bytes;    /* 80 total bytes of all shard regions; immutable */
+    uint64_t h_evictions;     /* 88 readers evicted for stalling; writer, relaxed */
+    uint64_t h_reaped;        /* 96 dead readers' slots cleared; writer, relaxed */
+    uint32_t h_state;         /*104 KVSHM_STATE_*; writer release-stores */
+    uint32_t h_pad0;          /*108 */
+    uint64_t h_writer_pid;    /*112 pid of the writer; immutable */
+    uint64_t h_reserved;      /*120 */
+};
+_Static_assert(offsetof(struct kvshm_hdr, h_magic) == 0, "hdr layout");
+_Static_assert(offsetof(struct kvshm_hdr, h_layout_hash) == 8, "hdr layout");
+_Static_assert(offsetof(struct kvshm_hdr, h_size_bytes) == 16, "hdr layout");
+_Static_assert(offsetof(struct kvshm_hdr, h_generation) == 24, "hdr layout");
+_Static_assert(offsetof(struct kvshm_hdr, h_shards) == 32, "hdr layout");
+_Static_assert(offsetof(struct kvshm_hdr, h_hdr_bytes) == 36, "hdr layout");
+_Static_assert(offsetof(struct kvshm_hdr, h_epoch) == 40, "hdr layout");
+_Static_assert(offsetof(struct kvshm_hdr, h_applied_seq) == 48, "hdr layout");
+_Static_assert(offsetof(struct kvshm_hdr, h_committed_seq) == 56, "hdr layout");
+_Static_assert(offsetof(struct kvshm_hdr, h_shard_tbl) == 64, "hdr layout");
+_Static_assert(offsetof(struct kvshm_hdr, h_heap_off) == 72, "hdr layout");
+_Static_assert(offsetof(struct kvshm_hdr, h_heap_bytes) == 80, "hdr layout");
+_Static_assert(offsetof(struct kvshm_hdr, h_evictions) == 88, "hdr layout");
+_Static_assert(offsetof(struct kvshm_hdr, h_reaped) == 96, "hdr layout");
+_Static_assert(offsetof(struct kvshm_hdr, h_state) == 104, "hdr layout");
+_Static_assert(offsetof(struct kvshm_hdr, h_writer_pid) == 112, "hdr layout");
+_Static_assert(sizeof(struct kvshm_hdr) == 128, "hdr size");
+
+/*
+ * Shard record (64 bytes, one cache line, all fields written by the writer):
+ *
+ *   0 view      offset of the current struct kvshm_view; release-stored,
+ *               readers acquire-load it: the one publication point of a shard
+ *   8 region    offset of this shard's block region
+ *  16 region_bytes
+ *  24 used      bytes of blocks allocated (live + retired); relaxed stats
+ *  32 retired   bytes retired and not yet reclaimed; relaxed stats
+ *  40 tree_keys keys in the published tree; relaxed stats
+ *  48 mt_keys   records in the active + frozen memtables; relaxed stats
+ *  56 reserved
+ */
+struct kvshm_shard {
+    uint64_t s_view;
+    uint64_t s_region;
+    uint64_t s_region_bytes;
+    uint64_t s_used;
+    uint64_t s_retired;
+    uint64_t s_tree_keys;
+    uint64_t s_mt_keys;
+    uint64_t s_reserved;
+};
+_Static_assert(offsetof(struct kvshm_shard, s_view) == 0, "shard layout");
+_Static_assert(offsetof(struct kvshm_shard, s_region) == 8, "shard layout");
+_Static_assert(offsetof(struct kvshm_shard, s_used) == 24, "shard layout");
+_Static_assert(offsetof(struct kvshm_shard, s_retired) == 32, "shard layout");
+_Static_assert(offsetof(struct kvshm_shard, s_mt_keys) == 48, "shard layout");
+_Static_assert(sizeof(struct kvshm_shard) == 64, "shard size");
+
+/*
+ * View record (64 bytes, a block in the shard's region). Immutable once
+ * published: the writer builds a new one and release-stores its offset into
+ * kvshm_shard.s_view, then retires the old one. A reader therefore always
+ * searches a consistent (active, frozen, tree) triple.
+ *
+ *   0 active     offset of the active memtable (0: none)
+ *   8 frozen     offset of the frozen memtable being committed (0: none)
+ *  16 tree_root  offset of the CSB+tree root node (0: empty tree)
+ *  24 tree_height levels in the tree (0: empty, 1: root is a leaf)
+ *  28 pad
+ *  32 tree_keys  keys in the tree
+ *  40 epoch      global epoch when published (diagnostics)
+ *  48 reserved[2]
+ */
+struct kvshm_view {
+    uint64_t v_active;
+    uint64_t v_frozen;
+    uint64_t v_tree_root;
+    uint32_t v_tree_height;
+    uint32_t v_pad;
+    uint64_t v_tree_keys;
+    uint64_t v_epoch;
+    uint64_t v_reserved[2];
+};
+_Static_assert(offsetof(struct kvshm_view, v_active) == 0, "view layout");
+_Static_assert(offsetof(struct kvshm_view, v_frozen) == 8, "view layout");
+_Static_assert(offsetof(struct kvshm_view, v_tree_root) == 16, "view layout");
+_Static_assert(offsetof(struct kvshm_view, v_tree_height) == 24, "view layout");
+_Static_assert(offsetof(struct kvshm_view, v_tree_keys) == 32, "view layout");
+_Static_assert(sizeof(struct kvshm_view) == 64, "view size");
+
+/*
+ * Record: a key/value version, the unit both the memtable and the tree hand
+ * out. Stored at 8-byte alignment, immutable once published.
+ *
+ *   0 checksum  kvshm_rec_checksum(seqt, key, value)
+ *   8 klen      key bytes (1..KVSHM_MAX_KEY)
+ *  12 vlen      value bytes (0 for a tombstone)
+ *  16 seqt      sequence number << 1 | tombstone bit
+ *  24 key[klen] value[vlen]
+ */
+struct kvshm_rec {
+    uint64_t r_checksum;
+    uint32_t r_klen;
+    uint32_t r_vlen;
+    uint64_t r_seqt;
+    /* uint8_t r_data[] : key then value */
+};
+_Static_assert(offsetof(struct kvshm_rec, r_klen) == 8, "rec layout");
+_Static_assert(offsetof(struct kvshm_rec, r_vlen) == 12, "rec layout");
+_Static_assert(offsetof(struct kvshm_rec, r_seqt) == 16, "rec layout");
+_Static_assert(sizeof(struct kvshm_rec) == 24, "rec size");
+#define KVSHM_REC_HDR 24u
+#define KVSHM_MAX_KEY 4096u
+
+/*
+ * Memtable arena header (at the arena's start; the arena is one block).
+ * Links inside an arena are uint32_t offsets relative to the arena start.
+ *
+ *   0 magic     KVSHM_MAGIC_MT
+ *   8 bytes     arena size in bytes
+ *  16 used      append position; writer release-stores after each record
+ *  24 count     records appended
+ *  32 min_seq   smallest sequence appended (0: none)
+ *  40 max_seq   largest sequence appended
+ *  48 level     highest link level in use (1..KVSHM_MT_MAXH)
+ *  52 frozen    1 once frozen (no more appends)
+ *  56 reserved
+ *  64 head node (struct kvshm_mtnode with KVSHM_MT_MAXH links)
+ */
+#define KVSHM_MT_MAXH 16u
+struct kvshm_mtnode {
+    uint64_t n_prefix;    /* first 8 key bytes, big-endian, zero padded */
+    uint8_t  n_height;    /* links in n_next (1..KVSHM_MT_MAXH) */
+    uint8_t  n_pad[3];
+    uint32_t n_next[];    /* arena-relative offsets; writer release-stores */
+    /* then, at an 8-byte boundary, a struct kvshm_rec */
+};
+_Static_assert(offsetof(struct kvshm_mtnode, n_height) == 8, "mtnode layout");
+_Static_assert(offsetof(struct kvshm_mtnode, n_next) == 12, "mtnode layout");
+
+struct kvshm_mthdr {
+    uint64_t m_magic;
+    uint64_t m_bytes;
+    uint64_t m_used;
+    uint64_t m_count;
+    uint64_t m_min_seq;
+    uint64_t m_max_seq;
+    uint32_t m_level;
+    uint32_t m_frozen;
+    uint64_t m_reserved;
+    /* offset 64: head node */
+};
+_Static_assert(sizeof(struct kvshm_mthdr) == 64, "mthdr size");
+#define KVSHM_MT_HEAD 64u
+#define KVSHM_MT_FIRST 192u /* first record node; head takes 12 + 16*4 bytes */
+
+/*
+ * CSB+tree node (Rao and Ross, "Making B+-trees cache conscious in main
+ * memory", SIGMOD 2000): 256 bytes = 4 cache lines, 64-byte aligned. The
+ * children of an internal node sit in one contiguous group of (n+1) nodes, so
+ * a node stores one child offset. Lines 0-1 hold what a search touches: count,
+ * level, the child group and 14 key prefixes (first 8 key bytes as a
+ * big-endian u64); lines 2-3 hold per-key record offsets, read only when a
+ * prefix ties (full-key compare) or at the leaf.
+ *
+ *   0 n        keys in use (0..KVSHM_NODE_KEYS)
+ *   2 level    0 for a leaf
+ *   3 pad
+ *   8 child    internal: offset of the child group; leaf: 0
+ *  16 prefix[14]
+ * 128 ref[14]  leaf: record offset of each key's value; internal: offset of a
+ *              separator key record (vlen 0)
+ * 240 reserved[2]
+ */
+#define KVSHM_NODE_KEYS 14
+#define KVSHM_NODE_BYTES 256u
+struct kvshm_node {
+    uint16_t c_n;
+    uint8_t  c_level;
+    uint8_t  c_pad[5];
+    uint64_t c_child;
+    uint64_t c_prefix[KVSHM_NODE_KEYS];
+    uint64_t c_ref[KVSHM_NODE_KEYS];
+    uint64_t c_reserved[2];
+};
+_Static_assert(offsetof(struct kvshm_node, c_level) == 2, "node layout");
+_Static_assert(offsetof(struct kvshm_node, c_child) == 8, "node layout");
+_Static_assert(offsetof(struct kvshm_node, c_prefix) == 16, "node layout");
+_Static_assert(offsetof(struct kvshm_node, c_ref) == 128, "node layout");
+_Static_assert(sizeof(struct kvshm_node) == KVSHM_NODE_BYTES, "node size");
+#define KVSHM_TREE_MAXH 24
+
+/*
+ * Slot file:
+ *
+ *   0   header (struct kvshm_slothdr, 128 bytes)
+ *   128 slots[nslots] (struct kvshm_slot, 64 bytes each, one cache line)
+ *
+ * Slot i is owned by whichever process holds an F_OFD_SETLK write lock on
+ * byte (128 + 64*i) of the slot file; the kernel drops the lock when the last
+ * descriptor of that open file description closes (normally: the process
+ * dies), which is how the writer tells dead owners without trusting pids.
+ */
+struct kvshm_slothdr {
+    uint64_t sh_magic;        /*  0 KVSHM_MAGIC_SLOTS; writer, immutable */
+    uint64_t sh_layout_hash;  /*  8 immutable */
+    uint64_t sh_generation;   /* 16 equals the segment's generation; immutable */
+    uint32_t sh_nslots;       /* 24 immutable */
+    uint32_t sh_doorbell;     /* 28 futex word: clients fetch_add+wake it after
+                                    filling their ring; the writer sleeps on it */
+    uint32_t sh_writer_sleeping; /* 32 1 while the writer waits on sh_doorbell */
+    uint32_t sh_pad;
+    uint64_t sh_reserved[11];
+};
+_Static_assert(offsetof(struct kvshm_slothdr, sh_nslots) == 24, "slothdr layout");
+_Static_assert(offsetof(struct kvshm_slothdr, sh_doorbell) == 28, "slothdr layout");
+_Static_assert(sizeof(struct kvshm_slothdr) == 128, "slothdr size");
+
+/*
+ *   0 epoch  epoch the owner entered, 0 when idle. Written only by the owner
+ *            (one plain release store to enter, one to leave) and by the
+ *            writer when it clears a dead owner's slot.
+ *   8 gen    slot generation; written only by the writer, which bumps it to
+ *            evict a stalled owner or when it clears a dead one. The owner
+ *            re-reads it after each read and retries if it moved.
+ *  16 pid    owner's pid (diagnostics; liveness comes from the OFD lock)
+ *  20 flags  KVSHM_SLOT_*; owner
+ *  24 attach_ns  CLOCK_MONOTONIC time of the claim; owner
+ *  32 reserved[4]
+ */
+struct kvshm_slot {
+    uint64_t sl_epoch;
+    uint64_t sl_gen;
+    uint32_t sl_pid;
+    uint32_t sl_flags;
+    uint64_t sl_attach_ns;
+    uint64_t sl_reserved[4];
+};
+#define KVSHM_SLOTS_OFF 128u
+#define KVSHM_SLOT_FENCED 1u /* owner could not register for membarrier; it fences itself */
+_Static_assert(offsetof(struct kvshm_slot, sl_epoch) == 0, "slot layout");
+_Static_assert(offsetof(struct kvshm_slot, sl_gen) == 8, "slot layout");
+_Static_assert(offsetof(struct kvshm_slot, sl_pid) == 16, "slot layout");
+_Static_assert(sizeof(struct kvshm_slot) == 64, "slot size");
+
+/* ---- process-local mapping handle and the bounds-checked dereference ---- */
+
+/*
+ * A process's mapping of the data segment. `base` is wherever mmap put it;
+ * nothing shared ever stores it.
+ */
+typedef struct kvshm_seg {
+    uint8_t *base;        /* start of the mapping */
+    uint64_t size;        /* bytes mapped */
+    uint64_t lo;          /* smallest valid object offset (KVSHM_HDR_BYTES) */
+    int      writable;    /* 1 in the writer */
+    int      fd;          /* shm object descriptor (-1 once closed) */
+} kvshm_seg;
+
+/*
+ * kvshm_at: the one place an offset becomes a pointer. Returns base + off if
+ * [off, off + len) lies inside the mapping and off is not in the header
+ * (offset 0 is null), else NULL. Callers treat NULL as "corrupt or stale".
+ * Any process; pure function of the mapping.
+ */
+static inline void *kvshm_at(const kvshm_seg *s, uint64_t off, uint64_t len)
+{
+    if (__builtin_expect(off < s->lo || off > s->size || len > s->size - off, 0))
+        return NULL;
+    return s->base + off;
+}
+
+/* First 8 bytes of a key as a big-endian integer, zero padded: comparing two
+ * prefixes as integers orders keys like memcmp on those bytes. */
+static inline uint64_t kvshm_key_prefix(const void *key, uint32_t klen)
+{
+    uint64_t v = 0;
+    if (klen >= 8) memcpy(&v, key, 8);
+    else memcpy(&v, key, klen);
+    return __builtin_bswap64(v);
+}
+
+/* memcmp order, shorter key first on a common prefix. */
+static inline int kvshm_key_cmp(const void *a, uint32_t alen, const void *b, uint32_t blen)
+{
+    uint32_t m = alen < blen ? alen : blen;
+    int c = memcmp(a, b, m);
+    if (c) return c;
+    return (alen > blen) - (alen < blen);
+}
+
+/* Layout fingerprint: xxh3 of the version and every offset/size above. */
+uint64_t kvshm_layout_hash(void);
+
+#endif /* KVSHM_LAYOUT_H */

@@ -1,0 +1,196 @@
+/*
+ * kvshm/structs.h -- the building blocks inside a shard, one module each:
+ * size-classed blocks with epoch retire lists (blocks.c), checksummed records
+ * (blocks.c), the memtable skip list (memtable.c) and the copy-on-write
+ * CSB+tree (csbtree.c). kvshm.h composes them into shards; the writer process
+ * and tests may use them directly.
+ *
+ * Process rules are stated per function: "writer only" functions mutate the
+ * segment and need the writable mapping; "any reader" functions only load.
+ */
+#ifndef KVSHM_STRUCTS_H
+#define KVSHM_STRUCTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvshm/atomics.h"
+#include "kvshm/kvshm.h"
+
+/* ---- blocks (blocks.c) ---------------------------------------------------
+ * Size classes: multiples of 16 bytes up to 1 KiB, then 4 classes per power
+ * of two (at most 25% internal waste) up to 1 TiB. Blocks of 64 bytes or more
+ * start on a 64-byte boundary. Free blocks of a class form a LIFO list whose
+ * links live in the blocks themselves (first 8 bytes); the list heads, the
+ * bump pointer and the retire FIFO are the writer's private memory.
+ */
+#define KVSHM_NCLASSES 192
+
+typedef struct kvshm_retired {
+    uint64_t off, bytes, epoch;
+} kvshm_retired;
+
+typedef struct kvshm_blocks {
+    kvshm_seg *seg;
+    struct kvshm_shard *stats;   /* shared stats mirror (may be NULL) */
+    uint64_t lo, hi, bump;       /* region [lo, hi); next unused byte */
+    uint64_t free_head[KVSHM_NCLASSES];
+    uint64_t used;               /* class bytes allocated, incl. retired */
+    uint64_t retired;            /* class bytes retired, not yet reclaimed */
+    kvshm_retired *ret;          /* FIFO of retired blocks, epochs ascending */
+    size_t ret_head, ret_len, ret_cap;
+} kvshm_blocks;
+
+/* Initialise an allocator over [lo, lo + bytes) of seg. Writer only. */
+void kvshm_blocks_init(kvshm_blocks *b, kvshm_seg *seg, uint64_t lo,
+                       uint64_t bytes, struct kvshm_shard *stats);
+/* Free the private retire FIFO (the region itself stays). Writer only. */
+void kvshm_blocks_fini(kvshm_blocks *b);
+/* Bytes a request of `bytes` really takes (its class size); 0 if too big. */
+uint64_t kvshm_blocks_class_bytes(uint64_t bytes);
+/* Allocate a block of at least `bytes`; *off gets its offset. Contents are
+ * undefined. Writer only. Returns KVSHM_OK, KVSHM_E_INVAL (0 or too big),
+ * KVSHM_E_FULL. */
+kvshm_status kvshm_blocks_alloc(kvshm_blocks *b, uint64_t bytes, uint64_t *off);
+/* Return a block no reader can reach (never published) at once. Writer only. */
+void kvshm_blocks_free(kvshm_blocks *b, uint64_t off, uint64_t bytes);
+/* Queue a block unlinked from the published structures during `epoch`; it is
+ * reused once every reader has left that epoch. Epochs must not decrease
+ * across calls. Writer only. Returns KVSHM_OK or KVSHM_E_NOMEM. */
+kvshm_status kvshm_blocks_retire(kvshm_blocks *b, uint64_t off, uint64_t bytes,
+                                 uint64_t epoch);
+/* Free every retired block whose epoch < min_live_epoch; returns the bytes
+ * reclaimed. Writer only; call after the slot scan (kvshm_writer_maintain). */
+uint64_t kvshm_blocks_reclaim(kvshm_blocks *b, uint64_t min_live_epoch);
+/* Epoch of the oldest retired block, or UINT64_MAX if none. */
+uint64_t kvshm_blocks_oldest_retired(const kvshm_blocks *b);
+
+/* ---- records (blocks.c) --------------------------------------------------- */
+
+/* Checksum of a record: xxh3_64(value, seed = xxh3_64(key, seed = seqt ^
+ * (klen << 32 | vlen))). Any process. */
+uint64_t kvshm_rec_checksum(uint64_t seqt, const void *key, uint32_t klen,
+                            const void *val, uint32_t vlen);
+/* Bytes a record with these lengths occupies (header + key + value). */
+static inline uint64_t kvshm_rec_bytes(uint32_t klen, uint32_t vlen)
+{ return (uint64_t)KVSHM_REC_HDR + klen + vlen; }
+/* Fill a record at dst (plain stores; publish it afterwards). Writer only. */
+void kvshm_rec_fill(void *dst, const void *key, uint32_t klen, const void *val,
+                    uint32_t vlen, uint64_t seq, int tombstone);
+/* Allocate and fill a record block; *off gets its offset. Writer only.
+ * Returns KVSHM_OK, KVSHM_E_INVAL, KVSHM_E_FULL. */
+kvshm_status kvshm_rec_new(kvshm_blocks *b, const void *key, uint32_t klen,
+                           const void *val, uint32_t vlen, uint64_t seq,
+                           int tombstone, uint64_t *off);
+/* Block size of the record at off (for retiring it). Writer only. */
+uint64_t kvshm_rec_block_bytes(const kvshm_seg *s, uint64_t off);
+/* Map a record: checks that header, key and value lie inside the segment.
+ * Returns NULL if not. Any reader. */
+const struct kvshm_rec *kvshm_rec_at(const kvshm_seg *s, uint64_t off);
+static inline const uint8_t *kvshm_rec_key(const struct kvshm_rec *r)
+{ return (const uint8_t *)r + KVSHM_REC_HDR; }
+static inline const uint8_t *kvshm_rec_val(const struct kvshm_rec *r)
+{ return (const uint8_t *)r + KVSHM_REC_HDR + r->r_klen; }
+/*
+ * kvshm_rec_read: copy the value of the record at off into out (whose key
+ * must equal key: the caller found it by that key) and verify the checksum
+ * over the copy. Any reader. Returns KVSHM_OK; KVSHM_DELETED (tombstone;
+ * out->seq set); KVSHM_E_SMALLBUF (out->len = needed); KVSHM_E_CORRUPT (bounds,
+ * key or checksum mismatch: stale or damaged).
+ */
+kvshm_status kvshm_rec_read(const kvshm_seg *s, uint64_t off, const void *key,
+                            uint32_t klen, kvshm_val *out);
+
+/* ---- memtable (memtable.c) ------------------------------------------------
+ * A skip list (Pugh 1990; LevelDB's memtable shape) in one append-only arena
+ * block: nodes are appended, never changed after publication except for their
+ * forward links, which the writer release-stores bottom level first. Order:
+ * key ascending, then sequence descending, so the first node of a key is its
+ * newest version. Branching factor 1/4, at most KVSHM_MT_MAXH levels.
+ */
+
+/* Create an empty memtable in a new block of arena_bytes (>= 4 KiB, <= 4 GiB).
+ * Writer only. Returns KVSHM_OK, KVSHM_E_INVAL, KVSHM_E_FULL. */
+kvshm_status kvshm_mt_create(kvshm_blocks *b, uint64_t arena_bytes, uint64_t *mt);
+/* Append a version. seq must exceed every earlier seq of the same key in this
+ * memtable. Visible to readers on return. Writer only. Returns KVSHM_OK,
+ * KVSHM_E_INVAL (klen 0/too long, frozen), KVSHM_E_FULL (arena full). */
+kvshm_status kvshm_mt_add(kvshm_seg *s, uint64_t mt, const void *key, uint32_t klen,
+                          const void *val, uint32_t vlen, uint64_t seq, int tombstone);
+/* Mark frozen (no more appends). Writer only. */
+void kvshm_mt_freeze(kvshm_seg *s, uint64_t mt);
+/* Point lookup: newest version of key. Any reader. Returns KVSHM_OK,
+ * KVSHM_DELETED, KVSHM_NOTFOUND, KVSHM_E_SMALLBUF, KVSHM_E_CORRUPT. */
+kvshm_status kvshm_mt_get(const kvshm_seg *s, uint64_t mt, const void *key,
+                          uint32_t klen, kvshm_val *out);
+/* Record offset of the newest version of the first key >= key (after == 0)
+ * or > key (after != 0); klen 0 means from the beginning. 0 if none; *err
+ * set to KVSHM_E_CORRUPT on a bounds failure. Any reader. */
+uint64_t kvshm_mt_seek(const kvshm_seg *s, uint64_t mt, const void *key,
+                       uint32_t klen, int after, kvshm_status *err);
+/* Visit records in key order: newest version per key if newest_only, else all
+ * versions. Any process (the writer uses it to commit and fold). */
+kvshm_status kvshm_mt_scan(const kvshm_seg *s, uint64_t mt, int newest_only,
+                           kvshm_rec_fn fn, void *ctx);
+/* Visit every record in append order whose checksum verifies (crash replay:
+ * a new writer reads the old segment). Stops at the first invalid record.
+ * Any process. */
+kvshm_status kvshm_mt_scan_valid(const kvshm_seg *s, uint64_t mt,
+                                 kvshm_rec_fn fn, void *ctx);
+/* Records appended / arena bytes used. Any process (relaxed loads). */
+uint64_t kvshm_mt_count(const kvshm_seg *s, uint64_t mt);
+uint64_t kvshm_mt_used(const kvshm_seg *s, uint64_t mt);
+uint64_t kvshm_mt_block_bytes(const kvshm_seg *s, uint64_t mt);
+
+/* ---- CSB+tree (csbtree.c) -------------------------------------------------
+ * Keys with values (records) in a B+tree whose nodes are 256-byte
+ * struct kvshm_node and whose internal nodes keep their children in one
+ * contiguous group (Rao and Ross, SIGMOD 2000). The writer changes it only by
+ * copy-on-write batches: every node on a changed path is rewritten into new
+ * groups, untouched subtrees are shared, and the new root is published (by
+ * the caller, in a view record) with one release store.
+ */
+typedef struct kvshm_tree {
+    uint64_t root;      /* root node offset, 0 when empty */
+    uint32_t height;    /* 0 empty, 1 root is a leaf */
+    uint64_t keys;      /* keys stored */
+} kvshm_tree;
+
+typedef struct kvshm_tree_op {
+    const void *key;
+    uint32_t klen;
+    uint64_t rec;       /* record to store under key; 0 deletes key */
+} kvshm_tree_op;
+
+/*
+ * kvshm_tree_apply: apply a batch (ops sorted by key ascending, keys unique)
+ * copy-on-write. On KVSHM_OK, *t describes the new tree (not yet published:
+ * the caller publishes it), the tree owns every op's record, and every
+ * replaced node group, record or separator key was retired at `epoch`.
+ * On error *t and the old tree are unchanged, nothing was retired, every
+ * block the call allocated is freed, and the ops' records still belong to
+ * the caller. Writer only. Returns KVSHM_OK, KVSHM_E_INVAL (unsorted ops),
+ * KVSHM_E_FULL, KVSHM_E_NOMEM, KVSHM_E_CORRUPT.
+ */
+kvshm_status kvshm_tree_apply(kvshm_blocks *b, uint64_t epoch, kvshm_tree *t,
+                              const kvshm_tree_op *ops, size_t n);
+/* Record offset stored under key, 0 if absent (*err = KVSHM_E_CORRUPT on a
+ * bounds failure). Any reader. */
+uint64_t kvshm_tree_find(const kvshm_seg *s, uint64_t root, uint32_t height,
+                         const void *key, uint32_t klen, kvshm_status *err);
+/* Record offset of the first key >= key (after == 0) or > key (after != 0);
+ * klen 0 means the smallest key. 0 if none. Any reader. */
+uint64_t kvshm_tree_seek(const kvshm_seg *s, uint64_t root, uint32_t height,
+                         const void *key, uint32_t klen, int after,
+                         kvshm_status *err);
+/* Visit all records in key order. Any process. */
+kvshm_status kvshm_tree_scan(const kvshm_seg *s, const kvshm_tree *t,
+                             kvshm_rec_fn fn, void *ctx);
+/* Check every invariant (order, separators, fill, heights, key count);
+ * KVSHM_OK or KVSHM_E_CORRUPT. Test/debug use; any process. */
+kvshm_status kvshm_tree_check(const kvshm_seg *s, const kvshm_tree *t);
+/* Retire every node, separator and record of the tree at epoch and empty *t.
+ * Writer only. Returns KVSHM_OK or KVSHM_E_NOMEM. */
+kvshm_status kvshm_tree_retire_all(kvshm_blocks *b, uint64_t epoch, kvshm_tree *t);
+
+#endif /* KVSHM_STRUCTS_H */

@@ -1,0 +1,104 @@
+/*
+ * internal.h -- private types shared by segment.c, slots.c and view.c: the
+ * writer and reader handles and the reader's epoch enter/leave. Not
+ * installed; nothing outside shm/ includes it.
+ */
+#ifndef KVSHM_INTERNAL_H
+#define KVSHM_INTERNAL_H
+
+#include <sys/types.h>
+
+#include "kvshm/atomics.h"
+#include "kvshm/kvshm.h"
+#include "kvshm/structs.h"
+
+struct kvshm_writer {
+    kvshm_config cfg;
+    char *seg_name, *slot_name;
+    kvshm_seg seg;
+    struct kvshm_hdr *hdr;
+    struct kvshm_shard *shards;     /* shard table in the segment */
+    uint32_t nshards;
+    kvshm_blocks *blocks;           /* per shard, writer-private */
+    kvshm_tree *trees;              /* per shard: the published tree */
+    uint64_t *active, *frozen;      /* per shard memtable offsets */
+    /* slot file */
+    int slot_fd;
+    uint8_t *slot_base;
+    uint64_t slot_bytes;
+    struct kvshm_slothdr *sh;
+    struct kvshm_slot *slots;
+    uint32_t nslots;
+    uint64_t *evicted_epoch;        /* per slot: epoch value ignored since eviction */
+    int membarrier_ok;
+    int err_no;
+};
+
+struct kvshm_reader {
+    kvshm_seg seg;
+    const struct kvshm_hdr *hdr;
+    const struct kvshm_shard *shards;
+    uint32_t nshards;
+    uint64_t generation;
+    char *slot_name;
+    int slot_fd;                    /* our open file description: holds the OFD lock */
+    uint8_t *slot_base;
+    uint64_t slot_bytes;
+    struct kvshm_slothdr *sh;
+    struct kvshm_slot *slot;        /* our slot (written only by us, and the writer) */
+    uint32_t slot_idx;
+    uint64_t gen_seen;              /* slot generation at our last leave */
+    int fenced;                     /* membarrier unavailable: fence on enter */
+    int in_section;                 /* inside kvshm_reader_enter/leave */
+    unsigned fork_gen;              /* kvshmi_fork_gen when the slot was claimed */
+    int err_no;
+};
+
+extern unsigned kvshmi_fork_gen;
+
+/* slots.c */
+kvshm_status kvshmi_slots_create(kvshm_writer *w);
+kvshm_status kvshmi_slots_open(kvshm_reader *r, const char *slot_name);
+kvshm_status kvshmi_slot_claim(kvshm_reader *r);
+void kvshmi_slot_release(kvshm_reader *r);
+kvshm_status kvshmi_rehome(kvshm_reader *r);
+void kvshmi_membarrier_register(kvshm_reader *r);
+
+/* segment.c */
+uint64_t kvshmi_layout_hash(void);
+
+/* view.c */
+kvshm_status kvshmi_publish_view(kvshm_writer *w, uint32_t shard, uint64_t preallocated);
+
+/*
+ * Enter an epoch: read the global epoch and store it in our slot. One load
+ * and one plain (release) store; the StoreLoad ordering against the lookups
+ * that follow is supplied by the writer's membarrier(GLOBAL_EXPEDITED), or by
+ * the fence below when this process could not register for it.
+ */
+static inline void kvshmi_enter(kvshm_reader *r)
+{
+    uint64_t e = kv_atomic_load_acquire64(&r->hdr->h_epoch);
+    kv_atomic_store_release64(&r->slot->sl_epoch, e);
+    if (__builtin_expect(r->fenced, 0)) kv_atomic_fence_seq_cst();
+    else kv_compiler_barrier();
+}
+
+/*
+ * Leave: re-check the slot generation after all lookups (acquire fence, so
+ * they are ordered before it), then clear the epoch with a release store.
+ * Returns 1 when the writer evicted us during the section: whatever was read
+ * must be discarded. The acquire load of the generation also guarantees that
+ * the retry's enter reads an epoch newer than the evicted one (the writer
+ * bumps the epoch before the generation).
+ */
+static inline int kvshmi_leave(kvshm_reader *r)
+{
+    kv_atomic_fence_acquire();
+    uint64_t g = kv_atomic_load_acquire64(&r->slot->sl_gen);
+    kv_atomic_store_release64(&r->slot->sl_epoch, 0);
+    if (__builtin_expect(g != r->gen_seen, 0)) { r->gen_seen = g; return 1; }
+    return 0;
+}
+
+#endif /* KVSHM_INTERNAL_H */
