@@ -1,0 +1,202 @@
+/* test_kv.c - libkvault key-value store: open options and table-name
+ * validation, get/put/delete/exists/count, keys listing, put_many, meta
+ * features, close. Real SQLite files in per-test temporary directories. */
+#include <criterion/criterion.h>
+#include <criterion/new/assert.h>
+#include <sqlite3.h>
+
+#include "kvault/kvault.h"
+#include "kvtest_util.h"
+
+static kv_db *open_db(const char *table, char *path, size_t n)
+{
+    kv_open_opts o;
+    kv_db *db = NULL;
+    char err[256];
+    kv_open_opts_default(&o);
+    o.table = table;
+    kvtest_path(path, n, "sub/dir/t.db");
+    cr_assert(eq(int, kv_db_open(path, &o, &db, err, sizeof err), KV_OK), "%s", err);
+    return db;
+}
+
+Test(kv, bad_table_names_refused)
+{
+    const char *bad[] = {"kv; DROP TABLE x", "a b", "", "1abc", "9", "a-b", "t\"x", "kv--", "é"};
+    char path[600], err[256];
+    kvtest_path(path, sizeof path, "t.db");
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        kv_open_opts o;
+        kv_db *db = (kv_db *)1;
+        kv_open_opts_default(&o);
+        o.table = bad[i];
+        cr_assert(eq(int, kv_db_open(path, &o, &db, err, sizeof err), KV_INVALID), "%s", bad[i]);
+        cr_assert(eq(ptr, db, NULL));
+        cr_assert(eq(int, strncmp(err, "Invalid table name: ", 20), 0), "%s", err);
+    }
+    const char *good[] = {"kv", "_x", "A1_b2", "t123"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        kv_open_opts o;
+        kv_db *db = NULL;
+        kv_open_opts_default(&o);
+        o.table = good[i];
+        cr_assert(eq(int, kv_db_open(path, &o, &db, err, sizeof err), KV_OK), "%s: %s", good[i], err);
+        cr_assert(eq(str, (char *)kv_db_table(db), (char *)good[i]));
+        kv_db_close(db);
+    }
+}
+
+Test(kv, put_get_delete_exists_count)
+{
+    char path[600];
+    kv_db *db = open_db("kv", path, sizeof path);
+    const void *v;
+    size_t n;
+    int64_t c;
+    int flag;
+    cr_assert(eq(int, kv_get(db, "a", 1, &v, &n), KV_NOTFOUND));
+    cr_assert(eq(int, kv_put(db, "a", 1, "hello", 5), KV_OK));
+    cr_assert(eq(int, kv_put(db, "", 0, "", 0), KV_OK), "empty key and value are allowed");
+    cr_assert(eq(int, kv_get(db, "a", 1, &v, &n), KV_OK));
+    cr_assert(eq(sz, n, 5));
+    cr_assert(eq(int, memcmp(v, "hello", 5), 0));
+    kv_get_done(db);
+    cr_assert(eq(int, kv_put(db, "a", 1, "bye", 3), KV_OK), "upsert");
+    cr_assert(eq(int, kv_get(db, "a", 1, &v, &n), KV_OK));
+    cr_assert(eq(sz, n, 3));
+    /* a lent row is released by the next call without kv_get_done */
+    cr_assert(eq(int, kv_count(db, &c), KV_OK));
+    cr_assert(eq(i64, c, 2));
+    cr_assert(eq(int, kv_get(db, "", 0, &v, &n), KV_OK));
+    cr_assert(eq(sz, n, 0));
+    cr_assert(eq(int, kv_exists(db, "a", 1, &flag), KV_OK));
+    cr_assert(eq(int, flag, 1));
+    cr_assert(eq(int, kv_delete(db, "a", 1, &flag), KV_OK));
+    cr_assert(eq(int, flag, 1));
+    cr_assert(eq(int, kv_delete(db, "a", 1, &flag), KV_OK));
+    cr_assert(eq(int, flag, 0));
+    cr_assert(eq(int, kv_exists(db, "a", 1, &flag), KV_OK));
+    cr_assert(eq(int, flag, 0));
+    cr_assert(eq(int, kv_db_close(db), KV_OK));
+
+    /* data survives reopening; the schema is the API.md §4.2 one */
+    sqlite3 *s;
+    sqlite3_stmt *st;
+    cr_assert(eq(int, sqlite3_open(path, &s), SQLITE_OK));
+    cr_assert(eq(int, sqlite3_prepare_v2(s, "SELECT sql FROM sqlite_master WHERE name='kv'", -1, &st, NULL), SQLITE_OK));
+    cr_assert(eq(int, sqlite3_step(st), SQLITE_ROW));
+    cr_assert(eq(str, (char *)sqlite3_column_text(st, 0),
+                 "CREATE TABLE kv (key BLOB PRIMARY KEY NOT NULL, value BLOB NOT NULL)"));
+    sqlite3_finalize(st);
+    cr_assert(eq(int, sqlite3_prepare_v2(s, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK));
+    cr_assert(eq(int, sqlite3_step(st), SQLITE_ROW));
+    cr_assert(eq(str, (char *)sqlite3_column_text(st, 0), "wal"));
+    sqlite3_finalize(st);
+    cr_assert(eq(int, sqlite3_prepare_v2(s, "PRAGMA page_size", -1, &st, NULL), SQLITE_OK));
+    cr_assert(eq(int, sqlite3_step(st), SQLITE_ROW));
+    cr_assert(eq(int, sqlite3_column_int(st, 0), 32768));
+    sqlite3_finalize(st);
+    sqlite3_close(s);
+}
+
+Test(kv, keys_prefix_order_and_pagination)
+{
+    char path[600];
+    kv_db *db = open_db("kv", path, sizeof path);
+    const char *ks[] = {"b", "a", "ab", "a\xff", "abc", "c", "\xff", "a0"};
+    for (size_t i = 0; i < 8; i++)
+        cr_assert(eq(int, kv_put(db, ks[i], strlen(ks[i]), "v", 1), KV_OK));
+    kv_keys *k;
+    cr_assert(eq(int, kv_keys_batch(db, "a", 1, NULL, 0, 100, &k), KV_OK));
+    /* prefix <= key < prefix||0xFF: "a\xff" is excluded (API.md §4.5 Q) */
+    const char *want[] = {"a", "a0", "ab", "abc"};
+    cr_assert(eq(sz, k->n, 4));
+    for (size_t i = 0; i < 4; i++) {
+        cr_assert(eq(sz, k->off[i + 1] - k->off[i], strlen(want[i])));
+        cr_assert(eq(int, memcmp(k->data + k->off[i], want[i], strlen(want[i])), 0));
+    }
+    kv_keys_free(k);
+    /* all keys, in batches of 3, continuing after the last key */
+    const char *all[] = {"a", "a0", "ab", "abc", "a\xff", "b", "c", "\xff"};
+    size_t seen = 0;
+    char last[8];
+    size_t lastn = 0;
+    for (;;) {
+        cr_assert(eq(int, kv_keys_batch(db, NULL, 0, seen ? last : NULL, lastn, 3, &k), KV_OK));
+        if (k->n == 0) {
+            kv_keys_free(k);
+            break;
+        }
+        for (size_t i = 0; i < k->n; i++, seen++) {
+            size_t l = k->off[i + 1] - k->off[i];
+            cr_assert(eq(sz, l, strlen(all[seen])));
+            cr_assert(eq(int, memcmp(k->data + k->off[i], all[seen], l), 0));
+            memcpy(last, k->data + k->off[i], l);
+            lastn = l;
+        }
+        kv_keys_free(k);
+    }
+    cr_assert(eq(sz, seen, 8));
+    kv_db_close(db);
+}
+
+Test(kv, put_many_and_features)
+{
+    char path[600];
+    kv_db *db = open_db("kv", path, sizeof path);
+    kv_item items[100];
+    char keys[100][8];
+    for (int i = 0; i < 100; i++) {
+        snprintf(keys[i], 8, "k%03d", i);
+        items[i] = (kv_item){keys[i], 4, "value", 5};
+    }
+    cr_assert(eq(int, kv_put_many(db, items, 100), KV_OK));
+    int64_t c;
+    kv_count(db, &c);
+    cr_assert(eq(i64, c, 100));
+    cr_assert(eq(int, kv_record_feature(db, "headers_v1"), KV_OK));
+    cr_assert(eq(int, kv_record_feature(db, "auto_pack_v1"), KV_OK));
+    cr_assert(eq(int, kv_record_feature(db, "headers_v1"), KV_OK));
+    cr_assert(eq(int, kv_record_feature(db, "a,b"), KV_INVALID));
+    cr_assert(eq(int, kv_checkpoint(db), KV_OK));
+    cr_assert(eq(int, kv_optimize(db), KV_OK));
+    kv_db_close(db);
+    sqlite3 *s;
+    sqlite3_stmt *st;
+    sqlite3_open(path, &s);
+    sqlite3_prepare_v2(s, "SELECT value FROM kohakuvault_meta WHERE key='kv_features'", -1, &st, NULL);
+    cr_assert(eq(int, sqlite3_step(st), SQLITE_ROW));
+    cr_assert(eq(str, (char *)sqlite3_column_text(st, 0), "headers_v1,auto_pack_v1"));
+    sqlite3_finalize(st);
+    sqlite3_close(s);
+}
+
+Test(kv, two_tables_one_file_and_busy_is_reported)
+{
+    char path[600], err[256];
+    kv_db *a = open_db("t1", path, sizeof path), *b = NULL;
+    kv_open_opts o;
+    kv_open_opts_default(&o);
+    o.table = "t2";
+    o.busy_timeout_ms = 50;
+    cr_assert(eq(int, kv_db_open(path, &o, &b, err, sizeof err), KV_OK), "%s", err);
+    cr_assert(eq(int, kv_put(a, "k", 1, "A", 1), KV_OK));
+    cr_assert(eq(int, kv_put(b, "k", 1, "B", 1), KV_OK));
+    const void *v;
+    size_t n;
+    cr_assert(eq(int, kv_get(b, "k", 1, &v, &n), KV_OK));
+    cr_assert(eq(int, memcmp(v, "B", 1), 0));
+    kv_get_done(b);
+    /* hold the write lock on another connection: b sees KV_BUSY with text */
+    sqlite3 *s;
+    sqlite3_open(path, &s);
+    cr_assert(eq(int, sqlite3_exec(s, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK));
+    cr_assert(eq(int, kv_put(b, "x", 1, "y", 1), KV_BUSY));
+    cr_assert(not(eq(ptr, strstr(kv_db_errmsg(b), "database is locked"), NULL)), "%s", kv_db_errmsg(b));
+    cr_assert(eq(int, kv_db_sqlite_errcode(b) & 0xff, SQLITE_BUSY));
+    sqlite3_exec(s, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_close(s);
+    cr_assert(eq(int, kv_put(b, "x", 1, "y", 1), KV_OK));
+    kv_db_close(a);
+    kv_db_close(b);
+}
