@@ -130,7 +130,7 @@ class KVault(Mapping):
         mmap_size: int = 268435456,
         cache_kb: int = 100000,
     ):
-        self._closed = True  # until the native object exists
+        self._closed = True  # until the native object exists (repr, close)
         self._native = None
         self._daemon = None
         self._daemon_stop = None
@@ -155,18 +155,22 @@ class KVault(Mapping):
         self._retries = max(1, retries)
         self._backoff_base = backoff_base
 
-        native = self._call(
-            _kvault._KVault,
-            fspath,
-            table,
-            chunk_size,
-            bool(enable_wal),
-            page_size,
-            mmap_size,
-            cache_kb,
-        )
+        self._closed = False  # so that _fail maps open errors instead of "closed"
+        try:
+            native = self._call(
+                _kvault._KVault,
+                fspath,
+                table,
+                chunk_size,
+                bool(enable_wal),
+                page_size,
+                mmap_size,
+                cache_kb,
+            )
+        except BaseException:
+            self._closed = True
+            raise
         self._native = native
-        self._closed = False
         # Bound native methods, looked up once: the hot paths below do one
         # instance-attribute lookup and one C call.
         self._nget = native.get
