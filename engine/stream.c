@@ -606,12 +606,15 @@ KV_API kv_status kv_get_to_fd(kv_db *db, const void *key, size_t klen, int fd,
         *written = e->vlen;
         return KV_OK;
     }
-    /* A read transaction keeps the blob stable while we stream it. */
+    /* The size is unknown until the blob is open, and mmap_size only
+     * changes outside a read transaction: lower cache/mmap for every stored
+     * stream (a few pragma calls, negligible next to streaming). A read
+     * transaction keeps the blob stable while we stream it. */
+    guard_enter(db, UINT64_MAX, &g);
     if ((st = kvi_exec(db->db, "BEGIN", &db->err)) != KV_OK)
-        return st;
+        goto out_nocommit;
     if ((st = open_read_blob(db, key, klen, &blob, &size)) != KV_OK)
         goto out;
-    guard_enter(db, size, &g);
     st = KV_UNSUPPORTED;
     if (seekable && size > 0 && uring_allowed())
         st = get_uring(db, blob, size, fd, base, chunk);
@@ -625,6 +628,7 @@ KV_API kv_status kv_get_to_fd(kv_db *db, const void *key, size_t klen, int fd,
     }
 out:
     kvi_exec(db->db, "COMMIT", &db->err);
+out_nocommit:
     guard_leave(db, &g);
     return st;
 }
@@ -649,11 +653,13 @@ KV_API kv_status kv_get_stream(kv_db *db, const void *key, size_t klen,
         *written = e->vlen;
         return KV_OK;
     }
-    if ((st = kvi_exec(db->db, "BEGIN", &db->err)) != KV_OK)
+    guard_enter(db, UINT64_MAX, &g);
+    if ((st = kvi_exec(db->db, "BEGIN", &db->err)) != KV_OK) {
+        guard_leave(db, &g);
         return st;
+    }
     if ((st = open_read_blob(db, key, klen, &blob, &size)) != KV_OK)
         goto out;
-    guard_enter(db, size, &g);
     if (!(buf = kvi_malloc(size < chunk ? (size ? size : 1) : chunk))) {
         st = kvi_err_set(&db->err, KV_NOMEM, "out of memory");
         sqlite3_blob_close(blob);
