@@ -1,0 +1,267 @@
+"""VectorKVault (API.md §8): exact k-NN, metrics, normalisation, input rules, CRUD, errors."""
+
+import sqlite3
+import threading
+
+import numpy as np
+import pytest
+
+from kohakuvault import InvalidArgument, KohakuVaultError, NotFound, VectorKVault
+
+
+def brute_force(data, ids, q, metric, k):
+    """Reference k-NN in float64 numpy (cosine on normalised vectors)."""
+    data = np.asarray(data, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    if metric == "cosine":
+        data = data / np.linalg.norm(data, axis=1, keepdims=True)
+        q = q / np.linalg.norm(q)
+        d = 1.0 - data @ q
+    elif metric == "l2":
+        d = np.sqrt(((data - q) ** 2).sum(axis=1))
+    else:
+        d = np.abs(data - q).sum(axis=1)
+    order = sorted(range(len(ids)), key=lambda i: (d[i], ids[i]))[:k]
+    return [ids[i] for i in order], [d[i] for i in order]
+
+
+def test_vectorkvault_layout_and_pragmas(db_path):
+    vkv = VectorKVault(db_path, table="runs", dimensions=4)
+    vkv.insert([1, 2, 3, 4], b"v")
+    con = sqlite3.connect(db_path)
+    rows = dict(con.execute("SELECT name, sql FROM sqlite_master WHERE type='table'").fetchall())
+    assert "id INTEGER PRIMARY KEY AUTOINCREMENT, value BLOB NOT NULL" in rows["runs_values"]
+    assert "value_ref INTEGER" in rows["runs"] and "vector BLOB" in rows["runs"]
+    ref, blob = con.execute("SELECT value_ref, vector FROM runs").fetchone()
+    assert len(blob) == 16  # 4 float32 LE
+    assert con.execute("SELECT value FROM runs_values WHERE id=?", (ref,)).fetchone()[0] == b"v"
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2", "l1"])
+def test_vectorkvault_topk_matches_bruteforce(db_path, metric):
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((300, 16)).astype(np.float32)
+    vkv = VectorKVault(db_path, dimensions=16, metric=metric)
+    ids = [vkv.insert(v, int(i)) for i, v in enumerate(data)]
+    for _ in range(5):
+        q = rng.standard_normal(16).astype(np.float32)
+        for k in (1, 7, 300, 1000):
+            res = vkv.search(q, k=k)
+            want_ids, want_d = brute_force(data, ids, q, metric, k)
+            assert [r[0] for r in res] == want_ids
+            assert [r[1] for r in res] == pytest.approx(want_d, abs=2e-5)
+            assert [r[2] for r in res] == [ids.index(i) for i in want_ids]
+            assert all(isinstance(r[1], float) for r in res)
+            assert [r[1] for r in res] == sorted(r[1] for r in res)
+
+
+def test_vectorkvault_distances_exact_values(db_path):
+    l2 = VectorKVault(db_path, table="l2", dimensions=3, metric="euclidean")
+    l2.insert([1, 2, 3], "a")
+    ((_, d, _),) = l2.search([4, 6, 3], k=1)
+    assert d == 5.0  # not squared
+    l1 = VectorKVault(db_path, table="l1", dimensions=3, metric="Manhattan")
+    l1.insert([1, 2, 3], "a")
+    assert l1.search([4, 6, 3], k=1)[0][1] == 7.0
+    cos = VectorKVault(db_path, table="c", dimensions=2, metric="COSINE")
+    cos.insert([1, 0], "x")
+    assert cos.search([0, 5], k=1)[0][1] == pytest.approx(1.0)
+    assert cos.search([-3, 0], k=1)[0][1] == pytest.approx(2.0)
+    # float32 precision
+    f = VectorKVault(db_path, table="f", dimensions=1, metric="l1")
+    f.insert([0.0], 1)
+    assert f.search([0.1], k=1)[0][1] == float(np.float32(0.1))
+
+
+def test_vectorkvault_cosine_normalises_and_get_by_id_returns_unit_vector(db_path):
+    vkv = VectorKVault(db_path, dimensions=3)
+    i = vkv.insert(np.array([3, 0, 4]), b"x")  # int array: cast to float32
+    z = vkv.insert([0, 0, 0], b"zero")
+    vec, val = vkv.get_by_id(i)
+    assert vec.dtype == np.float32 and vec.shape == (3,)
+    np.testing.assert_allclose(vec, [0.6, 0.0, 0.8], rtol=1e-6)
+    assert not vec.flags.writeable
+    assert val == b"x"
+    np.testing.assert_array_equal(vkv.get_by_id(z)[0], [0, 0, 0])  # zero vector left as is
+    l2 = VectorKVault(db_path, table="plain", dimensions=3, metric="l2")
+    j = l2.insert([3, 0, 4], 1)
+    np.testing.assert_array_equal(l2.get_by_id(j)[0], [3, 0, 4])  # no normalisation
+
+
+def test_vectorkvault_vector_input_kinds(db_path):
+    vkv = VectorKVault(db_path, dimensions=3, metric="l2")
+    a = vkv.insert(np.array([1, 2, 3], dtype=np.float64), 1)
+    b = vkv.insert([1.5, 2, 3], 2)
+    c = vkv.insert(np.array([7, 8, 9], dtype=np.float32).tobytes(), 3)
+    np.testing.assert_array_equal(vkv.get_by_id(c)[0], [7, 8, 9])
+    assert vkv.search(np.array([1, 2, 3], dtype=np.int32), k=1)[0][0] == a
+    assert vkv.search([1.5, 2, 3], k=1)[0][0] == b
+    for bad in [(1, 2, 3), {1, 2, 3}, "abc", 5, np.zeros((1, 3)), [[1, 2, 3]], ["a", "b", "c"]]:
+        with pytest.raises(InvalidArgument):
+            vkv.insert(bad, 0)
+    with pytest.raises(InvalidArgument, match="Expected 3 dimensions, got 2"):
+        vkv.insert([1, 2], 0)
+    with pytest.raises(InvalidArgument, match="Expected 3 dimensions"):
+        vkv.search([1, 2, 3, 4])
+    assert len(vkv) == 3
+
+
+def test_vectorkvault_search_metric_is_validated_only(db_path):
+    vkv = VectorKVault(db_path, dimensions=2, metric="l2")
+    vkv.insert([0, 0], "o")
+    vkv.insert([3, 4], "p")
+    assert vkv.search([3, 4], k=2, metric="l1") == vkv.search([3, 4], k=2)  # still L2
+    assert vkv.search([0, 0], k=2, metric="l1")[1][1] == 5.0
+    with pytest.raises(InvalidArgument):
+        vkv.search([0, 0], metric="bogus")
+    with pytest.raises(InvalidArgument):
+        vkv.search([0, 0], metric="hamming")  # incompatible with f32
+    with pytest.raises(InvalidArgument):
+        vkv.get([0, 0], metric="cosine-ish")
+
+
+def test_vectorkvault_k_limits(db_path):
+    vkv = VectorKVault(db_path, dimensions=2, metric="l2")
+    assert vkv.search([0, 0], k=10) == []  # empty table
+    for i in range(3):
+        vkv.insert([i, i], i)
+    assert len(vkv.search([0, 0], k=10)) == 3
+    assert len(vkv.search([0, 0], k=4096)) == 3
+    with pytest.raises(InvalidArgument):
+        vkv.search([0, 0], k=4097)
+
+
+def test_vectorkvault_get_and_getitem(db_path):
+    vkv = VectorKVault(db_path, dimensions=2, metric="l2")
+    with pytest.raises(KohakuVaultError, match="No vectors found in database"):
+        vkv.get([0, 0])
+    with pytest.raises(KeyError) as ei:
+        vkv[[0, 0]]
+    assert ei.value.args == ("No vectors found in database",)
+    vkv[[1, 1]] = {"near": True}
+    vkv[np.array([9, 9])] = "far"
+    assert vkv.get([0, 0]) == {"near": True}
+    assert vkv[[10, 10]] == "far"
+
+
+def test_vectorkvault_crud(db_path):
+    vkv = VectorKVault(db_path, dimensions=2, metric="l2")
+    a = vkv.insert([1, 0], b"a", metadata={"ignored": True})
+    b = vkv.insert([0, 1], b"b")
+    with pytest.raises(InvalidArgument):
+        vkv.insert([1, 1], b"c", metadata="not a dict")
+    assert vkv.exists(a) and a in vkv and 999 not in vkv
+    vkv.update(a, vector=[5, 5])
+    np.testing.assert_array_equal(vkv.get_by_id(a)[0], [5, 5])
+    vkv.update(a, value=[1, 2])
+    assert vkv.get_by_id(a)[1] == [1, 2]
+    vkv.update(999, vector=[1, 1])  # unknown id: no-op
+    with pytest.raises(NotFound):
+        vkv.update(999, value=b"x")
+    with pytest.raises(InvalidArgument):
+        vkv.update(a)
+    vkv.delete(b)
+    vkv.delete(12345)
+    assert not vkv.exists(b) and vkv.count() == 1 and len(vkv) == 1
+    with pytest.raises(KohakuVaultError, match=f"ID {b} not found"):
+        vkv.get_by_id(b)
+    con = sqlite3.connect(db_path)
+    assert con.execute("SELECT COUNT(*) FROM vec_kvault_values").fetchone()[0] == 1
+    con.close()
+
+
+def test_vectorkvault_constructor_validation(db_path):
+    for kwargs, msg in [
+        ({"metric": "dot"}, "Unknown metric"),
+        ({"vector_type": "f16"}, "Unknown vector type"),
+        ({"metric": "cosine", "vector_type": "int8"}, "is not compatible with vector type"),
+        ({"metric": "hamming", "vector_type": "f32"}, "is not compatible"),
+        ({"metric": "l2", "vector_type": "bit"}, "is not compatible"),
+        ({"metric": "hamming", "vector_type": "bit", "dimensions": 12}, ""),
+    ]:
+        with pytest.raises(ValueError, match=msg) as ei:
+            VectorKVault(db_path, **kwargs)
+        assert not isinstance(ei.value, KohakuVaultError)
+
+
+def test_vectorkvault_int8_and_bit_not_yet_supported(db_path):
+    i8 = VectorKVault(db_path, table="i8", dimensions=4, metric="l2", vector_type="i8")
+    bit = VectorKVault(db_path, table="b", dimensions=16, metric="hamming", vector_type="bit")
+    for vkv in (i8, bit):
+        n = vkv.dimensions
+        with pytest.raises(InvalidArgument, match="not yet supported"):
+            vkv.insert([1] * n, b"x")
+        with pytest.raises(InvalidArgument, match="not yet supported"):
+            vkv.search([1] * n)
+        assert len(vkv) == 0
+    assert i8.info() == {"table": "i8", "dimensions": 4, "metric": "L2", "vector_type": "int8", "count": 0}
+    assert bit.info()["metric"] == "hamming" and bit.info()["vector_type"] == "bit"
+
+
+def test_vectorkvault_attributes_as_passed_and_info_normalised(db_path):
+    vkv = VectorKVault(db_path, table="t", dimensions=3, metric="Euclidean", vector_type="float32")
+    assert (vkv.table, vkv.dimensions, vkv.metric, vkv.vector_type) == ("t", 3, "Euclidean", "float32")
+    vkv.insert([1, 2, 3], 1)
+    assert vkv.info() == {"table": "t", "dimensions": 3, "metric": "L2", "vector_type": "float32", "count": 1}
+    assert repr(vkv) == (f"VectorKVault(path={db_path!r}, table='t', dimensions=3, "
+                         "metric='Euclidean', vector_type='float32', count=1)")
+    d = VectorKVault(db_path, table="d", dimensions=8)
+    assert d.info()["metric"] == "cosine" and d.info()["vector_type"] == "float32"
+
+
+def test_vectorkvault_values_auto_pack_and_switches(db_path):
+    vkv = VectorKVault(db_path, dimensions=2, metric="l2")
+    emb = np.arange(4, dtype=np.float32)
+    values = [{"a": 1}, [1, "x"], 7, 2.5, "s", b"raw", emb]
+    ids = [vkv.insert([i, 0], v) for i, v in enumerate(values)]
+    for i, v in zip(ids, values):
+        got = vkv.get_by_id(i)[1]
+        if isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(got, v)
+        else:
+            assert got == v
+    vkv.disable_auto_pack()
+    assert vkv.auto_pack_enabled() is False
+    j = vkv.insert([9, 9], bytearray(b"ba"))
+    assert vkv.get_by_id(j)[1] == b"ba"
+    assert vkv.get_by_id(ids[2])[1][:2] == b"\x89K"  # stored bytes with header
+    with pytest.raises(InvalidArgument):
+        vkv.insert([1, 1], "str needs auto-pack")
+    vkv.enable_auto_pack()
+    vkv.disable_headers()
+    assert vkv.headers_enabled() is False
+    k = vkv.insert([8, 8], "bare")
+    assert vkv.get_by_id(k)[1] == b"bare"
+
+
+def test_vectorkvault_reopen_with_other_dimensions_is_detected(db_path):
+    a = VectorKVault(db_path, dimensions=4, metric="l2")
+    a.insert([1, 2, 3, 4], 1)
+    a.close()
+    b = VectorKVault(db_path, dimensions=2, metric="l2")
+    with pytest.raises(KohakuVaultError):
+        b.search([1, 2])
+
+
+def test_vectorkvault_threads(db_path):
+    vkv = VectorKVault(db_path, dimensions=8, metric="l2")
+    errors = []
+
+    def worker(n):
+        rng = np.random.default_rng(n)  # one generator per thread
+        try:
+            for i in range(40):
+                vkv.insert(rng.standard_normal(8).astype(np.float32), (n, i))
+                vkv.search(np.zeros(8, dtype=np.float32), k=5)
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    ts = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=120)
+    assert not errors
+    assert len(vkv) == 160
