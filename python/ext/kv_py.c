@@ -313,7 +313,7 @@ static PyObject *KV_get_or(KVObject *self, PyObject *const *args, Py_ssize_t nar
  * put / put_many
  * ==================================================================== */
 
-/* Encode `value` into *buf (or borrow it): sets *p/*n. */
+/* Encode `value` into *buf (or borrow it): sets *p and *n. */
 static int encode_value(KVObject *self, PyObject *value, kv_buf *buf, Py_buffer *view,
                         const void **p, size_t *n)
 {
