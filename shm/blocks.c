@@ -94,6 +94,7 @@ void kvshm_blocks_free(kvshm_blocks *b, uint64_t off, uint64_t bytes)
     int c = size_class(bytes, &cb);
     uint64_t *link = kvshm_at(b->seg, off, 8);
     if (c < 0 || !link || off < b->lo || off >= b->hi) return;
+    if (b->poison) memset(b->seg->base + off, 0xdb, cb);
     *link = b->free_head[c];
     b->free_head[c] = off;
     b->used -= cb;

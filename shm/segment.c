@@ -198,6 +198,7 @@ kvshm_status kvshm_writer_create(const kvshm_config *cfg, kvshm_writer **out)
         sh->s_region = heap + region * i;
         sh->s_region_bytes = region;
         kvshm_blocks_init(&w->blocks[i], &w->seg, sh->s_region, region, sh);
+        w->blocks[i].poison = getenv("KVSHM_POISON") != NULL; /* tests: catch early reuse */
         if ((st = kvshm_mt_create(&w->blocks[i], cfg->memtable_bytes, &w->active[i])) ||
             (st = kvshmi_publish_view(w, i, 0)))
             goto fail;

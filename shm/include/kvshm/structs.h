@@ -39,6 +39,7 @@ typedef struct kvshm_blocks {
     uint64_t retired;            /* class bytes retired, not yet reclaimed */
     kvshm_retired *ret;          /* FIFO of retired blocks, epochs ascending */
     size_t ret_head, ret_len, ret_cap;
+    int poison;                  /* debug: fill freed blocks with 0xdb */
 } kvshm_blocks;
 
 /* Initialise an allocator over [lo, lo + bytes) of seg. Writer only. */

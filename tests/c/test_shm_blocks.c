@@ -1,0 +1,136 @@
+/* test_shm_blocks.c - size-classed blocks, epoch retire lists and checksummed
+ * records of the shared segment (shm/blocks.c), on a real /dev/shm segment. */
+#include "shm_test_util.h"
+
+static kvshm_writer *W;
+static kvshm_blocks B;
+static kvshm_seg *S;
+
+static void setup(void)
+{
+    shmt_setup();
+    kvshm_config c = shmt_config(16u << 20, 1);
+    cr_assert_eq(kvshm_writer_create(&c, &W), KVSHM_OK);
+    /* A scratch allocator over the last 4 MiB of the segment: the writer's
+     * own shard allocator only bump-allocates from the front (one memtable
+     * and a view here), so the two never meet in these tests. */
+    S = (kvshm_seg *)kvshm_writer_seg(W);
+    kvshm_blocks_init(&B, S, S->size - (4u << 20), 4u << 20, NULL);
+}
+static void teardown(void)
+{
+    kvshm_blocks_fini(&B);
+    kvshm_writer_destroy(W, 1);
+    shmt_teardown();
+}
+
+TestSuite(shm_blocks, .init = setup, .fini = teardown, .timeout = 60);
+
+Test(shm_blocks, class_sizes_round_up_with_bounded_waste)
+{
+    for (uint64_t s = 1; s < (1u << 22); s += 1 + s / 7) {
+        uint64_t c = kvshm_blocks_class_bytes(s);
+        cr_assert_geq(c, s, "class of %lu is %lu", (unsigned long)s, (unsigned long)c);
+        cr_assert_eq(c % 16, 0);
+        if (s > 1024) cr_assert_leq(c, s + s / 4 + 1, "waste at %lu", (unsigned long)s);
+    }
+    cr_assert_eq(kvshm_blocks_class_bytes(0), 0);
+    cr_assert_eq(kvshm_blocks_class_bytes(256), 256);
+}
+
+Test(shm_blocks, alloc_is_aligned_disjoint_and_reused_after_free)
+{
+    uint64_t offs[200], sizes[200];
+    uint64_t seed = 7;
+    for (int i = 0; i < 200; i++) {
+        sizes[i] = 1 + shmt_rand(&seed) % 3000;
+        cr_assert_eq(kvshm_blocks_alloc(&B, sizes[i], &offs[i]), KVSHM_OK);
+        uint64_t c = kvshm_blocks_class_bytes(sizes[i]);
+        cr_assert_eq(offs[i] % (c >= 64 ? 64 : 16), 0);
+        memset(S->base + offs[i], i & 0xff, sizes[i]);
+    }
+    for (int i = 0; i < 200; i++)
+        for (uint64_t j = 0; j < sizes[i]; j++)
+            cr_assert_eq(S->base[offs[i] + j], (uint8_t)(i & 0xff), "overlap at block %d", i);
+    uint64_t used = B.used;
+    kvshm_blocks_free(&B, offs[10], sizes[10]);
+    cr_assert_eq(B.used, used - kvshm_blocks_class_bytes(sizes[10]));
+    uint64_t again;
+    cr_assert_eq(kvshm_blocks_alloc(&B, sizes[10], &again), KVSHM_OK);
+    cr_assert_eq(again, offs[10], "LIFO free list reuses the freed block");
+}
+
+Test(shm_blocks, region_exhaustion_reports_full)
+{
+    uint64_t off;
+    int n = 0;
+    kvshm_status st;
+    while ((st = kvshm_blocks_alloc(&B, 65536, &off)) == KVSHM_OK) n++;
+    cr_assert_eq(st, KVSHM_E_FULL);
+    cr_assert_eq(n, (4 << 20) / 65536);
+    cr_assert_eq(kvshm_blocks_alloc(&B, 0, &off), KVSHM_E_INVAL);
+}
+
+Test(shm_blocks, retired_blocks_wait_for_epoch)
+{
+    uint64_t a, b2, c;
+    cr_assert_eq(kvshm_blocks_alloc(&B, 100, &a), KVSHM_OK);
+    cr_assert_eq(kvshm_blocks_alloc(&B, 100, &b2), KVSHM_OK);
+    cr_assert_eq(kvshm_blocks_alloc(&B, 100, &c), KVSHM_OK);
+    uint64_t used = B.used;
+    cr_assert_eq(kvshm_blocks_retire(&B, a, 100, 5), KVSHM_OK);
+    cr_assert_eq(kvshm_blocks_retire(&B, b2, 100, 6), KVSHM_OK);
+    cr_assert_eq(kvshm_blocks_retire(&B, c, 100, 7), KVSHM_OK);
+    cr_assert_eq(B.retired, 3 * 112);
+    cr_assert_eq(kvshm_blocks_oldest_retired(&B), 5);
+    cr_assert_eq(kvshm_blocks_reclaim(&B, 5), 0, "epoch 5 is still live");
+    cr_assert_eq(kvshm_blocks_reclaim(&B, 7), 2 * 112);
+    cr_assert_eq(B.used, used - 2 * 112);
+    cr_assert_eq(kvshm_blocks_oldest_retired(&B), 7);
+    cr_assert_eq(kvshm_blocks_reclaim(&B, UINT64_MAX), 112);
+    cr_assert_eq(B.retired, 0);
+    cr_assert_eq(kvshm_blocks_oldest_retired(&B), UINT64_MAX);
+}
+
+Test(shm_blocks, retire_fifo_grows_past_initial_capacity)
+{
+    for (uint64_t i = 0; i < 5000; i++) {
+        uint64_t o;
+        cr_assert_eq(kvshm_blocks_alloc(&B, 32, &o), KVSHM_OK);
+        cr_assert_eq(kvshm_blocks_retire(&B, o, 32, 1 + i / 100), KVSHM_OK);
+        if (i % 700 == 0) kvshm_blocks_reclaim(&B, 1 + i / 200);
+    }
+    kvshm_blocks_reclaim(&B, UINT64_MAX);
+    cr_assert_eq(B.used, 0);
+    cr_assert_eq(B.retired, 0);
+}
+
+Test(shm_blocks, record_roundtrip_checksum_and_errors)
+{
+    uint64_t off;
+    const char *k = "hello-key", *v = "some value bytes";
+    cr_assert_eq(kvshm_rec_new(&B, k, 9, v, 16, 42, 0, &off), KVSHM_OK);
+    char buf[64];
+    kvshm_val out = { buf, sizeof buf, 0, 0 };
+    cr_assert_eq(kvshm_rec_read(S, off, k, 9, &out), KVSHM_OK);
+    cr_assert_eq(out.len, 16);
+    cr_assert_eq(out.seq, 42);
+    cr_assert_arr_eq(buf, v, 16);
+    kvshm_val small = { buf, 3, 0, 0 };
+    cr_assert_eq(kvshm_rec_read(S, off, k, 9, &small), KVSHM_E_SMALLBUF);
+    cr_assert_eq(small.len, 16);
+    cr_assert_eq(kvshm_rec_read(S, off, "hello-kez", 9, &out), KVSHM_E_CORRUPT);
+    /* a flipped value byte is caught by the checksum */
+    S->base[off + KVSHM_REC_HDR + 9 + 3] ^= 1;
+    cr_assert_eq(kvshm_rec_read(S, off, k, 9, &out), KVSHM_E_CORRUPT);
+    /* out-of-bounds offsets never dereference */
+    cr_assert_eq(kvshm_rec_read(S, S->size - 8, k, 9, &out), KVSHM_E_CORRUPT);
+    cr_assert_eq(kvshm_rec_read(S, 0, k, 9, &out), KVSHM_E_CORRUPT);
+    cr_assert_null(kvshm_at(S, S->size, 1));
+    cr_assert_null(kvshm_at(S, UINT64_MAX - 4, 8));
+    uint64_t t;
+    cr_assert_eq(kvshm_rec_new(&B, k, 9, NULL, 0, 43, 1, &t), KVSHM_OK);
+    cr_assert_eq(kvshm_rec_read(S, t, k, 9, &out), KVSHM_DELETED);
+    cr_assert_eq(out.seq, 43);
+    cr_assert_eq(kvshm_rec_new(&B, k, 0, v, 1, 1, 0, &t), KVSHM_E_INVAL);
+}
