@@ -1,0 +1,106 @@
+/*
+ * batch.h - the commit backend of the shared-mode writer (DESIGN.md,
+ * "Writer loop" and "Beyond one machine").
+ *
+ * The writer process (workers/kvault-writer) turns the records it applied to
+ * the shared segment into durable rows through this one small interface:
+ *
+ *     kv_batch_open        connect to the store, create the table if needed
+ *     kv_batch_last_seq    the sequence number of the last committed batch
+ *     kv_batch_begin       start a batch (BEGIN IMMEDIATE)
+ *     kv_batch_put/_delete apply records to it
+ *     kv_batch_commit      store the batch's last sequence number in the SAME
+ *                          transaction, then COMMIT
+ *     kv_batch_rollback    abandon it
+ *
+ * Because the last sequence number is committed atomically with the rows, a
+ * writer that replays records after a crash skips every record whose
+ * sequence is <= kv_batch_last_seq: a replay is idempotent. The sequence is
+ * kept in `kohakuvault_meta` under the key "writer_seq:<table>" as decimal
+ * text. A second backend (a dqlite cluster) can implement the same calls;
+ * nothing above this header knows it is SQLite.
+ *
+ * Thread and process rules: one thread at a time per handle; in shared mode
+ * exactly one process (the writer, holding the registry lock) owns a
+ * kv_batch for a given file and table. Do not use a handle after fork().
+ */
+#ifndef KVAULT_BATCH_H
+#define KVAULT_BATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvault/kvault.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Opaque commit-backend handle (one SQLite connection and its statements). */
+typedef struct kv_batch kv_batch;
+
+/** Options for kv_batch_open. */
+typedef struct kv_batch_opts {
+    const char *table;     /**< key-value table, `[A-Za-z_][A-Za-z0-9_]*`; default "kv" */
+    int synchronous;       /**< PRAGMA synchronous: 0 OFF, 1 NORMAL (default), 2 FULL, 3 EXTRA */
+    int busy_timeout_ms;   /**< busy timeout, milliseconds; default 5000 */
+} kv_batch_opts;
+
+/** Fill *o with the defaults (table "kv", synchronous NORMAL, 5000 ms). */
+KV_API void kv_batch_opts_default(kv_batch_opts *o);
+
+/** Open the commit backend on the database at `path` (created if missing,
+ *  WAL mode, the key-value table and kohakuvault_meta created if missing).
+ *  *out is owned by the caller (kv_batch_close). On failure *out is NULL
+ *  and `err` (may be NULL) gets a message of at most errlen-1 bytes.
+ *  Returns KV_OK, KV_INVALID (bad table name / synchronous level), KV_BUSY,
+ *  KV_IO, KV_CORRUPT, KV_NOMEM, KV_SQLITE. */
+KV_API kv_status kv_batch_open(const char *path, const kv_batch_opts *o,
+                               kv_batch **out, char *err, size_t errlen);
+
+/** Roll back an open batch, close the connection, free the handle. NULL is
+ *  a no-op. */
+KV_API void kv_batch_close(kv_batch *b);
+
+/** Message of the last failure ("" if none); valid until the next call. */
+KV_API const char *kv_batch_errmsg(const kv_batch *b);
+
+/** *seq = sequence number stored by the last committed batch (0 if none).
+ *  Returns KV_OK, KV_BUSY, KV_CORRUPT (the stored text is not a number),
+ *  KV_SQLITE. Must not be called inside a batch. */
+KV_API kv_status kv_batch_last_seq(kv_batch *b, uint64_t *seq);
+
+/** Start a batch: BEGIN IMMEDIATE (takes SQLite's write lock, waiting up
+ *  to the busy timeout). Returns KV_OK, KV_INVALID (a batch is already
+ *  open), KV_BUSY, KV_IO, KV_SQLITE. */
+KV_API kv_status kv_batch_begin(kv_batch *b);
+
+/** Upsert key -> value inside the open batch (buffers are copied by
+ *  SQLite before return). Returns KV_OK, KV_INVALID (no batch open, or a
+ *  value above SQLite's limit), KV_BUSY, KV_IO, KV_NOMEM, KV_SQLITE. */
+KV_API kv_status kv_batch_put(kv_batch *b, const void *key, size_t klen,
+                              const void *val, size_t vlen);
+
+/** Delete key inside the open batch (absent keys are fine). Returns as
+ *  kv_batch_put. */
+KV_API kv_status kv_batch_delete(kv_batch *b, const void *key, size_t klen);
+
+/** Store `last_seq` as the committed sequence and COMMIT, in the one
+ *  transaction opened by kv_batch_begin. `last_seq` must not be below the
+ *  stored one (KV_INVALID, batch rolled back). On any failure the batch is
+ *  rolled back: nothing of it is stored. Returns KV_OK, KV_INVALID, KV_BUSY,
+ *  KV_IO, KV_SQLITE. */
+KV_API kv_status kv_batch_commit(kv_batch *b, uint64_t last_seq);
+
+/** Roll back the open batch (no-op without one). */
+KV_API void kv_batch_rollback(kv_batch *b);
+
+/** Passive WAL checkpoint; *wal_frames (may be NULL) gets the WAL size in
+ *  frames before it (-1 if unknown). Errors are swallowed: returns KV_OK on
+ *  an open handle outside a batch, KV_INVALID inside one. */
+KV_API kv_status kv_batch_checkpoint(kv_batch *b, int *wal_frames);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVAULT_BATCH_H */
