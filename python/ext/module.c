@@ -1,6 +1,6 @@
 /*
  * module.c - creates kohakuvault._kvault and registers the types that each
- * ext/*.c file defines (see kvpy.h for the list and the init contract).
+ * python/ext file defines (see kvpy.h for the list and the init contract).
  */
 #include "kvpy.h"
 
