@@ -1,0 +1,304 @@
+/* test_shm_segment.c - creating and attaching the data segment (header
+ * checks, 0600, posix_fallocate) and the full read path through a view:
+ * active memtable -> frozen memtable -> CSB+tree, tombstones, cache
+ * load/evict, ordered prefix iteration across shards, fork. */
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include "shm_test_util.h"
+
+static void setup(void) { setenv("KVSHM_POISON", "1", 1); shmt_setup(); }
+static void teardown(void) { shmt_teardown(); }
+TestSuite(shm_segment, .init = setup, .fini = teardown, .timeout = 120);
+
+static kvshm_status get(kvshm_reader *r, const char *k, char *buf, size_t cap, size_t *len)
+{
+    kvshm_val out = { buf, cap, 0, 0 };
+    kvshm_status st = kvshm_reader_get(r, k, strlen(k), &out);
+    if (len) *len = out.len;
+    if (st == KVSHM_OK && out.len < cap) buf[out.len] = 0;
+    return st;
+}
+
+Test(shm_segment, create_attach_and_mode_0600)
+{
+    kvshm_config c = shmt_config(8u << 20, 2);
+    kvshm_writer *w;
+    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
+    char path[128];
+    struct stat sb;
+    snprintf(path, sizeof path, "/dev/shm%s", shmt_seg);
+    cr_assert_eq(stat(path, &sb), 0);
+    cr_assert_eq(sb.st_mode & 0777, 0600);
+    cr_assert_eq((uint64_t)sb.st_size, c.size_bytes);
+    cr_assert_geq((uint64_t)sb.st_blocks * 512, c.size_bytes, "posix_fallocate reserved every byte");
+    snprintf(path, sizeof path, "/dev/shm%s", shmt_slot);
+    cr_assert_eq(stat(path, &sb), 0);
+    cr_assert_eq(sb.st_mode & 0777, 0600);
+    kvshm_writer *w2;
+    cr_assert_eq(kvshm_writer_create(&c, &w2), KVSHM_E_EXISTS);
+    kvshm_reader *r;
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_OK);
+    cr_assert_eq(kvshm_reader_generation(r), 1);
+    char buf[8];
+    cr_assert_eq(get(r, "nothing", buf, sizeof buf, NULL), KVSHM_NOTFOUND);
+    kvshm_reader_detach(r);
+    kvshm_writer_destroy(w, 1);
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_E_NOENT);
+}
+
+Test(shm_segment, attach_rejects_bad_headers)
+{
+    kvshm_config c = shmt_config(8u << 20, 1);
+    kvshm_writer *w;
+    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
+    struct kvshm_hdr *h = (struct kvshm_hdr *)kvshm_writer_seg(w)->base;
+    kvshm_reader *r;
+    h->h_magic ^= 1;
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_E_MAGIC);
+    h->h_magic ^= 1;
+    h->h_layout_hash ^= 1;
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_E_LAYOUT);
+    h->h_layout_hash ^= 1;
+    h->h_size_bytes += 4096;
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_E_SIZE);
+    h->h_size_bytes -= 4096;
+    h->h_generation = 7;
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_E_GENERATION);
+    h->h_generation = 1;
+    h->h_state = 0;
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_E_NOTREADY);
+    h->h_state = KVSHM_STATE_READY;
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_OK);
+    kvshm_reader_detach(r);
+    /* a writer that closes makes every reader stale */
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_OK);
+    kvshm_writer_destroy(w, 0);
+    char buf[8];
+    cr_assert_eq(get(r, "k", buf, sizeof buf, NULL), KVSHM_E_STALE);
+    kvshm_reader_detach(r);
+    kvshm_reader *r2;
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r2), KVSHM_E_STALE);
+}
+
+Test(shm_segment, create_fails_up_front_when_dev_shm_is_too_small)
+{
+    kvshm_config c = shmt_config(UINT64_C(1) << 42, 1);  /* 4 TiB: more than /dev/shm */
+    kvshm_writer *w;
+    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_E_FULL);
+    struct stat sb;
+    char path[128];
+    snprintf(path, sizeof path, "/dev/shm%s", shmt_seg);
+    cr_assert_neq(stat(path, &sb), 0, "nothing left behind");
+    c = shmt_config(8u << 20, 0);
+    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_E_INVAL);
+}
+
+Test(shm_segment, read_path_memtables_then_tree)
+{
+    kvshm_config c = shmt_config(32u << 20, 3);
+    kvshm_writer *w;
+    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
+    kvshm_reader *r;
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_OK);
+    char buf[64]; size_t len;
+    cr_assert_eq(kvshm_writer_put(w, "alpha", 5, "one", 3, 1, 0), KVSHM_OK);
+    cr_assert_eq(get(r, "alpha", buf, sizeof buf, &len), KVSHM_OK);
+    cr_assert_str_eq(buf, "one");
+    /* freeze: still visible through the frozen memtable */
+    uint32_t s = kvshm_shard_of("alpha", 5, 3);
+    cr_assert_eq(kvshm_writer_freeze(w, s), KVSHM_OK);
+    cr_assert_eq(kvshm_writer_freeze(w, s), KVSHM_E_BUSY);
+    cr_assert_eq(get(r, "alpha", buf, sizeof buf, &len), KVSHM_OK);
+    cr_assert_str_eq(buf, "one");
+    /* newer version in the active memtable shadows the frozen one */
+    cr_assert_eq(kvshm_writer_put(w, "alpha", 5, "two", 3, 2, 0), KVSHM_OK);
+    cr_assert_eq(get(r, "alpha", buf, sizeof buf, &len), KVSHM_OK);
+    cr_assert_str_eq(buf, "two");
+    /* fold the frozen one into the tree; freeze/fold again: value from tree */
+    cr_assert_eq(kvshm_writer_fold(w, s, 1024), KVSHM_OK);
+    cr_assert_eq(kvshm_writer_freeze(w, s), KVSHM_OK);
+    cr_assert_eq(kvshm_writer_fold(w, s, 1024), KVSHM_OK);
+    cr_assert_eq(get(r, "alpha", buf, sizeof buf, &len), KVSHM_OK);
+    cr_assert_str_eq(buf, "two");
+    const struct kvshm_shard *sh = (const struct kvshm_shard *)(kvshm_writer_seg(w)->base + KVSHM_HDR_BYTES);
+    cr_assert_eq(sh[s].s_tree_keys, 1);
+    /* tombstone in the memtable hides the tree's value */
+    cr_assert_eq(kvshm_writer_put(w, "alpha", 5, NULL, 0, 3, 1), KVSHM_OK);
+    cr_assert_eq(get(r, "alpha", buf, sizeof buf, &len), KVSHM_DELETED);
+    cr_assert_eq(kvshm_writer_freeze(w, s), KVSHM_OK);
+    cr_assert_eq(kvshm_writer_fold(w, s, 1024), KVSHM_OK);
+    cr_assert_eq(get(r, "alpha", buf, sizeof buf, &len), KVSHM_NOTFOUND, "tombstone folded: deleted from tree");
+    cr_assert_eq(sh[s].s_tree_keys, 0);
+    /* small buffer reports the size */
+    cr_assert_eq(kvshm_writer_put(w, "beta", 4, "0123456789", 10, 4, 0), KVSHM_OK);
+    cr_assert_eq(get(r, "beta", buf, 4, &len), KVSHM_E_SMALLBUF);
+    cr_assert_eq(len, 10);
+    kvshm_val out = { buf, sizeof buf, 0, 0 };
+    cr_assert_eq(kvshm_reader_get(r, "", 0, &out), KVSHM_E_INVAL);
+    /* big values are not cached on fold */
+    char big[2000]; memset(big, 'b', sizeof big);
+    uint32_t sb2 = kvshm_shard_of("big", 3, 3);
+    cr_assert_eq(kvshm_writer_put(w, "big", 3, big, sizeof big, 5, 0), KVSHM_OK);
+    cr_assert_eq(kvshm_writer_freeze(w, sb2), KVSHM_OK);
+    cr_assert_eq(kvshm_writer_fold(w, sb2, 1024), KVSHM_OK);
+    cr_assert_eq(get(r, "big", buf, sizeof buf, &len), KVSHM_NOTFOUND);
+    uint64_t ap, cm;
+    kvshm_writer_publish_seq(w, 5, 4);
+    kvshm_reader_seqs(r, &ap, &cm);
+    cr_assert_eq(ap, 5); cr_assert_eq(cm, 4);
+    kvshm_reader_detach(r);
+    kvshm_writer_destroy(w, 1);
+}
+
+Test(shm_segment, cache_load_and_evict)
+{
+    kvshm_config c = shmt_config(32u << 20, 4);
+    kvshm_writer *w;
+    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
+    kvshm_reader *r;
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_OK);
+    char keys[500][16], vals[500][16];
+    kvshm_kv kv[501];
+    for (int i = 0; i < 500; i++) {
+        snprintf(keys[i], 16, "k%04d", i); snprintf(vals[i], 16, "v%d", i);
+        kv[i] = (kvshm_kv){ keys[i], strlen(keys[i]), vals[i], strlen(vals[i]), 1 };
+    }
+    kv[500] = (kvshm_kv){ keys[7], strlen(keys[7]), "dup-wins", 8, 1 };
+    /* a key with a memtable version is not overwritten by a cache fill */
+    cr_assert_eq(kvshm_writer_put(w, keys[9], strlen(keys[9]), "fresh", 5, 10, 0), KVSHM_OK);
+    cr_assert_eq(kvshm_writer_cache_load(w, kv, 501), KVSHM_OK);
+    char buf[32]; size_t len;
+    for (int i = 0; i < 500; i++) {
+        cr_assert_eq(get(r, keys[i], buf, sizeof buf, &len), KVSHM_OK);
+        cr_assert_str_eq(buf, i == 7 ? "dup-wins" : i == 9 ? "fresh" : vals[i]);
+    }
+    const void *ek[250]; size_t el[250];
+    for (int i = 0; i < 250; i++) { ek[i] = keys[2 * i]; el[i] = strlen(keys[2 * i]); }
+    cr_assert_eq(kvshm_writer_cache_evict(w, ek, el, 250), KVSHM_OK);
+    for (int i = 0; i < 500; i++)
+        cr_assert_eq(get(r, keys[i], buf, sizeof buf, &len), i % 2 == 0 ? KVSHM_NOTFOUND : KVSHM_OK);
+    kvshm_reader_detach(r);
+    kvshm_writer_destroy(w, 1);
+}
+
+/* Model for iteration: which keys exist. */
+Test(shm_segment, prefix_iteration_across_shards_and_structures)
+{
+    kvshm_config c = shmt_config(64u << 20, 4);
+    kvshm_writer *w;
+    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
+    kvshm_reader *r;
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_OK);
+    enum { N = 400 };
+    static int present[N];
+    uint64_t seed = 77, seq = 0;
+    char k[32];
+    for (int round = 0; round < 6; round++) {
+        for (int j = 0; j < 300; j++) {
+            int i = (int)(shmt_rand(&seed) % N);
+            snprintf(k, sizeof k, "%c/%05d", 'a' + i % 3, i);
+            int del = shmt_rand(&seed) % 4 == 0;
+            cr_assert_eq(kvshm_writer_put(w, k, strlen(k), k, strlen(k), ++seq, del), KVSHM_OK);
+            present[i] = !del;
+        }
+        for (uint32_t s = 0; s < 4; s++) {   /* leave some in frozen, some folded */
+            if (round % 2 == 0) { kvshm_writer_fold(w, s, 1024); kvshm_writer_freeze(w, s); }
+        }
+        for (int pfx = 0; pfx < 5; pfx++) {
+            const char *prefix = pfx < 3 ? (char[]){ (char)('a' + pfx), 0 } : pfx == 3 ? "" : "b/001";
+            int expect[N], ne = 0;
+            for (int i = 0; i < N; i++) {
+                snprintf(k, sizeof k, "%c/%05d", 'a' + i % 3, i);
+                if (present[i] && strncmp(k, prefix, strlen(prefix)) == 0) expect[ne++] = i;
+            }
+            /* expected order: sort keys */
+            for (int x = 1; x < ne; x++) for (int y = x; y > 0; y--) {
+                char ka[32], kb[32];
+                snprintf(ka, 32, "%c/%05d", 'a' + expect[y - 1] % 3, expect[y - 1]);
+                snprintf(kb, 32, "%c/%05d", 'a' + expect[y] % 3, expect[y]);
+                if (strcmp(ka, kb) > 0) { int t = expect[y]; expect[y] = expect[y - 1]; expect[y - 1] = t; } else break;
+            }
+            char last[32] = ""; size_t lastlen = 0;
+            int got = 0;
+            for (;;) {
+                char kb[32], vb[32];
+                kvshm_val ko = { kb, sizeof kb, 0, 0 }, vo = { vb, sizeof vb, 0, 0 };
+                kvshm_status st = kvshm_reader_next(r, prefix, strlen(prefix), last, lastlen, &ko, &vo);
+                if (st == KVSHM_EMPTY) break;
+                cr_assert_eq(st, KVSHM_OK);
+                cr_assert_lt(got, ne);
+                char want[32];
+                snprintf(want, 32, "%c/%05d", 'a' + expect[got] % 3, expect[got]);
+                cr_assert_eq(ko.len, strlen(want));
+                cr_assert_arr_eq(kb, want, ko.len, "round %d prefix '%s' item %d", round, prefix, got);
+                cr_assert_arr_eq(vb, want, vo.len);
+                memcpy(last, kb, ko.len); lastlen = ko.len;
+                got++;
+            }
+            cr_assert_eq(got, ne, "round %d prefix '%s'", round, prefix);
+        }
+    }
+    /* prefix past every key, and `after` beyond the prefix range */
+    char kb[32];
+    kvshm_val ko = { kb, sizeof kb, 0, 0 };
+    cr_assert_eq(kvshm_reader_next(r, "zz", 2, NULL, 0, &ko, NULL), KVSHM_EMPTY);
+    cr_assert_eq(kvshm_reader_next(r, "a", 1, "b", 1, &ko, NULL), KVSHM_EMPTY);
+    kvshm_reader_detach(r);
+    kvshm_writer_destroy(w, 1);
+}
+
+Test(shm_segment, forked_child_takes_its_own_slot)
+{
+    kvshm_config c = shmt_config(16u << 20, 2);
+    kvshm_writer *w;
+    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
+    kvshm_reader *r;
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_OK);
+    cr_assert_eq(kvshm_writer_put(w, "k", 1, "parent", 6, 1, 0), KVSHM_OK);
+    uint32_t parent_slot = kvshm_reader_slot(r);
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char buf[16]; size_t len;
+        int ok = get(r, "k", buf, sizeof buf, &len) == KVSHM_OK && !strcmp(buf, "parent");
+        uint32_t slot = kvshm_reader_slot(r);
+        ok = ok && slot != parent_slot;
+        shmt_write(p[1], &slot, sizeof slot);
+        kvshm_reader_detach(r);
+        _exit(ok ? 0 : 1);
+    }
+    uint32_t child_slot;
+    cr_assert_eq(shmt_read(p[0], &child_slot, sizeof child_slot), 0);
+    cr_assert_eq(shmt_wait(pid), 0);
+    cr_assert_neq(child_slot, parent_slot);
+    /* the parent's slot is still the parent's: the writer does not reap it */
+    kvshm_maint m;
+    cr_assert_eq(kvshm_writer_maintain(w, &m), KVSHM_OK);
+    cr_assert_eq(m.reaped, 0, "child detached cleanly, parent alive");
+    cr_assert_eq(m.live_slots, 1);
+    char buf[16];
+    cr_assert_eq(get(r, "k", buf, sizeof buf, NULL), KVSHM_OK);
+    cr_assert_eq(kvshm_reader_slot(r), parent_slot);
+    kvshm_reader_detach(r);
+    kvshm_writer_destroy(w, 1);
+}
+
+Test(shm_segment, slots_run_out)
+{
+    kvshm_config c = shmt_config(8u << 20, 1);
+    c.nslots = 3;
+    kvshm_writer *w;
+    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
+    kvshm_reader *r[4];
+    for (int i = 0; i < 3; i++) cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r[i]), KVSHM_OK);
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r[3]), KVSHM_E_NOSLOT);
+    kvshm_reader_detach(r[1]);
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r[3]), KVSHM_OK);
+    cr_assert_eq(kvshm_reader_slot(r[3]), 1);
+    for (int i = 0; i < 4; i++) if (i != 1) kvshm_reader_detach(r[i]);
+    kvshm_writer_destroy(w, 1);
+    cr_assert_str_eq(kvshm_strerror(KVSHM_E_NOSLOT), "no free reader slot");
+}

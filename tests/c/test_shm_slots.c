@@ -1,0 +1,206 @@
+/* test_shm_slots.c - reader slots and epochs (shm/slots.c) with real
+ * processes: an epoch pins retired memory; kill -9 of a reader inside an
+ * epoch (100 rounds): the writer clears the slot within 1 s and used memory
+ * returns to its baseline; SIGSTOP of a reader inside an epoch: reclamation
+ * stops only up to the configured limit, then the reader is evicted, and
+ * after SIGCONT it retries and reads correct values. */
+#include "shm_test_util.h"
+
+static void setup(void) { setenv("KVSHM_POISON", "1", 1); shmt_setup(); }
+static void teardown(void) { shmt_teardown(); }
+TestSuite(shm_slots, .init = setup, .fini = teardown, .timeout = 300);
+
+#define NKEYS 200
+#define VLEN 100
+
+static void keyname(char *k, int i) { snprintf(k, 16, "key-%05d", i); }
+static void valfor(char *v, int gen, int i)
+{
+    memset(v, '.', VLEN);
+    int n = snprintf(v, VLEN, "gen%d-key%d", gen, i);
+    v[n] = '.';
+}
+
+/* Overwrite every key's cached value with generation `gen`. */
+static void load_gen(kvshm_writer *w, int gen)
+{
+    static char keys[NKEYS][16], vals[NKEYS][VLEN];
+    kvshm_kv kv[NKEYS];
+    for (int i = 0; i < NKEYS; i++) {
+        keyname(keys[i], i); valfor(vals[i], gen, i);
+        kv[i] = (kvshm_kv){ keys[i], strlen(keys[i]), vals[i], VLEN, (uint64_t)gen };
+    }
+    cr_assert_eq(kvshm_writer_cache_load(w, kv, NKEYS), KVSHM_OK);
+}
+
+/* In the child: every key has generation gen? */
+static int check_gen(kvshm_reader *r, int gen)
+{
+    for (int i = 0; i < NKEYS; i++) {
+        char k[16], v[VLEN], want[VLEN];
+        keyname(k, i); valfor(want, gen, i);
+        kvshm_val out = { v, sizeof v, 0, 0 };
+        if (kvshm_reader_get(r, k, strlen(k), &out) != KVSHM_OK) return 0;
+        if (out.len != VLEN || memcmp(v, want, VLEN) != 0) return 0;
+    }
+    return 1;
+}
+
+Test(shm_slots, epoch_pins_retired_memory_until_leave)
+{
+    kvshm_config c = shmt_config(16u << 20, 1);
+    kvshm_writer *w;
+    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
+    load_gen(w, 1);
+    kvshm_reader *r;
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_OK);
+    kvshm_maint m;
+    cr_assert_eq(kvshm_writer_maintain(w, &m), KVSHM_OK);
+    uint64_t base = m.used_bytes;
+    cr_assert_eq(m.retired_bytes, 0);
+    cr_assert_eq(kvshm_reader_enter(r), KVSHM_OK);
+    load_gen(w, 2);
+    cr_assert_eq(kvshm_writer_maintain(w, &m), KVSHM_OK);
+    cr_assert_gt(m.retired_bytes, 0, "the reader's epoch pins generation 1");
+    cr_assert_lt(m.min_live_epoch, m.epoch);
+    cr_assert_eq(kvshm_reader_leave(r), KVSHM_OK);
+    cr_assert_eq(kvshm_writer_maintain(w, &m), KVSHM_OK);
+    cr_assert_eq(m.retired_bytes, 0);
+    cr_assert_eq(m.used_bytes, base);
+    cr_assert_eq(m.live_slots, 1);
+    kvshm_reader_detach(r);
+    cr_assert_eq(kvshm_writer_maintain(w, &m), KVSHM_OK);
+    cr_assert_eq(m.live_slots, 0);
+    kvshm_writer_destroy(w, 1);
+}
+
+Test(shm_slots, killed_reader_slot_cleared_and_memory_returns, .timeout = 600)
+{
+    kvshm_config c = shmt_config(32u << 20, 1);
+    kvshm_writer *w;
+    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
+    load_gen(w, 0);
+    kvshm_maint m;
+    cr_assert_eq(kvshm_writer_maintain(w, &m), KVSHM_OK);
+    cr_assert_eq(kvshm_writer_maintain(w, &m), KVSHM_OK);
+    const uint64_t baseline = m.used_bytes;
+    cr_assert_eq(m.retired_bytes, 0);
+    double worst = 0;
+    for (int round = 1; round <= 100; round++) {
+        int p[2];
+        cr_assert_eq(pipe(p), 0);
+        pid_t pid = fork();
+        if (pid == 0) {
+            kvshm_reader *r;
+            if (kvshm_reader_attach(shmt_seg, shmt_slot, &r) != KVSHM_OK) _exit(2);
+            kvshm_reader_enter(r);
+            char k[16], v[VLEN];
+            keyname(k, round % NKEYS);
+            kvshm_val out = { v, sizeof v, 0, 0 };
+            if (kvshm_reader_get(r, k, strlen(k), &out) != KVSHM_OK) _exit(3);
+            uint32_t slot = kvshm_reader_slot(r);
+            shmt_write(p[1], &slot, sizeof slot);
+            for (;;) pause();   /* inside the epoch until killed */
+        }
+        close(p[1]);
+        uint32_t slot;
+        cr_assert_eq(shmt_read(p[0], &slot, sizeof slot), 0, "child attached (round %d)", round);
+        close(p[0]);
+        load_gen(w, round);   /* retires the previous generation: pinned by the child */
+        cr_assert_eq(kvshm_writer_maintain(w, &m), KVSHM_OK);
+        cr_assert_gt(m.retired_bytes, 0, "round %d: child's epoch pins memory", round);
+        cr_assert_eq(m.live_slots, 1);
+        cr_assert_eq(kill(pid, SIGKILL), 0);
+        cr_assert_eq(shmt_wait(pid), 128 + SIGKILL);
+        double t0 = shmt_now();
+        uint32_t reaped = 0;
+        do {
+            cr_assert_eq(kvshm_writer_maintain(w, &m), KVSHM_OK);
+            reaped += m.reaped;
+        } while (reaped == 0 && shmt_now() - t0 < 2.0);
+        double dt = shmt_now() - t0;
+        if (dt > worst) worst = dt;
+        cr_assert_eq(reaped, 1, "round %d: slot %u cleared", round, slot);
+        cr_assert_lt(dt, 1.0, "round %d: cleared within 1 s (took %.3f s)", round, dt);
+        cr_assert_eq(m.live_slots, 0);
+        cr_assert_eq(kvshm_writer_maintain(w, &m), KVSHM_OK);
+        cr_assert_eq(m.retired_bytes, 0, "round %d", round);
+        cr_assert_eq(m.used_bytes, baseline, "round %d: used memory back to baseline", round);
+    }
+    const struct kvshm_hdr *h = (const struct kvshm_hdr *)kvshm_writer_seg(w)->base;
+    cr_assert_eq(h->h_reaped, 100);
+    cr_log_info("killed-reader: worst time to clear a slot %.6f s", worst);
+    kvshm_writer_destroy(w, 1);
+}
+
+Test(shm_slots, stalled_reader_evicted_at_limit_then_retries)
+{
+    kvshm_config c = shmt_config(32u << 20, 1);
+    c.retire_limit_bytes = 96u << 10;
+    kvshm_writer *w;
+    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
+    load_gen(w, 0);
+    kvshm_maint m;
+    cr_assert_eq(kvshm_writer_maintain(w, &m), KVSHM_OK);
+    int up[2], down[2];
+    cr_assert_eq(pipe(up), 0);
+    cr_assert_eq(pipe(down), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        kvshm_reader *r;
+        if (kvshm_reader_attach(shmt_seg, shmt_slot, &r) != KVSHM_OK) _exit(2);
+        if (kvshm_reader_enter(r) != KVSHM_OK) _exit(3);
+        char k[16], v[VLEN], want[VLEN];
+        keyname(k, 3); valfor(want, 0, 3);
+        kvshm_val out = { v, sizeof v, 0, 0 };
+        if (kvshm_reader_get(r, k, strlen(k), &out) != KVSHM_OK || memcmp(v, want, VLEN)) _exit(4);
+        char b = 'r';
+        shmt_write(up[1], &b, 1);
+        int final_gen;
+        if (shmt_read(down[0], &final_gen, sizeof final_gen)) _exit(5);  /* stopped in here */
+        /* still "inside" the old section: the writer has evicted us */
+        kvshm_reader_get(r, k, strlen(k), &out);
+        if (kvshm_reader_leave(r) != KVSHM_E_EVICTED) _exit(6);
+        /* retry: fresh reads see the latest generation */
+        if (!check_gen(r, final_gen)) _exit(7);
+        kvshm_reader_detach(r);
+        _exit(0);
+    }
+    char b;
+    cr_assert_eq(shmt_read(up[0], &b, 1), 0);
+    cr_assert_eq(kill(pid, SIGSTOP), 0);
+    int wst;
+    cr_assert_eq(waitpid(pid, &wst, WUNTRACED), pid);
+    cr_assert(WIFSTOPPED(wst));
+    uint64_t prev_retired = 0, per_batch = 0, max_before = 0;
+    int evicted_at = 0, gen;
+    for (gen = 1; gen <= 40 && !evicted_at; gen++) {
+        load_gen(w, gen);
+        cr_assert_eq(kvshm_writer_maintain(w, &m), KVSHM_OK);
+        if (gen == 1) per_batch = m.retired_bytes;
+        if (m.evicted) { evicted_at = gen; break; }
+        cr_assert_geq(m.retired_bytes, prev_retired, "pinned: nothing reclaimed while stalled");
+        cr_assert_leq(m.retired_bytes, c.retire_limit_bytes,
+                      "gen %d: retired %lu beyond the limit without eviction", gen,
+                      (unsigned long)m.retired_bytes);
+        prev_retired = max_before = m.retired_bytes;
+    }
+    cr_assert_gt(evicted_at, 1, "the stalled reader was evicted (after %d batches)", evicted_at);
+    cr_assert_eq(m.evicted, 1);
+    cr_assert_gt(per_batch, 0);
+    cr_assert_gt(max_before + per_batch, c.retire_limit_bytes, "evicted only once the limit was crossed");
+    cr_assert_leq(m.retired_bytes, per_batch, "after eviction the backlog is reclaimed");
+    /* keep writing: the evicted reader no longer pins anything */
+    for (int i = 0; i < 5; i++) {
+        load_gen(w, ++gen);
+        cr_assert_eq(kvshm_writer_maintain(w, &m), KVSHM_OK);
+        cr_assert_eq(m.retired_bytes, 0);
+        cr_assert_eq(m.evicted, 0);
+    }
+    const struct kvshm_hdr *h = (const struct kvshm_hdr *)kvshm_writer_seg(w)->base;
+    cr_assert_eq(h->h_evictions, 1);
+    cr_assert_eq(shmt_write(down[1], &gen, sizeof gen), 0);
+    cr_assert_eq(kill(pid, SIGCONT), 0);
+    cr_assert_eq(shmt_wait(pid), 0, "child retried after eviction and read generation %d", gen);
+    kvshm_writer_destroy(w, 1);
+}
