@@ -210,9 +210,20 @@ def test_caches(path):
         assert cv._cv.cache_locked()
         assert c.flush_cache() >= 0  # manual flushes still run
     c.append(77)
-    del c, s, cv, other
+    assert c[-1] == 77
+
+
+def test_cache_flushed_when_vault_dropped(path):
+    def fill():
+        cv = ColumnVault(path)
+        c = cv.create_column("x", "i64")
+        c.enable_cache(cap_bytes=1 << 20, flush_threshold=1 << 19)
+        c.append(77)
+        assert len(ColumnVault(path)["x"]) == 0
+
+    fill()
     gc.collect()
-    assert ColumnVault(path)["x"][-1] == 77  # flushed on close
+    assert ColumnVault(path)["x"][:] == [77]  # flushed on close
 
 
 def test_cache_daemon_flushes_idle_columns(path):
