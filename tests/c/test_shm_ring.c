@@ -1,0 +1,173 @@
+/* test_shm_ring.c - the submission ring (shm/ring.c): record framing and
+ * wrap-around, full/oversize, untrusted-length checks, and producer/consumer
+ * sleeping on futexes across threads and across processes (fd inherited, as
+ * SCM_RIGHTS would pass it). */
+#include <pthread.h>
+#include <sys/mman.h>
+
+#include "kvshm/ring.h"
+#include "shm_test_util.h"
+
+TestSuite(shm_ring, .timeout = 120);
+
+static uint32_t rec_len(uint64_t i) { return (uint32_t)(i * 2654435761u % 300); }
+static uint8_t rec_byte(uint64_t i, uint32_t j) { return (uint8_t)(i * 31 + j); }
+
+static kvshm_status push_rec(kvshm_ring *p, uint64_t i, int timeout, uint64_t *pos)
+{
+    uint8_t buf[512];
+    uint32_t n = rec_len(i);
+    for (uint32_t j = 0; j < n; j++) buf[j] = rec_byte(i, j);
+    return kvshm_ring_push(p, (uint32_t)(i & 0xffff), buf, n, timeout, pos);
+}
+
+static int check_rec(kvshm_ring *c, uint64_t i)
+{
+    uint32_t type, len;
+    const void *pl;
+    if (kvshm_ring_peek(c, &type, &pl, &len) != KVSHM_OK) return 0;
+    if (type != (uint32_t)(i & 0xffff) || len != rec_len(i)) return 0;
+    for (uint32_t j = 0; j < len; j++)
+        if (((const uint8_t *)pl)[j] != rec_byte(i, j)) return 0;
+    kvshm_ring_consume(c);
+    return 1;
+}
+
+Test(shm_ring, records_roundtrip_across_wraparound)
+{
+    kvshm_ring *p, *c;
+    cr_assert_eq(kvshm_ring_create(4096, &p), KVSHM_OK);
+    cr_assert_eq(kvshm_ring_map(kvshm_ring_fd(p), &c), KVSHM_OK);
+    uint32_t t, l; const void *pl;
+    cr_assert_eq(kvshm_ring_peek(c, &t, &pl, &l), KVSHM_EMPTY);
+    uint64_t next_in = 0, next_out = 0, seed = 1;
+    while (next_out < 20000) {
+        int burst = (int)(shmt_rand(&seed) % 20);
+        for (int b = 0; b < burst; b++) {
+            kvshm_status st = push_rec(p, next_in, 0, NULL);
+            if (st == KVSHM_E_FULL) break;
+            cr_assert_eq(st, KVSHM_OK);
+            next_in++;
+        }
+        int drain = (int)(shmt_rand(&seed) % 20);
+        for (int d = 0; d < drain && next_out < next_in; d++)
+            cr_assert(check_rec(c, next_out++), "record %lu", (unsigned long)next_out - 1);
+    }
+    kvshm_ring_close(c);
+    kvshm_ring_close(p);
+}
+
+Test(shm_ring, full_oversize_and_bad_arguments)
+{
+    kvshm_ring *p, *c;
+    cr_assert_eq(kvshm_ring_create(3000, &p), KVSHM_E_INVAL);
+    cr_assert_eq(kvshm_ring_create(4096, &p), KVSHM_OK);
+    void *pl;
+    cr_assert_eq(kvshm_ring_reserve(p, 4096, &pl, 0), KVSHM_E_INVAL);
+    uint8_t data[1000] = { 0 };
+    int n = 0;
+    while (kvshm_ring_push(p, 1, data, sizeof data, 0, NULL) == KVSHM_OK) n++;
+    cr_assert_eq(n, 4);
+    cr_assert_eq(kvshm_ring_push(p, 1, data, sizeof data, 50, NULL), KVSHM_TIMEOUT);
+    cr_assert_eq(kvshm_ring_push(p, KVSHM_RING_PAD, data, 1, 0, NULL), KVSHM_E_INVAL);
+    cr_assert_eq(kvshm_ring_map(kvshm_ring_fd(p), &c), KVSHM_OK);
+    uint32_t t, l; const void *q;
+    cr_assert_eq(kvshm_ring_peek(c, &t, &q, &l), KVSHM_OK);
+    kvshm_ring_close(c);
+    kvshm_ring_close(p);
+    /* a file that is not a ring */
+    int fd = memfd_create("not-a-ring", 0);
+    cr_assert_eq(ftruncate(fd, 256 + 4096), 0);
+    cr_assert_eq(kvshm_ring_map(fd, &c), KVSHM_E_MAGIC);
+    close(fd);
+}
+
+Test(shm_ring, consumer_rejects_corrupt_lengths)
+{
+    kvshm_ring *p, *c;
+    cr_assert_eq(kvshm_ring_create(4096, &p), KVSHM_OK);
+    cr_assert_eq(kvshm_ring_map(kvshm_ring_fd(p), &c), KVSHM_OK);
+    cr_assert_eq(kvshm_ring_push(p, 9, "abc", 3, 0, NULL), KVSHM_OK);
+    /* map the raw file and damage it the way a buggy client could */
+    uint8_t *raw = mmap(NULL, 256 + 4096, PROT_READ | PROT_WRITE, MAP_SHARED, kvshm_ring_fd(p), 0);
+    cr_assert_neq(raw, MAP_FAILED);
+    struct kvshm_ring_hdr *h = (struct kvshm_ring_hdr *)raw;
+    uint32_t *rec = (uint32_t *)(raw + 256);
+    rec[0] = 100000;                         /* length past the published tail */
+    uint32_t t, l; const void *q;
+    cr_assert_eq(kvshm_ring_peek(c, &t, &q, &l), KVSHM_E_CORRUPT);
+    rec[0] = 3;
+    h->rh_tail = 1u << 20;                   /* tail beyond capacity */
+    cr_assert_eq(kvshm_ring_peek(c, &t, &q, &l), KVSHM_E_CORRUPT);
+    h->rh_tail = 16;
+    cr_assert_eq(kvshm_ring_peek(c, &t, &q, &l), KVSHM_OK);
+    cr_assert_eq(l, 3);
+    munmap(raw, 256 + 4096);
+    kvshm_ring_close(c);
+    kvshm_ring_close(p);
+}
+
+#define NREC 200000
+
+static void consume_all(kvshm_ring *c, int *ok)
+{
+    *ok = 1;
+    uint64_t i = 0;
+    while (i < NREC) {
+        uint32_t t, l; const void *q;
+        kvshm_status st = kvshm_ring_peek(c, &t, &q, &l);
+        if (st == KVSHM_EMPTY) { kvshm_ring_wait_data(c, 1000); continue; }
+        if (!check_rec(c, i)) { *ok = 0; return; }
+        i++;
+        if (i % 1000 == 0) kvshm_ring_set_committed(c, kvshm_ring_consume(c));
+    }
+    kvshm_ring_set_committed(c, kvshm_ring_consume(c));
+}
+
+static void *consumer_thread(void *arg)
+{
+    static int ok;
+    consume_all(arg, &ok);
+    return &ok;
+}
+
+static void produce_all(kvshm_ring *p)
+{
+    uint64_t pos = 0;
+    for (uint64_t i = 0; i < NREC; i++)
+        cr_assert_eq(push_rec(p, i, 5000, &pos), KVSHM_OK, "record %lu", (unsigned long)i);
+    cr_assert_eq(kvshm_ring_wait_consumed(p, pos, 10000), KVSHM_OK);
+    cr_assert_eq(kvshm_ring_wait_committed(p, pos, 10000), KVSHM_OK);
+}
+
+Test(shm_ring, producer_and_consumer_threads_sleep_and_wake)
+{
+    kvshm_ring *p, *c;
+    cr_assert_eq(kvshm_ring_create(4096, &p), KVSHM_OK);
+    cr_assert_eq(kvshm_ring_map(kvshm_ring_fd(p), &c), KVSHM_OK);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, consumer_thread, c), 0);
+    produce_all(p);
+    void *res;
+    pthread_join(th, &res);
+    cr_assert(*(int *)res, "consumer saw every record intact and in order");
+    kvshm_ring_close(c);
+    kvshm_ring_close(p);
+}
+
+Test(shm_ring, producer_and_consumer_processes)
+{
+    kvshm_ring *p;
+    cr_assert_eq(kvshm_ring_create(8192, &p), KVSHM_OK);
+    pid_t pid = fork();
+    if (pid == 0) {
+        kvshm_ring *c;
+        if (kvshm_ring_map(kvshm_ring_fd(p), &c) != KVSHM_OK) _exit(2);
+        int ok;
+        consume_all(c, &ok);
+        _exit(ok ? 0 : 1);
+    }
+    produce_all(p);
+    cr_assert_eq(shmt_wait(pid), 0);
+    kvshm_ring_close(p);
+}
