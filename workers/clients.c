@@ -1,0 +1,415 @@
+/*
+ * clients.c -- the writer's unix socket and its clients' submission rings.
+ *
+ * The socket is SOCK_SEQPACKET in the abstract namespace (no file to clean
+ * up after a crash); one connection per attached process, kept open for the
+ * process's lifetime, so a hang-up tells the writer the client is gone.
+ * Requests are served from the writer loop (wr_sock_poll, non-blocking):
+ * clients ring the segment doorbell after sending, which wakes the loop.
+ *
+ * Ring records are untrusted input: lengths are checked against the payload
+ * before anything is applied; a malformed ring drops its client.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "writer.h"
+
+/* ---- socket plumbing -------------------------------------------------- */
+
+static socklen_t abstract_addr(const char *name, struct sockaddr_un *a)
+{
+    memset(a, 0, sizeof *a);
+    a->sun_family = AF_UNIX;
+    size_t n = strlen(name);
+    if (n > sizeof a->sun_path - 2) n = sizeof a->sun_path - 2;
+    memcpy(a->sun_path + 1, name, n);
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+}
+
+int wr_sock_listen(wr_state *ws)
+{
+    struct sockaddr_un a;
+    socklen_t alen = abstract_addr(ws->sock_name, &a);
+    ws->lsock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (ws->lsock < 0) return -1;
+    if (bind(ws->lsock, (struct sockaddr *)&a, alen) != 0 || listen(ws->lsock, 128) != 0) {
+        wr_log("bind/listen @%s: %s", ws->sock_name, strerror(errno));
+        return -1;
+    }
+    ws->ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ws->ep < 0) return -1;
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = UINT64_MAX};
+    return epoll_ctl(ws->ep, EPOLL_CTL_ADD, ws->lsock, &ev);
+}
+
+static void reply(int sock, uint32_t type, int32_t status, uint64_t arg, const char *msg,
+                  size_t mlen)
+{
+    char buf[KVSHM_MSG_MAX];
+    struct kvshm_msg m = {.m_magic = KVSHM_PROTO_MAGIC, .m_type = type | KVSHM_MSG_REPLY,
+                          .m_status = status, .m_arg = arg};
+    if (mlen > sizeof buf - sizeof m) mlen = sizeof buf - sizeof m;
+    m.m_len = (uint32_t)mlen;
+    memcpy(buf, &m, sizeof m);
+    if (mlen) memcpy(buf + sizeof m, msg, mlen);
+    /* A client that went away gets nothing; the hang-up is seen later. */
+    if (send(sock, buf, sizeof m + mlen, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 && errno != EPIPE)
+        wr_log("reply: %s", strerror(errno));
+}
+
+static void reply_status(int sock, uint32_t type, kv_status st, const char *msg)
+{
+    reply(sock, type, (int32_t)st, 0, msg, msg ? strlen(msg) : 0);
+}
+
+/* ---- clients ------------------------------------------------------------ */
+
+static wr_client *client_new(wr_state *ws, int sock)
+{
+    for (size_t i = 0; i < ws->nclients; i++)
+        if (ws->clients[i].sock < 0) {
+            memset(&ws->clients[i], 0, sizeof ws->clients[i]);
+            ws->clients[i].sock = sock;
+            return &ws->clients[i];
+        }
+    wr_client *nc = realloc(ws->clients, (ws->nclients + 1) * sizeof *nc);
+    if (!nc) return NULL;
+    ws->clients = nc;
+    wr_client *c = &nc[ws->nclients++];
+    memset(c, 0, sizeof *c);
+    c->sock = sock;
+    return c;
+}
+
+static void client_drop(wr_state *ws, wr_client *c)
+{
+    if (c->sock < 0) return;
+    epoll_ctl(ws->ep, EPOLL_CTL_DEL, c->sock, NULL);
+    close(c->sock);
+    c->sock = -1;
+    ws->hits_gone += c->hits;
+    ws->misses_gone += c->misses;
+    kvshm_ring_close(c->ring);
+    c->ring = NULL;
+}
+
+void wr_clients_close(wr_state *ws)
+{
+    for (size_t i = 0; i < ws->nclients; i++) client_drop(ws, &ws->clients[i]);
+    free(ws->clients);
+    ws->clients = NULL;
+    ws->nclients = 0;
+}
+
+/* ---- applying ring records ------------------------------------------------ */
+
+static void add_miss(wr_state *ws, const uint8_t *key, uint32_t klen)
+{
+    if (ws->nmiss >= 4096) return;   /* bounded: the rest are reported again later */
+    if (ws->nmiss == ws->miss_cap) {
+        size_t nc = ws->miss_cap ? ws->miss_cap * 2 : 64;
+        uint8_t **nk = realloc(ws->miss_keys, nc * sizeof *nk);
+        if (!nk) return;
+        ws->miss_keys = nk;
+        size_t *nl = realloc(ws->miss_lens, nc * sizeof *nl);
+        if (!nl) return;
+        ws->miss_lens = nl;
+        ws->miss_cap = nc;
+    }
+    uint8_t *k = malloc(klen);
+    if (!k) return;
+    memcpy(k, key, klen);
+    ws->miss_keys[ws->nmiss] = k;
+    ws->miss_lens[ws->nmiss++] = klen;
+}
+
+/* Apply one key record to the memtables; commits first when a memtable is
+ * full (backpressure: never a silent drop). 0, or -1 for a malformed record. */
+static int apply_kv(wr_state *ws, uint32_t type, const uint8_t *p, uint32_t len)
+{
+    if (len < KVSHM_REC_KEYHDR) return -1;
+    uint32_t klen;
+    memcpy(&klen, p, 4);
+    if (klen == 0 || klen > KVSHM_MAX_KEY || klen > len - KVSHM_REC_KEYHDR) return -1;
+    const uint8_t *key = p + KVSHM_REC_KEYHDR;
+    const uint8_t *val = key + klen;
+    uint32_t vlen = len - KVSHM_REC_KEYHDR - klen;
+    if (type == KVSHM_REC_MISS) {
+        add_miss(ws, key, klen);
+        return 0;
+    }
+    int tomb = type == KVSHM_REC_DEL;
+    if (tomb) vlen = 0;
+    for (int attempt = 0;; attempt++) {
+        kvshm_status st = kvshm_writer_put(ws->w, key, klen, tomb ? NULL : val, vlen,
+                                           ws->seq + 1, tomb);
+        if (st == KVSHM_OK) break;
+        if (st != KVSHM_E_FULL || attempt > 50) {
+            wr_log("apply failed: %s", kvshm_strerror(st));
+            return -1;
+        }
+        /* memtable full: commit what we have, then retry */
+        if (wr_commit_all(ws) != 0) {
+            struct timespec ts = {0, 20 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    ws->seq++;
+    ws->pending++;
+    ws->stat_records++;
+    return 0;
+}
+
+size_t wr_drain(wr_state *ws)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < ws->nclients; i++) {
+        wr_client *c = &ws->clients[i];
+        if (c->sock < 0 || !c->ring) continue;
+        size_t n = 0;
+        for (;;) {
+            uint32_t type, len;
+            const void *payload;
+            kvshm_status st = kvshm_ring_peek(c->ring, &type, &payload, &len);
+            if (st == KVSHM_EMPTY) break;
+            if (st != KVSHM_OK) {
+                wr_log("client pid %u: corrupt ring, dropped", c->pid);
+                client_drop(ws, c);
+                break;
+            }
+            int bad = 0;
+            switch (type) {
+            case KVSHM_REC_PUT: case KVSHM_REC_DEL: case KVSHM_REC_MISS:
+                bad = apply_kv(ws, type, payload, len);
+                break;
+            case KVSHM_REC_SYNC:
+                ws->sync_requested = 1;
+                break;
+            case KVSHM_REC_STATS:
+                if (len >= 16) {
+                    uint64_t s[2];
+                    memcpy(s, payload, 16);
+                    c->hits += s[0];
+                    c->misses += s[1];
+                }
+                break;
+            default:
+                bad = 1;
+            }
+            if (bad) {
+                wr_log("client pid %u: bad record type %u, dropped", c->pid, type);
+                client_drop(ws, c);
+                break;
+            }
+            /* Applied: the producer may return from put (DESIGN.md "applied"). */
+            c->applied_pos = kvshm_ring_consume(c->ring);
+            n++;
+            if (n >= 4096) break;   /* fairness between clients */
+        }
+        if (c->sock >= 0 && c->dead && n == 0) client_drop(ws, c);
+        total += n;
+    }
+    if (total) kvshm_writer_publish_seq(ws->w, ws->seq, 0);
+    return total;
+}
+
+/* ---- requests ------------------------------------------------------------ */
+
+static void handle_attach(wr_state *ws, wr_client *c, const struct kvshm_msg *m,
+                          const uint8_t *pl, int fd)
+{
+    struct kvshm_attach_req req;
+    if (fd < 0 || m->m_len < sizeof req) {
+        reply_status(c->sock, m->m_type, KV_INVALID, "attach: no ring descriptor");
+        if (fd >= 0) close(fd);
+        return;
+    }
+    memcpy(&req, pl, sizeof req);
+    if (req.a_generation != ws->generation) {
+        reply_status(c->sock, m->m_type, KV_INVALID, "attach: generation mismatch");
+        close(fd);
+        return;
+    }
+    if (c->ring) kvshm_ring_close(c->ring);
+    kvshm_status st = kvshm_ring_map(fd, &c->ring);
+    close(fd);
+    if (st != KVSHM_OK) {
+        c->ring = NULL;
+        reply_status(c->sock, m->m_type, KV_INVALID, kvshm_strerror(st));
+        return;
+    }
+    c->pid = req.a_pid;
+    c->slot = req.a_slot;
+    /* A ring handed over again after a writer restart: everything the old
+     * writer applied (before the ring's head) was replayed and committed by
+     * this writer before it listened, so it counts as committed. */
+    uint64_t head = 0;
+    if (pread(kvshm_ring_fd(c->ring), &head, sizeof head,
+              offsetof(struct kvshm_ring_hdr, rh_head)) != (ssize_t)sizeof head)
+        head = 0;
+    c->applied_pos = c->commit_pos = head;
+    if (head) kvshm_ring_set_committed(c->ring, head);
+    reply(c->sock, m->m_type, KV_OK, ws->generation, NULL, 0);
+}
+
+static void handle_put_file(wr_state *ws, wr_client *c, const struct kvshm_msg *m,
+                            const uint8_t *pl, int fd)
+{
+    if (fd < 0 || m->m_len < 9) {
+        reply_status(c->sock, m->m_type, KV_INVALID, "put_file: missing descriptor or key");
+        if (fd >= 0) close(fd);
+        return;
+    }
+    uint64_t chunk;
+    memcpy(&chunk, pl, 8);
+    const uint8_t *key = pl + 8;
+    size_t klen = m->m_len - 8;
+    /* Everything applied so far is committed and folded first, so no cached
+     * version can shadow the streamed one; then the key leaves the cache. */
+    kv_status st = KV_OK;
+    if (wr_commit_all(ws) != 0) st = KV_BUSY;
+    if (st == KV_OK) st = kv_put_fd(ws->db, key, klen, fd, m->m_arg, (size_t)chunk);
+    close(fd);
+    const void *kp = key;
+    kvshm_writer_cache_evict(ws->w, &kp, &klen, 1);
+    reply_status(c->sock, m->m_type, st, st == KV_OK ? NULL : kv_db_errmsg(ws->db));
+}
+
+size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
+{
+    const kvshm_seg *seg = kvshm_writer_seg(ws->w);
+    const struct kvshm_hdr *h = (const struct kvshm_hdr *)seg->base;
+    const struct kvshm_shard *sh = kvshm_at(seg, h->h_shard_tbl,
+                                            (uint64_t)h->h_shards * sizeof *sh);
+    uint64_t tree_keys = 0, mt_keys = 0, used = 0, region = 0;
+    for (uint32_t i = 0; sh && i < h->h_shards; i++) {
+        tree_keys += sh[i].s_tree_keys;
+        mt_keys += sh[i].s_mt_keys;
+        used += sh[i].s_used;
+        region += sh[i].s_region_bytes;
+    }
+    uint64_t hits = ws->hits_gone, misses = ws->misses_gone;
+    unsigned attached = 0;
+    for (size_t i = 0; i < ws->nclients; i++)
+        if (ws->clients[i].sock >= 0 && ws->clients[i].ring) {
+            attached++;
+            hits += ws->clients[i].hits;
+            misses += ws->clients[i].misses;
+        }
+    int n = snprintf(buf, cap,
+        "db=%s\ntable=%s\npid=%d\ngeneration=%" PRIu64 "\nshards=%u\n"
+        "keys_cached=%" PRIu64 "\nkeys_in_memtables=%" PRIu64 "\n"
+        "hits=%" PRIu64 "\nmisses=%" PRIu64 "\nmiss_loads=%" PRIu64 "\n"
+        "applied_seq=%" PRIu64 "\ncommitted_seq=%" PRIu64 "\npending=%" PRIu64 "\n"
+        "memory_used=%" PRIu64 "\nmemory_total=%" PRIu64 "\nsegment_bytes=%" PRIu64 "\n"
+        "attached=%u\ncommits=%" PRIu64 "\nrecords=%" PRIu64 "\nevicted_keys=%" PRIu64 "\n"
+        "replayed=%" PRIu64 "\n",
+        ws->db_abs, ws->o.table, (int)getpid(), ws->generation, h->h_shards, tree_keys, mt_keys,
+        hits, misses, ws->stat_miss_loads, ws->seq, ws->committed, ws->seq - ws->committed,
+        used, region, h->h_size_bytes, attached, ws->stat_commits, ws->stat_records,
+        ws->stat_evicted_keys, ws->stat_replayed);
+    return n < 0 ? 0 : ((size_t)n >= cap ? cap - 1 : (size_t)n);
+}
+
+static void handle_request(wr_state *ws, wr_client *c)
+{
+    uint8_t buf[KVSHM_MSG_MAX];
+    char cbuf[CMSG_SPACE(sizeof(int))];
+    struct iovec iov = {.iov_base = buf, .iov_len = sizeof buf};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                        .msg_controllen = sizeof cbuf};
+    ssize_t n = recvmsg(c->sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n == 0) { c->dead = 1; return; }
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EINTR) c->dead = 1;
+        return;
+    }
+    int fd = -1;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+            memcpy(&fd, CMSG_DATA(cm), sizeof fd);
+    struct kvshm_msg m = {0};
+    if ((size_t)n < sizeof m) goto bad;
+    memcpy(&m, buf, sizeof m);
+    if (m.m_magic != KVSHM_PROTO_MAGIC || m.m_len != (size_t)n - sizeof m) goto bad;
+    const uint8_t *pl = buf + sizeof m;
+    char text[4096];
+    kv_status st;
+    switch (m.m_type) {
+    case KVSHM_MSG_ATTACH: handle_attach(ws, c, &m, pl, fd); return;
+    case KVSHM_MSG_PUT_FILE: handle_put_file(ws, c, &m, pl, fd); return;
+    case KVSHM_MSG_FEATURE:
+        if (m.m_len == 0 || m.m_len >= sizeof text) { st = KV_INVALID; }
+        else {
+            memcpy(text, pl, m.m_len);
+            text[m.m_len] = 0;
+            st = kv_record_feature(ws->db, text);
+        }
+        reply_status(c->sock, m.m_type, st, st ? kv_db_errmsg(ws->db) : NULL);
+        break;
+    case KVSHM_MSG_OPTIMIZE:
+        st = wr_commit_all(ws) ? KV_BUSY : kv_optimize(ws->db);
+        reply_status(c->sock, m.m_type, st, st ? kv_db_errmsg(ws->db) : NULL);
+        break;
+    case KVSHM_MSG_CHECKPOINT:
+        kv_checkpoint(ws->db);
+        reply_status(c->sock, m.m_type, KV_OK, NULL);
+        break;
+    case KVSHM_MSG_STATUS: {
+        size_t len = wr_status_text(ws, text, sizeof text);
+        reply(c->sock, m.m_type, KV_OK, ws->generation, text, len);
+        break;
+    }
+    default:
+        goto bad;
+    }
+    if (fd >= 0) close(fd);
+    return;
+bad:
+    if (fd >= 0) close(fd);
+    reply_status(c->sock, m.m_type, KV_INVALID, "bad request");
+}
+
+void wr_sock_poll(wr_state *ws)
+{
+    struct epoll_event evs[32];
+    for (;;) {
+        int n = epoll_wait(ws->ep, evs, 32, 0);
+        if (n <= 0) return;
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.u64 == UINT64_MAX) {
+                for (;;) {
+                    int s = accept4(ws->lsock, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+                    if (s < 0) break;
+                    wr_client *c = client_new(ws, s);
+                    if (!c) { close(s); continue; }
+                    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP,
+                                             .data.u64 = (uint64_t)(c - ws->clients)};
+                    epoll_ctl(ws->ep, EPOLL_CTL_ADD, s, &ev);
+                }
+                continue;
+            }
+            size_t idx = (size_t)evs[i].data.u64;
+            if (idx >= ws->nclients || ws->clients[idx].sock < 0) continue;
+            wr_client *c = &ws->clients[idx];
+            if (evs[i].events & EPOLLIN) handle_request(ws, c);
+            if (evs[i].events & (EPOLLHUP | EPOLLRDHUP | EPOLLERR)) {
+                c->dead = 1;
+                /* stop watching; the ring is drained, then dropped */
+                epoll_ctl(ws->ep, EPOLL_CTL_DEL, c->sock, NULL);
+            }
+        }
+        if (n < 32) return;
+    }
+}

@@ -1,0 +1,262 @@
+/*
+ * registry.c -- the registry file `<db>-kvault` and crash recovery.
+ *
+ * The writer holds an F_OFD_SETLK write lock on the whole registry while it
+ * lives; the kernel drops it when the process dies, however it dies. The
+ * file itself stays, so a new writer reads the previous writer's generation
+ * and segment name from it.
+ *
+ * Recovery (DESIGN.md, "Failures"): when the previous writer did not stop
+ * cleanly, its data segment still exists. We map it, walk every shard's
+ * published view (active and frozen memtables), and collect every record
+ * whose checksum verifies (kvshm_mt_scan_valid) and whose sequence number is
+ * above the last sequence committed in SQLite (kv_batch_last_seq). Per key
+ * the newest such record wins; all of them are committed in one batch with
+ * the largest sequence, so running the replay twice changes nothing. Then
+ * the old segment is marked CLOSED (attached clients see KVSHM_E_STALE and
+ * re-attach) and its names are unlinked.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "kvshm/atomics.h"
+#include "writer.h"
+
+void wr_log(const char *fmt, ...)
+{
+    va_list ap;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    fprintf(stderr, "kvault-writer[%d] %ld.%03ld: ", (int)getpid(), (long)ts.tv_sec,
+            ts.tv_nsec / 1000000);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+/* Value of `name=` in the registry text, copied into out; 0 if found. */
+static int reg_field(const char *text, const char *name, char *out, size_t cap)
+{
+    size_t n = strlen(name);
+    for (const char *p = text; p && *p; ) {
+        if (!strncmp(p, name, n) && p[n] == '=') {
+            const char *v = p + n + 1, *e = strchr(v, '\n');
+            size_t len = e ? (size_t)(e - v) : strlen(v);
+            if (len >= cap) return -1;
+            memcpy(out, v, len);
+            out[len] = 0;
+            return 0;
+        }
+        p = strchr(p, '\n');
+        if (p) p++;
+    }
+    return -1;
+}
+
+int wr_registry_lock(wr_state *ws)
+{
+    /* The database must exist for realpath; the batch backend creates it. */
+    if (!realpath(ws->o.db_path, ws->db_abs)) {
+        wr_log("realpath %s: %s", ws->o.db_path, strerror(errno));
+        return -1;
+    }
+    snprintf(ws->reg_path, sizeof ws->reg_path, "%s%s", ws->db_abs, KVSHM_REGISTRY_SUFFIX);
+    ws->reg_fd = open(ws->reg_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (ws->reg_fd < 0) {
+        wr_log("open %s: %s", ws->reg_path, strerror(errno));
+        return -1;
+    }
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    if (fcntl(ws->reg_fd, F_OFD_SETLK, &fl) != 0) {
+        wr_log("%s is locked: another writer serves %s", ws->reg_path, ws->db_abs);
+        return -1;
+    }
+    return 0;
+}
+
+int wr_registry_write(wr_state *ws, const char *state)
+{
+    char buf[1024];
+    int n = snprintf(buf, sizeof buf,
+                     "kvault-registry=1\nlayout=%016" PRIx64 "\ngeneration=%" PRIu64
+                     "\npid=%d\ntable=%s\nsegment=%s\nslots=%s\nsocket=%s\nstate=%s\n",
+                     kvshm_layout_hash(), ws->generation, (int)getpid(), ws->o.table,
+                     ws->seg_name, ws->slot_name, ws->sock_name, state);
+    if (ftruncate(ws->reg_fd, 0) != 0 || pwrite(ws->reg_fd, buf, (size_t)n, 0) != n) {
+        wr_log("write %s: %s", ws->reg_path, strerror(errno));
+        return -1;
+    }
+    fsync(ws->reg_fd);
+    return 0;
+}
+
+/* ---- replay ------------------------------------------------------------ */
+
+typedef struct rp_rec {
+    uint8_t *key;
+    uint32_t klen;
+    uint8_t *val;
+    uint32_t vlen;
+    uint64_t seq;
+    int tomb;
+} rp_rec;
+
+typedef struct rp_ctx {
+    rp_rec *v;
+    size_t n, cap;
+    uint64_t after;     /* only records with seq > after */
+    int oom;
+} rp_ctx;
+
+static int rp_collect(void *ctx, const void *key, size_t klen, const void *val, size_t vlen,
+                      uint64_t seq, int tombstone)
+{
+    rp_ctx *c = ctx;
+    if (seq <= c->after) return 0;
+    if (c->n == c->cap) {
+        size_t nc = c->cap ? c->cap * 2 : 1024;
+        rp_rec *nv = realloc(c->v, nc * sizeof *nv);
+        if (!nv) { c->oom = 1; return 1; }
+        c->v = nv;
+        c->cap = nc;
+    }
+    rp_rec *r = &c->v[c->n];
+    r->key = malloc(klen + vlen + 1);
+    if (!r->key) { c->oom = 1; return 1; }
+    memcpy(r->key, key, klen);
+    if (vlen) memcpy(r->key + klen, val, vlen);
+    r->klen = (uint32_t)klen;
+    r->val = r->key + klen;
+    r->vlen = (uint32_t)vlen;
+    r->seq = seq;
+    r->tomb = tombstone;
+    c->n++;
+    return 0;
+}
+
+/* key ascending, then newest first */
+static int rp_cmp(const void *a, const void *b)
+{
+    const rp_rec *x = a, *y = b;
+    int c = kvshm_key_cmp(x->key, x->klen, y->key, y->klen);
+    if (c) return c;
+    return (x->seq < y->seq) - (x->seq > y->seq);
+}
+
+static int replay_segment(wr_state *ws, const char *seg_name, uint64_t committed,
+                          uint64_t *replayed, uint64_t *max_seq)
+{
+    int fd = shm_open(seg_name, O_RDWR, 0);
+    if (fd < 0) return errno == ENOENT ? 0 : -1;
+    struct stat sb;
+    int rc = -1;
+    uint8_t *base = MAP_FAILED;
+    rp_ctx c = {.after = committed};
+    if (fstat(fd, &sb) != 0 || (uint64_t)sb.st_size < KVSHM_HDR_BYTES) goto out;
+    base = mmap(NULL, (size_t)sb.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) goto out;
+    kvshm_seg seg = {.base = base, .size = (uint64_t)sb.st_size, .lo = KVSHM_HDR_BYTES,
+                     .writable = 0, .fd = fd};
+    struct kvshm_hdr *h = (struct kvshm_hdr *)base;
+    if (h->h_magic != KVSHM_MAGIC_SEG || h->h_layout_hash != kvshm_layout_hash() ||
+        h->h_size_bytes != (uint64_t)sb.st_size) {
+        wr_log("old segment %s has another layout; not replayed", seg_name);
+        rc = 0;
+        goto out;
+    }
+    const struct kvshm_shard *shards =
+        kvshm_at(&seg, h->h_shard_tbl, (uint64_t)h->h_shards * sizeof(struct kvshm_shard));
+    if (!shards) goto out;
+    for (uint32_t i = 0; i < h->h_shards; i++) {
+        uint64_t voff = kv_atomic_load_acquire64(&shards[i].s_view);
+        const struct kvshm_view *v = kvshm_at(&seg, voff, sizeof *v);
+        if (!v) continue;
+        uint64_t mts[2] = {v->v_frozen, v->v_active};
+        for (int k = 0; k < 2; k++)
+            if (mts[k]) kvshm_mt_scan_valid(&seg, mts[k], rp_collect, &c);
+        if (c.oom) goto out;
+    }
+    qsort(c.v, c.n, sizeof *c.v, rp_cmp);
+    uint64_t top = committed;
+    for (size_t i = 0; i < c.n; i++) if (c.v[i].seq > top) top = c.v[i].seq;
+    if (c.n) {
+        kv_status st = kv_batch_begin(ws->batch);
+        for (size_t i = 0; st == KV_OK && i < c.n; i++) {
+            if (i && !kvshm_key_cmp(c.v[i].key, c.v[i].klen, c.v[i - 1].key, c.v[i - 1].klen))
+                continue;   /* an older version of the same key */
+            st = c.v[i].tomb ? kv_batch_delete(ws->batch, c.v[i].key, c.v[i].klen)
+                             : kv_batch_put(ws->batch, c.v[i].key, c.v[i].klen, c.v[i].val,
+                                            c.v[i].vlen);
+            (*replayed)++;
+        }
+        if (st == KV_OK) st = kv_batch_commit(ws->batch, top);
+        if (st != KV_OK) {
+            wr_log("replay commit failed: %s", kv_batch_errmsg(ws->batch));
+            goto out;
+        }
+    }
+    *max_seq = top;
+    /* Tell clients still mapping it that this segment is finished. */
+    kv_atomic_store_release32(&h->h_state, KVSHM_STATE_CLOSED);
+    rc = 0;
+out:
+    for (size_t i = 0; i < c.n; i++) free(c.v[i].key);
+    free(c.v);
+    if (base != MAP_FAILED) munmap(base, (size_t)sb.st_size);
+    close(fd);
+    return rc;
+}
+
+int wr_recover(wr_state *ws)
+{
+    char text[2048] = "", gen[32], seg[96] = "", slots[96] = "", state[32] = "";
+    ssize_t n = pread(ws->reg_fd, text, sizeof text - 1, 0);
+    if (n > 0) text[n] = 0;
+    uint64_t old_gen = 0;
+    if (!reg_field(text, "generation", gen, sizeof gen)) old_gen = strtoull(gen, NULL, 10);
+    reg_field(text, "segment", seg, sizeof seg);
+    reg_field(text, "slots", slots, sizeof slots);
+    reg_field(text, "state", state, sizeof state);
+    ws->generation = old_gen + 1;
+
+    uint64_t committed = 0;
+    if (kv_batch_last_seq(ws->batch, &committed) != KV_OK) {
+        wr_log("cannot read the committed sequence: %s", kv_batch_errmsg(ws->batch));
+        return -1;
+    }
+    uint64_t top = committed, replayed = 0;
+    if (seg[0]) {
+        if (replay_segment(ws, seg, committed, &replayed, &top) != 0) {
+            wr_log("replay of %s failed", seg);
+            return -1;
+        }
+        if (replayed)
+            wr_log("replayed %" PRIu64 " records of generation %" PRIu64
+                   " (sequence %" PRIu64 " -> %" PRIu64 ")", replayed, old_gen, committed, top);
+        kvshm_unlink(seg, slots[0] ? slots : NULL);
+    }
+    ws->stat_replayed = replayed;
+    ws->seq = ws->committed = top;
+
+    /* Names of this incarnation: xxh3 of the database path + generation. */
+    uint64_t hsh = XXH3_64bits(ws->db_abs, strlen(ws->db_abs));
+    snprintf(ws->seg_name, sizeof ws->seg_name, "/kvault-%016" PRIx64 "-%" PRIu64, hsh,
+             ws->generation);
+    snprintf(ws->slot_name, sizeof ws->slot_name, "/kvault-%016" PRIx64 "-%" PRIu64 "-slots",
+             hsh, ws->generation);
+    snprintf(ws->sock_name, sizeof ws->sock_name, "kvault-%016" PRIx64 "-%" PRIu64, hsh,
+             ws->generation);
+    kvshm_unlink(ws->seg_name, ws->slot_name);   /* leftovers of a failed start */
+    return 0;
+}

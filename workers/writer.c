@@ -1,0 +1,176 @@
+/*
+ * writer.c -- kvault-writer, the single writer of a database in shared mode
+ * (DESIGN.md, "Two ways to run", "Writer loop", "Failures").
+ *
+ * One process per database file. It
+ *   1. takes the registry lock on `<db>-kvault` (kvshm/proto.h);
+ *   2. replays the valid records of a previous writer's segment that were
+ *      applied but not committed (recover.c), bumping the generation;
+ *   3. creates the data segment and slot file (kvshm_writer_create) and its
+ *      abstract unix socket, then publishes the registry (state=ready);
+ *   4. runs the writer loop, single-threaded:
+ *        drain every client's submission ring into the active memtables
+ *        (each record gets the next sequence number) -> when the batch size
+ *        or the group-commit interval is reached, or a client asked for
+ *        SYNC: freeze every shard, commit the frozen memtables in ONE
+ *        transaction together with the batch's last sequence number
+ *        (kv_batch), publish the committed sequence, fold into the CSB+trees,
+ *        tell each ring how far it is committed -> load keys reported
+ *        missed -> reclaim (epochs), evict under memory pressure -> passive
+ *        WAL checkpoint when the WAL grows;
+ *   5. on SIGTERM/SIGINT drains and commits everything, marks the segment
+ *      closed, writes state=stopped and exits 0.
+ *
+ * Layering: this file calls kvshm_* (shm/) and kv_* / kv_batch_* (engine/);
+ * it never calls SQLite itself.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "writer.h"
+
+/* ======================================================================
+ * Options
+ * ==================================================================== */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: kvault-writer [options] DB\n"
+        "  --table NAME             key-value table served (default kv)\n"
+        "  --shards N               shards of the segment (default 4)\n"
+        "  --cache-size SIZE        data segment bytes, suffix K/M/G (default 256M)\n"
+        "  --memtable-size SIZE     bytes of one memtable arena (default 8M)\n"
+        "  --max-value SIZE         largest value kept in the cache (default 256K)\n"
+        "  --commit-interval-ms MS  group-commit interval (default 20)\n"
+        "  --batch-size N           records per commit at most (default 65536)\n"
+        "  --synchronous LEVEL      off|normal|full|extra (default normal)\n"
+        "  --slots N                attached processes at once (default 128)\n");
+}
+
+static int parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || v < 0) return -1;
+    uint64_t m = 1;
+    switch (*end) {
+    case 'k': case 'K': m = 1024; end++; break;
+    case 'm': case 'M': m = 1024 * 1024; end++; break;
+    case 'g': case 'G': m = 1024ull * 1024 * 1024; end++; break;
+    default: break;
+    }
+    if (*end == 'i' || *end == 'B' || *end == 'b') end++;
+    if (*end == 'B') end++;
+    if (*end) return -1;
+    *out = (uint64_t)(v * (double)m);
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, wr_opts *o)
+{
+    static const struct option longs[] = {
+        {"table", required_argument, 0, 't'},
+        {"shards", required_argument, 0, 's'},
+        {"cache-size", required_argument, 0, 'c'},
+        {"memtable-size", required_argument, 0, 'm'},
+        {"max-value", required_argument, 0, 'v'},
+        {"commit-interval-ms", required_argument, 0, 'i'},
+        {"batch-size", required_argument, 0, 'b'},
+        {"synchronous", required_argument, 0, 'y'},
+        {"slots", required_argument, 0, 'n'},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    memset(o, 0, sizeof *o);
+    o->table = "kv";
+    o->shards = 4;
+    o->cache_bytes = 256ull << 20;
+    o->memtable_bytes = 8ull << 20;
+    o->max_value_bytes = 256u << 10;
+    o->commit_interval_ms = 20;
+    o->batch_size = 65536;
+    o->synchronous = 1;
+    o->nslots = 128;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", longs, NULL)) != -1) {
+        uint64_t v = 0;
+        switch (c) {
+        case 't': o->table = optarg; break;
+        case 's': o->shards = (uint32_t)atoi(optarg); break;
+        case 'c': if (parse_size(optarg, &o->cache_bytes)) goto bad; break;
+        case 'm': if (parse_size(optarg, &o->memtable_bytes)) goto bad; break;
+        case 'v': if (parse_size(optarg, &v)) goto bad; o->max_value_bytes = (size_t)v; break;
+        case 'i': o->commit_interval_ms = atoi(optarg); break;
+        case 'b': o->batch_size = (uint64_t)strtoull(optarg, NULL, 10); break;
+        case 'n': o->nslots = (uint32_t)atoi(optarg); break;
+        case 'y':
+            if (!strcasecmp(optarg, "off")) o->synchronous = 0;
+            else if (!strcasecmp(optarg, "normal")) o->synchronous = 1;
+            else if (!strcasecmp(optarg, "full")) o->synchronous = 2;
+            else if (!strcasecmp(optarg, "extra")) o->synchronous = 3;
+            else goto bad;
+            break;
+        case 'h': usage(stdout); exit(0);
+        default: goto bad;
+        }
+    }
+    if (optind != argc - 1) goto bad;
+    o->db_path = argv[optind];
+    if (o->shards < 1 || o->shards > KVSHM_MAX_SHARDS || o->commit_interval_ms < 0 ||
+        o->batch_size < 1 || o->nslots < 1 || o->memtable_bytes < 65536)
+        goto bad;
+    return 0;
+bad:
+    usage(stderr);
+    return -1;
+}
+
+/* ======================================================================
+ * Signals
+ * ==================================================================== */
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_stop = 1;
+}
+
+/* ======================================================================
+ * main
+ * ==================================================================== */
+
+int main(int argc, char **argv)
+{
+    wr_opts o;
+    if (parse_args(argc, argv, &o)) return 2;
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    wr_state *ws = calloc(1, sizeof *ws);
+    if (!ws) return 1;
+    ws->o = o;
+    ws->stop = &g_stop;
+    int rc = wr_run(ws);
+    free(ws);
+    return rc;
+}
