@@ -520,7 +520,8 @@ class KVault(Mapping):
         Args:
             key: ``bytes``/``str``.
             writer: an object with ``write(b)``: files, ``BytesIO``, pipes,
-                sockets... A short ``write`` is an error.
+                sockets... A ``write`` that reports fewer bytes than it was
+                given raises :class:`IoError` (``"short write: ..."``).
             chunk_size: piece size in bytes; default the vault's
                 ``chunk_size``.
 

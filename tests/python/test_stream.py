@@ -339,3 +339,17 @@ def test_one_gib_round_trip_bounded_rss(tmp_path):
     print(proc.stdout, proc.stderr)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "sha256 equal=True" in proc.stdout
+
+
+def test_writer_accepting_fewer_bytes_is_an_io_error(kv):
+    from kohakuvault import IoError
+
+    kv.put_file("k", io.BytesIO(b"x" * 5000))
+
+    class Short:
+        def write(self, b):
+            return len(b) // 2
+
+    with pytest.raises(IoError, match="short write"):
+        kv.get_to_file("k", Short())
+    assert kv["k"] == b"x" * 5000
