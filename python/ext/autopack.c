@@ -629,16 +629,23 @@ int kvpy_pack_value(PyObject *v, const kvpy_pack_opts *o, kv_buf *out)
     }
     /* Row 4: __index__ → i64 (falls to row 5 when out of range). */
     if (PyIndex_Check(v)) {
+        /* numpy arrays of non-vector dtypes (bool, float16, ...) have an
+         * nb_index slot that raises TypeError unless they are integer
+         * scalars: such values are "not convertible" and fall through. */
         PyObject *i = PyNumber_Index(v);
-        if (!i)
+        if (i) {
+            int overflow = 0;
+            long long x = PyLong_AsLongLongAndOverflow(i, &overflow);
+            Py_DECREF(i);
+            if (x == -1 && PyErr_Occurred())
+                return -1;
+            if (!overflow)
+                return pack_i64(x, o, out);
+        } else if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+        } else {
             return -1;
-        int overflow = 0;
-        long long x = PyLong_AsLongLongAndOverflow(i, &overflow);
-        Py_DECREF(i);
-        if (x == -1 && PyErr_Occurred())
-            return -1;
-        if (!overflow)
-            return pack_i64(x, o, out);
+        }
     }
     /* Row 5: anything float() accepts through __float__/__index__. */
     if (tp->tp_as_number && (tp->tp_as_number->nb_float || tp->tp_as_number->nb_index)) {
