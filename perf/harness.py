@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Runs every kohakuvault benchmark in one process tree and publishes the figures.
+
+Each benchmark under perf/ runs as a child process with ``--json``; this
+harness collects their rows into one list of ``{suite, workload, store,
+ops_per_s, ...}`` records, writes
+
+- ``perf/results/latest.json``: machine description + every row,
+- ``perf/results/latest.md``: one markdown table per suite,
+- ``perf/results/latest.png``: ops/s per workload and store (log scale),
+
+and regenerates the figures section of ``docs/performance.md`` (between the
+``<!-- perf/run:begin -->`` and ``<!-- perf/run:end -->`` markers) from them.
+
+usage: perf/run [--quick] [--only SUITE ...] [--no-docs]
+
+``--quick`` shrinks every workload for a pass of about two minutes; the full
+run stays under fifteen minutes on a 2-core machine. A suite that fails is
+reported and the others still run; the exit status is non-zero if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PERF = os.path.join(ROOT, "perf")
+RESULTS = os.path.join(PERF, "results")
+DOC = os.path.join(ROOT, "docs", "performance.md")
+BEGIN, END = "<!-- perf/run:begin -->", "<!-- perf/run:end -->"
+
+
+def machine() -> dict:
+    """CPU model, cores, kernel, SQLite and Python versions of this machine."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "sqlite": sqlite3.sqlite_version,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_before": os.getloadavg()[0],
+    }
+
+
+def suites(build: str, quick: bool) -> list[dict]:
+    """The benchmarks, each a command that writes its JSON to {json}."""
+    py = sys.executable
+    c_bench = os.path.join(build, "perf", "bench_shm_lookup")
+    out = [
+        {"name": "kv", "title": "KVault (embedded) vs sqlite3 vs lmdb",
+         "cmd": [py, os.path.join(PERF, "bench_kv.py"), "--json", "{json}"]
+                + (["--n", "10000", "--repeat", "1"] if quick else [])},
+        {"name": "columns", "title": "Columns vs sqlite3 and numpy",
+         "cmd": [py, os.path.join(PERF, "bench_columns.py"), "--json", "{json}"]
+                + (["--n", "1000000", "--repeats", "1"] if quick else [])},
+        {"name": "shm", "title": "Shared segment lookups (C) vs LMDB",
+         "cmd": [c_bench, "--json", "{json}"] + (["--quick"] if quick else []),
+         "needs": c_bench},
+        {"name": "shared", "title": "Attached processes vs embedded, lmdb, diskcache, redis",
+         "cmd": [py, os.path.join(PERF, "bench_shared.py"), "--json", "{json}"]
+                + (["--quick"] if quick else []),
+         "needs": os.path.join(PERF, "bench_shared.py")},
+    ]
+    return out
+
+
+def normalise(suite: str, data: dict) -> list[dict]:
+    """Maps each benchmark's own row shape onto {suite, workload, store, ops_per_s}."""
+    rows = []
+    for r in data.get("results", []):
+        workload = r.get("workload")
+        if workload is None:
+            parts = [str(r.get("op", "?"))]
+            if "value_bytes" in r:
+                vb = r["value_bytes"]
+                parts.append(f"{vb} B" if vb < 1024 else f"{vb // 1024} KiB")
+            if "processes" in r:
+                parts.append(f"{r['processes']} proc")
+            workload = " ".join(parts)
+        store = r.get("store") or r.get("system") or r.get("impl") or "?"
+        if r.get("ops_per_s") is None:
+            continue
+        rows.append({"suite": suite, "workload": workload, "store": store,
+                     "ops_per_s": float(r["ops_per_s"]),
+                     **{k: v for k, v in r.items()
+                        if k in ("mb_per_s", "seconds_median", "seconds", "processes")}})
+    return rows
+
+
+def tables(rows: list[dict], titles: dict) -> str:
+    """One markdown table per suite; ratio column against the best peer row."""
+    out = []
+    for suite in dict.fromkeys(r["suite"] for r in rows):
+        out.append(f"### {titles.get(suite, suite)}\n")
+        out.append("| workload | store | ops/s | vs fastest in workload |")
+        out.append("|---|---|---:|---:|")
+        srows = [r for r in rows if r["suite"] == suite]
+        best = {}
+        for r in srows:
+            best[r["workload"]] = max(best.get(r["workload"], 0.0), r["ops_per_s"])
+        for r in srows:
+            rel = r["ops_per_s"] / best[r["workload"]] if best[r["workload"]] else 0.0
+            out.append(f"| {r['workload']} | {r['store']} | {r['ops_per_s']:,.0f} | {rel:.2f} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """Horizontal bars of ops/s (log scale), grouped by suite and workload."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['workload']} — {r['store']}" for r in rows]
+    values = [r["ops_per_s"] for r in rows]
+    suites_ = list(dict.fromkeys(r["suite"] for r in rows))
+    cmap = plt.get_cmap("tab10")
+    colors = [cmap(suites_.index(r["suite"]) % 10) for r in rows]
+    height = max(4.0, 0.26 * len(rows) + 1.2)
+    fig, ax = plt.subplots(figsize=(11, height))
+    y = range(len(rows))[::-1]
+    ax.barh(list(y), values, color=colors)
+    ax.set_yticks(list(y))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("operations per second (log scale, higher is better)")
+    ax.set_title("kohakuvault and peers, one perf/run")
+    for s in suites_:
+        ax.barh([], [], color=cmap(suites_.index(s) % 10), label=s)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def update_doc(md: str, info: dict, cmd: str) -> None:
+    """Replaces the generated section of docs/performance.md (appends it if absent)."""
+    section = (
+        f"{BEGIN}\n## Figures from the latest `perf/run`\n\n"
+        f"Generated by `{cmd}` on {info['date']}: {info['cpu']}, {info['cores']} cores, "
+        f"kernel {info['kernel']}, SQLite {info['sqlite']}, Python {info['python']} "
+        f"(load average {info['load_before']:.2f} at the start). Every row of a table was "
+        f"measured in the same run; raw figures in `perf/results/latest.json`.\n\n"
+        f"![ops/s per workload and store](../perf/results/latest.png)\n\n{md}\n{END}\n"
+    )
+    text = open(DOC).read() if os.path.exists(DOC) else "# Performance\n\n"
+    if BEGIN in text and END in text:
+        pre, rest = text.split(BEGIN, 1)
+        post = rest.split(END, 1)[1].lstrip("\n")
+        text = pre + section + ("\n" + post if post else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with open(DOC, "w") as f:
+        f.write(text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Run every kohakuvault benchmark and publish the figures.")
+    ap.add_argument("--quick", action="store_true", help="small workloads, about two minutes")
+    ap.add_argument("--only", nargs="+", metavar="SUITE", help="run only these suites (kv, columns, shm, shared)")
+    ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/performance.md")
+    ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"), help="CMake build directory")
+    args = ap.parse_args(argv)
+
+    os.makedirs(RESULTS, exist_ok=True)
+    info = machine()
+    print(f"perf/run: {info['cpu']}, {info['cores']} cores, kernel {info['kernel']}, "
+          f"SQLite {info['sqlite']}{' (quick)' if args.quick else ''}", flush=True)
+    rows, failed, titles, timings = [], [], {}, {}
+    with tempfile.TemporaryDirectory(prefix="perf-run-") as tmp:
+        for s in suites(args.build, args.quick):
+            if args.only and s["name"] not in args.only:
+                continue
+            titles[s["name"]] = s["title"]
+            if "needs" in s and not os.path.exists(s["needs"]):
+                print(f"== {s['name']}: skipped ({s['needs']} does not exist)", flush=True)
+                continue
+            jpath = os.path.join(tmp, f"{s['name']}.json")
+            cmd = [c.replace("{json}", jpath) for c in s["cmd"]]
+            print(f"== {s['name']}: {' '.join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd)}",
+                  flush=True)
+            t0 = time.monotonic()
+            rc = subprocess.call(cmd, cwd=ROOT)
+            timings[s["name"]] = time.monotonic() - t0
+            if rc != 0 or not os.path.exists(jpath):
+                print(f"== {s['name']}: FAILED (exit {rc})", flush=True)
+                failed.append(s["name"])
+                continue
+            with open(jpath) as f:
+                rows.extend(normalise(s["name"], json.load(f)))
+    info["seconds_per_suite"] = timings
+    with open(os.path.join(RESULTS, "latest.json"), "w") as f:
+        json.dump({"machine": info, "quick": args.quick, "failed": failed, "rows": rows}, f, indent=2)
+    md = tables(rows, titles)
+    with open(os.path.join(RESULTS, "latest.md"), "w") as f:
+        f.write(md)
+    if rows:
+        plot(rows, os.path.join(RESULTS, "latest.png"))
+    if not args.no_docs and rows:
+        update_doc(md, info, "perf/run" + (" --quick" if args.quick else ""))
+    print(md)
+    print(f"perf/run: wrote perf/results/latest.json, latest.md, latest.png"
+          f"{', docs/performance.md' if not args.no_docs and rows else ''}; "
+          f"{sum(timings.values()):.0f} s in all" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
