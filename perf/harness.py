@@ -202,10 +202,15 @@ def main(argv=None) -> int:
             t0 = time.monotonic()
             rc = subprocess.call(cmd, cwd=ROOT)
             timings[s["name"]] = time.monotonic() - t0
-            if rc != 0 or not os.path.exists(jpath):
-                print(f"== {s['name']}: FAILED (exit {rc})", flush=True)
+            if not os.path.exists(jpath):
+                print(f"== {s['name']}: FAILED (exit {rc}, no results)", flush=True)
                 failed.append(s["name"])
                 continue
+            if rc != 0:
+                # The benchmark ran but says one of its targets was not met:
+                # keep its figures (they are real) and report the exit.
+                print(f"== {s['name']}: exit {rc} (a target was not met; figures kept)", flush=True)
+                failed.append(s["name"])
             with open(jpath) as f:
                 rows.extend(normalise(s["name"], json.load(f)))
     info["seconds_per_suite"] = timings
