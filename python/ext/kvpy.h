@@ -57,7 +57,7 @@ int kvpy_vector_encode(PyObject *obj, uint8_t type, kv_buf *out);
 /** numpy array (writable copy) from a parsed vector; 1-D when ndim <= 1. */
 PyObject *kvpy_vector_decode(const kv_vec_view *v);
 
-/* ---- text_py.c (owner: extras). Helpers shared by the TextVault and
+/* ---- store_py.c (owner: extras). Plumbing shared by the TextVault and
  * VectorKVault bindings (text_py.c, vector_py.c). All need the GIL. */
 #include <pythread.h>
 #include "kvault/kvault.h"
@@ -74,5 +74,84 @@ PyObject *kvpy_store_raise(kv_status st, const char *msg);
  *  kvpy_pack_value; off → bytes(value) (bytes-like or a sequence of ints,
  *  else TypeError). Appends to `out`. 0, or -1 with an exception set. */
 int kvpy_store_encode(PyObject *v, const kvpy_pack_opts *o, kv_buf *out);
+
+/** One store engine (kv_text, kv_vector) seen through untyped handles. The
+ *  functions are called with the GIL released, under the object's lock. */
+typedef struct kvpy_store_kind {
+    const char *name;                            /**< "TextVault", for messages */
+    void (*close)(void *h);                      /**< close the handle */
+    const char *(*errmsg)(const void *h);        /**< message of the last failure */
+    kv_status (*del)(void *h, int64_t id, int *removed);
+    kv_status (*exists)(void *h, int64_t id, int *found);
+    kv_status (*count)(void *h, int64_t *n);
+} kvpy_store_kind;
+
+/** First members of a store object (embed as the struct's first line). */
+#define KVPY_STORE_HEAD                                                              \
+    PyObject_HEAD                                                                    \
+    void *h;                       /* engine handle, NULL once closed; under `lock` */ \
+    PyThread_type_lock lock;       /* serialises engine calls (leaf lock) */          \
+    kvpy_pack_opts opts;           /* §3.6 switches; read/written with the GIL */     \
+    const kvpy_store_kind *kind;   /* static engine description */
+
+typedef struct kvpy_store {
+    KVPY_STORE_HEAD
+} kvpy_store;
+
+/** An engine call made by kvpy_store_call: `h` is the open handle, `ctx` the
+ *  caller's argument block. Runs without the GIL: touch no Python object. */
+typedef kv_status (*kvpy_store_op)(void *h, void *ctx);
+
+/** After tp_alloc: record `kind`, turn every §3.6 switch on, allocate the
+ *  lock. 0, or -1 with MemoryError. */
+int kvpy_store_setup(kvpy_store *s, const kvpy_store_kind *kind);
+/** In tp_dealloc: close the handle (GIL released) and free the lock. The
+ *  caller still releases its own members and calls tp_free. */
+void kvpy_store_finalize(kvpy_store *s);
+/** Take the lock, refuse a closed store (ValueError "Cannot operate on
+ *  closed <name>"), run op(h, ctx) with the GIL released, raise per
+ *  kvpy_store_raise with the engine's message on failure, release the lock.
+ *  Returns 0 on success, -1 with an exception set. *st_out (may be NULL)
+ *  gets the engine's status (KV_OK when the call never ran), so a caller can
+ *  replace the exception with a more specific one. */
+int kvpy_store_call(kvpy_store *s, kvpy_store_op op, void *ctx, kv_status *st_out);
+/** An id argument (int or __index__) → *id. 0, or -1 with TypeError /
+ *  OverflowError set. */
+int kvpy_store_id(PyObject *arg, int64_t *id);
+/** The value pointer for an engine update: NULL when `value` is None (keep
+ *  the stored value), else the encoded bytes in `buf` (never NULL, even when
+ *  empty). */
+const void *kvpy_store_value_arg(PyObject *value, const kv_buf *buf);
+
+/* Methods with the same meaning on both stores (self is a kvpy_store). */
+PyObject *kvpy_store_delete(PyObject *self, PyObject *arg);     /**< METH_O -> bool removed */
+PyObject *kvpy_store_exists(PyObject *self, PyObject *arg);     /**< METH_O, int ids only */
+PyObject *kvpy_store_count(PyObject *self, PyObject *unused);   /**< METH_NOARGS -> int */
+PyObject *kvpy_store_close(PyObject *self, PyObject *unused);   /**< idempotent */
+PyObject *kvpy_store_get_closed(PyObject *self, void *closure); /**< getter `closed` */
+PyObject *kvpy_store_enable_auto_pack(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *kvpy_store_disable_auto_pack(PyObject *self, PyObject *unused);
+PyObject *kvpy_store_auto_pack_enabled(PyObject *self, PyObject *unused);
+PyObject *kvpy_store_enable_headers(PyObject *self, PyObject *unused);
+PyObject *kvpy_store_disable_headers(PyObject *self, PyObject *unused);
+PyObject *kvpy_store_headers_enabled(PyObject *self, PyObject *unused);
+
+/** PyMethodDef entries of close() and the §3.6 switches, for a method table. */
+#define KVPY_STORE_METHODS                                                                     \
+    {"close", kvpy_store_close, METH_NOARGS,                                                   \
+     "close() -> None\n\nClose the connection (idempotent); later calls raise ValueError."},    \
+    {"enable_auto_pack", (PyCFunction)(void (*)(void))kvpy_store_enable_auto_pack,             \
+     METH_VARARGS | METH_KEYWORDS,                                                              \
+     "enable_auto_pack(use_pickle=True): auto-pack on, headers on (API.md §3.6)."},            \
+    {"disable_auto_pack", kvpy_store_disable_auto_pack, METH_NOARGS,                           \
+     "Auto-pack off: values must be bytes-like; reads return stored bytes."},                  \
+    {"auto_pack_enabled", kvpy_store_auto_pack_enabled, METH_NOARGS, "Auto-pack switch."},     \
+    {"enable_headers", kvpy_store_enable_headers, METH_NOARGS, "Headers on (§3.6)."},          \
+    {"disable_headers", kvpy_store_disable_headers, METH_NOARGS, "Headers off (§3.6)."},       \
+    {"headers_enabled", kvpy_store_headers_enabled, METH_NOARGS, "Header switch."}
+
+/** PyGetSetDef entry of the read-only `closed` property. */
+#define KVPY_STORE_GETSET_CLOSED \
+    {"closed", kvpy_store_get_closed, NULL, "True once close() was called.", NULL}
 
 #endif /* KVPY_H */

@@ -17,7 +17,8 @@
  * immutable objects (tuple of str, bytes, engine buffers) before the GIL is
  * released.
  *
- * Also home of the helpers shared with vector_py.c (kvpy_store_*, kvpy.h).
+ * The lock/closed/GIL plumbing, the id-based methods and the §3.6
+ * switches are shared with vector_py.c (store_py.c, kvpy.h).
  */
 #include "kvpy.h"
 
@@ -26,96 +27,31 @@
 #include "kvault/text.h"
 
 /* ====================================================================== */
-/* Shared helpers (declared in kvpy.h)                                     */
-/* ====================================================================== */
-
-void kvpy_store_lock(PyThread_type_lock lock)
-{
-    if (!PyThread_acquire_lock(lock, NOWAIT_LOCK)) {
-        Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock(lock, WAIT_LOCK);
-        Py_END_ALLOW_THREADS
-    }
-}
-
-PyObject *kvpy_store_raise(kv_status st, const char *msg)
-{
-    PyObject *type;
-    if (!msg || !msg[0])
-        msg = kv_strerror(st);
-    switch (st) {
-    case KV_INVALID:
-        type = PyExc_ValueError;
-        break;
-    case KV_NOMEM:
-        type = PyExc_MemoryError;
-        break;
-    case KV_IO:
-        type = PyExc_OSError;
-        break;
-    default:
-        type = PyExc_RuntimeError;
-    }
-    PyErr_SetString(type, msg);
-    return NULL;
-}
-
-int kvpy_store_encode(PyObject *v, const kvpy_pack_opts *o, kv_buf *out)
-{
-    if (o->auto_pack)
-        return kvpy_pack_value(v, o, out);
-    if (PyUnicode_Check(v) || PyLong_Check(v)) {
-        PyErr_Format(PyExc_TypeError,
-                     "value must be bytes-like or a sequence of ints (auto-pack is off), got %s",
-                     Py_TYPE(v)->tp_name);
-        return -1;
-    }
-    PyObject *b = PyBytes_FromObject(v);
-    if (!b)
-        return -1;
-    int rc = kv_buf_append(out, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b)) == KV_OK ? 0 : -1;
-    Py_DECREF(b);
-    if (rc < 0)
-        PyErr_NoMemory();
-    return rc;
-}
-
-/* ====================================================================== */
 /* _TextVault                                                              */
 /* ====================================================================== */
 
 typedef struct {
-    PyObject_HEAD
-    kv_text *t;               /* engine handle, NULL once closed; under `lock` */
-    PyThread_type_lock lock;  /* serialises engine calls (leaf lock) */
+    KVPY_STORE_HEAD           /* h is the kv_text handle */
     PyObject *columns;        /* owned tuple of column names (str) */
-    kvpy_pack_opts opts;      /* §3.6 switches; read/written with the GIL */
 } TextVaultObject;
 
-/* Engine failure → exception, reading the message while the lock is held. */
-#define TV_FAIL(self, st) kvpy_store_raise((st), kv_text_errmsg((self)->t))
+/* kv_text through the untyped store interface (GIL released, lock held). */
+static void tx_close(void *h) { kv_text_close(h); }
+static const char *tx_errmsg(const void *h) { return kv_text_errmsg(h); }
+static kv_status tx_delete(void *h, int64_t id, int *removed) { return kv_text_delete(h, id, removed); }
+static kv_status tx_exists(void *h, int64_t id, int *found) { return kv_text_exists(h, id, found); }
+static kv_status tx_count(void *h, int64_t *n) { return kv_text_count(h, n); }
 
-static int tv_open_check(TextVaultObject *self)
-{
-    if (self->t == NULL) {
-        PyErr_SetString(PyExc_ValueError, "Cannot operate on closed TextVault");
-        return -1;
-    }
-    return 0;
-}
+static const kvpy_store_kind text_kind = {
+    .name = "TextVault",
+    .close = tx_close,
+    .errmsg = tx_errmsg,
+    .del = tx_delete,
+    .exists = tx_exists,
+    .count = tx_count,
+};
 
-static void tv_unlock(TextVaultObject *self) { PyThread_release_lock(self->lock); }
-
-/* Lock + closed check. 0 with the lock held, -1 (not held) on error. */
-static int tv_lock(TextVaultObject *self)
-{
-    kvpy_store_lock(self->lock);
-    if (tv_open_check(self) < 0) {
-        tv_unlock(self);
-        return -1;
-    }
-    return 0;
-}
+#define STORE(self) ((kvpy_store *)(self))
 
 static PyObject *TextVault_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
@@ -155,14 +91,8 @@ static PyObject *TextVault_new(PyTypeObject *type, PyObject *args, PyObject *kw)
             goto fail;
     }
     self = (TextVaultObject *)type->tp_alloc(type, 0);
-    if (!self)
+    if (!self || kvpy_store_setup(STORE(self), &text_kind) < 0)
         goto fail;
-    self->opts.auto_pack = self->opts.headers = self->opts.use_pickle = 1;
-    self->lock = PyThread_allocate_lock();
-    if (!self->lock) {
-        PyErr_NoMemory();
-        goto fail;
-    }
     char err[512] = "";
     kv_status st;
     const char *path = PyBytes_AS_STRING(path_bytes);
@@ -174,7 +104,7 @@ static PyObject *TextVault_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         kvpy_store_raise(st, err);
         goto fail;
     }
-    self->t = t;
+    self->h = t;
     self->columns = seq;
     seq = NULL;
     PyMem_Free(names);
@@ -190,15 +120,7 @@ fail:
 
 static void TextVault_dealloc(TextVaultObject *self)
 {
-    if (self->t) {
-        kv_text *t = self->t;
-        self->t = NULL;
-        Py_BEGIN_ALLOW_THREADS
-        kv_text_close(t);
-        Py_END_ALLOW_THREADS
-    }
-    if (self->lock)
-        PyThread_free_lock(self->lock);
+    kvpy_store_finalize(STORE(self));
     Py_XDECREF(self->columns);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -238,6 +160,90 @@ static PyObject *tv_texts(TextVaultObject *self, PyObject *texts, const char **p
     return tup;
 }
 
+/* Arguments and results of one kv_text call, read and written with the GIL
+ * released (fields used per op as noted). */
+typedef struct {
+    const char *const *texts;       /* insert, update: one per column (update: NULL = keep) */
+    const size_t *lens;             /* insert, update: byte lengths of texts */
+    const void *val;                /* insert, update: encoded value (update: NULL = keep) */
+    size_t vlen;                    /* insert, update: bytes at val */
+    const char *q;                  /* search, count_matches: query; get: key */
+    size_t qlen;                    /* bytes at q */
+    const char *col;                /* search: column filter or NULL */
+    unsigned flags;                 /* search: KV_TEXT_* */
+    const kv_text_snippet *snip;    /* search: snippet request or NULL */
+    int64_t id;                     /* in: get_by_id, update; out: insert */
+    int64_t limit, offset;          /* keys (in); search: limit = k */
+    int64_t n;                      /* out: count_matches */
+    kv_text_hits *hits;             /* out: search (kv_text_hits_free) */
+    kv_text_doc *doc;               /* out: get_by_id (kv_text_doc_free) */
+    uint8_t *out;                   /* out: get value (kv_text_free) */
+    int64_t *ids;                   /* out: keys (kv_text_free) */
+    size_t nout;                    /* out: bytes at out / entries at ids */
+} tv_args;
+
+static kv_status op_insert(void *h, void *c)
+{
+    tv_args *a = c;
+    return kv_text_insert(h, a->texts, a->lens, a->val, a->vlen, &a->id);
+}
+
+static kv_status op_update(void *h, void *c)
+{
+    tv_args *a = c;
+    return kv_text_update(h, a->id, a->texts, a->lens, a->val, a->vlen);
+}
+
+static kv_status op_search(void *h, void *c)
+{
+    tv_args *a = c;
+    return kv_text_search(h, a->q, a->qlen, a->col, a->limit, a->flags, a->snip, &a->hits);
+}
+
+static kv_status op_get(void *h, void *c)
+{
+    tv_args *a = c;
+    return kv_text_get(h, a->q, a->qlen, &a->out, &a->nout);
+}
+
+static kv_status op_get_by_id(void *h, void *c)
+{
+    tv_args *a = c;
+    return kv_text_get_by_id(h, a->id, &a->doc);
+}
+
+static kv_status op_count_matches(void *h, void *c)
+{
+    tv_args *a = c;
+    return kv_text_count_matches(h, a->q, a->qlen, &a->n);
+}
+
+static kv_status op_clear(void *h, void *c)
+{
+    (void)c;
+    return kv_text_clear(h);
+}
+
+static kv_status op_keys(void *h, void *c)
+{
+    tv_args *a = c;
+    return kv_text_keys(h, a->limit, a->offset, &a->ids, &a->nout);
+}
+
+/* A str argument → UTF-8 in a->q / a->qlen (valid while `obj` lives). */
+static int tv_query_arg(PyObject *obj, const char *what, tv_args *a)
+{
+    Py_ssize_t len;
+    if (!PyUnicode_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be str, not %s", what, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (!(a->q = PyUnicode_AsUTF8AndSize(obj, &len)))
+        return -1;
+    a->qlen = (size_t)len;
+    return 0;
+}
+
 PyDoc_STRVAR(tv_insert_doc,
 "insert(texts, value) -> int\n\n"
 "Insert one document: `texts` is a sequence of str, one per column in column\n"
@@ -247,36 +253,23 @@ PyDoc_STRVAR(tv_insert_doc,
 
 static PyObject *tv_insert(TextVaultObject *self, PyObject *args)
 {
-    PyObject *texts, *value, *tup = NULL;
+    PyObject *texts, *value, *tup = NULL, *ret = NULL;
     const char *ptrs[255];
     size_t lens[255];
     kv_buf buf;
-    kv_status st;
-    int64_t id = 0;
 
     if (!PyArg_ParseTuple(args, "OO:insert", &texts, &value))
         return NULL;
     kv_buf_init(&buf);
     if (!(tup = tv_texts(self, texts, ptrs, lens)) || kvpy_store_encode(value, &self->opts, &buf) < 0)
-        goto fail;
-    if (tv_lock(self) < 0)
-        goto fail;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_text_insert(self->t, ptrs, lens, buf.data, buf.len, &id);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        TV_FAIL(self, st);
-        tv_unlock(self);
-        goto fail;
-    }
-    tv_unlock(self);
-    Py_DECREF(tup);
-    kv_buf_free(&buf);
-    return PyLong_FromLongLong(id);
-fail:
+        goto out;
+    tv_args a = {.texts = ptrs, .lens = lens, .val = buf.data, .vlen = buf.len};
+    if (kvpy_store_call(STORE(self), op_insert, &a, NULL) == 0)
+        ret = PyLong_FromLongLong(a.id);
+out:
     Py_XDECREF(tup);
     kv_buf_free(&buf);
-    return NULL;
+    return ret;
 }
 
 /* Column texts of a hit/document: str for one column, dict for several. */
@@ -303,44 +296,27 @@ static PyObject *tv_search_impl(TextVaultObject *self, PyObject *query, long lon
                                 PyObject *column, int escape, int with_texts,
                                 const kv_text_snippet *snip)
 {
-    Py_ssize_t qlen;
-    const char *q, *col = NULL;
-    kv_text_hits *h = NULL;
+    tv_args a = {.limit = (int64_t)k, .snip = snip,
+                 .flags = (escape ? KV_TEXT_ESCAPE : 0) | (with_texts ? KV_TEXT_WITH_TEXTS : 0)};
     kv_status st;
-    PyObject *list = NULL;
-
-    if (!PyUnicode_Check(query)) {
-        PyErr_Format(PyExc_TypeError, "query must be str, not %s", Py_TYPE(query)->tp_name);
-        return NULL;
-    }
-    if (!(q = PyUnicode_AsUTF8AndSize(query, &qlen)))
+    if (tv_query_arg(query, "query", &a) < 0)
         return NULL;
     if (column != Py_None) {
         if (!PyUnicode_Check(column)) {
             PyErr_SetString(PyExc_TypeError, "column must be str or None");
             return NULL;
         }
-        if (!(col = PyUnicode_AsUTF8(column)))
+        if (!(a.col = PyUnicode_AsUTF8(column)))
             return NULL;
     }
-    unsigned flags = (escape ? KV_TEXT_ESCAPE : 0) | (with_texts ? KV_TEXT_WITH_TEXTS : 0);
-    if (tv_lock(self) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_text_search(self->t, q, (size_t)qlen, col, (int64_t)k, flags, snip, &h);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        if (st == KV_INVALID && col)
-            PyErr_Format(PyExc_ValueError, "Column '%s' not found. Available columns: %R", col,
+    if (kvpy_store_call(STORE(self), op_search, &a, &st) < 0) {
+        if (st == KV_INVALID && a.col)
+            PyErr_Format(PyExc_ValueError, "Column '%s' not found. Available columns: %R", a.col,
                          self->columns);
-        else
-            TV_FAIL(self, st);
-        tv_unlock(self);
         return NULL;
     }
-    tv_unlock(self);
-
-    list = PyList_New((Py_ssize_t)h->n);
+    kv_text_hits *h = a.hits;
+    PyObject *list = PyList_New((Py_ssize_t)h->n);
     for (size_t i = 0; list && i < h->n; i++) {
         kv_text_hit *x = &h->hits[i];
         PyObject *val = kvpy_unpack_value(x->val, x->vlen, &self->opts), *item = NULL;
@@ -418,31 +394,17 @@ PyDoc_STRVAR(tv_get_doc,
 
 static PyObject *tv_get(TextVaultObject *self, PyObject *key)
 {
-    Py_ssize_t klen;
-    const char *k;
-    uint8_t *val = NULL;
-    size_t vlen = 0;
+    tv_args a = {0};
     kv_status st;
-    if (!PyUnicode_Check(key)) {
-        PyErr_Format(PyExc_TypeError, "key must be str, not %s", Py_TYPE(key)->tp_name);
+    if (tv_query_arg(key, "key", &a) < 0)
         return NULL;
-    }
-    if (!(k = PyUnicode_AsUTF8AndSize(key, &klen)) || tv_lock(self) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_text_get(self->t, k, (size_t)klen, &val, &vlen);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
+    if (kvpy_store_call(STORE(self), op_get, &a, &st) < 0) {
         if (st == KV_NOTFOUND)
             PyErr_Format(PyExc_KeyError, "No document found with key: %U", key);
-        else
-            TV_FAIL(self, st);
-        tv_unlock(self);
         return NULL;
     }
-    tv_unlock(self);
-    PyObject *r = kvpy_unpack_value(val, vlen, &self->opts);
-    kv_text_free(val);
+    PyObject *r = kvpy_unpack_value(a.out, a.nout, &self->opts);
+    kv_text_free(a.out);
     return r;
 }
 
@@ -453,22 +415,10 @@ PyDoc_STRVAR(tv_get_by_id_doc,
 
 static PyObject *tv_get_by_id(TextVaultObject *self, PyObject *arg)
 {
-    long long id = PyLong_AsLongLong(arg);
-    kv_text_doc *d = NULL;
-    kv_status st;
-    if (id == -1 && PyErr_Occurred())
+    tv_args a = {0};
+    if (kvpy_store_id(arg, &a.id) < 0 || kvpy_store_call(STORE(self), op_get_by_id, &a, NULL) < 0)
         return NULL;
-    if (tv_lock(self) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_text_get_by_id(self->t, id, &d);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        TV_FAIL(self, st);
-        tv_unlock(self);
-        return NULL;
-    }
-    tv_unlock(self);
+    kv_text_doc *d = a.doc;
     PyObject *texts = tv_texts_obj(self, (const char *const *)d->texts, d->text_lens);
     PyObject *val = texts ? kvpy_unpack_value(d->val, d->vlen, &self->opts) : NULL;
     kv_text_doc_free(d);
@@ -482,25 +432,6 @@ static PyObject *tv_get_by_id(TextVaultObject *self, PyObject *arg)
 PyDoc_STRVAR(tv_delete_doc,
 "delete(id) -> bool\n\nRemove a document and its value; False if the id was unknown.");
 
-static PyObject *tv_delete(TextVaultObject *self, PyObject *arg)
-{
-    long long id = PyLong_AsLongLong(arg);
-    int removed = 0;
-    kv_status st;
-    if ((id == -1 && PyErr_Occurred()) || tv_lock(self) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_text_delete(self->t, id, &removed);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        TV_FAIL(self, st);
-        tv_unlock(self);
-        return NULL;
-    }
-    tv_unlock(self);
-    return PyBool_FromLong(removed);
-}
-
 PyDoc_STRVAR(tv_update_doc,
 "update(id, texts=None, value=None) -> None\n\n"
 "texts (one str per column) replace every column (unknown id: no-op); a\n"
@@ -511,11 +442,10 @@ static PyObject *tv_update(TextVaultObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"id", "texts", "value", NULL};
     long long id;
-    PyObject *texts = Py_None, *value = Py_None, *tup = NULL;
+    PyObject *texts = Py_None, *value = Py_None, *tup = NULL, *ret = NULL;
     const char *ptrs[255];
     size_t lens[255];
     kv_buf buf;
-    kv_status st;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "L|OO:update", kwlist, &id, &texts, &value))
         return NULL;
     if (texts == Py_None && value == Py_None) {
@@ -524,81 +454,22 @@ static PyObject *tv_update(TextVaultObject *self, PyObject *args, PyObject *kw)
     }
     kv_buf_init(&buf);
     if (texts != Py_None && !(tup = tv_texts(self, texts, ptrs, lens)))
-        goto fail;
+        goto out;
     if (value != Py_None && kvpy_store_encode(value, &self->opts, &buf) < 0)
-        goto fail;
-    if (tv_lock(self) < 0)
-        goto fail;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_text_update(self->t, id, tup ? ptrs : NULL, lens,
-                        value != Py_None ? (const void *)(buf.data ? buf.data : (uint8_t *)"") : NULL,
-                        buf.len);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        TV_FAIL(self, st);
-        tv_unlock(self);
-        goto fail;
-    }
-    tv_unlock(self);
+        goto out;
+    tv_args a = {.id = id, .texts = tup ? ptrs : NULL, .lens = lens,
+                 .val = kvpy_store_value_arg(value, &buf), .vlen = buf.len};
+    if (kvpy_store_call(STORE(self), op_update, &a, NULL) == 0)
+        ret = Py_NewRef(Py_None);
+out:
     Py_XDECREF(tup);
     kv_buf_free(&buf);
-    Py_RETURN_NONE;
-fail:
-    Py_XDECREF(tup);
-    kv_buf_free(&buf);
-    return NULL;
+    return ret;
 }
 
 PyDoc_STRVAR(tv_exists_doc, "exists(id) -> bool\n\nWhether document `id` exists (ids only).");
 
-static PyObject *tv_exists(TextVaultObject *self, PyObject *arg)
-{
-    if (!PyLong_Check(arg)) {
-        PyErr_Format(PyExc_TypeError, "id must be int, not %s", Py_TYPE(arg)->tp_name);
-        return NULL;
-    }
-    long long id = PyLong_AsLongLong(arg);
-    int found = 0;
-    kv_status st;
-    if (id == -1 && PyErr_Occurred()) {
-        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
-            return NULL;
-        PyErr_Clear();
-        Py_RETURN_FALSE; /* no rowid is that large */
-    }
-    if (tv_lock(self) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_text_exists(self->t, id, &found);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        TV_FAIL(self, st);
-        tv_unlock(self);
-        return NULL;
-    }
-    tv_unlock(self);
-    return PyBool_FromLong(found);
-}
-
 PyDoc_STRVAR(tv_count_doc, "count() -> int\n\nNumber of rows of the FTS table.");
-
-static PyObject *tv_count(TextVaultObject *self, PyObject *unused)
-{
-    int64_t n = 0;
-    kv_status st;
-    if (tv_lock(self) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_text_count(self->t, &n);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        TV_FAIL(self, st);
-        tv_unlock(self);
-        return NULL;
-    }
-    tv_unlock(self);
-    return PyLong_FromLongLong(n);
-}
 
 PyDoc_STRVAR(tv_count_matches_doc,
 "count_matches(query) -> int\n\n"
@@ -607,44 +478,19 @@ PyDoc_STRVAR(tv_count_matches_doc,
 
 static PyObject *tv_count_matches(TextVaultObject *self, PyObject *query)
 {
-    Py_ssize_t qlen;
-    const char *q;
-    int64_t n = 0;
-    kv_status st;
-    if (!PyUnicode_Check(query)) {
-        PyErr_Format(PyExc_TypeError, "query must be str, not %s", Py_TYPE(query)->tp_name);
+    tv_args a = {0};
+    if (tv_query_arg(query, "query", &a) < 0 ||
+        kvpy_store_call(STORE(self), op_count_matches, &a, NULL) < 0)
         return NULL;
-    }
-    if (!(q = PyUnicode_AsUTF8AndSize(query, &qlen)) || tv_lock(self) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_text_count_matches(self->t, q, (size_t)qlen, &n);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        TV_FAIL(self, st);
-        tv_unlock(self);
-        return NULL;
-    }
-    tv_unlock(self);
-    return PyLong_FromLongLong(n);
+    return PyLong_FromLongLong(a.n);
 }
 
 PyDoc_STRVAR(tv_clear_doc, "clear() -> None\n\nDelete every document and value.");
 
 static PyObject *tv_clear(TextVaultObject *self, PyObject *unused)
 {
-    kv_status st;
-    if (tv_lock(self) < 0)
+    if (kvpy_store_call(STORE(self), op_clear, NULL, NULL) < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_text_clear(self->t);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        TV_FAIL(self, st);
-        tv_unlock(self);
-        return NULL;
-    }
-    tv_unlock(self);
     Py_RETURN_NONE;
 }
 
@@ -655,90 +501,22 @@ static PyObject *tv_keys(TextVaultObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"limit", "offset", NULL};
     long long limit = 10000, offset = 0;
-    int64_t *ids = NULL;
-    size_t n = 0;
-    kv_status st;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|LL:keys", kwlist, &limit, &offset))
         return NULL;
-    if (tv_lock(self) < 0)
+    tv_args a = {.limit = limit, .offset = offset};
+    if (kvpy_store_call(STORE(self), op_keys, &a, NULL) < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_text_keys(self->t, limit, offset, &ids, &n);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        TV_FAIL(self, st);
-        tv_unlock(self);
-        return NULL;
-    }
-    tv_unlock(self);
-    PyObject *list = PyList_New((Py_ssize_t)n);
-    for (size_t i = 0; list && i < n; i++) {
-        PyObject *o = PyLong_FromLongLong(ids[i]);
+    PyObject *list = PyList_New((Py_ssize_t)a.nout);
+    for (size_t i = 0; list && i < a.nout; i++) {
+        PyObject *o = PyLong_FromLongLong(a.ids[i]);
         if (!o) {
             Py_CLEAR(list);
             break;
         }
         PyList_SET_ITEM(list, (Py_ssize_t)i, o);
     }
-    kv_text_free(ids);
+    kv_text_free(a.ids);
     return list;
-}
-
-PyDoc_STRVAR(tv_close_doc,
-"close() -> None\n\nClose the connection (idempotent); later calls raise ValueError.");
-
-static PyObject *tv_close(TextVaultObject *self, PyObject *unused)
-{
-    kvpy_store_lock(self->lock);
-    kv_text *t = self->t;
-    self->t = NULL;
-    Py_BEGIN_ALLOW_THREADS
-    kv_text_close(t);
-    Py_END_ALLOW_THREADS
-    tv_unlock(self);
-    Py_RETURN_NONE;
-}
-
-/* ---- §3.6 switches ----------------------------------------------------- */
-
-static PyObject *tv_enable_auto_pack(TextVaultObject *self, PyObject *args, PyObject *kw)
-{
-    static char *kwlist[] = {"use_pickle", NULL};
-    int use_pickle = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|p:enable_auto_pack", kwlist, &use_pickle))
-        return NULL;
-    self->opts.auto_pack = 1;
-    self->opts.headers = 1;
-    self->opts.use_pickle = use_pickle;
-    Py_RETURN_NONE;
-}
-
-static PyObject *tv_disable_auto_pack(TextVaultObject *self, PyObject *u)
-{
-    self->opts.auto_pack = 0;
-    Py_RETURN_NONE;
-}
-
-static PyObject *tv_auto_pack_enabled(TextVaultObject *self, PyObject *u)
-{
-    return PyBool_FromLong(self->opts.auto_pack);
-}
-
-static PyObject *tv_enable_headers(TextVaultObject *self, PyObject *u)
-{
-    self->opts.headers = 1;
-    Py_RETURN_NONE;
-}
-
-static PyObject *tv_disable_headers(TextVaultObject *self, PyObject *u)
-{
-    self->opts.headers = 0;
-    Py_RETURN_NONE;
-}
-
-static PyObject *tv_headers_enabled(TextVaultObject *self, PyObject *u)
-{
-    return PyBool_FromLong(self->opts.headers);
 }
 
 static PyObject *tv_get_columns(TextVaultObject *self, void *closure)
@@ -746,14 +524,9 @@ static PyObject *tv_get_columns(TextVaultObject *self, void *closure)
     return PySequence_List(self->columns);
 }
 
-static PyObject *tv_get_closed(TextVaultObject *self, void *closure)
-{
-    return PyBool_FromLong(self->t == NULL);
-}
-
 static PyGetSetDef tv_getset[] = {
     {"columns", (getter)tv_get_columns, NULL, "Column names (a new list).", NULL},
-    {"closed", (getter)tv_get_closed, NULL, "True once close() was called.", NULL},
+    KVPY_STORE_GETSET_CLOSED,
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -764,22 +537,14 @@ static PyMethodDef tv_methods[] = {
      METH_VARARGS | METH_KEYWORDS, tv_snippets_doc},
     {"get", (PyCFunction)tv_get, METH_O, tv_get_doc},
     {"get_by_id", (PyCFunction)tv_get_by_id, METH_O, tv_get_by_id_doc},
-    {"delete", (PyCFunction)tv_delete, METH_O, tv_delete_doc},
+    {"delete", kvpy_store_delete, METH_O, tv_delete_doc},
     {"update", (PyCFunction)(void (*)(void))tv_update, METH_VARARGS | METH_KEYWORDS, tv_update_doc},
-    {"exists", (PyCFunction)tv_exists, METH_O, tv_exists_doc},
-    {"count", (PyCFunction)tv_count, METH_NOARGS, tv_count_doc},
+    {"exists", kvpy_store_exists, METH_O, tv_exists_doc},
+    {"count", kvpy_store_count, METH_NOARGS, tv_count_doc},
     {"count_matches", (PyCFunction)tv_count_matches, METH_O, tv_count_matches_doc},
     {"clear", (PyCFunction)tv_clear, METH_NOARGS, tv_clear_doc},
     {"keys", (PyCFunction)(void (*)(void))tv_keys, METH_VARARGS | METH_KEYWORDS, tv_keys_doc},
-    {"close", (PyCFunction)tv_close, METH_NOARGS, tv_close_doc},
-    {"enable_auto_pack", (PyCFunction)(void (*)(void))tv_enable_auto_pack, METH_VARARGS | METH_KEYWORDS,
-     "enable_auto_pack(use_pickle=True): auto-pack on, headers on (API.md §3.6)."},
-    {"disable_auto_pack", (PyCFunction)tv_disable_auto_pack, METH_NOARGS,
-     "Auto-pack off: values must be bytes-like; reads return stored bytes."},
-    {"auto_pack_enabled", (PyCFunction)tv_auto_pack_enabled, METH_NOARGS, "Auto-pack switch."},
-    {"enable_headers", (PyCFunction)tv_enable_headers, METH_NOARGS, "Headers on (§3.6)."},
-    {"disable_headers", (PyCFunction)tv_disable_headers, METH_NOARGS, "Headers off (§3.6)."},
-    {"headers_enabled", (PyCFunction)tv_headers_enabled, METH_NOARGS, "Header switch."},
+    KVPY_STORE_METHODS,
     {NULL, NULL, 0, NULL},
 };
 

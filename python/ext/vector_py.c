@@ -11,7 +11,9 @@
  * "Query returned no rows", SQLite failures, "database is locked").
  *
  * Concurrency: a per-object lock around engine calls, which run with the GIL
- * released (including the k-NN scan); see text_py.c.
+ * released (including the k-NN scan). The lock/closed/GIL plumbing, the
+ * id-based methods and the §3.6 switches are shared with text_py.c
+ * (store_py.c, kvpy.h).
  */
 #include "kvpy.h"
 
@@ -21,14 +23,69 @@
 #include "kvault/vector.h"
 
 typedef struct {
-    PyObject_HEAD
-    kv_vector *v;             /* engine handle, NULL once closed; under `lock` */
-    PyThread_type_lock lock;  /* serialises engine calls (leaf lock) */
+    KVPY_STORE_HEAD           /* h is the kv_vector handle */
     size_t dims;              /* dimensions */
     kv_vector_metric metric;  /* table metric */
     kv_vector_elem elem;      /* table element type */
-    kvpy_pack_opts opts;      /* §3.6 switches */
 } VectorObject;
+
+/* kv_vector through the untyped store interface (GIL released, lock held). */
+static void vx_close(void *h) { kv_vector_close(h); }
+static const char *vx_errmsg(const void *h) { return kv_vector_errmsg(h); }
+static kv_status vx_delete(void *h, int64_t id, int *removed) { return kv_vector_delete(h, id, removed); }
+static kv_status vx_exists(void *h, int64_t id, int *found) { return kv_vector_exists(h, id, found); }
+static kv_status vx_count(void *h, int64_t *n) { return kv_vector_count(h, n); }
+
+static const kvpy_store_kind vector_kind = {
+    .name = "VectorKVault",
+    .close = vx_close,
+    .errmsg = vx_errmsg,
+    .del = vx_delete,
+    .exists = vx_exists,
+    .count = vx_count,
+};
+
+#define STORE(self) ((kvpy_store *)(self))
+
+/* Arguments and results of one kv_vector call, read and written with the GIL
+ * released (fields used per op as noted). */
+typedef struct {
+    const void *vec;          /* insert, update, search: float32 bytes (update: NULL = keep) */
+    size_t vbytes;            /* bytes at vec */
+    const void *val;          /* insert, update: encoded value (update: NULL = keep) */
+    size_t vlen;              /* bytes at val */
+    int64_t id;               /* in: get_by_id, update; out: insert */
+    int64_t k;                /* search: neighbours wanted */
+    kv_vector_hits *hits;     /* out: search (kv_vector_hits_free) */
+    uint8_t *vec_out;         /* out: get_by_id vector (kv_vector_free) */
+    size_t vec_out_len;       /* bytes at vec_out */
+    uint8_t *val_out;         /* out: get_by_id value (kv_vector_free) */
+    size_t val_out_len;       /* bytes at val_out */
+} vk_args;
+
+static kv_status op_insert(void *h, void *c)
+{
+    vk_args *a = c;
+    return kv_vector_insert(h, a->vec, a->vbytes, a->val, a->vlen, &a->id);
+}
+
+static kv_status op_update(void *h, void *c)
+{
+    vk_args *a = c;
+    return kv_vector_update(h, a->id, a->vec, a->vbytes, a->val, a->vlen);
+}
+
+static kv_status op_search(void *h, void *c)
+{
+    vk_args *a = c;
+    return kv_vector_search(h, a->vec, a->vbytes, a->k, &a->hits);
+}
+
+static kv_status op_get_by_id(void *h, void *c)
+{
+    vk_args *a = c;
+    return kv_vector_get_by_id(h, a->id, &a->vec_out, &a->vec_out_len, &a->val_out, &a->val_out_len);
+}
 
 static const char *metric_names[] = {"cosine", "L2", "L1", "hamming"};
 static const char *elem_names[] = {"float32", "int8", "bit"};
@@ -66,21 +123,6 @@ static int parse_elem(const char *s, kv_vector_elem *e)
     }
     return 0;
 }
-
-static void vk_unlock(VectorObject *self) { PyThread_release_lock(self->lock); }
-
-static int vk_lock(VectorObject *self)
-{
-    kvpy_store_lock(self->lock);
-    if (self->v == NULL) {
-        vk_unlock(self);
-        PyErr_SetString(PyExc_ValueError, "Cannot operate on closed VectorKVault");
-        return -1;
-    }
-    return 0;
-}
-
-#define VK_FAIL(self, st) kvpy_store_raise((st), kv_vector_errmsg((self)->v))
 
 /*
  * Vector argument → float32 bytes (a new bytes object of 4*dims bytes).
@@ -175,20 +217,14 @@ static PyObject *Vector_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     if (!PyUnicode_FSConverter(path_obj, &path_bytes))
         return NULL;
     VectorObject *self = (VectorObject *)type->tp_alloc(type, 0);
-    if (!self) {
+    if (!self || kvpy_store_setup(STORE(self), &vector_kind) < 0) {
         Py_DECREF(path_bytes);
+        Py_XDECREF(self);
         return NULL;
     }
     self->dims = (size_t)dims;
     self->metric = m;
     self->elem = e;
-    self->opts.auto_pack = self->opts.headers = self->opts.use_pickle = 1;
-    self->lock = PyThread_allocate_lock();
-    if (!self->lock) {
-        Py_DECREF(path_bytes);
-        Py_DECREF(self);
-        return PyErr_NoMemory();
-    }
     char err[512] = "";
     kv_status st;
     kv_vector *v = NULL;
@@ -201,21 +237,13 @@ static PyObject *Vector_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         Py_DECREF(self);
         return kvpy_store_raise(st, err);
     }
-    self->v = v;
+    self->h = v;
     return (PyObject *)self;
 }
 
 static void Vector_dealloc(VectorObject *self)
 {
-    if (self->v) {
-        kv_vector *v = self->v;
-        self->v = NULL;
-        Py_BEGIN_ALLOW_THREADS
-        kv_vector_close(v);
-        Py_END_ALLOW_THREADS
-    }
-    if (self->lock)
-        PyThread_free_lock(self->lock);
+    kvpy_store_finalize(STORE(self));
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -228,10 +256,8 @@ PyDoc_STRVAR(vk_insert_doc,
 static PyObject *vk_insert(VectorObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"vector", "value", "metadata", NULL};
-    PyObject *vec, *value, *meta = Py_None, *vb;
+    PyObject *vec, *value, *meta = Py_None, *vb, *ret = NULL;
     kv_buf buf;
-    kv_status st;
-    int64_t id = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O:insert", kwlist, &vec, &value, &meta))
         return NULL;
     if (meta != Py_None && !PyDict_Check(meta)) {
@@ -241,25 +267,15 @@ static PyObject *vk_insert(VectorObject *self, PyObject *args, PyObject *kw)
     if (!(vb = vk_vector_bytes(self, vec)))
         return NULL;
     kv_buf_init(&buf);
-    if (kvpy_store_encode(value, &self->opts, &buf) < 0 || vk_lock(self) < 0)
-        goto fail;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_vector_insert(self->v, PyBytes_AS_STRING(vb), (size_t)PyBytes_GET_SIZE(vb), buf.data,
-                          buf.len, &id);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        VK_FAIL(self, st);
-        vk_unlock(self);
-        goto fail;
+    if (kvpy_store_encode(value, &self->opts, &buf) == 0) {
+        vk_args a = {.vec = PyBytes_AS_STRING(vb), .vbytes = (size_t)PyBytes_GET_SIZE(vb),
+                     .val = buf.data, .vlen = buf.len};
+        if (kvpy_store_call(STORE(self), op_insert, &a, NULL) == 0)
+            ret = PyLong_FromLongLong(a.id);
     }
-    vk_unlock(self);
     Py_DECREF(vb);
     kv_buf_free(&buf);
-    return PyLong_FromLongLong(id);
-fail:
-    Py_DECREF(vb);
-    kv_buf_free(&buf);
-    return NULL;
+    return ret;
 }
 
 /* Validate a per-query metric (API.md §8.3 Q: name and compatibility only). */
@@ -286,26 +302,16 @@ static int vk_check_metric(VectorObject *self, PyObject *metric)
 /* k-NN; returns a list of (id, distance, value). */
 static PyObject *vk_knn(VectorObject *self, PyObject *vec, long long k, PyObject *metric)
 {
-    PyObject *vb = NULL, *list = NULL;
-    kv_vector_hits *h = NULL;
-    kv_status st;
+    PyObject *vb = NULL;
     if (vk_check_metric(self, metric) < 0 || !(vb = vk_vector_bytes(self, vec)))
         return NULL;
-    if (vk_lock(self) < 0) {
-        Py_DECREF(vb);
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_vector_search(self->v, PyBytes_AS_STRING(vb), (size_t)PyBytes_GET_SIZE(vb), k, &h);
-    Py_END_ALLOW_THREADS
+    vk_args a = {.vec = PyBytes_AS_STRING(vb), .vbytes = (size_t)PyBytes_GET_SIZE(vb), .k = k};
+    int rc = kvpy_store_call(STORE(self), op_search, &a, NULL);
     Py_DECREF(vb);
-    if (st != KV_OK) {
-        VK_FAIL(self, st);
-        vk_unlock(self);
+    if (rc < 0)
         return NULL;
-    }
-    vk_unlock(self);
-    list = PyList_New((Py_ssize_t)h->n);
+    kv_vector_hits *h = a.hits;
+    PyObject *list = PyList_New((Py_ssize_t)h->n);
     for (size_t i = 0; list && i < h->n; i++) {
         kv_vector_hit *x = &h->hits[i];
         PyObject *val = kvpy_unpack_value(x->val, x->vlen, &self->opts);
@@ -367,25 +373,13 @@ PyDoc_STRVAR(vk_get_by_id_doc,
 
 static PyObject *vk_get_by_id(VectorObject *self, PyObject *arg)
 {
-    long long id = PyLong_AsLongLong(arg);
-    uint8_t *vec = NULL, *val = NULL;
-    size_t vb = 0, vl = 0;
-    kv_status st;
-    if ((id == -1 && PyErr_Occurred()) || vk_lock(self) < 0)
+    vk_args a = {0};
+    if (kvpy_store_id(arg, &a.id) < 0 || kvpy_store_call(STORE(self), op_get_by_id, &a, NULL) < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_vector_get_by_id(self->v, id, &vec, &vb, &val, &vl);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        VK_FAIL(self, st);
-        vk_unlock(self);
-        return NULL;
-    }
-    vk_unlock(self);
-    PyObject *b = PyBytes_FromStringAndSize((const char *)vec, (Py_ssize_t)vb);
-    PyObject *v = b ? kvpy_unpack_value(val, vl, &self->opts) : NULL;
-    kv_vector_free(vec);
-    kv_vector_free(val);
+    PyObject *b = PyBytes_FromStringAndSize((const char *)a.vec_out, (Py_ssize_t)a.vec_out_len);
+    PyObject *v = b ? kvpy_unpack_value(a.val_out, a.val_out_len, &self->opts) : NULL;
+    kv_vector_free(a.vec_out);
+    kv_vector_free(a.val_out);
     if (!v) {
         Py_XDECREF(b);
         return NULL;
@@ -394,25 +388,6 @@ static PyObject *vk_get_by_id(VectorObject *self, PyObject *arg)
 }
 
 PyDoc_STRVAR(vk_delete_doc, "delete(id) -> bool\n\nRemove a row and its value; False if unknown.");
-
-static PyObject *vk_delete(VectorObject *self, PyObject *arg)
-{
-    long long id = PyLong_AsLongLong(arg);
-    int removed = 0;
-    kv_status st;
-    if ((id == -1 && PyErr_Occurred()) || vk_lock(self) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_vector_delete(self->v, id, &removed);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        VK_FAIL(self, st);
-        vk_unlock(self);
-        return NULL;
-    }
-    vk_unlock(self);
-    return PyBool_FromLong(removed);
-}
 
 PyDoc_STRVAR(vk_update_doc,
 "update(id, vector=None, value=None) -> None\n\n"
@@ -423,9 +398,8 @@ static PyObject *vk_update(VectorObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"id", "vector", "value", NULL};
     long long id;
-    PyObject *vec = Py_None, *value = Py_None, *vb = NULL;
+    PyObject *vec = Py_None, *value = Py_None, *vb = NULL, *ret = NULL;
     kv_buf buf;
-    kv_status st;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "L|OO:update", kwlist, &id, &vec, &value))
         return NULL;
     if (vec == Py_None && value == Py_None) {
@@ -434,82 +408,23 @@ static PyObject *vk_update(VectorObject *self, PyObject *args, PyObject *kw)
     }
     kv_buf_init(&buf);
     if (vec != Py_None && !(vb = vk_vector_bytes(self, vec)))
-        goto fail;
+        goto out;
     if (value != Py_None && kvpy_store_encode(value, &self->opts, &buf) < 0)
-        goto fail;
-    if (vk_lock(self) < 0)
-        goto fail;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_vector_update(self->v, id, vb ? PyBytes_AS_STRING(vb) : NULL,
-                          vb ? (size_t)PyBytes_GET_SIZE(vb) : 0,
-                          value != Py_None ? (const void *)(buf.data ? buf.data : (uint8_t *)"") : NULL,
-                          buf.len);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        VK_FAIL(self, st);
-        vk_unlock(self);
-        goto fail;
-    }
-    vk_unlock(self);
+        goto out;
+    vk_args a = {.id = id, .vec = vb ? PyBytes_AS_STRING(vb) : NULL,
+                 .vbytes = vb ? (size_t)PyBytes_GET_SIZE(vb) : 0,
+                 .val = kvpy_store_value_arg(value, &buf), .vlen = buf.len};
+    if (kvpy_store_call(STORE(self), op_update, &a, NULL) == 0)
+        ret = Py_NewRef(Py_None);
+out:
     Py_XDECREF(vb);
     kv_buf_free(&buf);
-    Py_RETURN_NONE;
-fail:
-    Py_XDECREF(vb);
-    kv_buf_free(&buf);
-    return NULL;
+    return ret;
 }
 
 PyDoc_STRVAR(vk_exists_doc, "exists(id) -> bool\n\nWhether row `id` exists (ids only).");
 
-static PyObject *vk_exists(VectorObject *self, PyObject *arg)
-{
-    if (!PyLong_Check(arg)) {
-        PyErr_Format(PyExc_TypeError, "id must be int, not %s", Py_TYPE(arg)->tp_name);
-        return NULL;
-    }
-    long long id = PyLong_AsLongLong(arg);
-    int found = 0;
-    kv_status st;
-    if (id == -1 && PyErr_Occurred()) {
-        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
-            return NULL;
-        PyErr_Clear();
-        Py_RETURN_FALSE;
-    }
-    if (vk_lock(self) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_vector_exists(self->v, id, &found);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        VK_FAIL(self, st);
-        vk_unlock(self);
-        return NULL;
-    }
-    vk_unlock(self);
-    return PyBool_FromLong(found);
-}
-
 PyDoc_STRVAR(vk_count_doc, "count() -> int\n\nNumber of vector rows.");
-
-static PyObject *vk_count(VectorObject *self, PyObject *unused)
-{
-    int64_t n = 0;
-    kv_status st;
-    if (vk_lock(self) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_vector_count(self->v, &n);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        VK_FAIL(self, st);
-        vk_unlock(self);
-        return NULL;
-    }
-    vk_unlock(self);
-    return PyLong_FromLongLong(n);
-}
 
 PyDoc_STRVAR(vk_info_doc,
 "info() -> dict\n\n{table, dimensions, metric (cosine/L2/L1/hamming), vector_type\n"
@@ -517,7 +432,7 @@ PyDoc_STRVAR(vk_info_doc,
 
 static PyObject *vk_info(VectorObject *self, PyObject *unused)
 {
-    PyObject *count = vk_count(self, NULL);
+    PyObject *count = kvpy_store_count((PyObject *)self, NULL);
     if (!count)
         return NULL;
     return Py_BuildValue("{s:n,s:s,s:s,s:N}", "dimensions", (Py_ssize_t)self->dims, "metric",
@@ -525,75 +440,22 @@ static PyObject *vk_info(VectorObject *self, PyObject *unused)
                          count);
 }
 
-static PyObject *vk_close(VectorObject *self, PyObject *unused)
-{
-    kvpy_store_lock(self->lock);
-    kv_vector *v = self->v;
-    self->v = NULL;
-    Py_BEGIN_ALLOW_THREADS
-    kv_vector_close(v);
-    Py_END_ALLOW_THREADS
-    vk_unlock(self);
-    Py_RETURN_NONE;
-}
-
-static PyObject *vk_enable_auto_pack(VectorObject *self, PyObject *args, PyObject *kw)
-{
-    static char *kwlist[] = {"use_pickle", NULL};
-    int use_pickle = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|p:enable_auto_pack", kwlist, &use_pickle))
-        return NULL;
-    self->opts.auto_pack = self->opts.headers = 1;
-    self->opts.use_pickle = use_pickle;
-    Py_RETURN_NONE;
-}
-
-static PyObject *vk_disable_auto_pack(VectorObject *self, PyObject *u)
-{
-    self->opts.auto_pack = 0;
-    Py_RETURN_NONE;
-}
-
-static PyObject *vk_auto_pack_enabled(VectorObject *self, PyObject *u)
-{
-    return PyBool_FromLong(self->opts.auto_pack);
-}
-
-static PyObject *vk_enable_headers(VectorObject *self, PyObject *u)
-{
-    self->opts.headers = 1;
-    Py_RETURN_NONE;
-}
-
-static PyObject *vk_disable_headers(VectorObject *self, PyObject *u)
-{
-    self->opts.headers = 0;
-    Py_RETURN_NONE;
-}
-
-static PyObject *vk_headers_enabled(VectorObject *self, PyObject *u)
-{
-    return PyBool_FromLong(self->opts.headers);
-}
+static PyGetSetDef vk_getset[] = {
+    KVPY_STORE_GETSET_CLOSED,
+    {NULL, NULL, NULL, NULL, NULL},
+};
 
 static PyMethodDef vk_methods[] = {
     {"insert", (PyCFunction)(void (*)(void))vk_insert, METH_VARARGS | METH_KEYWORDS, vk_insert_doc},
     {"search", (PyCFunction)(void (*)(void))vk_search, METH_VARARGS | METH_KEYWORDS, vk_search_doc},
     {"get", (PyCFunction)(void (*)(void))vk_get, METH_VARARGS | METH_KEYWORDS, vk_get_doc},
     {"get_by_id", (PyCFunction)vk_get_by_id, METH_O, vk_get_by_id_doc},
-    {"delete", (PyCFunction)vk_delete, METH_O, vk_delete_doc},
+    {"delete", kvpy_store_delete, METH_O, vk_delete_doc},
     {"update", (PyCFunction)(void (*)(void))vk_update, METH_VARARGS | METH_KEYWORDS, vk_update_doc},
-    {"exists", (PyCFunction)vk_exists, METH_O, vk_exists_doc},
-    {"count", (PyCFunction)vk_count, METH_NOARGS, vk_count_doc},
+    {"exists", kvpy_store_exists, METH_O, vk_exists_doc},
+    {"count", kvpy_store_count, METH_NOARGS, vk_count_doc},
     {"info", (PyCFunction)vk_info, METH_NOARGS, vk_info_doc},
-    {"close", (PyCFunction)vk_close, METH_NOARGS, "close(): close the connection (idempotent)."},
-    {"enable_auto_pack", (PyCFunction)(void (*)(void))vk_enable_auto_pack, METH_VARARGS | METH_KEYWORDS,
-     "enable_auto_pack(use_pickle=True): auto-pack on, headers on (API.md §3.6)."},
-    {"disable_auto_pack", (PyCFunction)vk_disable_auto_pack, METH_NOARGS, "Auto-pack off."},
-    {"auto_pack_enabled", (PyCFunction)vk_auto_pack_enabled, METH_NOARGS, "Auto-pack switch."},
-    {"enable_headers", (PyCFunction)vk_enable_headers, METH_NOARGS, "Headers on."},
-    {"disable_headers", (PyCFunction)vk_disable_headers, METH_NOARGS, "Headers off."},
-    {"headers_enabled", (PyCFunction)vk_headers_enabled, METH_NOARGS, "Header switch."},
+    KVPY_STORE_METHODS,
     {NULL, NULL, 0, NULL},
 };
 
@@ -613,6 +475,7 @@ static PyTypeObject Vector_Type = {
     .tp_new = Vector_new,
     .tp_dealloc = (destructor)Vector_dealloc,
     .tp_methods = vk_methods,
+    .tp_getset = vk_getset,
 };
 
 int kvpy_init_vector(PyObject *module)

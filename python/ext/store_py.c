@@ -1,0 +1,275 @@
+/*
+ * store_py.c - the plumbing shared by the _TextVault and _VectorKVault
+ * bindings (text_py.c, vector_py.c): one engine handle behind a per-object
+ * lock, value encoding per API.md §3, and the methods whose logic is the same
+ * for both stores (delete/exists/count by id, close, the §3.6 switches, the
+ * `closed` property). Declarations in kvpy.h.
+ *
+ * Each binding embeds KVPY_STORE_HEAD at the top of its object struct and
+ * describes its engine with a kvpy_store_kind (name for messages, close,
+ * errmsg, delete, exists, count). Every engine call goes through
+ * kvpy_store_call: take the lock (waiting with the GIL released), refuse a
+ * closed handle, run the call with the GIL released, and on failure raise
+ * while the engine's message is still protected by the lock.
+ *
+ * Exceptions (builtins; the proxies map them with
+ * kohakuvault.errors.map_exception, API.md §2.3):
+ *   KV_INVALID → ValueError, KV_NOMEM → MemoryError, KV_IO → OSError,
+ *   anything else (NOTFOUND, BUSY "database is locked", SQLITE, CORRUPT) →
+ *   RuntimeError; a closed handle → ValueError("Cannot operate on closed <name>").
+ */
+#include "kvpy.h"
+
+/* ====================================================================== */
+/* Errors, lock, value encoding                                            */
+/* ====================================================================== */
+
+void kvpy_store_lock(PyThread_type_lock lock)
+{
+    if (!PyThread_acquire_lock(lock, NOWAIT_LOCK)) {
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock(lock, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
+    }
+}
+
+PyObject *kvpy_store_raise(kv_status st, const char *msg)
+{
+    PyObject *type;
+    if (!msg || !msg[0])
+        msg = kv_strerror(st);
+    switch (st) {
+    case KV_INVALID:
+        type = PyExc_ValueError;
+        break;
+    case KV_NOMEM:
+        type = PyExc_MemoryError;
+        break;
+    case KV_IO:
+        type = PyExc_OSError;
+        break;
+    default:
+        type = PyExc_RuntimeError;
+    }
+    PyErr_SetString(type, msg);
+    return NULL;
+}
+
+int kvpy_store_encode(PyObject *v, const kvpy_pack_opts *o, kv_buf *out)
+{
+    if (o->auto_pack)
+        return kvpy_pack_value(v, o, out);
+    if (PyUnicode_Check(v) || PyLong_Check(v)) {
+        PyErr_Format(PyExc_TypeError,
+                     "value must be bytes-like or a sequence of ints (auto-pack is off), got %s",
+                     Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    PyObject *b = PyBytes_FromObject(v);
+    if (!b)
+        return -1;
+    int rc = kv_buf_append(out, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b)) == KV_OK ? 0 : -1;
+    Py_DECREF(b);
+    if (rc < 0)
+        PyErr_NoMemory();
+    return rc;
+}
+
+/* ====================================================================== */
+/* Object lifetime and engine calls                                        */
+/* ====================================================================== */
+
+int kvpy_store_setup(kvpy_store *s, const kvpy_store_kind *kind)
+{
+    s->kind = kind;
+    s->opts.auto_pack = s->opts.headers = s->opts.use_pickle = 1;
+    s->lock = PyThread_allocate_lock();
+    if (!s->lock) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+void kvpy_store_finalize(kvpy_store *s)
+{
+    if (s->h) {
+        void *h = s->h;
+        s->h = NULL;
+        Py_BEGIN_ALLOW_THREADS
+        s->kind->close(h);
+        Py_END_ALLOW_THREADS
+    }
+    if (s->lock) {
+        PyThread_free_lock(s->lock);
+        s->lock = NULL;
+    }
+}
+
+int kvpy_store_call(kvpy_store *s, kvpy_store_op op, void *ctx, kv_status *st_out)
+{
+    kv_status st;
+    if (st_out)
+        *st_out = KV_OK;
+    kvpy_store_lock(s->lock);
+    if (s->h == NULL) {
+        PyThread_release_lock(s->lock);
+        PyErr_Format(PyExc_ValueError, "Cannot operate on closed %s", s->kind->name);
+        return -1;
+    }
+    void *h = s->h;
+    Py_BEGIN_ALLOW_THREADS
+    st = op(h, ctx);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK)
+        kvpy_store_raise(st, s->kind->errmsg(h)); /* message read under the lock */
+    PyThread_release_lock(s->lock);
+    if (st_out)
+        *st_out = st;
+    return st == KV_OK ? 0 : -1;
+}
+
+int kvpy_store_id(PyObject *arg, int64_t *id)
+{
+    long long v = PyLong_AsLongLong(arg);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    *id = (int64_t)v;
+    return 0;
+}
+
+const void *kvpy_store_value_arg(PyObject *value, const kv_buf *buf)
+{
+    if (value == Py_None)
+        return NULL;
+    return buf->data ? (const void *)buf->data : (const void *)"";
+}
+
+/* ====================================================================== */
+/* Methods shared by both stores                                           */
+/* ====================================================================== */
+
+/* Arguments of the by-id engine calls below (read with the GIL released). */
+typedef struct {
+    const kvpy_store_kind *kind;
+    int64_t id;     /* in: row / document id */
+    int flag;       /* out: removed / found */
+    int64_t count;  /* out: count() */
+} store_args;
+
+static kv_status op_delete(void *h, void *c)
+{
+    store_args *a = c;
+    return a->kind->del(h, a->id, &a->flag);
+}
+
+static kv_status op_exists(void *h, void *c)
+{
+    store_args *a = c;
+    return a->kind->exists(h, a->id, &a->flag);
+}
+
+static kv_status op_count(void *h, void *c)
+{
+    store_args *a = c;
+    return a->kind->count(h, &a->count);
+}
+
+PyObject *kvpy_store_delete(PyObject *self, PyObject *arg)
+{
+    kvpy_store *s = (kvpy_store *)self;
+    store_args a = {.kind = s->kind};
+    if (kvpy_store_id(arg, &a.id) < 0 || kvpy_store_call(s, op_delete, &a, NULL) < 0)
+        return NULL;
+    return PyBool_FromLong(a.flag);
+}
+
+PyObject *kvpy_store_exists(PyObject *self, PyObject *arg)
+{
+    kvpy_store *s = (kvpy_store *)self;
+    store_args a = {.kind = s->kind};
+    if (!PyLong_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "id must be int, not %s", Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    if (kvpy_store_id(arg, &a.id) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return NULL;
+        PyErr_Clear();
+        Py_RETURN_FALSE; /* no rowid is that large */
+    }
+    if (kvpy_store_call(s, op_exists, &a, NULL) < 0)
+        return NULL;
+    return PyBool_FromLong(a.flag);
+}
+
+PyObject *kvpy_store_count(PyObject *self, PyObject *unused)
+{
+    kvpy_store *s = (kvpy_store *)self;
+    store_args a = {.kind = s->kind};
+    if (kvpy_store_call(s, op_count, &a, NULL) < 0)
+        return NULL;
+    return PyLong_FromLongLong(a.count);
+}
+
+PyObject *kvpy_store_close(PyObject *self, PyObject *unused)
+{
+    kvpy_store *s = (kvpy_store *)self;
+    kvpy_store_lock(s->lock);
+    void *h = s->h;
+    s->h = NULL;
+    if (h) {
+        Py_BEGIN_ALLOW_THREADS
+        s->kind->close(h);
+        Py_END_ALLOW_THREADS
+    }
+    PyThread_release_lock(s->lock);
+    Py_RETURN_NONE;
+}
+
+PyObject *kvpy_store_get_closed(PyObject *self, void *closure)
+{
+    return PyBool_FromLong(((kvpy_store *)self)->h == NULL);
+}
+
+/* ---- §3.6 switches (per instance, read and written with the GIL) ------- */
+
+PyObject *kvpy_store_enable_auto_pack(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"use_pickle", NULL};
+    kvpy_store *s = (kvpy_store *)self;
+    int use_pickle = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|p:enable_auto_pack", kwlist, &use_pickle))
+        return NULL;
+    s->opts.auto_pack = s->opts.headers = 1;
+    s->opts.use_pickle = use_pickle;
+    Py_RETURN_NONE;
+}
+
+PyObject *kvpy_store_disable_auto_pack(PyObject *self, PyObject *unused)
+{
+    ((kvpy_store *)self)->opts.auto_pack = 0;
+    Py_RETURN_NONE;
+}
+
+PyObject *kvpy_store_auto_pack_enabled(PyObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(((kvpy_store *)self)->opts.auto_pack);
+}
+
+PyObject *kvpy_store_enable_headers(PyObject *self, PyObject *unused)
+{
+    ((kvpy_store *)self)->opts.headers = 1;
+    Py_RETURN_NONE;
+}
+
+PyObject *kvpy_store_disable_headers(PyObject *self, PyObject *unused)
+{
+    ((kvpy_store *)self)->opts.headers = 0;
+    Py_RETURN_NONE;
+}
+
+PyObject *kvpy_store_headers_enabled(PyObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(((kvpy_store *)self)->opts.headers);
+}
