@@ -190,9 +190,11 @@ static uint32_t mt_descend(const kvshm_seg *s, uint64_t mt, const void *key,
     uint64_t prefix = kvshm_key_prefix(key, klen);
     uint64_t budget = (bytes / 16) * 2 + 64;
     const struct kvshm_mtnode *x = head;
+    uint32_t succ = 0;
     for (int lvl = (int)level - 1; lvl >= 0; lvl--) {
         for (;;) {
             uint32_t nx = kv_atomic_load_acquire32(&x->n_next[lvl]);
+            succ = nx;
             if (!nx) break;
             const struct kvshm_mtnode *nn = mt_node(s, mt, bytes, nx);
             if (!nn || nn->n_height <= (unsigned)lvl || --budget == 0) {
@@ -205,7 +207,9 @@ static uint32_t mt_descend(const kvshm_seg *s, uint64_t mt, const void *key,
             x = nn;
         }
     }
-    return kv_atomic_load_acquire32(&x->n_next[0]);
+    /* The successor is the link value compared at level 0, not a fresh load
+     * of x's link: the writer may have linked a smaller key after x since. */
+    return succ;
 }
 
 kvshm_status kvshm_mt_get(const kvshm_seg *s, uint64_t mt, const void *key,
