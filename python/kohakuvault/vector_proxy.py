@@ -3,8 +3,9 @@
 sqlite-vec is not available on this platform, so the native ``_VectorKVault``
 (python/ext/vector_py.c over engine/vector.c) keeps vectors in its own table
 layout (docs/vectors.md) and runs an exact brute-force k-NN scan in C with the
-GIL released. This module prepares vector input (§8.2), adds the dict protocol
-and maps exceptions (:func:`kohakuvault.errors.map_exception`).
+GIL released. This module prepares vector input (§8.2); the exception mapping
+(:func:`kohakuvault.errors.map_exception`), the id-based calls, the §3.6
+switches and the dict protocol come from :mod:`kohakuvault._store`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from . import errors as E
 from ._kvault import _VectorKVault
+from ._store import StoreProxy, mapped
 
 VectorInput = Union[np.ndarray, List[float], bytes]
 
@@ -28,7 +29,7 @@ _COMPATIBLE = {"cosine": {"float32"}, "L2": {"float32", "int8"}, "L1": {"float32
                "hamming": {"bit"}}
 
 
-class VectorKVault:
+class VectorKVault(StoreProxy):
     """Vector similarity store: each row is a vector (the key) and a value.
 
     ``VectorKVault(path, table="vec_kvault", dimensions=768, metric="cosine",
@@ -91,139 +92,62 @@ class VectorKVault:
 
     # ------------------------------------------------------------ methods
 
+    @mapped
     def insert(self, vector: VectorInput, value: Any, metadata: Optional[Dict[str, Any]] = None) -> int:
         """Insert a vector and its value; returns the row id. ``metadata``
         (dict or None) is ignored. Raises InvalidArgument (bad vector, wrong
         dimensions "Expected N dimensions, got M", int8/bit tables),
         DatabaseBusy, KohakuVaultError."""
-        try:
-            return self._vault.insert(self._prepare_vector(vector), value, metadata)
-        except Exception as ex:
-            raise E.map_exception(ex) from ex
+        return self._vault.insert(self._prepare_vector(vector), value, metadata)
 
+    @mapped
     def search(self, query_vector: VectorInput, k: int = 10,
                metric: Optional[str] = None) -> List[Tuple[int, float, Any]]:
         """The ``k`` nearest rows as ``[(id, distance, value)]``, ascending
         distance. ``metric`` is validated only; the table's metric is used.
         ``k`` > 4096 → InvalidArgument; an empty table → ``[]``."""
-        try:
-            return self._vault.search(self._prepare_vector(query_vector), k, metric)
-        except Exception as ex:
-            raise E.map_exception(ex) from ex
+        return self._vault.search(self._prepare_vector(query_vector), k, metric)
 
+    @mapped
     def get(self, query_vector: VectorInput, metric: Optional[str] = None) -> Any:
         """Value of the nearest row; empty table →
         KohakuVaultError("No vectors found in database")."""
-        try:
-            return self._vault.get(self._prepare_vector(query_vector), metric)
-        except Exception as ex:
-            raise E.map_exception(ex) from ex
+        return self._vault.get(self._prepare_vector(query_vector), metric)
 
+    @mapped
     def get_by_id(self, id: int) -> Tuple[np.ndarray, Any]:
         """``(vector, value)``: the stored float32 vector (unit length with
         cosine) as a read-only 1-D array; missing →
         KohakuVaultError("ID <id> not found")."""
-        try:
-            vector_bytes, value = self._vault.get_by_id(id)
-            return np.frombuffer(vector_bytes, dtype=np.float32), value
-        except Exception as ex:
-            raise E.map_exception(ex) from ex
+        vector_bytes, value = self._vault.get_by_id(id)
+        return np.frombuffer(vector_bytes, dtype=np.float32), value
 
-    def delete(self, id: int) -> None:
-        """Remove row ``id`` and its value; an unknown id does nothing."""
-        try:
-            self._vault.delete(id)
-        except Exception as ex:
-            raise E.map_exception(ex) from ex
-
+    @mapped
     def update(self, id: int, vector: Optional[VectorInput] = None, value: Any = None) -> None:
         """Replace the vector (unknown id: no-op) and/or the value (unknown
         id → NotFound). Both ``None`` → InvalidArgument."""
-        try:
-            if vector is None and value is None:
-                raise ValueError("Must provide either vector or value to update")
-            vec = None if vector is None else self._prepare_vector(vector)
-            self._vault.update(id, vec, value)
-        except Exception as ex:
-            raise E.map_exception(ex) from ex
+        if vector is None and value is None:
+            raise ValueError("Must provide either vector or value to update")
+        vec = None if vector is None else self._prepare_vector(vector)
+        self._vault.update(id, vec, value)
 
-    def exists(self, id: int) -> bool:
-        """Whether row ``id`` exists (ids only)."""
-        try:
-            return self._vault.exists(id)
-        except Exception as ex:
-            raise E.map_exception(ex) from ex
-
-    def count(self) -> int:
-        """Number of vectors."""
-        try:
-            return self._vault.count()
-        except Exception as ex:
-            raise E.map_exception(ex) from ex
-
+    @mapped
     def info(self) -> Dict[str, Any]:
         """``{table, dimensions, metric, vector_type, count}`` with normalised
         spellings (metric ``cosine``/``L2``/``L1``/``hamming``, vector_type
         ``float32``/``int8``/``bit``)."""
-        try:
-            d = self._vault.info()
-        except Exception as ex:
-            raise E.map_exception(ex) from ex
+        d = self._vault.info()
         return {"table": self.table, "dimensions": d["dimensions"], "metric": d["metric"],
                 "vector_type": d["vector_type"], "count": d["count"]}
 
-    def close(self) -> None:
-        """Close the connection (extension; idempotent)."""
-        self._vault.close()
-
-    # ------------------------------------------------------------ switches (§3.6)
-
-    def enable_auto_pack(self, use_pickle: bool = True) -> None:
-        """Auto-pack on (also turns headers on)."""
-        self._vault.enable_auto_pack(use_pickle)
-
-    def disable_auto_pack(self) -> None:
-        """Auto-pack off: values must be bytes-like; reads return stored bytes."""
-        self._vault.disable_auto_pack()
-
-    def auto_pack_enabled(self) -> bool:
-        """Whether auto-pack is on."""
-        return self._vault.auto_pack_enabled()
-
-    def enable_headers(self) -> None:
-        """Write the 10-byte header for non-bytes values."""
-        self._vault.enable_headers()
-
-    def disable_headers(self) -> None:
-        """Store encoded payloads without a header."""
-        self._vault.disable_headers()
-
-    def headers_enabled(self) -> bool:
-        """Whether headers are on."""
-        return self._vault.headers_enabled()
-
     # ------------------------------------------------------------ protocol
 
-    def __setitem__(self, vector: VectorInput, value: Any) -> None:
-        """``vkv[vector] = value`` is ``insert(vector, value)``."""
-        self.insert(vector, value)
+    def _key_error(self, query: VectorInput) -> KeyError:
+        """``vkv[query]`` on a miss raises ``KeyError("No vectors found in database")``."""
+        return KeyError("No vectors found in database")
 
-    def __getitem__(self, query: VectorInput) -> Any:
-        """``get(query)``; any KohakuVaultError →
-        ``KeyError("No vectors found in database")``."""
-        try:
-            return self.get(query)
-        except E.KohakuVaultError:
-            raise KeyError("No vectors found in database") from None
+    _repr_name = "VectorKVault"
 
-    def __len__(self) -> int:
-        return self.count()
-
-    def __contains__(self, id: int) -> bool:
-        """``id in vkv`` tests row ids."""
-        return self.exists(id)
-
-    def __repr__(self) -> str:
-        return (f"VectorKVault(path={self.path!r}, table={self.table!r}, "
-                f"dimensions={self.dimensions}, metric={self.metric!r}, "
-                f"vector_type={self.vector_type!r}, count={len(self)})")
+    def _repr_fields(self) -> str:
+        return (f"dimensions={self.dimensions}, metric={self.metric!r}, "
+                f"vector_type={self.vector_type!r}")

@@ -339,3 +339,31 @@ def test_textvault_threads_share_one_instance(tv):
     assert not errors
     assert len(tv) == 200
     assert tv.count_matches("common") == 200
+
+
+def test_textvault_close_is_idempotent_and_later_calls_raise(db_path, tv):
+    i = tv.insert("kept after close", b"v")
+    assert tv._vault.closed is False
+    tv.close()
+    tv.close()
+    assert tv._vault.closed is True
+    for call in (tv.count, lambda: tv.get_by_id(i), lambda: tv.delete(i), lambda: tv.exists(i),
+                 lambda: tv.search("kept"), lambda: tv.insert("x", b"y"), tv.clear, tv.keys):
+        with pytest.raises(InvalidArgument, match="Cannot operate on closed TextVault") as ei:
+            call()
+        assert type(ei.value.__cause__) is ValueError  # the native error, chained
+    assert TextVault(db_path).get_by_id(i) == ("kept after close", b"v")
+
+
+def test_textvault_exists_and_delete_id_arguments(tv):
+    i = tv.insert("doc", b"v")
+    assert tv.exists(i) and not tv.exists(i + 1)
+    assert not tv.exists(2**80)  # beyond int64: no such rowid, not an error
+    with pytest.raises(InvalidArgument):
+        tv.exists("1")
+    with pytest.raises(InvalidArgument):
+        tv.delete("1")
+    with pytest.raises(KohakuVaultError):
+        tv.get_by_id(2**80)
+    assert tv._vault.delete(i) is True and tv._vault.delete(i) is False
+    assert len(tv) == 0

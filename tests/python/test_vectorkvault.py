@@ -265,3 +265,35 @@ def test_vectorkvault_threads(db_path):
         t.join(timeout=120)
     assert not errors
     assert len(vkv) == 160
+
+
+def test_vectorkvault_close_closed_property_and_later_calls(db_path):
+    vkv = VectorKVault(db_path, dimensions=2, metric="l2")
+    i = vkv.insert([1, 2], b"v")
+    assert vkv._vault.closed is False
+    vkv.close()
+    vkv.close()
+    assert vkv._vault.closed is True
+    for call in (vkv.count, vkv.info, lambda: vkv.get_by_id(i), lambda: vkv.delete(i),
+                 lambda: vkv.exists(i), lambda: vkv.search([1, 2]), lambda: vkv.insert([0, 0], b"y"),
+                 lambda: vkv.update(i, value=b"z")):
+        with pytest.raises(InvalidArgument, match="Cannot operate on closed VectorKVault") as ei:
+            call()
+        assert type(ei.value.__cause__) is ValueError
+    with pytest.raises(KeyError):
+        vkv[[1, 2]]
+    again = VectorKVault(db_path, dimensions=2, metric="l2")
+    assert again.get_by_id(i)[1] == b"v"
+
+
+def test_vectorkvault_exists_and_delete_id_arguments(db_path):
+    vkv = VectorKVault(db_path, dimensions=2, metric="l2")
+    i = vkv.insert([1, 2], b"v")
+    assert i in vkv and (i + 1) not in vkv
+    assert not vkv.exists(2**80)
+    with pytest.raises(InvalidArgument):
+        vkv.exists("1")
+    with pytest.raises(InvalidArgument):
+        vkv.delete("1")
+    assert vkv._vault.delete(i) is True and vkv._vault.delete(i) is False
+    assert len(vkv) == 0
