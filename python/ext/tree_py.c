@@ -199,6 +199,87 @@ done:
     return list;
 }
 
+/* snap_to_list(s, kind), or NULL after freeing `s` when rc < 0 (the error
+ * is already set). */
+static PyObject *snap_finish(snap_t *s, int rc, enum snap_kind kind)
+{
+    if (rc < 0) {
+        snap_free(s);
+        return NULL;
+    }
+    return snap_to_list(s, kind);
+}
+
+/* iter(t): an iterator over a freshly built items list (NULL passes through). */
+static PyObject *tree_iter_list(PyObject *list)
+{
+    if (list == NULL)
+        return NULL;
+    PyObject *it = PyObject_GetIter(list);
+    Py_DECREF(list);
+    return it;
+}
+
+/*
+ * Both containers' lookup helpers (csb_get_ref, skl_get_ref) return a new
+ * reference to the value, NULL with no exception when the key is absent, or
+ * NULL with an exception. These turn that into each protocol's answer.
+ */
+
+/* get(k) / get_default(k, d): the value, or a new reference to `dflt`. */
+static PyObject *tree_value_or(PyObject *v, PyObject *dflt)
+{
+    if (v == NULL && !PyErr_Occurred())
+        return Py_NewRef(dflt);
+    return v;
+}
+
+/* k in t: 1, 0, or -1 with the exception. */
+static int tree_found(PyObject *v)
+{
+    if (v) {
+        Py_DECREF(v);
+        return 1;
+    }
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* t[k]: the value, or KeyError(msg) when absent. */
+static PyObject *tree_value_or_keyerror(PyObject *v, const char *msg)
+{
+    if (v == NULL && !PyErr_Occurred())
+        PyErr_SetString(PyExc_KeyError, msg);
+    return v;
+}
+
+/*
+ * Both remove helpers (csb_remove_key, skl_remove) return 1 with *old a new
+ * reference to the removed value, 0 when the key was absent, -1 on error.
+ */
+
+/* remove(k): the removed value, or None. */
+static PyObject *tree_removed_value(int r, PyObject *old)
+{
+    if (r < 0)
+        return NULL;
+    if (r == 0)
+        Py_RETURN_NONE;
+    return old;
+}
+
+/* del t[k]: 0, or -1 with KeyError(msg) when absent (or the error). */
+static int tree_del_result(int r, PyObject *old, const char *msg)
+{
+    if (r < 0)
+        return -1;
+    if (r == 0) {
+        PyErr_SetString(PyExc_KeyError, msg);
+        return -1;
+    }
+    Py_DECREF(old);
+    return 0;
+}
+
 /* ====================================================================== */
 /* 2. CSBTree                                                              */
 /* ====================================================================== */
@@ -769,7 +850,7 @@ PyDoc_STRVAR(CSBTree_insert_doc,
 
 static PyObject *CSBTree_insert_impl(CSBTreeObject *t, PyObject *key, PyObject *val)
 {
-    PyObject *old;
+    PyObject *old = NULL;
     garbage_t g;
     if (csb_begin(t, key) < 0)
         return NULL;
@@ -810,10 +891,7 @@ static PyObject *csb_get_ref(CSBTreeObject *t, PyObject *key)
 
 static PyObject *CSBTree_get(CSBTreeObject *t, PyObject *key)
 {
-    PyObject *v = csb_get_ref(t, key);
-    if (v == NULL && !PyErr_Occurred())
-        Py_RETURN_NONE;
-    return v;
+    return tree_value_or(csb_get_ref(t, key), Py_None);
 }
 
 PyDoc_STRVAR(CSBTree_get_default_doc,
@@ -823,12 +901,7 @@ static PyObject *CSBTree_get_default(CSBTreeObject *t, PyObject *const *args, Py
 {
     if (!tree_check_nargs("get_default", nargs, 2, 2))
         return NULL;
-    PyObject *v = csb_get_ref(t, args[0]);
-    if (v == NULL && !PyErr_Occurred()) {
-        Py_INCREF(args[1]);
-        return args[1];
-    }
-    return v;
+    return tree_value_or(csb_get_ref(t, args[0]), args[1]);
 }
 
 PyDoc_STRVAR(CSBTree_setdefault_doc,
@@ -837,7 +910,7 @@ PyDoc_STRVAR(CSBTree_setdefault_doc,
 
 static PyObject *CSBTree_setdefault(CSBTreeObject *t, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *old;
+    PyObject *old = NULL;
     garbage_t g;
     if (!tree_check_nargs("setdefault", nargs, 2, 2))
         return NULL;
@@ -873,13 +946,9 @@ static int csb_remove_key(CSBTreeObject *t, PyObject *key, PyObject **old)
 
 static PyObject *CSBTree_remove(CSBTreeObject *t, PyObject *key)
 {
-    PyObject *old;
+    PyObject *old = NULL;
     int r = csb_remove_key(t, key, &old);
-    if (r < 0)
-        return NULL;
-    if (r == 0)
-        Py_RETURN_NONE;
-    return old;
+    return tree_removed_value(r, old);
 }
 
 PyDoc_STRVAR(CSBTree_update_doc,
@@ -950,11 +1019,7 @@ static PyObject *csb_list(CSBTreeObject *t, enum snap_kind kind)
         return NULL;
     int rc = csb_snapshot(t, &s);
     csb_leave(t);
-    if (rc < 0) {
-        snap_free(&s);
-        return NULL;
-    }
-    return snap_to_list(&s, kind);
+    return snap_finish(&s, rc, kind);
 }
 
 PyDoc_STRVAR(CSBTree_keys_doc, "keys() -> list\n\nAll keys in ascending order (a new list).");
@@ -1006,41 +1071,18 @@ static PyObject *CSBTree_range(CSBTreeObject *t, PyObject *const *args, Py_ssize
     rc = 0;
 out:
     csb_leave(t);
-    if (rc < 0) {
-        snap_free(&s);
-        return NULL;
-    }
-    return snap_to_list(&s, SNAP_ITEMS);
+    return snap_finish(&s, rc, SNAP_ITEMS);
 }
 
-static PyObject *CSBTree_iter(CSBTreeObject *t)
-{
-    PyObject *list = csb_list(t, SNAP_ITEMS);
-    if (list == NULL)
-        return NULL;
-    PyObject *it = PyObject_GetIter(list);
-    Py_DECREF(list);
-    return it;
-}
+static PyObject *CSBTree_iter(CSBTreeObject *t) { return tree_iter_list(csb_list(t, SNAP_ITEMS)); }
 
 static Py_ssize_t CSBTree_len(CSBTreeObject *t) { return t->len; }
 
-static int CSBTree_contains(CSBTreeObject *t, PyObject *key)
-{
-    PyObject *v = csb_get_ref(t, key);
-    if (v) {
-        Py_DECREF(v);
-        return 1;
-    }
-    return PyErr_Occurred() ? -1 : 0;
-}
+static int CSBTree_contains(CSBTreeObject *t, PyObject *key) { return tree_found(csb_get_ref(t, key)); }
 
 static PyObject *CSBTree_subscript(CSBTreeObject *t, PyObject *key)
 {
-    PyObject *v = csb_get_ref(t, key);
-    if (v == NULL && !PyErr_Occurred())
-        PyErr_SetString(PyExc_KeyError, "Key not found in CSBTree");
-    return v;
+    return tree_value_or_keyerror(csb_get_ref(t, key), "Key not found in CSBTree");
 }
 
 static int CSBTree_ass_subscript(CSBTreeObject *t, PyObject *key, PyObject *val)
@@ -1050,16 +1092,9 @@ static int CSBTree_ass_subscript(CSBTreeObject *t, PyObject *key, PyObject *val)
         Py_XDECREF(r);
         return r ? 0 : -1;
     }
-    PyObject *old;
+    PyObject *old = NULL;
     int r = csb_remove_key(t, key, &old);
-    if (r < 0)
-        return -1;
-    if (r == 0) {
-        PyErr_SetString(PyExc_KeyError, "Key not found in CSBTree");
-        return -1;
-    }
-    Py_DECREF(old);
-    return 0;
+    return tree_del_result(r, old, "Key not found in CSBTree");
 }
 
 static PyObject *CSBTree_repr(CSBTreeObject *t)
@@ -1372,10 +1407,7 @@ static PyObject *SkipList_insert(SkipListObject *s, PyObject *const *args, Py_ss
 {
     if (!tree_check_nargs("insert", nargs, 2, 2))
         return NULL;
-    PyObject *r = skl_insert(s, args[0], args[1]);
-    if (r == NULL && !PyErr_Occurred())
-        Py_RETURN_NONE;
-    return r;
+    return tree_value_or(skl_insert(s, args[0], args[1]), Py_None);
 }
 
 /* New reference to the value, NULL (no exception) if absent, NULL+exc. */
@@ -1395,10 +1427,7 @@ PyDoc_STRVAR(SkipList_get_doc,
 
 static PyObject *SkipList_get(SkipListObject *s, PyObject *key)
 {
-    PyObject *v = skl_get_ref(s, key);
-    if (v == NULL && !PyErr_Occurred())
-        Py_RETURN_NONE;
-    return v;
+    return tree_value_or(skl_get_ref(s, key), Py_None);
 }
 
 /* 1 removed (*old new ref), 0 absent, -1 error. */
@@ -1433,13 +1462,9 @@ PyDoc_STRVAR(SkipList_remove_doc,
 
 static PyObject *SkipList_remove(SkipListObject *s, PyObject *key)
 {
-    PyObject *old;
+    PyObject *old = NULL;
     int r = skl_remove(s, key, &old);
-    if (r < 0)
-        return NULL;
-    if (r == 0)
-        Py_RETURN_NONE;
-    return old;
+    return tree_removed_value(r, old);
 }
 
 PyDoc_STRVAR(SkipList_is_empty_doc, "is_empty() -> bool\n\nTrue when the list holds no keys.");
@@ -1475,11 +1500,9 @@ static PyObject *skl_list(SkipListObject *s, enum snap_kind kind)
             break;
         }
     skl_unlock(s);
-    if (rc < 0) {
-        snap_free(&sn);
-        return PyErr_NoMemory();
-    }
-    return snap_to_list(&sn, kind);
+    if (rc < 0)
+        PyErr_NoMemory();
+    return snap_finish(&sn, rc, kind);
 }
 
 PyDoc_STRVAR(SkipList_keys_doc, "keys() -> list\n\nAll keys in ascending order (a new list).");
@@ -1521,41 +1544,18 @@ static PyObject *SkipList_range(SkipListObject *s, PyObject *const *args, Py_ssi
         }
     }
     skl_unlock(s);
-    if (rc < 0) {
-        snap_free(&sn);
-        return NULL;
-    }
-    return snap_to_list(&sn, SNAP_ITEMS);
+    return snap_finish(&sn, rc, SNAP_ITEMS);
 }
 
-static PyObject *SkipList_iter(SkipListObject *s)
-{
-    PyObject *list = skl_list(s, SNAP_ITEMS);
-    if (list == NULL)
-        return NULL;
-    PyObject *it = PyObject_GetIter(list);
-    Py_DECREF(list);
-    return it;
-}
+static PyObject *SkipList_iter(SkipListObject *s) { return tree_iter_list(skl_list(s, SNAP_ITEMS)); }
 
 static Py_ssize_t SkipList_len(SkipListObject *s) { return s->len; }
 
-static int SkipList_contains(SkipListObject *s, PyObject *key)
-{
-    PyObject *v = skl_get_ref(s, key);
-    if (v) {
-        Py_DECREF(v);
-        return 1;
-    }
-    return PyErr_Occurred() ? -1 : 0;
-}
+static int SkipList_contains(SkipListObject *s, PyObject *key) { return tree_found(skl_get_ref(s, key)); }
 
 static PyObject *SkipList_subscript(SkipListObject *s, PyObject *key)
 {
-    PyObject *v = skl_get_ref(s, key);
-    if (v == NULL && !PyErr_Occurred())
-        PyErr_SetString(PyExc_KeyError, "Key not found");
-    return v;
+    return tree_value_or_keyerror(skl_get_ref(s, key), "Key not found");
 }
 
 static int SkipList_ass_subscript(SkipListObject *s, PyObject *key, PyObject *val)
@@ -1567,16 +1567,9 @@ static int SkipList_ass_subscript(SkipListObject *s, PyObject *key, PyObject *va
         Py_DECREF(r);
         return 0;
     }
-    PyObject *old;
+    PyObject *old = NULL;
     int r = skl_remove(s, key, &old);
-    if (r < 0)
-        return -1;
-    if (r == 0) {
-        PyErr_SetString(PyExc_KeyError, "Key not found");
-        return -1;
-    }
-    Py_DECREF(old);
-    return 0;
+    return tree_del_result(r, old, "Key not found");
 }
 
 static PyObject *SkipList_repr(SkipListObject *s)
