@@ -127,6 +127,45 @@ typedef struct kvi_cache {
     int locked;              /**< nonzero: flushes are refused */
 } kvi_cache;
 
+/* ------------------------------------------------------------------------
+ * Read cache (readcache.c): process-local cache of values read from SQLite,
+ * valid while the WAL-index header is unchanged. See readcache.c for the
+ * correctness argument.
+ * ---------------------------------------------------------------------- */
+
+/** Size in bytes of one copy of SQLite's WAL-index header (WalIndexHdr). */
+#define KVI_WALHDR_BYTES 48
+
+typedef struct kvi_rcache kvi_rcache;
+
+/** Set up the read cache of `db` with a cap of `cap_bytes` (0: none).
+ *  Only in WAL mode on a real file with normal locking; needs a statement
+ *  to have run on the connection (so SQLite has mapped the wal-index).
+ *  Any failure leaves db->rcache NULL (cache off); never an error. */
+void kvi_rcache_open(kv_db *db, size_t cap_bytes);
+/** Free the read cache (NULL is a no-op). Call before closing SQLite. */
+void kvi_rcache_close(kvi_rcache *rc);
+/** Take a snapshot of the WAL-index header into snap (acquire ordered);
+ *  if it differs from the header the cache was filled under, drop every
+ *  entry and adopt it. Returns 1 if the snapshot is usable (stable copy,
+ *  initialised), 0 if not (then neither look up nor insert). */
+int kvi_rcache_begin(kvi_rcache *rc, uint8_t snap[KVI_WALHDR_BYTES]);
+/** Look `key` up (after kvi_rcache_begin returned 1). On a hit lends the
+ *  value (valid until the next call on the handle) and returns 1. */
+int kvi_rcache_find(kvi_rcache *rc, const void *key, size_t klen,
+                    const void **val, size_t *vlen);
+/** Insert a copy of key → value read from SQLite after `snap` was taken
+ *  (snap must come from kvi_rcache_begin of this call). Skipped when the
+ *  cache was invalidated since, the value is above the per-entry limit,
+ *  or memory is short. Evicts (CLOCK) to stay within the cap. */
+void kvi_rcache_insert(kvi_rcache *rc, const uint8_t snap[KVI_WALHDR_BYTES],
+                       const void *key, size_t klen, const void *val, size_t vlen);
+/** Drop every entry (a write through this handle). NULL is a no-op. */
+void kvi_rcache_invalidate(kvi_rcache *rc);
+/** Entries / bytes / hits / misses / invalidations, for tests. */
+void kvi_rcache_stats(const kvi_rcache *rc, size_t *entries, size_t *bytes,
+                      uint64_t *hits, uint64_t *misses, uint64_t *drops);
+
 struct kv_db {
     sqlite3 *db;                 /**< owned connection (NOMUTEX: the handle is single-threaded) */
     char *table;                 /**< owned copy of the table name */
@@ -144,6 +183,7 @@ struct kv_db {
     int get_active;              /**< st_get holds a row lent out by kv_get */
     int used_uring;              /**< last fd stream used io_uring */
     kvi_cache *cache;            /**< write-back cache or NULL */
+    kvi_rcache *rcache;          /**< read cache or NULL (off) */
     kvi_err err;                 /**< last failure */
 };
 

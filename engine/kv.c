@@ -26,6 +26,7 @@ KV_API void kv_open_opts_default(kv_open_opts *o)
     o->cache_kb = 100000;
     o->busy_timeout_ms = 5000;
     o->chunk_size = 1048576;
+    o->read_cache_bytes = (size_t)32 << 20;
 }
 
 static void finalize_all(kv_db *db)
@@ -126,6 +127,7 @@ KV_API kv_status kv_db_open(const char *path, const kv_open_opts *o, kv_db **out
         goto fail;
     if ((st = prepare_all(db)) != KV_OK)
         goto fail;
+    kvi_rcache_open(db, o->read_cache_bytes);
     *out = db;
     return KV_OK;
 
@@ -153,6 +155,8 @@ KV_API kv_status kv_db_close(kv_db *db)
         db->cache = NULL;
     }
     sqlite3_wal_checkpoint_v2(db->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    kvi_rcache_close(db->rcache);   /* before SQLite unmaps the wal-index */
+    db->rcache = NULL;
     finalize_all(db);
     sqlite3_close_v2(db->db);
     kvi_free(db->table);
@@ -293,18 +297,45 @@ static inline int bind_blob(sqlite3_stmt *s, int i, const void *p, size_t n)
     return sqlite3_bind_blob64(s, i, n ? p : empty_blob, n, SQLITE_STATIC);
 }
 
-KV_API kv_status kv_get(kv_db *db, const void *key, size_t klen,
-                        const void **val, size_t *vlen)
+/* Write-back cache, then read cache (needs the snapshot taken here). */
+static inline int get_cached(kv_db *db, const void *key, size_t klen,
+                             const void **val, size_t *vlen,
+                             uint8_t snap[KVI_WALHDR_BYTES], int *snap_ok)
 {
-    kvi_get_release(db);
+    *snap_ok = 0;
     if (db->cache) {
         kvi_centry *e = kvi_cache_find(db->cache, key, klen);
         if (e) {
             *val = e->data + e->klen;
             *vlen = e->vlen;
-            return KV_OK;
+            return 1;
         }
     }
+    if (db->rcache && sqlite3_get_autocommit(db->db)) {
+        *snap_ok = kvi_rcache_begin(db->rcache, snap);
+        if (*snap_ok && kvi_rcache_find(db->rcache, key, klen, val, vlen))
+            return 1;
+    }
+    return 0;
+}
+
+KV_API int kv_get_cached(kv_db *db, const void *key, size_t klen,
+                         const void **val, size_t *vlen)
+{
+    uint8_t snap[KVI_WALHDR_BYTES];
+    int snap_ok;
+    kvi_get_release(db);
+    return get_cached(db, key, klen, val, vlen, snap, &snap_ok);
+}
+
+KV_API kv_status kv_get(kv_db *db, const void *key, size_t klen,
+                        const void **val, size_t *vlen)
+{
+    uint8_t snap[KVI_WALHDR_BYTES];
+    int snap_ok;
+    kvi_get_release(db);
+    if (get_cached(db, key, klen, val, vlen, snap, &snap_ok))
+        return KV_OK;
     sqlite3_stmt *s = db->st_get;
     bind_blob(s, 1, key, klen);
     int rc = sqlite3_step(s);
@@ -314,6 +345,8 @@ KV_API kv_status kv_get(kv_db *db, const void *key, size_t klen,
         *val = p ? p : (const void *)empty_blob;
         *vlen = (size_t)n;
         db->get_active = 1;
+        if (snap_ok)
+            kvi_rcache_insert(db->rcache, snap, key, klen, *val, *vlen);
         return KV_OK;
     }
     sqlite3_reset(s);
@@ -330,6 +363,7 @@ KV_API void kv_get_done(kv_db *db)
 kv_status kvi_put_direct(kv_db *db, const void *key, size_t klen,
                          const void *val, size_t vlen)
 {
+    kvi_rcache_invalidate(db->rcache);
     sqlite3_stmt *s = db->st_put;
     bind_blob(s, 1, key, klen);
     bind_blob(s, 2, val, vlen);
@@ -381,6 +415,7 @@ KV_API kv_status kv_delete(kv_db *db, const void *key, size_t klen, int *removed
 {
     kvi_get_release(db);
     int dropped = db->cache ? kvi_cache_remove(db->cache, key, klen) : 0;
+    kvi_rcache_invalidate(db->rcache);
     sqlite3_stmt *s = db->st_del;
     bind_blob(s, 1, key, klen);
     int rc = sqlite3_step(s);

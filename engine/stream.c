@@ -134,6 +134,7 @@ static kv_status open_new_blob(kv_db *db, const void *key, size_t klen, uint64_t
     static const uint8_t empty[1];
     const void *k = klen ? key : empty;
 
+    kvi_rcache_invalidate(db->rcache);
     if ((st = kvi_begin(db)) != KV_OK)
         return st;
     sqlite3_bind_blob64(db->st_putzero, 1, k, klen, SQLITE_STATIC);

@@ -32,8 +32,9 @@
  * the GIL around sqlite3_step gave 358k gets/s, keeping it 365k gets/s
  * (~2%). The SQLite read transaction dominates (2 fcntl + 1 fstat per call,
  * ~2.6 us in C), so releasing costs little and lets other threads run: it is
- * released for SQLite reads and kept for write-back-cache hits (pure
- * memory). KVPY_GET_KEEP_GIL=1 keeps it for SQLite reads too. */
+ * released for SQLite reads and kept for hits of the write-back cache or the
+ * read cache (kv_get_cached: pure memory, no system call).
+ * KVPY_GET_KEEP_GIL=1 keeps it for SQLite reads too. */
 static int g_get_keep_gil = 0;
 
 typedef struct {
@@ -135,17 +136,19 @@ static PyObject *raise_status(KVObject *s, kv_status st)
 static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"path", "table", "chunk_size", "enable_wal", "page_size",
-                             "mmap_size", "cache_kb", NULL};
+                             "mmap_size", "cache_kb", "read_cache_bytes", NULL};
     PyObject *pathb = NULL;
     const char *table = "kv";
     Py_ssize_t chunk = 1048576;
     int wal = 1, page = 32768;
     long long mmap = 268435456, cache_kb = 100000;
+    Py_ssize_t read_cache = (Py_ssize_t)32 << 20;
     char err[512];
     kv_db *db = NULL;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|snpiLL", kwlist, PyUnicode_FSConverter,
-                                     &pathb, &table, &chunk, &wal, &page, &mmap, &cache_kb))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|snpiLL$n", kwlist, PyUnicode_FSConverter,
+                                     &pathb, &table, &chunk, &wal, &page, &mmap, &cache_kb,
+                                     &read_cache))
         return -1;
     if (self->db) {
         Py_DECREF(pathb);
@@ -157,6 +160,11 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "chunk_size must be positive");
         return -1;
     }
+    if (read_cache < 0) {
+        Py_DECREF(pathb);
+        PyErr_SetString(PyExc_ValueError, "read_cache_bytes must be >= 0");
+        return -1;
+    }
     kv_open_opts o;
     kv_open_opts_default(&o);
     o.table = table;
@@ -165,6 +173,7 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
     o.mmap_size = mmap;
     o.cache_kb = cache_kb;
     o.chunk_size = (size_t)chunk;
+    o.read_cache_bytes = (size_t)read_cache;
     const char *path = PyBytes_AS_STRING(pathb);
     kv_status st;
     err[0] = '\0';
@@ -248,7 +257,9 @@ static PyObject *do_get(KVObject *self, PyObject *key, int *missing)
         PyErr_SetString(PyExc_ValueError, CLOSED_MSG);
         return NULL;
     }
-    if (g_get_keep_gil || kv_cache_enabled(self->db)) {
+    if (kv_get_cached(self->db, k, (size_t)kn, &v, &vn)) {
+        st = KV_OK;            /* a cache hit: memory only, GIL kept */
+    } else if (g_get_keep_gil || kv_cache_enabled(self->db)) {
         st = kv_get(self->db, k, (size_t)kn, &v, &vn);
     } else {
         Py_BEGIN_ALLOW_THREADS
@@ -1205,8 +1216,11 @@ static PyTypeObject KVType = {
     .tp_dealloc = (destructor)KV_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "_KVault(path, table='kv', chunk_size=1048576, enable_wal=True, page_size=32768,\n"
-              "        mmap_size=268435456, cache_kb=100000)\n"
-              "Native key-value store over one SQLite table (see kohakuvault.KVault).",
+              "        mmap_size=268435456, cache_kb=100000, *, read_cache_bytes=33554432)\n"
+              "Native key-value store over one SQLite table (see kohakuvault.KVault).\n"
+              "read_cache_bytes: cap of the process-local read cache (WAL mode only; 0 = off);\n"
+              "a cached value is served only while SQLite's WAL-index header is unchanged,\n"
+              "i.e. no process has committed since it was read.",
     .tp_methods = KV_methods,
     .tp_getset = KV_getset,
     .tp_init = (initproc)KV_init,

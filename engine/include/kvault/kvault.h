@@ -11,6 +11,7 @@
  *   - key-value calls: kv_get/kv_put/kv_put_many/kv_delete/kv_exists/kv_count,
  *     key listing in batches (kv_keys_batch);
  *   - the write-back cache (kv_cache_*);
+ *   - the read cache (kv_open_opts.read_cache_bytes, kv_get_cached);
  *   - streaming of large values between a file descriptor or a callback and
  *     SQLite's incremental BLOB I/O (kv_put_fd, kv_get_to_fd, kv_put_stream,
  *     kv_get_stream).
@@ -88,11 +89,14 @@ typedef struct kv_open_opts {
     int64_t cache_kb;         /**< KiB for PRAGMA cache_size=-cache_kb; default 100000 */
     int busy_timeout_ms;      /**< SQLite busy timeout, milliseconds; default 5000 */
     size_t chunk_size;        /**< default streaming chunk, bytes; default 1048576 */
+    size_t read_cache_bytes;  /**< cap of the process-local read cache, bytes (0 = off);
+                                   default 33554432 (32 MiB). Only used in WAL mode on a
+                                   file; see kv_get. */
 } kv_open_opts;
 
 /** Fill *o with the defaults of API.md §4.1 (table "kv", WAL on, 32 KiB
  *  pages, 256 MiB mmap, 100000 KiB cache, 5000 ms busy timeout, 1 MiB
- *  chunks). Never fails. */
+ *  chunks) and a 32 MiB read cache. Never fails. */
 KV_API void kv_open_opts_default(kv_open_opts *o);
 
 /** Open (creating if needed) the database at `path` and the key-value table.
@@ -160,18 +164,40 @@ KV_API kv_status kv_record_feature(kv_db *db, const char *name);
  * as BLOBs.
  * ---------------------------------------------------------------------- */
 
-/** Look `key` up: the write-back cache first, then SQLite.
+/** Look `key` up: the write-back cache first, then the read cache, then
+ *  SQLite.
+ *
+ *  Read cache: in WAL mode the handle keeps copies of values it read (up to
+ *  kv_open_opts.read_cache_bytes; values above 1/8 of that are not kept),
+ *  tagged with SQLite's WAL-index header at the time of the read. A copy is
+ *  returned only while the header is unchanged, i.e. while no transaction
+ *  of any connection or process has committed since (every commit changes
+ *  the header); on any change the whole cache is dropped. So kv_get never
+ *  returns a value older than the last commit that finished before the
+ *  call. Writes through this handle also drop it. The argument is in
+ *  engine/readcache.c.
  *
  *  On KV_OK, *val / *vlen describe the stored value. The memory is BORROWED
- *  from the handle (a cache entry or SQLite's row, possibly an mmap'd page):
- *  it stays valid only until kv_get_done(db) or the next call of any kind on
- *  `db`; copy it before then. While it is held, the connection keeps a read
- *  snapshot open, so call kv_get_done promptly. No allocation on this path.
+ *  from the handle (a cache entry, or SQLite's row, possibly an mmap'd
+ *  page): it stays valid only until kv_get_done(db) or the next call of any
+ *  kind on `db`; copy it before then. While a row is held, the connection
+ *  keeps a read snapshot open, so call kv_get_done promptly. Allocates only
+ *  on a read-cache fill (one copy of the value).
  *
  *  Returns KV_OK; KV_NOTFOUND (absent; nothing to release); KV_BUSY; KV_IO;
  *  KV_CORRUPT; KV_SQLITE; KV_INVALID (klen too large). */
 KV_API kv_status kv_get(kv_db *db, const void *key, size_t klen,
                         const void **val, size_t *vlen);
+
+/** The part of kv_get that never touches SQLite: if `key` is in the
+ *  write-back cache, or in the read cache under an unchanged WAL-index
+ *  header, lend its value as kv_get does and return 1; otherwise return 0
+ *  (which says nothing about whether the key exists: call kv_get). Never
+ *  blocks, never allocates, no system call; callers use it to serve hits
+ *  without giving up a lock (e.g. Python's GIL). Same threading rule as
+ *  kv_get. */
+KV_API int kv_get_cached(kv_db *db, const void *key, size_t klen,
+                         const void **val, size_t *vlen);
 
 /** Release what kv_get lent (resets the read statement, ending its
  *  snapshot). Safe to call at any time; idempotent. */
