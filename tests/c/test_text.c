@@ -9,29 +9,19 @@
 #include <unistd.h>
 
 #include "kvault/text.h"
+#include "kvtest_util.h"
 
-static char dir[512];
-static char path[600];
+static char path[600]; /* the test's database file, in a fresh directory */
 
-static void setup(void)
-{
-    const char *base = getenv("KV_TEST_TMP");
-    if (!base)
-        base = "/tmp";
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", base);
-    cr_assert(eq(int, system(cmd), 0));
-    snprintf(dir, sizeof dir, "%s/text-XXXXXX", base);
-    cr_assert(mkdtemp(dir) != NULL);
-    snprintf(path, sizeof path, "%s/t.db", dir);
-}
+static void setup(void) { kvtest_path(path, sizeof path, "t.db"); }
 
+/* Removes the directory kvtest_path made (the file's parent). */
 static void teardown(void)
 {
     char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    snprintf(cmd, sizeof cmd, "rm -rf '%.*s'", (int)(strrchr(path, '/') - path), path);
     if (system(cmd) != 0)
-        fprintf(stderr, "cleanup of %s failed\n", dir);
+        fprintf(stderr, "cleanup of %s failed\n", path);
 }
 
 TestSuite(text, .init = setup, .fini = teardown, .timeout = 60);
