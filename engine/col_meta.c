@@ -129,6 +129,14 @@ kv_status kv_colvault_open(const char *path, int64_t min_chunk_bytes, int64_t ma
     cv->max_chunk = max_chunk_bytes;
     kvi_conn_opts_default(&o);
     o.nomutex = 1; /* cv->mu serialises every use */
+    /* Page cache: 32000 KiB (1000 pages of 32 KiB, the size of the WAL at
+     * wal_autocheckpoint=1000) instead of the KVault default of 100000 KiB.
+     * It still holds a whole 16 MiB chunk (a partly filled new chunk is
+     * zero-filled then written in place), pages already checkpointed are
+     * read through mmap, and a bulk extend recycles its pages instead of
+     * faulting in fresh memory for every page it writes: measured ~15%
+     * less CPU for a 10M-value extend (perf stat, 8 runs). */
+    o.cache_kb = 32000;
     st = kvi_conn_open(path, &o, &cv->db, err, errlen);
     if (st != KV_OK)
         goto fail;
