@@ -13,7 +13,7 @@
  * (API.md §7.1) a competing writer makes the call fail at once with KV_BUSY
  * and nothing is changed.
  */
-#include "internal.h"
+#include "store_internal.h"
 #include "kvault/text.h"
 
 #include <stdarg.h>
@@ -116,59 +116,6 @@ static int column_name_valid(const char *name)
 static kv_status sql_fail(kv_text *t, int rc, const char *op)
 {
     return kvi_err_sqlite(&t->err, t->db, rc, op);
-}
-
-static kv_status tx_begin(kv_text *t)
-{
-    int rc = sqlite3_exec(t->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
-    return rc == SQLITE_OK ? KV_OK : sql_fail(t, rc, "begin");
-}
-
-static kv_status tx_commit(kv_text *t)
-{
-    int rc = sqlite3_exec(t->db, "COMMIT", NULL, NULL, NULL);
-    if (rc != SQLITE_OK) {
-        kv_status st = sql_fail(t, rc, "commit");
-        sqlite3_exec(t->db, "ROLLBACK", NULL, NULL, NULL);
-        return st;
-    }
-    return KV_OK;
-}
-
-static void tx_rollback(kv_text *t)
-{
-    if (!sqlite3_get_autocommit(t->db))
-        sqlite3_exec(t->db, "ROLLBACK", NULL, NULL, NULL);
-}
-
-/* Step a statement that returns no rows (or whose rows are ignored), then
- * reset it. Returns KV_OK or the mapped failure. */
-static kv_status step_done(kv_text *t, sqlite3_stmt *st, const char *op)
-{
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-        ;
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    return rc == SQLITE_DONE ? KV_OK : sql_fail(t, rc, op);
-}
-
-/* Look up the value_ref of document `id`: 1 found (*ref set), 0 absent, or
- * a negative kv_status via *st. */
-static int doc_ref(kv_text *t, int64_t id, int64_t *ref, kv_status *st)
-{
-    sqlite3_bind_int64(t->st_ref, 1, id);
-    int rc = sqlite3_step(t->st_ref);
-    int found = 0;
-    *st = KV_OK;
-    if (rc == SQLITE_ROW) {
-        *ref = sqlite3_column_int64(t->st_ref, 0);
-        found = 1;
-    } else if (rc != SQLITE_DONE) {
-        *st = sql_fail(t, rc, "lookup value_ref");
-    }
-    sqlite3_reset(t->st_ref);
-    return found;
 }
 
 /* ====================================================================== */
@@ -379,23 +326,23 @@ kv_status kv_text_insert(kv_text *t, const char *const *texts, const size_t *len
 {
     kv_status st;
     kvi_err_clear(&t->err);
-    if ((st = tx_begin(t)) != KV_OK)
+    if ((st = kvi_store_begin(&t->err, t->db, 1)) != KV_OK)
         return st;
     /* zeroblob-free empty value: bind "" rather than NULL (NOT NULL column) */
     sqlite3_bind_blob64(t->st_ins_val, 1, vlen ? val : "", vlen, SQLITE_STATIC);
-    if ((st = step_done(t, t->st_ins_val, "insert value")) != KV_OK)
+    if ((st = kvi_store_step_done(&t->err, t->db, t->st_ins_val, "insert value")) != KV_OK)
         goto fail;
     int64_t ref = sqlite3_last_insert_rowid(t->db);
     for (size_t i = 0; i < t->ncols; i++)
         sqlite3_bind_text64(t->st_ins_doc, (int)i + 1, texts[i] ? texts[i] : "", lens[i],
                             SQLITE_STATIC, SQLITE_UTF8);
     sqlite3_bind_int64(t->st_ins_doc, (int)t->ncols + 1, ref);
-    if ((st = step_done(t, t->st_ins_doc, "insert document")) != KV_OK)
+    if ((st = kvi_store_step_done(&t->err, t->db, t->st_ins_doc, "insert document")) != KV_OK)
         goto fail;
     *id = sqlite3_last_insert_rowid(t->db);
-    return tx_commit(t);
+    return kvi_store_commit(&t->err, t->db);
 fail:
-    tx_rollback(t);
+    kvi_store_rollback(t->db);
     return st;
 }
 
@@ -406,24 +353,24 @@ kv_status kv_text_delete(kv_text *t, int64_t id, int *removed)
     kvi_err_clear(&t->err);
     if (removed)
         *removed = 0;
-    if ((st = tx_begin(t)) != KV_OK)
+    if ((st = kvi_store_begin(&t->err, t->db, 1)) != KV_OK)
         return st;
-    int found = doc_ref(t, id, &ref, &st);
+    int found = kvi_store_lookup_i64(&t->err, t->db, t->st_ref, id, &ref, &st, "lookup value_ref");
     if (st != KV_OK)
         goto fail;
     if (found) {
         sqlite3_bind_int64(t->st_del_doc, 1, id);
-        if ((st = step_done(t, t->st_del_doc, "delete document")) != KV_OK)
+        if ((st = kvi_store_step_done(&t->err, t->db, t->st_del_doc, "delete document")) != KV_OK)
             goto fail;
         sqlite3_bind_int64(t->st_del_val, 1, ref);
-        if ((st = step_done(t, t->st_del_val, "delete value")) != KV_OK)
+        if ((st = kvi_store_step_done(&t->err, t->db, t->st_del_val, "delete value")) != KV_OK)
             goto fail;
         if (removed)
             *removed = 1;
     }
-    return tx_commit(t);
+    return kvi_store_commit(&t->err, t->db);
 fail:
-    tx_rollback(t);
+    kvi_store_rollback(t->db);
     return st;
 }
 
@@ -434,33 +381,24 @@ kv_status kv_text_update(kv_text *t, int64_t id, const char *const *texts, const
     kvi_err_clear(&t->err);
     if (!texts && !val)
         return kvi_err_set(&t->err, KV_INVALID, "Must provide either texts or value to update");
-    if ((st = tx_begin(t)) != KV_OK)
+    if ((st = kvi_store_begin(&t->err, t->db, 1)) != KV_OK)
         return st;
     if (texts) {
         for (size_t i = 0; i < t->ncols; i++)
             sqlite3_bind_text64(t->st_upd_doc, (int)i + 1, texts[i] ? texts[i] : "", lens[i],
                                 SQLITE_STATIC, SQLITE_UTF8);
         sqlite3_bind_int64(t->st_upd_doc, (int)t->ncols + 1, id);
-        if ((st = step_done(t, t->st_upd_doc, "update texts")) != KV_OK)
+        if ((st = kvi_store_step_done(&t->err, t->db, t->st_upd_doc, "update texts")) != KV_OK)
             goto fail;
     }
     if (val) {
-        int64_t ref = 0;
-        int found = doc_ref(t, id, &ref, &st);
+        st = kvi_store_set_value(&t->err, t->db, t->st_ref, t->st_upd_val, id, val, vlen);
         if (st != KV_OK)
             goto fail;
-        if (!found) {
-            st = kvi_err_set(&t->err, KV_NOTFOUND, "Query returned no rows");
-            goto fail;
-        }
-        sqlite3_bind_blob64(t->st_upd_val, 1, vlen ? val : "", vlen, SQLITE_STATIC);
-        sqlite3_bind_int64(t->st_upd_val, 2, ref);
-        if ((st = step_done(t, t->st_upd_val, "update value")) != KV_OK)
-            goto fail;
     }
-    return tx_commit(t);
+    return kvi_store_commit(&t->err, t->db);
 fail:
-    tx_rollback(t);
+    kvi_store_rollback(t->db);
     return st;
 }
 
@@ -469,14 +407,14 @@ kv_status kv_text_clear(kv_text *t)
     kv_status st;
     char sql[600];
     kvi_err_clear(&t->err);
-    if ((st = tx_begin(t)) != KV_OK)
+    if ((st = kvi_store_begin(&t->err, t->db, 1)) != KV_OK)
         return st;
     snprintf(sql, sizeof sql, "DELETE FROM \"%s\"; DELETE FROM \"%s_values\"", t->table, t->table);
     if ((st = kvi_exec(t->db, sql, &t->err)) != KV_OK) {
-        tx_rollback(t);
+        kvi_store_rollback(t->db);
         return st;
     }
-    return tx_commit(t);
+    return kvi_store_commit(&t->err, t->db);
 }
 
 /* ====================================================================== */
@@ -805,9 +743,8 @@ kv_status kv_text_get_by_id(kv_text *t, int64_t id, kv_text_doc **out)
     kvi_err_clear(&t->err);
     *out = NULL;
     /* Both reads in one snapshot. */
-    rc = sqlite3_exec(t->db, "BEGIN", NULL, NULL, NULL);
-    if (rc != SQLITE_OK)
-        return sql_fail(t, rc, "begin");
+    if ((st = kvi_store_begin(&t->err, t->db, 0)) != KV_OK)
+        return st;
     sqlite3_bind_int64(t->st_get_doc, 1, id);
     rc = sqlite3_step(t->st_get_doc);
     if (rc == SQLITE_DONE) {
@@ -869,7 +806,7 @@ kv_status kv_text_exists(kv_text *t, int64_t id, int *found)
     int64_t ref;
     kv_status st;
     kvi_err_clear(&t->err);
-    *found = doc_ref(t, id, &ref, &st);
+    *found = kvi_store_lookup_i64(&t->err, t->db, t->st_ref, id, &ref, &st, "lookup value_ref");
     return st;
 }
 

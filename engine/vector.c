@@ -10,7 +10,7 @@
  * (sqlite3_column_blob, no copy) inside one read transaction, so a search
  * sees one snapshot of the table and its values.
  */
-#include "internal.h"
+#include "store_internal.h"
 #include "kvault/vector.h"
 
 #include <math.h>
@@ -301,36 +301,6 @@ static kv_status sql_fail(kv_vector *v, int rc, const char *op)
     return kvi_err_sqlite(&v->err, v->db, rc, op);
 }
 
-static kv_status step_done(kv_vector *v, sqlite3_stmt *st, const char *op)
-{
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-        ;
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    return rc == SQLITE_DONE ? KV_OK : sql_fail(v, rc, op);
-}
-
-static kv_status tx(kv_vector *v, const char *sql)
-{
-    int rc = sqlite3_exec(v->db, sql, NULL, NULL, NULL);
-    return rc == SQLITE_OK ? KV_OK : sql_fail(v, rc, sql);
-}
-
-static void tx_rollback(kv_vector *v)
-{
-    if (!sqlite3_get_autocommit(v->db))
-        sqlite3_exec(v->db, "ROLLBACK", NULL, NULL, NULL);
-}
-
-static kv_status tx_commit(kv_vector *v)
-{
-    kv_status st = tx(v, "COMMIT");
-    if (st != KV_OK)
-        tx_rollback(v);
-    return st;
-}
-
 /*
  * Check a caller's vector and return the bytes to store/search with: the
  * input itself, or (cosine) a normalised copy in v->scratch. NULL with the
@@ -372,37 +342,20 @@ kv_status kv_vector_insert(kv_vector *v, const void *vec, size_t vbytes, const v
     const void *row = prepare_vec(v, vec, vbytes, &st);
     if (!row)
         return st;
-    if ((st = tx(v, "BEGIN IMMEDIATE")) != KV_OK)
+    if ((st = kvi_store_begin(&v->err, v->db, 1)) != KV_OK)
         return st;
     sqlite3_bind_blob64(v->st_ins_val, 1, vlen ? val : "", vlen, SQLITE_STATIC);
-    if ((st = step_done(v, v->st_ins_val, "insert value")) != KV_OK)
+    if ((st = kvi_store_step_done(&v->err, v->db, v->st_ins_val, "insert value")) != KV_OK)
         goto fail;
     sqlite3_bind_int64(v->st_ins_vec, 1, sqlite3_last_insert_rowid(v->db));
     sqlite3_bind_blob64(v->st_ins_vec, 2, row, v->row_bytes, SQLITE_STATIC);
-    if ((st = step_done(v, v->st_ins_vec, "insert vector")) != KV_OK)
+    if ((st = kvi_store_step_done(&v->err, v->db, v->st_ins_vec, "insert vector")) != KV_OK)
         goto fail;
     *id = sqlite3_last_insert_rowid(v->db);
-    return tx_commit(v);
+    return kvi_store_commit(&v->err, v->db);
 fail:
-    tx_rollback(v);
+    kvi_store_rollback(v->db);
     return st;
-}
-
-/* value_ref of row `id`: 1 found, 0 absent; failures via *st. */
-static int row_ref(kv_vector *v, int64_t id, int64_t *ref, kv_status *st)
-{
-    int found = 0;
-    *st = KV_OK;
-    sqlite3_bind_int64(v->st_get_row, 1, id);
-    int rc = sqlite3_step(v->st_get_row);
-    if (rc == SQLITE_ROW) {
-        *ref = sqlite3_column_int64(v->st_get_row, 0);
-        found = 1;
-    } else if (rc != SQLITE_DONE) {
-        *st = sql_fail(v, rc, "lookup row");
-    }
-    sqlite3_reset(v->st_get_row);
-    return found;
 }
 
 kv_status kv_vector_delete(kv_vector *v, int64_t id, int *removed)
@@ -412,24 +365,24 @@ kv_status kv_vector_delete(kv_vector *v, int64_t id, int *removed)
     kvi_err_clear(&v->err);
     if (removed)
         *removed = 0;
-    if ((st = tx(v, "BEGIN IMMEDIATE")) != KV_OK)
+    if ((st = kvi_store_begin(&v->err, v->db, 1)) != KV_OK)
         return st;
-    int found = row_ref(v, id, &ref, &st);
+    int found = kvi_store_lookup_i64(&v->err, v->db, v->st_get_row, id, &ref, &st, "lookup row");
     if (st != KV_OK)
         goto fail;
     if (found) {
         sqlite3_bind_int64(v->st_del_vec, 1, id);
-        if ((st = step_done(v, v->st_del_vec, "delete vector")) != KV_OK)
+        if ((st = kvi_store_step_done(&v->err, v->db, v->st_del_vec, "delete vector")) != KV_OK)
             goto fail;
         sqlite3_bind_int64(v->st_del_val, 1, ref);
-        if ((st = step_done(v, v->st_del_val, "delete value")) != KV_OK)
+        if ((st = kvi_store_step_done(&v->err, v->db, v->st_del_val, "delete value")) != KV_OK)
             goto fail;
         if (removed)
             *removed = 1;
     }
-    return tx_commit(v);
+    return kvi_store_commit(&v->err, v->db);
 fail:
-    tx_rollback(v);
+    kvi_store_rollback(v->db);
     return st;
 }
 
@@ -443,31 +396,22 @@ kv_status kv_vector_update(kv_vector *v, int64_t id, const void *vec, size_t vby
         return kvi_err_set(&v->err, KV_INVALID, "Must provide either vector or value to update");
     if (vec && !(row = prepare_vec(v, vec, vbytes, &st)))
         return st;
-    if ((st = tx(v, "BEGIN IMMEDIATE")) != KV_OK)
+    if ((st = kvi_store_begin(&v->err, v->db, 1)) != KV_OK)
         return st;
     if (row) {
         sqlite3_bind_blob64(v->st_upd_vec, 1, row, v->row_bytes, SQLITE_STATIC);
         sqlite3_bind_int64(v->st_upd_vec, 2, id);
-        if ((st = step_done(v, v->st_upd_vec, "update vector")) != KV_OK)
+        if ((st = kvi_store_step_done(&v->err, v->db, v->st_upd_vec, "update vector")) != KV_OK)
             goto fail;
     }
     if (val) {
-        int64_t ref = 0;
-        int found = row_ref(v, id, &ref, &st);
+        st = kvi_store_set_value(&v->err, v->db, v->st_get_row, v->st_upd_val, id, val, vlen);
         if (st != KV_OK)
             goto fail;
-        if (!found) {
-            st = kvi_err_set(&v->err, KV_NOTFOUND, "Query returned no rows");
-            goto fail;
-        }
-        sqlite3_bind_blob64(v->st_upd_val, 1, vlen ? val : "", vlen, SQLITE_STATIC);
-        sqlite3_bind_int64(v->st_upd_val, 2, ref);
-        if ((st = step_done(v, v->st_upd_val, "update value")) != KV_OK)
-            goto fail;
     }
-    return tx_commit(v);
+    return kvi_store_commit(&v->err, v->db);
 fail:
-    tx_rollback(v);
+    kvi_store_rollback(v->db);
     return st;
 }
 
@@ -563,7 +507,7 @@ kv_status kv_vector_search(kv_vector *v, const void *query, size_t qbytes, int64
         goto done_nolock;
     }
 
-    if ((st = tx(v, "BEGIN")) != KV_OK)
+    if ((st = kvi_store_begin(&v->err, v->db, 0)) != KV_OK)
         goto done_nolock;
     /* Scan: invariant — heap holds the best min(k, rows seen) candidates,
      * heap[0] the worst of them. */
@@ -679,7 +623,7 @@ kv_status kv_vector_get_by_id(kv_vector *v, int64_t id, uint8_t **vec, size_t *v
     kvi_err_clear(&v->err);
     *vec = *val = NULL;
     *vbytes = *vlen = 0;
-    if ((st = tx(v, "BEGIN")) != KV_OK)
+    if ((st = kvi_store_begin(&v->err, v->db, 0)) != KV_OK)
         return st;
     sqlite3_bind_int64(v->st_get_row, 1, id);
     rc = sqlite3_step(v->st_get_row);
@@ -733,7 +677,7 @@ kv_status kv_vector_exists(kv_vector *v, int64_t id, int *found)
     int64_t ref;
     kv_status st;
     kvi_err_clear(&v->err);
-    *found = row_ref(v, id, &ref, &st);
+    *found = kvi_store_lookup_i64(&v->err, v->db, v->st_get_row, id, &ref, &st, "lookup row");
     return st;
 }
 

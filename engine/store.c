@@ -1,0 +1,70 @@
+/*
+ * store.c - transactions, statement stepping and value-row updates shared by
+ * the table stores (text.c, vector.c). Declarations and contract in
+ * store_internal.h.
+ */
+#include "store_internal.h"
+
+kv_status kvi_store_begin(kvi_err *e, sqlite3 *db, int write)
+{
+    int rc = sqlite3_exec(db, write ? "BEGIN IMMEDIATE" : "BEGIN", NULL, NULL, NULL);
+    return rc == SQLITE_OK ? KV_OK : kvi_err_sqlite(e, db, rc, "begin");
+}
+
+void kvi_store_rollback(sqlite3 *db)
+{
+    if (!sqlite3_get_autocommit(db))
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+kv_status kvi_store_commit(kvi_err *e, sqlite3 *db)
+{
+    int rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        return KV_OK;
+    kv_status st = kvi_err_sqlite(e, db, rc, "commit");
+    kvi_store_rollback(db);
+    return st;
+}
+
+kv_status kvi_store_step_done(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, const char *op)
+{
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        ;
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_DONE ? KV_OK : kvi_err_sqlite(e, db, rc, op);
+}
+
+int kvi_store_lookup_i64(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t id, int64_t *out,
+                         kv_status *status, const char *op)
+{
+    int found = 0;
+    *status = KV_OK;
+    sqlite3_bind_int64(st, 1, id);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *out = sqlite3_column_int64(st, 0);
+        found = 1;
+    } else if (rc != SQLITE_DONE) {
+        *status = kvi_err_sqlite(e, db, rc, op);
+    }
+    sqlite3_reset(st);
+    return found;
+}
+
+kv_status kvi_store_set_value(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sqlite3_stmt *upd_st,
+                              int64_t id, const void *val, size_t vlen)
+{
+    kv_status st;
+    int64_t ref = 0;
+    int found = kvi_store_lookup_i64(e, db, ref_st, id, &ref, &st, "lookup value_ref");
+    if (st != KV_OK)
+        return st;
+    if (!found)
+        return kvi_err_set(e, KV_NOTFOUND, "Query returned no rows");
+    sqlite3_bind_blob64(upd_st, 1, vlen ? val : "", vlen, SQLITE_STATIC);
+    sqlite3_bind_int64(upd_st, 2, ref);
+    return kvi_store_step_done(e, db, upd_st, "update value");
+}

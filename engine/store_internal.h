@@ -1,0 +1,42 @@
+/*
+ * store_internal.h - SQL plumbing shared by the engine's two table stores,
+ * text.c (FTS5 documents) and vector.c (vectors). Private to engine/.
+ *
+ * Both stores keep one connection and one kvi_err per handle, write each
+ * entry as a row of their own table plus a row of <table>_values (id INTEGER
+ * PRIMARY KEY, value BLOB) that the entry points at through an integer
+ * value_ref, and wrap every write in BEGIN IMMEDIATE ... COMMIT. These
+ * helpers are that shared part; each records failures into the given
+ * kvi_err with the failing operation as prefix ("commit: database is
+ * locked"). Same threading rule as the handles: one thread at a time.
+ */
+#ifndef KVAULT_STORE_INTERNAL_H
+#define KVAULT_STORE_INTERNAL_H
+
+#include "internal.h"
+
+/** BEGIN IMMEDIATE (write != 0: takes the write lock now, so a busy database
+ *  fails here, before any work) or BEGIN (a read snapshot). KV_OK or the
+ *  mapped SQLite failure (KV_BUSY "begin: database is locked"). */
+kv_status kvi_store_begin(kvi_err *e, sqlite3 *db, int write);
+/** COMMIT; on failure rolls back and returns the mapped status. */
+kv_status kvi_store_commit(kvi_err *e, sqlite3 *db);
+/** ROLLBACK if a transaction is open; never fails. */
+void kvi_store_rollback(sqlite3 *db);
+/** Step a statement whose rows (if any) are ignored, then reset it and clear
+ *  its bindings. KV_OK, or the mapped failure recorded as "<op>: ...". */
+kv_status kvi_store_step_done(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, const char *op);
+/** Run `st` (one int64 parameter `id`, first column an int64) once: 1 with
+ *  *out set when it returned a row, 0 when none, and *status != KV_OK (0
+ *  returned) on failure, recorded as "<op>: ...". Resets `st`. */
+int kvi_store_lookup_i64(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t id, int64_t *out,
+                         kv_status *status, const char *op);
+/** Replace the value of entry `id`: find its value_ref with `ref_st` (as
+ *  kvi_store_lookup_i64), then run `upd_st` (?1 = value blob, ?2 = value_ref).
+ *  val[0..vlen) is bound as a blob (an empty blob when vlen is 0). Call inside
+ *  a write transaction. KV_NOTFOUND "Query returned no rows" (API.md §7.2,
+ *  §8.3) when the entry does not exist; SQLite failures mapped. */
+kv_status kvi_store_set_value(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sqlite3_stmt *upd_st,
+                              int64_t id, const void *val, size_t vlen);
+
+#endif /* KVAULT_STORE_INTERNAL_H */
