@@ -48,6 +48,7 @@ void kvshm_blocks_init(kvshm_blocks *b, kvshm_seg *seg, uint64_t lo,
     b->lo = lo;
     b->hi = lo + bytes;
     b->bump = lo;
+    b->top = lo + bytes;
 }
 
 void kvshm_blocks_fini(kvshm_blocks *b)
@@ -79,8 +80,31 @@ kvshm_status kvshm_blocks_alloc(kvshm_blocks *b, uint64_t bytes, uint64_t *off)
     } else {
         uint64_t align = cb >= 64 ? 64 : 16;
         uint64_t at = (b->bump + align - 1) & ~(align - 1);
-        if (at > b->hi || cb > b->hi - at) return KVSHM_E_FULL;
+        if (at > b->top || cb > b->top - at) return KVSHM_E_FULL;
         b->bump = at + cb;
+        *off = at;
+    }
+    b->used += cb;
+    publish_stats(b);
+    return KVSHM_OK;
+}
+
+kvshm_status kvshm_blocks_alloc_idx(kvshm_blocks *b, uint64_t bytes, uint64_t *off)
+{
+    uint64_t cb;
+    int c = size_class(bytes, &cb);
+    if (c < 0) return KVSHM_E_INVAL;
+    uint64_t head = b->free_idx[c];
+    if (head) {
+        uint64_t *link = kvshm_at(b->seg, head, 8);
+        if (!link) return KVSHM_E_CORRUPT;
+        b->free_idx[c] = *link;
+        *off = head;
+    } else {
+        if (b->top < b->bump || cb > b->top - b->bump) return KVSHM_E_FULL;
+        uint64_t at = (b->top - cb) & ~(uint64_t)63;
+        if (at < b->bump) return KVSHM_E_FULL;
+        b->top = at;
         *off = at;
     }
     b->used += cb;
@@ -95,8 +119,9 @@ void kvshm_blocks_free(kvshm_blocks *b, uint64_t off, uint64_t bytes)
     uint64_t *link = kvshm_at(b->seg, off, 8);
     if (c < 0 || !link || off < b->lo || off >= b->hi) return;
     if (b->poison) memset(b->seg->base + off, 0xdb, cb);
-    *link = b->free_head[c];
-    b->free_head[c] = off;
+    uint64_t *list = off >= b->top ? b->free_idx : b->free_head;
+    *link = list[c];
+    list[c] = off;
     b->used -= cb;
     publish_stats(b);
 }

@@ -82,6 +82,12 @@ uint64_t kvshm_tree_find(const kvshm_seg *s, uint64_t root, uint32_t height,
         int i = rank(s, nd->c_prefix, nd->c_ref, nd->c_n, p, key, klen, 1, &bad);
         if (bad) { *err = KVSHM_E_CORRUPT; return 0; }
         off = nd->c_child + (uint64_t)i * KVSHM_NODE_BYTES;
+        /* Start the child's misses now, all at once: its two search lines,
+         * and for a leaf also the two lines of record offsets. */
+        const uint8_t *pf = s->base + (off < s->size ? off : 0);
+        __builtin_prefetch(pf);
+        __builtin_prefetch(pf + 64);
+        if (lvl == 1) { __builtin_prefetch(pf + 128); __builtin_prefetch(pf + 192); }
     }
     const struct kvshm_node *lf = node_at(s, off, 0);
     if (!lf) { *err = KVSHM_E_CORRUPT; return 0; }
@@ -226,8 +232,10 @@ static kvshm_status new_sep(bctx *c, uint64_t rec_ref, uint64_t *sep)
     const struct kvshm_rec *r = kvshm_rec_at(c->s, rec_ref);
     if (!r) return KVSHM_E_CORRUPT;
     uint64_t off;
-    kvshm_status st = kvshm_rec_new(c->b, kvshm_rec_key(r), r->r_klen, "", 0, 0, 0, &off);
+    uint64_t bytes = kvshm_rec_bytes(r->r_klen, 0);
+    kvshm_status st = kvshm_blocks_alloc_idx(c->b, bytes, &off);
     if (st) return st;
+    kvshm_rec_fill(kvshm_at(c->s, off, bytes), kvshm_rec_key(r), r->r_klen, "", 0, 0, 0);
     sv_push(c, &c->allocs, off, kvshm_rec_bytes(r->r_klen, 0));
     *sep = off;
     return KVSHM_OK;
@@ -423,7 +431,7 @@ static void write_node(bctx *c, const wnode *w, struct kvshm_node *dst)
     memcpy(dst->c_ref, w->ref, (size_t)w->n * 8);
     if (w->level == 0) return;
     uint64_t gbytes = (uint64_t)(w->n + 1) * KVSHM_NODE_BYTES, g;
-    if ((c->err = kvshm_blocks_alloc(c->b, gbytes, &g))) return;
+    if ((c->err = kvshm_blocks_alloc_idx(c->b, gbytes, &g))) return;
     sv_push(c, &c->allocs, g, gbytes);
     uint8_t *gp = kvshm_at(c->s, g, gbytes);
     for (int i = 0; i <= w->n && !c->err; i++) {
@@ -507,7 +515,7 @@ kvshm_status kvshm_tree_apply(kvshm_blocks *b, uint64_t epoch, kvshm_tree *t,
     }
     uint64_t new_root = 0;
     if (!c.err && root.m) {
-        if (!(c.err = kvshm_blocks_alloc(b, KVSHM_NODE_BYTES, &new_root))) {
+        if (!(c.err = kvshm_blocks_alloc_idx(b, KVSHM_NODE_BYTES, &new_root))) {
             sv_push(&c, &c.allocs, new_root, KVSHM_NODE_BYTES);
             write_node(&c, root.m, kvshm_at(c.s, new_root, KVSHM_NODE_BYTES));
         }

@@ -39,6 +39,7 @@ static int mkv_cmp(const void *a, const void *b)
 static mkv *model_find(const uint8_t *k, uint32_t kl)
 {
     mkv key; memcpy(key.k, k, kl); key.kl = kl;
+    if (MN == 0) return NULL;
     return bsearch(&key, M, MN, sizeof *M, mkv_cmp);
 }
 static void model_put(const uint8_t *k, uint32_t kl, uint64_t seq)

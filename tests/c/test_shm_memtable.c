@@ -112,6 +112,17 @@ Test(shm_memtable, scan_orders_key_then_newest_first)
     cr_assert_eq(valid.n, 3000, "append-order replay sees every valid record");
 }
 
+/* Key found by a seek, as a string in a static buffer ("<none>" if none). */
+static const char *seek_str(uint64_t mt, const char *k, int after, kvshm_status *err)
+{
+    static char buf[64];
+    uint64_t o = kvshm_mt_seek(S, mt, k, (uint32_t)strlen(k), after, err);
+    const struct kvshm_rec *r = o ? kvshm_rec_at(S, o) : NULL;
+    if (!r) return "<none>";
+    snprintf(buf, sizeof buf, "%.*s", (int)r->r_klen, (const char *)kvshm_rec_key(r));
+    return buf;
+}
+
 Test(shm_memtable, seek_prefix_edges)
 {
     uint64_t mt;
@@ -120,9 +131,7 @@ Test(shm_memtable, seek_prefix_edges)
     for (unsigned i = 0; i < 8; i++)
         cr_assert_eq(kvshm_mt_add(S, mt, keys[i], (uint32_t)strlen(keys[i]), "x", 1, i + 1, 0), KVSHM_OK);
     kvshm_status err = KVSHM_OK;
-    #define SEEK(k, after) ({ uint64_t o = kvshm_mt_seek(S, mt, k, (uint32_t)strlen(k), after, &err); \
-        const struct kvshm_rec *r = o ? kvshm_rec_at(S, o) : NULL; \
-        r ? strndup((const char *)kvshm_rec_key(r), r->r_klen) : strdup("<none>"); })
+    #define SEEK(k, after) seek_str(mt, k, after, &err)
     cr_assert_str_eq(SEEK("", 0), "a");
     cr_assert_str_eq(SEEK("a", 0), "a");
     cr_assert_str_eq(SEEK("a", 1), "ab");

@@ -74,7 +74,7 @@ Test(shm_slots, epoch_pins_retired_memory_until_leave)
     kvshm_writer_destroy(w, 1);
 }
 
-Test(shm_slots, killed_reader_slot_cleared_and_memory_returns, .timeout = 600)
+Test(shm_slots, killed_reader_slot_cleared_and_memory_returns)
 {
     kvshm_config c = shmt_config(32u << 20, 1);
     kvshm_writer *w;

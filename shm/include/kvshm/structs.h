@@ -33,8 +33,10 @@ typedef struct kvshm_retired {
 typedef struct kvshm_blocks {
     kvshm_seg *seg;
     struct kvshm_shard *stats;   /* shared stats mirror (may be NULL) */
-    uint64_t lo, hi, bump;       /* region [lo, hi); next unused byte */
+    uint64_t lo, hi, bump;       /* region [lo, hi); next unused byte (grows up) */
+    uint64_t top;                /* index area [top, hi) grows down from hi */
     uint64_t free_head[KVSHM_NCLASSES];
+    uint64_t free_idx[KVSHM_NCLASSES]; /* free lists of the index area */
     uint64_t used;               /* class bytes allocated, incl. retired */
     uint64_t retired;            /* class bytes retired, not yet reclaimed */
     kvshm_retired *ret;          /* FIFO of retired blocks, epochs ascending */
@@ -53,6 +55,11 @@ uint64_t kvshm_blocks_class_bytes(uint64_t bytes);
  * undefined. Writer only. Returns KVSHM_OK, KVSHM_E_INVAL (0 or too big),
  * KVSHM_E_FULL. */
 kvshm_status kvshm_blocks_alloc(kvshm_blocks *b, uint64_t bytes, uint64_t *off);
+/* Allocate from the index area at the top of the region (tree node groups,
+ * separator keys, views): the blocks every lookup walks stay dense, so they
+ * share cache lines and TLB entries instead of being strewn among values.
+ * Same contract as kvshm_blocks_alloc. Writer only. */
+kvshm_status kvshm_blocks_alloc_idx(kvshm_blocks *b, uint64_t bytes, uint64_t *off);
 /* Return a block no reader can reach (never published) at once. Writer only. */
 void kvshm_blocks_free(kvshm_blocks *b, uint64_t off, uint64_t bytes);
 /* Queue a block unlinked from the published structures during `epoch`; it is
