@@ -5,6 +5,8 @@
  */
 #include "store_internal.h"
 
+#include <stdio.h>
+
 kv_status kvi_store_begin(kvi_err *e, sqlite3 *db, int write)
 {
     int rc = sqlite3_exec(db, write ? "BEGIN IMMEDIATE" : "BEGIN", NULL, NULL, NULL);
@@ -67,4 +69,34 @@ kv_status kvi_store_set_value(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sql
     sqlite3_bind_blob64(upd_st, 1, vlen ? val : "", vlen, SQLITE_STATIC);
     sqlite3_bind_int64(upd_st, 2, ref);
     return kvi_store_step_done(e, db, upd_st, "update value");
+}
+
+kv_status kvi_store_delete(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sqlite3_stmt *del_entry_st,
+                           sqlite3_stmt *del_val_st, int64_t id, int *removed, const char *what)
+{
+    kv_status st;
+    int64_t ref = 0;
+    char op[64];
+    if (removed)
+        *removed = 0;
+    if ((st = kvi_store_begin(e, db, 1)) != KV_OK)
+        return st;
+    int found = kvi_store_lookup_i64(e, db, ref_st, id, &ref, &st, "lookup value_ref");
+    if (st != KV_OK)
+        goto fail;
+    if (found) {
+        snprintf(op, sizeof op, "delete %s", what);
+        sqlite3_bind_int64(del_entry_st, 1, id);
+        if ((st = kvi_store_step_done(e, db, del_entry_st, op)) != KV_OK)
+            goto fail;
+        sqlite3_bind_int64(del_val_st, 1, ref);
+        if ((st = kvi_store_step_done(e, db, del_val_st, "delete value")) != KV_OK)
+            goto fail;
+    }
+    if ((st = kvi_store_commit(e, db)) == KV_OK && removed)
+        *removed = found;
+    return st;
+fail:
+    kvi_store_rollback(db);
+    return st;
 }

@@ -38,5 +38,13 @@ int kvi_store_lookup_i64(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t id, 
  *  §8.3) when the entry does not exist; SQLite failures mapped. */
 kv_status kvi_store_set_value(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sqlite3_stmt *upd_st,
                               int64_t id, const void *val, size_t vlen);
+/** Delete entry `id` and its value row in one write transaction: find the
+ *  value_ref with `ref_st` (as kvi_store_lookup_i64), then run `del_entry_st`
+ *  (?1 = id) and `del_val_st` (?1 = value_ref). *removed (may be NULL) is 1
+ *  when the entry existed, else 0 (not an error). `what` names the entry in
+ *  messages ("delete <what>: ..."). KV_OK or the mapped failure, after which
+ *  nothing was deleted. */
+kv_status kvi_store_delete(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sqlite3_stmt *del_entry_st,
+                           sqlite3_stmt *del_val_st, int64_t id, int *removed, const char *what);
 
 #endif /* KVAULT_STORE_INTERNAL_H */

@@ -348,30 +348,8 @@ fail:
 
 kv_status kv_text_delete(kv_text *t, int64_t id, int *removed)
 {
-    kv_status st;
-    int64_t ref = 0;
     kvi_err_clear(&t->err);
-    if (removed)
-        *removed = 0;
-    if ((st = kvi_store_begin(&t->err, t->db, 1)) != KV_OK)
-        return st;
-    int found = kvi_store_lookup_i64(&t->err, t->db, t->st_ref, id, &ref, &st, "lookup value_ref");
-    if (st != KV_OK)
-        goto fail;
-    if (found) {
-        sqlite3_bind_int64(t->st_del_doc, 1, id);
-        if ((st = kvi_store_step_done(&t->err, t->db, t->st_del_doc, "delete document")) != KV_OK)
-            goto fail;
-        sqlite3_bind_int64(t->st_del_val, 1, ref);
-        if ((st = kvi_store_step_done(&t->err, t->db, t->st_del_val, "delete value")) != KV_OK)
-            goto fail;
-        if (removed)
-            *removed = 1;
-    }
-    return kvi_store_commit(&t->err, t->db);
-fail:
-    kvi_store_rollback(t->db);
-    return st;
+    return kvi_store_delete(&t->err, t->db, t->st_ref, t->st_del_doc, t->st_del_val, id, removed, "document");
 }
 
 kv_status kv_text_update(kv_text *t, int64_t id, const char *const *texts, const size_t *lens,

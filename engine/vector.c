@@ -360,30 +360,8 @@ fail:
 
 kv_status kv_vector_delete(kv_vector *v, int64_t id, int *removed)
 {
-    kv_status st;
-    int64_t ref = 0;
     kvi_err_clear(&v->err);
-    if (removed)
-        *removed = 0;
-    if ((st = kvi_store_begin(&v->err, v->db, 1)) != KV_OK)
-        return st;
-    int found = kvi_store_lookup_i64(&v->err, v->db, v->st_get_row, id, &ref, &st, "lookup row");
-    if (st != KV_OK)
-        goto fail;
-    if (found) {
-        sqlite3_bind_int64(v->st_del_vec, 1, id);
-        if ((st = kvi_store_step_done(&v->err, v->db, v->st_del_vec, "delete vector")) != KV_OK)
-            goto fail;
-        sqlite3_bind_int64(v->st_del_val, 1, ref);
-        if ((st = kvi_store_step_done(&v->err, v->db, v->st_del_val, "delete value")) != KV_OK)
-            goto fail;
-        if (removed)
-            *removed = 1;
-    }
-    return kvi_store_commit(&v->err, v->db);
-fail:
-    kvi_store_rollback(v->db);
-    return st;
+    return kvi_store_delete(&v->err, v->db, v->st_get_row, v->st_del_vec, v->st_del_val, id, removed, "vector");
 }
 
 kv_status kv_vector_update(kv_vector *v, int64_t id, const void *vec, size_t vbytes,
