@@ -258,7 +258,7 @@ static void handle_attach(wr_state *ws, wr_client *c, const struct kvshm_msg *m,
     if (pread(kvshm_ring_fd(c->ring), &head, sizeof head,
               offsetof(struct kvshm_ring_hdr, rh_head)) != (ssize_t)sizeof head)
         head = 0;
-    c->applied_pos = c->commit_pos = head;
+    c->applied_pos = c->commit_pos = c->committed_pos = head;
     if (head) kvshm_ring_set_committed(c->ring, head);
     reply(c->sock, m->m_type, KV_OK, ws->generation, NULL, 0);
 }

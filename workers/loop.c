@@ -171,7 +171,10 @@ int wr_commit_all(wr_state *ws)
     int rc = fold_all(ws);
     for (size_t i = 0; i < ws->nclients; i++) {
         wr_client *c2 = &ws->clients[i];
-        if (c2->sock >= 0 && c2->ring) kvshm_ring_set_committed(c2->ring, c2->commit_pos);
+        if (c2->sock >= 0 && c2->ring) {
+            kvshm_ring_set_committed(c2->ring, c2->commit_pos);
+            c2->committed_pos = c2->commit_pos;
+        }
     }
     ws->sync_requested = 0;
     ws->last_commit_ms = wr_now_ms();
@@ -277,6 +280,18 @@ int wr_run(wr_state *ws)
         if (due || stopping || ws->frozen_left) {
             if (wr_commit_all(ws) == 0) ws->frozen_left = 0;
             else ws->frozen_left = 1;
+        }
+        if (ws->pending == 0 && !ws->frozen_left) {
+            /* Nothing uncommitted: every applied ring record is committed
+             * (covers SYNC/MISS/STATS records with no write behind them). */
+            for (size_t i = 0; i < ws->nclients; i++) {
+                wr_client *c = &ws->clients[i];
+                if (c->sock >= 0 && c->ring && c->committed_pos != c->applied_pos) {
+                    c->commit_pos = c->committed_pos = c->applied_pos;
+                    kvshm_ring_set_committed(c->ring, c->applied_pos);
+                }
+            }
+            ws->sync_requested = 0;
         }
         load_misses(ws);
         if (now - last_maint >= 50) {

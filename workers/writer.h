@@ -41,6 +41,7 @@ typedef struct wr_client {
     uint32_t pid, slot;
     uint64_t applied_pos;        /* ring position up to which records are applied */
     uint64_t commit_pos;         /* applied_pos when the pending batch was frozen */
+    uint64_t committed_pos;      /* last position marked committed in the ring */
     uint64_t hits, misses;       /* reported by STATS records */
     int dead;                    /* socket hung up: drain, then drop */
 } wr_client;

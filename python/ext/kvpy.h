@@ -20,6 +20,7 @@ int kvpy_init_col(PyObject *module);
 int kvpy_init_text(PyObject *module);
 int kvpy_init_vector(PyObject *module);
 int kvpy_init_tree(PyObject *module);
+int kvpy_init_attach(PyObject *module);   /* attach_py.c: _AttachedKVault (shared mode) */
 
 /* ---- autopack.c (owner: engine helper). Python object <-> stored bytes per
  * API.md §3.2-§3.4 and the §5.4 MessagePack/CBOR model. All need the GIL.

@@ -1,0 +1,771 @@
+/*
+ * attach.c -- the client side of shared mode (kvshm/attach.h).
+ *
+ * Sections: registry (is a writer serving? where?), connection (segment,
+ * slot, ring, socket: attach and re-attach), fork handling, reads, writes,
+ * requests over the socket.
+ *
+ * Waiting on the writer: every wait is a loop of bounded futex waits on the
+ * ring (200 ms); between them the handle checks the writer's socket for a
+ * hang-up. A hung-up writer means: wait for the next generation in the
+ * registry, re-attach, hand it the same ring, keep waiting. Nothing a put
+ * returned for is lost: applied records were in the old segment, which the
+ * new writer replays before it listens.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kvshm/attach.h"
+#include "kvshm/kvshm.h"
+#include "kvshm/proto.h"
+#include "kvshm/ring.h"
+
+#define WAIT_STEP_MS 200
+#define MISS_VALUE_MAX (256u * 1024u)
+#define STATS_EVERY 4096u
+
+struct kv_att {
+    char *db_path;              /* realpath of the database */
+    char *reg_path;             /* <db>-kvault */
+    kv_attach_opts o;
+    char table[136];
+    kvshm_reader *r;            /* segment mapping + slot */
+    kvshm_ring *ring;           /* our submission ring (producer side) */
+    int sock;                   /* connection to the writer */
+    uint64_t generation;
+    kv_db *db;                  /* own SQLite connection (reads only) */
+    unsigned fork_gen;          /* g_fork_gen when this process set the handle up */
+    uint64_t last_pos;          /* ring position after our last record */
+    int applied_ok;             /* every record up to last_pos is known applied */
+    uint8_t *buf;               /* value copy-out buffer */
+    size_t cap;
+    uint64_t hits, misses, hits_rep, misses_rep;
+    char err[512];
+};
+
+/* ---- fork generation -------------------------------------------------- */
+
+static unsigned g_fork_gen;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static void on_fork_child(void) { g_fork_gen++; }
+static void install_atfork(void) { pthread_atfork(NULL, NULL, on_fork_child); }
+
+static kv_status fail(kv_att *a, kv_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static kv_status fail(kv_att *a, kv_status st, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(a->err, sizeof a->err, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+void kv_attach_opts_default(kv_attach_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->table = "kv";
+    o->ring_bytes = 4u << 20;
+    o->reattach_timeout_ms = 60000;
+    kv_open_opts_default(&o->db);
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ======================================================================
+ * Registry
+ * ==================================================================== */
+
+typedef struct reg_info {
+    uint64_t generation;
+    char segment[96], slots[96], socket[96], table[136], state[16];
+} reg_info;
+
+static int field(const char *text, const char *name, char *out, size_t cap)
+{
+    size_t n = strlen(name);
+    for (const char *p = text; p && *p;) {
+        if (!strncmp(p, name, n) && p[n] == '=') {
+            const char *v = p + n + 1, *e = strchr(v, '\n');
+            size_t len = e ? (size_t)(e - v) : strlen(v);
+            if (len >= cap) return -1;
+            memcpy(out, v, len);
+            out[len] = 0;
+            return 0;
+        }
+        p = strchr(p, '\n');
+        if (p) p++;
+    }
+    return -1;
+}
+
+/* 1 and *ri filled if a live writer holds the registry and says ready. */
+static int registry_read(const char *reg_path, reg_info *ri)
+{
+    int fd = open(reg_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    int served = 0;
+    if (fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK) {
+        char text[2048], gen[32], layout[32], want[32];
+        ssize_t n = pread(fd, text, sizeof text - 1, 0);
+        if (n > 0) {
+            text[n] = 0;
+            snprintf(want, sizeof want, "%016" PRIx64, kvshm_layout_hash());
+            if (!field(text, "generation", gen, sizeof gen) &&
+                !field(text, "layout", layout, sizeof layout) && !strcmp(layout, want) &&
+                !field(text, "segment", ri->segment, sizeof ri->segment) &&
+                !field(text, "slots", ri->slots, sizeof ri->slots) &&
+                !field(text, "socket", ri->socket, sizeof ri->socket) &&
+                !field(text, "table", ri->table, sizeof ri->table) &&
+                !field(text, "state", ri->state, sizeof ri->state) &&
+                !strcmp(ri->state, "ready")) {
+                ri->generation = strtoull(gen, NULL, 10);
+                served = 1;
+            }
+        }
+    }
+    close(fd);
+    return served;
+}
+
+static char *registry_path(const char *db_path, char **abs_out)
+{
+    char *abs = realpath(db_path, NULL);
+    if (!abs) return NULL;
+    size_t n = strlen(abs) + sizeof KVSHM_REGISTRY_SUFFIX;
+    char *p = malloc(n);
+    if (p) snprintf(p, n, "%s%s", abs, KVSHM_REGISTRY_SUFFIX);
+    if (abs_out) *abs_out = abs;
+    else free(abs);
+    return p;
+}
+
+int kv_attach_served(const char *db_path, const char *table)
+{
+    char *reg = registry_path(db_path, NULL);
+    if (!reg) return 0;
+    reg_info ri;
+    int ok = registry_read(reg, &ri) && !strcmp(ri.table, table ? table : "kv");
+    free(reg);
+    return ok;
+}
+
+/* ======================================================================
+ * Connection
+ * ==================================================================== */
+
+static int sock_connect(const char *name)
+{
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    size_t n = strlen(name);
+    if (n > sizeof addr.sun_path - 2) return -1;
+    memcpy(addr.sun_path + 1, name, n);
+    int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (s < 0) return -1;
+    if (connect(s, (struct sockaddr *)&addr,
+                (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n)) != 0) {
+        close(s);
+        return -1;
+    }
+    return s;
+}
+
+/* Send one request (optionally with a descriptor) and wait for its reply.
+ * reply payload (text) is copied into out (NUL-terminated) if out != NULL.
+ * Returns the writer's status, or KV_IO when the socket failed. */
+static kv_status request(kv_att *a, uint32_t type, uint64_t arg, const void *p1, size_t l1,
+                         const void *p2, size_t l2, int fd, char *out, size_t outcap,
+                         uint64_t *reply_arg)
+{
+    struct kvshm_msg m = {.m_magic = KVSHM_PROTO_MAGIC, .m_type = type,
+                          .m_len = (uint32_t)(l1 + l2), .m_arg = arg};
+    if (sizeof m + l1 + l2 > KVSHM_MSG_MAX) return fail(a, KV_INVALID, "request too large");
+    struct iovec iov[3] = {{&m, sizeof m}, {(void *)p1, l1}, {(void *)p2, l2}};
+    char cbuf[CMSG_SPACE(sizeof(int))];
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 3};
+    if (fd >= 0) {
+        memset(cbuf, 0, sizeof cbuf);
+        mh.msg_control = cbuf;
+        mh.msg_controllen = sizeof cbuf;
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+    }
+    if (sendmsg(a->sock, &mh, MSG_NOSIGNAL) < 0)
+        return fail(a, KV_IO, "send to writer: %s", strerror(errno));
+    if (a->r) kvshm_reader_ring_doorbell(a->r);
+    uint8_t buf[KVSHM_MSG_MAX];
+    for (;;) {
+        ssize_t n = recv(a->sock, buf, sizeof buf, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < (ssize_t)sizeof m) return fail(a, KV_IO, "writer closed the connection");
+        memcpy(&m, buf, sizeof m);
+        if (m.m_type != (type | KVSHM_MSG_REPLY)) continue;
+        size_t len = (size_t)n - sizeof m;
+        if (out && outcap) {
+            if (len >= outcap) len = outcap - 1;
+            memcpy(out, buf + sizeof m, len);
+            out[len] = 0;
+        }
+        if (reply_arg) *reply_arg = m.m_arg;
+        if (m.m_status != KV_OK) {
+            size_t l = (size_t)n - sizeof m;
+            if (l >= sizeof a->err) l = sizeof a->err - 1;
+            memcpy(a->err, buf + sizeof m, l);
+            a->err[l] = 0;
+            if (!a->err[0]) snprintf(a->err, sizeof a->err, "%s",
+                                     kv_strerror((kv_status)m.m_status));
+        }
+        return (kv_status)m.m_status;
+    }
+}
+
+/* Map the segment named by ri, take a slot, connect, hand over our ring. */
+static kv_status connect_writer(kv_att *a, const reg_info *ri)
+{
+    if (!a->r) {
+        kvshm_status ks = kvshm_reader_attach(ri->segment, ri->slots, &a->r);
+        if (ks != KVSHM_OK) {
+            a->r = NULL;
+            return fail(a, KV_IO, "attach segment %s: %s", ri->segment, kvshm_strerror(ks));
+        }
+    }
+    a->generation = kvshm_reader_generation(a->r);
+    a->sock = sock_connect(ri->socket);
+    if (a->sock < 0) {
+        kvshm_reader_detach(a->r);
+        a->r = NULL;
+        return fail(a, KV_IO, "connect to writer @%s: %s", ri->socket, strerror(errno));
+    }
+    struct kvshm_attach_req req = {.a_pid = (uint32_t)getpid(),
+                                   .a_slot = kvshm_reader_slot(a->r),
+                                   .a_generation = a->generation};
+    kv_status st = request(a, KVSHM_MSG_ATTACH, 0, &req, sizeof req, NULL, 0,
+                           kvshm_ring_fd(a->ring), NULL, 0, NULL);
+    if (st != KV_OK) {
+        close(a->sock);
+        a->sock = -1;
+        kvshm_reader_detach(a->r);
+        a->r = NULL;
+    }
+    return st;
+}
+
+static void disconnect(kv_att *a)
+{
+    if (a->sock >= 0) close(a->sock);
+    a->sock = -1;
+    if (a->r) kvshm_reader_detach(a->r);
+    a->r = NULL;
+}
+
+/* The writer is gone (hang-up or closed segment): wait for a newer one and
+ * re-attach with the same ring. */
+static kv_status reattach(kv_att *a)
+{
+    uint64_t old = a->generation;
+    disconnect(a);
+    uint64_t deadline = now_ms() + (uint64_t)a->o.reattach_timeout_ms;
+    kv_status st = KV_IO;
+    for (;;) {
+        reg_info ri;
+        if (registry_read(a->reg_path, &ri) && ri.generation > old) {
+            st = connect_writer(a, &ri);
+            if (st == KV_OK) return KV_OK;
+        }
+        if (now_ms() >= deadline) break;
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return fail(a, st == KV_OK ? KV_IO : st,
+                "writer of %s (generation %" PRIu64 ") is gone and none came back", a->db_path,
+                old);
+}
+
+/* 1 if the writer hung up on us. */
+static int writer_gone(kv_att *a)
+{
+    if (a->sock < 0) return 1;
+    struct pollfd p = {.fd = a->sock, .events = POLLRDHUP};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+/* After fork: this process gets its own ring, slot, socket and connection.
+ * The inherited ones belong to the parent: their mappings/descriptors are
+ * dropped in the child only (the SQLite handle is left alone: closing it
+ * in the child could disturb the parent's locks). */
+static kv_status after_fork(kv_att *a)
+{
+    char err[256];
+    a->fork_gen = g_fork_gen;
+    if (a->sock >= 0) close(a->sock);
+    a->sock = -1;
+    kvshm_ring_close(a->ring);         /* child's mapping and fd only */
+    a->ring = NULL;
+    a->db = NULL;
+    a->last_pos = 0;
+    a->applied_ok = 1;
+    kvshm_status ks = kvshm_ring_create(a->o.ring_bytes, &a->ring);
+    if (ks != KVSHM_OK) return fail(a, KV_IO, "ring: %s", kvshm_strerror(ks));
+    kv_open_opts dbo = a->o.db;
+    dbo.table = a->table;
+    kv_status st = kv_db_open(a->db_path, &dbo, &a->db, err, sizeof err);
+    if (st != KV_OK) return fail(a, st, "%s", err);
+    reg_info ri;
+    if (a->r && registry_read(a->reg_path, &ri) && ri.generation == a->generation) {
+        /* The inherited reader handle takes a slot of its own for the child
+         * on its first use (kvshm rehome); enter/leave makes that happen. */
+        if (kvshm_reader_enter(a->r) == KVSHM_OK) {
+            kvshm_reader_leave(a->r);
+            kv_status cst = connect_writer(a, &ri);
+            if (cst == KV_OK) return KV_OK;
+        }
+    }
+    a->r = NULL;   /* the inherited mapping stays mapped; the new writer's is used */
+    return reattach(a);
+}
+
+static inline kv_status check(kv_att *a)
+{
+    if (__builtin_expect(a->fork_gen != g_fork_gen, 0)) return after_fork(a);
+    if (__builtin_expect(!a->r, 0)) return reattach(a);
+    return KV_OK;
+}
+
+kv_status kv_attach(const char *db_path, const kv_attach_opts *o, kv_att **out, char *err,
+                    size_t errlen)
+{
+    kv_attach_opts def;
+    *out = NULL;
+    pthread_once(&g_once, install_atfork);
+    if (!o) {
+        kv_attach_opts_default(&def);
+        o = &def;
+    }
+    kv_att *a = calloc(1, sizeof *a);
+    if (!a) return KV_NOMEM;
+    a->sock = -1;
+    a->o = *o;
+    a->applied_ok = 1;
+    a->fork_gen = g_fork_gen;
+    snprintf(a->table, sizeof a->table, "%s", o->table ? o->table : "kv");
+    kv_status st;
+    reg_info ri;
+    a->reg_path = registry_path(db_path, &a->db_path);
+    if (!a->reg_path) {
+        st = fail(a, KV_NOTFOUND, "no writer serves %s (%s)", db_path, strerror(errno));
+        goto fail;
+    }
+    if (!registry_read(a->reg_path, &ri)) {
+        st = fail(a, KV_NOTFOUND, "no writer serves %s", db_path);
+        goto fail;
+    }
+    if (strcmp(ri.table, a->table)) {
+        st = fail(a, KV_NOTFOUND, "the writer of %s serves table '%s', not '%s'", db_path,
+                  ri.table, a->table);
+        goto fail;
+    }
+    kvshm_status ks = kvshm_ring_create(o->ring_bytes, &a->ring);
+    if (ks != KVSHM_OK) {
+        st = fail(a, KV_IO, "ring: %s", kvshm_strerror(ks));
+        goto fail;
+    }
+    kv_open_opts dbo = o->db;
+    dbo.table = a->table;
+    char e2[256];
+    if ((st = kv_db_open(a->db_path, &dbo, &a->db, e2, sizeof e2)) != KV_OK) {
+        fail(a, st, "%s", e2);
+        goto fail;
+    }
+    if ((st = connect_writer(a, &ri)) != KV_OK) goto fail;
+    *out = a;
+    return KV_OK;
+fail:
+    if (err && errlen) snprintf(err, errlen, "%s", a->err);
+    a->fork_gen = g_fork_gen;
+    disconnect(a);
+    kvshm_ring_close(a->ring);
+    kv_db_close(a->db);
+    free(a->db_path);
+    free(a->reg_path);
+    free(a);
+    return st;
+}
+
+const char *kv_att_errmsg(const kv_att *a) { return a ? a->err : ""; }
+uint64_t kv_att_generation(const kv_att *a) { return a->generation; }
+void kv_att_counters(const kv_att *a, uint64_t *hits, uint64_t *misses)
+{
+    if (hits) *hits = a->hits;
+    if (misses) *misses = a->misses;
+}
+
+/* ======================================================================
+ * Waiting
+ * ==================================================================== */
+
+/* Wait until the ring position pos is consumed (applied) or committed. */
+static kv_status wait_pos(kv_att *a, uint64_t pos, int committed)
+{
+    for (;;) {
+        kvshm_status ks = committed ? kvshm_ring_wait_committed(a->ring, pos, WAIT_STEP_MS)
+                                    : kvshm_ring_wait_consumed(a->ring, pos, WAIT_STEP_MS);
+        if (ks == KVSHM_OK) return KV_OK;
+        if (writer_gone(a)) {
+            kv_status st = reattach(a);
+            if (st != KV_OK) return st;
+        } else if (a->r) {
+            kvshm_reader_ring_doorbell(a->r);   /* in case the writer slept past us */
+        }
+    }
+}
+
+kv_status kv_att_wait(kv_att *a, int committed)
+{
+    kv_status st = check(a);
+    if (st) return st;
+    if (committed) {
+        uint64_t pos;
+        for (;;) {
+            kvshm_status ks = kvshm_ring_push(a->ring, KVSHM_REC_SYNC, NULL, 0,
+                                              WAIT_STEP_MS, &pos);
+            if (ks == KVSHM_OK) break;
+            if (ks != KVSHM_TIMEOUT && ks != KVSHM_E_FULL)
+                return fail(a, KV_IO, "ring: %s", kvshm_strerror(ks));
+            if (writer_gone(a) && (st = reattach(a)) != KV_OK) return st;
+        }
+        a->last_pos = pos;
+        kvshm_reader_ring_doorbell(a->r);
+        st = wait_pos(a, pos, 1);
+        if (st == KV_OK) a->applied_ok = 1;
+        return st;
+    }
+    if (a->applied_ok) return KV_OK;
+    st = wait_pos(a, a->last_pos, 0);
+    if (st == KV_OK) a->applied_ok = 1;
+    return st;
+}
+
+kv_status kv_attach_close(kv_att *a)
+{
+    if (!a) return KV_OK;
+    kv_status st = KV_OK;
+    if (a->fork_gen == g_fork_gen && a->r && a->last_pos) st = kv_att_wait(a, 1);
+    if (a->fork_gen != g_fork_gen) {
+        /* inherited from the parent: release nothing of the parent's */
+        if (a->sock >= 0) close(a->sock);
+        free(a->buf);
+        free(a->db_path);
+        free(a->reg_path);
+        free(a);
+        return KV_OK;
+    }
+    disconnect(a);
+    kvshm_ring_close(a->ring);
+    kv_db_close(a->db);
+    free(a->buf);
+    free(a->db_path);
+    free(a->reg_path);
+    free(a);
+    return st;
+}
+
+/* ======================================================================
+ * Reads
+ * ==================================================================== */
+
+static int grow(kv_att *a, size_t need)
+{
+    if (need <= a->cap) return 0;
+    size_t nc = a->cap ? a->cap : 256;
+    while (nc < need) nc *= 2;
+    uint8_t *nb = realloc(a->buf, nc);
+    if (!nb) return -1;
+    a->buf = nb;
+    a->cap = nc;
+    return 0;
+}
+
+static void push_small(kv_att *a, uint32_t type, const void *key, size_t klen)
+{
+    void *p;
+    if (kvshm_ring_reserve(a->ring, (uint32_t)(KVSHM_REC_KEYHDR + klen), &p, 0) != KVSHM_OK)
+        return;   /* ring full: the report is only a hint */
+    uint32_t hdr[2] = {(uint32_t)klen, 0};
+    memcpy(p, hdr, sizeof hdr);
+    memcpy((uint8_t *)p + KVSHM_REC_KEYHDR, key, klen);
+    a->last_pos = kvshm_ring_publish(a->ring, type);
+    a->applied_ok = 0;
+}
+
+static void maybe_stats(kv_att *a)
+{
+    if ((a->hits + a->misses) - (a->hits_rep + a->misses_rep) < STATS_EVERY) return;
+    uint64_t s[2] = {a->hits - a->hits_rep, a->misses - a->misses_rep};
+    uint64_t pos;
+    if (kvshm_ring_push(a->ring, KVSHM_REC_STATS, s, sizeof s, 0, &pos) == KVSHM_OK) {
+        a->last_pos = pos;
+        a->applied_ok = 0;
+        a->hits_rep = a->hits;
+        a->misses_rep = a->misses;
+    }
+}
+
+/* Segment lookup: KV_OK (value in a->buf), KV_NOTFOUND (deleted), or
+ * KV_BUSY meaning "not cached: ask SQLite". */
+static kv_status seg_get(kv_att *a, const void *key, size_t klen, size_t *vlen)
+{
+    for (;;) {
+        kvshm_val v = {.buf = a->buf, .cap = a->cap};
+        kvshm_status ks = kvshm_reader_get(a->r, key, klen, &v);
+        switch (ks) {
+        case KVSHM_OK: *vlen = v.len; a->hits++; return KV_OK;
+        case KVSHM_DELETED: a->hits++; return KV_NOTFOUND;
+        case KVSHM_NOTFOUND: a->misses++; return KV_BUSY;
+        case KVSHM_E_SMALLBUF:
+            if (grow(a, v.len)) return fail(a, KV_NOMEM, "out of memory");
+            continue;
+        case KVSHM_E_STALE: {
+            kv_status st = reattach(a);
+            if (st) return st;
+            continue;
+        }
+        case KVSHM_E_INVAL: a->misses++; return KV_BUSY;   /* key too long to cache */
+        default: return fail(a, KV_CORRUPT, "segment read: %s", kvshm_strerror(ks));
+        }
+    }
+}
+
+kv_status kv_att_get(kv_att *a, const void *key, size_t klen, const void **val, size_t *vlen)
+{
+    kv_status st = check(a);
+    if (st) return st;
+    if (!a->applied_ok && (st = kv_att_wait(a, 0))) return st;
+    st = seg_get(a, key, klen, vlen);
+    if (st == KV_OK) {
+        *val = a->buf;
+        maybe_stats(a);
+        return KV_OK;
+    }
+    if (st != KV_BUSY) return st;
+    const void *v;
+    size_t n;
+    st = kv_get(a->db, key, klen, &v, &n);
+    if (st == KV_OK) {
+        if (grow(a, n ? n : 1)) {
+            kv_get_done(a->db);
+            return fail(a, KV_NOMEM, "out of memory");
+        }
+        memcpy(a->buf, v, n);
+        kv_get_done(a->db);
+        *val = a->buf;
+        *vlen = n;
+        if (n <= MISS_VALUE_MAX && klen <= KVSHM_MAX_KEY) push_small(a, KVSHM_REC_MISS, key, klen);
+    } else if (st != KV_NOTFOUND) {
+        fail(a, st, "%s", kv_db_errmsg(a->db));
+    }
+    maybe_stats(a);
+    return st;
+}
+
+kv_status kv_att_exists(kv_att *a, const void *key, size_t klen, int *found)
+{
+    const void *v;
+    size_t n;
+    kv_status st = kv_att_get(a, key, klen, &v, &n);
+    *found = st == KV_OK;
+    return st == KV_NOTFOUND ? KV_OK : st;
+}
+
+/* ======================================================================
+ * Writes
+ * ==================================================================== */
+
+static kv_status push_kv(kv_att *a, uint32_t type, const void *key, size_t klen,
+                         const void *val, size_t vlen)
+{
+    void *p;
+    uint32_t len = (uint32_t)(KVSHM_REC_KEYHDR + klen + vlen);
+    for (;;) {
+        kvshm_status ks = kvshm_ring_reserve(a->ring, len, &p, WAIT_STEP_MS);
+        if (ks == KVSHM_OK) break;
+        if (ks == KVSHM_E_INVAL) return fail(a, KV_INVALID, "record too large for the ring");
+        kvshm_reader_ring_doorbell(a->r);
+        if (writer_gone(a)) {
+            kv_status st = reattach(a);
+            if (st) return st;
+        }
+    }
+    uint32_t hdr[2] = {(uint32_t)klen, 0};
+    memcpy(p, hdr, sizeof hdr);
+    memcpy((uint8_t *)p + KVSHM_REC_KEYHDR, key, klen);
+    if (vlen) memcpy((uint8_t *)p + KVSHM_REC_KEYHDR + klen, val, vlen);
+    a->last_pos = kvshm_ring_publish(a->ring, type);
+    a->applied_ok = 0;
+    kvshm_reader_ring_doorbell(a->r);
+    return KV_OK;
+}
+
+kv_status kv_att_put(kv_att *a, const void *key, size_t klen, const void *val, size_t vlen,
+                     int flags)
+{
+    kv_status st = check(a);
+    if (st) return st;
+    if (klen == 0 || klen > KVSHM_MAX_KEY)
+        return fail(a, KV_INVALID, "key length must be 1..%u bytes in shared mode", KVSHM_MAX_KEY);
+    if (KVSHM_REC_KEYHDR + klen + vlen + 8 > kvshm_ring_capacity(a->ring) / 2) {
+        /* Too large for the ring: hand the writer a memfd holding the value. */
+        int fd = memfd_create("kvault-value", MFD_CLOEXEC);
+        if (fd < 0) return fail(a, KV_IO, "memfd: %s", strerror(errno));
+        size_t off = 0;
+        while (off < vlen) {
+            ssize_t w = write(fd, (const uint8_t *)val + off, vlen - off);
+            if (w < 0) {
+                if (errno == EINTR) continue;
+                close(fd);
+                return fail(a, KV_IO, "memfd write: %s", strerror(errno));
+            }
+            off += (size_t)w;
+        }
+        lseek(fd, 0, SEEK_SET);
+        st = kv_att_put_fd(a, key, klen, fd, vlen, 0);
+        close(fd);
+        return st;
+    }
+    if ((st = push_kv(a, KVSHM_REC_PUT, key, klen, val, vlen))) return st;
+    if (flags & KV_ATT_SYNC) return kv_att_wait(a, 1);
+    if (flags & KV_ATT_ASYNC) return KV_OK;
+    return kv_att_wait(a, 0);
+}
+
+kv_status kv_att_delete(kv_att *a, const void *key, size_t klen, int *existed)
+{
+    int found = 0;
+    kv_status st = kv_att_exists(a, key, klen, &found);
+    if (st) return st;
+    if (existed) *existed = found;
+    if (klen == 0 || klen > KVSHM_MAX_KEY)
+        return found ? fail(a, KV_INVALID, "key too long for shared mode") : KV_OK;
+    if ((st = push_kv(a, KVSHM_REC_DEL, key, klen, NULL, 0))) return st;
+    return kv_att_wait(a, 0);
+}
+
+kv_status kv_att_count(kv_att *a, int64_t *count)
+{
+    kv_status st = kv_att_wait(a, 1);
+    if (st) return st;
+    st = kv_count(a->db, count);
+    if (st) fail(a, st, "%s", kv_db_errmsg(a->db));
+    return st;
+}
+
+kv_status kv_att_keys_batch(kv_att *a, const void *prefix, size_t plen, const void *after,
+                            size_t alen, size_t max, kv_keys **out)
+{
+    kv_status st = after ? check(a) : kv_att_wait(a, 1);  /* first batch: commit first */
+    if (st) return st;
+    st = kv_keys_batch(a->db, prefix, plen, after, alen, max, out);
+    if (st) fail(a, st, "%s", kv_db_errmsg(a->db));
+    return st;
+}
+
+/* ======================================================================
+ * Streams and requests
+ * ==================================================================== */
+
+kv_status kv_att_put_fd(kv_att *a, const void *key, size_t klen, int fd, uint64_t size,
+                        size_t chunk)
+{
+    kv_status st = check(a);
+    if (st) return st;
+    if ((st = kv_att_wait(a, 0))) return st;   /* our earlier writes first */
+    uint64_t ch = chunk;
+    for (;;) {
+        st = request(a, KVSHM_MSG_PUT_FILE, size, &ch, sizeof ch, key, klen, fd, NULL, 0, NULL);
+        if (st != KV_IO || !writer_gone(a)) return st;
+        if ((st = reattach(a))) return st;
+    }
+}
+
+kv_status kv_att_get_to_fd(kv_att *a, const void *key, size_t klen, int fd, size_t chunk,
+                           uint64_t *written)
+{
+    *written = 0;
+    kv_status st = check(a);
+    if (st) return st;
+    if (!a->applied_ok && (st = kv_att_wait(a, 0))) return st;
+    size_t n = 0;
+    st = seg_get(a, key, klen, &n);
+    if (st == KV_OK) {
+        size_t off = 0;
+        while (off < n) {
+            ssize_t w = write(fd, a->buf + off, n - off);
+            if (w < 0) {
+                if (errno == EINTR) continue;
+                return fail(a, KV_IO, "write: %s", strerror(errno));
+            }
+            off += (size_t)w;
+        }
+        *written = n;
+        return KV_OK;
+    }
+    if (st != KV_BUSY) return st;
+    st = kv_get_to_fd(a->db, key, klen, fd, chunk, written);
+    if (st != KV_OK && st != KV_NOTFOUND) fail(a, st, "%s", kv_db_errmsg(a->db));
+    return st;
+}
+
+static kv_status simple_request(kv_att *a, uint32_t type, const void *p, size_t l, char *out,
+                                size_t cap)
+{
+    kv_status st = check(a);
+    if (st) return st;
+    for (;;) {
+        st = request(a, type, 0, p, l, NULL, 0, -1, out, cap, NULL);
+        if (st != KV_IO || !writer_gone(a)) return st;
+        if ((st = reattach(a))) return st;
+    }
+}
+
+kv_status kv_att_record_feature(kv_att *a, const char *name)
+{
+    return simple_request(a, KVSHM_MSG_FEATURE, name, strlen(name), NULL, 0);
+}
+
+kv_status kv_att_optimize(kv_att *a)
+{
+    return simple_request(a, KVSHM_MSG_OPTIMIZE, NULL, 0, NULL, 0);
+}
+
+kv_status kv_att_checkpoint(kv_att *a)
+{
+    return simple_request(a, KVSHM_MSG_CHECKPOINT, NULL, 0, NULL, 0);
+}
+
+kv_status kv_att_status(kv_att *a, char *buf, size_t cap)
+{
+    return simple_request(a, KVSHM_MSG_STATUS, NULL, 0, buf, cap);
+}

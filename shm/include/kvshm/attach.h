@@ -1,0 +1,138 @@
+/*
+ * kvshm/attach.h -- attaching to a database served by kvault-writer
+ * (DESIGN.md, "Two ways to run", "Write path", "Read path", "Failures").
+ *
+ * An attached process maps the writer's data segment read-only, takes a slot,
+ * creates its own submission ring (a memfd) and hands it to the writer over
+ * the writer's unix socket. Then:
+ *   reads   segment (active memtable -> frozen -> CSB+tree), no lock, no
+ *           system call; on a miss, the process's own SQLite connection
+ *           (through libkvault), and the key is reported to the writer;
+ *   writes  a record in the ring; kv_att_put returns when the writer has
+ *           APPLIED it (every attached process sees it), or with
+ *           KV_ATT_SYNC when it is COMMITTED to SQLite, or with
+ *           KV_ATT_ASYNC as soon as it is in the ring (later calls of the
+ *           same handle wait for it before reading: read-your-writes).
+ * The writer never returns SQLITE_BUSY to an attached process.
+ *
+ * Failures handled here: the writer dies and a new one starts (its
+ * generation changes) -> the handle re-attaches by itself and hands the SAME
+ * ring to the new writer, which applies what the old one had not (records
+ * it had applied were replayed from the old segment); the process forks ->
+ * the child's first call takes its own slot, ring, socket and SQLite
+ * connection (the parent's stay the parent's).
+ *
+ * Threads: one thread at a time per handle (the Python binding serialises
+ * with a mutex). Processes: a handle may be used in a forked child as said.
+ * Layering: calls kvshm_* and kv_* (libkvault); never SQLite.
+ */
+#ifndef KVSHM_ATTACH_H
+#define KVSHM_ATTACH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvault/kvault.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct kv_att kv_att;
+
+/** Options of kv_attach. Zero-initialise, call kv_attach_opts_default. */
+typedef struct kv_attach_opts {
+    const char *table;          /**< table to serve; must equal the writer's (default "kv") */
+    uint32_t ring_bytes;        /**< submission ring capacity, power of two (default 4 MiB) */
+    int reattach_timeout_ms;    /**< how long to wait for a restarted writer (default 60000) */
+    kv_open_opts db;            /**< options of the process's own SQLite connection */
+} kv_attach_opts;
+
+/** Defaults: table "kv", 4 MiB ring, 60 s re-attach wait, kv_open_opts_default. */
+void kv_attach_opts_default(kv_attach_opts *o);
+
+/** 1 if a live writer serves `db_path` for `table` (its registry lock is
+ *  held and the registry says ready), else 0. Takes no lock. Any process. */
+int kv_attach_served(const char *db_path, const char *table);
+
+/** Attach to the writer serving `db_path`. *out is owned by the caller
+ *  (kv_attach_close). Returns KV_OK; KV_NOTFOUND (no writer serves the file,
+ *  or it serves another table); KV_IO (segment, socket or ring could not be
+ *  set up; errno kept in the message); KV_NOMEM; or a kv_db_open status for
+ *  the own connection. `err` (may be NULL) receives a message. */
+kv_status kv_attach(const char *db_path, const kv_attach_opts *o, kv_att **out,
+                    char *err, size_t errlen);
+
+/** Wait until every write of this handle is committed (bounded by the
+ *  re-attach timeout), then detach, close the ring, the socket and the own
+ *  connection, and free. NULL is a no-op. Returns the wait's status. */
+kv_status kv_attach_close(kv_att *a);
+
+/** Message of the last failure on the handle ("" if none). */
+const char *kv_att_errmsg(const kv_att *a);
+
+/** Writer generation this handle is attached to. */
+uint64_t kv_att_generation(const kv_att *a);
+
+/** Read `key`: segment, then own SQLite connection. On KV_OK *val and *vlen
+ *  point into a buffer owned by the handle, valid until its next call.
+ *  Returns KV_OK, KV_NOTFOUND, KV_INVALID (key length 0 or > 4096 for the
+ *  segment), KV_CORRUPT, KV_IO, KV_BUSY (SQLite fallback). */
+kv_status kv_att_get(kv_att *a, const void *key, size_t klen, const void **val, size_t *vlen);
+
+/** kv_att_put flags */
+#define KV_ATT_ASYNC 1  /**< return once the record is in the ring */
+#define KV_ATT_SYNC  2  /**< return once it is committed to SQLite */
+
+/** Upsert key -> value through the writer (see the header comment for when
+ *  it returns). Values larger than half the ring go as a stream (a memfd
+ *  handed to the writer) and are committed on return. Returns KV_OK,
+ *  KV_INVALID, KV_NOMEM, KV_IO (writer gone and none came back). */
+kv_status kv_att_put(kv_att *a, const void *key, size_t klen, const void *val, size_t vlen,
+                     int flags);
+
+/** Delete key; *existed (may be NULL) = 1 if it existed just before.
+ *  Returns when applied. Statuses as kv_att_put. */
+kv_status kv_att_delete(kv_att *a, const void *key, size_t klen, int *existed);
+
+/** *found = 1 if key exists (segment, then SQLite). Statuses as kv_att_get. */
+kv_status kv_att_exists(kv_att *a, const void *key, size_t klen, int *found);
+
+/** Wait until every write of this handle is applied (committed = 0) or ask
+ *  the writer to commit now and wait until it has (committed = 1; this also
+ *  commits every other process's applied writes). */
+kv_status kv_att_wait(kv_att *a, int committed);
+
+/** Row count / key batch of SQLite after kv_att_wait(a, 1) (so both include
+ *  every write applied before the call). As kv_count / kv_keys_batch. */
+kv_status kv_att_count(kv_att *a, int64_t *count);
+kv_status kv_att_keys_batch(kv_att *a, const void *prefix, size_t plen, const void *after,
+                            size_t alen, size_t max, kv_keys **out);
+
+/** Stream `size` bytes of `fd` (from its current offset) into key: the fd
+ *  is passed to the writer (SCM_RIGHTS), which streams it with io_uring and
+ *  commits before replying. Returns as kv_put_fd. */
+kv_status kv_att_put_fd(kv_att *a, const void *key, size_t klen, int fd, uint64_t size,
+                        size_t chunk);
+
+/** Write key's value to fd: from the segment when cached, else streamed
+ *  from the own SQLite connection (kv_get_to_fd, io_uring). */
+kv_status kv_att_get_to_fd(kv_att *a, const void *key, size_t klen, int fd, size_t chunk,
+                           uint64_t *written);
+
+/** Ask the writer: record a kv_features name / PRAGMA optimize + VACUUM /
+ *  WAL checkpoint. Returns the writer's status. */
+kv_status kv_att_record_feature(kv_att *a, const char *name);
+kv_status kv_att_optimize(kv_att *a);
+kv_status kv_att_checkpoint(kv_att *a);
+
+/** The writer's STATUS text (`name=value` lines) into buf (NUL-terminated). */
+kv_status kv_att_status(kv_att *a, char *buf, size_t cap);
+
+/** Hits/misses of this handle's reads since attach. */
+void kv_att_counters(const kv_att *a, uint64_t *hits, uint64_t *misses);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVSHM_ATTACH_H */
