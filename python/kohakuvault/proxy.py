@@ -23,6 +23,7 @@ from . import _kvault
 from .errors import (
     DatabaseBusy,
     InvalidArgument,
+    KohakuVaultError,
     NotFound,
     map_exception,
 )
@@ -129,6 +130,7 @@ class KVault(Mapping):
         page_size: int = 32768,
         mmap_size: int = 268435456,
         cache_kb: int = 100000,
+        shared="auto",
     ):
         self._closed = True  # until the native object exists (repr, close)
         self._native = None
@@ -156,9 +158,11 @@ class KVault(Mapping):
         self._backoff_base = backoff_base
 
         self._closed = False  # so that _fail maps open errors instead of "closed"
+        native_cls = _shared_backend(fspath, table, shared)  # shared mode: docs/shared-mode.md
+        self.shared = native_cls is not _kvault._KVault
         try:
             native = self._call(
-                _kvault._KVault,
+                native_cls,
                 fspath,
                 table,
                 chunk_size,
@@ -254,7 +258,7 @@ class KVault(Mapping):
         except Exception as exc:  # noqa: BLE001
             return self._fail(exc, self._nget_or, (key, default), key)
 
-    def put(self, key, value) -> None:
+    def put(self, key, value, *, sync: bool = False) -> None:
         """Store ``value`` under ``key`` (insert or replace).
 
         Auto-pack on: any value, encoded per API.md §3.2. Auto-pack off:
@@ -269,10 +273,25 @@ class KVault(Mapping):
             DatabaseBusy: still locked after the retries.
             ValueError: the vault is closed.
         """
+        if sync:
+            self._put_sync(key, value)
+            return
         try:
             self._nput(key, value)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc, self._nput, (key, value), key)
+
+    def _put_sync(self, key, value) -> None:
+        """``put(..., sync=True)``: return once the value is committed to
+        SQLite (shared mode: the writer committed it; embedded: the
+        write-back cache, if any, is flushed)."""
+        native = self._n()
+        if self.shared:
+            self._call(lambda k, v: native.put(k, v, sync=True), key, value, key=key)
+        else:
+            self._call(native.put, key, value, key=key)
+            if native.cache_enabled():
+                self._call(native.flush_cache)
 
     def __setitem__(self, key, value) -> None:
         """``kv[key] = value``: same as :meth:`put`."""
@@ -777,6 +796,30 @@ class KVault(Mapping):
         except Exception:  # noqa: BLE001
             n = "?"
         return f"KVault({self._path!r}, status=open, keys={n})"
+
+
+def _shared_backend(path, table, shared):
+    """The native class for ``KVault(path, shared=...)``.
+
+    ``"auto"``: ``_AttachedKVault`` when a kvault-writer serves ``path``
+    for ``table`` (its registry lock is held), else ``_KVault``.
+    ``True``: ``_AttachedKVault``, or ``KohakuVaultError`` when no writer
+    serves the file. ``False``: always ``_KVault`` (embedded).
+    """
+    attached = getattr(_kvault, "_AttachedKVault", None)
+    if shared is False or shared is None:
+        return _kvault._KVault
+    if shared not in ("auto", True):
+        raise InvalidArgument(f"shared must be 'auto', True or False, got {shared!r}")
+    served = attached is not None and _kvault._attach_served(path, table)
+    if served:
+        return attached
+    if shared is True:
+        raise KohakuVaultError(
+            f"shared=True: no kvault-writer serves {path!r} (table {table!r}); "
+            "start one with scripts/kvault-launch serve"
+        )
+    return _kvault._KVault
 
 
 def _tell(stream):
