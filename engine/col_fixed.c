@@ -387,12 +387,31 @@ int64_t kv_col_elem_size(const kv_col *col)
 kv_status kv_col_len(kv_col *col, int64_t *n)
 {
     kv_colvault *cv = col->cv;
+    kv_status st = KV_OK;
     pthread_mutex_lock(&cv->mu);
-    kv_status st = kvi_fx_length(cv, &col->fx, n);
+    if (!kvi_rc_len_hit(col, n)) {
+        st = kvi_fx_length(cv, &col->fx, n);
+        if (st == KV_OK)
+            kvi_rc_len_store(col, *n);
+    }
     if (st == KV_OK)
         *n += (int64_t)col->cn;
     pthread_mutex_unlock(&cv->mu);
     return st;
+}
+
+kv_status kv_col_len_try(kv_col *col, int64_t *n, int *hit)
+{
+    kv_colvault *cv = col->cv;
+    *hit = 0;
+    if (pthread_mutex_trylock(&cv->mu) != 0)
+        return KV_OK;
+    if (kvi_rc_len_hit(col, n)) {
+        *n += (int64_t)col->cn;
+        *hit = 1;
+    }
+    pthread_mutex_unlock(&cv->mu);
+    return KV_OK;
 }
 
 /* Append without the cache: one transaction (cv->mu held). */
@@ -448,6 +467,10 @@ kv_status kv_col_read_fixed(kv_col *col, int64_t start, int64_t count, void *out
     st = kvi_col_prepare_op(col);
     if (st != KV_OK)
         goto out;
+    int served = 0;
+    st = kvi_rc_read(col, start, count, out, &served);
+    if (served || st != KV_OK)
+        goto out;
     st = kvi_col_begin(cv, 0);
     if (st != KV_OK)
         goto out;
@@ -465,6 +488,23 @@ kv_status kv_col_read_fixed(kv_col *col, int64_t start, int64_t count, void *out
 out:
     pthread_mutex_unlock(&cv->mu);
     return st;
+}
+
+kv_status kv_col_read_fixed_try(kv_col *col, int64_t start, int64_t count, void *out, int *hit)
+{
+    kv_colvault *cv = col->cv;
+    kv_status st = KV_OK;
+    *hit = 0;
+    if (col->is_var || start < 0 || count < 0)
+        return KV_INVALID;
+    if (pthread_mutex_trylock(&cv->mu) != 0)
+        return KV_OK;
+    if (!(col->cache_on && col->cn)) { /* pending appends: the read must flush first */
+        kvi_err_clear(&cv->err);
+        *hit = kvi_rc_read_hit(col, start, count, out, &st);
+    }
+    pthread_mutex_unlock(&cv->mu);
+    return *hit ? st : KV_OK;
 }
 
 kv_status kv_col_read_var(kv_col *col, int64_t start, int64_t count, kv_buf *data, uint64_t *offs)

@@ -30,6 +30,36 @@ enum {
     KVI_CS_COUNT
 };
 
+/* Read cache (col_rcache.c): stored lengths and blocks of chunk bytes,
+ * valid while the WAL-index header equals `tag` (epoch numbers stand for
+ * tags; an entry is valid iff its epoch == rc.epoch). */
+#define KVI_RC_HDR 48                    /* bytes of one WalIndexHdr copy */
+#define KVI_RC_BLOCK 32768               /* bytes per cached block */
+#define KVI_RC_WAYS 4                    /* set associativity */
+#define KVI_RC_BYTES (16u << 20)         /* block memory per vault, bytes */
+#define KVI_RC_MAX_READ (256u << 10)     /* larger reads bypass the cache */
+
+typedef struct kvi_rblk {
+    int64_t col_id, chunk_idx, blk;      /* key: block blk of chunk chunk_idx */
+    uint64_t epoch;                      /* valid iff == rc.epoch (0: never) */
+    uint64_t tick;                       /* LRU stamp */
+    uint32_t len;                        /* valid bytes (< BLOCK at a chunk end) */
+    uint8_t *data;                       /* KVI_RC_BLOCK bytes, owned */
+} kvi_rblk;
+
+typedef struct kvi_rcache_cv {
+    int on;                              /* WAL-index header reachable */
+    int tag_ok;                          /* tag holds a header */
+    int op_ok;                           /* kvi_rc_begin of the current op succeeded */
+    const volatile uint8_t *hdr;         /* SQLite's mapping of wal-index region 0 */
+    uint8_t tag[KVI_RC_HDR];             /* header the current epoch stands for */
+    uint64_t epoch;                      /* starts at 1 */
+    kvi_rblk *blk;                       /* nsets * WAYS slots, lazily allocated */
+    size_t nsets;
+    uint64_t tick;
+    uint64_t hits, misses, drops;        /* statistics (kv_colvault_read_cache_stats) */
+} kvi_rcache_cv;
+
 struct kv_colvault {
     sqlite3 *db;                       /* owned connection */
     pthread_mutex_t mu;                /* serialises every call on the vault and its columns */
@@ -37,6 +67,7 @@ struct kv_colvault {
     sqlite3_stmt *st[KVI_CS_COUNT];    /* owned prepared statements */
     kvi_err err;                       /* last failure (message for kv_colvault_errmsg) */
     int cache_locked;                  /* lock_cache flag, read by background flushers */
+    kvi_rcache_cv rc;                  /* read cache (col_rcache.c) */
 };
 
 /** Geometry of one fixed physical column. */
@@ -59,6 +90,9 @@ struct kv_col {
     size_t *clens;                    /* var only: byte length of each cached element */
     size_t cn, ccap;                  /* cached element count, clens capacity */
     double last_write_s;              /* monotonic seconds of the last cached append */
+    /* read cache: stored length of fx as of epoch len_epoch (col_rcache.c) */
+    int64_t len_cached;
+    uint64_t len_epoch;
 };
 
 /* col_meta.c */
@@ -106,6 +140,29 @@ kv_status kvi_var_read(kv_col *col, int64_t start, int64_t count, kv_buf *data, 
 kv_status kvi_var_write(kv_col *col, int64_t start, const uint8_t *src, const size_t *lens,
                         size_t n);
 kv_status kvi_var_clear(kv_col *col);
+
+/* col_rcache.c (cv->mu held) */
+/** Find SQLite's wal-index mapping; leaves the cache off when unusable. */
+void kvi_rc_open(kv_colvault *cv);
+void kvi_rc_close(kv_colvault *cv);
+/** Snapshot the header at the start of an operation (advancing the epoch
+ *  when it changed). 1 when the cache may be used for this operation. */
+int kvi_rc_begin(kv_colvault *cv);
+/** 1 when the header still equals the tag (no commit since kvi_rc_begin). */
+int kvi_rc_unchanged(kv_colvault *cv);
+/** Drop every entry (a write through this vault). */
+void kvi_rc_invalidate(kv_colvault *cv);
+/** kvi_rc_begin + the cached stored length of col->fx; 0 on a miss. */
+int kvi_rc_len_hit(kv_col *col, int64_t *len);
+/** Remember `len`, read from SQLite after this operation's kvi_rc_begin. */
+void kvi_rc_len_store(kv_col *col, int64_t len);
+/** Answer a fixed read from the cache only (no SQLite). 1 when answered
+ *  (*st = KV_OK, or KV_INVALID beyond the length). */
+int kvi_rc_read_hit(kv_col *col, int64_t start, int64_t count, uint8_t *out, kv_status *st);
+/** Read through the cache, filling missing blocks in one read transaction.
+ *  *served = 0 (nothing returned, status KV_OK) when the cache is off, the
+ *  read is too large, or a commit landed during the read. */
+kv_status kvi_rc_read(kv_col *col, int64_t start, int64_t count, uint8_t *out, int *served);
 
 /* col_cache.c (cv->mu held) */
 kv_status kvi_cache_append_locked(kv_col *col, const void *data, const size_t *lens, size_t n);

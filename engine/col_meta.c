@@ -65,6 +65,8 @@ kv_status kvi_col_step_done(kv_colvault *cv, sqlite3_stmt *s, const char *op)
 
 kv_status kvi_col_begin(kv_colvault *cv, int immediate)
 {
+    if (immediate)
+        kvi_rc_invalidate(cv); /* our write changes what the read cache holds */
     return kvi_col_step_done(cv, cv->st[immediate ? KVI_CS_BEGIN_IMM : KVI_CS_BEGIN], "begin");
 }
 
@@ -148,6 +150,7 @@ kv_status kv_colvault_open(const char *path, int64_t min_chunk_bytes, int64_t ma
         if (st != KV_OK)
             goto fail_msg;
     }
+    kvi_rc_open(cv);
     *out = cv;
     return KV_OK;
 fail_msg:
@@ -162,6 +165,7 @@ void kv_colvault_close(kv_colvault *cv)
 {
     if (!cv)
         return;
+    kvi_rc_close(cv);
     for (int i = 0; i < KVI_CS_COUNT; i++)
         sqlite3_finalize(cv->st[i]);
     if (cv->db)

@@ -304,3 +304,150 @@ Test(col, schema_and_missing_parent)
     cr_assert(eq(int, kv_colvault_open(bad, 64, 128, &cv2, err, sizeof err), KV_IO));
     cr_assert(cv2 == NULL);
 }
+
+/* ------------------------------------------------------------------------
+ * Read cache (col_rcache.c): blocks across block and chunk boundaries, one
+ * blob handle reopened from chunk to chunk, invalidation by another
+ * connection's commit and by our own writes, off for ":memory:".
+ * ---------------------------------------------------------------------- */
+
+static void fill_i64(int64_t *v, int64_t n, int64_t seed)
+{
+    for (int64_t i = 0; i < n; i++)
+        v[i] = i * 1000003 + seed;
+}
+
+Test(col, read_cache_across_block_and_chunk_boundaries)
+{
+    /* max 40000 -> chunks of 40000 bytes: blocks [0, 32768) and [32768, 40000),
+     * so ranges cross block boundaries inside a chunk and chunk boundaries
+     * (where the blob handle is reopened on the next chunk row) */
+    kv_colvault *cv = open_cv(1024, 40000);
+    kv_col *c;
+    int64_t id, n = 30000; /* 240000 bytes: 6 chunks */
+    uint64_t hits, misses, drops;
+    int on;
+    cr_assert(eq(int, kv_col_create(cv, "x", "i64", 8, &id), KV_OK));
+    cr_assert(eq(int, kv_col_open_fixed(cv, id, &c), KV_OK));
+    int64_t *src = malloc(sizeof *src * (size_t)n), out[4096];
+    fill_i64(src, n, 7);
+    cr_assert(eq(int, kv_col_append(c, src, NULL, (size_t)n), KV_OK));
+    kv_colvault_read_cache_stats(cv, &hits, &misses, &drops, &on);
+    cr_assert(eq(int, on, 1), "WAL file: the read cache is on");
+    /* ranges straddling every kind of boundary, each read twice (miss, hit) */
+    const int64_t starts[] = {0, 4090, 4095, 4096, 4999, 5000, 9095, 14990, 29990, 24000};
+    const int64_t counts[] = {10, 12, 1, 7, 2, 1000, 20, 4000, 10, 4000};
+    for (int rep = 0; rep < 2; rep++)
+        for (size_t k = 0; k < sizeof starts / sizeof *starts; k++) {
+            memset(out, 0, sizeof out);
+            cr_assert(eq(int, kv_col_read_fixed(c, starts[k], counts[k], out), KV_OK));
+            cr_assert(memcmp(out, src + starts[k], (size_t)counts[k] * 8) == 0, "rep %d range %lld+%lld",
+                      rep, (long long)starts[k], (long long)counts[k]);
+        }
+    uint64_t h1, m1;
+    kv_colvault_read_cache_stats(cv, &h1, &m1, NULL, NULL);
+    cr_assert(gt(u64, m1, misses), "first pass read blocks from SQLite");
+    cr_assert(ge(u64, h1 - hits, 10), "second pass answered from the cache (%llu hits)",
+              (unsigned long long)(h1 - hits));
+    /* the non-blocking variant answers from warm blocks, refuses cold ones */
+    int hit = 0;
+    memset(out, 0, sizeof out);
+    cr_assert(eq(int, kv_col_read_fixed_try(c, 4090, 12, out, &hit), KV_OK));
+    cr_assert(eq(int, hit, 1));
+    cr_assert(memcmp(out, src + 4090, 12 * 8) == 0);
+    cr_assert(eq(int, kv_col_read_fixed_try(c, 29995, 10, out, &hit), KV_INVALID), "past the length");
+    cr_assert(eq(int, hit, 1));
+    /* a read past the length through the cache is still KV_INVALID */
+    cr_assert(eq(int, kv_col_read_fixed(c, 29990, 11, out), KV_INVALID));
+    /* a whole-column read (above the bypass size) stays exact */
+    int64_t *all = malloc(sizeof *all * (size_t)n);
+    cr_assert(eq(int, kv_col_read_fixed(c, 0, n, all), KV_OK));
+    cr_assert(memcmp(all, src, (size_t)n * 8) == 0);
+    free(all);
+    free(src);
+    kv_col_close(c);
+    kv_colvault_close(cv);
+}
+
+Test(col, read_cache_invalidated_by_other_connection_and_own_writes)
+{
+    kv_colvault *a = open_cv(1024, 65536), *b = NULL;
+    char err[256] = "";
+    kv_col *ca, *cb;
+    int64_t id, n, v[64], out[64];
+    int hit = 0;
+    cr_assert(eq(int, kv_col_create(a, "x", "i64", 8, &id), KV_OK));
+    cr_assert(eq(int, kv_col_open_fixed(a, id, &ca), KV_OK));
+    cr_assert(eq(int, kv_colvault_open(path, 1024, 65536, &b, err, sizeof err), KV_OK), "%s", err);
+    cr_assert(eq(int, kv_col_open_fixed(b, id, &cb), KV_OK));
+    fill_i64(v, 64, 1);
+    cr_assert(eq(int, kv_col_append(ca, v, NULL, 32), KV_OK));
+    /* warm a's cache: length and the block of elements 0..31 */
+    cr_assert(eq(int, kv_col_len(ca, &n), KV_OK));
+    cr_assert(eq(i64, n, 32));
+    cr_assert(eq(int, kv_col_read_fixed(ca, 0, 32, out), KV_OK));
+    cr_assert(eq(int, kv_col_len_try(ca, &n, &hit), KV_OK));
+    cr_assert(eq(int, hit, 1));
+    cr_assert(eq(i64, n, 32));
+
+    /* the second connection appends 16 and overwrites element 0 */
+    cr_assert(eq(int, kv_col_append(cb, v + 32, NULL, 16), KV_OK));
+    int64_t neu = -42;
+    cr_assert(eq(int, kv_col_write(cb, 0, &neu, NULL, 1), KV_OK));
+    /* a's cached length and block are no longer answered */
+    cr_assert(eq(int, kv_col_len_try(ca, &n, &hit), KV_OK));
+    cr_assert(eq(int, hit, 0), "a commit elsewhere invalidates the cached length");
+    cr_assert(eq(int, kv_col_read_fixed_try(ca, 0, 1, out, &hit), KV_OK));
+    cr_assert(eq(int, hit, 0), "... and the cached block");
+    cr_assert(eq(int, kv_col_len(ca, &n), KV_OK));
+    cr_assert(eq(i64, n, 48), "the other connection's append is seen");
+    cr_assert(eq(int, kv_col_read_fixed(ca, 0, 48, out), KV_OK));
+    cr_assert(eq(i64, out[0], -42));
+    cr_assert(memcmp(out + 1, v + 1, 47 * 8) == 0);
+    uint64_t drops;
+    kv_colvault_read_cache_stats(a, NULL, NULL, &drops, NULL);
+    cr_assert(ge(u64, drops, 2), "the header change was seen");
+
+    /* own writes: the cached answer after a write through a is the new one */
+    cr_assert(eq(int, kv_col_read_fixed(ca, 0, 48, out), KV_OK)); /* warm */
+    neu = 77;
+    cr_assert(eq(int, kv_col_write(ca, 5, &neu, NULL, 1), KV_OK));
+    cr_assert(eq(int, kv_col_read_fixed(ca, 5, 1, out), KV_OK));
+    cr_assert(eq(i64, out[0], 77));
+    cr_assert(eq(int, kv_col_delete_at(ca, 0), KV_OK));
+    cr_assert(eq(int, kv_col_len(ca, &n), KV_OK));
+    cr_assert(eq(i64, n, 47));
+    cr_assert(eq(int, kv_col_read_fixed(ca, 4, 1, out), KV_OK));
+    cr_assert(eq(i64, out[0], 77), "shifted down by the delete");
+    /* b sees a's writes too (its own cache was filled before them) */
+    cr_assert(eq(int, kv_col_read_fixed(cb, 0, 47, out), KV_OK));
+    cr_assert(eq(i64, out[4], 77));
+    cr_assert(eq(int, kv_col_len(cb, &n), KV_OK));
+    cr_assert(eq(i64, n, 47));
+    kv_col_close(cb);
+    kv_colvault_close(b);
+    kv_col_close(ca);
+    kv_colvault_close(a);
+}
+
+Test(col, read_cache_off_in_memory)
+{
+    kv_colvault *cv = NULL;
+    kv_col *c;
+    char err[256] = "";
+    int64_t id, v[8], out[8];
+    int on = 1, hit = 1;
+    cr_assert(eq(int, kv_colvault_open(":memory:", 1024, 65536, &cv, err, sizeof err), KV_OK), "%s", err);
+    kv_colvault_read_cache_stats(cv, NULL, NULL, NULL, &on);
+    cr_assert(eq(int, on, 0), "no WAL-index: no read cache");
+    cr_assert(eq(int, kv_col_create(cv, "x", "i64", 8, &id), KV_OK));
+    cr_assert(eq(int, kv_col_open_fixed(cv, id, &c), KV_OK));
+    fill_i64(v, 8, 3);
+    cr_assert(eq(int, kv_col_append(c, v, NULL, 8), KV_OK));
+    cr_assert(eq(int, kv_col_read_fixed(c, 0, 8, out), KV_OK));
+    cr_assert(memcmp(out, v, sizeof v) == 0);
+    cr_assert(eq(int, kv_col_read_fixed_try(c, 0, 8, out, &hit), KV_OK));
+    cr_assert(eq(int, hit, 0));
+    kv_col_close(c);
+    kv_colvault_close(cv);
+}

@@ -182,6 +182,35 @@ KV_API kv_status kv_col_append(kv_col *col, const void *data, const size_t *lens
 KV_API kv_status kv_col_read_fixed(kv_col *col, int64_t start, int64_t count, void *out);
 
 /**
+ * Non-blocking variants for callers that hold a lock of their own (the
+ * Python binding keeps the GIL for them): answer only from the vault's
+ * read cache, never calling SQLite and never waiting for the vault mutex.
+ * *hit = 1 when answered; *hit = 0 (nothing written, KV_OK) when the mutex
+ * is taken, the cache is off or cold, something committed since it was
+ * filled, or appends wait in the write-back cache (a read must flush them
+ * first); the caller then uses kv_col_len / kv_col_read_fixed.
+ *
+ * The read cache (per vault, process-local): stored lengths and 32 KiB
+ * blocks of chunk bytes (16 MiB at most per vault, reads above 256 KiB
+ * bypass it), valid while SQLite's WAL-index header is unchanged, i.e.
+ * while no connection in any process has committed; kv_col_len and
+ * kv_col_read_fixed use it too. Off when the file is not in WAL mode.
+ * @return kv_col_read_fixed_try: KV_OK; KV_INVALID for a variable-size
+ *         column, a negative argument, or (with *hit = 1) a range beyond
+ *         the length.
+ */
+KV_API kv_status kv_col_len_try(kv_col *col, int64_t *n, int *hit);
+KV_API kv_status kv_col_read_fixed_try(kv_col *col, int64_t start, int64_t count, void *out,
+                                       int *hit);
+
+/** Read-cache counters of the vault: answers served without SQLite
+ *  (hits), 32 KiB blocks read from SQLite (misses), epoch changes after a
+ *  commit was seen (drops); *enabled = 1 when the WAL-index header is
+ *  reachable. Any pointer may be NULL. Thread-safe. */
+KV_API void kv_colvault_read_cache_stats(kv_colvault *cv, uint64_t *hits, uint64_t *misses,
+                                         uint64_t *drops, int *enabled);
+
+/**
  * Read elements [start, start+count) of a variable-size column: their
  * bytes are appended back to back to `data`, and offs[0..count] (caller
  * array of count+1 entries) receive byte offsets relative to data->len at
