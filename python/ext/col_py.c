@@ -348,16 +348,49 @@ static void ColHandle_dealloc(ColHandleObject *self)
 
 #define H_ERR(self, st, op) kvpy_col_raise((self)->vault->cv, (st), (op))
 
+/* Length: from the read cache with the GIL held when it answers at once
+ * (no SQLite, no waiting), else through SQLite with the GIL released. */
+static int ColHandle_length_of(ColHandleObject *self, int64_t *n)
+{
+    int hit = 0;
+    kv_status st;
+    kv_col_len_try(self->col, n, &hit);
+    if (hit)
+        return 0;
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_len(self->col, n);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK) {
+        H_ERR(self, st, "len");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *ColHandle_len(ColHandleObject *self, PyObject *unused)
 {
     int64_t n = 0;
-    kv_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_col_len(self->col, &n);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK)
-        return H_ERR(self, st, "len");
+    if (ColHandle_length_of(self, &n) < 0)
+        return NULL;
     return PyLong_FromLongLong(n);
+}
+
+/* Elements [a, a+cnt) of a fixed column into buf: the read cache with the
+ * GIL held when it answers at once, else SQLite with the GIL released. */
+static int ColHandle_read_fixed_into(ColHandleObject *self, int64_t a, int64_t cnt, void *buf)
+{
+    int hit = 0;
+    kv_status st = kv_col_read_fixed_try(self->col, a, cnt, buf, &hit);
+    if (!hit && st == KV_OK) {
+        Py_BEGIN_ALLOW_THREADS
+        st = kv_col_read_fixed(self->col, a, cnt, buf);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != KV_OK) {
+        H_ERR(self, st, "read");
+        return -1;
+    }
+    return 0;
 }
 
 /* Pack `values` into b (+lens for var). Fast paths for i64/f64. */
@@ -542,13 +575,9 @@ static PyObject *ColHandle_read_raw(ColHandleObject *self, PyObject *args)
         PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(cnt * (int64_t)self->pk.pk_elem_size));
         if (!out)
             return NULL;
-        char *p = PyBytes_AS_STRING(out);
-        Py_BEGIN_ALLOW_THREADS
-        st = kv_col_read_fixed(self->col, a, cnt, p);
-        Py_END_ALLOW_THREADS
-        if (st != KV_OK) {
+        if (ColHandle_read_fixed_into(self, a, cnt, PyBytes_AS_STRING(out)) < 0) {
             Py_DECREF(out);
-            return H_ERR(self, st, "read");
+            return NULL;
         }
         return out;
     }
@@ -582,58 +611,56 @@ static PyObject *ColHandle_read_raw(ColHandleObject *self, PyObject *args)
     return r;
 }
 
-/* read(start, stop) -> list of unpacked values. */
-static PyObject *ColHandle_read(ColHandleObject *self, PyObject *args)
+/* Unpack cnt fixed elements of buf into a new list. */
+static PyObject *ColHandle_decode_fixed(ColHandleObject *self, const uint8_t *buf, int64_t cnt)
 {
-    long long a, z;
-    kv_status st;
-    if (!PyArg_ParseTuple(args, "LL", &a, &z))
-        return NULL;
-    if (a < 0 || z < a) {
-        PyErr_SetString(PyExc_ValueError, "invalid range");
-        return NULL;
-    }
-    int64_t cnt = z - a;
+    size_t es = self->pk.pk_elem_size;
     PyObject *res = PyList_New((Py_ssize_t)cnt);
-    if (!res || cnt == 0)
-        return res;
+    if (!res)
+        return NULL;
+    for (int64_t i = 0; i < cnt; i++) {
+        PyObject *v;
+        if (self->pk.pk_kind == KV_PK_I64) {
+            int64_t x;
+            memcpy(&x, buf + 8 * i, 8);
+            v = PyLong_FromLongLong(x);
+        } else if (self->pk.pk_kind == KV_PK_F64) {
+            double d;
+            memcpy(&d, buf + 8 * i, 8);
+            v = PyFloat_FromDouble(d);
+        } else
+            v = kvpy_unpack_one(&self->pk, buf + (size_t)i * es, es);
+        if (!v) {
+            Py_DECREF(res);
+            return NULL;
+        }
+        PyList_SET_ITEM(res, i, v);
+    }
+    return res;
+}
+
+/* Elements [a, a+cnt) (already in range) as a list of values. */
+static PyObject *ColHandle_read_range(ColHandleObject *self, int64_t a, int64_t cnt)
+{
+    kv_status st;
+    if (cnt == 0)
+        return PyList_New(0);
     if (!self->is_var) {
-        size_t es = self->pk.pk_elem_size;
-        uint8_t *buf = PyMem_Malloc((size_t)cnt * es);
-        if (!buf) {
-            Py_DECREF(res);
+        uint8_t stackbuf[4096];
+        size_t nbytes = (size_t)cnt * self->pk.pk_elem_size;
+        uint8_t *buf = nbytes <= sizeof stackbuf ? stackbuf : PyMem_Malloc(nbytes);
+        if (!buf)
             return PyErr_NoMemory();
-        }
-        Py_BEGIN_ALLOW_THREADS
-        st = kv_col_read_fixed(self->col, a, cnt, buf);
-        Py_END_ALLOW_THREADS
-        if (st != KV_OK) {
+        PyObject *res = NULL;
+        if (ColHandle_read_fixed_into(self, a, cnt, buf) == 0)
+            res = ColHandle_decode_fixed(self, buf, cnt);
+        if (buf != stackbuf)
             PyMem_Free(buf);
-            Py_DECREF(res);
-            return H_ERR(self, st, "read");
-        }
-        for (int64_t i = 0; i < cnt; i++) {
-            PyObject *v;
-            if (self->pk.pk_kind == KV_PK_I64) {
-                int64_t x;
-                memcpy(&x, buf + 8 * i, 8);
-                v = PyLong_FromLongLong(x);
-            } else if (self->pk.pk_kind == KV_PK_F64) {
-                double d;
-                memcpy(&d, buf + 8 * i, 8);
-                v = PyFloat_FromDouble(d);
-            } else
-                v = kvpy_unpack_one(&self->pk, buf + (size_t)i * es, es);
-            if (!v) {
-                PyMem_Free(buf);
-                Py_DECREF(res);
-                return NULL;
-            }
-            PyList_SET_ITEM(res, i, v);
-        }
-        PyMem_Free(buf);
         return res;
     }
+    PyObject *res = PyList_New((Py_ssize_t)cnt);
+    if (!res)
+        return NULL;
     kv_buf b;
     uint64_t *offs = PyMem_Malloc(sizeof *offs * (size_t)(cnt + 1));
     if (!offs) {
@@ -661,6 +688,82 @@ static PyObject *ColHandle_read(ColHandleObject *self, PyObject *args)
     PyMem_Free(offs);
     kv_buf_free(&b);
     return res;
+}
+
+/* read(start, stop) -> list of unpacked values. */
+static PyObject *ColHandle_read(ColHandleObject *self, PyObject *args)
+{
+    long long a, z;
+    if (!PyArg_ParseTuple(args, "LL", &a, &z))
+        return NULL;
+    if (a < 0 || z < a) {
+        PyErr_SetString(PyExc_ValueError, "invalid range");
+        return NULL;
+    }
+    return ColHandle_read_range(self, a, z - a);
+}
+
+/* getitem(idx) -> value or list: the whole of Column/VarSizeColumn
+ * __getitem__ (API.md §6.5/§6.6) in one call: slice.indices semantics,
+ * step != 1 -> ValueError, ints (bool, __index__ objects) with negative
+ * indices, IndexError / TypeError with the API.md messages. */
+static PyObject *ColHandle_getitem(ColHandleObject *self, PyObject *idx)
+{
+    int64_t n;
+    if (PySlice_Check(idx)) {
+        Py_ssize_t a, z, step;
+        if (PySlice_Unpack(idx, &a, &z, &step) < 0)
+            return NULL;
+        if (ColHandle_length_of(self, &n) < 0)
+            return NULL;
+        PySlice_AdjustIndices((Py_ssize_t)n, &a, &z, step);
+        if (step != 1) {
+            PyErr_SetString(PyExc_ValueError, self->is_var
+                                                  ? "Step slicing not supported for variable-size columns"
+                                                  : "Step slicing not supported");
+            return NULL;
+        }
+        return ColHandle_read_range(self, a, z > a ? z - a : 0);
+    }
+    PyObject *iobj;
+    if (PyLong_Check(idx)) {
+        iobj = PyNumber_Long(idx); /* bool -> int for the message */
+    } else if (PyIndex_Check(idx)) {
+        iobj = PyNumber_Index(idx);
+    } else {
+        PyErr_SetString(PyExc_TypeError, "Column indices must be integers or slices");
+        return NULL;
+    }
+    if (!iobj)
+        return NULL;
+    if (ColHandle_length_of(self, &n) < 0) {
+        Py_DECREF(iobj);
+        return NULL;
+    }
+    int ovf = 0;
+    long long i = PyLong_AsLongLongAndOverflow(iobj, &ovf);
+    if (i == -1 && PyErr_Occurred()) {
+        Py_DECREF(iobj);
+        return NULL;
+    }
+    long long j = i < 0 ? i + n : i;
+    if (ovf || j < 0 || j >= n) {
+        if (self->is_var)
+            PyErr_Format(PyExc_IndexError, "Column index out of range: %S", iobj);
+        else
+            PyErr_Format(PyExc_IndexError, "Column index out of range: %S (length=%lld)", iobj,
+                         (long long)n);
+        Py_DECREF(iobj);
+        return NULL;
+    }
+    Py_DECREF(iobj);
+    PyObject *lst = ColHandle_read_range(self, j, 1);
+    if (!lst)
+        return NULL;
+    PyObject *v = PyList_GET_ITEM(lst, 0);
+    Py_INCREF(v);
+    Py_DECREF(lst);
+    return v;
 }
 
 /* write(start, values: list) -> None: overwrite len(values) elements. */
@@ -804,6 +907,10 @@ static PyMethodDef ColHandle_methods[] = {
      " C-contiguous buffer of int64/float64 is appended straight from its memory (other numpy dtypes"
      " are cast once). One transaction."},
     {"read", (PyCFunction)ColHandle_read, METH_VARARGS, "read(start, stop) -> list of values."},
+    {"getitem", (PyCFunction)ColHandle_getitem, METH_O,
+     "getitem(idx) -> value (int index, negative from the end) or list (slice, step 1). IndexError"
+     " out of range, ValueError for a step, TypeError for another index type (API.md messages)."
+     " Served from the vault's read cache with the GIL held when it can answer at once."},
     {"read_raw", (PyCFunction)ColHandle_read_raw, METH_VARARGS,
      "read_raw(start, stop) -> bytes (fixed: (stop-start)*elem_size bytes) or (bytes, offsets) for"
      " variable size (offsets has stop-start+1 entries)."},

@@ -263,19 +263,17 @@ class Column(_ColumnBase):
     def __init__(self, handle, name: str, dtype: str, raw_struct: bool = False) -> None:
         super().__init__(handle, name, dtype)
         self._elem_size = handle.info["elem_size"]
+        self._np_kind = {"i64": "<i8", "f64": "<f8"}.get(dtype.split(":")[0])
 
     def __getitem__(self, idx):
-        if isinstance(idx, slice):
-            start, stop = self._slice_bounds(idx, "Step slicing not supported")
-            if stop <= start:
-                return []
-            return self._h.read(start, stop)
-        i = _as_index(idx, "Column indices must be integers or slices")
-        n = len(self)
-        j = i + n if i < 0 else i
-        if not 0 <= j < n:
-            raise IndexError(f"Column index out of range: {i} (length={n})")
-        return self._h.read(j, j + 1)[0]
+        """``col[i]`` → value (negative ``i`` counts from the end;
+        ``IndexError("Column index out of range: i (length=n)")``);
+        ``col[a:b]`` → list (``slice.indices`` semantics; step ≠ 1 →
+        ``ValueError("Step slicing not supported")``); other index types →
+        ``TypeError``. One native call: answered from the vault's read cache
+        (validated by SQLite's WAL-index header) when nothing was committed
+        since it was filled, else read through SQLite."""
+        return self._h.getitem(idx)
 
     def __setitem__(self, idx, value) -> None:
         if isinstance(idx, slice):
@@ -319,10 +317,9 @@ class Column(_ColumnBase):
         start, stop, _ = slice(start, stop).indices(n)
         stop = max(start, stop)
         raw = self._h.read_raw(start, stop)
-        if self._dtype.split(":")[0] == "i64":
-            return np.frombuffer(raw, dtype="<i8")
-        if self._dtype.split(":")[0] == "f64":
-            return np.frombuffer(raw, dtype="<f8")
+        kind = self._np_kind
+        if kind is not None:
+            return np.frombuffer(raw, dtype=kind)
         return np.frombuffer(raw, dtype=np.uint8).reshape(stop - start, self._elem_size)
 
     def __repr__(self) -> str:
@@ -349,17 +346,10 @@ class VarSizeColumn(_ColumnBase):
                     raise TypeError("Value must be bytes")
 
     def __getitem__(self, idx):
-        if isinstance(idx, slice):
-            start, stop = self._slice_bounds(idx, "Step slicing not supported for variable-size columns")
-            if stop <= start:
-                return []
-            return self._h.read(start, stop)
-        i = _as_index(idx, "Column indices must be integers or slices")
-        n = len(self)
-        j = i + n if i < 0 else i
-        if not 0 <= j < n:
-            raise IndexError(f"Column index out of range: {i}")
-        return self._h.read(j, j + 1)[0]
+        """``col[i]`` → value (``IndexError("Column index out of range: i")``);
+        ``col[a:b]`` → list (step ≠ 1 → ``ValueError``); other index types →
+        ``TypeError``. One native call."""
+        return self._h.getitem(idx)
 
     def __setitem__(self, idx, value) -> None:
         if isinstance(idx, slice):

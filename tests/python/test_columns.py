@@ -279,3 +279,43 @@ def test_helpers():
     assert cp.parse_dtype("i64") == (False, 8) and cp.parse_dtype("str") == (True, 0)
     assert cp.get_unpacker("f64")(cp.get_packer("f64")(1.0)) == 1.0
     assert set(cp.DTYPE_INFO) == {"i64", "f64"}
+
+
+def test_reads_see_other_connections_and_processes(path):
+    """The read cache (validated by the WAL-index header) never serves a
+    value another connection or process has since changed."""
+    import subprocess
+    import sys
+
+    cv1 = ColumnVault(path)
+    c1 = cv1.create_column("x", "f64")
+    c1.extend(np.arange(1000, dtype=np.float64))
+    assert c1[10:13] == [10.0, 11.0, 12.0] and c1[-1] == 999.0  # warm
+    assert len(c1) == 1000
+    cv2 = ColumnVault(path)
+    c2 = cv2["x"]
+    c2.extend([1000.0, 1001.0])
+    c2[10] = -1.0
+    assert len(c1) == 1002
+    assert c1[10:13] == [-1.0, 11.0, 12.0]
+    assert c1[-1] == 1001.0
+    assert c1.to_numpy(10, 11).tolist() == [-1.0]
+    code = (
+        "import sys; from kohakuvault import ColumnVault; c = ColumnVault(sys.argv[1])['x'];"
+        " c[11] = -2.0; c.append(1002.0)"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    subprocess.run([sys.executable, "-c", code, path], check=True, env=env)
+    assert c1[10:13] == [-1.0, -2.0, 12.0]
+    assert len(c1) == 1003 and c1[-1] == 1002.0
+    # getitem errors keep the API.md messages
+    with pytest.raises(IndexError, match=r"Column index out of range: 1003 \(length=1003\)"):
+        c1[1003]
+    with pytest.raises(IndexError, match=r"Column index out of range: -1004 \(length=1003\)"):
+        c1[-1004]
+    with pytest.raises(ValueError, match="Step slicing not supported"):
+        c1[0:10:2]
+    with pytest.raises(TypeError, match="Column indices must be integers or slices"):
+        c1[1.0]
+    assert c1[True] == 1.0 and c1[np.int64(2)] == 2.0
+    assert c1[5:2] == [] and c1[-2:] == [1001.0, 1002.0]
