@@ -517,8 +517,7 @@ static void push_small(kv_att *a, uint32_t type, const void *key, size_t klen)
     uint32_t hdr[2] = {(uint32_t)klen, 0};
     memcpy(p, hdr, sizeof hdr);
     memcpy((uint8_t *)p + KVSHM_REC_KEYHDR, key, klen);
-    a->last_pos = kvshm_ring_publish(a->ring, type);
-    a->applied_ok = 0;
+    kvshm_ring_publish(a->ring, type);   /* a hint: nobody waits for it */
 }
 
 static void maybe_stats(kv_att *a)
@@ -527,8 +526,6 @@ static void maybe_stats(kv_att *a)
     uint64_t s[2] = {a->hits - a->hits_rep, a->misses - a->misses_rep};
     uint64_t pos;
     if (kvshm_ring_push(a->ring, KVSHM_REC_STATS, s, sizeof s, 0, &pos) == KVSHM_OK) {
-        a->last_pos = pos;
-        a->applied_ok = 0;
         a->hits_rep = a->hits;
         a->misses_rep = a->misses;
     }
