@@ -253,3 +253,93 @@ def test_sigterm_commits_everything(tmp_path):
         assert len(_rows(db)) == 1000
     finally:
         w.kill(signal.SIGKILL)
+
+
+# ---- 2 writer + 2 reader processes with a model check ------------------------
+
+STRESS_S = float(os.environ.get("KV_SHARED_STRESS_S", "30"))
+NKEYS = 200
+
+
+def _stress_writer(db, wid, published, deadline, q):
+    """Writes w<wid>:<k> with increasing counters; publishes each counter
+    after its put returned (applied: visible to everyone)."""
+    try:
+        kv = KVault(db, shared=True)
+        n = 0
+        while time.time() < deadline:
+            k = n % NKEYS
+            c = n // NKEYS + 1
+            kv[f"w{wid}:{k}"] = c
+            kv[f"s:{k}"] = (wid, c)  # contended keys, both writers
+            published[wid * NKEYS + k] = c
+            n += 1
+        final = {f"w{wid}:{k}": published[wid * NKEYS + k] for k in range(NKEYS)}
+        kv.close()
+        q.put(("ok", wid, n, final))
+    except BaseException as exc:  # includes DatabaseBusy: must never happen
+        q.put(("error", wid, repr(exc), None))
+
+
+def _stress_reader(db, rid, published, deadline, q):
+    import random
+
+    try:
+        kv = KVault(db, shared=True)
+        rng = random.Random(rid)
+        seen = {}
+        reads = 0
+        while time.time() < deadline:
+            wid = rng.randrange(2)
+            k = rng.randrange(NKEYS)
+            lo = published[wid * NKEYS + k]  # published before this read began
+            v = kv.get(f"w{wid}:{k}", 0)
+            hi = published[wid * NKEYS + k] + 1
+            assert isinstance(v, int) and lo <= v <= hi, (wid, k, lo, v, hi)
+            assert v >= seen.get((wid, k), 0), "went back in time"
+            seen[(wid, k)] = v
+            s = kv.get(f"s:{k}")
+            assert s is None or (isinstance(s, (list, tuple)) and len(s) == 2 and s[0] in (0, 1)), s
+            reads += 1
+        kv.close()
+        q.put(("ok", rid, reads, None))
+    except BaseException as exc:
+        q.put(("error", rid, repr(exc), None))
+
+
+def test_two_writers_two_readers_model_check(served):
+    db, _ = served
+    ctx = mp.get_context("spawn")
+    published = ctx.Array("q", 2 * NKEYS, lock=False)
+    q = ctx.Queue()
+    deadline = time.time() + STRESS_S + 2  # + process start-up
+    procs = [ctx.Process(target=_stress_writer, args=(db, i, published, deadline, q))
+             for i in range(2)]
+    procs += [ctx.Process(target=_stress_reader, args=(db, i, published, deadline, q))
+              for i in range(2)]
+    for p in procs:
+        p.start()
+    results = []
+    try:
+        for _ in procs:
+            results.append(q.get(timeout=STRESS_S + 120))
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    errors = [r for r in results if r[0] != "ok"]
+    assert not errors, errors
+    kv = KVault(db, shared=True)
+    kv.flush_cache()
+    kv.close()
+    rows = _rows(db)
+    for status, _wid, n, final in results:
+        if final is None:
+            continue
+        assert n > 0
+        with KVault(db, shared=False) as emb:
+            for key, c in final.items():
+                assert emb[key] == c, key
+    assert len(rows) == 3 * NKEYS
