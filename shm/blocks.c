@@ -10,6 +10,9 @@
  */
 #include <stdlib.h>
 #include <string.h>
+/* xxh3 inlined: keys and values are short, a library call costs as much
+ * as the hash itself. */
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include "kvshm/structs.h"
@@ -48,7 +51,10 @@ void kvshm_blocks_init(kvshm_blocks *b, kvshm_seg *seg, uint64_t lo,
     b->lo = lo;
     b->hi = lo + bytes;
     b->bump = lo;
-    b->top = lo + bytes;
+    uint64_t inner = (bytes / 64) & ~(uint64_t)4095;
+    b->ilo = lo + bytes - inner;
+    b->itop = lo + bytes;
+    b->top = b->ilo;
 }
 
 void kvshm_blocks_fini(kvshm_blocks *b)
@@ -112,6 +118,28 @@ kvshm_status kvshm_blocks_alloc_idx(kvshm_blocks *b, uint64_t bytes, uint64_t *o
     return KVSHM_OK;
 }
 
+kvshm_status kvshm_blocks_alloc_inner(kvshm_blocks *b, uint64_t bytes, uint64_t *off)
+{
+    uint64_t cb;
+    int c = size_class(bytes, &cb);
+    if (c < 0) return KVSHM_E_INVAL;
+    uint64_t head = b->free_inner[c];
+    if (head) {
+        uint64_t *link = kvshm_at(b->seg, head, 8);
+        if (!link) return KVSHM_E_CORRUPT;
+        b->free_inner[c] = *link;
+        *off = head;
+    } else {
+        uint64_t at = b->itop >= b->ilo + cb ? (b->itop - cb) & ~(uint64_t)63 : 0;
+        if (at < b->ilo) return kvshm_blocks_alloc_idx(b, bytes, off);
+        b->itop = at;
+        *off = at;
+    }
+    b->used += cb;
+    publish_stats(b);
+    return KVSHM_OK;
+}
+
 void kvshm_blocks_free(kvshm_blocks *b, uint64_t off, uint64_t bytes)
 {
     uint64_t cb;
@@ -119,7 +147,7 @@ void kvshm_blocks_free(kvshm_blocks *b, uint64_t off, uint64_t bytes)
     uint64_t *link = kvshm_at(b->seg, off, 8);
     if (c < 0 || !link || off < b->lo || off >= b->hi) return;
     if (b->poison) memset(b->seg->base + off, 0xdb, cb);
-    uint64_t *list = off >= b->top ? b->free_idx : b->free_head;
+    uint64_t *list = off >= b->ilo ? b->free_inner : off >= b->top ? b->free_idx : b->free_head;
     *link = list[c];
     list[c] = off;
     b->used -= cb;

@@ -95,7 +95,15 @@ uint64_t kvshm_tree_find(const kvshm_seg *s, uint64_t root, uint32_t height,
     for (int j = 0; j < n; j++) {
         if (lf->c_prefix[j] < p) continue;
         if (lf->c_prefix[j] > p) break;
-        int c = ref_cmp(s, lf->c_ref[j], key, klen, &bad);
+        /* The record is the next miss: ask for all of a small record's
+         * lines at once (header + key + value usually span 2-3). */
+        uint64_t ro = lf->c_ref[j];
+        if (ro < s->size - 192) {
+            __builtin_prefetch(s->base + ro);
+            __builtin_prefetch(s->base + ro + 64);
+            __builtin_prefetch(s->base + ro + 128);
+        }
+        int c = ref_cmp(s, ro, key, klen, &bad);
         if (bad) { *err = KVSHM_E_CORRUPT; return 0; }
         if (c == 0) return lf->c_ref[j];
         if (c > 0) break;
@@ -431,7 +439,11 @@ static void write_node(bctx *c, const wnode *w, struct kvshm_node *dst)
     memcpy(dst->c_ref, w->ref, (size_t)w->n * 8);
     if (w->level == 0) return;
     uint64_t gbytes = (uint64_t)(w->n + 1) * KVSHM_NODE_BYTES, g;
-    if ((c->err = kvshm_blocks_alloc_idx(c->b, gbytes, &g))) return;
+    /* groups of internal nodes go to the small inner area, leaf groups to
+     * the leaf area */
+    if ((c->err = w->level >= 2 ? kvshm_blocks_alloc_inner(c->b, gbytes, &g)
+                                : kvshm_blocks_alloc_idx(c->b, gbytes, &g)))
+        return;
     sv_push(c, &c->allocs, g, gbytes);
     uint8_t *gp = kvshm_at(c->s, g, gbytes);
     for (int i = 0; i <= w->n && !c->err; i++) {
@@ -515,7 +527,7 @@ kvshm_status kvshm_tree_apply(kvshm_blocks *b, uint64_t epoch, kvshm_tree *t,
     }
     uint64_t new_root = 0;
     if (!c.err && root.m) {
-        if (!(c.err = kvshm_blocks_alloc_idx(b, KVSHM_NODE_BYTES, &new_root))) {
+        if (!(c.err = kvshm_blocks_alloc_inner(b, KVSHM_NODE_BYTES, &new_root))) {
             sv_push(&c, &c.allocs, new_root, KVSHM_NODE_BYTES);
             write_node(&c, root.m, kvshm_at(c.s, new_root, KVSHM_NODE_BYTES));
         }

@@ -16,6 +16,9 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+/* xxh3 inlined: keys and values are short, a library call costs as much
+ * as the hash itself. */
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include "internal.h"
@@ -244,7 +247,9 @@ kvshm_status kvshm_reader_attach(const char *seg_name, const char *slot_name,
     struct stat sb;
     if (fstat(fd, &sb) != 0) { st = KVSHM_E_SYS; goto fail_fd; }
     if ((uint64_t)sb.st_size < KVSHM_HDR_BYTES) { st = KVSHM_E_SIZE; goto fail_fd; }
-    void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    /* MAP_POPULATE: fault the whole (already reserved) segment in now, so
+     * lookups never take minor page faults later; attach pays once. */
+    void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (p == MAP_FAILED) { r->err_no = errno; st = KVSHM_E_SYS; goto fail_fd; }
     r->seg.base = p;
     r->seg.size = (uint64_t)sb.st_size;

@@ -23,7 +23,7 @@
  * change cannot fail after it has been made). */
 static kvshm_status view_alloc(kvshm_writer *w, uint32_t shard, uint64_t *off)
 {
-    return kvshm_blocks_alloc_idx(&w->blocks[shard], sizeof(struct kvshm_view), off);
+    return kvshm_blocks_alloc_inner(&w->blocks[shard], sizeof(struct kvshm_view), off);
 }
 
 /* Fill the view block (or a new one if preallocated is 0) from the writer's

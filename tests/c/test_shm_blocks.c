@@ -67,7 +67,7 @@ Test(shm_blocks, region_exhaustion_reports_full)
     kvshm_status st;
     while ((st = kvshm_blocks_alloc(&B, 65536, &off)) == KVSHM_OK) n++;
     cr_assert_eq(st, KVSHM_E_FULL);
-    cr_assert_eq(n, (4 << 20) / 65536);
+    cr_assert_eq(n, (B.ilo - B.lo) / 65536, "the cold area ends where the inner area begins");
     cr_assert_eq(kvshm_blocks_alloc(&B, 0, &off), KVSHM_E_INVAL);
 }
 
@@ -133,4 +133,32 @@ Test(shm_blocks, record_roundtrip_checksum_and_errors)
     cr_assert_eq(kvshm_rec_read(S, t, k, 9, &out), KVSHM_DELETED);
     cr_assert_eq(out.seq, 43);
     cr_assert_eq(kvshm_rec_new(&B, k, 0, v, 1, 1, 0, &t), KVSHM_E_INVAL);
+}
+
+Test(shm_blocks, index_areas_grow_down_and_keep_their_own_free_lists)
+{
+    uint64_t inner[64], leaf[8], cold;
+    int ni = 0;
+    /* the inner area fills first, then spills into the leaf area */
+    while (ni < 64 && kvshm_blocks_alloc_inner(&B, 4096, &inner[ni]) == KVSHM_OK && inner[ni] >= B.ilo) ni++;
+    cr_assert_eq(ni, (int)((B.lo + (4u << 20) - B.ilo) / 4096), "inner area holds %d blocks", ni);
+    cr_assert_lt(inner[ni], B.ilo, "spilled into the leaf area");
+    for (int i = 1; i < ni; i++) cr_assert_lt(inner[i], inner[i - 1], "grows down");
+    for (int i = 0; i < 8; i++) {
+        cr_assert_eq(kvshm_blocks_alloc_idx(&B, 256, &leaf[i]), KVSHM_OK);
+        cr_assert_lt(leaf[i], B.ilo);
+        cr_assert_eq(leaf[i] % 64, 0);
+    }
+    cr_assert_eq(kvshm_blocks_alloc(&B, 256, &cold), KVSHM_OK);
+    cr_assert_lt(cold, leaf[7], "cold area below the index areas");
+    /* a freed block goes back to the list of its own area */
+    kvshm_blocks_free(&B, inner[3], 4096);
+    kvshm_blocks_free(&B, leaf[2], 256);
+    uint64_t a, b2, c;
+    cr_assert_eq(kvshm_blocks_alloc(&B, 256, &a), KVSHM_OK);
+    cr_assert_neq(a, leaf[2], "cold allocation does not take a leaf-area block");
+    cr_assert_eq(kvshm_blocks_alloc_idx(&B, 256, &b2), KVSHM_OK);
+    cr_assert_eq(b2, leaf[2]);
+    cr_assert_eq(kvshm_blocks_alloc_inner(&B, 4096, &c), KVSHM_OK);
+    cr_assert_eq(c, inner[3]);
 }

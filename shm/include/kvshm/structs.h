@@ -34,9 +34,11 @@ typedef struct kvshm_blocks {
     kvshm_seg *seg;
     struct kvshm_shard *stats;   /* shared stats mirror (may be NULL) */
     uint64_t lo, hi, bump;       /* region [lo, hi); next unused byte (grows up) */
-    uint64_t top;                /* index area [top, hi) grows down from hi */
+    uint64_t top;                /* leaf area [top, ilo) grows down from ilo */
+    uint64_t ilo, itop;          /* inner area [ilo, hi), bump itop grows down */
     uint64_t free_head[KVSHM_NCLASSES];
-    uint64_t free_idx[KVSHM_NCLASSES]; /* free lists of the index area */
+    uint64_t free_idx[KVSHM_NCLASSES];   /* free lists of the leaf area */
+    uint64_t free_inner[KVSHM_NCLASSES]; /* free lists of the inner area */
     uint64_t used;               /* class bytes allocated, incl. retired */
     uint64_t retired;            /* class bytes retired, not yet reclaimed */
     kvshm_retired *ret;          /* FIFO of retired blocks, epochs ascending */
@@ -60,6 +62,11 @@ kvshm_status kvshm_blocks_alloc(kvshm_blocks *b, uint64_t bytes, uint64_t *off);
  * share cache lines and TLB entries instead of being strewn among values.
  * Same contract as kvshm_blocks_alloc. Writer only. */
 kvshm_status kvshm_blocks_alloc_idx(kvshm_blocks *b, uint64_t bytes, uint64_t *off);
+/* Allocate from the inner area (1/64 of the region at its very top):
+ * internal tree node groups, roots and views -- the few blocks every lookup
+ * passes through stay within a few hundred pages (TLB reach). Falls back to
+ * the leaf area when the inner area is full. Writer only. */
+kvshm_status kvshm_blocks_alloc_inner(kvshm_blocks *b, uint64_t bytes, uint64_t *off);
 /* Return a block no reader can reach (never published) at once. Writer only. */
 void kvshm_blocks_free(kvshm_blocks *b, uint64_t off, uint64_t bytes);
 /* Queue a block unlinked from the published structures during `epoch`; it is
