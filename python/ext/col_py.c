@@ -690,6 +690,72 @@ static PyObject *ColHandle_read_range(ColHandleObject *self, int64_t a, int64_t 
     return res;
 }
 
+/* numpy.frombuffer and the int64/float64 dtypes, imported on first use and
+ * kept for the life of the process (module-level cache, GIL-protected). */
+static PyObject *kvpy_np_frombuffer, *kvpy_np_i8, *kvpy_np_f8;
+
+static int kvpy_np_ready(void)
+{
+    if (kvpy_np_frombuffer)
+        return 0;
+    PyObject *np = PyImport_ImportModule("numpy");
+    if (!np)
+        return -1;
+    PyObject *fb = PyObject_GetAttrString(np, "frombuffer");
+    PyObject *dt = PyObject_GetAttrString(np, "dtype");
+    PyObject *i8 = dt ? PyObject_CallFunction(dt, "s", "<i8") : NULL;
+    PyObject *f8 = dt ? PyObject_CallFunction(dt, "s", "<f8") : NULL;
+    Py_XDECREF(dt);
+    Py_DECREF(np);
+    if (!fb || !i8 || !f8) {
+        Py_XDECREF(fb);
+        Py_XDECREF(i8);
+        Py_XDECREF(f8);
+        return -1;
+    }
+    kvpy_np_frombuffer = fb;
+    kvpy_np_i8 = i8;
+    kvpy_np_f8 = f8;
+    return 0;
+}
+
+/* read_numpy(start=None, stop=None) -> 1-D int64/float64 ndarray of the
+ * elements [start, stop) of an i64/f64 column, bounds normalised like
+ * slice(start, stop).indices(len). The array is read-only and views one
+ * bytes object filled by a single engine read. */
+static PyObject *ColHandle_read_numpy(ColHandleObject *self, PyObject *args)
+{
+    PyObject *a_obj = Py_None, *z_obj = Py_None;
+    int64_t n;
+    if (!PyArg_ParseTuple(args, "|OO", &a_obj, &z_obj))
+        return NULL;
+    if (self->is_var || (self->pk.pk_kind != KV_PK_I64 && self->pk.pk_kind != KV_PK_F64)) {
+        PyErr_SetString(PyExc_TypeError, "read_numpy needs an i64 or f64 column");
+        return NULL;
+    }
+    PyObject *sl = PySlice_New(a_obj, z_obj, NULL);
+    if (!sl)
+        return NULL;
+    Py_ssize_t a, z, step;
+    int bad = PySlice_Unpack(sl, &a, &z, &step);
+    Py_DECREF(sl);
+    if (bad < 0 || ColHandle_length_of(self, &n) < 0 || kvpy_np_ready() < 0)
+        return NULL;
+    PySlice_AdjustIndices((Py_ssize_t)n, &a, &z, 1);
+    Py_ssize_t cnt = z > a ? z - a : 0;
+    PyObject *raw = PyBytes_FromStringAndSize(NULL, cnt * 8);
+    if (!raw)
+        return NULL;
+    if (cnt && ColHandle_read_fixed_into(self, a, cnt, PyBytes_AS_STRING(raw)) < 0) {
+        Py_DECREF(raw);
+        return NULL;
+    }
+    PyObject *arr = PyObject_CallFunctionObjArgs(
+        kvpy_np_frombuffer, raw, self->pk.pk_kind == KV_PK_I64 ? kvpy_np_i8 : kvpy_np_f8, NULL);
+    Py_DECREF(raw);
+    return arr;
+}
+
 /* read(start, stop) -> list of unpacked values. */
 static PyObject *ColHandle_read(ColHandleObject *self, PyObject *args)
 {
@@ -907,6 +973,9 @@ static PyMethodDef ColHandle_methods[] = {
      " C-contiguous buffer of int64/float64 is appended straight from its memory (other numpy dtypes"
      " are cast once). One transaction."},
     {"read", (PyCFunction)ColHandle_read, METH_VARARGS, "read(start, stop) -> list of values."},
+    {"read_numpy", (PyCFunction)ColHandle_read_numpy, METH_VARARGS,
+     "read_numpy(start=None, stop=None) -> int64/float64 ndarray (read-only) of an i64/f64"
+     " column's elements [start, stop) (slice.indices bounds)."},
     {"getitem", (PyCFunction)ColHandle_getitem, METH_O,
      "getitem(idx) -> value (int index, negative from the end) or list (slice, step 1). IndexError"
      " out of range, ValueError for a step, TypeError for another index type (API.md messages)."

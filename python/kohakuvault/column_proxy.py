@@ -311,15 +311,14 @@ class Column(_ColumnBase):
         """Extension: elements ``[start, stop)`` as a numpy array read in one
         buffer. ``i64`` → int64, ``f64`` → float64; other dtypes →
         ``(n, elem_size)`` uint8 rows of packed bytes."""
+        if self._np_kind is not None:
+            return self._h.read_numpy(start, stop)  # one native call
         import numpy as np
 
         n = len(self)
         start, stop, _ = slice(start, stop).indices(n)
         stop = max(start, stop)
         raw = self._h.read_raw(start, stop)
-        kind = self._np_kind
-        if kind is not None:
-            return np.frombuffer(raw, dtype=kind)
         return np.frombuffer(raw, dtype=np.uint8).reshape(stop - start, self._elem_size)
 
     def __repr__(self) -> str:
