@@ -67,7 +67,7 @@ Test(shm_blocks, region_exhaustion_reports_full)
     kvshm_status st;
     while ((st = kvshm_blocks_alloc(&B, 65536, &off)) == KVSHM_OK) n++;
     cr_assert_eq(st, KVSHM_E_FULL);
-    cr_assert_eq(n, (B.ilo - B.lo) / 65536, "the cold area ends where the inner area begins");
+    cr_assert_eq((uint64_t)n, (B.ilo - B.lo) / 65536, "the cold area ends where the inner area begins");
     cr_assert_eq(kvshm_blocks_alloc(&B, 0, &off), KVSHM_E_INVAL);
 }
 
