@@ -192,6 +192,11 @@ class _Progress:
             self.q.put(("progress", self.phase, self.nbytes, self.nfiles))
             self.nbytes = self.nfiles = 0
 
+    def done(self) -> None:
+        """Flush and tell the parent this worker finished the phase."""
+        self.flush()
+        self.q.put(("phase_done", self.phase))
+
 
 def _append_columns(cv, lock_path: str, rows: list) -> None:
     """Append ``rows`` of (path, size, mtime) to the three columns.
@@ -277,7 +282,7 @@ def _producer(idx: int, q, db: str, embedded: bool, entries: list, lock_path: st
     finally:
         kv.close()
         del cv
-    prog.flush()
+    prog.done()
     return {"stored": stored, "unreadable": unreadable, "bytes": nbytes,
             "seconds": time.perf_counter() - t0, "start": wall0, "end": time.time()}
 
@@ -326,7 +331,7 @@ def _reader(idx: int, q, db: str, embedded: bool, entries: list, all_keys: list,
                 bad.append((key, why))
             nbytes += size
             prog.add(size)
-        prog.flush()
+        prog.done()
         t_verify = time.perf_counter() - t0
         wall1 = time.time()
 
@@ -338,13 +343,19 @@ def _reader(idx: int, q, db: str, embedded: bool, entries: list, all_keys: list,
         ops = 0
         t0 = time.perf_counter()
         deadline = t0 + read_seconds
-        now = t0
+        now = last = t0
+        reported = 0
         while now < deadline:
             for i in rng.choices(range(nkeys), k=256):
                 get(all_keys[i])
             ops += 256
             now = time.perf_counter()
+            if now - last >= PROGRESS_EVERY:
+                q.put(("progress", "random reads", ops - reported, 0))
+                reported, last = ops, now
         t_read = now - t0
+        q.put(("progress", "random reads", ops - reported, 0))
+        q.put(("phase_done", "random reads"))
         h1, m1 = counters() if counters else (0, 0)
     finally:
         kv.close()
@@ -448,10 +459,14 @@ class _Failed(Exception):
     pass
 
 
-def _run_phase(ctx, q, kind: str, jobs: list, total_bytes: int, desc: str) -> list:
-    """Start one process per job, aggregate their progress into one bar,
-    return their results in job order. Raises _Failed if a process fails
-    (the others are terminated by the caller's cleanup)."""
+def _run_phase(ctx, q, kind: str, jobs: list, bars: list) -> list:
+    """Start one process per job and return their results in job order.
+
+    ``bars``: [(phase, total, unit)]: one progress bar per phase of the
+    workers, fed by their ("progress", phase, amount, files) messages; a
+    bar closes when every worker has sent ("phase_done", phase), and the
+    next one opens. Raises _Failed if a worker fails (the caller's cleanup
+    terminates the others)."""
     procs = []
     for i, job in enumerate(jobs):
         p = ctx.Process(target=_worker, args=(kind, i, job, q), name=f"{kind}-{i}")
@@ -461,8 +476,18 @@ def _run_phase(ctx, q, kind: str, jobs: list, total_bytes: int, desc: str) -> li
     results = [None] * len(jobs)
     errors = []
     dead_since = {}
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, file=sys.stderr,
-              dynamic_ncols=True, mininterval=0.2) as bar:
+    done_count = {phase: 0 for phase, _, _ in bars}
+    open_bars = {}
+
+    def bar_for(phase):
+        if phase not in open_bars:
+            _, total, unit = next(b for b in bars if b[0] == phase)
+            open_bars[phase] = tqdm(total=total, unit=unit, unit_scale=True, desc=phase,
+                                    file=sys.stderr, dynamic_ncols=True, mininterval=0.2)
+        return open_bars[phase]
+
+    bar_for(bars[0][0])
+    try:
         while True:
             try:
                 msg = q.get(timeout=0.1)
@@ -470,7 +495,11 @@ def _run_phase(ctx, q, kind: str, jobs: list, total_bytes: int, desc: str) -> li
                 msg = None
             if msg is not None:
                 if msg[0] == "progress":
-                    bar.update(msg[2])
+                    bar_for(msg[1]).update(msg[2])
+                elif msg[0] == "phase_done":
+                    done_count[msg[1]] += 1
+                    if done_count[msg[1]] == len(procs):
+                        bar_for(msg[1]).close()
                 elif msg[0] == "done":
                     results[msg[2]] = msg[3]
                 elif msg[0] == "error":
@@ -490,6 +519,9 @@ def _run_phase(ctx, q, kind: str, jobs: list, total_bytes: int, desc: str) -> li
                                       f"without a result")
             if errors:
                 break
+    finally:
+        for bar in open_bars.values():
+            bar.close()
     if errors:
         raise _Failed("\n".join(errors))
     for p in procs:
@@ -707,7 +739,7 @@ def main(argv=None) -> int:
                 sizes += os.stat(full).st_size
             except OSError:
                 pass
-        prod = _run_phase(ctx, q, "producer", jobs, sizes, "ingest")
+        prod = _run_phase(ctx, q, "producer", jobs, [("ingest", sizes, "B")])
         # wall time from the first producer's start to the last one's end
         t_ingest = max(r["end"] for r in prod) - min(r["start"] for r in prod)
         unreadable = sum(r["unreadable"] for r in prod)
@@ -735,7 +767,8 @@ def main(argv=None) -> int:
         jobs = [(db, args.embedded, per_reader[r], all_keys, args.read_seconds, args.seed + r)
                 for r in range(READERS)]
         total = sum(size for _, _, size in stored)
-        readers = _run_phase(ctx, q, "reader", jobs, total, "verify")
+        readers = _run_phase(ctx, q, "reader", jobs,
+                             [("verify", total, "B"), ("random reads", None, "op")])
         t_verify = max(r["end"] for r in readers) - min(r["start"] for r in readers)
         for r in readers:
             bad += r["bad"]
