@@ -319,9 +319,34 @@ static PyObject *AT_put_many(ATObject *self, PyObject *items)
 {
     PyObject *seq = PySequence_Fast(items, "put_many expects a sequence of (key, value) pairs");
     if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    /* All or nothing: check every pair and encode every value before the
+     * first record goes into the ring. */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "put_many items must be (key, value) tuples");
+            Py_DECREF(seq);
+            return NULL;
+        }
+        const char *k;
+        Py_ssize_t kn;
+        const void *vp;
+        size_t vn;
+        kv_buf tmp;
+        Py_buffer view = {0};
+        kv_buf_init(&tmp);
+        int bad = key_arg(PyTuple_GET_ITEM(pair, 0), &k, &kn) < 0 ||
+                  encode(self, PyTuple_GET_ITEM(pair, 1), &tmp, &view, &vp, &vn) < 0;
+        if (view.obj) PyBuffer_Release(&view);
+        kv_buf_free(&tmp);
+        if (bad) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
     int saved = self->cache_on;
     self->cache_on = 1;   /* stream the whole batch into the ring, then wait once */
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
@@ -521,11 +546,10 @@ static PyObject *AT_put_file(ATObject *self, PyObject *args, PyObject *kw)
             Py_DECREF(b);
             total += n;
         }
-        if (size >= 0 && total < size) {
-            PyErr_Format(PyExc_RuntimeError, "short write: wrote %lld of %lld bytes", total, size);
-            goto fail_own;
-        }
-        size = total;
+        /* A stream that ended early keeps the announced size: the writer
+         * stores what there is plus a zero tail and reports the short
+         * write (API.md §4.6), exactly as embedded mode does. */
+        if (size < 0) size = total;
         lseek(fd, 0, SEEK_SET);
     }
     if (enter(self) < 0) goto fail_own;
@@ -588,6 +612,17 @@ static PyObject *AT_get_to_file(ATObject *self, PyObject *args, PyObject *kw)
             if (n <= 0) break;
             PyObject *r = PyObject_CallMethod(writer, "write", "y#", tmp, (Py_ssize_t)n);
             if (!r) { PyMem_Free(tmp); close(fd); return NULL; }
+            if (PyLong_Check(r)) {
+                Py_ssize_t got = PyLong_AsSsize_t(r);
+                if (got >= 0 && got < n) {
+                    Py_DECREF(r);
+                    PyMem_Free(tmp);
+                    close(fd);
+                    PyErr_Format(PyExc_OSError, "short write: writer accepted %zd of %zd bytes",
+                                 got, (Py_ssize_t)n);
+                    return NULL;
+                }
+            }
             Py_DECREF(r);
         }
         PyMem_Free(tmp);
