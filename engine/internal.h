@@ -166,9 +166,43 @@ void kvi_rcache_invalidate(kvi_rcache *rc);
 void kvi_rcache_stats(const kvi_rcache *rc, size_t *entries, size_t *bytes,
                       uint64_t *hits, uint64_t *misses, uint64_t *drops);
 
+/* ------------------------------------------------------------------------
+ * Large values (large.c): values longer than SQLite's SQLITE_LIMIT_LENGTH
+ * are stored as parts in `<table>_parts` (see docs/storage-layout.md).
+ * ---------------------------------------------------------------------- */
+
+/** Largest part size in bytes (256 MiB). */
+#define KVI_PART_MAX ((uint64_t)256 << 20)
+
+/** 1 if a value of `vlen` bytes under a key of `klen` bytes does not fit in
+ *  one row under the connection's current SQLITE_LIMIT_LENGTH. */
+int kvi_value_is_large(kv_db *db, size_t klen, uint64_t vlen);
+/** Part size, bytes, for a large value under a key of `klen` bytes: the
+ *  largest power of two <= KVI_PART_MAX that fits in a row. */
+uint64_t kvi_part_size(kv_db *db, size_t klen);
+/** Create `<table>_parts` and its triggers if missing (inside the caller's
+ *  write transaction) and prepare the part statements. */
+kv_status kvi_parts_ensure(kv_db *db);
+/** Look up the parts of `key` inside the caller's read (or write)
+ *  transaction. On KV_OK *n is the number of parts (0: none, or no parts
+ *  table) and db->parts_rowid / db->parts_len hold them in order; *total
+ *  is the sum of their lengths. */
+kv_status kvi_parts_list(kv_db *db, const void *key, size_t klen, size_t *n,
+                         uint64_t *total);
+/** Store key → val as a large value (main row '' plus parts), inside the
+ *  caller's transaction if one is open, else in its own IMMEDIATE one. */
+kv_status kvi_put_large(kv_db *db, const void *key, size_t klen,
+                        const void *val, size_t vlen);
+/** Insert zero-filled part rows for a streamed large value of `size`
+ *  bytes (inside the caller's write transaction, after the main row was
+ *  upserted) and record their rowids in db->parts_rowid / parts_len. */
+kv_status kvi_parts_create_zero(kv_db *db, const void *key, size_t klen,
+                                uint64_t size, size_t *n);
+
 struct kv_db {
     sqlite3 *db;                 /**< owned connection (NOMUTEX: the handle is single-threaded) */
     char *table;                 /**< owned copy of the table name */
+    char *parts_tbl;             /**< owned "<table>_parts" */
     size_t chunk_size;           /**< default streaming chunk, bytes */
     sqlite3_stmt *st_get;        /**< SELECT value FROM t WHERE key=?1 */
     sqlite3_stmt *st_put;        /**< INSERT ... ON CONFLICT(key) DO UPDATE */
@@ -180,19 +214,32 @@ struct kv_db {
     sqlite3_stmt *st_begin;      /**< BEGIN IMMEDIATE */
     sqlite3_stmt *st_commit;     /**< COMMIT */
     sqlite3_stmt *st_rollback;   /**< ROLLBACK */
+    sqlite3_stmt *st_parts_exists; /**< SELECT 1 FROM sqlite_master WHERE name='<t>_parts' */
+    sqlite3_stmt *st_parts_list; /**< SELECT rowid, length(data) FROM <t>_parts WHERE key=?1 ORDER BY part (lazy) */
+    sqlite3_stmt *st_parts_ins;  /**< INSERT INTO <t>_parts VALUES(?1, ?2, ?3) (lazy) */
+    sqlite3_stmt *st_parts_zero; /**< INSERT INTO <t>_parts VALUES(?1, ?2, zeroblob(?3)) (lazy) */
     int get_active;              /**< st_get holds a row lent out by kv_get */
     int used_uring;              /**< last fd stream used io_uring */
     kvi_cache *cache;            /**< write-back cache or NULL */
     kvi_rcache *rcache;          /**< read cache or NULL (off) */
+    uint8_t *lent;               /**< reassembled large value lent by kv_get, or NULL */
+    sqlite3_int64 *parts_rowid;  /**< rowids of the parts of the last kvi_parts_list */
+    uint64_t *parts_len;         /**< their lengths, bytes */
+    size_t parts_cap;            /**< capacity of both arrays */
     kvi_err err;                 /**< last failure */
 };
 
-/** Reset st_get if kv_get lent a row. Called at the start of every call. */
+/** Reset st_get if kv_get lent a row, free a lent large value. Called at
+ *  the start of every call. */
 static inline void kvi_get_release(kv_db *db)
 {
     if (db->get_active) {
         sqlite3_reset(db->st_get);
         db->get_active = 0;
+    }
+    if (db->lent) {
+        kvi_free(db->lent);
+        db->lent = NULL;
     }
 }
 

@@ -33,7 +33,9 @@ static void finalize_all(kv_db *db)
 {
     sqlite3_stmt **sts[] = {&db->st_get, &db->st_put, &db->st_del, &db->st_exists,
                             &db->st_count, &db->st_rowid, &db->st_putzero,
-                            &db->st_begin, &db->st_commit, &db->st_rollback};
+                            &db->st_begin, &db->st_commit, &db->st_rollback,
+                            &db->st_parts_exists, &db->st_parts_list, &db->st_parts_ins,
+                            &db->st_parts_zero};
     for (size_t i = 0; i < sizeof sts / sizeof sts[0]; i++) {
         sqlite3_finalize(*sts[i]);
         *sts[i] = NULL;
@@ -63,6 +65,7 @@ static kv_status prepare_all(kv_db *db)
     PREP(st_begin, "BEGIN IMMEDIATE");
     PREP(st_commit, "COMMIT");
     PREP(st_rollback, "ROLLBACK");
+    PREP(st_parts_exists, "SELECT 1 FROM sqlite_master WHERE type='table' AND name='%s_parts'", t);
 #undef PREP
     return KV_OK;
 }
@@ -106,6 +109,15 @@ KV_API kv_status kv_db_open(const char *path, const kv_open_opts *o, kv_db **out
             snprintf(err, errlen, "out of memory");
         return KV_NOMEM;
     }
+    db->parts_tbl = kvi_malloc(strlen(table) + 7);
+    if (!db->parts_tbl) {
+        kvi_free(db->table);
+        kvi_free(db);
+        if (err && errlen)
+            snprintf(err, errlen, "out of memory");
+        return KV_NOMEM;
+    }
+    snprintf(db->parts_tbl, strlen(table) + 7, "%s_parts", table);
     db->chunk_size = o->chunk_size ? o->chunk_size : 1048576;
 
     kvi_conn_opts_default(&co);
@@ -138,6 +150,7 @@ fail_quiet:
     finalize_all(db);
     if (db->db)
         sqlite3_close_v2(db->db);
+    kvi_free(db->parts_tbl);
     kvi_free(db->table);
     kvi_free(db);
     return st;
@@ -159,6 +172,9 @@ KV_API kv_status kv_db_close(kv_db *db)
     db->rcache = NULL;
     finalize_all(db);
     sqlite3_close_v2(db->db);
+    kvi_free(db->parts_rowid);
+    kvi_free(db->parts_len);
+    kvi_free(db->parts_tbl);
     kvi_free(db->table);
     kvi_free(db);
     return st;
@@ -297,6 +313,44 @@ static inline int bind_blob(sqlite3_stmt *s, int i, const void *p, size_t n)
     return sqlite3_bind_blob64(s, i, n ? p : empty_blob, n, SQLITE_STATIC);
 }
 
+/* An empty main value: reassemble the parts of a large value, if any,
+ * inside the read transaction st_get still holds open. On KV_OK with parts
+ * *val points to db->lent (freed by kvi_get_release); without parts the
+ * value stays the empty one. */
+static kv_status get_large(kv_db *db, const void *key, size_t klen,
+                           const void **val, size_t *vlen)
+{
+    size_t n;
+    uint64_t total;
+    kv_status st = kvi_parts_list(db, key, klen, &n, &total);
+    if (st != KV_OK || n == 0)
+        return st;
+    if (total > (uint64_t)SIZE_MAX - 1)
+        return kvi_err_set(&db->err, KV_NOMEM, "value of %llu bytes does not fit in memory",
+                           (unsigned long long)total);
+    uint8_t *buf = kvi_malloc(total ? (size_t)total : 1);
+    if (!buf)
+        return kvi_err_set(&db->err, KV_NOMEM, "out of memory (value of %llu bytes)",
+                           (unsigned long long)total);
+    uint64_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_blob *b = NULL;
+        int rc = sqlite3_blob_open(db->db, "main", db->parts_tbl, "data", db->parts_rowid[i], 0, &b);
+        if (rc == SQLITE_OK && db->parts_len[i])
+            rc = sqlite3_blob_read(b, buf + off, (int)db->parts_len[i], 0);
+        sqlite3_blob_close(b);
+        if (rc != SQLITE_OK) {
+            kvi_free(buf);
+            return kvi_err_sqlite(&db->err, db->db, rc, "get part");
+        }
+        off += db->parts_len[i];
+    }
+    db->lent = buf;
+    *val = buf;
+    *vlen = (size_t)total;
+    return KV_OK;
+}
+
 /* Write-back cache, then read cache (needs the snapshot taken here). */
 static inline int get_cached(kv_db *db, const void *key, size_t klen,
                              const void **val, size_t *vlen,
@@ -345,6 +399,19 @@ KV_API kv_status kv_get(kv_db *db, const void *key, size_t klen,
         *val = p ? p : (const void *)empty_blob;
         *vlen = (size_t)n;
         db->get_active = 1;
+        if (n == 0) {
+            kv_status st = get_large(db, key, klen, val, vlen);
+            if (st != KV_OK) {
+                kvi_get_release(db);
+                return st;
+            }
+            if (db->lent) {
+                /* Reassembled: the row is not needed any more; not cached. */
+                sqlite3_reset(s);
+                db->get_active = 0;
+                return KV_OK;
+            }
+        }
         if (snap_ok)
             kvi_rcache_insert(db->rcache, snap, key, klen, *val, *vlen);
         return KV_OK;
@@ -364,6 +431,8 @@ kv_status kvi_put_direct(kv_db *db, const void *key, size_t klen,
                          const void *val, size_t vlen)
 {
     kvi_rcache_invalidate(db->rcache);
+    if (kvi_value_is_large(db, klen, vlen))
+        return kvi_put_large(db, key, klen, val, vlen);
     sqlite3_stmt *s = db->st_put;
     bind_blob(s, 1, key, klen);
     bind_blob(s, 2, val, vlen);

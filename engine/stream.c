@@ -12,6 +12,12 @@
  * KV_NO_URING=1, or for unseekable fds (pipes), plain pread/pwrite or
  * read/write loops do the same work one chunk at a time.
  *
+ * Large values (longer than SQLite's length limit, see large.c): the value
+ * is the concatenation of part rows; a `vblob` maps value offsets onto the
+ * part blobs (one sqlite3_blob moved from part to part with
+ * sqlite3_blob_reopen), so the io_uring and plain loops below stream parts
+ * exactly as they stream a single row, all parts in one transaction.
+ *
  * Memory bound: SQLite's page cache would otherwise hold dirty pages of the
  * whole transaction up to cache_size, and mmap'd reads would touch up to
  * mmap_size of file pages; for large streams both are lowered for the
@@ -123,20 +129,125 @@ static int alloc_bufs(ring_buf *b, int n, size_t chunk)
 }
 
 /* ======================================================================
- * Row + blob opening
+ * Value blobs: one row's blob, or the parts of a large value
  * ==================================================================== */
 
+typedef struct vblob {
+    kv_db *db;
+    int writing;
+    sqlite3_blob *one;      /* inline value, or NULL when in parts */
+    size_t nparts;          /* 0: inline; else db->parts_rowid/parts_len */
+    size_t cur;             /* part the blob `part` points at */
+    uint64_t cur_start;     /* value offset where part `cur` starts */
+    sqlite3_blob *part;     /* open on part `cur`, or NULL */
+} vblob;
+
+static void vb_init(vblob *vb, kv_db *db, int writing)
+{
+    memset(vb, 0, sizeof *vb);
+    vb->db = db;
+    vb->writing = writing;
+}
+
+/* Close the blob handles; returns the first SQLite error code (or OK). */
+static int vb_close(vblob *vb)
+{
+    int rc = SQLITE_OK, r;
+    if (vb->one && (r = sqlite3_blob_close(vb->one)) != SQLITE_OK)
+        rc = r;
+    if (vb->part && (r = sqlite3_blob_close(vb->part)) != SQLITE_OK && rc == SQLITE_OK)
+        rc = r;
+    vb->one = vb->part = NULL;
+    return rc;
+}
+
+/* Read or write n bytes at value offset off. */
+static kv_status vb_io(vblob *vb, void *p, size_t n, uint64_t off)
+{
+    kv_db *db = vb->db;
+    int rc;
+    if (!vb->nparts) {
+        rc = vb->writing ? sqlite3_blob_write(vb->one, p, (int)n, (int)off)
+                         : sqlite3_blob_read(vb->one, p, (int)n, (int)off);
+        if (rc != SQLITE_OK)
+            return kvi_err_sqlite(&db->err, db->db, rc, vb->writing ? "blob_write" : "blob_read");
+        return KV_OK;
+    }
+    uint8_t *b = p;
+    while (n > 0) {
+        if (off < vb->cur_start) {          /* backwards: start over */
+            vb->cur = 0;
+            vb->cur_start = 0;
+        }
+        size_t was = vb->cur;
+        while (vb->cur < vb->nparts && off >= vb->cur_start + db->parts_len[vb->cur]) {
+            vb->cur_start += db->parts_len[vb->cur];
+            vb->cur++;
+        }
+        if (vb->cur >= vb->nparts)
+            return kvi_err_set(&db->err, KV_CORRUPT, "large value: offset %llu past its parts",
+                               (unsigned long long)off);
+        if (!vb->part) {
+            rc = sqlite3_blob_open(db->db, "main", db->parts_tbl, "data",
+                                   db->parts_rowid[vb->cur], vb->writing, &vb->part);
+            if (rc != SQLITE_OK) {
+                vb->part = NULL;
+                return kvi_err_sqlite(&db->err, db->db, rc, "blob_open part");
+            }
+        } else if (vb->cur != was) {
+            rc = sqlite3_blob_reopen(vb->part, db->parts_rowid[vb->cur]);
+            if (rc != SQLITE_OK) {
+                sqlite3_blob_close(vb->part);
+                vb->part = NULL;
+                return kvi_err_sqlite(&db->err, db->db, rc, "blob_reopen part");
+            }
+        }
+        uint64_t in_off = off - vb->cur_start;
+        uint64_t room = db->parts_len[vb->cur] - in_off;
+        size_t k = n < room ? n : (size_t)room;
+        rc = vb->writing ? sqlite3_blob_write(vb->part, b, (int)k, (int)in_off)
+                         : sqlite3_blob_read(vb->part, b, (int)k, (int)in_off);
+        if (rc != SQLITE_OK)
+            return kvi_err_sqlite(&db->err, db->db, rc, vb->writing ? "blob_write" : "blob_read");
+        b += k;
+        off += k;
+        n -= k;
+    }
+    return KV_OK;
+}
+
+static inline kv_status blob_write(kv_db *db, vblob *vb, const void *p, size_t n, uint64_t off)
+{
+    (void)db;
+    return vb_io(vb, (void *)p, n, off);
+}
+
+static inline kv_status blob_read(kv_db *db, vblob *vb, void *p, size_t n, uint64_t off)
+{
+    (void)db;
+    return vb_io(vb, p, n, off);
+}
+
+/* BEGIN IMMEDIATE; upsert the key with a zero-filled value of `size` bytes
+ * (one row, or an empty main value plus zero-filled parts) and open it for
+ * writing. On failure the transaction is rolled back. */
 static kv_status open_new_blob(kv_db *db, const void *key, size_t klen, uint64_t size,
-                               sqlite3_blob **blob)
+                               vblob *vb)
 {
     kv_status st;
     int rc;
     static const uint8_t empty[1];
     const void *k = klen ? key : empty;
 
+    vb_init(vb, db, 1);
     kvi_rcache_invalidate(db->rcache);
     if ((st = kvi_begin(db)) != KV_OK)
         return st;
+    if (kvi_value_is_large(db, klen, size)) {
+        if ((st = kvi_parts_create_zero(db, key, klen, size, &vb->nparts)) != KV_OK)
+            goto fail;
+        return KV_OK;
+    }
     sqlite3_bind_blob64(db->st_putzero, 1, k, klen, SQLITE_STATIC);
     sqlite3_bind_int64(db->st_putzero, 2, (sqlite3_int64)size);
     rc = sqlite3_step(db->st_putzero);
@@ -153,8 +264,9 @@ static kv_status open_new_blob(kv_db *db, const void *key, size_t klen, uint64_t
         st = kvi_err_sqlite(&db->err, db->db, rc == SQLITE_DONE ? SQLITE_INTERNAL : rc, "put_file rowid");
         goto fail;
     }
-    rc = sqlite3_blob_open(db->db, "main", db->table, "value", rowid, 1, blob);
+    rc = sqlite3_blob_open(db->db, "main", db->table, "value", rowid, 1, &vb->one);
     if (rc != SQLITE_OK) {
+        vb->one = NULL;
         st = kvi_err_sqlite(&db->err, db->db, rc, "blob_open");
         goto fail;
     }
@@ -164,11 +276,14 @@ fail:
     return st;
 }
 
-static kv_status open_read_blob(kv_db *db, const void *key, size_t klen, sqlite3_blob **blob,
+/* Inside the caller's read transaction: open the value of `key` for
+ * reading (its row, or the parts of a large value); *size = its length. */
+static kv_status open_read_blob(kv_db *db, const void *key, size_t klen, vblob *vb,
                                 uint64_t *size)
 {
     static const uint8_t empty[1];
     const void *k = klen ? key : empty;
+    vb_init(vb, db, 0);
     sqlite3_bind_blob64(db->st_rowid, 1, k, klen, SQLITE_STATIC);
     int rc = sqlite3_step(db->st_rowid);
     sqlite3_int64 rowid = rc == SQLITE_ROW ? sqlite3_column_int64(db->st_rowid, 0) : 0;
@@ -177,18 +292,34 @@ static kv_status open_read_blob(kv_db *db, const void *key, size_t klen, sqlite3
         return KV_NOTFOUND;
     if (rc != SQLITE_ROW)
         return kvi_err_sqlite(&db->err, db->db, rc, "get_to_file");
-    rc = sqlite3_blob_open(db->db, "main", db->table, "value", rowid, 0, blob);
-    if (rc != SQLITE_OK)
+    rc = sqlite3_blob_open(db->db, "main", db->table, "value", rowid, 0, &vb->one);
+    if (rc != SQLITE_OK) {
+        vb->one = NULL;
         return kvi_err_sqlite(&db->err, db->db, rc, "blob_open");
-    *size = (uint64_t)sqlite3_blob_bytes(*blob);
+    }
+    *size = (uint64_t)sqlite3_blob_bytes(vb->one);
+    if (*size == 0) {
+        size_t n;
+        uint64_t total;
+        kv_status st = kvi_parts_list(db, key, klen, &n, &total);
+        if (st != KV_OK) {
+            vb_close(vb);
+            return st;
+        }
+        if (n > 0) {
+            vb_close(vb);
+            vb->nparts = n;
+            *size = total;
+        }
+    }
     return KV_OK;
 }
 
 /* Close the blob and commit (also after a short write: the zero tail is
  * kept, as API.md §4.6 says). On failure roll back. */
-static kv_status finish_put(kv_db *db, sqlite3_blob *blob, kv_status st)
+static kv_status finish_put(kv_db *db, vblob *vb, kv_status st)
 {
-    int rc = sqlite3_blob_close(blob);
+    int rc = vb_close(vb);
     if (st != KV_OK && st != KV_SHORT) {
         kvi_rollback(db);
         return st;
@@ -203,22 +334,6 @@ static kv_status finish_put(kv_db *db, sqlite3_blob *blob, kv_status st)
         return cst;
     }
     return st;
-}
-
-static kv_status blob_write(kv_db *db, sqlite3_blob *b, const void *p, size_t n, uint64_t off)
-{
-    int rc = sqlite3_blob_write(b, p, (int)n, (int)off);
-    if (rc != SQLITE_OK)
-        return kvi_err_sqlite(&db->err, db->db, rc, "blob_write");
-    return KV_OK;
-}
-
-static kv_status blob_read(kv_db *db, sqlite3_blob *b, void *p, size_t n, uint64_t off)
-{
-    int rc = sqlite3_blob_read(b, p, (int)n, (int)off);
-    if (rc != SQLITE_OK)
-        return kvi_err_sqlite(&db->err, db->db, rc, "blob_read");
-    return KV_OK;
 }
 
 static kv_status short_err(kv_db *db, uint64_t got, uint64_t size)
@@ -267,7 +382,7 @@ static int64_t full_write(int fd, const void *p, size_t n, int64_t off, int seek
     return (int64_t)put;
 }
 
-static kv_status put_plain(kv_db *db, sqlite3_blob *blob, int fd, int64_t base, int seekable,
+static kv_status put_plain(kv_db *db, vblob *blob, int fd, int64_t base, int seekable,
                            uint64_t size, size_t chunk, uint64_t *done)
 {
     kv_status st = KV_OK;
@@ -298,7 +413,7 @@ static kv_status put_plain(kv_db *db, sqlite3_blob *blob, int fd, int64_t base, 
 /* io_uring: keep up to KVI_RING preads in flight; write completed chunks to
  * the blob strictly in order. Returns KV_UNSUPPORTED (before touching the
  * blob) when the ring cannot be set up, so the caller falls back. */
-static kv_status put_uring(kv_db *db, sqlite3_blob *blob, int fd, int64_t base,
+static kv_status put_uring(kv_db *db, vblob *blob, int fd, int64_t base,
                            uint64_t size, size_t chunk, uint64_t *done)
 {
     struct io_uring ring;
@@ -402,17 +517,13 @@ static kv_status put_uring(kv_db *db, sqlite3_blob *blob, int fd, int64_t base,
 KV_API kv_status kv_put_fd(kv_db *db, const void *key, size_t klen, int fd,
                            uint64_t size, size_t chunk)
 {
-    sqlite3_blob *blob = NULL;
+    vblob blob;
     mem_guard g;
     kv_status st;
     uint64_t done = 0;
 
     kvi_get_release(db);
     db->used_uring = 0;
-    if (size >= (uint64_t)sqlite3_limit(db->db, SQLITE_LIMIT_LENGTH, -1))
-        return kvi_err_set(&db->err, KV_INVALID,
-                           "value of %llu bytes exceeds SQLite's blob limit of %d bytes",
-                           (unsigned long long)size, sqlite3_limit(db->db, SQLITE_LIMIT_LENGTH, -1));
     chunk = pick_chunk(db, chunk);
     off_t base = lseek(fd, 0, SEEK_CUR);
     int seekable = base >= 0;
@@ -426,10 +537,10 @@ KV_API kv_status kv_put_fd(kv_db *db, const void *key, size_t klen, int fd,
         kvi_cache_remove(db->cache, key, klen);   /* the stream is newer */
     st = KV_UNSUPPORTED;
     if (seekable && size > 0 && uring_allowed())
-        st = put_uring(db, blob, fd, base, size, chunk, &done);
+        st = put_uring(db, &blob, fd, base, size, chunk, &done);
     if (st == KV_UNSUPPORTED)
-        st = put_plain(db, blob, fd, base, seekable, size, chunk, &done);
-    st = finish_put(db, blob, st);
+        st = put_plain(db, &blob, fd, base, seekable, size, chunk, &done);
+    st = finish_put(db, &blob, st);
     if (seekable && (st == KV_OK || st == KV_SHORT))
         lseek(fd, base + (off_t)done, SEEK_SET);
 out:
@@ -440,17 +551,13 @@ out:
 KV_API kv_status kv_put_stream(kv_db *db, const void *key, size_t klen,
                                uint64_t size, size_t chunk, kv_read_fn rd, void *ctx)
 {
-    sqlite3_blob *blob = NULL;
+    vblob blob;
     mem_guard g;
     kv_status st = KV_OK;
     uint8_t *buf = NULL;
     uint64_t off = 0;
 
     kvi_get_release(db);
-    if (size >= (uint64_t)sqlite3_limit(db->db, SQLITE_LIMIT_LENGTH, -1))
-        return kvi_err_set(&db->err, KV_INVALID,
-                           "value of %llu bytes exceeds SQLite's blob limit of %d bytes",
-                           (unsigned long long)size, sqlite3_limit(db->db, SQLITE_LIMIT_LENGTH, -1));
     chunk = pick_chunk(db, chunk);
     if (!(buf = kvi_malloc(chunk)))
         return kvi_err_set(&db->err, KV_NOMEM, "out of memory");
@@ -470,11 +577,11 @@ KV_API kv_status kv_put_stream(kv_db *db, const void *key, size_t klen,
             st = short_err(db, off, size);
             break;
         }
-        if ((st = blob_write(db, blob, buf, (size_t)r, off)) != KV_OK)
+        if ((st = blob_write(db, &blob, buf, (size_t)r, off)) != KV_OK)
             break;
         off += (uint64_t)r;
     }
-    st = finish_put(db, blob, st);
+    st = finish_put(db, &blob, st);
 out:
     guard_leave(db, &g);
     kvi_free(buf);
@@ -485,7 +592,7 @@ out:
  * get: blob → destination fd
  * ==================================================================== */
 
-static kv_status get_plain(kv_db *db, sqlite3_blob *blob, uint64_t size, int fd, int64_t base,
+static kv_status get_plain(kv_db *db, vblob *blob, uint64_t size, int fd, int64_t base,
                            int seekable, size_t chunk)
 {
     kv_status st = KV_OK;
@@ -507,7 +614,7 @@ static kv_status get_plain(kv_db *db, sqlite3_blob *blob, uint64_t size, int fd,
     return st;
 }
 
-static kv_status get_uring(kv_db *db, sqlite3_blob *blob, uint64_t size, int fd, int64_t base,
+static kv_status get_uring(kv_db *db, vblob *blob, uint64_t size, int fd, int64_t base,
                            size_t chunk)
 {
     struct io_uring ring;
@@ -584,7 +691,7 @@ static kv_status get_uring(kv_db *db, sqlite3_blob *blob, uint64_t size, int fd,
 KV_API kv_status kv_get_to_fd(kv_db *db, const void *key, size_t klen, int fd,
                               size_t chunk, uint64_t *written)
 {
-    sqlite3_blob *blob = NULL;
+    vblob blob;
     mem_guard g = {0};
     kv_status st;
     uint64_t size = 0;
@@ -618,10 +725,10 @@ KV_API kv_status kv_get_to_fd(kv_db *db, const void *key, size_t klen, int fd,
         goto out;
     st = KV_UNSUPPORTED;
     if (seekable && size > 0 && uring_allowed())
-        st = get_uring(db, blob, size, fd, base, chunk);
+        st = get_uring(db, &blob, size, fd, base, chunk);
     if (st == KV_UNSUPPORTED)
-        st = get_plain(db, blob, size, fd, base, seekable, chunk);
-    sqlite3_blob_close(blob);
+        st = get_plain(db, &blob, size, fd, base, seekable, chunk);
+    vb_close(&blob);
     if (st == KV_OK) {
         *written = size;
         if (seekable)
@@ -638,7 +745,7 @@ KV_API kv_status kv_get_stream(kv_db *db, const void *key, size_t klen,
                                size_t chunk, kv_write_fn wr, void *ctx,
                                uint64_t *written)
 {
-    sqlite3_blob *blob = NULL;
+    vblob blob;
     mem_guard g = {0};
     kv_status st;
     uint64_t size = 0;
@@ -663,13 +770,13 @@ KV_API kv_status kv_get_stream(kv_db *db, const void *key, size_t klen,
         goto out;
     if (!(buf = kvi_malloc(size < chunk ? (size ? size : 1) : chunk))) {
         st = kvi_err_set(&db->err, KV_NOMEM, "out of memory");
-        sqlite3_blob_close(blob);
+        vb_close(&blob);
         goto out;
     }
     uint64_t off = 0;
     while (off < size) {
         size_t n = size - off < chunk ? (size_t)(size - off) : chunk;
-        if ((st = blob_read(db, blob, buf, n, off)) != KV_OK)
+        if ((st = blob_read(db, &blob, buf, n, off)) != KV_OK)
             break;
         if (wr(ctx, buf, n) != 0) {
             st = kvi_err_set(&db->err, KV_CALLBACK, "writer failed");
@@ -677,7 +784,7 @@ KV_API kv_status kv_get_stream(kv_db *db, const void *key, size_t klen,
         }
         off += n;
     }
-    sqlite3_blob_close(blob);
+    vb_close(&blob);
     if (st == KV_OK)
         *written = size;
 out:

@@ -3,7 +3,16 @@
  *
  * libkvault keeps key-value data in one SQLite file: a table
  * `<table>(key BLOB PRIMARY KEY NOT NULL, value BLOB NOT NULL)` plus the
- * `kohakuvault_meta` table. This header is the whole public contract of the
+ * `kohakuvault_meta` table. Values longer than SQLite's SQLITE_LIMIT_LENGTH
+ * (1,000,000,000 bytes in Debian's build) are stored in parts: the main row
+ * holds an empty value and `<table>_parts(key BLOB, part INTEGER, data
+ * BLOB, PRIMARY KEY(key, part))` holds the bytes in order, in parts of at
+ * most 256 MiB; the parts table and three triggers on `<table>` (which
+ * delete a key's parts whenever its main row is inserted, updated or
+ * deleted, by any writer) are created when the first large value is
+ * written. Every call below reads and writes both forms transparently
+ * (kv_exists/kv_count/kv_keys_batch see only main rows). The full layout is
+ * in docs/storage-layout.md. This header is the whole public contract of the
  * key-value store:
  *
  *   - status codes (kv_status, kv_strerror);
@@ -178,14 +187,17 @@ KV_API kv_status kv_record_feature(kv_db *db, const char *name);
  *  engine/readcache.c.
  *
  *  On KV_OK, *val / *vlen describe the stored value. The memory is BORROWED
- *  from the handle (a cache entry, or SQLite's row, possibly an mmap'd
- *  page): it stays valid only until kv_get_done(db) or the next call of any
+ *  from the handle (a cache entry, SQLite's row, possibly an mmap'd page, or
+ *  for a large value a buffer the handle allocated and reassembled from its
+ *  parts): it stays valid only until kv_get_done(db) or the next call of any
  *  kind on `db`; copy it before then. While a row is held, the connection
  *  keeps a read snapshot open, so call kv_get_done promptly. Allocates only
- *  on a read-cache fill (one copy of the value).
+ *  on a read-cache fill (one copy of the value) and for large values (the
+ *  whole value: prefer kv_get_to_fd for those).
  *
  *  Returns KV_OK; KV_NOTFOUND (absent; nothing to release); KV_BUSY; KV_IO;
- *  KV_CORRUPT; KV_SQLITE; KV_INVALID (klen too large). */
+ *  KV_CORRUPT; KV_SQLITE; KV_NOMEM (a large value does not fit in memory);
+ *  KV_INVALID (klen too large). */
 KV_API kv_status kv_get(kv_db *db, const void *key, size_t klen,
                         const void **val, size_t *vlen);
 
@@ -206,6 +218,9 @@ KV_API void kv_get_done(kv_db *db);
 /** Upsert key → value. With the write-back cache enabled, follows API.md
  *  §4.7 (may flush; values larger than cap_bytes bypass the cache and are
  *  written directly, also while the cache is locked). Copies both buffers.
+ *  A value too long for one SQLite row is written as parts (one
+ *  transaction); any older parts of the key are removed in the same
+ *  transaction. Drops the read cache.
  *  Returns KV_OK, KV_BUSY, KV_NOMEM, KV_IO, KV_SQLITE, KV_INVALID. */
 KV_API kv_status kv_put(kv_db *db, const void *key, size_t klen,
                         const void *val, size_t vlen);
@@ -223,9 +238,10 @@ typedef struct kv_item {
  *  Returns as kv_put. */
 KV_API kv_status kv_put_many(kv_db *db, const kv_item *items, size_t n);
 
-/** Delete `key` from SQLite and drop a cached entry for it (API.md KV_NATIVE
- *  "may fix"). *removed (may be NULL) is 1 if a stored row or a cached
- *  entry was removed, else 0. Returns KV_OK, KV_BUSY, KV_IO, KV_SQLITE. */
+/** Delete `key` (and the parts of a large value, in the same statement)
+ *  from SQLite and drop a cached entry for it (API.md KV_NATIVE "may fix").
+ *  *removed (may be NULL) is 1 if a stored row or a cached entry was
+ *  removed, else 0. Returns KV_OK, KV_BUSY, KV_IO, KV_SQLITE. */
 KV_API kv_status kv_delete(kv_db *db, const void *key, size_t klen, int *removed);
 
 /** *found = 1 if `key` has a row in SQLite (the cache is not consulted).
@@ -307,16 +323,21 @@ KV_API void kv_cache_stats(const kv_db *db, size_t *entries, size_t *bytes);
  * The fd variants keep at least two reads (put) or writes (get) in flight
  * with io_uring; if io_uring_queue_init fails, or the environment variable
  * KV_NO_URING=1 is set, they use plain pread/pwrite (or read/write on
- * unseekable fds).
+ * unseekable fds). A value too long for one row (see the top of this file)
+ * is streamed into / out of its parts the same way, in one transaction.
  * ---------------------------------------------------------------------- */
 
 /** Store `size` bytes read from `fd` (starting at its current offset for
- *  seekable fds, which is advanced by size) under `key`: upserts a
- *  zero-filled blob of that size, then fills it in `chunk`-byte pieces
- *  (0 = the handle's default). The fd stays owned by the caller.
- *  Returns KV_OK; KV_SHORT (EOF before `size` bytes: the row keeps its zero
- *  tail, message "short write: wrote X of Y bytes"); KV_IO; KV_INVALID
- *  (size > SQLite's blob limit); KV_BUSY; KV_NOMEM; KV_SQLITE. */
+ *  seekable fds, which is advanced by size) under `key`, in ONE IMMEDIATE
+ *  transaction: upserts a zero-filled blob of that size (or, for a large
+ *  value, an empty main value plus zero-filled parts), then fills it in
+ *  `chunk`-byte pieces (0 = the handle's default). A process killed midway
+ *  leaves the old value (the transaction never committed). Memory: a few
+ *  chunk buffers plus an 8 MiB page cache during the stream. The fd stays
+ *  owned by the caller. Drops the read cache.
+ *  Returns KV_OK; KV_SHORT (EOF before `size` bytes: the value keeps its
+ *  zero tail, message "short write: wrote X of Y bytes"); KV_IO; KV_BUSY;
+ *  KV_NOMEM; KV_SQLITE. */
 KV_API kv_status kv_put_fd(kv_db *db, const void *key, size_t klen, int fd,
                            uint64_t size, size_t chunk);
 

@@ -1,0 +1,108 @@
+"""A 1 GiB value (issue 2, acceptance 3): ``put_file`` then ``get_to_file``
+of a 1,073,741,824-byte file gives identical bytes while the process's peak
+RSS grows by less than 64 MiB.
+
+Debian's SQLite refuses blobs longer than 1,000,000,000 bytes, so the value
+is stored in parts (docs/storage-layout.md). The round trip runs in a
+subprocess so that its peak RSS (VmHWM in /proc/self/status) is its own; the
+figures are printed (run pytest with -s to see them).
+"""
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    r"""
+    import hashlib, os, sys, time
+    from kohakuvault import KVault
+
+    def vm(field):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024   # kB -> MiB
+        raise RuntimeError(field)
+
+    tmp = sys.argv[1]
+    size = 1 << 30
+    src, out, db = (os.path.join(tmp, n) for n in ("src.bin", "out.bin", "big.db"))
+
+    # Fast-generated, non-repeating content: a 4 MiB random block with the
+    # block index in its first 8 bytes, plus a fresh random 64 KiB region in
+    # every 16th block; SHA-256 computed while writing.
+    t0 = time.perf_counter()
+    h = hashlib.sha256()
+    block = bytearray(os.urandom(4 << 20))
+    with open(src, "wb") as f:
+        for i in range(size // len(block)):
+            block[:8] = i.to_bytes(8, "little")
+            if i % 16 == 0:
+                block[8:8 + 65536] = os.urandom(65536)
+            f.write(block)
+            h.update(block)
+    del block
+    want = h.hexdigest()
+    t_gen = time.perf_counter() - t0
+
+    with KVault(db) as kv:
+        kv["before"] = {"keep": True}
+        base = vm("VmHWM")
+        t0 = time.perf_counter()
+        with open(src, "rb") as f:
+            kv.put_file("big", f)
+        t_put = time.perf_counter() - t0
+        after_put = vm("VmHWM")
+        t0 = time.perf_counter()
+        with open(out, "wb") as f:
+            n = kv.get_to_file("big", f)
+        t_get = time.perf_counter() - t0
+        after_get = vm("VmHWM")
+        assert kv["before"] == {"keep": True}
+        assert "big" in kv and len(kv) == 2
+
+    h = hashlib.sha256()
+    with open(out, "rb") as f:
+        while chunk := f.read(4 << 20):
+            h.update(chunk)
+    got = h.hexdigest()
+    growth = after_get - base
+    print(f"1 GiB round trip: {n} bytes, sha256 equal={got == want}; "
+          f"VmHWM base={base:.1f} MiB, after put_file={after_put:.1f} MiB, "
+          f"after get_to_file={after_get:.1f} MiB, growth={growth:.1f} MiB; "
+          f"generate {t_gen:.1f} s, put_file {t_put:.1f} s ({size / t_put / 2**20:.0f} MiB/s), "
+          f"get_to_file {t_get:.1f} s ({size / t_get / 2**20:.0f} MiB/s)")
+    assert n == size, n
+    assert os.path.getsize(out) == size
+    assert got == want, "content differs"
+    assert growth < 64, f"peak RSS grew by {growth:.1f} MiB"
+    os.unlink(src)
+    os.unlink(out)
+
+    # Overwrite with a small value: the parts are removed with it.
+    with KVault(db) as kv:
+        kv["big"] = b"small now"
+        assert kv["big"] == b"small now"
+    """
+)
+
+
+def test_one_gib_value_round_trip_bounded_rss(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    print(proc.stdout, proc.stderr)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "sha256 equal=True" in proc.stdout
+    con = sqlite3.connect(str(tmp_path / "big.db"))
+    try:
+        # the 1 GiB value went through the parts table, which is empty again
+        assert con.execute("SELECT count(*) FROM kv_parts").fetchone()[0] == 0
+        assert con.execute("SELECT value FROM kv WHERE key=x'626967'").fetchone()[0] == b"small now"
+    finally:
+        con.close()
