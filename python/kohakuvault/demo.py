@@ -345,7 +345,7 @@ def _reader(idx: int, q, db: str, embedded: bool, entries: list, all_keys: list,
         deadline = t0 + read_seconds
         now = last = t0
         reported = 0
-        while now < deadline:
+        while nkeys and now < deadline:
             for i in rng.choices(range(nkeys), k=256):
                 get(all_keys[i])
             ops += 256
@@ -778,7 +778,7 @@ def main(argv=None) -> int:
         if writer is not None:
             st = _launcher_status(launcher, db)
             lrc = writer.stop()
-            log = writer.tail(50)
+            log = writer.tail(1000)
             writer = None
             stopped = [ln for ln in log.splitlines() if "stopped:" in ln]
             if lrc != 0 or not stopped:
@@ -787,6 +787,9 @@ def main(argv=None) -> int:
                 writer_note = (stopped[-1].split("stopped: ", 1)[1] + "; segment hits "
                                f"{st.get('hits', '?')}, misses {st.get('misses', '?')}, "
                                f"keys cached {st.get('keys_cached', '?')}")
+                restarts = log.count("restarting")
+                if restarts:  # the launcher restarted a dead writer; workers re-attached
+                    writer_note += f"; restarted {restarts} times (see kvault-launch)"
         from .proxy import KVault
 
         with KVault(db, shared=False) as kv:
