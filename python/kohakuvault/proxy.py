@@ -101,6 +101,16 @@ class KVault(Mapping):
             new (default 32768).
         mmap_size: ``PRAGMA mmap_size`` in bytes (default 256 MiB).
         cache_kb: SQLite page cache in KiB (``PRAGMA cache_size=-cache_kb``).
+        shared: ``"auto"`` (default) attaches to a ``kvault-writer`` when one
+            serves the file and opens it embedded otherwise; ``True``
+            requires a writer; ``False`` always opens embedded. See
+            docs/shared-mode.md.
+        read_cache_bytes: embedded mode only: bytes of the process-local
+            read cache (default 32 MiB; 0 turns it off). Hot ``get`` calls
+            are served from it without touching SQLite as long as SQLite's
+            WAL-index header shows no commit since the value was read, so a
+            read never returns a value older than the last commit made
+            before it began (docs/storage-layout.md). Off outside WAL mode.
 
     Always set: ``synchronous=NORMAL``, ``temp_store=MEMORY``, busy timeout
     5000 ms.
@@ -131,6 +141,7 @@ class KVault(Mapping):
         mmap_size: int = 268435456,
         cache_kb: int = 100000,
         shared="auto",
+        read_cache_bytes: int = 33554432,
     ):
         self._closed = True  # until the native object exists (repr, close)
         self._native = None
@@ -170,6 +181,7 @@ class KVault(Mapping):
                 page_size,
                 mmap_size,
                 cache_kb,
+                **({} if self.shared else {"read_cache_bytes": read_cache_bytes}),
             )
         except BaseException:
             self._closed = True
