@@ -13,6 +13,7 @@ runs only when the native call raised.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -172,6 +173,8 @@ class KVault(Mapping):
         native_cls = _shared_backend(fspath, table, shared)  # shared mode: docs/shared-mode.md
         self.shared = native_cls is not _kvault._KVault
         try:
+            if not self.shared:
+                native_cls = functools.partial(native_cls, read_cache_bytes=read_cache_bytes)
             native = self._call(
                 native_cls,
                 fspath,
@@ -181,7 +184,6 @@ class KVault(Mapping):
                 page_size,
                 mmap_size,
                 cache_kb,
-                **({} if self.shared else {"read_cache_bytes": read_cache_bytes}),
             )
         except BaseException:
             self._closed = True
