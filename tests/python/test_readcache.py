@@ -114,3 +114,22 @@ def test_native_read_cache_kwarg(db_path):
     nat.disable_auto_pack()
     assert nat.get(b"a") == b"x"
     nat.close()
+
+
+def test_proxy_read_cache_kwarg(db_path):
+    """KVault(read_cache_bytes=...) reaches the engine: 0 and a small cap
+    both read correctly, a negative size is InvalidArgument, and a value
+    written by another connection is seen through a warmed cache."""
+    from kohakuvault import InvalidArgument
+
+    with pytest.raises(InvalidArgument):
+        KVault(db_path, read_cache_bytes=-1)
+    for cap in (0, 1 << 16):
+        kv = KVault(db_path, read_cache_bytes=cap)
+        kv["k"] = b"old"
+        assert kv["k"] == b"old" and kv["k"] == b"old"  # second read may hit
+        other = KVault(db_path)
+        other["k"] = b"new"
+        other.close()
+        assert kv["k"] == b"new"
+        kv.close()
