@@ -301,15 +301,18 @@ int main(int argc, char **argv)
     build_lmdb();
     build_hash();
 
+    /* Runs are interleaved (run 1 of every structure, then run 2, ...) so
+     * that a change in the machine's load hits every structure alike. */
     double med[NSTRUCT][3];
     for (int procs = 1; procs <= 2; procs++) {
+        double v[NSTRUCT][99];
+        for (int run = 0; run < RUNS; run++)
+            for (int s = 0; s < NSTRUCT; s++) v[s][run] = run_config(s, procs, run);
         for (int s = 0; s < NSTRUCT; s++) {
-            double v[99];
-            for (int run = 0; run < RUNS; run++) v[run] = run_config(s, procs, run);
-            qsort(v, (size_t)RUNS, sizeof v[0], dcmp);
-            med[s][procs] = v[RUNS / 2];
+            qsort(v[s], (size_t)RUNS, sizeof v[s][0], dcmp);
+            med[s][procs] = v[s][RUNS / 2];
             fprintf(stderr, "  %-20s %d proc: median %.2f M/s (min %.2f, max %.2f)\n", NAMES[s], procs,
-                    med[s][procs] / 1e6, v[0] / 1e6, v[RUNS - 1] / 1e6);
+                    med[s][procs] / 1e6, v[s][0] / 1e6, v[s][RUNS - 1] / 1e6);
         }
     }
 
