@@ -31,6 +31,12 @@
  *
  * Status codes: kvshm_status below (this library is independent of libkvault
  * and of SQLite; attach maps these to kv_status).
+ *
+ * Environment (diagnostics and tests only):
+ *   KVSHM_READER_FENCE  readers fence after their epoch store instead of
+ *                       relying on the writer's membarrier
+ *   KVSHM_POISON        the writer fills every freed block with 0xdb, so a
+ *                       block reused while still reachable shows at once
  */
 #ifndef KVSHM_KVSHM_H
 #define KVSHM_KVSHM_H
@@ -258,9 +264,13 @@ uint32_t kvshm_writer_shards(const kvshm_writer *w);
 typedef struct kvshm_reader kvshm_reader;
 
 /*
- * kvshm_reader_attach: map the data segment read-only and the slot file
- * read-write, check magic, layout hash, size and generation, register for
- * membarrier, and claim a free slot (F_OFD_SETLK on its byte). Any process
+ * kvshm_reader_attach: map the data segment read-only (MAP_POPULATE: the
+ * whole segment is faulted in once here, so lookups never page-fault) and the
+ * slot file read-write, check magic, layout hash, size and generation,
+ * register for membarrier, and claim a free slot (F_OFD_SETLK on its byte).
+ * A reader does not notice by itself that a writer was killed (the segment
+ * stays READY): attach code must watch the writer (registry lock, socket).
+ * Any process
  * (including the writer, for tests). *out is freed by kvshm_reader_detach.
  * Returns KVSHM_OK; KVSHM_E_NOENT; KVSHM_E_MAGIC; KVSHM_E_LAYOUT; KVSHM_E_SIZE;
  * KVSHM_E_GENERATION; KVSHM_E_NOTREADY; KVSHM_E_STALE (writer closed it);
