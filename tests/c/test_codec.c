@@ -17,15 +17,24 @@ static void tv_put(tv *t, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    t->n += (size_t)vsnprintf(t->s + t->n, sizeof t->s - t->n, fmt, ap);
+    /* Deeply nested input renders past the buffer: keep the text truncated
+     * (n never passes the last byte) instead of writing beyond it. */
+    if (t->n < sizeof t->s - 1) {
+        int w = vsnprintf(t->s + t->n, sizeof t->s - t->n, fmt, ap);
+        if (w > 0)
+            t->n = t->n + (size_t)w < sizeof t->s - 1 ? t->n + (size_t)w : sizeof t->s - 1;
+    }
     va_end(ap);
 }
+/* first[] tracks "no element yet" per nesting level; levels past its end
+ * (the deep-nesting tests) share its last entry. */
+#define TV_LEVEL(t) ((t)->depth < 63 ? (t)->depth : 63)
 static void tv_sep(tv *t)
 {
     if (t->depth > 0) {
-        if (!t->first[t->depth])
+        if (!t->first[TV_LEVEL(t)])
             tv_put(t, ",");
-        t->first[t->depth] = 0;
+        t->first[TV_LEVEL(t)] = 0;
     }
 }
 static int v_nil(void *c) { tv_sep(c); tv_put(c, "nil"); return 0; }
@@ -34,9 +43,9 @@ static int v_int(void *c, int64_t i) { tv_sep(c); tv_put(c, "%lld", (long long)i
 static int v_uint(void *c, uint64_t u) { tv_sep(c); tv_put(c, "u%llu", (unsigned long long)u); return 0; }
 static int v_dbl(void *c, double d) { tv_sep(c); tv_put(c, "%g", d); return 0; }
 static int v_str(void *c, const char *s, size_t n) { tv_sep(c); tv_put(c, "\"%.*s\"", (int)n, s); return 0; }
-static int v_ab(void *c, size_t n) { tv *t = c; tv_sep(t); tv_put(t, "["); t->first[++t->depth] = 1; return 0; }
+static int v_ab(void *c, size_t n) { tv *t = c; tv_sep(t); tv_put(t, "["); ++t->depth; t->first[TV_LEVEL(t)] = 1; return 0; }
 static int v_ae(void *c) { tv *t = c; t->depth--; tv_put(t, "]"); return 0; }
-static int v_mb(void *c, size_t n) { tv *t = c; tv_sep(t); tv_put(t, "{"); t->first[++t->depth] = 1; return 0; }
+static int v_mb(void *c, size_t n) { tv *t = c; tv_sep(t); tv_put(t, "{"); ++t->depth; t->first[TV_LEVEL(t)] = 1; return 0; }
 static int v_me(void *c) { tv *t = c; t->depth--; tv_put(t, "}"); return 0; }
 static const kv_visitor tvis = {v_nil, v_bool, v_int, v_uint, v_dbl, v_str, v_ab, v_ae, v_mb, v_me};
 
