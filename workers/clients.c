@@ -135,7 +135,8 @@ static void add_miss(wr_state *ws, const uint8_t *key, uint32_t klen)
 }
 
 /* Apply one key record to the memtables; commits first when a memtable is
- * full (backpressure: never a silent drop). 0, or -1 for a malformed record. */
+ * full (backpressure: never a silent drop). 0 applied, 1 no room yet (the
+ * record stays in the ring), -1 malformed record. */
 static int apply_kv(wr_state *ws, uint32_t type, const uint8_t *p, uint32_t len)
 {
     if (len < KVSHM_REC_KEYHDR) return -1;
@@ -155,10 +156,11 @@ static int apply_kv(wr_state *ws, uint32_t type, const uint8_t *p, uint32_t len)
         kvshm_status st = kvshm_writer_put(ws->w, key, klen, tomb ? NULL : val, vlen,
                                            ws->seq + 1, tomb);
         if (st == KVSHM_OK) break;
-        if (st != KVSHM_E_FULL || attempt > 50) {
+        if (st != KVSHM_E_FULL) {
             wr_log("apply failed: %s", kvshm_strerror(st));
             return -1;
         }
+        if (attempt >= 3) return 1;   /* still full: leave it in the ring, retry later */
         /* memtable full: commit what we have, then retry */
         if (wr_commit_all(ws) != 0) {
             struct timespec ts = {0, 20 * 1000 * 1000};
@@ -205,8 +207,9 @@ size_t wr_drain(wr_state *ws)
                 }
                 break;
             default:
-                bad = 1;
+                bad = -1;
             }
+            if (bad > 0) break;   /* backpressure: not consumed, retried next pass */
             if (bad) {
                 wr_log("client pid %u: bad record type %u, dropped", c->pid, type);
                 client_drop(ws, c);

@@ -116,9 +116,13 @@ static int fold_all(wr_state *ws)
     for (uint32_t s = 0; s < shards; s++) {
         kvshm_status st;
         for (int attempt = 0; (st = kvshm_writer_fold(ws->w, s, ws->o.max_value_bytes)) ==
-                              KVSHM_E_FULL && attempt < 6; attempt++) {
-            /* region full: evict half the cache of this shard, reclaim, retry */
-            evict_shard(ws, s, 2);
+                              KVSHM_E_FULL && attempt < 4; attempt++) {
+            /* Region full: evict half of this shard's cache, reclaim, retry;
+             * the last attempts drop its whole cache (freed blocks stay in
+             * their size classes, so only a full drop is sure to free the
+             * node and record classes the fold needs). The data is in
+             * SQLite already: the fold only decides what stays cached. */
+            evict_shard(ws, s, attempt < 2 ? 2 : 1);
             kvshm_writer_maintain(ws->w, NULL);
         }
         if (st != KVSHM_OK) {
@@ -151,6 +155,7 @@ int wr_commit_all(wr_state *ws)
         for (size_t i = 0; i < ws->nclients; i++) ws->clients[i].commit_pos =
             ws->clients[i].applied_pos;
     }
+    if (ws->frozen_committed) goto fold;   /* committed earlier; only the fold failed */
     cm_ctx c = {.b = ws->batch, .st = KV_OK};
     kv_status st = kv_batch_begin(ws->batch);
     for (uint32_t s = 0; st == KV_OK && s < shards; s++) {
@@ -168,7 +173,10 @@ int wr_commit_all(wr_state *ws)
     ws->committed = ws->frozen_seq;
     ws->stat_commits++;
     kvshm_writer_publish_seq(ws->w, 0, ws->committed);
+    ws->frozen_committed = 1;
+fold:;
     int rc = fold_all(ws);
+    if (rc == 0) ws->frozen_committed = 0;
     for (size_t i = 0; i < ws->nclients; i++) {
         wr_client *c2 = &ws->clients[i];
         if (c2->sock >= 0 && c2->ring) {

@@ -251,12 +251,15 @@ int wr_recover(wr_state *ws)
 
     /* Names of this incarnation: xxh3 of the database path + generation. */
     uint64_t hsh = XXH3_64bits(ws->db_abs, strlen(ws->db_abs));
-    snprintf(ws->seg_name, sizeof ws->seg_name, "/kvault-%016" PRIx64 "-%" PRIu64, hsh,
-             ws->generation);
-    snprintf(ws->slot_name, sizeof ws->slot_name, "/kvault-%016" PRIx64 "-%" PRIu64 "-slots",
-             hsh, ws->generation);
-    snprintf(ws->sock_name, sizeof ws->sock_name, "kvault-%016" PRIx64 "-%" PRIu64, hsh,
-             ws->generation);
+    /* The pid keeps names unique even for a database that was deleted and
+     * re-created while an old writer of it still runs. */
+    int pid = (int)getpid();
+    snprintf(ws->seg_name, sizeof ws->seg_name, "/kvault-%016" PRIx64 "-%" PRIu64 "-%d", hsh,
+             ws->generation, pid);
+    snprintf(ws->slot_name, sizeof ws->slot_name, "/kvault-%016" PRIx64 "-%" PRIu64 "-%d-slots",
+             hsh, ws->generation, pid);
+    snprintf(ws->sock_name, sizeof ws->sock_name, "kvault-%016" PRIx64 "-%" PRIu64 "-%d", hsh,
+             ws->generation, pid);
     kvshm_unlink(ws->seg_name, ws->slot_name);   /* leftovers of a failed start */
     return 0;
 }

@@ -67,7 +67,8 @@ typedef struct wr_state {
     int sync_requested;
     uint64_t frozen_seq;         /* last sequence of the frozen (uncommitted) batch */
     uint64_t frozen_pending;     /* records in it */
-    int frozen_left;             /* a frozen batch failed to commit: retry it */
+    int frozen_left;             /* a frozen batch failed to commit or fold: retry it */
+    int frozen_committed;        /* the frozen batch is committed; its fold is pending */
     uint64_t last_commit_ms;
     /* reported misses, process-local */
     uint8_t **miss_keys;

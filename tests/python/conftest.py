@@ -56,6 +56,12 @@ def _writer_binary():
     env = os.environ.get("KVAULT_WRITER")
     if env:
         return env
+    import kohakuvault  # the writer built beside the imported package, if any
+
+    beside = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(kohakuvault.__file__)))), "workers", "kvault-writer")
+    if os.path.exists(beside):
+        return beside
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cands = sorted(glob.glob(os.path.join(root, "build", "*", "workers", "kvault-writer")),
                    key=os.path.getmtime, reverse=True)
