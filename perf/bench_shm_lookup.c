@@ -14,7 +14,9 @@
  * 2 processes: the sum of both processes' rates) and the ratio to LMDB in
  * the same process count. Keys are uniformly random lookups over all keys.
  *
- * usage: bench_shm_lookup [keys] [lookups-per-process] [runs]
+ * usage: bench_shm_lookup [keys] [lookups-per-process] [runs] [mask]
+ * (mask: structures to run, bit 0 CSB+tree, 1 memtable, 2 LMDB, 3 hash;
+ * default 15 = all; for profiling one structure alone)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -37,6 +39,7 @@
 
 static uint64_t NKEYS = 1000000, NLOOK = 2000000;
 static int RUNS = 5;
+static unsigned MASK = 15;  /* structures to run (bit per enum value) */
 static uint8_t *KEYS;      /* NKEYS * KLEN */
 
 static double now(void)
@@ -52,6 +55,16 @@ static uint64_t mix(uint64_t x)
     x = (x ^ (x >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
     x = (x ^ (x >> 27)) * UINT64_C(0x94d049bb133111eb);
     return x ^ (x >> 31);
+}
+
+/* Key i: two mixed words. Computed on the fly in the timed loops (a few
+ * cycles, no memory access), the same for every structure, so the loop adds
+ * no cache miss of its own on top of the structure's. */
+static inline void make_key(uint8_t *k, uint64_t i)
+{
+    uint64_t a = mix(i * 2 + 1), b = mix(i * 2 + 2);
+    memcpy(k, &a, 8);
+    memcpy(k + 8, &b, 8);
 }
 
 static void make_val(uint8_t *v, uint64_t i)
@@ -110,6 +123,7 @@ static void build_segments(void)
     uint8_t *vals = malloc(NKEYS * VLEN);
     for (uint64_t i = 0; i < NKEYS; i++) make_val(vals + i * VLEN, i);
     for (int which = 0; which < 2; which++) {
+        if (!(MASK >> which & 1)) continue;
         snprintf(SEG[which], 64, "/kvshm-bench-%d-%d-seg", (int)getpid(), which);
         snprintf(SLOT[which], 64, "/kvshm-bench-%d-%d-slot", (int)getpid(), which);
         kvshm_config c;
@@ -186,8 +200,6 @@ static void build_lmdb(void)
 
 static double run_one(int which, uint64_t seed, int go_fd)
 {
-    uint32_t *order = malloc(NLOOK * sizeof *order);
-    for (uint64_t i = 0; i < NLOOK; i++) order[i] = (uint32_t)(mix(seed + i) % NKEYS);
     uint8_t out[128];
     kvshm_reader *r = NULL;
     MDB_env *env = NULL; MDB_txn *txn = NULL; MDB_dbi dbi = 0;
@@ -210,8 +222,11 @@ static double run_one(int which, uint64_t seed, int go_fd)
         if (pass == 1) { char b; if (read(go_fd, &b, 1) != 1) exit(1); }
         double t0 = now();
         for (uint64_t i = 0; i < n; i++) {
-            uint32_t ki = pass == 0 ? (uint32_t)i : order[i];
-            const uint8_t *k = KEYS + (uint64_t)ki * KLEN;
+            /* uniform key index: multiply-shift range reduction of a mix */
+            uint64_t ki = pass == 0 ? i
+                : (uint64_t)(((unsigned __int128)mix(seed + i) * NKEYS) >> 64);
+            uint8_t k[KLEN];
+            make_key(k, ki);
             switch (which) {
             case S_TREE: case S_MT: {
                 kvshm_val v = { out, sizeof out, 0, 0 };
@@ -235,7 +250,6 @@ static double run_one(int which, uint64_t seed, int go_fd)
             if (bad) { fprintf(stderr, "%s: %lu wrong lookups\n", NAMES[which], (unsigned long)bad); exit(1); }
             if (r) kvshm_reader_detach(r);
             if (txn) { mdb_txn_abort(txn); mdb_env_close(env); }
-            free(order);
             return (double)n / dt;
         }
     }
@@ -284,22 +298,19 @@ int main(int argc, char **argv)
     if (argc > 1) NKEYS = strtoull(argv[1], NULL, 10);
     if (argc > 2) NLOOK = strtoull(argv[2], NULL, 10);
     if (argc > 3) RUNS = atoi(argv[3]);
+    if (argc > 4) MASK = (unsigned)strtoul(argv[4], NULL, 0);
     if (RUNS < 1 || RUNS > 99 || NKEYS < 1000 || NKEYS > (1u << 20)) {
         fprintf(stderr, "usage: bench_shm_lookup [keys<=1048576] [lookups] [runs]\n");
         return 2;
     }
     /* random 16-byte keys (distinct with overwhelming probability) */
     KEYS = malloc(NKEYS * KLEN);
-    for (uint64_t i = 0; i < NKEYS; i++) {
-        uint64_t a = mix(i * 2 + 1), b = mix(i * 2 + 2);
-        memcpy(KEYS + i * KLEN, &a, 8);
-        memcpy(KEYS + i * KLEN + 8, &b, 8);
-    }
+    for (uint64_t i = 0; i < NKEYS; i++) make_key(KEYS + i * KLEN, i);
     fprintf(stderr, "building: %lu keys of %d bytes, values of %d bytes\n",
             (unsigned long)NKEYS, KLEN, VLEN);
     build_segments();
-    build_lmdb();
-    build_hash();
+    if (MASK >> S_LMDB & 1) build_lmdb();
+    if (MASK >> S_HASH & 1) build_hash();
 
     /* Runs are interleaved (run 1 of every structure, then run 2, ...) so
      * that a change in the machine's load hits every structure alike. */
@@ -307,7 +318,8 @@ int main(int argc, char **argv)
     for (int procs = 1; procs <= 2; procs++) {
         double v[NSTRUCT][99];
         for (int run = 0; run < RUNS; run++)
-            for (int s = 0; s < NSTRUCT; s++) v[s][run] = run_config(s, procs, run);
+            for (int s = 0; s < NSTRUCT; s++)
+                v[s][run] = (MASK >> s & 1) ? run_config(s, procs, run) : 1;
         for (int s = 0; s < NSTRUCT; s++) {
             qsort(v[s], (size_t)RUNS, sizeof v[s][0], dcmp);
             med[s][procs] = v[s][RUNS / 2];
@@ -339,8 +351,8 @@ int main(int argc, char **argv)
         printf("| %s | %.2fM | %.2fx | %.2fM | %.2fx |\n", NAMES[s], med[s][1] / 1e6,
                med[s][1] / med[S_LMDB][1], med[s][2] / 1e6, med[s][2] / med[S_LMDB][2]);
 
-    kvshm_unlink(SEG[0], SLOT[0]);
-    kvshm_unlink(SEG[1], SLOT[1]);
+    if (MASK >> S_TREE & 1) kvshm_unlink(SEG[0], SLOT[0]);
+    if (MASK >> S_MT & 1) kvshm_unlink(SEG[1], SLOT[1]);
     char cmd[256];
     snprintf(cmd, sizeof cmd, "%s/data.mdb", LMDB_DIR); unlink(cmd);
     snprintf(cmd, sizeof cmd, "%s/lock.mdb", LMDB_DIR); unlink(cmd);
