@@ -352,3 +352,60 @@ Test(shm_csbtree, failed_batch_changes_nothing)
     kvshm_tree_op bad[2] = { { "b", 1, 0 }, { "a", 1, 0 } };
     cr_assert_eq(kvshm_tree_apply(&B, EPOCH, &T, bad, 2), KVSHM_E_INVAL);
 }
+
+/* Small records live inline in their leaf page (prefix search, key and value
+ * in one page), large ones in their own blocks; both kinds are checksummed,
+ * and a value byte changed in place inside the leaf is caught by the reader's
+ * checksum (kvshm_rec_read) and by kvshm_tree_check. */
+Test(shm_csbtree, inline_records_in_leaf_pages_are_checksummed)
+{
+    reset_model();
+    uint64_t seq = 0;
+    uint32_t ids[100]; int ins[100];
+    for (uint32_t base = 0; base < 3000; base += 100) {
+        for (int i = 0; i < 100; i++) { ids[i] = base + (uint32_t)i; ins[i] = 1; }
+        cr_assert_eq(batch(ids, ins, 100, 1, &seq), KVSHM_OK);
+    }
+    verify();
+    cr_assert_geq(T.height, 2);
+    size_t n_inline = 0, n_ext = 0;
+    uint64_t victim = 0;
+    size_t victim_i = 0;
+    for (size_t i = 0; i < MN; i++) {
+        kvshm_status err = KVSHM_OK;
+        uint64_t rec = kvshm_tree_find(S, T.root, T.height, M[i].k, M[i].kl, &err);
+        cr_assert_neq(rec, 0);
+        const struct kvshm_rec *r = kvshm_rec_at(S, rec);
+        cr_assert_not_null(r);
+        uint64_t page = rec & ~(uint64_t)(KVSHM_LEAF_BYTES - 1);
+        const struct kvshm_leaf *lf = kvshm_at(S, page, KVSHM_LEAF_BYTES);
+        int in_page = 0;
+        if (lf && lf->l_level == 0 && lf->l_n <= KVSHM_LEAF_KEYS)
+            for (int j = 0; j < lf->l_n; j++)
+                if (lf->l_ref[j] == rec &&
+                    rec == page + KVSHM_LEAF_HEAD + (uint64_t)j * KVSHM_LEAF_SLOT)
+                    in_page = 1;
+        if (kvshm_rec_bytes(r->r_klen, r->r_vlen) <= KVSHM_LEAF_SLOT) {
+            cr_assert(in_page, "small record %zu is inline in its leaf page", i);
+            n_inline++;
+            if (!victim) { victim = rec; victim_i = i; }
+        } else {
+            cr_assert(!in_page, "large record %zu has its own block", i);
+            n_ext++;
+        }
+    }
+    cr_assert_gt(n_inline, 0);
+    cr_assert_gt(n_ext, 0);
+    /* change one value byte in place: the copy-out must fail its checksum */
+    const struct kvshm_rec *r = kvshm_rec_at(S, victim);
+    uint8_t *vb = (uint8_t *)kvshm_rec_val(r);
+    uint8_t buf[128];
+    kvshm_val out = { buf, sizeof buf, 0, 0 };
+    cr_assert_eq(kvshm_rec_read(S, victim, M[victim_i].k, M[victim_i].kl, &out), KVSHM_OK);
+    vb[0] ^= 0x5a;
+    cr_assert_eq(kvshm_rec_read(S, victim, M[victim_i].k, M[victim_i].kl, &out), KVSHM_E_CORRUPT);
+    cr_assert_eq(kvshm_tree_check(S, &T), KVSHM_E_CORRUPT);
+    vb[0] ^= 0x5a;
+    cr_assert_eq(kvshm_rec_read(S, victim, M[victim_i].k, M[victim_i].kl, &out), KVSHM_OK);
+    verify();
+}
