@@ -143,7 +143,11 @@ def main():
     ap.add_argument("--seconds", type=float, default=1.5)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--json", metavar="PATH", help="write the rows as JSON (for perf/run)")
+    ap.add_argument("--quick", action="store_true", help="0.5 s per figure, one repetition")
     args = ap.parse_args()
+    if args.quick:
+        args.seconds, args.repeat = 0.5, 1
 
     tmp = tempfile.mkdtemp(prefix="kvbench-")
     procs = []
@@ -250,6 +254,15 @@ def main():
     for r in put_rows:
         lines.append(f"| {pnames[r[0]]} | {r[1]:,.0f} |")
     table = "\n".join(lines) + "\n"
+    if args.json:
+        import json
+
+        rows = [{"workload": f"hot get 100 B, {n} proc", "store": names[r[0]], "ops_per_s": r[n],
+                 "processes": n} for n in (1, 2) for r in get_rows]
+        rows += [{"workload": "put 100 B, 2 proc", "store": pnames[r[0]], "ops_per_s": r[1],
+                  "processes": 2} for r in put_rows]
+        with open(args.json, "w") as f:
+            json.dump({"seconds": args.seconds, "repeat": args.repeat, "results": rows}, f, indent=2)
     print()
     print(table)
     if args.write_docs:
