@@ -125,6 +125,13 @@ static int fold_all(wr_state *ws)
             evict_shard(ws, s, attempt < 2 ? 2 : 1);
             kvshm_writer_maintain(ws->w, NULL);
         }
+        if (st == KVSHM_E_FULL) {
+            /* Last resort: fold without caching any value (every key of the
+             * batch leaves the cache; the data is committed in SQLite), so
+             * the frozen memtable is retired and writes can go on. */
+            st = kvshm_writer_fold(ws->w, s, 0);
+            kvshm_writer_maintain(ws->w, NULL);
+        }
         if (st != KVSHM_OK) {
             wr_log("fold shard %u: %s", s, kvshm_strerror(st));
             return -1;

@@ -394,7 +394,7 @@ def test_small_segment_evicts_and_never_drops_a_write(tmp_path):
             assert kv[b"key%08d" % i] == b"v" * 200
         assert len(kv) == n
         st = _status(kv)
-        assert st["evicted_keys"] > 0
+        assert st["keys_cached"] + st["keys_in_memtables"] < n  # not everything fits: evicted
         assert st["memory_used"] <= st["memory_total"]
         kv.close()
     finally:
