@@ -350,49 +350,6 @@ static void split_child(bctx *c, wnode *p, int i)
     p->n++;
 }
 
-/* Child leaf i of p holds LCAP + 1 keys: move one key into a sibling with
- * room instead of splitting (B*-tree style redistribution, Knuth TAOCP vol. 3,
- * 6.2.4), so leaves fill to about 80% rather than 69% under random inserts:
- * fewer leaf pages and a smaller level above them. Returns 1 if moved. */
-static int shift_leaf(bctx *c, wnode *p, int i)
-{
-    wnode *k = p->kid[i].m;
-    for (int side = 0; side < 2; side++) {
-        int si = side == 0 ? i + 1 : i - 1;     /* right sibling first */
-        if (si < 0 || si > p->n) continue;
-        wnode *sb = materialize(c, &p->kid[si], 0);
-        if (!sb) return 0;
-        if (sb->n >= LCAP - 1) continue;        /* keep a slot free there */
-        int s = side == 0 ? i : i - 1;           /* separator between them */
-        wnode *L = side == 0 ? k : sb, *R = side == 0 ? sb : k;
-        if (side == 0) {                         /* k's last key -> R front */
-            memmove(R->prefix + 1, R->prefix, (size_t)R->n * 8);
-            memmove(R->ref + 1, R->ref, (size_t)R->n * 8);
-            memmove(R->kind + 1, R->kind, (size_t)R->n);
-            R->prefix[0] = L->prefix[L->n - 1];
-            R->ref[0] = L->ref[L->n - 1];
-            R->kind[0] = L->kind[L->n - 1];
-            R->n++; L->n--;
-        } else {                                 /* k's first key -> L end */
-            L->prefix[L->n] = R->prefix[0];
-            L->ref[L->n] = R->ref[0];
-            L->kind[L->n] = R->kind[0];
-            L->n++;
-            memmove(R->prefix, R->prefix + 1, (size_t)(R->n - 1) * 8);
-            memmove(R->ref, R->ref + 1, (size_t)(R->n - 1) * 8);
-            memmove(R->kind, R->kind + 1, (size_t)(R->n - 1));
-            R->n--;
-        }
-        uint64_t sep;
-        if ((c->err = new_sep(c, R->ref[0], &sep))) return 0;
-        sv_push(c, &c->retire, p->ref[s], kvshm_rec_block_bytes(c->s, p->ref[s]));
-        p->ref[s] = sep;
-        p->prefix[s] = R->prefix[0];
-        return 1;
-    }
-    return 0;
-}
-
 static void w_insert(bctx *c, wnode *x, const kvshm_tree_op *op)
 {
     if (x->level == 0) {
@@ -422,11 +379,7 @@ static void w_insert(bctx *c, wnode *x, const kvshm_tree_op *op)
     if (!k) return;
     w_insert(c, k, op);
     if (c->err) return;
-    if (k->n > cap_of(k->level)) {
-        if (k->level == 0 && shift_leaf(c, x, i)) return;
-        if (c->err) return;
-        split_child(c, x, i);
-    }
+    if (k->n > cap_of(k->level)) split_child(c, x, i);
 }
 
 static void remove_at(wnode *p, int s)
