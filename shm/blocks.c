@@ -108,10 +108,7 @@ kvshm_status kvshm_blocks_alloc_idx(kvshm_blocks *b, uint64_t bytes, uint64_t *o
         *off = head;
     } else {
         if (b->top < b->bump || cb > b->top - b->bump) return KVSHM_E_FULL;
-        /* Whole-page classes (tree leaf groups) start on a page boundary,
-         * so every 4 KiB leaf is exactly one page: one TLB entry. */
-        uint64_t align = (cb >= 4096 && !(cb & 4095)) ? 4096 : 64;
-        uint64_t at = (b->top - cb) & ~(align - 1);
+        uint64_t at = (b->top - cb) & ~(uint64_t)63;
         if (at < b->bump) return KVSHM_E_FULL;
         b->top = at;
         *off = at;
@@ -145,7 +142,7 @@ kvshm_status kvshm_blocks_alloc_inner(kvshm_blocks *b, uint64_t bytes, uint64_t 
 
 void kvshm_blocks_free(kvshm_blocks *b, uint64_t off, uint64_t bytes)
 {
-    uint64_t cb = 0;
+    uint64_t cb;
     int c = size_class(bytes, &cb);
     uint64_t *link = kvshm_at(b->seg, off, 8);
     if (c < 0 || !link || off < b->lo || off >= b->hi) return;

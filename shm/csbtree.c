@@ -30,18 +30,6 @@
 
 #define CAP KVSHM_NODE_KEYS
 #define MINK 5
-#define LCAP KVSHM_LEAF_KEYS
-#define LMIN 8
-#define LBYTES KVSHM_LEAF_BYTES
-
-/* Keys a node of `level` holds at most / at least (below the root). */
-static inline int cap_of(int level) { return level ? CAP : LCAP; }
-static inline int min_of(int level) { return level ? MINK : LMIN; }
-/* Bytes between siblings in the child group of a node at `level` (>= 1). */
-static inline uint64_t stride_of(int level)
-{ return level == 1 ? LBYTES : KVSHM_NODE_BYTES; }
-/* Bytes of the block holding a node of `level` on its own (the root). */
-static inline uint64_t node_bytes(int level) { return level ? KVSHM_NODE_BYTES : LBYTES; }
 
 /* ---- reader side ------------------------------------------------------------ */
 
@@ -58,11 +46,11 @@ static inline int ref_cmp(const kvshm_seg *s, uint64_t ref, const void *key,
  * entries given by prefix[] and ref[]. */
 static inline int rank(const kvshm_seg *s, const uint64_t *pre, const uint64_t *ref,
                        int n, uint64_t p, const void *key, uint32_t klen, int le,
-                       int *bad, int cap)
+                       int *bad)
 {
     int i = 0;
     /* Branch-free count of strictly smaller prefixes (entries are sorted). */
-    for (int j = 0; j < cap; j++) i += (j < n) & (pre[j] < p);
+    for (int j = 0; j < CAP; j++) i += (j < n) & (pre[j] < p);
     while (i < n && pre[i] == p) {
         int c = ref_cmp(s, ref[i], key, klen, bad);
         if (*bad) return 0;
@@ -80,19 +68,6 @@ static inline const struct kvshm_node *node_at(const kvshm_seg *s, uint64_t off,
     return nd;
 }
 
-static inline const struct kvshm_leaf *leaf_at(const kvshm_seg *s, uint64_t off)
-{
-    const struct kvshm_leaf *lf = kvshm_at(s, off, LBYTES);
-    if (!lf || lf->l_level != 0 || lf->l_n > LCAP) return NULL;
-    return lf;
-}
-
-/* Is the record offset `ref` stored inline in the leaf page at `leaf`? */
-static inline int inline_in(uint64_t ref, uint64_t leaf)
-{
-    return ref >= leaf + KVSHM_LEAF_HEAD && ref < leaf + LBYTES;
-}
-
 uint64_t kvshm_tree_find(const kvshm_seg *s, uint64_t root, uint32_t height,
                          const void *key, uint32_t klen, kvshm_status *err)
 {
@@ -104,28 +79,25 @@ uint64_t kvshm_tree_find(const kvshm_seg *s, uint64_t root, uint32_t height,
     for (unsigned lvl = height - 1; lvl > 0; lvl--) {
         const struct kvshm_node *nd = node_at(s, off, lvl);
         if (!nd) { *err = KVSHM_E_CORRUPT; return 0; }
-        int i = rank(s, nd->c_prefix, nd->c_ref, nd->c_n, p, key, klen, 1, &bad, CAP);
+        int i = rank(s, nd->c_prefix, nd->c_ref, nd->c_n, p, key, klen, 1, &bad);
         if (bad) { *err = KVSHM_E_CORRUPT; return 0; }
-        off = nd->c_child + (uint64_t)i * stride_of((int)lvl);
-        /* Start the child's misses now, all at once: an internal node's two
-         * search lines, or a leaf's whole head (prefixes and record offsets,
-         * 7 lines of one page). */
+        off = nd->c_child + (uint64_t)i * KVSHM_NODE_BYTES;
+        /* Start the child's misses now, all at once: its two search lines,
+         * and for a leaf also the two lines of record offsets. */
         const uint8_t *pf = s->base + (off < s->size ? off : 0);
         __builtin_prefetch(pf);
         __builtin_prefetch(pf + 64);
-        if (lvl == 1)
-            for (unsigned l = 2; l < KVSHM_LEAF_HEAD / 64; l++)
-                __builtin_prefetch(pf + 64 * l);
+        if (lvl == 1) { __builtin_prefetch(pf + 128); __builtin_prefetch(pf + 192); }
     }
-    const struct kvshm_leaf *lf = leaf_at(s, off);
+    const struct kvshm_node *lf = node_at(s, off, 0);
     if (!lf) { *err = KVSHM_E_CORRUPT; return 0; }
-    int n = lf->l_n;
+    int n = lf->c_n;
     for (int j = 0; j < n; j++) {
-        if (lf->l_prefix[j] < p) continue;
-        if (lf->l_prefix[j] > p) break;
-        /* The record is the next miss (in the same page when inline): ask
-         * for all of a small record's lines at once. */
-        uint64_t ro = lf->l_ref[j];
+        if (lf->c_prefix[j] < p) continue;
+        if (lf->c_prefix[j] > p) break;
+        /* The record is the next miss: ask for all of a small record's
+         * lines at once (header + key + value usually span 2-3). */
+        uint64_t ro = lf->c_ref[j];
         if (ro < s->size - 192) {
             __builtin_prefetch(s->base + ro);
             __builtin_prefetch(s->base + ro + 64);
@@ -133,7 +105,7 @@ uint64_t kvshm_tree_find(const kvshm_seg *s, uint64_t root, uint32_t height,
         }
         int c = ref_cmp(s, ro, key, klen, &bad);
         if (bad) { *err = KVSHM_E_CORRUPT; return 0; }
-        if (c == 0) return ro;
+        if (c == 0) return lf->c_ref[j];
         if (c > 0) break;
     }
     return 0;
@@ -145,55 +117,46 @@ uint64_t kvshm_tree_seek(const kvshm_seg *s, uint64_t root, uint32_t height,
 {
     if (!root || !height) return 0;
     if (height > KVSHM_TREE_MAXH) { *err = KVSHM_E_CORRUPT; return 0; }
-    const struct kvshm_node *path[KVSHM_TREE_MAXH];   /* internal levels */
+    const struct kvshm_node *path[KVSHM_TREE_MAXH];
     int idx[KVSHM_TREE_MAXH];
     uint64_t p = klen ? kvshm_key_prefix(key, klen) : 0;
     int bad = 0;
     uint64_t off = root;
-    for (int lvl = (int)height - 1; lvl >= 1; lvl--) {
+    for (int lvl = (int)height - 1; lvl >= 0; lvl--) {
         const struct kvshm_node *nd = node_at(s, off, (unsigned)lvl);
         if (!nd) { *err = KVSHM_E_CORRUPT; return 0; }
-        int i = klen ? rank(s, nd->c_prefix, nd->c_ref, nd->c_n, p, key, klen, 1,
-                            &bad, CAP) : 0;
+        int i = klen ? rank(s, nd->c_prefix, nd->c_ref, nd->c_n, p, key, klen,
+                            lvl > 0 ? 1 : after, &bad) : 0;
         if (bad) { *err = KVSHM_E_CORRUPT; return 0; }
         path[lvl] = nd;
         idx[lvl] = i;
-        off = nd->c_child + (uint64_t)i * stride_of(lvl);
+        if (lvl > 0) off = nd->c_child + (uint64_t)i * KVSHM_NODE_BYTES;
     }
-    const struct kvshm_leaf *lf = leaf_at(s, off);
-    if (!lf) { *err = KVSHM_E_CORRUPT; return 0; }
-    int i0 = klen ? rank(s, lf->l_prefix, lf->l_ref, lf->l_n, p, key, klen, after,
-                         &bad, LCAP) : 0;
-    if (bad) { *err = KVSHM_E_CORRUPT; return 0; }
-    /* Leaf position i0; past the end, climb to the next subtree. */
-    if (i0 < lf->l_n) return lf->l_ref[i0];
+    /* Leaf position idx[0]; past the end, climb to the next subtree. */
+    if (idx[0] < path[0]->c_n) return path[0]->c_ref[idx[0]];
     int lvl = 1;
     while (lvl < (int)height && ++idx[lvl] > path[lvl]->c_n) lvl++;
     if (lvl >= (int)height) return 0;
-    off = path[lvl]->c_child + (uint64_t)idx[lvl] * stride_of(lvl);
-    for (int d = lvl - 1; d >= 1; d--) {
+    off = path[lvl]->c_child + (uint64_t)idx[lvl] * KVSHM_NODE_BYTES;
+    for (int d = lvl - 1; d >= 0; d--) {
         const struct kvshm_node *nd = node_at(s, off, (unsigned)d);
         if (!nd) { *err = KVSHM_E_CORRUPT; return 0; }
+        path[d] = nd;
+        idx[d] = 0;
         off = nd->c_child;
     }
-    lf = leaf_at(s, off);
-    if (!lf || lf->l_n == 0) { *err = KVSHM_E_CORRUPT; return 0; }
-    return lf->l_ref[0];
+    if (path[0]->c_n == 0) { *err = KVSHM_E_CORRUPT; return 0; }
+    return path[0]->c_ref[idx[0]];
 }
 
 /* ---- writer side: working nodes ---------------------------------------------- */
 
 typedef struct wnode wnode;
 typedef struct wref { wnode *m; uint64_t off; } wref;
-/* Where a working leaf's record lives (decides who frees it). */
-enum { K_INLINE, /* in the published leaf page it came from: goes with it */
-       K_EXT,    /* a published record block of its own: retire to drop */
-       K_NEW };  /* an op's record of this batch: the tree takes it over */
 struct wnode {
     int level, n;
-    uint64_t prefix[LCAP + 1];
-    uint64_t ref[LCAP + 1];
-    uint8_t kind[LCAP + 1];   /* leaves only */
+    uint64_t prefix[CAP + 1];
+    uint64_t ref[CAP + 1];
     wref kid[CAP + 2];
 };
 
@@ -205,7 +168,6 @@ typedef struct bctx {
     kvshm_seg *s;
     spanvec retire;       /* retired on success only */
     spanvec allocs;       /* freed on failure only */
-    spanvec inlined;      /* op records copied into leaves: freed on success */
     wnode **nodes; size_t nnodes, capnodes;
     int64_t dkeys;
     kvshm_status err;
@@ -242,19 +204,6 @@ static wnode *wnew(bctx *c, int level)
 static wnode *materialize(bctx *c, wref *r, int level)
 {
     if (r->m) return r->m;
-    if (level == 0) {
-        const struct kvshm_leaf *lf = leaf_at(c->s, r->off);
-        if (!lf) { c->err = KVSHM_E_CORRUPT; return NULL; }
-        wnode *w = wnew(c, 0);
-        if (!w) return NULL;
-        w->n = lf->l_n;
-        memcpy(w->prefix, lf->l_prefix, (size_t)w->n * 8);
-        memcpy(w->ref, lf->l_ref, (size_t)w->n * 8);
-        for (int i = 0; i < w->n; i++)
-            w->kind[i] = inline_in(w->ref[i], r->off) ? K_INLINE : K_EXT;
-        r->m = w;
-        return w;
-    }
     const struct kvshm_node *nd = node_at(c->s, r->off, (unsigned)level);
     if (!nd) { c->err = KVSHM_E_CORRUPT; return NULL; }
     wnode *w = wnew(c, level);
@@ -262,16 +211,18 @@ static wnode *materialize(bctx *c, wref *r, int level)
     w->n = nd->c_n;
     memcpy(w->prefix, nd->c_prefix, sizeof nd->c_prefix);
     memcpy(w->ref, nd->c_ref, sizeof nd->c_ref);
-    for (int i = 0; i <= w->n; i++)
-        w->kid[i] = (wref){ NULL, nd->c_child + (uint64_t)i * stride_of(level) };
-    sv_push(c, &c->retire, nd->c_child, (uint64_t)(w->n + 1) * stride_of(level));
+    if (level > 0) {
+        for (int i = 0; i <= w->n; i++)
+            w->kid[i] = (wref){ NULL, nd->c_child + (uint64_t)i * KVSHM_NODE_BYTES };
+        sv_push(c, &c->retire, nd->c_child, (uint64_t)(w->n + 1) * KVSHM_NODE_BYTES);
+    }
     r->m = w;
     return w;
 }
 
 static int wrank(bctx *c, const wnode *w, const void *key, uint32_t klen, int le)
 {
-    /* Not rank(): a working node may briefly hold cap + 1 keys. */
+    /* Not rank(): a working node may briefly hold CAP + 1 keys. */
     int bad = 0, i = 0, n = w->n;
     uint64_t p = kvshm_key_prefix(key, klen);
     while (i < n && w->prefix[i] < p) i++;
@@ -298,21 +249,11 @@ static kvshm_status new_sep(bctx *c, uint64_t rec_ref, uint64_t *sep)
     return KVSHM_OK;
 }
 
-/* Drop the record of key slot i of working leaf x (replaced or deleted). */
-static void drop_rec(bctx *c, const wnode *x, int i);
-
 static void retire_rec(bctx *c, uint64_t ref)
 {
     uint64_t bytes = kvshm_rec_block_bytes(c->s, ref);
     if (!bytes) { c->err = KVSHM_E_CORRUPT; return; }
     sv_push(c, &c->retire, ref, bytes);
-}
-
-static void drop_rec(bctx *c, const wnode *x, int i)
-{
-    /* inline: goes with its page (retired with the group or root);
-     * new: cannot happen (a batch's keys are unique) */
-    if (x->kind[i] == K_EXT) retire_rec(c, x->ref[i]);
 }
 
 /* Split the overfull child i of p into two siblings. */
@@ -327,7 +268,6 @@ static void split_child(bctx *c, wnode *p, int i)
         y->n = x->n - keep;
         memcpy(y->prefix, x->prefix + keep, (size_t)y->n * 8);
         memcpy(y->ref, x->ref + keep, (size_t)y->n * 8);
-        memcpy(y->kind, x->kind + keep, (size_t)y->n);
         x->n = keep;
         sp = y->prefix[0];
         if ((c->err = new_sep(c, y->ref[0], &sr))) return;
@@ -357,18 +297,15 @@ static void w_insert(bctx *c, wnode *x, const kvshm_tree_op *op)
         if (c->err) return;
         int bad = 0;
         if (i < x->n && ref_cmp(c->s, x->ref[i], op->key, op->klen, &bad) == 0 && !bad) {
-            drop_rec(c, x, i);
+            retire_rec(c, x->ref[i]);
             x->ref[i] = op->rec;
-            x->kind[i] = K_NEW;
             return;
         }
         if (bad) { c->err = KVSHM_E_CORRUPT; return; }
         memmove(x->prefix + i + 1, x->prefix + i, (size_t)(x->n - i) * 8);
         memmove(x->ref + i + 1, x->ref + i, (size_t)(x->n - i) * 8);
-        memmove(x->kind + i + 1, x->kind + i, (size_t)(x->n - i));
         x->prefix[i] = kvshm_key_prefix(op->key, op->klen);
         x->ref[i] = op->rec;
-        x->kind[i] = K_NEW;
         x->n++;
         c->dkeys++;
         return;
@@ -379,7 +316,7 @@ static void w_insert(bctx *c, wnode *x, const kvshm_tree_op *op)
     if (!k) return;
     w_insert(c, k, op);
     if (c->err) return;
-    if (k->n > cap_of(k->level)) split_child(c, x, i);
+    if (k->n > CAP) split_child(c, x, i);
 }
 
 static void remove_at(wnode *p, int s)
@@ -400,10 +337,9 @@ static void rebalance(bctx *c, wnode *p, int i)
     wnode *R = L ? materialize(c, &p->kid[s + 1], p->level - 1) : NULL;
     if (!R) return;
     if (L->level == 0) {
-        if (L->n + R->n <= LCAP) {
+        if (L->n + R->n <= CAP) {
             memcpy(L->prefix + L->n, R->prefix, (size_t)R->n * 8);
             memcpy(L->ref + L->n, R->ref, (size_t)R->n * 8);
-            memcpy(L->kind + L->n, R->kind, (size_t)R->n);
             L->n += R->n;
             R->n = 0;
             sv_push(c, &c->retire, p->ref[s], kvshm_rec_block_bytes(c->s, p->ref[s]));
@@ -413,19 +349,15 @@ static void rebalance(bctx *c, wnode *p, int i)
         if (L->n > R->n) {
             memmove(R->prefix + 1, R->prefix, (size_t)R->n * 8);
             memmove(R->ref + 1, R->ref, (size_t)R->n * 8);
-            memmove(R->kind + 1, R->kind, (size_t)R->n);
             R->prefix[0] = L->prefix[L->n - 1];
             R->ref[0] = L->ref[L->n - 1];
-            R->kind[0] = L->kind[L->n - 1];
             R->n++; L->n--;
         } else {
             L->prefix[L->n] = R->prefix[0];
             L->ref[L->n] = R->ref[0];
-            L->kind[L->n] = R->kind[0];
             L->n++;
             memmove(R->prefix, R->prefix + 1, (size_t)(R->n - 1) * 8);
             memmove(R->ref, R->ref + 1, (size_t)(R->n - 1) * 8);
-            memmove(R->kind, R->kind + 1, (size_t)(R->n - 1));
             R->n--;
         }
         uint64_t sep;
@@ -481,10 +413,9 @@ static void w_delete(bctx *c, wnode *x, const kvshm_tree_op *op)
             if (bad) c->err = KVSHM_E_CORRUPT;
             return;
         }
-        drop_rec(c, x, i);
+        retire_rec(c, x->ref[i]);
         memmove(x->prefix + i, x->prefix + i + 1, (size_t)(x->n - i - 1) * 8);
         memmove(x->ref + i, x->ref + i + 1, (size_t)(x->n - i - 1) * 8);
-        memmove(x->kind + i, x->kind + i + 1, (size_t)(x->n - i - 1));
         x->n--;
         c->dkeys--;
         return;
@@ -495,50 +426,10 @@ static void w_delete(bctx *c, wnode *x, const kvshm_tree_op *op)
     if (!k) return;
     w_delete(c, k, op);
     if (c->err) return;
-    if (k->n < min_of(k->level)) rebalance(c, x, i);
+    if (k->n < MINK) rebalance(c, x, i);
 }
 
-/* Write working leaf w into the page at dst_off: records of at most
- * KVSHM_LEAF_SLOT bytes are copied into the key's slot (an op's record so
- * copied is freed once the batch succeeds), larger ones stay where they are. */
-static void write_leaf(bctx *c, const wnode *w, uint64_t dst_off)
-{
-    uint8_t *pg = kvshm_at(c->s, dst_off, LBYTES);
-    if (!pg) { c->err = KVSHM_E_CORRUPT; return; }
-    struct kvshm_leaf *dst = (struct kvshm_leaf *)pg;
-    memset(dst, 0, sizeof *dst);
-    dst->l_n = (uint16_t)w->n;
-    memcpy(dst->l_prefix, w->prefix, (size_t)w->n * 8);
-    for (int j = 0; j < w->n; j++) {
-        uint64_t ref = w->ref[j];
-        const struct kvshm_rec *r = kvshm_rec_at(c->s, ref);
-        if (!r) { c->err = KVSHM_E_CORRUPT; return; }
-        uint64_t bytes = kvshm_rec_bytes(r->r_klen, r->r_vlen);
-        if (w->kind[j] != K_EXT && bytes <= KVSHM_LEAF_SLOT) {
-            uint64_t slot = KVSHM_LEAF_HEAD + (uint64_t)j * KVSHM_LEAF_SLOT;
-            memcpy(pg + slot, r, bytes);
-            if (w->kind[j] == K_NEW) sv_push(c, &c->inlined, ref, bytes);
-            ref = dst_off + slot;
-        }
-        dst->l_ref[j] = ref;
-    }
-}
-
-/* Copy the published leaf at src into the page at dst, moving the offsets of
- * its inline records along with it. */
-static void copy_leaf(bctx *c, uint64_t src, uint64_t dst)
-{
-    const struct kvshm_leaf *sl = leaf_at(c->s, src);
-    uint8_t *dp = kvshm_at(c->s, dst, LBYTES);
-    if (!sl || !dp) { c->err = KVSHM_E_CORRUPT; return; }
-    memcpy(dp, sl, LBYTES);
-    struct kvshm_leaf *dl = (struct kvshm_leaf *)dp;
-    for (int j = 0; j < dl->l_n; j++)
-        if (inline_in(dl->l_ref[j], src)) dl->l_ref[j] = dl->l_ref[j] - src + dst;
-}
-
-/* Write working internal node w into dst (256 bytes), allocating its child
- * group. */
+/* Write working node w into dst (256 bytes), allocating its child group. */
 static void write_node(bctx *c, const wnode *w, struct kvshm_node *dst)
 {
     memset(dst, 0, sizeof *dst);
@@ -546,27 +437,23 @@ static void write_node(bctx *c, const wnode *w, struct kvshm_node *dst)
     dst->c_level = (uint8_t)w->level;
     memcpy(dst->c_prefix, w->prefix, (size_t)w->n * 8);
     memcpy(dst->c_ref, w->ref, (size_t)w->n * 8);
-    uint64_t stride = stride_of(w->level);
-    uint64_t gbytes = (uint64_t)(w->n + 1) * stride, g;
-    /* groups of internal nodes go to the small inner area, leaf groups
-     * (whole pages, page-aligned) to the leaf area */
+    if (w->level == 0) return;
+    uint64_t gbytes = (uint64_t)(w->n + 1) * KVSHM_NODE_BYTES, g;
+    /* groups of internal nodes go to the small inner area, leaf groups to
+     * the leaf area */
     if ((c->err = w->level >= 2 ? kvshm_blocks_alloc_inner(c->b, gbytes, &g)
                                 : kvshm_blocks_alloc_idx(c->b, gbytes, &g)))
         return;
     sv_push(c, &c->allocs, g, gbytes);
     uint8_t *gp = kvshm_at(c->s, g, gbytes);
-    if (!gp) { c->err = KVSHM_E_CORRUPT; return; }
     for (int i = 0; i <= w->n && !c->err; i++) {
-        uint64_t ko = g + (uint64_t)i * stride;
-        if (w->level == 1) {
-            if (w->kid[i].m) write_leaf(c, w->kid[i].m, ko);
-            else copy_leaf(c, w->kid[i].off, ko);
-        } else if (w->kid[i].m) {
-            write_node(c, w->kid[i].m, (struct kvshm_node *)(gp + (size_t)i * stride));
+        struct kvshm_node *kd = (struct kvshm_node *)(gp + (size_t)i * KVSHM_NODE_BYTES);
+        if (w->kid[i].m) {
+            write_node(c, w->kid[i].m, kd);
         } else {
             const void *src = kvshm_at(c->s, w->kid[i].off, KVSHM_NODE_BYTES);
             if (!src) { c->err = KVSHM_E_CORRUPT; return; }
-            memcpy(gp + (size_t)i * stride, src, KVSHM_NODE_BYTES);
+            memcpy(kd, src, KVSHM_NODE_BYTES);
         }
     }
     dst->c_child = g;
@@ -578,7 +465,6 @@ static void bctx_free(bctx *c)
     free(c->nodes);
     free(c->retire.v);
     free(c->allocs.v);
-    free(c->inlined.v);
 }
 
 kvshm_status kvshm_tree_apply(kvshm_blocks *b, uint64_t epoch, kvshm_tree *t,
@@ -629,7 +515,7 @@ kvshm_status kvshm_tree_apply(kvshm_blocks *b, uint64_t epoch, kvshm_tree *t,
         if (!r) break;
         w_insert(&c, r, op);
         if (c.err) break;
-        if (r->n > cap_of(r->level)) {
+        if (r->n > CAP) {
             if (height >= KVSHM_TREE_MAXH) { c.err = KVSHM_E_FULL; break; }
             wnode *nr = wnew(&c, r->level + 1);
             if (!nr) break;
@@ -641,11 +527,9 @@ kvshm_status kvshm_tree_apply(kvshm_blocks *b, uint64_t epoch, kvshm_tree *t,
     }
     uint64_t new_root = 0;
     if (!c.err && root.m) {
-        uint64_t rb = node_bytes(root.m->level);
-        if (!(c.err = kvshm_blocks_alloc_inner(b, rb, &new_root))) {
-            sv_push(&c, &c.allocs, new_root, rb);
-            if (root.m->level) write_node(&c, root.m, kvshm_at(c.s, new_root, rb));
-            else write_leaf(&c, root.m, new_root);
+        if (!(c.err = kvshm_blocks_alloc_inner(b, KVSHM_NODE_BYTES, &new_root))) {
+            sv_push(&c, &c.allocs, new_root, KVSHM_NODE_BYTES);
+            write_node(&c, root.m, kvshm_at(c.s, new_root, KVSHM_NODE_BYTES));
         }
     } else if (!c.err) {
         new_root = root.off;  /* emptied, or untouched */
@@ -659,10 +543,7 @@ kvshm_status kvshm_tree_apply(kvshm_blocks *b, uint64_t epoch, kvshm_tree *t,
     }
     /* The old root block is replaced whenever the root was materialised. */
     if (t->root && new_root != t->root)
-        kvshm_blocks_retire(b, t->root, node_bytes((int)t->height - 1), epoch);
-    /* Op records now copied into leaves were never reachable: free them. */
-    for (size_t i = 0; i < c.inlined.n; i++)
-        kvshm_blocks_free(b, c.inlined.v[i].off, c.inlined.v[i].bytes);
+        kvshm_blocks_retire(b, t->root, KVSHM_NODE_BYTES, epoch);
     for (size_t i = 0; i < c.retire.n; i++)
         kvshm_blocks_retire(b, c.retire.v[i].off, c.retire.v[i].bytes, epoch);
     t->root = new_root;
@@ -677,21 +558,19 @@ kvshm_status kvshm_tree_apply(kvshm_blocks *b, uint64_t epoch, kvshm_tree *t,
 static kvshm_status scan_rec(const kvshm_seg *s, uint64_t off, int level,
                              kvshm_rec_fn fn, void *ctx, int *stop)
 {
+    const struct kvshm_node *nd = node_at(s, off, (unsigned)level);
+    if (!nd) return KVSHM_E_CORRUPT;
     if (level == 0) {
-        const struct kvshm_leaf *lf = leaf_at(s, off);
-        if (!lf) return KVSHM_E_CORRUPT;
-        for (int j = 0; j < lf->l_n && !*stop; j++) {
-            const struct kvshm_rec *r = kvshm_rec_at(s, lf->l_ref[j]);
+        for (int j = 0; j < nd->c_n && !*stop; j++) {
+            const struct kvshm_rec *r = kvshm_rec_at(s, nd->c_ref[j]);
             if (!r) return KVSHM_E_CORRUPT;
             *stop = fn(ctx, kvshm_rec_key(r), r->r_klen, kvshm_rec_val(r), r->r_vlen,
                        r->r_seqt >> 1, (int)(r->r_seqt & 1));
         }
         return KVSHM_OK;
     }
-    const struct kvshm_node *nd = node_at(s, off, (unsigned)level);
-    if (!nd) return KVSHM_E_CORRUPT;
     for (int j = 0; j <= nd->c_n && !*stop; j++) {
-        kvshm_status st = scan_rec(s, nd->c_child + (uint64_t)j * stride_of(level),
+        kvshm_status st = scan_rec(s, nd->c_child + (uint64_t)j * KVSHM_NODE_BYTES,
                                    level - 1, fn, ctx, stop);
         if (st) return st;
     }
@@ -713,25 +592,17 @@ static kvshm_status check_rec(const kvshm_seg *s, uint64_t off, int level, int i
                               const void *lo, uint32_t lolen, const void *hi,
                               uint32_t hilen, uint64_t *count)
 {
-    const struct kvshm_node *nd = level ? node_at(s, off, (unsigned)level) : NULL;
-    const struct kvshm_leaf *lf = level ? NULL : leaf_at(s, off);
-    if (!nd && !lf) return KVSHM_E_CORRUPT;
-    int n = level ? nd->c_n : lf->l_n;
-    const uint64_t *pre = level ? nd->c_prefix : lf->l_prefix;
-    const uint64_t *ref = level ? nd->c_ref : lf->l_ref;
-    if (!is_root && n < min_of(level)) return KVSHM_E_CORRUPT;
+    const struct kvshm_node *nd = node_at(s, off, (unsigned)level);
+    if (!nd) return KVSHM_E_CORRUPT;
+    int n = nd->c_n;
+    if (!is_root && n < MINK) return KVSHM_E_CORRUPT;
     if (is_root && level > 0 && n < 1) return KVSHM_E_CORRUPT;
     const void *pk = lo; uint32_t pl = lolen;
     for (int j = 0; j < n; j++) {
-        const struct kvshm_rec *r = kvshm_rec_at(s, ref[j]);
+        const struct kvshm_rec *r = kvshm_rec_at(s, nd->c_ref[j]);
         if (!r) return KVSHM_E_CORRUPT;
-        /* an inline record lies wholly inside its own slot */
-        if (level == 0 && inline_in(ref[j], off) &&
-            (ref[j] != off + KVSHM_LEAF_HEAD + (uint64_t)j * KVSHM_LEAF_SLOT ||
-             kvshm_rec_bytes(r->r_klen, r->r_vlen) > KVSHM_LEAF_SLOT))
-            return KVSHM_E_CORRUPT;
         const void *k = kvshm_rec_key(r);
-        if (kvshm_key_prefix(k, r->r_klen) != pre[j]) return KVSHM_E_CORRUPT;
+        if (kvshm_key_prefix(k, r->r_klen) != nd->c_prefix[j]) return KVSHM_E_CORRUPT;
         if (pk) {
             int c = kvshm_key_cmp(pk, pl, k, r->r_klen);
             if (c > 0 || (c == 0 && (j > 0 || level > 0))) return KVSHM_E_CORRUPT;
@@ -749,7 +620,7 @@ static kvshm_status check_rec(const kvshm_seg *s, uint64_t off, int level, int i
                      clo = kvshm_rec_key(r); cll = r->r_klen; }
         if (j < n) { const struct kvshm_rec *r = kvshm_rec_at(s, nd->c_ref[j]);
                      chi = kvshm_rec_key(r); chl = r->r_klen; }
-        kvshm_status st = check_rec(s, nd->c_child + (uint64_t)j * stride_of(level),
+        kvshm_status st = check_rec(s, nd->c_child + (uint64_t)j * KVSHM_NODE_BYTES,
                                     level - 1, 0, clo, cll, chi, chl, count);
         if (st) return st;
     }
@@ -768,25 +639,16 @@ kvshm_status kvshm_tree_check(const kvshm_seg *s, const kvshm_tree *t)
 
 static kvshm_status retire_rec_all(kvshm_blocks *b, uint64_t epoch, uint64_t off, int level)
 {
-    kvshm_status st = KVSHM_OK;
-    if (level == 0) {
-        const struct kvshm_leaf *lf = leaf_at(b->seg, off);
-        if (!lf) return KVSHM_E_CORRUPT;
-        for (int j = 0; j < lf->l_n && !st; j++)
-            if (!inline_in(lf->l_ref[j], off))
-                st = kvshm_blocks_retire(b, lf->l_ref[j],
-                                         kvshm_rec_block_bytes(b->seg, lf->l_ref[j]), epoch);
-        return st;
-    }
     const struct kvshm_node *nd = node_at(b->seg, off, (unsigned)level);
     if (!nd) return KVSHM_E_CORRUPT;
+    kvshm_status st = KVSHM_OK;
     for (int j = 0; j < nd->c_n && !st; j++)
         st = kvshm_blocks_retire(b, nd->c_ref[j], kvshm_rec_block_bytes(b->seg, nd->c_ref[j]), epoch);
     if (level > 0) {
         for (int j = 0; j <= nd->c_n && !st; j++)
-            st = retire_rec_all(b, epoch, nd->c_child + (uint64_t)j * stride_of(level), level - 1);
+            st = retire_rec_all(b, epoch, nd->c_child + (uint64_t)j * KVSHM_NODE_BYTES, level - 1);
         if (!st) st = kvshm_blocks_retire(b, nd->c_child,
-                                          (uint64_t)(nd->c_n + 1) * stride_of(level), epoch);
+                                          (uint64_t)(nd->c_n + 1) * KVSHM_NODE_BYTES, epoch);
     }
     return st;
 }
@@ -795,7 +657,7 @@ kvshm_status kvshm_tree_retire_all(kvshm_blocks *b, uint64_t epoch, kvshm_tree *
 {
     if (!t->root) return KVSHM_OK;
     kvshm_status st = retire_rec_all(b, epoch, t->root, (int)t->height - 1);
-    if (!st) st = kvshm_blocks_retire(b, t->root, node_bytes((int)t->height - 1), epoch);
+    if (!st) st = kvshm_blocks_retire(b, t->root, KVSHM_NODE_BYTES, epoch);
     if (!st) *t = (kvshm_tree){ 0, 0, 0 };
     return st;
 }

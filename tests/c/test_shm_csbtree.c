@@ -102,7 +102,6 @@ static kvshm_status batch(const uint32_t *ids, const int *ins, size_t n, int sha
     }
     qsort(ob, m, sizeof *ob, op_cmp);
     kvshm_tree_op *ops = calloc(m ? m : 1, sizeof *ops);
-    uint64_t *seqs = calloc(m ? m : 1, sizeof *seqs);
     for (size_t j = 0; j < m; j++) {
         ops[j] = ob[j].op;
         ops[j].key = ob[j].k;
@@ -110,16 +109,14 @@ static kvshm_status batch(const uint32_t *ids, const int *ins, size_t n, int sha
             uint8_t v[128]; uint64_t s = ++*seq;
             uint32_t vl = mkval(v, ob[j].k, ob[j].op.klen, s);
             cr_assert_eq(kvshm_rec_new(&B, ob[j].k, ob[j].op.klen, v, vl, s, 0, &ops[j].rec), KVSHM_OK);
-            seqs[j] = s;
         }
     }
     kvshm_status st = kvshm_tree_apply(&B, EPOCH, &T, ops, m);
     if (st == KVSHM_OK) {
-        /* the tree now owns the op records (small ones were copied into
-         * their leaf and freed): only our own copy of the seq is used */
         for (size_t j = 0; j < m; j++) {
             if (ops[j].rec) {
-                model_put(ob[j].k, ob[j].op.klen, seqs[j]);
+                const struct kvshm_rec *r = kvshm_rec_at(S, ops[j].rec);
+                model_put(ob[j].k, ob[j].op.klen, r->r_seqt >> 1);
             } else {
                 model_del(ob[j].k, ob[j].op.klen);
             }
@@ -130,7 +127,7 @@ static kvshm_status batch(const uint32_t *ids, const int *ins, size_t n, int sha
         for (size_t j = 0; j < m; j++)
             if (ops[j].rec) kvshm_blocks_free(&B, ops[j].rec, kvshm_rec_block_bytes(S, ops[j].rec));
     }
-    free(ops); free(ob); free(seqs);
+    free(ops); free(ob);
     return st;
 }
 

@@ -49,7 +49,7 @@
 #define KVSHM_MAGIC_SEG    UINT64_C(0x31474553484d534b) /* "KSMHSEG1" LE bytes */
 #define KVSHM_MAGIC_SLOTS  UINT64_C(0x31544f4c534d534b) /* "KSMSLOT1" */
 #define KVSHM_MAGIC_MT     UINT64_C(0x3154424c544d534b) /* "KSMTLBT1" */
-#define KVSHM_LAYOUT_VERSION 2u
+#define KVSHM_LAYOUT_VERSION 1u
 #define KVSHM_HDR_BYTES    4096u
 #define KVSHM_LINE         64u
 #define KVSHM_STATE_READY  1u
@@ -257,46 +257,6 @@ _Static_assert(offsetof(struct kvshm_node, c_prefix) == 16, "node layout");
 _Static_assert(offsetof(struct kvshm_node, c_ref) == 128, "node layout");
 _Static_assert(sizeof(struct kvshm_node) == KVSHM_NODE_BYTES, "node size");
 #define KVSHM_TREE_MAXH 24
-
-/*
- * CSB+tree leaf: one 4096-byte page (page-aligned when it sits in a leaf
- * group), children of a level-1 node in one contiguous group of (n+1) pages.
- * The head has the same first fields as struct kvshm_node (count, level,
- * prefixes at 16) and up to 24 keys; each key's record is stored INLINE in
- * its slot of the same page when it fits in 152 bytes (header + key +
- * value), so the prefix search, the key compare and the value copy touch one
- * page (one TLB walk) instead of a leaf and a separate record block. Larger
- * records stay in their own blocks. l_ref[j] is always the absolute offset of
- * key j's record, wherever it lies, so readers need not know which.
- *
- *    0 n        keys in use (0..KVSHM_LEAF_KEYS)
- *    2 level    0
- *    8 reserved (the child field of internal nodes; 0)
- *   16 prefix[24]
- *  208 ref[24]  record offsets (inside this page: slot j, or another block)
- *  400 reserved[6]
- *  448 slot[24] 152 bytes each: an inline struct kvshm_rec (8-byte aligned)
- */
-#define KVSHM_LEAF_KEYS  24
-#define KVSHM_LEAF_BYTES 4096u
-#define KVSHM_LEAF_HEAD  448u
-#define KVSHM_LEAF_SLOT  152u
-struct kvshm_leaf {
-    uint16_t l_n;
-    uint8_t  l_level;
-    uint8_t  l_pad[5];
-    uint64_t l_reserved0;
-    uint64_t l_prefix[KVSHM_LEAF_KEYS];
-    uint64_t l_ref[KVSHM_LEAF_KEYS];
-    uint64_t l_reserved[6];
-    /* uint8_t l_slot[KVSHM_LEAF_KEYS][KVSHM_LEAF_SLOT] */
-};
-_Static_assert(offsetof(struct kvshm_leaf, l_level) == 2, "leaf layout");
-_Static_assert(offsetof(struct kvshm_leaf, l_prefix) == 16, "leaf layout");
-_Static_assert(offsetof(struct kvshm_leaf, l_ref) == 208, "leaf layout");
-_Static_assert(sizeof(struct kvshm_leaf) == KVSHM_LEAF_HEAD, "leaf head size");
-_Static_assert(KVSHM_LEAF_HEAD + KVSHM_LEAF_KEYS * KVSHM_LEAF_SLOT == KVSHM_LEAF_BYTES,
-               "leaf slots fill the page");
 
 /*
  * Slot file:

@@ -158,9 +158,8 @@ uint64_t kvshm_mt_used(const kvshm_seg *s, uint64_t mt);
 uint64_t kvshm_mt_block_bytes(const kvshm_seg *s, uint64_t mt);
 
 /* ---- CSB+tree (csbtree.c) -------------------------------------------------
- * Keys with values (records) in a B+tree whose internal nodes are 256-byte
- * struct kvshm_node, whose leaves are 4 KiB pages (struct kvshm_leaf, small
- * records stored inline) and whose internal nodes keep their children in one
+ * Keys with values (records) in a B+tree whose nodes are 256-byte
+ * struct kvshm_node and whose internal nodes keep their children in one
  * contiguous group (Rao and Ross, SIGMOD 2000). The writer changes it only by
  * copy-on-write batches: every node on a changed path is rewritten into new
  * groups, untouched subtrees are shared, and the new root is published (by
@@ -183,9 +182,6 @@ typedef struct kvshm_tree_op {
  * copy-on-write. On KVSHM_OK, *t describes the new tree (not yet published:
  * the caller publishes it), the tree owns every op's record, and every
  * replaced node group, record or separator key was retired at `epoch`.
- * A record of at most KVSHM_LEAF_SLOT bytes is copied into its key's slot in
- * the leaf page and its block freed at once, so the caller must not touch
- * ops[i].rec after success (kvshm_tree_find returns the inline copy).
  * On error *t and the old tree are unchanged, nothing was retired, every
  * block the call allocated is freed, and the ops' records still belong to
  * the caller. Writer only. Returns KVSHM_OK, KVSHM_E_INVAL (unsorted ops),
