@@ -142,7 +142,7 @@ kvshm_status kvshm_blocks_alloc_inner(kvshm_blocks *b, uint64_t bytes, uint64_t 
 
 void kvshm_blocks_free(kvshm_blocks *b, uint64_t off, uint64_t bytes)
 {
-    uint64_t cb;
+    uint64_t cb = 0;
     int c = size_class(bytes, &cb);
     uint64_t *link = kvshm_at(b->seg, off, 8);
     if (c < 0 || !link || off < b->lo || off >= b->hi) return;
