@@ -22,7 +22,7 @@ int kvpy_init_vector(PyObject *module);
 int kvpy_init_tree(PyObject *module);
 int kvpy_init_attach(PyObject *module);   /* attach_py.c: _AttachedKVault (shared mode) */
 
-/* ---- autopack.c (owner: engine helper). Python object <-> stored bytes per
+/* ---- autopack.c. Python object <-> stored bytes per
  * API.md §3.2-§3.4 and the §5.4 MessagePack/CBOR model. All need the GIL.
  * TextVault/VectorKVault/DataPacker bindings may call every function here. */
 #include "kvault/codec.h"
@@ -58,7 +58,7 @@ int kvpy_vector_encode(PyObject *obj, uint8_t type, kv_buf *out);
 /** numpy array (writable copy) from a parsed vector; 1-D when ndim <= 1. */
 PyObject *kvpy_vector_decode(const kv_vec_view *v);
 
-/* ---- store_py.c (owner: extras). Plumbing shared by the TextVault and
+/* ---- store_py.c. Plumbing shared by the TextVault and
  * VectorKVault bindings (text_py.c, vector_py.c). All need the GIL. */
 #include <pythread.h>
 #include "kvault/kvault.h"

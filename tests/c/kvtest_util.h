@@ -1,5 +1,5 @@
 /* kvtest_util.h - per-test temporary directories for the engine's Criterion
- * tests (owner: engine helper). */
+ * tests. */
 #ifndef KVTEST_UTIL_H
 #define KVTEST_UTIL_H
 #include <stdio.h>

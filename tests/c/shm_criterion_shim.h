@@ -6,7 +6,7 @@
  * Criterion's model: every test runs in its own forked process with the
  * suite's .init/.fini and a timeout; failures print file:line and the
  * message; the exit status is nonzero if any test failed. Arguments (such
- * as ctest's --jobs 2) are ignored. (owner: shm helper) */
+ * as ctest's --jobs 2) are ignored. */
 #ifndef SHM_CRITERION_SHIM_H
 #define SHM_CRITERION_SHIM_H
 

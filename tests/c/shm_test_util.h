@@ -1,6 +1,6 @@
 /* shm_test_util.h - helpers for the shm Criterion suites: unique /dev/shm
  * names per test, a small writer config, a deterministic PRNG, and pipes to
- * talk to forked reader processes. (owner: shm helper) */
+ * talk to forked reader processes. */
 #ifndef SHM_TEST_UTIL_H
 #define SHM_TEST_UTIL_H
 

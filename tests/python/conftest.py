@@ -11,7 +11,7 @@ import pytest
 from kohakuvault import KVault
 
 
-# ---- shared mode (owner: writer helper) ---------------------------------
+# ---- shared mode -------------------------------------------------------
 # `pytest --shared-mode` runs every test that uses `db_path` against a
 # kvault-writer serving that file, so `KVault(db_path)` attaches
 # (docs/shared-mode.md); `raw_row` then first asks the writer to commit.
