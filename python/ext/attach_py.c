@@ -56,20 +56,6 @@ static inline void at_lock(ATObject *s)
 }
 static inline void at_unlock(ATObject *s) { PyThread_release_lock(s->lock); }
 
-static inline int key_arg(PyObject *k, const char **p, Py_ssize_t *n)
-{
-    if (PyBytes_Check(k)) {
-        *p = PyBytes_AS_STRING(k);
-        *n = PyBytes_GET_SIZE(k);
-        return 0;
-    }
-    if (PyUnicode_Check(k)) {
-        *p = PyUnicode_AsUTF8AndSize(k, n);
-        return *p ? 0 : -1;
-    }
-    PyErr_SetString(PyExc_TypeError, "key must be bytes or str");
-    return -1;
-}
 
 static PyObject *raise_st(ATObject *s, kv_status st)
 {
@@ -183,7 +169,7 @@ static PyObject *do_get(ATObject *self, PyObject *key, int *missing)
     const void *v;
     size_t vn;
     *missing = 0;
-    if (key_arg(key, &k, &kn) < 0) return NULL;
+    if (kvpy_key_arg(key, &k, &kn) < 0) return NULL;
     if (enter(self) < 0) return NULL;
     kv_status st = kv_att_get(self->a, k, (size_t)kn, &v, &vn);
     if (st == KV_NOTFOUND) {
@@ -267,7 +253,7 @@ static PyObject *do_put(ATObject *self, PyObject *key, PyObject *value, int sync
     size_t vn = 0;
     kv_buf buf;
     Py_buffer view = {0};
-    if (key_arg(key, &k, &kn) < 0) return NULL;
+    if (kvpy_key_arg(key, &k, &kn) < 0) return NULL;
     kv_buf_init(&buf);
     if (encode(self, value, &buf, &view, &vp, &vn) < 0) {
         kv_buf_free(&buf);
@@ -336,7 +322,7 @@ static PyObject *AT_put_many(ATObject *self, PyObject *items)
         kv_buf tmp;
         Py_buffer view = {0};
         kv_buf_init(&tmp);
-        int bad = key_arg(PyTuple_GET_ITEM(pair, 0), &k, &kn) < 0 ||
+        int bad = kvpy_key_arg(PyTuple_GET_ITEM(pair, 0), &k, &kn) < 0 ||
                   encode(self, PyTuple_GET_ITEM(pair, 1), &tmp, &view, &vp, &vn) < 0;
         if (view.obj) PyBuffer_Release(&view);
         kv_buf_free(&tmp);
@@ -380,7 +366,7 @@ static PyObject *AT_delete(ATObject *self, PyObject *key)
 {
     const char *k;
     Py_ssize_t kn;
-    if (key_arg(key, &k, &kn) < 0 || enter(self) < 0) return NULL;
+    if (kvpy_key_arg(key, &k, &kn) < 0 || enter(self) < 0) return NULL;
     int existed = 0;
     kv_status st;
     Py_BEGIN_ALLOW_THREADS
@@ -395,7 +381,7 @@ static PyObject *AT_exists(ATObject *self, PyObject *key)
 {
     const char *k;
     Py_ssize_t kn;
-    if (key_arg(key, &k, &kn) < 0 || enter(self) < 0) return NULL;
+    if (kvpy_key_arg(key, &k, &kn) < 0 || enter(self) < 0) return NULL;
     int found = 0;
     kv_status st = kv_att_exists(self->a, k, (size_t)kn, &found);
     at_unlock(self);
@@ -424,7 +410,7 @@ static PyObject *AT_keys(ATObject *self, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|On", kwlist, &prefix, &limit)) return NULL;
     const char *pp = NULL;
     Py_ssize_t pn = 0;
-    if (prefix != Py_None && key_arg(prefix, &pp, &pn) < 0) return NULL;
+    if (prefix != Py_None && kvpy_key_arg(prefix, &pp, &pn) < 0) return NULL;
     PyObject *list = PyList_New(0);
     if (!list) return NULL;
     PyObject *last = NULL;
@@ -495,7 +481,7 @@ static PyObject *AT_put_file(ATObject *self, PyObject *args, PyObject *kw)
         return NULL;
     const char *k;
     Py_ssize_t kn;
-    if (key_arg(key, &k, &kn) < 0) return NULL;
+    if (kvpy_key_arg(key, &k, &kn) < 0) return NULL;
     size_t chunk = chunk_o == Py_None ? self->chunk_size : (size_t)PyLong_AsSsize_t(chunk_o);
     if (PyErr_Occurred()) return NULL;
     long long size = -1;
@@ -574,7 +560,7 @@ static PyObject *AT_get_to_file(ATObject *self, PyObject *args, PyObject *kw)
         return NULL;
     const char *k;
     Py_ssize_t kn;
-    if (key_arg(key, &k, &kn) < 0) return NULL;
+    if (kvpy_key_arg(key, &k, &kn) < 0) return NULL;
     size_t chunk = chunk_o == Py_None ? self->chunk_size : (size_t)PyLong_AsSsize_t(chunk_o);
     if (PyErr_Occurred()) return NULL;
     int fd = obj_fd(writer), own = 0;

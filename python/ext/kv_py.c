@@ -78,21 +78,6 @@ static inline int check_open(KVObject *s)
     return 0;
 }
 
-/* Borrow the bytes of a key (bytes or str). */
-static inline int key_arg(PyObject *k, const char **p, Py_ssize_t *n)
-{
-    if (PyBytes_Check(k)) {
-        *p = PyBytes_AS_STRING(k);
-        *n = PyBytes_GET_SIZE(k);
-        return 0;
-    }
-    if (PyUnicode_Check(k)) {
-        *p = PyUnicode_AsUTF8AndSize(k, n);
-        return *p ? 0 : -1;
-    }
-    PyErr_SetString(PyExc_TypeError, "key must be bytes or str");
-    return -1;
-}
 
 /* Raise the Python exception for status `st` (KV_NATIVE.md). */
 static PyObject *raise_status(KVObject *s, kv_status st)
@@ -249,7 +234,7 @@ static PyObject *do_get(KVObject *self, PyObject *key, int *missing)
     PyObject *r;
 
     *missing = 0;
-    if (key_arg(key, &k, &kn) < 0)
+    if (kvpy_key_arg(key, &k, &kn) < 0)
         return NULL;
     kv_lock(self);
     if (!self->db) {
@@ -367,7 +352,7 @@ static PyObject *KV_put(KVObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "put(key, value) takes exactly 2 arguments");
         return NULL;
     }
-    if (check_open(self) < 0 || key_arg(args[0], &k, &kn) < 0)
+    if (check_open(self) < 0 || kvpy_key_arg(args[0], &k, &kn) < 0)
         return NULL;
     kv_buf_init(&buf);
     if (encode_value(self, args[1], &buf, &view, &v, &vn) < 0) {
@@ -429,7 +414,7 @@ static PyObject *KV_put_many(KVObject *self, PyObject *items)
         }
         const char *k;
         Py_ssize_t kn;
-        if (key_arg(PyTuple_GET_ITEM(pair, 0), &k, &kn) < 0)
+        if (kvpy_key_arg(PyTuple_GET_ITEM(pair, 0), &k, &kn) < 0)
             goto out;
         offs[4 * i] = buf.len;
         if (kv_buf_append(&buf, k, (size_t)kn) != KV_OK) {
@@ -499,7 +484,7 @@ static PyObject *key_bool_op(KVObject *self, PyObject *key, key_op op)
     Py_ssize_t kn;
     int flag = 0;
     kv_status st;
-    if (key_arg(key, &k, &kn) < 0)
+    if (kvpy_key_arg(key, &k, &kn) < 0)
         return NULL;
     kv_lock(self);
     if (!self->db) {
@@ -790,7 +775,7 @@ static PyObject *KV_put_file(KVObject *self, PyObject *args, PyObject *kw)
 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OO", kwlist, &key, &reader, &size_o, &chunk_o))
         return NULL;
-    if (check_open(self) < 0 || key_arg(key, &k, &kn) < 0)
+    if (check_open(self) < 0 || kvpy_key_arg(key, &k, &kn) < 0)
         return NULL;
     size_t chunk = self->chunk_size;
     if (chunk_o != Py_None) {
@@ -923,7 +908,7 @@ static PyObject *KV_get_to_file(KVObject *self, PyObject *args, PyObject *kw)
 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwlist, &key, &writer, &chunk_o))
         return NULL;
-    if (check_open(self) < 0 || key_arg(key, &k, &kn) < 0)
+    if (check_open(self) < 0 || kvpy_key_arg(key, &k, &kn) < 0)
         return NULL;
     if (!PyObject_HasAttrString(writer, "write")) {
         PyErr_SetString(PyExc_TypeError, "writer must be file-like (have a write method)");

@@ -14,6 +14,25 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+/* Borrows the bytes of a key: `k` must be bytes or str (UTF-8, the str's
+ * cached encoding). On success the pointer and length point into `k` (valid while `k` lives)
+ * and 0 is returned; otherwise TypeError("key must be bytes or str") or the
+ * encoding error is set and -1 returned. Used by every KV binding. */
+static inline int kvpy_key_arg(PyObject *k, const char **p, Py_ssize_t *n)
+{
+    if (PyBytes_Check(k)) {
+        *p = PyBytes_AS_STRING(k);
+        *n = PyBytes_GET_SIZE(k);
+        return 0;
+    }
+    if (PyUnicode_Check(k)) {
+        *p = PyUnicode_AsUTF8AndSize(k, n);
+        return *p ? 0 : -1;
+    }
+    PyErr_SetString(PyExc_TypeError, "key must be bytes or str");
+    return -1;
+}
+
 int kvpy_init_kv(PyObject *module);
 int kvpy_init_packer(PyObject *module);
 int kvpy_init_col(PyObject *module);
