@@ -56,8 +56,7 @@ def open_get(kind, where):
 
         kv = KVault(where, shared=(kind == "attached"))
         assert kv.shared == (kind == "attached")
-        g = kv._native.get  # what kv[k] calls, minus the proxy frame
-        return lambda k: g(k)
+        return kv.__getitem__  # exactly what kv[k] runs, proxy frame included
     if kind == "lmdb":
         import lmdb
 

@@ -417,6 +417,16 @@ fail:
 
 const char *kv_att_errmsg(const kv_att *a) { return a ? a->err : ""; }
 uint64_t kv_att_generation(const kv_att *a) { return a->generation; }
+
+uint64_t kv_att_key_hash(const void *key, size_t klen) { return kvshm_key_hash(key, klen); }
+
+uint64_t kv_att_stamp(const kv_att *a, uint64_t key_hash, int after_read)
+{
+    if (__builtin_expect(!a->r || !a->applied_ok || a->fork_gen != g_fork_gen, 0)) return 0;
+    uint64_t e = kvshm_reader_stamp(a->r, key_hash, after_read);
+    if (e & 1) return 0;
+    return (e + 2) ^ (a->generation << 48);
+}
 void kv_att_counters(const kv_att *a, uint64_t *hits, uint64_t *misses)
 {
     if (hits) *hits = a->hits;

@@ -17,6 +17,7 @@ struct kvshm_writer {
     char *seg_name, *slot_name;
     kvshm_seg seg;
     struct kvshm_hdr *hdr;
+    uint64_t *stripes;              /* key-stripe stamps (layout.h) */
     struct kvshm_shard *shards;     /* shard table in the segment */
     uint32_t nshards;
     kvshm_blocks *blocks;           /* per shard, writer-private */
@@ -37,6 +38,7 @@ struct kvshm_writer {
 struct kvshm_reader {
     kvshm_seg seg;
     const struct kvshm_hdr *hdr;
+    const uint64_t *stripes;        /* key-stripe stamps (layout.h) */
     const struct kvshm_shard *shards;
     uint32_t nshards;
     uint64_t generation;

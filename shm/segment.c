@@ -64,12 +64,14 @@ uint64_t kvshmi_layout_hash(void)
         KVSHM_MT_FIRST, KVSHM_MT_MAXH, KVSHM_NODE_BYTES, KVSHM_NODE_KEYS,
         offsetof(struct kvshm_node, c_prefix), offsetof(struct kvshm_node, c_ref),
         sizeof(struct kvshm_slothdr), sizeof(struct kvshm_slot), KVSHM_SLOTS_OFF,
-        offsetof(struct kvshm_slot, sl_gen), KVSHM_MAX_KEY,
+        offsetof(struct kvshm_slot, sl_gen), KVSHM_MAX_KEY, KVSHM_STRIPE_OFF, KVSHM_STRIPES,
     };
     return XXH3_64bits(v, sizeof v);
 }
 
 uint64_t kvshm_layout_hash(void) { return kvshmi_layout_hash(); }
+
+uint64_t kvshm_key_hash(const void *key, size_t klen) { return XXH3_64bits(key, klen); }
 
 uint32_t kvshm_shard_of(const void *key, size_t klen, uint32_t shards)
 {
@@ -181,6 +183,7 @@ kvshm_status kvshm_writer_create(const kvshm_config *cfg, kvshm_writer **out)
     w->seg.lo = KVSHM_HDR_BYTES;
     w->seg.writable = 1;
     w->hdr = (struct kvshm_hdr *)base;
+    w->stripes = (uint64_t *)(base + KVSHM_STRIPE_OFF);
     w->shards = (struct kvshm_shard *)(base + tbl);
 
     struct kvshm_hdr *h = w->hdr;
@@ -257,6 +260,7 @@ kvshm_status kvshm_reader_attach(const char *seg_name, const char *slot_name,
     r->seg.fd = fd;
     const struct kvshm_hdr *h = p;
     r->hdr = h;
+    r->stripes = (const uint64_t *)((const uint8_t *)p + KVSHM_STRIPE_OFF);
     uint32_t state = kv_atomic_load_acquire32(&h->h_state);
     if (h->h_magic != KVSHM_MAGIC_SEG) { st = KVSHM_E_MAGIC; goto fail_map; }
     if (h->h_layout_hash != kvshmi_layout_hash()) { st = KVSHM_E_LAYOUT; goto fail_map; }

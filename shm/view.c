@@ -63,9 +63,17 @@ kvshm_status kvshm_writer_put(kvshm_writer *w, const void *key, size_t klen,
     if (!key || klen == 0 || klen > KVSHM_MAX_KEY || vlen > UINT32_MAX / 2 ||
         (vlen && !val && !tombstone))
         return KVSHM_E_INVAL;
-    uint32_t s = kvshm_shard_of(key, klen, w->nshards);
+    uint64_t h = kvshm_key_hash(key, klen);
+    uint32_t s = w->nshards <= 1 ? 0 : (uint32_t)(h % w->nshards);
+    /* Seqlock write side of the key's stripe (layout.h): odd, fence, apply,
+     * even. A failed add changes nothing but still leaves the stamp +2. */
+    uint64_t *stamp = &w->stripes[kvshm_stripe_of(h)];
+    uint64_t e = kv_atomic_load_relaxed64(stamp);
+    kv_atomic_store_relaxed64(stamp, e + 1);
+    kv_atomic_fence_release();
     kvshm_status st = kvshm_mt_add(&w->seg, w->active[s], key, (uint32_t)klen,
                                    val, tombstone ? 0 : (uint32_t)vlen, seq, tombstone);
+    kv_atomic_store_release64(stamp, e + 2);
     if (!st) update_mt_stats(w, s);
     return st;
 }
@@ -316,6 +324,15 @@ kvshm_status kvshm_reader_leave(kvshm_reader *r)
     if (!r->in_section) return KVSHM_E_INVAL;
     r->in_section = 0;
     return kvshmi_leave(r) ? KVSHM_E_EVICTED : KVSHM_OK;
+}
+
+uint64_t kvshm_reader_stamp(const kvshm_reader *r, uint64_t key_hash, int after_read)
+{
+    if (after_read) kv_atomic_fence_acquire();
+    uint64_t e = kv_atomic_load_acquire64(&r->stripes[kvshm_stripe_of(key_hash)]);
+    if (__builtin_expect(kv_atomic_load_relaxed32(&r->hdr->h_state) != KVSHM_STATE_READY, 0))
+        return 1;
+    return e;
 }
 
 /* Was a failure inside a section caused by eviction? (peek, no leave) */

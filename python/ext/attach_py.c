@@ -17,6 +17,15 @@
  *     write applied before the call.
  * Calls are serialised by a per-object leaf mutex; waits on the writer and
  * SQLite work run with the GIL released; segment hits keep it.
+ *
+ * Hot-value cache: get() keeps the decoded result of small values whose
+ * decoded type is immutable (bytes, str, int, float, bool, None) in a
+ * process-local 2-way set-associative table, each copy tagged with the
+ * key-stripe token of kv_att_stamp (seqlock over a counter the writer bumps
+ * around every applied put/delete of the stripe's keys). A hit is one xxh3 of
+ * the key, one compare and two loads from the segment header: no tree walk,
+ * no copy, no lock, no system call, and never an older value than the
+ * segment itself would return. Bounded by read_cache_bytes.
  */
 #include "kvpy.h"
 
@@ -30,10 +39,30 @@
 #include "pythread.h"
 #include "kvshm/attach.h"
 
+/* One hot-cache copy; key == NULL marks an empty entry. */
+typedef struct {
+    uint64_t h;                /* kv_att_key_hash of the key */
+    uint64_t token;            /* kv_att_stamp when the copy was validated */
+    PyObject *key;             /* owned bytes: the key as stored */
+    PyObject *val;             /* owned, immutable decoded value */
+    Py_ssize_t cost;           /* bytes charged against hot_limit */
+    uint32_t tick;             /* insertion order, for the victim choice */
+} hot_ent;
+
+#define HOT_ENTRY_BYTES 512          /* read_cache_bytes per table entry */
+#define HOT_MAX_ENTRIES (1u << 20)
+#define HOT_VALUE_MAX 16384          /* larger values are not kept */
+
 typedef struct {
     PyObject_HEAD
     kv_att *a;                 /* owned; NULL once closed */
     PyThread_type_lock lock;   /* leaf mutex; owned */
+    int busy;                  /* the lock is held (changed with the GIL held) */
+    hot_ent *hot;              /* owned; NULL when the hot cache is off */
+    uint64_t hot_mask;         /* entries - 1 (entries: a power of two >= 2) */
+    Py_ssize_t hot_bytes, hot_limit;
+    uint32_t hot_tick;
+    uint64_t hot_hits;
     kvpy_pack_opts opts;
     size_t chunk_size;
     int cache_on, cache_locked;
@@ -46,6 +75,8 @@ static PyTypeObject ATType;
 
 #define CLOSED_MSG "Cannot operate on closed KVault"
 
+/* The GIL is held on return of at_lock and on entry to at_unlock, so `busy`
+ * tells a thread holding the GIL whether another one is inside kv_att. */
 static inline void at_lock(ATObject *s)
 {
     if (!PyThread_acquire_lock(s->lock, NOWAIT_LOCK)) {
@@ -53,8 +84,87 @@ static inline void at_lock(ATObject *s)
         PyThread_acquire_lock(s->lock, WAIT_LOCK);
         Py_END_ALLOW_THREADS
     }
+    s->busy = 1;
 }
-static inline void at_unlock(ATObject *s) { PyThread_release_lock(s->lock); }
+static inline void at_unlock(ATObject *s)
+{
+    s->busy = 0;
+    PyThread_release_lock(s->lock);
+}
+
+/* ---- hot-value cache (GIL held throughout) ------------------------------ */
+
+static int hot_setup(ATObject *s, long long limit)
+{
+    if (limit <= 0) return 0;
+    uint64_t n = 2;
+    while (n < HOT_MAX_ENTRIES && n * 2 * HOT_ENTRY_BYTES <= (uint64_t)limit) n *= 2;
+    s->hot = PyMem_Calloc((size_t)n, sizeof *s->hot);
+    if (!s->hot) { PyErr_NoMemory(); return -1; }
+    s->hot_mask = n - 1;
+    s->hot_limit = (Py_ssize_t)(limit < PY_SSIZE_T_MAX ? limit : PY_SSIZE_T_MAX);
+    return 0;
+}
+
+static void hot_drop(ATObject *s, hot_ent *e)
+{
+    if (!e->key) return;
+    s->hot_bytes -= e->cost;
+    Py_CLEAR(e->key);
+    Py_CLEAR(e->val);
+}
+
+static void hot_free(ATObject *s)
+{
+    if (!s->hot) return;
+    for (uint64_t i = 0; i <= s->hot_mask; i++) hot_drop(s, &s->hot[i]);
+    PyMem_Free(s->hot);
+    s->hot = NULL;
+}
+
+static inline hot_ent *hot_find(ATObject *s, uint64_t h, const char *k, Py_ssize_t kn)
+{
+    hot_ent *set = &s->hot[h & s->hot_mask & ~UINT64_C(1)];
+    for (int w = 0; w < 2; w++) {
+        hot_ent *e = &set[w];
+        if (e->h == h && e->key && PyBytes_GET_SIZE(e->key) == kn &&
+            memcmp(PyBytes_AS_STRING(e->key), k, (size_t)kn) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+static inline int hot_keepable(PyObject *v)
+{
+    return PyBytes_CheckExact(v) || PyUnicode_CheckExact(v) || PyLong_CheckExact(v) ||
+           PyFloat_CheckExact(v) || PyBool_Check(v) || v == Py_None;
+}
+
+/* Keep v (decoded from vn stored bytes) as key's copy, validated at token. */
+static void hot_put(ATObject *s, uint64_t h, const char *k, Py_ssize_t kn, PyObject *v,
+                    size_t vn, uint64_t token)
+{
+    if (vn > HOT_VALUE_MAX || !hot_keepable(v)) return;
+    hot_ent *e = hot_find(s, h, k, kn);
+    if (!e) {
+        hot_ent *set = &s->hot[h & s->hot_mask & ~UINT64_C(1)];
+        e = !set[0].key ? &set[0] : !set[1].key ? &set[1]
+            : (int32_t)(set[0].tick - set[1].tick) <= 0 ? &set[0] : &set[1];
+    }
+    Py_ssize_t cost = (Py_ssize_t)vn + kn + (Py_ssize_t)sizeof(hot_ent) + 64;
+    if (s->hot_bytes - (e->key ? e->cost : 0) + cost > s->hot_limit) return;
+    PyObject *kb = PyBytes_FromStringAndSize(k, kn);
+    if (!kb) { PyErr_Clear(); return; }
+    hot_drop(s, e);
+    Py_INCREF(v);
+    e->h = h;
+    e->token = token;
+    e->key = kb;
+    e->val = v;
+    e->cost = cost;
+    e->tick = s->hot_tick++;
+    s->hot_bytes += cost;
+}
 
 
 static PyObject *raise_st(ATObject *s, kv_status st)
@@ -88,15 +198,26 @@ static int enter(ATObject *s)
 static int AT_init(ATObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"path", "table", "chunk_size", "enable_wal", "page_size",
-                             "mmap_size", "cache_kb", NULL};
+                             "mmap_size", "cache_kb", "read_cache_bytes", NULL};
     PyObject *pathb = NULL;
     const char *table = "kv";
     Py_ssize_t chunk = 1048576;
     int wal = 1, page = 32768;
-    long long mmap_sz = 268435456, cache_kb = 100000;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|snpiLL", kwlist, PyUnicode_FSConverter,
-                                     &pathb, &table, &chunk, &wal, &page, &mmap_sz, &cache_kb))
+    long long mmap_sz = 268435456, cache_kb = 100000, hot_bytes = 33554432;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|snpiLLL", kwlist, PyUnicode_FSConverter,
+                                     &pathb, &table, &chunk, &wal, &page, &mmap_sz, &cache_kb,
+                                     &hot_bytes))
         return -1;
+    if (hot_bytes < 0) {
+        Py_DECREF(pathb);
+        PyErr_SetString(PyExc_ValueError, "read_cache_bytes must be >= 0");
+        return -1;
+    }
+    hot_free(self);
+    if (hot_setup(self, hot_bytes) < 0) {
+        Py_DECREF(pathb);
+        return -1;
+    }
     kv_attach_opts o;
     kv_attach_opts_default(&o);
     o.table = table;
@@ -154,6 +275,7 @@ static void AT_dealloc(ATObject *self)
         kv_attach_close(a);
         Py_END_ALLOW_THREADS
     }
+    hot_free(self);
     if (self->lock) PyThread_free_lock(self->lock);
     Py_XDECREF(self->path);
     Py_XDECREF(self->table);
@@ -170,7 +292,20 @@ static PyObject *do_get(ATObject *self, PyObject *key, int *missing)
     size_t vn;
     *missing = 0;
     if (kvpy_key_arg(key, &k, &kn) < 0) return NULL;
+    uint64_t h = 0, t1 = 0, t2 = 0;
+    if (self->hot) {
+        h = kv_att_key_hash(k, (size_t)kn);
+        if (!self->busy && self->a) {
+            hot_ent *e = hot_find(self, h, k, kn);
+            if (e && e->token == kv_att_stamp(self->a, h, 0)) {
+                self->hot_hits++;
+                Py_INCREF(e->val);
+                return e->val;
+            }
+        }
+    }
     if (enter(self) < 0) return NULL;
+    if (self->hot) t1 = kv_att_stamp(self->a, h, 0);
     kv_status st = kv_att_get(self->a, k, (size_t)kn, &v, &vn);
     if (st == KV_NOTFOUND) {
         at_unlock(self);
@@ -182,6 +317,7 @@ static PyObject *do_get(ATObject *self, PyObject *key, int *missing)
         at_unlock(self);
         return NULL;
     }
+    if (t1) t2 = kv_att_stamp(self->a, h, 1);
     PyObject *r;
     if (kvpy_unpack_needs_python(v, vn, &self->opts)) {
         PyObject *copy = PyBytes_FromStringAndSize(v, (Py_ssize_t)vn);
@@ -189,10 +325,11 @@ static PyObject *do_get(ATObject *self, PyObject *key, int *missing)
         if (!copy) return NULL;
         r = kvpy_unpack_value(PyBytes_AS_STRING(copy), vn, &self->opts);
         Py_DECREF(copy);
-        return r;
+    } else {
+        r = kvpy_unpack_value(v, vn, &self->opts);
+        at_unlock(self);
     }
-    r = kvpy_unpack_value(v, vn, &self->opts);
-    at_unlock(self);
+    if (r && t1 && t1 == t2 && self->hot) hot_put(self, h, k, kn, r, vn, t1);
     return r;
 }
 
@@ -761,6 +898,7 @@ static PyObject *AT_close(ATObject *self, PyObject *u)
     kv_att *a = self->a;
     self->a = NULL;
     at_unlock(self);
+    hot_free(self);
     if (a) {
         kv_status st;
         Py_BEGIN_ALLOW_THREADS
@@ -778,11 +916,13 @@ static PyObject *AT_get_generation(ATObject *self, void *u)
 {
     return PyLong_FromUnsignedLongLong(self->a ? kv_att_generation(self->a) : 0);
 }
+/* (segment hits, segment misses, hot-cache hits) of this object. */
 static PyObject *AT_counters(ATObject *self, PyObject *u)
 {
     uint64_t h = 0, m = 0;
     if (self->a) kv_att_counters(self->a, &h, &m);
-    return Py_BuildValue("(KK)", (unsigned long long)h, (unsigned long long)m);
+    return Py_BuildValue("(KKK)", (unsigned long long)h, (unsigned long long)m,
+                         (unsigned long long)self->hot_hits);
 }
 
 static PyMethodDef AT_methods[] = {

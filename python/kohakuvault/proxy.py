@@ -106,12 +106,15 @@ class KVault(Mapping):
             serves the file and opens it embedded otherwise; ``True``
             requires a writer; ``False`` always opens embedded. See
             docs/shared-mode.md.
-        read_cache_bytes: embedded mode only: bytes of the process-local
-            read cache (default 32 MiB; 0 turns it off). Hot ``get`` calls
-            are served from it without touching SQLite as long as SQLite's
-            WAL-index header shows no commit since the value was read, so a
-            read never returns a value older than the last commit made
-            before it began (docs/storage-layout.md). Off outside WAL mode.
+        read_cache_bytes: bytes of the process-local read cache (default
+            32 MiB; 0 turns it off). Embedded: hot ``get`` calls are served
+            from it without touching SQLite as long as SQLite's WAL-index
+            header shows no commit since the value was read, so a read never
+            returns a value older than the last commit made before it began
+            (docs/storage-layout.md); off outside WAL mode. Attached: small
+            values (up to 16 KiB) whose decoded type is immutable are kept
+            as Python objects and served as long as the writer has applied
+            no write to their key's stripe since (docs/shared-mode.md).
 
     Always set: ``synchronous=NORMAL``, ``temp_store=MEMORY``, busy timeout
     5000 ms.
@@ -173,8 +176,7 @@ class KVault(Mapping):
         native_cls = _shared_backend(fspath, table, shared)  # shared mode: docs/shared-mode.md
         self.shared = native_cls is not _kvault._KVault
         try:
-            if not self.shared:
-                native_cls = functools.partial(native_cls, read_cache_bytes=read_cache_bytes)
+            native_cls = functools.partial(native_cls, read_cache_bytes=read_cache_bytes)
             native = self._call(
                 native_cls,
                 fspath,

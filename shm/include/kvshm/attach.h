@@ -74,6 +74,27 @@ const char *kv_att_errmsg(const kv_att *a);
 /** Writer generation this handle is attached to. */
 uint64_t kv_att_generation(const kv_att *a);
 
+/** xxh3_64 of a key: the hash kv_att_stamp takes. Any thread. */
+uint64_t kv_att_key_hash(const void *key, size_t klen);
+
+/** Validation token for a process-local copy of a key's value (used by the
+ *  Python binding's hot-value cache; see docs/shared-mode.md).
+ *
+ *  Seqlock protocol over the key's stripe stamp (kvshm/layout.h, "Key-stripe
+ *  stamps"): take t1 = kv_att_stamp(a, h, 0) before kv_att_get and
+ *  t2 = kv_att_stamp(a, h, 1) after it; if t1 == t2 != 0, the value read is
+ *  the key's current value for as long as kv_att_stamp(a, h, 0) returns t1.
+ *  Tokens embed the writer generation, so a copy validated against an old
+ *  segment never matches after a re-attach.
+ *
+ *  Returns 0 (never usable) when this handle has writes not yet known to be
+ *  applied, after a fork until its next call re-homes it, when detached, while
+ *  a write to the stripe is being applied, or when the segment was closed or
+ *  replaced by a new writer. h = kv_att_key_hash(key). Not thread-safe
+ *  against other calls on the same handle (a re-attach unmaps the segment):
+ *  callers serialise it like every kv_att_* call. No system call. */
+uint64_t kv_att_stamp(const kv_att *a, uint64_t key_hash, int after_read);
+
 /** Read `key`: segment, then own SQLite connection. On KV_OK *val and *vlen
  *  point into a buffer owned by the handle, valid until its next call.
  *  Returns KV_OK, KV_NOTFOUND, KV_INVALID (key length 0 or > 4096 for the

@@ -136,6 +136,10 @@ void kvshm_unlink(const char *seg_name, const char *slot_name);
 /* The shard a key belongs to: xxh3_64(key) % shards. Any process. */
 uint32_t kvshm_shard_of(const void *key, size_t klen, uint32_t shards);
 
+/* xxh3_64 of the key (the hash behind shards and stripes). Any process. */
+uint64_t kvshm_key_hash(const void *key, size_t klen);
+
+
 /*
  * kvshm_writer_put: append (key, value, seq, tombstone) to the active
  * memtable of the key's shard. Visible to every reader as soon as it returns
@@ -282,6 +286,23 @@ kvshm_status kvshm_reader_attach(const char *seg_name, const char *slot_name,
 /* Release the slot (clears its epoch, closes the locked descriptor) and unmap.
  * Any reader; the handle's owner (in a forked child, the child's own slot). */
 void kvshm_reader_detach(kvshm_reader *r);
+
+/*
+ * kvshm_reader_stamp: the seqlock stamp of the stripe of the key whose
+ * kvshm_key_hash is key_hash (layout.h, "Key-stripe stamps"), for a reader
+ * that keeps its own copy of the key's value. Any attached reader; no epoch
+ * needed (the stripes live in the header, never reclaimed).
+ *
+ * Call it with after_read = 0 before a lookup (acquire load) and with
+ * after_read = 1 after it (acquire fence first, so the lookup's loads are
+ * ordered before it). A copy made by that lookup is current when both calls
+ * return the same EVEN value, and stays current while later calls return
+ * it. Returns an odd value (never usable) while a write to the stripe is
+ * being applied or when the segment is no longer KVSHM_STATE_READY (its
+ * writer exited or was replaced: re-attach). Stamps restart at 0 in every
+ * segment: a copy must be dropped when the reader re-attaches.
+ */
+uint64_t kvshm_reader_stamp(const kvshm_reader *r, uint64_t key_hash, int after_read);
 
 /*
  * kvshm_reader_get: the read path for one key. Enter epoch -> acquire-load

@@ -14,7 +14,8 @@
  * Data segment:
  *
  *   0        header (struct kvshm_hdr, 4096 bytes reserved, 128 used)
- *   4096     shard table: shards x struct kvshm_shard (64 bytes each)
+ *   4096     key-stripe stamps: KVSHM_STRIPES x uint64_t (see below)
+ *   36864    shard table: shards x struct kvshm_shard (64 bytes each)
  *   ...      shard 0 region | shard 1 region | ...  (equal, 64-byte aligned)
  *
  *   Each shard region is carved by the writer into size-classed blocks
@@ -50,7 +51,9 @@
 #define KVSHM_MAGIC_SLOTS  UINT64_C(0x31544f4c534d534b) /* "KSMSLOT1" */
 #define KVSHM_MAGIC_MT     UINT64_C(0x3154424c544d534b) /* "KSMTLBT1" */
 #define KVSHM_LAYOUT_VERSION 1u
-#define KVSHM_HDR_BYTES    4096u
+#define KVSHM_STRIPE_OFF   4096u
+#define KVSHM_STRIPES      4096u   /* power of two */
+#define KVSHM_HDR_BYTES    (KVSHM_STRIPE_OFF + KVSHM_STRIPES * 8u)
 #define KVSHM_LINE         64u
 #define KVSHM_STATE_READY  1u
 #define KVSHM_STATE_CLOSED 2u  /* writer exited cleanly */
@@ -93,6 +96,29 @@ _Static_assert(offsetof(struct kvshm_hdr, h_reaped) == 96, "hdr layout");
 _Static_assert(offsetof(struct kvshm_hdr, h_state) == 104, "hdr layout");
 _Static_assert(offsetof(struct kvshm_hdr, h_writer_pid) == 112, "hdr layout");
 _Static_assert(sizeof(struct kvshm_hdr) == 128, "hdr size");
+
+/*
+ * Key-stripe stamps: a seqlock per stripe of keys, for process-local copies.
+ *
+ * KVSHM_STRIPES 64-bit counters at KVSHM_STRIPE_OFF; a key belongs to stripe
+ * kvshm_stripe_of(xxh3(key)). Before the writer applies a put or delete of a
+ * key to a memtable it makes the key's counter odd (relaxed store, then a
+ * release fence, so the odd value is visible before the record's links), and
+ * after it makes it even again (release store): +2 per applied write. Folds
+ * into the tree, loads of missed keys and evictions do not change any key's
+ * visible value and leave the counters alone.
+ *
+ * A reader that keeps a copy of a key's value outside the segment reads the
+ * stripe (acquire) before its lookup and again after it (acquire fence, then
+ * load); when both reads return the same even value E, the copy stays the
+ * key's current value for as long as the counter still reads E. Readers only
+ * read the counters. A counter starts at 0 in every segment, so a copy is
+ * tied to the segment (generation) it was validated against.
+ */
+static inline uint32_t kvshm_stripe_of(uint64_t key_hash)
+{
+    return (uint32_t)(key_hash >> 40) & (KVSHM_STRIPES - 1u);
+}
 
 /*
  * Shard record (64 bytes, one cache line, all fields written by the writer):

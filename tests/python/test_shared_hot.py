@@ -1,0 +1,129 @@
+"""The attached hot-value cache (docs/shared-mode.md, "Hot-value cache"):
+process-local copies of small immutable values, validated on every hit by
+the key's stripe stamp in the segment. Real writer, real processes.
+"""
+
+import multiprocessing as mp
+import signal
+
+from kohakuvault import KVault
+
+from test_shared_mode import Writer, served  # noqa: F401  (fixture)
+
+
+def _hot_hits(kv):
+    return kv._native.counters()[2]
+
+
+def _warm_reader(db, conn):
+    """Reads each requested key three times (so the copy is hot) and answers
+    with what the last read returned and whether it was a hot hit."""
+    kv = KVault(db, shared=True)
+    while True:
+        key = conn.recv()
+        if key is None:
+            break
+        before = _hot_hits(kv)
+        vals = [kv.get(key) for _ in range(3)]
+        conn.send((vals[-1], _hot_hits(kv) - before))
+    kv.close()
+
+
+def test_hot_copy_sees_another_process_write_at_once(served):  # noqa: F811
+    db, _ = served
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_warm_reader, args=(db, child))
+    p.start()
+    try:
+        kv = KVault(db, shared=True)
+        hot_total = 0
+        for i in range(200):
+            kv["same"] = f"v{i}"  # the reader holds a hot copy of the old value
+            parent.send("same")
+            val, hot = parent.recv()
+            assert val == f"v{i}", f"round {i}: a stale copy was served"
+            hot_total += hot
+        # the second and third read of each round are hot hits
+        assert hot_total >= 200
+        parent.send(None)
+        kv.close()
+    finally:
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    assert p.exitcode == 0
+
+
+def test_own_writes_and_deletes_invalidate(served):  # noqa: F811
+    db, _ = served
+    kv = KVault(db, shared=True)
+    for i in range(50):
+        kv["k"] = i
+        assert kv["k"] == i and kv["k"] == i
+    assert _hot_hits(kv) >= 50
+    del kv["k"]
+    assert kv.get("k") is None
+    # batched writes (cache on): the next read waits for them, then sees them
+    kv.enable_cache()
+    kv["k"] = b"new"
+    assert kv["k"] == b"new"
+    kv.flush_cache()
+    kv.close()
+
+
+def test_mutable_values_are_never_shared(served):  # noqa: F811
+    db, _ = served
+    kv = KVault(db, shared=True)
+    kv["d"] = {"a": [1, 2]}
+    first = kv["d"]
+    first["a"].append(3)
+    assert kv["d"] == {"a": [1, 2]}
+    assert kv["d"] is not kv["d"]
+    kv["b"] = b"x" * 100
+    assert kv["b"] == b"x" * 100
+    assert kv["b"] is kv["b"]  # immutable: the same object is handed out
+    kv.close()
+
+
+def test_read_cache_bytes_zero_turns_it_off(served):  # noqa: F811
+    db, _ = served
+    kv = KVault(db, shared=True, read_cache_bytes=0)
+    kv["k"] = b"v"
+    for _ in range(10):
+        assert kv["k"] == b"v"
+    assert _hot_hits(kv) == 0
+    kv.close()
+
+
+def test_large_values_are_not_kept(served):  # noqa: F811
+    db, _ = served
+    kv = KVault(db, shared=True)
+    kv["big"] = b"z" * 20000
+    for _ in range(5):
+        assert kv["big"] == b"z" * 20000
+    assert _hot_hits(kv) == 0
+    kv.close()
+
+
+def test_copies_from_a_replaced_writer_are_dropped(tmp_path):
+    """kill -9 the writer; a new writer replays and serves a new segment; a
+    write through it replaces the value the reader held a hot copy of."""
+    db = str(tmp_path / "hot.db")
+    w = Writer(db)
+    try:
+        reader = KVault(db, shared=True)
+        writer_side = KVault(db, shared=True)
+        writer_side["k"] = b"old"
+        for _ in range(3):
+            assert reader["k"] == b"old"
+        assert _hot_hits(reader) >= 2
+        w.kill(signal.SIGKILL)
+        w.start()
+        writer_side.put("k", b"new", sync=True)  # re-attaches by itself
+        assert reader["k"] == b"new"
+        reader.close()
+        writer_side.close()
+    finally:
+        w.kill(signal.SIGTERM)
