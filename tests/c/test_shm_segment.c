@@ -6,6 +6,8 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include <xxhash.h>
+
 #include "shm_test_util.h"
 
 static void setup(void) { setenv("KVSHM_POISON", "1", 1); shmt_setup(); }
@@ -301,4 +303,44 @@ Test(shm_segment, slots_run_out)
     for (int i = 0; i < 4; i++) if (i != 1) kvshm_reader_detach(r[i]);
     kvshm_writer_destroy(w, 1);
     cr_assert_str_eq(kvshm_strerror(KVSHM_E_NOSLOT), "no free reader slot");
+}
+
+/* Key-stripe stamps (layout.h): +2 per applied put/delete of the stripe's
+ * keys, untouched by folds, loads and evictions; odd once the segment closes. */
+Test(shm_segment, stripe_stamps_follow_applied_writes_only)
+{
+    kvshm_config c = shmt_config(32u << 20, 2);
+    kvshm_writer *w;
+    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
+    kvshm_reader *r;
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_OK);
+    uint64_t ha = kvshm_key_hash("alpha", 5);
+    cr_assert_eq(ha, XXH3_64bits("alpha", 5));
+    /* a key in another stripe than alpha's */
+    char other[16];
+    uint64_t ho = 0;
+    for (int i = 0; i < 100000; i++) {
+        snprintf(other, sizeof other, "o%d", i);
+        ho = kvshm_key_hash(other, strlen(other));
+        if (kvshm_stripe_of(ho) != kvshm_stripe_of(ha)) break;
+    }
+    cr_assert_neq(kvshm_stripe_of(ho), kvshm_stripe_of(ha));
+    uint64_t a0 = kvshm_reader_stamp(r, ha, 0), o0 = kvshm_reader_stamp(r, ho, 0);
+    cr_assert_eq(a0 & 1, 0);
+    cr_assert_eq(kvshm_writer_put(w, "alpha", 5, "one", 3, 1, 0), KVSHM_OK);
+    cr_assert_eq(kvshm_reader_stamp(r, ha, 1), a0 + 2);
+    cr_assert_eq(kvshm_reader_stamp(r, ho, 0), o0, "another stripe is untouched");
+    cr_assert_eq(kvshm_writer_put(w, "alpha", 5, NULL, 0, 2, 1), KVSHM_OK);  /* delete */
+    cr_assert_eq(kvshm_reader_stamp(r, ha, 0), a0 + 4);
+    /* freeze + fold and a cache load change no visible value: no bump */
+    uint32_t s = kvshm_shard_of("alpha", 5, 2);
+    cr_assert_eq(kvshm_writer_freeze(w, s), KVSHM_OK);
+    cr_assert_eq(kvshm_writer_fold(w, s, 1024), KVSHM_OK);
+    kvshm_kv kv = { "alpha", 5, "one", 3, 1 };
+    cr_assert_eq(kvshm_writer_cache_load(w, &kv, 1), KVSHM_OK);
+    cr_assert_eq(kvshm_reader_stamp(r, ha, 0), a0 + 4);
+    /* a closed segment never validates a copy */
+    kvshm_writer_destroy(w, 1);
+    cr_assert_eq(kvshm_reader_stamp(r, ha, 0) & 1, 1);
+    kvshm_reader_detach(r);
 }
