@@ -14,6 +14,12 @@
 #include "internal.h"
 #include "kvault/column.h"
 
+/** Page cache of the column connection, KiB (col_meta.c explains). */
+#define KVI_COL_CACHE_KB 2048
+/** Largest new, partly filled chunk written as zeroblob + blob write, bytes
+ *  (its pages must stay cached in between: well under KVI_COL_CACHE_KB). */
+#define KVI_ZB_MAX ((int64_t)1 << 20)
+
 /** Prepared statements of a vault (owned; finalized at close). */
 enum {
     KVI_CS_BEGIN_IMM,    /* BEGIN IMMEDIATE */
