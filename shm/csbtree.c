@@ -3,15 +3,17 @@
  *
  * Rao and Ross, "Making B+-trees cache conscious in main memory" (SIGMOD
  * 2000): an internal node stores its keys and ONE child offset, because its
- * n+1 children sit in one contiguous group; child i is at group + i * 256.
- * Nodes are 256 bytes (4 cache lines); a search reads the first two lines of
- * each node (count, level, child group, 14 big-endian key prefixes) and
- * touches the key records only when a prefix ties.
+ * n+1 children sit in one contiguous group; child i is at group + i * 512.
+ * Nodes are 512 bytes (8 cache lines, layout.h); a search reads the first
+ * four lines of each internal node (count, level, child group, 30 big-endian
+ * key prefixes), prefetched as one burst, and the whole of a leaf, also
+ * prefetched at once from its parent; it touches key records only when a
+ * prefix ties.
  *
  * Writer side: a batch is applied to process-local "working" nodes
  * (struct wnode) materialised lazily from the published tree along the
  * changed paths; splits and merges/borrows happen there with ordinary B+tree
- * rules (capacity 14 keys, minimum 5 below the root). Write-out allocates a
+ * rules (capacity 30 keys, minimum 10 below the root). Write-out allocates a
  * fresh group for every working internal node, copies untouched children
  * (whose subtrees are shared, not copied) and recurses into working ones,
  * then allocates a one-node block for the root. Nothing reachable from the
@@ -29,7 +31,7 @@
 #include "kvshm/structs.h"
 
 #define CAP KVSHM_NODE_KEYS
-#define MINK 5
+#define MINK 10
 
 /* ---- reader side ------------------------------------------------------------ */
 
@@ -42,15 +44,31 @@ static inline int ref_cmp(const kvshm_seg *s, uint64_t ref, const void *key,
     return kvshm_key_cmp(kvshm_rec_key(r), r->r_klen, key, klen);
 }
 
+/* Number of the node's first n prefixes that are < p: a branch-free lower
+ * bound over all CAP slots (5 compares for 30 slots, no data-dependent
+ * branch), valid because write_node fills unused slots with UINT64_MAX,
+ * which is never < p. Clamped to n so that a damaged node cannot send a
+ * reader past its keys. */
+static inline int count_less(const uint64_t *pre, int n, uint64_t p)
+{
+    const uint64_t *b = pre;
+    unsigned len = CAP;
+    while (len > 1) {
+        unsigned half = len / 2;
+        b = b[half] < p ? b + half : b;
+        len -= half;
+    }
+    int i = (int)(b - pre) + (*b < p);
+    return i < n ? i : n;
+}
+
 /* Number of entries < key (le == 0) or <= key (le != 0) among n sorted
  * entries given by prefix[] and ref[]. */
 static inline int rank(const kvshm_seg *s, const uint64_t *pre, const uint64_t *ref,
                        int n, uint64_t p, const void *key, uint32_t klen, int le,
                        int *bad)
 {
-    int i = 0;
-    /* Branch-free count of strictly smaller prefixes (entries are sorted). */
-    for (int j = 0; j < CAP; j++) i += (j < n) & (pre[j] < p);
+    int i = count_less(pre, n, p);
     while (i < n && pre[i] == p) {
         int c = ref_cmp(s, ref[i], key, klen, bad);
         if (*bad) return 0;
@@ -82,21 +100,19 @@ uint64_t kvshm_tree_find(const kvshm_seg *s, uint64_t root, uint32_t height,
         int i = rank(s, nd->c_prefix, nd->c_ref, nd->c_n, p, key, klen, 1, &bad);
         if (bad) { *err = KVSHM_E_CORRUPT; return 0; }
         off = nd->c_child + (uint64_t)i * KVSHM_NODE_BYTES;
-        /* Start the child's misses now, all at once: its two search lines,
-         * and for a leaf also the two lines of record offsets. */
+        /* Start the child's misses now, all at once: its search lines, and
+         * for a leaf also its lines of record offsets. */
         const uint8_t *pf = s->base + (off < s->size ? off : 0);
-        __builtin_prefetch(pf);
-        __builtin_prefetch(pf + 64);
-        if (lvl == 1) { __builtin_prefetch(pf + 128); __builtin_prefetch(pf + 192); }
+        unsigned lines = lvl == 1 ? KVSHM_NODE_BYTES / 64 : (16 + 8 * CAP + 63) / 64;
+        for (unsigned q = 0; q < lines; q++) __builtin_prefetch(pf + 64 * q);
     }
     const struct kvshm_node *lf = node_at(s, off, 0);
     if (!lf) { *err = KVSHM_E_CORRUPT; return 0; }
     int n = lf->c_n;
-    for (int j = 0; j < n; j++) {
-        if (lf->c_prefix[j] < p) continue;
-        if (lf->c_prefix[j] > p) break;
-        /* The record is the next miss: ask for all of a small record's
-         * lines at once (header + key + value usually span 2-3). */
+    /* Branch-free rank of the first prefix >= p (no mispredict on where the
+     * key sits), then full-key compares only across equal prefixes. */
+    int j = count_less(lf->c_prefix, n, p);
+    for (; j < n && lf->c_prefix[j] == p; j++) {
         uint64_t ro = lf->c_ref[j];
         if (ro < s->size - 192) {
             __builtin_prefetch(s->base + ro);
@@ -105,7 +121,7 @@ uint64_t kvshm_tree_find(const kvshm_seg *s, uint64_t root, uint32_t height,
         }
         int c = ref_cmp(s, ro, key, klen, &bad);
         if (bad) { *err = KVSHM_E_CORRUPT; return 0; }
-        if (c == 0) return lf->c_ref[j];
+        if (c == 0) return ro;
         if (c > 0) break;
     }
     return 0;
@@ -436,6 +452,7 @@ static void write_node(bctx *c, const wnode *w, struct kvshm_node *dst)
     dst->c_n = (uint16_t)w->n;
     dst->c_level = (uint8_t)w->level;
     memcpy(dst->c_prefix, w->prefix, (size_t)w->n * 8);
+    for (int i = w->n; i < CAP; i++) dst->c_prefix[i] = UINT64_MAX;  /* see count_less */
     memcpy(dst->c_ref, w->ref, (size_t)w->n * 8);
     if (w->level == 0) return;
     uint64_t gbytes = (uint64_t)(w->n + 1) * KVSHM_NODE_BYTES, g;
