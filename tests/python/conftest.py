@@ -17,6 +17,19 @@ from kohakuvault import KVault
 # (docs/shared-mode.md); `raw_row` then first asks the writer to commit.
 
 
+def die_with_parent():
+    """``preexec_fn`` for writer processes started by tests: the kernel sends
+    SIGTERM when the test process dies (prctl PR_SET_PDEATHSIG), so a test
+    run killed from outside leaves no kvault-writer behind."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def pytest_addoption(parser):
     parser.addoption("--shared-mode", action="store_true", default=False,
                      help="serve db_path with a kvault-writer (KVault attaches)")
@@ -89,7 +102,7 @@ def db_path(tmp_path, shared_mode):
     if exe is None:
         pytest.fail("--shared-mode: kvault-writer is not built")
     proc = subprocess.Popen([exe, path], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.DEVNULL, text=True, preexec_fn=die_with_parent)
     try:
         assert proc.stdout.readline().startswith("ready")
         yield path

@@ -18,6 +18,8 @@ import pytest
 from kohakuvault import KVault
 from kohakuvault.errors import KohakuVaultError
 
+from conftest import die_with_parent
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -51,7 +53,8 @@ class Writer:
 
     def start(self):
         self.proc = subprocess.Popen([WRITER, *self.extra, self.db], stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
+                                     stderr=subprocess.DEVNULL, text=True,
+                                     preexec_fn=die_with_parent)
         line = self.proc.stdout.readline()
         assert line.startswith("ready"), f"writer failed: {line!r}"
 
