@@ -240,6 +240,14 @@ static kv_status kvi_chunk_write(kv_colvault *cv, const kvi_fx *fx, kvi_blob *bl
  *    before the operation returns, so no work is left for the caller's next
  *    call. Measured: COMMIT of a 10M-value extend 125 ms -> 45 ms median.
  *
+ *  - Page cache. The connection's page cache (KVI_COL_CACHE_KB) is sized
+ *    for random reads; a bulk append only streams pages through it into
+ *    the WAL, and every page the cache grows by is fresh memory. While the
+ *    operation runs the cache is set to KVI_COL_BULK_CACHE_KB (PRAGMA
+ *    cache_size, this connection only) and restored after. Measured on a
+ *    10M-value extend into a new vault, interleaved runs: ~115 -> ~100 ms
+ *    median.
+ *
  * Descriptors: SQLite holds POSIX locks on the database file, and closing
  * any descriptor of that file in this process would drop them, so we use
  * SQLite's own descriptors (never closed here). They are taken from the
@@ -381,6 +389,15 @@ static void kvi_wb_start(kv_colvault *cv, kvi_wb *w, uint64_t bytes)
         return;
     }
     w->started = 1;
+}
+
+/* PRAGMA cache_size=-kb on the column connection (errors ignored: only
+ * speed depends on it). */
+static void kvi_set_cache_kb(kv_colvault *cv, int kb)
+{
+    char sql[64];
+    snprintf(sql, sizeof sql, "PRAGMA main.cache_size=%d", -kb);
+    (void)sqlite3_exec(cv->db, sql, NULL, NULL, NULL);
 }
 
 /* Stop and join the helper (no-op when it did not start). */
@@ -642,6 +659,9 @@ kv_status kvi_col_append_direct(kv_col *col, const void *data, const size_t *len
     } else {
         bytes = (uint64_t)n * (uint64_t)col->fx.elem;
     }
+    const int bulk = bytes >= KVI_WB_MIN;
+    if (bulk)
+        kvi_set_cache_kb(cv, KVI_COL_BULK_CACHE_KB);
     kvi_wb_start(cv, &wb, bytes);
     if (col->is_var)
         st = kvi_var_append_raw(col, data, lens, n);
@@ -652,6 +672,8 @@ kv_status kvi_col_append_direct(kv_col *col, const void *data, const size_t *len
     else
         kvi_col_rollback(cv);
     kvi_wb_stop(&wb);
+    if (bulk)
+        kvi_set_cache_kb(cv, KVI_COL_CACHE_KB);
     return st;
 }
 

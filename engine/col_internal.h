@@ -15,9 +15,11 @@
 #include "kvault/column.h"
 
 /** Page cache of the column connection, KiB (col_meta.c explains). */
-#define KVI_COL_CACHE_KB 2048
+#define KVI_COL_CACHE_KB 20000
+/** Page cache while a bulk append runs, KiB (col_fixed.c explains). */
+#define KVI_COL_BULK_CACHE_KB 2048
 /** Largest new, partly filled chunk written as zeroblob + blob write, bytes
- *  (its pages must stay cached in between: well under KVI_COL_CACHE_KB). */
+ *  (its pages must stay cached in between: well under both caches). */
 #define KVI_ZB_MAX ((int64_t)1 << 20)
 
 /** Prepared statements of a vault (owned; finalized at close). */

@@ -131,18 +131,14 @@ kv_status kv_colvault_open(const char *path, int64_t min_chunk_bytes, int64_t ma
     cv->max_chunk = max_chunk_bytes;
     kvi_conn_opts_default(&o);
     o.nomutex = 1; /* cv->mu serialises every use */
-    /* Page cache: KVI_COL_CACHE_KB (2048 KiB, 64 pages of 32 KiB) instead
-     * of the KVault default of 100000 KiB. Column chunks are written whole
-     * (bound buffers) or, up to KVI_ZB_MAX, as a zeroblob then written in
-     * place (those pages must stay cached in between); a bulk extend only
-     * streams pages through the cache into the WAL, and every page this
-     * connection caches is fresh memory (the cache grows per connection and
-     * is freed at close). Pages already checkpointed are read through
-     * mmap, hot column reads are served by the read cache (col_rcache.c),
-     * and another connection's commit empties this cache anyway. Measured
-     * on a 10M-value extend (80 MB) into a new vault, interleaved runs:
-     * 20000 KiB ~115 ms -> 2048 KiB ~100 ms median (with the capacity-
-     * sized image for the tail chunk, col_fixed.c). */
+    /* Page cache: KVI_COL_CACHE_KB (20000 KiB, 625 pages of 32 KiB)
+     * instead of the KVault default of 100000 KiB. Random reads of chunks
+     * still in the WAL walk each chunk's overflow-page chain up to the
+     * offset, so the pages of whole 16 MiB chunks should stay cached (a
+     * 2048 KiB cache made 100-element slices of a fresh 8 MB column ~700 us
+     * per read-cache miss). Pages already checkpointed are read through
+     * mmap and hot reads are served by the read cache (col_rcache.c). Bulk
+     * appends shrink the cache while they run (col_fixed.c). */
     o.cache_kb = KVI_COL_CACHE_KB;
     st = kvi_conn_open(path, &o, &cv->db, err, errlen);
     if (st != KV_OK)
