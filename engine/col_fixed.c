@@ -502,7 +502,7 @@ kv_status kvi_fx_set_length(kv_colvault *cv, const kvi_fx *fx, int64_t len)
 
 kv_status kvi_fx_append_raw(kv_colvault *cv, const kvi_fx *fx, const uint8_t *src, uint64_t nelem)
 {
-    int64_t len;
+    int64_t len = 0;
     kv_status st = kvi_fx_length(cv, fx, &len);
     if (st != KV_OK)
         return st;
@@ -705,7 +705,7 @@ static kv_status kvi_col_prepare_op(kv_col *col)
 kv_status kv_col_read_fixed(kv_col *col, int64_t start, int64_t count, void *out)
 {
     kv_colvault *cv = col->cv;
-    int64_t len;
+    int64_t len = 0;
     kv_status st;
     if (col->is_var || start < 0 || count < 0)
         return KV_INVALID;
@@ -779,7 +779,7 @@ out:
 kv_status kv_col_write(kv_col *col, int64_t start, const void *data, const size_t *lens, size_t n)
 {
     kv_colvault *cv = col->cv;
-    int64_t len;
+    int64_t len = 0;
     kv_status st;
     if (start < 0)
         return KV_INVALID;
@@ -815,7 +815,7 @@ out:
 kv_status kv_col_insert(kv_col *col, int64_t idx, const void *elem)
 {
     kv_colvault *cv = col->cv;
-    int64_t len;
+    int64_t len = 0;
     kv_status st;
     uint8_t *buf = NULL;
     if (col->is_var)
@@ -860,7 +860,7 @@ out:
 kv_status kv_col_delete_at(kv_col *col, int64_t idx)
 {
     kv_colvault *cv = col->cv;
-    int64_t len;
+    int64_t len = 0;
     kv_status st;
     pthread_mutex_lock(&cv->mu);
     st = kvi_col_prepare_op(col);
