@@ -4,11 +4,10 @@
  * Rao and Ross, "Making B+-trees cache conscious in main memory" (SIGMOD
  * 2000): an internal node stores its keys and ONE child offset, because its
  * n+1 children sit in one contiguous group; child i is at group + i * 512.
- * Nodes are 512 bytes (8 cache lines, layout.h); a search reads the first
- * four lines of each internal node (count, level, child group, 30 big-endian
- * key prefixes), prefetched as one burst, and the whole of a leaf, also
- * prefetched at once from its parent; it touches key records only when a
- * prefix ties.
+ * Nodes are 512 bytes (8 cache lines, layout.h) of 30 (prefix, offset)
+ * entries. A search prefetches each child whole, as one burst, from its
+ * parent, finds its position with a branch-free lower bound over the 30
+ * big-endian key prefixes, and touches key records only when a prefix ties.
  *
  * Writer side: a batch is applied to process-local "working" nodes
  * (struct wnode) materialised lazily from the published tree along the
@@ -49,28 +48,28 @@ static inline int ref_cmp(const kvshm_seg *s, uint64_t ref, const void *key,
  * branch), valid because write_node fills unused slots with UINT64_MAX,
  * which is never < p. Clamped to n so that a damaged node cannot send a
  * reader past its keys. */
-static inline int count_less(const uint64_t *pre, int n, uint64_t p)
+static inline int count_less(const struct kvshm_entry *e, int n, uint64_t p)
 {
-    const uint64_t *b = pre;
+    const struct kvshm_entry *b = e;
     unsigned len = CAP;
     while (len > 1) {
         unsigned half = len / 2;
-        b = b[half] < p ? b + half : b;
+        b = b[half].e_prefix < p ? b + half : b;
         len -= half;
     }
-    int i = (int)(b - pre) + (*b < p);
+    int i = (int)(b - e) + (b->e_prefix < p);
     return i < n ? i : n;
 }
 
 /* Number of entries < key (le == 0) or <= key (le != 0) among n sorted
  * entries given by prefix[] and ref[]. */
-static inline int rank(const kvshm_seg *s, const uint64_t *pre, const uint64_t *ref,
+static inline int rank(const kvshm_seg *s, const struct kvshm_entry *e,
                        int n, uint64_t p, const void *key, uint32_t klen, int le,
                        int *bad)
 {
-    int i = count_less(pre, n, p);
-    while (i < n && pre[i] == p) {
-        int c = ref_cmp(s, ref[i], key, klen, bad);
+    int i = count_less(e, n, p);
+    while (i < n && e[i].e_prefix == p) {
+        int c = ref_cmp(s, e[i].e_ref, key, klen, bad);
         if (*bad) return 0;
         if (c < 0 || (le && c == 0)) i++;
         else break;
@@ -97,23 +96,22 @@ uint64_t kvshm_tree_find(const kvshm_seg *s, uint64_t root, uint32_t height,
     for (unsigned lvl = height - 1; lvl > 0; lvl--) {
         const struct kvshm_node *nd = node_at(s, off, lvl);
         if (!nd) { *err = KVSHM_E_CORRUPT; return 0; }
-        int i = rank(s, nd->c_prefix, nd->c_ref, nd->c_n, p, key, klen, 1, &bad);
+        int i = rank(s, nd->c_e, nd->c_n, p, key, klen, 1, &bad);
         if (bad) { *err = KVSHM_E_CORRUPT; return 0; }
         off = nd->c_child + (uint64_t)i * KVSHM_NODE_BYTES;
-        /* Start the child's misses now, all at once: its search lines, and
-         * for a leaf also its lines of record offsets. */
+        /* Start the child's misses now, all at once: the whole node (its
+         * prefix/offset pairs span all of its lines). */
         const uint8_t *pf = s->base + (off < s->size ? off : 0);
-        unsigned lines = lvl == 1 ? KVSHM_NODE_BYTES / 64 : (16 + 8 * CAP + 63) / 64;
-        for (unsigned q = 0; q < lines; q++) __builtin_prefetch(pf + 64 * q);
+        for (unsigned q = 0; q < KVSHM_NODE_BYTES / 64; q++) __builtin_prefetch(pf + 64 * q);
     }
     const struct kvshm_node *lf = node_at(s, off, 0);
     if (!lf) { *err = KVSHM_E_CORRUPT; return 0; }
     int n = lf->c_n;
     /* Branch-free rank of the first prefix >= p (no mispredict on where the
      * key sits), then full-key compares only across equal prefixes. */
-    int j = count_less(lf->c_prefix, n, p);
-    for (; j < n && lf->c_prefix[j] == p; j++) {
-        uint64_t ro = lf->c_ref[j];
+    int j = count_less(lf->c_e, n, p);
+    for (; j < n && lf->c_e[j].e_prefix == p; j++) {
+        uint64_t ro = lf->c_e[j].e_ref;
         if (ro < s->size - 192) {
             __builtin_prefetch(s->base + ro);
             __builtin_prefetch(s->base + ro + 64);
@@ -141,7 +139,7 @@ uint64_t kvshm_tree_seek(const kvshm_seg *s, uint64_t root, uint32_t height,
     for (int lvl = (int)height - 1; lvl >= 0; lvl--) {
         const struct kvshm_node *nd = node_at(s, off, (unsigned)lvl);
         if (!nd) { *err = KVSHM_E_CORRUPT; return 0; }
-        int i = klen ? rank(s, nd->c_prefix, nd->c_ref, nd->c_n, p, key, klen,
+        int i = klen ? rank(s, nd->c_e, nd->c_n, p, key, klen,
                             lvl > 0 ? 1 : after, &bad) : 0;
         if (bad) { *err = KVSHM_E_CORRUPT; return 0; }
         path[lvl] = nd;
@@ -149,7 +147,7 @@ uint64_t kvshm_tree_seek(const kvshm_seg *s, uint64_t root, uint32_t height,
         if (lvl > 0) off = nd->c_child + (uint64_t)i * KVSHM_NODE_BYTES;
     }
     /* Leaf position idx[0]; past the end, climb to the next subtree. */
-    if (idx[0] < path[0]->c_n) return path[0]->c_ref[idx[0]];
+    if (idx[0] < path[0]->c_n) return path[0]->c_e[idx[0]].e_ref;
     int lvl = 1;
     while (lvl < (int)height && ++idx[lvl] > path[lvl]->c_n) lvl++;
     if (lvl >= (int)height) return 0;
@@ -162,7 +160,7 @@ uint64_t kvshm_tree_seek(const kvshm_seg *s, uint64_t root, uint32_t height,
         off = nd->c_child;
     }
     if (path[0]->c_n == 0) { *err = KVSHM_E_CORRUPT; return 0; }
-    return path[0]->c_ref[idx[0]];
+    return path[0]->c_e[idx[0]].e_ref;
 }
 
 /* ---- writer side: working nodes ---------------------------------------------- */
@@ -225,8 +223,10 @@ static wnode *materialize(bctx *c, wref *r, int level)
     wnode *w = wnew(c, level);
     if (!w) return NULL;
     w->n = nd->c_n;
-    memcpy(w->prefix, nd->c_prefix, sizeof nd->c_prefix);
-    memcpy(w->ref, nd->c_ref, sizeof nd->c_ref);
+    for (int j = 0; j < CAP; j++) {
+        w->prefix[j] = nd->c_e[j].e_prefix;
+        w->ref[j] = nd->c_e[j].e_ref;
+    }
     if (level > 0) {
         for (int i = 0; i <= w->n; i++)
             w->kid[i] = (wref){ NULL, nd->c_child + (uint64_t)i * KVSHM_NODE_BYTES };
@@ -451,9 +451,8 @@ static void write_node(bctx *c, const wnode *w, struct kvshm_node *dst)
     memset(dst, 0, sizeof *dst);
     dst->c_n = (uint16_t)w->n;
     dst->c_level = (uint8_t)w->level;
-    memcpy(dst->c_prefix, w->prefix, (size_t)w->n * 8);
-    for (int i = w->n; i < CAP; i++) dst->c_prefix[i] = UINT64_MAX;  /* see count_less */
-    memcpy(dst->c_ref, w->ref, (size_t)w->n * 8);
+    for (int i = 0; i < w->n; i++) dst->c_e[i] = (struct kvshm_entry){ w->prefix[i], w->ref[i] };
+    for (int i = w->n; i < CAP; i++) dst->c_e[i].e_prefix = UINT64_MAX;  /* see count_less */
     if (w->level == 0) return;
     uint64_t gbytes = (uint64_t)(w->n + 1) * KVSHM_NODE_BYTES, g;
     /* groups of internal nodes go to the small inner area, leaf groups to
@@ -579,7 +578,7 @@ static kvshm_status scan_rec(const kvshm_seg *s, uint64_t off, int level,
     if (!nd) return KVSHM_E_CORRUPT;
     if (level == 0) {
         for (int j = 0; j < nd->c_n && !*stop; j++) {
-            const struct kvshm_rec *r = kvshm_rec_at(s, nd->c_ref[j]);
+            const struct kvshm_rec *r = kvshm_rec_at(s, nd->c_e[j].e_ref);
             if (!r) return KVSHM_E_CORRUPT;
             *stop = fn(ctx, kvshm_rec_key(r), r->r_klen, kvshm_rec_val(r), r->r_vlen,
                        r->r_seqt >> 1, (int)(r->r_seqt & 1));
@@ -616,10 +615,10 @@ static kvshm_status check_rec(const kvshm_seg *s, uint64_t off, int level, int i
     if (is_root && level > 0 && n < 1) return KVSHM_E_CORRUPT;
     const void *pk = lo; uint32_t pl = lolen;
     for (int j = 0; j < n; j++) {
-        const struct kvshm_rec *r = kvshm_rec_at(s, nd->c_ref[j]);
+        const struct kvshm_rec *r = kvshm_rec_at(s, nd->c_e[j].e_ref);
         if (!r) return KVSHM_E_CORRUPT;
         const void *k = kvshm_rec_key(r);
-        if (kvshm_key_prefix(k, r->r_klen) != nd->c_prefix[j]) return KVSHM_E_CORRUPT;
+        if (kvshm_key_prefix(k, r->r_klen) != nd->c_e[j].e_prefix) return KVSHM_E_CORRUPT;
         if (pk) {
             int c = kvshm_key_cmp(pk, pl, k, r->r_klen);
             if (c > 0 || (c == 0 && (j > 0 || level > 0))) return KVSHM_E_CORRUPT;
@@ -633,9 +632,9 @@ static kvshm_status check_rec(const kvshm_seg *s, uint64_t off, int level, int i
     if (level == 0) { *count += (uint64_t)n; return KVSHM_OK; }
     for (int j = 0; j <= n; j++) {
         const void *clo = lo, *chi = hi; uint32_t cll = lolen, chl = hilen;
-        if (j > 0) { const struct kvshm_rec *r = kvshm_rec_at(s, nd->c_ref[j - 1]);
+        if (j > 0) { const struct kvshm_rec *r = kvshm_rec_at(s, nd->c_e[j - 1].e_ref);
                      clo = kvshm_rec_key(r); cll = r->r_klen; }
-        if (j < n) { const struct kvshm_rec *r = kvshm_rec_at(s, nd->c_ref[j]);
+        if (j < n) { const struct kvshm_rec *r = kvshm_rec_at(s, nd->c_e[j].e_ref);
                      chi = kvshm_rec_key(r); chl = r->r_klen; }
         kvshm_status st = check_rec(s, nd->c_child + (uint64_t)j * KVSHM_NODE_BYTES,
                                     level - 1, 0, clo, cll, chi, chl, count);
@@ -660,7 +659,7 @@ static kvshm_status retire_rec_all(kvshm_blocks *b, uint64_t epoch, uint64_t off
     if (!nd) return KVSHM_E_CORRUPT;
     kvshm_status st = KVSHM_OK;
     for (int j = 0; j < nd->c_n && !st; j++)
-        st = kvshm_blocks_retire(b, nd->c_ref[j], kvshm_rec_block_bytes(b->seg, nd->c_ref[j]), epoch);
+        st = kvshm_blocks_retire(b, nd->c_e[j].e_ref, kvshm_rec_block_bytes(b->seg, nd->c_e[j].e_ref), epoch);
     if (level > 0) {
         for (int j = 0; j <= nd->c_n && !st; j++)
             st = retire_rec_all(b, epoch, nd->c_child + (uint64_t)j * KVSHM_NODE_BYTES, level - 1);

@@ -252,27 +252,28 @@ _Static_assert(sizeof(struct kvshm_mthdr) == 64, "mthdr size");
  * CSB+tree node (Rao and Ross, "Making B+-trees cache conscious in main
  * memory", SIGMOD 2000): 512 bytes = 8 cache lines, 64-byte aligned. The
  * children of an internal node sit in one contiguous group of (n+1) nodes, so
- * a node stores one child offset. Lines 0-3 hold what a search touches: count,
- * level, the child group and 30 key prefixes (first 8 key bytes as a
- * big-endian u64); lines 4-7 hold per-key record offsets, read only when a
- * prefix ties (full-key compare) or at the leaf.
+ * a node stores one child offset. Then 30 entries of (key prefix, offset):
+ * the prefix is the first 8 key bytes as a big-endian u64, the offset is the
+ * key's value record (leaf) or its separator key record (internal; read only
+ * when a prefix ties). Prefix and offset share a line, so the line where a
+ * leaf search ends also holds the record offset it needs next.
  *
- * Why 30 keys: at 1M keys a lookup is bound by dependent cache misses. With
- * 30-key nodes the tree is 4 levels instead of 6, the internal levels (about
- * 1 MiB at 1M keys) stay in L2/L3, and a reader prefetches a whole leaf (8
- * lines) as one burst of parallel misses, so a lookup pays about one memory
- * latency for the leaf and one for the value record. 14-key nodes measured
- * 1.3-1.5M lookups/s and 30-key nodes 1.6-2.0M on the same machine; 62-key
- * nodes were slower again (docs/performance.md, "Shared segment lookups").
+ * Why 30 keys: at 1M keys a lookup is bound by dependent cache and TLB
+ * misses. With 30-key nodes the tree is 4 levels instead of 6, the internal
+ * levels (about 1 MiB at 1M keys) stay in L2/L3, and a reader prefetches a
+ * whole child (8 lines) as one burst of parallel misses, so a lookup pays
+ * about one memory latency for the leaf and one for the value record. On the
+ * development machine 30-key nodes did 1.6-1.8M lookups/s where 14-key nodes
+ * (256 bytes) did 1.3-1.5M; 62-key nodes were slower again
+ * (docs/performance.md, "Shared segment lookups").
  *
  *   0 n        keys in use (0..KVSHM_NODE_KEYS)
  *   2 level    0 for a leaf
  *   3 pad
  *   8 child    internal: offset of the child group; leaf: 0
- *  16 prefix[30]  unused slots (n..29) hold UINT64_MAX: readers search all
- *              30 slots without a branch on n
- * 256 ref[30]  leaf: record offset of each key's value; internal: offset of a
- *              separator key record (vlen 0)
+ *  16 e[30]    {prefix, ref}: 16 bytes each; unused entries (n..29) have
+ *              prefix UINT64_MAX, so readers search all 30 without a branch
+ *              on n
  * 496 reserved[2]
  */
 #define KVSHM_NODE_KEYS 30
@@ -282,14 +283,16 @@ struct kvshm_node {
     uint8_t  c_level;
     uint8_t  c_pad[5];
     uint64_t c_child;
-    uint64_t c_prefix[KVSHM_NODE_KEYS];
-    uint64_t c_ref[KVSHM_NODE_KEYS];
+    struct kvshm_entry {
+        uint64_t e_prefix;
+        uint64_t e_ref;
+    } c_e[KVSHM_NODE_KEYS];
     uint64_t c_reserved[2];
 };
 _Static_assert(offsetof(struct kvshm_node, c_level) == 2, "node layout");
 _Static_assert(offsetof(struct kvshm_node, c_child) == 8, "node layout");
-_Static_assert(offsetof(struct kvshm_node, c_prefix) == 16, "node layout");
-_Static_assert(offsetof(struct kvshm_node, c_ref) == 256, "node layout");
+_Static_assert(offsetof(struct kvshm_node, c_e) == 16, "node layout");
+_Static_assert(sizeof(struct kvshm_entry) == 16, "node layout");
 _Static_assert(sizeof(struct kvshm_node) == KVSHM_NODE_BYTES, "node size");
 #define KVSHM_TREE_MAXH 24
 
