@@ -168,6 +168,12 @@ KV_API kv_status kv_col_len(kv_col *col, int64_t *n);
  * they would exceed cap_bytes, and afterwards when flush_threshold is
  * reached); otherwise one transaction writes them. The caller keeps
  * ownership of `data`/`lens`.
+ * Bulk writes (>= 16 MiB in one transaction) also preallocate the blocks the
+ * WAL and database file will receive (fallocate, file sizes unchanged), set
+ * the connection's page cache to 2 MiB for the call, and run one helper
+ * thread that starts asynchronous writeback of both files
+ * (sync_file_range); the thread is joined and the cache restored before
+ * the call returns. Durability is that of any commit (the same fdatasyncs).
  * @return KV_OK; KV_INVALID (element above 2 GiB in a var column); KV_BUSY;
  *         KV_NOMEM; KV_SQLITE. On failure the stored column is unchanged.
  */
