@@ -215,7 +215,7 @@ kv_status kvi_var_append_raw(kv_col *col, const uint8_t *src, const size_t *lens
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        int64_t chunk, start;
+        int64_t chunk = 0, start = 0;
         st = kvi_place_one(col, &p, src, lens[i], &chunk, &start);
         if (st != KV_OK)
             goto out;
@@ -360,7 +360,7 @@ kv_status kvi_var_write(kv_col *col, int64_t start, const uint8_t *src, const si
             kvi_put_i32(e + 8, s0 + L);
         } else {
             kvi_place p;
-            int64_t nc, ns;
+            int64_t nc = 0, ns = 0;
             kvi_blob_done(&bl);
             st = kvi_place_init(col, &p);
             if (st == KV_OK)
