@@ -47,6 +47,7 @@ typedef struct {
     PyObject *val;             /* owned, immutable decoded value */
     Py_ssize_t cost;           /* bytes charged against hot_limit */
     uint32_t tick;             /* insertion order, for the victim choice */
+    uint32_t optk;             /* hot_optk: the decoding options of val */
 } hot_ent;
 
 #define HOT_ENTRY_BYTES 512          /* read_cache_bytes per table entry */
@@ -122,6 +123,14 @@ static void hot_free(ATObject *s)
     s->hot = NULL;
 }
 
+/* The decoding options a copy was made under: a copy decoded with other
+ * options (e.g. before disable_auto_pack) is never served. */
+static inline uint32_t hot_optk(const ATObject *s)
+{
+    return (uint32_t)((s->opts.auto_pack != 0) | (s->opts.headers != 0) << 1 |
+                      (s->opts.use_pickle != 0) << 2);
+}
+
 static inline hot_ent *hot_find(ATObject *s, uint64_t h, const char *k, Py_ssize_t kn)
 {
     hot_ent *set = &s->hot[h & s->hot_mask & ~UINT64_C(1)];
@@ -163,6 +172,7 @@ static void hot_put(ATObject *s, uint64_t h, const char *k, Py_ssize_t kn, PyObj
     e->val = v;
     e->cost = cost;
     e->tick = s->hot_tick++;
+    e->optk = hot_optk(s);
     s->hot_bytes += cost;
 }
 
@@ -297,7 +307,7 @@ static PyObject *do_get(ATObject *self, PyObject *key, int *missing)
         h = kv_att_key_hash(k, (size_t)kn);
         if (!self->busy && self->a) {
             hot_ent *e = hot_find(self, h, k, kn);
-            if (e && e->token == kv_att_stamp(self->a, h, 0)) {
+            if (e && e->optk == hot_optk(self) && e->token == kv_att_stamp(self->a, h, 0)) {
                 self->hot_hits++;
                 Py_INCREF(e->val);
                 return e->val;

@@ -127,3 +127,18 @@ def test_copies_from_a_replaced_writer_are_dropped(tmp_path):
         writer_side.close()
     finally:
         w.kill(signal.SIGTERM)
+
+
+def test_decoding_options_are_part_of_a_copy(served):  # noqa: F811
+    """A copy decoded under one set of options is never served under another."""
+    db, _ = served
+    kv = KVault(db, shared=True)
+    kv["n"] = 7  # stored with a header, decoded to an int
+    assert kv["n"] == 7 and kv["n"] == 7
+    kv.disable_auto_pack()
+    raw = kv["n"]
+    assert isinstance(raw, bytes) and raw != 7
+    assert kv["n"] == raw
+    kv.enable_auto_pack()
+    assert kv["n"] == 7
+    kv.close()
