@@ -84,7 +84,7 @@ kvshm_status kvshm_blocks_alloc(kvshm_blocks *b, uint64_t bytes, uint64_t *off)
         b->free_head[c] = *link;
         *off = head;
     } else {
-        uint64_t align = cb >= 64 ? 64 : 16;
+        uint64_t align = cb >= 512 ? 64 : 16;   /* see kvshm_blocks_alloc */
         uint64_t at = (b->bump + align - 1) & ~(align - 1);
         if (at > b->top || cb > b->top - at) return KVSHM_E_FULL;
         b->bump = at + cb;

@@ -46,7 +46,7 @@ Test(shm_blocks, alloc_is_aligned_disjoint_and_reused_after_free)
         sizes[i] = 1 + shmt_rand(&seed) % 3000;
         cr_assert_eq(kvshm_blocks_alloc(&B, sizes[i], &offs[i]), KVSHM_OK);
         uint64_t c = kvshm_blocks_class_bytes(sizes[i]);
-        cr_assert_eq(offs[i] % (c >= 64 ? 64 : 16), 0);
+        cr_assert_eq(offs[i] % (c >= 512 ? 64 : 16), 0);
         memset(S->base + offs[i], i & 0xff, sizes[i]);
     }
     for (int i = 0; i < 200; i++)

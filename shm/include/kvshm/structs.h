@@ -54,8 +54,11 @@ void kvshm_blocks_fini(kvshm_blocks *b);
 /* Bytes a request of `bytes` really takes (its class size); 0 if too big. */
 uint64_t kvshm_blocks_class_bytes(uint64_t bytes);
 /* Allocate a block of at least `bytes`; *off gets its offset. Contents are
- * undefined. Writer only. Returns KVSHM_OK, KVSHM_E_INVAL (0 or too big),
- * KVSHM_E_FULL. */
+ * undefined. Blocks of 512 bytes or more are 64-byte aligned, smaller ones
+ * 16-byte aligned: small value records pack densely (a 140-byte record takes
+ * 144 bytes, not 192), so more of them share a page and a cache's working
+ * set spans fewer pages. Writer only. Returns KVSHM_OK, KVSHM_E_INVAL (0 or
+ * too big), KVSHM_E_FULL. */
 kvshm_status kvshm_blocks_alloc(kvshm_blocks *b, uint64_t bytes, uint64_t *off);
 /* Allocate from the index area at the top of the region (tree node groups,
  * separator keys, views): the blocks every lookup walks stay dense, so they
