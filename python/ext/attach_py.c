@@ -968,7 +968,7 @@ static PyMethodDef AT_methods[] = {
     {"checkpoint", (PyCFunction)AT_checkpoint, METH_NOARGS, "WAL checkpoint by the writer"},
     {"optimize", (PyCFunction)AT_optimize, METH_NOARGS, "PRAGMA optimize; VACUUM by the writer"},
     {"status", (PyCFunction)AT_status, METH_NOARGS, "the writer's STATUS text"},
-    {"counters", (PyCFunction)AT_counters, METH_NOARGS, "(hits, misses) of this object"},
+    {"counters", (PyCFunction)AT_counters, METH_NOARGS, "(segment hits, segment misses, hot-cache hits) of this object"},
     {"close", (PyCFunction)AT_close, METH_NOARGS, "wait for commit, detach; idempotent"},
     {NULL, NULL, 0, NULL},
 };
