@@ -3,12 +3,11 @@ process-local copies of small immutable values, validated on every hit by
 the key's stripe stamp in the segment. Real writer, real processes.
 """
 
-import multiprocessing as mp
 import signal
 
 from kohakuvault import KVault
 
-from test_shared_mode import Writer, served  # noqa: F401  (fixture)
+from test_shared_mode import Writer, pipe_child, served  # noqa: F401  (fixture)
 
 
 def _hot_hits(kv):
@@ -31,29 +30,19 @@ def _warm_reader(db, conn):
 
 def test_hot_copy_sees_another_process_write_at_once(served):  # noqa: F811
     db, _ = served
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    p = ctx.Process(target=_warm_reader, args=(db, child))
-    p.start()
-    try:
+    with pipe_child(_warm_reader, db) as conn:
         kv = KVault(db, shared=True)
         hot_total = 0
         for i in range(200):
             kv["same"] = f"v{i}"  # the reader holds a hot copy of the old value
-            parent.send("same")
-            val, hot = parent.recv()
+            conn.send("same")
+            val, hot = conn.recv()
             assert val == f"v{i}", f"round {i}: a stale copy was served"
             hot_total += hot
         # the second and third read of each round are hot hits
         assert hot_total >= 200
-        parent.send(None)
+        conn.send(None)
         kv.close()
-    finally:
-        p.join(timeout=30)
-        if p.is_alive():
-            p.kill()
-            p.join()
-    assert p.exitcode == 0
 
 
 def test_own_writes_and_deletes_invalidate(served):  # noqa: F811

@@ -5,6 +5,7 @@ Every test starts its own writer on a unique temp database and kills it in
 ``finally``; child processes are always reaped. Timeouts are bounded.
 """
 
+import contextlib
 import glob
 import multiprocessing as mp
 import os
@@ -107,26 +108,34 @@ def _reader_proc(db, conn):
     kv.close()
 
 
-def test_read_your_writes_across_processes(served):
-    db, _ = served
+@contextlib.contextmanager
+def pipe_child(target, db):
+    """Run target(db, conn) in a spawned process; yields this side's end of
+    the pipe. On exit: joined (killed after 30 s), and it must have exited 0."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    p = ctx.Process(target=_reader_proc, args=(db, child))
+    p = ctx.Process(target=target, args=(db, child))
     p.start()
     try:
-        kv = KVault(db, shared=True)
-        for i in range(300):
-            kv[f"k{i}"] = f"v{i}"
-            parent.send(f"k{i}")  # B reads right after A's put returned
-            assert parent.recv() == f"v{i}"
-        parent.send(None)
-        kv.close()
+        yield parent
     finally:
         p.join(timeout=30)
         if p.is_alive():
             p.kill()
             p.join()
     assert p.exitcode == 0
+
+
+def test_read_your_writes_across_processes(served):
+    db, _ = served
+    with pipe_child(_reader_proc, db) as conn:
+        kv = KVault(db, shared=True)
+        for i in range(300):
+            kv[f"k{i}"] = f"v{i}"
+            conn.send(f"k{i}")  # B reads right after A's put returned
+            assert conn.recv() == f"v{i}"
+        conn.send(None)
+        kv.close()
 
 
 def test_sync_put_is_committed(served):
