@@ -77,6 +77,22 @@ static inline int rank(const kvshm_seg *s, const struct kvshm_entry *e,
     return i;
 }
 
+/* key's prefix as node nd stores prefixes: the 8 bytes after nd's skip
+ * (layout.h). A key routed to nd is at least skip bytes long. */
+static inline uint64_t node_prefix(const struct kvshm_node *nd, const void *key, uint32_t klen)
+{
+    uint32_t sk = nd->c_skip;
+    return sk <= klen ? kvshm_key_prefix((const uint8_t *)key + sk, klen - sk) : 0;
+}
+
+/* Longest common prefix of two keys, in bytes. */
+static uint32_t lcp(const uint8_t *a, uint32_t alen, const uint8_t *b, uint32_t blen)
+{
+    uint32_t m = alen < blen ? alen : blen, i = 0;
+    while (i < m && a[i] == b[i]) i++;
+    return i;
+}
+
 static inline const struct kvshm_node *node_at(const kvshm_seg *s, uint64_t off,
                                                unsigned level)
 {
@@ -90,13 +106,12 @@ uint64_t kvshm_tree_find(const kvshm_seg *s, uint64_t root, uint32_t height,
 {
     if (!root || !height) return 0;
     if (height > KVSHM_TREE_MAXH) { *err = KVSHM_E_CORRUPT; return 0; }
-    uint64_t p = kvshm_key_prefix(key, klen);
     int bad = 0;
     uint64_t off = root;
     for (unsigned lvl = height - 1; lvl > 0; lvl--) {
         const struct kvshm_node *nd = node_at(s, off, lvl);
         if (!nd) { *err = KVSHM_E_CORRUPT; return 0; }
-        int i = rank(s, nd->c_e, nd->c_n, p, key, klen, 1, &bad);
+        int i = rank(s, nd->c_e, nd->c_n, node_prefix(nd, key, klen), key, klen, 1, &bad);
         if (bad) { *err = KVSHM_E_CORRUPT; return 0; }
         off = nd->c_child + (uint64_t)i * KVSHM_NODE_BYTES;
         /* Start the child's misses now, all at once: the whole node (its
@@ -107,6 +122,7 @@ uint64_t kvshm_tree_find(const kvshm_seg *s, uint64_t root, uint32_t height,
     const struct kvshm_node *lf = node_at(s, off, 0);
     if (!lf) { *err = KVSHM_E_CORRUPT; return 0; }
     int n = lf->c_n;
+    uint64_t p = node_prefix(lf, key, klen);
     /* Branch-free rank of the first prefix >= p (no mispredict on where the
      * key sits), then full-key compares only across equal prefixes. */
     int j = count_less(lf->c_e, n, p);
@@ -133,13 +149,12 @@ uint64_t kvshm_tree_seek(const kvshm_seg *s, uint64_t root, uint32_t height,
     if (height > KVSHM_TREE_MAXH) { *err = KVSHM_E_CORRUPT; return 0; }
     const struct kvshm_node *path[KVSHM_TREE_MAXH];
     int idx[KVSHM_TREE_MAXH];
-    uint64_t p = klen ? kvshm_key_prefix(key, klen) : 0;
     int bad = 0;
     uint64_t off = root;
     for (int lvl = (int)height - 1; lvl >= 0; lvl--) {
         const struct kvshm_node *nd = node_at(s, off, (unsigned)lvl);
         if (!nd) { *err = KVSHM_E_CORRUPT; return 0; }
-        int i = klen ? rank(s, nd->c_e, nd->c_n, p, key, klen,
+        int i = klen ? rank(s, nd->c_e, nd->c_n, node_prefix(nd, key, klen), key, klen,
                             lvl > 0 ? 1 : after, &bad) : 0;
         if (bad) { *err = KVSHM_E_CORRUPT; return 0; }
         path[lvl] = nd;
@@ -223,8 +238,12 @@ static wnode *materialize(bctx *c, wref *r, int level)
     wnode *w = wnew(c, level);
     if (!w) return NULL;
     w->n = nd->c_n;
-    for (int j = 0; j < CAP; j++) {
-        w->prefix[j] = nd->c_e[j].e_prefix;
+    /* working nodes keep the prefix of the first 8 key bytes (no skip: keys
+     * move between nodes); write_node stores them after the node's skip */
+    for (int j = 0; j < w->n; j++) {
+        const struct kvshm_rec *kr = kvshm_rec_at(c->s, nd->c_e[j].e_ref);
+        if (!kr) { c->err = KVSHM_E_CORRUPT; return NULL; }
+        w->prefix[j] = kvshm_key_prefix(kvshm_rec_key(kr), kr->r_klen);
         w->ref[j] = nd->c_e[j].e_ref;
     }
     if (level > 0) {
@@ -445,13 +464,22 @@ static void w_delete(bctx *c, wnode *x, const kvshm_tree_op *op)
     if (k->n < MINK) rebalance(c, x, i);
 }
 
-/* Write working node w into dst (256 bytes), allocating its child group. */
-static void write_node(bctx *c, const wnode *w, struct kvshm_node *dst)
+/* Write working node w into dst (512 bytes), allocating its child group.
+ * lo/hi: its fence keys (NULL: unbounded), which fix its skip. */
+static void write_node(bctx *c, const wnode *w, struct kvshm_node *dst, const uint8_t *lo,
+                       uint32_t lolen, const uint8_t *hi, uint32_t hilen)
 {
     memset(dst, 0, sizeof *dst);
     dst->c_n = (uint16_t)w->n;
     dst->c_level = (uint8_t)w->level;
-    for (int i = 0; i < w->n; i++) dst->c_e[i] = (struct kvshm_entry){ w->prefix[i], w->ref[i] };
+    uint32_t sk = lo && hi ? lcp(lo, lolen, hi, hilen) : 0;
+    dst->c_skip = (uint16_t)(sk > UINT16_MAX ? UINT16_MAX : sk);
+    const struct kvshm_rec *kr[CAP];
+    for (int i = 0; i < w->n; i++) {
+        if (!(kr[i] = kvshm_rec_at(c->s, w->ref[i]))) { c->err = KVSHM_E_CORRUPT; return; }
+        dst->c_e[i] = (struct kvshm_entry){
+            node_prefix(dst, kvshm_rec_key(kr[i]), kr[i]->r_klen), w->ref[i] };
+    }
     for (int i = w->n; i < CAP; i++) dst->c_e[i].e_prefix = UINT64_MAX;  /* see count_less */
     if (w->level == 0) return;
     uint64_t gbytes = (uint64_t)(w->n + 1) * KVSHM_NODE_BYTES, g;
@@ -465,8 +493,15 @@ static void write_node(bctx *c, const wnode *w, struct kvshm_node *dst)
     for (int i = 0; i <= w->n && !c->err; i++) {
         struct kvshm_node *kd = (struct kvshm_node *)(gp + (size_t)i * KVSHM_NODE_BYTES);
         if (w->kid[i].m) {
-            write_node(c, w->kid[i].m, kd);
+            /* child i lies between separators i-1 and i */
+            const uint8_t *clo = i > 0 ? kvshm_rec_key(kr[i - 1]) : lo;
+            const uint8_t *chi = i < w->n ? kvshm_rec_key(kr[i]) : hi;
+            uint32_t cll = i > 0 ? kr[i - 1]->r_klen : lolen;
+            uint32_t chl = i < w->n ? kr[i]->r_klen : hilen;
+            write_node(c, w->kid[i].m, kd, clo, cll, chi, chl);
         } else {
+            /* untouched: its fences did not change (every separator change
+             * materialises the children on both sides of it) */
             const void *src = kvshm_at(c->s, w->kid[i].off, KVSHM_NODE_BYTES);
             if (!src) { c->err = KVSHM_E_CORRUPT; return; }
             memcpy(kd, src, KVSHM_NODE_BYTES);
@@ -545,7 +580,7 @@ kvshm_status kvshm_tree_apply(kvshm_blocks *b, uint64_t epoch, kvshm_tree *t,
     if (!c.err && root.m) {
         if (!(c.err = kvshm_blocks_alloc_inner(b, KVSHM_NODE_BYTES, &new_root))) {
             sv_push(&c, &c.allocs, new_root, KVSHM_NODE_BYTES);
-            write_node(&c, root.m, kvshm_at(c.s, new_root, KVSHM_NODE_BYTES));
+            write_node(&c, root.m, kvshm_at(c.s, new_root, KVSHM_NODE_BYTES), NULL, 0, NULL, 0);
         }
     } else if (!c.err) {
         new_root = root.off;  /* emptied, or untouched */
@@ -612,13 +647,15 @@ static kvshm_status check_rec(const kvshm_seg *s, uint64_t off, int level, int i
     if (!nd) return KVSHM_E_CORRUPT;
     int n = nd->c_n;
     if (!is_root && n < MINK) return KVSHM_E_CORRUPT;
+    /* the skip is exactly the fences' common prefix */
+    if (nd->c_skip != (lo && hi ? lcp(lo, lolen, hi, hilen) : 0)) return KVSHM_E_CORRUPT;
     if (is_root && level > 0 && n < 1) return KVSHM_E_CORRUPT;
     const void *pk = lo; uint32_t pl = lolen;
     for (int j = 0; j < n; j++) {
         const struct kvshm_rec *r = kvshm_rec_at(s, nd->c_e[j].e_ref);
         if (!r) return KVSHM_E_CORRUPT;
         const void *k = kvshm_rec_key(r);
-        if (kvshm_key_prefix(k, r->r_klen) != nd->c_e[j].e_prefix) return KVSHM_E_CORRUPT;
+        if (node_prefix(nd, k, r->r_klen) != nd->c_e[j].e_prefix) return KVSHM_E_CORRUPT;
         if (pk) {
             int c = kvshm_key_cmp(pk, pl, k, r->r_klen);
             if (c > 0 || (c == 0 && (j > 0 || level > 0))) return KVSHM_E_CORRUPT;

@@ -63,6 +63,7 @@ uint64_t kvshmi_layout_hash(void)
         sizeof(struct kvshm_rec), sizeof(struct kvshm_mthdr), KVSHM_MT_HEAD,
         KVSHM_MT_FIRST, KVSHM_MT_MAXH, KVSHM_NODE_BYTES, KVSHM_NODE_KEYS,
         offsetof(struct kvshm_node, c_e), sizeof(struct kvshm_entry),
+        offsetof(struct kvshm_node, c_skip),
         sizeof(struct kvshm_slothdr), sizeof(struct kvshm_slot), KVSHM_SLOTS_OFF,
         offsetof(struct kvshm_slot, sl_gen), KVSHM_MAX_KEY, KVSHM_STRIPE_OFF, KVSHM_STRIPES,
     };

@@ -58,11 +58,18 @@ static void model_del(const uint8_t *k, uint32_t kl)
     MN--;
 }
 
-/* Key shapes: 0 = "key:%08u" (12 bytes, all tie on the 8-byte prefix),
- * 1 = 16 random-looking bytes, 2 = short (1..6 bytes). */
+/* Key shapes: 0 = "key:%08u" (12 bytes, tying on their first 8 bytes but for skips),
+ * 1 = 16 random-looking bytes, 2 = short (1..6 bytes), 3 = "user/profile/%u"
+ * (14..19 bytes: a 13-byte shared prefix, then digits of varying length). */
 static uint32_t mk(uint8_t *k, uint32_t id, int shape)
 {
     if (shape == 0) { char t[24]; snprintf(t, sizeof t, "key:%08u", id); memcpy(k, t, 12); return 12; }
+    if (shape == 3) {   /* a long shared prefix and variable lengths: node skips */
+        char t[24];
+        int l = snprintf(t, sizeof t, "user/profile/%u", id * 7919u % 100003u);
+        memcpy(k, t, (size_t)l);
+        return (uint32_t)l;
+    }
     uint64_t s = id, a = shmt_rand(&s), b = shmt_rand(&s);
     if (shape == 1) { memcpy(k, &a, 8); memcpy(k + 8, &b, 8); return 16; }
     uint32_t l = 1 + id % 6; memcpy(k, &a, l); return l;
@@ -202,7 +209,7 @@ Test(shm_csbtree, empty_and_one_key_trees)
 
 Test(shm_csbtree, ascending_inserts_split_then_deletes_merge_to_empty)
 {
-    for (int shape = 0; shape < 3; shape++) {
+    for (int shape = 0; shape < 4; shape++) {
         reset_model();
         uint64_t seq = 0;
         uint32_t N = shape == 2 ? 2000 : 6000;   /* short keys collide: fewer ids */
@@ -233,7 +240,7 @@ Test(shm_csbtree, ascending_inserts_split_then_deletes_merge_to_empty)
 
 Test(shm_csbtree, random_batches_match_model)
 {
-    for (int shape = 0; shape < 3; shape++) {
+    for (int shape = 0; shape < 4; shape++) {
         reset_model();
         uint64_t seq = 0, seed = 1234 + (uint64_t)shape;
         uint32_t ids[400]; int ins[400];

@@ -253,7 +253,8 @@ _Static_assert(sizeof(struct kvshm_mthdr) == 64, "mthdr size");
  * memory", SIGMOD 2000): 512 bytes = 8 cache lines, 64-byte aligned. The
  * children of an internal node sit in one contiguous group of (n+1) nodes, so
  * a node stores one child offset. Then 30 entries of (key prefix, offset):
- * the prefix is the first 8 key bytes as a big-endian u64, the offset is the
+ * the prefix is the 8 key bytes after `skip` (below) as a big-endian u64,
+ * zero padded; the offset is the
  * key's value record (leaf) or its separator key record (internal; read only
  * when a prefix ties). Prefix and offset share a line, so the line where a
  * leaf search ends also holds the record offset it needs next.
@@ -270,6 +271,14 @@ _Static_assert(sizeof(struct kvshm_mthdr) == 64, "mthdr size");
  *   0 n        keys in use (0..KVSHM_NODE_KEYS)
  *   2 level    0 for a leaf
  *   3 pad
+ *   4 skip     bytes every key routed to this node shares (prefix
+ *              truncation, Bayer and Unterauer, "Prefix B-trees", TODS 1977):
+ *              the longest common prefix of the node's two fence keys (the
+ *              separators around it in its parent, 0 when either side is
+ *              unbounded). Any key k with lo <= k < hi starts with those
+ *              bytes, so prefixes are taken after them: keys such as
+ *              "user:000123" no longer tie on their first 8 bytes
+ *   6 pad
  *   8 child    internal: offset of the child group; leaf: 0
  *  16 e[30]    {prefix, ref}: 16 bytes each; unused entries (n..29) have
  *              prefix UINT64_MAX, so readers search all 30 without a branch
@@ -281,7 +290,9 @@ _Static_assert(sizeof(struct kvshm_mthdr) == 64, "mthdr size");
 struct kvshm_node {
     uint16_t c_n;
     uint8_t  c_level;
-    uint8_t  c_pad[5];
+    uint8_t  c_pad0;
+    uint16_t c_skip;
+    uint8_t  c_pad[2];
     uint64_t c_child;
     struct kvshm_entry {
         uint64_t e_prefix;
@@ -290,6 +301,7 @@ struct kvshm_node {
     uint64_t c_reserved[2];
 };
 _Static_assert(offsetof(struct kvshm_node, c_level) == 2, "node layout");
+_Static_assert(offsetof(struct kvshm_node, c_skip) == 4, "node layout");
 _Static_assert(offsetof(struct kvshm_node, c_child) == 8, "node layout");
 _Static_assert(offsetof(struct kvshm_node, c_e) == 16, "node layout");
 _Static_assert(sizeof(struct kvshm_entry) == 16, "node layout");
