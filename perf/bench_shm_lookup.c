@@ -14,9 +14,11 @@
  * 2 processes: the sum of both processes' rates) and the ratio to LMDB in
  * the same process count. Keys are uniformly random lookups over all keys.
  *
- * usage: bench_shm_lookup [keys] [lookups-per-process] [runs] [mask]
+ * usage: bench_shm_lookup [keys] [lookups-per-process] [runs] [mask] [keys-style]
  * (mask: structures to run, bit 0 CSB+tree, 1 memtable, 2 LMDB, 3 hash;
- * default 15 = all; for profiling one structure alone)
+ * default 15 = all; for profiling one structure alone. keys-style: "random"
+ * (default, two mixed 64-bit words) or "decimal": "key-%012u" of the key
+ * index, keys that share their first 8+ bytes as real key sets do)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,6 +43,7 @@ static uint64_t NKEYS = 1000000, NLOOK = 2000000;
 static int RUNS = 5;
 static unsigned MASK = 15;  /* structures to run (bit per enum value) */
 static uint8_t *KEYS;      /* NKEYS * KLEN */
+static int DECIMAL;        /* key style "decimal" */
 
 static double now(void)
 {
@@ -62,6 +65,11 @@ static uint64_t mix(uint64_t x)
  * no cache miss of its own on top of the structure's. */
 static inline void make_key(uint8_t *k, uint64_t i)
 {
+    if (DECIMAL) {   /* "key-" + 12 digits, no terminator: 16 bytes */
+        memcpy(k, "key-", 4);
+        for (int d = 15; d >= 4; d--, i /= 10) k[d] = (uint8_t)('0' + i % 10);
+        return;
+    }
     uint64_t a = mix(i * 2 + 1), b = mix(i * 2 + 2);
     memcpy(k, &a, 8);
     memcpy(k + 8, &b, 8);
@@ -299,6 +307,7 @@ int main(int argc, char **argv)
     if (argc > 2) NLOOK = strtoull(argv[2], NULL, 10);
     if (argc > 3) RUNS = atoi(argv[3]);
     if (argc > 4) MASK = (unsigned)strtoul(argv[4], NULL, 0);
+    if (argc > 5) DECIMAL = !strcmp(argv[5], "decimal");
     if (RUNS < 1 || RUNS > 99 || NKEYS < 1000 || NKEYS > (1u << 20)) {
         fprintf(stderr, "usage: bench_shm_lookup [keys<=1048576] [lookups] [runs]\n");
         return 2;
@@ -342,8 +351,8 @@ int main(int argc, char **argv)
     }
     struct utsname u;
     uname(&u);
-    printf("hot point lookups, %lu keys (16 B keys, 100 B values copied out), %lu lookups per process, median of %d runs\n",
-           (unsigned long)NKEYS, (unsigned long)NLOOK, RUNS);
+    printf("hot point lookups, %lu keys (16 B %s keys, 100 B values copied out), %lu lookups per process, median of %d runs\n",
+           (unsigned long)NKEYS, DECIMAL ? "\"key-%012u\"" : "random", (unsigned long)NLOOK, RUNS);
     printf("machine: %s, %ld cores online, Linux %s\n\n", cpu, sysconf(_SC_NPROCESSORS_ONLN), u.release);
     printf("| structure | 1 process ops/s | vs LMDB | 2 processes ops/s | vs LMDB |\n");
     printf("|---|---:|---:|---:|---:|\n");
