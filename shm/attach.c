@@ -99,24 +99,6 @@ typedef struct reg_info {
     char segment[96], slots[96], socket[96], table[136], state[16];
 } reg_info;
 
-static int field(const char *text, const char *name, char *out, size_t cap)
-{
-    size_t n = strlen(name);
-    for (const char *p = text; p && *p;) {
-        if (!strncmp(p, name, n) && p[n] == '=') {
-            const char *v = p + n + 1, *e = strchr(v, '\n');
-            size_t len = e ? (size_t)(e - v) : strlen(v);
-            if (len >= cap) return -1;
-            memcpy(out, v, len);
-            out[len] = 0;
-            return 0;
-        }
-        p = strchr(p, '\n');
-        if (p) p++;
-    }
-    return -1;
-}
-
 /* 1 and *ri filled if a live writer holds the registry and says ready. */
 static int registry_read(const char *reg_path, reg_info *ri)
 {
@@ -130,13 +112,14 @@ static int registry_read(const char *reg_path, reg_info *ri)
         if (n > 0) {
             text[n] = 0;
             snprintf(want, sizeof want, "%016" PRIx64, kvshm_layout_hash());
-            if (!field(text, "generation", gen, sizeof gen) &&
-                !field(text, "layout", layout, sizeof layout) && !strcmp(layout, want) &&
-                !field(text, "segment", ri->segment, sizeof ri->segment) &&
-                !field(text, "slots", ri->slots, sizeof ri->slots) &&
-                !field(text, "socket", ri->socket, sizeof ri->socket) &&
-                !field(text, "table", ri->table, sizeof ri->table) &&
-                !field(text, "state", ri->state, sizeof ri->state) &&
+            if (!kvshm_registry_field(text, "generation", gen, sizeof gen) &&
+                !kvshm_registry_field(text, "layout", layout, sizeof layout) &&
+                !strcmp(layout, want) &&
+                !kvshm_registry_field(text, "segment", ri->segment, sizeof ri->segment) &&
+                !kvshm_registry_field(text, "slots", ri->slots, sizeof ri->slots) &&
+                !kvshm_registry_field(text, "socket", ri->socket, sizeof ri->socket) &&
+                !kvshm_registry_field(text, "table", ri->table, sizeof ri->table) &&
+                !kvshm_registry_field(text, "state", ri->state, sizeof ri->state) &&
                 !strcmp(ri->state, "ready")) {
                 ri->generation = strtoull(gen, NULL, 10);
                 served = 1;

@@ -45,25 +45,6 @@ void wr_log(const char *fmt, ...)
     fputc('\n', stderr);
 }
 
-/* Value of `name=` in the registry text, copied into out; 0 if found. */
-static int reg_field(const char *text, const char *name, char *out, size_t cap)
-{
-    size_t n = strlen(name);
-    for (const char *p = text; p && *p; ) {
-        if (!strncmp(p, name, n) && p[n] == '=') {
-            const char *v = p + n + 1, *e = strchr(v, '\n');
-            size_t len = e ? (size_t)(e - v) : strlen(v);
-            if (len >= cap) return -1;
-            memcpy(out, v, len);
-            out[len] = 0;
-            return 0;
-        }
-        p = strchr(p, '\n');
-        if (p) p++;
-    }
-    return -1;
-}
-
 int wr_registry_lock(wr_state *ws)
 {
     /* The database must exist for realpath; the batch backend creates it. */
@@ -224,10 +205,11 @@ int wr_recover(wr_state *ws)
     ssize_t n = pread(ws->reg_fd, text, sizeof text - 1, 0);
     if (n > 0) text[n] = 0;
     uint64_t old_gen = 0;
-    if (!reg_field(text, "generation", gen, sizeof gen)) old_gen = strtoull(gen, NULL, 10);
-    reg_field(text, "segment", seg, sizeof seg);
-    reg_field(text, "slots", slots, sizeof slots);
-    reg_field(text, "state", state, sizeof state);
+    if (!kvshm_registry_field(text, "generation", gen, sizeof gen))
+        old_gen = strtoull(gen, NULL, 10);
+    kvshm_registry_field(text, "segment", seg, sizeof seg);
+    kvshm_registry_field(text, "slots", slots, sizeof slots);
+    kvshm_registry_field(text, "state", state, sizeof state);
     ws->generation = old_gen + 1;
 
     uint64_t committed = 0;

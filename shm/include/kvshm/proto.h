@@ -43,9 +43,15 @@
 #ifndef KVSHM_PROTO_H
 #define KVSHM_PROTO_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define KVSHM_REGISTRY_SUFFIX "-kvault"
+
+/* Copy the value of line `name=value` of registry text `text` (NUL
+ * terminated) into out (cap bytes, NUL terminated). Returns 0, or -1 when
+ * the name is absent or the value does not fit. Any process; pure. */
+int kvshm_registry_field(const char *text, const char *name, char *out, size_t cap);
 #define KVSHM_PROTO_MAGIC 0x4b565031u /* "KVP1" */
 
 /* ring record types */
