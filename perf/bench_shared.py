@@ -14,7 +14,6 @@ median of --repeat runs of --seconds each; ops/s summed over the processes.
 docs/performance.md with the table.
 """
 import argparse
-import glob
 import multiprocessing as mp
 import os
 import shutil
@@ -32,21 +31,12 @@ VALUE = b"v" * 100
 
 
 def writer_binary():
-    env = os.environ.get("KVAULT_WRITER")
-    if env:
-        return env
-    import kohakuvault  # the writer built beside the imported package, if any
+    from kohakuvault._writer import writer_binary as find
 
-    beside = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(kohakuvault.__file__)))), "workers", "kvault-writer")
-    if os.path.exists(beside):
-        return beside
-    cands = sorted(glob.glob(os.path.join(ROOT, "build", "*", "workers", "kvault-writer")),
-                   key=os.path.getmtime, reverse=True)
-    if not cands:
+    path = find(ROOT)
+    if not path:
         sys.exit("kvault-writer not built")
-    return cands[0]
-
+    return path
 
 # ---- per-system openers (run inside the worker process) -------------------
 

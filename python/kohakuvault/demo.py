@@ -386,12 +386,12 @@ def _writer_env():
     """Environment for the launcher: the writer of the same build as this
     package when running from a build tree (``<build>/workers``) and no
     ``KVAULT_WRITER`` is set."""
+    from ._writer import writer_binary
+
     env = dict(os.environ)
-    if "KVAULT_WRITER" not in env:
-        here = os.path.dirname(os.path.abspath(__file__))
-        cand = os.path.normpath(os.path.join(here, "..", "..", "workers", "kvault-writer"))
-        if os.access(cand, os.X_OK):
-            env["KVAULT_WRITER"] = cand
+    writer = writer_binary()
+    if writer:
+        env["KVAULT_WRITER"] = writer
     return env
 
 

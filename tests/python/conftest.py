@@ -63,23 +63,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _writer_binary():
-    import glob
+    """The writer to serve db_path with (kohakuvault._writer.writer_binary)."""
     import os
 
-    env = os.environ.get("KVAULT_WRITER")
-    if env:
-        return env
-    import kohakuvault  # the writer built beside the imported package, if any
+    from kohakuvault._writer import writer_binary
 
-    beside = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(kohakuvault.__file__)))), "workers", "kvault-writer")
-    if os.path.exists(beside):
-        return beside
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    cands = sorted(glob.glob(os.path.join(root, "build", "*", "workers", "kvault-writer")),
-                   key=os.path.getmtime, reverse=True)
-    return cands[0] if cands else None
-
+    return writer_binary(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 @pytest.fixture
 def shared_mode(request):

@@ -5,7 +5,6 @@ by scripts/kvault-launch, four attached worker processes) and embedded.
 Each run is a real process tree; the read phase is kept short (1 s).
 """
 
-import glob
 import hashlib
 import os
 import random
@@ -16,32 +15,15 @@ import sys
 
 import pytest
 
-import kohakuvault
 from kohakuvault import ColumnVault, KVault, _kvault
+from kohakuvault._writer import writer_binary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAUNCHER = os.path.join(ROOT, "scripts", "kvault-launch")
 NFILES = 300  # regular files in the generated folder, the big one included
 
 
-def _writer_binary():
-    """The writer of the build this kohakuvault comes from: $KVAULT_WRITER,
-    the package's build tree (build/<name>/python/kohakuvault), build/release
-    (what scripts/test installs into .venv), else the newest build."""
-    env = os.environ.get("KVAULT_WRITER")
-    if env:
-        return env
-    pkg = os.path.dirname(os.path.abspath(kohakuvault.__file__))
-    for cand in (os.path.join(pkg, "..", "..", "workers", "kvault-writer"),
-                 os.path.join(ROOT, "build", "release", "workers", "kvault-writer")):
-        if os.access(cand, os.X_OK):
-            return os.path.normpath(cand)
-    cands = sorted(glob.glob(os.path.join(ROOT, "build", "*", "workers", "kvault-writer")),
-                   key=os.path.getmtime, reverse=True)
-    return cands[0] if cands else None
-
-
-WRITER = _writer_binary()
+WRITER = writer_binary(ROOT)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ Every test starts its own writer on a unique temp database and kills it in
 """
 
 import contextlib
-import glob
 import multiprocessing as mp
 import os
 import signal
@@ -17,6 +16,7 @@ import time
 import pytest
 
 from kohakuvault import KVault
+from kohakuvault._writer import writer_binary
 from kohakuvault.errors import KohakuVaultError
 
 from conftest import die_with_parent
@@ -24,22 +24,7 @@ from conftest import die_with_parent
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _writer_binary():
-    env = os.environ.get("KVAULT_WRITER")
-    if env:
-        return env
-    import kohakuvault  # the writer built beside the imported package, if any
-
-    beside = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(kohakuvault.__file__)))), "workers", "kvault-writer")
-    if os.path.exists(beside):
-        return beside
-    cands = sorted(glob.glob(os.path.join(ROOT, "build", "*", "workers", "kvault-writer")),
-                   key=os.path.getmtime, reverse=True)
-    return cands[0] if cands else None
-
-
-WRITER = _writer_binary()
+WRITER = writer_binary(ROOT)
 pytestmark = pytest.mark.skipif(WRITER is None, reason="kvault-writer is not built")
 
 
