@@ -189,6 +189,9 @@ kv_status kvi_parts_ensure(kv_db *db);
  *  is the sum of their lengths. */
 kv_status kvi_parts_list(kv_db *db, const void *key, size_t klen, size_t *n,
                          uint64_t *total);
+/** Upsert one row key → val of the table with the prepared put statement
+ *  (no large-value or read-cache handling: kvi_put_direct does those). */
+kv_status kvi_put_row(kv_db *db, const void *key, size_t klen, const void *val, size_t vlen);
 /** Store key → val as a large value (main row '' plus parts), inside the
  *  caller's transaction if one is open, else in its own IMMEDIATE one. */
 kv_status kvi_put_large(kv_db *db, const void *key, size_t klen,

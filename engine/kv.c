@@ -433,6 +433,11 @@ kv_status kvi_put_direct(kv_db *db, const void *key, size_t klen,
     kvi_rcache_invalidate(db->rcache);
     if (kvi_value_is_large(db, klen, vlen))
         return kvi_put_large(db, key, klen, val, vlen);
+    return kvi_put_row(db, key, klen, val, vlen);
+}
+
+kv_status kvi_put_row(kv_db *db, const void *key, size_t klen, const void *val, size_t vlen)
+{
     sqlite3_stmt *s = db->st_put;
     bind_blob(s, 1, key, klen);
     bind_blob(s, 2, val, vlen);

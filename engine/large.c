@@ -160,15 +160,7 @@ kv_status kvi_parts_list(kv_db *db, const void *key, size_t klen, size_t *n,
 /* Upsert the main row with an empty value (its trigger drops old parts). */
 static kv_status put_main_empty(kv_db *db, const void *key, size_t klen)
 {
-    sqlite3_stmt *s = db->st_put;
-    sqlite3_bind_blob64(s, 1, klen ? key : empty_blob, klen, SQLITE_STATIC);
-    sqlite3_bind_blob64(s, 2, empty_blob, 0, SQLITE_STATIC);
-    int rc = sqlite3_step(s);
-    sqlite3_reset(s);
-    sqlite3_clear_bindings(s);
-    if (rc != SQLITE_DONE)
-        return kvi_err_sqlite(&db->err, db->db, rc, "put");
-    return KV_OK;
+    return kvi_put_row(db, key, klen, NULL, 0);
 }
 
 kv_status kvi_put_large(kv_db *db, const void *key, size_t klen,
