@@ -236,15 +236,6 @@ kvshm_status kvshm_rec_new(kvshm_blocks *b, const void *key, uint32_t klen,
     return KVSHM_OK;
 }
 
-const struct kvshm_rec *kvshm_rec_at(const kvshm_seg *s, uint64_t off)
-{
-    const struct kvshm_rec *r = kvshm_at(s, off, KVSHM_REC_HDR);
-    if (!r) return NULL;
-    uint32_t kl = r->r_klen, vl = r->r_vlen;
-    if (!kvshm_at(s, off, kvshm_rec_bytes(kl, vl))) return NULL;
-    return r;
-}
-
 uint64_t kvshm_rec_block_bytes(const kvshm_seg *s, uint64_t off)
 {
     const struct kvshm_rec *r = kvshm_rec_at(s, off);
@@ -264,7 +255,7 @@ kvshm_status kvshm_rec_read(const kvshm_seg *s, uint64_t off, const void *key,
     if (kl != klen || !kvshm_at(s, off, kvshm_rec_bytes(kl, vl)))
         return KVSHM_E_CORRUPT;
     const uint8_t *p = (const uint8_t *)r + KVSHM_REC_HDR;
-    if (memcmp(p, key, klen) != 0) return KVSHM_E_CORRUPT;
+    if (!kvshm_key_eq(p, key, klen)) return KVSHM_E_CORRUPT;
     out->seq = seqt >> 1;
     out->len = vl;
     if (seqt & 1) {

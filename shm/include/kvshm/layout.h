@@ -398,13 +398,39 @@ static inline uint64_t kvshm_key_prefix(const void *key, uint32_t klen)
     return __builtin_bswap64(v);
 }
 
-/* memcmp order, shorter key first on a common prefix. */
+/* memcmp order, shorter key first on a common prefix. Compares 8 bytes at a
+ * time inline (keys are short; a libc memcmp call costs more than the
+ * compare itself on the lookup path). */
 static inline int kvshm_key_cmp(const void *a, uint32_t alen, const void *b, uint32_t blen)
 {
-    uint32_t m = alen < blen ? alen : blen;
-    int c = memcmp(a, b, m);
-    if (c) return c;
+    const uint8_t *x = a, *y = b;
+    uint32_t m = alen < blen ? alen : blen, i = 0;
+    for (; i + 8 <= m; i += 8) {
+        uint64_t u, v;
+        memcpy(&u, x + i, 8);
+        memcpy(&v, y + i, 8);
+        if (u != v) return __builtin_bswap64(u) < __builtin_bswap64(v) ? -1 : 1;
+    }
+    for (; i < m; i++)
+        if (x[i] != y[i]) return x[i] < y[i] ? -1 : 1;
     return (alen > blen) - (alen < blen);
+}
+
+/* Do the len bytes at a and b match? (kvshm_key_cmp's word loop, equality
+ * only.) */
+static inline int kvshm_key_eq(const void *a, const void *b, uint32_t len)
+{
+    const uint8_t *x = a, *y = b;
+    uint64_t d = 0;
+    uint32_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t u, v;
+        memcpy(&u, x + i, 8);
+        memcpy(&v, y + i, 8);
+        d |= u ^ v;
+    }
+    for (; i < len; i++) d |= (uint64_t)(x[i] ^ y[i]);
+    return d == 0;
 }
 
 /* Layout fingerprint: xxh3 of the version and every offset/size above. */

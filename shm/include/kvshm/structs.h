@@ -103,8 +103,13 @@ kvshm_status kvshm_rec_new(kvshm_blocks *b, const void *key, uint32_t klen,
 /* Block size of the record at off (for retiring it). Writer only. */
 uint64_t kvshm_rec_block_bytes(const kvshm_seg *s, uint64_t off);
 /* Map a record: checks that header, key and value lie inside the segment.
- * Returns NULL if not. Any reader. */
-const struct kvshm_rec *kvshm_rec_at(const kvshm_seg *s, uint64_t off);
+ * Returns NULL if not. Any reader. Inline: every lookup's last step. */
+static inline const struct kvshm_rec *kvshm_rec_at(const kvshm_seg *s, uint64_t off)
+{
+    const struct kvshm_rec *r = kvshm_at(s, off, KVSHM_REC_HDR);
+    if (!r || !kvshm_at(s, off, kvshm_rec_bytes(r->r_klen, r->r_vlen))) return NULL;
+    return r;
+}
 static inline const uint8_t *kvshm_rec_key(const struct kvshm_rec *r)
 { return (const uint8_t *)r + KVSHM_REC_HDR; }
 static inline const uint8_t *kvshm_rec_val(const struct kvshm_rec *r)
