@@ -50,14 +50,13 @@ static inline int ref_cmp(const kvshm_seg *s, uint64_t ref, const void *key,
  * reader past its keys. */
 static inline int count_less(const struct kvshm_entry *e, int n, uint64_t p)
 {
+    _Static_assert(CAP == 30, "count_less's steps are unrolled for 30 slots");
     const struct kvshm_entry *b = e;
-    unsigned len = CAP;
-#pragma GCC unroll 8
-    while (len > 1) {            /* CAP is a constant: fully unrolled */
-        unsigned half = len / 2;
-        b = b[half].e_prefix < p ? b + half : b;
-        len -= half;
-    }
+    b = b[15].e_prefix < p ? b + 15 : b;   /* 30 candidates -> 15 */
+    b = b[7].e_prefix < p ? b + 7 : b;     /* -> 8 */
+    b = b[4].e_prefix < p ? b + 4 : b;     /* -> 4 */
+    b = b[2].e_prefix < p ? b + 2 : b;     /* -> 2 */
+    b = b[1].e_prefix < p ? b + 1 : b;     /* -> 1 */
     int i = (int)(b - e) + (b->e_prefix < p);
     return i < n ? i : n;
 }
@@ -102,44 +101,131 @@ static inline const struct kvshm_node *node_at(const kvshm_seg *s, uint64_t off,
     return nd;
 }
 
-uint64_t kvshm_tree_find(const kvshm_seg *s, uint64_t root, uint32_t height,
-                         const void *key, uint32_t klen, kvshm_status *err)
+/* Start the misses of a whole node at off now, all at once (its
+ * prefix/offset pairs span all of its lines). */
+static inline void prefetch_node(const kvshm_seg *s, uint64_t off)
 {
-    if (!root || !height) return 0;
-    if (height > KVSHM_TREE_MAXH) { *err = KVSHM_E_CORRUPT; return 0; }
+    const uint8_t *pf = s->base + (off < s->size ? off : 0);
+    for (unsigned q = 0; q < KVSHM_NODE_BYTES / 64; q++) __builtin_prefetch(pf + 64 * q);
+}
+
+/* One internal level of a point lookup: the child of the level-lvl node at
+ * off that covers key, prefetched. 0 with *err set on a bounds failure. */
+static inline uint64_t inner_step(const kvshm_seg *s, uint64_t off, unsigned lvl,
+                                  const void *key, uint32_t klen, kvshm_status *err)
+{
     int bad = 0;
-    uint64_t off = root;
-    for (unsigned lvl = height - 1; lvl > 0; lvl--) {
-        const struct kvshm_node *nd = node_at(s, off, lvl);
-        if (!nd) { *err = KVSHM_E_CORRUPT; return 0; }
-        int i = rank(s, nd->c_e, nd->c_n, node_prefix(nd, key, klen), key, klen, 1, &bad);
-        if (bad) { *err = KVSHM_E_CORRUPT; return 0; }
-        off = nd->c_child + (uint64_t)i * KVSHM_NODE_BYTES;
-        /* Start the child's misses now, all at once: the whole node (its
-         * prefix/offset pairs span all of its lines). */
-        const uint8_t *pf = s->base + (off < s->size ? off : 0);
-        for (unsigned q = 0; q < KVSHM_NODE_BYTES / 64; q++) __builtin_prefetch(pf + 64 * q);
+    const struct kvshm_node *nd = node_at(s, off, lvl);
+    if (!nd) { *err = KVSHM_E_CORRUPT; return 0; }
+    int i = rank(s, nd->c_e, nd->c_n, node_prefix(nd, key, klen), key, klen, 1, &bad);
+    if (bad) { *err = KVSHM_E_CORRUPT; return 0; }
+    off = nd->c_child + (uint64_t)i * KVSHM_NODE_BYTES;
+    prefetch_node(s, off);
+    return off;
+}
+
+static inline void prefetch_rec(const kvshm_seg *s, uint64_t ro)
+{
+    if (ro < s->size - 192) {
+        __builtin_prefetch(s->base + ro);
+        __builtin_prefetch(s->base + ro + 64);
+        __builtin_prefetch(s->base + ro + 128);
     }
+}
+
+/* The leaf step, first half: position *j of key's prefix in the leaf at off
+ * (branch-free rank of the first prefix >= it: no mispredict on where the
+ * key sits) and the record of that entry prefetched when the prefix is
+ * equal. Returns the leaf, NULL with *err set on a bounds failure. */
+static inline const struct kvshm_node *leaf_seek(const kvshm_seg *s, uint64_t off,
+                                                 const void *key, uint32_t klen,
+                                                 uint64_t *p, int *j, kvshm_status *err)
+{
     const struct kvshm_node *lf = node_at(s, off, 0);
-    if (!lf) { *err = KVSHM_E_CORRUPT; return 0; }
-    int n = lf->c_n;
-    uint64_t p = node_prefix(lf, key, klen);
-    /* Branch-free rank of the first prefix >= p (no mispredict on where the
-     * key sits), then full-key compares only across equal prefixes. */
-    int j = count_less(lf->c_e, n, p);
-    for (; j < n && lf->c_e[j].e_prefix == p; j++) {
+    if (!lf) { *err = KVSHM_E_CORRUPT; return NULL; }
+    *p = node_prefix(lf, key, klen);
+    *j = count_less(lf->c_e, lf->c_n, *p);
+    if (*j < lf->c_n && lf->c_e[*j].e_prefix == *p) prefetch_rec(s, lf->c_e[*j].e_ref);
+    return lf;
+}
+
+/* Second half: full-key compares from entry j across the entries whose
+ * prefix equals p (this waits for their records). The record offset of
+ * key, 0 if absent. */
+static inline uint64_t leaf_match(const kvshm_seg *s, const struct kvshm_node *lf, int j,
+                                  uint64_t p, const void *key, uint32_t klen,
+                                  kvshm_status *err)
+{
+    int bad = 0;
+    for (int n = lf->c_n; j < n && lf->c_e[j].e_prefix == p; j++) {
         uint64_t ro = lf->c_e[j].e_ref;
-        if (ro < s->size - 192) {
-            __builtin_prefetch(s->base + ro);
-            __builtin_prefetch(s->base + ro + 64);
-            __builtin_prefetch(s->base + ro + 128);
-        }
+        prefetch_rec(s, ro);
         int c = ref_cmp(s, ro, key, klen, &bad);
         if (bad) { *err = KVSHM_E_CORRUPT; return 0; }
         if (c == 0) return ro;
         if (c > 0) break;
     }
     return 0;
+}
+
+uint64_t kvshm_tree_find(const kvshm_seg *s, uint64_t root, uint32_t height,
+                         const void *key, uint32_t klen, kvshm_status *err)
+{
+    if (!root || !height) return 0;
+    if (height > KVSHM_TREE_MAXH) { *err = KVSHM_E_CORRUPT; return 0; }
+    uint64_t off = root;
+    for (unsigned lvl = height - 1; lvl > 0; lvl--)
+        if (!(off = inner_step(s, off, lvl, key, klen, err))) return 0;
+    uint64_t p;
+    int j;
+    const struct kvshm_node *lf = leaf_seek(s, off, key, klen, &p, &j, err);
+    return lf ? leaf_match(s, lf, j, p, key, klen, err) : 0;
+}
+
+/*
+ * Group prefetching (Chen, Ailamaki, Gibbons and Mowry, "Improving hash join
+ * performance through prefetching", ICDE 2004, applied to tree descents):
+ * the probes advance one step per round -- an internal level, the leaf
+ * search, the full-key compare against the record -- so the miss a probe's
+ * step prefetches is in flight while the other probes take their steps.
+ */
+void kvshm_tree_find_many(const kvshm_seg *s, kvshm_tree_probe *p, size_t n)
+{
+    /* Per probe: the node to search next and the steps left. Steps left k:
+     * k >= 3 an internal node of level k - 2, 2 the leaf, 1 the compare. */
+    uint64_t off[KVSHM_FIND_GROUP], pre[KVSHM_FIND_GROUP];
+    const struct kvshm_node *lf[KVSHM_FIND_GROUP];
+    int at[KVSHM_FIND_GROUP];
+    uint32_t k[KVSHM_FIND_GROUP];
+    size_t left = 0;
+    for (size_t i = 0; i < n; i++) {
+        kvshm_tree_probe *q = &p[i];
+        q->rec = 0;
+        q->err = KVSHM_OK;
+        k[i] = 0;
+        if (!q->root || !q->height) continue;
+        if (q->height > KVSHM_TREE_MAXH || i >= KVSHM_FIND_GROUP) { q->err = KVSHM_E_CORRUPT; continue; }
+        k[i] = q->height + 1;
+        off[i] = q->root;
+        prefetch_node(s, q->root);
+        left++;
+    }
+    while (left) {
+        for (size_t i = 0; i < n; i++) {
+            if (!k[i]) continue;
+            kvshm_tree_probe *q = &p[i];
+            int more = 0;
+            if (k[i] >= 3)
+                more = (off[i] = inner_step(s, off[i], k[i] - 2, q->key, q->klen, &q->err)) != 0;
+            else if (k[i] == 2)
+                more = (lf[i] = leaf_seek(s, off[i], q->key, q->klen, &pre[i], &at[i], &q->err)) != NULL;
+            else
+                q->rec = leaf_match(s, lf[i], at[i], pre[i], q->key, q->klen, &q->err);
+            if (more) { k[i]--; continue; }
+            k[i] = 0;
+            left--;
+        }
+    }
 }
 
 uint64_t kvshm_tree_seek(const kvshm_seg *s, uint64_t root, uint32_t height,

@@ -284,23 +284,70 @@ static inline const struct kvshm_view *load_view(const kvshm_reader *r, uint32_t
     return kvshm_at(&r->seg, off, sizeof(struct kvshm_view));
 }
 
-static inline kvshm_status lookup(const kvshm_reader *r, uint32_t s, const void *key,
-                                  uint32_t klen, kvshm_val *out)
+/* The memtable part of a lookup in view v: active, then frozen. Returns
+ * KVSHM_NOTFOUND when the tree must be searched next. */
+static inline kvshm_status lookup_mem(const kvshm_reader *r, const struct kvshm_view *v,
+                                      const void *key, uint32_t klen, kvshm_val *out)
 {
-    const struct kvshm_view *v = load_view(r, s);
-    if (!v) return KVSHM_E_CORRUPT;
-    uint64_t active = v->v_active, frozen = v->v_frozen, root = v->v_tree_root;
-    uint32_t height = v->v_tree_height;
+    uint64_t active = v->v_active, frozen = v->v_frozen;
     kvshm_status st;
     if (active && (st = kvshm_mt_get(&r->seg, active, key, klen, out)) != KVSHM_NOTFOUND)
         return st;
     if (frozen && (st = kvshm_mt_get(&r->seg, frozen, key, klen, out)) != KVSHM_NOTFOUND)
         return st;
-    kvshm_status err = KVSHM_OK;
-    uint64_t rec = kvshm_tree_find(&r->seg, root, height, key, klen, &err);
+    return KVSHM_NOTFOUND;
+}
+
+/* What a tree search's result means for the caller. */
+static inline kvshm_status tree_result(const kvshm_reader *r, uint64_t rec, kvshm_status err,
+                                       const void *key, uint32_t klen, kvshm_val *out)
+{
     if (err) return err;
     if (!rec) return KVSHM_NOTFOUND;
     return kvshm_rec_read(&r->seg, rec, key, klen, out);
+}
+
+static inline kvshm_status lookup(const kvshm_reader *r, uint32_t s, const void *key,
+                                  uint32_t klen, kvshm_val *out)
+{
+    const struct kvshm_view *v = load_view(r, s);
+    if (!v) return KVSHM_E_CORRUPT;
+    uint64_t root = v->v_tree_root;
+    uint32_t height = v->v_tree_height;
+    kvshm_status st = lookup_mem(r, v, key, klen, out);
+    if (st != KVSHM_NOTFOUND) return st;
+    kvshm_status err = KVSHM_OK;
+    uint64_t rec = kvshm_tree_find(&r->seg, root, height, key, klen, &err);
+    return tree_result(r, rec, err, key, klen, out);
+}
+
+/* get_many's work for m <= KVSHM_FIND_GROUP keys inside a read section:
+ * memtables key by key, then every tree descent at once. */
+static void get_group(const kvshm_reader *r, const void *const *keys, const size_t *klens,
+                      kvshm_val *outs, kvshm_status *sts, size_t m)
+{
+    kvshm_tree_probe pr[KVSHM_FIND_GROUP];
+    size_t who[KVSHM_FIND_GROUP], np = 0;
+    for (size_t i = 0; i < m; i++) {
+        const void *key = keys[i];
+        size_t kl = klens[i];
+        if (!key || kl == 0 || kl > KVSHM_MAX_KEY) { sts[i] = KVSHM_E_INVAL; continue; }
+        uint32_t s = r->nshards == 1 ? 0 : kvshm_shard_of(key, kl, r->nshards);
+        const struct kvshm_view *v = load_view(r, s);
+        if (!v) { sts[i] = KVSHM_E_CORRUPT; continue; }
+        uint64_t root = v->v_tree_root;
+        uint32_t height = v->v_tree_height;
+        sts[i] = lookup_mem(r, v, key, (uint32_t)kl, &outs[i]);
+        if (sts[i] != KVSHM_NOTFOUND || !root) continue;
+        pr[np] = (kvshm_tree_probe){ .root = root, .height = height,
+                                     .klen = (uint32_t)kl, .key = key };
+        who[np++] = i;
+    }
+    kvshm_tree_find_many(&r->seg, pr, np);
+    for (size_t j = 0; j < np; j++) {
+        size_t i = who[j];
+        sts[i] = tree_result(r, pr[j].rec, pr[j].err, keys[i], pr[j].klen, &outs[i]);
+    }
 }
 
 static inline kvshm_status check_fork(kvshm_reader *r)
@@ -364,6 +411,33 @@ kvshm_status kvshm_reader_get(kvshm_reader *r, const void *key, size_t klen,
         if (__builtin_expect(kvshmi_leave(r), 0)) continue;  /* evicted: retry */
         return st;
     }
+}
+
+kvshm_status kvshm_reader_get_many(kvshm_reader *r, size_t n, const void *const *keys,
+                                   const size_t *klens, kvshm_val *outs, kvshm_status *sts)
+{
+    if (n && (!keys || !klens || !outs || !sts)) return KVSHM_E_INVAL;
+    kvshm_status st = check_fork(r);
+    if (st) return st;
+    for (size_t b = 0; b < n; b += KVSHM_FIND_GROUP) {
+        size_t m = n - b < KVSHM_FIND_GROUP ? n - b : KVSHM_FIND_GROUP;
+        if (r->in_section) {
+            get_group(r, keys + b, klens + b, outs + b, sts + b, m);
+            for (size_t i = 0; i < m; i++)
+                if (sts[b + i] == KVSHM_E_CORRUPT && evicted_now(r)) return KVSHM_E_EVICTED;
+            continue;
+        }
+        for (;;) {
+            kvshmi_enter(r);
+            if (__builtin_expect(kv_atomic_load_relaxed32(&r->hdr->h_state) != KVSHM_STATE_READY, 0)) {
+                kvshmi_leave(r);
+                return KVSHM_E_STALE;
+            }
+            get_group(r, keys + b, klens + b, outs + b, sts + b, m);
+            if (!__builtin_expect(kvshmi_leave(r), 0)) break;  /* evicted: retry */
+        }
+    }
+    return KVSHM_OK;
 }
 
 /* One source's candidate for the iteration step. */

@@ -151,6 +151,51 @@ static int cmp_cb(void *ctx, const void *key, size_t klen, const void *val, size
     return 0;
 }
 
+/* kvshm_tree_find_many gives what kvshm_tree_find gives, probe by probe:
+ * groups mixing present keys, absent ones (a present key with a byte
+ * appended, which falls between it and its successor) and a probe of an
+ * empty tree. */
+static void verify_find_many(void)
+{
+    uint8_t miss[KVSHM_FIND_GROUP][32];
+    size_t step = KVSHM_FIND_GROUP * (1 + MN / 3000);
+    for (size_t i = 0; i < MN || i == 0; i += step) {
+        kvshm_tree_probe p[KVSHM_FIND_GROUP];
+        int present[KVSHM_FIND_GROUP] = { 0 };
+        size_t n = 0;
+        for (size_t j = i; j < MN && n < KVSHM_FIND_GROUP - 1; j++, n++) {
+            if (n % 3 == 2) {
+                memcpy(miss[n], M[j].k, M[j].kl);
+                miss[n][M[j].kl] = 0x7f;
+                p[n] = (kvshm_tree_probe){ .root = T.root, .height = T.height,
+                                           .klen = M[j].kl + 1, .key = miss[n] };
+            } else {
+                p[n] = (kvshm_tree_probe){ .root = T.root, .height = T.height,
+                                           .klen = M[j].kl, .key = M[j].k };
+                present[n] = 1;
+            }
+        }
+        p[n++] = (kvshm_tree_probe){ .root = 0, .height = 0, .klen = 1, .key = "x" };
+        kvshm_tree_find_many(S, p, n);
+        for (size_t q = 0; q < n; q++) {
+            kvshm_status err = KVSHM_OK;
+            uint64_t want = kvshm_tree_find(S, p[q].root, p[q].height, p[q].key, p[q].klen, &err);
+            cr_assert_eq(err, KVSHM_OK);
+            cr_assert_eq(p[q].err, KVSHM_OK, "probe %zu of %zu", q, n);
+            cr_assert_eq(p[q].rec, want, "probe %zu of %zu: find_many %lu, find %lu", q, n,
+                         (unsigned long)p[q].rec, (unsigned long)want);
+            if (present[q]) cr_assert_neq(want, 0, "present key found");
+        }
+        if (MN == 0) break;
+    }
+    /* a probe beyond the group and a height beyond the maximum are refused */
+    kvshm_tree_probe bad = { .root = T.root ? T.root : 64, .height = KVSHM_TREE_MAXH + 1,
+                             .klen = 1, .key = "x" };
+    kvshm_tree_find_many(S, &bad, 1);
+    cr_assert_eq(bad.err, KVSHM_E_CORRUPT);
+    cr_assert_eq(bad.rec, 0);
+}
+
 static void verify(void)
 {
     cr_assert_eq(kvshm_tree_check(S, &T), KVSHM_OK, "tree invariants (keys=%lu)", (unsigned long)MN);
@@ -178,6 +223,7 @@ static void verify(void)
         }
         cr_assert_eq(err, KVSHM_OK);
     }
+    verify_find_many();
 }
 
 static void reset_model(void) { free(M); M = NULL; MN = 0; T = (kvshm_tree){ 0, 0, 0 }; }

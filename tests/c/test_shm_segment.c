@@ -185,6 +185,82 @@ Test(shm_segment, cache_load_and_evict)
     kvshm_writer_destroy(w, 1);
 }
 
+/* get_many gives, key by key, what get gives: keys in the trees, in active
+ * and frozen memtables, deleted, absent, too large for the buffer, invalid;
+ * 3 shards; call sizes around the group size; inside an explicit section. */
+Test(shm_segment, get_many_matches_get)
+{
+    kvshm_config c = shmt_config(64u << 20, 3);
+    kvshm_writer *w;
+    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
+    kvshm_reader *r;
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_OK);
+    enum { N = 3000 };
+    static char keys[N][24], vals[N][48];
+    kvshm_kv *kv = malloc(N * sizeof *kv);
+    for (int i = 0; i < N; i++) {
+        snprintf(keys[i], sizeof keys[i], i % 2 ? "user/profile/%d" : "k%07d", i);
+        snprintf(vals[i], sizeof vals[i], "value of %d %s", i, i % 7 ? "" : "with a longer tail");
+        kv[i] = (kvshm_kv){ keys[i], strlen(keys[i]), vals[i], strlen(vals[i]), 1 };
+    }
+    cr_assert_eq(kvshm_writer_cache_load(w, kv, 2000), KVSHM_OK);     /* keys 0..1999: trees */
+    uint64_t seq = 10;
+    for (int i = 1500; i < 2600; i++) {                                /* newer versions and new keys */
+        if (i % 5 == 0)
+            cr_assert_eq(kvshm_writer_put(w, keys[i], strlen(keys[i]), NULL, 0, seq++, 1), KVSHM_OK);
+        else
+            cr_assert_eq(kvshm_writer_put(w, keys[i], strlen(keys[i]), vals[(i * 7) % N],
+                                          strlen(vals[(i * 7) % N]), seq++, 0), KVSHM_OK);
+        if (i == 2200)   /* part of them in frozen memtables */
+            for (uint32_t s = 0; s < 3; s++) cr_assert_eq(kvshm_writer_freeze(w, s), KVSHM_OK);
+    }
+    /* keys 2600..2999 are absent */
+    enum { M = 1237 };   /* not a multiple of the group size */
+    const void *kp[M]; size_t kl[M]; kvshm_val out[M]; kvshm_status st[M];
+    static char buf[M][64];
+    uint64_t rs = 7;
+    for (int i = 0; i < M; i++) {
+        int id = (int)(shmt_rand(&rs) % N);
+        kp[i] = keys[id]; kl[i] = strlen(keys[id]);
+        out[i] = (kvshm_val){ buf[i], i % 11 == 0 ? 8 : sizeof buf[i], 0, 0 };  /* some too small */
+    }
+    kl[5] = 0;                       /* invalid: empty key */
+    kp[9] = NULL;                    /* invalid: no key */
+    int shapes[][2] = { { 0, 1 }, { 16, 17 }, { 33, M - 33 }, { 0, M } };   /* (first, count); all last */
+    for (int round = 0; round < 2; round++) {
+        if (round == 1) cr_assert_eq(kvshm_reader_enter(r), KVSHM_OK);
+        for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
+            int f = shapes[sh][0], n = shapes[sh][1];
+            memset(st, 0x55, sizeof st);
+            cr_assert_eq(kvshm_reader_get_many(r, (size_t)n, kp + f, kl + f, out + f, st + f), KVSHM_OK);
+            for (int i = f; i < f + n; i++) {
+                char one[64];
+                kvshm_val o = { one, out[i].cap, 0, 0 };
+                kvshm_status want = kp[i] ? kvshm_reader_get(r, kp[i], kl[i], &o) : KVSHM_E_INVAL;
+                cr_assert_eq(st[i], want, "key %d: get_many %d, get %d", i, st[i], want);
+                if (want == KVSHM_OK || want == KVSHM_E_SMALLBUF) cr_assert_eq(out[i].len, o.len);
+                if (want == KVSHM_OK || want == KVSHM_DELETED) cr_assert_eq(out[i].seq, o.seq);
+                if (want == KVSHM_OK) cr_assert_eq(memcmp(buf[i], one, o.len), 0, "key %d value", i);
+            }
+        }
+        if (round == 1) cr_assert_eq(kvshm_reader_leave(r), KVSHM_OK);
+    }
+    /* the call sizes covered every kind of key */
+    int ok = 0, absent = 0, deleted = 0, small = 0, inval = 0;
+    for (int i = 0; i < M; i++) {
+        ok += st[i] == KVSHM_OK; absent += st[i] == KVSHM_NOTFOUND;
+        deleted += st[i] == KVSHM_DELETED; small += st[i] == KVSHM_E_SMALLBUF;
+        inval += st[i] == KVSHM_E_INVAL;
+    }
+    cr_assert(ok > 100 && absent > 50 && deleted > 10 && small > 10 && inval == 2,
+              "ok %d absent %d deleted %d small %d invalid %d", ok, absent, deleted, small, inval);
+    cr_assert_eq(kvshm_reader_get_many(r, 0, NULL, NULL, NULL, NULL), KVSHM_OK);
+    cr_assert_eq(kvshm_reader_get_many(r, 1, NULL, kl, out, st), KVSHM_E_INVAL);
+    free(kv);
+    kvshm_reader_detach(r);
+    kvshm_writer_destroy(w, 1);
+}
+
 /* Model for iteration: which keys exist. */
 Test(shm_segment, prefix_iteration_across_shards_and_structures)
 {

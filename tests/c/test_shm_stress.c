@@ -95,7 +95,38 @@ static void reader_main(int fd, double deadline, uint64_t seed)
     uint8_t v[256];
     char k[24];
     while (shmt_now() < deadline && !st.fails) {
-        if (shmt_rand(&seed) % 50 != 0) {
+        if (shmt_rand(&seed) % 8 == 0) {
+            /* a batch through kvshm_reader_get_many: each key's result is
+             * checked like a single get's, over the span of the whole call */
+            enum { NB = 20 };
+            static uint8_t bv[NB][256];
+            char bk[NB][24];
+            const void *kp[NB]; size_t kl[NB]; kvshm_val bo[NB]; kvshm_status bs[NB];
+            uint32_t ids[NB];
+            for (int i = 0; i < NB; i++) {
+                ids[i] = (uint32_t)(shmt_rand(&seed) % K);
+                kl[i] = key_of(bk[i], ids[i]);
+                kp[i] = bk[i];
+                bo[i] = (kvshm_val){ bv[i], sizeof bv[i], 0, 0 };
+            }
+            uint64_t s0, s1;
+            kvshm_reader_seqs(r, &s0, NULL);
+            kvshm_status rc = kvshm_reader_get_many(r, NB, kp, kl, bo, bs);
+            kvshm_reader_seqs(r, &s1, NULL);
+            s1++;
+            if (rc != KVSHM_OK) { st.fails++; sprintf(st.why, "get_many status %d", rc); break; }
+            for (int i = 0; i < NB && !st.fails; i++) {
+                st.gets++;
+                if (bs[i] == KVSHM_OK) {
+                    st.hits++;
+                    if (!check_value(ids[i], bv[i], bo[i].len, s0, s1, st.why)) st.fails++;
+                } else if (bs[i] == KVSHM_DELETED || bs[i] == KVSHM_NOTFOUND) {
+                    if (!absent_ok(ids[i], s0, s1)) { st.fails++; sprintf(st.why, "get_many: key %u missing (rc %d)", ids[i], bs[i]); }
+                } else {
+                    st.fails++; sprintf(st.why, "get_many key status %d", bs[i]);
+                }
+            }
+        } else if (shmt_rand(&seed) % 50 != 0) {
             uint32_t id = (uint32_t)(shmt_rand(&seed) % K);
             key_of(k, id);
             uint64_t s0, s1;

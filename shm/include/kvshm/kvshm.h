@@ -320,6 +320,26 @@ kvshm_status kvshm_reader_get(kvshm_reader *r, const void *key, size_t klen,
                               kvshm_val *out);
 
 /*
+ * kvshm_reader_get_many: kvshm_reader_get for n keys, with the CSB+tree
+ * descents of up to KVSHM_FIND_GROUP (16) keys at a time interleaved: each
+ * round takes one level of every key's search and prefetches its next node
+ * or record, so the keys' cache and TLB misses overlap instead of following
+ * one another (group prefetching; see kvshm_tree_find_many). Memtable
+ * lookups run key by key. keys[i] / klens[i] (caller's memory) is looked up
+ * into outs[i] exactly as kvshm_reader_get fills *out, and sts[i] gets that
+ * key's status: KVSHM_OK, KVSHM_NOTFOUND, KVSHM_DELETED, KVSHM_E_SMALLBUF,
+ * KVSHM_E_INVAL (bad key: the others are still looked up), KVSHM_E_CORRUPT.
+ * Each group of 16 is one epoch section (retried whole if the writer
+ * evicted us), so every value is at least as new as every version published
+ * before the call began. Inside an explicit section, the section is reused
+ * and an eviction returns KVSHM_E_EVICTED. Any reader. Returns KVSHM_OK
+ * (statuses in sts), KVSHM_E_INVAL (NULL arrays with n > 0), KVSHM_E_STALE
+ * (writer gone: re-attach; sts of later keys unset), KVSHM_E_EVICTED.
+ */
+kvshm_status kvshm_reader_get_many(kvshm_reader *r, size_t n, const void *const *keys,
+                                   const size_t *klens, kvshm_val *outs, kvshm_status *sts);
+
+/*
  * kvshm_reader_next: ordered iteration, one step, stateless: find the
  * smallest key that starts with prefix[0..plen) and is greater than
  * after[0..alen) (alen 0 = from the start of the prefix), across all shards

@@ -201,6 +201,26 @@ kvshm_status kvshm_tree_apply(kvshm_blocks *b, uint64_t epoch, kvshm_tree *t,
  * bounds failure). Any reader. */
 uint64_t kvshm_tree_find(const kvshm_seg *s, uint64_t root, uint32_t height,
                          const void *key, uint32_t klen, kvshm_status *err);
+/* One key of kvshm_tree_find_many: the tree to search (root, height: a
+ * shard's view), the key (caller's memory), and out: rec (the record
+ * offset, 0 if absent) and err (KVSHM_OK or KVSHM_E_CORRUPT). */
+typedef struct kvshm_tree_probe {
+    uint64_t root;
+    uint32_t height;
+    uint32_t klen;
+    const void *key;
+    uint64_t rec;
+    kvshm_status err;
+} kvshm_tree_probe;
+/* Most probes one kvshm_tree_find_many call takes. */
+#define KVSHM_FIND_GROUP 16
+/* kvshm_tree_find for n <= KVSHM_FIND_GROUP probes at once, each in its own
+ * tree: the probes descend one level per round, every step prefetching the
+ * next node, so the probes' cache and TLB misses overlap instead of
+ * following one another (group prefetching, Chen et al., ICDE 2004). Same
+ * results as n kvshm_tree_find calls. Probes beyond KVSHM_FIND_GROUP get
+ * KVSHM_E_CORRUPT. Any reader, inside a read section. */
+void kvshm_tree_find_many(const kvshm_seg *s, kvshm_tree_probe *p, size_t n);
 /* Record offset of the first key >= key (after == 0) or > key (after != 0);
  * klen 0 means the smallest key. 0 if none. Any reader. */
 uint64_t kvshm_tree_seek(const kvshm_seg *s, uint64_t root, uint32_t height,
