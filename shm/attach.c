@@ -53,6 +53,7 @@ struct kv_att {
     uint8_t *buf;               /* value copy-out buffer */
     size_t cap;
     uint64_t hits, misses, hits_rep, misses_rep;
+    uint64_t hits_above;   /* hits served above this layer (kv_att_add_hits) */
     char err[512];
 };
 
@@ -416,6 +417,7 @@ void kv_att_counters(const kv_att *a, uint64_t *hits, uint64_t *misses)
     if (misses) *misses = a->misses;
 }
 
+
 /* ======================================================================
  * Waiting
  * ==================================================================== */
@@ -515,13 +517,20 @@ static void push_small(kv_att *a, uint32_t type, const void *key, size_t klen)
 
 static void maybe_stats(kv_att *a)
 {
-    if ((a->hits + a->misses) - (a->hits_rep + a->misses_rep) < STATS_EVERY) return;
-    uint64_t s[2] = {a->hits - a->hits_rep, a->misses - a->misses_rep};
+    uint64_t hits = a->hits + a->hits_above;
+    if ((hits + a->misses) - (a->hits_rep + a->misses_rep) < STATS_EVERY) return;
+    uint64_t s[2] = {hits - a->hits_rep, a->misses - a->misses_rep};
     uint64_t pos;
     if (kvshm_ring_push(a->ring, KVSHM_REC_STATS, s, sizeof s, 0, &pos) == KVSHM_OK) {
-        a->hits_rep = a->hits;
+        a->hits_rep = hits;
         a->misses_rep = a->misses;
     }
+}
+
+void kv_att_add_hits(kv_att *a, uint64_t n)
+{
+    a->hits_above += n;
+    maybe_stats(a);
 }
 
 /* Segment lookup: KV_OK (value in a->buf), KV_NOTFOUND (deleted), or

@@ -64,6 +64,7 @@ typedef struct {
     Py_ssize_t hot_bytes, hot_limit;
     uint32_t hot_tick;
     uint64_t hot_hits;
+    uint64_t hot_reported;     /* hot_hits already handed to kv_att_add_hits */
     kvpy_pack_opts opts;
     size_t chunk_size;
     int cache_on, cache_locked;
@@ -294,6 +295,18 @@ static void AT_dealloc(ATObject *self)
 
 /* ---- get ------------------------------------------------------------------ */
 
+/* Hot-cache hits are hits of the shared cache too: hand them to the attach
+ * layer's reports every 4,096, so `kvault-launch status` counts them. Called
+ * with the GIL held and the lock free (busy == 0), so it does not wait. */
+#define HOT_REPORT_EVERY 4096u
+static void hot_report(ATObject *s)
+{
+    at_lock(s);
+    if (s->a) kv_att_add_hits(s->a, s->hot_hits - s->hot_reported);
+    s->hot_reported = s->hot_hits;
+    at_unlock(s);
+}
+
 static PyObject *do_get(ATObject *self, PyObject *key, int *missing)
 {
     const char *k;
@@ -308,7 +321,7 @@ static PyObject *do_get(ATObject *self, PyObject *key, int *missing)
         if (!self->busy && self->a) {
             hot_ent *e = hot_find(self, h, k, kn);
             if (e && e->optk == hot_optk(self) && e->token == kv_att_stamp(self->a, h, 0)) {
-                self->hot_hits++;
+                if (++self->hot_hits - self->hot_reported >= HOT_REPORT_EVERY) hot_report(self);
                 Py_INCREF(e->val);
                 return e->val;
             }

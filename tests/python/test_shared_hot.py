@@ -131,3 +131,28 @@ def test_decoding_options_are_part_of_a_copy(served):  # noqa: F811
     kv.enable_auto_pack()
     assert kv["n"] == 7
     kv.close()
+
+
+def test_hot_hits_count_in_the_writer_status(served):  # noqa: F811
+    """Hot-cache hits are hits of the shared cache: the writer's `hits`
+    (what `kvault-launch status` shows) includes them, 4,096 at a time."""
+    import time
+
+    from test_shared_mode import _status
+
+    db, _ = served
+    kv = KVault(db, shared=True)
+    kv["h"] = b"x" * 100
+    before = _status(kv)["hits"]
+    for _ in range(3 * 4096):
+        assert kv["h"] == b"x" * 100
+    hot = _hot_hits(kv)
+    assert hot >= 3 * 4096 - 2
+    seg_hits = kv._native.counters()[0]
+    assert seg_hits < 100, "the reads were served by the hot cache"
+    deadline = time.time() + 10
+    while _status(kv)["hits"] - before < 2 * 4096 and time.time() < deadline:
+        kv.put("tick", 1)  # wakes the writer, which then reads the reports
+        time.sleep(0.05)
+    assert _status(kv)["hits"] - before >= 2 * 4096
+    kv.close()

@@ -150,8 +150,16 @@ kv_status kv_att_checkpoint(kv_att *a);
 /** The writer's STATUS text (`name=value` lines) into buf (NUL-terminated). */
 kv_status kv_att_status(kv_att *a, char *buf, size_t cap);
 
-/** Hits/misses of this handle's reads since attach. */
+/** Hits/misses of this handle's reads since attach (its own segment reads;
+ *  hits added with kv_att_add_hits are not among them). */
 void kv_att_counters(const kv_att *a, uint64_t *hits, uint64_t *misses);
+
+/** Count n reads that a layer above served from its own copies of segment
+ *  values (the Python hot-value cache) as hits in the hit/miss reports this
+ *  handle sends the writer, which `kvault-launch status` sums. Reports go
+ *  out every 4,096 reads, hits and misses together. Same thread rules as
+ *  kv_att_get (one thread at a time per handle). */
+void kv_att_add_hits(kv_att *a, uint64_t n);
 
 #ifdef __cplusplus
 }
