@@ -50,13 +50,13 @@ static inline int ref_cmp(const kvshm_seg *s, uint64_t ref, const void *key,
  * reader past its keys. */
 static inline int count_less(const struct kvshm_entry *e, int n, uint64_t p)
 {
-    _Static_assert(CAP == 30, "count_less's steps are unrolled for 30 slots");
     const struct kvshm_entry *b = e;
-    b = b[15].e_prefix < p ? b + 15 : b;   /* 30 candidates -> 15 */
-    b = b[7].e_prefix < p ? b + 7 : b;     /* -> 8 */
-    b = b[4].e_prefix < p ? b + 4 : b;     /* -> 4 */
-    b = b[2].e_prefix < p ? b + 2 : b;     /* -> 2 */
-    b = b[1].e_prefix < p ? b + 1 : b;     /* -> 1 */
+    unsigned len = CAP;
+    while (len > 1) {
+        unsigned half = len / 2;
+        b = b[half].e_prefix < p ? b + half : b;
+        len -= half;
+    }
     int i = (int)(b - e) + (b->e_prefix < p);
     return i < n ? i : n;
 }
@@ -106,7 +106,7 @@ static inline const struct kvshm_node *node_at(const kvshm_seg *s, uint64_t off,
 static inline void prefetch_node(const kvshm_seg *s, uint64_t off)
 {
     const uint8_t *pf = s->base + (off < s->size ? off : 0);
-    for (unsigned q = 0; q < KVSHM_NODE_BYTES / 64; q++) __builtin_prefetch(pf + 64 * q);
+    for (unsigned q = 0; q < KVSHM_NODE_BYTES / 64; q++) kvshm_prefetch(pf + 64 * q);
 }
 
 /* One internal level of a point lookup: the child of the level-lvl node at
@@ -127,9 +127,9 @@ static inline uint64_t inner_step(const kvshm_seg *s, uint64_t off, unsigned lvl
 static inline void prefetch_rec(const kvshm_seg *s, uint64_t ro)
 {
     if (ro < s->size - 192) {
-        __builtin_prefetch(s->base + ro);
-        __builtin_prefetch(s->base + ro + 64);
-        __builtin_prefetch(s->base + ro + 128);
+        kvshm_prefetch(s->base + ro);
+        kvshm_prefetch(s->base + ro + 64);
+        kvshm_prefetch(s->base + ro + 128);
     }
 }
 

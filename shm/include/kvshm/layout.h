@@ -388,6 +388,20 @@ static inline void *kvshm_at(const kvshm_seg *s, uint64_t off, uint64_t len)
     return s->base + off;
 }
 
+/* Start loading the cache line at p (prefetcht0; never faults). An asm
+ * statement rather than __builtin_prefetch: GCC 12 at -O2 silently deleted
+ * every __builtin_prefetch of the tree's read path once it was split into
+ * inline helpers (the address was a select of offset or 0), which made
+ * lookups about 25% slower with no other sign. */
+static inline void kvshm_prefetch(const void *p)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__ volatile("prefetcht0 %0" : : "m"(*(const char *)p));
+#else
+    __builtin_prefetch(p);
+#endif
+}
+
 /* First 8 bytes of a key as a big-endian integer, zero padded: comparing two
  * prefixes as integers orders keys like memcmp on those bytes. */
 static inline uint64_t kvshm_key_prefix(const void *key, uint32_t klen)
