@@ -255,7 +255,7 @@ kvshm_status kvshm_rec_read(const kvshm_seg *s, uint64_t off, const void *key,
     if (kl != klen || !kvshm_at(s, off, kvshm_rec_bytes(kl, vl)))
         return KVSHM_E_CORRUPT;
     const uint8_t *p = (const uint8_t *)r + KVSHM_REC_HDR;
-    if (!kvshm_key_eq(p, key, klen)) return KVSHM_E_CORRUPT;
+    if (kvshm_key_cmp(p, klen, key, klen) != 0) return KVSHM_E_CORRUPT;
     out->seq = seqt >> 1;
     out->len = vl;
     if (seqt & 1) {

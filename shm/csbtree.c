@@ -150,8 +150,9 @@ static inline const struct kvshm_node *leaf_seek(const kvshm_seg *s, uint64_t of
 }
 
 /* Second half: full-key compares from entry j across the entries whose
- * prefix equals p (this waits for their records). The record offset of
- * key, 0 if absent. */
+ * prefix equals p (this waits for their records; leaf_seek prefetched the
+ * first, later ones tie only rarely). The record offset of key, 0 if
+ * absent. */
 static inline uint64_t leaf_match(const kvshm_seg *s, const struct kvshm_node *lf, int j,
                                   uint64_t p, const void *key, uint32_t klen,
                                   kvshm_status *err)
@@ -159,7 +160,6 @@ static inline uint64_t leaf_match(const kvshm_seg *s, const struct kvshm_node *l
     int bad = 0;
     for (int n = lf->c_n; j < n && lf->c_e[j].e_prefix == p; j++) {
         uint64_t ro = lf->c_e[j].e_ref;
-        prefetch_rec(s, ro);
         int c = ref_cmp(s, ro, key, klen, &bad);
         if (bad) { *err = KVSHM_E_CORRUPT; return 0; }
         if (c == 0) return ro;
@@ -189,7 +189,7 @@ uint64_t kvshm_tree_find(const kvshm_seg *s, uint64_t root, uint32_t height,
  * search, the full-key compare against the record -- so the miss a probe's
  * step prefetches is in flight while the other probes take their steps.
  */
-void kvshm_tree_find_many(const kvshm_seg *s, kvshm_tree_probe *p, size_t n)
+static void find_group(const kvshm_seg *s, kvshm_tree_probe *p, size_t n)
 {
     /* Per probe: the node to search next and the steps left. Steps left k:
      * k >= 3 an internal node of level k - 2, 2 the leaf, 1 the compare. */
@@ -204,7 +204,7 @@ void kvshm_tree_find_many(const kvshm_seg *s, kvshm_tree_probe *p, size_t n)
         q->err = KVSHM_OK;
         k[i] = 0;
         if (!q->root || !q->height) continue;
-        if (q->height > KVSHM_TREE_MAXH || i >= KVSHM_FIND_GROUP) { q->err = KVSHM_E_CORRUPT; continue; }
+        if (q->height > KVSHM_TREE_MAXH) { q->err = KVSHM_E_CORRUPT; continue; }
         k[i] = q->height + 1;
         off[i] = q->root;
         prefetch_node(s, q->root);
@@ -226,6 +226,12 @@ void kvshm_tree_find_many(const kvshm_seg *s, kvshm_tree_probe *p, size_t n)
             left--;
         }
     }
+}
+
+void kvshm_tree_find_many(const kvshm_seg *s, kvshm_tree_probe *p, size_t n)
+{
+    for (size_t b = 0; b < n; b += KVSHM_FIND_GROUP)
+        find_group(s, p + b, n - b < KVSHM_FIND_GROUP ? n - b : KVSHM_FIND_GROUP);
 }
 
 uint64_t kvshm_tree_seek(const kvshm_seg *s, uint64_t root, uint32_t height,

@@ -50,6 +50,14 @@ static inline kvshm_config shmt_config(uint64_t size, uint32_t shards)
     return c;
 }
 
+/* Create a writer over shmt_config(size, shards) and attach one reader. */
+static inline void shmt_open(uint64_t size, uint32_t shards, kvshm_writer **w, kvshm_reader **r)
+{
+    kvshm_config c = shmt_config(size, shards);
+    cr_assert_eq(kvshm_writer_create(&c, w), KVSHM_OK);
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, r), KVSHM_OK);
+}
+
 static inline uint64_t shmt_rand(uint64_t *s)
 {
     uint64_t x = (*s += UINT64_C(0x9e3779b97f4a7c15));

@@ -152,18 +152,19 @@ static int cmp_cb(void *ctx, const void *key, size_t klen, const void *val, size
 }
 
 /* kvshm_tree_find_many gives what kvshm_tree_find gives, probe by probe:
- * groups mixing present keys, absent ones (a present key with a byte
- * appended, which falls between it and its successor) and a probe of an
- * empty tree. */
+ * calls of more than two groups mixing present keys, absent ones (a
+ * present key with a byte appended, which falls between it and its
+ * successor) and a probe of an empty tree. */
 static void verify_find_many(void)
 {
-    uint8_t miss[KVSHM_FIND_GROUP][32];
-    size_t step = KVSHM_FIND_GROUP * (1 + MN / 3000);
+    enum { NP = 2 * KVSHM_FIND_GROUP + 7 };   /* two groups and a part */
+    uint8_t miss[NP][32];
+    size_t step = NP * (1 + MN / 3000);
     for (size_t i = 0; i < MN || i == 0; i += step) {
-        kvshm_tree_probe p[KVSHM_FIND_GROUP];
-        int present[KVSHM_FIND_GROUP] = { 0 };
+        kvshm_tree_probe p[NP];
+        int present[NP] = { 0 };
         size_t n = 0;
-        for (size_t j = i; j < MN && n < KVSHM_FIND_GROUP - 1; j++, n++) {
+        for (size_t j = i; j < MN && n < NP - 1; j++, n++) {
             if (n % 3 == 2) {
                 memcpy(miss[n], M[j].k, M[j].kl);
                 miss[n][M[j].kl] = 0x7f;
@@ -188,7 +189,7 @@ static void verify_find_many(void)
         }
         if (MN == 0) break;
     }
-    /* a probe beyond the group and a height beyond the maximum are refused */
+    /* a height beyond the maximum is refused */
     kvshm_tree_probe bad = { .root = T.root ? T.root : 64, .height = KVSHM_TREE_MAXH + 1,
                              .klen = 1, .key = "x" };
     kvshm_tree_find_many(S, &bad, 1);

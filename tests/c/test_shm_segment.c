@@ -99,11 +99,9 @@ Test(shm_segment, create_fails_up_front_when_dev_shm_is_too_small)
 
 Test(shm_segment, read_path_memtables_then_tree)
 {
-    kvshm_config c = shmt_config(32u << 20, 3);
     kvshm_writer *w;
-    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
     kvshm_reader *r;
-    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_OK);
+    shmt_open(32u << 20, 3, &w, &r);
     char buf[64]; size_t len;
     cr_assert_eq(kvshm_writer_put(w, "alpha", 5, "one", 3, 1, 0), KVSHM_OK);
     cr_assert_eq(get(r, "alpha", buf, sizeof buf, &len), KVSHM_OK);
@@ -156,11 +154,9 @@ Test(shm_segment, read_path_memtables_then_tree)
 
 Test(shm_segment, cache_load_and_evict)
 {
-    kvshm_config c = shmt_config(32u << 20, 4);
     kvshm_writer *w;
-    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
     kvshm_reader *r;
-    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_OK);
+    shmt_open(32u << 20, 4, &w, &r);
     char keys[500][16], vals[500][16];
     kvshm_kv kv[501];
     for (int i = 0; i < 500; i++) {
@@ -190,11 +186,9 @@ Test(shm_segment, cache_load_and_evict)
  * 3 shards; call sizes around the group size; inside an explicit section. */
 Test(shm_segment, get_many_matches_get)
 {
-    kvshm_config c = shmt_config(64u << 20, 3);
     kvshm_writer *w;
-    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
     kvshm_reader *r;
-    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_OK);
+    shmt_open(64u << 20, 3, &w, &r);
     enum { N = 3000 };
     static char keys[N][24], vals[N][48];
     kvshm_kv *kv = malloc(N * sizeof *kv);
@@ -264,11 +258,9 @@ Test(shm_segment, get_many_matches_get)
 /* Model for iteration: which keys exist. */
 Test(shm_segment, prefix_iteration_across_shards_and_structures)
 {
-    kvshm_config c = shmt_config(64u << 20, 4);
     kvshm_writer *w;
-    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
     kvshm_reader *r;
-    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_OK);
+    shmt_open(64u << 20, 4, &w, &r);
     enum { N = 400 };
     static int present[N];
     uint64_t seed = 77, seq = 0;
@@ -329,11 +321,9 @@ Test(shm_segment, prefix_iteration_across_shards_and_structures)
 
 Test(shm_segment, forked_child_takes_its_own_slot)
 {
-    kvshm_config c = shmt_config(16u << 20, 2);
     kvshm_writer *w;
-    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
     kvshm_reader *r;
-    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_OK);
+    shmt_open(16u << 20, 2, &w, &r);
     cr_assert_eq(kvshm_writer_put(w, "k", 1, "parent", 6, 1, 0), KVSHM_OK);
     uint32_t parent_slot = kvshm_reader_slot(r);
     int p[2];
@@ -385,11 +375,9 @@ Test(shm_segment, slots_run_out)
  * keys, untouched by folds, loads and evictions; odd once the segment closes. */
 Test(shm_segment, stripe_stamps_follow_applied_writes_only)
 {
-    kvshm_config c = shmt_config(32u << 20, 2);
     kvshm_writer *w;
-    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
     kvshm_reader *r;
-    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_OK);
+    shmt_open(32u << 20, 2, &w, &r);
     uint64_t ha = kvshm_key_hash("alpha", 5);
     cr_assert_eq(ha, XXH3_64bits("alpha", 5));
     /* a key in another stripe than alpha's */

@@ -430,23 +430,6 @@ static inline int kvshm_key_cmp(const void *a, uint32_t alen, const void *b, uin
     return (alen > blen) - (alen < blen);
 }
 
-/* Do the len bytes at a and b match? (kvshm_key_cmp's word loop, equality
- * only.) */
-static inline int kvshm_key_eq(const void *a, const void *b, uint32_t len)
-{
-    const uint8_t *x = a, *y = b;
-    uint64_t d = 0;
-    uint32_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-        uint64_t u, v;
-        memcpy(&u, x + i, 8);
-        memcpy(&v, y + i, 8);
-        d |= u ^ v;
-    }
-    for (; i < len; i++) d |= (uint64_t)(x[i] ^ y[i]);
-    return d == 0;
-}
-
 /* Layout fingerprint: xxh3 of the version and every offset/size above. */
 uint64_t kvshm_layout_hash(void);
 

@@ -212,14 +212,14 @@ typedef struct kvshm_tree_probe {
     uint64_t rec;
     kvshm_status err;
 } kvshm_tree_probe;
-/* Most probes one kvshm_tree_find_many call takes. */
+/* Probes kvshm_tree_find_many descends together. */
 #define KVSHM_FIND_GROUP 16
-/* kvshm_tree_find for n <= KVSHM_FIND_GROUP probes at once, each in its own
- * tree: the probes descend one level per round, every step prefetching the
- * next node, so the probes' cache and TLB misses overlap instead of
- * following one another (group prefetching, Chen et al., ICDE 2004). Same
- * results as n kvshm_tree_find calls. Probes beyond KVSHM_FIND_GROUP get
- * KVSHM_E_CORRUPT. Any reader, inside a read section. */
+/* kvshm_tree_find for n probes, each in its own tree, KVSHM_FIND_GROUP at a
+ * time: the probes of a group descend one level per round, every step
+ * prefetching the next node, so their cache and TLB misses overlap instead
+ * of following one another (group prefetching, Chen et al., ICDE 2004).
+ * Same results as n kvshm_tree_find calls. Any reader, inside a read
+ * section. */
 void kvshm_tree_find_many(const kvshm_seg *s, kvshm_tree_probe *p, size_t n);
 /* Record offset of the first key >= key (after == 0) or > key (after != 0);
  * klen 0 means the smallest key. 0 if none. Any reader. */
