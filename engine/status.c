@@ -25,6 +25,7 @@ KV_API const char *kv_strerror(kv_status st)
     case KV_UNSUPPORTED: return "value outside the supported model";
     case KV_SHORT: return "stream ended early";
     case KV_CALLBACK: return "callback failed";
+    case KV_NOTCACHED: return "not cached";
     case KV_STATUS_COUNT: break;
     }
     return "unknown status";

@@ -73,6 +73,9 @@ typedef enum kv_status {
     KV_UNSUPPORTED,   /**< a value outside the supported model (e.g. msgpack binary/ext) */
     KV_SHORT,         /**< a stream ended before the announced size */
     KV_CALLBACK,      /**< a caller-supplied callback reported failure */
+    KV_NOTCACHED,     /**< a cache (the shared segment, a read cache) does not hold
+                           the key: an outcome telling the caller to read SQLite;
+                           never returned by a call that reads SQLite itself */
     KV_STATUS_COUNT   /**< number of codes (not a status) */
 } kv_status;
 
