@@ -180,16 +180,8 @@ static void hot_put(ATObject *s, uint64_t h, const char *k, Py_ssize_t kn, PyObj
 
 static PyObject *raise_st(ATObject *s, kv_status st)
 {
-    const char *msg = s->a ? kv_att_errmsg(s->a) : "";
-    if (!msg || !msg[0]) msg = kv_strerror(st);
-    switch (st) {
-    case KV_NOTFOUND: PyErr_SetString(PyExc_RuntimeError, "Key not found"); break;
-    case KV_NOMEM: PyErr_NoMemory(); break;
-    case KV_INVALID: PyErr_SetString(PyExc_ValueError, msg); break;
-    case KV_CALLBACK: if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, msg); break;
-    default: PyErr_SetString(PyExc_RuntimeError, msg); break;
-    }
-    return NULL;
+    /* a handle's message may be stale after a "not found" outcome */
+    return kvpy_raise_status(st, (st == KV_NOTFOUND || !s->a) ? NULL : kv_att_errmsg(s->a), 0);
 }
 
 /* Take the lock and check the object is open; -1 with ValueError if closed. */
@@ -360,7 +352,7 @@ static PyObject *AT_get(ATObject *self, PyObject *key)
 {
     int missing;
     PyObject *r = do_get(self, key, &missing);
-    if (missing) PyErr_SetString(PyExc_RuntimeError, "Key not found");
+    if (missing) PyErr_SetString(kvpy_KeyNotFoundError, "Key not found");
     return r;
 }
 

@@ -79,39 +79,13 @@ static inline int check_open(KVObject *s)
 }
 
 
-/* Raise the Python exception for status `st` (KV_NATIVE.md). */
+/* Raise the Python exception for status `st` (errors_py.c's table), with
+ * the handle's error text and errno. */
 static PyObject *raise_status(KVObject *s, kv_status st)
 {
-    const char *msg = s->db ? kv_db_errmsg(s->db) : "";
-    if (!msg || !msg[0])
-        msg = kv_strerror(st);
-    switch (st) {
-    case KV_NOTFOUND:
-        PyErr_SetString(PyExc_RuntimeError, "Key not found");
-        break;
-    case KV_NOMEM:
-        PyErr_NoMemory();
-        break;
-    case KV_INVALID:
-        PyErr_SetString(PyExc_ValueError, msg);
-        break;
-    case KV_CALLBACK:
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_RuntimeError, msg);
-        break;
-    case KV_IO:
-        if (s->db && kv_db_os_errno(s->db)) {
-            errno = kv_db_os_errno(s->db);
-            PyErr_SetFromErrnoWithFilename(PyExc_OSError, NULL);
-            break;
-        }
-        /* SQLite I/O errors are RuntimeError like the original */
-        __attribute__((fallthrough));
-    default:
-        PyErr_SetString(PyExc_RuntimeError, msg);
-        break;
-    }
-    return NULL;
+    /* a handle's message may be stale after a "not found" outcome */
+    return kvpy_raise_status(st, (st == KV_NOTFOUND || !s->db) ? NULL : kv_db_errmsg(s->db),
+                             s->db ? kv_db_os_errno(s->db) : 0);
 }
 
 /* ======================================================================
@@ -286,7 +260,7 @@ static PyObject *KV_get(KVObject *self, PyObject *key)
     int missing;
     PyObject *r = do_get(self, key, &missing);
     if (!r && missing)
-        PyErr_SetString(PyExc_RuntimeError, "Key not found");
+        PyErr_SetString(kvpy_KeyNotFoundError, "Key not found");
     return r;
 }
 

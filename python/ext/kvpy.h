@@ -33,6 +33,20 @@ static inline int kvpy_key_arg(PyObject *k, const char **p, Py_ssize_t *n)
     return -1;
 }
 
+/* ---- errors_py.c: kv_status -> Python exception, in one table. */
+#include "kvault/kvault.h"
+
+extern PyObject *kvpy_KeyNotFoundError;  /**< _kvault.KeyNotFoundError(RuntimeError) */
+extern PyObject *kvpy_BusyError;         /**< _kvault.BusyError(RuntimeError) */
+
+/** Sets the Python exception for status `st` and returns NULL (so a binding
+ *  can `return kvpy_raise_status(...)`). `detail` is the message (the
+ *  handle's error text; NULL or "" means kv_strerror(st)); `os_errno`, when
+ *  nonzero with KV_IO, raises OSError from that errno instead. KV_CALLBACK keeps an exception the callback
+ *  already set; KV_NOMEM raises MemoryError. Needs the GIL. */
+PyObject *kvpy_raise_status(kv_status st, const char *detail, int os_errno);
+
+int kvpy_init_errors(PyObject *module);
 int kvpy_init_kv(PyObject *module);
 int kvpy_init_packer(PyObject *module);
 int kvpy_init_col(PyObject *module);
@@ -135,6 +149,10 @@ void kvpy_store_finalize(kvpy_store *s);
  *  gets the engine's status (KV_OK when the call never ran), so a caller can
  *  replace the exception with a more specific one. */
 int kvpy_store_call(kvpy_store *s, kvpy_store_op op, void *ctx, kv_status *st_out);
+/** kvpy_store_call for a get_by_id: an unknown `id` (KV_NOTFOUND) raises
+ *  RuntimeError("ID <id> not found") -- a plain failure, KohakuVaultError once
+ *  mapped, never NotFound (the original's behaviour). 0 or -1 as above. */
+int kvpy_store_call_by_id(kvpy_store *s, kvpy_store_op op, void *ctx, int64_t id);
 /** An id argument (int or __index__) → *id. 0, or -1 with TypeError /
  *  OverflowError set. */
 int kvpy_store_id(PyObject *arg, int64_t *id);

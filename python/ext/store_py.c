@@ -14,9 +14,9 @@
  *
  * Exceptions (builtins; the proxies map them with
  * kohakuvault.errors.map_exception, API.md §2.3):
- *   KV_INVALID → ValueError, KV_NOMEM → MemoryError, KV_IO → OSError,
- *   anything else (NOTFOUND, BUSY "database is locked", SQLITE, CORRUPT) →
- *   RuntimeError; a closed handle → ValueError("Cannot operate on closed <name>").
+ *   KV_IO → OSError, everything else through errors_py.c's table
+ *   (KV_BUSY → _kvault.BusyError, KV_NOTFOUND → _kvault.KeyNotFoundError,
+ *   both RuntimeError); a closed handle → ValueError("Cannot operate on closed <name>").
  */
 #include "kvpy.h"
 
@@ -35,24 +35,14 @@ void kvpy_store_lock(PyThread_type_lock lock)
 
 PyObject *kvpy_store_raise(kv_status st, const char *msg)
 {
-    PyObject *type;
-    if (!msg || !msg[0])
-        msg = kv_strerror(st);
-    switch (st) {
-    case KV_INVALID:
-        type = PyExc_ValueError;
-        break;
-    case KV_NOMEM:
-        type = PyExc_MemoryError;
-        break;
-    case KV_IO:
-        type = PyExc_OSError;
-        break;
-    default:
-        type = PyExc_RuntimeError;
+    /* The text and vector engines report only OS-level failures as KV_IO
+     * (their SQLite errors are KV_SQLITE), so KV_IO is OSError here even
+     * without an errno. */
+    if (st == KV_IO) {
+        PyErr_SetString(PyExc_OSError, msg && msg[0] ? msg : kv_strerror(st));
+        return NULL;
     }
-    PyErr_SetString(type, msg);
-    return NULL;
+    return kvpy_raise_status(st, msg, 0);
 }
 
 int kvpy_store_encode(PyObject *v, const kvpy_pack_opts *o, kv_buf *out)
@@ -127,6 +117,18 @@ int kvpy_store_call(kvpy_store *s, kvpy_store_op op, void *ctx, kv_status *st_ou
     if (st_out)
         *st_out = st;
     return st == KV_OK ? 0 : -1;
+}
+
+int kvpy_store_call_by_id(kvpy_store *s, kvpy_store_op op, void *ctx, int64_t id)
+{
+    kv_status st = KV_OK;
+    if (kvpy_store_call(s, op, ctx, &st) == 0)
+        return 0;
+    if (st == KV_NOTFOUND) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_RuntimeError, "ID %lld not found", (long long)id);
+    }
+    return -1;
 }
 
 int kvpy_store_id(PyObject *arg, int64_t *id)

@@ -416,7 +416,8 @@ PyDoc_STRVAR(tv_get_by_id_doc,
 static PyObject *tv_get_by_id(TextVaultObject *self, PyObject *arg)
 {
     tv_args a = {0};
-    if (kvpy_store_id(arg, &a.id) < 0 || kvpy_store_call(STORE(self), op_get_by_id, &a, NULL) < 0)
+    if (kvpy_store_id(arg, &a.id) < 0 ||
+        kvpy_store_call_by_id(STORE(self), op_get_by_id, &a, a.id) < 0)
         return NULL;
     kv_text_doc *d = a.doc;
     PyObject *texts = tv_texts_obj(self, (const char *const *)d->texts, d->text_lens);

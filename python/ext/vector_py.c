@@ -374,7 +374,8 @@ PyDoc_STRVAR(vk_get_by_id_doc,
 static PyObject *vk_get_by_id(VectorObject *self, PyObject *arg)
 {
     vk_args a = {0};
-    if (kvpy_store_id(arg, &a.id) < 0 || kvpy_store_call(STORE(self), op_get_by_id, &a, NULL) < 0)
+    if (kvpy_store_id(arg, &a.id) < 0 ||
+        kvpy_store_call_by_id(STORE(self), op_get_by_id, &a, a.id) < 0)
         return NULL;
     PyObject *b = PyBytes_FromStringAndSize((const char *)a.vec_out, (Py_ssize_t)a.vec_out_len);
     PyObject *v = b ? kvpy_unpack_value(a.val_out, a.val_out_len, &self->opts) : NULL;

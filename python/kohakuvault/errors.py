@@ -1,14 +1,19 @@
 """Exception hierarchy of kohakuvault and the native-error mapping.
 
 The native module ``kohakuvault._kvault`` raises builtin exceptions
-(``RuntimeError``, ``ValueError``, ``TypeError``, ``OSError``); the Python
-proxies translate them with :func:`map_exception` into the hierarchy below.
+(``RuntimeError``, ``ValueError``, ``TypeError``, ``OSError``); two outcomes
+have native classes of their own, both ``RuntimeError`` subclasses:
+``_kvault.KeyNotFoundError`` (a missing key or row) and ``_kvault.BusyError``
+(SQLite stayed busy/locked). The Python proxies translate them with
+:func:`map_exception` into the hierarchy below, deciding by class.
 None of these classes subclasses ``KeyError``, ``ValueError``, ``TypeError``
 or ``OSError``: code that wants the builtin kinds gets them only where the
 API documents a builtin (``kv[k]`` raising ``KeyError`` and so on).
 """
 
 from __future__ import annotations
+
+from . import _kvault
 
 __all__ = [
     "KohakuVaultError",
@@ -80,6 +85,10 @@ def map_exception(exc: BaseException, *, key=None) -> KohakuVaultError:
 
     Rules, the first that matches wins:
 
+    0. the native classes: ``_kvault.KeyNotFoundError`` → ``NotFound(key)``,
+       ``_kvault.BusyError`` → ``DatabaseBusy(text)`` (every error the native
+       layer raises for these outcomes is one of them; rules 2 and 3 keep the
+       documented behaviour for ``RuntimeError``s raised elsewhere);
     1. already a :class:`KohakuVaultError` → returned unchanged;
     2. ``RuntimeError`` whose lower-cased text contains ``"key not found"``
        or ``"query returned no rows"`` → ``NotFound(key)`` (``key`` if given,
@@ -99,6 +108,10 @@ def map_exception(exc: BaseException, *, key=None) -> KohakuVaultError:
         A new (or, rule 1, the same) :class:`KohakuVaultError` instance; the
         caller raises it, normally ``raise map_exception(e, key=k) from e``.
     """
+    if isinstance(exc, _kvault.KeyNotFoundError):
+        return NotFound(key if key is not None else b"<unknown>")
+    if isinstance(exc, _kvault.BusyError):
+        return DatabaseBusy(str(exc))
     if isinstance(exc, KohakuVaultError):
         return exc
     if isinstance(exc, RuntimeError):

@@ -210,9 +210,8 @@ class KVault(Mapping):
         """
         if self._closed:
             raise ValueError(_CLOSED_MSG) from None
-        mapped = map_exception(exc, key=key)
-        if not isinstance(mapped, DatabaseBusy):
-            raise mapped from exc
+        if not isinstance(exc, _kvault.BusyError):
+            raise map_exception(exc, key=key) from exc
         delay = self._backoff_base
         for _ in range(self._retries - 1):
             time.sleep(delay)
@@ -222,11 +221,10 @@ class KVault(Mapping):
             except Exception as again:  # noqa: BLE001 - mapped below
                 if self._closed:
                     raise ValueError(_CLOSED_MSG) from None
-                mapped = map_exception(again, key=key)
                 exc = again
-                if not isinstance(mapped, DatabaseBusy):
-                    raise mapped from again
-        raise mapped from exc
+                if not isinstance(again, _kvault.BusyError):
+                    raise map_exception(again, key=key) from again
+        raise map_exception(exc, key=key) from exc
 
     def _call(self, fn, *args, key=None):
         """Run a native call through the retry loop and error mapping."""
