@@ -15,7 +15,7 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
-#include "kvshm/structs.h"
+#include "structs.h"
 
 /* ---- size classes --------------------------------------------------------- */
 

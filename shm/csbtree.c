@@ -27,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kvshm/structs.h"
+#include "structs.h"
 
 #define CAP KVSHM_NODE_KEYS
 #define MINK 10

@@ -8,9 +8,10 @@
 
 #include <sys/types.h>
 
-#include "kvshm/atomics.h"
+#include "atomics.h"
+#include "kv_assert.h"
 #include "kvshm/kvshm.h"
-#include "kvshm/structs.h"
+#include "structs.h"
 
 struct kvshm_writer {
     kvshm_config cfg;
@@ -68,6 +69,11 @@ void kvshmi_membarrier_register(kvshm_reader *r);
 
 /* segment.c */
 uint64_t kvshmi_layout_hash(void);
+
+/* segment.c: what an assertion or panic report prints about this process's
+ * segment (kv_assert_set_context): its role, generation and slot (readers). */
+enum { KVSHMI_ROLE_WRITER = 1, KVSHMI_ROLE_READER = 2 };
+void kvshmi_assert_context(int role, uint64_t generation, uint32_t slot);
 
 /* view.c */
 kvshm_status kvshmi_publish_view(kvshm_writer *w, uint32_t shard, uint64_t preallocated);

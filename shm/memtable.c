@@ -18,7 +18,7 @@
  */
 #include <string.h>
 
-#include "kvshm/structs.h"
+#include "structs.h"
 
 #define NODE_HDR(h) (((uint64_t)12 + 4u * (uint64_t)(h) + 7) & ~(uint64_t)7)
 #define ALIGN8(x) (((uint64_t)(x) + 7) & ~(uint64_t)7)

@@ -22,8 +22,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "kvshm/atomics.h"
+#include "atomics.h"
 #include "kvshm/ring.h"
+#include "layout.h"
 
 struct kvshm_ring {
     int fd;
@@ -285,6 +286,11 @@ kvshm_status kvshm_ring_wait_data(kvshm_ring *r, int timeout_ms)
 {
     return wait_on(r, &r->h->rh_tail_seq, &r->h->rh_consumer_waiting, data_ready, 0,
                    timeout_ms);
+}
+
+uint64_t kvshm_ring_head(const kvshm_ring *r)
+{
+    return kv_atomic_load_acquire64(&r->h->rh_head);
 }
 
 void kvshm_ring_set_committed(kvshm_ring *r, uint64_t pos)

@@ -200,6 +200,7 @@ kvshm_status kvshmi_rehome(kvshm_reader *r)
     kvshm_status st = kvshmi_slot_claim(r);
     if (old >= 0) close(old);
     if (st) { close(fd); r->slot_fd = -1; }
+    else kvshmi_assert_context(KVSHMI_ROLE_READER, r->generation, r->slot_idx);
     return st;
 }
 

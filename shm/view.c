@@ -107,6 +107,12 @@ kvshm_status kvshm_writer_frozen_scan(kvshm_writer *w, uint32_t s, kvshm_rec_fn 
     return kvshm_mt_scan(&w->seg, w->frozen[s], 1, fn, ctx);
 }
 
+kvshm_status kvshm_writer_cache_scan(kvshm_writer *w, uint32_t s, kvshm_rec_fn fn, void *ctx)
+{
+    if (s >= w->nshards) return KVSHM_E_INVAL;
+    return kvshm_tree_scan(&w->seg, &w->trees[s], fn, ctx);
+}
+
 typedef struct opvec {
     kvshm_tree_op *v;
     size_t n, cap;

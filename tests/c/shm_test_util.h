@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "kvshm/kvshm.h"
-#include "kvshm/structs.h"
+#include "structs.h"
 
 static char shmt_seg[64], shmt_slot[64];
 

@@ -1,5 +1,5 @@
 /*
- * kvshm/atomics.h -- C11 atomics on shared-memory words, named by memory order.
+ * atomics.h -- C11 atomics on shared-memory words, named by memory order.
  *
  * Every access to a word that another process may touch at the same time goes
  * through one of these wrappers, so the ordering is spelled at the call site

@@ -1,15 +1,17 @@
 /*
- * kvshm/layout.h -- the byte layout of kohakuvault's shared memory.
+ * layout.h -- the byte layout of kohakuvault's shared memory.
  *
  * Three regions (DESIGN.md, "The shared segment"):
  *   data segment   created by the writer, mapped read-only by clients
  *   slot file      created by the writer, mapped read-write by clients
  *   submission ring  created by each client (memfd), mapped by the writer too
- * This header draws the first two and the records inside them; ring.h draws
- * the third. Only fixed-width integers live in shared memory; every reference
- * is a byte offset from the region base (0 means null), turned into a pointer
- * by exactly one helper, kvshm_at(), which checks bounds. Every diagram below
- * is backed by _Static_assert offset checks so it cannot drift.
+ * This header draws all three and the records inside them. It is private to
+ * shm/ and its white-box tests: consumers (workers/, python/) go through
+ * kvshm/kvshm.h, kvshm/ring.h and kvshm/attach.h. Only fixed-width integers
+ * live in shared memory; every reference is a byte offset from the region
+ * base (0 means null), turned into a pointer by exactly one helper,
+ * kvshm_at(), which checks bounds. Every diagram below is backed by
+ * _Static_assert offset checks so it cannot drift.
  *
  * Data segment:
  *
@@ -45,6 +47,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "kvshm/kvshm.h"   /* KVSHM_MAX_KEY, kvshm_status */
 
 /* ---- constants ---------------------------------------------------------- */
 #define KVSHM_MAGIC_SEG    UINT64_C(0x31474553484d534b) /* "KSMHSEG1" LE bytes */
@@ -204,7 +208,6 @@ _Static_assert(offsetof(struct kvshm_rec, r_vlen) == 12, "rec layout");
 _Static_assert(offsetof(struct kvshm_rec, r_seqt) == 16, "rec layout");
 _Static_assert(sizeof(struct kvshm_rec) == 24, "rec size");
 #define KVSHM_REC_HDR 24u
-#define KVSHM_MAX_KEY 4096u
 
 /*
  * Memtable arena header (at the arena's start; the arena is one block).
@@ -360,6 +363,54 @@ _Static_assert(offsetof(struct kvshm_slot, sl_epoch) == 0, "slot layout");
 _Static_assert(offsetof(struct kvshm_slot, sl_gen) == 8, "slot layout");
 _Static_assert(offsetof(struct kvshm_slot, sl_pid) == 16, "slot layout");
 _Static_assert(sizeof(struct kvshm_slot) == 64, "slot size");
+
+/*
+ * Submission ring (kvshm/ring.h): the memfd a client creates; offsets in
+ * bytes, all fields fixed-width:
+ *
+ *     0  magic            u64  KVSHM_MAGIC_RING; producer, immutable
+ *     8  layout_hash      u64  immutable
+ *    16  capacity         u32  data bytes, power of two; immutable
+ *    20  flags            u32
+ *    64  tail             u64  producer: free-running end of published data (release)
+ *    72  tail_seq         u32  futex: producer bumps it when the consumer waits for data
+ *    76  consumer_waiting u32  consumer sets it before sleeping on tail_seq
+ *   128  head             u64  consumer: free-running start of unconsumed data (release)
+ *   136  head_seq         u32  futex: consumer bumps it when the producer waits
+ *   140  producer_waiting u32  producer sets it before sleeping on head_seq
+ *   144  committed        u64  consumer: ring position whose records are committed (release)
+ *   152  commit_seq       u32  futex: bumped when `committed` advances and someone waits
+ *   156  commit_waiting   u32
+ *   256  data[capacity]
+ */
+#define KVSHM_MAGIC_RING UINT64_C(0x31474e49524d534b) /* "KSMRING1" */
+#define KVSHM_RING_HDR 256u
+
+struct kvshm_ring_hdr {
+    uint64_t rh_magic;
+    uint64_t rh_layout_hash;
+    uint32_t rh_capacity;
+    uint32_t rh_flags;
+    uint64_t rh_pad0[5];
+    uint64_t rh_tail;             /* 64 */
+    uint32_t rh_tail_seq;         /* 72 */
+    uint32_t rh_consumer_waiting; /* 76 */
+    uint64_t rh_pad1[6];
+    uint64_t rh_head;             /* 128 */
+    uint32_t rh_head_seq;         /* 136 */
+    uint32_t rh_producer_waiting; /* 140 */
+    uint64_t rh_committed;        /* 144 */
+    uint32_t rh_commit_seq;       /* 152 */
+    uint32_t rh_commit_waiting;   /* 156 */
+    uint64_t rh_pad2[12];
+};
+_Static_assert(__builtin_offsetof(struct kvshm_ring_hdr, rh_tail) == 64, "ring layout");
+_Static_assert(__builtin_offsetof(struct kvshm_ring_hdr, rh_tail_seq) == 72, "ring layout");
+_Static_assert(__builtin_offsetof(struct kvshm_ring_hdr, rh_head) == 128, "ring layout");
+_Static_assert(__builtin_offsetof(struct kvshm_ring_hdr, rh_head_seq) == 136, "ring layout");
+_Static_assert(__builtin_offsetof(struct kvshm_ring_hdr, rh_committed) == 144, "ring layout");
+_Static_assert(__builtin_offsetof(struct kvshm_ring_hdr, rh_commit_seq) == 152, "ring layout");
+_Static_assert(sizeof(struct kvshm_ring_hdr) == KVSHM_RING_HDR, "ring header size");
 
 /* ---- process-local mapping handle and the bounds-checked dereference ---- */
 

@@ -1,5 +1,5 @@
 /*
- * kvshm/structs.h -- the building blocks inside a shard, one module each:
+ * structs.h -- the building blocks inside a shard, one module each:
  * size-classed blocks with epoch retire lists (blocks.c), checksummed records
  * (blocks.c), the memtable skip list (memtable.c) and the copy-on-write
  * CSB+tree (csbtree.c). kvshm.h composes them into shards; the writer process
@@ -14,8 +14,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kvshm/atomics.h"
+#include "atomics.h"
 #include "kvshm/kvshm.h"
+#include "layout.h"
 
 /* ---- blocks (blocks.c) ---------------------------------------------------
  * Size classes: multiples of 16 bytes up to 1 KiB, then 4 classes per power
