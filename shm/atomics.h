@@ -21,40 +21,34 @@
 _Static_assert(sizeof(_Atomic uint64_t) == sizeof(uint64_t), "atomic u64 layout");
 _Static_assert(sizeof(_Atomic uint32_t) == sizeof(uint32_t), "atomic u32 layout");
 
-#define KVSHM_A64(p) ((_Atomic uint64_t *)(void *)(p))
+/* A shared 32-bit word as an atomic, for the RMWs without a wrapper below. */
 #define KVSHM_A32(p) ((_Atomic uint32_t *)(void *)(p))
-#define KVSHM_CA64(p) ((const _Atomic uint64_t *)(const void *)(p))
-#define KVSHM_CA32(p) ((const _Atomic uint32_t *)(const void *)(p))
 
-/* ---- 64-bit words ---------------------------------------------------- */
-static inline uint64_t kv_atomic_load_relaxed64(const uint64_t *p)
-{ return atomic_load_explicit((_Atomic uint64_t *)(uintptr_t)p, memory_order_relaxed); }
-static inline uint64_t kv_atomic_load_acquire64(const uint64_t *p)
-{ return atomic_load_explicit((_Atomic uint64_t *)(uintptr_t)p, memory_order_acquire); }
-static inline void kv_atomic_store_relaxed64(uint64_t *p, uint64_t v)
-{ atomic_store_explicit(KVSHM_A64(p), v, memory_order_relaxed); }
-static inline void kv_atomic_store_release64(uint64_t *p, uint64_t v)
-{ atomic_store_explicit(KVSHM_A64(p), v, memory_order_release); }
-static inline void kv_atomic_store_seq_cst64(uint64_t *p, uint64_t v)
-{ atomic_store_explicit(KVSHM_A64(p), v, memory_order_seq_cst); }
-static inline uint64_t kv_atomic_fetch_add_acq_rel64(uint64_t *p, uint64_t v)
-{ return atomic_fetch_add_explicit(KVSHM_A64(p), v, memory_order_acq_rel); }
+/*
+ * The wrappers of one word width: kv_atomic_load_{relaxed,acquire,seq_cst}<bits>,
+ * kv_atomic_store_{relaxed,release,seq_cst}<bits> and
+ * kv_atomic_fetch_add_acq_rel<bits>, over words of type T. Instantiated below
+ * for 64-bit words (epochs, offsets, positions) and 32-bit words (futex
+ * words, skip-list links).
+ */
+#define KVSHM_ATOMIC_OPS(bits, T)                                                  \
+    static inline T kv_atomic_load_relaxed##bits(const T *p)                       \
+    { return atomic_load_explicit((_Atomic T *)(uintptr_t)p, memory_order_relaxed); } \
+    static inline T kv_atomic_load_acquire##bits(const T *p)                       \
+    { return atomic_load_explicit((_Atomic T *)(uintptr_t)p, memory_order_acquire); } \
+    static inline T kv_atomic_load_seq_cst##bits(const T *p)                       \
+    { return atomic_load_explicit((_Atomic T *)(uintptr_t)p, memory_order_seq_cst); } \
+    static inline void kv_atomic_store_relaxed##bits(T *p, T v)                    \
+    { atomic_store_explicit((_Atomic T *)(void *)p, v, memory_order_relaxed); }    \
+    static inline void kv_atomic_store_release##bits(T *p, T v)                    \
+    { atomic_store_explicit((_Atomic T *)(void *)p, v, memory_order_release); }    \
+    static inline void kv_atomic_store_seq_cst##bits(T *p, T v)                    \
+    { atomic_store_explicit((_Atomic T *)(void *)p, v, memory_order_seq_cst); }    \
+    static inline T kv_atomic_fetch_add_acq_rel##bits(T *p, T v)                   \
+    { return atomic_fetch_add_explicit((_Atomic T *)(void *)p, v, memory_order_acq_rel); }
 
-/* ---- 32-bit words (futex words, skip-list links) --------------------- */
-static inline uint32_t kv_atomic_load_relaxed32(const uint32_t *p)
-{ return atomic_load_explicit((_Atomic uint32_t *)(uintptr_t)p, memory_order_relaxed); }
-static inline uint32_t kv_atomic_load_acquire32(const uint32_t *p)
-{ return atomic_load_explicit((_Atomic uint32_t *)(uintptr_t)p, memory_order_acquire); }
-static inline void kv_atomic_store_relaxed32(uint32_t *p, uint32_t v)
-{ atomic_store_explicit(KVSHM_A32(p), v, memory_order_relaxed); }
-static inline void kv_atomic_store_release32(uint32_t *p, uint32_t v)
-{ atomic_store_explicit(KVSHM_A32(p), v, memory_order_release); }
-static inline void kv_atomic_store_seq_cst32(uint32_t *p, uint32_t v)
-{ atomic_store_explicit(KVSHM_A32(p), v, memory_order_seq_cst); }
-static inline uint32_t kv_atomic_load_seq_cst32(const uint32_t *p)
-{ return atomic_load_explicit((_Atomic uint32_t *)(uintptr_t)p, memory_order_seq_cst); }
-static inline uint32_t kv_atomic_fetch_add_acq_rel32(uint32_t *p, uint32_t v)
-{ return atomic_fetch_add_explicit(KVSHM_A32(p), v, memory_order_acq_rel); }
+KVSHM_ATOMIC_OPS(64, uint64_t)
+KVSHM_ATOMIC_OPS(32, uint32_t)
 
 /* ---- fences ------------------------------------------------------------ */
 #if defined(__SANITIZE_THREAD__)

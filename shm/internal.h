@@ -7,6 +7,7 @@
 #define KVSHM_INTERNAL_H
 
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "atomics.h"
 #include "kv_assert.h"
@@ -15,6 +16,7 @@
 
 struct kvshm_writer {
     kvshm_config cfg;
+    pid_t pid;                      /* the writer process (the creator) */
     char *seg_name, *slot_name;
     kvshm_seg seg;
     struct kvshm_hdr *hdr;
@@ -58,6 +60,10 @@ struct kvshm_reader {
 };
 
 extern unsigned kvshmi_fork_gen;
+
+/* Precondition of every "writer only" function: called by the process that
+ * created the segment (not a forked child of it). Assertion builds only. */
+#define KVSHMI_WRITER_ONLY(w) KV_ASSERT((w) != NULL && (w)->pid == getpid())
 
 /* slots.c */
 kvshm_status kvshmi_slots_create(kvshm_writer *w);

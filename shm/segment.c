@@ -188,6 +188,7 @@ kvshm_status kvshm_writer_create(const kvshm_config *cfg, kvshm_writer **out)
     kvshm_writer *w = calloc(1, sizeof *w);
     if (!w) return KVSHM_E_NOMEM;
     w->cfg = *cfg;
+    w->pid = getpid();
     w->nshards = cfg->shards;
     w->slot_fd = -1;
     w->seg.fd = -1;
@@ -253,6 +254,7 @@ fail:
 void kvshm_writer_destroy(kvshm_writer *w, int unlink_names)
 {
     if (!w) return;
+    KVSHMI_WRITER_ONLY(w);
     kv_atomic_store_release32(&w->hdr->h_state, KVSHM_STATE_CLOSED);
     munmap(w->seg.base, w->seg.size);
     close(w->seg.fd);
@@ -270,6 +272,7 @@ uint64_t kvshm_writer_generation(const kvshm_writer *w) { return w->cfg.generati
 kvshm_status kvshm_writer_shard_stats(const kvshm_writer *w, uint32_t shard,
                                       kvshm_shard_stats *out)
 {
+    KVSHMI_WRITER_ONLY(w);
     memset(out, 0, sizeof *out);
     uint32_t lo = shard, hi = shard + 1;
     if (shard == KVSHM_ALL_SHARDS) lo = 0, hi = w->nshards;
@@ -398,21 +401,6 @@ static kvshm_status recover_map(const char *seg_name, kvshm_seg *seg, struct kvs
     return st;
 }
 
-/* Forwards records to the caller's visitor and remembers that it stopped. */
-typedef struct recover_visit {
-    kvshm_rec_fn fn;
-    void *ctx;
-    int stopped;
-} recover_visit;
-
-static int recover_rec(void *ctx, const void *key, size_t klen, const void *val, size_t vlen,
-                       uint64_t seq, int tombstone)
-{
-    recover_visit *v = ctx;
-    v->stopped = v->fn(v->ctx, key, klen, val, vlen, seq, tombstone);
-    return v->stopped;
-}
-
 kvshm_status kvshm_recover_scan(const char *seg_name, kvshm_rec_fn fn, void *ctx)
 {
     kvshm_seg seg;
@@ -421,15 +409,15 @@ kvshm_status kvshm_recover_scan(const char *seg_name, kvshm_rec_fn fn, void *ctx
     if (st) return st;
     const struct kvshm_shard *shards =
         kvshm_at(&seg, h->h_shard_tbl, (uint64_t)h->h_shards * sizeof(struct kvshm_shard));
-    recover_visit v = {.fn = fn, .ctx = ctx};
+    int stopped = 0;
     if (!shards) st = KVSHM_E_CORRUPT;
-    for (uint32_t i = 0; shards && i < h->h_shards && !v.stopped; i++) {
+    for (uint32_t i = 0; shards && i < h->h_shards && !stopped; i++) {
         uint64_t voff = kv_atomic_load_acquire64(&shards[i].s_view);
         const struct kvshm_view *view = kvshm_at(&seg, voff, sizeof *view);
         if (!view) continue;
         const uint64_t mts[2] = {view->v_frozen, view->v_active};
-        for (int k = 0; k < 2 && !v.stopped; k++)
-            if (mts[k]) kvshm_mt_scan_valid(&seg, mts[k], recover_rec, &v);
+        for (int k = 0; k < 2 && !stopped; k++)
+            if (mts[k]) kvshm_mt_scan_valid(&seg, mts[k], fn, ctx, &stopped);
     }
     unmap_object(&seg);
     return st;

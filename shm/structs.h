@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "atomics.h"
+#include "kv_assert.h"
 #include "kvshm/kvshm.h"
 #include "layout.h"
 
@@ -157,10 +158,12 @@ uint64_t kvshm_mt_seek(const kvshm_seg *s, uint64_t mt, const void *key,
 kvshm_status kvshm_mt_scan(const kvshm_seg *s, uint64_t mt, int newest_only,
                            kvshm_rec_fn fn, void *ctx);
 /* Visit every record in append order whose checksum verifies (crash replay:
- * a new writer reads the old segment). Stops at the first invalid record.
- * Any process. */
+ * a new writer reads the old segment). Stops at the first invalid record or
+ * when fn returns nonzero; *stopped (may be NULL) is set to 1 in the latter
+ * case, else 0. Any process. Returns KVSHM_OK, KVSHM_E_CORRUPT (no memtable
+ * at mt). */
 kvshm_status kvshm_mt_scan_valid(const kvshm_seg *s, uint64_t mt,
-                                 kvshm_rec_fn fn, void *ctx);
+                                 kvshm_rec_fn fn, void *ctx, int *stopped);
 /* Records appended / arena bytes used. Any process (relaxed loads). */
 uint64_t kvshm_mt_count(const kvshm_seg *s, uint64_t mt);
 uint64_t kvshm_mt_used(const kvshm_seg *s, uint64_t mt);
