@@ -77,7 +77,9 @@ void kvshmi_membarrier_register(kvshm_reader *r);
 uint64_t kvshmi_layout_hash(void);
 
 /* segment.c: what an assertion or panic report prints about this process's
- * segment (kv_assert_set_context): its role, generation and slot (readers). */
+ * segments (kv_assert_set_context): the generation of the segment it writes,
+ * and of the one its last reader handle maps with that handle's slot.
+ * Generation 0 clears the role. */
 enum { KVSHMI_ROLE_WRITER = 1, KVSHMI_ROLE_READER = 2 };
 void kvshmi_assert_context(int role, uint64_t generation, uint32_t slot);
 

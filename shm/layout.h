@@ -122,26 +122,19 @@ static inline uint32_t kvshm_stripe_of(uint64_t key_hash)
 }
 
 /*
- * Shard record (64 bytes, one cache line, all fields written by the writer):
- *
- *   0 view      offset of the current struct kvshm_view; release-stored,
- *               readers acquire-load it: the one publication point of a shard
- *   8 region    offset of this shard's block region
- *  16 region_bytes
- *  24 used      bytes of blocks allocated (live + retired); relaxed stats
- *  32 retired   bytes retired and not yet reclaimed; relaxed stats
- *  40 tree_keys keys in the published tree; relaxed stats
- *  48 mt_keys   records in the active + frozen memtables; relaxed stats
- *  56 reserved
+ * Shard record (64 bytes, one cache line, all fields written by the writer;
+ * the counters are relaxed statistics).
  */
-#define KVSHM_SHARD_FIELDS(F, S)                \
-    F(S, uint64_t, s_view,         ,  0)          \
-    F(S, uint64_t, s_region,       ,  8)          \
-    F(S, uint64_t, s_region_bytes, , 16)          \
-    F(S, uint64_t, s_used,         , 24)          \
-    F(S, uint64_t, s_retired,      , 32)          \
-    F(S, uint64_t, s_tree_keys,    , 40)          \
-    F(S, uint64_t, s_mt_keys,      , 48)          \
+#define KVSHM_SHARD_FIELDS(F, S)                                                    \
+    /* offset of the current struct kvshm_view; release-stored, readers           \
+     * acquire-load it: the one publication point of a shard */                   \
+    F(S, uint64_t, s_view,         ,  0)                                          \
+    F(S, uint64_t, s_region,       ,  8) /* offset of this shard's block region */ \
+    F(S, uint64_t, s_region_bytes, , 16) /* its size in bytes */                  \
+    F(S, uint64_t, s_used,         , 24) /* block bytes allocated (live + retired) */ \
+    F(S, uint64_t, s_retired,      , 32) /* bytes retired, not yet reclaimed */   \
+    F(S, uint64_t, s_tree_keys,    , 40) /* keys in the published tree */         \
+    F(S, uint64_t, s_mt_keys,      , 48) /* records in active + frozen memtables */ \
     F(S, uint64_t, s_reserved,     , 56)
 KVSHM_STRUCT(kvshm_shard, KVSHM_SHARD_FIELDS, 64);
 
@@ -149,43 +142,29 @@ KVSHM_STRUCT(kvshm_shard, KVSHM_SHARD_FIELDS, 64);
  * View record (64 bytes, a block in the shard's region). Immutable once
  * published: the writer builds a new one and release-stores its offset into
  * kvshm_shard.s_view, then retires the old one. A reader therefore always
- * searches a consistent (active, frozen, tree) triple.
- *
- *   0 active     offset of the active memtable (0: none)
- *   8 frozen     offset of the frozen memtable being committed (0: none)
- *  16 tree_root  offset of the CSB+tree root node (0: empty tree)
- *  24 tree_height levels in the tree (0: empty, 1: root is a leaf)
- *  28 pad
- *  32 tree_keys  keys in the tree
- *  40 epoch      global epoch when published (diagnostics)
- *  48 reserved[2]
+ * searches a consistent (active, frozen, tree) triple. Offsets 0 mean none.
  */
-#define KVSHM_VIEW_FIELDS(F, S)                 \
-    F(S, uint64_t, v_active,      ,     0)        \
-    F(S, uint64_t, v_frozen,      ,     8)        \
-    F(S, uint64_t, v_tree_root,   ,    16)        \
-    F(S, uint32_t, v_tree_height, ,    24)        \
-    F(S, uint32_t, v_pad,         ,    28)        \
-    F(S, uint64_t, v_tree_keys,   ,    32)        \
-    F(S, uint64_t, v_epoch,       ,    40)        \
+#define KVSHM_VIEW_FIELDS(F, S)                                                     \
+    F(S, uint64_t, v_active,      ,     0) /* offset of the active memtable */    \
+    F(S, uint64_t, v_frozen,      ,     8) /* the frozen one being committed */   \
+    F(S, uint64_t, v_tree_root,   ,    16) /* CSB+tree root node (0: empty) */    \
+    F(S, uint32_t, v_tree_height, ,    24) /* levels (0: empty, 1: root is a leaf) */ \
+    F(S, uint32_t, v_pad,         ,    28)                                        \
+    F(S, uint64_t, v_tree_keys,   ,    32) /* keys in the tree */                 \
+    F(S, uint64_t, v_epoch,       ,    40) /* global epoch when published (diagnostics) */ \
     F(S, uint64_t, v_reserved,    [2], 48)
 KVSHM_STRUCT(kvshm_view, KVSHM_VIEW_FIELDS, 64);
 
 /*
  * Record: a key/value version, the unit both the memtable and the tree hand
- * out. Stored at 8-byte alignment, immutable once published.
- *
- *   0 checksum  kvshm_rec_checksum(seqt, key, value)
- *   8 klen      key bytes (1..KVSHM_MAX_KEY)
- *  12 vlen      value bytes (0 for a tombstone)
- *  16 seqt      sequence number << 1 | tombstone bit
- *  24 key[klen] value[vlen]
+ * out. Stored at 8-byte alignment, immutable once published; the header is
+ * followed by key[klen] and value[vlen].
  */
-#define KVSHM_REC_FIELDS(F, S)                  \
-    F(S, uint64_t, r_checksum, ,  0)              \
-    F(S, uint32_t, r_klen,     ,  8)              \
-    F(S, uint32_t, r_vlen,     , 12)              \
-    F(S, uint64_t, r_seqt,     , 16)  /* then key[klen], value[vlen] */
+#define KVSHM_REC_FIELDS(F, S)                                                      \
+    F(S, uint64_t, r_checksum, ,  0) /* kvshm_rec_checksum(seqt, key, value) */   \
+    F(S, uint32_t, r_klen,     ,  8) /* key bytes (1..KVSHM_MAX_KEY) */           \
+    F(S, uint32_t, r_vlen,     , 12) /* value bytes (0 for a tombstone) */        \
+    F(S, uint64_t, r_seqt,     , 16) /* sequence number << 1 | tombstone bit */
 KVSHM_STRUCT(kvshm_rec, KVSHM_REC_FIELDS, 24);
 #define KVSHM_REC_HDR 24u
 
@@ -315,67 +294,49 @@ _Static_assert(sizeof(struct kvshm_node) == KVSHM_NODE_BYTES, "node size");
     F(S, uint64_t, sh_reserved,        [11], 40)
 KVSHM_STRUCT(kvshm_slothdr, KVSHM_SLOTHDR_FIELDS, 128);
 
-/*
- *   0 epoch  epoch the owner entered, 0 when idle. Written only by the owner
- *            (one plain release store to enter, one to leave) and by the
- *            writer when it clears a dead owner's slot.
- *   8 gen    slot generation; written only by the writer, which bumps it to
- *            evict a stalled owner or when it clears a dead one. The owner
- *            re-reads it after each read and retries if it moved.
- *  16 pid    owner's pid (diagnostics; liveness comes from the OFD lock)
- *  20 flags  KVSHM_SLOT_*; owner
- *  24 attach_ns  CLOCK_MONOTONIC time of the claim; owner
- *  32 reserved[4]
- */
-#define KVSHM_SLOT_FIELDS(F, S)                 \
-    F(S, uint64_t, sl_epoch,     ,     0)         \
-    F(S, uint64_t, sl_gen,       ,     8)         \
-    F(S, uint32_t, sl_pid,       ,    16)         \
-    F(S, uint32_t, sl_flags,     ,    20)         \
-    F(S, uint64_t, sl_attach_ns, ,    24)         \
+/* A reader slot (64 bytes, one cache line). */
+#define KVSHM_SLOT_FIELDS(F, S)                                                     \
+    /* epoch the owner entered, 0 when idle. Written only by the owner (one      \
+     * plain release store to enter, one to leave) and by the writer when it     \
+     * clears a dead owner's slot */                                              \
+    F(S, uint64_t, sl_epoch,     ,     0)                                         \
+    /* slot generation; written only by the writer, which bumps it to evict a    \
+     * stalled owner or when it clears a dead one. The owner re-reads it after   \
+     * each read and retries if it moved */                                       \
+    F(S, uint64_t, sl_gen,       ,     8)                                         \
+    F(S, uint32_t, sl_pid,       ,    16) /* owner's pid (diagnostics; liveness: the OFD lock) */ \
+    F(S, uint32_t, sl_flags,     ,    20) /* KVSHM_SLOT_*; owner */               \
+    F(S, uint64_t, sl_attach_ns, ,    24) /* CLOCK_MONOTONIC time of the claim; owner */ \
     F(S, uint64_t, sl_reserved,  [4], 32)
 KVSHM_STRUCT(kvshm_slot, KVSHM_SLOT_FIELDS, 64);
 #define KVSHM_SLOTS_OFF 128u
 #define KVSHM_SLOT_FENCED 1u /* owner could not register for membarrier; it fences itself */
 
 /*
- * Submission ring (kvshm/ring.h): the memfd a client creates; offsets in
- * bytes, all fields fixed-width:
- *
- *     0  magic            u64  KVSHM_MAGIC_RING; producer, immutable
- *     8  layout_hash      u64  immutable
- *    16  capacity         u32  data bytes, power of two; immutable
- *    20  flags            u32
- *    64  tail             u64  producer: free-running end of published data (release)
- *    72  tail_seq         u32  futex: producer bumps it when the consumer waits for data
- *    76  consumer_waiting u32  consumer sets it before sleeping on tail_seq
- *   128  head             u64  consumer: free-running start of unconsumed data (release)
- *   136  head_seq         u32  futex: consumer bumps it when the producer waits
- *   140  producer_waiting u32  producer sets it before sleeping on head_seq
- *   144  committed        u64  consumer: ring position whose records are committed (release)
- *   152  commit_seq       u32  futex: bumped when `committed` advances and someone waits
- *   156  commit_waiting   u32
- *   256  data[capacity]
+ * Submission ring (kvshm/ring.h): the memfd a client creates. A 256-byte
+ * header -- the producer's words, the consumer's words, each group on cache
+ * lines of its own -- then data[capacity] at KVSHM_RING_HDR. Positions are
+ * free-running byte counts; futex words are bumped by one side when the
+ * other waits on them.
  */
 #define KVSHM_MAGIC_RING UINT64_C(0x31474e49524d534b) /* "KSMRING1" */
 #define KVSHM_RING_HDR 256u
-
-#define KVSHM_RING_HDR_FIELDS(F, S)                   \
-    F(S, uint64_t, rh_magic,            ,     0)        \
-    F(S, uint64_t, rh_layout_hash,      ,     8)        \
-    F(S, uint32_t, rh_capacity,         ,    16)        \
-    F(S, uint32_t, rh_flags,            ,    20)        \
-    F(S, uint64_t, rh_pad0,             [5], 24)        \
-    F(S, uint64_t, rh_tail,             ,    64)        \
-    F(S, uint32_t, rh_tail_seq,         ,    72)        \
-    F(S, uint32_t, rh_consumer_waiting, ,    76)        \
-    F(S, uint64_t, rh_pad1,             [6], 80)        \
-    F(S, uint64_t, rh_head,             ,   128)        \
-    F(S, uint32_t, rh_head_seq,         ,   136)        \
-    F(S, uint32_t, rh_producer_waiting, ,   140)        \
-    F(S, uint64_t, rh_committed,        ,   144)        \
-    F(S, uint32_t, rh_commit_seq,       ,   152)        \
-    F(S, uint32_t, rh_commit_waiting,   ,   156)        \
+#define KVSHM_RING_HDR_FIELDS(F, S)                                                 \
+    F(S, uint64_t, rh_magic,            ,     0) /* KVSHM_MAGIC_RING; producer, immutable */ \
+    F(S, uint64_t, rh_layout_hash,      ,     8) /* immutable */                  \
+    F(S, uint32_t, rh_capacity,         ,    16) /* data bytes, power of two; immutable */ \
+    F(S, uint32_t, rh_flags,            ,    20)                                  \
+    F(S, uint64_t, rh_pad0,             [5], 24)                                  \
+    F(S, uint64_t, rh_tail,             ,    64) /* producer: end of published data (release) */ \
+    F(S, uint32_t, rh_tail_seq,         ,    72) /* futex: producer bumps it for a waiting consumer */ \
+    F(S, uint32_t, rh_consumer_waiting, ,    76) /* consumer sets it before sleeping on tail_seq */ \
+    F(S, uint64_t, rh_pad1,             [6], 80)                                  \
+    F(S, uint64_t, rh_head,             ,   128) /* consumer: start of unconsumed data (release) */ \
+    F(S, uint32_t, rh_head_seq,         ,   136) /* futex: consumer bumps it for a waiting producer */ \
+    F(S, uint32_t, rh_producer_waiting, ,   140) /* producer sets it before sleeping on head_seq */ \
+    F(S, uint64_t, rh_committed,        ,   144) /* consumer: records before it are committed (release) */ \
+    F(S, uint32_t, rh_commit_seq,       ,   152) /* futex: bumped when committed advances for a waiter */ \
+    F(S, uint32_t, rh_commit_waiting,   ,   156) /* producer sets it before sleeping on commit_seq */ \
     F(S, uint64_t, rh_pad2,             [12], 160)
 KVSHM_STRUCT(kvshm_ring_hdr, KVSHM_RING_HDR_FIELDS, KVSHM_RING_HDR);
 

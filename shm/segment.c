@@ -56,26 +56,34 @@ const char *kvshm_strerror(kvshm_status st)
 
 /* ---- assertion context -------------------------------------------------- */
 
+/* This process's roles: the writer (the segment it created) and the last
+ * reader handle attached or re-homed (its segment and slot). */
 static struct {
-    int role;
-    uint32_t slot;
-    uint64_t generation;
+    uint64_t writer_generation;     /* 0: not a writer */
+    uint64_t reader_generation;     /* 0: no reader */
+    uint32_t reader_slot;
 } g_context;
 
 static void assert_context(char *buf, size_t cap)
 {
-    if (g_context.role == KVSHMI_ROLE_WRITER)
-        snprintf(buf, cap, "kvshm writer, segment generation %" PRIu64, g_context.generation);
-    else
-        snprintf(buf, cap, "kvshm reader, segment generation %" PRIu64 ", slot %" PRIu32,
-                 g_context.generation, g_context.slot);
+    int n = 0;
+    if (g_context.writer_generation)
+        n = snprintf(buf, cap, "kvshm writer, segment generation %" PRIu64,
+                     g_context.writer_generation);
+    if (g_context.reader_generation && n >= 0 && (size_t)n < cap)
+        snprintf(buf + n, cap - (size_t)n, "%skvshm reader, segment generation %" PRIu64
+                 ", slot %" PRIu32, n ? "; " : "", g_context.reader_generation,
+                 g_context.reader_slot);
 }
 
 void kvshmi_assert_context(int role, uint64_t generation, uint32_t slot)
 {
-    g_context.role = role;
-    g_context.generation = generation;
-    g_context.slot = slot;
+    if (role == KVSHMI_ROLE_WRITER) {
+        g_context.writer_generation = generation;
+    } else {
+        g_context.reader_generation = generation;
+        g_context.reader_slot = slot;
+    }
     kv_assert_set_context(assert_context);
 }
 
@@ -136,27 +144,29 @@ static kvshm_status sys_status(int e)
     }
 }
 
-/* Create a shm object of `bytes`, reserved, mode 0600, mapped read-write. */
+/* Create a shm object of `bytes`, reserved, mode 0600, mapped read-write.
+ * On failure the object is unlinked again and *err_no holds the errno. */
 static kvshm_status create_object(const char *name, uint64_t bytes, int *fd_out,
                                   uint8_t **base_out, int *err_no)
 {
-    kvshm_status st;
     int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
     if (fd < 0) { *err_no = errno; return sys_status(errno); }
-    if (fchmod(fd, 0600) != 0 || ftruncate(fd, (off_t)bytes) != 0) {
-        *err_no = errno; st = sys_status(errno); goto fail;
+    void *p = MAP_FAILED;
+    int e = 0;
+    if (fchmod(fd, 0600) != 0 || ftruncate(fd, (off_t)bytes) != 0)
+        e = errno;
+    else if ((e = posix_fallocate(fd, 0, (off_t)bytes)) == 0 &&
+             (p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED)
+        e = errno;
+    if (e) {
+        *err_no = e;
+        close(fd);
+        shm_unlink(name);
+        return sys_status(e);
     }
-    int rc = posix_fallocate(fd, 0, (off_t)bytes);
-    if (rc != 0) { *err_no = rc; st = sys_status(rc); goto fail; }
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) { *err_no = errno; st = sys_status(errno); goto fail; }
     *fd_out = fd;
     *base_out = p;
     return KVSHM_OK;
-fail:
-    close(fd);
-    shm_unlink(name);
-    return st;
 }
 
 static void writer_free(kvshm_writer *w)
@@ -255,6 +265,7 @@ void kvshm_writer_destroy(kvshm_writer *w, int unlink_names)
 {
     if (!w) return;
     KVSHMI_WRITER_ONLY(w);
+    kvshmi_assert_context(KVSHMI_ROLE_WRITER, 0, 0);
     kv_atomic_store_release32(&w->hdr->h_state, KVSHM_STATE_CLOSED);
     munmap(w->seg.base, w->seg.size);
     close(w->seg.fd);
@@ -364,6 +375,7 @@ fail_map:
 void kvshm_reader_detach(kvshm_reader *r)
 {
     if (!r) return;
+    kvshmi_assert_context(KVSHMI_ROLE_READER, 0, 0);
     if (r->fork_gen == kvshmi_fork_gen) kvshmi_slot_release(r);
     else if (r->slot_fd >= 0) close(r->slot_fd); /* the parent's slot: not ours */
     munmap(r->slot_base, r->slot_bytes);

@@ -2,8 +2,9 @@
  * structs.h -- the building blocks inside a shard, one module each:
  * size-classed blocks with epoch retire lists (blocks.c), checksummed records
  * (blocks.c), the memtable skip list (memtable.c) and the copy-on-write
- * CSB+tree (csbtree.c). kvshm.h composes them into shards; the writer process
- * and tests may use them directly.
+ * CSB+tree (csbtree.c). kvshm.h composes them into shards. Private to shm/
+ * (and its white-box tests): the writer process reaches them only through
+ * kvshm/kvshm.h.
  *
  * Process rules are stated per function: "writer only" functions mutate the
  * segment and need the writable mapping; "any reader" functions only load.

@@ -498,3 +498,32 @@ Test(shm_segment, recover_scan_and_close)
     cr_assert_eq(kvshm_recover_close(shmt_seg), KVSHM_E_LAYOUT);
     h->h_layout_hash ^= 1;
 }
+
+#if KV_DEBUG >= 1
+/* Assertion builds: a "writer only" call from a forked child of the writer
+ * aborts, and the report names the segment (the assert context hook). */
+Test(shm_segment, writer_only_call_from_a_child_aborts_with_context)
+{
+    kvshm_writer *w;
+    kvshm_reader *r;
+    shmt_open(16u << 20, 1, &w, &r);
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(p[1], 2);
+        kvshm_writer_put(w, "k", 1, "v", 1, 1, 0);
+        _exit(0);
+    }
+    close(p[1]);
+    char report[2048] = "";
+    size_t got = 0;
+    ssize_t n;
+    while (got < sizeof report - 1 && (n = read(p[0], report + got, sizeof report - 1 - got)) > 0)
+        got += (size_t)n;
+    close(p[0]);
+    cr_assert_eq(shmt_wait(pid), 128 + SIGABRT);
+    cr_assert(strstr(report, "assertion failed"), "report: %s", report);
+    cr_assert(strstr(report, "kvshm writer, segment generation 1"), "report: %s", report);
+}
+#endif

@@ -8,7 +8,15 @@
  *
  *   writer:  kvshm_writer_create / _put / _freeze / _frozen_scan / _fold /
  *            _cache_load / _cache_evict / _publish_seq / _maintain / _destroy
+ *            figures and walks: _shards / _size_bytes / _generation /
+ *            _shard_stats / _cache_scan; a dead writer's segment:
+ *            kvshm_recover_scan / _close
  *   readers: kvshm_reader_attach / _get / _next / _enter / _leave / _detach
+ *
+ * The byte layout behind these calls (shm/layout.h, shm/structs.h) is
+ * private to shm/: no consumer reads a header field, a shard table or a
+ * record itself. The submission ring is kvshm/ring.h; the registry text and
+ * the ring's record formats are kvshm/proto.h.
  *
  * Process rules. "Writer only" functions may be called only by the process
  * that created the segment, from one thread at a time. "Any reader" functions
@@ -366,7 +374,7 @@ void kvshm_reader_detach(kvshm_reader *r);
 
 /*
  * kvshm_reader_stamp: the seqlock stamp of the stripe of the key whose
- * kvshm_key_hash is key_hash (layout.h, "Key-stripe stamps"), for a reader
+ * kvshm_key_hash is key_hash (shm/layout.h, "Key-stripe stamps"), for a reader
  * that keeps its own copy of the key's value. Any attached reader; no epoch
  * needed (the stripes live in the header, never reclaimed).
  *
