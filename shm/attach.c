@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kv_assert.h"
 #include "kvshm/attach.h"
 #include "kvshm/kvshm.h"
 #include "kvshm/proto.h"
@@ -558,6 +559,7 @@ static kv_status seg_get(kv_att *a, const void *key, size_t klen, size_t *vlen)
 
 kv_status kv_att_get(kv_att *a, const void *key, size_t klen, const void **val, size_t *vlen)
 {
+    KV_ASSERT(a != NULL && val != NULL && vlen != NULL);
     kv_status st = check(a);
     if (st) return st;
     if (!a->applied_ok && (st = kv_att_wait(a, 0))) return st;
@@ -604,6 +606,7 @@ kv_status kv_att_exists(kv_att *a, const void *key, size_t klen, int *found)
 static kv_status push_kv(kv_att *a, uint32_t type, const void *key, size_t klen,
                          const void *val, size_t vlen)
 {
+    KV_ASSERT(a->ring != NULL && a->r != NULL && klen >= 1 && klen <= KVSHM_MAX_KEY);
     void *p;
     uint32_t len = (uint32_t)kvshm_keyrec_bytes(klen, vlen);
     for (;;) {
@@ -626,6 +629,7 @@ static kv_status push_kv(kv_att *a, uint32_t type, const void *key, size_t klen,
 kv_status kv_att_put(kv_att *a, const void *key, size_t klen, const void *val, size_t vlen,
                      int flags)
 {
+    KV_ASSERT(a != NULL && (key != NULL || klen == 0) && (val != NULL || vlen == 0));
     kv_status st = check(a);
     if (st) return st;
     if (klen == 0 || klen > KVSHM_MAX_KEY)
