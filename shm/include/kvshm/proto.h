@@ -77,6 +77,7 @@ int kvshm_registry_format(const kvshm_registry *reg, char *buf, size_t cap);
  * line equals what kvshm_registry_format writes), else 0: the segment it
  * names cannot be attached by this build. Any process; pure. */
 int kvshm_registry_layout_ok(const char *text);
+
 #define KVSHM_PROTO_MAGIC 0x4b565031u /* "KVP1" */
 
 /* ring record types */
@@ -97,8 +98,10 @@ void kvshm_keyrec_encode(void *dst, const void *key, uint32_t klen, const void *
                          uint32_t vlen);
 /* Split an untrusted PUT/DEL/MISS payload of len bytes into the key (key,
  * klen) and the bytes after it (val, vlen: the value of a PUT). Pointers are
- * into the payload. Returns 0, or -1 when malformed (shorter than the header, klen 0
- * or above KVSHM_MAX_KEY, or the key runs past len). Consumer side; pure. */
+ * into the payload. Returns 0, or -1 when malformed (shorter than the header,
+ * klen 0 or above KVSHM_MAX_KEY, or the key runs past len). Consumer side
+ * (the writer, which must copy what it applies: the producer may still change
+ * the payload); pure. */
 int kvshm_keyrec_decode(const void *payload, uint32_t len, const uint8_t **key,
                         uint32_t *klen, const uint8_t **val, uint32_t *vlen);
 

@@ -7,7 +7,8 @@
  *
  * The memfd holds a 256-byte header (magic, capacity, and the producer's
  * tail, the consumer's head and committed positions, each with a futex word,
- * on cache lines of their own; private to shm/, ring.c) and then the data.
+ * on cache lines of their own; drawn in shm/layout.h, private to shm/) and
+ * then the data.
  *
  * A record is {u32 len; u32 type} followed by len payload bytes, padded to
  * 8 bytes; a record never wraps: the producer fills the end of the buffer
