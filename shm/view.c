@@ -45,10 +45,9 @@ kvshm_status kvshmi_publish_view(kvshm_writer *w, uint32_t shard, uint64_t preal
     v->v_epoch = w->hdr->h_epoch;
     struct kvshm_shard *sh = &w->shards[shard];
     uint64_t old = sh->s_view;
-    /* views are published in epoch order; the tree is the writer's own */
+    /* views are published in epoch order */
     KV_ASSERT_INTERNAL(!old || ((const struct kvshm_view *)kvshm_at(&w->seg, old, sizeof *v))
                                        ->v_epoch <= v->v_epoch);
-    KV_ASSERT_EXPENSIVE(kvshm_tree_check(&w->seg, &w->trees[shard]) == KVSHM_OK);
     kv_atomic_store_release64(&sh->s_view, off);
     kv_atomic_store_relaxed64(&sh->s_tree_keys, w->trees[shard].keys);
     if (old) kvshm_blocks_retire(&w->blocks[shard], old, sizeof *v, w->hdr->h_epoch);
