@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kv_assert.h"
 #include "kvshm/attach.h"
 #include "kvshm/kvshm.h"
 #include "kvshm/proto.h"
@@ -108,14 +109,12 @@ static int registry_read(const char *reg_path, reg_info *ri)
     struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
     int served = 0;
     if (fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK) {
-        char text[2048], gen[32], layout[32], want[32];
+        char text[2048], gen[32];
         ssize_t n = pread(fd, text, sizeof text - 1, 0);
         if (n > 0) {
             text[n] = 0;
-            snprintf(want, sizeof want, "%016" PRIx64, kvshm_layout_hash());
             if (!kvshm_registry_field(text, "generation", gen, sizeof gen) &&
-                !kvshm_registry_field(text, "layout", layout, sizeof layout) &&
-                !strcmp(layout, want) &&
+                kvshm_registry_layout_ok(text) &&
                 !kvshm_registry_field(text, "segment", ri->segment, sizeof ri->segment) &&
                 !kvshm_registry_field(text, "slots", ri->slots, sizeof ri->slots) &&
                 !kvshm_registry_field(text, "socket", ri->socket, sizeof ri->socket) &&
@@ -332,6 +331,16 @@ static kv_status after_fork(kv_att *a)
     return reattach(a);
 }
 
+/* Free the handle's own memory (descriptors, mappings and the connection
+ * are the caller's to release first). */
+static void att_free(kv_att *a)
+{
+    free(a->buf);
+    free(a->db_path);
+    free(a->reg_path);
+    free(a);
+}
+
 static inline kv_status check(kv_att *a)
 {
     if (__builtin_expect(a->fork_gen != g_fork_gen, 0)) return after_fork(a);
@@ -393,9 +402,7 @@ fail:
     disconnect(a);
     kvshm_ring_close(a->ring);
     kv_db_close(a->db);
-    free(a->db_path);
-    free(a->reg_path);
-    free(a);
+    att_free(a);
     return st;
 }
 
@@ -472,19 +479,13 @@ kv_status kv_attach_close(kv_att *a)
     if (a->fork_gen != g_fork_gen) {
         /* inherited from the parent: release nothing of the parent's */
         if (a->sock >= 0) close(a->sock);
-        free(a->buf);
-        free(a->db_path);
-        free(a->reg_path);
-        free(a);
+        att_free(a);
         return KV_OK;
     }
     disconnect(a);
     kvshm_ring_close(a->ring);
     kv_db_close(a->db);
-    free(a->buf);
-    free(a->db_path);
-    free(a->reg_path);
-    free(a);
+    att_free(a);
     return st;
 }
 
@@ -507,11 +508,9 @@ static int grow(kv_att *a, size_t need)
 static void push_small(kv_att *a, uint32_t type, const void *key, size_t klen)
 {
     void *p;
-    if (kvshm_ring_reserve(a->ring, (uint32_t)(KVSHM_REC_KEYHDR + klen), &p, 0) != KVSHM_OK)
+    if (kvshm_ring_reserve(a->ring, (uint32_t)kvshm_keyrec_bytes(klen, 0), &p, 0) != KVSHM_OK)
         return;   /* ring full: the report is only a hint */
-    uint32_t hdr[2] = {(uint32_t)klen, 0};
-    memcpy(p, hdr, sizeof hdr);
-    memcpy((uint8_t *)p + KVSHM_REC_KEYHDR, key, klen);
+    kvshm_keyrec_encode(p, key, (uint32_t)klen, NULL, 0);
     kvshm_ring_publish(a->ring, type);   /* a hint: nobody waits for it */
 }
 
@@ -533,8 +532,8 @@ void kv_att_add_hits(kv_att *a, uint64_t n)
     maybe_stats(a);
 }
 
-/* Segment lookup: KV_OK (value in a->buf), KV_NOTFOUND (deleted), or
- * KV_BUSY meaning "not cached: ask SQLite". */
+/* Segment lookup: KV_OK (value in a->buf), KV_NOTFOUND (deleted),
+ * KV_NOTCACHED (not cached: read SQLite), or a failure. */
 static kv_status seg_get(kv_att *a, const void *key, size_t klen, size_t *vlen)
 {
     for (;;) {
@@ -543,7 +542,7 @@ static kv_status seg_get(kv_att *a, const void *key, size_t klen, size_t *vlen)
         switch (ks) {
         case KVSHM_OK: *vlen = v.len; a->hits++; return KV_OK;
         case KVSHM_DELETED: a->hits++; return KV_NOTFOUND;
-        case KVSHM_NOTFOUND: a->misses++; return KV_BUSY;
+        case KVSHM_NOTFOUND: a->misses++; return KV_NOTCACHED;
         case KVSHM_E_SMALLBUF:
             if (grow(a, v.len)) return fail(a, KV_NOMEM, "out of memory");
             continue;
@@ -552,7 +551,7 @@ static kv_status seg_get(kv_att *a, const void *key, size_t klen, size_t *vlen)
             if (st) return st;
             continue;
         }
-        case KVSHM_E_INVAL: a->misses++; return KV_BUSY;   /* key too long to cache */
+        case KVSHM_E_INVAL: a->misses++; return KV_NOTCACHED;   /* key too long to cache */
         default: return fail(a, KV_CORRUPT, "segment read: %s", kvshm_strerror(ks));
         }
     }
@@ -560,6 +559,7 @@ static kv_status seg_get(kv_att *a, const void *key, size_t klen, size_t *vlen)
 
 kv_status kv_att_get(kv_att *a, const void *key, size_t klen, const void **val, size_t *vlen)
 {
+    KV_ASSERT(a != NULL && val != NULL && vlen != NULL);
     kv_status st = check(a);
     if (st) return st;
     if (!a->applied_ok && (st = kv_att_wait(a, 0))) return st;
@@ -569,7 +569,7 @@ kv_status kv_att_get(kv_att *a, const void *key, size_t klen, const void **val, 
         maybe_stats(a);
         return KV_OK;
     }
-    if (st != KV_BUSY) return st;
+    if (st != KV_NOTCACHED) return st;
     const void *v;
     size_t n;
     st = kv_get(a->db, key, klen, &v, &n);
@@ -606,8 +606,9 @@ kv_status kv_att_exists(kv_att *a, const void *key, size_t klen, int *found)
 static kv_status push_kv(kv_att *a, uint32_t type, const void *key, size_t klen,
                          const void *val, size_t vlen)
 {
+    KV_ASSERT(a->ring != NULL && a->r != NULL && klen >= 1 && klen <= KVSHM_MAX_KEY);
     void *p;
-    uint32_t len = (uint32_t)(KVSHM_REC_KEYHDR + klen + vlen);
+    uint32_t len = (uint32_t)kvshm_keyrec_bytes(klen, vlen);
     for (;;) {
         kvshm_status ks = kvshm_ring_reserve(a->ring, len, &p, WAIT_STEP_MS);
         if (ks == KVSHM_OK) break;
@@ -618,10 +619,7 @@ static kv_status push_kv(kv_att *a, uint32_t type, const void *key, size_t klen,
             if (st) return st;
         }
     }
-    uint32_t hdr[2] = {(uint32_t)klen, 0};
-    memcpy(p, hdr, sizeof hdr);
-    memcpy((uint8_t *)p + KVSHM_REC_KEYHDR, key, klen);
-    if (vlen) memcpy((uint8_t *)p + KVSHM_REC_KEYHDR + klen, val, vlen);
+    kvshm_keyrec_encode(p, key, (uint32_t)klen, val, (uint32_t)vlen);
     a->last_pos = kvshm_ring_publish(a->ring, type);
     a->applied_ok = 0;
     kvshm_reader_ring_doorbell(a->r);
@@ -631,6 +629,7 @@ static kv_status push_kv(kv_att *a, uint32_t type, const void *key, size_t klen,
 kv_status kv_att_put(kv_att *a, const void *key, size_t klen, const void *val, size_t vlen,
                      int flags)
 {
+    KV_ASSERT(a != NULL && (key != NULL || klen == 0) && (val != NULL || vlen == 0));
     kv_status st = check(a);
     if (st) return st;
     if (klen == 0 || klen > KVSHM_MAX_KEY)
@@ -731,7 +730,7 @@ kv_status kv_att_get_to_fd(kv_att *a, const void *key, size_t klen, int fd, size
         *written = n;
         return KV_OK;
     }
-    if (st != KV_BUSY) return st;
+    if (st != KV_NOTCACHED) return st;
     st = kv_get_to_fd(a->db, key, klen, fd, chunk, written);
     if (st != KV_OK && st != KV_NOTFOUND) fail(a, st, "%s", kv_db_errmsg(a->db));
     return st;

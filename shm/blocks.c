@@ -15,7 +15,7 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
-#include "kvshm/structs.h"
+#include "structs.h"
 
 /* ---- size classes --------------------------------------------------------- */
 
@@ -72,72 +72,84 @@ static void publish_stats(kvshm_blocks *b)
     }
 }
 
-kvshm_status kvshm_blocks_alloc(kvshm_blocks *b, uint64_t bytes, uint64_t *off)
+/* The three areas of a region (structs.h, kvshm_blocks): where a new block
+ * is carved when its class's free list is empty. */
+enum area { AREA_LEAF, AREA_IDX, AREA_INNER };
+
+/* Carve a fresh block of class size cb from `area`. Blocks of 512 bytes or
+ * more in the leaf area, and every block of the other two, are 64-byte
+ * aligned; smaller leaf blocks 16-byte aligned. Returns KVSHM_OK or
+ * KVSHM_E_FULL (the area has no room). */
+static kvshm_status carve(kvshm_blocks *b, enum area area, uint64_t cb, uint64_t *off)
+{
+    uint64_t at;
+    switch (area) {
+    case AREA_LEAF: {
+        uint64_t align = cb >= 512 ? 64 : 16;   /* see kvshm_blocks_alloc */
+        at = (b->bump + align - 1) & ~(align - 1);
+        if (at > b->top || cb > b->top - at) return KVSHM_E_FULL;
+        b->bump = at + cb;
+        break;
+    }
+    case AREA_IDX:
+        if (b->top < b->bump || cb > b->top - b->bump) return KVSHM_E_FULL;
+        at = (b->top - cb) & ~(uint64_t)63;
+        if (at < b->bump) return KVSHM_E_FULL;
+        b->top = at;
+        break;
+    default:
+        at = b->itop >= b->ilo + cb ? (b->itop - cb) & ~(uint64_t)63 : 0;
+        if (at < b->ilo) return KVSHM_E_FULL;
+        b->itop = at;
+        break;
+    }
+    KV_ASSERT_INTERNAL(b->lo <= b->bump && b->bump <= b->top && b->top <= b->ilo &&
+                       b->ilo <= b->itop && b->itop <= b->hi);
+    *off = at;
+    return KVSHM_OK;
+}
+
+/* Allocate a block of at least `bytes` from the free lists `lists` (one per
+ * class; a free block's first 8 bytes link to the next) or, when its class's
+ * list is empty, carve one from `area`. */
+static kvshm_status alloc_in(kvshm_blocks *b, uint64_t bytes, uint64_t *lists,
+                             enum area area, uint64_t *off)
 {
     uint64_t cb;
     int c = size_class(bytes, &cb);
     if (c < 0) return KVSHM_E_INVAL;
-    uint64_t head = b->free_head[c];
+    KV_ASSERT_INTERNAL(c < KVSHM_NCLASSES && cb >= bytes);
+    uint64_t head = lists[c];
     if (head) {
         uint64_t *link = kvshm_at(b->seg, head, 8);
         if (!link) return KVSHM_E_CORRUPT;
-        b->free_head[c] = *link;
+        KV_ASSERT_INTERNAL(head >= b->lo && head + cb <= b->hi);
+        lists[c] = *link;
         *off = head;
     } else {
-        uint64_t align = cb >= 512 ? 64 : 16;   /* see kvshm_blocks_alloc */
-        uint64_t at = (b->bump + align - 1) & ~(align - 1);
-        if (at > b->top || cb > b->top - at) return KVSHM_E_FULL;
-        b->bump = at + cb;
-        *off = at;
+        kvshm_status st = carve(b, area, cb, off);
+        if (st) return st;
     }
     b->used += cb;
     publish_stats(b);
     return KVSHM_OK;
+}
+
+kvshm_status kvshm_blocks_alloc(kvshm_blocks *b, uint64_t bytes, uint64_t *off)
+{
+    return alloc_in(b, bytes, b->free_head, AREA_LEAF, off);
 }
 
 kvshm_status kvshm_blocks_alloc_idx(kvshm_blocks *b, uint64_t bytes, uint64_t *off)
 {
-    uint64_t cb;
-    int c = size_class(bytes, &cb);
-    if (c < 0) return KVSHM_E_INVAL;
-    uint64_t head = b->free_idx[c];
-    if (head) {
-        uint64_t *link = kvshm_at(b->seg, head, 8);
-        if (!link) return KVSHM_E_CORRUPT;
-        b->free_idx[c] = *link;
-        *off = head;
-    } else {
-        if (b->top < b->bump || cb > b->top - b->bump) return KVSHM_E_FULL;
-        uint64_t at = (b->top - cb) & ~(uint64_t)63;
-        if (at < b->bump) return KVSHM_E_FULL;
-        b->top = at;
-        *off = at;
-    }
-    b->used += cb;
-    publish_stats(b);
-    return KVSHM_OK;
+    return alloc_in(b, bytes, b->free_idx, AREA_IDX, off);
 }
 
 kvshm_status kvshm_blocks_alloc_inner(kvshm_blocks *b, uint64_t bytes, uint64_t *off)
 {
-    uint64_t cb;
-    int c = size_class(bytes, &cb);
-    if (c < 0) return KVSHM_E_INVAL;
-    uint64_t head = b->free_inner[c];
-    if (head) {
-        uint64_t *link = kvshm_at(b->seg, head, 8);
-        if (!link) return KVSHM_E_CORRUPT;
-        b->free_inner[c] = *link;
-        *off = head;
-    } else {
-        uint64_t at = b->itop >= b->ilo + cb ? (b->itop - cb) & ~(uint64_t)63 : 0;
-        if (at < b->ilo) return kvshm_blocks_alloc_idx(b, bytes, off);
-        b->itop = at;
-        *off = at;
-    }
-    b->used += cb;
-    publish_stats(b);
-    return KVSHM_OK;
+    kvshm_status st = alloc_in(b, bytes, b->free_inner, AREA_INNER, off);
+    /* inner area full: the index area takes it */
+    return st == KVSHM_E_FULL ? kvshm_blocks_alloc_idx(b, bytes, off) : st;
 }
 
 void kvshm_blocks_free(kvshm_blocks *b, uint64_t off, uint64_t bytes)
@@ -145,7 +157,9 @@ void kvshm_blocks_free(kvshm_blocks *b, uint64_t off, uint64_t bytes)
     uint64_t cb = 0;
     int c = size_class(bytes, &cb);
     uint64_t *link = kvshm_at(b->seg, off, 8);
+    KV_ASSERT(c >= 0 && link && off >= b->lo && off < b->hi);
     if (c < 0 || !link || off < b->lo || off >= b->hi) return;
+    KV_ASSERT_INTERNAL(cb <= b->used);
     if (b->poison) memset(b->seg->base + off, 0xdb, cb);
     uint64_t *list = off >= b->ilo ? b->free_inner : off >= b->top ? b->free_idx : b->free_head;
     *link = list[c];
@@ -157,6 +171,10 @@ void kvshm_blocks_free(kvshm_blocks *b, uint64_t off, uint64_t bytes)
 kvshm_status kvshm_blocks_retire(kvshm_blocks *b, uint64_t off, uint64_t bytes,
                                  uint64_t epoch)
 {
+    KV_ASSERT(off >= b->lo && off < b->hi && kvshm_blocks_class_bytes(bytes) != 0);
+    /* epochs never decrease along the FIFO (kvshm_blocks_reclaim relies on it) */
+    KV_ASSERT(b->ret_len == 0 ||
+              b->ret[(b->ret_head + b->ret_len - 1) % b->ret_cap].epoch <= epoch);
     if (b->ret_len == b->ret_cap) {
         size_t ncap = b->ret_cap ? b->ret_cap * 2 : 256;
         kvshm_retired *n = malloc(ncap * sizeof *n);
@@ -185,6 +203,7 @@ uint64_t kvshm_blocks_reclaim(kvshm_blocks *b, uint64_t min_live_epoch)
         kvshm_retired *r = &b->ret[b->ret_head];
         if (r->epoch >= min_live_epoch) break;
         uint64_t cb = kvshm_blocks_class_bytes(r->bytes);
+        KV_ASSERT_INTERNAL(cb <= b->retired);
         kvshm_blocks_free(b, r->off, r->bytes);
         b->retired -= cb;
         freed += cb;

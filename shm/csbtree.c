@@ -27,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kvshm/structs.h"
+#include "structs.h"
 
 #define CAP KVSHM_NODE_KEYS
 #define MINK 10
@@ -418,6 +418,17 @@ static void split_child(bctx *c, wnode *p, int i)
     p->n++;
 }
 
+/* The child of internal working node x that op's key routes to, made a
+ * working node; *i gets its index. NULL with c->err set on failure. */
+static wnode *route(bctx *c, wnode *x, const kvshm_tree_op *op, int *i)
+{
+    KV_ASSERT_INTERNAL(x->level > 0 && x->n <= CAP);
+    *i = wrank(c, x, op->key, op->klen, 1);
+    if (c->err) return NULL;
+    KV_ASSERT_INTERNAL(*i >= 0 && *i <= x->n);
+    return materialize(c, &x->kid[*i], x->level - 1);
+}
+
 static void w_insert(bctx *c, wnode *x, const kvshm_tree_op *op)
 {
     if (x->level == 0) {
@@ -438,13 +449,11 @@ static void w_insert(bctx *c, wnode *x, const kvshm_tree_op *op)
         c->dkeys++;
         return;
     }
-    int i = wrank(c, x, op->key, op->klen, 1);
-    if (c->err) return;
-    wnode *k = materialize(c, &x->kid[i], x->level - 1);
+    int i;
+    wnode *k = route(c, x, op, &i);
     if (!k) return;
     w_insert(c, k, op);
-    if (c->err) return;
-    if (k->n > CAP) split_child(c, x, i);
+    if (!c->err && k->n > CAP) split_child(c, x, i);
 }
 
 static void remove_at(wnode *p, int s)
@@ -548,13 +557,11 @@ static void w_delete(bctx *c, wnode *x, const kvshm_tree_op *op)
         c->dkeys--;
         return;
     }
-    int i = wrank(c, x, op->key, op->klen, 1);
-    if (c->err) return;
-    wnode *k = materialize(c, &x->kid[i], x->level - 1);
+    int i;
+    wnode *k = route(c, x, op, &i);
     if (!k) return;
     w_delete(c, k, op);
-    if (c->err) return;
-    if (k->n < MINK) rebalance(c, x, i);
+    if (!c->err && k->n < MINK) rebalance(c, x, i);
 }
 
 /* Write working node w into dst (512 bytes), allocating its child group.
@@ -690,10 +697,13 @@ kvshm_status kvshm_tree_apply(kvshm_blocks *b, uint64_t epoch, kvshm_tree *t,
         kvshm_blocks_retire(b, t->root, KVSHM_NODE_BYTES, epoch);
     for (size_t i = 0; i < c.retire.n; i++)
         kvshm_blocks_retire(b, c.retire.v[i].off, c.retire.v[i].bytes, epoch);
+    KV_ASSERT_INTERNAL(c.dkeys >= 0 || (uint64_t)-c.dkeys <= t->keys);
+    KV_ASSERT_INTERNAL(height >= 0 && height <= KVSHM_TREE_MAXH);
     t->root = new_root;
     t->height = (uint32_t)height;
     t->keys = (uint64_t)((int64_t)t->keys + c.dkeys);
     bctx_free(&c);
+    KV_ASSERT_EXPENSIVE(kvshm_tree_check(b->seg, t) == KVSHM_OK);
     return KVSHM_OK;
 }
 

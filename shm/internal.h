@@ -7,13 +7,16 @@
 #define KVSHM_INTERNAL_H
 
 #include <sys/types.h>
+#include <unistd.h>
 
-#include "kvshm/atomics.h"
+#include "atomics.h"
+#include "kv_assert.h"
 #include "kvshm/kvshm.h"
-#include "kvshm/structs.h"
+#include "structs.h"
 
 struct kvshm_writer {
     kvshm_config cfg;
+    pid_t pid;                      /* the writer process (the creator) */
     char *seg_name, *slot_name;
     kvshm_seg seg;
     struct kvshm_hdr *hdr;
@@ -58,6 +61,10 @@ struct kvshm_reader {
 
 extern unsigned kvshmi_fork_gen;
 
+/* Precondition of every "writer only" function: called by the process that
+ * created the segment (not a forked child of it). Assertion builds only. */
+#define KVSHMI_WRITER_ONLY(w) KV_ASSERT((w) != NULL && (w)->pid == getpid())
+
 /* slots.c */
 kvshm_status kvshmi_slots_create(kvshm_writer *w);
 kvshm_status kvshmi_slots_open(kvshm_reader *r, const char *slot_name);
@@ -68,6 +75,13 @@ void kvshmi_membarrier_register(kvshm_reader *r);
 
 /* segment.c */
 uint64_t kvshmi_layout_hash(void);
+
+/* segment.c: what an assertion or panic report prints about this process's
+ * segments (kv_assert_set_context): the generation of the segment it writes,
+ * and of the one its last reader handle maps with that handle's slot.
+ * Generation 0 clears the role. */
+enum { KVSHMI_ROLE_WRITER = 1, KVSHMI_ROLE_READER = 2 };
+void kvshmi_assert_context(int role, uint64_t generation, uint32_t slot);
 
 /* view.c */
 kvshm_status kvshmi_publish_view(kvshm_writer *w, uint32_t shard, uint64_t preallocated);

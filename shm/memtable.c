@@ -18,7 +18,7 @@
  */
 #include <string.h>
 
-#include "kvshm/structs.h"
+#include "structs.h"
 
 #define NODE_HDR(h) (((uint64_t)12 + 4u * (uint64_t)(h) + 7) & ~(uint64_t)7)
 #define ALIGN8(x) (((uint64_t)(x) + 7) & ~(uint64_t)7)
@@ -66,6 +66,15 @@ static inline int node_cmp(const kvshm_seg *s, uint64_t mt, uint64_t bytes,
     return kvshm_key_cmp(kvshm_rec_key(r), r->r_klen, key, klen);
 }
 
+/* 1 if the node at rel holds a key that sorts before key (assertions). */
+static inline int node_before(const kvshm_seg *s, uint64_t mt, uint64_t bytes, uint32_t rel,
+                              uint64_t prefix, const void *key, uint32_t klen)
+{
+    const struct kvshm_mtnode *n = mt_node(s, mt, bytes, rel);
+    int bad = 0;
+    return n && node_cmp(s, mt, bytes, rel, n, prefix, key, klen, &bad) < 0 && !bad;
+}
+
 kvshm_status kvshm_mt_create(kvshm_blocks *b, uint64_t arena_bytes, uint64_t *mt)
 {
     if (arena_bytes < 4096 || arena_bytes > UINT32_MAX) return KVSHM_E_INVAL;
@@ -100,9 +109,11 @@ static unsigned random_height(uint64_t seq, uint64_t count)
 kvshm_status kvshm_mt_add(kvshm_seg *s, uint64_t mt, const void *key, uint32_t klen,
                           const void *val, uint32_t vlen, uint64_t seq, int tombstone)
 {
+    KV_ASSERT(s->writable);
     struct kvshm_mthdr *h = mt_hdr(s, mt);
     if (!h || h->m_magic != KVSHM_MAGIC_MT) return KVSHM_E_CORRUPT;
     if (klen == 0 || klen > KVSHM_MAX_KEY || h->m_frozen) return KVSHM_E_INVAL;
+    KV_ASSERT_INTERNAL(h->m_used >= KVSHM_MT_FIRST && h->m_used <= h->m_bytes);
     if (tombstone) vlen = 0;
     uint64_t bytes = h->m_bytes;
     unsigned ht = random_height(seq, h->m_count);
@@ -136,6 +147,10 @@ kvshm_status kvshm_mt_add(kvshm_seg *s, uint64_t mt, const void *key, uint32_t k
         }
         preds[lvl] = x;
     }
+    /* Order: seq is newer than every version of key already here, so the
+     * node before the insertion point holds a smaller key. */
+    KV_ASSERT(preds[0] == KVSHM_MT_HEAD ||
+              node_before(s, mt, bytes, preds[0], prefix, key, klen));
 
     /* Build the node and its record with plain stores: not yet reachable. */
     struct kvshm_mtnode *n = (struct kvshm_mtnode *)(arena + at);
@@ -270,8 +285,11 @@ kvshm_status kvshm_mt_scan(const kvshm_seg *s, uint64_t mt, int newest_only,
 }
 
 kvshm_status kvshm_mt_scan_valid(const kvshm_seg *s, uint64_t mt,
-                                 kvshm_rec_fn fn, void *ctx)
+                                 kvshm_rec_fn fn, void *ctx, int *stopped)
 {
+    int stop = 0;
+    if (!stopped) stopped = &stop;
+    *stopped = 0;
     const struct kvshm_mthdr *h = mt_hdr(s, mt);
     if (!h || h->m_magic != KVSHM_MAGIC_MT) return KVSHM_E_CORRUPT;
     uint64_t bytes = h->m_bytes;
@@ -288,8 +306,8 @@ kvshm_status kvshm_mt_scan_valid(const kvshm_seg *s, uint64_t mt,
             kvshm_rec_checksum(r->r_seqt, kvshm_rec_key(r), r->r_klen,
                                kvshm_rec_val(r), r->r_vlen) != r->r_checksum)
             break;
-        if (fn(ctx, kvshm_rec_key(r), r->r_klen, kvshm_rec_val(r), r->r_vlen,
-               r->r_seqt >> 1, (int)(r->r_seqt & 1)))
+        if ((*stopped = fn(ctx, kvshm_rec_key(r), r->r_klen, kvshm_rec_val(r), r->r_vlen,
+                           r->r_seqt >> 1, (int)(r->r_seqt & 1)) != 0))
             break;
         pos += NODE_HDR(n->n_height) + ALIGN8(kvshm_rec_bytes(r->r_klen, r->r_vlen));
     }

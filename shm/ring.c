@@ -22,8 +22,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "kvshm/atomics.h"
+#include "atomics.h"
+#include "kv_assert.h"
 #include "kvshm/ring.h"
+#include "layout.h"
 
 struct kvshm_ring {
     int fd;
@@ -191,6 +193,7 @@ kvshm_status kvshm_ring_reserve(kvshm_ring *r, uint32_t len, void **payload, int
         ph[1] = KVSHM_RING_PAD;
         tail += to_end;
     }
+    KV_ASSERT_INTERNAL((tail & 7) == 0 && rec <= r->cap - (tail & r->mask));
     r->res_pos = tail;
     r->res_len = len;
     *payload = r->data + (tail & r->mask) + REC_HDR;
@@ -199,6 +202,9 @@ kvshm_status kvshm_ring_reserve(kvshm_ring *r, uint32_t len, void **payload, int
 
 uint64_t kvshm_ring_publish(kvshm_ring *r, uint32_t type)
 {
+    /* a reservation is pending: its record fits before the buffer's end */
+    KV_ASSERT(type != KVSHM_RING_PAD && (uint64_t)r->res_len + REC_HDR <= r->cap / 2);
+    KV_ASSERT_INTERNAL((r->res_pos & 7) == 0);
     uint32_t *rh = (uint32_t *)(r->data + (r->res_pos & r->mask));
     rh[0] = r->res_len;
     rh[1] = type;
@@ -261,6 +267,7 @@ kvshm_status kvshm_ring_peek(kvshm_ring *r, uint32_t *type, const void **payload
         *type = t;
         *len = l;
         *payload = rh + 2;
+        KV_ASSERT_INTERNAL(rec >= REC_HDR && (rec & 7) == 0);
         r->peek_next = head + rec;
         return KVSHM_OK;
     }
@@ -285,6 +292,11 @@ kvshm_status kvshm_ring_wait_data(kvshm_ring *r, int timeout_ms)
 {
     return wait_on(r, &r->h->rh_tail_seq, &r->h->rh_consumer_waiting, data_ready, 0,
                    timeout_ms);
+}
+
+uint64_t kvshm_ring_head(const kvshm_ring *r)
+{
+    return kv_atomic_load_acquire64(&r->h->rh_head);
 }
 
 void kvshm_ring_set_committed(kvshm_ring *r, uint64_t pos)

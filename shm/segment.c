@@ -11,6 +11,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -50,6 +52,39 @@ const char *kvshm_strerror(kvshm_status st)
     case KVSHM_E_STALE: return "segment closed by its writer; re-attach";
     }
     return "unknown kvshm status";
+}
+
+/* ---- assertion context -------------------------------------------------- */
+
+/* This process's roles: the writer (the segment it created) and the last
+ * reader handle attached or re-homed (its segment and slot). */
+static struct {
+    uint64_t writer_generation;     /* 0: not a writer */
+    uint64_t reader_generation;     /* 0: no reader */
+    uint32_t reader_slot;
+} g_context;
+
+static void assert_context(char *buf, size_t cap)
+{
+    int n = 0;
+    if (g_context.writer_generation)
+        n = snprintf(buf, cap, "kvshm writer, segment generation %" PRIu64,
+                     g_context.writer_generation);
+    if (g_context.reader_generation && n >= 0 && (size_t)n < cap)
+        snprintf(buf + n, cap - (size_t)n, "%skvshm reader, segment generation %" PRIu64
+                 ", slot %" PRIu32, n ? "; " : "", g_context.reader_generation,
+                 g_context.reader_slot);
+}
+
+void kvshmi_assert_context(int role, uint64_t generation, uint32_t slot)
+{
+    if (role == KVSHMI_ROLE_WRITER) {
+        g_context.writer_generation = generation;
+    } else {
+        g_context.reader_generation = generation;
+        g_context.reader_slot = slot;
+    }
+    kv_assert_set_context(assert_context);
 }
 
 uint64_t kvshmi_layout_hash(void)
@@ -109,27 +144,29 @@ static kvshm_status sys_status(int e)
     }
 }
 
-/* Create a shm object of `bytes`, reserved, mode 0600, mapped read-write. */
+/* Create a shm object of `bytes`, reserved, mode 0600, mapped read-write.
+ * On failure the object is unlinked again and *err_no holds the errno. */
 static kvshm_status create_object(const char *name, uint64_t bytes, int *fd_out,
                                   uint8_t **base_out, int *err_no)
 {
-    kvshm_status st;
     int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
     if (fd < 0) { *err_no = errno; return sys_status(errno); }
-    if (fchmod(fd, 0600) != 0 || ftruncate(fd, (off_t)bytes) != 0) {
-        *err_no = errno; st = sys_status(errno); goto fail;
+    void *p = MAP_FAILED;
+    int e = 0;
+    if (fchmod(fd, 0600) != 0 || ftruncate(fd, (off_t)bytes) != 0)
+        e = errno;
+    else if ((e = posix_fallocate(fd, 0, (off_t)bytes)) == 0 &&
+             (p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED)
+        e = errno;
+    if (e) {
+        *err_no = e;
+        close(fd);
+        shm_unlink(name);
+        return sys_status(e);
     }
-    int rc = posix_fallocate(fd, 0, (off_t)bytes);
-    if (rc != 0) { *err_no = rc; st = sys_status(rc); goto fail; }
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) { *err_no = errno; st = sys_status(errno); goto fail; }
     *fd_out = fd;
     *base_out = p;
     return KVSHM_OK;
-fail:
-    close(fd);
-    shm_unlink(name);
-    return st;
 }
 
 static void writer_free(kvshm_writer *w)
@@ -161,6 +198,7 @@ kvshm_status kvshm_writer_create(const kvshm_config *cfg, kvshm_writer **out)
     kvshm_writer *w = calloc(1, sizeof *w);
     if (!w) return KVSHM_E_NOMEM;
     w->cfg = *cfg;
+    w->pid = getpid();
     w->nshards = cfg->shards;
     w->slot_fd = -1;
     w->seg.fd = -1;
@@ -212,6 +250,7 @@ kvshm_status kvshm_writer_create(const kvshm_config *cfg, kvshm_writer **out)
     }
     if ((st = kvshmi_slots_create(w))) goto fail;
     kv_atomic_store_release32(&h->h_state, KVSHM_STATE_READY);
+    kvshmi_assert_context(KVSHMI_ROLE_WRITER, cfg->generation, 0);
     *out = w;
     return KVSHM_OK;
 fail:
@@ -225,6 +264,8 @@ fail:
 void kvshm_writer_destroy(kvshm_writer *w, int unlink_names)
 {
     if (!w) return;
+    KVSHMI_WRITER_ONLY(w);
+    kvshmi_assert_context(KVSHMI_ROLE_WRITER, 0, 0);
     kv_atomic_store_release32(&w->hdr->h_state, KVSHM_STATE_CLOSED);
     munmap(w->seg.base, w->seg.size);
     close(w->seg.fd);
@@ -236,6 +277,60 @@ void kvshm_writer_destroy(kvshm_writer *w, int unlink_names)
 
 const kvshm_seg *kvshm_writer_seg(const kvshm_writer *w) { return &w->seg; }
 uint32_t kvshm_writer_shards(const kvshm_writer *w) { return w->nshards; }
+uint64_t kvshm_writer_size_bytes(const kvshm_writer *w) { return w->seg.size; }
+uint64_t kvshm_writer_generation(const kvshm_writer *w) { return w->cfg.generation; }
+
+kvshm_status kvshm_writer_shard_stats(const kvshm_writer *w, uint32_t shard,
+                                      kvshm_shard_stats *out)
+{
+    KVSHMI_WRITER_ONLY(w);
+    memset(out, 0, sizeof *out);
+    uint32_t lo = shard, hi = shard + 1;
+    if (shard == KVSHM_ALL_SHARDS) lo = 0, hi = w->nshards;
+    else if (shard >= w->nshards) return KVSHM_E_INVAL;
+    for (uint32_t i = lo; i < hi; i++) {
+        const struct kvshm_shard *sh = &w->shards[i];
+        out->region_bytes += sh->s_region_bytes;
+        out->used_bytes += kv_atomic_load_relaxed64(&sh->s_used);
+        out->retired_bytes += kv_atomic_load_relaxed64(&sh->s_retired);
+        out->tree_keys += kv_atomic_load_relaxed64(&sh->s_tree_keys);
+        out->mt_keys += kv_atomic_load_relaxed64(&sh->s_mt_keys);
+    }
+    return KVSHM_OK;
+}
+
+/*
+ * Map the existing shm object `name`: read-only and populated (readers: the
+ * whole segment is faulted in once here, so lookups never page-fault) or
+ * read-write and not populated (recovery of an old segment). Fills *seg.
+ * Returns KVSHM_OK, KVSHM_E_NOENT, KVSHM_E_SIZE (smaller than the header),
+ * KVSHM_E_SYS (errno in *err_no), or another status of sys_status.
+ */
+static kvshm_status map_object(const char *name, int writable, kvshm_seg *seg, int *err_no)
+{
+    int fd = shm_open(name, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC, 0);
+    if (fd < 0) { *err_no = errno; return sys_status(errno); }
+    struct stat sb;
+    kvshm_status st = KVSHM_E_SYS;
+    if (fstat(fd, &sb) != 0) { *err_no = errno; goto fail; }
+    if ((uint64_t)sb.st_size < KVSHM_HDR_BYTES) { st = KVSHM_E_SIZE; goto fail; }
+    void *p = mmap(NULL, (size_t)sb.st_size, writable ? PROT_READ | PROT_WRITE : PROT_READ,
+                   writable ? MAP_SHARED : MAP_SHARED | MAP_POPULATE, fd, 0);
+    if (p == MAP_FAILED) { *err_no = errno; goto fail; }
+    *seg = (kvshm_seg){.base = p, .size = (uint64_t)sb.st_size, .lo = KVSHM_HDR_BYTES,
+                       .writable = writable, .fd = fd};
+    return KVSHM_OK;
+fail:
+    close(fd);
+    return st;
+}
+
+static void unmap_object(kvshm_seg *seg)
+{
+    munmap(seg->base, seg->size);
+    close(seg->fd);
+    seg->fd = -1;
+}
 
 kvshm_status kvshm_reader_attach(const char *seg_name, const char *slot_name,
                                  kvshm_reader **out)
@@ -245,23 +340,10 @@ kvshm_status kvshm_reader_attach(const char *seg_name, const char *slot_name,
     kvshm_reader *r = calloc(1, sizeof *r);
     if (!r) return KVSHM_E_NOMEM;
     r->slot_fd = -1;
-    r->seg.fd = -1;
-    int fd = shm_open(seg_name, O_RDONLY | O_CLOEXEC, 0);
-    if (fd < 0) { r->err_no = errno; st = sys_status(errno); free(r); return st; }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) { st = KVSHM_E_SYS; goto fail_fd; }
-    if ((uint64_t)sb.st_size < KVSHM_HDR_BYTES) { st = KVSHM_E_SIZE; goto fail_fd; }
-    /* MAP_POPULATE: fault the whole (already reserved) segment in now, so
-     * lookups never take minor page faults later; attach pays once. */
-    void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
-    if (p == MAP_FAILED) { r->err_no = errno; st = KVSHM_E_SYS; goto fail_fd; }
-    r->seg.base = p;
-    r->seg.size = (uint64_t)sb.st_size;
-    r->seg.lo = KVSHM_HDR_BYTES;
-    r->seg.fd = fd;
-    const struct kvshm_hdr *h = p;
+    if ((st = map_object(seg_name, 0, &r->seg, &r->err_no))) { free(r); return st; }
+    const struct kvshm_hdr *h = (const struct kvshm_hdr *)r->seg.base;
     r->hdr = h;
-    r->stripes = (const uint64_t *)((const uint8_t *)p + KVSHM_STRIPE_OFF);
+    r->stripes = (const uint64_t *)(r->seg.base + KVSHM_STRIPE_OFF);
     uint32_t state = kv_atomic_load_acquire32(&h->h_state);
     if (h->h_magic != KVSHM_MAGIC_SEG) { st = KVSHM_E_MAGIC; goto fail_map; }
     if (h->h_layout_hash != kvshmi_layout_hash()) { st = KVSHM_E_LAYOUT; goto fail_map; }
@@ -271,12 +353,13 @@ kvshm_status kvshm_reader_attach(const char *seg_name, const char *slot_name,
         h->h_shards > KVSHM_MAX_SHARDS ||
         !kvshm_at(&r->seg, h->h_shard_tbl, (uint64_t)h->h_shards * sizeof(struct kvshm_shard)))
     { st = KVSHM_E_SIZE; goto fail_map; }
-    r->shards = (const struct kvshm_shard *)((const uint8_t *)p + h->h_shard_tbl);
+    r->shards = (const struct kvshm_shard *)(r->seg.base + h->h_shard_tbl);
     r->nshards = h->h_shards;
     r->generation = h->h_generation;
     if ((st = kvshmi_slots_open(r, slot_name))) goto fail_map;
     kvshmi_membarrier_register(r);
     if ((st = kvshmi_slot_claim(r))) goto fail_slots;
+    kvshmi_assert_context(KVSHMI_ROLE_READER, r->generation, r->slot_idx);
     *out = r;
     return KVSHM_OK;
 fail_slots:
@@ -284,9 +367,7 @@ fail_slots:
     if (r->slot_fd >= 0) close(r->slot_fd);
     free(r->slot_name);
 fail_map:
-    munmap(r->seg.base, r->seg.size);
-fail_fd:
-    close(fd);
+    unmap_object(&r->seg);
     free(r);
     return st;
 }
@@ -294,11 +375,11 @@ fail_fd:
 void kvshm_reader_detach(kvshm_reader *r)
 {
     if (!r) return;
+    kvshmi_assert_context(KVSHMI_ROLE_READER, 0, 0);
     if (r->fork_gen == kvshmi_fork_gen) kvshmi_slot_release(r);
     else if (r->slot_fd >= 0) close(r->slot_fd); /* the parent's slot: not ours */
     munmap(r->slot_base, r->slot_bytes);
-    munmap(r->seg.base, r->seg.size);
-    close(r->seg.fd);
+    unmap_object(&r->seg);
     free(r->slot_name);
     free(r);
 }
@@ -312,4 +393,55 @@ void kvshm_reader_seqs(const kvshm_reader *r, uint64_t *applied, uint64_t *commi
 {
     if (applied) *applied = kv_atomic_load_acquire64(&r->hdr->h_applied_seq);
     if (committed) *committed = kv_atomic_load_acquire64(&r->hdr->h_committed_seq);
+}
+
+/* ---- recovery ------------------------------------------------------------ */
+
+/* Map a previous writer's segment read-write and check that it has this
+ * build's layout. On KVSHM_OK *h is its header. */
+static kvshm_status recover_map(const char *seg_name, kvshm_seg *seg, struct kvshm_hdr **h)
+{
+    int err_no = 0;
+    kvshm_status st = map_object(seg_name, 1, seg, &err_no);
+    if (st == KVSHM_E_SIZE) st = KVSHM_E_CORRUPT;   /* too small to hold a header */
+    if (st) return st;
+    *h = (struct kvshm_hdr *)seg->base;
+    if ((*h)->h_magic != KVSHM_MAGIC_SEG) st = KVSHM_E_MAGIC;
+    else if ((*h)->h_layout_hash != kvshmi_layout_hash()) st = KVSHM_E_LAYOUT;
+    else if ((*h)->h_size_bytes != seg->size) st = KVSHM_E_SIZE;
+    if (st) unmap_object(seg);
+    return st;
+}
+
+kvshm_status kvshm_recover_scan(const char *seg_name, kvshm_rec_fn fn, void *ctx)
+{
+    kvshm_seg seg;
+    struct kvshm_hdr *h;
+    kvshm_status st = recover_map(seg_name, &seg, &h);
+    if (st) return st;
+    const struct kvshm_shard *shards =
+        kvshm_at(&seg, h->h_shard_tbl, (uint64_t)h->h_shards * sizeof(struct kvshm_shard));
+    int stopped = 0;
+    if (!shards) st = KVSHM_E_CORRUPT;
+    for (uint32_t i = 0; shards && i < h->h_shards && !stopped; i++) {
+        uint64_t voff = kv_atomic_load_acquire64(&shards[i].s_view);
+        const struct kvshm_view *view = kvshm_at(&seg, voff, sizeof *view);
+        if (!view) continue;
+        const uint64_t mts[2] = {view->v_frozen, view->v_active};
+        for (int k = 0; k < 2 && !stopped; k++)
+            if (mts[k]) kvshm_mt_scan_valid(&seg, mts[k], fn, ctx, &stopped);
+    }
+    unmap_object(&seg);
+    return st;
+}
+
+kvshm_status kvshm_recover_close(const char *seg_name)
+{
+    kvshm_seg seg;
+    struct kvshm_hdr *h;
+    kvshm_status st = recover_map(seg_name, &seg, &h);
+    if (st) return st;
+    kv_atomic_store_release32(&h->h_state, KVSHM_STATE_CLOSED);
+    unmap_object(&seg);
+    return KVSHM_OK;
 }

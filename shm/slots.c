@@ -200,6 +200,7 @@ kvshm_status kvshmi_rehome(kvshm_reader *r)
     kvshm_status st = kvshmi_slot_claim(r);
     if (old >= 0) close(old);
     if (st) { close(fd); r->slot_fd = -1; }
+    else kvshmi_assert_context(KVSHMI_ROLE_READER, r->generation, r->slot_idx);
     return st;
 }
 
@@ -255,14 +256,18 @@ static uint64_t min_live(kvshm_writer *w, uint64_t cur, uint32_t *live)
 
 kvshm_status kvshm_writer_maintain(kvshm_writer *w, kvshm_maint *out)
 {
+    KVSHMI_WRITER_ONLY(w);
     kvshm_maint m;
     memset(&m, 0, sizeof m);
     int err = 0;
     uint64_t epoch = w->hdr->h_epoch + 1;
+    KV_ASSERT_INTERNAL(epoch > 1);   /* epochs start at 1 and only grow */
     kv_atomic_store_release64(&w->hdr->h_epoch, epoch);
     for (uint32_t i = 0; i < w->nslots; i++) m.reaped += (uint32_t)reap_slot(w, i, &err);
     writer_barrier(w);
     uint64_t minl = min_live(w, epoch, &m.live_slots);
+    /* readers enter the epoch they read from the header: none is ahead */
+    KV_ASSERT_INTERNAL(minl <= epoch);
     for (uint32_t s = 0; s < w->nshards; s++)
         m.reclaimed_bytes += kvshm_blocks_reclaim(&w->blocks[s], minl);
 

@@ -32,8 +32,10 @@ kvshm_status kvshmi_publish_view(kvshm_writer *w, uint32_t shard, uint64_t preal
 {
     uint64_t off = preallocated;
     kvshm_status st;
+    KV_ASSERT(shard < w->nshards);
     if (!off && (st = view_alloc(w, shard, &off))) return st;
     struct kvshm_view *v = kvshm_at(&w->seg, off, sizeof *v);
+    KV_ASSERT(v != NULL);
     memset(v, 0, sizeof *v);
     v->v_active = w->active[shard];
     v->v_frozen = w->frozen[shard];
@@ -43,6 +45,9 @@ kvshm_status kvshmi_publish_view(kvshm_writer *w, uint32_t shard, uint64_t preal
     v->v_epoch = w->hdr->h_epoch;
     struct kvshm_shard *sh = &w->shards[shard];
     uint64_t old = sh->s_view;
+    /* views are published in epoch order */
+    KV_ASSERT_INTERNAL(!old || ((const struct kvshm_view *)kvshm_at(&w->seg, old, sizeof *v))
+                                       ->v_epoch <= v->v_epoch);
     kv_atomic_store_release64(&sh->s_view, off);
     kv_atomic_store_relaxed64(&sh->s_tree_keys, w->trees[shard].keys);
     if (old) kvshm_blocks_retire(&w->blocks[shard], old, sizeof *v, w->hdr->h_epoch);
@@ -60,6 +65,7 @@ kvshm_status kvshm_writer_put(kvshm_writer *w, const void *key, size_t klen,
                               const void *val, size_t vlen, uint64_t seq,
                               int tombstone)
 {
+    KVSHMI_WRITER_ONLY(w);
     if (!key || klen == 0 || klen > KVSHM_MAX_KEY || vlen > UINT32_MAX / 2 ||
         (vlen && !val && !tombstone))
         return KVSHM_E_INVAL;
@@ -85,6 +91,7 @@ int kvshm_writer_has_frozen(const kvshm_writer *w, uint32_t shard)
 
 kvshm_status kvshm_writer_freeze(kvshm_writer *w, uint32_t s)
 {
+    KVSHMI_WRITER_ONLY(w);
     if (s >= w->nshards) return KVSHM_E_INVAL;
     if (w->frozen[s]) return KVSHM_E_BUSY;
     uint64_t vo, mt;
@@ -102,9 +109,17 @@ kvshm_status kvshm_writer_freeze(kvshm_writer *w, uint32_t s)
 
 kvshm_status kvshm_writer_frozen_scan(kvshm_writer *w, uint32_t s, kvshm_rec_fn fn, void *ctx)
 {
+    KVSHMI_WRITER_ONLY(w);
     if (s >= w->nshards) return KVSHM_E_INVAL;
     if (!w->frozen[s]) return KVSHM_OK;
     return kvshm_mt_scan(&w->seg, w->frozen[s], 1, fn, ctx);
+}
+
+kvshm_status kvshm_writer_cache_scan(kvshm_writer *w, uint32_t s, kvshm_rec_fn fn, void *ctx)
+{
+    KVSHMI_WRITER_ONLY(w);
+    if (s >= w->nshards) return KVSHM_E_INVAL;
+    return kvshm_tree_scan(&w->seg, &w->trees[s], fn, ctx);
 }
 
 typedef struct opvec {
@@ -155,6 +170,7 @@ static int fold_visit(void *ctx, const void *key, size_t klen, const void *val,
 
 kvshm_status kvshm_writer_fold(kvshm_writer *w, uint32_t s, size_t max_value_bytes)
 {
+    KVSHMI_WRITER_ONLY(w);
     if (s >= w->nshards) return KVSHM_E_INVAL;
     if (!w->frozen[s]) return KVSHM_OK;
     uint64_t vo;
@@ -205,6 +221,7 @@ static int in_memtables(kvshm_writer *w, uint32_t s, const void *key, uint32_t k
 static kvshm_status cache_apply(kvshm_writer *w, const kvshm_kv *kvs,
                                 const void *const *keys, const size_t *klens, size_t n)
 {
+    KVSHMI_WRITER_ONLY(w);
     kvshm_status st = KVSHM_OK;
     kidx *ix = malloc((n ? n : 1) * sizeof *ix);
     uint32_t *sh = malloc((n ? n : 1) * sizeof *sh);
@@ -272,6 +289,10 @@ kvshm_status kvshm_writer_cache_evict(kvshm_writer *w, const void *const *keys,
 
 void kvshm_writer_publish_seq(kvshm_writer *w, uint64_t applied, uint64_t committed)
 {
+    KVSHMI_WRITER_ONLY(w);
+    /* sequence numbers only grow */
+    KV_ASSERT(!applied || applied >= w->hdr->h_applied_seq);
+    KV_ASSERT(!committed || committed >= w->hdr->h_committed_seq);
     if (applied) kv_atomic_store_release64(&w->hdr->h_applied_seq, applied);
     if (committed) kv_atomic_store_release64(&w->hdr->h_committed_seq, committed);
 }

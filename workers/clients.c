@@ -139,13 +139,9 @@ static void add_miss(wr_state *ws, const uint8_t *key, uint32_t klen)
  * record stays in the ring), -1 malformed record. */
 static int apply_kv(wr_state *ws, uint32_t type, const uint8_t *p, uint32_t len)
 {
-    if (len < KVSHM_REC_KEYHDR) return -1;
-    uint32_t klen;
-    memcpy(&klen, p, 4);
-    if (klen == 0 || klen > KVSHM_MAX_KEY || klen > len - KVSHM_REC_KEYHDR) return -1;
-    const uint8_t *key = p + KVSHM_REC_KEYHDR;
-    const uint8_t *val = key + klen;
-    uint32_t vlen = len - KVSHM_REC_KEYHDR - klen;
+    const uint8_t *key, *val;
+    uint32_t klen, vlen;
+    if (kvshm_keyrec_decode(p, len, &key, &klen, &val, &vlen) != 0) return -1;
     if (type == KVSHM_REC_MISS) {
         add_miss(ws, key, klen);
         return 0;
@@ -257,10 +253,7 @@ static void handle_attach(wr_state *ws, wr_client *c, const struct kvshm_msg *m,
     /* A ring handed over again after a writer restart: everything the old
      * writer applied (before the ring's head) was replayed and committed by
      * this writer before it listened, so it counts as committed. */
-    uint64_t head = 0;
-    if (pread(kvshm_ring_fd(c->ring), &head, sizeof head,
-              offsetof(struct kvshm_ring_hdr, rh_head)) != (ssize_t)sizeof head)
-        head = 0;
+    uint64_t head = kvshm_ring_head(c->ring);
     c->applied_pos = c->commit_pos = c->committed_pos = head;
     if (head) kvshm_ring_set_committed(c->ring, head);
     reply(c->sock, m->m_type, KV_OK, ws->generation, NULL, 0);
@@ -291,17 +284,8 @@ static void handle_put_file(wr_state *ws, wr_client *c, const struct kvshm_msg *
 
 size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
 {
-    const kvshm_seg *seg = kvshm_writer_seg(ws->w);
-    const struct kvshm_hdr *h = (const struct kvshm_hdr *)seg->base;
-    const struct kvshm_shard *sh = kvshm_at(seg, h->h_shard_tbl,
-                                            (uint64_t)h->h_shards * sizeof *sh);
-    uint64_t tree_keys = 0, mt_keys = 0, used = 0, region = 0;
-    for (uint32_t i = 0; sh && i < h->h_shards; i++) {
-        tree_keys += sh[i].s_tree_keys;
-        mt_keys += sh[i].s_mt_keys;
-        used += sh[i].s_used;
-        region += sh[i].s_region_bytes;
-    }
+    kvshm_shard_stats sum;
+    kvshm_writer_shard_stats(ws->w, KVSHM_ALL_SHARDS, &sum);
     uint64_t hits = ws->hits_gone, misses = ws->misses_gone;
     unsigned attached = 0;
     for (size_t i = 0; i < ws->nclients; i++)
@@ -318,9 +302,10 @@ size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
         "memory_used=%" PRIu64 "\nmemory_total=%" PRIu64 "\nsegment_bytes=%" PRIu64 "\n"
         "attached=%u\ncommits=%" PRIu64 "\nrecords=%" PRIu64 "\nevicted_keys=%" PRIu64 "\n"
         "replayed=%" PRIu64 "\n",
-        ws->db_abs, ws->o.table, (int)getpid(), ws->generation, h->h_shards, tree_keys, mt_keys,
-        hits, misses, ws->stat_miss_loads, ws->seq, ws->committed, ws->seq - ws->committed,
-        used, region, h->h_size_bytes, attached, ws->stat_commits, ws->stat_records,
+        ws->db_abs, ws->o.table, (int)getpid(), ws->generation, kvshm_writer_shards(ws->w),
+        sum.tree_keys, sum.mt_keys, hits, misses, ws->stat_miss_loads, ws->seq, ws->committed,
+        ws->seq - ws->committed, sum.used_bytes, sum.region_bytes,
+        kvshm_writer_size_bytes(ws->w), attached, ws->stat_commits, ws->stat_records,
         ws->stat_evicted_keys, ws->stat_replayed);
     return n < 0 ? 0 : ((size_t)n >= cap ? cap - 1 : (size_t)n);
 }

@@ -20,7 +20,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "kvshm/atomics.h"
 #include "writer.h"
 
 uint64_t wr_now_ms(void)
@@ -54,21 +53,14 @@ static int ev_pick(void *ctx, const void *key, size_t klen, const void *val, siz
  * the key order (the data stays in SQLite). Returns keys evicted. */
 static size_t evict_shard(wr_state *ws, uint32_t shard, uint64_t stride)
 {
-    const kvshm_seg *seg = kvshm_writer_seg(ws->w);
-    const struct kvshm_hdr *h = (const struct kvshm_hdr *)seg->base;
-    const struct kvshm_shard *sh = kvshm_at(seg, h->h_shard_tbl,
-                                            (uint64_t)h->h_shards * sizeof *sh);
-    if (!sh) return 0;
-    const struct kvshm_view *v = kvshm_at(seg, kv_atomic_load_acquire64(&sh[shard].s_view),
-                                          sizeof *v);
-    if (!v || !v->v_tree_root) return 0;
-    kvshm_tree t = {.root = v->v_tree_root, .height = v->v_tree_height, .keys = v->v_tree_keys};
-    ev_ctx c = {.cap = (size_t)(t.keys / stride + 1), .stride = stride};
+    kvshm_shard_stats st;
+    if (kvshm_writer_shard_stats(ws->w, shard, &st) != KVSHM_OK || st.tree_keys == 0) return 0;
+    ev_ctx c = {.cap = (size_t)(st.tree_keys / stride + 1), .stride = stride};
     c.keys = malloc(c.cap * sizeof *c.keys);
     c.lens = malloc(c.cap * sizeof *c.lens);
     size_t done = 0;
     if (c.keys && c.lens) {
-        kvshm_tree_scan(seg, &t, ev_pick, &c);
+        kvshm_writer_cache_scan(ws->w, shard, ev_pick, &c);
         if (c.n && kvshm_writer_cache_evict(ws->w, c.keys, c.lens, c.n) == KVSHM_OK)
             done = c.n;
     }
@@ -82,16 +74,16 @@ static size_t evict_shard(wr_state *ws, uint32_t shard, uint64_t stride)
  * cached keys, then reclaim. */
 static void evict_under_pressure(wr_state *ws)
 {
-    const kvshm_seg *seg = kvshm_writer_seg(ws->w);
-    const struct kvshm_hdr *h = (const struct kvshm_hdr *)seg->base;
-    const struct kvshm_shard *sh = kvshm_at(seg, h->h_shard_tbl,
-                                            (uint64_t)h->h_shards * sizeof *sh);
+    uint32_t shards = kvshm_writer_shards(ws->w);
     int any = 0;
-    for (uint32_t i = 0; sh && i < h->h_shards; i++)
-        if (sh[i].s_used - sh[i].s_retired > sh[i].s_region_bytes / 4 * 3) {
+    for (uint32_t i = 0; i < shards; i++) {
+        kvshm_shard_stats st;
+        kvshm_writer_shard_stats(ws->w, i, &st);
+        if (st.used_bytes - st.retired_bytes > st.region_bytes / 4 * 3) {
             evict_shard(ws, i, 4);
             any = 1;
         }
+    }
     if (any) kvshm_writer_maintain(ws->w, NULL);
 }
 

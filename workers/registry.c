@@ -7,14 +7,16 @@
  * and segment name from it.
  *
  * Recovery (DESIGN.md, "Failures"): when the previous writer did not stop
- * cleanly, its data segment still exists. We map it, walk every shard's
- * published view (active and frozen memtables), and collect every record
- * whose checksum verifies (kvshm_mt_scan_valid) and whose sequence number is
- * above the last sequence committed in SQLite (kv_batch_last_seq). Per key
+ * cleanly, its data segment still exists. We collect every record of its
+ * shards' published active and frozen memtables whose checksum verifies
+ * (kvshm_recover_scan) and whose sequence number is above the last sequence
+ * committed in SQLite (kv_batch_last_seq). Per key
  * the newest such record wins; all of them are committed in one batch with
  * the largest sequence, so running the replay twice changes nothing. Then
  * the old segment is marked CLOSED (attached clients see KVSHM_E_STALE and
- * re-attach) and its names are unlinked.
+ * re-attach) and its names are unlinked. Mapping and walking the old segment
+ * is kvshm_recover_scan / kvshm_recover_close (shm/); this file never reads
+ * the segment's layout.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -23,13 +25,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
-#include "kvshm/atomics.h"
 #include "writer.h"
 
 void wr_log(const char *fmt, ...)
@@ -69,11 +69,14 @@ int wr_registry_lock(wr_state *ws)
 int wr_registry_write(wr_state *ws, const char *state)
 {
     char buf[1024];
-    int n = snprintf(buf, sizeof buf,
-                     "kvault-registry=1\nlayout=%016" PRIx64 "\ngeneration=%" PRIu64
-                     "\npid=%d\ntable=%s\nsegment=%s\nslots=%s\nsocket=%s\nstate=%s\n",
-                     kvshm_layout_hash(), ws->generation, (int)getpid(), ws->o.table,
-                     ws->seg_name, ws->slot_name, ws->sock_name, state);
+    kvshm_registry reg = {.generation = ws->generation, .pid = (int)getpid(),
+                          .table = ws->o.table, .segment = ws->seg_name,
+                          .slots = ws->slot_name, .socket = ws->sock_name, .state = state};
+    int n = kvshm_registry_format(&reg, buf, sizeof buf);
+    if (n < 0) {
+        wr_log("registry text of %s does not fit", ws->reg_path);
+        return -1;
+    }
     if (ftruncate(ws->reg_fd, 0) != 0 || pwrite(ws->reg_fd, buf, (size_t)n, 0) != n) {
         wr_log("write %s: %s", ws->reg_path, strerror(errno));
         return -1;
@@ -126,11 +129,18 @@ static int rp_collect(void *ctx, const void *key, size_t klen, const void *val, 
     return 0;
 }
 
+/* memcmp order, shorter key first on a common prefix */
+static int key_cmp(const rp_rec *x, const rp_rec *y)
+{
+    int c = memcmp(x->key, y->key, x->klen < y->klen ? x->klen : y->klen);
+    return c ? c : (x->klen > y->klen) - (x->klen < y->klen);
+}
+
 /* key ascending, then newest first */
 static int rp_cmp(const void *a, const void *b)
 {
     const rp_rec *x = a, *y = b;
-    int c = kvshm_key_cmp(x->key, x->klen, y->key, y->klen);
+    int c = key_cmp(x, y);
     if (c) return c;
     return (x->seq < y->seq) - (x->seq > y->seq);
 }
@@ -138,43 +148,23 @@ static int rp_cmp(const void *a, const void *b)
 static int replay_segment(wr_state *ws, const char *seg_name, uint64_t committed,
                           uint64_t *replayed, uint64_t *max_seq)
 {
-    int fd = shm_open(seg_name, O_RDWR, 0);
-    if (fd < 0) return errno == ENOENT ? 0 : -1;
-    struct stat sb;
-    int rc = -1;
-    uint8_t *base = MAP_FAILED;
     rp_ctx c = {.after = committed};
-    if (fstat(fd, &sb) != 0 || (uint64_t)sb.st_size < KVSHM_HDR_BYTES) goto out;
-    base = mmap(NULL, (size_t)sb.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (base == MAP_FAILED) goto out;
-    kvshm_seg seg = {.base = base, .size = (uint64_t)sb.st_size, .lo = KVSHM_HDR_BYTES,
-                     .writable = 0, .fd = fd};
-    struct kvshm_hdr *h = (struct kvshm_hdr *)base;
-    if (h->h_magic != KVSHM_MAGIC_SEG || h->h_layout_hash != kvshm_layout_hash() ||
-        h->h_size_bytes != (uint64_t)sb.st_size) {
+    int rc = -1;
+    kvshm_status ks = kvshm_recover_scan(seg_name, rp_collect, &c);
+    if (ks == KVSHM_E_NOENT) return 0;
+    if (ks == KVSHM_E_MAGIC || ks == KVSHM_E_LAYOUT || ks == KVSHM_E_SIZE) {
         wr_log("old segment %s has another layout; not replayed", seg_name);
         rc = 0;
         goto out;
     }
-    const struct kvshm_shard *shards =
-        kvshm_at(&seg, h->h_shard_tbl, (uint64_t)h->h_shards * sizeof(struct kvshm_shard));
-    if (!shards) goto out;
-    for (uint32_t i = 0; i < h->h_shards; i++) {
-        uint64_t voff = kv_atomic_load_acquire64(&shards[i].s_view);
-        const struct kvshm_view *v = kvshm_at(&seg, voff, sizeof *v);
-        if (!v) continue;
-        uint64_t mts[2] = {v->v_frozen, v->v_active};
-        for (int k = 0; k < 2; k++)
-            if (mts[k]) kvshm_mt_scan_valid(&seg, mts[k], rp_collect, &c);
-        if (c.oom) goto out;
-    }
+    if (ks != KVSHM_OK || c.oom) goto out;
     qsort(c.v, c.n, sizeof *c.v, rp_cmp);
     uint64_t top = committed;
     for (size_t i = 0; i < c.n; i++) if (c.v[i].seq > top) top = c.v[i].seq;
     if (c.n) {
         kv_status st = kv_batch_begin(ws->batch);
         for (size_t i = 0; st == KV_OK && i < c.n; i++) {
-            if (i && !kvshm_key_cmp(c.v[i].key, c.v[i].klen, c.v[i - 1].key, c.v[i - 1].klen))
+            if (i && !key_cmp(&c.v[i], &c.v[i - 1]))
                 continue;   /* an older version of the same key */
             st = c.v[i].tomb ? kv_batch_delete(ws->batch, c.v[i].key, c.v[i].klen)
                              : kv_batch_put(ws->batch, c.v[i].key, c.v[i].klen, c.v[i].val,
@@ -189,13 +179,11 @@ static int replay_segment(wr_state *ws, const char *seg_name, uint64_t committed
     }
     *max_seq = top;
     /* Tell clients still mapping it that this segment is finished. */
-    kv_atomic_store_release32(&h->h_state, KVSHM_STATE_CLOSED);
+    kvshm_recover_close(seg_name);
     rc = 0;
 out:
     for (size_t i = 0; i < c.n; i++) free(c.v[i].key);
     free(c.v);
-    if (base != MAP_FAILED) munmap(base, (size_t)sb.st_size);
-    close(fd);
     return rc;
 }
 

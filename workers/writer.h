@@ -19,7 +19,6 @@
 #include "kvshm/kvshm.h"
 #include "kvshm/proto.h"
 #include "kvshm/ring.h"
-#include "kvshm/structs.h"
 
 typedef struct wr_opts {
     const char *db_path;

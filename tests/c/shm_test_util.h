@@ -22,9 +22,12 @@
 #include <unistd.h>
 
 #include "kvshm/kvshm.h"
-#include "kvshm/structs.h"
+#include "structs.h"
 
 static char shmt_seg[64], shmt_slot[64];
+/* The writer and reader opened by shmt_open; shmt_teardown closes them. */
+static kvshm_writer *shmt_w __attribute__((unused));
+static kvshm_reader *shmt_r __attribute__((unused));
 
 /* Fresh names for this test process; .fini removes them. */
 static inline void shmt_names(void)
@@ -35,28 +38,72 @@ static inline void shmt_names(void)
     n++;
 }
 static inline void shmt_setup(void) { shmt_names(); }
-static inline void shmt_teardown(void) { kvshm_unlink(shmt_seg, shmt_slot); }
 
-static inline kvshm_config shmt_config(uint64_t size, uint32_t shards)
+/* Detach the fixture's reader and destroy its writer (either may be gone). */
+static inline void shmt_close(void)
 {
-    kvshm_config c;
-    kvshm_config_default(&c);
-    c.seg_name = shmt_seg;
-    c.slot_name = shmt_slot;
-    c.size_bytes = size;
-    c.shards = shards;
-    c.nslots = 16;
-    c.memtable_bytes = 1u << 20;
-    return c;
+    kvshm_reader_detach(shmt_r);
+    shmt_r = NULL;
+    kvshm_writer_destroy(shmt_w, 1);
+    shmt_w = NULL;
+}
+static inline void shmt_teardown(void)
+{
+    shmt_close();
+    kvshm_unlink(shmt_seg, shmt_slot);
 }
 
-/* Create a writer over shmt_config(size, shards) and attach one reader. */
+/* A small writer config over this test's names: `size` bytes, `shards`
+ * shards, 16 slots, 1 MiB memtables, the default retire limit. */
+static inline kvshm_config shmt_config(uint64_t size, uint32_t shards)
+{
+    kvshm_config d;
+    kvshm_config_default(&d);
+    return (kvshm_config){.seg_name = shmt_seg, .slot_name = shmt_slot, .size_bytes = size,
+                          .shards = shards, .nslots = 16, .memtable_bytes = 1u << 20,
+                          .retire_limit_bytes = d.retire_limit_bytes,
+                          .generation = d.generation};
+}
+
+/* Create a writer over shmt_config(size, shards) and attach one reader; both
+ * stay the fixture's (shmt_w, shmt_r) until shmt_close or the teardown. */
 static inline void shmt_open(uint64_t size, uint32_t shards, kvshm_writer **w, kvshm_reader **r)
 {
     kvshm_config c = shmt_config(size, shards);
-    cr_assert_eq(kvshm_writer_create(&c, w), KVSHM_OK);
-    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, r), KVSHM_OK);
+    cr_assert_eq(kvshm_writer_create(&c, &shmt_w), KVSHM_OK);
+    cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &shmt_r), KVSHM_OK);
+    *w = shmt_w;
+    *r = shmt_r;
 }
+
+/*
+ * White-box suites of the blocks inside a shard (blocks, memtable, tree):
+ * suite `name` over a one-shard writer W of seg_bytes, whose mapping is S,
+ * and a scratch allocator B over the last scratch_bytes of it (the writer's
+ * own shard allocator only bump-allocates from the front: one memtable and
+ * a view here, so the two never meet). poison: B fills freed blocks with
+ * 0xdb, so a block reused while still reachable shows at once.
+ */
+#define SHMT_SCRATCH_SUITE(name, seg_bytes, scratch_bytes, poison_freed, timeout_s) \
+    static kvshm_writer *W;                                                          \
+    static kvshm_blocks B;                                                           \
+    static kvshm_seg *S;                                                             \
+    static void scratch_setup(void)                                                  \
+    {                                                                                \
+        shmt_setup();                                                                \
+        kvshm_config c = shmt_config((seg_bytes), 1);                                \
+        cr_assert_eq(kvshm_writer_create(&c, &W), KVSHM_OK);                         \
+        S = (kvshm_seg *)kvshm_writer_seg(W);                                        \
+        kvshm_blocks_init(&B, S, S->size - (scratch_bytes), (scratch_bytes), NULL);  \
+        B.poison = (poison_freed);                                                   \
+    }                                                                                \
+    static void scratch_teardown(void)                                               \
+    {                                                                                \
+        kvshm_blocks_fini(&B);                                                       \
+        kvshm_writer_destroy(W, 1);                                                  \
+        shmt_teardown();                                                             \
+    }                                                                                \
+    TestSuite(name, .init = scratch_setup, .fini = scratch_teardown, .timeout = (timeout_s))
 
 static inline uint64_t shmt_rand(uint64_t *s)
 {

@@ -71,12 +71,12 @@ static void teardown(void) { stop_writer(SIGTERM); }
 
 TestSuite(attach, .init = setup, .fini = teardown, .timeout = 60);
 
+/* Attach to the suite's writer; a failure fails the test with its message. */
 static kv_att *att(void)
 {
-    kv_att *a = NULL;
     char err[512] = "";
-    kv_status st = kv_attach(db, NULL, &a, err, sizeof err);
-    cr_assert_eq(st, KV_OK, "attach: %s", err);
+    kv_att *a = NULL;
+    cr_assert_eq(kv_attach(db, NULL, &a, err, sizeof err), KV_OK, "attach: %s", err);
     return a;
 }
 

@@ -2,29 +2,7 @@
  * records of the shared segment (shm/blocks.c), on a real /dev/shm segment. */
 #include "shm_test_util.h"
 
-static kvshm_writer *W;
-static kvshm_blocks B;
-static kvshm_seg *S;
-
-static void setup(void)
-{
-    shmt_setup();
-    kvshm_config c = shmt_config(16u << 20, 1);
-    cr_assert_eq(kvshm_writer_create(&c, &W), KVSHM_OK);
-    /* A scratch allocator over the last 4 MiB of the segment: the writer's
-     * own shard allocator only bump-allocates from the front (one memtable
-     * and a view here), so the two never meet in these tests. */
-    S = (kvshm_seg *)kvshm_writer_seg(W);
-    kvshm_blocks_init(&B, S, S->size - (4u << 20), 4u << 20, NULL);
-}
-static void teardown(void)
-{
-    kvshm_blocks_fini(&B);
-    kvshm_writer_destroy(W, 1);
-    shmt_teardown();
-}
-
-TestSuite(shm_blocks, .init = setup, .fini = teardown, .timeout = 60);
+SHMT_SCRATCH_SUITE(shm_blocks, 16u << 20, 4u << 20, 0, 60);
 
 Test(shm_blocks, class_sizes_round_up_with_bounded_waste)
 {

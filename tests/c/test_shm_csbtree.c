@@ -5,27 +5,8 @@
  * a node reclaimed while still reachable breaks kvshm_tree_check. */
 #include "shm_test_util.h"
 
-static kvshm_writer *W;
-static kvshm_blocks B;
-static kvshm_seg *S;
+SHMT_SCRATCH_SUITE(shm_csbtree, 192u << 20, 160u << 20, 1, 300);
 static uint64_t EPOCH = 1;
-
-static void setup(void)
-{
-    shmt_setup();
-    kvshm_config c = shmt_config(192u << 20, 1);
-    cr_assert_eq(kvshm_writer_create(&c, &W), KVSHM_OK);
-    S = (kvshm_seg *)kvshm_writer_seg(W);
-    kvshm_blocks_init(&B, S, S->size - (160u << 20), 160u << 20, NULL);
-    B.poison = 1;
-}
-static void teardown(void)
-{
-    kvshm_blocks_fini(&B);
-    kvshm_writer_destroy(W, 1);
-    shmt_teardown();
-}
-TestSuite(shm_csbtree, .init = setup, .fini = teardown, .timeout = 300);
 
 /* ---- model: sorted array of keys with their current value seq ------------- */
 typedef struct mkv { uint8_t k[24]; uint32_t kl; uint64_t seq; } mkv;

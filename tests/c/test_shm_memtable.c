@@ -3,25 +3,7 @@
  * edges, arena exhaustion, freeze, crash-replay scan. */
 #include "shm_test_util.h"
 
-static kvshm_writer *W;
-static kvshm_blocks B;
-static kvshm_seg *S;
-
-static void setup(void)
-{
-    shmt_setup();
-    kvshm_config c = shmt_config(64u << 20, 1);
-    cr_assert_eq(kvshm_writer_create(&c, &W), KVSHM_OK);
-    S = (kvshm_seg *)kvshm_writer_seg(W);
-    kvshm_blocks_init(&B, S, S->size - (32u << 20), 32u << 20, NULL);
-}
-static void teardown(void)
-{
-    kvshm_blocks_fini(&B);
-    kvshm_writer_destroy(W, 1);
-    shmt_teardown();
-}
-TestSuite(shm_memtable, .init = setup, .fini = teardown, .timeout = 120);
+SHMT_SCRATCH_SUITE(shm_memtable, 64u << 20, 32u << 20, 0, 120);
 
 #define NK 600
 typedef struct mver { uint64_t seq; int tomb; uint32_t vlen; uint8_t v[64]; int present; } mver;
@@ -108,7 +90,7 @@ Test(shm_memtable, scan_orders_key_then_newest_first)
     cr_assert_eq(newest.n, 100);
     cr_assert(newest.order_ok);
     scanst valid = { .order_ok = 1 };
-    cr_assert_eq(kvshm_mt_scan_valid(S, mt, scan_cb, &valid), KVSHM_OK);
+    cr_assert_eq(kvshm_mt_scan_valid(S, mt, scan_cb, &valid, NULL), KVSHM_OK);
     cr_assert_eq(valid.n, 3000, "append-order replay sees every valid record");
 }
 

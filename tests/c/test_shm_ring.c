@@ -1,10 +1,12 @@
 /* test_shm_ring.c - the submission ring (shm/ring.c): record framing and
  * wrap-around, full/oversize, untrusted-length checks, and producer/consumer
  * sleeping on futexes across threads and across processes (fd inherited, as
- * SCM_RIGHTS would pass it). */
+ * SCM_RIGHTS would pass it); the consumer's head; and the formats writer and
+ * attach share besides the ring (key records, registry text). */
 #include <pthread.h>
 #include <sys/mman.h>
 
+#include "kvshm/proto.h"
 #include "kvshm/ring.h"
 #include "shm_test_util.h"
 
@@ -170,4 +172,84 @@ Test(shm_ring, producer_and_consumer_processes)
     produce_all(p);
     cr_assert_eq(shmt_wait(pid), 0);
     kvshm_ring_close(p);
+}
+
+/* The consumer's position: 0 for a new ring, then where consume left it,
+ * as seen through any mapping of the ring. */
+Test(shm_ring, head_follows_consume)
+{
+    kvshm_ring *p, *c, *c2;
+    cr_assert_eq(kvshm_ring_create(4096, &p), KVSHM_OK);
+    cr_assert_eq(kvshm_ring_map(kvshm_ring_fd(p), &c), KVSHM_OK);
+    cr_assert_eq(kvshm_ring_head(c), 0);
+    uint64_t pos;
+    for (uint64_t i = 0; i < 3; i++) cr_assert_eq(push_rec(p, i, 0, &pos), KVSHM_OK);
+    cr_assert(check_rec(c, 0));
+    cr_assert(check_rec(c, 1));
+    uint32_t type, len;
+    const void *pl;
+    cr_assert_eq(kvshm_ring_peek(c, &type, &pl, &len), KVSHM_OK);
+    uint64_t head = kvshm_ring_consume(c);
+    cr_assert_eq(head, pos);
+    cr_assert_eq(kvshm_ring_head(c), pos);
+    cr_assert_eq(kvshm_ring_map(kvshm_ring_fd(p), &c2), KVSHM_OK);   /* handed over again */
+    cr_assert_eq(kvshm_ring_head(c2), pos);
+    kvshm_ring_close(c2);
+    kvshm_ring_close(c);
+    kvshm_ring_close(p);
+}
+
+/* ---- what writer and attach agree on (kvshm/proto.h) ------------------- */
+
+Test(shm_ring, key_records_roundtrip_and_reject_malformed)
+{
+    uint8_t buf[64];
+    const uint8_t *key, *val;
+    uint32_t klen, vlen;
+    cr_assert_eq(kvshm_keyrec_bytes(5, 3), KVSHM_REC_KEYHDR + 8);
+    kvshm_keyrec_encode(buf, "hello", 5, "abc", 3);
+    cr_assert_eq(kvshm_keyrec_decode(buf, (uint32_t)kvshm_keyrec_bytes(5, 3), &key, &klen,
+                                     &val, &vlen), 0);
+    cr_assert_eq(klen, 5);
+    cr_assert_eq(vlen, 3);
+    cr_assert_arr_eq(key, "hello", 5);
+    cr_assert_arr_eq(val, "abc", 3);
+    kvshm_keyrec_encode(buf, "k", 1, NULL, 0);   /* DEL / MISS */
+    cr_assert_eq(kvshm_keyrec_decode(buf, (uint32_t)kvshm_keyrec_bytes(1, 0), &key, &klen,
+                                     &val, &vlen), 0);
+    cr_assert_eq(klen, 1);
+    cr_assert_eq(vlen, 0);
+    /* shorter than the header, key past the payload, empty key, key too long */
+    cr_assert_eq(kvshm_keyrec_decode(buf, KVSHM_REC_KEYHDR - 1, &key, &klen, &val, &vlen), -1);
+    kvshm_keyrec_encode(buf, "hello", 5, NULL, 0);
+    cr_assert_eq(kvshm_keyrec_decode(buf, KVSHM_REC_KEYHDR + 4, &key, &klen, &val, &vlen), -1);
+    uint32_t bad[2] = { 0, 0 };
+    memcpy(buf, bad, sizeof bad);
+    cr_assert_eq(kvshm_keyrec_decode(buf, 16, &key, &klen, &val, &vlen), -1);
+    bad[0] = KVSHM_MAX_KEY + 1;
+    memcpy(buf, bad, sizeof bad);
+    cr_assert_eq(kvshm_keyrec_decode(buf, 16, &key, &klen, &val, &vlen), -1);
+}
+
+Test(shm_ring, registry_text_roundtrip)
+{
+    char text[1024], v[64];
+    kvshm_registry reg = { .generation = 7, .pid = 1234, .table = "kv", .segment = "/seg",
+                           .slots = "/seg-slots", .socket = "sock", .state = "ready" };
+    int n = kvshm_registry_format(&reg, text, sizeof text);
+    cr_assert(n > 0 && (size_t)n == strlen(text));
+    const char *names[] = { "generation", "pid", "table", "segment", "slots", "socket", "state" };
+    const char *want[] = { "7", "1234", "kv", "/seg", "/seg-slots", "sock", "ready" };
+    for (int i = 0; i < 7; i++) {
+        cr_assert_eq(kvshm_registry_field(text, names[i], v, sizeof v), 0, "%s", names[i]);
+        cr_assert_str_eq(v, want[i]);
+    }
+    cr_assert_eq(kvshm_registry_field(text, "kvault-registry", v, sizeof v), 0);
+    cr_assert_str_eq(v, "1");
+    cr_assert(kvshm_registry_layout_ok(text));
+    char *layout = strstr(text, "layout=");
+    cr_assert_not_null(layout);
+    layout[7] = layout[7] == '0' ? '1' : '0';
+    cr_assert(!kvshm_registry_layout_ok(text), "another build's layout");
+    cr_assert_eq(kvshm_registry_format(&reg, text, 40), -1, "does not fit");
 }

@@ -148,8 +148,6 @@ Test(shm_segment, read_path_memtables_then_tree)
     kvshm_writer_publish_seq(w, 5, 4);
     kvshm_reader_seqs(r, &ap, &cm);
     cr_assert_eq(ap, 5); cr_assert_eq(cm, 4);
-    kvshm_reader_detach(r);
-    kvshm_writer_destroy(w, 1);
 }
 
 Test(shm_segment, cache_load_and_evict)
@@ -177,8 +175,6 @@ Test(shm_segment, cache_load_and_evict)
     cr_assert_eq(kvshm_writer_cache_evict(w, ek, el, 250), KVSHM_OK);
     for (int i = 0; i < 500; i++)
         cr_assert_eq(get(r, keys[i], buf, sizeof buf, &len), i % 2 == 0 ? KVSHM_NOTFOUND : KVSHM_OK);
-    kvshm_reader_detach(r);
-    kvshm_writer_destroy(w, 1);
 }
 
 /* get_many gives, key by key, what get gives: keys in the trees, in active
@@ -251,8 +247,6 @@ Test(shm_segment, get_many_matches_get)
     cr_assert_eq(kvshm_reader_get_many(r, 0, NULL, NULL, NULL, NULL), KVSHM_OK);
     cr_assert_eq(kvshm_reader_get_many(r, 1, NULL, kl, out, st), KVSHM_E_INVAL);
     free(kv);
-    kvshm_reader_detach(r);
-    kvshm_writer_destroy(w, 1);
 }
 
 /* Model for iteration: which keys exist. */
@@ -315,8 +309,6 @@ Test(shm_segment, prefix_iteration_across_shards_and_structures)
     kvshm_val ko = { kb, sizeof kb, 0, 0 };
     cr_assert_eq(kvshm_reader_next(r, "zz", 2, NULL, 0, &ko, NULL), KVSHM_EMPTY);
     cr_assert_eq(kvshm_reader_next(r, "a", 1, "b", 1, &ko, NULL), KVSHM_EMPTY);
-    kvshm_reader_detach(r);
-    kvshm_writer_destroy(w, 1);
 }
 
 Test(shm_segment, forked_child_takes_its_own_slot)
@@ -350,8 +342,6 @@ Test(shm_segment, forked_child_takes_its_own_slot)
     char buf[16];
     cr_assert_eq(get(r, "k", buf, sizeof buf, NULL), KVSHM_OK);
     cr_assert_eq(kvshm_reader_slot(r), parent_slot);
-    kvshm_reader_detach(r);
-    kvshm_writer_destroy(w, 1);
 }
 
 Test(shm_segment, slots_run_out)
@@ -405,6 +395,135 @@ Test(shm_segment, stripe_stamps_follow_applied_writes_only)
     cr_assert_eq(kvshm_reader_stamp(r, ha, 0), a0 + 4);
     /* a closed segment never validates a copy */
     kvshm_writer_destroy(w, 1);
+    shmt_w = NULL;
     cr_assert_eq(kvshm_reader_stamp(r, ha, 0) & 1, 1);
-    kvshm_reader_detach(r);
 }
+
+/* ---- the writer's figures and walks ------------------------------------- */
+
+typedef struct walk { int n, ordered, stop_after; char last[32]; } walk;
+
+static int walk_rec(void *ctx, const void *key, size_t klen, const void *val, size_t vlen,
+                    uint64_t seq, int tombstone)
+{
+    walk *c = ctx;
+    char k[32];
+    snprintf(k, sizeof k, "%.*s", (int)klen, (const char *)key);
+    if (c->n && strcmp(c->last, k) >= 0) c->ordered = 0;
+    snprintf(c->last, sizeof c->last, "%s", k);
+    c->n++;
+    return c->stop_after && c->n >= c->stop_after;
+}
+
+/* Shard figures add up to the segment's, and a cache walk visits every
+ * cached key of a shard in key order. */
+Test(shm_segment, writer_figures_and_cache_walk)
+{
+    kvshm_writer *w;
+    kvshm_reader *r;
+    shmt_open(32u << 20, 3, &w, &r);
+    cr_assert_eq(kvshm_writer_shards(w), 3);
+    cr_assert_eq(kvshm_writer_size_bytes(w), 32u << 20);
+    cr_assert_eq(kvshm_writer_generation(w), 1);
+    enum { N = 300 };
+    static char keys[N][16];
+    kvshm_kv kv[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(keys[i], sizeof keys[i], "c%05d", i);
+        kv[i] = (kvshm_kv){ keys[i], strlen(keys[i]), "v", 1, 1 };
+    }
+    cr_assert_eq(kvshm_writer_cache_load(w, kv, N), KVSHM_OK);
+    for (int i = 0; i < 7; i++)
+        cr_assert_eq(kvshm_writer_put(w, keys[i], strlen(keys[i]), "new", 3, 10 + i, 0), KVSHM_OK);
+    kvshm_shard_stats all, one, sum = {0};
+    cr_assert_eq(kvshm_writer_shard_stats(w, KVSHM_ALL_SHARDS, &all), KVSHM_OK);
+    cr_assert_eq(all.tree_keys, N);
+    cr_assert_eq(all.mt_keys, 7);
+    cr_assert(all.used_bytes > 0 && all.used_bytes <= all.region_bytes);
+    cr_assert(all.region_bytes < 32u << 20);
+    int walked = 0;
+    for (uint32_t s = 0; s < 3; s++) {
+        cr_assert_eq(kvshm_writer_shard_stats(w, s, &one), KVSHM_OK);
+        sum.tree_keys += one.tree_keys; sum.mt_keys += one.mt_keys;
+        sum.used_bytes += one.used_bytes; sum.region_bytes += one.region_bytes;
+        walk c = { .ordered = 1 };
+        cr_assert_eq(kvshm_writer_cache_scan(w, s, walk_rec, &c), KVSHM_OK);
+        cr_assert_eq((uint64_t)c.n, one.tree_keys, "shard %u", s);
+        cr_assert(c.ordered, "shard %u walked in key order", s);
+        walked += c.n;
+    }
+    cr_assert_eq(walked, N);
+    cr_assert_eq(sum.tree_keys, all.tree_keys);
+    cr_assert_eq(sum.mt_keys, all.mt_keys);
+    cr_assert_eq(sum.used_bytes, all.used_bytes);
+    cr_assert_eq(sum.region_bytes, all.region_bytes);
+    walk stop = { .ordered = 1, .stop_after = 5 };
+    cr_assert_eq(kvshm_writer_cache_scan(w, 0, walk_rec, &stop), KVSHM_OK);
+    cr_assert_eq(stop.n, 5, "a nonzero return stops the walk");
+    cr_assert_eq(kvshm_writer_shard_stats(w, 3, &one), KVSHM_E_INVAL);
+    cr_assert_eq(one.tree_keys, 0);
+    cr_assert_eq(kvshm_writer_cache_scan(w, 3, walk_rec, &stop), KVSHM_E_INVAL);
+}
+
+/* A new writer's recovery: the records a writer applied (active and frozen
+ * memtables) are visited from its segment; closing it makes readers stale. */
+Test(shm_segment, recover_scan_and_close)
+{
+    kvshm_writer *w;
+    kvshm_reader *r;
+    shmt_open(32u << 20, 2, &w, &r);
+    char k[16];
+    for (int i = 0; i < 40; i++) {
+        snprintf(k, sizeof k, "r%03d", i);
+        cr_assert_eq(kvshm_writer_put(w, k, strlen(k), "x", 1, 1 + (uint64_t)i, i % 9 == 0),
+                     KVSHM_OK);
+        if (i == 19)   /* the first half in frozen memtables */
+            for (uint32_t s = 0; s < 2; s++) cr_assert_eq(kvshm_writer_freeze(w, s), KVSHM_OK);
+    }
+    walk all = { 0 };
+    cr_assert_eq(kvshm_recover_scan(shmt_seg, walk_rec, &all), KVSHM_OK);
+    cr_assert_eq(all.n, 40, "every applied record, frozen and active");
+    walk stop = { .stop_after = 3 };
+    cr_assert_eq(kvshm_recover_scan(shmt_seg, walk_rec, &stop), KVSHM_OK);
+    cr_assert_eq(stop.n, 3, "a nonzero return stops the whole scan");
+    cr_assert_eq(kvshm_recover_scan("/kvshm-no-such-segment", walk_rec, &stop), KVSHM_E_NOENT);
+    char buf[8];
+    cr_assert_eq(get(r, "r001", buf, sizeof buf, NULL), KVSHM_OK);
+    cr_assert_eq(kvshm_recover_close(shmt_seg), KVSHM_OK);
+    cr_assert_eq(get(r, "r001", buf, sizeof buf, NULL), KVSHM_E_STALE);
+    /* another layout is not replayed */
+    struct kvshm_hdr *h = (struct kvshm_hdr *)kvshm_writer_seg(w)->base;
+    h->h_layout_hash ^= 1;
+    cr_assert_eq(kvshm_recover_scan(shmt_seg, walk_rec, &stop), KVSHM_E_LAYOUT);
+    cr_assert_eq(kvshm_recover_close(shmt_seg), KVSHM_E_LAYOUT);
+    h->h_layout_hash ^= 1;
+}
+
+#if KV_DEBUG >= 1
+/* Assertion builds: a "writer only" call from a forked child of the writer
+ * aborts, and the report names the segment (the assert context hook). */
+Test(shm_segment, writer_only_call_from_a_child_aborts_with_context)
+{
+    kvshm_writer *w;
+    kvshm_reader *r;
+    shmt_open(16u << 20, 1, &w, &r);
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(p[1], 2);
+        kvshm_writer_put(w, "k", 1, "v", 1, 1, 0);
+        _exit(0);
+    }
+    close(p[1]);
+    char report[2048] = "";
+    size_t got = 0;
+    ssize_t n;
+    while (got < sizeof report - 1 && (n = read(p[0], report + got, sizeof report - 1 - got)) > 0)
+        got += (size_t)n;
+    close(p[0]);
+    cr_assert_eq(shmt_wait(pid), 128 + SIGABRT);
+    cr_assert(strstr(report, "assertion failed"), "report: %s", report);
+    cr_assert(strstr(report, "kvshm writer, segment generation 1"), "report: %s", report);
+}
+#endif

@@ -80,7 +80,7 @@ uint64_t kv_att_key_hash(const void *key, size_t klen);
 /** Validation token for a process-local copy of a key's value (used by the
  *  Python binding's hot-value cache; see docs/shared-mode.md).
  *
- *  Seqlock protocol over the key's stripe stamp (kvshm/layout.h, "Key-stripe
+ *  Seqlock protocol over the key's stripe stamp (shm/layout.h, "Key-stripe
  *  stamps"): take t1 = kv_att_stamp(a, h, 0) before kv_att_get and
  *  t2 = kv_att_stamp(a, h, 1) after it; if t1 == t2 != 0, the value read is
  *  the key's current value for as long as kv_att_stamp(a, h, 0) returns t1.

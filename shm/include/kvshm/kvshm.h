@@ -8,7 +8,15 @@
  *
  *   writer:  kvshm_writer_create / _put / _freeze / _frozen_scan / _fold /
  *            _cache_load / _cache_evict / _publish_seq / _maintain / _destroy
+ *            figures and walks: _shards / _size_bytes / _generation /
+ *            _shard_stats / _cache_scan; a dead writer's segment:
+ *            kvshm_recover_scan / _close
  *   readers: kvshm_reader_attach / _get / _next / _enter / _leave / _detach
+ *
+ * The byte layout behind these calls (shm/layout.h, shm/structs.h) is
+ * private to shm/: no consumer reads a header field, a shard table or a
+ * record itself. The submission ring is kvshm/ring.h; the registry text and
+ * the ring's record formats are kvshm/proto.h.
  *
  * Process rules. "Writer only" functions may be called only by the process
  * that created the segment, from one thread at a time. "Any reader" functions
@@ -45,11 +53,16 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "kvshm/layout.h"
-
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* Longest key the segment stores, in bytes (keys are 1..KVSHM_MAX_KEY). */
+#define KVSHM_MAX_KEY 4096u
+
+/* A process's mapping of the data segment. Opaque here: its layout and the
+ * bounds-checked accessors are private to shm/ (shm/layout.h). */
+typedef struct kvshm_seg kvshm_seg;
 
 /* ---- status codes ------------------------------------------------------- */
 typedef enum kvshm_status {
@@ -258,10 +271,82 @@ kvshm_status kvshm_writer_wait_doorbell(kvshm_writer *w, uint32_t seen, int time
 /* Current doorbell value, to pass as `seen` (acquire). Writer only. */
 uint32_t kvshm_writer_doorbell(const kvshm_writer *w);
 
-/* The writer's mapping and layout, for tests and status tools (read-only use).
- * Writer only. */
+/* The writer's mapping, for shm/'s white-box tests (the struct is private
+ * to shm/). Writer only. */
 const kvshm_seg *kvshm_writer_seg(const kvshm_writer *w);
+
+/* ---- writer: figures and walks ---------------------------------------------
+ * What the writer process needs to know about the segment besides the
+ * operations above; it never reads the layout itself. */
+
+/* Shard count of the segment (kvshm_config.shards). Writer only. */
 uint32_t kvshm_writer_shards(const kvshm_writer *w);
+/* Mapped size of the data segment in bytes (kvshm_config.size_bytes).
+ * Writer only. */
+uint64_t kvshm_writer_size_bytes(const kvshm_writer *w);
+/* Writer incarnation stored in the segment (kvshm_config.generation).
+ * Writer only. */
+uint64_t kvshm_writer_generation(const kvshm_writer *w);
+
+/* Figures of one shard (or their sums over all shards), in bytes and keys. */
+typedef struct kvshm_shard_stats {
+    uint64_t region_bytes;  /* bytes of the shard's block region */
+    uint64_t used_bytes;    /* block bytes allocated, live + retired */
+    uint64_t retired_bytes; /* retired and not yet reclaimed */
+    uint64_t tree_keys;     /* keys cached in the published CSB+tree */
+    uint64_t mt_keys;       /* records in the active + frozen memtables */
+} kvshm_shard_stats;
+#define KVSHM_ALL_SHARDS UINT32_MAX
+
+/*
+ * kvshm_writer_shard_stats: fill *out with the figures of `shard`
+ * (0..kvshm_writer_shards - 1), or with their sums over every shard when
+ * shard is KVSHM_ALL_SHARDS. A snapshot of the counters the writer keeps in
+ * the shard table (the same numbers attached processes may read). Writer
+ * only. Returns KVSHM_OK, KVSHM_E_INVAL (shard out of range; *out zeroed).
+ */
+kvshm_status kvshm_writer_shard_stats(const kvshm_writer *w, uint32_t shard,
+                                      kvshm_shard_stats *out);
+
+/*
+ * kvshm_writer_cache_scan: visit every key cached in the shard's published
+ * CSB+tree, in key order (val/vlen: its cached value; seq: the sequence it
+ * was cached at; tombstone always 0). key and val point into the segment and
+ * stay valid until the writer's next kvshm_writer_fold, _cache_load,
+ * _cache_evict or _maintain, so a visitor may collect keys to pass to
+ * kvshm_writer_cache_evict. The visitor must not call back into the writer.
+ * Writer only. Returns KVSHM_OK (also for an empty cache), KVSHM_E_INVAL
+ * (shard out of range), KVSHM_E_CORRUPT (a bounds check failed).
+ */
+kvshm_status kvshm_writer_cache_scan(kvshm_writer *w, uint32_t shard,
+                                     kvshm_rec_fn fn, void *ctx);
+
+/* ---- recovery: a previous writer's segment ---------------------------------- */
+
+/*
+ * kvshm_recover_scan: map the data segment `seg_name` of a writer that did
+ * not stop cleanly (read-write, not populated) and visit every record of
+ * each shard's published frozen and active memtables, in append order per
+ * memtable, whose checksum verifies (a torn last append ends that
+ * memtable's walk). The records are what that writer applied; which of them
+ * are committed is for the caller to tell (by sequence number). key and val
+ * are valid only during the call of fn; return nonzero from fn to stop.
+ * Unmaps before returning. Called by a new writer before it creates its own
+ * segment. Returns KVSHM_OK; KVSHM_E_NOENT (no such segment: nothing to
+ * replay); KVSHM_E_MAGIC, KVSHM_E_LAYOUT or KVSHM_E_SIZE (not a segment of
+ * this layout: not replayed); KVSHM_E_CORRUPT (its shard table is out of
+ * bounds); KVSHM_E_SYS.
+ */
+kvshm_status kvshm_recover_scan(const char *seg_name, kvshm_rec_fn fn, void *ctx);
+
+/*
+ * kvshm_recover_close: mark the data segment `seg_name` CLOSED (release
+ * store), so processes still mapping it see KVSHM_E_STALE and re-attach.
+ * Call it once its records are committed elsewhere, before unlinking its
+ * names (kvshm_unlink). Returns KVSHM_OK, KVSHM_E_NOENT, KVSHM_E_MAGIC,
+ * KVSHM_E_LAYOUT, KVSHM_E_SIZE, KVSHM_E_SYS.
+ */
+kvshm_status kvshm_recover_close(const char *seg_name);
 
 /* ---- readers ------------------------------------------------------------- */
 
@@ -289,7 +374,7 @@ void kvshm_reader_detach(kvshm_reader *r);
 
 /*
  * kvshm_reader_stamp: the seqlock stamp of the stripe of the key whose
- * kvshm_key_hash is key_hash (layout.h, "Key-stripe stamps"), for a reader
+ * kvshm_key_hash is key_hash (shm/layout.h, "Key-stripe stamps"), for a reader
  * that keeps its own copy of the key's value. Any attached reader; no epoch
  * needed (the stripes live in the header, never reclaimed).
  *

@@ -46,12 +46,38 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kvshm/kvshm.h"
+
 #define KVSHM_REGISTRY_SUFFIX "-kvault"
 
 /* Copy the value of line `name=value` of registry text `text` (NUL
  * terminated) into out (cap bytes, NUL terminated). Returns 0, or -1 when
  * the name is absent or the value does not fit. Any process; pure. */
 int kvshm_registry_field(const char *text, const char *name, char *out, size_t cap);
+
+/* The fields of the registry a writer publishes (strings NUL terminated,
+ * owned by the caller). */
+typedef struct kvshm_registry {
+    uint64_t generation;    /* writer incarnation */
+    int pid;                /* writer pid */
+    const char *table;      /* key-value table served */
+    const char *segment;    /* shm name of the data segment */
+    const char *slots;      /* shm name of the slot file */
+    const char *socket;     /* abstract socket name, without the leading NUL */
+    const char *state;      /* "ready" or "stopped" */
+} kvshm_registry;
+
+/* Render the registry text of `reg` (every line above, in that order, with
+ * layout = this build's segment layout hash) into buf (cap bytes, NUL
+ * terminated). Returns the text length in bytes, or -1 when it does not fit.
+ * Any process (the writer publishes it); pure. */
+int kvshm_registry_format(const kvshm_registry *reg, char *buf, size_t cap);
+
+/* 1 if registry text `text` names this build's segment layout (its layout
+ * line equals what kvshm_registry_format writes), else 0: the segment it
+ * names cannot be attached by this build. Any process; pure. */
+int kvshm_registry_layout_ok(const char *text);
+
 #define KVSHM_PROTO_MAGIC 0x4b565031u /* "KVP1" */
 
 /* ring record types */
@@ -61,6 +87,23 @@ int kvshm_registry_field(const char *text, const char *name, char *out, size_t c
 #define KVSHM_REC_SYNC  4u
 #define KVSHM_REC_STATS 5u
 #define KVSHM_REC_KEYHDR 8u /* bytes before the key in PUT/DEL/MISS */
+
+/* Payload bytes of a PUT/DEL/MISS record with these key and value lengths. */
+static inline size_t kvshm_keyrec_bytes(size_t klen, size_t vlen)
+{ return KVSHM_REC_KEYHDR + klen + vlen; }
+/* Write a PUT/DEL/MISS payload into dst (kvshm_keyrec_bytes(klen, vlen)
+ * bytes: a ring reservation): the header, key[klen], then val[vlen] (vlen 0
+ * for DEL and MISS; val may then be NULL). Producer side; pure. */
+void kvshm_keyrec_encode(void *dst, const void *key, uint32_t klen, const void *val,
+                         uint32_t vlen);
+/* Split an untrusted PUT/DEL/MISS payload of len bytes into the key (key,
+ * klen) and the bytes after it (val, vlen: the value of a PUT). Pointers are
+ * into the payload. Returns 0, or -1 when malformed (shorter than the header,
+ * klen 0 or above KVSHM_MAX_KEY, or the key runs past len). Consumer side
+ * (the writer, which must copy what it applies: the producer may still change
+ * the payload); pure. */
+int kvshm_keyrec_decode(const void *payload, uint32_t len, const uint8_t **key,
+                        uint32_t *klen, const uint8_t **val, uint32_t *vlen);
 
 /* socket message types */
 #define KVSHM_MSG_ATTACH     1u

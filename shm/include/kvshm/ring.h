@@ -5,22 +5,10 @@
  * consumer, variable-length records, futex words on which either side can
  * sleep and be woken (DESIGN.md, "Write path").
  *
- * Layout of the memfd (offsets in bytes; all fields fixed-width):
- *
- *     0  magic            u64  KVSHM_MAGIC_RING; producer, immutable
- *     8  layout_hash      u64  immutable
- *    16  capacity         u32  data bytes, power of two; immutable
- *    20  flags            u32
- *    64  tail             u64  producer: free-running end of published data (release)
- *    72  tail_seq         u32  futex: producer bumps it when the consumer waits for data
- *    76  consumer_waiting u32  consumer sets it before sleeping on tail_seq
- *   128  head             u64  consumer: free-running start of unconsumed data (release)
- *   136  head_seq         u32  futex: consumer bumps it when the producer waits
- *   140  producer_waiting u32  producer sets it before sleeping on head_seq
- *   144  committed        u64  consumer: ring position whose records are committed (release)
- *   152  commit_seq       u32  futex: bumped when `committed` advances and someone waits
- *   156  commit_waiting   u32
- *   256  data[capacity]
+ * The memfd holds a 256-byte header (magic, capacity, and the producer's
+ * tail, the consumer's head and committed positions, each with a futex word,
+ * on cache lines of their own; drawn in shm/layout.h, private to shm/) and
+ * then the data.
  *
  * A record is {u32 len; u32 type} followed by len payload bytes, padded to
  * 8 bytes; a record never wraps: the producer fills the end of the buffer
@@ -40,35 +28,7 @@
 
 #include "kvshm/kvshm.h"
 
-#define KVSHM_MAGIC_RING UINT64_C(0x31474e49524d534b) /* "KSMRING1" */
-#define KVSHM_RING_HDR 256u
-#define KVSHM_RING_PAD 0xffffffffu
-
-struct kvshm_ring_hdr {
-    uint64_t rh_magic;
-    uint64_t rh_layout_hash;
-    uint32_t rh_capacity;
-    uint32_t rh_flags;
-    uint64_t rh_pad0[5];
-    uint64_t rh_tail;             /* 64 */
-    uint32_t rh_tail_seq;         /* 72 */
-    uint32_t rh_consumer_waiting; /* 76 */
-    uint64_t rh_pad1[6];
-    uint64_t rh_head;             /* 128 */
-    uint32_t rh_head_seq;         /* 136 */
-    uint32_t rh_producer_waiting; /* 140 */
-    uint64_t rh_committed;        /* 144 */
-    uint32_t rh_commit_seq;       /* 152 */
-    uint32_t rh_commit_waiting;   /* 156 */
-    uint64_t rh_pad2[12];
-};
-_Static_assert(__builtin_offsetof(struct kvshm_ring_hdr, rh_tail) == 64, "ring layout");
-_Static_assert(__builtin_offsetof(struct kvshm_ring_hdr, rh_tail_seq) == 72, "ring layout");
-_Static_assert(__builtin_offsetof(struct kvshm_ring_hdr, rh_head) == 128, "ring layout");
-_Static_assert(__builtin_offsetof(struct kvshm_ring_hdr, rh_head_seq) == 136, "ring layout");
-_Static_assert(__builtin_offsetof(struct kvshm_ring_hdr, rh_committed) == 144, "ring layout");
-_Static_assert(__builtin_offsetof(struct kvshm_ring_hdr, rh_commit_seq) == 152, "ring layout");
-_Static_assert(sizeof(struct kvshm_ring_hdr) == KVSHM_RING_HDR, "ring header size");
+#define KVSHM_RING_PAD 0xffffffffu /* record type of the filler at the buffer end */
 
 typedef struct kvshm_ring kvshm_ring;
 
@@ -127,6 +87,11 @@ uint64_t kvshm_ring_consume(kvshm_ring *r);
 /* Sleep until data is published (or timeout). Consumer only.
  * Returns KVSHM_OK or KVSHM_TIMEOUT. */
 kvshm_status kvshm_ring_wait_data(kvshm_ring *r, int timeout_ms);
+/* Ring position up to which records are consumed (acquire load of the
+ * head; a free-running byte count, 0 for a new ring). A ring handed over
+ * again after a writer restart keeps its head: everything before it was
+ * applied by the previous writer. Consumer only. */
+uint64_t kvshm_ring_head(const kvshm_ring *r);
 /* Mark every record before pos as committed (release) and wake a producer
  * waiting for it. Consumer only. */
 void kvshm_ring_set_committed(kvshm_ring *r, uint64_t pos);

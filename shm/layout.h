@@ -1,15 +1,17 @@
 /*
- * kvshm/layout.h -- the byte layout of kohakuvault's shared memory.
+ * layout.h -- the byte layout of kohakuvault's shared memory.
  *
  * Three regions (DESIGN.md, "The shared segment"):
  *   data segment   created by the writer, mapped read-only by clients
  *   slot file      created by the writer, mapped read-write by clients
  *   submission ring  created by each client (memfd), mapped by the writer too
- * This header draws the first two and the records inside them; ring.h draws
- * the third. Only fixed-width integers live in shared memory; every reference
- * is a byte offset from the region base (0 means null), turned into a pointer
- * by exactly one helper, kvshm_at(), which checks bounds. Every diagram below
- * is backed by _Static_assert offset checks so it cannot drift.
+ * This header draws all three and the records inside them. It is private to
+ * shm/ and its white-box tests: consumers (workers/, python/) go through
+ * kvshm/kvshm.h, kvshm/ring.h and kvshm/attach.h. Only fixed-width integers
+ * live in shared memory; every reference is a byte offset from the region
+ * base (0 means null), turned into a pointer by exactly one helper,
+ * kvshm_at(), which checks bounds. Every diagram below is backed by
+ * _Static_assert offset checks so it cannot drift.
  *
  * Data segment:
  *
@@ -46,6 +48,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "kvshm/kvshm.h"   /* KVSHM_MAX_KEY, kvshm_status */
+
 /* ---- constants ---------------------------------------------------------- */
 #define KVSHM_MAGIC_SEG    UINT64_C(0x31474553484d534b) /* "KSMHSEG1" LE bytes */
 #define KVSHM_MAGIC_SLOTS  UINT64_C(0x31544f4c534d534b) /* "KSMSLOT1" */
@@ -58,44 +62,41 @@
 #define KVSHM_STATE_READY  1u
 #define KVSHM_STATE_CLOSED 2u  /* writer exited cleanly */
 
+/* ---- shared structs: one table per struct --------------------------------
+ * Each struct that lives in shared memory is drawn by a table of rows
+ * F(S, type, name, array suffix, byte offset) (an X-macro). KVSHM_STRUCT
+ * declares the struct from its table and checks every row's offset and the
+ * total size at compile time, so the numbers in the diagrams, the
+ * declaration and the checks come from one place and cannot drift. */
+#define KVSHM_FIELD_DECL(S, type, name, arr, off) type name arr;
+#define KVSHM_FIELD_CHECK(S, type, name, arr, off) \
+    _Static_assert(offsetof(struct S, name) == (off), #S "." #name " offset");
+#define KVSHM_STRUCT(S, FIELDS, bytes)                   \
+    struct S { FIELDS(KVSHM_FIELD_DECL, S) };            \
+    FIELDS(KVSHM_FIELD_CHECK, S)                         \
+    _Static_assert(sizeof(struct S) == (bytes), #S " size")
+
 /* ---- data segment header ------------------------------------------------- */
-struct kvshm_hdr {
-    uint64_t h_magic;         /*  0 KVSHM_MAGIC_SEG; writer, immutable */
-    uint64_t h_layout_hash;   /*  8 kvshm_layout_hash(); writer, immutable */
-    uint64_t h_size_bytes;    /* 16 mapped size of the segment; immutable */
-    uint64_t h_generation;    /* 24 writer incarnation; immutable per segment */
-    uint32_t h_shards;        /* 32 shard count (1..KVSHM_MAX_SHARDS); immutable */
-    uint32_t h_hdr_bytes;     /* 36 KVSHM_HDR_BYTES; immutable */
-    uint64_t h_epoch;         /* 40 global epoch, >= 1; writer release-stores */
-    uint64_t h_applied_seq;   /* 48 last sequence applied to memtables; release */
-    uint64_t h_committed_seq; /* 56 last sequence committed to SQLite; release */
-    uint64_t h_shard_tbl;     /* 64 offset of the shard table; immutable */
-    uint64_t h_heap_off;      /* 72 offset of shard 0's region; immutable */
-    uint64_t h_heap_bytes;    /* 80 total bytes of all shard regions; immutable */
-    uint64_t h_evictions;     /* 88 readers evicted for stalling; writer, relaxed */
-    uint64_t h_reaped;        /* 96 dead readers' slots cleared; writer, relaxed */
-    uint32_t h_state;         /*104 KVSHM_STATE_*; writer release-stores */
-    uint32_t h_pad0;          /*108 */
-    uint64_t h_writer_pid;    /*112 pid of the writer; immutable */
-    uint64_t h_reserved;      /*120 */
-};
-_Static_assert(offsetof(struct kvshm_hdr, h_magic) == 0, "hdr layout");
-_Static_assert(offsetof(struct kvshm_hdr, h_layout_hash) == 8, "hdr layout");
-_Static_assert(offsetof(struct kvshm_hdr, h_size_bytes) == 16, "hdr layout");
-_Static_assert(offsetof(struct kvshm_hdr, h_generation) == 24, "hdr layout");
-_Static_assert(offsetof(struct kvshm_hdr, h_shards) == 32, "hdr layout");
-_Static_assert(offsetof(struct kvshm_hdr, h_hdr_bytes) == 36, "hdr layout");
-_Static_assert(offsetof(struct kvshm_hdr, h_epoch) == 40, "hdr layout");
-_Static_assert(offsetof(struct kvshm_hdr, h_applied_seq) == 48, "hdr layout");
-_Static_assert(offsetof(struct kvshm_hdr, h_committed_seq) == 56, "hdr layout");
-_Static_assert(offsetof(struct kvshm_hdr, h_shard_tbl) == 64, "hdr layout");
-_Static_assert(offsetof(struct kvshm_hdr, h_heap_off) == 72, "hdr layout");
-_Static_assert(offsetof(struct kvshm_hdr, h_heap_bytes) == 80, "hdr layout");
-_Static_assert(offsetof(struct kvshm_hdr, h_evictions) == 88, "hdr layout");
-_Static_assert(offsetof(struct kvshm_hdr, h_reaped) == 96, "hdr layout");
-_Static_assert(offsetof(struct kvshm_hdr, h_state) == 104, "hdr layout");
-_Static_assert(offsetof(struct kvshm_hdr, h_writer_pid) == 112, "hdr layout");
-_Static_assert(sizeof(struct kvshm_hdr) == 128, "hdr size");
+#define KVSHM_HDR_FIELDS(F, S)                                                 \
+    F(S, uint64_t, h_magic,         ,   0) /* KVSHM_MAGIC_SEG; writer, immutable */ \
+    F(S, uint64_t, h_layout_hash,   ,   8) /* kvshm_layout_hash(); writer, immutable */ \
+    F(S, uint64_t, h_size_bytes,    ,  16) /* mapped size of the segment; immutable */ \
+    F(S, uint64_t, h_generation,    ,  24) /* writer incarnation; immutable per segment */ \
+    F(S, uint32_t, h_shards,        ,  32) /* shard count (1..KVSHM_MAX_SHARDS); immutable */ \
+    F(S, uint32_t, h_hdr_bytes,     ,  36) /* KVSHM_HDR_BYTES; immutable */ \
+    F(S, uint64_t, h_epoch,         ,  40) /* global epoch, >= 1; writer release-stores */ \
+    F(S, uint64_t, h_applied_seq,   ,  48) /* last sequence applied to memtables; release */ \
+    F(S, uint64_t, h_committed_seq, ,  56) /* last sequence committed to SQLite; release */ \
+    F(S, uint64_t, h_shard_tbl,     ,  64) /* offset of the shard table; immutable */ \
+    F(S, uint64_t, h_heap_off,      ,  72) /* offset of shard 0's region; immutable */ \
+    F(S, uint64_t, h_heap_bytes,    ,  80) /* total bytes of all shard regions; immutable */ \
+    F(S, uint64_t, h_evictions,     ,  88) /* readers evicted for stalling; writer, relaxed */ \
+    F(S, uint64_t, h_reaped,        ,  96) /* dead readers' slots cleared; writer, relaxed */ \
+    F(S, uint32_t, h_state,         , 104) /* KVSHM_STATE_*; writer release-stores */ \
+    F(S, uint32_t, h_pad0,          , 108)                                      \
+    F(S, uint64_t, h_writer_pid,    , 112) /* pid of the writer; immutable */   \
+    F(S, uint64_t, h_reserved,      , 120)
+KVSHM_STRUCT(kvshm_hdr, KVSHM_HDR_FIELDS, 128);
 
 /*
  * Key-stripe stamps: a seqlock per stripe of keys, for process-local copies.
@@ -121,90 +122,51 @@ static inline uint32_t kvshm_stripe_of(uint64_t key_hash)
 }
 
 /*
- * Shard record (64 bytes, one cache line, all fields written by the writer):
- *
- *   0 view      offset of the current struct kvshm_view; release-stored,
- *               readers acquire-load it: the one publication point of a shard
- *   8 region    offset of this shard's block region
- *  16 region_bytes
- *  24 used      bytes of blocks allocated (live + retired); relaxed stats
- *  32 retired   bytes retired and not yet reclaimed; relaxed stats
- *  40 tree_keys keys in the published tree; relaxed stats
- *  48 mt_keys   records in the active + frozen memtables; relaxed stats
- *  56 reserved
+ * Shard record (64 bytes, one cache line, all fields written by the writer;
+ * the counters are relaxed statistics).
  */
-struct kvshm_shard {
-    uint64_t s_view;
-    uint64_t s_region;
-    uint64_t s_region_bytes;
-    uint64_t s_used;
-    uint64_t s_retired;
-    uint64_t s_tree_keys;
-    uint64_t s_mt_keys;
-    uint64_t s_reserved;
-};
-_Static_assert(offsetof(struct kvshm_shard, s_view) == 0, "shard layout");
-_Static_assert(offsetof(struct kvshm_shard, s_region) == 8, "shard layout");
-_Static_assert(offsetof(struct kvshm_shard, s_used) == 24, "shard layout");
-_Static_assert(offsetof(struct kvshm_shard, s_retired) == 32, "shard layout");
-_Static_assert(offsetof(struct kvshm_shard, s_mt_keys) == 48, "shard layout");
-_Static_assert(sizeof(struct kvshm_shard) == 64, "shard size");
+#define KVSHM_SHARD_FIELDS(F, S)                                                    \
+    /* offset of the current struct kvshm_view; release-stored, readers           \
+     * acquire-load it: the one publication point of a shard */                   \
+    F(S, uint64_t, s_view,         ,  0)                                          \
+    F(S, uint64_t, s_region,       ,  8) /* offset of this shard's block region */ \
+    F(S, uint64_t, s_region_bytes, , 16) /* its size in bytes */                  \
+    F(S, uint64_t, s_used,         , 24) /* block bytes allocated (live + retired) */ \
+    F(S, uint64_t, s_retired,      , 32) /* bytes retired, not yet reclaimed */   \
+    F(S, uint64_t, s_tree_keys,    , 40) /* keys in the published tree */         \
+    F(S, uint64_t, s_mt_keys,      , 48) /* records in active + frozen memtables */ \
+    F(S, uint64_t, s_reserved,     , 56)
+KVSHM_STRUCT(kvshm_shard, KVSHM_SHARD_FIELDS, 64);
 
 /*
  * View record (64 bytes, a block in the shard's region). Immutable once
  * published: the writer builds a new one and release-stores its offset into
  * kvshm_shard.s_view, then retires the old one. A reader therefore always
- * searches a consistent (active, frozen, tree) triple.
- *
- *   0 active     offset of the active memtable (0: none)
- *   8 frozen     offset of the frozen memtable being committed (0: none)
- *  16 tree_root  offset of the CSB+tree root node (0: empty tree)
- *  24 tree_height levels in the tree (0: empty, 1: root is a leaf)
- *  28 pad
- *  32 tree_keys  keys in the tree
- *  40 epoch      global epoch when published (diagnostics)
- *  48 reserved[2]
+ * searches a consistent (active, frozen, tree) triple. Offsets 0 mean none.
  */
-struct kvshm_view {
-    uint64_t v_active;
-    uint64_t v_frozen;
-    uint64_t v_tree_root;
-    uint32_t v_tree_height;
-    uint32_t v_pad;
-    uint64_t v_tree_keys;
-    uint64_t v_epoch;
-    uint64_t v_reserved[2];
-};
-_Static_assert(offsetof(struct kvshm_view, v_active) == 0, "view layout");
-_Static_assert(offsetof(struct kvshm_view, v_frozen) == 8, "view layout");
-_Static_assert(offsetof(struct kvshm_view, v_tree_root) == 16, "view layout");
-_Static_assert(offsetof(struct kvshm_view, v_tree_height) == 24, "view layout");
-_Static_assert(offsetof(struct kvshm_view, v_tree_keys) == 32, "view layout");
-_Static_assert(sizeof(struct kvshm_view) == 64, "view size");
+#define KVSHM_VIEW_FIELDS(F, S)                                                     \
+    F(S, uint64_t, v_active,      ,     0) /* offset of the active memtable */    \
+    F(S, uint64_t, v_frozen,      ,     8) /* the frozen one being committed */   \
+    F(S, uint64_t, v_tree_root,   ,    16) /* CSB+tree root node (0: empty) */    \
+    F(S, uint32_t, v_tree_height, ,    24) /* levels (0: empty, 1: root is a leaf) */ \
+    F(S, uint32_t, v_pad,         ,    28)                                        \
+    F(S, uint64_t, v_tree_keys,   ,    32) /* keys in the tree */                 \
+    F(S, uint64_t, v_epoch,       ,    40) /* global epoch when published (diagnostics) */ \
+    F(S, uint64_t, v_reserved,    [2], 48)
+KVSHM_STRUCT(kvshm_view, KVSHM_VIEW_FIELDS, 64);
 
 /*
  * Record: a key/value version, the unit both the memtable and the tree hand
- * out. Stored at 8-byte alignment, immutable once published.
- *
- *   0 checksum  kvshm_rec_checksum(seqt, key, value)
- *   8 klen      key bytes (1..KVSHM_MAX_KEY)
- *  12 vlen      value bytes (0 for a tombstone)
- *  16 seqt      sequence number << 1 | tombstone bit
- *  24 key[klen] value[vlen]
+ * out. Stored at 8-byte alignment, immutable once published; the header is
+ * followed by key[klen] and value[vlen].
  */
-struct kvshm_rec {
-    uint64_t r_checksum;
-    uint32_t r_klen;
-    uint32_t r_vlen;
-    uint64_t r_seqt;
-    /* uint8_t r_data[] : key then value */
-};
-_Static_assert(offsetof(struct kvshm_rec, r_klen) == 8, "rec layout");
-_Static_assert(offsetof(struct kvshm_rec, r_vlen) == 12, "rec layout");
-_Static_assert(offsetof(struct kvshm_rec, r_seqt) == 16, "rec layout");
-_Static_assert(sizeof(struct kvshm_rec) == 24, "rec size");
+#define KVSHM_REC_FIELDS(F, S)                                                      \
+    F(S, uint64_t, r_checksum, ,  0) /* kvshm_rec_checksum(seqt, key, value) */   \
+    F(S, uint32_t, r_klen,     ,  8) /* key bytes (1..KVSHM_MAX_KEY) */           \
+    F(S, uint32_t, r_vlen,     , 12) /* value bytes (0 for a tombstone) */        \
+    F(S, uint64_t, r_seqt,     , 16) /* sequence number << 1 | tombstone bit */
+KVSHM_STRUCT(kvshm_rec, KVSHM_REC_FIELDS, 24);
 #define KVSHM_REC_HDR 24u
-#define KVSHM_MAX_KEY 4096u
 
 /*
  * Memtable arena header (at the arena's start; the arena is one block).
@@ -319,47 +281,64 @@ _Static_assert(sizeof(struct kvshm_node) == KVSHM_NODE_BYTES, "node size");
  * descriptor of that open file description closes (normally: the process
  * dies), which is how the writer tells dead owners without trusting pids.
  */
-struct kvshm_slothdr {
-    uint64_t sh_magic;        /*  0 KVSHM_MAGIC_SLOTS; writer, immutable */
-    uint64_t sh_layout_hash;  /*  8 immutable */
-    uint64_t sh_generation;   /* 16 equals the segment's generation; immutable */
-    uint32_t sh_nslots;       /* 24 immutable */
-    uint32_t sh_doorbell;     /* 28 futex word: clients fetch_add+wake it after
-                                    filling their ring; the writer sleeps on it */
-    uint32_t sh_writer_sleeping; /* 32 1 while the writer waits on sh_doorbell */
-    uint32_t sh_pad;
-    uint64_t sh_reserved[11];
-};
-_Static_assert(offsetof(struct kvshm_slothdr, sh_nslots) == 24, "slothdr layout");
-_Static_assert(offsetof(struct kvshm_slothdr, sh_doorbell) == 28, "slothdr layout");
-_Static_assert(sizeof(struct kvshm_slothdr) == 128, "slothdr size");
+#define KVSHM_SLOTHDR_FIELDS(F, S)                                          \
+    F(S, uint64_t, sh_magic,           ,      0) /* KVSHM_MAGIC_SLOTS; writer, immutable */ \
+    F(S, uint64_t, sh_layout_hash,     ,      8) /* immutable */            \
+    F(S, uint64_t, sh_generation,      ,     16) /* equals the segment's generation; immutable */ \
+    F(S, uint32_t, sh_nslots,          ,     24) /* immutable */            \
+    /* futex word: clients fetch_add+wake it after filling their ring; the  \
+     * writer sleeps on it */                                               \
+    F(S, uint32_t, sh_doorbell,        ,     28)                            \
+    F(S, uint32_t, sh_writer_sleeping, ,     32) /* 1 while the writer waits on sh_doorbell */ \
+    F(S, uint32_t, sh_pad,             ,     36)                            \
+    F(S, uint64_t, sh_reserved,        [11], 40)
+KVSHM_STRUCT(kvshm_slothdr, KVSHM_SLOTHDR_FIELDS, 128);
 
-/*
- *   0 epoch  epoch the owner entered, 0 when idle. Written only by the owner
- *            (one plain release store to enter, one to leave) and by the
- *            writer when it clears a dead owner's slot.
- *   8 gen    slot generation; written only by the writer, which bumps it to
- *            evict a stalled owner or when it clears a dead one. The owner
- *            re-reads it after each read and retries if it moved.
- *  16 pid    owner's pid (diagnostics; liveness comes from the OFD lock)
- *  20 flags  KVSHM_SLOT_*; owner
- *  24 attach_ns  CLOCK_MONOTONIC time of the claim; owner
- *  32 reserved[4]
- */
-struct kvshm_slot {
-    uint64_t sl_epoch;
-    uint64_t sl_gen;
-    uint32_t sl_pid;
-    uint32_t sl_flags;
-    uint64_t sl_attach_ns;
-    uint64_t sl_reserved[4];
-};
+/* A reader slot (64 bytes, one cache line). */
+#define KVSHM_SLOT_FIELDS(F, S)                                                     \
+    /* epoch the owner entered, 0 when idle. Written only by the owner (one      \
+     * plain release store to enter, one to leave) and by the writer when it     \
+     * clears a dead owner's slot */                                              \
+    F(S, uint64_t, sl_epoch,     ,     0)                                         \
+    /* slot generation; written only by the writer, which bumps it to evict a    \
+     * stalled owner or when it clears a dead one. The owner re-reads it after   \
+     * each read and retries if it moved */                                       \
+    F(S, uint64_t, sl_gen,       ,     8)                                         \
+    F(S, uint32_t, sl_pid,       ,    16) /* owner's pid (diagnostics; liveness: the OFD lock) */ \
+    F(S, uint32_t, sl_flags,     ,    20) /* KVSHM_SLOT_*; owner */               \
+    F(S, uint64_t, sl_attach_ns, ,    24) /* CLOCK_MONOTONIC time of the claim; owner */ \
+    F(S, uint64_t, sl_reserved,  [4], 32)
+KVSHM_STRUCT(kvshm_slot, KVSHM_SLOT_FIELDS, 64);
 #define KVSHM_SLOTS_OFF 128u
 #define KVSHM_SLOT_FENCED 1u /* owner could not register for membarrier; it fences itself */
-_Static_assert(offsetof(struct kvshm_slot, sl_epoch) == 0, "slot layout");
-_Static_assert(offsetof(struct kvshm_slot, sl_gen) == 8, "slot layout");
-_Static_assert(offsetof(struct kvshm_slot, sl_pid) == 16, "slot layout");
-_Static_assert(sizeof(struct kvshm_slot) == 64, "slot size");
+
+/*
+ * Submission ring (kvshm/ring.h): the memfd a client creates. A 256-byte
+ * header -- the producer's words, the consumer's words, each group on cache
+ * lines of its own -- then data[capacity] at KVSHM_RING_HDR. Positions are
+ * free-running byte counts; futex words are bumped by one side when the
+ * other waits on them.
+ */
+#define KVSHM_MAGIC_RING UINT64_C(0x31474e49524d534b) /* "KSMRING1" */
+#define KVSHM_RING_HDR 256u
+#define KVSHM_RING_HDR_FIELDS(F, S)                                                 \
+    F(S, uint64_t, rh_magic,            ,     0) /* KVSHM_MAGIC_RING; producer, immutable */ \
+    F(S, uint64_t, rh_layout_hash,      ,     8) /* immutable */                  \
+    F(S, uint32_t, rh_capacity,         ,    16) /* data bytes, power of two; immutable */ \
+    F(S, uint32_t, rh_flags,            ,    20)                                  \
+    F(S, uint64_t, rh_pad0,             [5], 24)                                  \
+    F(S, uint64_t, rh_tail,             ,    64) /* producer: end of published data (release) */ \
+    F(S, uint32_t, rh_tail_seq,         ,    72) /* futex: producer bumps it for a waiting consumer */ \
+    F(S, uint32_t, rh_consumer_waiting, ,    76) /* consumer sets it before sleeping on tail_seq */ \
+    F(S, uint64_t, rh_pad1,             [6], 80)                                  \
+    F(S, uint64_t, rh_head,             ,   128) /* consumer: start of unconsumed data (release) */ \
+    F(S, uint32_t, rh_head_seq,         ,   136) /* futex: consumer bumps it for a waiting producer */ \
+    F(S, uint32_t, rh_producer_waiting, ,   140) /* producer sets it before sleeping on head_seq */ \
+    F(S, uint64_t, rh_committed,        ,   144) /* consumer: records before it are committed (release) */ \
+    F(S, uint32_t, rh_commit_seq,       ,   152) /* futex: bumped when committed advances for a waiter */ \
+    F(S, uint32_t, rh_commit_waiting,   ,   156) /* producer sets it before sleeping on commit_seq */ \
+    F(S, uint64_t, rh_pad2,             [12], 160)
+KVSHM_STRUCT(kvshm_ring_hdr, KVSHM_RING_HDR_FIELDS, KVSHM_RING_HDR);
 
 /* ---- process-local mapping handle and the bounds-checked dereference ---- */
 

@@ -1,9 +1,10 @@
 /*
- * kvshm/structs.h -- the building blocks inside a shard, one module each:
+ * structs.h -- the building blocks inside a shard, one module each:
  * size-classed blocks with epoch retire lists (blocks.c), checksummed records
  * (blocks.c), the memtable skip list (memtable.c) and the copy-on-write
- * CSB+tree (csbtree.c). kvshm.h composes them into shards; the writer process
- * and tests may use them directly.
+ * CSB+tree (csbtree.c). kvshm.h composes them into shards. Private to shm/
+ * (and its white-box tests): the writer process reaches them only through
+ * kvshm/kvshm.h.
  *
  * Process rules are stated per function: "writer only" functions mutate the
  * segment and need the writable mapping; "any reader" functions only load.
@@ -14,8 +15,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kvshm/atomics.h"
+#include "atomics.h"
+#include "kv_assert.h"
 #include "kvshm/kvshm.h"
+#include "layout.h"
 
 /* ---- blocks (blocks.c) ---------------------------------------------------
  * Size classes: multiples of 16 bytes up to 1 KiB, then 4 classes per power
@@ -156,10 +159,12 @@ uint64_t kvshm_mt_seek(const kvshm_seg *s, uint64_t mt, const void *key,
 kvshm_status kvshm_mt_scan(const kvshm_seg *s, uint64_t mt, int newest_only,
                            kvshm_rec_fn fn, void *ctx);
 /* Visit every record in append order whose checksum verifies (crash replay:
- * a new writer reads the old segment). Stops at the first invalid record.
- * Any process. */
+ * a new writer reads the old segment). Stops at the first invalid record or
+ * when fn returns nonzero; *stopped (may be NULL) is set to 1 in the latter
+ * case, else 0. Any process. Returns KVSHM_OK, KVSHM_E_CORRUPT (no memtable
+ * at mt). */
 kvshm_status kvshm_mt_scan_valid(const kvshm_seg *s, uint64_t mt,
-                                 kvshm_rec_fn fn, void *ctx);
+                                 kvshm_rec_fn fn, void *ctx, int *stopped);
 /* Records appended / arena bytes used. Any process (relaxed loads). */
 uint64_t kvshm_mt_count(const kvshm_seg *s, uint64_t mt);
 uint64_t kvshm_mt_used(const kvshm_seg *s, uint64_t mt);
