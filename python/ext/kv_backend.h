@@ -163,6 +163,18 @@ typedef struct kvb_ops {
     struct kvhot *(*hot_new)(void *h, size_t limit);
 } kvb_ops;
 
+/** The entries every backend has, as designated initialisers naming the
+ *  functions <p>_open, <p>_close, ... of a backend with prefix p. */
+#define KVB_REQUIRED_OPS(p)                                                                \
+    .open = p##_open, .close = p##_close, .errmsg = p##_errmsg, .get = p##_get,             \
+    .exists = p##_exists, .count = p##_count, .keys_batch = p##_keys_batch, .put = p##_put, \
+    .put_many = p##_put_many, .del = p##_delete, .put_fd = p##_put_fd,                      \
+    .get_to_fd = p##_get_to_fd, .cache_enable = p##_cache_enable,                           \
+    .cache_disable = p##_cache_disable, .cache_flush = p##_cache_flush,                     \
+    .cache_set_locked = p##_cache_set_locked, .cache_enabled = p##_cache_enabled,           \
+    .sync = p##_sync, .checkpoint = p##_checkpoint, .optimize = p##_optimize,               \
+    .record_feature = p##_record_feature
+
 extern const kvb_ops kvb_embedded;   /**< kv_embedded.c */
 extern const kvb_ops kvb_attached;   /**< kv_attached.c */
 

@@ -75,71 +75,51 @@ static int emb_cache_enabled(const void *h) { return kv_cache_enabled(h); }
 static int emb_stream_used_uring(const void *h) { return kv_stream_used_uring(h); }
 
 /* The engine calls of the same name, with the kv_db seen as void *. */
-static kv_status emb_kv_put_many(void *h, const kv_item *it, size_t n) { return kv_put_many(h, it, n); }
-static kv_status emb_kv_delete(void *h, const void *k, size_t kn, int *x) { return kv_delete(h, k, kn, x); }
-static kv_status emb_kv_exists(void *h, const void *k, size_t kn, int *x) { return kv_exists(h, k, kn, x); }
-static kv_status emb_kv_count(void *h, int64_t *n) { return kv_count(h, n); }
-static kv_status emb_kv_keys_batch(void *h, const void *p, size_t pn, const void *a, size_t an,
+static kv_status emb_put_many(void *h, const kv_item *it, size_t n) { return kv_put_many(h, it, n); }
+static kv_status emb_delete(void *h, const void *k, size_t kn, int *x) { return kv_delete(h, k, kn, x); }
+static kv_status emb_exists(void *h, const void *k, size_t kn, int *x) { return kv_exists(h, k, kn, x); }
+static kv_status emb_count(void *h, int64_t *n) { return kv_count(h, n); }
+static kv_status emb_keys_batch(void *h, const void *p, size_t pn, const void *a, size_t an,
                                    size_t max, kv_keys **out)
 {
     return kv_keys_batch(h, p, pn, a, an, max, out);
 }
-static kv_status emb_kv_put_fd(void *h, const void *k, size_t kn, int fd, uint64_t size,
+static kv_status emb_put_fd(void *h, const void *k, size_t kn, int fd, uint64_t size,
                                size_t chunk)
 {
     return kv_put_fd(h, k, kn, fd, size, chunk);
 }
-static kv_status emb_kv_get_to_fd(void *h, const void *k, size_t kn, int fd, size_t chunk,
+static kv_status emb_get_to_fd(void *h, const void *k, size_t kn, int fd, size_t chunk,
                                   uint64_t *written)
 {
     return kv_get_to_fd(h, k, kn, fd, chunk, written);
 }
-static kv_status emb_kv_put_stream(void *h, const void *k, size_t kn, uint64_t size,
+static kv_status emb_put_stream(void *h, const void *k, size_t kn, uint64_t size,
                                    size_t chunk, kv_read_fn rd, void *ctx)
 {
     return kv_put_stream(h, k, kn, size, chunk, rd, ctx);
 }
-static kv_status emb_kv_get_stream(void *h, const void *k, size_t kn, size_t chunk,
+static kv_status emb_get_stream(void *h, const void *k, size_t kn, size_t chunk,
                                    kv_write_fn wr, void *ctx, uint64_t *written)
 {
     return kv_get_stream(h, k, kn, chunk, wr, ctx, written);
 }
-static kv_status emb_kv_cache_enable(void *h, size_t cap, size_t thr) { return kv_cache_enable(h, cap, thr); }
-static kv_status emb_kv_cache_disable(void *h) { return kv_cache_disable(h); }
-static kv_status emb_kv_checkpoint(void *h) { return kv_checkpoint(h); }
-static kv_status emb_kv_optimize(void *h) { return kv_optimize(h); }
-static kv_status emb_kv_record_feature(void *h, const char *n) { return kv_record_feature(h, n); }
+static kv_status emb_cache_enable(void *h, size_t cap, size_t thr) { return kv_cache_enable(h, cap, thr); }
+static kv_status emb_cache_disable(void *h) { return kv_cache_disable(h); }
+static kv_status emb_checkpoint(void *h) { return kv_checkpoint(h); }
+static kv_status emb_optimize(void *h) { return kv_optimize(h); }
+static kv_status emb_record_feature(void *h, const char *n) { return kv_record_feature(h, n); }
 
 const kvb_ops kvb_embedded = {
+    KVB_REQUIRED_OPS(emb),
     .name = "embedded",
     .keys_per_batch = 1000,
     .exists_blocks = 1,
-    .open = emb_open,
-    .close = emb_close,
-    .errmsg = emb_errmsg,
     .os_errno = emb_os_errno,
     .get_cached = emb_get_cached,
     .get_blocks = emb_get_blocks,
-    .get = emb_get,
     .get_done = emb_get_done,
-    .exists = emb_kv_exists,
-    .count = emb_kv_count,
-    .keys_batch = emb_kv_keys_batch,
-    .put = emb_put,
-    .put_many = emb_kv_put_many,
-    .del = emb_kv_delete,
-    .put_fd = emb_kv_put_fd,
-    .get_to_fd = emb_kv_get_to_fd,
-    .put_stream = emb_kv_put_stream,
-    .get_stream = emb_kv_get_stream,
+    .put_stream = emb_put_stream,
+    .get_stream = emb_get_stream,
     .stream_used_uring = emb_stream_used_uring,
-    .cache_enable = emb_kv_cache_enable,
-    .cache_disable = emb_kv_cache_disable,
-    .cache_flush = emb_cache_flush,
-    .cache_set_locked = emb_cache_set_locked,
-    .cache_enabled = emb_cache_enabled,
-    .sync = emb_sync,
-    .checkpoint = emb_kv_checkpoint,
-    .optimize = emb_kv_optimize,
-    .record_feature = emb_kv_record_feature,
 };

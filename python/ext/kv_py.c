@@ -560,7 +560,8 @@ out:
  * delete / exists / count
  * ==================================================================== */
 
-static PyObject *KV_delete(KVObject *self, PyObject *key)
+/* delete / exists: one backend call answering a flag for a key. */
+static PyObject *key_flag(KVObject *self, PyObject *key, int del)
 {
     const char *k;
     Py_ssize_t kn;
@@ -568,21 +569,14 @@ static PyObject *KV_delete(KVObject *self, PyObject *key)
     kv_status st;
     if (kvpy_key_arg(key, &k, &kn) < 0)
         return NULL;
-    KV_CALL(self, st, 1, self->ops->del(self->h, k, (size_t)kn, &flag));
+    const kvb_ops *ops = self->ops;
+    KV_CALL(self, st, del || ops->exists_blocks,
+            (del ? ops->del : ops->exists)(self->h, k, (size_t)kn, &flag));
     return st == KV_OK ? PyBool_FromLong(flag) : NULL;
 }
 
-static PyObject *KV_exists(KVObject *self, PyObject *key)
-{
-    const char *k;
-    Py_ssize_t kn;
-    int flag = 0;
-    kv_status st;
-    if (kvpy_key_arg(key, &k, &kn) < 0)
-        return NULL;
-    KV_CALL(self, st, self->ops->exists_blocks, self->ops->exists(self->h, k, (size_t)kn, &flag));
-    return st == KV_OK ? PyBool_FromLong(flag) : NULL;
-}
+static PyObject *KV_delete(KVObject *self, PyObject *key) { return key_flag(self, key, 1); }
+static PyObject *KV_exists(KVObject *self, PyObject *key) { return key_flag(self, key, 0); }
 
 static PyObject *KV_count(KVObject *self, PyObject *unused)
 {
@@ -1153,7 +1147,7 @@ static PyObject *KV_counters(KVObject *self, PyObject *unused)
                          (unsigned long long)(self->hot ? self->hot->hits : 0));
 }
 
-static PyObject *KV_stream_used_uring(KVObject *self, PyObject *unused)
+static PyObject *KV__stream_used_uring(KVObject *self, PyObject *unused)
 {
     if (check_open(self) < 0)
         return NULL;
@@ -1194,45 +1188,47 @@ static PyObject *KV_get_attached(KVObject *self, void *unused)
  * Type objects, module members
  * ==================================================================== */
 
+/* A method entry: the Python name `name` is the C function KV_<name>. */
+#define KV_METHOD(name, flags, doc) {#name, (PyCFunction)(void (*)(void))KV_##name, flags, doc}
+
 static PyMethodDef KV_methods[] = {
-    {"get", (PyCFunction)KV_get, METH_O, "get(key) -> value; KeyNotFoundError('Key not found') if missing"},
-    {"get_or", (PyCFunction)(void (*)(void))KV_get_or, METH_FASTCALL, "get_or(key, default) -> value or default"},
-    {"put", (PyCFunction)(void (*)(void))KV_put, METH_FASTCALL | METH_KEYWORDS,
-     "put(key, value, *, sync=False): upsert (auto-packed); sync: return once committed"},
-    {"put_many", (PyCFunction)KV_put_many, METH_O, "put_many([(key, value), ...]): every pair checked first"},
-    {"delete", (PyCFunction)KV_delete, METH_O, "delete(key) -> bool"},
-    {"exists", (PyCFunction)KV_exists, METH_O, "exists(key) -> bool (the write-back cache is not consulted)"},
-    {"count", (PyCFunction)KV_count, METH_NOARGS, "count() -> int (attached: after a commit)"},
-    {"keys", (PyCFunction)(void (*)(void))KV_keys, METH_VARARGS | METH_KEYWORDS,
-     "keys(prefix=None, limit=10000) -> iterator of bytes, bytewise order"},
-    {"put_file", (PyCFunction)(void (*)(void))KV_put_file, METH_VARARGS | METH_KEYWORDS,
-     "put_file(key, reader, size=None, chunk_size=None): stream into a raw value"},
-    {"get_to_file", (PyCFunction)(void (*)(void))KV_get_to_file, METH_VARARGS | METH_KEYWORDS,
-     "get_to_file(key, writer, chunk_size=None) -> bytes written"},
-    {"enable_cache", (PyCFunction)(void (*)(void))KV_enable_cache, METH_VARARGS | METH_KEYWORDS,
-     "enable_cache(cap_bytes, flush_threshold): flushes an existing cache first "
-     "(attached: batch puts into the ring)"},
-    {"disable_cache", (PyCFunction)KV_disable_cache, METH_NOARGS, "flush (never drops) and remove the cache"},
-    {"flush_cache", (PyCFunction)KV_flush_cache, METH_NOARGS, "flush_cache() -> entries written (0 if locked)"},
-    {"sync", (PyCFunction)KV_sync, METH_NOARGS, "return once every write made so far is committed"},
-    {"set_cache_locked", (PyCFunction)KV_set_cache_locked, METH_O, "set_cache_locked(flag)"},
-    {"cache_enabled", (PyCFunction)KV_cache_enabled, METH_NOARGS, "cache_enabled() -> bool"},
-    {"enable_auto_pack", (PyCFunction)(void (*)(void))KV_enable_auto_pack, METH_VARARGS | METH_KEYWORDS,
-     "enable_auto_pack(use_pickle=True): auto-pack and headers on"},
-    {"disable_auto_pack", (PyCFunction)KV_disable_auto_pack, METH_NOARGS, "auto-pack off"},
-    {"auto_pack_enabled", (PyCFunction)KV_auto_pack_enabled, METH_NOARGS, "-> bool"},
-    {"enable_headers", (PyCFunction)KV_enable_headers, METH_NOARGS, "headers on"},
-    {"disable_headers", (PyCFunction)KV_disable_headers, METH_NOARGS, "headers off"},
-    {"headers_enabled", (PyCFunction)KV_headers_enabled, METH_NOARGS, "-> bool"},
-    {"record_feature", (PyCFunction)KV_record_feature, METH_O, "append to kohakuvault_meta kv_features"},
-    {"checkpoint", (PyCFunction)KV_checkpoint, METH_NOARGS, "PRAGMA wal_checkpoint(PASSIVE)"},
-    {"optimize", (PyCFunction)KV_optimize, METH_NOARGS, "PRAGMA optimize; VACUUM"},
-    {"status", (PyCFunction)KV_status, METH_NOARGS, "the writer's STATUS text (attached only)"},
-    {"counters", (PyCFunction)KV_counters, METH_NOARGS,
-     "(segment hits, segment misses, hot-cache hits) of this object (attached only)"},
-    {"close", (PyCFunction)KV_close, METH_NOARGS, "flush, close / detach; idempotent"},
-    {"_stream_used_uring", (PyCFunction)KV_stream_used_uring, METH_NOARGS,
-     "whether the last fd stream used io_uring (diagnostics)"},
+    KV_METHOD(get, METH_O, "get(key) -> value; KeyNotFoundError('Key not found') if missing"),
+    KV_METHOD(get_or, METH_FASTCALL, "get_or(key, default) -> value or default"),
+    KV_METHOD(put, METH_FASTCALL | METH_KEYWORDS,
+              "put(key, value, *, sync=False): upsert (auto-packed); sync: return once committed"),
+    KV_METHOD(put_many, METH_O, "put_many([(key, value), ...]): every pair checked first"),
+    KV_METHOD(delete, METH_O, "delete(key) -> bool"),
+    KV_METHOD(exists, METH_O, "exists(key) -> bool (the write-back cache is not consulted)"),
+    KV_METHOD(count, METH_NOARGS, "count() -> int (attached: after a commit)"),
+    KV_METHOD(keys, METH_VARARGS | METH_KEYWORDS,
+              "keys(prefix=None, limit=10000) -> iterator of bytes, bytewise order"),
+    KV_METHOD(put_file, METH_VARARGS | METH_KEYWORDS,
+              "put_file(key, reader, size=None, chunk_size=None): stream into a raw value"),
+    KV_METHOD(get_to_file, METH_VARARGS | METH_KEYWORDS,
+              "get_to_file(key, writer, chunk_size=None) -> bytes written"),
+    KV_METHOD(enable_cache, METH_VARARGS | METH_KEYWORDS,
+              "enable_cache(cap_bytes, flush_threshold): flushes an existing cache first "
+              "(attached: batch puts into the ring)"),
+    KV_METHOD(disable_cache, METH_NOARGS, "flush (never drops) and remove the cache"),
+    KV_METHOD(flush_cache, METH_NOARGS, "flush_cache() -> entries written (0 if locked)"),
+    KV_METHOD(sync, METH_NOARGS, "return once every write made so far is committed"),
+    KV_METHOD(set_cache_locked, METH_O, "set_cache_locked(flag)"),
+    KV_METHOD(cache_enabled, METH_NOARGS, "cache_enabled() -> bool"),
+    KV_METHOD(enable_auto_pack, METH_VARARGS | METH_KEYWORDS,
+              "enable_auto_pack(use_pickle=True): auto-pack and headers on"),
+    KV_METHOD(disable_auto_pack, METH_NOARGS, "auto-pack off"),
+    KV_METHOD(auto_pack_enabled, METH_NOARGS, "-> bool"),
+    KV_METHOD(enable_headers, METH_NOARGS, "headers on"),
+    KV_METHOD(disable_headers, METH_NOARGS, "headers off"),
+    KV_METHOD(headers_enabled, METH_NOARGS, "-> bool"),
+    KV_METHOD(record_feature, METH_O, "append to kohakuvault_meta kv_features"),
+    KV_METHOD(checkpoint, METH_NOARGS, "PRAGMA wal_checkpoint(PASSIVE)"),
+    KV_METHOD(optimize, METH_NOARGS, "PRAGMA optimize; VACUUM"),
+    KV_METHOD(status, METH_NOARGS, "the writer's STATUS text (attached only)"),
+    KV_METHOD(counters, METH_NOARGS,
+              "(segment hits, segment misses, hot-cache hits) of this object (attached only)"),
+    KV_METHOD(close, METH_NOARGS, "flush, close / detach; idempotent"),
+    KV_METHOD(_stream_used_uring, METH_NOARGS, "whether the last fd stream used io_uring (diagnostics)"),
     {NULL, NULL, 0, NULL},
 };
 
