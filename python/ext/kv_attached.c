@@ -287,10 +287,7 @@ int kvb_attached_served(const char *path, const char *table)
 }
 
 const kvb_ops kvb_attached = {
-    KVB_REQUIRED_OPS(att),
-    .name = "attached",
-    .keys_per_batch = 4096,
-    .exists_blocks = 0,
+    KVB_REQUIRED_OPS(att, "attached", 4096, 0),
     .status = att_status,
     .counters = att_counters,
     .generation = att_generation,

@@ -163,9 +163,11 @@ typedef struct kvb_ops {
     struct kvhot *(*hot_new)(void *h, size_t limit);
 } kvb_ops;
 
-/** The entries every backend has, as designated initialisers naming the
- *  functions <p>_open, <p>_close, ... of a backend with prefix p. */
-#define KVB_REQUIRED_OPS(p)                                                                \
+/** The entries every backend has, as designated initialisers: its name,
+ *  keys_per_batch, exists_blocks, and the functions <p>_open, <p>_close, ...
+ *  of a backend whose functions have the prefix p. */
+#define KVB_REQUIRED_OPS(p, name_, keys_per_batch_, exists_blocks_)                         \
+    .name = name_, .keys_per_batch = keys_per_batch_, .exists_blocks = exists_blocks_,      \
     .open = p##_open, .close = p##_close, .errmsg = p##_errmsg, .get = p##_get,             \
     .exists = p##_exists, .count = p##_count, .keys_batch = p##_keys_batch, .put = p##_put, \
     .put_many = p##_put_many, .del = p##_delete, .put_fd = p##_put_fd,                      \

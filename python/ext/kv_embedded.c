@@ -111,10 +111,7 @@ static kv_status emb_optimize(void *h) { return kv_optimize(h); }
 static kv_status emb_record_feature(void *h, const char *n) { return kv_record_feature(h, n); }
 
 const kvb_ops kvb_embedded = {
-    KVB_REQUIRED_OPS(emb),
-    .name = "embedded",
-    .keys_per_batch = 1000,
-    .exists_blocks = 1,
+    KVB_REQUIRED_OPS(emb, "embedded", 1000, 1),
     .os_errno = emb_os_errno,
     .get_cached = emb_get_cached,
     .get_blocks = emb_get_blocks,
