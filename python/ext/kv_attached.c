@@ -286,10 +286,16 @@ int kvb_attached_served(const char *path, const char *table)
     return kv_attach_served(path, table);
 }
 
-const kvb_ops kvb_attached = {
-    KVB_REQUIRED_OPS(att, "attached", 4096, 0),
-    .status = att_status,
-    .counters = att_counters,
-    .generation = att_generation,
-    .hot_new = att_hot_new,
-};
+/* Not here: no errno kept (KV_IO text carries it), no memory-only read
+ * besides the hot-value cache, nothing borrowed across get (the value lives
+ * in the handle's buffer), no callback streaming (kv_py.c spools through a
+ * memfd), no io_uring report. */
+#define att_os_errno NULL
+#define att_get_cached NULL
+#define att_get_blocks NULL
+#define att_get_done NULL
+#define att_put_stream NULL
+#define att_get_stream NULL
+#define att_stream_used_uring NULL
+
+const kvb_ops kvb_attached = KVB_OPS(att, "attached", 4096, 0);

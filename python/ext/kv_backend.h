@@ -163,19 +163,25 @@ typedef struct kvb_ops {
     struct kvhot *(*hot_new)(void *h, size_t limit);
 } kvb_ops;
 
-/** The entries every backend has, as designated initialisers: its name,
- *  keys_per_batch, exists_blocks, and the functions <p>_open, <p>_close, ...
- *  of a backend whose functions have the prefix p. */
-#define KVB_REQUIRED_OPS(p, name_, keys_per_batch_, exists_blocks_)                         \
-    .name = name_, .keys_per_batch = keys_per_batch_, .exists_blocks = exists_blocks_,      \
-    .open = p##_open, .close = p##_close, .errmsg = p##_errmsg, .get = p##_get,             \
-    .exists = p##_exists, .count = p##_count, .keys_batch = p##_keys_batch, .put = p##_put, \
-    .put_many = p##_put_many, .del = p##_delete, .put_fd = p##_put_fd,                      \
-    .get_to_fd = p##_get_to_fd, .cache_enable = p##_cache_enable,                           \
-    .cache_disable = p##_cache_disable, .cache_flush = p##_cache_flush,                     \
-    .cache_set_locked = p##_cache_set_locked, .cache_enabled = p##_cache_enabled,           \
-    .sync = p##_sync, .checkpoint = p##_checkpoint, .optimize = p##_optimize,               \
-    .record_feature = p##_record_feature
+/** The whole table of a backend whose functions are named <p>_open,
+ *  <p>_close, ... (one per entry, <p>_delete for del); a backend without an
+ *  optional entry defines that name as NULL. */
+#define KVB_OPS(p, name_, keys_per_batch_, exists_blocks_)                                   \
+    {                                                                                         \
+        .name = name_, .keys_per_batch = keys_per_batch_, .exists_blocks = exists_blocks_,    \
+        .open = p##_open, .close = p##_close, .errmsg = p##_errmsg, .os_errno = p##_os_errno, \
+        .get_cached = p##_get_cached, .get_blocks = p##_get_blocks, .get = p##_get,           \
+        .get_done = p##_get_done, .exists = p##_exists, .count = p##_count,                   \
+        .keys_batch = p##_keys_batch, .put = p##_put, .put_many = p##_put_many,               \
+        .del = p##_delete, .put_fd = p##_put_fd, .get_to_fd = p##_get_to_fd,                  \
+        .put_stream = p##_put_stream, .get_stream = p##_get_stream,                           \
+        .stream_used_uring = p##_stream_used_uring, .cache_enable = p##_cache_enable,         \
+        .cache_disable = p##_cache_disable, .cache_flush = p##_cache_flush,                   \
+        .cache_set_locked = p##_cache_set_locked, .cache_enabled = p##_cache_enabled,         \
+        .sync = p##_sync, .checkpoint = p##_checkpoint, .optimize = p##_optimize,             \
+        .record_feature = p##_record_feature, .status = p##_status,                           \
+        .counters = p##_counters, .generation = p##_generation, .hot_new = p##_hot_new,       \
+    }
 
 extern const kvb_ops kvb_embedded;   /**< kv_embedded.c */
 extern const kvb_ops kvb_attached;   /**< kv_attached.c */

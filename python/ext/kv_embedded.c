@@ -110,13 +110,10 @@ static kv_status emb_checkpoint(void *h) { return kv_checkpoint(h); }
 static kv_status emb_optimize(void *h) { return kv_optimize(h); }
 static kv_status emb_record_feature(void *h, const char *n) { return kv_record_feature(h, n); }
 
-const kvb_ops kvb_embedded = {
-    KVB_REQUIRED_OPS(emb, "embedded", 1000, 1),
-    .os_errno = emb_os_errno,
-    .get_cached = emb_get_cached,
-    .get_blocks = emb_get_blocks,
-    .get_done = emb_get_done,
-    .put_stream = emb_put_stream,
-    .get_stream = emb_get_stream,
-    .stream_used_uring = emb_stream_used_uring,
-};
+/* Shared-mode operations, which an embedded file does not have. */
+#define emb_status NULL
+#define emb_counters NULL
+#define emb_generation NULL
+#define emb_hot_new NULL
+
+const kvb_ops kvb_embedded = KVB_OPS(emb, "embedded", 1000, 1);
