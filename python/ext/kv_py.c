@@ -1,49 +1,53 @@
 /*
  * kv_py.c - kohakuvault._kvault._KVault, the native half of KVault
- * (contract: /work/brief/KV_NATIVE.md; behaviour: API.md §3-§4), and its
- * key iterator type _KVaultKeys.
+ * (contract: /work/brief/KV_NATIVE.md; behaviour: API.md §3-§4), its key
+ * iterator _KVaultKeys, the dict KV_DEFAULTS and _attach_served().
  *
- * Thin binding over libkvault: convert arguments, call kv_*, convert
- * results and statuses. Calls are serialised by a per-instance leaf mutex;
- * it is acquired without holding the GIL when contended (so a thread that
- * holds it can always get the GIL back), and SQLite/disk work runs with the
- * GIL released.
+ * One type over two backends (kv_backend.h): `_KVault(path, ...)` opens the
+ * file embedded (kv_embedded.c, libkvault in this process),
+ * `_KVault(path, ..., attach=True)` attaches to the kvault-writer serving it
+ * (kv_attached.c, shared mode). This file converts arguments, encodes and
+ * decodes values (auto-pack), serialises calls and raises exceptions; the
+ * backend stores.
  *
- * Hot get path: no allocation besides the result object. The value is
- * borrowed from SQLite's row (kv_get) and copied straight into the new
+ * Calls are serialised by a per-object leaf mutex; it is acquired without
+ * holding the GIL when contended (so a thread that holds it can always get
+ * the GIL back), and backend operations that may wait run with the GIL
+ * released (kv_backend.h says which ones keep it). `busy` tells a thread
+ * holding the GIL whether another one is inside the backend.
+ *
+ * Hot get path: no allocation besides the result object. Attached, a hit of
+ * the hot-value cache (kv_hot.h) is answered before the lock and before any
+ * call through the backend table. Otherwise the value is borrowed from the
+ * backend (SQLite's row, the segment) and copied straight into the new
  * bytes/str/int/... object; values that need Python code to decode (pickle,
  * json) are first copied into bytes so that no Python code runs while the
- * row or the mutex is held.
+ * value or the mutex is held.
  */
 #include "kvpy.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "pythread.h"
-#include "structmember.h"
-#include "kvault/kvault.h"
-
-/* GIL policy for the hot get, decided by measurement (50,000 hot 100 B
- * gets, 32 KiB pages, WAL; /tmp/bench_get.py in the engine report): releasing
- * the GIL around sqlite3_step gave 358k gets/s, keeping it 365k gets/s
- * (~2%). The SQLite read transaction dominates (2 fcntl + 1 fstat per call,
- * ~2.6 us in C), so releasing costs little and lets other threads run: it is
- * released for SQLite reads and kept for hits of the write-back cache or the
- * read cache (kv_get_cached: pure memory, no system call).
- * KVPY_GET_KEEP_GIL=1 keeps it for SQLite reads too. */
-static int g_get_keep_gil = 0;
+#include "kv_backend.h"
+#include "kv_hot.h"
 
 typedef struct {
     PyObject_HEAD
-    kv_db *db;                 /* owned; NULL once closed */
+    void *h;                   /* backend handle, owned; NULL once closed */
+    const kvb_ops *ops;        /* backend of h */
     PyThread_type_lock lock;   /* leaf mutex; owned */
+    int busy;                  /* the lock is held (changed with the GIL held) */
+    kvhot *hot;                /* owned hot-value cache, or NULL */
     kvpy_pack_opts opts;       /* §3.6 switches */
     size_t chunk_size;         /* default streaming chunk, bytes */
     PyObject *path;            /* owned str */
+    PyObject *table;           /* owned str */
 } KVObject;
 
 static PyTypeObject KVType;
@@ -52,9 +56,10 @@ static PyTypeObject KVKeysType;
 #define CLOSED_MSG "Cannot operate on closed KVault"
 
 /* ======================================================================
- * Locking, keys, errors
+ * Locking, errors, calls into the backend
  * ==================================================================== */
 
+/* The GIL is held on return of kv_lock and on entry to kv_unlock. */
 static inline void kv_lock(KVObject *s)
 {
     if (!PyThread_acquire_lock(s->lock, NOWAIT_LOCK)) {
@@ -62,30 +67,110 @@ static inline void kv_lock(KVObject *s)
         PyThread_acquire_lock(s->lock, WAIT_LOCK);
         Py_END_ALLOW_THREADS
     }
+    s->busy = 1;
 }
 
 static inline void kv_unlock(KVObject *s)
 {
+    s->busy = 0;
     PyThread_release_lock(s->lock);
 }
 
 static inline int check_open(KVObject *s)
 {
-    if (!s->db) {
+    if (!s->h) {
         PyErr_SetString(PyExc_ValueError, CLOSED_MSG);
         return -1;
     }
     return 0;
 }
 
+/* Take the lock of an open object: 0, or -1 with ValueError (lock free). */
+static inline int kv_enter(KVObject *s)
+{
+    kv_lock(s);
+    if (!s->h) {
+        kv_unlock(s);
+        PyErr_SetString(PyExc_ValueError, CLOSED_MSG);
+        return -1;
+    }
+    return 0;
+}
 
-/* Raise the Python exception for status `st` (errors_py.c's table), with
- * the handle's error text and errno. */
+/* Raise the Python exception for status `st` (errors_py.c's table) with the
+ * handle's error text and errno. The lock is held and the handle open. */
 static PyObject *raise_status(KVObject *s, kv_status st)
 {
     /* a handle's message may be stale after a "not found" outcome */
-    return kvpy_raise_status(st, (st == KV_NOTFOUND || !s->db) ? NULL : kv_db_errmsg(s->db),
-                             s->db ? kv_db_os_errno(s->db) : 0);
+    const char *msg = st == KV_NOTFOUND ? NULL : s->ops->errmsg(s->h);
+    return kvpy_raise_status(st, msg, s->ops->os_errno ? s->ops->os_errno(s->h) : 0);
+}
+
+/* Raise for a failed st (lock held), release the lock; returns st. */
+static inline kv_status kv_leave(KVObject *s, kv_status st)
+{
+    if (st != KV_OK)
+        raise_status(s, st);
+    kv_unlock(s);
+    return st;
+}
+
+/* Run the backend call `call` (a kv_status expression over self->h) under
+ * the lock, with the GIL released when `blocks` is nonzero. `st` receives
+ * its status; on failure the exception is set (ValueError with st =
+ * KV_CLOSED when the object is closed). */
+#define KV_CALL(self, st, blocks, call)            \
+    do {                                           \
+        if (kv_enter(self) < 0) {                  \
+            (st) = KV_CLOSED;                      \
+            break;                                 \
+        }                                          \
+        if (blocks) {                              \
+            Py_BEGIN_ALLOW_THREADS                 \
+            (st) = (call);                         \
+            Py_END_ALLOW_THREADS                   \
+        } else {                                   \
+            (st) = (call);                         \
+        }                                          \
+        kv_leave((self), (st));                    \
+    } while (0)
+
+static inline PyObject *none_unless(kv_status st)
+{
+    if (st != KV_OK)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* A status for an operation the backend does not have. */
+static PyObject *unsupported(KVObject *s, const char *what)
+{
+    PyErr_Format(PyExc_RuntimeError, "%s: not available on an %s KVault (%s)", what,
+                 s->ops->name, kv_strerror(KV_UNSUPPORTED));
+    return NULL;
+}
+
+/* The decoding options, as the hot-value cache tags its copies. */
+static inline uint32_t pack_optk(const kvpy_pack_opts *o)
+{
+    return (uint32_t)((o->auto_pack != 0) | (o->headers != 0) << 1 | (o->use_pickle != 0) << 2);
+}
+
+/* A chunk_size argument: None -> the object's default; else a positive int. */
+static int chunk_arg(KVObject *s, PyObject *o, size_t *chunk)
+{
+    *chunk = s->chunk_size;
+    if (o == Py_None)
+        return 0;
+    Py_ssize_t c = PyLong_AsSsize_t(o);
+    if (c == -1 && PyErr_Occurred())
+        return -1;
+    if (c <= 0) {
+        PyErr_SetString(PyExc_ValueError, "chunk_size must be positive");
+        return -1;
+    }
+    *chunk = (size_t)c;
+    return 0;
 }
 
 /* ======================================================================
@@ -95,49 +180,38 @@ static PyObject *raise_status(KVObject *s, kv_status st)
 static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"path", "table", "chunk_size", "enable_wal", "page_size",
-                             "mmap_size", "cache_kb", "read_cache_bytes", NULL};
-    PyObject *pathb = NULL;
-    const char *table = "kv";
-    Py_ssize_t chunk = 1048576;
-    int wal = 1, page = 32768;
-    long long mmap = 268435456, cache_kb = 100000;
-    Py_ssize_t read_cache = (Py_ssize_t)32 << 20;
-    char err[512];
-    kv_db *db = NULL;
-
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|snpiLL$n", kwlist, PyUnicode_FSConverter,
-                                     &pathb, &table, &chunk, &wal, &page, &mmap, &cache_kb,
-                                     &read_cache))
-        return -1;
-    if (self->db) {
-        Py_DECREF(pathb);
-        PyErr_SetString(PyExc_RuntimeError, "_KVault already initialised");
-        return -1;
-    }
-    if (chunk <= 0) {
-        Py_DECREF(pathb);
-        PyErr_SetString(PyExc_ValueError, "chunk_size must be positive");
-        return -1;
-    }
-    if (read_cache < 0) {
-        Py_DECREF(pathb);
-        PyErr_SetString(PyExc_ValueError, "read_cache_bytes must be >= 0");
-        return -1;
-    }
+                             "mmap_size", "cache_kb", "read_cache_bytes", "attach", NULL};
     kv_open_opts o;
     kv_open_opts_default(&o);
-    o.table = table;
-    o.enable_wal = wal;
-    o.page_size = page;
+    PyObject *pathb = NULL;
+    Py_ssize_t chunk = (Py_ssize_t)o.chunk_size;
+    Py_ssize_t read_cache = (Py_ssize_t)o.read_cache_bytes;
+    long long mmap = o.mmap_size, cache_kb = o.cache_kb;
+    int attach = 0;
+    char err[512] = "";
+
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|snpiLL$np", kwlist, PyUnicode_FSConverter,
+                                     &pathb, &o.table, &chunk, &o.enable_wal, &o.page_size,
+                                     &mmap, &cache_kb, &read_cache, &attach))
+        return -1;
+    const char *bad = self->h ? "_KVault already initialised"
+                      : chunk <= 0 ? "chunk_size must be positive"
+                      : read_cache < 0 ? "read_cache_bytes must be >= 0" : NULL;
+    if (bad) {
+        Py_DECREF(pathb);
+        PyErr_SetString(self->h ? PyExc_RuntimeError : PyExc_ValueError, bad);
+        return -1;
+    }
     o.mmap_size = mmap;
     o.cache_kb = cache_kb;
     o.chunk_size = (size_t)chunk;
     o.read_cache_bytes = (size_t)read_cache;
+    const kvb_ops *ops = attach ? &kvb_attached : &kvb_embedded;
     const char *path = PyBytes_AS_STRING(pathb);
+    void *h = NULL;
     kv_status st;
-    err[0] = '\0';
     Py_BEGIN_ALLOW_THREADS
-    st = kv_db_open(path, &o, &db, err, sizeof err);
+    st = ops->open(path, &o, &h, err, sizeof err);
     Py_END_ALLOW_THREADS
     if (st != KV_OK) {
         Py_DECREF(pathb);
@@ -149,13 +223,19 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
             PyErr_SetString(PyExc_RuntimeError, err[0] ? err : kv_strerror(st));
         return -1;
     }
-    self->path = PyUnicode_DecodeFSDefaultAndSize(PyBytes_AS_STRING(pathb), PyBytes_GET_SIZE(pathb));
+    Py_XSETREF(self->path, PyUnicode_DecodeFSDefaultAndSize(path, PyBytes_GET_SIZE(pathb)));
     Py_DECREF(pathb);
-    if (!self->path) {
-        kv_db_close(db);
+    Py_XSETREF(self->table, PyUnicode_FromString(o.table));
+    kvhot *hot = NULL;
+    if (self->path && self->table && ops->hot_new && read_cache > 0)
+        hot = ops->hot_new(h, (size_t)read_cache);
+    if (!self->path || !self->table || (ops->hot_new && read_cache > 0 && !hot)) {
+        ops->close(h);
         return -1;
     }
-    self->db = db;
+    self->h = h;
+    self->ops = ops;
+    self->hot = hot;
     self->chunk_size = (size_t)chunk;
     self->opts.auto_pack = 1;
     self->opts.headers = 1;
@@ -168,6 +248,7 @@ static PyObject *KV_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     KVObject *self = (KVObject *)type->tp_alloc(type, 0);
     if (!self)
         return NULL;
+    self->ops = &kvb_embedded;
     self->lock = PyThread_allocate_lock();
     if (!self->lock) {
         Py_DECREF(self);
@@ -176,25 +257,59 @@ static PyObject *KV_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     return (PyObject *)self;
 }
 
-static void KV_dealloc(KVObject *self)
+/* Detach the handle and the hot cache from the object (lock held), free the
+ * cache, close the handle with the GIL released. Returns the close status. */
+static kv_status kv_detach(KVObject *self)
 {
-    if (self->db) {
-        /* Flushes the cache (never drops entries) and closes. */
-        kv_db *db = self->db;
-        self->db = NULL;
+    void *h = self->h;
+    kvhot *hot = self->hot;
+    kv_status st = KV_OK;
+    self->h = NULL;      /* marked closed even if the flush fails */
+    self->hot = NULL;
+    kvhot_free(hot);
+    if (h) {
         Py_BEGIN_ALLOW_THREADS
-        kv_db_close(db);
+        st = self->ops->close(h);
         Py_END_ALLOW_THREADS
     }
+    return st;
+}
+
+static void KV_dealloc(KVObject *self)
+{
+    kv_detach(self);     /* flushes (never drops) and closes */
     if (self->lock)
         PyThread_free_lock(self->lock);
     Py_XDECREF(self->path);
+    Py_XDECREF(self->table);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *KV_close(KVObject *self, PyObject *unused)
+{
+    kv_lock(self);
+    kv_status st = kv_detach(self);
+    kv_unlock(self);
+    if (st != KV_OK) {
+        PyErr_Format(PyExc_RuntimeError, "close: cache flush failed: %s", kv_strerror(st));
+        return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 /* ======================================================================
  * get / get_or
  * ==================================================================== */
+
+/* Count hits of the hot-value cache in the attach layer's reports. Called
+ * with the GIL held and the lock free (busy == 0), so it does not wait. */
+static void hot_report(KVObject *self)
+{
+    kv_lock(self);
+    if (self->hot)
+        kvhot_report(self->hot);
+    kv_unlock(self);
+}
 
 /* Shared body: returns a new reference, or NULL with *missing=1 (no
  * exception) when the key is absent, or NULL with an exception. */
@@ -206,52 +321,59 @@ static PyObject *do_get(KVObject *self, PyObject *key, int *missing)
     size_t vn;
     kv_status st;
     PyObject *r;
+    uint64_t hash = 0, token = 0;
 
     *missing = 0;
     if (kvpy_key_arg(key, &k, &kn) < 0)
         return NULL;
-    kv_lock(self);
-    if (!self->db) {
-        kv_unlock(self);
-        PyErr_SetString(PyExc_ValueError, CLOSED_MSG);
-        return NULL;
+    kvhot *hot = self->hot;
+    if (hot) {
+        hash = kvhot_hash(k, kn);
+        if (!self->busy && (r = kvhot_lookup(hot, hash, k, kn, pack_optk(&self->opts)))) {
+            if (hot->hits - hot->reported >= KVHOT_REPORT_EVERY)
+                hot_report(self);
+            return r;
+        }
     }
-    if (kv_get_cached(self->db, k, (size_t)kn, &v, &vn)) {
-        st = KV_OK;            /* a cache hit: memory only, GIL kept */
-    } else if (g_get_keep_gil || kv_cache_enabled(self->db)) {
-        st = kv_get(self->db, k, (size_t)kn, &v, &vn);
-    } else {
+    if (kv_enter(self) < 0)
+        return NULL;
+    const kvb_ops *ops = self->ops;
+    uint64_t *tokp = hot ? &token : NULL;
+    if (ops->get_cached && ops->get_cached(self->h, k, (size_t)kn, &v, &vn)) {
+        st = KV_OK;            /* memory only: GIL kept */
+    } else if (ops->get_blocks && ops->get_blocks(self->h)) {
         Py_BEGIN_ALLOW_THREADS
-        st = kv_get(self->db, k, (size_t)kn, &v, &vn);
+        st = ops->get(self->h, k, (size_t)kn, hash, &v, &vn, tokp);
         Py_END_ALLOW_THREADS
+    } else {
+        st = ops->get(self->h, k, (size_t)kn, hash, &v, &vn, tokp);
     }
     if (st != KV_OK) {
-        if (st == KV_NOTFOUND) {
-            kv_unlock(self);
-            *missing = 1;
-            return NULL;
-        }
-        raise_status(self, st);
-        kv_unlock(self);
+        *missing = st == KV_NOTFOUND;
+        kv_leave(self, *missing ? KV_OK : st);
         return NULL;
     }
     if (kvpy_unpack_needs_python(v, vn, &self->opts)) {
-        /* Copy out; decode after releasing the row and the mutex. */
+        /* Copy out; decode after releasing the value and the mutex. */
         PyObject *b = PyBytes_FromStringAndSize(v, (Py_ssize_t)vn);
-        kv_get_done(self->db);
+        if (ops->get_done)
+            ops->get_done(self->h);
         kv_unlock(self);
         if (!b)
             return NULL;
         r = kvpy_unpack_value(PyBytes_AS_STRING(b), vn, &self->opts);
         Py_DECREF(b);
-        return r;
+    } else {
+        if (!self->opts.auto_pack)
+            r = PyBytes_FromStringAndSize(v, (Py_ssize_t)vn);
+        else
+            r = kvpy_unpack_value(v, vn, &self->opts);
+        if (ops->get_done)
+            ops->get_done(self->h);
+        kv_unlock(self);
     }
-    if (!self->opts.auto_pack)
-        r = PyBytes_FromStringAndSize(v, (Py_ssize_t)vn);
-    else
-        r = kvpy_unpack_value(v, vn, &self->opts);
-    kv_get_done(self->db);
-    kv_unlock(self);
+    if (r && token && self->hot)
+        kvhot_keep(self->hot, hash, k, kn, r, vn, token, pack_optk(&self->opts));
     return r;
 }
 
@@ -312,7 +434,8 @@ static int encode_value(KVObject *self, PyObject *value, kv_buf *buf, Py_buffer 
     return 0;
 }
 
-static PyObject *KV_put(KVObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* Store key -> value with the backend's put (flags: KVB_PUT_*). */
+static PyObject *do_put(KVObject *self, PyObject *key, PyObject *value, int flags)
 {
     const char *k;
     Py_ssize_t kn;
@@ -322,38 +445,38 @@ static PyObject *KV_put(KVObject *self, PyObject *const *args, Py_ssize_t nargs)
     size_t vn;
     kv_status st;
 
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "put(key, value) takes exactly 2 arguments");
-        return NULL;
-    }
-    if (check_open(self) < 0 || kvpy_key_arg(args[0], &k, &kn) < 0)
+    if (check_open(self) < 0 || kvpy_key_arg(key, &k, &kn) < 0)
         return NULL;
     kv_buf_init(&buf);
-    if (encode_value(self, args[1], &buf, &view, &v, &vn) < 0) {
+    if (encode_value(self, value, &buf, &view, &v, &vn) < 0) {
         kv_buf_free(&buf);
         return NULL;
     }
-    kv_lock(self);
-    if (!self->db) {
-        st = KV_CLOSED;
-    } else {
-        Py_BEGIN_ALLOW_THREADS
-        st = kv_put(self->db, k, (size_t)kn, v, vn);
-        Py_END_ALLOW_THREADS
-    }
-    if (st != KV_OK && st != KV_CLOSED)
-        raise_status(self, st);
-    kv_unlock(self);
+    KV_CALL(self, st, 1, self->ops->put(self->h, k, (size_t)kn, v, vn, flags));
     if (view.obj)
         PyBuffer_Release(&view);
     kv_buf_free(&buf);
-    if (st == KV_CLOSED) {
-        PyErr_SetString(PyExc_ValueError, CLOSED_MSG);
+    return none_unless(st);
+}
+
+static PyObject *KV_put(KVObject *self, PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames)
+{
+    int sync = 0;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "put(key, value, *, sync=False) takes exactly 2 "
+                                         "positional arguments");
         return NULL;
     }
-    if (st != KV_OK)
-        return NULL;
-    Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; kwnames && i < PyTuple_GET_SIZE(kwnames); i++) {
+        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "sync")) {
+            PyErr_SetString(PyExc_TypeError, "put() got an unexpected keyword argument");
+            return NULL;
+        }
+        if ((sync = PyObject_IsTrue(args[nargs + i])) < 0)
+            return NULL;
+    }
+    return do_put(self, args[0], args[1], sync ? KVB_PUT_SYNC : 0);
 }
 
 static PyObject *KV_put_many(KVObject *self, PyObject *items)
@@ -379,7 +502,8 @@ static PyObject *KV_put_many(KVObject *self, PyObject *items)
         goto out;
     }
     /* Copy every key and encoded value into one buffer (positions first:
-     * the buffer moves while growing). */
+     * the buffer moves while growing), so that every pair is checked before
+     * the first is stored. */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
@@ -422,22 +546,8 @@ static PyObject *KV_put_many(KVObject *self, PyObject *items)
         it[i].val = buf.data + offs[4 * i + 2];
         it[i].vlen = offs[4 * i + 3];
     }
-    kv_lock(self);
-    if (!self->db) {
-        kv_unlock(self);
-        PyErr_SetString(PyExc_ValueError, CLOSED_MSG);
-        goto out;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_put_many(self->db, it, (size_t)n);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK)
-        raise_status(self, st);
-    kv_unlock(self);
-    if (st == KV_OK) {
-        Py_INCREF(Py_None);
-        ret = Py_None;
-    }
+    KV_CALL(self, st, 1, self->ops->put_many(self->h, it, (size_t)n));
+    ret = none_unless(st);
 out:
     PyMem_Free(it);
     PyMem_Free(offs);
@@ -450,9 +560,8 @@ out:
  * delete / exists / count
  * ==================================================================== */
 
-typedef enum { OP_DELETE, OP_EXISTS } key_op;
-
-static PyObject *key_bool_op(KVObject *self, PyObject *key, key_op op)
+/* delete / exists: one backend call answering a flag for a key. */
+static PyObject *key_flag(KVObject *self, PyObject *key, int del)
 {
     const char *k;
     Py_ssize_t kn;
@@ -460,46 +569,21 @@ static PyObject *key_bool_op(KVObject *self, PyObject *key, key_op op)
     kv_status st;
     if (kvpy_key_arg(key, &k, &kn) < 0)
         return NULL;
-    kv_lock(self);
-    if (!self->db) {
-        kv_unlock(self);
-        PyErr_SetString(PyExc_ValueError, CLOSED_MSG);
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    st = op == OP_DELETE ? kv_delete(self->db, k, (size_t)kn, &flag)
-                         : kv_exists(self->db, k, (size_t)kn, &flag);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK)
-        raise_status(self, st);
-    kv_unlock(self);
-    if (st != KV_OK)
-        return NULL;
-    return PyBool_FromLong(flag);
+    const kvb_ops *ops = self->ops;
+    KV_CALL(self, st, del || ops->exists_blocks,
+            (del ? ops->del : ops->exists)(self->h, k, (size_t)kn, &flag));
+    return st == KV_OK ? PyBool_FromLong(flag) : NULL;
 }
 
-static PyObject *KV_delete(KVObject *self, PyObject *key) { return key_bool_op(self, key, OP_DELETE); }
-static PyObject *KV_exists(KVObject *self, PyObject *key) { return key_bool_op(self, key, OP_EXISTS); }
+static PyObject *KV_delete(KVObject *self, PyObject *key) { return key_flag(self, key, 1); }
+static PyObject *KV_exists(KVObject *self, PyObject *key) { return key_flag(self, key, 0); }
 
 static PyObject *KV_count(KVObject *self, PyObject *unused)
 {
     int64_t n = 0;
     kv_status st;
-    kv_lock(self);
-    if (!self->db) {
-        kv_unlock(self);
-        PyErr_SetString(PyExc_ValueError, CLOSED_MSG);
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_count(self->db, &n);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK)
-        raise_status(self, st);
-    kv_unlock(self);
-    if (st != KV_OK)
-        return NULL;
-    return PyLong_FromLongLong(n);
+    KV_CALL(self, st, 1, self->ops->count(self->h, &n));
+    return st == KV_OK ? PyLong_FromLongLong(n) : NULL;
 }
 
 /* ======================================================================
@@ -517,13 +601,11 @@ typedef struct {
     int done;
 } KeysObject;
 
-#define KEYS_BATCH 1000
-
 static PyObject *KV_keys(KVObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"prefix", "limit", NULL};
     PyObject *prefix = Py_None;
-    Py_ssize_t limit = 10000;
+    Py_ssize_t limit = KVB_DEFAULT_KEYS_LIMIT;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|On", kwlist, &prefix, &limit))
         return NULL;
     if (check_open(self) < 0)
@@ -572,27 +654,16 @@ static int keys_fetch(KeysObject *it)
     KVObject *s = it->kv;
     kv_keys *ks = NULL;
     kv_status st;
-    size_t want = it->remaining < KEYS_BATCH ? (size_t)it->remaining : KEYS_BATCH;
+    size_t per = s->ops->keys_per_batch;
+    size_t want = (size_t)it->remaining < per ? (size_t)it->remaining : per;
     const char *pp = it->prefix ? PyBytes_AS_STRING(it->prefix) : NULL;
     size_t pn = it->prefix ? (size_t)PyBytes_GET_SIZE(it->prefix) : 0;
     const char *ap = it->last ? PyBytes_AS_STRING(it->last) : NULL;
     size_t an = it->last ? (size_t)PyBytes_GET_SIZE(it->last) : 0;
 
-    kv_lock(s);
-    if (!s->db) {
-        kv_unlock(s);
-        PyErr_SetString(PyExc_ValueError, CLOSED_MSG);
+    KV_CALL(s, st, 1, s->ops->keys_batch(s->h, pp, pn, ap, an, want, &ks));
+    if (st != KV_OK)
         return -1;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_keys_batch(s->db, pp, pn, ap, an, want, &ks);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        raise_status(s, st);
-        kv_unlock(s);
-        return -1;
-    }
-    kv_unlock(s);
     PyObject *list = PyList_New((Py_ssize_t)ks->n);
     for (size_t i = 0; list && i < ks->n; i++) {
         PyObject *b = PyBytes_FromStringAndSize((const char *)ks->data + ks->off[i],
@@ -643,15 +714,10 @@ static PyObject *Keys_next(KeysObject *it)
  * Streaming
  * ==================================================================== */
 
-typedef struct {
-    PyObject *reader;
-    PyObject *read_name;
-} rd_ctx;
-
+/* kv_read_fn over reader.read(n) (GIL held). */
 static int64_t py_read_cb(void *ctx, void *buf, size_t cap)
 {
-    rd_ctx *c = ctx;
-    PyObject *b = PyObject_CallMethod(c->reader, "read", "n", (Py_ssize_t)cap);
+    PyObject *b = PyObject_CallMethod((PyObject *)ctx, "read", "n", (Py_ssize_t)cap);
     if (!b)
         return -1;
     if (!PyBytes_Check(b)) {
@@ -671,15 +737,12 @@ static int64_t py_read_cb(void *ctx, void *buf, size_t cap)
     return n;
 }
 
+/* kv_write_fn over writer.write(b) (GIL held). */
 static int py_write_cb(void *ctx, const void *buf, size_t len)
 {
     PyObject *w = ctx;
-    PyObject *mv = PyMemoryView_FromMemory((char *)buf, (Py_ssize_t)len, PyBUF_READ);
-    if (!mv)
-        return -1;
     /* Pass bytes: writers may keep the object (BytesIO copies anyway). */
-    PyObject *b = PyBytes_FromObject(mv);
-    Py_DECREF(mv);
+    PyObject *b = PyBytes_FromStringAndSize(buf, (Py_ssize_t)len);
     if (!b)
         return -1;
     PyObject *r = PyObject_CallMethod(w, "write", "O", b);
@@ -739,47 +802,97 @@ static int file_seek(PyObject *f, long long off, int whence)
     return 0;
 }
 
+/* Copy between a memfd and Python code in `chunk` pieces: to_fd = 1 pulls up
+ * to `size` bytes from reader.read (`ctx`) into fd, stopping early at the
+ * end of the stream, and rewinds fd; to_fd = 0 pushes everything of fd, from
+ * offset 0, into writer.write (`ctx`). 0, or -1 with an exception set. */
+static int spool(int fd, int to_fd, PyObject *ctx, uint64_t size, size_t chunk)
+{
+    if (!to_fd && lseek(fd, 0, SEEK_SET) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    char *tmp = PyMem_Malloc(chunk);
+    if (!tmp) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int rc = 0;
+    for (uint64_t total = 0; !to_fd || total < size;) {
+        size_t want = to_fd && size - total < chunk ? (size_t)(size - total) : chunk;
+        int64_t n = to_fd ? py_read_cb(ctx, tmp, want) : (int64_t)read(fd, tmp, want);
+        if (n == 0)
+            break;
+        if (n < 0 || (to_fd ? write(fd, tmp, (size_t)n) != (ssize_t)n
+                            : py_write_cb(ctx, tmp, (size_t)n) < 0)) {
+            if (!PyErr_Occurred())
+                PyErr_SetFromErrno(PyExc_OSError);
+            rc = -1;
+            break;
+        }
+        total += (uint64_t)n;
+    }
+    PyMem_Free(tmp);
+    if (rc == 0 && to_fd && lseek(fd, 0, SEEK_SET) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        rc = -1;
+    }
+    return rc;
+}
+
+/* Store raw bytes with put. */
+static PyObject *put_raw(KVObject *self, const char *k, Py_ssize_t kn, const void *p, size_t n)
+{
+    kv_status st;
+    KV_CALL(self, st, 1, self->ops->put(self->h, k, (size_t)kn, p, n, 0));
+    return none_unless(st);
+}
+
+/* Store `size` bytes of reader (no usable descriptor) with the backend's
+ * callback stream, or spooled through a memfd. */
+static PyObject *put_stream(KVObject *self, const char *k, Py_ssize_t kn, PyObject *reader,
+                            uint64_t size, size_t chunk)
+{
+    kv_status st;
+    if (self->ops->put_stream) {
+        /* The callback needs the GIL: this variant keeps it. */
+        KV_CALL(self, st, 0,
+                self->ops->put_stream(self->h, k, (size_t)kn, size, chunk, py_read_cb, reader));
+        return none_unless(st);
+    }
+    /* A stream that ends early keeps the announced size: the backend stores
+     * what there is plus a zero tail and reports the short write (§4.6). */
+    int fd = memfd_create("kvault-put-file", MFD_CLOEXEC);
+    if (fd < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    st = KV_CALLBACK;
+    if (spool(fd, 1, reader, size, chunk) == 0)
+        KV_CALL(self, st, 1, self->ops->put_fd(self->h, k, (size_t)kn, fd, size, chunk));
+    close(fd);
+    return none_unless(st);
+}
+
 static PyObject *KV_put_file(KVObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"key", "reader", "size", "chunk_size", NULL};
     PyObject *key, *reader, *size_o = Py_None, *chunk_o = Py_None;
     const char *k;
     Py_ssize_t kn;
+    size_t chunk;
     kv_status st;
 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OO", kwlist, &key, &reader, &size_o, &chunk_o))
         return NULL;
-    if (check_open(self) < 0 || kvpy_key_arg(key, &k, &kn) < 0)
+    if (check_open(self) < 0 || kvpy_key_arg(key, &k, &kn) < 0 || chunk_arg(self, chunk_o, &chunk) < 0)
         return NULL;
-    size_t chunk = self->chunk_size;
-    if (chunk_o != Py_None) {
-        Py_ssize_t c = PyLong_AsSsize_t(chunk_o);
-        if (c == -1 && PyErr_Occurred())
-            return NULL;
-        if (c <= 0) {
-            PyErr_SetString(PyExc_ValueError, "chunk_size must be positive");
-            return NULL;
-        }
-        chunk = (size_t)c;
-    }
     /* Bytes-like readers are stored raw (API.md §4.6 "may fix"). */
     if (PyObject_CheckBuffer(reader) && !PyUnicode_Check(reader)) {
         Py_buffer view;
         if (PyObject_GetBuffer(reader, &view, PyBUF_SIMPLE) < 0)
             return NULL;
-        kv_lock(self);
-        Py_BEGIN_ALLOW_THREADS
-        st = self->db ? kv_put(self->db, k, (size_t)kn, view.buf, (size_t)view.len) : KV_CLOSED;
-        Py_END_ALLOW_THREADS
-        if (st != KV_OK && st != KV_CLOSED)
-            raise_status(self, st);
-        kv_unlock(self);
+        PyObject *r = put_raw(self, k, kn, view.buf, (size_t)view.len);
         PyBuffer_Release(&view);
-        if (st == KV_CLOSED)
-            PyErr_SetString(PyExc_ValueError, CLOSED_MSG);
-        if (st != KV_OK)
-            return NULL;
-        Py_RETURN_NONE;
+        return r;
     }
     if (!PyObject_HasAttrString(reader, "read")) {
         PyErr_SetString(PyExc_TypeError, "reader must be file-like or bytes-like");
@@ -821,54 +934,46 @@ static PyObject *KV_put_file(KVObject *self, PyObject *args, PyObject *kw)
             Py_DECREF(all);
             return NULL;
         }
-        kv_lock(self);
-        Py_BEGIN_ALLOW_THREADS
-        st = self->db ? kv_put(self->db, k, (size_t)kn, PyBytes_AS_STRING(all),
-                               (size_t)PyBytes_GET_SIZE(all)) : KV_CLOSED;
-        Py_END_ALLOW_THREADS
-        if (st != KV_OK && st != KV_CLOSED)
-            raise_status(self, st);
-        kv_unlock(self);
+        PyObject *r = put_raw(self, k, kn, PyBytes_AS_STRING(all), (size_t)PyBytes_GET_SIZE(all));
         Py_DECREF(all);
-        if (st == KV_CLOSED)
-            PyErr_SetString(PyExc_ValueError, CLOSED_MSG);
-        if (st != KV_OK)
-            return NULL;
-        Py_RETURN_NONE;
+        return r;
     }
-    if (regular) {
-        /* Fast path: the OS file at the reader's logical position. */
-        if (lseek(fd, (off_t)pos, SEEK_SET) < 0)
-            return PyErr_SetFromErrno(PyExc_OSError);
-        kv_lock(self);
-        Py_BEGIN_ALLOW_THREADS
-        st = self->db ? kv_put_fd(self->db, k, (size_t)kn, fd, (uint64_t)size, chunk) : KV_CLOSED;
-        Py_END_ALLOW_THREADS
-        if (st != KV_OK && st != KV_CLOSED)
-            raise_status(self, st);
-        kv_unlock(self);
-        if (st == KV_CLOSED)
-            PyErr_SetString(PyExc_ValueError, CLOSED_MSG);
-        if (st != KV_OK)
-            return NULL;
-        /* Re-sync the Python object's buffered position. */
-        if (file_seek(reader, pos + size, 0) < 0)
-            return NULL;
-        Py_RETURN_NONE;
-    }
-    rd_ctx c = {reader, NULL};
-    kv_lock(self);
-    /* Callbacks need the GIL: this variant keeps it. */
-    st = self->db ? kv_put_stream(self->db, k, (size_t)kn, (uint64_t)size, chunk, py_read_cb, &c)
-                  : KV_CLOSED;
-    if (st != KV_OK && st != KV_CLOSED)
-        raise_status(self, st);
-    kv_unlock(self);
-    if (st == KV_CLOSED)
-        PyErr_SetString(PyExc_ValueError, CLOSED_MSG);
+    if (!regular)
+        return put_stream(self, k, kn, reader, (uint64_t)size, chunk);
+    /* Fast path: the OS file at the reader's logical position. */
+    if (lseek(fd, (off_t)pos, SEEK_SET) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    KV_CALL(self, st, 1, self->ops->put_fd(self->h, k, (size_t)kn, fd, (uint64_t)size, chunk));
     if (st != KV_OK)
         return NULL;
+    /* Re-sync the Python object's buffered position. */
+    if (file_seek(reader, pos + size, 0) < 0)
+        return NULL;
     Py_RETURN_NONE;
+}
+
+/* Push key's bytes into a writer without a descriptor: the backend's
+ * callback stream, or get_to_fd into a memfd fed to writer.write. */
+static kv_status get_stream(KVObject *self, const char *k, Py_ssize_t kn, PyObject *writer,
+                            size_t chunk, uint64_t *written)
+{
+    kv_status st;
+    if (self->ops->get_stream) {
+        /* The callback needs the GIL: this variant keeps it. */
+        KV_CALL(self, st, 0, self->ops->get_stream(self->h, k, (size_t)kn, chunk, py_write_cb,
+                                                   writer, written));
+        return st;
+    }
+    int fd = memfd_create("kvault-get-file", MFD_CLOEXEC);
+    if (fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return KV_IO;
+    }
+    KV_CALL(self, st, 1, self->ops->get_to_fd(self->h, k, (size_t)kn, fd, chunk, written));
+    if (st == KV_OK && spool(fd, 0, writer, 0, chunk) < 0)
+        st = KV_CALLBACK;
+    close(fd);
+    return st;
 }
 
 static PyObject *KV_get_to_file(KVObject *self, PyObject *args, PyObject *kw)
@@ -877,6 +982,7 @@ static PyObject *KV_get_to_file(KVObject *self, PyObject *args, PyObject *kw)
     PyObject *key, *writer, *chunk_o = Py_None;
     const char *k;
     Py_ssize_t kn;
+    size_t chunk;
     kv_status st;
     uint64_t written = 0;
 
@@ -888,51 +994,25 @@ static PyObject *KV_get_to_file(KVObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_TypeError, "writer must be file-like (have a write method)");
         return NULL;
     }
-    size_t chunk = self->chunk_size;
-    if (chunk_o != Py_None) {
-        Py_ssize_t c = PyLong_AsSsize_t(chunk_o);
-        if (c == -1 && PyErr_Occurred())
-            return NULL;
-        if (c <= 0) {
-            PyErr_SetString(PyExc_ValueError, "chunk_size must be positive");
-            return NULL;
-        }
-        chunk = (size_t)c;
-    }
+    if (chunk_arg(self, chunk_o, &chunk) < 0)
+        return NULL;
     int fd = file_fd(writer);
-    if (fd >= 0) {
-        /* Push Python-side buffered data out before writing to the fd. */
-        PyObject *r = PyObject_CallMethod(writer, "flush", NULL);
-        if (!r)
-            PyErr_Clear();
-        Py_XDECREF(r);
-        long long pos = file_tell(writer);
-        if (pos >= 0 && lseek(fd, (off_t)pos, SEEK_SET) < 0)
-            pos = -1;
-        kv_lock(self);
-        Py_BEGIN_ALLOW_THREADS
-        st = self->db ? kv_get_to_fd(self->db, k, (size_t)kn, fd, chunk, &written) : KV_CLOSED;
-        Py_END_ALLOW_THREADS
-        if (st != KV_OK && st != KV_CLOSED)
-            raise_status(self, st);
-        kv_unlock(self);
-        if (st == KV_CLOSED)
-            PyErr_SetString(PyExc_ValueError, CLOSED_MSG);
-        if (st != KV_OK)
-            return NULL;
-        if (pos >= 0 && file_seek(writer, pos + (long long)written, 0) < 0)
-            return NULL;
-        return PyLong_FromUnsignedLongLong(written);
+    if (fd < 0) {
+        st = get_stream(self, k, kn, writer, chunk, &written);
+        return st == KV_OK ? PyLong_FromUnsignedLongLong(written) : NULL;
     }
-    kv_lock(self);
-    st = self->db ? kv_get_stream(self->db, k, (size_t)kn, chunk, py_write_cb, writer, &written)
-                  : KV_CLOSED;
-    if (st != KV_OK && st != KV_CLOSED)
-        raise_status(self, st);
-    kv_unlock(self);
-    if (st == KV_CLOSED)
-        PyErr_SetString(PyExc_ValueError, CLOSED_MSG);
+    /* Push Python-side buffered data out before writing to the fd. */
+    PyObject *r = PyObject_CallMethod(writer, "flush", NULL);
+    if (!r)
+        PyErr_Clear();
+    Py_XDECREF(r);
+    long long pos = file_tell(writer);
+    if (pos >= 0 && lseek(fd, (off_t)pos, SEEK_SET) < 0)
+        pos = -1;
+    KV_CALL(self, st, 1, self->ops->get_to_fd(self->h, k, (size_t)kn, fd, chunk, &written));
     if (st != KV_OK)
+        return NULL;
+    if (pos >= 0 && file_seek(writer, pos + (long long)written, 0) < 0)
         return NULL;
     return PyLong_FromUnsignedLongLong(written);
 }
@@ -941,29 +1021,11 @@ static PyObject *KV_get_to_file(KVObject *self, PyObject *args, PyObject *kw)
  * Cache, switches, maintenance
  * ==================================================================== */
 
-/* Run `call` on the db under the lock with the GIL released. */
-#define LOCKED_CALL(self, stvar, call)                    \
-    do {                                                  \
-        kv_lock(self);                                    \
-        if (!(self)->db) {                                \
-            kv_unlock(self);                              \
-            PyErr_SetString(PyExc_ValueError, CLOSED_MSG); \
-            return NULL;                                  \
-        }                                                 \
-        Py_BEGIN_ALLOW_THREADS                            \
-        stvar = (call);                                   \
-        Py_END_ALLOW_THREADS                              \
-        if (stvar != KV_OK)                               \
-            raise_status(self, stvar);                    \
-        kv_unlock(self);                                  \
-        if (stvar != KV_OK)                               \
-            return NULL;                                  \
-    } while (0)
-
 static PyObject *KV_enable_cache(KVObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"cap_bytes", "flush_threshold", NULL};
-    Py_ssize_t cap = 67108864, thr = 16777216;
+    Py_ssize_t cap = (Py_ssize_t)KVB_DEFAULT_CACHE_CAP_BYTES;
+    Py_ssize_t thr = (Py_ssize_t)KVB_DEFAULT_CACHE_FLUSH_THRESHOLD;
     kv_status st;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|nn", kwlist, &cap, &thr))
         return NULL;
@@ -971,33 +1033,24 @@ static PyObject *KV_enable_cache(KVObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "cap_bytes must be > 0 and flush_threshold >= 0");
         return NULL;
     }
-    LOCKED_CALL(self, st, kv_cache_enable(self->db, (size_t)cap, (size_t)thr));
-    Py_RETURN_NONE;
-}
-
-static PyObject *KV_disable_cache(KVObject *self, PyObject *unused)
-{
-    kv_status st;
-    LOCKED_CALL(self, st, kv_cache_disable(self->db));
-    Py_RETURN_NONE;
+    KV_CALL(self, st, 1, self->ops->cache_enable(self->h, (size_t)cap, (size_t)thr));
+    return none_unless(st);
 }
 
 static PyObject *KV_flush_cache(KVObject *self, PyObject *unused)
 {
     kv_status st;
     size_t n = 0;
-    LOCKED_CALL(self, st, kv_cache_flush(self->db, &n));
-    return PyLong_FromSize_t(n);
+    KV_CALL(self, st, 1, self->ops->cache_flush(self->h, &n));
+    return st == KV_OK ? PyLong_FromSize_t(n) : NULL;
 }
 
 static PyObject *KV_set_cache_locked(KVObject *self, PyObject *flag)
 {
     int f = PyObject_IsTrue(flag);
-    if (f < 0 || check_open(self) < 0)
+    if (f < 0 || kv_enter(self) < 0)
         return NULL;
-    kv_lock(self);
-    if (self->db)
-        kv_cache_set_locked(self->db, f);
+    self->ops->cache_set_locked(self->h, f);
     kv_unlock(self);
     Py_RETURN_NONE;
 }
@@ -1006,7 +1059,7 @@ static PyObject *KV_cache_enabled(KVObject *self, PyObject *unused)
 {
     if (check_open(self) < 0)
         return NULL;
-    return PyBool_FromLong(kv_cache_enabled(self->db));
+    return PyBool_FromLong(self->ops->cache_enabled(self->h));
 }
 
 static PyObject *KV_enable_auto_pack(KVObject *self, PyObject *args, PyObject *kw)
@@ -1023,6 +1076,7 @@ static PyObject *KV_enable_auto_pack(KVObject *self, PyObject *args, PyObject *k
     Py_RETURN_NONE;
 }
 
+/* Setter and getter methods of the §3.6 switches. */
 #define SWITCH(fname, field, value)                          \
     static PyObject *fname(KVObject *self, PyObject *unused) \
     {                                                        \
@@ -1031,23 +1085,31 @@ static PyObject *KV_enable_auto_pack(KVObject *self, PyObject *args, PyObject *k
         self->opts.field = value;                            \
         Py_RETURN_NONE;                                      \
     }
+#define SWITCH_GET(fname, field)                             \
+    static PyObject *fname(KVObject *self, PyObject *unused) \
+    {                                                        \
+        if (check_open(self) < 0)                            \
+            return NULL;                                     \
+        return PyBool_FromLong(self->opts.field);            \
+    }
 SWITCH(KV_disable_auto_pack, auto_pack, 0)
 SWITCH(KV_enable_headers, headers, 1)
 SWITCH(KV_disable_headers, headers, 0)
+SWITCH_GET(KV_auto_pack_enabled, auto_pack)
+SWITCH_GET(KV_headers_enabled, headers)
 
-static PyObject *KV_auto_pack_enabled(KVObject *self, PyObject *unused)
-{
-    if (check_open(self) < 0)
-        return NULL;
-    return PyBool_FromLong(self->opts.auto_pack);
-}
-
-static PyObject *KV_headers_enabled(KVObject *self, PyObject *unused)
-{
-    if (check_open(self) < 0)
-        return NULL;
-    return PyBool_FromLong(self->opts.headers);
-}
+/* Methods that are one backend call without arguments, returning None. */
+#define SIMPLE_CALL(fname, op)                                    \
+    static PyObject *fname(KVObject *self, PyObject *unused)      \
+    {                                                             \
+        kv_status st;                                             \
+        KV_CALL(self, st, 1, self->ops->op(self->h));             \
+        return none_unless(st);                                   \
+    }
+SIMPLE_CALL(KV_disable_cache, cache_disable)
+SIMPLE_CALL(KV_sync, sync)
+SIMPLE_CALL(KV_checkpoint, checkpoint)
+SIMPLE_CALL(KV_optimize, optimize)
 
 static PyObject *KV_record_feature(KVObject *self, PyObject *name)
 {
@@ -1059,105 +1121,114 @@ static PyObject *KV_record_feature(KVObject *self, PyObject *name)
     const char *n = PyUnicode_AsUTF8(name);
     if (!n)
         return NULL;
-    LOCKED_CALL(self, st, kv_record_feature(self->db, n));
-    Py_RETURN_NONE;
+    KV_CALL(self, st, 1, self->ops->record_feature(self->h, n));
+    return none_unless(st);
 }
 
-static PyObject *KV_checkpoint(KVObject *self, PyObject *unused)
+static PyObject *KV_status(KVObject *self, PyObject *unused)
 {
+    char text[4096] = "";
     kv_status st;
-    LOCKED_CALL(self, st, kv_checkpoint(self->db));
-    Py_RETURN_NONE;
+    if (!self->ops->status)
+        return unsupported(self, "status");
+    KV_CALL(self, st, 1, self->ops->status(self->h, text, sizeof text));
+    return st == KV_OK ? PyUnicode_FromString(text) : NULL;
 }
 
-static PyObject *KV_optimize(KVObject *self, PyObject *unused)
+/* (segment hits, segment misses, hot-cache hits) of this object. */
+static PyObject *KV_counters(KVObject *self, PyObject *unused)
 {
-    kv_status st;
-    LOCKED_CALL(self, st, kv_optimize(self->db));
-    Py_RETURN_NONE;
+    uint64_t h = 0, m = 0;
+    if (!self->ops->counters)
+        return unsupported(self, "counters");
+    if (self->h)
+        self->ops->counters(self->h, &h, &m);
+    return Py_BuildValue("(KKK)", (unsigned long long)h, (unsigned long long)m,
+                         (unsigned long long)(self->hot ? self->hot->hits : 0));
 }
 
-static PyObject *KV_close(KVObject *self, PyObject *unused)
+static PyObject *KV__stream_used_uring(KVObject *self, PyObject *unused)
 {
-    kv_status st = KV_OK;
-    kv_lock(self);
-    kv_db *db = self->db;
-    self->db = NULL;     /* marked closed even if the flush fails */
-    if (db) {
-        Py_BEGIN_ALLOW_THREADS
-        st = kv_db_close(db);
-        Py_END_ALLOW_THREADS
-    }
-    kv_unlock(self);
-    if (st != KV_OK) {
-        PyErr_Format(PyExc_RuntimeError, "close: cache flush failed: %s", kv_strerror(st));
+    if (check_open(self) < 0)
         return NULL;
-    }
-    Py_RETURN_NONE;
+    return PyBool_FromLong(self->ops->stream_used_uring &&
+                           self->ops->stream_used_uring(self->h));
 }
 
 static PyObject *KV_get_closed(KVObject *self, void *unused)
 {
-    return PyBool_FromLong(self->db == NULL);
+    return PyBool_FromLong(self->h == NULL);
 }
 
 static PyObject *KV_get_path(KVObject *self, void *unused)
 {
-    Py_INCREF(self->path ? self->path : Py_None);
-    return self->path ? self->path : Py_None;
+    return Py_NewRef(self->path ? self->path : Py_None);
 }
 
 static PyObject *KV_get_table(KVObject *self, void *unused)
 {
     if (check_open(self) < 0)
         return NULL;
-    return PyUnicode_FromString(kv_db_table(self->db));
+    return Py_NewRef(self->table);
 }
 
-static PyObject *KV_stream_used_uring(KVObject *self, PyObject *unused)
+static PyObject *KV_get_generation(KVObject *self, void *unused)
 {
-    if (check_open(self) < 0)
-        return NULL;
-    return PyBool_FromLong(kv_stream_used_uring(self->db));
+    if (!self->ops->generation)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(self->h ? self->ops->generation(self->h) : 0);
+}
+
+static PyObject *KV_get_attached(KVObject *self, void *unused)
+{
+    return PyBool_FromLong(self->ops == &kvb_attached);
 }
 
 /* ======================================================================
- * Type objects
+ * Type objects, module members
  * ==================================================================== */
 
+/* A method entry: the Python name `name` is the C function KV_<name>. */
+#define KV_METHOD(name, flags, doc) {#name, (PyCFunction)(void (*)(void))KV_##name, flags, doc}
+
 static PyMethodDef KV_methods[] = {
-    {"get", (PyCFunction)KV_get, METH_O, "get(key) -> value; RuntimeError('Key not found') if missing"},
-    {"get_or", (PyCFunction)(void (*)(void))KV_get_or, METH_FASTCALL, "get_or(key, default) -> value or default"},
-    {"put", (PyCFunction)(void (*)(void))KV_put, METH_FASTCALL, "put(key, value): upsert (auto-packed)"},
-    {"put_many", (PyCFunction)KV_put_many, METH_O, "put_many([(key, value), ...]) in one transaction"},
-    {"delete", (PyCFunction)KV_delete, METH_O, "delete(key) -> bool"},
-    {"exists", (PyCFunction)KV_exists, METH_O, "exists(key) -> bool (SQLite only)"},
-    {"count", (PyCFunction)KV_count, METH_NOARGS, "count() -> int (SELECT COUNT(*))"},
-    {"keys", (PyCFunction)(void (*)(void))KV_keys, METH_VARARGS | METH_KEYWORDS,
-     "keys(prefix=None, limit=10000) -> iterator of bytes, bytewise order"},
-    {"put_file", (PyCFunction)(void (*)(void))KV_put_file, METH_VARARGS | METH_KEYWORDS,
-     "put_file(key, reader, size=None, chunk_size=None): stream into a raw blob"},
-    {"get_to_file", (PyCFunction)(void (*)(void))KV_get_to_file, METH_VARARGS | METH_KEYWORDS,
-     "get_to_file(key, writer, chunk_size=None) -> bytes written"},
-    {"enable_cache", (PyCFunction)(void (*)(void))KV_enable_cache, METH_VARARGS | METH_KEYWORDS,
-     "enable_cache(cap_bytes, flush_threshold): flushes an existing cache first"},
-    {"disable_cache", (PyCFunction)KV_disable_cache, METH_NOARGS, "flush (never drops) and remove the cache"},
-    {"flush_cache", (PyCFunction)KV_flush_cache, METH_NOARGS, "flush_cache() -> entries written (0 if locked)"},
-    {"set_cache_locked", (PyCFunction)KV_set_cache_locked, METH_O, "set_cache_locked(flag)"},
-    {"cache_enabled", (PyCFunction)KV_cache_enabled, METH_NOARGS, "cache_enabled() -> bool"},
-    {"enable_auto_pack", (PyCFunction)(void (*)(void))KV_enable_auto_pack, METH_VARARGS | METH_KEYWORDS,
-     "enable_auto_pack(use_pickle=True): auto-pack and headers on"},
-    {"disable_auto_pack", (PyCFunction)KV_disable_auto_pack, METH_NOARGS, "auto-pack off"},
-    {"auto_pack_enabled", (PyCFunction)KV_auto_pack_enabled, METH_NOARGS, "-> bool"},
-    {"enable_headers", (PyCFunction)KV_enable_headers, METH_NOARGS, "headers on"},
-    {"disable_headers", (PyCFunction)KV_disable_headers, METH_NOARGS, "headers off"},
-    {"headers_enabled", (PyCFunction)KV_headers_enabled, METH_NOARGS, "-> bool"},
-    {"record_feature", (PyCFunction)KV_record_feature, METH_O, "append to kohakuvault_meta kv_features"},
-    {"checkpoint", (PyCFunction)KV_checkpoint, METH_NOARGS, "PRAGMA wal_checkpoint(PASSIVE), errors swallowed"},
-    {"optimize", (PyCFunction)KV_optimize, METH_NOARGS, "PRAGMA optimize; VACUUM"},
-    {"close", (PyCFunction)KV_close, METH_NOARGS, "flush cache, checkpoint, close; idempotent"},
-    {"_stream_used_uring", (PyCFunction)KV_stream_used_uring, METH_NOARGS,
-     "whether the last fd stream used io_uring (diagnostics)"},
+    KV_METHOD(get, METH_O, "get(key) -> value; KeyNotFoundError('Key not found') if missing"),
+    KV_METHOD(get_or, METH_FASTCALL, "get_or(key, default) -> value or default"),
+    KV_METHOD(put, METH_FASTCALL | METH_KEYWORDS,
+              "put(key, value, *, sync=False): upsert (auto-packed); sync: return once committed"),
+    KV_METHOD(put_many, METH_O, "put_many([(key, value), ...]): every pair checked first"),
+    KV_METHOD(delete, METH_O, "delete(key) -> bool"),
+    KV_METHOD(exists, METH_O, "exists(key) -> bool (the write-back cache is not consulted)"),
+    KV_METHOD(count, METH_NOARGS, "count() -> int (attached: after a commit)"),
+    KV_METHOD(keys, METH_VARARGS | METH_KEYWORDS,
+              "keys(prefix=None, limit=10000) -> iterator of bytes, bytewise order"),
+    KV_METHOD(put_file, METH_VARARGS | METH_KEYWORDS,
+              "put_file(key, reader, size=None, chunk_size=None): stream into a raw value"),
+    KV_METHOD(get_to_file, METH_VARARGS | METH_KEYWORDS,
+              "get_to_file(key, writer, chunk_size=None) -> bytes written"),
+    KV_METHOD(enable_cache, METH_VARARGS | METH_KEYWORDS,
+              "enable_cache(cap_bytes, flush_threshold): flushes an existing cache first "
+              "(attached: batch puts into the ring)"),
+    KV_METHOD(disable_cache, METH_NOARGS, "flush (never drops) and remove the cache"),
+    KV_METHOD(flush_cache, METH_NOARGS, "flush_cache() -> entries written (0 if locked)"),
+    KV_METHOD(sync, METH_NOARGS, "return once every write made so far is committed"),
+    KV_METHOD(set_cache_locked, METH_O, "set_cache_locked(flag)"),
+    KV_METHOD(cache_enabled, METH_NOARGS, "cache_enabled() -> bool"),
+    KV_METHOD(enable_auto_pack, METH_VARARGS | METH_KEYWORDS,
+              "enable_auto_pack(use_pickle=True): auto-pack and headers on"),
+    KV_METHOD(disable_auto_pack, METH_NOARGS, "auto-pack off"),
+    KV_METHOD(auto_pack_enabled, METH_NOARGS, "-> bool"),
+    KV_METHOD(enable_headers, METH_NOARGS, "headers on"),
+    KV_METHOD(disable_headers, METH_NOARGS, "headers off"),
+    KV_METHOD(headers_enabled, METH_NOARGS, "-> bool"),
+    KV_METHOD(record_feature, METH_O, "append to kohakuvault_meta kv_features"),
+    KV_METHOD(checkpoint, METH_NOARGS, "PRAGMA wal_checkpoint(PASSIVE)"),
+    KV_METHOD(optimize, METH_NOARGS, "PRAGMA optimize; VACUUM"),
+    KV_METHOD(status, METH_NOARGS, "the writer's STATUS text (attached only)"),
+    KV_METHOD(counters, METH_NOARGS,
+              "(segment hits, segment misses, hot-cache hits) of this object (attached only)"),
+    KV_METHOD(close, METH_NOARGS, "flush, close / detach; idempotent"),
+    KV_METHOD(_stream_used_uring, METH_NOARGS, "whether the last fd stream used io_uring (diagnostics)"),
     {NULL, NULL, 0, NULL},
 };
 
@@ -1165,6 +1236,9 @@ static PyGetSetDef KV_getset[] = {
     {"closed", (getter)KV_get_closed, NULL, "True after close()", NULL},
     {"path", (getter)KV_get_path, NULL, "the path given to the constructor", NULL},
     {"table", (getter)KV_get_table, NULL, "the table name", NULL},
+    {"attached", (getter)KV_get_attached, NULL, "True when attached to a kvault-writer", NULL},
+    {"generation", (getter)KV_get_generation, NULL,
+     "writer generation attached to (0 once closed); None when embedded", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1174,12 +1248,15 @@ static PyTypeObject KVType = {
     .tp_basicsize = sizeof(KVObject),
     .tp_dealloc = (destructor)KV_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "_KVault(path, table='kv', chunk_size=1048576, enable_wal=True, page_size=32768,\n"
-              "        mmap_size=268435456, cache_kb=100000, *, read_cache_bytes=33554432)\n"
-              "Native key-value store over one SQLite table (see kohakuvault.KVault).\n"
-              "read_cache_bytes: cap of the process-local read cache (WAL mode only; 0 = off);\n"
-              "a cached value is served only while SQLite's WAL-index header is unchanged,\n"
-              "i.e. no process has committed since it was read.",
+    .tp_doc = "_KVault(path, table, chunk_size, enable_wal, page_size, mmap_size, cache_kb,\n"
+              "        *, read_cache_bytes, attach=False)\n"
+              "Native key-value store over one SQLite table (see kohakuvault.KVault);\n"
+              "defaults in KV_DEFAULTS. attach=True: attached to the kvault-writer\n"
+              "serving the file (shared mode, docs/shared-mode.md), else embedded.\n"
+              "read_cache_bytes: embedded, cap of the process-local read cache (WAL mode\n"
+              "only; 0 = off), a cached value served only while SQLite's WAL-index header\n"
+              "is unchanged; attached, cap of the hot-value cache (and of the own\n"
+              "connection's read cache).",
     .tp_methods = KV_methods,
     .tp_getset = KV_getset,
     .tp_init = (initproc)KV_init,
@@ -1197,21 +1274,53 @@ static PyTypeObject KVKeysType = {
     .tp_iternext = (iternextfunc)Keys_next,
 };
 
+static PyObject *mod_attach_served(PyObject *m, PyObject *args)
+{
+    PyObject *pathb = NULL;
+    const char *table = "kv";
+    if (!PyArg_ParseTuple(args, "O&|s", PyUnicode_FSConverter, &pathb, &table))
+        return NULL;
+    int r = kvb_attached_served(PyBytes_AS_STRING(pathb), table);
+    Py_DECREF(pathb);
+    return PyBool_FromLong(r);
+}
+
+static PyMethodDef mod_methods[] = {
+    {"_attach_served", mod_attach_served, METH_VARARGS,
+     "_attach_served(path, table='kv') -> bool: a kvault-writer serves this file and table"},
+    {NULL, NULL, 0, NULL},
+};
+
+/* KV_DEFAULTS: read-only mapping of every KVault option's default (the
+ * engine's open options and kv_backend.h's). */
+static PyObject *defaults_mapping(void)
+{
+    kv_open_opts o;
+    kv_open_opts_default(&o);
+    PyObject *d = Py_BuildValue(
+        "{s:s,s:n,s:O,s:i,s:L,s:L,s:n,s:i,s:d,s:n,s:n,s:i}", "table", o.table, "chunk_size",
+        (Py_ssize_t)o.chunk_size, "enable_wal", o.enable_wal ? Py_True : Py_False, "page_size",
+        o.page_size, "mmap_size", (long long)o.mmap_size, "cache_kb", (long long)o.cache_kb,
+        "read_cache_bytes", (Py_ssize_t)o.read_cache_bytes, "retries", KVB_DEFAULT_RETRIES,
+        "backoff_base", KVB_DEFAULT_BACKOFF_BASE, "cache_cap_bytes",
+        (Py_ssize_t)KVB_DEFAULT_CACHE_CAP_BYTES, "cache_flush_threshold",
+        (Py_ssize_t)KVB_DEFAULT_CACHE_FLUSH_THRESHOLD, "keys_limit", KVB_DEFAULT_KEYS_LIMIT);
+    if (!d)
+        return NULL;
+    PyObject *proxy = PyDictProxy_New(d);
+    Py_DECREF(d);
+    return proxy;
+}
+
 int kvpy_init_kv(PyObject *module)
 {
-    const char *e = getenv("KVPY_GET_KEEP_GIL");
-    g_get_keep_gil = e && e[0] == '1';
-    if (PyType_Ready(&KVType) < 0 || PyType_Ready(&KVKeysType) < 0)
+    if (PyModule_AddType(module, &KVType) < 0 || PyModule_AddType(module, &KVKeysType) < 0 ||
+        PyModule_AddFunctions(module, mod_methods) < 0)
         return -1;
-    Py_INCREF(&KVType);
-    if (PyModule_AddObject(module, "_KVault", (PyObject *)&KVType) < 0) {
-        Py_DECREF(&KVType);
+    PyObject *defaults = defaults_mapping();
+    if (!defaults)
         return -1;
-    }
-    Py_INCREF(&KVKeysType);
-    if (PyModule_AddObject(module, "_KVaultKeys", (PyObject *)&KVKeysType) < 0) {
-        Py_DECREF(&KVKeysType);
-        return -1;
-    }
-    return 0;
+    int rc = PyModule_AddObjectRef(module, "KV_DEFAULTS", defaults);
+    Py_DECREF(defaults);
+    return rc;
 }

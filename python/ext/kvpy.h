@@ -2,11 +2,12 @@
  * kvpy.h - shared declarations of the kohakuvault._kvault extension.
  *
  * The extension is split by concern: module.c creates the module and calls
- * one init function per file (kv_py.c: _KVault; packer_py.c: DataPacker;
- * col_py.c: _ColumnVault; ...). Each init function adds its types to the
- * module and returns 0, or sets a Python exception and returns -1.
- * Python -> engine only: these files call kv_* from engine/include/kvault,
- * never SQLite directly.
+ * one init function per file (kv_py.c: _KVault over the backends of
+ * kv_backend.h; packer_py.c: DataPacker; col_py.c: _ColumnVault; ...). Each
+ * init function adds its types to the module and returns 0, or sets a Python
+ * exception and returns -1.
+ * Layers only call down: these files call kv_* from engine/include/kvault
+ * (and kv_attached.c kv_att_* from shm/include/kvshm), never SQLite directly.
  */
 #ifndef KVPY_H
 #define KVPY_H
@@ -53,7 +54,6 @@ int kvpy_init_col(PyObject *module);
 int kvpy_init_text(PyObject *module);
 int kvpy_init_vector(PyObject *module);
 int kvpy_init_tree(PyObject *module);
-int kvpy_init_attach(PyObject *module);   /* attach_py.c: _AttachedKVault (shared mode) */
 
 /* ---- autopack.c. Python object <-> stored bytes per
  * API.md §3.2-§3.4 and the §5.4 MessagePack/CBOR model. All need the GIL.

@@ -15,7 +15,6 @@ static const kvpy_init_fn kvpy_inits[] = {
     kvpy_init_text,
     kvpy_init_vector,
     kvpy_init_tree,
-    kvpy_init_attach,
 };
 
 static int kvpy_exec(PyObject *module)

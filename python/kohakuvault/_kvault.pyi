@@ -2,7 +2,8 @@
 # Each native class has its own section; the key-value store comes first.
 from __future__ import annotations
 
-from typing import Any, BinaryIO, Iterator, Protocol
+from os import PathLike
+from typing import Any, BinaryIO, Iterator, Mapping, Protocol
 
 _Key = bytes | str
 
@@ -13,18 +14,38 @@ class _Writer(Protocol):
     def write(self, b: bytes, /) -> Any: ...
 
 # ---------------------------------------------------------------- _KVault
+# python/ext/kv_py.c over the backends of python/ext/kv_backend.h.
+
+#: Default of every KVault option (read-only): table, chunk_size, enable_wal,
+#: page_size, mmap_size, cache_kb, read_cache_bytes, retries, backoff_base,
+#: cache_cap_bytes, cache_flush_threshold, keys_limit.
+KV_DEFAULTS: Mapping[str, Any]
+
+class KeyNotFoundError(RuntimeError):
+    """A key does not exist (KV_NOTFOUND); text contains "Key not found"."""
+
+class BusyError(RuntimeError):
+    """SQLite stayed busy/locked past the busy timeout (KV_BUSY)."""
+
+def _attach_served(path: str | bytes | PathLike[str], table: str = "kv", /) -> bool:
+    """Whether a kvault-writer serves ``path`` for ``table``."""
+
 class _KVault:
     """Native key-value store over one SQLite table (see kohakuvault.KVault).
 
-    Errors are builtins: RuntimeError ("Key not found", "database is locked",
-    SQLite text), TypeError/ValueError for bad arguments, OSError for I/O.
-    After close() every method except close/closed raises
+    ``attach=False``: embedded (libkvault in this process); ``attach=True``:
+    attached to the kvault-writer serving the file (shared mode,
+    docs/shared-mode.md). Defaults of the arguments: ``KV_DEFAULTS``.
+
+    Errors: KeyNotFoundError / BusyError (RuntimeError subclasses),
+    RuntimeError (SQLite text), TypeError/ValueError for bad arguments,
+    OSError for I/O. After close() every method except close/closed raises
     ValueError("Cannot operate on closed KVault").
     """
 
     def __init__(
         self,
-        path: str,
+        path: str | bytes | PathLike[str],
         table: str = "kv",
         chunk_size: int = 1048576,
         enable_wal: bool = True,
@@ -33,10 +54,11 @@ class _KVault:
         cache_kb: int = 100000,
         *,
         read_cache_bytes: int = 33554432,
+        attach: bool = False,
     ) -> None: ...
     def get(self, key: _Key) -> Any: ...
     def get_or(self, key: _Key, default: Any) -> Any: ...
-    def put(self, key: _Key, value: Any) -> None: ...
+    def put(self, key: _Key, value: Any, *, sync: bool = False) -> None: ...
     def put_many(self, items: list[tuple[_Key, Any]]) -> None: ...
     def delete(self, key: _Key) -> bool: ...
     def exists(self, key: _Key) -> bool: ...
@@ -46,9 +68,10 @@ class _KVault:
         self, key: _Key, reader: _Reader | BinaryIO, size: int | None, chunk_size: int | None
     ) -> None: ...
     def get_to_file(self, key: _Key, writer: _Writer | BinaryIO, chunk_size: int | None) -> int: ...
-    def enable_cache(self, cap_bytes: int, flush_threshold: int) -> None: ...
+    def enable_cache(self, cap_bytes: int = 67108864, flush_threshold: int = 16777216) -> None: ...
     def disable_cache(self) -> None: ...
     def flush_cache(self) -> int: ...
+    def sync(self) -> None: ...
     def set_cache_locked(self, flag: bool) -> None: ...
     def cache_enabled(self) -> bool: ...
     def enable_auto_pack(self, use_pickle: bool = True) -> None: ...
@@ -60,9 +83,23 @@ class _KVault:
     def record_feature(self, name: str) -> None: ...
     def checkpoint(self) -> None: ...
     def optimize(self) -> None: ...
+    def status(self) -> str:
+        """The writer's STATUS text (attached only; embedded: RuntimeError)."""
+    def counters(self) -> tuple[int, int, int]:
+        """(segment hits, segment misses, hot-cache hits) (attached only)."""
     def close(self) -> None: ...
+    def _stream_used_uring(self) -> bool: ...
     @property
     def closed(self) -> bool: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def table(self) -> str: ...
+    @property
+    def attached(self) -> bool: ...
+    @property
+    def generation(self) -> int | None:
+        """Writer generation attached to (0 once closed); None when embedded."""
 
 # ---------------------------------------------------------------------------
 # DataPacker and columns (python/ext/packer_py.c, python/ext/col_py.c)

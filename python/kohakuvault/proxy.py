@@ -32,6 +32,8 @@ from .errors import (
 __all__ = ["KVault"]
 
 _CLOSED_MSG = "Cannot operate on closed KVault"
+# Defaults of every option, from the native module (python/ext/kv_backend.h).
+_DEFAULTS = _kvault.KV_DEFAULTS
 _MISSING = object()
 # "No limit" for key listings that should see every key (__iter__, clear).
 _ALL_KEYS = 1 << 62
@@ -136,16 +138,16 @@ class KVault(Mapping):
         self,
         path,
         *,
-        chunk_size: int = 1048576,
-        retries: int = 4,
-        backoff_base: float = 0.02,
-        table: str = "kv",
-        enable_wal: bool = True,
-        page_size: int = 32768,
-        mmap_size: int = 268435456,
-        cache_kb: int = 100000,
+        chunk_size: int = _DEFAULTS["chunk_size"],
+        retries: int = _DEFAULTS["retries"],
+        backoff_base: float = _DEFAULTS["backoff_base"],
+        table: str = _DEFAULTS["table"],
+        enable_wal: bool = _DEFAULTS["enable_wal"],
+        page_size: int = _DEFAULTS["page_size"],
+        mmap_size: int = _DEFAULTS["mmap_size"],
+        cache_kb: int = _DEFAULTS["cache_kb"],
         shared="auto",
-        read_cache_bytes: int = 33554432,
+        read_cache_bytes: int = _DEFAULTS["read_cache_bytes"],
     ):
         self._closed = True  # until the native object exists (repr, close)
         self._native = None
@@ -173,10 +175,11 @@ class KVault(Mapping):
         self._backoff_base = backoff_base
 
         self._closed = False  # so that _fail maps open errors instead of "closed"
-        native_cls = _shared_backend(fspath, table, shared)  # shared mode: docs/shared-mode.md
-        self.shared = native_cls is not _kvault._KVault
+        self.shared = _attach(fspath, table, shared)  # shared mode: docs/shared-mode.md
         try:
-            native_cls = functools.partial(native_cls, read_cache_bytes=read_cache_bytes)
+            native_cls = functools.partial(
+                _kvault._KVault, read_cache_bytes=read_cache_bytes, attach=self.shared
+            )
             native = self._call(
                 native_cls,
                 fspath,
@@ -300,12 +303,7 @@ class KVault(Mapping):
         SQLite (shared mode: the writer committed it; embedded: the
         write-back cache, if any, is flushed)."""
         native = self._n()
-        if self.shared:
-            self._call(lambda k, v: native.put(k, v, sync=True), key, value, key=key)
-        else:
-            self._call(native.put, key, value, key=key)
-            if native.cache_enabled():
-                self._call(native.flush_cache)
+        self._call(functools.partial(native.put, sync=True), key, value, key=key)
 
     def __setitem__(self, key, value) -> None:
         """``kv[key] = value``: same as :meth:`put`."""
@@ -361,7 +359,7 @@ class KVault(Mapping):
         the write-back cache are not counted."""
         return self._call(self._n().count)
 
-    def keys(self, prefix=None, limit: int = 10000):
+    def keys(self, prefix=None, limit: int = _DEFAULTS["keys_limit"]):
         """Generator of keys (``bytes``) in ascending bytewise order.
 
         Args:
@@ -479,7 +477,7 @@ class KVault(Mapping):
         if not self._cache_locked:
             self.flush_cache()
         while True:
-            batch = list(self.keys(limit=10000))
+            batch = list(self.keys(limit=_DEFAULTS["keys_limit"]))
             if not batch:
                 return
             for k in batch:
@@ -592,8 +590,8 @@ class KVault(Mapping):
     def enable_cache(
         self,
         *,
-        cap_bytes: int = 67108864,
-        flush_threshold: int = 16777216,
+        cap_bytes: int = _DEFAULTS["cache_cap_bytes"],
+        flush_threshold: int = _DEFAULTS["cache_flush_threshold"],
         flush_interval: float | None = None,
     ) -> None:
         """Install an in-memory write-back cache for :meth:`put`.
@@ -673,7 +671,12 @@ class KVault(Mapping):
         return self._call(self._native.flush_cache)
 
     @contextmanager
-    def cache(self, cap_bytes: int = 67108864, flush_threshold=None, auto_flush: bool = True):
+    def cache(
+        self,
+        cap_bytes: int = _DEFAULTS["cache_cap_bytes"],
+        flush_threshold=None,
+        auto_flush: bool = True,
+    ):
         """Context manager: enable the write-back cache for a block.
 
         Args:
@@ -812,28 +815,27 @@ class KVault(Mapping):
         return f"KVault({self._path!r}, status=open, keys={n})"
 
 
-def _shared_backend(path, table, shared):
-    """The native class for ``KVault(path, shared=...)``.
+def _attach(path, table, shared):
+    """Whether ``KVault(path, shared=...)`` attaches to a kvault-writer
+    (``_KVault(..., attach=True)``) or opens the file embedded.
 
-    ``"auto"``: ``_AttachedKVault`` when a kvault-writer serves ``path``
-    for ``table`` (its registry lock is held), else ``_KVault``.
-    ``True``: ``_AttachedKVault``, or ``KohakuVaultError`` when no writer
-    serves the file. ``False``: always ``_KVault`` (embedded).
+    ``"auto"``: attached when a kvault-writer serves ``path`` for ``table``
+    (its registry lock is held), else embedded. ``True``: attached, or
+    ``KohakuVaultError`` when no writer serves the file. ``False``: always
+    embedded.
     """
-    attached = getattr(_kvault, "_AttachedKVault", None)
     if shared is False or shared is None:
-        return _kvault._KVault
+        return False
     if shared not in ("auto", True):
         raise InvalidArgument(f"shared must be 'auto', True or False, got {shared!r}")
-    served = attached is not None and _kvault._attach_served(path, table)
-    if served:
-        return attached
+    if _kvault._attach_served(path, table):
+        return True
     if shared is True:
         raise KohakuVaultError(
             f"shared=True: no kvault-writer serves {path!r} (table {table!r}); "
             "start one with scripts/kvault-launch serve"
         )
-    return _kvault._KVault
+    return False
 
 
 def _tell(stream):

@@ -1,0 +1,192 @@
+/*
+ * kv_backend.h - the storage behind kohakuvault._kvault._KVault.
+ *
+ * _KVault (kv_py.c) is written once: argument parsing, auto-pack, the
+ * per-object lock, GIL handling, exceptions. What it stores through is a
+ * backend, a table of operations over an untyped handle:
+ *
+ *   kvb_embedded (kv_embedded.c)  libkvault in this process (kv_*): one SQLite
+ *                                 connection, the engine's write-back cache and
+ *                                 read cache;
+ *   kvb_attached (kv_attached.c)  a kvault-writer serving the file (kv_att_*,
+ *                                 shm/include/kvshm/attach.h): reads from the
+ *                                 shared segment, writes through the ring; the
+ *                                 "write-back cache" is the ring itself
+ *                                 (docs/shared-mode.md), plus the hot-value
+ *                                 cache of kv_hot.h.
+ *
+ * Calling rules, for every operation unless its comment says otherwise:
+ *   - the caller holds the object's lock (one call per handle at a time) and
+ *     `h` is an open handle (never NULL, never closed);
+ *   - the call runs WITHOUT the GIL and touches no Python object;
+ *   - it returns KV_OK or a kv_status whose text is then errmsg(h); the
+ *     binding turns it into an exception with kvpy_raise_status
+ *     (errors_py.c). A "not found" outcome is KV_NOTFOUND; no other status
+ *     carries a meaning the binding interprets.
+ * A NULL entry means the backend does not have the operation; the comment
+ * of each optional entry says what the binding does instead.
+ */
+#ifndef KV_BACKEND_H
+#define KV_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvault/kvault.h"
+
+/* ---- Defaults -------------------------------------------------------------
+ * Every option of KVault has its default in exactly one place:
+ *   - the open options (table, chunk_size, enable_wal, page_size, mmap_size,
+ *     cache_kb, read_cache_bytes) in the engine: kv_open_opts_default
+ *     (engine/kv.c), used by both backends (kv_attach_opts_default starts
+ *     from it too);
+ *   - the options of the binding and of the Python package below.
+ * kv_py.c publishes both as the dict _kvault.KV_DEFAULTS, which
+ * kohakuvault/proxy.py reads for its signatures. */
+#define KVB_DEFAULT_RETRIES 4                              /* attempts per busy call */
+#define KVB_DEFAULT_BACKOFF_BASE 0.02                      /* seconds, first busy sleep */
+#define KVB_DEFAULT_CACHE_CAP_BYTES ((size_t)64 << 20)     /* enable_cache(cap_bytes) */
+#define KVB_DEFAULT_CACHE_FLUSH_THRESHOLD ((size_t)16 << 20) /* enable_cache(flush_threshold) */
+#define KVB_DEFAULT_KEYS_LIMIT 10000                       /* keys(limit) */
+
+/** kvb_ops.put flags */
+#define KVB_PUT_SYNC 1   /**< return once the value is committed to SQLite */
+
+/** One backend of _KVault. Instances are static and immutable. */
+typedef struct kvb_ops {
+    const char *name;          /**< "embedded" / "attached" (messages) */
+    size_t keys_per_batch;     /**< keys per keys_batch call of the key iterator */
+    int exists_blocks;         /**< nonzero: exists() may wait (call it with the GIL
+                                    released); zero: memory first, kept with the GIL */
+
+    /* ---- life cycle */
+    /** Open `path` with options `o` (o->table is the table). On KV_OK *out is
+     *  the new handle, owned by the caller (close). Otherwise `err` holds a
+     *  message (prefixed by the backend as it wants it shown). */
+    kv_status (*open)(const char *path, const kv_open_opts *o, void **out, char *err,
+                      size_t errlen);
+    /** Make everything written durable as the backend defines it (embedded:
+     *  flush the write-back cache, checkpoint; attached: wait for the
+     *  writer's commit) and free the handle, even on failure. The status of
+     *  the flush is returned. */
+    kv_status (*close)(void *h);
+    /** Text of the last failure ("" if none). May be called with the GIL. */
+    const char *(*errmsg)(const void *h);
+    /** errno of the last KV_IO failure, or 0. NULL: always 0. */
+    int (*os_errno)(const void *h);
+
+    /* ---- reads */
+    /** Memory-only read (no system call, no wait), called WITH the GIL:
+     *  1 and the value (valid until get_done) when it can answer, else 0.
+     *  NULL: there is no such cache; get is called directly. */
+    int (*get_cached)(void *h, const void *key, size_t klen, const void **val, size_t *vlen);
+    /** Whether the next get may wait (SQLite): it is then called without the
+     *  GIL. Called with the GIL. NULL: get never waits long and runs with the
+     *  GIL held. */
+    int (*get_blocks)(const void *h);
+    /** Read `key`: KV_OK with the value (valid until get_done or the next
+     *  call), or KV_NOTFOUND. `token` is NULL unless the binding keeps a
+     *  hot-value cache; then `key_hash` is kvhot_hash(key) and *token gets the
+     *  validation token of the value read (0: do not keep a copy). */
+    kv_status (*get)(void *h, const void *key, size_t klen, uint64_t key_hash,
+                     const void **val, size_t *vlen, uint64_t *token);
+    /** Release what a successful get or get_cached borrowed. NULL: nothing. */
+    void (*get_done)(void *h);
+    /** *found = whether `key` is stored. */
+    kv_status (*exists)(void *h, const void *key, size_t klen, int *found);
+    /** *n = number of stored keys. */
+    kv_status (*count)(void *h, int64_t *n);
+    /** Up to `max` keys starting with `prefix`, after `after` (NULL: from
+     *  the first), ascending bytewise, into *out (kv_keys_free). */
+    kv_status (*keys_batch)(void *h, const void *prefix, size_t plen, const void *after,
+                            size_t alen, size_t max, kv_keys **out);
+
+    /* ---- writes */
+    /** Upsert key -> value; `flags` 0 or KVB_PUT_SYNC. */
+    kv_status (*put)(void *h, const void *key, size_t klen, const void *val, size_t vlen,
+                     int flags);
+    /** Upsert n pairs (n may be 0: then only waits for earlier writes as put
+     *  would). */
+    kv_status (*put_many)(void *h, const kv_item *items, size_t n);
+    /** Delete key; *existed = whether something was removed. */
+    kv_status (*del)(void *h, const void *key, size_t klen, int *existed);
+
+    /* ---- streaming (raw values, no header) */
+    /** Store `size` bytes read from `fd` (from its current offset). */
+    kv_status (*put_fd)(void *h, const void *key, size_t klen, int fd, uint64_t size,
+                        size_t chunk);
+    /** Write key's stored bytes to `fd`; *written = bytes written. */
+    kv_status (*get_to_fd)(void *h, const void *key, size_t klen, int fd, size_t chunk,
+                           uint64_t *written);
+    /** Store `size` bytes pulled from `rd`, called WITH the GIL (the callback
+     *  runs Python code). NULL: the binding spools the reader into a memfd
+     *  and calls put_fd. */
+    kv_status (*put_stream)(void *h, const void *key, size_t klen, uint64_t size, size_t chunk,
+                            kv_read_fn rd, void *ctx);
+    /** Push key's stored bytes into `wr`, called WITH the GIL. NULL: the
+     *  binding spools get_to_fd into a memfd and feeds the writer from it. */
+    kv_status (*get_stream)(void *h, const void *key, size_t klen, size_t chunk,
+                            kv_write_fn wr, void *ctx, uint64_t *written);
+    /** Whether the last fd stream used io_uring (diagnostics). NULL: 0. */
+    int (*stream_used_uring)(const void *h);
+
+    /* ---- write-back cache (embedded: the engine's; attached: batching in
+     * the ring, flush = wait until the writer committed) */
+    kv_status (*cache_enable)(void *h, size_t cap_bytes, size_t flush_threshold);
+    kv_status (*cache_disable)(void *h);
+    /** *written = entries written (0 while locked). */
+    kv_status (*cache_flush)(void *h, size_t *written);
+    /** Called with the GIL (no wait). */
+    void (*cache_set_locked)(void *h, int locked);
+    /** Called with the GIL (no wait). */
+    int (*cache_enabled)(const void *h);
+    /** Return once every write made so far is committed to SQLite. */
+    kv_status (*sync)(void *h);
+
+    /* ---- maintenance */
+    kv_status (*checkpoint)(void *h);
+    kv_status (*optimize)(void *h);
+    kv_status (*record_feature)(void *h, const char *name);
+    /** The writer's STATUS text (`name=value` lines) into buf. NULL: the
+     *  method raises RuntimeError (KV_UNSUPPORTED). */
+    kv_status (*status)(void *h, char *buf, size_t cap);
+    /** Segment hits and misses of the handle's reads, with the GIL. NULL:
+     *  counters() raises RuntimeError (KV_UNSUPPORTED). */
+    void (*counters)(const void *h, uint64_t *hits, uint64_t *misses);
+    /** Writer generation, with the GIL. NULL: the `generation` attribute is None. */
+    uint64_t (*generation)(const void *h);
+
+    /* ---- hot-value cache (kv_hot.h) */
+    /** A hot-value cache over the handle bounded by `limit` bytes, owned by
+     *  the caller (kvhot_free), called WITH the GIL. NULL with MemoryError
+     *  set on failure. NULL entry: the backend has none. */
+    struct kvhot *(*hot_new)(void *h, size_t limit);
+} kvb_ops;
+
+/** The whole table of a backend whose functions are named <p>_open,
+ *  <p>_close, ... (one per entry, <p>_delete for del); a backend without an
+ *  optional entry defines that name as NULL. */
+#define KVB_OPS(p, name_, keys_per_batch_, exists_blocks_)                                   \
+    {                                                                                         \
+        .name = name_, .keys_per_batch = keys_per_batch_, .exists_blocks = exists_blocks_,    \
+        .open = p##_open, .close = p##_close, .errmsg = p##_errmsg, .os_errno = p##_os_errno, \
+        .get_cached = p##_get_cached, .get_blocks = p##_get_blocks, .get = p##_get,           \
+        .get_done = p##_get_done, .exists = p##_exists, .count = p##_count,                   \
+        .keys_batch = p##_keys_batch, .put = p##_put, .put_many = p##_put_many,               \
+        .del = p##_delete, .put_fd = p##_put_fd, .get_to_fd = p##_get_to_fd,                  \
+        .put_stream = p##_put_stream, .get_stream = p##_get_stream,                           \
+        .stream_used_uring = p##_stream_used_uring, .cache_enable = p##_cache_enable,         \
+        .cache_disable = p##_cache_disable, .cache_flush = p##_cache_flush,                   \
+        .cache_set_locked = p##_cache_set_locked, .cache_enabled = p##_cache_enabled,         \
+        .sync = p##_sync, .checkpoint = p##_checkpoint, .optimize = p##_optimize,             \
+        .record_feature = p##_record_feature, .status = p##_status,                           \
+        .counters = p##_counters, .generation = p##_generation, .hot_new = p##_hot_new,       \
+    }
+
+extern const kvb_ops kvb_embedded;   /**< kv_embedded.c */
+extern const kvb_ops kvb_attached;   /**< kv_attached.c */
+
+/** 1 if a kvault-writer serves `path` for `table` (kv_attach_served). */
+int kvb_attached_served(const char *path, const char *table);
+
+#endif /* KV_BACKEND_H */
