@@ -192,4 +192,18 @@ PyObject *kvpy_store_headers_enabled(PyObject *self, PyObject *unused);
 #define KVPY_STORE_GETSET_CLOSED \
     {"closed", kvpy_store_get_closed, NULL, "True once close() was called.", NULL}
 
+/* ---- Engine handles (shared by every binding that owns one). */
+
+/** Runs close_fn(h) with the GIL released, if `h` is not NULL: the end of a
+ *  tp_dealloc or close() that has already cleared its own pointer to `h`
+ *  (so no other call can reach the handle). Needs the GIL. */
+static inline void kvpy_close_released(void *h, void (*close_fn)(void *h))
+{
+    if (h == NULL)
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    close_fn(h);
+    Py_END_ALLOW_THREADS
+}
+
 #endif /* KVPY_H */

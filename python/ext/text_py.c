@@ -570,7 +570,5 @@ static PyTypeObject TextVault_Type = {
 
 int kvpy_init_text(PyObject *module)
 {
-    if (PyType_Ready(&TextVault_Type) < 0)
-        return -1;
-    return PyModule_AddObjectRef(module, "_TextVault", (PyObject *)&TextVault_Type);
+    return PyModule_AddType(module, &TextVault_Type); /* readies it; name from tp_name */
 }

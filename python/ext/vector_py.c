@@ -481,7 +481,5 @@ static PyTypeObject Vector_Type = {
 
 int kvpy_init_vector(PyObject *module)
 {
-    if (PyType_Ready(&Vector_Type) < 0)
-        return -1;
-    return PyModule_AddObjectRef(module, "_VectorKVault", (PyObject *)&Vector_Type);
+    return PyModule_AddType(module, &Vector_Type); /* readies it; name from tp_name */
 }
