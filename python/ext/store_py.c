@@ -143,6 +143,30 @@ const void *kvpy_store_value_arg(PyObject *value, const kv_buf *buf)
     return buf->data ? (const void *)buf->data : (const void *)"";
 }
 
+int kvpy_store_update_args(PyObject *args, PyObject *kw, const char *payload, long long *id,
+                           PyObject **payload_obj, PyObject **value)
+{
+    char *kwlist[] = {"id", (char *)payload, "value", NULL};
+    *payload_obj = *value = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "L|OO:update", kwlist, id, payload_obj, value))
+        return -1;
+    if (*payload_obj == Py_None && *value == Py_None) {
+        PyErr_Format(PyExc_ValueError, "Must provide either %s or value to update", payload);
+        return -1;
+    }
+    return 0;
+}
+
+int kvpy_store_update_value(PyObject *value, const kvpy_pack_opts *o, kv_buf *buf,
+                            const void **val, size_t *vlen)
+{
+    if (value != Py_None && kvpy_store_encode(value, o, buf) < 0)
+        return -1;
+    *val = kvpy_store_value_arg(value, buf);
+    *vlen = buf->len;
+    return 0;
+}
+
 /* ====================================================================== */
 /* Methods shared by both stores                                           */
 /* ====================================================================== */
