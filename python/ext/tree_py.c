@@ -1417,8 +1417,8 @@ static PyObject *tree_clear(PyObject *self, PyObject *unused)
     garbage_init(&g);
     if (k->enter(self) < 0)
         return NULL;
-    /* References are dropped only after the guard is off; until then a
-     * finalizer re-entering the container gets the guard's error. */
+    /* The parked references are released after leave(): a finalizer they
+     * run may use the container, which is consistent (empty) by then. */
     int rc = k->detach(self, &g, TREE_DETACH_CLEAR);
     k->leave(self);
     garbage_release(&g);
