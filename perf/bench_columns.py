@@ -56,6 +56,43 @@ def fresh(tmpdir, name):
     return p
 
 
+def fresh_column(tmpdir, fname, name, dtype, values=None):
+    """A new column ``name`` of ``dtype`` in a fresh file (filled with
+    ``values`` when given): ``(vault, column)``."""
+    cv = ColumnVault(fresh(tmpdir, fname))
+    col = cv.create_column(name, dtype)
+    if values is not None:
+        col.extend(values)
+    return cv, col
+
+
+def timed(fn, *args):
+    """Seconds one call ``fn(*args)`` takes."""
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
+def timed_read_all(col):
+    """``(seconds, values)`` of one full read ``col[:]``."""
+    t = time.perf_counter()
+    got = col[:]
+    return time.perf_counter() - t, got
+
+
+def measure(rows, repeats, results, workload, count, progress, impl="{name}"):
+    """Times every ``(name, fn)`` of ``rows`` (``fn`` returns seconds; the
+    median of ``repeats`` runs is kept), appends a result row per
+    implementation (``impl`` formatted with ``name``; ``count`` operations
+    per run) and prints ``progress`` formatted with ``name``, ``rate``
+    (operations/s) and ``mrate`` (millions/s) to stderr."""
+    for name, fn in rows:
+        dt = median_time(fn, repeats)
+        results.append({"workload": workload, "impl": impl.format(name=name), "seconds": dt,
+                        "ops_per_s": count / dt})
+        print(progress.format(name=name, rate=count / dt, mrate=count / dt / 1e6), file=sys.stderr)
+
+
 def sqlite_conn(path):
     con = sqlite3.connect(path, isolation_level=None)
     con.execute("PRAGMA journal_mode=WAL")
@@ -71,22 +108,16 @@ def bench_extend(tmpdir, n, repeats, results):
     src_list = src.tolist()
 
     def kv_numpy():
-        cv = ColumnVault(fresh(tmpdir, "kvn.db"))
-        col = cv.create_column("x", "i64")
-        t = time.perf_counter()
-        col.extend(src)
-        dt = time.perf_counter() - t
+        cv, col = fresh_column(tmpdir, "kvn.db", "x", "i64")
+        dt = timed(col.extend, src)
         back = col.to_numpy()
         if not np.array_equal(back, src):
             sys.exit("FAIL: column read back differs from the numpy source")
         return dt
 
     def kv_list():
-        cv = ColumnVault(fresh(tmpdir, "kvl.db"))
-        col = cv.create_column("x", "i64")
-        t = time.perf_counter()
-        col.extend(src_list)
-        dt = time.perf_counter() - t
+        cv, col = fresh_column(tmpdir, "kvl.db", "x", "i64")
+        dt = timed(col.extend, src_list)
         if not np.array_equal(col.to_numpy(), src):
             sys.exit("FAIL: column read back differs from the list source")
         return dt
@@ -136,10 +167,7 @@ def bench_extend(tmpdir, n, repeats, results):
         ("sqlite3 1 MiB BLOBs of int64 (hand-rolled)", sq_blobs),
         ("numpy doubling buffer in memory", np_doubling),
     ]
-    for name, fn in rows:
-        dt = median_time(fn, repeats)
-        results.append({"workload": f"extend {n:,} i64", "impl": name, "seconds": dt, "ops_per_s": n / dt})
-        print(f"  {name}: {n / dt / 1e6:.2f} M values/s", file=sys.stderr)
+    measure(rows, repeats, results, f"extend {n:,} i64", n, "  {name}: {mrate:.2f} M values/s")
 
 
 # ---------------------------------------------------------------- slices f64
@@ -148,9 +176,7 @@ def bench_extend(tmpdir, n, repeats, results):
 def bench_slices(tmpdir, repeats, results, reads=20000):
     n = 1_000_000
     vals = np.random.default_rng(1).random(n)
-    cv = ColumnVault(fresh(tmpdir, "kvs.db"))
-    col = cv.create_column("f", "f64")
-    col.extend(vals)
+    cv, col = fresh_column(tmpdir, "kvs.db", "f", "f64", vals)
     con = sqlite_conn(fresh(tmpdir, "sqs.db"))
     con.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v REAL)")
     con.execute("BEGIN")
@@ -197,14 +223,11 @@ def bench_slices(tmpdir, repeats, results, reads=20000):
         return total * reads / cold_reads  # scaled to `reads` for the table
 
     assert col.to_numpy(starts[1], starts[1] + 100).tolist() == vals[starts[1]:starts[1] + 100].tolist()
-    for name, fn in (("kohakuvault col[a:a+100] (list)", kv),
-                     ("kohakuvault col.to_numpy(a, a+100)", kv_np),
-                     ("kohakuvault col[a:a+100], cache cold (a commit elsewhere before each read)", kv_cold),
-                     ("sqlite3 rows, range query", sq)):
-        dt = median_time(fn, repeats)
-        results.append({"workload": "100-element f64 slice reads (1M column)", "impl": name,
-                        "seconds": dt, "ops_per_s": reads / dt})
-        print(f"  {name}: {reads / dt:.0f} slices/s", file=sys.stderr)
+    measure((("kohakuvault col[a:a+100] (list)", kv),
+             ("kohakuvault col.to_numpy(a, a+100)", kv_np),
+             ("kohakuvault col[a:a+100], cache cold (a commit elsewhere before each read)", kv_cold),
+             ("sqlite3 rows, range query", sq)),
+            repeats, results, "100-element f64 slice reads (1M column)", reads, "  {name}: {rate:.0f} slices/s")
 
     def kv_one():
         t = time.perf_counter()
@@ -219,11 +242,8 @@ def bench_slices(tmpdir, repeats, results, reads=20000):
         return time.perf_counter() - t
 
     assert col[starts[2]] == vals[starts[2]]
-    for name, fn in (("kohakuvault col[i]", kv_one), ("sqlite3 SELECT v WHERE id = ?", sq_one)):
-        dt = median_time(fn, repeats)
-        results.append({"workload": "single f64 element reads (1M column)", "impl": name,
-                        "seconds": dt, "ops_per_s": reads / dt})
-        print(f"  {name}: {reads / dt:.0f} reads/s", file=sys.stderr)
+    measure((("kohakuvault col[i]", kv_one), ("sqlite3 SELECT v WHERE id = ?", sq_one)),
+            repeats, results, "single f64 element reads (1M column)", reads, "  {name}: {rate:.0f} reads/s")
     con.close()
 
 
@@ -234,65 +254,46 @@ def bench_msgpack(tmpdir, repeats, results, n=100_000):
     docs = [{"id": i, "name": f"user{i}", "score": i * 0.5, "tags": ["a", "b"]} for i in range(n)]
 
     def ext():
-        cv = ColumnVault(fresh(tmpdir, "kvm.db"))
-        col = cv.create_column("m", "msgpack")
-        t = time.perf_counter()
-        col.extend(docs)
-        return time.perf_counter() - t
+        cv, col = fresh_column(tmpdir, "kvm.db", "m", "msgpack")
+        return timed(col.extend, docs)
 
     def app_cached():
-        cv = ColumnVault(fresh(tmpdir, "kvm2.db"))
-        col = cv.create_column("m", "msgpack")
+        cv, col = fresh_column(tmpdir, "kvm2.db", "m", "msgpack")
         t = time.perf_counter()
         with col.cache():
             for d in docs:
                 col.append(d)
         return time.perf_counter() - t
 
-    cv = ColumnVault(fresh(tmpdir, "kvm3.db"))
-    col = cv.create_column("m", "msgpack")
-    col.extend(docs)
+    cv, col = fresh_column(tmpdir, "kvm3.db", "m", "msgpack", docs)
 
     def read():
-        t = time.perf_counter()
-        got = col[:]
-        dt = time.perf_counter() - t
+        dt, got = timed_read_all(col)
         assert got[n - 1] == docs[n - 1]
         return dt
 
-    for name, fn in (("extend", ext), ("append one by one (cache on)", app_cached), ("read all col[:]", read)):
-        dt = median_time(fn, repeats)
-        results.append({"workload": f"msgpack small dicts ({n:,})", "impl": f"kohakuvault {name}",
-                        "seconds": dt, "ops_per_s": n / dt})
-        print(f"  msgpack {name}: {n / dt:.0f} dicts/s", file=sys.stderr)
+    measure((("extend", ext), ("append one by one (cache on)", app_cached), ("read all col[:]", read)),
+            repeats, results, f"msgpack small dicts ({n:,})", n, "  msgpack {name}: {rate:.0f} dicts/s",
+            impl="kohakuvault {name}")
 
 
 def bench_vec(tmpdir, repeats, results, n=20_000):
     arr = np.random.default_rng(4).random((n, 384), dtype=np.float32)
 
     def ext():
-        cv = ColumnVault(fresh(tmpdir, "kvv.db"))
-        col = cv.create_column("v", "vec:f32:384")
-        t = time.perf_counter()
-        col.extend(arr)
-        return time.perf_counter() - t
+        cv, col = fresh_column(tmpdir, "kvv.db", "v", "vec:f32:384")
+        return timed(col.extend, arr)
 
-    cv = ColumnVault(fresh(tmpdir, "kvv2.db"))
-    col = cv.create_column("v", "vec:f32:384")
-    col.extend(arr)
+    cv, col = fresh_column(tmpdir, "kvv2.db", "v", "vec:f32:384", arr)
 
     def read():
-        t = time.perf_counter()
-        got = col[:]
-        dt = time.perf_counter() - t
+        dt, got = timed_read_all(col)
         assert np.array_equal(got[n - 1], arr[n - 1])
         return dt
 
-    for name, fn in (("extend from (n, 384) array", ext), ("read all col[:]", read)):
-        dt = median_time(fn, repeats)
-        results.append({"workload": f"vec:f32:384 ({n:,} vectors)", "impl": f"kohakuvault {name}",
-                        "seconds": dt, "ops_per_s": n / dt})
-        print(f"  vec {name}: {n / dt:.0f} vectors/s", file=sys.stderr)
+    measure((("extend from (n, 384) array", ext), ("read all col[:]", read)),
+            repeats, results, f"vec:f32:384 ({n:,} vectors)", n, "  vec {name}: {rate:.0f} vectors/s",
+            impl="kohakuvault {name}")
 
 
 def main():

@@ -46,23 +46,16 @@ import lmdb
 import kohakuvault
 from kohakuvault import KVault
 
+from harness import cpu_model  # perf/harness.py, beside this script
+
 SIZES = (100, 16384)
 MMAP = 268435456
 CACHE_KB = 100000
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_model("unknown"),
         "cores": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),

@@ -39,19 +39,22 @@ DOC = os.path.join(ROOT, "docs", "performance.md")
 BEGIN, END = "<!-- perf/run:begin -->", "<!-- perf/run:end -->"
 
 
-def machine() -> dict:
-    """CPU model, cores, kernel, SQLite and Python versions of this machine."""
-    cpu = platform.processor() or "unknown"
+def cpu_model(default: str) -> str:
+    """The CPU's model name from /proc/cpuinfo, or ``default`` when it has none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return default
+
+
+def machine() -> dict:
+    """CPU model, cores, kernel, SQLite and Python versions of this machine."""
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(platform.processor() or "unknown"),
         "cores": os.cpu_count(),
         "kernel": platform.release(),
         "sqlite": sqlite3.sqlite_version,

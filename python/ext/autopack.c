@@ -445,12 +445,19 @@ static int append_bytes_obj(kv_buf *out, PyObject *b)
     return 0;
 }
 
+/* `<module>.dumps(v)`, the function imported once into *fn: a new
+ * reference, or NULL with the exception. */
+static PyObject *call_dumps(const char *module, PyObject **fn, PyObject *v)
+{
+    if (import_attr(module, "dumps", fn) < 0)
+        return NULL;
+    return PyObject_CallOneArg(*fn, v);
+}
+
 static int pack_pickle(PyObject *v, const kvpy_pack_opts *o, kv_buf *out)
 {
     size_t at;
-    if (import_attr("pickle", "dumps", &g_pickle_dumps) < 0)
-        return -1;
-    PyObject *b = PyObject_CallOneArg(g_pickle_dumps, v);
+    PyObject *b = call_dumps("pickle", &g_pickle_dumps, v);
     if (!b)
         return -1;
     int rc = begin_payload(out, o, &at);
@@ -466,9 +473,7 @@ static int pack_json(PyObject *v, const kvpy_pack_opts *o, kv_buf *out)
 {
     size_t at;
     Py_ssize_t n;
-    if (import_attr("json", "dumps", &g_json_dumps) < 0)
-        return -1;
-    PyObject *s = PyObject_CallOneArg(g_json_dumps, v);
+    PyObject *s = call_dumps("json", &g_json_dumps, v);
     if (!s)
         return -1;
     const char *u = PyUnicode_AsUTF8AndSize(s, &n);

@@ -93,16 +93,18 @@ static int ColVault_init(ColVaultObject *self, PyObject *args, PyObject *kw)
     return 0;
 }
 
+/* Passive checkpoint, then close (kvpy_close_released; GIL released). */
+static void colvault_shut(void *cv)
+{
+    kv_colvault_checkpoint(cv);
+    kv_colvault_close(cv);
+}
+
 static void ColVault_dealloc(ColVaultObject *self)
 {
-    if (self->cv) {
-        kv_colvault *cv = self->cv;
-        self->cv = NULL;
-        Py_BEGIN_ALLOW_THREADS
-        kv_colvault_checkpoint(cv);
-        kv_colvault_close(cv);
-        Py_END_ALLOW_THREADS
-    }
+    kv_colvault *cv = self->cv;
+    self->cv = NULL;
+    kvpy_close_released(cv, colvault_shut);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -331,15 +333,13 @@ static PyTypeObject ColVaultType = {
 /* _ColumnHandle                                                            */
 /* ------------------------------------------------------------------------ */
 
+static void col_close(void *col) { kv_col_close(col); /* flushes the cache */ }
+
 static void ColHandle_dealloc(ColHandleObject *self)
 {
-    if (self->col) {
-        kv_col *col = self->col;
-        self->col = NULL;
-        Py_BEGIN_ALLOW_THREADS
-        kv_col_close(col); /* flushes the cache */
-        Py_END_ALLOW_THREADS
-    }
+    kv_col *col = self->col;
+    self->col = NULL;
+    kvpy_close_released(col, col_close);
     Py_XDECREF(self->vault);
     Py_XDECREF(self->name);
     Py_XDECREF(self->dtype);
@@ -347,6 +347,50 @@ static void ColHandle_dealloc(ColHandleObject *self)
 }
 
 #define H_ERR(self, st, op) kvpy_col_raise((self)->vault->cv, (st), (op))
+
+/* Arguments and results of one kv_col call made by col_call (read and
+ * written with the GIL released; fields used per op as noted). */
+typedef struct {
+    int64_t index;       /* insert, delete_at: position; write: first element */
+    const void *data;    /* append, write, insert: packed elements */
+    const size_t *lens;  /* append, write: element lengths (NULL for fixed size) */
+    size_t n;            /* append, write: elements; cache_enable: capacity in bytes */
+    size_t threshold;    /* cache_enable: flush threshold in bytes */
+    size_t flushed;      /* out: cache_flush */
+} col_args;
+
+typedef kv_status (*col_op)(kv_col *col, col_args *a);
+
+static kv_status op_append(kv_col *c, col_args *a) { return kv_col_append(c, a->data, a->lens, a->n); }
+static kv_status op_write(kv_col *c, col_args *a) { return kv_col_write(c, a->index, a->data, a->lens, a->n); }
+static kv_status op_insert(kv_col *c, col_args *a) { return kv_col_insert(c, a->index, a->data); }
+static kv_status op_delete_at(kv_col *c, col_args *a) { return kv_col_delete_at(c, a->index); }
+static kv_status op_clear(kv_col *c, col_args *a) { return kv_col_clear(c); }
+static kv_status op_cache_enable(kv_col *c, col_args *a) { return kv_col_cache_enable(c, a->n, a->threshold); }
+static kv_status op_cache_disable(kv_col *c, col_args *a) { return kv_col_cache_disable(c); }
+static kv_status op_cache_flush(kv_col *c, col_args *a) { return kv_col_cache_flush(c, &a->flushed); }
+
+/* Runs op(col, a) with the GIL released; a failure raises for `what`
+ * (kvpy_col_raise). 0, or -1 with the exception. Inline, so each call site
+ * calls its op directly. */
+static inline int col_call(ColHandleObject *self, col_op op, col_args *a, const char *what)
+{
+    kv_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = op(self->col, a);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK) {
+        H_ERR(self, st, what);
+        return -1;
+    }
+    return 0;
+}
+
+/* col_call answering None. */
+static inline PyObject *col_call_none(ColHandleObject *self, col_op op, col_args *a, const char *what)
+{
+    return col_call(self, op, a, what) < 0 ? NULL : Py_NewRef(Py_None);
+}
 
 /* Length: from the read cache with the GIL held when it answers at once
  * (no SQLite, no waiting), else through SQLite with the GIL released. */
@@ -387,6 +431,32 @@ static int ColHandle_read_fixed_into(ColHandleObject *self, int64_t a, int64_t c
         Py_END_ALLOW_THREADS
     }
     if (st != KV_OK) {
+        H_ERR(self, st, "read");
+        return -1;
+    }
+    return 0;
+}
+
+/* Elements [a, a+cnt) of a variable-size column: their bytes back to back in
+ * *b (initialised here) and cnt + 1 offsets into it in *offs (PyMem_Malloc'd;
+ * the caller frees both). SQLite is read with the GIL released. 0, or -1
+ * with the exception set and nothing left to free. */
+static int ColHandle_read_var_into(ColHandleObject *self, int64_t a, int64_t cnt, kv_buf *b,
+                                   uint64_t **offs)
+{
+    kv_status st;
+    kv_buf_init(b);
+    *offs = PyMem_Malloc(sizeof **offs * (size_t)(cnt + 1));
+    if (!*offs) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_read_var(self->col, a, cnt, b, *offs);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK) {
+        PyMem_Free(*offs);
+        kv_buf_free(b);
         H_ERR(self, st, "read");
         return -1;
     }
@@ -434,6 +504,34 @@ static int ColHandle_pack_values(ColHandleObject *self, PyObject *values, kv_buf
         return 0;
     }
     return kvpy_pack_many(&self->pk, values, b, self->is_var ? lens : NULL, n);
+}
+
+/*
+ * Packs `v` into the data of op's arguments -- one element, or with `many`
+ * every element of a list (ColHandle_pack_values; a->n gets the count) --
+ * and runs op through col_call: None, or NULL with the exception (a value
+ * that cannot be packed leaves the column unchanged). Inline, so `many` and
+ * `op` fold away at each call site.
+ */
+static inline PyObject *col_pack_call(ColHandleObject *self, col_op op, col_args *a, PyObject *v,
+                                      int many, const char *what)
+{
+    kv_buf b;
+    size_t *lens = NULL, len = 0;
+    PyObject *r = NULL;
+    kv_buf_init(&b);
+    int rc = many ? ColHandle_pack_values(self, v, &b, &lens, &a->n) : kvpy_pack_one(&self->pk, v, &b);
+    if (rc == 0) {
+        len = b.len;
+        a->data = b.data;
+        a->lens = many ? lens : &len;
+        if (!many)
+            a->n = 1;
+        r = col_call_none(self, op, a, what);
+    }
+    kv_buf_free(&b);
+    PyMem_Free(lens);
+    return r;
 }
 
 /* Numeric buffer fast path: returns 1 and fills view when `values` is a
@@ -484,64 +582,37 @@ static int ColHandle_numeric_view(ColHandleObject *self, PyObject *values, Py_bu
 
 static PyObject *ColHandle_extend(ColHandleObject *self, PyObject *values)
 {
-    kv_buf b;
-    size_t *lens = NULL, n = 0;
-    kv_status st;
     Py_buffer view;
-    PyObject *holder = NULL;
+    PyObject *holder = NULL, *r;
+    col_args a = {0};
     int nv = ColHandle_numeric_view(self, values, &view, &holder);
     if (nv < 0)
         return NULL;
     if (nv == 1) {
-        n = (size_t)view.len / 8;
-        Py_BEGIN_ALLOW_THREADS
-        st = kv_col_append(self->col, view.buf, NULL, n);
-        Py_END_ALLOW_THREADS
+        a.data = view.buf;
+        a.n = (size_t)view.len / 8;
+        r = col_call_none(self, op_append, &a, "extend");
         PyBuffer_Release(&view);
         Py_XDECREF(holder);
-        if (st != KV_OK)
-            return H_ERR(self, st, "extend");
-        return PyLong_FromSize_t(n);
+    } else {
+        r = col_pack_call(self, op_append, &a, values, 1, "extend");
     }
-    kv_buf_init(&b);
-    if (ColHandle_pack_values(self, values, &b, &lens, &n) < 0) {
-        kv_buf_free(&b);
+    if (!r)
         return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_col_append(self->col, b.data, lens, n);
-    Py_END_ALLOW_THREADS
-    kv_buf_free(&b);
-    PyMem_Free(lens);
-    if (st != KV_OK)
-        return H_ERR(self, st, "extend");
-    return PyLong_FromSize_t(n);
+    Py_DECREF(r);
+    return PyLong_FromSize_t(a.n);
 }
 
 static PyObject *ColHandle_append(ColHandleObject *self, PyObject *value)
 {
-    kv_buf b;
-    kv_status st;
-    kv_buf_init(&b);
-    if (kvpy_pack_one(&self->pk, value, &b) < 0) {
-        kv_buf_free(&b);
-        return NULL;
-    }
-    size_t len = b.len;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_col_append(self->col, b.data, &len, 1);
-    Py_END_ALLOW_THREADS
-    kv_buf_free(&b);
-    if (st != KV_OK)
-        return H_ERR(self, st, "append");
-    Py_RETURN_NONE;
+    col_args a = {0};
+    return col_pack_call(self, op_append, &a, value, 0, "append");
 }
 
 /* append_packed(data: bytes-like) for var columns / raw mode: one element. */
 static PyObject *ColHandle_append_raw(ColHandleObject *self, PyObject *arg)
 {
     Py_buffer view;
-    kv_status st;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     size_t len = (size_t)view.len;
@@ -550,26 +621,31 @@ static PyObject *ColHandle_append_raw(ColHandleObject *self, PyObject *arg)
         PyErr_Format(PyExc_ValueError, "packed element must be %zu bytes", self->pk.pk_elem_size);
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_col_append(self->col, view.buf, &len, 1);
-    Py_END_ALLOW_THREADS
+    col_args a = {.data = view.buf, .lens = &len, .n = 1};
+    PyObject *r = col_call_none(self, op_append, &a, "append");
     PyBuffer_Release(&view);
-    if (st != KV_OK)
-        return H_ERR(self, st, "append");
-    Py_RETURN_NONE;
+    return r;
+}
+
+/* The (start, stop) arguments of read and read_raw: 0 <= start <= stop,
+ * else ValueError("invalid range"). 0, or -1 with the exception. */
+static int col_range_args(PyObject *args, long long *a, long long *z)
+{
+    if (!PyArg_ParseTuple(args, "LL", a, z))
+        return -1;
+    if (*a < 0 || *z < *a) {
+        PyErr_SetString(PyExc_ValueError, "invalid range");
+        return -1;
+    }
+    return 0;
 }
 
 /* read_raw(start, stop) -> bytes (fixed) or (bytes, offsets list) (var). */
 static PyObject *ColHandle_read_raw(ColHandleObject *self, PyObject *args)
 {
     long long a, z;
-    kv_status st;
-    if (!PyArg_ParseTuple(args, "LL", &a, &z))
+    if (col_range_args(args, &a, &z) < 0)
         return NULL;
-    if (a < 0 || z < a) {
-        PyErr_SetString(PyExc_ValueError, "invalid range");
-        return NULL;
-    }
     int64_t cnt = z - a;
     if (!self->is_var) {
         PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(cnt * (int64_t)self->pk.pk_elem_size));
@@ -582,18 +658,9 @@ static PyObject *ColHandle_read_raw(ColHandleObject *self, PyObject *args)
         return out;
     }
     kv_buf b;
-    uint64_t *offs = PyMem_Malloc(sizeof *offs * (size_t)(cnt + 1));
-    if (!offs)
-        return PyErr_NoMemory();
-    kv_buf_init(&b);
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_col_read_var(self->col, a, cnt, &b, offs);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        PyMem_Free(offs);
-        kv_buf_free(&b);
-        return H_ERR(self, st, "read");
-    }
+    uint64_t *offs;
+    if (ColHandle_read_var_into(self, a, cnt, &b, &offs) < 0)
+        return NULL;
     PyObject *data = PyBytes_FromStringAndSize((const char *)b.data, (Py_ssize_t)b.len);
     PyObject *ol = PyList_New(cnt + 1);
     for (int64_t i = 0; ol && i <= cnt; i++)
@@ -642,7 +709,6 @@ static PyObject *ColHandle_decode_fixed(ColHandleObject *self, const uint8_t *bu
 /* Elements [a, a+cnt) (already in range) as a list of values. */
 static PyObject *ColHandle_read_range(ColHandleObject *self, int64_t a, int64_t cnt)
 {
-    kv_status st;
     if (cnt == 0)
         return PyList_New(0);
     if (!self->is_var) {
@@ -662,20 +728,10 @@ static PyObject *ColHandle_read_range(ColHandleObject *self, int64_t a, int64_t 
     if (!res)
         return NULL;
     kv_buf b;
-    uint64_t *offs = PyMem_Malloc(sizeof *offs * (size_t)(cnt + 1));
-    if (!offs) {
+    uint64_t *offs;
+    if (ColHandle_read_var_into(self, a, cnt, &b, &offs) < 0) {
         Py_DECREF(res);
-        return PyErr_NoMemory();
-    }
-    kv_buf_init(&b);
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_col_read_var(self->col, a, cnt, &b, offs);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
-        PyMem_Free(offs);
-        kv_buf_free(&b);
-        Py_DECREF(res);
-        return H_ERR(self, st, "read");
+        return NULL;
     }
     for (int64_t i = 0; i < cnt; i++) {
         PyObject *v = kvpy_unpack_one(&self->pk, b.data + offs[i], (size_t)(offs[i + 1] - offs[i]));
@@ -760,12 +816,8 @@ static PyObject *ColHandle_read_numpy(ColHandleObject *self, PyObject *args)
 static PyObject *ColHandle_read(ColHandleObject *self, PyObject *args)
 {
     long long a, z;
-    if (!PyArg_ParseTuple(args, "LL", &a, &z))
+    if (col_range_args(args, &a, &z) < 0)
         return NULL;
-    if (a < 0 || z < a) {
-        PyErr_SetString(PyExc_ValueError, "invalid range");
-        return NULL;
-    }
     return ColHandle_read_range(self, a, z - a);
 }
 
@@ -835,34 +887,18 @@ static PyObject *ColHandle_getitem(ColHandleObject *self, PyObject *idx)
 /* write(start, values: list) -> None: overwrite len(values) elements. */
 static PyObject *ColHandle_write(ColHandleObject *self, PyObject *args)
 {
-    long long a;
+    long long start;
     PyObject *values;
-    kv_buf b;
-    size_t *lens = NULL, n = 0;
-    kv_status st;
-    if (!PyArg_ParseTuple(args, "LO", &a, &values))
+    if (!PyArg_ParseTuple(args, "LO", &start, &values))
         return NULL;
-    kv_buf_init(&b);
-    if (ColHandle_pack_values(self, values, &b, &lens, &n) < 0) {
-        kv_buf_free(&b);
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_col_write(self->col, a, b.data, lens, n);
-    Py_END_ALLOW_THREADS
-    kv_buf_free(&b);
-    PyMem_Free(lens);
-    if (st != KV_OK)
-        return H_ERR(self, st, "write");
-    Py_RETURN_NONE;
+    col_args a = {.index = start};
+    return col_pack_call(self, op_write, &a, values, 1, "write");
 }
 
 static PyObject *ColHandle_insert(ColHandleObject *self, PyObject *args)
 {
     long long i;
     PyObject *value;
-    kv_buf b;
-    kv_status st;
     if (!PyArg_ParseTuple(args, "LO", &i, &value))
         return NULL;
     if (self->is_var) {
@@ -870,80 +906,45 @@ static PyObject *ColHandle_insert(ColHandleObject *self, PyObject *args)
                         "Insert not supported for variable-size columns. Use append instead.");
         return NULL;
     }
-    kv_buf_init(&b);
-    if (kvpy_pack_one(&self->pk, value, &b) < 0) {
-        kv_buf_free(&b);
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_col_insert(self->col, i, b.data);
-    Py_END_ALLOW_THREADS
-    kv_buf_free(&b);
-    if (st != KV_OK)
-        return H_ERR(self, st, "insert");
-    Py_RETURN_NONE;
+    col_args a = {.index = i};
+    return col_pack_call(self, op_insert, &a, value, 0, "insert");
 }
 
 static PyObject *ColHandle_delete(ColHandleObject *self, PyObject *arg)
 {
-    long long i = PyLong_AsLongLong(arg);
-    kv_status st;
-    if (i == -1 && PyErr_Occurred())
+    col_args a = {.index = PyLong_AsLongLong(arg)};
+    if (a.index == -1 && PyErr_Occurred())
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_col_delete_at(self->col, i);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK)
-        return H_ERR(self, st, "delete");
-    Py_RETURN_NONE;
+    return col_call_none(self, op_delete_at, &a, "delete");
 }
 
 static PyObject *ColHandle_clear(ColHandleObject *self, PyObject *unused)
 {
-    kv_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_col_clear(self->col);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK)
-        return H_ERR(self, st, "clear");
-    Py_RETURN_NONE;
+    col_args a = {0};
+    return col_call_none(self, op_clear, &a, "clear");
 }
 
 static PyObject *ColHandle_enable_cache(ColHandleObject *self, PyObject *args)
 {
     unsigned long long cap, thr;
-    kv_status st;
     if (!PyArg_ParseTuple(args, "KK", &cap, &thr))
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_col_cache_enable(self->col, (size_t)cap, (size_t)thr);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK)
-        return H_ERR(self, st, "enable_cache");
-    Py_RETURN_NONE;
+    col_args a = {.n = (size_t)cap, .threshold = (size_t)thr};
+    return col_call_none(self, op_cache_enable, &a, "enable_cache");
 }
 
 static PyObject *ColHandle_disable_cache(ColHandleObject *self, PyObject *unused)
 {
-    kv_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_col_cache_disable(self->col);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK)
-        return H_ERR(self, st, "disable_cache");
-    Py_RETURN_NONE;
+    col_args a = {0};
+    return col_call_none(self, op_cache_disable, &a, "disable_cache");
 }
 
 static PyObject *ColHandle_flush_cache(ColHandleObject *self, PyObject *unused)
 {
-    size_t n = 0;
-    kv_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = kv_col_cache_flush(self->col, &n);
-    Py_END_ALLOW_THREADS
-    if (st != KV_OK)
-        return H_ERR(self, st, "flush_cache");
-    return PyLong_FromSize_t(n);
+    col_args a = {0};
+    if (col_call(self, op_cache_flush, &a, "flush_cache") < 0)
+        return NULL;
+    return PyLong_FromSize_t(a.flushed);
 }
 
 static PyObject *ColHandle_cache_enabled(ColHandleObject *self, PyObject *unused)
@@ -1014,17 +1015,8 @@ static PyTypeObject ColHandleType = {
 
 int kvpy_init_col(PyObject *module)
 {
-    if (PyType_Ready(&ColVaultType) < 0 || PyType_Ready(&ColHandleType) < 0)
+    /* PyModule_AddType readies each type and adds it under its tp_name's last part. */
+    if (PyModule_AddType(module, &ColVaultType) < 0)
         return -1;
-    Py_INCREF(&ColVaultType);
-    if (PyModule_AddObject(module, "_ColumnVault", (PyObject *)&ColVaultType) < 0) {
-        Py_DECREF(&ColVaultType);
-        return -1;
-    }
-    Py_INCREF(&ColHandleType);
-    if (PyModule_AddObject(module, "_ColumnHandle", (PyObject *)&ColHandleType) < 0) {
-        Py_DECREF(&ColHandleType);
-        return -1;
-    }
-    return 0;
+    return PyModule_AddType(module, &ColHandleType);
 }

@@ -160,6 +160,17 @@ int kvpy_store_id(PyObject *arg, int64_t *id);
  *  the stored value), else the encoded bytes in `buf` (never NULL, even when
  *  empty). */
 const void *kvpy_store_value_arg(PyObject *value, const kv_buf *buf);
+/** Arguments of update(id, <payload>=None, value=None) (`payload` names the
+ *  second one: "texts", "vector"): *payload_obj and *value are borrowed,
+ *  Py_None when not given. Both None → ValueError("Must provide either
+ *  <payload> or value to update"). 0, or -1 with the exception. */
+int kvpy_store_update_args(PyObject *args, PyObject *kw, const char *payload, long long *id,
+                           PyObject **payload_obj, PyObject **value);
+/** The value half of an update: encodes a non-None `value` into `buf`
+ *  (kvpy_store_encode) and points *val / *vlen at it, or at NULL / 0 to keep
+ *  the stored value (kvpy_store_value_arg). 0, or -1 with the exception. */
+int kvpy_store_update_value(PyObject *value, const kvpy_pack_opts *o, kv_buf *buf,
+                            const void **val, size_t *vlen);
 
 /* Methods with the same meaning on both stores (self is a kvpy_store). */
 PyObject *kvpy_store_delete(PyObject *self, PyObject *arg);     /**< METH_O -> bool removed */
@@ -191,5 +202,19 @@ PyObject *kvpy_store_headers_enabled(PyObject *self, PyObject *unused);
 /** PyGetSetDef entry of the read-only `closed` property. */
 #define KVPY_STORE_GETSET_CLOSED \
     {"closed", kvpy_store_get_closed, NULL, "True once close() was called.", NULL}
+
+/* ---- Engine handles (shared by every binding that owns one). */
+
+/** Runs close_fn(h) with the GIL released, if `h` is not NULL: the end of a
+ *  tp_dealloc or close() that has already cleared its own pointer to `h`
+ *  (so no other call can reach the handle). Needs the GIL. */
+static inline void kvpy_close_released(void *h, void (*close_fn)(void *h))
+{
+    if (h == NULL)
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    close_fn(h);
+    Py_END_ALLOW_THREADS
+}
 
 #endif /* KVPY_H */

@@ -863,12 +863,5 @@ static PyTypeObject DataPackerType = {
 
 int kvpy_init_packer(PyObject *module)
 {
-    if (PyType_Ready(&DataPackerType) < 0)
-        return -1;
-    Py_INCREF(&DataPackerType);
-    if (PyModule_AddObject(module, "DataPacker", (PyObject *)&DataPackerType) < 0) {
-        Py_DECREF(&DataPackerType);
-        return -1;
-    }
-    return 0;
+    return PyModule_AddType(module, &DataPackerType); /* readies it; name from tp_name */
 }

@@ -83,13 +83,9 @@ int kvpy_store_setup(kvpy_store *s, const kvpy_store_kind *kind)
 
 void kvpy_store_finalize(kvpy_store *s)
 {
-    if (s->h) {
-        void *h = s->h;
-        s->h = NULL;
-        Py_BEGIN_ALLOW_THREADS
-        s->kind->close(h);
-        Py_END_ALLOW_THREADS
-    }
+    void *h = s->h;
+    s->h = NULL;
+    kvpy_close_released(h, s->kind->close);
     if (s->lock) {
         PyThread_free_lock(s->lock);
         s->lock = NULL;
@@ -145,6 +141,30 @@ const void *kvpy_store_value_arg(PyObject *value, const kv_buf *buf)
     if (value == Py_None)
         return NULL;
     return buf->data ? (const void *)buf->data : (const void *)"";
+}
+
+int kvpy_store_update_args(PyObject *args, PyObject *kw, const char *payload, long long *id,
+                           PyObject **payload_obj, PyObject **value)
+{
+    char *kwlist[] = {"id", (char *)payload, "value", NULL};
+    *payload_obj = *value = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "L|OO:update", kwlist, id, payload_obj, value))
+        return -1;
+    if (*payload_obj == Py_None && *value == Py_None) {
+        PyErr_Format(PyExc_ValueError, "Must provide either %s or value to update", payload);
+        return -1;
+    }
+    return 0;
+}
+
+int kvpy_store_update_value(PyObject *value, const kvpy_pack_opts *o, kv_buf *buf,
+                            const void **val, size_t *vlen)
+{
+    if (value != Py_None && kvpy_store_encode(value, o, buf) < 0)
+        return -1;
+    *val = kvpy_store_value_arg(value, buf);
+    *vlen = buf->len;
+    return 0;
 }
 
 /* ====================================================================== */
@@ -220,11 +240,7 @@ PyObject *kvpy_store_close(PyObject *self, PyObject *unused)
     kvpy_store_lock(s->lock);
     void *h = s->h;
     s->h = NULL;
-    if (h) {
-        Py_BEGIN_ALLOW_THREADS
-        s->kind->close(h);
-        Py_END_ALLOW_THREADS
-    }
+    kvpy_close_released(h, s->kind->close);
     PyThread_release_lock(s->lock);
     Py_RETURN_NONE;
 }
@@ -248,30 +264,39 @@ PyObject *kvpy_store_enable_auto_pack(PyObject *self, PyObject *args, PyObject *
     Py_RETURN_NONE;
 }
 
+static kvpy_pack_opts *store_opts(PyObject *self)
+{
+    return &((kvpy_store *)self)->opts;
+}
+
+/* Sets one switch; returns None. */
+static PyObject *store_set_switch(int *flag, int on)
+{
+    *flag = on;
+    Py_RETURN_NONE;
+}
+
 PyObject *kvpy_store_disable_auto_pack(PyObject *self, PyObject *unused)
 {
-    ((kvpy_store *)self)->opts.auto_pack = 0;
-    Py_RETURN_NONE;
+    return store_set_switch(&store_opts(self)->auto_pack, 0);
 }
 
 PyObject *kvpy_store_auto_pack_enabled(PyObject *self, PyObject *unused)
 {
-    return PyBool_FromLong(((kvpy_store *)self)->opts.auto_pack);
+    return PyBool_FromLong(store_opts(self)->auto_pack);
 }
 
 PyObject *kvpy_store_enable_headers(PyObject *self, PyObject *unused)
 {
-    ((kvpy_store *)self)->opts.headers = 1;
-    Py_RETURN_NONE;
+    return store_set_switch(&store_opts(self)->headers, 1);
 }
 
 PyObject *kvpy_store_disable_headers(PyObject *self, PyObject *unused)
 {
-    ((kvpy_store *)self)->opts.headers = 0;
-    Py_RETURN_NONE;
+    return store_set_switch(&store_opts(self)->headers, 0);
 }
 
 PyObject *kvpy_store_headers_enabled(PyObject *self, PyObject *unused)
 {
-    return PyBool_FromLong(((kvpy_store *)self)->opts.headers);
+    return PyBool_FromLong(store_opts(self)->headers);
 }

@@ -441,26 +441,19 @@ PyDoc_STRVAR(tv_update_doc,
 
 static PyObject *tv_update(TextVaultObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"id", "texts", "value", NULL};
     long long id;
-    PyObject *texts = Py_None, *value = Py_None, *tup = NULL, *ret = NULL;
+    PyObject *texts, *value, *tup = NULL, *ret = NULL;
     const char *ptrs[255];
     size_t lens[255];
     kv_buf buf;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "L|OO:update", kwlist, &id, &texts, &value))
+    if (kvpy_store_update_args(args, kw, "texts", &id, &texts, &value) < 0)
         return NULL;
-    if (texts == Py_None && value == Py_None) {
-        PyErr_SetString(PyExc_ValueError, "Must provide either texts or value to update");
-        return NULL;
-    }
     kv_buf_init(&buf);
     if (texts != Py_None && !(tup = tv_texts(self, texts, ptrs, lens)))
         goto out;
-    if (value != Py_None && kvpy_store_encode(value, &self->opts, &buf) < 0)
-        goto out;
-    tv_args a = {.id = id, .texts = tup ? ptrs : NULL, .lens = lens,
-                 .val = kvpy_store_value_arg(value, &buf), .vlen = buf.len};
-    if (kvpy_store_call(STORE(self), op_update, &a, NULL) == 0)
+    tv_args a = {.id = id, .texts = tup ? ptrs : NULL, .lens = lens};
+    if (kvpy_store_update_value(value, &self->opts, &buf, &a.val, &a.vlen) == 0 &&
+        kvpy_store_call(STORE(self), op_update, &a, NULL) == 0)
         ret = Py_NewRef(Py_None);
 out:
     Py_XDECREF(tup);
@@ -570,7 +563,5 @@ static PyTypeObject TextVault_Type = {
 
 int kvpy_init_text(PyObject *module)
 {
-    if (PyType_Ready(&TextVault_Type) < 0)
-        return -1;
-    return PyModule_AddObjectRef(module, "_TextVault", (PyObject *)&TextVault_Type);
+    return PyModule_AddType(module, &TextVault_Type); /* readies it; name from tp_name */
 }

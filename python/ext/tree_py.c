@@ -9,12 +9,14 @@
  * with TypeError because it has no place in a total order.
  *
  * Sections:
- *   1. shared helpers (ordering, deferred decrefs)
+ *   1. shared helpers (ordering, deferred decrefs, the tree_kind contract)
  *   2. CSBTree: a B+-tree whose nodes hold up to `order` keys in contiguous
  *      arrays, with leaves chained left to right for ordered scans
  *   3. SkipList: a probabilistic skip list (W. Pugh, "Skip Lists: A
  *      Probabilistic Alternative to Balanced Trees", CACM 33(6), 1990;
  *      p = 1/4, at most 32 levels) guarded by a per-object mutex
+ *   4. the Python surface both share: one set of methods and slots that
+ *      reach each container through its tree_kind, and the two types
  *
  * The one idea to keep in mind: a Python comparison can run arbitrary Python
  * code, which may release the GIL (thread switch) or touch the very container
@@ -142,13 +144,16 @@ typedef struct {
     Py_ssize_t n, cap;
 } snap_t;
 
+/* Appends new references to (k, v). 0, or -1 with MemoryError. */
 static int snap_push(snap_t *s, PyObject *k, PyObject *v)
 {
     if (s->n == s->cap) {
         Py_ssize_t ncap = s->cap ? s->cap * 2 : 64;
         PyObject **p = PyMem_Realloc(s->kv, sizeof(PyObject *) * 2 * (size_t)ncap);
-        if (p == NULL)
+        if (p == NULL) {
+            PyErr_NoMemory();
             return -1;
+        }
         s->kv = p;
         s->cap = ncap;
     }
@@ -158,6 +163,16 @@ static int snap_push(snap_t *s, PyObject *k, PyObject *v)
     s->kv[2 * s->n + 1] = v;
     s->n++;
     return 0;
+}
+
+/* For range scans: snap_push(k, v) if k < end. 1 pushed, 0 when k >= end
+ * (the scan stops), -1 with an exception. */
+static int snap_push_below(snap_t *s, PyObject *k, PyObject *v, PyObject *end)
+{
+    int r = tree_lt(k, end);
+    if (r <= 0)
+        return r;
+    return snap_push(s, k, v) < 0 ? -1 : 1;
 }
 
 static void snap_free(snap_t *s)
@@ -280,6 +295,57 @@ static int tree_del_result(int r, PyObject *old, const char *msg)
     return 0;
 }
 
+/*
+ * What a container gives the shared Python surface (section 4): its
+ * operations and messages. The keyed operations check the key and take the
+ * container's guard themselves; the others run between enter() and leave().
+ * Section 4 serves both types' methods and slots through this.
+ */
+enum tree_detach_mode {
+    TREE_DETACH_CLEAR, /* clear(): stay usable; -1 with MemoryError if that fails */
+    TREE_DETACH_GC,    /* tp_clear: stay usable when memory allows; never fails */
+    TREE_DETACH_FINAL, /* tp_dealloc: release all storage; never fails */
+};
+
+typedef struct tree_kind {
+    const char *name;              /* "CSBTree", for repr (subclasses too) */
+    const char *missing;           /* KeyError message of t[k] and del t[k] */
+    /* insert(k, v) as the container defines it: a new reference to the value
+     * the key had (NULL without an exception when the key was new), or NULL
+     * with an exception. */
+    PyObject *(*insert)(PyObject *self, PyObject *key, PyObject *val);
+    /* A new reference to the value, NULL without an exception when absent,
+     * or NULL with an exception. */
+    PyObject *(*get_ref)(PyObject *self, PyObject *key);
+    /* 1 removed (*old a new reference to the value), 0 absent, -1 error. */
+    int (*remove)(PyObject *self, PyObject *key, PyObject **old);
+    int (*enter)(PyObject *self);  /* take the guard: 0, or -1 with RuntimeError */
+    void (*leave)(PyObject *self);
+    /* Under the guard: push every entry in key order (0, or -1 with MemoryError). */
+    int (*snapshot)(PyObject *self, snap_t *s);
+    /* Under the guard: push the entries with start <= key < end (0 or -1). */
+    int (*snapshot_range)(PyObject *self, PyObject *start, PyObject *end, snap_t *s);
+    /* Unlink every entry, parking references in `g`; see tree_detach_mode
+     * for when it runs. 0, or -1 with an exception (TREE_DETACH_CLEAR only). */
+    int (*detach)(PyObject *self, garbage_t *g, enum tree_detach_mode mode);
+} tree_kind;
+
+/* First member of both object structs. */
+typedef struct {
+    PyObject_HEAD
+    const tree_kind *kind; /* set by tp_new right after tp_alloc; never NULL after */
+    Py_ssize_t len;        /* entries stored (SkipList: written under its lock) */
+} TreeObject;
+
+static inline const tree_kind *tree_kind_of(PyObject *self)
+{
+    return ((TreeObject *)self)->kind;
+}
+
+enum { TREE_CSB, TREE_SKL, TREE_KINDS };
+
+static const tree_kind tree_kinds[TREE_KINDS]; /* section 4 */
+
 /* ====================================================================== */
 /* 2. CSBTree                                                              */
 /* ====================================================================== */
@@ -296,14 +362,11 @@ typedef struct csb_node {
 } csb_node;
 
 typedef struct {
-    PyObject_HEAD
+    TreeObject base;    /* base.len: number of keys stored */
     csb_node *root;     /* never NULL once constructed (an empty leaf at least) */
     int order;          /* maximum keys per node, >= 3 */
-    Py_ssize_t len;     /* number of keys stored */
     int busy;           /* an operation is in progress (re-entrancy guard) */
 } CSBTreeObject;
-
-static PyTypeObject CSBTree_Type;
 
 static csb_node *csb_node_new(int order, int leaf)
 {
@@ -436,6 +499,17 @@ static int csb_descend(CSBTreeObject *t, PyObject *key, csb_path *p)
 }
 
 /*
+ * Descends to the leaf for `key` (p->node[p->depth]) and returns the
+ * position of `key` there (csb_leaf_index), or -1 on a comparison error.
+ */
+static int csb_find(CSBTreeObject *t, PyObject *key, csb_path *p, int *found)
+{
+    if (csb_descend(t, key, p) < 0)
+        return -1;
+    return csb_leaf_index(p->node[p->depth], key, found);
+}
+
+/*
  * Looks `key` up. Returns 1 and a borrowed value in *val if found, 0 if not,
  * -1 on a comparison error. Caller holds the guard.
  */
@@ -443,14 +517,11 @@ static int csb_lookup(CSBTreeObject *t, PyObject *key, PyObject **val)
 {
     csb_path p;
     int found;
-    if (csb_descend(t, key, &p) < 0)
-        return -1;
-    csb_node *leaf = p.node[p.depth];
-    int i = csb_leaf_index(leaf, key, &found);
+    int i = csb_find(t, key, &p, &found);
     if (i < 0)
         return -1;
     if (found)
-        *val = leaf->vals[i];
+        *val = p.node[p.depth]->vals[i];
     return found;
 }
 
@@ -467,12 +538,10 @@ static int csb_put(CSBTreeObject *t, PyObject *key, PyObject *val, int replace,
     csb_path p;
     int found, order = t->order;
     *old = NULL;
-    if (csb_descend(t, key, &p) < 0)
-        return -1;
-    csb_node *leaf = p.node[p.depth];
-    int pos = csb_leaf_index(leaf, key, &found);
+    int pos = csb_find(t, key, &p, &found);
     if (pos < 0)
         return -1;
+    csb_node *leaf = p.node[p.depth];
     if (found) {
         Py_INCREF(leaf->vals[pos]);
         *old = leaf->vals[pos];
@@ -526,7 +595,7 @@ static int csb_put(CSBTreeObject *t, PyObject *key, PyObject *val, int replace,
     leaf->keys[pos] = key;
     leaf->vals[pos] = val;
     leaf->n++;
-    t->len++;
+    t->base.len++;
 
     csb_node *nd = leaf, *right = NULL;
     PyObject *sep = NULL; /* owned reference pushed up to the parent */
@@ -705,20 +774,18 @@ static int csb_remove(CSBTreeObject *t, PyObject *key, PyObject **old, garbage_t
     csb_path p;
     int found;
     *old = NULL;
-    if (csb_descend(t, key, &p) < 0)
-        return -1;
-    csb_node *leaf = p.node[p.depth];
-    int pos = csb_leaf_index(leaf, key, &found);
+    int pos = csb_find(t, key, &p, &found);
     if (pos < 0)
         return -1;
     if (!found)
         return 0;
+    csb_node *leaf = p.node[p.depth];
     garbage_add(g, leaf->keys[pos]);
     *old = leaf->vals[pos]; /* reference handed to the caller */
     memmove(&leaf->keys[pos], &leaf->keys[pos + 1], sizeof(PyObject *) * (size_t)(leaf->n - pos - 1));
     memmove(&leaf->vals[pos], &leaf->vals[pos + 1], sizeof(PyObject *) * (size_t)(leaf->n - pos - 1));
     leaf->n--;
-    t->len--;
+    t->base.len--;
     csb_rebalance(t, &p, p.depth, g);
     return 1;
 }
@@ -732,15 +799,13 @@ static csb_node *csb_first_leaf(CSBTreeObject *t)
     return nd;
 }
 
-/* Snapshot of all entries in key order. Caller holds the guard. */
-static int csb_snapshot(CSBTreeObject *t, snap_t *s)
+/* tree_kind.snapshot: all entries in key order. Caller holds the guard. */
+static int csb_snapshot(PyObject *self, snap_t *s)
 {
-    for (csb_node *nd = csb_first_leaf(t); nd; nd = nd->next)
+    for (csb_node *nd = csb_first_leaf((CSBTreeObject *)self); nd; nd = nd->next)
         for (int i = 0; i < nd->n; i++)
-            if (snap_push(s, nd->keys[i], nd->vals[i]) < 0) {
-                PyErr_NoMemory();
+            if (snap_push(s, nd->keys[i], nd->vals[i]) < 0)
                 return -1;
-            }
     return 0;
 }
 
@@ -763,6 +828,7 @@ static PyObject *CSBTree_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     CSBTreeObject *t = (CSBTreeObject *)type->tp_alloc(type, 0);
     if (t == NULL)
         return NULL;
+    t->base.kind = &tree_kinds[TREE_CSB];
     t->order = order;
     t->root = csb_node_new(order, 1);
     if (t->root == NULL) {
@@ -772,8 +838,9 @@ static PyObject *CSBTree_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     return (PyObject *)t;
 }
 
-static int CSBTree_traverse(CSBTreeObject *t, visitproc visit, void *arg)
+static int CSBTree_traverse(PyObject *self, visitproc visit, void *arg)
 {
+    CSBTreeObject *t = (CSBTreeObject *)self;
     /* Depth-first walk with an explicit stack (bounded by the height):
      * separators of internal nodes and keys/values of leaves. */
     csb_node *todo[CSB_MAX_HEIGHT + 2];
@@ -804,30 +871,23 @@ static int CSBTree_traverse(CSBTreeObject *t, visitproc visit, void *arg)
     return 0;
 }
 
-static int CSBTree_tp_clear(CSBTreeObject *t)
+/* tree_kind.detach: swap in an empty root (none for TREE_DETACH_FINAL, or
+ * when TREE_DETACH_GC finds no memory for it) and park the old tree in `g`. */
+static int csb_detach(PyObject *self, garbage_t *g, enum tree_detach_mode mode)
 {
+    CSBTreeObject *t = (CSBTreeObject *)self;
     if (t->root == NULL)
         return 0;
-    garbage_t g;
-    garbage_init(&g);
+    csb_node *fresh = mode == TREE_DETACH_FINAL ? NULL : csb_node_new(t->order, 1);
+    if (fresh == NULL && mode == TREE_DETACH_CLEAR) {
+        PyErr_NoMemory();
+        return -1;
+    }
     csb_node *old = t->root;
-    t->root = csb_node_new(t->order, 1); /* may be NULL under OOM: handled */
-    t->len = 0;
-    csb_node_free(old, &g);
-    garbage_release(&g);
+    t->root = fresh;
+    t->base.len = 0;
+    csb_node_free(old, g);
     return 0;
-}
-
-static void CSBTree_dealloc(CSBTreeObject *t)
-{
-    PyObject_GC_UnTrack(t);
-    garbage_t g;
-    garbage_init(&g);
-    csb_node *old = t->root;
-    t->root = NULL;
-    csb_node_free(old, &g);
-    garbage_release(&g);
-    Py_TYPE(t)->tp_free((PyObject *)t);
 }
 
 /* Common front of every keyed CSBTree call: key check + guard. */
@@ -842,43 +902,44 @@ static int csb_begin(CSBTreeObject *t, PyObject *key)
     return csb_enter(t);
 }
 
+/* tree_kind.enter / leave: the guard for calls without a key. */
+static int csb_enter_any(PyObject *self) { return csb_begin((CSBTreeObject *)self, NULL); }
+static void csb_leave_any(PyObject *self) { csb_leave((CSBTreeObject *)self); }
+
+/* csb_put under the guard; dropped references are released after it. */
+static int csb_put_guarded(CSBTreeObject *t, PyObject *key, PyObject *val, int replace, PyObject **old)
+{
+    garbage_t g;
+    *old = NULL;
+    if (csb_begin(t, key) < 0)
+        return -1;
+    garbage_init(&g);
+    int rc = csb_put(t, key, val, replace, old, &g);
+    csb_leave(t);
+    garbage_release(&g);
+    return rc;
+}
+
 PyDoc_STRVAR(CSBTree_insert_doc,
 "insert(key, value) -> previous value or None\n\n"
 "Store value under key, replacing any existing value (the originally stored\n"
 "key object is kept). Returns the previous value, or None if the key was new.\n"
 "Raises TypeError for keys that cannot be ordered against the stored keys.");
 
-static PyObject *CSBTree_insert_impl(CSBTreeObject *t, PyObject *key, PyObject *val)
+/* tree_kind.insert: replaces the value of an existing key. */
+static PyObject *csb_insert(PyObject *self, PyObject *key, PyObject *val)
 {
-    PyObject *old = NULL;
-    garbage_t g;
-    if (csb_begin(t, key) < 0)
-        return NULL;
-    garbage_init(&g);
-    int rc = csb_put(t, key, val, 1, &old, &g);
-    csb_leave(t);
-    garbage_release(&g);
-    if (rc < 0)
-        return NULL;
-    if (old == NULL)
-        Py_RETURN_NONE;
-    return old;
-}
-
-static PyObject *CSBTree_insert(CSBTreeObject *t, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (!tree_check_nargs("insert", nargs, 2, 2))
-        return NULL;
-    return CSBTree_insert_impl(t, args[0], args[1]);
+    PyObject *old;
+    return csb_put_guarded((CSBTreeObject *)self, key, val, 1, &old) < 0 ? NULL : old;
 }
 
 PyDoc_STRVAR(CSBTree_get_doc,
 "get(key) -> value or None\n\nThe value stored under key, or None if absent.");
 
-/* Returns a new reference to the value, NULL with no exception if absent,
- * NULL with an exception on error. */
-static PyObject *csb_get_ref(CSBTreeObject *t, PyObject *key)
+/* tree_kind.get_ref. */
+static PyObject *csb_get_ref(PyObject *self, PyObject *key)
 {
+    CSBTreeObject *t = (CSBTreeObject *)self;
     PyObject *val = NULL;
     if (csb_begin(t, key) < 0)
         return NULL;
@@ -889,52 +950,39 @@ static PyObject *csb_get_ref(CSBTreeObject *t, PyObject *key)
     return r > 0 ? val : NULL;
 }
 
-static PyObject *CSBTree_get(CSBTreeObject *t, PyObject *key)
-{
-    return tree_value_or(csb_get_ref(t, key), Py_None);
-}
-
 PyDoc_STRVAR(CSBTree_get_default_doc,
 "get_default(key, default) -> value\n\nThe value stored under key, or default if absent.");
 
-static PyObject *CSBTree_get_default(CSBTreeObject *t, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *CSBTree_get_default(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (!tree_check_nargs("get_default", nargs, 2, 2))
         return NULL;
-    return tree_value_or(csb_get_ref(t, args[0]), args[1]);
+    return tree_value_or(csb_get_ref(self, args[0]), args[1]);
 }
 
 PyDoc_STRVAR(CSBTree_setdefault_doc,
 "setdefault(key, value) -> value\n\n"
 "The existing value for key if present; otherwise store value and return it.");
 
-static PyObject *CSBTree_setdefault(CSBTreeObject *t, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *CSBTree_setdefault(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *old = NULL;
-    garbage_t g;
+    PyObject *old;
     if (!tree_check_nargs("setdefault", nargs, 2, 2))
         return NULL;
-    if (csb_begin(t, args[0]) < 0)
+    if (csb_put_guarded((CSBTreeObject *)self, args[0], args[1], 0, &old) < 0)
         return NULL;
-    garbage_init(&g);
-    int rc = csb_put(t, args[0], args[1], 0, &old, &g);
-    csb_leave(t);
-    garbage_release(&g);
-    if (rc < 0)
-        return NULL;
-    if (old)
-        return old;
-    Py_INCREF(args[1]);
-    return args[1];
+    return old ? old : Py_NewRef(args[1]);
 }
 
 PyDoc_STRVAR(CSBTree_remove_doc,
 "remove(key) -> removed value or None\n\nRemove key; returns its value, or None if absent.");
 
-/* 1 removed (*old new ref), 0 absent, -1 error. */
-static int csb_remove_key(CSBTreeObject *t, PyObject *key, PyObject **old)
+/* tree_kind.remove. */
+static int csb_remove_key(PyObject *self, PyObject *key, PyObject **old)
 {
+    CSBTreeObject *t = (CSBTreeObject *)self;
     garbage_t g;
+    *old = NULL;
     if (csb_begin(t, key) < 0)
         return -1;
     garbage_init(&g);
@@ -944,20 +992,13 @@ static int csb_remove_key(CSBTreeObject *t, PyObject *key, PyObject **old)
     return r;
 }
 
-static PyObject *CSBTree_remove(CSBTreeObject *t, PyObject *key)
-{
-    PyObject *old = NULL;
-    int r = csb_remove_key(t, key, &old);
-    return tree_removed_value(r, old);
-}
-
 PyDoc_STRVAR(CSBTree_update_doc,
 "update(pairs) -> None\n\n"
 "Insert every (key, value) pair of an iterable, replacing existing values.\n"
 "Each item must be indexable with item[0] and item[1]; a dict is iterated by\n"
 "its keys, so pass d.items().");
 
-static PyObject *CSBTree_update(CSBTreeObject *t, PyObject *pairs)
+static PyObject *CSBTree_update(PyObject *self, PyObject *pairs)
 {
     PyObject *it = PyObject_GetIter(pairs), *item;
     if (it == NULL)
@@ -965,15 +1006,16 @@ static PyObject *CSBTree_update(CSBTreeObject *t, PyObject *pairs)
     while ((item = PyIter_Next(it)) != NULL) {
         PyObject *k = PySequence_GetItem(item, 0);
         PyObject *v = k ? PySequence_GetItem(item, 1) : NULL;
+        PyObject *old = NULL;
         Py_DECREF(item);
-        PyObject *r = v ? CSBTree_insert_impl(t, k, v) : NULL;
+        int rc = v ? csb_put_guarded((CSBTreeObject *)self, k, v, 1, &old) : -1;
         Py_XDECREF(k);
         Py_XDECREF(v);
-        if (r == NULL) {
+        Py_XDECREF(old);
+        if (rc < 0) {
             Py_DECREF(it);
             return NULL;
         }
-        Py_DECREF(r);
     }
     Py_DECREF(it);
     if (PyErr_Occurred())
@@ -983,157 +1025,31 @@ static PyObject *CSBTree_update(CSBTreeObject *t, PyObject *pairs)
 
 PyDoc_STRVAR(CSBTree_is_empty_doc, "is_empty() -> bool\n\nTrue when the tree holds no keys.");
 
-static PyObject *CSBTree_is_empty(CSBTreeObject *t, PyObject *unused)
-{
-    return PyBool_FromLong(t->len == 0);
-}
-
 PyDoc_STRVAR(CSBTree_clear_doc, "clear() -> None\n\nRemove every key.");
-
-static PyObject *CSBTree_clear(CSBTreeObject *t, PyObject *unused)
-{
-    if (csb_begin(t, NULL) < 0)
-        return NULL;
-    /* csb_clear_all drops references only after the new root is in place;
-     * the guard stays on so finalizers re-entering the tree get an error. */
-    garbage_t g;
-    garbage_init(&g);
-    csb_node *fresh = csb_node_new(t->order, 1);
-    if (fresh == NULL) {
-        csb_leave(t);
-        return PyErr_NoMemory();
-    }
-    csb_node *old = t->root;
-    t->root = fresh;
-    t->len = 0;
-    csb_node_free(old, &g);
-    csb_leave(t);
-    garbage_release(&g);
-    Py_RETURN_NONE;
-}
-
-static PyObject *csb_list(CSBTreeObject *t, enum snap_kind kind)
-{
-    snap_t s = {0};
-    if (csb_begin(t, NULL) < 0)
-        return NULL;
-    int rc = csb_snapshot(t, &s);
-    csb_leave(t);
-    return snap_finish(&s, rc, kind);
-}
-
-PyDoc_STRVAR(CSBTree_keys_doc, "keys() -> list\n\nAll keys in ascending order (a new list).");
-PyDoc_STRVAR(CSBTree_values_doc, "values() -> list\n\nAll values in key order (a new list).");
-PyDoc_STRVAR(CSBTree_items_doc, "items() -> list\n\nAll (key, value) tuples in key order (a new list).");
-
-static PyObject *CSBTree_keys(CSBTreeObject *t, PyObject *u) { return csb_list(t, SNAP_KEYS); }
-static PyObject *CSBTree_values(CSBTreeObject *t, PyObject *u) { return csb_list(t, SNAP_VALUES); }
-static PyObject *CSBTree_items(CSBTreeObject *t, PyObject *u) { return csb_list(t, SNAP_ITEMS); }
 
 PyDoc_STRVAR(CSBTree_range_doc,
 "range(start, end) -> list\n\n"
 "(key, value) tuples with start <= key < end, in key order (half-open;\n"
 "start >= end gives []).");
 
-static PyObject *CSBTree_range(CSBTreeObject *t, PyObject *const *args, Py_ssize_t nargs)
+/* tree_kind.snapshot_range. Comparisons run Python code; the guard keeps the
+ * structure fixed meanwhile. */
+static int csb_snapshot_range(PyObject *self, PyObject *start, PyObject *end, snap_t *s)
 {
-    if (!tree_check_nargs("range", nargs, 2, 2))
-        return NULL;
-    PyObject *start = args[0], *end = args[1];
-    if (tree_check_key(end) < 0 || csb_begin(t, start) < 0)
-        return NULL;
-    snap_t s = {0};
     csb_path p;
-    int found, rc = -1;
-    if (csb_descend(t, start, &p) < 0)
-        goto out;
-    csb_node *nd = p.node[p.depth];
-    int i = csb_leaf_index(nd, start, &found);
+    int found;
+    int i = csb_find((CSBTreeObject *)self, start, &p, &found);
     if (i < 0)
-        goto out;
-    /* Collect while key < end. Comparisons run Python code; the guard keeps
-     * the structure fixed meanwhile. */
-    for (; nd; nd = nd->next, i = 0) {
+        return -1;
+    for (csb_node *nd = p.node[p.depth]; nd; nd = nd->next, i = 0) {
         for (; i < nd->n; i++) {
-            int r = tree_lt(nd->keys[i], end);
-            if (r < 0)
-                goto out;
-            if (!r) {
-                rc = 0;
-                goto out;
-            }
-            if (snap_push(&s, nd->keys[i], nd->vals[i]) < 0) {
-                PyErr_NoMemory();
-                goto out;
-            }
+            int r = snap_push_below(s, nd->keys[i], nd->vals[i], end);
+            if (r <= 0)
+                return r;
         }
     }
-    rc = 0;
-out:
-    csb_leave(t);
-    return snap_finish(&s, rc, SNAP_ITEMS);
+    return 0;
 }
-
-static PyObject *CSBTree_iter(CSBTreeObject *t) { return tree_iter_list(csb_list(t, SNAP_ITEMS)); }
-
-static Py_ssize_t CSBTree_len(CSBTreeObject *t) { return t->len; }
-
-static int CSBTree_contains(CSBTreeObject *t, PyObject *key) { return tree_found(csb_get_ref(t, key)); }
-
-static PyObject *CSBTree_subscript(CSBTreeObject *t, PyObject *key)
-{
-    return tree_value_or_keyerror(csb_get_ref(t, key), "Key not found in CSBTree");
-}
-
-static int CSBTree_ass_subscript(CSBTreeObject *t, PyObject *key, PyObject *val)
-{
-    if (val) {
-        PyObject *r = CSBTree_insert_impl(t, key, val);
-        Py_XDECREF(r);
-        return r ? 0 : -1;
-    }
-    PyObject *old = NULL;
-    int r = csb_remove_key(t, key, &old);
-    return tree_del_result(r, old, "Key not found in CSBTree");
-}
-
-static PyObject *CSBTree_repr(CSBTreeObject *t)
-{
-    return PyUnicode_FromFormat("CSBTree(len=%zd)", t->len);
-}
-
-static PyObject *tree_reduce(PyObject *self, PyObject *unused)
-{
-    PyErr_Format(PyExc_TypeError, "cannot pickle '%s' object", Py_TYPE(self)->tp_name);
-    return NULL;
-}
-
-static PyMethodDef CSBTree_methods[] = {
-    {"insert", (PyCFunction)(void (*)(void))CSBTree_insert, METH_FASTCALL, CSBTree_insert_doc},
-    {"get", (PyCFunction)CSBTree_get, METH_O, CSBTree_get_doc},
-    {"get_default", (PyCFunction)(void (*)(void))CSBTree_get_default, METH_FASTCALL, CSBTree_get_default_doc},
-    {"setdefault", (PyCFunction)(void (*)(void))CSBTree_setdefault, METH_FASTCALL, CSBTree_setdefault_doc},
-    {"remove", (PyCFunction)CSBTree_remove, METH_O, CSBTree_remove_doc},
-    {"update", (PyCFunction)CSBTree_update, METH_O, CSBTree_update_doc},
-    {"is_empty", (PyCFunction)CSBTree_is_empty, METH_NOARGS, CSBTree_is_empty_doc},
-    {"clear", (PyCFunction)CSBTree_clear, METH_NOARGS, CSBTree_clear_doc},
-    {"keys", (PyCFunction)CSBTree_keys, METH_NOARGS, CSBTree_keys_doc},
-    {"values", (PyCFunction)CSBTree_values, METH_NOARGS, CSBTree_values_doc},
-    {"items", (PyCFunction)CSBTree_items, METH_NOARGS, CSBTree_items_doc},
-    {"range", (PyCFunction)(void (*)(void))CSBTree_range, METH_FASTCALL, CSBTree_range_doc},
-    {"__reduce__", tree_reduce, METH_NOARGS, "Not picklable: raises TypeError."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PySequenceMethods CSBTree_as_sequence = {
-    .sq_contains = (objobjproc)CSBTree_contains,
-};
-
-static PyMappingMethods CSBTree_as_mapping = {
-    .mp_length = (lenfunc)CSBTree_len,
-    .mp_subscript = (binaryfunc)CSBTree_subscript,
-    .mp_ass_subscript = (objobjargproc)CSBTree_ass_subscript,
-};
 
 PyDoc_STRVAR(CSBTree_doc,
 "CSBTree(order=63)\n\n"
@@ -1145,23 +1061,6 @@ PyDoc_STRVAR(CSBTree_doc,
 "t[k] and del t[k] raise KeyError, get() returns None. order < 3 raises\n"
 "ValueError. Single-thread use only: concurrent or re-entrant calls raise\n"
 "RuntimeError instead of corrupting the tree. Not picklable.");
-
-static PyTypeObject CSBTree_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "kohakuvault._kvault.CSBTree",
-    .tp_basicsize = sizeof(CSBTreeObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = CSBTree_doc,
-    .tp_new = CSBTree_new,
-    .tp_dealloc = (destructor)CSBTree_dealloc,
-    .tp_traverse = (traverseproc)CSBTree_traverse,
-    .tp_clear = (inquiry)CSBTree_tp_clear,
-    .tp_repr = (reprfunc)CSBTree_repr,
-    .tp_iter = (getiterfunc)CSBTree_iter,
-    .tp_methods = CSBTree_methods,
-    .tp_as_sequence = &CSBTree_as_sequence,
-    .tp_as_mapping = &CSBTree_as_mapping,
-};
 
 /* ====================================================================== */
 /* 3. SkipList                                                             */
@@ -1177,16 +1076,13 @@ typedef struct skl_node {
 } skl_node;
 
 typedef struct {
-    PyObject_HEAD
+    TreeObject base;           /* base.len: entries; written under `lock` */
     skl_node *head;            /* sentinel with SKL_MAX_LEVEL pointers; owned */
     int level;                 /* highest level in use, >= 1 */
-    Py_ssize_t len;            /* entries; written under `lock` */
     uint64_t rng;              /* xorshift64 state for node levels; under `lock` */
     PyThread_type_lock lock;   /* serialises every operation (leaf lock) */
     unsigned long owner;       /* thread ident of the holder, 0 if free; GIL-protected */
 } SkipListObject;
-
-static PyTypeObject SkipList_Type;
 
 /*
  * Takes the list's lock. Waits with the GIL released when contended.
@@ -1202,11 +1098,7 @@ static int skl_lock(SkipListObject *s)
                         "(e.g. from a key's comparison method)");
         return -1;
     }
-    if (!PyThread_acquire_lock(s->lock, NOWAIT_LOCK)) {
-        Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock(s->lock, WAIT_LOCK);
-        Py_END_ALLOW_THREADS
-    }
+    kvpy_store_lock(s->lock);
     s->owner = me;
     return 0;
 }
@@ -1281,6 +1173,7 @@ static PyObject *SkipList_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     SkipListObject *s = (SkipListObject *)type->tp_alloc(type, 0);
     if (s == NULL)
         return NULL;
+    s->base.kind = &tree_kinds[TREE_SKL];
     s->head = PyMem_Calloc(1, sizeof(skl_node) + SKL_MAX_LEVEL * sizeof(skl_node *));
     s->lock = PyThread_allocate_lock();
     if (s->head == NULL || s->lock == NULL) {
@@ -1295,8 +1188,9 @@ static PyObject *SkipList_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     return (PyObject *)s;
 }
 
-static int SkipList_traverse(SkipListObject *s, visitproc visit, void *arg)
+static int SkipList_traverse(PyObject *self, visitproc visit, void *arg)
 {
+    SkipListObject *s = (SkipListObject *)self;
     /* Called with the GIL held; structural changes never run Python code,
      * so the chain is consistent whenever the GC can observe it. */
     if (s->head == NULL)
@@ -1316,7 +1210,7 @@ static void skl_detach_all(SkipListObject *s, garbage_t *g)
     if (s->head)
         memset(s->head->fwd, 0, SKL_MAX_LEVEL * sizeof(skl_node *));
     s->level = 1;
-    s->len = 0;
+    s->base.len = 0;
     while (x) {
         skl_node *nx = x->fwd[0];
         garbage_add(g, x->key);
@@ -1326,39 +1220,35 @@ static void skl_detach_all(SkipListObject *s, garbage_t *g)
     }
 }
 
-static int SkipList_tp_clear(SkipListObject *s)
+/* tree_kind.detach: unlink every node (the lock is held for
+ * TREE_DETACH_CLEAR; otherwise the list is unreachable, no thread can be
+ * inside an operation); TREE_DETACH_FINAL also frees the sentinel and lock. */
+static int skl_detach(PyObject *self, garbage_t *g, enum tree_detach_mode mode)
 {
-    /* Only the GC calls this, when the list is unreachable: no other thread
-     * can be inside an operation. */
-    garbage_t g;
-    garbage_init(&g);
-    skl_detach_all(s, &g);
-    garbage_release(&g);
+    SkipListObject *s = (SkipListObject *)self;
+    skl_detach_all(s, g);
+    if (mode == TREE_DETACH_FINAL) {
+        PyMem_Free(s->head);
+        s->head = NULL;
+        if (s->lock)
+            PyThread_free_lock(s->lock);
+        s->lock = NULL;
+    }
     return 0;
 }
 
-static void SkipList_dealloc(SkipListObject *s)
-{
-    PyObject_GC_UnTrack(s);
-    garbage_t g;
-    garbage_init(&g);
-    skl_detach_all(s, &g);
-    PyMem_Free(s->head);
-    s->head = NULL;
-    if (s->lock)
-        PyThread_free_lock(s->lock);
-    s->lock = NULL;
-    garbage_release(&g);
-    Py_TYPE(s)->tp_free((PyObject *)s);
-}
+/* tree_kind.enter / leave. */
+static int skl_enter(PyObject *self) { return skl_lock((SkipListObject *)self); }
+static void skl_leave(PyObject *self) { skl_unlock((SkipListObject *)self); }
 
 /*
- * insert semantics: if the key exists, leave the stored value and return a
+ * tree_kind.insert: if the key exists, leave the stored value and return a
  * new reference to it; otherwise store and return NULL with no exception.
  * NULL with an exception on error.
  */
-static PyObject *skl_insert(SkipListObject *s, PyObject *key, PyObject *val)
+static PyObject *skl_insert(PyObject *self, PyObject *key, PyObject *val)
 {
+    SkipListObject *s = (SkipListObject *)self;
     skl_node *update[SKL_MAX_LEVEL];
     PyObject *ret = NULL;
     if (tree_check_key(key) < 0 || skl_lock(s) < 0)
@@ -1391,28 +1281,16 @@ static PyObject *skl_insert(SkipListObject *s, PyObject *key, PyObject *val)
         nd->fwd[i] = update[i]->fwd[i];
         update[i]->fwd[i] = nd;
     }
-    s->len++;
+    s->base.len++;
 out:
     skl_unlock(s);
     return ret;
 }
 
-PyDoc_STRVAR(SkipList_insert_doc,
-"insert(key, value) -> existing value or None\n\n"
-"If key is already present, leave its stored value unchanged and return it;\n"
-"otherwise store value and return None. s[k] = v behaves the same (it does\n"
-"not replace). Thread-safe.");
-
-static PyObject *SkipList_insert(SkipListObject *s, PyObject *const *args, Py_ssize_t nargs)
+/* tree_kind.get_ref. */
+static PyObject *skl_get_ref(PyObject *self, PyObject *key)
 {
-    if (!tree_check_nargs("insert", nargs, 2, 2))
-        return NULL;
-    return tree_value_or(skl_insert(s, args[0], args[1]), Py_None);
-}
-
-/* New reference to the value, NULL (no exception) if absent, NULL+exc. */
-static PyObject *skl_get_ref(SkipListObject *s, PyObject *key)
-{
+    SkipListObject *s = (SkipListObject *)self;
     if (tree_check_key(key) < 0 || skl_lock(s) < 0)
         return NULL;
     skl_node *nd = skl_lookup(s, key);
@@ -1422,17 +1300,10 @@ static PyObject *skl_get_ref(SkipListObject *s, PyObject *key)
     return v;
 }
 
-PyDoc_STRVAR(SkipList_get_doc,
-"get(key) -> value or None\n\nThe value stored under key, or None. Thread-safe.");
-
-static PyObject *SkipList_get(SkipListObject *s, PyObject *key)
+/* tree_kind.remove. */
+static int skl_remove(PyObject *self, PyObject *key, PyObject **old)
 {
-    return tree_value_or(skl_get_ref(s, key), Py_None);
-}
-
-/* 1 removed (*old new ref), 0 absent, -1 error. */
-static int skl_remove(SkipListObject *s, PyObject *key, PyObject **old)
-{
+    SkipListObject *s = (SkipListObject *)self;
     skl_node *update[SKL_MAX_LEVEL];
     *old = NULL;
     if (tree_check_key(key) < 0 || skl_lock(s) < 0)
@@ -1446,7 +1317,7 @@ static int skl_remove(SkipListObject *s, PyObject *key, PyObject **old)
                 update[i]->fwd[i] = nd->fwd[i];
         while (s->level > 1 && s->head->fwd[s->level - 1] == NULL)
             s->level--;
-        s->len--;
+        s->base.len--;
     }
     skl_unlock(s);
     if (nd) {
@@ -1457,149 +1328,49 @@ static int skl_remove(SkipListObject *s, PyObject *key, PyObject **old)
     return r;
 }
 
+PyDoc_STRVAR(SkipList_insert_doc,
+"insert(key, value) -> existing value or None\n\n"
+"If key is already present, leave its stored value unchanged and return it;\n"
+"otherwise store value and return None. s[k] = v behaves the same (it does\n"
+"not replace). Thread-safe.");
+
+PyDoc_STRVAR(SkipList_get_doc,
+"get(key) -> value or None\n\nThe value stored under key, or None. Thread-safe.");
+
 PyDoc_STRVAR(SkipList_remove_doc,
 "remove(key) -> removed value or None\n\nRemove key; returns its value or None. Thread-safe.");
 
-static PyObject *SkipList_remove(SkipListObject *s, PyObject *key)
-{
-    PyObject *old = NULL;
-    int r = skl_remove(s, key, &old);
-    return tree_removed_value(r, old);
-}
-
 PyDoc_STRVAR(SkipList_is_empty_doc, "is_empty() -> bool\n\nTrue when the list holds no keys.");
-
-static PyObject *SkipList_is_empty(SkipListObject *s, PyObject *u)
-{
-    return PyBool_FromLong(s->len == 0);
-}
 
 PyDoc_STRVAR(SkipList_clear_doc, "clear() -> None\n\nRemove every key. Thread-safe.");
 
-static PyObject *SkipList_clear(SkipListObject *s, PyObject *u)
+/* tree_kind.snapshot. Under the lock. */
+static int skl_snapshot(PyObject *self, snap_t *sn)
 {
-    garbage_t g;
-    garbage_init(&g);
-    if (skl_lock(s) < 0)
-        return NULL;
-    skl_detach_all(s, &g);
-    skl_unlock(s);
-    garbage_release(&g);
-    Py_RETURN_NONE;
+    for (skl_node *x = ((SkipListObject *)self)->head->fwd[0]; x; x = x->fwd[0])
+        if (snap_push(sn, x->key, x->val) < 0)
+            return -1;
+    return 0;
 }
-
-static PyObject *skl_list(SkipListObject *s, enum snap_kind kind)
-{
-    snap_t sn = {0};
-    int rc = 0;
-    if (skl_lock(s) < 0)
-        return NULL;
-    for (skl_node *x = s->head->fwd[0]; x; x = x->fwd[0])
-        if (snap_push(&sn, x->key, x->val) < 0) {
-            rc = -1;
-            break;
-        }
-    skl_unlock(s);
-    if (rc < 0)
-        PyErr_NoMemory();
-    return snap_finish(&sn, rc, kind);
-}
-
-PyDoc_STRVAR(SkipList_keys_doc, "keys() -> list\n\nAll keys in ascending order (a new list).");
-PyDoc_STRVAR(SkipList_values_doc, "values() -> list\n\nAll values in key order (a new list).");
-PyDoc_STRVAR(SkipList_items_doc, "items() -> list\n\nAll (key, value) tuples in key order (a new list).");
-
-static PyObject *SkipList_keys(SkipListObject *s, PyObject *u) { return skl_list(s, SNAP_KEYS); }
-static PyObject *SkipList_values(SkipListObject *s, PyObject *u) { return skl_list(s, SNAP_VALUES); }
-static PyObject *SkipList_items(SkipListObject *s, PyObject *u) { return skl_list(s, SNAP_ITEMS); }
 
 PyDoc_STRVAR(SkipList_range_doc,
 "range(start, end) -> list\n\n"
 "(key, value) tuples with start <= key < end, in key order (half-open;\n"
 "start >= end gives []). Thread-safe; one consistent snapshot.");
 
-static PyObject *SkipList_range(SkipListObject *s, PyObject *const *args, Py_ssize_t nargs)
+/* tree_kind.snapshot_range. Under the lock. */
+static int skl_snapshot_range(PyObject *self, PyObject *start, PyObject *end, snap_t *sn)
 {
-    if (!tree_check_nargs("range", nargs, 2, 2))
-        return NULL;
-    PyObject *start = args[0], *end = args[1];
-    if (tree_check_key(start) < 0 || tree_check_key(end) < 0 || skl_lock(s) < 0)
-        return NULL;
-    snap_t sn = {0};
     skl_node *update[SKL_MAX_LEVEL];
-    int rc = skl_find(s, start, update);
-    if (rc >= 0) {
-        rc = 0;
-        for (skl_node *x = update[0]->fwd[0]; x; x = x->fwd[0]) {
-            int r = tree_lt(x->key, end);
-            if (r <= 0) {
-                rc = r;
-                break;
-            }
-            if (snap_push(&sn, x->key, x->val) < 0) {
-                PyErr_NoMemory();
-                rc = -1;
-                break;
-            }
-        }
+    if (skl_find((SkipListObject *)self, start, update) < 0)
+        return -1;
+    for (skl_node *x = update[0]->fwd[0]; x; x = x->fwd[0]) {
+        int r = snap_push_below(sn, x->key, x->val, end);
+        if (r <= 0)
+            return r;
     }
-    skl_unlock(s);
-    return snap_finish(&sn, rc, SNAP_ITEMS);
+    return 0;
 }
-
-static PyObject *SkipList_iter(SkipListObject *s) { return tree_iter_list(skl_list(s, SNAP_ITEMS)); }
-
-static Py_ssize_t SkipList_len(SkipListObject *s) { return s->len; }
-
-static int SkipList_contains(SkipListObject *s, PyObject *key) { return tree_found(skl_get_ref(s, key)); }
-
-static PyObject *SkipList_subscript(SkipListObject *s, PyObject *key)
-{
-    return tree_value_or_keyerror(skl_get_ref(s, key), "Key not found");
-}
-
-static int SkipList_ass_subscript(SkipListObject *s, PyObject *key, PyObject *val)
-{
-    if (val) {
-        PyObject *r = skl_insert(s, key, val);
-        if (r == NULL)
-            return PyErr_Occurred() ? -1 : 0;
-        Py_DECREF(r);
-        return 0;
-    }
-    PyObject *old = NULL;
-    int r = skl_remove(s, key, &old);
-    return tree_del_result(r, old, "Key not found");
-}
-
-static PyObject *SkipList_repr(SkipListObject *s)
-{
-    return PyUnicode_FromFormat("SkipList(len=%zd)", s->len);
-}
-
-static PyMethodDef SkipList_methods[] = {
-    {"insert", (PyCFunction)(void (*)(void))SkipList_insert, METH_FASTCALL, SkipList_insert_doc},
-    {"get", (PyCFunction)SkipList_get, METH_O, SkipList_get_doc},
-    {"remove", (PyCFunction)SkipList_remove, METH_O, SkipList_remove_doc},
-    {"is_empty", (PyCFunction)SkipList_is_empty, METH_NOARGS, SkipList_is_empty_doc},
-    {"clear", (PyCFunction)SkipList_clear, METH_NOARGS, SkipList_clear_doc},
-    {"keys", (PyCFunction)SkipList_keys, METH_NOARGS, SkipList_keys_doc},
-    {"values", (PyCFunction)SkipList_values, METH_NOARGS, SkipList_values_doc},
-    {"items", (PyCFunction)SkipList_items, METH_NOARGS, SkipList_items_doc},
-    {"range", (PyCFunction)(void (*)(void))SkipList_range, METH_FASTCALL, SkipList_range_doc},
-    {"__reduce__", tree_reduce, METH_NOARGS, "Not picklable: raises TypeError."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PySequenceMethods SkipList_as_sequence = {
-    .sq_contains = (objobjproc)SkipList_contains,
-};
-
-static PyMappingMethods SkipList_as_mapping = {
-    .mp_length = (lenfunc)SkipList_len,
-    .mp_subscript = (binaryfunc)SkipList_subscript,
-    .mp_ass_subscript = (objobjargproc)SkipList_ass_subscript,
-};
 
 PyDoc_STRVAR(SkipList_doc,
 "SkipList()\n\n"
@@ -1611,22 +1382,228 @@ PyDoc_STRVAR(SkipList_doc,
 "threads: each operation runs under a per-list mutex, waited on with the GIL\n"
 "released. Not picklable.");
 
-static PyTypeObject SkipList_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "kohakuvault._kvault.SkipList",
-    .tp_basicsize = sizeof(SkipListObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = SkipList_doc,
-    .tp_new = SkipList_new,
-    .tp_dealloc = (destructor)SkipList_dealloc,
-    .tp_traverse = (traverseproc)SkipList_traverse,
-    .tp_clear = (inquiry)SkipList_tp_clear,
-    .tp_repr = (reprfunc)SkipList_repr,
-    .tp_iter = (getiterfunc)SkipList_iter,
-    .tp_methods = SkipList_methods,
-    .tp_as_sequence = &SkipList_as_sequence,
-    .tp_as_mapping = &SkipList_as_mapping,
+/* ====================================================================== */
+/* 4. The Python surface both containers share                             */
+/* ====================================================================== */
+
+static PyObject *tree_insert(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!tree_check_nargs("insert", nargs, 2, 2))
+        return NULL;
+    return tree_value_or(tree_kind_of(self)->insert(self, args[0], args[1]), Py_None);
+}
+
+static PyObject *tree_get(PyObject *self, PyObject *key)
+{
+    return tree_value_or(tree_kind_of(self)->get_ref(self, key), Py_None);
+}
+
+static PyObject *tree_remove(PyObject *self, PyObject *key)
+{
+    PyObject *old = NULL;
+    int r = tree_kind_of(self)->remove(self, key, &old);
+    return tree_removed_value(r, old);
+}
+
+static PyObject *tree_is_empty(PyObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(((TreeObject *)self)->len == 0);
+}
+
+static PyObject *tree_clear(PyObject *self, PyObject *unused)
+{
+    const tree_kind *k = tree_kind_of(self);
+    garbage_t g;
+    garbage_init(&g);
+    if (k->enter(self) < 0)
+        return NULL;
+    /* The parked references are released after leave(): a finalizer they
+     * run may use the container, which is consistent (empty) by then. */
+    int rc = k->detach(self, &g, TREE_DETACH_CLEAR);
+    k->leave(self);
+    garbage_release(&g);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* keys() / values() / items() / iter(): a list built from a snapshot. */
+static PyObject *tree_list(PyObject *self, enum snap_kind kind)
+{
+    const tree_kind *k = tree_kind_of(self);
+    snap_t s = {0};
+    if (k->enter(self) < 0)
+        return NULL;
+    int rc = k->snapshot(self, &s);
+    k->leave(self);
+    return snap_finish(&s, rc, kind);
+}
+
+static PyObject *tree_keys(PyObject *self, PyObject *u) { return tree_list(self, SNAP_KEYS); }
+static PyObject *tree_values(PyObject *self, PyObject *u) { return tree_list(self, SNAP_VALUES); }
+static PyObject *tree_items(PyObject *self, PyObject *u) { return tree_list(self, SNAP_ITEMS); }
+
+static PyObject *tree_range(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    const tree_kind *k = tree_kind_of(self);
+    snap_t s = {0};
+    if (!tree_check_nargs("range", nargs, 2, 2))
+        return NULL;
+    if (tree_check_key(args[0]) < 0 || tree_check_key(args[1]) < 0 || k->enter(self) < 0)
+        return NULL;
+    int rc = k->snapshot_range(self, args[0], args[1], &s);
+    k->leave(self);
+    return snap_finish(&s, rc, SNAP_ITEMS);
+}
+
+static PyObject *tree_reduce(PyObject *self, PyObject *unused)
+{
+    PyErr_Format(PyExc_TypeError, "cannot pickle '%s' object", Py_TYPE(self)->tp_name);
+    return NULL;
+}
+
+static PyObject *tree_iter(PyObject *self) { return tree_iter_list(tree_list(self, SNAP_ITEMS)); }
+
+static Py_ssize_t tree_len(PyObject *self) { return ((TreeObject *)self)->len; }
+
+static int tree_contains(PyObject *self, PyObject *key)
+{
+    return tree_found(tree_kind_of(self)->get_ref(self, key));
+}
+
+static PyObject *tree_subscript(PyObject *self, PyObject *key)
+{
+    const tree_kind *k = tree_kind_of(self);
+    return tree_value_or_keyerror(k->get_ref(self, key), k->missing);
+}
+
+static int tree_ass_subscript(PyObject *self, PyObject *key, PyObject *val)
+{
+    const tree_kind *k = tree_kind_of(self);
+    if (val) {
+        PyObject *r = k->insert(self, key, val);
+        if (r == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+        Py_DECREF(r);
+        return 0;
+    }
+    PyObject *old = NULL;
+    int r = k->remove(self, key, &old);
+    return tree_del_result(r, old, k->missing);
+}
+
+static PyObject *tree_repr(PyObject *self)
+{
+    return PyUnicode_FromFormat("%s(len=%zd)", tree_kind_of(self)->name, ((TreeObject *)self)->len);
+}
+
+static int tree_tp_clear(PyObject *self)
+{
+    /* Only the GC calls this, when the container is unreachable. */
+    garbage_t g;
+    garbage_init(&g);
+    tree_kind_of(self)->detach(self, &g, TREE_DETACH_GC);
+    garbage_release(&g);
+    return 0;
+}
+
+static void tree_dealloc(PyObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    garbage_t g;
+    garbage_init(&g);
+    tree_kind_of(self)->detach(self, &g, TREE_DETACH_FINAL);
+    garbage_release(&g);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PySequenceMethods tree_as_sequence = {
+    .sq_contains = tree_contains,
 };
+
+static PyMappingMethods tree_as_mapping = {
+    .mp_length = tree_len,
+    .mp_subscript = tree_subscript,
+    .mp_ass_subscript = tree_ass_subscript,
+};
+
+static const tree_kind tree_kinds[TREE_KINDS] = {
+    [TREE_CSB] = {
+        .name = "CSBTree", .missing = "Key not found in CSBTree",
+        .insert = csb_insert, .get_ref = csb_get_ref, .remove = csb_remove_key,
+        .enter = csb_enter_any, .leave = csb_leave_any,
+        .snapshot = csb_snapshot, .snapshot_range = csb_snapshot_range, .detach = csb_detach,
+    },
+    [TREE_SKL] = {
+        .name = "SkipList", .missing = "Key not found",
+        .insert = skl_insert, .get_ref = skl_get_ref, .remove = skl_remove,
+        .enter = skl_enter, .leave = skl_leave,
+        .snapshot = skl_snapshot, .snapshot_range = skl_snapshot_range, .detach = skl_detach,
+    },
+};
+
+PyDoc_STRVAR(tree_keys_doc, "keys() -> list\n\nAll keys in ascending order (a new list).");
+PyDoc_STRVAR(tree_values_doc, "values() -> list\n\nAll values in key order (a new list).");
+PyDoc_STRVAR(tree_items_doc, "items() -> list\n\nAll (key, value) tuples in key order (a new list).");
+PyDoc_STRVAR(tree_reduce_doc, "Not picklable: raises TypeError.");
+
+#define TREE_FASTCALL(f) ((PyCFunction)(void (*)(void))(f))
+
+/* Every method of either type in table order: the implementation, its
+ * flags, and per kind the docstring (NULL: that type has no such method). */
+static const struct {
+    const char *name;
+    PyCFunction meth;
+    int flags;
+    const char *doc[TREE_KINDS];
+} tree_method_rows[] = {
+    {"insert", TREE_FASTCALL(tree_insert), METH_FASTCALL, {CSBTree_insert_doc, SkipList_insert_doc}},
+    {"get", tree_get, METH_O, {CSBTree_get_doc, SkipList_get_doc}},
+    {"get_default", TREE_FASTCALL(CSBTree_get_default), METH_FASTCALL, {CSBTree_get_default_doc, NULL}},
+    {"setdefault", TREE_FASTCALL(CSBTree_setdefault), METH_FASTCALL, {CSBTree_setdefault_doc, NULL}},
+    {"remove", tree_remove, METH_O, {CSBTree_remove_doc, SkipList_remove_doc}},
+    {"update", CSBTree_update, METH_O, {CSBTree_update_doc, NULL}},
+    {"is_empty", tree_is_empty, METH_NOARGS, {CSBTree_is_empty_doc, SkipList_is_empty_doc}},
+    {"clear", tree_clear, METH_NOARGS, {CSBTree_clear_doc, SkipList_clear_doc}},
+    {"keys", tree_keys, METH_NOARGS, {tree_keys_doc, tree_keys_doc}},
+    {"values", tree_values, METH_NOARGS, {tree_values_doc, tree_values_doc}},
+    {"items", tree_items, METH_NOARGS, {tree_items_doc, tree_items_doc}},
+    {"range", TREE_FASTCALL(tree_range), METH_FASTCALL, {CSBTree_range_doc, SkipList_range_doc}},
+    {"__reduce__", tree_reduce, METH_NOARGS, {tree_reduce_doc, tree_reduce_doc}},
+};
+
+#define TREE_METHOD_ROWS (sizeof tree_method_rows / sizeof tree_method_rows[0])
+
+static PyMethodDef tree_methods[TREE_KINDS][TREE_METHOD_ROWS + 1]; /* NULL-terminated */
+/* The slots that differ between the types; tree_type_fill adds the rest. */
+static PyTypeObject tree_types[TREE_KINDS] = {
+    [TREE_CSB] = {PyVarObject_HEAD_INIT(NULL, 0) .tp_name = "kohakuvault._kvault.CSBTree",
+                  .tp_basicsize = sizeof(CSBTreeObject), .tp_doc = CSBTree_doc,
+                  .tp_new = CSBTree_new, .tp_traverse = CSBTree_traverse},
+    [TREE_SKL] = {PyVarObject_HEAD_INIT(NULL, 0) .tp_name = "kohakuvault._kvault.SkipList",
+                  .tp_basicsize = sizeof(SkipListObject), .tp_doc = SkipList_doc,
+                  .tp_new = SkipList_new, .tp_traverse = SkipList_traverse},
+};
+
+/* Fills the shared slots of tree_types[which] and its method table (from
+ * tree_method_rows). Runs once, before PyType_Ready. */
+static void tree_type_fill(int which)
+{
+    PyTypeObject *tp = &tree_types[which];
+    PyMethodDef *m = tree_methods[which];
+    for (size_t i = 0; i < TREE_METHOD_ROWS; i++)
+        if (tree_method_rows[i].doc[which])
+            *m++ = (PyMethodDef){tree_method_rows[i].name, tree_method_rows[i].meth,
+                                 tree_method_rows[i].flags, tree_method_rows[i].doc[which]};
+    tp->tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC;
+    tp->tp_dealloc = tree_dealloc;
+    tp->tp_clear = tree_tp_clear;
+    tp->tp_repr = tree_repr;
+    tp->tp_iter = tree_iter;
+    tp->tp_methods = tree_methods[which];
+    tp->tp_as_sequence = &tree_as_sequence;
+    tp->tp_as_mapping = &tree_as_mapping;
+}
 
 /* ====================================================================== */
 /* Registration                                                            */
@@ -1634,11 +1611,11 @@ static PyTypeObject SkipList_Type = {
 
 int kvpy_init_tree(PyObject *module)
 {
-    if (PyType_Ready(&CSBTree_Type) < 0 || PyType_Ready(&SkipList_Type) < 0)
-        return -1;
-    if (PyModule_AddObjectRef(module, "CSBTree", (PyObject *)&CSBTree_Type) < 0)
-        return -1;
-    if (PyModule_AddObjectRef(module, "SkipList", (PyObject *)&SkipList_Type) < 0)
-        return -1;
+    for (int which = 0; which < TREE_KINDS; which++) {
+        if (!(tree_types[which].tp_flags & Py_TPFLAGS_READY))
+            tree_type_fill(which);
+        if (PyModule_AddType(module, &tree_types[which]) < 0)
+            return -1;
+    }
     return 0;
 }

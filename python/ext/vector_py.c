@@ -397,25 +397,18 @@ PyDoc_STRVAR(vk_update_doc,
 
 static PyObject *vk_update(VectorObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"id", "vector", "value", NULL};
     long long id;
-    PyObject *vec = Py_None, *value = Py_None, *vb = NULL, *ret = NULL;
+    PyObject *vec, *value, *vb = NULL, *ret = NULL;
     kv_buf buf;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "L|OO:update", kwlist, &id, &vec, &value))
+    if (kvpy_store_update_args(args, kw, "vector", &id, &vec, &value) < 0)
         return NULL;
-    if (vec == Py_None && value == Py_None) {
-        PyErr_SetString(PyExc_ValueError, "Must provide either vector or value to update");
-        return NULL;
-    }
     kv_buf_init(&buf);
     if (vec != Py_None && !(vb = vk_vector_bytes(self, vec)))
         goto out;
-    if (value != Py_None && kvpy_store_encode(value, &self->opts, &buf) < 0)
-        goto out;
     vk_args a = {.id = id, .vec = vb ? PyBytes_AS_STRING(vb) : NULL,
-                 .vbytes = vb ? (size_t)PyBytes_GET_SIZE(vb) : 0,
-                 .val = kvpy_store_value_arg(value, &buf), .vlen = buf.len};
-    if (kvpy_store_call(STORE(self), op_update, &a, NULL) == 0)
+                 .vbytes = vb ? (size_t)PyBytes_GET_SIZE(vb) : 0};
+    if (kvpy_store_update_value(value, &self->opts, &buf, &a.val, &a.vlen) == 0 &&
+        kvpy_store_call(STORE(self), op_update, &a, NULL) == 0)
         ret = Py_NewRef(Py_None);
 out:
     Py_XDECREF(vb);
@@ -481,7 +474,5 @@ static PyTypeObject Vector_Type = {
 
 int kvpy_init_vector(PyObject *module)
 {
-    if (PyType_Ready(&Vector_Type) < 0)
-        return -1;
-    return PyModule_AddObjectRef(module, "_VectorKVault", (PyObject *)&Vector_Type);
+    return PyModule_AddType(module, &Vector_Type); /* readies it; name from tp_name */
 }

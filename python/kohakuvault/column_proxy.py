@@ -133,6 +133,17 @@ def _as_index(i: Any, msg: str) -> int:
     raise TypeError(msg)
 
 
+@contextmanager
+def _cache_scope(owner: Any, cap_bytes: int, flush_threshold: int):
+    """``owner.enable_cache(...)``, yield ``owner``, ``owner.disable_cache()``
+    (which flushes) on exit: the ``cache()`` context of columns and vaults."""
+    owner.enable_cache(cap_bytes, flush_threshold)
+    try:
+        yield owner
+    finally:
+        owner.disable_cache()
+
+
 class _ColumnBase(MutableSequence):
     """Shared machinery of Column and VarSizeColumn (not public)."""
 
@@ -179,7 +190,25 @@ class _ColumnBase(MutableSequence):
     def _check_values(self, values: list) -> None:
         """Per-dtype value checks before packing (VarSizeColumn: bytes)."""
 
+    #: IndexError text for an int index outside the column (per class).
+    _OUT_OF_RANGE = "Column index out of range: {i} (length={n})"
+
+    def _position(self, idx: Any, msg: str) -> int:
+        """0-based position of int index ``idx`` (negative counts from the
+        end); ``TypeError(msg)`` for a non-int, ``IndexError`` out of range."""
+        i = _as_index(idx, msg)
+        n = len(self)
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise IndexError(self._OUT_OF_RANGE.format(i=i, n=n))
+        return j
+
     # -- MutableSequence ----------------------------------------------------
+    def __delitem__(self, idx) -> None:
+        if isinstance(idx, slice) or not hasattr(idx, "__index__"):
+            raise TypeError("Column indices must be integers")
+        self._h.delete(self._position(idx, "Column indices must be integers"))
+
     def append(self, value: Any) -> None:
         """Pack ``value`` with the column's DataPacker and append it (cached when
         the cache is enabled). ``TypeError``/``ValueError`` leave the column unchanged."""
@@ -237,14 +266,9 @@ class _ColumnBase(MutableSequence):
             return 0
         return self._h.flush_cache()
 
-    @contextmanager
     def cache(self, cap_bytes: int = _DEFAULT_CAP, flush_threshold: int = _DEFAULT_THRESHOLD):
         """Context manager: enable the cache, yield the column, disable (flush) on exit."""
-        self.enable_cache(cap_bytes, flush_threshold)
-        try:
-            yield self
-        finally:
-            self.disable_cache()
+        return _cache_scope(self, cap_bytes, flush_threshold)
 
     def _cache_idle(self) -> float:
         return self._h.cache_idle()
@@ -279,22 +303,7 @@ class Column(_ColumnBase):
         if isinstance(idx, slice):
             self._set_slice(idx, value)
             return
-        i = _as_index(idx, "Column indices must be integers or slices")
-        n = len(self)
-        j = i + n if i < 0 else i
-        if not 0 <= j < n:
-            raise IndexError(f"Column index out of range: {i} (length={n})")
-        self._h.write(j, [value])
-
-    def __delitem__(self, idx) -> None:
-        if isinstance(idx, slice) or not hasattr(idx, "__index__"):
-            raise TypeError("Column indices must be integers")
-        i = _as_index(idx, "Column indices must be integers")
-        n = len(self)
-        j = i + n if i < 0 else i
-        if not 0 <= j < n:
-            raise IndexError(f"Column index out of range: {i} (length={n})")
-        self._h.delete(j)
+        self._h.write(self._position(idx, "Column indices must be integers or slices"), [value])
 
     def insert(self, index: int, value: Any) -> None:
         """Insert before ``index`` (clamped like ``list.insert``); shifts later
@@ -332,6 +341,7 @@ class VarSizeColumn(_ColumnBase):
     instances only. Made by :class:`ColumnVault` only."""
 
     _BATCH = 100
+    _OUT_OF_RANGE = "Index out of range: {i}"
 
     def __init__(self, handle, name: str, dtype: str, raw: bool = False) -> None:
         super().__init__(handle, name, dtype)
@@ -354,23 +364,9 @@ class VarSizeColumn(_ColumnBase):
         if isinstance(idx, slice):
             self._set_slice(idx, value)
             return
-        i = _as_index(idx, "Column indices must be integers or slices")
-        n = len(self)
-        j = i + n if i < 0 else i
-        if not 0 <= j < n:
-            raise IndexError(f"Index out of range: {i}")
+        j = self._position(idx, "Column indices must be integers or slices")
         self._check_values([value])
         self._h.write(j, [value])
-
-    def __delitem__(self, idx) -> None:
-        if isinstance(idx, slice) or not hasattr(idx, "__index__"):
-            raise TypeError("Column indices must be integers")
-        i = _as_index(idx, "Column indices must be integers")
-        n = len(self)
-        j = i + n if i < 0 else i
-        if not 0 <= j < n:
-            raise IndexError(f"Index out of range: {i}")
-        self._h.delete(j)
 
     def insert(self, index: int, value: Any) -> None:
         """Always ``NotImplementedError`` (API.md §6.6)."""
@@ -542,14 +538,9 @@ class ColumnVault:
         with self._lock:
             return sum(col.flush_cache() for col in self._columns.values())
 
-    @contextmanager
     def cache(self, cap_bytes: int = _DEFAULT_CAP, flush_threshold: int = _DEFAULT_THRESHOLD):
         """Context manager: ``enable_cache``, yield the vault, ``disable_cache`` on exit."""
-        self.enable_cache(cap_bytes, flush_threshold)
-        try:
-            yield self
-        finally:
-            self.disable_cache()
+        return _cache_scope(self, cap_bytes, flush_threshold)
 
     @contextmanager
     def lock_cache(self):

@@ -165,3 +165,50 @@ def raw_put():
             con.close()
 
     return write
+
+
+@pytest.fixture
+def run_threads():
+    """``run_threads(body, n)``: run ``body(i)`` for i in range(n), each in
+    its own thread, join them (120 s each) and return the exceptions raised."""
+    import threading
+
+    def run(body, n):
+        errors = []
+
+        def worker(i):
+            try:
+                body(i)
+            except Exception as e:  # reported to the test, which asserts on it
+                errors.append(e)
+
+        ts = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(timeout=120)
+        return errors
+
+    return run
+
+
+@pytest.fixture
+def run_script():
+    """``run_script(source, *args)``: run ``source`` with this interpreter in
+    a child process (15 min limit), print its output, assert it exited with
+    status 0 and return the CompletedProcess."""
+    import subprocess
+    import sys
+
+    def run(source, *args):
+        proc = subprocess.run(
+            [sys.executable, "-c", source, *args],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        print(proc.stdout, proc.stderr)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    return run

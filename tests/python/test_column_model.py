@@ -46,6 +46,14 @@ def _eq(a, b):
     return a == b
 
 
+def _random_slice(rng, n, odd_step):
+    """A slice with bounds in [-n - 3, n + 3] and a step drawn from None, 1,
+    ``odd_step`` and -1 (1 twice as likely)."""
+    a = rng.randint(-n - 3, n + 3)
+    b = rng.randint(-n - 3, n + 3)
+    return slice(a, b, rng.choice([None, 1, 1, odd_step, -1]))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_model_random_ops(tmp_path, kind):
     rng = random.Random(hash(kind) & 0xFFFF)
@@ -115,10 +123,7 @@ def test_model_random_ops(tmp_path, kind):
                 with pytest.raises(IndexError):
                     col[i] = v
         elif op < 0.76:
-            a = rng.randint(-n - 3, n + 3)
-            b = rng.randint(-n - 3, n + 3)
-            step_ = rng.choice([None, 1, 1, 2, -1])
-            s = slice(a, b, step_)
+            s = _random_slice(rng, n, 2)
             if s.indices(n)[2] != 1:
                 with pytest.raises(ValueError, match="Step slicing not supported"):
                     col[s] = []
@@ -134,10 +139,7 @@ def test_model_random_ops(tmp_path, kind):
                         model[s] = [packer.pack(v) for v in vs]
                         values[s] = [packer.unpack(packer.pack(v)) for v in vs]
         elif op < 0.92:
-            a = rng.randint(-n - 3, n + 3)
-            b = rng.randint(-n - 3, n + 3)
-            step_ = rng.choice([None, 1, 1, 3, -1])
-            s = slice(a, b, step_)
+            s = _random_slice(rng, n, 3)
             if s.indices(n)[2] != 1:
                 with pytest.raises(ValueError, match="Step slicing not supported"):
                     col[s]

@@ -226,13 +226,20 @@ def _hold_write_lock(path, seconds, ready):
     con.close()
 
 
+def _lock_held_for(path, seconds):
+    """Starts a thread holding ``path``'s write lock for ``seconds`` and
+    returns it once the lock is taken (join it to wait for the release)."""
+    ready = threading.Event()
+    t = threading.Thread(target=_hold_write_lock, args=(path, seconds, ready))
+    t.start()
+    ready.wait()
+    return t
+
+
 def test_busy_without_retries_raises_database_busy(db_path):
     with KVault(db_path, retries=1) as kv:
         kv["x"] = b"old"
-        ready = threading.Event()
-        t = threading.Thread(target=_hold_write_lock, args=(db_path, 7.0, ready))
-        t.start()
-        ready.wait()
+        t = _lock_held_for(db_path, 7.0)
         start = time.monotonic()
         with pytest.raises(DatabaseBusy):
             kv["x"] = b"new"
@@ -246,10 +253,7 @@ def test_busy_without_retries_raises_database_busy(db_path):
 def test_busy_is_retried_with_backoff(db_path):
     with KVault(db_path, retries=3, backoff_base=0.5) as kv:
         kv["x"] = b"old"
-        ready = threading.Event()
-        t = threading.Thread(target=_hold_write_lock, args=(db_path, 6.0, ready))
-        t.start()
-        ready.wait()
+        t = _lock_held_for(db_path, 6.0)
         start = time.monotonic()
         kv["x"] = b"new"  # attempt 1 busy after 5 s, attempt 2 after the lock is gone
         elapsed = time.monotonic() - start

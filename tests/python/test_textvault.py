@@ -1,7 +1,6 @@
 """TextVault (API.md §7): FTS5 layout, BM25 scores, escaping, CRUD, errors, switches."""
 
 import sqlite3
-import threading
 
 import numpy as np
 import pytest
@@ -320,22 +319,13 @@ def test_textvault_busy_maps_to_databasebusy(db_path, tv):
     assert len(tv) == 1
 
 
-def test_textvault_threads_share_one_instance(tv):
-    errors = []
-
+def test_textvault_threads_share_one_instance(tv, run_threads):
     def worker(n):
-        try:
-            for i in range(50):
-                tv.insert(f"thread{n} doc{i} common", i)
-                tv.search("common", k=3)
-        except Exception as e:  # pragma: no cover
-            errors.append(e)
+        for i in range(50):
+            tv.insert(f"thread{n} doc{i} common", i)
+            tv.search("common", k=3)
 
-    ts = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(timeout=120)
+    errors = run_threads(worker, 4)
     assert not errors
     assert len(tv) == 200
     assert tv.count_matches("common") == 200

@@ -1,7 +1,6 @@
 """VectorKVault (API.md §8): exact k-NN, metrics, normalisation, input rules, CRUD, errors."""
 
 import sqlite3
-import threading
 
 import numpy as np
 import pytest
@@ -245,24 +244,16 @@ def test_vectorkvault_reopen_with_other_dimensions_is_detected(db_path):
         b.search([1, 2])
 
 
-def test_vectorkvault_threads(db_path):
+def test_vectorkvault_threads(db_path, run_threads):
     vkv = VectorKVault(db_path, dimensions=8, metric="l2")
-    errors = []
 
     def worker(n):
         rng = np.random.default_rng(n)  # one generator per thread
-        try:
-            for i in range(40):
-                vkv.insert(rng.standard_normal(8).astype(np.float32), (n, i))
-                vkv.search(np.zeros(8, dtype=np.float32), k=5)
-        except Exception as e:  # pragma: no cover
-            errors.append(e)
+        for i in range(40):
+            vkv.insert(rng.standard_normal(8).astype(np.float32), (n, i))
+            vkv.search(np.zeros(8, dtype=np.float32), k=5)
 
-    ts = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(timeout=120)
+    errors = run_threads(worker, 4)
     assert not errors
     assert len(vkv) == 160
 
