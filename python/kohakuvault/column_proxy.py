@@ -23,6 +23,7 @@ from collections.abc import MutableSequence
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Optional
 
+from . import _kvault
 from ._kvault import DataPacker, _ColumnVault
 from .errors import InvalidArgument, NotFound
 
@@ -44,8 +45,9 @@ __all__ = [
     "get_unpacker",
 ]
 
-_DEFAULT_CAP = 67108864
-_DEFAULT_THRESHOLD = 16777216
+# the write-back cache sizes are KVault's (one table: _kvault.KV_DEFAULTS)
+_DEFAULT_CAP = _kvault.KV_DEFAULTS["cache_cap_bytes"]
+_DEFAULT_THRESHOLD = _kvault.KV_DEFAULTS["cache_flush_threshold"]
 
 # ---------------------------------------------------------------------------
 # struct helpers [int]
