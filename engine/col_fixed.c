@@ -28,8 +28,10 @@
  */
 #include "col_internal.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -248,16 +250,24 @@ static kv_status kvi_chunk_write(kv_colvault *cv, const kvi_fx *fx, kvi_blob *bl
  *    10M-value extend into a new vault, interleaved runs: ~115 -> ~100 ms
  *    median.
  *
- * Descriptors: SQLite holds POSIX locks on the database file, and closing
- * any descriptor of that file in this process would drop them, so we use
- * SQLite's own descriptors (never closed here). They are taken from the
- * sqlite3_file objects SQLITE_FCNTL_FILE_POINTER / _JOURNAL_POINTER return;
- * for the built-in "unix" VFS family that object starts with three pointers
- * followed by the descriptor. A descriptor is used only if fstat() shows the
- * same regular file (device and inode) as the path SQLite reports, so any
- * other VFS or layout just leaves this off. Every failure here is ignored:
- * it can only cost speed. Both descriptors stay open while the helper runs
- * (cv->mu is held and the connection stays open for the operation). */
+ * Descriptors (both stay open while the helper runs; cv->mu is held and the
+ * connection stays open for the operation; every failure here is ignored:
+ * it can only cost speed):
+ *  - WAL: we open the -wal file ourselves (O_RDWR, never created) and close
+ *    it when the operation ends. SQLite takes no POSIX locks on the -wal
+ *    file (its locks are on the database file and the -shm), so closing
+ *    our descriptor releases nothing of SQLite's.
+ *  - Database file: we must not open and close a descriptor of our own.
+ *    SQLite holds POSIX record locks on it (in WAL mode every connection
+ *    keeps a SHARED lock for its whole life; that lock is how the last
+ *    connection to close knows it may checkpoint and delete the WAL), and
+ *    closing any descriptor of a file releases all of the process's locks
+ *    on it. So we borrow a descriptor the process already holds read-write
+ *    on the same file (device and inode), found in /proc/self/fd: one of
+ *    SQLite's. We never close it. While our connection holds its lock on
+ *    the file (it does for the whole operation), SQLite's unix VFS closes
+ *    no descriptor of that file (it defers the close of a connection's
+ *    descriptor while any lock is held on the file), so it stays valid. */
 #define KVI_WB_MIN ((uint64_t)16 << 20)
 #define KVI_WB_PERIOD_US 2000
 #define KVI_WB_SLACK 16       /* frames beyond the estimate (btree pages) */
@@ -270,30 +280,46 @@ typedef struct kvi_wb {
     pthread_cond_t c;
     int stop;
     int started;
-    int fd[2]; /* borrowed from SQLite: WAL, database; -1 when unknown */
+    int fd[2]; /* WAL (owned), database (borrowed); -1 when unknown */
 } kvi_wb;
 
-/* Leading members of the unix VFS's file object (see above). */
-typedef struct kvi_unix_head {
-    const sqlite3_io_methods *methods;
-    sqlite3_vfs *vfs;
-    void *inode;
-    int h;
-} kvi_unix_head;
-
-static int kvi_sqlite_fd(sqlite3 *db, int op, const char *path)
+/* Our own read-write descriptor of the existing regular file `path`, or -1.
+ * Only for files SQLite holds no POSIX locks on (see above). */
+static int kvi_open_unlocked_file(const char *path)
 {
-    sqlite3_file *f = NULL;
-    struct stat a, b;
-    if (sqlite3_file_control(db, "main", op, &f) != SQLITE_OK || !f || !f->pMethods)
+    struct stat sb;
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd >= 0 && (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode))) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+/* A descriptor this process already holds read-write on the regular file
+ * `path` (same device and inode), found in /proc/self/fd, or -1. Borrowed:
+ * the caller never closes it (see above for why it stays valid). */
+static int kvi_find_open_fd(const char *path)
+{
+    struct stat want, sb;
+    struct dirent *e;
+    int found = -1;
+    if (stat(path, &want) != 0 || !S_ISREG(want.st_mode))
         return -1;
-    const kvi_unix_head *u = (const kvi_unix_head *)(const void *)f;
-    if (!u->vfs || !u->vfs->zName || strncmp(u->vfs->zName, "unix", 4) != 0 || u->h < 0)
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
         return -1;
-    if (fstat(u->h, &a) != 0 || stat(path, &b) != 0 || !S_ISREG(a.st_mode) ||
-        a.st_dev != b.st_dev || a.st_ino != b.st_ino)
-        return -1;
-    return u->h;
+    while (found < 0 && (e = readdir(d)) != NULL) {
+        char *end;
+        long fd = strtol(e->d_name, &end, 10);
+        if (end == e->d_name || *end || fd < 0 || fd == dirfd(d))
+            continue;
+        if (fstat((int)fd, &sb) == 0 && sb.st_dev == want.st_dev && sb.st_ino == want.st_ino &&
+            (fcntl((int)fd, F_GETFL) & O_ACCMODE) == O_RDWR)
+            found = (int)fd;
+    }
+    closedir(d);
+    return found;
 }
 
 static void *kvi_wb_main(void *arg)
@@ -344,18 +370,23 @@ static void kvi_wb_prealloc(kv_colvault *cv, const kvi_wb *w, uint64_t bytes)
     /* overflow pages carry P - 4 bytes each */
     const int64_t pages = (int64_t)(bytes / (uint64_t)(P - 4)) + KVI_WB_SLACK;
     if (w->fd[0] >= 0) {
-        int64_t first = 0; /* frame index the transaction starts at */
-        if (cv->rc.on && cv->rc.hdr) {
-            uint32_t mx, backfill;
-            memcpy(&mx, (const uint8_t *)cv->rc.hdr + 16, 4);       /* WalIndexHdr.mxFrame */
-            memcpy(&backfill, (const uint8_t *)cv->rc.hdr + 96, 4); /* WalCkptInfo.nBackfill */
-            first = mx == backfill ? 0 : (int64_t)mx;
-        }
+        uint32_t mx, backfill;
+        kvi_walsnap_frames(&cv->rc.ws, &mx, &backfill); /* both 0 when unknown */
+        /* frame index the transaction starts at */
+        const int64_t first = mx == backfill ? 0 : (int64_t)mx;
         (void)fallocate(w->fd[0], FALLOC_FL_KEEP_SIZE, 0,
                         (off_t)(KVI_WAL_HDR + (first + pages) * (P + KVI_WAL_FRAME_HDR)));
     }
     if (w->fd[1] >= 0 && fstat(w->fd[1], &sb) == 0)
         (void)fallocate(w->fd[1], FALLOC_FL_KEEP_SIZE, sb.st_size, (off_t)(pages * P));
+}
+
+/* Close the descriptor we own (the WAL's); the borrowed one stays open. */
+static void kvi_wb_close_fds(kvi_wb *w)
+{
+    if (w->fd[0] >= 0)
+        close(w->fd[0]);
+    w->fd[0] = w->fd[1] = -1;
 }
 
 /* Start preallocation and the writeback helper for an operation writing
@@ -364,17 +395,16 @@ static void kvi_wb_prealloc(kv_colvault *cv, const kvi_wb *w, uint64_t bytes)
 static void kvi_wb_start(kv_colvault *cv, kvi_wb *w, uint64_t bytes)
 {
     pthread_condattr_t ca;
-    char p[4200];
     memset(w, 0, sizeof *w);
     w->fd[0] = w->fd[1] = -1;
     if (bytes < KVI_WB_MIN)
         return;
-    const char *db = sqlite3_db_filename(cv->db, "main");
-    if (!db || !db[0] || strlen(db) > 4000)
+    sqlite3_filename db = sqlite3_db_filename(cv->db, "main");
+    if (!db || !db[0]) /* "": a temporary or in-memory database */
         return;
-    snprintf(p, sizeof p, "%s-wal", db);
-    w->fd[0] = kvi_sqlite_fd(cv->db, SQLITE_FCNTL_JOURNAL_POINTER, p);
-    w->fd[1] = kvi_sqlite_fd(cv->db, SQLITE_FCNTL_FILE_POINTER, db);
+    const char *wal = sqlite3_filename_wal(db);
+    w->fd[0] = wal && wal[0] ? kvi_open_unlocked_file(wal) : -1;
+    w->fd[1] = kvi_find_open_fd(db);
     if (w->fd[0] < 0 && w->fd[1] < 0)
         return;
     kvi_wb_prealloc(cv, w, bytes);
@@ -386,6 +416,7 @@ static void kvi_wb_start(kv_colvault *cv, kvi_wb *w, uint64_t bytes)
     if (pthread_create(&w->th, NULL, kvi_wb_main, w) != 0) {
         pthread_cond_destroy(&w->c);
         pthread_mutex_destroy(&w->m);
+        kvi_wb_close_fds(w);
         return;
     }
     w->started = 1;
@@ -412,6 +443,7 @@ static void kvi_wb_stop(kvi_wb *w)
     pthread_join(w->th, NULL);
     pthread_cond_destroy(&w->c);
     pthread_mutex_destroy(&w->m);
+    kvi_wb_close_fds(w);
     w->started = 0;
 }
 

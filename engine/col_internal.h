@@ -39,9 +39,8 @@ enum {
 };
 
 /* Read cache (col_rcache.c): stored lengths and blocks of chunk bytes,
- * valid while the WAL-index header equals `tag` (epoch numbers stand for
- * tags; an entry is valid iff its epoch == rc.epoch). */
-#define KVI_RC_HDR 48                    /* bytes of one WalIndexHdr copy */
+ * valid while the WAL-index header equals the tag of rc.ws (epoch numbers
+ * stand for tags; an entry is valid iff its epoch == rc.epoch). */
 #define KVI_RC_BLOCK 32768               /* bytes per cached block */
 #define KVI_RC_WAYS 4                    /* set associativity */
 #define KVI_RC_BYTES (16u << 20)         /* block memory per vault, bytes */
@@ -56,11 +55,8 @@ typedef struct kvi_rblk {
 } kvi_rblk;
 
 typedef struct kvi_rcache_cv {
-    int on;                              /* WAL-index header reachable */
-    int tag_ok;                          /* tag holds a header */
+    kvi_walsnap ws;                      /* header the current epoch stands for (off: shm NULL) */
     int op_ok;                           /* kvi_rc_begin of the current op succeeded */
-    const volatile uint8_t *hdr;         /* SQLite's mapping of wal-index region 0 */
-    uint8_t tag[KVI_RC_HDR];             /* header the current epoch stands for */
     uint64_t epoch;                      /* starts at 1 */
     kvi_rblk *blk;                       /* nsets * WAYS slots, lazily allocated */
     size_t nsets;

@@ -11,31 +11,24 @@
  * up to the offset. That is ~27 us per slice (37k slices/s). A hit here is
  * a 96-byte read of shared memory, a 48-byte compare and a memcpy.
  *
- * Validation (the argument of engine/readcache.c, which does the same for
- * KVault values; https://www.sqlite.org/walformat.html "The WAL-Index
- * Header"): region 0 of the wal-index (the -shm file every connection maps
- * shared) starts with two copies of the 48-byte WalIndexHdr. A writer
- * publishes a commit by writing copy 2, a barrier, then copy 1; we read
- * copy 1, an acquire fence, copy 2, and accept only identical, initialised
- * copies. Every commit changes the header (mxFrame grows; a WAL restart
- * changes the salts), a checkpoint changes no content a reader sees. So:
+ * Validation: walsnap.c (snapshots of SQLite's WAL-index header, shared
+ * with the KVault read cache; it gives the full argument). Applied here:
  *  - each cached value is read from SQLite after the snapshot S of the
  *    operation that read it was taken, so it is at least as new as S, and
  *    is tagged with S (an epoch number standing for S);
  *  - an operation takes a snapshot H first; if H != S the epoch advances
  *    and every entry becomes invalid; if H == S nothing committed since S,
- *    so entries read under S are the current state;
+ *    so entries read under S are the current state; no usable snapshot
+ *    (torn or uninitialised header) forgets S and the operation reads
+ *    SQLite directly;
  *  - an operation that mixes cached blocks with blocks it reads from SQLite
  *    checks the header again after its read transaction: unchanged means
  *    the transaction saw state S too; changed means the caller redoes the
  *    read without the cache (one consistent SQLite transaction);
  *  - writes through this vault advance the epoch at BEGIN (their commit
  *    changes the header anyway; this covers reads inside a failed write).
- * We never open the -shm ourselves (closing a descriptor would drop the
- * POSIX locks SQLite holds on it); we ask the VFS for its mapping of
- * region 0 (xShmMap with bExtend = 0), valid while this connection is open
- * in WAL mode. Not WAL (":memory:"), exclusive locking mode, or any failure
- * → the cache stays off and every read goes to SQLite.
+ * Not WAL (":memory:"), exclusive locking mode, or any failure to reach the
+ * header -> the cache stays off and every read goes to SQLite.
  *
  * Memory: KVI_RC_BYTES (16 MiB) of blocks per vault at most, allocated on
  * first use, 4-way set-associative with LRU replacement per set. Reads
@@ -46,75 +39,12 @@
  */
 #include "col_internal.h"
 
-#include <stdio.h>
 #include <string.h>
-
-#define WALINDEX_PGSZ 32768  /* size of a wal-index region (walformat.html) */
-#define WAL_VERSION 3007000u /* WalIndexHdr.iVersion */
-#define HDR_ISINIT_OFF 12    /* offset of isInit in WalIndexHdr */
-
-/* ------------------------------------------------------------------------ */
-/* header snapshot                                                          */
-/* ------------------------------------------------------------------------ */
-
-static int rc_snap(const volatile uint8_t *h, uint8_t out[KVI_RC_HDR])
-{
-    uint64_t a[6], b[6];
-    const volatile uint64_t *p = (const volatile uint64_t *)h;
-    /* relaxed atomic loads: plain loads on x86-64/arm64, and no data race
-     * for ThreadSanitizer when another connection of this process commits */
-    for (int i = 0; i < 6; i++)
-        a[i] = __atomic_load_n(&p[i], __ATOMIC_RELAXED);
-    __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    for (int i = 0; i < 6; i++)
-        b[i] = __atomic_load_n(&p[6 + i], __ATOMIC_RELAXED);
-    if (memcmp(a, b, sizeof a) != 0)
-        return 0;
-    memcpy(out, a, KVI_RC_HDR);
-    return out[HDR_ISINIT_OFF] == 1;
-}
-
-static void rc_pragma_text(sqlite3 *db, const char *sql, char *out, size_t n)
-{
-    sqlite3_stmt *s = NULL;
-    out[0] = '\0';
-    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
-        return;
-    if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_text(s, 0))
-        snprintf(out, n, "%s", (const char *)sqlite3_column_text(s, 0));
-    sqlite3_finalize(s);
-}
 
 void kvi_rc_open(kv_colvault *cv)
 {
-    char mode[32];
-    sqlite3_file *f = NULL;
-    volatile void *region = NULL;
-    uint8_t snap[KVI_RC_HDR];
-    uint32_t ver;
-
-    cv->rc.on = 0;
     cv->rc.epoch = 1;
-    rc_pragma_text(cv->db, "PRAGMA journal_mode", mode, sizeof mode);
-    if (strcmp(mode, "wal") != 0)
-        return;
-    rc_pragma_text(cv->db, "PRAGMA locking_mode", mode, sizeof mode);
-    if (strcmp(mode, "normal") != 0)
-        return;
-    /* a read so that SQLite has opened and mapped the wal-index */
-    rc_pragma_text(cv->db, "SELECT count(*) FROM kohakuvault_meta", mode, sizeof mode);
-    if (sqlite3_file_control(cv->db, "main", SQLITE_FCNTL_FILE_POINTER, &f) != SQLITE_OK || !f ||
-        !f->pMethods || f->pMethods->iVersion < 2 || !f->pMethods->xShmMap)
-        return;
-    if (f->pMethods->xShmMap(f, 0, WALINDEX_PGSZ, 0, &region) != SQLITE_OK || !region)
-        return;
-    cv->rc.hdr = (const volatile uint8_t *)region;
-    if (!rc_snap(cv->rc.hdr, snap))
-        return;
-    memcpy(&ver, snap, 4);
-    if (ver != WAL_VERSION)
-        return;
-    cv->rc.on = 1;
+    kvi_walsnap_open(&cv->rc.ws, cv->db);
 }
 
 void kvi_rc_close(kv_colvault *cv)
@@ -126,20 +56,24 @@ void kvi_rc_close(kv_colvault *cv)
         kvi_free(cv->rc.blk);
     }
     cv->rc.blk = NULL;
-    cv->rc.on = 0;
+    cv->rc.ws.shm = NULL;
 }
 
 int kvi_rc_begin(kv_colvault *cv)
 {
-    uint8_t snap[KVI_RC_HDR];
+    uint8_t snap[KVI_WALHDR_BYTES];
     cv->rc.op_ok = 0;
-    if (!cv->rc.on || !rc_snap(cv->rc.hdr, snap))
+    if (!kvi_walsnap_on(&cv->rc.ws))
         return 0;
-    if (!cv->rc.tag_ok || memcmp(snap, cv->rc.tag, KVI_RC_HDR) != 0) {
-        memcpy(cv->rc.tag, snap, KVI_RC_HDR);
-        cv->rc.tag_ok = 1;
+    switch (kvi_walsnap_begin(&cv->rc.ws, snap)) {
+    case KVI_WALSNAP_NONE:
+        return 0;
+    case KVI_WALSNAP_NEW:
         cv->rc.epoch++;
         cv->rc.drops++;
+        break;
+    case KVI_WALSNAP_SAME:
+        break;
     }
     cv->rc.op_ok = 1;
     return 1;
@@ -147,9 +81,7 @@ int kvi_rc_begin(kv_colvault *cv)
 
 int kvi_rc_unchanged(kv_colvault *cv)
 {
-    uint8_t snap[KVI_RC_HDR];
-    return cv->rc.on && cv->rc.tag_ok && rc_snap(cv->rc.hdr, snap) &&
-           memcmp(snap, cv->rc.tag, KVI_RC_HDR) == 0;
+    return kvi_walsnap_unchanged(&cv->rc.ws);
 }
 
 void kvi_rc_invalidate(kv_colvault *cv)
@@ -431,6 +363,6 @@ void kv_colvault_read_cache_stats(kv_colvault *cv, uint64_t *hits, uint64_t *mis
     if (drops)
         *drops = cv->rc.drops;
     if (enabled)
-        *enabled = cv->rc.on;
+        *enabled = kvi_walsnap_on(&cv->rc.ws);
     pthread_mutex_unlock(&cv->mu);
 }

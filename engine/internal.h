@@ -22,6 +22,7 @@
 
 #include "kvault/kvault.h"
 #include "kvault/codec.h"
+#include "walsnap.h"
 
 /* ------------------------------------------------------------------------
  * Memory: every engine allocation goes through mimalloc.
@@ -132,9 +133,6 @@ typedef struct kvi_cache {
  * valid while the WAL-index header is unchanged. See readcache.c for the
  * correctness argument.
  * ---------------------------------------------------------------------- */
-
-/** Size in bytes of one copy of SQLite's WAL-index header (WalIndexHdr). */
-#define KVI_WALHDR_BYTES 48
 
 typedef struct kvi_rcache kvi_rcache;
 
