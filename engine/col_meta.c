@@ -86,6 +86,49 @@ void kvi_col_rollback(kv_colvault *cv)
     }
 }
 
+kv_status kvi_col_txn(kv_colvault *cv, int immediate, kvi_col_body body, void *arg)
+{
+    kv_status st = kvi_col_begin(cv, immediate);
+    if (st != KV_OK)
+        return st;
+    st = body(cv, arg);
+    if (st == KV_OK)
+        st = kvi_col_commit(cv);
+    else
+        kvi_col_rollback(cv);
+    return st;
+}
+
+kv_status kvi_col_prepare_op(kv_col *col)
+{
+    kvi_err_clear(&col->cv->err);
+    if (col->cache_on && col->cn)
+        return kvi_cache_flush_locked(col, NULL);
+    return KV_OK;
+}
+
+kv_status kvi_col_locked_txn(kv_colvault *cv, kv_col *col, int immediate, kvi_col_body body,
+                             void *arg)
+{
+    kv_status st = KV_OK;
+    pthread_mutex_lock(&cv->mu);
+    if (col)
+        st = kvi_col_prepare_op(col);
+    else
+        kvi_err_clear(&cv->err);
+    if (st == KV_OK)
+        st = kvi_col_txn(cv, immediate, body, arg);
+    pthread_mutex_unlock(&cv->mu);
+    return st;
+}
+
+kv_status kvi_col_range_error(kv_colvault *cv, const char *op, int64_t start, int64_t count,
+                              int64_t len)
+{
+    return kvi_err_set(&cv->err, KV_INVALID, "%s range %lld..%lld beyond length %lld", op,
+                       (long long)start, (long long)(start + count), (long long)len);
+}
+
 /* ------------------------------------------------------------------------ */
 /* vault open/close                                                         */
 /* ------------------------------------------------------------------------ */
@@ -249,49 +292,49 @@ static kv_status kvi_col_insert_row(kv_colvault *cv, const char *name, const cha
     return KV_OK;
 }
 
+/* The col_meta rows one create inserts (a fixed column, or the _data and
+ * _idx columns of a variable-size pair). */
+typedef struct kvi_new_cols {
+    int n;
+    const char *name[2];
+    const char *dtype[2];
+    int64_t elem[2];
+    int64_t *id[2];
+} kvi_new_cols;
+
+/* Names of the _data and _idx columns of variable-size column `name`
+ * (at most 1000 bytes, checked by the caller). */
+static void kvi_var_names(const char *name, char nd[1100], char ni[1100])
+{
+    snprintf(nd, 1100, "%s_data", name);
+    snprintf(ni, 1100, "%s_idx", name);
+}
+
+static kv_status kvi_col_create_body(kv_colvault *cv, void *arg)
+{
+    const kvi_new_cols *a = arg;
+    kv_status st = KV_OK;
+    for (int i = 0; i < a->n && st == KV_OK; i++)
+        st = kvi_col_insert_row(cv, a->name[i], a->dtype[i], a->elem[i], a->id[i]);
+    return st;
+}
+
 kv_status kv_col_create(kv_colvault *cv, const char *name, const char *dtype, int64_t elem_size,
                         int64_t *col_id)
 {
-    kv_status st;
-    pthread_mutex_lock(&cv->mu);
-    kvi_err_clear(&cv->err);
-    st = kvi_col_begin(cv, 1);
-    if (st != KV_OK)
-        goto out;
-    st = kvi_col_insert_row(cv, name, dtype, elem_size, col_id);
-    if (st == KV_OK)
-        st = kvi_col_commit(cv);
-    else
-        kvi_col_rollback(cv);
-out:
-    pthread_mutex_unlock(&cv->mu);
-    return st;
+    kvi_new_cols a = {1, {name}, {dtype}, {elem_size}, {col_id}};
+    return kvi_col_locked_txn(cv, NULL, 1, kvi_col_create_body, &a);
 }
 
 kv_status kv_col_create_var(kv_colvault *cv, const char *name, const char *dtype, int64_t *data_id,
                             int64_t *idx_id)
 {
     char nd[1100], ni[1100];
-    kv_status st;
     if (strlen(name) > 1000)
         return KV_INVALID;
-    snprintf(nd, sizeof nd, "%s_data", name);
-    snprintf(ni, sizeof ni, "%s_idx", name);
-    pthread_mutex_lock(&cv->mu);
-    kvi_err_clear(&cv->err);
-    st = kvi_col_begin(cv, 1);
-    if (st != KV_OK)
-        goto out;
-    st = kvi_col_insert_row(cv, nd, dtype, 1, data_id);
-    if (st == KV_OK)
-        st = kvi_col_insert_row(cv, ni, KV_COL_IDX_DTYPE, KV_COL_IDX_ELEM, idx_id);
-    if (st == KV_OK)
-        st = kvi_col_commit(cv);
-    else
-        kvi_col_rollback(cv);
-out:
-    pthread_mutex_unlock(&cv->mu);
-    return st;
+    kvi_var_names(name, nd, ni);
+    kvi_new_cols a = {2, {nd, ni}, {dtype, KV_COL_IDX_DTYPE}, {1, KV_COL_IDX_ELEM}, {data_id, idx_id}};
+    return kvi_col_locked_txn(cv, NULL, 1, kvi_col_create_body, &a);
 }
 
 /* Fill *out from a statement positioned on a full col_meta row
@@ -439,40 +482,40 @@ static kv_status kvi_col_delete_one(kv_colvault *cv, const char *name, int *n)
     return KV_OK;
 }
 
-kv_status kv_col_delete(kv_colvault *cv, const char *name, int *deleted)
+/* Arguments of kvi_col_delete_body. */
+typedef struct kvi_del_op {
+    const char *name;
+    int n;            /* rows deleted */
+} kvi_del_op;
+
+/* Delete column `name`, or else the pair name_data/name_idx when both exist. */
+static kv_status kvi_col_delete_body(kv_colvault *cv, void *arg)
 {
+    kvi_del_op *a = arg;
     char nd[1100], ni[1100];
     kv_col_info ci;
-    int n = 0;
-    kv_status st;
-
-    *deleted = 0;
-    if (strlen(name) > 1000)
-        return KV_INVALID;
-    pthread_mutex_lock(&cv->mu);
-    kvi_err_clear(&cv->err);
-    st = kvi_col_begin(cv, 1);
-    if (st != KV_OK)
-        goto out;
-    st = kvi_col_delete_one(cv, name, &n);
-    if (st == KV_OK && n == 0) {
-        snprintf(nd, sizeof nd, "%s_data", name);
-        snprintf(ni, sizeof ni, "%s_idx", name);
+    kv_status st = kvi_col_delete_one(cv, a->name, &a->n);
+    if (st == KV_OK && a->n == 0) {
+        kvi_var_names(a->name, nd, ni);
         if (kvi_col_info_by(cv, "name", nd, 0, &ci) == KV_OK &&
             kvi_col_info_by(cv, "name", ni, 0, &ci) == KV_OK) {
-            st = kvi_col_delete_one(cv, nd, &n);
+            st = kvi_col_delete_one(cv, nd, &a->n);
             if (st == KV_OK)
-                st = kvi_col_delete_one(cv, ni, &n);
+                st = kvi_col_delete_one(cv, ni, &a->n);
         }
         kvi_err_clear(&cv->err);
     }
+    return st;
+}
+
+kv_status kv_col_delete(kv_colvault *cv, const char *name, int *deleted)
+{
+    kvi_del_op a = {name, 0};
+    *deleted = 0;
+    if (strlen(name) > 1000)
+        return KV_INVALID;
+    kv_status st = kvi_col_locked_txn(cv, NULL, 1, kvi_col_delete_body, &a);
     if (st == KV_OK)
-        st = kvi_col_commit(cv);
-    else
-        kvi_col_rollback(cv);
-    if (st == KV_OK)
-        *deleted = n > 0;
-out:
-    pthread_mutex_unlock(&cv->mu);
+        *deleted = a.n > 0;
     return st;
 }

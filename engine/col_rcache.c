@@ -148,30 +148,73 @@ static kvi_rblk *rc_victim(kv_colvault *cv, int64_t col_id, int64_t chunk, int64
     return v;
 }
 
+/* The span at `off` (n > 0 bytes left) cut at the end of its cache block:
+ * block index *blk inside the chunk, offset *bo inside the block. */
+static kvi_span rc_span(const kvi_fx *fx, uint64_t off, uint64_t n, int64_t *blk, uint64_t *bo)
+{
+    kvi_span s = kvi_fx_span(fx, off, n);
+    *blk = (int64_t)(s.in / KVI_RC_BLOCK);
+    *bo = s.in % KVI_RC_BLOCK;
+    if (KVI_RC_BLOCK - *bo < s.take)
+        s.take = KVI_RC_BLOCK - *bo;
+    return s;
+}
+
 /* Copy bytes [off, off + n) of column fx from valid blocks into dst.
  * Returns 1 when every block was cached, 0 at the first miss. */
 static int rc_copy_hits(kv_colvault *cv, const kvi_fx *fx, uint64_t off, uint8_t *dst, uint64_t n)
 {
-    const uint64_t M = (uint64_t)fx->max;
     while (n > 0) {
-        int64_t chunk = (int64_t)(off / M);
-        uint64_t in = off % M;
-        int64_t blk = (int64_t)(in / KVI_RC_BLOCK);
-        uint64_t bo = in % KVI_RC_BLOCK;
-        kvi_rblk *b = rc_find(cv, fx->col_id, chunk, blk);
-        if (!b)
-            return 0;
-        uint64_t take = KVI_RC_BLOCK - bo < n ? KVI_RC_BLOCK - bo : n;
-        if (M - in < take)
-            take = M - in;
-        if (bo + take > b->len)
-            return 0; /* short block: the chunk grew since; refetch */
-        memcpy(dst, b->data + bo, (size_t)take);
-        off += take;
-        dst += take;
-        n -= take;
+        int64_t blk;
+        uint64_t bo;
+        kvi_span s = rc_span(fx, off, n, &blk, &bo);
+        kvi_rblk *b = rc_find(cv, fx->col_id, s.chunk, blk);
+        if (!b || bo + s.take > b->len)
+            return 0; /* missing, or a short block: the chunk grew since; refetch */
+        memcpy(dst, b->data + bo, (size_t)s.take);
+        off += s.take;
+        dst += s.take;
+        n -= s.take;
     }
     return 1;
+}
+
+/* Read block blk of chunk s.chunk from SQLite into *slot (a victim slot is
+ * taken when *slot is NULL), through one blob handle reused across calls;
+ * *c caches the chunk row of chunk *c_idx (-1: none). */
+static kv_status rc_fill_block(kv_colvault *cv, const kvi_fx *fx, kvi_blob *bl, kvi_chunk *c,
+                               int64_t *c_idx, kvi_span s, int64_t blk, kvi_rblk **slot)
+{
+    kv_status st;
+    if (*c_idx != s.chunk || (uint64_t)c->cap < s.in + s.take) {
+        *c_idx = -1;
+        st = kvi_chunk_covering(cv, fx, s.chunk, s.in + s.take, c);
+        if (st != KV_OK)
+            return st;
+        *c_idx = s.chunk;
+    }
+    kvi_rblk *b = *slot ? *slot : rc_victim(cv, fx->col_id, s.chunk, blk);
+    if (!b)
+        return KV_NOMEM;
+    *slot = b;
+    const uint64_t bstart = (uint64_t)blk * KVI_RC_BLOCK;
+    const uint64_t blen = (uint64_t)c->cap - bstart < KVI_RC_BLOCK ? (uint64_t)c->cap - bstart
+                                                                   : KVI_RC_BLOCK;
+    KV_ASSERT_INTERNAL(bstart <= s.in && s.in + s.take <= bstart + blen);
+    st = kvi_blob_at(cv, bl, c->rowid, 0);
+    if (st != KV_OK)
+        return st;
+    int rc = sqlite3_blob_read(bl->b, b->data, (int)blen, (int)bstart);
+    if (rc != SQLITE_OK)
+        return kvi_err_sqlite(&cv->err, cv->db, rc, "blob read");
+    b->col_id = fx->col_id;
+    b->chunk_idx = s.chunk;
+    b->blk = blk;
+    b->len = (uint32_t)blen;
+    b->epoch = cv->rc.epoch;
+    b->tick = ++cv->rc.tick;
+    cv->rc.misses++;
+    return KV_OK;
 }
 
 /* Inside a read transaction: copy [off, off + n) into dst, serving cached
@@ -180,65 +223,26 @@ static int rc_copy_hits(kv_colvault *cv, const kvi_fx *fx, uint64_t off, uint8_t
 static kv_status rc_fill_copy(kv_colvault *cv, const kvi_fx *fx, uint64_t off, uint8_t *dst,
                               uint64_t n)
 {
-    const uint64_t M = (uint64_t)fx->max;
     kvi_blob bl = {0};
     kvi_chunk c = {0};
     int64_t c_idx = -1;
     kv_status st = KV_OK;
     while (n > 0) {
-        int64_t chunk = (int64_t)(off / M);
-        uint64_t in = off % M;
-        int64_t blk = (int64_t)(in / KVI_RC_BLOCK);
-        uint64_t bo = in % KVI_RC_BLOCK;
-        uint64_t take = KVI_RC_BLOCK - bo < n ? KVI_RC_BLOCK - bo : n;
-        if (M - in < take)
-            take = M - in;
-        kvi_rblk *b = rc_find(cv, fx->col_id, chunk, blk);
-        if (b && bo + take > b->len)
+        int64_t blk;
+        uint64_t bo;
+        kvi_span s = rc_span(fx, off, n, &blk, &bo);
+        kvi_rblk *b = rc_find(cv, fx->col_id, s.chunk, blk);
+        if (b && bo + s.take > b->len)
             b->epoch = 0; /* short (cannot happen within one state): refill this slot */
         if (!b || b->epoch == 0) {
-            if (c_idx != chunk) {
-                st = kvi_chunk_get(cv, fx->col_id, chunk, &c);
-                if (st != KV_OK)
-                    break;
-                c_idx = chunk;
-            }
-            if (!c.exists || (uint64_t)c.cap < in + take) {
-                st = kvi_err_set(&cv->err, KV_CORRUPT,
-                                 "column %lld: chunk %lld missing or short (need %llu bytes)",
-                                 (long long)fx->col_id, (long long)chunk,
-                                 (unsigned long long)(in + take));
-                break;
-            }
-            if (!b)
-                b = rc_victim(cv, fx->col_id, chunk, blk);
-            if (!b) {
-                st = KV_NOMEM;
-                break;
-            }
-            uint64_t bstart = (uint64_t)blk * KVI_RC_BLOCK;
-            uint64_t blen = (uint64_t)c.cap - bstart < KVI_RC_BLOCK ? (uint64_t)c.cap - bstart
-                                                                     : KVI_RC_BLOCK;
-            st = kvi_blob_at(cv, &bl, c.rowid, 0);
+            st = rc_fill_block(cv, fx, &bl, &c, &c_idx, s, blk, &b);
             if (st != KV_OK)
                 break;
-            int rc = sqlite3_blob_read(bl.b, b->data, (int)blen, (int)bstart);
-            if (rc != SQLITE_OK) {
-                st = kvi_err_sqlite(&cv->err, cv->db, rc, "blob read");
-                break;
-            }
-            b->col_id = fx->col_id;
-            b->chunk_idx = chunk;
-            b->blk = blk;
-            b->len = (uint32_t)blen;
-            b->epoch = cv->rc.epoch;
-            b->tick = ++cv->rc.tick;
-            cv->rc.misses++;
         }
-        memcpy(dst, b->data + bo, (size_t)take);
-        off += take;
-        dst += take;
-        n -= take;
+        memcpy(dst, b->data + bo, (size_t)s.take);
+        off += s.take;
+        dst += s.take;
+        n -= s.take;
     }
     kvi_blob_done(&bl);
     return st;
@@ -267,6 +271,13 @@ void kvi_rc_len_store(kv_col *col, int64_t len)
     }
 }
 
+/* Arguments of rc_read_body. */
+typedef struct kvi_rc_op {
+    kv_col *col;
+    int64_t start, count;   /* elements */
+    uint8_t *out;           /* count * elem bytes */
+} kvi_rc_op;
+
 /* Hit path after a successful kvi_rc_begin: 1 when answered (*st is the
  * result: KV_OK, or KV_INVALID for a range beyond the cached length). */
 static int rc_read_hit_begun(kv_col *col, int64_t start, int64_t count, uint8_t *out,
@@ -278,12 +289,9 @@ static int rc_read_hit_begun(kv_col *col, int64_t start, int64_t count, uint8_t 
     *st = KV_OK;
     if (col->len_epoch != cv->rc.epoch)
         return 0;
-    if (start + count > col->len_cached) {
-        *st = kvi_err_set(&cv->err, KV_INVALID, "read range %lld..%lld beyond length %lld",
-                          (long long)start, (long long)(start + count),
-                          (long long)col->len_cached);
+    *st = kvi_col_check_range(cv, "read", start, count, col->len_cached);
+    if (*st != KV_OK)
         return 1;
-    }
     if (!rc_copy_hits(cv, fx, (uint64_t)start * (uint64_t)fx->elem, out, n))
         return 0;
     cv->rc.hits++;
@@ -299,12 +307,34 @@ int kvi_rc_read_hit(kv_col *col, int64_t start, int64_t count, uint8_t *out, kv_
     return rc_read_hit_begun(col, start, count, out, st);
 }
 
+/* Miss path of kvi_rc_read inside its read transaction: the length (cached
+ * or read), the range check, then the bytes through the cache. */
+static kv_status rc_read_body(kv_colvault *cv, void *arg)
+{
+    const kvi_rc_op *a = arg;
+    kv_col *col = a->col;
+    int64_t len;
+    kv_status st = KV_OK;
+    if (col->len_epoch == cv->rc.epoch) {
+        len = col->len_cached;
+    } else {
+        st = kvi_fx_length(cv, &col->fx, &len);
+        if (st == KV_OK)
+            kvi_rc_len_store(col, len);
+    }
+    if (st == KV_OK)
+        st = kvi_col_check_range(cv, "read", a->start, a->count, len);
+    if (st == KV_OK && a->count > 0)
+        st = rc_fill_copy(cv, &col->fx, (uint64_t)a->start * (uint64_t)col->fx.elem, a->out,
+                          (uint64_t)a->count * (uint64_t)col->fx.elem);
+    return st;
+}
+
 kv_status kvi_rc_read(kv_col *col, int64_t start, int64_t count, uint8_t *out, int *served)
 {
     kv_colvault *cv = col->cv;
-    const kvi_fx *fx = &col->fx;
-    uint64_t n = (uint64_t)count * (uint64_t)fx->elem;
-    int64_t len;
+    uint64_t n = (uint64_t)count * (uint64_t)col->fx.elem;
+    kvi_rc_op a = {col, start, count, out};
     kv_status st;
 
     *served = 0;
@@ -316,25 +346,7 @@ kv_status kvi_rc_read(kv_col *col, int64_t start, int64_t count, uint8_t *out, i
     }
     /* miss: one read transaction; what it reads is filled under the
      * current epoch (the snapshot was taken above, before SQLite reads) */
-    st = kvi_col_begin(cv, 0);
-    if (st != KV_OK)
-        return st;
-    if (col->len_epoch == cv->rc.epoch) {
-        len = col->len_cached;
-    } else {
-        st = kvi_fx_length(cv, fx, &len);
-        if (st == KV_OK)
-            kvi_rc_len_store(col, len);
-    }
-    if (st == KV_OK && start + count > len)
-        st = kvi_err_set(&cv->err, KV_INVALID, "read range %lld..%lld beyond length %lld",
-                         (long long)start, (long long)(start + count), (long long)len);
-    if (st == KV_OK && n > 0)
-        st = rc_fill_copy(cv, fx, (uint64_t)start * (uint64_t)fx->elem, out, n);
-    if (st == KV_OK)
-        st = kvi_col_commit(cv);
-    else
-        kvi_col_rollback(cv);
+    st = kvi_col_txn(cv, 0, rc_read_body, &a);
     if (st == KV_NOMEM) {
         /* no memory for a block: not an error of the read itself */
         kvi_rc_invalidate(cv);

@@ -19,12 +19,14 @@
 
 KV_API void kv_open_opts_default(kv_open_opts *o)
 {
+    kvi_conn_opts co;
+    kvi_conn_opts_default(&co); /* the connection pragmas of API.md §4.1 */
     o->table = "kv";
-    o->enable_wal = 1;
-    o->page_size = 32768;
-    o->mmap_size = 268435456;
-    o->cache_kb = 100000;
-    o->busy_timeout_ms = 5000;
+    o->enable_wal = co.enable_wal;
+    o->page_size = co.page_size;
+    o->mmap_size = co.mmap_size;
+    o->cache_kb = co.cache_kb;
+    o->busy_timeout_ms = co.busy_timeout_ms;
     o->chunk_size = 1048576;
     o->read_cache_bytes = (size_t)32 << 20;
 }
