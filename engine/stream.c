@@ -410,6 +410,22 @@ static kv_status put_plain(kv_db *db, vblob *blob, int fd, int64_t base, int see
     return st;
 }
 
+/* Set up a ring and KVI_RING buffers of `chunk` bytes for one transfer
+ * (and note that this handle used io_uring). KV_UNSUPPORTED when the
+ * kernel refuses a ring (the caller falls back), KV_NOMEM. */
+static kv_status ring_open(kv_db *db, struct io_uring *ring, ring_buf *b, size_t chunk)
+{
+    if (io_uring_queue_init(KVI_RING * 2, ring, 0) < 0)
+        return KV_UNSUPPORTED;
+    if (alloc_bufs(b, KVI_RING, chunk) != 0) {
+        free_bufs(b, KVI_RING);
+        io_uring_queue_exit(ring);
+        return kvi_err_set(&db->err, KV_NOMEM, "out of memory");
+    }
+    db->used_uring = 1;
+    return KV_OK;
+}
+
 /* io_uring: keep up to KVI_RING preads in flight; write completed chunks to
  * the blob strictly in order. Returns KV_UNSUPPORTED (before touching the
  * blob) when the ring cannot be set up, so the caller falls back. */
@@ -424,14 +440,8 @@ static kv_status put_uring(kv_db *db, vblob *blob, int fd, int64_t base,
     int inflight = 0;
 
     *done = 0;
-    if (io_uring_queue_init(KVI_RING * 2, &ring, 0) < 0)
-        return KV_UNSUPPORTED;
-    if (alloc_bufs(b, KVI_RING, chunk) != 0) {
-        free_bufs(b, KVI_RING);
-        io_uring_queue_exit(&ring);
-        return kvi_err_set(&db->err, KV_NOMEM, "out of memory");
-    }
-    db->used_uring = 1;
+    if ((st = ring_open(db, &ring, b, chunk)) != KV_OK)
+        return st;
 
     for (;;) {
         /* Submit reads into idle buffers. */
@@ -623,14 +633,8 @@ static kv_status get_uring(kv_db *db, vblob *blob, uint64_t size, int fd, int64_
     uint64_t next = 0;
     int inflight = 0;
 
-    if (io_uring_queue_init(KVI_RING * 2, &ring, 0) < 0)
-        return KV_UNSUPPORTED;
-    if (alloc_bufs(b, KVI_RING, chunk) != 0) {
-        free_bufs(b, KVI_RING);
-        io_uring_queue_exit(&ring);
-        return kvi_err_set(&db->err, KV_NOMEM, "out of memory");
-    }
-    db->used_uring = 1;
+    if ((st = ring_open(db, &ring, b, chunk)) != KV_OK)
+        return st;
     for (;;) {
         int queued = 0;
         for (int i = 0; i < KVI_RING && next < size && st == KV_OK; i++) {
