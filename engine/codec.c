@@ -36,6 +36,7 @@ KV_API void kv_buf_free(kv_buf *b)
 
 KV_API kv_status kv_buf_reserve(kv_buf *b, size_t extra)
 {
+    KV_ASSERT(b && b->len <= b->cap && (b->data || b->cap == 0));
     if (b->cap - b->len >= extra)
         return KV_OK;
     if (extra > SIZE_MAX / 2 - b->len)
@@ -53,12 +54,14 @@ KV_API kv_status kv_buf_reserve(kv_buf *b, size_t extra)
 
 KV_API kv_status kv_buf_append(kv_buf *b, const void *p, size_t n)
 {
+    KV_ASSERT(p || n == 0);
     if (n == 0)
         return KV_OK;
     if (kv_buf_reserve(b, n) != KV_OK)
         return KV_NOMEM;
     memcpy(b->data + b->len, p, n);
     b->len += n;
+    KV_ASSERT_INTERNAL(b->len <= b->cap);
     return KV_OK;
 }
 

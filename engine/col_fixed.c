@@ -123,6 +123,7 @@ static kv_status kvi_chunk_write(kv_colvault *cv, const kvi_fx *fx, kvi_blob *bl
 {
     kvi_chunk c;
     int64_t end = off + n;
+    KV_ASSERT_INTERNAL(idx >= 0 && off >= 0 && n > 0 && end <= fx->max);
     kv_status st = kvi_chunk_get(cv, fx->col_id, idx, &c);
     sqlite3_stmt *s;
     uint8_t *tmp = NULL;

@@ -65,6 +65,8 @@ kv_status kvi_col_step_done(kv_colvault *cv, sqlite3_stmt *s, const char *op)
 
 kv_status kvi_col_begin(kv_colvault *cv, int immediate)
 {
+    KV_ASSERT(cv && cv->db);
+    KV_ASSERT_INTERNAL(sqlite3_get_autocommit(cv->db)); /* no transaction left open */
     if (immediate)
         kvi_rc_invalidate(cv); /* our write changes what the read cache holds */
     return kvi_col_step_done(cv, cv->st[immediate ? KVI_CS_BEGIN_IMM : KVI_CS_BEGIN], "begin");

@@ -62,6 +62,7 @@ void kvi_rc_close(kv_colvault *cv)
 int kvi_rc_begin(kv_colvault *cv)
 {
     uint8_t snap[KVI_WALHDR_BYTES];
+    KV_ASSERT_INTERNAL(cv->rc.epoch >= 1); /* 0 marks slots never filled */
     cv->rc.op_ok = 0;
     if (!kvi_walsnap_on(&cv->rc.ws))
         return 0;
@@ -171,6 +172,7 @@ static int rc_copy_hits(kv_colvault *cv, const kvi_fx *fx, uint64_t off, uint8_t
         kvi_rblk *b = rc_find(cv, fx->col_id, s.chunk, blk);
         if (!b || bo + s.take > b->len)
             return 0; /* missing, or a short block: the chunk grew since; refetch */
+        KV_ASSERT_INTERNAL(b->len <= KVI_RC_BLOCK && b->data);
         memcpy(dst, b->data + bo, (size_t)s.take);
         off += s.take;
         dst += s.take;
@@ -263,6 +265,7 @@ int kvi_rc_len_hit(kv_col *col, int64_t *len)
 
 void kvi_rc_len_store(kv_col *col, int64_t len)
 {
+    KV_ASSERT_INTERNAL(len >= 0);
     /* op_ok: kvi_rc_begin of this operation succeeded before SQLite was
      * asked, so `len` is at least as new as the current tag */
     if (col->cv->rc.op_ok) {
@@ -332,6 +335,7 @@ static kv_status rc_read_body(kv_colvault *cv, void *arg)
 
 kv_status kvi_rc_read(kv_col *col, int64_t start, int64_t count, uint8_t *out, int *served)
 {
+    KV_ASSERT(!col->is_var && start >= 0 && count >= 0 && (out || count == 0));
     kv_colvault *cv = col->cv;
     uint64_t n = (uint64_t)count * (uint64_t)col->fx.elem;
     kvi_rc_op a = {col, start, count, out};

@@ -22,6 +22,7 @@
 
 #include "kvault/kvault.h"
 #include "kvault/codec.h"
+#include "kv_assert.h"
 #include "walsnap.h"
 
 /* ------------------------------------------------------------------------
@@ -234,6 +235,8 @@ struct kv_db {
  *  the start of every call. */
 static inline void kvi_get_release(kv_db *db)
 {
+    KV_ASSERT(db && db->db && db->st_get); /* an open handle */
+    KV_ASSERT_INTERNAL(!db->get_active || !db->lent);
     if (db->get_active) {
         sqlite3_reset(db->st_get);
         db->get_active = 0;

@@ -390,6 +390,7 @@ KV_API kv_status kv_get(kv_db *db, const void *key, size_t klen,
     uint8_t snap[KVI_WALHDR_BYTES];
     int snap_ok;
     kvi_get_release(db);
+    KV_ASSERT((key || klen == 0) && val && vlen);
     if (get_cached(db, key, klen, val, vlen, snap, &snap_ok))
         return KV_OK;
     sqlite3_stmt *s = db->st_get;
@@ -455,6 +456,7 @@ KV_API kv_status kv_put(kv_db *db, const void *key, size_t klen,
                         const void *val, size_t vlen)
 {
     kvi_get_release(db);
+    KV_ASSERT((key || klen == 0) && (val || vlen == 0));
     if (db->cache)
         return kvi_cache_put(db, key, klen, val, vlen);
     return kvi_put_direct(db, key, klen, val, vlen);

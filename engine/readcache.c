@@ -165,6 +165,24 @@ static void clear_all(kvi_rcache *rc)
     memset(rc->slots, 0, rc->nslots * sizeof *rc->slots);
 }
 
+#if KV_DEBUG >= 3
+/* Whole-structure check: every entry sits at its dense index and is found
+ * by its key, the slots hold exactly the entries, the byte sum matches. */
+static int rc_valid(const kvi_rcache *rc)
+{
+    size_t bytes = 0, used = 0;
+    for (size_t i = 0; i < rc->count; i++) {
+        const rentry *e = rc->dense[i];
+        if (e->idx != i || rc->slots[probe(rc, e->hash, e->data, e->klen)] != e)
+            return 0;
+        bytes += entry_size(e->klen, e->vlen);
+    }
+    for (size_t i = 0; i < rc->nslots; i++)
+        used += rc->slots[i] != NULL;
+    return used == rc->count && bytes == rc->bytes;
+}
+#endif
+
 /* Invalidation: drop every entry (counted when there were any). */
 static void drop_all(kvi_rcache *rc)
 {
@@ -238,6 +256,8 @@ int kvi_rcache_begin(kvi_rcache *rc, uint8_t snap[KVI_WALHDR_BYTES])
 int kvi_rcache_find(kvi_rcache *rc, const void *key, size_t klen,
                     const void **val, size_t *vlen)
 {
+    KV_ASSERT(rc && (key || klen == 0) && val && vlen);
+    KV_ASSERT_INTERNAL(rc->ws.tag_ok || rc->count == 0); /* entries belong to the tag */
     if (rc->count) {
         rentry *e = rc->slots[probe(rc, key_hash(key, klen), key, klen)];
         if (e) {
@@ -290,6 +310,8 @@ void kvi_rcache_insert(kvi_rcache *rc, const uint8_t snap[KVI_WALHDR_BYTES],
     rc->dense[rc->count++] = e;
     rc->slots[probe(rc, h, key, klen)] = e;
     rc->bytes += need;
+    KV_ASSERT_INTERNAL(rc->bytes <= rc->cap && rc->count * 2 <= rc->nslots);
+    KV_ASSERT_EXPENSIVE(rc_valid(rc));
 }
 
 void kvi_rcache_invalidate(kvi_rcache *rc)
