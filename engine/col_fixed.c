@@ -153,12 +153,10 @@ static kv_status kvi_chunk_write(kv_colvault *cv, const kvi_fx *fx, kvi_blob *bl
             sqlite3_bind_zeroblob64(s, 3, (sqlite3_uint64)cap);
         sqlite3_bind_int64(s, 4, cap);
         sqlite3_bind_int64(s, 5, end);
-        rc = sqlite3_step(s);
-        sqlite3_clear_bindings(s);
-        sqlite3_reset(s);
+        st = kvi_col_step_done(cv, s, "insert chunk");
         kvi_free(tmp);
-        if (rc != SQLITE_DONE)
-            return kvi_err_sqlite(&cv->err, cv->db, rc, "insert chunk");
+        if (st != KV_OK)
+            return st;
         if (whole)
             return KV_OK;
         st = kvi_blob_at(cv, bl, sqlite3_last_insert_rowid(cv->db), 1);
@@ -210,13 +208,9 @@ static kv_status kvi_chunk_write(kv_colvault *cv, const kvi_fx *fx, kvi_blob *bl
     sqlite3_bind_blob64(s, 2, tmp, (sqlite3_uint64)cap, SQLITE_STATIC);
     sqlite3_bind_int64(s, 3, cap);
     sqlite3_bind_int64(s, 4, end > c.used ? end : c.used);
-    rc = sqlite3_step(s);
-    sqlite3_clear_bindings(s);
-    sqlite3_reset(s);
+    st = kvi_col_step_done(cv, s, "grow chunk");
     kvi_free(tmp);
-    if (rc != SQLITE_DONE)
-        return kvi_err_sqlite(&cv->err, cv->db, rc, "grow chunk");
-    return KV_OK;
+    return st;
 }
 
 /* Bulk writes (>= KVI_WB_MIN bytes in one operation): block preallocation

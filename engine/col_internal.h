@@ -132,6 +132,8 @@ static inline kv_status kvi_col_check_range(kv_colvault *cv, const char *op, int
 {
     return start + count <= len ? KV_OK : kvi_col_range_error(cv, op, start, count, len);
 }
+/** Step `s` (rows ignored), clear its bindings, reset it; KV_OK or the
+ *  mapped failure recorded as "<op>: ...". */
 kv_status kvi_col_step_done(kv_colvault *cv, sqlite3_stmt *s, const char *op);
 kv_status kvi_fx_load(kv_colvault *cv, int64_t col_id, kvi_fx *fx);
 

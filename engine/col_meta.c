@@ -53,10 +53,12 @@ static const char *const kvi_col_sql[KVI_CS_COUNT] = {
 /* transactions                                                             */
 /* ------------------------------------------------------------------------ */
 
-/* Step a statement that returns no row, then reset it. */
+/* Step a statement whose rows are ignored, then clear its bindings (a
+ * bound buffer may be freed next) and reset it. */
 kv_status kvi_col_step_done(kv_colvault *cv, sqlite3_stmt *s, const char *op)
 {
     int rc = sqlite3_step(s);
+    sqlite3_clear_bindings(s);
     sqlite3_reset(s);
     if (rc != SQLITE_DONE && rc != SQLITE_ROW)
         return kvi_err_sqlite(&cv->err, cv->db, rc, op);
@@ -200,8 +202,7 @@ kv_status kv_colvault_open(const char *path, int64_t min_chunk_bytes, int64_t ma
     *out = cv;
     return KV_OK;
 fail_msg:
-    if (err && errlen)
-        snprintf(err, errlen, "%s", cv->err.msg);
+    kvi_msg_copy(cv->err.msg, err, errlen);
 fail:
     kv_colvault_close(cv);
     return st;
@@ -252,6 +253,31 @@ int kv_colvault_cache_locked(kv_colvault *cv)
 /* column rows                                                              */
 /* ------------------------------------------------------------------------ */
 
+/* Prepare one-off statement `sql` with ?1 bound to `name` (borrowed until
+ * the statement is finalized). */
+static kv_status kvi_col_prepare_named(kv_colvault *cv, const char *sql, const char *name,
+                                       sqlite3_stmt **s)
+{
+    kv_status st = kvi_prepare(cv->db, sql, s, &cv->err);
+    if (st == KV_OK)
+        sqlite3_bind_text(*s, 1, name, -1, SQLITE_STATIC);
+    return st;
+}
+
+/* Run one-off statement `sql` (no rows) with ?1 = name; failures are
+ * recorded as "<op>: ...". */
+static kv_status kvi_col_exec_named(kv_colvault *cv, const char *sql, const char *name,
+                                    const char *op)
+{
+    sqlite3_stmt *s = NULL;
+    kv_status st = kvi_col_prepare_named(cv, sql, name, &s);
+    if (st != KV_OK)
+        return st;
+    int rc = sqlite3_step(s);
+    sqlite3_finalize(s);
+    return rc == SQLITE_DONE ? KV_OK : kvi_err_sqlite(&cv->err, cv->db, rc, op);
+}
+
 /* Insert one col_meta row with aligned chunk bounds (cv->mu held, in a txn). */
 static kv_status kvi_col_insert_row(kv_colvault *cv, const char *name, const char *dtype,
                                     int64_t elem, int64_t *col_id)
@@ -271,13 +297,13 @@ static kv_status kvi_col_insert_row(kv_colvault *cv, const char *name, const cha
         return kvi_err_set(&cv->err, KV_INVALID,
                            "Cannot align chunk sizes: min %lld > max %lld for elem_size %lld",
                            (long long)mn, (long long)mx, (long long)elem);
-    st = kvi_prepare(cv->db,
-                     "INSERT INTO col_meta(name, dtype, elem_size, length, chunk_bytes,"
-                     " min_chunk_bytes, max_chunk_bytes) VALUES (?1, ?2, ?3, 0, ?4, ?4, ?5)",
-                     &s, &cv->err);
+    st = kvi_col_prepare_named(cv,
+                               "INSERT INTO col_meta(name, dtype, elem_size, length, chunk_bytes,"
+                               " min_chunk_bytes, max_chunk_bytes)"
+                               " VALUES (?1, ?2, ?3, 0, ?4, ?4, ?5)",
+                               name, &s);
     if (st != KV_OK)
         return st;
-    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 2, dtype, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 3, elem);
     sqlite3_bind_int64(s, 4, mn);
@@ -460,28 +486,15 @@ kv_status kv_col_count(kv_colvault *cv, int64_t *n)
 /* Delete the row named `name` and its chunks; *n += rows removed. */
 static kv_status kvi_col_delete_one(kv_colvault *cv, const char *name, int *n)
 {
-    sqlite3_stmt *s = NULL;
-    kv_status st = kvi_prepare(cv->db,
-                               "DELETE FROM col_chunks WHERE col_id IN"
-                               " (SELECT col_id FROM col_meta WHERE name = ?1)",
-                               &s, &cv->err);
-    if (st != KV_OK)
-        return st;
-    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(s);
-    sqlite3_finalize(s);
-    if (rc != SQLITE_DONE)
-        return kvi_err_sqlite(&cv->err, cv->db, rc, "delete chunks");
-    st = kvi_prepare(cv->db, "DELETE FROM col_meta WHERE name = ?1", &s, &cv->err);
-    if (st != KV_OK)
-        return st;
-    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
-    rc = sqlite3_step(s);
-    sqlite3_finalize(s);
-    if (rc != SQLITE_DONE)
-        return kvi_err_sqlite(&cv->err, cv->db, rc, "delete column");
-    *n += sqlite3_changes(cv->db);
-    return KV_OK;
+    kv_status st = kvi_col_exec_named(cv,
+                                      "DELETE FROM col_chunks WHERE col_id IN"
+                                      " (SELECT col_id FROM col_meta WHERE name = ?1)",
+                                      name, "delete chunks");
+    if (st == KV_OK)
+        st = kvi_col_exec_named(cv, "DELETE FROM col_meta WHERE name = ?1", name, "delete column");
+    if (st == KV_OK)
+        *n += sqlite3_changes(cv->db);
+    return st;
 }
 
 /* Arguments of kvi_col_delete_body. */

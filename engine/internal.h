@@ -61,6 +61,9 @@ kv_status kvi_err_set(kvi_err *e, kv_status st, const char *fmt, ...)
  *  (may be NULL): keeps the extended code and SQLite's message
  *  ("op: database is locked"). Returns the mapped status (never KV_OK). */
 kv_status kvi_err_sqlite(kvi_err *e, sqlite3 *db, int rc, const char *op);
+/** Copy `msg` into the caller's buffer err[0..errlen) of an open call
+ *  (truncated, NUL-terminated; nothing when err is NULL or errlen 0). */
+void kvi_msg_copy(const char *msg, char *err, size_t errlen);
 /** Record OS failure `err` (errno) during `op`; returns KV_IO or KV_NOMEM. */
 kv_status kvi_err_os(kvi_err *e, int err, const char *op);
 

@@ -44,6 +44,22 @@ static void finalize_all(kv_db *db)
     }
 }
 
+/* Free a handle and everything it owns: read cache (before SQLite unmaps
+ * the wal-index), statements, connection, buffers. Nothing is flushed. */
+static void db_free(kv_db *db)
+{
+    kvi_rcache_close(db->rcache);
+    db->rcache = NULL;
+    finalize_all(db);
+    if (db->db)
+        sqlite3_close_v2(db->db);
+    kvi_free(db->parts_rowid);
+    kvi_free(db->parts_len);
+    kvi_free(db->parts_tbl);
+    kvi_free(db->table);
+    kvi_free(db);
+}
+
 static kv_status prepare_all(kv_db *db)
 {
     char sql[512];
@@ -146,15 +162,9 @@ KV_API kv_status kv_db_open(const char *path, const kv_open_opts *o, kv_db **out
     return KV_OK;
 
 fail:
-    if (err && errlen)
-        snprintf(err, errlen, "%s", db->err.msg);
+    kvi_msg_copy(db->err.msg, err, errlen);
 fail_quiet:
-    finalize_all(db);
-    if (db->db)
-        sqlite3_close_v2(db->db);
-    kvi_free(db->parts_tbl);
-    kvi_free(db->table);
-    kvi_free(db);
+    db_free(db);
     return st;
 }
 
@@ -170,15 +180,7 @@ KV_API kv_status kv_db_close(kv_db *db)
         db->cache = NULL;
     }
     sqlite3_wal_checkpoint_v2(db->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-    kvi_rcache_close(db->rcache);   /* before SQLite unmaps the wal-index */
-    db->rcache = NULL;
-    finalize_all(db);
-    sqlite3_close_v2(db->db);
-    kvi_free(db->parts_rowid);
-    kvi_free(db->parts_len);
-    kvi_free(db->parts_tbl);
-    kvi_free(db->table);
-    kvi_free(db);
+    db_free(db);
     return st;
 }
 

@@ -71,6 +71,31 @@ kv_status kvi_store_set_value(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sql
     return kvi_store_step_done(e, db, upd_st, "update value");
 }
 
+kv_status kvi_store_insert(kvi_err *e, sqlite3 *db, sqlite3_stmt *val_st, const void *val,
+                           size_t vlen, sqlite3_stmt *entry_st, int ref_param, const char *op,
+                           int64_t *id)
+{
+    kv_status st = kvi_store_begin(e, db, 1);
+    if (st != KV_OK) {
+        sqlite3_clear_bindings(entry_st);
+        return st;
+    }
+    /* zeroblob-free empty value: bind "" rather than NULL (NOT NULL column) */
+    sqlite3_bind_blob64(val_st, 1, vlen ? val : "", vlen, SQLITE_STATIC);
+    if ((st = kvi_store_step_done(e, db, val_st, "insert value")) != KV_OK) {
+        sqlite3_clear_bindings(entry_st);
+        kvi_store_rollback(db);
+        return st;
+    }
+    sqlite3_bind_int64(entry_st, ref_param, sqlite3_last_insert_rowid(db));
+    if ((st = kvi_store_step_done(e, db, entry_st, op)) != KV_OK) {
+        kvi_store_rollback(db);
+        return st;
+    }
+    *id = sqlite3_last_insert_rowid(db);
+    return kvi_store_commit(e, db);
+}
+
 kv_status kvi_store_delete(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sqlite3_stmt *del_entry_st,
                            sqlite3_stmt *del_val_st, int64_t id, int *removed, const char *what)
 {

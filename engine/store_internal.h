@@ -38,6 +38,16 @@ int kvi_store_lookup_i64(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t id, 
  *  §8.3) when the entry does not exist; SQLite failures mapped. */
 kv_status kvi_store_set_value(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sqlite3_stmt *upd_st,
                               int64_t id, const void *val, size_t vlen);
+/** Insert one entry in one write transaction: the value row (`val_st`,
+ *  ?1 = val[0..vlen) as a blob, an empty blob when vlen is 0), then the
+ *  entry row (`entry_st`, already bound by the caller but for parameter
+ *  `ref_param`, which receives the new value row's id); *id = the entry's
+ *  rowid. Both statements are reset and their bindings cleared. `op`
+ *  prefixes a failure of the entry row ("insert document: ..."). KV_OK or
+ *  the mapped failure, after which nothing was inserted. */
+kv_status kvi_store_insert(kvi_err *e, sqlite3 *db, sqlite3_stmt *val_st, const void *val,
+                           size_t vlen, sqlite3_stmt *entry_st, int ref_param, const char *op,
+                           int64_t *id);
 /** Delete entry `id` and its value row in one write transaction: find the
  *  value_ref with `ref_st` (as kvi_store_lookup_i64), then run `del_entry_st`
  *  (?1 = id) and `del_val_st` (?1 = value_ref). *removed (may be NULL) is 1

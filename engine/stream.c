@@ -426,6 +426,34 @@ static kv_status ring_open(kv_db *db, struct io_uring *ring, ring_buf *b, size_t
     return KV_OK;
 }
 
+/* Submit the `queued` new requests, then wait for one completion: returns
+ * 1 with its buffer (no longer busy) and result; 0 when nothing is in
+ * flight, or when waiting failed (then *st records the failure). A wait
+ * interrupted by a signal is retried. */
+static int ring_wait_one(kv_db *db, struct io_uring *ring, int queued, int *inflight,
+                         ring_buf **rb, int *res, kv_status *st)
+{
+    struct io_uring_cqe *cqe;
+    int rc;
+    if (queued)
+        io_uring_submit(ring);
+    if (*inflight == 0)
+        return 0;
+    while ((rc = io_uring_wait_cqe(ring, &cqe)) == -EINTR)
+        ;
+    if (rc < 0) {
+        *st = kvi_err_os(&db->err, -rc, "io_uring_wait_cqe");
+        return 0;
+    }
+    *rb = io_uring_cqe_get_data(cqe);
+    *res = cqe->res;
+    io_uring_cqe_seen(ring, cqe);
+    (*rb)->busy = 0;
+    (*inflight)--;
+    KV_ASSERT_INTERNAL(*inflight >= 0);
+    return 1;
+}
+
 /* io_uring: keep up to KVI_RING preads in flight; write completed chunks to
  * the blob strictly in order. Returns KV_UNSUPPORTED (before touching the
  * blob) when the ring cannot be set up, so the caller falls back. */
@@ -462,24 +490,12 @@ static kv_status put_uring(kv_db *db, vblob *blob, int fd, int64_t base,
             inflight++;
             queued++;
         }
-        if (queued)
-            io_uring_submit(&ring);
-        if (inflight == 0)
+        /* Reap one completion (in-flight requests of a failed wait end
+         * with io_uring_queue_exit). */
+        ring_buf *rb;
+        int res;
+        if (!ring_wait_one(db, &ring, queued, &inflight, &rb, &res, &st))
             break;
-        /* Reap one completion. */
-        struct io_uring_cqe *cqe;
-        int rc = io_uring_wait_cqe(&ring, &cqe);
-        if (rc < 0) {
-            if (rc == -EINTR)
-                continue;
-            st = kvi_err_os(&db->err, -rc, "io_uring_wait_cqe");
-            break;   /* in-flight requests end with io_uring_queue_exit */
-        }
-        ring_buf *rb = io_uring_cqe_get_data(cqe);
-        int res = cqe->res;
-        io_uring_cqe_seen(&ring, cqe);
-        rb->busy = 0;
-        inflight--;
         if (res < 0) {
             if (st == KV_OK)
                 st = kvi_err_os(&db->err, -res, "read");
@@ -660,23 +676,10 @@ static kv_status get_uring(kv_db *db, vblob *blob, uint64_t size, int fd, int64_
             inflight++;
             queued++;
         }
-        if (queued)
-            io_uring_submit(&ring);
-        if (inflight == 0)
+        ring_buf *rb;
+        int res;
+        if (!ring_wait_one(db, &ring, queued, &inflight, &rb, &res, &st))
             break;
-        struct io_uring_cqe *cqe;
-        int rc = io_uring_wait_cqe(&ring, &cqe);
-        if (rc < 0) {
-            if (rc == -EINTR)
-                continue;
-            st = kvi_err_os(&db->err, -rc, "io_uring_wait_cqe");
-            break;
-        }
-        ring_buf *rb = io_uring_cqe_get_data(cqe);
-        int res = cqe->res;
-        io_uring_cqe_seen(&ring, cqe);
-        rb->busy = 0;
-        inflight--;
         if (res < 0) {
             if (st == KV_OK)
                 st = kvi_err_os(&db->err, -res, "write");

@@ -98,6 +98,15 @@ static void sb_ident(sqlbuf *b, const char *name)
     sb_str(b, "\"");
 }
 
+/* Each of the n names as an identifier followed by ", ". */
+static void sb_idents_comma(sqlbuf *b, const char *const *names, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        sb_ident(b, names[i]);
+        sb_str(b, ", ");
+    }
+}
+
 /* Column name rule of kv_text_open: ASCII alnum/'_' or any non-ASCII byte. */
 static int column_name_valid(const char *name)
 {
@@ -223,10 +232,7 @@ kv_status kv_text_open(const char *path, const char *table, const char *const *c
     sb_str(&b, "CREATE VIRTUAL TABLE IF NOT EXISTS ");
     sb_ident(&b, table);
     sb_str(&b, " USING fts5(");
-    for (size_t i = 0; i < ncols; i++) {
-        sb_ident(&b, columns[i]);
-        sb_str(&b, ", ");
-    }
+    sb_idents_comma(&b, columns, ncols);
     sb_str(&b, "value_ref UNINDEXED);\nCREATE TABLE IF NOT EXISTS ");
     sb_fmt(&b, "\"%s_values\"", table);
     sb_str(&b, " (id INTEGER PRIMARY KEY AUTOINCREMENT, value BLOB NOT NULL)");
@@ -250,10 +256,7 @@ kv_status kv_text_open(const char *path, const char *table, const char *const *c
     sb_str(&b, "INSERT INTO ");
     sb_ident(&b, table);
     sb_str(&b, "(");
-    for (size_t i = 0; i < ncols; i++) {
-        sb_ident(&b, columns[i]);
-        sb_str(&b, ", ");
-    }
+    sb_idents_comma(&b, columns, ncols);
     sb_str(&b, "value_ref) VALUES(");
     for (size_t i = 0; i <= ncols; i++)
         sb_fmt(&b, "%s?%zu", i ? ", " : "", i + 1);
@@ -261,10 +264,7 @@ kv_status kv_text_open(const char *path, const char *table, const char *const *c
     PREP(t->st_ins_doc);
 
     sb_str(&b, "SELECT ");
-    for (size_t i = 0; i < ncols; i++) {
-        sb_ident(&b, columns[i]);
-        sb_str(&b, ", ");
-    }
+    sb_idents_comma(&b, columns, ncols);
     sb_str(&b, "value_ref FROM ");
     sb_ident(&b, table);
     sb_str(&b, " WHERE rowid = ?1");
@@ -312,8 +312,7 @@ fail_msg:
 fail:
     kvi_free(b.s);
     kv_text_close(t);
-    if (err && errlen)
-        snprintf(err, errlen, "%s", msg);
+    kvi_msg_copy(msg, err, errlen);
     return st;
 }
 
@@ -324,26 +323,12 @@ fail:
 kv_status kv_text_insert(kv_text *t, const char *const *texts, const size_t *lens,
                          const void *val, size_t vlen, int64_t *id)
 {
-    kv_status st;
     kvi_err_clear(&t->err);
-    if ((st = kvi_store_begin(&t->err, t->db, 1)) != KV_OK)
-        return st;
-    /* zeroblob-free empty value: bind "" rather than NULL (NOT NULL column) */
-    sqlite3_bind_blob64(t->st_ins_val, 1, vlen ? val : "", vlen, SQLITE_STATIC);
-    if ((st = kvi_store_step_done(&t->err, t->db, t->st_ins_val, "insert value")) != KV_OK)
-        goto fail;
-    int64_t ref = sqlite3_last_insert_rowid(t->db);
     for (size_t i = 0; i < t->ncols; i++)
         sqlite3_bind_text64(t->st_ins_doc, (int)i + 1, texts[i] ? texts[i] : "", lens[i],
                             SQLITE_STATIC, SQLITE_UTF8);
-    sqlite3_bind_int64(t->st_ins_doc, (int)t->ncols + 1, ref);
-    if ((st = kvi_store_step_done(&t->err, t->db, t->st_ins_doc, "insert document")) != KV_OK)
-        goto fail;
-    *id = sqlite3_last_insert_rowid(t->db);
-    return kvi_store_commit(&t->err, t->db);
-fail:
-    kvi_store_rollback(t->db);
-    return st;
+    return kvi_store_insert(&t->err, t->db, t->st_ins_val, val, vlen, t->st_ins_doc,
+                            (int)t->ncols + 1, "insert document", id);
 }
 
 kv_status kv_text_delete(kv_text *t, int64_t id, int *removed)

@@ -287,8 +287,7 @@ fail_msg:
     snprintf(msg, sizeof msg, "%s", v->err.msg);
 fail:
     kv_vector_close(v);
-    if (err && errlen)
-        snprintf(err, errlen, "%s", msg);
+    kvi_msg_copy(msg, err, errlen);
     return st;
 }
 
@@ -342,20 +341,9 @@ kv_status kv_vector_insert(kv_vector *v, const void *vec, size_t vbytes, const v
     const void *row = prepare_vec(v, vec, vbytes, &st);
     if (!row)
         return st;
-    if ((st = kvi_store_begin(&v->err, v->db, 1)) != KV_OK)
-        return st;
-    sqlite3_bind_blob64(v->st_ins_val, 1, vlen ? val : "", vlen, SQLITE_STATIC);
-    if ((st = kvi_store_step_done(&v->err, v->db, v->st_ins_val, "insert value")) != KV_OK)
-        goto fail;
-    sqlite3_bind_int64(v->st_ins_vec, 1, sqlite3_last_insert_rowid(v->db));
     sqlite3_bind_blob64(v->st_ins_vec, 2, row, v->row_bytes, SQLITE_STATIC);
-    if ((st = kvi_store_step_done(&v->err, v->db, v->st_ins_vec, "insert vector")) != KV_OK)
-        goto fail;
-    *id = sqlite3_last_insert_rowid(v->db);
-    return kvi_store_commit(&v->err, v->db);
-fail:
-    kvi_store_rollback(v->db);
-    return st;
+    return kvi_store_insert(&v->err, v->db, v->st_ins_val, val, vlen, v->st_ins_vec, 1,
+                            "insert vector", id);
 }
 
 kv_status kv_vector_delete(kv_vector *v, int64_t id, int *removed)
