@@ -53,11 +53,9 @@ static void db_free(kv_db *db)
     finalize_all(db);
     if (db->db)
         sqlite3_close_v2(db->db);
-    kvi_free(db->parts_rowid);
-    kvi_free(db->parts_len);
-    kvi_free(db->parts_tbl);
-    kvi_free(db->table);
-    kvi_free(db);
+    void *owned[] = {db->parts_rowid, db->parts_len, db->parts_tbl, db->table, db};
+    for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++)
+        kvi_free(owned[i]);
 }
 
 static kv_status prepare_all(kv_db *db)

@@ -96,6 +96,27 @@ kv_status kvi_store_insert(kvi_err *e, sqlite3 *db, sqlite3_stmt *val_st, const 
     return kvi_store_commit(e, db);
 }
 
+kv_status kvi_store_update(kvi_err *e, sqlite3 *db, sqlite3_stmt *entry_st, const char *op,
+                           sqlite3_stmt *ref_st, sqlite3_stmt *upd_val_st, int64_t id,
+                           const void *val, size_t vlen)
+{
+    kv_status st = kvi_store_begin(e, db, 1);
+    if (st != KV_OK) {
+        if (entry_st)
+            sqlite3_clear_bindings(entry_st);
+        return st;
+    }
+    if (entry_st)
+        st = kvi_store_step_done(e, db, entry_st, op);
+    if (st == KV_OK && val)
+        st = kvi_store_set_value(e, db, ref_st, upd_val_st, id, val, vlen);
+    if (st != KV_OK) {
+        kvi_store_rollback(db);
+        return st;
+    }
+    return kvi_store_commit(e, db);
+}
+
 kv_status kvi_store_delete(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sqlite3_stmt *del_entry_st,
                            sqlite3_stmt *del_val_st, int64_t id, int *removed, const char *what)
 {

@@ -48,6 +48,14 @@ kv_status kvi_store_set_value(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sql
 kv_status kvi_store_insert(kvi_err *e, sqlite3 *db, sqlite3_stmt *val_st, const void *val,
                            size_t vlen, sqlite3_stmt *entry_st, int ref_param, const char *op,
                            int64_t *id);
+/** Update entry `id` in one write transaction: run `entry_st` (already
+ *  bound by the caller; NULL: the entry row stays) with failures recorded
+ *  as "<op>: ...", then, when val is not NULL, replace the value as
+ *  kvi_store_set_value. KV_OK or the mapped failure (KV_NOTFOUND for a
+ *  missing entry), after which nothing changed. */
+kv_status kvi_store_update(kvi_err *e, sqlite3 *db, sqlite3_stmt *entry_st, const char *op,
+                           sqlite3_stmt *ref_st, sqlite3_stmt *upd_val_st, int64_t id,
+                           const void *val, size_t vlen);
 /** Delete entry `id` and its value row in one write transaction: find the
  *  value_ref with `ref_st` (as kvi_store_lookup_i64), then run `del_entry_st`
  *  (?1 = id) and `del_val_st` (?1 = value_ref). *removed (may be NULL) is 1

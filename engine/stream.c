@@ -426,6 +426,28 @@ static kv_status ring_open(kv_db *db, struct io_uring *ring, ring_buf *b, size_t
     return KV_OK;
 }
 
+/* Queue a read (write == 0) into, or a write (write == 1) from, the first
+ * `want` bytes of rb at value offset `off` (file offset base + off); rb is
+ * busy until its completion. 0 when the submission queue is full. */
+static int ring_queue(struct io_uring *ring, ring_buf *rb, int fd, int64_t base, uint64_t off,
+                      size_t want, int write)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe)
+        return 0;
+    KV_ASSERT_INTERNAL(!rb->busy && want > 0);
+    rb->off = off;
+    rb->want = want;
+    rb->busy = 1;
+    rb->res = -1;
+    if (write)
+        io_uring_prep_write(sqe, fd, rb->p, (unsigned)want, (uint64_t)base + off);
+    else
+        io_uring_prep_read(sqe, fd, rb->p, (unsigned)want, (uint64_t)base + off);
+    io_uring_sqe_set_data(sqe, rb);
+    return 1;
+}
+
 /* Submit the `queued` new requests, then wait for one completion: returns
  * 1 with its buffer (no longer busy) and result; 0 when nothing is in
  * flight, or when waiting failed (then *st records the failure). A wait
@@ -477,16 +499,10 @@ static kv_status put_uring(kv_db *db, vblob *blob, int fd, int64_t base,
         for (int i = 0; i < KVI_RING && next_submit < size && st == KV_OK; i++) {
             if (b[i].busy || b[i].res >= 0)
                 continue;
-            struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
-            if (!sqe)
+            size_t n = size - next_submit < chunk ? (size_t)(size - next_submit) : chunk;
+            if (!ring_queue(&ring, &b[i], fd, base, next_submit, n, 0))
                 break;
-            b[i].off = next_submit;
-            b[i].want = size - next_submit < chunk ? (size_t)(size - next_submit) : chunk;
-            b[i].busy = 1;
-            b[i].res = -1;
-            io_uring_prep_read(sqe, fd, b[i].p, (unsigned)b[i].want, (uint64_t)base + next_submit);
-            io_uring_sqe_set_data(sqe, &b[i]);
-            next_submit += b[i].want;
+            next_submit += n;
             inflight++;
             queued++;
         }
@@ -659,19 +675,14 @@ static kv_status get_uring(kv_db *db, vblob *blob, uint64_t size, int fd, int64_
             size_t n = size - next < chunk ? (size_t)(size - next) : chunk;
             if ((st = blob_read(db, blob, b[i].p, n, next)) != KV_OK)
                 break;
-            struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
-            if (!sqe) {   /* cannot happen: ring has 2x entries; write synchronously */
+            if (!ring_queue(&ring, &b[i], fd, base, next, n, 1)) {
+                /* cannot happen: ring has 2x entries; write synchronously */
                 int64_t w = full_write(fd, b[i].p, n, base + (int64_t)next, 1);
                 if (w < 0)
                     st = kvi_err_os(&db->err, (int)-w, "write");
                 next += n;
                 continue;
             }
-            b[i].off = next;
-            b[i].want = n;
-            b[i].busy = 1;
-            io_uring_prep_write(sqe, fd, b[i].p, (unsigned)n, (uint64_t)base + next);
-            io_uring_sqe_set_data(sqe, &b[i]);
             next += n;
             inflight++;
             queued++;

@@ -250,8 +250,28 @@ kv_status kv_text_open(const char *path, const char *table, const char *const *c
             goto fail_msg;                           \
     } while (0)
 
-    sb_fmt(&b, "INSERT INTO \"%s_values\"(value) VALUES(?1)", table);
-    PREP(t->st_ins_val);
+    /* Statements over the table name alone (%1$s is the table each time). */
+    const struct {
+        const char *sql;
+        sqlite3_stmt **st;
+    } by_table[] = {
+        {"INSERT INTO \"%1$s_values\"(value) VALUES(?1)", &t->st_ins_val},
+        {"SELECT value FROM \"%1$s_values\" WHERE id = ?1", &t->st_get_val},
+        {"SELECT value_ref FROM \"%1$s\" WHERE rowid = ?1", &t->st_ref},
+        {"DELETE FROM \"%1$s\" WHERE rowid = ?1", &t->st_del_doc},
+        {"DELETE FROM \"%1$s_values\" WHERE id = ?1", &t->st_del_val},
+        {"UPDATE \"%1$s_values\" SET value = ?1 WHERE id = ?2", &t->st_upd_val},
+        {"SELECT COUNT(*) FROM \"%1$s\"", &t->st_count},
+        {"SELECT rowid FROM \"%1$s\" ORDER BY rowid LIMIT ?1 OFFSET ?2", &t->st_keys},
+        {"SELECT v.value FROM \"%1$s\" AS d JOIN \"%1$s_values\" AS v ON v.id = d.value_ref "
+         "WHERE \"%1$s\" MATCH ?1 LIMIT 1",
+         &t->st_get},
+        {"SELECT COUNT(*) FROM \"%1$s\" WHERE \"%1$s\" MATCH ?1", &t->st_cmatch},
+    };
+    for (size_t i = 0; i < sizeof by_table / sizeof by_table[0]; i++) {
+        sb_fmt(&b, by_table[i].sql, table);
+        PREP(*by_table[i].st);
+    }
 
     sb_str(&b, "INSERT INTO ");
     sb_ident(&b, table);
@@ -270,15 +290,6 @@ kv_status kv_text_open(const char *path, const char *table, const char *const *c
     sb_str(&b, " WHERE rowid = ?1");
     PREP(t->st_get_doc);
 
-    sb_fmt(&b, "SELECT value FROM \"%s_values\" WHERE id = ?1", table);
-    PREP(t->st_get_val);
-    sb_fmt(&b, "SELECT value_ref FROM \"%s\" WHERE rowid = ?1", table);
-    PREP(t->st_ref);
-    sb_fmt(&b, "DELETE FROM \"%s\" WHERE rowid = ?1", table);
-    PREP(t->st_del_doc);
-    sb_fmt(&b, "DELETE FROM \"%s_values\" WHERE id = ?1", table);
-    PREP(t->st_del_val);
-
     sb_str(&b, "UPDATE ");
     sb_ident(&b, table);
     sb_str(&b, " SET ");
@@ -290,17 +301,6 @@ kv_status kv_text_open(const char *path, const char *table, const char *const *c
     sb_fmt(&b, " WHERE rowid = ?%zu", ncols + 1);
     PREP(t->st_upd_doc);
 
-    sb_fmt(&b, "UPDATE \"%s_values\" SET value = ?1 WHERE id = ?2", table);
-    PREP(t->st_upd_val);
-    sb_fmt(&b, "SELECT COUNT(*) FROM \"%s\"", table);
-    PREP(t->st_count);
-    sb_fmt(&b, "SELECT rowid FROM \"%s\" ORDER BY rowid LIMIT ?1 OFFSET ?2", table);
-    PREP(t->st_keys);
-    sb_fmt(&b, "SELECT v.value FROM \"%s\" AS d JOIN \"%s_values\" AS v ON v.id = d.value_ref "
-               "WHERE \"%s\" MATCH ?1 LIMIT 1", table, table, table);
-    PREP(t->st_get);
-    sb_fmt(&b, "SELECT COUNT(*) FROM \"%s\" WHERE \"%s\" MATCH ?1", table, table);
-    PREP(t->st_cmatch);
 #undef PREP
 
     kvi_free(b.s);
@@ -340,29 +340,17 @@ kv_status kv_text_delete(kv_text *t, int64_t id, int *removed)
 kv_status kv_text_update(kv_text *t, int64_t id, const char *const *texts, const size_t *lens,
                          const void *val, size_t vlen)
 {
-    kv_status st;
     kvi_err_clear(&t->err);
     if (!texts && !val)
         return kvi_err_set(&t->err, KV_INVALID, "Must provide either texts or value to update");
-    if ((st = kvi_store_begin(&t->err, t->db, 1)) != KV_OK)
-        return st;
     if (texts) {
         for (size_t i = 0; i < t->ncols; i++)
             sqlite3_bind_text64(t->st_upd_doc, (int)i + 1, texts[i] ? texts[i] : "", lens[i],
                                 SQLITE_STATIC, SQLITE_UTF8);
         sqlite3_bind_int64(t->st_upd_doc, (int)t->ncols + 1, id);
-        if ((st = kvi_store_step_done(&t->err, t->db, t->st_upd_doc, "update texts")) != KV_OK)
-            goto fail;
     }
-    if (val) {
-        st = kvi_store_set_value(&t->err, t->db, t->st_ref, t->st_upd_val, id, val, vlen);
-        if (st != KV_OK)
-            goto fail;
-    }
-    return kvi_store_commit(&t->err, t->db);
-fail:
-    kvi_store_rollback(t->db);
-    return st;
+    return kvi_store_update(&t->err, t->db, texts ? t->st_upd_doc : NULL, "update texts", t->st_ref,
+                            t->st_upd_val, id, val, vlen);
 }
 
 kv_status kv_text_clear(kv_text *t)

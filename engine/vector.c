@@ -362,23 +362,12 @@ kv_status kv_vector_update(kv_vector *v, int64_t id, const void *vec, size_t vby
         return kvi_err_set(&v->err, KV_INVALID, "Must provide either vector or value to update");
     if (vec && !(row = prepare_vec(v, vec, vbytes, &st)))
         return st;
-    if ((st = kvi_store_begin(&v->err, v->db, 1)) != KV_OK)
-        return st;
     if (row) {
         sqlite3_bind_blob64(v->st_upd_vec, 1, row, v->row_bytes, SQLITE_STATIC);
         sqlite3_bind_int64(v->st_upd_vec, 2, id);
-        if ((st = kvi_store_step_done(&v->err, v->db, v->st_upd_vec, "update vector")) != KV_OK)
-            goto fail;
     }
-    if (val) {
-        st = kvi_store_set_value(&v->err, v->db, v->st_get_row, v->st_upd_val, id, val, vlen);
-        if (st != KV_OK)
-            goto fail;
-    }
-    return kvi_store_commit(&v->err, v->db);
-fail:
-    kvi_store_rollback(v->db);
-    return st;
+    return kvi_store_update(&v->err, v->db, row ? v->st_upd_vec : NULL, "update vector",
+                            v->st_get_row, v->st_upd_val, id, val, vlen);
 }
 
 /* ====================================================================== */
