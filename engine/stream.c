@@ -410,29 +410,50 @@ static kv_status put_plain(kv_db *db, vblob *blob, int fd, int64_t base, int see
     return st;
 }
 
+/* One io_uring transfer between a descriptor and a value: the ring, its
+ * buffers and the request counts. */
+typedef struct ring_io {
+    struct io_uring ring;
+    ring_buf b[KVI_RING];
+    int fd;          /* value byte x is at file offset base + x */
+    int64_t base;
+    int inflight;    /* requests submitted and not yet reaped */
+    int queued;      /* requests queued since the last submit */
+} ring_io;
+
 /* Set up a ring and KVI_RING buffers of `chunk` bytes for one transfer
  * (and note that this handle used io_uring). KV_UNSUPPORTED when the
  * kernel refuses a ring (the caller falls back), KV_NOMEM. */
-static kv_status ring_open(kv_db *db, struct io_uring *ring, ring_buf *b, size_t chunk)
+static kv_status ring_open(kv_db *db, ring_io *r, int fd, int64_t base, size_t chunk)
 {
-    if (io_uring_queue_init(KVI_RING * 2, ring, 0) < 0)
+    if (io_uring_queue_init(KVI_RING * 2, &r->ring, 0) < 0)
         return KV_UNSUPPORTED;
-    if (alloc_bufs(b, KVI_RING, chunk) != 0) {
-        free_bufs(b, KVI_RING);
-        io_uring_queue_exit(ring);
+    if (alloc_bufs(r->b, KVI_RING, chunk) != 0) {
+        free_bufs(r->b, KVI_RING);
+        io_uring_queue_exit(&r->ring);
         return kvi_err_set(&db->err, KV_NOMEM, "out of memory");
     }
+    r->fd = fd;
+    r->base = base;
+    r->inflight = r->queued = 0;
     db->used_uring = 1;
     return KV_OK;
 }
 
-/* Queue a read (write == 0) into, or a write (write == 1) from, the first
- * `want` bytes of rb at value offset `off` (file offset base + off); rb is
- * busy until its completion. 0 when the submission queue is full. */
-static int ring_queue(struct io_uring *ring, ring_buf *rb, int fd, int64_t base, uint64_t off,
-                      size_t want, int write)
+/* Tear the ring down (requests still in flight end here) and free the
+ * buffers. */
+static void ring_close(ring_io *r)
 {
-    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    io_uring_queue_exit(&r->ring);
+    free_bufs(r->b, KVI_RING);
+}
+
+/* Queue a read (write == 0) into, or a write (write == 1) from, the first
+ * `want` bytes of rb at value offset `off`; rb is busy until its
+ * completion. 0 when the submission queue is full. */
+static int ring_queue(ring_io *r, ring_buf *rb, uint64_t off, size_t want, int write)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
     if (!sqe)
         return 0;
     KV_ASSERT_INTERNAL(!rb->busy && want > 0);
@@ -441,27 +462,31 @@ static int ring_queue(struct io_uring *ring, ring_buf *rb, int fd, int64_t base,
     rb->busy = 1;
     rb->res = -1;
     if (write)
-        io_uring_prep_write(sqe, fd, rb->p, (unsigned)want, (uint64_t)base + off);
+        io_uring_prep_write(sqe, r->fd, rb->p, (unsigned)want, (uint64_t)r->base + off);
     else
-        io_uring_prep_read(sqe, fd, rb->p, (unsigned)want, (uint64_t)base + off);
+        io_uring_prep_read(sqe, r->fd, rb->p, (unsigned)want, (uint64_t)r->base + off);
     io_uring_sqe_set_data(sqe, rb);
+    r->inflight++;
+    r->queued++;
     return 1;
 }
 
-/* Submit the `queued` new requests, then wait for one completion: returns
- * 1 with its buffer (no longer busy) and result; 0 when nothing is in
- * flight, or when waiting failed (then *st records the failure). A wait
- * interrupted by a signal is retried. */
-static int ring_wait_one(kv_db *db, struct io_uring *ring, int queued, int *inflight,
-                         ring_buf **rb, int *res, kv_status *st)
+/* Submit the queued requests, then wait for one completion: returns 1 with
+ * its buffer (no longer busy) and result; a failed request is recorded in
+ * *st as "<op>: ..." unless *st already holds a failure. 0 when nothing is
+ * in flight, or when waiting failed (recorded in *st). A wait interrupted
+ * by a signal is retried. */
+static int ring_wait_one(kv_db *db, ring_io *r, const char *op, ring_buf **rb, int *res,
+                         kv_status *st)
 {
     struct io_uring_cqe *cqe;
     int rc;
-    if (queued)
-        io_uring_submit(ring);
-    if (*inflight == 0)
+    if (r->queued)
+        io_uring_submit(&r->ring);
+    r->queued = 0;
+    if (r->inflight == 0)
         return 0;
-    while ((rc = io_uring_wait_cqe(ring, &cqe)) == -EINTR)
+    while ((rc = io_uring_wait_cqe(&r->ring, &cqe)) == -EINTR)
         ;
     if (rc < 0) {
         *st = kvi_err_os(&db->err, -rc, "io_uring_wait_cqe");
@@ -469,11 +494,22 @@ static int ring_wait_one(kv_db *db, struct io_uring *ring, int queued, int *infl
     }
     *rb = io_uring_cqe_get_data(cqe);
     *res = cqe->res;
-    io_uring_cqe_seen(ring, cqe);
+    io_uring_cqe_seen(&r->ring, cqe);
     (*rb)->busy = 0;
-    (*inflight)--;
-    KV_ASSERT_INTERNAL(*inflight >= 0);
+    r->inflight--;
+    KV_ASSERT_INTERNAL(r->inflight >= 0);
+    if (*res < 0 && *st == KV_OK)
+        *st = kvi_err_os(&db->err, -*res, op);
     return 1;
+}
+
+/* Finish a short transfer of rb (done of its want bytes) synchronously:
+ * bytes moved by full_read / full_write, or -errno. */
+static int64_t ring_finish(const ring_io *r, const ring_buf *rb, size_t done, int write)
+{
+    int64_t at = r->base + (int64_t)(rb->off + (uint64_t)done);
+    return write ? full_write(r->fd, rb->p + done, rb->want - done, at, 1)
+                 : full_read(r->fd, rb->p + done, rb->want - done, at, 1);
 }
 
 /* io_uring: keep up to KVI_RING preads in flight; write completed chunks to
@@ -482,50 +518,43 @@ static int ring_wait_one(kv_db *db, struct io_uring *ring, int queued, int *infl
 static kv_status put_uring(kv_db *db, vblob *blob, int fd, int64_t base,
                            uint64_t size, size_t chunk, uint64_t *done)
 {
-    struct io_uring ring;
-    ring_buf b[KVI_RING];
+    ring_io r;
+    ring_buf *b = r.b;
     kv_status st = KV_OK;
     uint64_t next_submit = 0;   /* next value offset to request */
     uint64_t next_write = 0;    /* next value offset to hand to SQLite */
-    int inflight = 0;
 
     *done = 0;
-    if ((st = ring_open(db, &ring, b, chunk)) != KV_OK)
+    if ((st = ring_open(db, &r, fd, base, chunk)) != KV_OK)
         return st;
 
     for (;;) {
-        /* Submit reads into idle buffers. */
-        int queued = 0;
+        /* Queue reads into idle buffers. */
         for (int i = 0; i < KVI_RING && next_submit < size && st == KV_OK; i++) {
             if (b[i].busy || b[i].res >= 0)
                 continue;
             size_t n = size - next_submit < chunk ? (size_t)(size - next_submit) : chunk;
-            if (!ring_queue(&ring, &b[i], fd, base, next_submit, n, 0))
+            if (!ring_queue(&r, &b[i], next_submit, n, 0))
                 break;
             next_submit += n;
-            inflight++;
-            queued++;
         }
-        /* Reap one completion (in-flight requests of a failed wait end
-         * with io_uring_queue_exit). */
+        /* Submit, reap one completion (in-flight requests of a failed wait
+         * end with ring_close). */
         ring_buf *rb;
         int res;
-        if (!ring_wait_one(db, &ring, queued, &inflight, &rb, &res, &st))
+        if (!ring_wait_one(db, &r, "read", &rb, &res, &st))
             break;
         if (res < 0) {
-            if (st == KV_OK)
-                st = kvi_err_os(&db->err, -res, "read");
             rb->res = 0;
         } else {
             rb->res = res;
             /* A short but non-empty read: finish the chunk synchronously. */
             if ((size_t)res < rb->want && res > 0) {
-                int64_t r = full_read(fd, rb->p + res, rb->want - (size_t)res,
-                                      base + (int64_t)(rb->off + (uint64_t)res), 1);
-                if (r < 0 && st == KV_OK)
-                    st = kvi_err_os(&db->err, (int)-r, "read");
-                else if (r > 0)
-                    rb->res += r;
+                int64_t got = ring_finish(&r, rb, (size_t)res, 0);
+                if (got < 0 && st == KV_OK)
+                    st = kvi_err_os(&db->err, (int)-got, "read");
+                else if (got > 0)
+                    rb->res += got;
             }
         }
         if (st != KV_OK)
@@ -551,8 +580,7 @@ static kv_status put_uring(kv_db *db, vblob *blob, int fd, int64_t base,
         }
     }
     *done = next_write;
-    io_uring_queue_exit(&ring);
-    free_bufs(b, KVI_RING);
+    ring_close(&r);
     return st;
 }
 
@@ -659,50 +687,39 @@ static kv_status get_plain(kv_db *db, vblob *blob, uint64_t size, int fd, int64_
 static kv_status get_uring(kv_db *db, vblob *blob, uint64_t size, int fd, int64_t base,
                            size_t chunk)
 {
-    struct io_uring ring;
-    ring_buf b[KVI_RING];
+    ring_io r;
+    ring_buf *b = r.b;
     kv_status st = KV_OK;
     uint64_t next = 0;
-    int inflight = 0;
 
-    if ((st = ring_open(db, &ring, b, chunk)) != KV_OK)
+    if ((st = ring_open(db, &r, fd, base, chunk)) != KV_OK)
         return st;
     for (;;) {
-        int queued = 0;
         for (int i = 0; i < KVI_RING && next < size && st == KV_OK; i++) {
             if (b[i].busy)
                 continue;
             size_t n = size - next < chunk ? (size_t)(size - next) : chunk;
             if ((st = blob_read(db, blob, b[i].p, n, next)) != KV_OK)
                 break;
-            if (!ring_queue(&ring, &b[i], fd, base, next, n, 1)) {
+            if (!ring_queue(&r, &b[i], next, n, 1)) {
                 /* cannot happen: ring has 2x entries; write synchronously */
                 int64_t w = full_write(fd, b[i].p, n, base + (int64_t)next, 1);
                 if (w < 0)
                     st = kvi_err_os(&db->err, (int)-w, "write");
-                next += n;
-                continue;
             }
             next += n;
-            inflight++;
-            queued++;
         }
         ring_buf *rb;
         int res;
-        if (!ring_wait_one(db, &ring, queued, &inflight, &rb, &res, &st))
+        if (!ring_wait_one(db, &r, "write", &rb, &res, &st))
             break;
-        if (res < 0) {
-            if (st == KV_OK)
-                st = kvi_err_os(&db->err, -res, "write");
-        } else if ((size_t)res < rb->want && st == KV_OK) {
-            int64_t w = full_write(fd, rb->p + res, rb->want - (size_t)res,
-                                   base + (int64_t)(rb->off + (uint64_t)res), 1);
+        if (res >= 0 && (size_t)res < rb->want && st == KV_OK) {
+            int64_t w = ring_finish(&r, rb, (size_t)res, 1);
             if (w < 0)
                 st = kvi_err_os(&db->err, (int)-w, "write");
         }
     }
-    io_uring_queue_exit(&ring);
-    free_bufs(b, KVI_RING);
+    ring_close(&r);
     return st;
 }
 
