@@ -71,6 +71,31 @@ kv_status kvi_store_set_value(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sql
     return kvi_store_step_done(e, db, upd_st, "update value");
 }
 
+kv_status kvi_store_step_id(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t key, int64_t id)
+{
+    sqlite3_bind_int64(st, 1, key);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        return KV_OK;
+    if (rc == SQLITE_DONE)
+        return kvi_err_set(e, KV_NOTFOUND, "ID %lld not found", (long long)id);
+    return kvi_err_sqlite(e, db, rc, NULL);
+}
+
+kv_status kvi_store_column_copy(kvi_err *e, sqlite3_stmt *st, int col, size_t extra, uint8_t **out,
+                                size_t *n)
+{
+    const void *p = sqlite3_column_blob(st, col);
+    size_t len = (size_t)sqlite3_column_bytes(st, col);
+    *out = kvi_malloc(len + extra ? len + extra : 1);
+    if (!*out)
+        return kvi_err_set(e, KV_NOMEM, "out of memory");
+    if (len)
+        memcpy(*out, p, len);
+    *n = len;
+    return KV_OK;
+}
+
 kv_status kvi_store_insert(kvi_err *e, sqlite3 *db, sqlite3_stmt *val_st, const void *val,
                            size_t vlen, sqlite3_stmt *entry_st, int ref_param, const char *op,
                            int64_t *id)

@@ -31,6 +31,16 @@ kv_status kvi_store_step_done(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, const c
  *  returned) on failure, recorded as "<op>: ...". Resets `st`. */
 int kvi_store_lookup_i64(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t id, int64_t *out,
                          kv_status *status, const char *op);
+/** Bind `key` to ?1 of `st` and step it once: KV_OK on a row (read its
+ *  columns, then reset `st`), KV_NOTFOUND "ID <id> not found" when there
+ *  is none (`id` is the entry the caller asked for), else the mapped
+ *  SQLite failure. */
+kv_status kvi_store_step_id(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t key, int64_t id);
+/** Copy column `col` of the current row of `st` (as a blob) into a new
+ *  buffer *out (kvi_malloc, at least 1 + extra bytes; the caller frees) and
+ *  its length into *n. KV_NOMEM "out of memory". */
+kv_status kvi_store_column_copy(kvi_err *e, sqlite3_stmt *st, int col, size_t extra, uint8_t **out,
+                                size_t *n);
 /** Replace the value of entry `id`: find its value_ref with `ref_st` (as
  *  kvi_store_lookup_i64), then run `upd_st` (?1 = value blob, ?2 = value_ref).
  *  val[0..vlen) is bound as a blob (an empty blob when vlen is 0). Call inside

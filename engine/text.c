@@ -687,63 +687,39 @@ void kv_text_doc_free(kv_text_doc *d)
 
 kv_status kv_text_get_by_id(kv_text *t, int64_t id, kv_text_doc **out)
 {
-    kv_status st = KV_OK;
+    kv_status st;
     kv_text_doc *d = NULL;
-    int rc;
-    int64_t ref;
     kvi_err_clear(&t->err);
     *out = NULL;
     /* Both reads in one snapshot. */
     if ((st = kvi_store_begin(&t->err, t->db, 0)) != KV_OK)
         return st;
-    sqlite3_bind_int64(t->st_get_doc, 1, id);
-    rc = sqlite3_step(t->st_get_doc);
-    if (rc == SQLITE_DONE) {
-        st = kvi_err_set(&t->err, KV_NOTFOUND, "ID %lld not found", (long long)id);
+    if ((st = kvi_store_step_id(&t->err, t->db, t->st_get_doc, id, id)) != KV_OK)
         goto done;
-    }
-    if (rc != SQLITE_ROW) {
-        st = sql_fail(t, rc, NULL);
-        goto done;
-    }
     d = kvi_calloc(1, sizeof *d);
     if (!d || !(d->texts = kvi_calloc(t->ncols, sizeof(char *))) ||
-        !(d->text_lens = kvi_calloc(t->ncols, sizeof(size_t))))
-        goto oom;
+        !(d->text_lens = kvi_calloc(t->ncols, sizeof(size_t)))) {
+        st = kvi_err_set(&t->err, KV_NOMEM, "out of memory");
+        goto done;
+    }
     d->ncols = t->ncols;
-    for (size_t i = 0; i < t->ncols; i++) {
-        const unsigned char *s = sqlite3_column_text(t->st_get_doc, (int)i);
-        size_t len = (size_t)sqlite3_column_bytes(t->st_get_doc, (int)i);
-        if (!(d->texts[i] = kvi_malloc(len + 1)))
-            goto oom;
-        if (len)
-            memcpy(d->texts[i], s, len);
-        d->texts[i][len] = '\0';
-        d->text_lens[i] = len;
+    for (size_t i = 0; i < t->ncols && st == KV_OK; i++) {
+        uint8_t *text = NULL; /* one byte more than the text, for its NUL */
+        st = kvi_store_column_copy(&t->err, t->st_get_doc, (int)i, 1, &text, &d->text_lens[i]);
+        if (st == KV_OK) {
+            text[d->text_lens[i]] = '\0';
+            d->texts[i] = (char *)text;
+        }
     }
-    ref = sqlite3_column_int64(t->st_get_doc, (int)t->ncols);
-    sqlite3_bind_int64(t->st_get_val, 1, ref);
-    rc = sqlite3_step(t->st_get_val);
-    if (rc == SQLITE_ROW) {
-        size_t n = (size_t)sqlite3_column_bytes(t->st_get_val, 0);
-        const void *p = sqlite3_column_blob(t->st_get_val, 0);
-        if (!(d->val = kvi_malloc(n ? n : 1)))
-            goto oom;
-        if (n)
-            memcpy(d->val, p, n);
-        d->vlen = n;
-    } else if (rc == SQLITE_DONE) {
-        st = kvi_err_set(&t->err, KV_NOTFOUND, "ID %lld not found", (long long)id);
+    if (st != KV_OK)
         goto done;
-    } else {
-        st = sql_fail(t, rc, NULL);
+    const int64_t ref = sqlite3_column_int64(t->st_get_doc, (int)t->ncols);
+    if ((st = kvi_store_step_id(&t->err, t->db, t->st_get_val, ref, id)) != KV_OK)
         goto done;
-    }
+    if ((st = kvi_store_column_copy(&t->err, t->st_get_val, 0, 0, &d->val, &d->vlen)) != KV_OK)
+        goto done;
     *out = d;
     d = NULL;
-    goto done;
-oom:
-    st = kvi_err_set(&t->err, KV_NOMEM, "out of memory");
 done:
     sqlite3_reset(t->st_get_doc);
     sqlite3_reset(t->st_get_val);

@@ -573,49 +573,21 @@ finish_nolock:
 kv_status kv_vector_get_by_id(kv_vector *v, int64_t id, uint8_t **vec, size_t *vbytes,
                               uint8_t **val, size_t *vlen)
 {
-    kv_status st = KV_OK;
-    int rc;
+    kv_status st;
     kvi_err_clear(&v->err);
     *vec = *val = NULL;
     *vbytes = *vlen = 0;
     if ((st = kvi_store_begin(&v->err, v->db, 0)) != KV_OK)
         return st;
-    sqlite3_bind_int64(v->st_get_row, 1, id);
-    rc = sqlite3_step(v->st_get_row);
-    if (rc == SQLITE_DONE) {
-        st = kvi_err_set(&v->err, KV_NOTFOUND, "ID %lld not found", (long long)id);
-    } else if (rc != SQLITE_ROW) {
-        st = sql_fail(v, rc, NULL);
-    } else {
-        int64_t ref = sqlite3_column_int64(v->st_get_row, 0);
-        size_t n = (size_t)sqlite3_column_bytes(v->st_get_row, 1);
-        const void *p = sqlite3_column_blob(v->st_get_row, 1);
-        if (!(*vec = kvi_malloc(n ? n : 1))) {
-            st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
-        } else {
-            if (n)
-                memcpy(*vec, p, n);
-            *vbytes = n;
-            sqlite3_bind_int64(v->st_get_val, 1, ref);
-            rc = sqlite3_step(v->st_get_val);
-            if (rc == SQLITE_ROW) {
-                size_t m = (size_t)sqlite3_column_bytes(v->st_get_val, 0);
-                const void *q = sqlite3_column_blob(v->st_get_val, 0);
-                if (!(*val = kvi_malloc(m ? m : 1)))
-                    st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
-                else {
-                    if (m)
-                        memcpy(*val, q, m);
-                    *vlen = m;
-                }
-            } else if (rc == SQLITE_DONE) {
-                st = kvi_err_set(&v->err, KV_NOTFOUND, "ID %lld not found", (long long)id);
-            } else {
-                st = sql_fail(v, rc, NULL);
-            }
-            sqlite3_reset(v->st_get_val);
-        }
-    }
+    st = kvi_store_step_id(&v->err, v->db, v->st_get_row, id, id);
+    if (st == KV_OK)
+        st = kvi_store_column_copy(&v->err, v->st_get_row, 1, 0, vec, vbytes);
+    if (st == KV_OK)
+        st = kvi_store_step_id(&v->err, v->db, v->st_get_val,
+                               sqlite3_column_int64(v->st_get_row, 0), id);
+    if (st == KV_OK)
+        st = kvi_store_column_copy(&v->err, v->st_get_val, 0, 0, val, vlen);
+    sqlite3_reset(v->st_get_val);
     sqlite3_reset(v->st_get_row);
     sqlite3_exec(v->db, "COMMIT", NULL, NULL, NULL);
     if (st != KV_OK) {
