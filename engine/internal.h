@@ -112,7 +112,8 @@ kv_status kvi_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out, kvi_err 
  * The kv_db handle (kv.c, cache.c, stream.c only)
  * ---------------------------------------------------------------------- */
 
-/** One cache entry: key bytes then value bytes in `data`. */
+/** One cache entry: key bytes then value bytes in `data` (hash first: a
+ *  hashslots.h entry). */
 typedef struct kvi_centry {
     uint64_t hash;           /**< XXH3 of the key */
     size_t klen;             /**< key bytes */
@@ -123,7 +124,7 @@ typedef struct kvi_centry {
 /** Write-back cache: open-addressing hash table (linear probing, backward
  *  shift deletion) of entry pointers. */
 typedef struct kvi_cache {
-    kvi_centry **slots;      /**< nslots pointers, NULL = empty */
+    void **slots;            /**< nslots kvi_centry pointers, NULL = empty (hashslots.h) */
     size_t nslots;           /**< power of two */
     size_t count;            /**< live entries */
     size_t bytes;            /**< API.md §4.7 counter: sum of klen+vlen per insert */

@@ -38,7 +38,8 @@
 #include "internal.h"
 
 #include <string.h>
-#include <xxhash.h>
+
+#include "hashslots.h"
 
 #define MIN_SLOTS 64
 
@@ -53,7 +54,7 @@ typedef struct rentry {
 
 struct kvi_rcache {
     kvi_walsnap ws;                /* header the entries were read under */
-    rentry **slots;                /* open addressing, NULL = empty */
+    void **slots;                  /* rentry pointers (hashslots.h), NULL = empty */
     size_t nslots;                 /* power of two */
     rentry **dense;                /* every entry, for CLOCK and clearing */
     size_t count, dense_cap;
@@ -63,11 +64,6 @@ struct kvi_rcache {
     size_t hand;                   /* CLOCK hand into dense */
     uint64_t hits, misses, drops;
 };
-
-static inline uint64_t key_hash(const void *key, size_t klen)
-{
-    return XXH3_64bits(klen ? key : "", klen);
-}
 
 static inline size_t entry_size(size_t klen, size_t vlen)
 {
@@ -91,47 +87,20 @@ static size_t probe(const kvi_rcache *rc, uint64_t h, const void *key, size_t kl
 
 static int slots_resize(kvi_rcache *rc, size_t n)
 {
-    rentry **ns = kvi_calloc(n, sizeof *ns);
+    void **ns = kvi_calloc(n, sizeof *ns);
     if (!ns)
         return -1;
-    for (size_t i = 0; i < rc->count; i++) {
-        rentry *e = rc->dense[i];
-        size_t j = (size_t)e->hash & (n - 1);
-        while (ns[j])
-            j = (j + 1) & (n - 1);
-        ns[j] = e;
-    }
+    kvi_slots_rehash(rc->slots, rc->nslots, ns, n);
     kvi_free(rc->slots);
     rc->slots = ns;
     rc->nslots = n;
     return 0;
 }
 
-/* Remove slot i with backward-shift deletion. */
-static void slot_delete(kvi_rcache *rc, size_t i)
-{
-    size_t mask = rc->nslots - 1, j = i;
-    rc->slots[i] = NULL;
-    for (;;) {
-        j = (j + 1) & mask;
-        rentry *e = rc->slots[j];
-        if (!e)
-            break;
-        size_t home = (size_t)e->hash & mask;
-        /* e may move into the hole at i if its home is not in (i, j]. */
-        int between = i <= j ? (home > i && home <= j) : (home > i || home <= j);
-        if (!between) {
-            rc->slots[i] = e;
-            rc->slots[j] = NULL;
-            i = j;
-        }
-    }
-}
-
 /* Remove entry e from both structures and free it. */
 static void entry_remove(kvi_rcache *rc, rentry *e)
 {
-    slot_delete(rc, probe(rc, e->hash, e->data, e->klen));
+    kvi_slots_delete(rc->slots, rc->nslots, probe(rc, e->hash, e->data, e->klen));
     size_t last = rc->count - 1;
     if (e->idx != last) {
         rc->dense[e->idx] = rc->dense[last];
@@ -154,7 +123,7 @@ static void clear_all(kvi_rcache *rc)
     /* Shrink a large slot array instead of clearing it, so a drop costs
      * O(entries), not O(slots). */
     if (rc->nslots > MIN_SLOTS * 4) {
-        rentry **ns = kvi_calloc(MIN_SLOTS, sizeof *ns);
+        void **ns = kvi_calloc(MIN_SLOTS, sizeof *ns);
         if (ns) {
             kvi_free(rc->slots);
             rc->slots = ns;
@@ -259,7 +228,7 @@ int kvi_rcache_find(kvi_rcache *rc, const void *key, size_t klen,
     KV_ASSERT(rc && (key || klen == 0) && val && vlen);
     KV_ASSERT_INTERNAL(rc->ws.tag_ok || rc->count == 0); /* entries belong to the tag */
     if (rc->count) {
-        rentry *e = rc->slots[probe(rc, key_hash(key, klen), key, klen)];
+        rentry *e = rc->slots[probe(rc, kvi_key_hash(key, klen), key, klen)];
         if (e) {
             e->ref = 1;
             *val = e->data + e->klen;
@@ -280,7 +249,7 @@ void kvi_rcache_insert(kvi_rcache *rc, const uint8_t snap[KVI_WALHDR_BYTES],
         return;          /* invalidated since the snapshot */
     if (klen + vlen > rc->max_entry || need > rc->cap)
         return;
-    uint64_t h = key_hash(key, klen);
+    uint64_t h = kvi_key_hash(key, klen);
     size_t i = probe(rc, h, key, klen);
     if (rc->slots[i])
         entry_remove(rc, rc->slots[i]);   /* replaced (cannot normally happen) */
