@@ -36,13 +36,8 @@ static kvi_cache *cache_new(size_t cap, size_t thr)
 /* Slot index holding `key`, or the empty slot where it would go. */
 static size_t probe(const kvi_cache *c, uint64_t h, const void *key, size_t klen)
 {
-    size_t mask = c->nslots - 1, i = (size_t)h & mask;
-    for (;;) {
-        kvi_centry *e = c->slots[i];
-        if (!e || (e->hash == h && e->klen == klen && (klen == 0 || memcmp(e->data, key, klen) == 0)))
-            return i;
-        i = (i + 1) & mask;
-    }
+    return kvi_slots_find(c->slots, c->nslots, h, key, klen, offsetof(kvi_centry, klen),
+                          offsetof(kvi_centry, data));
 }
 
 kvi_centry *kvi_cache_find(kvi_cache *c, const void *key, size_t klen)

@@ -33,6 +33,25 @@ static inline uint64_t kvi_slot_hash(const void *e)
     return h;
 }
 
+/** Slot of slots[0..n) holding the entry of key[0..klen) with hash h, or
+ *  the empty slot where it would go. An entry keeps its key length (size_t)
+ *  at byte klen_off and its key bytes at key_off (offsetof of its struct;
+ *  constants, so the inlined loop reads them directly). */
+static inline size_t kvi_slots_find(void *const *slots, size_t n, uint64_t h, const void *key,
+                                    size_t klen, size_t klen_off, size_t key_off)
+{
+    const size_t mask = n - 1;
+    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
+        const uint8_t *e = slots[i];
+        size_t ek;
+        if (!e)
+            return i;
+        memcpy(&ek, e + klen_off, sizeof ek);
+        if (kvi_slot_hash(e) == h && ek == klen && (klen == 0 || memcmp(e + key_off, key, klen) == 0))
+            return i;
+    }
+}
+
 /** Put e into the first empty slot from its home in slots[0..n) (n a power
  *  of two with an empty slot; e's key is not in the array). */
 static inline void kvi_slots_place(void **slots, size_t n, void *e)

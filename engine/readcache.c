@@ -76,13 +76,8 @@ static inline size_t entry_size(size_t klen, size_t vlen)
 
 static size_t probe(const kvi_rcache *rc, uint64_t h, const void *key, size_t klen)
 {
-    size_t mask = rc->nslots - 1, i = (size_t)h & mask;
-    for (;;) {
-        rentry *e = rc->slots[i];
-        if (!e || (e->hash == h && e->klen == klen && (klen == 0 || memcmp(e->data, key, klen) == 0)))
-            return i;
-        i = (i + 1) & mask;
-    }
+    return kvi_slots_find(rc->slots, rc->nslots, h, key, klen, offsetof(rentry, klen),
+                          offsetof(rentry, data));
 }
 
 static int slots_resize(kvi_rcache *rc, size_t n)

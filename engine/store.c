@@ -71,6 +71,13 @@ kv_status kvi_store_set_value(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sql
     return kvi_store_step_done(e, db, upd_st, "update value");
 }
 
+void kvi_store_read_end(sqlite3 *db, sqlite3_stmt *a, sqlite3_stmt *b)
+{
+    sqlite3_reset(a); /* NULL is a no-op */
+    sqlite3_reset(b);
+    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+}
+
 kv_status kvi_store_step_id(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t key, int64_t id)
 {
     sqlite3_bind_int64(st, 1, key);

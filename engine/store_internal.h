@@ -19,6 +19,10 @@
  *  fails here, before any work) or BEGIN (a read snapshot). KV_OK or the
  *  mapped SQLite failure (KV_BUSY "begin: database is locked"). */
 kv_status kvi_store_begin(kvi_err *e, sqlite3 *db, int write);
+/** End a read snapshot (kvi_store_begin with write = 0): reset the
+ *  statements it used (a, b; NULL is skipped), then COMMIT (a read-only
+ *  transaction: nothing to fail). */
+void kvi_store_read_end(sqlite3 *db, sqlite3_stmt *a, sqlite3_stmt *b);
 /** COMMIT; on failure rolls back and returns the mapped status. */
 kv_status kvi_store_commit(kvi_err *e, sqlite3 *db);
 /** ROLLBACK if a transaction is open; never fails. */

@@ -584,6 +584,22 @@ static kv_status put_uring(kv_db *db, vblob *blob, int fd, int64_t base,
     return st;
 }
 
+/* Start of kv_put_fd / kv_get_to_fd: release a lent row, pick the chunk
+ * size, and find where the transfer starts in fd: *base is fd's current
+ * offset when fd is seekable (returns 1), else 0 (returns 0: a pipe or
+ * socket, read or written in order). */
+static int fd_transfer_start(kv_db *db, int fd, size_t *chunk, off_t *base)
+{
+    kvi_get_release(db);
+    db->used_uring = 0;
+    *chunk = pick_chunk(db, *chunk);
+    *base = lseek(fd, 0, SEEK_CUR);
+    if (*base >= 0)
+        return 1;
+    *base = 0;
+    return 0;
+}
+
 KV_API kv_status kv_put_fd(kv_db *db, const void *key, size_t klen, int fd,
                            uint64_t size, size_t chunk)
 {
@@ -592,13 +608,8 @@ KV_API kv_status kv_put_fd(kv_db *db, const void *key, size_t klen, int fd,
     kv_status st;
     uint64_t done = 0;
 
-    kvi_get_release(db);
-    db->used_uring = 0;
-    chunk = pick_chunk(db, chunk);
-    off_t base = lseek(fd, 0, SEEK_CUR);
-    int seekable = base >= 0;
-    if (!seekable)
-        base = 0;
+    off_t base;
+    int seekable = fd_transfer_start(db, fd, &chunk, &base);
 
     guard_enter(db, size, &g);
     if ((st = open_new_blob(db, key, klen, size, &blob)) != KV_OK)
@@ -731,14 +742,9 @@ KV_API kv_status kv_get_to_fd(kv_db *db, const void *key, size_t klen, int fd,
     kv_status st;
     uint64_t size = 0;
 
-    kvi_get_release(db);
-    db->used_uring = 0;
+    off_t base;
+    int seekable = fd_transfer_start(db, fd, &chunk, &base);
     *written = 0;
-    chunk = pick_chunk(db, chunk);
-    off_t base = lseek(fd, 0, SEEK_CUR);
-    int seekable = base >= 0;
-    if (!seekable)
-        base = 0;
     kvi_centry *e = kvi_cache_find(db->cache, key, klen);
     if (e) {
         int64_t w = full_write(fd, e->data + e->klen, e->vlen, base, seekable);

@@ -721,9 +721,7 @@ kv_status kv_text_get_by_id(kv_text *t, int64_t id, kv_text_doc **out)
     *out = d;
     d = NULL;
 done:
-    sqlite3_reset(t->st_get_doc);
-    sqlite3_reset(t->st_get_val);
-    sqlite3_exec(t->db, "COMMIT", NULL, NULL, NULL);
+    kvi_store_read_end(t->db, t->st_get_doc, t->st_get_val);
     kv_text_doc_free(d);
     return st;
 }

@@ -555,7 +555,7 @@ kv_status kv_vector_search(kv_vector *v, const void *query, size_t qbytes, int64
     h->n = n;
 
 done:
-    sqlite3_exec(v->db, "COMMIT", NULL, NULL, NULL);
+    kvi_store_read_end(v->db, NULL, NULL);
 done_nolock:
     if (st != KV_OK) {
         kvi_free(heap);
@@ -587,9 +587,7 @@ kv_status kv_vector_get_by_id(kv_vector *v, int64_t id, uint8_t **vec, size_t *v
                                sqlite3_column_int64(v->st_get_row, 0), id);
     if (st == KV_OK)
         st = kvi_store_column_copy(&v->err, v->st_get_val, 0, 0, val, vlen);
-    sqlite3_reset(v->st_get_val);
-    sqlite3_reset(v->st_get_row);
-    sqlite3_exec(v->db, "COMMIT", NULL, NULL, NULL);
+    kvi_store_read_end(v->db, v->st_get_row, v->st_get_val);
     if (st != KV_OK) {
         kvi_free(*vec);
         kvi_free(*val);
