@@ -71,6 +71,15 @@ kv_status kvi_store_set_value(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sql
     return kvi_store_step_done(e, db, upd_st, "update value");
 }
 
+kv_status kvi_store_exists(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t id, int *found,
+                           const char *op)
+{
+    int64_t ref;
+    kv_status status;
+    *found = kvi_store_lookup_i64(e, db, st, id, &ref, &status, op);
+    return status;
+}
+
 void kvi_store_read_end(sqlite3 *db, sqlite3_stmt *a, sqlite3_stmt *b)
 {
     sqlite3_reset(a); /* NULL is a no-op */

@@ -45,6 +45,10 @@ kv_status kvi_store_step_id(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t k
  *  its length into *n. KV_NOMEM "out of memory". */
 kv_status kvi_store_column_copy(kvi_err *e, sqlite3_stmt *st, int col, size_t extra, uint8_t **out,
                                 size_t *n);
+/** *found = 1 when `st` (as kvi_store_lookup_i64) finds entry `id`, else
+ *  0; returns KV_OK or the recorded failure. */
+kv_status kvi_store_exists(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t id, int *found,
+                           const char *op);
 /** Replace the value of entry `id`: find its value_ref with `ref_st` (as
  *  kvi_store_lookup_i64), then run `upd_st` (?1 = value blob, ?2 = value_ref).
  *  val[0..vlen) is bound as a blob (an empty blob when vlen is 0). Call inside

@@ -728,11 +728,8 @@ done:
 
 kv_status kv_text_exists(kv_text *t, int64_t id, int *found)
 {
-    int64_t ref;
-    kv_status st;
     kvi_err_clear(&t->err);
-    *found = kvi_store_lookup_i64(&t->err, t->db, t->st_ref, id, &ref, &st, "lookup value_ref");
-    return st;
+    return kvi_store_exists(&t->err, t->db, t->st_ref, id, found, "lookup value_ref");
 }
 
 static kv_status count_stmt(kv_text *t, sqlite3_stmt *st, int64_t *count)

@@ -599,11 +599,8 @@ kv_status kv_vector_get_by_id(kv_vector *v, int64_t id, uint8_t **vec, size_t *v
 
 kv_status kv_vector_exists(kv_vector *v, int64_t id, int *found)
 {
-    int64_t ref;
-    kv_status st;
     kvi_err_clear(&v->err);
-    *found = kvi_store_lookup_i64(&v->err, v->db, v->st_get_row, id, &ref, &st, "lookup row");
-    return st;
+    return kvi_store_exists(&v->err, v->db, v->st_get_row, id, found, "lookup row");
 }
 
 kv_status kv_vector_count(kv_vector *v, int64_t *count)

@@ -29,6 +29,25 @@ static inline const char *kvtest_path(char *buf, size_t n, const char *name)
     return buf;
 }
 
+/* Remove the directory kvtest_path made for `path` (the file's parent). */
+static inline void kvtest_remove_dir_of(const char *path)
+{
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%.*s'", (int)(strrchr(path, '/') - path), path);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cleanup of %s failed\n", path);
+}
+
+/* Let the fd streaming calls use io_uring (uring != 0) or force their
+ * plain read/write fallback (KV_NO_URING). */
+static inline void kvtest_select_uring(int uring)
+{
+    if (uring)
+        unsetenv("KV_NO_URING");
+    else
+        setenv("KV_NO_URING", "1", 1);
+}
+
 /* A kv_put_stream source reading bytes p[0..n) from `off` on, at most
  * max_read bytes a call (0: as many as asked; smaller reads exercise the
  * callers' short-read handling). */

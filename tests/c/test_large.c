@@ -151,10 +151,7 @@ Test(large, in_memory_put_get_overwrite_delete)
 static void fd_roundtrip(int uring)
 {
     char path[600], src[700];
-    if (uring)
-        unsetenv("KV_NO_URING");
-    else
-        setenv("KV_NO_URING", "1", 1);
+    kvtest_select_uring(uring);
     kvtest_path(path, sizeof path, "l.db");
     snprintf(src, sizeof src, "%s.src", path);
     size_t n = 10 * PART + 4321;        /* 11 parts */

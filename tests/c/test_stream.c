@@ -49,10 +49,7 @@ static void roundtrip_100mib(int uring)
 {
     char dbp[600], src[700], dst[700], err[256];
     kv_db *db;
-    if (uring)
-        unsetenv("KV_NO_URING");
-    else
-        setenv("KV_NO_URING", "1", 1);
+    kvtest_select_uring(uring);
     kvtest_path(dbp, sizeof dbp, "s.db");
     snprintf(src, sizeof src, "%s.src", dbp);
     snprintf(dst, sizeof dst, "%s.dst", dbp);

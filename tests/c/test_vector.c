@@ -16,14 +16,7 @@ static char path[600]; /* the test's database file, in a fresh directory */
 
 static void setup(void) { kvtest_path(path, sizeof path, "v.db"); }
 
-/* Removes the directory kvtest_path made (the file's parent). */
-static void teardown(void)
-{
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%.*s'", (int)(strrchr(path, '/') - path), path);
-    if (system(cmd) != 0)
-        fprintf(stderr, "cleanup of %s failed\n", path);
-}
+static void teardown(void) { kvtest_remove_dir_of(path); }
 
 TestSuite(vector, .init = setup, .fini = teardown, .timeout = 120);
 
