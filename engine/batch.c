@@ -98,7 +98,7 @@ kv_status kv_batch_open(const char *path, const kv_batch_opts *o, kv_batch **out
     return KV_OK;
 
 fail:
-    if (err && errlen) snprintf(err, errlen, "%s", b->err.msg);
+    kvi_msg_copy(b->err.msg, err, errlen);
 fail_quiet:
     finalize_all(b);
     if (b->db) sqlite3_close_v2(b->db);

@@ -12,14 +12,10 @@
 #include "internal.h"
 
 #include <string.h>
-#include <xxhash.h>
+
+#include "hashslots.h"
 
 #define INITIAL_SLOTS 64
-
-static inline uint64_t key_hash(const void *key, size_t klen)
-{
-    return XXH3_64bits(klen ? key : "", klen);
-}
 
 static kvi_cache *cache_new(size_t cap, size_t thr)
 {
@@ -40,40 +36,26 @@ static kvi_cache *cache_new(size_t cap, size_t thr)
 /* Slot index holding `key`, or the empty slot where it would go. */
 static size_t probe(const kvi_cache *c, uint64_t h, const void *key, size_t klen)
 {
-    size_t mask = c->nslots - 1, i = (size_t)h & mask;
-    for (;;) {
-        kvi_centry *e = c->slots[i];
-        if (!e || (e->hash == h && e->klen == klen && (klen == 0 || memcmp(e->data, key, klen) == 0)))
-            return i;
-        i = (i + 1) & mask;
-    }
+    return kvi_slots_find(c->slots, c->nslots, h, key, klen, offsetof(kvi_centry, klen),
+                          offsetof(kvi_centry, data));
 }
 
 kvi_centry *kvi_cache_find(kvi_cache *c, const void *key, size_t klen)
 {
     if (!c || c->count == 0)
         return NULL;
-    return c->slots[probe(c, key_hash(key, klen), key, klen)];
+    return c->slots[probe(c, kvi_key_hash(key, klen), key, klen)];
 }
 
 static int grow(kvi_cache *c)
 {
-    size_t n = c->nslots * 2;
-    kvi_centry **ns = kvi_calloc(n, sizeof *ns);
+    void **ns = kvi_calloc(c->nslots * 2, sizeof *ns);
     if (!ns)
         return -1;
-    for (size_t i = 0; i < c->nslots; i++) {
-        kvi_centry *e = c->slots[i];
-        if (!e)
-            continue;
-        size_t j = (size_t)e->hash & (n - 1);
-        while (ns[j])
-            j = (j + 1) & (n - 1);
-        ns[j] = e;
-    }
+    kvi_slots_rehash(c->slots, c->nslots, ns, c->nslots * 2);
     kvi_free(c->slots);
     c->slots = ns;
-    c->nslots = n;
+    c->nslots *= 2;
     return 0;
 }
 
@@ -83,7 +65,7 @@ static kv_status cache_insert(kvi_cache *c, const void *key, size_t klen,
 {
     if ((c->count + 1) * 2 > c->nslots && grow(c) != 0)
         return KV_NOMEM;
-    uint64_t h = key_hash(key, klen);
+    uint64_t h = kvi_key_hash(key, klen);
     size_t i = probe(c, h, key, klen);
     kvi_centry *e = kvi_malloc(sizeof *e + klen + vlen);
     if (!e)
@@ -108,30 +90,12 @@ int kvi_cache_remove(kvi_cache *c, const void *key, size_t klen)
 {
     if (!c || c->count == 0)
         return 0;
-    size_t mask = c->nslots - 1;
-    size_t i = probe(c, key_hash(key, klen), key, klen);
+    size_t i = probe(c, kvi_key_hash(key, klen), key, klen);
     if (!c->slots[i])
         return 0;
     kvi_free(c->slots[i]);
-    c->slots[i] = NULL;
+    kvi_slots_delete(c->slots, c->nslots, i);
     c->count--;
-    /* Backward-shift: move later members of the probe run into the hole
-     * when their home slot is at or before it (cyclically). */
-    size_t j = i;
-    for (;;) {
-        j = (j + 1) & mask;
-        kvi_centry *e = c->slots[j];
-        if (!e)
-            break;
-        size_t home = (size_t)e->hash & mask;
-        /* e may move to i iff i lies cyclically in [home, j) */
-        int movable = (i <= j) ? (home <= i || home > j) : (home <= i && home > j);
-        if (movable) {
-            c->slots[i] = e;
-            c->slots[j] = NULL;
-            i = j;
-        }
-    }
     return 1;
 }
 

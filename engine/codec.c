@@ -36,6 +36,7 @@ KV_API void kv_buf_free(kv_buf *b)
 
 KV_API kv_status kv_buf_reserve(kv_buf *b, size_t extra)
 {
+    KV_ASSERT(b && b->len <= b->cap && (b->data || b->cap == 0));
     if (b->cap - b->len >= extra)
         return KV_OK;
     if (extra > SIZE_MAX / 2 - b->len)
@@ -53,12 +54,14 @@ KV_API kv_status kv_buf_reserve(kv_buf *b, size_t extra)
 
 KV_API kv_status kv_buf_append(kv_buf *b, const void *p, size_t n)
 {
+    KV_ASSERT(p || n == 0);
     if (n == 0)
         return KV_OK;
     if (kv_buf_reserve(b, n) != KV_OK)
         return KV_NOMEM;
     memcpy(b->data + b->len, p, n);
     b->len += n;
+    KV_ASSERT_INTERNAL(b->len <= b->cap);
     return KV_OK;
 }
 
@@ -199,15 +202,33 @@ KV_API kv_status kv_enc_int(kv_enc *e, int64_t v)
     return e->st;
 }
 
-KV_API kv_status kv_enc_uint(kv_enc *e, uint64_t v)
+/* Items both formats write from one unsigned number: an unsigned integer,
+ * or the header of an array or a map of n entries. */
+typedef enum { ENC_UINT, ENC_ARRAY, ENC_MAP } enc_counted;
+
+static kv_status enc_counted_item(kv_enc *e, enc_counted kind, uint64_t n)
 {
     if (e->fmt == KV_FMT_MSGPACK) {
         MP_BEGIN(e);
-        msgpack_pack_uint64(&pk, v);
+        if (kind == ENC_UINT)
+            msgpack_pack_uint64(&pk, n);
+        else if (kind == ENC_ARRAY)
+            msgpack_pack_array(&pk, (size_t)n);
+        else
+            msgpack_pack_map(&pk, (size_t)n);
+    } else if (kind == ENC_UINT) {
+        CB_PUT(e, cbor_encode_uint(n, b_, 9));
+    } else if (kind == ENC_ARRAY) {
+        CB_PUT(e, cbor_encode_array_start((size_t)n, b_, 9));
     } else {
-        CB_PUT(e, cbor_encode_uint(v, b_, 9));
+        CB_PUT(e, cbor_encode_map_start((size_t)n, b_, 9));
     }
     return e->st;
+}
+
+KV_API kv_status kv_enc_uint(kv_enc *e, uint64_t v)
+{
+    return enc_counted_item(e, ENC_UINT, v);
 }
 
 /* IEEE 754 binary16 bits of `v` if v is exactly representable as a half
@@ -277,24 +298,12 @@ KV_API kv_status kv_enc_str(kv_enc *e, const char *s, size_t n)
 
 KV_API kv_status kv_enc_array(kv_enc *e, size_t n)
 {
-    if (e->fmt == KV_FMT_MSGPACK) {
-        MP_BEGIN(e);
-        msgpack_pack_array(&pk, n);
-    } else {
-        CB_PUT(e, cbor_encode_array_start(n, b_, 9));
-    }
-    return e->st;
+    return enc_counted_item(e, ENC_ARRAY, n);
 }
 
 KV_API kv_status kv_enc_map(kv_enc *e, size_t n)
 {
-    if (e->fmt == KV_FMT_MSGPACK) {
-        MP_BEGIN(e);
-        msgpack_pack_map(&pk, n);
-    } else {
-        CB_PUT(e, cbor_encode_map_start(n, b_, 9));
-    }
-    return e->st;
+    return enc_counted_item(e, ENC_MAP, n);
 }
 
 /* ======================================================================

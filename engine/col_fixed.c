@@ -28,8 +28,10 @@
  */
 #include "col_internal.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -58,6 +60,17 @@ kv_status kvi_chunk_get(kv_colvault *cv, int64_t col_id, int64_t idx, kvi_chunk 
         return kvi_err_sqlite(&cv->err, cv->db, rc, "select chunk");
     memset(c, 0, sizeof *c);
     return KV_OK;
+}
+
+kv_status kvi_chunk_covering(kv_colvault *cv, const kvi_fx *fx, int64_t idx, uint64_t need,
+                             kvi_chunk *c)
+{
+    kv_status st = kvi_chunk_get(cv, fx->col_id, idx, c);
+    if (st == KV_OK && (!c->exists || (uint64_t)c->cap < need))
+        st = kvi_err_set(&cv->err, KV_CORRUPT,
+                         "column %lld: chunk %lld missing or short (need %llu bytes)",
+                         (long long)fx->col_id, (long long)idx, (unsigned long long)need);
+    return st;
 }
 
 kv_status kvi_blob_at(kv_colvault *cv, kvi_blob *bl, int64_t rowid, int writable)
@@ -89,13 +102,18 @@ void kvi_blob_done(kvi_blob *bl)
     bl->b = NULL;
 }
 
-/* Smallest min * 2^k >= need, capped at max. */
-int64_t kvi_first_cap(const kvi_fx *fx, int64_t need)
+int64_t kvi_grow_cap(const kvi_fx *fx, int64_t cap, int64_t need)
 {
-    int64_t cap = fx->min;
+    if (cap <= 0)
+        cap = fx->min;
     while (cap < need && cap < fx->max)
         cap *= 2;
     return cap > fx->max ? fx->max : cap;
+}
+
+int64_t kvi_first_cap(const kvi_fx *fx, int64_t need)
+{
+    return kvi_grow_cap(fx, 0, need);
 }
 
 /* Write n bytes at in-chunk offset `off` of chunk `idx`, creating or growing
@@ -105,6 +123,7 @@ static kv_status kvi_chunk_write(kv_colvault *cv, const kvi_fx *fx, kvi_blob *bl
 {
     kvi_chunk c;
     int64_t end = off + n;
+    KV_ASSERT_INTERNAL(idx >= 0 && off >= 0 && n > 0 && end <= fx->max);
     kv_status st = kvi_chunk_get(cv, fx->col_id, idx, &c);
     sqlite3_stmt *s;
     uint8_t *tmp = NULL;
@@ -134,12 +153,10 @@ static kv_status kvi_chunk_write(kv_colvault *cv, const kvi_fx *fx, kvi_blob *bl
             sqlite3_bind_zeroblob64(s, 3, (sqlite3_uint64)cap);
         sqlite3_bind_int64(s, 4, cap);
         sqlite3_bind_int64(s, 5, end);
-        rc = sqlite3_step(s);
-        sqlite3_clear_bindings(s);
-        sqlite3_reset(s);
+        st = kvi_col_step_done(cv, s, "insert chunk");
         kvi_free(tmp);
-        if (rc != SQLITE_DONE)
-            return kvi_err_sqlite(&cv->err, cv->db, rc, "insert chunk");
+        if (st != KV_OK)
+            return st;
         if (whole)
             return KV_OK;
         st = kvi_blob_at(cv, bl, sqlite3_last_insert_rowid(cv->db), 1);
@@ -166,11 +183,7 @@ static kv_status kvi_chunk_write(kv_colvault *cv, const kvi_fx *fx, kvi_blob *bl
         return KV_OK;
     }
     /* Grow: double (capped at M) until the write fits; rewrite the blob. */
-    int64_t cap = c.cap > 0 ? c.cap : fx->min;
-    while (cap < end && cap < fx->max)
-        cap *= 2;
-    if (cap > fx->max)
-        cap = fx->max;
+    int64_t cap = kvi_grow_cap(fx, c.cap, end);
     if (cap < end)
         cap = end; /* defensive: cannot happen while off + n <= M */
     tmp = kvi_calloc(1, (size_t)cap);
@@ -195,13 +208,9 @@ static kv_status kvi_chunk_write(kv_colvault *cv, const kvi_fx *fx, kvi_blob *bl
     sqlite3_bind_blob64(s, 2, tmp, (sqlite3_uint64)cap, SQLITE_STATIC);
     sqlite3_bind_int64(s, 3, cap);
     sqlite3_bind_int64(s, 4, end > c.used ? end : c.used);
-    rc = sqlite3_step(s);
-    sqlite3_clear_bindings(s);
-    sqlite3_reset(s);
+    st = kvi_col_step_done(cv, s, "grow chunk");
     kvi_free(tmp);
-    if (rc != SQLITE_DONE)
-        return kvi_err_sqlite(&cv->err, cv->db, rc, "grow chunk");
-    return KV_OK;
+    return st;
 }
 
 /* Bulk writes (>= KVI_WB_MIN bytes in one operation): block preallocation
@@ -248,16 +257,24 @@ static kv_status kvi_chunk_write(kv_colvault *cv, const kvi_fx *fx, kvi_blob *bl
  *    10M-value extend into a new vault, interleaved runs: ~115 -> ~100 ms
  *    median.
  *
- * Descriptors: SQLite holds POSIX locks on the database file, and closing
- * any descriptor of that file in this process would drop them, so we use
- * SQLite's own descriptors (never closed here). They are taken from the
- * sqlite3_file objects SQLITE_FCNTL_FILE_POINTER / _JOURNAL_POINTER return;
- * for the built-in "unix" VFS family that object starts with three pointers
- * followed by the descriptor. A descriptor is used only if fstat() shows the
- * same regular file (device and inode) as the path SQLite reports, so any
- * other VFS or layout just leaves this off. Every failure here is ignored:
- * it can only cost speed. Both descriptors stay open while the helper runs
- * (cv->mu is held and the connection stays open for the operation). */
+ * Descriptors (both stay open while the helper runs; cv->mu is held and the
+ * connection stays open for the operation; every failure here is ignored:
+ * it can only cost speed):
+ *  - WAL: we open the -wal file ourselves (O_RDWR, never created) and close
+ *    it when the operation ends. SQLite takes no POSIX locks on the -wal
+ *    file (its locks are on the database file and the -shm), so closing
+ *    our descriptor releases nothing of SQLite's.
+ *  - Database file: we must not open and close a descriptor of our own.
+ *    SQLite holds POSIX record locks on it (in WAL mode every connection
+ *    keeps a SHARED lock for its whole life; that lock is how the last
+ *    connection to close knows it may checkpoint and delete the WAL), and
+ *    closing any descriptor of a file releases all of the process's locks
+ *    on it. So we borrow a descriptor the process already holds read-write
+ *    on the same file (device and inode), found in /proc/self/fd: one of
+ *    SQLite's. We never close it. While our connection holds its lock on
+ *    the file (it does for the whole operation), SQLite's unix VFS closes
+ *    no descriptor of that file (it defers the close of a connection's
+ *    descriptor while any lock is held on the file), so it stays valid. */
 #define KVI_WB_MIN ((uint64_t)16 << 20)
 #define KVI_WB_PERIOD_US 2000
 #define KVI_WB_SLACK 16       /* frames beyond the estimate (btree pages) */
@@ -270,30 +287,46 @@ typedef struct kvi_wb {
     pthread_cond_t c;
     int stop;
     int started;
-    int fd[2]; /* borrowed from SQLite: WAL, database; -1 when unknown */
+    int fd[2]; /* WAL (owned), database (borrowed); -1 when unknown */
 } kvi_wb;
 
-/* Leading members of the unix VFS's file object (see above). */
-typedef struct kvi_unix_head {
-    const sqlite3_io_methods *methods;
-    sqlite3_vfs *vfs;
-    void *inode;
-    int h;
-} kvi_unix_head;
-
-static int kvi_sqlite_fd(sqlite3 *db, int op, const char *path)
+/* Our own read-write descriptor of the existing regular file `path`, or -1.
+ * Only for files SQLite holds no POSIX locks on (see above). */
+static int kvi_open_unlocked_file(const char *path)
 {
-    sqlite3_file *f = NULL;
-    struct stat a, b;
-    if (sqlite3_file_control(db, "main", op, &f) != SQLITE_OK || !f || !f->pMethods)
+    struct stat sb;
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd >= 0 && (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode))) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+/* A descriptor this process already holds read-write on the regular file
+ * `path` (same device and inode), found in /proc/self/fd, or -1. Borrowed:
+ * the caller never closes it (see above for why it stays valid). */
+static int kvi_find_open_fd(const char *path)
+{
+    struct stat want, sb;
+    struct dirent *e;
+    int found = -1;
+    if (stat(path, &want) != 0 || !S_ISREG(want.st_mode))
         return -1;
-    const kvi_unix_head *u = (const kvi_unix_head *)(const void *)f;
-    if (!u->vfs || !u->vfs->zName || strncmp(u->vfs->zName, "unix", 4) != 0 || u->h < 0)
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
         return -1;
-    if (fstat(u->h, &a) != 0 || stat(path, &b) != 0 || !S_ISREG(a.st_mode) ||
-        a.st_dev != b.st_dev || a.st_ino != b.st_ino)
-        return -1;
-    return u->h;
+    while (found < 0 && (e = readdir(d)) != NULL) {
+        char *end;
+        long fd = strtol(e->d_name, &end, 10);
+        if (end == e->d_name || *end || fd < 0 || fd == dirfd(d))
+            continue;
+        if (fstat((int)fd, &sb) == 0 && sb.st_dev == want.st_dev && sb.st_ino == want.st_ino &&
+            (fcntl((int)fd, F_GETFL) & O_ACCMODE) == O_RDWR)
+            found = (int)fd;
+    }
+    closedir(d);
+    return found;
 }
 
 static void *kvi_wb_main(void *arg)
@@ -344,18 +377,23 @@ static void kvi_wb_prealloc(kv_colvault *cv, const kvi_wb *w, uint64_t bytes)
     /* overflow pages carry P - 4 bytes each */
     const int64_t pages = (int64_t)(bytes / (uint64_t)(P - 4)) + KVI_WB_SLACK;
     if (w->fd[0] >= 0) {
-        int64_t first = 0; /* frame index the transaction starts at */
-        if (cv->rc.on && cv->rc.hdr) {
-            uint32_t mx, backfill;
-            memcpy(&mx, (const uint8_t *)cv->rc.hdr + 16, 4);       /* WalIndexHdr.mxFrame */
-            memcpy(&backfill, (const uint8_t *)cv->rc.hdr + 96, 4); /* WalCkptInfo.nBackfill */
-            first = mx == backfill ? 0 : (int64_t)mx;
-        }
+        uint32_t mx, backfill;
+        kvi_walsnap_frames(&cv->rc.ws, &mx, &backfill); /* both 0 when unknown */
+        /* frame index the transaction starts at */
+        const int64_t first = mx == backfill ? 0 : (int64_t)mx;
         (void)fallocate(w->fd[0], FALLOC_FL_KEEP_SIZE, 0,
                         (off_t)(KVI_WAL_HDR + (first + pages) * (P + KVI_WAL_FRAME_HDR)));
     }
     if (w->fd[1] >= 0 && fstat(w->fd[1], &sb) == 0)
         (void)fallocate(w->fd[1], FALLOC_FL_KEEP_SIZE, sb.st_size, (off_t)(pages * P));
+}
+
+/* Close the descriptor we own (the WAL's); the borrowed one stays open. */
+static void kvi_wb_close_fds(kvi_wb *w)
+{
+    if (w->fd[0] >= 0)
+        close(w->fd[0]);
+    w->fd[0] = w->fd[1] = -1;
 }
 
 /* Start preallocation and the writeback helper for an operation writing
@@ -364,17 +402,16 @@ static void kvi_wb_prealloc(kv_colvault *cv, const kvi_wb *w, uint64_t bytes)
 static void kvi_wb_start(kv_colvault *cv, kvi_wb *w, uint64_t bytes)
 {
     pthread_condattr_t ca;
-    char p[4200];
     memset(w, 0, sizeof *w);
     w->fd[0] = w->fd[1] = -1;
     if (bytes < KVI_WB_MIN)
         return;
-    const char *db = sqlite3_db_filename(cv->db, "main");
-    if (!db || !db[0] || strlen(db) > 4000)
+    sqlite3_filename db = sqlite3_db_filename(cv->db, "main");
+    if (!db || !db[0]) /* "": a temporary or in-memory database */
         return;
-    snprintf(p, sizeof p, "%s-wal", db);
-    w->fd[0] = kvi_sqlite_fd(cv->db, SQLITE_FCNTL_JOURNAL_POINTER, p);
-    w->fd[1] = kvi_sqlite_fd(cv->db, SQLITE_FCNTL_FILE_POINTER, db);
+    const char *wal = sqlite3_filename_wal(db);
+    w->fd[0] = wal && wal[0] ? kvi_open_unlocked_file(wal) : -1;
+    w->fd[1] = kvi_find_open_fd(db);
     if (w->fd[0] < 0 && w->fd[1] < 0)
         return;
     kvi_wb_prealloc(cv, w, bytes);
@@ -386,6 +423,7 @@ static void kvi_wb_start(kv_colvault *cv, kvi_wb *w, uint64_t bytes)
     if (pthread_create(&w->th, NULL, kvi_wb_main, w) != 0) {
         pthread_cond_destroy(&w->c);
         pthread_mutex_destroy(&w->m);
+        kvi_wb_close_fds(w);
         return;
     }
     w->started = 1;
@@ -412,64 +450,63 @@ static void kvi_wb_stop(kvi_wb *w)
     pthread_join(w->th, NULL);
     pthread_cond_destroy(&w->c);
     pthread_mutex_destroy(&w->m);
+    kvi_wb_close_fds(w);
     w->started = 0;
+}
+
+/* One chunk's part of a byte range: bytes [s.in, s.in + s.take) of chunk
+ * s.chunk and buf (the caller's bytes to write or room to read into). */
+typedef kv_status (*kvi_piece_fn)(kv_colvault *cv, const kvi_fx *fx, kvi_blob *bl, kvi_span s,
+                                  uint8_t *buf);
+
+/* Run `piece` over bytes [off, off + n) of column fx chunk by chunk, with
+ * one blob handle reused across the chunks; stops at the first failure. */
+static kv_status kvi_fx_each_chunk(kv_colvault *cv, const kvi_fx *fx, uint64_t off, uint8_t *buf,
+                                   uint64_t n, kvi_piece_fn piece)
+{
+    kvi_blob bl = {0};
+    kv_status st = KV_OK;
+    while (n > 0 && st == KV_OK) {
+        kvi_span s = kvi_fx_span(fx, off, n);
+        st = piece(cv, fx, &bl, s, buf);
+        off += s.take;
+        buf += s.take;
+        n -= s.take;
+    }
+    kvi_blob_done(&bl);
+    return st;
+}
+
+static kv_status kvi_write_piece(kv_colvault *cv, const kvi_fx *fx, kvi_blob *bl, kvi_span s,
+                                 uint8_t *buf)
+{
+    return kvi_chunk_write(cv, fx, bl, s.chunk, (int64_t)s.in, buf, (int64_t)s.take);
+}
+
+static kv_status kvi_read_piece(kv_colvault *cv, const kvi_fx *fx, kvi_blob *bl, kvi_span s,
+                                uint8_t *buf)
+{
+    kvi_chunk c;
+    kv_status st = kvi_chunk_covering(cv, fx, s.chunk, s.in + s.take, &c);
+    if (st == KV_OK)
+        st = kvi_blob_at(cv, bl, c.rowid, 0);
+    if (st != KV_OK)
+        return st;
+    int rc = sqlite3_blob_read(bl->b, buf, (int)s.take, (int)s.in);
+    return rc == SQLITE_OK ? KV_OK : kvi_err_sqlite(&cv->err, cv->db, rc, "blob read");
 }
 
 kv_status kvi_fx_write_bytes(kv_colvault *cv, const kvi_fx *fx, uint64_t off, const uint8_t *src,
                              uint64_t n)
 {
-    kvi_blob bl = {0};
-    kv_status st = KV_OK;
-    const uint64_t M = (uint64_t)fx->max;
-    while (n > 0) {
-        int64_t idx = (int64_t)(off / M);
-        uint64_t in = off % M;
-        uint64_t take = M - in < n ? M - in : n;
-        st = kvi_chunk_write(cv, fx, &bl, idx, (int64_t)in, src, (int64_t)take);
-        if (st != KV_OK)
-            break;
-        off += take;
-        src += take;
-        n -= take;
-    }
-    kvi_blob_done(&bl);
-    return st;
+    /* kvi_write_piece only reads buf */
+    return kvi_fx_each_chunk(cv, fx, off, (uint8_t *)src, n, kvi_write_piece);
 }
 
 kv_status kvi_fx_read_bytes(kv_colvault *cv, const kvi_fx *fx, uint64_t off, uint8_t *dst,
                             uint64_t n)
 {
-    kvi_blob bl = {0};
-    kv_status st = KV_OK;
-    const uint64_t M = (uint64_t)fx->max;
-    while (n > 0) {
-        int64_t idx = (int64_t)(off / M);
-        uint64_t in = off % M;
-        uint64_t take = M - in < n ? M - in : n;
-        kvi_chunk c;
-        st = kvi_chunk_get(cv, fx->col_id, idx, &c);
-        if (st != KV_OK)
-            break;
-        if (!c.exists || (uint64_t)c.cap < in + take) {
-            st = kvi_err_set(&cv->err, KV_CORRUPT,
-                             "column %lld: chunk %lld missing or short (need %llu bytes)",
-                             (long long)fx->col_id, (long long)idx, (unsigned long long)(in + take));
-            break;
-        }
-        st = kvi_blob_at(cv, &bl, c.rowid, 0);
-        if (st != KV_OK)
-            break;
-        int rc = sqlite3_blob_read(bl.b, dst, (int)take, (int)in);
-        if (rc != SQLITE_OK) {
-            st = kvi_err_sqlite(&cv->err, cv->db, rc, "blob read");
-            break;
-        }
-        off += take;
-        dst += take;
-        n -= take;
-    }
-    kvi_blob_done(&bl);
-    return st;
+    return kvi_fx_each_chunk(cv, fx, off, dst, n, kvi_read_piece);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -693,45 +730,47 @@ kv_status kv_col_append(kv_col *col, const void *data, const size_t *lens, size_
     return st;
 }
 
-/* Flush pending appends before any other operation (cv->mu held). */
-static kv_status kvi_col_prepare_op(kv_col *col)
+/* Arguments of the operation bodies below (kvi_col_body). */
+typedef struct kvi_col_op {
+    kv_col *col;
+    int64_t start;        /* first element, or the index of insert/delete */
+    int64_t count;        /* elements read or written */
+    const void *src;      /* write/insert: packed elements */
+    const size_t *lens;   /* write: element lengths (var columns) */
+    void *out;            /* read_fixed: count * elem bytes */
+    kv_buf *data;         /* read_var: element bytes are appended */
+    uint64_t *offs;       /* read_var: count + 1 offsets into data */
+} kvi_col_op;
+
+static kv_status kvi_fx_read_body(kv_colvault *cv, void *arg)
 {
-    kvi_err_clear(&col->cv->err);
-    if (col->cache_on && col->cn)
-        return kvi_cache_flush_locked(col, NULL);
-    return KV_OK;
+    const kvi_col_op *a = arg;
+    const kvi_fx *fx = &a->col->fx;
+    int64_t len = 0;
+    kv_status st = kvi_fx_length(cv, fx, &len);
+    if (st == KV_OK)
+        st = kvi_col_check_range(cv, "read", a->start, a->count, len);
+    if (st == KV_OK && a->count > 0)
+        st = kvi_fx_read_bytes(cv, fx, (uint64_t)a->start * (uint64_t)fx->elem, a->out,
+                               (uint64_t)a->count * (uint64_t)fx->elem);
+    return st;
 }
 
 kv_status kv_col_read_fixed(kv_col *col, int64_t start, int64_t count, void *out)
 {
     kv_colvault *cv = col->cv;
-    int64_t len = 0;
+    kvi_col_op a = {.col = col, .start = start, .count = count, .out = out};
     kv_status st;
     if (col->is_var || start < 0 || count < 0)
         return KV_INVALID;
     pthread_mutex_lock(&cv->mu);
     st = kvi_col_prepare_op(col);
-    if (st != KV_OK)
-        goto out;
-    int served = 0;
-    st = kvi_rc_read(col, start, count, out, &served);
-    if (served || st != KV_OK)
-        goto out;
-    st = kvi_col_begin(cv, 0);
-    if (st != KV_OK)
-        goto out;
-    st = kvi_fx_length(cv, &col->fx, &len);
-    if (st == KV_OK && start + count > len)
-        st = kvi_err_set(&cv->err, KV_INVALID, "read range %lld..%lld beyond length %lld",
-                         (long long)start, (long long)(start + count), (long long)len);
-    if (st == KV_OK && count > 0)
-        st = kvi_fx_read_bytes(cv, &col->fx, (uint64_t)start * (uint64_t)col->fx.elem, out,
-                               (uint64_t)count * (uint64_t)col->fx.elem);
-    if (st == KV_OK)
-        st = kvi_col_commit(cv);
-    else
-        kvi_col_rollback(cv);
-out:
+    if (st == KV_OK) {
+        int served = 0;
+        st = kvi_rc_read(col, start, count, out, &served);
+        if (st == KV_OK && !served)
+            st = kvi_col_txn(cv, 0, kvi_fx_read_body, &a);
+    }
     pthread_mutex_unlock(&cv->mu);
     return st;
 }
@@ -753,156 +792,115 @@ kv_status kv_col_read_fixed_try(kv_col *col, int64_t start, int64_t count, void 
     return *hit ? st : KV_OK;
 }
 
+static kv_status kvi_var_read_body(kv_colvault *cv, void *arg)
+{
+    const kvi_col_op *a = arg;
+    (void)cv;
+    return kvi_var_read(a->col, a->start, a->count, a->data, a->offs);
+}
+
 kv_status kv_col_read_var(kv_col *col, int64_t start, int64_t count, kv_buf *data, uint64_t *offs)
 {
-    kv_colvault *cv = col->cv;
-    kv_status st;
+    kvi_col_op a = {.col = col, .start = start, .count = count, .data = data, .offs = offs};
     if (!col->is_var || start < 0 || count < 0)
         return KV_INVALID;
-    pthread_mutex_lock(&cv->mu);
-    st = kvi_col_prepare_op(col);
-    if (st != KV_OK)
-        goto out;
-    st = kvi_col_begin(cv, 0);
-    if (st != KV_OK)
-        goto out;
-    st = kvi_var_read(col, start, count, data, offs);
+    return kvi_col_locked_txn(col->cv, col, 0, kvi_var_read_body, &a);
+}
+
+static kv_status kvi_col_write_body(kv_colvault *cv, void *arg)
+{
+    const kvi_col_op *a = arg;
+    kv_col *col = a->col;
+    int64_t len = 0;
+    kv_status st = kvi_fx_length(cv, &col->fx, &len);
     if (st == KV_OK)
-        st = kvi_col_commit(cv);
-    else
-        kvi_col_rollback(cv);
-out:
-    pthread_mutex_unlock(&cv->mu);
-    return st;
+        st = kvi_col_check_range(cv, "write", a->start, a->count, len);
+    if (st != KV_OK)
+        return st;
+    if (col->is_var)
+        return kvi_var_write(col, a->start, a->src, a->lens, (size_t)a->count);
+    return kvi_fx_write_bytes(cv, &col->fx, (uint64_t)a->start * (uint64_t)col->fx.elem, a->src,
+                              (uint64_t)a->count * (uint64_t)col->fx.elem);
 }
 
 kv_status kv_col_write(kv_col *col, int64_t start, const void *data, const size_t *lens, size_t n)
 {
-    kv_colvault *cv = col->cv;
-    int64_t len = 0;
-    kv_status st;
+    kvi_col_op a = {.col = col, .start = start, .count = (int64_t)n, .src = data, .lens = lens};
     if (start < 0)
         return KV_INVALID;
     if (n == 0)
         return KV_OK;
-    pthread_mutex_lock(&cv->mu);
-    st = kvi_col_prepare_op(col);
+    return kvi_col_locked_txn(col->cv, col, 1, kvi_col_write_body, &a);
+}
+
+static kv_status kvi_col_insert_body(kv_colvault *cv, void *arg)
+{
+    const kvi_col_op *a = arg;
+    const kvi_fx *fx = &a->col->fx;
+    const int64_t idx = a->start;
+    int64_t len = 0;
+    kv_status st = kvi_fx_length(cv, fx, &len);
+    if (st == KV_OK && (idx < 0 || idx > len))
+        st = kvi_err_set(&cv->err, KV_INVALID, "insert index %lld outside 0..%lld", (long long)idx,
+                         (long long)len);
     if (st != KV_OK)
-        goto out;
-    st = kvi_col_begin(cv, 1);
-    if (st != KV_OK)
-        goto out;
-    st = kvi_fx_length(cv, &col->fx, &len);
-    if (st == KV_OK && start + (int64_t)n > len)
-        st = kvi_err_set(&cv->err, KV_INVALID, "write range %lld..%lld beyond length %lld",
-                         (long long)start, (long long)(start + (int64_t)n), (long long)len);
-    if (st == KV_OK) {
-        if (col->is_var)
-            st = kvi_var_write(col, start, data, lens, n);
-        else
-            st = kvi_fx_write_bytes(cv, &col->fx, (uint64_t)start * (uint64_t)col->fx.elem, data,
-                                    (uint64_t)n * (uint64_t)col->fx.elem);
-    }
+        return st;
+    /* the element, then the tail it displaces, rewritten one element on */
+    const uint64_t E = (uint64_t)fx->elem;
+    const uint64_t tail = (uint64_t)(len - idx) * E;
+    uint8_t *buf = kvi_malloc(E + tail);
+    if (!buf)
+        return KV_NOMEM;
+    memcpy(buf, a->src, E);
+    if (tail)
+        st = kvi_fx_read_bytes(cv, fx, (uint64_t)idx * E, buf + E, tail);
     if (st == KV_OK)
-        st = kvi_col_commit(cv);
-    else
-        kvi_col_rollback(cv);
-out:
-    pthread_mutex_unlock(&cv->mu);
+        st = kvi_fx_write_bytes(cv, fx, (uint64_t)idx * E, buf, E + tail);
+    kvi_free(buf);
+    if (st == KV_OK)
+        st = kvi_fx_set_length(cv, fx, len + 1);
     return st;
 }
 
 kv_status kv_col_insert(kv_col *col, int64_t idx, const void *elem)
 {
-    kv_colvault *cv = col->cv;
-    int64_t len = 0;
-    kv_status st;
-    uint8_t *buf = NULL;
+    kvi_col_op a = {.col = col, .start = idx, .src = elem};
     if (col->is_var)
         return KV_UNSUPPORTED;
-    pthread_mutex_lock(&cv->mu);
-    st = kvi_col_prepare_op(col);
-    if (st != KV_OK)
-        goto out;
-    st = kvi_col_begin(cv, 1);
-    if (st != KV_OK)
-        goto out;
-    st = kvi_fx_length(cv, &col->fx, &len);
-    if (st == KV_OK && (idx < 0 || idx > len))
-        st = kvi_err_set(&cv->err, KV_INVALID, "insert index %lld outside 0..%lld", (long long)idx,
+    return kvi_col_locked_txn(col->cv, col, 1, kvi_col_insert_body, &a);
+}
+
+static kv_status kvi_col_delete_body(kv_colvault *cv, void *arg)
+{
+    const kvi_col_op *a = arg;
+    const int64_t idx = a->start;
+    int64_t len = 0;
+    kv_status st = kvi_fx_length(cv, &a->col->fx, &len);
+    if (st == KV_OK && (idx < 0 || idx >= len))
+        st = kvi_err_set(&cv->err, KV_INVALID, "delete index %lld outside 0..%lld", (long long)idx,
                          (long long)len);
-    if (st == KV_OK) {
-        uint64_t E = (uint64_t)col->fx.elem;
-        uint64_t tail = (uint64_t)(len - idx) * E;
-        buf = kvi_malloc(E + tail);
-        if (!buf)
-            st = KV_NOMEM;
-        if (st == KV_OK) {
-            memcpy(buf, elem, E);
-            if (tail)
-                st = kvi_fx_read_bytes(cv, &col->fx, (uint64_t)idx * E, buf + E, tail);
-        }
-        if (st == KV_OK)
-            st = kvi_fx_write_bytes(cv, &col->fx, (uint64_t)idx * E, buf, E + tail);
-        if (st == KV_OK)
-            st = kvi_fx_set_length(cv, &col->fx, len + 1);
-    }
     if (st == KV_OK)
-        st = kvi_col_commit(cv);
-    else
-        kvi_col_rollback(cv);
-out:
-    pthread_mutex_unlock(&cv->mu);
-    kvi_free(buf);
+        st = kvi_fx_delete_at(cv, &a->col->fx, idx, len); /* var: the _idx entries shift */
     return st;
 }
 
 kv_status kv_col_delete_at(kv_col *col, int64_t idx)
 {
-    kv_colvault *cv = col->cv;
-    int64_t len = 0;
-    kv_status st;
-    pthread_mutex_lock(&cv->mu);
-    st = kvi_col_prepare_op(col);
-    if (st != KV_OK)
-        goto out;
-    st = kvi_col_begin(cv, 1);
-    if (st != KV_OK)
-        goto out;
-    st = kvi_fx_length(cv, &col->fx, &len);
-    if (st == KV_OK && (idx < 0 || idx >= len))
-        st = kvi_err_set(&cv->err, KV_INVALID, "delete index %lld outside 0..%lld", (long long)idx,
-                         (long long)len);
-    if (st == KV_OK)
-        st = kvi_fx_delete_at(cv, &col->fx, idx, len); /* var: the _idx entries shift */
-    if (st == KV_OK)
-        st = kvi_col_commit(cv);
-    else
-        kvi_col_rollback(cv);
-out:
-    pthread_mutex_unlock(&cv->mu);
+    kvi_col_op a = {.col = col, .start = idx};
+    return kvi_col_locked_txn(col->cv, col, 1, kvi_col_delete_body, &a);
+}
+
+static kv_status kvi_col_clear_body(kv_colvault *cv, void *arg)
+{
+    const kvi_col_op *a = arg;
+    kv_status st = kvi_fx_set_length(cv, &a->col->fx, 0);
+    if (st == KV_OK && a->col->is_var)
+        st = kvi_var_clear(a->col);
     return st;
 }
 
 kv_status kv_col_clear(kv_col *col)
 {
-    kv_colvault *cv = col->cv;
-    kv_status st;
-    pthread_mutex_lock(&cv->mu);
-    st = kvi_col_prepare_op(col);
-    if (st != KV_OK)
-        goto out;
-    st = kvi_col_begin(cv, 1);
-    if (st != KV_OK)
-        goto out;
-    st = kvi_fx_set_length(cv, &col->fx, 0);
-    if (st == KV_OK && col->is_var)
-        st = kvi_var_clear(col);
-    if (st == KV_OK)
-        st = kvi_col_commit(cv);
-    else
-        kvi_col_rollback(cv);
-out:
-    pthread_mutex_unlock(&cv->mu);
-    return st;
+    kvi_col_op a = {.col = col};
+    return kvi_col_locked_txn(col->cv, col, 1, kvi_col_clear_body, &a);
 }

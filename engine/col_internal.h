@@ -12,6 +12,7 @@
 #include <pthread.h>
 
 #include "internal.h"
+#include "kv_assert.h"
 #include "kvault/column.h"
 
 /** Page cache of the column connection, KiB (col_meta.c explains). */
@@ -39,9 +40,8 @@ enum {
 };
 
 /* Read cache (col_rcache.c): stored lengths and blocks of chunk bytes,
- * valid while the WAL-index header equals `tag` (epoch numbers stand for
- * tags; an entry is valid iff its epoch == rc.epoch). */
-#define KVI_RC_HDR 48                    /* bytes of one WalIndexHdr copy */
+ * valid while the WAL-index header equals the tag of rc.ws (epoch numbers
+ * stand for tags; an entry is valid iff its epoch == rc.epoch). */
 #define KVI_RC_BLOCK 32768               /* bytes per cached block */
 #define KVI_RC_WAYS 4                    /* set associativity */
 #define KVI_RC_BYTES (16u << 20)         /* block memory per vault, bytes */
@@ -56,11 +56,8 @@ typedef struct kvi_rblk {
 } kvi_rblk;
 
 typedef struct kvi_rcache_cv {
-    int on;                              /* WAL-index header reachable */
-    int tag_ok;                          /* tag holds a header */
+    kvi_walsnap ws;                      /* header the current epoch stands for (off: shm NULL) */
     int op_ok;                           /* kvi_rc_begin of the current op succeeded */
-    const volatile uint8_t *hdr;         /* SQLite's mapping of wal-index region 0 */
-    uint8_t tag[KVI_RC_HDR];             /* header the current epoch stands for */
     uint64_t epoch;                      /* starts at 1 */
     kvi_rblk *blk;                       /* nsets * WAYS slots, lazily allocated */
     size_t nsets;
@@ -104,9 +101,39 @@ struct kv_col {
 };
 
 /* col_meta.c */
+/** BEGIN (IMMEDIATE when `immediate`; that also advances the read cache's
+ *  epoch). cv->mu held, no transaction open. */
 kv_status kvi_col_begin(kv_colvault *cv, int immediate);
+/** COMMIT; on failure rolls back and returns the mapped status. */
 kv_status kvi_col_commit(kv_colvault *cv);
+/** ROLLBACK if a transaction is open. */
 void kvi_col_rollback(kv_colvault *cv);
+/** Body of an operation: runs with cv->mu held inside its transaction;
+ *  a status other than KV_OK rolls the transaction back. */
+typedef kv_status (*kvi_col_body)(kv_colvault *cv, void *arg);
+/** kvi_col_begin(immediate), body(cv, arg), then COMMIT, or ROLLBACK when
+ *  the body failed. cv->mu held. Returns the body's or COMMIT's status. */
+kv_status kvi_col_txn(kv_colvault *cv, int immediate, kvi_col_body body, void *arg);
+/** Clear the vault's error and flush col's pending appends (the first step
+ *  of every column operation but append). cv->mu held. */
+kv_status kvi_col_prepare_op(kv_col *col);
+/** A whole entry point: take cv->mu, kvi_col_prepare_op(col) (or only
+ *  clear the error when col is NULL: a vault operation), kvi_col_txn,
+ *  release cv->mu. */
+kv_status kvi_col_locked_txn(kv_colvault *cv, kv_col *col, int immediate, kvi_col_body body,
+                             void *arg);
+/** Record and return KV_INVALID "<op> range <start>..<end> beyond length <len>". */
+kv_status kvi_col_range_error(kv_colvault *cv, const char *op, int64_t start, int64_t count,
+                              int64_t len);
+/** KV_OK when elements [start, start + count) lie within `len`, else
+ *  kvi_col_range_error. Inline: the read cache's hit path checks it. */
+static inline kv_status kvi_col_check_range(kv_colvault *cv, const char *op, int64_t start,
+                                            int64_t count, int64_t len)
+{
+    return start + count <= len ? KV_OK : kvi_col_range_error(cv, op, start, count, len);
+}
+/** Step `s` (rows ignored), clear its bindings, reset it; KV_OK or the
+ *  mapped failure recorded as "<op>: ...". */
 kv_status kvi_col_step_done(kv_colvault *cv, sqlite3_stmt *s, const char *op);
 kv_status kvi_fx_load(kv_colvault *cv, int64_t col_id, kvi_fx *fx);
 
@@ -124,9 +151,36 @@ typedef struct kvi_blob {
     int writable;
 } kvi_blob;
 
+/** Where byte `off` of a fixed column lies: its chunk, the offset inside
+ *  it, and how many of the next n bytes stay inside that chunk. */
+typedef struct kvi_span {
+    int64_t chunk;    /* chunk_idx: off / M */
+    uint64_t in;      /* off % M */
+    uint64_t take;    /* min(M - in, n), > 0 */
+} kvi_span;
+
+/** The span at `off` of a range of n > 0 more bytes (chunk math of the
+ *  addressing rule in col_fixed.c). */
+static inline kvi_span kvi_fx_span(const kvi_fx *fx, uint64_t off, uint64_t n)
+{
+    const uint64_t M = (uint64_t)fx->max;
+    KV_ASSERT_INTERNAL(M > 0 && n > 0);
+    kvi_span s = {(int64_t)(off / M), off % M, 0};
+    s.take = M - s.in < n ? M - s.in : n;
+    KV_ASSERT_INTERNAL(s.take > 0 && s.in + s.take <= M);
+    return s;
+}
+
 kv_status kvi_chunk_get(kv_colvault *cv, int64_t col_id, int64_t idx, kvi_chunk *c);
+/** kvi_chunk_get of chunk `idx`, which must exist and hold at least `need`
+ *  bytes: otherwise KV_CORRUPT "column N: chunk I missing or short". */
+kv_status kvi_chunk_covering(kv_colvault *cv, const kvi_fx *fx, int64_t idx, uint64_t need,
+                             kvi_chunk *c);
 kv_status kvi_blob_at(kv_colvault *cv, kvi_blob *bl, int64_t rowid, int writable);
 void kvi_blob_done(kvi_blob *bl);
+/** Capacity of a chunk of capacity `cap` (<= 0: a new chunk, from min)
+ *  that must hold `need` bytes: doubled until >= need, capped at max. */
+int64_t kvi_grow_cap(const kvi_fx *fx, int64_t cap, int64_t need);
 /** Smallest min * 2^k >= need, capped at max (first capacity of a chunk). */
 int64_t kvi_first_cap(const kvi_fx *fx, int64_t need);
 

@@ -53,10 +53,12 @@ static const char *const kvi_col_sql[KVI_CS_COUNT] = {
 /* transactions                                                             */
 /* ------------------------------------------------------------------------ */
 
-/* Step a statement that returns no row, then reset it. */
+/* Step a statement whose rows are ignored, then clear its bindings (a
+ * bound buffer may be freed next) and reset it. */
 kv_status kvi_col_step_done(kv_colvault *cv, sqlite3_stmt *s, const char *op)
 {
     int rc = sqlite3_step(s);
+    sqlite3_clear_bindings(s);
     sqlite3_reset(s);
     if (rc != SQLITE_DONE && rc != SQLITE_ROW)
         return kvi_err_sqlite(&cv->err, cv->db, rc, op);
@@ -65,6 +67,8 @@ kv_status kvi_col_step_done(kv_colvault *cv, sqlite3_stmt *s, const char *op)
 
 kv_status kvi_col_begin(kv_colvault *cv, int immediate)
 {
+    KV_ASSERT(cv && cv->db);
+    KV_ASSERT_INTERNAL(sqlite3_get_autocommit(cv->db)); /* no transaction left open */
     if (immediate)
         kvi_rc_invalidate(cv); /* our write changes what the read cache holds */
     return kvi_col_step_done(cv, cv->st[immediate ? KVI_CS_BEGIN_IMM : KVI_CS_BEGIN], "begin");
@@ -84,6 +88,49 @@ void kvi_col_rollback(kv_colvault *cv)
         sqlite3_step(cv->st[KVI_CS_ROLLBACK]);
         sqlite3_reset(cv->st[KVI_CS_ROLLBACK]);
     }
+}
+
+kv_status kvi_col_txn(kv_colvault *cv, int immediate, kvi_col_body body, void *arg)
+{
+    kv_status st = kvi_col_begin(cv, immediate);
+    if (st != KV_OK)
+        return st;
+    st = body(cv, arg);
+    if (st == KV_OK)
+        st = kvi_col_commit(cv);
+    else
+        kvi_col_rollback(cv);
+    return st;
+}
+
+kv_status kvi_col_prepare_op(kv_col *col)
+{
+    kvi_err_clear(&col->cv->err);
+    if (col->cache_on && col->cn)
+        return kvi_cache_flush_locked(col, NULL);
+    return KV_OK;
+}
+
+kv_status kvi_col_locked_txn(kv_colvault *cv, kv_col *col, int immediate, kvi_col_body body,
+                             void *arg)
+{
+    kv_status st = KV_OK;
+    pthread_mutex_lock(&cv->mu);
+    if (col)
+        st = kvi_col_prepare_op(col);
+    else
+        kvi_err_clear(&cv->err);
+    if (st == KV_OK)
+        st = kvi_col_txn(cv, immediate, body, arg);
+    pthread_mutex_unlock(&cv->mu);
+    return st;
+}
+
+kv_status kvi_col_range_error(kv_colvault *cv, const char *op, int64_t start, int64_t count,
+                              int64_t len)
+{
+    return kvi_err_set(&cv->err, KV_INVALID, "%s range %lld..%lld beyond length %lld", op,
+                       (long long)start, (long long)(start + count), (long long)len);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -155,8 +202,7 @@ kv_status kv_colvault_open(const char *path, int64_t min_chunk_bytes, int64_t ma
     *out = cv;
     return KV_OK;
 fail_msg:
-    if (err && errlen)
-        snprintf(err, errlen, "%s", cv->err.msg);
+    kvi_msg_copy(cv->err.msg, err, errlen);
 fail:
     kv_colvault_close(cv);
     return st;
@@ -207,6 +253,31 @@ int kv_colvault_cache_locked(kv_colvault *cv)
 /* column rows                                                              */
 /* ------------------------------------------------------------------------ */
 
+/* Prepare one-off statement `sql` with ?1 bound to `name` (borrowed until
+ * the statement is finalized). */
+static kv_status kvi_col_prepare_named(kv_colvault *cv, const char *sql, const char *name,
+                                       sqlite3_stmt **s)
+{
+    kv_status st = kvi_prepare(cv->db, sql, s, &cv->err);
+    if (st == KV_OK)
+        sqlite3_bind_text(*s, 1, name, -1, SQLITE_STATIC);
+    return st;
+}
+
+/* Run one-off statement `sql` (no rows) with ?1 = name; failures are
+ * recorded as "<op>: ...". */
+static kv_status kvi_col_exec_named(kv_colvault *cv, const char *sql, const char *name,
+                                    const char *op)
+{
+    sqlite3_stmt *s = NULL;
+    kv_status st = kvi_col_prepare_named(cv, sql, name, &s);
+    if (st != KV_OK)
+        return st;
+    int rc = sqlite3_step(s);
+    sqlite3_finalize(s);
+    return rc == SQLITE_DONE ? KV_OK : kvi_err_sqlite(&cv->err, cv->db, rc, op);
+}
+
 /* Insert one col_meta row with aligned chunk bounds (cv->mu held, in a txn). */
 static kv_status kvi_col_insert_row(kv_colvault *cv, const char *name, const char *dtype,
                                     int64_t elem, int64_t *col_id)
@@ -226,13 +297,13 @@ static kv_status kvi_col_insert_row(kv_colvault *cv, const char *name, const cha
         return kvi_err_set(&cv->err, KV_INVALID,
                            "Cannot align chunk sizes: min %lld > max %lld for elem_size %lld",
                            (long long)mn, (long long)mx, (long long)elem);
-    st = kvi_prepare(cv->db,
-                     "INSERT INTO col_meta(name, dtype, elem_size, length, chunk_bytes,"
-                     " min_chunk_bytes, max_chunk_bytes) VALUES (?1, ?2, ?3, 0, ?4, ?4, ?5)",
-                     &s, &cv->err);
+    st = kvi_col_prepare_named(cv,
+                               "INSERT INTO col_meta(name, dtype, elem_size, length, chunk_bytes,"
+                               " min_chunk_bytes, max_chunk_bytes)"
+                               " VALUES (?1, ?2, ?3, 0, ?4, ?4, ?5)",
+                               name, &s);
     if (st != KV_OK)
         return st;
-    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 2, dtype, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 3, elem);
     sqlite3_bind_int64(s, 4, mn);
@@ -249,49 +320,49 @@ static kv_status kvi_col_insert_row(kv_colvault *cv, const char *name, const cha
     return KV_OK;
 }
 
+/* The col_meta rows one create inserts (a fixed column, or the _data and
+ * _idx columns of a variable-size pair). */
+typedef struct kvi_new_cols {
+    int n;
+    const char *name[2];
+    const char *dtype[2];
+    int64_t elem[2];
+    int64_t *id[2];
+} kvi_new_cols;
+
+/* Names of the _data and _idx columns of variable-size column `name`
+ * (at most 1000 bytes, checked by the caller). */
+static void kvi_var_names(const char *name, char nd[1100], char ni[1100])
+{
+    snprintf(nd, 1100, "%s_data", name);
+    snprintf(ni, 1100, "%s_idx", name);
+}
+
+static kv_status kvi_col_create_body(kv_colvault *cv, void *arg)
+{
+    const kvi_new_cols *a = arg;
+    kv_status st = KV_OK;
+    for (int i = 0; i < a->n && st == KV_OK; i++)
+        st = kvi_col_insert_row(cv, a->name[i], a->dtype[i], a->elem[i], a->id[i]);
+    return st;
+}
+
 kv_status kv_col_create(kv_colvault *cv, const char *name, const char *dtype, int64_t elem_size,
                         int64_t *col_id)
 {
-    kv_status st;
-    pthread_mutex_lock(&cv->mu);
-    kvi_err_clear(&cv->err);
-    st = kvi_col_begin(cv, 1);
-    if (st != KV_OK)
-        goto out;
-    st = kvi_col_insert_row(cv, name, dtype, elem_size, col_id);
-    if (st == KV_OK)
-        st = kvi_col_commit(cv);
-    else
-        kvi_col_rollback(cv);
-out:
-    pthread_mutex_unlock(&cv->mu);
-    return st;
+    kvi_new_cols a = {1, {name}, {dtype}, {elem_size}, {col_id}};
+    return kvi_col_locked_txn(cv, NULL, 1, kvi_col_create_body, &a);
 }
 
 kv_status kv_col_create_var(kv_colvault *cv, const char *name, const char *dtype, int64_t *data_id,
                             int64_t *idx_id)
 {
     char nd[1100], ni[1100];
-    kv_status st;
     if (strlen(name) > 1000)
         return KV_INVALID;
-    snprintf(nd, sizeof nd, "%s_data", name);
-    snprintf(ni, sizeof ni, "%s_idx", name);
-    pthread_mutex_lock(&cv->mu);
-    kvi_err_clear(&cv->err);
-    st = kvi_col_begin(cv, 1);
-    if (st != KV_OK)
-        goto out;
-    st = kvi_col_insert_row(cv, nd, dtype, 1, data_id);
-    if (st == KV_OK)
-        st = kvi_col_insert_row(cv, ni, KV_COL_IDX_DTYPE, KV_COL_IDX_ELEM, idx_id);
-    if (st == KV_OK)
-        st = kvi_col_commit(cv);
-    else
-        kvi_col_rollback(cv);
-out:
-    pthread_mutex_unlock(&cv->mu);
-    return st;
+    kvi_var_names(name, nd, ni);
+    kvi_new_cols a = {2, {nd, ni}, {dtype, KV_COL_IDX_DTYPE}, {1, KV_COL_IDX_ELEM}, {data_id, idx_id}};
+    return kvi_col_locked_txn(cv, NULL, 1, kvi_col_create_body, &a);
 }
 
 /* Fill *out from a statement positioned on a full col_meta row
@@ -415,64 +486,51 @@ kv_status kv_col_count(kv_colvault *cv, int64_t *n)
 /* Delete the row named `name` and its chunks; *n += rows removed. */
 static kv_status kvi_col_delete_one(kv_colvault *cv, const char *name, int *n)
 {
-    sqlite3_stmt *s = NULL;
-    kv_status st = kvi_prepare(cv->db,
-                               "DELETE FROM col_chunks WHERE col_id IN"
-                               " (SELECT col_id FROM col_meta WHERE name = ?1)",
-                               &s, &cv->err);
-    if (st != KV_OK)
-        return st;
-    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(s);
-    sqlite3_finalize(s);
-    if (rc != SQLITE_DONE)
-        return kvi_err_sqlite(&cv->err, cv->db, rc, "delete chunks");
-    st = kvi_prepare(cv->db, "DELETE FROM col_meta WHERE name = ?1", &s, &cv->err);
-    if (st != KV_OK)
-        return st;
-    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
-    rc = sqlite3_step(s);
-    sqlite3_finalize(s);
-    if (rc != SQLITE_DONE)
-        return kvi_err_sqlite(&cv->err, cv->db, rc, "delete column");
-    *n += sqlite3_changes(cv->db);
-    return KV_OK;
+    kv_status st = kvi_col_exec_named(cv,
+                                      "DELETE FROM col_chunks WHERE col_id IN"
+                                      " (SELECT col_id FROM col_meta WHERE name = ?1)",
+                                      name, "delete chunks");
+    if (st == KV_OK)
+        st = kvi_col_exec_named(cv, "DELETE FROM col_meta WHERE name = ?1", name, "delete column");
+    if (st == KV_OK)
+        *n += sqlite3_changes(cv->db);
+    return st;
+}
+
+/* Arguments of kvi_col_delete_body. */
+typedef struct kvi_del_op {
+    const char *name;
+    int n;            /* rows deleted */
+} kvi_del_op;
+
+/* Delete column `name`, or else the pair name_data/name_idx when both exist. */
+static kv_status kvi_col_delete_body(kv_colvault *cv, void *arg)
+{
+    kvi_del_op *a = arg;
+    char nd[1100], ni[1100];
+    kv_col_info ci;
+    kv_status st = kvi_col_delete_one(cv, a->name, &a->n);
+    if (st == KV_OK && a->n == 0) {
+        kvi_var_names(a->name, nd, ni);
+        if (kvi_col_info_by(cv, "name", nd, 0, &ci) == KV_OK &&
+            kvi_col_info_by(cv, "name", ni, 0, &ci) == KV_OK) {
+            st = kvi_col_delete_one(cv, nd, &a->n);
+            if (st == KV_OK)
+                st = kvi_col_delete_one(cv, ni, &a->n);
+        }
+        kvi_err_clear(&cv->err);
+    }
+    return st;
 }
 
 kv_status kv_col_delete(kv_colvault *cv, const char *name, int *deleted)
 {
-    char nd[1100], ni[1100];
-    kv_col_info ci;
-    int n = 0;
-    kv_status st;
-
+    kvi_del_op a = {name, 0};
     *deleted = 0;
     if (strlen(name) > 1000)
         return KV_INVALID;
-    pthread_mutex_lock(&cv->mu);
-    kvi_err_clear(&cv->err);
-    st = kvi_col_begin(cv, 1);
-    if (st != KV_OK)
-        goto out;
-    st = kvi_col_delete_one(cv, name, &n);
-    if (st == KV_OK && n == 0) {
-        snprintf(nd, sizeof nd, "%s_data", name);
-        snprintf(ni, sizeof ni, "%s_idx", name);
-        if (kvi_col_info_by(cv, "name", nd, 0, &ci) == KV_OK &&
-            kvi_col_info_by(cv, "name", ni, 0, &ci) == KV_OK) {
-            st = kvi_col_delete_one(cv, nd, &n);
-            if (st == KV_OK)
-                st = kvi_col_delete_one(cv, ni, &n);
-        }
-        kvi_err_clear(&cv->err);
-    }
+    kv_status st = kvi_col_locked_txn(cv, NULL, 1, kvi_col_delete_body, &a);
     if (st == KV_OK)
-        st = kvi_col_commit(cv);
-    else
-        kvi_col_rollback(cv);
-    if (st == KV_OK)
-        *deleted = n > 0;
-out:
-    pthread_mutex_unlock(&cv->mu);
+        *deleted = a.n > 0;
     return st;
 }

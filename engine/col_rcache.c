@@ -11,31 +11,24 @@
  * up to the offset. That is ~27 us per slice (37k slices/s). A hit here is
  * a 96-byte read of shared memory, a 48-byte compare and a memcpy.
  *
- * Validation (the argument of engine/readcache.c, which does the same for
- * KVault values; https://www.sqlite.org/walformat.html "The WAL-Index
- * Header"): region 0 of the wal-index (the -shm file every connection maps
- * shared) starts with two copies of the 48-byte WalIndexHdr. A writer
- * publishes a commit by writing copy 2, a barrier, then copy 1; we read
- * copy 1, an acquire fence, copy 2, and accept only identical, initialised
- * copies. Every commit changes the header (mxFrame grows; a WAL restart
- * changes the salts), a checkpoint changes no content a reader sees. So:
+ * Validation: walsnap.c (snapshots of SQLite's WAL-index header, shared
+ * with the KVault read cache; it gives the full argument). Applied here:
  *  - each cached value is read from SQLite after the snapshot S of the
  *    operation that read it was taken, so it is at least as new as S, and
  *    is tagged with S (an epoch number standing for S);
  *  - an operation takes a snapshot H first; if H != S the epoch advances
  *    and every entry becomes invalid; if H == S nothing committed since S,
- *    so entries read under S are the current state;
+ *    so entries read under S are the current state; no usable snapshot
+ *    (torn or uninitialised header) forgets S and the operation reads
+ *    SQLite directly;
  *  - an operation that mixes cached blocks with blocks it reads from SQLite
  *    checks the header again after its read transaction: unchanged means
  *    the transaction saw state S too; changed means the caller redoes the
  *    read without the cache (one consistent SQLite transaction);
  *  - writes through this vault advance the epoch at BEGIN (their commit
  *    changes the header anyway; this covers reads inside a failed write).
- * We never open the -shm ourselves (closing a descriptor would drop the
- * POSIX locks SQLite holds on it); we ask the VFS for its mapping of
- * region 0 (xShmMap with bExtend = 0), valid while this connection is open
- * in WAL mode. Not WAL (":memory:"), exclusive locking mode, or any failure
- * → the cache stays off and every read goes to SQLite.
+ * Not WAL (":memory:"), exclusive locking mode, or any failure to reach the
+ * header -> the cache stays off and every read goes to SQLite.
  *
  * Memory: KVI_RC_BYTES (16 MiB) of blocks per vault at most, allocated on
  * first use, 4-way set-associative with LRU replacement per set. Reads
@@ -46,75 +39,12 @@
  */
 #include "col_internal.h"
 
-#include <stdio.h>
 #include <string.h>
-
-#define WALINDEX_PGSZ 32768  /* size of a wal-index region (walformat.html) */
-#define WAL_VERSION 3007000u /* WalIndexHdr.iVersion */
-#define HDR_ISINIT_OFF 12    /* offset of isInit in WalIndexHdr */
-
-/* ------------------------------------------------------------------------ */
-/* header snapshot                                                          */
-/* ------------------------------------------------------------------------ */
-
-static int rc_snap(const volatile uint8_t *h, uint8_t out[KVI_RC_HDR])
-{
-    uint64_t a[6], b[6];
-    const volatile uint64_t *p = (const volatile uint64_t *)h;
-    /* relaxed atomic loads: plain loads on x86-64/arm64, and no data race
-     * for ThreadSanitizer when another connection of this process commits */
-    for (int i = 0; i < 6; i++)
-        a[i] = __atomic_load_n(&p[i], __ATOMIC_RELAXED);
-    __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    for (int i = 0; i < 6; i++)
-        b[i] = __atomic_load_n(&p[6 + i], __ATOMIC_RELAXED);
-    if (memcmp(a, b, sizeof a) != 0)
-        return 0;
-    memcpy(out, a, KVI_RC_HDR);
-    return out[HDR_ISINIT_OFF] == 1;
-}
-
-static void rc_pragma_text(sqlite3 *db, const char *sql, char *out, size_t n)
-{
-    sqlite3_stmt *s = NULL;
-    out[0] = '\0';
-    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
-        return;
-    if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_text(s, 0))
-        snprintf(out, n, "%s", (const char *)sqlite3_column_text(s, 0));
-    sqlite3_finalize(s);
-}
 
 void kvi_rc_open(kv_colvault *cv)
 {
-    char mode[32];
-    sqlite3_file *f = NULL;
-    volatile void *region = NULL;
-    uint8_t snap[KVI_RC_HDR];
-    uint32_t ver;
-
-    cv->rc.on = 0;
     cv->rc.epoch = 1;
-    rc_pragma_text(cv->db, "PRAGMA journal_mode", mode, sizeof mode);
-    if (strcmp(mode, "wal") != 0)
-        return;
-    rc_pragma_text(cv->db, "PRAGMA locking_mode", mode, sizeof mode);
-    if (strcmp(mode, "normal") != 0)
-        return;
-    /* a read so that SQLite has opened and mapped the wal-index */
-    rc_pragma_text(cv->db, "SELECT count(*) FROM kohakuvault_meta", mode, sizeof mode);
-    if (sqlite3_file_control(cv->db, "main", SQLITE_FCNTL_FILE_POINTER, &f) != SQLITE_OK || !f ||
-        !f->pMethods || f->pMethods->iVersion < 2 || !f->pMethods->xShmMap)
-        return;
-    if (f->pMethods->xShmMap(f, 0, WALINDEX_PGSZ, 0, &region) != SQLITE_OK || !region)
-        return;
-    cv->rc.hdr = (const volatile uint8_t *)region;
-    if (!rc_snap(cv->rc.hdr, snap))
-        return;
-    memcpy(&ver, snap, 4);
-    if (ver != WAL_VERSION)
-        return;
-    cv->rc.on = 1;
+    kvi_walsnap_open(&cv->rc.ws, cv->db);
 }
 
 void kvi_rc_close(kv_colvault *cv)
@@ -126,20 +56,25 @@ void kvi_rc_close(kv_colvault *cv)
         kvi_free(cv->rc.blk);
     }
     cv->rc.blk = NULL;
-    cv->rc.on = 0;
+    cv->rc.ws.shm = NULL;
 }
 
 int kvi_rc_begin(kv_colvault *cv)
 {
-    uint8_t snap[KVI_RC_HDR];
+    uint8_t snap[KVI_WALHDR_BYTES];
+    KV_ASSERT_INTERNAL(cv->rc.epoch >= 1); /* 0 marks slots never filled */
     cv->rc.op_ok = 0;
-    if (!cv->rc.on || !rc_snap(cv->rc.hdr, snap))
+    if (!kvi_walsnap_on(&cv->rc.ws))
         return 0;
-    if (!cv->rc.tag_ok || memcmp(snap, cv->rc.tag, KVI_RC_HDR) != 0) {
-        memcpy(cv->rc.tag, snap, KVI_RC_HDR);
-        cv->rc.tag_ok = 1;
+    switch (kvi_walsnap_begin(&cv->rc.ws, snap)) {
+    case KVI_WALSNAP_NONE:
+        return 0;
+    case KVI_WALSNAP_NEW:
         cv->rc.epoch++;
         cv->rc.drops++;
+        break;
+    case KVI_WALSNAP_SAME:
+        break;
     }
     cv->rc.op_ok = 1;
     return 1;
@@ -147,9 +82,7 @@ int kvi_rc_begin(kv_colvault *cv)
 
 int kvi_rc_unchanged(kv_colvault *cv)
 {
-    uint8_t snap[KVI_RC_HDR];
-    return cv->rc.on && cv->rc.tag_ok && rc_snap(cv->rc.hdr, snap) &&
-           memcmp(snap, cv->rc.tag, KVI_RC_HDR) == 0;
+    return kvi_walsnap_unchanged(&cv->rc.ws);
 }
 
 void kvi_rc_invalidate(kv_colvault *cv)
@@ -216,30 +149,74 @@ static kvi_rblk *rc_victim(kv_colvault *cv, int64_t col_id, int64_t chunk, int64
     return v;
 }
 
+/* The span at `off` (n > 0 bytes left) cut at the end of its cache block:
+ * block index *blk inside the chunk, offset *bo inside the block. */
+static kvi_span rc_span(const kvi_fx *fx, uint64_t off, uint64_t n, int64_t *blk, uint64_t *bo)
+{
+    kvi_span s = kvi_fx_span(fx, off, n);
+    *blk = (int64_t)(s.in / KVI_RC_BLOCK);
+    *bo = s.in % KVI_RC_BLOCK;
+    if (KVI_RC_BLOCK - *bo < s.take)
+        s.take = KVI_RC_BLOCK - *bo;
+    return s;
+}
+
 /* Copy bytes [off, off + n) of column fx from valid blocks into dst.
  * Returns 1 when every block was cached, 0 at the first miss. */
 static int rc_copy_hits(kv_colvault *cv, const kvi_fx *fx, uint64_t off, uint8_t *dst, uint64_t n)
 {
-    const uint64_t M = (uint64_t)fx->max;
     while (n > 0) {
-        int64_t chunk = (int64_t)(off / M);
-        uint64_t in = off % M;
-        int64_t blk = (int64_t)(in / KVI_RC_BLOCK);
-        uint64_t bo = in % KVI_RC_BLOCK;
-        kvi_rblk *b = rc_find(cv, fx->col_id, chunk, blk);
-        if (!b)
-            return 0;
-        uint64_t take = KVI_RC_BLOCK - bo < n ? KVI_RC_BLOCK - bo : n;
-        if (M - in < take)
-            take = M - in;
-        if (bo + take > b->len)
-            return 0; /* short block: the chunk grew since; refetch */
-        memcpy(dst, b->data + bo, (size_t)take);
-        off += take;
-        dst += take;
-        n -= take;
+        int64_t blk;
+        uint64_t bo;
+        kvi_span s = rc_span(fx, off, n, &blk, &bo);
+        kvi_rblk *b = rc_find(cv, fx->col_id, s.chunk, blk);
+        if (!b || bo + s.take > b->len)
+            return 0; /* missing, or a short block: the chunk grew since; refetch */
+        KV_ASSERT_INTERNAL(b->len <= KVI_RC_BLOCK && b->data);
+        memcpy(dst, b->data + bo, (size_t)s.take);
+        off += s.take;
+        dst += s.take;
+        n -= s.take;
     }
     return 1;
+}
+
+/* Read block blk of chunk s.chunk from SQLite into *slot (a victim slot is
+ * taken when *slot is NULL), through one blob handle reused across calls;
+ * *c caches the chunk row of chunk *c_idx (-1: none). */
+static kv_status rc_fill_block(kv_colvault *cv, const kvi_fx *fx, kvi_blob *bl, kvi_chunk *c,
+                               int64_t *c_idx, kvi_span s, int64_t blk, kvi_rblk **slot)
+{
+    kv_status st;
+    if (*c_idx != s.chunk || (uint64_t)c->cap < s.in + s.take) {
+        *c_idx = -1;
+        st = kvi_chunk_covering(cv, fx, s.chunk, s.in + s.take, c);
+        if (st != KV_OK)
+            return st;
+        *c_idx = s.chunk;
+    }
+    kvi_rblk *b = *slot ? *slot : rc_victim(cv, fx->col_id, s.chunk, blk);
+    if (!b)
+        return KV_NOMEM;
+    *slot = b;
+    const uint64_t bstart = (uint64_t)blk * KVI_RC_BLOCK;
+    const uint64_t blen = (uint64_t)c->cap - bstart < KVI_RC_BLOCK ? (uint64_t)c->cap - bstart
+                                                                   : KVI_RC_BLOCK;
+    KV_ASSERT_INTERNAL(bstart <= s.in && s.in + s.take <= bstart + blen);
+    st = kvi_blob_at(cv, bl, c->rowid, 0);
+    if (st != KV_OK)
+        return st;
+    int rc = sqlite3_blob_read(bl->b, b->data, (int)blen, (int)bstart);
+    if (rc != SQLITE_OK)
+        return kvi_err_sqlite(&cv->err, cv->db, rc, "blob read");
+    b->col_id = fx->col_id;
+    b->chunk_idx = s.chunk;
+    b->blk = blk;
+    b->len = (uint32_t)blen;
+    b->epoch = cv->rc.epoch;
+    b->tick = ++cv->rc.tick;
+    cv->rc.misses++;
+    return KV_OK;
 }
 
 /* Inside a read transaction: copy [off, off + n) into dst, serving cached
@@ -248,65 +225,26 @@ static int rc_copy_hits(kv_colvault *cv, const kvi_fx *fx, uint64_t off, uint8_t
 static kv_status rc_fill_copy(kv_colvault *cv, const kvi_fx *fx, uint64_t off, uint8_t *dst,
                               uint64_t n)
 {
-    const uint64_t M = (uint64_t)fx->max;
     kvi_blob bl = {0};
     kvi_chunk c = {0};
     int64_t c_idx = -1;
     kv_status st = KV_OK;
     while (n > 0) {
-        int64_t chunk = (int64_t)(off / M);
-        uint64_t in = off % M;
-        int64_t blk = (int64_t)(in / KVI_RC_BLOCK);
-        uint64_t bo = in % KVI_RC_BLOCK;
-        uint64_t take = KVI_RC_BLOCK - bo < n ? KVI_RC_BLOCK - bo : n;
-        if (M - in < take)
-            take = M - in;
-        kvi_rblk *b = rc_find(cv, fx->col_id, chunk, blk);
-        if (b && bo + take > b->len)
+        int64_t blk;
+        uint64_t bo;
+        kvi_span s = rc_span(fx, off, n, &blk, &bo);
+        kvi_rblk *b = rc_find(cv, fx->col_id, s.chunk, blk);
+        if (b && bo + s.take > b->len)
             b->epoch = 0; /* short (cannot happen within one state): refill this slot */
         if (!b || b->epoch == 0) {
-            if (c_idx != chunk) {
-                st = kvi_chunk_get(cv, fx->col_id, chunk, &c);
-                if (st != KV_OK)
-                    break;
-                c_idx = chunk;
-            }
-            if (!c.exists || (uint64_t)c.cap < in + take) {
-                st = kvi_err_set(&cv->err, KV_CORRUPT,
-                                 "column %lld: chunk %lld missing or short (need %llu bytes)",
-                                 (long long)fx->col_id, (long long)chunk,
-                                 (unsigned long long)(in + take));
-                break;
-            }
-            if (!b)
-                b = rc_victim(cv, fx->col_id, chunk, blk);
-            if (!b) {
-                st = KV_NOMEM;
-                break;
-            }
-            uint64_t bstart = (uint64_t)blk * KVI_RC_BLOCK;
-            uint64_t blen = (uint64_t)c.cap - bstart < KVI_RC_BLOCK ? (uint64_t)c.cap - bstart
-                                                                     : KVI_RC_BLOCK;
-            st = kvi_blob_at(cv, &bl, c.rowid, 0);
+            st = rc_fill_block(cv, fx, &bl, &c, &c_idx, s, blk, &b);
             if (st != KV_OK)
                 break;
-            int rc = sqlite3_blob_read(bl.b, b->data, (int)blen, (int)bstart);
-            if (rc != SQLITE_OK) {
-                st = kvi_err_sqlite(&cv->err, cv->db, rc, "blob read");
-                break;
-            }
-            b->col_id = fx->col_id;
-            b->chunk_idx = chunk;
-            b->blk = blk;
-            b->len = (uint32_t)blen;
-            b->epoch = cv->rc.epoch;
-            b->tick = ++cv->rc.tick;
-            cv->rc.misses++;
         }
-        memcpy(dst, b->data + bo, (size_t)take);
-        off += take;
-        dst += take;
-        n -= take;
+        memcpy(dst, b->data + bo, (size_t)s.take);
+        off += s.take;
+        dst += s.take;
+        n -= s.take;
     }
     kvi_blob_done(&bl);
     return st;
@@ -327,6 +265,7 @@ int kvi_rc_len_hit(kv_col *col, int64_t *len)
 
 void kvi_rc_len_store(kv_col *col, int64_t len)
 {
+    KV_ASSERT_INTERNAL(len >= 0);
     /* op_ok: kvi_rc_begin of this operation succeeded before SQLite was
      * asked, so `len` is at least as new as the current tag */
     if (col->cv->rc.op_ok) {
@@ -334,6 +273,13 @@ void kvi_rc_len_store(kv_col *col, int64_t len)
         col->len_epoch = col->cv->rc.epoch;
     }
 }
+
+/* Arguments of rc_read_body. */
+typedef struct kvi_rc_op {
+    kv_col *col;
+    int64_t start, count;   /* elements */
+    uint8_t *out;           /* count * elem bytes */
+} kvi_rc_op;
 
 /* Hit path after a successful kvi_rc_begin: 1 when answered (*st is the
  * result: KV_OK, or KV_INVALID for a range beyond the cached length). */
@@ -346,12 +292,9 @@ static int rc_read_hit_begun(kv_col *col, int64_t start, int64_t count, uint8_t 
     *st = KV_OK;
     if (col->len_epoch != cv->rc.epoch)
         return 0;
-    if (start + count > col->len_cached) {
-        *st = kvi_err_set(&cv->err, KV_INVALID, "read range %lld..%lld beyond length %lld",
-                          (long long)start, (long long)(start + count),
-                          (long long)col->len_cached);
+    *st = kvi_col_check_range(cv, "read", start, count, col->len_cached);
+    if (*st != KV_OK)
         return 1;
-    }
     if (!rc_copy_hits(cv, fx, (uint64_t)start * (uint64_t)fx->elem, out, n))
         return 0;
     cv->rc.hits++;
@@ -367,12 +310,35 @@ int kvi_rc_read_hit(kv_col *col, int64_t start, int64_t count, uint8_t *out, kv_
     return rc_read_hit_begun(col, start, count, out, st);
 }
 
+/* Miss path of kvi_rc_read inside its read transaction: the length (cached
+ * or read), the range check, then the bytes through the cache. */
+static kv_status rc_read_body(kv_colvault *cv, void *arg)
+{
+    const kvi_rc_op *a = arg;
+    kv_col *col = a->col;
+    int64_t len;
+    kv_status st = KV_OK;
+    if (col->len_epoch == cv->rc.epoch) {
+        len = col->len_cached;
+    } else {
+        st = kvi_fx_length(cv, &col->fx, &len);
+        if (st == KV_OK)
+            kvi_rc_len_store(col, len);
+    }
+    if (st == KV_OK)
+        st = kvi_col_check_range(cv, "read", a->start, a->count, len);
+    if (st == KV_OK && a->count > 0)
+        st = rc_fill_copy(cv, &col->fx, (uint64_t)a->start * (uint64_t)col->fx.elem, a->out,
+                          (uint64_t)a->count * (uint64_t)col->fx.elem);
+    return st;
+}
+
 kv_status kvi_rc_read(kv_col *col, int64_t start, int64_t count, uint8_t *out, int *served)
 {
+    KV_ASSERT(!col->is_var && start >= 0 && count >= 0 && (out || count == 0));
     kv_colvault *cv = col->cv;
-    const kvi_fx *fx = &col->fx;
-    uint64_t n = (uint64_t)count * (uint64_t)fx->elem;
-    int64_t len;
+    uint64_t n = (uint64_t)count * (uint64_t)col->fx.elem;
+    kvi_rc_op a = {col, start, count, out};
     kv_status st;
 
     *served = 0;
@@ -384,25 +350,7 @@ kv_status kvi_rc_read(kv_col *col, int64_t start, int64_t count, uint8_t *out, i
     }
     /* miss: one read transaction; what it reads is filled under the
      * current epoch (the snapshot was taken above, before SQLite reads) */
-    st = kvi_col_begin(cv, 0);
-    if (st != KV_OK)
-        return st;
-    if (col->len_epoch == cv->rc.epoch) {
-        len = col->len_cached;
-    } else {
-        st = kvi_fx_length(cv, fx, &len);
-        if (st == KV_OK)
-            kvi_rc_len_store(col, len);
-    }
-    if (st == KV_OK && start + count > len)
-        st = kvi_err_set(&cv->err, KV_INVALID, "read range %lld..%lld beyond length %lld",
-                         (long long)start, (long long)(start + count), (long long)len);
-    if (st == KV_OK && n > 0)
-        st = rc_fill_copy(cv, fx, (uint64_t)start * (uint64_t)fx->elem, out, n);
-    if (st == KV_OK)
-        st = kvi_col_commit(cv);
-    else
-        kvi_col_rollback(cv);
+    st = kvi_col_txn(cv, 0, rc_read_body, &a);
     if (st == KV_NOMEM) {
         /* no memory for a block: not an error of the read itself */
         kvi_rc_invalidate(cv);
@@ -431,6 +379,6 @@ void kv_colvault_read_cache_stats(kv_colvault *cv, uint64_t *hits, uint64_t *mis
     if (drops)
         *drops = cv->rc.drops;
     if (enabled)
-        *enabled = cv->rc.on;
+        *enabled = kvi_walsnap_on(&cv->rc.ws);
     pthread_mutex_unlock(&cv->mu);
 }

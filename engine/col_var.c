@@ -148,6 +148,21 @@ out:
     return st;
 }
 
+/* Write out the current chunk and start a new, empty one of capacity cap. */
+static kv_status kvi_place_new_chunk(kv_col *col, kvi_place *p, int64_t cap)
+{
+    kv_status st = kvi_place_flush(col, p);
+    if (st != KV_OK)
+        return st;
+    p->idx = p->next_idx++;
+    p->exists = 0;
+    p->db_cap = 0;
+    p->cap = cap;
+    p->start_used = 0;
+    p->used = 0;
+    return KV_OK;
+}
+
 /* Place `len` bytes; *chunk and *start receive where they will live. */
 static kv_status kvi_place_one(kv_col *col, kvi_place *p, const uint8_t *src, size_t len,
                                int64_t *chunk, int64_t *start)
@@ -160,32 +175,17 @@ static kv_status kvi_place_one(kv_col *col, kvi_place *p, const uint8_t *src, si
         return kvi_err_set(&col->cv->err, KV_INVALID, "element of %lld bytes exceeds 2 GiB",
                            (long long)L);
     if (L > fx->max) { /* a chunk of its own, sized exactly */
-        st = kvi_place_flush(col, p);
+        st = kvi_place_new_chunk(col, p, L);
         if (st != KV_OK)
             return st;
-        p->idx = p->next_idx++;
-        p->exists = 0;
-        p->db_cap = 0;
-        p->cap = L;
-        p->start_used = 0;
-        p->used = 0;
     } else if (p->idx >= 0 && p->used + L <= p->cap) {
         /* fits */
     } else if (p->idx >= 0 && p->cap < fx->max && p->used + L <= fx->max) {
-        int64_t cap = p->cap > 0 ? p->cap : fx->min;
-        while (cap < p->used + L && cap < fx->max)
-            cap *= 2;
-        p->cap = cap > fx->max ? fx->max : cap;
+        p->cap = kvi_grow_cap(fx, p->cap, p->used + L);
     } else {
-        st = kvi_place_flush(col, p);
+        st = kvi_place_new_chunk(col, p, kvi_first_cap(fx, L));
         if (st != KV_OK)
             return st;
-        p->idx = p->next_idx++;
-        p->exists = 0;
-        p->db_cap = 0;
-        p->cap = kvi_first_cap(fx, L);
-        p->start_used = 0;
-        p->used = 0;
     }
     if (p->idx > KVI_IDX_MAX_OFF)
         return kvi_err_set(&col->cv->err, KV_INVALID, "chunk index overflow");
@@ -256,9 +256,9 @@ kv_status kvi_var_read(kv_col *col, int64_t start, int64_t count, kv_buf *data, 
     size_t base = data->len;
     if (st != KV_OK)
         return st;
-    if (start + count > len)
-        return kvi_err_set(&cv->err, KV_INVALID, "read range %lld..%lld beyond length %lld",
-                           (long long)start, (long long)(start + count), (long long)len);
+    st = kvi_col_check_range(cv, "read", start, count, len);
+    if (st != KV_OK)
+        return st;
     offs[0] = 0;
     if (count == 0)
         return KV_OK;

@@ -160,7 +160,6 @@ kv_status kvi_conn_open(const char *path, const kvi_conn_opts *o, sqlite3 **out,
 fail:
     if (db)
         sqlite3_close_v2(db);
-    if (err && errlen)
-        snprintf(err, errlen, "%s", e.msg);
+    kvi_msg_copy(e.msg, err, errlen);
     return st;
 }

@@ -22,6 +22,8 @@
 
 #include "kvault/kvault.h"
 #include "kvault/codec.h"
+#include "kv_assert.h"
+#include "walsnap.h"
 
 /* ------------------------------------------------------------------------
  * Memory: every engine allocation goes through mimalloc.
@@ -59,6 +61,9 @@ kv_status kvi_err_set(kvi_err *e, kv_status st, const char *fmt, ...)
  *  (may be NULL): keeps the extended code and SQLite's message
  *  ("op: database is locked"). Returns the mapped status (never KV_OK). */
 kv_status kvi_err_sqlite(kvi_err *e, sqlite3 *db, int rc, const char *op);
+/** Copy `msg` into the caller's buffer err[0..errlen) of an open call
+ *  (truncated, NUL-terminated; nothing when err is NULL or errlen 0). */
+void kvi_msg_copy(const char *msg, char *err, size_t errlen);
 /** Record OS failure `err` (errno) during `op`; returns KV_IO or KV_NOMEM. */
 kv_status kvi_err_os(kvi_err *e, int err, const char *op);
 
@@ -107,7 +112,8 @@ kv_status kvi_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out, kvi_err 
  * The kv_db handle (kv.c, cache.c, stream.c only)
  * ---------------------------------------------------------------------- */
 
-/** One cache entry: key bytes then value bytes in `data`. */
+/** One cache entry: key bytes then value bytes in `data` (hash first: a
+ *  hashslots.h entry). */
 typedef struct kvi_centry {
     uint64_t hash;           /**< XXH3 of the key */
     size_t klen;             /**< key bytes */
@@ -118,7 +124,7 @@ typedef struct kvi_centry {
 /** Write-back cache: open-addressing hash table (linear probing, backward
  *  shift deletion) of entry pointers. */
 typedef struct kvi_cache {
-    kvi_centry **slots;      /**< nslots pointers, NULL = empty */
+    void **slots;            /**< nslots kvi_centry pointers, NULL = empty (hashslots.h) */
     size_t nslots;           /**< power of two */
     size_t count;            /**< live entries */
     size_t bytes;            /**< API.md §4.7 counter: sum of klen+vlen per insert */
@@ -132,9 +138,6 @@ typedef struct kvi_cache {
  * valid while the WAL-index header is unchanged. See readcache.c for the
  * correctness argument.
  * ---------------------------------------------------------------------- */
-
-/** Size in bytes of one copy of SQLite's WAL-index header (WalIndexHdr). */
-#define KVI_WALHDR_BYTES 48
 
 typedef struct kvi_rcache kvi_rcache;
 
@@ -236,6 +239,8 @@ struct kv_db {
  *  the start of every call. */
 static inline void kvi_get_release(kv_db *db)
 {
+    KV_ASSERT(db && db->db && db->st_get); /* an open handle */
+    KV_ASSERT_INTERNAL(!db->get_active || !db->lent);
     if (db->get_active) {
         sqlite3_reset(db->st_get);
         db->get_active = 0;

@@ -19,12 +19,14 @@
 
 KV_API void kv_open_opts_default(kv_open_opts *o)
 {
+    kvi_conn_opts co;
+    kvi_conn_opts_default(&co); /* the connection pragmas of API.md §4.1 */
     o->table = "kv";
-    o->enable_wal = 1;
-    o->page_size = 32768;
-    o->mmap_size = 268435456;
-    o->cache_kb = 100000;
-    o->busy_timeout_ms = 5000;
+    o->enable_wal = co.enable_wal;
+    o->page_size = co.page_size;
+    o->mmap_size = co.mmap_size;
+    o->cache_kb = co.cache_kb;
+    o->busy_timeout_ms = co.busy_timeout_ms;
     o->chunk_size = 1048576;
     o->read_cache_bytes = (size_t)32 << 20;
 }
@@ -40,6 +42,20 @@ static void finalize_all(kv_db *db)
         sqlite3_finalize(*sts[i]);
         *sts[i] = NULL;
     }
+}
+
+/* Free a handle and everything it owns: read cache (before SQLite unmaps
+ * the wal-index), statements, connection, buffers. Nothing is flushed. */
+static void db_free(kv_db *db)
+{
+    kvi_rcache_close(db->rcache);
+    db->rcache = NULL;
+    finalize_all(db);
+    if (db->db)
+        sqlite3_close_v2(db->db);
+    void *owned[] = {db->parts_rowid, db->parts_len, db->parts_tbl, db->table, db};
+    for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++)
+        kvi_free(owned[i]);
 }
 
 static kv_status prepare_all(kv_db *db)
@@ -144,15 +160,9 @@ KV_API kv_status kv_db_open(const char *path, const kv_open_opts *o, kv_db **out
     return KV_OK;
 
 fail:
-    if (err && errlen)
-        snprintf(err, errlen, "%s", db->err.msg);
+    kvi_msg_copy(db->err.msg, err, errlen);
 fail_quiet:
-    finalize_all(db);
-    if (db->db)
-        sqlite3_close_v2(db->db);
-    kvi_free(db->parts_tbl);
-    kvi_free(db->table);
-    kvi_free(db);
+    db_free(db);
     return st;
 }
 
@@ -168,15 +178,7 @@ KV_API kv_status kv_db_close(kv_db *db)
         db->cache = NULL;
     }
     sqlite3_wal_checkpoint_v2(db->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-    kvi_rcache_close(db->rcache);   /* before SQLite unmaps the wal-index */
-    db->rcache = NULL;
-    finalize_all(db);
-    sqlite3_close_v2(db->db);
-    kvi_free(db->parts_rowid);
-    kvi_free(db->parts_len);
-    kvi_free(db->parts_tbl);
-    kvi_free(db->table);
-    kvi_free(db);
+    db_free(db);
     return st;
 }
 
@@ -388,6 +390,7 @@ KV_API kv_status kv_get(kv_db *db, const void *key, size_t klen,
     uint8_t snap[KVI_WALHDR_BYTES];
     int snap_ok;
     kvi_get_release(db);
+    KV_ASSERT((key || klen == 0) && val && vlen);
     if (get_cached(db, key, klen, val, vlen, snap, &snap_ok))
         return KV_OK;
     sqlite3_stmt *s = db->st_get;
@@ -453,6 +456,7 @@ KV_API kv_status kv_put(kv_db *db, const void *key, size_t klen,
                         const void *val, size_t vlen)
 {
     kvi_get_release(db);
+    KV_ASSERT((key || klen == 0) && (val || vlen == 0));
     if (db->cache)
         return kvi_cache_put(db, key, klen, val, vlen);
     return kvi_put_direct(db, key, klen, val, vlen);

@@ -13,6 +13,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,18 +76,45 @@ static int pk_parse_vec_type(const char *s, uint8_t *out)
     return -1;
 }
 
+/* Kinds whose dtype is "<kind>" or "<kind>:<size>" (pk_sized): 1 and
+ * *out set when `kind` names one. */
+static int pk_sized_kind(const char *kind, kv_pk_kind *out)
+{
+    static const struct {
+        const char *name;
+        kv_pk_kind kind;
+    } names[] = {{"bytes", KV_PK_BYTES},
+                 {"msgpack", KV_PK_MSGPACK},
+                 {"messagepack", KV_PK_MSGPACK},
+                 {"cbor", KV_PK_CBOR}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcmp(kind, names[i].name) == 0) {
+            *out = names[i].kind;
+            return 1;
+        }
+    return 0;
+}
+
+/* Record a dtype error in err (KV_PK_ERRLEN bytes; a longer message is
+ * cut) and return KV_INVALID. */
+static kv_status pk_dtype_error(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static kv_status pk_dtype_error(char *err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, KV_PK_ERRLEN, fmt, ap);
+    va_end(ap);
+    return KV_INVALID;
+}
+
 /* Optional ":N" fixed size for bytes/msgpack/cbor (exactly 1 or 2 tokens). */
 static kv_status pk_sized(kv_packer *pk, char **tok, int ntok, const char *dtype, char *err)
 {
-    if (ntok > 2) {
-        snprintf(err, KV_PK_ERRLEN, "Invalid dtype: too many parts in '%s'", dtype);
-        return KV_INVALID;
-    }
+    if (ntok > 2)
+        return pk_dtype_error(err, "Invalid dtype: too many parts in '%s'", dtype);
     if (ntok == 2) {
-        if (pk_parse_u32(tok[1], &pk->pk_fixed) != 0) {
-            snprintf(err, KV_PK_ERRLEN, "Invalid dtype: invalid size '%s' in '%s'", tok[1], dtype);
-            return KV_INVALID;
-        }
+        if (pk_parse_u32(tok[1], &pk->pk_fixed) != 0)
+            return pk_dtype_error(err, "Invalid dtype: invalid size '%s' in '%s'", tok[1], dtype);
         pk->pk_has_fixed = 1;
     }
     pk->pk_elem_size = pk->pk_fixed;
@@ -155,16 +183,7 @@ kv_status kv_packer_parse(const char *dtype, kv_packer *out, char *err)
             }
         }
         pk.pk_elem_size = pk.pk_fixed;
-    } else if (strcmp(kind, "bytes") == 0) {
-        pk.pk_kind = KV_PK_BYTES;
-        if (pk_sized(&pk, tok, ntok, dtype, err) != KV_OK)
-            return KV_INVALID;
-    } else if (strcmp(kind, "msgpack") == 0 || strcmp(kind, "messagepack") == 0) {
-        pk.pk_kind = KV_PK_MSGPACK;
-        if (pk_sized(&pk, tok, ntok, dtype, err) != KV_OK)
-            return KV_INVALID;
-    } else if (strcmp(kind, "cbor") == 0) {
-        pk.pk_kind = KV_PK_CBOR;
+    } else if (pk_sized_kind(kind, &pk.pk_kind)) {
         if (pk_sized(&pk, tok, ntok, dtype, err) != KV_OK)
             return KV_INVALID;
     } else if (strcmp(kind, "vec") == 0 || strcmp(kind, "vector") == 0) {

@@ -13,56 +13,21 @@
  * "tag": the WAL-index header under which they were read. The whole cache
  * is dropped when the header changes.
  *
- * The WAL-index header (https://www.sqlite.org/walformat.html, section
- * "The WAL-Index Header"): the first 96 bytes of the wal-index (the -shm
- * file, which every connection maps shared) hold two copies of a 48-byte
- * WalIndexHdr: iVersion, unused, iChange, isInit, bigEndCksum, szPage,
- * mxFrame, nPage, aFrameCksum[2], aSalt[2], aCksum[2]. A writer publishes a
- * commit by writing copy 2 (offset 48), a memory barrier, then copy 1
- * (offset 0); a reader copies copy 1, barrier, copy 2, and accepts the
- * header only if both are identical (otherwise it was torn by a concurrent
- * writer). We apply the same rule and accept only isInit == 1.
- *
- * How we reach it: we do not open the -shm file ourselves. Closing any
- * descriptor of a file releases every POSIX record lock the process holds
- * on it, which would silently drop the locks SQLite's own connections in
- * this process hold on the -shm (its DMS and read-mark locks). Instead we
- * ask SQLite's VFS for its existing mapping of wal-index region 0 through
- * the database file's xShmMap method (SQLITE_FCNTL_FILE_POINTER, bExtend=0):
- * the same shared mapping SQLite reads, valid until the connection closes
- * (or leaves WAL mode, which needs exclusive access to the file and so
- * cannot happen while this connection is open in WAL mode). Any failure
- * (not WAL, :memory:, exclusive locking mode, no mapping, unexpected
- * iVersion) leaves the cache off for the handle.
- *
- * Correctness (why a stale value is never returned). Let H(t) be the header
- * in shared memory at time t.
- *  1. Every commit changes the header: it appends at least one frame, so
- *     mxFrame grows (and aFrameCksum/iChange change); a WAL restart after a
- *     checkpoint resets mxFrame but increments salt-1 and randomises
- *     salt-2. So within the life of this connection (which holds the
- *     -shm's shared DMS lock, so no other process can re-initialise the
- *     wal-index) a header value never repeats after a commit, and if
- *     H(t1) == H(t2) no transaction committed in between. A checkpoint
- *     without restart copies frames into the database file and changes no
- *     content a reader can see (and leaves the header alone); a restart
- *     changes the header, which only costs a refill.
- *  2. kv_get takes snapshot S = H(t0) *before* it asks SQLite. SQLite's
- *     read transaction starts after t0 and reads the header itself (under
- *     its own barrier and read lock), so the value v it returns is from a
- *     database state at least as new as S. v is inserted tagged S.
- *  3. A later kv_get takes H(t1). It returns v from the cache only if
- *     H(t1) == S: by (1) nothing committed between t0 and t1, so the state
- *     at t1 is the state at t0, which is the state v was read from (it was
- *     at least as new as S and nothing newer existed before t1). If
- *     anything committed, H(t1) != S and the whole cache is dropped.
- *  4. Writes through this handle also drop the cache (they change the
- *     header too, once committed). Values the write-back cache holds are
- *     looked up before this cache.
- * Not covered (documented limits): processes that write the file without
- * SQLite's WAL protocol (e.g. copying a file over it), and a 2^32-restart
- * wrap of salt-1 combined with an equal random salt-2, mxFrame and frame
- * checksum.
+ * Validation: walsnap.c (snapshots of SQLite's WAL-index header, shared
+ * with the column read cache; it gives the full argument and its limits).
+ * Applied here:
+ *  - kv_get takes snapshot S with kvi_walsnap_begin *before* it asks
+ *    SQLite, so the value it reads is at least as new as S; it is inserted
+ *    only if S is still the tag (kvi_walsnap_is_tag);
+ *  - a later kv_get returns a cached value only if its snapshot equals the
+ *    tag (nothing committed since); otherwise the whole cache is dropped
+ *    and the new header becomes the tag;
+ *  - writes through this handle drop the cache and forget the tag (their
+ *    commit changes the header too). Values the write-back cache holds are
+ *    looked up before this cache.
+ * No usable snapshot (a torn or uninitialised header) forgets the tag and
+ * drops the entries; not WAL, :memory:, exclusive locking mode or no
+ * mapping leave the cache off for the handle.
  *
  * Cost: per get one snapshot (two 48-byte loads, an acquire fence, one
  * 48-byte compare); per miss one copy of the value into the cache; per
@@ -73,11 +38,9 @@
 #include "internal.h"
 
 #include <string.h>
-#include <xxhash.h>
 
-#define WALINDEX_PGSZ 32768          /* size of a wal-index region (walformat.html) */
-#define WAL_VERSION 3007000u          /* WalIndexHdr.iVersion */
-#define HDR_ISINIT_OFF 12             /* offset of isInit in WalIndexHdr */
+#include "hashslots.h"
+
 #define MIN_SLOTS 64
 
 typedef struct rentry {
@@ -90,10 +53,8 @@ typedef struct rentry {
 } rentry;
 
 struct kvi_rcache {
-    const volatile uint8_t *hdr;   /* SQLite's mapping of wal-index region 0 */
-    uint8_t tag[KVI_WALHDR_BYTES]; /* header the entries were read under */
-    int tag_ok;                    /* tag holds a valid header */
-    rentry **slots;                /* open addressing, NULL = empty */
+    kvi_walsnap ws;                /* header the entries were read under */
+    void **slots;                  /* rentry pointers (hashslots.h), NULL = empty */
     size_t nslots;                 /* power of two */
     rentry **dense;                /* every entry, for CLOCK and clearing */
     size_t count, dense_cap;
@@ -104,35 +65,9 @@ struct kvi_rcache {
     uint64_t hits, misses, drops;
 };
 
-static inline uint64_t key_hash(const void *key, size_t klen)
-{
-    return XXH3_64bits(klen ? key : "", klen);
-}
-
 static inline size_t entry_size(size_t klen, size_t vlen)
 {
     return sizeof(rentry) + klen + vlen;
-}
-
-/* ======================================================================
- * Snapshot of the WAL-index header
- * ==================================================================== */
-
-/* Copy both header copies (copy 1 first, as SQLite's readers do) and
- * accept copy 1 if they are equal and initialised. */
-static int snap_take(const volatile uint8_t *h, uint8_t out[KVI_WALHDR_BYTES])
-{
-    uint64_t a[6], b[6];
-    const volatile uint64_t *p = (const volatile uint64_t *)h;
-    for (int i = 0; i < 6; i++)
-        a[i] = p[i];
-    __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    for (int i = 0; i < 6; i++)
-        b[i] = p[6 + i];
-    if (memcmp(a, b, sizeof a) != 0)
-        return 0;
-    memcpy(out, a, KVI_WALHDR_BYTES);
-    return out[HDR_ISINIT_OFF] == 1;
 }
 
 /* ======================================================================
@@ -141,58 +76,26 @@ static int snap_take(const volatile uint8_t *h, uint8_t out[KVI_WALHDR_BYTES])
 
 static size_t probe(const kvi_rcache *rc, uint64_t h, const void *key, size_t klen)
 {
-    size_t mask = rc->nslots - 1, i = (size_t)h & mask;
-    for (;;) {
-        rentry *e = rc->slots[i];
-        if (!e || (e->hash == h && e->klen == klen && (klen == 0 || memcmp(e->data, key, klen) == 0)))
-            return i;
-        i = (i + 1) & mask;
-    }
+    return kvi_slots_find(rc->slots, rc->nslots, h, key, klen, offsetof(rentry, klen),
+                          offsetof(rentry, data));
 }
 
 static int slots_resize(kvi_rcache *rc, size_t n)
 {
-    rentry **ns = kvi_calloc(n, sizeof *ns);
+    void **ns = kvi_calloc(n, sizeof *ns);
     if (!ns)
         return -1;
-    for (size_t i = 0; i < rc->count; i++) {
-        rentry *e = rc->dense[i];
-        size_t j = (size_t)e->hash & (n - 1);
-        while (ns[j])
-            j = (j + 1) & (n - 1);
-        ns[j] = e;
-    }
+    kvi_slots_rehash(rc->slots, rc->nslots, ns, n);
     kvi_free(rc->slots);
     rc->slots = ns;
     rc->nslots = n;
     return 0;
 }
 
-/* Remove slot i with backward-shift deletion. */
-static void slot_delete(kvi_rcache *rc, size_t i)
-{
-    size_t mask = rc->nslots - 1, j = i;
-    rc->slots[i] = NULL;
-    for (;;) {
-        j = (j + 1) & mask;
-        rentry *e = rc->slots[j];
-        if (!e)
-            break;
-        size_t home = (size_t)e->hash & mask;
-        /* e may move into the hole at i if its home is not in (i, j]. */
-        int between = i <= j ? (home > i && home <= j) : (home > i || home <= j);
-        if (!between) {
-            rc->slots[i] = e;
-            rc->slots[j] = NULL;
-            i = j;
-        }
-    }
-}
-
 /* Remove entry e from both structures and free it. */
 static void entry_remove(kvi_rcache *rc, rentry *e)
 {
-    slot_delete(rc, probe(rc, e->hash, e->data, e->klen));
+    kvi_slots_delete(rc->slots, rc->nslots, probe(rc, e->hash, e->data, e->klen));
     size_t last = rc->count - 1;
     if (e->idx != last) {
         rc->dense[e->idx] = rc->dense[last];
@@ -215,7 +118,7 @@ static void clear_all(kvi_rcache *rc)
     /* Shrink a large slot array instead of clearing it, so a drop costs
      * O(entries), not O(slots). */
     if (rc->nslots > MIN_SLOTS * 4) {
-        rentry **ns = kvi_calloc(MIN_SLOTS, sizeof *ns);
+        void **ns = kvi_calloc(MIN_SLOTS, sizeof *ns);
         if (ns) {
             kvi_free(rc->slots);
             rc->slots = ns;
@@ -224,6 +127,33 @@ static void clear_all(kvi_rcache *rc)
         }
     }
     memset(rc->slots, 0, rc->nslots * sizeof *rc->slots);
+}
+
+#if KV_DEBUG >= 3
+/* Whole-structure check: every entry sits at its dense index and is found
+ * by its key, the slots hold exactly the entries, the byte sum matches. */
+static int rc_valid(const kvi_rcache *rc)
+{
+    size_t bytes = 0, used = 0;
+    for (size_t i = 0; i < rc->count; i++) {
+        const rentry *e = rc->dense[i];
+        if (e->idx != i || rc->slots[probe(rc, e->hash, e->data, e->klen)] != e)
+            return 0;
+        bytes += entry_size(e->klen, e->vlen);
+    }
+    for (size_t i = 0; i < rc->nslots; i++)
+        used += rc->slots[i] != NULL;
+    return used == rc->count && bytes == rc->bytes;
+}
+#endif
+
+/* Invalidation: drop every entry (counted when there were any). */
+static void drop_all(kvi_rcache *rc)
+{
+    if (rc->count) {
+        clear_all(rc);
+        rc->drops++;
+    }
 }
 
 /* CLOCK: evict until `need` more bytes fit under the cap. */
@@ -246,55 +176,13 @@ static void evict_for(kvi_rcache *rc, size_t need)
  * Interface
  * ==================================================================== */
 
-/* Text of a one-row, one-column pragma, lower-cased into buf. */
-static void pragma_text(sqlite3 *db, const char *sql, char *buf, size_t n)
-{
-    sqlite3_stmt *s = NULL;
-    buf[0] = '\0';
-    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW) {
-        const unsigned char *t = sqlite3_column_text(s, 0);
-        size_t i = 0;
-        for (; t && t[i] && i + 1 < n; i++)
-            buf[i] = (char)(t[i] >= 'A' && t[i] <= 'Z' ? t[i] + 32 : t[i]);
-        buf[i] = '\0';
-    }
-    sqlite3_finalize(s);
-}
-
 void kvi_rcache_open(kv_db *db, size_t cap_bytes)
 {
-    char mode[32];
-    sqlite3_file *f = NULL;
-    void volatile *region = NULL;
-    uint8_t snap[KVI_WALHDR_BYTES];
+    kvi_walsnap ws;
 
     db->rcache = NULL;
-    if (cap_bytes == 0)
+    if (cap_bytes == 0 || !kvi_walsnap_open(&ws, db->db))
         return;
-    pragma_text(db->db, "PRAGMA journal_mode", mode, sizeof mode);
-    if (strcmp(mode, "wal") != 0)
-        return;
-    pragma_text(db->db, "PRAGMA locking_mode", mode, sizeof mode);
-    if (strcmp(mode, "normal") != 0)
-        return;
-    /* Start a read so that SQLite has opened and mapped the wal-index. */
-    if (kvi_exec(db->db, "SELECT 1 FROM sqlite_master LIMIT 1", &db->err) != KV_OK) {
-        kvi_err_clear(&db->err);
-        return;
-    }
-    if (sqlite3_file_control(db->db, "main", SQLITE_FCNTL_FILE_POINTER, &f) != SQLITE_OK ||
-        !f || !f->pMethods || f->pMethods->iVersion < 2 || !f->pMethods->xShmMap)
-        return;
-    if (f->pMethods->xShmMap(f, 0, WALINDEX_PGSZ, 0, &region) != SQLITE_OK || !region)
-        return;
-    const volatile uint8_t *hdr = region;
-    if (!snap_take(hdr, snap))
-        return;
-    uint32_t version;
-    memcpy(&version, snap, 4);
-    if (version != WAL_VERSION)
-        return;
-
     kvi_rcache *rc = kvi_calloc(1, sizeof *rc);
     if (!rc)
         return;
@@ -304,7 +192,7 @@ void kvi_rcache_open(kv_db *db, size_t cap_bytes)
         return;
     }
     rc->nslots = MIN_SLOTS;
-    rc->hdr = hdr;
+    rc->ws = ws;
     rc->cap = cap_bytes;
     rc->max_entry = cap_bytes / 8;
     db->rcache = rc;
@@ -323,30 +211,19 @@ void kvi_rcache_close(kvi_rcache *rc)
 
 int kvi_rcache_begin(kvi_rcache *rc, uint8_t snap[KVI_WALHDR_BYTES])
 {
-    if (!snap_take(rc->hdr, snap)) {
-        rc->tag_ok = 0;     /* unknown: forget the entries' tag */
-        if (rc->count) {
-            clear_all(rc);
-            rc->drops++;
-        }
-        return 0;
-    }
-    if (!rc->tag_ok || memcmp(snap, rc->tag, KVI_WALHDR_BYTES) != 0) {
-        if (rc->count) {
-            clear_all(rc);
-            rc->drops++;
-        }
-        memcpy(rc->tag, snap, KVI_WALHDR_BYTES);
-        rc->tag_ok = 1;
-    }
-    return 1;
+    kvi_walsnap_state s = kvi_walsnap_begin(&rc->ws, snap);
+    if (s != KVI_WALSNAP_SAME)
+        drop_all(rc);    /* filed under another (or an unknown) header */
+    return s != KVI_WALSNAP_NONE;
 }
 
 int kvi_rcache_find(kvi_rcache *rc, const void *key, size_t klen,
                     const void **val, size_t *vlen)
 {
+    KV_ASSERT(rc && (key || klen == 0) && val && vlen);
+    KV_ASSERT_INTERNAL(rc->ws.tag_ok || rc->count == 0); /* entries belong to the tag */
     if (rc->count) {
-        rentry *e = rc->slots[probe(rc, key_hash(key, klen), key, klen)];
+        rentry *e = rc->slots[probe(rc, kvi_key_hash(key, klen), key, klen)];
         if (e) {
             e->ref = 1;
             *val = e->data + e->klen;
@@ -363,11 +240,11 @@ void kvi_rcache_insert(kvi_rcache *rc, const uint8_t snap[KVI_WALHDR_BYTES],
                        const void *key, size_t klen, const void *val, size_t vlen)
 {
     size_t need = entry_size(klen, vlen);
-    if (!rc->tag_ok || memcmp(snap, rc->tag, KVI_WALHDR_BYTES) != 0)
+    if (!kvi_walsnap_is_tag(&rc->ws, snap))
         return;          /* invalidated since the snapshot */
     if (klen + vlen > rc->max_entry || need > rc->cap)
         return;
-    uint64_t h = key_hash(key, klen);
+    uint64_t h = kvi_key_hash(key, klen);
     size_t i = probe(rc, h, key, klen);
     if (rc->slots[i])
         entry_remove(rc, rc->slots[i]);   /* replaced (cannot normally happen) */
@@ -397,17 +274,16 @@ void kvi_rcache_insert(kvi_rcache *rc, const uint8_t snap[KVI_WALHDR_BYTES],
     rc->dense[rc->count++] = e;
     rc->slots[probe(rc, h, key, klen)] = e;
     rc->bytes += need;
+    KV_ASSERT_INTERNAL(rc->bytes <= rc->cap && rc->count * 2 <= rc->nslots);
+    KV_ASSERT_EXPENSIVE(rc_valid(rc));
 }
 
 void kvi_rcache_invalidate(kvi_rcache *rc)
 {
     if (!rc)
         return;
-    rc->tag_ok = 0;
-    if (rc->count) {
-        clear_all(rc);
-        rc->drops++;
-    }
+    kvi_walsnap_forget(&rc->ws);
+    drop_all(rc);
 }
 
 void kvi_rcache_stats(const kvi_rcache *rc, size_t *entries, size_t *bytes,

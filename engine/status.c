@@ -113,3 +113,9 @@ kv_status kvi_err_os(kvi_err *e, int err, const char *op)
     snprintf(e->msg, sizeof e->msg, "%s: %s", op, strerror(err));
     return e->st;
 }
+
+void kvi_msg_copy(const char *msg, char *err, size_t errlen)
+{
+    if (err && errlen)
+        snprintf(err, errlen, "%s", msg);
+}

@@ -71,6 +71,93 @@ kv_status kvi_store_set_value(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sql
     return kvi_store_step_done(e, db, upd_st, "update value");
 }
 
+kv_status kvi_store_exists(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t id, int *found,
+                           const char *op)
+{
+    int64_t ref;
+    kv_status status;
+    *found = kvi_store_lookup_i64(e, db, st, id, &ref, &status, op);
+    return status;
+}
+
+void kvi_store_read_end(sqlite3 *db, sqlite3_stmt *a, sqlite3_stmt *b)
+{
+    sqlite3_reset(a); /* NULL is a no-op */
+    sqlite3_reset(b);
+    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+}
+
+kv_status kvi_store_step_id(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t key, int64_t id)
+{
+    sqlite3_bind_int64(st, 1, key);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        return KV_OK;
+    if (rc == SQLITE_DONE)
+        return kvi_err_set(e, KV_NOTFOUND, "ID %lld not found", (long long)id);
+    return kvi_err_sqlite(e, db, rc, NULL);
+}
+
+kv_status kvi_store_column_copy(kvi_err *e, sqlite3_stmt *st, int col, size_t extra, uint8_t **out,
+                                size_t *n)
+{
+    const void *p = sqlite3_column_blob(st, col);
+    size_t len = (size_t)sqlite3_column_bytes(st, col);
+    *out = kvi_malloc(len + extra ? len + extra : 1);
+    if (!*out)
+        return kvi_err_set(e, KV_NOMEM, "out of memory");
+    if (len)
+        memcpy(*out, p, len);
+    *n = len;
+    return KV_OK;
+}
+
+kv_status kvi_store_insert(kvi_err *e, sqlite3 *db, sqlite3_stmt *val_st, const void *val,
+                           size_t vlen, sqlite3_stmt *entry_st, int ref_param, const char *op,
+                           int64_t *id)
+{
+    kv_status st = kvi_store_begin(e, db, 1);
+    if (st != KV_OK) {
+        sqlite3_clear_bindings(entry_st);
+        return st;
+    }
+    /* zeroblob-free empty value: bind "" rather than NULL (NOT NULL column) */
+    sqlite3_bind_blob64(val_st, 1, vlen ? val : "", vlen, SQLITE_STATIC);
+    if ((st = kvi_store_step_done(e, db, val_st, "insert value")) != KV_OK) {
+        sqlite3_clear_bindings(entry_st);
+        kvi_store_rollback(db);
+        return st;
+    }
+    sqlite3_bind_int64(entry_st, ref_param, sqlite3_last_insert_rowid(db));
+    if ((st = kvi_store_step_done(e, db, entry_st, op)) != KV_OK) {
+        kvi_store_rollback(db);
+        return st;
+    }
+    *id = sqlite3_last_insert_rowid(db);
+    return kvi_store_commit(e, db);
+}
+
+kv_status kvi_store_update(kvi_err *e, sqlite3 *db, sqlite3_stmt *entry_st, const char *op,
+                           sqlite3_stmt *ref_st, sqlite3_stmt *upd_val_st, int64_t id,
+                           const void *val, size_t vlen)
+{
+    kv_status st = kvi_store_begin(e, db, 1);
+    if (st != KV_OK) {
+        if (entry_st)
+            sqlite3_clear_bindings(entry_st);
+        return st;
+    }
+    if (entry_st)
+        st = kvi_store_step_done(e, db, entry_st, op);
+    if (st == KV_OK && val)
+        st = kvi_store_set_value(e, db, ref_st, upd_val_st, id, val, vlen);
+    if (st != KV_OK) {
+        kvi_store_rollback(db);
+        return st;
+    }
+    return kvi_store_commit(e, db);
+}
+
 kv_status kvi_store_delete(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sqlite3_stmt *del_entry_st,
                            sqlite3_stmt *del_val_st, int64_t id, int *removed, const char *what)
 {

@@ -19,6 +19,10 @@
  *  fails here, before any work) or BEGIN (a read snapshot). KV_OK or the
  *  mapped SQLite failure (KV_BUSY "begin: database is locked"). */
 kv_status kvi_store_begin(kvi_err *e, sqlite3 *db, int write);
+/** End a read snapshot (kvi_store_begin with write = 0): reset the
+ *  statements it used (a, b; NULL is skipped), then COMMIT (a read-only
+ *  transaction: nothing to fail). */
+void kvi_store_read_end(sqlite3 *db, sqlite3_stmt *a, sqlite3_stmt *b);
 /** COMMIT; on failure rolls back and returns the mapped status. */
 kv_status kvi_store_commit(kvi_err *e, sqlite3 *db);
 /** ROLLBACK if a transaction is open; never fails. */
@@ -31,6 +35,20 @@ kv_status kvi_store_step_done(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, const c
  *  returned) on failure, recorded as "<op>: ...". Resets `st`. */
 int kvi_store_lookup_i64(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t id, int64_t *out,
                          kv_status *status, const char *op);
+/** Bind `key` to ?1 of `st` and step it once: KV_OK on a row (read its
+ *  columns, then reset `st`), KV_NOTFOUND "ID <id> not found" when there
+ *  is none (`id` is the entry the caller asked for), else the mapped
+ *  SQLite failure. */
+kv_status kvi_store_step_id(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t key, int64_t id);
+/** Copy column `col` of the current row of `st` (as a blob) into a new
+ *  buffer *out (kvi_malloc, at least 1 + extra bytes; the caller frees) and
+ *  its length into *n. KV_NOMEM "out of memory". */
+kv_status kvi_store_column_copy(kvi_err *e, sqlite3_stmt *st, int col, size_t extra, uint8_t **out,
+                                size_t *n);
+/** *found = 1 when `st` (as kvi_store_lookup_i64) finds entry `id`, else
+ *  0; returns KV_OK or the recorded failure. */
+kv_status kvi_store_exists(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t id, int *found,
+                           const char *op);
 /** Replace the value of entry `id`: find its value_ref with `ref_st` (as
  *  kvi_store_lookup_i64), then run `upd_st` (?1 = value blob, ?2 = value_ref).
  *  val[0..vlen) is bound as a blob (an empty blob when vlen is 0). Call inside
@@ -38,6 +56,24 @@ int kvi_store_lookup_i64(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t id, 
  *  §8.3) when the entry does not exist; SQLite failures mapped. */
 kv_status kvi_store_set_value(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sqlite3_stmt *upd_st,
                               int64_t id, const void *val, size_t vlen);
+/** Insert one entry in one write transaction: the value row (`val_st`,
+ *  ?1 = val[0..vlen) as a blob, an empty blob when vlen is 0), then the
+ *  entry row (`entry_st`, already bound by the caller but for parameter
+ *  `ref_param`, which receives the new value row's id); *id = the entry's
+ *  rowid. Both statements are reset and their bindings cleared. `op`
+ *  prefixes a failure of the entry row ("insert document: ..."). KV_OK or
+ *  the mapped failure, after which nothing was inserted. */
+kv_status kvi_store_insert(kvi_err *e, sqlite3 *db, sqlite3_stmt *val_st, const void *val,
+                           size_t vlen, sqlite3_stmt *entry_st, int ref_param, const char *op,
+                           int64_t *id);
+/** Update entry `id` in one write transaction: run `entry_st` (already
+ *  bound by the caller; NULL: the entry row stays) with failures recorded
+ *  as "<op>: ...", then, when val is not NULL, replace the value as
+ *  kvi_store_set_value. KV_OK or the mapped failure (KV_NOTFOUND for a
+ *  missing entry), after which nothing changed. */
+kv_status kvi_store_update(kvi_err *e, sqlite3 *db, sqlite3_stmt *entry_st, const char *op,
+                           sqlite3_stmt *ref_st, sqlite3_stmt *upd_val_st, int64_t id,
+                           const void *val, size_t vlen);
 /** Delete entry `id` and its value row in one write transaction: find the
  *  value_ref with `ref_st` (as kvi_store_lookup_i64), then run `del_entry_st`
  *  (?1 = id) and `del_val_st` (?1 = value_ref). *removed (may be NULL) is 1

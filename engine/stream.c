@@ -410,80 +410,151 @@ static kv_status put_plain(kv_db *db, vblob *blob, int fd, int64_t base, int see
     return st;
 }
 
+/* One io_uring transfer between a descriptor and a value: the ring, its
+ * buffers and the request counts. */
+typedef struct ring_io {
+    struct io_uring ring;
+    ring_buf b[KVI_RING];
+    int fd;          /* value byte x is at file offset base + x */
+    int64_t base;
+    int inflight;    /* requests submitted and not yet reaped */
+    int queued;      /* requests queued since the last submit */
+} ring_io;
+
+/* Set up a ring and KVI_RING buffers of `chunk` bytes for one transfer
+ * (and note that this handle used io_uring). KV_UNSUPPORTED when the
+ * kernel refuses a ring (the caller falls back), KV_NOMEM. */
+static kv_status ring_open(kv_db *db, ring_io *r, int fd, int64_t base, size_t chunk)
+{
+    if (io_uring_queue_init(KVI_RING * 2, &r->ring, 0) < 0)
+        return KV_UNSUPPORTED;
+    if (alloc_bufs(r->b, KVI_RING, chunk) != 0) {
+        free_bufs(r->b, KVI_RING);
+        io_uring_queue_exit(&r->ring);
+        return kvi_err_set(&db->err, KV_NOMEM, "out of memory");
+    }
+    r->fd = fd;
+    r->base = base;
+    r->inflight = r->queued = 0;
+    db->used_uring = 1;
+    return KV_OK;
+}
+
+/* Tear the ring down (requests still in flight end here) and free the
+ * buffers. */
+static void ring_close(ring_io *r)
+{
+    io_uring_queue_exit(&r->ring);
+    free_bufs(r->b, KVI_RING);
+}
+
+/* Queue a read (write == 0) into, or a write (write == 1) from, the first
+ * `want` bytes of rb at value offset `off`; rb is busy until its
+ * completion. 0 when the submission queue is full. */
+static int ring_queue(ring_io *r, ring_buf *rb, uint64_t off, size_t want, int write)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (!sqe)
+        return 0;
+    KV_ASSERT_INTERNAL(!rb->busy && want > 0);
+    rb->off = off;
+    rb->want = want;
+    rb->busy = 1;
+    rb->res = -1;
+    if (write)
+        io_uring_prep_write(sqe, r->fd, rb->p, (unsigned)want, (uint64_t)r->base + off);
+    else
+        io_uring_prep_read(sqe, r->fd, rb->p, (unsigned)want, (uint64_t)r->base + off);
+    io_uring_sqe_set_data(sqe, rb);
+    r->inflight++;
+    r->queued++;
+    return 1;
+}
+
+/* Submit the queued requests, then wait for one completion: returns 1 with
+ * its buffer (no longer busy) and result; a failed request is recorded in
+ * *st as "<op>: ..." unless *st already holds a failure. 0 when nothing is
+ * in flight, or when waiting failed (recorded in *st). A wait interrupted
+ * by a signal is retried. */
+static int ring_wait_one(kv_db *db, ring_io *r, const char *op, ring_buf **rb, int *res,
+                         kv_status *st)
+{
+    struct io_uring_cqe *cqe;
+    int rc;
+    if (r->queued)
+        io_uring_submit(&r->ring);
+    r->queued = 0;
+    if (r->inflight == 0)
+        return 0;
+    while ((rc = io_uring_wait_cqe(&r->ring, &cqe)) == -EINTR)
+        ;
+    if (rc < 0) {
+        *st = kvi_err_os(&db->err, -rc, "io_uring_wait_cqe");
+        return 0;
+    }
+    *rb = io_uring_cqe_get_data(cqe);
+    *res = cqe->res;
+    io_uring_cqe_seen(&r->ring, cqe);
+    (*rb)->busy = 0;
+    r->inflight--;
+    KV_ASSERT_INTERNAL(r->inflight >= 0);
+    if (*res < 0 && *st == KV_OK)
+        *st = kvi_err_os(&db->err, -*res, op);
+    return 1;
+}
+
+/* Finish a short transfer of rb (done of its want bytes) synchronously:
+ * bytes moved by full_read / full_write, or -errno. */
+static int64_t ring_finish(const ring_io *r, const ring_buf *rb, size_t done, int write)
+{
+    int64_t at = r->base + (int64_t)(rb->off + (uint64_t)done);
+    return write ? full_write(r->fd, rb->p + done, rb->want - done, at, 1)
+                 : full_read(r->fd, rb->p + done, rb->want - done, at, 1);
+}
+
 /* io_uring: keep up to KVI_RING preads in flight; write completed chunks to
  * the blob strictly in order. Returns KV_UNSUPPORTED (before touching the
  * blob) when the ring cannot be set up, so the caller falls back. */
 static kv_status put_uring(kv_db *db, vblob *blob, int fd, int64_t base,
                            uint64_t size, size_t chunk, uint64_t *done)
 {
-    struct io_uring ring;
-    ring_buf b[KVI_RING];
+    ring_io r;
+    ring_buf *b = r.b;
     kv_status st = KV_OK;
     uint64_t next_submit = 0;   /* next value offset to request */
     uint64_t next_write = 0;    /* next value offset to hand to SQLite */
-    int inflight = 0;
 
     *done = 0;
-    if (io_uring_queue_init(KVI_RING * 2, &ring, 0) < 0)
-        return KV_UNSUPPORTED;
-    if (alloc_bufs(b, KVI_RING, chunk) != 0) {
-        free_bufs(b, KVI_RING);
-        io_uring_queue_exit(&ring);
-        return kvi_err_set(&db->err, KV_NOMEM, "out of memory");
-    }
-    db->used_uring = 1;
+    if ((st = ring_open(db, &r, fd, base, chunk)) != KV_OK)
+        return st;
 
     for (;;) {
-        /* Submit reads into idle buffers. */
-        int queued = 0;
+        /* Queue reads into idle buffers. */
         for (int i = 0; i < KVI_RING && next_submit < size && st == KV_OK; i++) {
             if (b[i].busy || b[i].res >= 0)
                 continue;
-            struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
-            if (!sqe)
+            size_t n = size - next_submit < chunk ? (size_t)(size - next_submit) : chunk;
+            if (!ring_queue(&r, &b[i], next_submit, n, 0))
                 break;
-            b[i].off = next_submit;
-            b[i].want = size - next_submit < chunk ? (size_t)(size - next_submit) : chunk;
-            b[i].busy = 1;
-            b[i].res = -1;
-            io_uring_prep_read(sqe, fd, b[i].p, (unsigned)b[i].want, (uint64_t)base + next_submit);
-            io_uring_sqe_set_data(sqe, &b[i]);
-            next_submit += b[i].want;
-            inflight++;
-            queued++;
+            next_submit += n;
         }
-        if (queued)
-            io_uring_submit(&ring);
-        if (inflight == 0)
+        /* Submit, reap one completion (in-flight requests of a failed wait
+         * end with ring_close). */
+        ring_buf *rb;
+        int res;
+        if (!ring_wait_one(db, &r, "read", &rb, &res, &st))
             break;
-        /* Reap one completion. */
-        struct io_uring_cqe *cqe;
-        int rc = io_uring_wait_cqe(&ring, &cqe);
-        if (rc < 0) {
-            if (rc == -EINTR)
-                continue;
-            st = kvi_err_os(&db->err, -rc, "io_uring_wait_cqe");
-            break;   /* in-flight requests end with io_uring_queue_exit */
-        }
-        ring_buf *rb = io_uring_cqe_get_data(cqe);
-        int res = cqe->res;
-        io_uring_cqe_seen(&ring, cqe);
-        rb->busy = 0;
-        inflight--;
         if (res < 0) {
-            if (st == KV_OK)
-                st = kvi_err_os(&db->err, -res, "read");
             rb->res = 0;
         } else {
             rb->res = res;
             /* A short but non-empty read: finish the chunk synchronously. */
             if ((size_t)res < rb->want && res > 0) {
-                int64_t r = full_read(fd, rb->p + res, rb->want - (size_t)res,
-                                      base + (int64_t)(rb->off + (uint64_t)res), 1);
-                if (r < 0 && st == KV_OK)
-                    st = kvi_err_os(&db->err, (int)-r, "read");
-                else if (r > 0)
-                    rb->res += r;
+                int64_t got = ring_finish(&r, rb, (size_t)res, 0);
+                if (got < 0 && st == KV_OK)
+                    st = kvi_err_os(&db->err, (int)-got, "read");
+                else if (got > 0)
+                    rb->res += got;
             }
         }
         if (st != KV_OK)
@@ -509,9 +580,24 @@ static kv_status put_uring(kv_db *db, vblob *blob, int fd, int64_t base,
         }
     }
     *done = next_write;
-    io_uring_queue_exit(&ring);
-    free_bufs(b, KVI_RING);
+    ring_close(&r);
     return st;
+}
+
+/* Start of kv_put_fd / kv_get_to_fd: release a lent row, pick the chunk
+ * size, and find where the transfer starts in fd: *base is fd's current
+ * offset when fd is seekable (returns 1), else 0 (returns 0: a pipe or
+ * socket, read or written in order). */
+static int fd_transfer_start(kv_db *db, int fd, size_t *chunk, off_t *base)
+{
+    kvi_get_release(db);
+    db->used_uring = 0;
+    *chunk = pick_chunk(db, *chunk);
+    *base = lseek(fd, 0, SEEK_CUR);
+    if (*base >= 0)
+        return 1;
+    *base = 0;
+    return 0;
 }
 
 KV_API kv_status kv_put_fd(kv_db *db, const void *key, size_t klen, int fd,
@@ -522,13 +608,8 @@ KV_API kv_status kv_put_fd(kv_db *db, const void *key, size_t klen, int fd,
     kv_status st;
     uint64_t done = 0;
 
-    kvi_get_release(db);
-    db->used_uring = 0;
-    chunk = pick_chunk(db, chunk);
-    off_t base = lseek(fd, 0, SEEK_CUR);
-    int seekable = base >= 0;
-    if (!seekable)
-        base = 0;
+    off_t base;
+    int seekable = fd_transfer_start(db, fd, &chunk, &base);
 
     guard_enter(db, size, &g);
     if ((st = open_new_blob(db, key, klen, size, &blob)) != KV_OK)
@@ -617,74 +698,39 @@ static kv_status get_plain(kv_db *db, vblob *blob, uint64_t size, int fd, int64_
 static kv_status get_uring(kv_db *db, vblob *blob, uint64_t size, int fd, int64_t base,
                            size_t chunk)
 {
-    struct io_uring ring;
-    ring_buf b[KVI_RING];
+    ring_io r;
+    ring_buf *b = r.b;
     kv_status st = KV_OK;
     uint64_t next = 0;
-    int inflight = 0;
 
-    if (io_uring_queue_init(KVI_RING * 2, &ring, 0) < 0)
-        return KV_UNSUPPORTED;
-    if (alloc_bufs(b, KVI_RING, chunk) != 0) {
-        free_bufs(b, KVI_RING);
-        io_uring_queue_exit(&ring);
-        return kvi_err_set(&db->err, KV_NOMEM, "out of memory");
-    }
-    db->used_uring = 1;
+    if ((st = ring_open(db, &r, fd, base, chunk)) != KV_OK)
+        return st;
     for (;;) {
-        int queued = 0;
         for (int i = 0; i < KVI_RING && next < size && st == KV_OK; i++) {
             if (b[i].busy)
                 continue;
             size_t n = size - next < chunk ? (size_t)(size - next) : chunk;
             if ((st = blob_read(db, blob, b[i].p, n, next)) != KV_OK)
                 break;
-            struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
-            if (!sqe) {   /* cannot happen: ring has 2x entries; write synchronously */
+            if (!ring_queue(&r, &b[i], next, n, 1)) {
+                /* cannot happen: ring has 2x entries; write synchronously */
                 int64_t w = full_write(fd, b[i].p, n, base + (int64_t)next, 1);
                 if (w < 0)
                     st = kvi_err_os(&db->err, (int)-w, "write");
-                next += n;
-                continue;
             }
-            b[i].off = next;
-            b[i].want = n;
-            b[i].busy = 1;
-            io_uring_prep_write(sqe, fd, b[i].p, (unsigned)n, (uint64_t)base + next);
-            io_uring_sqe_set_data(sqe, &b[i]);
             next += n;
-            inflight++;
-            queued++;
         }
-        if (queued)
-            io_uring_submit(&ring);
-        if (inflight == 0)
+        ring_buf *rb;
+        int res;
+        if (!ring_wait_one(db, &r, "write", &rb, &res, &st))
             break;
-        struct io_uring_cqe *cqe;
-        int rc = io_uring_wait_cqe(&ring, &cqe);
-        if (rc < 0) {
-            if (rc == -EINTR)
-                continue;
-            st = kvi_err_os(&db->err, -rc, "io_uring_wait_cqe");
-            break;
-        }
-        ring_buf *rb = io_uring_cqe_get_data(cqe);
-        int res = cqe->res;
-        io_uring_cqe_seen(&ring, cqe);
-        rb->busy = 0;
-        inflight--;
-        if (res < 0) {
-            if (st == KV_OK)
-                st = kvi_err_os(&db->err, -res, "write");
-        } else if ((size_t)res < rb->want && st == KV_OK) {
-            int64_t w = full_write(fd, rb->p + res, rb->want - (size_t)res,
-                                   base + (int64_t)(rb->off + (uint64_t)res), 1);
+        if (res >= 0 && (size_t)res < rb->want && st == KV_OK) {
+            int64_t w = ring_finish(&r, rb, (size_t)res, 1);
             if (w < 0)
                 st = kvi_err_os(&db->err, (int)-w, "write");
         }
     }
-    io_uring_queue_exit(&ring);
-    free_bufs(b, KVI_RING);
+    ring_close(&r);
     return st;
 }
 
@@ -696,14 +742,9 @@ KV_API kv_status kv_get_to_fd(kv_db *db, const void *key, size_t klen, int fd,
     kv_status st;
     uint64_t size = 0;
 
-    kvi_get_release(db);
-    db->used_uring = 0;
+    off_t base;
+    int seekable = fd_transfer_start(db, fd, &chunk, &base);
     *written = 0;
-    chunk = pick_chunk(db, chunk);
-    off_t base = lseek(fd, 0, SEEK_CUR);
-    int seekable = base >= 0;
-    if (!seekable)
-        base = 0;
     kvi_centry *e = kvi_cache_find(db->cache, key, klen);
     if (e) {
         int64_t w = full_write(fd, e->data + e->klen, e->vlen, base, seekable);

@@ -98,6 +98,15 @@ static void sb_ident(sqlbuf *b, const char *name)
     sb_str(b, "\"");
 }
 
+/* Each of the n names as an identifier followed by ", ". */
+static void sb_idents_comma(sqlbuf *b, const char *const *names, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        sb_ident(b, names[i]);
+        sb_str(b, ", ");
+    }
+}
+
 /* Column name rule of kv_text_open: ASCII alnum/'_' or any non-ASCII byte. */
 static int column_name_valid(const char *name)
 {
@@ -223,10 +232,7 @@ kv_status kv_text_open(const char *path, const char *table, const char *const *c
     sb_str(&b, "CREATE VIRTUAL TABLE IF NOT EXISTS ");
     sb_ident(&b, table);
     sb_str(&b, " USING fts5(");
-    for (size_t i = 0; i < ncols; i++) {
-        sb_ident(&b, columns[i]);
-        sb_str(&b, ", ");
-    }
+    sb_idents_comma(&b, columns, ncols);
     sb_str(&b, "value_ref UNINDEXED);\nCREATE TABLE IF NOT EXISTS ");
     sb_fmt(&b, "\"%s_values\"", table);
     sb_str(&b, " (id INTEGER PRIMARY KEY AUTOINCREMENT, value BLOB NOT NULL)");
@@ -244,16 +250,33 @@ kv_status kv_text_open(const char *path, const char *table, const char *const *c
             goto fail_msg;                           \
     } while (0)
 
-    sb_fmt(&b, "INSERT INTO \"%s_values\"(value) VALUES(?1)", table);
-    PREP(t->st_ins_val);
+    /* Statements over the table name alone (%1$s is the table each time). */
+    const struct {
+        const char *sql;
+        sqlite3_stmt **st;
+    } by_table[] = {
+        {"INSERT INTO \"%1$s_values\"(value) VALUES(?1)", &t->st_ins_val},
+        {"SELECT value FROM \"%1$s_values\" WHERE id = ?1", &t->st_get_val},
+        {"SELECT value_ref FROM \"%1$s\" WHERE rowid = ?1", &t->st_ref},
+        {"DELETE FROM \"%1$s\" WHERE rowid = ?1", &t->st_del_doc},
+        {"DELETE FROM \"%1$s_values\" WHERE id = ?1", &t->st_del_val},
+        {"UPDATE \"%1$s_values\" SET value = ?1 WHERE id = ?2", &t->st_upd_val},
+        {"SELECT COUNT(*) FROM \"%1$s\"", &t->st_count},
+        {"SELECT rowid FROM \"%1$s\" ORDER BY rowid LIMIT ?1 OFFSET ?2", &t->st_keys},
+        {"SELECT v.value FROM \"%1$s\" AS d JOIN \"%1$s_values\" AS v ON v.id = d.value_ref "
+         "WHERE \"%1$s\" MATCH ?1 LIMIT 1",
+         &t->st_get},
+        {"SELECT COUNT(*) FROM \"%1$s\" WHERE \"%1$s\" MATCH ?1", &t->st_cmatch},
+    };
+    for (size_t i = 0; i < sizeof by_table / sizeof by_table[0]; i++) {
+        sb_fmt(&b, by_table[i].sql, table);
+        PREP(*by_table[i].st);
+    }
 
     sb_str(&b, "INSERT INTO ");
     sb_ident(&b, table);
     sb_str(&b, "(");
-    for (size_t i = 0; i < ncols; i++) {
-        sb_ident(&b, columns[i]);
-        sb_str(&b, ", ");
-    }
+    sb_idents_comma(&b, columns, ncols);
     sb_str(&b, "value_ref) VALUES(");
     for (size_t i = 0; i <= ncols; i++)
         sb_fmt(&b, "%s?%zu", i ? ", " : "", i + 1);
@@ -261,23 +284,11 @@ kv_status kv_text_open(const char *path, const char *table, const char *const *c
     PREP(t->st_ins_doc);
 
     sb_str(&b, "SELECT ");
-    for (size_t i = 0; i < ncols; i++) {
-        sb_ident(&b, columns[i]);
-        sb_str(&b, ", ");
-    }
+    sb_idents_comma(&b, columns, ncols);
     sb_str(&b, "value_ref FROM ");
     sb_ident(&b, table);
     sb_str(&b, " WHERE rowid = ?1");
     PREP(t->st_get_doc);
-
-    sb_fmt(&b, "SELECT value FROM \"%s_values\" WHERE id = ?1", table);
-    PREP(t->st_get_val);
-    sb_fmt(&b, "SELECT value_ref FROM \"%s\" WHERE rowid = ?1", table);
-    PREP(t->st_ref);
-    sb_fmt(&b, "DELETE FROM \"%s\" WHERE rowid = ?1", table);
-    PREP(t->st_del_doc);
-    sb_fmt(&b, "DELETE FROM \"%s_values\" WHERE id = ?1", table);
-    PREP(t->st_del_val);
 
     sb_str(&b, "UPDATE ");
     sb_ident(&b, table);
@@ -290,17 +301,6 @@ kv_status kv_text_open(const char *path, const char *table, const char *const *c
     sb_fmt(&b, " WHERE rowid = ?%zu", ncols + 1);
     PREP(t->st_upd_doc);
 
-    sb_fmt(&b, "UPDATE \"%s_values\" SET value = ?1 WHERE id = ?2", table);
-    PREP(t->st_upd_val);
-    sb_fmt(&b, "SELECT COUNT(*) FROM \"%s\"", table);
-    PREP(t->st_count);
-    sb_fmt(&b, "SELECT rowid FROM \"%s\" ORDER BY rowid LIMIT ?1 OFFSET ?2", table);
-    PREP(t->st_keys);
-    sb_fmt(&b, "SELECT v.value FROM \"%s\" AS d JOIN \"%s_values\" AS v ON v.id = d.value_ref "
-               "WHERE \"%s\" MATCH ?1 LIMIT 1", table, table, table);
-    PREP(t->st_get);
-    sb_fmt(&b, "SELECT COUNT(*) FROM \"%s\" WHERE \"%s\" MATCH ?1", table, table);
-    PREP(t->st_cmatch);
 #undef PREP
 
     kvi_free(b.s);
@@ -312,8 +312,7 @@ fail_msg:
 fail:
     kvi_free(b.s);
     kv_text_close(t);
-    if (err && errlen)
-        snprintf(err, errlen, "%s", msg);
+    kvi_msg_copy(msg, err, errlen);
     return st;
 }
 
@@ -324,26 +323,12 @@ fail:
 kv_status kv_text_insert(kv_text *t, const char *const *texts, const size_t *lens,
                          const void *val, size_t vlen, int64_t *id)
 {
-    kv_status st;
     kvi_err_clear(&t->err);
-    if ((st = kvi_store_begin(&t->err, t->db, 1)) != KV_OK)
-        return st;
-    /* zeroblob-free empty value: bind "" rather than NULL (NOT NULL column) */
-    sqlite3_bind_blob64(t->st_ins_val, 1, vlen ? val : "", vlen, SQLITE_STATIC);
-    if ((st = kvi_store_step_done(&t->err, t->db, t->st_ins_val, "insert value")) != KV_OK)
-        goto fail;
-    int64_t ref = sqlite3_last_insert_rowid(t->db);
     for (size_t i = 0; i < t->ncols; i++)
         sqlite3_bind_text64(t->st_ins_doc, (int)i + 1, texts[i] ? texts[i] : "", lens[i],
                             SQLITE_STATIC, SQLITE_UTF8);
-    sqlite3_bind_int64(t->st_ins_doc, (int)t->ncols + 1, ref);
-    if ((st = kvi_store_step_done(&t->err, t->db, t->st_ins_doc, "insert document")) != KV_OK)
-        goto fail;
-    *id = sqlite3_last_insert_rowid(t->db);
-    return kvi_store_commit(&t->err, t->db);
-fail:
-    kvi_store_rollback(t->db);
-    return st;
+    return kvi_store_insert(&t->err, t->db, t->st_ins_val, val, vlen, t->st_ins_doc,
+                            (int)t->ncols + 1, "insert document", id);
 }
 
 kv_status kv_text_delete(kv_text *t, int64_t id, int *removed)
@@ -355,29 +340,17 @@ kv_status kv_text_delete(kv_text *t, int64_t id, int *removed)
 kv_status kv_text_update(kv_text *t, int64_t id, const char *const *texts, const size_t *lens,
                          const void *val, size_t vlen)
 {
-    kv_status st;
     kvi_err_clear(&t->err);
     if (!texts && !val)
         return kvi_err_set(&t->err, KV_INVALID, "Must provide either texts or value to update");
-    if ((st = kvi_store_begin(&t->err, t->db, 1)) != KV_OK)
-        return st;
     if (texts) {
         for (size_t i = 0; i < t->ncols; i++)
             sqlite3_bind_text64(t->st_upd_doc, (int)i + 1, texts[i] ? texts[i] : "", lens[i],
                                 SQLITE_STATIC, SQLITE_UTF8);
         sqlite3_bind_int64(t->st_upd_doc, (int)t->ncols + 1, id);
-        if ((st = kvi_store_step_done(&t->err, t->db, t->st_upd_doc, "update texts")) != KV_OK)
-            goto fail;
     }
-    if (val) {
-        st = kvi_store_set_value(&t->err, t->db, t->st_ref, t->st_upd_val, id, val, vlen);
-        if (st != KV_OK)
-            goto fail;
-    }
-    return kvi_store_commit(&t->err, t->db);
-fail:
-    kvi_store_rollback(t->db);
-    return st;
+    return kvi_store_update(&t->err, t->db, texts ? t->st_upd_doc : NULL, "update texts", t->st_ref,
+                            t->st_upd_val, id, val, vlen);
 }
 
 kv_status kv_text_clear(kv_text *t)
@@ -714,78 +687,49 @@ void kv_text_doc_free(kv_text_doc *d)
 
 kv_status kv_text_get_by_id(kv_text *t, int64_t id, kv_text_doc **out)
 {
-    kv_status st = KV_OK;
+    kv_status st;
     kv_text_doc *d = NULL;
-    int rc;
-    int64_t ref;
     kvi_err_clear(&t->err);
     *out = NULL;
     /* Both reads in one snapshot. */
     if ((st = kvi_store_begin(&t->err, t->db, 0)) != KV_OK)
         return st;
-    sqlite3_bind_int64(t->st_get_doc, 1, id);
-    rc = sqlite3_step(t->st_get_doc);
-    if (rc == SQLITE_DONE) {
-        st = kvi_err_set(&t->err, KV_NOTFOUND, "ID %lld not found", (long long)id);
+    if ((st = kvi_store_step_id(&t->err, t->db, t->st_get_doc, id, id)) != KV_OK)
         goto done;
-    }
-    if (rc != SQLITE_ROW) {
-        st = sql_fail(t, rc, NULL);
-        goto done;
-    }
     d = kvi_calloc(1, sizeof *d);
     if (!d || !(d->texts = kvi_calloc(t->ncols, sizeof(char *))) ||
-        !(d->text_lens = kvi_calloc(t->ncols, sizeof(size_t))))
-        goto oom;
+        !(d->text_lens = kvi_calloc(t->ncols, sizeof(size_t)))) {
+        st = kvi_err_set(&t->err, KV_NOMEM, "out of memory");
+        goto done;
+    }
     d->ncols = t->ncols;
-    for (size_t i = 0; i < t->ncols; i++) {
-        const unsigned char *s = sqlite3_column_text(t->st_get_doc, (int)i);
-        size_t len = (size_t)sqlite3_column_bytes(t->st_get_doc, (int)i);
-        if (!(d->texts[i] = kvi_malloc(len + 1)))
-            goto oom;
-        if (len)
-            memcpy(d->texts[i], s, len);
-        d->texts[i][len] = '\0';
-        d->text_lens[i] = len;
+    for (size_t i = 0; i < t->ncols && st == KV_OK; i++) {
+        uint8_t *text = NULL; /* one byte more than the text, for its NUL */
+        st = kvi_store_column_copy(&t->err, t->st_get_doc, (int)i, 1, &text, &d->text_lens[i]);
+        if (st == KV_OK) {
+            text[d->text_lens[i]] = '\0';
+            d->texts[i] = (char *)text;
+        }
     }
-    ref = sqlite3_column_int64(t->st_get_doc, (int)t->ncols);
-    sqlite3_bind_int64(t->st_get_val, 1, ref);
-    rc = sqlite3_step(t->st_get_val);
-    if (rc == SQLITE_ROW) {
-        size_t n = (size_t)sqlite3_column_bytes(t->st_get_val, 0);
-        const void *p = sqlite3_column_blob(t->st_get_val, 0);
-        if (!(d->val = kvi_malloc(n ? n : 1)))
-            goto oom;
-        if (n)
-            memcpy(d->val, p, n);
-        d->vlen = n;
-    } else if (rc == SQLITE_DONE) {
-        st = kvi_err_set(&t->err, KV_NOTFOUND, "ID %lld not found", (long long)id);
+    if (st != KV_OK)
         goto done;
-    } else {
-        st = sql_fail(t, rc, NULL);
+    const int64_t ref = sqlite3_column_int64(t->st_get_doc, (int)t->ncols);
+    if ((st = kvi_store_step_id(&t->err, t->db, t->st_get_val, ref, id)) != KV_OK)
         goto done;
-    }
+    if ((st = kvi_store_column_copy(&t->err, t->st_get_val, 0, 0, &d->val, &d->vlen)) != KV_OK)
+        goto done;
     *out = d;
     d = NULL;
-    goto done;
-oom:
-    st = kvi_err_set(&t->err, KV_NOMEM, "out of memory");
 done:
-    sqlite3_reset(t->st_get_doc);
-    sqlite3_reset(t->st_get_val);
-    sqlite3_exec(t->db, "COMMIT", NULL, NULL, NULL);
+    kvi_store_read_end(t->db, t->st_get_doc, t->st_get_val);
     kv_text_doc_free(d);
     return st;
 }
 
 kv_status kv_text_exists(kv_text *t, int64_t id, int *found)
 {
-    int64_t ref;
-    kv_status st;
     kvi_err_clear(&t->err);
-    *found = kvi_store_lookup_i64(&t->err, t->db, t->st_ref, id, &ref, &st, "lookup value_ref");
-    return st;
+    return kvi_store_exists(&t->err, t->db, t->st_ref, id, found, "lookup value_ref");
 }
 
 static kv_status count_stmt(kv_text *t, sqlite3_stmt *st, int64_t *count)

@@ -287,8 +287,7 @@ fail_msg:
     snprintf(msg, sizeof msg, "%s", v->err.msg);
 fail:
     kv_vector_close(v);
-    if (err && errlen)
-        snprintf(err, errlen, "%s", msg);
+    kvi_msg_copy(msg, err, errlen);
     return st;
 }
 
@@ -342,20 +341,9 @@ kv_status kv_vector_insert(kv_vector *v, const void *vec, size_t vbytes, const v
     const void *row = prepare_vec(v, vec, vbytes, &st);
     if (!row)
         return st;
-    if ((st = kvi_store_begin(&v->err, v->db, 1)) != KV_OK)
-        return st;
-    sqlite3_bind_blob64(v->st_ins_val, 1, vlen ? val : "", vlen, SQLITE_STATIC);
-    if ((st = kvi_store_step_done(&v->err, v->db, v->st_ins_val, "insert value")) != KV_OK)
-        goto fail;
-    sqlite3_bind_int64(v->st_ins_vec, 1, sqlite3_last_insert_rowid(v->db));
     sqlite3_bind_blob64(v->st_ins_vec, 2, row, v->row_bytes, SQLITE_STATIC);
-    if ((st = kvi_store_step_done(&v->err, v->db, v->st_ins_vec, "insert vector")) != KV_OK)
-        goto fail;
-    *id = sqlite3_last_insert_rowid(v->db);
-    return kvi_store_commit(&v->err, v->db);
-fail:
-    kvi_store_rollback(v->db);
-    return st;
+    return kvi_store_insert(&v->err, v->db, v->st_ins_val, val, vlen, v->st_ins_vec, 1,
+                            "insert vector", id);
 }
 
 kv_status kv_vector_delete(kv_vector *v, int64_t id, int *removed)
@@ -374,23 +362,12 @@ kv_status kv_vector_update(kv_vector *v, int64_t id, const void *vec, size_t vby
         return kvi_err_set(&v->err, KV_INVALID, "Must provide either vector or value to update");
     if (vec && !(row = prepare_vec(v, vec, vbytes, &st)))
         return st;
-    if ((st = kvi_store_begin(&v->err, v->db, 1)) != KV_OK)
-        return st;
     if (row) {
         sqlite3_bind_blob64(v->st_upd_vec, 1, row, v->row_bytes, SQLITE_STATIC);
         sqlite3_bind_int64(v->st_upd_vec, 2, id);
-        if ((st = kvi_store_step_done(&v->err, v->db, v->st_upd_vec, "update vector")) != KV_OK)
-            goto fail;
     }
-    if (val) {
-        st = kvi_store_set_value(&v->err, v->db, v->st_get_row, v->st_upd_val, id, val, vlen);
-        if (st != KV_OK)
-            goto fail;
-    }
-    return kvi_store_commit(&v->err, v->db);
-fail:
-    kvi_store_rollback(v->db);
-    return st;
+    return kvi_store_update(&v->err, v->db, row ? v->st_upd_vec : NULL, "update vector",
+                            v->st_get_row, v->st_upd_val, id, val, vlen);
 }
 
 /* ====================================================================== */
@@ -578,7 +555,7 @@ kv_status kv_vector_search(kv_vector *v, const void *query, size_t qbytes, int64
     h->n = n;
 
 done:
-    sqlite3_exec(v->db, "COMMIT", NULL, NULL, NULL);
+    kvi_store_read_end(v->db, NULL, NULL);
 done_nolock:
     if (st != KV_OK) {
         kvi_free(heap);
@@ -596,51 +573,21 @@ finish_nolock:
 kv_status kv_vector_get_by_id(kv_vector *v, int64_t id, uint8_t **vec, size_t *vbytes,
                               uint8_t **val, size_t *vlen)
 {
-    kv_status st = KV_OK;
-    int rc;
+    kv_status st;
     kvi_err_clear(&v->err);
     *vec = *val = NULL;
     *vbytes = *vlen = 0;
     if ((st = kvi_store_begin(&v->err, v->db, 0)) != KV_OK)
         return st;
-    sqlite3_bind_int64(v->st_get_row, 1, id);
-    rc = sqlite3_step(v->st_get_row);
-    if (rc == SQLITE_DONE) {
-        st = kvi_err_set(&v->err, KV_NOTFOUND, "ID %lld not found", (long long)id);
-    } else if (rc != SQLITE_ROW) {
-        st = sql_fail(v, rc, NULL);
-    } else {
-        int64_t ref = sqlite3_column_int64(v->st_get_row, 0);
-        size_t n = (size_t)sqlite3_column_bytes(v->st_get_row, 1);
-        const void *p = sqlite3_column_blob(v->st_get_row, 1);
-        if (!(*vec = kvi_malloc(n ? n : 1))) {
-            st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
-        } else {
-            if (n)
-                memcpy(*vec, p, n);
-            *vbytes = n;
-            sqlite3_bind_int64(v->st_get_val, 1, ref);
-            rc = sqlite3_step(v->st_get_val);
-            if (rc == SQLITE_ROW) {
-                size_t m = (size_t)sqlite3_column_bytes(v->st_get_val, 0);
-                const void *q = sqlite3_column_blob(v->st_get_val, 0);
-                if (!(*val = kvi_malloc(m ? m : 1)))
-                    st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
-                else {
-                    if (m)
-                        memcpy(*val, q, m);
-                    *vlen = m;
-                }
-            } else if (rc == SQLITE_DONE) {
-                st = kvi_err_set(&v->err, KV_NOTFOUND, "ID %lld not found", (long long)id);
-            } else {
-                st = sql_fail(v, rc, NULL);
-            }
-            sqlite3_reset(v->st_get_val);
-        }
-    }
-    sqlite3_reset(v->st_get_row);
-    sqlite3_exec(v->db, "COMMIT", NULL, NULL, NULL);
+    st = kvi_store_step_id(&v->err, v->db, v->st_get_row, id, id);
+    if (st == KV_OK)
+        st = kvi_store_column_copy(&v->err, v->st_get_row, 1, 0, vec, vbytes);
+    if (st == KV_OK)
+        st = kvi_store_step_id(&v->err, v->db, v->st_get_val,
+                               sqlite3_column_int64(v->st_get_row, 0), id);
+    if (st == KV_OK)
+        st = kvi_store_column_copy(&v->err, v->st_get_val, 0, 0, val, vlen);
+    kvi_store_read_end(v->db, v->st_get_row, v->st_get_val);
     if (st != KV_OK) {
         kvi_free(*vec);
         kvi_free(*val);
@@ -652,11 +599,8 @@ kv_status kv_vector_get_by_id(kv_vector *v, int64_t id, uint8_t **vec, size_t *v
 
 kv_status kv_vector_exists(kv_vector *v, int64_t id, int *found)
 {
-    int64_t ref;
-    kv_status st;
     kvi_err_clear(&v->err);
-    *found = kvi_store_lookup_i64(&v->err, v->db, v->st_get_row, id, &ref, &st, "lookup row");
-    return st;
+    return kvi_store_exists(&v->err, v->db, v->st_get_row, id, found, "lookup row");
 }
 
 kv_status kv_vector_count(kv_vector *v, int64_t *count)

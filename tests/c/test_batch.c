@@ -50,10 +50,7 @@ Test(batch, commit_stores_rows_and_sequence_together)
     cr_assert_eq(seq, 9);
     kv_batch_close(b);
 
-    kv_db *db = NULL;
-    kv_open_opts o;
-    kv_open_opts_default(&o);
-    cr_assert_eq(kv_db_open(path, &o, &db, NULL, 0), KV_OK);
+    kv_db *db = kvtest_open_db(path);
     const void *v; size_t n;
     cr_assert_eq(kv_get(db, "a", 1, &v, &n), KV_NOTFOUND);
     cr_assert_eq(kv_get(db, "b", 1, &v, &n), KV_OK);
@@ -81,10 +78,7 @@ Test(batch, rollback_and_failed_commit_store_nothing)
     cr_assert_eq(seq, 5);
     kv_batch_close(b);
 
-    kv_db *db = NULL;
-    kv_open_opts o;
-    kv_open_opts_default(&o);
-    cr_assert_eq(kv_db_open(path, &o, &db, NULL, 0), KV_OK);
+    kv_db *db = kvtest_open_db(path);
     int found = 1;
     cr_assert_eq(kv_exists(db, "y", 1, &found), KV_OK);
     cr_assert_eq(found, 0);

@@ -41,6 +41,15 @@ static int64_t chunk_cap(int64_t col_id, int64_t idx)
     return r;
 }
 
+/* Create column "x" of i64 in cv and open it; *id receives its col_id. */
+static kv_col *new_i64_col(kv_colvault *cv, int64_t *id)
+{
+    kv_col *c = NULL;
+    cr_assert(eq(int, kv_col_create(cv, "x", "i64", 8, id), KV_OK));
+    cr_assert(eq(int, kv_col_open_fixed(cv, *id, &c), KV_OK));
+    return c;
+}
+
 static void put64(uint8_t *p, int64_t v) { memcpy(p, &v, 8); }
 static int64_t get64(const uint8_t *p) { int64_t v; memcpy(&v, p, 8); return v; }
 
@@ -49,8 +58,7 @@ Test(col, growth_from_min_to_max_then_new_chunk)
     kv_colvault *cv = open_cv(64, 512);
     kv_col *c;
     int64_t id, n;
-    cr_assert(eq(int, kv_col_create(cv, "x", "i64", 8, &id), KV_OK));
-    cr_assert(eq(int, kv_col_open_fixed(cv, id, &c), KV_OK));
+    c = new_i64_col(cv, &id);
     /* expected capacity of chunk 0 after k elements: 64 -> 128 -> 256 -> 512 */
     for (int64_t k = 1; k <= 64; k++) {
         uint8_t e[8];
@@ -133,8 +141,7 @@ Test(col, insert_delete_shift_and_zero_tail)
     kv_colvault *cv = open_cv(16, 64);
     kv_col *c;
     int64_t id, n;
-    cr_assert(eq(int, kv_col_create(cv, "x", "i64", 8, &id), KV_OK));
-    cr_assert(eq(int, kv_col_open_fixed(cv, id, &c), KV_OK));
+    c = new_i64_col(cv, &id);
     int64_t model[64];
     int mn = 0;
     for (int i = 0; i < 20; i++) {
@@ -254,8 +261,7 @@ Test(col, cache_counts_in_len_and_flushes_on_threshold_and_close)
     kv_col *c;
     int64_t id, n;
     size_t fl = 0;
-    cr_assert(eq(int, kv_col_create(cv, "x", "i64", 8, &id), KV_OK));
-    cr_assert(eq(int, kv_col_open_fixed(cv, id, &c), KV_OK));
+    c = new_i64_col(cv, &id);
     cr_assert(eq(int, kv_col_cache_enable(c, 1024, 256), KV_OK));
     for (int i = 0; i < 31; i++) {
         uint8_t e[8];
@@ -327,8 +333,7 @@ Test(col, read_cache_across_block_and_chunk_boundaries)
     int64_t id, n = 30000; /* 240000 bytes: 6 chunks */
     uint64_t hits, misses, drops;
     int on;
-    cr_assert(eq(int, kv_col_create(cv, "x", "i64", 8, &id), KV_OK));
-    cr_assert(eq(int, kv_col_open_fixed(cv, id, &c), KV_OK));
+    c = new_i64_col(cv, &id);
     int64_t *src = malloc(sizeof *src * (size_t)n), out[4096];
     fill_i64(src, n, 7);
     cr_assert(eq(int, kv_col_append(c, src, NULL, (size_t)n), KV_OK));
@@ -440,8 +445,7 @@ Test(col, read_cache_off_in_memory)
     cr_assert(eq(int, kv_colvault_open(":memory:", 1024, 65536, &cv, err, sizeof err), KV_OK), "%s", err);
     kv_colvault_read_cache_stats(cv, NULL, NULL, NULL, &on);
     cr_assert(eq(int, on, 0), "no WAL-index: no read cache");
-    cr_assert(eq(int, kv_col_create(cv, "x", "i64", 8, &id), KV_OK));
-    cr_assert(eq(int, kv_col_open_fixed(cv, id, &c), KV_OK));
+    c = new_i64_col(cv, &id);
     fill_i64(v, 8, 3);
     cr_assert(eq(int, kv_col_append(c, v, NULL, 8), KV_OK));
     cr_assert(eq(int, kv_col_read_fixed(c, 0, 8, out), KV_OK));

@@ -80,23 +80,11 @@ Test(kv, put_get_delete_exists_count)
     cr_assert(eq(int, kv_db_close(db), KV_OK));
 
     /* data survives reopening; the schema is the API.md §4.2 one */
-    sqlite3 *s;
-    sqlite3_stmt *st;
-    cr_assert(eq(int, sqlite3_open(path, &s), SQLITE_OK));
-    cr_assert(eq(int, sqlite3_prepare_v2(s, "SELECT sql FROM sqlite_master WHERE name='kv'", -1, &st, NULL), SQLITE_OK));
-    cr_assert(eq(int, sqlite3_step(st), SQLITE_ROW));
-    cr_assert(eq(str, (char *)sqlite3_column_text(st, 0),
+    char text[200];
+    cr_assert(eq(str, kvtest_sql_text(path, "SELECT sql FROM sqlite_master WHERE name='kv'", text, sizeof text),
                  "CREATE TABLE kv (key BLOB PRIMARY KEY NOT NULL, value BLOB NOT NULL)"));
-    sqlite3_finalize(st);
-    cr_assert(eq(int, sqlite3_prepare_v2(s, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK));
-    cr_assert(eq(int, sqlite3_step(st), SQLITE_ROW));
-    cr_assert(eq(str, (char *)sqlite3_column_text(st, 0), "wal"));
-    sqlite3_finalize(st);
-    cr_assert(eq(int, sqlite3_prepare_v2(s, "PRAGMA page_size", -1, &st, NULL), SQLITE_OK));
-    cr_assert(eq(int, sqlite3_step(st), SQLITE_ROW));
-    cr_assert(eq(int, sqlite3_column_int(st, 0), 32768));
-    sqlite3_finalize(st);
-    sqlite3_close(s);
+    cr_assert(eq(str, kvtest_sql_text(path, "PRAGMA journal_mode", text, sizeof text), "wal"));
+    cr_assert(eq(i64, kvtest_sql_i64(path, "PRAGMA page_size"), 32768));
 }
 
 Test(kv, keys_prefix_order_and_pagination)

@@ -151,10 +151,7 @@ Test(large, in_memory_put_get_overwrite_delete)
 static void fd_roundtrip(int uring)
 {
     char path[600], src[700];
-    if (uring)
-        unsetenv("KV_NO_URING");
-    else
-        setenv("KV_NO_URING", "1", 1);
+    kvtest_select_uring(uring);
     kvtest_path(path, sizeof path, "l.db");
     snprintf(src, sizeof src, "%s.src", path);
     size_t n = 10 * PART + 4321;        /* 11 parts */
@@ -185,16 +182,6 @@ static void fd_roundtrip(int uring)
 Test(large, put_fd_get_to_fd_uring, .timeout = 120) { fd_roundtrip(1); }
 Test(large, put_fd_get_to_fd_plain, .timeout = 120) { fd_roundtrip(0); }
 
-typedef struct { const uint8_t *p; size_t n, off; } src_ctx;
-static int64_t src_rd(void *c, void *buf, size_t cap)
-{
-    src_ctx *s = c;
-    size_t k = s->n - s->off < cap ? s->n - s->off : cap;
-    memcpy(buf, s->p + s->off, k);
-    s->off += k;
-    return (int64_t)k;
-}
-
 Test(large, put_stream_short_put_many_and_foreign_writer)
 {
     char path[600];
@@ -203,8 +190,8 @@ Test(large, put_stream_short_put_many_and_foreign_writer)
     size_t n = 2 * PART + 99;
     uint8_t *big = pattern(n, 4);
     /* announced 3 parts' worth, only 1 MiB delivered: KV_SHORT, zero tail */
-    src_ctx c = {big, LIMIT, 0};
-    cr_assert(eq(int, kv_put_stream(db, "s", 1, n, 65536, src_rd, &c), KV_SHORT));
+    kvtest_src c = {big, LIMIT, 0, 0};
+    cr_assert(eq(int, kv_put_stream(db, "s", 1, n, 65536, kvtest_src_read, &c), KV_SHORT));
     const void *v;
     size_t vn;
     cr_assert(eq(int, kv_get(db, "s", 1, &v, &vn), KV_OK));

@@ -49,10 +49,7 @@ static void roundtrip_100mib(int uring)
 {
     char dbp[600], src[700], dst[700], err[256];
     kv_db *db;
-    if (uring)
-        unsetenv("KV_NO_URING");
-    else
-        setenv("KV_NO_URING", "1", 1);
+    kvtest_select_uring(uring);
     kvtest_path(dbp, sizeof dbp, "s.db");
     snprintf(src, sizeof src, "%s.src", dbp);
     snprintf(dst, sizeof dst, "%s.dst", dbp);
@@ -83,16 +80,6 @@ static void roundtrip_100mib(int uring)
 Test(stream, file_100mib_uring, .timeout = 300) { roundtrip_100mib(1); }
 Test(stream, file_100mib_fallback, .timeout = 300) { roundtrip_100mib(0); }
 
-typedef struct { const uint8_t *p; size_t n, off; } src_ctx;
-static int64_t rd(void *c, void *buf, size_t cap)
-{
-    src_ctx *s = c;
-    size_t k = s->n - s->off < cap ? s->n - s->off : cap;
-    if (k > 777) k = 777;   /* short reads are fine */
-    memcpy(buf, s->p + s->off, k);
-    s->off += k;
-    return (int64_t)k;
-}
 typedef struct { uint8_t *p; size_t n; } dst_ctx;
 static int wr(void *c, const void *buf, size_t len)
 {
@@ -111,16 +98,16 @@ Test(stream, callbacks_and_short_input)
         data[i] = (uint8_t)(i * 31);
     kvtest_path(dbp, sizeof dbp, "cb.db");
     cr_assert(eq(int, kv_db_open(dbp, NULL, &db, err, sizeof err), KV_OK));
-    src_ctx s = {data, sizeof data, 0};
-    cr_assert(eq(int, kv_put_stream(db, "k", 1, sizeof data, 4096, rd, &s), KV_OK));
+    kvtest_src s = {data, sizeof data, 0, 777}; /* short reads are fine */
+    cr_assert(eq(int, kv_put_stream(db, "k", 1, sizeof data, 4096, kvtest_src_read, &s), KV_OK));
     dst_ctx d = {back, 0};
     uint64_t w;
     cr_assert(eq(int, kv_get_stream(db, "k", 1, 5000, wr, &d, &w), KV_OK));
     cr_assert(eq(u64, w, sizeof data));
     cr_assert(eq(int, memcmp(data, back, sizeof data), 0));
     /* announced size larger than the input: KV_SHORT, zero tail kept */
-    s = (src_ctx){data, 1000, 0};
-    cr_assert(eq(int, kv_put_stream(db, "short", 5, 3000, 4096, rd, &s), KV_SHORT));
+    s = (kvtest_src){data, 1000, 0, 777};
+    cr_assert(eq(int, kv_put_stream(db, "short", 5, 3000, 4096, kvtest_src_read, &s), KV_SHORT));
     cr_assert(eq(str, (char *)kv_db_errmsg(db), "short write: wrote 1000 of 3000 bytes"));
     const void *p;
     size_t n;

@@ -15,14 +15,7 @@ static char path[600]; /* the test's database file, in a fresh directory */
 
 static void setup(void) { kvtest_path(path, sizeof path, "t.db"); }
 
-/* Removes the directory kvtest_path made (the file's parent). */
-static void teardown(void)
-{
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%.*s'", (int)(strrchr(path, '/') - path), path);
-    if (system(cmd) != 0)
-        fprintf(stderr, "cleanup of %s failed\n", path);
-}
+static void teardown(void) { kvtest_remove_dir_of(path); }
 
 TestSuite(text, .init = setup, .fini = teardown, .timeout = 60);
 
@@ -101,14 +94,8 @@ Test(text, ranking_is_bm25_and_scores_positive_descending)
     kv_text_hits_free(h);
 
     /* score == -bm25 as SQLite computes it */
-    sqlite3 *db;
-    sqlite3_stmt *st;
-    cr_assert(eq(int, sqlite3_open(path, &db), SQLITE_OK));
-    cr_assert(eq(int, sqlite3_prepare_v2(db, "SELECT bm25(text_vault) FROM text_vault WHERE text_vault MATCH '\"python\"' ORDER BY bm25(text_vault)", -1, &st, NULL), SQLITE_OK));
-    cr_assert(eq(int, sqlite3_step(st), SQLITE_ROW));
-    double bm = sqlite3_column_double(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
+    double bm = kvtest_sql_double(path, "SELECT bm25(text_vault) FROM text_vault WHERE text_vault"
+                                        " MATCH '\"python\"' ORDER BY bm25(text_vault)");
     h = search(t, "python", 1, KV_TEXT_ESCAPE);
     cr_assert(eq(sz, h->n, 1));
     cr_expect(eq(dbl, h->hits[0].score, -bm));
@@ -267,14 +254,7 @@ Test(text, crud_get_update_delete_count_keys_clear)
     kv_text_close(t);
 
     /* value rows went with their documents */
-    sqlite3 *db;
-    sqlite3_stmt *st;
-    cr_assert(eq(int, sqlite3_open(path, &db), SQLITE_OK));
-    cr_assert(eq(int, sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM text_vault_values", -1, &st, NULL), SQLITE_OK));
-    cr_assert(eq(int, sqlite3_step(st), SQLITE_ROW));
-    cr_expect(eq(i64, sqlite3_column_int64(st, 0), 0));
-    sqlite3_finalize(st);
-    sqlite3_close(db);
+    cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT COUNT(*) FROM text_vault_values"), 0));
 }
 
 Test(text, bad_names_rejected)

@@ -16,14 +16,7 @@ static char path[600]; /* the test's database file, in a fresh directory */
 
 static void setup(void) { kvtest_path(path, sizeof path, "v.db"); }
 
-/* Removes the directory kvtest_path made (the file's parent). */
-static void teardown(void)
-{
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%.*s'", (int)(strrchr(path, '/') - path), path);
-    if (system(cmd) != 0)
-        fprintf(stderr, "cleanup of %s failed\n", path);
-}
+static void teardown(void) { kvtest_remove_dir_of(path); }
 
 TestSuite(vector, .init = setup, .fini = teardown, .timeout = 120);
 
@@ -246,14 +239,7 @@ Test(vector, crud_and_bad_input)
     kv_vector_close(v);
 
     /* the value row went with its vector */
-    sqlite3 *db;
-    sqlite3_stmt *st;
-    cr_assert(eq(int, sqlite3_open(path, &db), SQLITE_OK));
-    cr_assert(eq(int, sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM vec_kvault_values", -1, &st, NULL), SQLITE_OK));
-    cr_assert(eq(int, sqlite3_step(st), SQLITE_ROW));
-    cr_expect(eq(i64, sqlite3_column_int64(st, 0), 1));
-    sqlite3_finalize(st);
-    sqlite3_close(db);
+    cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT COUNT(*) FROM vec_kvault_values"), 1));
 }
 
 Test(vector, open_validation)
@@ -277,33 +263,35 @@ Test(vector, open_validation)
     kv_vector_close(v);
 }
 
+/* Insert a and b (nbytes each) into v, search for q: a first at distance
+ * da, then b at distance db. */
+static void expect_two_hits(kv_vector *v, const void *a, const void *b, const void *q,
+                            size_t nbytes, double da, double db)
+{
+    int64_t ia, ib;
+    kv_vector_hits *h;
+    cr_assert(eq(int, kv_vector_insert(v, a, nbytes, "a", 1, &ia), KV_OK));
+    cr_assert(eq(int, kv_vector_insert(v, b, nbytes, "b", 1, &ib), KV_OK));
+    cr_assert(eq(int, kv_vector_search(v, q, nbytes, 5, &h), KV_OK));
+    cr_assert(eq(sz, h->n, 2));
+    cr_expect(eq(i64, h->hits[0].id, ia));
+    cr_expect(eq(i64, h->hits[1].id, ib));
+    cr_expect(eq(dbl, h->hits[0].distance, da));
+    cr_expect(eq(dbl, h->hits[1].distance, db));
+    kv_vector_hits_free(h);
+}
+
 Test(vector, int8_and_bit_stores)
 {
     kv_vector *v = vopen(4, KV_VECTOR_L1, KV_VECTOR_I8);
     int8_t a[4] = {1, 2, 3, 4}, b[4] = {-1, -2, -3, -4}, q[4] = {1, 2, 3, 5};
-    int64_t ia, ib;
-    cr_assert(eq(int, kv_vector_insert(v, a, 4, "a", 1, &ia), KV_OK));
-    cr_assert(eq(int, kv_vector_insert(v, b, 4, "b", 1, &ib), KV_OK));
-    kv_vector_hits *h;
-    cr_assert(eq(int, kv_vector_search(v, q, 4, 2, &h), KV_OK));
-    cr_assert(eq(sz, h->n, 2));
-    cr_expect(eq(i64, h->hits[0].id, ia));
-    cr_expect(eq(dbl, h->hits[0].distance, 1.0));
-    cr_expect(eq(dbl, h->hits[1].distance, 21.0));
-    kv_vector_hits_free(h);
+    expect_two_hits(v, a, b, q, 4, 1.0, 21.0);
     kv_vector_close(v);
 
     kv_vector *bv = NULL;
     char err[256];
     cr_assert(eq(int, kv_vector_open(path, "bits", 16, KV_VECTOR_HAMMING, KV_VECTOR_BIT, &bv, err, sizeof err), KV_OK), "%s", err);
     uint8_t x[2] = {0xFF, 0x00}, y[2] = {0x0F, 0x00}, bq[2] = {0xFF, 0x01};
-    cr_assert(eq(int, kv_vector_insert(bv, x, 2, "x", 1, &ia), KV_OK));
-    cr_assert(eq(int, kv_vector_insert(bv, y, 2, "y", 1, &ib), KV_OK));
-    cr_assert(eq(int, kv_vector_search(bv, bq, 2, 5, &h), KV_OK));
-    cr_assert(eq(sz, h->n, 2));
-    cr_expect(eq(i64, h->hits[0].id, ia));
-    cr_expect(eq(dbl, h->hits[0].distance, 1.0));
-    cr_expect(eq(dbl, h->hits[1].distance, 5.0));
-    kv_vector_hits_free(h);
+    expect_two_hits(bv, x, y, bq, 2, 1.0, 5.0);
     kv_vector_close(bv);
 }
