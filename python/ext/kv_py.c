@@ -215,12 +215,9 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
     Py_END_ALLOW_THREADS
     if (st != KV_OK) {
         Py_DECREF(pathb);
-        if (st == KV_INVALID)
-            PyErr_SetString(PyExc_ValueError, err[0] ? err : "invalid argument");
-        else if (st == KV_NOMEM)
-            PyErr_NoMemory();
-        else
-            PyErr_SetString(PyExc_RuntimeError, err[0] ? err : kv_strerror(st));
+        /* through the table: a file locked at open is a BusyError, which
+         * KVault's busy-retry loop retries */
+        kvpy_raise_status(st, err, 0);
         return -1;
     }
     Py_XSETREF(self->path, PyUnicode_DecodeFSDefaultAndSize(path, PyBytes_GET_SIZE(pathb)));

@@ -43,6 +43,9 @@ _EMBEDDED_ONLY = {
     "test_page_size_only_on_new_file": "the writer creates the file (page size fixed then)",
     "test_busy_without_retries_raises_database_busy": "attached writes never see SQLITE_BUSY",
     "test_busy_is_retried_with_backoff": "attached writes never see SQLITE_BUSY",
+    "test_busy_open_is_retried": "an attached open never takes SQLite's write lock",
+    "test_busy_open_without_retries_raises_database_busy":
+        "an attached open never takes SQLite's write lock",
 }
 
 

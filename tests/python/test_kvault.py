@@ -263,6 +263,50 @@ def test_busy_is_retried_with_backoff(db_path):
         assert kv["holder"] == b"1"
 
 
+def _hold_lock_on_new_file(path, seconds, ready):
+    # a WAL file without the kv table, its write lock held: KVault's open
+    # has to create the table and meets SQLite's busy state
+    con = sqlite3.connect(path, timeout=30, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("BEGIN IMMEDIATE")
+    con.execute("CREATE TABLE other(x)")
+    ready.set()
+    time.sleep(seconds)
+    con.execute("COMMIT")
+    con.close()
+
+
+def _new_file_locked_for(path, seconds):
+    ready = threading.Event()
+    t = threading.Thread(target=_hold_lock_on_new_file, args=(path, seconds, ready))
+    t.start()
+    ready.wait()
+    return t
+
+
+def test_busy_open_is_retried(db_path):
+    # The open's busy error goes through the same retry loop as any call.
+    t = _new_file_locked_for(db_path, 6.0)
+    start = time.monotonic()
+    with KVault(db_path, retries=3, backoff_base=0.5) as kv:
+        elapsed = time.monotonic() - start
+        t.join()
+        assert elapsed >= 5.0  # attempt 1 busy after 5 s, attempt 2 after the release
+        kv["x"] = b"v"
+        assert kv["x"] == b"v"
+
+
+def test_busy_open_without_retries_raises_database_busy(db_path):
+    t = _new_file_locked_for(db_path, 7.0)
+    try:
+        with pytest.raises(DatabaseBusy):
+            KVault(db_path, retries=1)
+    finally:
+        t.join()
+    with KVault(db_path, retries=1) as kv:  # lock gone: opens
+        assert len(kv) == 0
+
+
 # --------------------------------------------------------- dict protocol
 
 def test_mapping_protocol(kv):
