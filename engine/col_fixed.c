@@ -270,8 +270,9 @@ static kv_status kvi_chunk_write(kv_colvault *cv, const kvi_fx *fx, kvi_blob *bl
  *    connection to close knows it may checkpoint and delete the WAL), and
  *    closing any descriptor of a file releases all of the process's locks
  *    on it. So we borrow a descriptor the process already holds read-write
- *    on the same file (device and inode), found in /proc/self/fd: one of
- *    SQLite's. We never close it. While our connection holds its lock on
+ *    on the same file (device and inode), found in /proc/self/fd: normally
+ *    one of SQLite's (the application may hold one too: kvi_wb_db_fd
+ *    re-checks the file before each use). We never close it. While our connection holds its lock on
  *    the file (it does for the whole operation), SQLite's unix VFS closes
  *    no descriptor of that file (it defers the close of a connection's
  *    descriptor while any lock is held on the file), so it stays valid. */
@@ -288,6 +289,8 @@ typedef struct kvi_wb {
     int stop;
     int started;
     int fd[2]; /* WAL (owned), database (borrowed); -1 when unknown */
+    dev_t db_dev; /* the database file's identity, checked before each use */
+    ino_t db_ino; /* of the borrowed descriptor (kvi_wb_db_fd) */
 } kvi_wb;
 
 /* Our own read-write descriptor of the existing regular file `path`, or -1.
@@ -306,7 +309,7 @@ static int kvi_open_unlocked_file(const char *path)
 /* A descriptor this process already holds read-write on the regular file
  * `path` (same device and inode), found in /proc/self/fd, or -1. Borrowed:
  * the caller never closes it (see above for why it stays valid). */
-static int kvi_find_open_fd(const char *path)
+static int kvi_find_open_fd(const char *path, dev_t *dev, ino_t *ino)
 {
     struct stat want, sb;
     struct dirent *e;
@@ -326,7 +329,29 @@ static int kvi_find_open_fd(const char *path)
             found = (int)fd;
     }
     closedir(d);
+    *dev = want.st_dev;
+    *ino = want.st_ino;
     return found;
+}
+
+/* The borrowed database descriptor, or -1 when it no longer refers to the
+ * database file. The descriptor found may be one the application opened on
+ * the same file rather than SQLite's; if another thread closes it and the
+ * number is reused, this check (made before every fallocate and
+ * sync_file_range) stops the helper from touching the other file. What the
+ * check cannot close is the window between it and the call; a call in that
+ * window is a writeback hint or a KEEP_SIZE preallocation of some other
+ * file: it changes no byte of any file. If *st is not NULL it gets the
+ * fstat of the file. */
+static int kvi_wb_db_fd(const kvi_wb *w, struct stat *st)
+{
+    struct stat sb;
+    if (w->fd[1] < 0 || fstat(w->fd[1], &sb) != 0 || sb.st_dev != w->db_dev ||
+        sb.st_ino != w->db_ino)
+        return -1;
+    if (st)
+        *st = sb;
+    return w->fd[1];
 }
 
 static void *kvi_wb_main(void *arg)
@@ -336,9 +361,10 @@ static void *kvi_wb_main(void *arg)
     while (!w->stop) {
         struct timespec ts;
         pthread_mutex_unlock(&w->m);
+        const int fds[2] = {w->fd[0], kvi_wb_db_fd(w, NULL)};
         for (int i = 0; i < 2; i++)
-            if (w->fd[i] >= 0)
-                (void)sync_file_range(w->fd[i], 0, 0, SYNC_FILE_RANGE_WRITE);
+            if (fds[i] >= 0)
+                (void)sync_file_range(fds[i], 0, 0, SYNC_FILE_RANGE_WRITE);
         pthread_mutex_lock(&w->m);
         if (w->stop)
             break;
@@ -384,8 +410,9 @@ static void kvi_wb_prealloc(kv_colvault *cv, const kvi_wb *w, uint64_t bytes)
         (void)fallocate(w->fd[0], FALLOC_FL_KEEP_SIZE, 0,
                         (off_t)(KVI_WAL_HDR + (first + pages) * (P + KVI_WAL_FRAME_HDR)));
     }
-    if (w->fd[1] >= 0 && fstat(w->fd[1], &sb) == 0)
-        (void)fallocate(w->fd[1], FALLOC_FL_KEEP_SIZE, sb.st_size, (off_t)(pages * P));
+    const int dbfd = kvi_wb_db_fd(w, &sb);
+    if (dbfd >= 0)
+        (void)fallocate(dbfd, FALLOC_FL_KEEP_SIZE, sb.st_size, (off_t)(pages * P));
 }
 
 /* Close the descriptor we own (the WAL's); the borrowed one stays open. */
@@ -411,7 +438,7 @@ static void kvi_wb_start(kv_colvault *cv, kvi_wb *w, uint64_t bytes)
         return;
     const char *wal = sqlite3_filename_wal(db);
     w->fd[0] = wal && wal[0] ? kvi_open_unlocked_file(wal) : -1;
-    w->fd[1] = kvi_find_open_fd(db);
+    w->fd[1] = kvi_find_open_fd(db, &w->db_dev, &w->db_ino);
     if (w->fd[0] < 0 && w->fd[1] < 0)
         return;
     kvi_wb_prealloc(cv, w, bytes);
