@@ -226,11 +226,12 @@ def _hold_write_lock(path, seconds, ready):
     con.close()
 
 
-def _lock_held_for(path, seconds):
-    """Starts a thread holding ``path``'s write lock for ``seconds`` and
-    returns it once the lock is taken (join it to wait for the release)."""
+def _lock_held_for(path, seconds, hold=_hold_write_lock):
+    """Starts a thread holding ``path``'s write lock for ``seconds`` (through
+    ``hold``) and returns it once the lock is taken (join it to wait for the
+    release)."""
     ready = threading.Event()
-    t = threading.Thread(target=_hold_write_lock, args=(path, seconds, ready))
+    t = threading.Thread(target=hold, args=(path, seconds, ready))
     t.start()
     ready.wait()
     return t
@@ -276,17 +277,9 @@ def _hold_lock_on_new_file(path, seconds, ready):
     con.close()
 
 
-def _new_file_locked_for(path, seconds):
-    ready = threading.Event()
-    t = threading.Thread(target=_hold_lock_on_new_file, args=(path, seconds, ready))
-    t.start()
-    ready.wait()
-    return t
-
-
 def test_busy_open_is_retried(db_path):
     # The open's busy error goes through the same retry loop as any call.
-    t = _new_file_locked_for(db_path, 6.0)
+    t = _lock_held_for(db_path, 6.0, _hold_lock_on_new_file)
     start = time.monotonic()
     with KVault(db_path, retries=3, backoff_base=0.5) as kv:
         elapsed = time.monotonic() - start
@@ -297,7 +290,7 @@ def test_busy_open_is_retried(db_path):
 
 
 def test_busy_open_without_retries_raises_database_busy(db_path):
-    t = _new_file_locked_for(db_path, 7.0)
+    t = _lock_held_for(db_path, 7.0, _hold_lock_on_new_file)
     try:
         with pytest.raises(DatabaseBusy):
             KVault(db_path, retries=1)
