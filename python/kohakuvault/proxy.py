@@ -22,7 +22,6 @@ from contextlib import contextmanager
 
 from . import _kvault
 from .errors import (
-    DatabaseBusy,
     InvalidArgument,
     KohakuVaultError,
     NotFound,
