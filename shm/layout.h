@@ -290,8 +290,12 @@ _Static_assert(sizeof(struct kvshm_node) == KVSHM_NODE_BYTES, "node size");
      * writer sleeps on it */                                               \
     F(S, uint32_t, sh_doorbell,        ,     28)                            \
     F(S, uint32_t, sh_writer_sleeping, ,     32) /* 1 while the writer waits on sh_doorbell */ \
-    F(S, uint32_t, sh_pad,             ,     36)                            \
-    F(S, uint64_t, sh_reserved,        [11], 40)
+    F(S, uint32_t, sh_spinners,        ,     36) /* clients spinning in a wait right now */ \
+    /* clients bump it after sending a request on the writer's socket; the  \
+     * writer polls the socket when it moved (or at most every millisecond) */ \
+    F(S, uint32_t, sh_requests,        ,     40)                            \
+    F(S, uint32_t, sh_writer_spinning, ,     44) /* 1 while the writer spins idle */ \
+    F(S, uint64_t, sh_reserved,        [10], 48)
 KVSHM_STRUCT(kvshm_slothdr, KVSHM_SLOTHDR_FIELDS, 128);
 
 /* A reader slot (64 bytes, one cache line). */
