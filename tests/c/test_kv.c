@@ -1,10 +1,13 @@
 /* test_kv.c - libkvault key-value store: open options and table-name
  * validation, get/put/delete/exists/count, keys listing, put_many, meta
- * features, close. Real SQLite files in per-test temporary directories. */
+ * features, close; the SQLite work of one autocommit put (statements run,
+ * WAL frames appended). Real SQLite files in per-test temporary
+ * directories. */
 #include <criterion/criterion.h>
 #include <criterion/new/assert.h>
 #include <sqlite3.h>
 
+#include "internal.h"
 #include "kvault/kvault.h"
 #include "kvtest_util.h"
 
@@ -187,4 +190,79 @@ Test(kv, two_tables_one_file_and_busy_is_reported)
     cr_assert(eq(int, kv_put(b, "x", 1, "y", 1), KV_OK));
     kv_db_close(a);
     kv_db_close(b);
+}
+
+/* sqlite3_trace_v2 callback: count the statements a connection starts. */
+static int count_stmt(unsigned type, void *ctx, void *p, void *x)
+{
+    (void)p;
+    (void)x;
+    if (type == SQLITE_TRACE_STMT)
+        (*(int *)ctx)++;
+    return 0;
+}
+
+/* Bytes in the -wal file of `path` (0 when there is none). */
+static off_t wal_bytes(const char *path)
+{
+    char wal[620];
+    struct stat sb;
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    return stat(wal, &sb) == 0 ? sb.st_size : 0;
+}
+
+/* The cost model of an embedded put without the write-back cache: one
+ * statement (the upsert; no BEGIN/COMMIT, no read before it, no meta row),
+ * committed on return, appending one WAL frame (24-byte header + one page)
+ * per page SQLite must change: the table leaf and the key index leaf for a
+ * new key, only the table leaf for a new value of a stored key. No
+ * checkpoint runs in between (wal_autocheckpoint=1000 frames), so the -wal
+ * file grows by exactly those frames. Checked for the default page size and
+ * for 4096. */
+Test(kv, autocommit_put_is_one_statement_and_one_frame_per_changed_page)
+{
+    const int pages[] = {0, 4096};
+    char v1[100], v2[100];
+    memset(v1, 'a', sizeof v1);
+    memset(v2, 'b', sizeof v2);
+    for (size_t i = 0; i < sizeof pages / sizeof pages[0]; i++) {
+        char path[600], err[256];
+        kv_open_opts o;
+        kv_db *db = NULL;
+        int stmts = 0;
+        kv_open_opts_default(&o);
+        if (pages[i])
+            o.page_size = pages[i];
+        kvtest_path(path, sizeof path, "t.db");
+        cr_assert(eq(int, kv_db_open(path, &o, &db, err, sizeof err), KV_OK), "%s", err);
+        off_t frame = 24 + (off_t)(pages[i] ? pages[i] : 32768);
+        cr_assert(eq(i64, kvtest_sql_i64(path, "PRAGMA page_size") + 24, (int64_t)frame));
+        cr_assert(eq(int, kv_put(db, "k0", 2, v1, sizeof v1), KV_OK));
+        sqlite3_trace_v2(db->db, SQLITE_TRACE_STMT, count_stmt, &stmts);
+
+        off_t w0 = wal_bytes(path);
+        cr_assert(eq(int, kv_put(db, "k1", 2, v1, sizeof v1), KV_OK));
+        cr_expect(eq(int, stmts, 1), "statements run by a put of a new key");
+        cr_expect(sqlite3_get_autocommit(db->db), "no transaction left open");
+        cr_expect(eq(i64, (int64_t)(wal_bytes(path) - w0), (int64_t)(2 * frame)),
+                  "a new key: table leaf + index leaf (page size %d)", (int)(frame - 24));
+
+        stmts = 0;
+        w0 = wal_bytes(path);
+        cr_assert(eq(int, kv_put(db, "k1", 2, v2, sizeof v2), KV_OK));
+        cr_expect(eq(int, stmts, 1), "statements run by a put of a stored key");
+        cr_expect(eq(i64, (int64_t)(wal_bytes(path) - w0), (int64_t)frame),
+                  "a new value of a stored key: the table leaf only (page size %d)",
+                  (int)(frame - 24));
+
+        const void *v;
+        size_t n;
+        cr_assert(eq(int, kv_get(db, "k1", 2, &v, &n), KV_OK));
+        cr_assert(eq(sz, n, sizeof v2));
+        cr_assert(eq(int, memcmp(v, v2, n), 0));
+        kv_get_done(db);
+        sqlite3_trace_v2(db->db, 0, NULL, NULL);
+        kv_db_close(db);
+        kvtest_remove_dir_of(path);
+    }
 }
