@@ -605,34 +605,29 @@ out:
  * delete / exists / count
  * ==================================================================== */
 
-static PyObject *KV_exists(KVObject *self, PyObject *key)
+/* exists(key), or delete(key) (del: a batch of one key, in the object's
+ * write mode): the flag the backend answers. */
+static PyObject *key_flag(KVObject *self, PyObject *key, int del)
 {
     const char *k;
     Py_ssize_t kn;
     int found = 0;
-    kv_status st;
-    if (kvpy_key_arg(key, &k, &kn) < 0)
-        return NULL;
-    KV_CALL(self, st, self->ops->exists_blocks,
-            self->ops->exists(self->h, k, (size_t)kn, &found));
-    return st == KV_OK ? PyBool_FromLong(found) : NULL;
-}
-
-/* delete(key): a batch of one key, in the object's write mode. */
-static PyObject *KV_delete(KVObject *self, PyObject *key)
-{
-    const char *k;
-    Py_ssize_t kn;
     size_t removed = 0;
     kv_status st;
     if (kvpy_key_arg(key, &k, &kn) < 0)
         return NULL;
+    const kvb_ops *ops = self->ops;
     const void *kp = k;
     size_t kl = (size_t)kn;
-    KV_CALL(self, st, 1,
-            self->ops->del_many(self->h, &kp, &kl, 1, self->write_flags, &removed));
-    return st == KV_OK ? PyBool_FromLong(removed != 0) : NULL;
+    if (del)
+        KV_CALL(self, st, 1, ops->del_many(self->h, &kp, &kl, 1, self->write_flags, &removed));
+    else
+        KV_CALL(self, st, ops->exists_blocks, ops->exists(self->h, k, kl, &found));
+    return st == KV_OK ? PyBool_FromLong(found || removed) : NULL;
 }
+
+static PyObject *KV_delete(KVObject *self, PyObject *key) { return key_flag(self, key, 1); }
+static PyObject *KV_exists(KVObject *self, PyObject *key) { return key_flag(self, key, 0); }
 
 /* delete_many(keys) -> number of distinct keys removed. The keys are copied
  * first (the sequence may change while the GIL is released). */

@@ -6,6 +6,7 @@ mode against a real kvault-writer process (and other attached processes),
 and in embedded mode where the calls have a meaning there.
 """
 
+import contextlib
 import multiprocessing as mp
 import signal
 import sqlite3
@@ -17,27 +18,34 @@ from kohakuvault.errors import InvalidArgument
 
 from test_shared_mode import WRITER, Writer, pipe_child
 
-needs_writer = pytest.mark.skipif(WRITER is None, reason="kvault-writer is not built")
 
 # A writer that commits only when asked (sync=True, len(), keys(), close):
 # what plain sqlite3 sees is then exactly what was committed on request.
 NO_AUTO_COMMIT = ("--commit-interval-ms", "3600000", "--batch-size", "100000000")
 
 
+@contextlib.contextmanager
+def serving(tmp_path, name, *extra):
+    """(path, Writer) of tmp_path/name served by a kvault-writer started
+    with the options `extra`; the writer is stopped on exit."""
+    if WRITER is None:
+        pytest.skip("kvault-writer is not built")
+    path = str(tmp_path / name)
+    w = Writer(path, *extra)
+    try:
+        yield path, w
+    finally:
+        w.kill(signal.SIGTERM)
+
+
 @pytest.fixture(params=["embedded", "shared"])
 def db(request, tmp_path):
     """A database path, served by a kvault-writer for the "shared" run."""
-    path = str(tmp_path / "modes.db")
     if request.param == "embedded":
-        yield path
+        yield str(tmp_path / "modes.db")
         return
-    if WRITER is None:
-        pytest.skip("kvault-writer is not built")
-    w = Writer(path)
-    try:
+    with serving(tmp_path, "modes.db") as (path, _):
         yield path
-    finally:
-        w.kill(signal.SIGTERM)
 
 
 def _open(path, **kw):
@@ -140,11 +148,8 @@ def test_pipelined_put_replaces_the_hot_cached_value(db):
             assert kv["h"] == f"w{i}"
 
 
-@needs_writer
 def test_flush_is_a_barrier_for_other_processes(tmp_path):
-    path = str(tmp_path / "barrier.db")
-    w = Writer(path)
-    try:
+    with serving(tmp_path, "barrier.db") as (path, _):
         with pipe_child(_reader, path) as conn:
             kv = KVault(path, shared=True, write_mode="pipelined")
             keys = [f"k{i}" for i in range(3000)]
@@ -172,15 +177,10 @@ def test_flush_is_a_barrier_for_other_processes(tmp_path):
             assert conn.recv() == [7]
             conn.send(None)
             kv.close()
-    finally:
-        w.kill(signal.SIGTERM)
 
 
-@needs_writer
 def test_flush_then_writer_crash_loses_nothing(tmp_path):
-    path = str(tmp_path / "crash.db")
-    w = Writer(path, *NO_AUTO_COMMIT)
-    try:
+    with serving(tmp_path, "crash.db", *NO_AUTO_COMMIT) as (path, w):
         kv = KVault(path, shared=True, write_mode="pipelined")
         n = 20_000
         for i in range(n):
@@ -200,15 +200,10 @@ def test_flush_then_writer_crash_loses_nothing(tmp_path):
         kv.put("after", b"1")  # re-attaches by itself
         assert kv["after"] == b"1"
         kv.close()
-    finally:
-        w.kill(signal.SIGTERM)
 
 
-@needs_writer
 def test_sync_put_in_pipelined_mode_is_committed(tmp_path):
-    path = str(tmp_path / "sync.db")
-    w = Writer(path, *NO_AUTO_COMMIT)
-    try:
+    with serving(tmp_path, "sync.db", *NO_AUTO_COMMIT) as (path, _):
         kv = KVault(path, shared=True, write_mode="pipelined")
         kv.put("before", b"b")
         kv.put("late", b"l")
@@ -221,8 +216,6 @@ def test_sync_put_in_pipelined_mode_is_committed(tmp_path):
         kv.put("t", b"x", sync=True, write_mode="pipelined")
         assert _sqlite_rows(path)[b"t"] == b"x"
         kv.close()
-    finally:
-        w.kill(signal.SIGTERM)
 
 
 def test_embedded_flush_writes_the_write_back_cache(tmp_path):
@@ -325,11 +318,8 @@ def test_batches_larger_than_the_ring(db, mode):
         assert len(other) == 0
 
 
-@needs_writer
 def test_put_many_is_applied_for_other_processes_when_it_returns(tmp_path):
-    path = str(tmp_path / "applied.db")
-    w = Writer(path)
-    try:
+    with serving(tmp_path, "applied.db") as (path, _):
         with pipe_child(_reader, path) as conn:
             kv = KVault(path, shared=True)   # applied
             kv.put_many([(f"k{i}", i) for i in range(2000)])
@@ -340,18 +330,12 @@ def test_put_many_is_applied_for_other_processes_when_it_returns(tmp_path):
             assert conn.recv() == [None] * len(range(0, 2000, 7))
             conn.send(None)
             kv.close()
-    finally:
-        w.kill(signal.SIGTERM)
 
 
 def test_forked_child_pipelined_writes(tmp_path):
     """A forked child's pipelined writes are its own (own ring), applied by
     flush() before it exits."""
-    if WRITER is None:
-        pytest.skip("kvault-writer is not built")
-    path = str(tmp_path / "fork.db")
-    w = Writer(path)
-    try:
+    with serving(tmp_path, "fork.db") as (path, _):
         kv = KVault(path, shared=True, write_mode="pipelined")
         kv["parent"] = 1
         ctx = mp.get_context("fork")
@@ -362,8 +346,6 @@ def test_forked_child_pipelined_writes(tmp_path):
         assert kv["parent"] == 1
         assert [kv[f"c{i}"] for i in range(100)] == list(range(100))
         kv.close()
-    finally:
-        w.kill(signal.SIGTERM)
 
 
 def _fork_writes(kv):
