@@ -342,7 +342,8 @@ class KVault(Mapping):
             InvalidArgument: bad key type; value not bytes-like with
                 auto-pack off (``"value must be bytes-like (or enable
                 auto-pack)"``); value not encodable (``use_pickle=False``,
-                unknown wrapper, msgpack/cbor wrapper failure).
+                unknown wrapper, msgpack/cbor wrapper failure); a
+                ``write_mode`` other than ``"applied"``/``"pipelined"``.
             DatabaseBusy: still locked after the retries.
             ValueError: the vault is closed.
         """
