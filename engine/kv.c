@@ -511,6 +511,54 @@ KV_API kv_status kv_delete(kv_db *db, const void *key, size_t klen, int *removed
     return KV_OK;
 }
 
+KV_API kv_status kv_delete_many(kv_db *db, const void *const *keys, const size_t *klens,
+                                size_t n, size_t *removed)
+{
+    if (removed)
+        *removed = 0;
+    if (n <= 1) {
+        int one = 0;
+        kv_status st = n ? kv_delete(db, keys[0], klens[0], &one) : KV_OK;
+        if (removed)
+            *removed = (size_t)one;
+        return st;
+    }
+    kvi_get_release(db);
+    KV_ASSERT(keys && klens);
+    uint8_t *gone = kvi_malloc(n);
+    if (!gone)
+        return kvi_err_set(&db->err, KV_NOMEM, "out of memory");
+    kvi_rcache_invalidate(db->rcache);
+    kv_status st = kvi_begin(db);
+    sqlite3_stmt *s = db->st_del;
+    for (size_t i = 0; i < n && st == KV_OK; i++) {
+        bind_blob(s, 1, keys[i], klens[i]);
+        int rc = sqlite3_step(s);
+        sqlite3_reset(s);
+        gone[i] = rc == SQLITE_DONE && sqlite3_changes(db->db) > 0;
+        if (rc != SQLITE_DONE)
+            st = kvi_err_sqlite(&db->err, db->db, rc, "delete");
+    }
+    if (st == KV_OK)
+        st = kvi_commit(db);
+    if (st != KV_OK) {
+        kvi_rollback(db);
+        kvi_free(gone);
+        return st;
+    }
+    /* Cached entries go only once the rows are gone (a failed call drops
+     * nothing); a key counts when its row or its cached entry went. */
+    size_t count = 0;
+    for (size_t i = 0; i < n; i++) {
+        int dropped = db->cache ? kvi_cache_remove(db->cache, keys[i], klens[i]) : 0;
+        count += gone[i] || dropped;
+    }
+    kvi_free(gone);
+    if (removed)
+        *removed = count;
+    return KV_OK;
+}
+
 KV_API kv_status kv_exists(kv_db *db, const void *key, size_t klen, int *found)
 {
     kvi_get_release(db);

@@ -767,3 +767,153 @@ kv_status kv_att_status(kv_att *a, char *buf, size_t cap)
 {
     return simple_request(a, KVSHM_MSG_STATUS, NULL, 0, buf, cap);
 }
+
+/* ======================================================================
+ * Batches: submit every record, ring the doorbell once, wait once
+ * ==================================================================== */
+
+/* Room for a record of len payload bytes in the ring. A full ring means the
+ * writer has not drained what this batch published: ring the doorbell
+ * (*published = 0: nothing left unannounced) and wait for room, re-attaching
+ * when the writer is gone. Precondition: check(a) succeeded. */
+static kv_status batch_reserve(kv_att *a, uint32_t len, void **p, int *published)
+{
+    kvshm_status ks = kvshm_ring_reserve(a->ring, len, p, 0);
+    while (ks != KVSHM_OK) {
+        if (ks == KVSHM_E_INVAL) return fail(a, KV_INVALID, "record too large for the ring");
+        kvshm_reader_ring_doorbell(a->r);
+        *published = 0;
+        if (writer_gone(a)) {
+            kv_status st = reattach(a);
+            if (st) return st;
+        }
+        ks = kvshm_ring_reserve(a->ring, len, p, WAIT_STEP_MS);
+    }
+    return KV_OK;
+}
+
+/* Publish one PUT/DEL record without ringing the doorbell; *published
+ * counts the records the writer has not been told about. */
+static kv_status batch_push(kv_att *a, uint32_t type, const void *key, size_t klen,
+                            const void *val, size_t vlen, int *published)
+{
+    void *p;
+    kv_status st = batch_reserve(a, (uint32_t)kvshm_keyrec_bytes(klen, vlen), &p, published);
+    if (st) return st;
+    kvshm_keyrec_encode(p, key, (uint32_t)klen, val, (uint32_t)vlen);
+    a->last_pos = kvshm_ring_publish(a->ring, type);
+    a->applied_ok = 0;
+    (*published)++;
+    return KV_OK;
+}
+
+/* Ring the doorbell for the records published since the last ring. */
+static void batch_announce(kv_att *a, int *published)
+{
+    if (*published && a->r) kvshm_reader_ring_doorbell(a->r);
+    *published = 0;
+}
+
+/* End of a batch: announce it, then return as `flags` say (kv_att_put). */
+static kv_status batch_finish(kv_att *a, int published, int flags)
+{
+    batch_announce(a, &published);
+    if (flags & KV_ATT_SYNC) return kv_att_wait(a, 1);
+    if (flags & KV_ATT_ASYNC) return KV_OK;
+    return kv_att_wait(a, 0);
+}
+
+static int key_ok(size_t klen) { return klen >= 1 && klen <= KVSHM_MAX_KEY; }
+
+kv_status kv_att_put_many(kv_att *a, const kv_item *items, size_t n, int flags)
+{
+    KV_ASSERT(a != NULL && (items != NULL || n == 0));
+    kv_status st = check(a);
+    if (st) return st;
+    for (size_t i = 0; i < n; i++)
+        if (!key_ok(items[i].klen))
+            return fail(a, KV_INVALID, "key length must be 1..%u bytes in shared mode",
+                        KVSHM_MAX_KEY);
+    size_t half = kvshm_ring_capacity(a->ring) / 2;
+    int published = 0;
+    for (size_t i = 0; i < n; i++) {
+        const kv_item *it = &items[i];
+        if (KVSHM_REC_KEYHDR + it->klen + it->vlen + 8 > half) {
+            batch_announce(a, &published);   /* the stream goes after what came before */
+            st = kv_att_put(a, it->key, it->klen, it->val, it->vlen, 0);
+        } else {
+            st = batch_push(a, KVSHM_REC_PUT, it->key, it->klen, it->val, it->vlen, &published);
+        }
+        if (st) {
+            batch_announce(a, &published);
+            return st;
+        }
+    }
+    return batch_finish(a, published, flags);
+}
+
+/* One key of a delete batch, sorted by hash to find repeated keys. */
+typedef struct del_ent {
+    uint64_t h;
+    size_t i;
+} del_ent;
+
+static int del_ent_cmp(const void *x, const void *y)
+{
+    const del_ent *a = x, *b = y;
+    if (a->h != b->h) return a->h < b->h ? -1 : 1;
+    return a->i < b->i ? -1 : a->i > b->i;
+}
+
+/* dup[i] = 1 for every key equal to an earlier one (keys[j], j < i). */
+static int mark_repeats(const void *const *keys, const size_t *klens, size_t n, uint8_t *dup)
+{
+    memset(dup, 0, n);
+    if (n < 2) return 0;
+    del_ent *e = malloc(n * sizeof *e);
+    if (!e) return -1;
+    for (size_t i = 0; i < n; i++) e[i] = (del_ent){kvshm_key_hash(keys[i], klens[i]), i};
+    qsort(e, n, sizeof *e, del_ent_cmp);
+    for (size_t s = 0; s < n; s++)          /* within a run of equal hashes, in index order */
+        for (size_t t = s + 1; t < n && e[t].h == e[s].h; t++)
+            if (!dup[e[t].i] && klens[e[t].i] == klens[e[s].i] &&
+                !memcmp(keys[e[t].i], keys[e[s].i], klens[e[s].i]))
+                dup[e[t].i] = 1;
+    free(e);
+    return 0;
+}
+
+kv_status kv_att_delete_many(kv_att *a, const void *const *keys, const size_t *klens, size_t n,
+                             int flags, size_t *removed)
+{
+    KV_ASSERT(a != NULL && ((keys != NULL && klens != NULL) || n == 0));
+    if (removed) *removed = 0;
+    kv_status st = check(a);
+    if (st) return st;
+    uint8_t *skip = malloc(n ? n : 1);
+    if (!skip || mark_repeats(keys, klens, n, skip)) {
+        free(skip);
+        return fail(a, KV_NOMEM, "out of memory");
+    }
+    /* Look every key up before submitting any record: the first lookup
+     * waits for this handle's earlier writes, the others do not wait. */
+    size_t count = 0;
+    for (size_t i = 0; i < n && st == KV_OK; i++) {
+        int found = 0;
+        if (skip[i] || (st = kv_att_exists(a, keys[i], klens[i], &found))) continue;
+        if (found && !key_ok(klens[i]))
+            st = fail(a, KV_INVALID, "key too long for shared mode");
+        count += (size_t)found;
+        skip[i] = !key_ok(klens[i]);
+    }
+    int published = 0;
+    for (size_t i = 0; i < n && st == KV_OK; i++)
+        if (!skip[i]) st = batch_push(a, KVSHM_REC_DEL, keys[i], klens[i], NULL, 0, &published);
+    free(skip);
+    if (st) {
+        batch_announce(a, &published);
+        return st;
+    }
+    if (removed) *removed = count;
+    return batch_finish(a, published, flags);
+}

@@ -8,7 +8,11 @@
  * docs/shared-mode.md:
  *   - put returns when the writer has APPLIED the write (every attached
  *     process sees it); put(..., sync=True) / sync() / flush_cache() wait
- *     until it is COMMITTED to SQLite;
+ *     until it is COMMITTED to SQLite; a pipelined write (KVB_PUT_PIPELINED)
+ *     returns once it is in the ring, and flush() waits until this handle's
+ *     writes are applied;
+ *   - put_many/del_many submit the whole batch, ring the writer's doorbell
+ *     once and wait once (kv_att_put_many / kv_att_delete_many);
  *   - the "write-back cache" is the ring itself: with it enabled, put
  *     returns as soon as the record is in the ring (batched apply) and the
  *     next read of this handle waits for it; flush_cache() returns the
@@ -91,37 +95,45 @@ static kv_status att_keys_batch(void *h, const void *p, size_t pn, const void *a
     return kv_att_keys_batch(((att *)h)->a, p, pn, after, an, max, out);
 }
 
+/* kv_att flags of KVB_PUT_* flags: committed, else submitted only
+ * (pipelined), else applied. */
+static int att_flags(int flags)
+{
+    return (flags & KVB_PUT_SYNC) ? KV_ATT_SYNC : (flags & KVB_PUT_PIPELINED) ? KV_ATT_ASYNC : 0;
+}
+
+/* Puts with the cache on are pipelined (batched in the ring) and counted
+ * for flush_cache(). */
 static kv_status att_put(void *h, const void *key, size_t klen, const void *val, size_t vlen,
                          int flags)
 {
     att *t = h;
-    int f = (flags & KVB_PUT_SYNC) ? KV_ATT_SYNC : t->cache_on ? KV_ATT_ASYNC : 0;
+    int f = att_flags(flags | (t->cache_on ? KVB_PUT_PIPELINED : 0));
     kv_status st = kv_att_put(t->a, key, klen, val, vlen, f);
     if (st == KV_OK && t->cache_on)
         t->cache_puts++;
     return st;
 }
 
-/* Stream the whole batch into the ring, then wait once until it is applied
- * (n == 0: waits for the records already in the ring). */
-static kv_status att_put_many(void *h, const kv_item *it, size_t n)
+/* A batch waits in the applied mode even with the cache on (put_many([])
+ * is how a caller waits for the records batched before it). */
+static kv_status att_put_many(void *h, const kv_item *it, size_t n, int flags)
 {
     att *t = h;
-    for (size_t i = 0; i < n; i++) {
-        kv_status st = kv_att_put(t->a, it[i].key, it[i].klen, it[i].val, it[i].vlen,
-                                  KV_ATT_ASYNC);
-        if (st != KV_OK)
-            return st;
-        if (t->cache_on)
-            t->cache_puts++;
-    }
-    return kv_att_wait(t->a, 0);
+    kv_status st = kv_att_put_many(t->a, it, n, att_flags(flags));
+    if (st == KV_OK && t->cache_on)
+        t->cache_puts += n;
+    return st;
 }
 
-static kv_status att_delete(void *h, const void *key, size_t klen, int *existed)
+static kv_status att_del_many(void *h, const void *const *keys, const size_t *klens, size_t n,
+                              int flags, size_t *removed)
 {
-    return kv_att_delete(((att *)h)->a, key, klen, existed);
+    return kv_att_delete_many(((att *)h)->a, keys, klens, n, att_flags(flags), removed);
 }
+
+/* Wait until the writer applied every write of this handle. */
+static kv_status att_flush(void *h) { return kv_att_wait(((att *)h)->a, 0); }
 
 static kv_status att_put_fd(void *h, const void *key, size_t klen, int fd, uint64_t size,
                             size_t chunk)

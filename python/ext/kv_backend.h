@@ -49,8 +49,13 @@
 #define KVB_DEFAULT_CACHE_FLUSH_THRESHOLD ((size_t)16 << 20) /* enable_cache(flush_threshold) */
 #define KVB_DEFAULT_KEYS_LIMIT 10000                       /* keys(limit) */
 
-/** kvb_ops.put flags */
-#define KVB_PUT_SYNC 1   /**< return once the value is committed to SQLite */
+/** Flags of kvb_ops.put / put_many / del_many (the write modes of
+ *  docs/shared-mode.md, "Write modes"). 0: return once the write is
+ *  applied (every reader of the file sees it). */
+#define KVB_PUT_SYNC 1       /**< return once the write is committed to SQLite */
+#define KVB_PUT_PIPELINED 2  /**< return once the write is submitted (attached: in
+                                  the ring; later reads of the handle wait for it);
+                                  the embedded backend applies it before returning */
 
 /** One backend of _KVault. Instances are static and immutable. */
 typedef struct kvb_ops {
@@ -102,14 +107,22 @@ typedef struct kvb_ops {
                             size_t alen, size_t max, kv_keys **out);
 
     /* ---- writes */
-    /** Upsert key -> value; `flags` 0 or KVB_PUT_SYNC. */
+    /** Upsert key -> value; `flags` KVB_PUT_*. */
     kv_status (*put)(void *h, const void *key, size_t klen, const void *val, size_t vlen,
                      int flags);
-    /** Upsert n pairs (n may be 0: then only waits for earlier writes as put
-     *  would). */
-    kv_status (*put_many)(void *h, const kv_item *items, size_t n);
-    /** Delete key; *existed = whether something was removed. */
-    kv_status (*del)(void *h, const void *key, size_t klen, int *existed);
+    /** Upsert n pairs (borrowed for the call), as one batch: embedded one
+     *  transaction (without a write-back cache), attached one submission
+     *  and at most one wait. n may be 0: then only waits for earlier writes
+     *  as put would. `flags` KVB_PUT_PIPELINED or 0. */
+    kv_status (*put_many)(void *h, const kv_item *items, size_t n, int flags);
+    /** Delete n keys (keys[i] of klens[i] bytes, borrowed for the call) as
+     *  one batch; *removed = number of distinct keys removed (a stored row
+     *  or an entry of the write-back cache). `flags` KVB_PUT_PIPELINED or 0. */
+    kv_status (*del_many)(void *h, const void *const *keys, const size_t *klens, size_t n,
+                          int flags, size_t *removed);
+    /** Return once every write made so far through `h` is applied
+     *  (embedded: the write-back cache flushed, unless it is locked). */
+    kv_status (*flush)(void *h);
 
     /* ---- streaming (raw values, no header) */
     /** Store `size` bytes read from `fd` (from its current offset). */
@@ -164,7 +177,7 @@ typedef struct kvb_ops {
 } kvb_ops;
 
 /** The whole table of a backend whose functions are named <p>_open,
- *  <p>_close, ... (one per entry, <p>_delete for del); a backend without an
+ *  <p>_close, ... (one per entry); a backend without an
  *  optional entry defines that name as NULL. */
 #define KVB_OPS(p, name_, keys_per_batch_, exists_blocks_)                                   \
     {                                                                                         \
@@ -173,7 +186,8 @@ typedef struct kvb_ops {
         .get_cached = p##_get_cached, .get_blocks = p##_get_blocks, .get = p##_get,           \
         .get_done = p##_get_done, .exists = p##_exists, .count = p##_count,                   \
         .keys_batch = p##_keys_batch, .put = p##_put, .put_many = p##_put_many,               \
-        .del = p##_delete, .put_fd = p##_put_fd, .get_to_fd = p##_get_to_fd,                  \
+        .del_many = p##_del_many, .flush = p##_flush, .put_fd = p##_put_fd,                   \
+        .get_to_fd = p##_get_to_fd,                                                           \
         .put_stream = p##_put_stream, .get_stream = p##_get_stream,                           \
         .stream_used_uring = p##_stream_used_uring, .cache_enable = p##_cache_enable,         \
         .cache_disable = p##_cache_disable, .cache_flush = p##_cache_flush,                   \

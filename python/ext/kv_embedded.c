@@ -59,8 +59,9 @@ static void emb_get_done(void *h) { kv_get_done(h); }
 
 /* Every put is committed when it returns, unless the write-back cache
  * holds it: sync = flush that cache (nothing to do without one, or while it
- * is locked). */
+ * is locked). Applied and committed are the same here, so flush = sync. */
 static kv_status emb_sync(void *h) { return kv_cache_flush(h, NULL); }
+#define emb_flush emb_sync
 
 static kv_status emb_put(void *h, const void *key, size_t klen, const void *val, size_t vlen,
                          int flags)
@@ -74,9 +75,22 @@ static void emb_cache_set_locked(void *h, int locked) { kv_cache_set_locked(h, l
 static int emb_cache_enabled(const void *h) { return kv_cache_enabled(h); }
 static int emb_stream_used_uring(const void *h) { return kv_stream_used_uring(h); }
 
+/* Batches are one transaction when put_many/del_many return: the write
+ * modes change nothing here (KVB_PUT_PIPELINED is ignored). */
+static kv_status emb_put_many(void *h, const kv_item *it, size_t n, int flags)
+{
+    (void)flags;
+    return kv_put_many(h, it, n);
+}
+
+static kv_status emb_del_many(void *h, const void *const *keys, const size_t *klens, size_t n,
+                              int flags, size_t *removed)
+{
+    (void)flags;
+    return kv_delete_many(h, keys, klens, n, removed);
+}
+
 /* The engine calls of the same name, with the kv_db seen as void *. */
-static kv_status emb_put_many(void *h, const kv_item *it, size_t n) { return kv_put_many(h, it, n); }
-static kv_status emb_delete(void *h, const void *k, size_t kn, int *x) { return kv_delete(h, k, kn, x); }
 static kv_status emb_exists(void *h, const void *k, size_t kn, int *x) { return kv_exists(h, k, kn, x); }
 static kv_status emb_count(void *h, int64_t *n) { return kv_count(h, n); }
 static kv_status emb_keys_batch(void *h, const void *p, size_t pn, const void *a, size_t an,

@@ -8,7 +8,11 @@
  * put/delete of the stripe's keys). A hit is one xxh3 of the key, one compare
  * and two loads from the segment header: no tree walk, no copy, no lock, no
  * system call, and never an older value than the segment itself would
- * return. Bounded by read_cache_bytes.
+ * return. Bounded by read_cache_bytes. While the handle has writes the
+ * writer has not applied yet (pipelined, or batched by enable_cache),
+ * kv_att_stamp returns 0 and every lookup misses: the read then goes
+ * through kv_att_get, which waits for them, so an object reads its own
+ * writes.
  *
  * The lookup is inline here so that kv_py.c's get checks it before any call
  * through the backend table; the rest is in kv_attached.c. Everything needs

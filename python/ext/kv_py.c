@@ -44,6 +44,7 @@ typedef struct {
     PyThread_type_lock lock;   /* leaf mutex; owned */
     int busy;                  /* the lock is held (changed with the GIL held) */
     kvhot *hot;                /* owned hot-value cache, or NULL */
+    int write_flags;           /* KVB_PUT_PIPELINED or 0: the object's write mode */
     kvpy_pack_opts opts;       /* §3.6 switches */
     size_t chunk_size;         /* default streaming chunk, bytes */
     PyObject *path;            /* owned str */
@@ -173,6 +174,30 @@ static int chunk_arg(KVObject *s, PyObject *o, size_t *chunk)
     return 0;
 }
 
+/* The write modes (docs/shared-mode.md, "Write modes"): name -> flags. */
+static const struct {
+    const char *name;
+    int flags;
+} write_modes[] = {{"applied", 0}, {"pipelined", KVB_PUT_PIPELINED}};
+
+#define WRITE_MODE_MSG "write_mode must be 'applied' or 'pipelined', got %R"
+
+/* A write_mode argument into *flags; None leaves *flags as it is. 0, or -1
+ * with ValueError. */
+static int write_mode_arg(PyObject *o, int *flags)
+{
+    if (o == Py_None)
+        return 0;
+    for (size_t i = 0; PyUnicode_Check(o) && i < sizeof write_modes / sizeof *write_modes; i++) {
+        if (PyUnicode_CompareWithASCIIString(o, write_modes[i].name) == 0) {
+            *flags = write_modes[i].flags;
+            return 0;
+        }
+    }
+    PyErr_Format(PyExc_ValueError, WRITE_MODE_MSG, o);
+    return -1;
+}
+
 /* ======================================================================
  * Construction
  * ==================================================================== */
@@ -180,20 +205,26 @@ static int chunk_arg(KVObject *s, PyObject *o, size_t *chunk)
 static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"path", "table", "chunk_size", "enable_wal", "page_size",
-                             "mmap_size", "cache_kb", "read_cache_bytes", "attach", NULL};
+                             "mmap_size", "cache_kb", "read_cache_bytes", "attach",
+                             "write_mode", NULL};
     kv_open_opts o;
     kv_open_opts_default(&o);
     PyObject *pathb = NULL;
     Py_ssize_t chunk = (Py_ssize_t)o.chunk_size;
     Py_ssize_t read_cache = (Py_ssize_t)o.read_cache_bytes;
     long long mmap = o.mmap_size, cache_kb = o.cache_kb;
-    int attach = 0;
+    int attach = 0, write_flags = 0;
+    PyObject *write_mode = Py_None;
     char err[512] = "";
 
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|snpiLL$np", kwlist, PyUnicode_FSConverter,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|snpiLL$npO", kwlist, PyUnicode_FSConverter,
                                      &pathb, &o.table, &chunk, &o.enable_wal, &o.page_size,
-                                     &mmap, &cache_kb, &read_cache, &attach))
+                                     &mmap, &cache_kb, &read_cache, &attach, &write_mode))
         return -1;
+    if (write_mode_arg(write_mode, &write_flags) < 0) {
+        Py_DECREF(pathb);
+        return -1;
+    }
     const char *bad = self->h ? "_KVault already initialised"
                       : chunk <= 0 ? "chunk_size must be positive"
                       : read_cache < 0 ? "read_cache_bytes must be >= 0" : NULL;
@@ -233,6 +264,7 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
     self->h = h;
     self->ops = ops;
     self->hot = hot;
+    self->write_flags = write_flags;
     self->chunk_size = (size_t)chunk;
     self->opts.auto_pack = 1;
     self->opts.headers = 1;
@@ -459,21 +491,49 @@ static PyObject *do_put(KVObject *self, PyObject *key, PyObject *value, int flag
 static PyObject *KV_put(KVObject *self, PyObject *const *args, Py_ssize_t nargs,
                         PyObject *kwnames)
 {
-    int sync = 0;
+    int sync = 0, flags = self->write_flags;
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "put(key, value, *, sync=False) takes exactly 2 "
                                          "positional arguments");
         return NULL;
     }
     for (Py_ssize_t i = 0; kwnames && i < PyTuple_GET_SIZE(kwnames); i++) {
-        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "sync")) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i), *v = args[nargs + i];
+        if (!PyUnicode_CompareWithASCIIString(name, "sync")) {
+            if ((sync = PyObject_IsTrue(v)) < 0)
+                return NULL;
+        } else if (!PyUnicode_CompareWithASCIIString(name, "write_mode")) {
+            if (write_mode_arg(v, &flags) < 0)
+                return NULL;
+        } else {
             PyErr_SetString(PyExc_TypeError, "put() got an unexpected keyword argument");
             return NULL;
         }
-        if ((sync = PyObject_IsTrue(args[nargs + i])) < 0)
-            return NULL;
     }
-    return do_put(self, args[0], args[1], sync ? KVB_PUT_SYNC : 0);
+    return do_put(self, args[0], args[1], flags | (sync ? KVB_PUT_SYNC : 0));
+}
+
+/* Append n bytes at p to buf: *off = where they start, *len = n. 0, or -1
+ * with MemoryError. Positions, not pointers: buf moves while it grows. */
+static int buf_add(kv_buf *buf, const void *p, size_t n, size_t *off, size_t *len)
+{
+    *off = buf->len;
+    *len = n;
+    if (kv_buf_append(buf, p, n) != KV_OK) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* buf_add of a key argument (bytes or str); TypeError for other types. */
+static int buf_add_key(kv_buf *buf, PyObject *key, size_t *off, size_t *len)
+{
+    const char *k;
+    Py_ssize_t kn;
+    if (kvpy_key_arg(key, &k, &kn) < 0)
+        return -1;
+    return buf_add(buf, k, (size_t)kn, off, len);
 }
 
 static PyObject *KV_put_many(KVObject *self, PyObject *items)
@@ -507,16 +567,8 @@ static PyObject *KV_put_many(KVObject *self, PyObject *items)
             PyErr_SetString(PyExc_TypeError, "put_many items must be (key, value) tuples");
             goto out;
         }
-        const char *k;
-        Py_ssize_t kn;
-        if (kvpy_key_arg(PyTuple_GET_ITEM(pair, 0), &k, &kn) < 0)
+        if (buf_add_key(&buf, PyTuple_GET_ITEM(pair, 0), &offs[4 * i], &offs[4 * i + 1]) < 0)
             goto out;
-        offs[4 * i] = buf.len;
-        if (kv_buf_append(&buf, k, (size_t)kn) != KV_OK) {
-            PyErr_NoMemory();
-            goto out;
-        }
-        offs[4 * i + 1] = (size_t)kn;
         kv_buf tmp;
         Py_buffer view;
         const void *v;
@@ -526,16 +578,12 @@ static PyObject *KV_put_many(KVObject *self, PyObject *items)
             kv_buf_free(&tmp);
             goto out;
         }
-        offs[4 * i + 2] = buf.len;
-        offs[4 * i + 3] = vn;
-        kv_status ast = kv_buf_append(&buf, v, vn);
+        int rc = buf_add(&buf, v, vn, &offs[4 * i + 2], &offs[4 * i + 3]);
         if (view.obj)
             PyBuffer_Release(&view);
         kv_buf_free(&tmp);
-        if (ast != KV_OK) {
-            PyErr_NoMemory();
+        if (rc < 0)
             goto out;
-        }
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         it[i].key = buf.data + offs[4 * i];
@@ -543,7 +591,7 @@ static PyObject *KV_put_many(KVObject *self, PyObject *items)
         it[i].val = buf.data + offs[4 * i + 2];
         it[i].vlen = offs[4 * i + 3];
     }
-    KV_CALL(self, st, 1, self->ops->put_many(self->h, it, (size_t)n));
+    KV_CALL(self, st, 1, self->ops->put_many(self->h, it, (size_t)n, self->write_flags));
     ret = none_unless(st);
 out:
     PyMem_Free(it);
@@ -557,23 +605,72 @@ out:
  * delete / exists / count
  * ==================================================================== */
 
-/* delete / exists: one backend call answering a flag for a key. */
+/* exists(key), or delete(key) (del: a batch of one key, in the object's
+ * write mode): the flag the backend answers. */
 static PyObject *key_flag(KVObject *self, PyObject *key, int del)
 {
     const char *k;
     Py_ssize_t kn;
-    int flag = 0;
+    int found = 0;
+    size_t removed = 0;
     kv_status st;
     if (kvpy_key_arg(key, &k, &kn) < 0)
         return NULL;
     const kvb_ops *ops = self->ops;
-    KV_CALL(self, st, del || ops->exists_blocks,
-            (del ? ops->del : ops->exists)(self->h, k, (size_t)kn, &flag));
-    return st == KV_OK ? PyBool_FromLong(flag) : NULL;
+    const void *kp = k;
+    size_t kl = (size_t)kn;
+    if (del)
+        KV_CALL(self, st, 1, ops->del_many(self->h, &kp, &kl, 1, self->write_flags, &removed));
+    else
+        KV_CALL(self, st, ops->exists_blocks, ops->exists(self->h, k, kl, &found));
+    return st == KV_OK ? PyBool_FromLong(found || removed) : NULL;
 }
 
 static PyObject *KV_delete(KVObject *self, PyObject *key) { return key_flag(self, key, 1); }
 static PyObject *KV_exists(KVObject *self, PyObject *key) { return key_flag(self, key, 0); }
+
+/* delete_many(keys) -> number of distinct keys removed. The keys are copied
+ * first (the sequence may change while the GIL is released). */
+static PyObject *KV_delete_many(KVObject *self, PyObject *keys)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    if (PyBytes_Check(keys) || PyUnicode_Check(keys)) {
+        PyErr_SetString(PyExc_TypeError, "delete_many expects a sequence of keys, not one key");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(keys, "delete_many expects a sequence of keys");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    kv_buf buf;
+    kv_buf_init(&buf);
+    size_t *offs = PyMem_Calloc((size_t)n * 2 + 1, sizeof *offs);
+    const void **kp = PyMem_Calloc((size_t)n + 1, sizeof *kp);
+    PyObject *ret = NULL;
+    size_t removed = 0;
+    kv_status st;
+    if (!offs || !kp) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    size_t *klens = offs + n;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (buf_add_key(&buf, PySequence_Fast_GET_ITEM(seq, i), &offs[i], &klens[i]) < 0)
+            goto out;
+    for (Py_ssize_t i = 0; i < n; i++)
+        kp[i] = buf.data + offs[i];
+    KV_CALL(self, st, 1,
+            self->ops->del_many(self->h, kp, klens, (size_t)n, self->write_flags, &removed));
+    if (st == KV_OK)
+        ret = PyLong_FromSize_t(removed);
+out:
+    PyMem_Free(offs);
+    PyMem_Free(kp);
+    kv_buf_free(&buf);
+    Py_DECREF(seq);
+    return ret;
+}
 
 static PyObject *KV_count(KVObject *self, PyObject *unused)
 {
@@ -1105,6 +1202,7 @@ SWITCH_GET(KV_headers_enabled, headers)
     }
 SIMPLE_CALL(KV_disable_cache, cache_disable)
 SIMPLE_CALL(KV_sync, sync)
+SIMPLE_CALL(KV_flush, flush)
 SIMPLE_CALL(KV_checkpoint, checkpoint)
 SIMPLE_CALL(KV_optimize, optimize)
 
@@ -1181,6 +1279,14 @@ static PyObject *KV_get_attached(KVObject *self, void *unused)
     return PyBool_FromLong(self->ops == &kvb_attached);
 }
 
+static PyObject *KV_get_write_mode(KVObject *self, void *unused)
+{
+    size_t i = 0;
+    while (write_modes[i].flags != self->write_flags)
+        i++;
+    return PyUnicode_FromString(write_modes[i].name);
+}
+
 /* ======================================================================
  * Type objects, module members
  * ==================================================================== */
@@ -1192,9 +1298,14 @@ static PyMethodDef KV_methods[] = {
     KV_METHOD(get, METH_O, "get(key) -> value; KeyNotFoundError('Key not found') if missing"),
     KV_METHOD(get_or, METH_FASTCALL, "get_or(key, default) -> value or default"),
     KV_METHOD(put, METH_FASTCALL | METH_KEYWORDS,
-              "put(key, value, *, sync=False): upsert (auto-packed); sync: return once committed"),
-    KV_METHOD(put_many, METH_O, "put_many([(key, value), ...]): every pair checked first"),
+              "put(key, value, *, sync=False, write_mode=None): upsert (auto-packed); sync: "
+              "return once committed; write_mode: 'applied'/'pipelined' for this call "
+              "(None: the object's)"),
+    KV_METHOD(put_many, METH_O,
+              "put_many([(key, value), ...]): every pair checked first, then one batch"),
     KV_METHOD(delete, METH_O, "delete(key) -> bool"),
+    KV_METHOD(delete_many, METH_O,
+              "delete_many([key, ...]) -> number of distinct keys removed (one batch)"),
     KV_METHOD(exists, METH_O, "exists(key) -> bool (the write-back cache is not consulted)"),
     KV_METHOD(count, METH_NOARGS, "count() -> int (attached: after a commit)"),
     KV_METHOD(keys, METH_VARARGS | METH_KEYWORDS,
@@ -1209,6 +1320,9 @@ static PyMethodDef KV_methods[] = {
     KV_METHOD(disable_cache, METH_NOARGS, "flush (never drops) and remove the cache"),
     KV_METHOD(flush_cache, METH_NOARGS, "flush_cache() -> entries written (0 if locked)"),
     KV_METHOD(sync, METH_NOARGS, "return once every write made so far is committed"),
+    KV_METHOD(flush, METH_NOARGS,
+              "return once every write of this object is applied (embedded: flush the "
+              "write-back cache unless locked)"),
     KV_METHOD(set_cache_locked, METH_O, "set_cache_locked(flag)"),
     KV_METHOD(cache_enabled, METH_NOARGS, "cache_enabled() -> bool"),
     KV_METHOD(enable_auto_pack, METH_VARARGS | METH_KEYWORDS,
@@ -1234,6 +1348,8 @@ static PyGetSetDef KV_getset[] = {
     {"path", (getter)KV_get_path, NULL, "the path given to the constructor", NULL},
     {"table", (getter)KV_get_table, NULL, "the table name", NULL},
     {"attached", (getter)KV_get_attached, NULL, "True when attached to a kvault-writer", NULL},
+    {"write_mode", (getter)KV_get_write_mode, NULL,
+     "'applied' or 'pipelined' (docs/shared-mode.md, \"Write modes\")", NULL},
     {"generation", (getter)KV_get_generation, NULL,
      "writer generation attached to (0 once closed); None when embedded", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -1246,7 +1362,7 @@ static PyTypeObject KVType = {
     .tp_dealloc = (destructor)KV_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "_KVault(path, table, chunk_size, enable_wal, page_size, mmap_size, cache_kb,\n"
-              "        *, read_cache_bytes, attach=False)\n"
+              "        *, read_cache_bytes, attach=False, write_mode='applied')\n"
               "Native key-value store over one SQLite table (see kohakuvault.KVault);\n"
               "defaults in KV_DEFAULTS. attach=True: attached to the kvault-writer\n"
               "serving the file (shared mode, docs/shared-mode.md), else embedded.\n"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from os import PathLike
-from typing import Any, BinaryIO, Iterator, Mapping, Protocol
+from typing import Any, BinaryIO, Iterator, Literal, Mapping, Protocol
 
 _Key = bytes | str
 
@@ -66,12 +66,30 @@ class _KVault(_PackSwitches):
         *,
         read_cache_bytes: int = 33554432,
         attach: bool = False,
-    ) -> None: ...
+        write_mode: Literal["applied", "pipelined"] | None = None,
+    ) -> None:
+        """``write_mode``: when writes return (docs/shared-mode.md, "Write
+        modes"): ``"applied"`` (default, also for ``None``) once the writer
+        applied them, ``"pipelined"`` once they are in this process's ring
+        (attached; embedded writes are applied on return either way).
+        Another value: ValueError."""
     def get(self, key: _Key) -> Any: ...
     def get_or(self, key: _Key, default: Any) -> Any: ...
-    def put(self, key: _Key, value: Any, *, sync: bool = False) -> None: ...
-    def put_many(self, items: list[tuple[_Key, Any]]) -> None: ...
+    def put(
+        self,
+        key: _Key,
+        value: Any,
+        *,
+        sync: bool = False,
+        write_mode: Literal["applied", "pipelined"] | None = None,
+    ) -> None:
+        """``sync``: return once committed; ``write_mode``: this call's mode
+        (``None``: the object's)."""
+    def put_many(self, items: list[tuple[_Key, Any]]) -> None:
+        """Every pair checked first, then one batch in the object's write mode."""
     def delete(self, key: _Key) -> bool: ...
+    def delete_many(self, keys: list[_Key] | tuple[_Key, ...]) -> int:
+        """One batch in the object's write mode; the number of distinct keys removed."""
     def exists(self, key: _Key) -> bool: ...
     def count(self) -> int: ...
     def keys(self, prefix: _Key | None = None, limit: int = 10000) -> Iterator[bytes]: ...
@@ -83,6 +101,9 @@ class _KVault(_PackSwitches):
     def disable_cache(self) -> None: ...
     def flush_cache(self) -> int: ...
     def sync(self) -> None: ...
+    def flush(self) -> None:
+        """Return once every write of this object is applied (embedded: flush
+        the write-back cache unless it is locked)."""
     def set_cache_locked(self, flag: bool) -> None: ...
     def cache_enabled(self) -> bool: ...
     def record_feature(self, name: str) -> None: ...
@@ -102,6 +123,8 @@ class _KVault(_PackSwitches):
     def table(self) -> str: ...
     @property
     def attached(self) -> bool: ...
+    @property
+    def write_mode(self) -> Literal["applied", "pipelined"]: ...
     @property
     def generation(self) -> int | None:
         """Writer generation attached to (0 once closed); None when embedded."""

@@ -38,11 +38,45 @@ _MISSING = object()
 _ALL_KEYS = 1 << 62
 # Flush daemon wake-up period, seconds (API.md §4.7).
 _DAEMON_TICK = 0.5
+# The write modes (docs/shared-mode.md, "Write modes"); the first is the default.
+_WRITE_MODES = ("applied", "pipelined")
+# Pairs per put_many batch of update().
+_UPDATE_BATCH = 4096
 
 
 def _key_bytes(key):
     """The key as stored: ``str`` → UTF-8 bytes, anything else unchanged."""
     return key.encode("utf-8") if isinstance(key, str) else key
+
+
+def _check_write_mode(write_mode):
+    if not isinstance(write_mode, str) or write_mode not in _WRITE_MODES:
+        raise InvalidArgument(
+            f"write_mode must be 'applied' or 'pipelined', got {write_mode!r}"
+        )
+
+
+def _pair_batches(src, size):
+    """Lists of at most ``size`` ``(key, value)`` tuples taken from ``src``
+    in order. A source that fails (not iterable, an item that is not a
+    pair) raises ``InvalidArgument`` after the batch of the pairs before the
+    bad item was yielded."""
+    batch = []
+    error = None
+    try:
+        for pair in src:
+            k, v = pair
+            batch.append((k, v))
+            if len(batch) == size:
+                yield batch
+                batch = []
+    except (TypeError, ValueError) as exc:
+        error = InvalidArgument(f"update expects a mapping or (key, value) pairs: {exc}")
+        error.__cause__ = exc
+    if batch:
+        yield batch
+    if error is not None:
+        raise error
 
 
 def _check_chunk(chunk_size):
@@ -116,12 +150,22 @@ class KVault(Mapping):
             values (up to 16 KiB) whose decoded type is immutable are kept
             as Python objects and served as long as the writer has applied
             no write to their key's stripe since (docs/shared-mode.md).
+        write_mode: when writes (:meth:`put`, ``kv[k] = v``,
+            :meth:`put_many`, :meth:`update`, :meth:`delete`,
+            :meth:`delete_many`) return. ``"applied"`` (default): once every
+            process sees the write. ``"pipelined"``: shared mode, once the
+            write is in this process's submission ring; this object reads
+            its own writes at once, other processes see them when the writer
+            applies them, and :meth:`flush` waits for that. Embedded, both
+            modes apply the write before returning. See docs/shared-mode.md,
+            "Write modes".
 
     Always set: ``synchronous=NORMAL``, ``temp_store=MEMORY``, busy timeout
     5000 ms.
 
     Raises:
-        InvalidArgument: ``path`` is not path-like, bad table name or other
+        InvalidArgument: ``path`` is not path-like, bad table name, a
+            ``write_mode`` other than ``"applied"``/``"pipelined"`` or other
             bad parameter.
         DatabaseBusy: the file stayed locked through every retry.
         KohakuVaultError: SQLite refused to open or set up the file.
@@ -147,6 +191,7 @@ class KVault(Mapping):
         cache_kb: int = _DEFAULTS["cache_kb"],
         shared="auto",
         read_cache_bytes: int = _DEFAULTS["read_cache_bytes"],
+        write_mode: str = _WRITE_MODES[0],
     ):
         self._closed = True  # until the native object exists (repr, close)
         self._native = None
@@ -167,17 +212,22 @@ class KVault(Mapping):
             raise InvalidArgument(str(exc)) from exc
         if backoff_base < 0:
             raise InvalidArgument("backoff_base must be >= 0")
+        _check_write_mode(write_mode)
         self._path = fspath
         self._table = table
         self._chunk_size = chunk_size
         self._retries = max(1, retries)
         self._backoff_base = backoff_base
+        self._write_mode = write_mode
 
         self._closed = False  # so that _fail maps open errors instead of "closed"
         self.shared = _attach(fspath, table, shared)  # shared mode: docs/shared-mode.md
         try:
             native_cls = functools.partial(
-                _kvault._KVault, read_cache_bytes=read_cache_bytes, attach=self.shared
+                _kvault._KVault,
+                read_cache_bytes=read_cache_bytes,
+                attach=self.shared,
+                write_mode=write_mode,
             )
             native = self._call(
                 native_cls,
@@ -274,35 +324,97 @@ class KVault(Mapping):
         except Exception as exc:  # noqa: BLE001
             return self._fail(exc, self._nget_or, (key, default), key)
 
-    def put(self, key, value, *, sync: bool = False) -> None:
+    def put(self, key, value, *, sync: bool = False, write_mode=None) -> None:
         """Store ``value`` under ``key`` (insert or replace).
 
         Auto-pack on: any value, encoded per API.md §3.2. Auto-pack off:
         ``bytes``, ``bytearray`` or ``memoryview`` (copied). Goes through the
         write-back cache when one is enabled.
 
+        Args:
+            sync: return once the value is committed to SQLite (shared mode:
+                the writer committed it; embedded: the write-back cache, if
+                any, is flushed), whatever the write mode.
+            write_mode: ``"applied"`` or ``"pipelined"`` for this call;
+                ``None`` (default): the vault's :attr:`write_mode`.
+
         Raises:
             InvalidArgument: bad key type; value not bytes-like with
                 auto-pack off (``"value must be bytes-like (or enable
                 auto-pack)"``); value not encodable (``use_pickle=False``,
-                unknown wrapper, msgpack/cbor wrapper failure).
+                unknown wrapper, msgpack/cbor wrapper failure); a
+                ``write_mode`` other than ``"applied"``/``"pipelined"``.
             DatabaseBusy: still locked after the retries.
             ValueError: the vault is closed.
         """
-        if sync:
-            self._put_sync(key, value)
+        if sync or write_mode is not None:
+            self._put_with(key, value, sync, write_mode)
             return
         try:
             self._nput(key, value)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc, self._nput, (key, value), key)
 
-    def _put_sync(self, key, value) -> None:
-        """``put(..., sync=True)``: return once the value is committed to
-        SQLite (shared mode: the writer committed it; embedded: the
-        write-back cache, if any, is flushed)."""
+    def _put_with(self, key, value, sync, write_mode) -> None:
+        """``put`` with ``sync=True`` or a ``write_mode`` for this call."""
         native = self._n()
-        self._call(functools.partial(native.put, sync=True), key, value, key=key)
+        options = {"sync": True} if sync else {}
+        if write_mode is not None:
+            _check_write_mode(write_mode)
+            options["write_mode"] = write_mode
+        self._call(functools.partial(native.put, **options), key, value, key=key)
+
+    def put_many(self, items) -> None:
+        """Store every ``(key, value)`` pair of ``items`` as one batch.
+
+        Args:
+            items: a Mapping (its ``.items()`` are used) or an iterable of
+                ``(key, value)`` pairs.
+
+        Every pair is checked (key type, value encodable) before any is
+        stored. Embedded without a write-back cache: one transaction; with
+        a cache each pair follows the cache rules of :meth:`put`. Shared
+        mode: every record enters the ring, the writer is woken once, and
+        the call waits once (``"applied"``) or not at all
+        (``"pipelined"``).
+
+        Raises:
+            InvalidArgument: a malformed pair, a bad key or value (nothing
+                is stored).
+            DatabaseBusy: still locked after the retries.
+            ValueError: the vault is closed.
+        """
+        native = self._n()
+        src = items.items() if isinstance(items, Mapping) else items
+        try:
+            pairs = [(k, v) for k, v in src]
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(
+                f"put_many expects a mapping or (key, value) pairs: {exc}"
+            ) from exc
+        self._call(native.put_many, pairs)
+
+    @property
+    def write_mode(self) -> str:
+        """``"applied"`` or ``"pipelined"``: when writes return (set at
+        construction; docs/shared-mode.md, "Write modes")."""
+        return self._write_mode
+
+    def flush(self) -> None:
+        """Barrier: return once every write this object made is applied.
+
+        Shared mode: every attached process then sees them, and a crash of
+        the writer loses none of them (the next writer replays applied
+        records); a machine crash may (use ``sync=True`` or
+        :meth:`flush_cache` for committed). Embedded: flushes the
+        write-back cache if one is enabled and not locked (like
+        :meth:`flush_cache`), else does nothing.
+
+        Raises:
+            DatabaseBusy / KohakuVaultError: writing cached entries failed.
+            ValueError: the vault is closed.
+        """
+        self._call(self._n().flush)
 
     def __setitem__(self, key, value) -> None:
         """``kv[key] = value``: same as :meth:`put`."""
@@ -347,6 +459,30 @@ class KVault(Mapping):
             ValueError: the vault is closed.
         """
         return self._call(self._n().delete, key, key=key)
+
+    def delete_many(self, keys) -> int:
+        """Delete every key of ``keys`` (an iterable of ``bytes``/``str``)
+        as one batch; returns how many distinct keys had a stored row or a
+        value waiting in the write-back cache, as :meth:`delete` counts.
+
+        Embedded: one transaction. Shared mode: every key is looked up, then
+        every record enters the ring, the writer is woken once and the call
+        waits once (``"applied"``) or not at all (``"pipelined"``).
+
+        Raises:
+            InvalidArgument: ``keys`` is a single key or not iterable, or a
+                key is not ``bytes``/``str`` (nothing is deleted).
+            ValueError: the vault is closed.
+        """
+        native = self._n()
+        if isinstance(keys, (str, bytes, bytearray, memoryview)):
+            raise InvalidArgument("delete_many expects an iterable of keys, not one key")
+        if not isinstance(keys, (list, tuple)):
+            try:
+                keys = list(keys)
+            except TypeError as exc:
+                raise InvalidArgument(f"delete_many expects an iterable of keys: {exc}") from exc
+        return self._call(native.delete_many, keys)
 
     def __delitem__(self, key) -> None:
         """``del kv[key]``; ``KeyError(key)`` when nothing was deleted."""
@@ -442,9 +578,12 @@ class KVault(Mapping):
                 ``(key, value)`` pairs.
             kwargs: more pairs (``str`` keys).
 
-        Without a write-back cache all pairs are written in one transaction
-        (either all or none are stored when one value is bad); with a cache
-        each pair follows the cache rules of :meth:`put`.
+        Stores as ``kv[k] = v`` for each pair in order would: when a pair
+        is bad, the pairs before it are stored and the error of that pair is
+        raised. The pairs go in batches of 4096 through :meth:`put_many`
+        (one transaction each without a write-back cache, one wake-up of the
+        writer each in shared mode); a batch that fails is redone pair by
+        pair.
 
         Raises:
             InvalidArgument: a bad key or value, or a malformed pair.
@@ -452,17 +591,22 @@ class KVault(Mapping):
         """
         native = self._n()
         src = other.items() if isinstance(other, Mapping) else other
-        pairs = []
+        for batch in _pair_batches(src, _UPDATE_BATCH):
+            self._put_batch(native, batch)
+        if kwargs:
+            self._put_batch(native, list(kwargs.items()))
+
+    def _put_batch(self, native, pairs) -> None:
+        """``put_many(pairs)``; if it fails, ``put`` pair by pair, so the
+        pairs before a bad one are stored and its error is raised."""
         try:
-            for pair in src:
-                k, v = pair
-                pairs.append((k, v))
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgument(f"update expects a mapping or (key, value) pairs: {exc}") from exc
-        pairs.extend(kwargs.items())
-        if not pairs:
+            native.put_many(pairs)
             return
-        self._call(native.put_many, pairs)
+        except Exception:  # noqa: BLE001 - redone one by one below
+            if self._closed:
+                raise ValueError(_CLOSED_MSG) from None
+        for k, v in pairs:
+            self.put(k, v)
 
     def clear(self) -> None:
         """Delete every key.
@@ -479,8 +623,7 @@ class KVault(Mapping):
             batch = list(self.keys(limit=_DEFAULTS["keys_limit"]))
             if not batch:
                 return
-            for k in batch:
-                self._call(native.delete, k, key=k)
+            self._call(native.delete_many, batch)
 
     # ---------------------------------------------------------- streaming
 

@@ -184,3 +184,122 @@ Test(attach, writer_killed_then_restarted_keeps_applied_writes)
     kv_db_close(d);
     kv_attach_close(a);
 }
+
+/* ---- batches: kv_att_put_many / kv_att_delete_many --------------------- */
+
+/* n items "b<i>" -> "v<i>" padded to vlen bytes, in one allocation. */
+static kv_item *batch_items(size_t n, size_t vlen, char **store)
+{
+    kv_item *it = calloc(n, sizeof *it);
+    char *s = calloc(n, 32 + vlen);
+    cr_assert(it && s);
+    for (size_t i = 0; i < n; i++) {
+        char *k = s + i * (32 + vlen), *v = k + 16;
+        int kl = snprintf(k, 16, "b%zu", i);
+        memset(v, 'a' + (int)(i % 26), 16 + vlen);
+        it[i] = (kv_item){k, (size_t)kl, v, vlen};
+    }
+    *store = s;
+    return it;
+}
+
+Test(attach, put_many_applied_async_and_larger_than_the_ring)
+{
+    kv_attach_opts o;
+    kv_attach_opts_default(&o);
+    o.ring_bytes = 64u << 10;   /* the batch fills it many times over */
+    char err[512] = "";
+    kv_att *a = NULL;
+    cr_assert_eq(kv_attach(db, &o, &a, err, sizeof err), KV_OK, "%s", err);
+    kv_att *b = att();
+    char *store;
+    size_t n = 3000, vlen = 100;
+    kv_item *it = batch_items(n, vlen, &store);
+    /* one value larger than half the ring goes as a stream, in order */
+    size_t big_len = 40u << 10;
+    char *big = malloc(big_len);
+    memset(big, 'z', big_len);
+    it[1500].val = big;
+    it[1500].vlen = big_len;
+    cr_assert_eq(kv_att_put_many(a, it, n, 0), KV_OK, "%s", kv_att_errmsg(a));
+    const void *v;
+    size_t vn;
+    for (size_t i = 0; i < n; i += 97) {   /* applied: another handle sees them */
+        cr_assert_eq(kv_att_get(b, it[i].key, it[i].klen, &v, &vn), KV_OK);
+        cr_assert_eq(vn, it[i].vlen);
+        cr_assert_eq(memcmp(v, it[i].val, vn), 0);
+    }
+    cr_assert_eq(kv_att_get(b, it[1500].key, it[1500].klen, &v, &vn), KV_OK);
+    cr_assert_eq(vn, big_len);
+    /* ASYNC: the same handle reads them back at once */
+    for (size_t i = 0; i < n; i++) it[i].val = "new";
+    for (size_t i = 0; i < n; i++) it[i].vlen = 3;
+    cr_assert_eq(kv_att_put_many(a, it, n, KV_ATT_ASYNC), KV_OK);
+    cr_assert_eq(kv_att_get(a, it[n - 1].key, it[n - 1].klen, &v, &vn), KV_OK);
+    cr_assert_eq(vn, 3);
+    cr_assert_eq(memcmp(v, "new", 3), 0);
+    cr_assert_eq(kv_att_put_many(a, NULL, 0, 0), KV_OK);   /* waits for the batch */
+    cr_assert_eq(kv_att_get(b, it[0].key, it[0].klen, &v, &vn), KV_OK);
+    cr_assert_eq(vn, 3);
+    /* a bad key anywhere: nothing is submitted */
+    char long_key[4097];
+    memset(long_key, 'k', sizeof long_key);
+    kv_item bad[2] = {{"fresh", 5, "1", 1}, {long_key, sizeof long_key, "2", 1}};
+    cr_assert_eq(kv_att_put_many(a, bad, 2, 0), KV_INVALID);
+    cr_assert_eq(kv_att_get(a, "fresh", 5, &v, &vn), KV_NOTFOUND);
+    free(big);
+    free(store);
+    free(it);
+    kv_attach_close(b);
+    kv_attach_close(a);
+}
+
+Test(attach, delete_many_counts_distinct_keys_that_existed)
+{
+    kv_att *a = att();
+    kv_att *b = att();
+    char *store;
+    size_t n = 500;
+    kv_item *it = batch_items(n, 8, &store);
+    cr_assert_eq(kv_att_put_many(a, it, n, KV_ATT_ASYNC), KV_OK);
+    /* every even key, each listed twice, plus two missing keys */
+    size_t m = n + 2;
+    const void **keys = calloc(m, sizeof *keys);
+    size_t *klens = calloc(m, sizeof *klens);
+    for (size_t i = 0; i < n; i++) {
+        keys[i] = it[(i / 2) * 2].key;
+        klens[i] = it[(i / 2) * 2].klen;
+    }
+    keys[n] = "missing";
+    klens[n] = 7;
+    keys[n + 1] = "";   /* an empty key that does not exist is skipped */
+    klens[n + 1] = 0;
+    size_t removed = 0;
+    cr_assert_eq(kv_att_delete_many(a, keys, klens, m, 0, &removed), KV_OK, "%s",
+                 kv_att_errmsg(a));
+    cr_assert_eq(removed, n / 2);
+    const void *v;
+    size_t vn;
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(kv_att_get(b, it[i].key, it[i].klen, &v, &vn),
+                     i % 2 ? KV_OK : KV_NOTFOUND, "key %zu", i);
+    /* again: nothing left to remove; pipelined, read back by the same handle */
+    cr_assert_eq(kv_att_delete_many(a, keys, klens, m, KV_ATT_ASYNC, &removed), KV_OK);
+    cr_assert_eq(removed, 0);
+    const void *one = it[1].key;
+    size_t one_len = it[1].klen;
+    cr_assert_eq(kv_att_delete_many(a, &one, &one_len, 1, KV_ATT_ASYNC, &removed), KV_OK);
+    cr_assert_eq(removed, 1);
+    cr_assert_eq(kv_att_get(a, it[1].key, it[1].klen, &v, &vn), KV_NOTFOUND);
+    cr_assert_eq(kv_att_delete_many(a, NULL, NULL, 0, KV_ATT_SYNC, &removed), KV_OK);
+    cr_assert_eq(removed, 0);
+    int64_t cnt = -1;
+    cr_assert_eq(kv_att_count(b, &cnt), KV_OK);
+    cr_assert_eq(cnt, (int64_t)(n / 2 - 1));
+    free(keys);
+    free(klens);
+    free(store);
+    free(it);
+    kv_attach_close(b);
+    kv_attach_close(a);
+}

@@ -247,6 +247,15 @@ KV_API kv_status kv_put_many(kv_db *db, const kv_item *items, size_t n);
  *  removed, else 0. Returns KV_OK, KV_BUSY, KV_IO, KV_SQLITE. */
 KV_API kv_status kv_delete(kv_db *db, const void *key, size_t klen, int *removed);
 
+/** Delete n keys (keys[i] of klens[i] bytes, borrowed for the call) as
+ *  kv_delete does, in one IMMEDIATE transaction (n <= 1: kv_delete). Cached
+ *  entries of the keys are dropped once the transaction committed; on a
+ *  failure nothing is deleted and no cached entry is dropped. *removed (may
+ *  be NULL) = number of listed keys whose row or cached entry was removed (a
+ *  key listed twice counts once). Returns as kv_delete, plus KV_NOMEM. */
+KV_API kv_status kv_delete_many(kv_db *db, const void *const *keys, const size_t *klens,
+                                size_t n, size_t *removed);
+
 /** *found = 1 if `key` has a row in SQLite (the cache is not consulted).
  *  Returns KV_OK, KV_BUSY, KV_IO, KV_SQLITE. */
 KV_API kv_status kv_exists(kv_db *db, const void *key, size_t klen, int *found);

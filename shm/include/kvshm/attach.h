@@ -161,6 +161,38 @@ void kv_att_counters(const kv_att *a, uint64_t *hits, uint64_t *misses);
  *  kv_att_get (one thread at a time per handle). */
 void kv_att_add_hits(kv_att *a, uint64_t n);
 
+/* ---- batches: every record of a call is submitted, then the writer's
+ * doorbell is rung once and the caller waits once (or not at all). */
+
+/** Upsert the n pairs of `items` (kv_item: borrowed key/value pointers and
+ *  lengths in bytes; read during the call only; n may be 0). Every key is
+ *  checked first (1..4096 bytes): on KV_INVALID nothing is submitted. The
+ *  records enter this handle's ring in order, the doorbell is rung once,
+ *  then `flags` (as kv_att_put's) decide the return: 0 when the writer has
+ *  applied every record (n == 0: every earlier write of the handle),
+ *  KV_ATT_ASYNC at once (later reads of the handle wait for them),
+ *  KV_ATT_SYNC once they are committed. When the ring fills up the
+ *  doorbell is rung early and the call waits for room. A pair larger than
+ *  half the ring goes as a stream, as kv_att_put sends it: after the pairs
+ *  before it are applied, and committed before the next pair is submitted.
+ *  Returns KV_OK, KV_INVALID, KV_NOMEM, KV_IO (writer gone and none came
+ *  back; pairs submitted before are kept and applied by the next writer).
+ *  Same thread rules as kv_att_put. */
+kv_status kv_att_put_many(kv_att *a, const kv_item *items, size_t n, int flags);
+
+/** Delete n keys (keys[i] of klens[i] bytes; arrays and keys borrowed for
+ *  the call; n may be 0). First every key is looked up (after this
+ *  handle's earlier writes are applied, as kv_att_exists does); *removed
+ *  (may be NULL) = number of distinct keys that existed then (a key listed
+ *  twice counts once). A key of length 0 or > 4096 that exists fails the
+ *  whole call with KV_INVALID before anything is submitted (one that does
+ *  not exist is skipped). Then one DEL record per distinct key enters the
+ *  ring, the doorbell is rung once, and `flags` decide the return as in
+ *  kv_att_put_many. Returns KV_OK, KV_INVALID, KV_NOMEM, KV_IO, or a
+ *  kv_att_get status (KV_CORRUPT, KV_BUSY) of a lookup. */
+kv_status kv_att_delete_many(kv_att *a, const void *const *keys, const size_t *klens, size_t n,
+                             int flags, size_t *removed);
+
 #ifdef __cplusplus
 }
 #endif
