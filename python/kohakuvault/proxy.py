@@ -40,8 +40,6 @@ _ALL_KEYS = 1 << 62
 _DAEMON_TICK = 0.5
 # The write modes (docs/shared-mode.md, "Write modes"); the first is the default.
 _WRITE_MODES = ("applied", "pipelined")
-# Pairs per put_many batch of update().
-_UPDATE_BATCH = 4096
 
 
 def _key_bytes(key):
@@ -54,29 +52,6 @@ def _check_write_mode(write_mode):
         raise InvalidArgument(
             f"write_mode must be 'applied' or 'pipelined', got {write_mode!r}"
         )
-
-
-def _pair_batches(src, size):
-    """Lists of at most ``size`` ``(key, value)`` tuples taken from ``src``
-    in order. A source that fails (not iterable, an item that is not a
-    pair) raises ``InvalidArgument`` after the batch of the pairs before the
-    bad item was yielded."""
-    batch = []
-    error = None
-    try:
-        for pair in src:
-            k, v = pair
-            batch.append((k, v))
-            if len(batch) == size:
-                yield batch
-                batch = []
-    except (TypeError, ValueError) as exc:
-        error = InvalidArgument(f"update expects a mapping or (key, value) pairs: {exc}")
-        error.__cause__ = exc
-    if batch:
-        yield batch
-    if error is not None:
-        raise error
 
 
 def _check_chunk(chunk_size):
@@ -578,35 +553,24 @@ class KVault(Mapping):
                 ``(key, value)`` pairs.
             kwargs: more pairs (``str`` keys).
 
-        Stores as ``kv[k] = v`` for each pair in order would: when a pair
-        is bad, the pairs before it are stored and the error of that pair is
-        raised. The pairs go in batches of 4096 through :meth:`put_many`
-        (one transaction each without a write-back cache, one wake-up of the
-        writer each in shared mode); a batch that fails is redone pair by
-        pair.
+        All pairs go as one :meth:`put_many` batch: without a write-back
+        cache one transaction (all or none are stored when one pair is bad);
+        with a cache each pair follows the cache rules of :meth:`put`; in
+        shared mode one wake-up of the writer and one wait (none when
+        ``write_mode="pipelined"``).
 
         Raises:
             InvalidArgument: a bad key or value, or a malformed pair.
             ValueError: the vault is closed.
         """
-        native = self._n()
         src = other.items() if isinstance(other, Mapping) else other
-        for batch in _pair_batches(src, _UPDATE_BATCH):
-            self._put_batch(native, batch)
-        if kwargs:
-            self._put_batch(native, list(kwargs.items()))
-
-    def _put_batch(self, native, pairs) -> None:
-        """``put_many(pairs)``; if it fails, ``put`` pair by pair, so the
-        pairs before a bad one are stored and its error is raised."""
         try:
-            native.put_many(pairs)
-            return
-        except Exception:  # noqa: BLE001 - redone one by one below
-            if self._closed:
-                raise ValueError(_CLOSED_MSG) from None
-        for k, v in pairs:
-            self.put(k, v)
+            pairs = [(k, v) for k, v in src]
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"update expects a mapping or (key, value) pairs: {exc}") from exc
+        pairs.extend(kwargs.items())
+        if pairs:
+            self._call(self._n().put_many, pairs)
 
     def clear(self) -> None:
         """Delete every key.
