@@ -1,0 +1,202 @@
+/*
+ * spinwait.c -- adaptive spin-then-sleep waiting (spinwait.h).
+ *
+ * Budget rule: glibc's adaptive mutex (nptl/pthread_mutex_lock.c,
+ * PTHREAD_MUTEX_ADAPTIVE_NP) keeps a per-lock spin count and after each
+ * acquisition moves it by `spins += (observed - spins) / 8`. Here the
+ * observation of a wait that became ready after t ns of spinning is 2t (so
+ * the next wait may take twice as long and still be caught), capped at the
+ * site's cap; the observation of a wait that ran out of budget is 0, so a
+ * site whose peer keeps it waiting longer than the budget stops spinning
+ * after a few dozen waits. A budget below cap / 16 no longer spins except
+ * every PROBE_EVERY-th wait, which spins up to the cap: a probe that
+ * succeeds puts the budget straight back to 2t.
+ */
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "atomics.h"
+#include "spinwait.h"
+
+#define SPIN_MIN_NS 2000u    /* smallest budget a success sets */
+#define PROBE_EVERY 32u      /* waits between probes while the budget is low */
+#define CLOCK_EVERY 16u      /* polls between two clock reads */
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield" ::: "memory");
+#else
+    kv_compiler_barrier();
+#endif
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- usable CPUs -------------------------------------------------------- */
+
+static _Atomic int g_cpus;   /* 0: not computed in this process yet */
+static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
+static void cpus_forget(void) { atomic_store_explicit(&g_cpus, 0, memory_order_relaxed); }
+static void install_atfork(void) { pthread_atfork(NULL, NULL, cpus_forget); }
+
+/* ceil(quota / period) of a cgroup v2 cpu.max ("max 100000" or
+ * "<quota> <period>"), or 0 when it sets no limit or cannot be read. */
+static int cgroup_cpus(void)
+{
+    FILE *f = fopen("/sys/fs/cgroup/cpu.max", "re");
+    if (!f) return 0;
+    char quota[32];
+    unsigned long long period = 0;
+    int n = 0;
+    if (fscanf(f, "%31s %llu", quota, &period) == 2 && strcmp(quota, "max") != 0 && period) {
+        unsigned long long q = strtoull(quota, NULL, 10);
+        if (q) n = (int)((q + period - 1) / period);
+    }
+    fclose(f);
+    return n;
+}
+
+static int count_cpus(void)
+{
+    cpu_set_t set;
+    int n = 0;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+    if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    int q = cgroup_cpus();
+    if (q > 0 && q < n) n = q;
+    return n < 1 ? 1 : n;
+}
+
+int kvshm_spin_usable_cpus(void)
+{
+    int n = atomic_load_explicit(&g_cpus, memory_order_relaxed);
+    if (__builtin_expect(n > 0, 1)) return n;
+    pthread_once(&g_atfork_once, install_atfork);
+    n = count_cpus();
+    atomic_store_explicit(&g_cpus, n, memory_order_relaxed);
+    return n;
+}
+
+/* ---- the free-core rule ------------------------------------------------- */
+
+/* Take a core for spinning if the rule allows; 1 if taken (undo with
+ * gate_leave). */
+static int gate_enter(const kvshm_spin_gate *g, int cpus)
+{
+    if (!g || !g->spinners) return 1;
+    if (g->writer) {
+        if (kv_atomic_load_relaxed32(g->spinners) >= (uint32_t)cpus - 1) return 0;
+        if (g->mark) kv_atomic_store_relaxed32(g->mark, 1);
+        return 1;
+    }
+    uint32_t busy = g->peer_sleeping && kv_atomic_load_relaxed32(g->peer_sleeping) ? 0 : 1;
+    /* cheap refusal first: no locked instruction when there is clearly no room */
+    if (busy + kv_atomic_load_relaxed32(g->spinners) >= (uint32_t)cpus) return 0;
+    uint32_t prev = kv_atomic_fetch_add_acq_rel32(g->spinners, 1);
+    if (busy + prev >= (uint32_t)cpus) {
+        kv_atomic_fetch_add_acq_rel32(g->spinners, (uint32_t)-1);
+        return 0;
+    }
+    /* count first, mark second: a spinner killed between the two leaks
+     * one count (spinning is then merely rarer) but never makes the
+     * reaper take back a count that was not added */
+    if (g->mark) kv_atomic_store_release32(g->mark, 1);
+    return 1;
+}
+
+static void gate_leave(const kvshm_spin_gate *g)
+{
+    if (!g || !g->spinners) return;
+    if (g->writer) {
+        if (g->mark) kv_atomic_store_relaxed32(g->mark, 0);
+        return;
+    }
+    if (g->mark) kv_atomic_store_release32(g->mark, 0);
+    kv_atomic_fetch_add_acq_rel32(g->spinners, (uint32_t)-1);
+}
+
+void kvshm_spin_reap(uint32_t *spinners, uint32_t *mark)
+{
+    if (kv_atomic_load_acquire32(mark)) {
+        kv_atomic_store_relaxed32(mark, 0);
+        kv_atomic_fetch_add_acq_rel32(spinners, (uint32_t)-1);
+    }
+}
+
+/* ---- budget -------------------------------------------------------------- */
+
+void kvshm_spin_init(kvshm_spin *s, uint32_t cap_ns)
+{
+    memset(s, 0, sizeof *s);
+    s->cap_ns = cap_ns;
+    s->budget_ns = cap_ns;
+    s->probe_in = PROBE_EVERY;
+}
+
+/* glibc's rule: budget += (observed - budget) / 8. */
+static void adapt(kvshm_spin *s, uint64_t observed)
+{
+    int64_t d = ((int64_t)observed - (int64_t)s->budget_ns) / 8;
+    s->budget_ns = (uint32_t)((int64_t)s->budget_ns + d);
+}
+
+int kvshm_spin_until(kvshm_spin *s, const kvshm_spin_gate *gate, kvshm_spin_ready ready,
+                     void *ctx)
+{
+    if (s->cap_ns == 0) return 0;
+    int cpus = kvshm_spin_usable_cpus();
+    if (cpus < 2) {
+        /* One CPU: spinning could only delay the peer. A peer we just woke
+         * may be runnable on this CPU: let it run first. */
+        for (int i = 0; i < 2; i++) {
+            sched_yield();
+            if (ready(ctx)) return 1;
+        }
+        return 0;
+    }
+    uint64_t budget = s->budget_ns;
+    int probe = 0;
+    if (budget < s->cap_ns / 16) {
+        if (--s->probe_in > 0) return 0;
+        s->probe_in = PROBE_EVERY;
+        budget = s->cap_ns;
+        probe = 1;
+    }
+    if (!gate_enter(gate, cpus)) return 0;
+    s->spins++;
+    uint64_t t0 = now_ns();
+    int hit = 0;
+    for (uint32_t i = 1;; i++) {
+        if (ready(ctx)) { hit = 1; break; }
+        cpu_relax();
+        if (i % CLOCK_EVERY == 0 && now_ns() - t0 >= budget) break;
+    }
+    gate_leave(gate);
+    if (!hit) {
+        if (!probe) adapt(s, 0);
+        return 0;
+    }
+    s->hits++;
+    uint64_t target = 2 * (now_ns() - t0);
+    if (target < SPIN_MIN_NS) target = SPIN_MIN_NS;
+    if (target > s->cap_ns) target = s->cap_ns;
+    if (probe) {
+        if (target > s->budget_ns) s->budget_ns = (uint32_t)target;
+    } else {
+        adapt(s, target);
+    }
+    return 1;
+}
