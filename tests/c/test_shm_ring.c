@@ -32,6 +32,7 @@ static int check_rec(kvshm_ring *c, uint64_t i)
     for (uint32_t j = 0; j < len; j++)
         if (((const uint8_t *)pl)[j] != rec_byte(i, j)) return 0;
     kvshm_ring_consume(c);
+    kvshm_ring_release(c);
     return 1;
 }
 
@@ -174,8 +175,9 @@ Test(shm_ring, producer_and_consumer_processes)
     kvshm_ring_close(p);
 }
 
-/* The consumer's position: 0 for a new ring, then where consume left it,
- * as seen through any mapping of the ring. */
+/* The consumer's position: 0 for a new ring, then where release published
+ * it (consume alone moves only the private head), as seen through any
+ * mapping of the ring. */
 Test(shm_ring, head_follows_consume)
 {
     kvshm_ring *p, *c, *c2;
@@ -189,8 +191,11 @@ Test(shm_ring, head_follows_consume)
     uint32_t type, len;
     const void *pl;
     cr_assert_eq(kvshm_ring_peek(c, &type, &pl, &len), KVSHM_OK);
+    uint64_t before = kvshm_ring_head(c);
     uint64_t head = kvshm_ring_consume(c);
     cr_assert_eq(head, pos);
+    cr_assert_eq(kvshm_ring_head(c), before, "consume alone publishes nothing");
+    cr_assert_eq(kvshm_ring_release(c), pos);
     cr_assert_eq(kvshm_ring_head(c), pos);
     cr_assert_eq(kvshm_ring_map(kvshm_ring_fd(p), &c2), KVSHM_OK);   /* handed over again */
     cr_assert_eq(kvshm_ring_head(c2), pos);
