@@ -391,7 +391,6 @@ void kvshm_reader_ring_doorbell(kvshm_reader *r)
 void kvshmi_reader_gate(kvshm_reader *r, kvshm_spin_gate *g)
 {
     g->spinners = &r->sh->sh_spinners;
-    g->peer_sleeping = &r->sh->sh_writer_sleeping;
     /* before a forked child re-homes, the slot is still the parent's */
     g->mark = r->slot && r->fork_gen == kvshmi_fork_gen ? &r->slot->sl_spinning : NULL;
     g->writer = 0;

@@ -8,9 +8,14 @@
  * the next wait may take twice as long and still be caught), capped at the
  * site's cap; the observation of a wait that ran out of budget is 0, so a
  * site whose peer keeps it waiting longer than the budget stops spinning
- * after a few dozen waits. A budget below cap / 16 no longer spins except
- * every PROBE_EVERY-th wait, which spins up to the cap: a probe that
- * succeeds puts the budget straight back to 2t.
+ * after a few dozen waits. A budget below SPIN_LOW_NS no longer spins
+ * except every PROBE_EVERY-th wait, which spins up to the cap: a probe that
+ * succeeds puts the budget straight back to 2t. Successes never set less
+ * than SPIN_MIN_NS, so a site whose waits are all short keeps spinning.
+ *
+ * A spin that has lasted SPIN_YIELD_NS (longer than a put's round trip on
+ * an idle machine) calls sched_yield at each clock read: when other
+ * processes crowd the CPUs, the peer it waits for may be queued behind it.
  */
 #include <pthread.h>
 #include <sched.h>
@@ -24,8 +29,10 @@
 #include "spinwait.h"
 
 #define SPIN_MIN_NS 2000u    /* smallest budget a success sets */
+#define SPIN_LOW_NS 1000u    /* below it a site spins only to probe */
 #define PROBE_EVERY 32u      /* waits between probes while the budget is low */
 #define CLOCK_EVERY 16u      /* polls between two clock reads */
+#define SPIN_YIELD_NS 10000u /* after this long a spin yields the CPU at each clock read */
 
 static inline void cpu_relax(void)
 {
@@ -98,15 +105,15 @@ static int gate_enter(const kvshm_spin_gate *g, int cpus)
 {
     if (!g || !g->spinners) return 1;
     if (g->writer) {
-        if (kv_atomic_load_relaxed32(g->spinners) >= (uint32_t)cpus - 1) return 0;
+        if (kv_atomic_load_relaxed32(g->spinners) >= (uint32_t)cpus) return 0;
         if (g->mark) kv_atomic_store_relaxed32(g->mark, 1);
         return 1;
     }
-    uint32_t busy = g->peer_sleeping && kv_atomic_load_relaxed32(g->peer_sleeping) ? 0 : 1;
-    /* cheap refusal first: no locked instruction when there is clearly no room */
-    if (busy + kv_atomic_load_relaxed32(g->spinners) >= (uint32_t)cpus) return 0;
+    /* cheap refusal first: no locked instruction when there is clearly no
+     * room; the writer counts for one core */
+    if (1 + kv_atomic_load_relaxed32(g->spinners) >= (uint32_t)cpus) return 0;
     uint32_t prev = kv_atomic_fetch_add_acq_rel32(g->spinners, 1);
-    if (busy + prev >= (uint32_t)cpus) {
+    if (1 + prev >= (uint32_t)cpus) {
         kv_atomic_fetch_add_acq_rel32(g->spinners, (uint32_t)-1);
         return 0;
     }
@@ -169,7 +176,7 @@ int kvshm_spin_until(kvshm_spin *s, const kvshm_spin_gate *gate, kvshm_spin_read
     }
     uint64_t budget = s->budget_ns;
     int probe = 0;
-    if (budget < s->cap_ns / 16) {
+    if (budget < SPIN_LOW_NS) {
         if (--s->probe_in > 0) return 0;
         s->probe_in = PROBE_EVERY;
         budget = s->cap_ns;
@@ -182,7 +189,13 @@ int kvshm_spin_until(kvshm_spin *s, const kvshm_spin_gate *gate, kvshm_spin_read
     for (uint32_t i = 1;; i++) {
         if (ready(ctx)) { hit = 1; break; }
         cpu_relax();
-        if (i % CLOCK_EVERY == 0 && now_ns() - t0 >= budget) break;
+        if (i % CLOCK_EVERY == 0) {
+            uint64_t t = now_ns() - t0;
+            if (t >= budget) break;
+            /* past the typical round trip the peer may be waiting for this
+             * CPU (other processes share it): offer it */
+            if (t >= SPIN_YIELD_NS) sched_yield();
+        }
     }
     gate_leave(gate);
     if (!hit) {

@@ -12,8 +12,8 @@
  *              that became ready while spinning after t ns moves the budget
  *              toward 2t; a wait that ran out of budget (and went to sleep)
  *              shrinks it, so a site whose peer is slow (a writer in the
- *              middle of a commit) stops burning CPU; a low budget is
- *              re-grown by an occasional probe at the full cap.
+ *              middle of a commit) stops burning CPU; a budget below
+ *              1 us is re-grown by an occasional probe at the full cap.
  *   free core  a party spins only if it would not take a core that the
  *              party it waits on needs (kvshm_spin_gate below). With one
  *              usable CPU nobody spins.
@@ -49,27 +49,31 @@ typedef struct kvshm_spin {
 } kvshm_spin;
 
 /*
- * The free-core rule's shared words (all may be NULL, then nothing is
+ * The free-core rule's shared words (both may be NULL, then nothing is
  * counted and only the usable CPU count limits spinning).
  *
- * Client (writer == 0): it spins only if (peer awake ? 1 : 0) + spinners
- * (before its own increment) < usable CPUs, where the peer (the writer) is
- * awake unless *peer_sleeping != 0. While spinning it holds +1 in *spinners
- * and *mark = 1 (its slot's mark, which lets the writer take a dead
- * spinner's count back when it reaps the slot).
+ * A client waits for the writer, which needs a core to get the client what
+ * it waits for (even when it sleeps right now: the client has just rung it
+ * awake, or its commit timer will). So a client (writer == 0) spins only if
+ * 1 (the writer) + spinners (before its own increment) < usable CPUs. While
+ * spinning it holds +1 in *spinners and *mark = 1 (its slot's sl_spinning,
+ * which lets the writer take a dead spinner's count back when it reaps the
+ * slot).
  *
- * Writer (writer == 1): it spins idle only if *spinners < usable CPUs - 1
- * (the writer itself takes one core; clients spin only when it leaves them
- * one), and sets *mark = 1 (sh_writer_spinning) while spinning.
+ * The writer (writer == 1) waits for clients; the clients spinning right
+ * now wait for it and need no core for that, so its idle spin takes no core
+ * they need as long as it and they fit: it spins only if spinners < usable
+ * CPUs, and sets *mark = 1 (sh_writer_spinning) while spinning. (A client
+ * that spins when the writer goes idle is typically one whose record was
+ * just released and that is about to return.)
  *
- * On 2 CPUs: writer + 1 client both spin; writer + 2 clients: the writer and
- * at most one client spin; on 1 CPU nobody spins.
+ * On 2 CPUs: writer + 1 client both spin; writer + 2 clients: the writer
+ * and at most one client spin; on 1 CPU nobody spins.
  */
 typedef struct kvshm_spin_gate {
-    uint32_t *spinners;             /* sh_spinners of the slot file */
-    const uint32_t *peer_sleeping;  /* client: sh_writer_sleeping */
-    uint32_t *mark;                 /* client: its sl_spinning; writer: sh_writer_spinning */
-    int writer;                     /* 1: the writer's idle spin */
+    uint32_t *spinners;  /* sh_spinners of the slot file */
+    uint32_t *mark;      /* client: its sl_spinning; writer: sh_writer_spinning */
+    int writer;          /* 1: the writer's idle spin */
 } kvshm_spin_gate;
 
 /* Condition polled while spinning: nonzero when the wait is over. Must be
