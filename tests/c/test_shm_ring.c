@@ -161,18 +161,32 @@ Test(shm_ring, producer_and_consumer_threads_sleep_and_wake)
     kvshm_ring_close(p);
 }
 
-Test(shm_ring, producer_and_consumer_processes)
+/* Fork a consumer process: it maps p's ring (fd inherited, as SCM_RIGHTS
+ * would pass it), sets its spin cap and exits with body's status. */
+static pid_t fork_consumer(kvshm_ring *p, uint32_t spin_ns, int (*body)(kvshm_ring *c))
 {
-    kvshm_ring *p;
-    cr_assert_eq(kvshm_ring_create(8192, &p), KVSHM_OK);
     pid_t pid = fork();
     if (pid == 0) {
         kvshm_ring *c;
         if (kvshm_ring_map(kvshm_ring_fd(p), &c) != KVSHM_OK) _exit(2);
-        int ok;
-        consume_all(c, &ok);
-        _exit(ok ? 0 : 1);
+        kvshm_ring_set_spin(c, NULL, spin_ns);
+        _exit(body(c));
     }
+    return pid;
+}
+
+static int consume_all_status(kvshm_ring *c)
+{
+    int ok;
+    consume_all(c, &ok);
+    return ok ? 0 : 1;
+}
+
+Test(shm_ring, producer_and_consumer_processes)
+{
+    kvshm_ring *p;
+    cr_assert_eq(kvshm_ring_create(8192, &p), KVSHM_OK);
+    pid_t pid = fork_consumer(p, KVSHM_RING_SPIN_DEFAULT, consume_all_status);
     produce_all(p);
     cr_assert_eq(shmt_wait(pid), 0);
     kvshm_ring_close(p);
@@ -227,12 +241,32 @@ static void until_asleep(const uint32_t *flag)
     }
 }
 
-static void consume_one(kvshm_ring *c)
+/* Consume the next record and release it; returns the released head. */
+static uint64_t release_one(kvshm_ring *c)
 {
     uint32_t t, l;
     const void *q;
     cr_assert_eq(kvshm_ring_peek(c, &t, &q, &l), KVSHM_OK);
     kvshm_ring_consume(c);
+    return kvshm_ring_release(c);
+}
+
+/* The consumer handle has made exactly `n` FUTEX_WAKE calls. */
+static void expect_wakes(kvshm_ring *c, uint64_t n)
+{
+    kvshm_ring_counts k;
+    kvshm_ring_stats(c, &k);
+    cr_assert_eq(k.wakes, n, "%lu wake-ups, expected %lu", (unsigned long)k.wakes,
+                 (unsigned long)n);
+}
+
+/* Reap the producer process (exit status 0) and close both handles. */
+static void finish_pair(pid_t pid, struct kvshm_ring_hdr *h, kvshm_ring *c, kvshm_ring *p)
+{
+    cr_assert_eq(shmt_wait(pid), 0);
+    munmap(h, 256);
+    kvshm_ring_close(c);
+    kvshm_ring_close(p);
 }
 
 static void assert_still_waiting(pid_t pid, const uint32_t *flag)
@@ -266,33 +300,21 @@ Test(shm_ring, producer_woken_only_at_the_position_it_waits_for)
     }
     until_asleep(&h->rh_producer_waiting);
     cr_assert_eq(h->rh_head_want, pos[9]);
-    kvshm_ring_counts n;
-    for (int i = 0; i < 9; i++) {
-        consume_one(c);
-        cr_assert_eq(kvshm_ring_release(c), pos[i]);
-    }
-    kvshm_ring_stats(c, &n);
-    cr_assert_eq(n.wakes, 0, "no wake-up short of the wanted position");
+    for (int i = 0; i < 9; i++) cr_assert_eq(release_one(c), pos[i]);
+    expect_wakes(c, 0);   /* none short of the wanted position */
     assert_still_waiting(pid, &h->rh_producer_waiting);
-    consume_one(c);
-    cr_assert_eq(kvshm_ring_release(c), pos[9]);
-    kvshm_ring_stats(c, &n);
-    cr_assert_eq(n.wakes, 1);
+    cr_assert_eq(release_one(c), pos[9]);
+    expect_wakes(c, 1);
     /* then the commit: short of the position, no wake-up */
     until_asleep(&h->rh_commit_waiting);
     cr_assert_eq(h->rh_commit_want, pos[9]);
     kvshm_ring_set_committed(c, pos[4]);
     kvshm_ring_set_committed(c, pos[8]);
-    kvshm_ring_stats(c, &n);
-    cr_assert_eq(n.wakes, 1);
+    expect_wakes(c, 1);
     assert_still_waiting(pid, &h->rh_commit_waiting);
     kvshm_ring_set_committed(c, pos[9]);
-    kvshm_ring_stats(c, &n);
-    cr_assert_eq(n.wakes, 2);
-    cr_assert_eq(shmt_wait(pid), 0);
-    munmap(h, 256);
-    kvshm_ring_close(c);
-    kvshm_ring_close(p);
+    expect_wakes(c, 2);
+    finish_pair(pid, h, c, p);
 }
 
 /* A producer waiting for room sleeps for the head position that frees it:
@@ -314,50 +336,43 @@ Test(shm_ring, space_wait_woken_only_when_enough_is_released)
         _exit(kvshm_ring_push(p, 2, big, sizeof big, 20000, NULL) == KVSHM_OK ? 0 : 1);
     }
     until_asleep(&h->rh_producer_waiting);
-    consume_one(c);
-    kvshm_ring_release(c);
-    kvshm_ring_counts k;
-    kvshm_ring_stats(c, &k);
-    cr_assert_eq(k.wakes, 0, "one record's room is not enough");
+    release_one(c);
+    expect_wakes(c, 0);   /* one record's room is not enough */
     assert_still_waiting(pid, &h->rh_producer_waiting);
-    consume_one(c);
-    kvshm_ring_release(c);
-    kvshm_ring_stats(c, &k);
-    cr_assert_eq(k.wakes, 1);
-    cr_assert_eq(shmt_wait(pid), 0);
-    munmap(h, 256);
-    kvshm_ring_close(c);
-    kvshm_ring_close(p);
+    release_one(c);
+    expect_wakes(c, 1);
+    finish_pair(pid, h, c, p);
 }
 
 /* Ping-pong between two processes: every record is published and waited
  * for by the producer; the consumer waits for data, consumes and releases.
  * A lost wake-up would stall one side until its 10 s timeout. */
+enum { ROUNDS = 20000 };
+
+/* The consumer side of the ping-pong: 0 when every record came in order. */
+static int pong(kvshm_ring *c)
+{
+    for (uint64_t i = 0; i < ROUNDS;) {
+        uint32_t t, l;
+        const void *q;
+        kvshm_status st = kvshm_ring_peek(c, &t, &q, &l);
+        if (st == KVSHM_EMPTY) {
+            if (kvshm_ring_wait_data(c, 10000) != KVSHM_OK) return 3;
+            continue;
+        }
+        if (st != KVSHM_OK || t != (uint32_t)(i & 0xffff)) return 4;
+        kvshm_ring_consume(c);
+        kvshm_ring_release(c);
+        i++;
+    }
+    return 0;
+}
+
 static void ping_pong(uint32_t spin_ns)
 {
-    enum { ROUNDS = 20000 };
     kvshm_ring *p;
     cr_assert_eq(kvshm_ring_create(4096, &p), KVSHM_OK);
-    pid_t pid = fork();
-    if (pid == 0) {
-        kvshm_ring *c;
-        if (kvshm_ring_map(kvshm_ring_fd(p), &c) != KVSHM_OK) _exit(2);
-        kvshm_ring_set_spin(c, NULL, spin_ns);
-        for (uint64_t i = 0; i < ROUNDS;) {
-            uint32_t t, l;
-            const void *q;
-            kvshm_status st = kvshm_ring_peek(c, &t, &q, &l);
-            if (st == KVSHM_EMPTY) {
-                if (kvshm_ring_wait_data(c, 10000) != KVSHM_OK) _exit(3);
-                continue;
-            }
-            if (st != KVSHM_OK || t != (uint32_t)(i & 0xffff)) _exit(4);
-            kvshm_ring_consume(c);
-            kvshm_ring_release(c);
-            i++;
-        }
-        _exit(0);
-    }
+    pid_t pid = fork_consumer(p, spin_ns, pong);
     kvshm_ring_set_spin(p, NULL, spin_ns);
     double t0 = shmt_now();
     for (uint64_t i = 0; i < ROUNDS; i++) {

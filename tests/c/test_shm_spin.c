@@ -96,6 +96,21 @@ Test(shm_spin, one_usable_cpu_never_spins)
     cr_assert_geq(kvshm_spin_usable_cpus(), 1);
 }
 
+/* 2000 short spins through a client gate; 1 if one of them saw more
+ * spinners than the rule allows while it spun. */
+static int race_for_core(const kvshm_spin_gate *g, const uint32_t *spinners, int cpus)
+{
+    kvshm_spin s;
+    int over = 0;
+    for (int i = 0; i < 2000; i++) {
+        kvshm_spin_init(&s, KVSHM_SPIN_CLIENT_NS);
+        polls q = {.after = 50, .watch = spinners};
+        kvshm_spin_until(&s, g, ready_after, &q);
+        if (q.n && q.seen > (uint32_t)cpus - 1) over = 1;
+    }
+    return over;
+}
+
 /* The shared words of the rule, in a mapping both processes see. */
 struct words {
     uint32_t spinners, mark, writer_spinning;
@@ -143,26 +158,9 @@ Test(shm_spin, free_core_rule_counts_spinners_and_the_writer)
     /* two processes racing for the last core: never both counted */
     w->spinners = (uint32_t)cpus - 2;
     pid_t pid = fork();
-    if (pid == 0) {
-        kvshm_spin cs;
-        int over = 0;
-        for (int i = 0; i < 2000; i++) {
-            kvshm_spin_init(&cs, KVSHM_SPIN_CLIENT_NS);
-            polls q = {.after = 50, .watch = &w->spinners};
-            kvshm_spin_until(&cs, &client, ready_after, &q);
-            if (q.n && q.seen > (uint32_t)cpus - 1) over = 1;
-        }
-        _exit(over);
-    }
-    int over = 0;
-    for (int i = 0; i < 2000; i++) {
-        kvshm_spin_init(&s, KVSHM_SPIN_CLIENT_NS);
-        polls q = {.after = 50, .watch = &w->spinners};
-        kvshm_spin_until(&s, &client, ready_after, &q);
-        if (q.n && q.seen > (uint32_t)cpus - 1) over = 1;
-    }
+    if (pid == 0) _exit(race_for_core(&client, &w->spinners, cpus));
+    cr_assert_eq(race_for_core(&client, &w->spinners, cpus), 0);
     cr_assert_eq(shmt_wait(pid), 0, "child never saw more spinners than cores");
-    cr_assert_eq(over, 0);
     cr_assert_eq(w->spinners, (uint32_t)cpus - 2, "every count taken back");
     /* a spinner that died marked is taken back once */
     w->spinners = 3;
