@@ -13,9 +13,14 @@
  * succeeds puts the budget straight back to 2t. Successes never set less
  * than SPIN_MIN_NS, so a site whose waits are all short keeps spinning.
  *
- * A spin that has lasted SPIN_YIELD_NS (longer than a put's round trip on
- * an idle machine) calls sched_yield at each clock read: when other
- * processes crowd the CPUs, the peer it waits for may be queued behind it.
+ * Other processes on the CPUs: a spin that has lasted SPIN_YIELD_NS (longer
+ * than a put's round trip on an idle machine) calls sched_yield at each
+ * clock read, since the peer it waits for may be queued behind it; a spin
+ * that finds a gap of SPIN_PREEMPT_NS between two clock reads 16 polls
+ * apart was preempted (another task wanted this CPU, perhaps the peer): it
+ * stops, and its site drops to probing (budget 0). This extends the
+ * free-core rule to processes that do not count themselves in the slot
+ * file: a spinner that keeps being preempted does not spin.
  */
 #include <pthread.h>
 #include <sched.h>
@@ -33,6 +38,7 @@
 #define PROBE_EVERY 32u      /* waits between probes while the budget is low */
 #define CLOCK_EVERY 16u      /* polls between two clock reads */
 #define SPIN_YIELD_NS 10000u /* after this long a spin yields the CPU at each clock read */
+#define SPIN_PREEMPT_NS 50000u /* a gap this long between two clock reads: preempted */
 
 static inline void cpu_relax(void)
 {
@@ -95,6 +101,51 @@ int kvshm_spin_usable_cpus(void)
     n = count_cpus();
     atomic_store_explicit(&g_cpus, n, memory_order_relaxed);
     return n;
+}
+
+/* ---- crowded CPUs ------------------------------------------------------
+ * Processes that are not parties of the write path (and so are not counted
+ * in the slot file) may fill the CPUs. The kernel tells how long this
+ * thread waited on a run queue (/proc/thread-self/schedstat, second field:
+ * run_delay in ns). Sampled at most every CROWD_PERIOD_NS per thread: when
+ * the thread waited for a CPU more than 1/CROWD_SHARE of the period, the
+ * CPUs are crowded and nobody in this thread spins until the next sample
+ * says otherwise. */
+
+#define CROWD_PERIOD_NS 20000000u  /* 20 ms */
+#define CROWD_SHARE 10u            /* waiting > 10% of the time: crowded */
+
+static __thread struct { uint64_t at_ns, delay_ns; int crowded; } t_rq;
+
+/* run_delay of this thread in ns, or UINT64_MAX if the kernel does not say. */
+static uint64_t run_delay_ns(void)
+{
+    FILE *f = fopen("/proc/thread-self/schedstat", "re");
+    if (!f) return UINT64_MAX;
+    unsigned long long on_cpu, delay;
+    int n = fscanf(f, "%llu %llu", &on_cpu, &delay);
+    fclose(f);
+    return n == 2 ? (uint64_t)delay : UINT64_MAX;
+}
+
+static _Atomic int g_crowd_check = 1;
+
+void kvshm_spin_set_crowd_check(int on)
+{
+    atomic_store_explicit(&g_crowd_check, on, memory_order_relaxed);
+}
+
+static int cpus_crowded(uint64_t now)
+{
+    if (!atomic_load_explicit(&g_crowd_check, memory_order_relaxed)) return 0;
+    if (t_rq.at_ns && now - t_rq.at_ns < CROWD_PERIOD_NS) return t_rq.crowded;
+    uint64_t d = run_delay_ns();
+    /* unknown, first sample, or a new task (a forked child): not crowded */
+    if (d == UINT64_MAX || !t_rq.at_ns || d < t_rq.delay_ns) t_rq.crowded = 0;
+    else t_rq.crowded = (d - t_rq.delay_ns) * CROWD_SHARE > now - t_rq.at_ns;
+    t_rq.at_ns = now;
+    t_rq.delay_ns = d;
+    return t_rq.crowded;
 }
 
 /* ---- the free-core rule ------------------------------------------------- */
@@ -182,15 +233,20 @@ int kvshm_spin_until(kvshm_spin *s, const kvshm_spin_gate *gate, kvshm_spin_read
         budget = s->cap_ns;
         probe = 1;
     }
+    uint64_t t0 = now_ns();
+    if (cpus_crowded(t0)) return 0;
     if (!gate_enter(gate, cpus)) return 0;
     s->spins++;
-    uint64_t t0 = now_ns();
     int hit = 0;
+    uint64_t last = 0;
+    int preempted = 0;
     for (uint32_t i = 1;; i++) {
         if (ready(ctx)) { hit = 1; break; }
         cpu_relax();
         if (i % CLOCK_EVERY == 0) {
             uint64_t t = now_ns() - t0;
+            if (t - last >= SPIN_PREEMPT_NS) { preempted = 1; break; }
+            last = t;
             if (t >= budget) break;
             /* past the typical round trip the peer may be waiting for this
              * CPU (other processes share it): offer it */
@@ -198,6 +254,13 @@ int kvshm_spin_until(kvshm_spin *s, const kvshm_spin_gate *gate, kvshm_spin_read
         }
     }
     gate_leave(gate);
+    if (preempted) {
+        /* another task wanted this CPU: spinning now costs the peer (or
+         * someone) CPU time; only probes spin until one succeeds again */
+        s->preempts++;
+        s->budget_ns = 0;
+        return 0;
+    }
     if (!hit) {
         if (!probe) adapt(s, 0);
         return 0;

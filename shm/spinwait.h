@@ -16,7 +16,10 @@
  *              1 us is re-grown by an occasional probe at the full cap.
  *   free core  a party spins only if it would not take a core that the
  *              party it waits on needs (kvshm_spin_gate below). With one
- *              usable CPU nobody spins.
+ *              usable CPU nobody spins; nor does a thread that has lately
+ *              waited for a CPU more than 10% of the time (other processes
+ *              crowd the CPUs: its run-queue delay, sampled every 20 ms),
+ *              nor a spin that finds itself preempted.
  *
  * Caps: 50 us for client waits and 200 us for the writer's idle spin. They
  * are the values of the experiment in the issue's notes (spin-then-futex
@@ -46,6 +49,7 @@ typedef struct kvshm_spin {
     uint32_t pad;
     uint64_t spins;      /* waits that spun */
     uint64_t hits;       /* of which became ready while spinning */
+    uint64_t preempts;   /* of which were preempted (then the budget drops to 0) */
 } kvshm_spin;
 
 /*
@@ -89,7 +93,8 @@ void kvshm_spin_init(kvshm_spin *s, uint32_t cap_ns);
  * ready became true while spinning (the budget moves toward twice the time
  * it took), 0 if the caller must sleep: the budget ran out (it shrinks), or
  * the site may not spin now (budget too low between probes, one usable CPU,
- * no free core; the budget is unchanged). On one usable CPU it yields the
+ * no free core, CPUs crowded; the budget is unchanged), or the spin was preempted (the
+ * budget drops to 0: only probes spin until one succeeds). On one usable CPU it yields the
  * CPU twice (sched_yield) before giving up, so a peer that was just woken
  * on the same CPU can finish first. Reads CLOCK_MONOTONIC every 16 polls.
  * Caller: the thread owning s.
@@ -104,6 +109,11 @@ int kvshm_spin_until(kvshm_spin *s, const kvshm_spin_gate *gate, kvshm_spin_read
  * child). Any thread.
  */
 int kvshm_spin_usable_cpus(void);
+
+/* Whether spins check for crowded CPUs (run-queue delay, see above); on
+ * by default. White-box tests turn it off so that their spins do not
+ * depend on the machine's load. Process-wide; any thread. */
+void kvshm_spin_set_crowd_check(int on);
 
 /* Take back the count of a spinner that died while spinning: if *mark is
  * set, clear it and decrement *spinners. Called by the writer when it reaps

@@ -350,8 +350,8 @@ Test(shm_slots, dead_spinner_count_taken_back_when_reaped)
         kvshm_spin_gate g = {.spinners = &sh->sh_spinners,
                              .mark = &sl[kvshm_reader_slot(r)].sl_spinning};
         int never = 0;
-        kvshm_spin_until(&s, &g, flag_ready, &never);
-        _exit(3);
+        kvshm_spin_set_crowd_check(0);
+        for (;;) kvshm_spin_until(&s, &g, flag_ready, &never);   /* until killed */
     }
     double t0 = shmt_now();
     while (__atomic_load_n(&sh->sh_spinners, __ATOMIC_ACQUIRE) != 1)
