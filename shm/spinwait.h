@@ -17,7 +17,7 @@
  *   free core  a party spins only if it would not take a core that the
  *              party it waits on needs (kvshm_spin_gate below). With one
  *              usable CPU nobody spins; nor does a thread that has lately
- *              waited for a CPU more than 10% of the time (other processes
+ *              waited for a CPU more than 25% of the time (other processes
  *              crowd the CPUs: its run-queue delay, sampled every 20 ms),
  *              nor a spin that finds itself preempted.
  *
