@@ -98,24 +98,43 @@ Test(shm_spin, one_usable_cpu_never_spins)
     cr_assert_geq(kvshm_spin_usable_cpus(), 1);
 }
 
-/* 2000 short spins through a client gate; 1 if one of them saw more
- * spinners than the rule allows while it spun. */
-static int race_for_core(const kvshm_spin_gate *g, const uint32_t *spinners, int cpus)
+/* A spin that counts itself in *inside (shared) while admitted: the
+ * first poll enters and checks the count, the second leaves and ends the
+ * wait (no clock read falls between them, so nothing else ends it). */
+typedef struct inside_poll {
+    uint32_t *inside, max;
+    int polls, over;
+} inside_poll;
+
+static int ready_inside(void *ctx)
+{
+    inside_poll *p = ctx;
+    if (p->polls++ == 0) {
+        if (__atomic_add_fetch(p->inside, 1, __ATOMIC_SEQ_CST) > p->max) p->over = 1;
+        return 0;
+    }
+    __atomic_sub_fetch(p->inside, 1, __ATOMIC_SEQ_CST);
+    return 1;
+}
+
+/* 2000 short spins through a client gate; 1 if, while one of them was
+ * admitted, more than `max` were admitted at once. */
+static int race_for_core(const kvshm_spin_gate *g, uint32_t *inside, uint32_t max)
 {
     kvshm_spin s;
     int over = 0;
     for (int i = 0; i < 2000; i++) {
         kvshm_spin_init(&s, KVSHM_SPIN_CLIENT_NS);
-        polls q = {.after = 50, .watch = spinners};
-        kvshm_spin_until(&s, g, ready_after, &q);
-        if (q.n && q.seen > (uint32_t)cpus - 1) over = 1;
+        inside_poll q = {.inside = inside, .max = max};
+        kvshm_spin_until(&s, g, ready_inside, &q);
+        over |= q.over;
     }
     return over;
 }
 
 /* The shared words of the rule, in a mapping both processes see. */
 struct words {
-    uint32_t spinners, mark, writer_spinning;
+    uint32_t spinners, mark, writer_spinning, inside;
 };
 
 Test(shm_spin, free_core_rule_counts_spinners_and_the_writer)
@@ -157,12 +176,13 @@ Test(shm_spin, free_core_rule_counts_spinners_and_the_writer)
     cr_assert_eq(kvshm_spin_until(&ws, &writer, ready_after, &p), 0);
     cr_assert_eq(p.n, 0);
 
-    /* two processes racing for the last core: never both counted */
+    /* two processes racing for the last core: never both admitted (a
+     * refused party's count comes and goes, but it never spins) */
     w->spinners = (uint32_t)cpus - 2;
     pid_t pid = fork();
-    if (pid == 0) _exit(race_for_core(&client, &w->spinners, cpus));
-    cr_assert_eq(race_for_core(&client, &w->spinners, cpus), 0);
-    cr_assert_eq(shmt_wait(pid), 0, "child never saw more spinners than cores");
+    if (pid == 0) _exit(race_for_core(&client, &w->inside, 1));
+    cr_assert_eq(race_for_core(&client, &w->inside, 1), 0);
+    cr_assert_eq(shmt_wait(pid), 0, "the child never spun beside another spinner");
     cr_assert_eq(w->spinners, (uint32_t)cpus - 2, "every count taken back");
     /* a spinner that died marked is taken back once */
     w->spinners = 3;
