@@ -5,9 +5,10 @@
  * slot, ring, socket: attach and re-attach), fork handling, reads, writes,
  * requests over the socket.
  *
- * Waiting on the writer: every wait is a loop of bounded futex waits on the
- * ring (200 ms); between them the handle checks the writer's socket for a
- * hang-up. A hung-up writer means: wait for the next generation in the
+ * Waiting on the writer: every wait is a loop of bounded waits on the ring
+ * (200 ms; each spins briefly under the free-core rule of the writer's slot
+ * file, then sleeps on a futex); between them the handle checks the
+ * writer's socket for a hang-up. A hung-up writer means: wait for the next generation in the
  * registry, re-attach, hand it the same ring, keep waiting. Nothing a put
  * returned for is lost: applied records were in the old segment, which the
  * new writer replays before it listens.
@@ -243,6 +244,8 @@ static kv_status connect_writer(kv_att *a, const reg_info *ri)
         a->r = NULL;
         return fail(a, KV_IO, "connect to writer @%s: %s", ri->socket, strerror(errno));
     }
+    /* our waits spin under the free-core rule of this writer's slot file */
+    kvshm_ring_set_spin(a->ring, a->r, KVSHM_RING_SPIN_DEFAULT);
     struct kvshm_attach_req req = {.a_pid = (uint32_t)getpid(),
                                    .a_slot = kvshm_reader_slot(a->r),
                                    .a_generation = a->generation};
@@ -251,6 +254,7 @@ static kv_status connect_writer(kv_att *a, const reg_info *ri)
     if (st != KV_OK) {
         close(a->sock);
         a->sock = -1;
+        kvshm_ring_set_spin(a->ring, NULL, KVSHM_RING_SPIN_DEFAULT);
         kvshm_reader_detach(a->r);
         a->r = NULL;
     }
@@ -261,6 +265,7 @@ static void disconnect(kv_att *a)
 {
     if (a->sock >= 0) close(a->sock);
     a->sock = -1;
+    if (a->ring) kvshm_ring_set_spin(a->ring, NULL, KVSHM_RING_SPIN_DEFAULT);   /* borrows a->r */
     if (a->r) kvshm_reader_detach(a->r);
     a->r = NULL;
 }
@@ -620,7 +625,9 @@ static kv_status push_kv(kv_att *a, uint32_t type, const void *key, size_t klen,
         }
     }
     kvshm_keyrec_encode(p, key, (uint32_t)klen, val, (uint32_t)vlen);
-    a->last_pos = kvshm_ring_publish(a->ring, type);
+    /* the writer drains our ring from its loop or its idle spin; only a
+     * sleeping writer needs the doorbell (a fence and a load otherwise) */
+    a->last_pos = kvshm_ring_publish_quiet(a->ring, type);
     a->applied_ok = 0;
     kvshm_reader_ring_doorbell(a->r);
     return KV_OK;

@@ -12,6 +12,7 @@
 #include "atomics.h"
 #include "kv_assert.h"
 #include "kvshm/kvshm.h"
+#include "spinwait.h"
 #include "structs.h"
 
 struct kvshm_writer {
@@ -34,6 +35,7 @@ struct kvshm_writer {
     struct kvshm_slot *slots;
     uint32_t nslots;
     uint64_t *evicted_epoch;        /* per slot: epoch value ignored since eviction */
+    kvshm_spin idle_spin;           /* kvshm_writer_idle_wait's spin budget */
     int membarrier_ok;
     int err_no;
 };
@@ -68,6 +70,9 @@ extern unsigned kvshmi_fork_gen;
 /* slots.c */
 kvshm_status kvshmi_slots_create(kvshm_writer *w);
 kvshm_status kvshmi_slots_open(kvshm_reader *r, const char *slot_name);
+/* The free-core gate (spinwait.h) of a client waiting on the writer: r's
+ * slot-file spinner count, the writer's sleeping flag and r's slot mark. */
+void kvshmi_reader_gate(kvshm_reader *r, kvshm_spin_gate *g);
 kvshm_status kvshmi_slot_claim(kvshm_reader *r);
 void kvshmi_slot_release(kvshm_reader *r);
 kvshm_status kvshmi_rehome(kvshm_reader *r);

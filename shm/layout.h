@@ -54,7 +54,7 @@
 #define KVSHM_MAGIC_SEG    UINT64_C(0x31474553484d534b) /* "KSMHSEG1" LE bytes */
 #define KVSHM_MAGIC_SLOTS  UINT64_C(0x31544f4c534d534b) /* "KSMSLOT1" */
 #define KVSHM_MAGIC_MT     UINT64_C(0x3154424c544d534b) /* "KSMTLBT1" */
-#define KVSHM_LAYOUT_VERSION 1u
+#define KVSHM_LAYOUT_VERSION 2u
 #define KVSHM_STRIPE_OFF   4096u
 #define KVSHM_STRIPES      4096u   /* power of two */
 #define KVSHM_HDR_BYTES    (KVSHM_STRIPE_OFF + KVSHM_STRIPES * 8u)
@@ -286,11 +286,11 @@ _Static_assert(sizeof(struct kvshm_node) == KVSHM_NODE_BYTES, "node size");
     F(S, uint64_t, sh_layout_hash,     ,      8) /* immutable */            \
     F(S, uint64_t, sh_generation,      ,     16) /* equals the segment's generation; immutable */ \
     F(S, uint32_t, sh_nslots,          ,     24) /* immutable */            \
-    /* futex word: clients fetch_add+wake it after filling their ring; the  \
-     * writer sleeps on it */                                               \
+    /* futex word the writer sleeps on; a client that finds the writer      \
+     * asleep after publishing bumps it and wakes it (kvshm.h)  */          \
     F(S, uint32_t, sh_doorbell,        ,     28)                            \
-    F(S, uint32_t, sh_writer_sleeping, ,     32) /* 1 while the writer waits on sh_doorbell */ \
-    F(S, uint32_t, sh_spinners,        ,     36) /* clients spinning in a wait right now */ \
+    F(S, uint32_t, sh_writer_sleeping, ,     32) /* 1 while the writer sleeps on sh_doorbell */ \
+    F(S, uint32_t, sh_spinners,        ,     36) /* clients spinning in a wait right now (spinwait.h) */ \
     /* clients bump it after sending a request on the writer's socket; the  \
      * writer polls the socket when it moved (or at most every millisecond) */ \
     F(S, uint32_t, sh_requests,        ,     40)                            \
@@ -311,17 +311,30 @@ KVSHM_STRUCT(kvshm_slothdr, KVSHM_SLOTHDR_FIELDS, 128);
     F(S, uint32_t, sl_pid,       ,    16) /* owner's pid (diagnostics; liveness: the OFD lock) */ \
     F(S, uint32_t, sl_flags,     ,    20) /* KVSHM_SLOT_*; owner */               \
     F(S, uint64_t, sl_attach_ns, ,    24) /* CLOCK_MONOTONIC time of the claim; owner */ \
-    F(S, uint64_t, sl_reserved,  [4], 32)
+    /* 1 while the owner spins in a wait and counts in sh_spinners; the    \
+     * writer takes the count back when it reaps a dead owner's slot */      \
+    F(S, uint32_t, sl_spinning,  ,    32)                                         \
+    F(S, uint32_t, sl_pad,       ,    36)                                         \
+    F(S, uint64_t, sl_reserved,  [3], 40)
 KVSHM_STRUCT(kvshm_slot, KVSHM_SLOT_FIELDS, 64);
 #define KVSHM_SLOTS_OFF 128u
 #define KVSHM_SLOT_FENCED 1u /* owner could not register for membarrier; it fences itself */
 
 /*
  * Submission ring (kvshm/ring.h): the memfd a client creates. A 256-byte
- * header -- the producer's words, the consumer's words, each group on cache
- * lines of its own -- then data[capacity] at KVSHM_RING_HDR. Positions are
- * free-running byte counts; futex words are bumped by one side when the
- * other waits on them.
+ * header, then data[capacity] at KVSHM_RING_HDR. The header's lines, by who
+ * writes them (so neither side's stores invalidate the line the other side
+ * writes):
+ *
+ *     0  immutable     magic, layout hash, capacity
+ *    64  producer      tail; the positions it sleeps for (head_want,
+ *                      commit_want) and its "sleeping" flags; tail_seq
+ *   128  consumer      head, committed; head_seq, commit_seq (futex words
+ *                      the producer sleeps on); its "sleeping" flag
+ *   192  reserved
+ *
+ * Positions are free-running byte counts. The wake-up protocol is
+ * described at the top of shm/ring.c.
  */
 #define KVSHM_MAGIC_RING UINT64_C(0x31474e49524d534b) /* "KSMRING1" */
 #define KVSHM_RING_HDR 256u
@@ -331,17 +344,24 @@ KVSHM_STRUCT(kvshm_slot, KVSHM_SLOT_FIELDS, 64);
     F(S, uint32_t, rh_capacity,         ,    16) /* data bytes, power of two; immutable */ \
     F(S, uint32_t, rh_flags,            ,    20)                                  \
     F(S, uint64_t, rh_pad0,             [5], 24)                                  \
-    F(S, uint64_t, rh_tail,             ,    64) /* producer: end of published data (release) */ \
-    F(S, uint32_t, rh_tail_seq,         ,    72) /* futex: producer bumps it for a waiting consumer */ \
-    F(S, uint32_t, rh_consumer_waiting, ,    76) /* consumer sets it before sleeping on tail_seq */ \
-    F(S, uint64_t, rh_pad1,             [6], 80)                                  \
-    F(S, uint64_t, rh_head,             ,   128) /* consumer: start of unconsumed data (release) */ \
-    F(S, uint32_t, rh_head_seq,         ,   136) /* futex: consumer bumps it for a waiting producer */ \
-    F(S, uint32_t, rh_producer_waiting, ,   140) /* producer sets it before sleeping on head_seq */ \
-    F(S, uint64_t, rh_committed,        ,   144) /* consumer: records before it are committed (release) */ \
-    F(S, uint32_t, rh_commit_seq,       ,   152) /* futex: bumped when committed advances for a waiter */ \
-    F(S, uint32_t, rh_commit_waiting,   ,   156) /* producer sets it before sleeping on commit_seq */ \
-    F(S, uint64_t, rh_pad2,             [12], 160)
+    /* ---- written by the producer ---- */                                       \
+    F(S, uint64_t, rh_tail,             ,    64) /* end of published data (release) */ \
+    F(S, uint64_t, rh_head_want,        ,    72) /* head position the sleeping producer waits for */ \
+    F(S, uint64_t, rh_commit_want,      ,    80) /* committed position it waits for */ \
+    F(S, uint32_t, rh_tail_seq,         ,    88) /* futex: bumped for a sleeping consumer */ \
+    F(S, uint32_t, rh_producer_waiting, ,    92) /* 1 while sleeping on head_seq (release) */ \
+    F(S, uint32_t, rh_commit_waiting,   ,    96) /* 1 while sleeping on commit_seq (release) */ \
+    F(S, uint32_t, rh_pad1,             ,   100)                                  \
+    F(S, uint64_t, rh_pad2,             [3], 104)                                 \
+    /* ---- written by the consumer ---- */                                       \
+    F(S, uint64_t, rh_head,             ,   128) /* start of unconsumed data (release) */ \
+    F(S, uint64_t, rh_committed,        ,   136) /* records before it are committed (release) */ \
+    F(S, uint32_t, rh_head_seq,         ,   144) /* futex: bumped to wake a producer waiting on head */ \
+    F(S, uint32_t, rh_commit_seq,       ,   148) /* futex: bumped to wake one waiting on committed */ \
+    F(S, uint32_t, rh_consumer_waiting, ,   152) /* 1 while sleeping on tail_seq */ \
+    F(S, uint32_t, rh_pad3,             ,   156)                                  \
+    F(S, uint64_t, rh_pad4,             [4], 160)                                 \
+    F(S, uint64_t, rh_reserved,         [8], 192)
 KVSHM_STRUCT(kvshm_ring_hdr, KVSHM_RING_HDR_FIELDS, KVSHM_RING_HDR);
 
 /* ---- process-local mapping handle and the bounds-checked dereference ---- */

@@ -1,14 +1,38 @@
 /*
  * ring.c -- the submission ring (ring.h): SPSC, variable-length records in a
- * client-created memfd, futex sleeps on both sides.
+ * client-created memfd; either side spins, then sleeps on a futex.
  *
- * Wake-up protocol (no lost wakeup): a side about to sleep reads the futex
- * word, sets its "waiting" flag, issues a seq_cst fence, re-checks its
- * condition and only then FUTEX_WAITs on the word it read. The other side
- * publishes (release store of tail/head/committed), issues a seq_cst fence,
- * and if it sees the flag, bumps the word and FUTEX_WAKEs. By the fences one
- * of the two sees the other's store; FUTEX_WAIT returns at once if the word
- * already moved.
+ * Wake-up protocol (no lost wake-up, and no wake-up that is not needed).
+ * Each sleep has a futex word bumped by the other side (tail_seq: the
+ * consumer sleeps for data; head_seq: the producer sleeps for the head to
+ * reach a position, for consumption or for space; commit_seq: it sleeps for
+ * the committed position), a "sleeping" flag and, for the producer's waits,
+ * the position it waits for (head_want, commit_want).
+ *
+ *   sleeper:  seq = load(word); if ready: done
+ *             store want; store-release sleeping = 1; seq_cst fence
+ *             if ready: sleeping = 0, done
+ *             FUTEX_WAIT(word, seq); sleeping = 0; repeat
+ *   waker:    store-release the position (tail / head / committed)
+ *             seq_cst fence; if load-acquire(sleeping) and the position
+ *             reached want: word += 1; FUTEX_WAKE(word)
+ *
+ * By the two seq_cst fences, either the sleeper's re-check sees the new
+ * position, or the waker sees sleeping = 1 and, through the release/acquire
+ * pair on the flag, the want stored before it (or a later one, whose own
+ * wait re-checks in the same way); FUTEX_WAIT returns at once if the word
+ * moved after the sleeper read it. A flag or want left over from an
+ * earlier wait costs at most one spurious wake-up.
+ *
+ * The consumer's position is split in two: kvshm_ring_consume moves a
+ * private head (no store to shared memory), kvshm_ring_release publishes it
+ * and wakes the producer only if it sleeps for a position now reached. So a
+ * batch of records costs the consumer one shared store and at most one
+ * wake-up, and the producer is never woken for less than it waits for.
+ *
+ * Before sleeping, a wait spins (spinwait.h) with the handle's per-site
+ * budget and, when a reader is set (kvshm_ring_set_spin), under the
+ * free-core rule of its slot file.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,10 +46,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "atomics.h"
-#include "kv_assert.h"
+#include "internal.h"
 #include "kvshm/ring.h"
 #include "layout.h"
+#include "spinwait.h"
 
 struct kvshm_ring {
     int fd;
@@ -36,7 +60,15 @@ struct kvshm_ring {
     uint32_t cap, mask;
     uint64_t res_pos;     /* producer: reserved record start (after padding) */
     uint32_t res_len;     /* producer: reserved payload length */
+    uint64_t head;        /* consumer: private head, records before it consumed */
+    uint64_t pub_head;    /* consumer: head as last released */
     uint64_t peek_next;   /* consumer: head after the peeked record */
+    kvshm_reader *rd;     /* spin accounting (kvshm_ring_set_spin), or NULL */
+    kvshm_spin sp_head;   /* producer waits for consumption */
+    kvshm_spin sp_space;  /* producer waits for space */
+    kvshm_spin sp_commit; /* producer waits for the committed position */
+    kvshm_spin sp_data;   /* consumer waits for data */
+    kvshm_ring_counts cnt;
 };
 
 #define REC_HDR 8u
@@ -54,45 +86,87 @@ static uint64_t mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-static void notify(uint32_t *seqw, uint32_t *waiting)
+/* Waker side: bump the futex word and wake its sleeper. Precondition: the
+ * caller stored its position, fenced, and saw the sleeper's flag. */
+static void wake(kvshm_ring *r, uint32_t *seqw)
 {
-    kv_atomic_fence_seq_cst();
-    if (kv_atomic_load_relaxed32(waiting)) {
-        kv_atomic_fetch_add_acq_rel32(seqw, 1);
-        futex(seqw, FUTEX_WAKE, INT_MAX, NULL);
-    }
+    kv_atomic_fetch_add_acq_rel32(seqw, 1);
+    futex(seqw, FUTEX_WAKE, INT_MAX, NULL);
+    r->cnt.wakes++;
 }
 
-typedef int (*ready_fn)(kvshm_ring *r, uint64_t arg);
+/* What a wait waits for: *posw (a position word) reaching pos, or, with
+ * posw == NULL, data past the consumer's private head. */
+typedef struct wait_cond {
+    kvshm_ring *r;
+    const uint64_t *posw;
+    uint64_t pos;
+} wait_cond;
 
-static kvshm_status wait_on(kvshm_ring *r, uint32_t *seqw, uint32_t *waiting,
-                            ready_fn ready, uint64_t arg, int timeout_ms)
+static int cond_ready(void *ctx)
 {
-    uint64_t deadline = timeout_ms >= 0 ? mono_ms() + (uint64_t)timeout_ms : 0;
+    const wait_cond *c = ctx;
+    if (!c->posw) return kv_atomic_load_acquire64(&c->r->h->rh_tail) != c->r->head;
+    return (int64_t)(kv_atomic_load_acquire64(c->posw) - c->pos) >= 0;
+}
+
+/*
+ * Spin on c with site's budget, then sleep on seqw (protocol at the top).
+ * want (may be NULL) receives c->pos before the flag is raised.
+ * timeout_ms: 0 checks once, < 0 waits forever. Returns KVSHM_OK or
+ * KVSHM_TIMEOUT.
+ */
+static kvshm_status wait_on(kvshm_ring *r, kvshm_spin *site, uint32_t *seqw,
+                            uint32_t *sleeping, uint64_t *want, wait_cond *c, int timeout_ms)
+{
+    if (cond_ready(c)) return KVSHM_OK;
+    if (timeout_ms == 0) return KVSHM_TIMEOUT;
+    uint64_t deadline = timeout_ms > 0 ? mono_ms() + (uint64_t)timeout_ms : 0;
+    kvshm_spin_gate gate, *g = NULL;
+    if (r->rd) { kvshmi_reader_gate(r->rd, &gate); g = &gate; }
+    uint64_t spins = site->spins;
+    int hit = kvshm_spin_until(site, g, cond_ready, c);
+    r->cnt.spins += site->spins - spins;
+    if (hit) { r->cnt.spin_hits++; return KVSHM_OK; }
     for (;;) {
         uint32_t seq = kv_atomic_load_acquire32(seqw);
-        if (ready(r, arg)) return KVSHM_OK;
-        if (timeout_ms == 0) return KVSHM_TIMEOUT;
-        kv_atomic_store_relaxed32(waiting, 1);
+        if (cond_ready(c)) return KVSHM_OK;
+        if (want) kv_atomic_store_relaxed64(want, c->pos);
+        kv_atomic_store_release32(sleeping, 1);
         kv_atomic_fence_seq_cst();
-        if (ready(r, arg)) { kv_atomic_store_relaxed32(waiting, 0); return KVSHM_OK; }
+        if (cond_ready(c)) { kv_atomic_store_relaxed32(sleeping, 0); return KVSHM_OK; }
         struct timespec ts, *tsp = NULL;
         if (timeout_ms > 0) {
             uint64_t now = mono_ms();
-            if (now >= deadline) { kv_atomic_store_relaxed32(waiting, 0); return KVSHM_TIMEOUT; }
+            if (now >= deadline) { kv_atomic_store_relaxed32(sleeping, 0); return KVSHM_TIMEOUT; }
             uint64_t left = deadline - now;
             ts.tv_sec = (time_t)(left / 1000);
             ts.tv_nsec = (long)(left % 1000) * 1000000L;
             tsp = &ts;
         }
+        r->cnt.sleeps++;
         futex(seqw, FUTEX_WAIT, seq, tsp);
-        kv_atomic_store_relaxed32(waiting, 0);
+        kv_atomic_store_relaxed32(sleeping, 0);
     }
+}
+
+/* Waker side of the protocol for a position word just stored: wake the
+ * sleeper if it sleeps for a position <= pos. */
+static void notify_at(kvshm_ring *r, uint64_t pos, uint32_t *seqw, const uint32_t *sleeping,
+                      const uint64_t *want)
+{
+    kv_atomic_fence_seq_cst();
+    if (kv_atomic_load_acquire32(sleeping) &&
+        (int64_t)(pos - kv_atomic_load_relaxed64(want)) >= 0)
+        wake(r, seqw);
 }
 
 static uint64_t ring_hash(void)
 {
-    return kvshm_layout_hash() ^ (uint64_t)sizeof(struct kvshm_ring_hdr) * 0x9e3779b97f4a7c15u;
+    return kvshm_layout_hash() ^
+           ((uint64_t)sizeof(struct kvshm_ring_hdr) * 0x9e3779b97f4a7c15u) ^
+           ((uint64_t)offsetof(struct kvshm_ring_hdr, rh_head_want) << 32) ^
+           (uint64_t)offsetof(struct kvshm_ring_hdr, rh_head);
 }
 
 static kvshm_status ring_wrap(int fd, uint32_t cap, kvshm_ring **out)
@@ -109,6 +183,7 @@ static kvshm_status ring_wrap(int fd, uint32_t cap, kvshm_ring **out)
     r->data = (uint8_t *)p + KVSHM_RING_HDR;
     r->cap = cap;
     r->mask = cap - 1;
+    kvshm_ring_set_spin(r, NULL, KVSHM_RING_SPIN_DEFAULT);
     *out = r;
     return KVSHM_OK;
 }
@@ -144,13 +219,16 @@ kvshm_status kvshm_ring_map(int fd, kvshm_ring **out)
     if (cap > (UINT64_C(1) << 30) || (cap & (cap - 1))) { close(dfd); return KVSHM_E_SIZE; }
     kvshm_status st = ring_wrap(dfd, (uint32_t)cap, out);
     if (st) { close(dfd); return st; }
-    struct kvshm_ring_hdr *h = (*out)->h;
+    kvshm_ring *r = *out;
+    struct kvshm_ring_hdr *h = r->h;
     st = KVSHM_OK;
     if (kv_atomic_load_acquire64(&h->rh_magic) != KVSHM_MAGIC_RING) st = KVSHM_E_MAGIC;
     else if (h->rh_layout_hash != ring_hash()) st = KVSHM_E_LAYOUT;
     else if (h->rh_capacity != cap) st = KVSHM_E_SIZE;
-    if (st) { kvshm_ring_close(*out); *out = NULL; }
-    return st;
+    if (st) { kvshm_ring_close(r); *out = NULL; return st; }
+    /* a ring handed over again continues where the last consumer released */
+    r->head = r->pub_head = r->peek_next = kv_atomic_load_acquire64(&h->rh_head);
+    return KVSHM_OK;
 }
 
 void kvshm_ring_close(kvshm_ring *r)
@@ -164,26 +242,34 @@ void kvshm_ring_close(kvshm_ring *r)
 int kvshm_ring_fd(const kvshm_ring *r) { return r->fd; }
 uint32_t kvshm_ring_capacity(const kvshm_ring *r) { return r->cap; }
 
-/* ---- producer ----------------------------------------------------------------- */
-
-static int has_space(kvshm_ring *r, uint64_t need)
+void kvshm_ring_set_spin(kvshm_ring *r, kvshm_reader *rd, uint32_t cap_ns)
 {
-    uint64_t head = kv_atomic_load_acquire64(&r->h->rh_head);
-    uint64_t tail = r->h->rh_tail;   /* ours */
-    return tail - head + need <= r->cap;
+    if (cap_ns == KVSHM_RING_SPIN_DEFAULT) cap_ns = KVSHM_SPIN_CLIENT_NS;
+    r->rd = rd;
+    kvshm_spin_init(&r->sp_head, cap_ns);
+    kvshm_spin_init(&r->sp_space, cap_ns);
+    kvshm_spin_init(&r->sp_commit, cap_ns);
+    kvshm_spin_init(&r->sp_data, cap_ns);
 }
+
+void kvshm_ring_stats(const kvshm_ring *r, kvshm_ring_counts *out) { *out = r->cnt; }
+
+/* ---- producer ----------------------------------------------------------------- */
 
 kvshm_status kvshm_ring_reserve(kvshm_ring *r, uint32_t len, void **payload, int timeout_ms)
 {
     if ((uint64_t)len + REC_HDR > r->cap / 2) return KVSHM_E_INVAL;
-    uint64_t tail = r->h->rh_tail;
+    uint64_t tail = r->h->rh_tail;   /* ours */
     uint64_t rec = ALIGN8(REC_HDR + len);
     uint64_t to_end = r->cap - (tail & r->mask);
     uint64_t need = rec <= to_end ? rec : to_end + rec;   /* pad to the end first */
-    if (!has_space(r, need)) {
+    /* room for need bytes once the head reaches tail + need - capacity */
+    wait_cond c = {.r = r, .posw = &r->h->rh_head, .pos = tail + need - r->cap};
+    if (!cond_ready(&c)) {
         if (timeout_ms == 0) return KVSHM_E_FULL;
-        kvshm_status st = wait_on(r, &r->h->rh_head_seq, &r->h->rh_producer_waiting,
-                                  has_space, need, timeout_ms);
+        kvshm_status st = wait_on(r, &r->sp_space, &r->h->rh_head_seq,
+                                  &r->h->rh_producer_waiting, &r->h->rh_head_want, &c,
+                                  timeout_ms);
         if (st) return st;
     }
     if (rec > to_end) {
@@ -200,7 +286,7 @@ kvshm_status kvshm_ring_reserve(kvshm_ring *r, uint32_t len, void **payload, int
     return KVSHM_OK;
 }
 
-uint64_t kvshm_ring_publish(kvshm_ring *r, uint32_t type)
+uint64_t kvshm_ring_publish_quiet(kvshm_ring *r, uint32_t type)
 {
     /* a reservation is pending: its record fits before the buffer's end */
     KV_ASSERT(type != KVSHM_RING_PAD && (uint64_t)r->res_len + REC_HDR <= r->cap / 2);
@@ -210,7 +296,19 @@ uint64_t kvshm_ring_publish(kvshm_ring *r, uint32_t type)
     rh[1] = type;
     uint64_t end = r->res_pos + ALIGN8(REC_HDR + r->res_len);
     kv_atomic_store_release64(&r->h->rh_tail, end);
-    notify(&r->h->rh_tail_seq, &r->h->rh_consumer_waiting);
+    return end;
+}
+
+void kvshm_ring_notify(kvshm_ring *r)
+{
+    kv_atomic_fence_seq_cst();
+    if (kv_atomic_load_acquire32(&r->h->rh_consumer_waiting)) wake(r, &r->h->rh_tail_seq);
+}
+
+uint64_t kvshm_ring_publish(kvshm_ring *r, uint32_t type)
+{
+    uint64_t end = kvshm_ring_publish_quiet(r, type);
+    kvshm_ring_notify(r);
     return end;
 }
 
@@ -227,21 +325,18 @@ kvshm_status kvshm_ring_push(kvshm_ring *r, uint32_t type, const void *data,
     return KVSHM_OK;
 }
 
-static int consumed_ready(kvshm_ring *r, uint64_t pos)
-{ return (int64_t)(kv_atomic_load_acquire64(&r->h->rh_head) - pos) >= 0; }
-static int committed_ready(kvshm_ring *r, uint64_t pos)
-{ return (int64_t)(kv_atomic_load_acquire64(&r->h->rh_committed) - pos) >= 0; }
-
 kvshm_status kvshm_ring_wait_consumed(kvshm_ring *r, uint64_t pos, int timeout_ms)
 {
-    return wait_on(r, &r->h->rh_head_seq, &r->h->rh_producer_waiting,
-                   consumed_ready, pos, timeout_ms);
+    wait_cond c = {.r = r, .posw = &r->h->rh_head, .pos = pos};
+    return wait_on(r, &r->sp_head, &r->h->rh_head_seq, &r->h->rh_producer_waiting,
+                   &r->h->rh_head_want, &c, timeout_ms);
 }
 
 kvshm_status kvshm_ring_wait_committed(kvshm_ring *r, uint64_t pos, int timeout_ms)
 {
-    return wait_on(r, &r->h->rh_commit_seq, &r->h->rh_commit_waiting,
-                   committed_ready, pos, timeout_ms);
+    wait_cond c = {.r = r, .posw = &r->h->rh_committed, .pos = pos};
+    return wait_on(r, &r->sp_commit, &r->h->rh_commit_seq, &r->h->rh_commit_waiting,
+                   &r->h->rh_commit_want, &c, timeout_ms);
 }
 
 /* ---- consumer ----------------------------------------------------------------- */
@@ -249,8 +344,8 @@ kvshm_status kvshm_ring_wait_committed(kvshm_ring *r, uint64_t pos, int timeout_
 kvshm_status kvshm_ring_peek(kvshm_ring *r, uint32_t *type, const void **payload,
                              uint32_t *len)
 {
-    uint64_t head = r->h->rh_head;   /* ours */
     for (;;) {
+        uint64_t head = r->head;
         uint64_t tail = kv_atomic_load_acquire64(&r->h->rh_tail);
         if (tail == head) return KVSHM_EMPTY;
         if (tail - head > r->cap || (head & 7) || (tail & 7)) return KVSHM_E_CORRUPT;
@@ -260,8 +355,7 @@ kvshm_status kvshm_ring_peek(kvshm_ring *r, uint32_t *type, const void **payload
         uint64_t rec = ALIGN8(REC_HDR + (uint64_t)l);
         if (rec > to_end || rec > tail - head) return KVSHM_E_CORRUPT;
         if (t == KVSHM_RING_PAD) {
-            head += rec;
-            kv_atomic_store_release64(&r->h->rh_head, head);
+            r->head = head + rec;   /* released with the next record */
             continue;
         }
         *type = t;
@@ -275,22 +369,30 @@ kvshm_status kvshm_ring_peek(kvshm_ring *r, uint32_t *type, const void **payload
 
 uint64_t kvshm_ring_consume(kvshm_ring *r)
 {
-    uint64_t head = r->peek_next;
-    if ((int64_t)(head - r->h->rh_head) <= 0) return r->h->rh_head;
+    if ((int64_t)(r->peek_next - r->head) > 0) r->head = r->peek_next;
+    return r->head;
+}
+
+uint64_t kvshm_ring_release(kvshm_ring *r)
+{
+    uint64_t head = r->head;
+    if (head == r->pub_head) return head;
+    r->pub_head = head;
     kv_atomic_store_release64(&r->h->rh_head, head);
-    notify(&r->h->rh_head_seq, &r->h->rh_producer_waiting);
+    notify_at(r, head, &r->h->rh_head_seq, &r->h->rh_producer_waiting, &r->h->rh_head_want);
     return head;
 }
 
-static int data_ready(kvshm_ring *r, uint64_t unused)
+int kvshm_ring_has_data(const kvshm_ring *r)
 {
-    (void)unused;
-    return kv_atomic_load_acquire64(&r->h->rh_tail) != r->h->rh_head;
+    return kv_atomic_load_acquire64(&r->h->rh_tail) != r->head;
 }
 
 kvshm_status kvshm_ring_wait_data(kvshm_ring *r, int timeout_ms)
 {
-    return wait_on(r, &r->h->rh_tail_seq, &r->h->rh_consumer_waiting, data_ready, 0,
+    kvshm_ring_release(r);   /* a producer may be waiting for space meanwhile */
+    wait_cond c = {.r = r, .posw = NULL, .pos = 0};
+    return wait_on(r, &r->sp_data, &r->h->rh_tail_seq, &r->h->rh_consumer_waiting, NULL, &c,
                    timeout_ms);
 }
 
@@ -302,5 +404,5 @@ uint64_t kvshm_ring_head(const kvshm_ring *r)
 void kvshm_ring_set_committed(kvshm_ring *r, uint64_t pos)
 {
     kv_atomic_store_release64(&r->h->rh_committed, pos);
-    notify(&r->h->rh_commit_seq, &r->h->rh_commit_waiting);
+    notify_at(r, pos, &r->h->rh_commit_seq, &r->h->rh_commit_waiting, &r->h->rh_commit_want);
 }

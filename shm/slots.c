@@ -24,6 +24,10 @@
  * reach no object tagged before them. A reader that read epoch e loaded its
  * views after the writer's store of e, hence after every unlink tagged < e.
  *
+ * Spinners: a client that spins in a wait counts itself in the header's
+ * sh_spinners and marks its slot (sl_spinning); reaping a dead owner's
+ * slot takes the count back (spinwait.h, kvshm_spin_reap).
+ *
  * Eviction: when a shard's retired-but-pinned bytes exceed the configured
  * limit, the writer bumps the global epoch, then bumps the generation of each
  * slot holding the oldest epoch (release) and from then on ignores that
@@ -92,6 +96,7 @@ kvshm_status kvshmi_slots_create(kvshm_writer *w)
     w->sh->sh_layout_hash = kvshmi_layout_hash();
     w->sh->sh_generation = w->cfg.generation;
     w->sh->sh_nslots = w->cfg.nslots;
+    kvshm_spin_init(&w->idle_spin, KVSHM_SPIN_WRITER_NS);
     kv_atomic_store_release64(&w->sh->sh_magic, KVSHM_MAGIC_SLOTS);
     return KVSHM_OK;
 fail:
@@ -161,6 +166,7 @@ kvshm_status kvshmi_slot_claim(kvshm_reader *r)
         /* The lock is ours: nobody else (not even the writer's reaper, which
          * probes the same lock) touches the slot's owner fields now. */
         struct kvshm_slot *sl = &slots[i];
+        kvshm_spin_reap(&r->sh->sh_spinners, &sl->sl_spinning);   /* a dead owner's, unreaped */
         kv_atomic_store_release64(&sl->sl_epoch, 0);
         sl->sl_flags = r->fenced ? KVSHM_SLOT_FENCED : 0;
         sl->sl_attach_ns = now_ns();
@@ -218,6 +224,7 @@ static int reap_slot(kvshm_writer *w, uint32_t i, int *err)
         return 0;  /* owner alive (or just claiming it) */
     }
     /* We hold the lock: the owner is gone and no claimer can get in. */
+    kvshm_spin_reap(&w->sh->sh_spinners, &sl->sl_spinning);
     kv_atomic_store_release64(&sl->sl_epoch, 0);
     kv_atomic_store_release32(&sl->sl_pid, 0);
     kv_atomic_store_release64(&sl->sl_gen, sl->sl_gen + 1);
@@ -312,39 +319,79 @@ kvshm_status kvshm_writer_maintain(kvshm_writer *w, kvshm_maint *out)
     return KVSHM_OK;
 }
 
-/* ---- doorbell ----------------------------------------------------------------- */
+/* ---- doorbell and the writer's idle wait --------------------------------------
+ *
+ * The writer sleeps on sh_doorbell only after it has run out of work and
+ * out of idle spin. No lost wake-up:
+ *   writer: seen = load(doorbell); sleeping = 1; seq_cst fence;
+ *           re-check every ring and the request count; FUTEX_WAIT(seen)
+ *   client: publish (release store of its ring's tail); seq_cst fence;
+ *           if sleeping: doorbell += 1; FUTEX_WAKE
+ * By the fences, either the writer's re-check sees the record or the client
+ * sees the flag; FUTEX_WAIT returns at once if the doorbell moved after the
+ * writer read it. A client that finds the writer awake does nothing more:
+ * no store to the shared line, no system call.
+ */
 
 static long futex(uint32_t *uaddr, int op, uint32_t val, const struct timespec *ts)
 {
     return syscall(SYS_futex, uaddr, op, val, ts, NULL, 0);
 }
 
-uint32_t kvshm_writer_doorbell(const kvshm_writer *w)
+uint32_t kvshm_writer_requests(const kvshm_writer *w)
 {
-    return kv_atomic_load_acquire32(&w->sh->sh_doorbell);
+    return kv_atomic_load_acquire32(&w->sh->sh_requests);
 }
 
-kvshm_status kvshm_writer_wait_doorbell(kvshm_writer *w, uint32_t seen, int timeout_ms)
+typedef struct idle_ctx {
+    int (*has_work)(void *ctx, int final);
+    void *ctx;
+} idle_ctx;
+
+static int idle_ready(void *p)
 {
-    /* No lost wakeup: we publish "sleeping" (seq_cst) before re-reading the
-     * doorbell; a client bumps the doorbell (seq_cst RMW) before reading
-     * "sleeping". One of us sees the other, and FUTEX_WAIT itself re-checks
-     * the value atomically. */
-    kv_atomic_store_seq_cst32(&w->sh->sh_writer_sleeping, 1);
+    const idle_ctx *c = p;
+    return c->has_work(c->ctx, 0);
+}
+
+kvshm_status kvshm_writer_idle_wait(kvshm_writer *w, int (*has_work)(void *ctx, int final),
+                                    void *ctx, int timeout_ms)
+{
+    KVSHMI_WRITER_ONLY(w);
+    if (has_work(ctx, 0)) return KVSHM_OK;
+    if (timeout_ms == 0) return KVSHM_TIMEOUT;
+    struct kvshm_slothdr *sh = w->sh;
+    kvshm_spin_gate g = {.spinners = &sh->sh_spinners, .mark = &sh->sh_writer_spinning,
+                         .writer = 1};
+    idle_ctx ic = {has_work, ctx};
+    if (kvshm_spin_until(&w->idle_spin, &g, idle_ready, &ic)) return KVSHM_OK;
+    uint32_t seen = kv_atomic_load_acquire32(&sh->sh_doorbell);
+    kv_atomic_store_release32(&sh->sh_writer_sleeping, 1);
+    kv_atomic_fence_seq_cst();
     kvshm_status st = KVSHM_OK;
-    if (kv_atomic_load_seq_cst32(&w->sh->sh_doorbell) == seen) {
-        struct timespec ts = { timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000L };
-        if (futex(&w->sh->sh_doorbell, FUTEX_WAIT, seen, timeout_ms >= 0 ? &ts : NULL) != 0 &&
+    if (!has_work(ctx, 1)) {
+        struct timespec ts = {timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000L};
+        if (futex(&sh->sh_doorbell, FUTEX_WAIT, seen, timeout_ms > 0 ? &ts : NULL) != 0 &&
             errno == ETIMEDOUT)
             st = KVSHM_TIMEOUT;
     }
-    kv_atomic_store_seq_cst32(&w->sh->sh_writer_sleeping, 0);
+    kv_atomic_store_release32(&sh->sh_writer_sleeping, 0);
     return st;
 }
 
 void kvshm_reader_ring_doorbell(kvshm_reader *r)
 {
-    atomic_fetch_add_explicit(KVSHM_A32(&r->sh->sh_doorbell), 1, memory_order_seq_cst);
-    if (kv_atomic_load_seq_cst32(&r->sh->sh_writer_sleeping))
+    kv_atomic_fence_seq_cst();
+    if (kv_atomic_load_relaxed32(&r->sh->sh_writer_sleeping)) {
+        kv_atomic_fetch_add_acq_rel32(&r->sh->sh_doorbell, 1);
         futex(&r->sh->sh_doorbell, FUTEX_WAKE, 1, NULL);
+    }
+}
+
+void kvshmi_reader_gate(kvshm_reader *r, kvshm_spin_gate *g)
+{
+    g->spinners = &r->sh->sh_spinners;
+    /* before a forked child re-homes, the slot is still the parent's */
+    g->mark = r->slot && r->fork_gen == kvshmi_fork_gen ? &r->slot->sl_spinning : NULL;
+    g->writer = 0;
 }

@@ -211,16 +211,34 @@ size_t wr_drain(wr_state *ws)
                 client_drop(ws, c);
                 break;
             }
-            /* Applied: the producer may return from put (DESIGN.md "applied"). */
-            c->applied_pos = kvshm_ring_consume(c->ring);
+            kvshm_ring_consume(c->ring);
             n++;
+            /* Applied once released: the producer may return from put
+             * (DESIGN.md "applied"). A long batch is acknowledged early. */
+            if (n % 64 == 0) c->applied_pos = kvshm_ring_release(c->ring);
             if (n >= 4096) break;   /* fairness between clients */
         }
+        if (c->ring) c->applied_pos = kvshm_ring_release(c->ring);
         if (c->sock >= 0 && c->dead && n == 0) client_drop(ws, c);
         total += n;
     }
     if (total) kvshm_writer_publish_seq(ws->w, ws->seq, 0);
     return total;
+}
+
+int wr_has_work(void *ctx, int final)
+{
+    const wr_idle *idle = ctx;
+    wr_state *ws = idle->ws;
+    for (size_t i = 0; i < ws->nclients; i++) {
+        wr_client *c = &ws->clients[i];
+        if (c->sock >= 0 && c->ring && kvshm_ring_has_data(c->ring)) return 1;
+    }
+    if (kvshm_writer_requests(ws->w) != idle->requests) return 1;
+    if (!final) return 0;
+    /* a request whose sender saw the writer awake and flagged nothing */
+    struct epoll_event ev;
+    return epoll_wait(ws->ep, &ev, 1, 0) > 0;
 }
 
 /* ---- requests ------------------------------------------------------------ */

@@ -278,7 +278,7 @@ int wr_run(wr_state *ws)
     uint64_t last_maint = ws->last_commit_ms, commits_at_ckpt = 0;
     int stopping = 0;
     for (;;) {
-        uint32_t bell = kvshm_writer_doorbell(ws->w);
+        wr_idle idle = {.ws = ws, .requests = kvshm_writer_requests(ws->w)};
         wr_sock_poll(ws);
         size_t drained = wr_drain(ws);
         uint64_t now = wr_now_ms();
@@ -325,7 +325,7 @@ int wr_run(wr_state *ws)
             timeout = left > now ? (int)(left - now) : 0;
             if (timeout == 0) continue;
         }
-        kvshm_writer_wait_doorbell(ws->w, bell, timeout);
+        kvshm_writer_idle_wait(ws->w, wr_has_work, &idle, timeout);
     }
     rc = 0;
     wr_log("stopped: committed sequence %" PRIu64 ", %" PRIu64 " commits", ws->committed,

@@ -91,6 +91,16 @@ int wr_sock_listen(wr_state *ws);
 void wr_sock_poll(wr_state *ws);
 /* Apply every record in every ring; returns the number of records. */
 size_t wr_drain(wr_state *ws);
+/* What the loop's idle wait checks for work: ws and the request count
+ * (kvshm_writer_requests) read before the loop pass polled the socket. */
+typedef struct wr_idle {
+    wr_state *ws;
+    uint32_t requests;
+} wr_idle;
+/* has_work of kvshm_writer_idle_wait (ctx: a wr_idle): a client ring has
+ * data, or the request count moved; with final, also a zero-timeout
+ * epoll_wait of the socket. */
+int wr_has_work(void *ctx, int final);
 void wr_clients_close(wr_state *ws);
 /* Text of the STATUS reply into buf; returns its length. */
 size_t wr_status_text(wr_state *ws, char *buf, size_t cap);

@@ -1,10 +1,13 @@
 /* test_shm_ring.c - the submission ring (shm/ring.c): record framing and
  * wrap-around, full/oversize, untrusted-length checks, and producer/consumer
  * sleeping on futexes across threads and across processes (fd inherited, as
- * SCM_RIGHTS would pass it); the consumer's head; and the formats writer and
- * attach share besides the ring (key records, registry text). */
+ * SCM_RIGHTS would pass it); wake-ups only at the position a sleeper waits
+ * for; ping-pong between processes with spinning on and off (no lost
+ * wake-up); the consumer's head; and the formats writer and attach share
+ * besides the ring (key records, registry text). */
 #include <pthread.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 
 #include "kvshm/proto.h"
 #include "kvshm/ring.h"
@@ -32,6 +35,7 @@ static int check_rec(kvshm_ring *c, uint64_t i)
     for (uint32_t j = 0; j < len; j++)
         if (((const uint8_t *)pl)[j] != rec_byte(i, j)) return 0;
     kvshm_ring_consume(c);
+    kvshm_ring_release(c);
     return 1;
 }
 
@@ -157,25 +161,40 @@ Test(shm_ring, producer_and_consumer_threads_sleep_and_wake)
     kvshm_ring_close(p);
 }
 
-Test(shm_ring, producer_and_consumer_processes)
+/* Fork a consumer process: it maps p's ring (fd inherited, as SCM_RIGHTS
+ * would pass it), sets its spin cap and exits with body's status. */
+static pid_t fork_consumer(kvshm_ring *p, uint32_t spin_ns, int (*body)(kvshm_ring *c))
 {
-    kvshm_ring *p;
-    cr_assert_eq(kvshm_ring_create(8192, &p), KVSHM_OK);
     pid_t pid = fork();
     if (pid == 0) {
         kvshm_ring *c;
         if (kvshm_ring_map(kvshm_ring_fd(p), &c) != KVSHM_OK) _exit(2);
-        int ok;
-        consume_all(c, &ok);
-        _exit(ok ? 0 : 1);
+        kvshm_ring_set_spin(c, NULL, spin_ns);
+        _exit(body(c));
     }
+    return pid;
+}
+
+static int consume_all_status(kvshm_ring *c)
+{
+    int ok;
+    consume_all(c, &ok);
+    return ok ? 0 : 1;
+}
+
+Test(shm_ring, producer_and_consumer_processes)
+{
+    kvshm_ring *p;
+    cr_assert_eq(kvshm_ring_create(8192, &p), KVSHM_OK);
+    pid_t pid = fork_consumer(p, KVSHM_RING_SPIN_DEFAULT, consume_all_status);
     produce_all(p);
     cr_assert_eq(shmt_wait(pid), 0);
     kvshm_ring_close(p);
 }
 
-/* The consumer's position: 0 for a new ring, then where consume left it,
- * as seen through any mapping of the ring. */
+/* The consumer's position: 0 for a new ring, then where release published
+ * it (consume alone moves only the private head), as seen through any
+ * mapping of the ring. */
 Test(shm_ring, head_follows_consume)
 {
     kvshm_ring *p, *c, *c2;
@@ -189,14 +208,194 @@ Test(shm_ring, head_follows_consume)
     uint32_t type, len;
     const void *pl;
     cr_assert_eq(kvshm_ring_peek(c, &type, &pl, &len), KVSHM_OK);
+    uint64_t before = kvshm_ring_head(c);
     uint64_t head = kvshm_ring_consume(c);
     cr_assert_eq(head, pos);
+    cr_assert_eq(kvshm_ring_head(c), before, "consume alone publishes nothing");
+    cr_assert_eq(kvshm_ring_release(c), pos);
     cr_assert_eq(kvshm_ring_head(c), pos);
     cr_assert_eq(kvshm_ring_map(kvshm_ring_fd(p), &c2), KVSHM_OK);   /* handed over again */
     cr_assert_eq(kvshm_ring_head(c2), pos);
     kvshm_ring_close(c2);
     kvshm_ring_close(c);
     kvshm_ring_close(p);
+}
+
+/* ---- wake-ups: only for the position waited for ------------------------- */
+
+/* The ring's header through a raw mapping of its memfd (white box). */
+static struct kvshm_ring_hdr *raw_hdr(kvshm_ring *r)
+{
+    void *p = mmap(NULL, 256, PROT_READ | PROT_WRITE, MAP_SHARED, kvshm_ring_fd(r), 0);
+    cr_assert_neq(p, MAP_FAILED);
+    return p;
+}
+
+/* Wait (up to 10 s) until *flag reads 1: the other process sleeps. */
+static void until_asleep(const uint32_t *flag)
+{
+    double t0 = shmt_now();
+    while (!__atomic_load_n(flag, __ATOMIC_ACQUIRE)) {
+        cr_assert_lt(shmt_now() - t0, 10.0, "the producer never went to sleep");
+        usleep(1000);
+    }
+}
+
+/* Consume the next record and release it; returns the released head. */
+static uint64_t release_one(kvshm_ring *c)
+{
+    uint32_t t, l;
+    const void *q;
+    cr_assert_eq(kvshm_ring_peek(c, &t, &q, &l), KVSHM_OK);
+    kvshm_ring_consume(c);
+    return kvshm_ring_release(c);
+}
+
+/* The consumer handle has made exactly `n` FUTEX_WAKE calls. */
+static void expect_wakes(kvshm_ring *c, uint64_t n)
+{
+    kvshm_ring_counts k;
+    kvshm_ring_stats(c, &k);
+    cr_assert_eq(k.wakes, n, "%lu wake-ups, expected %lu", (unsigned long)k.wakes,
+                 (unsigned long)n);
+}
+
+/* Reap the producer process (exit status 0) and close both handles. */
+static void finish_pair(pid_t pid, struct kvshm_ring_hdr *h, kvshm_ring *c, kvshm_ring *p)
+{
+    cr_assert_eq(shmt_wait(pid), 0);
+    munmap(h, 256);
+    kvshm_ring_close(c);
+    kvshm_ring_close(p);
+}
+
+static void assert_still_waiting(pid_t pid, const uint32_t *flag)
+{
+    usleep(20000);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, WNOHANG), 0, "the producer returned early");
+    cr_assert_eq(__atomic_load_n(flag, __ATOMIC_ACQUIRE), 1, "the producer was woken");
+}
+
+/* A producer (another process, spinning off) sleeping for the consumption
+ * of its 10th record is not woken while the consumer releases records 1..9
+ * one by one, nor by a commit short of what it waits for; it is woken once
+ * when the position is released (and committed). */
+Test(shm_ring, producer_woken_only_at_the_position_it_waits_for)
+{
+    kvshm_ring *p, *c;
+    cr_assert_eq(kvshm_ring_create(8192, &p), KVSHM_OK);
+    cr_assert_eq(kvshm_ring_map(kvshm_ring_fd(p), &c), KVSHM_OK);
+    struct kvshm_ring_hdr *h = raw_hdr(p);
+    uint64_t pos[10];
+    for (int i = 0; i < 10; i++) cr_assert_eq(push_rec(p, (uint64_t)i, 0, &pos[i]), KVSHM_OK);
+    pid_t pid = fork();
+    if (pid == 0) {
+        kvshm_ring_set_spin(p, NULL, 0);
+        if (kvshm_ring_wait_consumed(p, pos[9], 20000) != KVSHM_OK) _exit(1);
+        if (kvshm_ring_wait_committed(p, pos[9], 20000) != KVSHM_OK) _exit(2);
+        kvshm_ring_counts n;
+        kvshm_ring_stats(p, &n);
+        _exit(n.spins == 0 && n.sleeps >= 2 ? 0 : 3);
+    }
+    until_asleep(&h->rh_producer_waiting);
+    cr_assert_eq(h->rh_head_want, pos[9]);
+    for (int i = 0; i < 9; i++) cr_assert_eq(release_one(c), pos[i]);
+    expect_wakes(c, 0);   /* none short of the wanted position */
+    assert_still_waiting(pid, &h->rh_producer_waiting);
+    cr_assert_eq(release_one(c), pos[9]);
+    expect_wakes(c, 1);
+    /* then the commit: short of the position, no wake-up */
+    until_asleep(&h->rh_commit_waiting);
+    cr_assert_eq(h->rh_commit_want, pos[9]);
+    kvshm_ring_set_committed(c, pos[4]);
+    kvshm_ring_set_committed(c, pos[8]);
+    expect_wakes(c, 1);
+    assert_still_waiting(pid, &h->rh_commit_waiting);
+    kvshm_ring_set_committed(c, pos[9]);
+    expect_wakes(c, 2);
+    finish_pair(pid, h, c, p);
+}
+
+/* A producer waiting for room sleeps for the head position that frees it:
+ * releasing less wakes nothing. */
+Test(shm_ring, space_wait_woken_only_when_enough_is_released)
+{
+    kvshm_ring *p, *c;
+    cr_assert_eq(kvshm_ring_create(4096, &p), KVSHM_OK);
+    cr_assert_eq(kvshm_ring_map(kvshm_ring_fd(p), &c), KVSHM_OK);
+    struct kvshm_ring_hdr *h = raw_hdr(p);
+    uint8_t data[1000] = {0};
+    int n = 0;
+    while (kvshm_ring_push(p, 1, data, sizeof data, 0, NULL) == KVSHM_OK) n++;
+    cr_assert_eq(n, 4);   /* 4 x 1008 bytes of 4096: 64 free */
+    pid_t pid = fork();
+    if (pid == 0) {
+        kvshm_ring_set_spin(p, NULL, 0);
+        uint8_t big[2000] = {0};   /* needs two records' room */
+        _exit(kvshm_ring_push(p, 2, big, sizeof big, 20000, NULL) == KVSHM_OK ? 0 : 1);
+    }
+    until_asleep(&h->rh_producer_waiting);
+    release_one(c);
+    expect_wakes(c, 0);   /* one record's room is not enough */
+    assert_still_waiting(pid, &h->rh_producer_waiting);
+    release_one(c);
+    expect_wakes(c, 1);
+    finish_pair(pid, h, c, p);
+}
+
+/* Ping-pong between two processes: every record is published and waited
+ * for by the producer; the consumer waits for data, consumes and releases.
+ * A lost wake-up would stall one side until its 10 s timeout. */
+enum { ROUNDS = 20000 };
+
+/* The consumer side of the ping-pong: 0 when every record came in order. */
+static int pong(kvshm_ring *c)
+{
+    for (uint64_t i = 0; i < ROUNDS;) {
+        uint32_t t, l;
+        const void *q;
+        kvshm_status st = kvshm_ring_peek(c, &t, &q, &l);
+        if (st == KVSHM_EMPTY) {
+            if (kvshm_ring_wait_data(c, 10000) != KVSHM_OK) return 3;
+            continue;
+        }
+        if (st != KVSHM_OK || t != (uint32_t)(i & 0xffff)) return 4;
+        kvshm_ring_consume(c);
+        kvshm_ring_release(c);
+        i++;
+    }
+    return 0;
+}
+
+static void ping_pong(uint32_t spin_ns)
+{
+    kvshm_ring *p;
+    cr_assert_eq(kvshm_ring_create(4096, &p), KVSHM_OK);
+    pid_t pid = fork_consumer(p, spin_ns, pong);
+    kvshm_ring_set_spin(p, NULL, spin_ns);
+    double t0 = shmt_now();
+    for (uint64_t i = 0; i < ROUNDS; i++) {
+        uint64_t pos;
+        cr_assert_eq(kvshm_ring_push(p, (uint32_t)(i & 0xffff), &i, sizeof i, 10000, &pos),
+                     KVSHM_OK);
+        cr_assert_eq(kvshm_ring_wait_consumed(p, pos, 10000), KVSHM_OK, "round %lu",
+                     (unsigned long)i);
+    }
+    cr_assert_eq(shmt_wait(pid), 0);
+    kvshm_ring_counts n;
+    kvshm_ring_stats(p, &n);
+    cr_log_info("ping-pong spin %u ns: %.0f rounds/s, %lu sleeps, %lu spins (%lu hits)",
+                spin_ns, ROUNDS / (shmt_now() - t0), (unsigned long)n.sleeps,
+                (unsigned long)n.spins, (unsigned long)n.spin_hits);
+    if (spin_ns == 0) cr_assert_eq(n.spins, 0);
+    kvshm_ring_close(p);
+}
+
+Test(shm_ring, ping_pong_processes_no_lost_wakeup_spinning_off) { ping_pong(0); }
+Test(shm_ring, ping_pong_processes_no_lost_wakeup_spinning_on)
+{
+    ping_pong(KVSHM_RING_SPIN_DEFAULT);
 }
 
 /* ---- what writer and attach agree on (kvshm/proto.h) ------------------- */

@@ -3,8 +3,16 @@
  * epoch (100 rounds): the writer clears the slot within 1 s and used memory
  * returns to its baseline; SIGSTOP of a reader inside an epoch: reclamation
  * stops only up to the configured limit, then the reader is evicted, and
- * after SIGCONT it retries and reads correct values. */
+ * after SIGCONT it retries and reads correct values. The doorbell: rung
+ * only for a sleeping writer, no lost wake-up between a client process and
+ * the writer's idle wait (spinning on and off), a dead spinner's count
+ * taken back when its slot is reaped. */
+#include <fcntl.h>
+#include <sys/mman.h>
+
+#include "kvshm/ring.h"
 #include "shm_test_util.h"
+#include "spinwait.h"
 
 static void setup(void) { setenv("KVSHM_POISON", "1", 1); shmt_setup(); }
 static void teardown(void) { shmt_teardown(); }
@@ -203,4 +211,157 @@ Test(shm_slots, stalled_reader_evicted_at_limit_then_retries)
     cr_assert_eq(kill(pid, SIGCONT), 0);
     cr_assert_eq(shmt_wait(pid), 0, "child retried after eviction and read generation %d", gen);
     kvshm_writer_destroy(w, 1);
+}
+
+/* ---- doorbell and the writer's idle wait ------------------------------------ */
+
+static int flag_work(void *ctx, int final) { (void)final; return *(int *)ctx; }
+static int flag_ready(void *ctx) { return *(volatile int *)ctx; }
+
+/* The slot file (header and the fixture's 16 slots) through a mapping of
+ * our own (white box). */
+#define SLOTFILE_BYTES (KVSHM_SLOTS_OFF + 16 * sizeof(struct kvshm_slot))
+static struct kvshm_slothdr *map_slothdr(void)
+{
+    int fd = shm_open(shmt_slot, O_RDWR, 0);
+    cr_assert_geq(fd, 0);
+    void *p = mmap(NULL, SLOTFILE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    cr_assert_neq(p, MAP_FAILED);
+    return p;
+}
+
+static int ring_has_data(void *ctx, int final)
+{
+    (void)final;
+    return kvshm_ring_has_data(ctx);
+}
+
+/* A client process publishes records one at a time and waits for each to
+ * be released; the writer drains and, when the ring is empty, waits with
+ * kvshm_writer_idle_wait. A lost wake-up on either side stalls a wait
+ * until its 10 s timeout and fails the test. */
+static void doorbell_ping_pong(int spin)
+{
+    enum { ROUNDS = 20000 };
+    kvshm_writer *w;
+    kvshm_config c = shmt_config(16u << 20, 1);
+    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
+    shmt_w = w;
+    struct kvshm_slothdr *sh = map_slothdr();
+    if (!spin) sh->sh_spinners = 1000;   /* no free core for the writer's idle spin */
+    kvshm_ring *p, *cons;
+    cr_assert_eq(kvshm_ring_create(4096, &p), KVSHM_OK);
+    cr_assert_eq(kvshm_ring_map(kvshm_ring_fd(p), &cons), KVSHM_OK);
+    pid_t pid = fork();
+    if (pid == 0) {
+        kvshm_reader *r;
+        if (kvshm_reader_attach(shmt_seg, shmt_slot, &r) != KVSHM_OK) _exit(2);
+        kvshm_ring_set_spin(p, r, spin ? KVSHM_RING_SPIN_DEFAULT : 0);
+        for (uint64_t i = 0; i < ROUNDS; i++) {
+            void *pl;
+            if (kvshm_ring_reserve(p, sizeof i, &pl, 10000) != KVSHM_OK) _exit(3);
+            memcpy(pl, &i, sizeof i);
+            uint64_t pos = kvshm_ring_publish_quiet(p, 1);
+            kvshm_reader_ring_doorbell(r);
+            if (kvshm_ring_wait_consumed(p, pos, 10000) != KVSHM_OK) _exit(4);
+        }
+        kvshm_ring_set_spin(p, NULL, 0);
+        kvshm_reader_detach(r);
+        _exit(0);
+    }
+    uint64_t got = 0;
+    double t0 = shmt_now();
+    while (got < ROUNDS) {
+        uint32_t t, l;
+        const void *q;
+        kvshm_status st = kvshm_ring_peek(cons, &t, &q, &l);
+        if (st == KVSHM_EMPTY) {
+            kvshm_ring_release(cons);
+            cr_assert_eq(kvshm_writer_idle_wait(w, ring_has_data, cons, 10000), KVSHM_OK,
+                         "record %lu never arrived", (unsigned long)got);
+            continue;
+        }
+        cr_assert_eq(st, KVSHM_OK);
+        uint64_t v;
+        memcpy(&v, q, sizeof v);
+        cr_assert_eq(v, got);
+        kvshm_ring_consume(cons);
+        got++;
+    }
+    kvshm_ring_release(cons);
+    cr_assert_eq(shmt_wait(pid), 0);
+    cr_log_info("doorbell ping-pong, spinning %s: %.0f rounds/s, doorbell rung %u times",
+                spin ? "on" : "off", ROUNDS / (shmt_now() - t0), sh->sh_doorbell);
+    if (!spin) cr_assert_gt(sh->sh_doorbell, 0, "the writer slept and was rung awake");
+    cr_assert_eq(sh->sh_writer_sleeping, 0);
+    munmap(sh, SLOTFILE_BYTES);
+    kvshm_ring_close(cons);
+    kvshm_ring_close(p);
+}
+
+Test(shm_slots, doorbell_no_lost_wakeup_spinning_off) { doorbell_ping_pong(0); }
+Test(shm_slots, doorbell_no_lost_wakeup_spinning_on) { doorbell_ping_pong(1); }
+
+/* A client that finds the writer awake does not touch the doorbell (no
+ * store to the shared line, no system call); one that finds it asleep
+ * bumps it once per ring. */
+Test(shm_slots, doorbell_rung_only_for_a_sleeping_writer)
+{
+    kvshm_writer *w;
+    kvshm_reader *r;
+    shmt_open(16u << 20, 1, &w, &r);
+    struct kvshm_slothdr *sh = map_slothdr();
+    for (int i = 0; i < 1000; i++) kvshm_reader_ring_doorbell(r);
+    cr_assert_eq(sh->sh_doorbell, 0);
+    sh->sh_writer_sleeping = 1;
+    for (int i = 0; i < 3; i++) kvshm_reader_ring_doorbell(r);
+    cr_assert_eq(sh->sh_doorbell, 3);
+    sh->sh_writer_sleeping = 0;
+    /* the idle wait returns at once with work, and times out without */
+    int yes = 1, no = 0;
+    cr_assert_eq(kvshm_writer_idle_wait(w, flag_work, &yes, 1000), KVSHM_OK);
+    double t0 = shmt_now();
+    cr_assert_eq(kvshm_writer_idle_wait(w, flag_work, &no, 30), KVSHM_TIMEOUT);
+    cr_assert_geq(shmt_now() - t0, 0.025);
+    cr_assert_eq(sh->sh_writer_sleeping, 0);
+    cr_assert_eq(sh->sh_writer_spinning, 0);
+    munmap(sh, SLOTFILE_BYTES);
+}
+
+/* A client killed while spinning in a wait leaves its count in the slot
+ * file; reaping its slot takes it back. */
+Test(shm_slots, dead_spinner_count_taken_back_when_reaped)
+{
+    if (kvshm_spin_usable_cpus() < 2) return;   /* nobody spins on one CPU */
+    kvshm_writer *w;
+    kvshm_config c = shmt_config(16u << 20, 1);
+    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
+    shmt_w = w;
+    struct kvshm_slothdr *sh = map_slothdr();
+    pid_t pid = fork();
+    if (pid == 0) {
+        kvshm_reader *r;
+        if (kvshm_reader_attach(shmt_seg, shmt_slot, &r) != KVSHM_OK) _exit(2);
+        kvshm_spin s;
+        kvshm_spin_init(&s, UINT32_MAX);   /* about 4 s */
+        /* a client's gate, as the ring builds it from the reader */
+        struct kvshm_slot *sl = (struct kvshm_slot *)((uint8_t *)sh + KVSHM_SLOTS_OFF);
+        kvshm_spin_gate g = {.spinners = &sh->sh_spinners,
+                             .mark = &sl[kvshm_reader_slot(r)].sl_spinning};
+        int never = 0;
+        kvshm_spin_set_crowd_check(0);
+        for (;;) kvshm_spin_until(&s, &g, flag_ready, &never);   /* until killed */
+    }
+    double t0 = shmt_now();
+    while (__atomic_load_n(&sh->sh_spinners, __ATOMIC_ACQUIRE) != 1)
+        cr_assert_lt(shmt_now() - t0, 3.0, "the child never spun");
+    cr_assert_eq(kill(pid, SIGKILL), 0);
+    cr_assert_eq(shmt_wait(pid), 128 + SIGKILL);
+    cr_assert_eq(sh->sh_spinners, 1, "left behind by the dead spinner");
+    kvshm_maint m;
+    cr_assert_eq(kvshm_writer_maintain(w, &m), KVSHM_OK);
+    cr_assert_eq(m.reaped, 1);
+    cr_assert_eq(sh->sh_spinners, 0, "taken back with the slot");
+    munmap(sh, SLOTFILE_BYTES);
 }

@@ -7,7 +7,8 @@
  * writer process (workers/) and by attach (python/, kv_attach):
  *
  *   writer:  kvshm_writer_create / _put / _freeze / _frozen_scan / _fold /
- *            _cache_load / _cache_evict / _publish_seq / _maintain / _destroy
+ *            _cache_load / _cache_evict / _publish_seq / _maintain / _idle_wait /
+ *            _requests / _destroy
  *            figures and walks: _shards / _size_bytes / _generation /
  *            _shard_stats / _cache_scan; a dead writer's segment:
  *            kvshm_recover_scan / _close
@@ -264,12 +265,25 @@ typedef struct kvshm_maint {
  */
 kvshm_status kvshm_writer_maintain(kvshm_writer *w, kvshm_maint *out);
 
-/* Wait up to timeout_ms on the slot file's doorbell (clients ring it after
- * filling their submission ring, see kvshm_reader_ring_doorbell). Returns
- * KVSHM_OK when rung or spuriously woken, KVSHM_TIMEOUT. Writer only. */
-kvshm_status kvshm_writer_wait_doorbell(kvshm_writer *w, uint32_t seen, int timeout_ms);
-/* Current doorbell value, to pass as `seen` (acquire). Writer only. */
-uint32_t kvshm_writer_doorbell(const kvshm_writer *w);
+/*
+ * kvshm_writer_idle_wait: the writer's wait for work. has_work(ctx, final)
+ * returns nonzero when there is work (a client ring has data, a request
+ * came in); it is polled while spinning (final = 0: must be cheap, a few
+ * loads, no system call) and called once more (final = 1: may make a system
+ * call, e.g. a zero-timeout poll of the socket) after the writer published
+ * that it sleeps, so nothing published before a client's doorbell check is
+ * missed. Spins first (adaptive budget up to 200 us, only if the clients
+ * spinning now leave a usable CPU free; sh_writer_spinning is 1 meanwhile),
+ * then sleeps on the doorbell up to timeout_ms (< 0: no limit; 0: checks
+ * once). Returns KVSHM_OK (work, or woken: check again) or KVSHM_TIMEOUT.
+ * Writer only, its loop thread.
+ */
+kvshm_status kvshm_writer_idle_wait(kvshm_writer *w, int (*has_work)(void *ctx, int final),
+                                    void *ctx, int timeout_ms);
+/* Count of socket requests clients flagged in the slot file (sh_requests,
+ * acquire load; wraps). A value different from the one read before the
+ * last socket poll means a request may be waiting. Writer only. */
+uint32_t kvshm_writer_requests(const kvshm_writer *w);
 
 /* The writer's mapping, for shm/'s white-box tests (the struct is private
  * to shm/). Writer only. */
@@ -459,8 +473,10 @@ kvshm_status kvshm_reader_leave(kvshm_reader *r);
  * Either pointer may be NULL. Any reader. */
 void kvshm_reader_seqs(const kvshm_reader *r, uint64_t *applied, uint64_t *committed);
 
-/* Ring the writer's doorbell (fetch_add + FUTEX_WAKE on the slot file) after
- * publishing records in a submission ring. Any reader. */
+/* Wake the writer after publishing records in a submission ring, if it
+ * sleeps: seq_cst fence, then one load of its sleeping flag; only when it
+ * is set, fetch_add + FUTEX_WAKE on the doorbell. A writer that is awake
+ * finds the records itself (kvshm_writer_idle_wait). Any reader. */
 void kvshm_reader_ring_doorbell(kvshm_reader *r);
 
 /* This handle's slot index and the segment generation; errno of the last
