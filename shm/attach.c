@@ -608,29 +608,59 @@ kv_status kv_att_exists(kv_att *a, const void *key, size_t klen, int *found)
  * Writes
  * ==================================================================== */
 
-static kv_status push_kv(kv_att *a, uint32_t type, const void *key, size_t klen,
-                         const void *val, size_t vlen)
+/* Room for a record of len payload bytes in the ring. A full ring means the
+ * writer has not drained what this batch published: ring the doorbell
+ * (*published = 0: nothing left unannounced) and wait for room, re-attaching
+ * when the writer is gone. Precondition: check(a) succeeded. */
+static kv_status batch_reserve(kv_att *a, uint32_t len, void **p, int *published)
 {
-    KV_ASSERT(a->ring != NULL && a->r != NULL && klen >= 1 && klen <= KVSHM_MAX_KEY);
-    void *p;
-    uint32_t len = (uint32_t)kvshm_keyrec_bytes(klen, vlen);
-    for (;;) {
-        kvshm_status ks = kvshm_ring_reserve(a->ring, len, &p, WAIT_STEP_MS);
-        if (ks == KVSHM_OK) break;
+    kvshm_status ks = kvshm_ring_reserve(a->ring, len, p, 0);
+    while (ks != KVSHM_OK) {
         if (ks == KVSHM_E_INVAL) return fail(a, KV_INVALID, "record too large for the ring");
         kvshm_reader_ring_doorbell(a->r);
+        *published = 0;
         if (writer_gone(a)) {
             kv_status st = reattach(a);
             if (st) return st;
         }
+        ks = kvshm_ring_reserve(a->ring, len, p, WAIT_STEP_MS);
     }
+    return KV_OK;
+}
+
+/* Publish one PUT/DEL record without ringing the doorbell; *published
+ * counts the records the writer has not been told about. */
+static kv_status batch_push(kv_att *a, uint32_t type, const void *key, size_t klen,
+                            const void *val, size_t vlen, int *published)
+{
+    KV_ASSERT(a->ring != NULL && a->r != NULL && klen >= 1 && klen <= KVSHM_MAX_KEY);
+    void *p;
+    kv_status st = batch_reserve(a, (uint32_t)kvshm_keyrec_bytes(klen, vlen), &p, published);
+    if (st) return st;
     kvshm_keyrec_encode(p, key, (uint32_t)klen, val, (uint32_t)vlen);
     /* the writer drains our ring from its loop or its idle spin; only a
-     * sleeping writer needs the doorbell (a fence and a load otherwise) */
+     * sleeping writer needs the doorbell (batch_announce) */
     a->last_pos = kvshm_ring_publish_quiet(a->ring, type);
     a->applied_ok = 0;
-    kvshm_reader_ring_doorbell(a->r);
+    (*published)++;
     return KV_OK;
+}
+
+/* Ring the doorbell for the records published since the last ring. */
+static void batch_announce(kv_att *a, int *published)
+{
+    if (*published && a->r) kvshm_reader_ring_doorbell(a->r);
+    *published = 0;
+}
+
+/* One record: publish it, then ring the doorbell if the writer sleeps. */
+static kv_status push_kv(kv_att *a, uint32_t type, const void *key, size_t klen,
+                         const void *val, size_t vlen)
+{
+    int published = 0;
+    kv_status st = batch_push(a, type, key, klen, val, vlen, &published);
+    batch_announce(a, &published);
+    return st;
 }
 
 kv_status kv_att_put(kv_att *a, const void *key, size_t klen, const void *val, size_t vlen,
@@ -778,48 +808,6 @@ kv_status kv_att_status(kv_att *a, char *buf, size_t cap)
 /* ======================================================================
  * Batches: submit every record, ring the doorbell once, wait once
  * ==================================================================== */
-
-/* Room for a record of len payload bytes in the ring. A full ring means the
- * writer has not drained what this batch published: ring the doorbell
- * (*published = 0: nothing left unannounced) and wait for room, re-attaching
- * when the writer is gone. Precondition: check(a) succeeded. */
-static kv_status batch_reserve(kv_att *a, uint32_t len, void **p, int *published)
-{
-    kvshm_status ks = kvshm_ring_reserve(a->ring, len, p, 0);
-    while (ks != KVSHM_OK) {
-        if (ks == KVSHM_E_INVAL) return fail(a, KV_INVALID, "record too large for the ring");
-        kvshm_reader_ring_doorbell(a->r);
-        *published = 0;
-        if (writer_gone(a)) {
-            kv_status st = reattach(a);
-            if (st) return st;
-        }
-        ks = kvshm_ring_reserve(a->ring, len, p, WAIT_STEP_MS);
-    }
-    return KV_OK;
-}
-
-/* Publish one PUT/DEL record without ringing the doorbell; *published
- * counts the records the writer has not been told about. */
-static kv_status batch_push(kv_att *a, uint32_t type, const void *key, size_t klen,
-                            const void *val, size_t vlen, int *published)
-{
-    void *p;
-    kv_status st = batch_reserve(a, (uint32_t)kvshm_keyrec_bytes(klen, vlen), &p, published);
-    if (st) return st;
-    kvshm_keyrec_encode(p, key, (uint32_t)klen, val, (uint32_t)vlen);
-    a->last_pos = kvshm_ring_publish(a->ring, type);
-    a->applied_ok = 0;
-    (*published)++;
-    return KV_OK;
-}
-
-/* Ring the doorbell for the records published since the last ring. */
-static void batch_announce(kv_att *a, int *published)
-{
-    if (*published && a->r) kvshm_reader_ring_doorbell(a->r);
-    *published = 0;
-}
 
 /* End of a batch: announce it, then return as `flags` say (kv_att_put). */
 static kv_status batch_finish(kv_att *a, int published, int flags)
