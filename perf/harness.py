@@ -82,6 +82,9 @@ def suites(build: str, quick: bool) -> list[dict]:
          "cmd": [py, os.path.join(PERF, "bench_shared.py"), "--json", "{json}"]
                 + (["--quick"] if quick else []),
          "needs": os.path.join(PERF, "bench_shared.py")},
+        {"name": "writes", "title": "Shared-mode writes vs sqlite3, redis, lmdb, embedded",
+         "cmd": [py, os.path.join(PERF, "bench_writes.py"), "--json", "{json}"]
+                + (["--quick"] if quick else [])},
     ]
     return out
 
@@ -112,8 +115,12 @@ def parse_shm_table(stdout: str) -> dict:
     return {"results": rows}
 
 
+LATENCY = ("p50_us", "p99_us")
+
+
 def normalise(suite: str, data: dict) -> list[dict]:
-    """Maps each benchmark's own row shape onto {suite, workload, store, ops_per_s}."""
+    """Maps each benchmark's own row shape onto {suite, workload, store, ops_per_s},
+    or {suite, workload, store, p50_us, p99_us} for a latency row."""
     rows = []
     for r in data.get("results", []):
         workload = r.get("workload")
@@ -126,6 +133,11 @@ def normalise(suite: str, data: dict) -> list[dict]:
                 parts.append(f"{r['processes']} proc")
             workload = " ".join(parts)
         store = r.get("store") or r.get("system") or r.get("impl") or "?"
+        if r.get("p99_us") is not None:
+            rows.append({"suite": suite, "workload": workload, "store": store,
+                         **{k: float(r[k]) for k in LATENCY},
+                         **{k: v for k, v in r.items() if k in ("load_ops_per_s", "processes")}})
+            continue
         if r.get("ops_per_s") is None:
             continue
         rows.append({"suite": suite, "workload": workload, "store": store,
@@ -135,26 +147,48 @@ def normalise(suite: str, data: dict) -> list[dict]:
     return rows
 
 
-def tables(rows: list[dict], titles: dict) -> str:
-    """One markdown table per suite; ratio column against the best peer row."""
+def suite_targets(suite: str, data: dict) -> list[dict]:
+    """A benchmark's own target checks ({target, value, need, met}), tagged with its suite."""
+    return [{"suite": suite, **t} for t in data.get("targets", [])]
+
+
+def tables(rows: list[dict], titles: dict, checks=()) -> str:
+    """One markdown table per suite (ops/s, ratio against the fastest row of
+    the workload), then its latency rows (p50/p99, lower is better) and its
+    target checks, when it has any."""
     out = []
     for suite in dict.fromkeys(r["suite"] for r in rows):
         out.append(f"### {titles.get(suite, suite)}\n")
-        out.append("| workload | store | ops/s | vs fastest in workload |")
-        out.append("|---|---|---:|---:|")
-        srows = [r for r in rows if r["suite"] == suite]
+        srows = [r for r in rows if r["suite"] == suite and "ops_per_s" in r]
+        if srows:
+            out.append("| workload | store | ops/s | vs fastest in workload |")
+            out.append("|---|---|---:|---:|")
         best = {}
         for r in srows:
             best[r["workload"]] = max(best.get(r["workload"], 0.0), r["ops_per_s"])
         for r in srows:
             rel = r["ops_per_s"] / best[r["workload"]] if best[r["workload"]] else 0.0
             out.append(f"| {r['workload']} | {r['store']} | {r['ops_per_s']:,.0f} | {rel:.2f} |")
+        lrows = [r for r in rows if r["suite"] == suite and "p99_us" in r]
+        if lrows:
+            out += ["", "| workload | store | p50 µs | p99 µs | ops/s meanwhile |",
+                    "|---|---|---:|---:|---:|"]
+            out += [f"| {r['workload']} | {r['store']} | {r['p50_us']:,.1f} | "
+                    f"{r['p99_us']:,.1f} | {r.get('load_ops_per_s', 0):,.0f} |" for r in lrows]
+        sch = [c for c in checks if c["suite"] == suite]
+        if sch:
+            out += ["", "| target (ratios within this run) | measured | needed | met |",
+                    "|---|---:|---|---|"]
+            out += [f"| {c['target']} | {c['value']:,.2f} | {c['need']} | "
+                    f"{'yes' if c['met'] else '**no**'} |" for c in sch]
         out.append("")
     return "\n".join(out)
 
 
 def plot(rows: list[dict], path: str) -> None:
-    """Horizontal bars of ops/s (log scale), grouped by suite and workload."""
+    """Horizontal bars of ops/s (log scale), grouped by suite and workload
+    (latency rows are left to the tables)."""
+    rows = [r for r in rows if "ops_per_s" in r]
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -212,7 +246,8 @@ def update_doc(md: str, info: dict, cmd: str, missed=(), titles=None) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Run every kohakuvault benchmark and publish the figures.")
     ap.add_argument("--quick", action="store_true", help="small workloads, about two minutes")
-    ap.add_argument("--only", nargs="+", metavar="SUITE", help="run only these suites (kv, columns, shm, shared)")
+    ap.add_argument("--only", nargs="+", metavar="SUITE",
+                    help="run only these suites (kv, columns, shm, shared, writes)")
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/performance.md")
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"), help="CMake build directory")
     ap.add_argument("--replot", action="store_true",
@@ -220,10 +255,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.replot:
         with open(os.path.join(RESULTS, "latest.json")) as f:
-            rows = json.load(f)["rows"]
+            latest = json.load(f)
+        rows = latest["rows"]
         titles = {s["name"]: s["title"] for s in suites(args.build, False)}
         with open(os.path.join(RESULTS, "latest.md"), "w") as f:
-            f.write(tables(rows, titles))
+            f.write(tables(rows, titles, latest.get("targets", [])))
         plot(rows, os.path.join(RESULTS, "latest.png"))
         return 0
 
@@ -231,7 +267,7 @@ def main(argv=None) -> int:
     info = machine()
     print(f"perf/run: {info['cpu']}, {info['cores']} cores, kernel {info['kernel']}, "
           f"SQLite {info['sqlite']}{' (quick)' if args.quick else ''}", flush=True)
-    rows, failed, missed, titles, timings = [], [], [], {}, {}
+    rows, checks, failed, missed, titles, timings = [], [], [], [], {}, {}
     with tempfile.TemporaryDirectory(prefix="perf-run-") as tmp:
         for s in suites(args.build, args.quick):
             if args.only and s["name"] not in args.only:
@@ -266,12 +302,14 @@ def main(argv=None) -> int:
                 print(f"== {s['name']}: exit {rc} (a target was not met; figures kept)", flush=True)
                 missed.append(s["name"])
             with open(jpath) as f:
-                rows.extend(normalise(s["name"], json.load(f)))
+                data = json.load(f)
+            rows.extend(normalise(s["name"], data))
+            checks.extend(suite_targets(s["name"], data))
     info["seconds_per_suite"] = timings
     with open(os.path.join(RESULTS, "latest.json"), "w") as f:
         json.dump({"machine": info, "quick": args.quick, "failed": failed,
-                   "targets_missed": missed, "rows": rows}, f, indent=2)
-    md = tables(rows, titles)
+                   "targets_missed": missed, "targets": checks, "rows": rows}, f, indent=2)
+    md = tables(rows, titles, checks)
     with open(os.path.join(RESULTS, "latest.md"), "w") as f:
         f.write(md)
     if rows:
