@@ -43,7 +43,6 @@ import multiprocessing as mp
 import os
 import random
 import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -317,13 +316,37 @@ def run(specs: list[dict], seconds: float) -> list[dict]:
                 raise RuntimeError(msg[1])
             results.append(msg[1])
     finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        reap(procs)
     results.sort(key=lambda r: r["wid"])
     return results
+
+
+def reap(children: list, terminate: bool = False, timeout: float = 60.0) -> None:
+    """Waits until every child (``subprocess.Popen`` or ``multiprocessing.Process``)
+    has exited, sending SIGTERM first when ``terminate``; SIGKILL to those
+    still running ``timeout`` seconds later."""
+    def alive(c):
+        return c.poll() is None if isinstance(c, subprocess.Popen) else c.is_alive()
+
+    def wait(c, seconds):
+        if isinstance(c, subprocess.Popen):
+            try:
+                c.wait(timeout=seconds)
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            c.join(seconds)
+
+    if terminate:
+        for c in children:
+            if alive(c):
+                c.terminate()
+    deadline = time.monotonic() + timeout
+    for c in children:
+        wait(c, max(0.0, deadline - time.monotonic()))
+        if alive(c):
+            c.kill()
+            wait(c, None)
 
 
 def rate(results: list[dict], role=None) -> float:
@@ -361,16 +384,6 @@ def start_writer(db: str, pin=None) -> subprocess.Popen:
         w.kill()
         raise RuntimeError(f"kvault-writer did not start: {line!r}")
     return w
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def start_redis(tmp: str) -> tuple[subprocess.Popen, str]:
@@ -531,8 +544,7 @@ def main(argv=None) -> int:
         sqlite_open(pin_where["sqlite3"]).close()
         rows, fig = measure(args, where, pin_where)
     finally:
-        for p in procs:
-            stop(p)
+        reap(procs, terminate=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
     checks = targets(fig)
