@@ -6,7 +6,8 @@ pipelined mode the i of its last barrier (every 50 i), in applied mode the
 i of its last returned put. The test SIGKILLs the writer at random moments
 and restarts it (the clients re-attach by themselves), stops the clients,
 crashes the writer once more and lets a final writer replay and commit.
-Then, for each client:
+Some kills must have found applied but uncommitted writes (the restarted
+writer reports records replayed). Then, for each client:
 
 - lost: ``c:i`` missing or wrong for some i <= the published i;
 - the stored writes form a prefix of the client's sequence: ``c:1..m``
@@ -75,6 +76,13 @@ def _wait_for_progress(durable, since, timeout):
         time.sleep(0.01)
 
 
+def _replayed(db):
+    """Records the running writer replayed from its crashed predecessor."""
+    with KVault(db, shared=True) as kv:
+        st = dict(line.split("=", 1) for line in kv._native.status().splitlines())
+    return int(st["replayed"])
+
+
 def _check_client(stored, c, durable, written):
     """The failures of client c's writes in ``stored`` (key -> value)."""
     present = {int(k.split(":", 1)[1]): v for k, v in stored.items()
@@ -112,12 +120,14 @@ def test_kill_writer_repeatedly_under_load(tmp_path, mode, kills):
         p.start()
     try:
         _wait_for_progress(durable, [0, 0], 60)
+        replays = 0  # restarts that found applied, uncommitted writes
         for _ in range(kills):
             since = list(durable)
             time.sleep(rng.uniform(0.3, 0.8))
             _wait_for_progress(durable, since, 30)  # the clients re-attached
             w.kill(signal.SIGKILL)
             w.start()
+            replays += _replayed(db) > 0
         _wait_for_progress(durable, list(durable), 30)
         stop.set()
         results = [q.get(timeout=60) for _ in clients]
@@ -141,3 +151,4 @@ def test_kill_writer_repeatedly_under_load(tmp_path, mode, kills):
     problems = [msg for c in range(2) for msg in _check_client(stored, c, durable[c], written[c])]
     assert not problems, f"seed {seed} ({kills} kills, {mode}): " + "; ".join(problems)
     assert all(durable[c] > 0 for c in range(2))
+    assert replays > 0, "no kill found an applied but uncommitted write"
