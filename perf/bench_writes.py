@@ -149,7 +149,10 @@ def open_writer(kind: str, where: str, step: int):
     KVault whose ``finish()`` is the barrier."""
     nothing = lambda: None  # noqa: E731
     if kind in ("attached", "attached_pipelined"):
-        kv = open_attached(where, "pipelined" if kind == "attached_pipelined" else "applied")
+        if kind == "attached":
+            kv = open_attached(where, "applied")
+            return kv.__setitem__, None, nothing, kv.close
+        kv = open_attached(where, "pipelined")
         return kv.__setitem__, None, (lambda: barrier(kv)), kv.close
     if kind == "embedded":
         from kohakuvault import KVault
