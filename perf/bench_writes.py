@@ -14,8 +14,8 @@ processes are summed. Workloads (row names as in the tables):
   a private server with ``--save "" --appendonly no``), lmdb with one write
   transaction per put (``sync=False``).
 - ``pipelined put, 1 proc``: KVault attached pipelined (a put returns once
-  in the ring; the time includes the final barrier that waits until every
-  put is committed), lmdb nosync with one write transaction per 1000 puts,
+  in the ring; the time includes the final ``flush()``, the barrier that
+  waits until every put is applied), lmdb nosync with one write transaction per 1000 puts,
   redis-py pipelines of 100 ``SET``, sqlite3 one transaction per 1000.
 - ``mixed: writer rate`` / ``mixed: reader rate``: one process writes
   acknowledged puts (sqlite3: commit per 100 rows; lmdb: transaction per
@@ -102,15 +102,13 @@ def open_attached(path: str, mode: str):
     or once in the ring (``"pipelined"``)."""
     from kohakuvault import KVault
 
-    kv = KVault(path, shared=True)
-    if mode == "pipelined":
-        kv.enable_cache()  # attached: puts are batched into the ring
-    return kv
+    return KVault(path, shared=True, write_mode=mode)
 
 
 def barrier(kv) -> None:
-    """Returns once every put of ``kv`` made so far is committed."""
-    kv.flush_cache()
+    """Returns once every put of ``kv`` made so far is applied (a writer
+    crash then loses none of them)."""
+    kv.flush()
 
 
 # ---- stores, opened inside the measuring process ----------------------------
@@ -414,7 +412,7 @@ def prefill(where: dict) -> None:
 
     v = VALUES[0]
     with KVault(where["attached"], shared=True) as kv:
-        kv._native.put_many([(k, v) for k in MIX_KEYS])
+        kv.put_many([(k, v) for k in MIX_KEYS])
         kv.flush_cache()
     con = sqlite_open(where["sqlite3"])
     con.execute("BEGIN")

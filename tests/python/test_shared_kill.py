@@ -34,25 +34,11 @@ pytestmark = pytest.mark.skipif(WRITER is None, reason="kvault-writer is not bui
 BARRIER_EVERY = 50
 
 
-def _open(db, mode):
-    """An attached KVault whose puts return once applied (``"applied"``) or
-    once in the ring (``"pipelined"``)."""
-    kv = KVault(db, shared=True)
-    if mode == "pipelined":
-        kv.enable_cache()  # attached: puts are batched into the ring
-    return kv
-
-
-def _barrier(kv):
-    """Returns once every put of ``kv`` made so far is committed."""
-    kv.flush_cache()
-
-
 def _client(db, c, mode, durable, stop, q):
     """Writes c's sequence until ``stop``; ``durable[c]``: the highest i
     known durable. Puts ("ok", c, last i written) or ("error", c, text)."""
     try:
-        kv = _open(db, mode)
+        kv = KVault(db, shared=True, write_mode=mode)
         i = 0
         while not stop.is_set():
             i += 1
@@ -61,7 +47,7 @@ def _client(db, c, mode, durable, stop, q):
             if mode == "applied":
                 durable[c] = i
             elif i % BARRIER_EVERY == 0:
-                _barrier(kv)
+                kv.flush()  # applied: a writer crash loses none of them
                 durable[c] = i
         q.put(("ok", c, i))
     except BaseException:  # reported to the test
