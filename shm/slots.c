@@ -348,3 +348,18 @@ void kvshm_reader_ring_doorbell(kvshm_reader *r)
     if (kv_atomic_load_seq_cst32(&r->sh->sh_writer_sleeping))
         futex(&r->sh->sh_doorbell, FUTEX_WAKE, 1, NULL);
 }
+
+/* ---- pending socket requests ------------------------------------------------ */
+
+void kvshm_reader_flag_request(kvshm_reader *r)
+{
+    /* seq_cst RMW after the sendmsg: a writer that reads the new count
+     * (kvshm_writer_requests) and then polls its socket finds the request. */
+    atomic_fetch_add_explicit(KVSHM_A32(&r->sh->sh_requests), 1, memory_order_seq_cst);
+    kvshm_reader_ring_doorbell(r);
+}
+
+uint32_t kvshm_writer_requests(const kvshm_writer *w)
+{
+    return kv_atomic_load_acquire32(&w->sh->sh_requests);
+}
