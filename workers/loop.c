@@ -13,7 +13,7 @@
  *     commit of a batch frozen after it was applied.
  *
  * Commit pipeline. A commit is a small state machine (ws->phase) advanced
- * by one bounded step per loop pass, with the rings drained between steps;
+ * by bounded steps in each loop pass, with the rings drained between passes;
  * records applied meanwhile go to the new active memtables, which are not
  * part of the batch in flight:
  *
@@ -41,24 +41,44 @@
  * apply finishes that commit synchronously and starts the next one
  * (wr_commit_room: backpressure, never a drop). Callers that need
  * "everything applied so far is committed and folded" (put_file, optimize,
- * shutdown) run wr_commit_all, which finishes the steps in flight first. A
- * failed step (BEGIN or a put or COMMIT failing: the batch is rolled back
- * and inserted again from the start; a fold that finds its region full
- * after evictions) leaves the phase as it is and is retried on a later pass.
+ * shutdown) run wr_commit_all, which finishes the steps in flight first; a
+ * FEATURE request finishes an open transaction first (it writes through the
+ * second connection, which needs SQLite's write lock). A failed step (BEGIN,
+ * a put or COMMIT failing: the batch is rolled back and inserted again from
+ * the start; a fold that finds its region full after evictions) leaves the
+ * phase as it is and is retried on a later pass.
  *
- * Step sizes, measured on the 2-core test machine (release build, 100-byte
- * values, 4 shards, 2 client processes putting ~100-200k records/s, other
- * builds running): an insert step of INSERT_STEP_US (300 us) writes ~150-300
- * records (1-2 us per kv_batch_put); kv_batch_commit of a 20 ms batch
- * (2-4k records, WAL append, synchronous=NORMAL: no fsync) takes 0.3-1 ms;
- * folding one shard's quarter of such a batch 0.1-0.5 ms; a freeze of all
- * shards well under 0.1 ms. Every step therefore stays under ~1 ms, and an
- * acknowledged put waits for at most one step plus one drain.
+ * Step sizes. A pass runs commit steps for INSERT_STEP_US (300 us; at least
+ * one step), or, when the pass drained a flood of pipelined records
+ * (FLOOD_RECORDS), for as long as the drain took, up to FLOOD_STEP_US, so
+ * the commit keeps pace with the applies. Figures measured on the 2-core
+ * test machine (release build, 100-byte values, 4 shards, 2 client
+ * processes with acknowledged puts at 35-55k puts/s in total, load average
+ * 5-7 from other builds), as CPU time of the writer per step (STATUS
+ * commit_cpu_max_us; wall times add whatever the scheduler took):
+ *   freeze of all shards    0.25-0.7 ms (new arenas, views)
+ *   insert step             0.5-0.7 ms typical maximum (the 300 us budget is
+ *                           checked every INSERT_CHUNK records; the first
+ *                           step also runs BEGIN IMMEDIATE); rare outliers
+ *                           of several ms inside SQLite
+ *   kv_batch_commit         0.4-0.8 ms for a 20 ms batch (~1k records; the
+ *                           WAL append, synchronous=NORMAL: no fsync) -- so
+ *                           commit_interval_ms stays at 20 ms; its wall time
+ *                           reached 4-13 ms only when the disk was busy
+ *   fold of one shard       0.4-1.0 ms (one outlier of 6 ms)
+ * With pipelined puts (2 processes, ~120-220k records/s arriving) a commit
+ * of ~8k records kept the same per-step figures but for inserts (1-5 ms:
+ * the flood budget) and no memtable filled (commit_sync stayed 0).
+ * The WAL checkpoint takes 20-360 ms on that machine (it fsyncs): run by
+ * the loop it stalled every put (put maxima of 67-80 ms equal to its
+ * duration), so it runs on the checkpointer thread (ckpt.c) and the loop's
+ * connection never checkpoints by itself.
  *
  * Misses. Readers report keys they had to read from SQLite (MISS records);
  * the writer queues them once (a lossy hash filter drops repeats), and
  * loads them within MISS_STEP_US per pass, skipping keys that are cached by
- * then (a memtable or the tree has them: just written, or folded).
+ * then (a memtable or the tree has them: just written, or folded), so an
+ * acknowledged put never waits for more than MISS_STEP_US of SQLite reads.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -73,6 +93,10 @@
 
 /* Time budget of one insert step, microseconds (see "Step sizes"). */
 #define INSERT_STEP_US 300
+/* A pass that drained this many records is a flood of pipelined records,
+ * and may spend up to FLOOD_STEP_US on commit steps (commit_budget). */
+#define FLOOD_RECORDS 512
+#define FLOOD_STEP_US 4000
 /* Records written between two looks at the clock inside an insert step. */
 #define INSERT_CHUNK 32
 /* Time budget of miss loading per loop pass, microseconds. */
@@ -381,19 +405,33 @@ int wr_commit_all(wr_state *ws)
     return wr_commit_finish(ws);
 }
 
-/* The loop's commit work for one pass: a step of the commit in flight, or
- * the start of a new one when it is due. */
-static void cm_tick(wr_state *ws, uint64_t now_ms)
+/* Commit work allowed in a pass that drained `drained` records in drain_us:
+ * INSERT_STEP_US, or under a flood of pipelined records (FLOOD_RECORDS or
+ * more in one pass: nobody waits on a single record) as long as the drain
+ * took, up to FLOOD_STEP_US, so the commit keeps pace with the applies and
+ * the memtables do not fill. */
+static uint64_t commit_budget(size_t drained, uint64_t drain_us)
 {
-    if (ws->phase != WR_IDLE) {
-        cm_step(ws, INSERT_STEP_US, 0);
-        return;
-    }
-    if (ws->pending && (ws->sync_requested || ws->pending >= ws->o.batch_size ||
-                        now_ms - ws->last_commit_ms >= (uint64_t)ws->o.commit_interval_ms)) {
+    if (drained < FLOOD_RECORDS || drain_us <= INSERT_STEP_US) return INSERT_STEP_US;
+    return drain_us < FLOOD_STEP_US ? drain_us : FLOOD_STEP_US;
+}
+
+/* The loop's commit work for one pass: start a commit when one is due, and
+ * run steps of the commit in flight until budget_us is spent (at least
+ * one step; each step bounded on its own). */
+static void cm_tick(wr_state *ws, uint64_t now_ms, uint64_t budget_us)
+{
+    uint64_t deadline = wr_now_us() + budget_us;
+    if (ws->phase == WR_IDLE) {
+        if (!ws->pending || !(ws->sync_requested || ws->pending >= ws->o.batch_size ||
+                              now_ms - ws->last_commit_ms >= (uint64_t)ws->o.commit_interval_ms))
+            return;
         cm_start(ws);
-        cm_step(ws, INSERT_STEP_US, 0);   /* the freeze */
     }
+    do {
+        uint64_t now = wr_now_us();
+        if (cm_step(ws, deadline > now ? deadline - now : 0, 0) != 0) break;
+    } while (ws->phase != WR_IDLE && wr_now_us() < deadline);
 }
 
 /* ---- misses ---------------------------------------------------------------- */
@@ -567,6 +605,7 @@ int wr_run(wr_state *ws)
         /* A partly frozen batch takes no records (see cm_freeze). */
         size_t drained = ws->phase == WR_FREEZE ? 0 : wr_drain(ws);
         if (ws->phase != WR_IDLE) ws->stat_applies_during_commit += drained;
+        uint64_t drain_us = wr_now_us() - now_us;
         uint64_t now = wr_now_ms();
         if (stopping) {
             if (wr_commit_all(ws) != 0) {
@@ -574,7 +613,7 @@ int wr_run(wr_state *ws)
                 nanosleep(&ts, NULL);   /* the database is busy: retry */
             }
         } else {
-            cm_tick(ws, now);
+            cm_tick(ws, now, commit_budget(drained, drain_us));
         }
         if (ws->pending == 0 && ws->phase == WR_IDLE) {
             /* Nothing uncommitted: every applied ring record is committed
