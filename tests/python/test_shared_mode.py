@@ -93,6 +93,17 @@ def _reader_proc(db, conn):
     kv.close()
 
 
+def _reap(*procs):
+    """Join each process (None is skipped), killing one still alive after 30 s."""
+    for p in procs:
+        if p is None:
+            continue
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 @contextlib.contextmanager
 def pipe_child(target, db):
     """Run target(db, conn) in a spawned process; yields this side's end of
@@ -104,10 +115,7 @@ def pipe_child(target, db):
     try:
         yield parent
     finally:
-        p.join(timeout=30)
-        if p.is_alive():
-            p.kill()
-            p.join()
+        _reap(p)
     assert p.exitcode == 0
 
 
@@ -151,10 +159,7 @@ def test_forked_child_reads_and_writes(served):
     try:
         assert q.get(timeout=30) == "ok"
     finally:
-        p.join(timeout=30)
-        if p.is_alive():
-            p.kill()
-            p.join()
+        _reap(p)
     assert kv["from_child"] == 2
     kv["after_fork"] = 3
     assert kv["after_fork"] == 3
@@ -327,11 +332,7 @@ def test_two_writers_two_readers_model_check(served):
         for _ in procs:
             results.append(q.get(timeout=STRESS_S + 120))
     finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        _reap(*procs)
     errors = [r for r in results if r[0] != "ok"]
     assert not errors, errors
     kv = KVault(db, shared=True)
@@ -434,11 +435,7 @@ def _run_putters(db, nproc, seconds, during=None):
             during()
         return [q.get(timeout=seconds + 120) for _ in procs]
     finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        _reap(*procs)
 
 
 def test_commit_in_steps_with_applies_between(tmp_path):
@@ -551,9 +548,5 @@ def test_kill_writer_mid_insert_steps_loses_nothing(tmp_path):
         assert _rows(db)[b"after"] == b"1"
         kv.close()
     finally:
-        if p is not None:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        _reap(p)
         w.kill(signal.SIGTERM)
