@@ -637,3 +637,16 @@ Test(shm_segment, frozen_scan_from_visits_every_key_once_across_steps)
     cr_assert(kvshm_writer_cached(w, "treeonly", 8), "found in the tree alone");
     (void)r;
 }
+
+Test(shm_segment, flagged_requests_are_counted_and_ring_the_doorbell)
+{
+    kvshm_writer *w;
+    kvshm_reader *r;
+    shmt_open(8u << 20, 1, &w, &r);
+    uint32_t req = kvshm_writer_requests(w), bell = kvshm_writer_doorbell(w);
+    kvshm_reader_flag_request(r);
+    kvshm_reader_flag_request(r);
+    cr_assert_eq(kvshm_writer_requests(w), req + 2);
+    cr_assert_neq(kvshm_writer_doorbell(w), bell, "the writer is woken too");
+    cr_assert_eq(kvshm_writer_wait_doorbell(w, bell, 0), KVSHM_OK, "no wait: rung already");
+}
