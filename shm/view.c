@@ -119,7 +119,7 @@ kvshm_status kvshm_writer_frozen_scan_from(kvshm_writer *w, uint32_t s, kvshm_sc
                                            size_t max_records, kvshm_rec_fn fn, void *ctx)
 {
     KVSHMI_WRITER_ONLY(w);
-    if (s >= w->nshards || !cur) return KVSHM_E_INVAL;
+    if (s >= w->nshards || !cur || max_records == 0) return KVSHM_E_INVAL;
     uint64_t mt = w->frozen[s];
     if (!cur->mt) {
         if (!mt) return KVSHM_EMPTY;

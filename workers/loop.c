@@ -438,6 +438,7 @@ static void cm_tick(wr_state *ws, uint64_t now_ms, uint64_t budget_us)
 
 void wr_miss_add(wr_state *ws, const uint8_t *key, uint32_t klen)
 {
+    if (klen == 0 || klen > KVSHM_MAX_KEY) return;   /* never cached */
     if (!ws->miss) {
         ws->miss = calloc(MISS_QUEUE, sizeof *ws->miss);
         ws->miss_filter = calloc(MISS_FILTER, sizeof *ws->miss_filter);

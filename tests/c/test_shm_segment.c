@@ -624,6 +624,7 @@ Test(shm_segment, frozen_scan_from_visits_every_key_once_across_steps)
     cr_assert_eq(kvshm_writer_frozen_scan_from(w, 0, &none, 1, fw_visit, &c), KVSHM_EMPTY,
                  "no frozen memtable: nothing to walk");
     cr_assert_eq(kvshm_writer_frozen_scan_from(w, 9, &none, 1, fw_visit, &c), KVSHM_E_INVAL);
+    cr_assert_eq(kvshm_writer_frozen_scan_from(w, 0, &none, 0, fw_visit, &c), KVSHM_E_INVAL);
     /* kvshm_writer_cached: memtables and tree, never SQLite */
     fw_key(k, 0);
     cr_assert_eq(kvshm_writer_put(w, k, 9, "x", 1, ++seq, 0), KVSHM_OK);

@@ -218,7 +218,8 @@ typedef struct kvshm_scan_cursor {
  * start a new one (KVSHM_SCAN_CURSOR_INIT) for a new frozen memtable.
  * Writer only. Returns KVSHM_OK (keys left: call again); KVSHM_EMPTY (the walk
  * is finished, also when the shard has no frozen memtable); KVSHM_E_INVAL
- * (shard out of range, or *cur belongs to another frozen memtable);
+ * (shard out of range, max_records 0, or *cur belongs to another frozen
+ * memtable);
  * KVSHM_E_CORRUPT.
  */
 kvshm_status kvshm_writer_frozen_scan_from(kvshm_writer *w, uint32_t shard,
