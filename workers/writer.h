@@ -95,7 +95,9 @@ typedef struct wr_state {
     int cm_open;                 /* the kv_batch transaction is open */
     uint64_t frozen_seq;         /* last sequence of the frozen (uncommitted) batch */
     uint64_t frozen_pending;     /* records in it */
-    uint64_t last_commit_ms;     /* when the last commit finished */
+    uint64_t last_commit_ms;     /* when the last commit started (its freeze) */
+    int yield;                   /* this pass: commit and miss steps end early when a
+                                    ring holds records (loop.c, "Step sizes") */
     /* socket polling */
     uint32_t req_seen;           /* kvshm_writer_requests at the last poll */
     uint64_t last_poll_us;
