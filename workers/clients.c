@@ -294,7 +294,8 @@ size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
         "commit_fold_max_us=%" PRIu64 "\ncommit_sync=%" PRIu64 "\n"
         "applies_during_commit=%" PRIu64 "\nsock_polls=%" PRIu64 "\n"
         "commit_cpu_max_us=%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 "\n"
-        "checkpoints=%" PRIu64 "\ncheckpoint_max_us=%" PRIu64 "\nmiss_queued=%zu\nmiss_skipped=%" PRIu64 "\n",
+        "checkpoints=%" PRIu64 "\ncheckpoint_max_us=%" PRIu64 "\n"
+        "miss_queued=%zu\nmiss_skipped=%" PRIu64 "\n",
         ws->db_abs, ws->o.table, (int)getpid(), ws->generation, kvshm_writer_shards(ws->w),
         sum.tree_keys, sum.mt_keys, hits, misses, ws->stat_miss_loads, ws->seq, ws->committed,
         ws->seq - ws->committed, sum.used_bytes, sum.region_bytes,
