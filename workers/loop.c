@@ -57,24 +57,25 @@
  * an acknowledged put's producer waits for exactly that record, so the
  * loop goes back to draining, and the commit advances a chunk per pass --
  * far more than the one or two records a pass applies per waiting
- * producer. Figures measured on the 2-core
- * test machine (release build, 100-byte values, 4 shards, 2 client
- * processes with acknowledged puts at 35-55k puts/s in total, load average
- * 5-7 from other builds), as CPU time of the writer per step (STATUS
+ * producer. Figures measured on the 2-core test machine (release build,
+ * 100-byte values, 4 shards, 2 client
+ * processes with acknowledged puts at 40-60k puts/s in total, load average
+ * 3-7 from other builds), as CPU time of the writer per step (STATUS
  * commit_cpu_max_us; wall times add whatever the scheduler took):
  *   freeze of all shards    0.25-0.7 ms (new arenas, views)
- *   insert step             0.5-0.7 ms typical maximum (the 300 us budget is
- *                           checked every INSERT_CHUNK records; the first
- *                           step also runs BEGIN IMMEDIATE); rare outliers
- *                           of several ms inside SQLite
- *   kv_batch_commit         0.4-0.8 ms for a 20 ms batch (~1k records; the
+ *   insert step             0.5-1.4 ms at most (the budget is checked every
+ *                           INSERT_CHUNK records; the first step also runs
+ *                           BEGIN IMMEDIATE); rare outliers of several ms
+ *                           inside SQLite
+ *   kv_batch_commit         0.4-1.3 ms for a 20 ms batch (~1k records; the
  *                           WAL append, synchronous=NORMAL: no fsync) -- so
  *                           commit_interval_ms stays at 20 ms; its wall time
- *                           reached 4-13 ms only when the disk was busy
+ *                           reached 2-13 ms only when the disk was busy
  *   fold of one shard       0.4-1.0 ms (one outlier of 6 ms)
- * With pipelined puts (2 processes, ~120-220k records/s arriving) a commit
- * of ~8k records kept the same per-step figures but for inserts (1-5 ms:
- * the flood budget) and no memtable filled (commit_sync stayed 0).
+ * With pipelined puts (2 processes, 290-320k records/s arriving, batches of
+ * ~12k records) kv_batch_commit took 0.9-1.1 ms and a shard's fold 0.7-1.2
+ * ms of CPU, inserts ran in the flood budget, and no memtable filled
+ * (commit_sync stayed 0).
  * The WAL checkpoint takes 20-360 ms on that machine (it fsyncs): run by
  * the loop it stalled every put (put maxima of 67-80 ms equal to its
  * duration), so it runs on the checkpointer thread (ckpt.c) and the loop's
@@ -84,7 +85,8 @@
  * the writer queues them once (a lossy hash filter drops repeats), and
  * loads them within MISS_STEP_US per pass, skipping keys that are cached by
  * then (a memtable or the tree has them: just written, or folded), so an
- * acknowledged put never waits for more than MISS_STEP_US of SQLite reads.
+ * acknowledged put waits for at most one SQLite read (records waiting in a
+ * ring end the miss work) and never for more than MISS_STEP_US of them.
  */
 #include <errno.h>
 #include <inttypes.h>
