@@ -58,10 +58,10 @@
  * loop goes back to draining, and the commit advances a chunk per pass --
  * far more than the one or two records a pass applies per waiting
  * producer. Figures measured on the 2-core test machine (release build,
- * 100-byte values, 4 shards, 2 client
- * processes with acknowledged puts at 40-60k puts/s in total, load average
- * 3-7 from other builds), as CPU time of the writer per step (STATUS
- * commit_cpu_max_us; wall times add whatever the scheduler took):
+ * 100-byte values, 4 shards, 2 client processes with acknowledged puts at
+ * 40-60k puts/s in total, load average 3-7 from other builds), as CPU time
+ * of the writer per step (STATUS commit_cpu_max_us; wall times add whatever
+ * the scheduler took):
  *   freeze of all shards    0.25-0.7 ms (new arenas, views)
  *   insert step             0.5-1.4 ms at most (the budget is checked every
  *                           INSERT_CHUNK records; the first step also runs
