@@ -11,10 +11,12 @@
  * the disk, not on a core. The loop's connection is opened with
  * no_autocheckpoint, so its COMMITs never checkpoint (nor fsync) themselves.
  *
- * The loop calls wr_ckpt_kick after each commit; the thread checkpoints
- * once per kick (kicks that arrive meanwhile fold into one), so the WAL is
- * usually copied before the next batch is written and SQLite restarts it
- * from the beginning instead of growing it.
+ * The loop calls wr_ckpt_kick every few commits; the thread checkpoints
+ * once per kick (kicks that arrive meanwhile fold into one), so the WAL stays
+ * short: once a checkpoint has copied all of it, SQLite restarts it from the
+ * beginning. Explicit CHECKPOINT and OPTIMIZE requests pause the thread
+ * (wr_ckpt_pause), since SQLite runs one checkpoint at a time and would
+ * turn theirs away.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -31,6 +33,7 @@ struct wr_ckpt {
     kv_batch *b;            /* the thread's own connection */
     uint64_t kicks, done;   /* under mu */
     int stop;               /* under mu */
+    int paused, running;    /* under mu: wr_ckpt_pause; a checkpoint in progress */
     _Atomic uint64_t max_us, runs;
 };
 
@@ -39,9 +42,11 @@ static void *ckpt_main(void *arg)
     wr_ckpt *c = arg;
     pthread_mutex_lock(&c->mu);
     for (;;) {
-        while (!c->stop && c->done == c->kicks) pthread_cond_wait(&c->cv, &c->mu);
+        while (!c->stop && (c->paused || c->done == c->kicks))
+            pthread_cond_wait(&c->cv, &c->mu);
         if (c->stop) break;
         c->done = c->kicks;
+        c->running = 1;
         pthread_mutex_unlock(&c->mu);
         uint64_t t0 = wr_now_us();
         kv_batch_checkpoint(c->b, NULL);
@@ -50,6 +55,8 @@ static void *ckpt_main(void *arg)
             atomic_store_explicit(&c->max_us, us, memory_order_relaxed);
         atomic_fetch_add_explicit(&c->runs, 1, memory_order_relaxed);
         pthread_mutex_lock(&c->mu);
+        c->running = 0;
+        pthread_cond_broadcast(&c->cv);   /* a wr_ckpt_pause may wait for it */
     }
     pthread_mutex_unlock(&c->mu);
     return NULL;
@@ -85,7 +92,25 @@ void wr_ckpt_kick(wr_ckpt *c)
 {
     pthread_mutex_lock(&c->mu);
     c->kicks++;
-    pthread_cond_signal(&c->cv);
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+void wr_ckpt_pause(wr_ckpt *c)
+{
+    if (!c) return;
+    pthread_mutex_lock(&c->mu);
+    c->paused = 1;
+    while (c->running) pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+}
+
+void wr_ckpt_resume(wr_ckpt *c)
+{
+    if (!c) return;
+    pthread_mutex_lock(&c->mu);
+    c->paused = 0;
+    pthread_cond_broadcast(&c->cv);
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -100,7 +125,7 @@ void wr_ckpt_stop(wr_ckpt *c)
     if (!c) return;
     pthread_mutex_lock(&c->mu);
     c->stop = 1;
-    pthread_cond_signal(&c->cv);
+    pthread_cond_broadcast(&c->cv);
     pthread_mutex_unlock(&c->mu);
     pthread_join(c->th, NULL);
     kv_batch_close(c->b);

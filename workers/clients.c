@@ -352,11 +352,19 @@ static void handle_request(wr_state *ws, wr_client *c)
         reply_status(c->sock, m.m_type, st, st ? kv_db_errmsg(ws->db) : NULL);
         break;
     case KVSHM_MSG_OPTIMIZE:
+        wr_ckpt_pause(ws->ckpt);
         st = wr_commit_all(ws) ? KV_BUSY : kv_optimize(ws->db);
+        wr_ckpt_resume(ws->ckpt);
         reply_status(c->sock, m.m_type, st, st ? kv_db_errmsg(ws->db) : NULL);
         break;
     case KVSHM_MSG_CHECKPOINT:
+        /* What was applied before the request goes into the main file too:
+         * commit it first. The checkpointer's own run would make this one a
+         * no-op (SQLite lets one checkpoint run at a time): pause it. */
+        wr_ckpt_pause(ws->ckpt);
+        wr_commit_all(ws);
         kv_checkpoint(ws->db);
+        wr_ckpt_resume(ws->ckpt);
         reply_status(c->sock, m.m_type, KV_OK, NULL);
         break;
     case KVSHM_MSG_STATUS: {

@@ -163,6 +163,11 @@ wr_ckpt *wr_ckpt_start(const char *db_path, const char *table);
 /* Ask for a passive checkpoint (returns at once; kicks pending fold into
  * one checkpoint). Loop thread only. */
 void wr_ckpt_kick(wr_ckpt *c);
+/* Hold the checkpointer (waiting for a checkpoint in progress to end) so
+ * the loop's own checkpoint or VACUUM is not turned away by SQLite's
+ * checkpoint lock; wr_ckpt_resume lets it go on. NULL: no-op. Loop thread. */
+void wr_ckpt_pause(wr_ckpt *c);
+void wr_ckpt_resume(wr_ckpt *c);
 /* Checkpoints run and the longest one, microseconds (0 for NULL). Any thread. */
 void wr_ckpt_stats(const wr_ckpt *c, uint64_t *runs, uint64_t *max_us);
 /* Stop and join the thread, close its connection, free c (NULL: no-op). */
