@@ -32,8 +32,9 @@ struct wr_ckpt {
     pthread_cond_t cv;
     kv_batch *b;            /* the thread's own connection */
     uint64_t kicks, done;   /* under mu */
-    int stop;               /* under mu */
-    int paused, running;    /* under mu: wr_ckpt_pause; a checkpoint in progress */
+    uint64_t stop;          /* under mu: nonzero once wr_ckpt_stop ran */
+    uint64_t paused;        /* under mu: 1 between wr_ckpt_pause and _resume */
+    int running;            /* under mu: a checkpoint in progress */
     _Atomic uint64_t max_us, runs;
 };
 
@@ -88,12 +89,20 @@ wr_ckpt *wr_ckpt_start(const char *db_path, const char *table)
     return c;
 }
 
-void wr_ckpt_kick(wr_ckpt *c)
+/* Store v into the word *w under the mutex and wake the thread (and a
+ * waiting wr_ckpt_pause). Precondition: w points into c, and only the loop
+ * thread writes it. */
+static void ckpt_set(wr_ckpt *c, uint64_t *w, uint64_t v)
 {
     pthread_mutex_lock(&c->mu);
-    c->kicks++;
+    *w = v;
     pthread_cond_broadcast(&c->cv);
     pthread_mutex_unlock(&c->mu);
+}
+
+void wr_ckpt_kick(wr_ckpt *c)
+{
+    ckpt_set(c, &c->kicks, c->kicks + 1);
 }
 
 void wr_ckpt_pause(wr_ckpt *c)
@@ -107,11 +116,7 @@ void wr_ckpt_pause(wr_ckpt *c)
 
 void wr_ckpt_resume(wr_ckpt *c)
 {
-    if (!c) return;
-    pthread_mutex_lock(&c->mu);
-    c->paused = 0;
-    pthread_cond_broadcast(&c->cv);
-    pthread_mutex_unlock(&c->mu);
+    if (c) ckpt_set(c, &c->paused, 0);
 }
 
 void wr_ckpt_stats(const wr_ckpt *c, uint64_t *runs, uint64_t *max_us)
@@ -123,10 +128,7 @@ void wr_ckpt_stats(const wr_ckpt *c, uint64_t *runs, uint64_t *max_us)
 void wr_ckpt_stop(wr_ckpt *c)
 {
     if (!c) return;
-    pthread_mutex_lock(&c->mu);
-    c->stop = 1;
-    pthread_cond_broadcast(&c->cv);
-    pthread_mutex_unlock(&c->mu);
+    ckpt_set(c, &c->stop, 1);
     pthread_join(c->th, NULL);
     kv_batch_close(c->b);
     pthread_mutex_destroy(&c->mu);
