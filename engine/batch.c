@@ -31,6 +31,7 @@ void kv_batch_opts_default(kv_batch_opts *o)
     o->table = "kv";
     o->synchronous = 1;
     o->busy_timeout_ms = 5000;
+    o->no_autocheckpoint = 0;
 }
 
 static void finalize_all(kv_batch *b)
@@ -84,6 +85,9 @@ kv_status kv_batch_open(const char *path, const kv_batch_opts *o, kv_batch **out
              "CREATE TABLE IF NOT EXISTS kohakuvault_meta (key TEXT PRIMARY KEY, value BLOB)",
              sync_names[o->synchronous], table);
     if ((st = kvi_exec(b->db, sql, &b->err)) != KV_OK) goto fail;
+    if (o->no_autocheckpoint &&
+        (st = kvi_exec(b->db, "PRAGMA wal_autocheckpoint=0", &b->err)) != KV_OK)
+        goto fail;
     snprintf(sql, sizeof sql,
              "INSERT INTO %s(key, value) VALUES(?1, ?2) "
              "ON CONFLICT(key) DO UPDATE SET value=excluded.value", table);

@@ -200,7 +200,7 @@ static kv_status request(kv_att *a, uint32_t type, uint64_t arg, const void *p1,
     }
     if (sendmsg(a->sock, &mh, MSG_NOSIGNAL) < 0)
         return fail(a, KV_IO, "send to writer: %s", strerror(errno));
-    if (a->r) kvshm_reader_ring_doorbell(a->r);
+    if (a->r) kvshm_reader_flag_request(a->r);
     uint8_t buf[KVSHM_MSG_MAX];
     for (;;) {
         ssize_t n = recv(a->sock, buf, sizeof buf, 0);

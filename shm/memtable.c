@@ -16,6 +16,7 @@
  * the first node of a key holds its newest version. Links are uint32_t
  * offsets from the arena start; 0 is null.
  */
+#include <stdint.h>
 #include <string.h>
 
 #include "structs.h"
@@ -257,31 +258,57 @@ uint64_t kvshm_mt_seek(const kvshm_seg *s, uint64_t mt, const void *key,
     return ro;
 }
 
-kvshm_status kvshm_mt_scan(const kvshm_seg *s, uint64_t mt, int newest_only,
-                           kvshm_rec_fn fn, void *ctx)
+uint32_t kvshm_mt_first(const kvshm_seg *s, uint64_t mt)
+{
+    const struct kvshm_mthdr *h = mt_hdr(s, mt);
+    if (!h || h->m_magic != KVSHM_MAGIC_MT) return 0;
+    const struct kvshm_mtnode *head = (const void *)((const uint8_t *)h + KVSHM_MT_HEAD);
+    return kv_atomic_load_acquire32(&head->n_next[0]);
+}
+
+kvshm_status kvshm_mt_walk(const kvshm_seg *s, uint64_t mt, int newest_only, uint32_t *next,
+                           uint32_t *prev, size_t max_keys, kvshm_rec_fn fn, void *ctx)
 {
     const struct kvshm_mthdr *h = mt_hdr(s, mt);
     if (!h || h->m_magic != KVSHM_MAGIC_MT) return KVSHM_E_CORRUPT;
     uint64_t bytes = h->m_bytes;
-    const struct kvshm_mtnode *head = (const void *)((const uint8_t *)h + KVSHM_MT_HEAD);
-    uint32_t nx = kv_atomic_load_acquire32(&head->n_next[0]);
-    const struct kvshm_rec *prev = NULL;
-    uint64_t budget = bytes / 16 + 1;
+    uint32_t nx = *next;
+    const struct kvshm_rec *pr = NULL;
+    if (*prev) {
+        const struct kvshm_mtnode *pn = mt_node(s, mt, bytes, *prev);
+        if (!pn || !(pr = mt_rec(s, mt, bytes, *prev, pn, NULL))) return KVSHM_E_CORRUPT;
+    }
+    uint64_t budget = bytes / 16 + 1;   /* more nodes than fit: a cycle */
+    size_t visited = 0;
     while (nx) {
         const struct kvshm_mtnode *n = mt_node(s, mt, bytes, nx);
         const struct kvshm_rec *r = n ? mt_rec(s, mt, bytes, nx, n, NULL) : NULL;
         if (!r || --budget == 0) return KVSHM_E_CORRUPT;
-        int same = prev && kvshm_key_cmp(kvshm_rec_key(prev), prev->r_klen,
-                                         kvshm_rec_key(r), r->r_klen) == 0;
+        int same = pr && kvshm_key_cmp(kvshm_rec_key(pr), pr->r_klen,
+                                       kvshm_rec_key(r), r->r_klen) == 0;
         if (!(newest_only && same)) {
+            /* A new key (or any version when all are visited): stop here
+             * when the step is done, so the cursor rests on a key start. */
+            if (visited == max_keys) break;
             if (fn(ctx, kvshm_rec_key(r), r->r_klen, kvshm_rec_val(r), r->r_vlen,
                    r->r_seqt >> 1, (int)(r->r_seqt & 1)))
-                break;
+                break;   /* not consumed: the next call visits it again */
+            visited++;
+            *prev = nx;
+            pr = r;
         }
-        prev = r;
         nx = kv_atomic_load_acquire32(&n->n_next[0]);
     }
-    return KVSHM_OK;
+    *next = nx;
+    return nx ? KVSHM_OK : KVSHM_EMPTY;
+}
+
+kvshm_status kvshm_mt_scan(const kvshm_seg *s, uint64_t mt, int newest_only,
+                           kvshm_rec_fn fn, void *ctx)
+{
+    uint32_t next = kvshm_mt_first(s, mt), prev = 0;
+    kvshm_status st = kvshm_mt_walk(s, mt, newest_only, &next, &prev, SIZE_MAX, fn, ctx);
+    return st == KVSHM_EMPTY ? KVSHM_OK : st;
 }
 
 kvshm_status kvshm_mt_scan_valid(const kvshm_seg *s, uint64_t mt,

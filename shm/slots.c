@@ -395,3 +395,14 @@ void kvshmi_reader_gate(kvshm_reader *r, kvshm_spin_gate *g)
     g->mark = r->slot && r->fork_gen == kvshmi_fork_gen ? &r->slot->sl_spinning : NULL;
     g->writer = 0;
 }
+
+/* ---- pending socket requests ------------------------------------------------ */
+
+void kvshm_reader_flag_request(kvshm_reader *r)
+{
+    /* seq_cst RMW after the sendmsg: a writer that reads the new count
+     * (kvshm_writer_requests) and then polls its socket finds the request. */
+    atomic_fetch_add_explicit(KVSHM_A32(&r->sh->sh_requests), 1, memory_order_seq_cst);
+    kvshm_reader_ring_doorbell(r);
+}
+

@@ -155,9 +155,25 @@ kvshm_status kvshm_mt_get(const kvshm_seg *s, uint64_t mt, const void *key,
 uint64_t kvshm_mt_seek(const kvshm_seg *s, uint64_t mt, const void *key,
                        uint32_t klen, int after, kvshm_status *err);
 /* Visit records in key order: newest version per key if newest_only, else all
- * versions. Any process (the writer uses it to commit and fold). */
+ * versions. Returns KVSHM_OK (also when fn stopped it), KVSHM_E_CORRUPT. Any
+ * process (the writer uses it to commit and fold). */
 kvshm_status kvshm_mt_scan(const kvshm_seg *s, uint64_t mt, int newest_only,
                            kvshm_rec_fn fn, void *ctx);
+/* Arena offset of the first node in key order (0: empty or no memtable at
+ * mt): where a kvshm_mt_walk starts. Any process. */
+uint32_t kvshm_mt_first(const kvshm_seg *s, uint64_t mt);
+/* kvshm_mt_scan in steps, for a memtable that no longer changes (frozen):
+ * from the node at *next (0: nothing left), visit at most max_keys records
+ * in key order (newest_only: one per key, its newest version; else every
+ * version), then leave *next on the first node not visited. *prev is the
+ * node of the last record visited (0 before the first step): a later step
+ * uses it to skip the remaining older versions of that key, so across steps
+ * each key is visited once. When fn returns nonzero the walk stops before
+ * that record (a later step visits it again). Returns KVSHM_OK (records
+ * left), KVSHM_EMPTY (the walk is finished), KVSHM_E_CORRUPT (bounds check
+ * failed, or more nodes than the arena can hold). Any process. */
+kvshm_status kvshm_mt_walk(const kvshm_seg *s, uint64_t mt, int newest_only, uint32_t *next,
+                           uint32_t *prev, size_t max_keys, kvshm_rec_fn fn, void *ctx);
 /* Visit every record in append order whose checksum verifies (crash replay:
  * a new writer reads the old segment). Stops at the first invalid record or
  * when fn returns nonzero; *stopped (may be NULL) is set to 1 in the latter

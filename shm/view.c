@@ -115,6 +115,22 @@ kvshm_status kvshm_writer_frozen_scan(kvshm_writer *w, uint32_t s, kvshm_rec_fn 
     return kvshm_mt_scan(&w->seg, w->frozen[s], 1, fn, ctx);
 }
 
+kvshm_status kvshm_writer_frozen_scan_from(kvshm_writer *w, uint32_t s, kvshm_scan_cursor *cur,
+                                           size_t max_records, kvshm_rec_fn fn, void *ctx)
+{
+    KVSHMI_WRITER_ONLY(w);
+    if (s >= w->nshards || !cur || max_records == 0) return KVSHM_E_INVAL;
+    uint64_t mt = w->frozen[s];
+    if (!cur->mt) {
+        if (!mt) return KVSHM_EMPTY;
+        *cur = (kvshm_scan_cursor){ .mt = mt, .next = kvshm_mt_first(&w->seg, mt) };
+    } else if (cur->mt != mt) {
+        return KVSHM_E_INVAL;
+    }
+    if (!cur->next) return KVSHM_EMPTY;
+    return kvshm_mt_walk(&w->seg, mt, 1, &cur->next, &cur->prev, max_records, fn, ctx);
+}
+
 kvshm_status kvshm_writer_cache_scan(kvshm_writer *w, uint32_t s, kvshm_rec_fn fn, void *ctx)
 {
     KVSHMI_WRITER_ONLY(w);
@@ -216,6 +232,17 @@ static int in_memtables(kvshm_writer *w, uint32_t s, const void *key, uint32_t k
         if (kvshm_mt_get(&w->seg, mts[j], key, klen, &out) != KVSHM_NOTFOUND) return 1;
     }
     return 0;
+}
+
+int kvshm_writer_cached(kvshm_writer *w, const void *key, size_t klen)
+{
+    KVSHMI_WRITER_ONLY(w);
+    if (!key || klen == 0 || klen > KVSHM_MAX_KEY) return 0;
+    uint32_t s = kvshm_shard_of(key, klen, w->nshards);
+    if (in_memtables(w, s, key, (uint32_t)klen)) return 1;
+    kvshm_status err = KVSHM_OK;
+    return kvshm_tree_find(&w->seg, w->trees[s].root, w->trees[s].height, key,
+                           (uint32_t)klen, &err) != 0;
 }
 
 static kvshm_status cache_apply(kvshm_writer *w, const kvshm_kv *kvs,

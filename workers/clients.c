@@ -5,7 +5,10 @@
  * up after a crash); one connection per attached process, kept open for the
  * process's lifetime, so a hang-up tells the writer the client is gone.
  * Requests are served from the writer loop (wr_sock_poll, non-blocking):
- * clients ring the segment doorbell after sending, which wakes the loop.
+ * after sending, a client bumps the slot file's request count and rings the
+ * doorbell (kvshm_reader_flag_request), which wakes the loop; the loop polls
+ * the socket when the count moved, and otherwise once a millisecond for
+ * accepts and hang-ups (loop.c).
  *
  * Ring records are untrusted input: lengths are checked against the payload
  * before anything is applied; a malformed ring drops its client.
@@ -114,26 +117,6 @@ void wr_clients_close(wr_state *ws)
 
 /* ---- applying ring records ------------------------------------------------ */
 
-static void add_miss(wr_state *ws, const uint8_t *key, uint32_t klen)
-{
-    if (ws->nmiss >= 4096) return;   /* bounded: the rest are reported again later */
-    if (ws->nmiss == ws->miss_cap) {
-        size_t nc = ws->miss_cap ? ws->miss_cap * 2 : 64;
-        uint8_t **nk = realloc(ws->miss_keys, nc * sizeof *nk);
-        if (!nk) return;
-        ws->miss_keys = nk;
-        size_t *nl = realloc(ws->miss_lens, nc * sizeof *nl);
-        if (!nl) return;
-        ws->miss_lens = nl;
-        ws->miss_cap = nc;
-    }
-    uint8_t *k = malloc(klen);
-    if (!k) return;
-    memcpy(k, key, klen);
-    ws->miss_keys[ws->nmiss] = k;
-    ws->miss_lens[ws->nmiss++] = klen;
-}
-
 /* Apply one key record to the memtables; commits first when a memtable is
  * full (backpressure: never a silent drop). 0 applied, 1 no room yet (the
  * record stays in the ring), -1 malformed record. */
@@ -143,7 +126,7 @@ static int apply_kv(wr_state *ws, uint32_t type, const uint8_t *p, uint32_t len)
     uint32_t klen, vlen;
     if (kvshm_keyrec_decode(p, len, &key, &klen, &val, &vlen) != 0) return -1;
     if (type == KVSHM_REC_MISS) {
-        add_miss(ws, key, klen);
+        wr_miss_add(ws, key, klen);
         return 0;
     }
     int tomb = type == KVSHM_REC_DEL;
@@ -157,8 +140,8 @@ static int apply_kv(wr_state *ws, uint32_t type, const uint8_t *p, uint32_t len)
             return -1;
         }
         if (attempt >= 3) return 1;   /* still full: leave it in the ring, retry later */
-        /* memtable full: commit what we have, then retry */
-        if (wr_commit_all(ws) != 0) {
+        /* memtable full: finish the commit in flight, freeze, retry */
+        if (wr_commit_room(ws) != 0) {
             struct timespec ts = {0, 20 * 1000 * 1000};
             nanosleep(&ts, NULL);
         }
@@ -312,6 +295,9 @@ size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
             hits += ws->clients[i].hits;
             misses += ws->clients[i].misses;
         }
+    uint64_t ckpts, ckpt_us;
+    wr_ckpt_stats(ws->ckpt, &ckpts, &ckpt_us);
+    if (!ws->ckpt) ckpt_us = ws->stat_ckpt_max_us;
     int n = snprintf(buf, cap,
         "db=%s\ntable=%s\npid=%d\ngeneration=%" PRIu64 "\nshards=%u\n"
         "keys_cached=%" PRIu64 "\nkeys_in_memtables=%" PRIu64 "\n"
@@ -319,12 +305,28 @@ size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
         "applied_seq=%" PRIu64 "\ncommitted_seq=%" PRIu64 "\npending=%" PRIu64 "\n"
         "memory_used=%" PRIu64 "\nmemory_total=%" PRIu64 "\nsegment_bytes=%" PRIu64 "\n"
         "attached=%u\ncommits=%" PRIu64 "\nrecords=%" PRIu64 "\nevicted_keys=%" PRIu64 "\n"
-        "replayed=%" PRIu64 "\n",
+        "replayed=%" PRIu64 "\ncommit_phase=%s\ncommit_steps=%" PRIu64 "\n"
+        "commit_insert_steps=%" PRIu64 "\n"
+        "commit_max_us=%" PRIu64 "\ncommit_freeze_max_us=%" PRIu64 "\n"
+        "commit_insert_max_us=%" PRIu64 "\ncommit_sql_max_us=%" PRIu64 "\n"
+        "commit_fold_max_us=%" PRIu64 "\ncommit_sync=%" PRIu64 "\n"
+        "applies_during_commit=%" PRIu64 "\nsock_polls=%" PRIu64 "\n"
+        "commit_cpu_max_us=%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 "\n"
+        "checkpoints=%" PRIu64 "\ncheckpoint_max_us=%" PRIu64 "\n"
+        "miss_queued=%zu\nmiss_skipped=%" PRIu64 "\n",
         ws->db_abs, ws->o.table, (int)getpid(), ws->generation, kvshm_writer_shards(ws->w),
         sum.tree_keys, sum.mt_keys, hits, misses, ws->stat_miss_loads, ws->seq, ws->committed,
         ws->seq - ws->committed, sum.used_bytes, sum.region_bytes,
         kvshm_writer_size_bytes(ws->w), attached, ws->stat_commits, ws->stat_records,
-        ws->stat_evicted_keys, ws->stat_replayed);
+        ws->stat_evicted_keys, ws->stat_replayed, wr_phase_names[ws->phase], ws->stat_commit_steps,
+        ws->stat_insert_steps,
+        ws->stat_commit_max_us[WR_IDLE], ws->stat_commit_max_us[WR_FREEZE],
+        ws->stat_commit_max_us[WR_INSERT], ws->stat_commit_max_us[WR_COMMIT],
+        ws->stat_commit_max_us[WR_FOLD], ws->stat_commit_sync, ws->stat_applies_during_commit,
+        ws->stat_sock_polls, ws->stat_commit_cpu_max_us[WR_FREEZE],
+        ws->stat_commit_cpu_max_us[WR_INSERT], ws->stat_commit_cpu_max_us[WR_COMMIT],
+        ws->stat_commit_cpu_max_us[WR_FOLD], ckpts, ckpt_us, ws->nmiss,
+        ws->stat_miss_skipped);
     return n < 0 ? 0 : ((size_t)n >= cap ? cap - 1 : (size_t)n);
 }
 
@@ -357,6 +359,9 @@ static void handle_request(wr_state *ws, wr_client *c)
     case KVSHM_MSG_PUT_FILE: handle_put_file(ws, c, &m, pl, fd); return;
     case KVSHM_MSG_FEATURE:
         if (m.m_len == 0 || m.m_len >= sizeof text) { st = KV_INVALID; }
+        /* the commit in flight holds SQLite's write lock while its
+         * transaction is open: finish it first */
+        else if (ws->cm_open && wr_commit_finish(ws) != 0) { st = KV_BUSY; }
         else {
             memcpy(text, pl, m.m_len);
             text[m.m_len] = 0;
@@ -365,11 +370,19 @@ static void handle_request(wr_state *ws, wr_client *c)
         reply_status(c->sock, m.m_type, st, st ? kv_db_errmsg(ws->db) : NULL);
         break;
     case KVSHM_MSG_OPTIMIZE:
+        wr_ckpt_pause(ws->ckpt);
         st = wr_commit_all(ws) ? KV_BUSY : kv_optimize(ws->db);
+        wr_ckpt_resume(ws->ckpt);
         reply_status(c->sock, m.m_type, st, st ? kv_db_errmsg(ws->db) : NULL);
         break;
     case KVSHM_MSG_CHECKPOINT:
+        /* What was applied before the request goes into the main file too:
+         * commit it first. The checkpointer's own run would make this one a
+         * no-op (SQLite lets one checkpoint run at a time): pause it. */
+        wr_ckpt_pause(ws->ckpt);
+        wr_commit_all(ws);
         kv_checkpoint(ws->db);
+        wr_ckpt_resume(ws->ckpt);
         reply_status(c->sock, m.m_type, KV_OK, NULL);
         break;
     case KVSHM_MSG_STATUS: {
@@ -393,8 +406,10 @@ void wr_sock_poll(wr_state *ws)
     for (;;) {
         int n = epoll_wait(ws->ep, evs, 32, 0);
         if (n <= 0) return;
+        int accepted = 0;
         for (int i = 0; i < n; i++) {
             if (evs[i].data.u64 == UINT64_MAX) {
+                accepted = 1;
                 for (;;) {
                     int s = accept4(ws->lsock, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
                     if (s < 0) break;
@@ -416,6 +431,8 @@ void wr_sock_poll(wr_state *ws)
                 epoll_ctl(ws->ep, EPOLL_CTL_DEL, c->sock, NULL);
             }
         }
-        if (n < 32) return;
+        /* A new connection's ATTACH may be waiting already: its flag was
+         * counted before this poll, so look again now. */
+        if (n < 32 && !accepted) return;
     }
 }

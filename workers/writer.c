@@ -14,10 +14,11 @@
  *        or the group-commit interval is reached, or a client asked for
  *        SYNC: freeze every shard, commit the frozen memtables in ONE
  *        transaction together with the batch's last sequence number
- *        (kv_batch), publish the committed sequence, fold into the CSB+trees,
- *        tell each ring how far it is committed -> load keys reported
- *        missed -> reclaim (epochs), evict under memory pressure -> passive
- *        WAL checkpoint when the WAL grows;
+ *        (kv_batch), publish the committed sequence, tell each ring how far
+ *        it is committed, fold into the CSB+trees -- in bounded steps with
+ *        the rings drained between them (loop.c) -> load keys reported
+ *        missed -> reclaim (epochs), evict under memory pressure; a
+ *        checkpointer thread checkpoints the WAL (ckpt.c);
  *   5. on SIGTERM/SIGINT drains and commits everything, marks the segment
  *      closed, writes state=stopped and exits 0.
  *

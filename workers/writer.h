@@ -5,7 +5,9 @@
  *   clients.c  the unix socket: attaches, requests, client rings
  *   registry.c the registry file `<db>-kvault` and crash recovery (replay
  *              of a dead writer's memtables)
- * Everything runs on one thread.
+ *   ckpt.c     the WAL checkpointer thread
+ * Everything runs on one thread, but for the checkpointer, which only
+ * checkpoints the WAL on its own SQLite connection (ckpt.c).
  */
 #ifndef KVAULT_WRITER_H
 #define KVAULT_WRITER_H
@@ -45,6 +47,27 @@ typedef struct wr_client {
     int dead;                    /* socket hung up: drain, then drop */
 } wr_client;
 
+typedef struct wr_ckpt wr_ckpt;
+
+/* Where the commit in flight stands (loop.c, "Commit pipeline"). */
+typedef enum wr_phase {
+    WR_IDLE = 0,     /* no commit in flight */
+    WR_FREEZE,       /* freezing the shards (retried when a freeze failed) */
+    WR_INSERT,       /* writing the frozen memtables into the open kv_batch */
+    WR_COMMIT,       /* kv_batch_commit with the batch's last sequence */
+    WR_FOLD,         /* folding the committed memtables, one shard a step */
+    WR_NPHASES
+} wr_phase;
+/* Names of the phases (STATUS: commit_phase). */
+extern const char *const wr_phase_names[WR_NPHASES];
+
+/* A missed key reported by a reader, waiting to be loaded (loop.c). */
+typedef struct wr_miss {
+    uint8_t *key;
+    uint32_t klen;
+    uint64_t hash;               /* kvshm_key_hash */
+} wr_miss;
+
 typedef struct wr_state {
     wr_opts o;
     volatile sig_atomic_t *stop;
@@ -56,38 +79,76 @@ typedef struct wr_state {
     kvshm_writer *w;
     kv_batch *batch;
     kv_db *db;                   /* second connection: miss loads, streams, meta */
+    wr_ckpt *ckpt;               /* checkpointer thread (NULL: the loop checkpoints) */
     int lsock;                   /* listening socket */
     int ep;                      /* epoll */
     wr_client *clients;
     size_t nclients;
     uint64_t seq;                /* last sequence applied */
     uint64_t committed;          /* last sequence committed */
-    uint64_t pending;            /* records applied since the last commit */
-    int sync_requested;
+    uint64_t pending;            /* records applied since the last freeze */
+    int sync_requested;          /* a SYNC record was applied since the last freeze */
+    /* the commit in flight */
+    wr_phase phase;
+    uint32_t cm_shard;           /* shard being frozen / inserted / folded */
+    kvshm_scan_cursor cm_cur;    /* insert position in that shard's frozen memtable */
+    int cm_open;                 /* the kv_batch transaction is open */
     uint64_t frozen_seq;         /* last sequence of the frozen (uncommitted) batch */
     uint64_t frozen_pending;     /* records in it */
-    int frozen_left;             /* a frozen batch failed to commit or fold: retry it */
-    int frozen_committed;        /* the frozen batch is committed; its fold is pending */
-    uint64_t last_commit_ms;
-    /* reported misses, process-local */
-    uint8_t **miss_keys;
-    size_t *miss_lens;
-    size_t nmiss, miss_cap;
+    uint64_t last_commit_ms;     /* when the last commit started (its freeze) */
+    int yield;                   /* this pass: commit and miss steps end early when a
+                                    ring holds records (loop.c, "Step sizes") */
+    /* socket polling */
+    uint32_t req_seen;           /* kvshm_writer_requests at the last poll */
+    uint64_t last_poll_us;
+    /* reported misses, process-local: a FIFO and a lossy filter of its hashes */
+    wr_miss *miss;
+    size_t miss_head, nmiss;
+    uint64_t *miss_filter;
+    uint8_t *miss_buf;           /* values read for one load step */
+    size_t miss_buf_cap;
     /* statistics */
     uint64_t stat_commits, stat_records, stat_miss_loads, stat_evicted_keys;
     uint64_t stat_replayed;
+    uint64_t stat_commit_steps;          /* bounded commit steps run */
+    uint64_t stat_insert_steps;          /* of which INSERT steps */
+    uint64_t stat_applies_during_commit; /* records applied while a commit was in flight */
+    uint64_t stat_commit_max_us[WR_NPHASES]; /* longest step per phase (wall); [0]: any */
+    uint64_t stat_commit_cpu_max_us[WR_NPHASES]; /* the same in CPU time of the writer */
+    uint64_t stat_ckpt_max_us;           /* longest WAL checkpoint of the loop */
+    uint64_t stat_commit_sync;           /* commits finished synchronously */
+    uint64_t stat_sock_polls;
+    uint64_t stat_miss_skipped;          /* reported misses not read: queued or cached */
     uint64_t hits_gone, misses_gone; /* from clients that left */
 } wr_state;
 
 /* loop.c */
 int wr_run(wr_state *ws);
-/* Freeze, commit and fold everything applied. 0 or -1 (logged). */
+/* Commit everything applied so far, synchronously: finish the commit in
+ * flight (every remaining step), then freeze, commit and fold what was
+ * applied since. 0, or -1 (logged; the commit stays in flight and the loop
+ * retries it). */
 int wr_commit_all(wr_state *ws);
+/* Finish the commit in flight, synchronously (every remaining step); the
+ * kv_batch transaction is closed afterwards, so the second connection may
+ * write. 0 (also with no commit in flight), or -1 (logged). */
+int wr_commit_finish(wr_state *ws);
+/* Room in the active memtables (backpressure when one is full): finish the
+ * commit in flight synchronously, then start a new one (freeze), whose
+ * remaining steps run from the loop. 0 or -1 (logged). */
+int wr_commit_room(wr_state *ws);
+/* Queue a key a reader missed for loading into the cache (a hint: dropped
+ * when the queue is full, when the same key is queued, or when the key is
+ * cached by the time it is loaded). */
+void wr_miss_add(wr_state *ws, const uint8_t *key, uint32_t klen);
 uint64_t wr_now_ms(void);
+uint64_t wr_now_us(void);
 
 /* clients.c */
 int wr_sock_listen(wr_state *ws);
-/* Serve every pending socket event without blocking. */
+/* Serve every pending socket event without blocking (one epoll_wait, and
+ * another after accepting connections so their first request is served in
+ * the same call). */
 void wr_sock_poll(wr_state *ws);
 /* Apply every record in every ring; returns the number of records. */
 size_t wr_drain(wr_state *ws);
@@ -104,6 +165,23 @@ int wr_has_work(void *ctx, int final);
 void wr_clients_close(wr_state *ws);
 /* Text of the STATUS reply into buf; returns its length. */
 size_t wr_status_text(wr_state *ws, char *buf, size_t cap);
+
+/* ckpt.c */
+/* Start the checkpointer: a thread with its own kv_batch on db_path/table.
+ * NULL (logged) when it cannot start: the loop then checkpoints itself. */
+wr_ckpt *wr_ckpt_start(const char *db_path, const char *table);
+/* Ask for a passive checkpoint (returns at once; kicks pending fold into
+ * one checkpoint). Loop thread only. */
+void wr_ckpt_kick(wr_ckpt *c);
+/* Hold the checkpointer (waiting for a checkpoint in progress to end) so
+ * the loop's own checkpoint or VACUUM is not turned away by SQLite's
+ * checkpoint lock; wr_ckpt_resume lets it go on. NULL: no-op. Loop thread. */
+void wr_ckpt_pause(wr_ckpt *c);
+void wr_ckpt_resume(wr_ckpt *c);
+/* Checkpoints run and the longest one, microseconds (0 for NULL). Any thread. */
+void wr_ckpt_stats(const wr_ckpt *c, uint64_t *runs, uint64_t *max_us);
+/* Stop and join the thread, close its connection, free c (NULL: no-op). */
+void wr_ckpt_stop(wr_ckpt *c);
 
 /* registry.c */
 int wr_registry_lock(wr_state *ws);

@@ -3,6 +3,7 @@
  * active memtable -> frozen memtable -> CSB+tree, tombstones, cache
  * load/evict, ordered prefix iteration across shards, fork. */
 #include <fcntl.h>
+#include <inttypes.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
@@ -527,3 +528,141 @@ Test(shm_segment, writer_only_call_from_a_child_aborts_with_context)
     cr_assert(strstr(report, "kvshm writer, segment generation 1"), "report: %s", report);
 }
 #endif
+
+/* ---- resumable walk of a frozen memtable ---------------------------------- */
+
+#define FW_KEYS 700
+typedef struct fw_model { uint64_t seq; int tomb; char v[24]; int present; } fw_model;
+typedef struct fw_ctx {
+    const fw_model *frozen;    /* newest version per key at the freeze */
+    int *seen;
+    int visits, wrong, refuse_every, calls;
+    char last[32];
+    size_t lastlen;
+} fw_ctx;
+
+static void fw_key(char *k, int i) { snprintf(k, 32, "fw:%06d", i); }   /* 9 bytes */
+
+static int fw_visit(void *ctx, const void *key, size_t klen, const void *val, size_t vlen,
+                    uint64_t seq, int tomb)
+{
+    fw_ctx *c = ctx;
+    /* a visitor may refuse a record: it must come again on the next call */
+    if (c->refuse_every && ++c->calls % c->refuse_every == 0) return 1;
+    int i = atoi((const char *)key + 3);
+    if (klen != 9 || i < 0 || i >= FW_KEYS) { c->wrong++; return 0; }
+    const fw_model *m = &c->frozen[i];
+    if (!m->present || m->seq != seq || m->tomb != tomb) c->wrong++;
+    if (!tomb && (vlen != strlen(m->v) || memcmp(val, m->v, vlen) != 0)) c->wrong++;
+    if (c->visits && kvshm_key_cmp(c->last, (uint32_t)c->lastlen, key, (uint32_t)klen) >= 0)
+        c->wrong++;   /* key order across steps */
+    memcpy(c->last, key, klen);
+    c->lastlen = klen;
+    c->seen[i]++;
+    c->visits++;
+    return 0;
+}
+
+Test(shm_segment, frozen_scan_from_visits_every_key_once_across_steps)
+{
+    kvshm_writer *w;
+    kvshm_reader *r;
+    shmt_open(64u << 20, 2, &w, &r);
+    static fw_model model[FW_KEYS], frozen[FW_KEYS];
+    uint64_t seed = 29, seq = 0;
+    char k[32];
+    /* several versions of most keys, some deleted */
+    for (int n = 0; n < 5000; n++) {
+        int i = (int)(shmt_rand(&seed) % FW_KEYS);
+        fw_key(k, i);
+        fw_model *m = &model[i];
+        m->tomb = shmt_rand(&seed) % 7 == 0;
+        snprintf(m->v, sizeof m->v, "v%d-%" PRIu64, i, ++seq);
+        m->seq = seq;
+        m->present = 1;
+        cr_assert_eq(kvshm_writer_put(w, k, 9, m->tomb ? NULL : m->v, m->tomb ? 0 : strlen(m->v),
+                                      seq, m->tomb), KVSHM_OK);
+    }
+    memcpy(frozen, model, sizeof model);
+    for (uint32_t s = 0; s < 2; s++) cr_assert_eq(kvshm_writer_freeze(w, s), KVSHM_OK);
+    int expect = 0;
+    for (int i = 0; i < FW_KEYS; i++) expect += frozen[i].present;
+    static int seen[FW_KEYS];
+    int total = 0;
+    for (uint32_t s = 0; s < 2; s++) {
+        fw_ctx c = {.frozen = frozen, .seen = seen, .refuse_every = s ? 5 : 0};
+        kvshm_scan_cursor cur = KVSHM_SCAN_CURSOR_INIT;
+        kvshm_status st;
+        int calls = 0;
+        do {
+            st = kvshm_writer_frozen_scan_from(w, s, &cur, 1 + shmt_rand(&seed) % 7, fw_visit, &c);
+            cr_assert(st == KVSHM_OK || st == KVSHM_EMPTY, "step status %d", st);
+            /* puts between the steps go to the active memtable, unseen */
+            for (int j = 0; j < 3; j++) {
+                int i = (int)(shmt_rand(&seed) % FW_KEYS);
+                fw_key(k, i);
+                cr_assert_eq(kvshm_writer_put(w, k, 9, "new", 3, ++seq, 0), KVSHM_OK);
+            }
+            cr_assert_lt(++calls, 100000);
+        } while (st == KVSHM_OK);
+        cr_assert(calls > 20, "many small steps (%d)", calls);
+        cr_assert_eq(c.wrong, 0, "shard %u: %d wrong visits", s, c.wrong);
+        cr_assert_eq(kvshm_writer_frozen_scan_from(w, s, &cur, 5, fw_visit, &c), KVSHM_EMPTY,
+                     "a finished walk stays finished");
+        total += c.visits;
+    }
+    cr_assert_eq(total, expect);
+    for (int i = 0; i < FW_KEYS; i++)
+        cr_assert_eq(seen[i], frozen[i].present, "key %d visited %d times", i, seen[i]);
+    /* the cursor belongs to its frozen memtable */
+    kvshm_scan_cursor cur = KVSHM_SCAN_CURSOR_INIT;
+    fw_ctx c = {.frozen = frozen, .seen = seen};
+    cr_assert_eq(kvshm_writer_frozen_scan_from(w, 0, &cur, 1, fw_visit, &c), KVSHM_OK);
+    cr_assert_eq(kvshm_writer_fold(w, 0, 1024), KVSHM_OK);
+    cr_assert_eq(kvshm_writer_frozen_scan_from(w, 0, &cur, 1, fw_visit, &c), KVSHM_E_INVAL);
+    kvshm_scan_cursor none = KVSHM_SCAN_CURSOR_INIT;
+    cr_assert_eq(kvshm_writer_frozen_scan_from(w, 0, &none, 1, fw_visit, &c), KVSHM_EMPTY,
+                 "no frozen memtable: nothing to walk");
+    cr_assert_eq(kvshm_writer_frozen_scan_from(w, 9, &none, 1, fw_visit, &c), KVSHM_E_INVAL);
+    cr_assert_eq(kvshm_writer_frozen_scan_from(w, 0, &none, 0, fw_visit, &c), KVSHM_E_INVAL);
+    /* kvshm_writer_cached: memtables and tree, never SQLite */
+    fw_key(k, 0);
+    cr_assert_eq(kvshm_writer_put(w, k, 9, "x", 1, ++seq, 0), KVSHM_OK);
+    cr_assert(kvshm_writer_cached(w, k, 9));
+    cr_assert(!kvshm_writer_cached(w, "absent", 6));
+    cr_assert_eq(kvshm_writer_fold(w, 1, 1024), KVSHM_OK);
+    uint32_t st = kvshm_shard_of("treeonly", 8, 2);
+    cr_assert_eq(kvshm_writer_put(w, "treeonly", 8, "t", 1, ++seq, 0), KVSHM_OK);
+    cr_assert_eq(kvshm_writer_freeze(w, st), KVSHM_OK);
+    cr_assert_eq(kvshm_writer_fold(w, st, 1024), KVSHM_OK);
+    cr_assert(kvshm_writer_cached(w, "treeonly", 8), "found in the tree alone");
+    (void)r;
+}
+
+typedef struct req_seen {
+    const kvshm_writer *w;
+    uint32_t requests;
+} req_seen;
+
+/* has_work of kvshm_writer_idle_wait: the request count moved. */
+static int requests_moved(void *ctx, int final)
+{
+    (void)final;
+    const req_seen *rs = ctx;
+    return kvshm_writer_requests(rs->w) != rs->requests;
+}
+
+Test(shm_segment, flagged_requests_are_counted_and_end_the_idle_wait)
+{
+    kvshm_writer *w;
+    kvshm_reader *r;
+    shmt_open(8u << 20, 1, &w, &r);
+    req_seen rs = {.w = w, .requests = kvshm_writer_requests(w)};
+    cr_assert_eq(kvshm_writer_idle_wait(w, requests_moved, &rs, 20), KVSHM_TIMEOUT,
+                 "nothing flagged: the wait times out");
+    kvshm_reader_flag_request(r);
+    kvshm_reader_flag_request(r);
+    cr_assert_eq(kvshm_writer_requests(w), rs.requests + 2);
+    cr_assert_eq(kvshm_writer_idle_wait(w, requests_moved, &rs, 10000), KVSHM_OK,
+                 "a flagged request ends the idle wait at once");
+}

@@ -93,6 +93,17 @@ def _reader_proc(db, conn):
     kv.close()
 
 
+def _reap(*procs):
+    """Join each process (None is skipped), killing one still alive after 30 s."""
+    for p in procs:
+        if p is None:
+            continue
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 @contextlib.contextmanager
 def pipe_child(target, db):
     """Run target(db, conn) in a spawned process; yields this side's end of
@@ -104,10 +115,7 @@ def pipe_child(target, db):
     try:
         yield parent
     finally:
-        p.join(timeout=30)
-        if p.is_alive():
-            p.kill()
-            p.join()
+        _reap(p)
     assert p.exitcode == 0
 
 
@@ -151,10 +159,7 @@ def test_forked_child_reads_and_writes(served):
     try:
         assert q.get(timeout=30) == "ok"
     finally:
-        p.join(timeout=30)
-        if p.is_alive():
-            p.kill()
-            p.join()
+        _reap(p)
     assert kv["from_child"] == 2
     kv["after_fork"] = 3
     assert kv["after_fork"] == 3
@@ -327,11 +332,7 @@ def test_two_writers_two_readers_model_check(served):
         for _ in procs:
             results.append(q.get(timeout=STRESS_S + 120))
     finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        _reap(*procs)
     errors = [r for r in results if r[0] != "ok"]
     assert not errors, errors
     kv = KVault(db, shared=True)
@@ -396,4 +397,156 @@ def test_small_segment_evicts_and_never_drops_a_write(tmp_path):
         assert st["memory_used"] <= st["memory_total"]
         kv.close()
     finally:
+        w.kill(signal.SIGTERM)
+
+
+# ---- the commit pipeline: bounded steps, rings drained between them ---------
+
+
+def _load_putter(db, wid, seconds, q):
+    """Puts 100-byte values as fast as it can for `seconds`; reports how many."""
+    try:
+        kv = KVault(db, shared=True)
+        put = kv._native.put
+        values = [bytes([65 + r]) * 100 for r in range(26)]
+        n = 0
+        end = time.time() + seconds
+        while time.time() < end:
+            v = values[n // 1000 % 26]
+            for i in range(1000):
+                put(b"p%d-%06d" % (wid, i), v)
+            n += 1000
+        kv.close()
+        q.put(("ok", wid, n))
+    except BaseException as exc:
+        q.put(("error", wid, repr(exc)))
+
+
+def _run_putters(db, nproc, seconds, during=None):
+    """nproc _load_putter processes; `during(kv)` runs in this process while
+    they put. Returns the putters' results."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_load_putter, args=(db, i, seconds, q)) for i in range(nproc)]
+    for p in procs:
+        p.start()
+    try:
+        if during:
+            during()
+        return [q.get(timeout=seconds + 120) for _ in procs]
+    finally:
+        _reap(*procs)
+
+
+def test_commit_in_steps_with_applies_between(tmp_path):
+    """Under sustained put load from 2 processes, every commit runs as
+    bounded steps (freeze, inserts, commit, one fold per shard) and the
+    rings are drained between the steps: records are applied while a commit
+    is in flight, and no commit had to be finished in one piece."""
+    db = str(tmp_path / "steps.db")
+    # a long interval: batches of many records, inserted over many steps
+    w = Writer(db, "--commit-interval-ms", "200")
+    try:
+        results = _run_putters(db, 2, 3.0)
+        assert all(r[0] == "ok" for r in results), results
+        kv = KVault(db, shared=True)
+        kv.put("last", b"1", sync=True)
+        st = _status(kv)
+        kv.close()
+        assert st["commits"] >= 2
+        shards = st["shards"]
+        # freeze + >= 1 insert + commit + one fold per shard, per commit
+        assert st["commit_steps"] >= st["commits"] * (3 + shards)
+        assert st["commit_insert_steps"] > st["commits"], "some batch took several insert steps"
+        assert st["applies_during_commit"] > 0, "rings drained between the steps"
+        assert st["commit_sync"] == 0, "no commit finished in one piece"
+        assert st["commit_phase"] == "idle"
+        rows = _rows(db)
+        assert len(rows) == 2001
+        total = sum(r[2] for r in results)
+        assert st["records"] >= total
+    finally:
+        w.kill(signal.SIGTERM)
+
+
+def test_sync_puts_under_load_return_after_their_commit(tmp_path):
+    """A sync put returns only once a commit covers it, also while other
+    processes keep the writer busy and commits run in steps."""
+    db = str(tmp_path / "syncload.db")
+    w = Writer(db)
+    try:
+        def syncs():
+            kv = KVault(db, shared=True)
+            con = sqlite3.connect(db)
+            try:
+                for i in range(40):
+                    kv.put(f"sync{i}", f"v{i}".encode(), sync=True)
+                    row = con.execute("SELECT value FROM kv WHERE key=?",
+                                      (f"sync{i}".encode(),)).fetchone()
+                    assert row == (f"v{i}".encode(),), i
+            finally:
+                con.close()
+                kv.close()
+
+        results = _run_putters(db, 2, 2.0, during=syncs)
+        assert all(r[0] == "ok" for r in results), results
+    finally:
+        w.kill(signal.SIGTERM)
+
+
+def _sync_child(db, q):
+    try:
+        kv = KVault(db, shared=True)
+        kv.put("synced", b"1", sync=True)
+        kv.close()
+        q.put("ok")
+    except BaseException as exc:
+        q.put(repr(exc))
+
+
+def test_kill_writer_mid_insert_steps_loses_nothing(tmp_path):
+    """kill -9 the writer while a long batch is being inserted into SQLite
+    step by step (its transaction open, nothing committed): the relaunched
+    writer replays every applied record, once."""
+    db = str(tmp_path / "midcommit.db")
+    n = 150_000
+    w = Writer(db, "--commit-interval-ms", "3600000", "--batch-size", "100000000",
+               "--memtable-size", "32M", "--cache-size", "1G")
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = None
+    try:
+        kv = KVault(db, shared=True)
+        kv._native.enable_cache(64 << 20)  # batch into the ring (no flush daemon)
+        for i in range(n):
+            kv[f"key{i:06d}".encode()] = f"value{i}".encode()
+        kv._native.put_many([])  # every ring record applied
+        st = _status(kv)
+        assert st["applied_seq"] == n and st["committed_seq"] == 0
+        # a SYNC from another process starts the commit of all n records
+        p = ctx.Process(target=_sync_child, args=(db, q))
+        p.start()
+        deadline = time.time() + 60
+        while True:
+            st = _status(kv)  # served between the commit's steps
+            if st["commit_phase"] == "insert" and st["commit_insert_steps"] >= 2:
+                break
+            assert st["commits"] == 0, "the batch was committed before the kill"
+            assert time.time() < deadline, st
+        w.kill(signal.SIGKILL)
+        assert len(_rows(db)) == 0, "nothing of the batch was committed"
+        w.start()  # replays the old segment
+        assert q.get(timeout=60) == "ok"  # the child's sync put came through
+        rows = _rows(db)
+        assert len(rows) == n + 1
+        assert all(rows[f"key{i:06d}".encode()] == f"value{i}".encode() for i in range(n))
+        con = sqlite3.connect(db)
+        seq = con.execute("SELECT value FROM kohakuvault_meta WHERE key='writer_seq:kv'").fetchone()
+        con.close()
+        assert int(seq[0]) == n + 1  # each write applied exactly once
+        kv.put("after", b"1", sync=True)
+        assert _rows(db)[b"after"] == b"1"
+        kv.close()
+    finally:
+        _reap(p)
         w.kill(signal.SIGTERM)

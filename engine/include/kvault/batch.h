@@ -44,9 +44,13 @@ typedef struct kv_batch_opts {
     const char *table;     /**< key-value table, `[A-Za-z_][A-Za-z0-9_]*`; default "kv" */
     int synchronous;       /**< PRAGMA synchronous: 0 OFF, 1 NORMAL (default), 2 FULL, 3 EXTRA */
     int busy_timeout_ms;   /**< busy timeout, milliseconds; default 5000 */
+    int no_autocheckpoint; /**< nonzero: a COMMIT never checkpoints the WAL itself
+                                (wal_autocheckpoint=0); the owner runs kv_batch_checkpoint,
+                                e.g. from another handle on another thread. Default 0 */
 } kv_batch_opts;
 
-/** Fill *o with the defaults (table "kv", synchronous NORMAL, 5000 ms). */
+/** Fill *o with the defaults (table "kv", synchronous NORMAL, 5000 ms,
+ *  SQLite's automatic checkpoints on). */
 KV_API void kv_batch_opts_default(kv_batch_opts *o);
 
 /** Open the commit backend on the database at `path` (created if missing,

@@ -6,7 +6,7 @@
  * (DESIGN.md, "The shared segment"). This header is the contract used by the
  * writer process (workers/) and by attach (python/, kv_attach):
  *
- *   writer:  kvshm_writer_create / _put / _freeze / _frozen_scan / _fold /
+ *   writer:  kvshm_writer_create / _put / _freeze / _frozen_scan(_from) / _fold /
  *            _cache_load / _cache_evict / _publish_seq / _maintain / _idle_wait /
  *            _requests / _destroy
  *            figures and walks: _shards / _size_bytes / _generation /
@@ -195,6 +195,39 @@ kvshm_status kvshm_writer_frozen_scan(kvshm_writer *w, uint32_t shard,
                                       kvshm_rec_fn fn, void *ctx);
 
 /*
+ * Position of a resumable walk of a shard's frozen memtable (see
+ * kvshm_writer_frozen_scan_from). The fields are the walk's own: start from
+ * KVSHM_SCAN_CURSOR_INIT (or a zeroed struct) and pass it back unchanged.
+ */
+typedef struct kvshm_scan_cursor {
+    uint64_t mt;      /* the frozen memtable walked (0: not started) */
+    uint32_t next;    /* arena offset of the next node (0: walk finished) */
+    uint32_t prev;    /* node of the last key visited (0: none yet) */
+} kvshm_scan_cursor;
+#define KVSHM_SCAN_CURSOR_INIT {0, 0, 0}
+
+/*
+ * kvshm_writer_frozen_scan_from: kvshm_writer_frozen_scan in bounded steps
+ * (the writer commits a frozen memtable a few hundred records at a time and
+ * applies new records to the active memtable between the steps). From the
+ * position in *cur, visit at most max_records keys -- the newest version of
+ * each, in key order -- and advance *cur past them. Across the calls of one
+ * walk every key of the frozen memtable is visited exactly once, whatever
+ * the step sizes; puts meanwhile go to the active memtable and are not seen.
+ * When fn returns nonzero the step stops before that record, which the next
+ * call visits again. The walk belongs to the frozen memtable it started on:
+ * start a new one (KVSHM_SCAN_CURSOR_INIT) for a new frozen memtable.
+ * Writer only. Returns KVSHM_OK (keys left: call again); KVSHM_EMPTY (the walk
+ * is finished, also when the shard has no frozen memtable); KVSHM_E_INVAL
+ * (shard out of range, max_records 0, or *cur belongs to another frozen
+ * memtable);
+ * KVSHM_E_CORRUPT.
+ */
+kvshm_status kvshm_writer_frozen_scan_from(kvshm_writer *w, uint32_t shard,
+                                           kvshm_scan_cursor *cur, size_t max_records,
+                                           kvshm_rec_fn fn, void *ctx);
+
+/*
  * kvshm_writer_fold: fold the frozen memtable (already committed to SQLite)
  * into the shard's CSB+tree as one copy-on-write batch -- puts become cached
  * values (values above max_value_bytes are dropped from the cache instead),
@@ -225,6 +258,15 @@ typedef struct kvshm_kv {
  * KVSHM_E_NOMEM.
  */
 kvshm_status kvshm_writer_cache_load(kvshm_writer *w, const kvshm_kv *kvs, size_t n);
+
+/*
+ * kvshm_writer_cached: 1 if the key has a version in its shard's active or
+ * frozen memtable or a value in its CSB+tree (what a reader would find
+ * without reading SQLite), else 0 (also for a key of length 0 or above
+ * KVSHM_MAX_KEY). No system call, nothing changed: the writer uses it to
+ * skip loading a reported miss that is cached already. Writer only.
+ */
+int kvshm_writer_cached(kvshm_writer *w, const void *key, size_t klen);
 
 /*
  * kvshm_writer_cache_evict: drop keys from the CSB+trees (cache eviction; the
@@ -280,9 +322,11 @@ kvshm_status kvshm_writer_maintain(kvshm_writer *w, kvshm_maint *out);
  */
 kvshm_status kvshm_writer_idle_wait(kvshm_writer *w, int (*has_work)(void *ctx, int final),
                                     void *ctx, int timeout_ms);
-/* Count of socket requests clients flagged in the slot file (sh_requests,
- * acquire load; wraps). A value different from the one read before the
- * last socket poll means a request may be waiting. Writer only. */
+/* Count of requests clients have sent on the writer's socket
+ * (kvshm_reader_flag_request bumps it after each send; acquire load). The
+ * writer polls its socket only when the count moved since its last poll
+ * (or when a millisecond has passed: accepts and hang-ups are not counted),
+ * so a loop pass costs no system call. Wraps around. Writer only. */
 uint32_t kvshm_writer_requests(const kvshm_writer *w);
 
 /* The writer's mapping, for shm/'s white-box tests (the struct is private
@@ -478,6 +522,11 @@ void kvshm_reader_seqs(const kvshm_reader *r, uint64_t *applied, uint64_t *commi
  * is set, fetch_add + FUTEX_WAKE on the doorbell. A writer that is awake
  * finds the records itself (kvshm_writer_idle_wait). Any reader. */
 void kvshm_reader_ring_doorbell(kvshm_reader *r);
+
+/* After sending a request on the writer's socket: bump the slot file's
+ * request count (seq_cst fetch_add; kvshm_writer_requests) and ring the
+ * doorbell, so the writer polls its socket on its next pass. Any reader. */
+void kvshm_reader_flag_request(kvshm_reader *r);
 
 /* This handle's slot index and the segment generation; errno of the last
  * KVSHM_E_SYS. Any reader. */
