@@ -108,17 +108,18 @@ int kvshm_spin_usable_cpus(void)
  * in the slot file) may fill the CPUs. The kernel tells how long this
  * thread waited on a run queue (/proc/thread-self/schedstat, second field:
  * run_delay in ns). Sampled at most every CROWD_PERIOD_NS per thread: when
- * the thread waited for a CPU more than 1/CROWD_SHARE of the period, the
+ * the thread waited for a CPU more than CROWD_PCT percent of the period, the
  * CPUs are crowded and nobody in this thread spins until the next sample
- * says otherwise. The share is a measured compromise: at 10%, on two
- * CPUs that other processes kept about 1.5x busy, the write path spun in
- * about 5% of its waits and acknowledged puts ran no faster than with
- * plain futex waits; at 25% it still spun between their bursts and puts
- * ran up to 2x faster. A thread held off its CPU more than a quarter of
- * the time loses more to waiting than a spin can win. */
+ * says otherwise. The threshold is measured: the parties of the write path
+ * crowd the CPUs themselves (a writer and two clients on two CPUs wait on a
+ * run queue about a third of the time), and at 25% or 50% two clients
+ * stopped spinning and ran at 0.4-0.5x the acknowledged puts of one client;
+ * at 80% they ran at 0.7-1.2x; with no check at all, at about 0.75x (the
+ * spin then also runs on CPUs that other processes keep busy, where at a
+ * load of 5 on two CPUs it halved the rate of plain futex waits). */
 
 #define CROWD_PERIOD_NS 20000000u  /* 20 ms */
-#define CROWD_SHARE 4u             /* waiting > 25% of the time: crowded */
+#define CROWD_PCT 80u              /* waiting > 80% of the time: crowded */
 
 static __thread struct { uint64_t at_ns, delay_ns; int crowded; } t_rq;
 
@@ -147,7 +148,7 @@ static int cpus_crowded(uint64_t now)
     uint64_t d = run_delay_ns();
     /* unknown, first sample, or a new task (a forked child): not crowded */
     if (d == UINT64_MAX || !t_rq.at_ns || d < t_rq.delay_ns) t_rq.crowded = 0;
-    else t_rq.crowded = (d - t_rq.delay_ns) * CROWD_SHARE > now - t_rq.at_ns;
+    else t_rq.crowded = (d - t_rq.delay_ns) * 100u > (now - t_rq.at_ns) * CROWD_PCT;
     t_rq.at_ns = now;
     t_rq.delay_ns = d;
     return t_rq.crowded;
@@ -161,15 +162,15 @@ static int gate_enter(const kvshm_spin_gate *g, int cpus)
 {
     if (!g || !g->spinners) return 1;
     if (g->writer) {
-        if (kv_atomic_load_relaxed32(g->spinners) >= (uint32_t)cpus) return 0;
+        if (kv_atomic_load_relaxed32(g->spinners) > (uint32_t)cpus) return 0;
         if (g->mark) kv_atomic_store_relaxed32(g->mark, 1);
         return 1;
     }
     /* cheap refusal first: no locked instruction when there is clearly no
-     * room; the writer counts for one core */
-    if (1 + kv_atomic_load_relaxed32(g->spinners) >= (uint32_t)cpus) return 0;
+     * room */
+    if (kv_atomic_load_relaxed32(g->spinners) >= (uint32_t)cpus) return 0;
     uint32_t prev = kv_atomic_fetch_add_acq_rel32(g->spinners, 1);
-    if (1 + prev >= (uint32_t)cpus) {
+    if (prev >= (uint32_t)cpus) {
         kv_atomic_fetch_add_acq_rel32(g->spinners, (uint32_t)-1);
         return 0;
     }
