@@ -698,14 +698,10 @@ kv_status kv_att_put(kv_att *a, const void *key, size_t klen, const void *val, s
 
 kv_status kv_att_delete(kv_att *a, const void *key, size_t klen, int *existed)
 {
-    int found = 0;
-    kv_status st = kv_att_exists(a, key, klen, &found);
-    if (st) return st;
-    if (existed) *existed = found;
-    if (klen == 0 || klen > KVSHM_MAX_KEY)
-        return found ? fail(a, KV_INVALID, "key too long for shared mode") : KV_OK;
-    if ((st = push_kv(a, KVSHM_REC_DEL, key, klen, NULL, 0))) return st;
-    return kv_att_wait(a, 0);
+    size_t removed = 0;
+    kv_status st = kv_att_delete_many(a, &key, &klen, 1, 0, &removed);
+    if (existed) *existed = removed != 0;
+    return st;
 }
 
 kv_status kv_att_count(kv_att *a, int64_t *count)
