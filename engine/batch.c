@@ -26,6 +26,11 @@ struct kv_batch {
     kvi_err err;                /* last failure */
 };
 
+kv_status kv_batch_process_init(void)
+{
+    return sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0) == SQLITE_OK ? KV_OK : KV_SQLITE;
+}
+
 void kv_batch_opts_default(kv_batch_opts *o)
 {
     o->table = "kv";

@@ -27,6 +27,7 @@ struct kvshm_writer {
     kvshm_blocks *blocks;           /* per shard, writer-private */
     kvshm_tree *trees;              /* per shard: the published tree */
     uint64_t *active, *frozen;      /* per shard memtable offsets */
+    kvshm_mt_finger *fingers;       /* per shard: insertion hint of the active memtable */
     /* slot file */
     int slot_fd;
     uint8_t *slot_base;

@@ -107,8 +107,36 @@ static unsigned random_height(uint64_t seq, uint64_t count)
     return h;
 }
 
+/* Where the search for (key, seq) may start at each level, from the finger
+ * f: the node added last (L) and its predecessors. Usable only when f still
+ * describes this arena as it is (nothing appended since) and key sorts after
+ * L's key; then start[lvl] is L where L has that level, else L's
+ * predecessor there -- the last node before L at that level, which precedes
+ * key. Returns 1 and fills start[], or 0 (search from the head). */
+static int finger_starts(const kvshm_seg *s, uint64_t mt, const struct kvshm_mthdr *h,
+                         const kvshm_mt_finger *f, uint64_t prefix, const void *key,
+                         uint32_t klen, uint32_t *start)
+{
+    if (!f || f->mt != mt || f->used != h->m_used || !f->last) return 0;
+    const struct kvshm_mtnode *ln = mt_node(s, mt, h->m_bytes, f->last);
+    if (!ln) return 0;
+    int bad = 0;
+    if (node_cmp(s, mt, h->m_bytes, f->last, ln, prefix, key, klen, &bad) >= 0 || bad)
+        return 0;
+    for (unsigned lvl = 0; lvl < KVSHM_MT_MAXH; lvl++)
+        start[lvl] = lvl < ln->n_height ? f->last : f->preds[lvl];
+    return 1;
+}
+
 kvshm_status kvshm_mt_add(kvshm_seg *s, uint64_t mt, const void *key, uint32_t klen,
                           const void *val, uint32_t vlen, uint64_t seq, int tombstone)
+{
+    return kvshm_mt_add_hint(s, mt, NULL, key, klen, val, vlen, seq, tombstone);
+}
+
+kvshm_status kvshm_mt_add_hint(kvshm_seg *s, uint64_t mt, kvshm_mt_finger *f,
+                               const void *key, uint32_t klen, const void *val,
+                               uint32_t vlen, uint64_t seq, int tombstone)
 {
     KV_ASSERT(s->writable);
     struct kvshm_mthdr *h = mt_hdr(s, mt);
@@ -125,11 +153,17 @@ kvshm_status kvshm_mt_add(kvshm_seg *s, uint64_t mt, const void *key, uint32_t k
     if (!arena) return KVSHM_E_CORRUPT;
 
     /* Find the predecessor at each level: the last node that sorts before
-     * (key, seq) -- equal keys with a larger (newer) seq come first. */
+     * (key, seq) -- equal keys with a larger (newer) seq come first. With a
+     * usable finger (keys arriving in ascending order: logs, time stamps,
+     * row numbers), a level starts from the finger until the walk above has
+     * moved: a node reached by moving forward from the finger's start at a
+     * higher level sorts at or after L, so after the finger's start here. */
     uint64_t prefix = kvshm_key_prefix(key, klen);
-    uint32_t preds[KVSHM_MT_MAXH];
+    uint32_t preds[KVSHM_MT_MAXH], start[KVSHM_MT_MAXH];
+    int use_finger = finger_starts(s, mt, h, f, prefix, key, klen, start);
     uint32_t x = KVSHM_MT_HEAD;
     for (int lvl = KVSHM_MT_MAXH - 1; lvl >= 0; lvl--) {
+        if (use_finger) x = start[lvl];
         for (;;) {
             const struct kvshm_mtnode *xn = (const void *)(arena + x);
             uint32_t nx = xn->n_next[lvl];
@@ -145,6 +179,7 @@ kvshm_status kvshm_mt_add(kvshm_seg *s, uint64_t mt, const void *key, uint32_t k
                 if ((r->r_seqt >> 1) <= seq) break; /* older version: we go first */
             }
             x = nx;
+            use_finger = 0;
         }
         preds[lvl] = x;
     }
@@ -175,6 +210,12 @@ kvshm_status kvshm_mt_add(kvshm_seg *s, uint64_t mt, const void *key, uint32_t k
         kv_atomic_store_release32(&p->n_next[i], (uint32_t)at);
     }
     if (ht > h->m_level) kv_atomic_store_release32(&h->m_level, ht);
+    if (f) {
+        f->mt = mt;
+        f->used = at + need;
+        f->last = (uint32_t)at;
+        memcpy(f->preds, preds, sizeof preds);
+    }
     return KVSHM_OK;
 }
 

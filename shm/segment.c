@@ -173,7 +173,7 @@ static void writer_free(kvshm_writer *w)
 {
     if (w->blocks)
         for (uint32_t i = 0; i < w->nshards; i++) kvshm_blocks_fini(&w->blocks[i]);
-    free(w->blocks); free(w->trees); free(w->active); free(w->frozen);
+    free(w->blocks); free(w->trees); free(w->active); free(w->frozen); free(w->fingers);
     free(w->evicted_epoch);
     free(w->seg_name); free(w->slot_name);
     free(w);
@@ -208,9 +208,10 @@ kvshm_status kvshm_writer_create(const kvshm_config *cfg, kvshm_writer **out)
     w->trees = calloc(cfg->shards, sizeof *w->trees);
     w->active = calloc(cfg->shards, sizeof *w->active);
     w->frozen = calloc(cfg->shards, sizeof *w->frozen);
+    w->fingers = calloc(cfg->shards, sizeof *w->fingers);
     w->evicted_epoch = calloc(cfg->nslots, sizeof *w->evicted_epoch);
     if (!w->seg_name || !w->slot_name || !w->blocks || !w->trees || !w->active ||
-        !w->frozen || !w->evicted_epoch) { writer_free(w); return KVSHM_E_NOMEM; }
+        !w->frozen || !w->fingers || !w->evicted_epoch) { writer_free(w); return KVSHM_E_NOMEM; }
     w->cfg.seg_name = w->seg_name;
     w->cfg.slot_name = w->slot_name;
 

@@ -143,6 +143,22 @@ kvshm_status kvshm_mt_create(kvshm_blocks *b, uint64_t arena_bytes, uint64_t *mt
  * KVSHM_E_INVAL (klen 0/too long, frozen), KVSHM_E_FULL (arena full). */
 kvshm_status kvshm_mt_add(kvshm_seg *s, uint64_t mt, const void *key, uint32_t klen,
                           const void *val, uint32_t vlen, uint64_t seq, int tombstone);
+/* Writer-private insertion hint of one memtable (kvshm_mt_add_hint): the
+ * node added last and its predecessor at each level. Zero-initialised means
+ * "none"; a hint that no longer matches the arena is ignored. */
+typedef struct kvshm_mt_finger {
+    uint64_t mt;                     /* memtable it describes (0: none) */
+    uint64_t used;                   /* the arena's m_used right after that add */
+    uint32_t last;                   /* arena offset of the node added last */
+    uint32_t preds[KVSHM_MT_MAXH];   /* its predecessor at each level */
+} kvshm_mt_finger;
+/* kvshm_mt_add, starting the search from *f when the key sorts after the
+ * last added one (ascending keys cost O(1) link reads instead of O(log n)
+ * cache misses), and leaving *f describing this add. f may be NULL. Same
+ * statuses as kvshm_mt_add; *f is updated only on KVSHM_OK. Writer only. */
+kvshm_status kvshm_mt_add_hint(kvshm_seg *s, uint64_t mt, kvshm_mt_finger *f,
+                               const void *key, uint32_t klen, const void *val,
+                               uint32_t vlen, uint64_t seq, int tombstone);
 /* Mark frozen (no more appends). Writer only. */
 void kvshm_mt_freeze(kvshm_seg *s, uint64_t mt);
 /* Point lookup: newest version of key. Any reader. Returns KVSHM_OK,

@@ -77,8 +77,9 @@ kvshm_status kvshm_writer_put(kvshm_writer *w, const void *key, size_t klen,
     uint64_t e = kv_atomic_load_relaxed64(stamp);
     kv_atomic_store_relaxed64(stamp, e + 1);
     kv_atomic_fence_release();
-    kvshm_status st = kvshm_mt_add(&w->seg, w->active[s], key, (uint32_t)klen,
-                                   val, tombstone ? 0 : (uint32_t)vlen, seq, tombstone);
+    kvshm_status st = kvshm_mt_add_hint(&w->seg, w->active[s], &w->fingers[s], key,
+                                        (uint32_t)klen, val, tombstone ? 0 : (uint32_t)vlen,
+                                        seq, tombstone);
     kv_atomic_store_release64(stamp, e + 2);
     if (!st) update_mt_stats(w, s);
     return st;
@@ -104,6 +105,7 @@ kvshm_status kvshm_writer_freeze(kvshm_writer *w, uint32_t s)
     kvshm_mt_freeze(&w->seg, w->active[s]);
     w->frozen[s] = w->active[s];
     w->active[s] = mt;
+    w->fingers[s].mt = 0;
     return kvshmi_publish_view(w, s, vo);
 }
 

@@ -167,6 +167,8 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    kv_batch_process_init();   /* fails only if SQLite is up already: harmless */
+
     wr_state *ws = calloc(1, sizeof *ws);
     if (!ws) return 1;
     ws->o = o;

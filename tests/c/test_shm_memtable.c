@@ -152,3 +152,52 @@ Test(shm_memtable, full_arena_and_freeze)
     cr_assert_eq(kvshm_mt_add(S, mt, "", 0, "b", 1, 1, 0), KVSHM_E_INVAL);
     cr_assert_eq(kvshm_mt_create(&B, 100, &mt2), KVSHM_E_INVAL);
 }
+
+/* The insertion hint changes where a search starts, never where a node goes:
+ * the same adds with and without a finger give byte-identical arenas (node
+ * heights depend only on seq and count). The stream mixes ascending runs
+ * (the finger's case), jumps back, rewrites of the last key, keys sharing
+ * their 8-byte prefix, and adds made without the finger in between (which
+ * must make it stale, not wrong). */
+Test(shm_memtable, finger_hint_builds_the_same_list)
+{
+    uint64_t a, b;
+    const uint64_t bytes = 4u << 20;
+    cr_assert_eq(kvshm_mt_create(&B, bytes, &a), KVSHM_OK);
+    cr_assert_eq(kvshm_mt_create(&B, bytes, &b), KVSHM_OK);
+    kvshm_mt_finger f;
+    memset(&f, 0, sizeof f);
+    uint64_t seed = 7, seq = 0;
+    int next = 0;
+    char k[32];
+    for (int step = 0; step < 20000; step++) {
+        uint64_t r = shmt_rand(&seed) % 100;
+        if (r < 70) next++;                                   /* ascending run */
+        else if (r < 80) next = (int)(shmt_rand(&seed) % 5000); /* jump anywhere */
+        /* else: the same key again (a newer version goes first) */
+        mkkey(k, next);
+        seq++;
+        cr_assert_eq(kvshm_mt_add(S, a, k, 12, k, 4, seq, 0), KVSHM_OK);
+        if (r == 99) /* an add the finger did not see */
+            cr_assert_eq(kvshm_mt_add(S, b, k, 12, k, 4, seq, 0), KVSHM_OK);
+        else
+            cr_assert_eq(kvshm_mt_add_hint(S, b, &f, k, 12, k, 4, seq, 0), KVSHM_OK);
+    }
+    cr_assert_eq(kvshm_mt_used(S, a), kvshm_mt_used(S, b));
+    const uint8_t *pa = kvshm_at(S, a, bytes), *pb = kvshm_at(S, b, bytes);
+    cr_assert_arr_eq(pa, pb, kvshm_mt_used(S, a));
+
+    /* a finger of another memtable is ignored: a descending pair added with
+     * b's finger builds what it builds without one */
+    uint64_t c, d;
+    cr_assert_eq(kvshm_mt_create(&B, 1 << 16, &c), KVSHM_OK);
+    cr_assert_eq(kvshm_mt_create(&B, 1 << 16, &d), KVSHM_OK);
+    for (int i = 0; i < 2; i++) {
+        mkkey(k, i ? 1 : 999999);
+        seq++;
+        cr_assert_eq(kvshm_mt_add_hint(S, c, &f, k, 12, "v", 1, seq, 0), KVSHM_OK);
+        cr_assert_eq(kvshm_mt_add(S, d, k, 12, "v", 1, seq, 0), KVSHM_OK);
+    }
+    cr_assert_eq(kvshm_mt_used(S, c), kvshm_mt_used(S, d));
+    cr_assert_arr_eq(kvshm_at(S, c, 1 << 16), kvshm_at(S, d, 1 << 16), kvshm_mt_used(S, c));
+}
