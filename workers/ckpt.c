@@ -20,6 +20,7 @@
  */
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
@@ -78,7 +79,14 @@ wr_ckpt *wr_ckpt_start(const char *db_path, const char *table)
     }
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv, NULL);
-    if (pthread_create(&c->th, NULL, ckpt_main, c) != 0) {
+    /* The thread blocks every signal: SIGTERM/SIGINT must reach the loop's
+     * thread, whose futex wait they interrupt. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = pthread_create(&c->th, NULL, ckpt_main, c);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
         wr_log("checkpointer: no thread");
         kv_batch_close(c->b);
         pthread_mutex_destroy(&c->mu);

@@ -213,6 +213,7 @@ int wr_has_work(void *ctx, int final)
 {
     const wr_idle *idle = ctx;
     wr_state *ws = idle->ws;
+    if (*ws->stop) return 1;
     for (size_t i = 0; i < ws->nclients; i++) {
         wr_client *c = &ws->clients[i];
         if (c->sock >= 0 && c->ring && kvshm_ring_has_data(c->ring)) return 1;

@@ -682,11 +682,13 @@ int wr_run(wr_state *ws)
         /* A commit in flight or queued misses: the next pass goes on with them. */
         if (ws->phase != WR_IDLE || ws->nmiss) continue;
         if (drained || stopping) continue;
+        /* At most 100 ms: a SIGTERM that lands between the last look at
+         * *ws->stop and the futex wait is seen by the next pass. */
         int timeout = 100;
         if (ws->pending) {
             uint64_t left = ws->last_commit_ms + (uint64_t)ws->o.commit_interval_ms;
-            timeout = left > now ? (int)(left - now) : 0;
-            if (timeout == 0) continue;
+            if (left <= now) continue;
+            if (left - now < (uint64_t)timeout) timeout = (int)(left - now);
         }
         kvshm_writer_idle_wait(ws->w, wr_has_work, &idle, timeout);
     }
