@@ -431,6 +431,9 @@ void wr_sock_poll(wr_state *ws)
                 /* stop watching; the ring is drained, then dropped */
                 epoll_ctl(ws->ep, EPOLL_CTL_DEL, c->sock, NULL);
             }
+            /* a connection that never attached (STATUS, a probe) has no
+             * ring for wr_drain to finish: drop it now */
+            if (c->dead && !c->ring) client_drop(ws, c);
         }
         /* A new connection's ATTACH may be waiting already: its flag was
          * counted before this poll, so look again now. */
