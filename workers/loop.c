@@ -107,6 +107,10 @@
 #define FLOOD_STEP_US 4000
 /* Records written between two looks at the clock inside an insert step. */
 #define INSERT_CHUNK 32
+/* After SIGTERM/SIGINT, how long the final commit is retried (a busy file, a
+ * full disk) before the writer exits and leaves the applied records in its
+ * segment for the next writer to replay. */
+#define STOP_COMMIT_MS 10000
 /* Time budget of miss loading per loop pass, microseconds. */
 #define MISS_STEP_US 200
 /* Reported misses queued at most (the rest are reported again later). */
@@ -617,6 +621,7 @@ int wr_run(wr_state *ws)
     ws->req_seen = kvshm_writer_requests(ws->w);
     uint64_t last_maint = ws->last_commit_ms, commits_at_ckpt = 0;
     int stopping = 0;
+    uint64_t stop_ms = 0;
     for (;;) {
         /* The socket costs a system call: polled when a client flagged a
          * request, else once a millisecond (accepts, hang-ups). */
@@ -636,8 +641,16 @@ int wr_run(wr_state *ws)
         uint64_t now = wr_now_ms();
         if (stopping) {
             if (wr_commit_all(ws) != 0) {
+                if (now - stop_ms >= STOP_COMMIT_MS) {
+                    wr_log("stop: the final commit keeps failing (%s); sequence %" PRIu64
+                           " to %" PRIu64 " stays in segment %s for the next writer to"
+                           " replay", kv_batch_errmsg(ws->batch), ws->committed + 1, ws->seq,
+                           ws->seg_name);
+                    rc = 1;
+                    goto out;
+                }
                 struct timespec ts = {0, 20 * 1000 * 1000};
-                nanosleep(&ts, NULL);   /* the database is busy: retry */
+                nanosleep(&ts, NULL);   /* busy or full: retry */
             }
         } else {
             /* Records waiting in a ring end this pass's commit and miss
@@ -676,6 +689,7 @@ int wr_run(wr_state *ws)
         if (stopping && !drained && ws->pending == 0 && ws->phase == WR_IDLE) break;
         if (*ws->stop && !stopping) {
             stopping = 1;
+            stop_ms = now;
             wr_log("stopping: committing everything pending");
             continue;
         }
@@ -699,7 +713,9 @@ out:
     wr_clients_close(ws);
     if (ws->w) {
         if (rc == 0) wr_registry_write(ws, "stopped");
-        kvshm_writer_destroy(ws->w, 1);
+        /* Applied records that no commit holds stay in the segment: the
+         * registry still names it, and the next writer replays them. */
+        kvshm_writer_destroy(ws->w, ws->committed == ws->seq);
     }
     if (ws->lsock >= 0) close(ws->lsock);
     if (ws->ep >= 0) close(ws->ep);

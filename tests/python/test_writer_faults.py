@@ -35,3 +35,70 @@ def test_status_connections_do_not_leak_descriptors(tmp_path):
         assert _fds(w.proc.pid) <= before + 1
     finally:
         w.kill(signal.SIGTERM)
+
+
+def _ignore_sigxfsz():
+    """preexec_fn: a write past RLIMIT_FSIZE fails with EFBIG (like a full
+    disk) instead of killing the process with SIGXFSZ."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _rows(db):
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        return dict(con.execute("SELECT key, value FROM kv").fetchall())
+    finally:
+        con.close()
+
+
+def test_sigterm_with_a_failing_final_commit_exits_and_keeps_the_writes(tmp_path):
+    """SIGTERM while the disk is full: the writer retries its final commit for
+    a bounded time, exits non-zero, and leaves every applied put in its segment;
+    the next writer replays them."""
+    from kohakuvault import KVault
+
+    db = str(tmp_path / "full.db")
+    KVault(db).close()
+    proc = subprocess.Popen([WRITER, "--commit-interval-ms", "600000", db],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ignore_sigxfsz)
+    try:
+        assert proc.stdout.readline().startswith("ready")
+        # its shared memory is allocated: from now on no file it writes may
+        # grow past 256 KiB more than the database has
+        import resource
+
+        limit = os.path.getsize(db) + (256 << 10)
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (limit, limit))
+        values = {b"big%03d" % i: bytes([i % 251]) * 8192 for i in range(200)}
+        child = os.fork()
+        if child == 0:                     # a client that puts and is gone
+            code = 1
+            try:
+                kv = KVault(db, shared=True)
+                for k, v in values.items():
+                    kv[k] = v              # applied: in the segment, not committed
+                code = 0
+            finally:
+                os._exit(code)
+        assert os.waitpid(child, 0)[1] == 0
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+        err = proc.stderr.read()
+        assert rc != 0, err
+        assert "stays in segment" in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    w = Writer(db)                         # no limit: replays the segment
+    try:
+        w.kill(signal.SIGTERM)
+        assert w.proc.returncode == 0
+    finally:
+        w.kill()
+    rows = _rows(db)
+    for k, v in values.items():
+        assert rows.get(k) == v, k
