@@ -51,6 +51,9 @@
 #include "layout.h"
 #include "spinwait.h"
 
+/* Seals of a ring's memfd: its size is fixed for good. */
+#define RING_SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
+
 struct kvshm_ring {
     int fd;
     uint8_t *base;
@@ -191,12 +194,13 @@ static kvshm_status ring_wrap(int fd, uint32_t cap, kvshm_ring **out)
 kvshm_status kvshm_ring_create(uint32_t cap, kvshm_ring **out)
 {
     if (cap < 4096 || cap > (UINT32_C(1) << 30) || (cap & (cap - 1))) return KVSHM_E_INVAL;
-    int fd = memfd_create("kvshm-ring", MFD_CLOEXEC);
+    int fd = memfd_create("kvshm-ring", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) return KVSHM_E_SYS;
     kvshm_status st = KVSHM_E_SYS;
     if (ftruncate(fd, (off_t)(KVSHM_RING_HDR + cap)) != 0) goto fail;
     int rc = posix_fallocate(fd, 0, (off_t)(KVSHM_RING_HDR + cap));
     if (rc) { st = rc == ENOSPC ? KVSHM_E_FULL : KVSHM_E_SYS; goto fail; }
+    if (fcntl(fd, F_ADD_SEALS, RING_SEALS) != 0) goto fail;
     if ((st = ring_wrap(fd, cap, out))) goto fail;
     struct kvshm_ring_hdr *h = (*out)->h;
     h->rh_layout_hash = ring_hash();
@@ -210,6 +214,10 @@ fail:
 
 kvshm_status kvshm_ring_map(int fd, kvshm_ring **out)
 {
+    /* The size is sealed: a client cannot shrink the file under the
+     * consumer's mapping (a later access would raise SIGBUS in the writer). */
+    int seals = fcntl(fd, F_GET_SEALS);
+    if (seals < 0 || (seals & RING_SEALS) != RING_SEALS) return KVSHM_E_SIZE;
     struct stat sb;
     if (fstat(fd, &sb) != 0) return KVSHM_E_SYS;
     if ((uint64_t)sb.st_size < KVSHM_RING_HDR + 4096) return KVSHM_E_SIZE;

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -269,6 +270,16 @@ static void handle_put_file(wr_state *ws, wr_client *c, const struct kvshm_msg *
         if (fd >= 0) close(fd);
         return;
     }
+    /* Only a regular file (or a memfd) holding the announced bytes: a read
+     * from a pipe or socket could block the loop, and every client with it. */
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size < m->m_arg) {
+        reply_status(c->sock, m->m_type, KV_INVALID,
+                     "put_file: the descriptor must be a regular file or memfd holding the"
+                     " announced size");
+        close(fd);
+        return;
+    }
     uint64_t chunk;
     memcpy(&chunk, pl, 8);
     const uint8_t *key = pl + 8;
@@ -314,7 +325,7 @@ size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
         "applies_during_commit=%" PRIu64 "\nsock_polls=%" PRIu64 "\n"
         "commit_cpu_max_us=%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 "\n"
         "checkpoints=%" PRIu64 "\ncheckpoint_max_us=%" PRIu64 "\n"
-        "miss_queued=%zu\nmiss_skipped=%" PRIu64 "\n",
+        "miss_queued=%zu\nmiss_skipped=%" PRIu64 "\nrefused_peers=%" PRIu64 "\n",
         ws->db_abs, ws->o.table, (int)getpid(), ws->generation, kvshm_writer_shards(ws->w),
         sum.tree_keys, sum.mt_keys, hits, misses, ws->stat_miss_loads, ws->seq, ws->committed,
         ws->seq - ws->committed, sum.used_bytes, sum.region_bytes,
@@ -327,7 +338,7 @@ size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
         ws->stat_sock_polls, ws->stat_commit_cpu_max_us[WR_FREEZE],
         ws->stat_commit_cpu_max_us[WR_INSERT], ws->stat_commit_cpu_max_us[WR_COMMIT],
         ws->stat_commit_cpu_max_us[WR_FOLD], ckpts, ckpt_us, ws->nmiss,
-        ws->stat_miss_skipped);
+        ws->stat_miss_skipped, ws->stat_refused);
     return n < 0 ? 0 : ((size_t)n >= cap ? cap - 1 : (size_t)n);
 }
 
@@ -401,6 +412,17 @@ bad:
     reply_status(c->sock, m.m_type, KV_INVALID, "bad request");
 }
 
+/* Peer credentials (SO_PEERCRED): only processes of the writer's own user
+ * (or root) may talk to it. The socket file is 0600 as well; this also holds
+ * when the socket was reached another way (a passed descriptor, a chmod). */
+static int peer_allowed(int sock)
+{
+    struct ucred cr;
+    socklen_t len = sizeof cr;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0) return 0;
+    return cr.uid == geteuid() || cr.uid == 0;
+}
+
 void wr_sock_poll(wr_state *ws)
 {
     struct epoll_event evs[32];
@@ -414,6 +436,7 @@ void wr_sock_poll(wr_state *ws)
                 for (;;) {
                     int s = accept4(ws->lsock, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
                     if (s < 0) break;
+                    if (!peer_allowed(s)) { ws->stat_refused++; close(s); continue; }
                     wr_client *c = client_new(ws, s);
                     if (!c) { close(s); continue; }
                     struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP,

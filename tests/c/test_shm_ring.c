@@ -5,6 +5,7 @@
  * for; ping-pong between processes with spinning on and off (no lost
  * wake-up); the consumer's head; and the formats writer and attach share
  * besides the ring (key records, registry text). */
+#include <fcntl.h>
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -81,11 +82,43 @@ Test(shm_ring, full_oversize_and_bad_arguments)
     cr_assert_eq(kvshm_ring_peek(c, &t, &q, &l), KVSHM_OK);
     kvshm_ring_close(c);
     kvshm_ring_close(p);
-    /* a file that is not a ring */
-    int fd = memfd_create("not-a-ring", 0);
+    /* a file that is not a ring (sealed like one) */
+    int fd = memfd_create("not-a-ring", MFD_ALLOW_SEALING);
     cr_assert_eq(ftruncate(fd, 256 + 4096), 0);
+    cr_assert_eq(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL), 0);
     cr_assert_eq(kvshm_ring_map(fd, &c), KVSHM_E_MAGIC);
     close(fd);
+}
+
+/* A ring whose file could shrink under the consumer's mapping (SIGBUS in the
+ * writer) is refused: a copy of a real ring's bytes in an unsealed memfd, a
+ * sealed one that can still shrink, and a regular file. */
+Test(shm_ring, consumer_requires_size_seals)
+{
+    kvshm_ring *p, *c;
+    cr_assert_eq(kvshm_ring_create(4096, &p), KVSHM_OK);
+    int seals = fcntl(kvshm_ring_fd(p), F_GET_SEALS);
+    cr_assert_eq(seals & (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL),
+                 F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+    cr_assert_neq(ftruncate(kvshm_ring_fd(p), 1024), 0);   /* the producer cannot either */
+    uint8_t img[256 + 4096];
+    cr_assert_eq(pread(kvshm_ring_fd(p), img, sizeof img, 0), (ssize_t)sizeof img);
+    kvshm_ring_close(p);
+    for (int kind = 0; kind < 3; kind++) {
+        int fd;
+        if (kind < 2) {
+            fd = memfd_create("forged-ring", MFD_ALLOW_SEALING);
+        } else {
+            char path[] = "/tmp/kvshm-ring-XXXXXX";
+            fd = mkstemp(path);
+            unlink(path);
+        }
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(pwrite(fd, img, sizeof img, 0), (ssize_t)sizeof img);
+        if (kind == 1) cr_assert_eq(fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SEAL), 0);
+        cr_assert_eq(kvshm_ring_map(fd, &c), KVSHM_E_SIZE, "kind %d", kind);
+        close(fd);
+    }
 }
 
 Test(shm_ring, consumer_rejects_corrupt_lengths)

@@ -102,3 +102,88 @@ def test_sigterm_with_a_failing_final_commit_exits_and_keeps_the_writes(tmp_path
     rows = _rows(db)
     for k, v in values.items():
         assert rows.get(k) == v, k
+
+
+# ---- hand-made control messages (workers/clients.c, shm/include/kvshm/proto.h)
+
+import socket  # noqa: E402
+import struct  # noqa: E402
+
+MSG = struct.Struct("<IIiIQ")   # struct kvshm_msg: magic, type, status, len, arg
+MAGIC, PUT_FILE, STATUS, REPLY = 0x4B565031, 2, 6, 0x100
+
+
+def _socket_name(db):
+    with open(os.path.realpath(db) + "-kvault") as f:
+        reg = dict(line.split("=", 1) for line in f.read().splitlines() if "=" in line)
+    return "\0" + reg["socket"]
+
+
+def _control_socket(db=None, name=None):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(10)
+    s.connect(name or _socket_name(db))
+    return s
+
+
+def test_put_file_of_a_pipe_is_refused_and_the_writer_keeps_serving(tmp_path):
+    """A client that hands the writer a pipe that never delivers must not
+    stall the writer's loop (every other client with it)."""
+    from kohakuvault import KVault
+
+    db = str(tmp_path / "pipe.db")
+    w = Writer(db)
+    r, wr = os.pipe()
+    try:
+        s = _control_socket(db)
+        key = b"from-a-pipe"
+        msg = MSG.pack(MAGIC, PUT_FILE, 0, 8 + len(key), 1 << 20) + struct.pack("<Q", 65536) + key
+        s.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", r))])
+        reply = s.recv(65536)            # times out (10 s) if the loop is stuck on the pipe
+        _magic, typ, status, length, _arg = MSG.unpack_from(reply)
+        assert typ == PUT_FILE | REPLY and status != 0
+        assert b"regular file" in reply[MSG.size:MSG.size + length]
+        s.close()
+        kv = KVault(db, shared=True)
+        kv["after"] = b"served"
+        assert kv["after"] == b"served"
+        assert "from-a-pipe" not in kv
+        kv.close()
+    finally:
+        os.close(r)
+        os.close(wr)
+        w.kill(signal.SIGTERM)
+
+
+def test_peer_of_another_user_is_refused(tmp_path):
+    """The control socket is abstract (no file mode protects it): the writer
+    checks SO_PEERCRED and closes connections of other users."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    db = str(tmp_path / "cred.db")
+    w = Writer(db)
+    try:
+        s = _control_socket(db)          # root: answered
+        s.send(MSG.pack(MAGIC, STATUS, 0, 0, 0))
+        assert MSG.unpack_from(s.recv(65536))[1] == STATUS | REPLY
+        s.close()
+        name = _socket_name(db)          # the registry is 0600: read it as root
+        child = os.fork()
+        if child == 0:
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)         # nobody
+                s = _control_socket(name=name)
+                try:
+                    s.send(MSG.pack(MAGIC, STATUS, 0, 0, 0))
+                    code = 0 if s.recv(65536) == b"" else 2
+                except OSError:
+                    code = 0             # reset by the writer: refused too
+            finally:
+                os._exit(code)
+        assert os.waitpid(child, 0)[1] == 0
+    finally:
+        w.kill(signal.SIGTERM)

@@ -53,15 +53,16 @@ typedef struct kvshm_ring_counts {
 
 /*
  * kvshm_ring_create: create a ring of capacity_bytes (power of two, 4 KiB ..
- * 1 GiB) in a new memfd (MFD_CLOEXEC, reserved with posix_fallocate), mapped
- * read-write. Producer (client) only. Pass kvshm_ring_fd() to the writer.
+ * 1 GiB) in a new memfd (MFD_CLOEXEC, reserved with posix_fallocate, its
+ * size sealed: F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL), mapped read-write. Producer (client) only. Pass kvshm_ring_fd() to the writer.
  * Returns KVSHM_OK, KVSHM_E_INVAL, KVSHM_E_FULL, KVSHM_E_SYS, KVSHM_E_NOMEM.
  */
 kvshm_status kvshm_ring_create(uint32_t capacity_bytes, kvshm_ring **out);
 /*
  * kvshm_ring_map: map a ring received from a client (the fd is dup'ed; the
- * caller keeps its own). Checks magic, layout hash and that the capacity
- * matches the file size. Consumer (writer) only.
+ * caller keeps its own). Checks the size seals (a ring whose file could shrink
+ * under the mapping is refused: KVSHM_E_SIZE), magic, layout hash and that
+ * the capacity matches the file size. Consumer (writer) only.
  * Returns KVSHM_OK, KVSHM_E_MAGIC, KVSHM_E_LAYOUT, KVSHM_E_SIZE, KVSHM_E_SYS.
  */
 kvshm_status kvshm_ring_map(int fd, kvshm_ring **out);
