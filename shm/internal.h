@@ -28,6 +28,7 @@ struct kvshm_writer {
     kvshm_tree *trees;              /* per shard: the published tree */
     uint64_t *active, *frozen;      /* per shard memtable offsets */
     kvshm_mt_finger *fingers;       /* per shard: insertion hint of the active memtable */
+    uint64_t *spare_mt;             /* per shard: a block for the next memtable, or 0 */
     /* slot file */
     int slot_fd;
     uint8_t *slot_base;
@@ -91,6 +92,9 @@ void kvshmi_assert_context(int role, uint64_t generation, uint32_t slot);
 
 /* view.c */
 kvshm_status kvshmi_publish_view(kvshm_writer *w, uint32_t shard, uint64_t preallocated);
+/* Give the shard a spare memtable block if it has none and one can be
+ * allocated (a reclaimed memtable's block is the usual source). Writer only. */
+void kvshmi_refill_spare(kvshm_writer *w, uint32_t shard);
 
 /*
  * Enter an epoch: read the global epoch and store it in our slot. One load

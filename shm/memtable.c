@@ -82,7 +82,18 @@ kvshm_status kvshm_mt_create(kvshm_blocks *b, uint64_t arena_bytes, uint64_t *mt
     uint64_t off;
     kvshm_status st = kvshm_blocks_alloc(b, arena_bytes, &off);
     if (st) return st;
-    struct kvshm_mthdr *h = kvshm_at(b->seg, off, arena_bytes);
+    if ((st = kvshm_mt_create_at(b->seg, off, arena_bytes))) {
+        kvshm_blocks_free(b, off, arena_bytes);
+        return st;
+    }
+    *mt = off;
+    return KVSHM_OK;
+}
+
+kvshm_status kvshm_mt_create_at(kvshm_seg *seg, uint64_t off, uint64_t arena_bytes)
+{
+    if (arena_bytes < 4096 || arena_bytes > UINT32_MAX) return KVSHM_E_INVAL;
+    struct kvshm_mthdr *h = kvshm_at(seg, off, arena_bytes);
     if (!h) return KVSHM_E_CORRUPT;
     memset(h, 0, KVSHM_MT_FIRST);
     h->m_magic = KVSHM_MAGIC_MT;
@@ -91,7 +102,6 @@ kvshm_status kvshm_mt_create(kvshm_blocks *b, uint64_t arena_bytes, uint64_t *mt
     h->m_level = 1;
     struct kvshm_mtnode *head = (struct kvshm_mtnode *)((uint8_t *)h + KVSHM_MT_HEAD);
     head->n_height = KVSHM_MT_MAXH;
-    *mt = off;
     return KVSHM_OK;
 }
 

@@ -173,7 +173,7 @@ static void writer_free(kvshm_writer *w)
 {
     if (w->blocks)
         for (uint32_t i = 0; i < w->nshards; i++) kvshm_blocks_fini(&w->blocks[i]);
-    free(w->blocks); free(w->trees); free(w->active); free(w->frozen); free(w->fingers);
+    free(w->blocks); free(w->trees); free(w->active); free(w->frozen); free(w->fingers); free(w->spare_mt);
     free(w->evicted_epoch);
     free(w->seg_name); free(w->slot_name);
     free(w);
@@ -209,9 +209,10 @@ kvshm_status kvshm_writer_create(const kvshm_config *cfg, kvshm_writer **out)
     w->active = calloc(cfg->shards, sizeof *w->active);
     w->frozen = calloc(cfg->shards, sizeof *w->frozen);
     w->fingers = calloc(cfg->shards, sizeof *w->fingers);
+    w->spare_mt = calloc(cfg->shards, sizeof *w->spare_mt);
     w->evicted_epoch = calloc(cfg->nslots, sizeof *w->evicted_epoch);
     if (!w->seg_name || !w->slot_name || !w->blocks || !w->trees || !w->active ||
-        !w->frozen || !w->fingers || !w->evicted_epoch) { writer_free(w); return KVSHM_E_NOMEM; }
+        !w->frozen || !w->fingers || !w->spare_mt || !w->evicted_epoch) { writer_free(w); return KVSHM_E_NOMEM; }
     w->cfg.seg_name = w->seg_name;
     w->cfg.slot_name = w->slot_name;
 
@@ -247,6 +248,10 @@ kvshm_status kvshm_writer_create(const kvshm_config *cfg, kvshm_writer **out)
         w->blocks[i].poison = getenv("KVSHM_POISON") != NULL; /* tests: catch early reuse */
         if ((st = kvshm_mt_create(&w->blocks[i], cfg->memtable_bytes, &w->active[i])) ||
             (st = kvshmi_publish_view(w, i, 0)))
+            goto fail;
+        /* The block of the next memtable, taken before the cache can fill
+         * (and fragment) the region: a freeze must never lack it. */
+        if ((st = kvshm_blocks_alloc(&w->blocks[i], cfg->memtable_bytes, &w->spare_mt[i])))
             goto fail;
     }
     if ((st = kvshmi_slots_create(w))) goto fail;

@@ -275,8 +275,10 @@ kvshm_status kvshm_writer_maintain(kvshm_writer *w, kvshm_maint *out)
     uint64_t minl = min_live(w, epoch, &m.live_slots);
     /* readers enter the epoch they read from the header: none is ahead */
     KV_ASSERT_INTERNAL(minl <= epoch);
-    for (uint32_t s = 0; s < w->nshards; s++)
+    for (uint32_t s = 0; s < w->nshards; s++) {
         m.reclaimed_bytes += kvshm_blocks_reclaim(&w->blocks[s], minl);
+        kvshmi_refill_spare(w, s);
+    }
 
     /* Stalled readers: while a shard holds more retired bytes than the limit
      * and the oldest live epoch pins them, evict the readers at that epoch. */

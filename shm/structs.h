@@ -138,6 +138,9 @@ kvshm_status kvshm_rec_read(const kvshm_seg *s, uint64_t off, const void *key,
 /* Create an empty memtable in a new block of arena_bytes (>= 4 KiB, <= 4 GiB).
  * Writer only. Returns KVSHM_OK, KVSHM_E_INVAL, KVSHM_E_FULL. */
 kvshm_status kvshm_mt_create(kvshm_blocks *b, uint64_t arena_bytes, uint64_t *mt);
+/* Lay out an empty memtable in a block the caller allocated (arena_bytes of
+ * it, at off). Writer only. Returns KVSHM_OK, KVSHM_E_INVAL, KVSHM_E_CORRUPT. */
+kvshm_status kvshm_mt_create_at(kvshm_seg *seg, uint64_t off, uint64_t arena_bytes);
 /* Append a version. seq must exceed every earlier seq of the same key in this
  * memtable. Visible to readers on return. Writer only. Returns KVSHM_OK,
  * KVSHM_E_INVAL (klen 0/too long, frozen), KVSHM_E_FULL (arena full). */

@@ -90,18 +90,30 @@ int kvshm_writer_has_frozen(const kvshm_writer *w, uint32_t shard)
     return shard < w->nshards && w->frozen[shard] != 0;
 }
 
+void kvshmi_refill_spare(kvshm_writer *w, uint32_t s)
+{
+    if (w->spare_mt[s]) return;
+    uint64_t off;
+    if (kvshm_blocks_alloc(&w->blocks[s], w->cfg.memtable_bytes, &off) == KVSHM_OK)
+        w->spare_mt[s] = off;
+}
+
 kvshm_status kvshm_writer_freeze(kvshm_writer *w, uint32_t s)
 {
     KVSHMI_WRITER_ONLY(w);
     if (s >= w->nshards) return KVSHM_E_INVAL;
     if (w->frozen[s]) return KVSHM_E_BUSY;
-    uint64_t vo, mt;
+    uint64_t vo, mt = w->spare_mt[s];
     kvshm_status st = view_alloc(w, s, &vo);
     if (st) return st;
-    if ((st = kvshm_mt_create(&w->blocks[s], w->cfg.memtable_bytes, &mt))) {
+    st = mt ? kvshm_mt_create_at(&w->seg, mt, w->cfg.memtable_bytes)
+            : kvshm_mt_create(&w->blocks[s], w->cfg.memtable_bytes, &mt);
+    if (st) {
         kvshm_blocks_free(&w->blocks[s], vo, sizeof(struct kvshm_view));
         return st;
     }
+    w->spare_mt[s] = 0;
+    kvshmi_refill_spare(w, s);   /* fails while the old memtable is pinned: maintain retries */
     kvshm_mt_freeze(&w->seg, w->active[s]);
     w->frozen[s] = w->active[s];
     w->active[s] = mt;

@@ -269,13 +269,25 @@ static int cm_freeze(wr_state *ws)
     uint32_t shards = kvshm_writer_shards(ws->w);
     for (; ws->cm_shard < shards; ws->cm_shard++) {
         kvshm_status st = kvshm_writer_freeze(ws->w, ws->cm_shard);
-        if (st == KVSHM_E_FULL) {
-            evict_under_pressure(ws);
+        /* No room for the next memtable: the read cache gives way (half of
+         * the shard's cached keys per round, reclaimed at once), since
+         * writes that cannot be applied stall every client. */
+        for (int round = 0; st == KVSHM_E_FULL && round < 8; round++) {
+            if (!evict_shard(ws, ws->cm_shard, 2) && round) break;
             kvshm_writer_maintain(ws->w, NULL);
             st = kvshm_writer_freeze(ws->w, ws->cm_shard);
         }
         if (st != KVSHM_OK) {
-            wr_log("freeze shard %u: %s", ws->cm_shard, kvshm_strerror(st));
+            uint64_t now = wr_now_ms();
+            if (now - ws->freeze_fail_log_ms >= 1000) {   /* once a second at most */
+                kvshm_shard_stats ss;
+                kvshm_writer_shard_stats(ws->w, ws->cm_shard, &ss);
+                wr_log("freeze shard %u: %s (region %" PRIu64 " bytes: %" PRIu64
+                       " used, %" PRIu64 " retired; %" PRIu64 " keys cached)", ws->cm_shard,
+                       kvshm_strerror(st), ss.region_bytes, ss.used_bytes, ss.retired_bytes,
+                       ss.tree_keys);
+                ws->freeze_fail_log_ms = now;
+            }
             return -1;
         }
     }

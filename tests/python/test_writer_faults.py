@@ -187,3 +187,56 @@ def test_peer_of_another_user_is_refused(tmp_path):
         assert os.waitpid(child, 0)[1] == 0
     finally:
         w.kill(signal.SIGTERM)
+
+
+def _put_values(db, n, q):
+    from kohakuvault import KVault
+
+    kv = KVault(db, shared=True)
+    for i in range(n):
+        kv[b"p%05d" % i] = b"v%05d" % i + bytes(8186)
+    kv.close()
+    q.put(n)
+
+
+def test_a_cache_full_of_reads_leaves_room_for_writes(tmp_path):
+    """Reads fill (and fragment) a small segment before the first write: the
+    next memtable's block is kept aside, so writes still apply, the writer
+    stops cleanly and logs no flood."""
+    import multiprocessing as mp
+
+    from kohakuvault import KVault
+
+    db = str(tmp_path / "small.db")
+    kv = KVault(db)
+    for i in range(5000):
+        kv[b"k%05d" % i] = b"v" + bytes([i % 251]) * 4095
+    kv.close()
+    proc = subprocess.Popen([WRITER, "--memtable-size", "1M", "--cache-size", "12M", db],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("ready")
+        kv = KVault(db, shared=True)
+        for i in range(5000):
+            assert kv[b"k%05d" % i][1] == i % 251
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=_put_values, args=(db, 3000, q))
+        p.start()
+        p.join(120)
+        alive = p.is_alive()
+        if alive:
+            p.kill()
+            p.join()
+        assert not alive, "puts stalled"
+        assert q.get(timeout=5) == 3000
+        assert kv[b"p02999"][:6] == b"v02999"
+        kv.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert len(proc.stderr.read().splitlines()) < 50
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert len(_rows(db)) == 8000
