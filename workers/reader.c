@@ -1107,6 +1107,7 @@ int main(int argc, char **argv)
     if (o->port >= 0 && listen_tcp(r)) return 1;
     if (o->unix_path && listen_unix(r)) return 1;
     r->started = time(NULL);
+    reader_tick(r);   /* the stats file exists from the start */
 
     int use_uring = strcmp(o->io, "uring") == 0 ||
                     (strcmp(o->io, "auto") == 0 && reader_uring_supported());
