@@ -277,6 +277,7 @@ static void cmd_get(reader *r, rconn *c, resp_arg *a, size_t n)
 static void cmd_mget(reader *r, rconn *c, resp_arg *a, size_t n)
 {
     pend_flush(r);
+    size_t start = c->out.len;
     resp_put_array(&c->out, n - 1);
     for (size_t i = 1; i < n; i++) {
         if (!key_ok(a[i].len)) {
@@ -286,8 +287,15 @@ static void cmd_mget(reader *r, rconn *c, resp_arg *a, size_t n)
         const void *v;
         size_t vlen;
         kv_status st = kv_att_get(r->att, a[i].p, a[i].len, &v, &vlen);
-        if (st == KV_OK) resp_put_bulk(&c->out, v, vlen);
-        else resp_put_nil(&c->out);   /* an array element cannot carry an error in RESP2 */
+        if (st == KV_OK) {
+            resp_put_bulk(&c->out, v, vlen);
+        } else if (st == KV_NOTFOUND) {
+            resp_put_nil(&c->out);
+        } else {
+            c->out.len = start;       /* a failed read fails the whole MGET */
+            reply_vault_error(r, c, st);
+            return;
+        }
     }
 }
 

@@ -17,6 +17,29 @@ static resp_limits lim_default(void)
     return l;
 }
 
+/* Limits, argument vector and outputs of one test's parses. */
+typedef struct pctx {
+    resp_limits l;
+    resp_argv a;
+    size_t used;
+    const char *err;
+} pctx;
+
+static pctx pctx_new(void) { return (pctx){.l = lim_default()}; }
+
+static resp_result pctx_parse(pctx *c, const char *req, size_t len)
+{
+    return resp_parse(req, len, &c->l, &c->a, &c->used, &c->err);
+}
+
+/* Parse req; expect an empty request of `used` bytes. */
+static void expect_empty(pctx *c, const char *req, size_t len)
+{
+    cr_assert(eq(int, pctx_parse(c, req, len), RESP_OK), "%s", req);
+    cr_assert(eq(sz, c->a.n, 0));
+    cr_assert(eq(sz, c->used, len));
+}
+
 /* Parse a copy of buf[0, len) held in an allocation of exactly len bytes. */
 static resp_result parse_exact(const char *buf, size_t len, const resp_limits *l, resp_argv *a,
                                size_t *used, const char **err, char **copy)
@@ -64,36 +87,23 @@ Test(resp, inline_forms)
     const char *w[] = {"SET", "a", "b c", "it's"};
     const char *r = "SET  a \"b c\"\t'it''s'\r\n";
     /* 'it''s' is not Redis syntax: a quote right after a closing quote */
-    resp_limits l = lim_default();
-    resp_argv a = {0};
-    size_t used;
-    const char *err;
-    cr_assert(eq(int, resp_parse(r, strlen(r), &l, &a, &used, &err), RESP_EPROTO));
-    cr_assert(eq(str, (char *)err, "ERR Protocol error: unbalanced quotes in request"));
+    pctx c = pctx_new();
+    cr_assert(eq(int, pctx_parse(&c, r, strlen(r)), RESP_EPROTO));
+    cr_assert(eq(str, (char *)c.err, "ERR Protocol error: unbalanced quotes in request"));
     const char *ok = "SET  a \"b c\"\t\"it's\"\r\n";
     expect_one(ok, strlen(ok), 4, w);
     const char *lf[] = {"PING"};
     expect_one("PING\n", 5, 1, lf);
-    /* a blank line is an empty request */
-    cr_assert(eq(int, resp_parse("  \r\n", 4, &l, &a, &used, &err), RESP_OK));
-    cr_assert(eq(sz, a.n, 0));
-    cr_assert(eq(sz, used, 4));
-    resp_argv_free(&a);
+    expect_empty(&c, "  \r\n", 4);   /* a blank line is an empty request */
+    resp_argv_free(&c.a);
 }
 
 Test(resp, empty_and_null_multibulk_are_skipped)
 {
-    resp_limits l = lim_default();
-    resp_argv a = {0};
-    size_t used;
-    const char *err;
-    cr_assert(eq(int, resp_parse("*0\r\n", 4, &l, &a, &used, &err), RESP_OK));
-    cr_assert(eq(sz, a.n, 0));
-    cr_assert(eq(sz, used, 4));
-    cr_assert(eq(int, resp_parse("*-1\r\n", 5, &l, &a, &used, &err), RESP_OK));
-    cr_assert(eq(sz, a.n, 0));
-    cr_assert(eq(sz, used, 5));
-    resp_argv_free(&a);
+    pctx c = pctx_new();
+    expect_empty(&c, "*0\r\n", 4);
+    expect_empty(&c, "*-1\r\n", 5);
+    resp_argv_free(&c.a);
 }
 
 /* A stream of requests, cut at every byte: every prefix shorter than the
@@ -135,14 +145,11 @@ Test(resp, split_at_every_byte)
 
 Test(resp, more_reports_the_bytes_a_bulk_needs)
 {
-    resp_limits l = lim_default();
-    resp_argv a = {0};
-    size_t used;
-    const char *err;
+    pctx c = pctx_new();
     const char *r = "*2\r\n$3\r\nSET\r\n$100000\r\nabc";
-    cr_assert(eq(int, resp_parse(r, strlen(r), &l, &a, &used, &err), RESP_MORE));
-    cr_assert(eq(sz, used, 4 + 9 + 9 + 100000 + 2));
-    resp_argv_free(&a);
+    cr_assert(eq(int, pctx_parse(&c, r, strlen(r)), RESP_MORE));
+    cr_assert(eq(sz, c.used, 4 + 9 + 9 + 100000 + 2));
+    resp_argv_free(&c.a);
 }
 
 static void expect_error(const char *req, size_t len, const resp_limits *l, const char *msg)
@@ -169,13 +176,11 @@ Test(resp, limits)
     expect_error("*1\r\n$11111111111111111111", 25, &l, "ERR Protocol error: too big bulk count string");
     /* at the limits: accepted */
     const char *ok[] = {"0123456789", "b", "c"};
-    resp_argv a = {0};
-    size_t used;
-    const char *err;
+    pctx c = {.l = l};
     const char *r = "*3\r\n$10\r\n0123456789\r\n$1\r\nb\r\n$1\r\nc\r\n";
-    cr_assert(eq(int, resp_parse(r, strlen(r), &l, &a, &used, &err), RESP_OK));
-    expect_args(&a, 3, ok);
-    resp_argv_free(&a);
+    cr_assert(eq(int, pctx_parse(&c, r, strlen(r)), RESP_OK));
+    expect_args(&c.a, 3, ok);
+    resp_argv_free(&c.a);
 }
 
 Test(resp, malformed)
@@ -205,14 +210,12 @@ Test(resp, many_arguments_grow_argv)
         snprintf(k, sizeof k, "k%d", i);
         resp_put_bulk_str(&b, k);
     }
-    resp_argv a = {0};
-    size_t used;
-    const char *err;
-    cr_assert(eq(int, resp_parse(b.p, b.len, &l, &a, &used, &err), RESP_OK));
-    cr_assert(eq(sz, a.n, 5000));
-    cr_assert(eq(sz, used, b.len));
-    cr_assert(eq(int, memcmp(a.v[4999].p, "k4999", 5), 0));
-    resp_argv_free(&a);
+    pctx c = {.l = l};
+    cr_assert(eq(int, pctx_parse(&c, b.p, b.len), RESP_OK));
+    cr_assert(eq(sz, c.a.n, 5000));
+    cr_assert(eq(sz, c.used, b.len));
+    cr_assert(eq(int, memcmp(c.a.v[4999].p, "k4999", 5), 0));
+    resp_argv_free(&c.a);
     resp_buf_free(&b);
 }
 
