@@ -429,6 +429,22 @@ static void cmd_quit(reader *r, rconn *c, resp_arg *a, size_t n)
     c->closing = 1;
 }
 
+/* 1 if user (NULL: the default user) and password match the configured
+ * password, comparing every byte whatever the first difference. */
+static int auth_ok(const reader *r, const resp_arg *user, const resp_arg *pw)
+{
+    if (user && !arg_is(user, "default")) return 0;
+    unsigned diff = pw->len != r->pass_len;
+    for (size_t i = 0; i < r->pass_len; i++)
+        diff |= (unsigned char)r->pass[i] ^ (unsigned char)(i < pw->len ? pw->p[i] : 0);
+    return !diff;
+}
+
+static void reply_wrongpass(rconn *c)
+{
+    resp_put_error(&c->out, "WRONGPASS invalid username-password pair or user is disabled.");
+}
+
 static void cmd_auth(reader *r, rconn *c, resp_arg *a, size_t n)
 {
     if (n > 3) {
@@ -440,17 +456,11 @@ static void cmd_auth(reader *r, rconn *c, resp_arg *a, size_t n)
                                 "for the default user. Are you sure your configuration is correct?");
         return;
     }
-    const resp_arg *pw = &a[n - 1];
-    int user_ok = n == 2 || arg_is(&a[1], "default");
-    /* compare every byte whatever the first difference (no timing hint) */
-    unsigned diff = pw->len != r->pass_len;
-    for (size_t i = 0; i < r->pass_len; i++)
-        diff |= (unsigned char)r->pass[i] ^ (unsigned char)(i < pw->len ? pw->p[i] : 0);
-    if (user_ok && !diff) {
+    if (auth_ok(r, n == 3 ? &a[1] : NULL, &a[n - 1])) {
         c->authed = 1;
         resp_put_simple(&c->out, "OK");
     } else {
-        resp_put_error(&c->out, "WRONGPASS invalid username-password pair or user is disabled.");
+        reply_wrongpass(c);
     }
 }
 
@@ -504,11 +514,13 @@ static void cmd_hello(reader *r, rconn *c, resp_arg *a, size_t n)
     const resp_arg *name = NULL;
     for (; i < n; i++) {
         if (arg_is(&a[i], "auth") && i + 2 < n) {
-            resp_arg pair[3] = {a[i], a[i + 1], a[i + 2]};
-            size_t before = c->out.len;
-            cmd_auth(r, c, pair, 3);
-            if (!c->authed) return;      /* the AUTH error is the reply */
-            c->out.len = before;
+            /* without a configured password every user/password pair is
+             * accepted, as redis-server's default user has nopass */
+            if (r->pass && !auth_ok(r, &a[i + 1], &a[i + 2])) {
+                reply_wrongpass(c);
+                return;
+            }
+            c->authed = 1;
             i += 2;
         } else if (arg_is(&a[i], "setname") && i + 1 < n) {
             name = &a[++i];

@@ -21,7 +21,8 @@
 
 static void set_interest(int ep, rconn *c)
 {
-    unsigned want = (c->stalled ? 0 : EPOLLIN) | (c->out.len ? EPOLLOUT : 0);
+    /* no EPOLLIN once nothing more will be read: an EOF stays readable */
+    unsigned want = (c->stalled || c->closing || c->eof ? 0 : EPOLLIN) | (c->out.len ? EPOLLOUT : 0);
     if (want == c->loop_flags) return;
     struct epoll_event ev = {.events = want, .data.ptr = c};
     epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);

@@ -339,10 +339,13 @@ def test_hello_select_auth_and_errors(tmp_path, sockdir):
         c = Raw(s.sock)
         assert c.call("GET", "a") == b"-NOAUTH Authentication required.\r\n"
         assert c.call("AUTH", "wrong").startswith(b"-WRONGPASS")
+        assert c.call("HELLO", "2", "AUTH", "default", "wrong").startswith(b"-WRONGPASS")
+        assert c.call("AUTH", "someone", "s3cret").startswith(b"-WRONGPASS")
         assert c.call("HELLO", "3") == b"-NOPROTO unsupported protocol version\r\n"
         assert c.call("AUTH", "default", "s3cret") == b"+OK\r\n"
-        hello = parse(c.call("HELLO", "2"))
+        hello = parse(c.call("HELLO", "2", "AUTH", "default", "s3cret", "SETNAME", "cli"))
         assert hello[hello.index(b"proto") + 1] == 2
+        assert parse(c.call("CLIENT", "GETNAME")) == b"cli"
         assert c.call("SELECT", "0") == b"+OK\r\n"
         assert c.call("SELECT", "1") == b"-ERR DB index is out of range\r\n"
         assert c.call("SET", "k", "v", "NX").startswith(b"-ERR SET option 'NX' is not supported")
@@ -350,6 +353,7 @@ def test_hello_select_auth_and_errors(tmp_path, sockdir):
         assert c.call("NOPE", "x", "y") == (b"-ERR unknown command 'NOPE', with args beginning "
                                             b"with: 'x' 'y' \r\n")
         assert parse(c.call("COMMAND", "COUNT")) >= 15
+        assert parse(c.call("CLIENT", "SETNAME", "")) == b"OK"
         assert parse(c.call("CLIENT", "GETNAME")) is None
         assert c.call("QUIT") == b"+OK\r\n" and c.closed()
         r = redis.Redis(unix_socket_path=s.sock, password="s3cret")
