@@ -69,6 +69,7 @@ struct reader {
     int round_wrote;              /* something was submitted this round */
     int round_failed;             /* a submission of this round failed */
     rconn *dirty;
+    rconn *conns;                 /* every open connection */
     scan_cursor cursors[SCAN_CURSORS];
     uint64_t next_cursor;
 };
@@ -110,13 +111,21 @@ rconn *reader_conn_new(reader *r, int fd)
     c->fd = fd;
     c->id = ++r->next_conn_id;
     c->authed = r->pass == NULL;
+    c->next = r->conns;
+    if (r->conns) r->conns->prev = c;
+    r->conns = c;
     r->connections++;
     r->total_connections++;
     return c;
 }
 
+rconn *reader_conns(reader *r) { return r->conns; }
+
 void reader_conn_free(reader *r, rconn *c)
 {
+    if (c->prev) c->prev->next = c->next;
+    else r->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
     close(c->fd);
     resp_buf_free(&c->in);
     resp_buf_free(&c->out);

@@ -46,6 +46,7 @@ typedef struct rconn {
     unsigned loop_flags;   /**< owned by the event loop (registered interest, ...) */
     void *loop_data;       /**< owned by the event loop */
     struct rconn *next_dirty;
+    struct rconn *prev, *next;  /**< every open connection of the reader */
 } rconn;
 
 typedef struct reader reader;
@@ -72,6 +73,8 @@ typedef struct reader_opts {
 rconn *reader_conn_new(reader *r, int fd);
 /** Close fd and free. */
 void reader_conn_free(reader *r, rconn *c);
+/** The first open connection (follow ->next), for a loop's shutdown. */
+rconn *reader_conns(reader *r);
 /** Execute every complete request in c->in (until c->out passes
  *  READER_OUT_HIGH: then c->stalled), append replies to c->out, and put c on
  *  the round's send list when it has something to send or must close. */

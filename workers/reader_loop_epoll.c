@@ -160,6 +160,7 @@ int reader_loop_epoll(reader *r)
         }
         reader_tick(r);
     }
+    while (reader_conns(r)) reader_conn_free(r, reader_conns(r));
     close(ep);
     return 0;
 }

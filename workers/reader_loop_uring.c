@@ -318,6 +318,7 @@ int reader_loop_uring(reader *r)
         }
         reader_tick(r);
     }
-    teardown(&L);
+    teardown(&L);   /* the kernel drops every request in flight */
+    while (reader_conns(r)) free_conn(&L, reader_conns(r));
     return 0;
 }

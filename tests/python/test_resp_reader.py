@@ -63,6 +63,11 @@ class Proc:
                 self.proc.wait()
         return self.proc.returncode
 
+    def stop_clean(self):
+        """Stop; assert a clean exit (status 0), showing stderr if not."""
+        rc = self.stop()
+        assert rc == 0, f"exit {rc}: {self.proc.stderr.read()[-4000:]}"
+
 
 @pytest.fixture
 def sockdir():
@@ -98,7 +103,7 @@ def served(request, tmp_path, sockdir):
     try:
         yield s
     finally:
-        assert s.reader.stop() == 0
+        s.reader.stop_clean()
         s.writer.stop()
 
 
@@ -327,7 +332,7 @@ def test_malformed_or_oversized_request_closes_only_that_client(tmp_path, sockdi
         assert other.call("GET", "keep") == b"$1\r\n1\r\n"   # everyone else still served
         other.close()
     finally:
-        assert s.reader.stop() == 0
+        s.reader.stop_clean()
         s.writer.stop()
 
 
@@ -360,7 +365,7 @@ def test_hello_select_auth_and_errors(tmp_path, sockdir):
         assert r.set("a", "1") and r.get("a") == b"1"
         r.close()
     finally:
-        assert s.reader.stop() == 0
+        s.reader.stop_clean()
         s.writer.stop()
 
 
@@ -466,7 +471,7 @@ def test_differential_against_redis_server(tmp_path, sockdir):
     finally:
         rs.terminate()
         rs.wait(timeout=30)
-        assert s.reader.stop() == 0
+        s.reader.stop_clean()
         s.writer.stop()
 
 
