@@ -123,6 +123,7 @@ rconn *reader_conns(reader *r) { return r->conns; }
 
 void reader_conn_free(reader *r, rconn *c)
 {
+    KV_ASSERT(c != NULL && r->connections > 0 && !c->dirty);
     if (c->prev) c->prev->next = c->next;
     else r->conns = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -189,6 +190,7 @@ static void pend_flush(reader *r)
 rconn *reader_round_end(reader *r)
 {
     pend_flush(r);
+    KV_ASSERT_INTERNAL(r->n_items == 0 && r->arena.len == 0);
     if (r->round_wrote && !r->round_failed && kv_att_wait(r->att, 0) != KV_OK) {
         fprintf(stderr, "kvault-reader: write not applied: %s\n", kv_att_errmsg(r->att));
         r->round_failed = 1;
@@ -697,7 +699,10 @@ static void cmd_scan(reader *r, rconn *c, resp_arg *a, size_t n)
     for (size_t i = 0; i < ks->n; i++) {
         const char *k = (const char *)ks->data + ks->off[i];
         size_t kl = ks->off[i + 1] - ks->off[i];
-        if (!type_other && (!pat || resp_glob_match(pat, plen, k, kl))) resp_put_bulk(&c->out, k, kl);
+        if (!type_other && (!pat || resp_glob_match(pat, plen, k, kl))) {
+            resp_put_bulk(&c->out, k, kl);
+            KV_ASSERT_EXPENSIVE(pre == 0 || (kl >= pre && memcmp(k, pat, pre) == 0));
+        }
     }
     kv_keys_free(ks);
     return;
@@ -882,6 +887,7 @@ static void reply_unknown(rconn *c, resp_arg *a, size_t n)
 
 static void dispatch(reader *r, rconn *c, resp_arg *a, size_t n)
 {
+    KV_ASSERT(n >= 1 && !c->closing && !c->dead);
     r->commands++;
     const command *k = lookup(&a[0]);
     if (!k) {
