@@ -85,6 +85,10 @@ def suites(build: str, quick: bool) -> list[dict]:
         {"name": "writes", "title": "Shared-mode writes vs sqlite3, redis, lmdb, embedded",
          "cmd": [py, os.path.join(PERF, "bench_writes.py"), "--json", "{json}"]
                 + (["--quick"] if quick else [])},
+        {"name": "resp", "title": "kvault-reader (RESP) vs redis-server, redis-benchmark",
+         "cmd": [py, os.path.join(PERF, "bench_resp.py"), "--json", "{json}"]
+                + (["--quick"] if quick else []),
+         "needs": os.path.join(build, "workers", "kvault-reader")},
     ]
     return out
 
@@ -247,7 +251,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Run every kohakuvault benchmark and publish the figures.")
     ap.add_argument("--quick", action="store_true", help="small workloads, about two minutes")
     ap.add_argument("--only", nargs="+", metavar="SUITE",
-                    help="run only these suites (kv, columns, shm, shared, writes)")
+                    help="run only these suites (kv, columns, shm, shared, writes, resp)")
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/performance.md")
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"), help="CMake build directory")
     ap.add_argument("--replot", action="store_true",
