@@ -23,7 +23,6 @@ client, not the server, sets the pace.
 import argparse
 import csv
 import io
-import json
 import os
 import shutil
 import socket
@@ -32,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from targets import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "scripts", "kvault-launch")
@@ -148,18 +149,9 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['workload']:32} {r['store']:18} {r['ops_per_s']:>12,.0f} req/s   "
               f"client CPU {r['client_cpu_share']:.2f}")
-    checks = targets(fig)
-    print(f"\ntargets (median of {args.repeat} runs of {args.requests:,} requests, ratios "
-          f"within this run):")
-    for t in checks:
-        print(f"  {t['target']:46} {t['value']:>6.2f}  need {t['need']:8} "
-              f"{'met' if t['met'] else 'NOT MET'}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"requests": args.requests, "repeat": args.repeat, "results": rows,
-                       "targets": checks}, f, indent=2)
-    return 0 if all(t["met"] for t in checks) else 1
-
+    return report(targets(fig), f"targets (median of {args.repeat} runs of {args.requests:,} "
+                  f"requests, ratios within this run)", args.json,
+                  {"requests": args.requests, "repeat": args.repeat, "results": rows}, width=46)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -38,7 +38,6 @@ status is 1 (figures written) when one is missed.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import random
@@ -51,6 +50,8 @@ import tempfile
 import time
 import traceback
 from array import array
+
+from targets import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NKEYS = 100_000   # key space of each writing process, and of the mixed workload
@@ -548,18 +549,9 @@ def main(argv=None) -> int:
         reap(procs, terminate=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    checks = targets(fig)
-    print(f"\ntargets of issue #14 (median of {args.repeat} x {args.seconds:g} s, "
-          f"ratios within this run):")
-    for t in checks:
-        print(f"  {t['target']:58} {t['value']:>10,.2f}  need {t['need']:8}  "
-              f"{'met' if t['met'] else 'NOT MET'}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"seconds": args.seconds, "repeat": args.repeat, "results": rows,
-                       "targets": checks}, f, indent=2)
-    return 0 if all(t["met"] for t in checks) else 1
-
+    return report(targets(fig), f"targets of issue #14 (median of {args.repeat} x "
+                  f"{args.seconds:g} s, ratios within this run)", args.json,
+                  {"seconds": args.seconds, "repeat": args.repeat, "results": rows})
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 
-from test_shared_mode import ROOT, WRITER, Writer, pytestmark  # noqa: F401  (skip rule)
+from test_shared_mode import ROOT, WRITER, Writer, _rows, pytestmark  # noqa: F401  (skip rule)
 
 LAUNCH = os.path.join(ROOT, "scripts", "kvault-launch")
 
@@ -41,16 +41,6 @@ def _ignore_sigxfsz():
     """preexec_fn: a write past RLIMIT_FSIZE fails with EFBIG (like a full
     disk) instead of killing the process with SIGXFSZ."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-
-def _rows(db):
-    import sqlite3
-
-    con = sqlite3.connect(db)
-    try:
-        return dict(con.execute("SELECT key, value FROM kv").fetchall())
-    finally:
-        con.close()
 
 
 def test_sigterm_with_a_failing_final_commit_exits_and_keeps_the_writes(tmp_path):
