@@ -129,6 +129,11 @@ const char *kv_batch_errmsg(const kv_batch *b)
     return b ? b->err.msg : "";
 }
 
+int kv_batch_sqlite_errcode(const kv_batch *b)
+{
+    return b ? b->err.sqlite_rc : 0;
+}
+
 /* Run a one-shot statement to completion (SQLITE_DONE). */
 static kv_status step_done(kv_batch *b, sqlite3_stmt *s, const char *op)
 {

@@ -190,6 +190,7 @@ KV_API kv_status kv_db_close(kv_db *db)
 
 KV_API const char *kv_db_errmsg(const kv_db *db) { return db ? db->err.msg : ""; }
 KV_API int kv_db_sqlite_errcode(const kv_db *db) { return db ? db->err.sqlite_rc : 0; }
+KV_API const char *kv_sqlite_errstr(int code) { return sqlite3_errstr(code); }
 KV_API int kv_db_os_errno(const kv_db *db) { return db ? db->err.os_errno : 0; }
 KV_API const char *kv_db_table(const kv_db *db) { return db->table; }
 

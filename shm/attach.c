@@ -36,6 +36,8 @@
 #include "kvshm/ring.h"
 
 #define WAIT_STEP_MS 200
+/* How long a wait tolerates a writer that cannot commit before it fails. */
+#define FAULT_WAIT_MS 1000
 #define MISS_VALUE_MAX (256u * 1024u)
 #define STATS_EVERY 4096u
 
@@ -434,9 +436,26 @@ void kv_att_counters(const kv_att *a, uint64_t *hits, uint64_t *misses)
  * Waiting
  * ==================================================================== */
 
+/* While a wait is not over: a writer that cannot commit (a full disk) fails
+ * the wait once the fault has lasted FAULT_WAIT_MS of it, with its reason.
+ * *since is the wait's own clock (0 before the first fault seen). */
+static kv_status fault_check(kv_att *a, uint64_t *since)
+{
+    int64_t code = 0;
+    uint32_t st = a->r ? kvshm_reader_fault(a->r, &code) : 0;
+    if (!st) { *since = 0; return KV_OK; }
+    uint64_t now = now_ms();
+    if (!*since) *since = now;
+    if (now - *since < FAULT_WAIT_MS) return KV_OK;
+    return fail(a, KV_IO, "the writer of %s cannot commit (%s); this write is queued and is"
+                " applied once a commit succeeds", a->db_path,
+                code ? kv_sqlite_errstr((int)code) : kv_strerror((kv_status)st));
+}
+
 /* Wait until the ring position pos is consumed (applied) or committed. */
 static kv_status wait_pos(kv_att *a, uint64_t pos, int committed)
 {
+    uint64_t fault_since = 0;
     for (;;) {
         kvshm_status ks = committed ? kvshm_ring_wait_committed(a->ring, pos, WAIT_STEP_MS)
                                     : kvshm_ring_wait_consumed(a->ring, pos, WAIT_STEP_MS);
@@ -446,6 +465,8 @@ static kv_status wait_pos(kv_att *a, uint64_t pos, int committed)
             if (st != KV_OK) return st;
         } else if (a->r) {
             kvshm_reader_ring_doorbell(a->r);   /* in case the writer slept past us */
+            kv_status st = fault_check(a, &fault_since);
+            if (st != KV_OK) return st;
         }
     }
 }
@@ -615,12 +636,16 @@ kv_status kv_att_exists(kv_att *a, const void *key, size_t klen, int *found)
 static kv_status batch_reserve(kv_att *a, uint32_t len, void **p, int *published)
 {
     kvshm_status ks = kvshm_ring_reserve(a->ring, len, p, 0);
+    uint64_t fault_since = 0;
     while (ks != KVSHM_OK) {
         if (ks == KVSHM_E_INVAL) return fail(a, KV_INVALID, "record too large for the ring");
         kvshm_reader_ring_doorbell(a->r);
         *published = 0;
         if (writer_gone(a)) {
             kv_status st = reattach(a);
+            if (st) return st;
+        } else {
+            kv_status st = fault_check(a, &fault_since);
             if (st) return st;
         }
         ks = kvshm_ring_reserve(a->ring, len, p, WAIT_STEP_MS);

@@ -93,9 +93,9 @@
     F(S, uint64_t, h_evictions,     ,  88) /* readers evicted for stalling; writer, relaxed */ \
     F(S, uint64_t, h_reaped,        ,  96) /* dead readers' slots cleared; writer, relaxed */ \
     F(S, uint32_t, h_state,         , 104) /* KVSHM_STATE_*; writer release-stores */ \
-    F(S, uint32_t, h_pad0,          , 108)                                      \
+    F(S, uint32_t, h_fault,         , 108) /* kv_status of the failing commit, 0: none; release */ \
     F(S, uint64_t, h_writer_pid,    , 112) /* pid of the writer; immutable */   \
-    F(S, uint64_t, h_reserved,      , 120)
+    F(S, int64_t,  h_fault_code,    , 120) /* its SQLite extended result code; written before h_fault */
 KVSHM_STRUCT(kvshm_hdr, KVSHM_HDR_FIELDS, 128);
 
 /*

@@ -395,6 +395,13 @@ uint64_t kvshm_reader_generation(const kvshm_reader *r) { return r->generation; 
 int kvshm_reader_errno(const kvshm_reader *r) { return r->err_no; }
 const kvshm_seg *kvshm_reader_seg(const kvshm_reader *r) { return &r->seg; }
 
+uint32_t kvshm_reader_fault(const kvshm_reader *r, int64_t *sqlite_code)
+{
+    uint32_t st = kv_atomic_load_acquire32(&r->hdr->h_fault);
+    if (sqlite_code) *sqlite_code = st ? r->hdr->h_fault_code : 0;
+    return st;
+}
+
 void kvshm_reader_seqs(const kvshm_reader *r, uint64_t *applied, uint64_t *committed)
 {
     if (applied) *applied = kv_atomic_load_acquire64(&r->hdr->h_applied_seq);

@@ -328,6 +328,14 @@ kvshm_status kvshm_writer_cache_evict(kvshm_writer *w, const void *const *keys,
     return cache_apply(w, NULL, keys, klens, n);
 }
 
+void kvshm_writer_set_fault(kvshm_writer *w, uint32_t status, int64_t sqlite_code)
+{
+    KVSHMI_WRITER_ONLY(w);
+    if (kv_atomic_load_relaxed32(&w->hdr->h_fault) == status) return;
+    w->hdr->h_fault_code = sqlite_code;
+    kv_atomic_store_release32(&w->hdr->h_fault, status);
+}
+
 void kvshm_writer_publish_seq(kvshm_writer *w, uint64_t applied, uint64_t committed)
 {
     KVSHMI_WRITER_ONLY(w);

@@ -321,6 +321,18 @@ static int rings_waiting(wr_state *ws)
     return 0;
 }
 
+/* A step of the commit failed (it is retried): publish the fault, so that
+ * clients waiting for room can report it, and log it at most once a second. */
+static void commit_failed(wr_state *ws, const char *step, kv_status st, const char *msg)
+{
+    kvshm_writer_set_fault(ws->w, (uint32_t)st, kv_batch_sqlite_errcode(ws->batch));
+    uint64_t now = wr_now_ms();
+    if (now - ws->commit_fail_log_ms < 1000) return;
+    ws->commit_fail_log_ms = now;
+    wr_log("%s of sequence %" PRIu64 " failed (%s): %s; will retry", step, ws->frozen_seq,
+           kv_strerror(st), msg);
+}
+
 /* INSERT: write frozen records into the kv_batch until deadline_us (UINT64_MAX:
  * all of them), or, with yield, until a ring holds a record (at least one
  * chunk of INSERT_CHUNK per call). Precondition: phase INSERT. 0 or -1
@@ -330,8 +342,7 @@ static int cm_insert(wr_state *ws, uint64_t deadline_us, int yield)
     kv_status st;
     if (!ws->cm_open) {
         if ((st = kv_batch_begin(ws->batch)) != KV_OK) {
-            wr_log("begin of sequence %" PRIu64 " failed (%s): %s; will retry", ws->frozen_seq,
-                   kv_strerror(st), kv_batch_errmsg(ws->batch));
+            commit_failed(ws, "begin", st, kv_batch_errmsg(ws->batch));
             return -1;
         }
         ws->cm_open = 1;
@@ -342,9 +353,9 @@ static int cm_insert(wr_state *ws, uint64_t deadline_us, int yield)
         kvshm_status ks = kvshm_writer_frozen_scan_from(ws->w, ws->cm_shard, &ws->cm_cur,
                                                         INSERT_CHUNK, cm_rec, &c);
         if (c.st != KV_OK || (ks != KVSHM_OK && ks != KVSHM_EMPTY)) {
-            wr_log("commit of sequence %" PRIu64 " failed (%s): %s; will retry", ws->frozen_seq,
-                   c.st != KV_OK ? kv_strerror(c.st) : kvshm_strerror(ks),
-                   c.st != KV_OK ? kv_batch_errmsg(ws->batch) : "frozen memtable");
+            commit_failed(ws, "insert", c.st != KV_OK ? c.st : KV_CORRUPT,
+                          c.st != KV_OK ? kv_batch_errmsg(ws->batch)
+                                        : kvshm_strerror(ks));
             cm_restart(ws);
             return -1;
         }
@@ -366,11 +377,11 @@ static int cm_commit(wr_state *ws)
     kv_status st = kv_batch_commit(ws->batch, ws->frozen_seq);
     ws->cm_open = 0;
     if (st != KV_OK) {
-        wr_log("commit of sequence %" PRIu64 " failed (%s): %s; will retry", ws->frozen_seq,
-               kv_strerror(st), kv_batch_errmsg(ws->batch));
+        commit_failed(ws, "commit", st, kv_batch_errmsg(ws->batch));
         cm_restart(ws);
         return -1;
     }
+    kvshm_writer_set_fault(ws->w, 0, 0);
     ws->committed = ws->frozen_seq;
     ws->stat_commits++;
     if (ws->ckpt && ws->stat_commits % CKPT_EVERY == 0) wr_ckpt_kick(ws->ckpt);

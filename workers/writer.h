@@ -111,6 +111,7 @@ typedef struct wr_state {
     uint64_t stat_commits, stat_records, stat_miss_loads, stat_evicted_keys;
     uint64_t stat_replayed;
     uint64_t freeze_fail_log_ms;         /* when a failed freeze was last logged */
+    uint64_t commit_fail_log_ms;         /* when a failed commit step was last logged */
     uint64_t stat_refused;               /* connections refused (peer credentials) */
     uint64_t stat_commit_steps;          /* bounded commit steps run */
     uint64_t stat_insert_steps;          /* of which INSERT steps */

@@ -230,3 +230,49 @@ def test_a_cache_full_of_reads_leaves_room_for_writes(tmp_path):
             proc.kill()
             proc.wait()
     assert len(_rows(db)) == 8000
+
+
+def test_a_writer_that_cannot_commit_fails_waiting_puts_then_recovers(tmp_path):
+    """The disk fills while serving: puts that need room in a full memtable
+    get a KohakuVaultError naming the cause, as an embedded put on a full
+    disk does (they used to block silently); applied
+    puts stay safe; once space returns the writer commits and puts go on."""
+    import resource
+
+    from kohakuvault import KVault
+    from kohakuvault.errors import KohakuVaultError
+
+    db = str(tmp_path / "fills.db")
+    KVault(db).close()
+    proc = subprocess.Popen([WRITER, "--memtable-size", "1M", db], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_ignore_sigxfsz)
+    try:
+        assert proc.stdout.readline().startswith("ready")
+        limit = os.path.getsize(db) + (512 << 10)   # the soft limit: raised again below
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+        kv = KVault(db, shared=True)
+        done, err = 0, None
+        for i in range(5000):                 # 40 MB: far past the limit
+            try:
+                kv[b"f%05d" % i] = b"v" + bytes([i % 251]) * 8191
+                done += 1
+            except KohakuVaultError as e:
+                err = e
+                break
+        assert err is not None and "cannot commit" in str(err), err
+        assert done > 0
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE,
+                         (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        kv[b"after"] = b"space is back"       # waits for a commit, then applies
+        for i in range(done):
+            assert kv[b"f%05d" % i][1] == i % 251
+        kv.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rows = _rows(db)
+    assert rows[b"after"] == b"space is back"
+    assert all(rows[b"f%05d" % i][1] == i % 251 for i in range(done + 1))

@@ -80,6 +80,10 @@ KV_API void kv_batch_close(kv_batch *b);
 /** Message of the last failure ("" if none); valid until the next call. */
 KV_API const char *kv_batch_errmsg(const kv_batch *b);
 
+/** SQLite extended result code of the last failure (0 if it was not
+ *  SQLite's, e.g. SQLITE_FULL = 13 for a full disk). */
+KV_API int kv_batch_sqlite_errcode(const kv_batch *b);
+
 /** *seq = sequence number stored by the last committed batch (0 if none).
  *  Returns KV_OK, KV_BUSY, KV_CORRUPT (the stored text is not a number),
  *  KV_SQLITE. Must not be called inside a batch. */

@@ -149,6 +149,10 @@ KV_API const char *kv_db_errmsg(const kv_db *db);
  *  the last failure was not SQLite's), for diagnostics. */
 KV_API int kv_db_sqlite_errcode(const kv_db *db);
 
+/** SQLite's English text for a (extended) result code, e.g. "database or
+ *  disk is full" for 13 (sqlite3_errstr). Static storage; any thread. */
+KV_API const char *kv_sqlite_errstr(int code);
+
 /** errno of the last OS failure on `db` (0 if none), for diagnostics. */
 KV_API int kv_db_os_errno(const kv_db *db);
 

@@ -276,6 +276,13 @@ int kvshm_writer_cached(kvshm_writer *w, const void *key, size_t klen);
 kvshm_status kvshm_writer_cache_evict(kvshm_writer *w, const void *const *keys,
                                       const size_t *klens, size_t n);
 
+/* Commit fault: the writer cannot commit (a full disk, an I/O error), so
+ * clients whose writes need room in a full memtable would wait for as long
+ * as it lasts. status (a kv_status, nonzero) and the SQLite extended result
+ * code are published for clients to report (kvshm_reader_fault); status 0
+ * clears the fault once a commit succeeds. Writer only. */
+void kvshm_writer_set_fault(kvshm_writer *w, uint32_t status, int64_t sqlite_code);
+
 /* Publish the applied / committed sequence numbers (release stores; readers
  * acquire-load them with kvshm_reader_seqs). 0 leaves a value unchanged.
  * Writer only. */
@@ -512,6 +519,11 @@ kvshm_status kvshm_reader_next(kvshm_reader *r, const void *prefix, size_t plen,
  */
 kvshm_status kvshm_reader_enter(kvshm_reader *r);
 kvshm_status kvshm_reader_leave(kvshm_reader *r);
+
+/* The writer's commit fault (kvshm_writer_set_fault): its kv_status, 0 when
+ * commits succeed; *sqlite_code (may be NULL) gets the SQLite extended result
+ * code. Any reader. */
+uint32_t kvshm_reader_fault(const kvshm_reader *r, int64_t *sqlite_code);
 
 /* Applied and committed sequence numbers as last published (acquire loads).
  * Either pointer may be NULL. Any reader. */
