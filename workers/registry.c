@@ -18,6 +18,7 @@
  * is kvshm_recover_scan / kvshm_recover_close (shm/); this file never reads
  * the segment's layout.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -25,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -187,6 +189,39 @@ out:
     return rc;
 }
 
+/* Remove the shared memory of earlier writers of this database that are
+ * gone and that the registry does not name (the one it names was replayed
+ * just before): a writer killed after it created its segment but before it
+ * served (so before it wrote the registry) never had a client, so its
+ * segment holds nothing to replay. Names end with the writer's pid; a pid
+ * that is alive (perhaps reused) keeps its objects. Returns objects removed. */
+static unsigned sweep_dead_segments(uint64_t db_hash)
+{
+    char prefix[40];
+    snprintf(prefix, sizeof prefix, "kvault-%016" PRIx64 "-", db_hash);
+    DIR *d = opendir("/dev/shm");
+    if (!d) return 0;
+    unsigned removed = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0) continue;
+        char name[256];
+        snprintf(name, sizeof name, "%s", e->d_name);
+        size_t n = strlen(name);
+        if (n > 6 && strcmp(name + n - 6, "-slots") == 0) name[n - 6] = 0;
+        const char *dash = strrchr(name, '-');
+        char *end = NULL;
+        long pid = dash ? strtol(dash + 1, &end, 10) : 0;
+        if (pid <= 0 || !end || *end || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        char path[260];
+        snprintf(path, sizeof path, "/%s", e->d_name);
+        if (shm_unlink(path) == 0) removed++;
+    }
+    closedir(d);
+    return removed;
+}
+
 int wr_recover(wr_state *ws)
 {
     char text[2048] = "", gen[32], seg[96] = "", slots[96] = "", state[32] = "";
@@ -231,5 +266,7 @@ int wr_recover(wr_state *ws)
     snprintf(ws->sock_name, sizeof ws->sock_name, "kvault-%016" PRIx64 "-%" PRIu64 "-%d", hsh,
              ws->generation, pid);
     kvshm_unlink(ws->seg_name, ws->slot_name);   /* leftovers of a failed start */
+    unsigned swept = sweep_dead_segments(hsh);
+    if (swept) wr_log("removed %u shared-memory objects of dead writers of this database", swept);
     return 0;
 }

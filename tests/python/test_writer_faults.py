@@ -276,3 +276,33 @@ def test_a_writer_that_cannot_commit_fails_waiting_puts_then_recovers(tmp_path):
     rows = _rows(db)
     assert rows[b"after"] == b"space is back"
     assert all(rows[b"f%05d" % i][1] == i % 251 for i in range(done + 1))
+
+
+def test_start_removes_shared_memory_of_dead_writers(tmp_path):
+    """Writers killed before they served leave segments no registry names;
+    the next writer of the database removes them (and only those)."""
+    db = str(tmp_path / "sweep.db")
+    w = Writer(db)
+    name = None
+    try:
+        with open(os.path.realpath(db) + "-kvault") as f:
+            reg = dict(line.split("=", 1) for line in f.read().splitlines() if "=" in line)
+        prefix = reg["segment"].rsplit("-", 2)[0].lstrip("/")
+        # a dead writer's leftovers: generation 99 of a pid that no longer runs
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        name = f"{prefix}-99-{dead.pid}"
+        for suffix in ("", "-slots"):
+            with open(f"/dev/shm/{name}{suffix}", "wb") as f:
+                f.write(b"x" * 4096)
+        other = f"/dev/shm/kvault-{'0' * 16}-1-{dead.pid}"   # another database's
+        with open(other, "wb") as f:
+            f.write(b"y")
+        w.kill(signal.SIGKILL)
+        w.start()                               # replays, then sweeps
+        assert not os.path.exists(f"/dev/shm/{name}")
+        assert not os.path.exists(f"/dev/shm/{name}-slots")
+        assert os.path.exists(other)
+        os.unlink(other)
+    finally:
+        w.kill(signal.SIGTERM)
