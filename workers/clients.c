@@ -270,13 +270,13 @@ static void handle_put_file(wr_state *ws, wr_client *c, const struct kvshm_msg *
         if (fd >= 0) close(fd);
         return;
     }
-    /* Only a regular file (or a memfd) holding the announced bytes: a read
-     * from a pipe or socket could block the loop, and every client with it. */
+    /* Only a regular file (or a memfd): a read from a pipe or socket could
+     * block the loop, and every client with it. A file shorter than the
+     * announced size ends the stream early (kv_put_fd: "short write"). */
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size < m->m_arg) {
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         reply_status(c->sock, m->m_type, KV_INVALID,
-                     "put_file: the descriptor must be a regular file or memfd holding the"
-                     " announced size");
+                     "put_file: the descriptor must be a regular file or memfd");
         close(fd);
         return;
     }
