@@ -27,7 +27,7 @@ static inline float ld_f32(const uint8_t *p)
     return f;
 }
 
-static float f32_cos_scalar(const void *q, const void *x, size_t n)
+static double f32_cos_scalar(const void *q, const void *x, size_t n)
 {
     const uint8_t *a = q, *b = x;
     float acc = 0.0f;
@@ -36,7 +36,7 @@ static float f32_cos_scalar(const void *q, const void *x, size_t n)
     return 1.0f - acc;
 }
 
-static float f32_l2_scalar(const void *q, const void *x, size_t n)
+static double f32_l2_scalar(const void *q, const void *x, size_t n)
 {
     const uint8_t *a = q, *b = x;
     float acc = 0.0f;
@@ -47,7 +47,7 @@ static float f32_l2_scalar(const void *q, const void *x, size_t n)
     return acc;
 }
 
-static float f32_l1_scalar(const void *q, const void *x, size_t n)
+static double f32_l1_scalar(const void *q, const void *x, size_t n)
 {
     const uint8_t *a = q, *b = x;
     float acc = 0.0f;
@@ -58,7 +58,7 @@ static float f32_l1_scalar(const void *q, const void *x, size_t n)
     return acc;
 }
 
-static float i8_l2_scalar(const void *q, const void *x, size_t n)
+static double i8_l2_scalar(const void *q, const void *x, size_t n)
 {
     const int8_t *a = q, *b = x;
     int64_t acc = 0;
@@ -66,10 +66,10 @@ static float i8_l2_scalar(const void *q, const void *x, size_t n)
         int32_t d = (int32_t)a[i] - b[i];
         acc += d * d;
     }
-    return (float)acc;
+    return (double)acc;
 }
 
-static float i8_l1_scalar(const void *q, const void *x, size_t n)
+static double i8_l1_scalar(const void *q, const void *x, size_t n)
 {
     const int8_t *a = q, *b = x;
     int64_t acc = 0;
@@ -77,10 +77,10 @@ static float i8_l1_scalar(const void *q, const void *x, size_t n)
         int32_t d = (int32_t)a[i] - b[i];
         acc += d < 0 ? -d : d;
     }
-    return (float)acc;
+    return (double)acc;
 }
 
-static float bit_ham_scalar(const void *q, const void *x, size_t dims)
+static double bit_ham_scalar(const void *q, const void *x, size_t dims)
 {
     const uint8_t *a = q, *b = x;
     size_t nb = dims / 8, i = 0;
@@ -93,7 +93,7 @@ static float bit_ham_scalar(const void *q, const void *x, size_t dims)
     }
     for (; i < nb; i++)
         acc += (uint64_t)__builtin_popcount((unsigned)(a[i] ^ b[i]));
-    return (float)acc;
+    return (double)acc;
 }
 
 #if KVK_X86
@@ -146,19 +146,19 @@ AVX2 static inline int64_t hsum256_epi32(__m256i v)
 #define L1_STEP(s, u, v) \
     (s) = _mm256_add_ps((s), _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps((u), (v))))
 
-AVX2 static float f32_cos_avx2(const void *q, const void *x, size_t n)
+AVX2 static double f32_cos_avx2(const void *q, const void *x, size_t n)
 {
     F32_AVX2_BODY(DOT_STEP, acc += a[i] * b[i])
     return 1.0f - acc;
 }
 
-AVX2 static float f32_l2_avx2(const void *q, const void *x, size_t n)
+AVX2 static double f32_l2_avx2(const void *q, const void *x, size_t n)
 {
     F32_AVX2_BODY(L2_STEP, { float d = a[i] - b[i]; acc += d * d; })
     return acc;
 }
 
-AVX2 static float f32_l1_avx2(const void *q, const void *x, size_t n)
+AVX2 static double f32_l1_avx2(const void *q, const void *x, size_t n)
 {
     F32_AVX2_BODY(L1_STEP, { float d = a[i] - b[i]; acc += d < 0 ? -d : d; })
     return acc;
@@ -182,19 +182,19 @@ AVX2 static float f32_l1_avx2(const void *q, const void *x, size_t n)
         int32_t d = (int32_t)a[i] - b[i];                                                   \
         acc += TAIL;                                                                        \
     }                                                                                       \
-    return (float)acc;
+    return (double)acc;
 
-AVX2 static float i8_l2_avx2(const void *q, const void *x, size_t n)
+AVX2 static double i8_l2_avx2(const void *q, const void *x, size_t n)
 {
     I8_AVX2_BODY(_mm256_madd_epi16(d, d), d * d)
 }
 
-AVX2 static float i8_l1_avx2(const void *q, const void *x, size_t n)
+AVX2 static double i8_l1_avx2(const void *q, const void *x, size_t n)
 {
     I8_AVX2_BODY(_mm256_madd_epi16(_mm256_abs_epi16(d), _mm256_set1_epi16(1)), d < 0 ? -d : d)
 }
 
-AVX2 static float bit_ham_avx2(const void *q, const void *x, size_t dims)
+AVX2 static double bit_ham_avx2(const void *q, const void *x, size_t dims)
 {
     const uint8_t *a = q, *b = x;
     size_t nb = dims / 8, i = 0;
@@ -207,7 +207,7 @@ AVX2 static float bit_ham_avx2(const void *q, const void *x, size_t dims)
     }
     for (; i < nb; i++)
         acc += (uint64_t)__builtin_popcount((unsigned)(a[i] ^ b[i]));
-    return (float)acc;
+    return (double)acc;
 }
 
 /* ====================================================================== */
@@ -241,19 +241,19 @@ AVX2 static float bit_ham_avx2(const void *q, const void *x, size_t dims)
     } while (0)
 #define L1512(s, u, v) (s) = _mm512_add_ps((s), _mm512_abs_ps(_mm512_sub_ps((u), (v))))
 
-AVX512 static float f32_cos_avx512(const void *q, const void *x, size_t n)
+AVX512 static double f32_cos_avx512(const void *q, const void *x, size_t n)
 {
     F32_AVX512_BODY(DOT512)
     return 1.0f - acc;
 }
 
-AVX512 static float f32_l2_avx512(const void *q, const void *x, size_t n)
+AVX512 static double f32_l2_avx512(const void *q, const void *x, size_t n)
 {
     F32_AVX512_BODY(L2512)
     return acc;
 }
 
-AVX512 static float f32_l1_avx512(const void *q, const void *x, size_t n)
+AVX512 static double f32_l1_avx512(const void *q, const void *x, size_t n)
 {
     F32_AVX512_BODY(L1512)
     return acc;
@@ -269,19 +269,19 @@ AVX512 static float f32_l1_avx512(const void *q, const void *x, size_t n)
                                      _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, b + i))); \
         s = _mm512_add_epi32(s, FOLD);                                                    \
     }                                                                                     \
-    return (float)_mm512_reduce_add_epi32(s);
+    return (double)_mm512_reduce_add_epi32(s);
 
-AVX512 static float i8_l2_avx512(const void *q, const void *x, size_t n)
+AVX512 static double i8_l2_avx512(const void *q, const void *x, size_t n)
 {
     I8_AVX512_BODY(_mm512_madd_epi16(d, d))
 }
 
-AVX512 static float i8_l1_avx512(const void *q, const void *x, size_t n)
+AVX512 static double i8_l1_avx512(const void *q, const void *x, size_t n)
 {
     I8_AVX512_BODY(_mm512_madd_epi16(_mm512_abs_epi16(d), _mm512_set1_epi16(1)))
 }
 
-AVX512POP static float bit_ham_avx512(const void *q, const void *x, size_t dims)
+AVX512POP static double bit_ham_avx512(const void *q, const void *x, size_t dims)
 {
     const uint8_t *a = q, *b = x;
     size_t nb = dims / 8;
@@ -291,7 +291,7 @@ AVX512POP static float bit_ham_avx512(const void *q, const void *x, size_t dims)
         __m512i u = _mm512_maskz_loadu_epi8(m, a + i), v = _mm512_maskz_loadu_epi8(m, b + i);
         s = _mm512_add_epi64(s, _mm512_popcnt_epi64(_mm512_xor_si512(u, v)));
     }
-    return (float)_mm512_reduce_add_epi64(s);
+    return (double)_mm512_reduce_add_epi64(s);
 }
 #endif /* KVK_X86 */
 
@@ -404,7 +404,7 @@ static void sift_down(kvk_cand *h, size_t n, size_t i)
     }
 }
 
-void kvk_heap_push(kvk_heap *h, float score, int64_t id, const uint8_t *row)
+void kvk_heap_push(kvk_heap *h, double score, int64_t id, const uint8_t *row)
 {
     kvk_cand c = {score, id, row};
     if (h->n < h->cap) {
@@ -441,13 +441,13 @@ void kvk_scan(kvk_score_fn fn, const void *q, const uint8_t *rows, size_t n, siz
     if (!h->cap)
         return;
     /* the k-th score so far: +inf until the heap is full */
-    float bound = h->n < h->cap ? __builtin_inff() : h->c[0].score;
+    double bound = h->n < h->cap ? __builtin_inf() : h->c[0].score;
     for (size_t i = 0; i < n; i++) {
         size_t s = first + i;
         if (valid && !(valid[s >> 3] & (1u << (s & 7))))
             continue;
         const uint8_t *row = rows + i * row_bytes;
-        float sc = fn(q, row, dims);
+        double sc = fn(q, row, dims);
         if (sc > bound)
             continue;
         kvk_heap_push(h, sc, ids[i], row);

@@ -10,8 +10,9 @@
  *   L1      sum |q_i - x_i|
  *   hamming popcount(q XOR x)
  *
- * Scores are float32 sums (SIMD accumulation order), used only to rank; the
- * search recomputes the reported distance of each hit with
+ * f32 scores are float32 sums (SIMD accumulation order); int8 and bit
+ * scores are exact integers (returned as double, exact up to 2^53). Scores
+ * only rank; the search recomputes the reported distance of each hit with
  * kv_vector_distance (double accumulation).
  *
  * Every kernel exists as a portable scalar function and, on x86-64, as AVX2
@@ -37,7 +38,7 @@ typedef enum kvk_isa {
 
 /** Score of row `x` against query `q`, both of `dims` dimensions in the
  *  element type of the kernel (bit: dims/8 bytes). Any alignment. */
-typedef float (*kvk_score_fn)(const void *q, const void *x, size_t dims);
+typedef double (*kvk_score_fn)(const void *q, const void *x, size_t dims);
 
 /** Best ISA level this CPU supports for (metric, elem) (cached after the
  *  first call; thread-safe). */
@@ -50,7 +51,7 @@ kvk_score_fn kvk_kernel(kv_vector_metric metric, kv_vector_elem elem, kvk_isa is
 
 /** One candidate: its rank score and row id. */
 typedef struct kvk_cand {
-    float score;
+    double score;
     int64_t id;
     const uint8_t *row;   /**< where the row's bytes are (the scanned copy) */
 } kvk_cand;
@@ -64,7 +65,7 @@ typedef struct kvk_heap {
 } kvk_heap;
 
 /** Offer a candidate: kept when the heap is not full or it beats c[0]. */
-void kvk_heap_push(kvk_heap *h, float score, int64_t id, const uint8_t *row);
+void kvk_heap_push(kvk_heap *h, double score, int64_t id, const uint8_t *row);
 
 /** Sort the heap's entries ascending (score, then id) in place; the heap is
  *  no longer a heap afterwards. */

@@ -180,8 +180,9 @@ static double dist_bit(const uint8_t *a, const uint8_t *b, size_t nbytes)
     return (double)acc;
 }
 
-double kv_vector_distance(kv_vector_metric metric, kv_vector_elem elem, const void *a, const void *b,
-                          size_t dims)
+/* The distance before rounding to float32 precision. */
+static double distance_exact(kv_vector_metric metric, kv_vector_elem elem, const void *a, const void *b,
+                             size_t dims)
 {
     double d;
     switch (elem) {
@@ -197,7 +198,13 @@ double kv_vector_distance(kv_vector_metric metric, kv_vector_elem elem, const vo
     default:
         d = NAN;
     }
-    return (double)(float)d; /* float32 precision, as sqlite-vec reports */
+    return d;
+}
+
+double kv_vector_distance(kv_vector_metric metric, kv_vector_elem elem, const void *a, const void *b,
+                          size_t dims)
+{
+    return (double)(float)distance_exact(metric, elem, a, b, dims); /* as sqlite-vec reports */
 }
 
 int kv_vector_compatible(kv_vector_metric metric, kv_vector_elem elem)
@@ -1485,9 +1492,10 @@ static int final_cmp(const void *a, const void *b)
     return (x->id > y->id) - (x->id < y->id);
 }
 
-/* Turn a heap into results: exact distances (kv_vector_distance on the
- * stored copy), sorted by (distance, id), with their values read in the
- * current transaction. */
+/* Turn a heap into results: distances recomputed in double on the stored
+ * copy, sorted by (distance, id) and reported rounded to float32
+ * (kv_vector_distance), with their values read in the current
+ * transaction. */
 static kv_status build_hits(kv_vector *v, const uint8_t *q, kvk_heap *hp, kv_vector_hits **out)
 {
     kv_status st = KV_OK;
@@ -1503,7 +1511,7 @@ static kv_status build_hits(kv_vector *v, const uint8_t *q, kvk_heap *hp, kv_vec
     /* exact distances; with a value_ref (native rows need one lookup each) */
     for (size_t i = 0; i < hp->n; i++) {
         const uint8_t *row = hp->c[i].row;
-        f[n++] = (final_hit){kv_vector_distance(v->metric, v->elem, q, row, v->dims), hp->c[i].id,
+        f[n++] = (final_hit){distance_exact(v->metric, v->elem, q, row, v->dims), hp->c[i].id,
                              v->vec0 ? copy_ref(&v->cache, row, v->row_bytes) : -1};
     }
     qsort(f, n, sizeof *f, final_cmp);
@@ -1544,7 +1552,7 @@ static kv_status build_hits(kv_vector *v, const uint8_t *q, kvk_heap *hp, kv_vec
             if (len)
                 memcpy(mem + total, p, len);
             offs[i] = total;
-            h->hits[i] = (kv_vector_hit){f[i].id, f[i].dist, NULL, len};
+            h->hits[i] = (kv_vector_hit){f[i].id, (double)(float)f[i].dist, NULL, len};
             total += len;
         }
         sqlite3_reset(v->st_get_val);
