@@ -85,6 +85,9 @@ def suites(build: str, quick: bool) -> list[dict]:
         {"name": "writes", "title": "Shared-mode writes vs sqlite3, redis, lmdb, embedded",
          "cmd": [py, os.path.join(PERF, "bench_writes.py"), "--json", "{json}"]
                 + (["--quick"] if quick else [])},
+        {"name": "vectors", "title": "Vector search and inserts vs numpy and sqlite-vec",
+         "cmd": [py, os.path.join(PERF, "bench_vectors.py"), "--json", "{json}"]
+                + (["--quick"] if quick else [])},
     ]
     return out
 
