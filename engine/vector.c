@@ -87,16 +87,19 @@ struct kv_vector {
     /* write state, valid while ws_dv == data_version */
     int ws_valid;
     int64_t ws_dv, next_id, next_chunk, unchunked;
+    int64_t mark;             /* largest id in a chunk: rows above it are unchunked */
     sqlite3_stmt *st_dv;        /* PRAGMA data_version */
     sqlite3_stmt *st_ins_val;   /* INSERT INTO t_values(value) VALUES(?1) */
     sqlite3_stmt *st_ins_row;   /* INSERT INTO t VALUES(?1..?5) */
     sqlite3_stmt *st_ins_chunk; /* INSERT INTO t_chunks VALUES(?1..?4) */
     sqlite3_stmt *st_ins_cvec;  /* INSERT INTO t_chunk_vectors VALUES(?1, ?2) */
-    sqlite3_stmt *st_wstate;    /* max id, max chunk_id, unchunked count */
-    sqlite3_stmt *st_unchunked; /* oldest unchunked rows, LIMIT ?1 */
+    sqlite3_stmt *st_wstate;    /* max id, max chunk_id */
+    sqlite3_stmt *st_last;      /* size, validity, rowids of the last chunk */
+    sqlite3_stmt *st_above;     /* count of rows with id > ?1 */
+    sqlite3_stmt *st_unchunked; /* rows with id > ?1, ascending */
     sqlite3_stmt *st_move;      /* mark a row chunked */
     sqlite3_stmt *st_load;      /* chunks with their vectors (and vec0 refs) */
-    sqlite3_stmt *st_load_tail; /* unchunked rows */
+    sqlite3_stmt *st_load_tail; /* unchunked rows (id > ?1) */
     sqlite3_stmt *st_get_val;   /* SELECT value FROM t_values WHERE id=?1 */
     sqlite3_stmt *st_get_row;   /* value_ref, vector, chunk_id, chunk_offset by id */
     sqlite3_stmt *st_del_row;   /* DELETE FROM t WHERE id=?1 */
@@ -399,6 +402,22 @@ static kv_status load_chunk(kv_vector *v, sqlite3_stmt *s, vchunk *ch)
     return KV_OK;
 }
 
+/* Largest valid id of a chunk (validity bitmap, int64 LE ids, size slots),
+ * INT64_MIN when none: chunks are cut in id order, so this of the last
+ * chunk is the watermark above which every row is unchunked. */
+static int64_t chunk_mark(const void *valid, const void *ids, size_t size)
+{
+    const uint8_t *b = valid;
+    int64_t m = INT64_MIN, id;
+    for (size_t s = 0; s < size; s++)
+        if (b[s >> 3] & (1u << (s & 7))) {
+            memcpy(&id, (const uint8_t *)ids + 8 * s, 8);
+            if (id > m)
+                m = id;
+        }
+    return m;
+}
+
 /* Inside a read or write transaction: make the copy current (reload it
  * when it was never loaded or another connection committed since). */
 static kv_status cache_refresh(kv_vector *v)
@@ -424,6 +443,10 @@ static kv_status cache_refresh(kv_vector *v)
     if (st == KV_OK && rc != SQLITE_DONE)
         st = sql_fail(v, rc, "load chunks");
     sqlite3_reset(v->st_load);
+    if (v->st_load_tail) {
+        const vchunk *last = v->cache.n ? &v->cache.chunks[v->cache.n - 1] : NULL;
+        sqlite3_bind_int64(v->st_load_tail, 1, last ? chunk_mark(last->valid, last->ids, last->size) : INT64_MIN);
+    }
     while (st == KV_OK && v->st_load_tail && (rc = sqlite3_step(v->st_load_tail)) == SQLITE_ROW) {
         int64_t id = sqlite3_column_int64(v->st_load_tail, 0);
         size_t len = (size_t)sqlite3_column_bytes(v->st_load_tail, 1);
@@ -484,6 +507,7 @@ void kv_vector_close(kv_vector *v)
         return;
     sqlite3_stmt *sts[] = {v->st_dv,        v->st_ins_val,  v->st_ins_row, v->st_ins_chunk,
                            v->st_ins_cvec,  v->st_wstate,   v->st_unchunked, v->st_move,
+                           v->st_last,      v->st_above,
                            v->st_load,      v->st_load_tail, v->st_get_val, v->st_get_row,
                            v->st_del_row,   v->st_del_val,  v->st_del_chunk, v->st_del_cvec,
                            v->st_upd_vec,   v->st_upd_val,  v->st_count};
@@ -654,9 +678,8 @@ static kv_status create_schema(kv_vector *v)
              "CREATE TABLE IF NOT EXISTS \"%s_chunks\" (chunk_id INTEGER PRIMARY KEY, "
              "size INTEGER NOT NULL, validity BLOB NOT NULL, rowids BLOB NOT NULL);"
              "CREATE TABLE IF NOT EXISTS \"%s_chunk_vectors\" "
-             "(chunk_id INTEGER PRIMARY KEY, vectors BLOB NOT NULL);"
-             "CREATE INDEX IF NOT EXISTS \"%s_unchunked\" ON \"%s\"(id) WHERE chunk_id IS NULL",
-             t, t, t, t, t);
+             "(chunk_id INTEGER PRIMARY KEY, vectors BLOB NOT NULL)",
+             t, t, t);
     if (st == KV_OK)
         st = kvi_exec(v->db, sql, &v->err);
     return st;
@@ -669,10 +692,9 @@ static kv_status ensure_schema(kv_vector *v)
     const char *t = v->table;
     snprintf(sql, sizeof sql,
              "SELECT (SELECT count(*) FROM sqlite_master WHERE name='%s_chunk_vectors')"
-             " + (SELECT count(*) FROM sqlite_master WHERE name='%s_unchunked')"
              " + (SELECT count(*) FROM pragma_table_info('%s') WHERE name='chunk_offset')",
-             t, t, t);
-    if (query_i64(v->db, sql) == 3)
+             t, t);
+    if (query_i64(v->db, sql) == 2)
         return KV_OK;
     kv_status st = kvi_store_begin(&v->err, v->db, 1);
     if (st != KV_OK)
@@ -704,19 +726,19 @@ static kv_status prepare_native(kv_vector *v)
     PREP(v->st_ins_chunk, "INSERT INTO \"%s_chunks\"(chunk_id, size, validity, rowids) VALUES(?1, ?2, ?3, ?4)",
          table);
     PREP(v->st_ins_cvec, "INSERT INTO \"%s_chunk_vectors\"(chunk_id, vectors) VALUES(?1, ?2)", table);
-    PREP(v->st_wstate,
-         "SELECT (SELECT max(id) FROM \"%s\"), (SELECT max(chunk_id) FROM \"%s_chunks\"), "
-         "(SELECT count(*) FROM \"%s\" WHERE chunk_id IS NULL)",
-         table, table, table);
-    PREP(v->st_unchunked, "SELECT id, vector FROM \"%s\" WHERE chunk_id IS NULL ORDER BY id LIMIT ?1",
+    PREP(v->st_wstate, "SELECT (SELECT max(id) FROM \"%s\"), (SELECT max(chunk_id) FROM \"%s_chunks\")",
+         table, table);
+    PREP(v->st_last, "SELECT size, validity, rowids FROM \"%s_chunks\" ORDER BY chunk_id DESC LIMIT 1",
          table);
+    PREP(v->st_above, "SELECT count(*) FROM \"%s\" WHERE id > ?1", table);
+    PREP(v->st_unchunked, "SELECT id, vector FROM \"%s\" WHERE id > ?1 ORDER BY id", table);
     PREP(v->st_move, "UPDATE \"%s\" SET vector = x'', chunk_id = ?1, chunk_offset = ?2 WHERE id = ?3",
          table);
     PREP(v->st_load,
          "SELECT c.chunk_id, c.size, c.validity, c.rowids, v.vectors, NULL "
          "FROM \"%s_chunks\" c JOIN \"%s_chunk_vectors\" v USING (chunk_id) ORDER BY c.chunk_id",
          table, table);
-    PREP(v->st_load_tail, "SELECT id, vector FROM \"%s\" WHERE chunk_id IS NULL ORDER BY id", table);
+    PREP(v->st_load_tail, "SELECT id, vector FROM \"%s\" WHERE id > ?1 ORDER BY id", table);
     PREP(v->st_get_row, "SELECT value_ref, vector, chunk_id, chunk_offset FROM \"%s\" WHERE id = ?1",
          table);
     PREP(v->st_del_row, "DELETE FROM \"%s\" WHERE id = ?1", table);
@@ -921,13 +943,34 @@ static kv_status write_state(kv_vector *v)
     if (rc == SQLITE_ROW) {
         v->next_id = sqlite3_column_int64(v->st_wstate, 0) + 1;
         v->next_chunk = sqlite3_column_int64(v->st_wstate, 1) + 1;
-        v->unchunked = sqlite3_column_int64(v->st_wstate, 2);
-        v->ws_valid = 1;
-        v->ws_dv = dv;
     } else {
         st = sql_fail(v, rc, "write state");
     }
     sqlite3_reset(v->st_wstate);
+    v->mark = INT64_MIN;
+    if (st == KV_OK && (rc = sqlite3_step(v->st_last)) == SQLITE_ROW) {
+        size_t n = (size_t)sqlite3_column_int64(v->st_last, 0);
+        if ((size_t)sqlite3_column_bytes(v->st_last, 1) < (n + 7) / 8 ||
+            (size_t)sqlite3_column_bytes(v->st_last, 2) < n * 8)
+            st = kvi_err_set(&v->err, KV_CORRUPT, "last chunk: bitmap or rowids too short");
+        else
+            v->mark = chunk_mark(sqlite3_column_blob(v->st_last, 1), sqlite3_column_blob(v->st_last, 2), n);
+    } else if (st == KV_OK && rc != SQLITE_DONE) {
+        st = sql_fail(v, rc, "write state");
+    }
+    sqlite3_reset(v->st_last);
+    if (st == KV_OK) {
+        sqlite3_bind_int64(v->st_above, 1, v->mark);
+        if ((rc = sqlite3_step(v->st_above)) == SQLITE_ROW)
+            v->unchunked = sqlite3_column_int64(v->st_above, 0);
+        else
+            st = sql_fail(v, rc, "write state");
+        sqlite3_reset(v->st_above);
+    }
+    if (st == KV_OK) {
+        v->ws_valid = 1;
+        v->ws_dv = dv;
+    }
     return st;
 }
 
@@ -952,136 +995,148 @@ static kv_status write_chunk(kv_vector *v, int64_t cid, const int64_t *ids, cons
     return kvi_store_step_done(&v->err, v->db, v->st_ins_cvec, "insert chunk vectors");
 }
 
-/* Pack the oldest chunk_rows unchunked rows into chunk `cid`. */
-static kv_status pack_unchunked(kv_vector *v, int64_t cid, int64_t *ids, uint8_t *vecs)
+/* Read the `n` unchunked rows (ids above the watermark, ascending) into
+ * ids[] and vecs[]. */
+static kv_status read_unchunked(kv_vector *v, size_t n, int64_t *ids, uint8_t *vecs)
 {
-    size_t n = 0, c = v->chunk_rows;
+    size_t got = 0;
     int rc;
     kv_status st = KV_OK;
-    sqlite3_bind_int64(v->st_unchunked, 1, (int64_t)c);
-    while ((rc = sqlite3_step(v->st_unchunked)) == SQLITE_ROW && n < c) {
+    sqlite3_bind_int64(v->st_unchunked, 1, v->mark);
+    while ((rc = sqlite3_step(v->st_unchunked)) == SQLITE_ROW && got < n) {
         size_t len = (size_t)sqlite3_column_bytes(v->st_unchunked, 1);
         if (len != v->row_bytes) {
             st = kvi_err_set(&v->err, KV_CORRUPT, "stored vector of row %lld has %zu bytes, expected %zu",
                              (long long)sqlite3_column_int64(v->st_unchunked, 0), len, v->row_bytes);
             break;
         }
-        ids[n] = sqlite3_column_int64(v->st_unchunked, 0);
-        memcpy(vecs + n * v->row_bytes, sqlite3_column_blob(v->st_unchunked, 1), len);
-        n++;
+        ids[got] = sqlite3_column_int64(v->st_unchunked, 0);
+        memcpy(vecs + got * v->row_bytes, sqlite3_column_blob(v->st_unchunked, 1), len);
+        got++;
     }
     if (st == KV_OK && rc != SQLITE_DONE && rc != SQLITE_ROW)
         st = sql_fail(v, rc, "read unchunked rows");
     sqlite3_reset(v->st_unchunked);
-    if (st == KV_OK && n != c)
-        st = kvi_err_set(&v->err, KV_CORRUPT, "expected %zu unchunked rows, found %zu", c, n);
-    if (st == KV_OK)
-        st = write_chunk(v, cid, ids, vecs, n);
-    for (size_t i = 0; st == KV_OK && i < n; i++) {
-        sqlite3_bind_int64(v->st_move, 1, cid);
-        sqlite3_bind_int64(v->st_move, 2, (int64_t)i);
-        sqlite3_bind_int64(v->st_move, 3, ids[i]);
-        st = kvi_store_step_done(&v->err, v->db, v->st_move, "chunk row");
-    }
+    if (st == KV_OK && got != n)
+        st = kvi_err_set(&v->err, KV_CORRUPT, "expected %zu unchunked rows, found %zu", n, got);
     return st;
 }
 
 /* Mirror a committed insert of rows ids[0..n) (vecs as stored) into the
- * copy: whole chunks first (chunk ids from `cid`), the rest unchunked, then
- * the packing of unchunked rows, exactly as rows_insert wrote them. */
+ * copy, as put_rows wrote them: append to the unchunked rows, then pack
+ * chunks of chunk_rows from the oldest, numbered from `cid`. */
 static void cache_apply_insert(kv_vector *v, int64_t cid, const int64_t *ids, const uint8_t *vecs, size_t n)
 {
     vcache *c = &v->cache;
-    size_t C = v->chunk_rows, full = n / C;
+    size_t C = v->chunk_rows;
     if (!c->loaded)
         return;
-    for (size_t j = 0; j < full + 1; j++) {
-        size_t m = j < full ? C : n - full * C;
-        const int64_t *ji = ids + j * C;
-        const uint8_t *jv = vecs + j * C * v->row_bytes;
-        if (j == full) {
-            if (m && tail_append(c, v->row_bytes, ji, jv, m) < 0)
-                goto drop;
-            break;
-        }
+    if (tail_append(c, v->row_bytes, ids, vecs, n) < 0)
+        goto drop;
+    size_t packed = 0;
+    while (c->tail.size - packed >= C) {
         vchunk ch;
         if (vchunk_alloc(&ch, C, v->row_bytes, 1, 0) < 0)
             goto drop;
         ch.chunk_id = cid++;
-        memcpy(ch.ids, ji, C * 8);
-        memcpy(ch.vecs, jv, C * v->row_bytes);
+        memcpy(ch.ids, c->tail.ids + packed, C * 8);
+        memcpy(ch.vecs, c->tail.vecs + packed * v->row_bytes, C * v->row_bytes);
         memset(ch.valid, 0xff, C / 8);
         if (cache_push(c, &ch) < 0) {
             vchunk_free(&ch);
             goto drop;
         }
+        packed += C;
     }
-    while (c->tail.size >= C) {
-        vchunk ch;
-        if (vchunk_alloc(&ch, C, v->row_bytes, 1, 0) < 0)
-            goto drop;
-        ch.chunk_id = cid++;
-        memcpy(ch.ids, c->tail.ids, C * 8);
-        memcpy(ch.vecs, c->tail.vecs, C * v->row_bytes);
-        memset(ch.valid, 0xff, C / 8);
-        if (cache_push(c, &ch) < 0) {
-            vchunk_free(&ch);
-            goto drop;
-        }
-        c->tail.size -= C;
-        memmove(c->tail.ids, c->tail.ids + C, c->tail.size * 8);
-        memmove(c->tail.vecs, c->tail.vecs + C * v->row_bytes, c->tail.size * v->row_bytes);
+    if (packed) {
+        c->tail.size -= packed;
+        memmove(c->tail.ids, c->tail.ids + packed, c->tail.size * 8);
+        memmove(c->tail.vecs, c->tail.vecs + packed * v->row_bytes, c->tail.size * v->row_bytes);
     }
     return;
 drop:
     cache_drop(c);
 }
 
+/* Bind and run st_ins_row: row `id` with value `ref`, in chunk `cid` at
+ * `slot` (vec NULL) or unchunked with its bytes at `vec`. */
+static kv_status put_row(kv_vector *v, int64_t id, int64_t ref, const uint8_t *vec, int64_t cid, size_t slot)
+{
+    sqlite3_bind_int64(v->st_ins_row, 1, id);
+    sqlite3_bind_int64(v->st_ins_row, 2, ref);
+    if (vec) {
+        sqlite3_bind_blob64(v->st_ins_row, 3, vec, v->row_bytes, SQLITE_STATIC);
+    } else {
+        sqlite3_bind_blob64(v->st_ins_row, 3, "", 0, SQLITE_STATIC);
+        sqlite3_bind_int64(v->st_ins_row, 4, cid);
+        sqlite3_bind_int64(v->st_ins_row, 5, (int64_t)slot);
+    }
+    return kvi_store_step_done(&v->err, v->db, v->st_ins_row, "insert vector");
+}
+
 /*
- * Inside a write transaction with a current write state: write rows
- * ids[i] / refs[i] / rows[0..n) (prepared bytes). Rows [0, n/C*C) go into
- * whole chunks numbered from v->next_chunk, the rest become unchunked rows,
- * then unchunked rows are packed while a chunk's worth exists. On success
- * *next_chunk and *unchunked receive the state after the write (applied to
- * v by the caller once the transaction commits).
+ * Inside a write transaction with a current write state: add rows
+ * ids[i] / refs[i] / rows[0..n) (prepared bytes; ids ascending, above every
+ * stored id). The sequence S = (the U unchunked rows, oldest first) then
+ * the new rows is cut into chunks of C = chunk_rows from its front while C
+ * rows remain; the rest stays unchunked. A chunk made only of new rows is
+ * written straight from the caller's buffer; old rows are read back only
+ * when a chunk takes them. On success *next_chunk, *left and *mark receive
+ * the write state after the write (applied to v by the caller once the
+ * transaction commits).
  */
 static kv_status put_rows(kv_vector *v, size_t n, const uint8_t *rows, const int64_t *ids,
-                          const int64_t *refs, int64_t *next_chunk, int64_t *unchunked)
+                          const int64_t *refs, int64_t *next_chunk, int64_t *left, int64_t *mark)
 {
-    size_t C = v->chunk_rows, full = n / C;
-    int64_t first_chunk = v->next_chunk;
+    size_t C = v->chunk_rows, U = (size_t)v->unchunked, total = U + n, nch = total / C;
+    size_t rb = v->row_bytes;
+    int64_t *old_ids = NULL, *cids = NULL, cid = v->next_chunk;
+    uint8_t *old_vecs = NULL, *cvecs = NULL;
     kv_status st = KV_OK;
-    for (size_t i = 0; i < n && st == KV_OK; i++) {
-        size_t j = i / C;
-        sqlite3_bind_int64(v->st_ins_row, 1, ids[i]);
-        sqlite3_bind_int64(v->st_ins_row, 2, refs[i]);
-        if (j < full) {
-            sqlite3_bind_blob64(v->st_ins_row, 3, "", 0, SQLITE_STATIC);
-            sqlite3_bind_int64(v->st_ins_row, 4, first_chunk + (int64_t)j);
-            sqlite3_bind_int64(v->st_ins_row, 5, (int64_t)(i % C));
-        } else {
-            sqlite3_bind_blob64(v->st_ins_row, 3, rows + i * v->row_bytes, v->row_bytes, SQLITE_STATIC);
-        }
-        st = kvi_store_step_done(&v->err, v->db, v->st_ins_row, "insert vector");
-    }
-    for (size_t j = 0; j < full && st == KV_OK; j++)
-        st = write_chunk(v, first_chunk + (int64_t)j, ids + j * C, rows + j * C * v->row_bytes, C);
-    int64_t cid = first_chunk + (int64_t)full, left = v->unchunked + (int64_t)(n - full * C);
-    int64_t *pack_ids = NULL;
-    uint8_t *pack_vecs = NULL;
-    while (st == KV_OK && left >= (int64_t)C) {
-        if (!pack_ids && (!(pack_ids = kvi_malloc(C * 8)) ||
-                          !(pack_vecs = mi_malloc_aligned(C * v->row_bytes, 64)))) {
+    *mark = v->mark;
+    if (nch && U) {
+        old_ids = kvi_malloc(U * 8);
+        old_vecs = mi_malloc_aligned(U * rb, 64);
+        cids = kvi_malloc(C * 8);
+        cvecs = mi_malloc_aligned(C * rb, 64);
+        if (!old_ids || !old_vecs || !cids || !cvecs)
             st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
-            break;
-        }
-        st = pack_unchunked(v, cid++, pack_ids, pack_vecs);
-        left -= (int64_t)C;
+        else
+            st = read_unchunked(v, U, old_ids, old_vecs);
     }
-    kvi_free(pack_ids);
-    kvi_free(pack_vecs);
+    for (size_t c = 0; c < nch && st == KV_OK; c++, cid++) {
+        size_t start = c * C;
+        const int64_t *pid = ids + (start - (start >= U ? U : start));
+        const uint8_t *pvec = rows + (start >= U ? (start - U) * rb : 0);
+        if (start < U) { /* takes old rows: gather into one buffer */
+            for (size_t j = 0, s = start; j < C; j++, s++) {
+                cids[j] = s < U ? old_ids[s] : ids[s - U];
+                memcpy(cvecs + j * rb, s < U ? old_vecs + s * rb : rows + (s - U) * rb, rb);
+            }
+            pid = cids;
+            pvec = cvecs;
+        }
+        st = write_chunk(v, cid, pid, pvec, C);
+        for (size_t j = 0, s = start; j < C && st == KV_OK; j++, s++) {
+            if (s >= U) {
+                st = put_row(v, ids[s - U], refs[s - U], NULL, cid, j);
+                continue;
+            }
+            sqlite3_bind_int64(v->st_move, 1, cid);
+            sqlite3_bind_int64(v->st_move, 2, (int64_t)j);
+            sqlite3_bind_int64(v->st_move, 3, old_ids[s]);
+            st = kvi_store_step_done(&v->err, v->db, v->st_move, "chunk row");
+        }
+        *mark = pid[C - 1];
+    }
+    for (size_t s = nch * C > U ? nch * C : U; s < total && st == KV_OK; s++)
+        st = put_row(v, ids[s - U], refs[s - U], rows + (s - U) * rb, 0, 0);
+    kvi_free(old_ids);
+    kvi_free(old_vecs);
+    kvi_free(cids);
+    kvi_free(cvecs);
     *next_chunk = cid;
-    *unchunked = left;
+    *left = (int64_t)(total - nch * C);
     return st;
 }
 
@@ -1093,7 +1148,7 @@ static kv_status put_rows(kv_vector *v, size_t n, const uint8_t *rows, const int
 static kv_status rows_insert(kv_vector *v, size_t n, const uint8_t *rows, const void *const *vals,
                              const size_t *vlens, int64_t *ids)
 {
-    int64_t one_ref, *refs = n == 1 ? &one_ref : kvi_malloc(n * 8), next_chunk = 0, unchunked = 0;
+    int64_t one_ref, *refs = n == 1 ? &one_ref : kvi_malloc(n * 8), next_chunk = 0, unchunked = 0, mark = 0;
     if (!refs)
         return kvi_err_set(&v->err, KV_NOMEM, "out of memory");
     kv_status st = kvi_store_begin(&v->err, v->db, 1);
@@ -1108,13 +1163,14 @@ static kv_status rows_insert(kv_vector *v, size_t n, const uint8_t *rows, const 
         refs[i] = sqlite3_last_insert_rowid(v->db);
     }
     if (st == KV_OK)
-        st = put_rows(v, n, rows, ids, refs, &next_chunk, &unchunked);
+        st = put_rows(v, n, rows, ids, refs, &next_chunk, &unchunked, &mark);
     if (refs != &one_ref)
         kvi_free(refs);
     if (st == KV_OK && (st = kvi_store_commit(&v->err, v->db)) == KV_OK) {
         v->next_id += (int64_t)n;
         v->next_chunk = next_chunk;
         v->unchunked = unchunked;
+        v->mark = mark;
         cache_apply_insert(v, first_chunk, ids, rows, n);
         return KV_OK;
     }
@@ -1872,10 +1928,10 @@ kv_status kv_vector_migrate_vec0(const char *path, const char *table, int64_t *m
     sqlite3_finalize(v->st_load);
     v->st_load = NULL;
     v->vec0 = 0;
-    int64_t next_chunk, unchunked;
+    int64_t next_chunk, unchunked, mark;
     if ((st = drop_vec0(v)) != KV_OK || (st = create_schema(v)) != KV_OK ||
         (st = prepare_native(v)) != KV_OK || (st = write_state(v)) != KV_OK ||
-        (st = put_rows(v, n, rows, ids, refs, &next_chunk, &unchunked)) != KV_OK)
+        (st = put_rows(v, n, rows, ids, refs, &next_chunk, &unchunked, &mark)) != KV_OK)
         goto fail_txn;
     if ((st = kvi_store_commit(&v->err, v->db)) != KV_OK)
         goto fail_v;

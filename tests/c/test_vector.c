@@ -547,7 +547,7 @@ Test(vector, row_per_vector_files_still_open)
                                    "CREATE TABLE vec_kvault (id INTEGER PRIMARY KEY, value_ref INTEGER NOT NULL,"
                                    " vector BLOB NOT NULL);"
                                    "CREATE TABLE vec_kvault_values (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-                                   " value BLOB NOT NULL);",
+                                   " value BLOB NOT NULL); BEGIN",
                                    NULL, NULL, NULL),
                  SQLITE_OK));
     sqlite3_stmt *s;
@@ -565,6 +565,7 @@ Test(vector, row_per_vector_files_still_open)
     }
     sqlite3_finalize(s);
     sqlite3_finalize(r);
+    cr_assert(eq(int, sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK));
     sqlite3_close(db);
     kv_vector *v = vopen(2, KV_VECTOR_L2, KV_VECTOR_F32);
     float q[2] = {1234.2f, 0};
