@@ -652,6 +652,15 @@ static int64_t query_i64(sqlite3 *db, const char *sql)
     return r;
 }
 
+/* 1 if <table> has the chunk columns of this layout, else 0. */
+static int has_chunk_columns(kv_vector *v)
+{
+    char sql[300];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM pragma_table_info('%s') WHERE name='chunk_offset'",
+             v->table);
+    return query_i64(v->db, sql) == 1;
+}
+
 /* Create the native layout, or add the chunk columns to a table written by
  * the row-per-vector layout, inside the caller's write transaction. */
 static kv_status create_schema(kv_vector *v)
@@ -663,8 +672,7 @@ static kv_status create_schema(kv_vector *v)
              "value_ref INTEGER NOT NULL, vector BLOB NOT NULL, chunk_id INTEGER, chunk_offset INTEGER)",
              t);
     kv_status st = kvi_exec(v->db, sql, &v->err);
-    snprintf(sql, sizeof sql, "SELECT count(*) FROM pragma_table_info('%s') WHERE name='chunk_offset'", t);
-    if (st == KV_OK && query_i64(v->db, sql) == 0) {
+    if (st == KV_OK && !has_chunk_columns(v)) {
         /* a table of the row-per-vector layout: its rows become unchunked rows */
         snprintf(sql, sizeof sql,
                  "ALTER TABLE \"%s\" ADD COLUMN chunk_id INTEGER;"
@@ -688,13 +696,9 @@ static kv_status create_schema(kv_vector *v)
 /* create_schema in its own write transaction, when anything is missing. */
 static kv_status ensure_schema(kv_vector *v)
 {
-    char sql[1024];
-    const char *t = v->table;
-    snprintf(sql, sizeof sql,
-             "SELECT (SELECT count(*) FROM sqlite_master WHERE name='%s_chunk_vectors')"
-             " + (SELECT count(*) FROM pragma_table_info('%s') WHERE name='chunk_offset')",
-             t, t);
-    if (query_i64(v->db, sql) == 2)
+    char sql[300];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM sqlite_master WHERE name='%s_chunk_vectors'", v->table);
+    if (query_i64(v->db, sql) == 1 && has_chunk_columns(v))
         return KV_OK;
     kv_status st = kvi_store_begin(&v->err, v->db, 1);
     if (st != KV_OK)
