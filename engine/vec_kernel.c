@@ -141,6 +141,9 @@ AVX2 static inline int64_t hsum256_epi32(__m256i v)
     for (; i < n; i++)                                                                  \
         TAIL;
 
+/* tail elements, loaded without assuming float alignment */
+#define LDA(i) ld_f32((const uint8_t *)(a + (i)))
+#define LDB(i) ld_f32((const uint8_t *)(b + (i)))
 #define DOT_STEP(s, u, v) (s) = _mm256_fmadd_ps((u), (v), (s))
 #define L2_STEP(s, u, v)                      \
     do {                                      \
@@ -152,19 +155,19 @@ AVX2 static inline int64_t hsum256_epi32(__m256i v)
 
 AVX2 static double f32_cos_avx2(const void *q, const void *x, size_t n)
 {
-    F32_AVX2_BODY(DOT_STEP, acc += a[i] * b[i])
+    F32_AVX2_BODY(DOT_STEP, acc += LDA(i) * LDB(i))
     return 1.0f - acc;
 }
 
 AVX2 static double f32_l2_avx2(const void *q, const void *x, size_t n)
 {
-    F32_AVX2_BODY(L2_STEP, { float d = a[i] - b[i]; acc += d * d; })
+    F32_AVX2_BODY(L2_STEP, { float d = LDA(i) - LDB(i); acc += d * d; })
     return acc;
 }
 
 AVX2 static double f32_l1_avx2(const void *q, const void *x, size_t n)
 {
-    F32_AVX2_BODY(L1_STEP, { float d = a[i] - b[i]; acc += d < 0 ? -d : d; })
+    F32_AVX2_BODY(L1_STEP, { float d = LDA(i) - LDB(i); acc += d < 0 ? -d : d; })
     return acc;
 }
 

@@ -26,9 +26,10 @@ static uint64_t next(void)
 static void fill(kv_vector_elem e, void *p, size_t dims)
 {
     if (e == KV_VECTOR_F32) {
-        float *f = p;
-        for (size_t i = 0; i < dims; i++)
-            f[i] = (float)((double)(next() >> 11) / (double)(1ULL << 53) * 2.0 - 1.0);
+        for (size_t i = 0; i < dims; i++) {
+            float f = (float)((double)(next() >> 11) / (double)(1ULL << 53) * 2.0 - 1.0);
+            memcpy((uint8_t *)p + 4 * i, &f, 4);
+        }
     } else {
         uint8_t *b = p;
         for (size_t i = 0; i < kv_vector_row_bytes(e, dims); i++)
