@@ -48,8 +48,10 @@
 /* Tables of at least this many bytes are scanned by several threads when
  * the thread count is automatic. */
 #define PARALLEL_MIN_BYTES (8u << 20)
-/* Rows of one scan block in search_many (sized to stay in L2). */
+/* Bytes of vectors in one scan block of search_many (sized to stay in L2),
+ * and the queries scored against each block in one pass. */
 #define MANY_BLOCK_BYTES (64u << 10)
+#define MANY_GROUP 256
 
 /* One chunk of the in-memory copy (also used for the unchunked rows, then
  * with valid == NULL: every slot valid). */
@@ -1577,6 +1579,10 @@ static kv_status build_hits(kv_vector *v, const uint8_t *q, kvk_heap *hp, kv_vec
     qsort(f, n, sizeof *f, final_cmp);
     for (size_t i = 0; i < n && st == KV_OK; i++) {
         int64_t ref = f[i].ref;
+        if (ref < 0 && v->vec0) {
+            st = kvi_err_set(&v->err, KV_CORRUPT, "row %lld has no value_ref", (long long)f[i].id);
+            break;
+        }
         if (ref < 0) {
             int found;
             int64_t chunk, slot;
@@ -1664,22 +1670,28 @@ kv_status kv_vector_search_many(kv_vector *v, const void *queries, size_t nq, si
         goto done_nolock;
     if (prepared != q)
         memcpy(q, prepared, nq * v->row_bytes);
-    size_t kk = (size_t)k;
-    heaps = kvi_calloc(nq, sizeof *heaps);
-    store = kvi_malloc(nq * (kk ? kk : 1) * sizeof *store);
+    /* queries go through the scan in groups, which bounds the heaps'
+     * memory (group * k candidates) for any batch size */
+    size_t kk = (size_t)k, group = nq < MANY_GROUP ? nq : MANY_GROUP;
+    heaps = kvi_calloc(group, sizeof *heaps);
+    store = kvi_malloc(group * (kk ? kk : 1) * sizeof *store);
     if (!heaps || !store) {
         st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
         goto done_nolock;
     }
-    for (size_t i = 0; i < nq; i++)
-        heaps[i] = (kvk_heap){store + i * (kk ? kk : 1), 0, kk};
-
     if ((st = kvi_store_begin(&v->err, v->db, 0)) != KV_OK)
         goto done_nolock;
-    if ((st = cache_refresh(v)) == KV_OK && kk)
-        st = scan_copy(v, q, nq, kk, heaps);
-    for (size_t i = 0; i < nq && st == KV_OK; i++)
-        st = build_hits(v, q + i * v->row_bytes, &heaps[i], &out[i]);
+    st = cache_refresh(v);
+    for (size_t g = 0; g < nq && st == KV_OK; g += group) {
+        size_t gn = nq - g < group ? nq - g : group;
+        const uint8_t *gq = q + g * v->row_bytes;
+        for (size_t i = 0; i < gn; i++)
+            heaps[i] = (kvk_heap){store + i * (kk ? kk : 1), 0, kk};
+        if (kk)
+            st = scan_copy(v, gq, gn, kk, heaps);
+        for (size_t i = 0; i < gn && st == KV_OK; i++)
+            st = build_hits(v, gq + i * v->row_bytes, &heaps[i], &out[g + i]);
+    }
     kvi_store_read_end(v->db, NULL, NULL);
     if (st != KV_OK)
         for (size_t i = 0; i < nq; i++) {

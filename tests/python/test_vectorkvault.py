@@ -423,3 +423,13 @@ def test_vectorkvault_search_releases_the_gil(db_path):
     stop.set()
     t.join()
     assert len(ticks) > 10
+
+
+def test_vectorkvault_search_many_large_batch_equals_single_searches(db_path):
+    rng = np.random.default_rng(11)
+    vkv = VectorKVault(db_path, dimensions=8, metric="cosine")
+    vkv.insert_many(rng.standard_normal((500, 8)).astype(np.float32), list(range(500)))
+    queries = rng.standard_normal((600, 8)).astype(np.float32)  # several scan groups
+    many = vkv.search_many(queries, k=3)
+    assert len(many) == 600
+    assert many == [vkv.search(q, k=3) for q in queries]
