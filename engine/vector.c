@@ -22,8 +22,8 @@
  *
  * The copy in memory mirrors the chunks and the unchunked rows. It is
  * loaded on the first search and reloaded when `PRAGMA data_version`
- * reports a commit by another connection; this handle's own inserts are
- * applied to it after they commit, other own writes drop it.
+ * reports a commit by another connection; this handle's own writes are
+ * applied to it after they commit (a failed write drops it).
  */
 #include "store_internal.h"
 #include "kvault/vector.h"
@@ -1299,37 +1299,100 @@ static kv_status chunk_clear(kv_vector *v, int64_t chunk, int64_t slot)
     return kvi_store_step_done(&v->err, v->db, v->st_del_cvec, "delete chunk");
 }
 
-/* Run `body` between BEGIN IMMEDIATE and COMMIT; the copy and the write
- * state are dropped afterwards (they are rebuilt from the file). */
-static kv_status write_txn(kv_vector *v, kv_status (*body)(kv_vector *, void *), void *arg)
-{
-    kv_status st = kvi_store_begin(&v->err, v->db, 1);
-    if (st != KV_OK)
-        return st;
-    if ((st = body(v, arg)) != KV_OK)
-        kvi_store_rollback(v->db);
-    else
-        st = kvi_store_commit(&v->err, v->db);
-    v->ws_valid = 0;
-    cache_drop(&v->cache);
-    return st;
-}
-
+/* A delete or an update of one row, and where the row was (set by the
+ * body, used to mirror the change into the copy). */
 typedef struct {
     int64_t id;
     int *removed;
     const void *row;      /* update: new vector or NULL */
     const void *val;      /* update: new value or NULL */
     size_t vlen;
+    int found;            /* the row existed */
+    int64_t chunk, slot;  /* its chunk (-1: unchunked) and slot */
 } vec_write;
 
-static kv_status delete_body(kv_vector *v, void *arg)
+/* Row w->id in the copy: *ch and *slot; 0 when the copy does not have it
+ * where the file has it. */
+static int copy_locate(vcache *c, const vec_write *w, vchunk **ch, size_t *slot)
 {
-    vec_write *w = arg;
-    int found;
-    int64_t ref, chunk, slot;
-    kv_status st = locate(v, w->id, &found, &ref, &chunk, &slot);
-    if (st != KV_OK || !found)
+    if (w->chunk < 0) { /* unchunked rows are sorted by id */
+        size_t lo = 0, hi = c->tail.size;
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (c->tail.ids[mid] < w->id)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        *ch = &c->tail;
+        *slot = lo;
+        return lo < c->tail.size && c->tail.ids[lo] == w->id;
+    }
+    size_t lo = 0, hi = c->n; /* chunks are sorted by chunk_id */
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c->chunks[mid].chunk_id < w->chunk)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == c->n || c->chunks[lo].chunk_id != w->chunk || (size_t)w->slot >= c->chunks[lo].size ||
+        c->chunks[lo].ids[w->slot] != w->id)
+        return 0;
+    *ch = &c->chunks[lo];
+    *slot = (size_t)w->slot;
+    return 1;
+}
+
+/* Mirror a committed delete (del) or vector update into the copy; drop
+ * the copy when it does not hold the row where the file did. */
+static void cache_apply_row(kv_vector *v, const vec_write *w, int del)
+{
+    vchunk *ch;
+    size_t slot;
+    if (!v->cache.loaded || !w->found || (!del && !w->row))
+        return;
+    if (!copy_locate(&v->cache, w, &ch, &slot)) {
+        cache_drop(&v->cache);
+        return;
+    }
+    if (!del) {
+        memcpy(ch->vecs + slot * v->row_bytes, w->row, v->row_bytes);
+    } else if (ch->valid) {
+        ch->valid[slot >> 3] &= (uint8_t) ~(1u << (slot & 7));
+    } else {
+        ch->size--;
+        memmove(ch->ids + slot, ch->ids + slot + 1, (ch->size - slot) * 8);
+        memmove(ch->vecs + slot * v->row_bytes, ch->vecs + (slot + 1) * v->row_bytes,
+                (ch->size - slot) * v->row_bytes);
+    }
+}
+
+/* Run `body` between BEGIN IMMEDIATE and COMMIT, then mirror the change
+ * into the copy; the write state is rebuilt from the file next time. */
+static kv_status write_txn(kv_vector *v, kv_status (*body)(kv_vector *, vec_write *), vec_write *w,
+                           int del)
+{
+    kv_status st = kvi_store_begin(&v->err, v->db, 1);
+    if (st != KV_OK)
+        return st;
+    if ((st = body(v, w)) != KV_OK)
+        kvi_store_rollback(v->db);
+    else
+        st = kvi_store_commit(&v->err, v->db);
+    v->ws_valid = 0;
+    if (st == KV_OK)
+        cache_apply_row(v, w, del);
+    else
+        cache_drop(&v->cache);
+    return st;
+}
+
+static kv_status delete_body(kv_vector *v, vec_write *w)
+{
+    int64_t ref;
+    kv_status st = locate(v, w->id, &w->found, &ref, &w->chunk, &w->slot);
+    if (st != KV_OK || !w->found)
         return st;
     sqlite3_bind_int64(v->st_del_row, 1, w->id);
     if ((st = kvi_store_step_done(&v->err, v->db, v->st_del_row, "delete vector")) != KV_OK)
@@ -1337,7 +1400,7 @@ static kv_status delete_body(kv_vector *v, void *arg)
     sqlite3_bind_int64(v->st_del_val, 1, ref);
     if ((st = kvi_store_step_done(&v->err, v->db, v->st_del_val, "delete value")) != KV_OK)
         return st;
-    if (chunk >= 0 && (st = chunk_clear(v, chunk, slot)) != KV_OK)
+    if (w->chunk >= 0 && (st = chunk_clear(v, w->chunk, w->slot)) != KV_OK)
         return st;
     *w->removed = 1;
     return KV_OK;
@@ -1351,25 +1414,23 @@ kv_status kv_vector_delete(kv_vector *v, int64_t id, int *removed)
         return read_only(v);
     vec_write w = {.id = id, .removed = removed ? removed : &dummy};
     *w.removed = 0;
-    return write_txn(v, delete_body, &w);
+    return write_txn(v, delete_body, &w, 1);
 }
 
-static kv_status update_body(kv_vector *v, void *arg)
+static kv_status update_body(kv_vector *v, vec_write *w)
 {
-    vec_write *w = arg;
     kv_status st = KV_OK;
     if (w->row) {
-        int found;
-        int64_t ref, chunk, slot;
-        if ((st = locate(v, w->id, &found, &ref, &chunk, &slot)) != KV_OK)
+        int64_t ref;
+        if ((st = locate(v, w->id, &w->found, &ref, &w->chunk, &w->slot)) != KV_OK)
             return st;
-        if (found && chunk < 0) {
+        if (w->found && w->chunk < 0) {
             sqlite3_bind_blob64(v->st_upd_vec, 1, w->row, v->row_bytes, SQLITE_STATIC);
             sqlite3_bind_int64(v->st_upd_vec, 2, w->id);
             st = kvi_store_step_done(&v->err, v->db, v->st_upd_vec, "update vector");
-        } else if (found) {
-            st = blob_io(v, "_chunk_vectors", "vectors", chunk, 1, (void *)w->row, v->row_bytes,
-                         (size_t)slot * v->row_bytes);
+        } else if (w->found) {
+            st = blob_io(v, "_chunk_vectors", "vectors", w->chunk, 1, (void *)w->row, v->row_bytes,
+                         (size_t)w->slot * v->row_bytes);
         }
     }
     if (st == KV_OK && w->val)
@@ -1389,7 +1450,7 @@ kv_status kv_vector_update(kv_vector *v, int64_t id, const void *vec, size_t vby
     vec_write w = {.id = id, .val = val, .vlen = vlen};
     if (vec && (check_bytes(v, vbytes, 1, &st) < 0 || !(w.row = prepare_rows(v, vec, 1, v->scratch, &st))))
         return st;
-    return write_txn(v, update_body, &w);
+    return write_txn(v, update_body, &w, 0);
 }
 
 /* ====================================================================== */
