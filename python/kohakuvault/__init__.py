@@ -75,4 +75,4 @@ del _mod, _names, _m, _name, _exports, _ORDER
 
 # Converter of the original package's sqlite-vec vec0 tables (docs/vectors.md).
 # A package attribute, not in __all__ (whose content is fixed above).
-from .migrate_vec0 import migrate_vec0  # noqa: E402
+from ._vec0 import migrate_vec0  # noqa: E402

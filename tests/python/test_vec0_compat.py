@@ -120,6 +120,7 @@ def test_vec0_migrate_cli_and_errors(tmp_path):
                          capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert "vectors converted" in out.stdout
+    assert out.stderr == ""  # no runpy warning about the module
     bad = subprocess.run([sys.executable, "-m", "kohakuvault.migrate_vec0", path, "nope"],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and "not a sqlite-vec vec0 table" in bad.stderr
@@ -131,3 +132,11 @@ def test_vec0_open_with_other_dimensions_is_refused(tmp_path):
     path, _ = fixture(tmp_path, "f32_l2.db")
     with pytest.raises(ValueError, match="8-dimension"):
         VectorKVault(path, table="docs", dimensions=4, metric="l2")
+
+
+def test_vec0_migrate_module_import_keeps_the_function_callable(tmp_path):
+    import importlib
+
+    path, _ = fixture(tmp_path, "f32_cosine.db")
+    importlib.import_module("kohakuvault.migrate_vec0")  # rebinds the package attribute
+    assert kohakuvault.migrate_vec0(path, "vec_kvault") == 300 - len([r for r in range(1, 301) if deleted(r)])
