@@ -1567,13 +1567,15 @@ static kv_status scan_copy(kv_vector *v, const uint8_t *q, size_t nq, size_t k, 
         }
         jobs[t].u1 = u;
     }
-    int started = 0;
+    /* jobs 1..nt-1 on new threads, job 0 on this one */
+    int started = 1;
     for (; started < nt; started++)
         if (pthread_create(&tids[started], NULL, scan_run, &jobs[started]) != 0)
             break;
     for (int t = started; t < nt; t++)
         scan_run(&jobs[t]); /* could not start a thread: scan here */
-    for (int t = 0; t < started; t++)
+    scan_run(&jobs[0]);
+    for (int t = 1; t < started; t++)
         pthread_join(tids[t], NULL);
     for (int t = 0; t < nt; t++)
         for (size_t qi = 0; qi < nq; qi++) {

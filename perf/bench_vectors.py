@@ -31,7 +31,6 @@ written) when one is missed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sqlite3
@@ -41,6 +40,7 @@ import tempfile
 import time
 
 import numpy as np
+from targets import report
 
 K = 10
 BATCH = 64
@@ -204,16 +204,9 @@ def main(argv=None) -> int:
     bulk = fig[(W_BULK, "kohakuvault")]
     checks.append({"target": f"insert_many {args.n:,} x {args.dims} (vectors/s)", "value": bulk,
                    "need": ">= 500000", "met": bulk >= 500_000})
-    print(f"\ntargets ({args.n:,} x {args.dims} f32 cosine, k = {K}; median of {args.repeat}; "
-          f"ratios within this run):")
-    for t in checks:
-        print(f"  {t['target']:48} {t['value']:>12,.2f}  need {t['need']:10}  "
-              f"{'met' if t['met'] else 'NOT MET'} {t.get('note', '')}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"n": args.n, "dims": args.dims, "repeat": args.repeat, "results": rows,
-                       "targets": checks}, f, indent=2)
-    return 0 if all(t["met"] for t in checks) else 1
+    return report(checks, f"targets ({args.n:,} x {args.dims} f32 cosine, k = {K}; median of "
+                  f"{args.repeat}; ratios within this run)", args.json,
+                  {"n": args.n, "dims": args.dims, "repeat": args.repeat, "results": rows}, width=48)
 
 
 if __name__ == "__main__":
