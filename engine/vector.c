@@ -1,45 +1,117 @@
 /*
- * vector.c - the vector store (API.md §8): vectors in a plain SQLite table,
- * exact k-nearest-neighbour search by a brute-force scan with a bounded
- * max-heap. Layout and distance definitions: include/kvault/vector.h and
- * docs/vectors.md.
+ * vector.c - the vector store: vectors in contiguous BLOB chunks plus a row
+ * per vector, an in-memory decoded copy per handle, and exact k-NN by a
+ * fused scan (kernels in vec_kernel.c). Layout and distance definitions:
+ * include/kvault/vector.h and docs/vectors.md.
  *
- * Sections: 1. distances  2. open/close  3. writes  4. search and reads.
+ * Sections: 1. distances  2. the in-memory copy  3. open/close
+ *           4. writes  5. search  6. reads by id  7. vec0 migration.
  *
- * The scan reads each row's vector straight from SQLite's row buffer
- * (sqlite3_column_blob, no copy) inside one read transaction, so a search
- * sees one snapshot of the table and its values.
+ * Storage (native layout):
+ *   <t>(id, value_ref, vector, chunk_id, chunk_offset)  one row per vector:
+ *       `vector` holds the bytes while the row is not yet in a chunk
+ *       (chunk_id NULL, "unchunked"), and x'' once it is;
+ *   <t>_chunks(chunk_id, size, validity, rowids)   per chunk: slot count,
+ *       validity bitmap (bit s = byte s/8, bit s%8), int64 LE row ids;
+ *   <t>_chunk_vectors(chunk_id, vectors)           size * row_bytes bytes;
+ *   <t>_values                                     the values.
+ * New rows are unchunked; once chunk_rows(v) of them exist, the oldest
+ * chunk_rows(v) are packed into a new chunk (same transaction). A bulk
+ * insert writes whole chunks directly. Deleting a chunked row clears its
+ * validity bit; a chunk with no valid slot left is removed.
+ *
+ * The copy in memory mirrors the chunks and the unchunked rows. It is
+ * loaded on the first search and reloaded when `PRAGMA data_version`
+ * reports a commit by another connection; this handle's own writes are
+ * applied to it after they commit (a failed write drops it).
  */
 #include "store_internal.h"
 #include "kvault/vector.h"
+#include "vec_kernel.h"
 
+#include <ctype.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "vector.c reads stored float32 LE vectors in place: little-endian hosts only"
+#error "vector.c reads stored float32/int64 LE data in place: little-endian hosts only"
 #endif
+
+/* Bytes aimed at per chunk; the slot count is this over the row size,
+ * rounded down to a multiple of 64 and kept within 64..4096. */
+#define CHUNK_TARGET_BYTES (1u << 20)
+/* Tables of at least this many bytes are scanned by several threads when
+ * the thread count is automatic. */
+#define PARALLEL_MIN_BYTES (8u << 20)
+/* Bytes of vectors in one scan block of search_many (sized to stay in L2),
+ * and the queries scored against each block in one pass. */
+#define MANY_BLOCK_BYTES (64u << 10)
+#define MANY_GROUP 256
+
+/* One chunk of the in-memory copy (also used for the unchunked rows, then
+ * with valid == NULL: every slot valid). */
+typedef struct vchunk {
+    int64_t chunk_id;
+    size_t size;       /* slots */
+    size_t cap;        /* allocated slots (growable unchunked tail only) */
+    uint8_t *valid;    /* (size+7)/8 bytes, or NULL */
+    int64_t *ids;      /* size row ids */
+    int64_t *refs;     /* size value_refs (vec0 tables), else NULL */
+    uint8_t *vecs;     /* size * row_bytes, 64-byte aligned */
+} vchunk;
+
+typedef struct vcache {
+    vchunk *chunks;    /* ascending chunk_id */
+    size_t n, cap;
+    vchunk tail;       /* unchunked rows, ascending id */
+    int loaded;
+    int64_t dv;        /* PRAGMA data_version when loaded */
+} vcache;
 
 struct kv_vector {
     sqlite3 *db;              /* owned connection */
     char *table;              /* owned table name */
     size_t dims;              /* dimensions */
     size_t row_bytes;         /* bytes of one stored vector */
+    size_t chunk_rows;        /* slots of a new chunk */
     kv_vector_metric metric;
     kv_vector_elem elem;
-    float *scratch;           /* row_bytes-sized buffer for normalised copies */
-    sqlite3_stmt *st_ins_val; /* INSERT INTO t_values(value) VALUES(?1) */
-    sqlite3_stmt *st_ins_vec; /* INSERT INTO t(value_ref, vector) VALUES(?1, ?2) */
-    sqlite3_stmt *st_scan;    /* SELECT id, value_ref, vector FROM t */
-    sqlite3_stmt *st_get_val; /* SELECT value FROM t_values WHERE id=?1 */
-    sqlite3_stmt *st_get_row; /* SELECT value_ref, vector FROM t WHERE id=?1 */
-    sqlite3_stmt *st_del_vec; /* DELETE FROM t WHERE id=?1 */
-    sqlite3_stmt *st_del_val; /* DELETE FROM t_values WHERE id=?1 */
-    sqlite3_stmt *st_upd_vec; /* UPDATE t SET vector=?1 WHERE id=?2 */
-    sqlite3_stmt *st_upd_val; /* UPDATE t_values SET value=?1 WHERE id=?2 */
-    sqlite3_stmt *st_count;   /* SELECT COUNT(*) FROM t */
-    kvi_err err;              /* last failure */
+    int vec0;                 /* table is sqlite-vec vec0 (read-only) */
+    int threads;              /* 0 = automatic */
+    kvk_score_fn score;       /* kernel for (metric, elem) */
+    uint8_t *scratch;         /* row_bytes-sized buffer for normalised copies */
+    vcache cache;
+    /* write state, valid while ws_dv == data_version */
+    int ws_valid;
+    int64_t ws_dv, next_id, next_chunk, unchunked;
+    int64_t mark;             /* largest id in a chunk: rows above it are unchunked */
+    sqlite3_stmt *st_dv;        /* PRAGMA data_version */
+    sqlite3_stmt *st_ins_val;   /* INSERT INTO t_values(value) VALUES(?1) */
+    sqlite3_stmt *st_ins_row;   /* INSERT INTO t VALUES(?1..?5) */
+    sqlite3_stmt *st_ins_chunk; /* INSERT INTO t_chunks VALUES(?1..?4) */
+    sqlite3_stmt *st_ins_cvec;  /* INSERT INTO t_chunk_vectors VALUES(?1, ?2) */
+    sqlite3_stmt *st_wstate;    /* max id, max chunk_id */
+    sqlite3_stmt *st_last;      /* size, validity, rowids of the last chunk */
+    sqlite3_stmt *st_above;     /* count of rows with id > ?1 */
+    sqlite3_stmt *st_unchunked; /* rows with id > ?1, ascending */
+    sqlite3_stmt *st_move;      /* mark a row chunked */
+    sqlite3_stmt *st_load;      /* chunks with their vectors (and vec0 refs) */
+    sqlite3_stmt *st_load_tail; /* unchunked rows (id > ?1) */
+    sqlite3_stmt *st_get_val;   /* SELECT value FROM t_values WHERE id=?1 */
+    sqlite3_stmt *st_get_row;   /* value_ref, vector, chunk_id, chunk_offset by id */
+    sqlite3_stmt *st_del_row;   /* DELETE FROM t WHERE id=?1 */
+    sqlite3_stmt *st_del_val;   /* DELETE FROM t_values WHERE id=?1 */
+    sqlite3_stmt *st_del_chunk; /* DELETE FROM t_chunks WHERE chunk_id=?1 */
+    sqlite3_stmt *st_del_cvec;  /* DELETE FROM t_chunk_vectors WHERE chunk_id=?1 */
+    sqlite3_stmt *st_upd_vec;   /* UPDATE t SET vector=?1 WHERE id=?2 */
+    sqlite3_stmt *st_upd_val;   /* UPDATE t_values SET value=?1 WHERE id=?2 */
+    sqlite3_stmt *st_count;     /* SELECT COUNT(*) FROM t */
+    kvi_err err;                /* last failure */
 };
 
 /* ====================================================================== */
@@ -108,20 +180,14 @@ static double dist_i8(kv_vector_metric m, const int8_t *a, const int8_t *b, size
 static double dist_bit(const uint8_t *a, const uint8_t *b, size_t nbytes)
 {
     uint64_t acc = 0;
-    size_t i = 0;
-    for (; i + 8 <= nbytes; i += 8) {
-        uint64_t x, y;
-        memcpy(&x, a + i, 8);
-        memcpy(&y, b + i, 8);
-        acc += (uint64_t)__builtin_popcountll(x ^ y);
-    }
-    for (; i < nbytes; i++)
+    for (size_t i = 0; i < nbytes; i++)
         acc += (uint64_t)__builtin_popcount((unsigned)(a[i] ^ b[i]));
     return (double)acc;
 }
 
-double kv_vector_distance(kv_vector_metric metric, kv_vector_elem elem, const void *a, const void *b,
-                          size_t dims)
+/* The distance before rounding to float32 precision. */
+static double distance_exact(kv_vector_metric metric, kv_vector_elem elem, const void *a, const void *b,
+                             size_t dims)
 {
     double d;
     switch (elem) {
@@ -137,7 +203,13 @@ double kv_vector_distance(kv_vector_metric metric, kv_vector_elem elem, const vo
     default:
         d = NAN;
     }
-    return (double)(float)d; /* float32 precision, as sqlite-vec reports */
+    return d;
+}
+
+double kv_vector_distance(kv_vector_metric metric, kv_vector_elem elem, const void *a, const void *b,
+                          size_t dims)
+{
+    return (double)(float)distance_exact(metric, elem, a, b, dims); /* as sqlite-vec reports */
 }
 
 int kv_vector_compatible(kv_vector_metric metric, kv_vector_elem elem)
@@ -167,31 +239,538 @@ size_t kv_vector_row_bytes(kv_vector_elem elem, size_t dims)
     return 0;
 }
 
+static size_t chunk_rows_for(size_t row_bytes)
+{
+    size_t n = (CHUNK_TARGET_BYTES / row_bytes) & ~(size_t)63;
+    return n < 64 ? 64 : n > 4096 ? 4096 : n;
+}
+
+/* L2-normalise n f32 rows in place (zero rows stay zero). */
+static void normalise_rows(uint8_t *rows, size_t n, size_t dims)
+{
+    for (size_t r = 0; r < n; r++) {
+        uint8_t *p = rows + r * 4 * dims;
+        double n2 = 0.0;
+        for (size_t i = 0; i < dims; i++) {
+            double f = load_f32(p + 4 * i);
+            n2 += f * f;
+        }
+        if (n2 == 0.0)
+            continue;
+        double inv = 1.0 / sqrt(n2);
+        for (size_t i = 0; i < dims; i++) {
+            float f = (float)(load_f32(p + 4 * i) * inv);
+            memcpy(p + 4 * i, &f, 4);
+        }
+    }
+}
+
 /* ====================================================================== */
-/* 2. Open / close                                                          */
+/* 2. The in-memory copy                                                    */
+/* ====================================================================== */
+
+static void vchunk_free(vchunk *c)
+{
+    kvi_free(c->valid);
+    kvi_free(c->ids);
+    kvi_free(c->refs);
+    kvi_free(c->vecs);
+    memset(c, 0, sizeof *c);
+}
+
+static void cache_drop(vcache *c)
+{
+    for (size_t i = 0; i < c->n; i++)
+        vchunk_free(&c->chunks[i]);
+    kvi_free(c->chunks);
+    vchunk_free(&c->tail);
+    memset(c, 0, sizeof *c);
+}
+
+/* Allocate a chunk of `size` slots (ids, vectors; validity and refs when
+ * asked). NULL members on failure: the caller checks `ids && vecs`. */
+static int vchunk_alloc(vchunk *c, size_t size, size_t row_bytes, int with_valid, int with_refs)
+{
+    memset(c, 0, sizeof *c);
+    c->size = c->cap = size;
+    c->ids = kvi_malloc(size ? size * 8 : 8);
+    c->vecs = mi_malloc_aligned(size ? size * row_bytes : 64, 64);
+    if (with_valid)
+        c->valid = kvi_calloc((size + 7) / 8 + 1, 1);
+    if (with_refs)
+        c->refs = kvi_malloc(size ? size * 8 : 8);
+    if (!c->ids || !c->vecs || (with_valid && !c->valid) || (with_refs && !c->refs)) {
+        vchunk_free(c);
+        return -1;
+    }
+    return 0;
+}
+
+/* Append a chunk (moved in) to the copy. */
+static int cache_push(vcache *c, vchunk *ch)
+{
+    if (c->n == c->cap) {
+        size_t ncap = c->cap ? 2 * c->cap : 16;
+        vchunk *p = kvi_realloc(c->chunks, ncap * sizeof *p);
+        if (!p)
+            return -1;
+        c->chunks = p;
+        c->cap = ncap;
+    }
+    c->chunks[c->n++] = *ch;
+    memset(ch, 0, sizeof *ch);
+    return 0;
+}
+
+/* Append n rows to the unchunked tail of the copy. */
+static int tail_append(vcache *c, size_t row_bytes, const int64_t *ids, const uint8_t *vecs, size_t n)
+{
+    vchunk *t = &c->tail;
+    if (t->size + n > t->cap) {
+        size_t ncap = t->cap ? t->cap : 64;
+        while (ncap < t->size + n)
+            ncap *= 2;
+        int64_t *ni = kvi_realloc(t->ids, ncap * 8);
+        if (!ni)
+            return -1;
+        t->ids = ni;
+        uint8_t *nv = mi_realloc_aligned(t->vecs, ncap * row_bytes, 64);
+        if (!nv)
+            return -1;
+        t->vecs = nv;
+        t->cap = ncap;
+    }
+    memcpy(t->ids + t->size, ids, n * 8);
+    memcpy(t->vecs + t->size * row_bytes, vecs, n * row_bytes);
+    t->size += n;
+    return 0;
+}
+
+static kv_status sql_fail(kv_vector *v, int rc, const char *op)
+{
+    return kvi_err_sqlite(&v->err, v->db, rc, op);
+}
+
+/* PRAGMA data_version of this connection into *dv. */
+static kv_status data_version(kv_vector *v, int64_t *dv)
+{
+    int rc = sqlite3_step(v->st_dv);
+    kv_status st = KV_OK;
+    if (rc == SQLITE_ROW)
+        *dv = sqlite3_column_int64(v->st_dv, 0);
+    else
+        st = sql_fail(v, rc, "data_version");
+    sqlite3_reset(v->st_dv);
+    return st;
+}
+
+static kv_status corrupt_chunk(kv_vector *v, int64_t id, const char *what, size_t got, size_t want)
+{
+    return kvi_err_set(&v->err, KV_CORRUPT,
+                       "chunk %lld: %s has %zu bytes, expected %zu (table opened with %zu dimensions)",
+                       (long long)id, what, got, want, v->dims);
+}
+
+/* Decode one row of st_load (chunk_id, size, validity, rowids, vectors,
+ * refs-or-NULL) into *ch. */
+static kv_status load_chunk(kv_vector *v, sqlite3_stmt *s, vchunk *ch)
+{
+    int64_t id = sqlite3_column_int64(s, 0), size = sqlite3_column_int64(s, 1);
+    if (size < 0 || size > (1 << 24))
+        return kvi_err_set(&v->err, KV_CORRUPT, "chunk %lld: bad size %lld", (long long)id,
+                           (long long)size);
+    size_t n = (size_t)size, vb = (size_t)sqlite3_column_bytes(s, 2);
+    size_t rb = (size_t)sqlite3_column_bytes(s, 3), xb = (size_t)sqlite3_column_bytes(s, 4);
+    int refs = sqlite3_column_type(s, 5) != SQLITE_NULL;
+    if (vb < (n + 7) / 8)
+        return corrupt_chunk(v, id, "validity", vb, (n + 7) / 8);
+    if (rb < n * 8)
+        return corrupt_chunk(v, id, "rowids", rb, n * 8);
+    if (xb != n * v->row_bytes)
+        return corrupt_chunk(v, id, "vectors", xb, n * v->row_bytes);
+    if (refs && (size_t)sqlite3_column_bytes(s, 5) < n * 8)
+        return corrupt_chunk(v, id, "metadata", (size_t)sqlite3_column_bytes(s, 5), n * 8);
+    if (vchunk_alloc(ch, n, v->row_bytes, 1, refs) < 0)
+        return kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+    ch->chunk_id = id;
+    memcpy(ch->valid, sqlite3_column_blob(s, 2), (n + 7) / 8);
+    memcpy(ch->ids, sqlite3_column_blob(s, 3), n * 8);
+    if (n)
+        memcpy(ch->vecs, sqlite3_column_blob(s, 4), n * v->row_bytes);
+    if (refs)
+        memcpy(ch->refs, sqlite3_column_blob(s, 5), n * 8);
+    if (v->vec0 && v->metric == KV_VECTOR_COSINE)
+        normalise_rows(ch->vecs, n, v->dims); /* vec0 stores what it was given */
+    return KV_OK;
+}
+
+/* Largest valid id of a chunk (validity bitmap, int64 LE ids, size slots),
+ * INT64_MIN when none: chunks are cut in id order, so this of the last
+ * chunk is the watermark above which every row is unchunked. */
+static int64_t chunk_mark(const void *valid, const void *ids, size_t size)
+{
+    const uint8_t *b = valid;
+    int64_t m = INT64_MIN, id;
+    for (size_t s = 0; s < size; s++)
+        if (b[s >> 3] & (1u << (s & 7))) {
+            memcpy(&id, (const uint8_t *)ids + 8 * s, 8);
+            if (id > m)
+                m = id;
+        }
+    return m;
+}
+
+/* Inside a read or write transaction: make the copy current (reload it
+ * when it was never loaded or another connection committed since). */
+static kv_status cache_refresh(kv_vector *v)
+{
+    int64_t dv;
+    kv_status st = data_version(v, &dv);
+    if (st != KV_OK)
+        return st;
+    if (v->cache.loaded && v->cache.dv == dv)
+        return KV_OK;
+    cache_drop(&v->cache);
+    int rc;
+    while ((rc = sqlite3_step(v->st_load)) == SQLITE_ROW) {
+        vchunk ch;
+        if ((st = load_chunk(v, v->st_load, &ch)) != KV_OK)
+            break;
+        if (cache_push(&v->cache, &ch) < 0) {
+            vchunk_free(&ch);
+            st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+            break;
+        }
+    }
+    if (st == KV_OK && rc != SQLITE_DONE)
+        st = sql_fail(v, rc, "load chunks");
+    sqlite3_reset(v->st_load);
+    if (v->st_load_tail) {
+        const vchunk *last = v->cache.n ? &v->cache.chunks[v->cache.n - 1] : NULL;
+        sqlite3_bind_int64(v->st_load_tail, 1, last ? chunk_mark(last->valid, last->ids, last->size) : INT64_MIN);
+    }
+    while (st == KV_OK && v->st_load_tail && (rc = sqlite3_step(v->st_load_tail)) == SQLITE_ROW) {
+        int64_t id = sqlite3_column_int64(v->st_load_tail, 0);
+        size_t len = (size_t)sqlite3_column_bytes(v->st_load_tail, 1);
+        if (len != v->row_bytes) {
+            st = kvi_err_set(&v->err, KV_CORRUPT,
+                             "stored vector of row %lld has %zu bytes, expected %zu "
+                             "(table opened with %zu dimensions)",
+                             (long long)id, len, v->row_bytes, v->dims);
+            break;
+        }
+        if (tail_append(&v->cache, v->row_bytes, &id, sqlite3_column_blob(v->st_load_tail, 1), 1) < 0)
+            st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+    }
+    if (v->st_load_tail) {
+        if (st == KV_OK && rc != SQLITE_DONE)
+            st = sql_fail(v, rc, "load rows");
+        sqlite3_reset(v->st_load_tail);
+    }
+    if (st != KV_OK) {
+        cache_drop(&v->cache);
+        return st;
+    }
+    v->cache.loaded = 1;
+    v->cache.dv = dv;
+    return KV_OK;
+}
+
+/* Where row `id` is in the copy: *ch and *slot (0 when absent). */
+static int cache_find(vcache *c, int64_t id, vchunk **ch, size_t *slot)
+{
+    for (size_t i = 0; i <= c->n; i++) {
+        vchunk *x = i < c->n ? &c->chunks[i] : &c->tail;
+        for (size_t s = 0; s < x->size; s++)
+            if (x->ids[s] == id && (!x->valid || (x->valid[s >> 3] & (1u << (s & 7))))) {
+                *ch = x;
+                *slot = s;
+                return 1;
+            }
+    }
+    return 0;
+}
+
+/* ====================================================================== */
+/* 3. Open / close                                                          */
 /* ====================================================================== */
 
 const char *kv_vector_errmsg(const kv_vector *v) { return v ? v->err.msg : ""; }
 
 void kv_vector_free(void *p) { kvi_free(p); }
 
+void kv_vector_set_threads(kv_vector *v, int threads) { v->threads = threads < 0 ? 0 : threads; }
+
+int kv_vector_is_vec0(const kv_vector *v) { return v->vec0; }
+
 void kv_vector_close(kv_vector *v)
 {
     if (!v)
         return;
-    sqlite3_stmt *sts[] = {v->st_ins_val, v->st_ins_vec, v->st_scan,    v->st_get_val,
-                           v->st_get_row, v->st_del_vec, v->st_del_val, v->st_upd_vec,
-                           v->st_upd_val, v->st_count};
+    sqlite3_stmt *sts[] = {v->st_dv,        v->st_ins_val,  v->st_ins_row, v->st_ins_chunk,
+                           v->st_ins_cvec,  v->st_wstate,   v->st_unchunked, v->st_move,
+                           v->st_last,      v->st_above,
+                           v->st_load,      v->st_load_tail, v->st_get_val, v->st_get_row,
+                           v->st_del_row,   v->st_del_val,  v->st_del_chunk, v->st_del_cvec,
+                           v->st_upd_vec,   v->st_upd_val,  v->st_count};
     for (size_t i = 0; i < sizeof sts / sizeof sts[0]; i++)
         sqlite3_finalize(sts[i]);
     if (v->db) {
         sqlite3_wal_checkpoint_v2(v->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
         sqlite3_close_v2(v->db);
     }
+    cache_drop(&v->cache);
     kvi_free(v->scratch);
     kvi_free(v->table);
     kvi_free(v);
 }
+
+static const char *elem_name(kv_vector_elem e)
+{
+    return e == KV_VECTOR_F32 ? "float" : e == KV_VECTOR_I8 ? "int8" : "bit";
+}
+
+/* A vec0 table's declaration, as far as this store reads it. */
+typedef struct vec0_decl {
+    kv_vector_elem elem;
+    size_t dims;
+    kv_vector_metric metric;
+    int vec_index;   /* which vector column (vector_chunksNN) */
+    int ref_index;   /* which metadata column holds value_ref (metadatachunksNN) */
+} vec0_decl;
+
+/* Parse "CREATE VIRTUAL TABLE x USING vec0(col type, ...)" as the original
+ * package declares it: one vector column (float[N], int8[N] or bit[N],
+ * optional distance_metric=) and an INTEGER metadata column value_ref.
+ * Returns 0, or -1 with a message in msg. */
+static int vec0_parse(const char *sql, vec0_decl *d, char *msg, size_t msglen)
+{
+    const char *p = strcasestr(sql, "vec0(");
+    int nvec = 0, nmeta = 0;
+    memset(d, 0, sizeof *d);
+    d->metric = KV_VECTOR_L2; /* vec0's default */
+    d->ref_index = -1;
+    if (!p) {
+        snprintf(msg, msglen, "not a vec0 declaration: %s", sql);
+        return -1;
+    }
+    p += 5;
+    while (*p && *p != ')') {
+        char def[256];
+        size_t n = strcspn(p, ",)");
+        if (n >= sizeof def)
+            n = sizeof def - 1;
+        memcpy(def, p, n);
+        def[n] = 0;
+        p += n;
+        if (*p == ',')
+            p++;
+        char name[128] = "", type[128] = "", opt[128] = "";
+        int got = sscanf(def, " %127s %127s %127s", name, type, opt);
+        if (got < 2) {
+            if (got == 1 && strchr(name, '='))
+                continue; /* table option (chunk_size=...) */
+            snprintf(msg, msglen, "unsupported vec0 column: %s", def);
+            return -1;
+        }
+        unsigned long dims = 0;
+        char kind[16] = "";
+        if (sscanf(type, "%15[a-zA-Z0-9][%lu]", kind, &dims) == 2) {
+            if (!strcasecmp(kind, "float") || !strcasecmp(kind, "f32"))
+                d->elem = KV_VECTOR_F32;
+            else if (!strcasecmp(kind, "int8") || !strcasecmp(kind, "i8"))
+                d->elem = KV_VECTOR_I8;
+            else if (!strcasecmp(kind, "bit"))
+                d->elem = KV_VECTOR_BIT;
+            else {
+                snprintf(msg, msglen, "unsupported vec0 vector type: %s", type);
+                return -1;
+            }
+            if (nvec++) {
+                snprintf(msg, msglen, "vec0 tables with several vector columns are not supported");
+                return -1;
+            }
+            d->vec_index = 0;
+            d->dims = dims;
+            const char *m = strcasestr(def, "distance_metric=");
+            if (m) {
+                m += strlen("distance_metric=");
+                if (!strncasecmp(m, "cosine", 6))
+                    d->metric = KV_VECTOR_COSINE;
+                else if (!strncasecmp(m, "l2", 2))
+                    d->metric = KV_VECTOR_L2;
+                else if (!strncasecmp(m, "l1", 2))
+                    d->metric = KV_VECTOR_L1;
+                else if (!strncasecmp(m, "hamming", 7))
+                    d->metric = KV_VECTOR_HAMMING;
+            }
+            if (d->elem == KV_VECTOR_BIT)
+                d->metric = KV_VECTOR_HAMMING;
+        } else if (!strcasecmp(type, "integer") || !strcasecmp(type, "int")) {
+            if (!strcasecmp(name, "value_ref"))
+                d->ref_index = nmeta;
+            nmeta++;
+        } else if (!strcasecmp(type, "text") || !strcasecmp(type, "float") ||
+                   !strcasecmp(type, "double") || !strcasecmp(type, "boolean")) {
+            nmeta++;
+        } else {
+            snprintf(msg, msglen, "unsupported vec0 column: %s", def);
+            return -1;
+        }
+    }
+    if (!nvec || d->ref_index < 0) {
+        snprintf(msg, msglen, "vec0 table lacks a vector column or a value_ref INTEGER column");
+        return -1;
+    }
+    return 0;
+}
+
+/* The declaration SQL of `table` if it is a vec0 virtual table (a new
+ * sqlite3_malloc'd string), else NULL. */
+static char *vec0_sql(sqlite3 *db, const char *table)
+{
+    sqlite3_stmt *s = NULL;
+    char *out = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT sql FROM sqlite_master WHERE type='table' AND name=?1 "
+                           "AND sql LIKE 'CREATE VIRTUAL TABLE%' AND sql LIKE '%vec0%'",
+                           -1, &s, NULL) != SQLITE_OK)
+        return NULL;
+    sqlite3_bind_text(s, 1, table, -1, SQLITE_STATIC);
+    if (sqlite3_step(s) == SQLITE_ROW)
+        out = sqlite3_mprintf("%s", (const char *)sqlite3_column_text(s, 0));
+    sqlite3_finalize(s);
+    return out;
+}
+
+/* Scalar result of `sql` (0 when there is no row). */
+static int64_t query_i64(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *s = NULL;
+    int64_t r = 0;
+    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
+        r = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    return r;
+}
+
+/* 1 if <table> has the chunk columns of this layout, else 0. */
+static int has_chunk_columns(kv_vector *v)
+{
+    char sql[300];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM pragma_table_info('%s') WHERE name='chunk_offset'",
+             v->table);
+    return query_i64(v->db, sql) == 1;
+}
+
+/* Create the native layout, or add the chunk columns to a table written by
+ * the row-per-vector layout, inside the caller's write transaction. */
+static kv_status create_schema(kv_vector *v)
+{
+    char sql[2048];
+    const char *t = v->table;
+    snprintf(sql, sizeof sql,
+             "CREATE TABLE IF NOT EXISTS \"%s\" (id INTEGER PRIMARY KEY, "
+             "value_ref INTEGER NOT NULL, vector BLOB NOT NULL, chunk_id INTEGER, chunk_offset INTEGER)",
+             t);
+    kv_status st = kvi_exec(v->db, sql, &v->err);
+    if (st == KV_OK && !has_chunk_columns(v)) {
+        /* a table of the row-per-vector layout: its rows become unchunked rows */
+        snprintf(sql, sizeof sql,
+                 "ALTER TABLE \"%s\" ADD COLUMN chunk_id INTEGER;"
+                 "ALTER TABLE \"%s\" ADD COLUMN chunk_offset INTEGER",
+                 t, t);
+        st = kvi_exec(v->db, sql, &v->err);
+    }
+    snprintf(sql, sizeof sql,
+             "CREATE TABLE IF NOT EXISTS \"%s_values\" "
+             "(id INTEGER PRIMARY KEY AUTOINCREMENT, value BLOB NOT NULL);"
+             "CREATE TABLE IF NOT EXISTS \"%s_chunks\" (chunk_id INTEGER PRIMARY KEY, "
+             "size INTEGER NOT NULL, validity BLOB NOT NULL, rowids BLOB NOT NULL);"
+             "CREATE TABLE IF NOT EXISTS \"%s_chunk_vectors\" "
+             "(chunk_id INTEGER PRIMARY KEY, vectors BLOB NOT NULL)",
+             t, t, t);
+    if (st == KV_OK)
+        st = kvi_exec(v->db, sql, &v->err);
+    return st;
+}
+
+/* create_schema in its own write transaction, when anything is missing. */
+static kv_status ensure_schema(kv_vector *v)
+{
+    char sql[300];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM sqlite_master WHERE name='%s_chunk_vectors'", v->table);
+    if (query_i64(v->db, sql) == 1 && has_chunk_columns(v))
+        return KV_OK;
+    kv_status st = kvi_store_begin(&v->err, v->db, 1);
+    if (st != KV_OK)
+        return st;
+    if ((st = create_schema(v)) != KV_OK) {
+        kvi_store_rollback(v->db);
+        return st;
+    }
+    return kvi_store_commit(&v->err, v->db);
+}
+
+#define PREP(stmt, ...)                                                \
+    do {                                                               \
+        snprintf(sql, sizeof sql, __VA_ARGS__);                        \
+        if ((st = kvi_prepare(v->db, sql, &(stmt), &v->err)) != KV_OK) \
+            return st;                                                 \
+    } while (0)
+
+/* Statements of the native layout. */
+static kv_status prepare_native(kv_vector *v)
+{
+    char sql[1024];
+    kv_status st;
+    const char *table = v->table;
+    PREP(v->st_ins_val, "INSERT INTO \"%s_values\"(value) VALUES(?1)", table);
+    PREP(v->st_ins_row,
+         "INSERT INTO \"%s\"(id, value_ref, vector, chunk_id, chunk_offset) VALUES(?1, ?2, ?3, ?4, ?5)",
+         table);
+    PREP(v->st_ins_chunk, "INSERT INTO \"%s_chunks\"(chunk_id, size, validity, rowids) VALUES(?1, ?2, ?3, ?4)",
+         table);
+    PREP(v->st_ins_cvec, "INSERT INTO \"%s_chunk_vectors\"(chunk_id, vectors) VALUES(?1, ?2)", table);
+    PREP(v->st_wstate, "SELECT (SELECT max(id) FROM \"%s\"), (SELECT max(chunk_id) FROM \"%s_chunks\")",
+         table, table);
+    PREP(v->st_last, "SELECT size, validity, rowids FROM \"%s_chunks\" ORDER BY chunk_id DESC LIMIT 1",
+         table);
+    PREP(v->st_above, "SELECT count(*) FROM \"%s\" WHERE id > ?1", table);
+    PREP(v->st_unchunked, "SELECT id, vector FROM \"%s\" WHERE id > ?1 ORDER BY id", table);
+    PREP(v->st_move, "UPDATE \"%s\" SET vector = x'', chunk_id = ?1, chunk_offset = ?2 WHERE id = ?3",
+         table);
+    PREP(v->st_load,
+         "SELECT c.chunk_id, c.size, c.validity, c.rowids, v.vectors, NULL "
+         "FROM \"%s_chunks\" c JOIN \"%s_chunk_vectors\" v USING (chunk_id) ORDER BY c.chunk_id",
+         table, table);
+    PREP(v->st_load_tail, "SELECT id, vector FROM \"%s\" WHERE id > ?1 ORDER BY id", table);
+    PREP(v->st_get_row, "SELECT value_ref, vector, chunk_id, chunk_offset FROM \"%s\" WHERE id = ?1",
+         table);
+    PREP(v->st_del_row, "DELETE FROM \"%s\" WHERE id = ?1", table);
+    PREP(v->st_del_val, "DELETE FROM \"%s_values\" WHERE id = ?1", table);
+    PREP(v->st_del_chunk, "DELETE FROM \"%s_chunks\" WHERE chunk_id = ?1", table);
+    PREP(v->st_del_cvec, "DELETE FROM \"%s_chunk_vectors\" WHERE chunk_id = ?1", table);
+    PREP(v->st_upd_vec, "UPDATE \"%s\" SET vector = ?1 WHERE id = ?2", table);
+    PREP(v->st_upd_val, "UPDATE \"%s_values\" SET value = ?1 WHERE id = ?2", table);
+    PREP(v->st_count, "SELECT COUNT(*) FROM \"%s\"", table);
+    return KV_OK;
+}
+
+/* Statements reading a vec0 table declared as `d`. */
+static kv_status prepare_vec0(kv_vector *v, const vec0_decl *d)
+{
+    char sql[1024];
+    kv_status st;
+    const char *table = v->table;
+    PREP(v->st_load,
+         "SELECT c.chunk_id, c.size, c.validity, c.rowids, v.vectors, m.data "
+         "FROM \"%s_chunks\" c JOIN \"%s_vector_chunks%02d\" v ON v.rowid = c.chunk_id "
+         "JOIN \"%s_metadatachunks%02d\" m ON m.rowid = c.chunk_id ORDER BY c.chunk_id",
+         table, table, d->vec_index, table, d->ref_index);
+    return KV_OK;
+}
+#undef PREP
 
 kv_status kv_vector_open(const char *path, const char *table, size_t dims, kv_vector_metric metric,
                          kv_vector_elem elem, kv_vector **out, char *err, size_t errlen)
@@ -200,6 +779,7 @@ kv_status kv_vector_open(const char *path, const char *table, size_t dims, kv_ve
     kv_status st;
     kvi_conn_opts o;
     char msg[512] = "", sql[1024];
+    char *vsql = NULL;
 
     *out = NULL;
     if (kvi_table_name_valid(table) != KV_OK) {
@@ -237,6 +817,7 @@ kv_status kv_vector_open(const char *path, const char *table, size_t dims, kv_ve
     v->metric = metric;
     v->elem = elem;
     v->row_bytes = kv_vector_row_bytes(elem, dims);
+    v->chunk_rows = chunk_rows_for(v->row_bytes);
     if (!(v->scratch = kvi_malloc(v->row_bytes))) {
         snprintf(msg, sizeof msg, "out of memory");
         st = KV_NOMEM;
@@ -248,89 +829,361 @@ kv_status kv_vector_open(const char *path, const char *table, size_t dims, kv_ve
     o.page_size = 0;
     o.mmap_size = -1;
     o.cache_kb = 0;
-    o.busy_timeout_ms = 0; /* API.md §8.1: no busy timeout */
+    o.busy_timeout_ms = 0; /* no busy timeout (the Python contract) */
     o.nomutex = 1;
     if ((st = kvi_conn_open(path, &o, &v->db, msg, sizeof msg)) != KV_OK)
         goto fail;
 
-    snprintf(sql, sizeof sql,
-             "CREATE TABLE IF NOT EXISTS \"%s\" (id INTEGER PRIMARY KEY, "
-             "value_ref INTEGER NOT NULL, vector BLOB NOT NULL);\n"
-             "CREATE TABLE IF NOT EXISTS \"%s_values\" "
-             "(id INTEGER PRIMARY KEY AUTOINCREMENT, value BLOB NOT NULL)",
-             table, table);
-    if ((st = kvi_exec(v->db, sql, &v->err)) != KV_OK)
+    snprintf(sql, sizeof sql, "PRAGMA data_version");
+    if ((st = kvi_prepare(v->db, sql, &v->st_dv, &v->err)) != KV_OK)
         goto fail_msg;
-
-#define PREP(stmt, ...)                                              \
-    do {                                                             \
-        snprintf(sql, sizeof sql, __VA_ARGS__);                      \
-        if ((st = kvi_prepare(v->db, sql, &(stmt), &v->err)) != KV_OK) \
-            goto fail_msg;                                           \
-    } while (0)
-
-    PREP(v->st_ins_val, "INSERT INTO \"%s_values\"(value) VALUES(?1)", table);
-    PREP(v->st_ins_vec, "INSERT INTO \"%s\"(value_ref, vector) VALUES(?1, ?2)", table);
-    PREP(v->st_scan, "SELECT id, value_ref, vector FROM \"%s\"", table);
-    PREP(v->st_get_val, "SELECT value FROM \"%s_values\" WHERE id = ?1", table);
-    PREP(v->st_get_row, "SELECT value_ref, vector FROM \"%s\" WHERE id = ?1", table);
-    PREP(v->st_del_vec, "DELETE FROM \"%s\" WHERE id = ?1", table);
-    PREP(v->st_del_val, "DELETE FROM \"%s_values\" WHERE id = ?1", table);
-    PREP(v->st_upd_vec, "UPDATE \"%s\" SET vector = ?1 WHERE id = ?2", table);
-    PREP(v->st_upd_val, "UPDATE \"%s_values\" SET value = ?1 WHERE id = ?2", table);
-    PREP(v->st_count, "SELECT COUNT(*) FROM \"%s\"", table);
-#undef PREP
+    if ((vsql = vec0_sql(v->db, table))) {
+        /* the original package's vec0 table: read its shadow tables */
+        vec0_decl d;
+        if (vec0_parse(vsql, &d, msg, sizeof msg) < 0) {
+            st = KV_INVALID;
+            goto fail;
+        }
+        if (d.elem != elem || d.dims != dims) {
+            snprintf(msg, sizeof msg,
+                     "vec0 table %s holds %zu-dimension %s vectors, opened with %zu dimensions of %s",
+                     table, d.dims, elem_name(d.elem), dims, elem_name(elem));
+            st = KV_INVALID;
+            goto fail;
+        }
+        v->vec0 = 1;
+        v->metric = d.metric; /* the file's metric ranks, as vec0 would */
+        if ((st = prepare_vec0(v, &d)) != KV_OK)
+            goto fail_msg;
+    } else if ((st = ensure_schema(v)) != KV_OK || (st = prepare_native(v)) != KV_OK) {
+        goto fail_msg;
+    }
+    snprintf(sql, sizeof sql, "SELECT value FROM \"%s_values\" WHERE id = ?1", table);
+    if ((st = kvi_prepare(v->db, sql, &v->st_get_val, &v->err)) != KV_OK)
+        goto fail_msg;
+    v->score = kvk_kernel(v->metric, v->elem, kvk_best_isa(v->metric, v->elem));
+    sqlite3_free(vsql);
     *out = v;
     return KV_OK;
 
 fail_msg:
     snprintf(msg, sizeof msg, "%s", v->err.msg);
 fail:
+    sqlite3_free(vsql);
     kv_vector_close(v);
     kvi_msg_copy(msg, err, errlen);
     return st;
 }
 
 /* ====================================================================== */
-/* 3. Writes                                                                */
+/* 4. Writes                                                                */
 /* ====================================================================== */
 
-static kv_status sql_fail(kv_vector *v, int rc, const char *op)
-{
-    return kvi_err_sqlite(&v->err, v->db, rc, op);
-}
-
 /*
- * Check a caller's vector and return the bytes to store/search with: the
- * input itself, or (cosine) a normalised copy in v->scratch. NULL with the
- * error recorded on failure.
+ * Check n caller vectors (n * row_bytes bytes at vec; any alignment) and
+ * return the bytes to store or search with: the input itself, or (cosine)
+ * normalised copies in `buf` (n * row_bytes bytes, the caller's). NULL with
+ * the error recorded on failure.
  */
-static const void *prepare_vec(kv_vector *v, const void *vec, size_t vbytes, kv_status *st)
+static const void *prepare_rows(kv_vector *v, const void *vec, size_t n, uint8_t *buf, kv_status *st)
 {
     *st = KV_OK;
-    if (!vec || vbytes != v->row_bytes) {
-        *st = kvi_err_set(&v->err, KV_INVALID, "Expected %zu dimensions, got %zu", v->dims,
-                          v->elem == KV_VECTOR_F32 ? vbytes / 4 : v->elem == KV_VECTOR_BIT ? vbytes * 8 : vbytes);
-        return NULL;
-    }
     if (v->elem != KV_VECTOR_F32)
         return vec;
     const uint8_t *p = vec;
-    double norm2 = 0.0;
-    for (size_t i = 0; i < v->dims; i++) {
-        float f = load_f32(p + 4 * i);
-        if (!isfinite(f)) {
-            *st = kvi_err_set(&v->err, KV_INVALID, "vector element %zu is not finite", i);
-            return NULL;
+    int copy = 0;
+    for (size_t r = 0; r < n; r++) {
+        const uint8_t *row = p + r * v->row_bytes;
+        double norm2 = 0.0;
+        for (size_t i = 0; i < v->dims; i++) {
+            float f = load_f32(row + 4 * i);
+            if (!isfinite(f)) {
+                *st = kvi_err_set(&v->err, KV_INVALID, "vector element %zu is not finite", i);
+                return NULL;
+            }
+            norm2 += (double)f * f;
         }
-        norm2 += (double)f * f;
+        if (v->metric != KV_VECTOR_COSINE)
+            continue;
+        uint8_t *dst = buf + r * v->row_bytes;
+        if (norm2 == 0.0) {
+            memcpy(dst, row, v->row_bytes);
+        } else {
+            double inv = 1.0 / sqrt(norm2);
+            for (size_t i = 0; i < v->dims; i++) {
+                float f = (float)(load_f32(row + 4 * i) * inv);
+                memcpy(dst + 4 * i, &f, 4);
+            }
+        }
+        copy = 1;
     }
-    if (v->metric != KV_VECTOR_COSINE || norm2 == 0.0)
-        return vec;
-    double inv = 1.0 / sqrt(norm2);
-    for (size_t i = 0; i < v->dims; i++)
-        v->scratch[i] = (float)(load_f32(p + 4 * i) * inv);
-    return v->scratch;
+    return copy ? buf : vec;
+}
+
+static int check_bytes(kv_vector *v, size_t vbytes, size_t n, kv_status *st)
+{
+    if (vbytes == n * v->row_bytes)
+        return 0;
+    size_t each = n ? vbytes / n : vbytes;
+    *st = kvi_err_set(&v->err, KV_INVALID, "Expected %zu dimensions, got %zu", v->dims,
+                      v->elem == KV_VECTOR_F32 ? each / 4 : v->elem == KV_VECTOR_BIT ? each * 8 : each);
+    return -1;
+}
+
+static kv_status read_only(kv_vector *v)
+{
+    return kvi_err_set(&v->err, KV_INVALID,
+                       "table %s is a sqlite-vec vec0 table, opened read-only; convert it with "
+                       "kohakuvault.migrate_vec0(path, %s) to write to it",
+                       v->table, v->table);
+}
+
+/* In a write transaction: make the write state current. */
+static kv_status write_state(kv_vector *v)
+{
+    int64_t dv;
+    kv_status st = data_version(v, &dv);
+    if (st != KV_OK || (v->ws_valid && v->ws_dv == dv))
+        return st;
+    int rc = sqlite3_step(v->st_wstate);
+    if (rc == SQLITE_ROW) {
+        v->next_id = sqlite3_column_int64(v->st_wstate, 0) + 1;
+        v->next_chunk = sqlite3_column_int64(v->st_wstate, 1) + 1;
+    } else {
+        st = sql_fail(v, rc, "write state");
+    }
+    sqlite3_reset(v->st_wstate);
+    v->mark = INT64_MIN;
+    if (st == KV_OK && (rc = sqlite3_step(v->st_last)) == SQLITE_ROW) {
+        size_t n = (size_t)sqlite3_column_int64(v->st_last, 0);
+        if ((size_t)sqlite3_column_bytes(v->st_last, 1) < (n + 7) / 8 ||
+            (size_t)sqlite3_column_bytes(v->st_last, 2) < n * 8)
+            st = kvi_err_set(&v->err, KV_CORRUPT, "last chunk: bitmap or rowids too short");
+        else
+            v->mark = chunk_mark(sqlite3_column_blob(v->st_last, 1), sqlite3_column_blob(v->st_last, 2), n);
+    } else if (st == KV_OK && rc != SQLITE_DONE) {
+        st = sql_fail(v, rc, "write state");
+    }
+    sqlite3_reset(v->st_last);
+    if (st == KV_OK) {
+        sqlite3_bind_int64(v->st_above, 1, v->mark);
+        if ((rc = sqlite3_step(v->st_above)) == SQLITE_ROW)
+            v->unchunked = sqlite3_column_int64(v->st_above, 0);
+        else
+            st = sql_fail(v, rc, "write state");
+        sqlite3_reset(v->st_above);
+    }
+    if (st == KV_OK) {
+        v->ws_valid = 1;
+        v->ws_dv = dv;
+    }
+    return st;
+}
+
+/* Write one full chunk: ids[0..n), vecs (n * row_bytes), all valid. */
+static kv_status write_chunk(kv_vector *v, int64_t cid, const int64_t *ids, const uint8_t *vecs, size_t n)
+{
+    uint8_t valid[4096 / 8 + 1];
+    size_t nb = (n + 7) / 8;
+    memset(valid, 0, sizeof valid);
+    memset(valid, 0xff, n / 8);
+    if (n % 8)
+        valid[n / 8] = (uint8_t)((1u << (n % 8)) - 1);
+    sqlite3_bind_int64(v->st_ins_chunk, 1, cid);
+    sqlite3_bind_int64(v->st_ins_chunk, 2, (int64_t)n);
+    sqlite3_bind_blob64(v->st_ins_chunk, 3, valid, nb, SQLITE_STATIC);
+    sqlite3_bind_blob64(v->st_ins_chunk, 4, ids, n * 8, SQLITE_STATIC);
+    kv_status st = kvi_store_step_done(&v->err, v->db, v->st_ins_chunk, "insert chunk");
+    if (st != KV_OK)
+        return st;
+    sqlite3_bind_int64(v->st_ins_cvec, 1, cid);
+    sqlite3_bind_blob64(v->st_ins_cvec, 2, vecs, n * v->row_bytes, SQLITE_STATIC);
+    return kvi_store_step_done(&v->err, v->db, v->st_ins_cvec, "insert chunk vectors");
+}
+
+/* Read the `n` unchunked rows (ids above the watermark, ascending) into
+ * ids[] and vecs[]. */
+static kv_status read_unchunked(kv_vector *v, size_t n, int64_t *ids, uint8_t *vecs)
+{
+    size_t got = 0;
+    int rc;
+    kv_status st = KV_OK;
+    sqlite3_bind_int64(v->st_unchunked, 1, v->mark);
+    while ((rc = sqlite3_step(v->st_unchunked)) == SQLITE_ROW && got < n) {
+        size_t len = (size_t)sqlite3_column_bytes(v->st_unchunked, 1);
+        if (len != v->row_bytes) {
+            st = kvi_err_set(&v->err, KV_CORRUPT, "stored vector of row %lld has %zu bytes, expected %zu",
+                             (long long)sqlite3_column_int64(v->st_unchunked, 0), len, v->row_bytes);
+            break;
+        }
+        ids[got] = sqlite3_column_int64(v->st_unchunked, 0);
+        memcpy(vecs + got * v->row_bytes, sqlite3_column_blob(v->st_unchunked, 1), len);
+        got++;
+    }
+    if (st == KV_OK && rc != SQLITE_DONE && rc != SQLITE_ROW)
+        st = sql_fail(v, rc, "read unchunked rows");
+    sqlite3_reset(v->st_unchunked);
+    if (st == KV_OK && got != n)
+        st = kvi_err_set(&v->err, KV_CORRUPT, "expected %zu unchunked rows, found %zu", n, got);
+    return st;
+}
+
+/* Mirror a committed insert of rows ids[0..n) (vecs as stored) into the
+ * copy, as put_rows wrote them: append to the unchunked rows, then pack
+ * chunks of chunk_rows from the oldest, numbered from `cid`. */
+static void cache_apply_insert(kv_vector *v, int64_t cid, const int64_t *ids, const uint8_t *vecs, size_t n)
+{
+    vcache *c = &v->cache;
+    size_t C = v->chunk_rows;
+    if (!c->loaded)
+        return;
+    if (tail_append(c, v->row_bytes, ids, vecs, n) < 0)
+        goto drop;
+    size_t packed = 0;
+    while (c->tail.size - packed >= C) {
+        vchunk ch;
+        if (vchunk_alloc(&ch, C, v->row_bytes, 1, 0) < 0)
+            goto drop;
+        ch.chunk_id = cid++;
+        memcpy(ch.ids, c->tail.ids + packed, C * 8);
+        memcpy(ch.vecs, c->tail.vecs + packed * v->row_bytes, C * v->row_bytes);
+        memset(ch.valid, 0xff, C / 8);
+        if (cache_push(c, &ch) < 0) {
+            vchunk_free(&ch);
+            goto drop;
+        }
+        packed += C;
+    }
+    if (packed) {
+        c->tail.size -= packed;
+        memmove(c->tail.ids, c->tail.ids + packed, c->tail.size * 8);
+        memmove(c->tail.vecs, c->tail.vecs + packed * v->row_bytes, c->tail.size * v->row_bytes);
+    }
+    return;
+drop:
+    cache_drop(c);
+}
+
+/* Bind and run st_ins_row: row `id` with value `ref`, in chunk `cid` at
+ * `slot` (vec NULL) or unchunked with its bytes at `vec`. */
+static kv_status put_row(kv_vector *v, int64_t id, int64_t ref, const uint8_t *vec, int64_t cid, size_t slot)
+{
+    sqlite3_bind_int64(v->st_ins_row, 1, id);
+    sqlite3_bind_int64(v->st_ins_row, 2, ref);
+    if (vec) {
+        sqlite3_bind_blob64(v->st_ins_row, 3, vec, v->row_bytes, SQLITE_STATIC);
+    } else {
+        sqlite3_bind_blob64(v->st_ins_row, 3, "", 0, SQLITE_STATIC);
+        sqlite3_bind_int64(v->st_ins_row, 4, cid);
+        sqlite3_bind_int64(v->st_ins_row, 5, (int64_t)slot);
+    }
+    return kvi_store_step_done(&v->err, v->db, v->st_ins_row, "insert vector");
+}
+
+/*
+ * Inside a write transaction with a current write state: add rows
+ * ids[i] / refs[i] / rows[0..n) (prepared bytes; ids ascending, above every
+ * stored id). The sequence S = (the U unchunked rows, oldest first) then
+ * the new rows is cut into chunks of C = chunk_rows from its front while C
+ * rows remain; the rest stays unchunked. A chunk made only of new rows is
+ * written straight from the caller's buffer; old rows are read back only
+ * when a chunk takes them. On success *next_chunk, *left and *mark receive
+ * the write state after the write (applied to v by the caller once the
+ * transaction commits).
+ */
+static kv_status put_rows(kv_vector *v, size_t n, const uint8_t *rows, const int64_t *ids,
+                          const int64_t *refs, int64_t *next_chunk, int64_t *left, int64_t *mark)
+{
+    size_t C = v->chunk_rows, U = (size_t)v->unchunked, total = U + n, nch = total / C;
+    size_t rb = v->row_bytes;
+    int64_t *old_ids = NULL, *cids = NULL, cid = v->next_chunk;
+    uint8_t *old_vecs = NULL, *cvecs = NULL;
+    kv_status st = KV_OK;
+    *mark = v->mark;
+    if (nch && U) {
+        old_ids = kvi_malloc(U * 8);
+        old_vecs = mi_malloc_aligned(U * rb, 64);
+        cids = kvi_malloc(C * 8);
+        cvecs = mi_malloc_aligned(C * rb, 64);
+        if (!old_ids || !old_vecs || !cids || !cvecs)
+            st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+        else
+            st = read_unchunked(v, U, old_ids, old_vecs);
+    }
+    for (size_t c = 0; c < nch && st == KV_OK; c++, cid++) {
+        size_t start = c * C;
+        const int64_t *pid = ids + (start - (start >= U ? U : start));
+        const uint8_t *pvec = rows + (start >= U ? (start - U) * rb : 0);
+        if (start < U) { /* takes old rows: gather into one buffer */
+            for (size_t j = 0, s = start; j < C; j++, s++) {
+                cids[j] = s < U ? old_ids[s] : ids[s - U];
+                memcpy(cvecs + j * rb, s < U ? old_vecs + s * rb : rows + (s - U) * rb, rb);
+            }
+            pid = cids;
+            pvec = cvecs;
+        }
+        st = write_chunk(v, cid, pid, pvec, C);
+        for (size_t j = 0, s = start; j < C && st == KV_OK; j++, s++) {
+            if (s >= U) {
+                st = put_row(v, ids[s - U], refs[s - U], NULL, cid, j);
+                continue;
+            }
+            sqlite3_bind_int64(v->st_move, 1, cid);
+            sqlite3_bind_int64(v->st_move, 2, (int64_t)j);
+            sqlite3_bind_int64(v->st_move, 3, old_ids[s]);
+            st = kvi_store_step_done(&v->err, v->db, v->st_move, "chunk row");
+        }
+        *mark = pid[C - 1];
+    }
+    for (size_t s = nch * C > U ? nch * C : U; s < total && st == KV_OK; s++)
+        st = put_row(v, ids[s - U], refs[s - U], rows + (s - U) * rb, 0, 0);
+    kvi_free(old_ids);
+    kvi_free(old_vecs);
+    kvi_free(cids);
+    kvi_free(cvecs);
+    *next_chunk = cid;
+    *left = (int64_t)(total - nch * C);
+    return st;
+}
+
+/*
+ * Insert n prepared rows in one write transaction: values vals[i]
+ * (vlens[i] bytes; vals NULL: all empty) and vectors rows[0..n). Ids are
+ * assigned consecutively from max(id)+1 into ids[].
+ */
+static kv_status rows_insert(kv_vector *v, size_t n, const uint8_t *rows, const void *const *vals,
+                             const size_t *vlens, int64_t *ids)
+{
+    int64_t one_ref, *refs = n == 1 ? &one_ref : kvi_malloc(n * 8), next_chunk = 0, unchunked = 0, mark = 0;
+    if (!refs)
+        return kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+    kv_status st = kvi_store_begin(&v->err, v->db, 1);
+    if (st == KV_OK)
+        st = write_state(v);
+    int64_t first_chunk = v->next_chunk;
+    for (size_t i = 0; i < n && st == KV_OK; i++) {
+        size_t vl = vals ? vlens[i] : 0;
+        ids[i] = v->next_id + (int64_t)i;
+        sqlite3_bind_blob64(v->st_ins_val, 1, vl ? vals[i] : "", vl, SQLITE_STATIC);
+        st = kvi_store_step_done(&v->err, v->db, v->st_ins_val, "insert value");
+        refs[i] = sqlite3_last_insert_rowid(v->db);
+    }
+    if (st == KV_OK)
+        st = put_rows(v, n, rows, ids, refs, &next_chunk, &unchunked, &mark);
+    if (refs != &one_ref)
+        kvi_free(refs);
+    if (st == KV_OK && (st = kvi_store_commit(&v->err, v->db)) == KV_OK) {
+        v->next_id += (int64_t)n;
+        v->next_chunk = next_chunk;
+        v->unchunked = unchunked;
+        v->mark = mark;
+        cache_apply_insert(v, first_chunk, ids, rows, n);
+        return KV_OK;
+    }
+    kvi_store_rollback(v->db);
+    v->ws_valid = 0;
+    cache_drop(&v->cache);
+    return st;
 }
 
 kv_status kv_vector_insert(kv_vector *v, const void *vec, size_t vbytes, const void *val,
@@ -338,86 +1191,271 @@ kv_status kv_vector_insert(kv_vector *v, const void *vec, size_t vbytes, const v
 {
     kv_status st;
     kvi_err_clear(&v->err);
-    const void *row = prepare_vec(v, vec, vbytes, &st);
+    if (v->vec0)
+        return read_only(v);
+    if (!vec || check_bytes(v, vbytes, 1, &st) < 0)
+        return vec ? st : kvi_err_set(&v->err, KV_INVALID, "vector is NULL");
+    const void *row = prepare_rows(v, vec, 1, v->scratch, &st);
     if (!row)
         return st;
-    sqlite3_bind_blob64(v->st_ins_vec, 2, row, v->row_bytes, SQLITE_STATIC);
-    return kvi_store_insert(&v->err, v->db, v->st_ins_val, val, vlen, v->st_ins_vec, 1,
-                            "insert vector", id);
+    const void *vals[1] = {val};
+    return rows_insert(v, 1, row, vals, &vlen, id);
+}
+
+kv_status kv_vector_insert_many(kv_vector *v, size_t n, const void *vecs, size_t vbytes,
+                                const void *const *vals, const size_t *vlens, int64_t *ids)
+{
+    kv_status st;
+    kvi_err_clear(&v->err);
+    if (v->vec0)
+        return read_only(v);
+    if (n == 0)
+        return KV_OK;
+    if (!vecs || check_bytes(v, vbytes, n, &st) < 0)
+        return vecs ? st : kvi_err_set(&v->err, KV_INVALID, "vectors are NULL");
+    uint8_t *buf = NULL;
+    if (v->metric == KV_VECTOR_COSINE && !(buf = mi_malloc_aligned(n * v->row_bytes, 64)))
+        return kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+    const void *rows = prepare_rows(v, vecs, n, buf, &st);
+    if (rows)
+        st = rows_insert(v, n, rows, vals, vlens, ids);
+    kvi_free(buf);
+    return st;
+}
+
+/* Find row `id` in a write transaction: *found, *ref, *chunk (-1 when
+ * unchunked), *slot. */
+static kv_status locate(kv_vector *v, int64_t id, int *found, int64_t *ref, int64_t *chunk, int64_t *slot)
+{
+    sqlite3_bind_int64(v->st_get_row, 1, id);
+    int rc = sqlite3_step(v->st_get_row);
+    kv_status st = KV_OK;
+    *found = 0;
+    if (rc == SQLITE_ROW) {
+        *found = 1;
+        *ref = sqlite3_column_int64(v->st_get_row, 0);
+        *chunk = sqlite3_column_type(v->st_get_row, 2) == SQLITE_NULL ? -1 : sqlite3_column_int64(v->st_get_row, 2);
+        *slot = sqlite3_column_int64(v->st_get_row, 3);
+    } else if (rc != SQLITE_DONE) {
+        st = sql_fail(v, rc, "lookup row");
+    }
+    sqlite3_reset(v->st_get_row);
+    return st;
+}
+
+/* Read-modify-write bytes [off, off+len) of column `col` of `tbl` row
+ * `rowid` (incremental blob I/O: the rest of the blob is not rewritten). */
+static kv_status blob_io(kv_vector *v, const char *suffix, const char *col, int64_t rowid, int write,
+                         void *buf, size_t len, size_t off)
+{
+    char tbl[300];
+    sqlite3_blob *b = NULL;
+    snprintf(tbl, sizeof tbl, "%s%s", v->table, suffix);
+    int rc = sqlite3_blob_open(v->db, "main", tbl, col, rowid, write, &b);
+    if (rc == SQLITE_OK)
+        rc = write ? sqlite3_blob_write(b, buf, (int)len, (int)off) : sqlite3_blob_read(b, buf, (int)len, (int)off);
+    kv_status st = rc == SQLITE_OK ? KV_OK : sql_fail(v, rc, "chunk blob");
+    sqlite3_blob_close(b);
+    return st;
+}
+
+/* Clear validity bit `slot` of chunk `chunk`; drop the chunk when no valid
+ * slot remains. */
+static kv_status chunk_clear(kv_vector *v, int64_t chunk, int64_t slot)
+{
+    uint8_t valid[4096 / 8 + 1];
+    sqlite3_stmt *s = NULL;
+    char sql[300];
+    size_t nb = 0;
+    snprintf(sql, sizeof sql, "SELECT validity FROM \"%s_chunks\" WHERE chunk_id = ?1", v->table);
+    kv_status st = kvi_prepare(v->db, sql, &s, &v->err);
+    if (st != KV_OK)
+        return st;
+    sqlite3_bind_int64(s, 1, chunk);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        nb = (size_t)sqlite3_column_bytes(s, 0);
+        if (nb > sizeof valid || (size_t)slot / 8 >= nb)
+            st = kvi_err_set(&v->err, KV_CORRUPT, "chunk %lld: bad validity bitmap", (long long)chunk);
+        else
+            memcpy(valid, sqlite3_column_blob(s, 0), nb);
+    } else {
+        st = rc == SQLITE_DONE ? kvi_err_set(&v->err, KV_CORRUPT, "chunk %lld missing", (long long)chunk)
+                               : sql_fail(v, rc, "read validity");
+    }
+    sqlite3_finalize(s);
+    if (st != KV_OK)
+        return st;
+    valid[slot / 8] &= (uint8_t) ~(1u << (slot % 8));
+    int any = 0;
+    for (size_t i = 0; i < nb; i++)
+        any |= valid[i];
+    if (any)
+        return blob_io(v, "_chunks", "validity", chunk, 1, &valid[slot / 8], 1, (size_t)slot / 8);
+    sqlite3_bind_int64(v->st_del_chunk, 1, chunk);
+    if ((st = kvi_store_step_done(&v->err, v->db, v->st_del_chunk, "delete chunk")) != KV_OK)
+        return st;
+    sqlite3_bind_int64(v->st_del_cvec, 1, chunk);
+    return kvi_store_step_done(&v->err, v->db, v->st_del_cvec, "delete chunk");
+}
+
+/* A delete or an update of one row, and where the row was (set by the
+ * body, used to mirror the change into the copy). */
+typedef struct {
+    int64_t id;
+    int *removed;
+    const void *row;      /* update: new vector or NULL */
+    const void *val;      /* update: new value or NULL */
+    size_t vlen;
+    int found;            /* the row existed */
+    int64_t chunk, slot;  /* its chunk (-1: unchunked) and slot */
+} vec_write;
+
+/* Row w->id in the copy: *ch and *slot; 0 when the copy does not have it
+ * where the file has it. */
+static int copy_locate(vcache *c, const vec_write *w, vchunk **ch, size_t *slot)
+{
+    if (w->chunk < 0) { /* unchunked rows are sorted by id */
+        size_t lo = 0, hi = c->tail.size;
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (c->tail.ids[mid] < w->id)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        *ch = &c->tail;
+        *slot = lo;
+        return lo < c->tail.size && c->tail.ids[lo] == w->id;
+    }
+    size_t lo = 0, hi = c->n; /* chunks are sorted by chunk_id */
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c->chunks[mid].chunk_id < w->chunk)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == c->n || c->chunks[lo].chunk_id != w->chunk || (size_t)w->slot >= c->chunks[lo].size ||
+        c->chunks[lo].ids[w->slot] != w->id)
+        return 0;
+    *ch = &c->chunks[lo];
+    *slot = (size_t)w->slot;
+    return 1;
+}
+
+/* Mirror a committed delete (del) or vector update into the copy; drop
+ * the copy when it does not hold the row where the file did. */
+static void cache_apply_row(kv_vector *v, const vec_write *w, int del)
+{
+    vchunk *ch;
+    size_t slot;
+    if (!v->cache.loaded || !w->found || (!del && !w->row))
+        return;
+    if (!copy_locate(&v->cache, w, &ch, &slot)) {
+        cache_drop(&v->cache);
+        return;
+    }
+    if (!del) {
+        memcpy(ch->vecs + slot * v->row_bytes, w->row, v->row_bytes);
+    } else if (ch->valid) {
+        ch->valid[slot >> 3] &= (uint8_t) ~(1u << (slot & 7));
+    } else {
+        ch->size--;
+        memmove(ch->ids + slot, ch->ids + slot + 1, (ch->size - slot) * 8);
+        memmove(ch->vecs + slot * v->row_bytes, ch->vecs + (slot + 1) * v->row_bytes,
+                (ch->size - slot) * v->row_bytes);
+    }
+}
+
+/* Run `body` between BEGIN IMMEDIATE and COMMIT, then mirror the change
+ * into the copy; the write state is rebuilt from the file next time. */
+static kv_status write_txn(kv_vector *v, kv_status (*body)(kv_vector *, vec_write *), vec_write *w,
+                           int del)
+{
+    kv_status st = kvi_store_begin(&v->err, v->db, 1);
+    if (st != KV_OK)
+        return st;
+    if ((st = body(v, w)) != KV_OK)
+        kvi_store_rollback(v->db);
+    else
+        st = kvi_store_commit(&v->err, v->db);
+    v->ws_valid = 0;
+    if (st == KV_OK)
+        cache_apply_row(v, w, del);
+    else
+        cache_drop(&v->cache);
+    return st;
+}
+
+static kv_status delete_body(kv_vector *v, vec_write *w)
+{
+    int64_t ref;
+    kv_status st = locate(v, w->id, &w->found, &ref, &w->chunk, &w->slot);
+    if (st != KV_OK || !w->found)
+        return st;
+    sqlite3_bind_int64(v->st_del_row, 1, w->id);
+    if ((st = kvi_store_step_done(&v->err, v->db, v->st_del_row, "delete vector")) != KV_OK)
+        return st;
+    sqlite3_bind_int64(v->st_del_val, 1, ref);
+    if ((st = kvi_store_step_done(&v->err, v->db, v->st_del_val, "delete value")) != KV_OK)
+        return st;
+    if (w->chunk >= 0 && (st = chunk_clear(v, w->chunk, w->slot)) != KV_OK)
+        return st;
+    *w->removed = 1;
+    return KV_OK;
 }
 
 kv_status kv_vector_delete(kv_vector *v, int64_t id, int *removed)
 {
+    int dummy;
     kvi_err_clear(&v->err);
-    return kvi_store_delete(&v->err, v->db, v->st_get_row, v->st_del_vec, v->st_del_val, id, removed, "vector");
+    if (v->vec0)
+        return read_only(v);
+    vec_write w = {.id = id, .removed = removed ? removed : &dummy};
+    *w.removed = 0;
+    return write_txn(v, delete_body, &w, 1);
+}
+
+static kv_status update_body(kv_vector *v, vec_write *w)
+{
+    kv_status st = KV_OK;
+    if (w->row) {
+        int64_t ref;
+        if ((st = locate(v, w->id, &w->found, &ref, &w->chunk, &w->slot)) != KV_OK)
+            return st;
+        if (w->found && w->chunk < 0) {
+            sqlite3_bind_blob64(v->st_upd_vec, 1, w->row, v->row_bytes, SQLITE_STATIC);
+            sqlite3_bind_int64(v->st_upd_vec, 2, w->id);
+            st = kvi_store_step_done(&v->err, v->db, v->st_upd_vec, "update vector");
+        } else if (w->found) {
+            st = blob_io(v, "_chunk_vectors", "vectors", w->chunk, 1, (void *)w->row, v->row_bytes,
+                         (size_t)w->slot * v->row_bytes);
+        }
+    }
+    if (st == KV_OK && w->val)
+        st = kvi_store_set_value(&v->err, v->db, v->st_get_row, v->st_upd_val, w->id, w->val, w->vlen);
+    return st;
 }
 
 kv_status kv_vector_update(kv_vector *v, int64_t id, const void *vec, size_t vbytes,
                            const void *val, size_t vlen)
 {
     kv_status st;
-    const void *row = NULL;
     kvi_err_clear(&v->err);
+    if (v->vec0)
+        return read_only(v);
     if (!vec && !val)
         return kvi_err_set(&v->err, KV_INVALID, "Must provide either vector or value to update");
-    if (vec && !(row = prepare_vec(v, vec, vbytes, &st)))
+    vec_write w = {.id = id, .val = val, .vlen = vlen};
+    if (vec && (check_bytes(v, vbytes, 1, &st) < 0 || !(w.row = prepare_rows(v, vec, 1, v->scratch, &st))))
         return st;
-    if (row) {
-        sqlite3_bind_blob64(v->st_upd_vec, 1, row, v->row_bytes, SQLITE_STATIC);
-        sqlite3_bind_int64(v->st_upd_vec, 2, id);
-    }
-    return kvi_store_update(&v->err, v->db, row ? v->st_upd_vec : NULL, "update vector",
-                            v->st_get_row, v->st_upd_val, id, val, vlen);
+    return write_txn(v, update_body, &w, 0);
 }
 
 /* ====================================================================== */
-/* 4. Search and reads                                                      */
+/* 5. Search                                                                */
 /* ====================================================================== */
-
-/* Heap entry: a candidate and where its value lives. */
-typedef struct {
-    double dist;
-    int64_t id;
-    int64_t ref;
-} cand;
-
-/* Total order of candidates: distance, then id (lower is better). */
-static inline int cand_worse(const cand *a, const cand *b)
-{
-    return a->dist > b->dist || (a->dist == b->dist && a->id > b->id);
-}
-
-/* Max-heap on "worse": heap[0] is the worst kept candidate, evicted when a
- * better one arrives (bounded heap of size k). */
-static void heap_sift_down(cand *h, size_t n, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < n && cand_worse(&h[l], &h[m]))
-            m = l;
-        if (r < n && cand_worse(&h[r], &h[m]))
-            m = r;
-        if (m == i)
-            return;
-        cand t = h[i];
-        h[i] = h[m];
-        h[m] = t;
-        i = m;
-    }
-}
-
-static void heap_sift_up(cand *h, size_t i)
-{
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (!cand_worse(&h[i], &h[p]))
-            return;
-        cand t = h[i];
-        h[i] = h[p];
-        h[p] = t;
-        i = p;
-    }
-}
 
 void kv_vector_hits_free(kv_vector_hits *h)
 {
@@ -428,145 +1466,326 @@ void kv_vector_hits_free(kv_vector_hits *h)
     kvi_free(h);
 }
 
-kv_status kv_vector_search(kv_vector *v, const void *query, size_t qbytes, int64_t k,
-                           kv_vector_hits **out)
+/* One unit of scan work: rows [first, first+n) of a chunk of the copy. */
+typedef struct {
+    const vchunk *ch;
+    size_t first, n;
+} scan_unit;
+
+/* One scan job: units [u0, u1) against queries q[0..nq), one heap each. */
+typedef struct {
+    const kv_vector *v;
+    const scan_unit *units;
+    size_t u0, u1;
+    const uint8_t *q;   /* nq * row_bytes */
+    size_t nq;
+    kvk_heap *heaps;    /* nq heaps */
+} scan_job;
+
+static void *scan_run(void *arg)
+{
+    scan_job *j = arg;
+    const kv_vector *v = j->v;
+    size_t block = MANY_BLOCK_BYTES / v->row_bytes;
+    if (block == 0 || j->nq == 1)
+        block = (size_t)-1;
+    for (size_t u = j->u0; u < j->u1; u++) {
+        const scan_unit *su = &j->units[u];
+        /* block the rows so each block is read from memory once and stays
+         * in cache while every query is scored against it */
+        for (size_t b = 0; b < su->n; b += block) {
+            size_t m = su->n - b < block ? su->n - b : block, s = su->first + b;
+            const uint8_t *rows = su->ch->vecs + s * v->row_bytes;
+            for (size_t qi = 0; qi < j->nq; qi++)
+                kvk_scan(v->score, j->q + qi * v->row_bytes, rows, m, v->row_bytes, v->dims,
+                         su->ch->valid ? su->ch->valid : NULL, su->ch->valid ? s : 0,
+                         su->ch->ids + s, &j->heaps[qi]);
+        }
+    }
+    return NULL;
+}
+
+static int auto_threads(const kv_vector *v, size_t rows)
+{
+    if (v->threads > 0)
+        return v->threads;
+    if ((double)rows * (double)v->row_bytes < PARALLEL_MIN_BYTES)
+        return 1;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 64 ? 64 : (int)n;
+}
+
+/*
+ * Scan the copy for nq queries (prepared, nq * row_bytes bytes), keeping
+ * the best k of each in heaps[qi] (storage k per heap, caller-owned).
+ * Splits the rows into units of at most one chunk and, with several
+ * threads, gives each thread a contiguous range of units and its own heaps,
+ * merged at the end.
+ */
+static kv_status scan_copy(kv_vector *v, const uint8_t *q, size_t nq, size_t k, kvk_heap *heaps)
+{
+    vcache *c = &v->cache;
+    size_t nunits = c->n + 1, rows = c->tail.size;
+    scan_unit *units = kvi_malloc(nunits * sizeof *units);
+    if (!units)
+        return kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+    size_t nu = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        units[nu++] = (scan_unit){&c->chunks[i], 0, c->chunks[i].size};
+        rows += c->chunks[i].size;
+    }
+    if (c->tail.size)
+        units[nu++] = (scan_unit){&c->tail, 0, c->tail.size};
+    int nt = auto_threads(v, rows);
+    if ((size_t)nt > nu)
+        nt = nu ? (int)nu : 1;
+    kv_status st = KV_OK;
+    if (nt <= 1) {
+        scan_job j = {v, units, 0, nu, q, nq, heaps};
+        scan_run(&j);
+        kvi_free(units);
+        return KV_OK;
+    }
+    scan_job *jobs = kvi_calloc((size_t)nt, sizeof *jobs);
+    pthread_t *tids = kvi_calloc((size_t)nt, sizeof *tids);
+    kvk_cand *store = kvi_malloc((size_t)nt * nq * (k ? k : 1) * sizeof *store);
+    kvk_heap *th = kvi_calloc((size_t)nt * nq, sizeof *th);
+    if (!jobs || !tids || !store || !th) {
+        st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+        goto out;
+    }
+    /* contiguous unit ranges of about rows/nt rows each */
+    size_t u = 0, acc = 0, per = rows / (size_t)nt + 1;
+    for (int t = 0; t < nt; t++) {
+        jobs[t] = (scan_job){v, units, u, u, q, nq, th + (size_t)t * nq};
+        for (size_t qi = 0; qi < nq; qi++)
+            jobs[t].heaps[qi] = (kvk_heap){store + ((size_t)t * nq + qi) * (k ? k : 1), 0, k};
+        size_t goal = per * (size_t)(t + 1);
+        while (u < nu && (acc < goal || t == nt - 1)) {
+            acc += units[u].n;
+            u++;
+        }
+        jobs[t].u1 = u;
+    }
+    /* jobs 1..nt-1 on new threads, job 0 on this one */
+    int started = 1;
+    for (; started < nt; started++)
+        if (pthread_create(&tids[started], NULL, scan_run, &jobs[started]) != 0)
+            break;
+    for (int t = started; t < nt; t++)
+        scan_run(&jobs[t]); /* could not start a thread: scan here */
+    scan_run(&jobs[0]);
+    for (int t = 1; t < started; t++)
+        pthread_join(tids[t], NULL);
+    for (int t = 0; t < nt; t++)
+        for (size_t qi = 0; qi < nq; qi++) {
+            kvk_heap *h = &jobs[t].heaps[qi];
+            for (size_t i = 0; i < h->n; i++)
+                kvk_heap_push(&heaps[qi], h->c[i].score, h->c[i].id, h->c[i].row);
+        }
+out:
+    kvi_free(jobs);
+    kvi_free(tids);
+    kvi_free(store);
+    kvi_free(th);
+    kvi_free(units);
+    return st;
+}
+
+/* value_ref of the copy's row at `row` (vec0 tables keep them), else -1. */
+static int64_t copy_ref(const vcache *c, const uint8_t *row, size_t row_bytes)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        const vchunk *ch = &c->chunks[i];
+        if (ch->refs && row >= ch->vecs && row < ch->vecs + ch->size * row_bytes)
+            return ch->refs[(size_t)(row - ch->vecs) / row_bytes];
+    }
+    return -1;
+}
+
+typedef struct {
+    double dist;
+    int64_t id;
+    int64_t ref;
+} final_hit;
+
+static int final_cmp(const void *a, const void *b)
+{
+    const final_hit *x = a, *y = b;
+    if (x->dist != y->dist)
+        return x->dist < y->dist ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+/* Turn a heap into results: distances recomputed in double on the stored
+ * copy, sorted by (distance, id) and reported rounded to float32
+ * (kv_vector_distance), with their values read in the current
+ * transaction. */
+static kv_status build_hits(kv_vector *v, const uint8_t *q, kvk_heap *hp, kv_vector_hits **out)
 {
     kv_status st = KV_OK;
-    cand *heap = NULL;
-    size_t n = 0;
-    kv_vector_hits *h = NULL;
+    kv_vector_hits *h = kvi_calloc(1, sizeof *h);
+    final_hit *f = kvi_malloc((hp->n ? hp->n : 1) * sizeof *f);
+    size_t n = 0, total = 0, cap = 0;
+    uint8_t *mem = NULL;
+    size_t *offs = kvi_malloc((hp->n ? hp->n : 1) * sizeof *offs);
+    if (!h || !f || !offs || (hp->n && !(h->hits = kvi_calloc(hp->n, sizeof *h->hits)))) {
+        st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+        goto out;
+    }
+    /* exact distances; with a value_ref (native rows need one lookup each) */
+    for (size_t i = 0; i < hp->n; i++) {
+        const uint8_t *row = hp->c[i].row;
+        f[n++] = (final_hit){distance_exact(v->metric, v->elem, q, row, v->dims), hp->c[i].id,
+                             v->vec0 ? copy_ref(&v->cache, row, v->row_bytes) : -1};
+    }
+    qsort(f, n, sizeof *f, final_cmp);
+    for (size_t i = 0; i < n && st == KV_OK; i++) {
+        int64_t ref = f[i].ref;
+        if (ref < 0 && v->vec0) {
+            st = kvi_err_set(&v->err, KV_CORRUPT, "row %lld has no value_ref", (long long)f[i].id);
+            break;
+        }
+        if (ref < 0) {
+            int found;
+            int64_t chunk, slot;
+            if ((st = locate(v, f[i].id, &found, &ref, &chunk, &slot)) != KV_OK)
+                break;
+            if (!found) {
+                st = kvi_err_set(&v->err, KV_CORRUPT, "row %lld in a chunk but not in the table",
+                                 (long long)f[i].id);
+                break;
+            }
+        }
+        sqlite3_bind_int64(v->st_get_val, 1, ref);
+        int rc = sqlite3_step(v->st_get_val);
+        size_t len = 0;
+        const void *p = NULL;
+        if (rc == SQLITE_ROW) {
+            len = (size_t)sqlite3_column_bytes(v->st_get_val, 0);
+            p = sqlite3_column_blob(v->st_get_val, 0);
+        } else if (rc != SQLITE_DONE) {
+            st = sql_fail(v, rc, "read value");
+        }
+        if (st == KV_OK && total + len + 1 > cap) {
+            size_t ncap = (total + len + 1) * 2;
+            uint8_t *nm = kvi_realloc(mem, ncap);
+            if (!nm)
+                st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+            else {
+                mem = nm;
+                cap = ncap;
+            }
+        }
+        if (st == KV_OK) {
+            if (len)
+                memcpy(mem + total, p, len);
+            offs[i] = total;
+            h->hits[i] = (kv_vector_hit){f[i].id, (double)(float)f[i].dist, NULL, len};
+            total += len;
+        }
+        sqlite3_reset(v->st_get_val);
+    }
+    if (st == KV_OK) {
+        for (size_t i = 0; i < n; i++)
+            h->hits[i].val = mem + offs[i];
+        h->n = n;
+        h->mem_ = mem;
+        mem = NULL;
+    }
+out:
+    kvi_free(f);
+    kvi_free(offs);
+    kvi_free(mem);
+    if (st != KV_OK) {
+        kv_vector_hits_free(h);
+        return st;
+    }
+    *out = h;
+    return KV_OK;
+}
+
+kv_status kv_vector_search_many(kv_vector *v, const void *queries, size_t nq, size_t qbytes,
+                                int64_t k, kv_vector_hits **out)
+{
+    kv_status st = KV_OK;
     uint8_t *q = NULL;
-    int rc;
+    kvk_heap *heaps = NULL;
+    kvk_cand *store = NULL;
 
     kvi_err_clear(&v->err);
-    *out = NULL;
+    for (size_t i = 0; i < nq; i++)
+        out[i] = NULL;
     if (k < 0)
         return kvi_err_set(&v->err, KV_INVALID, "k must be >= 0, got %lld", (long long)k);
     if (k > KV_VECTOR_MAX_K)
         return kvi_err_set(&v->err, KV_INVALID,
                            "k value in knn query too large, provided %lld and the limit is %d",
                            (long long)k, KV_VECTOR_MAX_K);
-    const void *prepared = prepare_vec(v, query, qbytes, &st);
-    if (!prepared)
-        return st;
-    /* own copy: scratch is reused by nothing below, but keep it explicit */
-    if (!(q = kvi_malloc(v->row_bytes)) || !(h = kvi_calloc(1, sizeof *h))) {
-        kvi_free(q);
+    if (nq == 0)
+        return KV_OK;
+    if (!queries || check_bytes(v, qbytes, nq, &st) < 0)
+        return queries ? st : kvi_err_set(&v->err, KV_INVALID, "query is NULL");
+    if (!(q = mi_malloc_aligned(nq * v->row_bytes, 64)))
         return kvi_err_set(&v->err, KV_NOMEM, "out of memory");
-    }
-    memcpy(q, prepared, v->row_bytes);
-    if (k == 0)
-        goto finish_nolock;
-    if (!(heap = kvi_malloc((size_t)k * sizeof *heap))) {
+    const void *prepared = prepare_rows(v, queries, nq, q, &st);
+    if (!prepared)
+        goto done_nolock;
+    if (prepared != q)
+        memcpy(q, prepared, nq * v->row_bytes);
+    /* queries go through the scan in groups, which bounds the heaps'
+     * memory (group * k candidates) for any batch size */
+    size_t kk = (size_t)k, group = nq < MANY_GROUP ? nq : MANY_GROUP;
+    heaps = kvi_calloc(group, sizeof *heaps);
+    store = kvi_malloc(group * (kk ? kk : 1) * sizeof *store);
+    if (!heaps || !store) {
         st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
         goto done_nolock;
     }
-
     if ((st = kvi_store_begin(&v->err, v->db, 0)) != KV_OK)
         goto done_nolock;
-    /* Scan: invariant — heap holds the best min(k, rows seen) candidates,
-     * heap[0] the worst of them. */
-    while ((rc = sqlite3_step(v->st_scan)) == SQLITE_ROW) {
-        size_t len = (size_t)sqlite3_column_bytes(v->st_scan, 2);
-        const void *vec = sqlite3_column_blob(v->st_scan, 2);
-        if (len != v->row_bytes) {
-            st = kvi_err_set(&v->err, KV_CORRUPT,
-                             "stored vector of row %lld has %zu bytes, expected %zu "
-                             "(table opened with %zu dimensions)",
-                             (long long)sqlite3_column_int64(v->st_scan, 0), len, v->row_bytes,
-                             v->dims);
-            break;
-        }
-        cand c = {kv_vector_distance(v->metric, v->elem, q, vec, v->dims),
-                  sqlite3_column_int64(v->st_scan, 0), sqlite3_column_int64(v->st_scan, 1)};
-        if (n < (size_t)k) {
-            heap[n] = c;
-            heap_sift_up(heap, n++);
-        } else if (cand_worse(&heap[0], &c)) {
-            heap[0] = c;
-            heap_sift_down(heap, n, 0);
-        }
+    st = cache_refresh(v);
+    for (size_t g = 0; g < nq && st == KV_OK; g += group) {
+        size_t gn = nq - g < group ? nq - g : group;
+        const uint8_t *gq = q + g * v->row_bytes;
+        for (size_t i = 0; i < gn; i++)
+            heaps[i] = (kvk_heap){store + i * (kk ? kk : 1), 0, kk};
+        if (kk)
+            st = scan_copy(v, gq, gn, kk, heaps);
+        for (size_t i = 0; i < gn && st == KV_OK; i++)
+            st = build_hits(v, gq + i * v->row_bytes, &heaps[i], &out[g + i]);
     }
-    if (st == KV_OK && rc != SQLITE_DONE)
-        st = sql_fail(v, rc, "scan");
-    sqlite3_reset(v->st_scan);
-    if (st != KV_OK)
-        goto done;
-
-    /* Heap sort in place: pop the worst to the back, giving ascending order. */
-    for (size_t m = n; m > 1; m--) {
-        cand t = heap[0];
-        heap[0] = heap[m - 1];
-        heap[m - 1] = t;
-        heap_sift_down(heap, m - 1, 0);
-    }
-
-    /* Values, in the same snapshot. */
-    if (n) {
-        size_t total = 0, off = 0;
-        uint8_t *mem = NULL;
-        h->hits = kvi_calloc(n, sizeof *h->hits);
-        size_t *offs = kvi_malloc(n * sizeof *offs);
-        if (!h->hits || !offs) {
-            kvi_free(offs);
-            st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
-            goto done;
-        }
-        for (size_t i = 0; i < n && st == KV_OK; i++) {
-            sqlite3_bind_int64(v->st_get_val, 1, heap[i].ref);
-            rc = sqlite3_step(v->st_get_val);
-            size_t len = 0;
-            const void *p = NULL;
-            if (rc == SQLITE_ROW) {
-                len = (size_t)sqlite3_column_bytes(v->st_get_val, 0);
-                p = sqlite3_column_blob(v->st_get_val, 0);
-            } else if (rc != SQLITE_DONE) {
-                st = sql_fail(v, rc, "read value");
-            }
-            if (st == KV_OK && total + len + 1 > off) {
-                size_t ncap = (total + len + 1) * 2;
-                uint8_t *nm = kvi_realloc(mem, ncap);
-                if (!nm)
-                    st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
-                else {
-                    mem = nm;
-                    off = ncap; /* capacity */
-                }
-            }
-            if (st == KV_OK) {
-                if (len)
-                    memcpy(mem + total, p, len);
-                offs[i] = total;
-                h->hits[i].id = heap[i].id;
-                h->hits[i].distance = heap[i].dist;
-                h->hits[i].vlen = len;
-                total += len;
-            }
-            sqlite3_reset(v->st_get_val);
-        }
-        if (st == KV_OK)
-            for (size_t i = 0; i < n; i++)
-                h->hits[i].val = mem + offs[i];
-        h->mem_ = mem;
-        kvi_free(offs);
-        if (st != KV_OK)
-            goto done;
-    }
-    h->n = n;
-
-done:
     kvi_store_read_end(v->db, NULL, NULL);
+    if (st != KV_OK)
+        for (size_t i = 0; i < nq; i++) {
+            kv_vector_hits_free(out[i]);
+            out[i] = NULL;
+        }
 done_nolock:
-    if (st != KV_OK) {
-        kvi_free(heap);
-        kvi_free(q);
-        kv_vector_hits_free(h);
-        return st;
-    }
-finish_nolock:
-    kvi_free(heap);
+    kvi_free(heaps);
+    kvi_free(store);
     kvi_free(q);
-    *out = h;
+    return st;
+}
+
+kv_status kv_vector_search(kv_vector *v, const void *query, size_t qbytes, int64_t k,
+                           kv_vector_hits **out)
+{
+    return kv_vector_search_many(v, query, 1, qbytes, k, out);
+}
+
+/* ====================================================================== */
+/* 6. Reads by id                                                           */
+/* ====================================================================== */
+
+/* In a read transaction, vec0 tables: row `id` from the copy. */
+static kv_status vec0_row(kv_vector *v, int64_t id, vchunk **ch, size_t *slot)
+{
+    kv_status st = cache_refresh(v);
+    if (st != KV_OK)
+        return st;
+    if (!cache_find(&v->cache, id, ch, slot))
+        return kvi_err_set(&v->err, KV_NOTFOUND, "ID %lld not found", (long long)id);
     return KV_OK;
 }
 
@@ -574,19 +1793,50 @@ kv_status kv_vector_get_by_id(kv_vector *v, int64_t id, uint8_t **vec, size_t *v
                               uint8_t **val, size_t *vlen)
 {
     kv_status st;
+    int64_t ref = 0;
     kvi_err_clear(&v->err);
     *vec = *val = NULL;
     *vbytes = *vlen = 0;
     if ((st = kvi_store_begin(&v->err, v->db, 0)) != KV_OK)
         return st;
-    st = kvi_store_step_id(&v->err, v->db, v->st_get_row, id, id);
-    if (st == KV_OK)
-        st = kvi_store_column_copy(&v->err, v->st_get_row, 1, 0, vec, vbytes);
-    if (st == KV_OK)
-        st = kvi_store_step_id(&v->err, v->db, v->st_get_val,
-                               sqlite3_column_int64(v->st_get_row, 0), id);
+    if (!(*vec = kvi_malloc(v->row_bytes))) {
+        st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+        goto out;
+    }
+    *vbytes = v->row_bytes;
+    if (v->vec0) {
+        vchunk *ch;
+        size_t slot;
+        if ((st = vec0_row(v, id, &ch, &slot)) != KV_OK)
+            goto out;
+        memcpy(*vec, ch->vecs + slot * v->row_bytes, v->row_bytes);
+        ref = ch->refs[slot];
+    } else {
+        st = kvi_store_step_id(&v->err, v->db, v->st_get_row, id, id);
+        if (st != KV_OK)
+            goto out;
+        ref = sqlite3_column_int64(v->st_get_row, 0);
+        size_t len = (size_t)sqlite3_column_bytes(v->st_get_row, 1);
+        if (sqlite3_column_type(v->st_get_row, 2) == SQLITE_NULL) {
+            if (len != v->row_bytes)
+                st = kvi_err_set(&v->err, KV_CORRUPT, "stored vector of row %lld has %zu bytes, expected %zu",
+                                 (long long)id, len, v->row_bytes);
+            else
+                memcpy(*vec, sqlite3_column_blob(v->st_get_row, 1), len);
+        } else {
+            int64_t chunk = sqlite3_column_int64(v->st_get_row, 2);
+            int64_t slot = sqlite3_column_int64(v->st_get_row, 3);
+            st = blob_io(v, "_chunk_vectors", "vectors", chunk, 0, *vec, v->row_bytes,
+                         (size_t)slot * v->row_bytes);
+        }
+        sqlite3_reset(v->st_get_row);
+        if (st != KV_OK)
+            goto out;
+    }
+    st = kvi_store_step_id(&v->err, v->db, v->st_get_val, ref, id);
     if (st == KV_OK)
         st = kvi_store_column_copy(&v->err, v->st_get_val, 0, 0, val, vlen);
+out:
     kvi_store_read_end(v->db, v->st_get_row, v->st_get_val);
     if (st != KV_OK) {
         kvi_free(*vec);
@@ -600,12 +1850,37 @@ kv_status kv_vector_get_by_id(kv_vector *v, int64_t id, uint8_t **vec, size_t *v
 kv_status kv_vector_exists(kv_vector *v, int64_t id, int *found)
 {
     kvi_err_clear(&v->err);
-    return kvi_store_exists(&v->err, v->db, v->st_get_row, id, found, "lookup row");
+    if (!v->vec0)
+        return kvi_store_exists(&v->err, v->db, v->st_get_row, id, found, "lookup row");
+    kv_status st = kvi_store_begin(&v->err, v->db, 0);
+    if (st != KV_OK)
+        return st;
+    vchunk *ch;
+    size_t slot;
+    st = vec0_row(v, id, &ch, &slot);
+    *found = st == KV_OK;
+    if (st == KV_NOTFOUND)
+        st = KV_OK;
+    kvi_store_read_end(v->db, NULL, NULL);
+    kvi_err_clear(&v->err);
+    return st;
 }
 
 kv_status kv_vector_count(kv_vector *v, int64_t *count)
 {
     kvi_err_clear(&v->err);
+    if (v->vec0) {
+        kv_status st = kvi_store_begin(&v->err, v->db, 0);
+        if (st == KV_OK)
+            st = cache_refresh(v);
+        int64_t n = 0;
+        for (size_t i = 0; st == KV_OK && i < v->cache.n; i++)
+            for (size_t s = 0; s < v->cache.chunks[i].size; s++)
+                n += (v->cache.chunks[i].valid[s >> 3] >> (s & 7)) & 1;
+        kvi_store_read_end(v->db, NULL, NULL);
+        *count = n;
+        return st;
+    }
     int rc = sqlite3_step(v->st_count);
     kv_status st = KV_OK;
     if (rc == SQLITE_ROW)
@@ -613,5 +1888,151 @@ kv_status kv_vector_count(kv_vector *v, int64_t *count)
     else
         st = sql_fail(v, rc, NULL);
     sqlite3_reset(v->st_count);
+    return st;
+}
+
+/* ====================================================================== */
+/* 7. vec0 migration                                                        */
+/* ====================================================================== */
+
+/* Drop vec0's shadow tables of v->table and its schema entry, in the open
+ * write transaction. A virtual table owns no b-tree pages (rootpage 0), so
+ * removing its sqlite_master row with writable_schema loses nothing; the
+ * schema cookie is bumped so every connection reloads the schema. */
+static kv_status drop_vec0(kv_vector *v)
+{
+    char sql[1024];
+    sqlite3_stmt *s = NULL;
+    kv_status st;
+    const char *t = v->table;
+    char (*names)[300] = NULL;
+    size_t n = 0;
+    snprintf(sql, sizeof sql,
+             "SELECT name FROM sqlite_master WHERE type = 'table' AND (name IN "
+             "('%s_chunks', '%s_rowids', '%s_info', '%s_auxiliary') OR name GLOB '%s_vector_chunks[0-9][0-9]' "
+             "OR name GLOB '%s_metadatachunks[0-9][0-9]' OR name GLOB '%s_metadatatext[0-9][0-9]')",
+             t, t, t, t, t, t, t);
+    if ((st = kvi_prepare(v->db, sql, &s, &v->err)) != KV_OK)
+        return st;
+    if (!(names = kvi_calloc(64, sizeof *names))) {
+        sqlite3_finalize(s);
+        return kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+    }
+    while (sqlite3_step(s) == SQLITE_ROW && n < 64)
+        snprintf(names[n++], sizeof names[0], "%s", (const char *)sqlite3_column_text(s, 0));
+    sqlite3_finalize(s);
+    for (size_t i = 0; i < n && st == KV_OK; i++) {
+        snprintf(sql, sizeof sql, "DROP TABLE \"%s\"", names[i]);
+        st = kvi_exec(v->db, sql, &v->err);
+    }
+    kvi_free(names);
+    if (st != KV_OK)
+        return st;
+    int64_t cookie = query_i64(v->db, "PRAGMA schema_version");
+    snprintf(sql, sizeof sql,
+             "PRAGMA writable_schema = ON;"
+             "DELETE FROM sqlite_master WHERE type = 'table' AND name = '%s' AND rootpage = 0 "
+             "AND sql LIKE 'CREATE VIRTUAL TABLE%%';"
+             "PRAGMA schema_version = %lld;"
+             "PRAGMA writable_schema = OFF",
+             t, (long long)cookie + 1);
+    return kvi_exec(v->db, sql, &v->err);
+}
+
+kv_status kv_vector_migrate_vec0(const char *path, const char *table, int64_t *moved, char *err,
+                                 size_t errlen)
+{
+    char msg[512] = "";
+    vec0_decl d;
+    sqlite3 *db = NULL;
+    char *vsql = NULL;
+    kv_vector *v = NULL;
+    kv_status st;
+    int64_t *ids = NULL, *refs = NULL;
+    uint8_t *rows = NULL;
+    size_t n = 0;
+
+    if (moved)
+        *moved = 0;
+    if (kvi_table_name_valid(table) != KV_OK) {
+        snprintf(msg, sizeof msg, "Invalid table name: %s", table ? table : "(null)");
+        st = KV_INVALID;
+        goto fail;
+    }
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+        snprintf(msg, sizeof msg, "cannot open %s: %s", path, db ? sqlite3_errmsg(db) : "out of memory");
+        sqlite3_close(db);
+        st = KV_IO;
+        goto fail;
+    }
+    vsql = vec0_sql(db, table);
+    sqlite3_close(db);
+    if (!vsql) {
+        snprintf(msg, sizeof msg, "table %s of %s is not a sqlite-vec vec0 table", table, path);
+        st = KV_INVALID;
+        goto fail;
+    }
+    if (vec0_parse(vsql, &d, msg, sizeof msg) < 0) {
+        st = KV_INVALID;
+        goto fail;
+    }
+    if ((st = kv_vector_open(path, table, d.dims, d.metric, d.elem, &v, msg, sizeof msg)) != KV_OK)
+        goto fail;
+    if ((st = kvi_store_begin(&v->err, v->db, 1)) != KV_OK)
+        goto fail_v;
+    if ((st = cache_refresh(v)) != KV_OK)
+        goto fail_txn;
+    /* every valid slot, in chunk order (vec0 appends, so ascending rowid) */
+    for (size_t i = 0; i < v->cache.n; i++)
+        n += v->cache.chunks[i].size;
+    ids = kvi_malloc((n ? n : 1) * 8);
+    refs = kvi_malloc((n ? n : 1) * 8);
+    rows = mi_malloc_aligned((n ? n : 1) * v->row_bytes, 64);
+    if (!ids || !refs || !rows) {
+        st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+        goto fail_txn;
+    }
+    n = 0;
+    for (size_t i = 0; i < v->cache.n; i++) {
+        const vchunk *ch = &v->cache.chunks[i];
+        for (size_t s = 0; s < ch->size; s++) {
+            if (!(ch->valid[s >> 3] & (1u << (s & 7))))
+                continue;
+            ids[n] = ch->ids[s];
+            refs[n] = ch->refs[s];
+            memcpy(rows + n * v->row_bytes, ch->vecs + s * v->row_bytes, v->row_bytes);
+            n++;
+        }
+    }
+    sqlite3_finalize(v->st_load);
+    v->st_load = NULL;
+    v->vec0 = 0;
+    int64_t next_chunk, unchunked, mark;
+    if ((st = drop_vec0(v)) != KV_OK || (st = create_schema(v)) != KV_OK ||
+        (st = prepare_native(v)) != KV_OK || (st = write_state(v)) != KV_OK ||
+        (st = put_rows(v, n, rows, ids, refs, &next_chunk, &unchunked, &mark)) != KV_OK)
+        goto fail_txn;
+    if ((st = kvi_store_commit(&v->err, v->db)) != KV_OK)
+        goto fail_v;
+    if (moved)
+        *moved = (int64_t)n;
+    kvi_free(ids);
+    kvi_free(refs);
+    kvi_free(rows);
+    sqlite3_free(vsql);
+    kv_vector_close(v);
+    return KV_OK;
+
+fail_txn:
+    kvi_store_rollback(v->db);
+fail_v:
+    snprintf(msg, sizeof msg, "migrate %.64s: %.400s", table, v->err.msg);
+    kv_vector_close(v);
+fail:
+    kvi_free(ids);
+    kvi_free(refs);
+    kvi_free(rows);
+    sqlite3_free(vsql);
+    kvi_msg_copy(msg, err, errlen);
     return st;
 }

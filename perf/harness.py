@@ -78,6 +78,9 @@ def suites(build: str, quick: bool) -> list[dict]:
         {"name": "shm", "title": "Shared segment lookups (C) vs LMDB",
          "cmd": [c_bench] + (["200000", "400000", "1"] if quick else ["1000000", "2000000", "5"]),
          "needs": c_bench, "parse": parse_shm_table},
+        {"name": "vectors", "title": "Vector search and inserts vs numpy and sqlite-vec",
+         "cmd": [py, os.path.join(PERF, "bench_vectors.py"), "--json", "{json}"]
+                + (["--quick"] if quick else [])},
         {"name": "shared", "title": "Attached processes vs embedded, lmdb, diskcache, redis",
          "cmd": [py, os.path.join(PERF, "bench_shared.py"), "--json", "{json}"]
                 + (["--quick"] if quick else []),

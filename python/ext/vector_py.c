@@ -57,6 +57,11 @@ typedef struct {
     int64_t id;               /* in: get_by_id, update; out: insert */
     int64_t k;                /* search: neighbours wanted */
     kv_vector_hits *hits;     /* out: search (kv_vector_hits_free) */
+    size_t n;                 /* insert_many, search_many: rows / queries */
+    const void *const *vals;  /* insert_many: n encoded values */
+    const size_t *vlens;      /* insert_many: their lengths */
+    int64_t *ids;             /* out: insert_many, n ids */
+    kv_vector_hits **many;    /* out: search_many, n result sets */
     uint8_t *vec_out;         /* out: get_by_id vector (kv_vector_free) */
     size_t vec_out_len;       /* bytes at vec_out */
     uint8_t *val_out;         /* out: get_by_id value (kv_vector_free) */
@@ -67,6 +72,18 @@ static kv_status op_insert(void *h, void *c)
 {
     vk_args *a = c;
     return kv_vector_insert(h, a->vec, a->vbytes, a->val, a->vlen, &a->id);
+}
+
+static kv_status op_insert_many(void *h, void *c)
+{
+    vk_args *a = c;
+    return kv_vector_insert_many(h, a->n, a->vec, a->vbytes, a->vals, a->vlens, a->ids);
+}
+
+static kv_status op_search_many(void *h, void *c)
+{
+    vk_args *a = c;
+    return kv_vector_search_many(h, a->vec, a->n, a->vbytes, a->k, a->many);
 }
 
 static kv_status op_update(void *h, void *c)
@@ -189,17 +206,57 @@ fail:
     return NULL;
 }
 
+/*
+ * A batch of vectors → a new reference to an object exporting `n` rows of
+ * float32 (n * 4 * dims bytes, C-contiguous) in *view (release with
+ * PyBuffer_Release). Accepts any C-contiguous float32 buffer (2-D numpy
+ * arrays from the proxy) of a multiple of 4 * dims bytes.
+ */
+static int vk_rows_view(VectorObject *self, PyObject *obj, Py_buffer *view, size_t *n)
+{
+    if (self->elem != KV_VECTOR_F32) {
+        PyErr_Format(PyExc_ValueError, "Vector type %s is not yet supported (only float32 works)",
+                     elem_names[self->elem]);
+        return -1;
+    }
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return -1;
+    int ok = view->itemsize == 4 && view->format &&
+             (strcmp(view->format, "f") == 0 || strcmp(view->format, "<f") == 0 ||
+              strcmp(view->format, "=f") == 0);
+    if (!ok) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_TypeError, "vectors buffer must hold float32 values");
+        return -1;
+    }
+    size_t row = 4 * self->dims;
+    size_t last = view->ndim >= 1 ? (size_t)view->shape[view->ndim - 1] : (size_t)view->len / 4;
+    if ((size_t)view->len % row != 0 || (view->ndim >= 2 && last != self->dims)) {
+        PyErr_Format(PyExc_ValueError, "Expected %zu dimensions, got %zu", self->dims,
+                     view->ndim >= 2 ? last : (size_t)view->len / 4);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    *n = (size_t)view->len / row;
+    return 0;
+}
+
 static PyObject *Vector_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"path", "table", "dimensions", "metric", "vector_type", NULL};
+    static char *kwlist[] = {"path", "table", "dimensions", "metric", "vector_type", "threads", NULL};
     PyObject *path_obj, *path_bytes = NULL;
     const char *table = "vec_kvault", *metric = "cosine", *vtype = "f32";
     Py_ssize_t dims = 768;
+    int threads = 0;
     kv_vector_metric m;
     kv_vector_elem e;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|snss:_VectorKVault", kwlist, &path_obj, &table,
-                                     &dims, &metric, &vtype))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|snss$i:_VectorKVault", kwlist, &path_obj, &table,
+                                     &dims, &metric, &vtype, &threads))
         return NULL;
+    if (threads < 0) {
+        PyErr_Format(PyExc_ValueError, "threads must be >= 0, got %d", threads);
+        return NULL;
+    }
     if (parse_metric(metric, &m) < 0 || parse_elem(vtype, &e) < 0)
         return NULL;
     if (!kv_vector_compatible(m, e)) {
@@ -237,6 +294,7 @@ static PyObject *Vector_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         Py_DECREF(self);
         return kvpy_store_raise(st, err);
     }
+    kv_vector_set_threads(v, threads);
     self->h = v;
     return (PyObject *)self;
 }
@@ -299,18 +357,9 @@ static int vk_check_metric(VectorObject *self, PyObject *metric)
     return 0;
 }
 
-/* k-NN; returns a list of (id, distance, value). */
-static PyObject *vk_knn(VectorObject *self, PyObject *vec, long long k, PyObject *metric)
+/* Results → list of (id, distance, value); frees `h`. */
+static PyObject *vk_hits_list(VectorObject *self, kv_vector_hits *h)
 {
-    PyObject *vb = NULL;
-    if (vk_check_metric(self, metric) < 0 || !(vb = vk_vector_bytes(self, vec)))
-        return NULL;
-    vk_args a = {.vec = PyBytes_AS_STRING(vb), .vbytes = (size_t)PyBytes_GET_SIZE(vb), .k = k};
-    int rc = kvpy_store_call(STORE(self), op_search, &a, NULL);
-    Py_DECREF(vb);
-    if (rc < 0)
-        return NULL;
-    kv_vector_hits *h = a.hits;
     PyObject *list = PyList_New((Py_ssize_t)h->n);
     for (size_t i = 0; list && i < h->n; i++) {
         kv_vector_hit *x = &h->hits[i];
@@ -324,6 +373,88 @@ static PyObject *vk_knn(VectorObject *self, PyObject *vec, long long k, PyObject
     }
     kv_vector_hits_free(h);
     return list;
+}
+
+/* k-NN; returns a list of (id, distance, value). */
+static PyObject *vk_knn(VectorObject *self, PyObject *vec, long long k, PyObject *metric)
+{
+    PyObject *vb = NULL;
+    if (vk_check_metric(self, metric) < 0 || !(vb = vk_vector_bytes(self, vec)))
+        return NULL;
+    vk_args a = {.vec = PyBytes_AS_STRING(vb), .vbytes = (size_t)PyBytes_GET_SIZE(vb), .k = k};
+    int rc = kvpy_store_call(STORE(self), op_search, &a, NULL);
+    Py_DECREF(vb);
+    if (rc < 0)
+        return NULL;
+    return vk_hits_list(self, a.hits);
+}
+
+PyDoc_STRVAR(vk_insert_many_doc,
+"insert_many(vectors, values) -> list[int]\n\n"
+"Store n vectors (a C-contiguous float32 buffer of n * dimensions values,\n"
+"e.g. an (n, dimensions) array) and n values in one transaction; returns\n"
+"the n row ids. len(values) must equal n.");
+
+static PyObject *vk_insert_many(VectorObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"vectors", "values", NULL};
+    PyObject *vecs, *values, *seq = NULL, *ret = NULL;
+    Py_buffer view;
+    size_t n = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO:insert_many", kwlist, &vecs, &values))
+        return NULL;
+    if (vk_rows_view(self, vecs, &view, &n) < 0)
+        return NULL;
+    kv_buf *bufs = NULL;
+    const void **vals = NULL;
+    size_t *lens = NULL;
+    int64_t *ids = NULL;
+    size_t nb = 0;
+    if (!(seq = PySequence_Fast(values, "values must be a sequence")))
+        goto out;
+    if ((size_t)PySequence_Fast_GET_SIZE(seq) != n) {
+        PyErr_Format(PyExc_ValueError, "got %zu vectors but %zd values", n, PySequence_Fast_GET_SIZE(seq));
+        goto out;
+    }
+    bufs = PyMem_Calloc(n ? n : 1, sizeof *bufs);
+    vals = PyMem_Calloc(n ? n : 1, sizeof *vals);
+    lens = PyMem_Calloc(n ? n : 1, sizeof *lens);
+    ids = PyMem_Calloc(n ? n : 1, sizeof *ids);
+    if (!bufs || !vals || !lens || !ids) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (; nb < n; nb++) {
+        kv_buf_init(&bufs[nb]);
+        if (kvpy_store_encode(PySequence_Fast_GET_ITEM(seq, (Py_ssize_t)nb), &self->opts, &bufs[nb]) < 0) {
+            kv_buf_free(&bufs[nb]);
+            goto out;
+        }
+        vals[nb] = bufs[nb].data;
+        lens[nb] = bufs[nb].len;
+    }
+    vk_args a = {.vec = view.buf, .vbytes = (size_t)view.len, .n = n, .vals = vals, .vlens = lens, .ids = ids};
+    if (kvpy_store_call(STORE(self), op_insert_many, &a, NULL) < 0)
+        goto out;
+    ret = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; ret && i < n; i++) {
+        PyObject *x = PyLong_FromLongLong(ids[i]);
+        if (!x) {
+            Py_CLEAR(ret);
+            break;
+        }
+        PyList_SET_ITEM(ret, (Py_ssize_t)i, x);
+    }
+out:
+    for (size_t i = 0; i < nb; i++)
+        kv_buf_free(&bufs[i]);
+    PyMem_Free(bufs);
+    PyMem_Free(vals);
+    PyMem_Free(lens);
+    PyMem_Free(ids);
+    Py_XDECREF(seq);
+    PyBuffer_Release(&view);
+    return ret;
 }
 
 PyDoc_STRVAR(vk_search_doc,
@@ -340,6 +471,47 @@ static PyObject *vk_search(VectorObject *self, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|LO:search", kwlist, &vec, &k, &metric))
         return NULL;
     return vk_knn(self, vec, k, metric);
+}
+
+PyDoc_STRVAR(vk_search_many_doc,
+"search_many(queries, k=10, metric=None) -> list[list[(id, distance, value)]]\n\n"
+"search() for each of n queries (a C-contiguous float32 buffer of\n"
+"n * dimensions values) in one snapshot and one pass over the vectors.");
+
+static PyObject *vk_search_many(VectorObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"queries", "k", "metric", NULL};
+    PyObject *qs, *metric = Py_None, *ret = NULL;
+    long long k = 10;
+    Py_buffer view;
+    size_t n = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|LO:search_many", kwlist, &qs, &k, &metric))
+        return NULL;
+    if (vk_check_metric(self, metric) < 0 || vk_rows_view(self, qs, &view, &n) < 0)
+        return NULL;
+    kv_vector_hits **many = PyMem_Calloc(n ? n : 1, sizeof *many);
+    if (!many) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    vk_args a = {.vec = view.buf, .vbytes = (size_t)view.len, .n = n, .k = k, .many = many};
+    int rc = kvpy_store_call(STORE(self), op_search_many, &a, NULL);
+    PyBuffer_Release(&view);
+    if (rc == 0)
+        ret = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; i < n; i++) {
+        PyObject *one = NULL;
+        if (ret && many[i] && !(one = vk_hits_list(self, many[i]))) {
+            Py_CLEAR(ret);
+        } else if (!ret || !one) {
+            kv_vector_hits_free(many[i]);
+        }
+        many[i] = NULL;
+        if (ret && one)
+            PyList_SET_ITEM(ret, (Py_ssize_t)i, one);
+    }
+    PyMem_Free(many);
+    return ret;
 }
 
 PyDoc_STRVAR(vk_get_doc,
@@ -442,6 +614,10 @@ static PyGetSetDef vk_getset[] = {
 static PyMethodDef vk_methods[] = {
     {"insert", (PyCFunction)(void (*)(void))vk_insert, METH_VARARGS | METH_KEYWORDS, vk_insert_doc},
     {"search", (PyCFunction)(void (*)(void))vk_search, METH_VARARGS | METH_KEYWORDS, vk_search_doc},
+    {"search_many", (PyCFunction)(void (*)(void))vk_search_many, METH_VARARGS | METH_KEYWORDS,
+     vk_search_many_doc},
+    {"insert_many", (PyCFunction)(void (*)(void))vk_insert_many, METH_VARARGS | METH_KEYWORDS,
+     vk_insert_many_doc},
     {"get", (PyCFunction)(void (*)(void))vk_get, METH_VARARGS | METH_KEYWORDS, vk_get_doc},
     {"get_by_id", (PyCFunction)vk_get_by_id, METH_O, vk_get_by_id_doc},
     {"delete", kvpy_store_delete, METH_O, vk_delete_doc},
@@ -454,11 +630,13 @@ static PyMethodDef vk_methods[] = {
 };
 
 PyDoc_STRVAR(vk_doc,
-"_VectorKVault(path, table='vec_kvault', dimensions=768, metric='cosine', vector_type='f32')\n\n"
+"_VectorKVault(path, table='vec_kvault', dimensions=768, metric='cosine', vector_type='f32',\n"
+"              *, threads=0)\n\n"
 "Native vector store with exact k-NN (API.md §8); use kohakuvault.VectorKVault.\n"
 "Constructor errors are ValueError (unknown metric/type, incompatible pair,\n"
 "bit dimensions) or RuntimeError (SQLite). Thread-safe: calls are serialised\n"
-"per object and run with the GIL released.");
+"per object and run with the GIL released. threads: scan threads of a\n"
+"search (0 = automatic: one per CPU for tables of 8 MiB of vectors or more).");
 
 static PyTypeObject Vector_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -472,7 +650,40 @@ static PyTypeObject Vector_Type = {
     .tp_getset = vk_getset,
 };
 
+PyDoc_STRVAR(vk_migrate_doc,
+"_migrate_vec0(path, table) -> int\n\n"
+"Convert the sqlite-vec vec0 table `table` of `path` to the native layout in\n"
+"place, in one transaction; returns the number of vectors. ValueError (not a\n"
+"vec0 table, unsupported declaration), RuntimeError (SQLite, busy).");
+
+static PyObject *vk_migrate(PyObject *unused, PyObject *args)
+{
+    PyObject *path_obj, *path_bytes = NULL;
+    const char *table;
+    char err[512] = "";
+    int64_t moved = 0;
+    kv_status st;
+    if (!PyArg_ParseTuple(args, "Os:_migrate_vec0", &path_obj, &table) ||
+        !PyUnicode_FSConverter(path_obj, &path_bytes))
+        return NULL;
+    const char *path = PyBytes_AS_STRING(path_bytes);
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_vector_migrate_vec0(path, table, &moved, err, sizeof err);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path_bytes);
+    if (st != KV_OK)
+        return kvpy_store_raise(st, err);
+    return PyLong_FromLongLong(moved);
+}
+
+static PyMethodDef vk_module_funcs[] = {
+    {"_migrate_vec0", vk_migrate, METH_VARARGS, vk_migrate_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 int kvpy_init_vector(PyObject *module)
 {
+    if (PyModule_AddFunctions(module, vk_module_funcs) < 0)
+        return -1;
     return PyModule_AddType(module, &Vector_Type); /* readies it; name from tp_name */
 }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from os import PathLike
-from typing import Any, BinaryIO, Iterator, Literal, Mapping, Protocol
+from typing import Any, BinaryIO, Iterator, Literal, Mapping, Protocol, Sequence
 
 _Key = bytes | str
 
@@ -247,18 +247,33 @@ class _VectorKVault(_IdStore):
     "ID <id> not found", "Query returned no rows", SQLite, "database is
     locked"), MemoryError, OSError. Thread-safe: calls are serialised per
     object and run with the GIL released (including the k-NN scan).
+    A sqlite-vec vec0 table opens read-only (writes: ValueError naming
+    migrate_vec0). `threads`: scan threads per search, 0 = automatic.
     """
 
     def __init__(
         self, path: _Path, table: str = "vec_kvault", dimensions: int = 768,
-        metric: str = "cosine", vector_type: str = "f32",
+        metric: str = "cosine", vector_type: str = "f32", *, threads: int = 0,
     ) -> None: ...
     def insert(self, vector: Any, value: Any, metadata: dict[str, Any] | None = None) -> int: ...
+    def insert_many(self, vectors: Any, values: Sequence[Any]) -> list[int]:
+        """n vectors (C-contiguous float32 buffer of n * dimensions values)
+        and n values in one transaction; the n new ids, ascending."""
     def search(self, query_vector: Any, k: int = 10, metric: str | None = None) -> list[tuple[int, float, Any]]: ...
+    def search_many(
+        self, queries: Any, k: int = 10, metric: str | None = None,
+    ) -> list[list[tuple[int, float, Any]]]:
+        """search() for each row of a float32 buffer of n * dimensions values,
+        in one snapshot and one pass over the vectors."""
     def get(self, query_vector: Any, metric: str | None = None) -> Any: ...
     def get_by_id(self, id: int, /) -> tuple[bytes, Any]: ...
     def update(self, id: int, vector: Any = None, value: Any = None) -> None: ...
     def info(self) -> dict[str, Any]: ...
+
+def _migrate_vec0(path: _Path, table: str, /) -> int:
+    """Convert the sqlite-vec vec0 table `table` of `path` to the native
+    vector layout in place, in one transaction; the number of vectors.
+    ValueError (not a vec0 table, unsupported declaration), RuntimeError."""
 
 class _OrderedMap:
     """Stub-only base: the methods CSBTree and SkipList share (tree_py.c

@@ -1,9 +1,10 @@
 """VectorKVault: vectors as keys, exact k-nearest-neighbour search (API.md §8).
 
-sqlite-vec is not available on this platform, so the native ``_VectorKVault``
-(python/ext/vector_py.c over engine/vector.c) keeps vectors in its own table
-layout (docs/vectors.md) and runs an exact brute-force k-NN scan in C with the
-GIL released. This module prepares vector input (§8.2); the exception mapping
+The native ``_VectorKVault`` (python/ext/vector_py.c over engine/vector.c)
+keeps vectors in chunks in its own table layout (docs/vectors.md) and runs an
+exact k-NN scan over an in-memory copy with SIMD kernels, in C with the GIL
+released. A table made by the original package (a sqlite-vec ``vec0`` virtual
+table) opens read-only; :func:`kohakuvault.migrate_vec0` converts it. This module prepares vector input (§8.2); the exception mapping
 (:func:`kohakuvault.errors.map_exception`), the id-based calls, the §3.6
 switches and the dict protocol come from :mod:`kohakuvault._store`.
 """
@@ -46,12 +47,17 @@ class VectorKVault(StoreProxy):
     Distances: cosine = 1 - cosine similarity, L2 = Euclidean (not squared),
     L1 = sum of absolute differences; float32 precision.
 
+    ``threads`` (keyword-only): scan threads per search; ``None`` or 0 =
+    automatic (one thread for small tables, one per CPU from 8 MiB of
+    vectors).
+
     Thread safety: calls on one instance are serialised by the native object;
     SQLite work and the k-NN scan run with the GIL released.
     """
 
     def __init__(self, path: Union[str, os.PathLike], table: str = "vec_kvault",
-                 dimensions: int = 768, metric: str = "cosine", vector_type: str = "f32"):
+                 dimensions: int = 768, metric: str = "cosine", vector_type: str = "f32",
+                 *, threads: Optional[int] = None):
         m = _METRICS.get(str(metric).lower())
         if m is None:
             raise ValueError(
@@ -63,7 +69,8 @@ class VectorKVault(StoreProxy):
             raise ValueError(f"Metric '{metric}' is not compatible with vector type '{vector_type}'")
         if t == "bit" and dimensions % 8 != 0:
             raise ValueError(f"Bit vectors require dimensions divisible by 8, got {dimensions}")
-        self._vault = _VectorKVault(os.fspath(path), table, dimensions, metric, vector_type)
+        self._vault = _VectorKVault(os.fspath(path), table, dimensions, metric, vector_type,
+                                    threads=int(threads or 0))
         self.path = path
         self.table = table
         self.dimensions = dimensions
@@ -90,6 +97,21 @@ class VectorKVault(StoreProxy):
             return np.frombuffer(vector, dtype=np.float32, count=len(vector) // 4)
         raise TypeError(f"Vector must be numpy array, list, or bytes, got {type(vector)}")
 
+    @staticmethod
+    def _prepare_rows(vectors) -> np.ndarray:
+        """A batch of vectors → C-contiguous float32 array of shape (n, d):
+        a 2-D array (any numeric dtype), a list of vectors (arrays or lists
+        of numbers), or an empty list."""
+        if isinstance(vectors, np.ndarray):
+            if vectors.ndim != 2:
+                raise TypeError(f"vectors must be 2-D, got an array of shape {vectors.shape}")
+            return np.ascontiguousarray(vectors, dtype=np.float32)
+        if isinstance(vectors, list):
+            if not vectors:
+                return np.zeros((0, 0), dtype=np.float32)
+            return np.ascontiguousarray(np.stack([np.asarray(v, dtype=np.float32) for v in vectors]))
+        raise TypeError(f"vectors must be a 2-D numpy array or a list of vectors, got {type(vectors)}")
+
     # ------------------------------------------------------------ methods
 
     @mapped
@@ -99,6 +121,30 @@ class VectorKVault(StoreProxy):
         dimensions "Expected N dimensions, got M", int8/bit tables),
         DatabaseBusy, KohakuVaultError."""
         return self._vault.insert(self._prepare_vector(vector), value, metadata)
+
+    @mapped
+    def insert_many(self, vectors, values) -> List[int]:
+        """Insert ``n`` vectors (a 2-D array of shape (n, dimensions) or a
+        list of vectors) with ``values`` (a sequence of ``n`` values) in one
+        transaction; returns the ``n`` row ids, ascending. Same rules per row
+        as :meth:`insert`; on error nothing is inserted."""
+        rows = self._prepare_rows(vectors)
+        values = list(values)
+        if rows.shape[0] == 0 and not values:
+            return []
+        return self._vault.insert_many(rows, values)
+
+    @mapped
+    def search_many(self, queries, k: int = 10,
+                    metric: Optional[str] = None) -> List[List[Tuple[int, float, Any]]]:
+        """:meth:`search` for each row of ``queries`` (a 2-D array of shape
+        (n, dimensions) or a list of vectors): a list of ``n`` result lists.
+        All queries see one snapshot, and the stored vectors are read once
+        for the whole batch (each block is scored against every query)."""
+        rows = self._prepare_rows(queries)
+        if rows.shape[0] == 0:
+            return []
+        return self._vault.search_many(rows, k, metric)
 
     @mapped
     def search(self, query_vector: VectorInput, k: int = 10,

@@ -295,3 +295,294 @@ Test(vector, int8_and_bit_stores)
     expect_two_hits(bv, x, y, bq, 2, 1.0, 5.0);
     kv_vector_close(bv);
 }
+
+/* ---- chunked layout: insert_many, deletes, updates, a second handle ---- */
+
+typedef struct {
+    int64_t id;
+    uint8_t *vec; /* stored bytes (as get_by_id returns them) */
+} live_row;
+
+/* Random vector of type e: f32 in [-1, 1), int8 and bits uniform. */
+static void rand_vec(kv_vector_elem e, uint8_t *p, size_t dims)
+{
+    if (e == KV_VECTOR_F32) {
+        for (size_t i = 0; i < dims; i++) {
+            float f = frand();
+            memcpy(p + 4 * i, &f, 4);
+        }
+    } else {
+        for (size_t i = 0; i < kv_vector_row_bytes(e, dims); i++)
+            p[i] = (uint8_t)(frand() * 127.0f + 128.0f);
+    }
+}
+
+/* Distance without the float32 rounding (the order the search ranks by). */
+static double exact_distance(kv_vector_metric m, kv_vector_elem e, const uint8_t *a, const uint8_t *b,
+                             size_t dims)
+{
+    double acc = 0, na = 0, nb = 0;
+    for (size_t i = 0; i < (e == KV_VECTOR_BIT ? dims / 8 : dims); i++) {
+        double x, y;
+        if (e == KV_VECTOR_BIT) {
+            acc += __builtin_popcount((unsigned)(a[i] ^ b[i]));
+            continue;
+        }
+        if (e == KV_VECTOR_F32) {
+            float fx, fy;
+            memcpy(&fx, a + 4 * i, 4);
+            memcpy(&fy, b + 4 * i, 4);
+            x = fx;
+            y = fy;
+        } else {
+            x = (int8_t)a[i];
+            y = (int8_t)b[i];
+        }
+        if (m == KV_VECTOR_COSINE) {
+            acc += x * y;
+            na += x * x;
+            nb += y * y;
+        } else if (m == KV_VECTOR_L2) {
+            acc += (x - y) * (x - y);
+        } else {
+            acc += fabs(x - y);
+        }
+    }
+    if (m == KV_VECTOR_COSINE)
+        return na == 0 || nb == 0 ? 1.0 : 1.0 - acc / (sqrt(na) * sqrt(nb));
+    return m == KV_VECTOR_L2 ? sqrt(acc) : acc;
+}
+
+/* Search `v` for random queries and compare with a full sort of the live
+ * rows by exact distance then id: same ids, and the distances
+ * kv_vector_distance reports. */
+static void expect_model(kv_vector *v, kv_vector_metric m, kv_vector_elem e, size_t dims, live_row *rows,
+                         size_t n)
+{
+    size_t nb = kv_vector_row_bytes(e, dims);
+    uint8_t *q = malloc(nb), *qn = malloc(nb);
+    pair *model = malloc((n ? n : 1) * sizeof *model);
+    for (int qi = 0; qi < 3; qi++) {
+        rand_vec(e, q, dims);
+        memcpy(qn, q, nb);
+        if (m == KV_VECTOR_COSINE) {
+            double n2 = 0;
+            float f;
+            for (size_t j = 0; j < dims; j++) {
+                memcpy(&f, q + 4 * j, 4);
+                n2 += (double)f * f;
+            }
+            for (size_t j = 0; j < dims; j++) {
+                memcpy(&f, q + 4 * j, 4);
+                f = (float)(f * (1.0 / sqrt(n2)));
+                memcpy(qn + 4 * j, &f, 4);
+            }
+        }
+        for (size_t i = 0; i < n; i++)
+            model[i] = (pair){exact_distance(m, e, qn, rows[i].vec, dims), rows[i].id};
+        qsort(model, n, sizeof *model, pair_cmp);
+        for (size_t i = 0; i < n; i++)
+            model[i].d = (double)(float)model[i].d;
+        int64_t ks[] = {1, 10, 100};
+        for (size_t ki = 0; ki < 3; ki++) {
+            kv_vector_hits *h = NULL;
+            cr_assert(eq(int, kv_vector_search(v, q, nb, ks[ki], &h), KV_OK), "%s", kv_vector_errmsg(v));
+            size_t want = (size_t)ks[ki] < n ? (size_t)ks[ki] : n;
+            cr_assert(eq(sz, h->n, want));
+            for (size_t r = 0; r < h->n; r++) {
+                cr_assert(eq(i64, h->hits[r].id, model[r].id), "metric %d elem %d dims %zu rank %zu", m, e,
+                          dims, r);
+                cr_assert(eq(dbl, h->hits[r].distance, model[r].d));
+            }
+            kv_vector_hits_free(h);
+        }
+    }
+    free(model);
+    free(q);
+    free(qn);
+}
+
+/* Read back what the store holds for row `id`. */
+static uint8_t *stored(kv_vector *v, int64_t id, size_t nb)
+{
+    uint8_t *vec, *val;
+    size_t vb, vl;
+    cr_assert(eq(int, kv_vector_get_by_id(v, id, &vec, &vb, &val, &vl), KV_OK), "%s", kv_vector_errmsg(v));
+    cr_assert(eq(sz, vb, nb));
+    uint8_t *copy = malloc(nb);
+    memcpy(copy, vec, nb);
+    kv_vector_free(vec);
+    kv_vector_free(val);
+    return copy;
+}
+
+/* 20 seeded random tables per (metric, type): bulk and single inserts (large
+ * rows so several chunks form, small ones that stay unchunked), deletes and
+ * vector updates in and out of chunks, then k-NN equals the model. */
+static void seeded_tables(kv_vector_metric m, kv_vector_elem e)
+{
+    for (int seed = 0; seed < 20; seed++) {
+        rng_state = 0x2545F4914F6CDD1DULL * (uint64_t)(seed + 1) + (uint64_t)m * 131 + (uint64_t)e;
+        size_t dims;
+        if (seed % 4 == 0) /* >= 16 KiB rows: 64-row chunks */
+            dims = e == KV_VECTOR_F32 ? 4096 : e == KV_VECTOR_I8 ? 16384 : 65536;
+        else
+            dims = e == KV_VECTOR_BIT ? 8 * (size_t)(1 + seed * 3) : (size_t)(3 + seed * 7);
+        size_t nb = kv_vector_row_bytes(e, dims), n = 150 + (size_t)((frand() + 1.0f) * 100.0f);
+        char table[32];
+        snprintf(table, sizeof table, "t%d_%d_%d", m, e, seed);
+        kv_vector *v = NULL;
+        char err[256];
+        cr_assert(eq(int, kv_vector_open(path, table, dims, m, e, &v, err, sizeof err), KV_OK), "%s", err);
+        uint8_t *batch = malloc(n * nb);
+        for (size_t i = 0; i < n; i++)
+            rand_vec(e, batch + i * nb, dims);
+        size_t bulk = n * 2 / 3;
+        int64_t *ids = malloc(n * sizeof *ids);
+        cr_assert(eq(int, kv_vector_insert_many(v, bulk, batch, bulk * nb, NULL, NULL, ids), KV_OK), "%s",
+                  kv_vector_errmsg(v));
+        for (size_t i = bulk; i < n; i++)
+            cr_assert(eq(int, kv_vector_insert(v, batch + i * nb, nb, "s", 1, &ids[i]), KV_OK));
+        for (size_t i = 1; i < n; i++)
+            cr_assert(eq(i64, ids[i], ids[i - 1] + 1));
+        /* search once so the in-memory copy exists, then change rows */
+        kv_vector_hits *h = NULL;
+        cr_assert(eq(int, kv_vector_search(v, batch, nb, 1, &h), KV_OK));
+        kv_vector_hits_free(h);
+        live_row *rows = malloc(n * sizeof *rows);
+        size_t nl = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (i % 9 == 4) {
+                int removed = 0;
+                cr_assert(eq(int, kv_vector_delete(v, ids[i], &removed), KV_OK));
+                cr_assert(eq(int, removed, 1));
+                continue;
+            }
+            if (i % 11 == 6) {
+                rand_vec(e, batch + i * nb, dims);
+                cr_assert(eq(int, kv_vector_update(v, ids[i], batch + i * nb, nb, NULL, 0), KV_OK));
+            }
+            rows[nl++] = (live_row){ids[i], stored(v, ids[i], nb)};
+        }
+        int64_t count;
+        cr_assert(eq(int, kv_vector_count(v, &count), KV_OK));
+        cr_assert(eq(i64, count, (int64_t)nl));
+        expect_model(v, m, e, dims, rows, nl);
+        kv_vector_set_threads(v, 3); /* the threaded scan gives the same results */
+        expect_model(v, m, e, dims, rows, nl);
+        for (size_t i = 0; i < nl; i++)
+            free(rows[i].vec);
+        free(rows);
+        free(ids);
+        free(batch);
+        kv_vector_close(v);
+    }
+}
+
+Test(vector, seeded_tables_f32_cosine) { seeded_tables(KV_VECTOR_COSINE, KV_VECTOR_F32); }
+Test(vector, seeded_tables_f32_l2) { seeded_tables(KV_VECTOR_L2, KV_VECTOR_F32); }
+Test(vector, seeded_tables_f32_l1) { seeded_tables(KV_VECTOR_L1, KV_VECTOR_F32); }
+Test(vector, seeded_tables_i8_l2) { seeded_tables(KV_VECTOR_L2, KV_VECTOR_I8); }
+Test(vector, seeded_tables_i8_l1) { seeded_tables(KV_VECTOR_L1, KV_VECTOR_I8); }
+Test(vector, seeded_tables_bit_hamming) { seeded_tables(KV_VECTOR_HAMMING, KV_VECTOR_BIT); }
+
+Test(vector, chunks_are_written_and_other_handles_see_changes)
+{
+    enum { D = 4096 }; /* 16 KiB rows: 64 per chunk */
+    kv_vector *a = vopen(D, KV_VECTOR_L2, KV_VECTOR_F32), *b = vopen(D, KV_VECTOR_L2, KV_VECTOR_F32);
+    static float rows[200][D];
+    for (int i = 0; i < 200; i++)
+        for (int j = 0; j < D; j++)
+            rows[i][j] = (float)i; /* row i is at distance sqrt(D)*|i-x| from x */
+    int64_t ids[200];
+    cr_assert(eq(int, kv_vector_insert_many(a, 130, rows, 130 * sizeof rows[0], NULL, NULL, ids), KV_OK));
+    /* two whole chunks and two unchunked rows */
+    cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT count(*) FROM vec_kvault_chunks"), 2));
+    cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT count(*) FROM vec_kvault WHERE chunk_id IS NULL"), 2));
+    cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT length(vectors) FROM vec_kvault_chunk_vectors LIMIT 1"),
+                 64 * (int64_t)sizeof rows[0]));
+    kv_vector_hits *h;
+    cr_assert(eq(int, kv_vector_search(b, rows[77], sizeof rows[0], 2, &h), KV_OK)); /* b loads its copy */
+    cr_expect(eq(i64, h->hits[0].id, ids[77]));
+    kv_vector_hits_free(h);
+    /* a: single inserts pack the unchunked rows into a third chunk */
+    for (int i = 130; i < 200; i++)
+        cr_assert(eq(int, kv_vector_insert(a, rows[i], sizeof rows[0], "x", 1, &ids[i]), KV_OK));
+    cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT count(*) FROM vec_kvault_chunks"), 3));
+    cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT count(*) FROM vec_kvault WHERE chunk_id IS NULL"), 8));
+    int removed;
+    cr_assert(eq(int, kv_vector_delete(a, ids[77], &removed), KV_OK));
+    cr_assert(eq(int, kv_vector_delete(a, ids[199], &removed), KV_OK));
+    cr_assert(eq(int, kv_vector_update(a, ids[10], rows[150], sizeof rows[0], NULL, 0), KV_OK));
+    /* b sees all of it (data_version changed) */
+    cr_assert(eq(int, kv_vector_search(b, rows[77], sizeof rows[0], 2, &h), KV_OK));
+    cr_expect(eq(i64, h->hits[0].id, ids[76]));
+    cr_expect(eq(i64, h->hits[1].id, ids[78]));
+    kv_vector_hits_free(h);
+    cr_assert(eq(int, kv_vector_search(b, rows[199], sizeof rows[0], 1, &h), KV_OK));
+    cr_expect(eq(i64, h->hits[0].id, ids[198]));
+    kv_vector_hits_free(h);
+    cr_assert(eq(int, kv_vector_search(b, rows[150], sizeof rows[0], 2, &h), KV_OK));
+    cr_expect(eq(i64, h->hits[0].id, ids[10])); /* tie with ids[150]: lower id first */
+    cr_expect(eq(i64, h->hits[1].id, ids[150]));
+    kv_vector_hits_free(h);
+    /* a chunk whose every row is deleted goes away */
+    for (int i = 0; i < 64; i++)
+        cr_assert(eq(int, kv_vector_delete(b, ids[i], &removed), KV_OK));
+    cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT count(*) FROM vec_kvault_chunks"), 2));
+    cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT count(*) FROM vec_kvault_chunk_vectors"), 2));
+    int64_t c;
+    cr_assert(eq(int, kv_vector_count(a, &c), KV_OK));
+    cr_expect(eq(i64, c, 200 - 2 - 64));
+    kv_vector_close(a);
+    kv_vector_close(b);
+}
+
+Test(vector, row_per_vector_files_still_open)
+{
+    /* the layout of earlier versions: one row per vector, no chunk columns */
+    sqlite3 *db;
+    cr_assert(eq(int, sqlite3_open(path, &db), SQLITE_OK));
+    cr_assert(eq(int, sqlite3_exec(db,
+                                   "CREATE TABLE vec_kvault (id INTEGER PRIMARY KEY, value_ref INTEGER NOT NULL,"
+                                   " vector BLOB NOT NULL);"
+                                   "CREATE TABLE vec_kvault_values (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                                   " value BLOB NOT NULL); BEGIN",
+                                   NULL, NULL, NULL),
+                 SQLITE_OK));
+    sqlite3_stmt *s;
+    sqlite3_prepare_v2(db, "INSERT INTO vec_kvault_values(value) VALUES('v'); ", -1, &s, NULL);
+    sqlite3_stmt *r;
+    sqlite3_prepare_v2(db, "INSERT INTO vec_kvault(value_ref, vector) VALUES(last_insert_rowid(), ?1)", -1, &r,
+                       NULL);
+    for (int i = 0; i < 5000; i++) {
+        float x[2] = {(float)i, 0};
+        sqlite3_step(s);
+        sqlite3_reset(s);
+        sqlite3_bind_blob(r, 1, x, sizeof x, SQLITE_STATIC);
+        cr_assert(eq(int, sqlite3_step(r), SQLITE_DONE));
+        sqlite3_reset(r);
+    }
+    sqlite3_finalize(s);
+    sqlite3_finalize(r);
+    cr_assert(eq(int, sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK));
+    sqlite3_close(db);
+    kv_vector *v = vopen(2, KV_VECTOR_L2, KV_VECTOR_F32);
+    float q[2] = {1234.2f, 0};
+    kv_vector_hits *h;
+    cr_assert(eq(int, kv_vector_search(v, q, sizeof q, 2, &h), KV_OK), "%s", kv_vector_errmsg(v));
+    cr_expect(eq(i64, h->hits[0].id, 1235));
+    cr_expect(eq(i64, h->hits[1].id, 1236));
+    kv_vector_hits_free(h);
+    /* the next write packs the old rows into chunks (4096 rows each at 8 bytes) */
+    int64_t id;
+    cr_assert(eq(int, kv_vector_insert(v, q, sizeof q, "n", 1, &id), KV_OK), "%s", kv_vector_errmsg(v));
+    cr_expect(eq(i64, id, 5001));
+    cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT count(*) FROM vec_kvault_chunks"), 1));
+    cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT count(*) FROM vec_kvault WHERE chunk_id IS NULL"), 905));
+    cr_assert(eq(int, kv_vector_search(v, q, sizeof q, 2, &h), KV_OK));
+    cr_expect(eq(i64, h->hits[0].id, 5001));
+    cr_expect(eq(i64, h->hits[1].id, 1235));
+    kv_vector_hits_free(h);
+    kv_vector_close(v);
+}

@@ -288,3 +288,148 @@ def test_vectorkvault_exists_and_delete_id_arguments(db_path):
         vkv.delete("1")
     assert vkv._vault.delete(i) is True and vkv._vault.delete(i) is False
     assert len(vkv) == 0
+
+
+# ---------------------------------------------------------------- chunked store, batches
+
+
+def reference_f64(data, ids, q, metric, k):
+    """Brute-force k-NN in float64 numpy: (ids, distances), ties by id."""
+    x = np.asarray(data, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    if metric == "cosine":
+        nx = np.linalg.norm(x, axis=1, keepdims=True)
+        nx[nx == 0] = 1
+        d = 1.0 - (x / nx) @ (q / np.linalg.norm(q))
+    elif metric == "l2":
+        d = np.sqrt(((x - q) ** 2).sum(axis=1))
+    else:
+        d = np.abs(x - q).sum(axis=1)
+    ids = np.asarray(ids)
+    order = np.lexsort((ids, d))[:k]
+    return ids[order].tolist(), d[order].tolist()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2", "l1"])
+def test_vectorkvault_20_seeded_tables_match_numpy(tmp_path, metric):
+    """20 seeded random tables per metric (bulk + single inserts, deletes,
+    vector updates; 384-d tables large enough to form several chunks):
+    search and search_many equal a float64 numpy brute force."""
+    for seed in range(20):
+        rng = np.random.default_rng(1000 + seed)
+        dims = 384 if seed % 5 == 0 else int(rng.integers(1, 70))
+        n = 1500 if seed % 5 == 0 else int(rng.integers(50, 400))
+        data = rng.standard_normal((n, dims)).astype(np.float32)
+        vkv = VectorKVault(str(tmp_path / f"s{seed}.db"), dimensions=dims, metric=metric,
+                           threads=1 + seed % 3)
+        bulk = n * 3 // 4
+        ids = vkv.insert_many(data[:bulk], [int(i) for i in range(bulk)])
+        ids += [vkv.insert(data[i], int(i)) for i in range(bulk, n)]
+        assert ids == list(range(ids[0], ids[0] + n))
+        vkv.search(data[0], k=1)  # the in-memory copy exists before the changes below
+        live = np.ones(n, dtype=bool)
+        for i in range(0, n, 13):
+            vkv.delete(ids[i])
+            live[i] = False
+        for i in range(5, n, 17):
+            if live[i]:
+                data[i] = rng.standard_normal(dims).astype(np.float32)
+                vkv.update(ids[i], vector=data[i])
+        keep = [ids[i] for i in range(n) if live[i]]
+        assert vkv.count() == len(keep)
+        queries = rng.standard_normal((4, dims)).astype(np.float32)
+        many = vkv.search_many(queries, k=10)
+        for qi, q in enumerate(queries):
+            want_ids, want_d = reference_f64(data[live], keep, q, metric, 10)
+            for res in (vkv.search(q, k=10), many[qi]):
+                assert [r[0] for r in res] == want_ids, (seed, qi)
+                # within 1e-5, or the float32 rounding of the reported distance
+                assert [r[1] for r in res] == pytest.approx(want_d, abs=1e-5, rel=2.0**-23)
+                assert [r[2] for r in res] == [ids.index(i) for i in want_ids]
+
+
+def test_vectorkvault_insert_many_and_search_many_inputs(db_path):
+    vkv = VectorKVault(db_path, dimensions=3, metric="l2")
+    assert vkv.insert_many([], []) == []
+    ids = vkv.insert_many([[1, 0, 0], np.array([0, 1, 0])], ["a", {"b": 1}])
+    assert vkv.get_by_id(ids[1])[1] == {"b": 1}
+    ids2 = vkv.insert_many(np.eye(3, dtype=np.float64) * 2, [1, 2, 3])
+    assert ids2 == [ids[1] + 1, ids[1] + 2, ids[1] + 3]
+    res = vkv.search_many([[1, 0, 0], [0, 0, 2]], k=2)
+    assert [r[0] for r in res[0]] == [ids[0], ids2[0]]
+    assert res[1][0][0] == ids2[2] and res[1][0][1] == 0.0
+    assert vkv.search_many(np.zeros((0, 3), dtype=np.float32)) == []
+    assert vkv.search_many([[1, 0, 0]], k=0) == [[]]
+    with pytest.raises(InvalidArgument, match="Expected 3 dimensions, got 2"):
+        vkv.insert_many(np.ones((2, 2), dtype=np.float32), [1, 2])
+    with pytest.raises(InvalidArgument):
+        vkv.insert_many(np.ones((2, 3), dtype=np.float32), [1])  # one value short
+    with pytest.raises(InvalidArgument):
+        vkv.insert_many(np.array([[1, np.nan, 0]], dtype=np.float32), [1])
+    with pytest.raises(InvalidArgument):
+        vkv.search_many(np.ones(3, dtype=np.float32))  # 1-D: not a batch
+    with pytest.raises(InvalidArgument, match="too large"):
+        vkv.search_many([[1, 0, 0]], k=4097)
+    with pytest.raises(InvalidArgument):
+        vkv.search_many([[1, 0, 0]], metric="hamming")
+    assert vkv.count() == 5  # the failed batches stored nothing
+    with pytest.raises(ValueError):  # constructor errors are raw
+        VectorKVault(db_path, dimensions=3, metric="l2", threads=-1)
+
+
+def test_vectorkvault_int8_and_bit_batches_not_yet_supported(db_path):
+    i8 = VectorKVault(db_path, table="i8", dimensions=4, metric="l2", vector_type="int8")
+    with pytest.raises(InvalidArgument, match="not yet supported"):
+        i8.insert_many(np.ones((2, 4), dtype=np.float32), [1, 2])
+    with pytest.raises(InvalidArgument, match="not yet supported"):
+        i8.search_many(np.ones((1, 4), dtype=np.float32))
+
+
+def test_vectorkvault_sees_other_handles_writes(db_path):
+    a = VectorKVault(db_path, dimensions=2, metric="l2")
+    b = VectorKVault(db_path, dimensions=2, metric="l2")
+    a.insert([0, 0], "origin")
+    assert b.search([0, 0], k=5)[0][2] == "origin"  # b's copy loads
+    far = a.insert([5, 5], "far")
+    near = a.insert([0.1, 0], "near")
+    assert [r[0] for r in b.search([0.2, 0], k=3)] == [near, 1, far]
+    a.delete(near)
+    a.update(far, vector=[0.3, 0])
+    assert [r[2] for r in b.search([0.2, 0], k=3)] == ["far", "origin"]
+
+
+def test_vectorkvault_search_releases_the_gil(db_path):
+    """A thread keeps running Python code while another searches."""
+    import threading
+    import time
+
+    vkv = VectorKVault(db_path, dimensions=256, metric="l2", threads=1)
+    vkv.insert_many(np.random.default_rng(3).standard_normal((20000, 256)).astype(np.float32),
+                    list(range(20000)))
+    q = np.zeros((64, 256), dtype=np.float32)
+    vkv.search_many(q, k=5)
+    ticks = []
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0)
+
+    t = threading.Thread(target=spin)
+    t.start()
+    for _ in range(3):
+        vkv.search_many(q, k=5)
+    stop.set()
+    t.join()
+    assert len(ticks) > 10
+
+
+def test_vectorkvault_search_many_large_batch_equals_single_searches(db_path):
+    rng = np.random.default_rng(11)
+    vkv = VectorKVault(db_path, dimensions=8, metric="cosine")
+    vkv.insert_many(rng.standard_normal((500, 8)).astype(np.float32), list(range(500)))
+    queries = rng.standard_normal((600, 8)).astype(np.float32)  # several scan groups
+    many = vkv.search_many(queries, k=3)
+    assert len(many) == 600
+    assert many == [vkv.search(q, k=3) for q in queries]

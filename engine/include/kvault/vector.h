@@ -1,33 +1,49 @@
 /*
  * vector.h - vector store of libkvault: exact k-nearest-neighbour search
- * over vectors kept in a plain SQLite table (API.md §8, the engine behind
+ * over vectors kept in a SQLite file (the engine behind
  * kohakuvault.VectorKVault).
  *
- * sqlite-vec is not available on this project's platform, so the vector
- * table layout is this project's own (docs/vectors.md):
+ * Layout (docs/vectors.md has the full description):
  *
- *   CREATE TABLE IF NOT EXISTS <table>
- *       (id INTEGER PRIMARY KEY, value_ref INTEGER NOT NULL, vector BLOB NOT NULL)
- *   CREATE TABLE IF NOT EXISTS <table>_values
- *       (id INTEGER PRIMARY KEY AUTOINCREMENT, value BLOB NOT NULL)      -- API.md §8.1
+ *   CREATE TABLE <table> (id INTEGER PRIMARY KEY, value_ref INTEGER NOT NULL,
+ *       vector BLOB NOT NULL, chunk_id INTEGER, chunk_offset INTEGER)
+ *   CREATE TABLE <table>_chunks (chunk_id INTEGER PRIMARY KEY,
+ *       size INTEGER NOT NULL, validity BLOB NOT NULL, rowids BLOB NOT NULL)
+ *   CREATE TABLE <table>_chunk_vectors (chunk_id INTEGER PRIMARY KEY,
+ *       vectors BLOB NOT NULL)
+ *   CREATE TABLE <table>_values (id INTEGER PRIMARY KEY AUTOINCREMENT,
+ *       value BLOB NOT NULL)
  *
- * `vector` holds the element bytes: float32 LE (4*N bytes), int8 (N bytes)
- * or bits (N/8 bytes, bit i of the vector = bit (i%8) of byte i/8). The
- * row's value_ref names the <table>_values row holding the value bytes.
+ * Vectors live in chunks: `vectors` holds `size` fixed-size elements back
+ * to back, `rowids` their ids (int64 LE), `validity` one bit per slot
+ * (bit s = bit s%8 of byte s/8; cleared on delete). The <table> row of a
+ * vector maps its id to (chunk_id, chunk_offset) and to its value row.
+ * Recent inserts wait as "unchunked" rows (chunk_id NULL, the bytes in
+ * `vector`) until a chunk's worth of them is packed. A table written in the
+ * older row-per-vector layout (no chunk columns) gets the two columns on
+ * open and its rows are unchunked rows. Element bytes: float32 LE (4*N),
+ * int8 (N) or bits (N/8, bit i = bit (i%8) of byte i/8).
  *
- * Search is an exact brute-force scan: every stored vector is compared with
- * the query and a bounded max-heap keeps the best k (k <= 4096, the limit
- * sqlite-vec imposes on KNN queries). Distances follow sqlite-vec:
- * cosine = 1 - a.b / (|a| |b|) (a zero vector gives 1.0 here, where
- * sqlite-vec gives NaN); L2 = Euclidean distance (not squared);
- * L1 = sum of absolute differences; hamming = number of differing bits.
- * Sums are accumulated in double and reported as float32-rounded values.
- * With the cosine metric, f32 vectors are L2-normalised before they are
- * stored and before they are searched for (a zero vector is left as is).
+ * A table created by sqlite-vec as a `vec0` virtual table (the original
+ * package's layout) opens read-only: its shadow tables are read directly,
+ * no extension needed; kv_vector_migrate_vec0 converts it.
+ *
+ * Search is an exact scan of an in-memory copy of the vectors held by the
+ * handle (loaded on first use, reloaded when another connection commits,
+ * detected by PRAGMA data_version): SIMD kernels chosen at run time fused
+ * with a bounded top-k heap, optionally on several threads. Distances follow
+ * sqlite-vec: cosine = 1 - a.b / (|a| |b|) (a zero vector gives 1.0 here,
+ * where sqlite-vec gives NaN); L2 = Euclidean distance (not squared);
+ * L1 = sum of absolute differences; hamming = number of differing bits. The
+ * reported distances are recomputed for the hits with double accumulators
+ * (kv_vector_distance) and rounded to float32. With the cosine metric, f32
+ * vectors are L2-normalised before they are stored and before they are
+ * searched for (a zero vector is left as is).
  *
  * Thread safety: a kv_vector handle is not internally locked: one thread at
- * a time. Distinct handles may be used concurrently, also from several
- * processes (WAL). Do not use a handle in a child after fork().
+ * a time (a search may start its own worker threads internally). Distinct
+ * handles may be used concurrently, also from several processes (WAL). Do
+ * not use a handle in a child after fork().
  */
 #ifndef KVAULT_VECTOR_H
 #define KVAULT_VECTOR_H
@@ -78,11 +94,21 @@ KV_API size_t kv_vector_row_bytes(kv_vector_elem elem, size_t dims);
  *  On success *out owns the handle (kv_vector_close). On failure *out is
  *  NULL and `err` (may be NULL) receives a message (at most errlen-1 bytes).
  *  Returns KV_OK; KV_INVALID; KV_BUSY; KV_IO; KV_CORRUPT; KV_NOMEM;
- *  KV_SQLITE (e.g. `table` exists with another layout, such as an original
- *  sqlite-vec vec0 table: "no such module: vec0"). Thread-safe. */
+ *  KV_SQLITE. When `table` is a sqlite-vec vec0 table, the handle is
+ *  read-only (writes give KV_INVALID naming migrate_vec0), its declared
+ *  type and dimensions must match (else KV_INVALID) and its declared metric
+ *  is used. A row-per-vector table from an older version gets its chunk
+ *  columns added (one write transaction). Thread-safe. */
 KV_API kv_status kv_vector_open(const char *path, const char *table, size_t dims,
                                 kv_vector_metric metric, kv_vector_elem elem,
                                 kv_vector **out, char *err, size_t errlen);
+
+/** Scan threads of `v`'s searches: 0 (the default) = automatic (one
+ *  thread below 8 MiB of vectors, else one per online CPU), n > 0 = n. */
+KV_API void kv_vector_set_threads(kv_vector *v, int threads);
+
+/** 1 if `v` is a sqlite-vec vec0 table opened read-only, else 0. */
+KV_API int kv_vector_is_vec0(const kv_vector *v);
 
 /** Passive WAL checkpoint (errors ignored), finalize, close, free. NULL is
  *  a no-op. */
@@ -101,6 +127,15 @@ KV_API const char *kv_vector_errmsg(const kv_vector *v);
  *  KV_BUSY; KV_IO; KV_NOMEM; KV_SQLITE. */
 KV_API kv_status kv_vector_insert(kv_vector *v, const void *vec, size_t vbytes,
                                   const void *val, size_t vlen, int64_t *id);
+
+/** Insert `n` vectors and their values in one transaction. `vecs` holds n
+ *  rows back to back (`vbytes` must be n * kv_vector_row_bytes); vals[i]
+ *  is vlens[i] bytes (vals NULL: every value empty). ids[0..n) receives
+ *  the new row ids (consecutive, ascending). Whole chunks are written
+ *  directly. On failure nothing was inserted. Returns as kv_vector_insert;
+ *  KV_INVALID also for a vec0 table (read-only). */
+KV_API kv_status kv_vector_insert_many(kv_vector *v, size_t n, const void *vecs, size_t vbytes,
+                                       const void *const *vals, const size_t *vlens, int64_t *ids);
 
 /** One search result; `val` borrows the kv_vector_hits holding it. */
 typedef struct kv_vector_hit {
@@ -121,8 +156,9 @@ typedef struct kv_vector_hits {
 /** Exact k-NN: the `k` stored vectors nearest to `query` under the store's
  *  metric, with their values, read in one snapshot. `query` is in the
  *  store's element type and has the row byte count (`qbytes`); with the
- *  cosine metric it is normalised first. Cost: one pass over every stored
- *  vector (O(rows * dims)) plus O(rows log k) for the heap; memory O(k).
+ *  cosine metric it is normalised first. Cost: one pass over the handle's
+ *  in-memory copy (O(rows * dims)), plus loading that copy when it is
+ *  missing or stale; the copy takes rows * row bytes per handle.
  *  k == 0 or an empty table give zero hits.
  *
  *  On KV_OK *out owns the results (kv_vector_hits_free). Returns KV_OK;
@@ -131,6 +167,27 @@ typedef struct kv_vector_hits {
  *  dimensions); KV_BUSY; KV_IO; KV_NOMEM; KV_SQLITE. */
 KV_API kv_status kv_vector_search(kv_vector *v, const void *query, size_t qbytes,
                                   int64_t k, kv_vector_hits **out);
+
+/** Exact k-NN for `nq` queries at once (`queries`: nq rows back to back,
+ *  `qbytes` = nq * row bytes), in one snapshot. The stored vectors are read
+ *  once, in blocks that stay in cache while every query is scored against
+ *  them. out[0..nq) receives one result set each (free each with
+ *  kv_vector_hits_free); all NULL on failure. Statuses as kv_vector_search. */
+KV_API kv_status kv_vector_search_many(kv_vector *v, const void *queries, size_t nq, size_t qbytes,
+                                       int64_t k, kv_vector_hits **out);
+
+/** Convert the sqlite-vec vec0 table `table` of the database at `path` to
+ *  this store's layout, in place, in one transaction: its vectors (ids and
+ *  value_refs kept; normalised when its metric is cosine) are written as
+ *  chunks, its shadow tables are dropped and its schema entry is removed
+ *  (a virtual table has no b-tree pages; the entry is deleted with
+ *  PRAGMA writable_schema and the schema cookie is bumped). The
+ *  <table>_values rows are untouched. *moved (may be NULL) receives the
+ *  number of vectors. On failure nothing changed and `err` gets a message.
+ *  Returns KV_OK; KV_INVALID (not a vec0 table, unsupported declaration);
+ *  KV_BUSY; KV_IO; KV_CORRUPT; KV_NOMEM; KV_SQLITE. */
+KV_API kv_status kv_vector_migrate_vec0(const char *path, const char *table, int64_t *moved,
+                                        char *err, size_t errlen);
 
 /** Free search results (NULL is a no-op). */
 KV_API void kv_vector_hits_free(kv_vector_hits *h);
