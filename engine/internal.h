@@ -101,6 +101,18 @@ kv_status kvi_conn_open(const char *path, const kvi_conn_opts *o, sqlite3 **out,
  *  else KV_INVALID. NULL is invalid. */
 kv_status kvi_table_name_valid(const char *name);
 
+/** Scalar integer result of `sql` (a PRAGMA, a count): its first column of
+ *  the first row, 0 when there is no row or the statement fails. */
+static inline int64_t kvi_query_i64(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *s = NULL;
+    int64_t r = 0;
+    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
+        r = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    return r;
+}
+
 /** Run `sql` (one or more statements, no results) on `db`; on failure
  *  records into *e (with op = sql) and returns the mapped status. */
 kv_status kvi_exec(sqlite3 *db, const char *sql, kvi_err *e);

@@ -47,24 +47,14 @@ typedef struct mem_guard {
     sqlite3_int64 mmap;     /* previous mmap_size */
 } mem_guard;
 
-static sqlite3_int64 pragma_int(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *s = NULL;
-    sqlite3_int64 v = 0;
-    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
-        v = sqlite3_column_int64(s, 0);
-    sqlite3_finalize(s);
-    return v;
-}
-
 static void guard_enter(kv_db *db, uint64_t size, mem_guard *g)
 {
     char sql[96];
     g->active = 0;
     if (size < KVI_STREAM_BIG)
         return;
-    g->cache = pragma_int(db->db, "PRAGMA cache_size");
-    g->mmap = pragma_int(db->db, "PRAGMA mmap_size");
+    g->cache = kvi_query_i64(db->db, "PRAGMA cache_size");
+    g->mmap = kvi_query_i64(db->db, "PRAGMA mmap_size");
     snprintf(sql, sizeof sql, "PRAGMA cache_size=-%d; PRAGMA mmap_size=0", KVI_STREAM_CACHE_KB);
     sqlite3_exec(db->db, sql, NULL, NULL, NULL);
     g->active = 1;

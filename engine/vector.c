@@ -643,24 +643,13 @@ static char *vec0_sql(sqlite3 *db, const char *table)
     return out;
 }
 
-/* Scalar result of `sql` (0 when there is no row). */
-static int64_t query_i64(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *s = NULL;
-    int64_t r = 0;
-    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
-        r = sqlite3_column_int64(s, 0);
-    sqlite3_finalize(s);
-    return r;
-}
-
 /* 1 if <table> has the chunk columns of this layout, else 0. */
 static int has_chunk_columns(kv_vector *v)
 {
     char sql[300];
     snprintf(sql, sizeof sql, "SELECT count(*) FROM pragma_table_info('%s') WHERE name='chunk_offset'",
              v->table);
-    return query_i64(v->db, sql) == 1;
+    return kvi_query_i64(v->db, sql) == 1;
 }
 
 /* Create the native layout, or add the chunk columns to a table written by
@@ -700,7 +689,7 @@ static kv_status ensure_schema(kv_vector *v)
 {
     char sql[300];
     snprintf(sql, sizeof sql, "SELECT count(*) FROM sqlite_master WHERE name='%s_chunk_vectors'", v->table);
-    if (query_i64(v->db, sql) == 1 && has_chunk_columns(v))
+    if (kvi_query_i64(v->db, sql) == 1 && has_chunk_columns(v))
         return KV_OK;
     kv_status st = kvi_store_begin(&v->err, v->db, 1);
     if (st != KV_OK)
@@ -1928,7 +1917,7 @@ static kv_status drop_vec0(kv_vector *v)
     kvi_free(names);
     if (st != KV_OK)
         return st;
-    int64_t cookie = query_i64(v->db, "PRAGMA schema_version");
+    int64_t cookie = kvi_query_i64(v->db, "PRAGMA schema_version");
     snprintf(sql, sizeof sql,
              "PRAGMA writable_schema = ON;"
              "DELETE FROM sqlite_master WHERE type = 'table' AND name = '%s' AND rootpage = 0 "
