@@ -378,27 +378,95 @@ static kv_status mp_walk(const msgpack_object *o, const kv_visitor *v, void *ctx
     return dec_err(err, errlen, KV_CORRUPT, "unknown MessagePack object");
 }
 
-/* Cheap pre-scan bounding the nesting depth of a MessagePack item so that
- * msgpack-c's recursive unpacker never sees absurd depths. Returns 0 when
- * the depth stays within the limit (or the input is malformed: the unpacker
- * reports that), -1 when it is exceeded. Only container heads matter:
- * nesting depth is bounded by the count of consecutive container heads. */
-static int mp_depth_ok(const uint8_t *p, size_t len)
+/* Big-endian unsigned integer of n (1, 2 or 4) bytes at p. */
+static uint32_t mp_be(const uint8_t *p, int n)
 {
-    size_t run = 0;
-    for (size_t i = 0; i < len && i < (size_t)KV_DECODE_MAX_DEPTH * 8; i++) {
-        uint8_t c = p[i];
-        int container = (c >= 0x80 && c <= 0x9f) || c == 0xdc || c == 0xdd || c == 0xde || c == 0xdf;
-        if (!container)
+    uint32_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* Pre-scan of one MessagePack item (heads only, no allocation) before
+ * msgpack-c unpacks it. msgpack-c allocates a container's object array
+ * from its announced count before reading a single element, so a 5-byte
+ * `dd 7f ff ff ff` would ask for 64 GiB; and the walk below recurses once
+ * per level. Returns 0 when every container announces no more elements
+ * than bytes follow its head (an element takes at least one byte) and the
+ * nesting stays within KV_DECODE_MAX_DEPTH, or when the input is malformed
+ * or truncated before a violation (the unpacker reports those); -1 for a
+ * count beyond the input, -2 for nesting too deep. */
+static int mp_prescan(const uint8_t *p, size_t len)
+{
+    uint64_t left[KV_DECODE_MAX_DEPTH + 1];   /* items still due per open level */
+    int d = 0;
+    size_t i = 0;
+    left[0] = 1;
+    for (;;) {
+        while (d > 0 && left[d] == 0)
+            d--;
+        if ((d == 0 && left[0] == 0) || i >= len)
             return 0;
-        if (++run > KV_DECODE_MAX_DEPTH)
-            return -1;
-        if (c == 0xdc || c == 0xde)
-            i += 2;
-        else if (c == 0xdd || c == 0xdf)
-            i += 4;
+        left[d]--;
+        uint8_t c = p[i];
+        size_t head = 1;       /* bytes of the head */
+        uint64_t skip = 0;     /* payload bytes after the head */
+        uint64_t items = 0;    /* elements of a container (maps: keys and values) */
+        int container = 0;
+        if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3) {
+            /* fixint, nil, bool */
+        } else if (c <= 0x8f) {
+            container = 1, items = 2 * (uint64_t)(c & 0x0f);
+        } else if (c <= 0x9f) {
+            container = 1, items = c & 0x0f;
+        } else if (c <= 0xbf) {
+            skip = c & 0x1f;
+        } else {
+            /* c4..df: head bytes after the type byte and what they hold */
+            static const struct { uint8_t lenb, fixed, kind; } t[] = {
+                /* kind 0: fixed payload, 1: length-prefixed, 2: array, 3: map, 4: ext */
+                [0xc4 - 0xc4] = {1, 0, 1}, [0xc5 - 0xc4] = {2, 0, 1}, [0xc6 - 0xc4] = {4, 0, 1},
+                [0xc7 - 0xc4] = {1, 1, 4}, [0xc8 - 0xc4] = {2, 1, 4}, [0xc9 - 0xc4] = {4, 1, 4},
+                [0xca - 0xc4] = {0, 4, 0}, [0xcb - 0xc4] = {0, 8, 0}, [0xcc - 0xc4] = {0, 1, 0},
+                [0xcd - 0xc4] = {0, 2, 0}, [0xce - 0xc4] = {0, 4, 0}, [0xcf - 0xc4] = {0, 8, 0},
+                [0xd0 - 0xc4] = {0, 1, 0}, [0xd1 - 0xc4] = {0, 2, 0}, [0xd2 - 0xc4] = {0, 4, 0},
+                [0xd3 - 0xc4] = {0, 8, 0}, [0xd4 - 0xc4] = {0, 2, 0}, [0xd5 - 0xc4] = {0, 3, 0},
+                [0xd6 - 0xc4] = {0, 5, 0}, [0xd7 - 0xc4] = {0, 9, 0}, [0xd8 - 0xc4] = {0, 17, 0},
+                [0xd9 - 0xc4] = {1, 0, 1}, [0xda - 0xc4] = {2, 0, 1}, [0xdb - 0xc4] = {4, 0, 1},
+                [0xdc - 0xc4] = {2, 0, 2}, [0xdd - 0xc4] = {4, 0, 2}, [0xde - 0xc4] = {2, 0, 3},
+                [0xdf - 0xc4] = {4, 0, 3},
+            };
+            if (c == 0xc1)
+                return 0;   /* never used: malformed */
+            head = 1 + (size_t)t[c - 0xc4].lenb;
+            if (head > len - i)
+                return 0;
+            uint64_t n = t[c - 0xc4].lenb ? mp_be(p + i + 1, t[c - 0xc4].lenb) : 0;
+            switch (t[c - 0xc4].kind) {
+            case 0: skip = t[c - 0xc4].fixed; break;
+            case 1: skip = n; break;
+            case 2: container = 1, items = n; break;
+            case 3: container = 1, items = 2 * n; break;
+            default: skip = n + 1; break;   /* ext: type byte + data */
+            }
+        }
+        if (head > len - i)
+            return 0;
+        i += head;
+        if (container) {
+            if (items > len - i)
+                return -1;
+            if (items == 0)
+                continue;
+            if (d == KV_DECODE_MAX_DEPTH)
+                return -2;
+            left[++d] = items;
+        } else {
+            if (skip > len - i)
+                return 0;
+            i += (size_t)skip;
+        }
     }
-    return 0;
 }
 
 static kv_status decode_msgpack(const uint8_t *p, size_t len, const kv_visitor *v, void *ctx,
@@ -410,7 +478,10 @@ static kv_status decode_msgpack(const uint8_t *p, size_t len, const kv_visitor *
 
     if (len == 0)
         return dec_err(err, errlen, KV_CORRUPT, "truncated input");
-    if (mp_depth_ok(p, len) != 0)
+    int pre = mp_prescan(p, len);
+    if (pre == -1)
+        return dec_err(err, errlen, KV_CORRUPT, "truncated input: a container announces more items than bytes follow");
+    if (pre == -2)
         return dec_err(err, errlen, KV_CORRUPT, "nesting deeper than %d", KV_DECODE_MAX_DEPTH);
     msgpack_unpacked_init(&up);
     msgpack_unpack_return r = msgpack_unpack_next(&up, (const char *)p, len, &off);
@@ -451,6 +522,7 @@ typedef struct cb_state {
     int depth;            /* open containers */
     int started;          /* the top-level item began */
     int done;             /* the top-level item is complete */
+    size_t left;          /* input bytes from the head being decoded to the end */
     kv_status st;
     char msg[96];
 } cb_state;
@@ -575,6 +647,14 @@ static void cb_open(cb_state *s, uint64_t n, int is_map)
 {
     if (cb_pre(s, 0))
         return;
+    /* An element takes at least one byte after this head: a count beyond
+     * the input is refused before a visitor sees it (python/ext/autopack.c
+     * pre-sizes its list from it; a map of 2^63 pairs would also wrap
+     * `items` to 0). */
+    if (n > (s->left - 1) / (is_map ? 2 : 1)) {
+        cb_fail(s, KV_CORRUPT, "truncated input: a container announces more items than bytes follow");
+        return;
+    }
     if (is_map ? s->v->on_map_begin(s->ctx, (size_t)n) : s->v->on_array_begin(s->ctx, (size_t)n)) {
         cb_fail(s, KV_CALLBACK, "callback failed");
         return;
@@ -663,6 +743,7 @@ static kv_status decode_cbor(const uint8_t *p, size_t len, const kv_visitor *v, 
             st = dec_err(err, errlen, KV_CORRUPT, "truncated input");
             goto out;
         }
+        s->left = len - off;
         struct cbor_decoder_result r = cbor_stream_decode(p + off, len - off, &cb_table, s);
         if (s->st != KV_OK) {
             st = dec_err(err, errlen, s->st, "%s", s->msg);

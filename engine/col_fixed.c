@@ -548,6 +548,11 @@ kv_status kvi_fx_length(kv_colvault *cv, const kvi_fx *fx, int64_t *len)
     if (rc == SQLITE_ROW) {
         *len = sqlite3_column_int64(s, 0);
         sqlite3_reset(s);
+        /* a file's col_meta row is input: a negative length is refused
+         * here, before any cache or caller takes it as a count */
+        if (*len < 0)
+            return kvi_err_set(&cv->err, KV_CORRUPT, "col_meta row %lld has a negative length (%lld)",
+                               (long long)fx->col_id, (long long)*len);
         return KV_OK;
     }
     sqlite3_reset(s);

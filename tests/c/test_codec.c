@@ -216,6 +216,39 @@ Test(codec, malformed_inputs_fail_cleanly)
     cr_assert(eq(int, decode_text(KV_FMT_CBOR, deep, sizeof deep, &t, err), KV_CORRUPT));
 }
 
+/* Found by fuzz/fuzz_codec.c: a container head announcing more elements
+ * than bytes follow. msgpack-c allocated the announced object array first
+ * (64 GiB for 5 bytes); CBOR handed the count to the visitor (whose caller
+ * pre-sizes a list from it) and wrapped a map of 2^63 pairs to 0 items. Now
+ * refused before any visitor call, with nothing rendered. */
+Test(codec, container_count_beyond_input_refused)
+{
+    tv t;
+    char err[128];
+    static const uint8_t mp_arr[] = {0xdd, 0x7f, 0xff, 0xff, 0xff};     /* array32 2^31-1 */
+    static const uint8_t mp_map[] = {0x91, 0xdf, 0x00, 0x01, 0x00, 0x00, 0xc0}; /* [map32 65536] */
+    static const uint8_t cb_arr[] = {0x9b, 0, 0, 0, 1, 0, 0, 0, 0};     /* array 2^32 */
+    static const uint8_t cb_map[] = {0xbb, 0x80, 0, 0, 0, 0, 0, 0, 1};  /* map 2^63+1 pairs */
+    static const uint8_t cb_two[] = {0x82, 0x01};                       /* array 2, 1 item */
+    cr_assert(eq(int, decode_text(KV_FMT_MSGPACK, mp_arr, sizeof mp_arr, &t, err), KV_CORRUPT));
+    cr_assert(eq(str, err, "truncated input: a container announces more items than bytes follow"));
+    cr_assert(eq(int, decode_text(KV_FMT_MSGPACK, mp_map, sizeof mp_map, &t, err), KV_CORRUPT));
+    cr_assert(eq(str, err, "truncated input: a container announces more items than bytes follow"));
+    cr_assert(eq(int, decode_text(KV_FMT_CBOR, cb_arr, sizeof cb_arr, &t, err), KV_CORRUPT));
+    cr_assert(eq(sz, t.n, 0));
+    cr_assert(eq(int, decode_text(KV_FMT_CBOR, cb_map, sizeof cb_map, &t, err), KV_CORRUPT));
+    cr_assert(eq(sz, t.n, 0));
+    cr_assert(eq(int, decode_text(KV_FMT_CBOR, cb_two, sizeof cb_two, &t, err), KV_CORRUPT));
+    cr_assert(eq(str, err, "truncated input: a container announces more items than bytes follow"));
+    /* exactly as many one-byte items as announced still decode */
+    static const uint8_t mp_ok[] = {0x93, 0x01, 0x02, 0x03};
+    static const uint8_t cb_ok[] = {0xa1, 0x61, 0x6b, 0xf6};            /* {"k": null} */
+    cr_assert(eq(int, decode_text(KV_FMT_MSGPACK, mp_ok, sizeof mp_ok, &t, err), KV_OK));
+    cr_assert(eq(str, t.s, "[1,2,3]"));
+    cr_assert(eq(int, decode_text(KV_FMT_CBOR, cb_ok, sizeof cb_ok, &t, err), KV_OK));
+    cr_assert(eq(str, t.s, "{\"k\",nil}"));
+}
+
 Test(codec, vectors_and_heuristic)
 {
     kv_buf b = {0};

@@ -311,6 +311,26 @@ Test(col, schema_and_missing_parent)
     cr_assert(cv2 == NULL);
 }
 
+/* Found by fuzz/fuzz_colmeta.c: a file whose col_meta row holds a negative
+ * length (written by another program) reached the read cache's assertion
+ * and callers as a negative count. Now the length read refuses it. */
+Test(col, negative_stored_length_is_corrupt)
+{
+    kv_colvault *cv = open_cv(64, 4096);
+    int64_t id, n;
+    kv_col *c = new_i64_col(cv, &id);
+    sqlite3 *db;
+    cr_assert(sqlite3_open(path, &db) == SQLITE_OK);
+    cr_assert(sqlite3_exec(db, "UPDATE col_meta SET length = -5", NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    cr_assert(eq(int, kv_col_len(c, &n), KV_CORRUPT));
+    cr_assert(ne(ptr, strstr(kv_colvault_errmsg(cv), "negative length"), NULL));
+    uint8_t buf[8];
+    cr_assert(ne(int, kv_col_read_fixed(c, 0, 1, buf), KV_OK));
+    kv_col_close(c);
+    kv_colvault_close(cv);
+}
+
 /* ------------------------------------------------------------------------
  * Read cache (col_rcache.c): blocks across block and chunk boundaries, one
  * blob handle reopened from chunk to chunk, invalidation by another
