@@ -196,13 +196,15 @@ class KVault(Mapping):
         self._write_mode = write_mode
 
         self._closed = False  # so that _fail maps open errors instead of "closed"
-        self.shared = _attach(fspath, table, shared)  # shared mode: docs/shared-mode.md
+        # shared mode: docs/shared-mode.md
+        self._shared_at_open, route = _attach(fspath, table, shared)
         try:
             native_cls = functools.partial(
                 _kvault._KVault,
                 read_cache_bytes=read_cache_bytes,
-                attach=self.shared,
+                attach=self._shared_at_open,
                 write_mode=write_mode,
+                route=route,
             )
             native = self._call(
                 native_cls,
@@ -224,6 +226,17 @@ class KVault(Mapping):
         self._nget_or = native.get_or
         self._nput = native.put
         self._nexists = native.exists
+
+    @property
+    def shared(self) -> bool:
+        """Whether the object is attached to a kvault-writer now. With
+        ``shared="auto"`` this changes when a writer starts (the next write
+        attaches) or stops cleanly (the object continues embedded); see
+        docs/shared-mode.md."""
+        native = self._native
+        if native is None or native.closed:
+            return self._shared_at_open
+        return native.attached
 
     # ------------------------------------------------------ error machinery
 
@@ -922,26 +935,31 @@ class KVault(Mapping):
 
 
 def _attach(path, table, shared):
-    """Whether ``KVault(path, shared=...)`` attaches to a kvault-writer
-    (``_KVault(..., attach=True)``) or opens the file embedded.
+    """``(attach, route)`` for ``KVault(path, shared=...)``: whether the
+    object attaches to a kvault-writer (``_KVault(..., attach=True)``) or
+    opens the file embedded, and whether it follows the writer afterwards
+    (``route=True``).
 
     ``"auto"``: attached when a kvault-writer serves ``path`` for ``table``
-    (its registry lock is held), else embedded. ``True``: attached, or
-    ``KohakuVaultError`` when no writer serves the file. ``False``: always
-    embedded.
+    (its registry lock is held), else embedded; it follows the writer: an
+    embedded object attaches at its first write after a writer started, an
+    attached one continues embedded after its writer stopped cleanly.
+    ``True``: attached, or ``KohakuVaultError`` when no writer serves the
+    file. ``False``: always embedded.
     """
     if shared is False or shared is None:
-        return False
+        return False, False
     if shared not in ("auto", True):
         raise InvalidArgument(f"shared must be 'auto', True or False, got {shared!r}")
+    auto = shared == "auto"
     if _kvault._attach_served(path, table):
-        return True
+        return True, auto
     if shared is True:
         raise KohakuVaultError(
             f"shared=True: no kvault-writer serves {path!r} (table {table!r}); "
             "start one with scripts/kvault-launch serve"
         )
-    return False
+    return False, True
 
 
 def _tell(stream):

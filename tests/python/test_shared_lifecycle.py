@@ -1,0 +1,329 @@
+"""Shared mode over the life of a writer, with real processes and files
+(docs/shared-mode.md, "Objects opened before the writer", "When the writer
+stops", "Busy databases"): objects opened before a writer started, a writer
+that stops or dies while objects are attached, embedded stores of several
+processes on one file, and the writer's client counts.
+
+Every test starts its own writers on a temp database and stops them in
+``finally``; child processes are always reaped. Timeouts are bounded.
+"""
+
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+from kohakuvault import KVault, TextVault
+from kohakuvault._writer import writer_binary
+from kohakuvault.errors import KohakuVaultError
+
+from conftest import die_with_parent
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WRITER = writer_binary(ROOT)
+needs_writer = pytest.mark.skipif(WRITER is None, reason="kvault-writer is not built")
+
+
+class Writer:
+    """A kvault-writer process for one database, started and ready."""
+
+    def __init__(self, db, *extra):
+        self.db = db
+        self.proc = subprocess.Popen([WRITER, *extra, db], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True,
+                                     preexec_fn=die_with_parent)
+        line = self.proc.stdout.readline()
+        assert line.startswith("ready"), f"writer failed: {line!r}"
+
+    def stop(self, sig=signal.SIGTERM):
+        """Send `sig` (SIGTERM: a clean stop) and wait for the exit."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=60)
+        return self.proc.returncode
+
+
+def _rows(db, table="kv"):
+    con = sqlite3.connect(db)
+    try:
+        return dict(con.execute(f"SELECT key, value FROM {table}").fetchall())
+    finally:
+        con.close()
+
+
+def _in_thread(fn):
+    """Run fn() in a thread (writers are started from the main thread: their
+    parent-death signal follows the thread that started them). Returns the
+    thread and a dict that gets "result" or "error"."""
+    box = {}
+
+    def body():
+        try:
+            box["result"] = fn()
+        except Exception as exc:  # reported to the test, which asserts on it
+            box["error"] = exc
+
+    t = threading.Thread(target=body)
+    t.start()
+    return t, box
+
+
+def _reap(*procs):
+    for p in procs:
+        if p is None:
+            continue
+        p.join(timeout=60)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+# ---- 1. objects opened before the writer ------------------------------------
+
+
+@needs_writer
+def test_object_opened_before_the_writer_routes_its_next_write(tmp_path):
+    """early=KVault(db) (auto, embedded); a writer starts; early's next
+    write goes through the writer, so an attached reader sees it at once."""
+    db = str(tmp_path / "early.db")
+    early = KVault(db)
+    early["k"] = 1
+    assert not early.shared
+    w = Writer(db)
+    try:
+        att = KVault(db)
+        assert att.shared
+        assert att["k"] == 1  # cached by the segment now
+        early["k"] = 2
+        assert early.shared, "the write after the writer started must attach"
+        assert att["k"] == 2
+        assert early["k"] == 2  # reads its own write
+        early.put_many([("a", b"1"), ("b", b"2")])
+        assert early.delete("a")
+        assert att.get("a") is None and att["b"] == b"2"
+        att.close()
+        early.close()
+    finally:
+        w.stop()
+    assert _rows(db)[b"b"] == b"2"
+
+
+def _early_child(db, conn):
+    """Opened before any writer; writes when told, reports its mode."""
+    kv = KVault(db)
+    conn.send(kv.shared)
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            break
+        key, value = msg
+        kv[key] = value
+        conn.send(kv.shared)
+    kv.close()
+
+
+@needs_writer
+def test_object_of_another_process_opened_before_the_writer(tmp_path):
+    """The newcomer's case across processes: early in a child, opened before
+    the writer; after the writer started, its write is seen by an attached
+    reader in this process, never the old value."""
+    db = str(tmp_path / "early2.db")
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_early_child, args=(db, child))
+    p.start()
+    w = None
+    try:
+        assert parent.recv() is False
+        parent.send(("k", 1))
+        assert parent.recv() is False
+        w = Writer(db)
+        att = KVault(db)
+        assert att["k"] == 1
+        parent.send(("k", 2))
+        assert parent.recv() is True
+        assert att["k"] == 2
+        att.close()
+        parent.send(None)
+    finally:
+        _reap(p)
+        if w:
+            w.stop()
+    assert p.exitcode == 0
+
+
+def _hammer(db, seconds, conn):
+    """Embedded ("auto") object writing key hot = 0, 1, 2, ... and one key
+    per write, as fast as it can; sends the last acknowledged value."""
+    kv = KVault(db)
+    conn.send("go")
+    i = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        i += 1
+        kv.put_many([("hot", i), (f"n{i:07d}", i)])
+    conn.send((i, kv.shared))
+    kv.close()
+
+
+@needs_writer
+def test_writer_starting_during_embedded_writes_misses_none(tmp_path):
+    """A writer starts while another process writes embedded as fast as it
+    can and this process reads the hot key through the writer: every write
+    the child had acknowledged is present, and the hot key reads its last
+    value (no write committed embedded is missed by the writer's cache)."""
+    db = str(tmp_path / "race.db")
+    KVault(db).close()
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_hammer, args=(db, 3.0, child))
+    p.start()
+    w = None
+    try:
+        assert parent.recv() == "go"
+        time.sleep(0.5)
+        w = Writer(db)
+        att = KVault(db, shared=True)
+        while not parent.poll():
+            att.get("hot")  # keeps the key in the writer's cache
+        last, routed = parent.recv()
+        assert routed, "the child's object must have attached"
+        assert att["hot"] == last
+        att.close()
+    finally:
+        _reap(p)
+        if w:
+            w.stop()
+    rows = _rows(db)
+    assert all(rows.get(f"n{i:07d}".encode()) is not None for i in range(1, last + 1))
+
+
+def test_shared_false_stays_embedded(tmp_path):
+    """shared=False: the user opted out; the object keeps writing SQLite
+    directly whatever serves the file (docs/shared-mode.md)."""
+    db = str(tmp_path / "optout.db")
+    kv = KVault(db, shared=False)
+    kv["a"] = b"1"
+    if WRITER is not None:
+        w = Writer(db)
+        try:
+            kv["a"] = b"2"
+            assert not kv.shared
+        finally:
+            w.stop()
+    kv.close()
+    assert _rows(db)[b"a"] == (b"2" if WRITER else b"1")
+
+
+# ---- 2. when the writer stops ------------------------------------------------
+
+
+@needs_writer
+def test_clean_stop_continues_embedded_within_a_second(tmp_path):
+    """After a clean stop (SIGTERM, as `kvault-launch stop` sends), the next
+    write of an "auto" object continues embedded within 1 s; everything
+    acknowledged before is there, and later reads work."""
+    db = str(tmp_path / "stop.db")
+    w = Writer(db)
+    try:
+        kv = KVault(db)
+        assert kv.shared
+        for i in range(100):
+            kv[f"before{i}"] = i
+        kv.put("piped", b"p", write_mode="pipelined")
+    finally:
+        assert w.stop() == 0
+    t0 = time.monotonic()
+    kv["after"] = b"y"
+    assert time.monotonic() - t0 < 1.0
+    assert not kv.shared
+    assert kv["after"] == b"y" and kv["piped"] == b"p"
+    assert all(kv[f"before{i}"] == i for i in range(100))
+    kv.close()
+    rows = _rows(db)
+    assert rows[b"after"] == b"y" and len(rows) == 102
+
+
+@needs_writer
+def test_stop_then_restart_routes_again(tmp_path):
+    """stop -> the object continues embedded -> a new writer starts -> the
+    next write attaches again; an attached reader never reads stale data."""
+    db = str(tmp_path / "cycle.db")
+    kv = KVault(db)
+    for round_ in range(3):
+        w = Writer(db)
+        try:
+            reader = KVault(db, shared=True)
+            kv["k"] = round_
+            assert kv.shared
+            assert reader["k"] == round_
+            reader.close()
+        finally:
+            w.stop()
+        kv["k"] = round_ + 100
+        assert not kv.shared
+        assert kv["k"] == round_ + 100
+    kv.close()
+    assert _rows(db)[b"k"] is not None
+
+
+@needs_writer
+def test_shared_true_reads_after_stop_and_writes_wait_for_a_new_writer(tmp_path):
+    """shared=True: after a clean stop, reads are served from the process's
+    own connection at once; a write waits for the next writer."""
+    db = str(tmp_path / "strict.db")
+    w = Writer(db)
+    kv = KVault(db, shared=True)
+    kv["x"] = b"1"
+    w.stop()
+    t0 = time.monotonic()
+    assert kv["x"] == b"1"
+    assert kv.get("missing") is None
+    assert time.monotonic() - t0 < 1.0
+    t, box = _in_thread(lambda: kv.__setitem__("y", b"2"))  # waits for a writer
+    time.sleep(1.0)
+    w = Writer(db)
+    try:
+        t.join(timeout=60)
+        assert box == {"result": None}
+        assert kv.shared
+        assert kv["y"] == b"2" and kv["x"] == b"1"
+        kv.close()
+    finally:
+        w.stop()
+    assert _rows(db)[b"y"] == b"2"
+
+
+@needs_writer
+def test_auto_reads_survive_a_killed_writer(tmp_path):
+    """kill -9 without a restart: reads of an "auto" object keep working
+    (never the 60 s wait); a write waits for the restarted writer, which
+    replays what the dead one applied."""
+    db = str(tmp_path / "killed.db")
+    w = Writer(db, "--commit-interval-ms", "3600000")
+    kv = KVault(db)
+    kv["a"] = b"1"  # applied, not committed
+    w.stop(signal.SIGKILL)
+    t0 = time.monotonic()
+    assert kv["a"] == b"1"  # still in the dead writer's segment
+    assert kv.get("zz") is None
+    assert time.monotonic() - t0 < 1.0
+    t, box = _in_thread(lambda: kv.__setitem__("b", b"2"))  # waits for the restart
+    time.sleep(1.0)
+    w = Writer(db)
+    try:
+        t.join(timeout=60)
+        assert box == {"result": None}
+        assert kv.shared
+        kv.close()
+    finally:
+        w.stop()
+    rows = _rows(db)
+    assert rows[b"a"] == b"1" and rows[b"b"] == b"2"
