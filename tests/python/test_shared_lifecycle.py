@@ -327,3 +327,70 @@ def test_auto_reads_survive_a_killed_writer(tmp_path):
         w.stop()
     rows = _rows(db)
     assert rows[b"a"] == b"1" and rows[b"b"] == b"2"
+
+
+# ---- 3. busy databases: one policy for every class -----------------------------
+
+
+def _text_inserter(db, seconds, q):
+    tv = TextVault(db)
+    ok = failed = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            tv.insert(f"document {os.getpid()} {ok}", {"n": ok})
+            ok += 1
+        except KohakuVaultError as exc:
+            failed += 1
+            q.put(("error", repr(exc)))
+            break
+    q.put((ok, failed))
+    tv.close()
+
+
+def test_three_processes_insert_into_one_textvault(tmp_path):
+    """3 embedded processes insert TextVault rows at once for 3 s: every
+    insert succeeds (they wait on the busy file as KVault does)."""
+    db = str(tmp_path / "text.db")
+    TextVault(db).close()  # schema first
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_text_inserter, args=(db, 3.0, q)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    try:
+        results = [q.get(timeout=120) for _ in procs]
+    finally:
+        _reap(*procs)
+    assert all(isinstance(r[0], int) for r in results), results
+    assert sum(r[1] for r in results) == 0, results
+    total = sum(r[0] for r in results)
+    assert total > 30
+    tv = TextVault(db)
+    assert tv.count() == total
+    tv.close()
+
+
+def test_store_busy_policy_is_configurable(tmp_path):
+    """A store waits on a locked file (busy_timeout) and succeeds once the
+    lock goes; with busy_timeout=0 and retries=1 it fails at once."""
+    from kohakuvault.errors import DatabaseBusy
+
+    db = str(tmp_path / "busy.db")
+    tv = TextVault(db)
+    con = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        tv.busy_timeout, tv.retries = 0, 1
+        t0 = time.monotonic()
+        with pytest.raises(DatabaseBusy):
+            tv.insert("x", b"1")
+        assert time.monotonic() - t0 < 0.5
+        del tv.busy_timeout, tv.retries  # the class defaults again
+        threading.Timer(0.5, lambda: con.execute("COMMIT")).start()
+        assert tv.insert("y", b"2") >= 1
+    finally:
+        time.sleep(0.6)
+        con.close()
+    assert tv.count() == 1
+    tv.close()
