@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -283,18 +284,37 @@ static void handle_put_file(wr_state *ws, wr_client *c, const struct kvshm_msg *
     reply_status(c->sock, m->m_type, st, st == KV_OK ? NULL : kv_db_errmsg(ws->db));
 }
 
+/* 1 if the process that attached c is gone although its connection is
+ * not hung up: a child it forked holds the inherited socket (a forked child
+ * takes its own connection only at its first call through the handle).
+ * Such a client is marked dead: drained, then dropped (wr_drain). */
+static int client_orphaned(wr_client *c)
+{
+    /* the pid of the process that connected, as this writer's pid namespace
+     * sees it (SO_PEERCRED), not the one the client reported */
+    struct ucred cr;
+    socklen_t len = sizeof cr;
+    if (c->dead || getsockopt(c->sock, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0 || cr.pid <= 0)
+        return c->dead;
+    if (kill(cr.pid, 0) != 0 && errno == ESRCH) c->dead = 1;
+    return c->dead;
+}
+
 size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
 {
     kvshm_shard_stats sum;
     kvshm_writer_shard_stats(ws->w, KVSHM_ALL_SHARDS, &sum);
     uint64_t hits = ws->hits_gone, misses = ws->misses_gone;
     unsigned attached = 0;
-    for (size_t i = 0; i < ws->nclients; i++)
-        if (ws->clients[i].sock >= 0 && ws->clients[i].ring) {
-            attached++;
-            hits += ws->clients[i].hits;
-            misses += ws->clients[i].misses;
-        }
+    for (size_t i = 0; i < ws->nclients; i++) {
+        wr_client *c = &ws->clients[i];
+        if (c->sock < 0 || !c->ring) continue;
+        hits += c->hits;
+        misses += c->misses;
+        /* attached: live processes only (a hung-up or orphaned client is
+         * still drained before it is dropped) */
+        if (!client_orphaned(c)) attached++;
+    }
     uint64_t ckpts, ckpt_us;
     wr_ckpt_stats(ws->ckpt, &ckpts, &ckpt_us);
     if (!ws->ckpt) ckpt_us = ws->stat_ckpt_max_us;

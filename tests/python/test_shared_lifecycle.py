@@ -8,6 +8,7 @@ Every test starts its own writers on a temp database and stops them in
 ``finally``; child processes are always reaped. Timeouts are bounded.
 """
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -394,3 +395,79 @@ def test_store_busy_policy_is_configurable(tmp_path):
         con.close()
     assert tv.count() == 1
     tv.close()
+
+
+# ---- 4. client counts of the writer ---------------------------------------------
+
+
+def _status(kv):
+    return dict(line.split("=", 1) for line in kv._native.status().splitlines())
+
+
+def _wait_attached(kv, want, timeout=10.0):
+    """The writer's `attached` count once it equals want (or the last seen)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n = int(_status(kv)["attached"])
+        if n == want or time.monotonic() > deadline:
+            return n
+        time.sleep(0.05)
+
+
+def _attach_and_wait(db, conn, fork_holder):
+    """Attach, write, optionally fork a child that keeps the inherited
+    connection open without using it, then wait to be killed or told.
+    Sends ("attached", pid of that child or None)."""
+    kv = KVault(db, shared=True)
+    kv[f"p{os.getpid()}"] = 1
+    holder = None
+    if fork_holder:
+        holder = os.fork()
+        if holder == 0:  # holds the inherited socket, never uses kv
+            time.sleep(60)
+            os._exit(0)
+    conn.send(("attached", holder))
+    conn.recv()
+    kv.close()
+
+
+@needs_writer
+def test_status_counts_only_live_clients(tmp_path):
+    """5 processes attach; 2 exit, 3 are killed -9 (one of them left a forked
+    child holding its connection): `attached` falls back to this process
+    while that child still runs."""
+    db = str(tmp_path / "count.db")
+    w = Writer(db)
+    ctx = mp.get_context("fork")
+    procs, conns, holders = [], [], []
+    kv = KVault(db, shared=True)
+    try:
+        for i in range(5):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_attach_and_wait, args=(db, child, i == 4))
+            p.start()
+            procs.append(p)
+            conns.append(parent)
+        for c in conns:
+            msg, holder = c.recv()
+            assert msg == "attached"
+            if holder:
+                holders.append(holder)
+        assert _wait_attached(kv, 6) == 6
+        for c in conns[:2]:
+            c.send("exit")
+        for p in procs[2:]:
+            os.kill(p.pid, signal.SIGKILL)
+        _reap(*procs[:4])
+        os.waitpid(procs[4].pid, 0)  # not join: the holder keeps its sentinel open
+        assert holders and os.kill(holders[0], 0) is None  # still running
+        assert _wait_attached(kv, 1) == 1
+        kv["still"] = b"works"
+        assert kv["still"] == b"works"
+        kv.close()
+    finally:
+        for h in holders:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(h, signal.SIGKILL)
+        _reap(*procs)
+        w.stop()
