@@ -214,6 +214,8 @@ int wr_has_work(void *ctx, int final)
 {
     const wr_idle *idle = ctx;
     wr_state *ws = idle->ws;
+    /* a stop signal that came while the loop spun: do not sleep on it */
+    if (*ws->stop) return 1;
     for (size_t i = 0; i < ws->nclients; i++) {
         wr_client *c = &ws->clients[i];
         if (c->sock >= 0 && c->ring && kvshm_ring_has_data(c->ring)) return 1;
@@ -420,8 +422,29 @@ bad:
     reply_status(c->sock, m.m_type, KV_INVALID, "bad request");
 }
 
+/* --linger-ms: once no process has been connected for linger_ms, ask the
+ * loop for a clean stop (as SIGTERM does). A connection counts from its
+ * accept on, so a process that is attaching keeps the writer. */
+static void linger_check(wr_state *ws)
+{
+    static uint64_t idle_since;   /* one writer per process */
+    if (ws->o.linger_ms < 0 || *ws->stop) return;
+    for (size_t i = 0; i < ws->nclients; i++)
+        if (ws->clients[i].sock >= 0 && !ws->clients[i].dead) {
+            idle_since = 0;
+            return;
+        }
+    uint64_t now = wr_now_ms();
+    if (!idle_since) idle_since = now;
+    if (now - idle_since >= (uint64_t)ws->o.linger_ms) {
+        wr_log("no client for %d ms: stopping", ws->o.linger_ms);
+        *ws->stop = 1;
+    }
+}
+
 void wr_sock_poll(wr_state *ws)
 {
+    linger_check(ws);
     struct epoll_event evs[32];
     for (;;) {
         int n = epoll_wait(ws->ep, evs, 32, 0);

@@ -471,3 +471,77 @@ def test_status_counts_only_live_clients(tmp_path):
                 os.kill(h, signal.SIGKILL)
         _reap(*procs)
         w.stop()
+
+
+# ---- 5. shared="spawn" / KVAULT_SHARED ----------------------------------------------
+
+
+def _spawn_client(db, i, go, q):
+    go.wait(30)
+    kv = KVault(db, shared="spawn")
+    kv[f"w{i}"] = i
+    q.put((i, kv.shared, kv._native.generation))
+    kv.close()
+
+
+def _registry(db):
+    text = open(os.path.realpath(db) + "-kvault").read()
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+@needs_writer
+def test_spawn_starts_exactly_one_writer_for_racing_processes(tmp_path):
+    """8 processes open KVault(db, shared="spawn") at once: one writer is
+    started (generation 1), all attach to it and write; it stops by itself
+    after the last one detached plus its linger, and logs next to the file."""
+    db = str(tmp_path / "spawn" / "auto.db")
+    ctx = mp.get_context("spawn")
+    go, q = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_spawn_client, args=(db, i, go, q)) for i in range(8)]
+    for p in procs:
+        p.start()
+    go.set()
+    try:
+        got = [q.get(timeout=120) for _ in procs]
+    finally:
+        _reap(*procs)
+    assert all(p.exitcode == 0 for p in procs)
+    assert all(shared and gen == 1 for _, shared, gen in got), got
+    deadline = time.monotonic() + 15
+    while _registry(db)["state"] != "stopped":
+        assert time.monotonic() < deadline, "the spawned writer did not stop"
+        time.sleep(0.1)
+    assert _registry(db)["generation"] == "1"
+    assert "stopping" in open(os.path.realpath(db) + "-kvault.log").read()
+    rows = _rows(db)
+    assert all(rows[f"w{i}".encode()] is not None for i in range(8))
+
+
+@needs_writer
+def test_kvault_shared_environment_variable(tmp_path, monkeypatch):
+    """KVAULT_SHARED replaces the default shared="auto": spawn, require
+    (shared=True), off (shared=False); an unknown value is refused."""
+    from kohakuvault.errors import InvalidArgument
+
+    db = str(tmp_path / "env.db")
+    monkeypatch.setenv("KVAULT_SHARED", "require")
+    with pytest.raises(KohakuVaultError, match="no kvault-writer serves"):
+        KVault(db)
+    monkeypatch.setenv("KVAULT_SHARED", "off")
+    with KVault(db) as kv:
+        assert not kv.shared
+    monkeypatch.setenv("KVAULT_SHARED", "bogus")
+    with pytest.raises(InvalidArgument, match="KVAULT_SHARED"):
+        KVault(db)
+    monkeypatch.setenv("KVAULT_SHARED", "spawn")
+    monkeypatch.setenv("KVAULT_LINGER_MS", "200")
+    with KVault(db) as kv:
+        assert kv.shared
+        kv["a"] = b"1"
+    with KVault(db, shared=False) as kv:  # explicit wins
+        assert not kv.shared
+    deadline = time.monotonic() + 15
+    while _registry(db)["state"] != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert _rows(db)[b"a"] == b"1"
