@@ -22,33 +22,11 @@ import time
 import pytest
 
 from kohakuvault import KVault, TextVault
-from kohakuvault._writer import writer_binary
 from kohakuvault.errors import KohakuVaultError
 
-from conftest import die_with_parent
+from test_shared_mode import WRITER, Writer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-WRITER = writer_binary(ROOT)
 needs_writer = pytest.mark.skipif(WRITER is None, reason="kvault-writer is not built")
-
-
-class Writer:
-    """A kvault-writer process for one database, started and ready."""
-
-    def __init__(self, db, *extra):
-        self.db = db
-        self.proc = subprocess.Popen([WRITER, *extra, db], stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True,
-                                     preexec_fn=die_with_parent)
-        line = self.proc.stdout.readline()
-        assert line.startswith("ready"), f"writer failed: {line!r}"
-
-    def stop(self, sig=signal.SIGTERM):
-        """Send `sig` (SIGTERM: a clean stop) and wait for the exit."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=60)
-        return self.proc.returncode
 
 
 def _rows(db, table="kv"):
@@ -59,21 +37,28 @@ def _rows(db, table="kv"):
         con.close()
 
 
-def _in_thread(fn):
-    """Run fn() in a thread (writers are started from the main thread: their
-    parent-death signal follows the thread that started them). Returns the
-    thread and a dict that gets "result" or "error"."""
+def _put_waits_for_next_writer(kv, db, key, value):
+    """kv[key] = value in a thread while no writer serves db; 1 s later a
+    writer starts (from this thread: a writer's parent-death signal follows
+    the thread that started it). The put must return once that writer
+    serves, attached. Returns the writer."""
     box = {}
 
     def body():
         try:
-            box["result"] = fn()
+            kv[key] = value
+            box["result"] = None
         except Exception as exc:  # reported to the test, which asserts on it
             box["error"] = exc
 
     t = threading.Thread(target=body)
     t.start()
-    return t, box
+    time.sleep(1.0)
+    w = Writer(db)
+    t.join(timeout=60)
+    assert box == {"result": None}
+    assert kv.shared
+    return w
 
 
 def _reap(*procs):
@@ -112,7 +97,7 @@ def test_object_opened_before_the_writer_routes_its_next_write(tmp_path):
         att.close()
         early.close()
     finally:
-        w.stop()
+        w.kill(signal.SIGTERM)
     assert _rows(db)[b"b"] == b"2"
 
 
@@ -156,7 +141,7 @@ def test_object_of_another_process_opened_before_the_writer(tmp_path):
     finally:
         _reap(p)
         if w:
-            w.stop()
+            w.kill(signal.SIGTERM)
     assert p.exitcode == 0
 
 
@@ -201,7 +186,7 @@ def test_writer_starting_during_embedded_writes_misses_none(tmp_path):
     finally:
         _reap(p)
         if w:
-            w.stop()
+            w.kill(signal.SIGTERM)
     rows = _rows(db)
     assert all(rows.get(f"n{i:07d}".encode()) is not None for i in range(1, last + 1))
 
@@ -218,7 +203,7 @@ def test_shared_false_stays_embedded(tmp_path):
             kv["a"] = b"2"
             assert not kv.shared
         finally:
-            w.stop()
+            w.kill(signal.SIGTERM)
     kv.close()
     assert _rows(db)[b"a"] == (b"2" if WRITER else b"1")
 
@@ -240,7 +225,7 @@ def test_clean_stop_continues_embedded_within_a_second(tmp_path):
             kv[f"before{i}"] = i
         kv.put("piped", b"p", write_mode="pipelined")
     finally:
-        assert w.stop() == 0
+        assert w.kill(signal.SIGTERM) == 0
     t0 = time.monotonic()
     kv["after"] = b"y"
     assert time.monotonic() - t0 < 1.0
@@ -267,7 +252,7 @@ def test_stop_then_restart_routes_again(tmp_path):
             assert reader["k"] == round_
             reader.close()
         finally:
-            w.stop()
+            w.kill(signal.SIGTERM)
         kv["k"] = round_ + 100
         assert not kv.shared
         assert kv["k"] == round_ + 100
@@ -283,22 +268,17 @@ def test_shared_true_reads_after_stop_and_writes_wait_for_a_new_writer(tmp_path)
     w = Writer(db)
     kv = KVault(db, shared=True)
     kv["x"] = b"1"
-    w.stop()
+    w.kill(signal.SIGTERM)
     t0 = time.monotonic()
     assert kv["x"] == b"1"
     assert kv.get("missing") is None
     assert time.monotonic() - t0 < 1.0
-    t, box = _in_thread(lambda: kv.__setitem__("y", b"2"))  # waits for a writer
-    time.sleep(1.0)
-    w = Writer(db)
+    w = _put_waits_for_next_writer(kv, db, "y", b"2")
     try:
-        t.join(timeout=60)
-        assert box == {"result": None}
-        assert kv.shared
         assert kv["y"] == b"2" and kv["x"] == b"1"
         kv.close()
     finally:
-        w.stop()
+        w.kill(signal.SIGTERM)
     assert _rows(db)[b"y"] == b"2"
 
 
@@ -311,21 +291,16 @@ def test_auto_reads_survive_a_killed_writer(tmp_path):
     w = Writer(db, "--commit-interval-ms", "3600000")
     kv = KVault(db)
     kv["a"] = b"1"  # applied, not committed
-    w.stop(signal.SIGKILL)
+    w.kill()
     t0 = time.monotonic()
     assert kv["a"] == b"1"  # still in the dead writer's segment
     assert kv.get("zz") is None
     assert time.monotonic() - t0 < 1.0
-    t, box = _in_thread(lambda: kv.__setitem__("b", b"2"))  # waits for the restart
-    time.sleep(1.0)
-    w = Writer(db)
+    w = _put_waits_for_next_writer(kv, db, "b", b"2")
     try:
-        t.join(timeout=60)
-        assert box == {"result": None}
-        assert kv.shared
         kv.close()
     finally:
-        w.stop()
+        w.kill(signal.SIGTERM)
     rows = _rows(db)
     assert rows[b"a"] == b"1" and rows[b"b"] == b"2"
 
@@ -470,7 +445,7 @@ def test_status_counts_only_live_clients(tmp_path):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(h, signal.SIGKILL)
         _reap(*procs)
-        w.stop()
+        w.kill(signal.SIGTERM)
 
 
 # ---- 5. shared="spawn" / KVAULT_SHARED ----------------------------------------------
