@@ -24,7 +24,7 @@ import pytest
 from kohakuvault import KVault, TextVault
 from kohakuvault.errors import KohakuVaultError
 
-from test_shared_mode import WRITER, Writer
+from test_shared_mode import WRITER, Writer, _reap
 
 needs_writer = pytest.mark.skipif(WRITER is None, reason="kvault-writer is not built")
 
@@ -59,16 +59,6 @@ def _put_waits_for_next_writer(kv, db, key, value):
     assert box == {"result": None}
     assert kv.shared
     return w
-
-
-def _reap(*procs):
-    for p in procs:
-        if p is None:
-            continue
-        p.join(timeout=60)
-        if p.is_alive():
-            p.kill()
-            p.join()
 
 
 # ---- 1. objects opened before the writer ------------------------------------
