@@ -163,3 +163,38 @@ fail:
     kvi_msg_copy(e.msg, err, errlen);
     return st;
 }
+
+/* ---- commit guard (kvault.h, kv_db_set_commit_guard) ---------------------
+ * sqlite3_commit_hook runs while the write transaction holds SQLite's write
+ * lock, before the commit; a nonzero return turns the COMMIT into a
+ * ROLLBACK. The data version of the connection changes only when another
+ * connection committed (https://sqlite.org/c3ref/c_fcntl_begin_atomic_write.html,
+ * SQLITE_FCNTL_DATA_VERSION), so a check whose answer could not have changed
+ * since it last let a commit through is skipped. */
+static int guard_hook(void *p)
+{
+    kv_commit_guard *g = p;
+    if (g->bypass)
+        return 0;
+    unsigned dv = 0;
+    if (sqlite3_file_control(g->conn, "main", SQLITE_FCNTL_DATA_VERSION, &dv) != SQLITE_OK)
+        g->checked = 0;
+    else if (g->checked && dv == g->data_version)
+        return 0;
+    if (g->check(g->ctx)) {
+        g->refused = 1;
+        return 1;
+    }
+    g->data_version = dv;
+    g->checked = 1;
+    return 0;
+}
+
+KV_API void kv_db_set_commit_guard(kv_db *db, kv_commit_guard *g)
+{
+    if (g) {
+        g->conn = db->db;
+        g->checked = 0;
+    }
+    sqlite3_commit_hook(db->db, g ? guard_hook : NULL, g);
+}

@@ -58,6 +58,8 @@ struct kv_att {
     size_t cap;
     uint64_t hits, misses, hits_rep, misses_rep;
     uint64_t hits_above;   /* hits served above this layer (kv_att_add_hits) */
+    int stopped;                /* the writer stopped cleanly; the ring was committed here */
+    kv_commit_guard guard;      /* on db: refuses a commit while a writer holds the registry */
     char err[512];
 };
 
@@ -153,6 +155,59 @@ int kv_attach_served(const char *db_path, const char *table)
     int ok = registry_read(reg, &ri) && !strcmp(ri.table, table ? table : "kv");
     free(reg);
     return ok;
+}
+
+/* Lock and text of the registry, whoever holds it: 1 if the file exists.
+ * *locked = a writer holds its lock; state/table/generation from its text
+ * ("" / 0 when the text lacks them). */
+static int registry_peek(const char *reg_path, int *locked, uint64_t *generation,
+                         char *state, size_t slen, char *table, size_t tlen)
+{
+    int fd = open(reg_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    *locked = fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK;
+    char text[2048], gen[32];
+    ssize_t n = pread(fd, text, sizeof text - 1, 0);
+    close(fd);
+    text[n > 0 ? n : 0] = 0;
+    *generation = kvshm_registry_field(text, "generation", gen, sizeof gen) ? 0
+                                                                            : strtoull(gen, NULL, 10);
+    if (kvshm_registry_field(text, "state", state, slen)) state[0] = 0;
+    if (kvshm_registry_field(text, "table", table, tlen)) table[0] = 0;
+    return 1;
+}
+
+char *kv_attach_registry_path(const char *db_path) { return registry_path(db_path, NULL); }
+
+int kv_attach_registry_locked(const char *reg_path, const char *table)
+{
+    int locked = 0;
+    uint64_t gen;
+    char state[16], tbl[136];
+    if (!registry_peek(reg_path, &locked, &gen, state, sizeof state, tbl, sizeof tbl))
+        return 0;
+    /* a writer that is starting may still show its predecessor's text:
+     * only another table named in the text lets the caller go on */
+    return locked && (!tbl[0] || !strcmp(tbl, table ? table : "kv"));
+}
+
+/* 1 if the writer of generation `gen` stopped cleanly (state=stopped: it
+ * committed everything it applied) and no newer writer is named. */
+static int registry_stopped(const char *reg_path, uint64_t gen)
+{
+    int locked = 0;
+    uint64_t g = 0;
+    char state[16], tbl[136];
+    return registry_peek(reg_path, &locked, &g, state, sizeof state, tbl, sizeof tbl) &&
+           g == gen && !strcmp(state, "stopped");
+}
+
+/* Commit guard of the own connection (kv_db_set_commit_guard). */
+static int guard_check(void *ctx)
+{
+    kv_att *a = ctx;
+    return kv_attach_registry_locked(a->reg_path, a->table);
 }
 
 /* ======================================================================
@@ -272,28 +327,87 @@ static void disconnect(kv_att *a)
     a->r = NULL;
 }
 
-/* The writer is gone (hang-up or closed segment): wait for a newer one and
- * re-attach with the same ring. */
-static kv_status reattach(kv_att *a)
+/* Apply the records of our ring that no writer consumed to the own
+ * connection, as the writer would have (puts and deletes in ring order),
+ * each commit under the guard: KV_OK when the ring is empty, KV_BUSY when
+ * a writer took the registry meanwhile (what is left stays in the ring for
+ * it), or a failure. We map our own ring as its consumer: no writer does
+ * any more. */
+static kv_status commit_ring_here(kv_att *a)
+{
+    kvshm_ring *cons = NULL;
+    if (kvshm_ring_map(kvshm_ring_fd(a->ring), &cons) != KVSHM_OK)
+        return fail(a, KV_IO, "map own ring: %s", strerror(errno));
+    kv_status st = KV_OK;
+    for (;;) {
+        uint32_t type, len, klen, vlen;
+        const void *pl;
+        const uint8_t *key, *val;
+        kvshm_status ks = kvshm_ring_peek(cons, &type, &pl, &len);
+        if (ks == KVSHM_EMPTY) break;
+        if (ks != KVSHM_OK) {
+            st = fail(a, KV_CORRUPT, "own ring: %s", kvshm_strerror(ks));
+            break;
+        }
+        if (type == KVSHM_REC_PUT || type == KVSHM_REC_DEL) {
+            if (kvshm_keyrec_decode(pl, len, &key, &klen, &val, &vlen) != 0) {
+                st = fail(a, KV_CORRUPT, "own ring: malformed record");
+                break;
+            }
+            a->guard.refused = 0;
+            st = type == KVSHM_REC_PUT ? kv_put(a->db, key, klen, val, vlen)
+                                       : kv_delete(a->db, key, klen, NULL);
+            if (st != KV_OK) {
+                st = a->guard.refused ? KV_BUSY : fail(a, st, "%s", kv_db_errmsg(a->db));
+                break;
+            }
+        }
+        kvshm_ring_consume(cons);
+        kvshm_ring_release(cons);
+    }
+    kvshm_ring_close(cons);
+    if (st == KV_OK) a->applied_ok = 1;
+    return st;
+}
+
+/* The writer is gone (hang-up or closed segment): wait up to timeout_ms for
+ * a newer one and re-attach with the same ring. With continue_on_stop, a
+ * writer that stopped cleanly ends the wait at once: the ring's records
+ * are committed here (commit_ring_here) and the handle is stopped
+ * (kv_att_stopped; KV_IO returned). */
+static kv_status reattach_within(kv_att *a, int timeout_ms)
 {
     uint64_t old = a->generation;
     disconnect(a);
-    uint64_t deadline = now_ms() + (uint64_t)a->o.reattach_timeout_ms;
+    uint64_t deadline = now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
     kv_status st = KV_IO;
     for (;;) {
         reg_info ri;
         if (registry_read(a->reg_path, &ri) && ri.generation > old) {
             st = connect_writer(a, &ri);
-            if (st == KV_OK) return KV_OK;
+            if (st == KV_OK) {
+                a->stopped = 0;
+                return KV_OK;
+            }
+        }
+        if (a->stopped || (a->o.continue_on_stop && registry_stopped(a->reg_path, old))) {
+            st = commit_ring_here(a);   /* also what was pushed since it stopped */
+            if (st == KV_OK) {
+                a->stopped = 1;
+                return fail(a, KV_IO, "writer of %s stopped", a->db_path);
+            }
+            if (st != KV_BUSY) return st;   /* KV_BUSY: a new writer is starting */
         }
         if (now_ms() >= deadline) break;
-        struct timespec ts = {0, 50 * 1000 * 1000};
+        struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
-    return fail(a, st == KV_OK ? KV_IO : st,
+    return fail(a, st == KV_OK || st == KV_BUSY ? KV_IO : st,
                 "writer of %s (generation %" PRIu64 ") is gone and none came back", a->db_path,
                 old);
 }
+
+static kv_status reattach(kv_att *a) { return reattach_within(a, a->o.reattach_timeout_ms); }
 
 /* 1 if the writer hung up on us. */
 static int writer_gone(kv_att *a)
@@ -324,6 +438,7 @@ static kv_status after_fork(kv_att *a)
     dbo.table = a->table;
     kv_status st = kv_db_open(a->db_path, &dbo, &a->db, err, sizeof err);
     if (st != KV_OK) return fail(a, st, "%s", err);
+    kv_db_set_commit_guard(a->db, &a->guard);
     reg_info ri;
     if (a->r && registry_read(a->reg_path, &ri) && ri.generation == a->generation) {
         /* The inherited reader handle takes a slot of its own for the child
@@ -352,6 +467,15 @@ static inline kv_status check(kv_att *a)
 {
     if (__builtin_expect(a->fork_gen != g_fork_gen, 0)) return after_fork(a);
     if (__builtin_expect(!a->r, 0)) return reattach(a);
+    return KV_OK;
+}
+
+/* check() for a read: without a writer it looks at the registry once and
+ * does not wait; the read then goes to the own connection (a->r NULL). */
+static inline kv_status check_read(kv_att *a)
+{
+    if (__builtin_expect(a->fork_gen != g_fork_gen, 0)) return after_fork(a);
+    if (__builtin_expect(!a->r, 0)) reattach_within(a, 0);
     return KV_OK;
 }
 
@@ -400,6 +524,9 @@ kv_status kv_attach(const char *db_path, const kv_attach_opts *o, kv_att **out, 
         fail(a, st, "%s", e2);
         goto fail;
     }
+    a->guard.check = guard_check;
+    a->guard.ctx = a;
+    kv_db_set_commit_guard(a->db, &a->guard);
     if ((st = connect_writer(a, &ri)) != KV_OK) goto fail;
     *out = a;
     return KV_OK;
@@ -414,6 +541,7 @@ fail:
 }
 
 const char *kv_att_errmsg(const kv_att *a) { return a ? a->err : ""; }
+int kv_att_stopped(const kv_att *a) { return a->stopped; }
 uint64_t kv_att_generation(const kv_att *a) { return a->generation; }
 
 uint64_t kv_att_key_hash(const void *key, size_t klen) { return kvshm_key_hash(key, klen); }
@@ -462,7 +590,8 @@ static kv_status wait_pos(kv_att *a, uint64_t pos, int committed)
         if (ks == KVSHM_OK) return KV_OK;
         if (writer_gone(a)) {
             kv_status st = reattach(a);
-            if (st != KV_OK) return st;
+            /* stopped: every record of the ring is committed here */
+            if (st != KV_OK) return a->stopped ? KV_OK : st;
         } else if (a->r) {
             kvshm_reader_ring_doorbell(a->r);   /* in case the writer slept past us */
             kv_status st = fault_check(a, &fault_since);
@@ -473,8 +602,9 @@ static kv_status wait_pos(kv_att *a, uint64_t pos, int committed)
 
 kv_status kv_att_wait(kv_att *a, int committed)
 {
+    /* stopped (check or a reattach below): the ring is committed here */
     kv_status st = check(a);
-    if (st) return st;
+    if (st) return a->stopped ? KV_OK : st;
     if (committed) {
         uint64_t pos;
         for (;;) {
@@ -483,7 +613,7 @@ kv_status kv_att_wait(kv_att *a, int committed)
             if (ks == KVSHM_OK) break;
             if (ks != KVSHM_TIMEOUT && ks != KVSHM_E_FULL)
                 return fail(a, KV_IO, "ring: %s", kvshm_strerror(ks));
-            if (writer_gone(a) && (st = reattach(a)) != KV_OK) return st;
+            if (writer_gone(a) && (st = reattach(a)) != KV_OK) return a->stopped ? KV_OK : st;
         }
         a->last_pos = pos;
         kvshm_reader_ring_doorbell(a->r);
@@ -563,6 +693,10 @@ void kv_att_add_hits(kv_att *a, uint64_t n)
 static kv_status seg_get(kv_att *a, const void *key, size_t klen, size_t *vlen)
 {
     for (;;) {
+        if (!a->r) {   /* no writer: the own connection answers */
+            a->misses++;
+            return KV_NOTCACHED;
+        }
         kvshm_val v = {.buf = a->buf, .cap = a->cap};
         kvshm_status ks = kvshm_reader_get(a->r, key, klen, &v);
         switch (ks) {
@@ -572,11 +706,9 @@ static kv_status seg_get(kv_att *a, const void *key, size_t klen, size_t *vlen)
         case KVSHM_E_SMALLBUF:
             if (grow(a, v.len)) return fail(a, KV_NOMEM, "out of memory");
             continue;
-        case KVSHM_E_STALE: {
-            kv_status st = reattach(a);
-            if (st) return st;
+        case KVSHM_E_STALE:
+            reattach_within(a, 0);   /* none yet: a->r is NULL, read SQLite */
             continue;
-        }
         case KVSHM_E_INVAL: a->misses++; return KV_NOTCACHED;   /* key too long to cache */
         default: return fail(a, KV_CORRUPT, "segment read: %s", kvshm_strerror(ks));
         }
@@ -586,7 +718,7 @@ static kv_status seg_get(kv_att *a, const void *key, size_t klen, size_t *vlen)
 kv_status kv_att_get(kv_att *a, const void *key, size_t klen, const void **val, size_t *vlen)
 {
     KV_ASSERT(a != NULL && val != NULL && vlen != NULL);
-    kv_status st = check(a);
+    kv_status st = check_read(a);
     if (st) return st;
     if (!a->applied_ok && (st = kv_att_wait(a, 0))) return st;
     st = seg_get(a, key, klen, vlen);
@@ -770,7 +902,7 @@ kv_status kv_att_get_to_fd(kv_att *a, const void *key, size_t klen, int fd, size
                            uint64_t *written)
 {
     *written = 0;
-    kv_status st = check(a);
+    kv_status st = check_read(a);
     if (st) return st;
     if (!a->applied_ok && (st = kv_att_wait(a, 0))) return st;
     size_t n = 0;

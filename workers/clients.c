@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -214,6 +215,7 @@ int wr_has_work(void *ctx, int final)
 {
     const wr_idle *idle = ctx;
     wr_state *ws = idle->ws;
+    /* a stop signal that came while the loop spun: do not sleep on it */
     if (*ws->stop) return 1;
     for (size_t i = 0; i < ws->nclients; i++) {
         wr_client *c = &ws->clients[i];
@@ -295,18 +297,37 @@ static void handle_put_file(wr_state *ws, wr_client *c, const struct kvshm_msg *
     reply_status(c->sock, m->m_type, st, st == KV_OK ? NULL : kv_db_errmsg(ws->db));
 }
 
+/* 1 if the process that attached c is gone although its connection is
+ * not hung up: a child it forked holds the inherited socket (a forked child
+ * takes its own connection only at its first call through the handle).
+ * Such a client is marked dead: drained, then dropped (wr_drain). */
+static int client_orphaned(wr_client *c)
+{
+    /* the pid of the process that connected, as this writer's pid namespace
+     * sees it (SO_PEERCRED), not the one the client reported */
+    struct ucred cr;
+    socklen_t len = sizeof cr;
+    if (c->dead || getsockopt(c->sock, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0 || cr.pid <= 0)
+        return c->dead;
+    if (kill(cr.pid, 0) != 0 && errno == ESRCH) c->dead = 1;
+    return c->dead;
+}
+
 size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
 {
     kvshm_shard_stats sum;
     kvshm_writer_shard_stats(ws->w, KVSHM_ALL_SHARDS, &sum);
     uint64_t hits = ws->hits_gone, misses = ws->misses_gone;
     unsigned attached = 0;
-    for (size_t i = 0; i < ws->nclients; i++)
-        if (ws->clients[i].sock >= 0 && ws->clients[i].ring) {
-            attached++;
-            hits += ws->clients[i].hits;
-            misses += ws->clients[i].misses;
-        }
+    for (size_t i = 0; i < ws->nclients; i++) {
+        wr_client *c = &ws->clients[i];
+        if (c->sock < 0 || !c->ring) continue;
+        hits += c->hits;
+        misses += c->misses;
+        /* attached: live processes only (a hung-up or orphaned client is
+         * still drained before it is dropped) */
+        if (!client_orphaned(c)) attached++;
+    }
     uint64_t ckpts, ckpt_us;
     wr_ckpt_stats(ws->ckpt, &ckpts, &ckpt_us);
     if (!ws->ckpt) ckpt_us = ws->stat_ckpt_max_us;
@@ -423,8 +444,29 @@ static int peer_allowed(int sock)
     return cr.uid == geteuid() || cr.uid == 0;
 }
 
+/* --linger-ms: once no process has been connected for linger_ms, ask the
+ * loop for a clean stop (as SIGTERM does). A connection counts from its
+ * accept on, so a process that is attaching keeps the writer. */
+static void linger_check(wr_state *ws)
+{
+    static uint64_t idle_since;   /* one writer per process */
+    if (ws->o.linger_ms < 0 || *ws->stop) return;
+    for (size_t i = 0; i < ws->nclients; i++)
+        if (ws->clients[i].sock >= 0 && !ws->clients[i].dead) {
+            idle_since = 0;
+            return;
+        }
+    uint64_t now = wr_now_ms();
+    if (!idle_since) idle_since = now;
+    if (now - idle_since >= (uint64_t)ws->o.linger_ms) {
+        wr_log("no client for %d ms: stopping", ws->o.linger_ms);
+        *ws->stop = 1;
+    }
+}
+
 void wr_sock_poll(wr_state *ws)
 {
+    linger_check(ws);
     struct epoll_event evs[32];
     for (;;) {
         int n = epoll_wait(ws->ep, evs, 32, 0);

@@ -252,6 +252,23 @@ int wr_recover(wr_state *ws)
         kvshm_unlink(seg, slots[0] ? slots : NULL);
     }
     ws->stat_replayed = replayed;
+    /* Start barrier (docs/shared-mode.md, "Objects opened before the
+     * writer"): the registry lock is held, so an embedded KVault in "auto"
+     * mode refuses any commit that checks from now on. One write
+     * transaction that changes the file (the committed sequence, one past
+     * the last) waits for every embedded transaction that checked before
+     * the lock and changes SQLite's data version, so every embedded handle
+     * checks again at its next commit. Everything this writer reads from
+     * SQLite later includes the commits that were let through. The
+     * transaction stores the committed sequence again: INSERT OR REPLACE
+     * deletes the row and inserts it under a new rowid, so the file
+     * changes although the value does not. */
+    kv_status bst = kv_batch_begin(ws->batch);
+    if (bst == KV_OK) bst = kv_batch_commit(ws->batch, top);
+    if (bst != KV_OK) {
+        wr_log("start barrier: %s", kv_batch_errmsg(ws->batch));
+        return -1;
+    }
     ws->seq = ws->committed = top;
 
     /* Names of this incarnation: xxh3 of the database path + generation. */

@@ -29,6 +29,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,7 +59,9 @@ static void usage(FILE *f)
         "  --commit-interval-ms MS  group-commit interval (default 20)\n"
         "  --batch-size N           records per commit at most (default 65536)\n"
         "  --synchronous LEVEL      off|normal|full|extra (default normal)\n"
-        "  --slots N                attached processes at once (default 128)\n");
+        "  --slots N                attached processes at once (default 128)\n"
+        "  --linger-ms MS           stop cleanly MS after the last client detached\n"
+        "                           (default: never; KVault(shared=\"spawn\") passes 2000)\n");
 }
 
 static int parse_size(const char *s, uint64_t *out)
@@ -92,6 +95,7 @@ static int parse_args(int argc, char **argv, wr_opts *o)
         {"batch-size", required_argument, 0, 'b'},
         {"synchronous", required_argument, 0, 'y'},
         {"slots", required_argument, 0, 'n'},
+        {"linger-ms", required_argument, 0, 'l'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -105,6 +109,7 @@ static int parse_args(int argc, char **argv, wr_opts *o)
     o->batch_size = 65536;
     o->synchronous = 1;
     o->nslots = 128;
+    o->linger_ms = -1;
     int c;
     while ((c = getopt_long(argc, argv, "h", longs, NULL)) != -1) {
         uint64_t v = 0;
@@ -117,6 +122,7 @@ static int parse_args(int argc, char **argv, wr_opts *o)
         case 'i': o->commit_interval_ms = atoi(optarg); break;
         case 'b': o->batch_size = (uint64_t)strtoull(optarg, NULL, 10); break;
         case 'n': o->nslots = (uint32_t)atoi(optarg); break;
+        case 'l': o->linger_ms = atoi(optarg); if (o->linger_ms < 0) goto bad; break;
         case 'y':
             if (!strcasecmp(optarg, "off")) o->synchronous = 0;
             else if (!strcasecmp(optarg, "normal")) o->synchronous = 1;
@@ -144,11 +150,16 @@ bad:
  * ==================================================================== */
 
 static volatile sig_atomic_t g_stop;
+static pthread_t g_main;
 
+/* A process-directed signal may land on another thread (the checkpointer):
+ * it is passed on to the main thread, whose wait in the loop it interrupts
+ * (EINTR), so the loop sees g_stop at once. pthread_kill and pthread_self
+ * are async-signal-safe (POSIX.1-2017, 2.4.3). */
 static void on_signal(int sig)
 {
-    (void)sig;
     g_stop = 1;
+    if (!pthread_equal(pthread_self(), g_main)) pthread_kill(g_main, sig);
 }
 
 /* ======================================================================
@@ -161,6 +172,7 @@ int main(int argc, char **argv)
     if (parse_args(argc, argv, &o)) return 2;
 
     struct sigaction sa;
+    g_main = pthread_self();
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);

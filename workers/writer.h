@@ -33,6 +33,7 @@ typedef struct wr_opts {
     uint64_t batch_size;         /* records applied before a commit is forced */
     int synchronous;             /* 0..3 */
     uint32_t nslots;
+    int linger_ms;               /* exit this long after the last client left; < 0: never */
 } wr_opts;
 
 /* One attached process. */
@@ -162,7 +163,7 @@ typedef struct wr_idle {
     uint32_t requests;
 } wr_idle;
 /* has_work of kvshm_writer_idle_wait (ctx: a wr_idle): a client ring has
- * data, or the request count moved; with final, also a zero-timeout
+ * data, the request count moved, or a stop was asked; with final, also a zero-timeout
  * epoll_wait of the socket. */
 int wr_has_work(void *ctx, int final);
 void wr_clients_close(wr_state *ws);

@@ -37,12 +37,13 @@ typedef struct att {
     size_t cache_puts;         /* puts since the last flush (cache on) */
 } att;
 
-static kv_status att_open(const char *path, const kv_open_opts *o, void **out, char *err,
-                          size_t errlen)
+static kv_status att_open(const char *path, const kv_open_opts *o, int route, void **out,
+                          char *err, size_t errlen)
 {
     kv_attach_opts ao;
     kv_attach_opts_default(&ao);
     ao.table = o->table;
+    ao.continue_on_stop = route;
     ao.db = *o;
     char msg[512] = "";
     att *t = calloc(1, sizeof *t);
@@ -205,6 +206,7 @@ static void att_counters(const void *h, uint64_t *hits, uint64_t *misses)
 }
 
 static uint64_t att_generation(const void *h) { return kv_att_generation(((const att *)h)->a); }
+static int att_stopped(const void *h) { return kv_att_stopped(((const att *)h)->a); }
 
 /* ---- hot-value cache (kv_hot.h); GIL held throughout ---------------------- */
 
@@ -298,6 +300,13 @@ int kvb_attached_served(const char *path, const char *table)
     return kv_attach_served(path, table);
 }
 
+char *kvb_attached_registry(const char *path) { return kv_attach_registry_path(path); }
+
+int kvb_attached_locked(const char *reg, const char *table)
+{
+    return kv_attach_registry_locked(reg, table);
+}
+
 /* Not here: no errno kept (KV_IO text carries it), no memory-only read
  * besides the hot-value cache, nothing borrowed across get (the value lives
  * in the handle's buffer), no callback streaming (kv_py.c spools through a
@@ -309,5 +318,6 @@ int kvb_attached_served(const char *path, const char *table)
 #define att_put_stream NULL
 #define att_get_stream NULL
 #define att_stream_used_uring NULL
+#define att_set_guard NULL   /* the writer commits; the own connection guards itself */
 
 const kvb_ops kvb_attached = KVB_OPS(att, "attached", 4096, 0);

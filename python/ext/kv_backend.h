@@ -65,11 +65,14 @@ typedef struct kvb_ops {
                                     released); zero: memory first, kept with the GIL */
 
     /* ---- life cycle */
-    /** Open `path` with options `o` (o->table is the table). On KV_OK *out is
-     *  the new handle, owned by the caller (close). Otherwise `err` holds a
-     *  message (prefixed by the backend as it wants it shown). */
-    kv_status (*open)(const char *path, const kv_open_opts *o, void **out, char *err,
-                      size_t errlen);
+    /** Open `path` with options `o` (o->table is the table). `route`: the
+     *  object is in "auto" mode (docs/shared-mode.md): attached, a writer
+     *  that stops cleanly leaves the handle stopped (see `stopped`) instead
+     *  of failing its calls. On KV_OK *out is the new handle, owned by the
+     *  caller (close). Otherwise `err` holds a message (prefixed by the
+     *  backend as it wants it shown). */
+    kv_status (*open)(const char *path, const kv_open_opts *o, int route, void **out,
+                      char *err, size_t errlen);
     /** Make everything written durable as the backend defines it (embedded:
      *  flush the write-back cache, checkpoint; attached: wait for the
      *  writer's commit) and free the handle, even on failure. The status of
@@ -169,6 +172,14 @@ typedef struct kvb_ops {
     /** Writer generation, with the GIL. NULL: the `generation` attribute is None. */
     uint64_t (*generation)(const void *h);
 
+    /* ---- "auto" mode: following the writer (docs/shared-mode.md) */
+    /** Guard every commit of the handle with `g` (kv_db_set_commit_guard;
+     *  NULL removes it). NULL entry: the backend does not commit itself. */
+    void (*set_guard)(void *h, kv_commit_guard *g);
+    /** 1 when the writer stopped cleanly and the handle committed what it
+     *  had queued (kv_att_stopped): the object continues embedded. NULL: 0. */
+    int (*stopped)(const void *h);
+
     /* ---- hot-value cache (kv_hot.h) */
     /** A hot-value cache over the handle bounded by `limit` bytes, owned by
      *  the caller (kvhot_free), called WITH the GIL. NULL with MemoryError
@@ -195,6 +206,7 @@ typedef struct kvb_ops {
         .sync = p##_sync, .checkpoint = p##_checkpoint, .optimize = p##_optimize,             \
         .record_feature = p##_record_feature, .status = p##_status,                           \
         .counters = p##_counters, .generation = p##_generation, .hot_new = p##_hot_new,       \
+        .set_guard = p##_set_guard, .stopped = p##_stopped,                                   \
     }
 
 extern const kvb_ops kvb_embedded;   /**< kv_embedded.c */
@@ -202,5 +214,10 @@ extern const kvb_ops kvb_attached;   /**< kv_attached.c */
 
 /** 1 if a kvault-writer serves `path` for `table` (kv_attach_served). */
 int kvb_attached_served(const char *path, const char *table);
+/** Registry path of `path` (malloc'd) or NULL (kv_attach_registry_path). */
+char *kvb_attached_registry(const char *path);
+/** 1 if a writer holds the registry `reg` for `table`, ready or starting
+ *  (kv_attach_registry_locked). Any thread, no GIL needed. */
+int kvb_attached_locked(const char *reg, const char *table);
 
 #endif /* KV_BACKEND_H */

@@ -19,9 +19,10 @@
 
 static int g_get_keep_gil = -1;   /* -1 until KVPY_GET_KEEP_GIL is read */
 
-static kv_status emb_open(const char *path, const kv_open_opts *o, void **out, char *err,
-                          size_t errlen)
+static kv_status emb_open(const char *path, const kv_open_opts *o, int route, void **out,
+                          char *err, size_t errlen)
 {
+    (void)route;   /* the binding installs the commit guard (set_guard) */
     kv_db *db = NULL;
     if (g_get_keep_gil < 0) {
         const char *e = getenv("KVPY_GET_KEEP_GIL");
@@ -124,10 +125,13 @@ static kv_status emb_checkpoint(void *h) { return kv_checkpoint(h); }
 static kv_status emb_optimize(void *h) { return kv_optimize(h); }
 static kv_status emb_record_feature(void *h, const char *n) { return kv_record_feature(h, n); }
 
+static void emb_set_guard(void *h, kv_commit_guard *g) { kv_db_set_commit_guard(h, g); }
+
 /* Shared-mode operations, which an embedded file does not have. */
 #define emb_status NULL
 #define emb_counters NULL
 #define emb_generation NULL
 #define emb_hot_new NULL
+#define emb_stopped NULL
 
 const kvb_ops kvb_embedded = KVB_OPS(emb, "embedded", 1000, 1);

@@ -30,7 +30,9 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <stdlib.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "pythread.h"
@@ -49,6 +51,15 @@ typedef struct {
     size_t chunk_size;         /* default streaming chunk, bytes */
     PyObject *path;            /* owned str */
     PyObject *table;           /* owned str */
+    /* "auto" mode (docs/shared-mode.md, "Objects opened before the writer",
+     * "When the writer stops"): the object follows the writer of its file */
+    int route;                 /* nonzero: kv_reroute may swap the backend */
+    int cache_locked;          /* the write-back cache's lock flag, carried over a swap */
+    char *cpath;               /* owned: the path as opened */
+    char *ctable;              /* owned: o.table */
+    char *reg;                 /* owned: registry path of the file */
+    kv_open_opts o;            /* the open options, to open the other backend */
+    kv_commit_guard guard;     /* embedded: refuses commits while a writer holds reg */
 } KVObject;
 
 static PyTypeObject KVType;
@@ -116,24 +127,36 @@ static inline kv_status kv_leave(KVObject *s, kv_status st)
     return st;
 }
 
-/* Run the backend call `call` (a kv_status expression over self->h) under
- * the lock, with the GIL released when `blocks` is nonzero. `st` receives
- * its status; on failure the exception is set (ValueError with st =
- * KV_CLOSED when the object is closed). */
-#define KV_CALL(self, st, blocks, call)            \
-    do {                                           \
-        if (kv_enter(self) < 0) {                  \
-            (st) = KV_CLOSED;                      \
-            break;                                 \
-        }                                          \
-        if (blocks) {                              \
-            Py_BEGIN_ALLOW_THREADS                 \
-            (st) = (call);                         \
-            Py_END_ALLOW_THREADS                   \
-        } else {                                   \
-            (st) = (call);                         \
-        }                                          \
-        kv_leave((self), (st));                    \
+static int kv_reroute(KVObject *s, kv_status *st);
+static int route_init(KVObject *s, const char *path, const kv_open_opts *o);
+
+/* Times one call may be run again on another backend (kv_reroute). */
+#define KV_REROUTES 4
+
+/* Run the backend call `call` (a kv_status expression over self->h and
+ * self->ops, evaluated again after a backend swap) under the lock, with the
+ * GIL released when `blocks` is nonzero. In "auto" mode kv_reroute may swap
+ * the backend after the call and have it run again. `st` receives its
+ * status; on failure the exception is set (ValueError with st = KV_CLOSED
+ * when the object is closed). */
+#define KV_CALL(self, st, blocks, call)                                              \
+    do {                                                                             \
+        if (kv_enter(self) < 0) {                                                    \
+            (st) = KV_CLOSED;                                                        \
+            break;                                                                   \
+        }                                                                            \
+        for (int kv_run_ = 0;; kv_run_++) {                                          \
+            if (blocks) {                                                            \
+                Py_BEGIN_ALLOW_THREADS                                               \
+                (st) = (call);                                                       \
+                Py_END_ALLOW_THREADS                                                 \
+            } else {                                                                 \
+                (st) = (call);                                                       \
+            }                                                                        \
+            if (!(self)->route || kv_run_ >= KV_REROUTES || !kv_reroute((self), &(st))) \
+                break;                                                               \
+        }                                                                            \
+        kv_leave((self), (st));                                                      \
     } while (0)
 
 static inline PyObject *none_unless(kv_status st)
@@ -206,20 +229,20 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"path", "table", "chunk_size", "enable_wal", "page_size",
                              "mmap_size", "cache_kb", "read_cache_bytes", "attach",
-                             "write_mode", NULL};
+                             "write_mode", "route", NULL};
     kv_open_opts o;
     kv_open_opts_default(&o);
     PyObject *pathb = NULL;
     Py_ssize_t chunk = (Py_ssize_t)o.chunk_size;
     Py_ssize_t read_cache = (Py_ssize_t)o.read_cache_bytes;
     long long mmap = o.mmap_size, cache_kb = o.cache_kb;
-    int attach = 0, write_flags = 0;
+    int attach = 0, write_flags = 0, route = 0;
     PyObject *write_mode = Py_None;
     char err[512] = "";
 
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|snpiLL$npO", kwlist, PyUnicode_FSConverter,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|snpiLL$npOp", kwlist, PyUnicode_FSConverter,
                                      &pathb, &o.table, &chunk, &o.enable_wal, &o.page_size,
-                                     &mmap, &cache_kb, &read_cache, &attach, &write_mode))
+                                     &mmap, &cache_kb, &read_cache, &attach, &write_mode, &route))
         return -1;
     if (write_mode_arg(write_mode, &write_flags) < 0) {
         Py_DECREF(pathb);
@@ -242,7 +265,7 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
     void *h = NULL;
     kv_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = ops->open(path, &o, &h, err, sizeof err);
+    st = ops->open(path, &o, route, &h, err, sizeof err);
     Py_END_ALLOW_THREADS
     if (st != KV_OK) {
         Py_DECREF(pathb);
@@ -264,6 +287,8 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
     self->h = h;
     self->ops = ops;
     self->hot = hot;
+    if (route && route_init(self, path, &o) == 0 && ops->set_guard)
+        ops->set_guard(h, &self->guard);
     self->write_flags = write_flags;
     self->chunk_size = (size_t)chunk;
     self->opts.auto_pack = 1;
@@ -297,6 +322,8 @@ static kv_status kv_detach(KVObject *self)
     self->hot = NULL;
     kvhot_free(hot);
     if (h) {
+        /* the write-back cache is written, never dropped, writer or not */
+        self->guard.bypass = 1;
         Py_BEGIN_ALLOW_THREADS
         st = self->ops->close(h);
         Py_END_ALLOW_THREADS
@@ -304,9 +331,130 @@ static kv_status kv_detach(KVObject *self)
     return st;
 }
 
+/* ======================================================================
+ * "auto" mode: following the writer (docs/shared-mode.md)
+ * ==================================================================== */
+
+/* How long a write of an embedded object waits for a writer that holds the
+ * registry to become ready before it fails busy (KVault retries busy calls). */
+#define ROUTE_WAIT_MS 10000
+#define ROUTE_POLL_US 20000
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Commit guard of an embedded object: refuse while a writer holds the
+ * registry for our table (runs inside SQLite's write lock, GIL or not). */
+static int route_check(void *ctx)
+{
+    KVObject *s = ctx;
+    return kvb_attached_locked(s->reg, s->ctable);
+}
+
+/* Keep what opening the other backend needs. 0, or -1 (no registry: plain
+ * files only; the object then stays where it is, route off). */
+static int route_init(KVObject *s, const char *path, const kv_open_opts *o)
+{
+    s->cpath = strdup(path);
+    s->ctable = strdup(o->table);
+    s->reg = kvb_attached_registry(path);
+    if (!s->cpath || !s->ctable || !s->reg)
+        return -1;
+    s->o = *o;
+    s->o.table = s->ctable;
+    s->guard.check = route_check;
+    s->guard.ctx = s;
+    s->route = 1;
+    return 0;
+}
+
+/* Replace the object's handle by `h` of `ops` (lock and GIL held). The old
+ * handle is closed after the swap (embedded: its write-back cache is written
+ * directly, as close() writes it); the write-back cache switch is carried
+ * over with the default sizes, and the hot-value cache follows the backend. */
+static void kv_swap(KVObject *s, const kvb_ops *ops, void *h)
+{
+    void *old = s->h;
+    const kvb_ops *oops = s->ops;
+    int cache_on = oops->cache_enabled(old);
+    kvhot_free(s->hot);
+    s->hot = NULL;
+    s->h = h;
+    s->ops = ops;
+    s->guard.bypass = 1;
+    Py_BEGIN_ALLOW_THREADS
+    oops->close(old);
+    if (cache_on)
+        ops->cache_enable(h, KVB_DEFAULT_CACHE_CAP_BYTES, KVB_DEFAULT_CACHE_FLUSH_THRESHOLD);
+    Py_END_ALLOW_THREADS
+    s->guard.bypass = 0;
+    if (cache_on)
+        ops->cache_set_locked(h, s->cache_locked);
+    if (ops->set_guard)
+        ops->set_guard(h, &s->guard);
+    if (ops->hot_new && s->o.read_cache_bytes > 0 && !(s->hot = ops->hot_new(h, s->o.read_cache_bytes)))
+        PyErr_Clear();   /* the object works without it */
+}
+
+/* After a call of an object in "auto" mode (lock and GIL held): 1 when the
+ * backend was swapped and the call must run again, else 0 (*st may turn
+ * into KV_BUSY).
+ *   embedded, a commit refused by the guard (a writer holds the registry):
+ *     attach, waiting up to ROUTE_WAIT_MS for the writer to be ready; if
+ *     it goes away instead, run the call embedded again;
+ *   attached, the writer stopped cleanly (its handle committed what it had
+ *     queued): continue embedded; run the call again if it failed. */
+static int kv_reroute(KVObject *s, kv_status *st)
+{
+    void *h = NULL;
+    char err[512];
+    kv_status ost;
+    if (s->ops == &kvb_embedded) {
+        if (*st == KV_OK || !s->guard.refused)
+            return 0;
+        s->guard.refused = 0;
+        uint64_t deadline = mono_ms() + ROUTE_WAIT_MS;
+        for (;;) {
+            int locked;
+            Py_BEGIN_ALLOW_THREADS
+            ost = kvb_attached.open(s->cpath, &s->o, 1, &h, err, sizeof err);
+            locked = ost == KV_OK || kvb_attached_locked(s->reg, s->ctable);
+            if (ost != KV_OK && locked)
+                usleep(ROUTE_POLL_US);
+            Py_END_ALLOW_THREADS
+            if (ost == KV_OK) {
+                kv_swap(s, &kvb_attached, h);
+                return 1;
+            }
+            if (!locked)
+                return 1;
+            if (mono_ms() >= deadline) {
+                *st = KV_BUSY;
+                return 0;
+            }
+        }
+    }
+    if (!s->ops->stopped || !s->ops->stopped(s->h))
+        return 0;
+    Py_BEGIN_ALLOW_THREADS
+    ost = kvb_embedded.open(s->cpath, &s->o, 1, &h, err, sizeof err);
+    Py_END_ALLOW_THREADS
+    if (ost != KV_OK)
+        return 0;   /* stays attached; its reads go to its own connection */
+    kv_swap(s, &kvb_embedded, h);
+    return *st != KV_OK;
+}
+
 static void KV_dealloc(KVObject *self)
 {
     kv_detach(self);     /* flushes (never drops) and closes */
+    free(self->cpath);
+    free(self->ctable);
+    free(self->reg);
     if (self->lock)
         PyThread_free_lock(self->lock);
     Py_XDECREF(self->path);
@@ -620,7 +768,8 @@ static PyObject *key_flag(KVObject *self, PyObject *key, int del)
     const void *kp = k;
     size_t kl = (size_t)kn;
     if (del)
-        KV_CALL(self, st, 1, ops->del_many(self->h, &kp, &kl, 1, self->write_flags, &removed));
+        KV_CALL(self, st, 1,
+                self->ops->del_many(self->h, &kp, &kl, 1, self->write_flags, &removed));
     else
         KV_CALL(self, st, ops->exists_blocks, ops->exists(self->h, k, kl, &found));
     return st == KV_OK ? PyBool_FromLong(found || removed) : NULL;
@@ -950,8 +1099,12 @@ static PyObject *put_stream(KVObject *self, const char *k, Py_ssize_t kn, PyObje
     kv_status st;
     if (self->ops->put_stream) {
         /* The callback needs the GIL: this variant keeps it. */
+        /* after a swap the reader has moved: busy, which KVault retries
+         * after rewinding a seekable reader */
         KV_CALL(self, st, 0,
-                self->ops->put_stream(self->h, k, (size_t)kn, size, chunk, py_read_cb, reader));
+                self->ops->put_stream
+                    ? self->ops->put_stream(self->h, k, (size_t)kn, size, chunk, py_read_cb, reader)
+                    : KV_BUSY);
         return none_unless(st);
     }
     /* A stream that ends early keeps the announced size: the backend stores
@@ -1037,7 +1190,11 @@ static PyObject *KV_put_file(KVObject *self, PyObject *args, PyObject *kw)
     /* Fast path: the OS file at the reader's logical position. */
     if (lseek(fd, (off_t)pos, SEEK_SET) < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
-    KV_CALL(self, st, 1, self->ops->put_fd(self->h, k, (size_t)kn, fd, (uint64_t)size, chunk));
+    /* a call run again after a backend swap starts at pos again */
+    KV_CALL(self, st, 1,
+            lseek(fd, (off_t)pos, SEEK_SET) < 0
+                ? KV_IO
+                : self->ops->put_fd(self->h, k, (size_t)kn, fd, (uint64_t)size, chunk));
     if (st != KV_OK)
         return NULL;
     /* Re-sync the Python object's buffered position. */
@@ -1054,8 +1211,10 @@ static kv_status get_stream(KVObject *self, const char *k, Py_ssize_t kn, PyObje
     kv_status st;
     if (self->ops->get_stream) {
         /* The callback needs the GIL: this variant keeps it. */
-        KV_CALL(self, st, 0, self->ops->get_stream(self->h, k, (size_t)kn, chunk, py_write_cb,
-                                                   writer, written));
+        KV_CALL(self, st, 0,
+                !self->ops->get_stream ? KV_BUSY
+                                       : self->ops->get_stream(self->h, k, (size_t)kn, chunk,
+                                                               py_write_cb, writer, written));
         return st;
     }
     int fd = memfd_create("kvault-get-file", MFD_CLOEXEC);
@@ -1145,6 +1304,7 @@ static PyObject *KV_set_cache_locked(KVObject *self, PyObject *flag)
     if (f < 0 || kv_enter(self) < 0)
         return NULL;
     self->ops->cache_set_locked(self->h, f);
+    self->cache_locked = f;
     kv_unlock(self);
     Py_RETURN_NONE;
 }

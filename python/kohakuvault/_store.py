@@ -10,8 +10,10 @@ id-based calls, the §3.6 switches, ``close`` and the dict-protocol dunders.
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, Callable, TypeVar
 
+from . import _kvault
 from . import errors as E
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -19,19 +21,67 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 __all__ = ["mapped", "StoreProxy"]
 
 
+# The busy policy of every class (docs/shared-mode.md, "Busy databases"),
+# KVault's: each attempt waits up to BUSY_TIMEOUT seconds for SQLite's write
+# lock (KVault's connections have that busy timeout), then up to `retries`
+# attempts in total, sleeping backoff_base, 2*backoff_base, ... between them.
+BUSY_TIMEOUT = 5.0
+# Sleeps between polls of one attempt, seconds: the schedule of SQLite's own
+# busy handler (sqliteDefaultBusyCallback, src/main.c of SQLite 3.40), so a
+# store waits on a busy file as a KVault connection does.
+_BUSY_POLL = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05, 0.05, 0.1)
+
+
+def _busy_retry(store: Any, fn: Callable[..., Any], args: Any, kwargs: Any,
+                first: BaseException) -> Any:
+    """Run ``fn(*args, **kwargs)`` again after it raised ``first`` (mapped to
+    DatabaseBusy), under the store's busy policy (``busy_timeout``,
+    ``retries``, ``backoff_base``); returns its result, or raises the last
+    error mapped, chained from the native one."""
+    timeout = float(getattr(store, "busy_timeout", BUSY_TIMEOUT))
+    attempts = max(1, int(getattr(store, "retries", 1)))
+    backoff = float(getattr(store, "backoff_base", 0.0))
+    exc = first
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        deadline = time.monotonic() + timeout
+        polls = 0
+        ran = attempt == 0  # the first attempt made its first call already
+        while True:
+            if ran:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(_BUSY_POLL[min(polls, len(_BUSY_POLL) - 1)])
+                polls += 1
+            ran = True
+            try:
+                return fn(*args, **kwargs)
+            except Exception as again:
+                err = E.map_exception(again)
+                if not isinstance(err, E.DatabaseBusy):
+                    raise err from again
+                exc = again
+    raise E.map_exception(exc) from exc
+
+
 def mapped(fn: _F) -> _F:
     """Decorate a proxy method so that any exception it raises leaves as
     ``map_exception(ex)`` chained ``from ex`` (API.md §2.3): ValueError /
     TypeError → InvalidArgument, "Query returned no rows" → NotFound,
     "locked"/"busy" → DatabaseBusy, other RuntimeError → KohakuVaultError,
-    OSError → IoError, a KohakuVaultError unchanged."""
+    OSError → IoError, a KohakuVaultError unchanged. A busy error is first
+    retried under the store's busy policy (:class:`StoreProxy`)."""
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except Exception as ex:
-            raise E.map_exception(ex) from ex
+            err = E.map_exception(ex)
+            if not isinstance(err, E.DatabaseBusy) or not args:
+                raise err from ex
+            return _busy_retry(args[0], fn, args, kwargs, ex)
 
     return call  # type: ignore[return-value]
 
@@ -45,6 +95,8 @@ class StoreProxy:
     ``KeyError`` that ``store[key]`` raises on a miss) and ``_repr_fields()``
     (the middle of the repr).
 
+    Busy files: every mapped call follows the busy policy below.
+
     Thread safety: calls on one instance are serialised by the native object;
     SQLite work runs with the GIL released.
     """
@@ -53,6 +105,16 @@ class StoreProxy:
     path: Any
     table: str
     _repr_name = "StoreProxy"
+
+    #: Busy policy (docs/shared-mode.md, "Busy databases"), KVault's: a call
+    #: that finds the file locked waits up to ``busy_timeout`` seconds
+    #: (polling on SQLite's busy-handler schedule), and is attempted up to
+    #: ``retries`` times in total with sleeps of ``backoff_base``, doubling.
+    #: Set on an instance to change it for that store; ``retries = 1`` with
+    #: ``busy_timeout = 0`` fails at once.
+    busy_timeout: float = BUSY_TIMEOUT
+    retries: int = _kvault.KV_DEFAULTS["retries"]
+    backoff_base: float = _kvault.KV_DEFAULTS["backoff_base"]
 
     # ------------------------------------------------------------ by id
 

@@ -113,9 +113,12 @@ class KVault(Mapping):
         mmap_size: ``PRAGMA mmap_size`` in bytes (default 256 MiB).
         cache_kb: SQLite page cache in KiB (``PRAGMA cache_size=-cache_kb``).
         shared: ``"auto"`` (default) attaches to a ``kvault-writer`` when one
-            serves the file and opens it embedded otherwise; ``True``
-            requires a writer; ``False`` always opens embedded. See
-            docs/shared-mode.md.
+            serves the file and opens it embedded otherwise, following a
+            writer that starts or stops later; ``"spawn"`` also starts a
+            writer when none serves the file; ``True`` requires a writer;
+            ``False`` always opens embedded. The environment variable
+            ``KVAULT_SHARED`` (``auto``, ``spawn``, ``off``, ``require``)
+            replaces the default. See docs/shared-mode.md.
         read_cache_bytes: bytes of the process-local read cache (default
             32 MiB; 0 turns it off). Embedded: hot ``get`` calls are served
             from it without touching SQLite as long as SQLite's WAL-index
@@ -196,13 +199,15 @@ class KVault(Mapping):
         self._write_mode = write_mode
 
         self._closed = False  # so that _fail maps open errors instead of "closed"
-        self.shared = _attach(fspath, table, shared)  # shared mode: docs/shared-mode.md
+        # shared mode: docs/shared-mode.md
+        self._shared_at_open, route = _attach(fspath, table, shared)
         try:
             native_cls = functools.partial(
                 _kvault._KVault,
                 read_cache_bytes=read_cache_bytes,
-                attach=self.shared,
+                attach=self._shared_at_open,
                 write_mode=write_mode,
+                route=route,
             )
             native = self._call(
                 native_cls,
@@ -224,6 +229,17 @@ class KVault(Mapping):
         self._nget_or = native.get_or
         self._nput = native.put
         self._nexists = native.exists
+
+    @property
+    def shared(self) -> bool:
+        """Whether the object is attached to a kvault-writer now. With
+        ``shared="auto"`` this changes when a writer starts (the next write
+        attaches) or stops cleanly (the object continues embedded); see
+        docs/shared-mode.md."""
+        native = self._native
+        if native is None or native.closed:
+            return self._shared_at_open
+        return native.attached
 
     # ------------------------------------------------------ error machinery
 
@@ -921,27 +937,98 @@ class KVault(Mapping):
         return f"KVault({self._path!r}, status=open, keys={n})"
 
 
+# KVAULT_SHARED values and the shared= setting each stands for.
+_SHARED_ENV = {"auto": "auto", "spawn": "spawn", "off": False, "require": True}
+# How long a writer started by shared="spawn" stays after its last client
+# detached (milliseconds; KVAULT_LINGER_MS overrides).
+_SPAWN_LINGER_MS = 2000
+# Writers started by this process (kept so that they are not reported as
+# still running when the Popen objects are collected; they outlive us).
+_SPAWNED = []
+
+
+def _shared_setting(shared):
+    """The ``shared=`` setting in force: ``KVAULT_SHARED`` (``auto``,
+    ``spawn``, ``off``, ``require``) replaces the default ``"auto"``; an
+    explicit ``True``, ``False`` or ``"spawn"`` wins."""
+    env = os.environ.get("KVAULT_SHARED")
+    if shared == "auto" and env:
+        if env not in _SHARED_ENV:
+            raise InvalidArgument(
+                f"KVAULT_SHARED must be one of {', '.join(_SHARED_ENV)}, got {env!r}"
+            )
+        return _SHARED_ENV[env]
+    return shared
+
+
+def _spawn_writer(path, table):
+    """Start a kvault-writer for ``path`` unless one serves it: exactly one
+    even when processes race (an ``flock`` on ``<db>-kvault.spawn``). The
+    writer runs in its own session, logs to ``<db>-kvault.log`` and stops
+    ``KVAULT_LINGER_MS`` (default 2000) after its last client detached.
+    Returns when a writer serves the file or it failed to start (then the
+    caller opens the file embedded, following a writer that appears)."""
+    import fcntl
+    import shutil
+    import subprocess
+
+    from ._writer import writer_binary
+
+    exe = writer_binary() or shutil.which("kvault-writer")
+    real = os.path.realpath(path)
+    os.makedirs(os.path.dirname(real) or ".", exist_ok=True)
+    with open(real + "-kvault.spawn", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if exe is None or _kvault._attach_served(path, table):
+            return
+        linger = os.environ.get("KVAULT_LINGER_MS", str(_SPAWN_LINGER_MS))
+        with open(real + "-kvault.log", "ab") as log:
+            proc = subprocess.Popen(
+                [exe, "--table", table, "--linger-ms", linger, real],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                start_new_session=True, close_fds=True,
+            )
+        line = proc.stdout.readline()  # "ready <segment>" once serving
+        proc.stdout.close()
+        _SPAWNED.append(proc)
+        if not line.startswith(b"ready"):
+            proc.wait()
+
+
 def _attach(path, table, shared):
-    """Whether ``KVault(path, shared=...)`` attaches to a kvault-writer
-    (``_KVault(..., attach=True)``) or opens the file embedded.
+    """``(attach, route)`` for ``KVault(path, shared=...)``: whether the
+    object attaches to a kvault-writer (``_KVault(..., attach=True)``) or
+    opens the file embedded, and whether it follows the writer afterwards
+    (``route=True``).
 
     ``"auto"``: attached when a kvault-writer serves ``path`` for ``table``
-    (its registry lock is held), else embedded. ``True``: attached, or
-    ``KohakuVaultError`` when no writer serves the file. ``False``: always
-    embedded.
+    (its registry lock is held), else embedded; it follows the writer: an
+    embedded object attaches at its first write after a writer started, an
+    attached one continues embedded after its writer stopped cleanly.
+    ``"spawn"``: as ``"auto"``, after starting a writer when none serves the
+    file (``_spawn_writer``). ``True``: attached, or ``KohakuVaultError``
+    when no writer serves the file. ``False``: always embedded.
+    ``KVAULT_SHARED`` replaces the default (``_shared_setting``).
     """
+    shared = _shared_setting(shared)
     if shared is False or shared is None:
-        return False
-    if shared not in ("auto", True):
-        raise InvalidArgument(f"shared must be 'auto', True or False, got {shared!r}")
+        return False, False
+    if shared not in ("auto", "spawn", True):
+        raise InvalidArgument(
+            f"shared must be 'auto', 'spawn', True or False, got {shared!r}"
+        )
+    auto = shared in ("auto", "spawn")
+    if shared == "spawn" and path != ":memory:" and not path.startswith("file:") \
+            and not _kvault._attach_served(path, table):
+        _spawn_writer(path, table)
     if _kvault._attach_served(path, table):
-        return True
+        return True, auto
     if shared is True:
         raise KohakuVaultError(
             f"shared=True: no kvault-writer serves {path!r} (table {table!r}); "
             "start one with scripts/kvault-launch serve"
         )
-    return False
+    return False, True
 
 
 def _tell(stream):

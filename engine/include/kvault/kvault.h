@@ -159,6 +159,34 @@ KV_API int kv_db_os_errno(const kv_db *db);
 /** The table name the handle was opened with (owned by the handle). */
 KV_API const char *kv_db_table(const kv_db *db);
 
+/** A check run inside the handle's write transactions (kv_db_set_commit_guard):
+ *  return nonzero to refuse the commit. Runs with SQLite's write lock held,
+ *  on the thread of the call that commits; must not use the handle. */
+typedef int (*kv_commit_check_fn)(void *ctx);
+
+/** State of a commit guard, owned by the caller; zero-initialise, then set
+ *  `check` and `ctx`. `refused` is set to 1 when a commit was refused (the
+ *  transaction is rolled back and the call fails, e.g. with KV_SQLITE); the
+ *  caller clears it. `bypass` nonzero lets every commit through unchecked.
+ *  The other fields are the guard's own. */
+typedef struct kv_commit_guard {
+    kv_commit_check_fn check;
+    void *ctx;
+    int refused;
+    int bypass;
+    int checked;            /**< data_version below is valid */
+    unsigned data_version;  /**< SQLITE_FCNTL_DATA_VERSION at the last check */
+    void *conn;             /**< the sqlite3 connection guarded */
+} kv_commit_guard;
+
+/** Run g->check in every write transaction of `db` that commits, but only
+ *  when another connection committed to the file since the last check
+ *  that let a commit through (SQLite's data version of the transaction
+ *  differs), or none was run yet: a handle that alone writes the file pays
+ *  one SQLite file-control call per commit. `g` (NULL removes the guard)
+ *  must outlive the guard. One thread at a time, like every call on `db`. */
+KV_API void kv_db_set_commit_guard(kv_db *db, kv_commit_guard *g);
+
 /** PRAGMA wal_checkpoint(PASSIVE). Errors (busy, not WAL) are swallowed:
  *  always returns KV_OK on an open handle. */
 KV_API kv_status kv_checkpoint(kv_db *db);

@@ -45,6 +45,10 @@ typedef struct kv_attach_opts {
     const char *table;          /**< table to serve; must equal the writer's (default "kv") */
     uint32_t ring_bytes;        /**< submission ring capacity, power of two (default 4 MiB) */
     int reattach_timeout_ms;    /**< how long to wait for a restarted writer (default 60000) */
+    int continue_on_stop;       /**< nonzero: a writer that stopped cleanly (registry
+                                     state=stopped) ends the wait at once: the handle
+                                     commits its ring's unapplied records through its own
+                                     connection and is stopped (kv_att_stopped); default 0 */
     kv_open_opts db;            /**< options of the process's own SQLite connection */
 } kv_attach_opts;
 
@@ -54,6 +58,17 @@ void kv_attach_opts_default(kv_attach_opts *o);
 /** 1 if a live writer serves `db_path` for `table` (its registry lock is
  *  held and the registry says ready), else 0. Takes no lock. Any process. */
 int kv_attach_served(const char *db_path, const char *table);
+
+/** Registry path of `db_path` (`<realpath>-kvault`, malloc'd; the caller
+ *  frees it), or NULL when the file does not exist. */
+char *kv_attach_registry_path(const char *db_path);
+
+/** 1 if a writer holds the registry lock at `reg_path` for `table` (or
+ *  its text names no table yet: a writer that is starting), whatever state
+ *  it shows; else 0. One open, fcntl and pread; takes no lock. The commit
+ *  guard of embedded KVault objects in "auto" mode (docs/shared-mode.md,
+ *  "Objects opened before the writer"). Any process and thread. */
+int kv_attach_registry_locked(const char *reg_path, const char *table);
 
 /** Attach to the writer serving `db_path`. *out is owned by the caller
  *  (kv_attach_close). Returns KV_OK; KV_NOTFOUND (no writer serves the file,
@@ -70,6 +85,13 @@ kv_status kv_attach_close(kv_att *a);
 
 /** Message of the last failure on the handle ("" if none). */
 const char *kv_att_errmsg(const kv_att *a);
+
+/** 1 once the handle found its writer stopped cleanly with
+ *  continue_on_stop set: every record of its ring is committed through its
+ *  own connection, reads go to that connection, and calls that need a
+ *  writer fail with KV_IO ("writer of ... stopped") unless a newer writer
+ *  serves by then. Kept until a newer writer is attached. */
+int kv_att_stopped(const kv_att *a);
 
 /** Writer generation this handle is attached to. */
 uint64_t kv_att_generation(const kv_att *a);

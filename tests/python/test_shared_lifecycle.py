@@ -1,0 +1,512 @@
+"""Shared mode over the life of a writer, with real processes and files
+(docs/shared-mode.md, "Objects opened before the writer", "When the writer
+stops", "Busy databases"): objects opened before a writer started, a writer
+that stops or dies while objects are attached, embedded stores of several
+processes on one file, and the writer's client counts.
+
+Every test starts its own writers on a temp database and stops them in
+``finally``; child processes are always reaped. Timeouts are bounded.
+"""
+
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+from kohakuvault import KVault, TextVault
+from kohakuvault.errors import KohakuVaultError
+
+from test_shared_mode import WRITER, Writer, _reap
+
+needs_writer = pytest.mark.skipif(WRITER is None, reason="kvault-writer is not built")
+
+
+def _rows(db, table="kv"):
+    con = sqlite3.connect(db)
+    try:
+        return dict(con.execute(f"SELECT key, value FROM {table}").fetchall())
+    finally:
+        con.close()
+
+
+def _put_waits_for_next_writer(kv, db, key, value):
+    """kv[key] = value in a thread while no writer serves db; 1 s later a
+    writer starts (from this thread: a writer's parent-death signal follows
+    the thread that started it). The put must return once that writer
+    serves, attached. Returns the writer."""
+    box = {}
+
+    def body():
+        try:
+            kv[key] = value
+            box["result"] = None
+        except Exception as exc:  # reported to the test, which asserts on it
+            box["error"] = exc
+
+    t = threading.Thread(target=body)
+    t.start()
+    time.sleep(1.0)
+    w = Writer(db)
+    t.join(timeout=60)
+    assert box == {"result": None}
+    assert kv.shared
+    return w
+
+
+# ---- 1. objects opened before the writer ------------------------------------
+
+
+@needs_writer
+def test_object_opened_before_the_writer_routes_its_next_write(tmp_path):
+    """early=KVault(db) (auto, embedded); a writer starts; early's next
+    write goes through the writer, so an attached reader sees it at once."""
+    db = str(tmp_path / "early.db")
+    early = KVault(db)
+    early["k"] = 1
+    assert not early.shared
+    w = Writer(db)
+    try:
+        att = KVault(db)
+        assert att.shared
+        assert att["k"] == 1  # cached by the segment now
+        early["k"] = 2
+        assert early.shared, "the write after the writer started must attach"
+        assert att["k"] == 2
+        assert early["k"] == 2  # reads its own write
+        early.put_many([("a", b"1"), ("b", b"2")])
+        assert early.delete("a")
+        assert att.get("a") is None and att["b"] == b"2"
+        att.close()
+        early.close()
+    finally:
+        w.kill(signal.SIGTERM)
+    assert _rows(db)[b"b"] == b"2"
+
+
+def _early_child(db, conn):
+    """Opened before any writer; writes when told, reports its mode."""
+    kv = KVault(db)
+    conn.send(kv.shared)
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            break
+        key, value = msg
+        kv[key] = value
+        conn.send(kv.shared)
+    kv.close()
+
+
+@needs_writer
+def test_object_of_another_process_opened_before_the_writer(tmp_path):
+    """The newcomer's case across processes: early in a child, opened before
+    the writer; after the writer started, its write is seen by an attached
+    reader in this process, never the old value."""
+    db = str(tmp_path / "early2.db")
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_early_child, args=(db, child))
+    p.start()
+    w = None
+    try:
+        assert parent.recv() is False
+        parent.send(("k", 1))
+        assert parent.recv() is False
+        w = Writer(db)
+        att = KVault(db)
+        assert att["k"] == 1
+        parent.send(("k", 2))
+        assert parent.recv() is True
+        assert att["k"] == 2
+        att.close()
+        parent.send(None)
+    finally:
+        _reap(p)
+        if w:
+            w.kill(signal.SIGTERM)
+    assert p.exitcode == 0
+
+
+def _hammer(db, seconds, conn):
+    """Embedded ("auto") object writing key hot = 0, 1, 2, ... and one key
+    per write, as fast as it can; sends the last acknowledged value."""
+    kv = KVault(db)
+    conn.send("go")
+    i = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        i += 1
+        kv.put_many([("hot", i), (f"n{i:07d}", i)])
+    conn.send((i, kv.shared))
+    kv.close()
+
+
+@needs_writer
+def test_writer_starting_during_embedded_writes_misses_none(tmp_path):
+    """A writer starts while another process writes embedded as fast as it
+    can and this process reads the hot key through the writer: every write
+    the child had acknowledged is present, and the hot key reads its last
+    value (no write committed embedded is missed by the writer's cache)."""
+    db = str(tmp_path / "race.db")
+    KVault(db).close()
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_hammer, args=(db, 3.0, child))
+    p.start()
+    w = None
+    try:
+        assert parent.recv() == "go"
+        time.sleep(0.5)
+        w = Writer(db)
+        att = KVault(db, shared=True)
+        while not parent.poll():
+            att.get("hot")  # keeps the key in the writer's cache
+        last, routed = parent.recv()
+        assert routed, "the child's object must have attached"
+        assert att["hot"] == last
+        att.close()
+    finally:
+        _reap(p)
+        if w:
+            w.kill(signal.SIGTERM)
+    rows = _rows(db)
+    assert all(rows.get(f"n{i:07d}".encode()) is not None for i in range(1, last + 1))
+
+
+def test_shared_false_stays_embedded(tmp_path):
+    """shared=False: the user opted out; the object keeps writing SQLite
+    directly whatever serves the file (docs/shared-mode.md)."""
+    db = str(tmp_path / "optout.db")
+    kv = KVault(db, shared=False)
+    kv["a"] = b"1"
+    if WRITER is not None:
+        w = Writer(db)
+        try:
+            kv["a"] = b"2"
+            assert not kv.shared
+        finally:
+            w.kill(signal.SIGTERM)
+    kv.close()
+    assert _rows(db)[b"a"] == (b"2" if WRITER else b"1")
+
+
+# ---- 2. when the writer stops ------------------------------------------------
+
+
+@needs_writer
+def test_clean_stop_continues_embedded_within_a_second(tmp_path):
+    """After a clean stop (SIGTERM, as `kvault-launch stop` sends), the next
+    write of an "auto" object continues embedded within 1 s; everything
+    acknowledged before is there, and later reads work."""
+    db = str(tmp_path / "stop.db")
+    w = Writer(db)
+    try:
+        kv = KVault(db)
+        assert kv.shared
+        for i in range(100):
+            kv[f"before{i}"] = i
+        kv.put("piped", b"p", write_mode="pipelined")
+    finally:
+        assert w.kill(signal.SIGTERM) == 0
+    t0 = time.monotonic()
+    kv["after"] = b"y"
+    assert time.monotonic() - t0 < 1.0
+    assert not kv.shared
+    assert kv["after"] == b"y" and kv["piped"] == b"p"
+    assert all(kv[f"before{i}"] == i for i in range(100))
+    kv.close()
+    rows = _rows(db)
+    assert rows[b"after"] == b"y" and len(rows) == 102
+
+
+@needs_writer
+def test_stop_then_restart_routes_again(tmp_path):
+    """stop -> the object continues embedded -> a new writer starts -> the
+    next write attaches again; an attached reader never reads stale data."""
+    db = str(tmp_path / "cycle.db")
+    kv = KVault(db)
+    for round_ in range(3):
+        w = Writer(db)
+        try:
+            reader = KVault(db, shared=True)
+            kv["k"] = round_
+            assert kv.shared
+            assert reader["k"] == round_
+            reader.close()
+        finally:
+            w.kill(signal.SIGTERM)
+        kv["k"] = round_ + 100
+        assert not kv.shared
+        assert kv["k"] == round_ + 100
+    kv.close()
+    assert _rows(db)[b"k"] is not None
+
+
+@needs_writer
+def test_shared_true_reads_after_stop_and_writes_wait_for_a_new_writer(tmp_path):
+    """shared=True: after a clean stop, reads are served from the process's
+    own connection at once; a write waits for the next writer."""
+    db = str(tmp_path / "strict.db")
+    w = Writer(db)
+    kv = KVault(db, shared=True)
+    kv["x"] = b"1"
+    w.kill(signal.SIGTERM)
+    t0 = time.monotonic()
+    assert kv["x"] == b"1"
+    assert kv.get("missing") is None
+    assert time.monotonic() - t0 < 1.0
+    w = _put_waits_for_next_writer(kv, db, "y", b"2")
+    try:
+        assert kv["y"] == b"2" and kv["x"] == b"1"
+        kv.close()
+    finally:
+        w.kill(signal.SIGTERM)
+    assert _rows(db)[b"y"] == b"2"
+
+
+@needs_writer
+def test_auto_reads_survive_a_killed_writer(tmp_path):
+    """kill -9 without a restart: reads of an "auto" object keep working
+    (never the 60 s wait); a write waits for the restarted writer, which
+    replays what the dead one applied."""
+    db = str(tmp_path / "killed.db")
+    w = Writer(db, "--commit-interval-ms", "3600000")
+    kv = KVault(db)
+    kv["a"] = b"1"  # applied, not committed
+    w.kill()
+    t0 = time.monotonic()
+    assert kv["a"] == b"1"  # still in the dead writer's segment
+    assert kv.get("zz") is None
+    assert time.monotonic() - t0 < 1.0
+    w = _put_waits_for_next_writer(kv, db, "b", b"2")
+    try:
+        kv.close()
+    finally:
+        w.kill(signal.SIGTERM)
+    rows = _rows(db)
+    assert rows[b"a"] == b"1" and rows[b"b"] == b"2"
+
+
+# ---- 3. busy databases: one policy for every class -----------------------------
+
+
+def _text_inserter(db, seconds, q):
+    tv = TextVault(db)
+    ok = failed = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            tv.insert(f"document {os.getpid()} {ok}", {"n": ok})
+            ok += 1
+        except KohakuVaultError as exc:
+            failed += 1
+            q.put(("error", repr(exc)))
+            break
+    q.put((ok, failed))
+    tv.close()
+
+
+def test_three_processes_insert_into_one_textvault(tmp_path):
+    """3 embedded processes insert TextVault rows at once for 3 s: every
+    insert succeeds (they wait on the busy file as KVault does)."""
+    db = str(tmp_path / "text.db")
+    TextVault(db).close()  # schema first
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_text_inserter, args=(db, 3.0, q)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    try:
+        results = [q.get(timeout=120) for _ in procs]
+    finally:
+        _reap(*procs)
+    assert all(isinstance(r[0], int) for r in results), results
+    assert sum(r[1] for r in results) == 0, results
+    total = sum(r[0] for r in results)
+    assert total > 30
+    tv = TextVault(db)
+    assert tv.count() == total
+    tv.close()
+
+
+def test_store_busy_policy_is_configurable(tmp_path):
+    """A store waits on a locked file (busy_timeout) and succeeds once the
+    lock goes; with busy_timeout=0 and retries=1 it fails at once."""
+    from kohakuvault.errors import DatabaseBusy
+
+    db = str(tmp_path / "busy.db")
+    tv = TextVault(db)
+    con = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        tv.busy_timeout, tv.retries = 0, 1
+        t0 = time.monotonic()
+        with pytest.raises(DatabaseBusy):
+            tv.insert("x", b"1")
+        assert time.monotonic() - t0 < 0.5
+        del tv.busy_timeout, tv.retries  # the class defaults again
+        threading.Timer(0.5, lambda: con.execute("COMMIT")).start()
+        assert tv.insert("y", b"2") >= 1
+    finally:
+        time.sleep(0.6)
+        con.close()
+    assert tv.count() == 1
+    tv.close()
+
+
+# ---- 4. client counts of the writer ---------------------------------------------
+
+
+def _status(kv):
+    return dict(line.split("=", 1) for line in kv._native.status().splitlines())
+
+
+def _wait_attached(kv, want, timeout=10.0):
+    """The writer's `attached` count once it equals want (or the last seen)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n = int(_status(kv)["attached"])
+        if n == want or time.monotonic() > deadline:
+            return n
+        time.sleep(0.05)
+
+
+def _attach_and_wait(db, conn, fork_holder):
+    """Attach, write, optionally fork a child that keeps the inherited
+    connection open without using it, then wait to be killed or told.
+    Sends ("attached", pid of that child or None)."""
+    kv = KVault(db, shared=True)
+    kv[f"p{os.getpid()}"] = 1
+    holder = None
+    if fork_holder:
+        holder = os.fork()
+        if holder == 0:  # holds the inherited socket, never uses kv
+            time.sleep(60)
+            os._exit(0)
+    conn.send(("attached", holder))
+    conn.recv()
+    kv.close()
+
+
+@needs_writer
+def test_status_counts_only_live_clients(tmp_path):
+    """5 processes attach; 2 exit, 3 are killed -9 (one of them left a forked
+    child holding its connection): `attached` falls back to this process
+    while that child still runs."""
+    db = str(tmp_path / "count.db")
+    w = Writer(db)
+    ctx = mp.get_context("fork")
+    procs, conns, holders = [], [], []
+    kv = KVault(db, shared=True)
+    try:
+        for i in range(5):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_attach_and_wait, args=(db, child, i == 4))
+            p.start()
+            procs.append(p)
+            conns.append(parent)
+        for c in conns:
+            msg, holder = c.recv()
+            assert msg == "attached"
+            if holder:
+                holders.append(holder)
+        assert _wait_attached(kv, 6) == 6
+        for c in conns[:2]:
+            c.send("exit")
+        for p in procs[2:]:
+            os.kill(p.pid, signal.SIGKILL)
+        _reap(*procs[:4])
+        os.waitpid(procs[4].pid, 0)  # not join: the holder keeps its sentinel open
+        assert holders and os.kill(holders[0], 0) is None  # still running
+        assert _wait_attached(kv, 1) == 1
+        kv["still"] = b"works"
+        assert kv["still"] == b"works"
+        kv.close()
+    finally:
+        for h in holders:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(h, signal.SIGKILL)
+        _reap(*procs)
+        w.kill(signal.SIGTERM)
+
+
+# ---- 5. shared="spawn" / KVAULT_SHARED ----------------------------------------------
+
+
+def _spawn_client(db, i, go, q):
+    go.wait(30)
+    kv = KVault(db, shared="spawn")
+    kv[f"w{i}"] = i
+    q.put((i, kv.shared, kv._native.generation))
+    kv.close()
+
+
+def _registry(db):
+    text = open(os.path.realpath(db) + "-kvault").read()
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+@needs_writer
+def test_spawn_starts_exactly_one_writer_for_racing_processes(tmp_path):
+    """8 processes open KVault(db, shared="spawn") at once: one writer is
+    started (generation 1), all attach to it and write; it stops by itself
+    after the last one detached plus its linger, and logs next to the file."""
+    db = str(tmp_path / "spawn" / "auto.db")
+    ctx = mp.get_context("spawn")
+    go, q = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_spawn_client, args=(db, i, go, q)) for i in range(8)]
+    for p in procs:
+        p.start()
+    go.set()
+    try:
+        got = [q.get(timeout=120) for _ in procs]
+    finally:
+        _reap(*procs)
+    assert all(p.exitcode == 0 for p in procs)
+    assert all(shared and gen == 1 for _, shared, gen in got), got
+    deadline = time.monotonic() + 15
+    while _registry(db)["state"] != "stopped":
+        assert time.monotonic() < deadline, "the spawned writer did not stop"
+        time.sleep(0.1)
+    assert _registry(db)["generation"] == "1"
+    assert "stopping" in open(os.path.realpath(db) + "-kvault.log").read()
+    rows = _rows(db)
+    assert all(rows[f"w{i}".encode()] is not None for i in range(8))
+
+
+@needs_writer
+def test_kvault_shared_environment_variable(tmp_path, monkeypatch):
+    """KVAULT_SHARED replaces the default shared="auto": spawn, require
+    (shared=True), off (shared=False); an unknown value is refused."""
+    from kohakuvault.errors import InvalidArgument
+
+    db = str(tmp_path / "env.db")
+    monkeypatch.setenv("KVAULT_SHARED", "require")
+    with pytest.raises(KohakuVaultError, match="no kvault-writer serves"):
+        KVault(db)
+    monkeypatch.setenv("KVAULT_SHARED", "off")
+    with KVault(db) as kv:
+        assert not kv.shared
+    monkeypatch.setenv("KVAULT_SHARED", "bogus")
+    with pytest.raises(InvalidArgument, match="KVAULT_SHARED"):
+        KVault(db)
+    monkeypatch.setenv("KVAULT_SHARED", "spawn")
+    monkeypatch.setenv("KVAULT_LINGER_MS", "200")
+    with KVault(db) as kv:
+        assert kv.shared
+        kv["a"] = b"1"
+    with KVault(db, shared=False) as kv:  # explicit wins
+        assert not kv.shared
+    deadline = time.monotonic() + 15
+    while _registry(db)["state"] != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert _rows(db)[b"a"] == b"1"
