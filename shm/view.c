@@ -112,8 +112,10 @@ kvshm_status kvshm_writer_freeze(kvshm_writer *w, uint32_t s)
         kvshm_blocks_free(&w->blocks[s], vo, sizeof(struct kvshm_view));
         return st;
     }
+    /* The next spare is the block of the memtable frozen now, once it is
+     * folded, retired and reclaimed (kvshm_writer_maintain): taking a fresh
+     * block here would hold one memtable more than the shard needs. */
     w->spare_mt[s] = 0;
-    kvshmi_refill_spare(w, s);   /* fails while the old memtable is pinned: maintain retries */
     kvshm_mt_freeze(&w->seg, w->active[s]);
     w->frozen[s] = w->active[s];
     w->active[s] = mt;
