@@ -278,6 +278,9 @@ static int cm_freeze(wr_state *ws)
             st = kvshm_writer_freeze(ws->w, ws->cm_shard);
         }
         if (st != KVSHM_OK) {
+            /* clients waiting for room report it after a while (cleared by
+             * the next commit that succeeds) */
+            kvshm_writer_set_fault(ws->w, st == KVSHM_E_FULL ? KV_NOMEM : KV_CORRUPT, 0);
             uint64_t now = wr_now_ms();
             if (now - ws->freeze_fail_log_ms >= 1000) {   /* once a second at most */
                 kvshm_shard_stats ss;
