@@ -1,5 +1,5 @@
 /*
- * cache.c - the write-back cache of a kv_db (API.md §4.7).
+ * cache.c - the write-back cache of a kv_db (docs/api.md §4.7).
  *
  * A hash map key → encoded value (open addressing, linear probing,
  * backward-shift deletion; XXH3 hashes) plus the §4.7 byte counter. Flushes

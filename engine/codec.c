@@ -1,6 +1,6 @@
 /*
  * codec.c - value codec: growable buffers, the 10-byte auto-pack header
- * (API.md §3.1), the MessagePack (msgpack-c) and CBOR (libcbor) streaming
+ * (docs/api.md §3.1), the MessagePack (msgpack-c) and CBOR (libcbor) streaming
  * encoders, visitor-driven decoders for both (§5.4 model), the vector byte
  * formats (§5.3), the 0x02 payload heuristic (§3.4) and UTF-8 validation.
  *
@@ -867,7 +867,7 @@ KV_API kv_status kv_vec_header_write(kv_buf *out, uint8_t type, size_t ndim,
 }
 
 /* ======================================================================
- * 0x02 heuristic (API.md §3.4)
+ * 0x02 heuristic (docs/api.md §3.4)
  * ==================================================================== */
 
 KV_API void kv_packer_guess(const void *p, size_t len, kv_guess *out)

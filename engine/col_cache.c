@@ -1,5 +1,5 @@
 /*
- * col_cache.c - the per-column write-back cache of appends (API.md §6.7).
+ * col_cache.c - the per-column write-back cache of appends (docs/api.md §6.7).
  *
  * The cache holds packed elements back to back (plus each element's length
  * for a variable-size column). An append that would push the buffer past

@@ -1,5 +1,5 @@
 /*
- * col_fixed.c - fixed-size columns (API.md §6.3) and the public kv_col_*
+ * col_fixed.c - fixed-size columns (docs/api.md §6.3) and the public kv_col_*
  * entry points (which dispatch to col_var.c for variable-size pairs).
  *
  * Addressing: logical byte b of a column lives in col_chunks row
@@ -595,7 +595,7 @@ kv_status kvi_fx_delete_at(kv_colvault *cv, const kvi_fx *fx, int64_t idx, int64
         if (st == KV_OK)
             st = kvi_fx_write_bytes(cv, fx, (uint64_t)idx * E, buf, tail);
     }
-    if (st == KV_OK) { /* unused capacity is zeros (API.md §6.3) */
+    if (st == KV_OK) { /* unused capacity is zeros (docs/api.md §6.3) */
         memset(buf, 0, E);
         st = kvi_fx_write_bytes(cv, fx, (uint64_t)(len - 1) * E, buf, E);
     }

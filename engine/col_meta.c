@@ -1,6 +1,6 @@
 /*
  * col_meta.c - the column vault: connection, the col_meta/col_chunks schema
- * of API.md §6.2, chunk-size alignment, create/lookup/list/delete, and the
+ * of docs/api.md §6.2, chunk-size alignment, create/lookup/list/delete, and the
  * transaction helpers the other col_*.c files use.
  *
  * Sections: schema | transactions | vault open/close | column rows.
@@ -16,7 +16,7 @@
 /* schema                                                                   */
 /* ------------------------------------------------------------------------ */
 
-/* API.md §6.2, verbatim layout (users' files). */
+/* docs/api.md §6.2, verbatim layout (users' files). */
 static const char kvi_col_schema[] =
     "CREATE TABLE IF NOT EXISTS kohakuvault_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS col_meta(col_id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL,"
@@ -137,7 +137,7 @@ kv_status kvi_col_range_error(kv_colvault *cv, const char *op, int64_t start, in
 /* vault open/close                                                         */
 /* ------------------------------------------------------------------------ */
 
-/* ColumnVault does not create parent directories (API.md §6.1). */
+/* ColumnVault does not create parent directories (docs/api.md §6.1). */
 static int kvi_col_parent_exists(const char *path)
 {
     if (strcmp(path, ":memory:") == 0 || strncmp(path, "file:", 5) == 0 || path[0] == '\0')

@@ -1,5 +1,5 @@
 /*
- * col_var.c - variable-size columns (API.md §6.4): a `<n>_data` column of
+ * col_var.c - variable-size columns (docs/api.md §6.4): a `<n>_data` column of
  * packed bytes (elem_size 1) and a `<n>_idx` fixed column of 12-byte
  * entries [chunk_idx i32le][start i32le][end i32le].
  *

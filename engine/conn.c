@@ -3,7 +3,7 @@
  * name validation, and small statement helpers. Every engine module that
  * needs a connection (kv.c here; columns, text and vectors elsewhere) opens
  * it through kvi_conn_open so that all of them agree on the pragmas of
- * API.md §4.1.
+ * docs/api.md §4.1.
  */
 #include "internal.h"
 

@@ -71,17 +71,17 @@ kv_status kvi_err_os(kvi_err *e, int err, const char *op);
  * Connections
  * ---------------------------------------------------------------------- */
 
-/** Connection options (API.md §4.1 pragmas). */
+/** Connection options (docs/api.md §4.1 pragmas). */
 typedef struct kvi_conn_opts {
     int enable_wal;          /**< nonzero: journal_mode=WAL, wal_autocheckpoint=1000 */
     int page_size;           /**< bytes; applied only if the file is new; 0 = SQLite default */
     int64_t mmap_size;       /**< bytes, PRAGMA mmap_size; negative = leave SQLite's default */
     int64_t cache_kb;        /**< KiB, PRAGMA cache_size=-cache_kb; 0 = leave default */
-    int busy_timeout_ms;     /**< busy timeout, ms (5000 per API.md) */
+    int busy_timeout_ms;     /**< busy timeout, ms (5000 per docs/api.md) */
     int nomutex;             /**< nonzero: SQLITE_OPEN_NOMUTEX (caller serialises all use) */
 } kvi_conn_opts;
 
-/** Fill *o with API.md defaults (WAL, 32 KiB pages, 256 MiB mmap,
+/** Fill *o with docs/api.md defaults (WAL, 32 KiB pages, 256 MiB mmap,
  *  100000 KiB cache, 5000 ms, serialized mode). */
 void kvi_conn_opts_default(kvi_conn_opts *o);
 
@@ -139,7 +139,7 @@ typedef struct kvi_cache {
     void **slots;            /**< nslots kvi_centry pointers, NULL = empty (hashslots.h) */
     size_t nslots;           /**< power of two */
     size_t count;            /**< live entries */
-    size_t bytes;            /**< API.md §4.7 counter: sum of klen+vlen per insert */
+    size_t bytes;            /**< docs/api.md §4.7 counter: sum of klen+vlen per insert */
     size_t cap_bytes;        /**< flush / bypass limit */
     size_t flush_threshold;  /**< flush when bytes >= this after an insert (0 = never) */
     int locked;              /**< nonzero: flushes are refused */

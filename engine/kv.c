@@ -1,5 +1,5 @@
 /*
- * kv.c - the key-value store over one SQLite table (API.md §4): handle
+ * kv.c - the key-value store over one SQLite table (docs/api.md §4): handle
  * open/close, prepared statements kept per handle, get/put/delete/exists/
  * count, keyset-paginated key listing, meta features, checkpoint, optimize.
  *
@@ -20,7 +20,7 @@
 KV_API void kv_open_opts_default(kv_open_opts *o)
 {
     kvi_conn_opts co;
-    kvi_conn_opts_default(&co); /* the connection pragmas of API.md §4.1 */
+    kvi_conn_opts_default(&co); /* the connection pragmas of docs/api.md §4.1 */
     o->table = "kv";
     o->enable_wal = co.enable_wal;
     o->page_size = co.page_size;

@@ -4,7 +4,7 @@
  * Layering: pure functions over memory; no SQLite, no Python. The column
  * engine (col_*.c) only needs kv_packer.pk_elem_size; the Python binding
  * (python/ext/packer_py.c) uses the rest to turn Python values into the byte
- * formats of API.md §5.3.
+ * formats of docs/api.md §5.3.
  *
  * Sections: dtype grammar | scalars | text transcoding | fixed padding |
  * vector headers.

@@ -52,7 +52,7 @@ kv_status kvi_store_exists(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t id
 /** Replace the value of entry `id`: find its value_ref with `ref_st` (as
  *  kvi_store_lookup_i64), then run `upd_st` (?1 = value blob, ?2 = value_ref).
  *  val[0..vlen) is bound as a blob (an empty blob when vlen is 0). Call inside
- *  a write transaction. KV_NOTFOUND "Query returned no rows" (API.md §7.2,
+ *  a write transaction. KV_NOTFOUND "Query returned no rows" (docs/api.md §7.2,
  *  §8.3) when the entry does not exist; SQLite failures mapped. */
 kv_status kvi_store_set_value(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sqlite3_stmt *upd_st,
                               int64_t id, const void *val, size_t vlen);

@@ -1,5 +1,5 @@
 /*
- * stream.c - put_file / get_to_file (API.md §4.6): large values move between
+ * stream.c - put_file / get_to_file (docs/api.md §4.6): large values move between
  * a file descriptor (or a callback) and SQLite's incremental BLOB I/O in
  * chunks, so memory stays bounded by a few chunk buffers.
  *
@@ -306,7 +306,7 @@ static kv_status open_read_blob(kv_db *db, const void *key, size_t klen, vblob *
 }
 
 /* Close the blob and commit (also after a short write: the zero tail is
- * kept, as API.md §4.6 says). On failure roll back. */
+ * kept, as docs/api.md §4.6 says). On failure roll back. */
 static kv_status finish_put(kv_db *db, vblob *vb, kv_status st)
 {
     int rc = vb_close(vb);

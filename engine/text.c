@@ -1,5 +1,5 @@
 /*
- * text.c - the full-text store (API.md §7): SQLite FTS5 table plus a value
+ * text.c - the full-text store (docs/api.md §7): SQLite FTS5 table plus a value
  * table, BM25 ranking, snippets, phrase escaping of user queries.
  *
  * Sits in engine/ beside kv.c and calls SQLite directly; the Python binding
@@ -10,7 +10,7 @@
  *
  * Every write runs in one BEGIN IMMEDIATE transaction so a document's FTS
  * row and value row appear and disappear together; with no busy timeout
- * (API.md §7.1) a competing writer makes the call fail at once with KV_BUSY
+ * (docs/api.md §7.1) a competing writer makes the call fail at once with KV_BUSY
  * and nothing is changed.
  */
 #include "store_internal.h"
@@ -223,12 +223,12 @@ kv_status kv_text_open(const char *path, const char *table, const char *const *c
     o.page_size = 0;         /* SQLite's default page size */
     o.mmap_size = -1;        /* SQLite's default */
     o.cache_kb = 0;          /* SQLite's default */
-    o.busy_timeout_ms = 0;   /* API.md §7.1: no busy timeout */
+    o.busy_timeout_ms = 0;   /* docs/api.md §7.1: no busy timeout */
     o.nomutex = 1;           /* one thread at a time per handle */
     if ((st = kvi_conn_open(path, &o, &t->db, msg, sizeof msg)) != KV_OK)
         goto fail;
 
-    /* Schema (API.md §7.1, exactly). */
+    /* Schema (docs/api.md §7.1, exactly). */
     sb_str(&b, "CREATE VIRTUAL TABLE IF NOT EXISTS ");
     sb_ident(&b, table);
     sb_str(&b, " USING fts5(");

@@ -1,5 +1,5 @@
 /*
- * autopack.c - Python object <-> stored bytes (API.md §3.2-§3.4, §5.4), in C.
+ * autopack.c - Python object <-> stored bytes (docs/api.md §3.2-§3.4, §5.4), in C.
  *
  * Encode: kvpy_pack_value applies the §3.2 rows in order (bytes raw;
  * duck-typed wrappers; numpy arrays → 0x02 vectors; __index__ → i64;

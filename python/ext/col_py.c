@@ -1,7 +1,7 @@
 /*
  * col_py.c - kohakuvault._kvault._ColumnVault and its column handle type
  * _ColumnHandle: the native half of ColumnVault/Column/VarSizeColumn
- * (API.md §6). The pure-Python proxies (kohakuvault/column_proxy.py) add
+ * (docs/api.md §6). The pure-Python proxies (kohakuvault/column_proxy.py) add
  * index normalisation, messages and the MutableSequence protocol.
  *
  * Every engine call runs with the GIL released (values are packed into a
@@ -133,7 +133,7 @@ static PyObject *ColVault_create_column(ColVaultObject *self, PyObject *args)
         st = kv_col_create_var(self->cv, name, dtype, NULL, NULL);
     Py_END_ALLOW_THREADS
     if (st != KV_OK) {
-        /* duplicate names and alignment failures are raw RuntimeError (API.md §2.5) */
+        /* duplicate names and alignment failures are raw RuntimeError (docs/api.md §2.5) */
         PyErr_Format(PyExc_RuntimeError, "%s", kv_colvault_errmsg(self->cv));
         return NULL;
     }
@@ -822,9 +822,9 @@ static PyObject *ColHandle_read(ColHandleObject *self, PyObject *args)
 }
 
 /* getitem(idx) -> value or list: the whole of Column/VarSizeColumn
- * __getitem__ (API.md §6.5/§6.6) in one call: slice.indices semantics,
+ * __getitem__ (docs/api.md §6.5/§6.6) in one call: slice.indices semantics,
  * step != 1 -> ValueError, ints (bool, __index__ objects) with negative
- * indices, IndexError / TypeError with the API.md messages. */
+ * indices, IndexError / TypeError with the docs/api.md messages. */
 static PyObject *ColHandle_getitem(ColHandleObject *self, PyObject *idx)
 {
     int64_t n;
@@ -979,7 +979,7 @@ static PyMethodDef ColHandle_methods[] = {
      " column's elements [start, stop) (slice.indices bounds)."},
     {"getitem", (PyCFunction)ColHandle_getitem, METH_O,
      "getitem(idx) -> value (int index, negative from the end) or list (slice, step 1). IndexError"
-     " out of range, ValueError for a step, TypeError for another index type (API.md messages)."
+     " out of range, ValueError for a step, TypeError for another index type (docs/api.md messages)."
      " Served from the vault's read cache with the GIL held when it can answer at once."},
     {"read_raw", (PyCFunction)ColHandle_read_raw, METH_VARARGS,
      "read_raw(start, stop) -> bytes (fixed: (stop-start)*elem_size bytes) or (bytes, offsets) for"

@@ -56,11 +56,11 @@ int kvpy_init_vector(PyObject *module);
 int kvpy_init_tree(PyObject *module);
 
 /* ---- autopack.c. Python object <-> stored bytes per
- * API.md §3.2-§3.4 and the §5.4 MessagePack/CBOR model. All need the GIL.
+ * docs/api.md §3.2-§3.4 and the §5.4 MessagePack/CBOR model. All need the GIL.
  * TextVault/VectorKVault/DataPacker bindings may call every function here. */
 #include "kvault/codec.h"
 
-/** Per-instance switches of API.md §3.6. */
+/** Per-instance switches of docs/api.md §3.6. */
 typedef struct kvpy_pack_opts {
     int auto_pack;    /**< nonzero: encode per §3.2 / decode per §3.3 */
     int headers;      /**< nonzero: write the 10-byte header (rows 2-8) */
@@ -191,7 +191,7 @@ PyObject *kvpy_store_headers_enabled(PyObject *self, PyObject *unused);
      "close() -> None\n\nClose the connection (idempotent); later calls raise ValueError."},    \
     {"enable_auto_pack", (PyCFunction)(void (*)(void))kvpy_store_enable_auto_pack,             \
      METH_VARARGS | METH_KEYWORDS,                                                              \
-     "enable_auto_pack(use_pickle=True): auto-pack on, headers on (API.md §3.6)."},            \
+     "enable_auto_pack(use_pickle=True): auto-pack on, headers on (docs/api.md §3.6)."},            \
     {"disable_auto_pack", kvpy_store_disable_auto_pack, METH_NOARGS,                           \
      "Auto-pack off: values must be bytes-like; reads return stored bytes."},                  \
     {"auto_pack_enabled", kvpy_store_auto_pack_enabled, METH_NOARGS, "Auto-pack switch."},     \

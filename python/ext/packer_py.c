@@ -1,5 +1,5 @@
 /*
- * packer_py.c - kohakuvault._kvault.DataPacker (API.md §5) and the packing
+ * packer_py.c - kohakuvault._kvault.DataPacker (docs/api.md §5) and the packing
  * helpers the column binding uses (packer_py.h).
  *
  * The dtype grammar, scalar/text/padding codecs live in engine/packer.c;
@@ -821,7 +821,7 @@ static PyMethodDef DataPacker_methods[] = {
      "with_cddl_schema(schema: str | None = None) -> DataPacker\n\nPlain variable-size CBOR packer;"
      " the schema is accepted and ignored."},
     {"pack", (PyCFunction)DataPacker_pack, METH_O,
-     "pack(value) -> bytes\n\nEncode one value (API.md §5.3). TypeError for a wrong value type;"
+     "pack(value) -> bytes\n\nEncode one value (docs/api.md §5.3). TypeError for a wrong value type;"
      " ValueError for size ('Data too long'), encoding ('non-ASCII', 'outside Latin1 range'),"
      " shape ('Shape mismatch') or data-model problems."},
     {"pack_many", (PyCFunction)DataPacker_pack_many, METH_O,
@@ -849,7 +849,7 @@ static PyTypeObject DataPackerType = {
     .tp_name = "kohakuvault._kvault.DataPacker",
     .tp_basicsize = sizeof(DataPackerObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "DataPacker(dtype: str)\n\nTyped serializer of kohakuvault columns (API.md §5): parses the"
+    .tp_doc = "DataPacker(dtype: str)\n\nTyped serializer of kohakuvault columns (docs/api.md §5): parses the"
               " dtype grammar (i64, f64, str[:N][:enc], bytes[:N], msgpack[:N], cbor[:N], vec:<et>[:dims])"
               " and packs/unpacks values to the exact byte formats stored in columns. Raises"
               " ValueError('Invalid dtype: ...') for an unparseable dtype. Not thread-safe.",

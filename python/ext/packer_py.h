@@ -1,8 +1,8 @@
 /*
  * packer_py.h - the DataPacker binding's C helpers, shared with col_py.c.
  *
- * All functions need the GIL. Packed bytes follow API.md §5.3; errors are
- * raised as the builtin exceptions of API.md §2.2 (TypeError for a wrong
+ * All functions need the GIL. Packed bytes follow docs/api.md §5.3; errors are
+ * raised as the builtin exceptions of docs/api.md §2.2 (TypeError for a wrong
  * value type, ValueError for size/shape/encoding problems) and reported by
  * a -1 / NULL return.
  */

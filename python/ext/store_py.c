@@ -1,7 +1,7 @@
 /*
  * store_py.c - the plumbing shared by the _TextVault and _VectorKVault
  * bindings (text_py.c, vector_py.c): one engine handle behind a per-object
- * lock, value encoding per API.md §3, and the methods whose logic is the same
+ * lock, value encoding per docs/api.md §3, and the methods whose logic is the same
  * for both stores (delete/exists/count by id, close, the §3.6 switches, the
  * `closed` property). Declarations in kvpy.h.
  *
@@ -13,7 +13,7 @@
  * while the engine's message is still protected by the lock.
  *
  * Exceptions (builtins; the proxies map them with
- * kohakuvault.errors.map_exception, API.md §2.3):
+ * kohakuvault.errors.map_exception, docs/api.md §2.3):
  *   KV_IO → OSError, everything else through errors_py.c's table
  *   (KV_BUSY → _kvault.BusyError, KV_NOTFOUND → _kvault.KeyNotFoundError,
  *   both RuntimeError); a closed handle → ValueError("Cannot operate on closed <name>").

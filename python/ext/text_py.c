@@ -1,9 +1,9 @@
 /*
  * text_py.c - kohakuvault._kvault._TextVault: the native side of
- * kohakuvault.TextVault (API.md §7), a thin binding over engine/text.h.
+ * kohakuvault.TextVault (docs/api.md §7), a thin binding over engine/text.h.
  *
  * The native class takes texts as a sequence with one str per column (the
- * proxy turns a str or dict into that), encodes values per API.md §3 with
+ * proxy turns a str or dict into that), encodes values per docs/api.md §3 with
  * autopack.c, and raises builtin exceptions that the proxy maps with
  * kohakuvault.errors.map_exception (§2.3):
  *   ValueError  bad argument (→ InvalidArgument)
@@ -12,7 +12,7 @@
  *   KeyError    get() miss (→ KohakuVaultError whose text is the KeyError repr)
  *
  * Concurrency: each object owns a PyThread lock taken around every engine
- * call; engine calls run with the GIL released (API.md §10), and Python
+ * call; engine calls run with the GIL released (docs/api.md §10), and Python
  * objects are only touched with the GIL held. Arguments are copied into
  * immutable objects (tuple of str, bytes, engine buffers) before the GIL is
  * released.
@@ -247,7 +247,7 @@ static int tv_query_arg(PyObject *obj, const char *what, tv_args *a)
 PyDoc_STRVAR(tv_insert_doc,
 "insert(texts, value) -> int\n\n"
 "Insert one document: `texts` is a sequence of str, one per column in column\n"
-"order; `value` is encoded per API.md §3. Returns the document id (FTS rowid).\n"
+"order; `value` is encoded per docs/api.md §3. Returns the document id (FTS rowid).\n"
 "Raises ValueError/TypeError for bad texts or an unencodable value,\n"
 "RuntimeError for SQLite failures ('database is locked' when busy).");
 
@@ -347,7 +347,7 @@ static PyObject *tv_search_impl(TextVaultObject *self, PyObject *query, long lon
 
 PyDoc_STRVAR(tv_search_doc,
 "search(query, k=10, column=None, escape=True, with_texts=False) -> list\n\n"
-"Full-text search ranked by BM25 (API.md §7.3): [(id, score, value)] with\n"
+"Full-text search ranked by BM25 (docs/api.md §7.3): [(id, score, value)] with\n"
 "score = -bm25 in descending order, or [(id, score, texts, value)] with\n"
 "with_texts. escape=True searches the whole query as one phrase; column\n"
 "restricts the match to that column (unknown → ValueError). FTS5 syntax\n"
@@ -544,7 +544,7 @@ static PyMethodDef tv_methods[] = {
 
 PyDoc_STRVAR(tv_doc,
 "_TextVault(path, table='text_vault', columns=None)\n\n"
-"Native FTS5 full-text store (API.md §7); use kohakuvault.TextVault. Opens\n"
+"Native FTS5 full-text store (docs/api.md §7); use kohakuvault.TextVault. Opens\n"
 "the file with WAL, synchronous=NORMAL, temp_store=MEMORY and no busy\n"
 "timeout. Bad table/column names → ValueError. Thread-safe: calls are\n"
 "serialised per object and run with the GIL released.");

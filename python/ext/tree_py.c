@@ -1,6 +1,6 @@
 /*
  * tree_py.c - CSBTree and SkipList: in-memory ordered maps of Python objects
- * (API.md §9), exported by kohakuvault._kvault.
+ * (docs/api.md §9), exported by kohakuvault._kvault.
  *
  * Both containers order keys with Python's own comparisons: `a` sorts before
  * `b` when `a < b` is true, and two keys are the same key when neither sorts
@@ -26,7 +26,7 @@
  * after the structure is consistent again and the guard is released.
  *
  * Concurrency:
- *   - CSBTree is single-thread only (API.md §9). A `busy` flag marks an
+ *   - CSBTree is single-thread only (docs/api.md §9). A `busy` flag marks an
  *     operation in progress; a re-entrant or concurrent call made while it is
  *     set raises RuntimeError instead of corrupting the tree.
  *   - SkipList tolerates concurrent use from several Python threads. Each

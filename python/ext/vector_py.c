@@ -1,6 +1,6 @@
 /*
  * vector_py.c - kohakuvault._kvault._VectorKVault: the native side of
- * kohakuvault.VectorKVault (API.md §8), a thin binding over engine/vector.h.
+ * kohakuvault.VectorKVault (docs/api.md §8), a thin binding over engine/vector.h.
  *
  * Vectors arrive as a list of numbers or a buffer of float32 (the proxy
  * prepares them per §8.2) and are converted to float32 here; values are
@@ -107,7 +107,7 @@ static kv_status op_get_by_id(void *h, void *c)
 static const char *metric_names[] = {"cosine", "L2", "L1", "hamming"};
 static const char *elem_names[] = {"float32", "int8", "bit"};
 
-/* Parse a metric name (case-insensitive; API.md §8.1 spellings). */
+/* Parse a metric name (case-insensitive; docs/api.md §8.1 spellings). */
 static int parse_metric(const char *s, kv_vector_metric *m)
 {
     if (!strcasecmp(s, "cosine"))
@@ -145,7 +145,7 @@ static int parse_elem(const char *s, kv_vector_elem *e)
  * Vector argument → float32 bytes (a new bytes object of 4*dims bytes).
  * Accepts a list of numbers or any C-contiguous float32 buffer (what the
  * proxy passes for numpy input). Refuses int8/bit tables ("not yet
- * supported", API.md §8.2).
+ * supported", docs/api.md §8.2).
  */
 static PyObject *vk_vector_bytes(VectorObject *self, PyObject *obj)
 {
@@ -336,7 +336,7 @@ static PyObject *vk_insert(VectorObject *self, PyObject *args, PyObject *kw)
     return ret;
 }
 
-/* Validate a per-query metric (API.md §8.3 Q: name and compatibility only). */
+/* Validate a per-query metric (docs/api.md §8.3 Q: name and compatibility only). */
 static int vk_check_metric(VectorObject *self, PyObject *metric)
 {
     kv_vector_metric m;
@@ -460,7 +460,7 @@ out:
 PyDoc_STRVAR(vk_search_doc,
 "search(query_vector, k=10, metric=None) -> list[(id, distance, value)]\n\n"
 "Exact k-nearest neighbours in ascending distance (ties by id), computed\n"
-"with the table's metric; `metric` is only validated (API.md §8.3).\n"
+"with the table's metric; `metric` is only validated (docs/api.md §8.3).\n"
 "k > 4096 or k < 0 → ValueError; an empty table → [].");
 
 static PyObject *vk_search(VectorObject *self, PyObject *args, PyObject *kw)
@@ -632,7 +632,7 @@ static PyMethodDef vk_methods[] = {
 PyDoc_STRVAR(vk_doc,
 "_VectorKVault(path, table='vec_kvault', dimensions=768, metric='cosine', vector_type='f32',\n"
 "              *, threads=0)\n\n"
-"Native vector store with exact k-NN (API.md §8); use kohakuvault.VectorKVault.\n"
+"Native vector store with exact k-NN (docs/api.md §8); use kohakuvault.VectorKVault.\n"
 "Constructor errors are ValueError (unknown metric/type, incompatible pair,\n"
 "bit dimensions) or RuntimeError (SQLite). Thread-safe: calls are serialised\n"
 "per object and run with the GIL released. threads: scan threads of a\n"

@@ -8,7 +8,7 @@ one ``.db`` file, plus in-memory ordered maps (:class:`CSBTree`,
 
 import importlib as _importlib
 
-import numpy as _numpy  # noqa: F401  (importing kohakuvault imports numpy, API.md §1.1)
+import numpy as _numpy  # noqa: F401  (importing kohakuvault imports numpy, docs/api.md §1.1)
 
 from . import _kvault
 from .errors import DatabaseBusy, InvalidArgument, IoError, KohakuVaultError, NotFound
@@ -61,7 +61,7 @@ _DATAPACKER_AVAILABLE = "DataPacker" in _exports
 _exports["_CSBTREE_AVAILABLE"] = _CSBTREE_AVAILABLE
 _exports["_DATAPACKER_AVAILABLE"] = _DATAPACKER_AVAILABLE
 
-# API.md §1.1, exact order; names whose implementation is absent are left out.
+# docs/api.md §1.1, exact order; names whose implementation is absent are left out.
 _ORDER = (
     "KVault", "VectorKVault", "TextVault", "Column", "ColumnVault", "VarSizeColumn",
     "DataPacker", "CSBTree", "SkipList", "MsgPack", "Json", "Cbor", "Pickle",

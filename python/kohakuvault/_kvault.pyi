@@ -15,7 +15,7 @@ class _Writer(Protocol):
 
 class _PackSwitches:
     """Stub-only base: the per-instance auto-pack and header switches
-    (API.md §3.6) of the stores that encode values."""
+    (docs/api.md §3.6) of the stores that encode values."""
 
     def enable_auto_pack(self, use_pickle: bool = True) -> None: ...
     def disable_auto_pack(self) -> None: ...
@@ -134,7 +134,7 @@ class _KVault(_PackSwitches):
 # ---------------------------------------------------------------------------
 
 class DataPacker:
-    """Typed serializer (API.md §5). ``DataPacker(dtype)``; ValueError("Invalid dtype: ...")."""
+    """Typed serializer (docs/api.md §5). ``DataPacker(dtype)``; ValueError("Invalid dtype: ...")."""
 
     def __init__(self, dtype: str) -> None: ...
     @classmethod
@@ -208,7 +208,7 @@ class _IdStore(_PackSwitches):
     def closed(self) -> bool: ...
 
 class _TextVault(_IdStore):
-    """Native FTS5 store (API.md §7); use kohakuvault.TextVault.
+    """Native FTS5 store (docs/api.md §7); use kohakuvault.TextVault.
 
     Errors are builtins: ValueError (bad argument, unknown column, closed
     store "Cannot operate on closed TextVault"), TypeError (non-str texts or
@@ -237,7 +237,7 @@ class _TextVault(_IdStore):
     def columns(self) -> list[str]: ...
 
 class _VectorKVault(_IdStore):
-    """Native vector store with exact k-NN (API.md §8); use kohakuvault.VectorKVault.
+    """Native vector store with exact k-NN (docs/api.md §8); use kohakuvault.VectorKVault.
 
     Vectors are lists of numbers or C-contiguous float32 buffers of
     `dimensions` values. Errors are builtins: ValueError (unknown metric or
@@ -297,7 +297,7 @@ class _OrderedMap:
     def __delitem__(self, key: Any) -> None: ...
 
 class CSBTree(_OrderedMap):
-    """In-memory ordered map (B+-tree, API.md §9). insert and t[k] = v replace;
+    """In-memory ordered map (B+-tree, docs/api.md §9). insert and t[k] = v replace;
     t[k] on a miss raises KeyError("Key not found in CSBTree"). Single-thread
     use; concurrent or re-entrant calls raise RuntimeError. Not picklable."""
 
@@ -307,7 +307,7 @@ class CSBTree(_OrderedMap):
     def update(self, pairs: Iterable[tuple[Any, Any]] | Iterable[list[Any]], /) -> None: ...
 
 class SkipList(_OrderedMap):
-    """In-memory ordered map (skip list, API.md §9). insert and s[k] = v keep
+    """In-memory ordered map (skip list, docs/api.md §9). insert and s[k] = v keep
     an existing value (and insert returns it); s[k] on a miss raises
     KeyError("Key not found"). Safe for concurrent use from several threads.
     Not picklable."""

@@ -1,4 +1,4 @@
-"""What TextVault and VectorKVault share (API.md §3.6, §7, §8).
+"""What TextVault and VectorKVault share (docs/api.md §3.6, §7, §8).
 
 Both proxies wrap one native store object (``_TextVault`` or
 ``_VectorKVault``, python/ext/store_py.c) held in ``self._vault`` whose
@@ -67,7 +67,7 @@ def _busy_retry(store: Any, fn: Callable[..., Any], args: Any, kwargs: Any,
 
 def mapped(fn: _F) -> _F:
     """Decorate a proxy method so that any exception it raises leaves as
-    ``map_exception(ex)`` chained ``from ex`` (API.md §2.3): ValueError /
+    ``map_exception(ex)`` chained ``from ex`` (docs/api.md §2.3): ValueError /
     TypeError → InvalidArgument, "Query returned no rows" → NotFound,
     "locked"/"busy" → DatabaseBusy, other RuntimeError → KohakuVaultError,
     OSError → IoError, a KohakuVaultError unchanged. A busy error is first

@@ -1,11 +1,11 @@
 """Typed columns in a kohakuvault file: ``ColumnVault``, ``Column``, ``VarSizeColumn``.
 
 The columns live in the ``col_meta``/``col_chunks`` tables of the same SQLite
-file a :class:`~kohakuvault.KVault` uses (API.md §6). Element packing,
+file a :class:`~kohakuvault.KVault` uses (docs/api.md §6). Element packing,
 chunked storage, the write-back cache and bulk paths (``extend`` from numpy,
 whole-range reads) are C (``kohakuvault._kvault``); this module adds the
 ``MutableSequence`` protocol, index normalisation and the exact exceptions of
-API.md §6.5/§6.6.
+docs/api.md §6.5/§6.6.
 
 Also exported for compatibility [int]: ``parse_dtype``, ``pack_i64`` /
 ``unpack_i64``, ``pack_i32`` / ``unpack_i32``, ``pack_f64`` / ``unpack_f64``,
@@ -179,7 +179,7 @@ class _ColumnBase(MutableSequence):
     def _set_slice(self, s: slice, values: Iterable[Any]) -> None:
         start, stop = self._slice_bounds(s, "Step slicing not supported for setitem")
         if stop <= start:
-            return  # empty slice: no-op, values ignored (API.md §6.5)
+            return  # empty slice: no-op, values ignored (docs/api.md §6.5)
         values = list(values)
         if len(values) != stop - start:
             raise ValueError(
@@ -250,7 +250,7 @@ class _ColumnBase(MutableSequence):
 
     # -- cache --------------------------------------------------------------
     def enable_cache(self, cap_bytes: int = _DEFAULT_CAP, flush_threshold: int = _DEFAULT_THRESHOLD) -> None:
-        """Buffer appends in memory (API.md §6.7): an append that would pass
+        """Buffer appends in memory (docs/api.md §6.7): an append that would pass
         ``cap_bytes`` flushes first; reaching ``flush_threshold`` bytes flushes.
         Re-enabling flushes the previous cache first."""
         self._h.enable_cache(int(cap_bytes), int(flush_threshold))
@@ -277,7 +277,7 @@ class _ColumnBase(MutableSequence):
 
 
 class Column(_ColumnBase):
-    """Fixed-size column (API.md §6.5): a ``MutableSequence`` of packed elements
+    """Fixed-size column (docs/api.md §6.5): a ``MutableSequence`` of packed elements
     of ``elem_size`` bytes. Made by :class:`ColumnVault` only.
 
     Indices: ints (negative count from the end); slices with step 1 return
@@ -337,7 +337,7 @@ class Column(_ColumnBase):
 
 
 class VarSizeColumn(_ColumnBase):
-    """Variable-size column (API.md §6.6): physical rows ``<name>_data`` and
+    """Variable-size column (docs/api.md §6.6): physical rows ``<name>_data`` and
     ``<name>_idx``. ``insert`` is not supported (``NotImplementedError``);
     updates of any size are. Dtype ``bytes`` takes and returns ``bytes``
     instances only. Made by :class:`ColumnVault` only."""
@@ -371,7 +371,7 @@ class VarSizeColumn(_ColumnBase):
         self._h.write(j, [value])
 
     def insert(self, index: int, value: Any) -> None:
-        """Always ``NotImplementedError`` (API.md §6.6)."""
+        """Always ``NotImplementedError`` (docs/api.md §6.6)."""
         raise NotImplementedError("Insert not supported for variable-size columns. Use append instead.")
 
     def __repr__(self) -> str:
@@ -402,7 +402,7 @@ def _daemon(vault_ref: "weakref.ref[ColumnVault]", stop: threading.Event, interv
 
 
 class ColumnVault:
-    """Container of typed columns in one SQLite file (API.md §6.1).
+    """Container of typed columns in one SQLite file (docs/api.md §6.1).
 
     ``ColumnVault(kvault_or_path, min_chunk_bytes=131072, max_chunk_bytes=16777216)``:
     ``kvault_or_path`` is a path (``str`` or ``os.PathLike``) or an object with

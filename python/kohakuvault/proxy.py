@@ -36,7 +36,7 @@ _DEFAULTS = _kvault.KV_DEFAULTS
 _MISSING = object()
 # "No limit" for key listings that should see every key (__iter__, clear).
 _ALL_KEYS = 1 << 62
-# Flush daemon wake-up period, seconds (API.md §4.7).
+# Flush daemon wake-up period, seconds (docs/api.md §4.7).
 _DAEMON_TICK = 0.5
 # The write modes (docs/shared-mode.md, "Write modes"); the first is the default.
 _WRITE_MODES = ("applied", "pipelined")
@@ -62,7 +62,7 @@ def _check_chunk(chunk_size):
 
 
 def _flush_daemon(native, interval: float, stop: threading.Event) -> None:
-    """Body of the cache flush daemon thread (API.md §4.7).
+    """Body of the cache flush daemon thread (docs/api.md §4.7).
 
     Wakes every 0.5 s; flushes when at least ``interval`` seconds passed
     since its last flush that wrote something. Errors are ignored (a busy
@@ -90,7 +90,7 @@ class KVault(Mapping):
     dict; instances are unhashable) with the mutating methods of a dict
     added. Keys are ``bytes`` or ``str`` (stored as UTF-8 bytes, always
     bound as BLOBs); keys come back as ``bytes``. Values go through
-    auto-pack (see API.md §3): ``bytes`` are stored raw, other values get a
+    auto-pack (see docs/api.md §3): ``bytes`` are stored raw, other values get a
     10-byte header and a MessagePack / JSON / CBOR / UTF-8 / pickle /
     DataPacker payload.
 
@@ -285,7 +285,7 @@ class KVault(Mapping):
     # --------------------------------------------------------- hot paths
 
     def __getitem__(self, key):
-        """``kv[key]``: the decoded value (API.md §3.3).
+        """``kv[key]``: the decoded value (docs/api.md §3.3).
 
         Raises:
             KeyError: ``key`` (as passed) is not stored (nor in the cache).
@@ -318,7 +318,7 @@ class KVault(Mapping):
     def put(self, key, value, *, sync: bool = False, write_mode=None) -> None:
         """Store ``value`` under ``key`` (insert or replace).
 
-        Auto-pack on: any value, encoded per API.md §3.2. Auto-pack off:
+        Auto-pack on: any value, encoded per docs/api.md §3.2. Auto-pack off:
         ``bytes``, ``bytearray`` or ``memoryview`` (copied). Goes through the
         write-back cache when one is enabled.
 

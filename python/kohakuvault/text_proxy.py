@@ -1,4 +1,4 @@
-"""TextVault: full-text search with SQLite FTS5 and BM25 ranking (API.md §7).
+"""TextVault: full-text search with SQLite FTS5 and BM25 ranking (docs/api.md §7).
 
 The native ``_TextVault`` (python/ext/text_py.c over engine/text.c) does the
 SQLite work with the GIL released; this module adds argument shaping
@@ -21,7 +21,7 @@ __all__ = ["TextVault"]
 
 
 def _valid_column_name(name: Any) -> bool:
-    """Non-empty str of Unicode letters/digits and ``_`` (API.md §7.1)."""
+    """Non-empty str of Unicode letters/digits and ``_`` (docs/api.md §7.1)."""
     return isinstance(name, str) and name != "" and all(ch.isalnum() or ch == "_" for ch in name)
 
 
@@ -31,7 +31,7 @@ class TextVault(StoreProxy):
     ``TextVault(path, table="text_vault", columns=None)``: ``columns`` defaults
     to ``["content"]``. Each column name must be non-empty and consist of
     Unicode letters, digits and ``_``, else :class:`ValueError` (the
-    constructor's errors are not mapped). Values are encoded per API.md §3
+    constructor's errors are not mapped). Values are encoded per docs/api.md §3
     (auto-pack and headers on by default). Every method except the
     constructor and the re-wrapping dunders raises the mapped hierarchy of
     :mod:`kohakuvault.errors`.
@@ -81,7 +81,7 @@ class TextVault(StoreProxy):
         """Insert a document; returns its id (the FTS rowid).
 
         ``texts``: a ``str`` (single column) or a dict holding every column
-        (extra keys ignored). ``value`` is encoded per API.md §3 (with
+        (extra keys ignored). ``value`` is encoded per docs/api.md §3 (with
         auto-pack off it must be bytes, bytearray or a sequence of ints).
         ``metadata`` must be a dict or ``None`` and is ignored.
         Raises InvalidArgument (missing columns, bad types), DatabaseBusy,

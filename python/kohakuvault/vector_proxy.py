@@ -1,4 +1,4 @@
-"""VectorKVault: vectors as keys, exact k-nearest-neighbour search (API.md §8).
+"""VectorKVault: vectors as keys, exact k-nearest-neighbour search (docs/api.md §8).
 
 The native ``_VectorKVault`` (python/ext/vector_py.c over engine/vector.c)
 keeps vectors in chunks in its own table layout (docs/vectors.md) and runs an
@@ -42,7 +42,7 @@ class VectorKVault(StoreProxy):
     the mapped hierarchy. Only f32 tables can insert and search (int8/bit raise
     InvalidArgument "not yet supported"). With cosine, vectors are
     L2-normalised before storing and before searching. Values are encoded per
-    API.md §3.
+    docs/api.md §3.
 
     Distances: cosine = 1 - cosine similarity, L2 = Euclidean (not squared),
     L1 = sum of absolute differences; float32 precision.

@@ -1,4 +1,4 @@
-/* test_cache.c - libkvault write-back cache rules (API.md §4.7): cap,
+/* test_cache.c - libkvault write-back cache rules (docs/api.md §4.7): cap,
  * threshold, bypass of large values, lock flag refusing flushes, flush on
  * close, and that no write is ever dropped. */
 #include <criterion/criterion.h>

@@ -91,7 +91,7 @@ Test(codec, header_roundtrip_every_encoding)
     static const uint8_t exact[10] = {0x89, 0x4B, 0x01, 0x04, 0, 0, 0, 0, 0x56, 0x4B};
     uint8_t h[10];
     kv_hdr_write(h, KV_ENC_MSGPACK);
-    cr_assert(eq(int, memcmp(h, exact, 10), 0), "header bytes must match API.md §3.1");
+    cr_assert(eq(int, memcmp(h, exact, 10), 0), "header bytes must match docs/api.md §3.1");
 }
 
 Test(codec, header_malformed)

@@ -1,4 +1,4 @@
-/* test_col.c - chunked columns (API.md §6.2-6.4, 6.7): chunk arithmetic at
+/* test_col.c - chunked columns (docs/api.md §6.2-6.4, 6.7): chunk arithmetic at
  * chunk boundaries, growth from min to max, alignment, insert/delete
  * shifting, variable-size placement and index rewrites, the cache.
  * The stored layout is checked by reading col_chunks back with SQLite. */

@@ -82,7 +82,7 @@ Test(kv, put_get_delete_exists_count)
     cr_assert(eq(int, flag, 0));
     cr_assert(eq(int, kv_db_close(db), KV_OK));
 
-    /* data survives reopening; the schema is the API.md §4.2 one */
+    /* data survives reopening; the schema is the docs/api.md §4.2 one */
     char text[200];
     cr_assert(eq(str, kvtest_sql_text(path, "SELECT sql FROM sqlite_master WHERE name='kv'", text, sizeof text),
                  "CREATE TABLE kv (key BLOB PRIMARY KEY NOT NULL, value BLOB NOT NULL)"));
@@ -99,7 +99,7 @@ Test(kv, keys_prefix_order_and_pagination)
         cr_assert(eq(int, kv_put(db, ks[i], strlen(ks[i]), "v", 1), KV_OK));
     kv_keys *k;
     cr_assert(eq(int, kv_keys_batch(db, "a", 1, NULL, 0, 100, &k), KV_OK));
-    /* prefix <= key < prefix||0xFF: "a\xff" is excluded (API.md §4.5 Q) */
+    /* prefix <= key < prefix||0xFF: "a\xff" is excluded (docs/api.md §4.5 Q) */
     const char *want[] = {"a", "a0", "ab", "abc"};
     cr_assert(eq(sz, k->n, 4));
     for (size_t i = 0; i < 4; i++) {

@@ -1,4 +1,4 @@
-/* test_packer.c - DataPacker dtype grammar (API.md §5.1), element sizes,
+/* test_packer.c - DataPacker dtype grammar (docs/api.md §5.1), element sizes,
  * scalar/text/padding codecs and fixed-shape vector parsing, including
  * malformed input (clear error, no crash). */
 #include <criterion/criterion.h>

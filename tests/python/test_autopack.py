@@ -1,4 +1,4 @@
-"""Auto-pack round trips and the stored byte layout (API.md §3).
+"""Auto-pack round trips and the stored byte layout (docs/api.md §3).
 
 Every layout check reads the raw row with the stdlib sqlite3 module, so the
 bytes that end up in users' files are checked, not just the round trip.

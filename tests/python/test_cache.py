@@ -1,4 +1,4 @@
-"""The KVault write-back cache (API.md §4.7): flush rules, lock, the
+"""The KVault write-back cache (docs/api.md §4.7): flush rules, lock, the
 context managers, the flush daemon, and that no write is ever dropped."""
 
 import io

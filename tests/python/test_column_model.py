@@ -162,7 +162,7 @@ def test_model_random_ops(tmp_path, kind):
                 col.enable_cache(cap_bytes=256, flush_threshold=128)
         else:
             # bad inputs leave the column unchanged
-            # msgpack: outside the data model is ValueError (API.md §5.4)
+            # msgpack: outside the data model is ValueError (docs/api.md §5.4)
             with pytest.raises(ValueError if kind == "msgpack" else (TypeError, ValueError)):
                 col.append(object())
             with pytest.raises(TypeError):

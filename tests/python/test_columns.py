@@ -1,4 +1,4 @@
-"""ColumnVault / Column / VarSizeColumn (API.md §6): every method, errors,
+"""ColumnVault / Column / VarSizeColumn (docs/api.md §6): every method, errors,
 caches, reopen, sharing the file with KVault and stdlib sqlite3."""
 
 import gc
@@ -308,7 +308,7 @@ def test_reads_see_other_connections_and_processes(path):
     subprocess.run([sys.executable, "-c", code, path], check=True, env=env)
     assert c1[10:13] == [-1.0, -2.0, 12.0]
     assert len(c1) == 1003 and c1[-1] == 1002.0
-    # getitem errors keep the API.md messages
+    # getitem errors keep the docs/api.md messages
     with pytest.raises(IndexError, match=r"Column index out of range: 1003 \(length=1003\)"):
         c1[1003]
     with pytest.raises(IndexError, match=r"Column index out of range: -1004 \(length=1003\)"):

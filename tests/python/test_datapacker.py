@@ -1,4 +1,4 @@
-"""DataPacker (API.md §5): grammar, byte formats, errors, many-variants, schemas."""
+"""DataPacker (docs/api.md §5): grammar, byte formats, errors, many-variants, schemas."""
 
 import math
 

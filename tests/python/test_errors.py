@@ -1,4 +1,4 @@
-"""map_exception rules (API.md §2.3) and the exception classes (§2.1)."""
+"""map_exception rules (docs/api.md §2.3) and the exception classes (§2.1)."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""KVault: constructor, every method of API.md §4, closed behaviour, bad
+"""KVault: constructor, every method of docs/api.md §4, closed behaviour, bad
 inputs. Real SQLite files; layout checks use the stdlib sqlite3 module."""
 
 import collections.abc
@@ -53,7 +53,7 @@ def test_package_exports():
         "_CSBTREE_AVAILABLE", "_DATAPACKER_AVAILABLE",
     ]
     present = [n for n in order if n in kohakuvault.__all__]
-    assert kohakuvault.__all__ == present  # exact API.md order
+    assert kohakuvault.__all__ == present  # exact docs/api.md order
     for n in kohakuvault.__all__:
         assert getattr(kohakuvault, n) is not None
     for n in ("KVault", "MsgPack", "Json", "Cbor", "Pickle", "KohakuVaultError",

@@ -1,4 +1,4 @@
-"""Embedded mode with several processes on one file (API.md §2.4, §10):
+"""Embedded mode with several processes on one file (docs/api.md §2.4, §10):
 two processes each write 10,000 keys at the same time; busy states are
 absorbed by SQLite's busy timeout and the proxy's retries."""
 

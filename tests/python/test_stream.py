@@ -1,4 +1,4 @@
-"""Streaming (API.md §4.6): put_file / get_to_file with real files, BytesIO,
+"""Streaming (docs/api.md §4.6): put_file / get_to_file with real files, BytesIO,
 pipes and other non-seekable streams, error cases, and a 1 GiB round trip
 with bounded memory (run in a subprocess so its peak RSS is its own)."""
 

@@ -1,4 +1,4 @@
-"""TextVault (API.md §7): FTS5 layout, BM25 scores, escaping, CRUD, errors, switches."""
+"""TextVault (docs/api.md §7): FTS5 layout, BM25 scores, escaping, CRUD, errors, switches."""
 
 import sqlite3
 

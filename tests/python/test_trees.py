@@ -1,4 +1,4 @@
-"""CSBTree and SkipList (API.md §9): in-memory ordered maps of Python objects."""
+"""CSBTree and SkipList (docs/api.md §9): in-memory ordered maps of Python objects."""
 
 import gc
 import pickle

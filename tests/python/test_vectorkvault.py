@@ -1,4 +1,4 @@
-"""VectorKVault (API.md §8): exact k-NN, metrics, normalisation, input rules, CRUD, errors."""
+"""VectorKVault (docs/api.md §8): exact k-NN, metrics, normalisation, input rules, CRUD, errors."""
 
 import sqlite3
 

@@ -1,7 +1,7 @@
 /*
- * codec.h - libkvault's value codec: the 10-byte auto-pack header (API.md
+ * codec.h - libkvault's value codec: the 10-byte auto-pack header (docs/api.md
  * §3.1), a streaming MessagePack/CBOR encoder, a visitor-based decoder for
- * both (API.md §5.4 data model), the vector byte formats (§5.3) and the
+ * both (docs/api.md §5.4 data model), the vector byte formats (§5.3) and the
  * 8-byte int/float read heuristic of DataPacker payloads (§3.4).
  *
  * Who may call what: everything here is public. The Python extension
@@ -46,7 +46,7 @@ KV_API kv_status kv_buf_reserve(kv_buf *b, size_t extra);
 KV_API kv_status kv_buf_append(kv_buf *b, const void *p, size_t n);
 
 /* ------------------------------------------------------------------------
- * Auto-pack header (API.md §3.1): 89 4B | ver 01 | enc | flags | 00 00 00 | 56 4B
+ * Auto-pack header (docs/api.md §3.1): 89 4B | ver 01 | enc | flags | 00 00 00 | 56 4B
  * ---------------------------------------------------------------------- */
 
 #define KV_HDR_SIZE 10   /**< bytes of the auto-pack header */
@@ -77,7 +77,7 @@ typedef enum kv_hdr_result {
     KV_HDR_BAD_RESERVED   /**< a reserved byte (5..7) is nonzero */
 } kv_hdr_result;
 
-/** Inspect the start of a stored value of `len` bytes (API.md §3.1 read
+/** Inspect the start of a stored value of `len` bytes (docs/api.md §3.1 read
  *  rules). Length < 10 or first bytes not 89 4B → KV_HDR_NONE. On
  *  KV_HDR_OK, *enc is the id and *payload and *plen point into `data` after
  *  the header (borrowed). Other results are malformed headers; see
@@ -90,7 +90,7 @@ KV_API kv_hdr_result kv_hdr_parse(const void *data, size_t len, uint8_t *enc,
 KV_API const char *kv_hdr_strerror(kv_hdr_result r);
 
 /* ------------------------------------------------------------------------
- * MessagePack / CBOR streaming encoder (API.md §5.4 data model)
+ * MessagePack / CBOR streaming encoder (docs/api.md §5.4 data model)
  *
  * Call the kv_enc_* functions in document order: kv_enc_array(n) must be
  * followed by n items, kv_enc_map(n) by n key/value pairs, where keys are
@@ -171,7 +171,7 @@ KV_API kv_status kv_decode(kv_fmt fmt, const void *data, size_t len,
                            char *err, size_t errlen);
 
 /* ------------------------------------------------------------------------
- * Vectors (API.md §5.3)
+ * Vectors (docs/api.md §5.3)
  * ---------------------------------------------------------------------- */
 
 /** Element type codes of the vector formats. */
@@ -212,7 +212,7 @@ KV_API kv_status kv_vec_header_write(kv_buf *out, uint8_t type, size_t ndim,
                                      const uint64_t *dims);
 
 /* ------------------------------------------------------------------------
- * DataPacker (0x02) read heuristic (API.md §3.4)
+ * DataPacker (0x02) read heuristic (docs/api.md §3.4)
  * ---------------------------------------------------------------------- */
 
 /** What a 0x02 payload is guessed to be. */

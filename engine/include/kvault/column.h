@@ -1,8 +1,8 @@
 /*
- * column.h - typed columns stored in chunked SQLite BLOBs (API.md §6).
+ * column.h - typed columns stored in chunked SQLite BLOBs (docs/api.md §6).
  *
  * A column vault (kv_colvault) is one SQLite connection on a kohakuvault
- * file plus the `col_meta`/`col_chunks` tables of API.md §6.2. A column
+ * file plus the `col_meta`/`col_chunks` tables of docs/api.md §6.2. A column
  * handle (kv_col) addresses either
  *   - one fixed-size physical column: element i lives at logical byte
  *     i * elem_size, stored in chunk (i * elem_size) / M at offset
@@ -43,7 +43,7 @@ typedef struct kv_colvault kv_colvault;
 /** Opaque column handle (fixed column or variable-size pair) + its cache. */
 typedef struct kv_col kv_col;
 
-/** Defaults of ColumnVault (API.md §6.1), bytes. */
+/** Defaults of ColumnVault (docs/api.md §6.1), bytes. */
 #define KV_COL_MIN_CHUNK_DEFAULT 131072
 #define KV_COL_MAX_CHUNK_DEFAULT 16777216
 /** elem_size of a variable-size column's `_idx` row; its dtype string. */
@@ -95,7 +95,7 @@ KV_API const char *kv_colvault_errmsg(kv_colvault *cv);
 KV_API kv_status kv_colvault_checkpoint(kv_colvault *cv);
 
 /**
- * Create one physical column row (API.md §6.2): dtype verbatim, elem_size,
+ * Create one physical column row (docs/api.md §6.2): dtype verbatim, elem_size,
  * length 0, min/max aligned to elem_size when elem_size > 1 (min up, max
  * down), chunk_bytes = aligned min.
  * @param col_id  receives the new col_id (may be NULL).
@@ -130,7 +130,7 @@ KV_API kv_status kv_col_count(kv_colvault *cv, int64_t *n);
 
 /**
  * Delete the column `name` and its chunks. If no row has that exact name
- * but `<name>_data` and `<name>_idx` exist, both are deleted (API.md §6.1
+ * but `<name>_data` and `<name>_idx` exist, both are deleted (docs/api.md §6.1
  * "may fix"). *deleted = 1 when something was removed, else 0.
  * Open kv_col handles of a deleted column must not be used afterwards.
  */
@@ -254,12 +254,12 @@ KV_API kv_status kv_col_delete_at(kv_col *col, int64_t idx);
 KV_API kv_status kv_col_clear(kv_col *col);
 
 /* ------------------------------------------------------------------------
- * Write-back cache (API.md §6.7)
+ * Write-back cache (docs/api.md §6.7)
  * ---------------------------------------------------------------------- */
 
 /** Enable (or re-configure) the append cache: `cap_bytes` bounds the
  *  buffer, reaching `flush_threshold` bytes flushes it. A cache that is
- *  already on is flushed before being re-configured (API.md "may fix").
+ *  already on is flushed before being re-configured (docs/api.md "may fix").
  *  @return KV_OK, or the status of that flush. */
 KV_API kv_status kv_col_cache_enable(kv_col *col, size_t cap_bytes, size_t flush_threshold);
 
@@ -276,7 +276,7 @@ KV_API int kv_col_cache_enabled(kv_col *col);
 /** Seconds since the last cached append (or since enabling); 0 when off. */
 KV_API double kv_col_cache_idle_s(kv_col *col);
 
-/** Vault-wide cache lock flag (API.md §6.1 lock_cache): only background
+/** Vault-wide cache lock flag (docs/api.md §6.1 lock_cache): only background
  *  flushers consult it (kv_colvault_cache_locked); manual flushes ignore it. */
 KV_API void kv_colvault_cache_lock(kv_colvault *cv, int locked);
 /** Current value of the lock flag. */

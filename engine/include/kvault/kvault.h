@@ -92,7 +92,7 @@ KV_API const char *kv_strerror(kv_status st);
 typedef struct kv_db kv_db;
 
 /** Options for kv_db_open. Zero-initialise, then call kv_open_opts_default
- *  to get the API.md §4.1 defaults, then change fields. */
+ *  to get the docs/api.md §4.1 defaults, then change fields. */
 typedef struct kv_open_opts {
     const char *table;        /**< table name, `[A-Za-z_][A-Za-z0-9_]*`, at most 128 bytes; default "kv" */
     int enable_wal;           /**< nonzero: journal_mode=WAL + wal_autocheckpoint=1000; default 1 */
@@ -106,7 +106,7 @@ typedef struct kv_open_opts {
                                    file; see kv_get. */
 } kv_open_opts;
 
-/** Fill *o with the defaults of API.md §4.1 (table "kv", WAL on, 32 KiB
+/** Fill *o with the defaults of docs/api.md §4.1 (table "kv", WAL on, 32 KiB
  *  pages, 256 MiB mmap, 100000 KiB cache, 5000 ms busy timeout, 1 MiB
  *  chunks) and a 32 MiB read cache. Never fails. */
 KV_API void kv_open_opts_default(kv_open_opts *o);
@@ -197,7 +197,7 @@ KV_API kv_status kv_checkpoint(kv_db *db);
 KV_API kv_status kv_optimize(kv_db *db);
 
 /** Append `name` (no commas, 1..64 bytes) to the comma-separated list in
- *  kohakuvault_meta row 'kv_features' unless already present (API.md §4.3),
+ *  kohakuvault_meta row 'kv_features' unless already present (docs/api.md §4.3),
  *  in one IMMEDIATE transaction. Returns KV_OK, KV_INVALID, KV_BUSY,
  *  KV_SQLITE. */
 KV_API kv_status kv_record_feature(kv_db *db, const char *name);
@@ -250,7 +250,7 @@ KV_API int kv_get_cached(kv_db *db, const void *key, size_t klen,
  *  snapshot). Safe to call at any time; idempotent. */
 KV_API void kv_get_done(kv_db *db);
 
-/** Upsert key → value. With the write-back cache enabled, follows API.md
+/** Upsert key → value. With the write-back cache enabled, follows docs/api.md
  *  §4.7 (may flush; values larger than cap_bytes bypass the cache and are
  *  written directly, also while the cache is locked). Copies both buffers.
  *  A value too long for one SQLite row is written as parts (one
@@ -274,7 +274,7 @@ typedef struct kv_item {
 KV_API kv_status kv_put_many(kv_db *db, const kv_item *items, size_t n);
 
 /** Delete `key` (and the parts of a large value, in the same statement)
- *  from SQLite and drop a cached entry for it (API.md KV_NATIVE "may fix").
+ *  from SQLite and drop a cached entry for it (docs/api.md KV_NATIVE "may fix").
  *  *removed (may be NULL) is 1 if a stored row or a cached entry was
  *  removed, else 0. Returns KV_OK, KV_BUSY, KV_IO, KV_SQLITE. */
 KV_API kv_status kv_delete(kv_db *db, const void *key, size_t klen, int *removed);
@@ -307,7 +307,7 @@ typedef struct kv_keys {
 
 /** List at most `max` keys in ascending bytewise (BLOB) order, for keyset
  *  pagination:
- *    - if `prefix` is non-NULL: prefix <= key < prefix || 0xFF (API.md §4.5);
+ *    - if `prefix` is non-NULL: prefix <= key < prefix || 0xFF (docs/api.md §4.5);
  *      if NULL: all keys;
  *    - if `after` is non-NULL: only keys > after (continue after the last
  *      key of the previous batch).
@@ -322,7 +322,7 @@ KV_API kv_status kv_keys_batch(kv_db *db, const void *prefix, size_t plen,
 KV_API void kv_keys_free(kv_keys *k);
 
 /* ------------------------------------------------------------------------
- * Write-back cache (API.md §4.7): an in-memory map key → encoded value in
+ * Write-back cache (docs/api.md §4.7): an in-memory map key → encoded value in
  * front of kv_put. Byte counter adds klen+vlen on every insert (overwrites
  * add again); a flush writes every entry in one IMMEDIATE transaction and
  * empties the map. No write is ever dropped: when a flush is refused (lock
@@ -360,7 +360,7 @@ KV_API int kv_cache_enabled(const kv_db *db);
 KV_API void kv_cache_stats(const kv_db *db, size_t *entries, size_t *bytes);
 
 /* ------------------------------------------------------------------------
- * Streaming (API.md §4.6): large values move between a file descriptor or
+ * Streaming (docs/api.md §4.6): large values move between a file descriptor or
  * a callback and SQLite's incremental BLOB I/O in `chunk` pieces, so memory
  * stays bounded by a few chunks whatever the value size. Values are stored
  * raw (no header), outside the cache and outside any other transaction.

@@ -1,12 +1,12 @@
 /*
  * packer.h - DataPacker: the typed element codec of kohakuvault columns.
  *
- * A dtype string (API.md §5.1: "i64", "f64", "str:32:utf16le", "bytes:16",
+ * A dtype string (docs/api.md §5.1: "i64", "f64", "str:32:utf16le", "bytes:16",
  * "msgpack", "vec:f32:8", ...) is parsed once into a kv_packer value struct;
  * the struct then says how one element is laid out (elem_size 0 means
  * variable size) and the functions below pack and unpack the kinds that are
  * representable in C: i64, f64, strings in five encodings, raw bytes,
- * fixed-size zero padding and the two numpy vector headers (API.md §5.3).
+ * fixed-size zero padding and the two numpy vector headers (docs/api.md §5.3).
  * MessagePack and CBOR element bodies are produced by the caller (the Python
  * layer walks Python objects, see python/ext/packer_py.c); the packer only
  * applies their fixed-size padding rules.
@@ -67,7 +67,7 @@ typedef struct kv_packer {
 } kv_packer;
 
 /**
- * Parse a dtype string (API.md §5.1) into *out.
+ * Parse a dtype string (docs/api.md §5.1) into *out.
  *
  * @param dtype  NUL-terminated dtype, e.g. "vec:f32:28:28".
  * @param out    filled on KV_OK; untouched otherwise.
@@ -104,7 +104,7 @@ KV_API kv_status kv_str_encode(kv_pk_enc enc, const char *utf8, size_t len,
 /**
  * Decode `len` bytes in `enc` into UTF-8.
  *
- * A trailing odd byte of UTF-16 input is dropped (API.md §5.3).
+ * A trailing odd byte of UTF-16 input is dropped (docs/api.md §5.3).
  * @param out   on KV_OK, a malloc'd NUL-terminated UTF-8 buffer (caller
  *              frees); *out_len excludes the NUL.
  * @param strip_nul  when non-zero, trailing U+0000 characters are removed
@@ -126,7 +126,7 @@ KV_API kv_status kv_pack_fixed(const void *src, size_t len, size_t n, uint8_t *o
 /**
  * Locate one fixed-shape vector `[type u8][data]` at in[0..len) for a
  * KV_PK_VEC packer with pk_ndim > 0. The data's element type is the type
- * byte found in the input (API.md §5.3: it may differ from the dtype's);
+ * byte found in the input (docs/api.md §5.3: it may differ from the dtype's);
  * the element count is the packer's pk_count.
  *
  * @param type   receives the type byte.

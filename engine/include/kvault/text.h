@@ -1,8 +1,8 @@
 /*
  * text.h - full-text store of libkvault: SQLite FTS5 with BM25 ranking
- * (API.md §7, the engine behind kohakuvault.TextVault).
+ * (docs/api.md §7, the engine behind kohakuvault.TextVault).
  *
- * Layout in the user's file (API.md §7.1, exactly):
+ * Layout in the user's file (docs/api.md §7.1, exactly):
  *
  *   CREATE VIRTUAL TABLE IF NOT EXISTS <table>
  *       USING fts5(<col1>, ..., <colN>, value_ref UNINDEXED)
@@ -38,7 +38,7 @@ typedef struct kv_text kv_text;
 /** Open (creating if needed) the full-text store `table` with `ncols`
  *  text columns in the database at `path`.
  *
- *  Connection pragmas (API.md §7.1): journal_mode=WAL, synchronous=NORMAL,
+ *  Connection pragmas (docs/api.md §7.1): journal_mode=WAL, synchronous=NORMAL,
  *  temp_store=MEMORY, no busy timeout (a locked database fails at once with
  *  KV_BUSY). No kohakuvault_meta table is created.
  *
@@ -98,7 +98,7 @@ typedef struct kv_text_hits {
     void *mem_;             /**< private: backing storage */
 } kv_text_hits;
 
-/** Snippet request for kv_text_search (FTS5 snippet(), API.md §7.2). */
+/** Snippet request for kv_text_search (FTS5 snippet(), docs/api.md §7.2). */
 typedef struct kv_text_snippet {
     int column;             /**< column index 0..ncols-1 */
     const char *start;      /**< highlight start text, e.g. "**" (NUL-terminated) */
@@ -108,10 +108,10 @@ typedef struct kv_text_snippet {
 } kv_text_snippet;
 
 /** Search flags. */
-#define KV_TEXT_ESCAPE     0x1u  /**< quote the query as one FTS5 phrase (API.md §7.3) */
+#define KV_TEXT_ESCAPE     0x1u  /**< quote the query as one FTS5 phrase (docs/api.md §7.3) */
 #define KV_TEXT_WITH_TEXTS 0x2u  /**< fill each hit's texts/text_lens */
 
-/** Build the FTS5 MATCH expression of API.md §7.3 from a user query.
+/** Build the FTS5 MATCH expression of docs/api.md §7.3 from a user query.
  *
  *  With `escape`: a query that is empty or only ASCII whitespace yields
  *  *empty = 1 (no search should run); otherwise the whole query becomes one

@@ -75,7 +75,7 @@ typedef enum kv_vector_elem {
 /** Opaque vector store handle. */
 typedef struct kv_vector kv_vector;
 
-/** Whether `metric` may be used with `elem` (API.md §8.1: cosine → f32;
+/** Whether `metric` may be used with `elem` (docs/api.md §8.1: cosine → f32;
  *  L2, L1 → f32 or int8; hamming → bit). Returns 1 or 0. Thread-safe. */
 KV_API int kv_vector_compatible(kv_vector_metric metric, kv_vector_elem elem);
 
@@ -86,7 +86,7 @@ KV_API size_t kv_vector_row_bytes(kv_vector_elem elem, size_t dims);
 /** Open (creating if needed) the vector store `table` in the database at
  *  `path` for vectors of `dims` dimensions, type `elem`, metric `metric`.
  *
- *  Pragmas (API.md §8.1): journal_mode=WAL, synchronous=NORMAL,
+ *  Pragmas (docs/api.md §8.1): journal_mode=WAL, synchronous=NORMAL,
  *  temp_store=MEMORY, no busy timeout. `table` must be an ASCII identifier
  *  (1..128 bytes). dims is 1..65536; bit vectors need dims % 8 == 0; the
  *  metric must be compatible with the type.
