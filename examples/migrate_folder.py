@@ -34,6 +34,7 @@ def tree(root):
 
 
 def digest(path):
+    """SHA-256 of a file of any size, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
