@@ -103,13 +103,15 @@ def run(dataset, method, workers, batch_size):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--db", help="vault file (default: a new temporary file)")
+    ap.add_argument("--db", help="vault file, must not exist (default: a new temporary file)")
     ap.add_argument("--samples", type=int, default=256, help="samples to write (default 256)")
     ap.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--methods", default="fork,spawn",
                     help="comma-separated start methods to try (default fork,spawn)")
     args = ap.parse_args()
+    if args.db and os.path.exists(args.db):
+        ap.error(f"{args.db} exists already")
     with tempfile.TemporaryDirectory() as tmp:
         path = args.db or os.path.join(tmp, "dataset.db")
         build(path, args.samples)

@@ -44,12 +44,14 @@ def worker(path, run, steps, flush_every):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--db", help="vault file (default: a new temporary file)")
+    ap.add_argument("--db", help="vault file, must not exist (default: a new temporary file)")
     ap.add_argument("--workers", type=int, default=3, help="logging processes (default 3)")
     ap.add_argument("--steps", type=int, default=500, help="steps per process (default 500)")
     ap.add_argument("--flush-every", type=int, default=100, help="flush the cache every N steps")
     ap.add_argument("--start-method", default="spawn", choices=["spawn", "fork", "forkserver"])
     args = ap.parse_args()
+    if args.db and os.path.exists(args.db):
+        ap.error(f"{args.db} exists already")
     with tempfile.TemporaryDirectory() as tmp:
         path = args.db or os.path.join(tmp, "metrics.db")
         ctx = mp.get_context(args.start_method)
