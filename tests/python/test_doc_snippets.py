@@ -156,6 +156,33 @@ def test_readme_and_api_reference_have_snippets():
             assert extract_python_blocks(f.read()), f"no ```python block found in {page}"
 
 
+def fence_infos(text: str) -> list[tuple[int, str]]:
+    """``[(line, info string)]`` of every opening code fence of a Markdown text."""
+    out, fence = [], None
+    for n, line in enumerate(text.splitlines(), 1):
+        m = _FENCE.match(line)
+        if not m:
+            continue
+        if fence is None:
+            fence = m.group("fence")
+            out.append((n, m.group("info").strip()))
+        elif m.group("fence").startswith(fence) and not m.group("info").strip():
+            fence = None
+    return out
+
+
+@pytest.mark.parametrize("page", doc_pages())
+def test_python_is_tagged_python(page):
+    """Python code is fenced ``python`` (and then runs) or with a tag that
+    says it does not run (``text``, ``pycon`` for sessions): variants such as
+    ``py`` or ``python3`` would silently escape this test."""
+    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+        infos = fence_infos(f.read())
+    bad = [(n, info) for n, info in infos
+           if info.lower() in ("py", "python3", "py3") or (info.lower() == "python" and info != "python")]
+    assert not bad, f"{page}: use ```python (runs) or ```text (does not): {bad}"
+
+
 def test_extraction_rules():
     """Only ``python`` fences count; indented fences are dedented; longer
     fences may hold shorter ones; an unclosed fence is an error."""
