@@ -6,7 +6,7 @@
  * (col_id, b / M) at offset b % M, M = aligned max_chunk_bytes. Every chunk
  * but the last has capacity M; capacity = blob length = actual_size.
  *
- * Growth policy (the original's, kept for byte-level parity): a new chunk
+ * Growth policy (docs/api.md §6.3, part of the file format): a new chunk
  * starts at min * 2^k, the smallest such size >= the bytes it must hold
  * (capped at M); a chunk without room doubles (capped at M). Because a
  * chunk index only changes every M logical bytes, a chunk is grown to M and

@@ -539,8 +539,8 @@ typedef struct vec0_decl {
     int ref_index;   /* which metadata column holds value_ref (metadatachunksNN) */
 } vec0_decl;
 
-/* Parse "CREATE VIRTUAL TABLE x USING vec0(col type, ...)" as the original
- * package declares it: one vector column (float[N], int8[N] or bit[N],
+/* Parse "CREATE VIRTUAL TABLE x USING vec0(col type, ...)" as sqlite-vec based
+ * kohakuvault releases declare it: one vector column (float[N], int8[N] or bit[N],
  * optional distance_metric=) and an INTEGER metadata column value_ref.
  * Returns 0, or -1 with a message in msg. */
 static int vec0_parse(const char *sql, vec0_decl *d, char *msg, size_t msglen)
@@ -827,7 +827,7 @@ kv_status kv_vector_open(const char *path, const char *table, size_t dims, kv_ve
     if ((st = kvi_prepare(v->db, sql, &v->st_dv, &v->err)) != KV_OK)
         goto fail_msg;
     if ((vsql = vec0_sql(v->db, table))) {
-        /* the original package's vec0 table: read its shadow tables */
+        /* a sqlite-vec vec0 table: read its shadow tables */
         vec0_decl d;
         if (vec0_parse(vsql, &d, msg, sizeof msg) < 0) {
             st = KV_INVALID;

@@ -155,7 +155,7 @@ def main(argv=None) -> int:
                   "its rows are skipped", flush=True)
         else:
             con = vec0_open(os.path.join(tmp, "vec0.db"), ext, args.dims)
-            blobs = [u.tobytes() for u in unit]  # the original stores unit vectors
+            blobs = [u.tobytes() for u in unit]  # cosine vec0 tables hold unit vectors
 
             def vec0_bulk():
                 con.execute("BEGIN")

@@ -28,8 +28,8 @@ static PyObject **const status_type[KV_STATUS_COUNT] = {
     [KV_NOTFOUND] = &kvpy_KeyNotFoundError,
     [KV_BUSY] = &kvpy_BusyError,
     [KV_INVALID] = &PyExc_ValueError,
-    [KV_IO] = &PyExc_RuntimeError,         /* SQLite I/O errors: RuntimeError like
-                                              the original; with an errno: OSError */
+    [KV_IO] = &PyExc_RuntimeError,         /* SQLite I/O errors: RuntimeError
+                                              (docs/api.md §2.3); with an errno: OSError */
     [KV_CORRUPT] = &PyExc_RuntimeError,
     [KV_SQLITE] = &PyExc_RuntimeError,
     [KV_CLOSED] = &PyExc_RuntimeError,     /* bindings check "closed" themselves */

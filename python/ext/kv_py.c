@@ -1,6 +1,6 @@
 /*
  * kv_py.c - kohakuvault._kvault._KVault, the native half of KVault
- * (contract: /work/brief/KV_NATIVE.md; behaviour: docs/api.md §3-§4), its key
+ * (behaviour: docs/api.md §3-§4), its key
  * iterator _KVaultKeys, the dict KV_DEFAULTS and _attach_served().
  *
  * One type over two backends (kv_backend.h): `_KVault(path, ...)` opens the
@@ -1132,7 +1132,7 @@ static PyObject *KV_put_file(KVObject *self, PyObject *args, PyObject *kw)
         return NULL;
     if (check_open(self) < 0 || kvpy_key_arg(key, &k, &kn) < 0 || chunk_arg(self, chunk_o, &chunk) < 0)
         return NULL;
-    /* Bytes-like readers are stored raw (docs/api.md §4.6 "may fix"). */
+    /* Bytes-like readers are stored raw (docs/api.md §4.6). */
     if (PyObject_CheckBuffer(reader) && !PyUnicode_Check(reader)) {
         Py_buffer view;
         if (PyObject_GetBuffer(reader, &view, PyBUF_SIMPLE) < 0)

@@ -151,7 +151,7 @@ void kvpy_store_finalize(kvpy_store *s);
 int kvpy_store_call(kvpy_store *s, kvpy_store_op op, void *ctx, kv_status *st_out);
 /** kvpy_store_call for a get_by_id: an unknown `id` (KV_NOTFOUND) raises
  *  RuntimeError("ID <id> not found") -- a plain failure, KohakuVaultError once
- *  mapped, never NotFound (the original's behaviour). 0 or -1 as above. */
+ *  mapped, never NotFound (docs/api.md §2.5). 0 or -1 as above. */
 int kvpy_store_call_by_id(kvpy_store *s, kvpy_store_op op, void *ctx, int64_t id);
 /** An id argument (int or __index__) → *id. 0, or -1 with TypeError /
  *  OverflowError set. */

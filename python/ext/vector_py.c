@@ -336,7 +336,7 @@ static PyObject *vk_insert(VectorObject *self, PyObject *args, PyObject *kw)
     return ret;
 }
 
-/* Validate a per-query metric (docs/api.md §8.3 Q: name and compatibility only). */
+/* Validate a per-query metric (docs/api.md §8.3: name and compatibility only). */
 static int vk_check_metric(VectorObject *self, PyObject *metric)
 {
     kv_vector_metric m;

@@ -73,6 +73,6 @@ __all__ = [n for n in _ORDER if n in _exports]
 
 del _mod, _names, _m, _name, _exports, _ORDER
 
-# Converter of the original package's sqlite-vec vec0 tables (docs/vectors.md).
+# Converter of sqlite-vec vec0 tables (docs/vectors.md, docs/api.md §8.4).
 # A package attribute, not in __all__ (whose content is fixed above).
 from ._vec0 import migrate_vec0  # noqa: E402

@@ -1,8 +1,8 @@
-"""Converter of sqlite-vec ``vec0`` tables of the original package to this
+"""Converter of sqlite-vec ``vec0`` tables (docs/vectors.md) to this
 project's vector layout, in place (``kohakuvault.migrate_vec0`` and the
 ``python -m kohakuvault.migrate_vec0`` command line).
 
-The original kohakuvault stored vectors in sqlite-vec ``vec0`` virtual
+kohakuvault releases built on sqlite-vec stored vectors in ``vec0`` virtual
 tables. :class:`kohakuvault.VectorKVault` opens such a table read-only (it
 reads vec0's shadow tables itself; no extension needed). This converter
 rewrites it as this project's chunked layout in one transaction, keeping
@@ -12,7 +12,7 @@ Command line::
 
     python -m kohakuvault.migrate_vec0 PATH [TABLE]
 
-(TABLE defaults to ``vec_kvault``, the original's default table name).
+(TABLE defaults to ``vec_kvault``, VectorKVault's default table name).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def migrate_vec0(path: Union[str, os.PathLike], table: str = "vec_kvault") -> in
     the number of vectors converted.
 
     The vectors keep their ids and value references (cosine tables: stored
-    unit-length, as the original stored them); ``<table>_values`` is not
+    unit-length, as sqlite-vec held them); ``<table>_values`` is not
     touched. vec0's shadow tables are dropped and the virtual table's schema
     entry is removed (a virtual table owns no pages; the entry is deleted
     with ``PRAGMA writable_schema`` and the schema version bumped). On any
@@ -54,8 +54,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry: ``python -m kohakuvault.migrate_vec0 PATH [TABLE]``."""
     parser = argparse.ArgumentParser(
         prog="python -m kohakuvault.migrate_vec0",
-        description="Convert a sqlite-vec vec0 table (the original kohakuvault's vector "
-                    "layout) to kohakuvault's own layout, in place.")
+        description="Convert a sqlite-vec vec0 table (the vector layout of kohakuvault "
+                    "releases on sqlite-vec) to kohakuvault's own layout, in place.")
     parser.add_argument("path", help="SQLite database file")
     parser.add_argument("table", nargs="?", default="vec_kvault",
                         help="vec0 table name (default: vec_kvault)")

@@ -7,7 +7,7 @@ whole-range reads) are C (``kohakuvault._kvault``); this module adds the
 ``MutableSequence`` protocol, index normalisation and the exact exceptions of
 docs/api.md §6.5/§6.6.
 
-Also exported for compatibility [int]: ``parse_dtype``, ``pack_i64`` /
+Also exported (docs/api.md §1.2): ``parse_dtype``, ``pack_i64`` /
 ``unpack_i64``, ``pack_i32`` / ``unpack_i32``, ``pack_f64`` / ``unpack_f64``,
 ``pack_bytes`` / ``unpack_bytes``, ``DTYPE_INFO``, ``get_packer``,
 ``get_unpacker``.
@@ -50,7 +50,7 @@ _DEFAULT_CAP = _kvault.KV_DEFAULTS["cache_cap_bytes"]
 _DEFAULT_THRESHOLD = _kvault.KV_DEFAULTS["cache_flush_threshold"]
 
 # ---------------------------------------------------------------------------
-# struct helpers [int]
+# struct helpers (docs/api.md §1.2)
 # ---------------------------------------------------------------------------
 
 
@@ -131,7 +131,7 @@ def _as_index(i: Any, msg: str) -> int:
     if isinstance(i, int):
         return int(i)
     if hasattr(i, "__index__") and not isinstance(i, (float, str, bytes)):
-        return i.__index__()  # compatible extension: numpy integers etc.
+        return i.__index__()  # numpy integers and other __index__ objects (docs/api.md §6.5)
     raise TypeError(msg)
 
 

@@ -1,5 +1,5 @@
 """``python -m kohakuvault.migrate_vec0 PATH [TABLE]``: convert a sqlite-vec
-``vec0`` table of the original package to this project's vector layout, in
+``vec0`` table (docs/vectors.md) to this project's vector layout, in
 place (see :func:`kohakuvault.migrate_vec0`, implemented in ``_vec0``).
 
 Importing this module binds the package attribute ``migrate_vec0`` to the

@@ -101,7 +101,7 @@ class KVault(Mapping):
         chunk_size: default piece size in bytes for :meth:`put_file` and
             :meth:`get_to_file` (default 1 MiB).
         retries: attempts per call when SQLite reports busy/locked (default
-            4). ``retries=0`` (the original makes no attempt and fails) is
+            4). ``retries=0`` (docs/api.md §2.4) is
             treated as 1: every call is attempted at least once.
         backoff_base: first sleep between busy attempts, in seconds; it
             doubles after each attempt (defaults give 0.02, 0.04, 0.08 s).
@@ -441,8 +441,8 @@ class KVault(Mapping):
         """Delete ``key``. Returns ``True`` if a stored row or a value still
         waiting in the write-back cache was removed.
 
-        (The original leaves a cached value alone, so it is written later;
-        here the cached entry is dropped too, so ``kv[k] = v; del kv[k]``
+        (A value still waiting in the write-back cache is dropped too, so
+        ``kv[k] = v; del kv[k]``
         behaves like a dict.)
 
         Raises:
@@ -518,7 +518,7 @@ class KVault(Mapping):
 
     def __iter__(self):
         """Iterate over every stored key, bytewise order (like
-        ``keys()`` but without the 10000-key cap of the original)."""
+        ``keys()`` but without its 10000-key default limit)."""
         return self.keys(limit=_ALL_KEYS)
 
     def values(self):
@@ -536,8 +536,8 @@ class KVault(Mapping):
     def pop(self, key, default=None):
         """Remove ``key`` and return its value; ``default`` if it is missing.
 
-        (The original returns ``None`` for a missing key whatever the
-        default; returning ``default`` is the dict behaviour chosen here.)
+        (As ``dict.pop`` with a default; unlike it, a missing key without a
+        default gives ``None``, not ``KeyError``.)
 
         Raises:
             InvalidArgument: key is not ``bytes``/``str``.
@@ -552,8 +552,8 @@ class KVault(Mapping):
     def setdefault(self, key, default):
         """The value of ``key``; if missing, store ``default`` and return it.
 
-        (Returns ``default`` itself, where the original returned
-        ``bytes(default)`` or failed for non-bytes defaults.)
+        (Returns ``default`` itself, whatever its type, as
+        ``dict.setdefault`` does.)
         """
         value = self.get(key, _MISSING)
         if value is not _MISSING:
@@ -591,8 +591,8 @@ class KVault(Mapping):
     def clear(self) -> None:
         """Delete every key.
 
-        The original deletes at most 10000 keys per call and leaves cache
-        entries alone; here the cache is flushed first (unless locked) and
+        Not limited to 10000 keys like :meth:`keys`: the cache is flushed
+        first (unless locked) and
         keys are deleted until none is left. Values held in a *locked* cache
         are not visible to this call and are written when it unlocks.
         """
@@ -620,8 +620,8 @@ class KVault(Mapping):
             key: ``bytes``/``str``.
             reader: an object with ``read(n) -> bytes`` (files, ``BytesIO``,
                 pipes, sockets...) or a ``bytes``/``bytearray``/``memoryview``
-                (stored raw like ``bytes``; the original pickled or refused
-                the last two).
+                (stored raw like ``bytes``, without going through
+                auto-pack).
             size: bytes to store; default: what remains from the current
                 position (``fstat`` for regular files, else seek to end and
                 back); if that is unknown (pipes), the stream is read whole
@@ -724,7 +724,7 @@ class KVault(Mapping):
         flushes first; reaching ``flush_threshold`` bytes flushes. ``get``
         and ``get_to_file`` see cached values; ``len``, ``in``, ``exists``
         and ``keys`` see only SQLite. An existing cache is flushed first
-        (the original dropped it).
+        (never dropped).
 
         Args:
             cap_bytes: cache capacity in bytes (key + encoded value sizes).

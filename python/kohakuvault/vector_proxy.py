@@ -3,7 +3,7 @@
 The native ``_VectorKVault`` (python/ext/vector_py.c over engine/vector.c)
 keeps vectors in chunks in its own table layout (docs/vectors.md) and runs an
 exact k-NN scan over an in-memory copy with SIMD kernels, in C with the GIL
-released. A table made by the original package (a sqlite-vec ``vec0`` virtual
+released. A table made with sqlite-vec (a ``vec0`` virtual
 table) opens read-only; :func:`kohakuvault.migrate_vec0` converts it. This module prepares vector input (§8.2); the exception mapping
 (:func:`kohakuvault.errors.map_exception`), the id-based calls, the §3.6
 switches and the dict protocol come from :mod:`kohakuvault._store`.
@@ -87,8 +87,8 @@ class VectorKVault(StoreProxy):
             if not np.issubdtype(vector.dtype, np.floating):
                 vector = vector.astype(np.float32)
             if vector.ndim != 1:
-                # the original converts with tolist(): nested lists (or a
-                # scalar for 0-d) are then rejected
+                # only 1-D input is a vector (docs/api.md §8.2): nested
+                # lists (or a scalar for 0-d) are rejected
                 raise TypeError(f"vector must be 1-D, got an array of shape {vector.shape}")
             return np.ascontiguousarray(vector, dtype=np.float32)
         if isinstance(vector, list):

@@ -99,7 +99,7 @@ Test(kv, keys_prefix_order_and_pagination)
         cr_assert(eq(int, kv_put(db, ks[i], strlen(ks[i]), "v", 1), KV_OK));
     kv_keys *k;
     cr_assert(eq(int, kv_keys_batch(db, "a", 1, NULL, 0, 100, &k), KV_OK));
-    /* prefix <= key < prefix||0xFF: "a\xff" is excluded (docs/api.md §4.5 Q) */
+    /* prefix <= key < prefix||0xFF: "a\xff" is excluded (docs/api.md §4.5) */
     const char *want[] = {"a", "a0", "ab", "abc"};
     cr_assert(eq(sz, k->n, 4));
     for (size_t i = 0; i < 4; i++) {

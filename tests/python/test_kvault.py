@@ -432,7 +432,7 @@ def test_keys_default_limit_10000_and_iter_all(kv):
     assert len(ks) == 10000
     assert ks == sorted(ks)
     assert len(list(kv.keys(limit=20000))) == 10050
-    # __iter__ lists every key (the 10000 cap is a "may fix")
+    # __iter__ lists every key (no 10000 cap, docs/api.md §4.5)
     every = list(kv)
     assert len(every) == 10050 and every[-1] == b"k010049"
 

@@ -1,4 +1,4 @@
-"""Files of the original package (sqlite-vec vec0 tables, made by the real
+"""Files with sqlite-vec vec0 tables (docs/api.md §8.4, made by the real
 extension: tests/data/vec0/README.md) open read-only without the extension,
 search like a numpy brute force, refuse writes naming migrate_vec0, migrate
 in place and search (and write) again after migration."""

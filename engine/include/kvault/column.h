@@ -130,8 +130,8 @@ KV_API kv_status kv_col_count(kv_colvault *cv, int64_t *n);
 
 /**
  * Delete the column `name` and its chunks. If no row has that exact name
- * but `<name>_data` and `<name>_idx` exist, both are deleted (docs/api.md §6.1
- * "may fix"). *deleted = 1 when something was removed, else 0.
+ * but `<name>_data` and `<name>_idx` exist, both are deleted (docs/api.md §6.1).
+ * *deleted = 1 when something was removed, else 0.
  * Open kv_col handles of a deleted column must not be used afterwards.
  */
 KV_API kv_status kv_col_delete(kv_colvault *cv, const char *name, int *deleted);
@@ -259,7 +259,7 @@ KV_API kv_status kv_col_clear(kv_col *col);
 
 /** Enable (or re-configure) the append cache: `cap_bytes` bounds the
  *  buffer, reaching `flush_threshold` bytes flushes it. A cache that is
- *  already on is flushed before being re-configured (docs/api.md "may fix").
+ *  already on is flushed before being re-configured (docs/api.md §6.7).
  *  @return KV_OK, or the status of that flush. */
 KV_API kv_status kv_col_cache_enable(kv_col *col, size_t cap_bytes, size_t flush_threshold);
 

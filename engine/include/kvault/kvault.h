@@ -274,7 +274,7 @@ typedef struct kv_item {
 KV_API kv_status kv_put_many(kv_db *db, const kv_item *items, size_t n);
 
 /** Delete `key` (and the parts of a large value, in the same statement)
- *  from SQLite and drop a cached entry for it (docs/api.md KV_NATIVE "may fix").
+ *  from SQLite and drop a cached entry for it (docs/api.md §4.7).
  *  *removed (may be NULL) is 1 if a stored row or a cached entry was
  *  removed, else 0. Returns KV_OK, KV_BUSY, KV_IO, KV_SQLITE. */
 KV_API kv_status kv_delete(kv_db *db, const void *key, size_t klen, int *removed);

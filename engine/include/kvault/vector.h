@@ -24,8 +24,8 @@
  * open and its rows are unchunked rows. Element bytes: float32 LE (4*N),
  * int8 (N) or bits (N/8, bit i = bit (i%8) of byte i/8).
  *
- * A table created by sqlite-vec as a `vec0` virtual table (the original
- * package's layout) opens read-only: its shadow tables are read directly,
+ * A table created by sqlite-vec as a `vec0` virtual table (as kohakuvault
+ * releases on sqlite-vec wrote them) opens read-only: its shadow tables are read directly,
  * no extension needed; kv_vector_migrate_vec0 converts it.
  *
  * Search is an exact scan of an in-memory copy of the vectors held by the

@@ -9,8 +9,8 @@ load extensions):
 
     /usr/bin/python3 tests/data/vec0/make_fixtures.py [/tmp/package/vec0]
 
-Each fixture is a table declared exactly as the original kohakuvault package
-declares its vector tables (a vec0 virtual table with an INTEGER value_ref
+Each fixture is a table declared exactly as sqlite-vec based kohakuvault releases
+declare their vector tables (a vec0 virtual table with an INTEGER value_ref
 metadata column and one vector column, plus <table>_values), filled with
 seeded random vectors (also saved as <fixture>.npy, row i = rowid i+1),
 with every 7th row from rowid 3 deleted. Values are raw bytes b"v<i>"
@@ -41,7 +41,7 @@ def make(ext, name, table, decl, dtype, dims, rows):
             os.remove(path + suffix)
     rng = np.random.default_rng(len(name) * 7919 + dims)
     data = rng.standard_normal((rows, dims)).astype(dtype)
-    if "cosine" in decl:  # the original normalises before storing
+    if "cosine" in decl:  # those releases normalise before storing
         data = (data / np.linalg.norm(data, axis=1, keepdims=True)).astype(dtype)
     con = sqlite3.connect(path)
     con.enable_load_extension(True)
