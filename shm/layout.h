@@ -1,7 +1,7 @@
 /*
  * layout.h -- the byte layout of kohakuvault's shared memory.
  *
- * Three regions (DESIGN.md, "The shared segment"):
+ * Three regions (docs/shared-mode.md, "How it works"):
  *   data segment   created by the writer, mapped read-only by clients
  *   slot file      created by the writer, mapped read-write by clients
  *   submission ring  created by each client (memfd), mapped by the writer too

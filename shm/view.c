@@ -5,7 +5,7 @@
  * memtable, tree root) through kvshm_shard.s_view. The writer builds a new
  * view for every change of any of the three and release-stores its offset;
  * a reader acquire-loads it once per lookup and so always searches a
- * consistent triple: active -> frozen -> tree (DESIGN.md, "Read path").
+ * consistent triple: active -> frozen -> tree (docs/shared-mode.md, "How it works").
  *
  * Ordering of the writer's steps that the read path relies on: a frozen
  * memtable stays in the view until the tree that contains its records is

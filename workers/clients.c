@@ -199,7 +199,7 @@ size_t wr_drain(wr_state *ws)
             kvshm_ring_consume(c->ring);
             n++;
             /* Applied once released: the producer may return from put
-             * (DESIGN.md "applied"). A long batch is acknowledged early. */
+             * (docs/shared-mode.md, "Write modes"). A long batch is acknowledged early. */
             if (n % 64 == 0) c->applied_pos = kvshm_ring_release(c->ring);
             if (n >= 4096) break;   /* fairness between clients */
         }

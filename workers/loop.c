@@ -1,9 +1,9 @@
 /*
- * loop.c -- the writer loop (DESIGN.md, "Writer loop"): drain the client
+ * loop.c -- the writer loop (docs/architecture.md, "The writer-side seam"): drain the client
  * rings into the active memtables, commit them to SQLite in bounded steps,
  * fold them into the CSB+trees, load reported misses, reclaim and evict.
  *
- * Invariants the read path relies on (DESIGN.md, "Read path"):
+ * Invariants the read path relies on (docs/shared-mode.md, "How it works"):
  *   - a record is in an active or frozen memtable from the moment it is
  *     applied until the tree that contains it is published;
  *   - the tree gets a batch (kvshm_writer_fold) only after that batch is

@@ -6,7 +6,7 @@
  * file itself stays, so a new writer reads the previous writer's generation
  * and segment name from it.
  *
- * Recovery (DESIGN.md, "Failures"): when the previous writer did not stop
+ * Recovery (docs/shared-mode.md, "Failure behaviour"): when the previous writer did not stop
  * cleanly, its data segment still exists. We collect every record of its
  * shards' published active and frozen memtables whose checksum verifies
  * (kvshm_recover_scan) and whose sequence number is above the last sequence

@@ -1,6 +1,6 @@
 /*
  * writer.c -- kvault-writer, the single writer of a database in shared mode
- * (DESIGN.md, "Two ways to run", "Writer loop", "Failures").
+ * (docs/shared-mode.md, "How it works" and "Failure behaviour"; docs/architecture.md, "The writer-side seam").
  *
  * One process per database file. It
  *   1. takes the registry lock on `<db>-kvault` (kvshm/proto.h);

@@ -1,7 +1,7 @@
 /*
  * kv_attached.c - the attached backend of _KVault (kv_backend.h): a
  * kvault-writer serves the file and this process is attached to it through
- * kv_att (shm/include/kvshm/attach.h; DESIGN.md, "Two ways to run"). Also
+ * kv_att (shm/include/kvshm/attach.h; docs/shared-mode.md, "How it works"). Also
  * the hot-value cache of kv_hot.h.
  *
  * Differences from the embedded backend, all documented in

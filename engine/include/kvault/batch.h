@@ -1,6 +1,6 @@
 /*
- * batch.h - the commit backend of the shared-mode writer (DESIGN.md,
- * "Writer loop" and "Beyond one machine").
+ * batch.h - the commit backend of the shared-mode writer (docs/architecture.md,
+ * "The writer-side seam").
  *
  * The writer process (workers/kvault-writer) turns the records it applied to
  * the shared segment into durable rows through this one small interface:

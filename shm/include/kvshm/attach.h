@@ -1,6 +1,6 @@
 /*
  * kvshm/attach.h -- attaching to a database served by kvault-writer
- * (DESIGN.md, "Two ways to run", "Write path", "Read path", "Failures").
+ * (docs/shared-mode.md, "How it works", "Write modes" and "Failure behaviour").
  *
  * An attached process maps the writer's data segment read-only, takes a slot,
  * creates its own submission ring (a memfd) and hands it to the writer over

@@ -3,7 +3,7 @@
  *
  * One writer process builds everything in the data segment; any number of
  * processes attach read-only and look keys up without locks or system calls
- * (DESIGN.md, "The shared segment"). This header is the contract used by the
+ * (docs/shared-mode.md, "How it works"). This header is the contract used by the
  * writer process (workers/) and by attach (python/, kv_attach):
  *
  *   writer:  kvshm_writer_create / _put / _freeze / _frozen_scan(_from) / _fold /

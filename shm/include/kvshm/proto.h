@@ -2,7 +2,7 @@
  * kvshm/proto.h -- what the writer process (workers/kvault-writer) and the
  * attach side (shm/attach.c, kv_attach) agree on besides the segment itself:
  * the registry file, the submission-ring record formats and the messages
- * on the writer's unix socket (DESIGN.md, "The shared segment", "Write path").
+ * on the writer's unix socket (docs/shared-mode.md, "How it works" and "Write modes").
  *
  * Registry file `<db>-kvault` (beside the database). The writer holds an
  * F_OFD_SETLK write lock on the whole file while it is alive; a process that

@@ -4,7 +4,7 @@
  * passes over the writer's unix socket (SCM_RIGHTS). Single producer, single
  * consumer, variable-length records; either side waits by spinning
  * briefly, then sleeping on a futex word the other side bumps only when it
- * sleeps for what was just published (DESIGN.md, "Write path"; the
+ * sleeps for what was just published (docs/shared-mode.md, "Write modes"; the
  * protocol is at the top of shm/ring.c).
  *
  * The memfd holds a 256-byte header (magic, capacity; the producer's tail,
