@@ -18,6 +18,8 @@
  */
 #include "kvpy.h"
 
+#include <stdarg.h>
+
 #include <math.h>
 #include <string.h>
 
@@ -753,6 +755,31 @@ PyObject *kvpy_unpack_payload(uint8_t enc, const uint8_t *p, size_t n)
     }
     PyErr_SetString(PyExc_ValueError, "Unknown encoding type");
     return NULL;
+}
+
+void kvpy_name_decode_error(const char *fmt, ...)
+{
+    if (!PyErr_ExceptionMatches(PyExc_ValueError))
+        return;
+    PyObject *type, *val, *tb;
+    PyErr_Fetch(&type, &val, &tb);
+    PyErr_NormalizeException(&type, &val, &tb);
+    va_list ap;
+    va_start(ap, fmt);
+    PyObject *what = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    PyObject *msg = what && val ? PyObject_Str(val) : NULL;
+    if (msg)
+        PyErr_Format(PyExc_ValueError, "value of %U cannot be decoded: %U", what, msg);
+    Py_XDECREF(what);
+    Py_XDECREF(msg);
+    if (PyErr_Occurred()) {
+        Py_XDECREF(type);
+        Py_XDECREF(val);
+        Py_XDECREF(tb);
+    } else {
+        PyErr_Restore(type, val, tb);  /* formatting failed: keep the original */
+    }
 }
 
 int kvpy_unpack_needs_python(const void *data, size_t len, const kvpy_pack_opts *o)

@@ -181,26 +181,6 @@ static inline uint32_t pack_optk(const kvpy_pack_opts *o)
                       (o->no_pickle != 0) << 3);
 }
 
-/* A stored value that does not decode: the ValueError set by
- * kvpy_unpack_value is replaced by one that names the key
- * ("value of key b'k' cannot be decoded: corrupt MessagePack: ...").
- * Other exceptions (MemoryError, what pickle.loads raised) stand. */
-static void name_key_in_decode_error(PyObject *key)
-{
-    if (!PyErr_ExceptionMatches(PyExc_ValueError))
-        return;
-    PyObject *type, *val, *tb;
-    PyErr_Fetch(&type, &val, &tb);
-    PyErr_NormalizeException(&type, &val, &tb);
-    PyObject *msg = val ? PyObject_Str(val) : NULL;
-    if (msg)
-        PyErr_Format(PyExc_ValueError, "value of key %R cannot be decoded: %U", key, msg);
-    Py_XDECREF(msg);
-    Py_XDECREF(type);
-    Py_XDECREF(val);
-    Py_XDECREF(tb);
-}
-
 /* A chunk_size argument: None -> the object's default; else a positive int. */
 static int chunk_arg(KVObject *s, PyObject *o, size_t *chunk)
 {
@@ -571,7 +551,7 @@ static PyObject *do_get(KVObject *self, PyObject *key, int *missing)
         kv_unlock(self);
     }
     if (!r)
-        name_key_in_decode_error(key);
+        kvpy_name_decode_error("key %R", key);
     if (r && token && self->hot)
         kvhot_keep(self->hot, hash, k, kn, r, vn, token, pack_optk(&self->opts));
     return r;

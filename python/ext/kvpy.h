@@ -78,6 +78,11 @@ int kvpy_pack_value(PyObject *v, const kvpy_pack_opts *o, kv_buf *out);
 /** Decode a stored value per §3.3 (auto-pack off: bytes unchanged). New
  *  reference, or NULL with ValueError for a malformed header. */
 PyObject *kvpy_unpack_value(const void *data, size_t len, const kvpy_pack_opts *o);
+/** After a failed decode: a ValueError pending is replaced by one naming
+ *  the value, "value of <fmt...> cannot be decoded: <original text>"
+ *  (fmt as PyUnicode_FromFormat, e.g. "key %R", "document %lld"); any other
+ *  exception (MemoryError, what pickle.loads raised) stands. */
+void kvpy_name_decode_error(const char *fmt, ...);
 /** Decode a header-less payload of encoding id `enc` (KV_ENC_*). */
 PyObject *kvpy_unpack_payload(uint8_t enc, const uint8_t *p, size_t n);
 /** 1 if decoding this stored value runs Python code (pickle/json). */

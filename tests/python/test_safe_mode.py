@@ -114,8 +114,9 @@ def test_safe_stores(tmp_path, make, insert):
     doc = insert(trusted, Pickle(Tripwire(marker)))
     trusted.close()
     safe = make(db, unpickle=False)
-    with pytest.raises(InvalidArgument, match="pickled"):
+    with pytest.raises(InvalidArgument, match="pickled") as info:
         safe.get_by_id(doc)
+    assert f" {doc} cannot be decoded" in str(info.value)  # names the id
     with pytest.raises(InvalidArgument, match="needs pickle"):
         insert(safe, (1, 2))
     insert(safe, {"ok": 1})
