@@ -443,6 +443,13 @@ class ColumnVault:
     directories are not created. There is no ``close()``: dropping the last
     reference flushes column caches and closes the connection.
 
+    Opening a directory or a file that is not a database raises
+    ``RuntimeError`` naming the path. A missing column raises
+    :class:`NotFound` whose message keeps ``Key not found: '<name>'`` and
+    names the file and the columns it has. A ``ColumnVault`` (and a column)
+    pickles as the path (and the column name) and reopens the file when
+    unpickled, after flushing column caches.
+
     Thread-safe: native calls are serialised and release the GIL.
     """
 
