@@ -401,6 +401,15 @@ static kv_status kvi_col_info_by(kv_colvault *cv, const char *where, const char 
     if (rc == SQLITE_ROW) {
         kvi_col_row_info(s, out);
         st = KV_OK;
+        /* the row is input from the file: a negative length is refused
+         * before any caller takes it as a count (kvi_fx_length checks the
+         * length it re-reads the same way) */
+        if (out->ci_length < 0)
+            st = kvi_err_set(&cv->err, KV_CORRUPT,
+                             "column %s%s%s (col_meta row %lld) has a negative length (%lld): the "
+                             "file is corrupt; col_meta.length must be >= 0",
+                             name ? "'" : "", name ? name : "", name ? "'" : "",
+                             (long long)out->ci_col_id, (long long)out->ci_length);
     } else if (rc == SQLITE_DONE) {
         st = kvi_err_set(&cv->err, KV_NOTFOUND, "column not found");
     } else {

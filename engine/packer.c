@@ -121,6 +121,14 @@ static kv_status pk_sized(kv_packer *pk, char **tok, int ntok, const char *dtype
     return KV_OK;
 }
 
+/* The dtype grammar in one line (docs/api.md §5.1), appended to "Unknown
+ * dtype" errors. */
+#define PK_DTYPE_HINT                                                                          \
+    "valid: i64, f64, str, str:<enc>, str:<N>[:<enc>], bytes[:<N>], msgpack[:<N>], "           \
+    "cbor[:<N>], vec:<elem>[:<d1>:<d2>...] with <elem> one of f32 f64 i8 i16 i32 i64 u8 u16 "  \
+    "u32 u64; the only scalar numbers are i64 and f64, other element types exist only "        \
+    "inside vec:, e.g. vec:f32"
+
 kv_status kv_packer_parse(const char *dtype, kv_packer *out, char *err)
 {
     char buf[512];
@@ -223,7 +231,7 @@ kv_status kv_packer_parse(const char *dtype, kv_packer *out, char *err)
         else
             pk.pk_count = 0;
     } else {
-        snprintf(err, KV_PK_ERRLEN, "Invalid dtype: Unknown dtype: %.200s", dtype);
+        snprintf(err, KV_PK_ERRLEN, "Invalid dtype: Unknown dtype: %.200s (%s)", dtype, PK_DTYPE_HINT);
         return KV_INVALID;
     }
     *out = pk;

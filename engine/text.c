@@ -398,12 +398,16 @@ kv_status kv_text_build_match(const char *query, size_t qlen, const char *column
         sb_str(&b, ":");
     }
     if (escape) {
+        /* Inside the phrase a '"' is doubled and a NUL becomes a space: FTS5's
+         * query parser ends a string at NUL ("unterminated string"), while
+         * its tokenizers split text at NUL as at a space, so the phrase still
+         * matches the text as it was indexed. */
         sb_str(&b, "\"");
         size_t start = 0;
         for (size_t i = 0; i < qlen; i++)
-            if (query[i] == '"') {
-                sb_add(&b, query + start, i - start + 1);
-                sb_str(&b, "\"");
+            if (query[i] == '"' || query[i] == '\0') {
+                sb_add(&b, query + start, i - start);
+                sb_str(&b, query[i] == '"' ? "\"\"" : " ");
                 start = i + 1;
             }
         sb_add(&b, query + start, qlen - start);

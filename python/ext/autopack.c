@@ -18,6 +18,8 @@
  */
 #include "kvpy.h"
 
+#include <stdarg.h>
+
 #include <math.h>
 #include <string.h>
 
@@ -342,7 +344,7 @@ PyObject *kvpy_model_decode(kv_fmt fmt, const void *data, size_t len, size_t *co
     } else if (st == KV_NOMEM) {
         PyErr_NoMemory();
     } else {
-        PyErr_Format(PyExc_ValueError, "%s decode error: %s",
+        PyErr_Format(PyExc_ValueError, "corrupt %s: %s",
                      fmt == KV_FMT_MSGPACK ? "MessagePack" : "CBOR", err);
     }
     return NULL;
@@ -457,6 +459,15 @@ static PyObject *call_dumps(const char *module, PyObject **fn, PyObject *v)
 static int pack_pickle(PyObject *v, const kvpy_pack_opts *o, kv_buf *out)
 {
     size_t at;
+    if (o->no_pickle) {
+        /* safe mode writes nothing it could not read back */
+        PyErr_Format(PyExc_TypeError,
+                     "Cannot auto-pack object of type %.100s: storing it needs pickle, which is "
+                     "off (unpickle=False or KVAULT_UNPICKLE=0); store bytes, str, numbers, "
+                     "numpy arrays, or dicts/lists that fit MessagePack",
+                     Py_TYPE(v)->tp_name);
+        return -1;
+    }
     PyObject *b = call_dumps("pickle", &g_pickle_dumps, v);
     if (!b)
         return -1;
@@ -746,6 +757,31 @@ PyObject *kvpy_unpack_payload(uint8_t enc, const uint8_t *p, size_t n)
     return NULL;
 }
 
+void kvpy_name_decode_error(const char *fmt, ...)
+{
+    if (!PyErr_ExceptionMatches(PyExc_ValueError))
+        return;
+    PyObject *type, *val, *tb;
+    PyErr_Fetch(&type, &val, &tb);
+    PyErr_NormalizeException(&type, &val, &tb);
+    va_list ap;
+    va_start(ap, fmt);
+    PyObject *what = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    PyObject *msg = what && val ? PyObject_Str(val) : NULL;
+    if (msg)
+        PyErr_Format(PyExc_ValueError, "value of %U cannot be decoded: %U", what, msg);
+    Py_XDECREF(what);
+    Py_XDECREF(msg);
+    if (PyErr_Occurred()) {
+        Py_XDECREF(type);
+        Py_XDECREF(val);
+        Py_XDECREF(tb);
+    } else {
+        PyErr_Restore(type, val, tb);  /* formatting failed: keep the original */
+    }
+}
+
 int kvpy_unpack_needs_python(const void *data, size_t len, const kvpy_pack_opts *o)
 {
     uint8_t enc;
@@ -770,6 +806,13 @@ PyObject *kvpy_unpack_value(const void *data, size_t len, const kvpy_pack_opts *
         return PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
     if (r != KV_HDR_OK) {
         PyErr_SetString(PyExc_ValueError, kv_hdr_strerror(r));
+        return NULL;
+    }
+    if (enc == KV_ENC_PICKLE && o->no_pickle) {
+        PyErr_SetString(PyExc_ValueError,
+                        "the stored value is pickled and unpickling is off (unpickle=False or "
+                        "KVAULT_UNPICKLE=0): unpickling runs code from the file; open it with "
+                        "unpickle=True only if you trust the file");
         return NULL;
     }
     return kvpy_unpack_payload(enc, p, n);

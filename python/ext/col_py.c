@@ -346,7 +346,19 @@ static void ColHandle_dealloc(ColHandleObject *self)
     PyObject_Free(self);
 }
 
-#define H_ERR(self, st, op) kvpy_col_raise((self)->vault->cv, (st), (op))
+/* Raise for a failed call on a column handle: as kvpy_col_raise, and a
+ * corrupt file (KV_CORRUPT) names the column, since the engine's text knows
+ * only its col_meta row. */
+static PyObject *col_handle_raise(ColHandleObject *self, kv_status st, const char *op)
+{
+    if (st != KV_CORRUPT)
+        return kvpy_col_raise(self->vault->cv, st, op);
+    const char *msg = kv_colvault_errmsg(self->vault->cv);
+    PyErr_Format(PyExc_RuntimeError, "column %R: %s (the file is corrupt)", self->name,
+                 msg && msg[0] ? msg : kv_strerror(st));
+    return NULL;
+}
+#define H_ERR(self, st, op) col_handle_raise((self), (st), (op))
 
 /* Arguments and results of one kv_col call made by col_call (read and
  * written with the GIL released; fields used per op as noted). */

@@ -177,7 +177,8 @@ static PyObject *unsupported(KVObject *s, const char *what)
 /* The decoding options, as the hot-value cache tags its copies. */
 static inline uint32_t pack_optk(const kvpy_pack_opts *o)
 {
-    return (uint32_t)((o->auto_pack != 0) | (o->headers != 0) << 1 | (o->use_pickle != 0) << 2);
+    return (uint32_t)((o->auto_pack != 0) | (o->headers != 0) << 1 | (o->use_pickle != 0) << 2 |
+                      (o->no_pickle != 0) << 3);
 }
 
 /* A chunk_size argument: None -> the object's default; else a positive int. */
@@ -549,6 +550,8 @@ static PyObject *do_get(KVObject *self, PyObject *key, int *missing)
             ops->get_done(self->h);
         kv_unlock(self);
     }
+    if (!r)
+        kvpy_name_decode_error("key %R", key);
     if (r && token && self->hot)
         kvhot_keep(self->hot, hash, k, kn, r, vn, token, pack_optk(&self->opts));
     return r;
@@ -1330,6 +1333,14 @@ static PyObject *KV_enable_auto_pack(KVObject *self, PyObject *args, PyObject *k
     Py_RETURN_NONE;
 }
 
+/* Safe mode (KVault(unpickle=False)): one way, there is no method that
+ * turns unpickling back on for this object. */
+static PyObject *KV_refuse_pickle(KVObject *self, PyObject *unused)
+{
+    self->opts.no_pickle = 1;
+    Py_RETURN_NONE;
+}
+
 /* Setter and getter methods of the §3.6 switches. */
 #define SWITCH(fname, field, value)                          \
     static PyObject *fname(KVObject *self, PyObject *unused) \
@@ -1487,6 +1498,9 @@ static PyMethodDef KV_methods[] = {
     KV_METHOD(cache_enabled, METH_NOARGS, "cache_enabled() -> bool"),
     KV_METHOD(enable_auto_pack, METH_VARARGS | METH_KEYWORDS,
               "enable_auto_pack(use_pickle=True): auto-pack and headers on"),
+    {"_refuse_pickle", (PyCFunction)KV_refuse_pickle, METH_NOARGS,
+     "_refuse_pickle(): safe mode for this object, one way: pickled values are neither "
+     "decoded (ValueError) nor written (TypeError)"},
     KV_METHOD(disable_auto_pack, METH_NOARGS, "auto-pack off"),
     KV_METHOD(auto_pack_enabled, METH_NOARGS, "-> bool"),
     KV_METHOD(enable_headers, METH_NOARGS, "headers on"),

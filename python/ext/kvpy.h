@@ -65,6 +65,9 @@ typedef struct kvpy_pack_opts {
     int auto_pack;    /**< nonzero: encode per §3.2 / decode per §3.3 */
     int headers;      /**< nonzero: write the 10-byte header (rows 2-8) */
     int use_pickle;   /**< nonzero: pickle fallback allowed */
+    int no_pickle;    /**< nonzero: safe mode (unpickle=False): pickled values are
+                           neither decoded (ValueError, pickle.loads never runs)
+                           nor written (TypeError); see docs/security.md */
 } kvpy_pack_opts;
 
 /** Encode `v` per §3.2 (auto-pack on), appending to `out` (exact bytes are
@@ -75,6 +78,11 @@ int kvpy_pack_value(PyObject *v, const kvpy_pack_opts *o, kv_buf *out);
 /** Decode a stored value per §3.3 (auto-pack off: bytes unchanged). New
  *  reference, or NULL with ValueError for a malformed header. */
 PyObject *kvpy_unpack_value(const void *data, size_t len, const kvpy_pack_opts *o);
+/** After a failed decode: a ValueError pending is replaced by one naming
+ *  the value, "value of <fmt...> cannot be decoded: <original text>"
+ *  (fmt as PyUnicode_FromFormat, e.g. "key %R", "document %lld"); any other
+ *  exception (MemoryError, what pickle.loads raised) stands. */
+void kvpy_name_decode_error(const char *fmt, ...);
 /** Decode a header-less payload of encoding id `enc` (KV_ENC_*). */
 PyObject *kvpy_unpack_payload(uint8_t enc, const uint8_t *p, size_t n);
 /** 1 if decoding this stored value runs Python code (pickle/json). */
@@ -184,6 +192,8 @@ PyObject *kvpy_store_auto_pack_enabled(PyObject *self, PyObject *unused);
 PyObject *kvpy_store_enable_headers(PyObject *self, PyObject *unused);
 PyObject *kvpy_store_disable_headers(PyObject *self, PyObject *unused);
 PyObject *kvpy_store_headers_enabled(PyObject *self, PyObject *unused);
+/** METH_NOARGS: safe mode (unpickle=False) for this object, one way. */
+PyObject *kvpy_store_refuse_pickle(PyObject *self, PyObject *unused);
 
 /** PyMethodDef entries of close() and the §3.6 switches, for a method table. */
 #define KVPY_STORE_METHODS                                                                     \
@@ -197,7 +207,10 @@ PyObject *kvpy_store_headers_enabled(PyObject *self, PyObject *unused);
     {"auto_pack_enabled", kvpy_store_auto_pack_enabled, METH_NOARGS, "Auto-pack switch."},     \
     {"enable_headers", kvpy_store_enable_headers, METH_NOARGS, "Headers on (§3.6)."},          \
     {"disable_headers", kvpy_store_disable_headers, METH_NOARGS, "Headers off (§3.6)."},       \
-    {"headers_enabled", kvpy_store_headers_enabled, METH_NOARGS, "Header switch."}
+    {"headers_enabled", kvpy_store_headers_enabled, METH_NOARGS, "Header switch."},           \
+    {"_refuse_pickle", kvpy_store_refuse_pickle, METH_NOARGS,                                  \
+     "_refuse_pickle(): safe mode, one way: pickled values are neither decoded (ValueError) "  \
+     "nor written (TypeError)."}
 
 /** PyGetSetDef entry of the read-only `closed` property. */
 #define KVPY_STORE_GETSET_CLOSED \

@@ -264,6 +264,12 @@ PyObject *kvpy_store_enable_auto_pack(PyObject *self, PyObject *args, PyObject *
     Py_RETURN_NONE;
 }
 
+PyObject *kvpy_store_refuse_pickle(PyObject *self, PyObject *unused)
+{
+    ((kvpy_store *)self)->opts.no_pickle = 1;
+    Py_RETURN_NONE;
+}
+
 static kvpy_pack_opts *store_opts(PyObject *self)
 {
     return &((kvpy_store *)self)->opts;

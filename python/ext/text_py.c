@@ -320,6 +320,8 @@ static PyObject *tv_search_impl(TextVaultObject *self, PyObject *query, long lon
     for (size_t i = 0; list && i < h->n; i++) {
         kv_text_hit *x = &h->hits[i];
         PyObject *val = kvpy_unpack_value(x->val, x->vlen, &self->opts), *item = NULL;
+        if (!val)
+            kvpy_name_decode_error("document %lld", (long long)x->id);
         if (val) {
             if (snip) {
                 PyObject *s = PyUnicode_DecodeUTF8(x->snippet, (Py_ssize_t)x->snippet_len, "replace");
@@ -405,6 +407,8 @@ static PyObject *tv_get(TextVaultObject *self, PyObject *key)
     }
     PyObject *r = kvpy_unpack_value(a.out, a.nout, &self->opts);
     kv_text_free(a.out);
+    if (!r)
+        kvpy_name_decode_error("the document found for %R", key);
     return r;
 }
 
@@ -424,6 +428,8 @@ static PyObject *tv_get_by_id(TextVaultObject *self, PyObject *arg)
     PyObject *val = texts ? kvpy_unpack_value(d->val, d->vlen, &self->opts) : NULL;
     kv_text_doc_free(d);
     if (!val) {
+        if (texts)
+            kvpy_name_decode_error("document %lld", (long long)a.id);
         Py_XDECREF(texts);
         return NULL;
     }

@@ -1003,10 +1003,20 @@ static PyObject *CSBTree_update(PyObject *self, PyObject *pairs)
     PyObject *it = PyObject_GetIter(pairs), *item;
     if (it == NULL)
         return NULL;
-    while ((item = PyIter_Next(it)) != NULL) {
+    for (Py_ssize_t n = 0; (item = PyIter_Next(it)) != NULL; n++) {
         PyObject *k = PySequence_GetItem(item, 0);
         PyObject *v = k ? PySequence_GetItem(item, 1) : NULL;
         PyObject *old = NULL;
+        if (!v && (PyErr_ExceptionMatches(PyExc_IndexError) ||
+                   PyErr_ExceptionMatches(PyExc_TypeError))) {
+            /* dict.update's wording: say which item and what is expected */
+            int short_item = PyErr_ExceptionMatches(PyExc_IndexError);
+            PyErr_Clear();
+            PyErr_Format(short_item ? PyExc_ValueError : PyExc_TypeError,
+                         "CSBTree.update expects an iterable of (key, value) pairs; item #%zd "
+                         "is %.200R (%s), not a pair (to insert a dict pass d.items())",
+                         n, item, short_item ? "too short" : "not indexable");
+        }
         Py_DECREF(item);
         int rc = v ? csb_put_guarded((CSBTreeObject *)self, k, v, 1, &old) : -1;
         Py_XDECREF(k);

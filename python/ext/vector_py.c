@@ -364,6 +364,8 @@ static PyObject *vk_hits_list(VectorObject *self, kv_vector_hits *h)
     for (size_t i = 0; list && i < h->n; i++) {
         kv_vector_hit *x = &h->hits[i];
         PyObject *val = kvpy_unpack_value(x->val, x->vlen, &self->opts);
+        if (!val)
+            kvpy_name_decode_error("row %lld", (long long)x->id);
         PyObject *item = val ? Py_BuildValue("(LdN)", (long long)x->id, x->distance, val) : NULL;
         if (!item) {
             Py_CLEAR(list);
@@ -554,6 +556,7 @@ static PyObject *vk_get_by_id(VectorObject *self, PyObject *arg)
     kv_vector_free(a.vec_out);
     kv_vector_free(a.val_out);
     if (!v) {
+        kvpy_name_decode_error("row %lld", (long long)a.id);
         Py_XDECREF(b);
         return NULL;
     }

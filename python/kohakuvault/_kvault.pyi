@@ -23,6 +23,10 @@ class _PackSwitches:
     def enable_headers(self) -> None: ...
     def disable_headers(self) -> None: ...
     def headers_enabled(self) -> bool: ...
+    def _refuse_pickle(self) -> None:
+        """Safe mode (``unpickle=False``, docs/security.md), one way: a
+        pickled value raises ValueError when read (pickle.loads never
+        runs) and a value that needs pickle raises TypeError when written."""
 
 # ---------------------------------------------------------------- _KVault
 # python/ext/kv_py.c over the backends of python/ext/kv_backend.h.

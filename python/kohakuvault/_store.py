@@ -10,10 +10,11 @@ id-based calls, the §3.6 switches, ``close`` and the dict-protocol dunders.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from typing import Any, Callable, TypeVar
 
-from . import _kvault
+from . import _kvault, _safety
 from . import errors as E
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -186,6 +187,48 @@ class StoreProxy:
     def __contains__(self, id: int) -> bool:
         """``id in store`` tests ids, not texts or vectors."""
         return self.exists(id)
+
+    # ------------------------------------------------------------ pickling
+
+    def _open_native(self, factory: Callable[..., Any], path: Any, unpickle: Any,
+                     *args: Any, **kwargs: Any) -> Any:
+        """Open the native store on ``path`` (the constructors' shared part).
+
+        A directory or a file that is not a database raises ``RuntimeError``
+        naming the path (the constructors raise raw builtins, docs/api.md
+        §7.1, §8.1); ``unpickle`` (``None``/``True``/``False``) is resolved
+        with ``KVAULT_UNPICKLE`` (``ValueError`` for a bad value) and applied.
+        """
+        fspath = os.fsdecode(os.fspath(path))
+        self._unpickle = _safety.unpickle_setting(unpickle, ValueError)
+        E.open_check(fspath, RuntimeError)
+        try:
+            native = factory(fspath, *args, **kwargs)
+        except (RuntimeError, OSError) as exc:
+            text = E.open_failure_text(fspath, str(exc))
+            if text is None or isinstance(exc, _kvault.BusyError):
+                raise
+            raise RuntimeError(text) from exc
+        _safety.apply_safe_mode(native, self._unpickle)
+        return native
+
+    def _reopen_args(self) -> tuple[tuple, dict]:
+        """``(args, kwargs)`` that reopen this store (subclasses)."""
+        raise NotImplementedError
+
+    def __reduce__(self) -> Any:
+        """Pickle as the path and constructor options (with the auto-pack
+        and header switches); unpickling opens the file again, e.g. in a
+        ``multiprocessing`` worker started with ``spawn``. Every write is
+        already in the file (these stores have no write-back cache), and
+        ``unpickle`` is carried as the effective setting. ``use_pickle`` and
+        the busy policy attributes are not carried. A closed store raises
+        ``ValueError``; one on ``":memory:"`` raises ``TypeError``."""
+        fspath = os.fsdecode(os.fspath(self.path))
+        _safety.check_picklable(self._repr_name, fspath, bool(self._vault.closed))
+        args, kwargs = self._reopen_args()
+        kwargs["unpickle"] = self._unpickle
+        return (_safety.reopen, (type(self), args, kwargs, _safety.switch_state(self)))
 
     def __repr__(self) -> str:
         return (f"{self._repr_name}(path={self.path!r}, table={self.table!r}, "

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 from . import _kvault
 from ._kvault import DataPacker, _ColumnVault
-from .errors import InvalidArgument, NotFound
+from .errors import InvalidArgument, NotFound, open_check, open_failure_text
 
 __all__ = [
     "Column",
@@ -135,6 +135,29 @@ def _as_index(i: Any, msg: str) -> int:
     raise TypeError(msg)
 
 
+def _reopen_column(path: str, bounds: tuple, name: str, raw: bool):
+    """Unpickling a column: open ``path`` and return column ``name``."""
+    vault = ColumnVault(path, *bounds)
+    return vault._columns.setdefault(name, vault._wrap(name, raw))
+
+
+def _as_list(values: Iterable[Any]) -> list:
+    """``list(values)``; a ``MemoryError`` (typically from a ``__len__`` or
+    ``__length_hint__`` reporting far more items than exist or fit) gets a
+    message saying what was being built and the reported length."""
+    try:
+        return list(values)
+    except MemoryError as exc:
+        try:
+            n = len(values)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - only for the message
+            n = "?"
+        raise MemoryError(
+            f"extend: out of memory collecting the values of a {type(values).__name__} "
+            f"whose __len__() reports {n} items; pass a list, a numpy array or an "
+            "iterator of the real items") from exc
+
+
 @contextmanager
 def _cache_scope(owner: Any, cap_bytes: int, flush_threshold: int):
     """``owner.enable_cache(...)``, yield ``owner``, ``owner.disable_cache()``
@@ -229,7 +252,7 @@ class _ColumnBase(MutableSequence):
             if not values:
                 return
         elif not (hasattr(values, "__array__") or isinstance(values, memoryview)):
-            values = list(values)
+            values = _as_list(values)
             if not values:
                 return
         if isinstance(values, (list, tuple)):
@@ -271,6 +294,15 @@ class _ColumnBase(MutableSequence):
     def cache(self, cap_bytes: int = _DEFAULT_CAP, flush_threshold: int = _DEFAULT_THRESHOLD):
         """Context manager: enable the cache, yield the column, disable (flush) on exit."""
         return _cache_scope(self, cap_bytes, flush_threshold)
+
+    def __reduce__(self):
+        """Pickle as the vault's path and the column's name; unpickling opens
+        the file again and returns that column (of a new ``ColumnVault``).
+        This column's cache is flushed first; the cache setting is not
+        carried."""
+        path, bounds, name, raw = self._reopen
+        self.flush_cache()
+        return (_reopen_column, (path, bounds, name, raw))
 
     def _cache_idle(self) -> float:
         return self._h.cache_idle()
@@ -411,6 +443,13 @@ class ColumnVault:
     directories are not created. There is no ``close()``: dropping the last
     reference flushes column caches and closes the connection.
 
+    Opening a directory or a file that is not a database raises
+    ``RuntimeError`` naming the path. A missing column raises
+    :class:`NotFound` whose message keeps ``Key not found: '<name>'`` and
+    names the file and the columns it has. A ``ColumnVault`` (and a column)
+    pickles as the path (and the column name) and reopens the file when
+    unpickled, after flushing column caches.
+
     Thread-safe: native calls are serialised and release the GIL.
     """
 
@@ -424,7 +463,15 @@ class ColumnVault:
         else:
             raise TypeError(f"ColumnVault needs a path or a KVault, got {type(kvault_or_path).__name__}")
         self._path = path
-        self._cv = _ColumnVault(path, int(min_chunk_bytes), int(max_chunk_bytes))
+        self._chunk_bounds = (int(min_chunk_bytes), int(max_chunk_bytes))
+        open_check(path, RuntimeError)
+        try:
+            self._cv = _ColumnVault(path, *self._chunk_bounds)
+        except RuntimeError as exc:
+            text = open_failure_text(path, str(exc))
+            if text is None:
+                raise
+            raise RuntimeError(text) from exc
         self._columns: dict[str, _ColumnBase] = {}
         self._daemon: Optional[threading.Thread] = None
         self._daemon_stop: Optional[threading.Event] = None
@@ -435,8 +482,11 @@ class ColumnVault:
         h = self._cv.open_column(name, raw)
         info = h.info
         if info["is_var"]:
-            return VarSizeColumn(h, name, info["dtype"], raw=raw)
-        return Column(h, name, info["dtype"])
+            col = VarSizeColumn(h, name, info["dtype"], raw=raw)
+        else:
+            col = Column(h, name, info["dtype"])
+        col._reopen = (self._path, self._chunk_bounds, name, raw)
+        return col
 
     def create_column(self, name: str, dtype: str, chunk_bytes: Optional[int] = None, use_rust_packer: bool = True):
         """Create column ``name`` of ``dtype`` and return its proxy (cached).
@@ -452,8 +502,8 @@ class ColumnVault:
             packer = DataPacker(dtype)
         except ValueError as exc:
             if dtype.startswith("bytes:"):
-                raise InvalidArgument(f"Invalid bytes dtype: {dtype}") from exc
-            raise InvalidArgument(f"Unknown dtype: {dtype}") from exc
+                raise InvalidArgument(f"Invalid bytes dtype: {dtype} ({exc})") from exc
+            raise InvalidArgument(f"Unknown dtype: {dtype} ({exc})") from exc
         if not use_rust_packer and not packer.is_varsize and dtype.split(":")[0] not in DTYPE_INFO:
             raise InvalidArgument(f"No packer for dtype: {dtype}")
         with self._lock:
@@ -471,9 +521,25 @@ class ColumnVault:
             try:
                 col = self._wrap(name)
             except KeyError:
-                raise NotFound(name) from None
+                raise NotFound(name, detail=self._missing_detail(name)) from None
             self._columns[name] = col
             return col
+
+    def _missing_detail(self, name: str) -> str:
+        """``column 'x' not found in <path>; columns: a, b`` for NotFound."""
+        rows = self._cv.list_columns()
+        idx = {phys for phys, dtype, _n in rows if dtype == "adaptive_idx"}
+        names = []
+        for phys, dtype, _n in rows:
+            if phys in idx:
+                continue  # the index half of a variable-size column
+            if phys.endswith("_data") and phys[:-5] + "_idx" in idx:
+                phys = phys[:-5]
+            names.append(phys)
+        shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+        return (f"column {name!r} not found in {self._path}; "
+                + (f"columns: {shown}" if names else "it has no columns")
+                + "; create it with create_column(name, dtype) or ensure(name, dtype)")
 
     def ensure(self, name: str, dtype: str, chunk_bytes: Optional[int] = None, use_rust_packer: bool = True):
         """``cv[name]``, or ``create_column`` when it does not exist (dtype of an
@@ -556,6 +622,14 @@ class ColumnVault:
 
     def __repr__(self) -> str:
         return f"ColumnVault({self._cv.count_columns()} columns)"
+
+    def __reduce__(self):
+        """Pickle as the path and chunk bounds; unpickling opens the file
+        again (e.g. in a ``multiprocessing`` worker started with ``spawn``).
+        Column caches are flushed first so the receiver sees every append;
+        caches and the flush daemon are not carried."""
+        self.flush_cache()
+        return (ColumnVault, (self._path, *self._chunk_bounds))
 
     def __del__(self) -> None:
         try:

@@ -13,6 +13,8 @@ API documents a builtin (``kv[k]`` raising ``KeyError`` and so on).
 
 from __future__ import annotations
 
+import os
+
 from . import _kvault
 
 __all__ = [
@@ -24,6 +26,11 @@ __all__ = [
     "map_exception",
 ]
 
+# SQLite's texts for a path that exists but is no SQLite database, and for a
+# path it cannot open at all.
+_NOT_A_DB = "file is not a database"
+_CANNOT_OPEN = "unable to open database file"
+
 
 class KohakuVaultError(Exception):
     """Base class of every error kohakuvault raises on its own account."""
@@ -34,13 +41,17 @@ class NotFound(KohakuVaultError):
 
     Args:
         key: the missing key as ``bytes`` or ``str``; kept on ``.key``.
+        detail: keyword-only; what was looked up where (e.g. ``"column
+            'x' not found in db.sqlite"``), appended in parentheses.
 
-    The message is ``"Key not found: {key!r}"``.
+    The message is ``"Key not found: {key!r}"``, followed by `` (detail)``
+    when ``detail`` is given.
     """
 
-    def __init__(self, key):
+    def __init__(self, key, *, detail: str | None = None):
         self.key = key
-        super().__init__(f"Key not found: {key!r}")
+        msg = f"Key not found: {key!r}"
+        super().__init__(f"{msg} ({detail})" if detail else msg)
 
 
 class DatabaseBusy(KohakuVaultError):
@@ -127,3 +138,31 @@ def map_exception(exc: BaseException, *, key=None) -> KohakuVaultError:
     if isinstance(exc, OSError):
         return IoError("OS error during I/O", exc)
     return KohakuVaultError(str(exc))
+
+
+def _plain_path(path: str) -> bool:
+    """Whether ``path`` names a file (not ``":memory:"``, a ``file:`` URI or "")."""
+    return bool(path) and path != ":memory:" and not path.startswith("file:")
+
+
+def open_check(path: str, exc_type: type) -> None:
+    """Raise ``exc_type("<path> is a directory, not a database file")`` when
+    ``path`` names a directory; every store calls it before opening, so all
+    of them say the same thing (each with its documented exception class:
+    KVault ``KohakuVaultError``, the others ``RuntimeError``)."""
+    if _plain_path(path) and os.path.isdir(path):
+        raise exc_type(f"{path} is a directory, not a database file")
+
+
+def open_failure_text(path: str, text: str) -> str | None:
+    """A clearer text for an open failure SQLite described as ``text``:
+    the path and what it means, or ``None`` when ``text`` is none of the
+    open failures (busy, bad arguments: left as they are)."""
+    if _NOT_A_DB in text:
+        return (f"{path} is not a SQLite database file ({_NOT_A_DB}): "
+                "it exists but holds something else; pass the path of a "
+                "kohakuvault/SQLite file or of one to create")
+    if _CANNOT_OPEN in text:
+        return (f"cannot open {path} ({_CANNOT_OPEN}): check that its "
+                "directory exists and is writable")
+    return None

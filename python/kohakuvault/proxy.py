@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import functools
 import os
+import reprlib
+import sys
 import threading
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager
 
-from . import _kvault
+from . import _kvault, _safety
 from .errors import (
     InvalidArgument,
     KohakuVaultError,
     NotFound,
     map_exception,
+    open_check,
+    open_failure_text,
 )
 
 __all__ = ["KVault"]
@@ -59,6 +63,29 @@ def _check_chunk(chunk_size):
         return
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise InvalidArgument(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if chunk_size > sys.maxsize:
+        raise InvalidArgument(
+            f"chunk_size must be a positive int of at most {sys.maxsize}, got {chunk_size}")
+
+
+# Integer options of the constructor and the C type range the native layer
+# holds them in: (name, lowest, highest). A Python int outside the range is an
+# InvalidArgument naming the option (instead of the converter's OverflowError
+# "Python int too large to convert to C ..."); other types are left to the
+# native layer's own checks.
+_INT_OPTIONS = (
+    ("page_size", -(2**31), 2**31 - 1),
+    ("mmap_size", -(2**63), 2**63 - 1),
+    ("cache_kb", -(2**63), 2**63 - 1),
+    ("read_cache_bytes", -sys.maxsize - 1, sys.maxsize),
+)
+
+
+def _check_int_options(values):
+    for name, low, high in _INT_OPTIONS:
+        v = values[name]
+        if isinstance(v, int) and not isinstance(v, bool) and not low <= v <= high:
+            raise InvalidArgument(f"{name} must be between {low} and {high}, got {v}")
 
 
 def _flush_daemon(native, interval: float, stop: threading.Event) -> None:
@@ -137,16 +164,33 @@ class KVault(Mapping):
             applies them, and :meth:`flush` waits for that. Embedded, both
             modes apply the write before returning. See docs/shared-mode.md,
             "Write modes".
+        unpickle: keyword-only. ``True``: values stored with the pickle
+            encoding are read with ``pickle.loads`` (which runs code from the
+            file) and values that need pickle are written with it. ``False``
+            (safe mode, for files you do not trust): reading a pickled value
+            raises :class:`InvalidArgument` naming the key, without calling
+            ``pickle.loads``, and writing a value that needs pickle raises
+            :class:`InvalidArgument` (so the process never writes what it
+            could not read). ``None`` (default): the environment variable
+            ``KVAULT_UNPICKLE`` (``0``/``false``/``no``/``off`` turn it off),
+            else ``True``. See docs/security.md, "Untrusted files".
+
+    Pickling: a vault pickles as its path and constructor options and
+    reopens the file when unpickled (see :meth:`__reduce__`); pending
+    write-back cache entries are flushed first.
 
     Always set: ``synchronous=NORMAL``, ``temp_store=MEMORY``, busy timeout
     5000 ms.
 
     Raises:
         InvalidArgument: ``path`` is not path-like, bad table name, a
-            ``write_mode`` other than ``"applied"``/``"pipelined"`` or other
-            bad parameter.
+            ``write_mode`` other than ``"applied"``/``"pipelined"``, an
+            integer option outside its range, a bad ``shared`` or
+            ``unpickle`` value, or other bad parameter.
         DatabaseBusy: the file stayed locked through every retry.
-        KohakuVaultError: SQLite refused to open or set up the file.
+        KohakuVaultError: SQLite refused to open or set up the file; the
+            message names the path ("<path> is a directory, not a database
+            file", "<path> is not a SQLite database file ...").
 
     Thread safety: one instance may be used from several threads; the native
     object serialises calls with an internal mutex and releases the GIL
@@ -170,6 +214,7 @@ class KVault(Mapping):
         shared="auto",
         read_cache_bytes: int = _DEFAULTS["read_cache_bytes"],
         write_mode: str = _WRITE_MODES[0],
+        unpickle=None,
     ):
         self._closed = True  # until the native object exists (repr, close)
         self._native = None
@@ -183,6 +228,8 @@ class KVault(Mapping):
         if isinstance(fspath, bytes):
             fspath = os.fsdecode(fspath)
         _check_chunk(chunk_size)
+        _check_int_options(locals())
+        unpickle = _safety.unpickle_setting(unpickle, InvalidArgument)
         try:
             retries = int(retries)
             backoff_base = float(backoff_base)
@@ -197,6 +244,15 @@ class KVault(Mapping):
         self._retries = max(1, retries)
         self._backoff_base = backoff_base
         self._write_mode = write_mode
+        self._unpickle = unpickle
+        # constructor options, for pickling (__reduce__)
+        self._options = dict(
+            chunk_size=chunk_size, retries=retries, backoff_base=backoff_base, table=table,
+            enable_wal=enable_wal, page_size=page_size, mmap_size=mmap_size,
+            cache_kb=cache_kb, shared=shared, read_cache_bytes=read_cache_bytes,
+            write_mode=write_mode, unpickle=unpickle,
+        )
+        open_check(fspath, KohakuVaultError)
 
         self._closed = False  # so that _fail maps open errors instead of "closed"
         # shared mode: docs/shared-mode.md
@@ -219,9 +275,16 @@ class KVault(Mapping):
                 mmap_size,
                 cache_kb,
             )
+        except KohakuVaultError as exc:
+            self._closed = True
+            text = open_failure_text(fspath, str(exc))
+            if text is None or isinstance(exc, InvalidArgument):
+                raise
+            raise KohakuVaultError(text) from exc
         except BaseException:
             self._closed = True
             raise
+        _safety.apply_safe_mode(native, unpickle)
         self._native = native
         # Bound native methods, looked up once: the hot paths below do one
         # instance-attribute lookup and one C call.
@@ -927,6 +990,35 @@ class KVault(Mapping):
         self.close()
         return False
 
+    def __reduce__(self):
+        """Pickle as the path and constructor options (plus the auto-pack and
+        header switches); unpickling reopens the file, e.g. in a
+        ``multiprocessing`` worker started with ``spawn``.
+
+        Writes this object holds only in memory are made durable first:
+        :meth:`flush` runs (the write-back cache is flushed; shared mode
+        waits until the writer applied every write). What is not carried:
+        the write-back cache setting and its daemon, and ``use_pickle``.
+        ``unpickle`` is carried as the effective setting, so a safe-mode
+        vault stays in safe mode in the receiving process.
+
+        Raises:
+            ValueError: the vault is closed.
+            TypeError: the vault is on ``":memory:"`` (the receiver would
+                open another, empty database), or its write-back cache is
+                locked (:meth:`lock_cache`) and holds writes that could not
+                be flushed.
+        """
+        _safety.check_picklable("KVault", self._path, self._closed)
+        native = self._n()
+        if self._cache_locked and native.cache_enabled():
+            raise TypeError(
+                "cannot pickle a KVault inside lock_cache(): its cached writes are "
+                "not in the file yet and a locked cache cannot be flushed")
+        self.flush()
+        return (_safety.reopen, (type(self), (self._path,), dict(self._options),
+                                 _safety.switch_state(self)))
+
     def __repr__(self) -> str:
         if self._closed:
             return f"KVault({self._path!r}, status=closed, keys=?)"
@@ -1015,7 +1107,8 @@ def _attach(path, table, shared):
         return False, False
     if shared not in ("auto", "spawn", True):
         raise InvalidArgument(
-            f"shared must be 'auto', 'spawn', True or False, got {shared!r}"
+            "shared must be 'auto', 'spawn', True or False, got "
+            f"{reprlib.repr(shared)} ({type(shared).__name__})"
         )
     auto = shared in ("auto", "spawn")
     if shared == "spawn" and path != ":memory:" and not path.startswith("file:") \

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from . import _kvault
 from ._kvault import _TextVault
 from ._store import StoreProxy, mapped
 
@@ -25,6 +26,21 @@ def _valid_column_name(name: Any) -> bool:
     return isinstance(name, str) and name != "" and all(ch.isalnum() or ch == "_" for ch in name)
 
 
+def _fts_error(text: str, query: Any, columns: List[str]) -> Optional[str]:
+    """A message for an FTS5 query error ``text`` (SQLite's) that names the
+    query and says how to fix it, or ``None`` for other errors."""
+    if "no such column" in text:
+        name = text.split("no such column:", 1)[-1].strip()
+        return (f"FTS5 query {query!r}: {name!r} before ':' is read as a column filter "
+                f"and there is no column {name!r} (columns: {', '.join(columns)}); to search "
+                'for the text itself quote it as a phrase ("...") or use search(..., escape=True)')
+    if text.startswith("fts5:") or "unterminated string" in text or "syntax error" in text:
+        return (f"FTS5 syntax error in query {query!r} ({text}); use escape=True to search "
+                "the text as one phrase, or fix the FTS5 expression (AND, OR, NOT, NEAR(), "
+                'prefix*, "phrase", col:term; parentheses must balance)')
+    return None
+
+
 class TextVault(StoreProxy):
     """Full-text store with BM25 ranking, one document per FTS5 row.
 
@@ -36,12 +52,24 @@ class TextVault(StoreProxy):
     constructor and the re-wrapping dunders raises the mapped hierarchy of
     :mod:`kohakuvault.errors`.
 
+    ``unpickle`` (keyword-only): ``False`` is safe mode for files you do not
+    trust: a value stored with pickle raises InvalidArgument when read
+    (``pickle.loads`` never runs) and values that would need pickle are
+    refused when written; ``None`` (default) follows ``KVAULT_UNPICKLE``
+    (``0`` turns it off), else ``True``. See docs/security.md.
+
+    Opening a directory or a file that is not a database raises
+    ``RuntimeError`` naming the path. A TextVault pickles as its path and
+    options and reopens the file when unpickled (``multiprocessing`` spawn
+    workers). FTS5 query errors (``escape=False``, :meth:`count_matches`)
+    raise KohakuVaultError naming the query and the fix.
+
     Thread safety: calls on one instance are serialised by the native object;
     SQLite work runs with the GIL released.
     """
 
     def __init__(self, path: Union[str, os.PathLike], table: str = "text_vault",
-                 columns: Optional[List[str]] = None):
+                 columns: Optional[List[str]] = None, *, unpickle: Optional[bool] = None):
         cols = ["content"] if columns is None else list(columns)
         if not cols:
             raise ValueError("columns must contain at least one column name")
@@ -49,7 +77,7 @@ class TextVault(StoreProxy):
             if not _valid_column_name(c):
                 raise ValueError(
                     f"Invalid column name: {c!r} (use letters, digits and underscores only)")
-        self._vault = _TextVault(os.fspath(path), table, cols)
+        self._vault = self._open_native(_TextVault, path, unpickle, table, cols)
         self.path = path
         self.table = table
         self._columns = cols
@@ -102,14 +130,14 @@ class TextVault(StoreProxy):
         ``NOT``, ``NEAR()``, ``prefix*``, ``col:term``). ``column`` restricts
         the match to one column (unknown → InvalidArgument).
         """
-        return self._vault.search(query, k, column, escape)
+        return self._fts(self._vault.search, query, k, column, escape)
 
     @mapped
     def search_with_text(self, query: str, k: int = 10, column: Optional[str] = None,
                          escape: bool = True) -> List[Tuple[int, float, Texts, Any]]:
         """As :meth:`search`, returning ``[(id, score, texts, value)]``; texts
         is a ``str`` (one column) or a dict column → text."""
-        return self._vault.search(query, k, column, escape, True)
+        return self._fts(self._vault.search, query, k, column, escape, True)
 
     @mapped
     def search_with_snippets(self, query: str, k: int = 10, snippet_column: Optional[str] = None,
@@ -130,8 +158,8 @@ class TextVault(StoreProxy):
         else:
             raise ValueError(
                 f"Column '{snippet_column}' not found. Available columns: {self._columns}")
-        return self._vault.search_with_snippets(query, k, idx, snippet_tokens,
-                                                highlight_start, highlight_end, escape)
+        return self._fts(self._vault.search_with_snippets, query, k, idx, snippet_tokens,
+                         highlight_start, highlight_end, escape)
 
     @mapped
     def get(self, key: str) -> Any:
@@ -159,7 +187,7 @@ class TextVault(StoreProxy):
     def count_matches(self, query: str) -> int:
         """Documents matching the raw FTS5 ``query`` (never escaped); syntax
         errors → KohakuVaultError."""
-        return self._vault.count_matches(query)
+        return self._fts(self._vault.count_matches, query)
 
     def info(self) -> Dict[str, Any]:
         """``{"table": str, "columns": list, "count": int}``."""
@@ -174,6 +202,20 @@ class TextVault(StoreProxy):
     def keys(self, limit: int = 10000, offset: int = 0) -> List[int]:
         """Document ids in table order, at most ``limit`` after ``offset``."""
         return self._vault.keys(limit, offset)
+
+    def _reopen_args(self):
+        return (self.path, self.table, list(self._columns)), {}
+
+    def _fts(self, fn, query, *args):
+        """``fn(query, *args)`` with FTS5 query errors explained (see
+        :func:`_fts_error`); still RuntimeError, so mapped to KohakuVaultError."""
+        try:
+            return fn(query, *args)
+        except RuntimeError as exc:
+            text = _fts_error(str(exc), query, self._columns)
+            if text is None or isinstance(exc, _kvault.BusyError):
+                raise
+            raise RuntimeError(text) from exc
 
     # ------------------------------------------------------------ protocol
 

@@ -51,13 +51,23 @@ class VectorKVault(StoreProxy):
     automatic (one thread for small tables, one per CPU from 8 MiB of
     vectors).
 
+    ``unpickle`` (keyword-only): ``False`` is safe mode for files you do not
+    trust (pickled values raise InvalidArgument when read, ``pickle.loads``
+    never runs, and values that would need pickle are refused when
+    written); ``None`` (default) follows ``KVAULT_UNPICKLE``, else ``True``.
+    See docs/security.md.
+
+    Opening a directory or a file that is not a database raises
+    ``RuntimeError`` naming the path. A VectorKVault pickles as its path and
+    constructor options and reopens the file when unpickled.
+
     Thread safety: calls on one instance are serialised by the native object;
     SQLite work and the k-NN scan run with the GIL released.
     """
 
     def __init__(self, path: Union[str, os.PathLike], table: str = "vec_kvault",
                  dimensions: int = 768, metric: str = "cosine", vector_type: str = "f32",
-                 *, threads: Optional[int] = None):
+                 *, threads: Optional[int] = None, unpickle: Optional[bool] = None):
         m = _METRICS.get(str(metric).lower())
         if m is None:
             raise ValueError(
@@ -69,13 +79,18 @@ class VectorKVault(StoreProxy):
             raise ValueError(f"Metric '{metric}' is not compatible with vector type '{vector_type}'")
         if t == "bit" and dimensions % 8 != 0:
             raise ValueError(f"Bit vectors require dimensions divisible by 8, got {dimensions}")
-        self._vault = _VectorKVault(os.fspath(path), table, dimensions, metric, vector_type,
-                                    threads=int(threads or 0))
+        self._threads = threads
+        self._vault = self._open_native(_VectorKVault, path, unpickle, table, dimensions,
+                                        metric, vector_type, threads=int(threads or 0))
         self.path = path
         self.table = table
         self.dimensions = dimensions
         self.metric = metric
         self.vector_type = vector_type
+
+    def _reopen_args(self):
+        return ((self.path, self.table, self.dimensions, self.metric, self.vector_type),
+                {"threads": self._threads})
 
     # ------------------------------------------------------------ helpers
 

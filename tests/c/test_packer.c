@@ -54,6 +54,8 @@ Test(packer, invalid_dtypes_name_the_problem)
     char err[KV_PK_ERRLEN];
     kv_packer_parse("i32", &pk, err);
     cr_assert(strstr(err, "Unknown dtype: i32") != NULL, "%s", err);
+    /* the grammar follows, pointing scalar element types at vec: */
+    cr_expect(strstr(err, "valid: i64, f64") != NULL && strstr(err, "vec:f32") != NULL, "%s", err);
 }
 
 Test(packer, scalars_round_trip_little_endian)

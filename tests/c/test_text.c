@@ -149,6 +149,20 @@ Test(text, build_match_quotes)
     cr_expect(m == NULL);
 }
 
+Test(text, build_match_nul_becomes_space)
+{
+    /* FTS5 ends a string at NUL; the escaped phrase carries a space instead */
+    char *m;
+    size_t n;
+    int empty;
+    cr_assert(eq(int, kv_text_build_match("a\0b\"", 4, NULL, 1, &m, &n, &empty), KV_OK));
+    cr_expect(eq(int, empty, 0));
+    cr_expect(eq(sz, n, 7));
+    cr_expect(eq(int, memcmp(m, "\"a b\"\"\"", 7), 0));
+    cr_expect(memchr(m, '\0', n) == NULL);
+    kv_text_free(m);
+}
+
 Test(text, multi_column_texts_snippets_and_column_filter)
 {
     const char *cols[] = {"title", "body"};

@@ -115,7 +115,8 @@ typedef struct kv_text_snippet {
  *
  *  With `escape`: a query that is empty or only ASCII whitespace yields
  *  *empty = 1 (no search should run); otherwise the whole query becomes one
- *  FTS5 string: internal '"' doubled, wrapped in '"'. Without `escape`: the
+ *  FTS5 string: internal '"' doubled, each NUL byte replaced by a space
+ *  (the tokenizer splits indexed text at NUL too), wrapped in '"'. Without `escape`: the
  *  query is used as is; an empty string yields *empty = 1. If `column` is
  *  non-NULL the expression becomes `<column>:<expr>`.
  *
