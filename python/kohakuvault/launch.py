@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """kvault-launch: run kohakuvault in shared mode (docs/shared-mode.md).
 
     kvault-launch serve DB [--shards N] [--cache-size SIZE] [--readers N]
@@ -40,15 +39,20 @@ clean: for a writer that died without a successor, starts a writer that
   commits the dead one's applied writes (replayed from its shared memory)
   and removes that shared memory, then stops it. Nothing to do otherwise.
 
-The writer binary: $KVAULT_WRITER, else `kvault-writer` next to this script's
-build tree (build/*/workers/), else on PATH. The reader binary likewise:
-$KVAULT_READER, else `kvault-reader` beside the writer, in the build tree,
-or on PATH.
+The writer binary: $KVAULT_WRITER, else the build tree's (build/*/workers/
+of the checkout this code runs from), else the one installed with the package
+(kohakuvault/bin/), else `kvault-writer` on PATH. The reader binary likewise:
+$KVAULT_READER, else `kvault-reader` beside the writer, then the same places.
+
+Installed by pip as the `kvault-launch` command (and `kohakuvault serve|
+status|stop|clean`); in a checkout, scripts/kvault-launch runs this file.
+Log lines on stderr start with an ISO-8601 local time stamp.
 """
 import argparse
+import datetime
 import glob
 import os
-import shutil
+import re
 import signal
 import socket
 import stat
@@ -57,6 +61,8 @@ import subprocess
 import sys
 import time
 
+from ._writer import native_binary
+
 REG_SUFFIX = "-kvault"
 PROTO_MAGIC = 0x4B565031
 MSG_STATUS = 6
@@ -64,25 +70,37 @@ MSG_REPLY = 0x100
 MSG = struct.Struct("<IIiIQ")  # kvshm_msg: magic, type, status, len, arg
 
 
+# The checkout this file runs from, when scripts/kvault-launch runs it (set
+# by that wrapper); None for the installed package.
+SOURCE_ROOT = None
+
+
+def log(msg):
+    """One launcher log line on stderr: ISO-8601 local time, name, pid."""
+    stamp = datetime.datetime.now().astimezone().isoformat(timespec="milliseconds")
+    print(f"{stamp} kvault-launch[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+
+
+def fail(msg):
+    """Log msg and exit with status 1."""
+    log(msg)
+    sys.exit(1)
+
+
 def find_binary(name, env_var, beside=None):
-    """$env_var, else `name` in the directory of `beside`, else the newest
-    build/*/workers/name of this tree, else PATH."""
+    """$env_var, else `name` in the directory of `beside`, else
+    _writer.native_binary's places (build tree, package, PATH)."""
     env = os.environ.get(env_var)
     if env:
         return env
     if beside:
         cand = os.path.join(os.path.dirname(beside), name)
-        if os.path.exists(cand):
+        if os.access(cand, os.X_OK):
             return cand
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cands = sorted(glob.glob(os.path.join(root, "build", "*", "workers", name)),
-                   key=os.path.getmtime, reverse=True)
-    if cands:
-        return cands[0]
-    w = shutil.which(name)
-    if w:
-        return w
-    sys.exit(f"kvault-launch: {name} not found (set {env_var})")
+    found = native_binary(name, SOURCE_ROOT)
+    if found:
+        return found
+    fail(f"{name} not found (set {env_var}, or install the package with pip)")
 
 
 def find_writer():
@@ -140,17 +158,14 @@ def writer_status(db, timeout=5.0):
 
 
 def writer_command(args):
+    """The kvault-writer command line for args (options left None are the
+    writer's own defaults)."""
     cmd = [find_writer()]
-    if args.shards:
-        cmd += ["--shards", str(args.shards)]
-    if args.cache_size:
-        cmd += ["--cache-size", args.cache_size]
-    if args.commit_interval_ms is not None:
-        cmd += ["--commit-interval-ms", str(args.commit_interval_ms)]
-    if args.synchronous:
-        cmd += ["--synchronous", args.synchronous]
-    if args.table:
-        cmd += ["--table", args.table]
+    for opt, value in (("--shards", args.shards), ("--cache-size", args.cache_size),
+                       ("--commit-interval-ms", args.commit_interval_ms),
+                       ("--synchronous", args.synchronous), ("--table", args.table)):
+        if value is not None:
+            cmd += [opt, str(value)]
     cmd.append(args.db)
     return cmd
 
@@ -175,7 +190,7 @@ def try_start_writer(args):
 def start_writer(args):
     proc, why = try_start_writer(args)
     if proc is None:
-        sys.exit(f"kvault-launch: writer failed to start ({why}; its message is above)")
+        fail(f"writer failed to start ({why}; its message is above)")
     return proc
 
 
@@ -192,8 +207,7 @@ def restart_writer(args, stop):
         proc, why = try_start_writer(args)
         if proc is not None:
             return proc
-        print(f"kvault-launch: writer failed to start ({why}); retrying in {wait:g} s",
-              file=sys.stderr, flush=True)
+        log(f"writer failed to start ({why}); retrying in {wait:g} s")
         deadline = time.monotonic() + wait
         while not stop["flag"] and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -253,16 +267,14 @@ class Readers:
             line = p.stdout.readline()
             if not line.startswith("ready"):
                 p.wait(timeout=10)
-                raise SystemExit(f"kvault-launch: reader failed to start (exit {p.returncode})")
-            print(f"kvault-launch: reader {i} pid {p.pid} {line.strip()}", file=sys.stderr,
-                  flush=True)
+                fail(f"reader failed to start (exit {p.returncode})")
+            log(f"reader {i} pid {p.pid} {line.strip()}")
 
     def check(self):
         """Restart every reader that has exited."""
         for i, p in enumerate(self.procs):
             if p.poll() is not None:
-                print(f"kvault-launch: reader {i} (pid {p.pid}) exited ({p.returncode}); "
-                      "restarting", file=sys.stderr, flush=True)
+                log(f"reader {i} (pid {p.pid}) exited ({p.returncode}); restarting")
                 p.stdout.close()
                 self.start(i)
 
@@ -299,13 +311,13 @@ def cmd_serve(args):
     command = args.command
     serve_resp = args.port is not None or args.unix is not None
     if command and serve_resp:
-        sys.exit("kvault-launch: give either COMMAND or --port/--unix, not both")
-    if args.port is not None and not 0 < args.port < 65536:
-        sys.exit("kvault-launch: --port must be 1..65535 (every reader binds the same port)")
+        print("kvault-launch serve: error: give either COMMAND or --port/--unix, not both",
+              file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     writer = start_writer(args)
-    print(f"kvault-launch: writer pid {writer.pid} serves {args.db}", file=sys.stderr, flush=True)
+    log(f"writer pid {writer.pid} serves {args.db}")
     workers = []
     readers = None
     if command:
@@ -321,11 +333,9 @@ def cmd_serve(args):
                 if writer.returncode == 0:
                     # Exit 0 is a drained, requested stop (SIGTERM, e.g. from
                     # `kvault-launch stop`): stop serving instead of restarting.
-                    print("kvault-launch: writer stopped cleanly; stopping", file=sys.stderr,
-                          flush=True)
+                    log("writer stopped cleanly; stopping")
                     break
-                print(f"kvault-launch: writer exited ({writer.returncode}); restarting",
-                      file=sys.stderr, flush=True)
+                log(f"writer exited ({writer.returncode}); restarting")
                 writer = restart_writer(args, stop)
                 if writer is None:
                     break
@@ -394,7 +404,7 @@ def recover(db):
         shards=None, cache_size=None, commit_interval_ms=None, synchronous=None, table=None,
         db=db))
     if proc is None:
-        print(f"kvault-launch: recovery of {db} failed: writer {why}", file=sys.stderr)
+        log(f"recovery of {db} failed: writer {why}")
         return 1
     proc.terminate()
     proc.wait()
@@ -437,40 +447,116 @@ def cmd_stop(args):
     return 0 if not pid_alive(pid) else 1
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="kvault-launch", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve", help="start the writer (and workers, or RESP readers)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("db")
-    s.add_argument("--shards", type=int)
-    s.add_argument("--cache-size")
-    s.add_argument("--readers", type=int, default=1,
+SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+SIZE_RE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*(?:([KMGT])(?:I?B)?|B)?\s*", re.IGNORECASE)
+
+
+def parse_size(text):
+    """Bytes of a size written as a number with an optional K/M/G/T suffix
+    (powers of 1024; "KiB", "MB" and "B" spellings accepted, as by
+    kvault-writer): "256M", "1G", "1048576". argparse type for --cache-size."""
+    m = SIZE_RE.fullmatch(text)
+    value = float(m.group(1)) * SIZE_SUFFIXES[(m.group(2) or "").upper()] if m else 0
+    if not 1 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(
+            f"expected a size in bytes with an optional K/M/G suffix (e.g. 256M, 1G, "
+            f"1048576), got {text!r}")
+    return int(value)
+
+
+def int_range(lo, hi=None):
+    """argparse type: an integer in lo..hi (hi None: no upper bound)."""
+    def parse(text):
+        try:
+            value = int(text, 10)
+        except ValueError:
+            value = None
+        if value is None or value < lo or (hi is not None and value > hi):
+            bound = f"{lo}..{hi}" if hi is not None else f"at least {lo}"
+            raise argparse.ArgumentTypeError(f"expected an integer {bound}, got {text!r}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions kept as written, every option's default shown (an option
+    whose default is "not given" says nothing)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+MAX_SHARDS = 256   # KVSHM_MAX_SHARDS (shm/include/kvshm/kvshm.h)
+
+COMMANDS = {
+    "status": ("print the writer's figures (keys cached, hits, sequences, memory, attached "
+               "processes) and one line per RESP reader", cmd_status),
+    "stop": ("stop the writer (it commits everything first) and wait until it has exited; if "
+             "it died without a successor, recover its uncommitted writes as clean does",
+             cmd_stop),
+    "clean": ("for a writer that died without a successor: commit its applied writes "
+              "(replayed from its shared memory) and remove that shared memory", cmd_clean),
+}
+
+
+def add_commands(sub):
+    """Add serve, status, stop and clean to an argparse subparsers object
+    (used by kvault-launch and by `python -m kohakuvault`)."""
+    s = sub.add_parser("serve", help="start the writer for DB (and worker processes, or RESP "
+                       "readers) and serve until interrupted",
+                       description=__doc__, formatter_class=HelpFormatter)
+    s.add_argument("db", metavar="DB", help="database file (created if missing)")
+    s.add_argument("--shards", metavar="N", type=int_range(1, MAX_SHARDS), default=4,
+                   help="shards of the writer's shared-memory segment")
+    s.add_argument("--cache-size", metavar="SIZE", type=parse_size, default="256M",
+                   help="bytes of the shared cache segment (suffix K/M/G)")
+    s.add_argument("--readers", metavar="N", type=int_range(1), default=1,
                    help="worker processes (with COMMAND) or RESP readers (with --port/--unix)")
-    s.add_argument("--commit-interval-ms", type=int)
-    s.add_argument("--synchronous", choices=["off", "normal", "full", "extra"])
-    s.add_argument("--table")
-    s.add_argument("--port", type=int, help="serve RESP on this TCP port (kvault-reader)")
-    s.add_argument("--unix", help="serve RESP on this unix socket (mode 0600)")
-    s.add_argument("--bind", default="127.0.0.1", help="TCP address of --port")
-    s.add_argument("--requirepass-file", help="clients must AUTH with this file's first line")
-    s.add_argument("--io", choices=["auto", "epoll", "uring"], help="readers' event loop")
-    for name, text in (("status", "print the writer's figures and its readers"),
-                       ("stop", "stop the writer (it commits everything first); if it died,"
-                                " recover its uncommitted writes"),
-                       ("clean", "recover the writes and remove the shared memory of a writer"
-                                 " that died without a successor")):
-        q = sub.add_parser(name, help=text, description=text)
-        q.add_argument("db")
+    s.add_argument("--commit-interval-ms", metavar="MS", type=int_range(0), default=20,
+                   help="group-commit interval of the writer, milliseconds")
+    s.add_argument("--synchronous", metavar="LEVEL", choices=["off", "normal", "full", "extra"],
+                   default="normal",
+                   help="SQLite synchronous level of the writer's commits: %(choices)s")
+    s.add_argument("--table", metavar="NAME", default="kv", help="key-value table served")
+    s.add_argument("--port", metavar="PORT", type=int_range(1, 65535),
+                   help="serve RESP on this TCP port (kvault-reader; every reader binds it)")
+    s.add_argument("--unix", metavar="PATH", help="serve RESP on this unix socket (mode 0600)")
+    s.add_argument("--bind", metavar="ADDR", default="127.0.0.1", help="TCP address of --port")
+    s.add_argument("--requirepass-file", metavar="FILE",
+                   help="clients must AUTH with this file's first line")
+    s.add_argument("--io", metavar="LOOP", choices=["auto", "epoll", "uring"], default="auto",
+                   help="the RESP readers' event loop: %(choices)s")
+    s.set_defaults(func=cmd_serve)
+    for name, (text, func) in COMMANDS.items():
+        q = sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+        q.add_argument("db", metavar="DB", help="database file")
+        q.set_defaults(func=func)
+    return s
+
+
+def split_command(argv):
+    """(arguments, COMMAND): argv split at the first `--`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = []
     if "--" in argv:
         i = argv.index("--")
-        argv, command = argv[:i], argv[i + 1:]
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def main(argv=None):
+    """Entry point of the `kvault-launch` command."""
+    p = argparse.ArgumentParser(prog="kvault-launch", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter)
+    add_commands(p.add_subparsers(dest="cmd", required=True, metavar="COMMAND"))
+    argv, command = split_command(argv)
     args = p.parse_args(argv)
     args.command = command
-    return {"serve": cmd_serve, "status": cmd_status, "stop": cmd_stop,
-            "clean": cmd_clean}[args.cmd](args)
+    return args.func(args)
 
 
 if __name__ == "__main__":
