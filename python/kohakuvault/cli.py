@@ -318,8 +318,8 @@ def cmd_check(args):
     return 0
 
 
-def main(argv=None):
-    """Entry point of the ``kohakuvault`` command."""
+def build_parser():
+    """The argparse parser of the ``kohakuvault`` command."""
     p = argparse.ArgumentParser(prog="kohakuvault", description=__doc__,
                                 formatter_class=launch.HelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -347,8 +347,13 @@ def main(argv=None):
     c = sub.add_parser("check", help=text, description=text, formatter_class=launch.HelpFormatter)
     c.add_argument("db", metavar="DB", help="database file")
     c.set_defaults(func=cmd_check)
+    return p
+
+
+def main(argv=None):
+    """Entry point of the ``kohakuvault`` command."""
     argv, command = launch.split_command(argv)
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.command = command
     return args.func(args)
 

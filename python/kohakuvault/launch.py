@@ -548,13 +548,18 @@ def split_command(argv):
     return argv, []
 
 
-def main(argv=None):
-    """Entry point of the `kvault-launch` command."""
+def build_parser():
+    """The argparse parser of the `kvault-launch` command."""
     p = argparse.ArgumentParser(prog="kvault-launch", description=__doc__.split("\n")[0],
                                 formatter_class=HelpFormatter)
     add_commands(p.add_subparsers(dest="cmd", required=True, metavar="COMMAND"))
+    return p
+
+
+def main(argv=None):
+    """Entry point of the `kvault-launch` command."""
     argv, command = split_command(argv)
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.command = command
     return args.func(args)
 
