@@ -134,18 +134,29 @@ static int parse_args(int argc, char **argv, wr_opts *o)
     o->synchronous = 1;
     o->nslots = 128;
     o->linger_ms = -1;
+    /* The whole-number options: range and what the message asks for. */
+    static const struct { int c; long long lo, hi; const char *want; } counts[] = {
+        {'s', 1, KVSHM_MAX_SHARDS, "an integer 1..256"},
+        {'i', 0, INT_MAX, "a whole number of milliseconds, 0 or more"},
+        {'b', 1, LLONG_MAX, "an integer, 1 or more"},
+        {'n', 1, UINT32_MAX, "an integer, 1 or more"},
+        {'l', 0, INT_MAX, "a whole number of milliseconds, 0 or more"},
+    };
     int c, li = 0;
     while ((c = getopt_long(argc, argv, "h", longs, &li)) != -1) {
         uint64_t v = 0;
         long long n = 0;
         const char *opt = longs[li].name;
+        for (size_t k = 0; k < sizeof counts / sizeof counts[0]; k++)
+            if (counts[k].c == c && parse_count(optarg, counts[k].lo, counts[k].hi, &n))
+                return bad_value(opt, optarg, counts[k].want);
         switch (c) {
         case 't': o->table = optarg; break;
-        case 's':
-            if (parse_count(optarg, 1, KVSHM_MAX_SHARDS, &n))
-                return bad_value(opt, optarg, "an integer 1..256");
-            o->shards = (uint32_t)n;
-            break;
+        case 's': o->shards = (uint32_t)n; break;
+        case 'i': o->commit_interval_ms = (int)n; break;
+        case 'b': o->batch_size = (uint64_t)n; break;
+        case 'n': o->nslots = (uint32_t)n; break;
+        case 'l': o->linger_ms = (int)n; break;
         case 'c':
             if (parse_size(optarg, &o->cache_bytes) || !o->cache_bytes)
                 return bad_value(opt, optarg, size_text);
@@ -157,26 +168,6 @@ static int parse_args(int argc, char **argv, wr_opts *o)
         case 'v':
             if (parse_size(optarg, &v) || v > SIZE_MAX) return bad_value(opt, optarg, size_text);
             o->max_value_bytes = (size_t)v;
-            break;
-        case 'i':
-            if (parse_count(optarg, 0, INT_MAX, &n))
-                return bad_value(opt, optarg, "a whole number of milliseconds, 0 or more");
-            o->commit_interval_ms = (int)n;
-            break;
-        case 'b':
-            if (parse_count(optarg, 1, LLONG_MAX, &n))
-                return bad_value(opt, optarg, "an integer, 1 or more");
-            o->batch_size = (uint64_t)n;
-            break;
-        case 'n':
-            if (parse_count(optarg, 1, UINT32_MAX, &n))
-                return bad_value(opt, optarg, "an integer, 1 or more");
-            o->nslots = (uint32_t)n;
-            break;
-        case 'l':
-            if (parse_count(optarg, 0, INT_MAX, &n))
-                return bad_value(opt, optarg, "a whole number of milliseconds, 0 or more");
-            o->linger_ms = (int)n;
             break;
         case 'y':
             if (!strcasecmp(optarg, "off")) o->synchronous = 0;

@@ -233,6 +233,20 @@ def listen_unix(path):
     return s
 
 
+def terminate_all(procs, timeout=10):
+    """SIGTERM every process of procs still running, then wait for each;
+    one that has not exited after timeout seconds is killed."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 class Readers:
     """The kvault-reader processes of `serve --port/--unix`: started,
     restarted when one dies, stopped."""
@@ -279,17 +293,10 @@ class Readers:
                 self.start(i)
 
     def stop(self):
-        for p in self.procs:
-            if p and p.poll() is None:
-                p.terminate()
+        terminate_all([p for p in self.procs if p])
         for i, p in enumerate(self.procs):
             if not p:
                 continue
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
             try:
                 os.unlink(reader_stats_path(self.args.db, i))
             except FileNotFoundError:
@@ -347,15 +354,8 @@ def cmd_serve(args):
     finally:
         if readers is not None:
             readers.stop()
+        terminate_all(workers)
         for w in workers:
-            if w.poll() is None:
-                w.terminate()
-        for w in workers:
-            try:
-                w.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                w.kill()
-                w.wait()
             if w.returncode and not rc:
                 rc = w.returncode if w.returncode > 0 else 1
         if writer is not None and writer.poll() is None:
