@@ -9,7 +9,9 @@
     kvault-launch stop DB
     kvault-launch clean DB
 
-serve: starts kvault-writer for DB, waits until it is ready, then
+serve: checks its options (a bad value: a message naming the option, exit
+status 2, nothing started), starts kvault-writer for DB, waits until it is
+ready, then
   - with COMMAND: runs COMMAND --readers times as worker processes
     (environment: KVAULT_DB=DB, KVAULT_WORKER=i);
   - with --port and/or --unix: runs --readers kvault-reader processes that
@@ -21,8 +23,8 @@ serve: starts kvault-writer for DB, waits until it is ready, then
   (COMMAND and --port/--unix exclude each other.) It restarts the writer if
 it dies (a replacement that fails to start -- killed while it recovers,
 /dev/shm full -- is retried after 0.1 s, doubling up to 5 s, each failure
-reported on stderr), and on Ctrl-C/SIGTERM stops the workers or readers, then lets the
-writer commit everything and exit. Without COMMAND it serves until
+reported on stderr), and on Ctrl-C/SIGTERM stops the workers or readers, then
+lets the writer commit everything and exit. Without COMMAND it serves until
 interrupted. Exit status: the first non-zero worker status, else 0.
 
 status: prints the writer's figures (keys cached, hits/misses, applied and
