@@ -34,13 +34,21 @@
 
 #include "writer.h"
 
+/* Log lines: "<ISO-8601 local time with milliseconds and UTC offset>
+ * kvault-writer[pid]: message", e.g. "2026-12-07T06:30:01.123+00:00
+ * kvault-writer[42]: ...", the stamp format of the launcher's lines. */
 void wr_log(const char *fmt, ...)
 {
     va_list ap;
     struct timespec ts;
+    struct tm tm;
+    char day[32], zone[8];
     clock_gettime(CLOCK_REALTIME, &ts);
-    fprintf(stderr, "kvault-writer[%d] %ld.%03ld: ", (int)getpid(), (long)ts.tv_sec,
-            ts.tv_nsec / 1000000);
+    localtime_r(&ts.tv_sec, &tm);
+    strftime(day, sizeof day, "%Y-%m-%dT%H:%M:%S", &tm);
+    strftime(zone, sizeof zone, "%z", &tm);          /* +hhmm */
+    fprintf(stderr, "%s.%03ld%.3s:%.2s kvault-writer[%d]: ", day, ts.tv_nsec / 1000000, zone,
+            zone + 3, (int)getpid());
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);

@@ -29,10 +29,13 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <stdint.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -63,11 +66,13 @@ static void usage(FILE *f)
         "                           (default: never; KVault(shared=\"spawn\") passes 2000)\n");
 }
 
+/* A size: a number with an optional K/M/G suffix (powers of 1024; "KiB",
+ * "KB", "B" spellings accepted). 0 and *out set, or -1 on anything else. */
 static int parse_size(const char *s, uint64_t *out)
 {
     char *end;
     double v = strtod(s, &end);
-    if (end == s || v < 0) return -1;
+    if (end == s || !(v >= 0) || v >= 18446744073709551616.0) return -1;
     uint64_t m = 1;
     switch (*end) {
     case 'k': case 'K': m = 1024; end++; break;
@@ -77,9 +82,28 @@ static int parse_size(const char *s, uint64_t *out)
     }
     if (*end == 'i' || *end == 'B' || *end == 'b') end++;
     if (*end == 'B') end++;
-    if (*end) return -1;
+    if (*end || v * (double)m >= 18446744073709551616.0) return -1;
     *out = (uint64_t)(v * (double)m);
     return 0;
+}
+
+/* A whole decimal number in lo..hi, else -1. */
+static int parse_count(const char *s, long long lo, long long hi, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || *end || errno == ERANGE || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+/* Message for an option value out of its range, naming the option; -1. */
+static int bad_value(const char *opt, const char *value, const char *want)
+{
+    fprintf(stderr, "kvault-writer: --%s: expected %s, got '%s' (kvault-writer --help)\n", opt,
+            want, value);
+    return -1;
 }
 
 static int parse_args(int argc, char **argv, wr_opts *o)
@@ -98,6 +122,7 @@ static int parse_args(int argc, char **argv, wr_opts *o)
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
+    static const char size_text[] = "a size in bytes with an optional K/M/G suffix (e.g. 256M)";
     memset(o, 0, sizeof *o);
     o->table = "kv";
     o->shards = 4;
@@ -109,35 +134,54 @@ static int parse_args(int argc, char **argv, wr_opts *o)
     o->synchronous = 1;
     o->nslots = 128;
     o->linger_ms = -1;
-    int c;
-    while ((c = getopt_long(argc, argv, "h", longs, NULL)) != -1) {
+    /* The whole-number options: range and what the message asks for. */
+    static const struct { int c; long long lo, hi; const char *want; } counts[] = {
+        {'s', 1, KVSHM_MAX_SHARDS, "an integer 1..256"},
+        {'i', 0, INT_MAX, "a whole number of milliseconds, 0 or more"},
+        {'b', 1, LLONG_MAX, "an integer, 1 or more"},
+        {'n', 1, UINT32_MAX, "an integer, 1 or more"},
+        {'l', 0, INT_MAX, "a whole number of milliseconds, 0 or more"},
+    };
+    int c, li = 0;
+    while ((c = getopt_long(argc, argv, "h", longs, &li)) != -1) {
         uint64_t v = 0;
+        long long n = 0;
+        const char *opt = longs[li].name;
+        for (size_t k = 0; k < sizeof counts / sizeof counts[0]; k++)
+            if (counts[k].c == c && parse_count(optarg, counts[k].lo, counts[k].hi, &n))
+                return bad_value(opt, optarg, counts[k].want);
         switch (c) {
         case 't': o->table = optarg; break;
-        case 's': o->shards = (uint32_t)atoi(optarg); break;
-        case 'c': if (parse_size(optarg, &o->cache_bytes)) goto bad; break;
-        case 'm': if (parse_size(optarg, &o->memtable_bytes)) goto bad; break;
-        case 'v': if (parse_size(optarg, &v)) goto bad; o->max_value_bytes = (size_t)v; break;
-        case 'i': o->commit_interval_ms = atoi(optarg); break;
-        case 'b': o->batch_size = (uint64_t)strtoull(optarg, NULL, 10); break;
-        case 'n': o->nslots = (uint32_t)atoi(optarg); break;
-        case 'l': o->linger_ms = atoi(optarg); if (o->linger_ms < 0) goto bad; break;
+        case 's': o->shards = (uint32_t)n; break;
+        case 'i': o->commit_interval_ms = (int)n; break;
+        case 'b': o->batch_size = (uint64_t)n; break;
+        case 'n': o->nslots = (uint32_t)n; break;
+        case 'l': o->linger_ms = (int)n; break;
+        case 'c':
+            if (parse_size(optarg, &o->cache_bytes) || !o->cache_bytes)
+                return bad_value(opt, optarg, size_text);
+            break;
+        case 'm':
+            if (parse_size(optarg, &o->memtable_bytes) || o->memtable_bytes < 65536)
+                return bad_value(opt, optarg, "a size of at least 64K");
+            break;
+        case 'v':
+            if (parse_size(optarg, &v) || v > SIZE_MAX) return bad_value(opt, optarg, size_text);
+            o->max_value_bytes = (size_t)v;
+            break;
         case 'y':
             if (!strcasecmp(optarg, "off")) o->synchronous = 0;
             else if (!strcasecmp(optarg, "normal")) o->synchronous = 1;
             else if (!strcasecmp(optarg, "full")) o->synchronous = 2;
             else if (!strcasecmp(optarg, "extra")) o->synchronous = 3;
-            else goto bad;
+            else return bad_value(opt, optarg, "off, normal, full or extra");
             break;
         case 'h': usage(stdout); exit(0);
-        default: goto bad;
+        default: goto bad;    /* getopt_long printed what was wrong */
         }
     }
     if (optind != argc - 1) goto bad;
     o->db_path = argv[optind];
-    if (o->shards < 1 || o->shards > KVSHM_MAX_SHARDS || o->commit_interval_ms < 0 ||
-        o->batch_size < 1 || o->nslots < 1 || o->memtable_bytes < 65536)
-        goto bad;
     return 0;
 bad:
     usage(stderr);

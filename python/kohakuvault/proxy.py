@@ -1119,7 +1119,8 @@ def _attach(path, table, shared):
     if shared is True:
         raise KohakuVaultError(
             f"shared=True: no kvault-writer serves {path!r} (table {table!r}); "
-            "start one with scripts/kvault-launch serve"
+            f"start one with `kvault-launch serve {path}"
+            + (f" --table {table}`" if table != "kv" else "`")
         )
     return False, True
 
