@@ -126,9 +126,28 @@ def resp():
     }
 
 
+def msg():
+    """Control-socket request packets (fuzz_msg.c): struct kvshm_msg
+    (magic, type, status, len, arg) and the payload of each request type."""
+    magic = 0x4B565031
+
+    def pkt(typ, payload=b"", arg=0):
+        return struct.pack("<IIiIQ", magic, typ, 0, len(payload), arg) + payload
+
+    return {
+        "attach": pkt(1, struct.pack("<IIQ", 4242, 3, 1)),
+        "put-file": pkt(2, struct.pack("<Q", 1 << 20) + b"images/0001.jpg", arg=65536),
+        "feature": pkt(3, b"headers_v1"),
+        "optimize": pkt(4),
+        "checkpoint": pkt(5),
+        "status": pkt(6),
+    }
+
+
 def main():
     for target, seeds in (("codec", codec()), ("packer", packer()), ("ring", ring()),
-                          ("registry", registry()), ("colmeta", colmeta()), ("resp", resp())):
+                          ("registry", registry()), ("colmeta", colmeta()), ("resp", resp()),
+                          ("msg", msg())):
         d = os.path.join(ROOT, target)
         os.makedirs(d, exist_ok=True)
         for name, blob in seeds.items():

@@ -1,7 +1,8 @@
 /*
  * proto.c -- the formats the writer process and the attach side agree on
  * besides the segment (kvshm/proto.h): the registry file's `name=value`
- * text and the key records of the submission ring.
+ * text, the key records of the submission ring and the control socket's
+ * request packets.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -74,4 +75,36 @@ int kvshm_keyrec_decode(const void *payload, uint32_t len, const uint8_t **key,
     *val = *key + k;
     *vlen = len - KVSHM_REC_KEYHDR - k;
     return 0;
+}
+
+int kvshm_msg_parse(const void *buf, size_t n, struct kvshm_msg *m, const uint8_t **payload,
+                    const char **why)
+{
+    if (n < sizeof *m) { *why = "shorter than the message header"; return -1; }
+    memcpy(m, buf, sizeof *m);
+    if (m->m_magic != KVSHM_PROTO_MAGIC) { *why = "bad magic"; return -1; }
+    if (m->m_len != n - sizeof *m) { *why = "payload length does not match the packet"; return -1; }
+    *payload = (const uint8_t *)buf + sizeof *m;
+    switch (m->m_type) {
+    case KVSHM_MSG_ATTACH:
+        if (m->m_len != sizeof(struct kvshm_attach_req)) { *why = "attach: bad request size"; return -1; }
+        return 0;
+    case KVSHM_MSG_PUT_FILE:
+        if (m->m_len < 9 || m->m_len - 8 > KVSHM_MAX_KEY) {
+            *why = "put_file: key missing or too long";
+            return -1;
+        }
+        return 0;
+    case KVSHM_MSG_FEATURE:
+        if (m->m_len == 0 || m->m_len > KVSHM_FEATURE_MAX) { *why = "feature: bad name length"; return -1; }
+        return 0;
+    case KVSHM_MSG_OPTIMIZE:
+    case KVSHM_MSG_CHECKPOINT:
+    case KVSHM_MSG_STATUS:
+        if (m->m_len) { *why = "unexpected payload"; return -1; }
+        return 0;
+    default:
+        *why = "unknown request type";
+        return -1;
+    }
 }

@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kv_assert.h"
 #include "writer.h"
 
 /* ---- socket plumbing -------------------------------------------------- */
@@ -233,8 +234,8 @@ int wr_has_work(void *ctx, int final)
 static void handle_attach(wr_state *ws, wr_client *c, const struct kvshm_msg *m,
                           const uint8_t *pl, int fd)
 {
-    struct kvshm_attach_req req;
-    if (fd < 0 || m->m_len < sizeof req) {
+    struct kvshm_attach_req req;   /* m_len == sizeof req (kvshm_msg_parse) */
+    if (fd < 0) {
         reply_status(c->sock, m->m_type, KV_INVALID, "attach: no ring descriptor");
         if (fd >= 0) close(fd);
         return;
@@ -267,8 +268,8 @@ static void handle_attach(wr_state *ws, wr_client *c, const struct kvshm_msg *m,
 static void handle_put_file(wr_state *ws, wr_client *c, const struct kvshm_msg *m,
                             const uint8_t *pl, int fd)
 {
-    if (fd < 0 || m->m_len < 9) {
-        reply_status(c->sock, m->m_type, KV_INVALID, "put_file: missing descriptor or key");
+    if (fd < 0) {   /* the key is 1..KVSHM_MAX_KEY bytes (kvshm_msg_parse) */
+        reply_status(c->sock, m->m_type, KV_INVALID, "put_file: missing descriptor");
         if (fd >= 0) close(fd);
         return;
     }
@@ -381,20 +382,24 @@ static void handle_request(wr_state *ws, wr_client *c)
         if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
             memcpy(&fd, CMSG_DATA(cm), sizeof fd);
     struct kvshm_msg m = {0};
-    if ((size_t)n < sizeof m) goto bad;
-    memcpy(&m, buf, sizeof m);
-    if (m.m_magic != KVSHM_PROTO_MAGIC || m.m_len != (size_t)n - sizeof m) goto bad;
-    const uint8_t *pl = buf + sizeof m;
-    char text[4096];
+    const uint8_t *pl;
+    const char *why;
+    if (kvshm_msg_parse(buf, (size_t)n, &m, &pl, &why) != 0) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "bad request: %s", why);
+        if (fd >= 0) close(fd);
+        reply_status(c->sock, m.m_type, KV_INVALID, msg);
+        return;
+    }
+    char text[KVSHM_FEATURE_MAX + 1];
     kv_status st;
     switch (m.m_type) {
     case KVSHM_MSG_ATTACH: handle_attach(ws, c, &m, pl, fd); return;
     case KVSHM_MSG_PUT_FILE: handle_put_file(ws, c, &m, pl, fd); return;
     case KVSHM_MSG_FEATURE:
-        if (m.m_len == 0 || m.m_len >= sizeof text) { st = KV_INVALID; }
         /* the commit in flight holds SQLite's write lock while its
          * transaction is open: finish it first */
-        else if (ws->cm_open && wr_commit_finish(ws) != 0) { st = KV_BUSY; }
+        if (ws->cm_open && wr_commit_finish(ws) != 0) { st = KV_BUSY; }
         else {
             memcpy(text, pl, m.m_len);
             text[m.m_len] = 0;
@@ -423,14 +428,10 @@ static void handle_request(wr_state *ws, wr_client *c)
         reply(c->sock, m.m_type, KV_OK, ws->generation, text, len);
         break;
     }
-    default:
-        goto bad;
+    default:   /* kvshm_msg_parse admits request types only */
+        kv_panic("request type %u passed kvshm_msg_parse", m.m_type);
     }
     if (fd >= 0) close(fd);
-    return;
-bad:
-    if (fd >= 0) close(fd);
-    reply_status(c->sock, m.m_type, KV_INVALID, "bad request");
 }
 
 /* Peer credentials (SO_PEERCRED): only processes of the writer's own user

@@ -145,6 +145,45 @@ def test_put_file_of_a_pipe_is_refused_and_the_writer_keeps_serving(tmp_path):
         w.kill(signal.SIGTERM)
 
 
+def test_malformed_control_packets_are_refused_and_the_writer_keeps_serving(tmp_path):
+    """Every malformed request packet (short, bad magic, wrong length, unknown
+    type, wrong payload size for its type) gets a "bad request: <reason>"
+    reply on the same connection, and the writer keeps serving: nothing it
+    was sent is applied."""
+    from kohakuvault import KVault
+
+    db = str(tmp_path / "packets.db")
+    w = Writer(db)
+    bad = {
+        b"\x01\x02": "shorter than the message header",
+        MSG.pack(0xDEADBEEF, STATUS, 0, 0, 0): "bad magic",
+        MSG.pack(MAGIC, STATUS, 0, 5, 0): "payload length",
+        MSG.pack(MAGIC, 99, 0, 0, 0): "unknown request type",
+        MSG.pack(MAGIC, STATUS, 0, 3, 0) + b"abc": "unexpected payload",
+        MSG.pack(MAGIC, 1, 0, 4, 0) + b"\0" * 4: "attach: bad request size",
+        MSG.pack(MAGIC, PUT_FILE, 0, 8, 0) + b"\0" * 8: "put_file: key missing",
+        MSG.pack(MAGIC, 3, 0, 0, 0): "feature: bad name length",
+    }
+    try:
+        s = _control_socket(db)
+        for packet, reason in bad.items():
+            s.send(packet)
+            reply = s.recv(65536)
+            _magic, _typ, status, length, _arg = MSG.unpack_from(reply)
+            text = reply[MSG.size:MSG.size + length].decode()
+            assert status != 0 and text.startswith("bad request: ") and reason in text, (packet, text)
+        s.send(MSG.pack(MAGIC, STATUS, 0, 0, 0))   # the same connection still works
+        _magic, typ, status, _len, _arg = MSG.unpack_from(s.recv(65536))
+        assert typ == STATUS | REPLY and status == 0
+        s.close()
+        with KVault(db, shared=True) as kv:
+            kv["after"] = b"served"
+            assert kv["after"] == b"served"
+            assert len(kv) == 1
+    finally:
+        w.kill(signal.SIGTERM)
+
+
 def test_peer_of_another_user_is_refused(tmp_path):
     """The control socket is abstract (no file mode protects it): the writer
     checks SO_PEERCRED and closes connections of other users."""

@@ -130,4 +130,23 @@ struct kvshm_attach_req {
     uint64_t a_generation; /* segment generation the client mapped */
 };
 
+/* Longest FEATURE payload (a feature name), bytes. */
+#define KVSHM_FEATURE_MAX 4095u
+
+/* Validate one control-socket request packet as the writer receives it:
+ * `buf`, `n` = the bytes one recvmsg returned (any alignment). On success
+ * copies the header to *m, points *payload at its m_len payload bytes inside
+ * buf and returns 0. Returns -1 and points *why at a static message when the
+ * packet is shorter than the header, its magic is wrong, m_len is not the
+ * rest of the packet, the type is not a request type, or the payload does not
+ * fit its type: ATTACH carries a struct kvshm_attach_req; PUT_FILE a u64
+ * chunk size and a key of 1..KVSHM_MAX_KEY bytes; FEATURE 1..KVSHM_FEATURE_MAX
+ * bytes; OPTIMIZE, CHECKPOINT and STATUS take no payload. Descriptors passed
+ * with the packet are the caller's to check. Pure; any thread. The writer
+ * trusts nothing a client sends: this is the only reading of a request's
+ * header and sizes (fuzz/fuzz_msg.c). */
+int kvshm_msg_parse(const void *buf, size_t n, struct kvshm_msg *m, const uint8_t **payload,
+                    const char **why);
+
+
 #endif /* KVSHM_PROTO_H */
