@@ -1,8 +1,8 @@
 /*
  * fuzz_ring.c -- libFuzzer target for the submission ring as the writer
- * consumes a client's ring (shm/ring.c) and decodes its records (the writer's
- * record switch in workers/clients.c over kvshm_keyrec_decode of
- * shm/proto.c). The client owns the ring's memory, so every field is
+ * consumes a client's ring (shm/ring.c) and decodes its records
+ * (kvshm_rec_check and kvshm_keyrec_decode of shm/proto.c, as the record
+ * switch of workers/clients.c uses them). The client owns the ring's memory, so every field is
  * hostile: the header's magic, layout hash and capacity, every producer and
  * consumer word (tail, head, committed, futex words, sleeping flags, wanted
  * positions), each record's length and type, the key header's lengths; and
@@ -80,18 +80,29 @@ static uint64_t rd(const uint8_t *p, size_t n)
 }
 
 /* The writer's handling of one record (workers/clients.c, wr_drain and
- * apply_kv): 0 accepted, -1 the client would be dropped. Copies what it
- * would apply, so AddressSanitizer sees every byte read. */
+ * apply_kv): kvshm_rec_check decides, then what would be applied is copied,
+ * so AddressSanitizer sees every byte read. 0 accepted, -1 the client would
+ * be dropped. */
 static int writer_decode(uint32_t type, const uint8_t *p, uint32_t len, const uint8_t *lo,
                          const uint8_t *hi)
 {
+    if (kvshm_rec_check(type, p, len) != 0) return -1;
     const uint8_t *key, *val;
     uint32_t klen, vlen;
     switch (type) {
-    case KVSHM_REC_PUT:
-    case KVSHM_REC_DEL:
-    case KVSHM_REC_MISS: {
-        if (kvshm_keyrec_decode(p, len, &key, &klen, &val, &vlen) != 0) return -1;
+    case KVSHM_REC_SYNC:
+        CHECK(len == 0);
+        return 0;
+    case KVSHM_REC_STATS: {
+        CHECK(len == KVSHM_REC_STATS_BYTES);
+        uint64_t s[2];
+        memcpy(s, p, KVSHM_REC_STATS_BYTES);
+        (void)(s[0] + s[1]);
+        return 0;
+    }
+    default:
+        CHECK(type == KVSHM_REC_PUT || type == KVSHM_REC_DEL || type == KVSHM_REC_MISS);
+        CHECK(kvshm_keyrec_decode(p, len, &key, &klen, &val, &vlen) == 0);
         CHECK(klen >= 1 && klen <= KVSHM_MAX_KEY);
         CHECK(key == p + KVSHM_REC_KEYHDR && val == key + klen);
         CHECK((uint64_t)KVSHM_REC_KEYHDR + klen + vlen == len);
@@ -102,18 +113,6 @@ static int writer_decode(uint32_t type, const uint8_t *p, uint32_t len, const ui
         if (type == KVSHM_REC_PUT && vlen) memcpy(copy + klen, val, vlen);
         free(copy);
         return 0;
-    }
-    case KVSHM_REC_SYNC:
-        return 0;
-    case KVSHM_REC_STATS:
-        if (len >= 16) {
-            uint64_t s[2];
-            memcpy(s, p, 16);
-            (void)(s[0] + s[1]);
-        }
-        return 0;
-    default:
-        return -1;
     }
 }
 

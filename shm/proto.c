@@ -77,6 +77,24 @@ int kvshm_keyrec_decode(const void *payload, uint32_t len, const uint8_t **key,
     return 0;
 }
 
+int kvshm_rec_check(uint32_t type, const void *payload, uint32_t len)
+{
+    const uint8_t *key, *val;
+    uint32_t klen, vlen;
+    switch (type) {
+    case KVSHM_REC_PUT:
+    case KVSHM_REC_DEL:
+    case KVSHM_REC_MISS:
+        return kvshm_keyrec_decode(payload, len, &key, &klen, &val, &vlen);
+    case KVSHM_REC_SYNC:
+        return len == 0 ? 0 : -1;
+    case KVSHM_REC_STATS:
+        return len == KVSHM_REC_STATS_BYTES ? 0 : -1;
+    default:
+        return -1;
+    }
+}
+
 int kvshm_msg_parse(const void *buf, size_t n, struct kvshm_msg *m, const uint8_t **payload,
                     const char **why)
 {

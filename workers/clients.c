@@ -169,31 +169,32 @@ size_t wr_drain(wr_state *ws)
             if (st == KVSHM_EMPTY) break;
             if (st != KVSHM_OK) {
                 wr_log("client pid %u: corrupt ring, dropped", c->pid);
+                ws->stat_bad_records++;
                 client_drop(ws, c);
                 break;
             }
-            int bad = 0;
-            switch (type) {
-            case KVSHM_REC_PUT: case KVSHM_REC_DEL: case KVSHM_REC_MISS:
-                bad = apply_kv(ws, type, payload, len);
-                break;
-            case KVSHM_REC_SYNC:
-                ws->sync_requested = 1;
-                break;
-            case KVSHM_REC_STATS:
-                if (len >= 16) {
+            int bad = kvshm_rec_check(type, payload, len);
+            if (!bad) {
+                switch (type) {
+                case KVSHM_REC_SYNC:
+                    ws->sync_requested = 1;
+                    break;
+                case KVSHM_REC_STATS: {   /* u64 hits, u64 misses */
                     uint64_t s[2];
-                    memcpy(s, payload, 16);
+                    memcpy(s, payload, KVSHM_REC_STATS_BYTES);
                     c->hits += s[0];
                     c->misses += s[1];
+                    break;
                 }
-                break;
-            default:
-                bad = -1;
+                default:   /* PUT, DEL, MISS */
+                    bad = apply_kv(ws, type, payload, len);
+                }
             }
             if (bad > 0) break;   /* backpressure: not consumed, retried next pass */
             if (bad) {
-                wr_log("client pid %u: bad record type %u, dropped", c->pid, type);
+                wr_log("client pid %u: malformed record (type %u, %u bytes), dropped",
+                       c->pid, type, len);
+                ws->stat_bad_records++;
                 client_drop(ws, c);
                 break;
             }
@@ -347,7 +348,8 @@ size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
         "applies_during_commit=%" PRIu64 "\nsock_polls=%" PRIu64 "\n"
         "commit_cpu_max_us=%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 "\n"
         "checkpoints=%" PRIu64 "\ncheckpoint_max_us=%" PRIu64 "\n"
-        "miss_queued=%zu\nmiss_skipped=%" PRIu64 "\nrefused_peers=%" PRIu64 "\n",
+        "miss_queued=%zu\nmiss_skipped=%" PRIu64 "\nrefused_peers=%" PRIu64 "\n"
+        "dropped_bad_clients=%" PRIu64 "\n",
         ws->db_abs, ws->o.table, (int)getpid(), ws->generation, kvshm_writer_shards(ws->w),
         sum.tree_keys, sum.mt_keys, hits, misses, ws->stat_miss_loads, ws->seq, ws->committed,
         ws->seq - ws->committed, sum.used_bytes, sum.region_bytes,
@@ -360,7 +362,7 @@ size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
         ws->stat_sock_polls, ws->stat_commit_cpu_max_us[WR_FREEZE],
         ws->stat_commit_cpu_max_us[WR_INSERT], ws->stat_commit_cpu_max_us[WR_COMMIT],
         ws->stat_commit_cpu_max_us[WR_FOLD], ckpts, ckpt_us, ws->nmiss,
-        ws->stat_miss_skipped, ws->stat_refused);
+        ws->stat_miss_skipped, ws->stat_refused, ws->stat_bad_records);
     return n < 0 ? 0 : ((size_t)n >= cap ? cap - 1 : (size_t)n);
 }
 

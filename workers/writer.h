@@ -114,6 +114,7 @@ typedef struct wr_state {
     uint64_t freeze_fail_log_ms;         /* when a failed freeze was last logged */
     uint64_t commit_fail_log_ms;         /* when a failed commit step was last logged */
     uint64_t stat_refused;               /* connections refused (peer credentials) */
+    uint64_t stat_bad_records;           /* clients dropped for a malformed record or ring */
     uint64_t stat_commit_steps;          /* bounded commit steps run */
     uint64_t stat_insert_steps;          /* of which INSERT steps */
     uint64_t stat_applies_during_commit; /* records applied while a commit was in flight */

@@ -463,6 +463,50 @@ Test(shm_ring, key_records_roundtrip_and_reject_malformed)
     cr_assert_eq(kvshm_keyrec_decode(buf, 16, &key, &klen, &val, &vlen), -1);
 }
 
+Test(shm_ring, record_check_by_type)
+{
+    uint8_t buf[64] = {0};
+    kvshm_keyrec_encode(buf, "key", 3, "v", 1);
+    uint32_t put = (uint32_t)kvshm_keyrec_bytes(3, 1);
+    cr_assert_eq(kvshm_rec_check(KVSHM_REC_PUT, buf, put), 0);
+    cr_assert_eq(kvshm_rec_check(KVSHM_REC_DEL, buf, put), 0);
+    cr_assert_eq(kvshm_rec_check(KVSHM_REC_MISS, buf, put), 0);
+    cr_assert_eq(kvshm_rec_check(KVSHM_REC_PUT, buf, KVSHM_REC_KEYHDR + 2), -1, "key cut");
+    cr_assert_eq(kvshm_rec_check(KVSHM_REC_SYNC, buf, 0), 0);
+    cr_assert_eq(kvshm_rec_check(KVSHM_REC_SYNC, buf, 8), -1, "sync with a payload");
+    cr_assert_eq(kvshm_rec_check(KVSHM_REC_STATS, buf, KVSHM_REC_STATS_BYTES), 0);
+    cr_assert_eq(kvshm_rec_check(KVSHM_REC_STATS, buf, 8), -1, "stats too short");
+    cr_assert_eq(kvshm_rec_check(KVSHM_REC_STATS, buf, 24), -1, "stats too long");
+    cr_assert_eq(kvshm_rec_check(99, buf, put), -1, "unknown type");
+}
+
+Test(shm_ring, control_packet_parse)
+{
+    uint8_t pkt[sizeof(struct kvshm_msg) + 32] = {0};
+    struct kvshm_msg h = {.m_magic = KVSHM_PROTO_MAGIC, .m_type = KVSHM_MSG_STATUS}, m;
+    const uint8_t *pl;
+    const char *why;
+    memcpy(pkt, &h, sizeof h);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof h, &m, &pl, &why), 0);
+    cr_assert_eq(m.m_type, KVSHM_MSG_STATUS);
+    cr_assert_eq(pl, pkt + sizeof h);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof h - 1, &m, &pl, &why), -1);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof h + 4, &m, &pl, &why), -1, "length mismatch");
+    h.m_type = KVSHM_MSG_PUT_FILE;
+    h.m_len = 8 + 3;   /* u64 chunk + a 3-byte key */
+    memcpy(pkt, &h, sizeof h);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof h + 11, &m, &pl, &why), 0);
+    h.m_len = 8;       /* no key */
+    memcpy(pkt, &h, sizeof h);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof h + 8, &m, &pl, &why), -1);
+    cr_assert_str_eq(why, "put_file: key missing or too long");
+    h.m_type = 77;
+    h.m_len = 0;
+    memcpy(pkt, &h, sizeof h);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof h, &m, &pl, &why), -1);
+    cr_assert_str_eq(why, "unknown request type");
+}
+
 Test(shm_ring, registry_text_roundtrip)
 {
     char text[1024], v[64];

@@ -105,6 +105,17 @@ void kvshm_keyrec_encode(void *dst, const void *key, uint32_t klen, const void *
 int kvshm_keyrec_decode(const void *payload, uint32_t len, const uint8_t **key,
                         uint32_t *klen, const uint8_t **val, uint32_t *vlen);
 
+/* Size of a STATS record's payload: u64 hits, u64 misses (native order). */
+#define KVSHM_REC_STATS_BYTES 16u
+
+/* Check one ring record's payload against its type, as the writer must
+ * before acting on it: PUT, DEL and MISS hold a key record that decodes
+ * (kvshm_keyrec_decode); SYNC holds nothing; STATS exactly
+ * KVSHM_REC_STATS_BYTES. Returns 0 when well formed, -1 for a malformed
+ * record or an unknown type (the writer drops the client that sent it).
+ * Reads only len bytes at payload; pure. */
+int kvshm_rec_check(uint32_t type, const void *payload, uint32_t len);
+
 /* socket message types */
 #define KVSHM_MSG_ATTACH     1u
 #define KVSHM_MSG_PUT_FILE   2u
