@@ -58,11 +58,11 @@ def _busy_retry(store: Any, fn: Callable[..., Any], args: Any, kwargs: Any,
             try:
                 return fn(*args, **kwargs)
             except Exception as again:
-                err = E.map_exception(again)
+                err = E.map_call_exception(again)
                 if not isinstance(err, E.DatabaseBusy):
                     raise err from again
                 exc = again
-    raise E.map_exception(exc) from exc
+    raise E.map_call_exception(exc) from exc
 
 
 def mapped(fn: _F) -> _F:
@@ -70,7 +70,8 @@ def mapped(fn: _F) -> _F:
     ``map_exception(ex)`` chained ``from ex`` (docs/api.md §2.3): ValueError /
     TypeError → InvalidArgument, "Query returned no rows" → NotFound,
     "locked"/"busy" → DatabaseBusy, other RuntimeError → KohakuVaultError,
-    OSError → IoError, a KohakuVaultError unchanged. A busy error is first
+    OSError → IoError, a KohakuVaultError unchanged; an OverflowError (an
+    int argument beyond int64) → InvalidArgument. A busy error is first
     retried under the store's busy policy (:class:`StoreProxy`)."""
 
     @functools.wraps(fn)
@@ -78,7 +79,7 @@ def mapped(fn: _F) -> _F:
         try:
             return fn(*args, **kwargs)
         except Exception as ex:
-            err = E.map_exception(ex)
+            err = E.map_call_exception(ex)
             if not isinstance(err, E.DatabaseBusy) or not args:
                 raise err from ex
             return _busy_retry(args[0], fn, args, kwargs, ex)

@@ -127,3 +127,14 @@ def map_exception(exc: BaseException, *, key=None) -> KohakuVaultError:
     if isinstance(exc, OSError):
         return IoError("OS error during I/O", exc)
     return KohakuVaultError(str(exc))
+
+
+def map_call_exception(exc: BaseException, *, key=None) -> KohakuVaultError:
+    """:func:`map_exception` for an exception raised by a proxy's call, with
+    one refinement: an ``OverflowError`` (an ``int`` argument beyond what
+    the native layer takes, e.g. ``2**63`` as a size, count or limit) is a
+    bad argument value and becomes :class:`InvalidArgument` (rule 7 would
+    give its base class, :class:`KohakuVaultError`). Not exported."""
+    if isinstance(exc, OverflowError):
+        return InvalidArgument(str(exc))
+    return map_exception(exc, key=key)

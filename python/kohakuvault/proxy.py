@@ -25,7 +25,7 @@ from .errors import (
     InvalidArgument,
     KohakuVaultError,
     NotFound,
-    map_exception,
+    map_call_exception,
 )
 
 __all__ = ["KVault"]
@@ -43,8 +43,14 @@ _WRITE_MODES = ("applied", "pipelined")
 
 
 def _key_bytes(key):
-    """The key as stored: ``str`` → UTF-8 bytes, anything else unchanged."""
-    return key.encode("utf-8") if isinstance(key, str) else key
+    """The key as stored: ``str`` → UTF-8 bytes, anything else unchanged
+    (also a ``str`` without a UTF-8 form: the native call refuses it)."""
+    if isinstance(key, str):
+        try:
+            return key.encode("utf-8")
+        except UnicodeEncodeError:
+            return key
+    return key
 
 
 def _check_write_mode(write_mode):
@@ -254,7 +260,7 @@ class KVault(Mapping):
         if self._closed:
             raise ValueError(_CLOSED_MSG) from None
         if not isinstance(exc, _kvault.BusyError):
-            raise map_exception(exc, key=key) from exc
+            raise map_call_exception(exc, key=key) from exc
         delay = self._backoff_base
         for _ in range(self._retries - 1):
             time.sleep(delay)
@@ -266,8 +272,8 @@ class KVault(Mapping):
                     raise ValueError(_CLOSED_MSG) from None
                 exc = again
                 if not isinstance(again, _kvault.BusyError):
-                    raise map_exception(again, key=key) from again
-        raise map_exception(exc, key=key) from exc
+                    raise map_call_exception(again, key=key) from again
+        raise map_call_exception(exc, key=key) from exc
 
     def _call(self, fn, *args, key=None):
         """Run a native call through the retry loop and error mapping."""
@@ -513,7 +519,7 @@ class KVault(Mapping):
             except Exception as exc:  # noqa: BLE001
                 if self._closed:
                     raise ValueError(_CLOSED_MSG) from None
-                raise map_exception(exc) from exc
+                raise map_call_exception(exc) from exc
             yield k
 
     def __iter__(self):
@@ -705,7 +711,7 @@ class KVault(Mapping):
     def _fail_no_retry(self, exc, key):
         if self._closed:
             raise ValueError(_CLOSED_MSG) from None
-        raise map_exception(exc, key=key) from exc
+        raise map_call_exception(exc, key=key) from exc
 
     # ----------------------------------------------------- write-back cache
 
@@ -911,7 +917,7 @@ class KVault(Mapping):
             try:
                 native.close()
             except Exception as exc:  # noqa: BLE001
-                raise map_exception(exc) from exc
+                raise map_call_exception(exc) from exc
         finally:
             self._closed = True
 
