@@ -143,30 +143,37 @@ class StoreProxy:
 
     # ------------------------------------------------------------ switches (§3.6)
 
+    def _switches(self) -> Any:
+        """The native object, for a switch call: InvalidArgument once the
+        store is closed, as every other method raises."""
+        if self._vault.closed:
+            raise E.InvalidArgument(f"Cannot operate on closed {self._repr_name}")
+        return self._vault
+
     def enable_auto_pack(self, use_pickle: bool = True) -> None:
         """Auto-pack on (also turns headers on); ``use_pickle`` allows the
         pickle fallback."""
-        self._vault.enable_auto_pack(use_pickle)
+        self._switches().enable_auto_pack(use_pickle)
 
     def disable_auto_pack(self) -> None:
         """Auto-pack off: values must be bytes-like; reads return stored bytes."""
-        self._vault.disable_auto_pack()
+        self._switches().disable_auto_pack()
 
     def auto_pack_enabled(self) -> bool:
         """Whether auto-pack is on."""
-        return self._vault.auto_pack_enabled()
+        return self._switches().auto_pack_enabled()
 
     def enable_headers(self) -> None:
         """Write the 10-byte header for non-bytes values."""
-        self._vault.enable_headers()
+        self._switches().enable_headers()
 
     def disable_headers(self) -> None:
         """Store encoded payloads without a header."""
-        self._vault.disable_headers()
+        self._switches().disable_headers()
 
     def headers_enabled(self) -> bool:
         """Whether headers are on."""
-        return self._vault.headers_enabled()
+        return self._switches().headers_enabled()
 
     # ------------------------------------------------------------ protocol
 
