@@ -20,6 +20,15 @@ Texts = Union[str, Dict[str, str]]
 __all__ = ["TextVault"]
 
 
+def _phrase(query: Any, escape: Any) -> Any:
+    """The query of an escaped search: NUL characters become spaces. The
+    tokenizer separates tokens at NUL as at a space, but FTS5's query parser
+    stops reading at a NUL, which would leave the phrase unterminated."""
+    if escape and isinstance(query, str) and "\0" in query:
+        return query.replace("\0", " ")
+    return query
+
+
 def _valid_column_name(name: Any) -> bool:
     """Non-empty str of Unicode letters/digits and ``_`` (docs/api.md §7.1)."""
     return isinstance(name, str) and name != "" and all(ch.isalnum() or ch == "_" for ch in name)
@@ -102,14 +111,14 @@ class TextVault(StoreProxy):
         ``NOT``, ``NEAR()``, ``prefix*``, ``col:term``). ``column`` restricts
         the match to one column (unknown → InvalidArgument).
         """
-        return self._vault.search(query, k, column, escape)
+        return self._vault.search(_phrase(query, escape), k, column, escape)
 
     @mapped
     def search_with_text(self, query: str, k: int = 10, column: Optional[str] = None,
                          escape: bool = True) -> List[Tuple[int, float, Texts, Any]]:
         """As :meth:`search`, returning ``[(id, score, texts, value)]``; texts
         is a ``str`` (one column) or a dict column → text."""
-        return self._vault.search(query, k, column, escape, True)
+        return self._vault.search(_phrase(query, escape), k, column, escape, True)
 
     @mapped
     def search_with_snippets(self, query: str, k: int = 10, snippet_column: Optional[str] = None,
@@ -130,7 +139,7 @@ class TextVault(StoreProxy):
         else:
             raise ValueError(
                 f"Column '{snippet_column}' not found. Available columns: {self._columns}")
-        return self._vault.search_with_snippets(query, k, idx, snippet_tokens,
+        return self._vault.search_with_snippets(_phrase(query, escape), k, idx, snippet_tokens,
                                                 highlight_start, highlight_end, escape)
 
     @mapped
