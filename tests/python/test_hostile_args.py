@@ -113,6 +113,9 @@ def _deep_schema(depth):
     return v
 
 
+DEEP_LIST, DEEP_DICT, DEEP_SCHEMA = _deep_list(100_000), _deep_dict(100_000), _deep_schema(50_000)
+
+
 class _Unpicklable:
     def __reduce__(self):
         raise RuntimeError("refuses pickling")
@@ -193,7 +196,7 @@ for k in ODD_KEYS:
     row("KVault", "kv", "__getitem__", (k,), expect=KeyError, note="deleted by the row before")
     row("KVault", "kv", "__delitem__", (k,), expect=KeyError)
     row("KVault", "kv", "get_to_file", (k, io.BytesIO()), expect=NotFound)
-for v in (_deep_list(100_000), _deep_dict(100_000)):
+for v in (DEEP_LIST, DEEP_DICT):
     row("KVault", "kv", "put", (b"hostile/deep", v), expect=(KVE,),
         note="too deep for msgpack → pickle → RecursionError, mapped (§2.3 rule 7)")
 row("KVault", "kv", "put", (b"hostile/u", _Unpicklable()), expect=KVE)
@@ -338,7 +341,7 @@ for recv in ("col", "vcol"):
     row("Column", recv, "extend", (5,), expect=TypeError)
     row("Column", recv, "extend", (iter([object()]),), expect=(TypeError, ValueError))
     row("Column", recv, "append", (object(),), expect=(TypeError, ValueError))
-    row("Column", recv, "append", (_deep_list(100_000),), expect=(TypeError, ValueError, RecursionError))
+    row("Column", recv, "append", (DEEP_LIST,), expect=(TypeError, ValueError, RecursionError))
     row("Column", recv, "enable_cache", (2**63, 2**63), expect=(ValueError, OverflowError))
     row("Column", recv, "enable_cache", (-1, -1), expect=ValueError)
     row("Column", recv, "enable_cache", (None,), expect=TypeError)
@@ -364,7 +367,7 @@ row("Column", "vcol", "append", (b"\x00\xff" * 10,))
 row("Column", "scol", "append", ("\udcff",), expect=ValueError)
 row("Column", "scol", "append", ("a\x00b",))
 row("Column", "scol", "append", (b"bytes",), expect=TypeError)
-row("Column", "mcol", "append", (_deep_list(100_000),), expect=ValueError)
+row("Column", "mcol", "append", (DEEP_LIST,), expect=ValueError)
 row("Column", "mcol", "append", ({1: 2},), expect=ValueError)
 # A column whose vault row was deleted (the closest thing to a closed column).
 for m, a in (("__len__", ()), ("__getitem__", (0,)), ("append", (1,)), ("extend", ([1, 2],)),
@@ -419,7 +422,7 @@ for hl in (None, 5, "\x00", "\udcff"):
 for t in (None, 5, {"wrong": "x"}, {"content": 5}, {"content": None}, ["alpha"]):
     row("TextVault", "tv", "insert", (t, b"v"), expect=IA)
 row("TextVault", "tv", "insert", ("t", b"v", "meta"), expect=IA)
-row("TextVault", "tv", "insert", ("t", _deep_list(100_000)), expect=KVE)
+row("TextVault", "tv", "insert", ("t", DEEP_LIST), expect=KVE)
 row("TextVault", "tv", "insert", ("t", _Unpicklable()), expect=KVE)
 row("TextVault", "tv", "update", (1,), expect=IA)
 for cols in ([""], ["a\x00b"], ["\udcff"], ["a b"], [], [None], ["a", "a"], "content", [5]):
@@ -470,7 +473,7 @@ for i in (None, "1", 1.5):
     for m in ("get_by_id", "exists", "delete"):
         row("VectorKVault", "vkv", m, (i,), expect=IA)
 row("VectorKVault", "vkv", "insert", (V4, b"v", "meta"), expect=IA)
-row("VectorKVault", "vkv", "insert", (V4, _deep_list(100_000)), expect=KVE)
+row("VectorKVault", "vkv", "insert", (V4, DEEP_LIST), expect=KVE)
 row("VectorKVault", "vkv", "insert_many", ([V4, [1.0] * 3], [1, 2]), expect=IA)
 row("VectorKVault", "vkv", "insert_many", ([V4, V4], [1]), expect=IA)
 row("VectorKVault", "vkv", "insert_many", (np.zeros((2, 4), np.float32), None), expect=IA)
@@ -512,12 +515,12 @@ for recv, bad_vals in (("p_i64", (None, "1", 1.5, 2**63, -(2**63) - 1, [])),
                        ("p_str4", ("toolong", 5, "\udcff")),
                        ("p_bytes", (None, 5, "s", [256], [-1], [object()])),
                        ("p_bytes4", (b"toolong", None)),
-                       ("p_msgpack", (_deep_list(100_000), _deep_dict(100_000), {1: 2}, b"x",
+                       ("p_msgpack", (DEEP_LIST, DEEP_DICT, {1: 2}, b"x",
                                       2**64, object(), float("nan") + 1j)),
-                       ("p_cbor", (_deep_list(100_000), _deep_dict(100_000), {1: 2}, 2**64, object())),
+                       ("p_cbor", (DEEP_LIST, DEEP_DICT, {1: 2}, 2**64, object())),
                        ("p_vec", (None, "abc", [[1, 2], [3]], object(), [1.0] * 3, np.zeros((2, 2)))),
                        ("p_vecany", ("abc", [[1, 2], [3]], object(), {"a": 1})),
-                       ("p_schema", ({"n": "x"}, {"m": 1}, _deep_dict(100_000)))):
+                       ("p_schema", ({"n": "x"}, {"m": 1}, DEEP_DICT))):
     for v in bad_vals:
         row("DataPacker", recv, "pack", (v,), expect=(TypeError, ValueError, OverflowError))
     row("DataPacker", recv, "pack_many", (list(bad_vals[:1]) * 2,),
@@ -541,7 +544,7 @@ for recv, bad_vals in (("p_i64", (None, "1", 1.5, 2**63, -(2**63) - 1, [])),
     row("DataPacker", recv, "unpack", ("str", 0), expect=TypeError)
     row("DataPacker", recv, "unpack", (b"", "0"), expect=TypeError)
 for s in (None, 5, {"type": 5}, {"type": "object", "required": 5},
-          {"type": "object", "properties": {"a": {"minimum": "x"}}}, _deep_schema(50_000)):
+          {"type": "object", "properties": {"a": {"minimum": "x"}}}, DEEP_SCHEMA):
     row("DataPacker", "DataPacker", "with_json_schema", (s,), expect=(ValueError, TypeError))
 for s in (5, b"x", "\x00"):
     row("DataPacker", "DataPacker", "with_cddl_schema", (s,), expect=(OK, TypeError))
@@ -872,14 +875,14 @@ def scenario_tree_threads(env, kind):
             return int(self) < int(o)
 
     def worker(j):
-        for i in range(300):
+        for i in range(100):
             try:
                 k = Slow((i * 7 + j) % 97)
                 t.insert(k, j)
                 t.get(k)
                 if i % 3 == 0:
                     t.remove(k)
-                if i % 50 == 0:
+                if i % 25 == 0:
                     list(t)
                     t.range(Slow(10), Slow(50))
             except Exception as e:  # noqa: BLE001
@@ -1231,8 +1234,17 @@ _RESULTS: dict[str, dict] = {}
 
 
 def _run_group(group):
-    if group in _RESULTS:
-        return _RESULTS[group]
+    """Results of ``group``; the first call runs every group's children,
+    four groups at a time."""
+    if not _RESULTS:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            _RESULTS.update(zip(GROUPS, pool.map(_run_children, GROUPS)))
+    return _RESULTS[group]
+
+
+def _run_children(group):
     res: dict = {"rows": {}, "checks": []}
     first = 0
     env = dict(os.environ, PYTHONFAULTHANDLER="1")
@@ -1262,7 +1274,6 @@ def _run_group(group):
         how = "hung" if "Timeout" in proc.stderr else f"crashed (rc={proc.returncode})"
         res["rows"][begun] = (False, f"{how}\n{proc.stderr[-3000:]}")
         first = begun + 1
-    _RESULTS[group] = res
     return res
 
 
