@@ -57,7 +57,8 @@ from kohakuvault import (
 OK = "ok"  # expected outcome: the call returns normally
 IA = InvalidArgument
 KVE = KohakuVaultError
-ROW_TIMEOUT = 10.0  # seconds a single row may take before it counts as a hang
+# Seconds a single row may take before it counts as a hang.
+ROW_TIMEOUT = float(os.environ.get("KV_HOSTILE_ROW_TIMEOUT", "10"))
 BIG = (2**63, -(2**63) - 1, 2**40, -(2**40))  # out of int64 range and absurd sizes
 
 
@@ -966,6 +967,24 @@ SCENARIOS = {
 
 GROUPS = sorted({r.group for r in ROWS})
 
+
+def scenario_segfault(env):
+    import ctypes
+
+    ctypes.string_at(0)  # reads address 0: SIGSEGV
+
+
+def scenario_hang(env):
+    threading.Event().wait()
+
+
+SCENARIOS.update(segfault=scenario_segfault, hang=scenario_hang)
+# Rows of the harness's own test (test_harness_reports_crashes_and_hangs),
+# numbered after ROWS and not part of GROUPS.
+HARNESS_ROWS = [Row("_harness", "scenario", m, (), {}, (OK,), "") for m in ("segfault", "hang")]
+HARNESS_ROWS.append(Row("_harness", "csb", "__len__", (), {}, (OK,), "runs after both"))
+ALL_ROWS = ROWS + HARNESS_ROWS
+
 # ---------------------------------------------------------------------------
 # Child process: receivers, seeded data, row runner
 # ---------------------------------------------------------------------------
@@ -1206,7 +1225,7 @@ def run_row(env, r):
 
 def child_main(group, first):
     faulthandler.enable()
-    rows = [(i, r) for i, r in enumerate(ROWS) if r.group == group and i >= first]
+    rows = [(i, r) for i, r in enumerate(ALL_ROWS) if r.group == group and i >= first]
     with tempfile.TemporaryDirectory(prefix="kv-hostile-") as tmp:
         env = Env(tmp)
         out = sys.stdout
@@ -1244,10 +1263,12 @@ def _run_group(group):
     return _RESULTS[group]
 
 
-def _run_children(group):
+def _run_children(group, **env_extra):
+    """Run ``group``'s rows in child processes, a new child after a row that
+    killed its child. ``{"rows": {index: (passed, text)}, "checks": [...]}``."""
     res: dict = {"rows": {}, "checks": []}
     first = 0
-    env = dict(os.environ, PYTHONFAULTHANDLER="1")
+    env = dict(os.environ, PYTHONFAULTHANDLER="1", **env_extra)
     while True:
         proc = subprocess.run(
             [sys.executable, __file__, group, str(first)], capture_output=True, text=True,
@@ -1311,6 +1332,17 @@ def test_hostile_rows_keep_stored_data(group):
     """The seeded stores read back unchanged after the group's rows."""
     res = _run_group(group)
     assert not res["checks"], "\n".join(res["checks"])
+
+
+def test_harness_reports_crashes_and_hangs():
+    """A row that kills its child or never returns fails with "crashed" /
+    "hung", and the rows after it still run."""
+    res = _run_children("_harness", KV_HOSTILE_ROW_TIMEOUT="1")
+    n = len(ROWS)
+    assert res["rows"][n][0] is False and res["rows"][n][1].startswith("crashed"), res
+    assert res["rows"][n + 1][0] is False and res["rows"][n + 1][1].startswith("hung"), res
+    assert res["rows"][n + 2] == (True, "returned")
+    assert res["checks"] == []
 
 
 def test_table_covers_every_public_class():
