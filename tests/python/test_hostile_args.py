@@ -753,6 +753,22 @@ def scenario_signal(env, kind):
         raise AssertionError("the timer never fired")
 
 
+def scenario_iter_after_close(env, kind):
+    """An iteration started before close() (KVault) or delete_column
+    (Column) goes on afterwards: it may finish from what it read already or
+    raise the closed-object error, never crash."""
+    store, ctx, allowed = env.scratch(kind)
+    it = iter(store)
+    next(it)
+    _reentry_calls(kind, store, ctx)[-1]()
+    gc.collect()
+    try:
+        for _ in it:
+            pass
+    except allowed:
+        pass
+
+
 def scenario_close_race(env, kind):
     """Four threads call methods in a loop while the main thread closes the
     store (ColumnVault has no close(): it deletes the column instead).
@@ -906,6 +922,8 @@ for kind in STORES:
         row(kind, "scenario", "reentrant", (kind, via))
     row(kind, "scenario", "signal", (kind,))
     row(kind, "scenario", "close_race", (kind,))
+    if kind in ("KVault", "Column"):
+        row(kind, "scenario", "iter_after_close", (kind,))
 for kind in ("CSBTree", "SkipList"):
     for op in ("insert", "remove", "get", "range", "iter", "contains"):
         for mutation in ("insert", "remove", "clear", "drop"):
@@ -960,6 +978,7 @@ SCENARIOS = {
     "reentrant": scenario_reentrant,
     "signal": scenario_signal,
     "close_race": scenario_close_race,
+    "iter_after_close": scenario_iter_after_close,
     "mutating_compare": scenario_mutating_compare,
     "tree_threads": scenario_tree_threads,
     "signal_tree": scenario_signal_tree,
