@@ -712,45 +712,57 @@ def scenario_reentrant(env, kind, via):
     _expect_only(errors, allowed, f"{kind} re-entered via {via}")
 
 
-def scenario_signal(env, kind):
-    """A timer signal fires every 0.5 ms into a loop of vault calls, and the
-    handler calls the vault too (also while Python code runs inside a vault
-    call: the loop stores values whose pickling is Python code)."""
-    store, ctx, allowed = env.scratch(kind)
-    errors: list = []
-    calls = _reentry_calls(kind, store, ctx)[:-1]  # not the closing call
+def _under_timer(in_handler, in_loop, seconds, errors):
+    """Run ``in_loop(i)`` for ``seconds`` while a timer signal fires every
+    0.5 ms and its handler runs ``in_handler(n)``; exceptions of both go to
+    ``errors``. Returns how many signals were handled."""
     n = [0]
 
     def handler(signum, frame):
         n[0] += 1
         try:
-            calls[n[0] % len(calls)]()
-        except Exception as e:  # noqa: BLE001
+            in_handler(n[0])
+        except Exception as e:  # noqa: BLE001 - reported by the scenario
             errors.append(e)
 
     old = signal.signal(signal.SIGALRM, handler)
     signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
     try:
-        end = time.monotonic() + 0.4
+        end = time.monotonic() + seconds
         i = 0
         while time.monotonic() < end:
             i += 1
             try:
-                calls[i % len(calls)]()
-                if kind == "KVault":
-                    store.put(b"hostile/sig", _Hook(lambda: None))
-                elif kind in ("TextVault", "VectorKVault"):
-                    store.insert("sig" if kind == "TextVault" else V4, _Hook(lambda: None))
-                else:
-                    store.append(_Hook(lambda: None))
+                in_loop(i)
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0, 0)
         signal.signal(signal.SIGALRM, old)
-    _expect_only(errors, allowed, f"{kind} from a signal handler ({n[0]} signals)")
     if n[0] == 0:
         raise AssertionError("the timer never fired")
+    return n[0]
+
+
+def scenario_signal(env, kind):
+    """A timer signal fires every 0.5 ms into a loop of vault calls, and the
+    handler calls the vault too (also while Python code runs inside a vault
+    call: the loop stores values whose packing runs Python code)."""
+    store, ctx, allowed = env.scratch(kind)
+    errors: list = []
+    calls = _reentry_calls(kind, store, ctx)[:-1]  # not the closing call
+
+    def in_loop(i):
+        calls[i % len(calls)]()
+        if kind == "KVault":
+            store.put(b"hostile/sig", _Hook(lambda: None))
+        elif kind in ("TextVault", "VectorKVault"):
+            store.insert("sig" if kind == "TextVault" else V4, _Hook(lambda: None))
+        else:
+            store.append(_Hook(lambda: None))
+
+    n = _under_timer(lambda n: calls[n % len(calls)](), in_loop, 0.4, errors)
+    _expect_only(errors, allowed, f"{kind} from a signal handler ({n} signals)")
 
 
 def scenario_iter_after_close(env, kind):
@@ -934,41 +946,28 @@ for kind in ("CSBTree", "SkipList"):
 
 
 def scenario_signal_tree(env, kind):
-    """A timer signal's handler inserts/removes while the main loop does the same."""
+    """A timer signal's handler inserts/removes while the main loop does the
+    same; a refused re-entry (RuntimeError) is the only error allowed."""
     t = CSBTree(order=4) if kind == "CSBTree" else SkipList()
     errors: list = []
-    n = [0]
 
     class K(int):
         def __lt__(self, o):
             return int(self) < int(o)
 
-    def handler(signum, frame):
-        n[0] += 1
-        try:
-            t.insert(K(n[0] % 50), 1)
-            t.remove(K((n[0] + 7) % 50))
-            list(t)
-        except RuntimeError as e:  # re-entry refused
-            errors.append(e)
+    def in_handler(n):
+        t.insert(K(n % 50), 1)
+        t.remove(K((n + 7) % 50))
+        list(t)
 
-    old = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
-    try:
-        end = time.monotonic() + 0.3
-        i = 0
-        while time.monotonic() < end:
-            i += 1
-            try:
-                t.insert(K(i % 50), i)
-                t.get(K((i * 3) % 50))
-                t.remove(K((i * 5) % 50))
-                t.range(K(5), K(40))
-            except RuntimeError:
-                pass
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0, 0)
-        signal.signal(signal.SIGALRM, old)
+    def in_loop(i):
+        t.insert(K(i % 50), i)
+        t.get(K((i * 3) % 50))
+        t.remove(K((i * 5) % 50))
+        t.range(K(5), K(40))
+
+    _under_timer(in_handler, in_loop, 0.3, errors)
+    _expect_only(errors, (RuntimeError,), f"{kind} signals")
     got = list(t.keys())
     if got != sorted(got) or len(got) != len(t):
         raise AssertionError(f"{kind} inconsistent after signals")
@@ -1018,6 +1017,18 @@ SEED_TEXT = [("alpha beta", b"v1"), ("gamma \u2603 alpha", {"x": 1}), ("delta", 
 SEED_VEC = [([1.0, 0.0, 0.0, 0.0], b"v1"), ([0.0, 1.0, 0.0, 0.0], "two")]
 
 
+def _open_vkv(path):
+    return VectorKVault(path, dimensions=4, metric="l2")
+
+
+# kind → (open a store on a path, write the seed data into an open store)
+SEEDED_STORES = {
+    "kv": (lambda p: KVault(p, shared=False), lambda kv: kv.update(SEED_KV)),
+    "tv": (TextVault, lambda tv: [tv.insert(t, v) for t, v in SEED_TEXT]),
+    "vkv": (_open_vkv, lambda vkv: [vkv.insert(v, val) for v, val in SEED_VEC]),
+}
+
+
 class Env:
     """The child's receivers, built on first use, and the seeded data to check."""
 
@@ -1045,46 +1056,28 @@ class Env:
         return a
 
     # seeded stores -------------------------------------------------------
-    def _kv(self, closed=False):
-        kv = KVault(self.seed, shared=False)
-        if "kv_seeded" not in self.seeded:
-            for k, v in SEED_KV.items():
-                kv[k] = v
-            self.seeded.add("kv_seeded")
+    def _store(self, kind, closed=False):
+        """A new KVault ("kv"), TextVault ("tv") or VectorKVault ("vkv") on
+        the seed file; the first one writes the seed data."""
+        open_store, seed = SEEDED_STORES[kind]
+        store = open_store(self.seed)
+        if kind not in self.seeded:
+            seed(store)
+            self.seeded.add(kind)
         if closed:
-            kv.close()
-        return kv
+            store.close()
+        return store
 
     def _cv(self):
         cv = ColumnVault(self.seed)
-        if "cv_seeded" not in self.seeded:
+        if "cv" not in self.seeded:
             cv.create_column("fixed", "i64").extend(SEED_FIXED)
             cv.create_column("var", "bytes").extend(SEED_VAR)
             cv.create_column("str", "str").extend(SEED_STR)
             cv.create_column("mp", "msgpack")
             cv.create_column("doomed", "i64").extend([5, 6])
-            self.seeded.add("cv_seeded")
+            self.seeded.add("cv")
         return cv
-
-    def _tv(self, closed=False):
-        tv = TextVault(self.seed)
-        if "tv_seeded" not in self.seeded:
-            for t, v in SEED_TEXT:
-                tv.insert(t, v)
-            self.seeded.add("tv_seeded")
-        if closed:
-            tv.close()
-        return tv
-
-    def _vkv(self, closed=False):
-        vkv = VectorKVault(self.seed, dimensions=4, metric="l2")
-        if "vkv_seeded" not in self.seeded:
-            for v, val in SEED_VEC:
-                vkv.insert(v, val)
-            self.seeded.add("vkv_seeded")
-        if closed:
-            vkv.close()
-        return vkv
 
     def receiver(self, name):
         if name in self.objs:
@@ -1102,9 +1095,9 @@ class Env:
         elif name == "DataPacker":
             obj = DataPacker
         elif name == "kv":
-            obj = self._kv()
+            obj = self._store("kv")
         elif name == "kv_closed":
-            obj = self._kv(closed=True)
+            obj = self._store("kv", closed=True)
         elif name == "cv":
             obj = self._cv()
         elif name == "icol":
@@ -1117,19 +1110,19 @@ class Env:
             obj.extend([1, 2])
             cv.delete_column("victim_old")
             cv.create_column("victim", "i64").extend(SEED_VICTIM)  # takes the freed col_id
-            self.seeded.add("victim_seeded")
+            self.seeded.add("victim")
         elif name == "col_deleted":
             cv = self.receiver("cv")
             obj = cv["doomed"]
             cv.delete_column("doomed")
         elif name == "tv":
-            obj = self._tv()
+            obj = self._store("tv")
         elif name == "tv_closed":
-            obj = self._tv(closed=True)
+            obj = self._store("tv", closed=True)
         elif name == "vkv":
-            obj = self._vkv()
+            obj = self._store("vkv")
         elif name == "vkv_closed":
-            obj = self._vkv(closed=True)
+            obj = self._store("vkv", closed=True)
         elif name == "csb":
             obj = CSBTree(order=4)
             for i in range(50):
@@ -1148,16 +1141,16 @@ class Env:
         in the final check), the context its calls need, and the exception
         classes its scenario calls may raise."""
         if kind == "KVault":
-            self._kv().close()
+            self._store("kv").close()
             # closed (ValueError, §4.4) or a re-entrant call refused
             # (KohakuVaultError: it would wait for itself)
             return KVault(self.seed, shared=False), None, (ValueError, KohakuVaultError)
         if kind == "TextVault":
-            self._tv().close()
+            self._store("tv").close()
             return TextVault(self.seed), None, (InvalidArgument,)
         if kind == "VectorKVault":
-            self._vkv().close()
-            return VectorKVault(self.seed, dimensions=4, metric="l2"), None, (InvalidArgument,)
+            self._store("vkv").close()
+            return _open_vkv(self.seed), None, (InvalidArgument,)
         cv = self._cv()
         col = cv.ensure("scratch", "i64")
         col.extend([1, 2, 3])
@@ -1169,23 +1162,23 @@ class Env:
         """Problems found comparing the seeded file with the seed data."""
         problems = []
         gc.collect()
-        if "kv_seeded" in self.seeded:
+        if "kv" in self.seeded:
             with KVault(self.seed, shared=False) as kv:
                 for k, v in SEED_KV.items():
                     got = kv.get(k, "<missing>")
                     if got != v:
                         problems.append(f"KVault {k!r}: {got!r} != {v!r}")
-        if "cv_seeded" in self.seeded:
+        if "cv" in self.seeded:
             cv = ColumnVault(self.seed)
             # rows append to the seeded columns: their first elements must stay
             cols = [("fixed", SEED_FIXED, 1), ("var", SEED_VAR, 1), ("str", SEED_STR, 1)]
-            if "victim_seeded" in self.seeded:  # no row may touch it at all
+            if "victim" in self.seeded:  # no row may touch it at all
                 cols.append(("victim", SEED_VICTIM, 0))
             for name, want, prefix in cols:
                 got = list(cv[name])
                 if (got[: len(want)] if prefix else got) != want:
                     problems.append(f"column {name}: {got[:10]!r} != {want!r}")
-        if "tv_seeded" in self.seeded:
+        if "tv" in self.seeded:
             tv = TextVault(self.seed)
             for i, (t, v) in enumerate(SEED_TEXT, 1):
                 try:
@@ -1195,8 +1188,8 @@ class Env:
                 if got != (t, v):
                     problems.append(f"TextVault doc {i}: {got!r} != {(t, v)!r}")
             tv.close()
-        if "vkv_seeded" in self.seeded:
-            vkv = VectorKVault(self.seed, dimensions=4, metric="l2")
+        if "vkv" in self.seeded:
+            vkv = _open_vkv(self.seed)
             for i, (vec, val) in enumerate(SEED_VEC, 1):
                 try:
                     got_vec, got = vkv.get_by_id(i)
