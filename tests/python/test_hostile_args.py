@@ -244,10 +244,18 @@ row("KVault", "kv", "delete_many", (b"one-key",), expect=IA)
 row("KVault", "kv", "put", (b"hostile/w", 1), {"write_mode": "\x00"}, expect=IA)
 row("KVault", "kv", "put", (b"hostile/w", 1), {"write_mode": 5}, expect=IA)
 row("KVault", "kv", "enable_auto_pack", (None,))
+row("KVault", "kv", "optimize")
+row("KVault", "kv", "checkpoint")
+row("KVault", "kv", "flush")
+row("KVault", "kv", "pop", (b"hostile/missing", "dflt"))
+row("KVault", "kv", "setdefault", (b"hostile/sd", _Unpicklable()), expect=KVE)
+row("KVault", "kv", "put", (b"hostile/s", 1), {"sync": None})
+row("KVault", "kv_memory", "put_file", (b"hostile/f", io.BytesIO(b"abc")), {"size": 2**40},
+    expect=(IA, KVE), note="in-memory db: more than the physical memory fails before writing")
 row("KVault", "kv", "__eq__", (None,))
 row("KVault", "kv", "__repr__")
 # Constructor (§4.1): opening errors are mapped; the seeded file must survive.
-for t in ("", "a\x00b", "\udcff", "kv; DROP TABLE kv", "kv kv", "1kv", None, 5, "k" * 100_000):
+for t in ("", "a\x00b", "\udcff", "kv; DROP TABLE kv", "kv kv", "1kv", None, 5, "k" * 100_000, b"kv"):
     row("KVault", "module", "KVault", (Path("seed"),), {"table": t, "shared": False}, expect=IA)
 for p in (None, 5, 1.5, [], b"\x00", "a\x00b"):
     row("KVault", "module", "KVault", (p,), {"shared": False}, expect=(IA, KVE))
@@ -364,6 +372,16 @@ for v in (None, "s", 1, bytearray(b"x"), memoryview(b"x")):
     row("Column", "vcol", "append", (v,), expect=TypeError, note="bytes column takes bytes (§6.6)")
     row("Column", "vcol", "__setitem__", (0, v), expect=TypeError)
 row("Column", "vcol", "insert", (0, b"x"), expect=NotImplementedError)
+for recv in ("col", "vcol"):
+    row("Column", recv, "pop", (2**63,), expect=IndexError)
+    row("Column", recv, "pop", (-(2**63),), expect=IndexError)
+    row("Column", recv, "remove", (object(),), expect=ValueError)
+    row("Column", recv, "__iadd__", (None,), expect=TypeError)
+    row("Column", recv, "__reversed__")
+row("Column", "col", "to_numpy", ("a", None), expect=TypeError)
+row("Column", "cv", "list_columns")
+row("Column", "cv", "flush_cache")
+row("Column", "cv", "cache", (-1, -1), expect=ValueError)
 row("Column", "vcol", "append", (b"\x00\xff" * 10,))
 row("Column", "scol", "append", ("\udcff",), expect=ValueError)
 row("Column", "scol", "append", ("a\x00b",))
@@ -426,7 +444,11 @@ row("TextVault", "tv", "insert", ("t", b"v", "meta"), expect=IA)
 row("TextVault", "tv", "insert", ("t", DEEP_LIST), expect=KVE)
 row("TextVault", "tv", "insert", ("t", _Unpicklable()), expect=KVE)
 row("TextVault", "tv", "update", (1,), expect=IA)
-for cols in ([""], ["a\x00b"], ["\udcff"], ["a b"], [], [None], ["a", "a"], "content", [5]):
+row("TextVault", "tv", "info")
+for q in ("\x00", "", "\udcff", None):
+    row("TextVault", "tv", "__delitem__", (q,), expect=(KeyError, IA),
+        note="no match: KeyError (§7.2); not a str: InvalidArgument")
+for cols in ([""], ["a\x00b"], ["\udcff"], ["a b"], [], [None], ["a", "a"], "content", [5], [b"x"]):
     row("TextVault", "module", "TextVault", (Path("seed"),), {"columns": cols},
         expect=(ValueError, TypeError))
 for t in ("", "a\x00b", "\udcff", "t; DROP TABLE text_vault", None, 5):
@@ -480,6 +502,9 @@ row("VectorKVault", "vkv", "insert_many", ([V4, V4], [1]), expect=IA)
 row("VectorKVault", "vkv", "insert_many", (np.zeros((2, 4), np.float32), None), expect=IA)
 row("VectorKVault", "vkv", "search_many", ([V4], ), {"k": 2**63}, expect=IA)
 row("VectorKVault", "vkv", "update", (1,), expect=IA)
+row("VectorKVault", "vkv", "info")
+for q in (np.zeros((2, 3), np.float32), [[1.0] * 4, [1.0] * 3], None, [[None] * 4]):
+    row("VectorKVault", "vkv", "search_many", (q,), expect=IA)
 for kw in ({"dimensions": 0}, {"dimensions": -1}, {"dimensions": 2**63}, {"dimensions": 2**40},
            {"dimensions": None}, {"dimensions": "4"}, {"metric": "\x00"}, {"metric": None},
            {"vector_type": "\x00"}, {"table": ""}, {"table": "a\x00b"}, {"table": "\udcff"},
@@ -1096,6 +1121,8 @@ class Env:
             obj = DataPacker
         elif name == "kv":
             obj = self._store("kv")
+        elif name == "kv_memory":
+            obj = KVault(":memory:", shared=False)
         elif name == "kv_closed":
             obj = self._store("kv", closed=True)
         elif name == "cv":
