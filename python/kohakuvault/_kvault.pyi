@@ -157,8 +157,8 @@ class DataPacker:
 
 class _ColumnHandle:
     """Native handle on one column; indices are already normalised. Once its
-    column is deleted (even if a new column reuses its col_id) every call
-    raises RuntimeError("column N no longer exists")."""
+    column is deleted (even if a new column reuses its col_id) its reads and
+    writes raise RuntimeError("column N no longer exists")."""
 
     @property
     def info(self) -> dict[str, Any]: ...
