@@ -908,7 +908,10 @@ class KVault(Mapping):
         """Stop the flush daemon, flush the cache (a locked cache's entries
         are written directly, never dropped), checkpoint and close.
         Idempotent. The vault is marked closed even if the flush raises
-        (the exception then propagates, mapped)."""
+        (the exception then propagates, mapped). Called from inside one of
+        the vault's own calls (a ``put_file`` reader, a ``get_to_file``
+        writer) it raises :class:`KohakuVaultError` and the vault stays
+        open."""
         if self._closed:
             return
         native = self._native
@@ -919,7 +922,9 @@ class KVault(Mapping):
             except Exception as exc:  # noqa: BLE001
                 raise map_call_exception(exc) from exc
         finally:
-            self._closed = True
+            # the native object is closed even when its flush failed; it
+            # stays open only when it refused a re-entrant close
+            self._closed = native.closed
 
     @property
     def closed(self) -> bool:

@@ -806,6 +806,26 @@ def scenario_iter_after_close(env, kind):
         pass
 
 
+def scenario_close_inside_call(env):
+    """KVault.close() from a put_file reader is refused (the call in
+    progress holds the vault); the vault stays usable and closes after."""
+    kv, _ctx, _allowed = env.scratch("KVault")
+    refused = []
+
+    def fire():
+        try:
+            kv.close()
+        except KohakuVaultError as e:
+            refused.append(e)
+
+    kv.put_file(b"hostile/closing", _Hook(fire), size=3, chunk_size=1)
+    if not refused or kv.closed or kv.get(b"seed/b0") != SEED_KV[b"seed/b0"]:
+        raise AssertionError(f"close inside put_file: refused={refused}, closed={kv.closed}")
+    kv.close()
+    if not kv.closed:
+        raise AssertionError("close() after the call did not close")
+
+
 def scenario_close_race(env, kind):
     """Four threads call methods in a loop while the main thread closes the
     store (ColumnVault has no close(): it deletes the column instead).
@@ -961,6 +981,7 @@ for kind in STORES:
     row(kind, "scenario", "close_race", (kind,))
     if kind in ("KVault", "Column"):
         row(kind, "scenario", "iter_after_close", (kind,))
+row("KVault", "scenario", "close_inside_call")
 for kind in ("CSBTree", "SkipList"):
     for op in ("insert", "remove", "get", "range", "iter", "contains"):
         for mutation in ("insert", "remove", "clear", "drop"):
@@ -1003,6 +1024,7 @@ SCENARIOS = {
     "signal": scenario_signal,
     "close_race": scenario_close_race,
     "iter_after_close": scenario_iter_after_close,
+    "close_inside_call": scenario_close_inside_call,
     "mutating_compare": scenario_mutating_compare,
     "tree_threads": scenario_tree_threads,
     "signal_tree": scenario_signal_tree,
