@@ -828,9 +828,12 @@ def scenario_close_inside_call(env):
 
 def scenario_close_race(env, kind):
     """Four threads call methods in a loop while the main thread closes the
-    store (ColumnVault has no close(): it deletes the column instead).
+    store (KVault: with its write-back cache and flush daemon running;
+    ColumnVault has no close(): it deletes the column instead).
     Every call must work or raise the closed-object error."""
     store, ctx, allowed = env.scratch(kind)
+    if kind == "KVault":  # with the write-back cache and its flush daemon running
+        store.enable_cache(cap_bytes=4096, flush_threshold=1024, flush_interval=0.01)
     calls = _reentry_calls(kind, store, ctx)[:-1]
     errors: list = []
     stop = threading.Event()
