@@ -540,13 +540,24 @@ kv_status kvi_fx_read_bytes(kv_colvault *cv, const kvi_fx *fx, uint64_t off, uin
 /* fixed operations (cv->mu held, inside a write transaction)               */
 /* ------------------------------------------------------------------------ */
 
-kv_status kvi_fx_length(kv_colvault *cv, const kvi_fx *fx, int64_t *len)
+/* FNV-1a, 64-bit (Fowler, Noll, Vo; public domain) of a col_meta name. */
+static uint64_t kvi_name_hash(const unsigned char *p, int n)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (int i = 0; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+/* Length and name hash of the col_meta row fx->col_id. */
+static kv_status kvi_fx_row(kv_colvault *cv, const kvi_fx *fx, int64_t *len, uint64_t *hash)
 {
     sqlite3_stmt *s = cv->st[KVI_CS_SEL_LEN];
     sqlite3_bind_int64(s, 1, fx->col_id);
     int rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
         *len = sqlite3_column_int64(s, 0);
+        *hash = kvi_name_hash(sqlite3_column_text(s, 1), sqlite3_column_bytes(s, 1));
         sqlite3_reset(s);
         /* a file's col_meta row is input: a negative length is refused
          * here, before any cache or caller takes it as a count */
@@ -559,6 +570,23 @@ kv_status kvi_fx_length(kv_colvault *cv, const kvi_fx *fx, int64_t *len)
     if (rc == SQLITE_DONE)
         return kvi_err_set(&cv->err, KV_NOTFOUND, "column %lld no longer exists", (long long)fx->col_id);
     return kvi_err_sqlite(&cv->err, cv->db, rc, "select length");
+}
+
+kv_status kvi_fx_length(kv_colvault *cv, const kvi_fx *fx, int64_t *len)
+{
+    uint64_t hash = 0;
+    kv_status st = kvi_fx_row(cv, fx, len, &hash);
+    if (st == KV_OK && hash != fx->name_hash) /* deleted, and its col_id reused */
+        st = kvi_err_set(&cv->err, KV_NOTFOUND, "column %lld no longer exists", (long long)fx->col_id);
+    return st;
+}
+
+/* kvi_fx_load, then remember the row's name (kvi_fx.name_hash). */
+static kv_status kvi_fx_open(kv_colvault *cv, int64_t col_id, kvi_fx *fx)
+{
+    int64_t len;
+    kv_status st = kvi_fx_load(cv, col_id, fx);
+    return st == KV_OK ? kvi_fx_row(cv, fx, &len, &fx->name_hash) : st;
 }
 
 kv_status kvi_fx_set_length(kv_colvault *cv, const kvi_fx *fx, int64_t len)
@@ -627,7 +655,7 @@ kv_status kv_col_open_fixed(kv_colvault *cv, int64_t col_id, kv_col **out)
     if (st != KV_OK)
         return st;
     pthread_mutex_lock(&cv->mu);
-    st = kvi_fx_load(cv, col_id, &c->fx);
+    st = kvi_fx_open(cv, col_id, &c->fx);
     pthread_mutex_unlock(&cv->mu);
     if (st != KV_OK) {
         kvi_free(c);
@@ -645,9 +673,9 @@ kv_status kv_col_open_var(kv_colvault *cv, int64_t data_id, int64_t idx_id, kv_c
         return st;
     c->is_var = 1;
     pthread_mutex_lock(&cv->mu);
-    st = kvi_fx_load(cv, idx_id, &c->fx);
+    st = kvi_fx_open(cv, idx_id, &c->fx);
     if (st == KV_OK)
-        st = kvi_fx_load(cv, data_id, &c->data);
+        st = kvi_fx_open(cv, data_id, &c->data);
     if (st == KV_OK && c->fx.elem != KV_COL_IDX_ELEM)
         st = kvi_err_set(&cv->err, KV_CORRUPT, "index column %lld has elem_size %lld, not 12",
                          (long long)idx_id, (long long)c->fx.elem);
@@ -925,7 +953,10 @@ kv_status kv_col_delete_at(kv_col *col, int64_t idx)
 static kv_status kvi_col_clear_body(kv_colvault *cv, void *arg)
 {
     const kvi_col_op *a = arg;
-    kv_status st = kvi_fx_set_length(cv, &a->col->fx, 0);
+    int64_t len = 0;
+    kv_status st = kvi_fx_length(cv, &a->col->fx, &len); /* still this column? */
+    if (st == KV_OK)
+        st = kvi_fx_set_length(cv, &a->col->fx, 0);
     if (st == KV_OK && a->col->is_var)
         st = kvi_var_clear(a->col);
     return st;

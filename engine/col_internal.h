@@ -81,6 +81,8 @@ typedef struct kvi_fx {
     int64_t elem;       /* bytes per element */
     int64_t min;        /* aligned min_chunk_bytes */
     int64_t max;        /* aligned max_chunk_bytes (M) */
+    uint64_t name_hash; /* hash of col_meta.name when opened: a row that reused
+                         * col_id after a delete_column is not this column */
 } kvi_fx;
 
 struct kv_col {
@@ -185,6 +187,8 @@ int64_t kvi_grow_cap(const kvi_fx *fx, int64_t cap, int64_t need);
 int64_t kvi_first_cap(const kvi_fx *fx, int64_t need);
 
 /* col_fixed.c (cv->mu held, inside a transaction where they write) */
+/* Stored length; KV_NOTFOUND when the row is gone or its col_id now belongs
+ * to another column (kvi_fx.name_hash). */
 kv_status kvi_fx_length(kv_colvault *cv, const kvi_fx *fx, int64_t *len);
 kv_status kvi_fx_set_length(kv_colvault *cv, const kvi_fx *fx, int64_t len);
 kv_status kvi_fx_write_bytes(kv_colvault *cv, const kvi_fx *fx, uint64_t off, const uint8_t *src,

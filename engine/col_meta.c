@@ -36,7 +36,7 @@ static const char *const kvi_col_sql[KVI_CS_COUNT] = {
     [KVI_CS_BEGIN] = "BEGIN",
     [KVI_CS_COMMIT] = "COMMIT",
     [KVI_CS_ROLLBACK] = "ROLLBACK",
-    [KVI_CS_SEL_LEN] = "SELECT length FROM col_meta WHERE col_id = ?1",
+    [KVI_CS_SEL_LEN] = "SELECT length, name FROM col_meta WHERE col_id = ?1",
     [KVI_CS_UPD_LEN] = "UPDATE col_meta SET length = ?2 WHERE col_id = ?1",
     [KVI_CS_SEL_CHUNK] = "SELECT rowid, actual_size, bytes_used FROM col_chunks"
                          " WHERE col_id = ?1 AND chunk_idx = ?2",

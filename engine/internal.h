@@ -213,7 +213,10 @@ kv_status kvi_put_large(kv_db *db, const void *key, size_t klen,
                         const void *val, size_t vlen);
 /** Insert zero-filled part rows for a streamed large value of `size`
  *  bytes (inside the caller's write transaction, after the main row was
- *  upserted) and record their rowids in db->parts_rowid / parts_len. */
+ *  upserted) and record their rowids in db->parts_rowid / parts_len.
+ *  KV_IO (errno ENOSPC) before writing anything when `size` exceeds the
+ *  free space of the database file's file system (physical memory for an
+ *  in-memory database). */
 kv_status kvi_parts_create_zero(kv_db *db, const void *key, size_t klen,
                                 uint64_t size, size_t *n);
 

@@ -21,8 +21,11 @@
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
 
 /* Bytes of row overhead (record header, key length varints) kept free. */
 #define ROW_SLACK 128
@@ -200,12 +203,29 @@ fail:
     return st;
 }
 
+/* Bytes a value may take at most: the free space of the file system
+ * holding the database file (statvfs), or the physical memory for an
+ * in-memory or temporary database (no file). UINT64_MAX when unknown. */
+static uint64_t space_available(kv_db *db)
+{
+    const char *fn = sqlite3_db_filename(db->db, "main");
+    struct statvfs sv;
+    if (fn && fn[0])
+        return statvfs(fn, &sv) == 0 ? (uint64_t)sv.f_bavail * sv.f_frsize : UINT64_MAX;
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    return pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : UINT64_MAX;
+}
+
 kv_status kvi_parts_create_zero(kv_db *db, const void *key, size_t klen,
                                 uint64_t size, size_t *n)
 {
     kv_status st;
     uint64_t psz = kvi_part_size(db, klen);
     *n = 0;
+    /* A size that cannot fit fails before anything is written (rather than
+     * filling the disk, or memory, with zero parts first). */
+    if (size > space_available(db))
+        return kvi_err_os(&db->err, ENOSPC, "put_file");
     if ((st = kvi_parts_ensure(db)) != KV_OK)
         return st;
     if ((st = put_main_empty(db, key, klen)) != KV_OK)

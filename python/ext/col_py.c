@@ -938,9 +938,14 @@ static PyObject *ColHandle_clear(ColHandleObject *self, PyObject *unused)
 
 static PyObject *ColHandle_enable_cache(ColHandleObject *self, PyObject *args)
 {
-    unsigned long long cap, thr;
-    if (!PyArg_ParseTuple(args, "KK", &cap, &thr))
+    long long cap, thr; /* "L": 2**63 and beyond raise OverflowError */
+    if (!PyArg_ParseTuple(args, "LL", &cap, &thr))
         return NULL;
+    if (cap <= 0 || thr < 0) { /* -1 would wrap to an unbounded cache */
+        PyErr_Format(PyExc_ValueError,
+                     "cap_bytes must be > 0 and flush_threshold >= 0, got %lld and %lld", cap, thr);
+        return NULL;
+    }
     col_args a = {.n = (size_t)cap, .threshold = (size_t)thr};
     return col_call_none(self, op_cache_enable, &a, "enable_cache");
 }

@@ -45,6 +45,7 @@ typedef struct {
     const kvb_ops *ops;        /* backend of h */
     PyThread_type_lock lock;   /* leaf mutex; owned */
     int busy;                  /* the lock is held (changed with the GIL held) */
+    unsigned long owner;       /* thread ident of the holder while busy */
     kvhot *hot;                /* owned hot-value cache, or NULL */
     int write_flags;           /* KVB_PUT_PIPELINED or 0: the object's write mode */
     kvpy_pack_opts opts;       /* §3.6 switches */
@@ -71,20 +72,34 @@ static PyTypeObject KVKeysType;
  * Locking, errors, calls into the backend
  * ==================================================================== */
 
-/* The GIL is held on return of kv_lock and on entry to kv_unlock. */
-static inline void kv_lock(KVObject *s)
+/* The GIL is held on return of kv_lock and on entry to kv_unlock.
+ * Returns 0, or -1 with RuntimeError when the calling thread holds the lock
+ * already: Python code run inside a call (a put_file reader, a get_to_file
+ * writer, a finalizer or signal handler they trigger) called this object
+ * again, which would otherwise wait for itself forever. */
+static inline int kv_lock(KVObject *s)
 {
+    unsigned long me = PyThread_get_thread_ident();
+    if (s->busy && s->owner == me) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "KVault re-entered from inside one of its own calls "
+                        "(e.g. from a put_file reader or get_to_file writer)");
+        return -1;
+    }
     if (!PyThread_acquire_lock(s->lock, NOWAIT_LOCK)) {
         Py_BEGIN_ALLOW_THREADS
         PyThread_acquire_lock(s->lock, WAIT_LOCK);
         Py_END_ALLOW_THREADS
     }
     s->busy = 1;
+    s->owner = me;
+    return 0;
 }
 
 static inline void kv_unlock(KVObject *s)
 {
     s->busy = 0;
+    s->owner = 0;
     PyThread_release_lock(s->lock);
 }
 
@@ -97,10 +112,12 @@ static inline int check_open(KVObject *s)
     return 0;
 }
 
-/* Take the lock of an open object: 0, or -1 with ValueError (lock free). */
+/* Take the lock of an open object: 0, or -1 with ValueError (closed; lock
+ * free) or RuntimeError (re-entered, see kv_lock). */
 static inline int kv_enter(KVObject *s)
 {
-    kv_lock(s);
+    if (kv_lock(s) < 0)
+        return -1;
     if (!s->h) {
         kv_unlock(s);
         PyErr_SetString(PyExc_ValueError, CLOSED_MSG);
@@ -465,7 +482,8 @@ static void KV_dealloc(KVObject *self)
 
 static PyObject *KV_close(KVObject *self, PyObject *unused)
 {
-    kv_lock(self);
+    if (kv_lock(self) < 0)
+        return NULL;
     kv_status st = kv_detach(self);
     kv_unlock(self);
     if (st != KV_OK) {
@@ -483,7 +501,10 @@ static PyObject *KV_close(KVObject *self, PyObject *unused)
  * with the GIL held and the lock free (busy == 0), so it does not wait. */
 static void hot_report(KVObject *self)
 {
-    kv_lock(self);
+    if (kv_lock(self) < 0) { /* not reached: callers check busy first */
+        PyErr_Clear();
+        return;
+    }
     if (self->hot)
         kvhot_report(self->hot);
     kv_unlock(self);

@@ -55,7 +55,10 @@ class _KVault(_PackSwitches):
     Errors: KeyNotFoundError / BusyError (RuntimeError subclasses),
     RuntimeError (SQLite text), TypeError/ValueError for bad arguments,
     OSError for I/O. After close() every method except close/closed raises
-    ValueError("Cannot operate on closed KVault").
+    ValueError("Cannot operate on closed KVault"). A call made from inside
+    one of the object's own calls on the same thread (a put_file reader or
+    get_to_file writer, a finalizer or signal handler they trigger) raises
+    RuntimeError instead of waiting for itself.
     """
 
     def __init__(
@@ -157,7 +160,9 @@ class DataPacker:
     def is_varsize(self) -> bool: ...
 
 class _ColumnHandle:
-    """Native handle on one column; indices are already normalised."""
+    """Native handle on one column; indices are already normalised. Once its
+    column is deleted (even if a new column reuses its col_id) its reads and
+    writes raise RuntimeError("column N no longer exists")."""
 
     @property
     def info(self) -> dict[str, Any]: ...
@@ -173,7 +178,9 @@ class _ColumnHandle:
     def insert(self, index: int, value: Any) -> None: ...
     def delete(self, index: int) -> None: ...
     def clear(self) -> None: ...
-    def enable_cache(self, cap_bytes: int, flush_threshold: int) -> None: ...
+    def enable_cache(self, cap_bytes: int, flush_threshold: int) -> None:
+        """ValueError unless cap_bytes > 0 and flush_threshold >= 0;
+        OverflowError beyond int64."""
     def disable_cache(self) -> None: ...
     def flush_cache(self) -> int: ...
     def cache_enabled(self) -> bool: ...

@@ -59,11 +59,11 @@ def _busy_retry(store: Any, fn: Callable[..., Any], args: Any, kwargs: Any,
             try:
                 return fn(*args, **kwargs)
             except Exception as again:
-                err = E.map_exception(again)
+                err = E.map_call_exception(again)
                 if not isinstance(err, E.DatabaseBusy):
                     raise err from again
                 exc = again
-    raise E.map_exception(exc) from exc
+    raise E.map_call_exception(exc) from exc
 
 
 def mapped(fn: _F) -> _F:
@@ -71,7 +71,8 @@ def mapped(fn: _F) -> _F:
     ``map_exception(ex)`` chained ``from ex`` (docs/api.md §2.3): ValueError /
     TypeError → InvalidArgument, "Query returned no rows" → NotFound,
     "locked"/"busy" → DatabaseBusy, other RuntimeError → KohakuVaultError,
-    OSError → IoError, a KohakuVaultError unchanged. A busy error is first
+    OSError → IoError, a KohakuVaultError unchanged; an OverflowError (an
+    int argument beyond int64) → InvalidArgument. A busy error is first
     retried under the store's busy policy (:class:`StoreProxy`)."""
 
     @functools.wraps(fn)
@@ -79,7 +80,7 @@ def mapped(fn: _F) -> _F:
         try:
             return fn(*args, **kwargs)
         except Exception as ex:
-            err = E.map_exception(ex)
+            err = E.map_call_exception(ex)
             if not isinstance(err, E.DatabaseBusy) or not args:
                 raise err from ex
             return _busy_retry(args[0], fn, args, kwargs, ex)
@@ -143,30 +144,37 @@ class StoreProxy:
 
     # ------------------------------------------------------------ switches (§3.6)
 
+    def _switches(self) -> Any:
+        """The native object, for a switch call: InvalidArgument once the
+        store is closed, as every other method raises."""
+        if self._vault.closed:
+            raise E.InvalidArgument(f"Cannot operate on closed {self._repr_name}")
+        return self._vault
+
     def enable_auto_pack(self, use_pickle: bool = True) -> None:
         """Auto-pack on (also turns headers on); ``use_pickle`` allows the
         pickle fallback."""
-        self._vault.enable_auto_pack(use_pickle)
+        self._switches().enable_auto_pack(use_pickle)
 
     def disable_auto_pack(self) -> None:
         """Auto-pack off: values must be bytes-like; reads return stored bytes."""
-        self._vault.disable_auto_pack()
+        self._switches().disable_auto_pack()
 
     def auto_pack_enabled(self) -> bool:
         """Whether auto-pack is on."""
-        return self._vault.auto_pack_enabled()
+        return self._switches().auto_pack_enabled()
 
     def enable_headers(self) -> None:
         """Write the 10-byte header for non-bytes values."""
-        self._vault.enable_headers()
+        self._switches().enable_headers()
 
     def disable_headers(self) -> None:
         """Store encoded payloads without a header."""
-        self._vault.disable_headers()
+        self._switches().disable_headers()
 
     def headers_enabled(self) -> bool:
         """Whether headers are on."""
-        return self._vault.headers_enabled()
+        return self._switches().headers_enabled()
 
     # ------------------------------------------------------------ protocol
 

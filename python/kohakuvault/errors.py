@@ -166,3 +166,14 @@ def open_failure_text(path: str, text: str) -> str | None:
         return (f"cannot open {path} ({_CANNOT_OPEN}): check that its "
                 "directory exists and is writable")
     return None
+
+
+def map_call_exception(exc: BaseException, *, key=None) -> KohakuVaultError:
+    """:func:`map_exception` for an exception raised by a proxy's call, with
+    one refinement: an ``OverflowError`` (an ``int`` argument beyond what
+    the native layer takes, e.g. ``2**63`` as a size, count or limit) is a
+    bad argument value and becomes :class:`InvalidArgument` (rule 7 would
+    give its base class, :class:`KohakuVaultError`). Not exported."""
+    if isinstance(exc, OverflowError):
+        return InvalidArgument(str(exc))
+    return map_exception(exc, key=key)

@@ -30,6 +30,7 @@ from .errors import (
     map_exception,
     open_check,
     open_failure_text,
+    map_call_exception,
 )
 
 __all__ = ["KVault"]
@@ -47,8 +48,14 @@ _WRITE_MODES = ("applied", "pipelined")
 
 
 def _key_bytes(key):
-    """The key as stored: ``str`` → UTF-8 bytes, anything else unchanged."""
-    return key.encode("utf-8") if isinstance(key, str) else key
+    """The key as stored: ``str`` → UTF-8 bytes, anything else unchanged
+    (also a ``str`` without a UTF-8 form: the native call refuses it)."""
+    if isinstance(key, str):
+        try:
+            return key.encode("utf-8")
+        except UnicodeEncodeError:
+            return key
+    return key
 
 
 def _check_write_mode(write_mode):
@@ -317,7 +324,7 @@ class KVault(Mapping):
         if self._closed:
             raise ValueError(_CLOSED_MSG) from None
         if not isinstance(exc, _kvault.BusyError):
-            raise map_exception(exc, key=key) from exc
+            raise map_call_exception(exc, key=key) from exc
         delay = self._backoff_base
         for _ in range(self._retries - 1):
             time.sleep(delay)
@@ -329,8 +336,8 @@ class KVault(Mapping):
                     raise ValueError(_CLOSED_MSG) from None
                 exc = again
                 if not isinstance(again, _kvault.BusyError):
-                    raise map_exception(again, key=key) from again
-        raise map_exception(exc, key=key) from exc
+                    raise map_call_exception(again, key=key) from again
+        raise map_call_exception(exc, key=key) from exc
 
     def _call(self, fn, *args, key=None):
         """Run a native call through the retry loop and error mapping."""
@@ -576,7 +583,7 @@ class KVault(Mapping):
             except Exception as exc:  # noqa: BLE001
                 if self._closed:
                     raise ValueError(_CLOSED_MSG) from None
-                raise map_exception(exc) from exc
+                raise map_call_exception(exc) from exc
             yield k
 
     def __iter__(self):
@@ -768,7 +775,7 @@ class KVault(Mapping):
     def _fail_no_retry(self, exc, key):
         if self._closed:
             raise ValueError(_CLOSED_MSG) from None
-        raise map_exception(exc, key=key) from exc
+        raise map_call_exception(exc, key=key) from exc
 
     # ----------------------------------------------------- write-back cache
 
@@ -965,7 +972,10 @@ class KVault(Mapping):
         """Stop the flush daemon, flush the cache (a locked cache's entries
         are written directly, never dropped), checkpoint and close.
         Idempotent. The vault is marked closed even if the flush raises
-        (the exception then propagates, mapped)."""
+        (the exception then propagates, mapped). Called from inside one of
+        the vault's own calls (a ``put_file`` reader, a ``get_to_file``
+        writer) it raises :class:`KohakuVaultError` and the vault stays
+        open."""
         if self._closed:
             return
         native = self._native
@@ -974,9 +984,11 @@ class KVault(Mapping):
             try:
                 native.close()
             except Exception as exc:  # noqa: BLE001
-                raise map_exception(exc) from exc
+                raise map_call_exception(exc) from exc
         finally:
-            self._closed = True
+            # the native object is closed even when its flush failed; it
+            # stays open only when it refused a re-entrant close
+            self._closed = native.closed
 
     @property
     def closed(self) -> bool:
