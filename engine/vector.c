@@ -98,6 +98,7 @@ struct kv_vector {
     sqlite3_stmt *st_wstate;    /* max id, max chunk_id */
     sqlite3_stmt *st_last;      /* size, validity, rowids of the last chunk */
     sqlite3_stmt *st_above;     /* count of rows with id > ?1 */
+    sqlite3_stmt *st_layout;    /* bytes of the last chunk's vectors and of one row above ?1 */
     sqlite3_stmt *st_unchunked; /* rows with id > ?1, ascending */
     sqlite3_stmt *st_move;      /* mark a row chunked */
     sqlite3_stmt *st_load;      /* chunks with their vectors (and vec0 refs) */
@@ -509,7 +510,7 @@ void kv_vector_close(kv_vector *v)
         return;
     sqlite3_stmt *sts[] = {v->st_dv,        v->st_ins_val,  v->st_ins_row, v->st_ins_chunk,
                            v->st_ins_cvec,  v->st_wstate,   v->st_unchunked, v->st_move,
-                           v->st_last,      v->st_above,
+                           v->st_last,      v->st_above,    v->st_layout,
                            v->st_load,      v->st_load_tail, v->st_get_val, v->st_get_row,
                            v->st_del_row,   v->st_del_val,  v->st_del_chunk, v->st_del_cvec,
                            v->st_upd_vec,   v->st_upd_val,  v->st_count};
@@ -726,6 +727,11 @@ static kv_status prepare_native(kv_vector *v)
     PREP(v->st_last, "SELECT size, validity, rowids FROM \"%s_chunks\" ORDER BY chunk_id DESC LIMIT 1",
          table);
     PREP(v->st_above, "SELECT count(*) FROM \"%s\" WHERE id > ?1", table);
+    PREP(v->st_layout,
+         "SELECT (SELECT length(vectors) FROM \"%s_chunk_vectors\" ORDER BY chunk_id DESC LIMIT 1), "
+         "(SELECT size FROM \"%s_chunks\" ORDER BY chunk_id DESC LIMIT 1), "
+         "(SELECT length(vector) FROM \"%s\" WHERE id > ?1 LIMIT 1)",
+         table, table, table);
     PREP(v->st_unchunked, "SELECT id, vector FROM \"%s\" WHERE id > ?1 ORDER BY id", table);
     PREP(v->st_move, "UPDATE \"%s\" SET vector = x'', chunk_id = ?1, chunk_offset = ?2 WHERE id = ?3",
          table);
@@ -927,6 +933,37 @@ static kv_status read_only(kv_vector *v)
                        v->table, v->table);
 }
 
+/* The vectors already in the table have this handle's row size: the last
+ * chunk's vector blob is size * row_bytes and an unchunked row (above the
+ * watermark) row_bytes. Dimensions and type are not stored in the file, so a
+ * handle opened with others would otherwise insert rows no search can read,
+ * or, updating a chunk slot, write across its neighbours. Two O(log n)
+ * lookups; run with the write state, inside the write transaction. */
+static kv_status check_layout(kv_vector *v)
+{
+    kv_status st = KV_OK;
+    sqlite3_bind_int64(v->st_layout, 1, v->mark);
+    int rc = sqlite3_step(v->st_layout);
+    if (rc != SQLITE_ROW) {
+        st = sql_fail(v, rc, "vector layout");
+    } else {
+        size_t have = 0;
+        if (sqlite3_column_type(v->st_layout, 2) != SQLITE_NULL)
+            have = (size_t)sqlite3_column_int64(v->st_layout, 2);
+        else if (sqlite3_column_type(v->st_layout, 0) != SQLITE_NULL &&
+                 sqlite3_column_int64(v->st_layout, 1) > 0)
+            have = (size_t)(sqlite3_column_int64(v->st_layout, 0) / sqlite3_column_int64(v->st_layout, 1));
+        if (have && have != v->row_bytes)
+            st = kvi_err_set(&v->err, KV_INVALID,
+                             "table %s holds vectors of %zu bytes, but this VectorKVault was opened "
+                             "with %zu dimensions of %s (%zu bytes): open it with the dimensions and "
+                             "vector type the table was created with",
+                             v->table, have, v->dims, elem_name(v->elem), v->row_bytes);
+    }
+    sqlite3_reset(v->st_layout);
+    return st;
+}
+
 /* In a write transaction: make the write state current. */
 static kv_status write_state(kv_vector *v)
 {
@@ -962,6 +999,8 @@ static kv_status write_state(kv_vector *v)
             st = sql_fail(v, rc, "write state");
         sqlite3_reset(v->st_above);
     }
+    if (st == KV_OK)
+        st = check_layout(v);
     if (st == KV_OK) {
         v->ws_valid = 1;
         v->ws_dv = dv;
@@ -1409,6 +1448,8 @@ kv_status kv_vector_delete(kv_vector *v, int64_t id, int *removed)
 static kv_status update_body(kv_vector *v, vec_write *w)
 {
     kv_status st = KV_OK;
+    if (w->row && (st = write_state(v)) != KV_OK)   /* with the layout check */
+        return st;
     if (w->row) {
         int64_t ref;
         if ((st = locate(v, w->id, &w->found, &ref, &w->chunk, &w->slot)) != KV_OK)

@@ -244,6 +244,29 @@ def test_vectorkvault_reopen_with_other_dimensions_is_detected(db_path):
         b.search([1, 2])
 
 
+@pytest.mark.parametrize("rows", [3, 600])   # unchunked rows only; chunks and a tail
+def test_vectorkvault_writes_with_other_dimensions_are_refused(db_path, rows):
+    """A handle opened with other dimensions than the table's vectors cannot
+    insert rows no search could read, nor update a chunk slot across its
+    neighbours; the stored vectors stay searchable."""
+    a = VectorKVault(db_path, dimensions=4, metric="l2")
+    ids = [a.insert([float(i), 0, 0, 0], i) for i in range(rows)]
+    a.close()
+    b = VectorKVault(db_path, dimensions=8, metric="l2")
+    with pytest.raises(InvalidArgument, match="holds vectors of 16 bytes.*8 dimensions"):
+        b.insert([1.0] * 8, "x")
+    with pytest.raises(InvalidArgument, match="holds vectors of 16 bytes"):
+        b.update(ids[1], vector=[1.0] * 8)
+    b.close()
+    c = VectorKVault(db_path, dimensions=4, metric="l2")
+    assert len(c) == rows
+    assert [r[0] for r in c.search([1.0, 0, 0, 0], k=1)] == [ids[1]]
+    c.insert([5.0, 0, 0, 0], "ok")
+    c.update(ids[0], vector=[0.5, 0, 0, 0])
+    assert len(c) == rows + 1
+    c.close()
+
+
 def test_vectorkvault_threads(db_path, run_threads):
     vkv = VectorKVault(db_path, dimensions=8, metric="l2")
 
