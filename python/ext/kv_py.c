@@ -1270,6 +1270,29 @@ static int spool(int fd, int to_fd, PyObject *ctx, uint64_t size, size_t chunk)
     return rc;
 }
 
+/* An unnamed temporary file in the directory of the database `db_path`
+ * (O_TMPFILE; where the file system lacks it, a file created and unlinked
+ * at once), or -1 with errno. Spooling there keeps a large stream on disk,
+ * where its value goes anyway, instead of in shared memory. */
+static int spool_file(const char *db_path)
+{
+    char dir[4096];
+    const char *slash = db_path ? strrchr(db_path, '/') : NULL;
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - db_path) + (slash == db_path), db_path);
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
+        return fd;
+    char tmpl[4200];
+    snprintf(tmpl, sizeof tmpl, "%s/.kvault-spool-XXXXXX", dir);
+    fd = mkostemp(tmpl, O_CLOEXEC);
+    if (fd >= 0)
+        unlink(tmpl);
+    return fd;
+}
+
 /* Store raw bytes with put. */
 static PyObject *put_raw(KVObject *self, const char *k, Py_ssize_t kn, const void *p, size_t n)
 {
@@ -1295,8 +1318,11 @@ static PyObject *put_stream(KVObject *self, const char *k, Py_ssize_t kn, PyObje
         return none_unless(st);
     }
     /* A stream that ends early keeps the announced size: the backend stores
-     * what there is plus a zero tail and reports the short write (§4.6). */
-    int fd = memfd_create("kvault-put-file", MFD_CLOEXEC);
+     * what there is plus a zero tail and reports the short write (§4.6).
+     * At most `size` bytes are read, as the embedded stream reads; they are
+     * spooled to an unnamed file next to the database, not into memory
+     * (docs/reliability.md, "Streams"). */
+    int fd = spool_file(self->cpath);
     if (fd < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
     st = KV_CALLBACK;

@@ -185,3 +185,54 @@ def test_fork_while_a_thread_is_inside_a_call(tmp_path, mode):
     kv.close()
     if w:
         assert w.kill(signal.SIGTERM) == 0
+
+
+# ---- C. put_file of a stream that never ends ------------------------------
+
+class _Endless:
+    """A reader whose read(n) always returns n bytes (never b''); it records
+    the largest shared-memory file of this process seen while reading."""
+
+    def __init__(self):
+        self.calls = 0
+        self.bytes = 0
+        self.largest_memfd = 0
+
+    def read(self, n=-1):
+        self.calls += 1
+        if self.calls % 64 == 0:
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:"):
+                        self.largest_memfd = max(self.largest_memfd, os.fstat(int(fd)).st_size)
+                except OSError:
+                    pass
+        n = 65536 if n is None or n < 0 else min(n, 65536)
+        self.bytes += n
+        return b"\xab" * n
+
+
+@pytest.mark.parametrize("mode", ["embedded", "attached"])
+def test_put_file_of_an_endless_stream_reads_size_bytes_not_into_memory(tmp_path, mode):
+    """Both modes read exactly `size` bytes of a stream that never ends and
+    store them; the attached mode spools them to disk, not shared memory."""
+    db = str(tmp_path / "endless.db")
+    w = Writer(db) if mode == "attached" else None
+    try:
+        kv = KVault(db, shared=mode == "attached")
+        size = 48 << 20
+        r = _Endless()
+        kv.put_file("big", r, size=size, chunk_size=1 << 16)
+        assert r.bytes == size
+        assert r.largest_memfd < 16 << 20, r.largest_memfd   # the 4 MiB ring only
+        got = kv.get("big")
+        assert len(got) == size and got[:4] == b"\xab" * 4 and got[-1:] == b"\xab"
+        # unknown size: one read() without a size, in both modes
+        r2 = _Endless()
+        r2.seek = None   # not seekable
+        kv.put_file("once", r2)
+        assert r2.calls == 1 and len(kv.get("once")) == 65536
+        kv.close()
+    finally:
+        if w:
+            assert w.kill(signal.SIGTERM) == 0
