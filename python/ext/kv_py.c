@@ -322,18 +322,26 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
  * A child of fork() has one thread: a lock another thread of the parent
  * held at the fork would stay held forever, and a handle in the middle of
  * a call would be half changed. So the parent's forking thread takes the
- * lock of every live object before the fork (os.register_at_fork "before";
- * each wait releases the GIL, so the call in progress finishes) and both
- * processes release them after it. The child then leaves the parent's
- * SQLite connections alone (a connection must not be used across fork,
- * https://sqlite.org/howtocorrupt.html section 2.6; closing it could
- * checkpoint or remove the WAL under the parent): its first call through
- * an embedded object opens its own handle (kv_rehome) and leaks the
- * inherited one. Attached handles re-home themselves (kvshm/attach.h).
+ * lock of every live object before the fork (os.register_at_fork "before"),
+ * waiting with the GIL released up to FORK_WAIT_US in all for calls in
+ * progress to finish, and both processes release what it took after the
+ * fork. The wait is bounded because a call may be waiting for the very
+ * process being forked (subprocess runs these hooks when it starts a
+ * kvault-writer with a preexec_fn). In the child, an object whose lock was
+ * still held gets a new lock (the old one is leaked: its holder does not
+ * exist there). The child leaves the parent's SQLite connections alone (a
+ * connection must not be used across fork, https://sqlite.org/howtocorrupt.html
+ * section 2.6; closing it could checkpoint or remove the WAL under the
+ * parent): its first call through an embedded object opens its own handle
+ * (kv_rehome) and leaks the inherited one. Attached handles re-home
+ * themselves (kvshm/attach.h).
  * ==================================================================== */
 
+#define FORK_WAIT_US 200000
+
 static KVObject *g_live;            /* newest live object; GIL held */
-static KVObject **g_fork_held;      /* objects locked for a fork in progress */
+static KVObject **g_fork_held;      /* every live object at the fork in progress */
+static unsigned char *g_fork_locked;/* g_fork_held[i]'s lock was taken */
 static Py_ssize_t g_fork_n;
 
 static void live_link(KVObject *s)
@@ -362,30 +370,58 @@ static PyObject *fork_before(PyObject *unused, PyObject *noargs)
     for (KVObject *o = g_live; o; o = (KVObject *)o->live_next)
         n++;
     g_fork_held = n ? PyMem_Calloc((size_t)n, sizeof *g_fork_held) : NULL;
+    g_fork_locked = n ? PyMem_Calloc((size_t)n, 1) : NULL;
     g_fork_n = 0;
-    if (n && !g_fork_held)
+    if (n && (!g_fork_held || !g_fork_locked))
         Py_RETURN_NONE;   /* no memory: fork unprotected rather than fail it */
     for (KVObject *o = g_live; o && g_fork_n < n; o = (KVObject *)o->live_next) {
         Py_INCREF(o);     /* alive until after the fork */
         g_fork_held[g_fork_n++] = o;
     }
-    for (Py_ssize_t i = 0; i < g_fork_n; i++)
-        kv_lock(g_fork_held[i]);
+    uint64_t deadline = 0;
+    for (Py_ssize_t i = 0; i < g_fork_n; i++) {
+        PyThread_type_lock l = g_fork_held[i]->lock;
+        int got = PyThread_acquire_lock(l, NOWAIT_LOCK);
+        if (!got) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            uint64_t now = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+            if (!deadline)
+                deadline = now + FORK_WAIT_US;
+            if (now < deadline) {
+                Py_BEGIN_ALLOW_THREADS
+                got = PyThread_acquire_lock_timed(l, (PY_TIMEOUT_T)(deadline - now), 0) ==
+                      PY_LOCK_ACQUIRED;
+                Py_END_ALLOW_THREADS
+            }
+        }
+        g_fork_locked[i] = (unsigned char)got;
+    }
     Py_RETURN_NONE;
 }
 
-/* Release what fork_before took; in the child, mark the objects forked. */
+/* Release what fork_before took; in the child, mark the objects forked
+ * and give those whose lock another thread held a new one. */
 static void fork_release(int child)
 {
     for (Py_ssize_t i = 0; i < g_fork_n; i++) {
         KVObject *o = g_fork_held[i];
         if (child)
             o->forked = 1;
-        kv_unlock(o);
+        if (g_fork_locked[i]) {
+            PyThread_release_lock(o->lock);
+        } else if (child) {
+            PyThread_type_lock fresh = PyThread_allocate_lock();
+            if (fresh)
+                o->lock = fresh;
+            o->busy = 0;
+        }
         Py_DECREF(o);
     }
     PyMem_Free(g_fork_held);
+    PyMem_Free(g_fork_locked);
     g_fork_held = NULL;
+    g_fork_locked = NULL;
     g_fork_n = 0;
 }
 
