@@ -39,7 +39,7 @@
 #include "kv_backend.h"
 #include "kv_hot.h"
 
-typedef struct {
+typedef struct KVObject {
     PyObject_HEAD
     void *h;                   /* backend handle, owned; NULL once closed */
     const kvb_ops *ops;        /* backend of h */
@@ -63,7 +63,7 @@ typedef struct {
     kv_commit_guard guard;     /* embedded: refuses commits while a writer holds reg */
     /* fork (docs/shared-mode.md, "Failure behaviour"): every live object is
      * on one list (changed with the GIL held) */
-    PyObject *live_prev, *live_next;
+    struct KVObject *live_prev, *live_next;
     int forked;                /* child of a fork: the embedded handle is the parent's */
 } KVObject;
 
@@ -346,35 +346,35 @@ static Py_ssize_t g_fork_n;
 
 static void live_link(KVObject *s)
 {
-    s->live_next = (PyObject *)g_live;
+    s->live_next = g_live;
     if (g_live)
-        g_live->live_prev = (PyObject *)s;
+        g_live->live_prev = s;
     g_live = s;
 }
 
 static void live_unlink(KVObject *s)
 {
-    KVObject *prev = (KVObject *)s->live_prev, *next = (KVObject *)s->live_next;
+    KVObject *prev = s->live_prev, *next = s->live_next;
     if (prev)
-        prev->live_next = (PyObject *)next;
+        prev->live_next = next;
     else if (g_live == s)
         g_live = next;
     if (next)
-        next->live_prev = (PyObject *)prev;
+        next->live_prev = prev;
     s->live_prev = s->live_next = NULL;
 }
 
 static PyObject *fork_before(PyObject *unused, PyObject *noargs)
 {
     Py_ssize_t n = 0;
-    for (KVObject *o = g_live; o; o = (KVObject *)o->live_next)
+    for (KVObject *o = g_live; o; o = o->live_next)
         n++;
     g_fork_held = n ? PyMem_Calloc((size_t)n, sizeof *g_fork_held) : NULL;
     g_fork_locked = n ? PyMem_Calloc((size_t)n, 1) : NULL;
     g_fork_n = 0;
     if (n && (!g_fork_held || !g_fork_locked))
         Py_RETURN_NONE;   /* no memory: fork unprotected rather than fail it */
-    for (KVObject *o = g_live; o && g_fork_n < n; o = (KVObject *)o->live_next) {
+    for (KVObject *o = g_live; o && g_fork_n < n; o = o->live_next) {
         Py_INCREF(o);     /* alive until after the fork */
         g_fork_held[g_fork_n++] = o;
     }
