@@ -323,13 +323,21 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
  * held at the fork would stay held forever, and a handle in the middle of
  * a call would be half changed. So the parent's forking thread takes the
  * lock of every live object before the fork (os.register_at_fork "before"),
- * waiting with the GIL released up to FORK_WAIT_US in all for calls in
- * progress to finish, and both processes release what it took after the
- * fork. The wait is bounded because a call may be waiting for the very
- * process being forked (subprocess runs these hooks when it starts a
- * kvault-writer with a preexec_fn). In the child, an object whose lock was
- * still held gets a new lock (the old one is leaked: its holder does not
- * exist there). The child leaves the parent's SQLite connections alone (a
+ * waiting with the GIL released for calls in progress to finish, and both
+ * processes release what it took after the fork.
+ *
+ * An embedded call is always waited for: SQLite keeps per-process lock
+ * state of every file (shared by all connections of the process), so a
+ * child forked while a connection of the parent was inside a transaction
+ * would inherit locks its kernel does not hold and its own connection
+ * would find the file busy for good. Embedded calls end by themselves
+ * (a busy file: SQLite's busy timeout; an "auto" object waiting for a
+ * starting writer: ROUTE_WAIT_MS). An attached call is waited for at most
+ * FORK_WAIT_US in all, because it may wait for the very process being
+ * forked (subprocess runs these hooks when it starts a kvault-writer with
+ * a preexec_fn); its handle is re-homed in the child anyway (below), and an
+ * object whose lock was still held gets a new lock in the child (the old
+ * one is leaked: its holder does not exist there). The child leaves the parent's SQLite connections alone (a
  * connection must not be used across fork, https://sqlite.org/howtocorrupt.html
  * section 2.6; closing it could checkpoint or remove the WAL under the
  * parent): its first call through an embedded object opens its own handle
@@ -382,7 +390,11 @@ static PyObject *fork_before(PyObject *unused, PyObject *noargs)
     for (Py_ssize_t i = 0; i < g_fork_n; i++) {
         PyThread_type_lock l = g_fork_held[i]->lock;
         int got = PyThread_acquire_lock(l, NOWAIT_LOCK);
-        if (!got) {
+        if (!got && g_fork_held[i]->ops == &kvb_embedded) {
+            Py_BEGIN_ALLOW_THREADS
+            got = PyThread_acquire_lock(l, WAIT_LOCK);
+            Py_END_ALLOW_THREADS
+        } else if (!got) {
             struct timespec ts;
             clock_gettime(CLOCK_MONOTONIC, &ts);
             uint64_t now = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;

@@ -158,9 +158,18 @@ def test_fork_while_a_thread_is_inside_a_call(tmp_path, mode):
                         assert kv[f"c{c}:{j}"] == j
                     kv.get("t1", None)
                     code = 0
+                except BaseException:
+                    import traceback
+
+                    traceback.print_exc()
+                    sys.stderr.flush()
                 finally:
                     os._exit(code)
             pids.append(pid)
+        # the forks happened during calls; now let the children have the
+        # file's write lock (an endless embedded writer would starve them)
+        stop.set()
+        t.join(timeout=30)
         deadline = time.monotonic() + 25
         codes = {}
         while len(codes) < len(pids) and time.monotonic() < deadline:
