@@ -127,6 +127,30 @@ def test_concurrent_embedded_opens_replay_once(tmp_path):
         assert all(e[f"k{i}"] == "old" for i in range(4, 200))
 
 
+def test_attached_auto_object_continues_embedded_after_a_client_replayed(tmp_path):
+    """An "auto" object attached to a writer that is killed waits for a
+    restart; once an embedded open replayed the dead writer's records (and
+    marked the registry stopped), it continues embedded as after a clean
+    stop, with its own acknowledged writes and the embedded one intact."""
+    db = str(tmp_path / "auto.db")
+    w = Writer(db, "--commit-interval-ms", "600000")
+    kv = KVault(db)
+    assert kv.shared
+    kv["mine"] = "acked"                       # applied, not committed
+    w.kill(signal.SIGKILL)
+    with _embedded(db) as e:                   # replays, then writes
+        assert e["mine"] == "acked"
+        e["other"] = "embedded"
+    t0 = time.monotonic()
+    kv["after"] = "continues"
+    assert time.monotonic() - t0 < 10          # not the 60 s re-attach wait
+    assert not kv.shared
+    assert kv["mine"] == "acked" and kv["other"] == "embedded"
+    kv.close()
+    with _embedded(db) as e:
+        assert e["after"] == "continues"
+
+
 # ---- B. fork() while another thread is inside a call -----------------------
 
 @pytest.mark.parametrize("mode", ["embedded", "attached"])
