@@ -348,6 +348,7 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
 #define FORK_WAIT_US 200000
 
 static KVObject *g_live;            /* newest live object; GIL held */
+static PyThread_type_lock g_forking;/* one fork at a time holds the arrays below */
 static KVObject **g_fork_held;      /* every live object at the fork in progress */
 static unsigned char *g_fork_locked;/* g_fork_held[i]'s lock was taken */
 static Py_ssize_t g_fork_n;
@@ -374,6 +375,13 @@ static void live_unlink(KVObject *s)
 
 static PyObject *fork_before(PyObject *unused, PyObject *noargs)
 {
+    /* two threads forking at once: the second waits for the first's after
+     * hook (fork_release) */
+    if (!PyThread_acquire_lock(g_forking, NOWAIT_LOCK)) {
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock(g_forking, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
+    }
     Py_ssize_t n = 0;
     for (KVObject *o = g_live; o; o = o->live_next)
         n++;
@@ -435,6 +443,7 @@ static void fork_release(int child)
     g_fork_held = NULL;
     g_fork_locked = NULL;
     g_fork_n = 0;
+    PyThread_release_lock(g_forking);
 }
 
 static PyObject *fork_after_parent(PyObject *unused, PyObject *noargs)
@@ -458,6 +467,10 @@ static PyMethodDef fork_hooks[] = {
 /* os.register_at_fork(before=..., after_in_parent=..., after_in_child=...) */
 static int register_fork_hooks(void)
 {
+    if (!g_forking && !(g_forking = PyThread_allocate_lock())) {
+        PyErr_NoMemory();
+        return -1;
+    }
     PyObject *os = PyImport_ImportModule("os"), *reg = NULL, *args = NULL, *kw = NULL, *r = NULL;
     PyObject *fns[3] = {NULL, NULL, NULL};
     static const char *names[3] = {"before", "after_in_parent", "after_in_child"};
