@@ -102,19 +102,25 @@ static uint64_t now_ms(void)
  * Registry
  * ==================================================================== */
 
+/* Length of the registry lock of a client replaying a dead writer
+ * (kv_attach_recover); a writer's lock covers the whole file (length 0). */
+#define RECOVER_LOCK_LEN ((off_t)1 << 40)
+
 typedef struct reg_info {
     uint64_t generation;
     char segment[96], slots[96], socket[96], table[136], state[16];
 } reg_info;
 
-/* 1 and *ri filled if a live writer holds the registry and says ready. */
+/* 1 and *ri filled if a live writer holds the registry and says ready
+ * (not a client replaying a dead one: the text is still the dead one's). */
 static int registry_read(const char *reg_path, reg_info *ri)
 {
     int fd = open(reg_path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return 0;
     struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
     int served = 0;
-    if (fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK) {
+    if (fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK &&
+        fl.l_len != RECOVER_LOCK_LEN) {
         char text[2048], gen[32];
         ssize_t n = pread(fd, text, sizeof text - 1, 0);
         if (n > 0) {
@@ -198,7 +204,6 @@ int kv_attach_registry_locked(const char *reg_path, const char *table)
  * RECOVER_LOCK_LEN bytes; a writer locks the whole file (l_len 0). Both
  * conflict with each other, and F_OFD_GETLK tells them apart by l_len. */
 
-#define RECOVER_LOCK_LEN ((off_t)1 << 40)
 #define RECOVER_POLL_MS 20
 
 enum { REG_FREE, REG_WRITER, REG_RECOVERING };
