@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "kv_assert.h"
+#include "kvault/batch.h"
 #include "kvshm/attach.h"
 #include "kvshm/kvshm.h"
 #include "kvshm/proto.h"
@@ -101,19 +102,25 @@ static uint64_t now_ms(void)
  * Registry
  * ==================================================================== */
 
+/* Length of the registry lock of a client replaying a dead writer
+ * (kv_attach_recover); a writer's lock covers the whole file (length 0). */
+#define RECOVER_LOCK_LEN ((off_t)1 << 40)
+
 typedef struct reg_info {
     uint64_t generation;
     char segment[96], slots[96], socket[96], table[136], state[16];
 } reg_info;
 
-/* 1 and *ri filled if a live writer holds the registry and says ready. */
+/* 1 and *ri filled if a live writer holds the registry and says ready
+ * (not a client replaying a dead one: the text is still the dead one's). */
 static int registry_read(const char *reg_path, reg_info *ri)
 {
     int fd = open(reg_path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return 0;
     struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
     int served = 0;
-    if (fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK) {
+    if (fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK &&
+        fl.l_len != RECOVER_LOCK_LEN) {
         char text[2048], gen[32];
         ssize_t n = pread(fd, text, sizeof text - 1, 0);
         if (n > 0) {
@@ -190,6 +197,142 @@ int kv_attach_registry_locked(const char *reg_path, const char *table)
     /* a writer that is starting may still show its predecessor's text:
      * only another table named in the text lets the caller go on */
     return locked && (!tbl[0] || !strcmp(tbl, table ? table : "kv"));
+}
+
+/* ---- recovery of a dead writer by a client (kv_attach_recover) ---------
+ * A recovering client locks the registry from byte 0 over
+ * RECOVER_LOCK_LEN bytes; a writer locks the whole file (l_len 0). Both
+ * conflict with each other, and F_OFD_GETLK tells them apart by l_len. */
+
+#define RECOVER_POLL_MS 20
+
+enum { REG_FREE, REG_WRITER, REG_RECOVERING };
+
+static int registry_lock_kind(int fd)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    if (fcntl(fd, F_OFD_GETLK, &fl) != 0 || fl.l_type == F_UNLCK) return REG_FREE;
+    return fl.l_len == RECOVER_LOCK_LEN ? REG_RECOVERING : REG_WRITER;
+}
+
+/* 1 if registry text `text` names a writer of `table` that did not stop
+ * cleanly and whose data segment still exists: its applied records may not
+ * all be committed. seg/slots (96 bytes each) receive the names. */
+static int registry_unreplayed(const char *text, const char *table, char *seg, char *slots)
+{
+    char state[16], tbl[136], path[128];
+    struct stat sb;
+    if (kvshm_registry_field(text, "state", state, sizeof state) || !strcmp(state, "stopped") ||
+        kvshm_registry_field(text, "segment", seg, 96) || seg[0] != '/')
+        return 0;
+    if (kvshm_registry_field(text, "slots", slots, 96)) slots[0] = 0;
+    if (!kvshm_registry_field(text, "table", tbl, sizeof tbl) && tbl[0] &&
+        strcmp(tbl, table ? table : "kv"))
+        return 0;
+    snprintf(path, sizeof path, "/dev/shm%s", seg);
+    return stat(path, &sb) == 0;
+}
+
+static ssize_t registry_text(int fd, char *text, size_t cap)
+{
+    ssize_t n = pread(fd, text, cap - 1, 0);
+    text[n > 0 ? n : 0] = 0;
+    return n;
+}
+
+int kv_attach_recover_pending(const char *reg_path, const char *table)
+{
+    int fd = open(reg_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    int kind = registry_lock_kind(fd), pending = kind == REG_RECOVERING;
+    if (kind == REG_FREE) {
+        char text[2048], seg[96], slots[96];
+        registry_text(fd, text, sizeof text);
+        pending = registry_unreplayed(text, table, seg, slots);
+    }
+    close(fd);
+    return pending;
+}
+
+/* Replay the segment named in `text` into `db_abs` (the registry lock is
+ * held by fd) and mark the registry stopped. */
+static kv_status recover_locked(int fd, const char *db_abs, const char *table, char *text,
+                                const char *seg, const char *slots, uint64_t *replayed,
+                                char *err, size_t errlen)
+{
+    kv_batch_opts bo;
+    kv_batch_opts_default(&bo);
+    bo.table = table ? table : "kv";
+    kv_batch *b = NULL;
+    kv_status st = kv_batch_open(db_abs, &bo, &b, err, errlen);
+    if (st != KV_OK) return st;
+    uint64_t committed = 0, top = 0;
+    st = kv_batch_last_seq(b, &committed);
+    if (st == KV_OK) {
+        kvshm_status ks = kvshm_replay_segment(seg, b, committed, replayed, &top);
+        if (ks == KVSHM_E_SYS) st = (kv_batch_sqlite_errcode(b) & 0xff) == 5 /* SQLITE_BUSY */ ? KV_BUSY : KV_IO;
+        else if (ks != KVSHM_OK && ks != KVSHM_E_NOENT && ks != KVSHM_E_LAYOUT) st = KV_IO;
+        if (st != KV_OK)
+            snprintf(err, errlen, "replay of the dead writer's segment %s: %s", seg,
+                     ks == KVSHM_E_SYS ? kv_batch_errmsg(b) : kvshm_strerror(ks));
+    } else {
+        snprintf(err, errlen, "%s", kv_batch_errmsg(b));
+    }
+    kv_batch_close(b);
+    if (st != KV_OK) return st;
+    kvshm_unlink(seg, slots[0] ? slots : NULL);
+    /* the registry says what a clean stop says: every applied record of
+     * that writer is committed (clients waiting for it continue; the next
+     * writer finds nothing to replay) */
+    char *line = strstr(text, "\nstate=");
+    if (line) {
+        char *eol = strchr(line + 1, '\n');
+        char out[2048];
+        int n = snprintf(out, sizeof out, "%.*s\nstate=stopped%s", (int)(line - text), text,
+                         eol ? eol : "\n");
+        if (n > 0 && (size_t)n < sizeof out && ftruncate(fd, 0) == 0 &&
+            pwrite(fd, out, (size_t)n, 0) == n)
+            fsync(fd);
+    }
+    return KV_OK;
+}
+
+kv_status kv_attach_recover(const char *db_path, const char *table, int wait_ms,
+                            uint64_t *replayed, char *err, size_t errlen)
+{
+    char *abs = NULL, *reg = registry_path(db_path, &abs);
+    kv_status st = KV_OK;
+    uint64_t n = 0;
+    uint64_t deadline = now_ms() + (uint64_t)(wait_ms > 0 ? wait_ms : 0);
+    while (reg && kv_attach_recover_pending(reg, table)) {
+        int fd = open(reg, O_RDWR | O_CLOEXEC);
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0,
+                           .l_len = RECOVER_LOCK_LEN};
+        if (fd >= 0 && fcntl(fd, F_OFD_SETLK, &fl) == 0) {
+            char text[2048], seg[96], slots[96];
+            registry_text(fd, text, sizeof text);
+            if (registry_unreplayed(text, table, seg, slots))
+                st = recover_locked(fd, abs, table, text, seg, slots, &n, err, errlen);
+            close(fd);   /* releases the lock */
+            if (st != KV_BUSY) break;
+        } else if (fd >= 0) {
+            close(fd);
+        }
+        if (now_ms() >= deadline) {
+            if (st == KV_OK) {
+                st = KV_BUSY;
+                snprintf(err, errlen, "%s: a dead writer's records are being replayed by "
+                         "another process", db_path);
+            }
+            break;
+        }
+        struct timespec ts = {0, RECOVER_POLL_MS * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    if (replayed) *replayed = n;
+    free(reg);
+    free(abs);
+    return st;
 }
 
 /* 1 if the writer of generation `gen` stopped cleanly (state=stopped: it

@@ -7,16 +7,12 @@
  * and segment name from it.
  *
  * Recovery (docs/shared-mode.md, "Failure behaviour"): when the previous writer did not stop
- * cleanly, its data segment still exists. We collect every record of its
- * shards' published active and frozen memtables whose checksum verifies
- * (kvshm_recover_scan) and whose sequence number is above the last sequence
- * committed in SQLite (kv_batch_last_seq). Per key
- * the newest such record wins; all of them are committed in one batch with
- * the largest sequence, so running the replay twice changes nothing. Then
- * the old segment is marked CLOSED (attached clients see KVSHM_E_STALE and
- * re-attach) and its names are unlinked. Mapping and walking the old segment
- * is kvshm_recover_scan / kvshm_recover_close (shm/); this file never reads
- * the segment's layout.
+ * cleanly and no client replayed it since (kv_attach_recover), its data
+ * segment still exists. kvshm_replay_segment (shm/replay.c) commits every
+ * record of it above the last committed sequence, newest per key, and
+ * marks the segment CLOSED (attached clients see KVSHM_E_STALE and
+ * re-attach); then its names are unlinked. This file never reads the
+ * segment's layout.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -97,104 +93,24 @@ int wr_registry_write(wr_state *ws, const char *state)
 
 /* ---- replay ------------------------------------------------------------ */
 
-typedef struct rp_rec {
-    uint8_t *key;
-    uint32_t klen;
-    uint8_t *val;
-    uint32_t vlen;
-    uint64_t seq;
-    int tomb;
-} rp_rec;
-
-typedef struct rp_ctx {
-    rp_rec *v;
-    size_t n, cap;
-    uint64_t after;     /* only records with seq > after */
-    int oom;
-} rp_ctx;
-
-static int rp_collect(void *ctx, const void *key, size_t klen, const void *val, size_t vlen,
-                      uint64_t seq, int tombstone)
-{
-    rp_ctx *c = ctx;
-    if (seq <= c->after) return 0;
-    if (c->n == c->cap) {
-        size_t nc = c->cap ? c->cap * 2 : 1024;
-        rp_rec *nv = realloc(c->v, nc * sizeof *nv);
-        if (!nv) { c->oom = 1; return 1; }
-        c->v = nv;
-        c->cap = nc;
-    }
-    rp_rec *r = &c->v[c->n];
-    r->key = malloc(klen + vlen + 1);
-    if (!r->key) { c->oom = 1; return 1; }
-    memcpy(r->key, key, klen);
-    if (vlen) memcpy(r->key + klen, val, vlen);
-    r->klen = (uint32_t)klen;
-    r->val = r->key + klen;
-    r->vlen = (uint32_t)vlen;
-    r->seq = seq;
-    r->tomb = tombstone;
-    c->n++;
-    return 0;
-}
-
-/* memcmp order, shorter key first on a common prefix */
-static int key_cmp(const rp_rec *x, const rp_rec *y)
-{
-    int c = memcmp(x->key, y->key, x->klen < y->klen ? x->klen : y->klen);
-    return c ? c : (x->klen > y->klen) - (x->klen < y->klen);
-}
-
-/* key ascending, then newest first */
-static int rp_cmp(const void *a, const void *b)
-{
-    const rp_rec *x = a, *y = b;
-    int c = key_cmp(x, y);
-    if (c) return c;
-    return (x->seq < y->seq) - (x->seq > y->seq);
-}
-
 static int replay_segment(wr_state *ws, const char *seg_name, uint64_t committed,
                           uint64_t *replayed, uint64_t *max_seq)
 {
-    rp_ctx c = {.after = committed};
-    int rc = -1;
-    kvshm_status ks = kvshm_recover_scan(seg_name, rp_collect, &c);
-    if (ks == KVSHM_E_NOENT) return 0;
-    if (ks == KVSHM_E_MAGIC || ks == KVSHM_E_LAYOUT || ks == KVSHM_E_SIZE) {
+    kvshm_status ks = kvshm_replay_segment(seg_name, ws->batch, committed, replayed, max_seq);
+    switch (ks) {
+    case KVSHM_OK:
+    case KVSHM_E_NOENT:
+        return 0;
+    case KVSHM_E_LAYOUT:
         wr_log("old segment %s has another layout; not replayed", seg_name);
-        rc = 0;
-        goto out;
+        return 0;
+    case KVSHM_E_SYS:
+        wr_log("replay commit failed: %s", kv_batch_errmsg(ws->batch));
+        return -1;
+    default:
+        wr_log("replay of %s: %s", seg_name, kvshm_strerror(ks));
+        return -1;
     }
-    if (ks != KVSHM_OK || c.oom) goto out;
-    qsort(c.v, c.n, sizeof *c.v, rp_cmp);
-    uint64_t top = committed;
-    for (size_t i = 0; i < c.n; i++) if (c.v[i].seq > top) top = c.v[i].seq;
-    if (c.n) {
-        kv_status st = kv_batch_begin(ws->batch);
-        for (size_t i = 0; st == KV_OK && i < c.n; i++) {
-            if (i && !key_cmp(&c.v[i], &c.v[i - 1]))
-                continue;   /* an older version of the same key */
-            st = c.v[i].tomb ? kv_batch_delete(ws->batch, c.v[i].key, c.v[i].klen)
-                             : kv_batch_put(ws->batch, c.v[i].key, c.v[i].klen, c.v[i].val,
-                                            c.v[i].vlen);
-            (*replayed)++;
-        }
-        if (st == KV_OK) st = kv_batch_commit(ws->batch, top);
-        if (st != KV_OK) {
-            wr_log("replay commit failed: %s", kv_batch_errmsg(ws->batch));
-            goto out;
-        }
-    }
-    *max_seq = top;
-    /* Tell clients still mapping it that this segment is finished. */
-    kvshm_recover_close(seg_name);
-    rc = 0;
-out:
-    for (size_t i = 0; i < c.n; i++) free(c.v[i].key);
-    free(c.v);
-    return rc;
 }
 
 /* Remove the shared memory of earlier writers of this database that are

@@ -307,6 +307,16 @@ int kvb_attached_locked(const char *reg, const char *table)
     return kv_attach_registry_locked(reg, table);
 }
 
+int kvb_attached_recover_pending(const char *reg, const char *table)
+{
+    return kv_attach_recover_pending(reg, table);
+}
+
+kv_status kvb_attached_recover(const char *path, const char *table, char *err, size_t errlen)
+{
+    return kv_attach_recover(path, table, KVB_RECOVER_WAIT_MS, NULL, err, errlen);
+}
+
 /* Not here: no errno kept (KV_IO text carries it), no memory-only read
  * besides the hot-value cache, nothing borrowed across get (the value lives
  * in the handle's buffer), no callback streaming (kv_py.c spools through a

@@ -219,5 +219,15 @@ char *kvb_attached_registry(const char *path);
 /** 1 if a writer holds the registry `reg` for `table`, ready or starting
  *  (kv_attach_registry_locked). Any thread, no GIL needed. */
 int kvb_attached_locked(const char *reg, const char *table);
+/** How long kvb_attached_recover waits for another process replaying the
+ *  same dead writer (or a busy file) before it returns KV_BUSY, ms. */
+#define KVB_RECOVER_WAIT_MS 10000
+/** 1 if a dead writer's records of `table` are not replayed yet, or being
+ *  replayed (kv_attach_recover_pending). Any thread, no GIL needed. */
+int kvb_attached_recover_pending(const char *reg, const char *table);
+/** Replay a dead writer's records of `table` into `path` before an
+ *  embedded write (kv_attach_recover, waiting up to KVB_RECOVER_WAIT_MS).
+ *  Blocks: call without the GIL. */
+kv_status kvb_attached_recover(const char *path, const char *table, char *err, size_t errlen);
 
 #endif /* KV_BACKEND_H */

@@ -28,7 +28,11 @@ static kv_status emb_open(const char *path, const kv_open_opts *o, int route, vo
         const char *e = getenv("KVPY_GET_KEEP_GIL");
         g_get_keep_gil = e && e[0] == '1';
     }
-    kv_status st = kv_db_open(path, o, &db, err, errlen);
+    /* a dead writer's acknowledged records go into the file before this
+     * handle can write it (docs/shared-mode.md, "Recovery") */
+    kv_status st = kvb_attached_recover(path, o->table, err, errlen);
+    if (st == KV_OK)
+        st = kv_db_open(path, o, &db, err, errlen);
     *out = db;
     return st;
 }

@@ -39,7 +39,7 @@
 #include "kv_backend.h"
 #include "kv_hot.h"
 
-typedef struct {
+typedef struct KVObject {
     PyObject_HEAD
     void *h;                   /* backend handle, owned; NULL once closed */
     const kvb_ops *ops;        /* backend of h */
@@ -55,12 +55,17 @@ typedef struct {
     /* "auto" mode (docs/shared-mode.md, "Objects opened before the writer",
      * "When the writer stops"): the object follows the writer of its file */
     int route;                 /* nonzero: kv_reroute may swap the backend */
+    int guarded;               /* embedded or "auto": kv_reroute runs after a call */
     int cache_locked;          /* the write-back cache's lock flag, carried over a swap */
     char *cpath;               /* owned: the path as opened */
     char *ctable;              /* owned: o.table */
     char *reg;                 /* owned: registry path of the file */
     kv_open_opts o;            /* the open options, to open the other backend */
     kv_commit_guard guard;     /* embedded: refuses commits while a writer holds reg */
+    /* fork (docs/shared-mode.md, "Failure behaviour"): every live object is
+     * on one list (changed with the GIL held) */
+    struct KVObject *live_prev, *live_next;
+    int forked;                /* child of a fork: the embedded handle is the parent's */
 } KVObject;
 
 static PyTypeObject KVType;
@@ -112,6 +117,8 @@ static inline int check_open(KVObject *s)
     return 0;
 }
 
+static int kv_rehome(KVObject *s);
+
 /* Take the lock of an open object: 0, or -1 with ValueError (closed; lock
  * free) or RuntimeError (re-entered, see kv_lock). */
 static inline int kv_enter(KVObject *s)
@@ -121,6 +128,10 @@ static inline int kv_enter(KVObject *s)
     if (!s->h) {
         kv_unlock(s);
         PyErr_SetString(PyExc_ValueError, CLOSED_MSG);
+        return -1;
+    }
+    if (__builtin_expect(s->forked, 0) && kv_rehome(s) < 0) {
+        kv_unlock(s);
         return -1;
     }
     return 0;
@@ -145,7 +156,7 @@ static inline kv_status kv_leave(KVObject *s, kv_status st)
 }
 
 static int kv_reroute(KVObject *s, kv_status *st);
-static int route_init(KVObject *s, const char *path, const kv_open_opts *o);
+static int route_init(KVObject *s, int route);
 
 /* Times one call may be run again on another backend (kv_reroute). */
 #define KV_REROUTES 4
@@ -170,7 +181,7 @@ static int route_init(KVObject *s, const char *path, const kv_open_opts *o);
             } else {                                                                 \
                 (st) = (call);                                                       \
             }                                                                        \
-            if (!(self)->route || kv_run_ >= KV_REROUTES || !kv_reroute((self), &(st))) \
+            if (!(self)->guarded || kv_run_ >= KV_REROUTES || !kv_reroute((self), &(st))) \
                 break;                                                               \
         }                                                                            \
         kv_leave((self), (st));                                                      \
@@ -305,13 +316,253 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
     self->h = h;
     self->ops = ops;
     self->hot = hot;
-    if (route && route_init(self, path, &o) == 0 && ops->set_guard)
+    /* what opening the handle again needs (another backend, a forked child) */
+    self->cpath = strdup(path);
+    self->ctable = strdup(o.table);
+    self->reg = kvb_attached_registry(path);
+    self->o = o;
+    self->o.table = self->ctable;
+    /* every embedded object is guarded (a dead writer's records first,
+     * docs/shared-mode.md "Recovery"); "auto" ones follow the writer too */
+    if ((route || !attach) && route_init(self, route) == 0 && ops->set_guard)
         ops->set_guard(h, &self->guard);
     self->write_flags = write_flags;
     self->chunk_size = (size_t)chunk;
     self->opts.auto_pack = 1;
     self->opts.headers = 1;
     self->opts.use_pickle = 1;
+    return 0;
+}
+
+/* ======================================================================
+ * fork() (docs/shared-mode.md, "Failure behaviour")
+ *
+ * A child of fork() has one thread: a lock another thread of the parent
+ * held at the fork would stay held forever, and a handle in the middle of
+ * a call would be half changed. So the parent's forking thread takes the
+ * lock of every live object before the fork (os.register_at_fork "before"),
+ * waiting with the GIL released for calls in progress to finish, and both
+ * processes release what it took after the fork.
+ *
+ * An embedded call is always waited for: SQLite keeps per-process lock
+ * state of every file (shared by all connections of the process), so a
+ * child forked while a connection of the parent was inside a transaction
+ * would inherit locks its kernel does not hold and its own connection
+ * would find the file busy for good. Embedded calls end by themselves
+ * (a busy file: SQLite's busy timeout; an "auto" object waiting for a
+ * starting writer: ROUTE_WAIT_MS). An attached call is waited for at most
+ * FORK_WAIT_US in all, because it may wait for the very process being
+ * forked (subprocess runs these hooks when it starts a kvault-writer with
+ * a preexec_fn); its handle is re-homed in the child anyway (below), and an
+ * object whose lock was still held gets a new lock in the child (the old
+ * one is leaked: its holder does not exist there). A lock the forking
+ * thread holds itself (a fork from inside one of the object's calls, e.g.
+ * a put_file reader starting a process) is left alone: both processes
+ * return into that call, which releases it. The child leaves the parent's
+ * SQLite connections alone (a
+ * connection must not be used across fork, https://sqlite.org/howtocorrupt.html
+ * section 2.6; closing it could checkpoint or remove the WAL under the
+ * parent): its first call through an embedded object opens its own handle
+ * (kv_rehome) and leaks the inherited one. Attached handles re-home
+ * themselves (kvshm/attach.h).
+ * ==================================================================== */
+
+#define FORK_WAIT_US 200000
+
+static KVObject *g_live;            /* newest live object; GIL held */
+static PyThread_type_lock g_forking;/* one fork at a time holds the arrays below */
+static KVObject **g_fork_held;      /* every live object at the fork in progress */
+static unsigned char *g_fork_locked;/* g_fork_held[i]'s lock was taken */
+static Py_ssize_t g_fork_n;
+
+static void live_link(KVObject *s)
+{
+    s->live_next = g_live;
+    if (g_live)
+        g_live->live_prev = s;
+    g_live = s;
+}
+
+static void live_unlink(KVObject *s)
+{
+    KVObject *prev = s->live_prev, *next = s->live_next;
+    if (prev)
+        prev->live_next = next;
+    else if (g_live == s)
+        g_live = next;
+    if (next)
+        next->live_prev = prev;
+    s->live_prev = s->live_next = NULL;
+}
+
+#define FORK_SELF 2   /* g_fork_locked: the forking thread holds the lock */
+
+static PyObject *fork_before(PyObject *unused, PyObject *noargs)
+{
+    /* two threads forking at once: the second waits for the first's after
+     * hook (fork_release) */
+    if (!PyThread_acquire_lock(g_forking, NOWAIT_LOCK)) {
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock(g_forking, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
+    }
+    Py_ssize_t n = 0;
+    for (KVObject *o = g_live; o; o = o->live_next)
+        n++;
+    g_fork_held = n ? PyMem_Calloc((size_t)n, sizeof *g_fork_held) : NULL;
+    g_fork_locked = n ? PyMem_Calloc((size_t)n, 1) : NULL;
+    g_fork_n = 0;
+    if (n && (!g_fork_held || !g_fork_locked))
+        Py_RETURN_NONE;   /* no memory: fork unprotected rather than fail it */
+    for (KVObject *o = g_live; o && g_fork_n < n; o = o->live_next) {
+        Py_INCREF(o);     /* alive until after the fork */
+        g_fork_held[g_fork_n++] = o;
+    }
+    uint64_t deadline = 0;
+    unsigned long me = PyThread_get_thread_ident();
+    for (Py_ssize_t i = 0; i < g_fork_n; i++) {
+        PyThread_type_lock l = g_fork_held[i]->lock;
+        if (g_fork_held[i]->busy && g_fork_held[i]->owner == me) {
+            /* forked from inside a call of this object (a put_file reader
+             * starting a process): the child returns into that call, which
+             * keeps holding the lock there too */
+            g_fork_locked[i] = FORK_SELF;
+            continue;
+        }
+        int got = PyThread_acquire_lock(l, NOWAIT_LOCK);
+        if (!got && g_fork_held[i]->ops == &kvb_embedded) {
+            Py_BEGIN_ALLOW_THREADS
+            got = PyThread_acquire_lock(l, WAIT_LOCK);
+            Py_END_ALLOW_THREADS
+        } else if (!got) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            uint64_t now = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+            if (!deadline)
+                deadline = now + FORK_WAIT_US;
+            if (now < deadline) {
+                Py_BEGIN_ALLOW_THREADS
+                got = PyThread_acquire_lock_timed(l, (PY_TIMEOUT_T)(deadline - now), 0) ==
+                      PY_LOCK_ACQUIRED;
+                Py_END_ALLOW_THREADS
+            }
+        }
+        g_fork_locked[i] = (unsigned char)got;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Release what fork_before took; in the child, mark the objects forked
+ * and give those whose lock another thread held a new one. */
+static void fork_release(int child)
+{
+    for (Py_ssize_t i = 0; i < g_fork_n; i++) {
+        KVObject *o = g_fork_held[i];
+        if (child)
+            o->forked = 1;
+        if (g_fork_locked[i] == FORK_SELF) {
+            /* held by the forking thread's own call: it releases it */
+        } else if (g_fork_locked[i]) {
+            PyThread_release_lock(o->lock);
+        } else if (child) {
+            PyThread_type_lock fresh = PyThread_allocate_lock();
+            if (fresh)
+                o->lock = fresh;
+            o->busy = 0;
+            o->owner = 0;
+        }
+        Py_DECREF(o);
+    }
+    PyMem_Free(g_fork_held);
+    PyMem_Free(g_fork_locked);
+    g_fork_held = NULL;
+    g_fork_locked = NULL;
+    g_fork_n = 0;
+    PyThread_release_lock(g_forking);
+}
+
+static PyObject *fork_after_parent(PyObject *unused, PyObject *noargs)
+{
+    fork_release(0);
+    Py_RETURN_NONE;
+}
+
+static PyObject *fork_after_child(PyObject *unused, PyObject *noargs)
+{
+    fork_release(1);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef fork_hooks[] = {
+    {"_kv_fork_before", fork_before, METH_NOARGS, NULL},
+    {"_kv_fork_after_parent", fork_after_parent, METH_NOARGS, NULL},
+    {"_kv_fork_after_child", fork_after_child, METH_NOARGS, NULL},
+};
+
+/* os.register_at_fork(before=..., after_in_parent=..., after_in_child=...) */
+static int register_fork_hooks(void)
+{
+    if (!g_forking && !(g_forking = PyThread_allocate_lock())) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyObject *os = PyImport_ImportModule("os"), *reg = NULL, *args = NULL, *kw = NULL, *r = NULL;
+    PyObject *fns[3] = {NULL, NULL, NULL};
+    static const char *names[3] = {"before", "after_in_parent", "after_in_child"};
+    int rc = -1;
+    if (!os || !(reg = PyObject_GetAttrString(os, "register_at_fork")) ||
+        !(args = PyTuple_New(0)) || !(kw = PyDict_New()))
+        goto out;
+    for (int i = 0; i < 3; i++)
+        if (!(fns[i] = PyCFunction_New(&fork_hooks[i], NULL)) ||
+            PyDict_SetItemString(kw, names[i], fns[i]) < 0)
+            goto out;
+    r = PyObject_Call(reg, args, kw);
+    rc = r ? 0 : -1;
+out:
+    for (int i = 0; i < 3; i++)
+        Py_XDECREF(fns[i]);
+    Py_XDECREF(r);
+    Py_XDECREF(kw);
+    Py_XDECREF(args);
+    Py_XDECREF(reg);
+    Py_XDECREF(os);
+    return rc;
+}
+
+/* First call of an object in a forked child (lock and GIL held): an
+ * embedded object opens its own handle of the file and leaks the
+ * parent's (see above); the write-back cache switch is kept, its entries
+ * stay the parent's to write. 0, or -1 with the exception set. */
+static int kv_rehome(KVObject *s)
+{
+    s->forked = 0;
+    if (s->ops != &kvb_embedded)
+        return 0;   /* attached: kv_attach re-homes the handle itself */
+    if (!s->cpath || !s->ctable) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    void *old = s->h, *h = NULL;
+    char err[512] = "";
+    kv_status st;
+    int cache_on = kvb_embedded.cache_enabled(old);
+    Py_BEGIN_ALLOW_THREADS
+    st = kvb_embedded.open(s->cpath, &s->o, s->route, &h, err, sizeof err);
+    if (st == KV_OK && cache_on)
+        kvb_embedded.cache_enable(h, KVB_DEFAULT_CACHE_CAP_BYTES,
+                                  KVB_DEFAULT_CACHE_FLUSH_THRESHOLD);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK) {
+        s->forked = 1;   /* try again at the next call */
+        kvpy_raise_status(st, err, 0);
+        return -1;
+    }
+    s->h = h;
+    if (cache_on)
+        kvb_embedded.cache_set_locked(h, s->cache_locked);
+    if (s->guarded)
+        kvb_embedded.set_guard(h, &s->guard);
     return 0;
 }
 
@@ -326,6 +577,7 @@ static PyObject *KV_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         Py_DECREF(self);
         return PyErr_NoMemory();
     }
+    live_link(self);
     return (PyObject *)self;
 }
 
@@ -365,28 +617,27 @@ static uint64_t mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* Commit guard of an embedded object: refuse while a writer holds the
+/* Commit guard of an embedded object: refuse while a dead writer's records
+ * are not replayed (any mode) or, in "auto" mode, while a writer holds the
  * registry for our table (runs inside SQLite's write lock, GIL or not). */
 static int route_check(void *ctx)
 {
     KVObject *s = ctx;
-    return kvb_attached_locked(s->reg, s->ctable);
+    return (s->route && kvb_attached_locked(s->reg, s->ctable)) ||
+           kvb_attached_recover_pending(s->reg, s->ctable);
 }
 
-/* Keep what opening the other backend needs. 0, or -1 (no registry: plain
- * files only; the object then stays where it is, route off). */
-static int route_init(KVObject *s, const char *path, const kv_open_opts *o)
+/* Keep what opening the other backend and replaying a dead writer need
+ * (`route`: "auto" mode). 0, or -1 (no registry: plain files only; the
+ * object then stays where it is, unguarded). */
+static int route_init(KVObject *s, int route)
 {
-    s->cpath = strdup(path);
-    s->ctable = strdup(o->table);
-    s->reg = kvb_attached_registry(path);
     if (!s->cpath || !s->ctable || !s->reg)
         return -1;
-    s->o = *o;
-    s->o.table = s->ctable;
     s->guard.check = route_check;
     s->guard.ctx = s;
-    s->route = 1;
+    s->route = route;
+    s->guarded = 1;
     return 0;
 }
 
@@ -421,9 +672,11 @@ static void kv_swap(KVObject *s, const kvb_ops *ops, void *h)
 /* After a call of an object in "auto" mode (lock and GIL held): 1 when the
  * backend was swapped and the call must run again, else 0 (*st may turn
  * into KV_BUSY).
- *   embedded, a commit refused by the guard (a writer holds the registry):
- *     attach, waiting up to ROUTE_WAIT_MS for the writer to be ready; if
- *     it goes away instead, run the call embedded again;
+ *   embedded, a commit refused by the guard: a dead writer's records are
+ *     not replayed -> replay them (kv_attach_recover), run the call again;
+ *     a writer holds the registry ("auto" mode) -> attach, waiting up to
+ *     ROUTE_WAIT_MS for the writer to be ready; if it goes away instead,
+ *     run the call embedded again;
  *   attached, the writer stopped cleanly (its handle committed what it had
  *     queued): continue embedded; run the call again if it failed. */
 static int kv_reroute(KVObject *s, kv_status *st)
@@ -435,6 +688,17 @@ static int kv_reroute(KVObject *s, kv_status *st)
         if (*st == KV_OK || !s->guard.refused)
             return 0;
         s->guard.refused = 0;
+        if (kvb_attached_recover_pending(s->reg, s->ctable)) {
+            Py_BEGIN_ALLOW_THREADS
+            ost = kvb_attached_recover(s->cpath, s->ctable, err, sizeof err);
+            Py_END_ALLOW_THREADS
+            if (ost == KV_OK)
+                return 1;
+            *st = ost;
+            return 0;
+        }
+        if (!s->route)
+            return 1;   /* the writer replayed meanwhile */
         uint64_t deadline = mono_ms() + ROUTE_WAIT_MS;
         for (;;) {
             int locked;
@@ -456,7 +720,7 @@ static int kv_reroute(KVObject *s, kv_status *st)
             }
         }
     }
-    if (!s->ops->stopped || !s->ops->stopped(s->h))
+    if (!s->route || !s->ops->stopped || !s->ops->stopped(s->h))
         return 0;
     Py_BEGIN_ALLOW_THREADS
     ost = kvb_embedded.open(s->cpath, &s->o, 1, &h, err, sizeof err);
@@ -469,6 +733,7 @@ static int kv_reroute(KVObject *s, kv_status *st)
 
 static void KV_dealloc(KVObject *self)
 {
+    live_unlink(self);
     kv_detach(self);     /* flushes (never drops) and closes */
     free(self->cpath);
     free(self->ctable);
@@ -1107,6 +1372,29 @@ static int spool(int fd, int to_fd, PyObject *ctx, uint64_t size, size_t chunk)
     return rc;
 }
 
+/* An unnamed temporary file in the directory of the database `db_path`
+ * (O_TMPFILE; where the file system lacks it, a file created and unlinked
+ * at once), or -1 with errno. Spooling there keeps a large stream on disk,
+ * where its value goes anyway, instead of in shared memory. */
+static int spool_file(const char *db_path)
+{
+    char dir[4096];
+    const char *slash = db_path ? strrchr(db_path, '/') : NULL;
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - db_path) + (slash == db_path), db_path);
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
+        return fd;
+    char tmpl[4200];
+    snprintf(tmpl, sizeof tmpl, "%s/.kvault-spool-XXXXXX", dir);
+    fd = mkostemp(tmpl, O_CLOEXEC);
+    if (fd >= 0)
+        unlink(tmpl);
+    return fd;
+}
+
 /* Store raw bytes with put. */
 static PyObject *put_raw(KVObject *self, const char *k, Py_ssize_t kn, const void *p, size_t n)
 {
@@ -1132,8 +1420,11 @@ static PyObject *put_stream(KVObject *self, const char *k, Py_ssize_t kn, PyObje
         return none_unless(st);
     }
     /* A stream that ends early keeps the announced size: the backend stores
-     * what there is plus a zero tail and reports the short write (§4.6). */
-    int fd = memfd_create("kvault-put-file", MFD_CLOEXEC);
+     * what there is plus a zero tail and reports the short write (§4.6).
+     * At most `size` bytes are read, as the embedded stream reads; they are
+     * spooled to an unnamed file next to the database, not into memory
+     * (docs/reliability.md, "Streams"). */
+    int fd = spool_file(self->cpath);
     if (fd < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
     st = KV_CALLBACK;
@@ -1623,7 +1914,7 @@ static PyObject *defaults_mapping(void)
 int kvpy_init_kv(PyObject *module)
 {
     if (PyModule_AddType(module, &KVType) < 0 || PyModule_AddType(module, &KVKeysType) < 0 ||
-        PyModule_AddFunctions(module, mod_methods) < 0)
+        PyModule_AddFunctions(module, mod_methods) < 0 || register_fork_hooks() < 0)
         return -1;
     PyObject *defaults = defaults_mapping();
     if (!defaults)

@@ -70,6 +70,29 @@ char *kv_attach_registry_path(const char *db_path);
  *  "Objects opened before the writer"). Any process and thread. */
 int kv_attach_registry_locked(const char *reg_path, const char *table);
 
+/** 1 if the registry at `reg_path` names a writer of `table` that is gone
+ *  (its lock is free) without stopping cleanly and whose data segment still
+ *  exists, or a client is replaying one now (kv_attach_recover): a commit
+ *  made before kv_attach_recover would be overwritten by the replay. One
+ *  open, fcntl, pread and stat; takes no lock. Any process and thread. */
+int kv_attach_recover_pending(const char *reg_path, const char *table);
+
+/** Replay a dead writer's applied records of `table` into `db_path` before
+ *  this process writes the file without a writer (docs/shared-mode.md,
+ *  "Recovery"): when kv_attach_recover_pending, take the registry lock
+ *  (the range lock of a recovering client, which a starting writer and
+ *  every commit guard see as taken), commit the records with
+ *  kvshm_replay_segment, unlink the segment and mark the registry
+ *  state=stopped, so the replay happens once (the next writer finds
+ *  nothing). Waits up to `wait_ms` (polling every 20 ms) while another
+ *  process replays or SQLite is busy. *replayed (may be NULL) = keys written.
+ *  Returns KV_OK (also when nothing was pending or the file does not
+ *  exist); KV_BUSY (still held after wait_ms); a kv_batch_open status; KV_IO
+ *  (the segment could not be read or the batch failed); `err` receives a
+ *  message. Any process and thread; blocks. */
+kv_status kv_attach_recover(const char *db_path, const char *table, int wait_ms,
+                            uint64_t *replayed, char *err, size_t errlen);
+
 /** Attach to the writer serving `db_path`. *out is owned by the caller
  *  (kv_attach_close). Returns KV_OK; KV_NOTFOUND (no writer serves the file,
  *  or it serves another table); KV_IO (segment, socket or ring could not be

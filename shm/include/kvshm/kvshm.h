@@ -11,7 +11,7 @@
  *            _requests / _destroy
  *            figures and walks: _shards / _size_bytes / _generation /
  *            _shard_stats / _cache_scan; a dead writer's segment:
- *            kvshm_recover_scan / _close
+ *            kvshm_recover_scan / _close, kvshm_replay_segment
  *   readers: kvshm_reader_attach / _get / _next / _enter / _leave / _detach
  *
  * The byte layout behind these calls (shm/layout.h, shm/structs.h) is
@@ -412,6 +412,25 @@ kvshm_status kvshm_recover_scan(const char *seg_name, kvshm_rec_fn fn, void *ctx
  * KVSHM_E_LAYOUT, KVSHM_E_SIZE, KVSHM_E_SYS.
  */
 kvshm_status kvshm_recover_close(const char *seg_name);
+
+struct kv_batch;
+
+/*
+ * kvshm_replay_segment: commit the applied records of a dead writer's data
+ * segment `seg_name` through `b` (a kv_batch on the segment's database and
+ * table, with no batch open): every record kvshm_recover_scan visits whose
+ * sequence is above `committed` (kv_batch_last_seq of `b`), the newest per
+ * key, in one batch stored with the largest sequence, so a second replay
+ * changes nothing; then kvshm_recover_close. The caller holds the
+ * database's registry lock (one replay at a time) and unlinks the names
+ * afterwards. *replayed = keys written, *top = the largest sequence
+ * (`committed` when none). Returns KVSHM_OK; KVSHM_E_NOENT (no such
+ * segment: nothing to replay); KVSHM_E_LAYOUT (not a segment of this
+ * layout: not replayed); KVSHM_E_CORRUPT; KVSHM_E_NOMEM; KVSHM_E_SYS (the
+ * batch failed: kv_batch_errmsg(b); nothing was committed).
+ */
+kvshm_status kvshm_replay_segment(const char *seg_name, struct kv_batch *b, uint64_t committed,
+                                  uint64_t *replayed, uint64_t *top);
 
 /* ---- readers ------------------------------------------------------------- */
 
