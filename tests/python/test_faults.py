@@ -220,6 +220,49 @@ def test_fork_while_a_thread_is_inside_a_call(tmp_path, mode):
         assert w.kill(signal.SIGTERM) == 0
 
 
+def test_fork_from_inside_a_call_of_the_same_object(tmp_path):
+    """A put_file reader that forks (starts a process) while the vault's own
+    call holds its lock: the fork hooks must not wait for that lock (the
+    forking thread holds it), and both processes go on."""
+    db = str(tmp_path / "self.db")
+    kv = KVault(db, shared=False)
+    kv["before"] = b"1"
+    forked = []
+
+    class ForkingReader:
+        def __init__(self):
+            self.left = 3
+
+        def read(self, n=-1):
+            if self.left == 3:
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(0)
+                forked.append(pid)
+            if not self.left:
+                return b""
+            self.left -= 1
+            return b"x" * 10
+
+    result = {}
+
+    def body():
+        try:
+            kv.put_file("streamed", ForkingReader(), size=30)
+            result["ok"] = True
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            result["exc"] = exc
+
+    t = threading.Thread(target=body, daemon=True)   # a hang must not block exit
+    t.start()
+    t.join(timeout=20)
+    assert not t.is_alive(), "put_file hung in the fork hooks"
+    assert result == {"ok": True}, result
+    assert os.waitpid(forked[0], 0)[1] == 0
+    assert kv["streamed"] == b"x" * 30 and kv["before"] == b"1"
+    kv.close()
+
+
 # ---- C. put_file of a stream that never ends ------------------------------
 
 class _Endless:
