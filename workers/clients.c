@@ -450,19 +450,28 @@ static int peer_allowed(int sock)
 /* --linger-ms: once no process has been connected for linger_ms, ask the
  * loop for a clean stop (as SIGTERM does). A connection counts from its
  * accept on, so a process that is attaching keeps the writer. */
+/* Until the first client connected, a writer waits at least this long:
+ * the process that spawned it attaches only after reading its ready line,
+ * which on a loaded machine can take longer than a short linger. */
+#define WR_FIRST_CLIENT_GRACE_MS 10000u
+
 static void linger_check(wr_state *ws)
 {
     static uint64_t idle_since;   /* one writer per process */
+    static int had_client;
     if (ws->o.linger_ms < 0 || *ws->stop) return;
     for (size_t i = 0; i < ws->nclients; i++)
         if (ws->clients[i].sock >= 0 && !ws->clients[i].dead) {
             idle_since = 0;
+            had_client = 1;
             return;
         }
     uint64_t now = wr_now_ms();
     if (!idle_since) idle_since = now;
-    if (now - idle_since >= (uint64_t)ws->o.linger_ms) {
-        wr_log("no client for %d ms: stopping", ws->o.linger_ms);
+    uint64_t linger = (uint64_t)ws->o.linger_ms;
+    if (!had_client && linger < WR_FIRST_CLIENT_GRACE_MS) linger = WR_FIRST_CLIENT_GRACE_MS;
+    if (now - idle_since >= linger) {
+        wr_log("no client for %llu ms: stopping", (unsigned long long)linger);
         *ws->stop = 1;
     }
 }

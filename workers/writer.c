@@ -63,6 +63,7 @@ static void usage(FILE *f)
         "  --synchronous LEVEL      off|normal|full|extra (default normal)\n"
         "  --slots N                attached processes at once (default 128)\n"
         "  --linger-ms MS           stop cleanly MS after the last client detached\n"
+        "                           (at least 10 s before the first client connected)\n"
         "                           (default: never; KVault(shared=\"spawn\") passes 2000)\n");
 }
 
