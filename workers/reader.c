@@ -215,9 +215,14 @@ static void hold_add(reader *r, rconn *c, size_t from, uint64_t ticket)
 }
 
 /* Release c's holds whose writes are applied (all = 1: every hold); c goes
- * on the send list when something was released. */
+ * on the send list when something was released. A dead connection (the loop
+ * may still be closing it) only leaves the held list. */
 static void hold_release(reader *r, rconn *c, int all)
 {
+    if (c->dead) {                  /* being closed: nothing more is sent */
+        held_unlink(r, c);
+        return;
+    }
     unsigned k = 0;
     while (k < c->n_holds && (all || kv_att_applied(r->att, c->hold_ticket[k]))) k++;
     if (!k) return;
@@ -240,7 +245,7 @@ rconn *reader_round_end(reader *r)
         if (!c->wrote) continue;
         c->wrote = 0;
         if (r->round_failed) c->dead = 1;
-        else hold_add(r, c, c->wrote_from, ticket);
+        else if (!c->dead) hold_add(r, c, c->wrote_from, ticket);
     }
     r->round_failed = 0;
     for (rconn *c = r->held, *next; c; c = next) {
@@ -260,7 +265,7 @@ void reader_wait_writes(reader *r)
     if (st != KV_OK) fprintf(stderr, "kvault-reader: write not applied: %s\n", kv_att_errmsg(r->att));
     for (rconn *c = r->held, *next; c; c = next) {
         next = c->held_next;
-        if (st != KV_OK) {
+        if (st != KV_OK && !c->dead) {
             held_unlink(r, c);
             c->dead = 1;
             reader_mark_dirty(r, c);
