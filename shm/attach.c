@@ -770,6 +770,18 @@ kv_status kv_att_wait(kv_att *a, int committed)
     return st;
 }
 
+uint64_t kv_att_write_ticket(const kv_att *a) { return a->last_pos; }
+
+int kv_att_applied(kv_att *a, uint64_t ticket)
+{
+    if (a->applied_ok || ticket == 0) return 1;
+    if (!a->ring || a->fork_gen != g_fork_gen) return 0;
+    /* free-running positions: compare by difference, as the ring's waits do */
+    if ((int64_t)(kvshm_ring_head(a->ring) - ticket) < 0) return 0;
+    if (ticket == a->last_pos) a->applied_ok = 1;
+    return 1;
+}
+
 kv_status kv_attach_close(kv_att *a)
 {
     if (!a) return KV_OK;

@@ -66,9 +66,9 @@ struct reader {
     resp_buf arena;
     kv_item *items;
     size_t n_items, cap_items;
-    int round_wrote;              /* something was submitted this round */
     int round_failed;             /* a submission of this round failed */
     rconn *dirty;
+    rconn *held;                  /* connections with n_holds > 0 */
     rconn *conns;                 /* every open connection */
     scan_cursor cursors[SCAN_CURSORS];
     uint64_t next_cursor;
@@ -121,9 +121,19 @@ rconn *reader_conn_new(reader *r, int fd)
 
 rconn *reader_conns(reader *r) { return r->conns; }
 
+static void held_unlink(reader *r, rconn *c)
+{
+    if (c->held_prev) c->held_prev->held_next = c->held_next;
+    else r->held = c->held_next;
+    if (c->held_next) c->held_next->held_prev = c->held_prev;
+    c->held_prev = c->held_next = NULL;
+    c->n_holds = 0;
+}
+
 void reader_conn_free(reader *r, rconn *c)
 {
     KV_ASSERT(c != NULL && r->connections > 0 && !c->dirty);
+    if (c->n_holds) held_unlink(r, c);
     if (c->prev) c->prev->next = c->next;
     else r->conns = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -182,27 +192,96 @@ static void pend_flush(reader *r)
         fprintf(stderr, "kvault-reader: write failed: %s\n", kv_att_errmsg(r->att));
         r->round_failed = 1;
     }
-    r->round_wrote = 1;
     r->n_items = 0;
     r->arena.len = 0;
+}
+
+/* Hold c's output from `from` on until the writes up to `ticket` are applied. */
+static void hold_add(reader *r, rconn *c, size_t from, uint64_t ticket)
+{
+    KV_ASSERT_INTERNAL(from < c->out.len);
+    if (c->n_holds == 2) {          /* later writes: the second hold waits longer */
+        c->hold_ticket[1] = ticket;
+        return;
+    }
+    if (c->n_holds == 0) {
+        c->held_prev = NULL;
+        c->held_next = r->held;
+        if (r->held) r->held->held_prev = c;
+        r->held = c;
+    }
+    c->hold_from[c->n_holds] = from;
+    c->hold_ticket[c->n_holds++] = ticket;
+}
+
+/* Release c's holds whose writes are applied (all = 1: every hold); c goes
+ * on the send list when something was released. A dead connection (the loop
+ * may still be closing it) only leaves the held list. */
+static void hold_release(reader *r, rconn *c, int all)
+{
+    if (c->dead) {                  /* being closed: nothing more is sent */
+        held_unlink(r, c);
+        return;
+    }
+    unsigned k = 0;
+    while (k < c->n_holds && (all || kv_att_applied(r->att, c->hold_ticket[k]))) k++;
+    if (!k) return;
+    if (k == c->n_holds) {
+        held_unlink(r, c);
+    } else {
+        c->hold_from[0] = c->hold_from[1];
+        c->hold_ticket[0] = c->hold_ticket[1];
+        c->n_holds = 1;
+    }
+    reader_mark_dirty(r, c);
 }
 
 rconn *reader_round_end(reader *r)
 {
     pend_flush(r);
     KV_ASSERT_INTERNAL(r->n_items == 0 && r->arena.len == 0);
-    if (r->round_wrote && !r->round_failed && kv_att_wait(r->att, 0) != KV_OK) {
-        fprintf(stderr, "kvault-reader: write not applied: %s\n", kv_att_errmsg(r->att));
-        r->round_failed = 1;
+    uint64_t ticket = kv_att_write_ticket(r->att);
+    for (rconn *c = r->dirty; c; c = c->next_dirty) {
+        if (!c->wrote) continue;
+        c->wrote = 0;
+        if (r->round_failed) c->dead = 1;
+        else if (!c->dead) hold_add(r, c, c->wrote_from, ticket);
+    }
+    r->round_failed = 0;
+    for (rconn *c = r->held, *next; c; c = next) {
+        next = c->held_next;
+        hold_release(r, c, 0);
     }
     rconn *list = r->dirty;
-    for (rconn *c = list; c; c = c->next_dirty) {
-        if (r->round_failed && c->wrote) c->dead = 1;
-        c->wrote = 0;
-    }
-    r->round_wrote = r->round_failed = 0;
     r->dirty = NULL;
     return list;
+}
+
+int reader_holding(const reader *r) { return r->held != NULL; }
+
+void reader_wait_writes(reader *r)
+{
+    kv_status st = kv_att_wait(r->att, 0);
+    if (st != KV_OK) fprintf(stderr, "kvault-reader: write not applied: %s\n", kv_att_errmsg(r->att));
+    for (rconn *c = r->held, *next; c; c = next) {
+        next = c->held_next;
+        if (st != KV_OK && !c->dead) {
+            held_unlink(r, c);
+            c->dead = 1;
+            reader_mark_dirty(r, c);
+        } else {
+            hold_release(r, c, 1);
+        }
+    }
+}
+
+size_t reader_sendable(const rconn *c) { return c->n_holds ? c->hold_from[0] : c->out.len; }
+
+void reader_sent(rconn *c, size_t n)
+{
+    KV_ASSERT(n <= reader_sendable(c));
+    resp_buf_consume(&c->out, n);
+    for (unsigned i = 0; i < c->n_holds; i++) c->hold_from[i] -= n;
 }
 
 /* ======================================================================
@@ -398,10 +477,7 @@ static void cmd_del(reader *r, rconn *c, resp_arg *a, size_t n)
         reply_vault_error(r, c, st);
         return;
     }
-    if (removed) {
-        r->round_wrote = 1;
-        c->wrote = 1;
-    }
+    if (removed) c->wrote = 1;
     resp_put_int(&c->out, (int64_t)removed);
 }
 
@@ -902,7 +978,10 @@ static void dispatch(reader *r, rconn *c, resp_arg *a, size_t n)
         resp_put_error(&c->out, "NOAUTH Authentication required.");
         return;
     }
+    size_t before = c->out.len;
+    int wrote = c->wrote;
     k->fn(r, c, a, n);
+    if (!wrote && c->wrote) c->wrote_from = before;   /* replies from here on wait for the round's writes */
 }
 
 void reader_conn_process(reader *r, rconn *c)

@@ -10,11 +10,17 @@
  *      every complete request in its input is executed, replies appended to
  *      its output; SET/MSET pairs are collected (copied) across connections;
  *   2. reader_round_end(): the collected pairs go to the writer's ring in one
- *      kv_att_put_many, and the round waits once until the writer has
- *      applied every write of the round;
- *   3. each connection's output is sent with one send.
- * So writes are acknowledged only once applied, and a pipelined batch is
- * answered with one send.
+ *      kv_att_put_many without waiting; the output of a connection from its
+ *      first write reply of the round on is held until the writer has
+ *      applied that round's writes (a hold: output offset + write ticket);
+ *      holds whose writes are applied by now are released;
+ *   3. each connection's sendable output (everything before its first hold)
+ *      is sent with one send.
+ * While replies are held the loop only polls for more input; when none
+ * came it blocks in reader_wait_writes() until every write is applied. So a
+ * write is acknowledged only once applied, replies leave in request order,
+ * and the reader parses and submits the next requests of every connection
+ * while earlier writes are being applied.
  */
 #ifndef KV_READER_H
 #define KV_READER_H
@@ -43,6 +49,14 @@ typedef struct rconn {
     unsigned wrote : 1;    /**< replies to writes of this round are in `out` */
     unsigned dirty : 1;    /**< on the round's send list */
     unsigned stalled : 1;  /**< input left unprocessed because `out` is over READER_OUT_HIGH */
+    size_t wrote_from;     /**< `out` offset of the first write reply of this round */
+    /** Held output: bytes of `out` from hold_from[i] on wait until the writes
+     *  up to hold_ticket[i] are applied (kv_att_applied); n_holds <= 2, the
+     *  second absorbs later rounds' holds. */
+    size_t hold_from[2];
+    uint64_t hold_ticket[2];
+    unsigned n_holds;
+    struct rconn *held_prev, *held_next;  /**< on the reader's held list while n_holds */
     unsigned loop_flags;   /**< owned by the event loop (registered interest, ...) */
     void *loop_data;       /**< owned by the event loop */
     struct rconn *next_dirty;
@@ -81,11 +95,28 @@ rconn *reader_conns(reader *r);
 void reader_conn_process(reader *r, rconn *c);
 /** Add c to the round's send list (idempotent). */
 void reader_mark_dirty(reader *r, rconn *c);
-/** Submit the round's collected writes and wait until they are applied.
- *  On failure every connection with c->wrote is marked dead (its writes
- *  were not acknowledged). Then returns the send list (linked through
- *  next_dirty, flags dirty cleared by the caller) and empties it. */
+/** Submit the round's collected writes (no wait) and hold the replies of
+ *  the connections that wrote; release the holds whose writes are applied
+ *  by now. On a failed submission every connection with c->wrote is marked
+ *  dead (its writes are not acknowledged). Then returns the send list
+ *  (linked through next_dirty, flags dirty cleared by the caller) and
+ *  empties it. */
 rconn *reader_round_end(reader *r);
+/** 1 while some connection's replies wait for writes to be applied: the
+ *  loop then polls without blocking and calls reader_wait_writes() when
+ *  nothing else is to be done. */
+int reader_holding(const reader *r);
+/** Block until every submitted write is applied, then release every hold
+ *  (on failure: mark the held connections dead, their writes are not
+ *  acknowledged); the connections go on the send list. */
+void reader_wait_writes(reader *r);
+/** Bytes at the start of c->out that may be sent now (before its first hold). */
+size_t reader_sendable(const rconn *c);
+/** n bytes (<= reader_sendable) of c->out were sent: drop them from out. */
+void reader_sent(rconn *c, size_t n);
+/** Everything of c->out is sent and nothing is held: a closing connection
+ *  may close. */
+static inline int reader_out_done(const rconn *c) { return c->out.len == 0 && !c->n_holds; }
 /** Once a second: rewrite the stats file. */
 void reader_tick(reader *r);
 /** 1 once SIGTERM/SIGINT arrived. */

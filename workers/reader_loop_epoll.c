@@ -1,9 +1,10 @@
 /*
  * reader_loop_epoll.c -- kvault-reader's event loop on epoll (level
  * triggered), the fallback when io_uring lacks multishot accept/receive.
- * One round (reader.h): epoll_wait -> accept / receive and process every
- * ready connection -> reader_round_end -> one send per connection with
- * replies. Interest per connection: EPOLLIN unless its output is over
+ * One round (reader.h): epoll_wait (without blocking while replies wait
+ * for the writer; when it finds nothing, reader_wait_writes) -> accept /
+ * receive and process every ready connection -> reader_round_end -> one
+ * send per connection with sendable replies. Interest per connection: EPOLLIN unless its output is over
  * READER_OUT_HIGH (back-pressure), EPOLLOUT while output is left unsent.
  */
 #include <errno.h>
@@ -22,7 +23,8 @@
 static void set_interest(int ep, rconn *c)
 {
     /* no EPOLLIN once nothing more will be read: an EOF stays readable */
-    unsigned want = (c->stalled || c->closing || c->eof ? 0 : EPOLLIN) | (c->out.len ? EPOLLOUT : 0);
+    unsigned want = (c->stalled || c->closing || c->eof ? 0 : EPOLLIN) |
+                    (reader_sendable(c) ? EPOLLOUT : 0);
     if (want == c->loop_flags) return;
     struct epoll_event ev = {.events = want, .data.ptr = c};
     epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
@@ -76,20 +78,21 @@ static void receive(reader *r, rconn *c)
     }
 }
 
-/* Send c's output; 0 keep, -1 close. */
+/* Send c's sendable output (held replies stay); 0 keep, -1 close. */
 static int flush_out(rconn *c)
 {
-    while (c->out.len) {
-        ssize_t n = send(c->fd, c->out.p, c->out.len, MSG_NOSIGNAL);
+    size_t len;
+    while ((len = reader_sendable(c)) != 0) {
+        ssize_t n = send(c->fd, c->out.p, len, MSG_NOSIGNAL);
         if (n > 0) {
-            resp_buf_consume(&c->out, (size_t)n);
+            reader_sent(c, (size_t)n);
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
         if (n < 0 && errno == EINTR) continue;
         return -1;
     }
-    return c->closing || c->eof ? -1 : 0;
+    return (c->closing || c->eof) && reader_out_done(c) ? -1 : 0;
 }
 
 int reader_loop_epoll(reader *r)
@@ -115,12 +118,14 @@ int reader_loop_epoll(reader *r)
     struct epoll_event evs[MAX_EVENTS];
     rconn *stalled = NULL;   /* connections to process again once their output drained */
     while (!reader_stopping(r)) {
-        int n = epoll_wait(ep, evs, MAX_EVENTS, stalled ? 0 : 1000);
+        int holding = reader_holding(r);
+        int n = epoll_wait(ep, evs, MAX_EVENTS, stalled || holding ? 0 : 1000);
         if (n < 0) {
             if (errno == EINTR) continue;
             fprintf(stderr, "kvault-reader: epoll_wait: %m\n");
             break;
         }
+        if (n == 0 && holding && !stalled) reader_wait_writes(r);   /* nothing else to do */
         for (rconn *c = stalled, *next; c; c = next) {
             next = c->next_dirty;
             c->next_dirty = NULL;

@@ -6,9 +6,10 @@
  * BUF_SIZE bytes registered with the kernel): the bytes are appended to the
  * connection's input and the buffer goes straight back to the ring. A round
  * (reader.h) is: submit every queued request and wait for at least one
- * completion in ONE io_uring_enter -> handle every completion (receives are
- * processed as they come) -> reader_round_end -> queue one send per
- * connection with replies. So a round of many clients costs one system call
+ * completion in ONE io_uring_enter (while replies wait for the writer:
+ * submit without waiting, and when nothing completed, reader_wait_writes)
+ * -> handle every completion (receives are processed as they come) ->
+ * reader_round_end -> queue one send per connection with sendable replies. So a round of many clients costs one system call
  * instead of epoll's wait + one recv + one send per client.
  *
  * A send in flight owns its bytes: a connection's replies are written into
@@ -31,6 +32,7 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include "kv_assert.h"
 #include "reader.h"
 
 #define RING_ENTRIES 1024
@@ -114,19 +116,30 @@ static void start_close(uloop *L, rconn *c)
     io_uring_sqe_set_data64(sqe, OP_CANCEL);
 }
 
-/* Send c's replies if no send is in flight. */
+/* Send c's sendable replies if no send is in flight. */
 static void start_send(uloop *L, rconn *c)
 {
     uconn *u = c->loop_data;
     if (u->send_busy || u->freeing) return;
-    if (!c->out.len) {
-        if (c->closing || c->eof) start_close(L, c);
+    size_t len = reader_sendable(c);
+    if (!len) {
+        if ((c->closing || c->eof) && reader_out_done(c)) start_close(L, c);
         return;
     }
-    resp_buf t = u->sending;
-    u->sending = c->out;
-    c->out = t;
-    c->out.len = 0;
+    if (len == c->out.len) {        /* all of it: swap the buffers */
+        resp_buf t = u->sending;
+        u->sending = c->out;
+        c->out = t;
+        c->out.len = 0;
+    } else {                        /* a held tail stays in out */
+        KV_ASSERT_INTERNAL(u->sending.len == 0);
+        if (resp_buf_append(&u->sending, c->out.p, len)) {
+            c->dead = 1;
+            start_close(L, c);
+            return;
+        }
+        reader_sent(c, len);
+    }
     u->sent = 0;
     struct io_uring_sqe *sqe = sqe_get(L);
     io_uring_prep_send(sqe, c->fd, u->sending.p, u->sending.len, MSG_NOSIGNAL);
@@ -221,7 +234,8 @@ static void on_send(uloop *L, rconn *c, struct io_uring_cqe *cqe)
     }
     u->sending.len = 0;
     if (c->stalled && c->out.len < READER_OUT_HIGH) reader_conn_process(L->r, c);
-    if (c->out.len || c->closing || c->eof) reader_mark_dirty(L->r, c);
+    if (reader_sendable(c) || ((c->closing || c->eof) && reader_out_done(c)))
+        reader_mark_dirty(L->r, c);
 }
 
 static int setup(uloop *L, reader *r)
@@ -292,11 +306,16 @@ int reader_loop_uring(reader *r)
     struct __kernel_timespec ts = {.tv_sec = 1};
     while (!reader_stopping(r)) {
         struct io_uring_cqe *cqe;
-        rc = io_uring_submit_and_wait_timeout(&L.ring, &cqe, 1, &ts, NULL);
-        if (rc < 0 && rc != -ETIME && rc != -EINTR) {
+        int holding = reader_holding(r);
+        /* replies wait for the writer: submit, take what completed, and
+         * block on the writer only when nothing did */
+        rc = holding ? io_uring_submit(&L.ring)
+                     : io_uring_submit_and_wait_timeout(&L.ring, &cqe, 1, &ts, NULL);
+        if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY) {
             fprintf(stderr, "kvault-reader: io_uring wait: %s\n", strerror(-rc));
             break;
         }
+        if (holding && io_uring_cq_ready(&L.ring) == 0) reader_wait_writes(r);
         unsigned head, seen = 0;
         io_uring_for_each_cqe(&L.ring, head, cqe) {
             seen++;

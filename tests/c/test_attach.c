@@ -254,6 +254,42 @@ Test(attach, put_many_applied_async_and_larger_than_the_ring)
     kv_attach_close(a);
 }
 
+Test(attach, write_ticket_is_applied_only_once_the_writer_applied_it)
+{
+    kv_att *a = att(), *b = att();
+    cr_assert_eq(kv_att_write_ticket(a), 0);
+    cr_assert_eq(kv_att_applied(a, 0), 1);
+    kv_item it = {"tk", 2, "v1", 2};
+    cr_assert_eq(kv_att_put_many(a, &it, 1, 0), KV_OK);
+    uint64_t t1 = kv_att_write_ticket(a);
+    cr_assert_gt(t1, 0);
+    cr_assert_eq(kv_att_applied(a, t1), 1);
+    /* the writer stopped: submitted, not applied */
+    kill(writer, SIGSTOP);
+    it.val = "v2";
+    cr_assert_eq(kv_att_put_many(a, &it, 1, KV_ATT_ASYNC), KV_OK);
+    uint64_t t2 = kv_att_write_ticket(a);
+    cr_assert_gt(t2, t1);
+    cr_assert_eq(kv_att_applied(a, t2), 0);
+    cr_assert_eq(kv_att_applied(a, t1), 1);
+    const void *v;
+    size_t n;
+    cr_assert_eq(kv_att_get(b, "tk", 2, &v, &n), KV_OK);
+    cr_assert_eq(memcmp(v, "v1", 2), 0);
+    kill(writer, SIGCONT);
+    int applied = 0;
+    for (int i = 0; i < 500 && !applied; i++) {   /* up to 5 s */
+        applied = kv_att_applied(a, t2);
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        if (!applied) nanosleep(&ts, NULL);
+    }
+    cr_assert_eq(applied, 1);
+    cr_assert_eq(kv_att_get(b, "tk", 2, &v, &n), KV_OK);   /* applied: every handle sees it */
+    cr_assert_eq(memcmp(v, "v2", 2), 0);
+    kv_attach_close(b);
+    kv_attach_close(a);
+}
+
 Test(attach, delete_many_counts_distinct_keys_that_existed)
 {
     kv_att *a = att();

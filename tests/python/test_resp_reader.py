@@ -300,6 +300,79 @@ def test_pipeline_of_mixed_commands_is_answered_in_order(served):
     c.close()
 
 
+def test_pipelined_sets_are_acknowledged_in_order_once_visible_everywhere(served):
+    """Pipelined SET k_i / GET k_i batches on several connections at once
+    (each batch spans several receive rounds): every connection gets its
+    replies in request order with the new values, and a GET on another
+    connection to a second reader process, sent only after a +OK arrived,
+    sees that SET's value."""
+    n, writers = 1500, 4
+    sock2 = os.path.join(os.path.dirname(served.sock), "r2.sock")
+    other = Proc([READER, "--unix", sock2, served.db])
+    setup = Raw(served.sock)
+    for w in range(writers):
+        setup.s.sendall(b"".join(encode("SET", f"w{w}:{i}", "old") for i in range(n)))
+        assert all(setup.reply() == b"+OK\r\n" for _ in range(n))
+    # the writer stopped: no +OK, and the other reader still sees the old value
+    c, watcher = Raw(served.sock), Raw(sock2)
+    os.kill(served.writer.proc.pid, signal.SIGSTOP)
+    try:
+        c.s.sendall(encode("SET", "w0:0", "held"))
+        c.s.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            c.reply()
+        assert parse(watcher.call("GET", "w0:0")) == b"old"
+    finally:
+        os.kill(served.writer.proc.pid, signal.SIGCONT)
+    c.s.settimeout(30)
+    assert c.reply() == b"+OK\r\n"
+    assert parse(watcher.call("GET", "w0:0")) == b"held"
+    assert parse(c.call("GET", "w0:0")) == b"held"
+    c.close()
+    watcher.close()
+    errors = []
+
+    def writer(w):
+        try:
+            c, watcher = Raw(served.sock), Raw(sock2)
+            vals = [f"new{w}.{i}".encode() for i in range(n)]
+            c.s.sendall(b"".join(encode("SET", f"w{w}:{i}", vals[i]) + encode("GET", f"w{w}:{i}")
+                                 for i in range(n)))
+            for i in range(n):
+                r = c.reply()
+                if r != b"+OK\r\n":
+                    errors.append(f"SET reply {i}: {r!r}")
+                    return
+                seen = parse(watcher.call("GET", f"w{w}:{i}"))   # after its +OK arrived
+                if seen != vals[i]:
+                    errors.append(f"GET w{w}:{i} on another connection after +OK: {seen!r}")
+                    return
+                r = parse(c.reply())
+                if r != vals[i]:
+                    errors.append(f"pipelined GET w{w}:{i}: {r!r}")
+                    return
+            c.close()
+            watcher.close()
+        except Exception as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    other.stop_clean()
+    assert not errors, errors[:5]
+    # a client that sends its SETs and closes its side still gets every +OK
+    c = Raw(served.sock)
+    c.s.sendall(b"".join(encode("SET", f"eof{i}", i) for i in range(n)))
+    c.s.shutdown(socket.SHUT_WR)
+    assert all(c.reply() == b"+OK\r\n" for _ in range(n))
+    assert c.closed()
+    c.close()
+    assert Raw(served.sock).call("GET", f"eof{n - 1}") == b"$%d\r\n%d\r\n" % (len(str(n - 1)), n - 1)
+
+
 def test_requests_split_at_every_byte(served):
     c = Raw(served.sock)
     req = encode("SET", "split", "a\r\nb") + encode("GET", "split") + b"ECHO  x\r\n"

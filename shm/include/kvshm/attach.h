@@ -169,6 +169,20 @@ kv_status kv_att_exists(kv_att *a, const void *key, size_t klen, int *found);
  *  commits every other process's applied writes). */
 kv_status kv_att_wait(kv_att *a, int committed);
 
+/** Ticket of this handle's writes so far: its ring position after the last
+ *  record it submitted (a free-running byte count, 0 before any write; kept
+ *  across a writer restart, which hands the same ring over). Any write
+ *  submitted later gets a larger ticket. Same thread rules as kv_att_put. */
+uint64_t kv_att_write_ticket(const kv_att *a);
+
+/** 1 if every write of this handle up to `ticket` (kv_att_write_ticket) is
+ *  known applied now, else 0: one acquire load of the ring's consumed
+ *  position, no wait, no system call. 0 does not mean failed: kv_att_wait
+ *  then waits (and re-attaches to a restarted writer). When `ticket` covers
+ *  every write of the handle, later reads skip their wait for applied
+ *  writes. Same thread rules as kv_att_put. */
+int kv_att_applied(kv_att *a, uint64_t ticket);
+
 /** Row count / key batch of SQLite after kv_att_wait(a, 1) (so both include
  *  every write applied before the call). As kv_count / kv_keys_batch. */
 kv_status kv_att_count(kv_att *a, int64_t *count);
