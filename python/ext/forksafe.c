@@ -1,6 +1,7 @@
 /*
  * forksafe.c - fork() safety of every native object that owns a lock and an
- * engine handle (KVault, TextVault, VectorKVault, ColumnVault, SkipList):
+ * engine handle (KVault, TextVault, VectorKVault, ColumnVault, SkipList;
+ * CSBTree's lock-free guard uses kvpy_fork_generation):
  * one live list, one set of os.register_at_fork handlers (declarations and
  * the per-object contract in kvpy.h; behaviour: docs/shared-mode.md,
  * "Failure behaviour").
@@ -41,6 +42,8 @@
 #include <time.h>
 
 #define FORK_WAIT_US 200000
+
+unsigned long kvpy_fork_generation;
 
 static kvpy_fork_node *g_live;        /* newest live node; GIL held */
 static PyThread_type_lock g_forking;  /* one fork at a time holds the arrays below */
@@ -210,6 +213,7 @@ static PyObject *fork_after_parent(PyObject *unused, PyObject *noargs)
 
 static PyObject *fork_after_child(PyObject *unused, PyObject *noargs)
 {
+    kvpy_fork_generation++;
     fork_release(1);
     Py_RETURN_NONE;
 }

@@ -108,6 +108,10 @@ static inline int kvpy_fork_rehome(kvpy_fork_node *n)
     n->forked = 1;
     return -1;
 }
+/** Forks this process is a child of, counted by the after-in-child handler
+ *  (GIL held): an in-memory guard without a lock (CSBTree's) tells a holder
+ *  of the parent, which does not exist in the child, from a live one. */
+extern unsigned long kvpy_fork_generation;
 /** Register the at-fork handlers (once per process). 0 or -1. */
 int kvpy_init_fork(PyObject *module);
 

@@ -38,6 +38,10 @@
  *     re-enters the same list from the holding thread gets RuntimeError
  *     rather than a self-deadlock. Iteration copies (key, value) references
  *     under the lock, so each iterator sees one consistent snapshot.
+ *   - fork(): a child forked while another thread was inside an operation
+ *     (running a comparison: the structure is consistent) can use the tree:
+ *     the SkipList's lock is replaced in the child if held (forksafe.c), the
+ *     CSBTree's guard is taken over (csb_enter).
  */
 #include "kvpy.h"
 
@@ -366,6 +370,8 @@ typedef struct {
     csb_node *root;     /* never NULL once constructed (an empty leaf at least) */
     int order;          /* maximum keys per node, >= 3 */
     int busy;           /* an operation is in progress (re-entrancy guard) */
+    unsigned long busy_owner;  /* thread ident of that operation */
+    unsigned long busy_gen;    /* kvpy_fork_generation when it began */
 } CSBTreeObject;
 
 static csb_node *csb_node_new(int order, int leaf)
@@ -408,16 +414,22 @@ static void csb_node_free(csb_node *nd, garbage_t *g)
     PyMem_Free(nd);
 }
 
-/* Enter/leave the single-thread guard. */
+/* Enter/leave the single-thread guard. In a forked child, an operation
+ * another thread of the parent had in progress (it was running a Python
+ * comparison, the tree is consistent) has no holder: the guard is taken
+ * over rather than refusing every later call. */
 static int csb_enter(CSBTreeObject *t)
 {
-    if (t->busy) {
+    unsigned long me = PyThread_get_thread_ident();
+    if (t->busy && (t->busy_gen == kvpy_fork_generation || t->busy_owner == me)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "CSBTree is being modified by another operation "
                         "(concurrent or re-entrant use is not supported)");
         return -1;
     }
     t->busy = 1;
+    t->busy_owner = me;
+    t->busy_gen = kvpy_fork_generation;
     return 0;
 }
 

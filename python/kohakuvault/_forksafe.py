@@ -13,20 +13,32 @@ them (a new lock; the daemon started again with the same interval).
 
 from __future__ import annotations
 
+import functools
 import os
 import weakref
 
-_tracked: "weakref.WeakSet[object]" = weakref.WeakSet()
+# id(proxy) -> weak reference (proxies may be unhashable: KVault is a Mapping)
+_tracked: "dict[int, weakref.ref]" = {}
+
+
+def _forget(key: int, ref: "weakref.ref") -> None:
+    if _tracked.get(key) is ref:
+        del _tracked[key]
 
 
 def track(proxy: object) -> None:
     """Have ``proxy._after_fork_in_child()`` called in every forked child
     while ``proxy`` lives (held weakly; tracking twice is harmless)."""
-    _tracked.add(proxy)
+    r = _tracked.get(id(proxy))
+    if r is None or r() is not proxy:
+        _tracked[id(proxy)] = weakref.ref(proxy, functools.partial(_forget, id(proxy)))
 
 
 def _after_in_child() -> None:
-    for proxy in list(_tracked):
+    for ref in list(_tracked.values()):
+        proxy = ref()
+        if proxy is None:
+            continue
         try:
             proxy._after_fork_in_child()
         except Exception:  # noqa: BLE001 - the proxy still works without a daemon

@@ -20,17 +20,28 @@ from test_shared_mode import WRITER, Writer
 pytestmark = pytest.mark.skipif(WRITER is None, reason="kvault-writer is not built")
 
 
-def _in_child(body):
-    """Run body() in a forked child; returns its exit status (0: no exception)."""
+def _spawn(body):
+    """Fork a child that runs body() and exits 0, or 1 (its traceback on
+    stderr) if it raised. Returns the child's pid."""
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             body()
             code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
         finally:
             os._exit(code)
-    return os.waitpid(pid, 0)[1]
+    return pid
+
+
+def _in_child(body):
+    """Run body() in a forked child; returns its exit status (0: no exception)."""
+    return os.waitpid(_spawn(body), 0)[1]
 
 
 def _embedded(db):
@@ -195,20 +206,7 @@ def _fork_while_hammered(step, child, forks=8):
     try:
         for c in range(forks):
             time.sleep(0.02)
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    child(c)
-                    code = 0
-                except BaseException:
-                    import traceback
-
-                    traceback.print_exc()
-                    sys.stderr.flush()
-                finally:
-                    os._exit(code)
-            pids.append(pid)
+            pids.append(_spawn(lambda: child(c)))
         # the forks happened during calls; now let the children have the
         # file's write lock (an endless embedded writer would starve them)
         stop.set()
@@ -387,19 +385,7 @@ def test_fork_of_a_column_vault_with_cache_and_flush_daemon(tmp_path):
         assert mine <= set(_stored(db))
 
     try:
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                child()
-                code = 0
-            except BaseException:
-                import traceback
-
-                traceback.print_exc()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
+        pid = _spawn(child)
         codes, hung = _reap([pid], 25)
         assert not hung, "the child hung"
         assert codes[pid] == 0
@@ -411,6 +397,59 @@ def test_fork_of_a_column_vault_with_cache_and_flush_daemon(tmp_path):
     while time.monotonic() < deadline and len(_stored(db)) < 151:
         time.sleep(0.1)
     assert sorted(_stored(db)) == list(range(101)) + list(range(1000, 1050))
+
+
+class _GatedKey(int):
+    """An int key whose comparisons, while `gate` is set, report that they
+    started and wait for the release: an operation stays in progress."""
+
+    gate = None   # (started, release) events
+
+    def _wait(self):
+        if _GatedKey.gate:
+            _GatedKey.gate[0].set()
+            _GatedKey.gate[1].wait(30)
+
+    def __lt__(self, other):
+        self._wait()
+        return int(self) < int(other)
+
+    def __gt__(self, other):
+        self._wait()
+        return int(self) > int(other)
+
+
+@pytest.mark.parametrize("name", ["CSBTree", "SkipList"])
+def test_fork_while_a_thread_is_inside_a_tree_operation(name):
+    """In-memory trees: a child forked while another thread's insert waits
+    in a comparison (the SkipList's lock / the CSBTree's guard is held) can
+    use the tree; the parent's insert completes."""
+    import kohakuvault
+
+    tree = getattr(kohakuvault, name)()
+    for i in range(0, 40, 2):
+        tree.insert(i, i)
+    started, release = threading.Event(), threading.Event()
+    _GatedKey.gate = (started, release)
+    t = threading.Thread(target=tree.insert, args=(_GatedKey(7), "gated"))
+    t.start()
+    try:
+        assert started.wait(10)
+
+        def child():
+            _GatedKey.gate = None
+            tree.insert(41, 41)
+            assert tree.keys() == list(range(0, 40, 2)) + [41]
+
+        pid = _spawn(child)
+        codes, hung = _reap([pid], 25)
+        assert not hung and codes[pid] == 0
+    finally:
+        release.set()
+        _GatedKey.gate = None
+        t.join(timeout=30)
+    assert not t.is_alive()
+    assert tree.keys() == sorted(list(range(0, 40, 2)) + [7])
 
 
 def test_fork_from_inside_a_call_of_the_same_object(tmp_path):
