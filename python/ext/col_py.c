@@ -173,9 +173,8 @@ static void ColVault_dealloc(ColVaultObject *self)
     self->cv = NULL;
     /* off the fork list first (a fork while it closes must not take a
      * reference to it); a forked child's inherited connection is leaked */
-    int forked = self->fork.forked;
-    kvpy_fork_untrack(&self->fork);
-    if (!forked)
+    kvpy_fork_untrack(&self->fork);   /* keeps `forked` */
+    if (!self->fork.forked)
         kvpy_close_released(cv, colvault_shut);
     free(self->path);
     Py_TYPE(self)->tp_free((PyObject *)self);

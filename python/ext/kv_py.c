@@ -13,7 +13,7 @@
  * Calls are serialised by a per-object leaf mutex; it is acquired without
  * holding the GIL when contended (so a thread that holds it can always get
  * the GIL back), and backend operations that may wait run with the GIL
- * released (kv_backend.h says which ones keep it). `busy` tells a thread
+ * released (kv_backend.h says which ones keep it). `fork.busy` tells a thread
  * holding the GIL whether another one is inside the backend.
  *
  * Hot get path: no allocation besides the result object. Attached, a hit of
@@ -521,11 +521,13 @@ static int kv_reroute(KVObject *s, kv_status *st)
 
 static void KV_dealloc(KVObject *self)
 {
+    /* off the fork list first: a fork while the handle closes (GIL
+     * released) must not take a reference to this dying object */
+    kvpy_fork_untrack(&self->fork);   /* keeps `forked` for kv_detach */
     kv_detach(self);     /* flushes (never drops) and closes */
     free(self->cpath);
     free(self->ctable);
     free(self->reg);
-    kvpy_fork_untrack(&self->fork);
     Py_XDECREF(self->path);
     Py_XDECREF(self->table);
     Py_TYPE(self)->tp_free((PyObject *)self);

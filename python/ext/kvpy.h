@@ -88,7 +88,9 @@ struct kvpy_fork_node {
 /** Allocate the node's lock and put it on the live list; `obj` embeds it,
  *  `rehome` as above. 0, or -1 with MemoryError. Call once, after tp_alloc. */
 int kvpy_fork_track(kvpy_fork_node *n, PyObject *obj, int (*rehome)(PyObject *obj));
-/** In tp_dealloc: off the live list, free the lock. Safe on an untracked node. */
+/** In tp_dealloc, before anything releases the GIL (a fork must not take a
+ *  reference to a dying object): off the live list, free the lock; `forked`
+ *  is kept. Safe on an untracked node. */
 void kvpy_fork_untrack(kvpy_fork_node *n);
 /** Take the lock (waiting with the GIL released when contended, so the
  *  holder, which may be inside an engine call, always progresses) and
