@@ -136,6 +136,43 @@ static int fork_take(kvpy_fork_node *n, uint64_t *deadline)
     return got;
 }
 
+/* Hold (reference, then lock) the nodes in front of `seen` on the live list:
+ * those made since the previous pass (new nodes go to the front; `seen` is
+ * held, so still on the list). 1 when there were some, 0 when none, -1 when
+ * out of memory (the fork goes ahead with what is held). */
+static int fork_hold_new(kvpy_fork_node *seen, uint64_t *deadline)
+{
+    Py_ssize_t n = 0, first = g_fork_n;
+    for (kvpy_fork_node *o = g_live; o && o != seen; o = o->next)
+        n++;
+    if (!n)
+        return 0;
+    kvpy_fork_node **held = PyMem_Realloc(g_fork_held, (size_t)(first + n) * sizeof *held);
+    if (held)
+        g_fork_held = held;
+    unsigned char *locked = held ? PyMem_Realloc(g_fork_locked, (size_t)(first + n)) : NULL;
+    if (!locked)
+        return -1;
+    g_fork_locked = locked;
+    for (kvpy_fork_node *o = g_live; o && o != seen; o = o->next) {
+        Py_INCREF(o->obj);   /* alive (and on the list) until after the fork */
+        g_fork_locked[g_fork_n] = 0;
+        g_fork_held[g_fork_n++] = o;
+    }
+    unsigned long me = PyThread_get_thread_ident();
+    for (Py_ssize_t i = first; i < g_fork_n; i++) {
+        kvpy_fork_node *o = g_fork_held[i];
+        if (o->busy && o->owner == me) {
+            /* forked from inside a call of this object: the child returns
+             * into that call, which keeps holding the lock there too */
+            g_fork_locked[i] = FORK_SELF;
+            continue;
+        }
+        g_fork_locked[i] = (unsigned char)fork_take(o, deadline);
+    }
+    return 1;
+}
+
 static PyObject *fork_before(PyObject *unused, PyObject *noargs)
 {
     /* two threads forking at once: the second waits for the first's after
@@ -145,29 +182,18 @@ static PyObject *fork_before(PyObject *unused, PyObject *noargs)
         PyThread_acquire_lock(g_forking, WAIT_LOCK);
         Py_END_ALLOW_THREADS
     }
-    Py_ssize_t n = 0;
-    for (kvpy_fork_node *o = g_live; o; o = o->next)
-        n++;
-    g_fork_held = n ? PyMem_Calloc((size_t)n, sizeof *g_fork_held) : NULL;
-    g_fork_locked = n ? PyMem_Calloc((size_t)n, 1) : NULL;
+    g_fork_held = NULL;
+    g_fork_locked = NULL;
     g_fork_n = 0;
-    if (n && (!g_fork_held || !g_fork_locked))
-        Py_RETURN_NONE;   /* no memory: fork unprotected rather than fail it */
-    for (kvpy_fork_node *o = g_live; o && g_fork_n < n; o = o->next) {
-        Py_INCREF(o->obj);   /* alive (and on the list) until after the fork */
-        g_fork_held[g_fork_n++] = o;
-    }
+    /* taking a lock may wait with the GIL released, while other threads
+     * make objects and call them: hold those too, until none is new */
     uint64_t deadline = 0;
-    unsigned long me = PyThread_get_thread_ident();
-    for (Py_ssize_t i = 0; i < g_fork_n; i++) {
-        kvpy_fork_node *o = g_fork_held[i];
-        if (o->busy && o->owner == me) {
-            /* forked from inside a call of this object: the child returns
-             * into that call, which keeps holding the lock there too */
-            g_fork_locked[i] = FORK_SELF;
-            continue;
-        }
-        g_fork_locked[i] = (unsigned char)fork_take(o, &deadline);
+    kvpy_fork_node *seen = NULL;
+    for (;;) {
+        kvpy_fork_node *head = g_live;   /* the GIL is held until a lock waits */
+        if (fork_hold_new(seen, &deadline) != 1)
+            break;
+        seen = head;
     }
     Py_RETURN_NONE;
 }
