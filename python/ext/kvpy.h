@@ -75,7 +75,8 @@ struct kvpy_fork_node {
     int forked;               /**< child of a fork: the handle is still the parent's */
     int bounded_wait;         /**< nonzero: a call in progress at a fork is waited
                                    for at most 200 ms in all (it may wait for the
-                                   process being forked); 0: until it ends */
+                                   process being forked, or run Python code);
+                                   0: until it ends (an SQLite call) */
     /** In the child, at the object's first kvpy_fork_rehome: open its own
      *  handle (lock and GIL held; `forked` already cleared). 0, or -1 with an
      *  exception set (`forked` is set again and the next call retries).
@@ -105,7 +106,7 @@ static inline int kvpy_fork_rehome(kvpy_fork_node *n)
     if (__builtin_expect(!n->forked, 1))
         return 0;
     n->forked = 0;
-    if (n->rehome(n->obj) == 0)
+    if (!n->rehome || n->rehome(n->obj) == 0)
         return 0;
     n->forked = 1;
     return -1;
@@ -219,9 +220,9 @@ int kvpy_store_setup(kvpy_store *s, const kvpy_store_kind *kind, const char *pat
  *  releases its own members and calls tp_free. */
 void kvpy_store_finalize(kvpy_store *s);
 /** Take the lock, refuse a closed store (ValueError "Cannot operate on
- *  closed <name>"), re-home it in a forked child, run op(h, ctx) with the GIL released, raise per
- *  kvpy_store_raise with the engine's message on failure, release the lock.
- *  Returns 0 on success, -1 with an exception set. *st_out (may be NULL)
+ *  closed <name>"), re-home it in a forked child (kind->reopen), run
+ *  op(h, ctx) with the GIL released, raise per kvpy_store_raise with the
+ *  engine's message on failure, release the lock. Returns 0 on success, -1 with an exception set. *st_out (may be NULL)
  *  gets the engine's status (KV_OK when the call never ran), so a caller can
  *  replace the exception with a more specific one. */
 int kvpy_store_call(kvpy_store *s, kvpy_store_op op, void *ctx, kv_status *st_out);
