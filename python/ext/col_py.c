@@ -12,11 +12,23 @@
  * Ownership: a handle holds a strong reference to its vault object, so the
  * vault's connection outlives every column; a handle's dealloc flushes its
  * cache (flush on close).
+ *
+ * Locking and fork(): the engine serialises calls with its own mutex; every
+ * call made here with the GIL released also holds the vault's fork lock
+ * (kvpy_fork_node, forksafe.c), so a fork waits for it. In a forked child
+ * the first call through the vault or one of its handles opens the vault's
+ * own connection (bumping `gen`), and each handle opened on an older one
+ * opens its column again on the new connection, its cache switch kept and
+ * empty; the inherited connection and columns (and their cached elements,
+ * the parent's to write) are leaked, never used, flushed or closed.
+ * Non-blocking reads answered from the read cache with the GIL held skip
+ * the lock (no fork can happen while they run) unless the handle is stale.
  */
 #include "kvpy.h"
 #include "packer_py.h"
 #include "kvault/column.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* ------------------------------------------------------------------------ */
@@ -47,7 +59,11 @@ static PyObject *kvpy_col_raise(kv_colvault *cv, kv_status st, const char *op)
 
 typedef struct {
     PyObject_HEAD
-    kv_colvault *cv;   /* owned */
+    kv_colvault *cv;        /* owned */
+    kvpy_fork_node fork;    /* lock around every GIL-released call; fork state */
+    char *path;             /* owned: as opened, for a forked child */
+    int64_t min_chunk, max_chunk;  /* as opened */
+    unsigned gen;           /* connections opened so far (bumped in a forked child) */
 } ColVaultObject;
 
 typedef struct {
@@ -61,9 +77,51 @@ typedef struct {
     int64_t col_id;         /* fixed: its col_id; var: the _data col_id */
     int64_t idx_col_id;     /* var: the _idx col_id */
     int64_t max_chunk;      /* aligned max_chunk_bytes of the (fixed / data) column */
+    unsigned gen;           /* vault->gen `col` was opened on */
+    size_t cache_cap, cache_threshold;  /* the write-back cache as enabled (cap 0: off) */
 } ColHandleObject;
 
 static PyTypeObject ColVaultType, ColHandleType;
+
+/* kvpy_fork_node.rehome: the vault's own connection in a forked child
+ * (lock held); the lock_cache flag is carried over. */
+static int ColVault_rehome(PyObject *obj)
+{
+    ColVaultObject *self = (ColVaultObject *)obj;
+    char err[512] = "";
+    kv_colvault *cv = NULL;
+    kv_status st;
+    int locked = kv_colvault_cache_locked(self->cv);
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_colvault_open(self->path, self->min_chunk, self->max_chunk, &cv, err, sizeof err);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK) {
+        PyErr_Format(PyExc_RuntimeError, "Failed to open %s: %s", self->path,
+                     err[0] ? err : kv_strerror(st));
+        return -1;
+    }
+    kv_colvault_cache_lock(cv, locked);
+    self->cv = cv;   /* the parent's is leaked */
+    self->gen++;
+    return 0;
+}
+
+/* Take the vault's lock, re-homing it in a forked child. 0, or -1 with the
+ * exception (lock free). */
+static int cv_enter(ColVaultObject *self)
+{
+    kvpy_fork_lock(&self->fork);
+    if (kvpy_fork_rehome(&self->fork) < 0) {
+        kvpy_fork_unlock(&self->fork);
+        return -1;
+    }
+    return 0;
+}
+
+static inline void cv_leave(ColVaultObject *self)
+{
+    kvpy_fork_unlock(&self->fork);
+}
 
 static int ColVault_init(ColVaultObject *self, PyObject *args, PyObject *kw)
 {
@@ -89,6 +147,15 @@ static int ColVault_init(ColVaultObject *self, PyObject *args, PyObject *kw)
             PyErr_Format(PyExc_RuntimeError, "Failed to open %s: %s", path, err[0] ? err : kv_strerror(st));
         return -1;
     }
+    free(self->path);
+    self->path = strdup(path);
+    self->min_chunk = mn;
+    self->max_chunk = mx;
+    if (!self->path ? (PyErr_NoMemory(), 1)
+                    : kvpy_fork_track(&self->fork, (PyObject *)self, ColVault_rehome) < 0) {
+        kv_colvault_close(cv);
+        return -1;
+    }
     self->cv = cv;
     return 0;
 }
@@ -104,7 +171,12 @@ static void ColVault_dealloc(ColVaultObject *self)
 {
     kv_colvault *cv = self->cv;
     self->cv = NULL;
-    kvpy_close_released(cv, colvault_shut);
+    /* off the fork list first (a fork while it closes must not take a
+     * reference to it); a forked child's inherited connection is leaked */
+    kvpy_fork_untrack(&self->fork);   /* keeps `forked` */
+    if (!self->fork.forked)
+        kvpy_close_released(cv, colvault_shut);
+    free(self->path);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -124,7 +196,7 @@ static PyObject *ColVault_create_column(ColVaultObject *self, PyObject *args)
     CV_CHECK(self);
     if (!PyArg_ParseTuple(args, "ss", &name, &dtype))
         return NULL;
-    if (kvpy_packer_parse(dtype, &pk) < 0)
+    if (kvpy_packer_parse(dtype, &pk) < 0 || cv_enter(self) < 0)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     if (pk.pk_elem_size > 0)
@@ -132,12 +204,11 @@ static PyObject *ColVault_create_column(ColVaultObject *self, PyObject *args)
     else
         st = kv_col_create_var(self->cv, name, dtype, NULL, NULL);
     Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
+    if (st != KV_OK)
         /* duplicate names and alignment failures are raw RuntimeError (docs/api.md §2.5) */
         PyErr_Format(PyExc_RuntimeError, "%s", kv_colvault_errmsg(self->cv));
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    cv_leave(self);
+    return st != KV_OK ? NULL : Py_NewRef(Py_None);
 }
 
 static PyObject *ColHandle_make(ColVaultObject *vault, const char *name, kv_col *col,
@@ -158,6 +229,8 @@ static PyObject *ColHandle_make(ColVaultObject *vault, const char *name, kv_col 
     h->col_id = col_id;
     h->idx_col_id = idx_id;
     h->max_chunk = max_chunk;
+    h->gen = vault->gen;
+    h->cache_cap = h->cache_threshold = 0;
     if (!h->name || !h->dtype || kvpy_packer_parse(dtype, &h->pk) < 0) {
         Py_DECREF(h);
         return NULL;
@@ -183,6 +256,8 @@ static PyObject *ColVault_open_column(ColVaultObject *self, PyObject *args)
     }
     snprintf(nd, sizeof nd, "%s_data", name);
     snprintf(ni, sizeof ni, "%s_idx", name);
+    if (cv_enter(self) < 0)
+        return NULL;
     Py_BEGIN_ALLOW_THREADS
     st = kv_col_info_get(self->cv, nd, &di);
     if (st == KV_OK)
@@ -195,14 +270,13 @@ static PyObject *ColVault_open_column(ColVaultObject *self, PyObject *args)
             st2 = kv_col_open_fixed(self->cv, fi.ci_col_id, &col);
     }
     Py_END_ALLOW_THREADS
-    if (st == KV_NOTFOUND) {
+    if (st == KV_NOTFOUND)
         PyErr_SetObject(PyExc_KeyError, PyTuple_GetItem(args, 0));
+    else if (st != KV_OK || st2 != KV_OK)
+        kvpy_col_raise(self->cv, st != KV_OK ? st : st2, "open column");
+    cv_leave(self);
+    if (st != KV_OK || st2 != KV_OK)
         return NULL;
-    }
-    if (st != KV_OK)
-        return kvpy_col_raise(self->cv, st, "open column");
-    if (st2 != KV_OK)
-        return kvpy_col_raise(self->cv, st2, "open column");
     if (kv_col_is_var(col)) {
         PyObject *h = ColHandle_make(self, name, col, di.ci_dtype, 1, di.ci_col_id, ii.ci_col_id,
                                      di.ci_max_chunk);
@@ -229,13 +303,16 @@ static PyObject *ColVault_list_columns(ColVaultObject *self, PyObject *unused)
     PyObject *lst = PyList_New(0);
     if (!lst)
         return NULL;
-    kv_status st = kv_col_list(self->cv, kvpy_list_cb, lst); /* callback needs the GIL: keep it */
-    if (st != KV_OK) {
+    if (cv_enter(self) < 0) {
         Py_DECREF(lst);
-        if (PyErr_Occurred())
-            return NULL;
-        return kvpy_col_raise(self->cv, st, "list columns");
+        return NULL;
     }
+    kv_status st = kv_col_list(self->cv, kvpy_list_cb, lst); /* callback needs the GIL: keep it */
+    if (st != KV_OK && !PyErr_Occurred())
+        kvpy_col_raise(self->cv, st, "list columns");
+    cv_leave(self);
+    if (st != KV_OK)
+        Py_CLEAR(lst);
     return lst;
 }
 
@@ -244,12 +321,15 @@ static PyObject *ColVault_count_columns(ColVaultObject *self, PyObject *unused)
     int64_t n = 0;
     kv_status st;
     CV_CHECK(self);
+    if (cv_enter(self) < 0)
+        return NULL;
     Py_BEGIN_ALLOW_THREADS
     st = kv_col_count(self->cv, &n);
     Py_END_ALLOW_THREADS
     if (st != KV_OK)
-        return kvpy_col_raise(self->cv, st, "count columns");
-    return PyLong_FromLongLong(n);
+        kvpy_col_raise(self->cv, st, "count columns");
+    cv_leave(self);
+    return st != KV_OK ? NULL : PyLong_FromLongLong(n);
 }
 
 static PyObject *ColVault_delete_column(ColVaultObject *self, PyObject *args)
@@ -258,22 +338,26 @@ static PyObject *ColVault_delete_column(ColVaultObject *self, PyObject *args)
     int deleted = 0;
     kv_status st;
     CV_CHECK(self);
-    if (!PyArg_ParseTuple(args, "s", &name))
+    if (!PyArg_ParseTuple(args, "s", &name) || cv_enter(self) < 0)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     st = kv_col_delete(self->cv, name, &deleted);
     Py_END_ALLOW_THREADS
     if (st != KV_OK)
-        return kvpy_col_raise(self->cv, st, "delete column");
-    return PyBool_FromLong(deleted);
+        kvpy_col_raise(self->cv, st, "delete column");
+    cv_leave(self);
+    return st != KV_OK ? NULL : PyBool_FromLong(deleted);
 }
 
 static PyObject *ColVault_checkpoint(ColVaultObject *self, PyObject *unused)
 {
     CV_CHECK(self);
+    if (cv_enter(self) < 0)
+        return NULL;
     Py_BEGIN_ALLOW_THREADS
     kv_colvault_checkpoint(self->cv);
     Py_END_ALLOW_THREADS
+    cv_leave(self);
     Py_RETURN_NONE;
 }
 
@@ -281,16 +365,21 @@ static PyObject *ColVault_set_cache_locked(ColVaultObject *self, PyObject *flag)
 {
     CV_CHECK(self);
     int v = PyObject_IsTrue(flag);
-    if (v < 0)
+    if (v < 0 || cv_enter(self) < 0)
         return NULL;
     kv_colvault_cache_lock(self->cv, v);
+    cv_leave(self);
     Py_RETURN_NONE;
 }
 
 static PyObject *ColVault_cache_locked(ColVaultObject *self, PyObject *unused)
 {
     CV_CHECK(self);
-    return PyBool_FromLong(kv_colvault_cache_locked(self->cv));
+    if (cv_enter(self) < 0)
+        return NULL;
+    int locked = kv_colvault_cache_locked(self->cv);
+    cv_leave(self);
+    return PyBool_FromLong(locked);
 }
 
 static PyMethodDef ColVault_methods[] = {
@@ -335,11 +424,66 @@ static PyTypeObject ColVaultType = {
 
 static void col_close(void *col) { kv_col_close(col); /* flushes the cache */ }
 
+/* The handle's column is not (yet) open on the vault's connection: a forked
+ * child that has not re-homed the vault or this handle. */
+static inline int h_stale(ColHandleObject *self)
+{
+    return self->vault->fork.forked || self->gen != self->vault->gen;
+}
+
+/* Open the handle's column again on the vault's re-homed connection (vault
+ * lock held), its cache switch kept and empty; the old one is leaked. */
+static int h_rehome(ColHandleObject *self)
+{
+    kv_colvault *cv = self->vault->cv;
+    kv_col *col = NULL;
+    kv_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = self->is_var ? kv_col_open_var(cv, self->col_id, self->idx_col_id, &col)
+                      : kv_col_open_fixed(cv, self->col_id, &col);
+    if (st == KV_OK && self->cache_cap)
+        st = kv_col_cache_enable(col, self->cache_cap, self->cache_threshold);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK) {
+        kvpy_col_raise(cv, st, "open column");
+        kv_col_close(col);   /* NULL or new with an empty cache */
+        return -1;
+    }
+    self->col = col;
+    self->gen = self->vault->gen;
+    return 0;
+}
+
+/* Take the vault's lock for a call through the handle, re-homing vault and
+ * handle in a forked child. 0, or -1 with the exception (lock free). */
+static int h_enter(ColHandleObject *self)
+{
+    if (cv_enter(self->vault) < 0)
+        return -1;
+    if (self->gen != self->vault->gen && h_rehome(self) < 0) {
+        cv_leave(self->vault);
+        return -1;
+    }
+    return 0;
+}
+
 static void ColHandle_dealloc(ColHandleObject *self)
 {
     kv_col *col = self->col;
     self->col = NULL;
-    kvpy_close_released(col, col_close);
+    if (col && self->vault) {
+        /* the flush runs under the vault's lock (a fork waits for it) unless
+         * this thread holds it (dropped from inside a vault call); a forked
+         * child's inherited column is the parent's: leaked */
+        kvpy_fork_node *n = &self->vault->fork;
+        int mine = n->busy && n->owner == PyThread_get_thread_ident();
+        if (!mine)
+            kvpy_fork_lock(n);
+        if (!h_stale(self))
+            kvpy_close_released(col, col_close);
+        if (!mine)
+            kvpy_fork_unlock(n);
+    }
     Py_XDECREF(self->vault);
     Py_XDECREF(self->name);
     Py_XDECREF(self->dtype);
@@ -388,14 +532,15 @@ static kv_status op_cache_flush(kv_col *c, col_args *a) { return kv_col_cache_fl
 static inline int col_call(ColHandleObject *self, col_op op, col_args *a, const char *what)
 {
     kv_status st;
+    if (h_enter(self) < 0)
+        return -1;
     Py_BEGIN_ALLOW_THREADS
     st = op(self->col, a);
     Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
+    if (st != KV_OK)
         H_ERR(self, st, what);
-        return -1;
-    }
-    return 0;
+    cv_leave(self->vault);
+    return st != KV_OK ? -1 : 0;
 }
 
 /* col_call answering None. */
@@ -410,17 +555,19 @@ static int ColHandle_length_of(ColHandleObject *self, int64_t *n)
 {
     int hit = 0;
     kv_status st;
-    kv_col_len_try(self->col, n, &hit);
+    if (!h_stale(self))
+        kv_col_len_try(self->col, n, &hit);
     if (hit)
         return 0;
+    if (h_enter(self) < 0)
+        return -1;
     Py_BEGIN_ALLOW_THREADS
     st = kv_col_len(self->col, n);
     Py_END_ALLOW_THREADS
-    if (st != KV_OK) {
+    if (st != KV_OK)
         H_ERR(self, st, "len");
-        return -1;
-    }
-    return 0;
+    cv_leave(self->vault);
+    return st != KV_OK ? -1 : 0;
 }
 
 static PyObject *ColHandle_len(ColHandleObject *self, PyObject *unused)
@@ -436,17 +583,23 @@ static PyObject *ColHandle_len(ColHandleObject *self, PyObject *unused)
 static int ColHandle_read_fixed_into(ColHandleObject *self, int64_t a, int64_t cnt, void *buf)
 {
     int hit = 0;
-    kv_status st = kv_col_read_fixed_try(self->col, a, cnt, buf, &hit);
-    if (!hit && st == KV_OK) {
-        Py_BEGIN_ALLOW_THREADS
-        st = kv_col_read_fixed(self->col, a, cnt, buf);
-        Py_END_ALLOW_THREADS
+    kv_status st = KV_OK;
+    if (!h_stale(self))
+        st = kv_col_read_fixed_try(self->col, a, cnt, buf, &hit);
+    if (hit || st != KV_OK) {
+        if (st != KV_OK)
+            H_ERR(self, st, "read");
+        return st != KV_OK ? -1 : 0;
     }
-    if (st != KV_OK) {
-        H_ERR(self, st, "read");
+    if (h_enter(self) < 0)
         return -1;
-    }
-    return 0;
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_col_read_fixed(self->col, a, cnt, buf);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK)
+        H_ERR(self, st, "read");
+    cv_leave(self->vault);
+    return st != KV_OK ? -1 : 0;
 }
 
 /* Elements [a, a+cnt) of a variable-size column: their bytes back to back in
@@ -463,13 +616,19 @@ static int ColHandle_read_var_into(ColHandleObject *self, int64_t a, int64_t cnt
         PyErr_NoMemory();
         return -1;
     }
+    if (h_enter(self) < 0) {
+        PyMem_Free(*offs);
+        return -1;
+    }
     Py_BEGIN_ALLOW_THREADS
     st = kv_col_read_var(self->col, a, cnt, b, *offs);
     Py_END_ALLOW_THREADS
+    if (st != KV_OK)
+        H_ERR(self, st, "read");
+    cv_leave(self->vault);
     if (st != KV_OK) {
         PyMem_Free(*offs);
         kv_buf_free(b);
-        H_ERR(self, st, "read");
         return -1;
     }
     return 0;
@@ -947,12 +1106,17 @@ static PyObject *ColHandle_enable_cache(ColHandleObject *self, PyObject *args)
         return NULL;
     }
     col_args a = {.n = (size_t)cap, .threshold = (size_t)thr};
-    return col_call_none(self, op_cache_enable, &a, "enable_cache");
+    if (col_call(self, op_cache_enable, &a, "enable_cache") < 0)
+        return NULL;
+    self->cache_cap = a.n;   /* kept by a forked child (h_rehome) */
+    self->cache_threshold = a.threshold;
+    Py_RETURN_NONE;
 }
 
 static PyObject *ColHandle_disable_cache(ColHandleObject *self, PyObject *unused)
 {
     col_args a = {0};
+    self->cache_cap = 0;
     return col_call_none(self, op_cache_disable, &a, "disable_cache");
 }
 
@@ -966,12 +1130,20 @@ static PyObject *ColHandle_flush_cache(ColHandleObject *self, PyObject *unused)
 
 static PyObject *ColHandle_cache_enabled(ColHandleObject *self, PyObject *unused)
 {
-    return PyBool_FromLong(kv_col_cache_enabled(self->col));
+    if (h_enter(self) < 0)
+        return NULL;
+    int on = kv_col_cache_enabled(self->col);
+    cv_leave(self->vault);
+    return PyBool_FromLong(on);
 }
 
 static PyObject *ColHandle_cache_idle(ColHandleObject *self, PyObject *unused)
 {
-    return PyFloat_FromDouble(kv_col_cache_idle_s(self->col));
+    if (h_enter(self) < 0)
+        return NULL;
+    double idle = kv_col_cache_idle_s(self->col);
+    cv_leave(self->vault);
+    return PyFloat_FromDouble(idle);
 }
 
 static PyObject *ColHandle_info(ColHandleObject *self, void *c)

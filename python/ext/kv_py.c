@@ -13,7 +13,7 @@
  * Calls are serialised by a per-object leaf mutex; it is acquired without
  * holding the GIL when contended (so a thread that holds it can always get
  * the GIL back), and backend operations that may wait run with the GIL
- * released (kv_backend.h says which ones keep it). `busy` tells a thread
+ * released (kv_backend.h says which ones keep it). `fork.busy` tells a thread
  * holding the GIL whether another one is inside the backend.
  *
  * Hot get path: no allocation besides the result object. Attached, a hit of
@@ -43,9 +43,7 @@ typedef struct KVObject {
     PyObject_HEAD
     void *h;                   /* backend handle, owned; NULL once closed */
     const kvb_ops *ops;        /* backend of h */
-    PyThread_type_lock lock;   /* leaf mutex; owned */
-    int busy;                  /* the lock is held (changed with the GIL held) */
-    unsigned long owner;       /* thread ident of the holder while busy */
+    kvpy_fork_node fork;       /* leaf mutex, its holder, fork state (forksafe.c) */
     kvhot *hot;                /* owned hot-value cache, or NULL */
     int write_flags;           /* KVB_PUT_PIPELINED or 0: the object's write mode */
     kvpy_pack_opts opts;       /* §3.6 switches */
@@ -62,10 +60,6 @@ typedef struct KVObject {
     char *reg;                 /* owned: registry path of the file */
     kv_open_opts o;            /* the open options, to open the other backend */
     kv_commit_guard guard;     /* embedded: refuses commits while a writer holds reg */
-    /* fork (docs/shared-mode.md, "Failure behaviour"): every live object is
-     * on one list (changed with the GIL held) */
-    struct KVObject *live_prev, *live_next;
-    int forked;                /* child of a fork: the embedded handle is the parent's */
 } KVObject;
 
 static PyTypeObject KVType;
@@ -84,28 +78,19 @@ static PyTypeObject KVKeysType;
  * again, which would otherwise wait for itself forever. */
 static inline int kv_lock(KVObject *s)
 {
-    unsigned long me = PyThread_get_thread_ident();
-    if (s->busy && s->owner == me) {
+    if (s->fork.busy && s->fork.owner == PyThread_get_thread_ident()) {
         PyErr_SetString(PyExc_RuntimeError,
                         "KVault re-entered from inside one of its own calls "
                         "(e.g. from a put_file reader or get_to_file writer)");
         return -1;
     }
-    if (!PyThread_acquire_lock(s->lock, NOWAIT_LOCK)) {
-        Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock(s->lock, WAIT_LOCK);
-        Py_END_ALLOW_THREADS
-    }
-    s->busy = 1;
-    s->owner = me;
+    kvpy_fork_lock(&s->fork);
     return 0;
 }
 
 static inline void kv_unlock(KVObject *s)
 {
-    s->busy = 0;
-    s->owner = 0;
-    PyThread_release_lock(s->lock);
+    kvpy_fork_unlock(&s->fork);
 }
 
 static inline int check_open(KVObject *s)
@@ -116,8 +101,6 @@ static inline int check_open(KVObject *s)
     }
     return 0;
 }
-
-static int kv_rehome(KVObject *s);
 
 /* Take the lock of an open object: 0, or -1 with ValueError (closed; lock
  * free) or RuntimeError (re-entered, see kv_lock). */
@@ -130,7 +113,7 @@ static inline int kv_enter(KVObject *s)
         PyErr_SetString(PyExc_ValueError, CLOSED_MSG);
         return -1;
     }
-    if (__builtin_expect(s->forked, 0) && kv_rehome(s) < 0) {
+    if (kvpy_fork_rehome(&s->fork) < 0) {
         kv_unlock(s);
         return -1;
     }
@@ -315,6 +298,7 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
     }
     self->h = h;
     self->ops = ops;
+    self->fork.bounded_wait = ops != &kvb_embedded;
     self->hot = hot;
     /* what opening the handle again needs (another backend, a forked child) */
     self->cpath = strdup(path);
@@ -334,209 +318,13 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
     return 0;
 }
 
-/* ======================================================================
- * fork() (docs/shared-mode.md, "Failure behaviour")
- *
- * A child of fork() has one thread: a lock another thread of the parent
- * held at the fork would stay held forever, and a handle in the middle of
- * a call would be half changed. So the parent's forking thread takes the
- * lock of every live object before the fork (os.register_at_fork "before"),
- * waiting with the GIL released for calls in progress to finish, and both
- * processes release what it took after the fork.
- *
- * An embedded call is always waited for: SQLite keeps per-process lock
- * state of every file (shared by all connections of the process), so a
- * child forked while a connection of the parent was inside a transaction
- * would inherit locks its kernel does not hold and its own connection
- * would find the file busy for good. Embedded calls end by themselves
- * (a busy file: SQLite's busy timeout; an "auto" object waiting for a
- * starting writer: ROUTE_WAIT_MS). An attached call is waited for at most
- * FORK_WAIT_US in all, because it may wait for the very process being
- * forked (subprocess runs these hooks when it starts a kvault-writer with
- * a preexec_fn); its handle is re-homed in the child anyway (below), and an
- * object whose lock was still held gets a new lock in the child (the old
- * one is leaked: its holder does not exist there). A lock the forking
- * thread holds itself (a fork from inside one of the object's calls, e.g.
- * a put_file reader starting a process) is left alone: both processes
- * return into that call, which releases it. The child leaves the parent's
- * SQLite connections alone (a
- * connection must not be used across fork, https://sqlite.org/howtocorrupt.html
- * section 2.6; closing it could checkpoint or remove the WAL under the
- * parent): its first call through an embedded object opens its own handle
- * (kv_rehome) and leaks the inherited one. Attached handles re-home
- * themselves (kvshm/attach.h).
- * ==================================================================== */
-
-#define FORK_WAIT_US 200000
-
-static KVObject *g_live;            /* newest live object; GIL held */
-static PyThread_type_lock g_forking;/* one fork at a time holds the arrays below */
-static KVObject **g_fork_held;      /* every live object at the fork in progress */
-static unsigned char *g_fork_locked;/* g_fork_held[i]'s lock was taken */
-static Py_ssize_t g_fork_n;
-
-static void live_link(KVObject *s)
+/* kvpy_fork_node.rehome: first call of an object in a forked child (lock
+ * and GIL held): an embedded object opens its own handle of the file and
+ * leaks the parent's (forksafe.c); the write-back cache switch is kept, its
+ * entries stay the parent's to write. 0, or -1 with the exception set. */
+static int kv_rehome(PyObject *obj)
 {
-    s->live_next = g_live;
-    if (g_live)
-        g_live->live_prev = s;
-    g_live = s;
-}
-
-static void live_unlink(KVObject *s)
-{
-    KVObject *prev = s->live_prev, *next = s->live_next;
-    if (prev)
-        prev->live_next = next;
-    else if (g_live == s)
-        g_live = next;
-    if (next)
-        next->live_prev = prev;
-    s->live_prev = s->live_next = NULL;
-}
-
-#define FORK_SELF 2   /* g_fork_locked: the forking thread holds the lock */
-
-static PyObject *fork_before(PyObject *unused, PyObject *noargs)
-{
-    /* two threads forking at once: the second waits for the first's after
-     * hook (fork_release) */
-    if (!PyThread_acquire_lock(g_forking, NOWAIT_LOCK)) {
-        Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock(g_forking, WAIT_LOCK);
-        Py_END_ALLOW_THREADS
-    }
-    Py_ssize_t n = 0;
-    for (KVObject *o = g_live; o; o = o->live_next)
-        n++;
-    g_fork_held = n ? PyMem_Calloc((size_t)n, sizeof *g_fork_held) : NULL;
-    g_fork_locked = n ? PyMem_Calloc((size_t)n, 1) : NULL;
-    g_fork_n = 0;
-    if (n && (!g_fork_held || !g_fork_locked))
-        Py_RETURN_NONE;   /* no memory: fork unprotected rather than fail it */
-    for (KVObject *o = g_live; o && g_fork_n < n; o = o->live_next) {
-        Py_INCREF(o);     /* alive until after the fork */
-        g_fork_held[g_fork_n++] = o;
-    }
-    uint64_t deadline = 0;
-    unsigned long me = PyThread_get_thread_ident();
-    for (Py_ssize_t i = 0; i < g_fork_n; i++) {
-        PyThread_type_lock l = g_fork_held[i]->lock;
-        if (g_fork_held[i]->busy && g_fork_held[i]->owner == me) {
-            /* forked from inside a call of this object (a put_file reader
-             * starting a process): the child returns into that call, which
-             * keeps holding the lock there too */
-            g_fork_locked[i] = FORK_SELF;
-            continue;
-        }
-        int got = PyThread_acquire_lock(l, NOWAIT_LOCK);
-        if (!got && g_fork_held[i]->ops == &kvb_embedded) {
-            Py_BEGIN_ALLOW_THREADS
-            got = PyThread_acquire_lock(l, WAIT_LOCK);
-            Py_END_ALLOW_THREADS
-        } else if (!got) {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            uint64_t now = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-            if (!deadline)
-                deadline = now + FORK_WAIT_US;
-            if (now < deadline) {
-                Py_BEGIN_ALLOW_THREADS
-                got = PyThread_acquire_lock_timed(l, (PY_TIMEOUT_T)(deadline - now), 0) ==
-                      PY_LOCK_ACQUIRED;
-                Py_END_ALLOW_THREADS
-            }
-        }
-        g_fork_locked[i] = (unsigned char)got;
-    }
-    Py_RETURN_NONE;
-}
-
-/* Release what fork_before took; in the child, mark the objects forked
- * and give those whose lock another thread held a new one. */
-static void fork_release(int child)
-{
-    for (Py_ssize_t i = 0; i < g_fork_n; i++) {
-        KVObject *o = g_fork_held[i];
-        if (child)
-            o->forked = 1;
-        if (g_fork_locked[i] == FORK_SELF) {
-            /* held by the forking thread's own call: it releases it */
-        } else if (g_fork_locked[i]) {
-            PyThread_release_lock(o->lock);
-        } else if (child) {
-            PyThread_type_lock fresh = PyThread_allocate_lock();
-            if (fresh)
-                o->lock = fresh;
-            o->busy = 0;
-            o->owner = 0;
-        }
-        Py_DECREF(o);
-    }
-    PyMem_Free(g_fork_held);
-    PyMem_Free(g_fork_locked);
-    g_fork_held = NULL;
-    g_fork_locked = NULL;
-    g_fork_n = 0;
-    PyThread_release_lock(g_forking);
-}
-
-static PyObject *fork_after_parent(PyObject *unused, PyObject *noargs)
-{
-    fork_release(0);
-    Py_RETURN_NONE;
-}
-
-static PyObject *fork_after_child(PyObject *unused, PyObject *noargs)
-{
-    fork_release(1);
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef fork_hooks[] = {
-    {"_kv_fork_before", fork_before, METH_NOARGS, NULL},
-    {"_kv_fork_after_parent", fork_after_parent, METH_NOARGS, NULL},
-    {"_kv_fork_after_child", fork_after_child, METH_NOARGS, NULL},
-};
-
-/* os.register_at_fork(before=..., after_in_parent=..., after_in_child=...) */
-static int register_fork_hooks(void)
-{
-    if (!g_forking && !(g_forking = PyThread_allocate_lock())) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    PyObject *os = PyImport_ImportModule("os"), *reg = NULL, *args = NULL, *kw = NULL, *r = NULL;
-    PyObject *fns[3] = {NULL, NULL, NULL};
-    static const char *names[3] = {"before", "after_in_parent", "after_in_child"};
-    int rc = -1;
-    if (!os || !(reg = PyObject_GetAttrString(os, "register_at_fork")) ||
-        !(args = PyTuple_New(0)) || !(kw = PyDict_New()))
-        goto out;
-    for (int i = 0; i < 3; i++)
-        if (!(fns[i] = PyCFunction_New(&fork_hooks[i], NULL)) ||
-            PyDict_SetItemString(kw, names[i], fns[i]) < 0)
-            goto out;
-    r = PyObject_Call(reg, args, kw);
-    rc = r ? 0 : -1;
-out:
-    for (int i = 0; i < 3; i++)
-        Py_XDECREF(fns[i]);
-    Py_XDECREF(r);
-    Py_XDECREF(kw);
-    Py_XDECREF(args);
-    Py_XDECREF(reg);
-    Py_XDECREF(os);
-    return rc;
-}
-
-/* First call of an object in a forked child (lock and GIL held): an
- * embedded object opens its own handle of the file and leaks the
- * parent's (see above); the write-back cache switch is kept, its entries
- * stay the parent's to write. 0, or -1 with the exception set. */
-static int kv_rehome(KVObject *s)
-{
-    s->forked = 0;
+    KVObject *s = (KVObject *)obj;
     if (s->ops != &kvb_embedded)
         return 0;   /* attached: kv_attach re-homes the handle itself */
     if (!s->cpath || !s->ctable) {
@@ -554,7 +342,6 @@ static int kv_rehome(KVObject *s)
                                   KVB_DEFAULT_CACHE_FLUSH_THRESHOLD);
     Py_END_ALLOW_THREADS
     if (st != KV_OK) {
-        s->forked = 1;   /* try again at the next call */
         kvpy_raise_status(st, err, 0);
         return -1;
     }
@@ -572,12 +359,10 @@ static PyObject *KV_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     if (!self)
         return NULL;
     self->ops = &kvb_embedded;
-    self->lock = PyThread_allocate_lock();
-    if (!self->lock) {
+    if (kvpy_fork_track(&self->fork, (PyObject *)self, kv_rehome) < 0) {
         Py_DECREF(self);
-        return PyErr_NoMemory();
+        return NULL;
     }
-    live_link(self);
     return (PyObject *)self;
 }
 
@@ -591,6 +376,8 @@ static kv_status kv_detach(KVObject *self)
     self->h = NULL;      /* marked closed even if the flush fails */
     self->hot = NULL;
     kvhot_free(hot);
+    if (h && self->fork.forked && self->ops == &kvb_embedded)
+        h = NULL;   /* a forked child's inherited connection: the parent's, leaked */
     if (h) {
         /* the write-back cache is written, never dropped, writer or not */
         self->guard.bypass = 1;
@@ -654,6 +441,7 @@ static void kv_swap(KVObject *s, const kvb_ops *ops, void *h)
     s->hot = NULL;
     s->h = h;
     s->ops = ops;
+    s->fork.bounded_wait = ops != &kvb_embedded;
     s->guard.bypass = 1;
     Py_BEGIN_ALLOW_THREADS
     oops->close(old);
@@ -733,13 +521,13 @@ static int kv_reroute(KVObject *s, kv_status *st)
 
 static void KV_dealloc(KVObject *self)
 {
-    live_unlink(self);
+    /* off the fork list first: a fork while the handle closes (GIL
+     * released) must not take a reference to this dying object */
+    kvpy_fork_untrack(&self->fork);   /* keeps `forked` for kv_detach */
     kv_detach(self);     /* flushes (never drops) and closes */
     free(self->cpath);
     free(self->ctable);
     free(self->reg);
-    if (self->lock)
-        PyThread_free_lock(self->lock);
     Py_XDECREF(self->path);
     Py_XDECREF(self->table);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -793,7 +581,7 @@ static PyObject *do_get(KVObject *self, PyObject *key, int *missing)
     kvhot *hot = self->hot;
     if (hot) {
         hash = kvhot_hash(k, kn);
-        if (!self->busy && (r = kvhot_lookup(hot, hash, k, kn, pack_optk(&self->opts)))) {
+        if (!self->fork.busy && (r = kvhot_lookup(hot, hash, k, kn, pack_optk(&self->opts)))) {
             if (hot->hits - hot->reported >= KVHOT_REPORT_EVERY)
                 hot_report(self);
             return r;
@@ -1914,7 +1702,7 @@ static PyObject *defaults_mapping(void)
 int kvpy_init_kv(PyObject *module)
 {
     if (PyModule_AddType(module, &KVType) < 0 || PyModule_AddType(module, &KVKeysType) < 0 ||
-        PyModule_AddFunctions(module, mod_methods) < 0 || register_fork_hooks() < 0)
+        PyModule_AddFunctions(module, mod_methods) < 0)
         return -1;
     PyObject *defaults = defaults_mapping();
     if (!defaults)

@@ -55,6 +55,69 @@ int kvpy_init_text(PyObject *module);
 int kvpy_init_vector(PyObject *module);
 int kvpy_init_tree(PyObject *module);
 
+/* ---- forksafe.c: fork() safety of every object that owns a lock and an
+ * engine handle (docs/shared-mode.md, "Failure behaviour"). Each such object
+ * embeds a kvpy_fork_node and serialises its engine calls with the node's
+ * lock. Handlers registered with os.register_at_fork take every live node's
+ * lock before a fork and release it in both processes after it; in the
+ * child every node is marked `forked` and the object's first call opens its
+ * own engine handle through `rehome` (the inherited one is the parent's: it
+ * is never used, closed or flushed in the child). All need the GIL. */
+#include <pythread.h>
+
+typedef struct kvpy_fork_node kvpy_fork_node;
+
+/** One object's part in fork safety. Zero-initialised by tp_alloc. */
+struct kvpy_fork_node {
+    PyThread_type_lock lock;  /**< the object's leaf lock, owned (kvpy_fork_track) */
+    int busy;                 /**< the lock is held (changed with the GIL held) */
+    unsigned long owner;      /**< thread ident of the holder while busy */
+    int forked;               /**< child of a fork: the handle is still the parent's */
+    int bounded_wait;         /**< nonzero: a call in progress at a fork is waited
+                                   for at most 200 ms in all (it may wait for the
+                                   process being forked, or run Python code);
+                                   0: until it ends (an SQLite call) */
+    /** In the child, at the object's first kvpy_fork_rehome: open its own
+     *  handle (lock and GIL held; `forked` already cleared). 0, or -1 with an
+     *  exception set (`forked` is set again and the next call retries).
+     *  NULL for an object with nothing to re-home (in memory). */
+    int (*rehome)(PyObject *obj);
+    PyObject *obj;            /**< the object embedding the node (borrowed) */
+    kvpy_fork_node *prev, *next;  /**< live list, changed with the GIL held */
+};
+
+/** Allocate the node's lock and put it on the live list; `obj` embeds it,
+ *  `rehome` as above. 0, or -1 with MemoryError. Call once, after tp_alloc. */
+int kvpy_fork_track(kvpy_fork_node *n, PyObject *obj, int (*rehome)(PyObject *obj));
+/** In tp_dealloc, before anything releases the GIL (a fork must not take a
+ *  reference to a dying object): off the live list, free the lock; `forked`
+ *  is kept. Safe on an untracked node. */
+void kvpy_fork_untrack(kvpy_fork_node *n);
+/** Take the lock (waiting with the GIL released when contended, so the
+ *  holder, which may be inside an engine call, always progresses) and
+ *  record the holder. */
+void kvpy_fork_lock(kvpy_fork_node *n);
+/** Release what kvpy_fork_lock took. */
+void kvpy_fork_unlock(kvpy_fork_node *n);
+/** With the lock held and the object open: re-home a forked object
+ *  (n->rehome). 0, or -1 with the exception of rehome. */
+static inline int kvpy_fork_rehome(kvpy_fork_node *n)
+{
+    if (__builtin_expect(!n->forked, 1))
+        return 0;
+    n->forked = 0;
+    if (!n->rehome || n->rehome(n->obj) == 0)
+        return 0;
+    n->forked = 1;
+    return -1;
+}
+/** Forks this process is a child of, counted by the after-in-child handler
+ *  (GIL held): an in-memory guard without a lock (CSBTree's) tells a holder
+ *  of the parent, which does not exist in the child, from a live one. */
+extern unsigned long kvpy_fork_generation;
+/** Register the at-fork handlers (once per process). 0 or -1. */
+int kvpy_init_fork(PyObject *module);
+
 /* ---- autopack.c. Python object <-> stored bytes per
  * docs/api.md §3.2-§3.4 and the §5.4 MessagePack/CBOR model. All need the GIL.
  * TextVault/VectorKVault/DataPacker bindings may call every function here. */
@@ -101,12 +164,8 @@ PyObject *kvpy_vector_decode(const kv_vec_view *v);
 
 /* ---- store_py.c. Plumbing shared by the TextVault and
  * VectorKVault bindings (text_py.c, vector_py.c). All need the GIL. */
-#include <pythread.h>
 #include "kvault/kvault.h"
 
-/** Take a per-object mutex; waits with the GIL released when contended so
- *  the holder (which may be inside an engine call) always progresses. */
-void kvpy_store_lock(PyThread_type_lock lock);
 /** Set the Python exception for a failed engine call and return NULL:
  *  KV_INVALID → ValueError, KV_NOMEM → MemoryError, KV_IO → OSError,
  *  everything else (NOTFOUND, BUSY "database is locked", SQLITE, CORRUPT) →
@@ -117,6 +176,8 @@ PyObject *kvpy_store_raise(kv_status st, const char *msg);
  *  else TypeError). Appends to `out`. 0, or -1 with an exception set. */
 int kvpy_store_encode(PyObject *v, const kvpy_pack_opts *o, kv_buf *out);
 
+typedef struct kvpy_store kvpy_store;
+
 /** One store engine (kv_text, kv_vector) seen through untyped handles. The
  *  functions are called with the GIL released, under the object's lock. */
 typedef struct kvpy_store_kind {
@@ -126,34 +187,42 @@ typedef struct kvpy_store_kind {
     kv_status (*del)(void *h, int64_t id, int *removed);
     kv_status (*exists)(void *h, int64_t id, int *found);
     kv_status (*count)(void *h, int64_t *n);
+    /** Open the store's own handle again (a forked child, forksafe.c) from
+     *  the C fields of `s` (s->path, s->table and the binding's own): *h
+     *  gets it; a failure writes its message into err[errlen]. */
+    kv_status (*reopen)(const kvpy_store *s, void **h, char *err, size_t errlen);
 } kvpy_store_kind;
 
 /** First members of a store object (embed as the struct's first line). */
 #define KVPY_STORE_HEAD                                                              \
     PyObject_HEAD                                                                    \
-    void *h;                       /* engine handle, NULL once closed; under `lock` */ \
-    PyThread_type_lock lock;       /* serialises engine calls (leaf lock) */          \
+    void *h;                       /* engine handle, NULL once closed; under the lock */ \
+    kvpy_fork_node fork;           /* its lock serialises engine calls (leaf lock) */  \
     kvpy_pack_opts opts;           /* §3.6 switches; read/written with the GIL */     \
-    const kvpy_store_kind *kind;   /* static engine description */
+    const kvpy_store_kind *kind;   /* static engine description */                    \
+    char *path, *table;            /* owned: as opened (kind->reopen) */
 
-typedef struct kvpy_store {
+struct kvpy_store {
     KVPY_STORE_HEAD
-} kvpy_store;
+};
 
 /** An engine call made by kvpy_store_call: `h` is the open handle, `ctx` the
  *  caller's argument block. Runs without the GIL: touch no Python object. */
 typedef kv_status (*kvpy_store_op)(void *h, void *ctx);
 
-/** After tp_alloc: record `kind`, turn every §3.6 switch on, allocate the
- *  lock. 0, or -1 with MemoryError. */
-int kvpy_store_setup(kvpy_store *s, const kvpy_store_kind *kind);
-/** In tp_dealloc: close the handle (GIL released) and free the lock. The
- *  caller still releases its own members and calls tp_free. */
+/** After tp_alloc: record `kind`, `path` and `table` (copied), turn every
+ *  §3.6 switch on, allocate the lock and track the object for fork()
+ *  (forksafe.c). 0, or -1 with MemoryError. */
+int kvpy_store_setup(kvpy_store *s, const kvpy_store_kind *kind, const char *path,
+                     const char *table);
+/** In tp_dealloc: close the handle (GIL released; a forked child's
+ *  inherited handle is leaked instead) and free the lock. The caller still
+ *  releases its own members and calls tp_free. */
 void kvpy_store_finalize(kvpy_store *s);
 /** Take the lock, refuse a closed store (ValueError "Cannot operate on
- *  closed <name>"), run op(h, ctx) with the GIL released, raise per
- *  kvpy_store_raise with the engine's message on failure, release the lock.
- *  Returns 0 on success, -1 with an exception set. *st_out (may be NULL)
+ *  closed <name>"), re-home it in a forked child (kind->reopen), run
+ *  op(h, ctx) with the GIL released, raise per kvpy_store_raise with the
+ *  engine's message on failure, release the lock. Returns 0 on success, -1 with an exception set. *st_out (may be NULL)
  *  gets the engine's status (KV_OK when the call never ran), so a caller can
  *  replace the exception with a more specific one. */
 int kvpy_store_call(kvpy_store *s, kvpy_store_op op, void *ctx, kv_status *st_out);

@@ -9,6 +9,7 @@ typedef int (*kvpy_init_fn)(PyObject *module);
 /* Order matters only for readability of dir(_kvault). */
 static const kvpy_init_fn kvpy_inits[] = {
     kvpy_init_errors,   /* first: the other types raise its classes */
+    kvpy_init_fork,     /* the at-fork handlers every vault type relies on */
     kvpy_init_kv,
     kvpy_init_packer,
     kvpy_init_col,

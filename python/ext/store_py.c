@@ -20,18 +20,12 @@
  */
 #include "kvpy.h"
 
-/* ====================================================================== */
-/* Errors, lock, value encoding                                            */
-/* ====================================================================== */
+#include <stdlib.h>
+#include <string.h>
 
-void kvpy_store_lock(PyThread_type_lock lock)
-{
-    if (!PyThread_acquire_lock(lock, NOWAIT_LOCK)) {
-        Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock(lock, WAIT_LOCK);
-        Py_END_ALLOW_THREADS
-    }
-}
+/* ====================================================================== */
+/* Errors, value encoding                                                  */
+/* ====================================================================== */
 
 PyObject *kvpy_store_raise(kv_status st, const char *msg)
 {
@@ -69,27 +63,59 @@ int kvpy_store_encode(PyObject *v, const kvpy_pack_opts *o, kv_buf *out)
 /* Object lifetime and engine calls                                        */
 /* ====================================================================== */
 
-int kvpy_store_setup(kvpy_store *s, const kvpy_store_kind *kind)
+/* kvpy_fork_node.rehome: the first call in a forked child opens the
+ * store's own handle and leaks the parent's (forksafe.c). Lock held. */
+static int store_rehome(PyObject *obj)
+{
+    kvpy_store *s = (kvpy_store *)obj;
+    char err[512] = "";
+    void *h = NULL;
+    kv_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = s->kind->reopen(s, &h, err, sizeof err);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK) {
+        kvpy_store_raise(st, err);
+        return -1;
+    }
+    s->h = h;
+    return 0;
+}
+
+int kvpy_store_setup(kvpy_store *s, const kvpy_store_kind *kind, const char *path,
+                     const char *table)
 {
     s->kind = kind;
     s->opts.auto_pack = s->opts.headers = s->opts.use_pickle = 1;
-    s->lock = PyThread_allocate_lock();
-    if (!s->lock) {
+    s->path = strdup(path);
+    s->table = strdup(table);
+    if (!s->path || !s->table) {
         PyErr_NoMemory();
         return -1;
     }
-    return 0;
+    return kvpy_fork_track(&s->fork, (PyObject *)s, store_rehome);
+}
+
+/* Detach the handle (lock held or the object unreachable) and close it with
+ * the GIL released; a forked child's inherited handle is the parent's and is
+ * leaked (forksafe.c). */
+static void store_detach(kvpy_store *s)
+{
+    void *h = s->h;
+    s->h = NULL;
+    if (!s->fork.forked)
+        kvpy_close_released(h, s->kind->close);
 }
 
 void kvpy_store_finalize(kvpy_store *s)
 {
-    void *h = s->h;
-    s->h = NULL;
-    kvpy_close_released(h, s->kind->close);
-    if (s->lock) {
-        PyThread_free_lock(s->lock);
-        s->lock = NULL;
-    }
+    /* off the fork list first: a fork while the handle closes (GIL released)
+     * must not take a reference to this dying object */
+    kvpy_fork_untrack(&s->fork);
+    store_detach(s);
+    free(s->path);
+    free(s->table);
+    s->path = s->table = NULL;
 }
 
 int kvpy_store_call(kvpy_store *s, kvpy_store_op op, void *ctx, kv_status *st_out)
@@ -97,10 +123,14 @@ int kvpy_store_call(kvpy_store *s, kvpy_store_op op, void *ctx, kv_status *st_ou
     kv_status st;
     if (st_out)
         *st_out = KV_OK;
-    kvpy_store_lock(s->lock);
+    kvpy_fork_lock(&s->fork);
     if (s->h == NULL) {
-        PyThread_release_lock(s->lock);
+        kvpy_fork_unlock(&s->fork);
         PyErr_Format(PyExc_ValueError, "Cannot operate on closed %s", s->kind->name);
+        return -1;
+    }
+    if (kvpy_fork_rehome(&s->fork) < 0) {
+        kvpy_fork_unlock(&s->fork);
         return -1;
     }
     void *h = s->h;
@@ -109,7 +139,7 @@ int kvpy_store_call(kvpy_store *s, kvpy_store_op op, void *ctx, kv_status *st_ou
     Py_END_ALLOW_THREADS
     if (st != KV_OK)
         kvpy_store_raise(st, s->kind->errmsg(h)); /* message read under the lock */
-    PyThread_release_lock(s->lock);
+    kvpy_fork_unlock(&s->fork);
     if (st_out)
         *st_out = st;
     return st == KV_OK ? 0 : -1;
@@ -237,11 +267,9 @@ PyObject *kvpy_store_count(PyObject *self, PyObject *unused)
 PyObject *kvpy_store_close(PyObject *self, PyObject *unused)
 {
     kvpy_store *s = (kvpy_store *)self;
-    kvpy_store_lock(s->lock);
-    void *h = s->h;
-    s->h = NULL;
-    kvpy_close_released(h, s->kind->close);
-    PyThread_release_lock(s->lock);
+    kvpy_fork_lock(&s->fork);
+    store_detach(s);
+    kvpy_fork_unlock(&s->fork);
     Py_RETURN_NONE;
 }
 

@@ -33,6 +33,7 @@
 typedef struct {
     KVPY_STORE_HEAD           /* h is the kv_text handle */
     PyObject *columns;        /* owned tuple of column names (str) */
+    const char **names;       /* owned (PyMem): UTF-8 of each column, into `columns` */
 } TextVaultObject;
 
 /* kv_text through the untyped store interface (GIL released, lock held). */
@@ -41,6 +42,12 @@ static const char *tx_errmsg(const void *h) { return kv_text_errmsg(h); }
 static kv_status tx_delete(void *h, int64_t id, int *removed) { return kv_text_delete(h, id, removed); }
 static kv_status tx_exists(void *h, int64_t id, int *found) { return kv_text_exists(h, id, found); }
 static kv_status tx_count(void *h, int64_t *n) { return kv_text_count(h, n); }
+static kv_status tx_reopen(const kvpy_store *s, void **h, char *err, size_t errlen)
+{
+    const TextVaultObject *t = (const TextVaultObject *)s;
+    return kv_text_open(s->path, s->table, t->names, (size_t)PyTuple_GET_SIZE(t->columns),
+                        (kv_text **)h, err, errlen);
+}
 
 static const kvpy_store_kind text_kind = {
     .name = "TextVault",
@@ -49,6 +56,7 @@ static const kvpy_store_kind text_kind = {
     .del = tx_delete,
     .exists = tx_exists,
     .count = tx_count,
+    .reopen = tx_reopen,
 };
 
 #define STORE(self) ((kvpy_store *)(self))
@@ -91,11 +99,11 @@ static PyObject *TextVault_new(PyTypeObject *type, PyObject *args, PyObject *kw)
             goto fail;
     }
     self = (TextVaultObject *)type->tp_alloc(type, 0);
-    if (!self || kvpy_store_setup(STORE(self), &text_kind) < 0)
+    const char *path = PyBytes_AS_STRING(path_bytes);
+    if (!self || kvpy_store_setup(STORE(self), &text_kind, path, table) < 0)
         goto fail;
     char err[512] = "";
     kv_status st;
-    const char *path = PyBytes_AS_STRING(path_bytes);
     kv_text *t = NULL;
     Py_BEGIN_ALLOW_THREADS
     st = kv_text_open(path, table, names, (size_t)n, &t, err, sizeof err);
@@ -106,8 +114,8 @@ static PyObject *TextVault_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     }
     self->h = t;
     self->columns = seq;
+    self->names = names;
     seq = NULL;
-    PyMem_Free(names);
     Py_DECREF(path_bytes);
     return (PyObject *)self;
 fail:
@@ -121,6 +129,7 @@ fail:
 static void TextVault_dealloc(TextVaultObject *self)
 {
     kvpy_store_finalize(STORE(self));
+    PyMem_Free(self->names);
     Py_XDECREF(self->columns);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }

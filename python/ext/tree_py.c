@@ -38,6 +38,10 @@
  *     re-enters the same list from the holding thread gets RuntimeError
  *     rather than a self-deadlock. Iteration copies (key, value) references
  *     under the lock, so each iterator sees one consistent snapshot.
+ *   - fork(): a child forked while another thread was inside an operation
+ *     (running a comparison: the structure is consistent) can use the tree:
+ *     the SkipList's lock is replaced in the child if held (forksafe.c), the
+ *     CSBTree's guard is taken over (csb_enter).
  */
 #include "kvpy.h"
 
@@ -366,6 +370,8 @@ typedef struct {
     csb_node *root;     /* never NULL once constructed (an empty leaf at least) */
     int order;          /* maximum keys per node, >= 3 */
     int busy;           /* an operation is in progress (re-entrancy guard) */
+    unsigned long busy_owner;  /* thread ident of that operation */
+    unsigned long busy_gen;    /* kvpy_fork_generation when it began */
 } CSBTreeObject;
 
 static csb_node *csb_node_new(int order, int leaf)
@@ -408,16 +414,22 @@ static void csb_node_free(csb_node *nd, garbage_t *g)
     PyMem_Free(nd);
 }
 
-/* Enter/leave the single-thread guard. */
+/* Enter/leave the single-thread guard. In a forked child, an operation
+ * another thread of the parent had in progress (it was running a Python
+ * comparison, the tree is consistent) has no holder: the guard is taken
+ * over rather than refusing every later call. */
 static int csb_enter(CSBTreeObject *t)
 {
-    if (t->busy) {
+    unsigned long me = PyThread_get_thread_ident();
+    if (t->busy && (t->busy_gen == kvpy_fork_generation || t->busy_owner == me)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "CSBTree is being modified by another operation "
                         "(concurrent or re-entrant use is not supported)");
         return -1;
     }
     t->busy = 1;
+    t->busy_owner = me;
+    t->busy_gen = kvpy_fork_generation;
     return 0;
 }
 
@@ -1090,8 +1102,8 @@ typedef struct {
     skl_node *head;            /* sentinel with SKL_MAX_LEVEL pointers; owned */
     int level;                 /* highest level in use, >= 1 */
     uint64_t rng;              /* xorshift64 state for node levels; under `lock` */
-    PyThread_type_lock lock;   /* serialises every operation (leaf lock) */
-    unsigned long owner;       /* thread ident of the holder, 0 if free; GIL-protected */
+    kvpy_fork_node fork;       /* its lock serialises every operation (leaf lock);
+                                  its holder; fork() safety (forksafe.c) */
 } SkipListObject;
 
 /*
@@ -1101,22 +1113,19 @@ typedef struct {
  */
 static int skl_lock(SkipListObject *s)
 {
-    unsigned long me = PyThread_get_thread_ident();
-    if (s->owner == me) {
+    if (s->fork.busy && s->fork.owner == PyThread_get_thread_ident()) {
         PyErr_SetString(PyExc_RuntimeError,
                         "SkipList re-entered from inside one of its own operations "
                         "(e.g. from a key's comparison method)");
         return -1;
     }
-    kvpy_store_lock(s->lock);
-    s->owner = me;
+    kvpy_fork_lock(&s->fork);
     return 0;
 }
 
 static void skl_unlock(SkipListObject *s)
 {
-    s->owner = 0;
-    PyThread_release_lock(s->lock);
+    kvpy_fork_unlock(&s->fork);
 }
 
 /* Level of a new node: geometric with p = 1/4 (Pugh 1990). Under the lock. */
@@ -1185,10 +1194,17 @@ static PyObject *SkipList_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         return NULL;
     s->base.kind = &tree_kinds[TREE_SKL];
     s->head = PyMem_Calloc(1, sizeof(skl_node) + SKL_MAX_LEVEL * sizeof(skl_node *));
-    s->lock = PyThread_allocate_lock();
-    if (s->head == NULL || s->lock == NULL) {
+    if (s->head == NULL) {
         Py_DECREF(s);
         return PyErr_NoMemory();
+    }
+    /* in memory, nothing to re-home in a forked child; its comparisons are
+     * Python code, which a fork waits for only briefly (the list is
+     * consistent whenever they run) */
+    s->fork.bounded_wait = 1;
+    if (kvpy_fork_track(&s->fork, (PyObject *)s, NULL) < 0) {
+        Py_DECREF(s);
+        return NULL;
     }
     s->head->level = SKL_MAX_LEVEL;
     s->level = 1;
@@ -1240,9 +1256,7 @@ static int skl_detach(PyObject *self, garbage_t *g, enum tree_detach_mode mode)
     if (mode == TREE_DETACH_FINAL) {
         PyMem_Free(s->head);
         s->head = NULL;
-        if (s->lock)
-            PyThread_free_lock(s->lock);
-        s->lock = NULL;
+        kvpy_fork_untrack(&s->fork);
     }
     return 0;
 }

@@ -27,6 +27,7 @@ typedef struct {
     size_t dims;              /* dimensions */
     kv_vector_metric metric;  /* table metric */
     kv_vector_elem elem;      /* table element type */
+    int threads;              /* k-NN scan threads (kv_vector_set_threads) */
 } VectorObject;
 
 /* kv_vector through the untyped store interface (GIL released, lock held). */
@@ -35,6 +36,15 @@ static const char *vx_errmsg(const void *h) { return kv_vector_errmsg(h); }
 static kv_status vx_delete(void *h, int64_t id, int *removed) { return kv_vector_delete(h, id, removed); }
 static kv_status vx_exists(void *h, int64_t id, int *found) { return kv_vector_exists(h, id, found); }
 static kv_status vx_count(void *h, int64_t *n) { return kv_vector_count(h, n); }
+static kv_status vx_reopen(const kvpy_store *s, void **h, char *err, size_t errlen)
+{
+    const VectorObject *v = (const VectorObject *)s;
+    kv_status st = kv_vector_open(s->path, s->table, v->dims, v->metric, v->elem,
+                                  (kv_vector **)h, err, errlen);
+    if (st == KV_OK)
+        kv_vector_set_threads(*h, v->threads);
+    return st;
+}
 
 static const kvpy_store_kind vector_kind = {
     .name = "VectorKVault",
@@ -43,6 +53,7 @@ static const kvpy_store_kind vector_kind = {
     .del = vx_delete,
     .exists = vx_exists,
     .count = vx_count,
+    .reopen = vx_reopen,
 };
 
 #define STORE(self) ((kvpy_store *)(self))
@@ -274,7 +285,8 @@ static PyObject *Vector_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     if (!PyUnicode_FSConverter(path_obj, &path_bytes))
         return NULL;
     VectorObject *self = (VectorObject *)type->tp_alloc(type, 0);
-    if (!self || kvpy_store_setup(STORE(self), &vector_kind) < 0) {
+    const char *path = PyBytes_AS_STRING(path_bytes);
+    if (!self || kvpy_store_setup(STORE(self), &vector_kind, path, table) < 0) {
         Py_DECREF(path_bytes);
         Py_XDECREF(self);
         return NULL;
@@ -282,10 +294,10 @@ static PyObject *Vector_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     self->dims = (size_t)dims;
     self->metric = m;
     self->elem = e;
+    self->threads = threads;
     char err[512] = "";
     kv_status st;
     kv_vector *v = NULL;
-    const char *path = PyBytes_AS_STRING(path_bytes);
     Py_BEGIN_ALLOW_THREADS
     st = kv_vector_open(path, table, (size_t)dims, m, e, &v, err, sizeof err);
     Py_END_ALLOW_THREADS

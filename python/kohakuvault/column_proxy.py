@@ -23,7 +23,7 @@ from collections.abc import MutableSequence
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-from . import _kvault
+from . import _forksafe, _kvault
 from ._kvault import DataPacker, _ColumnVault
 from .errors import InvalidArgument, NotFound, open_check, open_failure_text
 
@@ -475,7 +475,26 @@ class ColumnVault:
         self._columns: dict[str, _ColumnBase] = {}
         self._daemon: Optional[threading.Thread] = None
         self._daemon_stop: Optional[threading.Event] = None
+        self._daemon_interval = 0.0
         self._lock = threading.RLock()
+        _forksafe.track(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child (kohakuvault._forksafe): a new lock (another
+        thread of the parent may have held this one) and, if the parent ran
+        the flush daemon, a daemon of the child's own."""
+        self._lock = threading.RLock()
+        if self._daemon is not None:
+            self._daemon = None
+            self._start_daemon(self._daemon_interval)
+
+    def _start_daemon(self, interval: float) -> None:
+        self._daemon_interval = interval
+        self._daemon_stop = threading.Event()
+        self._daemon = threading.Thread(
+            target=_daemon, args=(weakref.ref(self), self._daemon_stop, interval),
+            daemon=True, name="kohakuvault-column-flush")
+        self._daemon.start()
 
     # -- columns ------------------------------------------------------------
     def _wrap(self, name: str, raw: bool = False) -> _ColumnBase:
@@ -583,11 +602,7 @@ class ColumnVault:
             for col in self._columns.values():
                 col.enable_cache(cap_bytes, flush_threshold)
             if flush_interval is not None and self._daemon is None:
-                self._daemon_stop = threading.Event()
-                self._daemon = threading.Thread(
-                    target=_daemon, args=(weakref.ref(self), self._daemon_stop, float(flush_interval)),
-                    daemon=True, name="kohakuvault-column-flush")
-                self._daemon.start()
+                self._start_daemon(float(flush_interval))
 
     def disable_cache(self) -> None:
         """Stop the daemon (join ≤ 2 s), then disable (flush) every column cache."""

@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from contextlib import contextmanager
 
-from . import _kvault, _safety
+from . import _forksafe, _kvault, _safety
 from .errors import (
     InvalidArgument,
     KohakuVaultError,
@@ -821,16 +821,27 @@ class KVault(Mapping):
         self._call(native.enable_cache, cap_bytes, flush_threshold)
         if flush_interval is not None:
             self._stop_daemon()
-            stop = threading.Event()
-            t = threading.Thread(
-                target=_flush_daemon,
-                args=(native, flush_interval, stop),
-                name="kohakuvault-kv-flush",
-                daemon=True,
-            )
-            self._daemon_stop = stop
-            self._daemon = t
-            t.start()
+            self._start_daemon(native, flush_interval)
+            _forksafe.track(self)
+
+    def _start_daemon(self, native, interval: float) -> None:
+        stop = threading.Event()
+        t = threading.Thread(
+            target=_flush_daemon,
+            args=(native, interval, stop),
+            name="kohakuvault-kv-flush",
+            daemon=True,
+        )
+        self._daemon_stop = stop
+        self._daemon = t
+        self._daemon_interval = interval
+        t.start()
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child (kohakuvault._forksafe): the parent's flush
+        daemon does not exist here; start the child's own."""
+        if self._daemon is not None and not self._closed:
+            self._start_daemon(self._native, self._daemon_interval)
 
     def _stop_daemon(self) -> None:
         t, stop = self._daemon, self._daemon_stop

@@ -20,17 +20,28 @@ from test_shared_mode import WRITER, Writer
 pytestmark = pytest.mark.skipif(WRITER is None, reason="kvault-writer is not built")
 
 
-def _in_child(body):
-    """Run body() in a forked child; returns its exit status (0: no exception)."""
+def _spawn(body):
+    """Fork a child that runs body() and exits 0, or 1 (its traceback on
+    stderr) if it raised. Returns the child's pid."""
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             body()
             code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
         finally:
             os._exit(code)
-    return os.waitpid(pid, 0)[1]
+    return pid
+
+
+def _in_child(body):
+    """Run body() in a forked child; returns its exit status (0: no exception)."""
+    return os.waitpid(_spawn(body), 0)[1]
 
 
 def _embedded(db):
@@ -153,71 +164,292 @@ def test_attached_auto_object_continues_embedded_after_a_client_replayed(tmp_pat
 
 # ---- B. fork() while another thread is inside a call -----------------------
 
-@pytest.mark.parametrize("mode", ["embedded", "attached"])
-def test_fork_while_a_thread_is_inside_a_call(tmp_path, mode):
-    db = str(tmp_path / "fork.db")
-    w = Writer(db) if mode == "attached" else None
-    kv = KVault(db, shared=mode == "attached")
+def _reap(pids, timeout):
+    """Wait up to `timeout` s for every child; kill those still running.
+    Returns ({pid: status}, [pids that hung])."""
+    deadline = time.monotonic() + timeout
+    codes = {}
+    while len(codes) < len(pids) and time.monotonic() < deadline:
+        for p in pids:
+            if p not in codes:
+                r, status = os.waitpid(p, os.WNOHANG)
+                if r:
+                    codes[p] = status
+        time.sleep(0.02)
+    hung = [p for p in pids if p not in codes]
+    for p in hung:
+        os.kill(p, signal.SIGKILL)
+        os.waitpid(p, 0)
+    return codes, hung
+
+
+def _fork_while_hammered(step, child, forks=8):
+    """A thread calls step(i) for i = 0, 1, ... while the main thread forks
+    `forks` children, 20 ms apart, each running child(c) (c = 0..forks-1)
+    and exiting 0 unless it raised. Every child must finish within 25 s with
+    exit 0, and the hammering thread must never fail. Returns the number of
+    steps the thread completed."""
     stop = threading.Event()
+    done, errors = [0], []
 
     def hammer():
-        i = 0
-        while not stop.is_set():
-            kv[f"t{i % 64}"] = i
-            kv.get(f"t{(i * 7) % 64}", None)
-            i += 1
+        try:
+            while not stop.is_set():
+                step(done[0])
+                done[0] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
 
     t = threading.Thread(target=hammer)
     t.start()
     pids = []
     try:
-        for c in range(8):
+        for c in range(forks):
             time.sleep(0.02)
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    for j in range(50):
-                        kv[f"c{c}:{j}"] = j
-                        assert kv[f"c{c}:{j}"] == j
-                    kv.get("t1", None)
-                    code = 0
-                except BaseException:
-                    import traceback
-
-                    traceback.print_exc()
-                    sys.stderr.flush()
-                finally:
-                    os._exit(code)
-            pids.append(pid)
+            pids.append(_spawn(lambda: child(c)))
         # the forks happened during calls; now let the children have the
         # file's write lock (an endless embedded writer would starve them)
         stop.set()
         t.join(timeout=30)
-        deadline = time.monotonic() + 25
-        codes = {}
-        while len(codes) < len(pids) and time.monotonic() < deadline:
-            for p in pids:
-                if p not in codes:
-                    r, status = os.waitpid(p, os.WNOHANG)
-                    if r:
-                        codes[p] = status
-            time.sleep(0.02)
-        hung = [p for p in pids if p not in codes]
-        for p in hung:
-            os.kill(p, signal.SIGKILL)
-            os.waitpid(p, 0)
-        assert not hung, f"{len(hung)} of 8 children hung"
-        assert list(codes.values()) == [0] * 8
+        codes, hung = _reap(pids, 25)
+        assert not hung, f"{len(hung)} of {forks} children hung"
+        assert list(codes.values()) == [0] * forks
     finally:
         stop.set()
         t.join(timeout=30)
+    assert not errors, errors
+    return done[0]
+
+
+@pytest.mark.parametrize("mode", ["embedded", "attached"])
+def test_fork_while_a_thread_is_inside_a_call(tmp_path, mode):
+    db = str(tmp_path / "fork.db")
+    w = Writer(db) if mode == "attached" else None
+    kv = KVault(db, shared=mode == "attached")
+
+    def step(i):
+        kv[f"t{i % 64}"] = i
+        kv.get(f"t{(i * 7) % 64}", None)
+
+    def child(c):
+        for j in range(50):
+            kv[f"c{c}:{j}"] = j
+            assert kv[f"c{c}:{j}"] == j
+        kv.get("t1", None)
+
+    _fork_while_hammered(step, child)
     kv.flush()
     for c in range(8):
         assert [kv[f"c{c}:{j}"] for j in range(50)] == list(range(50))
     kv.close()
     if w:
         assert w.kill(signal.SIGTERM) == 0
+
+
+def _text_case(tmp_path):
+    """TextVault: insert + search. Returns (step, child, check(steps))."""
+    from kohakuvault import TextVault
+
+    tv = TextVault(str(tmp_path / "text.db"))
+
+    def step(i):
+        tv.insert(f"hammer document number {i}", i)
+        tv.search("hammer", k=5)
+
+    def child(c):
+        for j in range(20):
+            tv.insert(f"child{c} document {j}", f"{c}:{j}")
+        hits = tv.search(f"child{c}", k=50)
+        assert sorted(v for _, _, v in hits) == sorted(f"{c}:{j}" for j in range(20))
+
+    def check(steps):
+        for c in range(8):
+            assert len(tv.search(f"child{c}", k=50)) == 20
+        assert tv.count() == steps + 8 * 20
+
+    return step, child, check
+
+
+def _vector_case(tmp_path):
+    """VectorKVault: insert + search (each child's vectors are found by
+    themselves, the nearest at distance 0)."""
+    from kohakuvault import VectorKVault
+
+    vk = VectorKVault(str(tmp_path / "vec.db"), dimensions=4)
+    rng = random.Random(7)
+
+    def vec(c, j):
+        return [float(c + 1), float(j + 1), 1.0, 0.5]
+
+    def step(i):
+        vk.insert([rng.uniform(-1, 0) for _ in range(4)], i)   # never near vec(c, j)
+        vk.search([0.1, 0.2, 0.3, 0.4], k=3)
+
+    def child(c):
+        for j in range(20):
+            vk.insert(vec(c, j), f"{c}:{j}")
+        for j in range(20):
+            assert vk.search(vec(c, j), k=1)[0][2] == f"{c}:{j}"
+
+    def check(steps):
+        for c in range(8):
+            for j in range(20):
+                assert vk.search(vec(c, j), k=1)[0][2] == f"{c}:{j}"
+        assert vk.count() == steps + 8 * 20
+
+    return step, child, check
+
+
+def _column_case(tmp_path):
+    """ColumnVault: Column append + slice; each child appends to a column
+    of its own, created by the parent before the forks."""
+    from kohakuvault import ColumnVault
+
+    cv = ColumnVault(str(tmp_path / "col.db"))
+    h = cv.create_column("h", "i64")
+    for c in range(8):
+        cv.create_column(f"c{c}", "i64")
+
+    def step(i):
+        h.append(i)
+        assert h[max(0, i - 4):i + 1] == list(range(max(0, i - 4), i + 1))
+        cv["h"]   # through the proxy's lock
+
+    def child(c):
+        col = cv[f"c{c}"]
+        for j in range(50):
+            col.append(j)
+        assert col[0:50] == list(range(50))
+        assert len(h) >= 1 and h[0] == 0
+
+    def check(steps):
+        for c in range(8):
+            assert cv[f"c{c}"][0:50] == list(range(50))
+        assert h[0:steps] == list(range(steps))
+
+    return step, child, check
+
+
+@pytest.mark.parametrize("case", [_text_case, _vector_case, _column_case],
+                         ids=["TextVault", "VectorKVault", "ColumnVault"])
+def test_fork_while_a_thread_is_inside_a_call_of_every_store(tmp_path, case):
+    """The KVault guarantee for every SQLite-backed class: children forked
+    while another thread is inside a call use the same object (their own
+    connection), the parent goes on, and nothing is lost."""
+    step, child, check = case(tmp_path)
+    steps = _fork_while_hammered(step, child)
+    check(steps)
+
+
+def _stored(db):
+    """Elements of column "v" in the file, read through a new connection."""
+    from kohakuvault import ColumnVault
+
+    v = ColumnVault(db)["v"]
+    return v[0:len(v)]
+
+
+def test_fork_of_a_column_vault_with_cache_and_flush_daemon(tmp_path):
+    """A ColumnVault with its write-back cache and flush daemon on, forked
+    while another thread holds the proxy's lock: the child gets a new lock,
+    an empty cache (the parent's cached elements stay the parent's to write,
+    so none is written twice) and a flush daemon of its own, which writes
+    the child's appends; the parent's daemon and cache keep working."""
+    from kohakuvault import ColumnVault
+
+    db = str(tmp_path / "cached.db")
+    cv = ColumnVault(db)
+    col = cv.create_column("v", "i64")
+    cv.enable_cache(flush_interval=0.2)
+    for i in range(100):
+        col.append(i)            # cached in the parent, not yet written
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with cv._lock:
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(10)
+
+    def child():
+        assert cv["v"] is col    # takes the proxy's lock
+        for i in range(1000, 1050):
+            col.append(i)
+        mine = set(range(1000, 1050))
+        deadline = time.monotonic() + 10   # no explicit flush: the daemon's
+        while time.monotonic() < deadline and not mine <= set(_stored(db)):
+            time.sleep(0.1)
+        assert mine <= set(_stored(db))
+
+    try:
+        pid = _spawn(child)
+        codes, hung = _reap([pid], 25)
+        assert not hung, "the child hung"
+        assert codes[pid] == 0
+    finally:
+        release.set()
+        t.join(timeout=30)
+    col.append(100)
+    deadline = time.monotonic() + 10   # the parent's daemon flushes too
+    while time.monotonic() < deadline and len(_stored(db)) < 151:
+        time.sleep(0.1)
+    assert sorted(_stored(db)) == list(range(101)) + list(range(1000, 1050))
+
+
+class _GatedKey(int):
+    """An int key whose comparisons, while `gate` is set, report that they
+    started and wait for the release: an operation stays in progress."""
+
+    gate = None   # (started, release) events
+
+    def _wait(self):
+        if _GatedKey.gate:
+            _GatedKey.gate[0].set()
+            _GatedKey.gate[1].wait(30)
+
+    def __lt__(self, other):
+        self._wait()
+        return int(self) < int(other)
+
+    def __gt__(self, other):
+        self._wait()
+        return int(self) > int(other)
+
+
+@pytest.mark.parametrize("name", ["CSBTree", "SkipList"])
+def test_fork_while_a_thread_is_inside_a_tree_operation(name):
+    """In-memory trees: a child forked while another thread's insert waits
+    in a comparison (the SkipList's lock / the CSBTree's guard is held) can
+    use the tree; the parent's insert completes."""
+    import kohakuvault
+
+    tree = getattr(kohakuvault, name)()
+    for i in range(0, 40, 2):
+        tree.insert(i, i)
+    started, release = threading.Event(), threading.Event()
+    _GatedKey.gate = (started, release)
+    t = threading.Thread(target=tree.insert, args=(_GatedKey(7), "gated"))
+    t.start()
+    try:
+        assert started.wait(10)
+
+        def child():
+            _GatedKey.gate = None
+            tree.insert(41, 41)
+            assert tree.keys() == list(range(0, 40, 2)) + [41]
+
+        pid = _spawn(child)
+        codes, hung = _reap([pid], 25)
+        assert not hung and codes[pid] == 0
+    finally:
+        release.set()
+        _GatedKey.gate = None
+        t.join(timeout=30)
+    assert not t.is_alive()
+    assert tree.keys() == sorted(list(range(0, 40, 2)) + [7])
 
 
 def test_fork_from_inside_a_call_of_the_same_object(tmp_path):
