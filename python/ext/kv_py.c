@@ -775,6 +775,67 @@ static void hot_report(KVObject *self)
     kv_unlock(self);
 }
 
+/* kvb_ops.get_into's allocation: the Python bytes object the value is
+ * read into. `ts` is the saved thread state while the GIL is released
+ * (NULL: it is held). On failure MemoryError is left set. */
+typedef struct {
+    PyThreadState *ts;
+    PyObject *bytes;
+} get_into_ctx;
+
+static void *get_into_alloc(void *ctx, size_t n)
+{
+    get_into_ctx *c = ctx;
+    if (c->ts)
+        PyEval_RestoreThread(c->ts);
+    c->bytes = n > (size_t)PY_SSIZE_T_MAX ? PyErr_NoMemory()
+                                          : PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+    if (c->ts)
+        c->ts = PyEval_SaveThread();
+    return c->bytes ? PyBytes_AS_STRING(c->bytes) : NULL;
+}
+
+/* do_get through get_into, after the memory-only caches missed: the value
+ * lands once in a bytes object, returned as it is when it has no auto-pack
+ * header. Same returns as do_get; takes the lock from kv_enter. */
+static PyObject *get_via_into(KVObject *self, PyObject *key, const char *k, Py_ssize_t kn,
+                              int *missing)
+{
+    const kvb_ops *ops = self->ops;
+    get_into_ctx c = {NULL, NULL};
+    size_t vn = 0;
+    kv_status st;
+    if (ops->get_blocks && ops->get_blocks(self->h)) {
+        c.ts = PyEval_SaveThread();
+        st = ops->get_into(self->h, k, (size_t)kn, get_into_alloc, &c, &vn);
+        PyEval_RestoreThread(c.ts);
+    } else {
+        st = ops->get_into(self->h, k, (size_t)kn, get_into_alloc, &c, &vn);
+    }
+    if (st != KV_OK) {
+        Py_XDECREF(c.bytes);
+        if (PyErr_Occurred()) { /* the bytes object could not be allocated */
+            kv_unlock(self);
+            return NULL;
+        }
+        *missing = st == KV_NOTFOUND;
+        kv_leave(self, *missing ? KV_OK : st);
+        return NULL;
+    }
+    kv_unlock(self);
+    uint8_t enc;
+    const uint8_t *p;
+    size_t pn;
+    if (!self->opts.auto_pack || kv_hdr_parse(PyBytes_AS_STRING(c.bytes), vn, &enc, &p, &pn) ==
+                                     KV_HDR_NONE)
+        return c.bytes;
+    PyObject *r = kvpy_unpack_value(PyBytes_AS_STRING(c.bytes), vn, &self->opts);
+    Py_DECREF(c.bytes);
+    if (!r)
+        kvpy_name_decode_error("key %R", key);
+    return r;
+}
+
 /* Shared body: returns a new reference, or NULL with *missing=1 (no
  * exception) when the key is absent, or NULL with an exception. */
 static PyObject *do_get(KVObject *self, PyObject *key, int *missing)
@@ -805,6 +866,8 @@ static PyObject *do_get(KVObject *self, PyObject *key, int *missing)
     uint64_t *tokp = hot ? &token : NULL;
     if (ops->get_cached && ops->get_cached(self->h, k, (size_t)kn, &v, &vn)) {
         st = KV_OK;            /* memory only: GIL kept */
+    } else if (ops->get_into && !hot) {
+        return get_via_into(self, key, k, kn, missing);
     } else if (ops->get_blocks && ops->get_blocks(self->h)) {
         Py_BEGIN_ALLOW_THREADS
         st = ops->get(self->h, k, (size_t)kn, hash, &v, &vn, tokp);
