@@ -1042,25 +1042,30 @@ static PyObject *KV_put_many(KVObject *self, PyObject *items)
     kv_buf buf;
     kv_item *it = NULL;
     size_t *offs = NULL;
+    PyObject **held = NULL;
     kv_status st = KV_OK;
     PyObject *ret = NULL;
+    Py_ssize_t n = 0;
 
     if (check_open(self) < 0)
         return NULL;
     seq = PySequence_Fast(items, "put_many expects a sequence of (key, value) pairs");
     if (!seq)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    n = PySequence_Fast_GET_SIZE(seq);
     kv_buf_init(&buf);
     it = PyMem_Calloc((size_t)n + 1, sizeof *it);
     offs = PyMem_Calloc((size_t)n * 4 + 1, sizeof *offs);
-    if (!it || !offs) {
+    held = PyMem_Calloc((size_t)n + 1, sizeof *held);
+    if (!it || !offs || !held) {
         PyErr_NoMemory();
         goto out;
     }
     /* Copy every key and encoded value into one buffer (positions first:
      * the buffer moves while growing), so that every pair is checked before
-     * the first is stored. */
+     * the first is stored. A bytes value is immutable: it is not copied but
+     * held (a reference of our own, as the sequence may change while the
+     * GIL is released) and stored from its own memory. */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
@@ -1069,6 +1074,11 @@ static PyObject *KV_put_many(KVObject *self, PyObject *items)
         }
         if (buf_add_key(&buf, PyTuple_GET_ITEM(pair, 0), &offs[4 * i], &offs[4 * i + 1]) < 0)
             goto out;
+        PyObject *value = PyTuple_GET_ITEM(pair, 1);
+        if (PyBytes_Check(value)) {
+            held[i] = Py_NewRef(value);
+            continue;
+        }
         kv_buf tmp;
         Py_buffer view;
         const void *v;
@@ -1088,12 +1098,20 @@ static PyObject *KV_put_many(KVObject *self, PyObject *items)
     for (Py_ssize_t i = 0; i < n; i++) {
         it[i].key = buf.data + offs[4 * i];
         it[i].klen = offs[4 * i + 1];
-        it[i].val = buf.data + offs[4 * i + 2];
-        it[i].vlen = offs[4 * i + 3];
+        if (held[i]) {
+            it[i].val = PyBytes_AS_STRING(held[i]);
+            it[i].vlen = (size_t)PyBytes_GET_SIZE(held[i]);
+        } else {
+            it[i].val = buf.data + offs[4 * i + 2];
+            it[i].vlen = offs[4 * i + 3];
+        }
     }
     KV_CALL(self, st, 1, self->ops->put_many(self->h, it, (size_t)n, self->write_flags));
     ret = none_unless(st);
 out:
+    for (Py_ssize_t i = 0; held && i < n; i++)
+        Py_XDECREF(held[i]);
+    PyMem_Free(held);
     PyMem_Free(it);
     PyMem_Free(offs);
     kv_buf_free(&buf);

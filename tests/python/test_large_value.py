@@ -12,6 +12,8 @@ import os
 import sqlite3
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     r"""
     import hashlib, os, sys, time
@@ -186,3 +188,35 @@ def test_get_large_values_while_another_connection_overwrites(tmp_path):
         t.join()
     assert not errors, errors
     assert len(seen) > 2, "the writer hardly committed during the reads"
+
+
+def test_put_many_mixed_values_stored_from_their_own_memory(tmp_path):
+    """put_many stores bytes values without copying them and copies the
+    others: bytes (large and empty), bytearray and memoryview (auto-pack
+    off), auto-packed values (auto-pack on) in one batch all read back; a
+    value that cannot be stored fails the whole batch before anything is
+    stored."""
+    from kohakuvault import KVault
+    from kohakuvault.errors import InvalidArgument
+
+    big = os.urandom(3 * DIRECT_MIN)
+    raw = [
+        (b"b", big),
+        (b"e", b""),
+        (b"ba", bytearray(big[:DIRECT_MIN + 1])),
+        (b"mv", memoryview(big)[5:DIRECT_MIN]),
+    ]
+    db = str(tmp_path / "m.db")
+    with KVault(db) as kv:
+        kv.disable_auto_pack()
+        kv.put_many(raw)
+        raw.clear()
+        assert kv[b"b"] == big and kv[b"e"] == b""
+        assert kv[b"ba"] == big[:DIRECT_MIN + 1] and kv[b"mv"] == big[5:DIRECT_MIN]
+        with pytest.raises(InvalidArgument, match="bytes-like"):
+            kv.put_many([(b"n1", big), (b"n2", 3)])
+        assert b"n1" not in kv and b"n2" not in kv
+    with KVault(db) as kv:
+        kv.put_many([(b"b2", big[1:]), (b"i", 12345), (b"s", "text")])
+        assert kv[b"b2"] == big[1:] and kv[b"i"] == 12345 and kv[b"s"] == "text"
+        assert kv[b"b"] == big
