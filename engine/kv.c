@@ -495,23 +495,19 @@ static kv_status get_into_sqlite(kv_db *db, const void *key, size_t klen, size_t
             return st;
         return read_parts(db, np, buf);
     }
-    if (sqlite3_column_type(s, 2) != SQLITE_NULL) { /* shorter than direct_min */
-        const void *p = sqlite3_column_blob(s, 2);
-        if ((st = alloc_value(db, alloc, ctx, n, &buf)) != KV_OK)
-            return st;
-        memcpy(buf, p, n);
-        *fill = buf;
-        return KV_OK;
-    }
     if ((st = alloc_value(db, alloc, ctx, n, &buf)) != KV_OK)
         return st;
-    sqlite3_blob *b = NULL;
-    rc = sqlite3_blob_open(db->db, "main", db->table, "value", rowid, 0, &b);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_blob_read(b, buf, (int)n, 0);
-    sqlite3_blob_close(b);
-    if (rc != SQLITE_OK)
-        return kvi_err_sqlite(&db->err, db->db, rc, "get");
+    if (sqlite3_column_type(s, 2) != SQLITE_NULL) { /* shorter than direct_min */
+        memcpy(buf, sqlite3_column_blob(s, 2), n);
+    } else {
+        sqlite3_blob *b = NULL;
+        rc = sqlite3_blob_open(db->db, "main", db->table, "value", rowid, 0, &b);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_blob_read(b, buf, (int)n, 0);
+        sqlite3_blob_close(b);
+        if (rc != SQLITE_OK)
+            return kvi_err_sqlite(&db->err, db->db, rc, "get");
+    }
     *fill = buf;
     return KV_OK;
 }
