@@ -33,8 +33,8 @@ KV_API void kv_open_opts_default(kv_open_opts *o)
 
 static void finalize_all(kv_db *db)
 {
-    sqlite3_stmt **sts[] = {&db->st_get, &db->st_get_into, &db->st_put, &db->st_del, &db->st_exists,
-                            &db->st_count, &db->st_rowid, &db->st_putzero,
+    sqlite3_stmt **sts[] = {&db->st_get, &db->st_get_into, &db->st_put, &db->st_del,
+                            &db->st_exists, &db->st_count, &db->st_rowid, &db->st_putzero,
                             &db->st_begin, &db->st_commit, &db->st_rollback,
                             &db->st_parts_exists, &db->st_parts_list, &db->st_parts_ins,
                             &db->st_parts_zero};
