@@ -226,6 +226,7 @@ struct kv_db {
     char *parts_tbl;             /**< owned "<table>_parts" */
     size_t chunk_size;           /**< default streaming chunk, bytes */
     sqlite3_stmt *st_get;        /**< SELECT value FROM t WHERE key=?1 */
+    sqlite3_stmt *st_get_into;   /**< rowid, length(value), value if shorter than ?2 */
     sqlite3_stmt *st_put;        /**< INSERT ... ON CONFLICT(key) DO UPDATE */
     sqlite3_stmt *st_del;        /**< DELETE FROM t WHERE key=?1 */
     sqlite3_stmt *st_exists;     /**< SELECT 1 FROM t WHERE key=?1 */

@@ -33,8 +33,8 @@ KV_API void kv_open_opts_default(kv_open_opts *o)
 
 static void finalize_all(kv_db *db)
 {
-    sqlite3_stmt **sts[] = {&db->st_get, &db->st_put, &db->st_del, &db->st_exists,
-                            &db->st_count, &db->st_rowid, &db->st_putzero,
+    sqlite3_stmt **sts[] = {&db->st_get, &db->st_get_into, &db->st_put, &db->st_del,
+                            &db->st_exists, &db->st_count, &db->st_rowid, &db->st_putzero,
                             &db->st_begin, &db->st_commit, &db->st_rollback,
                             &db->st_parts_exists, &db->st_parts_list, &db->st_parts_ins,
                             &db->st_parts_zero};
@@ -70,6 +70,12 @@ static kv_status prepare_all(kv_db *db)
             return st;                                                    \
     } while (0)
     PREP(st_get, "SELECT value FROM %s WHERE key=?1", t);
+    /* length(value) reads only the record header (SQLite's OPFLAG_LENGTHARG)
+     * and the CASE loads the value only when it is shorter than ?2, so a
+     * longer value's overflow pages are read once, by kv_get_into's
+     * sqlite3_blob_read into the caller's buffer. */
+    PREP(st_get_into, "SELECT rowid, length(value), "
+                      "CASE WHEN length(value) < ?2 THEN value END FROM %s WHERE key=?1", t);
     /* An upsert, not INSERT OR REPLACE: a new value of a stored key
      * rewrites its row in place, so the commit changes one page (the table
      * leaf) instead of about three (REPLACE deletes the row and inserts it
@@ -322,6 +328,37 @@ static inline int bind_blob(sqlite3_stmt *s, int i, const void *p, size_t n)
     return sqlite3_bind_blob64(s, i, n ? p : empty_blob, n, SQLITE_STATIC);
 }
 
+/* Read the `n` parts listed by kvi_parts_list (db->parts_rowid /
+ * parts_len) into `buf`, inside the caller's read transaction. */
+static kv_status read_parts(kv_db *db, size_t n, uint8_t *buf)
+{
+    uint64_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_blob *b = NULL;
+        int rc = sqlite3_blob_open(db->db, "main", db->parts_tbl, "data", db->parts_rowid[i], 0, &b);
+        if (rc == SQLITE_OK && db->parts_len[i])
+            rc = sqlite3_blob_read(b, buf + off, (int)db->parts_len[i], 0);
+        sqlite3_blob_close(b);
+        if (rc != SQLITE_OK)
+            return kvi_err_sqlite(&db->err, db->db, rc, "get part");
+        off += db->parts_len[i];
+    }
+    return KV_OK;
+}
+
+/* The parts of `key`, if any, listed inside the read transaction the
+ * caller's statement holds open: *n parts of *total bytes (0 parts: the
+ * empty main value is the value). KV_NOMEM when the total does not fit in
+ * memory. */
+static kv_status list_parts(kv_db *db, const void *key, size_t klen, size_t *n, uint64_t *total)
+{
+    kv_status st = kvi_parts_list(db, key, klen, n, total);
+    if (st == KV_OK && *n && *total > (uint64_t)SIZE_MAX - 1)
+        return kvi_err_set(&db->err, KV_NOMEM, "value of %llu bytes does not fit in memory",
+                           (unsigned long long)*total);
+    return st;
+}
+
 /* An empty main value: reassemble the parts of a large value, if any,
  * inside the read transaction st_get still holds open. On KV_OK with parts
  * *val points to db->lent (freed by kvi_get_release); without parts the
@@ -331,28 +368,16 @@ static kv_status get_large(kv_db *db, const void *key, size_t klen,
 {
     size_t n;
     uint64_t total;
-    kv_status st = kvi_parts_list(db, key, klen, &n, &total);
+    kv_status st = list_parts(db, key, klen, &n, &total);
     if (st != KV_OK || n == 0)
         return st;
-    if (total > (uint64_t)SIZE_MAX - 1)
-        return kvi_err_set(&db->err, KV_NOMEM, "value of %llu bytes does not fit in memory",
-                           (unsigned long long)total);
     uint8_t *buf = kvi_malloc(total ? (size_t)total : 1);
     if (!buf)
         return kvi_err_set(&db->err, KV_NOMEM, "out of memory (value of %llu bytes)",
                            (unsigned long long)total);
-    uint64_t off = 0;
-    for (size_t i = 0; i < n; i++) {
-        sqlite3_blob *b = NULL;
-        int rc = sqlite3_blob_open(db->db, "main", db->parts_tbl, "data", db->parts_rowid[i], 0, &b);
-        if (rc == SQLITE_OK && db->parts_len[i])
-            rc = sqlite3_blob_read(b, buf + off, (int)db->parts_len[i], 0);
-        sqlite3_blob_close(b);
-        if (rc != SQLITE_OK) {
-            kvi_free(buf);
-            return kvi_err_sqlite(&db->err, db->db, rc, "get part");
-        }
-        off += db->parts_len[i];
+    if ((st = read_parts(db, n, buf)) != KV_OK) {
+        kvi_free(buf);
+        return st;
     }
     db->lent = buf;
     *val = buf;
@@ -430,6 +455,85 @@ KV_API kv_status kv_get(kv_db *db, const void *key, size_t klen,
     if (rc == SQLITE_DONE)
         return KV_NOTFOUND;
     return kvi_err_sqlite(&db->err, db->db, rc, "get");
+}
+
+/* kv_get_into's allocation: KV_NOMEM when the callback has no room. */
+static kv_status alloc_value(kv_db *db, kv_alloc_fn alloc, void *ctx, size_t n, uint8_t **out)
+{
+    *out = alloc(ctx, n);
+    if (!*out)
+        return kvi_err_set(&db->err, KV_NOMEM, "out of memory (value of %zu bytes)", n);
+    return KV_OK;
+}
+
+/* kv_get_into below the caches: one statement, one read transaction for
+ * the length and the bytes. */
+static kv_status get_into_sqlite(kv_db *db, const void *key, size_t klen, size_t direct_min,
+                                 kv_alloc_fn alloc, void *ctx, size_t *vlen,
+                                 const uint8_t **fill)
+{
+    sqlite3_stmt *s = db->st_get_into;
+    kv_status st;
+    uint8_t *buf;
+    size_t np;
+    uint64_t total;
+
+    *fill = NULL;
+    bind_blob(s, 1, key, klen);
+    sqlite3_bind_int64(s, 2, direct_min > (size_t)INT64_MAX ? INT64_MAX : (sqlite3_int64)direct_min);
+    int rc = sqlite3_step(s);
+    if (rc != SQLITE_ROW)
+        return rc == SQLITE_DONE ? KV_NOTFOUND : kvi_err_sqlite(&db->err, db->db, rc, "get");
+    sqlite3_int64 rowid = sqlite3_column_int64(s, 0);
+    size_t n = (size_t)sqlite3_column_int64(s, 1);
+    *vlen = n;
+    if (n == 0) { /* empty, or the main row of a value stored as parts */
+        if ((st = list_parts(db, key, klen, &np, &total)) != KV_OK)
+            return st;
+        *vlen = (size_t)total;
+        if ((st = alloc_value(db, alloc, ctx, (size_t)total, &buf)) != KV_OK || np == 0)
+            return st;
+        return read_parts(db, np, buf);
+    }
+    if ((st = alloc_value(db, alloc, ctx, n, &buf)) != KV_OK)
+        return st;
+    if (sqlite3_column_type(s, 2) != SQLITE_NULL) { /* shorter than direct_min */
+        memcpy(buf, sqlite3_column_blob(s, 2), n);
+    } else {
+        sqlite3_blob *b = NULL;
+        rc = sqlite3_blob_open(db->db, "main", db->table, "value", rowid, 0, &b);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_blob_read(b, buf, (int)n, 0);
+        sqlite3_blob_close(b);
+        if (rc != SQLITE_OK)
+            return kvi_err_sqlite(&db->err, db->db, rc, "get");
+    }
+    *fill = buf;
+    return KV_OK;
+}
+
+KV_API kv_status kv_get_into(kv_db *db, const void *key, size_t klen, size_t direct_min,
+                             kv_alloc_fn alloc, void *ctx, size_t *vlen)
+{
+    uint8_t snap[KVI_WALHDR_BYTES];
+    int snap_ok;
+    const void *v;
+    const uint8_t *fill;
+    uint8_t *buf;
+    kv_status st;
+
+    kvi_get_release(db);
+    KV_ASSERT((key || klen == 0) && alloc && vlen);
+    if (get_cached(db, key, klen, &v, vlen, snap, &snap_ok)) {
+        if ((st = alloc_value(db, alloc, ctx, *vlen, &buf)) == KV_OK && *vlen)
+            memcpy(buf, v, *vlen);
+        return st;
+    }
+    st = get_into_sqlite(db, key, klen, direct_min, alloc, ctx, vlen, &fill);
+    sqlite3_reset(db->st_get_into);
+    if (st == KV_OK && fill && snap_ok)
+        kvi_rcache_insert(db->rcache, snap, key, klen, fill, *vlen);
+    return st;
 }
 
 KV_API void kv_get_done(kv_db *db)

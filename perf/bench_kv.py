@@ -11,6 +11,8 @@ Workloads, for 100 B and 16 KiB values and N keys (default 50,000):
       which is what a caller without a cache gets).
     * KVault cache on: ``kv[k] = v`` per key with the write-back cache
       (cap 64 MiB, flush threshold 16 MiB), final ``flush_cache()`` timed.
+    * KVault put_many: one ``kv.put_many(pairs)`` of all N pairs (one
+      transaction, as sqlite3's), the batch row of the targets.
 - get: N hot reads of every key in a shuffled order (fixed seed), after a
   warm-up pass over all keys.
     * sqlite3: ``con.execute("SELECT value FROM kv WHERE key=?", (k,))
@@ -22,7 +24,10 @@ sqlite3 gets the same table shape as KVault (``key BLOB PRIMARY KEY NOT
 NULL, value BLOB NOT NULL``) and the same mmap_size / cache_size, so the
 comparison is about per-call work, not configuration. Each workload runs
 ``--repeat`` times (default 3) and the median is reported; ratios are taken
-within this run. MB/s counts value bytes only.
+within this run. MB/s counts value bytes only. The targets checked at the
+end (exit status 1 when one is missed): hot get 100 B >= 2x sqlite3; get
+16 KiB (cache off) >= 0.5x lmdb and >= 3x sqlite3; put 16 KiB batch
+(put_many) >= 2x sqlite3.
 
 usage: bench_kv.py [--n 50000] [--repeat 3] [--dir DIR] [--json PATH]
 """
@@ -30,7 +35,6 @@ usage: bench_kv.py [--n 50000] [--repeat 3] [--dir DIR] [--json PATH]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -47,6 +51,7 @@ import kohakuvault
 from kohakuvault import KVault
 
 from harness import cpu_model  # perf/harness.py, beside this script
+from targets import report  # perf/targets.py
 
 SIZES = (100, 16384)
 MMAP = 268435456
@@ -144,6 +149,16 @@ def kvault_put(path, keys, value, cache):
     return dt
 
 
+def kvault_put_many(path, keys, value):
+    kv = KVault(path)
+    pairs = [(k, value) for k in keys]
+    t0 = time.perf_counter()
+    kv.put_many(pairs)
+    dt = time.perf_counter() - t0
+    kv.close()
+    return dt
+
+
 def kvault_get(path, order, cache):
     kv = KVault(path)
     if cache:
@@ -159,6 +174,7 @@ def kvault_get(path, order, cache):
 
 
 SYSTEMS = ("sqlite3", "lmdb", "KVault (cache off)", "KVault (cache on)")
+PUT_ONLY = ("KVault (put_many)",)
 
 
 def run(n: int, repeat: int, base: str) -> list[dict]:
@@ -168,10 +184,11 @@ def run(n: int, repeat: int, base: str) -> list[dict]:
     results = []
     for size in SIZES:
         value = os.urandom(size)
-        times = {("put", s): [] for s in SYSTEMS}
+        times = {("put", s): [] for s in SYSTEMS + PUT_ONLY}
         times.update({("get", s): [] for s in SYSTEMS})
         for r in range(repeat):
-            paths = {s: os.path.join(base, f"{size}-{r}-{i}") for i, s in enumerate(SYSTEMS)}
+            paths = {s: os.path.join(base, f"{size}-{r}-{i}")
+                     for i, s in enumerate(SYSTEMS + PUT_ONLY)}
             os.makedirs(paths["lmdb"])
             times[("put", "sqlite3")].append(sqlite_put(paths["sqlite3"] + ".db", keys, value))
             times[("put", "lmdb")].append(lmdb_put(paths["lmdb"], keys, value))
@@ -179,6 +196,8 @@ def run(n: int, repeat: int, base: str) -> list[dict]:
                 kvault_put(paths["KVault (cache off)"] + ".db", keys, value, False))
             times[("put", "KVault (cache on)")].append(
                 kvault_put(paths["KVault (cache on)"] + ".db", keys, value, True))
+            times[("put", "KVault (put_many)")].append(
+                kvault_put_many(paths["KVault (put_many)"] + ".db", keys, value))
             times[("get", "sqlite3")].append(sqlite_get(paths["sqlite3"] + ".db", order))
             times[("get", "lmdb")].append(lmdb_get(paths["lmdb"], order))
             times[("get", "KVault (cache off)")].append(
@@ -197,7 +216,8 @@ def run(n: int, repeat: int, base: str) -> list[dict]:
             print(f"  {size} B values: repetition {r + 1}/{repeat} done", file=sys.stderr)
         for op in ("put", "get"):
             row = {}
-            for s in SYSTEMS:
+            systems = SYSTEMS + PUT_ONLY if op == "put" else SYSTEMS
+            for s in systems:
                 med = statistics.median(times[(op, s)])
                 row[s] = {
                     "op": op,
@@ -208,7 +228,7 @@ def run(n: int, repeat: int, base: str) -> list[dict]:
                     "ops_per_s": n / med,
                     "mb_per_s": n * size / med / 1e6,
                 }
-            for s in SYSTEMS:
+            for s in systems:
                 row[s]["vs_sqlite3"] = row[s]["ops_per_s"] / row["sqlite3"]["ops_per_s"]
                 row[s]["vs_lmdb"] = row[s]["ops_per_s"] / row["lmdb"]["ops_per_s"]
                 results.append(row[s])
@@ -246,14 +266,21 @@ def main(argv=None) -> int:
         shutil.rmtree(base, ignore_errors=True)
     print(f"KVault (embedded) vs sqlite3 vs lmdb: {args.n:,} keys, median of {args.repeat} runs\n")
     print(table(results))
-    hot = {r["system"]: r for r in results if r["op"] == "get" and r["value_bytes"] == 100}
-    ratio = hot["KVault (cache off)"]["vs_sqlite3"]
-    print(f"\nhot get 100 B, KVault / sqlite3 = {ratio:.2f}x (target >= 2x): "
-          f"{'MET' if ratio >= 2 else 'NOT MET'}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": info, "n": args.n, "repeat": args.repeat, "results": results}, f, indent=2)
-    return 0
+    fig = {(r["op"], r["value_bytes"], r["system"]): r for r in results}
+
+    def check(name, op, size, system, vs, need):
+        v = fig[(op, size, system)][f"vs_{vs}"]
+        return {"target": name, "value": v, "need": f">= {need:g}x", "met": v >= need}
+
+    checks = [
+        check("hot get 100 B, KVault / sqlite3", "get", 100, "KVault (cache off)", "sqlite3", 2),
+        check("get 16 KiB, KVault / lmdb", "get", 16384, "KVault (cache off)", "lmdb", 0.5),
+        check("get 16 KiB, KVault / sqlite3", "get", 16384, "KVault (cache off)", "sqlite3", 3),
+        check("put 16 KiB batch, KVault put_many / sqlite3", "put", 16384, "KVault (put_many)",
+              "sqlite3", 2),
+    ]
+    return report(checks, f"targets (median of {args.repeat})", args.json,
+                  {"machine": info, "n": args.n, "repeat": args.repeat, "results": results})
 
 
 if __name__ == "__main__":

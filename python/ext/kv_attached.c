@@ -325,6 +325,7 @@ kv_status kvb_attached_recover(const char *path, const char *table, char *err, s
 #define att_get_cached NULL
 #define att_get_blocks NULL
 #define att_get_done NULL
+#define att_get_into NULL
 #define att_put_stream NULL
 #define att_get_stream NULL
 #define att_stream_used_uring NULL

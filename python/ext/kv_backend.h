@@ -100,6 +100,12 @@ typedef struct kvb_ops {
                      const void **val, size_t *vlen, uint64_t *token);
     /** Release what a successful get or get_cached borrowed. NULL: nothing. */
     void (*get_done)(void *h);
+    /** Read `key` as get does, copying the value once into the buffer
+     *  `alloc(ctx, n)` returns (kv_get_into; `alloc` is called once when the
+     *  key exists). Called without the GIL when get_blocks says so (then
+     *  `alloc` takes it). NULL: the backend has none; get is used. */
+    kv_status (*get_into)(void *h, const void *key, size_t klen, kv_alloc_fn alloc, void *ctx,
+                          size_t *vlen);
     /** *found = whether `key` is stored. */
     kv_status (*exists)(void *h, const void *key, size_t klen, int *found);
     /** *n = number of stored keys. */
@@ -195,7 +201,7 @@ typedef struct kvb_ops {
         .name = name_, .keys_per_batch = keys_per_batch_, .exists_blocks = exists_blocks_,    \
         .open = p##_open, .close = p##_close, .errmsg = p##_errmsg, .os_errno = p##_os_errno, \
         .get_cached = p##_get_cached, .get_blocks = p##_get_blocks, .get = p##_get,           \
-        .get_done = p##_get_done, .exists = p##_exists, .count = p##_count,                   \
+        .get_done = p##_get_done, .get_into = p##_get_into, .exists = p##_exists, .count = p##_count,                   \
         .keys_batch = p##_keys_batch, .put = p##_put, .put_many = p##_put_many,               \
         .del_many = p##_del_many, .flush = p##_flush, .put_fd = p##_put_fd,                   \
         .get_to_fd = p##_get_to_fd,                                                           \

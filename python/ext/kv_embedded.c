@@ -12,12 +12,19 @@
  * lets other threads run: get_blocks says "release" for SQLite reads, and
  * hits of the read cache (get_cached) or the write-back cache keep it.
  * KVPY_GET_KEEP_GIL=1 in the environment keeps it for SQLite reads too.
+ *
+ * The binding reads through get_into (kv_get_into): the value is copied
+ * once, into the Python bytes object. Values of KV_GET_DIRECT_MIN bytes or
+ * more go from SQLite's pages straight into it (docs/performance.md,
+ * "Large values"); KVPY_GET_DIRECT_MIN=<bytes> in the environment moves
+ * that threshold, for measurements.
  */
 #include <stdlib.h>
 
 #include "kv_backend.h"
 
 static int g_get_keep_gil = -1;   /* -1 until KVPY_GET_KEEP_GIL is read */
+static size_t g_direct_min = KV_GET_DIRECT_MIN; /* KVPY_GET_DIRECT_MIN */
 
 static kv_status emb_open(const char *path, const kv_open_opts *o, int route, void **out,
                           char *err, size_t errlen)
@@ -27,6 +34,9 @@ static kv_status emb_open(const char *path, const kv_open_opts *o, int route, vo
     if (g_get_keep_gil < 0) {
         const char *e = getenv("KVPY_GET_KEEP_GIL");
         g_get_keep_gil = e && e[0] == '1';
+        const char *d = getenv("KVPY_GET_DIRECT_MIN");
+        if (d && *d)
+            g_direct_min = (size_t)strtoull(d, NULL, 10);
     }
     /* a dead writer's acknowledged records go into the file before this
      * handle can write it (docs/shared-mode.md, "Recovery") */
@@ -61,6 +71,12 @@ static kv_status emb_get(void *h, const void *key, size_t klen, uint64_t key_has
 }
 
 static void emb_get_done(void *h) { kv_get_done(h); }
+
+static kv_status emb_get_into(void *h, const void *key, size_t klen, kv_alloc_fn alloc,
+                              void *ctx, size_t *vlen)
+{
+    return kv_get_into(h, key, klen, g_direct_min, alloc, ctx, vlen);
+}
 
 /* Every put is committed when it returns, unless the write-back cache
  * holds it: sync = flush that cache (nothing to do without one, or while it

@@ -289,3 +289,141 @@ Test(large, sigkilled_put_fd_keeps_old_value, .timeout = 120)
     free(old);
     free(nv);
 }
+
+/* ---- kv_get_into: one copy into the caller's buffer ---------------------- */
+
+/* The allocator of kv_get_into for these tests: counts its calls, records
+ * the length asked for, optionally refuses (NULL), and can run `hook`
+ * (another handle's write) between the length and the read. */
+typedef struct {
+    uint8_t *buf;
+    size_t n;
+    int calls;
+    int refuse;
+    void (*hook)(void *arg);
+    void *arg;
+} into_ctx;
+
+static void *into_alloc(void *c, size_t n)
+{
+    into_ctx *x = c;
+    x->calls++;
+    x->n = n;
+    if (x->refuse)
+        return NULL;
+    if (x->hook)
+        x->hook(x->arg);
+    x->buf = malloc(n ? n : 1);
+    return x->buf;
+}
+
+/* kv_get_into `key` with `direct_min` and check it reads `want`. */
+static void expect_into(kv_db *db, const char *key, size_t direct_min, const uint8_t *want,
+                        size_t n)
+{
+    into_ctx c = {0};
+    size_t vn = 12345;
+    cr_assert(eq(int, kv_get_into(db, key, strlen(key), direct_min, into_alloc, &c, &vn), KV_OK),
+              "%s", kv_db_errmsg(db));
+    cr_assert(eq(int, c.calls, 1));
+    cr_assert(eq(sz, c.n, n));
+    cr_assert(eq(sz, vn, n));
+    cr_assert(eq(int, memcmp(c.buf, want, n), 0), "value of %s (%zu B) differs", key, n);
+    free(c.buf);
+}
+
+Test(large, get_into_threshold_empty_parts_and_absent, .timeout = 120)
+{
+    char path[512];
+    kvtest_path(path, sizeof path, "into.db");
+    kv_db *db = open_small(path);
+    const size_t T = KV_GET_DIRECT_MIN;
+    const size_t sizes[] = {0, 1, T - 1, T, T + 1, 3 * T + 17, 2 * LIMIT + 123};
+    const size_t nsizes = sizeof sizes / sizeof sizes[0];
+    uint8_t *vals[sizeof sizes / sizeof sizes[0]];
+    char key[32];
+    for (size_t i = 0; i < nsizes; i++) {
+        vals[i] = pattern(sizes[i] ? sizes[i] : 1, (uint32_t)(i + 7));
+        snprintf(key, sizeof key, "k%zu", i);
+        cr_assert(eq(int, kv_put(db, key, strlen(key), vals[i], sizes[i]), KV_OK), "%s",
+                  kv_db_errmsg(db));
+    }
+    cr_assert(eq(int, nparts(path, "k6"), 5)); /* 512 KiB parts */
+    /* Each size through the row copy, the direct read at the threshold,
+     * and with every value read directly (direct_min 0 and 1). */
+    const size_t mins[] = {T, 0, 1, SIZE_MAX};
+    for (size_t m = 0; m < sizeof mins / sizeof mins[0]; m++)
+        for (size_t i = 0; i < nsizes; i++) {
+            snprintf(key, sizeof key, "k%zu", i);
+            expect_into(db, key, mins[m], vals[i], sizes[i]);
+            expect_into(db, key, mins[m], vals[i], sizes[i]); /* read cache, if kept */
+            expect_value(db, key, vals[i], sizes[i]);         /* kv_get agrees */
+        }
+    into_ctx c = {0};
+    size_t vn;
+    cr_assert(eq(int, kv_get_into(db, "absent", 6, T, into_alloc, &c, &vn), KV_NOTFOUND));
+    cr_assert(eq(int, c.calls, 0));
+    /* An allocator out of memory: KV_NOMEM, the handle stays usable. */
+    for (size_t i = 0; i < nsizes; i++) {
+        snprintf(key, sizeof key, "k%zu", i);
+        into_ctx r = {.refuse = 1};
+        cr_assert(eq(int, kv_get_into(db, key, strlen(key), T, into_alloc, &r, &vn), KV_NOMEM));
+        cr_assert(eq(int, r.calls, 1));
+        expect_into(db, key, T, vals[i], sizes[i]);
+    }
+    /* The write-back cache answers first. */
+    cr_assert(eq(int, kv_cache_enable(db, 8 << 20, 4 << 20), KV_OK));
+    cr_assert(eq(int, kv_put(db, "k3", 2, vals[4], sizes[4]), KV_OK));
+    expect_into(db, "k3", T, vals[4], sizes[4]);
+    cr_assert(eq(int, kv_cache_disable(db), KV_OK));
+    expect_into(db, "k3", T, vals[4], sizes[4]);
+    for (size_t i = 0; i < nsizes; i++)
+        free(vals[i]);
+    cr_assert(eq(int, kv_db_close(db), KV_OK));
+    kvtest_remove_dir_of(path);
+}
+
+/* Another connection overwrites the key between the length and the read. */
+typedef struct {
+    kv_db *other;
+    const char *key;
+    const uint8_t *val;
+    size_t n;
+} overwrite_arg;
+
+static void overwrite(void *a)
+{
+    overwrite_arg *o = a;
+    cr_assert(eq(int, kv_put(o->other, o->key, strlen(o->key), o->val, o->n), KV_OK), "%s",
+              kv_db_errmsg(o->other));
+}
+
+Test(large, get_into_overwritten_between_length_and_read, .timeout = 120)
+{
+    char path[512];
+    kvtest_path(path, sizeof path, "into_race.db");
+    kv_db *db = open_small(path), *other = open_small(path);
+    const size_t T = KV_GET_DIRECT_MIN;
+    /* old → new: direct read, row copy, parts, and across those shapes */
+    const size_t pairs[][2] = {{T + 1, 2 * T + 5}, {T + 9, 3}, {T - 1, T + 1},
+                               {2 * LIMIT + 7, T}, {T, 2 * LIMIT + 99}, {0, T + 3}};
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        uint8_t *old = pattern(pairs[i][0] + 1, (uint32_t)(100 + i));
+        uint8_t *neu = pattern(pairs[i][1] + 1, (uint32_t)(200 + i));
+        cr_assert(eq(int, kv_put(db, "r", 1, old, pairs[i][0]), KV_OK));
+        overwrite_arg o = {other, "r", neu, pairs[i][1]};
+        into_ctx c = {.hook = overwrite, .arg = &o};
+        size_t vn;
+        cr_assert(eq(int, kv_get_into(db, "r", 1, T, into_alloc, &c, &vn), KV_OK), "%s",
+                  kv_db_errmsg(db));
+        cr_assert(eq(sz, vn, pairs[i][0]), "pair %zu: the length of the snapshot", i);
+        cr_assert(eq(int, memcmp(c.buf, old, vn), 0), "pair %zu: the bytes of the snapshot", i);
+        free(c.buf);
+        expect_into(db, "r", T, neu, pairs[i][1]); /* the next read sees the commit */
+        free(old);
+        free(neu);
+    }
+    cr_assert(eq(int, kv_db_close(other), KV_OK));
+    cr_assert(eq(int, kv_db_close(db), KV_OK));
+    kvtest_remove_dir_of(path);
+}

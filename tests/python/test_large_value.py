@@ -12,6 +12,8 @@ import os
 import sqlite3
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     r"""
     import hashlib, os, sys, time
@@ -97,3 +99,124 @@ def test_one_gib_value_round_trip_bounded_rss(tmp_path, run_script):
         assert con.execute("SELECT value FROM kv WHERE key=x'626967'").fetchone()[0] == b"small now"
     finally:
         con.close()
+
+
+# ---- reads copied once into the bytes object (kv_get_into) ---------------
+
+# KV_GET_DIRECT_MIN of engine/include/kvault/kvault.h: values of at least
+# this many bytes are read from SQLite's pages straight into the result.
+DIRECT_MIN = 32768
+
+
+def test_get_around_the_direct_read_threshold(tmp_path):
+    """Values just below, at and above the threshold, empty ones and values
+    (and, with auto-pack off, one starting like an auto-pack header) read
+    back byte for byte, with auto-pack on and off, through get, get with a default and [] (read cache warm and cold)."""
+    from kohakuvault import KVault
+
+    sizes = [0, 1, 100, 16383, 16384, 16385, DIRECT_MIN - 1, DIRECT_MIN, DIRECT_MIN + 1,
+             3 * DIRECT_MIN + 17, 200_000]
+    vals = {f"k{n}".encode(): os.urandom(n) for n in sizes}
+    vals[b"hdr-like"] = b"\x89K" + os.urandom(DIRECT_MIN + 5)
+    db = str(tmp_path / "t.db")
+    with KVault(db) as kv:
+        kv.disable_auto_pack()
+        kv.put_many(list(vals.items()))
+    for auto in (False, True):
+        with KVault(db) as kv:
+            if not auto:
+                kv.disable_auto_pack()
+            for _ in range(2):
+                for k, v in vals.items():
+                    if auto and k == b"hdr-like":
+                        continue  # not a valid header: auto-pack refuses it
+                    got = kv[k]
+                    assert type(got) is bytes and got == v, (auto, k, len(got), len(v))
+                    assert kv.get(k) == v
+                    assert kv.get(k, None) == v
+            assert kv.get(b"absent", 7) == 7
+
+
+def test_get_large_values_while_another_connection_overwrites(tmp_path):
+    """Readers of one connection each see a whole stored version of a key
+    while another connection keeps replacing it with values of other
+    lengths (version j is byte j + 1 repeated lengths[j] times, so a mix of two
+    versions or a length of another shows)."""
+    import threading
+    import time
+
+    from kohakuvault import KVault
+
+    db = str(tmp_path / "race.db")
+    lengths = [DIRECT_MIN - 1, DIRECT_MIN, DIRECT_MIN + 1, 5, 0, 150_000, 70_001]
+    with KVault(db) as kv:
+        kv[b"x"] = b"\x01" * lengths[0]
+    stop = threading.Event()
+    seen = set()
+    errors = []
+
+    def writer():
+        with KVault(db) as w:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                j = i % len(lengths)
+                w[b"x"] = bytes([j + 1]) * lengths[j]
+
+    def reader(kv):
+        deadline = time.monotonic() + 20
+        try:
+            reads = 0
+            while (reads < 400 or len(seen) < len(lengths)) and time.monotonic() < deadline:
+                reads += 1
+                v = kv[b"x"]
+                if v:
+                    assert v == v[:1] * len(v), "a value mixing two versions"
+                    assert len(v) == lengths[v[0] - 1], "a length of another version"
+                seen.add(len(v))
+        except AssertionError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        with KVault(db) as kv:
+            kv.disable_auto_pack()
+            reader(kv)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors
+    assert len(seen) > 2, "the writer hardly committed during the reads"
+
+
+def test_put_many_mixed_values_stored_from_their_own_memory(tmp_path):
+    """put_many stores bytes values without copying them and copies the
+    others: bytes (large and empty), bytearray and memoryview (auto-pack
+    off), auto-packed values (auto-pack on) in one batch all read back; a
+    value that cannot be stored fails the whole batch before anything is
+    stored."""
+    from kohakuvault import KVault
+    from kohakuvault.errors import InvalidArgument
+
+    big = os.urandom(3 * DIRECT_MIN)
+    raw = [
+        (b"b", big),
+        (b"e", b""),
+        (b"ba", bytearray(big[:DIRECT_MIN + 1])),
+        (b"mv", memoryview(big)[5:DIRECT_MIN]),
+    ]
+    db = str(tmp_path / "m.db")
+    with KVault(db) as kv:
+        kv.disable_auto_pack()
+        kv.put_many(raw)
+        raw.clear()
+        assert kv[b"b"] == big and kv[b"e"] == b""
+        assert kv[b"ba"] == big[:DIRECT_MIN + 1] and kv[b"mv"] == big[5:DIRECT_MIN]
+        with pytest.raises(InvalidArgument, match="bytes-like"):
+            kv.put_many([(b"n1", big), (b"n2", 3)])
+        assert b"n1" not in kv and b"n2" not in kv
+    with KVault(db) as kv:
+        kv.put_many([(b"b2", big[1:]), (b"i", 12345), (b"s", "text")])
+        assert kv[b"b2"] == big[1:] and kv[b"i"] == 12345 and kv[b"s"] == "text"
+        assert kv[b"b"] == big

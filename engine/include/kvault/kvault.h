@@ -246,6 +246,39 @@ KV_API kv_status kv_get(kv_db *db, const void *key, size_t klen,
 KV_API int kv_get_cached(kv_db *db, const void *key, size_t klen,
                          const void **val, size_t *vlen);
 
+/** Allocator of kv_get_into: return a buffer of at least `n` bytes
+ *  (n may be 0) that the caller of kv_get_into owns, or NULL when out of
+ *  memory. */
+typedef void *(*kv_alloc_fn)(void *ctx, size_t n);
+
+/** The value length from which kv_get_into reads a value straight from
+ *  SQLite's pages into the caller's buffer (sqlite3_blob_read) instead of
+ *  copying the row SQLite assembled; see docs/performance.md, "Large
+ *  values" for the measurements behind it. */
+#define KV_GET_DIRECT_MIN ((size_t)32768)
+
+/** Look `key` up as kv_get does (write-back cache, read cache, SQLite) and
+ *  copy its value once into memory the caller allocates: `alloc(ctx, n)`
+ *  is called exactly once with the value's length n when the key exists,
+ *  never when it does not. Values of at least `direct_min` bytes are read
+ *  from SQLite with sqlite3_blob_read straight into that buffer (no
+ *  intermediate copy; SQLite reads overflow pages that are neither cached
+ *  nor in the WAL directly from the file into it); shorter ones are copied
+ *  from the row. Values stored as parts are read part by part into it.
+ *  The length and the bytes come from one read transaction, so a commit
+ *  of another connection between the two (even inside `alloc`) does not
+ *  mix versions: the value is the one of the snapshot that gave the
+ *  length. `alloc` runs with that snapshot open and must not call into
+ *  `db`. Nothing is lent: kv_get_done is not needed.
+ *
+ *  On KV_OK *vlen = n and the buffer holds the value. On any other status
+ *  the buffer `alloc` returned, if any, is still the caller's to free and
+ *  its contents are undefined. Same threading rule as kv_get.
+ *  Returns KV_OK; KV_NOTFOUND; KV_NOMEM (`alloc` returned NULL, or the
+ *  value does not fit in memory); KV_BUSY; KV_IO; KV_CORRUPT; KV_SQLITE. */
+KV_API kv_status kv_get_into(kv_db *db, const void *key, size_t klen, size_t direct_min,
+                             kv_alloc_fn alloc, void *ctx, size_t *vlen);
+
 /** Release what kv_get lent (resets the read statement, ending its
  *  snapshot). Safe to call at any time; idempotent. */
 KV_API void kv_get_done(kv_db *db);
