@@ -750,3 +750,91 @@ def test_another_user_cannot_read_the_segment_or_registry(tmp_path):
         assert _in_child(as_nobody) == 0
     finally:
         assert w.kill(signal.SIGTERM) == 0
+
+
+# Run as nobody by setpriv: prints one word per check, exit status 0 when
+# every check went as argv[2] ("member" or "outsider") says it must.
+_AS_OTHER_USER = r"""
+import os, socket, struct, sys
+from kohakuvault import KVault
+db, role, socket_name = sys.argv[1], sys.argv[2], sys.argv[3]
+paths = sys.argv[4:]
+member = role == "member"
+for p in paths:                      # registry, segment, slot file
+    try:
+        os.close(os.open(p, os.O_RDWR))
+        opened = True
+    except PermissionError:
+        opened = False
+    assert opened == member, (role, p, opened)
+# the control socket: a STATUS is answered for a member only
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect("\0" + socket_name)
+try:
+    s.send(struct.pack("<IIiIQ", 0x4B565031, 6, 0, 0, 0))     # STATUS
+    reply = s.recv(65536)
+    answered = len(reply) > 0 and struct.unpack_from("<IIi", reply)[1:] == (0x106, 0)
+except OSError:
+    answered = False
+assert answered == member, (role, "status", answered)
+try:
+    kv = KVault(db, shared=True)
+except Exception as e:               # any refusal; never an attach
+    assert not member, f"member could not attach: {e!r}"
+    print("refused", type(e).__name__)
+    sys.exit(0)
+assert member, "an outsider attached"
+assert kv.shared
+assert kv["by-root"] == b"root's value"
+kv["by-member"] = b"nobody's value"
+kv.flush()
+print("attached")
+"""
+
+
+def test_the_group_option_admits_its_members_and_no_one_else():
+    """kvault-writer --group users: the registry, segment and slot file are
+    0660 and group users; a process of another uid (nobody, via setpriv) with
+    that group among its supplementary groups opens them, is answered on
+    the control socket, attaches, reads root's value and writes one that
+    root then reads; nobody without the group opens none of them, is not
+    answered and cannot attach."""
+    import grp
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to act as another user")
+    gid = grp.getgrnam("users").gr_gid
+    tmp = tempfile.mkdtemp(prefix="kvtest-group-", dir="/tmp")
+    os.chown(tmp, 0, gid)
+    os.chmod(tmp, 0o775)
+    db = os.path.join(tmp, "group.db")
+    KVault(db, shared=False).close()      # the database file, shared with the group too
+    os.chown(db, 0, gid)
+    os.chmod(db, 0o660)
+    w = Writer(db, "--group", "users", "--shards", "1", "--cache-size", "32M")
+    try:
+        with KVault(db, shared=True) as kv:
+            kv["by-root"] = b"root's value"
+        with open(db + "-kvault") as f:
+            reg = dict(line.split("=", 1) for line in f.read().splitlines() if "=" in line)
+        paths = [db + "-kvault", "/dev/shm" + reg["segment"], "/dev/shm" + reg["slots"]]
+        for p in paths:
+            st = os.stat(p)
+            assert (st.st_mode & 0o777, st.st_gid) == (0o660, gid), p
+        outcome = {}
+        for role, groups in (("member", ["--groups", str(gid)]), ("outsider", ["--clear-groups"])):
+            proc = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", *groups, sys.executable, "-c",
+                 _AS_OTHER_USER, db, role, reg["socket"], *paths],
+                capture_output=True, text=True, timeout=25, cwd=tmp)
+            assert proc.returncode == 0, (role, proc.stdout, proc.stderr[-2000:])
+            outcome[role] = proc.stdout.split()[0]
+        assert outcome == {"member": "attached", "outsider": "refused"}
+        with KVault(db, shared=True) as kv:
+            assert kv["by-member"] == b"nobody's value"
+            assert kv["by-root"] == b"root's value"
+    finally:
+        assert w.kill(signal.SIGTERM) == 0
+        shutil.rmtree(tmp, ignore_errors=True)
