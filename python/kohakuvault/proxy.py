@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import reprlib
 import sys
 import threading
@@ -1110,6 +1111,21 @@ def _spawn_writer(path, table):
             proc.wait()
 
 
+# A table name the engine accepts (engine/conn.c, kvi_table_name_valid): a
+# plain SQL identifier of at most 128 ASCII letters, digits and underscores,
+# not starting with a digit.
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def _check_table(table):
+    """``InvalidArgument`` for a table name no writer can serve, with the
+    message an embedded open gives, before the registry is looked at."""
+    if not isinstance(table, str):
+        raise InvalidArgument(f"table must be a str, not {type(table).__name__}")
+    if not _TABLE_NAME.fullmatch(table):
+        raise InvalidArgument(f"Invalid table name: {reprlib.repr(table)[1:-1]}")
+
+
 def _attach(path, table, shared):
     """``(attach, route)`` for ``KVault(path, shared=...)``: whether the
     object attaches to a kvault-writer (``_KVault(..., attach=True)``) or
@@ -1133,6 +1149,7 @@ def _attach(path, table, shared):
             "shared must be 'auto', 'spawn', True or False, got "
             f"{reprlib.repr(shared)} ({type(shared).__name__})"
         )
+    _check_table(table)
     auto = shared in ("auto", "spawn")
     if shared == "spawn" and path != ":memory:" and not path.startswith("file:") \
             and not _kvault._attach_served(path, table):
