@@ -1093,12 +1093,15 @@ def _spawn_writer(path, table):
     exe = writer_binary() or shutil.which("kvault-writer")
     real = os.path.realpath(path)
     os.makedirs(os.path.dirname(real) or ".", exist_ok=True)
-    with open(real + "-kvault.spawn", "a") as lock:
+    def private(name, flags):   # created 0600, as the writer's own files (docs/security.md)
+        return os.open(name, flags, 0o600)
+
+    with open(real + "-kvault.spawn", "a", opener=private) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if exe is None or _kvault._attach_served(path, table):
             return
         linger = os.environ.get("KVAULT_LINGER_MS", str(_SPAWN_LINGER_MS))
-        with open(real + "-kvault.log", "ab") as log:
+        with open(real + "-kvault.log", "ab", opener=private) as log:
             proc = subprocess.Popen(
                 [exe, "--table", table, "--linger-ms", linger, real],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
