@@ -71,10 +71,6 @@ extern unsigned kvshmi_fork_gen;
 
 /* slots.c */
 kvshm_status kvshmi_slots_create(kvshm_writer *w);
-/* Give a newly created object of the writer its access: fchown to cfg->gid
- * and mode 0660 with cfg->group_access, else mode 0600 (an fchmod, so the
- * umask never narrows or widens it). 0, or -1 with errno set. */
-int kvshmi_set_access(int fd, const kvshm_config *cfg);
 kvshm_status kvshmi_slots_open(kvshm_reader *r, const char *slot_name);
 /* The free-core gate (spinwait.h) of a client waiting on the writer: r's
  * slot-file spinner count, the writer's sleeping flag and r's slot mark. */
@@ -85,6 +81,10 @@ kvshm_status kvshmi_rehome(kvshm_reader *r);
 void kvshmi_membarrier_register(kvshm_reader *r);
 
 /* segment.c */
+/* Give a newly created object of the writer its access: fchown to cfg->gid
+ * and mode 0660 with cfg->group_access, else mode 0600 (an fchmod, so the
+ * umask never narrows or widens it). 0, or -1 with errno set. */
+int kvshmi_set_access(int fd, const kvshm_config *cfg);
 uint64_t kvshmi_layout_hash(void);
 
 /* segment.c: what an assertion or panic report prints about this process's

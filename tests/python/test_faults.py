@@ -866,3 +866,27 @@ def test_the_group_option_admits_its_members_and_no_one_else():
     finally:
         assert w.kill(signal.SIGTERM) == 0
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_the_group_option_needs_a_group_the_writer_can_give():
+    """A writer that is neither root nor a member of --group's group
+    refuses to start (exit status 2, the reason on stderr) and creates
+    nothing; an unknown group is refused the same way."""
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to act as another user")
+    tmp = tempfile.mkdtemp(prefix="kvtest-group-", dir="/tmp")
+    os.chmod(tmp, 0o777)
+    try:
+        db = os.path.join(tmp, "g.db")
+        for group, want in (("users", "not a member of group 'users'"),
+                            ("kv-no-such-group", "expected the name or gid of an existing group")):
+            r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                WRITER, "--group", group, db],
+                               capture_output=True, text=True, timeout=30)
+            assert r.returncode == 2 and want in r.stderr, (group, r.returncode, r.stderr)
+            assert os.listdir(tmp) == []
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

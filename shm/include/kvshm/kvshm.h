@@ -128,11 +128,12 @@ void kvshm_config_default(kvshm_config *cfg);
 typedef struct kvshm_writer kvshm_writer;
 
 /*
- * kvshm_writer_create: create the data segment and the slot file (mode 0600,
- * or 0660 and group cfg->gid with cfg->group_access; O_EXCL), reserve both with posix_fallocate, lay out the header and shards,
- * give each shard an empty active memtable and an empty tree, and publish
- * state READY with a release store. Writer only (the calling process becomes
- * the writer). *out is freed by kvshm_writer_destroy.
+ * kvshm_writer_create: create the data segment and the slot file (O_EXCL;
+ * mode 0600, or 0660 and group cfg->gid with cfg->group_access), reserve
+ * both with posix_fallocate, lay out the header and shards, give each shard
+ * an empty active memtable and an empty tree, and publish state READY with a
+ * release store. Writer only (the calling process becomes the writer).
+ * *out is freed by kvshm_writer_destroy.
  * Returns KVSHM_OK; KVSHM_E_INVAL (bad config: names, shards, sizes too small
  * for the shard regions); KVSHM_E_EXISTS (a name is taken -- unlink a stale
  * one with kvshm_unlink first); KVSHM_E_FULL (posix_fallocate: /dev/shm has no
