@@ -81,6 +81,10 @@ kvshm_status kvshmi_rehome(kvshm_reader *r);
 void kvshmi_membarrier_register(kvshm_reader *r);
 
 /* segment.c */
+/* Give a newly created object of the writer its access: fchown to cfg->gid
+ * and mode 0660 with cfg->group_access, else mode 0600 (an fchmod, so the
+ * umask never narrows or widens it). 0, or -1 with errno set. */
+int kvshmi_set_access(int fd, const kvshm_config *cfg);
 uint64_t kvshmi_layout_hash(void);
 
 /* segment.c: what an assertion or panic report prints about this process's

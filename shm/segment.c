@@ -3,7 +3,8 @@
  * sizes, posix_fallocate reservation, the header checks on attach (magic,
  * layout hash, size, generation, state), and status strings.
  *
- * The writer creates the segment O_EXCL with mode 0600, reserves every byte
+ * The writer creates the segment O_EXCL with mode 0600 (0660 and a group
+ * with the group option, kvshmi_set_access), reserves every byte
  * with posix_fallocate (so a full /dev/shm fails here, never as SIGBUS
  * later), lays out the header and the shard regions, publishes an empty view
  * per shard and sets state READY last with a release store. Readers map it
@@ -144,16 +145,23 @@ static kvshm_status sys_status(int e)
     }
 }
 
-/* Create a shm object of `bytes`, reserved, mode 0600, mapped read-write.
- * On failure the object is unlinked again and *err_no holds the errno. */
-static kvshm_status create_object(const char *name, uint64_t bytes, int *fd_out,
-                                  uint8_t **base_out, int *err_no)
+int kvshmi_set_access(int fd, const kvshm_config *cfg)
+{
+    if (cfg->group_access && fchown(fd, (uid_t)-1, (gid_t)cfg->gid) != 0) return -1;
+    return fchmod(fd, cfg->group_access ? 0660 : 0600);
+}
+
+/* Create a shm object of `bytes`, reserved, with the access of cfg
+ * (kvshmi_set_access), mapped read-write. On failure the object is unlinked
+ * again and *err_no holds the errno. */
+static kvshm_status create_object(const char *name, uint64_t bytes, const kvshm_config *cfg,
+                                  int *fd_out, uint8_t **base_out, int *err_no)
 {
     int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
     if (fd < 0) { *err_no = errno; return sys_status(errno); }
     void *p = MAP_FAILED;
     int e = 0;
-    if (fchmod(fd, 0600) != 0 || ftruncate(fd, (off_t)bytes) != 0)
+    if (kvshmi_set_access(fd, cfg) != 0 || ftruncate(fd, (off_t)bytes) != 0)
         e = errno;
     else if ((e = posix_fallocate(fd, 0, (off_t)bytes)) == 0 &&
              (p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED)
@@ -217,7 +225,7 @@ kvshm_status kvshm_writer_create(const kvshm_config *cfg, kvshm_writer **out)
     w->cfg.slot_name = w->slot_name;
 
     uint8_t *base = NULL;
-    st = create_object(cfg->seg_name, cfg->size_bytes, &w->seg.fd, &base, &w->err_no);
+    st = create_object(cfg->seg_name, cfg->size_bytes, cfg, &w->seg.fd, &base, &w->err_no);
     if (st) { writer_free(w); return st; }
     w->seg.base = base;
     w->seg.size = cfg->size_bytes;

@@ -82,7 +82,7 @@ kvshm_status kvshmi_slots_create(kvshm_writer *w)
     int fd = shm_open(w->slot_name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
     if (fd < 0) { w->err_no = errno; return errno == EEXIST ? KVSHM_E_EXISTS : KVSHM_E_SYS; }
     kvshm_status st = KVSHM_E_SYS;
-    if (fchmod(fd, 0600) != 0 || ftruncate(fd, (off_t)bytes) != 0) goto fail;
+    if (kvshmi_set_access(fd, &w->cfg) != 0 || ftruncate(fd, (off_t)bytes) != 0) goto fail;
     int rc = posix_fallocate(fd, 0, (off_t)bytes);
     if (rc) { w->err_no = rc; st = rc == ENOSPC ? KVSHM_E_FULL : KVSHM_E_SYS; goto fail; }
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);

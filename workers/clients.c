@@ -436,15 +436,34 @@ static void handle_request(wr_state *ws, wr_client *c)
     if (fd >= 0) close(fd);
 }
 
-/* Peer credentials (SO_PEERCRED): only processes of the writer's own user
- * (or root) may talk to it. The socket file is 0600 as well; this also holds
- * when the socket was reached another way (a passed descriptor, a chmod). */
-static int peer_allowed(int sock)
+/* Peer credentials: only processes of the writer's own user (or root) may
+ * talk to it, and with --group also processes whose effective or
+ * supplementary groups include that group. The socket is abstract, so no
+ * file mode guards it; this check also holds for a socket reached another
+ * way (a passed descriptor).
+ * The groups are the peer's own, as the kernel recorded them at connect()
+ * (SO_PEERGROUPS, Linux 4.13+): a process that dropped the group
+ * (setgroups) is refused although /etc/group lists its user, which a
+ * getgrouplist() of the peer's uid would miss, and no /proc/<pid> read can
+ * race with the pid being reused. */
+static int peer_allowed(const wr_state *ws, int sock)
 {
     struct ucred cr;
     socklen_t len = sizeof cr;
     if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0) return 0;
-    return cr.uid == geteuid() || cr.uid == 0;
+    if (cr.uid == geteuid() || cr.uid == 0) return 1;
+    if (!ws->o.group_access) return 0;
+    if (cr.gid == (gid_t)ws->o.gid) return 1;
+    gid_t few[64], *groups = few;
+    socklen_t glen = sizeof few;
+    int rc = getsockopt(sock, SOL_SOCKET, SO_PEERGROUPS, groups, &glen);
+    if (rc != 0 && errno == ERANGE && (groups = malloc(glen)) != NULL)
+        rc = getsockopt(sock, SOL_SOCKET, SO_PEERGROUPS, groups, &glen);
+    int allowed = 0;
+    for (size_t i = 0; rc == 0 && i < glen / sizeof *groups; i++)
+        allowed |= groups[i] == (gid_t)ws->o.gid;
+    if (groups != few) free(groups);
+    return allowed;
 }
 
 /* --linger-ms: once no process has been connected for linger_ms, ask the
@@ -490,7 +509,7 @@ void wr_sock_poll(wr_state *ws)
                 for (;;) {
                     int s = accept4(ws->lsock, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
                     if (s < 0) break;
-                    if (!peer_allowed(s)) { ws->stat_refused++; close(s); continue; }
+                    if (!peer_allowed(ws, s)) { ws->stat_refused++; close(s); continue; }
                     wr_client *c = client_new(ws, s);
                     if (!c) { close(s); continue; }
                     struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP,

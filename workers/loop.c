@@ -627,6 +627,8 @@ int wr_run(wr_state *ws)
     cfg.nslots = ws->o.nslots;
     cfg.memtable_bytes = ws->o.memtable_bytes;
     cfg.generation = ws->generation;
+    cfg.group_access = ws->o.group_access;
+    cfg.gid = ws->o.gid;
     kvshm_status ks = kvshm_writer_create(&cfg, &ws->w);
     if (ks != KVSHM_OK) {
         wr_log("create segment %s (%" PRIu64 " bytes): %s", ws->seg_name, ws->o.cache_bytes,

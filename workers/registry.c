@@ -64,6 +64,15 @@ int wr_registry_lock(wr_state *ws)
         wr_log("open %s: %s", ws->reg_path, strerror(errno));
         return -1;
     }
+    /* The access of this run, also on a file an earlier writer left: 0660
+     * and the group with --group (a failure ends the start), else 0600
+     * (best effort: a file of another owner keeps its mode). */
+    if (ws->o.group_access &&
+        (fchown(ws->reg_fd, (uid_t)-1, (gid_t)ws->o.gid) != 0 || fchmod(ws->reg_fd, 0660) != 0)) {
+        wr_log("give %s to group %u: %s", ws->reg_path, (unsigned)ws->o.gid, strerror(errno));
+        return -1;
+    }
+    if (!ws->o.group_access) (void)fchmod(ws->reg_fd, 0600);
     struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
     if (fcntl(ws->reg_fd, F_OFD_SETLK, &fl) != 0) {
         wr_log("%s is locked: another writer serves %s", ws->reg_path, ws->db_abs);

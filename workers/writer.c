@@ -28,6 +28,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdint.h>
@@ -64,7 +65,10 @@ static void usage(FILE *f)
         "  --slots N                attached processes at once (default 128)\n"
         "  --linger-ms MS           stop cleanly MS after the last client detached\n"
         "                           (at least 10 s before the first client connected)\n"
-        "                           (default: never; KVault(shared=\"spawn\") passes 2000)\n");
+        "                           (default: never; KVault(shared=\"spawn\") passes 2000)\n"
+        "  --group GROUP            also serve processes of GROUP (a name or gid): the\n"
+        "                           registry, segment and slot file get mode 0660 and\n"
+        "                           that group (default: the writer's user only, 0600)\n");
 }
 
 /* A size: a number with an optional K/M/G suffix (powers of 1024; "KiB",
@@ -107,6 +111,30 @@ static int bad_value(const char *opt, const char *value, const char *want)
     return -1;
 }
 
+/* --group: the group named (or numbered) `s` into o, which the writer must
+ * be able to give its files (fchown: root, or a member of the group).
+ * 0, or -1 with the reason on stderr. */
+static int parse_group(const char *s, wr_opts *o)
+{
+    struct group *g = getgrnam(s);
+    long long n;
+    if (!g && !parse_count(s, 0, UINT32_MAX - 1, &n)) g = getgrgid((gid_t)n);
+    if (!g) return bad_value("group", s, "the name or gid of an existing group (getent group)");
+    o->group_access = 1;
+    o->gid = (uint32_t)g->gr_gid;
+    if (geteuid() == 0 || getegid() == g->gr_gid) return 0;
+    int k = getgroups(0, NULL), member = 0;
+    gid_t *mine = k > 0 ? malloc((size_t)k * sizeof *mine) : NULL;
+    if (mine) k = getgroups(k, mine);
+    for (int i = 0; mine && i < k; i++) member |= mine[i] == g->gr_gid;
+    free(mine);
+    if (member) return 0;
+    fprintf(stderr, "kvault-writer: --group: this user is not a member of group '%s' "
+            "(gid %u), so it cannot give that group its files\n", g->gr_name,
+            (unsigned)g->gr_gid);
+    return -1;
+}
+
 static int parse_args(int argc, char **argv, wr_opts *o)
 {
     static const struct option longs[] = {
@@ -120,6 +148,7 @@ static int parse_args(int argc, char **argv, wr_opts *o)
         {"synchronous", required_argument, 0, 'y'},
         {"slots", required_argument, 0, 'n'},
         {"linger-ms", required_argument, 0, 'l'},
+        {"group", required_argument, 0, 'g'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -158,6 +187,9 @@ static int parse_args(int argc, char **argv, wr_opts *o)
         case 'b': o->batch_size = (uint64_t)n; break;
         case 'n': o->nslots = (uint32_t)n; break;
         case 'l': o->linger_ms = (int)n; break;
+        case 'g':
+            if (parse_group(optarg, o)) return -1;
+            break;
         case 'c':
             if (parse_size(optarg, &o->cache_bytes) || !o->cache_bytes)
                 return bad_value(opt, optarg, size_text);

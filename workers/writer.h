@@ -34,6 +34,8 @@ typedef struct wr_opts {
     int synchronous;             /* 0..3 */
     uint32_t nslots;
     int linger_ms;               /* exit this long after the last client left; < 0: never */
+    int group_access;            /* --group: peers of group `gid` admitted, files 0660 */
+    uint32_t gid;
 } wr_opts;
 
 /* One attached process. */

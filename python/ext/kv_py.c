@@ -1246,6 +1246,20 @@ static int spool(int fd, int to_fd, PyObject *ctx, uint64_t size, size_t chunk)
     return rc;
 }
 
+/* spool() as part of the object's call: with its lock held, so Python code
+ * of the reader or writer that calls the object again (close() included)
+ * is refused as inside the backend's own stream callbacks (kv_lock), and
+ * the object stays open. 0, or -1 with an exception set. */
+static int spool_locked(KVObject *self, int fd, int to_fd, PyObject *stream, uint64_t size,
+                        size_t chunk)
+{
+    if (kv_enter(self) < 0)
+        return -1;
+    int rc = spool(fd, to_fd, stream, size, chunk);
+    kv_unlock(self);
+    return rc;
+}
+
 /* An unnamed temporary file in the directory of the database `db_path`
  * (O_TMPFILE; where the file system lacks it, a file created and unlinked
  * at once), or -1 with errno. Spooling there keeps a large stream on disk,
@@ -1302,7 +1316,7 @@ static PyObject *put_stream(KVObject *self, const char *k, Py_ssize_t kn, PyObje
     if (fd < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
     st = KV_CALLBACK;
-    if (spool(fd, 1, reader, size, chunk) == 0)
+    if (spool_locked(self, fd, 1, reader, size, chunk) == 0)
         KV_CALL(self, st, 1, self->ops->put_fd(self->h, k, (size_t)kn, fd, size, chunk));
     close(fd);
     return none_unless(st);
@@ -1412,7 +1426,7 @@ static kv_status get_stream(KVObject *self, const char *k, Py_ssize_t kn, PyObje
         return KV_IO;
     }
     KV_CALL(self, st, 1, self->ops->get_to_fd(self->h, k, (size_t)kn, fd, chunk, written));
-    if (st == KV_OK && spool(fd, 0, writer, 0, chunk) < 0)
+    if (st == KV_OK && spool_locked(self, fd, 0, writer, 0, chunk) < 0)
         st = KV_CALLBACK;
     close(fd);
     return st;

@@ -4,7 +4,7 @@
                            [--commit-interval-ms MS] [--synchronous LEVEL]
                            [--port P] [--unix PATH] [--bind ADDR]
                            [--requirepass-file FILE] [--io auto|epoll|uring]
-                           [-- COMMAND ...]
+                           [--group GROUP] [-- COMMAND ...]
     kvault-launch status DB
     kvault-launch stop DB
     kvault-launch clean DB
@@ -17,8 +17,9 @@ ready, then
   - with --port and/or --unix: runs --readers kvault-reader processes that
     serve DB to Redis clients (RESP2, docs/resp.md). TCP: every reader binds
     --bind:--port (default 127.0.0.1) with SO_REUSEPORT and the kernel spreads
-    connections over them. Unix: the launcher creates the socket (mode 0600)
-    and hands the same listening socket to every reader. A reader that dies
+    connections over them. Unix: the launcher creates the socket (mode 0600,
+    or 0660 and GROUP with --group) and hands the same listening socket to
+    every reader. A reader that dies
     is restarted at once (within 1 s); its clients reconnect.
   (COMMAND and --port/--unix exclude each other.) It restarts the writer if
 it dies (a replacement that fails to start -- killed while it recovers,
@@ -26,6 +27,9 @@ it dies (a replacement that fails to start -- killed while it recovers,
 reported on stderr), and on Ctrl-C/SIGTERM stops the workers or readers, then
 lets the writer commit everything and exit. Without COMMAND it serves until
 interrupted. Exit status: the first non-zero worker status, else 0.
+--group GROUP (a name or gid) is passed to the writer: processes of other
+users in that group may attach, and the writer's files get mode 0660 and
+that group (docs/security.md).
 
 status: prints the writer's figures (keys cached, hits/misses, applied and
 committed sequence, memory used, attached processes), read over its socket,
@@ -53,6 +57,7 @@ Log lines on stderr start with an ISO-8601 local time stamp.
 import argparse
 import datetime
 import glob
+import grp
 import os
 import re
 import signal
@@ -165,7 +170,8 @@ def writer_command(args):
     cmd = [find_writer()]
     for opt, value in (("--shards", args.shards), ("--cache-size", args.cache_size),
                        ("--commit-interval-ms", args.commit_interval_ms),
-                       ("--synchronous", args.synchronous), ("--table", args.table)):
+                       ("--synchronous", args.synchronous), ("--table", args.table),
+                       ("--group", getattr(args, "group", None))):
         if value is not None:
             cmd += [opt, str(value)]
     cmd.append(args.db)
@@ -217,9 +223,10 @@ def restart_writer(args, stop):
     return None
 
 
-def listen_unix(path):
-    """A listening unix stream socket at path, created with mode 0600 (a
-    stale socket file there is replaced)."""
+def listen_unix(path, group=None):
+    """A listening unix stream socket at path, created with mode 0600, or
+    0660 and owned by group (a gid) when given (a stale socket file there is
+    replaced)."""
     try:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
@@ -231,6 +238,9 @@ def listen_unix(path):
         s.bind(path)
     finally:
         os.umask(old)
+    if group is not None:
+        os.chown(path, -1, group)
+        os.chmod(path, 0o660)
     s.listen(511)
     return s
 
@@ -256,7 +266,7 @@ class Readers:
     def __init__(self, args):
         self.args = args
         self.binary = find_reader()
-        self.usock = listen_unix(args.unix) if args.unix else None
+        self.usock = listen_unix(args.unix, group_id(args.group)) if args.unix else None
         self.procs = [None] * max(1, args.readers)
         for i in range(len(self.procs)):
             self.start(i, wait_ready=True)
@@ -483,6 +493,29 @@ def int_range(lo, hi=None):
     return parse
 
 
+def group_id(name):
+    """The gid of a group given by name or number (None: None). argparse
+    type of --group, which kvault-writer checks the same way."""
+    if name is None:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        pass
+    try:
+        return grp.getgrgid(int(name)).gr_gid
+    except (KeyError, ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(
+            f"expected the name or gid of an existing group, got {name!r} (getent group)"
+        ) from None
+
+
+def group_name(text):
+    """argparse type of --group: the text, once it names a group."""
+    group_id(text)
+    return text
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Descriptions kept as written, every option's default shown (an option
     whose default is "not given" says nothing)."""
@@ -533,6 +566,9 @@ def add_commands(sub):
                    help="clients must AUTH with this file's first line")
     s.add_argument("--io", metavar="LOOP", choices=["auto", "epoll", "uring"], default="auto",
                    help="the RESP readers' event loop: %(choices)s")
+    s.add_argument("--group", metavar="GROUP", type=group_name,
+                   help="also serve processes of other users in GROUP (name or gid): the "
+                   "writer's files and the --unix socket get mode 0660 and that group")
     s.set_defaults(func=cmd_serve)
     for name, (text, func) in COMMANDS.items():
         q = sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)

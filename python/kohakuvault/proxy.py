@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import reprlib
 import sys
 import threading
@@ -1092,12 +1093,15 @@ def _spawn_writer(path, table):
     exe = writer_binary() or shutil.which("kvault-writer")
     real = os.path.realpath(path)
     os.makedirs(os.path.dirname(real) or ".", exist_ok=True)
-    with open(real + "-kvault.spawn", "a") as lock:
+    def private(name, flags):   # created 0600, as the writer's own files (docs/security.md)
+        return os.open(name, flags, 0o600)
+
+    with open(real + "-kvault.spawn", "a", opener=private) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if exe is None or _kvault._attach_served(path, table):
             return
         linger = os.environ.get("KVAULT_LINGER_MS", str(_SPAWN_LINGER_MS))
-        with open(real + "-kvault.log", "ab") as log:
+        with open(real + "-kvault.log", "ab", opener=private) as log:
             proc = subprocess.Popen(
                 [exe, "--table", table, "--linger-ms", linger, real],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
@@ -1108,6 +1112,21 @@ def _spawn_writer(path, table):
         _SPAWNED.append(proc)
         if not line.startswith(b"ready"):
             proc.wait()
+
+
+# A table name the engine accepts (engine/conn.c, kvi_table_name_valid): a
+# plain SQL identifier of at most 128 ASCII letters, digits and underscores,
+# not starting with a digit.
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def _check_table(table):
+    """``InvalidArgument`` for a table name no writer can serve, with the
+    message an embedded open gives, before the registry is looked at."""
+    if not isinstance(table, str):
+        raise InvalidArgument(f"table must be a str, not {type(table).__name__}")
+    if not _TABLE_NAME.fullmatch(table):
+        raise InvalidArgument(f"Invalid table name: {reprlib.repr(table)[1:-1]}")
 
 
 def _attach(path, table, shared):
@@ -1133,6 +1152,7 @@ def _attach(path, table, shared):
             "shared must be 'auto', 'spawn', True or False, got "
             f"{reprlib.repr(shared)} ({type(shared).__name__})"
         )
+    _check_table(table)
     auto = shared in ("auto", "spawn")
     if shared == "spawn" and path != ":memory:" and not path.startswith("file:") \
             and not _kvault._attach_served(path, table):

@@ -1,5 +1,5 @@
 /* test_shm_segment.c - creating and attaching the data segment (header
- * checks, 0600, posix_fallocate) and the full read path through a view:
+ * checks, 0600 or 0660 with a group, posix_fallocate) and the full read path through a view:
  * active memtable -> frozen memtable -> CSB+tree, tombstones, cache
  * load/evict, ordered prefix iteration across shards, fork. */
 #include <fcntl.h>
@@ -24,21 +24,29 @@ static kvshm_status get(kvshm_reader *r, const char *k, char *buf, size_t cap, s
     return st;
 }
 
+/* stat of the shm object `name`, after checking its mode and group. */
+static struct stat shm_access(const char *name, mode_t mode, gid_t gid)
+{
+    char path[128];
+    struct stat sb;
+    snprintf(path, sizeof path, "/dev/shm%s", name);
+    cr_assert_eq(stat(path, &sb), 0);
+    cr_assert_eq(sb.st_mode & 0777, mode, "%s: mode %o", name, (unsigned)(sb.st_mode & 0777));
+    cr_assert_eq(sb.st_gid, gid, "%s: group %u", name, (unsigned)sb.st_gid);
+    return sb;
+}
+
 Test(shm_segment, create_attach_and_mode_0600)
 {
     kvshm_config c = shmt_config(8u << 20, 2);
     kvshm_writer *w;
+    mode_t old = umask(0);   /* the mode is set explicitly, never left to the umask */
     cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
-    char path[128];
-    struct stat sb;
-    snprintf(path, sizeof path, "/dev/shm%s", shmt_seg);
-    cr_assert_eq(stat(path, &sb), 0);
-    cr_assert_eq(sb.st_mode & 0777, 0600);
+    umask(old);
+    struct stat sb = shm_access(shmt_seg, 0600, getegid());
     cr_assert_eq((uint64_t)sb.st_size, c.size_bytes);
     cr_assert_geq((uint64_t)sb.st_blocks * 512, c.size_bytes, "posix_fallocate reserved every byte");
-    snprintf(path, sizeof path, "/dev/shm%s", shmt_slot);
-    cr_assert_eq(stat(path, &sb), 0);
-    cr_assert_eq(sb.st_mode & 0777, 0600);
+    shm_access(shmt_slot, 0600, getegid());
     kvshm_writer *w2;
     cr_assert_eq(kvshm_writer_create(&c, &w2), KVSHM_E_EXISTS);
     kvshm_reader *r;
@@ -49,6 +57,22 @@ Test(shm_segment, create_attach_and_mode_0600)
     kvshm_reader_detach(r);
     kvshm_writer_destroy(w, 1);
     cr_assert_eq(kvshm_reader_attach(shmt_seg, shmt_slot, &r), KVSHM_E_NOENT);
+}
+
+Test(shm_segment, group_access_gives_both_objects_0660_and_the_group)
+{
+    /* a group the process may give its files without privileges: its own
+     * effective group (the writer checks membership for --group) */
+    kvshm_config c = shmt_config(8u << 20, 1);
+    c.group_access = 1;
+    c.gid = (uint32_t)getegid();
+    kvshm_writer *w;
+    mode_t old = umask(0077);
+    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
+    umask(old);
+    shm_access(shmt_seg, 0660, getegid());
+    shm_access(shmt_slot, 0660, getegid());
+    kvshm_writer_destroy(w, 1);
 }
 
 Test(shm_segment, attach_rejects_bad_headers)

@@ -807,8 +807,9 @@ def scenario_iter_after_close(env, kind):
 
 
 def scenario_close_inside_call(env):
-    """KVault.close() from a put_file reader is refused (the call in
-    progress holds the vault); the vault stays usable and closes after."""
+    """KVault.close() from a put_file reader or a get_to_file writer is
+    refused (the call in progress holds the vault); the vault stays usable
+    and closes after."""
     kv, _ctx, _allowed = env.scratch("KVault")
     refused = []
 
@@ -818,9 +819,12 @@ def scenario_close_inside_call(env):
         except KohakuVaultError as e:
             refused.append(e)
 
-    kv.put_file(b"hostile/closing", _Hook(fire), size=3, chunk_size=1)
-    if not refused or kv.closed or kv.get(b"seed/b0") != SEED_KV[b"seed/b0"]:
-        raise AssertionError(f"close inside put_file: refused={refused}, closed={kv.closed}")
+    for call in (lambda: kv.put_file(b"hostile/closing", _Hook(fire), size=3, chunk_size=1),
+                 lambda: kv.get_to_file(b"hostile/closing", _Hook(fire), chunk_size=1)):
+        refused.clear()
+        call()
+        if not refused or kv.closed or kv.get(b"seed/b0") != SEED_KV[b"seed/b0"]:
+            raise AssertionError(f"close inside a stream: refused={refused}, closed={kv.closed}")
     kv.close()
     if not kv.closed:
         raise AssertionError("close() after the call did not close")
@@ -1033,6 +1037,36 @@ SCENARIOS = {
     "signal_tree": scenario_signal_tree,
 }
 
+# ---------------------------------------------------------------------------
+# The KVault rows again against attached objects: a kvault-writer serves the
+# child's seeded file, and "kva" / "kva_closed" are KVault(shared=True)
+# objects on it (the scenarios' scratch vaults too). Constructor rows run on
+# the served file with shared=True; the in-memory vault and the fresh files
+# (which no writer serves) stay with the embedded rows.
+# ---------------------------------------------------------------------------
+ATTACHED = "KVault-attached"
+
+
+def _beyond_shared_key_limit(r):
+    """A put of a key shared mode refuses: empty, or longer than 4096 bytes
+    encoded (docs/shared-mode.md, "Differences from embedded mode")."""
+    key = r.args[0] if r.method == "put" and r.args else None
+    if isinstance(key, str):
+        key = key.encode("utf-8", "surrogatepass")
+    return isinstance(key, bytes) and not 1 <= len(key) <= 4096
+
+
+for r in [r for r in ROWS if r.group == "KVault"]:
+    if r.recv in ("kv", "kv_closed"):
+        ROWS.append(r._replace(group=ATTACHED, recv="kva" + r.recv[2:],
+                               expect=(IA,) if _beyond_shared_key_limit(r) else r.expect))
+    elif r.recv == "scenario":
+        ROWS.append(r._replace(group=ATTACHED))
+    elif (r.recv == "module" and r.args and isinstance(r.args[0], Path)
+          and r.args[0].name in ("seed", "new") and r.kwargs.get("shared") is False):
+        ROWS.append(r._replace(group=ATTACHED, args=(Path("seed"),) + r.args[1:],
+                               kwargs=dict(r.kwargs, shared=True)))
+
 GROUPS = sorted({r.group for r in ROWS})
 
 
@@ -1074,21 +1108,39 @@ def _open_vkv(path):
 # kind → (open a store on a path, write the seed data into an open store)
 SEEDED_STORES = {
     "kv": (lambda p: KVault(p, shared=False), lambda kv: kv.update(SEED_KV)),
+    "kva": (lambda p: KVault(p, shared=True), lambda kv: kv.update(SEED_KV)),
     "tv": (TextVault, lambda tv: [tv.insert(t, v) for t, v in SEED_TEXT]),
     "vkv": (_open_vkv, lambda vkv: [vkv.insert(v, val) for v, val in SEED_VEC]),
 }
 
 
+def _start_writer(db):
+    """A kvault-writer serving db (ready), SIGTERMed if this child dies."""
+    from kohakuvault._writer import writer_binary
+
+    from conftest import die_with_parent
+
+    proc = subprocess.Popen([writer_binary(), "--cache-size", "32M", "--shards", "1", db],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=die_with_parent)
+    line = proc.stdout.readline()
+    if not line.startswith("ready"):
+        raise RuntimeError(f"kvault-writer did not start: {proc.stderr.read()[-2000:]}")
+    return proc
+
+
 class Env:
     """The child's receivers, built on first use, and the seeded data to check."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, group=""):
         self.tmp = tmp
         self.seed = os.path.join(tmp, "seed.db")
         self.objs: dict[str, Any] = {}
         self.seeded: set[str] = set()  # stores written with seed data
         self.n = 0
         os.mkdir(os.path.join(tmp, "a_dir"))
+        # the attached group: a writer serves the seeded file for every row
+        self.writer = _start_writer(self.seed) if group == ATTACHED else None
 
     def path(self, name):
         if name == "seed":
@@ -1111,6 +1163,8 @@ class Env:
         the seed file; the first one writes the seed data."""
         open_store, seed = SEEDED_STORES[kind]
         store = open_store(self.seed)
+        if kind == "kva":
+            kind = "kv"  # the same data, written through the writer
         if kind not in self.seeded:
             seed(store)
             self.seeded.add(kind)
@@ -1150,6 +1204,10 @@ class Env:
             obj = KVault(":memory:", shared=False)
         elif name == "kv_closed":
             obj = self._store("kv", closed=True)
+        elif name == "kva":
+            obj = self._store("kva")
+        elif name == "kva_closed":
+            obj = self._store("kva", closed=True)
         elif name == "cv":
             obj = self._cv()
         elif name == "icol":
@@ -1193,10 +1251,11 @@ class Env:
         in the final check), the context its calls need, and the exception
         classes its scenario calls may raise."""
         if kind == "KVault":
-            self._store("kv").close()
+            attached = self.writer is not None
+            self._store("kva" if attached else "kv").close()
             # closed (ValueError, §4.4) or a re-entrant call refused
             # (KohakuVaultError: it would wait for itself)
-            return KVault(self.seed, shared=False), None, (ValueError, KohakuVaultError)
+            return KVault(self.seed, shared=attached), None, (ValueError, KohakuVaultError)
         if kind == "TextVault":
             self._store("tv").close()
             return TextVault(self.seed), None, (InvalidArgument,)
@@ -1214,6 +1273,11 @@ class Env:
         """Problems found comparing the seeded file with the seed data."""
         problems = []
         gc.collect()
+        if self.writer is not None:  # it commits everything applied, then the file is read
+            self.writer.terminate()
+            if self.writer.wait(60) != 0:
+                problems.append(f"kvault-writer exited {self.writer.returncode}: "
+                                f"{self.writer.stderr.read()[-2000:]}")
         if "kv" in self.seeded:
             with KVault(self.seed, shared=False) as kv:
                 for k, v in SEED_KV.items():
@@ -1295,7 +1359,7 @@ def child_main(group, first):
     faulthandler.enable()
     rows = [(i, r) for i, r in enumerate(ALL_ROWS) if r.group == group and i >= first]
     with tempfile.TemporaryDirectory(prefix="kv-hostile-") as tmp:
-        env = Env(tmp)
+        env = Env(tmp, group)
         out = sys.stdout
         for i, r in rows:
             out.write(json.dumps({"begin": i}) + "\n")

@@ -217,6 +217,7 @@ def test_help_shows_defaults_and_names_every_command():
     (["--readers", "0"], "--readers"),
     (["--commit-interval-ms", "soon"], "--commit-interval-ms"),
     (["--port", "70000"], "--port"),
+    (["--group", "kv-no-such-group"], "--group"),
 ])
 def test_bad_serve_options_start_no_writer(tmp_path, args, option):
     db = str(tmp_path / "bad.db")
@@ -242,6 +243,7 @@ def test_sizes_parse_like_the_writer(size, expected):
     (["--cache-size", "lots"], "--cache-size"),
     (["--commit-interval-ms", "-1"], "--commit-interval-ms"),
     (["--synchronous", "sometimes"], "--synchronous"),
+    (["--group", "kv-no-such-group"], "--group"),
 ])
 def test_writer_rejects_bad_options_naming_them(tmp_path, args, option):
     db = str(tmp_path / "w.db")
@@ -359,3 +361,30 @@ def test_check_finds_broken_column_invariants(vault):
     assert "column 'ints': length 5001" in r.stdout
     assert "column 'names': element 0" in r.stdout
     assert "schema_version is '9'" in r.stdout
+
+
+def test_serve_group_reaches_the_writer_and_the_unix_socket(tmp_path):
+    """serve --group passes the group to kvault-writer, and the RESP unix
+    socket the launcher creates gets mode 0660 and that group."""
+    import grp
+    import stat as st
+
+    args = kv_launch.build_parser().parse_args(["serve", str(tmp_path / "g.db"), "--group",
+                                                "users"])
+    cmd = kv_launch.writer_command(args)
+    assert cmd[cmd.index("--group") + 1] == "users"
+    assert "--group" not in kv_launch.writer_command(
+        kv_launch.build_parser().parse_args(["serve", str(tmp_path / "g.db")]))
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the socket a group it is not in")
+    gid = grp.getgrnam("users").gr_gid
+    path = str(tmp_path / "g.sock")
+    s = kv_launch.listen_unix(path, kv_launch.group_id("users"))
+    try:
+        info = os.stat(path)
+        assert (st.S_IMODE(info.st_mode), info.st_gid) == (0o660, gid)
+    finally:
+        s.close()
+    s = kv_launch.listen_unix(path)
+    s.close()
+    assert st.S_IMODE(os.stat(path).st_mode) == 0o600

@@ -478,6 +478,8 @@ def test_spawn_starts_exactly_one_writer_for_racing_processes(tmp_path):
         time.sleep(0.1)
     assert _registry(db)["generation"] == "1"
     assert "stopping" in open(os.path.realpath(db) + "-kvault.log").read()
+    for suffix in ("-kvault.log", "-kvault.spawn"):   # private, as the registry
+        assert os.stat(os.path.realpath(db) + suffix).st_mode & 0o777 == 0o600, suffix
     rows = _rows(db)
     assert all(rows[f"w{i}".encode()] is not None for i in range(8))
 

@@ -203,6 +203,90 @@ def test_trees_reentrant_comparison_is_refused_not_crashing(cls):
     assert len(t) == 1
 
 
+class Key:
+    """An int-like key compared in Python code (so comparisons can run
+    arbitrary code in a subclass)."""
+
+    def __init__(self, v):
+        self.v = v
+
+    def __lt__(self, other):
+        return self.v < other.v
+
+    def __gt__(self, other):
+        return self.v > other.v
+
+    def __eq__(self, other):
+        return self.v == other.v
+
+    __hash__ = None
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 10, 100])
+@pytest.mark.parametrize("mutation", ["insert", "remove", "remove_target", "clear", "drop_refs",
+                                      "del_list", "collect", "raise"])
+def test_skiplist_remove_with_a_comparison_that_mutates_the_list(size, mutation):
+    """remove(key) where key's comparison inserts into, removes from or
+    clears the same list, drops the references to its keys or to the list,
+    runs the garbage collector, or raises: the call ends with a result or a
+    clean exception (the list refuses the re-entry with RuntimeError; the
+    comparison's own error propagates), never a crash, and the list is a
+    consistent ordered map afterwards. (A report had skl_remove crash in
+    PyObject_RichCompareBool; these are its sequences.)"""
+    holder = {"t": SkipList()}
+    keys = [Key(v) for v in range(0, 2 * size, 2)]
+    for k in keys:
+        holder["t"].insert(k, k.v)
+    seen = []
+
+    def mutate():
+        t = holder["t"]
+        if mutation == "insert":
+            t.insert(Key(-1), -1)
+        elif mutation == "remove":
+            t.remove(keys[0] if keys else Key(0))
+        elif mutation == "remove_target":
+            t.remove(target)
+        elif mutation == "clear":
+            t.clear()
+        elif mutation == "drop_refs":
+            keys.clear()
+        elif mutation == "del_list":
+            holder.clear()
+        elif mutation == "collect":
+            gc.collect()
+        else:
+            raise ValueError("comparison failed")
+
+    class Mutating(Key):
+        armed = True
+
+        def __lt__(self, other):
+            if Mutating.armed:
+                Mutating.armed = False
+                try:
+                    mutate()
+                except RuntimeError as e:   # the list refused the re-entry
+                    seen.append(e)
+            return Key.__lt__(self, other)
+
+    target = Mutating(size if size % 2 == 0 else size - 1)   # present for even sizes
+    t = holder.get("t")
+    remove = t.remove
+    del t
+    try:
+        remove(target)
+    except ValueError as e:
+        assert mutation == "raise" and "comparison failed" in str(e)
+    t = remove.__self__
+    if mutation in ("insert", "remove", "remove_target", "clear") and size:
+        assert seen and "re-entered" in str(seen[0])
+    got = [k.v for k in t.keys()]
+    assert got == sorted(got) and len(got) == len(t) == len(set(got))
+    for v in got:
+        assert t.get(Key(v)) == v
+
+
 # ---------------------------------------------------------------- CSBTree
 
 

@@ -114,6 +114,10 @@ typedef struct kvshm_config {
     uint64_t retire_limit_bytes;/* retired-but-pinned memory per shard above which
                                    the writer evicts the reader pinning it */
     uint64_t generation;        /* writer incarnation; bump on every restart */
+    int group_access;           /* nonzero: both objects get mode 0660 and group `gid`
+                                   (kvault-writer --group); 0: mode 0600, the creator's
+                                   own group */
+    uint32_t gid;               /* the group of group_access */
 } kvshm_config;
 #define KVSHM_MAX_SHARDS 256u
 
@@ -124,15 +128,17 @@ void kvshm_config_default(kvshm_config *cfg);
 typedef struct kvshm_writer kvshm_writer;
 
 /*
- * kvshm_writer_create: create the data segment and the slot file (mode 0600,
- * O_EXCL), reserve both with posix_fallocate, lay out the header and shards,
- * give each shard an empty active memtable and an empty tree, and publish
- * state READY with a release store. Writer only (the calling process becomes
- * the writer). *out is freed by kvshm_writer_destroy.
+ * kvshm_writer_create: create the data segment and the slot file (O_EXCL;
+ * mode 0600, or 0660 and group cfg->gid with cfg->group_access), reserve
+ * both with posix_fallocate, lay out the header and shards, give each shard
+ * an empty active memtable and an empty tree, and publish state READY with a
+ * release store. Writer only (the calling process becomes the writer).
+ * *out is freed by kvshm_writer_destroy.
  * Returns KVSHM_OK; KVSHM_E_INVAL (bad config: names, shards, sizes too small
  * for the shard regions); KVSHM_E_EXISTS (a name is taken -- unlink a stale
  * one with kvshm_unlink first); KVSHM_E_FULL (posix_fallocate: /dev/shm has no
- * room); KVSHM_E_SYS; KVSHM_E_NOMEM.
+ * room); KVSHM_E_SYS (also when the group cannot be given: fchown EPERM for a
+ * caller outside that group); KVSHM_E_NOMEM.
  */
 kvshm_status kvshm_writer_create(const kvshm_config *cfg, kvshm_writer **out);
 
