@@ -1656,11 +1656,14 @@ typedef struct {
     size_t first, n;
 } scan_unit;
 
-/* One scan job: units [u0, u1) against queries q[0..nq), one heap each. */
+/* One scan job: units [u0, u1) against queries q[0..nq), one heap each;
+ * with `claim`, the units are instead taken one at a time from the shared
+ * counter *claim (below u1) by every job of the scan. */
 typedef struct {
     const kv_vector *v;
     const scan_unit *units;
     size_t u0, u1;
+    size_t *claim;      /* shared next unit, or NULL */
     const uint8_t *q;   /* nq * row_bytes */
     size_t nq;
     kvk_heap *heaps;    /* nq heaps */
@@ -1673,7 +1676,11 @@ static void *scan_run(void *arg)
     size_t block = MANY_BLOCK_BYTES / v->row_bytes;
     if (block == 0 || j->nq == 1)
         block = (size_t)-1;
-    for (size_t u = j->u0; u < j->u1; u++) {
+    for (size_t u = j->u0;; u++) {
+        if (j->claim)
+            u = __atomic_fetch_add(j->claim, 1, __ATOMIC_RELAXED);
+        if (u >= j->u1)
+            break;
         const scan_unit *su = &j->units[u];
         /* block the rows so each block is read from memory once and stays
          * in cache while every query is scored against it */
@@ -1702,9 +1709,12 @@ static int auto_threads(const kv_vector *v, size_t rows)
 /*
  * Scan the copy for nq queries (prepared, nq * row_bytes bytes), keeping
  * the best k of each in heaps[qi] (storage k per heap, caller-owned).
- * Splits the rows into units of at most one chunk and, with several
- * threads, gives each thread a contiguous range of units and its own heaps,
- * merged at the end.
+ * Splits the rows into units of one chunk. With several threads each has
+ * its own heaps (merged at the end) and takes the next unscanned unit from
+ * a shared counter whenever it finishes one, so a thread that gets less
+ * CPU (a core shared with other work) scans fewer units instead of making
+ * the others wait for its share; the merge by (score, id) makes the result
+ * independent of which thread scanned what.
  */
 static kv_status scan_copy(kv_vector *v, const uint8_t *q, size_t nq, size_t k, kvk_heap *heaps)
 {
@@ -1725,7 +1735,7 @@ static kv_status scan_copy(kv_vector *v, const uint8_t *q, size_t nq, size_t k, 
         nt = nu ? (int)nu : 1;
     kv_status st = KV_OK;
     if (nt <= 1) {
-        scan_job j = {v, units, 0, nu, q, nq, heaps};
+        scan_job j = {v, units, 0, nu, NULL, q, nq, heaps};
         scan_run(&j);
         kvi_free(units);
         return KV_OK;
@@ -1738,18 +1748,11 @@ static kv_status scan_copy(kv_vector *v, const uint8_t *q, size_t nq, size_t k, 
         st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
         goto out;
     }
-    /* contiguous unit ranges of about rows/nt rows each */
-    size_t u = 0, acc = 0, per = rows / (size_t)nt + 1;
+    size_t claim = 0;
     for (int t = 0; t < nt; t++) {
-        jobs[t] = (scan_job){v, units, u, u, q, nq, th + (size_t)t * nq};
+        jobs[t] = (scan_job){v, units, 0, nu, &claim, q, nq, th + (size_t)t * nq};
         for (size_t qi = 0; qi < nq; qi++)
             jobs[t].heaps[qi] = (kvk_heap){store + ((size_t)t * nq + qi) * (k ? k : 1), 0, k};
-        size_t goal = per * (size_t)(t + 1);
-        while (u < nu && (acc < goal || t == nt - 1)) {
-            acc += units[u].n;
-            u++;
-        }
-        jobs[t].u1 = u;
     }
     /* jobs 1..nt-1 on new threads, job 0 on this one */
     int started = 1;
