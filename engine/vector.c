@@ -515,7 +515,22 @@ static int cache_find(vcache *c, int64_t id, vchunk **ch, size_t *slot)
  * Without the thread (it could not start, or an in-memory database) the
  * hook checkpoints in place as SQLite would. kv_vector_close stops and
  * joins the thread before its own final checkpoint.
+ *
+ * fork(): a thread inside SQLite may hold one of its process-wide mutexes
+ * (the unix VFS's, the allocator's), which would stay locked forever in a
+ * child. The threads hold g_ckpt_sqlite for every SQLite call they make,
+ * and a pthread_atfork handler takes it before the fork and releases it on
+ * both sides, so a fork waits for a running checkpoint to finish. The
+ * threads do not exist in a child; the child's copy of the handle must not
+ * be used (vector.h).
  */
+static pthread_mutex_t g_ckpt_sqlite = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t g_ckpt_once = PTHREAD_ONCE_INIT;
+
+static void ckpt_fork_prepare(void) { pthread_mutex_lock(&g_ckpt_sqlite); }
+static void ckpt_fork_release(void) { pthread_mutex_unlock(&g_ckpt_sqlite); }
+static void ckpt_atfork(void) { pthread_atfork(ckpt_fork_prepare, ckpt_fork_release, ckpt_fork_release); }
+
 static void *ckpt_main(void *arg)
 {
     vckpt *c = arg;
@@ -528,15 +543,19 @@ static void *ckpt_main(void *arg)
             break;
         c->pending = 0;
         pthread_mutex_unlock(&c->m);
+        pthread_mutex_lock(&g_ckpt_sqlite);
         if (!db && sqlite3_open_v2(c->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) ==
                        SQLITE_OK)
             (void)sqlite3_exec(db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
         if (db) /* errors only leave the WAL longer: the next wake-up retries */
             (void)sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        pthread_mutex_unlock(&g_ckpt_sqlite);
         pthread_mutex_lock(&c->m);
     }
     pthread_mutex_unlock(&c->m);
+    pthread_mutex_lock(&g_ckpt_sqlite);
     sqlite3_close_v2(db);
+    pthread_mutex_unlock(&g_ckpt_sqlite);
     return NULL;
 }
 
@@ -569,6 +588,7 @@ static void ckpt_init(kv_vector *v)
 {
     vckpt *c = &v->ckpt;
     const char *file = sqlite3_db_filename(v->db, "main");
+    pthread_once(&g_ckpt_once, ckpt_atfork);
     if (file && file[0] && (c->path = kvi_strdup(file))) {
         pthread_mutex_init(&c->m, NULL);
         pthread_cond_init(&c->c, NULL);
