@@ -430,7 +430,7 @@ static int64_t chunk_mark(const void *valid, const void *ids, size_t size)
  * when it was never loaded or another connection committed since). */
 static kv_status cache_refresh(kv_vector *v)
 {
-    int64_t dv;
+    int64_t dv = 0;
     kv_status st = data_version(v, &dv);
     if (st != KV_OK)
         return st;
@@ -1086,7 +1086,7 @@ static kv_status check_layout(kv_vector *v)
 /* In a write transaction: make the write state current. */
 static kv_status write_state(kv_vector *v)
 {
-    int64_t dv;
+    int64_t dv = 0;
     kv_status st = data_version(v, &dv);
     if (st != KV_OK || (v->ws_valid && v->ws_dv == dv))
         return st;
