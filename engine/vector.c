@@ -90,6 +90,7 @@ typedef struct vckpt {
     int started;       /* th runs */
     int stop;          /* ask th to exit */
     int pending;       /* a checkpoint is wanted */
+    int failed;        /* th could not open its connection and exited */
     char *path;        /* database file (owned); NULL: no checkpointer */
 } vckpt;
 
@@ -512,8 +513,9 @@ static int cache_find(vcache *c, int64_t id, vchunk **ch, size_t *slot)
  * which copies what no reader still needs without blocking readers or
  * writers (sqlite.org/wal.html, "Checkpointing"). The WAL is checkpointed
  * at the same frame count as before, only not on the writer's time.
- * Without the thread (it could not start, or an in-memory database) the
- * hook checkpoints in place as SQLite would. kv_vector_close stops and
+ * Without the thread (it could not start or could not open the file
+ * again, or an in-memory database) the hook checkpoints in place as SQLite
+ * would. kv_vector_close stops and
  * joins the thread before its own final checkpoint.
  *
  * fork(): a thread inside SQLite may hold one of its process-wide mutexes
@@ -544,13 +546,22 @@ static void *ckpt_main(void *arg)
         c->pending = 0;
         pthread_mutex_unlock(&c->m);
         pthread_mutex_lock(&g_ckpt_sqlite);
-        if (!db && sqlite3_open_v2(c->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) ==
-                       SQLITE_OK)
-            (void)sqlite3_exec(db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+        if (!db) {
+            if (sqlite3_open_v2(c->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) == SQLITE_OK) {
+                (void)sqlite3_exec(db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+            } else { /* the file cannot be opened again (moved, removed) */
+                sqlite3_close_v2(db);
+                db = NULL;
+            }
+        }
         if (db) /* errors only leave the WAL longer: the next wake-up retries */
             (void)sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
         pthread_mutex_unlock(&g_ckpt_sqlite);
         pthread_mutex_lock(&c->m);
+        if (!db) { /* the hook checkpoints in place from now on */
+            c->failed = 1;
+            break;
+        }
     }
     pthread_mutex_unlock(&c->m);
     pthread_mutex_lock(&g_ckpt_sqlite);
@@ -572,14 +583,16 @@ static int ckpt_hook(void *arg, sqlite3 *db, const char *schema, int frames)
         c->started = pthread_create(&c->th, NULL, ckpt_main, c) == 0;
         pthread_mutex_unlock(&c->m);
     }
-    if (!c->started) {
-        (void)sqlite3_wal_checkpoint_v2(db, schema, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-        return SQLITE_OK;
+    int inline_ckpt = !c->started;
+    if (c->started) {
+        pthread_mutex_lock(&c->m);
+        inline_ckpt = c->failed;
+        c->pending = 1;
+        pthread_cond_signal(&c->c);
+        pthread_mutex_unlock(&c->m);
     }
-    pthread_mutex_lock(&c->m);
-    c->pending = 1;
-    pthread_cond_signal(&c->c);
-    pthread_mutex_unlock(&c->m);
+    if (inline_ckpt)
+        (void)sqlite3_wal_checkpoint_v2(db, schema, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
     return SQLITE_OK;
 }
 
