@@ -506,12 +506,13 @@ AVX2 static long prep_f32_avx2(const void *src, void *dst, size_t dims, int norm
     __m256d s = _mm256_add_pd(s0, s1);
     __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
     double n2 = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
-    for (size_t j = i; j < dims; j++) {
+    for (size_t j = i; j < dims; j++) { /* any alignment: loads through memcpy */
         uint32_t u;
         memcpy(&u, p + j, 4);
         if ((u & F32_EXP_MASK) == F32_EXP_MASK)
             return (long)j;
-        n2 += (double)p[j] * p[j];
+        double f = ld_f32((const uint8_t *)(p + j));
+        n2 += f * f;
     }
     if (!normalise)
         return -1;
@@ -524,8 +525,10 @@ AVX2 static long prep_f32_avx2(const void *src, void *dst, size_t dims, int norm
     float *d = dst;
     for (i = 0; i + 4 <= dims; i += 4)
         _mm_storeu_ps(d + i, _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(p + i)), inv)));
-    for (; i < dims; i++)
-        d[i] = (float)(p[i] * invs);
+    for (; i < dims; i++) {
+        float f = (float)(ld_f32((const uint8_t *)(p + i)) * invs);
+        memcpy(d + i, &f, 4);
+    }
     return -1;
 }
 #endif
