@@ -3,7 +3,8 @@
  * top-k heap (definitions in vec_kernel.h).
  *
  * Sections: 1. scalar kernels  2. AVX2 kernels  3. AVX-512 kernels
- *           4. dispatch  5. top-k heap and the fused scan.
+ *           4. dispatch  5. top-k heap and the fused scan
+ *           6. row preparation (finite check, normalisation).
  */
 #include "vec_kernel.h"
 
@@ -447,4 +448,98 @@ void kvk_scan(kvk_score_fn fn, const void *q, const uint8_t *rows, size_t n, siz
         if (h->n == h->cap)
             bound = h->c[0].score;
     }
+}
+
+/* ====================================================================== */
+/* 6. Row preparation                                                       */
+/* ====================================================================== */
+
+/* An f32 bit pattern with every exponent bit set is an infinity or a NaN. */
+#define F32_EXP_MASK 0x7f800000u
+
+static long prep_f32_scalar(const void *src, void *dst, size_t dims, int normalise)
+{
+    const uint8_t *p = src;
+    double n2 = 0.0;
+    for (size_t i = 0; i < dims; i++) {
+        uint32_t u;
+        memcpy(&u, p + 4 * i, 4);
+        if ((u & F32_EXP_MASK) == F32_EXP_MASK)
+            return (long)i;
+        double f = ld_f32(p + 4 * i);
+        n2 += f * f;
+    }
+    if (!normalise)
+        return -1;
+    if (n2 == 0.0) {
+        memmove(dst, src, 4 * dims);
+        return -1;
+    }
+    double inv = 1.0 / __builtin_sqrt(n2);
+    uint8_t *d = dst;
+    for (size_t i = 0; i < dims; i++) {
+        float f = (float)(ld_f32(p + 4 * i) * inv);
+        memcpy(d + 4 * i, &f, 4);
+    }
+    return -1;
+}
+
+#if KVK_X86
+/* 8 floats per step: the exponent test on the bit patterns, the squares
+ * summed in two 4-lane double accumulators; the tail is scalar. */
+AVX2 static long prep_f32_avx2(const void *src, void *dst, size_t dims, int normalise)
+{
+    const float *p = src;
+    const __m256i emask = _mm256_set1_epi32((int)F32_EXP_MASK);
+    __m256d s0 = _mm256_setzero_pd(), s1 = s0;
+    size_t i = 0;
+    for (; i + 8 <= dims; i += 8) {
+        __m256 v = _mm256_loadu_ps(p + i);
+        __m256i e = _mm256_and_si256(_mm256_castps_si256(v), emask);
+        if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(e, emask)))
+            return prep_f32_scalar(p + i, NULL, 8, 0) + (long)i;
+        __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+        __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+        s0 = _mm256_fmadd_pd(lo, lo, s0);
+        s1 = _mm256_fmadd_pd(hi, hi, s1);
+    }
+    __m256d s = _mm256_add_pd(s0, s1);
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+    double n2 = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+    for (size_t j = i; j < dims; j++) { /* any alignment: loads through memcpy */
+        uint32_t u;
+        memcpy(&u, p + j, 4);
+        if ((u & F32_EXP_MASK) == F32_EXP_MASK)
+            return (long)j;
+        double f = ld_f32((const uint8_t *)(p + j));
+        n2 += f * f;
+    }
+    if (!normalise)
+        return -1;
+    if (n2 == 0.0) {
+        memmove(dst, src, 4 * dims);
+        return -1;
+    }
+    const double invs = 1.0 / __builtin_sqrt(n2);
+    const __m256d inv = _mm256_set1_pd(invs);
+    float *d = dst;
+    for (i = 0; i + 4 <= dims; i += 4)
+        _mm_storeu_ps(d + i, _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(p + i)), inv)));
+    for (; i < dims; i++) {
+        float f = (float)(ld_f32((const uint8_t *)(p + i)) * invs);
+        memcpy(d + i, &f, 4);
+    }
+    return -1;
+}
+#endif
+
+kvk_prep_fn kvk_prep_f32(kvk_isa isa)
+{
+    if (isa == KVK_SCALAR)
+        return prep_f32_scalar;
+#if KVK_X86
+    if (isa == KVK_AVX2 && cpu_has(KVK_AVX2, KV_VECTOR_F32))
+        return prep_f32_avx2;
+#endif
+    return NULL;
 }

@@ -79,4 +79,17 @@ void kvk_heap_sort(kvk_heap *h);
 void kvk_scan(kvk_score_fn fn, const void *q, const uint8_t *rows, size_t n, size_t row_bytes,
               size_t dims, const uint8_t *valid, size_t first, const int64_t *ids, kvk_heap *h);
 
+/** Check one f32 row of `dims` elements at `src` (any alignment) and, with
+ *  `normalise`, write it scaled to unit L2 length into `dst` (`dims`
+ *  floats, any alignment; a zero row is copied as is). The squared norm is
+ *  summed in double precision and each element becomes (float)(x / |x|)
+ *  computed in double, so every ISA level writes the same bytes up to the
+ *  order of the norm's double sum. Returns -1, or the index of the first
+ *  element that is not finite (dst is then undefined). */
+typedef long (*kvk_prep_fn)(const void *src, void *dst, size_t dims, int normalise);
+
+/** The row preparation function for level `isa` (NULL when that level is
+ *  not compiled in or the CPU lacks it; KVK_SCALAR always exists). */
+kvk_prep_fn kvk_prep_f32(kvk_isa isa);
+
 #endif /* KVAULT_VEC_KERNEL_H */

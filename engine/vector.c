@@ -52,6 +52,12 @@
  * and the queries scored against each block in one pass. */
 #define MANY_BLOCK_BYTES (64u << 10)
 #define MANY_GROUP 256
+/* Rows per multi-row INSERT of a bulk write (one statement amortises the
+ * statement's fixed cost and, for the values, the AUTOINCREMENT update). */
+#define INS_BATCH 64
+/* WAL frames after a commit from which the checkpointer is woken (SQLite's
+ * default wal_autocheckpoint). */
+#define CKPT_FRAMES 1000
 
 /* One chunk of the in-memory copy (also used for the unchunked rows, then
  * with valid == NULL: every slot valid). */
@@ -73,6 +79,21 @@ typedef struct vcache {
     int64_t dv;        /* PRAGMA data_version when loaded */
 } vcache;
 
+/* WAL checkpointer of a handle: a thread with its own connection that
+ * runs a passive checkpoint whenever a commit of the handle leaves
+ * CKPT_FRAMES frames or more in the WAL (section 3). */
+typedef struct vckpt {
+    pthread_t th;
+    pthread_mutex_t m;
+    pthread_cond_t c;
+    int sync_init;     /* m and c initialised */
+    int started;       /* th runs */
+    int stop;          /* ask th to exit */
+    int pending;       /* a checkpoint is wanted */
+    int failed;        /* th could not open its connection and exited */
+    char *path;        /* database file (owned); NULL: no checkpointer */
+} vckpt;
+
 struct kv_vector {
     sqlite3 *db;              /* owned connection */
     char *table;              /* owned table name */
@@ -84,6 +105,7 @@ struct kv_vector {
     int vec0;                 /* table is sqlite-vec vec0 (read-only) */
     int threads;              /* 0 = automatic */
     kvk_score_fn score;       /* kernel for (metric, elem) */
+    kvk_prep_fn prep;         /* f32 row check and normalisation */
     uint8_t *scratch;         /* row_bytes-sized buffer for normalised copies */
     vcache cache;
     /* write state, valid while ws_dv == data_version */
@@ -93,6 +115,8 @@ struct kv_vector {
     sqlite3_stmt *st_dv;        /* PRAGMA data_version */
     sqlite3_stmt *st_ins_val;   /* INSERT INTO t_values(value) VALUES(?1) */
     sqlite3_stmt *st_ins_row;   /* INSERT INTO t VALUES(?1..?5) */
+    sqlite3_stmt *st_ins_vals;  /* INSERT INTO t_values(value): INS_BATCH rows */
+    sqlite3_stmt *st_ins_rows;  /* INSERT INTO t: INS_BATCH chunked rows (id, ref, chunk, slot) */
     sqlite3_stmt *st_ins_chunk; /* INSERT INTO t_chunks VALUES(?1..?4) */
     sqlite3_stmt *st_ins_cvec;  /* INSERT INTO t_chunk_vectors VALUES(?1, ?2) */
     sqlite3_stmt *st_wstate;    /* max id, max chunk_id */
@@ -113,6 +137,7 @@ struct kv_vector {
     sqlite3_stmt *st_upd_val;   /* UPDATE t_values SET value=?1 WHERE id=?2 */
     sqlite3_stmt *st_count;     /* SELECT COUNT(*) FROM t */
     kvi_err err;                /* last failure */
+    vckpt ckpt;                 /* WAL checkpoints off the writing thread */
 };
 
 /* ====================================================================== */
@@ -244,26 +269,6 @@ static size_t chunk_rows_for(size_t row_bytes)
 {
     size_t n = (CHUNK_TARGET_BYTES / row_bytes) & ~(size_t)63;
     return n < 64 ? 64 : n > 4096 ? 4096 : n;
-}
-
-/* L2-normalise n f32 rows in place (zero rows stay zero). */
-static void normalise_rows(uint8_t *rows, size_t n, size_t dims)
-{
-    for (size_t r = 0; r < n; r++) {
-        uint8_t *p = rows + r * 4 * dims;
-        double n2 = 0.0;
-        for (size_t i = 0; i < dims; i++) {
-            double f = load_f32(p + 4 * i);
-            n2 += f * f;
-        }
-        if (n2 == 0.0)
-            continue;
-        double inv = 1.0 / sqrt(n2);
-        for (size_t i = 0; i < dims; i++) {
-            float f = (float)(load_f32(p + 4 * i) * inv);
-            memcpy(p + 4 * i, &f, 4);
-        }
-    }
 }
 
 /* ====================================================================== */
@@ -400,8 +405,9 @@ static kv_status load_chunk(kv_vector *v, sqlite3_stmt *s, vchunk *ch)
         memcpy(ch->vecs, sqlite3_column_blob(s, 4), n * v->row_bytes);
     if (refs)
         memcpy(ch->refs, sqlite3_column_blob(s, 5), n * 8);
-    if (v->vec0 && v->metric == KV_VECTOR_COSINE)
-        normalise_rows(ch->vecs, n, v->dims); /* vec0 stores what it was given */
+    if (v->vec0 && v->metric == KV_VECTOR_COSINE) /* vec0 stores what it was given */
+        for (size_t r = 0; r < n; r++)
+            v->prep(ch->vecs + r * v->row_bytes, ch->vecs + r * v->row_bytes, v->dims, 1);
     return KV_OK;
 }
 
@@ -425,7 +431,7 @@ static int64_t chunk_mark(const void *valid, const void *ids, size_t size)
  * when it was never loaded or another connection committed since). */
 static kv_status cache_refresh(kv_vector *v)
 {
-    int64_t dv;
+    int64_t dv = 0;
     kv_status st = data_version(v, &dv);
     if (st != KV_OK)
         return st;
@@ -496,6 +502,134 @@ static int cache_find(vcache *c, int64_t id, vchunk **ch, size_t *slot)
 /* 3. Open / close                                                          */
 /* ====================================================================== */
 
+/*
+ * Checkpoints. A commit that crosses wal_autocheckpoint makes SQLite copy
+ * the WAL into the database file inside that COMMIT, in the caller's
+ * thread: for a bulk insert that copy (a read and a write per page, then
+ * an fdatasync of each file) costs more than writing the data to the WAL.
+ * A handle instead installs a WAL hook (which replaces SQLite's automatic
+ * checkpoint on its connection) that wakes a thread of its own; the thread
+ * opens its own connection to the file and runs a PASSIVE checkpoint,
+ * which copies what no reader still needs without blocking readers or
+ * writers (sqlite.org/wal.html, "Checkpointing"). The WAL is checkpointed
+ * at the same frame count as before, only not on the writer's time.
+ * Without the thread (it could not start or could not open the file
+ * again, or an in-memory database) the hook checkpoints in place as SQLite
+ * would. kv_vector_close stops and
+ * joins the thread before its own final checkpoint.
+ *
+ * fork(): a thread inside SQLite may hold one of its process-wide mutexes
+ * (the unix VFS's, the allocator's), which would stay locked forever in a
+ * child. The threads hold g_ckpt_sqlite for every SQLite call they make,
+ * and a pthread_atfork handler takes it before the fork and releases it on
+ * both sides, so a fork waits for a running checkpoint to finish. The
+ * threads do not exist in a child; the child's copy of the handle must not
+ * be used (vector.h).
+ */
+static pthread_mutex_t g_ckpt_sqlite = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t g_ckpt_once = PTHREAD_ONCE_INIT;
+
+static void ckpt_fork_prepare(void) { pthread_mutex_lock(&g_ckpt_sqlite); }
+static void ckpt_fork_release(void) { pthread_mutex_unlock(&g_ckpt_sqlite); }
+static void ckpt_atfork(void) { pthread_atfork(ckpt_fork_prepare, ckpt_fork_release, ckpt_fork_release); }
+
+static void *ckpt_main(void *arg)
+{
+    vckpt *c = arg;
+    sqlite3 *db = NULL;
+    pthread_mutex_lock(&c->m);
+    for (;;) {
+        while (!c->stop && !c->pending)
+            pthread_cond_wait(&c->c, &c->m);
+        if (c->stop)
+            break;
+        c->pending = 0;
+        pthread_mutex_unlock(&c->m);
+        pthread_mutex_lock(&g_ckpt_sqlite);
+        if (!db) {
+            if (sqlite3_open_v2(c->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) == SQLITE_OK) {
+                (void)sqlite3_exec(db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+            } else { /* the file cannot be opened again (moved, removed) */
+                sqlite3_close_v2(db);
+                db = NULL;
+            }
+        }
+        if (db) /* errors only leave the WAL longer: the next wake-up retries */
+            (void)sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        pthread_mutex_unlock(&g_ckpt_sqlite);
+        pthread_mutex_lock(&c->m);
+        if (!db) { /* the hook checkpoints in place from now on */
+            c->failed = 1;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&c->m);
+    pthread_mutex_lock(&g_ckpt_sqlite);
+    sqlite3_close_v2(db);
+    pthread_mutex_unlock(&g_ckpt_sqlite);
+    return NULL;
+}
+
+/* sqlite3_wal_hook callback, after each commit of the handle's connection
+ * with the WAL's frame count. */
+static int ckpt_hook(void *arg, sqlite3 *db, const char *schema, int frames)
+{
+    kv_vector *v = arg;
+    vckpt *c = &v->ckpt;
+    if (frames < CKPT_FRAMES)
+        return SQLITE_OK;
+    if (c->path && !c->started && !c->stop) {
+        pthread_mutex_lock(&c->m);
+        c->started = pthread_create(&c->th, NULL, ckpt_main, c) == 0;
+        pthread_mutex_unlock(&c->m);
+    }
+    int inline_ckpt = !c->started;
+    if (c->started) {
+        pthread_mutex_lock(&c->m);
+        inline_ckpt = c->failed;
+        c->pending = 1;
+        pthread_cond_signal(&c->c);
+        pthread_mutex_unlock(&c->m);
+    }
+    if (inline_ckpt)
+        (void)sqlite3_wal_checkpoint_v2(db, schema, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    return SQLITE_OK;
+}
+
+/* Install the hook on v->db (the thread starts at the first wake-up). */
+static void ckpt_init(kv_vector *v)
+{
+    vckpt *c = &v->ckpt;
+    const char *file = sqlite3_db_filename(v->db, "main");
+    pthread_once(&g_ckpt_once, ckpt_atfork);
+    if (file && file[0] && (c->path = kvi_strdup(file))) {
+        pthread_mutex_init(&c->m, NULL);
+        pthread_cond_init(&c->c, NULL);
+        c->sync_init = 1;
+    } else {
+        kvi_free(c->path);
+        c->path = NULL;
+    }
+    sqlite3_wal_hook(v->db, ckpt_hook, v);
+}
+
+/* Stop and join the thread, free the rest. */
+static void ckpt_stop(vckpt *c)
+{
+    if (c->sync_init) {
+        pthread_mutex_lock(&c->m);
+        c->stop = 1;
+        pthread_cond_signal(&c->c);
+        pthread_mutex_unlock(&c->m);
+        if (c->started)
+            pthread_join(c->th, NULL);
+        pthread_cond_destroy(&c->c);
+        pthread_mutex_destroy(&c->m);
+    }
+    kvi_free(c->path);
+    memset(c, 0, sizeof *c);
+}
+
 const char *kv_vector_errmsg(const kv_vector *v) { return v ? v->err.msg : ""; }
 
 void kv_vector_free(void *p) { kvi_free(p); }
@@ -508,7 +642,9 @@ void kv_vector_close(kv_vector *v)
 {
     if (!v)
         return;
+    ckpt_stop(&v->ckpt);
     sqlite3_stmt *sts[] = {v->st_dv,        v->st_ins_val,  v->st_ins_row, v->st_ins_chunk,
+                           v->st_ins_vals,  v->st_ins_rows,
                            v->st_ins_cvec,  v->st_wstate,   v->st_unchunked, v->st_move,
                            v->st_last,      v->st_above,    v->st_layout,
                            v->st_load,      v->st_load_tail, v->st_get_val, v->st_get_row,
@@ -709,16 +845,29 @@ static kv_status ensure_schema(kv_vector *v)
             return st;                                                 \
     } while (0)
 
+/* INS_BATCH copies of `tuple` joined by commas, in buf. */
+static const char *repeat_tuple(char *buf, size_t len, const char *tuple)
+{
+    size_t at = 0;
+    for (int i = 0; i < INS_BATCH; i++)
+        at += (size_t)snprintf(buf + at, len - at, "%s%s", i ? "," : "", tuple);
+    KV_ASSERT_INTERNAL(at < len);
+    return buf;
+}
+
 /* Statements of the native layout. */
 static kv_status prepare_native(kv_vector *v)
 {
-    char sql[1024];
+    char sql[2048], tup[INS_BATCH * 20];
     kv_status st;
     const char *table = v->table;
     PREP(v->st_ins_val, "INSERT INTO \"%s_values\"(value) VALUES(?1)", table);
     PREP(v->st_ins_row,
          "INSERT INTO \"%s\"(id, value_ref, vector, chunk_id, chunk_offset) VALUES(?1, ?2, ?3, ?4, ?5)",
          table);
+    PREP(v->st_ins_vals, "INSERT INTO \"%s_values\"(value) VALUES%s", table, repeat_tuple(tup, sizeof tup, "(?)"));
+    PREP(v->st_ins_rows, "INSERT INTO \"%s\"(id, value_ref, vector, chunk_id, chunk_offset) VALUES%s", table,
+         repeat_tuple(tup, sizeof tup, "(?, ?, x'', ?, ?)"));
     PREP(v->st_ins_chunk, "INSERT INTO \"%s_chunks\"(chunk_id, size, validity, rowids) VALUES(?1, ?2, ?3, ?4)",
          table);
     PREP(v->st_ins_cvec, "INSERT INTO \"%s_chunk_vectors\"(chunk_id, vectors) VALUES(?1, ?2)", table);
@@ -828,6 +977,7 @@ kv_status kv_vector_open(const char *path, const char *table, size_t dims, kv_ve
     o.nomutex = 1;
     if ((st = kvi_conn_open(path, &o, &v->db, msg, sizeof msg)) != KV_OK)
         goto fail;
+    ckpt_init(v);
 
     snprintf(sql, sizeof sql, "PRAGMA data_version");
     if ((st = kvi_prepare(v->db, sql, &v->st_dv, &v->err)) != KV_OK)
@@ -857,6 +1007,7 @@ kv_status kv_vector_open(const char *path, const char *table, size_t dims, kv_ve
     if ((st = kvi_prepare(v->db, sql, &v->st_get_val, &v->err)) != KV_OK)
         goto fail_msg;
     v->score = kvk_kernel(v->metric, v->elem, kvk_best_isa(v->metric, v->elem));
+    v->prep = kvk_prep_f32(KVK_AVX2) ? kvk_prep_f32(KVK_AVX2) : kvk_prep_f32(KVK_SCALAR);
     sqlite3_free(vsql);
     *out = v;
     return KV_OK;
@@ -885,34 +1036,15 @@ static const void *prepare_rows(kv_vector *v, const void *vec, size_t n, uint8_t
     *st = KV_OK;
     if (v->elem != KV_VECTOR_F32)
         return vec;
-    const uint8_t *p = vec;
-    int copy = 0;
+    const int norm = v->metric == KV_VECTOR_COSINE;
     for (size_t r = 0; r < n; r++) {
-        const uint8_t *row = p + r * v->row_bytes;
-        double norm2 = 0.0;
-        for (size_t i = 0; i < v->dims; i++) {
-            float f = load_f32(row + 4 * i);
-            if (!isfinite(f)) {
-                *st = kvi_err_set(&v->err, KV_INVALID, "vector element %zu is not finite", i);
-                return NULL;
-            }
-            norm2 += (double)f * f;
+        long bad = v->prep((const uint8_t *)vec + r * v->row_bytes, buf + r * v->row_bytes, v->dims, norm);
+        if (bad >= 0) {
+            *st = kvi_err_set(&v->err, KV_INVALID, "vector element %ld is not finite", bad);
+            return NULL;
         }
-        if (v->metric != KV_VECTOR_COSINE)
-            continue;
-        uint8_t *dst = buf + r * v->row_bytes;
-        if (norm2 == 0.0) {
-            memcpy(dst, row, v->row_bytes);
-        } else {
-            double inv = 1.0 / sqrt(norm2);
-            for (size_t i = 0; i < v->dims; i++) {
-                float f = (float)(load_f32(row + 4 * i) * inv);
-                memcpy(dst + 4 * i, &f, 4);
-            }
-        }
-        copy = 1;
     }
-    return copy ? buf : vec;
+    return norm ? buf : vec;
 }
 
 static int check_bytes(kv_vector *v, size_t vbytes, size_t n, kv_status *st)
@@ -967,7 +1099,7 @@ static kv_status check_layout(kv_vector *v)
 /* In a write transaction: make the write state current. */
 static kv_status write_state(kv_vector *v)
 {
-    int64_t dv;
+    int64_t dv = 0;
     kv_status st = data_version(v, &dv);
     if (st != KV_OK || (v->ws_valid && v->ws_dv == dv))
         return st;
@@ -1108,18 +1240,34 @@ static kv_status put_row(kv_vector *v, int64_t id, int64_t ref, const uint8_t *v
     return kvi_store_step_done(&v->err, v->db, v->st_ins_row, "insert vector");
 }
 
+/* Copy `count` rows from src to dst, L2-normalising each when `norm`
+ * (the rows were checked by prepare_rows). */
+static void take_rows(const kv_vector *v, uint8_t *dst, const uint8_t *src, size_t count, int norm)
+{
+    if (!norm) {
+        memcpy(dst, src, count * v->row_bytes);
+        return;
+    }
+    for (size_t r = 0; r < count; r++)
+        v->prep(src + r * v->row_bytes, dst + r * v->row_bytes, v->dims, 1);
+}
+
 /*
  * Inside a write transaction with a current write state: add rows
- * ids[i] / refs[i] / rows[0..n) (prepared bytes; ids ascending, above every
- * stored id). The sequence S = (the U unchunked rows, oldest first) then
- * the new rows is cut into chunks of C = chunk_rows from its front while C
- * rows remain; the rest stays unchunked. A chunk made only of new rows is
- * written straight from the caller's buffer; old rows are read back only
- * when a chunk takes them. On success *next_chunk, *left and *mark receive
- * the write state after the write (applied to v by the caller once the
- * transaction commits).
+ * ids[i] / refs[i] / rows[0..n) (ids ascending, above every stored id).
+ * The rows are stored as they are, or L2-normalised on the way when `norm`
+ * (checked rows of a cosine table: each chunk is normalised into a
+ * chunk-sized buffer just before it is written, so no copy of the whole
+ * input is made). The sequence S = (the U unchunked rows, oldest first)
+ * then the new rows is cut into chunks of C = chunk_rows from its front
+ * while C rows remain; the rest stays unchunked. A chunk made only of new
+ * rows is written straight from the caller's buffer when no normalisation
+ * is needed; old rows are read back only when a chunk takes them. The map
+ * rows of a chunk's new rows are inserted INS_BATCH per statement. On
+ * success *next_chunk, *left and *mark receive the write state after the
+ * write (applied to v by the caller once the transaction commits).
  */
-static kv_status put_rows(kv_vector *v, size_t n, const uint8_t *rows, const int64_t *ids,
+static kv_status put_rows(kv_vector *v, size_t n, const uint8_t *rows, int norm, const int64_t *ids,
                           const int64_t *refs, int64_t *next_chunk, int64_t *left, int64_t *mark)
 {
     size_t C = v->chunk_rows, U = (size_t)v->unchunked, total = U + n, nch = total / C;
@@ -1128,30 +1276,43 @@ static kv_status put_rows(kv_vector *v, size_t n, const uint8_t *rows, const int
     uint8_t *old_vecs = NULL, *cvecs = NULL;
     kv_status st = KV_OK;
     *mark = v->mark;
-    if (nch && U) {
-        old_ids = kvi_malloc(U * 8);
-        old_vecs = mi_malloc_aligned(U * rb, 64);
-        cids = kvi_malloc(C * 8);
-        cvecs = mi_malloc_aligned(C * rb, 64);
-        if (!old_ids || !old_vecs || !cids || !cvecs)
-            st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
-        else
-            st = read_unchunked(v, U, old_ids, old_vecs);
-    }
+    if (nch && U && (!(old_ids = kvi_malloc(U * 8)) || !(old_vecs = mi_malloc_aligned(U * rb, 64)) ||
+                     !(cids = kvi_malloc(C * 8))))
+        st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+    if (st == KV_OK && nch && (U || norm) && !(cvecs = mi_malloc_aligned(C * rb, 64)))
+        st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+    if (st == KV_OK && nch && U)
+        st = read_unchunked(v, U, old_ids, old_vecs);
     for (size_t c = 0; c < nch && st == KV_OK; c++, cid++) {
         size_t start = c * C;
         const int64_t *pid = ids + (start - (start >= U ? U : start));
         const uint8_t *pvec = rows + (start >= U ? (start - U) * rb : 0);
         if (start < U) { /* takes old rows: gather into one buffer */
-            for (size_t j = 0, s = start; j < C; j++, s++) {
-                cids[j] = s < U ? old_ids[s] : ids[s - U];
-                memcpy(cvecs + j * rb, s < U ? old_vecs + s * rb : rows + (s - U) * rb, rb);
-            }
+            size_t old = U - start < C ? U - start : C;
+            memcpy(cids, old_ids + start, old * 8);
+            memcpy(cids + old, ids, (C - old) * 8);
+            memcpy(cvecs, old_vecs + start * rb, old * rb);
+            take_rows(v, cvecs + old * rb, rows, C - old, norm);
             pid = cids;
+            pvec = cvecs;
+        } else if (norm) {
+            take_rows(v, cvecs, pvec, C, 1);
             pvec = cvecs;
         }
         st = write_chunk(v, cid, pid, pvec, C);
         for (size_t j = 0, s = start; j < C && st == KV_OK; j++, s++) {
+            if (s >= U && j + INS_BATCH <= C) { /* INS_BATCH new rows in one statement */
+                for (int b = 0; b < INS_BATCH; b++) {
+                    sqlite3_bind_int64(v->st_ins_rows, 4 * b + 1, ids[s - U + (size_t)b]);
+                    sqlite3_bind_int64(v->st_ins_rows, 4 * b + 2, refs[s - U + (size_t)b]);
+                    sqlite3_bind_int64(v->st_ins_rows, 4 * b + 3, cid);
+                    sqlite3_bind_int64(v->st_ins_rows, 4 * b + 4, (int64_t)(j + (size_t)b));
+                }
+                st = kvi_store_step_done(&v->err, v->db, v->st_ins_rows, "insert vectors");
+                j += INS_BATCH - 1;
+                s += INS_BATCH - 1;
+                continue;
+            }
             if (s >= U) {
                 st = put_row(v, ids[s - U], refs[s - U], NULL, cid, j);
                 continue;
@@ -1163,8 +1324,14 @@ static kv_status put_rows(kv_vector *v, size_t n, const uint8_t *rows, const int
         }
         *mark = pid[C - 1];
     }
-    for (size_t s = nch * C > U ? nch * C : U; s < total && st == KV_OK; s++)
-        st = put_row(v, ids[s - U], refs[s - U], rows + (s - U) * rb, 0, 0);
+    for (size_t s = nch * C > U ? nch * C : U; s < total && st == KV_OK; s++) {
+        const uint8_t *row = rows + (s - U) * rb;
+        if (norm) {
+            take_rows(v, v->scratch, row, 1, 1);
+            row = v->scratch;
+        }
+        st = put_row(v, ids[s - U], refs[s - U], row, 0, 0);
+    }
     kvi_free(old_ids);
     kvi_free(old_vecs);
     kvi_free(cids);
@@ -1175,29 +1342,56 @@ static kv_status put_rows(kv_vector *v, size_t n, const uint8_t *rows, const int
 }
 
 /*
- * Insert n prepared rows in one write transaction: values vals[i]
- * (vlens[i] bytes; vals NULL: all empty) and vectors rows[0..n). Ids are
- * assigned consecutively from max(id)+1 into ids[].
+ * Insert n checked rows in one write transaction: values vals[i]
+ * (vlens[i] bytes; vals NULL: all empty) and vectors rows[0..n), stored
+ * as they are or, with `norm`, L2-normalised by put_rows. Ids are assigned
+ * consecutively from max(id)+1 into ids[]. When the in-memory copy is
+ * loaded it needs the stored bytes after the commit: the rows are then
+ * normalised into one buffer first.
  */
-static kv_status rows_insert(kv_vector *v, size_t n, const uint8_t *rows, const void *const *vals,
-                             const size_t *vlens, int64_t *ids)
+static kv_status rows_insert(kv_vector *v, size_t n, const uint8_t *rows, int norm,
+                             const void *const *vals, const size_t *vlens, int64_t *ids)
 {
     int64_t one_ref, *refs = n == 1 ? &one_ref : kvi_malloc(n * 8), next_chunk = 0, unchunked = 0, mark = 0;
+    uint8_t *whole = NULL;
     if (!refs)
         return kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+    if (norm && v->cache.loaded && n > 1) {
+        if (!(whole = mi_malloc_aligned(n * v->row_bytes, 64))) {
+            kvi_free(refs);
+            return kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+        }
+        take_rows(v, whole, rows, n, 1);
+        rows = whole;
+        norm = 0;
+    } else if (norm && n == 1) {
+        take_rows(v, v->scratch, rows, 1, 1);
+        rows = v->scratch;
+        norm = 0;
+    }
     kv_status st = kvi_store_begin(&v->err, v->db, 1);
     if (st == KV_OK)
         st = write_state(v);
     int64_t first_chunk = v->next_chunk;
-    for (size_t i = 0; i < n && st == KV_OK; i++) {
-        size_t vl = vals ? vlens[i] : 0;
-        ids[i] = v->next_id + (int64_t)i;
-        sqlite3_bind_blob64(v->st_ins_val, 1, vl ? vals[i] : "", vl, SQLITE_STATIC);
-        st = kvi_store_step_done(&v->err, v->db, v->st_ins_val, "insert value");
-        refs[i] = sqlite3_last_insert_rowid(v->db);
+    for (size_t i = 0; i < n && st == KV_OK;) {
+        /* INS_BATCH values per statement while that many remain: AUTOINCREMENT
+         * gives the rows of one statement consecutive ids ending at the last
+         * insert rowid */
+        size_t m = n - i >= INS_BATCH ? INS_BATCH : 1;
+        sqlite3_stmt *s = m > 1 ? v->st_ins_vals : v->st_ins_val;
+        for (size_t b = 0; b < m; b++) {
+            size_t vl = vals ? vlens[i + b] : 0;
+            sqlite3_bind_blob64(s, (int)b + 1, vl ? vals[i + b] : "", vl, SQLITE_STATIC);
+        }
+        st = kvi_store_step_done(&v->err, v->db, s, "insert value");
+        int64_t last = sqlite3_last_insert_rowid(v->db);
+        for (size_t b = 0; b < m; b++, i++) {
+            ids[i] = v->next_id + (int64_t)i;
+            refs[i] = last - (int64_t)(m - 1 - b);
+        }
     }
     if (st == KV_OK)
-        st = put_rows(v, n, rows, ids, refs, &next_chunk, &unchunked, &mark);
+        st = put_rows(v, n, rows, norm, ids, refs, &next_chunk, &unchunked, &mark);
     if (refs != &one_ref)
         kvi_free(refs);
     if (st == KV_OK && (st = kvi_store_commit(&v->err, v->db)) == KV_OK) {
@@ -1205,9 +1399,11 @@ static kv_status rows_insert(kv_vector *v, size_t n, const uint8_t *rows, const 
         v->next_chunk = next_chunk;
         v->unchunked = unchunked;
         v->mark = mark;
-        cache_apply_insert(v, first_chunk, ids, rows, n);
+        cache_apply_insert(v, first_chunk, ids, rows, n); /* rows as stored when the copy is loaded */
+        kvi_free(whole);
         return KV_OK;
     }
+    kvi_free(whole);
     kvi_store_rollback(v->db);
     v->ws_valid = 0;
     cache_drop(&v->cache);
@@ -1217,17 +1413,7 @@ static kv_status rows_insert(kv_vector *v, size_t n, const uint8_t *rows, const 
 kv_status kv_vector_insert(kv_vector *v, const void *vec, size_t vbytes, const void *val,
                            size_t vlen, int64_t *id)
 {
-    kv_status st;
-    kvi_err_clear(&v->err);
-    if (v->vec0)
-        return read_only(v);
-    if (!vec || check_bytes(v, vbytes, 1, &st) < 0)
-        return vec ? st : kvi_err_set(&v->err, KV_INVALID, "vector is NULL");
-    const void *row = prepare_rows(v, vec, 1, v->scratch, &st);
-    if (!row)
-        return st;
-    const void *vals[1] = {val};
-    return rows_insert(v, 1, row, vals, &vlen, id);
+    return kv_vector_insert_many(v, 1, vec, vbytes, &val, &vlen, id);
 }
 
 kv_status kv_vector_insert_many(kv_vector *v, size_t n, const void *vecs, size_t vbytes,
@@ -1240,15 +1426,16 @@ kv_status kv_vector_insert_many(kv_vector *v, size_t n, const void *vecs, size_t
     if (n == 0)
         return KV_OK;
     if (!vecs || check_bytes(v, vbytes, n, &st) < 0)
-        return vecs ? st : kvi_err_set(&v->err, KV_INVALID, "vectors are NULL");
-    uint8_t *buf = NULL;
-    if (v->metric == KV_VECTOR_COSINE && !(buf = mi_malloc_aligned(n * v->row_bytes, 64)))
-        return kvi_err_set(&v->err, KV_NOMEM, "out of memory");
-    const void *rows = prepare_rows(v, vecs, n, buf, &st);
-    if (rows)
-        st = rows_insert(v, n, rows, vals, vlens, ids);
-    kvi_free(buf);
-    return st;
+        return vecs ? st : kvi_err_set(&v->err, KV_INVALID, n == 1 ? "vector is NULL" : "vectors are NULL");
+    /* check every row before anything is written; cosine rows are
+     * normalised later, chunk by chunk, on their way into the file */
+    const int norm = v->elem == KV_VECTOR_F32 && v->metric == KV_VECTOR_COSINE;
+    for (size_t r = 0; v->elem == KV_VECTOR_F32 && r < n; r++) {
+        long bad = v->prep((const uint8_t *)vecs + r * v->row_bytes, NULL, v->dims, 0);
+        if (bad >= 0)
+            return kvi_err_set(&v->err, KV_INVALID, "vector element %ld is not finite", bad);
+    }
+    return rows_insert(v, n, vecs, norm, vals, vlens, ids);
 }
 
 /* Find row `id` in a write transaction: *found, *ref, *chunk (-1 when
@@ -1502,11 +1689,14 @@ typedef struct {
     size_t first, n;
 } scan_unit;
 
-/* One scan job: units [u0, u1) against queries q[0..nq), one heap each. */
+/* One scan job: units [u0, u1) against queries q[0..nq), one heap each;
+ * with `claim`, the units are instead taken one at a time from the shared
+ * counter *claim (below u1) by every job of the scan. */
 typedef struct {
     const kv_vector *v;
     const scan_unit *units;
     size_t u0, u1;
+    size_t *claim;      /* shared next unit, or NULL */
     const uint8_t *q;   /* nq * row_bytes */
     size_t nq;
     kvk_heap *heaps;    /* nq heaps */
@@ -1519,7 +1709,11 @@ static void *scan_run(void *arg)
     size_t block = MANY_BLOCK_BYTES / v->row_bytes;
     if (block == 0 || j->nq == 1)
         block = (size_t)-1;
-    for (size_t u = j->u0; u < j->u1; u++) {
+    for (size_t u = j->u0;; u++) {
+        if (j->claim)
+            u = __atomic_fetch_add(j->claim, 1, __ATOMIC_RELAXED);
+        if (u >= j->u1)
+            break;
         const scan_unit *su = &j->units[u];
         /* block the rows so each block is read from memory once and stays
          * in cache while every query is scored against it */
@@ -1548,9 +1742,12 @@ static int auto_threads(const kv_vector *v, size_t rows)
 /*
  * Scan the copy for nq queries (prepared, nq * row_bytes bytes), keeping
  * the best k of each in heaps[qi] (storage k per heap, caller-owned).
- * Splits the rows into units of at most one chunk and, with several
- * threads, gives each thread a contiguous range of units and its own heaps,
- * merged at the end.
+ * Splits the rows into units of one chunk. With several threads each has
+ * its own heaps (merged at the end) and takes the next unscanned unit from
+ * a shared counter whenever it finishes one, so a thread that gets less
+ * CPU (a core shared with other work) scans fewer units instead of making
+ * the others wait for its share; the merge by (score, id) makes the result
+ * independent of which thread scanned what.
  */
 static kv_status scan_copy(kv_vector *v, const uint8_t *q, size_t nq, size_t k, kvk_heap *heaps)
 {
@@ -1571,7 +1768,7 @@ static kv_status scan_copy(kv_vector *v, const uint8_t *q, size_t nq, size_t k, 
         nt = nu ? (int)nu : 1;
     kv_status st = KV_OK;
     if (nt <= 1) {
-        scan_job j = {v, units, 0, nu, q, nq, heaps};
+        scan_job j = {v, units, 0, nu, NULL, q, nq, heaps};
         scan_run(&j);
         kvi_free(units);
         return KV_OK;
@@ -1584,18 +1781,11 @@ static kv_status scan_copy(kv_vector *v, const uint8_t *q, size_t nq, size_t k, 
         st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
         goto out;
     }
-    /* contiguous unit ranges of about rows/nt rows each */
-    size_t u = 0, acc = 0, per = rows / (size_t)nt + 1;
+    size_t claim = 0;
     for (int t = 0; t < nt; t++) {
-        jobs[t] = (scan_job){v, units, u, u, q, nq, th + (size_t)t * nq};
+        jobs[t] = (scan_job){v, units, 0, nu, &claim, q, nq, th + (size_t)t * nq};
         for (size_t qi = 0; qi < nq; qi++)
             jobs[t].heaps[qi] = (kvk_heap){store + ((size_t)t * nq + qi) * (k ? k : 1), 0, k};
-        size_t goal = per * (size_t)(t + 1);
-        while (u < nu && (acc < goal || t == nt - 1)) {
-            acc += units[u].n;
-            u++;
-        }
-        jobs[t].u1 = u;
     }
     /* jobs 1..nt-1 on new threads, job 0 on this one */
     int started = 1;
@@ -2040,7 +2230,7 @@ kv_status kv_vector_migrate_vec0(const char *path, const char *table, int64_t *m
     int64_t next_chunk, unchunked, mark;
     if ((st = drop_vec0(v)) != KV_OK || (st = create_schema(v)) != KV_OK ||
         (st = prepare_native(v)) != KV_OK || (st = write_state(v)) != KV_OK ||
-        (st = put_rows(v, n, rows, ids, refs, &next_chunk, &unchunked, &mark)) != KV_OK)
+        (st = put_rows(v, n, rows, 0, ids, refs, &next_chunk, &unchunked, &mark)) != KV_OK)
         goto fail_txn;
     if ((st = kvi_store_commit(&v->err, v->db)) != KV_OK)
         goto fail_v;

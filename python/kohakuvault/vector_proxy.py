@@ -112,11 +112,12 @@ class VectorKVault(StoreProxy):
             return np.frombuffer(vector, dtype=np.float32, count=len(vector) // 4)
         raise TypeError(f"Vector must be numpy array, list, or bytes, got {type(vector)}")
 
-    @staticmethod
-    def _prepare_rows(vectors) -> np.ndarray:
+    def _prepare_rows(self, vectors) -> np.ndarray:
         """A batch of vectors → C-contiguous float32 array of shape (n, d):
-        a 2-D array (any numeric dtype), a list of vectors (arrays or lists
-        of numbers), or an empty list."""
+        a 2-D array (any numeric dtype; a C-contiguous float32 one is passed
+        on without a copy), a list of vectors (arrays or lists of numbers,
+        each of ``dimensions`` values: "Expected N dimensions, got M" names
+        the first that is not), or an empty list."""
         if isinstance(vectors, np.ndarray):
             if vectors.ndim != 2:
                 raise TypeError(f"vectors must be 2-D, got an array of shape {vectors.shape}")
@@ -124,7 +125,11 @@ class VectorKVault(StoreProxy):
         if isinstance(vectors, list):
             if not vectors:
                 return np.zeros((0, 0), dtype=np.float32)
-            return np.ascontiguousarray(np.stack([np.asarray(v, dtype=np.float32) for v in vectors]))
+            rows = [np.asarray(v, dtype=np.float32) for v in vectors]
+            for r in rows:
+                if r.ndim != 1 or r.shape[0] != self.dimensions:
+                    raise ValueError(f"Expected {self.dimensions} dimensions, got {r.size}")
+            return np.stack(rows)
         raise TypeError(f"vectors must be a 2-D numpy array or a list of vectors, got {type(vectors)}")
 
     # ------------------------------------------------------------ methods

@@ -117,3 +117,50 @@ Test(vec_kernel, heap_keeps_best_k_with_id_ties)
     kvk_heap_push(&empty, 1, 1, NULL);
     cr_expect(eq(sz, empty.n, 0));
 }
+
+/* Row preparation: every level finds the first non-finite element, leaves
+ * zero rows as they are and writes unit rows within one float32 rounding of
+ * the scalar level (only the order of the double norm sum differs). */
+Test(vec_kernel, prep_f32_simd_equals_scalar)
+{
+    static const size_t dims_list[] = {1, 7, 8, 9, 15, 16, 17, 383, 384, 385, 1000};
+    kvk_prep_fn scalar = kvk_prep_f32(KVK_SCALAR);
+    cr_assert(scalar != NULL);
+    for (int isa = KVK_SCALAR; isa <= KVK_AVX512; isa++) {
+        kvk_prep_fn fn = kvk_prep_f32((kvk_isa)isa);
+        if (!fn)
+            continue;
+        for (size_t di = 0; di < sizeof dims_list / sizeof dims_list[0]; di++) {
+            size_t dims = dims_list[di];
+            uint8_t *src = malloc(4 * dims + 1), *a = malloc(4 * dims + 1), *b = malloc(4 * dims + 1);
+            fill(KV_VECTOR_F32, src + 1, dims); /* +1: any alignment */
+            cr_assert(eq(long, fn(src + 1, a + 1, dims, 1), -1L));
+            cr_assert(eq(long, scalar(src + 1, b + 1, dims, 1), -1L));
+            double n2 = 0.0;
+            for (size_t i = 0; i < dims; i++) {
+                float x, y;
+                memcpy(&x, a + 1 + 4 * i, 4);
+                memcpy(&y, b + 1 + 4 * i, 4);
+                cr_assert(fabsf(x - y) <= 1e-7f * (1.0f + fabsf(y)), "isa %d dims %zu i %zu", isa, dims, i);
+                n2 += (double)x * x;
+            }
+            cr_assert(fabs(n2 - 1.0) < 1e-5, "isa %d dims %zu: |x|^2 = %.9g", isa, dims, n2);
+            for (size_t bad = 0; bad < dims; bad += 1 + dims / 5) { /* NaN, then +inf, at `bad` */
+                float keep, nan = NAN, inf = INFINITY;
+                memcpy(&keep, src + 1 + 4 * bad, 4);
+                memcpy(src + 1 + 4 * bad, &nan, 4);
+                cr_assert(eq(long, fn(src + 1, a + 1, dims, 1), (long)bad), "isa %d dims %zu", isa, dims);
+                memcpy(src + 1 + 4 * bad, &inf, 4);
+                cr_assert(eq(long, fn(src + 1, NULL, dims, 0), (long)bad), "isa %d dims %zu", isa, dims);
+                memcpy(src + 1 + 4 * bad, &keep, 4);
+            }
+            memset(src + 1, 0, 4 * dims); /* a zero row is copied as is */
+            memset(a + 1, 0xff, 4 * dims);
+            cr_assert(eq(long, fn(src + 1, a + 1, dims, 1), -1L));
+            cr_assert(memcmp(a + 1, src + 1, 4 * dims) == 0);
+            free(src);
+            free(a);
+            free(b);
+        }
+    }
+}

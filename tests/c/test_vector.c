@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "kvault/vector.h"
 #include "kvtest_util.h"
@@ -585,4 +587,43 @@ Test(vector, row_per_vector_files_still_open)
     cr_expect(eq(i64, h->hits[1].id, 1235));
     kv_vector_hits_free(h);
     kv_vector_close(v);
+}
+
+/* A commit that leaves 1000 WAL frames or more wakes the handle's
+ * checkpointer: the database file receives the pages while the handles
+ * stay open, two handles checkpointing the same file concurrently with
+ * their writes and searches lose nothing, and close joins the thread. */
+Test(vector, checkpointer_copies_the_wal_while_open)
+{
+    enum { D = 256, N = 6000 }; /* 6 MB of vectors per bulk insert: ~1500 frames */
+    kv_vector *a = vopen(D, KV_VECTOR_L2, KV_VECTOR_F32), *b = vopen(D, KV_VECTOR_L2, KV_VECTOR_F32);
+    static float rows[N][D];
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < D; j++)
+            rows[i][j] = (float)i;
+    static int64_t ids[N];
+    cr_assert(eq(int, kv_vector_insert_many(a, N, rows, sizeof rows, NULL, NULL, ids), KV_OK));
+    struct stat sb;
+    for (int tries = 0; tries < 600 && (stat(path, &sb) != 0 || sb.st_size < (off_t)sizeof rows); tries++)
+        usleep(50 * 1000); /* up to 30 s on a loaded machine */
+    cr_assert(stat(path, &sb) == 0);
+    cr_expect(sb.st_size >= (off_t)sizeof rows, "database file %lld bytes after the checkpoint",
+              (long long)sb.st_size);
+    for (int round = 0; round < 3; round++) {
+        kv_vector *w = round % 2 ? a : b;
+        cr_assert(eq(int, kv_vector_insert_many(w, N, rows, sizeof rows, NULL, NULL, ids), KV_OK));
+        for (int i = 0; i < 50; i++)
+            cr_assert(eq(int, kv_vector_insert(w, rows[i], sizeof rows[0], "s", 1, &ids[i]), KV_OK));
+        kv_vector_hits *h;
+        cr_assert(eq(int, kv_vector_search(round % 2 ? b : a, rows[N - 1], sizeof rows[0], 4, &h), KV_OK));
+        cr_expect(eq(sz, h->n, 4));
+        cr_expect(eq(dbl, h->hits[0].distance, 0.0));
+        kv_vector_hits_free(h);
+    }
+    int64_t c;
+    cr_assert(eq(int, kv_vector_count(b, &c), KV_OK));
+    cr_expect(eq(i64, c, 4 * N + 150));
+    kv_vector_close(a);
+    kv_vector_close(b);
+    cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT count(*) FROM vec_kvault"), 4 * N + 150));
 }

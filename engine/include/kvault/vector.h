@@ -40,6 +40,13 @@
  * vectors are L2-normalised before they are stored and before they are
  * searched for (a zero vector is left as is).
  *
+ * WAL checkpoints: a commit that leaves 1000 WAL frames or more (SQLite's
+ * wal_autocheckpoint) wakes a checkpointer thread of the handle, which runs
+ * a PASSIVE checkpoint on a connection of its own instead of the commit
+ * copying the WAL into the database file itself (started at the first such
+ * commit; stopped by kv_vector_close). A fork() waits for a checkpoint in
+ * progress (pthread_atfork), so the child inherits no SQLite mutex held.
+ *
  * Thread safety: a kv_vector handle is not internally locked: one thread at
  * a time (a search may start its own worker threads internally). Distinct
  * handles may be used concurrently, also from several processes (WAL). Do
@@ -110,8 +117,9 @@ KV_API void kv_vector_set_threads(kv_vector *v, int threads);
 /** 1 if `v` is a sqlite-vec vec0 table opened read-only, else 0. */
 KV_API int kv_vector_is_vec0(const kv_vector *v);
 
-/** Passive WAL checkpoint (errors ignored), finalize, close, free. NULL is
- *  a no-op. */
+/** Stop and join the handle's checkpointer thread (waiting for a
+ *  checkpoint in progress), then passive WAL checkpoint (errors ignored),
+ *  finalize, close, free. NULL is a no-op. */
 KV_API void kv_vector_close(kv_vector *v);
 
 /** Message of the last failure on `v` ("" if none); valid until the next
@@ -131,8 +139,11 @@ KV_API kv_status kv_vector_insert(kv_vector *v, const void *vec, size_t vbytes,
 /** Insert `n` vectors and their values in one transaction. `vecs` holds n
  *  rows back to back (`vbytes` must be n * kv_vector_row_bytes); vals[i]
  *  is vlens[i] bytes (vals NULL: every value empty). ids[0..n) receives
- *  the new row ids (consecutive, ascending). Whole chunks are written
- *  directly. On failure nothing was inserted. Returns as kv_vector_insert;
+ *  the new row ids (consecutive, ascending). Every row is checked before
+ *  anything is written; whole chunks are written as one BLOB each (with the
+ *  cosine metric normalised chunk by chunk into a buffer of one chunk, so
+ *  the input is not copied whole), the values and map rows 64 per INSERT
+ *  statement. On failure nothing was inserted. Returns as kv_vector_insert;
  *  KV_INVALID also for a vec0 table (read-only). */
 KV_API kv_status kv_vector_insert_many(kv_vector *v, size_t n, const void *vecs, size_t vbytes,
                                        const void *const *vals, const size_t *vlens, int64_t *ids);
