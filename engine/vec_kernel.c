@@ -457,18 +457,28 @@ void kvk_scan(kvk_score_fn fn, const void *q, const uint8_t *rows, size_t n, siz
 /* An f32 bit pattern with every exponent bit set is an infinity or a NaN. */
 #define F32_EXP_MASK 0x7f800000u
 
-static long prep_f32_scalar(const void *src, void *dst, size_t dims, int normalise)
+/* Elements [from, to) of the f32 row at p (any alignment): the index of the
+ * first infinity or NaN, or -1 with their squares added to *n2. */
+static long check_f32_range(const uint8_t *p, size_t from, size_t to, double *n2)
 {
-    const uint8_t *p = src;
-    double n2 = 0.0;
-    for (size_t i = 0; i < dims; i++) {
+    for (size_t i = from; i < to; i++) {
         uint32_t u;
         memcpy(&u, p + 4 * i, 4);
         if ((u & F32_EXP_MASK) == F32_EXP_MASK)
             return (long)i;
         double f = ld_f32(p + 4 * i);
-        n2 += f * f;
+        *n2 += f * f;
     }
+    return -1;
+}
+
+static long prep_f32_scalar(const void *src, void *dst, size_t dims, int normalise)
+{
+    const uint8_t *p = src;
+    double n2 = 0.0;
+    long bad = check_f32_range(p, 0, dims, &n2);
+    if (bad >= 0)
+        return bad;
     if (!normalise)
         return -1;
     if (n2 == 0.0) {
@@ -506,14 +516,9 @@ AVX2 static long prep_f32_avx2(const void *src, void *dst, size_t dims, int norm
     __m256d s = _mm256_add_pd(s0, s1);
     __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
     double n2 = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
-    for (size_t j = i; j < dims; j++) { /* any alignment: loads through memcpy */
-        uint32_t u;
-        memcpy(&u, p + j, 4);
-        if ((u & F32_EXP_MASK) == F32_EXP_MASK)
-            return (long)j;
-        double f = ld_f32((const uint8_t *)(p + j));
-        n2 += f * f;
-    }
+    long bad = check_f32_range(src, i, dims, &n2);   /* the tail, any alignment */
+    if (bad >= 0)
+        return bad;
     if (!normalise)
         return -1;
     if (n2 == 0.0) {
