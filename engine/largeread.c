@@ -12,9 +12,10 @@
  * fault, and faults in every 4 KiB page of the mapping it copies from;
  * none of it is read twice. On this project's VM a page fault costs tens
  * of microseconds. Measured (one process, 750 shuffled gets of 50-200 KB
- * values, CPU per get): handle's connection 306 us and 12.8 faults; a
- * connection with mmap_size=0 and a 2,000 KiB cache 48 us and 0.7 faults;
- * the stdlib sqlite3 module 200 us (docs/performance.md, "Large values").
+ * values, CPU per get): the handle's connection with the read cache off
+ * 306 us and 12.8 faults; a connection with mmap_size=0 and a 2,000 KiB
+ * cache 49-65 us and 0.7-1.4 faults; the stdlib sqlite3 module 175-235 us
+ * (docs/performance.md, "Large values read by a second connection").
  *
  * What. The reader is a read-only connection to the same file through the
  * same VFS, opened on the first large read, with mmap_size=0 and a page
@@ -22,7 +23,9 @@
  * The handle's connection still finds the key (its pages are the hot
  * b-tree pages small gets use); when the length is at least direct_min it
  * ends its read transaction and the reader looks the key up again and
- * reads the value in one read transaction of its own. The value returned
+ * reads the value in one read transaction of its own. After a large value
+ * the next get asks the reader first (kv_db.lr_first), which skips the
+ * handle's lookup and the faults of its mapping on the leaf pages. The value returned
  * is therefore the one of the reader's snapshot, which starts after the
  * handle's lookup: as new or newer, with its own length, so a rewrite or
  * delete by another connection in between is seen as such (a value now
