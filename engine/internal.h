@@ -248,8 +248,58 @@ struct kv_db {
     sqlite3_int64 *parts_rowid;  /**< rowids of the parts of the last kvi_parts_list */
     uint64_t *parts_len;         /**< their lengths, bytes */
     size_t parts_cap;            /**< capacity of both arrays */
+    sqlite3 *lr_db;              /**< large-value reader connection (largeread.c), or NULL */
+    sqlite3_stmt *lr_get;        /**< its KVI_SQL_GET_INTO statement */
+    int lr_state;                /**< 0 not opened yet, 1 open, -1 not available */
+    int lr_first;                /**< the last value kv_get_into read from SQLite was large:
+                                      the next one asks lr_db first */
+    uint64_t lr_reads;           /**< kv_get_into calls lr_db answered */
+    int busy_timeout_ms;         /**< kv_open_opts.busy_timeout_ms, for lr_db too */
     kvi_err err;                 /**< last failure */
 };
+
+/** The statement of kv_get_into, on the handle's connection and on its
+ *  large-value reader (printf format; %s = table): the rowid, the length
+ *  and, only when it is shorter than ?2, the value of key ?1.
+ *  length(value) reads only the record header (SQLite's OPFLAG_LENGTHARG)
+ *  and the CASE loads the value only when it is short, so a longer value's
+ *  overflow pages are read once, by sqlite3_blob_read into the caller's
+ *  buffer (kvi_row_into). */
+#define KVI_SQL_GET_INTO \
+    "SELECT rowid, length(value), CASE WHEN length(value) < ?2 THEN value END FROM %s WHERE key=?1"
+
+/** kv_get_into's allocation of an n-byte value: *out = alloc(ctx, n);
+ *  KV_NOMEM (recorded in db->err) when it returned NULL. */
+kv_status kvi_alloc_value(kv_db *db, kv_alloc_fn alloc, void *ctx, size_t n, uint8_t **out);
+
+/** The value of the row that statement `s` (KVI_SQL_GET_INTO of `table`
+ *  on connection `c`, stepped to a row with a length n > 0) points to,
+ *  copied once into `alloc(ctx, n)`: from the row when SQLite loaded it,
+ *  otherwise with sqlite3_blob_read in the read transaction `s` holds.
+ *  Sets *vlen = n and, when `fill` is not NULL and the value came from
+ *  the row, *fill = the buffer (for the read cache). KV_OK; KV_NOMEM
+ *  (alloc returned NULL); an SQLite failure recorded in db->err. Does not
+ *  reset `s`. */
+kv_status kvi_row_into(kv_db *db, sqlite3 *c, sqlite3_stmt *s, kv_alloc_fn alloc, void *ctx,
+                       size_t *vlen, const uint8_t **fill);
+
+/** kv_get_into of a value found to be at least `direct_min` bytes long,
+ *  through the handle's large-value reader connection (largeread.c): a
+ *  second connection to the same file, opened on first use, without
+ *  memory-mapped I/O and with a small page cache, which looks the key up
+ *  again in a read transaction of its own and reads the value once into
+ *  `alloc(ctx, n)`. Call it with no statement of the handle's connection
+ *  active. Sets *handled = 0 (nothing done, `alloc` not called) when the
+ *  handle's connection must read the value: it has a transaction open
+ *  (its uncommitted writes are not visible elsewhere), the file is not
+ *  shared WAL (":memory:", rollback journal, exclusive locking), the
+ *  connection could not be opened, or the key now has an empty value (or
+ *  parts). Otherwise *handled = 1 and the status is kv_get_into's. */
+kv_status kvi_largeread_get(kv_db *db, const void *key, size_t klen, size_t direct_min,
+                            kv_alloc_fn alloc, void *ctx, size_t *vlen, int *handled);
+
+/** Close the large-value reader connection, if open (db_free). */
+void kvi_largeread_close(kv_db *db);
 
 /** Reset st_get if kv_get lent a row, free a lent large value. Called at
  *  the start of every call. */

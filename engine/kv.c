@@ -50,6 +50,7 @@ static void db_free(kv_db *db)
 {
     kvi_rcache_close(db->rcache);
     db->rcache = NULL;
+    kvi_largeread_close(db);
     finalize_all(db);
     if (db->db)
         sqlite3_close_v2(db->db);
@@ -70,12 +71,7 @@ static kv_status prepare_all(kv_db *db)
             return st;                                                    \
     } while (0)
     PREP(st_get, "SELECT value FROM %s WHERE key=?1", t);
-    /* length(value) reads only the record header (SQLite's OPFLAG_LENGTHARG)
-     * and the CASE loads the value only when it is shorter than ?2, so a
-     * longer value's overflow pages are read once, by kv_get_into's
-     * sqlite3_blob_read into the caller's buffer. */
-    PREP(st_get_into, "SELECT rowid, length(value), "
-                      "CASE WHEN length(value) < ?2 THEN value END FROM %s WHERE key=?1", t);
+    PREP(st_get_into, KVI_SQL_GET_INTO, t);
     /* An upsert, not INSERT OR REPLACE: a new value of a stored key
      * rewrites its row in place, so the commit changes one page (the table
      * leaf) instead of about three (REPLACE deletes the row and inserts it
@@ -155,6 +151,7 @@ KV_API kv_status kv_db_open(const char *path, const kv_open_opts *o, kv_db **out
     co.cache_kb = o->cache_kb;
     co.busy_timeout_ms = o->busy_timeout_ms;
     co.nomutex = 1;
+    db->busy_timeout_ms = o->busy_timeout_ms;
     st = kvi_conn_open(path, &co, &db->db, err, errlen);
     if (st != KV_OK)
         goto fail_quiet;
@@ -457,17 +454,9 @@ KV_API kv_status kv_get(kv_db *db, const void *key, size_t klen,
     return kvi_err_sqlite(&db->err, db->db, rc, "get");
 }
 
-/* kv_get_into's allocation: KV_NOMEM when the callback has no room. */
-static kv_status alloc_value(kv_db *db, kv_alloc_fn alloc, void *ctx, size_t n, uint8_t **out)
-{
-    *out = alloc(ctx, n);
-    if (!*out)
-        return kvi_err_set(&db->err, KV_NOMEM, "out of memory (value of %zu bytes)", n);
-    return KV_OK;
-}
-
 /* kv_get_into below the caches: one statement, one read transaction for
- * the length and the bytes. */
+ * the length and the bytes. A value of direct_min bytes or more is read by
+ * the large-value reader when it can (largeread.c), otherwise here. */
 static kv_status get_into_sqlite(kv_db *db, const void *key, size_t klen, size_t direct_min,
                                  kv_alloc_fn alloc, void *ctx, size_t *vlen,
                                  const uint8_t **fill)
@@ -477,39 +466,41 @@ static kv_status get_into_sqlite(kv_db *db, const void *key, size_t klen, size_t
     uint8_t *buf;
     size_t np;
     uint64_t total;
+    int try_reader = 1, handled;
 
     *fill = NULL;
+    if (db->lr_first) { /* the last value read from SQLite was large */
+        st = kvi_largeread_get(db, key, klen, direct_min, alloc, ctx, vlen, &handled);
+        if (handled)
+            return st;
+        try_reader = 0;
+    }
     bind_blob(s, 1, key, klen);
     sqlite3_bind_int64(s, 2, direct_min > (size_t)INT64_MAX ? INT64_MAX : (sqlite3_int64)direct_min);
+again:;
     int rc = sqlite3_step(s);
     if (rc != SQLITE_ROW)
         return rc == SQLITE_DONE ? KV_NOTFOUND : kvi_err_sqlite(&db->err, db->db, rc, "get");
-    sqlite3_int64 rowid = sqlite3_column_int64(s, 0);
     size_t n = (size_t)sqlite3_column_int64(s, 1);
     *vlen = n;
     if (n == 0) { /* empty, or the main row of a value stored as parts */
         if ((st = list_parts(db, key, klen, &np, &total)) != KV_OK)
             return st;
         *vlen = (size_t)total;
-        if ((st = alloc_value(db, alloc, ctx, (size_t)total, &buf)) != KV_OK || np == 0)
+        if ((st = kvi_alloc_value(db, alloc, ctx, (size_t)total, &buf)) != KV_OK || np == 0)
             return st;
         return read_parts(db, np, buf);
     }
-    if ((st = alloc_value(db, alloc, ctx, n, &buf)) != KV_OK)
-        return st;
-    if (sqlite3_column_type(s, 2) != SQLITE_NULL) { /* shorter than direct_min */
-        memcpy(buf, sqlite3_column_blob(s, 2), n);
-    } else {
-        sqlite3_blob *b = NULL;
-        rc = sqlite3_blob_open(db->db, "main", db->table, "value", rowid, 0, &b);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_blob_read(b, buf, (int)n, 0);
-        sqlite3_blob_close(b);
-        if (rc != SQLITE_OK)
-            return kvi_err_sqlite(&db->err, db->db, rc, "get");
+    if (try_reader && sqlite3_column_type(s, 2) == SQLITE_NULL) { /* n >= direct_min */
+        sqlite3_reset(s); /* the reader's snapshot replaces this one */
+        st = kvi_largeread_get(db, key, klen, direct_min, alloc, ctx, vlen, &handled);
+        if (handled)
+            return st;
+        try_reader = 0;
+        goto again;
     }
-    *fill = buf;
-    return KV_OK;
+    db->lr_first = 0;
+    return kvi_row_into(db, db->db, s, alloc, ctx, vlen, fill);
 }
 
 KV_API kv_status kv_get_into(kv_db *db, const void *key, size_t klen, size_t direct_min,
@@ -525,13 +516,17 @@ KV_API kv_status kv_get_into(kv_db *db, const void *key, size_t klen, size_t dir
     kvi_get_release(db);
     KV_ASSERT((key || klen == 0) && alloc && vlen);
     if (get_cached(db, key, klen, &v, vlen, snap, &snap_ok)) {
-        if ((st = alloc_value(db, alloc, ctx, *vlen, &buf)) == KV_OK && *vlen)
+        if ((st = kvi_alloc_value(db, alloc, ctx, *vlen, &buf)) == KV_OK && *vlen)
             memcpy(buf, v, *vlen);
         return st;
     }
     st = get_into_sqlite(db, key, klen, direct_min, alloc, ctx, vlen, &fill);
     sqlite3_reset(db->st_get_into);
-    if (st == KV_OK && fill && snap_ok)
+    /* Only values copied from the handle's row are kept by the read cache;
+     * values read straight into the caller's buffer (direct_min bytes or
+     * more) are not: a reader of many large values once each would pay a
+     * copy and its page faults per value. */
+    if (st == KV_OK && fill && snap_ok && *vlen < direct_min)
         kvi_rcache_insert(db->rcache, snap, key, klen, fill, *vlen);
     return st;
 }

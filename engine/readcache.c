@@ -9,7 +9,9 @@
  *
  * What: key → copy of the value as last read from SQLite, bounded by bytes
  * (default 32 MiB, kv_open_opts.read_cache_bytes; values larger than 1/8 of
- * the cap are never cached), CLOCK eviction. All entries belong to one
+ * the cap are never cached, and kv_get_into does not insert the values it
+ * reads straight into the caller's buffer, those of direct_min bytes or
+ * more), CLOCK eviction. All entries belong to one
  * "tag": the WAL-index header under which they were read. The whole cache
  * is dropped when the header changes.
  *

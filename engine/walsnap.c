@@ -50,9 +50,18 @@ static void pragma_text(sqlite3 *db, const char *sql, char *buf, size_t n)
     sqlite3_finalize(s);
 }
 
-int kvi_walsnap_open(kvi_walsnap *ws, sqlite3 *db)
+int kvi_conn_wal_shared(sqlite3 *db)
 {
     char mode[32];
+    pragma_text(db, "PRAGMA journal_mode", mode, sizeof mode);
+    if (strcmp(mode, "wal") != 0)
+        return 0;
+    pragma_text(db, "PRAGMA locking_mode", mode, sizeof mode);
+    return strcmp(mode, "normal") == 0;
+}
+
+int kvi_walsnap_open(kvi_walsnap *ws, sqlite3 *db)
+{
     sqlite3_file *f = NULL;
     void volatile *region = NULL;
     uint8_t snap[KVI_WALHDR_BYTES];
@@ -60,11 +69,7 @@ int kvi_walsnap_open(kvi_walsnap *ws, sqlite3 *db)
 
     KV_ASSERT(ws && db);
     memset(ws, 0, sizeof *ws);
-    pragma_text(db, "PRAGMA journal_mode", mode, sizeof mode);
-    if (strcmp(mode, "wal") != 0)
-        return 0;
-    pragma_text(db, "PRAGMA locking_mode", mode, sizeof mode);
-    if (strcmp(mode, "normal") != 0)
+    if (!kvi_conn_wal_shared(db))
         return 0;
     /* a read, so that SQLite has opened and mapped the wal-index */
     if (sqlite3_exec(db, "SELECT 1 FROM sqlite_master LIMIT 1", NULL, NULL, NULL) != SQLITE_OK)

@@ -43,6 +43,13 @@ typedef struct kvi_walsnap {
     int tag_ok;                       /**< tag holds a header */
 } kvi_walsnap;
 
+/** 1 when connection `db` is in WAL journal mode with the normal locking
+ *  mode, so that other connections of this or other processes read the
+ *  file concurrently with it; 0 otherwise (rollback journal, ":memory:",
+ *  exclusive locking, a failed query). Runs two PRAGMA queries. Call
+ *  outside a transaction. */
+int kvi_conn_wal_shared(sqlite3 *db);
+
 /** Find SQLite's mapping of wal-index region 0 for connection `db` (runs
  *  one read so SQLite has mapped it). Uses only public interfaces:
  *  SQLITE_FCNTL_FILE_POINTER and the sqlite3_io_methods.xShmMap method

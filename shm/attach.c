@@ -870,6 +870,14 @@ static kv_status seg_get(kv_att *a, const void *key, size_t klen, size_t *vlen)
     }
 }
 
+/* kv_get_into's allocator of a miss: the value lands once in a->buf,
+ * grown to hold it (a value read from SQLite goes straight there). */
+static void *buf_alloc(void *ctx, size_t n)
+{
+    kv_att *a = ctx;
+    return grow(a, n ? n : 1) ? NULL : a->buf;
+}
+
 kv_status kv_att_get(kv_att *a, const void *key, size_t klen, const void **val, size_t *vlen)
 {
     KV_ASSERT(a != NULL && val != NULL && vlen != NULL);
@@ -883,19 +891,14 @@ kv_status kv_att_get(kv_att *a, const void *key, size_t klen, const void **val, 
         return KV_OK;
     }
     if (st != KV_NOTCACHED) return st;
-    const void *v;
     size_t n;
-    st = kv_get(a->db, key, klen, &v, &n);
+    st = kv_get_into(a->db, key, klen, KV_GET_DIRECT_MIN, buf_alloc, a, &n);
     if (st == KV_OK) {
-        if (grow(a, n ? n : 1)) {
-            kv_get_done(a->db);
-            return fail(a, KV_NOMEM, "out of memory");
-        }
-        memcpy(a->buf, v, n);
-        kv_get_done(a->db);
         *val = a->buf;
         *vlen = n;
         if (n <= MISS_VALUE_MAX && klen <= KVSHM_MAX_KEY) push_small(a, KVSHM_REC_MISS, key, klen);
+    } else if (st == KV_NOMEM) {
+        fail(a, KV_NOMEM, "out of memory");
     } else if (st != KV_NOTFOUND) {
         fail(a, st, "%s", kv_db_errmsg(a->db));
     }

@@ -423,7 +423,144 @@ Test(large, get_into_overwritten_between_length_and_read, .timeout = 120)
         free(old);
         free(neu);
     }
+    cr_assert(ge(u64, db->lr_reads, 4), "the large-value reader took part");
     cr_assert(eq(int, kv_db_close(other), KV_OK));
     cr_assert(eq(int, kv_db_close(db), KV_OK));
+    kvtest_remove_dir_of(path);
+}
+
+/* ---- kv_get_into through the large-value reader (engine/largeread.c) ---- */
+
+static void expect_absent(kv_db *db, const char *key)
+{
+    into_ctx c = {0};
+    size_t vn;
+    cr_assert(eq(int, kv_get_into(db, key, strlen(key), KV_GET_DIRECT_MIN, into_alloc, &c, &vn),
+                 KV_NOTFOUND), "%s", kv_db_errmsg(db));
+    cr_assert(eq(int, c.calls, 0));
+}
+
+Test(large, reader_threshold_and_routing, .timeout = 120)
+{
+    char path[512];
+    kvtest_path(path, sizeof path, "reader.db");
+    kv_db *db = open_small(path);
+    const size_t T = KV_GET_DIRECT_MIN;
+    const size_t sizes[] = {T - 1, T, T + 1};
+    uint8_t *vals[3];
+    for (int i = 0; i < 3; i++) {
+        vals[i] = pattern(sizes[i], (uint32_t)(300 + i));
+        cr_assert(eq(int, kv_put(db, (char[]){(char)('a' + i), 0}, 1, vals[i], sizes[i]), KV_OK));
+    }
+    /* key: "a" T-1, "b" T, "c" T+1; expected reader count after each get */
+    const struct { const char *key; int idx; uint64_t reads; } steps[] = {
+        {"a", 0, 0}, /* short: the handle's row */
+        {"a", 0, 0}, /* read cache */
+        {"b", 1, 1}, /* at the threshold: the handle finds it, the reader reads it */
+        {"c", 2, 2}, /* the last one was large: the reader first */
+        {"b", 1, 3}, /* large values are not kept by the read cache */
+        {"a", 0, 3}, /* the read cache still answers first */
+    };
+    for (size_t s = 0; s < sizeof steps / sizeof steps[0]; s++) {
+        expect_into(db, steps[s].key, T, vals[steps[s].idx], sizes[steps[s].idx]);
+        cr_assert(eq(u64, db->lr_reads, steps[s].reads), "step %zu", s);
+        cr_assert(eq(int, db->lr_state, steps[s].reads ? 1 : 0), "opened on first use");
+    }
+    /* After a large value, a short one that is not cached comes from the
+     * reader's row copy, and the next short one from the handle again. */
+    cr_assert(eq(int, kv_put(db, "d", 1, vals[0], sizes[0] - 5), KV_OK));
+    expect_into(db, "c", T, vals[2], sizes[2]);
+    uint64_t r = db->lr_reads;
+    expect_into(db, "d", T, vals[0], sizes[0] - 5);
+    cr_assert(eq(u64, db->lr_reads, r + 1));
+    cr_assert(eq(int, kv_put(db, "e", 1, vals[0], 3), KV_OK));
+    expect_into(db, "e", T, vals[0], 3);
+    cr_assert(eq(u64, db->lr_reads, r + 1));
+    for (int i = 0; i < 3; i++)
+        free(vals[i]);
+    cr_assert(eq(int, kv_db_close(db), KV_OK));
+    kvtest_remove_dir_of(path);
+}
+
+Test(large, reader_sees_own_writes_deletes_and_transactions, .timeout = 120)
+{
+    char path[512];
+    kvtest_path(path, sizeof path, "reader_rw.db");
+    kv_db *db = open_small(path), *other = open_small(path);
+    const size_t T = KV_GET_DIRECT_MIN;
+    uint8_t *a = pattern(3 * T, 11), *b = pattern(2 * T + 1, 12), *c = pattern(T + 7, 13);
+    cr_assert(eq(int, kv_put(db, "k", 1, a, 3 * T), KV_OK));
+    expect_into(db, "k", T, a, 3 * T);
+    expect_into(db, "k", T, a, 3 * T);
+    uint64_t r = db->lr_reads;
+    cr_assert(ge(u64, r, 2), "read by the reader");
+    /* a write of the same handle, then the reader */
+    cr_assert(eq(int, kv_put(db, "k", 1, b, 2 * T + 1), KV_OK));
+    expect_into(db, "k", T, b, 2 * T + 1);
+    cr_assert(eq(u64, db->lr_reads, r + 1));
+    /* deleted by another connection between two gets, then put again */
+    int removed = 0;
+    cr_assert(eq(int, kv_delete(other, "k", 1, &removed), KV_OK));
+    cr_assert(eq(int, removed, 1));
+    expect_absent(db, "k");
+    cr_assert(eq(int, kv_put(other, "k", 1, c, T + 7), KV_OK));
+    expect_into(db, "k", T, c, T + 7);
+    /* deleted by the same handle */
+    cr_assert(eq(int, kv_delete(db, "k", 1, &removed), KV_OK));
+    expect_absent(db, "k");
+    /* rewritten by another connection with a value stored as parts: the
+     * reader hands it back to the handle's connection */
+    uint8_t *big = pattern(2 * LIMIT + 3, 14);
+    cr_assert(eq(int, kv_put(db, "k", 1, a, 3 * T), KV_OK));
+    expect_into(db, "k", T, a, 3 * T);
+    cr_assert(eq(int, kv_put(other, "k", 1, big, 2 * LIMIT + 3), KV_OK));
+    expect_into(db, "k", T, big, 2 * LIMIT + 3);
+    /* inside a transaction of the handle's connection its uncommitted
+     * write is what a get returns (the reader is not used), and after a
+     * rollback the committed value again */
+    cr_assert(eq(int, kv_put(db, "k", 1, a, 3 * T), KV_OK));
+    expect_into(db, "k", T, a, 3 * T);
+    r = db->lr_reads;
+    cr_assert(eq(int, sqlite3_exec(db->db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK));
+    cr_assert(eq(int, kv_put(db, "k", 1, b, 2 * T + 1), KV_OK));
+    expect_into(db, "k", T, b, 2 * T + 1);
+    cr_assert(eq(u64, db->lr_reads, r));
+    cr_assert(eq(int, sqlite3_exec(db->db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK));
+    expect_into(db, "k", T, a, 3 * T);
+    cr_assert(eq(u64, db->lr_reads, r + 1));
+    free(a);
+    free(b);
+    free(c);
+    free(big);
+    cr_assert(eq(int, kv_db_close(other), KV_OK));
+    cr_assert(eq(int, kv_db_close(db), KV_OK));
+    kvtest_remove_dir_of(path);
+}
+
+Test(large, reader_off_without_a_shared_wal_file)
+{
+    const size_t T = KV_GET_DIRECT_MIN;
+    uint8_t *v = pattern(2 * T, 21);
+    kv_db *db = NULL;
+    char err[256];
+    kv_open_opts o;
+    kv_open_opts_default(&o);
+    cr_assert(eq(int, kv_db_open(":memory:", &o, &db, err, sizeof err), KV_OK), "%s", err);
+    cr_assert(eq(int, kv_put(db, "m", 1, v, 2 * T), KV_OK));
+    expect_into(db, "m", T, v, 2 * T);
+    expect_into(db, "m", T, v, 2 * T);
+    cr_assert(eq(int, db->lr_state, -1));
+    cr_assert(eq(u64, db->lr_reads, 0));
+    cr_assert(eq(int, kv_db_close(db), KV_OK));
+    /* rollback journal */
+    char path[512];
+    kvtest_path(path, sizeof path, "reader_nowal.db");
+    o.enable_wal = 0;
+    cr_assert(eq(int, kv_db_open(path, &o, &db, err, sizeof err), KV_OK), "%s", err);
+    cr_assert(eq(int, kv_put(db, "m", 1, v, 2 * T), KV_OK));
+    expect_into(db, "m", T, v, 2 * T);
+    cr_assert(eq(int, db->lr_state, -1));
+    cr_assert(eq(int, kv_db_close(db), KV_OK));
+    free(v);
     kvtest_remove_dir_of(path);
 }

@@ -190,6 +190,73 @@ def test_get_large_values_while_another_connection_overwrites(tmp_path):
     assert len(seen) > 2, "the writer hardly committed during the reads"
 
 
+def _loader_worker(kv, keys, versions, q):
+    """Forked reader of test_forked_loader_readers_see_whole_versions."""
+    try:
+        n = 0
+        for _ in range(3):
+            for k in keys:
+                try:
+                    v = kv[k]
+                except KeyError:
+                    continue
+                n += 1
+                assert v in versions[k], (k, len(v))
+        q.put(("ok", n))
+    except BaseException as e:  # reported to the parent, which asserts
+        q.put(("error", repr(e)))
+
+
+def test_forked_loader_readers_see_whole_versions(tmp_path):
+    """A loader's pattern: a KVault opened before the fork, used by forked
+    workers reading shuffled 50-200 KB values (each read by the handle's
+    large-value reader connection), while the parent's own handle rewrites
+    some keys with values of other lengths (across the direct-read
+    threshold) and deletes others. Every read is one whole stored version
+    or a KeyError for a deleted key; afterwards every worker's next reads
+    see the final values."""
+    import multiprocessing as mp
+    import random
+
+    from kohakuvault import KVault
+
+    rng = random.Random(5)
+    keys = [f"s{i:03d}".encode() for i in range(40)]
+    first = {k: os.urandom(rng.randint(50_000, 200_000)) for k in keys}
+    second = {k: os.urandom(rng.choice([DIRECT_MIN - 1, DIRECT_MIN, 120_000])) for k in keys[:20]}
+    versions = {k: {first[k]} | ({second[k]} if k in second else set()) for k in keys}
+    db = str(tmp_path / "loader.db")
+    kv = KVault(db)
+    kv.disable_auto_pack()
+    kv.put_many(list(first.items()))
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    procs = []
+    for w in range(3):
+        order = keys[:]
+        random.Random(w).shuffle(order)
+        procs.append(ctx.Process(target=_loader_worker, args=(kv, order, versions, q)))
+    for p in procs:
+        p.start()
+    for k, v in second.items():
+        kv[k] = v
+    for k in keys[30:]:
+        del kv[k]
+    results = [q.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert all(r[0] == "ok" for r in results), results
+    final = {k: {second.get(k, first[k])} for k in keys[:30]}
+    p = ctx.Process(target=_loader_worker, args=(kv, keys[:30], final, q))
+    p.start()
+    assert q.get(timeout=120) == ("ok", 90)
+    p.join(60)
+    for k in keys[30:]:
+        assert k not in kv
+    kv.close()
+
+
 def test_put_many_mixed_values_stored_from_their_own_memory(tmp_path):
     """put_many stores bytes values without copying them and copies the
     others: bytes (large and empty), bytearray and memoryview (auto-pack

@@ -261,15 +261,20 @@ typedef void *(*kv_alloc_fn)(void *ctx, size_t n);
  *  copy its value once into memory the caller allocates: `alloc(ctx, n)`
  *  is called exactly once with the value's length n when the key exists,
  *  never when it does not. Values of at least `direct_min` bytes are read
- *  from SQLite with sqlite3_blob_read straight into that buffer (no
- *  intermediate copy; SQLite reads overflow pages that are neither cached
- *  nor in the WAL directly from the file into it); shorter ones are copied
- *  from the row. Values stored as parts are read part by part into it.
- *  The length and the bytes come from one read transaction, so a commit
- *  of another connection between the two (even inside `alloc`) does not
- *  mix versions: the value is the one of the snapshot that gave the
- *  length. `alloc` runs with that snapshot open and must not call into
- *  `db`. Nothing is lent: kv_get_done is not needed.
+ *  from SQLite with sqlite3_blob_read straight into that buffer, by the
+ *  handle's large-value reader when it can: a second, read-only connection
+ *  to the file, opened on first use, without memory mapping and with a
+ *  2,000 KiB page cache, so that reading many large values once each does
+ *  not grow the handle's page cache or fault in its mapping (not used while
+ *  the handle's connection has a transaction open, nor for a file that is
+ *  not WAL with normal locking). Such values are not kept by the read
+ *  cache. Shorter ones are copied from the row. Values stored as parts are
+ *  read part by part into the buffer. The length and the bytes come from
+ *  one read transaction, so a commit of another connection between the two
+ *  (even inside `alloc`) does not mix versions: the value is the one of the
+ *  snapshot that gave the length, which starts no earlier than the call.
+ *  `alloc` runs with that snapshot open and must not call into `db`.
+ *  Nothing is lent: kv_get_done is not needed.
  *
  *  On KV_OK *vlen = n and the buffer holds the value. On any other status
  *  the buffer `alloc` returned, if any, is still the caller's to free and
