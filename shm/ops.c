@@ -207,6 +207,22 @@ void kvshm_op_add(kvshm_op_enc *e, const void *p, size_t len)
     put(e, p, len);
 }
 
+void kvshm_op_add_gather(kvshm_op_enc *e, const void *const *parts, const size_t *lens, size_t n)
+{
+    if (!count_field(e)) return;
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (lens[i] >= KVSHM_OP_ABSENT - total) {
+            e->st = KV_INVALID;
+            return;
+        }
+        total += lens[i];
+    }
+    uint32_t t = (uint32_t)total;
+    put(e, &t, 4);
+    for (size_t i = 0; i < n; i++) put(e, parts[i], lens[i]);
+}
+
 void kvshm_op_add_i64(kvshm_op_enc *e, int64_t v) { kvshm_op_add(e, &v, 8); }
 
 void kvshm_op_add_absent(kvshm_op_enc *e)

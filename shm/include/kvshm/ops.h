@@ -122,6 +122,9 @@ typedef struct kvshm_op_enc {
 
 void kvshm_op_begin(kvshm_op_enc *e, kv_buf *b, unsigned cls, unsigned op, const char *table);
 void kvshm_op_add(kvshm_op_enc *e, const void *p, size_t len);
+/* One field made of n parts back to back (parts[i]: lens[i] bytes). */
+void kvshm_op_add_gather(kvshm_op_enc *e, const void *const *parts, const size_t *lens,
+                         size_t n);
 void kvshm_op_add_i64(kvshm_op_enc *e, int64_t v);
 void kvshm_op_add_absent(kvshm_op_enc *e);
 /* The fields added next are arguments. */
