@@ -33,6 +33,13 @@
 
 /* Engine handles kept open at once. */
 #define WR_EXEC_HANDLES 64
+/* How long an operation waits for SQLite's write lock when another
+ * connection holds it (a process opening a store creates its tables; an
+ * embedded writer with shared=False), polling every WR_EXEC_BUSY_POLL_US,
+ * before the client gets KV_BUSY (which its busy policy retries). Bounded:
+ * the loop serves everyone else meanwhile. */
+#define WR_EXEC_BUSY_MS 200
+#define WR_EXEC_BUSY_POLL_US 1000
 
 typedef struct wr_handle {
     uint8_t cls;
@@ -322,8 +329,13 @@ void wr_exec_request(wr_state *ws, int sock, const struct kvshm_msg *m, const ui
     }
     wr_handle *w = NULL;
     if (st == KV_OK && (w = handle_get(ws, &x->op, &st, err, sizeof err))) {
-        x->res_len = 0;
-        st = x->op.cls == KVSHM_OPC_TEXT ? run_text(x, w->h, &x->op) : run_vector(x, w->h, &x->op);
+        /* a busy file fails at BEGIN IMMEDIATE, before any change: run again */
+        uint64_t deadline = wr_now_ms() + WR_EXEC_BUSY_MS;
+        do {
+            x->res_len = 0;
+            st = x->op.cls == KVSHM_OPC_TEXT ? run_text(x, w->h, &x->op)
+                                             : run_vector(x, w->h, &x->op);
+        } while (st == KV_BUSY && wr_now_ms() < deadline && !usleep(WR_EXEC_BUSY_POLL_US));
         if (st != KV_OK)
             snprintf(err, sizeof err, "%s",
                      x->op.cls == KVSHM_OPC_TEXT ? kv_text_errmsg(w->h) : kv_vector_errmsg(w->h));
