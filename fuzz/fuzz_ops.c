@@ -53,7 +53,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (uint32_t i = 0; i < op->nopen + op->nargs; i++) check_field(&op->fields[i], buf, size);
         int ok = 1;
         if (op->cls == KVSHM_OPC_VECTOR) {
-            for (int i = 0; i < 3; i++) (void)kvshm_op_i64(&op->open[i], &ok), CHECK(ok);
+            for (int i = 0; i < 3; i++) {
+                (void)kvshm_op_i64(&op->open[i], &ok);
+                CHECK(ok);
+            }
             if (op->op == KVSHM_OP_INSERT_MANY && op->nargs == 4) {
                 int64_t n = kvshm_op_i64(&op->args[0], &ok);
                 CHECK(ok && n >= 0 && op->args[2].len == (uint64_t)n * 8);
@@ -70,8 +73,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             CHECK(op->nopen >= 1 && op->nopen <= 255);
             if (op->op == KVSHM_OP_INSERT) CHECK(op->nargs == op->nopen + 1);
         }
-        if (op->op == KVSHM_OP_DELETE || (op->op == KVSHM_OP_UPDATE))
-            (void)kvshm_op_i64(&op->args[0], &ok), CHECK(ok);
+        if (op->op == KVSHM_OP_DELETE || op->op == KVSHM_OP_UPDATE) {
+            (void)kvshm_op_i64(&op->args[0], &ok);
+            CHECK(ok);
+        }
     } else {
         CHECK(why && *why);
     }
