@@ -76,11 +76,17 @@ def worker(kind: str, db: str, shared: str, seconds: float, start, out) -> None:
     from kohakuvault import TextVault, VectorKVault
 
     pid = os.getpid()
+    for attempt in range(100):   # the constructors do not retry a busy file
+        try:
+            store = TextVault(db) if kind == W_TEXT else VectorKVault(db, dimensions=DIMS)
+            break
+        except RuntimeError:
+            if attempt == 99:
+                raise
+            time.sleep(0.05)
     if kind == W_TEXT:
-        store = TextVault(db)
         ins = lambda i: store.insert(f"process {pid} document {i} about shared writes", b"v" * 16)
     else:
-        store = VectorKVault(db, dimensions=DIMS)
         vec = np.random.default_rng(pid).random(DIMS, dtype=np.float32)
         ins = lambda i: store.insert(vec, b"v" * 16)
     ins(-1)   # opens the route (attached) or the tables, before the clock
