@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 
+from bench_writes import start_writer
 from targets import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,25 +44,6 @@ CHUNK = 50   # inserts between two looks at the clock
 W_TEXT = "TextVault insert"
 W_VEC = "VectorKVault insert"
 STORES = {"attached": "attached (through the writer)", "embedded": "embedded (busy policy)"}
-
-
-def writer_binary() -> str:
-    from kohakuvault._writer import writer_binary as find
-
-    path = find(ROOT)
-    if not path:
-        sys.exit("kvault-writer is not built (scripts/build)")
-    return path
-
-
-def start_writer(db: str) -> subprocess.Popen:
-    w = subprocess.Popen([writer_binary(), db], stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True)
-    line = w.stdout.readline()
-    if not line.startswith("ready"):
-        w.kill()
-        raise RuntimeError(f"kvault-writer did not start: {line!r}")
-    return w
 
 
 def stop(w: subprocess.Popen) -> None:

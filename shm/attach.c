@@ -351,7 +351,19 @@ static int guard_check(void *ctx)
  * Connection
  * ==================================================================== */
 
-static int sock_connect(const char *name)
+void kvshmi_msg_pass_fd(struct msghdr *mh, char *cbuf, int fd)
+{
+    memset(cbuf, 0, CMSG_SPACE(sizeof(int)));
+    mh->msg_control = cbuf;
+    mh->msg_controllen = CMSG_SPACE(sizeof(int));
+    struct cmsghdr *cm = CMSG_FIRSTHDR(mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+}
+
+int kvshmi_sock_connect(const char *name)
 {
     struct sockaddr_un addr;
     memset(&addr, 0, sizeof addr);
@@ -382,16 +394,7 @@ static kv_status request(kv_att *a, uint32_t type, uint64_t arg, const void *p1,
     struct iovec iov[3] = {{&m, sizeof m}, {(void *)p1, l1}, {(void *)p2, l2}};
     char cbuf[CMSG_SPACE(sizeof(int))];
     struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 3};
-    if (fd >= 0) {
-        memset(cbuf, 0, sizeof cbuf);
-        mh.msg_control = cbuf;
-        mh.msg_controllen = sizeof cbuf;
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &fd, sizeof fd);
-    }
+    if (fd >= 0) kvshmi_msg_pass_fd(&mh, cbuf, fd);
     if (sendmsg(a->sock, &mh, MSG_NOSIGNAL) < 0)
         return fail(a, KV_IO, "send to writer: %s", strerror(errno));
     if (a->r) kvshm_reader_flag_request(a->r);
@@ -432,7 +435,7 @@ static kv_status connect_writer(kv_att *a, const reg_info *ri)
         }
     }
     a->generation = kvshm_reader_generation(a->r);
-    a->sock = sock_connect(ri->socket);
+    a->sock = kvshmi_sock_connect(ri->socket);
     if (a->sock < 0) {
         kvshm_reader_detach(a->r);
         a->r = NULL;

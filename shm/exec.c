@@ -13,13 +13,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -38,21 +36,15 @@ struct kv_exec {
     int sock;                   /* connection to the writer, -1 when none */
     uint64_t generation;        /* of that writer */
     kvshm_bell *bell;
-    unsigned fork_gen;          /* g_fork_gen when connected */
+    unsigned fork_gen;          /* kvshmi_fork_generation() when connected */
     int memfd;                  /* operations and results above one packet, -1 until used */
     uint8_t *res;               /* the last result */
     size_t res_cap;
     char err[512];
 };
 
-static unsigned g_fork_gen;
-static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-static void on_fork_child(void) { g_fork_gen++; }
-static void install_atfork(void) { pthread_atfork(NULL, NULL, on_fork_child); }
-
 kv_status kv_exec_open(const char *db_path, kv_exec **out)
 {
-    pthread_once(&g_once, install_atfork);
     *out = NULL;
     char *reg = kv_attach_registry_path(db_path);
     if (!reg) return errno == ENOMEM ? KV_NOMEM : KV_NOTFOUND;
@@ -95,24 +87,6 @@ int kv_exec_served(const kv_exec *x)
 
 const char *kv_exec_errmsg(const kv_exec *x) { return x->err; }
 
-static int sock_connect(const char *name)
-{
-    struct sockaddr_un addr;
-    memset(&addr, 0, sizeof addr);
-    addr.sun_family = AF_UNIX;
-    size_t n = strlen(name);
-    if (n > sizeof addr.sun_path - 2) return -1;
-    memcpy(addr.sun_path + 1, name, n);
-    int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    if (s < 0) return -1;
-    if (connect(s, (struct sockaddr *)&addr,
-                (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n)) != 0) {
-        close(s);
-        return -1;
-    }
-    return s;
-}
-
 /* Connect to the writer the registry names now. 1, or 0 when none serves
  * the file (or it went away while connecting). */
 static int connect_writer(kv_exec *x)
@@ -121,7 +95,7 @@ static int connect_writer(kv_exec *x)
     if (!kvshmi_registry_read(x->reg_path, &ri)) return 0;
     kvshm_bell *bell = NULL;
     if (kvshm_bell_open(ri.slots, ri.generation, &bell) != KVSHM_OK) return 0;
-    int s = sock_connect(ri.socket);
+    int s = kvshmi_sock_connect(ri.socket);
     if (s < 0) {
         kvshm_bell_close(bell);
         return 0;
@@ -129,7 +103,7 @@ static int connect_writer(kv_exec *x)
     x->sock = s;
     x->bell = bell;
     x->generation = ri.generation;
-    x->fork_gen = g_fork_gen;
+    x->fork_gen = kvshmi_fork_generation();
     return 1;
 }
 
@@ -181,14 +155,7 @@ static int exchange(kv_exec *x, const void *op, size_t len, size_t result_max, k
             return -1;
         }
         m.m_arg = len;
-        memset(cbuf, 0, sizeof cbuf);
-        mh.msg_control = cbuf;
-        mh.msg_controllen = sizeof cbuf;
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &x->memfd, sizeof x->memfd);
+        kvshmi_msg_pass_fd(&mh, cbuf, x->memfd);
     } else {
         m.m_len = (uint32_t)len;
     }
@@ -246,7 +213,7 @@ kv_status kv_exec_call(kv_exec *x, const void *op, size_t len, size_t result_max
     *res = NULL;
     *rlen = 0;
     x->err[0] = 0;
-    if (x->sock >= 0 && x->fork_gen != g_fork_gen) disconnect(x);   /* the parent's */
+    if (x->sock >= 0 && x->fork_gen != kvshmi_fork_generation()) disconnect(x);   /* the parent's */
     for (int attempt = 0; attempt < EXEC_ATTEMPTS; attempt++) {
         if (x->sock < 0 && !connect_writer(x)) break;
         kv_status st = KV_OK;

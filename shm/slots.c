@@ -54,6 +54,12 @@ static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 static void on_fork_child(void) { kvshmi_fork_gen++; }
 static void install_atfork(void) { pthread_atfork(NULL, NULL, on_fork_child); }
 
+unsigned kvshmi_fork_generation(void)
+{
+    pthread_once(&atfork_once, install_atfork);
+    return kvshmi_fork_gen;
+}
+
 static uint64_t slot_lock_off(uint32_t i) { return KVSHM_SLOTS_OFF + (uint64_t)i * 64; }
 
 static int ofd_lock(int fd, uint32_t i, short type)

@@ -66,6 +66,24 @@ int kvpy_store_encode(PyObject *v, const kvpy_pack_opts *o, kv_buf *out)
 /* Object lifetime and engine calls                                        */
 /* ====================================================================== */
 
+/* The start of every engine call: take the lock, refuse a closed store,
+ * re-home it in a forked child. 0 with the lock held, or -1 with the
+ * exception set and the lock released. */
+static int store_enter(kvpy_store *s)
+{
+    kvpy_fork_lock(&s->fork);
+    if (s->h == NULL) {
+        kvpy_fork_unlock(&s->fork);
+        PyErr_Format(PyExc_ValueError, "Cannot operate on closed %s", s->kind->name);
+        return -1;
+    }
+    if (kvpy_fork_rehome(&s->fork) < 0) {
+        kvpy_fork_unlock(&s->fork);
+        return -1;
+    }
+    return 0;
+}
+
 /* ====================================================================== */
 /* Routing writes to the writer serving the file                          */
 /* ====================================================================== */
@@ -208,16 +226,8 @@ int kvpy_store_write(kvpy_store *s, kvpy_store_op op, void *ctx, const kvpy_stor
     char msg[1024] = "";
     if (st_out)
         *st_out = KV_OK;
-    kvpy_fork_lock(&s->fork);
-    if (s->h == NULL) {
-        kvpy_fork_unlock(&s->fork);
-        PyErr_Format(PyExc_ValueError, "Cannot operate on closed %s", s->kind->name);
+    if (store_enter(s) < 0)
         return -1;
-    }
-    if (kvpy_fork_rehome(&s->fork) < 0) {
-        kvpy_fork_unlock(&s->fork);
-        return -1;
-    }
     Py_BEGIN_ALLOW_THREADS
     st = route_run(s, op, ctx, rw, msg, sizeof msg);
     Py_END_ALLOW_THREADS
@@ -292,16 +302,8 @@ int kvpy_store_call(kvpy_store *s, kvpy_store_op op, void *ctx, kv_status *st_ou
     kv_status st;
     if (st_out)
         *st_out = KV_OK;
-    kvpy_fork_lock(&s->fork);
-    if (s->h == NULL) {
-        kvpy_fork_unlock(&s->fork);
-        PyErr_Format(PyExc_ValueError, "Cannot operate on closed %s", s->kind->name);
+    if (store_enter(s) < 0)
         return -1;
-    }
-    if (kvpy_fork_rehome(&s->fork) < 0) {
-        kvpy_fork_unlock(&s->fork);
-        return -1;
-    }
     void *h = s->h;
     Py_BEGIN_ALLOW_THREADS
     st = op(h, ctx);

@@ -129,6 +129,16 @@ Test(shm_ops, lengths_counts_and_names_are_checked)
     kv_buf_free(&b);
 }
 
+/* A vector operation on table "vectors" (4 dims, cosine, f32), at its arguments. */
+static void begin_vector(kvshm_op_enc *e, kv_buf *b, unsigned op)
+{
+    kvshm_op_begin(e, b, KVSHM_OPC_VECTOR, op, "vectors");
+    kvshm_op_add_i64(e, 4);
+    kvshm_op_add_i64(e, 0);
+    kvshm_op_add_i64(e, 0);
+    kvshm_op_args(e);
+}
+
 Test(shm_ops, vector_shapes)
 {
     kv_buf b;
@@ -138,11 +148,7 @@ Test(shm_ops, vector_shapes)
     /* insert_many: 3 rows, value lengths and values back to back */
     size_t lens[3] = {1, 0, 2};
     const void *parts[3] = {"a", "", "bc"};
-    kvshm_op_begin(&e, &b, KVSHM_OPC_VECTOR, KVSHM_OP_INSERT_MANY, "vectors");
-    kvshm_op_add_i64(&e, 4);
-    kvshm_op_add_i64(&e, 0);
-    kvshm_op_add_i64(&e, 0);
-    kvshm_op_args(&e);
+    begin_vector(&e, &b, KVSHM_OP_INSERT_MANY);
     kvshm_op_add_i64(&e, 3);
     kvshm_op_add(&e, "0123456789abcdef0123456789abcdef0123456789abcdef", 48);
     kvshm_op_add(&e, lens, sizeof lens);
@@ -158,11 +164,7 @@ Test(shm_ops, vector_shapes)
     kv_buf_free(&b);
     /* update with nothing to update */
     kv_buf_init(&b);
-    kvshm_op_begin(&e, &b, KVSHM_OPC_VECTOR, KVSHM_OP_UPDATE, "vectors");
-    kvshm_op_add_i64(&e, 4);
-    kvshm_op_add_i64(&e, 0);
-    kvshm_op_add_i64(&e, 0);
-    kvshm_op_args(&e);
+    begin_vector(&e, &b, KVSHM_OP_UPDATE);
     kvshm_op_add_i64(&e, 1);
     kvshm_op_add_absent(&e);
     kvshm_op_add_absent(&e);
