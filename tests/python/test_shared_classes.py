@@ -302,3 +302,55 @@ def test_three_processes_insert_through_the_writer(tmp_path):
         assert [h[0] for h in vk.search(q, k=10)] == [h[0] for h in rv.search(q, k=10)]
     for s in (tv, vk, rt, rv):
         s.close()
+
+
+def _forked_insert(tv, vk, conn):
+    """In a forked child: the inherited stores make their own connection to
+    the writer at their first write."""
+    try:
+        conn.send((tv.insert("from the child", 1), vk.insert([0, 1], 1)))
+    except Exception as exc:  # reported to the test, which asserts on it
+        conn.send(repr(exc))
+
+
+def test_forked_child_writes_through_its_own_connection(tmp_path):
+    db = str(tmp_path / "fork.db")
+    w = Writer(db)
+    try:
+        tv = TextVault(db)
+        vk = VectorKVault(db, dimensions=2)
+        assert tv.insert("from the parent", 0) == 1
+        assert vk.insert([1, 0], 0) == 1
+        ctx = mp.get_context("fork")
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=_forked_insert, args=(tv, vk, child))
+        p.start()
+        assert parent.recv() == (2, 2)
+        _reap(p)
+        # the parent's connection to the writer is still its own
+        assert tv.insert("parent again", 2) == 3
+        assert vk.insert([1, 1], 2) == 3
+        assert _execs(db) == 6
+        tv.close()
+        vk.close()
+    finally:
+        w.kill(signal.SIGTERM)
+
+
+def test_writer_killed_without_restart_continues_embedded(tmp_path):
+    """kill -9 and no new writer: the next write runs on the object's own
+    connection within a second; nothing is lost or doubled."""
+    db = str(tmp_path / "killed.db")
+    w = Writer(db)
+    tv = TextVault(db)
+    try:
+        for i in range(20):
+            tv.insert(f"served {i}", i)
+    finally:
+        w.kill(signal.SIGKILL)
+    t0 = time.monotonic()
+    assert tv.insert("embedded after the kill", 20) == 21
+    assert time.monotonic() - t0 < 1.0
+    assert len(tv) == 21
+    assert [tv.get_by_id(i)[1] for i in range(1, 22)] == list(range(21))
+    tv.close()
