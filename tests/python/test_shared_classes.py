@@ -354,3 +354,58 @@ def test_writer_killed_without_restart_continues_embedded(tmp_path):
     assert len(tv) == 21
     assert [tv.get_by_id(i)[1] for i in range(1, 22)] == list(range(21))
     tv.close()
+
+
+def _insert_loop(db, n, conn):
+    """Insert n documents and n vectors as fast as possible; report the ids
+    and any failure."""
+    tv = TextVault(db)
+    vk = VectorKVault(db, dimensions=2)
+    out = []
+    try:
+        for i in range(n):
+            out.append((tv.insert(f"doc number{i}", i), vk.insert([i, 1], i)))
+            if i == 10:
+                conn.send("writing")
+        conn.send(out)
+    except Exception as exc:  # reported to the test, which asserts on it
+        conn.send(repr(exc))
+    tv.close()
+    vk.close()
+
+
+def test_writers_starting_and_stopping_under_a_writing_process(tmp_path):
+    """A process inserts without pause while writers start and stop cleanly
+    twice: every call succeeds, each row lands exactly once, in order."""
+    db = str(tmp_path / "churn.db")
+    TextVault(db).close()
+    VectorKVault(db, dimensions=2).close()
+    n = 1500
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_insert_loop, args=(db, n, child))
+    p.start()
+    served = 0
+    try:
+        assert parent.recv() == "writing"
+        for _ in range(2):
+            time.sleep(0.3)
+            w = Writer(db)
+            try:
+                time.sleep(0.5)
+                served += _execs(db)
+            finally:
+                w.kill(signal.SIGTERM)
+        got = parent.recv()
+    finally:
+        _reap(p)
+    assert isinstance(got, list), got
+    assert got == [(i + 1, i + 1) for i in range(n)]
+    assert served > 0, "the writers served none of the writes"
+    tv = TextVault(db)
+    vk = VectorKVault(db, dimensions=2)
+    assert len(tv) == n and len(vk) == n
+    assert [tv.get_by_id(i + 1) for i in range(0, n, 97)] == [
+        (f"doc number{i}", i) for i in range(0, n, 97)]
+    tv.close()
+    vk.close()
