@@ -190,11 +190,16 @@ static int guard_hook(void *p)
     return 0;
 }
 
-KV_API void kv_db_set_commit_guard(kv_db *db, kv_commit_guard *g)
+void kvi_commit_guard_install(sqlite3 *db, kv_commit_guard *g)
 {
     if (g) {
-        g->conn = db->db;
+        g->conn = db;
         g->checked = 0;
     }
-    sqlite3_commit_hook(db->db, g ? guard_hook : NULL, g);
+    sqlite3_commit_hook(db, g ? guard_hook : NULL, g);
+}
+
+KV_API void kv_db_set_commit_guard(kv_db *db, kv_commit_guard *g)
+{
+    kvi_commit_guard_install(db->db, g);
 }

@@ -64,6 +64,9 @@ kv_status kvi_err_sqlite(kvi_err *e, sqlite3 *db, int rc, const char *op);
 /** Copy `msg` into the caller's buffer err[0..errlen) of an open call
  *  (truncated, NUL-terminated; nothing when err is NULL or errlen 0). */
 void kvi_msg_copy(const char *msg, char *err, size_t errlen);
+/* kv_db_set_commit_guard on any of the engine's connections (conn.c): the
+ * KV handle's and the text and vector stores'. */
+void kvi_commit_guard_install(sqlite3 *db, kv_commit_guard *g);
 /** Record OS failure `err` (errno) during `op`; returns KV_IO or KV_NOMEM. */
 kv_status kvi_err_os(kvi_err *e, int err, const char *op);
 

@@ -799,3 +799,8 @@ kv_status kv_text_keys(kv_text *t, int64_t limit, int64_t offset, int64_t **ids,
     *ids = arr;
     return KV_OK;
 }
+
+KV_API void kv_text_set_commit_guard(kv_text *t, kv_commit_guard *g)
+{
+    kvi_commit_guard_install(t->db, g);
+}

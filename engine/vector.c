@@ -2256,3 +2256,8 @@ fail:
     kvi_msg_copy(msg, err, errlen);
     return st;
 }
+
+KV_API void kv_vector_set_commit_guard(kv_vector *v, kv_commit_guard *g)
+{
+    kvi_commit_guard_install(v->db, g);
+}

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kvshm/ops.h"
 #include "kvshm/proto.h"
 
 #define CHECK(e) do { if (!(e)) abort(); } while (0)
@@ -45,6 +46,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case KVSHM_MSG_CHECKPOINT:
         case KVSHM_MSG_STATUS:
             CHECK(m.m_len == 0);
+            break;
+        case KVSHM_MSG_EXEC:   /* inline operation, or its size in a memfd */
+            CHECK(m.m_len ? m.m_len >= KVSHM_OP_HDR && m.m_arg == 0
+                          : m.m_arg >= 1 && m.m_arg <= KVSHM_OP_MAX_BYTES);
             break;
         default:
             abort();

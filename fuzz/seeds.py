@@ -141,13 +141,47 @@ def msg():
         "optimize": pkt(4),
         "checkpoint": pkt(5),
         "status": pkt(6),
+        "exec-inline": pkt(7, ops()["text-insert"]),
+        "exec-memfd": pkt(7, arg=1 << 20),
+    }
+
+
+def ops():
+    """Table operations of EXEC (fuzz_ops.c, shm/include/kvshm/ops.h):
+    header (magic, class, op, nopen, nargs, reserved), table, then the
+    open parameters and arguments as u32-length-prefixed fields."""
+    absent = 0xFFFFFFFF
+
+    def field(b):
+        return struct.pack("<I", absent) if b is None else struct.pack("<I", len(b)) + b
+
+    def i64(v):
+        return struct.pack("<q", v)
+
+    def op(cls, code, table, opens, args):
+        return (struct.pack("<IBBHHH", 0x314F564B, cls, code, len(opens), len(args), 0)
+                + field(table) + b"".join(field(f) for f in opens + args))
+
+    cols = [b"title", b"body"]
+    vec = [i64(4), i64(0), i64(0)]
+    return {
+        "text-insert": op(1, 1, b"text_vault", cols, [b"\x89KV", b"hello", b"world"]),
+        "text-update-value": op(1, 2, b"text_vault", cols, [i64(7), b"v"]),
+        "text-update-texts": op(1, 2, b"docs", cols, [i64(7), None, b"a", b"b"]),
+        "text-delete": op(1, 3, b"text_vault", cols, [i64(7)]),
+        "text-clear": op(1, 4, b"text_vault", [b"content"], []),
+        "vector-insert": op(2, 1, b"vectors", vec, [bytes(16), b"v"]),
+        "vector-insert-many": op(2, 5, b"vectors", vec,
+                                 [i64(2), bytes(32), i64(1) + i64(2), b"abc"]),
+        "vector-update": op(2, 2, b"vectors", vec, [i64(1), None, b"v"]),
+        "vector-delete": op(2, 3, b"vectors", vec, [i64(1)]),
     }
 
 
 def main():
     for target, seeds in (("codec", codec()), ("packer", packer()), ("ring", ring()),
                           ("registry", registry()), ("colmeta", colmeta()), ("resp", resp()),
-                          ("msg", msg())):
+                          ("msg", msg()), ("ops", ops())):
         d = os.path.join(ROOT, target)
         os.makedirs(d, exist_ok=True)
         for name, blob in seeds.items():

@@ -88,6 +88,9 @@ def suites(build: str, quick: bool) -> list[dict]:
         {"name": "writes", "title": "Shared-mode writes vs sqlite3, redis, lmdb, embedded",
          "cmd": [py, os.path.join(PERF, "bench_writes.py"), "--json", "{json}"]
                 + (["--quick"] if quick else [])},
+        {"name": "classes", "title": "TextVault and VectorKVault inserts through the writer vs embedded",
+         "cmd": [py, os.path.join(PERF, "bench_classes.py"), "--json", "{json}"]
+                + (["--quick"] if quick else [])},
         {"name": "files", "title": "Real files and a training loader vs sqlite3 and plain files",
          "cmd": [py, os.path.join(PERF, "bench_files.py"), "--json", "{json}"]
                 + (["--quick"] if quick else [])},

@@ -35,6 +35,7 @@
 #include "kvshm/kvshm.h"
 #include "kvshm/proto.h"
 #include "kvshm/ring.h"
+#include "internal.h"
 
 #define WAIT_STEP_MS 200
 /* How long a wait tolerates a writer that cannot commit before it fails. */
@@ -106,14 +107,7 @@ static uint64_t now_ms(void)
  * (kv_attach_recover); a writer's lock covers the whole file (length 0). */
 #define RECOVER_LOCK_LEN ((off_t)1 << 40)
 
-typedef struct reg_info {
-    uint64_t generation;
-    char segment[96], slots[96], socket[96], table[136], state[16];
-} reg_info;
-
-/* 1 and *ri filled if a live writer holds the registry and says ready
- * (not a client replaying a dead one: the text is still the dead one's). */
-static int registry_read(const char *reg_path, reg_info *ri)
+int kvshmi_registry_read(const char *reg_path, reg_info *ri)
 {
     int fd = open(reg_path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return 0;
@@ -159,7 +153,7 @@ int kv_attach_served(const char *db_path, const char *table)
     char *reg = registry_path(db_path, NULL);
     if (!reg) return 0;
     reg_info ri;
-    int ok = registry_read(reg, &ri) && !strcmp(ri.table, table ? table : "kv");
+    int ok = kvshmi_registry_read(reg, &ri) && !strcmp(ri.table, table ? table : "kv");
     free(reg);
     return ok;
 }
@@ -357,7 +351,19 @@ static int guard_check(void *ctx)
  * Connection
  * ==================================================================== */
 
-static int sock_connect(const char *name)
+void kvshmi_msg_pass_fd(struct msghdr *mh, char *cbuf, int fd)
+{
+    memset(cbuf, 0, CMSG_SPACE(sizeof(int)));
+    mh->msg_control = cbuf;
+    mh->msg_controllen = CMSG_SPACE(sizeof(int));
+    struct cmsghdr *cm = CMSG_FIRSTHDR(mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+}
+
+int kvshmi_sock_connect(const char *name)
 {
     struct sockaddr_un addr;
     memset(&addr, 0, sizeof addr);
@@ -388,16 +394,7 @@ static kv_status request(kv_att *a, uint32_t type, uint64_t arg, const void *p1,
     struct iovec iov[3] = {{&m, sizeof m}, {(void *)p1, l1}, {(void *)p2, l2}};
     char cbuf[CMSG_SPACE(sizeof(int))];
     struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 3};
-    if (fd >= 0) {
-        memset(cbuf, 0, sizeof cbuf);
-        mh.msg_control = cbuf;
-        mh.msg_controllen = sizeof cbuf;
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &fd, sizeof fd);
-    }
+    if (fd >= 0) kvshmi_msg_pass_fd(&mh, cbuf, fd);
     if (sendmsg(a->sock, &mh, MSG_NOSIGNAL) < 0)
         return fail(a, KV_IO, "send to writer: %s", strerror(errno));
     if (a->r) kvshm_reader_flag_request(a->r);
@@ -438,7 +435,7 @@ static kv_status connect_writer(kv_att *a, const reg_info *ri)
         }
     }
     a->generation = kvshm_reader_generation(a->r);
-    a->sock = sock_connect(ri->socket);
+    a->sock = kvshmi_sock_connect(ri->socket);
     if (a->sock < 0) {
         kvshm_reader_detach(a->r);
         a->r = NULL;
@@ -526,7 +523,7 @@ static kv_status reattach_within(kv_att *a, int timeout_ms)
     kv_status st = KV_IO;
     for (;;) {
         reg_info ri;
-        if (registry_read(a->reg_path, &ri) && ri.generation > old) {
+        if (kvshmi_registry_read(a->reg_path, &ri) && ri.generation > old) {
             st = connect_writer(a, &ri);
             if (st == KV_OK) {
                 a->stopped = 0;
@@ -583,7 +580,7 @@ static kv_status after_fork(kv_att *a)
     if (st != KV_OK) return fail(a, st, "%s", err);
     kv_db_set_commit_guard(a->db, &a->guard);
     reg_info ri;
-    if (a->r && registry_read(a->reg_path, &ri) && ri.generation == a->generation) {
+    if (a->r && kvshmi_registry_read(a->reg_path, &ri) && ri.generation == a->generation) {
         /* The inherited reader handle takes a slot of its own for the child
          * on its first use (kvshm rehome); enter/leave makes that happen. */
         if (kvshm_reader_enter(a->r) == KVSHM_OK) {
@@ -646,7 +643,7 @@ kv_status kv_attach(const char *db_path, const kv_attach_opts *o, kv_att **out, 
         st = fail(a, KV_NOTFOUND, "no writer serves %s (%s)", db_path, strerror(errno));
         goto fail;
     }
-    if (!registry_read(a->reg_path, &ri)) {
+    if (!kvshmi_registry_read(a->reg_path, &ri)) {
         st = fail(a, KV_NOTFOUND, "no writer serves %s", db_path);
         goto fail;
     }

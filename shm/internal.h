@@ -65,6 +65,30 @@ struct kvshm_reader {
 
 extern unsigned kvshmi_fork_gen;
 
+/* What the registry of a served file names (attach.c). */
+typedef struct reg_info {
+    uint64_t generation;
+    char segment[96], slots[96], socket[96], table[136], state[16];
+} reg_info;
+
+/* 1 and *ri filled if a live writer holds the registry at `reg_path` and
+ * says ready (not a client replaying a dead one: the text is still the dead
+ * one's), else 0. One open, fcntl and pread. Any process and thread. */
+int kvshmi_registry_read(const char *reg_path, reg_info *ri);
+
+/* A blocking SOCK_SEQPACKET connection (close-on-exec) to the writer's
+ * abstract socket `name` (attach.c). The descriptor, or -1 (errno). */
+int kvshmi_sock_connect(const char *name);
+
+/* Attach descriptor `fd` to the message `mh` as SCM_RIGHTS ancillary data,
+ * in the caller's buffer cbuf (attach.c). */
+struct msghdr;
+void kvshmi_msg_pass_fd(struct msghdr *mh, char *cbuf, int fd);
+
+/* kvshmi_fork_gen, with its fork handler installed first (slots.c): a value
+ * that changes in every forked child. */
+unsigned kvshmi_fork_generation(void);
+
 /* Precondition of every "writer only" function: called by the process that
  * created the segment (not a forked child of it). Assertion builds only. */
 #define KVSHMI_WRITER_ONLY(w) KV_ASSERT((w) != NULL && (w)->pid == getpid())

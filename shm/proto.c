@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "kvshm/ops.h"
 #include "kvshm/proto.h"
 #include "layout.h"
 
@@ -115,6 +116,13 @@ int kvshm_msg_parse(const void *buf, size_t n, struct kvshm_msg *m, const uint8_
         return 0;
     case KVSHM_MSG_FEATURE:
         if (m->m_len == 0 || m->m_len > KVSHM_FEATURE_MAX) { *why = "feature: bad name length"; return -1; }
+        return 0;
+    case KVSHM_MSG_EXEC:
+        if (m->m_len ? m->m_len < KVSHM_OP_HDR || m->m_arg
+                     : m->m_arg == 0 || m->m_arg > KVSHM_OP_MAX_BYTES) {
+            *why = "exec: bad operation size";
+            return -1;
+        }
         return 0;
     case KVSHM_MSG_OPTIMIZE:
     case KVSHM_MSG_CHECKPOINT:

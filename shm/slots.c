@@ -54,6 +54,12 @@ static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 static void on_fork_child(void) { kvshmi_fork_gen++; }
 static void install_atfork(void) { pthread_atfork(NULL, NULL, on_fork_child); }
 
+unsigned kvshmi_fork_generation(void)
+{
+    pthread_once(&atfork_once, install_atfork);
+    return kvshmi_fork_gen;
+}
+
 static uint64_t slot_lock_off(uint32_t i) { return KVSHM_SLOTS_OFF + (uint64_t)i * 64; }
 
 static int ofd_lock(int fd, uint32_t i, short type)
@@ -381,14 +387,26 @@ kvshm_status kvshm_writer_idle_wait(kvshm_writer *w, int (*has_work)(void *ctx, 
     return st;
 }
 
-void kvshm_reader_ring_doorbell(kvshm_reader *r)
+/* The doorbell protocol above, on the slot file's header. */
+static void ring_doorbell(struct kvshm_slothdr *sh)
 {
     kv_atomic_fence_seq_cst();
-    if (kv_atomic_load_relaxed32(&r->sh->sh_writer_sleeping)) {
-        kv_atomic_fetch_add_acq_rel32(&r->sh->sh_doorbell, 1);
-        futex(&r->sh->sh_doorbell, FUTEX_WAKE, 1, NULL);
+    if (kv_atomic_load_relaxed32(&sh->sh_writer_sleeping)) {
+        kv_atomic_fetch_add_acq_rel32(&sh->sh_doorbell, 1);
+        futex(&sh->sh_doorbell, FUTEX_WAKE, 1, NULL);
     }
 }
+
+/* A request flagged on the slot file's header (kvshm_reader_flag_request). */
+static void flag_request(struct kvshm_slothdr *sh)
+{
+    /* seq_cst RMW after the sendmsg: a writer that reads the new count
+     * (kvshm_writer_requests) and then polls its socket finds the request. */
+    atomic_fetch_add_explicit(KVSHM_A32(&sh->sh_requests), 1, memory_order_seq_cst);
+    ring_doorbell(sh);
+}
+
+void kvshm_reader_ring_doorbell(kvshm_reader *r) { ring_doorbell(r->sh); }
 
 void kvshmi_reader_gate(kvshm_reader *r, kvshm_spin_gate *g)
 {
@@ -400,11 +418,48 @@ void kvshmi_reader_gate(kvshm_reader *r, kvshm_spin_gate *g)
 
 /* ---- pending socket requests ------------------------------------------------ */
 
-void kvshm_reader_flag_request(kvshm_reader *r)
+void kvshm_reader_flag_request(kvshm_reader *r) { flag_request(r->sh); }
+
+/* ---- the request bell of a process that only sends requests --------------- */
+
+struct kvshm_bell {
+    struct kvshm_slothdr *sh;   /* the slot file's header, mapped read-write */
+    size_t bytes;
+};
+
+kvshm_status kvshm_bell_open(const char *slot_name, uint64_t generation, kvshm_bell **out)
 {
-    /* seq_cst RMW after the sendmsg: a writer that reads the new count
-     * (kvshm_writer_requests) and then polls its socket finds the request. */
-    atomic_fetch_add_explicit(KVSHM_A32(&r->sh->sh_requests), 1, memory_order_seq_cst);
-    kvshm_reader_ring_doorbell(r);
+    *out = NULL;
+    int fd = shm_open(slot_name, O_RDWR | O_CLOEXEC, 0);
+    if (fd < 0) return errno == ENOENT ? KVSHM_E_NOENT : KVSHM_E_SYS;
+    struct stat sb;
+    size_t bytes = sizeof(struct kvshm_slothdr);
+    void *p = MAP_FAILED;
+    if (fstat(fd, &sb) == 0 && (uint64_t)sb.st_size >= KVSHM_SLOTS_OFF)
+        p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) return KVSHM_E_SIZE;
+    struct kvshm_slothdr *sh = p;
+    kvshm_status st = KVSHM_OK;
+    if (kv_atomic_load_acquire64(&sh->sh_magic) != KVSHM_MAGIC_SLOTS) st = KVSHM_E_MAGIC;
+    else if (sh->sh_layout_hash != kvshmi_layout_hash()) st = KVSHM_E_LAYOUT;
+    else if (sh->sh_generation != generation) st = KVSHM_E_GENERATION;
+    kvshm_bell *b = st ? NULL : malloc(sizeof *b);
+    if (!b) {
+        munmap(p, bytes);
+        return st ? st : KVSHM_E_NOMEM;
+    }
+    *b = (kvshm_bell){.sh = sh, .bytes = bytes};
+    *out = b;
+    return KVSHM_OK;
+}
+
+void kvshm_bell_request(kvshm_bell *b) { flag_request(b->sh); }
+
+void kvshm_bell_close(kvshm_bell *b)
+{
+    if (!b) return;
+    munmap(b->sh, b->bytes);
+    free(b);
 }
 

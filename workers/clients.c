@@ -74,6 +74,12 @@ static void reply(int sock, uint32_t type, int32_t status, uint64_t arg, const c
         wr_log("reply: %s", strerror(errno));
 }
 
+void wr_reply(int sock, uint32_t type, int32_t status, uint64_t arg, const void *payload,
+              size_t len)
+{
+    reply(sock, type, status, arg, payload, len);
+}
+
 static void reply_status(int sock, uint32_t type, kv_status st, const char *msg)
 {
     reply(sock, type, (int32_t)st, 0, msg, msg ? strlen(msg) : 0);
@@ -363,7 +369,13 @@ size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
         ws->stat_commit_cpu_max_us[WR_INSERT], ws->stat_commit_cpu_max_us[WR_COMMIT],
         ws->stat_commit_cpu_max_us[WR_FOLD], ckpts, ckpt_us, ws->nmiss,
         ws->stat_miss_skipped, ws->stat_refused, ws->stat_bad_records);
-    return n < 0 ? 0 : ((size_t)n >= cap ? cap - 1 : (size_t)n);
+    if (n < 0) return 0;
+    if ((size_t)n < cap) {   /* table operations (exec.c) */
+        int e = snprintf(buf + n, cap - (size_t)n, "execs=%" PRIu64 "\nexecs_failed=%" PRIu64
+                         "\n", ws->stat_execs, ws->stat_exec_failed);
+        if (e > 0) n += e;
+    }
+    return (size_t)n >= cap ? cap - 1 : (size_t)n;
 }
 
 static void handle_request(wr_state *ws, wr_client *c)
@@ -425,6 +437,7 @@ static void handle_request(wr_state *ws, wr_client *c)
         wr_ckpt_resume(ws->ckpt);
         reply_status(c->sock, m.m_type, KV_OK, NULL);
         break;
+    case KVSHM_MSG_EXEC: wr_exec_request(ws, c->sock, &m, pl, fd); break;
     case KVSHM_MSG_STATUS: {
         size_t len = wr_status_text(ws, text, sizeof text);
         reply(c->sock, m.m_type, KV_OK, ws->generation, text, len);

@@ -748,6 +748,7 @@ out:
     if (ws->lsock >= 0) close(ws->lsock);
     if (ws->ep >= 0) close(ws->ep);
     kv_db_close(ws->db);
+    wr_exec_close(ws);
     wr_ckpt_stop(ws->ckpt);
     if (ws->batch) kv_batch_checkpoint(ws->batch, NULL);
     kv_batch_close(ws->batch);

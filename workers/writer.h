@@ -3,6 +3,7 @@
  *   writer.c   options, signals, main
  *   loop.c     the writer loop: drain, apply, commit, fold, misses, eviction
  *   clients.c  the unix socket: attaches, requests, client rings
+ *   exec.c     table operations of other classes (EXEC): engine handles
  *   registry.c the registry file `<db>-kvault` and crash recovery (replay
  *              of a dead writer's memtables)
  *   ckpt.c     the WAL checkpointer thread
@@ -51,6 +52,7 @@ typedef struct wr_client {
 } wr_client;
 
 typedef struct wr_ckpt wr_ckpt;
+typedef struct wr_exec wr_exec;
 
 /* Where the commit in flight stands (loop.c, "Commit pipeline"). */
 typedef enum wr_phase {
@@ -83,6 +85,7 @@ typedef struct wr_state {
     kv_batch *batch;
     kv_db *db;                   /* second connection: miss loads, streams, meta */
     wr_ckpt *ckpt;               /* checkpointer thread (NULL: the loop checkpoints) */
+    wr_exec *exec;               /* table operations: engine handles (NULL until used) */
     int lsock;                   /* listening socket */
     int ep;                      /* epoll */
     wr_client *clients;
@@ -126,6 +129,8 @@ typedef struct wr_state {
     uint64_t stat_commit_sync;           /* commits finished synchronously */
     uint64_t stat_sock_polls;
     uint64_t stat_miss_skipped;          /* reported misses not read: queued or cached */
+    uint64_t stat_execs;                 /* table operations received (EXEC) */
+    uint64_t stat_exec_failed;           /* of which failed (refused, or the engine's error) */
     uint64_t hits_gone, misses_gone; /* from clients that left */
 } wr_state;
 
@@ -172,6 +177,23 @@ int wr_has_work(void *ctx, int final);
 void wr_clients_close(wr_state *ws);
 /* Text of the STATUS reply into buf; returns its length. */
 size_t wr_status_text(wr_state *ws, char *buf, size_t cap);
+
+/* Send one reply (struct kvshm_msg of type `type | KVSHM_MSG_REPLY`, the
+ * status, m_arg = arg, then len payload bytes, cut to one packet) without
+ * blocking; a client that went away gets nothing. */
+void wr_reply(int sock, uint32_t type, int32_t status, uint64_t arg, const void *payload,
+              size_t len);
+
+/* exec.c */
+/* Serve one EXEC request (kvshm_msg_parse passed it; fd: the memfd the
+ * client passed, or -1; the caller closes it): decode the operation,
+ * finish the commit in flight, apply it on the table's engine handle
+ * (opened on first use) and reply after its commit with the result or the
+ * engine's message. */
+void wr_exec_request(wr_state *ws, int sock, const struct kvshm_msg *m, const uint8_t *pl,
+                     int fd);
+/* Close every engine handle of the executor (at exit). */
+void wr_exec_close(wr_state *ws);
 
 /* ckpt.c */
 /* Start the checkpointer: a thread with its own kv_batch on db_path/table.

@@ -36,6 +36,7 @@ static inline int kvpy_key_arg(PyObject *k, const char **p, Py_ssize_t *n)
 
 /* ---- errors_py.c: kv_status -> Python exception, in one table. */
 #include "kvault/kvault.h"
+#include "kvshm/ops.h"
 
 extern PyObject *kvpy_KeyNotFoundError;  /**< _kvault.KeyNotFoundError(RuntimeError) */
 extern PyObject *kvpy_BusyError;         /**< _kvault.BusyError(RuntimeError) */
@@ -191,7 +192,30 @@ typedef struct kvpy_store_kind {
      *  the C fields of `s` (s->path, s->table and the binding's own): *h
      *  gets it; a failure writes its message into err[errlen]. */
     kv_status (*reopen)(const kvpy_store *s, void **h, char *err, size_t errlen);
+    /* Writes through the writer serving the file (kvpy_store_write). */
+    unsigned op_class;                           /**< KVSHM_OPC_* */
+    /** kv_*_set_commit_guard of the engine handle. */
+    void (*set_guard)(void *h, kv_commit_guard *g);
+    /** Append the open parameters of `s` (kvshm/ops.h, per class). */
+    void (*encode_open)(const kvpy_store *s, kvshm_op_enc *e);
 } kvpy_store_kind;
+
+/** How a write of a store travels to the writer (kvpy_store_write): its
+ *  operation, the encoder of its arguments from the call's `ctx`, the
+ *  largest result it can have and where the result goes. Called with the
+ *  GIL released. */
+typedef struct kvpy_store_remote {
+    unsigned op;                                            /**< KVSHM_OP_* */
+    void (*encode)(const void *ctx, kvshm_op_enc *e);       /**< the arguments */
+    size_t (*result_max)(const void *ctx);                  /**< NULL: 8 bytes */
+    /** Store the result bytes in ctx: KV_OK, or KV_IO when they do not have
+     *  the operation's shape. NULL: the operation returns nothing. */
+    kv_status (*result)(void *ctx, const uint8_t *res, size_t n);
+} kvpy_store_remote;
+
+/** Where a store's writes go (store_py.c): its own connection, or the
+ *  writer serving the file. */
+typedef struct kvpy_route kvpy_route;
 
 /** First members of a store object (embed as the struct's first line). */
 #define KVPY_STORE_HEAD                                                              \
@@ -200,7 +224,8 @@ typedef struct kvpy_store_kind {
     kvpy_fork_node fork;           /* its lock serialises engine calls (leaf lock) */  \
     kvpy_pack_opts opts;           /* §3.6 switches; read/written with the GIL */     \
     const kvpy_store_kind *kind;   /* static engine description */                    \
-    char *path, *table;            /* owned: as opened (kind->reopen) */
+    char *path, *table;            /* owned: as opened (kind->reopen) */                \
+    kvpy_route *route;             /* NULL: writes always go to the own connection */
 
 struct kvpy_store {
     KVPY_STORE_HEAD
@@ -226,6 +251,22 @@ void kvpy_store_finalize(kvpy_store *s);
  *  gets the engine's status (KV_OK when the call never ran), so a caller can
  *  replace the exception with a more specific one. */
 int kvpy_store_call(kvpy_store *s, kvpy_store_op op, void *ctx, kv_status *st_out);
+/** Open `s`'s route once its handle is open (the constructors): unless
+ *  KVAULT_SHARED is "off", its writes follow a writer serving the file
+ *  (docs/shared-mode.md, "Every class through the writer"): the handle's
+ *  commit guard refuses a commit while a writer serves the file, and the
+ *  write goes to that writer instead. A file without a registry path
+ *  (":memory:") gets no route. 0, or -1 with MemoryError. */
+int kvpy_store_route_open(kvpy_store *s);
+/** kvpy_store_call for a write: run op(h, ctx) on the own connection, or,
+ *  when a writer serves the file, send it as operation `rw` and put the
+ *  writer's result into ctx (rw->result). A commit the guard refused goes to
+ *  the writer; a writer gone (stopped, or dead and not replaced) makes the
+ *  call run on the own connection. Raises what kvpy_store_call raises, with
+ *  the engine's message from whichever side ran it. 0 or -1; *st_out as
+ *  there. */
+int kvpy_store_write(kvpy_store *s, kvpy_store_op op, void *ctx, const kvpy_store_remote *rw,
+                     kv_status *st_out);
 /** kvpy_store_call for a get_by_id: an unknown `id` (KV_NOTFOUND) raises
  *  RuntimeError("ID <id> not found") -- a plain failure, KohakuVaultError once
  *  mapped, never NotFound (docs/api.md §2.5). 0 or -1 as above. */

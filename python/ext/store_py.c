@@ -20,8 +20,11 @@
  */
 #include "kvpy.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "kvshm/attach.h"
 
 /* ====================================================================== */
 /* Errors, value encoding                                                  */
@@ -63,6 +66,179 @@ int kvpy_store_encode(PyObject *v, const kvpy_pack_opts *o, kv_buf *out)
 /* Object lifetime and engine calls                                        */
 /* ====================================================================== */
 
+/* The start of every engine call: take the lock, refuse a closed store,
+ * re-home it in a forked child. 0 with the lock held, or -1 with the
+ * exception set and the lock released. */
+static int store_enter(kvpy_store *s)
+{
+    kvpy_fork_lock(&s->fork);
+    if (s->h == NULL) {
+        kvpy_fork_unlock(&s->fork);
+        PyErr_Format(PyExc_ValueError, "Cannot operate on closed %s", s->kind->name);
+        return -1;
+    }
+    if (kvpy_fork_rehome(&s->fork) < 0) {
+        kvpy_fork_unlock(&s->fork);
+        return -1;
+    }
+    return 0;
+}
+
+/* ====================================================================== */
+/* Routing writes to the writer serving the file                          */
+/* ====================================================================== */
+
+/* Where a store's writes go. The engine handle's commit guard asks whether
+ * a writer serves the file (kv_exec_served: registry locked and ready)
+ * whenever another connection committed since its last look; a refused
+ * commit (rolled back, nothing changed) sends the write to the writer, and
+ * later writes follow until the writer is gone. */
+struct kvpy_route {
+    kv_exec *ex;             /* connection to the writer (made at first use) */
+    kv_commit_guard guard;   /* on the engine handle */
+    int via_writer;          /* writes go to the writer */
+    kv_buf op;               /* the encoded operation of the current write */
+};
+
+/* Writes one call may try: the own connection, the writer, the own
+ * connection again when the writer went away meanwhile. */
+#define ROUTE_ATTEMPTS 3
+
+static int route_check(void *ctx)
+{
+    return kv_exec_served(((kvpy_route *)ctx)->ex);
+}
+
+/* (Re)install the commit guard on the current handle. */
+static void route_guard(kvpy_store *s)
+{
+    if (s->route && s->h)
+        s->kind->set_guard(s->h, &s->route->guard);
+}
+
+static void route_free(kvpy_route *r)
+{
+    if (!r)
+        return;
+    kv_exec_close(r->ex);
+    kv_buf_free(&r->op);
+    PyMem_RawFree(r);
+}
+
+int kvpy_store_route_open(kvpy_store *s)
+{
+    const char *mode = getenv("KVAULT_SHARED");
+    if (mode && !strcmp(mode, "off"))
+        return 0;
+    kv_exec *ex = NULL;
+    kv_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = kv_exec_open(s->path, &ex);
+    Py_END_ALLOW_THREADS
+    if (st == KV_NOMEM) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (st != KV_OK)
+        return 0;   /* no file behind the path (":memory:"): nothing to serve */
+    kvpy_route *r = PyMem_RawCalloc(1, sizeof *r);
+    if (!r) {
+        kv_exec_close(ex);
+        PyErr_NoMemory();
+        return -1;
+    }
+    r->ex = ex;
+    kv_buf_init(&r->op);
+    r->guard.check = route_check;
+    r->guard.ctx = r;
+    s->route = r;
+    route_guard(s);
+    return 0;
+}
+
+/* Encode the write `rw` of ctx as one operation in r->op. */
+static kv_status route_encode(const kvpy_store *s, kvpy_route *r, const kvpy_store_remote *rw,
+                              const void *ctx)
+{
+    kvshm_op_enc e;
+    r->op.len = 0;
+    kvshm_op_begin(&e, &r->op, s->kind->op_class, rw->op, s->table);
+    s->kind->encode_open(s, &e);
+    kvshm_op_args(&e);
+    rw->encode(ctx, &e);
+    return kvshm_op_end(&e);
+}
+
+/* The write, wherever it goes now (GIL released, lock held); on failure
+ * the message is copied into msg. */
+static kv_status route_run(kvpy_store *s, kvpy_store_op op, void *ctx,
+                           const kvpy_store_remote *rw, char *msg, size_t mlen)
+{
+    kvpy_route *r = s->route;
+    kv_status st = KV_OK;
+    for (int attempt = 0; attempt < ROUTE_ATTEMPTS; attempt++) {
+        if (r && r->via_writer) {
+            const uint8_t *res;
+            size_t rlen;
+            int reached;
+            if ((st = route_encode(s, r, rw, ctx)) != KV_OK) {
+                snprintf(msg, mlen, "%s: operation too large to send to the writer",
+                         s->kind->name);
+                return st;
+            }
+            st = kv_exec_call(r->ex, r->op.data, r->op.len, rw->result_max ? rw->result_max(ctx) : 8,
+                              &res, &rlen, &reached);
+            if (!reached) {   /* no writer serves the file now: the own connection */
+                r->via_writer = 0;
+                continue;
+            }
+            if (st == KV_OK && rw->result && (st = rw->result(ctx, res, rlen)) != KV_OK)
+                snprintf(msg, mlen, "%s: malformed reply of the writer", s->kind->name);
+            else if (st != KV_OK)
+                snprintf(msg, mlen, "%s", kv_exec_errmsg(r->ex));
+            return st;
+        }
+        st = op(s->h, ctx);
+        if (st == KV_OK)
+            return st;
+        if (!r || !r->guard.refused) {
+            snprintf(msg, mlen, "%s", s->kind->errmsg(s->h));
+            return st;
+        }
+        r->guard.refused = 0;   /* a writer serves the file: send it there */
+        r->via_writer = 1;
+    }
+    /* the writer came and went under every attempt: commit here */
+    if (r)
+        r->guard.bypass = 1;
+    st = op(s->h, ctx);
+    if (r)
+        r->guard.bypass = 0;
+    if (st != KV_OK)
+        snprintf(msg, mlen, "%s", s->kind->errmsg(s->h));
+    return st;
+}
+
+int kvpy_store_write(kvpy_store *s, kvpy_store_op op, void *ctx, const kvpy_store_remote *rw,
+                     kv_status *st_out)
+{
+    kv_status st;
+    char msg[1024] = "";
+    if (st_out)
+        *st_out = KV_OK;
+    if (store_enter(s) < 0)
+        return -1;
+    Py_BEGIN_ALLOW_THREADS
+    st = route_run(s, op, ctx, rw, msg, sizeof msg);
+    Py_END_ALLOW_THREADS
+    if (st != KV_OK)
+        kvpy_store_raise(st, msg);
+    kvpy_fork_unlock(&s->fork);
+    if (st_out)
+        *st_out = st;
+    return st == KV_OK ? 0 : -1;
+}
+
 /* kvpy_fork_node.rehome: the first call in a forked child opens the
  * store's own handle and leaks the parent's (forksafe.c). Lock held. */
 static int store_rehome(PyObject *obj)
@@ -79,6 +255,7 @@ static int store_rehome(PyObject *obj)
         return -1;
     }
     s->h = h;
+    route_guard(s);
     return 0;
 }
 
@@ -113,6 +290,8 @@ void kvpy_store_finalize(kvpy_store *s)
      * must not take a reference to this dying object */
     kvpy_fork_untrack(&s->fork);
     store_detach(s);
+    route_free(s->route);
+    s->route = NULL;
     free(s->path);
     free(s->table);
     s->path = s->table = NULL;
@@ -123,16 +302,8 @@ int kvpy_store_call(kvpy_store *s, kvpy_store_op op, void *ctx, kv_status *st_ou
     kv_status st;
     if (st_out)
         *st_out = KV_OK;
-    kvpy_fork_lock(&s->fork);
-    if (s->h == NULL) {
-        kvpy_fork_unlock(&s->fork);
-        PyErr_Format(PyExc_ValueError, "Cannot operate on closed %s", s->kind->name);
+    if (store_enter(s) < 0)
         return -1;
-    }
-    if (kvpy_fork_rehome(&s->fork) < 0) {
-        kvpy_fork_unlock(&s->fork);
-        return -1;
-    }
     void *h = s->h;
     Py_BEGIN_ALLOW_THREADS
     st = op(h, ctx);
@@ -227,11 +398,26 @@ static kv_status op_count(void *h, void *c)
     return a->kind->count(h, &a->count);
 }
 
+static void enc_delete(const void *c, kvshm_op_enc *e)
+{
+    kvshm_op_add_i64(e, ((const store_args *)c)->id);
+}
+
+static kv_status res_delete(void *c, const uint8_t *res, size_t n)
+{
+    if (n != 1)
+        return KV_IO;
+    ((store_args *)c)->flag = res[0] != 0;
+    return KV_OK;
+}
+
+static const kvpy_store_remote remote_delete = {KVSHM_OP_DELETE, enc_delete, NULL, res_delete};
+
 PyObject *kvpy_store_delete(PyObject *self, PyObject *arg)
 {
     kvpy_store *s = (kvpy_store *)self;
     store_args a = {.kind = s->kind};
-    if (kvpy_store_id(arg, &a.id) < 0 || kvpy_store_call(s, op_delete, &a, NULL) < 0)
+    if (kvpy_store_id(arg, &a.id) < 0 || kvpy_store_write(s, op_delete, &a, &remote_delete, NULL) < 0)
         return NULL;
     return PyBool_FromLong(a.flag);
 }

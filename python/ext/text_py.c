@@ -49,6 +49,15 @@ static kv_status tx_reopen(const kvpy_store *s, void **h, char *err, size_t errl
                         (kv_text **)h, err, errlen);
 }
 
+static void tx_set_guard(void *h, kv_commit_guard *g) { kv_text_set_commit_guard(h, g); }
+/* Open parameters of the writer's handle: the column names (kvshm/ops.h). */
+static void tx_encode_open(const kvpy_store *s, kvshm_op_enc *e)
+{
+    const TextVaultObject *t = (const TextVaultObject *)s;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t->columns); i++)
+        kvshm_op_add(e, t->names[i], strlen(t->names[i]));
+}
+
 static const kvpy_store_kind text_kind = {
     .name = "TextVault",
     .close = tx_close,
@@ -57,6 +66,9 @@ static const kvpy_store_kind text_kind = {
     .exists = tx_exists,
     .count = tx_count,
     .reopen = tx_reopen,
+    .op_class = KVSHM_OPC_TEXT,
+    .set_guard = tx_set_guard,
+    .encode_open = tx_encode_open,
 };
 
 #define STORE(self) ((kvpy_store *)(self))
@@ -117,6 +129,10 @@ static PyObject *TextVault_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     self->names = names;
     seq = NULL;
     Py_DECREF(path_bytes);
+    if (kvpy_store_route_open(STORE(self)) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
     return (PyObject *)self;
 fail:
     PyMem_Free(names);
@@ -189,6 +205,7 @@ typedef struct {
     uint8_t *out;                   /* out: get value (kv_text_free) */
     int64_t *ids;                   /* out: keys (kv_text_free) */
     size_t nout;                    /* out: bytes at out / entries at ids */
+    size_t ncols;                   /* insert, update: entries at texts (through the writer) */
 } tv_args;
 
 static kv_status op_insert(void *h, void *c)
@@ -239,6 +256,53 @@ static kv_status op_keys(void *h, void *c)
     return kv_text_keys(h, a->limit, a->offset, &a->ids, &a->nout);
 }
 
+/* ---- the same writes through the writer (kvshm/ops.h, TEXT) ---------- */
+
+/* A value as an operation field: absent when NULL (update: keep). */
+static void enc_value(kvshm_op_enc *e, const void *val, size_t vlen)
+{
+    if (val)
+        kvshm_op_add(e, val, vlen);
+    else
+        kvshm_op_add_absent(e);
+}
+
+static void enc_texts(const tv_args *a, kvshm_op_enc *e)
+{
+    for (size_t i = 0; i < a->ncols; i++)
+        kvshm_op_add(e, a->texts[i] ? a->texts[i] : "", a->lens[i]);
+}
+
+static void enc_insert(const void *c, kvshm_op_enc *e)
+{
+    const tv_args *a = c;
+    kvshm_op_add(e, a->val ? a->val : "", a->vlen);
+    enc_texts(a, e);
+}
+
+static void enc_update(const void *c, kvshm_op_enc *e)
+{
+    const tv_args *a = c;
+    kvshm_op_add_i64(e, a->id);
+    enc_value(e, a->val, a->vlen);
+    if (a->texts)
+        enc_texts(a, e);
+}
+
+static void enc_clear(const void *c, kvshm_op_enc *e) { (void)c; (void)e; }
+
+static kv_status res_id(void *c, const uint8_t *res, size_t n)
+{
+    if (n != 8)
+        return KV_IO;
+    memcpy(&((tv_args *)c)->id, res, 8);
+    return KV_OK;
+}
+
+static const kvpy_store_remote remote_insert = {KVSHM_OP_INSERT, enc_insert, NULL, res_id};
+static const kvpy_store_remote remote_update = {KVSHM_OP_UPDATE, enc_update, NULL, NULL};
+static const kvpy_store_remote remote_clear = {KVSHM_OP_CLEAR, enc_clear, NULL, NULL};
+
 /* A str argument → UTF-8 in a->q / a->qlen (valid while `obj` lives). */
 static int tv_query_arg(PyObject *obj, const char *what, tv_args *a)
 {
@@ -272,8 +336,9 @@ static PyObject *tv_insert(TextVaultObject *self, PyObject *args)
     kv_buf_init(&buf);
     if (!(tup = tv_texts(self, texts, ptrs, lens)) || kvpy_store_encode(value, &self->opts, &buf) < 0)
         goto out;
-    tv_args a = {.texts = ptrs, .lens = lens, .val = buf.data, .vlen = buf.len};
-    if (kvpy_store_call(STORE(self), op_insert, &a, NULL) == 0)
+    tv_args a = {.texts = ptrs, .lens = lens, .val = buf.data, .vlen = buf.len,
+                 .ncols = (size_t)PyTuple_GET_SIZE(self->columns)};
+    if (kvpy_store_write(STORE(self), op_insert, &a, &remote_insert, NULL) == 0)
         ret = PyLong_FromLongLong(a.id);
 out:
     Py_XDECREF(tup);
@@ -466,9 +531,10 @@ static PyObject *tv_update(TextVaultObject *self, PyObject *args, PyObject *kw)
     kv_buf_init(&buf);
     if (texts != Py_None && !(tup = tv_texts(self, texts, ptrs, lens)))
         goto out;
-    tv_args a = {.id = id, .texts = tup ? ptrs : NULL, .lens = lens};
+    tv_args a = {.id = id, .texts = tup ? ptrs : NULL, .lens = lens,
+                 .ncols = (size_t)PyTuple_GET_SIZE(self->columns)};
     if (kvpy_store_update_value(value, &self->opts, &buf, &a.val, &a.vlen) == 0 &&
-        kvpy_store_call(STORE(self), op_update, &a, NULL) == 0)
+        kvpy_store_write(STORE(self), op_update, &a, &remote_update, NULL) == 0)
         ret = Py_NewRef(Py_None);
 out:
     Py_XDECREF(tup);
@@ -498,7 +564,8 @@ PyDoc_STRVAR(tv_clear_doc, "clear() -> None\n\nDelete every document and value."
 
 static PyObject *tv_clear(TextVaultObject *self, PyObject *unused)
 {
-    if (kvpy_store_call(STORE(self), op_clear, NULL, NULL) < 0)
+    tv_args a = {0};
+    if (kvpy_store_write(STORE(self), op_clear, &a, &remote_clear, NULL) < 0)
         return NULL;
     Py_RETURN_NONE;
 }

@@ -46,6 +46,16 @@ static kv_status vx_reopen(const kvpy_store *s, void **h, char *err, size_t errl
     return st;
 }
 
+static void vx_set_guard(void *h, kv_commit_guard *g) { kv_vector_set_commit_guard(h, g); }
+/* Open parameters of the writer's handle: dims, metric, elem (kvshm/ops.h). */
+static void vx_encode_open(const kvpy_store *s, kvshm_op_enc *e)
+{
+    const VectorObject *v = (const VectorObject *)s;
+    kvshm_op_add_i64(e, (int64_t)v->dims);
+    kvshm_op_add_i64(e, (int64_t)v->metric);
+    kvshm_op_add_i64(e, (int64_t)v->elem);
+}
+
 static const kvpy_store_kind vector_kind = {
     .name = "VectorKVault",
     .close = vx_close,
@@ -54,6 +64,9 @@ static const kvpy_store_kind vector_kind = {
     .exists = vx_exists,
     .count = vx_count,
     .reopen = vx_reopen,
+    .op_class = KVSHM_OPC_VECTOR,
+    .set_guard = vx_set_guard,
+    .encode_open = vx_encode_open,
 };
 
 #define STORE(self) ((kvpy_store *)(self))
@@ -114,6 +127,69 @@ static kv_status op_get_by_id(void *h, void *c)
     vk_args *a = c;
     return kv_vector_get_by_id(h, a->id, &a->vec_out, &a->vec_out_len, &a->val_out, &a->val_out_len);
 }
+
+/* ---- the same writes through the writer (kvshm/ops.h, VECTOR) -------- */
+
+/* An optional field: absent when p is NULL (update: keep). */
+static void enc_opt(kvshm_op_enc *e, const void *p, size_t n)
+{
+    if (p)
+        kvshm_op_add(e, p, n);
+    else
+        kvshm_op_add_absent(e);
+}
+
+static void enc_insert(const void *c, kvshm_op_enc *e)
+{
+    const vk_args *a = c;
+    kvshm_op_add(e, a->vec, a->vbytes);
+    kvshm_op_add(e, a->val ? a->val : "", a->vlen);
+}
+
+_Static_assert(sizeof(size_t) == sizeof(int64_t), "value lengths travel as i64");
+
+static void enc_insert_many(const void *c, kvshm_op_enc *e)
+{
+    const vk_args *a = c;
+    kvshm_op_add_i64(e, (int64_t)a->n);
+    kvshm_op_add(e, a->vec ? a->vec : "", a->vbytes);
+    if (a->vals) {
+        kvshm_op_add(e, a->vlens, a->n * sizeof *a->vlens);
+        kvshm_op_add_gather(e, (const void *const *)a->vals, a->vlens, a->n);
+    }
+}
+
+static size_t max_insert_many(const void *c) { return ((const vk_args *)c)->n * 8; }
+
+static void enc_update(const void *c, kvshm_op_enc *e)
+{
+    const vk_args *a = c;
+    kvshm_op_add_i64(e, a->id);
+    enc_opt(e, a->vec, a->vbytes);
+    enc_opt(e, a->val, a->vlen);
+}
+
+static kv_status res_id(void *c, const uint8_t *res, size_t n)
+{
+    if (n != 8)
+        return KV_IO;
+    memcpy(&((vk_args *)c)->id, res, 8);
+    return KV_OK;
+}
+
+static kv_status res_ids(void *c, const uint8_t *res, size_t n)
+{
+    vk_args *a = c;
+    if (n != a->n * 8)
+        return KV_IO;
+    memcpy(a->ids, res, n);
+    return KV_OK;
+}
+
+static const kvpy_store_remote remote_insert = {KVSHM_OP_INSERT, enc_insert, NULL, res_id};
+static const kvpy_store_remote remote_insert_many = {KVSHM_OP_INSERT_MANY, enc_insert_many,
+                                                     max_insert_many, res_ids};
+static const kvpy_store_remote remote_update = {KVSHM_OP_UPDATE, enc_update, NULL, NULL};
 
 static const char *metric_names[] = {"cosine", "L2", "L1", "hamming"};
 static const char *elem_names[] = {"float32", "int8", "bit"};
@@ -308,6 +384,10 @@ static PyObject *Vector_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     }
     kv_vector_set_threads(v, threads);
     self->h = v;
+    if (kvpy_store_route_open(STORE(self)) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
     return (PyObject *)self;
 }
 
@@ -340,7 +420,7 @@ static PyObject *vk_insert(VectorObject *self, PyObject *args, PyObject *kw)
     if (kvpy_store_encode(value, &self->opts, &buf) == 0) {
         vk_args a = {.vec = PyBytes_AS_STRING(vb), .vbytes = (size_t)PyBytes_GET_SIZE(vb),
                      .val = buf.data, .vlen = buf.len};
-        if (kvpy_store_call(STORE(self), op_insert, &a, NULL) == 0)
+        if (kvpy_store_write(STORE(self), op_insert, &a, &remote_insert, NULL) == 0)
             ret = PyLong_FromLongLong(a.id);
     }
     Py_DECREF(vb);
@@ -448,7 +528,7 @@ static PyObject *vk_insert_many(VectorObject *self, PyObject *args, PyObject *kw
         lens[nb] = bufs[nb].len;
     }
     vk_args a = {.vec = view.buf, .vbytes = (size_t)view.len, .n = n, .vals = vals, .vlens = lens, .ids = ids};
-    if (kvpy_store_call(STORE(self), op_insert_many, &a, NULL) < 0)
+    if (kvpy_store_write(STORE(self), op_insert_many, &a, &remote_insert_many, NULL) < 0)
         goto out;
     ret = PyList_New((Py_ssize_t)n);
     for (size_t i = 0; ret && i < n; i++) {
@@ -595,7 +675,7 @@ static PyObject *vk_update(VectorObject *self, PyObject *args, PyObject *kw)
     vk_args a = {.id = id, .vec = vb ? PyBytes_AS_STRING(vb) : NULL,
                  .vbytes = vb ? (size_t)PyBytes_GET_SIZE(vb) : 0};
     if (kvpy_store_update_value(value, &self->opts, &buf, &a.val, &a.vlen) == 0 &&
-        kvpy_store_call(STORE(self), op_update, &a, NULL) == 0)
+        kvpy_store_write(STORE(self), op_update, &a, &remote_update, NULL) == 0)
         ret = Py_NewRef(Py_None);
 out:
     Py_XDECREF(vb);

@@ -383,7 +383,8 @@ def cmd_status(args):
         return 1
     for k in ("db", "pid", "generation", "shards", "keys_cached", "keys_in_memtables", "hits",
               "misses", "miss_loads", "applied_seq", "committed_seq", "pending", "memory_used",
-              "memory_total", "attached", "commits", "evicted_keys", "replayed"):
+              "memory_total", "attached", "commits", "evicted_keys", "replayed", "execs",
+              "execs_failed"):
         if k in st:
             print(f"{k:18} {st[k]}")
     rows = []

@@ -147,6 +147,12 @@ KV_API kv_status kv_text_search(kv_text *t, const char *query, size_t qlen,
                                 const char *column, int64_t k, unsigned flags,
                                 const kv_text_snippet *snip, kv_text_hits **out);
 
+/** kv_db_set_commit_guard on the store's connection: `g` (NULL removes it)
+ *  runs in every write transaction of `t` that commits, as there; a refused
+ *  commit makes the write fail (rolled back, nothing changed) with
+ *  g->refused set. `g` must outlive the guard. One thread at a time. */
+KV_API void kv_text_set_commit_guard(kv_text *t, kv_commit_guard *g);
+
 /** Free search results (NULL is a no-op). */
 KV_API void kv_text_hits_free(kv_text_hits *h);
 

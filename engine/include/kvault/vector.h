@@ -110,6 +110,12 @@ KV_API kv_status kv_vector_open(const char *path, const char *table, size_t dims
                                 kv_vector_metric metric, kv_vector_elem elem,
                                 kv_vector **out, char *err, size_t errlen);
 
+/** kv_db_set_commit_guard on the store's connection: `g` (NULL removes it)
+ *  runs in every write transaction of `v` that commits, as there; a refused
+ *  commit makes the write fail (rolled back, nothing changed) with
+ *  g->refused set. `g` must outlive the guard. One thread at a time. */
+KV_API void kv_vector_set_commit_guard(kv_vector *v, kv_commit_guard *g);
+
 /** Scan threads of `v`'s searches: 0 (the default) = automatic (one
  *  thread below 8 MiB of vectors, else one per online CPU), n > 0 = n. */
 KV_API void kv_vector_set_threads(kv_vector *v, int threads);

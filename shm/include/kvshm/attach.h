@@ -252,6 +252,46 @@ kv_status kv_att_put_many(kv_att *a, const kv_item *items, size_t n, int flags);
 kv_status kv_att_delete_many(kv_att *a, const void *const *keys, const size_t *klens, size_t n,
                              int flags, size_t *removed);
 
+/* ---- table operations through the writer (KVSHM_MSG_EXEC) ------------
+ * A store other than the served KV table (TextVault, VectorKVault) sends
+ * each write, encoded by kvshm/ops.h, to the writer serving its file and
+ * reads its own writes through its own connection once the call returned
+ * (the writer replies after the commit). A kv_exec is a connection to
+ * whichever writer serves the file now: made at the first call, made again
+ * when the writer changed (docs/shared-mode.md, "Every class through the
+ * writer"). One thread at a time per handle; a forked child's first call
+ * makes its own connection. */
+typedef struct kv_exec kv_exec;
+
+/** A handle for `db_path` (not connected yet). KV_OK; KV_NOTFOUND (the
+ *  file does not exist); KV_NOMEM. */
+kv_status kv_exec_open(const char *db_path, kv_exec **out);
+
+/** Close the connection and free (NULL: no-op). */
+void kv_exec_close(kv_exec *x);
+
+/** 1 if a live writer serves the file now (registry locked and ready, any
+ *  table), else 0. One open, fcntl and pread. The commit guard of a store
+ *  that routes its writes (kv_text_set_commit_guard, ...). Any thread. */
+int kv_exec_served(const kv_exec *x);
+
+/** Send the encoded operation op[0..len) to the writer and wait for its
+ *  reply. *reached = 1 when a writer received it and replied: the return
+ *  value is then the operation's status, *res and *rlen its result bytes (owned
+ *  by the handle, valid until its next call) or, on failure, the message is
+ *  kv_exec_errmsg's. *reached = 0 when no writer serves the file (none
+ *  ready, or it stopped or died and no new one is ready): the operation was
+ *  not applied by a writer that stopped cleanly; the caller runs it itself.
+ *  A writer that dies (kill -9) after receiving it may have committed it.
+ *  `result_max` is the largest result the operation can have (bytes):
+ *  operations or results above one packet travel in a memfd. Blocks until
+ *  the reply. */
+kv_status kv_exec_call(kv_exec *x, const void *op, size_t len, size_t result_max,
+                       const uint8_t **res, size_t *rlen, int *reached);
+
+/** Message of the last failed call ("" if none). */
+const char *kv_exec_errmsg(const kv_exec *x);
+
 #ifdef __cplusplus
 }
 #endif

@@ -565,6 +565,20 @@ void kvshm_reader_ring_doorbell(kvshm_reader *r);
  * doorbell, so the writer polls its socket on its next pass. Any reader. */
 void kvshm_reader_flag_request(kvshm_reader *r);
 
+/* The request bell of a process that sends socket requests without being
+ * attached to the segment (KVSHM_MSG_EXEC clients, kvshm/attach.h
+ * kv_exec_*): the slot file's header only, no slot taken.
+ * kvshm_bell_open maps the header of slot file `slot_name` read-write and
+ * checks its magic, layout and `generation`: KVSHM_OK (*out owned: close
+ * with kvshm_bell_close), KVSHM_E_NOENT, KVSHM_E_SIZE, KVSHM_E_MAGIC,
+ * KVSHM_E_LAYOUT, KVSHM_E_GENERATION, KVSHM_E_SYS, KVSHM_E_NOMEM.
+ * kvshm_bell_request does what kvshm_reader_flag_request does. One thread
+ * at a time per bell; a forked child opens its own. */
+typedef struct kvshm_bell kvshm_bell;
+kvshm_status kvshm_bell_open(const char *slot_name, uint64_t generation, kvshm_bell **out);
+void kvshm_bell_request(kvshm_bell *b);
+void kvshm_bell_close(kvshm_bell *b);
+
 /* This handle's slot index and the segment generation; errno of the last
  * KVSHM_E_SYS. Any reader. */
 uint32_t kvshm_reader_slot(const kvshm_reader *r);

@@ -1,0 +1,243 @@
+/*
+ * ops.c -- the encoded table operation of KVSHM_MSG_EXEC (kvshm/ops.h):
+ * the client's encoder and the writer's one bounds-checked decoder.
+ */
+#include <string.h>
+
+#include "kvshm/ops.h"
+
+/* ---- decoding ----------------------------------------------------------- */
+
+static int ident_ok(const uint8_t *p, uint32_t n)
+{
+    if (n == 0 || n > KVSHM_OP_TABLE_MAX) return 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t c = p[i];
+        int alpha = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
+        if (!alpha && !(i > 0 && c >= '0' && c <= '9')) return 0;
+    }
+    return 1;
+}
+
+static int is_i64(const kvshm_op_field *f) { return f->present && f->len == 8; }
+
+int64_t kvshm_op_i64(const kvshm_op_field *f, int *ok)
+{
+    int64_t v = 0;
+    if (!is_i64(f)) {
+        if (ok) *ok = 0;
+        return 0;
+    }
+    memcpy(&v, f->p, 8);
+    if (ok) *ok = 1;
+    return v;
+}
+
+/* The per-class shape of an operation: counts and integer fields. NULL
+ * when it fits, else why not. */
+static const char *shape_check(const kvshm_op *op)
+{
+    const kvshm_op_field *a = op->args;
+    switch (op->cls) {
+    case KVSHM_OPC_TEXT:
+        if (op->nopen == 0 || op->nopen > 255) return "text: 1..255 columns";
+        for (uint32_t i = 0; i < op->nopen; i++)
+            if (!op->open[i].present || op->open[i].len == 0 ||
+                memchr(op->open[i].p, 0, op->open[i].len))
+                return "text: bad column name";
+        switch (op->op) {
+        case KVSHM_OP_INSERT:
+            if (op->nargs != 1 + op->nopen) return "text insert: one value and a text per column";
+            for (uint32_t i = 0; i < op->nargs; i++)
+                if (!a[i].present) return "text insert: absent field";
+            return NULL;
+        case KVSHM_OP_UPDATE:
+            if (op->nargs != 2 && op->nargs != 2 + op->nopen)
+                return "text update: id, value, optional texts";
+            if (!is_i64(&a[0])) return "text update: bad id";
+            for (uint32_t i = 2; i < op->nargs; i++)
+                if (!a[i].present) return "text update: absent text";
+            if (op->nargs == 2 && !a[1].present) return "text update: nothing to update";
+            return NULL;
+        case KVSHM_OP_DELETE:
+            return op->nargs == 1 && is_i64(&a[0]) ? NULL : "text delete: bad id";
+        case KVSHM_OP_CLEAR:
+            return op->nargs == 0 ? NULL : "text clear: unexpected arguments";
+        default:
+            return "text: unknown operation";
+        }
+    case KVSHM_OPC_VECTOR:
+        if (op->nopen != 3 || !is_i64(&op->open[0]) || !is_i64(&op->open[1]) ||
+            !is_i64(&op->open[2]))
+            return "vector: open parameters are dims, metric, elem";
+        switch (op->op) {
+        case KVSHM_OP_INSERT:
+            return op->nargs == 2 && a[0].present && a[1].present ? NULL
+                                                                  : "vector insert: vector, value";
+        case KVSHM_OP_INSERT_MANY: {
+            if ((op->nargs != 2 && op->nargs != 4) || !is_i64(&a[0]) || !a[1].present)
+                return "vector insert_many: n, vectors, value lengths, values";
+            int64_t n = kvshm_op_i64(&a[0], NULL);
+            if (n < 0 || (uint64_t)n > KVSHM_OP_MAX_BYTES / 8)
+                return "vector insert_many: bad count";
+            if (op->nargs == 2) return NULL;
+            if (!a[2].present || !a[3].present || a[2].len != (uint64_t)n * 8)
+                return "vector insert_many: value lengths do not match the count";
+            uint64_t sum = 0;
+            for (int64_t i = 0; i < n; i++) {
+                int64_t l;
+                memcpy(&l, a[2].p + i * 8, 8);
+                if (l < 0 || (uint64_t)l > a[3].len - sum)
+                    return "vector insert_many: value lengths run past the values";
+                sum += (uint64_t)l;
+            }
+            return sum == a[3].len ? NULL : "vector insert_many: bytes after the last value";
+        }
+        case KVSHM_OP_UPDATE:
+            if (op->nargs != 3 || !is_i64(&a[0])) return "vector update: id, vector, value";
+            return a[1].present || a[2].present ? NULL : "vector update: nothing to update";
+        case KVSHM_OP_DELETE:
+            return op->nargs == 1 && is_i64(&a[0]) ? NULL : "vector delete: bad id";
+        default:
+            return "vector: unknown operation";
+        }
+    default:
+        return "unknown class";
+    }
+}
+
+/* Read one u32 at *pos (bounds checked): 0, or -1 past the end. */
+static int rd_u32(const uint8_t *p, size_t len, size_t *pos, uint32_t *out)
+{
+    if (len - *pos < 4) return -1;
+    memcpy(out, p + *pos, 4);
+    *pos += 4;
+    return 0;
+}
+
+int kvshm_op_decode(const void *buf, size_t len, kvshm_op *op, const char **why)
+{
+    const uint8_t *p = buf;
+    uint32_t magic, tlen;
+    uint16_t nopen, nargs, reserved;
+    if (len < KVSHM_OP_HDR) { *why = "shorter than the operation header"; return -1; }
+    memcpy(&magic, p, 4);
+    if (magic != KVSHM_OP_MAGIC) { *why = "bad operation magic"; return -1; }
+    op->cls = p[4];
+    op->op = p[5];
+    memcpy(&nopen, p + 6, 2);
+    memcpy(&nargs, p + 8, 2);
+    memcpy(&reserved, p + 10, 2);
+    if (reserved) { *why = "reserved bytes set"; return -1; }
+    if (nopen > KVSHM_OP_MAX_FIELDS || nargs > KVSHM_OP_MAX_FIELDS) {
+        *why = "too many fields";
+        return -1;
+    }
+    size_t pos = KVSHM_OP_HDR;
+    if (rd_u32(p, len, &pos, &tlen) || tlen > len - pos || !ident_ok(p + pos, tlen)) {
+        *why = "table name missing or not an identifier";
+        return -1;
+    }
+    op->table = (const char *)p + pos;
+    op->table_len = tlen;
+    op->key = p + pos;
+    pos += tlen;
+    op->nopen = nopen;
+    op->nargs = nargs;
+    op->open = op->fields;
+    op->args = op->fields + nopen;
+    for (uint32_t i = 0; i < (uint32_t)nopen + nargs; i++) {
+        uint32_t flen;
+        kvshm_op_field *f = &op->fields[i];
+        if (rd_u32(p, len, &pos, &flen)) { *why = "field length past the end"; return -1; }
+        if (flen == KVSHM_OP_ABSENT) {
+            *f = (kvshm_op_field){NULL, 0, 0};
+        } else {
+            if (flen > len - pos) { *why = "field runs past the end"; return -1; }
+            *f = (kvshm_op_field){p + pos, flen, 1};
+            pos += flen;
+        }
+        if (i + 1 == nopen) op->key_len = (size_t)(p + pos - op->key);
+    }
+    if (nopen == 0) op->key_len = tlen;
+    if (pos != len) { *why = "bytes after the last field"; return -1; }
+    const char *bad = shape_check(op);
+    if (bad) { *why = bad; return -1; }
+    return 0;
+}
+
+/* ---- encoding ------------------------------------------------------------- */
+
+static void put(kvshm_op_enc *e, const void *p, size_t n)
+{
+    if (e->st == KV_OK && n) e->st = kv_buf_append(e->b, p, n);
+}
+
+void kvshm_op_begin(kvshm_op_enc *e, kv_buf *b, unsigned cls, unsigned op, const char *table)
+{
+    size_t tlen = strlen(table);
+    *e = (kvshm_op_enc){.b = b, .start = b->len, .st = KV_OK};
+    uint8_t hdr[KVSHM_OP_HDR] = {0};
+    uint32_t magic = KVSHM_OP_MAGIC, t = (uint32_t)tlen;
+    memcpy(hdr, &magic, 4);
+    hdr[4] = (uint8_t)cls;
+    hdr[5] = (uint8_t)op;
+    put(e, hdr, sizeof hdr);
+    if (tlen == 0 || tlen > KVSHM_OP_TABLE_MAX) e->st = KV_INVALID;
+    put(e, &t, 4);
+    put(e, table, tlen);
+}
+
+static int count_field(kvshm_op_enc *e)
+{
+    uint32_t *n = e->in_args ? &e->nargs : &e->nopen;
+    if (++*n > KVSHM_OP_MAX_FIELDS && e->st == KV_OK) e->st = KV_INVALID;
+    return e->st == KV_OK;
+}
+
+void kvshm_op_add(kvshm_op_enc *e, const void *p, size_t len)
+{
+    if (!count_field(e)) return;
+    if (len >= KVSHM_OP_ABSENT) {
+        e->st = KV_INVALID;
+        return;
+    }
+    uint32_t n = (uint32_t)len;
+    put(e, &n, 4);
+    put(e, p, len);
+}
+
+void kvshm_op_add_gather(kvshm_op_enc *e, const void *const *parts, const size_t *lens, size_t n)
+{
+    if (!count_field(e)) return;
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (lens[i] >= KVSHM_OP_ABSENT - total) {
+            e->st = KV_INVALID;
+            return;
+        }
+        total += lens[i];
+    }
+    uint32_t t = (uint32_t)total;
+    put(e, &t, 4);
+    for (size_t i = 0; i < n; i++) put(e, parts[i], lens[i]);
+}
+
+void kvshm_op_add_i64(kvshm_op_enc *e, int64_t v) { kvshm_op_add(e, &v, 8); }
+
+void kvshm_op_add_absent(kvshm_op_enc *e)
+{
+    uint32_t n = KVSHM_OP_ABSENT;
+    if (count_field(e)) put(e, &n, 4);
+}
+
+void kvshm_op_args(kvshm_op_enc *e) { e->in_args = 1; }
+
+kv_status kvshm_op_end(kvshm_op_enc *e)
+{
+    if (e->st != KV_OK) return e->st;
+    uint16_t no = (uint16_t)e->nopen, na = (uint16_t)e->nargs;
+    memcpy(e->b->data + e->start + 6, &no, 2);
+    memcpy(e->b->data + e->start + 8, &na, 2);
+    return KV_OK;
+}

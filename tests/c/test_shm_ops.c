@@ -1,0 +1,201 @@
+/* test_shm_ops.c - the table operations of KVSHM_MSG_EXEC (shm/ops.c,
+ * kvshm/ops.h): what the encoder writes decodes to the same fields, every
+ * shape the executor relies on is checked, and every truncation or change of
+ * a length or count is refused; the EXEC request's sizes in kvshm_msg_parse. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvshm/ops.h"
+#include "kvshm/proto.h"
+#include "shm_test_util.h"
+
+TestSuite(shm_ops, .timeout = 60);
+
+static kvshm_op g_op; /* large: kept off the stack */
+
+static void enc_text_insert(kv_buf *b, const char *table)
+{
+    kvshm_op_enc e;
+    kvshm_op_begin(&e, b, KVSHM_OPC_TEXT, KVSHM_OP_INSERT, table);
+    kvshm_op_add(&e, "title", 5);
+    kvshm_op_add(&e, "body", 4);
+    kvshm_op_args(&e);
+    kvshm_op_add(&e, "\x01\x02", 2);   /* value */
+    kvshm_op_add(&e, "hello", 5);
+    kvshm_op_add(&e, "", 0);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+}
+
+Test(shm_ops, text_insert_round_trip)
+{
+    kv_buf b;
+    kv_buf_init(&b);
+    enc_text_insert(&b, "text_vault");
+    const char *why = NULL;
+    cr_assert_eq(kvshm_op_decode(b.data, b.len, &g_op, &why), 0, "%s", why);
+    cr_assert_eq(g_op.cls, KVSHM_OPC_TEXT);
+    cr_assert_eq(g_op.op, KVSHM_OP_INSERT);
+    cr_assert_eq(g_op.table_len, 10);
+    cr_assert(!memcmp(g_op.table, "text_vault", 10));
+    cr_assert_eq(g_op.nopen, 2);
+    cr_assert_eq(g_op.nargs, 3);
+    cr_assert(g_op.open[1].present && g_op.open[1].len == 4 && !memcmp(g_op.open[1].p, "body", 4));
+    cr_assert(g_op.args[0].len == 2 && g_op.args[0].p[1] == 2);
+    cr_assert(g_op.args[2].present && g_op.args[2].len == 0);
+    /* the key spans the table and the open parameters: same store, same key */
+    kvshm_op first = g_op;
+    kv_buf b2;
+    kv_buf_init(&b2);
+    kvshm_op_enc e;
+    kvshm_op_begin(&e, &b2, KVSHM_OPC_TEXT, KVSHM_OP_DELETE, "text_vault");
+    kvshm_op_add(&e, "title", 5);
+    kvshm_op_add(&e, "body", 4);
+    kvshm_op_args(&e);
+    kvshm_op_add_i64(&e, 42);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert_eq(kvshm_op_decode(b2.data, b2.len, &g_op, &why), 0, "%s", why);
+    cr_assert_eq(g_op.key_len, first.key_len);
+    cr_assert(!memcmp(g_op.key, first.key, first.key_len));
+    int ok = 0;
+    cr_assert_eq(kvshm_op_i64(&g_op.args[0], &ok), 42);
+    cr_assert(ok);
+    kv_buf_free(&b);
+    kv_buf_free(&b2);
+}
+
+Test(shm_ops, every_truncation_and_trailing_byte_is_refused)
+{
+    kv_buf b;
+    kv_buf_init(&b);
+    enc_text_insert(&b, "t");
+    const char *why;
+    for (size_t n = 0; n < b.len; n++)
+        cr_assert_eq(kvshm_op_decode(b.data, n, &g_op, &why), -1, "prefix of %zu bytes", n);
+    uint8_t *more = malloc(b.len + 1);
+    memcpy(more, b.data, b.len);
+    more[b.len] = 0;
+    cr_assert_eq(kvshm_op_decode(more, b.len + 1, &g_op, &why), -1);
+    free(more);
+    kv_buf_free(&b);
+}
+
+Test(shm_ops, lengths_counts_and_names_are_checked)
+{
+    kv_buf b;
+    kv_buf_init(&b);
+    enc_text_insert(&b, "t");
+    const char *why;
+    uint8_t *p = malloc(b.len);
+    /* a field length running past the end (the value's, after the header,
+     * the table and two column names) */
+    size_t val_len_at = KVSHM_OP_HDR + 4 + 1 + 4 + 5 + 4 + 4;
+    memcpy(p, b.data, b.len);
+    uint32_t huge = 0x7fffffffu;
+    memcpy(p + val_len_at, &huge, 4);
+    cr_assert_eq(kvshm_op_decode(p, b.len, &g_op, &why), -1);
+    /* counts that do not match the operation's shape */
+    memcpy(p, b.data, b.len);
+    uint16_t nargs = 2;
+    memcpy(p + 8, &nargs, 2);
+    cr_assert_eq(kvshm_op_decode(p, b.len, &g_op, &why), -1);
+    nargs = 0xffff;
+    memcpy(p + 8, &nargs, 2);
+    cr_assert_eq(kvshm_op_decode(p, b.len, &g_op, &why), -1);
+    /* unknown class and operation, bad magic, reserved bytes */
+    memcpy(p, b.data, b.len);
+    p[4] = 9;
+    cr_assert_eq(kvshm_op_decode(p, b.len, &g_op, &why), -1);
+    memcpy(p, b.data, b.len);
+    p[5] = 77;
+    cr_assert_eq(kvshm_op_decode(p, b.len, &g_op, &why), -1);
+    memcpy(p, b.data, b.len);
+    p[0] ^= 1;
+    cr_assert_eq(kvshm_op_decode(p, b.len, &g_op, &why), -1);
+    memcpy(p, b.data, b.len);
+    p[10] = 1;
+    cr_assert_eq(kvshm_op_decode(p, b.len, &g_op, &why), -1);
+    /* a table name that is not an identifier */
+    memcpy(p, b.data, b.len);
+    p[KVSHM_OP_HDR + 4] = '"';
+    cr_assert_eq(kvshm_op_decode(p, b.len, &g_op, &why), -1);
+    cr_assert(strstr(why, "identifier"));
+    free(p);
+    kv_buf_free(&b);
+    /* the encoder refuses what the decoder would */
+    kv_buf_init(&b);
+    kvshm_op_enc e;
+    kvshm_op_begin(&e, &b, KVSHM_OPC_TEXT, KVSHM_OP_CLEAR, "");
+    cr_assert_eq(kvshm_op_end(&e), KV_INVALID);
+    kv_buf_free(&b);
+}
+
+/* A vector operation on table "vectors" (4 dims, cosine, f32), at its arguments. */
+static void begin_vector(kvshm_op_enc *e, kv_buf *b, unsigned op)
+{
+    kvshm_op_begin(e, b, KVSHM_OPC_VECTOR, op, "vectors");
+    kvshm_op_add_i64(e, 4);
+    kvshm_op_add_i64(e, 0);
+    kvshm_op_add_i64(e, 0);
+    kvshm_op_args(e);
+}
+
+Test(shm_ops, vector_shapes)
+{
+    kv_buf b;
+    kv_buf_init(&b);
+    kvshm_op_enc e;
+    const char *why = NULL;
+    /* insert_many: 3 rows, value lengths and values back to back */
+    size_t lens[3] = {1, 0, 2};
+    const void *parts[3] = {"a", "", "bc"};
+    begin_vector(&e, &b, KVSHM_OP_INSERT_MANY);
+    kvshm_op_add_i64(&e, 3);
+    kvshm_op_add(&e, "0123456789abcdef0123456789abcdef0123456789abcdef", 48);
+    kvshm_op_add(&e, lens, sizeof lens);
+    kvshm_op_add_gather(&e, parts, lens, 3);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert_eq(kvshm_op_decode(b.data, b.len, &g_op, &why), 0, "%s", why);
+    cr_assert_eq(g_op.args[3].len, 3);
+    /* value lengths that do not add up are refused */
+    size_t bad_at = b.len - 3 - 4 - 24 + 16;   /* the third length */
+    int64_t three = 3;
+    memcpy(b.data + bad_at, &three, 8);
+    cr_assert_eq(kvshm_op_decode(b.data, b.len, &g_op, &why), -1);
+    kv_buf_free(&b);
+    /* update with nothing to update */
+    kv_buf_init(&b);
+    begin_vector(&e, &b, KVSHM_OP_UPDATE);
+    kvshm_op_add_i64(&e, 1);
+    kvshm_op_add_absent(&e);
+    kvshm_op_add_absent(&e);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert_eq(kvshm_op_decode(b.data, b.len, &g_op, &why), -1);
+    kv_buf_free(&b);
+}
+
+Test(shm_ops, exec_request_sizes)
+{
+    uint8_t pkt[sizeof(struct kvshm_msg) + KVSHM_OP_HDR];
+    struct kvshm_msg m = {.m_magic = KVSHM_PROTO_MAGIC, .m_type = KVSHM_MSG_EXEC};
+    struct kvshm_msg out;
+    const uint8_t *pl;
+    const char *why;
+    /* inline: at least the operation header, m_arg 0 */
+    m.m_len = KVSHM_OP_HDR;
+    memcpy(pkt, &m, sizeof m);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof pkt, &out, &pl, &why), 0);
+    m.m_arg = 5;
+    memcpy(pkt, &m, sizeof m);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof pkt, &out, &pl, &why), -1);
+    /* in a memfd: no payload, 1..KVSHM_OP_MAX_BYTES */
+    m.m_len = 0;
+    m.m_arg = 100;
+    memcpy(pkt, &m, sizeof m);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof m, &out, &pl, &why), 0);
+    m.m_arg = 0;
+    memcpy(pkt, &m, sizeof m);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof m, &out, &pl, &why), -1);
+    m.m_arg = KVSHM_OP_MAX_BYTES + 1;
+    memcpy(pkt, &m, sizeof m);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof m, &out, &pl, &why), -1);
+}
