@@ -4,6 +4,7 @@ Every fixture works on real SQLite files under pytest's ``tmp_path``;
 nothing is mocked. Vaults opened by a fixture are closed afterwards.
 """
 
+import os
 import sqlite3
 
 import pytest
@@ -11,10 +12,13 @@ import pytest
 from kohakuvault import KVault
 
 
-# ---- shared mode -------------------------------------------------------
-# `pytest --shared-mode` runs every test that uses `db_path` against a
-# kvault-writer serving that file, so `KVault(db_path)` attaches
-# (docs/shared-mode.md); `raw_row` then first asks the writer to commit.
+# ---- the spawned-shared pass -------------------------------------------
+# `KVAULT_SHARED=spawn pytest ...` (the second pass of scripts/test) runs the
+# whole suite with every `KVault` opened with the default `shared=` starting
+# or attaching to a kvault-writer for its file (docs/shared-mode.md, "The
+# test suite's two passes"); `raw_row` then first asks the writer to commit.
+
+SPAWN_PASS = os.environ.get("KVAULT_SHARED") == "spawn"
 
 
 def die_with_parent():
@@ -30,15 +34,10 @@ def die_with_parent():
         pass
 
 
-def pytest_addoption(parser):
-    parser.addoption("--shared-mode", action="store_true", default=False,
-                     help="serve db_path with a kvault-writer (KVault attaches)")
-
-
-# Embedded-only behaviour, documented in docs/shared-mode.md: the writer
-# creates the file and the "kv" table before any test code runs, and an
-# attached process never sees SQLite's busy state (the writer owns writes).
-_EMBEDDED_ONLY = {
+# Tests that check embedded-only behaviour by nature, skipped in the
+# spawned-shared pass; the same list, with the same reasons, is in
+# docs/shared-mode.md ("The test suite's two passes").
+EMBEDDED_ONLY = {
     "test_tables_share_one_file": "the writer creates the 'kv' table when it starts",
     "test_page_size_only_on_new_file": "the writer creates the file (page size fixed then)",
     "test_busy_without_retries_raises_database_busy": "attached writes never see SQLITE_BUSY",
@@ -48,63 +47,28 @@ _EMBEDDED_ONLY = {
         "an attached open never takes SQLite's write lock",
 }
 
-
 # The embedded write-back cache (values invisible to SQLite until a flush,
 # flush thresholds, locking) is replaced in shared mode by the ring and the
 # writer's group commit (docs/shared-mode.md, "Differences").
-_EMBEDDED_ONLY_MODULES = {"test_cache.py": "embedded write-back cache semantics"}
+EMBEDDED_ONLY_MODULES = {"test_cache.py": "embedded write-back cache semantics"}
 
 
 def pytest_collection_modifyitems(config, items):
-    if not config.getoption("--shared-mode"):
+    if not SPAWN_PASS:
         return
     for item in items:
-        reason = _EMBEDDED_ONLY.get(item.originalname or item.name) or \
-            _EMBEDDED_ONLY_MODULES.get(item.fspath.basename)
+        reason = EMBEDDED_ONLY.get(item.originalname or item.name) or \
+            EMBEDDED_ONLY_MODULES.get(item.fspath.basename)
         if reason:
             item.add_marker(pytest.mark.skip(reason=f"embedded-only: {reason}"))
 
 
-def _writer_binary():
-    """The writer to serve db_path with (kohakuvault._writer.writer_binary)."""
-    import os
-
-    from kohakuvault._writer import writer_binary
-
-    return writer_binary(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
 @pytest.fixture
-def shared_mode(request):
-    """True when the suite runs with --shared-mode."""
-    return request.config.getoption("--shared-mode")
-
-
-@pytest.fixture
-def db_path(tmp_path, shared_mode):
-    """Path (``str``) of a database file that does not exist yet (with
-    --shared-mode: created and served by a kvault-writer for the test)."""
-    path = str(tmp_path / "test.db")
-    if not shared_mode:
-        yield path
-        return
-    import signal
-    import subprocess
-
-    exe = _writer_binary()
-    if exe is None:
-        pytest.fail("--shared-mode: kvault-writer is not built")
-    proc = subprocess.Popen([exe, path], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, preexec_fn=die_with_parent)
-    try:
-        assert proc.stdout.readline().startswith("ready")
-        yield path
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def db_path(tmp_path):
+    """Path (``str``) of a database file that does not exist yet (in the
+    spawned-shared pass, the first ``KVault`` opened on it starts its
+    writer)."""
+    return str(tmp_path / "test.db")
 
 
 def _commit_if_served(path, table):
