@@ -34,31 +34,44 @@ def die_with_parent():
         pass
 
 
-# Tests that check embedded-only behaviour by nature, skipped in the
-# spawned-shared pass; the same list, with the same reasons, is in
+# Tests that check embedded-only behaviour by nature ("file::test": reason),
+# skipped in the spawned-shared pass; the same list, with the same reasons, is in
 # docs/shared-mode.md ("The test suite's two passes").
+_WRITE_BACK = ("the embedded write-back cache: what SQLite holds before and after a "
+               "flush (attached, a put is applied at once and committed by the "
+               "writer's group commit)")
 EMBEDDED_ONLY = {
-    "test_tables_share_one_file": "the writer creates the 'kv' table when it starts",
-    "test_page_size_only_on_new_file": "the writer creates the file (page size fixed then)",
-    "test_busy_without_retries_raises_database_busy": "attached writes never see SQLITE_BUSY",
-    "test_busy_is_retried_with_backoff": "attached writes never see SQLITE_BUSY",
-    "test_busy_open_is_retried": "an attached open never takes SQLite's write lock",
-    "test_busy_open_without_retries_raises_database_busy":
+    "test_kvault.py::test_tables_share_one_file":
+        "the writer creates the 'kv' table when it starts",
+    "test_kvault.py::test_page_size_only_on_new_file":
+        "the writer creates the file (page size fixed then)",
+    "test_kvault.py::test_busy_without_retries_raises_database_busy":
+        "attached writes never see SQLITE_BUSY",
+    "test_kvault.py::test_busy_is_retried_with_backoff": "attached writes never see SQLITE_BUSY",
+    "test_kvault.py::test_busy_open_is_retried": "an attached open never takes SQLite's write lock",
+    "test_kvault.py::test_busy_open_without_retries_raises_database_busy":
         "an attached open never takes SQLite's write lock",
+    "test_kvault.py::test_wal_switch":
+        "a writer keeps its file in WAL mode whatever enable_wal= says",
+    "test_kvault.py::test_mmap_size":
+        "attached reads come from the shared segment: the own connection may never map the file",
+    "test_cache.py::test_cache_visibility": _WRITE_BACK,
+    "test_cache.py::test_overwrite_in_cache_keeps_latest": _WRITE_BACK,
+    "test_cache.py::test_flush_threshold_triggers_flush": _WRITE_BACK,
+    "test_cache.py::test_value_larger_than_cap_bypasses": _WRITE_BACK,
+    "test_cache.py::test_overflow_flushes_then_caches": _WRITE_BACK,
+    "test_cache.py::test_lock_cache_refuses_flush_but_never_drops": _WRITE_BACK,
+    "test_cache.py::test_cache_context_manager": _WRITE_BACK,
+    "test_cache.py::test_cache_context_manager_flushes_on_exception": _WRITE_BACK,
+    "test_cache.py::test_daemon_flushes_within_interval": _WRITE_BACK,
 }
-
-# The embedded write-back cache (values invisible to SQLite until a flush,
-# flush thresholds, locking) is replaced in shared mode by the ring and the
-# writer's group commit (docs/shared-mode.md, "Differences").
-EMBEDDED_ONLY_MODULES = {"test_cache.py": "embedded write-back cache semantics"}
 
 
 def pytest_collection_modifyitems(config, items):
     if not SPAWN_PASS:
         return
     for item in items:
-        reason = EMBEDDED_ONLY.get(item.originalname or item.name) or \
-            EMBEDDED_ONLY_MODULES.get(item.fspath.basename)
+        reason = EMBEDDED_ONLY.get(f"{item.fspath.basename}::{item.originalname or item.name}")
         if reason:
             item.add_marker(pytest.mark.skip(reason=f"embedded-only: {reason}"))
 
