@@ -88,14 +88,10 @@ def test_embedded_open_after_writer_kill_replays_first(tmp_path):
 
 
 @pytest.mark.parametrize("shared", [False, "auto"])
-def test_embedded_object_opened_before_the_writer_replays_at_its_commit(tmp_path, shared,
-                                                                      monkeypatch):
+def test_embedded_object_opened_before_the_writer_replays_at_its_commit(tmp_path, shared):
     """The object was open (embedded) before the writer started and died:
     its commit guard sees the unreplayed segment, the replay runs, then the
     write."""
-    # "auto" as documented: KVAULT_SHARED=spawn (the spawned-shared pass)
-    # would replace it and start a writer at the open
-    monkeypatch.delenv("KVAULT_SHARED", raising=False)
     db = str(tmp_path / "g.db")
     e = KVault(db, shared=shared)
     e["k0"] = "before"
