@@ -279,7 +279,10 @@ def _same_rankings(db, rebuilt, docs, vecs):
     return diffs
 
 
-def test_four_processes_every_class_writer_killed_twice(tmp_path):
+def test_four_processes_every_class_writer_killed_twice(tmp_path, monkeypatch):
+    # The workers set KVAULT_SHARED=spawn themselves; this process sets up
+    # and verifies embedded (the rebuild must be embedded) in both passes.
+    monkeypatch.delenv("KVAULT_SHARED", raising=False)
     db = str(tmp_path / "stress.db")
     # Tables and the shared column exist before the workers race to open them.
     ColumnVault(db).ensure("ev", "i64")
