@@ -206,7 +206,7 @@ def _verify_column(db, results, figures):
     values = ColumnVault(db)["ev"].to_numpy().tolist()
     acked = {v: True for i, r in enumerate(results) for n in r["acked"]["column"]
              for v in column_values(i, n)}
-    _check("column", acked, [(v, True) for v in values], figures)
+    _check("column values", acked, [(v, True) for v in values], figures)
 
 
 def _verify_text(db, results, figures):
