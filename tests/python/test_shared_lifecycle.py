@@ -11,7 +11,6 @@ Every test starts its own writers on a temp database and stops them in
 import contextlib
 import multiprocessing as mp
 import os
-import random
 import signal
 import socket
 import sqlite3
