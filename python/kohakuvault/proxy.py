@@ -264,34 +264,44 @@ class KVault(Mapping):
 
         self._closed = False  # so that _fail maps open errors instead of "closed"
         # shared mode: docs/shared-mode.md
-        self._shared_at_open, route = _attach(fspath, table, shared)
-        try:
-            native_cls = functools.partial(
-                _kvault._KVault,
-                read_cache_bytes=read_cache_bytes,
-                attach=self._shared_at_open,
-                write_mode=write_mode,
-                route=route,
-            )
-            native = self._call(
-                native_cls,
-                fspath,
-                table,
-                chunk_size,
-                bool(enable_wal),
-                page_size,
-                mmap_size,
-                cache_kb,
-            )
-        except KohakuVaultError as exc:
-            self._closed = True
-            text = open_failure_text(fspath, str(exc))
-            if text is None or isinstance(exc, InvalidArgument):
+        attach_deadline = time.monotonic() + _ATTACH_RETRY_S
+        while True:
+            self._shared_at_open, route = _attach(fspath, table, shared)
+            try:
+                native_cls = functools.partial(
+                    _kvault._KVault,
+                    read_cache_bytes=read_cache_bytes,
+                    attach=self._shared_at_open,
+                    write_mode=write_mode,
+                    route=route,
+                )
+                native = self._call(
+                    native_cls,
+                    fspath,
+                    table,
+                    chunk_size,
+                    bool(enable_wal),
+                    page_size,
+                    mmap_size,
+                    cache_kb,
+                )
+                break
+            except KohakuVaultError as exc:
+                if self._shared_at_open and not isinstance(exc, InvalidArgument) \
+                        and time.monotonic() < attach_deadline:
+                    # The writer stopped (a spawned one lingering out) between
+                    # the look at its registry and the attach: look again
+                    # (spawn a new one, open embedded or wait, per shared=).
+                    time.sleep(0.02)
+                    continue
+                self._closed = True
+                text = open_failure_text(fspath, str(exc))
+                if text is None or isinstance(exc, InvalidArgument):
+                    raise
+                raise KohakuVaultError(text) from exc
+            except BaseException:
+                self._closed = True
                 raise
-            raise KohakuVaultError(text) from exc
-        except BaseException:
-            self._closed = True
-            raise
         _safety.apply_safe_mode(native, unpickle)
         self._native = native
         # Bound native methods, looked up once: the hot paths below do one
@@ -1058,6 +1068,9 @@ _SHARED_ENV = {"auto": "auto", "spawn": "spawn", "off": False, "require": True}
 # How long a writer started by shared="spawn" stays after its last client
 # detached (milliseconds; KVAULT_LINGER_MS overrides).
 _SPAWN_LINGER_MS = 2000
+# How long an open keeps deciding again when the writer it chose to attach
+# to went away before the attach completed (seconds).
+_ATTACH_RETRY_S = 10.0
 # Writers started by this process (kept so that they are not reported as
 # still running when the Popen objects are collected; they outlive us).
 _SPAWNED = []

@@ -1,7 +1,7 @@
 """The native ``_kvault._KVault``: one type over the embedded and attached
 backends (python/ext/kv_backend.h), its defaults table and the methods
-whose meaning depends on the backend. Runs in both passes: with
-``--shared-mode`` the vaults on ``db_path`` are attached."""
+whose meaning depends on the backend. Runs in both passes: in the
+spawned-shared one (``KVAULT_SHARED=spawn``) the vaults on ``db_path`` are attached."""
 
 import inspect
 

@@ -450,15 +450,20 @@ def _spawn_client(db, i, go, q):
 
 
 def _registry(db):
+    """The registry's fields; empty for a moment while the writer rewrites
+    it (ftruncate, then pwrite)."""
     text = open(os.path.realpath(db) + "-kvault").read()
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 @needs_writer
-def test_spawn_starts_exactly_one_writer_for_racing_processes(tmp_path):
+def test_spawn_starts_exactly_one_writer_for_racing_processes(tmp_path, monkeypatch):
     """8 processes open KVault(db, shared="spawn") at once: one writer is
     started (generation 1), all attach to it and write; it stops by itself
     after the last one detached plus its linger, and logs next to the file."""
+    # the default linger (2 s) spans the children's start-up, so that one
+    # writer serves them all
+    monkeypatch.delenv("KVAULT_LINGER_MS", raising=False)
     db = str(tmp_path / "spawn" / "auto.db")
     ctx = mp.get_context("spawn")
     go, q = ctx.Event(), ctx.Queue()
@@ -473,7 +478,7 @@ def test_spawn_starts_exactly_one_writer_for_racing_processes(tmp_path):
     assert all(p.exitcode == 0 for p in procs)
     assert all(shared and gen == 1 for _, shared, gen in got), got
     deadline = time.monotonic() + 15
-    while _registry(db)["state"] != "stopped":
+    while _registry(db).get("state") != "stopped":
         assert time.monotonic() < deadline, "the spawned writer did not stop"
         time.sleep(0.1)
     assert _registry(db)["generation"] == "1"
@@ -508,7 +513,56 @@ def test_kvault_shared_environment_variable(tmp_path, monkeypatch):
     with KVault(db, shared=False) as kv:  # explicit wins
         assert not kv.shared
     deadline = time.monotonic() + 15
-    while _registry(db)["state"] != "stopped":
+    while _registry(db).get("state") != "stopped":
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert _rows(db)[b"a"] == b"1"
+
+
+def _open_write_close_loop(db, i, seconds, q):
+    """Open, write, close, then pause 20 to 200 ms (a little longer each
+    round, cycling; the writer notices a departure within its idle wait of
+    up to 100 ms, then lingers 40 ms), for ``seconds``; so that some opens
+    meet the writer as it stops. Sends the number of rounds."""
+    try:
+        end = time.monotonic() + seconds
+        r = 0
+        while time.monotonic() < end:
+            with KVault(db, shared="spawn") as kv:
+                kv[f"p{i}:{r}"] = r
+            time.sleep(0.02 + 0.003 * (r % 60) + 0.005 * i)
+            r += 1
+        q.put((i, r))
+    except BaseException as exc:  # reported to the test, which asserts on it
+        q.put((i, repr(exc)))
+
+
+@needs_writer
+def test_spawn_open_while_the_writer_lingers_out(tmp_path, monkeypatch):
+    """Processes open, write and close KVault(db, shared="spawn") in a loop
+    with pauses around a short linger: an open that chose to attach while
+    the writer was stopping looks again (attaches to or spawns the next
+    writer) instead of failing; every write lands. (A writer lingers out
+    only once it is 10 s old: the loop runs 16 s.)"""
+    db = str(tmp_path / "linger.db")
+    monkeypatch.setenv("KVAULT_LINGER_MS", "40")
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    nproc = 2
+    procs = [ctx.Process(target=_open_write_close_loop, args=(db, i, 16.0, q))
+             for i in range(nproc)]
+    for p in procs:
+        p.start()
+    try:
+        got = dict(q.get(timeout=300) for _ in procs)
+    finally:
+        _reap(*procs)
+    assert all(isinstance(got[i], int) for i in range(nproc)), got
+    deadline = time.monotonic() + 15
+    while _registry(db).get("state") != "stopped":
+        assert time.monotonic() < deadline, "the spawned writer did not stop"
+        time.sleep(0.05)
+    rows = _rows(db)
+    assert all(rows[f"p{i}:{r}".encode()] is not None
+               for i in range(nproc) for r in range(got[i]))
+    assert int(_registry(db)["generation"]) > 1  # writers did linger out in between

@@ -50,7 +50,7 @@ def test_sigterm_with_a_failing_final_commit_exits_and_keeps_the_writes(tmp_path
     from kohakuvault import KVault
 
     db = str(tmp_path / "full.db")
-    KVault(db).close()
+    KVault(db, shared=False).close()     # the file, made before the writer starts
     proc = subprocess.Popen([WRITER, "--commit-interval-ms", "600000", db],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_ignore_sigxfsz)
@@ -237,7 +237,7 @@ def test_a_cache_full_of_reads_leaves_room_for_writes(tmp_path):
     from kohakuvault import KVault
 
     db = str(tmp_path / "small.db")
-    kv = KVault(db)
+    kv = KVault(db, shared=False)          # the file, filled before the writer starts
     for i in range(5000):
         kv[b"k%05d" % i] = b"v" + bytes([i % 251]) * 4095
     kv.close()
@@ -282,7 +282,7 @@ def test_a_writer_that_cannot_commit_fails_waiting_puts_then_recovers(tmp_path):
     from kohakuvault.errors import KohakuVaultError
 
     db = str(tmp_path / "fills.db")
-    KVault(db).close()
+    KVault(db, shared=False).close()     # the file, made before the writer starts
     proc = subprocess.Popen([WRITER, "--memtable-size", "1M", db], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=_ignore_sigxfsz)
     try:
