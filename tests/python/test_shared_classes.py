@@ -409,3 +409,81 @@ def test_writers_starting_and_stopping_under_a_writing_process(tmp_path):
         (f"doc number{i}", i) for i in range(0, n, 97)]
     tv.close()
     vk.close()
+
+
+def _status(db):
+    """The writer's STATUS lines as a dict of ints (numeric ones)."""
+    with KVault(db) as kv:
+        lines = kv._native.status().splitlines()
+    return {k: int(v) for k, v in (l.split("=", 1) for l in lines) if v.isdigit()}
+
+
+def _group_worker(db, worker, n, conn):
+    """Insert n documents and n vectors; every 4th round also update a
+    document that does not exist (fails in the writer, inside a batch).
+    Send back the ids and the failures' exception types."""
+    tv = TextVault(db)
+    vk = VectorKVault(db, dimensions=4)
+    ids, vids, failures, errors = [], [], [], []
+    for i in range(n):
+        try:
+            ids.append(tv.insert(f"g{worker} n{i} mark{worker}y{i}", f"{worker}:{i}"))
+            vids.append(vk.insert([worker, i, 2, 0], f"{worker}:{i}"))
+        except Exception as exc:  # reported to the test, which asserts on it
+            errors.append(repr(exc))
+        if i % 4 == 0:
+            try:
+                tv.update(10**9, "nothing", value=b"v")
+            except Exception as exc:  # the expected failure, checked by the test
+                failures.append(type(exc).__name__)
+    tv.close()
+    vk.close()
+    conn.send((ids, vids, failures, errors))
+
+
+def test_several_clients_operations_commit_in_groups(tmp_path):
+    """4 processes write TextVault and VectorKVault rows (two engine
+    handles) at once: the writer applies requests that arrive together in
+    one transaction per handle (STATUS counts the groups), an update of a
+    missing document inside a group fails alone with the embedded
+    exception, and every insert is present exactly once."""
+    db = str(tmp_path / "group.db")
+    n = 120
+    emb = TextVault(str(tmp_path / "emb.db"))
+    with pytest.raises(Exception) as embedded:
+        emb.update(10**9, "nothing", value=b"v")
+    emb.close()
+    ctx = mp.get_context("spawn")
+    w = Writer(db)
+    procs, pipes = [], []
+    try:
+        for k in range(4):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_group_worker, args=(db, k, n, child))
+            p.start()
+            procs.append(p)
+            pipes.append(parent)
+        results = [c.recv() for c in pipes]
+        _reap(*procs)
+        status = _status(db)
+    finally:
+        w.kill(signal.SIGTERM)
+        _reap(*procs)
+    nfail = len(range(0, n, 4))
+    for ids, vids, failures, errors in results:
+        assert errors == []
+        assert len(ids) == n and len(vids) == n
+        assert failures == [embedded.type.__name__] * nfail
+    assert status["execs"] == 4 * (2 * n + nfail)
+    assert status["execs_failed"] == 4 * nfail
+    assert status["exec_batches"] > 0
+    assert status["exec_batched_ops"] >= 2 * status["exec_batches"]
+    assert 2 <= status["exec_batch_max"] <= 64
+    tv = TextVault(db)
+    vk = VectorKVault(db, dimensions=4)
+    assert len(tv) == 4 * n and len(vk) == 4 * n
+    assert len({i for ids, _, _, _ in results for i in ids}) == 4 * n
+    assert len({i for _, vids, _, _ in results for i in vids}) == 4 * n
+    for k in range(4):
+        for i in range(0, n, 9):
+            assert tv.count_matches(f'"mark{k}y{i}"') == 1
