@@ -407,7 +407,7 @@ def cmd_status(args):
     for k in ("db", "pid", "generation", "shards", "keys_cached", "keys_in_memtables", "hits",
               "misses", "miss_loads", "applied_seq", "committed_seq", "pending", "memory_used",
               "memory_total", "attached", "commits", "evicted_keys", "replayed", "execs",
-              "execs_failed"):
+              "execs_failed", "exec_batches", "exec_batched_ops", "exec_batch_max"):
         if k in st:
             print(f"{k:18} {st[k]}")
     rows = []
