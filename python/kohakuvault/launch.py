@@ -125,8 +125,8 @@ def reader_stats_path(db, i):
 def registry_complete(text):
     """The lines of registry text ``text`` up to its ``end=`` line when that
     line counts the bytes before it (a whole text; what follows is a longer
-    predecessor's tail), else None (empty, partial or torn: a writer is
-    rewriting the file)."""
+    predecessor's tail), else None (empty, partial, or an end line counting
+    other bytes: a writer is rewriting the file)."""
     at = 0
     for line in text.splitlines(keepends=True):
         if line.startswith("end="):

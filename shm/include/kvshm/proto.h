@@ -91,8 +91,10 @@ int kvshm_registry_layout_ok(const char *text);
 /* 1 if registry text `text` (NUL terminated) is whole: its first `end=`
  * line counts the bytes before it; the text is then cut after that line
  * (what follows is a longer predecessor's tail, before the writer
- * truncated the file). 0 for an empty, partial or torn text (a reader saw
- * the file while a writer rewrote it: read again). Pure; any process. */
+ * truncated the file). 0 for an empty or partial text, or one whose end
+ * line counts other bytes (a reader saw the file while a writer rewrote
+ * it: read again). A read torn between two texts whose end lines sit at
+ * the same offset is not detected. Pure; any process. */
 int kvshm_registry_complete(char *text);
 
 #define KVSHM_PROTO_MAGIC 0x4b565031u /* "KVP1" */
