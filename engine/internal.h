@@ -44,6 +44,9 @@ typedef struct kvi_err {
     int sqlite_rc;     /**< extended SQLite result code, 0 if not SQLite's */
     int os_errno;      /**< errno, 0 if not an OS failure */
     char msg[512];     /**< "op: reason" */
+    int nest;          /**< the handle's writes run as savepoints of a
+                            transaction its owner opened (kvi_store_tx_begin);
+                            kvi_err_clear/kvi_err_set leave it */
 } kvi_err;
 
 /** Map an SQLite (extended or primary) result code to kv_status:

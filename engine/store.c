@@ -7,26 +7,61 @@
 
 #include <stdio.h>
 
+/* Savepoint of one write inside a transaction the handle's owner opened:
+ * a failed write rolls back to it alone, the others stay. */
+#define SP_BEGIN "SAVEPOINT kv_op"
+#define SP_RELEASE "RELEASE kv_op"
+
 kv_status kvi_store_begin(kvi_err *e, sqlite3 *db, int write)
 {
-    int rc = sqlite3_exec(db, write ? "BEGIN IMMEDIATE" : "BEGIN", NULL, NULL, NULL);
+    if (e->nest && sqlite3_get_autocommit(db))   /* SQLite rolled the outer one back */
+        return kvi_err_set(e, KV_IO, "begin: the enclosing transaction was rolled back");
+    int rc = sqlite3_exec(db, e->nest ? SP_BEGIN : write ? "BEGIN IMMEDIATE" : "BEGIN", NULL,
+                          NULL, NULL);
     return rc == SQLITE_OK ? KV_OK : kvi_err_sqlite(e, db, rc, "begin");
 }
 
-void kvi_store_rollback(sqlite3 *db)
+void kvi_store_rollback(kvi_err *e, sqlite3 *db)
 {
     if (!sqlite3_get_autocommit(db))
-        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        sqlite3_exec(db, e->nest ? "ROLLBACK TO kv_op; " SP_RELEASE : "ROLLBACK", NULL, NULL,
+                     NULL);
 }
 
 kv_status kvi_store_commit(kvi_err *e, sqlite3 *db)
 {
-    int rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    if (e->nest && sqlite3_get_autocommit(db))
+        return kvi_err_set(e, KV_IO, "commit: the enclosing transaction was rolled back");
+    int rc = sqlite3_exec(db, e->nest ? SP_RELEASE : "COMMIT", NULL, NULL, NULL);
     if (rc == SQLITE_OK)
         return KV_OK;
     kv_status st = kvi_err_sqlite(e, db, rc, "commit");
-    kvi_store_rollback(db);
+    kvi_store_rollback(e, db);
     return st;
+}
+
+kv_status kvi_store_tx_begin(kvi_err *e, sqlite3 *db)
+{
+    KV_ASSERT(!e->nest);
+    kvi_err_clear(e);
+    kv_status st = kvi_store_begin(e, db, 1);
+    if (st == KV_OK)
+        e->nest = 1;
+    return st;
+}
+
+kv_status kvi_store_tx_end(kvi_err *e, sqlite3 *db, int commit)
+{
+    KV_ASSERT(e->nest);
+    e->nest = 0;
+    kvi_err_clear(e);
+    if (!commit) {
+        kvi_store_rollback(e, db);
+        return KV_OK;
+    }
+    if (sqlite3_get_autocommit(db))
+        return kvi_err_set(e, KV_IO, "commit: the transaction was rolled back");
+    return kvi_store_commit(e, db);
 }
 
 kv_status kvi_store_step_done(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, const char *op)
@@ -80,11 +115,11 @@ kv_status kvi_store_exists(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t id
     return status;
 }
 
-void kvi_store_read_end(sqlite3 *db, sqlite3_stmt *a, sqlite3_stmt *b)
+void kvi_store_read_end(kvi_err *e, sqlite3 *db, sqlite3_stmt *a, sqlite3_stmt *b)
 {
     sqlite3_reset(a); /* NULL is a no-op */
     sqlite3_reset(b);
-    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    sqlite3_exec(db, e->nest ? SP_RELEASE : "COMMIT", NULL, NULL, NULL);
 }
 
 kv_status kvi_store_step_id(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, int64_t key, int64_t id)
@@ -125,12 +160,12 @@ kv_status kvi_store_insert(kvi_err *e, sqlite3 *db, sqlite3_stmt *val_st, const 
     sqlite3_bind_blob64(val_st, 1, vlen ? val : "", vlen, SQLITE_STATIC);
     if ((st = kvi_store_step_done(e, db, val_st, "insert value")) != KV_OK) {
         sqlite3_clear_bindings(entry_st);
-        kvi_store_rollback(db);
+        kvi_store_rollback(e, db);
         return st;
     }
     sqlite3_bind_int64(entry_st, ref_param, sqlite3_last_insert_rowid(db));
     if ((st = kvi_store_step_done(e, db, entry_st, op)) != KV_OK) {
-        kvi_store_rollback(db);
+        kvi_store_rollback(e, db);
         return st;
     }
     *id = sqlite3_last_insert_rowid(db);
@@ -152,7 +187,7 @@ kv_status kvi_store_update(kvi_err *e, sqlite3 *db, sqlite3_stmt *entry_st, cons
     if (st == KV_OK && val)
         st = kvi_store_set_value(e, db, ref_st, upd_val_st, id, val, vlen);
     if (st != KV_OK) {
-        kvi_store_rollback(db);
+        kvi_store_rollback(e, db);
         return st;
     }
     return kvi_store_commit(e, db);
@@ -184,6 +219,6 @@ kv_status kvi_store_delete(kvi_err *e, sqlite3 *db, sqlite3_stmt *ref_st, sqlite
         *removed = found;
     return st;
 fail:
-    kvi_store_rollback(db);
+    kvi_store_rollback(e, db);
     return st;
 }

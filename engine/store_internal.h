@@ -17,16 +17,31 @@
 
 /** BEGIN IMMEDIATE (write != 0: takes the write lock now, so a busy database
  *  fails here, before any work) or BEGIN (a read snapshot). KV_OK or the
- *  mapped SQLite failure (KV_BUSY "begin: database is locked"). */
+ *  mapped SQLite failure (KV_BUSY "begin: database is locked").
+ *  Inside a transaction opened by kvi_store_tx_begin (e->nest) it opens the
+ *  savepoint kv_op instead, which kvi_store_commit releases and
+ *  kvi_store_rollback rolls back alone; KV_IO when SQLite has rolled that
+ *  transaction back already (an I/O or memory failure). */
 kv_status kvi_store_begin(kvi_err *e, sqlite3 *db, int write);
 /** End a read snapshot (kvi_store_begin with write = 0): reset the
  *  statements it used (a, b; NULL is skipped), then COMMIT (a read-only
  *  transaction: nothing to fail). */
-void kvi_store_read_end(sqlite3 *db, sqlite3_stmt *a, sqlite3_stmt *b);
+void kvi_store_read_end(kvi_err *e, sqlite3 *db, sqlite3_stmt *a, sqlite3_stmt *b);
 /** COMMIT; on failure rolls back and returns the mapped status. */
 kv_status kvi_store_commit(kvi_err *e, sqlite3 *db);
-/** ROLLBACK if a transaction is open; never fails. */
-void kvi_store_rollback(sqlite3 *db);
+/** ROLLBACK if a transaction is open (ROLLBACK TO the write's savepoint
+ *  inside kvi_store_tx_begin's transaction); never fails. */
+void kvi_store_rollback(kvi_err *e, sqlite3 *db);
+/** Open a write transaction (BEGIN IMMEDIATE) that the handle's next writes
+ *  join, each as its own savepoint (group commit: the writer process applies
+ *  several clients' operations in one transaction, docs/shared-mode.md).
+ *  Same statuses as kvi_store_begin; on KV_OK the handle is nested until
+ *  kvi_store_tx_end. */
+kv_status kvi_store_tx_begin(kvi_err *e, sqlite3 *db);
+/** End kvi_store_tx_begin's transaction: COMMIT (commit != 0; on failure it
+ *  is rolled back and the mapped status returned, KV_IO when SQLite had
+ *  rolled it back already) or ROLLBACK (returns KV_OK). */
+kv_status kvi_store_tx_end(kvi_err *e, sqlite3 *db, int commit);
 /** Step a statement whose rows (if any) are ignored, then reset it and clear
  *  its bindings. KV_OK, or the mapped failure recorded as "<op>: ...". */
 kv_status kvi_store_step_done(kvi_err *e, sqlite3 *db, sqlite3_stmt *st, const char *op);

@@ -362,7 +362,7 @@ kv_status kv_text_clear(kv_text *t)
         return st;
     snprintf(sql, sizeof sql, "DELETE FROM \"%s\"; DELETE FROM \"%s_values\"", t->table, t->table);
     if ((st = kvi_exec(t->db, sql, &t->err)) != KV_OK) {
-        kvi_store_rollback(t->db);
+        kvi_store_rollback(&t->err, t->db);
         return st;
     }
     return kvi_store_commit(&t->err, t->db);
@@ -725,7 +725,7 @@ kv_status kv_text_get_by_id(kv_text *t, int64_t id, kv_text_doc **out)
     *out = d;
     d = NULL;
 done:
-    kvi_store_read_end(t->db, t->st_get_doc, t->st_get_val);
+    kvi_store_read_end(&t->err, t->db, t->st_get_doc, t->st_get_val);
     kv_text_doc_free(d);
     return st;
 }
@@ -803,4 +803,16 @@ kv_status kv_text_keys(kv_text *t, int64_t limit, int64_t offset, int64_t **ids,
 KV_API void kv_text_set_commit_guard(kv_text *t, kv_commit_guard *g)
 {
     kvi_commit_guard_install(t->db, g);
+}
+
+KV_API kv_status kv_text_tx_begin(kv_text *t)
+{
+    KV_ASSERT(t);
+    return kvi_store_tx_begin(&t->err, t->db);
+}
+
+KV_API kv_status kv_text_tx_end(kv_text *t, int commit)
+{
+    KV_ASSERT(t);
+    return kvi_store_tx_end(&t->err, t->db, commit);
 }

@@ -832,7 +832,7 @@ static kv_status ensure_schema(kv_vector *v)
     if (st != KV_OK)
         return st;
     if ((st = create_schema(v)) != KV_OK) {
-        kvi_store_rollback(v->db);
+        kvi_store_rollback(&v->err, v->db);
         return st;
     }
     return kvi_store_commit(&v->err, v->db);
@@ -1404,7 +1404,7 @@ static kv_status rows_insert(kv_vector *v, size_t n, const uint8_t *rows, int no
         return KV_OK;
     }
     kvi_free(whole);
-    kvi_store_rollback(v->db);
+    kvi_store_rollback(&v->err, v->db);
     v->ws_valid = 0;
     cache_drop(&v->cache);
     return st;
@@ -1592,7 +1592,7 @@ static kv_status write_txn(kv_vector *v, kv_status (*body)(kv_vector *, vec_writ
     if (st != KV_OK)
         return st;
     if ((st = body(v, w)) != KV_OK)
-        kvi_store_rollback(v->db);
+        kvi_store_rollback(&v->err, v->db);
     else
         st = kvi_store_commit(&v->err, v->db);
     v->ws_valid = 0;
@@ -1975,7 +1975,7 @@ kv_status kv_vector_search_many(kv_vector *v, const void *queries, size_t nq, si
         for (size_t i = 0; i < gn && st == KV_OK; i++)
             st = build_hits(v, gq + i * v->row_bytes, &heaps[i], &out[g + i]);
     }
-    kvi_store_read_end(v->db, NULL, NULL);
+    kvi_store_read_end(&v->err, v->db, NULL, NULL);
     if (st != KV_OK)
         for (size_t i = 0; i < nq; i++) {
             kv_vector_hits_free(out[i]);
@@ -2057,7 +2057,7 @@ kv_status kv_vector_get_by_id(kv_vector *v, int64_t id, uint8_t **vec, size_t *v
     if (st == KV_OK)
         st = kvi_store_column_copy(&v->err, v->st_get_val, 0, 0, val, vlen);
 out:
-    kvi_store_read_end(v->db, v->st_get_row, v->st_get_val);
+    kvi_store_read_end(&v->err, v->db, v->st_get_row, v->st_get_val);
     if (st != KV_OK) {
         kvi_free(*vec);
         kvi_free(*val);
@@ -2081,7 +2081,7 @@ kv_status kv_vector_exists(kv_vector *v, int64_t id, int *found)
     *found = st == KV_OK;
     if (st == KV_NOTFOUND)
         st = KV_OK;
-    kvi_store_read_end(v->db, NULL, NULL);
+    kvi_store_read_end(&v->err, v->db, NULL, NULL);
     kvi_err_clear(&v->err);
     return st;
 }
@@ -2097,7 +2097,7 @@ kv_status kv_vector_count(kv_vector *v, int64_t *count)
         for (size_t i = 0; st == KV_OK && i < v->cache.n; i++)
             for (size_t s = 0; s < v->cache.chunks[i].size; s++)
                 n += (v->cache.chunks[i].valid[s >> 3] >> (s & 7)) & 1;
-        kvi_store_read_end(v->db, NULL, NULL);
+        kvi_store_read_end(&v->err, v->db, NULL, NULL);
         *count = n;
         return st;
     }
@@ -2244,7 +2244,7 @@ kv_status kv_vector_migrate_vec0(const char *path, const char *table, int64_t *m
     return KV_OK;
 
 fail_txn:
-    kvi_store_rollback(v->db);
+    kvi_store_rollback(&v->err, v->db);
 fail_v:
     snprintf(msg, sizeof msg, "migrate %.64s: %.400s", table, v->err.msg);
     kv_vector_close(v);
@@ -2260,4 +2260,22 @@ fail:
 KV_API void kv_vector_set_commit_guard(kv_vector *v, kv_commit_guard *g)
 {
     kvi_commit_guard_install(v->db, g);
+}
+
+KV_API kv_status kv_vector_tx_begin(kv_vector *v)
+{
+    KV_ASSERT(v);
+    return kvi_store_tx_begin(&v->err, v->db);
+}
+
+KV_API kv_status kv_vector_tx_end(kv_vector *v, int commit)
+{
+    KV_ASSERT(v);
+    kv_status st = kvi_store_tx_end(&v->err, v->db, commit);
+    if (!commit || st != KV_OK) {
+        /* the writes mirrored into the copy and the write state are undone */
+        v->ws_valid = 0;
+        cache_drop(&v->cache);
+    }
+    return st;
 }

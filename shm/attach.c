@@ -107,6 +107,27 @@ static uint64_t now_ms(void)
  * (kv_attach_recover); a writer's lock covers the whole file (length 0). */
 #define RECOVER_LOCK_LEN ((off_t)1 << 40)
 
+/* Tries and pause of registry_text when the text is not whole. */
+#define REGISTRY_READ_TRIES 50
+#define REGISTRY_READ_PAUSE_US 200
+
+/* The registry text of fd into text (cap bytes, NUL terminated): a whole
+ * one (kvshm_registry_complete), read again for up to ~10 ms while a
+ * writer rewrites the file (it writes the new text, then truncates). 1, or
+ * 0 with text empty when none was whole (a file just created, or one a
+ * writer died while writing). */
+static int registry_text(int fd, char *text, size_t cap)
+{
+    for (int i = 0; i < REGISTRY_READ_TRIES; i++) {
+        ssize_t n = pread(fd, text, cap - 1, 0);
+        text[n > 0 ? n : 0] = 0;
+        if (kvshm_registry_complete(text)) return 1;
+        usleep(REGISTRY_READ_PAUSE_US);
+    }
+    text[0] = 0;
+    return 0;
+}
+
 int kvshmi_registry_read(const char *reg_path, reg_info *ri)
 {
     int fd = open(reg_path, O_RDONLY | O_CLOEXEC);
@@ -116,9 +137,7 @@ int kvshmi_registry_read(const char *reg_path, reg_info *ri)
     if (fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK &&
         fl.l_len != RECOVER_LOCK_LEN) {
         char text[2048], gen[32];
-        ssize_t n = pread(fd, text, sizeof text - 1, 0);
-        if (n > 0) {
-            text[n] = 0;
+        if (registry_text(fd, text, sizeof text)) {
             if (!kvshm_registry_field(text, "generation", gen, sizeof gen) &&
                 kvshm_registry_layout_ok(text) &&
                 !kvshm_registry_field(text, "segment", ri->segment, sizeof ri->segment) &&
@@ -169,9 +188,8 @@ static int registry_peek(const char *reg_path, int *locked, uint64_t *generation
     struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
     *locked = fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK;
     char text[2048], gen[32];
-    ssize_t n = pread(fd, text, sizeof text - 1, 0);
+    registry_text(fd, text, sizeof text);
     close(fd);
-    text[n > 0 ? n : 0] = 0;
     *generation = kvshm_registry_field(text, "generation", gen, sizeof gen) ? 0
                                                                             : strtoull(gen, NULL, 10);
     if (kvshm_registry_field(text, "state", state, slen)) state[0] = 0;
@@ -227,13 +245,6 @@ static int registry_unreplayed(const char *text, const char *table, char *seg, c
     return stat(path, &sb) == 0;
 }
 
-static ssize_t registry_text(int fd, char *text, size_t cap)
-{
-    ssize_t n = pread(fd, text, cap - 1, 0);
-    text[n > 0 ? n : 0] = 0;
-    return n;
-}
-
 int kv_attach_recover_pending(const char *reg_path, const char *table)
 {
     int fd = open(reg_path, O_RDONLY | O_CLOEXEC);
@@ -278,14 +289,19 @@ static kv_status recover_locked(int fd, const char *db_abs, const char *table, c
     /* the registry says what a clean stop says: every applied record of
      * that writer is committed (clients waiting for it continue; the next
      * writer finds nothing to replay) */
-    char *line = strstr(text, "\nstate=");
-    if (line) {
+    char *line = strstr(text, "\nstate="), *end = strstr(text, "\nend=");
+    if (line && end && end > line) {
+        /* the text up to its end line, state replaced, then a new end line;
+         * written over the old text, then cut to its length (as the writer
+         * does: readers see a whole text or reject a torn one) */
         char *eol = strchr(line + 1, '\n');
         char out[2048];
-        int n = snprintf(out, sizeof out, "%.*s\nstate=stopped%s", (int)(line - text), text,
-                         eol ? eol : "\n");
-        if (n > 0 && (size_t)n < sizeof out && ftruncate(fd, 0) == 0 &&
-            pwrite(fd, out, (size_t)n, 0) == n)
+        int n = snprintf(out, sizeof out, "%.*s\nstate=stopped%.*s\n", (int)(line - text), text,
+                         (int)(end - eol), eol);
+        int e = n > 0 && (size_t)n < sizeof out
+                    ? snprintf(out + n, sizeof out - (size_t)n, "end=%d\n", n) : -1;
+        if (e > 0 && (size_t)e < sizeof out - (size_t)n && pwrite(fd, out, (size_t)(n + e), 0) == n + e &&
+            ftruncate(fd, n + e) == 0)
             fsync(fd);
     }
     return KV_OK;

@@ -6,6 +6,7 @@
  */
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kvshm/ops.h"
@@ -45,7 +46,25 @@ int kvshm_registry_format(const kvshm_registry *reg, char *buf, size_t cap)
                      "\npid=%d\ntable=%s\nsegment=%s\nslots=%s\nsocket=%s\nstate=%s\n",
                      layout, reg->generation, reg->pid, reg->table, reg->segment,
                      reg->slots, reg->socket, reg->state);
-    return n < 0 || (size_t)n >= cap ? -1 : n;
+    if (n < 0 || (size_t)n >= cap) return -1;
+    int e = snprintf(buf + n, cap - (size_t)n, "end=%d\n", n);
+    return e < 0 || (size_t)e >= cap - (size_t)n ? -1 : n + e;
+}
+
+int kvshm_registry_complete(char *text)
+{
+    for (char *p = text; *p;) {
+        if (!strncmp(p, "end=", 4)) {
+            char *e;
+            unsigned long long n = strtoull(p + 4, &e, 10);
+            if (e == p + 4 || *e != '\n' || n != (unsigned long long)(p - text)) return 0;
+            e[1] = 0;
+            return 1;
+        }
+        if (!(p = strchr(p, '\n'))) return 0;
+        p++;
+    }
+    return 0;
 }
 
 int kvshm_registry_layout_ok(const char *text)

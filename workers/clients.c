@@ -372,7 +372,10 @@ size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
     if (n < 0) return 0;
     if ((size_t)n < cap) {   /* table operations (exec.c) */
         int e = snprintf(buf + n, cap - (size_t)n, "execs=%" PRIu64 "\nexecs_failed=%" PRIu64
-                         "\n", ws->stat_execs, ws->stat_exec_failed);
+                         "\nexec_batches=%" PRIu64 "\nexec_batched_ops=%" PRIu64
+                         "\nexec_batch_max=%" PRIu64 "\n",
+                         ws->stat_execs, ws->stat_exec_failed, ws->stat_exec_batches,
+                         ws->stat_exec_batched_ops, ws->stat_exec_batch_max);
         if (e > 0) n += e;
     }
     return (size_t)n >= cap ? cap - 1 : (size_t)n;
@@ -437,7 +440,7 @@ static void handle_request(wr_state *ws, wr_client *c)
         wr_ckpt_resume(ws->ckpt);
         reply_status(c->sock, m.m_type, KV_OK, NULL);
         break;
-    case KVSHM_MSG_EXEC: wr_exec_request(ws, c->sock, &m, pl, fd); break;
+    case KVSHM_MSG_EXEC: wr_exec_request(ws, c->sock, &m, pl, fd); return;   /* owns fd */
     case KVSHM_MSG_STATUS: {
         size_t len = wr_status_text(ws, text, sizeof text);
         reply(c->sock, m.m_type, KV_OK, ws->generation, text, len);
@@ -541,9 +544,15 @@ void wr_sock_poll(wr_state *ws)
                 epoll_ctl(ws->ep, EPOLL_CTL_DEL, c->sock, NULL);
             }
             /* a connection that never attached (STATUS, a probe) has no
-             * ring for wr_drain to finish: drop it now */
-            if (c->dead && !c->ring) client_drop(ws, c);
+             * ring for wr_drain to finish: drop it now (after the replies
+             * to its kept requests) */
+            if (c->dead && !c->ring) {
+                wr_exec_flush(ws);
+                client_drop(ws, c);
+            }
         }
+        /* the EXEC requests of this round, in group commits */
+        wr_exec_flush(ws);
         /* A new connection's ATTACH may be waiting already: its flag was
          * counted before this poll, so look again now. */
         if (n < 32 && !accepted) return;

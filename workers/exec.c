@@ -33,6 +33,9 @@
 
 /* Engine handles kept open at once. */
 #define WR_EXEC_HANDLES 64
+/* Most EXEC requests gathered before they are applied (one socket poll
+ * reads at most one request per readable client, 32 clients a round). */
+#define WR_EXEC_BATCH 64
 /* How long an operation waits for SQLite's write lock when another
  * connection holds it (a process opening a store creates its tables; an
  * embedded writer with shared=False), polling every WR_EXEC_BUSY_POLL_US,
@@ -49,7 +52,26 @@ typedef struct wr_handle {
     uint64_t used;           /* last use (wr_exec's counter) */
 } wr_handle;
 
+/* One EXEC request waiting for its group's commit (wr_exec_flush). */
+typedef struct wr_pending {
+    int sock;                /* the client's socket: the reply goes there */
+    uint32_t type;
+    int fd;                  /* the client's memfd (owned), or -1 */
+    uint8_t *buf;            /* the encoded operation (owned) */
+    size_t len;
+    uint8_t cls;             /* decoded: class and handle key (into buf) */
+    const uint8_t *key;
+    size_t key_len;
+    int ran;
+    kv_status st;            /* KV_OK, or the failure err describes */
+    char err[1024];
+    uint8_t *res;            /* the result (owned) */
+    size_t res_len;
+} wr_pending;
+
 struct wr_exec {
+    wr_pending pend[WR_EXEC_BATCH];
+    size_t npend;
     wr_handle hs[WR_EXEC_HANDLES];
     size_t n;
     uint64_t clock;
@@ -70,6 +92,7 @@ void wr_exec_close(wr_state *ws)
 {
     wr_exec *x = ws->exec;
     if (!x) return;
+    wr_exec_flush(ws);
     for (size_t i = 0; i < x->n; i++) handle_close(&x->hs[i]);
     free(x->res);
     free(x);
@@ -301,57 +324,180 @@ static int write_memfd(int fd, const uint8_t *p, size_t n)
     return 0;
 }
 
+/* Fail pending operation p with status st and message msg. */
+static void pend_fail(wr_pending *p, kv_status st, const char *msg)
+{
+    p->st = st;
+    snprintf(p->err, sizeof p->err, "%s", msg);
+}
+
+/* Send pending operation p's reply (after its transaction committed) and
+ * release what it holds. */
+static void pend_reply(wr_state *ws, wr_pending *p)
+{
+    char err[160];
+    if (p->st != KV_OK) {
+        ws->stat_exec_failed++;
+        wr_reply(p->sock, p->type, p->st, 0, p->err, strlen(p->err));
+    } else if (sizeof(struct kvshm_msg) + p->res_len <= KVSHM_MSG_MAX) {
+        wr_reply(p->sock, p->type, KV_OK, 0, p->res, p->res_len);
+    } else if (p->fd >= 0 && write_memfd(p->fd, p->res, p->res_len) == 0) {
+        wr_reply(p->sock, p->type, KV_OK, p->res_len, NULL, 0);
+    } else {
+        /* committed, but the result cannot travel: say so */
+        snprintf(err, sizeof err, "exec: result of %zu bytes does not fit a reply", p->res_len);
+        wr_reply(p->sock, p->type, KV_IO, 0, err, strlen(err));
+    }
+    if (p->fd >= 0) close(p->fd);
+    free(p->buf);
+    free(p->res);
+    memset(p, 0, sizeof *p);
+    p->fd = -1;
+}
+
+/* Run pending operation p (decoded into x->op) on handle w; its status,
+ * message and result are kept in p. */
+static void pend_run(wr_exec *x, wr_handle *w, wr_pending *p, int busy_wait)
+{
+    kv_status st;
+    uint64_t deadline = wr_now_ms() + WR_EXEC_BUSY_MS;
+    /* alone, a busy file fails at BEGIN IMMEDIATE, before any change: run
+     * again (in a group, the group's transaction holds the lock) */
+    do {
+        x->res_len = 0;
+        st = x->op.cls == KVSHM_OPC_TEXT ? run_text(x, w->h, &x->op)
+                                         : run_vector(x, w->h, &x->op);
+    } while (busy_wait && st == KV_BUSY && wr_now_ms() < deadline &&
+             !usleep(WR_EXEC_BUSY_POLL_US));
+    if (st != KV_OK) {
+        pend_fail(p, st, x->op.cls == KVSHM_OPC_TEXT ? kv_text_errmsg(w->h)
+                                                    : kv_vector_errmsg(w->h));
+        return;
+    }
+    p->st = KV_OK;
+    if (x->res_len && !(p->res = malloc(x->res_len))) {
+        pend_fail(p, KV_NOMEM, "exec: out of memory");
+        return;
+    }
+    if (x->res_len) memcpy(p->res, x->res, x->res_len);
+    p->res_len = x->res_len;
+}
+
+/* Open (or end) the group transaction of handle w. */
+static kv_status group_begin(wr_handle *w)
+{
+    kv_status st;
+    uint64_t deadline = wr_now_ms() + WR_EXEC_BUSY_MS;
+    do {
+        st = w->cls == KVSHM_OPC_TEXT ? kv_text_tx_begin(w->h) : kv_vector_tx_begin(w->h);
+    } while (st == KV_BUSY && wr_now_ms() < deadline && !usleep(WR_EXEC_BUSY_POLL_US));
+    return st;
+}
+
+static kv_status group_end(wr_handle *w, int commit)
+{
+    return w->cls == KVSHM_OPC_TEXT ? kv_text_tx_end(w->h, commit)
+                                    : kv_vector_tx_end(w->h, commit);
+}
+
+static const char *handle_errmsg(wr_handle *w)
+{
+    return w->cls == KVSHM_OPC_TEXT ? kv_text_errmsg(w->h) : kv_vector_errmsg(w->h);
+}
+
+/* Apply the pending operations that run on the same engine handle as
+ * x->pend[first] (same class and key): alone as before, or, when there are
+ * several, in one transaction of that handle's connection with each
+ * operation in its own savepoint (a failing one is rolled back alone and
+ * gets its own error). Marks them run. */
+static void run_group(wr_state *ws, size_t first)
+{
+    wr_exec *x = ws->exec;
+    wr_pending *p0 = &x->pend[first];
+    size_t members[WR_EXEC_BATCH], n = 0;
+    for (size_t i = first; i < x->npend; i++) {
+        wr_pending *p = &x->pend[i];
+        if (!p->ran && p->st == KV_OK && p->cls == p0->cls && p->key_len == p0->key_len &&
+            !memcmp(p->key, p0->key, p0->key_len))
+            members[n++] = i;
+    }
+    char err[1024] = "";
+    kv_status st = KV_OK;
+    /* decode again: x->op holds one operation at a time */
+    kvshm_op_decode(p0->buf, p0->len, &x->op, &(const char *){NULL});
+    wr_handle *w = handle_get(ws, &x->op, &st, err, sizeof err);
+    if (w && n > 1) {
+        if ((st = group_begin(w)) != KV_OK) snprintf(err, sizeof err, "%s", handle_errmsg(w));
+    }
+    for (size_t k = 0; k < n; k++) {
+        wr_pending *p = &x->pend[members[k]];
+        p->ran = 1;
+        if (st != KV_OK) {
+            pend_fail(p, st, err);
+            continue;
+        }
+        if (k) kvshm_op_decode(p->buf, p->len, &x->op, &(const char *){NULL});
+        pend_run(x, w, p, n == 1);
+    }
+    if (!w || n < 2 || st != KV_OK) return;
+    ws->stat_exec_batches++;
+    ws->stat_exec_batched_ops += n;
+    if (n > ws->stat_exec_batch_max) ws->stat_exec_batch_max = n;
+    if ((st = group_end(w, 1)) != KV_OK) {
+        /* nothing of the group was committed */
+        snprintf(err, sizeof err, "%s", handle_errmsg(w));
+        for (size_t k = 0; k < n; k++) pend_fail(&x->pend[members[k]], st, err);
+    }
+}
+
+void wr_exec_flush(wr_state *ws)
+{
+    wr_exec *x = ws->exec;
+    if (!x || !x->npend) return;
+    /* the KV pipeline's open transaction holds SQLite's write lock */
+    if (ws->cm_open && wr_commit_finish(ws) != 0)
+        for (size_t i = 0; i < x->npend; i++)
+            if (x->pend[i].st == KV_OK)
+                pend_fail(&x->pend[i], KV_BUSY, "exec: the writer could not finish its commit");
+    for (size_t i = 0; i < x->npend; i++)
+        if (!x->pend[i].ran && x->pend[i].st == KV_OK) run_group(ws, i);
+    for (size_t i = 0; i < x->npend; i++) pend_reply(ws, &x->pend[i]);
+    x->npend = 0;
+}
+
 void wr_exec_request(wr_state *ws, int sock, const struct kvshm_msg *m, const uint8_t *pl,
                      int fd)
 {
-    char err[1024] = "";
     const char *why = NULL;
-    uint8_t *heap = NULL;
-    const uint8_t *buf = pl;
-    size_t len = m->m_len;
-    kv_status st = KV_OK;
     ws->stat_execs++;
     if (!ws->exec && !(ws->exec = calloc(1, sizeof *ws->exec))) {
-        why = "exec: out of memory";
-        st = KV_NOMEM;
-    }
-    if (st == KV_OK && !m->m_len) {   /* in the memfd (kvshm_msg_parse: 1..max bytes) */
-        if (fd < 0) why = "exec: missing descriptor";
-        else if ((buf = heap = read_memfd(fd, m->m_arg, &why))) len = (size_t)m->m_arg;
-        if (!buf) st = KV_INVALID;
+        char msg[] = "exec: out of memory";
+        ws->stat_exec_failed++;
+        wr_reply(sock, m->m_type, KV_NOMEM, 0, msg, strlen(msg));
+        if (fd >= 0) close(fd);
+        return;
     }
     wr_exec *x = ws->exec;
-    if (st == KV_OK && kvshm_op_decode(buf, len, &x->op, &why) != 0) st = KV_INVALID;
-    /* the KV pipeline's open transaction holds SQLite's write lock */
-    if (st == KV_OK && ws->cm_open && wr_commit_finish(ws) != 0) {
-        st = KV_BUSY;
-        why = "exec: the writer could not finish its commit";
-    }
-    wr_handle *w = NULL;
-    if (st == KV_OK && (w = handle_get(ws, &x->op, &st, err, sizeof err))) {
-        /* a busy file fails at BEGIN IMMEDIATE, before any change: run again */
-        uint64_t deadline = wr_now_ms() + WR_EXEC_BUSY_MS;
-        do {
-            x->res_len = 0;
-            st = x->op.cls == KVSHM_OPC_TEXT ? run_text(x, w->h, &x->op)
-                                             : run_vector(x, w->h, &x->op);
-        } while (st == KV_BUSY && wr_now_ms() < deadline && !usleep(WR_EXEC_BUSY_POLL_US));
-        if (st != KV_OK)
-            snprintf(err, sizeof err, "%s",
-                     x->op.cls == KVSHM_OPC_TEXT ? kv_text_errmsg(w->h) : kv_vector_errmsg(w->h));
-    }
-    free(heap);
-    if (why) snprintf(err, sizeof err, "%s", why);
-    if (st != KV_OK) {
-        ws->stat_exec_failed++;
-        wr_reply(sock, m->m_type, st, 0, err, strlen(err));
-    } else if (sizeof *m + x->res_len <= KVSHM_MSG_MAX) {
-        wr_reply(sock, m->m_type, KV_OK, 0, x->res, x->res_len);
-    } else if (fd >= 0 && write_memfd(fd, x->res, x->res_len) == 0) {
-        wr_reply(sock, m->m_type, KV_OK, x->res_len, NULL, 0);
+    if (x->npend == WR_EXEC_BATCH) wr_exec_flush(ws);
+    wr_pending *p = &x->pend[x->npend++];
+    memset(p, 0, sizeof *p);
+    p->sock = sock;
+    p->type = m->m_type;
+    p->fd = fd;
+    p->st = KV_OK;
+    if (!m->m_len) {   /* in the memfd (kvshm_msg_parse: 1..max bytes) */
+        if (fd < 0) why = "exec: missing descriptor";
+        else if ((p->buf = read_memfd(fd, m->m_arg, &why))) p->len = (size_t)m->m_arg;
+    } else if ((p->buf = malloc(m->m_len))) {
+        memcpy(p->buf, pl, m->m_len);
+        p->len = m->m_len;
     } else {
-        /* committed, but the result cannot travel: say so */
-        snprintf(err, sizeof err, "exec: result of %zu bytes does not fit a reply", x->res_len);
-        wr_reply(sock, m->m_type, KV_IO, 0, err, strlen(err));
+        why = "exec: out of memory";
     }
+    if (!why && kvshm_op_decode(p->buf, p->len, &x->op, &why) == 0) {
+        p->cls = x->op.cls;
+        p->key = x->op.key;   /* into p->buf */
+        p->key_len = x->op.key_len;
+    }
+    if (why) pend_fail(p, strcmp(why, "exec: out of memory") ? KV_INVALID : KV_NOMEM, why);
 }

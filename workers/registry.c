@@ -92,7 +92,10 @@ int wr_registry_write(wr_state *ws, const char *state)
         wr_log("registry text of %s does not fit", ws->reg_path);
         return -1;
     }
-    if (ftruncate(ws->reg_fd, 0) != 0 || pwrite(ws->reg_fd, buf, (size_t)n, 0) != n) {
+    /* the new text over the old one, then cut to its length: a reader sees
+     * a whole text (the old one, or the new one up to its end line) or a
+     * torn one, which kvshm_registry_complete rejects (it reads again) */
+    if (pwrite(ws->reg_fd, buf, (size_t)n, 0) != n || ftruncate(ws->reg_fd, n) != 0) {
         wr_log("write %s: %s", ws->reg_path, strerror(errno));
         return -1;
     }

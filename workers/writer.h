@@ -131,6 +131,9 @@ typedef struct wr_state {
     uint64_t stat_miss_skipped;          /* reported misses not read: queued or cached */
     uint64_t stat_execs;                 /* table operations received (EXEC) */
     uint64_t stat_exec_failed;           /* of which failed (refused, or the engine's error) */
+    uint64_t stat_exec_batches;          /* transactions that applied several of them */
+    uint64_t stat_exec_batched_ops;      /* operations in those transactions */
+    uint64_t stat_exec_batch_max;        /* most operations in one of them */
     uint64_t hits_gone, misses_gone; /* from clients that left */
 } wr_state;
 
@@ -185,13 +188,19 @@ void wr_reply(int sock, uint32_t type, int32_t status, uint64_t arg, const void 
               size_t len);
 
 /* exec.c */
-/* Serve one EXEC request (kvshm_msg_parse passed it; fd: the memfd the
- * client passed, or -1; the caller closes it): decode the operation,
- * finish the commit in flight, apply it on the table's engine handle
- * (opened on first use) and reply after its commit with the result or the
- * engine's message. */
+/* Take one EXEC request (kvshm_msg_parse passed it; fd: the memfd the
+ * client passed, or -1, now owned by the executor): copy and decode the
+ * operation and keep it for wr_exec_flush (run first when WR_EXEC_BATCH
+ * requests wait). A request that cannot be decoded gets its error reply
+ * at the flush too. */
 void wr_exec_request(wr_state *ws, int sock, const struct kvshm_msg *m, const uint8_t *pl,
                      int fd);
+/* Apply the kept EXEC requests: finish the commit in flight, then per
+ * engine handle (opened on first use) one transaction, each operation in
+ * its own savepoint; reply to each after its transaction committed with
+ * its result or the engine's message. Call before a kept request's socket
+ * closes; a no-op when none waits. */
+void wr_exec_flush(wr_state *ws);
 /* Close every engine handle of the executor (at exit). */
 void wr_exec_close(wr_state *ws);
 

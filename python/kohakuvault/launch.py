@@ -122,14 +122,37 @@ def reader_stats_path(db, i):
     return os.path.realpath(db) + f"{REG_SUFFIX}-reader.{i}"
 
 
-def read_registry(db):
+def registry_complete(text):
+    """The lines of registry text ``text`` up to its ``end=`` line when that
+    line counts the bytes before it (a whole text; what follows is a longer
+    predecessor's tail), else None (empty, partial, or an end line counting
+    other bytes: a writer is rewriting the file)."""
+    at = 0
+    for line in text.splitlines(keepends=True):
+        if line.startswith("end="):
+            ok = line.endswith("\n") and line[4:-1].isdigit() and int(line[4:-1]) == at
+            return text[:at] if ok else None
+        at += len(line.encode())
+    return None
+
+
+def read_registry(db, tries=50, pause=0.0002):
+    """The fields of db's registry as a dict, or None when there is no
+    file. A text that is not whole is read again for up to ~10 ms (the
+    writer writes the new text, then truncates the file to it); if none
+    was whole, an empty dict."""
     path = os.path.realpath(db) + REG_SUFFIX
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError:
-        return None
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    for _ in range(tries):
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            return None
+        body = registry_complete(text)
+        if body is not None:
+            return dict(line.split("=", 1) for line in body.splitlines() if "=" in line)
+        time.sleep(pause)
+    return {}
 
 
 def pid_alive(pid):
@@ -384,7 +407,7 @@ def cmd_status(args):
     for k in ("db", "pid", "generation", "shards", "keys_cached", "keys_in_memtables", "hits",
               "misses", "miss_loads", "applied_seq", "committed_seq", "pending", "memory_used",
               "memory_total", "attached", "commits", "evicted_keys", "replayed", "execs",
-              "execs_failed"):
+              "execs_failed", "exec_batches", "exec_batched_ops", "exec_batch_max"):
         if k in st:
             print(f"{k:18} {st[k]}")
     rows = []

@@ -529,3 +529,33 @@ Test(shm_ring, registry_text_roundtrip)
     cr_assert(!kvshm_registry_layout_ok(text), "another build's layout");
     cr_assert_eq(kvshm_registry_format(&reg, text, 40), -1, "does not fit");
 }
+
+/* A whole registry text ends with end=<bytes before it>: a partial or
+ * empty one, or one whose end line counts other bytes, is rejected; a whole one followed by a longer
+ * predecessor's tail is cut after its end line. */
+Test(shm_ring, registry_text_complete_only_when_whole)
+{
+    char text[1024], torn[1024], longer[1200];
+    kvshm_registry reg = { .generation = 7, .pid = 1234, .table = "kv", .segment = "/seg",
+                           .slots = "/seg-slots", .socket = "sock", .state = "ready" };
+    int n = kvshm_registry_format(&reg, text, sizeof text);
+    cr_assert(n > 0);
+    cr_assert(strstr(text, "\nend=") != NULL);
+    strcpy(torn, text);
+    cr_assert(kvshm_registry_complete(torn));
+    cr_assert_str_eq(torn, text);
+    for (int cut = 0; cut < n; cut++) {   /* every prefix: partial */
+        memcpy(torn, text, (size_t)cut);
+        torn[cut] = 0;
+        cr_assert(!kvshm_registry_complete(torn), "prefix of %d bytes", cut);
+    }
+    /* the new text over a longer old one, before the truncate */
+    snprintf(longer, sizeof longer, "%sstate=stopped\nend=999\n", text);
+    cr_assert(kvshm_registry_complete(longer));
+    cr_assert_str_eq(longer, text);
+    /* an end line that does not count the bytes before it */
+    strcpy(torn, text);
+    char *gen = strstr(torn, "generation=7");
+    memmove(gen + 11, gen + 12, strlen(gen + 12) + 1);   /* "generation=" */
+    cr_assert(!kvshm_registry_complete(torn));
+}

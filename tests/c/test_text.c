@@ -307,3 +307,43 @@ Test(text, locked_database_fails_fast_without_losing_data)
     cr_expect(eq(i64, c, 1));
     kv_text_close(t);
 }
+
+/* Group commit (kv_text_tx_begin): writes join one transaction, each in its
+ * savepoint; a failing one is undone alone with its usual status; nothing is
+ * visible to another connection before the commit; a rollback undoes all. */
+Test(text, tx_groups_writes_and_a_failing_one_is_undone_alone)
+{
+    kv_text *t = open1(), *other = open1();
+    int64_t n = -1;
+    cr_assert(eq(int, kv_text_tx_begin(t), KV_OK), "%s", kv_text_errmsg(t));
+    int64_t a = ins(t, "alpha one", "a");
+    const char *texts[] = {"x"};
+    size_t lens[] = {1};
+    cr_expect(eq(int, kv_text_update(t, 999, texts, lens, "v", 1), KV_NOTFOUND));
+    cr_expect(strstr(kv_text_errmsg(t), "no rows") != NULL || strstr(kv_text_errmsg(t), "not found") != NULL, "%s", kv_text_errmsg(t));
+    int64_t b = ins(t, "beta two", "b");
+    cr_expect(eq(int, kv_text_count(t, &n), KV_OK));
+    cr_expect(eq(i64, n, 2));
+    cr_expect(eq(int, kv_text_count(other, &n), KV_OK));
+    cr_expect(eq(i64, n, 0));   /* not committed yet */
+    cr_assert(eq(int, kv_text_tx_end(t, 1), KV_OK), "%s", kv_text_errmsg(t));
+    cr_expect(eq(int, kv_text_count(other, &n), KV_OK));
+    cr_expect(eq(i64, n, 2));
+    cr_expect(eq(i64, b, a + 1));
+    /* rolled back: nothing stays; the handle writes alone again after */
+    cr_assert(eq(int, kv_text_tx_begin(t), KV_OK));
+    ins(t, "gamma three", "c");
+    cr_assert(eq(int, kv_text_tx_end(t, 0), KV_OK));
+    cr_expect(eq(int, kv_text_count(other, &n), KV_OK));
+    cr_expect(eq(i64, n, 2));
+    ins(t, "delta four", "d");
+    cr_expect(eq(int, kv_text_count(other, &n), KV_OK));
+    cr_expect(eq(i64, n, 3));
+    /* another connection holding the write lock: KV_BUSY, nothing opened */
+    cr_assert(eq(int, kv_text_tx_begin(other), KV_OK));
+    cr_expect(eq(int, kv_text_tx_begin(t), KV_BUSY));
+    cr_assert(eq(int, kv_text_tx_end(other, 1), KV_OK));
+    ins(t, "epsilon five", "e");
+    kv_text_close(other);
+    kv_text_close(t);
+}

@@ -627,3 +627,32 @@ Test(vector, checkpointer_copies_the_wal_while_open)
     kv_vector_close(b);
     cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT count(*) FROM vec_kvault"), 4 * N + 150));
 }
+
+/* Group commit (kv_vector_tx_begin): a vector of the wrong size fails alone
+ * inside the transaction; a rollback undoes the others and the handle's
+ * copy and ids follow the file afterwards. */
+Test(vector, tx_groups_writes_and_rollback_resets_the_handle)
+{
+    kv_vector *v = vopen(4, KV_VECTOR_L2, KV_VECTOR_F32);
+    float x[4] = {1, 2, 3, 4}, bad[3] = {1, 2, 3};
+    int64_t id = 0, n = -1;
+    cr_assert(eq(int, kv_vector_tx_begin(v), KV_OK), "%s", kv_vector_errmsg(v));
+    cr_assert(eq(int, kv_vector_insert(v, x, sizeof x, "a", 1, &id), KV_OK));
+    cr_expect(eq(i64, id, 1));
+    cr_expect(eq(int, kv_vector_insert(v, bad, sizeof bad, "b", 1, &id), KV_INVALID));
+    cr_assert(eq(int, kv_vector_insert(v, x, sizeof x, "c", 1, &id), KV_OK));
+    cr_expect(eq(i64, id, 2));
+    cr_assert(eq(int, kv_vector_tx_end(v, 0), KV_OK));
+    cr_expect(eq(int, kv_vector_count(v, &n), KV_OK));
+    cr_expect(eq(i64, n, 0));
+    cr_assert(eq(int, kv_vector_tx_begin(v), KV_OK));
+    cr_assert(eq(int, kv_vector_insert(v, x, sizeof x, "d", 1, &id), KV_OK));
+    cr_expect(eq(i64, id, 1));
+    cr_assert(eq(int, kv_vector_insert(v, x, sizeof x, "e", 1, &id), KV_OK));
+    cr_assert(eq(int, kv_vector_tx_end(v, 1), KV_OK));
+    cr_assert(eq(int, kv_vector_insert(v, x, sizeof x, "f", 1, &id), KV_OK));
+    cr_expect(eq(i64, id, 3));
+    cr_expect(eq(int, kv_vector_count(v, &n), KV_OK));
+    cr_expect(eq(i64, n, 3));
+    kv_vector_close(v);
+}

@@ -234,21 +234,64 @@ def test_shared_off_keeps_writes_embedded(tmp_path, monkeypatch):
         w.kill(signal.SIGTERM)
 
 
-def _inserter(db, worker, n, conn):
-    """Insert n TextVault documents and n vectors tagged with this worker;
-    send back the ids, the failures and how many calls raised."""
+def _status(db):
+    """The writer's STATUS lines as a dict of ints (numeric ones)."""
+    with KVault(db) as kv:
+        lines = kv._native.status().splitlines()
+    return {k: int(v) for k, v in (l.split("=", 1) for l in lines) if v.isdigit()}
+
+
+
+def _run_workers(db, target, nproc, n):
+    """Run target(db, k, n, conn) in nproc spawned processes at once under
+    a writer of db; return what each sent and the writer's STATUS after
+    they exited."""
+    ctx = mp.get_context("spawn")
+    w = Writer(db)
+    procs, pipes = [], []
+    try:
+        for k in range(nproc):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=target, args=(db, k, n, child))
+            p.start()
+            procs.append(p)
+            pipes.append(parent)
+        results = [c.recv() for c in pipes]
+        _reap(*procs)
+        return results, _status(db)
+    finally:
+        w.kill(signal.SIGTERM)
+        _reap(*procs)
+
+
+def _insert_rounds(db, worker, n, tag, bad_every=0):
+    """Insert n TextVault documents and n vectors tagged with this worker
+    (and `tag`); every bad_every-th round (0: never) also update a document
+    that does not exist. Return the ids, the vector ids, the calls that
+    raised unexpectedly and the exception types of the updates."""
     tv = TextVault(db)
     vk = VectorKVault(db, dimensions=4)
-    ids, vids, errors = [], [], []
+    ids, vids, errors, failures = [], [], [], []
     for i in range(n):
         try:
-            ids.append(tv.insert(f"w{worker} doc{i} tag{worker}x{i}", f"{worker}:{i}"))
+            ids.append(tv.insert(f"w{worker} doc{i} {tag}{worker}x{i}", f"{worker}:{i}"))
             vids.append(vk.insert([worker, i, 1, 0], f"{worker}:{i}"))
         except Exception as exc:  # reported to the test, which asserts on it
             errors.append(repr(exc))
+        if bad_every and i % bad_every == 0:
+            try:
+                tv.update(10**9, "nothing", value=b"v")
+            except Exception as exc:  # the expected failure, checked by the test
+                failures.append(type(exc).__name__)
     tv.close()
     vk.close()
-    conn.send((ids, vids, errors))
+    return ids, vids, errors, failures
+
+
+def _inserter(db, worker, n, conn):
+    """Insert n TextVault documents and n vectors tagged with this worker;
+    send back the ids and the calls that raised."""
+    conn.send(_insert_rounds(db, worker, n, "tag")[:3])
 
 
 def test_three_processes_insert_through_the_writer(tmp_path):
@@ -258,22 +301,8 @@ def test_three_processes_insert_through_the_writer(tmp_path):
     rebuild of the same rows."""
     db = str(tmp_path / "three.db")
     n = 150
-    ctx = mp.get_context("spawn")
-    w = Writer(db)
-    procs, pipes = [], []
-    try:
-        for k in range(3):
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=_inserter, args=(db, k, n, child))
-            p.start()
-            procs.append(p)
-            pipes.append(parent)
-        results = [c.recv() for c in pipes]
-        _reap(*procs)
-        execs, failed = _execs(db), _execs(db, failed=True)
-    finally:
-        w.kill(signal.SIGTERM)
-        _reap(*procs)
+    results, status = _run_workers(db, _inserter, 3, n)
+    execs, failed = status["execs"], status["execs_failed"]
     for ids, vids, errors in results:
         assert errors == []
         assert len(ids) == n and len(vids) == n
@@ -409,3 +438,42 @@ def test_writers_starting_and_stopping_under_a_writing_process(tmp_path):
         (f"doc number{i}", i) for i in range(0, n, 97)]
     tv.close()
     vk.close()
+
+
+def _group_worker(db, worker, n, conn):
+    """As _inserter, and every 4th round an update of a missing document
+    (fails in the writer, inside a group); sends the failures' types too."""
+    conn.send(_insert_rounds(db, worker, n, "mark", bad_every=4))
+
+
+def test_several_clients_operations_commit_in_groups(tmp_path):
+    """4 processes write TextVault and VectorKVault rows (two engine
+    handles) at once: the writer applies requests that arrive together in
+    one transaction per handle (STATUS counts the groups), an update of a
+    missing document inside a group fails alone with the embedded
+    exception, and every insert is present exactly once."""
+    db = str(tmp_path / "group.db")
+    n = 120
+    emb = TextVault(str(tmp_path / "emb.db"))
+    with pytest.raises(Exception) as embedded:
+        emb.update(10**9, "nothing", value=b"v")
+    emb.close()
+    results, status = _run_workers(db, _group_worker, 4, n)
+    nfail = len(range(0, n, 4))
+    for ids, vids, errors, failures in results:
+        assert errors == []
+        assert len(ids) == n and len(vids) == n
+        assert failures == [embedded.type.__name__] * nfail
+    assert status["execs"] == 4 * (2 * n + nfail)
+    assert status["execs_failed"] == 4 * nfail
+    assert status["exec_batches"] > 0
+    assert status["exec_batched_ops"] >= 2 * status["exec_batches"]
+    assert 2 <= status["exec_batch_max"] <= 64
+    tv = TextVault(db)
+    vk = VectorKVault(db, dimensions=4)
+    assert len(tv) == 4 * n and len(vk) == 4 * n
+    assert len({i for ids, _, _, _ in results for i in ids}) == 4 * n
+    assert len({i for _, vids, _, _ in results for i in vids}) == 4 * n
+    for k in range(4):
+        for i in range(0, n, 9):
+            assert tv.count_matches(f'"mark{k}x{i}"') == 1

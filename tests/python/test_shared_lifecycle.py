@@ -566,3 +566,71 @@ def test_spawn_open_while_the_writer_lingers_out(tmp_path, monkeypatch):
     assert all(rows[f"p{i}:{r}".encode()] is not None
                for i in range(nproc) for r in range(got[i]))
     assert int(_registry(db)["generation"]) > 1  # writers did linger out in between
+
+
+def _rewrite_registry(path, texts, stop):
+    """Hold the registry's lock (as a writer does) and rewrite it in a loop
+    with the writer's method: the new text over the old one, then truncate
+    to its length."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR)
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+    i = 0
+    while not stop.is_set():
+        data = texts[i % len(texts)].encode()
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        i += 1
+    os.close(fd)
+
+
+def _sealed(body):
+    """Registry text `body` with its end line."""
+    return body + f"end={len(body.encode())}\n"
+
+
+@needs_writer
+def test_registry_rewritten_in_a_loop_is_never_read_partial(tmp_path):
+    """A process rewrites the registry (texts of two lengths) while this
+    one reads it thousands of times through the native reader (what
+    attach and the store routing use) and the launcher's: every read sees
+    a whole text naming a served file, never an empty or partial one."""
+    from kohakuvault import _kvault
+    from kohakuvault.launch import read_registry, registry_complete
+
+    db = str(tmp_path / "reg.db")
+    w = Writer(db)
+    path = os.path.realpath(db) + "-kvault"
+    with open(path) as f:
+        text = f.read()
+    w.kill(signal.SIGTERM)
+    body = registry_complete(text)
+    assert body is not None and "state=" in body
+    ready = "".join(l if not l.startswith("state=") else "state=ready\n"
+                    for l in body.splitlines(keepends=True))
+    longer = ready.replace("state=ready\n", "state=ready\n" + "x" * 300 + "=1\n")
+    texts = [_sealed(ready), _sealed(longer)]
+    assert registry_complete(texts[0] + texts[1][len(texts[0]):]) == ready
+    assert registry_complete(texts[0][:-3]) is None
+    assert registry_complete("") is None
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    p = ctx.Process(target=_rewrite_registry, args=(path, texts, stop))
+    p.start()
+    try:
+        deadline = time.monotonic() + 10
+        while registry_complete(open(path).read()) != ready and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        bad = []
+        for i in range(3000):
+            reg = read_registry(db)
+            if not reg or reg.get("state") != "ready" or reg.get("table") != "kv":
+                bad.append(("launch", reg))
+            if i % 3 == 0 and not _kvault._attach_served(db, "kv"):
+                bad.append(("native", i))
+        assert bad == []
+    finally:
+        stop.set()
+        _reap(p)

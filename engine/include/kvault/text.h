@@ -153,6 +153,21 @@ KV_API kv_status kv_text_search(kv_text *t, const char *query, size_t qlen,
  *  g->refused set. `g` must outlive the guard. One thread at a time. */
 KV_API void kv_text_set_commit_guard(kv_text *t, kv_commit_guard *g);
 
+/** Group commit: open a write transaction (BEGIN IMMEDIATE) on the store's
+ *  connection that the next writes of `t` join, each in its own savepoint:
+ *  a write that fails is rolled back alone and returns its usual status and
+ *  message, the others stay, and all become visible at kv_text_tx_end.
+ *  Reads of `t` in between see the transaction's changes. Returns KV_OK,
+ *  KV_BUSY (another connection holds the write lock; nothing opened),
+ *  KV_IO, KV_SQLITE. Not nestable. One thread at a time. */
+KV_API kv_status kv_text_tx_begin(kv_text *t);
+
+/** End kv_text_tx_begin's transaction: commit != 0 commits it (KV_OK, or
+ *  the failure after which every write since kv_text_tx_begin is undone),
+ *  commit == 0 rolls it back (KV_OK). The handle writes in its own
+ *  transactions again afterwards. */
+KV_API kv_status kv_text_tx_end(kv_text *t, int commit);
+
 /** Free search results (NULL is a no-op). */
 KV_API void kv_text_hits_free(kv_text_hits *h);
 

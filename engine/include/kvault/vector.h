@@ -116,6 +116,16 @@ KV_API kv_status kv_vector_open(const char *path, const char *table, size_t dims
  *  g->refused set. `g` must outlive the guard. One thread at a time. */
 KV_API void kv_vector_set_commit_guard(kv_vector *v, kv_commit_guard *g);
 
+/** Group commit, as kv_text_tx_begin: the next writes of `v` (insert,
+ *  insert_many, update, delete) join one write transaction, each in its
+ *  own savepoint. KV_OK, KV_BUSY, KV_IO, KV_SQLITE. One thread at a time. */
+KV_API kv_status kv_vector_tx_begin(kv_vector *v);
+
+/** End kv_vector_tx_begin's transaction as kv_text_tx_end. When it does
+ *  not commit, the handle's copy of the vectors and its write state are
+ *  dropped (reloaded from the file on next use). */
+KV_API kv_status kv_vector_tx_end(kv_vector *v, int commit);
+
 /** Scan threads of `v`'s searches: 0 (the default) = automatic (one
  *  thread below 8 MiB of vectors, else one per online CPU), n > 0 = n. */
 KV_API void kv_vector_set_threads(kv_vector *v, int threads);

@@ -78,8 +78,8 @@ typedef struct kvshm_registry {
 } kvshm_registry;
 
 /* Render the registry text of `reg` (every line above, in that order, with
- * layout = this build's segment layout hash) into buf (cap bytes, NUL
- * terminated). Returns the text length in bytes, or -1 when it does not fit.
+ * layout = this build's segment layout hash, then the last line
+ * `end=<bytes before it>`) into buf (cap bytes, NUL terminated). Returns the text length in bytes, or -1 when it does not fit.
  * Any process (the writer publishes it); pure. */
 int kvshm_registry_format(const kvshm_registry *reg, char *buf, size_t cap);
 
@@ -87,6 +87,15 @@ int kvshm_registry_format(const kvshm_registry *reg, char *buf, size_t cap);
  * line equals what kvshm_registry_format writes), else 0: the segment it
  * names cannot be attached by this build. Any process; pure. */
 int kvshm_registry_layout_ok(const char *text);
+
+/* 1 if registry text `text` (NUL terminated) is whole: its first `end=`
+ * line counts the bytes before it; the text is then cut after that line
+ * (what follows is a longer predecessor's tail, before the writer
+ * truncated the file). 0 for an empty or partial text, or one whose end
+ * line counts other bytes (a reader saw the file while a writer rewrote
+ * it: read again). A read torn between two texts whose end lines sit at
+ * the same offset is not detected. Pure; any process. */
+int kvshm_registry_complete(char *text);
 
 #define KVSHM_PROTO_MAGIC 0x4b565031u /* "KVP1" */
 
