@@ -126,6 +126,7 @@ typedef struct wr_state {
     uint64_t stat_commit_sync;           /* commits finished synchronously */
     uint64_t stat_sock_polls;
     uint64_t stat_miss_skipped;          /* reported misses not read: queued or cached */
+    uint64_t stat_miss_declined;         /* large misses not cached: no free room */
     uint64_t hits_gone, misses_gone; /* from clients that left */
 } wr_state;
 
