@@ -32,7 +32,7 @@ def _read_all(db, conn):
     start as misses) and answers with the values (None: KeyError) and the
     segment hit count."""
     keys = conn.recv()
-    kv = KVault(db, shared=True, auto_pack=False)
+    kv = KVault(db, shared=True)
     out = []
     for _ in range(2):
         for k in keys:
@@ -46,7 +46,7 @@ def _read_all(db, conn):
 
 def test_sizes_around_every_threshold_read_whole(served):  # noqa: F811
     db, _ = served
-    kv = KVault(db, shared=True, auto_pack=False)
+    kv = KVault(db, shared=True)
     keys = [f"v{n}" for n in SIZES]
     for n, k in zip(SIZES, keys):
         kv[k] = _value(n, n & 0xFF)
@@ -66,7 +66,7 @@ def test_sizes_around_every_threshold_read_whole(served):  # noqa: F811
     expect = [_value(n, n & 0xFF) for n in SIZES] + [None, None]
     assert got == expect * 2
     assert hits > 0  # the second round: misses loaded by the writer, or the memtables
-    with KVault(db, shared=False, auto_pack=False) as emb:
+    with KVault(db, shared=False) as emb:
         for n, k in zip(SIZES, keys):
             assert emb[k] == _value(n, n & 0xFF), n
     kv.close()
@@ -81,7 +81,7 @@ def _torn_reader(db, conn):
     """Reads "k" (A or B), "s" (C or deleted) and "m" (a key the parent
     rewrites with new lengths) until told to stop; answers with what it
     counted and any value that was not a whole version."""
-    kv = KVault(db, shared=True, auto_pack=False)
+    kv = KVault(db, shared=True)
     conn.send("ready")
     seen = {"A": 0, "B": 0, "C": 0, "none": 0, "m": 0}
     bad = []
@@ -115,17 +115,16 @@ def _m_value(n):
     return n.to_bytes(4, "little") + _value(n - 4, n & 0xFF)
 
 
-@pytest.mark.parametrize("cache_size", ["16M"])
-def test_readers_never_see_a_torn_value_while_the_writer_replaces_it(tmp_path, cache_size):
+def test_readers_never_see_a_torn_value_while_the_writer_replaces_it(tmp_path):
     """The parent rewrites "k" with two large values of different lengths,
     deletes and writes "s" back and gives "m" a new length each round,
     while two processes read them: with a small segment the writer folds,
     evicts and reclaims the blocks the readers copy from, and every value a
     reader returns is one whole version."""
     db = str(tmp_path / "torn.db")
-    w = Writer(db, "--cache-size", cache_size)
+    w = Writer(db, "--cache-size", "16M", "--memtable-size", "1M")
     try:
-        kv = KVault(db, shared=True, auto_pack=False)
+        kv = KVault(db, shared=True)
         kv["k"], kv["s"], kv["m"] = A, C, _m_value(DIRECT_MIN)
         with pipe_child(_torn_reader, db) as c1, pipe_child(_torn_reader, db) as c2:
             assert c1.recv() == "ready" and c2.recv() == "ready"
