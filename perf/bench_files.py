@@ -68,9 +68,16 @@ def collect(top: str) -> list[tuple[str, str]]:
 
 
 def loader_values(n: int, seed: int = 7) -> list[bytes]:
-    """``n`` random values of 50,000-200,000 bytes (fixed seed)."""
+    """``n`` random values of 50,000-200,000 bytes (fixed sizes). None
+    begins with the auto-pack header magic ``89 4B``: KVault reads such a
+    raw value as a header (docs/api.md §3.1), which fails for random bytes
+    (1 value in 65,536)."""
     rng = random.Random(seed)
-    return [os.urandom(rng.randint(50_000, 200_000)) for _ in range(n)]
+    out = []
+    for _ in range(n):
+        v = os.urandom(rng.randint(50_000, 200_000))
+        out.append(b"\x00" + v[1:] if v[:2] == b"\x89K" else v)
+    return out
 
 
 # ---- stores: open for writing, put all, open for reading, get -------------

@@ -236,7 +236,7 @@ static uint64_t run_many(kvshm_reader *r, int warm, uint64_t seed, uint64_t n)
             make_key(k[j], ki[j]);
             kp[j] = k[j];
             kl[j] = KLEN;
-            v[j] = (kvshm_val){ out[j], sizeof out[j], 0, 0 };
+            v[j] = (kvshm_val){ out[j], sizeof out[j], 0, 0, NULL, NULL };
         }
         if (kvshm_reader_get_many(r, m, kp, kl, v, st) != KVSHM_OK) return n;
         for (size_t j = 0; j < m; j++) {
@@ -283,7 +283,7 @@ static double run_one(int which, uint64_t seed, int go_fd)
             make_key(k, ki);
             switch (which) {
             case S_TREE: case S_MT: {
-                kvshm_val v = { out, sizeof out, 0, 0 };
+                kvshm_val v = { out, sizeof out, 0, 0, NULL, NULL };
                 if (kvshm_reader_get(r, k, KLEN, &v) != KVSHM_OK || v.len != VLEN) bad++;
                 break;
             }

@@ -856,24 +856,29 @@ void kv_att_add_hits(kv_att *a, uint64_t n)
     maybe_stats(a);
 }
 
-/* Segment lookup: KV_OK (value in a->buf), KV_NOTFOUND (deleted),
- * KV_NOTCACHED (not cached: read SQLite), or a failure. */
-static kv_status seg_get(kv_att *a, const void *key, size_t klen, size_t *vlen)
+/* Segment lookup into *v: KV_OK, KV_NOTFOUND (deleted), KV_NOTCACHED (not
+ * cached: read SQLite), or a failure. Without v->alloc the value lands in
+ * a->buf (grown as needed); with it, in the buffer alloc returns. */
+static kv_status seg_get(kv_att *a, const void *key, size_t klen, kvshm_val *v)
 {
     for (;;) {
         if (!a->r) {   /* no writer: the own connection answers */
             a->misses++;
             return KV_NOTCACHED;
         }
-        kvshm_val v = {.buf = a->buf, .cap = a->cap};
-        kvshm_status ks = kvshm_reader_get(a->r, key, klen, &v);
+        if (!v->alloc) {
+            v->buf = a->buf;
+            v->cap = a->cap;
+        }
+        kvshm_status ks = kvshm_reader_get(a->r, key, klen, v);
         switch (ks) {
-        case KVSHM_OK: *vlen = v.len; a->hits++; return KV_OK;
+        case KVSHM_OK: a->hits++; return KV_OK;
         case KVSHM_DELETED: a->hits++; return KV_NOTFOUND;
         case KVSHM_NOTFOUND: a->misses++; return KV_NOTCACHED;
         case KVSHM_E_SMALLBUF:
-            if (grow(a, v.len)) return fail(a, KV_NOMEM, "out of memory");
+            if (v->alloc || grow(a, v->len)) return fail(a, KV_NOMEM, "out of memory");
             continue;
+        case KVSHM_E_NOMEM: return fail(a, KV_NOMEM, "out of memory");
         case KVSHM_E_STALE:
             reattach_within(a, 0);   /* none yet: a->r is NULL, read SQLite */
             continue;
@@ -883,12 +888,30 @@ static kv_status seg_get(kv_att *a, const void *key, size_t klen, size_t *vlen)
     }
 }
 
-/* kv_get_into's allocator of a miss: the value lands once in a->buf,
+/* kv_get_into's allocator of kv_att_get: the value lands once in a->buf,
  * grown to hold it (a value read from SQLite goes straight there). */
 static void *buf_alloc(void *ctx, size_t n)
 {
     kv_att *a = ctx;
     return grow(a, n ? n : 1) ? NULL : a->buf;
+}
+
+/* A segment miss: the own connection reads the value into alloc's buffer
+ * (kv_get_into), and a value short enough to be cached is reported. */
+static kv_status miss_get(kv_att *a, const void *key, size_t klen, kv_alloc_fn alloc,
+                          void *ctx, size_t *vlen)
+{
+    kv_status st = kv_get_into(a->db, key, klen, KV_GET_DIRECT_MIN, alloc, ctx, vlen);
+    if (st == KV_OK) {
+        if (*vlen <= MISS_VALUE_MAX && klen <= KVSHM_MAX_KEY)
+            push_small(a, KVSHM_REC_MISS, key, klen);
+    } else if (st == KV_NOMEM) {
+        fail(a, KV_NOMEM, "out of memory");
+    } else if (st != KV_NOTFOUND) {
+        fail(a, st, "%s", kv_db_errmsg(a->db));
+    }
+    maybe_stats(a);
+    return st;
 }
 
 kv_status kv_att_get(kv_att *a, const void *key, size_t klen, const void **val, size_t *vlen)
@@ -897,26 +920,36 @@ kv_status kv_att_get(kv_att *a, const void *key, size_t klen, const void **val, 
     kv_status st = check_read(a);
     if (st) return st;
     if (!a->applied_ok && (st = kv_att_wait(a, 0))) return st;
-    st = seg_get(a, key, klen, vlen);
+    kvshm_val v = {0};
+    st = seg_get(a, key, klen, &v);
     if (st == KV_OK) {
         *val = a->buf;
+        *vlen = v.len;
         maybe_stats(a);
         return KV_OK;
     }
     if (st != KV_NOTCACHED) return st;
-    size_t n;
-    st = kv_get_into(a->db, key, klen, KV_GET_DIRECT_MIN, buf_alloc, a, &n);
-    if (st == KV_OK) {
-        *val = a->buf;
-        *vlen = n;
-        if (n <= MISS_VALUE_MAX && klen <= KVSHM_MAX_KEY) push_small(a, KVSHM_REC_MISS, key, klen);
-    } else if (st == KV_NOMEM) {
-        fail(a, KV_NOMEM, "out of memory");
-    } else if (st != KV_NOTFOUND) {
-        fail(a, st, "%s", kv_db_errmsg(a->db));
-    }
-    maybe_stats(a);
+    st = miss_get(a, key, klen, buf_alloc, a, vlen);
+    if (st == KV_OK) *val = a->buf;
     return st;
+}
+
+kv_status kv_att_get_into(kv_att *a, const void *key, size_t klen, kv_alloc_fn alloc, void *ctx,
+                          size_t *vlen)
+{
+    KV_ASSERT(a != NULL && alloc != NULL && vlen != NULL);
+    kv_status st = check_read(a);
+    if (st) return st;
+    if (!a->applied_ok && (st = kv_att_wait(a, 0))) return st;
+    kvshm_val v = {.alloc = alloc, .alloc_ctx = ctx};
+    st = seg_get(a, key, klen, &v);
+    if (st == KV_OK) {
+        *vlen = v.len;
+        maybe_stats(a);
+        return KV_OK;
+    }
+    if (st != KV_NOTCACHED) return st;
+    return miss_get(a, key, klen, alloc, ctx, vlen);
 }
 
 kv_status kv_att_exists(kv_att *a, const void *key, size_t klen, int *found)
@@ -1076,8 +1109,9 @@ kv_status kv_att_get_to_fd(kv_att *a, const void *key, size_t klen, int fd, size
     kv_status st = check_read(a);
     if (st) return st;
     if (!a->applied_ok && (st = kv_att_wait(a, 0))) return st;
-    size_t n = 0;
-    st = seg_get(a, key, klen, &n);
+    kvshm_val v = {0};
+    st = seg_get(a, key, klen, &v);
+    size_t n = v.len;
     if (st == KV_OK) {
         size_t off = 0;
         while (off < n) {

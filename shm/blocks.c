@@ -282,6 +282,12 @@ kvshm_status kvshm_rec_read(const kvshm_seg *s, uint64_t off, const void *key,
             return KVSHM_E_CORRUPT;
         return KVSHM_DELETED;
     }
+    if (out->alloc && (!out->buf || out->cap != vl)) {
+        void *b = out->alloc(out->alloc_ctx, vl);   /* kvshm_val: replaces the last one */
+        if (!b) return KVSHM_E_NOMEM;
+        out->buf = b;
+        out->cap = vl;
+    }
     if (vl > out->cap) return KVSHM_E_SMALLBUF;
     if (vl) memcpy(out->buf, p + klen, vl);
     /* The checksum is computed over the caller's copies (key compared equal,

@@ -122,7 +122,8 @@ static inline const uint8_t *kvshm_rec_val(const struct kvshm_rec *r)
  * must equal key: the caller found it by that key) and verify the checksum
  * over the copy. Any reader. Returns KVSHM_OK; KVSHM_DELETED (tombstone;
  * out->seq set); KVSHM_E_SMALLBUF (out->len = needed); KVSHM_E_CORRUPT (bounds,
- * key or checksum mismatch: stale or damaged).
+ * key or checksum mismatch: stale or damaged); KVSHM_E_NOMEM (out->alloc
+ * returned NULL). With out->alloc set, the buffer comes from it (kvshm_val).
  */
 kvshm_status kvshm_rec_read(const kvshm_seg *s, uint64_t off, const void *key,
                             uint32_t klen, kvshm_val *out);

@@ -244,7 +244,7 @@ static int in_memtables(kvshm_writer *w, uint32_t s, const void *key, uint32_t k
     uint64_t mts[2] = { w->active[s], w->frozen[s] };
     for (int j = 0; j < 2; j++) {
         if (!mts[j]) continue;
-        kvshm_val out = { NULL, 0, 0, 0 };
+        kvshm_val out = { NULL, 0, 0, 0, NULL, NULL };
         if (kvshm_mt_get(&w->seg, mts[j], key, klen, &out) != KVSHM_NOTFOUND) return 1;
     }
     return 0;
@@ -563,7 +563,7 @@ static kvshm_status next_once(kvshm_reader *r, const void *prefix, uint32_t plen
         memcpy(last, kvshm_rec_key(best), kl);
         *lastlen = kl;
         have_last = 1;
-        kvshm_val tmp = { NULL, 0, 0, 0 };
+        kvshm_val tmp = { NULL, 0, 0, 0, NULL, NULL };
         kvshm_val *vo = vout ? vout : &tmp;
         kvshm_status st = kvshm_rec_read(&r->seg, best_off, last, kl, vo);
         if (st == KVSHM_DELETED) continue;            /* deleted key: skip */

@@ -354,7 +354,8 @@ size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
         "applies_during_commit=%" PRIu64 "\nsock_polls=%" PRIu64 "\n"
         "commit_cpu_max_us=%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 "\n"
         "checkpoints=%" PRIu64 "\ncheckpoint_max_us=%" PRIu64 "\n"
-        "miss_queued=%zu\nmiss_skipped=%" PRIu64 "\nrefused_peers=%" PRIu64 "\n"
+        "miss_queued=%zu\nmiss_skipped=%" PRIu64 "\nmiss_declined=%" PRIu64 "\n"
+        "refused_peers=%" PRIu64 "\n"
         "dropped_bad_clients=%" PRIu64 "\n",
         ws->db_abs, ws->o.table, (int)getpid(), ws->generation, kvshm_writer_shards(ws->w),
         sum.tree_keys, sum.mt_keys, hits, misses, ws->stat_miss_loads, ws->seq, ws->committed,
@@ -368,6 +369,7 @@ size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
         ws->stat_sock_polls, ws->stat_commit_cpu_max_us[WR_FREEZE],
         ws->stat_commit_cpu_max_us[WR_INSERT], ws->stat_commit_cpu_max_us[WR_COMMIT],
         ws->stat_commit_cpu_max_us[WR_FOLD], ckpts, ckpt_us, ws->nmiss,
+<<<<<<< HEAD
         ws->stat_miss_skipped, ws->stat_refused, ws->stat_bad_records);
     if (n < 0) return 0;
     if ((size_t)n < cap) {   /* table operations (exec.c) */
@@ -379,6 +381,10 @@ size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
         if (e > 0) n += e;
     }
     return (size_t)n >= cap ? cap - 1 : (size_t)n;
+=======
+        ws->stat_miss_skipped, ws->stat_miss_declined, ws->stat_refused, ws->stat_bad_records);
+    return n < 0 ? 0 : ((size_t)n >= cap ? cap - 1 : (size_t)n);
+>>>>>>> s8-h18b
 }
 
 static void handle_request(wr_state *ws, wr_client *c)

@@ -119,6 +119,15 @@
 #define CKPT_EVERY 8
 /* Slots of the filter of queued miss hashes (a power of two). */
 #define MISS_FILTER 8192
+/* A reported miss of this many bytes or more is a large value: it is
+ * cached only into free room of its shard (miss_admit_large). The engine's
+ * direct-read threshold: values it reads straight into the caller's buffer. */
+#define MISS_LARGE_MIN KV_GET_DIRECT_MIN
+
+/* KVAULT_WRITER_ADMIT_LARGE=all in the environment caches every large
+ * miss, evicting as needed, as small ones are (for measurements;
+ * docs/performance.md, "Large values in shared mode"). */
+static int g_miss_admit_all = -1;
 
 uint64_t wr_now_ms(void)
 {
@@ -530,44 +539,86 @@ static wr_miss miss_pop(wr_state *ws)
     return m;
 }
 
+/* kv_get_into's allocator of a miss load: room for the value at the end of
+ * ws->miss_buf, or NULL (the value is not read: kv_get_into returns
+ * KV_NOMEM) when it is not to be cached: above max_value_bytes, or a large
+ * value (MISS_LARGE_MIN or more) whose shard has no free room for it
+ * (miss_admit_large). */
+typedef struct miss_ctx {
+    wr_state *ws;
+    uint32_t shard;           /* the key's shard */
+    size_t used;              /* bytes of miss_buf taken by this step */
+    uint64_t large_pending;   /* large values this step read, not loaded yet */
+    int declined;             /* the last call refused a large value */
+} miss_ctx;
+
+/* Whether a large value of vlen bytes may be cached in `shard` now: only
+ * into free room, so that loading it never starts an eviction
+ * (evict_under_pressure, at 3/4 of the region), which would drop a sample
+ * of every cached key, the hot small ones too. */
+static int miss_admit_large(wr_state *ws, uint32_t shard, uint64_t pending, size_t vlen)
+{
+    if (g_miss_admit_all) return 1;
+    kvshm_shard_stats st;
+    if (kvshm_writer_shard_stats(ws->w, shard, &st) != KVSHM_OK) return 0;
+    return st.used_bytes - st.retired_bytes + pending + vlen <= st.region_bytes / 4 * 3;
+}
+
+static void *miss_alloc(void *ctx, size_t vlen)
+{
+    miss_ctx *c = ctx;
+    wr_state *ws = c->ws;
+    c->declined = 0;
+    if (vlen > ws->o.max_value_bytes) return NULL;
+    if (vlen >= MISS_LARGE_MIN && !miss_admit_large(ws, c->shard, c->large_pending, vlen)) {
+        c->declined = 1;
+        return NULL;
+    }
+    if (!ws->miss_buf || c->used + vlen > ws->miss_buf_cap) {
+        size_t nc = ws->miss_buf_cap ? ws->miss_buf_cap : 65536;
+        while (nc < c->used + vlen) nc *= 2;
+        uint8_t *nb = realloc(ws->miss_buf, nc);
+        if (!nb) return NULL;
+        ws->miss_buf = nb;
+        ws->miss_buf_cap = nc;
+    }
+    return ws->miss_buf + c->used;
+}
+
 /* Load queued misses from SQLite into the cache for at most MISS_STEP_US:
- * keys cached by now are skipped, values above max_value_bytes are not
- * cached, and everything read is inserted in one kvshm_writer_cache_load. */
+ * keys cached by now are skipped, values that are not to be cached
+ * (miss_alloc) are not read, the others are read once into miss_buf
+ * (kv_get_into: a large one by the engine's large-value reader, without
+ * growing the connection's page cache or faulting in its mapping), and
+ * everything read is inserted in one kvshm_writer_cache_load. */
 static void load_misses(wr_state *ws)
 {
     if (!ws->nmiss) return;
     enum { MAXN = 256 };
     wr_miss taken[MAXN];
-    size_t off[MAXN], len[MAXN], n = 0, used = 0;
+    size_t off[MAXN], len[MAXN], n = 0;
+    miss_ctx c = {.ws = ws};
+    uint32_t shards = kvshm_writer_shards(ws->w);
     uint64_t deadline = wr_now_us() + MISS_STEP_US;
     while (ws->nmiss && n < MAXN) {
         wr_miss m = miss_pop(ws);
-        const void *v;
         size_t vlen;
         if (kvshm_writer_cached(ws->w, m.key, m.klen)) {
             ws->stat_miss_skipped++;
             free(m.key);
-        } else if (kv_get(ws->db, m.key, m.klen, &v, &vlen) != KV_OK) {
-            free(m.key);
         } else {
-            int keep = vlen <= ws->o.max_value_bytes;
-            if (keep && (!ws->miss_buf || used + vlen > ws->miss_buf_cap)) {
-                size_t nc = ws->miss_buf_cap ? ws->miss_buf_cap : 65536;
-                while (nc < used + vlen) nc *= 2;
-                uint8_t *nb = realloc(ws->miss_buf, nc);
-                if (nb) { ws->miss_buf = nb; ws->miss_buf_cap = nc; }
-                else keep = 0;
-            }
-            if (keep) {
-                if (vlen) memcpy(ws->miss_buf + used, v, vlen);
+            c.shard = kvshm_shard_of(m.key, m.klen, shards);
+            if (kv_get_into(ws->db, m.key, m.klen, KV_GET_DIRECT_MIN, miss_alloc, &c, &vlen) ==
+                KV_OK) {
                 taken[n] = m;
-                off[n] = used;
+                off[n] = c.used;
                 len[n++] = vlen;
-                used += vlen;
+                c.used += vlen;
+                if (vlen >= MISS_LARGE_MIN) c.large_pending += vlen;
             } else {
+                if (c.declined) ws->stat_miss_declined++;
                 free(m.key);
             }
-            kv_get_done(ws->db);
         }
         if (wr_now_us() >= deadline || (ws->yield && rings_waiting(ws))) break;
     }
@@ -597,6 +648,10 @@ int wr_run(wr_state *ws)
     char err[512] = "";
     int rc = 1;
     ws->reg_fd = ws->lsock = ws->ep = -1;
+    if (g_miss_admit_all < 0) {
+        const char *e = getenv("KVAULT_WRITER_ADMIT_LARGE");
+        g_miss_admit_all = e && !strcmp(e, "all");
+    }
 
     kv_batch_opts bo;
     kv_batch_opts_default(&bo);

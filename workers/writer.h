@@ -134,6 +134,7 @@ typedef struct wr_state {
     uint64_t stat_exec_batches;          /* transactions that applied several of them */
     uint64_t stat_exec_batched_ops;      /* operations in those transactions */
     uint64_t stat_exec_batch_max;        /* most operations in one of them */
+    uint64_t stat_miss_declined;         /* large misses not cached: no free room */
     uint64_t hits_gone, misses_gone; /* from clients that left */
 } wr_state;
 

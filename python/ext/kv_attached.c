@@ -20,8 +20,10 @@
  *   - count()/keys() first ask the writer to commit, so they see every
  *     write applied before the call;
  *   - get and exists answer from the segment with the GIL kept (no system
- *     call on a hit); there is no callback streaming: put_file/get_to_file
- *     of objects without a file descriptor go through a memfd.
+ *     call on a hit); get copies a value once, from the segment (or from
+ *     SQLite on a miss) into the bytes object it returns (att_get_into);
+ *   - there is no callback streaming: put_file/get_to_file of objects
+ *     without a file descriptor go through a memfd.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,6 +81,21 @@ static kv_status att_get(void *h, const void *key, size_t klen, uint64_t key_has
      * stamp stays at t1. */
     uint64_t t1 = kv_att_stamp(a, key_hash, 0);
     kv_status st = kv_att_get(a, key, klen, val, vlen);
+    *token = st == KV_OK && t1 && kv_att_stamp(a, key_hash, 1) == t1 ? t1 : 0;
+    return st;
+}
+
+/* get through kv_att_get_into: a value found in the segment is copied
+ * once, into the caller's buffer (the Python bytes object); a miss is read
+ * by the own connection straight into it. Token as in att_get. */
+static kv_status att_get_into(void *h, const void *key, size_t klen, uint64_t key_hash,
+                              kv_alloc_fn alloc, void *ctx, size_t *vlen, uint64_t *token)
+{
+    kv_att *a = ((att *)h)->a;
+    if (!token)
+        return kv_att_get_into(a, key, klen, alloc, ctx, vlen);
+    uint64_t t1 = kv_att_stamp(a, key_hash, 0);
+    kv_status st = kv_att_get_into(a, key, klen, alloc, ctx, vlen);
     *token = st == KV_OK && t1 && kv_att_stamp(a, key_hash, 1) == t1 ? t1 : 0;
     return st;
 }
@@ -319,13 +336,12 @@ kv_status kvb_attached_recover(const char *path, const char *table, char *err, s
 
 /* Not here: no errno kept (KV_IO text carries it), no memory-only read
  * besides the hot-value cache, nothing borrowed across get (the value lives
- * in the handle's buffer), no callback streaming (kv_py.c spools through a
+ * in the handle's buffer or the caller's), no callback streaming (kv_py.c spools through a
  * memfd), no io_uring report. */
 #define att_os_errno NULL
 #define att_get_cached NULL
 #define att_get_blocks NULL
 #define att_get_done NULL
-#define att_get_into NULL
 #define att_put_stream NULL
 #define att_get_stream NULL
 #define att_stream_used_uring NULL

@@ -101,11 +101,15 @@ typedef struct kvb_ops {
     /** Release what a successful get or get_cached borrowed. NULL: nothing. */
     void (*get_done)(void *h);
     /** Read `key` as get does, copying the value once into the buffer
-     *  `alloc(ctx, n)` returns (kv_get_into; `alloc` is called once when the
-     *  key exists). Called without the GIL when get_blocks says so (then
-     *  `alloc` takes it). NULL: the backend has none; get is used. */
-    kv_status (*get_into)(void *h, const void *key, size_t klen, kv_alloc_fn alloc, void *ctx,
-                          size_t *vlen);
+     *  `alloc(ctx, n)` returns (kv_get_into, kv_att_get_into). `alloc` may
+     *  be called more than once (attached: a segment copy that raced the
+     *  writer is read again); each call replaces the buffer of the previous
+     *  one, and on KV_OK the last one holds exactly the value. Called
+     *  without the GIL when get_blocks says so (then `alloc` takes it).
+     *  `key_hash` and `token` as for get (*token 0: keep no copy). NULL: the
+     *  backend has none; get is used. */
+    kv_status (*get_into)(void *h, const void *key, size_t klen, uint64_t key_hash,
+                          kv_alloc_fn alloc, void *ctx, size_t *vlen, uint64_t *token);
     /** *found = whether `key` is stored. */
     kv_status (*exists)(void *h, const void *key, size_t klen, int *found);
     /** *n = number of stored keys. */

@@ -72,9 +72,12 @@ static kv_status emb_get(void *h, const void *key, size_t klen, uint64_t key_has
 
 static void emb_get_done(void *h) { kv_get_done(h); }
 
-static kv_status emb_get_into(void *h, const void *key, size_t klen, kv_alloc_fn alloc,
-                              void *ctx, size_t *vlen)
+static kv_status emb_get_into(void *h, const void *key, size_t klen, uint64_t key_hash,
+                              kv_alloc_fn alloc, void *ctx, size_t *vlen, uint64_t *token)
 {
+    (void)key_hash;
+    if (token)
+        *token = 0;
     return kv_get_into(h, key, klen, g_direct_min, alloc, ctx, vlen);
 }
 

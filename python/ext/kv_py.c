@@ -564,12 +564,13 @@ static void hot_report(KVObject *self)
 }
 
 /* kvb_ops.get_into's allocation: the Python bytes object the value is
- * read into. `ts` is the saved thread state while the GIL is released
- * (NULL: it is held). The GIL taken for the allocation is released again
- * only for a value of KV_GET_DIRECT_MIN bytes or more (read from the file
- * next); a shorter one is a copy from memory, cheaper than giving the GIL
- * back (measured: 100 B gets from SQLite ~4% slower with the extra
- * release). On failure MemoryError is left set. */
+ * read into; a later call (an attached read retried) drops the object of
+ * the previous one. `ts` is the saved thread state while the GIL is
+ * released (NULL: it is held). The GIL taken for the allocation is
+ * released again only for a value of KV_GET_DIRECT_MIN bytes or more (read
+ * from the file next); a shorter one is a copy from memory, cheaper than
+ * giving the GIL back (measured: 100 B gets from SQLite ~4% slower with
+ * the extra release). On failure MemoryError is left set. */
 typedef struct {
     PyThreadState *ts;
     PyObject *bytes;
@@ -580,6 +581,7 @@ static void *get_into_alloc(void *ctx, size_t n)
     get_into_ctx *c = ctx;
     if (c->ts)
         PyEval_RestoreThread(c->ts);
+    Py_CLEAR(c->bytes);
     c->bytes = n > (size_t)PY_SSIZE_T_MAX ? PyErr_NoMemory()
                                           : PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
     if (c->ts)
@@ -589,9 +591,11 @@ static void *get_into_alloc(void *ctx, size_t n)
 
 /* do_get through get_into, after the memory-only caches missed: the value
  * lands once in a bytes object, returned as it is when it has no auto-pack
- * header. Same returns as do_get; takes the lock from kv_enter. */
+ * header. With `tokp` (a hot-value cache; `hash` its key hash) the result
+ * is kept there when the backend gives a token. Same returns as do_get;
+ * takes the lock from kv_enter. */
 static PyObject *get_via_into(KVObject *self, PyObject *key, const char *k, Py_ssize_t kn,
-                              int *missing)
+                              uint64_t hash, uint64_t *tokp, int *missing)
 {
     const kvb_ops *ops = self->ops;
     get_into_ctx c = {NULL, NULL};
@@ -599,11 +603,11 @@ static PyObject *get_via_into(KVObject *self, PyObject *key, const char *k, Py_s
     kv_status st;
     if (ops->get_blocks && ops->get_blocks(self->h)) {
         c.ts = PyEval_SaveThread();
-        st = ops->get_into(self->h, k, (size_t)kn, get_into_alloc, &c, &vn);
+        st = ops->get_into(self->h, k, (size_t)kn, hash, get_into_alloc, &c, &vn, tokp);
         if (c.ts) /* not taken back by get_into_alloc */
             PyEval_RestoreThread(c.ts);
     } else {
-        st = ops->get_into(self->h, k, (size_t)kn, get_into_alloc, &c, &vn);
+        st = ops->get_into(self->h, k, (size_t)kn, hash, get_into_alloc, &c, &vn, tokp);
     }
     if (st != KV_OK) {
         Py_XDECREF(c.bytes);
@@ -619,13 +623,16 @@ static PyObject *get_via_into(KVObject *self, PyObject *key, const char *k, Py_s
     uint8_t enc;
     const uint8_t *p;
     size_t pn;
-    if (!self->opts.auto_pack || kv_hdr_parse(PyBytes_AS_STRING(c.bytes), vn, &enc, &p, &pn) ==
-                                     KV_HDR_NONE)
-        return c.bytes;
-    PyObject *r = kvpy_unpack_value(PyBytes_AS_STRING(c.bytes), vn, &self->opts);
-    Py_DECREF(c.bytes);
-    if (!r)
-        kvpy_name_decode_error("key %R", key);
+    PyObject *r = c.bytes;
+    if (self->opts.auto_pack &&
+        kv_hdr_parse(PyBytes_AS_STRING(c.bytes), vn, &enc, &p, &pn) != KV_HDR_NONE) {
+        r = kvpy_unpack_value(PyBytes_AS_STRING(c.bytes), vn, &self->opts);
+        Py_DECREF(c.bytes);
+        if (!r)
+            kvpy_name_decode_error("key %R", key);
+    }
+    if (r && tokp && *tokp && self->hot)
+        kvhot_keep(self->hot, hash, k, kn, r, vn, *tokp, pack_optk(&self->opts));
     return r;
 }
 
@@ -659,8 +666,8 @@ static PyObject *do_get(KVObject *self, PyObject *key, int *missing)
     uint64_t *tokp = hot ? &token : NULL;
     if (ops->get_cached && ops->get_cached(self->h, k, (size_t)kn, &v, &vn)) {
         st = KV_OK;            /* memory only: GIL kept */
-    } else if (ops->get_into && !hot) {
-        return get_via_into(self, key, k, kn, missing);
+    } else if (ops->get_into) {
+        return get_via_into(self, key, k, kn, hash, tokp, missing);
     } else if (ops->get_blocks && ops->get_blocks(self->h)) {
         Py_BEGIN_ALLOW_THREADS
         st = ops->get(self->h, k, (size_t)kn, hash, &v, &vn, tokp);

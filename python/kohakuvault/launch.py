@@ -405,7 +405,7 @@ def cmd_status(args):
         print(f"no writer serves {args.db}")
         return 1
     for k in ("db", "pid", "generation", "shards", "keys_cached", "keys_in_memtables", "hits",
-              "misses", "miss_loads", "applied_seq", "committed_seq", "pending", "memory_used",
+              "misses", "miss_loads", "miss_declined", "applied_seq", "committed_seq", "pending", "memory_used",
               "memory_total", "attached", "commits", "evicted_keys", "replayed", "execs",
               "execs_failed", "exec_batches", "exec_batched_ops", "exec_batch_max"):
         if k in st:

@@ -89,12 +89,12 @@ Test(shm_blocks, record_roundtrip_checksum_and_errors)
     const char *k = "hello-key", *v = "some value bytes";
     cr_assert_eq(kvshm_rec_new(&B, k, 9, v, 16, 42, 0, &off), KVSHM_OK);
     char buf[64];
-    kvshm_val out = { buf, sizeof buf, 0, 0 };
+    kvshm_val out = { buf, sizeof buf, 0, 0, NULL, NULL };
     cr_assert_eq(kvshm_rec_read(S, off, k, 9, &out), KVSHM_OK);
     cr_assert_eq(out.len, 16);
     cr_assert_eq(out.seq, 42);
     cr_assert_arr_eq(buf, v, 16);
-    kvshm_val small = { buf, 3, 0, 0 };
+    kvshm_val small = { buf, 3, 0, 0, NULL, NULL };
     cr_assert_eq(kvshm_rec_read(S, off, k, 9, &small), KVSHM_E_SMALLBUF);
     cr_assert_eq(small.len, 16);
     cr_assert_eq(kvshm_rec_read(S, off, "hello-kez", 9, &out), KVSHM_E_CORRUPT);

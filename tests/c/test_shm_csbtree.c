@@ -190,7 +190,7 @@ static void verify(void)
         uint64_t rec = kvshm_tree_find(S, T.root, T.height, M[i].k, M[i].kl, &err);
         cr_assert_neq(rec, 0);
         uint8_t buf[128];
-        kvshm_val out = { buf, sizeof buf, 0, 0 };
+        kvshm_val out = { buf, sizeof buf, 0, 0, NULL, NULL };
         cr_assert_eq(kvshm_rec_read(S, rec, M[i].k, M[i].kl, &out), KVSHM_OK);
         cr_assert_eq(out.seq, M[i].seq);
         /* seek >= key finds the key; seek > key finds the successor */

@@ -14,7 +14,7 @@ Test(shm_memtable, empty_table_finds_nothing)
 {
     uint64_t mt;
     cr_assert_eq(kvshm_mt_create(&B, 1 << 16, &mt), KVSHM_OK);
-    kvshm_val out = { NULL, 0, 0, 0 };
+    kvshm_val out = { NULL, 0, 0, 0, NULL, NULL };
     cr_assert_eq(kvshm_mt_get(S, mt, "a", 1, &out), KVSHM_NOTFOUND);
     kvshm_status err = KVSHM_OK;
     cr_assert_eq(kvshm_mt_seek(S, mt, NULL, 0, 0, &err), 0);
@@ -45,7 +45,7 @@ Test(shm_memtable, newest_version_wins_against_model)
             for (int q = 0; q < NK; q++) {
                 mkkey(k, q);
                 uint8_t buf[64];
-                kvshm_val out = { buf, sizeof buf, 0, 0 };
+                kvshm_val out = { buf, sizeof buf, 0, 0, NULL, NULL };
                 kvshm_status st = kvshm_mt_get(S, mt, k, 12, &out);
                 if (!model[q].present) { cr_assert_eq(st, KVSHM_NOTFOUND); continue; }
                 cr_assert_eq(out.seq, model[q].seq, "key %d", q);
@@ -142,7 +142,7 @@ Test(shm_memtable, full_arena_and_freeze)
     for (int i = 0; i < n - 1; i++) {
         mkkey(k, i);
         char buf[128];
-        kvshm_val out = { buf, sizeof buf, 0, 0 };
+        kvshm_val out = { buf, sizeof buf, 0, 0, NULL, NULL };
         cr_assert_eq(kvshm_mt_get(S, mt, k, 12, &out), KVSHM_OK);
     }
     uint64_t mt2;

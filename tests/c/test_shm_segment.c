@@ -17,7 +17,7 @@ TestSuite(shm_segment, .init = setup, .fini = teardown, .timeout = 120);
 
 static kvshm_status get(kvshm_reader *r, const char *k, char *buf, size_t cap, size_t *len)
 {
-    kvshm_val out = { buf, cap, 0, 0 };
+    kvshm_val out = { buf, cap, 0, 0, NULL, NULL };
     kvshm_status st = kvshm_reader_get(r, k, strlen(k), &out);
     if (len) *len = out.len;
     if (st == KVSHM_OK && out.len < cap) buf[out.len] = 0;
@@ -160,7 +160,7 @@ Test(shm_segment, read_path_memtables_then_tree)
     cr_assert_eq(kvshm_writer_put(w, "beta", 4, "0123456789", 10, 4, 0), KVSHM_OK);
     cr_assert_eq(get(r, "beta", buf, 4, &len), KVSHM_E_SMALLBUF);
     cr_assert_eq(len, 10);
-    kvshm_val out = { buf, sizeof buf, 0, 0 };
+    kvshm_val out = { buf, sizeof buf, 0, 0, NULL, NULL };
     cr_assert_eq(kvshm_reader_get(r, "", 0, &out), KVSHM_E_INVAL);
     /* big values are not cached on fold */
     char big[2000]; memset(big, 'b', sizeof big);
@@ -237,7 +237,7 @@ Test(shm_segment, get_many_matches_get)
     for (int i = 0; i < M; i++) {
         int id = (int)(shmt_rand(&rs) % N);
         kp[i] = keys[id]; kl[i] = strlen(keys[id]);
-        out[i] = (kvshm_val){ buf[i], i % 11 == 0 ? 8 : sizeof buf[i], 0, 0 };  /* some too small */
+        out[i] = (kvshm_val){ buf[i], i % 11 == 0 ? 8 : sizeof buf[i], 0, 0, NULL, NULL };  /* some too small */
     }
     kl[5] = 0;                       /* invalid: empty key */
     kp[9] = NULL;                    /* invalid: no key */
@@ -250,7 +250,7 @@ Test(shm_segment, get_many_matches_get)
             cr_assert_eq(kvshm_reader_get_many(r, (size_t)n, kp + f, kl + f, out + f, st + f), KVSHM_OK);
             for (int i = f; i < f + n; i++) {
                 char one[64];
-                kvshm_val o = { one, out[i].cap, 0, 0 };
+                kvshm_val o = { one, out[i].cap, 0, 0, NULL, NULL };
                 kvshm_status want = kp[i] ? kvshm_reader_get(r, kp[i], kl[i], &o) : KVSHM_E_INVAL;
                 cr_assert_eq(st[i], want, "key %d: get_many %d, get %d", i, st[i], want);
                 if (want == KVSHM_OK || want == KVSHM_E_SMALLBUF) cr_assert_eq(out[i].len, o.len);
@@ -313,7 +313,7 @@ Test(shm_segment, prefix_iteration_across_shards_and_structures)
             int got = 0;
             for (;;) {
                 char kb[32], vb[32];
-                kvshm_val ko = { kb, sizeof kb, 0, 0 }, vo = { vb, sizeof vb, 0, 0 };
+                kvshm_val ko = { kb, sizeof kb, 0, 0, NULL, NULL }, vo = { vb, sizeof vb, 0, 0, NULL, NULL };
                 kvshm_status st = kvshm_reader_next(r, prefix, strlen(prefix), last, lastlen, &ko, &vo);
                 if (st == KVSHM_EMPTY) break;
                 cr_assert_eq(st, KVSHM_OK);
@@ -331,7 +331,7 @@ Test(shm_segment, prefix_iteration_across_shards_and_structures)
     }
     /* prefix past every key, and `after` beyond the prefix range */
     char kb[32];
-    kvshm_val ko = { kb, sizeof kb, 0, 0 };
+    kvshm_val ko = { kb, sizeof kb, 0, 0, NULL, NULL };
     cr_assert_eq(kvshm_reader_next(r, "zz", 2, NULL, 0, &ko, NULL), KVSHM_EMPTY);
     cr_assert_eq(kvshm_reader_next(r, "a", 1, "b", 1, &ko, NULL), KVSHM_EMPTY);
 }

@@ -47,7 +47,7 @@ static int check_gen(kvshm_reader *r, int gen)
     for (int i = 0; i < NKEYS; i++) {
         char k[16], v[VLEN], want[VLEN];
         keyname(k, i); valfor(want, gen, i);
-        kvshm_val out = { v, sizeof v, 0, 0 };
+        kvshm_val out = { v, sizeof v, 0, 0, NULL, NULL };
         if (kvshm_reader_get(r, k, strlen(k), &out) != KVSHM_OK) return 0;
         if (out.len != VLEN || memcmp(v, want, VLEN) != 0) return 0;
     }
@@ -104,7 +104,7 @@ Test(shm_slots, killed_reader_slot_cleared_and_memory_returns)
             kvshm_reader_enter(r);
             char k[16], v[VLEN];
             keyname(k, round % NKEYS);
-            kvshm_val out = { v, sizeof v, 0, 0 };
+            kvshm_val out = { v, sizeof v, 0, 0, NULL, NULL };
             if (kvshm_reader_get(r, k, strlen(k), &out) != KVSHM_OK) _exit(3);
             uint32_t slot = kvshm_reader_slot(r);
             shmt_write(p[1], &slot, sizeof slot);
@@ -160,7 +160,7 @@ Test(shm_slots, stalled_reader_evicted_at_limit_then_retries)
         if (kvshm_reader_enter(r) != KVSHM_OK) _exit(3);
         char k[16], v[VLEN], want[VLEN];
         keyname(k, 3); valfor(want, 0, 3);
-        kvshm_val out = { v, sizeof v, 0, 0 };
+        kvshm_val out = { v, sizeof v, 0, 0, NULL, NULL };
         if (kvshm_reader_get(r, k, strlen(k), &out) != KVSHM_OK || memcmp(v, want, VLEN)) _exit(4);
         char b = 'r';
         shmt_write(up[1], &b, 1);

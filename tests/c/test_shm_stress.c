@@ -107,7 +107,7 @@ static void reader_main(int fd, double deadline, uint64_t seed)
                 ids[i] = (uint32_t)(shmt_rand(&seed) % K);
                 kl[i] = key_of(bk[i], ids[i]);
                 kp[i] = bk[i];
-                bo[i] = (kvshm_val){ bv[i], sizeof bv[i], 0, 0 };
+                bo[i] = (kvshm_val){ bv[i], sizeof bv[i], 0, 0, NULL, NULL };
             }
             uint64_t s0, s1;
             kvshm_reader_seqs(r, &s0, NULL);
@@ -131,7 +131,7 @@ static void reader_main(int fd, double deadline, uint64_t seed)
             key_of(k, id);
             uint64_t s0, s1;
             kvshm_reader_seqs(r, &s0, NULL);
-            kvshm_val out = { v, sizeof v, 0, 0 };
+            kvshm_val out = { v, sizeof v, 0, 0, NULL, NULL };
             kvshm_status rc = kvshm_reader_get(r, k, 16, &out);
             kvshm_reader_seqs(r, &s1, NULL);
             s1++;   /* the writer publishes applied_seq just after each put */
@@ -155,7 +155,7 @@ static void reader_main(int fd, double deadline, uint64_t seed)
             int seen[100] = { 0 };
             for (;;) {
                 char kb[24];
-                kvshm_val ko = { kb, sizeof kb, 0, 0 }, vo = { v, sizeof v, 0, 0 };
+                kvshm_val ko = { kb, sizeof kb, 0, 0, NULL, NULL }, vo = { v, sizeof v, 0, 0, NULL, NULL };
                 kvshm_status rc = kvshm_reader_next(r, prefix, 14, last, lastlen, &ko, &vo);
                 if (rc == KVSHM_EMPTY) break;
                 uint64_t now; kvshm_reader_seqs(r, &now, NULL);
@@ -178,9 +178,9 @@ static void reader_main(int fd, double deadline, uint64_t seed)
                 uint64_t L = latest(id, s0);
                 if (!seen[i] && L && !op_of(L).tomb && !deleted_between(id, s0, s1)) {
                     char kk[24]; key_of(kk, id);
-                    kvshm_val o2 = { v, sizeof v, 0, 0 };
+                    kvshm_val o2 = { v, sizeof v, 0, 0, NULL, NULL };
                     kvshm_status g = kvshm_reader_get(r, kk, 16, &o2);
-                    char kn[24]; kvshm_val ko2 = { kn, sizeof kn, 0, 0 };
+                    char kn[24]; kvshm_val ko2 = { kn, sizeof kn, 0, 0, NULL, NULL };
                     char prev[24]; key_of(prev, id - 1);
                     kvshm_status g2 = kvshm_reader_next(r, prefix, 14, prev, 16, &ko2, NULL);
                     st.fails++; sprintf(st.why, "iteration missed live key %u (L=%lu s0=%lu s1=%lu get=%d seq=%lu; next after %u: %d %.16s)", id,

@@ -146,6 +146,25 @@ uint64_t kv_att_stamp(const kv_att *a, uint64_t key_hash, int after_read);
  *  segment), KV_CORRUPT, KV_IO, KV_BUSY (SQLite fallback). */
 kv_status kv_att_get(kv_att *a, const void *key, size_t klen, const void **val, size_t *vlen);
 
+/** Read `key` as kv_att_get does, copying the value once into memory the
+ *  caller allocates: `alloc(ctx, n)` gets a buffer for the n-byte value.
+ *  From the segment the copy goes straight into that buffer inside the
+ *  read section, with the segment's validation (checksum over the copy,
+ *  eviction check); a copy that raced the writer's reclaim is read again,
+ *  so `alloc` may be called more than once, with another length when the
+ *  key changed meanwhile: each call replaces the buffer of the previous
+ *  one, which stays the caller's to release or reuse. A value not in the
+ *  segment is read from the own SQLite connection by kv_get_into
+ *  (KV_GET_DIRECT_MIN: a large one by the engine's large-value reader)
+ *  straight into a buffer of `alloc`, and the miss is reported to the
+ *  writer. On KV_OK *vlen = n and the last buffer `alloc` returned holds
+ *  exactly the value. `alloc` runs inside the segment's read section or
+ *  SQLite's read transaction: it must be short and not call into `a`.
+ *  KV_NOMEM when it returned NULL; other statuses as kv_att_get. Not
+ *  thread-safe (as every kv_att_* call on one handle). */
+kv_status kv_att_get_into(kv_att *a, const void *key, size_t klen, kv_alloc_fn alloc, void *ctx,
+                          size_t *vlen);
+
 /** kv_att_put flags */
 #define KV_ATT_ASYNC 1  /**< return once the record is in the ring */
 #define KV_ATT_SYNC  2  /**< return once it is committed to SQLite */

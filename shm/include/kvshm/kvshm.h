@@ -94,12 +94,24 @@ typedef enum kvshm_status {
 /* One line per status; never NULL; static storage. Any process. */
 const char *kvshm_strerror(kvshm_status st);
 
-/* Copy-out target for a value: the caller's buffer and what was found. */
+/* Copy-out target for a value: the caller's buffer and what was found.
+ * With `alloc` set, the read asks it for the buffer instead: once the
+ * record is found and its length n known (inside the read section, before
+ * the copy), `alloc(alloc_ctx, n)` is called when buf is NULL or cap != n,
+ * and buf/cap become its result and n. A read that is retried (the writer
+ * evicted the reader while it copied, so the copy may be torn) may call it
+ * again, with another length when the key changed meanwhile: each call
+ * replaces the buffer of the previous one, which stays the caller's to
+ * release or reuse. On KVSHM_OK buf holds exactly len bytes. `alloc`
+ * returning NULL ends the read with KVSHM_E_NOMEM. It runs inside the
+ * read section: it must be short and must not call into the reader. */
 typedef struct kvshm_val {
     void    *buf;   /* caller's buffer (may be NULL when cap is 0) */
     size_t   cap;   /* its capacity in bytes */
     size_t   len;   /* out: value length in bytes (also on KVSHM_E_SMALLBUF) */
     uint64_t seq;   /* out: sequence number of the version returned */
+    void  *(*alloc)(void *ctx, size_t n); /* NULL: copy into buf, KVSHM_E_SMALLBUF if short */
+    void    *alloc_ctx;                   /* first argument of alloc */
 } kvshm_val;
 
 /* ---- writer -------------------------------------------------------------- */
@@ -489,7 +501,11 @@ uint64_t kvshm_reader_stamp(const kvshm_reader *r, uint64_t key_hash, int after_
  * Returns KVSHM_OK (out->len, out->seq set); KVSHM_NOTFOUND (not cached: read
  * SQLite); KVSHM_DELETED (a newer tombstone: the key does not exist);
  * KVSHM_E_SMALLBUF (out->len is the size needed; call again);
- * KVSHM_E_INVAL; KVSHM_E_STALE (writer gone: re-attach); KVSHM_E_CORRUPT.
+ * KVSHM_E_INVAL; KVSHM_E_STALE (writer gone: re-attach); KVSHM_E_CORRUPT;
+ * KVSHM_E_NOMEM (out->alloc returned NULL). With out->alloc set the value
+ * is copied once, into the buffer alloc returns (kvshm_val), and a copy
+ * torn by a reclaim is caught as any other: by the checksum over the copy
+ * and the slot generation check, and read again.
  */
 kvshm_status kvshm_reader_get(kvshm_reader *r, const void *key, size_t klen,
                               kvshm_val *out);
