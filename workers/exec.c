@@ -1,6 +1,6 @@
 /*
  * exec.c -- the writer's executor of table operations (KVSHM_MSG_EXEC,
- * kvshm/ops.h): every write a TextVault or VectorKVault makes to a served
+ * kvshm/ops.h): every write a TextVault, VectorKVault or ColumnVault makes to a served
  * file is applied here, with the engine call the embedded binding makes
  * (docs/shared-mode.md, "Every class through the writer").
  *
@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "kv_assert.h"
+#include "kvault/column.h"
 #include "kvault/text.h"
 #include "kvault/vector.h"
 #include "kvshm/ops.h"
@@ -45,7 +46,7 @@ typedef struct wr_handle {
     uint8_t cls;
     uint8_t *key;            /* table + open parameters, as encoded */
     size_t key_len;
-    void *h;                 /* kv_text * or kv_vector * */
+    void *h;                 /* kv_text *, kv_vector * or kv_colvault * */
     uint64_t used;           /* last use (wr_exec's counter) */
 } wr_handle;
 
@@ -58,10 +59,19 @@ struct wr_exec {
     size_t res_len, res_cap;
 };
 
+/* How the executor serves one class (exec_classes below). */
+typedef struct wr_class {
+    kv_status (*open)(wr_state *ws, const kvshm_op *op, void **h, char *err, size_t errlen);
+    void (*close)(void *h);
+    kv_status (*run)(wr_exec *x, void *h, const kvshm_op *op);
+    const char *(*errmsg)(void *h);
+} wr_class;
+
+static const wr_class *class_of(unsigned cls);
+
 static void handle_close(wr_handle *w)
 {
-    if (w->cls == KVSHM_OPC_TEXT) kv_text_close(w->h);
-    else kv_vector_close(w->h);
+    class_of(w->cls)->close(w->h);
     free(w->key);
     memset(w, 0, sizeof *w);
 }
@@ -132,8 +142,7 @@ static wr_handle *handle_get(wr_state *ws, const kvshm_op *op, kv_status *st, ch
         }
     }
     void *h = NULL;
-    *st = op->cls == KVSHM_OPC_TEXT ? open_text(ws, op, &h, err, errlen)
-                                    : open_vector(ws, op, &h, err, errlen);
+    *st = class_of(op->cls)->open(ws, op, &h, err, errlen);
     if (*st != KV_OK) return NULL;
     wr_handle *w;
     if (x->n < WR_EXEC_HANDLES) {
@@ -146,8 +155,7 @@ static wr_handle *handle_get(wr_state *ws, const kvshm_op *op, kv_status *st, ch
     }
     w->key = malloc(op->key_len);
     if (!w->key) {
-        if (op->cls == KVSHM_OPC_TEXT) kv_text_close(h);
-        else kv_vector_close(h);
+        class_of(op->cls)->close(h);
         x->n -= w == &x->hs[x->n - 1] && x->n > 0;
         memset(w, 0, sizeof *w);
         *st = KV_NOMEM;
@@ -175,8 +183,9 @@ static kv_status result(wr_exec *x, const void *p, size_t n)
     return KV_OK;
 }
 
-static kv_status run_text(wr_exec *x, kv_text *t, const kvshm_op *op)
+static kv_status run_text(wr_exec *x, void *h, const kvshm_op *op)
 {
+    kv_text *t = h;
     const kvshm_op_field *a = op->args;
     const char *texts[255];
     size_t lens[255];
@@ -210,8 +219,9 @@ static kv_status run_text(wr_exec *x, kv_text *t, const kvshm_op *op)
     }
 }
 
-static kv_status run_vector(wr_exec *x, kv_vector *v, const kvshm_op *op)
+static kv_status run_vector(wr_exec *x, void *h, const kvshm_op *op)
 {
+    kv_vector *v = h;
     const kvshm_op_field *a = op->args;
     int64_t id = 0;
     int removed = 0;
@@ -259,6 +269,119 @@ static kv_status run_vector(wr_exec *x, kv_vector *v, const kvshm_op *op)
         uint8_t r = (uint8_t)removed;
         return result(x, &r, 1);
     }
+}
+
+static kv_status open_column(wr_state *ws, const kvshm_op *op, void **h, char *err,
+                             size_t errlen)
+{
+    return kv_colvault_open(ws->db_abs, kvshm_op_i64(&op->open[0], NULL),
+                            kvshm_op_i64(&op->open[1], NULL), (kv_colvault **)h, err, errlen);
+}
+
+/* A field as a NUL-terminated string (no NUL inside: kvshm_op_decode);
+ * malloc'd, NULL when out of memory. */
+static char *field_str(const kvshm_op_field *f)
+{
+    return strndup(f->p ? (const char *)f->p : "", f->len);
+}
+
+/* The column an operation names by col_id and idx_id (0: fixed). */
+static kv_status column_of(kv_colvault *cv, const kvshm_op_field *a, kv_col **col)
+{
+    int64_t id = kvshm_op_i64(&a[0], NULL), idx = kvshm_op_i64(&a[1], NULL);
+    return idx ? kv_col_open_var(cv, id, idx, col) : kv_col_open_fixed(cv, id, col);
+}
+
+/* Elements of an APPEND or WRITE: `data`, and for a pair the lengths in
+ * `lens` (i64 each, checked by decode) as *lv (malloc'd); for a fixed
+ * column *n from the element size (KV_INVALID when it does not divide). */
+static kv_status column_elems(kv_col *col, const kvshm_op_field *data,
+                              const kvshm_op_field *lens, size_t **lv, size_t *n)
+{
+    *lv = NULL;
+    if (!kv_col_is_var(col)) {
+        size_t e = (size_t)kv_col_elem_size(col);
+        *n = data->len / e;
+        return data->len % e ? KV_INVALID : KV_OK;
+    }
+    *n = lens->len / 8;
+    if (!(*lv = malloc((*n ? *n : 1) * sizeof **lv))) return KV_NOMEM;
+    for (size_t i = 0; i < *n; i++) {
+        int64_t l;
+        memcpy(&l, lens->p + i * 8, 8);
+        (*lv)[i] = (size_t)l;
+    }
+    return KV_OK;
+}
+
+static kv_status run_column(wr_exec *x, void *h, const kvshm_op *op)
+{
+    kv_colvault *cv = h;
+    const kvshm_op_field *a = op->args;
+    kv_status st;
+    if (op->op == KVSHM_OP_COL_CREATE || op->op == KVSHM_OP_COL_DROP) {
+        char *name = field_str(&a[0]), *dtype = op->op == KVSHM_OP_COL_CREATE ? field_str(&a[1]) : NULL;
+        int deleted = 0;
+        if (!name || (op->op == KVSHM_OP_COL_CREATE && !dtype)) st = KV_NOMEM;
+        else if (op->op == KVSHM_OP_COL_DROP) st = kv_col_delete(cv, name, &deleted);
+        else if (kvshm_op_i64(&a[2], NULL) > 0)
+            st = kv_col_create(cv, name, dtype, kvshm_op_i64(&a[2], NULL), NULL);
+        else st = kv_col_create_var(cv, name, dtype, NULL, NULL);
+        free(name);
+        free(dtype);
+        uint8_t r = (uint8_t)deleted;
+        return st == KV_OK && op->op == KVSHM_OP_COL_DROP ? result(x, &r, 1) : st;
+    }
+    kv_col *col = NULL;
+    if ((st = column_of(cv, a, &col)) != KV_OK) return st;
+    const void *data = NULL;
+    size_t *lens = NULL, n = 0;
+    switch (op->op) {
+    case KVSHM_OP_APPEND:   /* col_id, idx_id, elements[, lengths] */
+        if ((st = column_elems(col, &a[2], &a[3], &lens, &n)) == KV_OK)
+            st = kv_col_append(col, a[2].p ? (const void *)a[2].p : "", lens, n);
+        break;
+    case KVSHM_OP_WRITE:    /* col_id, idx_id, start, elements[, lengths] */
+        if ((st = column_elems(col, &a[3], &a[4], &lens, &n)) == KV_OK)
+            st = kv_col_write(col, kvshm_op_i64(&a[2], NULL), a[3].p ? (const void *)a[3].p : "",
+                              lens, n);
+        break;
+    case KVSHM_OP_INSERT:   /* col_id, idx_id, index, element */
+        data = a[3].p;
+        if (kv_col_is_var(col)) st = KV_UNSUPPORTED;
+        else if (a[3].len != (size_t)kv_col_elem_size(col)) st = KV_INVALID;
+        else st = kv_col_insert(col, kvshm_op_i64(&a[2], NULL), data);
+        break;
+    case KVSHM_OP_DELETE:
+        st = kv_col_delete_at(col, kvshm_op_i64(&a[2], NULL));
+        break;
+    default:                /* KVSHM_OP_CLEAR (kvshm_op_decode) */
+        st = kv_col_clear(col);
+        break;
+    }
+    free(lens);
+    kv_col_close(col);   /* no cache: nothing to flush */
+    return st;
+}
+
+static void close_text(void *h) { kv_text_close(h); }
+static void close_vector(void *h) { kv_vector_close(h); }
+static void close_column(void *h) { kv_colvault_close(h); }
+static const char *errmsg_text(void *h) { return kv_text_errmsg(h); }
+static const char *errmsg_vector(void *h) { return kv_vector_errmsg(h); }
+static const char *errmsg_column(void *h) { return kv_colvault_errmsg(h); }
+
+static const wr_class exec_classes[] = {
+    [KVSHM_OPC_TEXT] = {open_text, close_text, run_text, errmsg_text},
+    [KVSHM_OPC_VECTOR] = {open_vector, close_vector, run_vector, errmsg_vector},
+    [KVSHM_OPC_COLUMN] = {open_column, close_column, run_column, errmsg_column},
+};
+
+/* Every class kvshm_op_decode accepts has an entry. */
+static const wr_class *class_of(unsigned cls)
+{
+    KV_ASSERT_INTERNAL(cls < sizeof exec_classes / sizeof exec_classes[0] && exec_classes[cls].run);
+    return &exec_classes[cls];
 }
 
 /* Read the operation a client passed in a memfd: `len` bytes from offset
@@ -333,12 +456,10 @@ void wr_exec_request(wr_state *ws, int sock, const struct kvshm_msg *m, const ui
         uint64_t deadline = wr_now_ms() + WR_EXEC_BUSY_MS;
         do {
             x->res_len = 0;
-            st = x->op.cls == KVSHM_OPC_TEXT ? run_text(x, w->h, &x->op)
-                                             : run_vector(x, w->h, &x->op);
+            st = class_of(x->op.cls)->run(x, w->h, &x->op);
         } while (st == KV_BUSY && wr_now_ms() < deadline && !usleep(WR_EXEC_BUSY_POLL_US));
         if (st != KV_OK)
-            snprintf(err, sizeof err, "%s",
-                     x->op.cls == KVSHM_OPC_TEXT ? kv_text_errmsg(w->h) : kv_vector_errmsg(w->h));
+            snprintf(err, sizeof err, "%s", class_of(x->op.cls)->errmsg(w->h));
     }
     free(heap);
     if (why) snprintf(err, sizeof err, "%s", why);
