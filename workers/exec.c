@@ -41,6 +41,8 @@
  * the loop serves everyone else meanwhile. */
 #define WR_EXEC_BUSY_MS 200
 #define WR_EXEC_BUSY_POLL_US 1000
+/* Largest memfd buffer kept between operations (bytes). */
+#define WR_EXEC_KEEP_IN ((size_t)64 << 20)
 
 typedef struct wr_handle {
     uint8_t cls;
@@ -55,6 +57,8 @@ struct wr_exec {
     size_t n;
     uint64_t clock;
     kvshm_op op;             /* the decoded operation (large: kept here) */
+    uint8_t *in;             /* an operation read from a memfd (read_memfd) */
+    size_t in_cap;
     uint8_t *res;            /* the result of the current operation */
     size_t res_len, res_cap;
 };
@@ -82,6 +86,7 @@ void wr_exec_close(wr_state *ws)
     if (!x) return;
     for (size_t i = 0; i < x->n; i++) handle_close(&x->hs[i]);
     free(x->res);
+    free(x->in);
     free(x);
     ws->exec = NULL;
 }
@@ -385,24 +390,30 @@ static const wr_class *class_of(unsigned cls)
 }
 
 /* Read the operation a client passed in a memfd: `len` bytes from offset
- * 0 of a regular file (a pipe or socket could block the loop). */
-static uint8_t *read_memfd(int fd, uint64_t len, const char **why)
+ * 0 of a regular file (a pipe or socket could block the loop), into x->in
+ * (kept for the next one up to WR_EXEC_KEEP_IN bytes: an extend of a
+ * column every call would otherwise fault in fresh pages each time). */
+static uint8_t *read_memfd(wr_exec *x, int fd, uint64_t len, const char **why)
 {
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size < len) {
         *why = "exec: the descriptor must be a memfd holding the operation";
         return NULL;
     }
-    uint8_t *buf = malloc(len);
-    if (!buf) {
-        *why = "exec: out of memory";
-        return NULL;
+    if (len > x->in_cap) {
+        free(x->in);
+        x->in_cap = 0;
+        if (!(x->in = malloc(len))) {
+            *why = "exec: out of memory";
+            return NULL;
+        }
+        x->in_cap = len;
     }
+    uint8_t *buf = x->in;
     for (uint64_t off = 0; off < len;) {
         ssize_t n = pread(fd, buf + off, len - off, (off_t)off);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
-            free(buf);
             *why = "exec: short read of the operation";
             return NULL;
         }
@@ -429,7 +440,6 @@ void wr_exec_request(wr_state *ws, int sock, const struct kvshm_msg *m, const ui
 {
     char err[1024] = "";
     const char *why = NULL;
-    uint8_t *heap = NULL;
     const uint8_t *buf = pl;
     size_t len = m->m_len;
     kv_status st = KV_OK;
@@ -440,7 +450,7 @@ void wr_exec_request(wr_state *ws, int sock, const struct kvshm_msg *m, const ui
     }
     if (st == KV_OK && !m->m_len) {   /* in the memfd (kvshm_msg_parse: 1..max bytes) */
         if (fd < 0) why = "exec: missing descriptor";
-        else if ((buf = heap = read_memfd(fd, m->m_arg, &why))) len = (size_t)m->m_arg;
+        else if ((buf = read_memfd(ws->exec, fd, m->m_arg, &why))) len = (size_t)m->m_arg;
         if (!buf) st = KV_INVALID;
     }
     wr_exec *x = ws->exec;
@@ -461,7 +471,11 @@ void wr_exec_request(wr_state *ws, int sock, const struct kvshm_msg *m, const ui
         if (st != KV_OK)
             snprintf(err, sizeof err, "%s", class_of(x->op.cls)->errmsg(w->h));
     }
-    free(heap);
+    if (x && x->in_cap > WR_EXEC_KEEP_IN) {
+        free(x->in);
+        x->in = NULL;
+        x->in_cap = 0;
+    }
     if (why) snprintf(err, sizeof err, "%s", why);
     if (st != KV_OK) {
         ws->stat_exec_failed++;
