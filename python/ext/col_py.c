@@ -191,8 +191,6 @@ static void ColVault_dealloc(ColVaultObject *self)
     kvpy_fork_untrack(&self->fork);   /* keeps `forked` */
     if (!self->fork.forked)
         kvpy_close_released(cv, colvault_shut);
-    else if (cv && self->route)   /* the leaked connection must not reach the freed guard */
-        kv_colvault_set_commit_guard(cv, NULL);
     kvpy_route_free(self->route);
     free(self->path);
     Py_TYPE(self)->tp_free((PyObject *)self);
