@@ -242,3 +242,33 @@ def test_writer_stopped_cleanly_continues_embedded_within_a_second(tmp_path):
         w.kill(signal.SIGTERM)
     assert list(col) == [10, 2, 3, 4]
     del cv
+
+
+def _forked_extend(col, conn):
+    """In a forked child: the inherited vault opens its own connection and
+    its own connection to the writer at its first write."""
+    try:
+        col.extend([100, 101])
+        conn.send(len(col))
+    except Exception as exc:  # reported to the test, which asserts on it
+        conn.send(repr(exc))
+
+
+def test_forked_child_extends_through_the_writer(tmp_path):
+    db = str(tmp_path / "fork.db")
+    w = Writer(db)
+    try:
+        cv = ColumnVault(db)
+        col = cv.create_column("x", "i64")
+        col.extend([1, 2])
+        parent, child = mp.get_context("fork").Pipe()
+        p = mp.get_context("fork").Process(target=_forked_extend, args=(col, child))
+        p.start()
+        assert parent.recv() == 4
+        p.join(timeout=30)
+        col.extend([3])
+        assert _execs(db) == 4
+        assert list(col) == [1, 2, 100, 101, 3]
+        del col, cv
+    finally:
+        w.kill(signal.SIGTERM)
