@@ -13,6 +13,7 @@
  */
 #include "col_internal.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -135,4 +136,44 @@ double kv_col_cache_idle_s(kv_col *col)
     double v = col->cache_on ? kvi_now_s() - col->last_write_s : 0.0;
     pthread_mutex_unlock(&col->cv->mu);
     return v;
+}
+
+size_t kv_col_cache_pending(kv_col *col)
+{
+    pthread_mutex_lock(&col->cv->mu);
+    size_t n = col->cache_on ? col->cn : 0;
+    pthread_mutex_unlock(&col->cv->mu);
+    return n;
+}
+
+kv_status kv_col_cache_copy(kv_col *col, kv_buf *data, size_t **lens, size_t *n)
+{
+    kv_status st = KV_OK;
+    *lens = NULL;
+    *n = 0;
+    pthread_mutex_lock(&col->cv->mu);
+    if (col->cache_on && col->cn) {
+        if (col->is_var && !(*lens = malloc(col->cn * sizeof **lens)))
+            st = KV_NOMEM;
+        if (st == KV_OK)
+            st = kv_buf_append(data, col->cbuf.data, col->cbuf.len);
+        if (st == KV_OK) {
+            if (col->is_var)
+                memcpy(*lens, col->clens, col->cn * sizeof **lens);
+            *n = col->cn;
+        } else {
+            free(*lens);
+            *lens = NULL;
+        }
+    }
+    pthread_mutex_unlock(&col->cv->mu);
+    return st;
+}
+
+void kv_col_cache_discard(kv_col *col)
+{
+    pthread_mutex_lock(&col->cv->mu);
+    col->cbuf.len = 0;
+    col->cn = 0;
+    pthread_mutex_unlock(&col->cv->mu);
 }

@@ -234,6 +234,13 @@ kv_status kv_colvault_checkpoint(kv_colvault *cv)
     return KV_OK;
 }
 
+void kv_colvault_set_commit_guard(kv_colvault *cv, kv_commit_guard *g)
+{
+    pthread_mutex_lock(&cv->mu);
+    kvi_commit_guard_install(cv->db, g);
+    pthread_mutex_unlock(&cv->mu);
+}
+
 void kv_colvault_cache_lock(kv_colvault *cv, int locked)
 {
     pthread_mutex_lock(&cv->mu);

@@ -7,8 +7,9 @@
  * Checks: an accepted operation has a known class and operation, an
  * identifier as table name, field counts within bounds, every present
  * field inside the input, the key span inside the input, the 8-byte
- * integer fields the executor (workers/exec.c) reads, and for a vector
- * insert_many value lengths that add up to the values field; a rejected
+ * integer fields the executor (workers/exec.c) reads, for a vector
+ * insert_many value lengths that add up to the values field, and for a
+ * column operation its fields (element lengths of a pair that add up); a rejected
  * one gets a non-empty reason. The input is copied to an exactly sized
  * buffer so ASan reports any read past it.
  *
@@ -35,6 +36,59 @@ static void check_field(const kvshm_op_field *f, const uint8_t *buf, size_t size
     (void)sink;
 }
 
+/* i64 lengths (>= 0) adding up to the bytes of `data`. */
+static void check_lens(const kvshm_op_field *lens, const kvshm_op_field *data)
+{
+    CHECK(lens->present && lens->len % 8 == 0);
+    uint64_t sum = 0;
+    for (uint32_t i = 0; i < lens->len; i += 8) {
+        int64_t l;
+        memcpy(&l, lens->p + i, 8);
+        CHECK(l >= 0);
+        sum += (uint64_t)l;
+    }
+    CHECK(sum == data->len);
+}
+
+/* What workers/exec.c reads of a column operation. */
+static void column_check(const kvshm_op *op)
+{
+    int ok = 1;
+    CHECK(op->nopen == 2);
+    for (int i = 0; i < 2; i++) {
+        (void)kvshm_op_i64(&op->open[i], &ok);
+        CHECK(ok);
+    }
+    if (op->op == KVSHM_OP_COL_CREATE || op->op == KVSHM_OP_COL_DROP) {
+        CHECK(op->args[0].present && !memchr(op->args[0].p, 0, op->args[0].len));
+        if (op->op == KVSHM_OP_COL_CREATE) {
+            CHECK(op->args[1].present && !memchr(op->args[1].p, 0, op->args[1].len));
+            (void)kvshm_op_i64(&op->args[2], &ok);
+            CHECK(ok);
+        }
+        return;
+    }
+    int64_t idx = 0;
+    for (int i = 0; i < 2; i++) {
+        idx = kvshm_op_i64(&op->args[i], &ok);
+        CHECK(ok);
+    }
+    if (op->op == KVSHM_OP_APPEND) {
+        CHECK(op->args[2].present && op->nargs == 3u + (idx != 0));
+        if (idx) check_lens(&op->args[3], &op->args[2]);
+    } else if (op->op == KVSHM_OP_WRITE) {
+        (void)kvshm_op_i64(&op->args[2], &ok);
+        CHECK(ok && op->args[3].present && op->nargs == 4u + (idx != 0));
+        if (idx) check_lens(&op->args[4], &op->args[3]);
+    } else if (op->op == KVSHM_OP_INSERT || op->op == KVSHM_OP_DELETE) {
+        (void)kvshm_op_i64(&op->args[2], &ok);
+        CHECK(ok);
+        if (op->op == KVSHM_OP_INSERT) CHECK(op->nargs == 4 && op->args[3].present);
+    } else {
+        CHECK(op->op == KVSHM_OP_CLEAR && op->nargs == 2);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     uint8_t *buf = malloc(size ? size : 1);
@@ -43,7 +97,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *why = NULL;
     if (kvshm_op_decode(buf, size, &g_op, &why) == 0) {
         kvshm_op *op = &g_op;
-        CHECK(op->cls == KVSHM_OPC_TEXT || op->cls == KVSHM_OPC_VECTOR);
+        CHECK(op->cls == KVSHM_OPC_TEXT || op->cls == KVSHM_OPC_VECTOR ||
+              op->cls == KVSHM_OPC_COLUMN);
         CHECK(op->table_len >= 1 && op->table_len <= KVSHM_OP_TABLE_MAX);
         CHECK((const uint8_t *)op->table >= buf &&
               (size_t)((const uint8_t *)op->table - buf) + op->table_len <= size);
@@ -69,6 +124,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 }
                 CHECK(sum == op->args[3].len);
             }
+        } else if (op->cls == KVSHM_OPC_COLUMN) {
+            column_check(op);
         } else {
             CHECK(op->nopen >= 1 && op->nopen <= 255);
             if (op->op == KVSHM_OP_INSERT) CHECK(op->nargs == op->nopen + 1);

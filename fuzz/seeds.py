@@ -164,6 +164,7 @@ def ops():
 
     cols = [b"title", b"body"]
     vec = [i64(4), i64(0), i64(0)]
+    col = [i64(131072), i64(16777216)]   # chunk bounds
     return {
         "text-insert": op(1, 1, b"text_vault", cols, [b"\x89KV", b"hello", b"world"]),
         "text-update-value": op(1, 2, b"text_vault", cols, [i64(7), b"v"]),
@@ -175,6 +176,15 @@ def ops():
                                  [i64(2), bytes(32), i64(1) + i64(2), b"abc"]),
         "vector-update": op(2, 2, b"vectors", vec, [i64(1), None, b"v"]),
         "vector-delete": op(2, 3, b"vectors", vec, [i64(1)]),
+        "column-create": op(3, 6, b"col_meta", col, [b"prices", b"i64", i64(8)]),
+        "column-drop": op(3, 7, b"col_meta", col, [b"prices"]),
+        "column-append": op(3, 8, b"col_meta", col, [i64(1), i64(0), bytes(24)]),
+        "column-append-var": op(3, 8, b"col_meta", col,
+                                [i64(2), i64(3), b"abcde", i64(3) + i64(2)]),
+        "column-write": op(3, 9, b"col_meta", col, [i64(2), i64(3), i64(0), b"xy", i64(2)]),
+        "column-insert": op(3, 1, b"col_meta", col, [i64(1), i64(0), i64(0), bytes(8)]),
+        "column-delete": op(3, 3, b"col_meta", col, [i64(1), i64(0), i64(4)]),
+        "column-clear": op(3, 4, b"col_meta", col, [i64(1), i64(0)]),
     }
 
 

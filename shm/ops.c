@@ -33,6 +33,62 @@ int64_t kvshm_op_i64(const kvshm_op_field *f, int *ok)
     return v;
 }
 
+/* 1 when `lens` holds i64 lengths (>= 0) that add up to the bytes of
+ * `data` exactly (both present). */
+static int lens_cover(const kvshm_op_field *lens, const kvshm_op_field *data)
+{
+    if (!lens->present || !data->present || lens->len % 8) return 0;
+    uint64_t sum = 0;
+    for (uint32_t i = 0; i < lens->len; i += 8) {
+        int64_t l;
+        memcpy(&l, lens->p + i, 8);
+        if (l < 0 || (uint64_t)l > data->len - sum) return 0;
+        sum += (uint64_t)l;
+    }
+    return sum == data->len;
+}
+
+/* Column operations: the fields after col_id and idx_id (kvshm/ops.h). */
+static const char *column_shape(const kvshm_op *op)
+{
+    const kvshm_op_field *a = op->args;
+    uint32_t n = op->nargs;
+    switch (op->op) {
+    case KVSHM_OP_COL_CREATE:
+        return n == 3 && a[0].present && a[0].len && a[1].present && is_i64(&a[2]) &&
+                       !memchr(a[0].p, 0, a[0].len) && !memchr(a[1].p, 0, a[1].len)
+                   ? NULL
+                   : "column create: name, dtype, elem_size";
+    case KVSHM_OP_COL_DROP:
+        return n == 1 && a[0].present && !memchr(a[0].p ? (const void *)a[0].p : "", 0, a[0].len)
+                   ? NULL
+                   : "column drop: name";
+    default:
+        break;
+    }
+    if (n < 2 || !is_i64(&a[0]) || !is_i64(&a[1])) return "column: col_id, idx_id first";
+    int pair = kvshm_op_i64(&a[1], NULL) != 0;
+    switch (op->op) {
+    case KVSHM_OP_APPEND:
+        if (n != 3u + (unsigned)pair || !a[2].present) return "column append: elements[, lengths]";
+        return !pair || lens_cover(&a[3], &a[2]) ? NULL
+                                                  : "column append: lengths do not cover the elements";
+    case KVSHM_OP_WRITE:
+        if (n != 4u + (unsigned)pair || !is_i64(&a[2]) || !a[3].present)
+            return "column write: start, elements[, lengths]";
+        return !pair || lens_cover(&a[4], &a[3]) ? NULL
+                                                  : "column write: lengths do not cover the elements";
+    case KVSHM_OP_INSERT:
+        return n == 4 && is_i64(&a[2]) && a[3].present ? NULL : "column insert: index, element";
+    case KVSHM_OP_DELETE:
+        return n == 3 && is_i64(&a[2]) ? NULL : "column delete: index";
+    case KVSHM_OP_CLEAR:
+        return n == 2 ? NULL : "column clear: unexpected arguments";
+    default:
+        return "column: unknown operation";
+    }
+}
+
 /* The per-class shape of an operation: counts and integer fields. NULL
  * when it fits, else why not. */
 static const char *shape_check(const kvshm_op *op)
@@ -83,15 +139,8 @@ static const char *shape_check(const kvshm_op *op)
             if (op->nargs == 2) return NULL;
             if (!a[2].present || !a[3].present || a[2].len != (uint64_t)n * 8)
                 return "vector insert_many: value lengths do not match the count";
-            uint64_t sum = 0;
-            for (int64_t i = 0; i < n; i++) {
-                int64_t l;
-                memcpy(&l, a[2].p + i * 8, 8);
-                if (l < 0 || (uint64_t)l > a[3].len - sum)
-                    return "vector insert_many: value lengths run past the values";
-                sum += (uint64_t)l;
-            }
-            return sum == a[3].len ? NULL : "vector insert_many: bytes after the last value";
+            return lens_cover(&a[2], &a[3]) ? NULL
+                                            : "vector insert_many: value lengths do not cover the values";
         }
         case KVSHM_OP_UPDATE:
             if (op->nargs != 3 || !is_i64(&a[0])) return "vector update: id, vector, value";
@@ -101,6 +150,10 @@ static const char *shape_check(const kvshm_op *op)
         default:
             return "vector: unknown operation";
         }
+    case KVSHM_OPC_COLUMN:
+        if (op->nopen != 2 || !is_i64(&op->open[0]) || !is_i64(&op->open[1]))
+            return "column: open parameters are min_chunk_bytes, max_chunk_bytes";
+        return column_shape(op);
     default:
         return "unknown class";
     }

@@ -369,8 +369,7 @@ size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
         ws->stat_sock_polls, ws->stat_commit_cpu_max_us[WR_FREEZE],
         ws->stat_commit_cpu_max_us[WR_INSERT], ws->stat_commit_cpu_max_us[WR_COMMIT],
         ws->stat_commit_cpu_max_us[WR_FOLD], ckpts, ckpt_us, ws->nmiss,
-<<<<<<< HEAD
-        ws->stat_miss_skipped, ws->stat_refused, ws->stat_bad_records);
+        ws->stat_miss_skipped, ws->stat_miss_declined, ws->stat_refused, ws->stat_bad_records);
     if (n < 0) return 0;
     if ((size_t)n < cap) {   /* table operations (exec.c) */
         int e = snprintf(buf + n, cap - (size_t)n, "execs=%" PRIu64 "\nexecs_failed=%" PRIu64
@@ -381,10 +380,6 @@ size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
         if (e > 0) n += e;
     }
     return (size_t)n >= cap ? cap - 1 : (size_t)n;
-=======
-        ws->stat_miss_skipped, ws->stat_miss_declined, ws->stat_refused, ws->stat_bad_records);
-    return n < 0 ? 0 : ((size_t)n >= cap ? cap - 1 : (size_t)n);
->>>>>>> s8-h18b
 }
 
 static void handle_request(wr_state *ws, wr_client *c)

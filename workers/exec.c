@@ -1,6 +1,6 @@
 /*
  * exec.c -- the writer's executor of table operations (KVSHM_MSG_EXEC,
- * kvshm/ops.h): every write a TextVault or VectorKVault makes to a served
+ * kvshm/ops.h): every write a TextVault, VectorKVault or ColumnVault makes to a served
  * file is applied here, with the engine call the embedded binding makes
  * (docs/shared-mode.md, "Every class through the writer").
  *
@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "kv_assert.h"
+#include "kvault/column.h"
 #include "kvault/text.h"
 #include "kvault/vector.h"
 #include "kvshm/ops.h"
@@ -43,12 +44,14 @@
  * the loop serves everyone else meanwhile. */
 #define WR_EXEC_BUSY_MS 200
 #define WR_EXEC_BUSY_POLL_US 1000
+/* Largest memfd buffer kept between operations (bytes). */
+#define WR_EXEC_KEEP_IN ((size_t)64 << 20)
 
 typedef struct wr_handle {
     uint8_t cls;
     uint8_t *key;            /* table + open parameters, as encoded */
     size_t key_len;
-    void *h;                 /* kv_text * or kv_vector * */
+    void *h;                 /* kv_text *, kv_vector * or kv_colvault * */
     uint64_t used;           /* last use (wr_exec's counter) */
 } wr_handle;
 
@@ -76,14 +79,31 @@ struct wr_exec {
     size_t n;
     uint64_t clock;
     kvshm_op op;             /* the decoded operation (large: kept here) */
+    uint8_t *in;             /* an operation read from a memfd (read_memfd) */
+    size_t in_cap;
+    int in_busy;             /* a pending operation holds x->in */
     uint8_t *res;            /* the result of the current operation */
     size_t res_len, res_cap;
 };
 
+/* How the executor serves one class (exec_classes below). */
+typedef struct wr_class {
+    kv_status (*open)(wr_state *ws, const kvshm_op *op, void **h, char *err, size_t errlen);
+    void (*close)(void *h);
+    kv_status (*run)(wr_exec *x, void *h, const kvshm_op *op);
+    const char *(*errmsg)(void *h);
+    /* Group commit (run_group): open the handle's transaction, in which
+     * each run is a savepoint, and end it. NULL: the class runs each
+     * operation in a transaction of its own. */
+    kv_status (*tx_begin)(void *h);
+    kv_status (*tx_end)(void *h, int commit);
+} wr_class;
+
+static const wr_class *class_of(unsigned cls);
+
 static void handle_close(wr_handle *w)
 {
-    if (w->cls == KVSHM_OPC_TEXT) kv_text_close(w->h);
-    else kv_vector_close(w->h);
+    class_of(w->cls)->close(w->h);
     free(w->key);
     memset(w, 0, sizeof *w);
 }
@@ -95,6 +115,7 @@ void wr_exec_close(wr_state *ws)
     wr_exec_flush(ws);
     for (size_t i = 0; i < x->n; i++) handle_close(&x->hs[i]);
     free(x->res);
+    free(x->in);
     free(x);
     ws->exec = NULL;
 }
@@ -155,8 +176,7 @@ static wr_handle *handle_get(wr_state *ws, const kvshm_op *op, kv_status *st, ch
         }
     }
     void *h = NULL;
-    *st = op->cls == KVSHM_OPC_TEXT ? open_text(ws, op, &h, err, errlen)
-                                    : open_vector(ws, op, &h, err, errlen);
+    *st = class_of(op->cls)->open(ws, op, &h, err, errlen);
     if (*st != KV_OK) return NULL;
     wr_handle *w;
     if (x->n < WR_EXEC_HANDLES) {
@@ -169,8 +189,7 @@ static wr_handle *handle_get(wr_state *ws, const kvshm_op *op, kv_status *st, ch
     }
     w->key = malloc(op->key_len);
     if (!w->key) {
-        if (op->cls == KVSHM_OPC_TEXT) kv_text_close(h);
-        else kv_vector_close(h);
+        class_of(op->cls)->close(h);
         x->n -= w == &x->hs[x->n - 1] && x->n > 0;
         memset(w, 0, sizeof *w);
         *st = KV_NOMEM;
@@ -198,8 +217,9 @@ static kv_status result(wr_exec *x, const void *p, size_t n)
     return KV_OK;
 }
 
-static kv_status run_text(wr_exec *x, kv_text *t, const kvshm_op *op)
+static kv_status run_text(wr_exec *x, void *h, const kvshm_op *op)
 {
+    kv_text *t = h;
     const kvshm_op_field *a = op->args;
     const char *texts[255];
     size_t lens[255];
@@ -233,8 +253,9 @@ static kv_status run_text(wr_exec *x, kv_text *t, const kvshm_op *op)
     }
 }
 
-static kv_status run_vector(wr_exec *x, kv_vector *v, const kvshm_op *op)
+static kv_status run_vector(wr_exec *x, void *h, const kvshm_op *op)
 {
+    kv_vector *v = h;
     const kvshm_op_field *a = op->args;
     int64_t id = 0;
     int removed = 0;
@@ -284,17 +305,169 @@ static kv_status run_vector(wr_exec *x, kv_vector *v, const kvshm_op *op)
     }
 }
 
+static kv_status open_column(wr_state *ws, const kvshm_op *op, void **h, char *err,
+                             size_t errlen)
+{
+    return kv_colvault_open(ws->db_abs, kvshm_op_i64(&op->open[0], NULL),
+                            kvshm_op_i64(&op->open[1], NULL), (kv_colvault **)h, err, errlen);
+}
+
+/* A field as a NUL-terminated string (no NUL inside: kvshm_op_decode);
+ * malloc'd, NULL when out of memory. */
+static char *field_str(const kvshm_op_field *f)
+{
+    return strndup(f->p ? (const char *)f->p : "", f->len);
+}
+
+/* The column an operation names by col_id and idx_id (0: fixed). */
+static kv_status column_of(kv_colvault *cv, const kvshm_op_field *a, kv_col **col)
+{
+    int64_t id = kvshm_op_i64(&a[0], NULL), idx = kvshm_op_i64(&a[1], NULL);
+    return idx ? kv_col_open_var(cv, id, idx, col) : kv_col_open_fixed(cv, id, col);
+}
+
+/* Elements of an APPEND or WRITE: `data`, and for a pair the lengths in
+ * `lens` (i64 each, checked by decode) as *lv (malloc'd); for a fixed
+ * column *n from the element size (KV_INVALID when it does not divide). */
+static kv_status column_elems(kv_col *col, const kvshm_op_field *data,
+                              const kvshm_op_field *lens, size_t **lv, size_t *n)
+{
+    *lv = NULL;
+    if (!kv_col_is_var(col)) {
+        size_t e = (size_t)kv_col_elem_size(col);
+        *n = data->len / e;
+        return data->len % e ? KV_INVALID : KV_OK;
+    }
+    *n = lens->len / 8;
+    if (!(*lv = malloc((*n ? *n : 1) * sizeof **lv))) return KV_NOMEM;
+    for (size_t i = 0; i < *n; i++) {
+        int64_t l;
+        memcpy(&l, lens->p + i * 8, 8);
+        (*lv)[i] = (size_t)l;
+    }
+    return KV_OK;
+}
+
+static kv_status run_column(wr_exec *x, void *h, const kvshm_op *op)
+{
+    kv_colvault *cv = h;
+    const kvshm_op_field *a = op->args;
+    kv_status st;
+    if (op->op == KVSHM_OP_COL_CREATE || op->op == KVSHM_OP_COL_DROP) {
+        char *name = field_str(&a[0]), *dtype = op->op == KVSHM_OP_COL_CREATE ? field_str(&a[1]) : NULL;
+        int deleted = 0;
+        if (!name || (op->op == KVSHM_OP_COL_CREATE && !dtype)) st = KV_NOMEM;
+        else if (op->op == KVSHM_OP_COL_DROP) st = kv_col_delete(cv, name, &deleted);
+        else if (kvshm_op_i64(&a[2], NULL) > 0)
+            st = kv_col_create(cv, name, dtype, kvshm_op_i64(&a[2], NULL), NULL);
+        else st = kv_col_create_var(cv, name, dtype, NULL, NULL);
+        free(name);
+        free(dtype);
+        uint8_t r = (uint8_t)deleted;
+        return st == KV_OK && op->op == KVSHM_OP_COL_DROP ? result(x, &r, 1) : st;
+    }
+    kv_col *col = NULL;
+    if ((st = column_of(cv, a, &col)) != KV_OK) return st;
+    const void *data = NULL;
+    size_t *lens = NULL, n = 0;
+    switch (op->op) {
+    case KVSHM_OP_APPEND:   /* col_id, idx_id, elements[, lengths] */
+        if ((st = column_elems(col, &a[2], &a[3], &lens, &n)) == KV_OK)
+            st = kv_col_append(col, a[2].p ? (const void *)a[2].p : "", lens, n);
+        break;
+    case KVSHM_OP_WRITE:    /* col_id, idx_id, start, elements[, lengths] */
+        if ((st = column_elems(col, &a[3], &a[4], &lens, &n)) == KV_OK)
+            st = kv_col_write(col, kvshm_op_i64(&a[2], NULL), a[3].p ? (const void *)a[3].p : "",
+                              lens, n);
+        break;
+    case KVSHM_OP_INSERT:   /* col_id, idx_id, index, element */
+        data = a[3].p;
+        if (kv_col_is_var(col)) st = KV_UNSUPPORTED;
+        else if (a[3].len != (size_t)kv_col_elem_size(col)) st = KV_INVALID;
+        else st = kv_col_insert(col, kvshm_op_i64(&a[2], NULL), data);
+        break;
+    case KVSHM_OP_DELETE:
+        st = kv_col_delete_at(col, kvshm_op_i64(&a[2], NULL));
+        break;
+    default:                /* KVSHM_OP_CLEAR (kvshm_op_decode) */
+        st = kv_col_clear(col);
+        break;
+    }
+    free(lens);
+    kv_col_close(col);   /* no cache: nothing to flush */
+    return st;
+}
+
+static void close_text(void *h) { kv_text_close(h); }
+static void close_vector(void *h) { kv_vector_close(h); }
+static void close_column(void *h) { kv_colvault_close(h); }
+static const char *errmsg_text(void *h) { return kv_text_errmsg(h); }
+static const char *errmsg_vector(void *h) { return kv_vector_errmsg(h); }
+static const char *errmsg_column(void *h) { return kv_colvault_errmsg(h); }
+
+static kv_status tx_begin_text(void *h) { return kv_text_tx_begin(h); }
+static kv_status tx_end_text(void *h, int commit) { return kv_text_tx_end(h, commit); }
+static kv_status tx_begin_vector(void *h) { return kv_vector_tx_begin(h); }
+static kv_status tx_end_vector(void *h, int commit) { return kv_vector_tx_end(h, commit); }
+
+static const wr_class exec_classes[] = {
+    [KVSHM_OPC_TEXT] = {open_text, close_text, run_text, errmsg_text, tx_begin_text,
+                        tx_end_text},
+    [KVSHM_OPC_VECTOR] = {open_vector, close_vector, run_vector, errmsg_vector,
+                          tx_begin_vector, tx_end_vector},
+    [KVSHM_OPC_COLUMN] = {open_column, close_column, run_column, errmsg_column, NULL, NULL},
+};
+
+/* Every class kvshm_op_decode accepts has an entry. */
+static const wr_class *class_of(unsigned cls)
+{
+    KV_ASSERT_INTERNAL(cls < sizeof exec_classes / sizeof exec_classes[0] && exec_classes[cls].run);
+    return &exec_classes[cls];
+}
+
+/* Release an operation's buffer: x->in is kept (dropped when above
+ * WR_EXEC_KEEP_IN bytes), any other is freed. */
+static void release_in(wr_exec *x, uint8_t *buf)
+{
+    if (buf != x->in || !buf) {
+        free(buf);
+        return;
+    }
+    x->in_busy = 0;
+    if (x->in_cap > WR_EXEC_KEEP_IN) {
+        free(x->in);
+        x->in = NULL;
+        x->in_cap = 0;
+    }
+}
+
 /* Read the operation a client passed in a memfd: `len` bytes from offset
- * 0 of a regular file (a pipe or socket could block the loop). */
-static uint8_t *read_memfd(int fd, uint64_t len, const char **why)
+ * 0 of a regular file (a pipe or socket could block the loop). Into x->in
+ * when no pending operation holds it (kept for the next one up to
+ * WR_EXEC_KEEP_IN bytes: an extend of a column every call would otherwise
+ * fault in fresh pages each time), else into a buffer of its own; release
+ * either with release_in. */
+static uint8_t *read_memfd(wr_exec *x, int fd, uint64_t len, const char **why)
 {
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size < len) {
         *why = "exec: the descriptor must be a memfd holding the operation";
         return NULL;
     }
-    uint8_t *buf = malloc(len);
-    if (!buf) {
+    uint8_t *buf;
+    if (!x->in_busy) {
+        if (len > x->in_cap) {
+            free(x->in);
+            x->in_cap = 0;
+            if (!(x->in = malloc(len))) {
+                *why = "exec: out of memory";
+                return NULL;
+            }
+            x->in_cap = len;
+        }
+        buf = x->in;
+        x->in_busy = 1;
+    } else if (!(buf = malloc(len))) {
         *why = "exec: out of memory";
         return NULL;
     }
@@ -302,8 +475,8 @@ static uint8_t *read_memfd(int fd, uint64_t len, const char **why)
         ssize_t n = pread(fd, buf + off, len - off, (off_t)off);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
-            free(buf);
             *why = "exec: short read of the operation";
+            release_in(x, buf);
             return NULL;
         }
         off += (uint64_t)n;
@@ -349,7 +522,7 @@ static void pend_reply(wr_state *ws, wr_pending *p)
         wr_reply(p->sock, p->type, KV_IO, 0, err, strlen(err));
     }
     if (p->fd >= 0) close(p->fd);
-    free(p->buf);
+    release_in(ws->exec, p->buf);
     free(p->res);
     memset(p, 0, sizeof *p);
     p->fd = -1;
@@ -365,13 +538,11 @@ static void pend_run(wr_exec *x, wr_handle *w, wr_pending *p, int busy_wait)
      * again (in a group, the group's transaction holds the lock) */
     do {
         x->res_len = 0;
-        st = x->op.cls == KVSHM_OPC_TEXT ? run_text(x, w->h, &x->op)
-                                         : run_vector(x, w->h, &x->op);
+        st = class_of(x->op.cls)->run(x, w->h, &x->op);
     } while (busy_wait && st == KV_BUSY && wr_now_ms() < deadline &&
              !usleep(WR_EXEC_BUSY_POLL_US));
     if (st != KV_OK) {
-        pend_fail(p, st, x->op.cls == KVSHM_OPC_TEXT ? kv_text_errmsg(w->h)
-                                                    : kv_vector_errmsg(w->h));
+        pend_fail(p, st, class_of(x->op.cls)->errmsg(w->h));
         return;
     }
     p->st = KV_OK;
@@ -389,20 +560,19 @@ static kv_status group_begin(wr_handle *w)
     kv_status st;
     uint64_t deadline = wr_now_ms() + WR_EXEC_BUSY_MS;
     do {
-        st = w->cls == KVSHM_OPC_TEXT ? kv_text_tx_begin(w->h) : kv_vector_tx_begin(w->h);
+        st = class_of(w->cls)->tx_begin(w->h);
     } while (st == KV_BUSY && wr_now_ms() < deadline && !usleep(WR_EXEC_BUSY_POLL_US));
     return st;
 }
 
 static kv_status group_end(wr_handle *w, int commit)
 {
-    return w->cls == KVSHM_OPC_TEXT ? kv_text_tx_end(w->h, commit)
-                                    : kv_vector_tx_end(w->h, commit);
+    return class_of(w->cls)->tx_end(w->h, commit);
 }
 
 static const char *handle_errmsg(wr_handle *w)
 {
-    return w->cls == KVSHM_OPC_TEXT ? kv_text_errmsg(w->h) : kv_vector_errmsg(w->h);
+    return class_of(w->cls)->errmsg(w->h);
 }
 
 /* Apply the pending operations that run on the same engine handle as
@@ -426,7 +596,9 @@ static void run_group(wr_state *ws, size_t first)
     /* decode again: x->op holds one operation at a time */
     kvshm_op_decode(p0->buf, p0->len, &x->op, &(const char *){NULL});
     wr_handle *w = handle_get(ws, &x->op, &st, err, sizeof err);
-    if (w && n > 1) {
+    /* a class without group transactions runs each operation alone */
+    int grouped = n > 1 && class_of(p0->cls)->tx_begin;
+    if (w && grouped) {
         if ((st = group_begin(w)) != KV_OK) snprintf(err, sizeof err, "%s", handle_errmsg(w));
     }
     for (size_t k = 0; k < n; k++) {
@@ -437,9 +609,9 @@ static void run_group(wr_state *ws, size_t first)
             continue;
         }
         if (k) kvshm_op_decode(p->buf, p->len, &x->op, &(const char *){NULL});
-        pend_run(x, w, p, n == 1);
+        pend_run(x, w, p, !grouped);
     }
-    if (!w || n < 2 || st != KV_OK) return;
+    if (!w || !grouped || st != KV_OK) return;
     ws->stat_exec_batches++;
     ws->stat_exec_batched_ops += n;
     if (n > ws->stat_exec_batch_max) ws->stat_exec_batch_max = n;
@@ -487,7 +659,7 @@ void wr_exec_request(wr_state *ws, int sock, const struct kvshm_msg *m, const ui
     p->st = KV_OK;
     if (!m->m_len) {   /* in the memfd (kvshm_msg_parse: 1..max bytes) */
         if (fd < 0) why = "exec: missing descriptor";
-        else if ((p->buf = read_memfd(fd, m->m_arg, &why))) p->len = (size_t)m->m_arg;
+        else if ((p->buf = read_memfd(x, fd, m->m_arg, &why))) p->len = (size_t)m->m_arg;
     } else if ((p->buf = malloc(m->m_len))) {
         memcpy(p->buf, pl, m->m_len);
         p->len = m->m_len;

@@ -28,6 +28,7 @@
 #include "packer_py.h"
 #include "kvault/column.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,9 +36,10 @@
 /* errors                                                                   */
 /* ------------------------------------------------------------------------ */
 
-static PyObject *kvpy_col_raise(kv_colvault *cv, kv_status st, const char *op)
+/* Raise for status `st` of `op` with the engine's message `msg` (from the
+ * vault's connection or from the writer that ran the write). */
+static PyObject *kvpy_col_raise_msg(const char *msg, kv_status st, const char *op)
 {
-    const char *msg = cv ? kv_colvault_errmsg(cv) : "";
     if (!msg || !msg[0])
         msg = kv_strerror(st);
     switch (st) {
@@ -53,6 +55,11 @@ static PyObject *kvpy_col_raise(kv_colvault *cv, kv_status st, const char *op)
     return NULL;
 }
 
+static PyObject *kvpy_col_raise(kv_colvault *cv, kv_status st, const char *op)
+{
+    return kvpy_col_raise_msg(cv ? kv_colvault_errmsg(cv) : "", st, op);
+}
+
 /* ------------------------------------------------------------------------ */
 /* _ColumnVault                                                             */
 /* ------------------------------------------------------------------------ */
@@ -64,6 +71,7 @@ typedef struct {
     char *path;             /* owned: as opened, for a forked child */
     int64_t min_chunk, max_chunk;  /* as opened */
     unsigned gen;           /* connections opened so far (bumped in a forked child) */
+    kvpy_route *route;      /* owned: writes to a served file go to its writer (NULL: never) */
 } ColVaultObject;
 
 typedef struct {
@@ -101,6 +109,8 @@ static int ColVault_rehome(PyObject *obj)
         return -1;
     }
     kv_colvault_cache_lock(cv, locked);
+    if (self->route)
+        kv_colvault_set_commit_guard(cv, &self->route->guard);
     self->cv = cv;   /* the parent's is leaked */
     self->gen++;
     return 0;
@@ -152,10 +162,15 @@ static int ColVault_init(ColVaultObject *self, PyObject *args, PyObject *kw)
     self->min_chunk = mn;
     self->max_chunk = mx;
     if (!self->path ? (PyErr_NoMemory(), 1)
-                    : kvpy_fork_track(&self->fork, (PyObject *)self, ColVault_rehome) < 0) {
+                    : kvpy_route_new(path, &self->route) < 0 ||
+                          kvpy_fork_track(&self->fork, (PyObject *)self, ColVault_rehome) < 0) {
         kv_colvault_close(cv);
+        kvpy_route_free(self->route);
+        self->route = NULL;
         return -1;
     }
+    if (self->route)
+        kv_colvault_set_commit_guard(cv, &self->route->guard);
     self->cv = cv;
     return 0;
 }
@@ -176,6 +191,7 @@ static void ColVault_dealloc(ColVaultObject *self)
     kvpy_fork_untrack(&self->fork);   /* keeps `forked` */
     if (!self->fork.forked)
         kvpy_close_released(cv, colvault_shut);
+    kvpy_route_free(self->route);
     free(self->path);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -188,6 +204,111 @@ static void ColVault_dealloc(ColVaultObject *self)
         }                                                                  \
     } while (0)
 
+/* ---- writes through the writer serving the file (kvshm/ops.h, COLUMN) --- */
+
+/* Writes one call may try: the own connection, the writer, the own
+ * connection again when the writer went away meanwhile. */
+#define COL_ROUTE_ATTEMPTS 3
+
+/* Start the operation `op` of the vault in its route's buffer: the open
+ * parameters are the vault's chunk bounds (the writer's handle matches). */
+static void cv_op_begin(ColVaultObject *v, kvshm_op_enc *e, unsigned op)
+{
+    v->route->op.len = 0;
+    kvshm_op_begin(e, &v->route->op, KVSHM_OPC_COLUMN, op, "col_meta");
+    kvshm_op_add_i64(e, v->min_chunk);
+    kvshm_op_add_i64(e, v->max_chunk);
+    kvshm_op_args(e);
+}
+
+/* After a local write failed with `st`: 1 when the guard refused its commit
+ * because a writer serves the file (the write goes there next), else 0
+ * with the engine's message in msg. */
+static int cv_refused(ColVaultObject *v, char *msg, size_t mlen)
+{
+    kvpy_route *r = v->route;
+    if (!r || !r->guard.refused) {
+        snprintf(msg, mlen, "%s", kv_colvault_errmsg(v->cv));
+        return 0;
+    }
+    r->guard.refused = 0;
+    r->via_writer = 1;
+    return 1;
+}
+
+/* A vault write (create, delete column): run(v, ctx) on the own connection,
+ * or encode(v, ctx, e) to the writer serving the file, whose one-byte result
+ * (delete) goes to *flag. Vault lock held, GIL released. */
+typedef kv_status (*cv_run_fn)(ColVaultObject *v, void *ctx);
+typedef void (*cv_enc_fn)(ColVaultObject *v, void *ctx, kvshm_op_enc *e);
+
+static kv_status cv_write(ColVaultObject *v, cv_run_fn run, cv_enc_fn encode, void *ctx,
+                          int *flag, char *msg, size_t mlen)
+{
+    kvpy_route *r = v->route;
+    kv_status st = KV_OK;
+    for (int attempt = 0; attempt < COL_ROUTE_ATTEMPTS; attempt++) {
+        if (r && r->via_writer) {
+            kvshm_op_enc e;
+            const uint8_t *res;
+            size_t rlen;
+            encode(v, ctx, &e);
+            if ((st = kvshm_op_end(&e)) != KV_OK) {
+                snprintf(msg, mlen, "ColumnVault: operation too large to send to the writer");
+                return st;
+            }
+            if (!kvpy_route_send(r, 8, &st, &res, &rlen, msg, mlen))
+                continue;
+            if (st == KV_OK && flag)
+                *flag = rlen == 1 && res[0];
+            return st;
+        }
+        if ((st = run(v, ctx)) == KV_OK || !cv_refused(v, msg, mlen))
+            return st;
+    }
+    r->guard.bypass = 1;   /* the writer came and went under every attempt */
+    st = run(v, ctx);
+    r->guard.bypass = 0;
+    if (st != KV_OK)
+        snprintf(msg, mlen, "%s", kv_colvault_errmsg(v->cv));
+    return st;
+}
+
+typedef struct {
+    const char *name, *dtype;
+    int64_t elem_size;      /* 0: variable-size pair */
+    int deleted;
+} cv_args;
+
+static kv_status run_create(ColVaultObject *v, void *c)
+{
+    cv_args *a = c;
+    return a->elem_size > 0 ? kv_col_create(v->cv, a->name, a->dtype, a->elem_size, NULL)
+                            : kv_col_create_var(v->cv, a->name, a->dtype, NULL, NULL);
+}
+
+static void enc_create(ColVaultObject *v, void *c, kvshm_op_enc *e)
+{
+    cv_args *a = c;
+    cv_op_begin(v, e, KVSHM_OP_COL_CREATE);
+    kvshm_op_add(e, a->name, strlen(a->name));
+    kvshm_op_add(e, a->dtype, strlen(a->dtype));
+    kvshm_op_add_i64(e, a->elem_size);
+}
+
+static kv_status run_drop(ColVaultObject *v, void *c)
+{
+    cv_args *a = c;
+    return kv_col_delete(v->cv, a->name, &a->deleted);
+}
+
+static void enc_drop(ColVaultObject *v, void *c, kvshm_op_enc *e)
+{
+    cv_args *a = c;
+    cv_op_begin(v, e, KVSHM_OP_COL_DROP);
+    kvshm_op_add(e, a->name, strlen(a->name));
+}
+
 static PyObject *ColVault_create_column(ColVaultObject *self, PyObject *args)
 {
     const char *name, *dtype;
@@ -198,15 +319,15 @@ static PyObject *ColVault_create_column(ColVaultObject *self, PyObject *args)
         return NULL;
     if (kvpy_packer_parse(dtype, &pk) < 0 || cv_enter(self) < 0)
         return NULL;
+    cv_args a = {.name = name, .dtype = dtype,
+                 .elem_size = pk.pk_elem_size > 0 ? (int64_t)pk.pk_elem_size : 0};
+    char msg[1024] = "";
     Py_BEGIN_ALLOW_THREADS
-    if (pk.pk_elem_size > 0)
-        st = kv_col_create(self->cv, name, dtype, (int64_t)pk.pk_elem_size, NULL);
-    else
-        st = kv_col_create_var(self->cv, name, dtype, NULL, NULL);
+    st = cv_write(self, run_create, enc_create, &a, NULL, msg, sizeof msg);
     Py_END_ALLOW_THREADS
     if (st != KV_OK)
         /* duplicate names and alignment failures are raw RuntimeError (docs/api.md §2.5) */
-        PyErr_Format(PyExc_RuntimeError, "%s", kv_colvault_errmsg(self->cv));
+        PyErr_Format(PyExc_RuntimeError, "%s", msg[0] ? msg : kv_strerror(st));
     cv_leave(self);
     return st != KV_OK ? NULL : Py_NewRef(Py_None);
 }
@@ -335,18 +456,19 @@ static PyObject *ColVault_count_columns(ColVaultObject *self, PyObject *unused)
 static PyObject *ColVault_delete_column(ColVaultObject *self, PyObject *args)
 {
     const char *name;
-    int deleted = 0;
     kv_status st;
     CV_CHECK(self);
     if (!PyArg_ParseTuple(args, "s", &name) || cv_enter(self) < 0)
         return NULL;
+    cv_args a = {.name = name};
+    char msg[1024] = "";
     Py_BEGIN_ALLOW_THREADS
-    st = kv_col_delete(self->cv, name, &deleted);
+    st = cv_write(self, run_drop, enc_drop, &a, &a.deleted, msg, sizeof msg);
     Py_END_ALLOW_THREADS
     if (st != KV_OK)
-        kvpy_col_raise(self->cv, st, "delete column");
+        kvpy_col_raise_msg(msg, st, "delete column");
     cv_leave(self);
-    return st != KV_OK ? NULL : PyBool_FromLong(deleted);
+    return st != KV_OK ? NULL : PyBool_FromLong(a.deleted);
 }
 
 static PyObject *ColVault_checkpoint(ColVaultObject *self, PyObject *unused)
@@ -467,10 +589,11 @@ static int h_enter(ColHandleObject *self)
     return 0;
 }
 
+static void col_flush_routed(ColHandleObject *self);
+
 static void ColHandle_dealloc(ColHandleObject *self)
 {
     kv_col *col = self->col;
-    self->col = NULL;
     if (col && self->vault) {
         /* the flush runs under the vault's lock (a fork waits for it) unless
          * this thread holds it (dropped from inside a vault call); a forked
@@ -479,6 +602,9 @@ static void ColHandle_dealloc(ColHandleObject *self)
         int mine = n->busy && n->owner == PyThread_get_thread_ident();
         if (!mine)
             kvpy_fork_lock(n);
+        if (!h_stale(self) && self->vault->route && self->cache_cap)
+            col_flush_routed(self);   /* to the writer when one serves the file */
+        self->col = NULL;
         if (!h_stale(self))
             kvpy_close_released(col, col_close);
         if (!mine)
@@ -493,16 +619,17 @@ static void ColHandle_dealloc(ColHandleObject *self)
 /* Raise for a failed call on a column handle: as kvpy_col_raise, and a
  * corrupt file (KV_CORRUPT) names the column, since the engine's text knows
  * only its col_meta row. */
-static PyObject *col_handle_raise(ColHandleObject *self, kv_status st, const char *op)
+static PyObject *col_handle_raise_msg(ColHandleObject *self, const char *msg, kv_status st,
+                                     const char *op)
 {
     if (st != KV_CORRUPT)
-        return kvpy_col_raise(self->vault->cv, st, op);
-    const char *msg = kv_colvault_errmsg(self->vault->cv);
+        return kvpy_col_raise_msg(msg, st, op);
     PyErr_Format(PyExc_RuntimeError, "column %R: %s (the file is corrupt)", self->name,
                  msg && msg[0] ? msg : kv_strerror(st));
     return NULL;
 }
-#define H_ERR(self, st, op) col_handle_raise((self), (st), (op))
+#define H_ERR(self, st, op) \
+    col_handle_raise_msg((self), kv_colvault_errmsg((self)->vault->cv), (st), (op))
 
 /* Arguments and results of one kv_col call made by col_call (read and
  * written with the GIL released; fields used per op as noted). */
@@ -526,19 +653,165 @@ static kv_status op_cache_enable(kv_col *c, col_args *a) { return kv_col_cache_e
 static kv_status op_cache_disable(kv_col *c, col_args *a) { return kv_col_cache_disable(c); }
 static kv_status op_cache_flush(kv_col *c, col_args *a) { return kv_col_cache_flush(c, &a->flushed); }
 
-/* Runs op(col, a) with the GIL released; a failure raises for `what`
- * (kvpy_col_raise). 0, or -1 with the exception. Inline, so each call site
- * calls its op directly. */
+/* The operation through the writer of a col_call op; 0 for the cache's
+ * own calls (they only flush: the cache is sent first, then they run here
+ * with nothing to write). */
+static inline unsigned col_remote_op(col_op op)
+{
+    return op == op_append     ? KVSHM_OP_APPEND
+           : op == op_write    ? KVSHM_OP_WRITE
+           : op == op_insert   ? KVSHM_OP_INSERT
+           : op == op_delete_at ? KVSHM_OP_DELETE
+           : op == op_clear    ? KVSHM_OP_CLEAR
+                               : 0;
+}
+
+/* Bytes of the a->n packed elements of `a`. */
+static size_t col_bytes(ColHandleObject *self, const col_args *a)
+{
+    size_t bytes = 0;
+    if (!self->is_var)
+        return a->n * (size_t)kv_col_elem_size(self->col);
+    for (size_t i = 0; i < a->n; i++)
+        bytes += a->lens[i];
+    return bytes;
+}
+
+/* Encode operation `rop` of the handle's column with the elements of `a`
+ * (kvshm/ops.h, COLUMN) into the route's buffer. */
+static kv_status col_encode(ColHandleObject *self, unsigned rop, const col_args *a)
+{
+    _Static_assert(sizeof(size_t) == 8, "element lengths travel as i64");
+    kvshm_op_enc e;
+    cv_op_begin(self->vault, &e, rop);
+    kvshm_op_add_i64(&e, self->col_id);
+    kvshm_op_add_i64(&e, self->is_var ? self->idx_col_id : 0);
+    if (rop == KVSHM_OP_WRITE || rop == KVSHM_OP_INSERT || rop == KVSHM_OP_DELETE)
+        kvshm_op_add_i64(&e, a->index);
+    if (rop == KVSHM_OP_INSERT)
+        kvshm_op_add(&e, a->data, self->pk.pk_elem_size);
+    if (rop == KVSHM_OP_APPEND || rop == KVSHM_OP_WRITE) {
+        kvshm_op_add(&e, a->data ? a->data : "", col_bytes(self, a));
+        if (self->is_var)
+            kvshm_op_add(&e, a->lens ? (const void *)a->lens : "", a->n * 8);
+    }
+    return kvshm_op_end(&e);
+}
+
+/* Send the encoded operation; as kvpy_route_send, with an encoding failure
+ * reported as reached (*st set). */
+static int col_send(ColHandleObject *self, kv_status est, kv_status *st, char *msg, size_t mlen)
+{
+    const uint8_t *res;
+    size_t rlen;
+    if ((*st = est) != KV_OK) {
+        snprintf(msg, mlen, "ColumnVault: operation too large to send to the writer");
+        return 1;
+    }
+    return kvpy_route_send(self->vault->route, 8, st, &res, &rlen, msg, mlen);
+}
+
+/* Send the handle's cached appends to the writer as one APPEND, then empty
+ * the cache; *bytes gets their size. As col_send (1 with *st KV_OK when
+ * nothing waits). */
+static int col_drain(ColHandleObject *self, size_t *bytes, kv_status *st, char *msg, size_t mlen)
+{
+    kv_buf b;
+    col_args a = {0};
+    size_t *lens = NULL;
+    *bytes = 0;
+    *st = KV_OK;
+    if (!kv_col_cache_pending(self->col))
+        return 1;
+    kv_buf_init(&b);
+    if ((*st = kv_col_cache_copy(self->col, &b, &lens, &a.n)) != KV_OK) {
+        snprintf(msg, mlen, "ColumnVault: out of memory");
+        return 1;
+    }
+    a.data = b.data;
+    a.lens = lens;
+    int reached = col_send(self, col_encode(self, KVSHM_OP_APPEND, &a), st, msg, mlen);
+    if (reached && *st == KV_OK) {
+        kv_col_cache_discard(self->col);
+        *bytes = b.len;
+    }
+    kv_buf_free(&b);
+    free(lens);
+    return reached;
+}
+
+/* op(col, a), on the own connection or through the writer serving the file
+ * (vault lock held, GIL released); on failure the message is in msg.
+ * Appends into an enabled cache stay here (no commit) until a flush, which
+ * the writer applies when it serves the file; every other write sends the
+ * cache first, as the engine flushes before every other operation. */
+static kv_status col_write(ColHandleObject *self, col_op op, col_args *a, char *msg, size_t mlen)
+{
+    kvpy_route *r = self->vault->route;
+    unsigned rop = col_remote_op(op);
+    /* an append larger than the whole cache is written through (col_cache.c) */
+    int cached = op == op_append && self->cache_cap && col_bytes(self, a) <= self->cache_cap;
+    int drain = !cached;   /* send the cache first */
+    kv_status st = KV_OK;
+    for (int attempt = 0; attempt < COL_ROUTE_ATTEMPTS; attempt++) {
+        size_t drained = 0;
+        if (r && r->via_writer && drain) {
+            if (!col_drain(self, &drained, &st, msg, mlen))
+                continue;
+            if (st != KV_OK)
+                return st;
+            if (rop && !cached) {
+                if (!col_send(self, col_encode(self, rop, a), &st, msg, mlen))
+                    continue;
+                return st;
+            }
+        }
+        size_t before = cached ? kv_col_cache_pending(self->col) : 0;
+        st = op(self->col, a);
+        a->flushed += drained;
+        if (st == KV_OK || !cv_refused(self->vault, msg, mlen))
+            return st;
+        /* a flush of the cache was refused: it goes to the writer, with the
+         * elements of a cached append unless they are in it already */
+        drain = 1;
+        if (cached && kv_col_cache_pending(self->col) == before + a->n)
+            op = op_cache_flush;
+        if (op == op_cache_flush)
+            rop = cached = 0;
+    }
+    r->guard.bypass = 1;   /* the writer came and went under every attempt */
+    st = op(self->col, a);
+    r->guard.bypass = 0;
+    if (st != KV_OK)
+        snprintf(msg, mlen, "%s", kv_colvault_errmsg(self->vault->cv));
+    return st;
+}
+
+/* Flush the cache through col_write (GIL held, vault lock held; errors
+ * dropped, as a closing column's flush). */
+static void col_flush_routed(ColHandleObject *self)
+{
+    col_args a = {0};
+    char msg[1024];
+    Py_BEGIN_ALLOW_THREADS
+    col_write(self, op_cache_flush, &a, msg, sizeof msg);
+    Py_END_ALLOW_THREADS
+}
+
+/* Runs op(col, a) with the GIL released (col_write); a failure raises for
+ * `what` (kvpy_col_raise). 0, or -1 with the exception. Inline, so each
+ * call site calls its op directly. */
 static inline int col_call(ColHandleObject *self, col_op op, col_args *a, const char *what)
 {
     kv_status st;
+    char msg[1024] = "";
     if (h_enter(self) < 0)
         return -1;
     Py_BEGIN_ALLOW_THREADS
-    st = op(self->col, a);
+    st = col_write(self, op, a, msg, sizeof msg);
     Py_END_ALLOW_THREADS
     if (st != KV_OK)
-        H_ERR(self, st, what);
+        col_handle_raise_msg(self, msg, st, what);
     cv_leave(self->vault);
     return st != KV_OK ? -1 : 0;
 }

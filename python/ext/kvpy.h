@@ -214,8 +214,29 @@ typedef struct kvpy_store_remote {
 } kvpy_store_remote;
 
 /** Where a store's writes go (store_py.c): its own connection, or the
- *  writer serving the file. */
-typedef struct kvpy_route kvpy_route;
+ *  writer serving the file. The engine handle's commit guard asks whether
+ *  a writer serves the file (kv_exec_served) whenever another connection
+ *  committed since its last look; a refused commit (rolled back, nothing
+ *  changed) sends the write to the writer, and later writes follow until
+ *  the writer is gone. Used by the stores and by ColumnVault (col_py.c). */
+typedef struct kvpy_route {
+    struct kv_exec *ex;      /* connection to the writer (made at first use) */
+    kv_commit_guard guard;   /* on the engine handle */
+    int via_writer;          /* writes go to the writer */
+    kv_buf op;               /* the encoded operation of the current write */
+} kvpy_route;
+
+/** A route for the file at `path` (unless KVAULT_SHARED is "off"; a path
+ *  without a registry, ":memory:", gets none): *out, or NULL. Install
+ *  &(*out)->guard on the engine handle. 0, or -1 with MemoryError. */
+int kvpy_route_new(const char *path, kvpy_route **out);
+/** Free a route (NULL is a no-op); its guard must be off every handle. */
+void kvpy_route_free(kvpy_route *r);
+/** Send the operation in r->op (GIL released). 1 when a writer answered:
+ *  *st its status, *res and *rlen its result, and on failure its message in
+ *  msg; 0 when none serves the file now (r->via_writer cleared). */
+int kvpy_route_send(kvpy_route *r, size_t result_max, kv_status *st, const uint8_t **res,
+                    size_t *rlen, char *msg, size_t mlen);
 
 /** First members of a store object (embed as the struct's first line). */
 #define KVPY_STORE_HEAD                                                              \

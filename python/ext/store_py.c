@@ -88,18 +88,6 @@ static int store_enter(kvpy_store *s)
 /* Routing writes to the writer serving the file                          */
 /* ====================================================================== */
 
-/* Where a store's writes go. The engine handle's commit guard asks whether
- * a writer serves the file (kv_exec_served: registry locked and ready)
- * whenever another connection committed since its last look; a refused
- * commit (rolled back, nothing changed) sends the write to the writer, and
- * later writes follow until the writer is gone. */
-struct kvpy_route {
-    kv_exec *ex;             /* connection to the writer (made at first use) */
-    kv_commit_guard guard;   /* on the engine handle */
-    int via_writer;          /* writes go to the writer */
-    kv_buf op;               /* the encoded operation of the current write */
-};
-
 /* Writes one call may try: the own connection, the writer, the own
  * connection again when the writer went away meanwhile. */
 #define ROUTE_ATTEMPTS 3
@@ -116,7 +104,7 @@ static void route_guard(kvpy_store *s)
         s->kind->set_guard(s->h, &s->route->guard);
 }
 
-static void route_free(kvpy_route *r)
+void kvpy_route_free(kvpy_route *r)
 {
     if (!r)
         return;
@@ -125,15 +113,16 @@ static void route_free(kvpy_route *r)
     PyMem_RawFree(r);
 }
 
-int kvpy_store_route_open(kvpy_store *s)
+int kvpy_route_new(const char *path, kvpy_route **out)
 {
     const char *mode = getenv("KVAULT_SHARED");
+    *out = NULL;
     if (mode && !strcmp(mode, "off"))
         return 0;
     kv_exec *ex = NULL;
     kv_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = kv_exec_open(s->path, &ex);
+    st = kv_exec_open(path, &ex);
     Py_END_ALLOW_THREADS
     if (st == KV_NOMEM) {
         PyErr_NoMemory();
@@ -151,9 +140,30 @@ int kvpy_store_route_open(kvpy_store *s)
     kv_buf_init(&r->op);
     r->guard.check = route_check;
     r->guard.ctx = r;
-    s->route = r;
+    *out = r;
+    return 0;
+}
+
+int kvpy_store_route_open(kvpy_store *s)
+{
+    if (kvpy_route_new(s->path, &s->route) < 0)
+        return -1;
     route_guard(s);
     return 0;
+}
+
+int kvpy_route_send(kvpy_route *r, size_t result_max, kv_status *st, const uint8_t **res,
+                    size_t *rlen, char *msg, size_t mlen)
+{
+    int reached;
+    *st = kv_exec_call(r->ex, r->op.data, r->op.len, result_max, res, rlen, &reached);
+    if (!reached) {   /* no writer serves the file now: the own connection */
+        r->via_writer = 0;
+        return 0;
+    }
+    if (*st != KV_OK)
+        snprintf(msg, mlen, "%s", kv_exec_errmsg(r->ex));
+    return 1;
 }
 
 /* Encode the write `rw` of ctx as one operation in r->op. */
@@ -180,22 +190,16 @@ static kv_status route_run(kvpy_store *s, kvpy_store_op op, void *ctx,
         if (r && r->via_writer) {
             const uint8_t *res;
             size_t rlen;
-            int reached;
             if ((st = route_encode(s, r, rw, ctx)) != KV_OK) {
                 snprintf(msg, mlen, "%s: operation too large to send to the writer",
                          s->kind->name);
                 return st;
             }
-            st = kv_exec_call(r->ex, r->op.data, r->op.len, rw->result_max ? rw->result_max(ctx) : 8,
-                              &res, &rlen, &reached);
-            if (!reached) {   /* no writer serves the file now: the own connection */
-                r->via_writer = 0;
+            if (!kvpy_route_send(r, rw->result_max ? rw->result_max(ctx) : 8, &st, &res, &rlen,
+                                 msg, mlen))
                 continue;
-            }
             if (st == KV_OK && rw->result && (st = rw->result(ctx, res, rlen)) != KV_OK)
                 snprintf(msg, mlen, "%s: malformed reply of the writer", s->kind->name);
-            else if (st != KV_OK)
-                snprintf(msg, mlen, "%s", kv_exec_errmsg(r->ex));
             return st;
         }
         st = op(s->h, ctx);
@@ -290,7 +294,7 @@ void kvpy_store_finalize(kvpy_store *s)
      * must not take a reference to this dying object */
     kvpy_fork_untrack(&s->fork);
     store_detach(s);
-    route_free(s->route);
+    kvpy_route_free(s->route);
     s->route = NULL;
     free(s->path);
     free(s->table);

@@ -199,3 +199,118 @@ Test(shm_ops, exec_request_sizes)
     memcpy(pkt, &m, sizeof m);
     cr_assert_eq(kvshm_msg_parse(pkt, sizeof m, &out, &pl, &why), -1);
 }
+
+/* A column operation (chunk bounds 128 KiB .. 16 MiB), at its arguments:
+ * col_id 3, idx_id `idx` (0: a fixed column) unless `vault_op`. */
+static void begin_column(kvshm_op_enc *e, kv_buf *b, unsigned op, int64_t idx, int vault_op)
+{
+    kvshm_op_begin(e, b, KVSHM_OPC_COLUMN, op, "col_meta");
+    kvshm_op_add_i64(e, 131072);
+    kvshm_op_add_i64(e, 16777216);
+    kvshm_op_args(e);
+    if (vault_op)
+        return;
+    kvshm_op_add_i64(e, 3);
+    kvshm_op_add_i64(e, idx);
+}
+
+static int decodes(const kv_buf *b)
+{
+    const char *why = NULL;
+    return kvshm_op_decode(b->data, b->len, &g_op, &why) == 0;
+}
+
+Test(shm_ops, column_shapes)
+{
+    kv_buf b;
+    kvshm_op_enc e;
+    /* create and drop: names without NUL */
+    kv_buf_init(&b);
+    begin_column(&e, &b, KVSHM_OP_COL_CREATE, 0, 1);
+    kvshm_op_add(&e, "prices", 6);
+    kvshm_op_add(&e, "i64", 3);
+    kvshm_op_add_i64(&e, 8);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert(decodes(&b));
+    cr_assert_eq(g_op.cls, KVSHM_OPC_COLUMN);
+    cr_assert_eq(kvshm_op_i64(&g_op.open[1], NULL), 16777216);
+    b.len = 0;
+    begin_column(&e, &b, KVSHM_OP_COL_CREATE, 0, 1);
+    kvshm_op_add(&e, "a\0b", 3);
+    kvshm_op_add(&e, "i64", 3);
+    kvshm_op_add_i64(&e, 8);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert(!decodes(&b));
+    b.len = 0;
+    begin_column(&e, &b, KVSHM_OP_COL_DROP, 0, 1);
+    kvshm_op_add(&e, "prices", 6);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert(decodes(&b));
+    /* append to a fixed column: col_id, idx_id 0, the elements */
+    b.len = 0;
+    begin_column(&e, &b, KVSHM_OP_APPEND, 0, 0);
+    kvshm_op_add(&e, "0123456701234567", 16);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert(decodes(&b));
+    cr_assert_eq(g_op.args[2].len, 16);
+    /* append to a pair: element lengths must cover the bytes exactly */
+    size_t lens[2] = {3, 2};
+    b.len = 0;
+    begin_column(&e, &b, KVSHM_OP_APPEND, 4, 0);
+    kvshm_op_add(&e, "abcde", 5);
+    kvshm_op_add(&e, lens, sizeof lens);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert(decodes(&b));
+    int64_t four = 4;
+    memcpy(b.data + b.len - 8, &four, 8);
+    cr_assert(!decodes(&b));
+    /* a pair without lengths, a fixed column with them */
+    b.len = 0;
+    begin_column(&e, &b, KVSHM_OP_APPEND, 4, 0);
+    kvshm_op_add(&e, "abcde", 5);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert(!decodes(&b));
+    b.len = 0;
+    begin_column(&e, &b, KVSHM_OP_APPEND, 0, 0);
+    kvshm_op_add(&e, "abcde", 5);
+    kvshm_op_add(&e, lens, sizeof lens);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert(!decodes(&b));
+    /* write, insert, delete, clear */
+    b.len = 0;
+    begin_column(&e, &b, KVSHM_OP_WRITE, 4, 0);
+    kvshm_op_add_i64(&e, 7);
+    kvshm_op_add(&e, "abcde", 5);
+    kvshm_op_add(&e, lens, sizeof lens);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert(decodes(&b));
+    b.len = 0;
+    begin_column(&e, &b, KVSHM_OP_INSERT, 0, 0);
+    kvshm_op_add_i64(&e, 0);
+    kvshm_op_add(&e, "01234567", 8);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert(decodes(&b));
+    b.len = 0;
+    begin_column(&e, &b, KVSHM_OP_DELETE, 0, 0);
+    kvshm_op_add(&e, "idx", 3);   /* not an i64 */
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert(!decodes(&b));
+    b.len = 0;
+    begin_column(&e, &b, KVSHM_OP_CLEAR, 0, 0);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert(decodes(&b));
+    /* operations of other classes, open parameters of another shape */
+    b.len = 0;
+    begin_column(&e, &b, KVSHM_OP_INSERT_MANY, 0, 0);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert(!decodes(&b));
+    b.len = 0;
+    kvshm_op_begin(&e, &b, KVSHM_OPC_COLUMN, KVSHM_OP_CLEAR, "col_meta");
+    kvshm_op_add_i64(&e, 131072);
+    kvshm_op_args(&e);
+    kvshm_op_add_i64(&e, 3);
+    kvshm_op_add_i64(&e, 0);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert(!decodes(&b));
+    kv_buf_free(&b);
+}

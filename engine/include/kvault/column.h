@@ -276,6 +276,28 @@ KV_API int kv_col_cache_enabled(kv_col *col);
 /** Seconds since the last cached append (or since enabling); 0 when off. */
 KV_API double kv_col_cache_idle_s(kv_col *col);
 
+/** Elements waiting in the cache (0 when off). */
+KV_API size_t kv_col_cache_pending(kv_col *col);
+
+/** Copy the cached appends out, the cache unchanged: their bytes back to
+ *  back are appended to `data`, their count goes to *n, and for a
+ *  variable-size column *lens gets a malloc'd array of their byte lengths
+ *  (NULL for a fixed one; the caller frees it). With kv_col_cache_discard,
+ *  for a caller that writes them elsewhere (the writer serving the file;
+ *  it keeps other calls on the column out in between). @return KV_OK or
+ *  KV_NOMEM. */
+KV_API kv_status kv_col_cache_copy(kv_col *col, kv_buf *data, size_t **lens, size_t *n);
+
+/** Empty the cache (it stays on) without writing it. */
+KV_API void kv_col_cache_discard(kv_col *col);
+
+/** kv_db_set_commit_guard on the vault's connection: `g` (NULL removes it)
+ *  runs in every write transaction of `cv` and its columns that commits; a
+ *  refused commit makes the write fail (rolled back, nothing changed; a
+ *  failed cache flush keeps the cache) with g->refused set. `g` must
+ *  outlive the guard. Under the vault's mutex. */
+KV_API void kv_colvault_set_commit_guard(kv_colvault *cv, kv_commit_guard *g);
+
 /** Vault-wide cache lock flag (docs/api.md §6.1 lock_cache): only background
  *  flushers consult it (kv_colvault_cache_locked); manual flushes ignore it. */
 KV_API void kv_colvault_cache_lock(kv_colvault *cv, int locked);

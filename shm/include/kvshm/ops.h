@@ -4,7 +4,7 @@
  * docs/shared-mode.md, "Every class through the writer").
  *
  * The writer owns every write to its file. A store other than the served
- * KV table (TextVault, VectorKVault; ColumnVault next) sends each write as
+ * KV table (TextVault, VectorKVault, ColumnVault) sends each write as
  * one operation: the class, the operation, the table, the parameters the
  * writer needs to open its own engine handle on that table, then the
  * engine-level arguments. The writer applies it with the same engine call
@@ -38,6 +38,19 @@
  *                  values back to back                         -> i64 ids[n]
  *          UPDATE  args: id, vector|ABSENT, value|ABSENT       -> (empty)
  *          DELETE  args: id                                    -> u8 removed
+ *   COLUMN table:  col_meta (the vault's tables are fixed)
+ *          open:   min_chunk_bytes, max_chunk_bytes (i64 each)
+ *          COL_CREATE args: name, dtype, elem_size (i64; 0: variable-size
+ *                  pair <name>_data/<name>_idx)                -> (empty)
+ *          COL_DROP args: name                                 -> u8 deleted
+ *          A column is named by col_id and idx_id (i64 each; idx_id 0:
+ *          a fixed column, else the _data and _idx col_ids of a pair):
+ *          APPEND  args: col_id, idx_id, elements back to back, then for
+ *                  a pair their lengths (n i64)                -> (empty)
+ *          WRITE   args: col_id, idx_id, start, elements[, lengths] -> (empty)
+ *          INSERT  args: col_id, idx_id, index, element        -> (empty)
+ *          DELETE  args: col_id, idx_id, index                 -> (empty)
+ *          CLEAR   args: col_id, idx_id                        -> (empty)
  *
  * Layering: pure byte handling; encoding appends to an engine kv_buf.
  */
@@ -61,6 +74,7 @@
 /* classes */
 #define KVSHM_OPC_TEXT   1u
 #define KVSHM_OPC_VECTOR 2u
+#define KVSHM_OPC_COLUMN 3u
 
 /* operations */
 #define KVSHM_OP_INSERT      1u
@@ -68,6 +82,10 @@
 #define KVSHM_OP_DELETE      3u
 #define KVSHM_OP_CLEAR       4u
 #define KVSHM_OP_INSERT_MANY 5u
+#define KVSHM_OP_COL_CREATE  6u
+#define KVSHM_OP_COL_DROP    7u
+#define KVSHM_OP_APPEND      8u
+#define KVSHM_OP_WRITE       9u
 
 /* One field of a decoded operation: `len` bytes at `p` (into the decoded
  * buffer), or absent (p NULL, len 0). */
