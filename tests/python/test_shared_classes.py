@@ -385,17 +385,20 @@ def test_writer_killed_without_restart_continues_embedded(tmp_path):
     tv.close()
 
 
-def _insert_loop(db, n, conn):
-    """Insert n documents and n vectors as fast as possible; report the ids
-    and any failure."""
+def _insert_loop(db, conn):
+    """Insert documents and vectors as fast as possible until the parent
+    says stop; report the ids and any failure."""
     tv = TextVault(db)
     vk = VectorKVault(db, dimensions=2)
     out = []
     try:
-        for i in range(n):
+        i = 0
+        while not (i % 16 == 0 and conn.poll()):
             out.append((tv.insert(f"doc number{i}", i), vk.insert([i, 1], i)))
             if i == 10:
                 conn.send("writing")
+            i += 1
+        conn.recv()
         conn.send(out)
     except Exception as exc:  # reported to the test, which asserts on it
         conn.send(repr(exc))
@@ -409,10 +412,9 @@ def test_writers_starting_and_stopping_under_a_writing_process(tmp_path):
     db = str(tmp_path / "churn.db")
     TextVault(db).close()
     VectorKVault(db, dimensions=2).close()
-    n = 1500
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    p = ctx.Process(target=_insert_loop, args=(db, n, child))
+    p = ctx.Process(target=_insert_loop, args=(db, child))
     p.start()
     served = 0
     try:
@@ -425,10 +427,13 @@ def test_writers_starting_and_stopping_under_a_writing_process(tmp_path):
                 served += _execs(db)
             finally:
                 w.kill(signal.SIGTERM)
+        time.sleep(0.3)   # and after the last writer stopped
+        parent.send("stop")
         got = parent.recv()
     finally:
         _reap(p)
     assert isinstance(got, list), got
+    n = len(got)
     assert got == [(i + 1, i + 1) for i in range(n)]
     assert served > 0, "the writers served none of the writes"
     tv = TextVault(db)
