@@ -1,13 +1,15 @@
 /*
  * fuzz_registry.c -- libFuzzer target for the text and record formats of
  * shm/proto.c that cross a process boundary: the registry file `<db>-kvault`
- * (kvshm_registry_field, kvshm_registry_layout_ok, kvshm_registry_format)
+ * (kvshm_registry_field, kvshm_registry_layout_ok, kvshm_registry_format,
+ * kvshm_registry_complete)
  * and the submission ring's key records (kvshm_keyrec_encode / _decode).
  *
  * Input: a field name, NUL, the registry text, NUL, then a record payload.
  * Checks: a field found is NUL-terminated, shorter than the buffer, free of
  * newlines, and is the value of a line `name=value` of the text; a registry
- * formatted from values without newlines reads back field by field; a key
+ * formatted from values without newlines reads back field by field and is
+ * complete; the completeness check of any text only ever shortens it; a key
  * record encoded from the input's bytes decodes to the same key and value;
  * decoding the raw payload yields a key of 1..KVSHM_MAX_KEY bytes and a
  * value inside the payload.
@@ -75,6 +77,7 @@ static void format_roundtrip(const char *text)
     CHECK(kvshm_registry_field(buf, "generation", v, sizeof v) == 0 && !strcmp(v, want));
     snprintf(want, sizeof want, "%d", reg.pid);
     CHECK(kvshm_registry_field(buf, "pid", v, sizeof v) == 0 && !strcmp(v, want));
+    CHECK(kvshm_registry_complete(buf) == 1 && strlen(buf) == (size_t)n);
     CHECK(kvshm_registry_format(&reg, buf, (size_t)n) == -1);   /* no room for the NUL */
 }
 
@@ -100,6 +103,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                          "segment", "slots", "socket", "state"};
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) field_check(text, fields[i], 64);
     format_roundtrip(text);
+    size_t before = strlen(text);
+    if (kvshm_registry_complete(text)) CHECK(strlen(text) <= before);
+    else CHECK(strlen(text) == before);
 
     /* key records: the raw payload, then an encode/decode round trip */
     const uint8_t *key, *val;
