@@ -61,6 +61,7 @@ struct kv_att {
     uint64_t hits, misses, hits_rep, misses_rep;
     uint64_t hits_above;   /* hits served above this layer (kv_att_add_hits) */
     int stopped;                /* the writer stopped cleanly; the ring was committed here */
+    int died;                   /* ... or died: this handle replayed it (kv_attach_recover) */
     kv_commit_guard guard;      /* on db: refuses a commit while a writer holds the registry */
     char err[512];
 };
@@ -340,6 +341,18 @@ static int registry_stopped(const char *reg_path, uint64_t gen)
            g == gen && !strcmp(state, "stopped");
 }
 
+/* 1 if the writer of generation `gen` is dead: nobody holds the registry
+ * lock (neither a writer nor a recovering client), the text still names
+ * generation `gen` and it did not stop cleanly. */
+static int registry_dead(const char *reg_path, uint64_t gen)
+{
+    int locked = 1;
+    uint64_t g = 0;
+    char state[16], tbl[136];
+    return registry_peek(reg_path, &locked, &g, state, sizeof state, tbl, sizeof tbl) &&
+           !locked && g == gen && strcmp(state, "stopped") != 0;
+}
+
 /* Commit guard of the own connection (kv_db_set_commit_guard). */
 static int guard_check(void *ctx)
 {
@@ -514,7 +527,9 @@ static kv_status commit_ring_here(kv_att *a)
  * a newer one and re-attach with the same ring. With continue_on_stop, a
  * writer that stopped cleanly ends the wait at once: the ring's records
  * are committed here (commit_ring_here) and the handle is stopped
- * (kv_att_stopped; KV_IO returned). */
+ * (kv_att_stopped; KV_IO returned). So does a dead writer (registry lock
+ * free, checked every 20 ms of the wait) once this handle replayed its
+ * applied records (kv_attach_recover) or another process did. */
 static kv_status reattach_within(kv_att *a, int timeout_ms)
 {
     uint64_t old = a->generation;
@@ -527,14 +542,28 @@ static kv_status reattach_within(kv_att *a, int timeout_ms)
             st = connect_writer(a, &ri);
             if (st == KV_OK) {
                 a->stopped = 0;
+                a->died = 0;
                 return KV_OK;
             }
         }
-        if (a->stopped || (a->o.continue_on_stop && registry_stopped(a->reg_path, old))) {
+        int dead = 0;
+        if (!a->stopped && a->o.continue_on_stop && registry_dead(a->reg_path, old)) {
+            /* no successor holds the registry: replay the dead writer's
+             * applied records once (which marks it stopped), before the
+             * ring's later records are committed below */
+            char rerr[256] = "";
+            st = kv_attach_recover(a->db_path, a->table, 0, NULL, rerr, sizeof rerr);
+            if (st != KV_OK && st != KV_BUSY) return fail(a, st, "recover: %s", rerr);
+            dead = st == KV_OK;
+            a->died |= dead;
+        }
+        if (a->stopped || dead ||
+            (a->o.continue_on_stop && registry_stopped(a->reg_path, old))) {
             st = commit_ring_here(a);   /* also what was pushed since it stopped */
             if (st == KV_OK) {
                 a->stopped = 1;
-                return fail(a, KV_IO, "writer of %s stopped", a->db_path);
+                return fail(a, KV_IO, "writer of %s %s", a->db_path,
+                            a->died ? "died" : "stopped");
             }
             if (st != KV_BUSY) return st;   /* KV_BUSY: a new writer is starting */
         }
@@ -681,7 +710,7 @@ fail:
 }
 
 const char *kv_att_errmsg(const kv_att *a) { return a ? a->err : ""; }
-int kv_att_stopped(const kv_att *a) { return a->stopped; }
+int kv_att_stopped(const kv_att *a) { return a->stopped ? 1 + a->died : 0; }
 uint64_t kv_att_generation(const kv_att *a) { return a->generation; }
 
 uint64_t kv_att_key_hash(const void *key, size_t klen) { return kvshm_key_hash(key, klen); }

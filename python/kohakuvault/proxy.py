@@ -1170,15 +1170,17 @@ def _attach(path, table, shared):
     if shared == "spawn" and path != ":memory:" and not path.startswith("file:") \
             and not _kvault._attach_served(path, table):
         _spawn_writer(path, table)
+    # route 2: "spawn" also replaces a writer that dies under the object
+    route = 2 if shared == "spawn" else auto
     if _kvault._attach_served(path, table):
-        return True, auto
+        return True, route
     if shared is True:
         raise KohakuVaultError(
             f"shared=True: no kvault-writer serves {path!r} (table {table!r}); "
             f"start one with `kvault-launch serve {path}"
             + (f" --table {table}`" if table != "kv" else "`")
         )
-    return False, True
+    return False, route
 
 
 def _tell(stream):
