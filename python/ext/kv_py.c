@@ -287,12 +287,12 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
         return -1;
     }
     Py_XSETREF(self->path, PyUnicode_DecodeFSDefaultAndSize(path, PyBytes_GET_SIZE(pathb)));
-    Py_DECREF(pathb);
     Py_XSETREF(self->table, PyUnicode_FromString(o.table));
     kvhot *hot = NULL;
     if (self->path && self->table && ops->hot_new && read_cache > 0)
         hot = ops->hot_new(h, (size_t)read_cache);
     if (!self->path || !self->table || (ops->hot_new && read_cache > 0 && !hot)) {
+        Py_DECREF(pathb);
         ops->close(h);
         return -1;
     }
@@ -304,6 +304,7 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
     self->cpath = strdup(path);
     self->ctable = strdup(o.table);
     self->reg = kvb_attached_registry(path);
+    Py_DECREF(pathb);   /* `path` points into it */
     self->o = o;
     self->o.table = self->ctable;
     /* every embedded object is guarded (a dead writer's records first,
