@@ -528,13 +528,21 @@ static kv_status commit_ring_here(kv_att *a)
  * writer that stopped cleanly ends the wait at once: the ring's records
  * are committed here (commit_ring_here) and the handle is stopped
  * (kv_att_stopped; KV_IO returned). So does a dead writer (registry lock
- * free, checked every 20 ms of the wait) once this handle replayed its
- * applied records (kv_attach_recover) or another process did. */
+ * free, checked every 20 ms of the wait, for TAKEOVER_GRACE_MS) once this
+ * handle replayed its applied records (kv_attach_recover) or another
+ * process did. */
+/* How long a dead writer's registry lock stays free before a handle with
+ * continue_on_stop takes over: a supervisor (kvault-launch) restarts a dead
+ * writer at once and its replacement takes the lock first thing, so it
+ * wins the race; the figure keeps the take-over within 1 s of the death. */
+#define TAKEOVER_GRACE_MS 250
+
 static kv_status reattach_within(kv_att *a, int timeout_ms)
 {
     uint64_t old = a->generation;
     disconnect(a);
     uint64_t deadline = now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
+    uint64_t free_since = 0;   /* when the registry lock was first seen free */
     kv_status st = KV_IO;
     for (;;) {
         reg_info ri;
@@ -547,10 +555,14 @@ static kv_status reattach_within(kv_att *a, int timeout_ms)
             }
         }
         int dead = 0;
-        if (!a->stopped && a->o.continue_on_stop && registry_dead(a->reg_path, old)) {
-            /* no successor holds the registry: replay the dead writer's
-             * applied records once (which marks it stopped), before the
-             * ring's later records are committed below */
+        if (a->stopped || !a->o.continue_on_stop || !registry_dead(a->reg_path, old)) {
+            free_since = 0;
+        } else if (!free_since) {
+            free_since = now_ms();
+        } else if (now_ms() - free_since >= TAKEOVER_GRACE_MS) {
+            /* no successor took the registry within the grace: replay the
+             * dead writer's applied records once (which marks it stopped),
+             * before the ring's later records are committed below */
             char rerr[256] = "";
             st = kv_attach_recover(a->db_path, a->table, 0, NULL, rerr, sizeof rerr);
             if (st != KV_OK && st != KV_BUSY) return fail(a, st, "recover: %s", rerr);
