@@ -532,10 +532,11 @@ static kv_status commit_ring_here(kv_att *a)
  * handle replayed its applied records (kv_attach_recover) or another
  * process did. */
 /* How long a dead writer's registry lock stays free before a handle with
- * continue_on_stop takes over: a supervisor (kvault-launch) restarts a dead
- * writer at once and its replacement takes the lock first thing, so it
- * wins the race; the figure keeps the take-over within 1 s of the death. */
-#define TAKEOVER_GRACE_MS 250
+ * continue_on_stop takes over: kvault-launch notices a dead writer within
+ * its 100 ms poll and restarts it, and the replacement takes the lock
+ * first thing, so a supervised restart wins; the figure keeps the
+ * take-over within 1 s of noticing. */
+#define TAKEOVER_GRACE_MS 500
 
 static kv_status reattach_within(kv_att *a, int timeout_ms)
 {

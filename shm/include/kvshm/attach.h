@@ -50,7 +50,7 @@ typedef struct kv_attach_opts {
                                      commits its ring's unapplied records through its own
                                      connection and is stopped (kv_att_stopped); so
                                      does a writer that died (registry lock free for
-                                     250 ms: no successor took over): the handle
+                                     500 ms: no successor took over): the handle
                                      first replays its applied
                                      records (kv_attach_recover); default 0 */
     kv_open_opts db;            /**< options of the process's own SQLite connection */
