@@ -632,11 +632,12 @@ def test_spawn_replaces_a_killed_writer_within_a_second(tmp_path, monkeypatch):
 
 
 @needs_writer
-def test_auto_continues_embedded_after_a_killed_writer(tmp_path):
+def test_auto_continues_embedded_after_a_killed_writer(tmp_path, monkeypatch):
     """shared="auto", its writer killed -9 with applied, uncommitted
     records and nobody restarts it: the next put continues embedded within
     about a second, after replaying the dead writer's records once (an
     overwritten key keeps the newer value; a later open replays nothing)."""
+    monkeypatch.delenv("KVAULT_SHARED", raising=False)   # "auto", also in the spawn pass
     db = str(tmp_path / "autokill.db")
     w = Writer(db, "--commit-interval-ms", "3600000")
     try:
