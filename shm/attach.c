@@ -331,14 +331,15 @@ kv_status kv_attach_recover(const char *db_path, const char *table, int wait_ms,
 }
 
 /* 1 if the writer of generation `gen` stopped cleanly (state=stopped: it
- * committed everything it applied) and no newer writer is named. */
+ * committed everything it applied) and no newer writer is named, or a
+ * newer one did and stopped too (its lock is free). */
 static int registry_stopped(const char *reg_path, uint64_t gen)
 {
     int locked = 0;
     uint64_t g = 0;
     char state[16], tbl[136];
     return registry_peek(reg_path, &locked, &g, state, sizeof state, tbl, sizeof tbl) &&
-           g == gen && !strcmp(state, "stopped");
+           (g == gen || (g > gen && !locked)) && !strcmp(state, "stopped");
 }
 
 /* 1 if the writer of generation `gen` is dead: nobody holds the registry
