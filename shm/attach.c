@@ -61,6 +61,7 @@ struct kv_att {
     uint64_t hits, misses, hits_rep, misses_rep;
     uint64_t hits_above;   /* hits served above this layer (kv_att_add_hits) */
     int stopped;                /* the writer stopped cleanly; the ring was committed here */
+    int died;                   /* ... or died: this handle replayed it (kv_attach_recover) */
     kv_commit_guard guard;      /* on db: refuses a commit while a writer holds the registry */
     char err[512];
 };
@@ -346,14 +347,27 @@ kv_status kv_attach_recover(const char *db_path, const char *table, int wait_ms,
 }
 
 /* 1 if the writer of generation `gen` stopped cleanly (state=stopped: it
- * committed everything it applied) and no newer writer is named. */
+ * committed everything it applied) and no newer writer is named, or a
+ * newer one did and stopped too (its lock is free). */
 static int registry_stopped(const char *reg_path, uint64_t gen)
 {
     int locked = 0;
     uint64_t g = 0;
     char state[16], tbl[136];
     return registry_peek(reg_path, &locked, &g, state, sizeof state, tbl, sizeof tbl) &&
-           g == gen && !strcmp(state, "stopped");
+           (g == gen || (g > gen && !locked)) && !strcmp(state, "stopped");
+}
+
+/* 1 if the writer of generation `gen` is dead: nobody holds the registry
+ * lock (neither a writer nor a recovering client), the text still names
+ * generation `gen` and it did not stop cleanly. */
+static int registry_dead(const char *reg_path, uint64_t gen)
+{
+    int locked = 1;
+    uint64_t g = 0;
+    char state[16], tbl[136];
+    return registry_peek(reg_path, &locked, &g, state, sizeof state, tbl, sizeof tbl) &&
+           !locked && g == gen && strcmp(state, "stopped") != 0;
 }
 
 /* Commit guard of the own connection (kv_db_set_commit_guard). */
@@ -530,12 +544,23 @@ static kv_status commit_ring_here(kv_att *a)
  * a newer one and re-attach with the same ring. With continue_on_stop, a
  * writer that stopped cleanly ends the wait at once: the ring's records
  * are committed here (commit_ring_here) and the handle is stopped
- * (kv_att_stopped; KV_IO returned). */
+ * (kv_att_stopped; KV_IO returned). So does a dead writer (registry lock
+ * free, checked every 20 ms of the wait, for TAKEOVER_GRACE_MS) once this
+ * handle replayed its applied records (kv_attach_recover) or another
+ * process did. */
+/* How long a dead writer's registry lock stays free before a handle with
+ * continue_on_stop takes over: kvault-launch notices a dead writer within
+ * its 100 ms poll and restarts it, and the replacement takes the lock
+ * first thing, so a supervised restart wins; the figure keeps the
+ * take-over within 1 s of noticing. */
+#define TAKEOVER_GRACE_MS 500
+
 static kv_status reattach_within(kv_att *a, int timeout_ms)
 {
     uint64_t old = a->generation;
     disconnect(a);
     uint64_t deadline = now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
+    uint64_t free_since = 0;   /* when the registry lock was first seen free */
     kv_status st = KV_IO;
     for (;;) {
         reg_info ri;
@@ -543,14 +568,32 @@ static kv_status reattach_within(kv_att *a, int timeout_ms)
             st = connect_writer(a, &ri);
             if (st == KV_OK) {
                 a->stopped = 0;
+                a->died = 0;
                 return KV_OK;
             }
         }
-        if (a->stopped || (a->o.continue_on_stop && registry_stopped(a->reg_path, old))) {
+        int dead = 0;
+        if (a->stopped || !a->o.continue_on_stop || !registry_dead(a->reg_path, old)) {
+            free_since = 0;
+        } else if (!free_since) {
+            free_since = now_ms();
+        } else if (now_ms() - free_since >= TAKEOVER_GRACE_MS) {
+            /* no successor took the registry within the grace: replay the
+             * dead writer's applied records once (which marks it stopped),
+             * before the ring's later records are committed below */
+            char rerr[256] = "";
+            st = kv_attach_recover(a->db_path, a->table, 0, NULL, rerr, sizeof rerr);
+            if (st != KV_OK && st != KV_BUSY) return fail(a, st, "recover: %s", rerr);
+            dead = st == KV_OK;
+            a->died |= dead;
+        }
+        if (a->stopped || dead ||
+            (a->o.continue_on_stop && registry_stopped(a->reg_path, old))) {
             st = commit_ring_here(a);   /* also what was pushed since it stopped */
             if (st == KV_OK) {
                 a->stopped = 1;
-                return fail(a, KV_IO, "writer of %s stopped", a->db_path);
+                return fail(a, KV_IO, "writer of %s %s", a->db_path,
+                            a->died ? "died" : "stopped");
             }
             if (st != KV_BUSY) return st;   /* KV_BUSY: a new writer is starting */
         }
@@ -697,7 +740,7 @@ fail:
 }
 
 const char *kv_att_errmsg(const kv_att *a) { return a ? a->err : ""; }
-int kv_att_stopped(const kv_att *a) { return a->stopped; }
+int kv_att_stopped(const kv_att *a) { return a->stopped ? 1 + a->died : 0; }
 uint64_t kv_att_generation(const kv_att *a) { return a->generation; }
 
 uint64_t kv_att_key_hash(const void *key, size_t klen) { return kvshm_key_hash(key, klen); }

@@ -187,7 +187,9 @@ typedef struct kvb_ops {
      *  NULL removes it). NULL entry: the backend does not commit itself. */
     void (*set_guard)(void *h, kv_commit_guard *g);
     /** 1 when the writer stopped cleanly and the handle committed what it
-     *  had queued (kv_att_stopped): the object continues embedded. NULL: 0. */
+     *  had queued, 2 when it died and the handle also replayed it
+     *  (kv_att_stopped): the object continues embedded ("spawn" mode: on 2
+     *  it starts a new writer first). NULL: 0. */
     int (*stopped)(const void *h);
 
     /* ---- hot-value cache (kv_hot.h) */

@@ -252,7 +252,7 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
     PyObject *write_mode = Py_None;
     char err[512] = "";
 
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|snpiLL$npOp", kwlist, PyUnicode_FSConverter,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|snpiLL$npOi", kwlist, PyUnicode_FSConverter,
                                      &pathb, &o.table, &chunk, &o.enable_wal, &o.page_size,
                                      &mmap, &cache_kb, &read_cache, &attach, &write_mode, &route))
         return -1;
@@ -287,12 +287,12 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
         return -1;
     }
     Py_XSETREF(self->path, PyUnicode_DecodeFSDefaultAndSize(path, PyBytes_GET_SIZE(pathb)));
-    Py_DECREF(pathb);
     Py_XSETREF(self->table, PyUnicode_FromString(o.table));
     kvhot *hot = NULL;
     if (self->path && self->table && ops->hot_new && read_cache > 0)
         hot = ops->hot_new(h, (size_t)read_cache);
     if (!self->path || !self->table || (ops->hot_new && read_cache > 0 && !hot)) {
+        Py_DECREF(pathb);
         ops->close(h);
         return -1;
     }
@@ -304,6 +304,7 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
     self->cpath = strdup(path);
     self->ctable = strdup(o.table);
     self->reg = kvb_attached_registry(path);
+    Py_DECREF(pathb);   /* `path` points into it */
     self->o = o;
     self->o.table = self->ctable;
     /* every embedded object is guarded (a dead writer's records first,
@@ -457,6 +458,29 @@ static void kv_swap(KVObject *s, const kvb_ops *ops, void *h)
         PyErr_Clear();   /* the object works without it */
 }
 
+/* `route` of an object opened with shared="spawn": as "auto", and a writer
+ * that died under an attached object is replaced (spawn_writer). */
+#define ROUTE_SPAWN 2
+
+/* Start a writer for the object's file as KVault(shared="spawn") does
+ * (kohakuvault.proxy._spawn_writer: exactly one among racing processes).
+ * GIL held. 1 when it returned, 0 when it raised (cleared: the object then
+ * continues embedded). */
+static int spawn_writer(KVObject *s)
+{
+    PyObject *mod = PyImport_ImportModule("kohakuvault.proxy");
+    PyObject *path = mod ? PyUnicode_DecodeFSDefault(s->cpath) : NULL;
+    PyObject *r = path ? PyObject_CallMethod(mod, "_spawn_writer", "Os", path, s->ctable) : NULL;
+    Py_XDECREF(path);
+    Py_XDECREF(mod);
+    if (!r) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_DECREF(r);
+    return 1;
+}
+
 /* After a call of an object in "auto" mode (lock and GIL held): 1 when the
  * backend was swapped and the call must run again, else 0 (*st may turn
  * into KV_BUSY).
@@ -465,8 +489,10 @@ static void kv_swap(KVObject *s, const kvb_ops *ops, void *h)
  *     a writer holds the registry ("auto" mode) -> attach, waiting up to
  *     ROUTE_WAIT_MS for the writer to be ready; if it goes away instead,
  *     run the call embedded again;
- *   attached, the writer stopped cleanly (its handle committed what it had
- *     queued): continue embedded; run the call again if it failed. */
+ *   attached, the writer stopped cleanly or died (its handle replayed the
+ *     dead writer and committed what it had queued): continue embedded;
+ *     run the call again if it failed. In "spawn" mode a writer that died
+ *     is replaced first (spawn_writer) and the object attaches to it. */
 static int kv_reroute(KVObject *s, kv_status *st)
 {
     void *h = NULL;
@@ -508,8 +534,18 @@ static int kv_reroute(KVObject *s, kv_status *st)
             }
         }
     }
-    if (!s->route || !s->ops->stopped || !s->ops->stopped(s->h))
+    int stopped;
+    if (!s->route || !s->ops->stopped || !(stopped = s->ops->stopped(s->h)))
         return 0;
+    if (s->route == ROUTE_SPAWN && stopped == 2 && spawn_writer(s)) {
+        Py_BEGIN_ALLOW_THREADS
+        ost = kvb_attached.open(s->cpath, &s->o, s->route, &h, err, sizeof err);
+        Py_END_ALLOW_THREADS
+        if (ost == KV_OK) {
+            kv_swap(s, &kvb_attached, h);
+            return *st != KV_OK;
+        }
+    }
     Py_BEGIN_ALLOW_THREADS
     ost = kvb_embedded.open(s->cpath, &s->o, 1, &h, err, sizeof err);
     Py_END_ALLOW_THREADS

@@ -315,7 +315,8 @@ class KVault(Mapping):
     def shared(self) -> bool:
         """Whether the object is attached to a kvault-writer now. With
         ``shared="auto"`` this changes when a writer starts (the next write
-        attaches) or stops cleanly (the object continues embedded); see
+        attaches) or stops cleanly or dies (the object continues embedded,
+        or with ``"spawn"`` attaches to a writer it starts); see
         docs/shared-mode.md."""
         native = self._native
         if native is None or native.closed:
@@ -1153,7 +1154,8 @@ def _attach(path, table, shared):
     embedded object attaches at its first write after a writer started, an
     attached one continues embedded after its writer stopped cleanly.
     ``"spawn"``: as ``"auto"``, after starting a writer when none serves the
-    file (``_spawn_writer``). ``True``: attached, or ``KohakuVaultError``
+    file (``_spawn_writer``), and ``route=2``: a writer that dies under the
+    attached object is replaced (the native object calls ``_spawn_writer``). ``True``: attached, or ``KohakuVaultError``
     when no writer serves the file. ``False``: always embedded.
     ``KVAULT_SHARED`` replaces the default (``_shared_setting``).
     """
@@ -1170,15 +1172,17 @@ def _attach(path, table, shared):
     if shared == "spawn" and path != ":memory:" and not path.startswith("file:") \
             and not _kvault._attach_served(path, table):
         _spawn_writer(path, table)
+    # route 2: "spawn" also replaces a writer that dies under the object
+    route = 2 if shared == "spawn" else auto
     if _kvault._attach_served(path, table):
-        return True, auto
+        return True, route
     if shared is True:
         raise KohakuVaultError(
             f"shared=True: no kvault-writer serves {path!r} (table {table!r}); "
             f"start one with `kvault-launch serve {path}"
             + (f" --table {table}`" if table != "kv" else "`")
         )
-    return False, True
+    return False, route
 
 
 def _tell(stream):

@@ -275,19 +275,21 @@ def test_shared_true_reads_after_stop_and_writes_wait_for_a_new_writer(tmp_path)
 @needs_writer
 def test_auto_reads_survive_a_killed_writer(tmp_path):
     """kill -9 without a restart: reads of an "auto" object keep working
-    (never the 60 s wait); a write waits for the restarted writer, which
-    replays what the dead one applied."""
+    (never the 60 s wait); a write of a shared=True object waits for the
+    restarted writer (an "auto" one continues embedded: the next test)."""
     db = str(tmp_path / "killed.db")
     w = Writer(db, "--commit-interval-ms", "3600000")
     kv = KVault(db)
+    req = KVault(db, shared=True)
     kv["a"] = b"1"  # applied, not committed
     w.kill()
     t0 = time.monotonic()
     assert kv["a"] == b"1"  # still in the dead writer's segment
     assert kv.get("zz") is None
     assert time.monotonic() - t0 < 1.0
-    w = _put_waits_for_next_writer(kv, db, "b", b"2")
+    w = _put_waits_for_next_writer(req, db, "b", b"2")
     try:
+        req.close()
         kv.close()
     finally:
         w.kill(signal.SIGTERM)
@@ -634,3 +636,159 @@ def test_registry_rewritten_in_a_loop_is_never_read_partial(tmp_path):
     finally:
         stop.set()
         _reap(p)
+
+
+# ---- 6. a writer killed -9 that nobody restarts ---------------------------------
+
+
+def _kill_registry_writer(db):
+    """kill -9 the writer named in db's registry; returns once it is gone."""
+    pid = int(_registry(db)["pid"])
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        assert time.monotonic() < deadline, "the killed writer did not go"
+        time.sleep(0.01)
+
+
+def _stop_registry_writer(db):
+    with contextlib.suppress(Exception):
+        reg = _registry(db)
+        if reg.get("state") == "ready":
+            os.kill(int(reg["pid"]), signal.SIGTERM)
+
+
+@needs_writer
+def test_spawn_replaces_a_killed_writer_within_a_second(tmp_path, monkeypatch):
+    """shared="spawn", its writer killed -9 and nobody restarts it: the next
+    put starts a new writer (generation 2) and goes through it within about
+    a second (far from the 60 s restart wait); every acknowledged write is
+    there once, in order (the last value of an overwritten key wins)."""
+    monkeypatch.delenv("KVAULT_LINGER_MS", raising=False)
+    db = str(tmp_path / "spawnkill.db")
+    kv = KVault(db, shared="spawn")
+    try:
+        assert kv.shared and kv._native.generation == 1
+        for i in range(200):
+            kv[f"k{i}"] = i
+        kv["x"] = 1
+        _kill_registry_writer(db)
+        t0 = time.monotonic()
+        kv["x"] = 2
+        took = time.monotonic() - t0
+        assert took < 5.0, took
+        assert kv.shared and kv._native.generation == 2
+        assert _registry(db)["generation"] == "2"
+        assert kv["x"] == 2 and all(kv[f"k{i}"] == i for i in range(200))
+        kv.close()
+    finally:
+        _stop_registry_writer(db)
+    deadline = time.monotonic() + 15
+    while _registry(db).get("state") != "stopped":
+        assert time.monotonic() < deadline, "the spawned writer did not stop"
+        time.sleep(0.05)
+    rows = _rows(db)
+    assert len(rows) == 201
+    assert KVault(db, shared=False)["x"] == 2
+
+
+@needs_writer
+def test_auto_continues_embedded_after_a_killed_writer(tmp_path, monkeypatch):
+    """shared="auto", its writer killed -9 with applied, uncommitted
+    records and nobody restarts it: the next put continues embedded within
+    about a second, after replaying the dead writer's records once (an
+    overwritten key keeps the newer value; a later open replays nothing)."""
+    monkeypatch.delenv("KVAULT_SHARED", raising=False)   # "auto", also in the spawn pass
+    db = str(tmp_path / "autokill.db")
+    w = Writer(db, "--commit-interval-ms", "3600000")
+    try:
+        kv = KVault(db)
+        assert kv.shared
+        for i in range(200):
+            kv[f"k{i}"] = i
+        kv["x"] = 1
+        assert _rows(db) == {}   # applied, not committed
+        w.kill()
+        t0 = time.monotonic()
+        kv["x"] = 2
+        took = time.monotonic() - t0
+        assert took < 5.0, took
+        assert not kv.shared
+        assert _registry(db)["state"] == "stopped"
+        rows = _rows(db)
+        assert len(rows) == 201
+        assert KVault(db, shared=False)["x"] == 2
+        with KVault(db) as again:   # nothing left to replay over x
+            assert again["x"] == 2 and not again.shared
+        assert kv["x"] == 2 and all(kv[f"k{i}"] == i for i in range(200))
+        kv.close()
+    finally:
+        w.kill(signal.SIGTERM)
+
+
+def _spawn_after_kill_client(db, i, ready, go, again, q):
+    try:
+        kv = KVault(db, shared="spawn")
+        kv[f"c{i}"] = 0
+        ready.put(kv._native.generation)
+        go.wait(60)
+        t0 = time.monotonic()
+        kv[f"c{i}"] = 1
+        took = time.monotonic() - t0
+        again.wait(60)
+        kv[f"c{i}"] = 2   # embedded ones notice the new writer here
+        q.put((i, took, kv.shared, kv._native.generation if kv.shared else 0))
+        kv.close()
+    except BaseException as exc:  # reported to the test, which asserts on it
+        q.put((i, repr(exc), None, None))
+
+
+@needs_writer
+def test_racing_spawn_clients_after_a_kill_start_one_writer(tmp_path, monkeypatch):
+    """4 processes attached in "spawn" mode; the writer is killed -9; all
+    write at once: exactly one new writer starts (generation 2), every
+    write lands."""
+    monkeypatch.delenv("KVAULT_LINGER_MS", raising=False)
+    db = str(tmp_path / "race.db")
+    ctx = mp.get_context("spawn")
+    ready, q = ctx.Queue(), ctx.Queue()
+    go, again = ctx.Event(), ctx.Event()
+    with KVault(db, shared="spawn") as first:   # the writer outlives it (linger)
+        first["seed"] = 1
+        procs = [ctx.Process(target=_spawn_after_kill_client, args=(db, i, ready, go, again, q))
+                 for i in range(4)]
+        for p in procs:
+            p.start()
+        try:
+            gens = [ready.get(timeout=120) for _ in procs]
+            assert gens == [1] * 4
+            _kill_registry_writer(db)
+            go.set()
+            deadline = time.monotonic() + 30
+            while _registry(db).get("generation") != "2" or _registry(db).get("state") != "ready":
+                assert time.monotonic() < deadline, "no new writer"
+                time.sleep(0.02)
+            again.set()
+            got = [q.get(timeout=120) for _ in procs]
+        finally:
+            go.set()
+            again.set()
+            _reap(*procs)
+            _stop_registry_writer(db)
+    assert all(isinstance(took, float) and took < 5.0 for _, took, _, _ in got), got
+    assert all(shared and gen == 2 for _, _, shared, gen in got), got
+    assert _registry(db)["generation"] == "2"
+    deadline = time.monotonic() + 15
+    while _registry(db).get("state") != "stopped":
+        assert time.monotonic() < deadline, "the spawned writer did not stop"
+        time.sleep(0.05)
+    assert _registry(db)["generation"] == "2"
+    with KVault(db, shared=False) as after:
+        assert after["seed"] == 1 and all(after[f"c{i}"] == 2 for i in range(4))

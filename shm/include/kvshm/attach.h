@@ -48,7 +48,11 @@ typedef struct kv_attach_opts {
     int continue_on_stop;       /**< nonzero: a writer that stopped cleanly (registry
                                      state=stopped) ends the wait at once: the handle
                                      commits its ring's unapplied records through its own
-                                     connection and is stopped (kv_att_stopped); default 0 */
+                                     connection and is stopped (kv_att_stopped); so
+                                     does a writer that died (registry lock free for
+                                     500 ms: no successor took over): the handle
+                                     first replays its applied
+                                     records (kv_attach_recover); default 0 */
     kv_open_opts db;            /**< options of the process's own SQLite connection */
 } kv_attach_opts;
 
@@ -110,10 +114,12 @@ kv_status kv_attach_close(kv_att *a);
 const char *kv_att_errmsg(const kv_att *a);
 
 /** 1 once the handle found its writer stopped cleanly with
- *  continue_on_stop set: every record of its ring is committed through its
- *  own connection, reads go to that connection, and calls that need a
- *  writer fail with KV_IO ("writer of ... stopped") unless a newer writer
- *  serves by then. Kept until a newer writer is attached. */
+ *  continue_on_stop set, 2 when it found it dead (no successor) and
+ *  replayed its applied records itself (kv_attach_recover): every record of
+ *  its ring is committed through its own connection, reads go to that
+ *  connection, and calls that need a writer fail with KV_IO ("writer of ...
+ *  stopped" / "died") unless a newer writer serves by then. Kept until a
+ *  newer writer is attached; 0 otherwise. */
 int kv_att_stopped(const kv_att *a);
 
 /** Writer generation this handle is attached to. */
