@@ -842,7 +842,12 @@ kv_status kv_attach_close(kv_att *a)
 {
     if (!a) return KV_OK;
     kv_status st = KV_OK;
-    if (a->fork_gen == g_fork_gen && a->r && a->last_pos) st = kv_att_wait(a, 1);
+    /* nothing to wait for when the writer already committed our last
+     * record (e.g. it stopped cleanly after its final commit): a SYNC
+     * pushed now would wait for a writer that may never come */
+    if (a->fork_gen == g_fork_gen && a->r && a->last_pos &&
+        kvshm_ring_wait_committed(a->ring, a->last_pos, 0) != KVSHM_OK)
+        st = kv_att_wait(a, 1);
     if (a->fork_gen != g_fork_gen) {
         /* inherited from the parent: release nothing of the parent's */
         if (a->sock >= 0) close(a->sock);
