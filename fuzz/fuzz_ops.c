@@ -73,19 +73,24 @@ static void column_check(const kvshm_op *op)
         idx = kvshm_op_i64(&op->args[i], &ok);
         CHECK(ok);
     }
+    /* the column's name, last: present, not empty, no NUL */
+    CHECK(op->nargs >= 3);
+    const kvshm_op_field *pname = &op->args[op->nargs - 1];
+    CHECK(pname->present && pname->len && !memchr(pname->p, 0, pname->len));
+    uint32_t n = op->nargs - 1;
     if (op->op == KVSHM_OP_APPEND) {
-        CHECK(op->args[2].present && op->nargs == 3u + (idx != 0));
+        CHECK(op->args[2].present && n == 3u + (idx != 0));
         if (idx) check_lens(&op->args[3], &op->args[2]);
     } else if (op->op == KVSHM_OP_WRITE) {
         (void)kvshm_op_i64(&op->args[2], &ok);
-        CHECK(ok && op->args[3].present && op->nargs == 4u + (idx != 0));
+        CHECK(ok && op->args[3].present && n == 4u + (idx != 0));
         if (idx) check_lens(&op->args[4], &op->args[3]);
     } else if (op->op == KVSHM_OP_INSERT || op->op == KVSHM_OP_DELETE) {
         (void)kvshm_op_i64(&op->args[2], &ok);
         CHECK(ok);
-        if (op->op == KVSHM_OP_INSERT) CHECK(op->nargs == 4 && op->args[3].present);
+        if (op->op == KVSHM_OP_INSERT) CHECK(n == 4 && op->args[3].present);
     } else {
-        CHECK(op->op == KVSHM_OP_CLEAR && op->nargs == 2);
+        CHECK(op->op == KVSHM_OP_CLEAR && n == 2);
     }
 }
 

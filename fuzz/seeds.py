@@ -178,13 +178,13 @@ def ops():
         "vector-delete": op(2, 3, b"vectors", vec, [i64(1)]),
         "column-create": op(3, 6, b"col_meta", col, [b"prices", b"i64", i64(8)]),
         "column-drop": op(3, 7, b"col_meta", col, [b"prices"]),
-        "column-append": op(3, 8, b"col_meta", col, [i64(1), i64(0), bytes(24)]),
+        "column-append": op(3, 8, b"col_meta", col, [i64(1), i64(0), bytes(24), b"prices"]),
         "column-append-var": op(3, 8, b"col_meta", col,
-                                [i64(2), i64(3), b"abcde", i64(3) + i64(2)]),
-        "column-write": op(3, 9, b"col_meta", col, [i64(2), i64(3), i64(0), b"xy", i64(2)]),
-        "column-insert": op(3, 1, b"col_meta", col, [i64(1), i64(0), i64(0), bytes(8)]),
-        "column-delete": op(3, 3, b"col_meta", col, [i64(1), i64(0), i64(4)]),
-        "column-clear": op(3, 4, b"col_meta", col, [i64(1), i64(0)]),
+                                [i64(2), i64(3), b"abcde", i64(3) + i64(2), b"tags_data"]),
+        "column-write": op(3, 9, b"col_meta", col, [i64(2), i64(3), i64(0), b"xy", i64(2), b"tags_data"]),
+        "column-insert": op(3, 1, b"col_meta", col, [i64(1), i64(0), i64(0), bytes(8), b"prices"]),
+        "column-delete": op(3, 3, b"col_meta", col, [i64(1), i64(0), i64(4), b"prices"]),
+        "column-clear": op(3, 4, b"col_meta", col, [i64(1), i64(0), b"prices"]),
     }
 
 

@@ -66,7 +66,11 @@ static const char *column_shape(const kvshm_op *op)
     default:
         break;
     }
-    if (n < 2 || !is_i64(&a[0]) || !is_i64(&a[1])) return "column: col_id, idx_id first";
+    if (n < 3 || !is_i64(&a[0]) || !is_i64(&a[1])) return "column: col_id, idx_id first";
+    const kvshm_op_field *pname = &a[n - 1];
+    if (!pname->present || !pname->len || memchr(pname->p, 0, pname->len))
+        return "column: the column's name last";
+    n--;   /* the shapes below, without the name */
     int pair = kvshm_op_i64(&a[1], NULL) != 0;
     switch (op->op) {
     case KVSHM_OP_APPEND:

@@ -83,6 +83,7 @@ struct wr_exec {
     size_t in_cap;
     int in_busy;             /* a pending operation holds x->in */
     uint8_t *res;            /* the result of the current operation */
+    char msg[256];           /* its error message when not the handle's own ("" else) */
     size_t res_len, res_cap;
 };
 
@@ -320,9 +321,24 @@ static char *field_str(const kvshm_op_field *f)
 }
 
 /* The column an operation names by col_id and idx_id (0: fixed). */
-static kv_status column_of(kv_colvault *cv, const kvshm_op_field *a, kv_col **col)
+static kv_status column_of(wr_exec *x, kv_colvault *cv, const kvshm_op *op, kv_col **col)
 {
+    const kvshm_op_field *a = op->args;
     int64_t id = kvshm_op_i64(&a[0], NULL), idx = kvshm_op_i64(&a[1], NULL);
+    /* the name the client's handle opened (its last argument) must still
+     * name row col_id: a column deleted meanwhile, whose id another column
+     * took, is gone for that handle, as an embedded handle finds
+     * (kvi_fx_length) */
+    char *pname = field_str(&a[op->nargs - 1]);
+    kv_col_info info;
+    kv_status st = pname ? kv_col_info_get(cv, pname, &info) : KV_NOMEM;
+    free(pname);
+    if (st == KV_OK && info.ci_col_id != id) st = KV_NOTFOUND;
+    if (st == KV_NOTFOUND) {
+        snprintf(x->msg, sizeof x->msg, "column %lld no longer exists", (long long)id);
+        return KV_NOTFOUND;
+    }
+    if (st != KV_OK) return st;
     return idx ? kv_col_open_var(cv, id, idx, col) : kv_col_open_fixed(cv, id, col);
 }
 
@@ -367,7 +383,7 @@ static kv_status run_column(wr_exec *x, void *h, const kvshm_op *op)
         return st == KV_OK && op->op == KVSHM_OP_COL_DROP ? result(x, &r, 1) : st;
     }
     kv_col *col = NULL;
-    if ((st = column_of(cv, a, &col)) != KV_OK) return st;
+    if ((st = column_of(x, cv, op, &col)) != KV_OK) return st;
     const void *data = NULL;
     size_t *lens = NULL, n = 0;
     switch (op->op) {
@@ -538,11 +554,12 @@ static void pend_run(wr_exec *x, wr_handle *w, wr_pending *p, int busy_wait)
      * again (in a group, the group's transaction holds the lock) */
     do {
         x->res_len = 0;
+        x->msg[0] = 0;
         st = class_of(x->op.cls)->run(x, w->h, &x->op);
     } while (busy_wait && st == KV_BUSY && wr_now_ms() < deadline &&
              !usleep(WR_EXEC_BUSY_POLL_US));
     if (st != KV_OK) {
-        pend_fail(p, st, class_of(x->op.cls)->errmsg(w->h));
+        pend_fail(p, st, x->msg[0] ? x->msg : class_of(x->op.cls)->errmsg(w->h));
         return;
     }
     p->st = KV_OK;

@@ -80,6 +80,8 @@ typedef struct {
     kv_col *col;            /* owned */
     kv_packer pk;
     PyObject *name;         /* logical name (owned) */
+    char *pname;            /* col_meta name of row col_id: the name, or <name>_data
+                               (malloc'd; sent with every routed column write) */
     PyObject *dtype;        /* dtype string (owned) */
     int is_var;
     int64_t col_id;         /* fixed: its col_id; var: the _data col_id */
@@ -344,6 +346,9 @@ static PyObject *ColHandle_make(ColVaultObject *vault, const char *name, kv_col 
     h->col = col;
     Py_INCREF(vault);
     h->vault = vault;
+    size_t nlen = strlen(name);
+    if ((h->pname = malloc(nlen + sizeof "_data")))
+        snprintf(h->pname, nlen + sizeof "_data", "%s%s", name, is_var ? "_data" : "");
     h->name = PyUnicode_FromString(name);
     h->dtype = PyUnicode_FromString(dtype);
     h->is_var = is_var;
@@ -352,6 +357,11 @@ static PyObject *ColHandle_make(ColVaultObject *vault, const char *name, kv_col 
     h->max_chunk = max_chunk;
     h->gen = vault->gen;
     h->cache_cap = h->cache_threshold = 0;
+    if (!h->pname) {
+        PyErr_NoMemory();
+        Py_DECREF(h);
+        return NULL;
+    }
     if (!h->name || !h->dtype || kvpy_packer_parse(dtype, &h->pk) < 0) {
         Py_DECREF(h);
         return NULL;
@@ -613,6 +623,7 @@ static void ColHandle_dealloc(ColHandleObject *self)
     Py_XDECREF(self->vault);
     Py_XDECREF(self->name);
     Py_XDECREF(self->dtype);
+    free(self->pname);
     PyObject_Free(self);
 }
 
@@ -695,6 +706,7 @@ static kv_status col_encode(ColHandleObject *self, unsigned rop, const col_args 
         if (self->is_var)
             kvshm_op_add(&e, a->lens ? (const void *)a->lens : "", a->n * 8);
     }
+    kvshm_op_add(&e, self->pname, strlen(self->pname));
     return kvshm_op_end(&e);
 }
 

@@ -250,6 +250,7 @@ Test(shm_ops, column_shapes)
     b.len = 0;
     begin_column(&e, &b, KVSHM_OP_APPEND, 0, 0);
     kvshm_op_add(&e, "0123456701234567", 16);
+    kvshm_op_add(&e, "prices", 6);   /* the column's name, last */
     cr_assert_eq(kvshm_op_end(&e), KV_OK);
     cr_assert(decodes(&b));
     cr_assert_eq(g_op.args[2].len, 16);
@@ -259,21 +260,24 @@ Test(shm_ops, column_shapes)
     begin_column(&e, &b, KVSHM_OP_APPEND, 4, 0);
     kvshm_op_add(&e, "abcde", 5);
     kvshm_op_add(&e, lens, sizeof lens);
+    kvshm_op_add(&e, "prices", 6);   /* the column's name, last */
     cr_assert_eq(kvshm_op_end(&e), KV_OK);
     cr_assert(decodes(&b));
     int64_t four = 4;
-    memcpy(b.data + b.len - 8, &four, 8);
+    memcpy(b.data + b.len - 8 - (4 + 6), &four, 8);   /* the last length, before the name */
     cr_assert(!decodes(&b));
     /* a pair without lengths, a fixed column with them */
     b.len = 0;
     begin_column(&e, &b, KVSHM_OP_APPEND, 4, 0);
     kvshm_op_add(&e, "abcde", 5);
+    kvshm_op_add(&e, "prices", 6);   /* the column's name, last */
     cr_assert_eq(kvshm_op_end(&e), KV_OK);
     cr_assert(!decodes(&b));
     b.len = 0;
     begin_column(&e, &b, KVSHM_OP_APPEND, 0, 0);
     kvshm_op_add(&e, "abcde", 5);
     kvshm_op_add(&e, lens, sizeof lens);
+    kvshm_op_add(&e, "prices", 6);   /* the column's name, last */
     cr_assert_eq(kvshm_op_end(&e), KV_OK);
     cr_assert(!decodes(&b));
     /* write, insert, delete, clear */
@@ -282,23 +286,38 @@ Test(shm_ops, column_shapes)
     kvshm_op_add_i64(&e, 7);
     kvshm_op_add(&e, "abcde", 5);
     kvshm_op_add(&e, lens, sizeof lens);
+    kvshm_op_add(&e, "prices", 6);   /* the column's name, last */
     cr_assert_eq(kvshm_op_end(&e), KV_OK);
     cr_assert(decodes(&b));
     b.len = 0;
     begin_column(&e, &b, KVSHM_OP_INSERT, 0, 0);
     kvshm_op_add_i64(&e, 0);
     kvshm_op_add(&e, "01234567", 8);
+    kvshm_op_add(&e, "prices", 6);   /* the column's name, last */
     cr_assert_eq(kvshm_op_end(&e), KV_OK);
     cr_assert(decodes(&b));
     b.len = 0;
     begin_column(&e, &b, KVSHM_OP_DELETE, 0, 0);
     kvshm_op_add(&e, "idx", 3);   /* not an i64 */
+    kvshm_op_add(&e, "prices", 6);   /* the column's name, last */
     cr_assert_eq(kvshm_op_end(&e), KV_OK);
     cr_assert(!decodes(&b));
     b.len = 0;
     begin_column(&e, &b, KVSHM_OP_CLEAR, 0, 0);
+    kvshm_op_add(&e, "prices", 6);   /* the column's name, last */
     cr_assert_eq(kvshm_op_end(&e), KV_OK);
     cr_assert(decodes(&b));
+    /* the column's name must come last, without NUL */
+    b.len = 0;
+    begin_column(&e, &b, KVSHM_OP_APPEND, 0, 0);
+    kvshm_op_add(&e, "0123456701234567", 16);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert(!decodes(&b));
+    b.len = 0;
+    begin_column(&e, &b, KVSHM_OP_CLEAR, 0, 0);
+    kvshm_op_add(&e, "pri\0ces", 7);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert(!decodes(&b));
     /* operations of other classes, open parameters of another shape */
     b.len = 0;
     begin_column(&e, &b, KVSHM_OP_INSERT_MANY, 0, 0);

@@ -275,3 +275,47 @@ def test_forked_child_extends_through_the_writer(tmp_path):
         del col, cv
     finally:
         w.kill(signal.SIGTERM)
+
+
+def _col_id(db, name):
+    with sqlite3.connect(db) as con:
+        return con.execute("SELECT col_id FROM col_meta WHERE name = ?", (name,)).fetchone()[0]
+
+
+def _stale_handle_outcome(db):
+    """A handle whose column another object deleted, and whose col_id a new
+    column took: what its write does, and what the new column holds."""
+    cv1 = ColumnVault(db)
+    a = cv1.create_column("a", "i64")
+    a.extend([1, 2, 3])
+    old_id = _col_id(db, "a")
+    cv2 = ColumnVault(db)
+    cv2.delete_column("a")
+    b = cv2.create_column("b", "i64")
+    b.extend([7, 8])
+    reused = _col_id(db, "b") == old_id
+    got = _outcome(lambda: a.append(9))
+    after = list(cv2["b"])
+    del a, b, cv1, cv2
+    gc.collect()
+    return reused, got, after
+
+
+def test_a_stale_handle_never_writes_into_the_column_that_took_its_id(tmp_path):
+    """The writer checks the name a routed column write names against the
+    row of its col_id: a handle whose column was deleted (its id reused by a
+    new column) fails as embedded, and the new column stays intact."""
+    results = {}
+    for where in ("embedded", "attached"):
+        db = str(tmp_path / f"{where}.db")
+        w = Writer(db) if where == "attached" else None
+        try:
+            results[where] = _stale_handle_outcome(db)
+        finally:
+            if w:
+                w.kill(signal.SIGTERM)
+    for where, (reused, got, after) in results.items():
+        assert reused, where
+        assert after == [7, 8], (where, after)
+        assert got[:2] == ("raised", "RuntimeError") and "no longer exists" in got[2], (where, got)
+    assert results["embedded"][1] == results["attached"][1]

@@ -44,13 +44,17 @@
  *                  pair <name>_data/<name>_idx)                -> (empty)
  *          COL_DROP args: name                                 -> u8 deleted
  *          A column is named by col_id and idx_id (i64 each; idx_id 0:
- *          a fixed column, else the _data and _idx col_ids of a pair):
+ *          a fixed column, else the _data and _idx col_ids of a pair),
+ *          and, as the last argument, `pname`: the col_meta name of row
+ *          col_id (the column's name; a pair's <name>_data), which the
+ *          writer checks so a handle whose column was deleted, and its id
+ *          reused, fails as it does embedded instead of writing elsewhere:
  *          APPEND  args: col_id, idx_id, elements back to back, then for
- *                  a pair their lengths (n i64)                -> (empty)
- *          WRITE   args: col_id, idx_id, start, elements[, lengths] -> (empty)
- *          INSERT  args: col_id, idx_id, index, element        -> (empty)
- *          DELETE  args: col_id, idx_id, index                 -> (empty)
- *          CLEAR   args: col_id, idx_id                        -> (empty)
+ *                  a pair their lengths (n i64), pname         -> (empty)
+ *          WRITE   args: col_id, idx_id, start, elements[, lengths], pname
+ *          INSERT  args: col_id, idx_id, index, element, pname -> (empty)
+ *          DELETE  args: col_id, idx_id, index, pname          -> (empty)
+ *          CLEAR   args: col_id, idx_id, pname                 -> (empty)
  *
  * Layering: pure byte handling; encoding appends to an engine kv_buf.
  */
