@@ -158,6 +158,9 @@ static unsigned sweep_dead_segments(uint64_t db_hash)
     return removed;
 }
 
+/* How long the start barrier keeps trying on a busy file, milliseconds. */
+#define BARRIER_WAIT_MS 60000
+
 int wr_recover(wr_state *ws)
 {
     char text[2048] = "", gen[32], seg[96] = "", slots[96] = "", state[32] = "";
@@ -199,8 +202,19 @@ int wr_recover(wr_state *ws)
      * transaction stores the committed sequence again: INSERT OR REPLACE
      * deletes the row and inserts it under a new rowid, so the file
      * changes although the value does not. */
-    kv_status bst = kv_batch_begin(ws->batch);
-    if (bst == KV_OK) bst = kv_batch_commit(ws->batch, top);
+    /* An embedded process that writes without pause can keep SQLite's
+     * write lock past one busy timeout (its commits are let through until
+     * this writer is ready): the barrier keeps trying, up to
+     * BARRIER_WAIT_MS, rather than leave the file without a writer. */
+    kv_status bst;
+    uint64_t barrier_deadline = wr_now_ms() + BARRIER_WAIT_MS;
+    for (;;) {
+        bst = kv_batch_begin(ws->batch);
+        if (bst == KV_OK) bst = kv_batch_commit(ws->batch, top);
+        if (bst != KV_BUSY || wr_now_ms() >= barrier_deadline) break;
+        kv_batch_rollback(ws->batch);
+        usleep(1000);
+    }
     if (bst != KV_OK) {
         wr_log("start barrier: %s", kv_batch_errmsg(ws->batch));
         return -1;

@@ -210,13 +210,22 @@ class StoreProxy:
         fspath = os.fsdecode(os.fspath(path))
         self._unpickle = _safety.unpickle_setting(unpickle, ValueError)
         E.open_check(fspath, RuntimeError)
-        try:
-            native = factory(fspath, *args, **kwargs)
-        except (RuntimeError, OSError) as exc:
-            text = E.open_failure_text(fspath, str(exc))
-            if text is None or isinstance(exc, _kvault.BusyError):
-                raise
-            raise RuntimeError(text) from exc
+        # the busy policy of the store's calls: opening creates the tables
+        # and switches the file to WAL, which another process may hold up
+        attempts = max(1, int(self.retries))
+        for attempt in range(attempts):
+            try:
+                native = factory(fspath, *args, **kwargs)
+                break
+            except _kvault.BusyError:
+                if attempt + 1 == attempts:
+                    raise
+                time.sleep(float(self.backoff_base) * (2 ** attempt))
+            except (RuntimeError, OSError) as exc:
+                text = E.open_failure_text(fspath, str(exc))
+                if text is None:
+                    raise
+                raise RuntimeError(text) from exc
         _safety.apply_safe_mode(native, self._unpickle)
         return native
 
