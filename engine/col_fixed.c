@@ -757,9 +757,16 @@ kv_status kvi_col_append_direct(kv_col *col, const void *data, const size_t *len
         bytes = (uint64_t)n * (uint64_t)col->fx.elem;
     }
     const int bulk = bytes >= KVI_WB_MIN;
-    if (bulk)
+    /* inside kv_colvault_tx_begin's transaction the helper and the bulk
+     * cache size last until its COMMIT (kvi_col_nest_done) */
+    kvi_wb *w = &wb;
+    if (bulk && cv->err.nest && !cv->nest_wb && (cv->nest_wb = kvi_malloc(sizeof *cv->nest_wb)))
+        w = cv->nest_wb;
+    else if (cv->err.nest)
+        bytes = 0;   /* one helper per transaction, or none */
+    if (bytes >= KVI_WB_MIN)
         kvi_set_cache_kb(cv, KVI_COL_BULK_CACHE_KB);
-    kvi_wb_start(cv, &wb, bytes);
+    kvi_wb_start(cv, w, bytes);
     if (col->is_var)
         st = kvi_var_append_raw(col, data, lens, n);
     else
@@ -768,10 +775,22 @@ kv_status kvi_col_append_direct(kv_col *col, const void *data, const size_t *len
         st = kvi_col_commit(cv);
     else
         kvi_col_rollback(cv);
-    kvi_wb_stop(&wb);
-    if (bulk)
-        kvi_set_cache_kb(cv, KVI_COL_CACHE_KB);
+    if (w == &wb) {
+        kvi_wb_stop(&wb);
+        if (bytes >= KVI_WB_MIN)
+            kvi_set_cache_kb(cv, KVI_COL_CACHE_KB);
+    }
     return st;
+}
+
+void kvi_col_nest_done(kv_colvault *cv)
+{
+    if (!cv->nest_wb)
+        return;
+    kvi_wb_stop(cv->nest_wb);
+    kvi_free(cv->nest_wb);
+    cv->nest_wb = NULL;
+    kvi_set_cache_kb(cv, KVI_COL_CACHE_KB);
 }
 
 kv_status kv_col_append(kv_col *col, const void *data, const size_t *lens, size_t n)

@@ -71,8 +71,13 @@ struct kv_colvault {
     int64_t min_chunk, max_chunk;      /* bytes, for columns created here (unaligned) */
     sqlite3_stmt *st[KVI_CS_COUNT];    /* owned prepared statements */
     kvi_err err;                       /* last failure (message for kv_colvault_errmsg) */
+    kvi_oprec_st oprec;                /* operation records (oprec.c) */
+    struct kvi_wb *nest_wb;            /* bulk writeback helper of the kv_colvault_tx_begin
+                                        * transaction, stopped after its COMMIT */
     int cache_locked;                  /* lock_cache flag, read by background flushers */
     kvi_rcache_cv rc;                  /* read cache (col_rcache.c) */
+    kv_colvault_ckpt_fn ckpt_fn;       /* kv_colvault_set_checkpointer, NULL: SQLite's own */
+    void *ckpt_ctx;
 };
 
 /** Geometry of one fixed physical column. */
@@ -101,6 +106,11 @@ struct kv_col {
     int64_t len_cached;
     uint64_t len_epoch;
 };
+
+/** Stop the bulk writeback helper a bulk append started inside
+ *  kv_colvault_tx_begin's transaction and restore the page cache size
+ *  (col_fixed.c); after that transaction ended. cv->mu held. */
+void kvi_col_nest_done(kv_colvault *cv);
 
 /* col_meta.c */
 /** BEGIN (IMMEDIATE when `immediate`; that also advances the read cache's

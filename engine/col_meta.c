@@ -6,6 +6,8 @@
  * Sections: schema | transactions | vault open/close | column rows.
  */
 #include "col_internal.h"
+#include "store_internal.h"
+#include "kvault/oprec.h"
 
 #include <libgen.h>
 #include <stdio.h>
@@ -68,14 +70,19 @@ kv_status kvi_col_step_done(kv_colvault *cv, sqlite3_stmt *s, const char *op)
 kv_status kvi_col_begin(kv_colvault *cv, int immediate)
 {
     KV_ASSERT(cv && cv->db);
-    KV_ASSERT_INTERNAL(sqlite3_get_autocommit(cv->db)); /* no transaction left open */
+    /* no transaction left open, but the one kv_colvault_tx_begin opened */
+    KV_ASSERT_INTERNAL(cv->err.nest || sqlite3_get_autocommit(cv->db));
     if (immediate)
         kvi_rc_invalidate(cv); /* our write changes what the read cache holds */
+    if (cv->err.nest) /* a savepoint of that transaction */
+        return kvi_store_begin(&cv->err, cv->db, immediate);
     return kvi_col_step_done(cv, cv->st[immediate ? KVI_CS_BEGIN_IMM : KVI_CS_BEGIN], "begin");
 }
 
 kv_status kvi_col_commit(kv_colvault *cv)
 {
+    if (cv->err.nest)
+        return kvi_store_commit(&cv->err, cv->db);
     kv_status st = kvi_col_step_done(cv, cv->st[KVI_CS_COMMIT], "commit");
     if (st != KV_OK)
         kvi_col_rollback(cv);
@@ -84,6 +91,10 @@ kv_status kvi_col_commit(kv_colvault *cv)
 
 void kvi_col_rollback(kv_colvault *cv)
 {
+    if (cv->err.nest) {
+        kvi_store_rollback(&cv->err, cv->db);
+        return;
+    }
     if (!sqlite3_get_autocommit(cv->db)) {
         sqlite3_step(cv->st[KVI_CS_ROLLBACK]);
         sqlite3_reset(cv->st[KVI_CS_ROLLBACK]);
@@ -213,8 +224,10 @@ void kv_colvault_close(kv_colvault *cv)
     if (!cv)
         return;
     kvi_rc_close(cv);
+    kvi_col_nest_done(cv);
     for (int i = 0; i < KVI_CS_COUNT; i++)
         sqlite3_finalize(cv->st[i]);
+    kvi_oprec_finalize(&cv->oprec);
     if (cv->db)
         sqlite3_close_v2(cv->db);
     pthread_mutex_destroy(&cv->mu);
@@ -234,11 +247,61 @@ kv_status kv_colvault_checkpoint(kv_colvault *cv)
     return KV_OK;
 }
 
+/* sqlite3_wal_hook of a vault with a checkpointer: frames at or above
+ * SQLite's wal_autocheckpoint go to the owner's function. */
+static int kvi_colvault_wal_hook(void *arg, sqlite3 *db, const char *schema, int frames)
+{
+    (void)db;
+    (void)schema;
+    kv_colvault *cv = arg;
+    if (frames >= KVI_AUTOCHECKPOINT_FRAMES)
+        cv->ckpt_fn(cv->ckpt_ctx, frames);
+    return SQLITE_OK;
+}
+
+void kv_colvault_set_checkpointer(kv_colvault *cv, kv_colvault_ckpt_fn fn, void *ctx)
+{
+    pthread_mutex_lock(&cv->mu);
+    cv->ckpt_fn = fn;
+    cv->ckpt_ctx = ctx;
+    if (fn)
+        sqlite3_wal_hook(cv->db, kvi_colvault_wal_hook, cv);
+    else
+        sqlite3_wal_autocheckpoint(cv->db, KVI_AUTOCHECKPOINT_FRAMES);
+    pthread_mutex_unlock(&cv->mu);
+}
+
 void kv_colvault_set_commit_guard(kv_colvault *cv, kv_commit_guard *g)
 {
     pthread_mutex_lock(&cv->mu);
     kvi_commit_guard_install(cv->db, g);
     pthread_mutex_unlock(&cv->mu);
+}
+
+kv_status kv_colvault_tx_begin(kv_colvault *cv)
+{
+    KV_ASSERT(cv);
+    pthread_mutex_lock(&cv->mu);
+    kvi_rc_invalidate(cv);
+    kv_status st = kvi_store_tx_begin(&cv->err, cv->db);
+    pthread_mutex_unlock(&cv->mu);
+    return st;
+}
+
+kv_status kv_colvault_tx_end(kv_colvault *cv, int commit)
+{
+    KV_ASSERT(cv);
+    pthread_mutex_lock(&cv->mu);
+    kv_status st = kvi_store_tx_end(&cv->err, cv->db, commit);
+    kvi_col_nest_done(cv);
+    kvi_rc_invalidate(cv); /* what was read inside may be undone, or is committed now */
+    pthread_mutex_unlock(&cv->mu);
+    return st;
+}
+
+void kv_colvault_conn(kv_colvault *cv, kv_conn *out)
+{
+    *out = (kv_conn){.db = cv->db, .err = &cv->err, .stmts = &cv->oprec, .mu = &cv->mu};
 }
 
 void kv_colvault_cache_lock(kv_colvault *cv, int locked)

@@ -139,8 +139,11 @@ kv_status kvi_conn_open(const char *path, const kvi_conn_opts *o, sqlite3 **out,
     if (o->enable_wal) {
         if ((st = kvi_exec(db, "PRAGMA journal_mode=WAL", &e)) != KV_OK)
             goto fail;
-        if ((st = kvi_exec(db, "PRAGMA wal_autocheckpoint=1000", &e)) != KV_OK)
+        rc = sqlite3_wal_autocheckpoint(db, KVI_AUTOCHECKPOINT_FRAMES);
+        if (rc != SQLITE_OK) {
+            st = kvi_err_sqlite(&e, db, rc, "wal_autocheckpoint");
             goto fail;
+        }
     }
     if ((st = kvi_exec(db, "PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY", &e)) != KV_OK)
         goto fail;

@@ -77,6 +77,9 @@ kv_status kvi_err_os(kvi_err *e, int err, const char *op);
  * Connections
  * ---------------------------------------------------------------------- */
 
+/* SQLite's wal_autocheckpoint on every connection of the engine (frames). */
+#define KVI_AUTOCHECKPOINT_FRAMES 1000
+
 /** Connection options (docs/api.md §4.1 pragmas). */
 typedef struct kvi_conn_opts {
     int enable_wal;          /**< nonzero: journal_mode=WAL, wal_autocheckpoint=1000 */
@@ -125,6 +128,15 @@ kv_status kvi_exec(sqlite3 *db, const char *sql, kvi_err *e);
 
 /** Prepare `sql` as a persistent statement; records failures into *e. */
 kv_status kvi_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out, kvi_err *e);
+
+/** Statements of the operation records (oprec.c, kvault/oprec.h) a store
+ *  handle keeps (zero-initialised: prepared at first use). */
+enum { KVI_OPREC_GET, KVI_OPREC_PUT, KVI_OPREC_DEL, KVI_OPREC_COUNT };
+typedef struct kvi_oprec_st {
+    sqlite3_stmt *st[KVI_OPREC_COUNT];
+} kvi_oprec_st;
+/** Finalize them (at the handle's close, before its connection closes). */
+void kvi_oprec_finalize(kvi_oprec_st *s);
 
 /* ------------------------------------------------------------------------
  * The kv_db handle (kv.c, cache.c, stream.c only)
@@ -262,6 +274,7 @@ struct kv_db {
     uint64_t lr_reads;           /**< kv_get_into calls lr_db answered */
     int busy_timeout_ms;         /**< kv_open_opts.busy_timeout_ms, for lr_db too */
     kvi_err err;                 /**< last failure */
+    kvi_oprec_st oprec;          /**< operation records (oprec.c) */
 };
 
 /** The statement of kv_get_into, on the handle's connection and on its

@@ -9,6 +9,8 @@
  * The write-back cache lives in cache.c, streaming in stream.c.
  */
 #include "internal.h"
+#include "kvault/oprec.h"
+#include "store_internal.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -52,6 +54,7 @@ static void db_free(kv_db *db)
     db->rcache = NULL;
     kvi_largeread_close(db);
     finalize_all(db);
+    kvi_oprec_finalize(&db->oprec);
     if (db->db)
         sqlite3_close_v2(db->db);
     void *owned[] = {db->parts_rowid, db->parts_len, db->parts_tbl, db->table, db};
@@ -197,6 +200,11 @@ KV_API const char *kv_sqlite_errstr(int code) { return sqlite3_errstr(code); }
 KV_API int kv_db_os_errno(const kv_db *db) { return db ? db->err.os_errno : 0; }
 KV_API const char *kv_db_table(const kv_db *db) { return db->table; }
 
+KV_API void kv_db_conn(kv_db *db, kv_conn *out)
+{
+    *out = (kv_conn){.db = db->db, .err = &db->err, .stmts = &db->oprec, .mu = NULL};
+}
+
 KV_API kv_status kv_checkpoint(kv_db *db)
 {
     kvi_get_release(db);
@@ -223,14 +231,47 @@ static kv_status step_done(kv_db *db, sqlite3_stmt *s, const char *op)
     return KV_OK;
 }
 
-kv_status kvi_begin(kv_db *db) { return step_done(db, db->st_begin, "begin"); }
-kv_status kvi_commit(kv_db *db) { return step_done(db, db->st_commit, "commit"); }
+/* Inside kv_db_tx_begin's transaction (db->err.nest) a write's own
+ * transaction is the savepoint of the shared store helpers (store.c). */
+kv_status kvi_begin(kv_db *db)
+{
+    if (db->err.nest)
+        return kvi_store_begin(&db->err, db->db, 1);
+    return step_done(db, db->st_begin, "begin");
+}
+
+kv_status kvi_commit(kv_db *db)
+{
+    if (db->err.nest)
+        return kvi_store_commit(&db->err, db->db);
+    return step_done(db, db->st_commit, "commit");
+}
+
 void kvi_rollback(kv_db *db)
 {
+    if (db->err.nest) {
+        kvi_store_rollback(&db->err, db->db);
+        return;
+    }
     if (!sqlite3_get_autocommit(db->db)) {
         sqlite3_step(db->st_rollback);
         sqlite3_reset(db->st_rollback);
     }
+}
+
+KV_API kv_status kv_db_tx_begin(kv_db *db)
+{
+    KV_ASSERT(db && !db->cache);
+    kvi_get_release(db);
+    kvi_rcache_invalidate(db->rcache);
+    return kvi_store_tx_begin(&db->err, db->db);
+}
+
+KV_API kv_status kv_db_tx_end(kv_db *db, int commit)
+{
+    KV_ASSERT(db);
+    kvi_rcache_invalidate(db->rcache);
+    return kvi_store_tx_end(&db->err, db->db, commit);
 }
 
 KV_API kv_status kv_record_feature(kv_db *db, const char *name)

@@ -170,7 +170,8 @@ kv_status kvi_put_large(kv_db *db, const void *key, size_t klen,
                         const void *val, size_t vlen)
 {
     kv_status st;
-    int own = sqlite3_get_autocommit(db->db);
+    /* its own transaction, or its own savepoint inside kv_db_tx_begin's */
+    int own = sqlite3_get_autocommit(db->db) || db->err.nest;
     uint64_t psz = kvi_part_size(db, klen);
 
     if (own && (st = kvi_begin(db)) != KV_OK)

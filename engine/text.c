@@ -15,6 +15,7 @@
  */
 #include "store_internal.h"
 #include "kvault/text.h"
+#include "kvault/oprec.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -26,7 +27,7 @@ struct kv_text {
     size_t ncols;             /* text columns */
     char **cols;              /* owned column names */
     sqlite3_stmt *st_ins_val; /* INSERT INTO t_values(value) VALUES(?1) */
-    sqlite3_stmt *st_ins_doc; /* INSERT INTO t(c1..cn, value_ref) VALUES(...) */
+    sqlite3_stmt *st_ins_doc; /* INSERT INTO t(c1..cn, value_ref, rowid) VALUES(...) */
     sqlite3_stmt *st_get_doc; /* SELECT c1..cn, value_ref FROM t WHERE rowid=?1 */
     sqlite3_stmt *st_get_val; /* SELECT value FROM t_values WHERE id=?1 */
     sqlite3_stmt *st_ref;     /* SELECT value_ref FROM t WHERE rowid=?1 */
@@ -36,9 +37,11 @@ struct kv_text {
     sqlite3_stmt *st_upd_val; /* UPDATE t_values SET value=?1 WHERE id=?2 */
     sqlite3_stmt *st_count;   /* SELECT COUNT(*) FROM t */
     sqlite3_stmt *st_keys;    /* SELECT rowid FROM t ORDER BY rowid LIMIT ?1 OFFSET ?2 */
+    sqlite3_stmt *st_last;    /* SELECT rowid FROM t ORDER BY rowid DESC LIMIT 1 */
     sqlite3_stmt *st_get;     /* first-column phrase lookup for kv_text_get */
     sqlite3_stmt *st_cmatch;  /* SELECT COUNT(*) FROM t WHERE t MATCH ?1 */
     kvi_err err;              /* last failure */
+    kvi_oprec_st oprec;       /* operation records (oprec.c) */
 };
 
 /* ====================================================================== */
@@ -144,9 +147,10 @@ void kv_text_close(kv_text *t)
     sqlite3_stmt **sts[] = {&t->st_ins_val, &t->st_ins_doc, &t->st_get_doc, &t->st_get_val,
                             &t->st_ref,     &t->st_del_doc, &t->st_del_val, &t->st_upd_doc,
                             &t->st_upd_val, &t->st_count,   &t->st_keys,    &t->st_get,
-                            &t->st_cmatch};
+                            &t->st_cmatch,  &t->st_last};
     for (size_t i = 0; i < sizeof sts / sizeof sts[0]; i++)
         sqlite3_finalize(*sts[i]);
+    kvi_oprec_finalize(&t->oprec);
     if (t->db) {
         sqlite3_wal_checkpoint_v2(t->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
         sqlite3_close_v2(t->db);
@@ -263,6 +267,7 @@ kv_status kv_text_open(const char *path, const char *table, const char *const *c
         {"UPDATE \"%1$s_values\" SET value = ?1 WHERE id = ?2", &t->st_upd_val},
         {"SELECT COUNT(*) FROM \"%1$s\"", &t->st_count},
         {"SELECT rowid FROM \"%1$s\" ORDER BY rowid LIMIT ?1 OFFSET ?2", &t->st_keys},
+        {"SELECT rowid FROM \"%1$s\" ORDER BY rowid DESC LIMIT 1", &t->st_last},
         {"SELECT v.value FROM \"%1$s\" AS d JOIN \"%1$s_values\" AS v ON v.id = d.value_ref "
          "WHERE \"%1$s\" MATCH ?1 LIMIT 1",
          &t->st_get},
@@ -277,8 +282,9 @@ kv_status kv_text_open(const char *path, const char *table, const char *const *c
     sb_ident(&b, table);
     sb_str(&b, "(");
     sb_idents_comma(&b, columns, ncols);
-    sb_str(&b, "value_ref) VALUES(");
-    for (size_t i = 0; i <= ncols; i++)
+    /* the rowid parameter (?ncols+2) is left NULL for an id SQLite assigns */
+    sb_str(&b, "value_ref, rowid) VALUES(");
+    for (size_t i = 0; i <= ncols + 1; i++)
         sb_fmt(&b, "%s?%zu", i ? ", " : "", i + 1);
     sb_str(&b, ")");
     PREP(t->st_ins_doc);
@@ -323,7 +329,15 @@ fail:
 kv_status kv_text_insert(kv_text *t, const char *const *texts, const size_t *lens,
                          const void *val, size_t vlen, int64_t *id)
 {
+    return kv_text_insert_at(t, 0, texts, lens, val, vlen, id);
+}
+
+kv_status kv_text_insert_at(kv_text *t, int64_t at, const char *const *texts, const size_t *lens,
+                            const void *val, size_t vlen, int64_t *id)
+{
     kvi_err_clear(&t->err);
+    if (at > 0)
+        sqlite3_bind_int64(t->st_ins_doc, (int)t->ncols + 2, at);
     for (size_t i = 0; i < t->ncols; i++)
         sqlite3_bind_text64(t->st_ins_doc, (int)i + 1, texts[i] ? texts[i] : "", lens[i],
                             SQLITE_STATIC, SQLITE_UTF8);
@@ -351,6 +365,39 @@ kv_status kv_text_update(kv_text *t, int64_t id, const char *const *texts, const
     }
     return kvi_store_update(&t->err, t->db, texts ? t->st_upd_doc : NULL, "update texts", t->st_ref,
                             t->st_upd_val, id, val, vlen);
+}
+
+kv_status kv_text_insert_leased(kv_text *t, const char *const *texts, const size_t *lens,
+                                const void *val, size_t vlen, int64_t *id)
+{
+    kv_conn c;
+    int64_t at = 0;
+    int own = !t->err.nest;   /* else inside kv_text_tx_begin's transaction */
+    kv_status st = own ? kvi_store_tx_begin(&t->err, t->db) : KV_OK;
+    if (st != KV_OK)
+        return st;
+    kv_text_conn(t, &c);
+    if ((st = kv_text_next_id(t, &at)) == KV_OK && (st = kv_lease_next(&c, t->table, at, &at)) == KV_OK)
+        st = kv_text_insert_at(t, at, texts, lens, val, vlen, id);
+    if (!own)
+        return st;
+    char msg[sizeof t->err.msg];
+    memcpy(msg, t->err.msg, sizeof msg);   /* the end of the transaction clears it */
+    kv_status end = kvi_store_tx_end(&t->err, t->db, st == KV_OK);
+    if (st != KV_OK)
+        memcpy(t->err.msg, msg, sizeof msg);
+    return st != KV_OK ? st : end;
+}
+
+kv_status kv_text_next_id(kv_text *t, int64_t *next)
+{
+    kvi_err_clear(&t->err);
+    *next = 1;
+    int rc = sqlite3_step(t->st_last);
+    if (rc == SQLITE_ROW)
+        *next = sqlite3_column_int64(t->st_last, 0) + 1;
+    sqlite3_reset(t->st_last);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? KV_OK : kvi_err_sqlite(&t->err, t->db, rc, "last id");
 }
 
 kv_status kv_text_clear(kv_text *t)
@@ -803,6 +850,11 @@ kv_status kv_text_keys(kv_text *t, int64_t limit, int64_t offset, int64_t **ids,
 KV_API void kv_text_set_commit_guard(kv_text *t, kv_commit_guard *g)
 {
     kvi_commit_guard_install(t->db, g);
+}
+
+KV_API void kv_text_conn(kv_text *t, kv_conn *out)
+{
+    *out = (kv_conn){.db = t->db, .err = &t->err, .stmts = &t->oprec, .mu = NULL};
 }
 
 KV_API kv_status kv_text_tx_begin(kv_text *t)

@@ -27,6 +27,7 @@
  */
 #include "store_internal.h"
 #include "kvault/vector.h"
+#include "kvault/oprec.h"
 #include "vec_kernel.h"
 
 #include <ctype.h>
@@ -137,6 +138,7 @@ struct kv_vector {
     sqlite3_stmt *st_upd_val;   /* UPDATE t_values SET value=?1 WHERE id=?2 */
     sqlite3_stmt *st_count;     /* SELECT COUNT(*) FROM t */
     kvi_err err;                /* last failure */
+    kvi_oprec_st oprec;         /* operation records (oprec.c) */
     vckpt ckpt;                 /* WAL checkpoints off the writing thread */
 };
 
@@ -652,6 +654,7 @@ void kv_vector_close(kv_vector *v)
                            v->st_upd_vec,   v->st_upd_val,  v->st_count};
     for (size_t i = 0; i < sizeof sts / sizeof sts[0]; i++)
         sqlite3_finalize(sts[i]);
+    kvi_oprec_finalize(&v->oprec);
     if (v->db) {
         sqlite3_wal_checkpoint_v2(v->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
         sqlite3_close_v2(v->db);
@@ -2260,6 +2263,11 @@ fail:
 KV_API void kv_vector_set_commit_guard(kv_vector *v, kv_commit_guard *g)
 {
     kvi_commit_guard_install(v->db, g);
+}
+
+KV_API void kv_vector_conn(kv_vector *v, kv_conn *out)
+{
+    *out = (kv_conn){.db = v->db, .err = &v->err, .stmts = &v->oprec, .mu = NULL};
 }
 
 KV_API kv_status kv_vector_tx_begin(kv_vector *v)

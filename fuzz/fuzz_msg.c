@@ -47,10 +47,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case KVSHM_MSG_STATUS:
             CHECK(m.m_len == 0);
             break;
-        case KVSHM_MSG_EXEC:   /* inline operation, or its size in a memfd */
-            CHECK(m.m_len ? m.m_len >= KVSHM_OP_HDR && m.m_arg == 0
-                          : m.m_arg >= 1 && m.m_arg <= KVSHM_OP_MAX_BYTES);
+        case KVSHM_MSG_EXEC: {   /* id, then the operation inline or its size in a memfd */
+            const size_t idn = sizeof(struct kvshm_exec_id);
+            struct kvshm_exec_id id;
+            CHECK(m.m_len >= idn);
+            memcpy(&id, pl, idn);
+            CHECK(id.x_seq >= 1);
+            CHECK(m.m_arg ? m.m_len == idn && m.m_arg <= KVSHM_OP_MAX_BYTES
+                          : m.m_len >= idn + KVSHM_OP_HDR);
             break;
+        }
+        case KVSHM_MSG_EXEC_END: {
+            struct kvshm_exec_id id;
+            CHECK(m.m_len == sizeof id && m.m_arg == 0);
+            memcpy(&id, pl, sizeof id);
+            CHECK(id.x_seq >= 1);
+            break;
+        }
         default:
             abort();
         }

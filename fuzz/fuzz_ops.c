@@ -9,7 +9,8 @@
  * field inside the input, the key span inside the input, the 8-byte
  * integer fields the executor (workers/exec.c) reads, for a vector
  * insert_many value lengths that add up to the values field, and for a
- * column operation its fields (element lengths of a pair that add up); a rejected
+ * column operation its fields (element lengths of a pair that add up), for
+ * a KV one its chunk size and key/value lengths that add up; a rejected
  * one gets a non-empty reason. The input is copied to an exactly sized
  * buffer so ASan reports any read past it.
  *
@@ -48,6 +49,35 @@ static void check_lens(const kvshm_op_field *lens, const kvshm_op_field *data)
         sum += (uint64_t)l;
     }
     CHECK(sum == data->len);
+}
+
+/* What workers/exec.c reads of a KV operation. */
+static void kv_check(const kvshm_op *op)
+{
+    int ok = 1;
+    CHECK(op->nopen == 1 && kvshm_op_i64(&op->open[0], &ok) > 0 && ok);
+    const kvshm_op_field *a = op->args;
+    switch (op->op) {
+    case KVSHM_OP_PUT:
+        CHECK(op->nargs == 2 && a[0].present && a[1].present);
+        break;
+    case KVSHM_OP_DELETE:
+        CHECK(op->nargs == 1 && a[0].present);
+        break;
+    case KVSHM_OP_PUT_MANY:
+        CHECK(op->nargs == 4 && a[0].len == a[2].len);
+        check_lens(&a[0], &a[1]);
+        check_lens(&a[2], &a[3]);
+        break;
+    case KVSHM_OP_DEL_MANY:
+        CHECK(op->nargs == 2);
+        check_lens(&a[0], &a[1]);
+        break;
+    default:
+        CHECK(op->op == KVSHM_OP_FEATURE && op->nargs == 1 && a[0].present &&
+              a[0].len >= 1 && a[0].len <= 64 && !memchr(a[0].p, 0, a[0].len));
+        break;
+    }
 }
 
 /* What workers/exec.c reads of a column operation. */
@@ -103,7 +133,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (kvshm_op_decode(buf, size, &g_op, &why) == 0) {
         kvshm_op *op = &g_op;
         CHECK(op->cls == KVSHM_OPC_TEXT || op->cls == KVSHM_OPC_VECTOR ||
-              op->cls == KVSHM_OPC_COLUMN);
+              op->cls == KVSHM_OPC_COLUMN || op->cls == KVSHM_OPC_KV);
         CHECK(op->table_len >= 1 && op->table_len <= KVSHM_OP_TABLE_MAX);
         CHECK((const uint8_t *)op->table >= buf &&
               (size_t)((const uint8_t *)op->table - buf) + op->table_len <= size);
@@ -131,11 +161,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
         } else if (op->cls == KVSHM_OPC_COLUMN) {
             column_check(op);
+        } else if (op->cls == KVSHM_OPC_KV) {
+            kv_check(op);
         } else {
             CHECK(op->nopen >= 1 && op->nopen <= 255);
-            if (op->op == KVSHM_OP_INSERT) CHECK(op->nargs == op->nopen + 1);
+            if (op->op == KVSHM_OP_INSERT) {
+                /* a value and a text per column, then an optional id >= 1
+                 * (a pipelined insert's, docs/shared-mode.md) */
+                CHECK(op->nargs == op->nopen + 1 || op->nargs == op->nopen + 2);
+                if (op->nargs == op->nopen + 2) {
+                    int64_t id = kvshm_op_i64(&op->args[op->nargs - 1], &ok);
+                    CHECK(ok && id >= 1);
+                }
+            }
         }
-        if (op->op == KVSHM_OP_DELETE || op->op == KVSHM_OP_UPDATE) {
+        if (op->cls != KVSHM_OPC_KV && (op->op == KVSHM_OP_DELETE || op->op == KVSHM_OP_UPDATE)) {
             (void)kvshm_op_i64(&op->args[0], &ok);
             CHECK(ok);
         }

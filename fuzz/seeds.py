@@ -134,6 +134,8 @@ def msg():
     def pkt(typ, payload=b"", arg=0):
         return struct.pack("<IIiIQ", magic, typ, 0, len(payload), arg) + payload
 
+    exec_id = bytes(range(16)) + struct.pack("<Q", 7)
+
     return {
         "attach": pkt(1, struct.pack("<IIQ", 4242, 3, 1)),
         "put-file": pkt(2, struct.pack("<Q", 1 << 20) + b"images/0001.jpg", arg=65536),
@@ -141,8 +143,10 @@ def msg():
         "optimize": pkt(4),
         "checkpoint": pkt(5),
         "status": pkt(6),
-        "exec-inline": pkt(7, ops()["text-insert"]),
-        "exec-memfd": pkt(7, arg=1 << 20),
+        # EXEC: struct kvshm_exec_id (16-byte token, u64 seq), then the operation
+        "exec-inline": pkt(7, exec_id + ops()["text-insert"]),
+        "exec-memfd": pkt(7, exec_id, arg=1 << 20),
+        "exec-end": pkt(8, exec_id),
     }
 
 
@@ -185,6 +189,12 @@ def ops():
         "column-insert": op(3, 1, b"col_meta", col, [i64(1), i64(0), i64(0), bytes(8), b"prices"]),
         "column-delete": op(3, 3, b"col_meta", col, [i64(1), i64(0), i64(4), b"prices"]),
         "column-clear": op(3, 4, b"col_meta", col, [i64(1), i64(0), b"prices"]),
+        "kv-put": op(4, 10, b"other", [i64(1 << 20)], [b"k", b"\x89KVvalue"]),
+        "kv-put-many": op(4, 11, b"other", [i64(1 << 20)],
+                          [i64(1) + i64(2), b"abc", i64(0) + i64(3), b"xyz"]),
+        "kv-delete": op(4, 3, b"other", [i64(1 << 20)], [b"k"]),
+        "kv-del-many": op(4, 12, b"other", [i64(1 << 20)], [i64(1) + i64(2), b"abc"]),
+        "kv-feature": op(4, 13, b"other", [i64(1 << 20)], [b"headers"]),
     }
 
 

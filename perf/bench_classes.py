@@ -180,8 +180,13 @@ def main() -> int:
                                  "ops_per_s": ops, "processes": procs, "errors": errors})
                     print(f"{workload:28} {STORES[where]:32} {ops:>10,.0f} ops/s"
                           f"  errors {errors}", flush=True)
-        for where in ("attached", "embedded"):
-            runs = [run_extend(where, tmp, r) for r in range(args.repeat)]
+        # attached and embedded runs alternate, so that a change of the
+        # machine's load between them weighs on both alike
+        ext = {"attached": [], "embedded": []}
+        for r in range(args.repeat):
+            for where in ext:
+                ext[where].append(run_extend(where, tmp, r))
+        for where, runs in ext.items():
             ops = statistics.median(r[0] for r in runs)
             errors = sum(r[1] for r in runs)
             fig[(W_COL, where)] = ops

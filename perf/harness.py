@@ -91,8 +91,14 @@ def suites(build: str, quick: bool) -> list[dict]:
         {"name": "classes", "title": "TextVault and VectorKVault inserts through the writer vs embedded",
          "cmd": [py, os.path.join(PERF, "bench_classes.py"), "--json", "{json}"]
                 + (["--quick"] if quick else [])},
+        {"name": "takeover", "title": "First put after the writer is killed (kill -9)",
+         "cmd": [py, os.path.join(PERF, "bench_takeover.py"), "--json", "{json}"]
+                + (["--quick"] if quick else [])},
         {"name": "files", "title": "Real files and a training loader vs sqlite3 and plain files",
          "cmd": [py, os.path.join(PERF, "bench_files.py"), "--json", "{json}"]
+                + (["--quick"] if quick else [])},
+        {"name": "cluster", "title": "Cluster mode: replication, quorum-acknowledged puts, failover",
+         "cmd": [py, os.path.join(PERF, "bench_cluster.py"), "--json", "{json}"]
                 + (["--quick"] if quick else [])},
         {"name": "resp", "title": "kvault-reader (RESP) vs redis-server, redis-benchmark",
          "cmd": [py, os.path.join(PERF, "bench_resp.py"), "--json", "{json}"]

@@ -37,7 +37,13 @@
 #include "kvshm/ring.h"
 #include "internal.h"
 
-#define WAIT_STEP_MS 200
+/* One step of a wait on the ring, after which the handle looks whether the
+ * writer hung up (a poll of its socket): a writer killed under a waiting
+ * call is noticed within it. */
+#define WAIT_STEP_MS 20
+/* How often a wait rings the writer's doorbell again, in case the writer
+ * slept past the call's own ring. */
+#define DOORBELL_AGAIN_MS 200
 /* How long a wait tolerates a writer that cannot commit before it fails. */
 #define FAULT_WAIT_MS 1000
 #define MISS_VALUE_MAX (256u * 1024u)
@@ -93,7 +99,7 @@ void kv_attach_opts_default(kv_attach_opts *o)
     kv_open_opts_default(&o->db);
 }
 
-static uint64_t now_ms(void)
+uint64_t kvshmi_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -260,6 +266,15 @@ int kv_attach_recover_pending(const char *reg_path, const char *table)
     return pending;
 }
 
+int kvshmi_registry_writer_locked(const char *reg_path)
+{
+    int fd = open(reg_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    int kind = registry_lock_kind(fd);
+    close(fd);
+    return kind == REG_WRITER;
+}
+
 /* Replay the segment named in `text` into `db_abs` (the registry lock is
  * held by fd) and mark the registry stopped. */
 static kv_status recover_locked(int fd, const char *db_abs, const char *table, char *text,
@@ -314,7 +329,7 @@ kv_status kv_attach_recover(const char *db_path, const char *table, int wait_ms,
     char *abs = NULL, *reg = registry_path(db_path, &abs);
     kv_status st = KV_OK;
     uint64_t n = 0;
-    uint64_t deadline = now_ms() + (uint64_t)(wait_ms > 0 ? wait_ms : 0);
+    uint64_t deadline = kvshmi_now_ms() + (uint64_t)(wait_ms > 0 ? wait_ms : 0);
     while (reg && kv_attach_recover_pending(reg, table)) {
         int fd = open(reg, O_RDWR | O_CLOEXEC);
         struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0,
@@ -329,7 +344,7 @@ kv_status kv_attach_recover(const char *db_path, const char *table, int wait_ms,
         } else if (fd >= 0) {
             close(fd);
         }
-        if (now_ms() >= deadline) {
+        if (kvshmi_now_ms() >= deadline) {
             if (st == KV_OK) {
                 st = KV_BUSY;
                 snprintf(err, errlen, "%s: a dead writer's records are being replayed by "
@@ -547,7 +562,8 @@ static kv_status commit_ring_here(kv_att *a)
  * (kv_att_stopped; KV_IO returned). So does a dead writer (registry lock
  * free, checked every 20 ms of the wait, for TAKEOVER_GRACE_MS) once this
  * handle replayed its applied records (kv_attach_recover) or another
- * process did. */
+ * process did; with o.respawn, the handle first asks for a new writer and
+ * waits for it as for a restart. */
 /* How long a dead writer's registry lock stays free before a handle with
  * continue_on_stop takes over: kvault-launch notices a dead writer within
  * its 100 ms poll and restarts it, and the replacement takes the lock
@@ -559,8 +575,9 @@ static kv_status reattach_within(kv_att *a, int timeout_ms)
 {
     uint64_t old = a->generation;
     disconnect(a);
-    uint64_t deadline = now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
+    uint64_t deadline = kvshmi_now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
     uint64_t free_since = 0;   /* when the registry lock was first seen free */
+    int respawned = 0;         /* o.respawn was called for this dead writer */
     kv_status st = KV_IO;
     for (;;) {
         reg_info ri;
@@ -576,11 +593,18 @@ static kv_status reattach_within(kv_att *a, int timeout_ms)
         if (a->stopped || !a->o.continue_on_stop || !registry_dead(a->reg_path, old)) {
             free_since = 0;
         } else if (!free_since) {
-            free_since = now_ms();
-        } else if (now_ms() - free_since >= TAKEOVER_GRACE_MS) {
-            /* no successor took the registry within the grace: replay the
-             * dead writer's applied records once (which marks it stopped),
-             * before the ring's later records are committed below */
+            free_since = kvshmi_now_ms();
+        } else if (kvshmi_now_ms() - free_since >= TAKEOVER_GRACE_MS) {
+            /* no successor took the registry within the grace */
+            if (a->o.respawn && !respawned) {
+                /* start one (it replays the dead writer's records) and wait
+                 * for it with the ring, as for a restart */
+                respawned = 1;
+                if (a->o.respawn(a->o.respawn_ctx)) free_since = 0;
+                continue;
+            }
+            /* replay the dead writer's applied records once (which marks it
+             * stopped), before the ring's later records are committed below */
             char rerr[256] = "";
             st = kv_attach_recover(a->db_path, a->table, 0, NULL, rerr, sizeof rerr);
             if (st != KV_OK && st != KV_BUSY) return fail(a, st, "recover: %s", rerr);
@@ -597,7 +621,7 @@ static kv_status reattach_within(kv_att *a, int timeout_ms)
             }
             if (st != KV_BUSY) return st;   /* KV_BUSY: a new writer is starting */
         }
-        if (now_ms() >= deadline) break;
+        if (kvshmi_now_ms() >= deadline) break;
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
@@ -771,7 +795,7 @@ static kv_status fault_check(kv_att *a, uint64_t *since)
     int64_t code = 0;
     uint32_t st = a->r ? kvshm_reader_fault(a->r, &code) : 0;
     if (!st) { *since = 0; return KV_OK; }
-    uint64_t now = now_ms();
+    uint64_t now = kvshmi_now_ms();
     if (!*since) *since = now;
     if (now - *since < FAULT_WAIT_MS) return KV_OK;
     return fail(a, KV_IO, "the writer of %s cannot commit (%s); this write is queued and is"
@@ -779,10 +803,26 @@ static kv_status fault_check(kv_att *a, uint64_t *since)
                 code ? kv_sqlite_errstr((int)code) : kv_strerror((kv_status)st));
 }
 
+/* While waiting for a commit: a writer that refuses writes (a cluster node
+ * that lost the lead, kvshm_writer_set_refusal) may never mark a write of
+ * this client committed, since the cluster may not have it: once the
+ * refusal has lasted FAULT_WAIT_MS of the wait, fail it with the refusal's
+ * text. *since: as for fault_check. */
+static kv_status refusal_check(kv_att *a, uint64_t *since)
+{
+    char why[KVSHM_REFUSE_MSG_MAX];
+    if (!kvshm_reader_refusal(a->r, why, sizeof why)) { *since = 0; return KV_OK; }
+    uint64_t now = kvshmi_now_ms();
+    if (!*since) *since = now;
+    if (now - *since < FAULT_WAIT_MS) return KV_OK;
+    return fail(a, KV_UNSUPPORTED, "%s (a write of this process was not confirmed as"
+                " replicated)", why);
+}
+
 /* Wait until the ring position pos is consumed (applied) or committed. */
 static kv_status wait_pos(kv_att *a, uint64_t pos, int committed)
 {
-    uint64_t fault_since = 0;
+    uint64_t fault_since = 0, refused_since = 0, rung = kvshmi_now_ms();
     for (;;) {
         kvshm_status ks = committed ? kvshm_ring_wait_committed(a->ring, pos, WAIT_STEP_MS)
                                     : kvshm_ring_wait_consumed(a->ring, pos, WAIT_STEP_MS);
@@ -792,8 +832,12 @@ static kv_status wait_pos(kv_att *a, uint64_t pos, int committed)
             /* stopped: every record of the ring is committed here */
             if (st != KV_OK) return a->stopped ? KV_OK : st;
         } else if (a->r) {
-            kvshm_reader_ring_doorbell(a->r);   /* in case the writer slept past us */
+            if (kvshmi_now_ms() - rung >= DOORBELL_AGAIN_MS) {
+                kvshm_reader_ring_doorbell(a->r);   /* in case the writer slept past us */
+                rung = kvshmi_now_ms();
+            }
             kv_status st = fault_check(a, &fault_since);
+            if (st == KV_OK && committed) st = refusal_check(a, &refused_since);
             if (st != KV_OK) return st;
         }
     }
@@ -944,14 +988,26 @@ static void *buf_alloc(void *ctx, size_t n)
     return grow(a, n ? n : 1) ? NULL : a->buf;
 }
 
+/* Whether a value of vlen bytes read after a miss is worth reporting: short
+ * enough to be cached, and, for a large one (KV_GET_DIRECT_MIN bytes or
+ * more, the writer's free-room rule), one the writer would load now
+ * (kvshm_reader_miss_wanted). A report the writer would decline still costs
+ * it a ring record and a lookup in SQLite; a loader reading more large
+ * values than the segment holds would send one per read. */
+static int miss_report(kv_att *a, const void *key, size_t klen, size_t vlen)
+{
+    if (vlen > MISS_VALUE_MAX || klen > KVSHM_MAX_KEY) return 0;
+    return vlen < KV_GET_DIRECT_MIN || !a->r || kvshm_reader_miss_wanted(a->r, key, klen, vlen);
+}
+
 /* A segment miss: the own connection reads the value into alloc's buffer
- * (kv_get_into), and a value short enough to be cached is reported. */
+ * (kv_get_into), and the value is reported when miss_report says so. */
 static kv_status miss_get(kv_att *a, const void *key, size_t klen, kv_alloc_fn alloc,
                           void *ctx, size_t *vlen)
 {
     kv_status st = kv_get_into(a->db, key, klen, KV_GET_DIRECT_MIN, alloc, ctx, vlen);
     if (st == KV_OK) {
-        if (*vlen <= MISS_VALUE_MAX && klen <= KVSHM_MAX_KEY)
+        if (miss_report(a, key, klen, *vlen))
             push_small(a, KVSHM_REC_MISS, key, klen);
     } else if (st == KV_NOMEM) {
         fail(a, KV_NOMEM, "out of memory");
@@ -1043,6 +1099,10 @@ static kv_status batch_push(kv_att *a, uint32_t type, const void *key, size_t kl
                             const void *val, size_t vlen, int *published)
 {
     KV_ASSERT(a->ring != NULL && a->r != NULL && klen >= 1 && klen <= KVSHM_MAX_KEY);
+    /* a cluster follower's writer takes no writes: the leader's does */
+    char why[KVSHM_REFUSE_MSG_MAX];
+    if (__builtin_expect(kvshm_reader_refusal(a->r, why, sizeof why), 0))
+        return fail(a, KV_UNSUPPORTED, "%s", why);
     void *p;
     kv_status st = batch_reserve(a, (uint32_t)kvshm_keyrec_bytes(klen, vlen), &p, published);
     if (st) return st;

@@ -255,6 +255,12 @@ kvshm_status kvshm_rec_new(kvshm_blocks *b, const void *key, uint32_t klen,
     return KVSHM_OK;
 }
 
+uint64_t kvshm_cached_bytes(size_t klen, size_t vlen)
+{
+    if (klen == 0 || klen > KVSHM_MAX_KEY || vlen > UINT32_MAX) return 0;
+    return kvshm_blocks_class_bytes(kvshm_rec_bytes((uint32_t)klen, (uint32_t)vlen));
+}
+
 uint64_t kvshm_rec_block_bytes(const kvshm_seg *s, uint64_t off)
 {
     const struct kvshm_rec *r = kvshm_rec_at(s, off);

@@ -61,6 +61,17 @@ struct kvshm_reader {
     int in_section;                 /* inside kvshm_reader_enter/leave */
     unsigned fork_gen;              /* kvshmi_fork_gen when the slot was claimed */
     int err_no;
+    struct kvshmi_miss_credit *miss_credit; /* per shard (kvshm_reader_miss_wanted) */
+};
+
+/* A reader's large-miss reports its shard's live bytes do not show yet: the
+ * bytes reported since the writer last loaded, so that a burst of misses
+ * faster than the writer's loads is not all reported into the same free
+ * room (kvshm_reader_miss_wanted). */
+struct kvshmi_miss_credit {
+    uint64_t live;       /* the shard's used - retired bytes when last looked at */
+    uint64_t reported;   /* cached bytes of reports not seen loaded since */
+    uint64_t since_ms;   /* when the oldest of them was sent (kvshmi_now_ms) */
 };
 
 extern unsigned kvshmi_fork_gen;
@@ -75,6 +86,16 @@ typedef struct reg_info {
  * says ready (not a client replaying a dead one: the text is still the dead
  * one's), else 0. One open, fcntl and pread. Any process and thread. */
 int kvshmi_registry_read(const char *reg_path, reg_info *ri);
+
+/* 1 if a writer (not a client replaying a dead one) holds the registry
+ * lock at `reg_path`, whatever its text says: a writer that took over from
+ * a dead one shows its predecessor's text, "ready" with a socket nobody
+ * listens on, until it has replayed and serves. One open and fcntl. Any
+ * process and thread. */
+int kvshmi_registry_writer_locked(const char *reg_path);
+
+/* CLOCK_MONOTONIC in milliseconds (attach.c). */
+uint64_t kvshmi_now_ms(void);
 
 /* A blocking SOCK_SEQPACKET connection (close-on-exec) to the writer's
  * abstract socket `name` (attach.c). The descriptor, or -1 (errno). */

@@ -15,7 +15,7 @@
  *
  * Data segment:
  *
- *   0        header (struct kvshm_hdr, 4096 bytes reserved, 128 used)
+ *   0        header (struct kvshm_hdr, 4096 bytes reserved, 256 used)
  *   4096     key-stripe stamps: KVSHM_STRIPES x uint64_t (see below)
  *   36864    shard table: shards x struct kvshm_shard (64 bytes each)
  *   ...      shard 0 region | shard 1 region | ...  (equal, 64-byte aligned)
@@ -54,7 +54,7 @@
 #define KVSHM_MAGIC_SEG    UINT64_C(0x31474553484d534b) /* "KSMHSEG1" LE bytes */
 #define KVSHM_MAGIC_SLOTS  UINT64_C(0x31544f4c534d534b) /* "KSMSLOT1" */
 #define KVSHM_MAGIC_MT     UINT64_C(0x3154424c544d534b) /* "KSMTLBT1" */
-#define KVSHM_LAYOUT_VERSION 2u
+#define KVSHM_LAYOUT_VERSION 3u
 #define KVSHM_STRIPE_OFF   4096u
 #define KVSHM_STRIPES      4096u   /* power of two */
 #define KVSHM_HDR_BYTES    (KVSHM_STRIPE_OFF + KVSHM_STRIPES * 8u)
@@ -95,8 +95,13 @@
     F(S, uint32_t, h_state,         , 104) /* KVSHM_STATE_*; writer release-stores */ \
     F(S, uint32_t, h_fault,         , 108) /* kv_status of the failing commit, 0: none; release */ \
     F(S, uint64_t, h_writer_pid,    , 112) /* pid of the writer; immutable */   \
-    F(S, int64_t,  h_fault_code,    , 120) /* its SQLite extended result code; written before h_fault */
-KVSHM_STRUCT(kvshm_hdr, KVSHM_HDR_FIELDS, 128);
+    F(S, int64_t,  h_fault_code,    , 120) /* its SQLite extended result code; written before h_fault */ \
+    /* write refusal of a cluster follower (kvshm_writer_set_refusal): a     \
+     * seqlock -- h_refuse_ver is odd while h_refuse/h_refuse_msg change */  \
+    F(S, uint32_t, h_refuse_ver,    , 128) /* bumped by 1 before and after a change */ \
+    F(S, uint32_t, h_refuse,        , 132) /* 1: writes are refused */           \
+    F(S, char,     h_refuse_msg, [120], 136) /* why, NUL-terminated */
+KVSHM_STRUCT(kvshm_hdr, KVSHM_HDR_FIELDS, 256);
 
 /*
  * Key-stripe stamps: a seqlock per stripe of keys, for process-local copies.
@@ -135,7 +140,7 @@ static inline uint32_t kvshm_stripe_of(uint64_t key_hash)
     F(S, uint64_t, s_retired,      , 32) /* bytes retired, not yet reclaimed */   \
     F(S, uint64_t, s_tree_keys,    , 40) /* keys in the published tree */         \
     F(S, uint64_t, s_mt_keys,      , 48) /* records in active + frozen memtables */ \
-    F(S, uint64_t, s_reserved,     , 56)
+    F(S, uint64_t, s_miss_policy,  , 56) /* KVSHM_MISS_*: misses the writer loads; relaxed */
 KVSHM_STRUCT(kvshm_shard, KVSHM_SHARD_FIELDS, 64);
 
 /*

@@ -4,6 +4,7 @@
  */
 #include <string.h>
 
+#include "kvault/oprec.h"
 #include "kvshm/ops.h"
 
 /* ---- decoding ----------------------------------------------------------- */
@@ -93,6 +94,34 @@ static const char *column_shape(const kvshm_op *op)
     }
 }
 
+/* Key-value operations (a KVault table the writer does not serve). */
+static const char *kv_shape(const kvshm_op *op)
+{
+    const kvshm_op_field *a = op->args;
+    uint32_t n = op->nargs;
+    if (op->nopen != 1 || !is_i64(&op->open[0]) || kvshm_op_i64(&op->open[0], NULL) <= 0)
+        return "kv: the open parameter is chunk_size";
+    switch (op->op) {
+    case KVSHM_OP_PUT:
+        return n == 2 && a[0].present && a[1].present ? NULL : "kv put: key, value";
+    case KVSHM_OP_DELETE:
+        return n == 1 && a[0].present ? NULL : "kv delete: key";
+    case KVSHM_OP_PUT_MANY:
+        if (n != 4 || !lens_cover(&a[0], &a[1]) || !lens_cover(&a[2], &a[3]))
+            return "kv put_many: key lengths, keys, value lengths, values";
+        return a[0].len == a[2].len ? NULL : "kv put_many: as many values as keys";
+    case KVSHM_OP_DEL_MANY:
+        return n == 2 && lens_cover(&a[0], &a[1]) ? NULL : "kv delete_many: key lengths, keys";
+    case KVSHM_OP_FEATURE:
+        return n == 1 && a[0].present && a[0].len >= 1 && a[0].len <= 64 &&
+                       !memchr(a[0].p, ',', a[0].len) && !memchr(a[0].p, 0, a[0].len)
+                   ? NULL
+                   : "kv feature: a name of 1..64 bytes without commas";
+    default:
+        return "kv: unknown operation";
+    }
+}
+
 /* The per-class shape of an operation: counts and integer fields. NULL
  * when it fits, else why not. */
 static const char *shape_check(const kvshm_op *op)
@@ -107,10 +136,25 @@ static const char *shape_check(const kvshm_op *op)
                 return "text: bad column name";
         switch (op->op) {
         case KVSHM_OP_INSERT:
-            if (op->nargs != 1 + op->nopen) return "text insert: one value and a text per column";
+            if (op->nargs != 1 + op->nopen && op->nargs != 2 + op->nopen)
+                return "text insert: one value and a text per column, then an optional id";
             for (uint32_t i = 0; i < op->nargs; i++)
                 if (!a[i].present) return "text insert: absent field";
+            if (op->nargs == 2 + op->nopen &&
+                (!is_i64(&a[op->nargs - 1]) || kvshm_op_i64(&a[op->nargs - 1], NULL) < 1))
+                return "text insert: bad id";
             return NULL;
+        case KVSHM_OP_LEASE:
+            return op->nargs == 1 && is_i64(&a[0]) && kvshm_op_i64(&a[0], NULL) >= 1 &&
+                           kvshm_op_i64(&a[0], NULL) <= KV_LEASE_MAX
+                       ? NULL
+                       : "text lease: a count of 1..65536 ids";
+        case KVSHM_OP_LEASE_END:
+            return op->nargs == 2 && is_i64(&a[0]) && is_i64(&a[1]) &&
+                           kvshm_op_i64(&a[0], NULL) >= 1 &&
+                           kvshm_op_i64(&a[1], NULL) >= kvshm_op_i64(&a[0], NULL)
+                       ? NULL
+                       : "text lease end: next, end";
         case KVSHM_OP_UPDATE:
             if (op->nargs != 2 && op->nargs != 2 + op->nopen)
                 return "text update: id, value, optional texts";
@@ -158,6 +202,8 @@ static const char *shape_check(const kvshm_op *op)
         if (op->nopen != 2 || !is_i64(&op->open[0]) || !is_i64(&op->open[1]))
             return "column: open parameters are min_chunk_bytes, max_chunk_bytes";
         return column_shape(op);
+    case KVSHM_OPC_KV:
+        return kv_shape(op);
     default:
         return "unknown class";
     }

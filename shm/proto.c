@@ -137,12 +137,20 @@ int kvshm_msg_parse(const void *buf, size_t n, struct kvshm_msg *m, const uint8_
         if (m->m_len == 0 || m->m_len > KVSHM_FEATURE_MAX) { *why = "feature: bad name length"; return -1; }
         return 0;
     case KVSHM_MSG_EXEC:
-        if (m->m_len ? m->m_len < KVSHM_OP_HDR || m->m_arg
-                     : m->m_arg == 0 || m->m_arg > KVSHM_OP_MAX_BYTES) {
+    case KVSHM_MSG_EXEC_END: {
+        const size_t idn = sizeof(struct kvshm_exec_id);
+        struct kvshm_exec_id id;
+        if (m->m_len < idn) { *why = "exec: operation id missing"; return -1; }
+        memcpy(&id, *payload, idn);
+        if (id.x_seq == 0) { *why = "exec: operation number 0"; return -1; }
+        if (m->m_type == KVSHM_MSG_EXEC_END ? m->m_len != idn || m->m_arg
+            : m->m_arg ? m->m_len != idn || m->m_arg > KVSHM_OP_MAX_BYTES
+                       : m->m_len - idn < KVSHM_OP_HDR) {
             *why = "exec: bad operation size";
             return -1;
         }
         return 0;
+    }
     case KVSHM_MSG_OPTIMIZE:
     case KVSHM_MSG_CHECKPOINT:
     case KVSHM_MSG_STATUS:

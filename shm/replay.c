@@ -91,7 +91,7 @@ kvshm_status kvshm_replay_segment(const char *seg_name, struct kv_batch *b, uint
     if (ks == KVSHM_E_MAGIC || ks == KVSHM_E_SIZE) ks = KVSHM_E_LAYOUT;
     if (ks == KVSHM_OK && c.oom) ks = KVSHM_E_NOMEM;
     if (ks != KVSHM_OK) goto out;
-    qsort(c.v, c.n, sizeof *c.v, rp_cmp);
+    if (c.n) qsort(c.v, c.n, sizeof *c.v, rp_cmp);   /* c.v is NULL when none */
     uint64_t last = committed;
     for (size_t i = 0; i < c.n; i++) if (c.v[i].seq > last) last = c.v[i].seq;
     if (c.n) {

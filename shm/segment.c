@@ -152,8 +152,16 @@ int kvshmi_set_access(int fd, const kvshm_config *cfg)
 }
 
 /* Create a shm object of `bytes`, reserved, with the access of cfg
- * (kvshmi_set_access), mapped read-write. On failure the object is unlinked
- * again and *err_no holds the errno. */
+ * (kvshmi_set_access), mapped read-write and populated. On failure the
+ * object is unlinked again and *err_no holds the errno.
+ * Populated: posix_fallocate already allocated every page; MAP_POPULATE
+ * also enters them in the writer's page table in one pass, so the writer's
+ * first store into each 4 KiB page (a block carved for a miss load or a
+ * record) takes no page fault. Without it a writer loading large values
+ * into a fresh segment took one fault per page written, about a quarter of
+ * its CPU time (perf, loader of perf/bench_files.py). On a VM that shadows
+ * page tables the first store into each page still costs an exit to the
+ * hypervisor (docs/performance.md, "Large values in shared mode"). */
 static kvshm_status create_object(const char *name, uint64_t bytes, const kvshm_config *cfg,
                                   int *fd_out, uint8_t **base_out, int *err_no)
 {
@@ -164,7 +172,8 @@ static kvshm_status create_object(const char *name, uint64_t bytes, const kvshm_
     if (kvshmi_set_access(fd, cfg) != 0 || ftruncate(fd, (off_t)bytes) != 0)
         e = errno;
     else if ((e = posix_fallocate(fd, 0, (off_t)bytes)) == 0 &&
-             (p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED)
+             (p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                       0)) == MAP_FAILED)
         e = errno;
     if (e) {
         *err_no = e;
@@ -294,6 +303,16 @@ uint32_t kvshm_writer_shards(const kvshm_writer *w) { return w->nshards; }
 uint64_t kvshm_writer_size_bytes(const kvshm_writer *w) { return w->seg.size; }
 uint64_t kvshm_writer_generation(const kvshm_writer *w) { return w->cfg.generation; }
 
+/* Add the figures of shard record sh to *out (relaxed loads: statistics). */
+static void add_figures(const struct kvshm_shard *sh, kvshm_shard_stats *out)
+{
+    out->region_bytes += sh->s_region_bytes;
+    out->used_bytes += kv_atomic_load_relaxed64(&sh->s_used);
+    out->retired_bytes += kv_atomic_load_relaxed64(&sh->s_retired);
+    out->tree_keys += kv_atomic_load_relaxed64(&sh->s_tree_keys);
+    out->mt_keys += kv_atomic_load_relaxed64(&sh->s_mt_keys);
+}
+
 kvshm_status kvshm_writer_shard_stats(const kvshm_writer *w, uint32_t shard,
                                       kvshm_shard_stats *out)
 {
@@ -302,15 +321,43 @@ kvshm_status kvshm_writer_shard_stats(const kvshm_writer *w, uint32_t shard,
     uint32_t lo = shard, hi = shard + 1;
     if (shard == KVSHM_ALL_SHARDS) lo = 0, hi = w->nshards;
     else if (shard >= w->nshards) return KVSHM_E_INVAL;
-    for (uint32_t i = lo; i < hi; i++) {
-        const struct kvshm_shard *sh = &w->shards[i];
-        out->region_bytes += sh->s_region_bytes;
-        out->used_bytes += kv_atomic_load_relaxed64(&sh->s_used);
-        out->retired_bytes += kv_atomic_load_relaxed64(&sh->s_retired);
-        out->tree_keys += kv_atomic_load_relaxed64(&sh->s_tree_keys);
-        out->mt_keys += kv_atomic_load_relaxed64(&sh->s_mt_keys);
-    }
+    for (uint32_t i = lo; i < hi; i++) add_figures(&w->shards[i], out);
     return KVSHM_OK;
+}
+
+kvshm_status kvshm_writer_set_miss_policy(kvshm_writer *w, uint32_t policy)
+{
+    KVSHMI_WRITER_ONLY(w);
+    if (policy != KVSHM_MISS_LARGE_FREE && policy != KVSHM_MISS_ALL) return KVSHM_E_INVAL;
+    for (uint32_t i = 0; i < w->nshards; i++)
+        kv_atomic_store_relaxed64(&w->shards[i].s_miss_policy, policy);
+    return KVSHM_OK;
+}
+
+/* Reports older than this are taken as handled (loaded elsewhere, declined
+ * or skipped by the writer): their credit lapses. */
+#define MISS_CREDIT_MS 200
+
+int kvshm_reader_miss_wanted(kvshm_reader *r, const void *key, size_t klen, uint64_t vlen)
+{
+    uint32_t i = r->nshards == 1 ? 0 : kvshm_shard_of(key, klen, r->nshards);
+    const struct kvshm_shard *sh = &r->shards[i];
+    if (kv_atomic_load_relaxed64(&sh->s_miss_policy) == KVSHM_MISS_ALL) return 1;
+    kvshm_shard_stats st = {0};
+    add_figures(sh, &st);
+    uint64_t bytes = kvshm_cached_bytes(klen, vlen);
+    struct kvshmi_miss_credit *c = r->miss_credit ? &r->miss_credit[i] : NULL;
+    if (!c) return kvshm_large_fits(&st, 0, bytes);
+    /* the writer's loads since the last look pay off this reader's reports */
+    uint64_t live = st.used_bytes - st.retired_bytes;
+    if (live > c->live) c->reported -= live - c->live < c->reported ? live - c->live : c->reported;
+    c->live = live;
+    uint64_t now = kvshmi_now_ms();
+    if (c->reported && now - c->since_ms > MISS_CREDIT_MS) c->reported = 0;
+    if (!kvshm_large_fits(&st, c->reported, bytes)) return 0;
+    if (!c->reported) c->since_ms = now;
+    c->reported += bytes;
+    return 1;
 }
 
 /*
@@ -370,6 +417,7 @@ kvshm_status kvshm_reader_attach(const char *seg_name, const char *slot_name,
     r->shards = (const struct kvshm_shard *)(r->seg.base + h->h_shard_tbl);
     r->nshards = h->h_shards;
     r->generation = h->h_generation;
+    r->miss_credit = calloc(r->nshards, sizeof *r->miss_credit); /* NULL: no credit kept */
     if ((st = kvshmi_slots_open(r, slot_name))) goto fail_map;
     kvshmi_membarrier_register(r);
     if ((st = kvshmi_slot_claim(r))) goto fail_slots;
@@ -382,6 +430,7 @@ fail_slots:
     free(r->slot_name);
 fail_map:
     unmap_object(&r->seg);
+    free(r->miss_credit);
     free(r);
     return st;
 }
@@ -395,6 +444,7 @@ void kvshm_reader_detach(kvshm_reader *r)
     munmap(r->slot_base, r->slot_bytes);
     unmap_object(&r->seg);
     free(r->slot_name);
+    free(r->miss_credit);
     free(r);
 }
 
@@ -408,6 +458,30 @@ uint32_t kvshm_reader_fault(const kvshm_reader *r, int64_t *sqlite_code)
     uint32_t st = kv_atomic_load_acquire32(&r->hdr->h_fault);
     if (sqlite_code) *sqlite_code = st ? r->hdr->h_fault_code : 0;
     return st;
+}
+
+int kvshm_reader_refusal(const kvshm_reader *r, char *msg, size_t cap)
+{
+    KV_ASSERT(cap >= 1);
+    const struct kvshm_hdr *h = r->hdr;
+    /* A writer killed halfway through a change leaves the version odd for
+     * good: after that many tries the refusal reads as lifted (the client
+     * finds the writer gone by its other checks). */
+    for (int tries = 0; tries < 100000; tries++) {
+        uint32_t v = kv_atomic_load_acquire32(&h->h_refuse_ver);
+        if (v & 1) continue;   /* the writer is changing it: a few stores */
+        int refused = (int)kv_atomic_load_relaxed32(&h->h_refuse);
+        size_t n = 0;
+        if (refused) {
+            for (; n + 1 < cap && n < KVSHM_REFUSE_MSG_MAX - 1 && h->h_refuse_msg[n]; n++)
+                msg[n] = h->h_refuse_msg[n];
+        }
+        msg[n] = 0;
+        kv_atomic_fence_acquire();
+        if (kv_atomic_load_relaxed32(&h->h_refuse_ver) == v) return refused;
+    }
+    msg[0] = 0;
+    return 0;
 }
 
 void kvshm_reader_seqs(const kvshm_reader *r, uint64_t *applied, uint64_t *committed)

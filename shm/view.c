@@ -338,6 +338,20 @@ void kvshm_writer_set_fault(kvshm_writer *w, uint32_t status, int64_t sqlite_cod
     kv_atomic_store_release32(&w->hdr->h_fault, status);
 }
 
+void kvshm_writer_set_refusal(kvshm_writer *w, const char *msg)
+{
+    KVSHMI_WRITER_ONLY(w);
+    struct kvshm_hdr *h = w->hdr;
+    uint32_t v = kv_atomic_load_relaxed32(&h->h_refuse_ver);
+    kv_atomic_store_relaxed32(&h->h_refuse_ver, v + 1);   /* odd: changing */
+    kv_atomic_fence_release();
+    size_t n = msg ? strnlen(msg, KVSHM_REFUSE_MSG_MAX - 1) : 0;
+    if (n) memcpy(h->h_refuse_msg, msg, n);
+    h->h_refuse_msg[n] = 0;
+    kv_atomic_store_relaxed32(&h->h_refuse, msg != NULL);
+    kv_atomic_store_release32(&h->h_refuse_ver, v + 2);
+}
+
 void kvshm_writer_publish_seq(kvshm_writer *w, uint64_t applied, uint64_t committed)
 {
     KVSHMI_WRITER_ONLY(w);

@@ -113,6 +113,18 @@ void wr_ckpt_kick(wr_ckpt *c)
     ckpt_set(c, &c->kicks, c->kicks + 1);
 }
 
+void wr_ckpt_wait(wr_ckpt *c)
+{
+    pthread_mutex_lock(&c->mu);
+    uint64_t want = ++c->kicks;
+    pthread_cond_broadcast(&c->cv);
+    /* done reaches `want` when a checkpoint starts after this kick; it has
+     * ended once running is 0 again (a paused or stopped thread runs none) */
+    while (!c->stop && !c->paused && (c->done < want || c->running))
+        pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+}
+
 void wr_ckpt_pause(wr_ckpt *c)
 {
     if (!c) return;

@@ -126,23 +126,11 @@ void wr_clients_close(wr_state *ws)
 
 /* ---- applying ring records ------------------------------------------------ */
 
-/* Apply one key record to the memtables; commits first when a memtable is
- * full (backpressure: never a silent drop). 0 applied, 1 no room yet (the
- * record stays in the ring), -1 malformed record. */
-static int apply_kv(wr_state *ws, uint32_t type, const uint8_t *p, uint32_t len)
+int wr_apply_write(wr_state *ws, const uint8_t *key, uint32_t klen, const uint8_t *val,
+                   uint32_t vlen, int tomb, uint64_t seq)
 {
-    const uint8_t *key, *val;
-    uint32_t klen, vlen;
-    if (kvshm_keyrec_decode(p, len, &key, &klen, &val, &vlen) != 0) return -1;
-    if (type == KVSHM_REC_MISS) {
-        wr_miss_add(ws, key, klen);
-        return 0;
-    }
-    int tomb = type == KVSHM_REC_DEL;
-    if (tomb) vlen = 0;
     for (int attempt = 0;; attempt++) {
-        kvshm_status st = kvshm_writer_put(ws->w, key, klen, tomb ? NULL : val, vlen,
-                                           ws->seq + 1, tomb);
+        kvshm_status st = kvshm_writer_put(ws->w, key, klen, val, vlen, seq, tomb);
         if (st == KVSHM_OK) break;
         if (st != KVSHM_E_FULL) {
             wr_log("apply failed: %s", kvshm_strerror(st));
@@ -155,10 +143,34 @@ static int apply_kv(wr_state *ws, uint32_t type, const uint8_t *p, uint32_t len)
             nanosleep(&ts, NULL);
         }
     }
-    ws->seq++;
+    if (seq > ws->seq) ws->seq = seq;
     ws->pending++;
     ws->stat_records++;
     return 0;
+}
+
+/* Apply one key record to the memtables; commits first when a memtable is
+ * full (backpressure: never a silent drop). 0 applied, 1 no room yet (the
+ * record stays in the ring), -1 malformed record. A node of a cluster that
+ * does not lead drops writes (clients check the segment's refusal before
+ * they publish one: only a write published as the node lost the lead gets
+ * here; counted and logged). */
+static int apply_kv(wr_state *ws, uint32_t type, const uint8_t *p, uint32_t len)
+{
+    const uint8_t *key, *val;
+    uint32_t klen, vlen;
+    if (kvshm_keyrec_decode(p, len, &key, &klen, &val, &vlen) != 0) return -1;
+    if (type == KVSHM_REC_MISS) {
+        wr_miss_add(ws, key, klen);
+        return 0;
+    }
+    if (!wr_cluster_accepts_writes(ws)) {
+        if (ws->stat_refused_writes++ == 0)
+            wr_log("cluster: a write came in while this node does not lead: dropped");
+        return 0;
+    }
+    int tomb = type == KVSHM_REC_DEL;
+    return wr_apply_write(ws, key, klen, tomb ? NULL : val, tomb ? 0 : vlen, tomb, ws->seq + 1);
 }
 
 size_t wr_drain(wr_state *ws)
@@ -233,7 +245,7 @@ int wr_has_work(void *ctx, int final)
     if (!final) return 0;
     /* a request whose sender saw the writer awake and flagged nothing */
     struct epoll_event ev;
-    return epoll_wait(ws->ep, &ev, 1, 0) > 0;
+    return epoll_wait(ws->ep, &ev, 1, 0) > 0 || wr_cluster_io_ready(ws);
 }
 
 /* ---- requests ------------------------------------------------------------ */
@@ -287,6 +299,11 @@ static void handle_put_file(wr_state *ws, wr_client *c, const struct kvshm_msg *
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         reply_status(c->sock, m->m_type, KV_INVALID,
                      "put_file: the descriptor must be a regular file or memfd");
+        close(fd);
+        return;
+    }
+    if (!wr_cluster_accepts_writes(ws)) {   /* a cluster node that does not lead */
+        reply_status(c->sock, m->m_type, KV_UNSUPPORTED, wr_cluster_refusal(ws));
         close(fd);
         return;
     }
@@ -374,15 +391,20 @@ size_t wr_status_text(wr_state *ws, char *buf, size_t cap)
     if ((size_t)n < cap) {   /* table operations (exec.c) */
         int e = snprintf(buf + n, cap - (size_t)n, "execs=%" PRIu64 "\nexecs_failed=%" PRIu64
                          "\nexec_batches=%" PRIu64 "\nexec_batched_ops=%" PRIu64
-                         "\nexec_batch_max=%" PRIu64 "\n",
+                         "\nexec_batch_max=%" PRIu64 "\nexec_replayed=%" PRIu64
+                         "\nexec_leases=%" PRIu64 "\n",
                          ws->stat_execs, ws->stat_exec_failed, ws->stat_exec_batches,
-                         ws->stat_exec_batched_ops, ws->stat_exec_batch_max);
+                         ws->stat_exec_batched_ops, ws->stat_exec_batch_max,
+                         ws->stat_exec_replayed, ws->stat_exec_leases);
         if (e > 0) n += e;
     }
+    if ((size_t)n < cap) n += (int)wr_cluster_status(ws, buf + n, cap - (size_t)n);
     return (size_t)n >= cap ? cap - 1 : (size_t)n;
 }
 
-static void handle_request(wr_state *ws, wr_client *c)
+/* Read and handle one request of client c: 1 when one was read, 0 when
+ * none was waiting (or the connection ended: c->dead). */
+static int handle_request(wr_state *ws, wr_client *c)
 {
     uint8_t buf[KVSHM_MSG_MAX];
     char cbuf[CMSG_SPACE(sizeof(int))];
@@ -390,10 +412,13 @@ static void handle_request(wr_state *ws, wr_client *c)
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
                         .msg_controllen = sizeof cbuf};
     ssize_t n = recvmsg(c->sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (n == 0) { c->dead = 1; return; }
+    if (n == 0) { c->dead = 1; return 0; }
+    /* ECONNRESET: the client closed with replies unread; the requests it
+     * sent before are still queued, and the error is reported once */
+    if (n < 0 && errno == ECONNRESET) return 1;
     if (n < 0) {
         if (errno != EAGAIN && errno != EINTR) c->dead = 1;
-        return;
+        return 0;
     }
     int fd = -1;
     for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
@@ -407,13 +432,13 @@ static void handle_request(wr_state *ws, wr_client *c)
         snprintf(msg, sizeof msg, "bad request: %s", why);
         if (fd >= 0) close(fd);
         reply_status(c->sock, m.m_type, KV_INVALID, msg);
-        return;
+        return 1;
     }
     char text[KVSHM_FEATURE_MAX + 1];
     kv_status st;
     switch (m.m_type) {
-    case KVSHM_MSG_ATTACH: handle_attach(ws, c, &m, pl, fd); return;
-    case KVSHM_MSG_PUT_FILE: handle_put_file(ws, c, &m, pl, fd); return;
+    case KVSHM_MSG_ATTACH: handle_attach(ws, c, &m, pl, fd); return 1;
+    case KVSHM_MSG_PUT_FILE: handle_put_file(ws, c, &m, pl, fd); return 1;
     case KVSHM_MSG_FEATURE:
         /* the commit in flight holds SQLite's write lock while its
          * transaction is open: finish it first */
@@ -441,7 +466,8 @@ static void handle_request(wr_state *ws, wr_client *c)
         wr_ckpt_resume(ws->ckpt);
         reply_status(c->sock, m.m_type, KV_OK, NULL);
         break;
-    case KVSHM_MSG_EXEC: wr_exec_request(ws, c->sock, &m, pl, fd); return;   /* owns fd */
+    case KVSHM_MSG_EXEC: wr_exec_request(ws, c->sock, &m, pl, fd); return 1;   /* owns fd */
+    case KVSHM_MSG_EXEC_END: wr_exec_end(ws, pl); break;   /* no reply */
     case KVSHM_MSG_STATUS: {
         size_t len = wr_status_text(ws, text, sizeof text);
         reply(c->sock, m.m_type, KV_OK, ws->generation, text, len);
@@ -451,6 +477,7 @@ static void handle_request(wr_state *ws, wr_client *c)
         kv_panic("request type %u passed kvshm_msg_parse", m.m_type);
     }
     if (fd >= 0) close(fd);
+    return 1;
 }
 
 /* Peer credentials: only processes of the writer's own user (or root) may
@@ -482,6 +509,9 @@ static int peer_allowed(const wr_state *ws, int sock)
     if (groups != few) free(groups);
     return allowed;
 }
+
+/* Requests read from one client in one round of wr_sock_poll. */
+#define WR_REQUEST_BURST 32
 
 /* --linger-ms: once no process has been connected for linger_ms, ask the
  * loop for a clean stop (as SIGTERM does). A connection counts from its
@@ -538,8 +568,14 @@ void wr_sock_poll(wr_state *ws)
             size_t idx = (size_t)evs[i].data.u64;
             if (idx >= ws->nclients || ws->clients[idx].sock < 0) continue;
             wr_client *c = &ws->clients[idx];
-            if (evs[i].events & EPOLLIN) handle_request(ws, c);
-            if (evs[i].events & (EPOLLHUP | EPOLLRDHUP | EPOLLERR)) {
+            /* a client that pipelines its operations (kv_exec_post) has
+             * several waiting: up to WR_REQUEST_BURST of them join this
+             * round's group commit; one that hung up, all it sent (it may
+             * have exited right after sending) */
+            int hup = (evs[i].events & (EPOLLHUP | EPOLLRDHUP | EPOLLERR)) != 0;
+            for (int k = 0; (hup || k < WR_REQUEST_BURST) && (evs[i].events & EPOLLIN) && !c->dead; k++)
+                if (!handle_request(ws, c)) break;
+            if (hup) {
                 c->dead = 1;
                 /* stop watching; the ring is drained, then dropped */
                 epoll_ctl(ws->ep, EPOLL_CTL_DEL, c->sock, NULL);

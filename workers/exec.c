@@ -1,7 +1,8 @@
 /*
  * exec.c -- the writer's executor of table operations (KVSHM_MSG_EXEC,
- * kvshm/ops.h): every write a TextVault, VectorKVault or ColumnVault makes to a served
- * file is applied here, with the engine call the embedded binding makes
+ * kvshm/ops.h): every write a TextVault, VectorKVault, ColumnVault or a
+ * KVault on a table other than the served one makes to a served file is
+ * applied here, with the engine call the embedded binding makes
  * (docs/shared-mode.md, "Every class through the writer").
  *
  * Engine handles are opened on first use and kept, keyed by class, table
@@ -16,6 +17,23 @@
  * The operation is untrusted: kvshm_op_decode checks every length and count;
  * the engine checks names, dimensions and byte counts as it does for the
  * embedded binding, and its message travels back as the reply's payload.
+ *
+ * Exactly once (kvault/oprec.h): every operation carries its client's token
+ * and number. Each runs inside a transaction of its handle's connection
+ * (alone, or in a group), and the client's last one that succeeds there
+ * writes its record (number, status, result) in that same transaction. An operation whose number the
+ * client's record already holds (a re-send after its writer died between
+ * commit and reply) gets the recorded reply and is not applied again; one
+ * below it (a pipelined insert sent again) an empty success.
+ *
+ * Pipelined text inserts (docs/shared-mode.md, "Pipelined inserts") carry
+ * their id, taken from a block of ids LEASE granted the client
+ * (kv_lease_grant); an insert without an id takes one above every block
+ * (kv_text_insert_leased). The
+ * executor keeps the last number per token it saw (oncemap.c) and reads
+ * the record only at the first sight of a token. Records go when their
+ * client closes its handle (EXEC_END) or, stale, at the executor's first
+ * use and every WR_EXEC_SWEEP_MS (kv_oprec_expire).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -27,6 +45,7 @@
 
 #include "kv_assert.h"
 #include "kvault/column.h"
+#include "kvault/oprec.h"
 #include "kvault/text.h"
 #include "kvault/vector.h"
 #include "kvshm/ops.h"
@@ -44,14 +63,23 @@
  * the loop serves everyone else meanwhile. */
 #define WR_EXEC_BUSY_MS 200
 #define WR_EXEC_BUSY_POLL_US 1000
+/* WAL frames from which a column handle's commit waits for a checkpoint
+ * (column_checkpoint): 4 x SQLite's wal_autocheckpoint, 128 MiB of 32 KiB
+ * pages. */
+#define WR_EXEC_WAL_WAIT_FRAMES 4000
 /* Largest memfd buffer kept between operations (bytes). */
 #define WR_EXEC_KEEP_IN ((size_t)64 << 20)
+/* Stale operation records are deleted at the executor's first use and then
+ * this often (ms), with the tokens not seen for KV_OPREC_MAX_AGE_MS. */
+#define WR_EXEC_SWEEP_MS (10u * 60 * 1000)
+/* Most EXEC_END tokens kept for the next flush (more wait for a sweep). */
+#define WR_EXEC_ENDS 1024
 
 typedef struct wr_handle {
     uint8_t cls;
     uint8_t *key;            /* table + open parameters, as encoded */
     size_t key_len;
-    void *h;                 /* kv_text *, kv_vector * or kv_colvault * */
+    void *h;                 /* kv_text *, kv_vector *, kv_colvault * or kv_db * */
     uint64_t used;           /* last use (wr_exec's counter) */
 } wr_handle;
 
@@ -59,6 +87,10 @@ typedef struct wr_handle {
 typedef struct wr_pending {
     int sock;                /* the client's socket: the reply goes there */
     uint32_t type;
+    struct kvshm_exec_id id; /* the client's token and the operation's number */
+    size_t dup;              /* 1 + index of a kept request with the same id, or 0 */
+    int replayed;            /* found applied: the reply is its record's */
+    int applied;             /* ran and recorded in its group's transaction */
     int fd;                  /* the client's memfd (owned), or -1 */
     uint8_t *buf;            /* the encoded operation (owned) */
     size_t len;
@@ -85,6 +117,10 @@ struct wr_exec {
     uint8_t *res;            /* the result of the current operation */
     char msg[256];           /* its error message when not the handle's own ("" else) */
     size_t res_len, res_cap;
+    wr_oncemap *once;        /* token -> last operation applied (exactly once) */
+    uint8_t (*ends)[KVSHM_EXEC_TOKEN];   /* tokens of closed clients (EXEC_END) */
+    size_t nends;
+    uint64_t swept_ms;       /* last sweep of stale records (0: none yet) */
 };
 
 /* How the executor serves one class (exec_classes below). */
@@ -98,6 +134,8 @@ typedef struct wr_class {
      * operation in a transaction of its own. */
     kv_status (*tx_begin)(void *h);
     kv_status (*tx_end)(void *h, int commit);
+    /* The connection of a handle, for its operation records (kvault/oprec.h). */
+    void (*conn)(void *h, kv_conn *c);
 } wr_class;
 
 static const wr_class *class_of(unsigned cls);
@@ -115,6 +153,8 @@ void wr_exec_close(wr_state *ws)
     if (!x) return;
     wr_exec_flush(ws);
     for (size_t i = 0; i < x->n; i++) handle_close(&x->hs[i]);
+    wr_oncemap_free(x->once);
+    free(x->ends);
     free(x->res);
     free(x->in);
     free(x);
@@ -227,14 +267,29 @@ static kv_status run_text(wr_exec *x, void *h, const kvshm_op *op)
     int64_t id = 0;
     int removed = 0;
     kv_status st;
+    char table[KVSHM_OP_TABLE_MAX + 1];
+    kv_conn c;
     switch (op->op) {
-    case KVSHM_OP_INSERT:   /* value, texts */
+    case KVSHM_OP_INSERT:   /* value, texts, [id] */
         for (uint32_t i = 0; i < op->nopen; i++) {
             texts[i] = (const char *)a[1 + i].p;
             lens[i] = a[1 + i].len;
         }
-        st = kv_text_insert(t, texts, lens, a[0].p, a[0].len, &id);
+        if (op->nargs > 1 + op->nopen)   /* the id from the client's block */
+            st = kv_text_insert_at(t, kvshm_op_i64(&a[op->nargs - 1], NULL), texts, lens, a[0].p,
+                                   a[0].len, &id);
+        else   /* never one of a block a client holds */
+            st = kv_text_insert_leased(t, texts, lens, a[0].p, a[0].len, &id);
         return st == KV_OK ? result(x, &id, 8) : st;
+    case KVSHM_OP_LEASE:   /* n: a block above every id in use or leased */
+        kv_text_conn(t, &c);
+        if ((st = kv_text_next_id(t, &id)) == KV_OK)
+            st = kv_lease_grant(&c, table_name(op, table), id, kvshm_op_i64(&a[0], NULL), &id);
+        return st == KV_OK ? result(x, &id, 8) : st;
+    case KVSHM_OP_LEASE_END:   /* next, end */
+        kv_text_conn(t, &c);
+        return kv_lease_return(&c, table_name(op, table), kvshm_op_i64(&a[0], NULL),
+                               kvshm_op_i64(&a[1], NULL));
     case KVSHM_OP_UPDATE:   /* id, value|absent, [texts] */
         for (uint32_t i = 0; i + 2 < op->nargs; i++) {
             texts[i] = (const char *)a[2 + i].p;
@@ -306,11 +361,30 @@ static kv_status run_vector(wr_exec *x, void *h, const kvshm_op *op)
     }
 }
 
+/* Checkpoints after the commits of a column handle
+ * (kv_colvault_set_checkpointer): the checkpointer thread (ckpt.c) runs
+ * them, so a reply does not wait for the copy of the WAL into the database
+ * file and its fsyncs, which an embedded ColumnVault's commit runs in
+ * place. From WR_EXEC_WAL_WAIT_FRAMES frames on, the commit waits for one,
+ * which bounds the WAL while appends come faster than the checkpoints
+ * copy them. */
+static void column_checkpoint(void *ctx, int wal_frames)
+{
+    wr_ckpt *c = ctx;
+    if (wal_frames >= WR_EXEC_WAL_WAIT_FRAMES)
+        wr_ckpt_wait(c);
+    else
+        wr_ckpt_kick(c);
+}
+
 static kv_status open_column(wr_state *ws, const kvshm_op *op, void **h, char *err,
                              size_t errlen)
 {
-    return kv_colvault_open(ws->db_abs, kvshm_op_i64(&op->open[0], NULL),
-                            kvshm_op_i64(&op->open[1], NULL), (kv_colvault **)h, err, errlen);
+    kv_status st = kv_colvault_open(ws->db_abs, kvshm_op_i64(&op->open[0], NULL),
+                                    kvshm_op_i64(&op->open[1], NULL), (kv_colvault **)h, err,
+                                    errlen);
+    if (st == KV_OK && ws->ckpt) kv_colvault_set_checkpointer(*h, column_checkpoint, ws->ckpt);
+    return st;
 }
 
 /* A field as a NUL-terminated string (no NUL inside: kvshm_op_decode);
@@ -414,6 +488,100 @@ static kv_status run_column(wr_exec *x, void *h, const kvshm_op *op)
     return st;
 }
 
+/* A KVault table other than the served one. The handle has no write-back
+ * cache and no read cache: each group commits, and reads are the clients'. */
+static kv_status open_kv(wr_state *ws, const kvshm_op *op, void **h, char *err, size_t errlen)
+{
+    char table[KVSHM_OP_TABLE_MAX + 1];
+    table_name(op, table);
+    if (!strcmp(table, ws->o.table)) {
+        /* an EXEC write would bypass the memtables: readers would go stale */
+        snprintf(err, errlen,
+                 "exec: table %s is served through the shared segment: attach to write it",
+                 table);
+        return KV_INVALID;
+    }
+    kv_open_opts o;
+    kv_open_opts_default(&o);
+    o.table = table;
+    o.chunk_size = (size_t)kvshm_op_i64(&op->open[0], NULL);   /* > 0 (decode) */
+    o.read_cache_bytes = 0;
+    o.busy_timeout_ms = 0;   /* pend_run and group_begin poll for WR_EXEC_BUSY_MS */
+    return kv_db_open(ws->db_abs, &o, (kv_db **)h, err, errlen);
+}
+
+/* The n (key or value) spans of a lengths field and its bytes (checked by
+ * decode) into ptr[]/len[]. */
+static void kv_spans(const kvshm_op_field *lens, const kvshm_op_field *data, size_t n,
+                     const void **ptr, size_t *len)
+{
+    const uint8_t *p = data->p;
+    for (size_t i = 0; i < n; i++) {
+        int64_t l;
+        memcpy(&l, lens->p + i * 8, 8);
+        ptr[i] = p ? (const void *)p : "";
+        len[i] = (size_t)l;
+        if (p) p += l;
+    }
+}
+
+static kv_status run_kv(wr_exec *x, void *h, const kvshm_op *op)
+{
+    kv_db *db = h;
+    const kvshm_op_field *a = op->args;
+    kv_status st;
+    switch (op->op) {
+    case KVSHM_OP_PUT:   /* key, value */
+        return kv_put(db, a[0].p ? (const void *)a[0].p : "", a[0].len,
+                      a[1].p ? (const void *)a[1].p : "", a[1].len);
+    case KVSHM_OP_DELETE: {   /* key */
+        int removed = 0;
+        st = kv_delete(db, a[0].p ? (const void *)a[0].p : "", a[0].len, &removed);
+        uint8_t r = (uint8_t)removed;
+        return st == KV_OK ? result(x, &r, 1) : st;
+    }
+    case KVSHM_OP_FEATURE: {   /* name (no NUL, decode) */
+        char *name = field_str(&a[0]);
+        st = name ? kv_record_feature(db, name) : KV_NOMEM;
+        free(name);
+        return st;
+    }
+    default:
+        break;
+    }
+    /* PUT_MANY: key lengths, keys, value lengths, values; DEL_MANY: key
+     * lengths, keys */
+    size_t n = a[0].len / 8;
+    const void **ptr = malloc((n ? n : 1) * 2 * sizeof *ptr);
+    size_t *len = malloc((n ? n : 1) * 2 * sizeof *len);
+    kv_item *items = op->op == KVSHM_OP_PUT_MANY ? malloc((n ? n : 1) * sizeof *items) : NULL;
+    if (!ptr || !len || (op->op == KVSHM_OP_PUT_MANY && !items)) {
+        st = KV_NOMEM;
+        snprintf(x->msg, sizeof x->msg, "exec: out of memory");
+    } else if (op->op == KVSHM_OP_PUT_MANY) {
+        kv_spans(&a[0], &a[1], n, ptr, len);
+        kv_spans(&a[2], &a[3], n, ptr + n, len + n);
+        for (size_t i = 0; i < n; i++)
+            items[i] = (kv_item){ptr[i], len[i], ptr[n + i], len[n + i]};
+        st = kv_put_many(db, items, n);
+    } else {   /* KVSHM_OP_DEL_MANY (kvshm_op_decode) */
+        size_t removed = 0;
+        kv_spans(&a[0], &a[1], n, ptr, len);
+        st = kv_delete_many(db, ptr, len, n, &removed);
+        int64_t r = (int64_t)removed;
+        if (st == KV_OK) st = result(x, &r, 8);
+    }
+    free(ptr);
+    free(len);
+    free(items);
+    return st;
+}
+
+static void close_kv(void *h) { kv_db_close(h); }
+static const char *errmsg_kv(void *h) { return kv_db_errmsg(h); }
+static kv_status tx_begin_kv(void *h) { return kv_db_tx_begin(h); }
+static kv_status tx_end_kv(void *h, int commit) { return kv_db_tx_end(h, commit); }
+
 static void close_text(void *h) { kv_text_close(h); }
 static void close_vector(void *h) { kv_vector_close(h); }
 static void close_column(void *h) { kv_colvault_close(h); }
@@ -425,13 +593,23 @@ static kv_status tx_begin_text(void *h) { return kv_text_tx_begin(h); }
 static kv_status tx_end_text(void *h, int commit) { return kv_text_tx_end(h, commit); }
 static kv_status tx_begin_vector(void *h) { return kv_vector_tx_begin(h); }
 static kv_status tx_end_vector(void *h, int commit) { return kv_vector_tx_end(h, commit); }
+static kv_status tx_begin_column(void *h) { return kv_colvault_tx_begin(h); }
+static kv_status tx_end_column(void *h, int commit) { return kv_colvault_tx_end(h, commit); }
+
+/* The connection of each class's handle. */
+static void conn_text(void *h, kv_conn *c) { kv_text_conn(h, c); }
+static void conn_vector(void *h, kv_conn *c) { kv_vector_conn(h, c); }
+static void conn_column(void *h, kv_conn *c) { kv_colvault_conn(h, c); }
+static void conn_kv(void *h, kv_conn *c) { kv_db_conn(h, c); }
 
 static const wr_class exec_classes[] = {
     [KVSHM_OPC_TEXT] = {open_text, close_text, run_text, errmsg_text, tx_begin_text,
-                        tx_end_text},
+                        tx_end_text, conn_text},
     [KVSHM_OPC_VECTOR] = {open_vector, close_vector, run_vector, errmsg_vector,
-                          tx_begin_vector, tx_end_vector},
-    [KVSHM_OPC_COLUMN] = {open_column, close_column, run_column, errmsg_column, NULL, NULL},
+                          tx_begin_vector, tx_end_vector, conn_vector},
+    [KVSHM_OPC_COLUMN] = {open_column, close_column, run_column, errmsg_column,
+                          tx_begin_column, tx_end_column, conn_column},
+    [KVSHM_OPC_KV] = {open_kv, close_kv, run_kv, errmsg_kv, tx_begin_kv, tx_end_kv, conn_kv},
 };
 
 /* Every class kvshm_op_decode accepts has an entry. */
@@ -592,11 +770,114 @@ static const char *handle_errmsg(wr_handle *w)
     return class_of(w->cls)->errmsg(w->h);
 }
 
+/* The connection of handle w, for its operation records. */
+static void handle_conn(const wr_handle *w, kv_conn *c)
+{
+    class_of(w->cls)->conn(w->h, c);
+}
+
+/* Delete the records of the clients that closed (EXEC_END), in the
+ * transaction open on w's connection. Kept for the next flush on failure. */
+static void drop_ends(wr_exec *x, wr_handle *w)
+{
+    kv_conn c;
+    handle_conn(w, &c);
+    size_t k = 0;
+    while (k < x->nends && kv_oprec_drop(&c, x->ends[k]) == KV_OK) {
+        wr_oncemap_del(x->once, x->ends[k]);
+        k++;
+    }
+    memmove(x->ends, x->ends + k, (x->nends - k) * sizeof *x->ends);
+    x->nends -= k;
+}
+
+/* Delete stale records (and forget their tokens) when a sweep is due: at
+ * the first use of the executor, then every WR_EXEC_SWEEP_MS. Outside any
+ * transaction of w. */
+static void sweep(wr_exec *x, wr_handle *w)
+{
+    uint64_t now = wr_now_ms();
+    if (x->swept_ms && now - x->swept_ms < WR_EXEC_SWEEP_MS) return;
+    x->swept_ms = now;
+    kv_conn c;
+    int64_t n = 0;
+    handle_conn(w, &c);
+    if (kv_oprec_expire(&c, KV_OPREC_MAX_AGE_MS, &n) != KV_OK)
+        wr_log("exec: stale operation records not deleted: %s", handle_errmsg(w));
+    else if (n)
+        wr_log("exec: %lld stale operation records deleted", (long long)n);
+    if (now > (uint64_t)KV_OPREC_MAX_AGE_MS)
+        wr_oncemap_expire(x->once, now - (uint64_t)KV_OPREC_MAX_AGE_MS);
+}
+
+/* Whether pending operation p must run (1), or was applied already (0:
+ * p holds the recorded reply, or the failure of the look-up). Reads the
+ * client's record through w's connection (inside its transaction) at the
+ * first sight of its token, and for a re-send of its last operation. */
+static int once_check(wr_state *ws, wr_handle *w, wr_pending *p)
+{
+    wr_exec *x = ws->exec;
+    wr_once *e = wr_oncemap_find(x->once, p->id.x_token);
+    if (e && p->id.x_seq > e->seq) return 1;   /* the common case: a new operation */
+    kv_conn c;
+    kv_oprec r;
+    int found;
+    handle_conn(w, &c);
+    kv_status st = kv_oprec_get(&c, p->id.x_token, &r, &found);
+    if (st != KV_OK) {
+        pend_fail(p, st, handle_errmsg(w));
+        return 0;
+    }
+    if (!found && !e) return 1;   /* first sight, no record: nothing was applied */
+    if (!e && (e = wr_oncemap_add(&x->once, p->id.x_token))) {   /* first sight */
+        e->seq = r.seq;
+        e->seen_ms = wr_now_ms();
+    }
+    if (found && r.seq == p->id.x_seq) {   /* applied: its recorded reply */
+        p->replayed = 1;
+        p->st = (kv_status)r.status;
+        if (r.res_len && !(p->res = malloc(r.res_len))) {
+            pend_fail(p, KV_NOMEM, "exec: out of memory");
+        } else if (r.res_len) {
+            memcpy(p->res, r.res, r.res_len);
+            p->res_len = r.res_len;
+        }
+        kv_oprec_free(&r);
+        ws->stat_exec_replayed++;
+        return 0;
+    }
+    kv_oprec_free(&r);
+    if (found && p->id.x_seq > r.seq) return 1;
+    if (found) {
+        /* older than the last one recorded: a pipelined client re-sends
+         * every operation whose reply it did not get, and each one was
+         * applied before that one (or failed); its result is not kept */
+        p->replayed = 1;
+        p->st = KV_OK;
+        ws->stat_exec_replayed++;
+        return 0;
+    }
+    pend_fail(p, KV_INVALID, "exec: the operation number is not the client's next one");
+    return 0;
+}
+
+/* 1 when a member after members[k] applied an operation of the same
+ * client (token). */
+static int later_applied(const wr_exec *x, const size_t *members, size_t k, size_t n)
+{
+    const wr_pending *p = &x->pend[members[k]];
+    for (size_t j = k + 1; j < n; j++) {
+        const wr_pending *q = &x->pend[members[j]];
+        if (q->applied && !memcmp(q->id.x_token, p->id.x_token, KVSHM_EXEC_TOKEN)) return 1;
+    }
+    return 0;
+}
+
 /* Apply the pending operations that run on the same engine handle as
- * x->pend[first] (same class and key): alone as before, or, when there are
- * several, in one transaction of that handle's connection with each
- * operation in its own savepoint (a failing one is rolled back alone and
- * gets its own error). Marks them run. */
+ * x->pend[first] (same class and key) in one transaction of that handle's
+ * connection, each operation in its own savepoint (a failing one is rolled
+ * back alone and gets its own error), each that succeeds followed by its
+ * client's record (exactly once). Marks them run. */
 static void run_group(wr_state *ws, size_t first)
 {
     wr_exec *x = ws->exec;
@@ -604,8 +885,8 @@ static void run_group(wr_state *ws, size_t first)
     size_t members[WR_EXEC_BATCH], n = 0;
     for (size_t i = first; i < x->npend; i++) {
         wr_pending *p = &x->pend[i];
-        if (!p->ran && p->st == KV_OK && p->cls == p0->cls && p->key_len == p0->key_len &&
-            !memcmp(p->key, p0->key, p0->key_len))
+        if (!p->ran && !p->dup && p->st == KV_OK && p->cls == p0->cls &&
+            p->key_len == p0->key_len && !memcmp(p->key, p0->key, p0->key_len))
             members[n++] = i;
     }
     char err[1024] = "";
@@ -613,11 +894,18 @@ static void run_group(wr_state *ws, size_t first)
     /* decode again: x->op holds one operation at a time */
     kvshm_op_decode(p0->buf, p0->len, &x->op, &(const char *){NULL});
     wr_handle *w = handle_get(ws, &x->op, &st, err, sizeof err);
-    /* a class without group transactions runs each operation alone */
-    int grouped = n > 1 && class_of(p0->cls)->tx_begin;
-    if (w && grouped) {
+    /* a class without group transactions runs each operation alone, and
+     * unrecorded (at least once) */
+    int grouped = w && class_of(p0->cls)->tx_begin, open = 0;
+    if (grouped) {
+        sweep(x, w);
         if ((st = group_begin(w)) != KV_OK) snprintf(err, sizeof err, "%s", handle_errmsg(w));
+        else open = 1;
+        if (open && x->nends) drop_ends(x, w);
     }
+    kv_conn c;
+    if (w) handle_conn(w, &c);
+    size_t applied = 0;
     for (size_t k = 0; k < n; k++) {
         wr_pending *p = &x->pend[members[k]];
         p->ran = 1;
@@ -625,33 +913,106 @@ static void run_group(wr_state *ws, size_t first)
             pend_fail(p, st, err);
             continue;
         }
+        if (grouped && !once_check(ws, w, p)) continue;
         if (k) kvshm_op_decode(p->buf, p->len, &x->op, &(const char *){NULL});
         pend_run(x, w, p, !grouped);
+        if (!grouped || p->st != KV_OK) continue;
+        p->applied = 1;
+        applied++;
     }
-    if (!w || !grouped || st != KV_OK) return;
-    ws->stat_exec_batches++;
-    ws->stat_exec_batched_ops += n;
-    if (n > ws->stat_exec_batch_max) ws->stat_exec_batch_max = n;
-    if ((st = group_end(w, 1)) != KV_OK) {
-        /* nothing of the group was committed */
-        snprintf(err, sizeof err, "%s", handle_errmsg(w));
-        for (size_t k = 0; k < n; k++) pend_fail(&x->pend[members[k]], st, err);
+    /* each client's record, in the same transaction: it commits with the
+     * operations or not at all. One per client: that of its last operation
+     * applied here (its earlier ones are older than the record says) */
+    for (size_t k = 0; st == KV_OK && k < n; k++) {
+        wr_pending *p = &x->pend[members[k]];
+        if (!p->applied || later_applied(x, members, k, n)) continue;
+        if ((st = kv_oprec_put(&c, p->id.x_token, p->id.x_seq, KV_OK, p->res, p->res_len)) != KV_OK)
+            snprintf(err, sizeof err, "%s", handle_errmsg(w));
+    }
+    if (!grouped) return;
+    if (st == KV_OK && applied > 1) {
+        ws->stat_exec_batches++;
+        ws->stat_exec_batched_ops += applied;
+        if (applied > ws->stat_exec_batch_max) ws->stat_exec_batch_max = applied;
+    }
+    if (st == KV_OK) {
+        if ((st = group_end(w, 1)) != KV_OK) snprintf(err, sizeof err, "%s", handle_errmsg(w));
+    } else if (open) {
+        group_end(w, 0);   /* a record could not be written: roll the group back */
+    }
+    if (st != KV_OK) {
+        /* nothing of the group was committed: every operation that ran
+         * fails (a replayed one keeps its recorded reply) */
+        for (size_t k = 0; k < n; k++) {
+            wr_pending *p = &x->pend[members[k]];
+            if (p->replayed) continue;
+            free(p->res);
+            p->res = NULL;
+            p->res_len = 0;
+            p->applied = 0;
+            pend_fail(p, st, err);
+        }
+        return;
+    }
+    uint64_t now = wr_now_ms();
+    for (size_t k = 0; k < n; k++) {   /* committed: remember the numbers */
+        wr_pending *p = &x->pend[members[k]];
+        if (!p->applied) continue;
+        wr_once *e = wr_oncemap_add(&x->once, p->id.x_token);
+        if (!e) continue;   /* out of memory: the record is read at the next sight */
+        e->seq = p->id.x_seq;
+        e->seen_ms = now;
+    }
+}
+
+/* A request with the same id as an earlier kept one (a re-send that
+ * arrived while the first was still waiting) gets that one's reply. */
+static void copy_dup(wr_pending *p, const wr_pending *orig)
+{
+    p->st = orig->st;
+    memcpy(p->err, orig->err, sizeof p->err);
+    if (orig->st == KV_OK && orig->res_len) {
+        if (!(p->res = malloc(orig->res_len))) {
+            pend_fail(p, KV_NOMEM, "exec: out of memory");
+            return;
+        }
+        memcpy(p->res, orig->res, orig->res_len);
+        p->res_len = orig->res_len;
     }
 }
 
 void wr_exec_flush(wr_state *ws)
 {
     wr_exec *x = ws->exec;
-    if (!x || !x->npend) return;
+    if (!x || (!x->npend && !x->nends)) return;
     /* the KV pipeline's open transaction holds SQLite's write lock */
     if (ws->cm_open && wr_commit_finish(ws) != 0)
         for (size_t i = 0; i < x->npend; i++)
             if (x->pend[i].st == KV_OK)
                 pend_fail(&x->pend[i], KV_BUSY, "exec: the writer could not finish its commit");
     for (size_t i = 0; i < x->npend; i++)
-        if (!x->pend[i].ran && x->pend[i].st == KV_OK) run_group(ws, i);
+        if (!x->pend[i].ran && !x->pend[i].dup && x->pend[i].st == KV_OK) run_group(ws, i);
+    for (size_t i = 0; i < x->npend; i++)
+        if (x->pend[i].dup) copy_dup(&x->pend[i], &x->pend[x->pend[i].dup - 1]);
     for (size_t i = 0; i < x->npend; i++) pend_reply(ws, &x->pend[i]);
     x->npend = 0;
+    /* closed clients whose records no group transaction took */
+    wr_handle *w = x->n ? &x->hs[0] : NULL;
+    if (x->nends && w && class_of(w->cls)->tx_begin && !(ws->cm_open && wr_commit_finish(ws))) {
+        if (group_begin(w) == KV_OK) {
+            drop_ends(x, w);
+            if (group_end(w, 1) != KV_OK) x->nends = 0;   /* left to the sweep */
+        }
+    }
+}
+
+void wr_exec_end(wr_state *ws, const uint8_t *pl)
+{
+    if (!ws->exec && !(ws->exec = calloc(1, sizeof *ws->exec))) return;
+    wr_exec *x = ws->exec;
+    if (!x->ends && !(x->ends = malloc(WR_EXEC_ENDS * sizeof *x->ends))) return;
+    if (x->nends == WR_EXEC_ENDS) return;   /* left to the sweep */
+    memcpy(x->ends[x->nends++], pl, KVSHM_EXEC_TOKEN);   /* x_token leads the id */
 }
 
 void wr_exec_request(wr_state *ws, int sock, const struct kvshm_msg *m, const uint8_t *pl,
@@ -674,19 +1035,31 @@ void wr_exec_request(wr_state *ws, int sock, const struct kvshm_msg *m, const ui
     p->type = m->m_type;
     p->fd = fd;
     p->st = KV_OK;
-    if (!m->m_len) {   /* in the memfd (kvshm_msg_parse: 1..max bytes) */
+    /* the id, then the operation (kvshm_msg_parse: the id is there) */
+    memcpy(&p->id, pl, sizeof p->id);
+    pl += sizeof p->id;
+    size_t oplen = m->m_len - sizeof p->id;
+    for (size_t i = 0; i + 1 < x->npend; i++)
+        if (!memcmp(&x->pend[i].id, &p->id, sizeof p->id)) p->dup = i + 1;
+    if (m->m_arg) {   /* in the memfd (kvshm_msg_parse: 1..max bytes) */
         if (fd < 0) why = "exec: missing descriptor";
         else if ((p->buf = read_memfd(x, fd, m->m_arg, &why))) p->len = (size_t)m->m_arg;
-    } else if ((p->buf = malloc(m->m_len))) {
-        memcpy(p->buf, pl, m->m_len);
-        p->len = m->m_len;
+    } else if ((p->buf = malloc(oplen))) {
+        memcpy(p->buf, pl, oplen);
+        p->len = oplen;
     } else {
         why = "exec: out of memory";
     }
     if (!why && kvshm_op_decode(p->buf, p->len, &x->op, &why) == 0) {
+        if (x->op.op == KVSHM_OP_LEASE || x->op.op == KVSHM_OP_LEASE_END) ws->stat_exec_leases++;
         p->cls = x->op.cls;
         p->key = x->op.key;   /* into p->buf */
         p->key_len = x->op.key_len;
     }
     if (why) pend_fail(p, strcmp(why, "exec: out of memory") ? KV_INVALID : KV_NOMEM, why);
+    /* a cluster node that does not lead takes no table operation: they are
+     * not replicated (docs/replication.md), so one applied here would be on
+     * this node alone */
+    else if (!wr_cluster_accepts_writes(ws))
+        pend_fail(p, KV_UNSUPPORTED, wr_cluster_refusal(ws));
 }

@@ -191,7 +191,7 @@ static void evict_under_pressure(wr_state *ws)
     for (uint32_t i = 0; i < shards; i++) {
         kvshm_shard_stats st;
         kvshm_writer_shard_stats(ws->w, i, &st);
-        if (st.used_bytes - st.retired_bytes > st.region_bytes / 4 * 3) {
+        if (st.used_bytes - st.retired_bytes > kvshm_evict_mark(&st)) {
             evict_shard(ws, i, 4);
             any = 1;
         }
@@ -213,16 +213,20 @@ static uint64_t cpu_now_us(void)
 }
 
 typedef struct cm_ctx {
-    kv_batch *b;
+    wr_state *ws;
     kv_status st;
 } cm_ctx;
 
+/* One record of the frozen batch into the kv_batch, and, in a cluster, into
+ * the batch's Raft entry (cluster.c). */
 static int cm_rec(void *ctx, const void *key, size_t klen, const void *val, size_t vlen,
                   uint64_t seq, int tomb)
 {
     cm_ctx *c = ctx;
-    (void)seq;
-    c->st = tomb ? kv_batch_delete(c->b, key, klen) : kv_batch_put(c->b, key, klen, val, vlen);
+    kv_batch *b = c->ws->batch;
+    c->st = tomb ? kv_batch_delete(b, key, klen) : kv_batch_put(b, key, klen, val, vlen);
+    if (c->st == KV_OK && c->ws->cluster)
+        wr_cluster_batch_add(c->ws, key, klen, val, vlen, seq, tomb);
     return c->st != KV_OK;
 }
 
@@ -306,6 +310,7 @@ static int cm_freeze(wr_state *ws)
     ws->phase = WR_INSERT;
     ws->cm_shard = 0;
     ws->cm_cur = (kvshm_scan_cursor)KVSHM_SCAN_CURSOR_INIT;
+    wr_cluster_batch_reset(ws);
     return 0;
 }
 
@@ -317,6 +322,7 @@ static void cm_restart(wr_state *ws)
     ws->phase = WR_INSERT;
     ws->cm_shard = 0;
     ws->cm_cur = (kvshm_scan_cursor)KVSHM_SCAN_CURSOR_INIT;
+    wr_cluster_batch_reset(ws);
 }
 
 /* 1 if a client ring holds a record: its producer may be waiting for it to
@@ -360,7 +366,7 @@ static int cm_insert(wr_state *ws, uint64_t deadline_us, int yield)
         ws->cm_open = 1;
     }
     uint32_t shards = kvshm_writer_shards(ws->w);
-    cm_ctx c = {.b = ws->batch, .st = KV_OK};
+    cm_ctx c = {.ws = ws, .st = KV_OK};
     while (ws->cm_shard < shards) {
         kvshm_status ks = kvshm_writer_frozen_scan_from(ws->w, ws->cm_shard, &ws->cm_cur,
                                                         INSERT_CHUNK, cm_rec, &c);
@@ -395,16 +401,23 @@ static int cm_commit(wr_state *ws)
     }
     kvshm_writer_set_fault(ws->w, 0, 0);
     ws->committed = ws->frozen_seq;
+    uint64_t prop = wr_cluster_batch_commit(ws, ws->frozen_seq);
     ws->stat_commits++;
     if (ws->ckpt && ws->stat_commits % CKPT_EVERY == 0) wr_ckpt_kick(ws->ckpt);
     kvshm_writer_publish_seq(ws->w, 0, ws->committed);
     /* Durable now: SYNC waiters up to each ring's freeze position return
-     * (the folds only decide what the trees cache). */
+     * (the folds only decide what the trees cache); in a cluster, once the
+     * cluster committed the batch's entry (cluster.c, release_clients). */
     for (size_t i = 0; i < ws->nclients; i++) {
         wr_client *c = &ws->clients[i];
         if (c->sock >= 0 && c->ring && c->commit_pos > c->committed_pos) {
-            kvshm_ring_set_committed(c->ring, c->commit_pos);
-            c->committed_pos = c->commit_pos;
+            if (prop) {
+                c->repl_pos = c->commit_pos;
+                c->repl_prop = prop;
+            } else {
+                kvshm_ring_set_committed(c->ring, c->commit_pos);
+                c->committed_pos = c->commit_pos;
+            }
         }
     }
     ws->phase = WR_FOLD;
@@ -548,20 +561,21 @@ typedef struct miss_ctx {
     wr_state *ws;
     uint32_t shard;           /* the key's shard */
     size_t used;              /* bytes of miss_buf taken by this step */
-    uint64_t large_pending;   /* large values this step read, not loaded yet */
+    size_t klen;              /* the key's length */
+    uint64_t large_pending;   /* region bytes of large values read, not loaded yet */
     int declined;             /* the last call refused a large value */
 } miss_ctx;
 
-/* Whether a large value of vlen bytes may be cached in `shard` now: only
- * into free room, so that loading it never starts an eviction
+/* Whether a large value taking `bytes` of the region (kvshm_cached_bytes)
+ * may be cached in `shard` now: only into free room, so that loading it never starts an eviction
  * (evict_under_pressure, at 3/4 of the region), which would drop a sample
  * of every cached key, the hot small ones too. */
-static int miss_admit_large(wr_state *ws, uint32_t shard, uint64_t pending, size_t vlen)
+static int miss_admit_large(wr_state *ws, uint32_t shard, uint64_t pending, uint64_t bytes)
 {
     if (g_miss_admit_all) return 1;
     kvshm_shard_stats st;
     if (kvshm_writer_shard_stats(ws->w, shard, &st) != KVSHM_OK) return 0;
-    return st.used_bytes - st.retired_bytes + pending + vlen <= st.region_bytes / 4 * 3;
+    return kvshm_large_fits(&st, pending, bytes);
 }
 
 static void *miss_alloc(void *ctx, size_t vlen)
@@ -570,7 +584,8 @@ static void *miss_alloc(void *ctx, size_t vlen)
     wr_state *ws = c->ws;
     c->declined = 0;
     if (vlen > ws->o.max_value_bytes) return NULL;
-    if (vlen >= MISS_LARGE_MIN && !miss_admit_large(ws, c->shard, c->large_pending, vlen)) {
+    if (vlen >= MISS_LARGE_MIN &&
+        !miss_admit_large(ws, c->shard, c->large_pending, kvshm_cached_bytes(c->klen, vlen))) {
         c->declined = 1;
         return NULL;
     }
@@ -608,13 +623,14 @@ static void load_misses(wr_state *ws)
             free(m.key);
         } else {
             c.shard = kvshm_shard_of(m.key, m.klen, shards);
+            c.klen = m.klen;
             if (kv_get_into(ws->db, m.key, m.klen, KV_GET_DIRECT_MIN, miss_alloc, &c, &vlen) ==
                 KV_OK) {
                 taken[n] = m;
                 off[n] = c.used;
                 len[n++] = vlen;
                 c.used += vlen;
-                if (vlen >= MISS_LARGE_MIN) c.large_pending += vlen;
+                if (vlen >= MISS_LARGE_MIN) c.large_pending += kvshm_cached_bytes(m.klen, vlen);
             } else {
                 if (c.declined) ws->stat_miss_declined++;
                 free(m.key);
@@ -691,7 +707,10 @@ int wr_run(wr_state *ws)
         goto out;
     }
     kvshm_writer_publish_seq(ws->w, ws->seq, ws->committed);
+    /* readers report large misses only when this policy would load them */
+    kvshm_writer_set_miss_policy(ws->w, g_miss_admit_all ? KVSHM_MISS_ALL : KVSHM_MISS_LARGE_FREE);
     if (wr_sock_listen(ws) != 0) goto out;
+    if (wr_cluster_start(ws) != 0) goto out;
     if (wr_registry_write(ws, "ready") != 0) goto out;
     wr_log("serving %s (table %s) generation %" PRIu64 ", segment %s, %u shards, %" PRIu64
            " bytes", ws->db_abs, ws->o.table, ws->generation, ws->seg_name, ws->o.shards,
@@ -703,11 +722,12 @@ int wr_run(wr_state *ws)
     ws->last_commit_ms = wr_now_ms();
     ws->req_seen = kvshm_writer_requests(ws->w);
     uint64_t last_maint = ws->last_commit_ms, commits_at_ckpt = 0;
-    int stopping = 0;
+    int stopping = 0, final_poll = 0;
     uint64_t stop_ms = 0;
     for (;;) {
         /* The socket costs a system call: polled when a client flagged a
          * request, else once a millisecond (accepts, hang-ups). */
+        wr_cluster_pass(ws);
         uint32_t req = kvshm_writer_requests(ws->w);
         wr_idle idle = {.ws = ws, .requests = req};
         uint64_t now_us = wr_now_us();
@@ -747,7 +767,9 @@ int wr_run(wr_state *ws)
              * (covers SYNC/MISS/STATS records with no write behind them). */
             for (size_t i = 0; i < ws->nclients; i++) {
                 wr_client *c = &ws->clients[i];
-                if (c->sock >= 0 && c->ring && c->committed_pos != c->applied_pos) {
+                /* (a position waiting for the cluster's commit waits on) */
+                if (c->sock >= 0 && c->ring && c->committed_pos != c->applied_pos &&
+                    !c->repl_prop) {
                     c->commit_pos = c->committed_pos = c->applied_pos;
                     kvshm_ring_set_committed(c->ring, c->applied_pos);
                 }
@@ -769,7 +791,18 @@ int wr_run(wr_state *ws)
                 commits_at_ckpt = ws->stat_commits;
             }
         }
-        if (stopping && !drained && ws->pending == 0 && ws->phase == WR_IDLE) break;
+        if (stopping && !drained && ws->pending == 0 && ws->phase == WR_IDLE) {
+            /* A client that sent its requests and exited just before this
+             * pass (its pipelined inserts returned) may not have been read
+             * yet: one last look at the socket, which applies the EXEC
+             * requests it reads (wr_sock_poll flushes them) and leaves the
+             * ring records for the next pass. */
+            if (final_poll) break;
+            final_poll = 1;
+            ws->stat_sock_polls++;
+            wr_sock_poll(ws);
+            continue;
+        }
         if (*ws->stop && !stopping) {
             stopping = 1;
             stop_ms = now;
@@ -787,12 +820,13 @@ int wr_run(wr_state *ws)
             if (left <= now) continue;
             if (left - now < (uint64_t)timeout) timeout = (int)(left - now);
         }
-        kvshm_writer_idle_wait(ws->w, wr_has_work, &idle, timeout);
+        kvshm_writer_idle_wait(ws->w, wr_has_work, &idle, wr_cluster_wait_ms(ws, timeout));
     }
     rc = 0;
     wr_log("stopped: committed sequence %" PRIu64 ", %" PRIu64 " commits", ws->committed,
            ws->stat_commits);
 out:
+    wr_cluster_stop(ws);
     wr_clients_close(ws);
     if (ws->w) {
         if (rc == 0) wr_registry_write(ws, "stopped");

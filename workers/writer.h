@@ -4,9 +4,12 @@
  *   loop.c     the writer loop: drain, apply, commit, fold, misses, eviction
  *   clients.c  the unix socket: attaches, requests, client rings
  *   exec.c     table operations of other classes (EXEC): engine handles
+ *   oncemap.c  which operation of each EXEC client was applied last
  *   registry.c the registry file `<db>-kvault` and crash recovery (replay
  *              of a dead writer's memtables)
  *   ckpt.c     the WAL checkpointer thread
+ *   cluster.c  cluster mode: replication of the committed batches on
+ *              libraft (cluster.h; off without --cluster)
  * Everything runs on one thread, but for the checkpointer, which only
  * checkpoints the WAL on its own SQLite connection (ckpt.c).
  */
@@ -23,6 +26,8 @@
 #include "kvshm/proto.h"
 #include "kvshm/ring.h"
 
+#include "cluster.h"
+
 typedef struct wr_opts {
     const char *db_path;
     const char *table;
@@ -37,6 +42,7 @@ typedef struct wr_opts {
     int linger_ms;               /* exit this long after the last client left; < 0: never */
     int group_access;            /* --group: peers of group `gid` admitted, files 0660 */
     uint32_t gid;
+    wr_cluster_opts cluster;     /* --cluster / --node-id (spec NULL: single node) */
 } wr_opts;
 
 /* One attached process. */
@@ -47,12 +53,15 @@ typedef struct wr_client {
     uint64_t applied_pos;        /* ring position up to which records are applied */
     uint64_t commit_pos;         /* applied_pos when the pending batch was frozen */
     uint64_t committed_pos;      /* last position marked committed in the ring */
+    uint64_t repl_pos;           /* cluster: position committed locally, marked once */
+    uint64_t repl_prop;          /* proposal repl_prop is replicated (cluster.c); 0: none */
     uint64_t hits, misses;       /* reported by STATS records */
     int dead;                    /* socket hung up: drain, then drop */
 } wr_client;
 
 typedef struct wr_ckpt wr_ckpt;
 typedef struct wr_exec wr_exec;
+typedef struct wr_cluster wr_cluster;
 
 /* Where the commit in flight stands (loop.c, "Commit pipeline"). */
 typedef enum wr_phase {
@@ -86,6 +95,7 @@ typedef struct wr_state {
     kv_db *db;                   /* second connection: miss loads, streams, meta */
     wr_ckpt *ckpt;               /* checkpointer thread (NULL: the loop checkpoints) */
     wr_exec *exec;               /* table operations: engine handles (NULL until used) */
+    wr_cluster *cluster;         /* cluster mode (cluster.c); NULL: single node */
     int lsock;                   /* listening socket */
     int ep;                      /* epoll */
     wr_client *clients;
@@ -134,7 +144,10 @@ typedef struct wr_state {
     uint64_t stat_exec_batches;          /* transactions that applied several of them */
     uint64_t stat_exec_batched_ops;      /* operations in those transactions */
     uint64_t stat_exec_batch_max;        /* most operations in one of them */
+    uint64_t stat_exec_replayed;         /* re-sent ones found applied: recorded reply */
+    uint64_t stat_exec_leases;           /* of which blocks of ids asked for or given back */
     uint64_t stat_miss_declined;         /* large misses not cached: no free room */
+    uint64_t stat_refused_writes;        /* ring writes dropped: not the cluster's leader */
     uint64_t hits_gone, misses_gone; /* from clients that left */
 } wr_state;
 
@@ -168,6 +181,14 @@ int wr_sock_listen(wr_state *ws);
 void wr_sock_poll(wr_state *ws);
 /* Apply every record in every ring; returns the number of records. */
 size_t wr_drain(wr_state *ws);
+/* Apply one write to the active memtables with sequence seq (a client's
+ * next sequence, or a replicated record's own, cluster.c): val NULL and
+ * vlen 0 for a tombstone; seq must exceed the key's last one. When the
+ * memtable is full, finishes the commit in flight and freezes (wr_commit_room)
+ * and retries. Raises ws->seq to seq, counts the record pending. 0 applied,
+ * 1 still no room (retry later), -1 refused by the segment (logged). */
+int wr_apply_write(wr_state *ws, const uint8_t *key, uint32_t klen, const uint8_t *val,
+                   uint32_t vlen, int tomb, uint64_t seq);
 /* What the loop's idle wait checks for work: ws and the request count
  * (kvshm_writer_requests) read before the loop pass polled the socket. */
 typedef struct wr_idle {
@@ -202,8 +223,33 @@ void wr_exec_request(wr_state *ws, int sock, const struct kvshm_msg *m, const ui
  * its result or the engine's message. Call before a kept request's socket
  * closes; a no-op when none waits. */
 void wr_exec_flush(wr_state *ws);
+/* Take one EXEC_END (kvshm_msg_parse passed it): the client handle whose
+ * id `pl` holds is closing; its record of applied operations is deleted at
+ * the next wr_exec_flush. No reply. */
+void wr_exec_end(wr_state *ws, const uint8_t *pl);
 /* Close every engine handle of the executor (at exit). */
 void wr_exec_close(wr_state *ws);
+
+/* oncemap.c: token of an EXEC client -> number of its last operation the
+ * executor applied (or found applied), for the tokens this writer saw. */
+typedef struct wr_once {
+    uint8_t token[KVSHM_EXEC_TOKEN];
+    uint64_t seq;               /* >= 1 in the map */
+    uint64_t seen_ms;           /* wr_now_ms() of its last operation */
+} wr_once;
+typedef struct wr_oncemap wr_oncemap;
+/* The entry of `token`, or NULL (m may be NULL). */
+wr_once *wr_oncemap_find(wr_oncemap *m, const uint8_t *token);
+/* The entry of `token`, added (seq and seen_ms 0: the caller sets seq >= 1
+ * before the next call) when absent; *mp is created at first use. NULL when
+ * out of memory. Pointers into the map are valid until the next add or
+ * delete. */
+wr_once *wr_oncemap_add(wr_oncemap **mp, const uint8_t *token);
+/* Remove the entry of `token` (if any). */
+void wr_oncemap_del(wr_oncemap *m, const uint8_t *token);
+/* Remove the entries last seen before before_ms; returns their count. */
+size_t wr_oncemap_expire(wr_oncemap *m, uint64_t before_ms);
+void wr_oncemap_free(wr_oncemap *m);
 
 /* ckpt.c */
 /* Start the checkpointer: a thread with its own kv_batch on db_path/table.
@@ -212,6 +258,10 @@ wr_ckpt *wr_ckpt_start(const char *db_path, const char *table);
 /* Ask for a passive checkpoint (returns at once; kicks pending fold into
  * one checkpoint). Loop thread only. */
 void wr_ckpt_kick(wr_ckpt *c);
+/* Kick, then wait until a checkpoint that started after the kick has
+ * ended (returns at once while the thread is paused or stopping). Loop
+ * thread only. */
+void wr_ckpt_wait(wr_ckpt *c);
 /* Hold the checkpointer (waiting for a checkpoint in progress to end) so
  * the loop's own checkpoint or VACUUM is not turned away by SQLite's
  * checkpoint lock; wr_ckpt_resume lets it go on. NULL: no-op. Loop thread. */

@@ -111,8 +111,10 @@ static int ColVault_rehome(PyObject *obj)
         return -1;
     }
     kv_colvault_cache_lock(cv, locked);
-    if (self->route)
+    if (self->route) {
         kv_colvault_set_commit_guard(cv, &self->route->guard);
+        kv_colvault_conn(cv, &self->route->conn);
+    }
     self->cv = cv;   /* the parent's is leaked */
     self->gen++;
     return 0;
@@ -171,8 +173,10 @@ static int ColVault_init(ColVaultObject *self, PyObject *args, PyObject *kw)
         self->route = NULL;
         return -1;
     }
-    if (self->route)
+    if (self->route) {
         kv_colvault_set_commit_guard(cv, &self->route->guard);
+        kv_colvault_conn(cv, &self->route->conn);
+    }
     self->cv = cv;
     return 0;
 }

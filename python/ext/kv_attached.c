@@ -27,6 +27,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kv_backend.h"
 #include "kv_hot.h"
@@ -34,11 +35,29 @@
 /* The handle: the attachment and the ring-batching state of the cache API. */
 typedef struct att {
     kv_att *a;                 /* owned */
+    char *path, *table;        /* route 2 ("spawn"): what att_respawn starts a writer for */
     int cache_on;              /* puts go into the ring without waiting */
     int cache_locked;          /* flush_cache() refuses (returns 0) */
     size_t cache_puts;         /* puts since the last flush (cache on) */
 } att;
 
+/* kv_attach_opts.respawn of a "spawn" object: a writer that died with
+ * nobody taking over is replaced, and the handle re-attaches to it. */
+static int att_respawn(void *ctx)
+{
+    att *t = ctx;
+    return kvb_spawn_writer(t->path, t->table);
+}
+
+static void att_free(att *t)
+{
+    free(t->path);
+    free(t->table);
+    free(t);
+}
+
+/* route: 0 none, 1 "auto" (continue after the writer stops), 2 "spawn"
+ * (also replace a writer that died: att_respawn) */
 static kv_status att_open(const char *path, const kv_open_opts *o, int route, void **out,
                           char *err, size_t errlen)
 {
@@ -49,9 +68,17 @@ static kv_status att_open(const char *path, const kv_open_opts *o, int route, vo
     ao.db = *o;
     char msg[512] = "";
     att *t = calloc(1, sizeof *t);
-    kv_status st = t ? kv_attach(path, &ao, &t->a, msg, sizeof msg) : KV_NOMEM;
+    kv_status st = t ? KV_OK : KV_NOMEM;
+    if (t && route == 2) {
+        t->path = strdup(path);
+        t->table = strdup(o->table ? o->table : "kv");
+        ao.respawn = att_respawn;
+        ao.respawn_ctx = t;
+        if (!t->path || !t->table) st = KV_NOMEM;
+    }
+    if (st == KV_OK) st = kv_attach(path, &ao, &t->a, msg, sizeof msg);
     if (st != KV_OK) {
-        free(t);
+        if (t) att_free(t);
         t = NULL;
         snprintf(err, errlen, "attach: %s", msg[0] ? msg : kv_strerror(st));
     }
@@ -65,7 +92,7 @@ static kv_status att_close(void *h)
 {
     att *t = h;
     kv_attach_close(t->a);
-    free(t);
+    att_free(t);
     return KV_OK;
 }
 
@@ -233,17 +260,41 @@ static kvhot *att_hot_new(void *h, size_t limit)
     uint64_t n = 2;
     while (n < KVHOT_MAX_ENTRIES && n * 2 * KVHOT_ENTRY_BYTES <= (uint64_t)limit)
         n *= 2;
+    uint64_t first = n < KVHOT_MIN_ENTRIES ? n : KVHOT_MIN_ENTRIES;
     if (c)
-        c->ent = PyMem_Calloc((size_t)n, sizeof *c->ent);
+        c->ent = PyMem_Calloc((size_t)first, sizeof *c->ent);
     if (!c || !c->ent) {
         PyMem_Free(c);
         PyErr_NoMemory();
         return NULL;
     }
     c->a = ((att *)h)->a;
-    c->mask = n - 1;
+    c->mask = first - 1;
+    c->max_mask = n - 1;
     c->limit = (Py_ssize_t)(limit < (size_t)PY_SSIZE_T_MAX ? limit : (size_t)PY_SSIZE_T_MAX);
     return c;
+}
+
+/* Double the table (rehash every copy), 0; -1 when memory is short (the
+ * table stays as it is). The two ways of a set go to the set of the same
+ * index or the one `entries` above it: no set of the new table overflows. */
+static int hot_grow(kvhot *c)
+{
+    uint64_t n = (c->mask + 1) * 2;
+    kvhot_ent *ent = PyMem_Calloc((size_t)n, sizeof *ent);
+    if (!ent)
+        return -1;
+    for (uint64_t i = 0; i <= c->mask; i++) {
+        kvhot_ent *e = &c->ent[i];
+        if (!e->key)
+            continue;
+        kvhot_ent *set = &ent[e->h & (n - 1) & ~UINT64_C(1)];
+        set[set[0].key ? 1 : 0] = *e;
+    }
+    PyMem_Free(c->ent);
+    c->ent = ent;
+    c->mask = n - 1;
+    return 0;
 }
 
 static void hot_drop(kvhot *c, kvhot_ent *e)
@@ -279,6 +330,8 @@ void kvhot_keep(kvhot *c, uint64_t h, const char *k, Py_ssize_t kn, PyObject *v,
     kvhot_ent *e = kvhot_find(c, h, k, kn);
     if (!e) {
         kvhot_ent *set = &c->ent[h & c->mask & ~UINT64_C(1)];
+        if (set[0].key && set[1].key && c->mask < c->max_mask && hot_grow(c) == 0)
+            set = &c->ent[h & c->mask & ~UINT64_C(1)];
         e = !set[0].key ? &set[0] : !set[1].key ? &set[1]
             : (int32_t)(set[0].tick - set[1].tick) <= 0 ? &set[0] : &set[1];
     }

@@ -13,7 +13,13 @@
  *                                 shared segment, writes through the ring; the
  *                                 "write-back cache" is the ring itself
  *                                 (docs/shared-mode.md), plus the hot-value
- *                                 cache of kv_hot.h.
+ *                                 cache of kv_hot.h;
+ *   kvb_routed (kv_routed.c)      a table of a served file that the writer does
+ *                                 not serve through its segment: the embedded
+ *                                 backend's reads on an own connection, every
+ *                                 write one table operation the writer commits
+ *                                 (kv_exec, docs/shared-mode.md, "Every class
+ *                                 through the writer").
  *
  * Calling rules, for every operation unless its comment says otherwise:
  *   - the caller holds the object's lock (one call per handle at a time) and
@@ -59,7 +65,7 @@
 
 /** One backend of _KVault. Instances are static and immutable. */
 typedef struct kvb_ops {
-    const char *name;          /**< "embedded" / "attached" (messages) */
+    const char *name;          /**< "embedded" / "attached" / "routed" (messages) */
     size_t keys_per_batch;     /**< keys per keys_batch call of the key iterator */
     int exists_blocks;         /**< nonzero: exists() may wait (call it with the GIL
                                     released); zero: memory first, kept with the GIL */
@@ -223,6 +229,19 @@ typedef struct kvb_ops {
 
 extern const kvb_ops kvb_embedded;   /**< kv_embedded.c */
 extern const kvb_ops kvb_attached;   /**< kv_attached.c */
+extern const kvb_ops kvb_routed;     /**< kv_routed.c */
+
+typedef struct kv_exec kv_exec;
+/** A probe of whether a writer serves the file at `path` (for any table;
+ *  kv_exec_open, never connected), or NULL when the path has no registry
+ *  (":memory:", a missing file) or memory ran out. Free with
+ *  kvb_routed_probe_free. */
+kv_exec *kvb_routed_probe(const char *path);
+/** 1 if a writer serves the probe's file now, ready, for any table
+ *  (kv_exec_served: one open, fcntl and pread); 0 for a NULL probe. Any
+ *  thread, no GIL needed. */
+int kvb_routed_served(const kv_exec *probe);
+void kvb_routed_probe_free(kv_exec *probe);
 
 /** 1 if a kvault-writer serves `path` for `table` (kv_attach_served). */
 int kvb_attached_served(const char *path, const char *table);
@@ -241,5 +260,11 @@ int kvb_attached_recover_pending(const char *reg, const char *table);
  *  embedded write (kv_attach_recover, waiting up to KVB_RECOVER_WAIT_MS).
  *  Blocks: call without the GIL. */
 kv_status kvb_attached_recover(const char *path, const char *table, char *err, size_t errlen);
+/** Start a writer for `path` and `table` as KVault(shared="spawn") does
+ *  (kohakuvault.proxy._spawn_writer: exactly one among racing processes;
+ *  kv_py.c). Takes the GIL (PyGILState_Ensure: with or without it held).
+ *  1 when a writer serves the file afterwards, else 0 (an exception raised
+ *  by the spawn is cleared; none is tried while the interpreter exits). */
+int kvb_spawn_writer(const char *path, const char *table);
 
 #endif /* KV_BACKEND_H */

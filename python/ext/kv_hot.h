@@ -8,11 +8,15 @@
  * put/delete of the stripe's keys). A hit is one xxh3 of the key, one compare
  * and two loads from the segment header: no tree walk, no copy, no lock, no
  * system call, and never an older value than the segment itself would
- * return. Bounded by read_cache_bytes. While the handle has writes the
- * writer has not applied yet (pipelined, or batched by enable_cache),
- * kv_att_stamp returns 0 and every lookup misses: the read then goes
- * through kv_att_get, which waits for them, so an object reads its own
- * writes.
+ * return. Bounded by read_cache_bytes. The table starts at
+ * KVHOT_MIN_ENTRIES and doubles when a copy would evict one while the bound
+ * allows more: a table sized for the bound up front is untouched zeroed
+ * memory whose every page costs a page fault on its first lookup, about one
+ * fault per get while the keys read are new (a loader's first epoch).
+ * While the handle has writes the writer has not applied yet (pipelined,
+ * or batched by enable_cache), kv_att_stamp returns 0 and every lookup
+ * misses: the read then goes through kv_att_get, which waits for them, so
+ * an object reads its own writes.
  *
  * The lookup is inline here so that kv_py.c's get checks it before any call
  * through the backend table; the rest is in kv_attached.c. Everything needs
@@ -31,6 +35,7 @@
 
 #define KVHOT_ENTRY_BYTES 512        /* read_cache_bytes per table entry */
 #define KVHOT_MAX_ENTRIES (1u << 20)
+#define KVHOT_MIN_ENTRIES 64u        /* the table starts here and doubles up to its bound */
 #define KVHOT_VALUE_MAX 16384        /* larger stored values are not kept */
 #define KVHOT_REPORT_EVERY 4096u     /* hits handed to kv_att_add_hits at a time */
 
@@ -49,6 +54,7 @@ typedef struct kvhot {
     kv_att *a;                 /* borrowed: the attached handle the tokens come from */
     kvhot_ent *ent;            /* owned, mask + 1 entries */
     uint64_t mask;             /* entries - 1 (entries: a power of two >= 2) */
+    uint64_t max_mask;         /* mask of the largest table read_cache_bytes allows */
     Py_ssize_t bytes, limit;
     uint32_t tick;
     uint64_t hits;             /* lookups answered */

@@ -3,12 +3,13 @@
  * (behaviour: docs/api.md §3-§4), its key
  * iterator _KVaultKeys, the dict KV_DEFAULTS and _attach_served().
  *
- * One type over two backends (kv_backend.h): `_KVault(path, ...)` opens the
- * file embedded (kv_embedded.c, libkvault in this process),
+ * One type over three backends (kv_backend.h): `_KVault(path, ...)` opens
+ * the file embedded (kv_embedded.c, libkvault in this process),
  * `_KVault(path, ..., attach=True)` attaches to the kvault-writer serving it
- * (kv_attached.c, shared mode). This file converts arguments, encodes and
- * decodes values (auto-pack), serialises calls and raises exceptions; the
- * backend stores.
+ * (kv_attached.c, shared mode), `attach=2` routes the writes of a table the
+ * writer does not serve through it (kv_routed.c). This file converts
+ * arguments, encodes and decodes values (auto-pack), serialises calls and
+ * raises exceptions; the backend stores.
  *
  * Calls are serialised by a per-object leaf mutex; it is acquired without
  * holding the GIL when contended (so a thread that holds it can always get
@@ -60,6 +61,7 @@ typedef struct KVObject {
     char *reg;                 /* owned: registry path of the file */
     kv_open_opts o;            /* the open options, to open the other backend */
     kv_commit_guard guard;     /* embedded: refuses commits while a writer holds reg */
+    kv_exec *probe;            /* "auto" mode: whether a writer serves the file (any table) */
 } KVObject;
 
 static PyTypeObject KVType;
@@ -252,7 +254,7 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
     PyObject *write_mode = Py_None;
     char err[512] = "";
 
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|snpiLL$npOi", kwlist, PyUnicode_FSConverter,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|snpiLL$niOi", kwlist, PyUnicode_FSConverter,
                                      &pathb, &o.table, &chunk, &o.enable_wal, &o.page_size,
                                      &mmap, &cache_kb, &read_cache, &attach, &write_mode, &route))
         return -1;
@@ -261,6 +263,7 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
         return -1;
     }
     const char *bad = self->h ? "_KVault already initialised"
+                      : attach < 0 || attach > 2 ? "attach must be 0, 1 (attached) or 2 (routed)"
                       : chunk <= 0 ? "chunk_size must be positive"
                       : read_cache < 0 ? "read_cache_bytes must be >= 0" : NULL;
     if (bad) {
@@ -272,7 +275,7 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
     o.cache_kb = cache_kb;
     o.chunk_size = (size_t)chunk;
     o.read_cache_bytes = (size_t)read_cache;
-    const kvb_ops *ops = attach ? &kvb_attached : &kvb_embedded;
+    const kvb_ops *ops = attach == 2 ? &kvb_routed : attach ? &kvb_attached : &kvb_embedded;
     const char *path = PyBytes_AS_STRING(pathb);
     void *h = NULL;
     kv_status st;
@@ -309,7 +312,7 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
     self->o.table = self->ctable;
     /* every embedded object is guarded (a dead writer's records first,
      * docs/shared-mode.md "Recovery"); "auto" ones follow the writer too */
-    if ((route || !attach) && route_init(self, route) == 0 && ops->set_guard)
+    if ((route || attach != 1) && route_init(self, route) == 0 && ops->set_guard)
         ops->set_guard(h, &self->guard);
     self->write_flags = write_flags;
     self->chunk_size = (size_t)chunk;
@@ -320,13 +323,14 @@ static int KV_init(KVObject *self, PyObject *args, PyObject *kw)
 }
 
 /* kvpy_fork_node.rehome: first call of an object in a forked child (lock
- * and GIL held): an embedded object opens its own handle of the file and
- * leaks the parent's (forksafe.c); the write-back cache switch is kept, its
- * entries stay the parent's to write. 0, or -1 with the exception set. */
+ * and GIL held): an embedded or routed object opens its own handle of the
+ * file and leaks the parent's (forksafe.c); the write-back cache switch is
+ * kept, its entries stay the parent's to write. 0, or -1 with the exception set. */
 static int kv_rehome(PyObject *obj)
 {
     KVObject *s = (KVObject *)obj;
-    if (s->ops != &kvb_embedded)
+    const kvb_ops *ops = s->ops;
+    if (ops == &kvb_attached)
         return 0;   /* attached: kv_attach re-homes the handle itself */
     if (!s->cpath || !s->ctable) {
         PyErr_NoMemory();
@@ -335,12 +339,11 @@ static int kv_rehome(PyObject *obj)
     void *old = s->h, *h = NULL;
     char err[512] = "";
     kv_status st;
-    int cache_on = kvb_embedded.cache_enabled(old);
+    int cache_on = ops->cache_enabled(old);
     Py_BEGIN_ALLOW_THREADS
-    st = kvb_embedded.open(s->cpath, &s->o, s->route, &h, err, sizeof err);
+    st = ops->open(s->cpath, &s->o, s->route, &h, err, sizeof err);
     if (st == KV_OK && cache_on)
-        kvb_embedded.cache_enable(h, KVB_DEFAULT_CACHE_CAP_BYTES,
-                                  KVB_DEFAULT_CACHE_FLUSH_THRESHOLD);
+        ops->cache_enable(h, KVB_DEFAULT_CACHE_CAP_BYTES, KVB_DEFAULT_CACHE_FLUSH_THRESHOLD);
     Py_END_ALLOW_THREADS
     if (st != KV_OK) {
         kvpy_raise_status(st, err, 0);
@@ -348,9 +351,9 @@ static int kv_rehome(PyObject *obj)
     }
     s->h = h;
     if (cache_on)
-        kvb_embedded.cache_set_locked(h, s->cache_locked);
+        ops->cache_set_locked(h, s->cache_locked);
     if (s->guarded)
-        kvb_embedded.set_guard(h, &s->guard);
+        ops->set_guard(h, &s->guard);
     return 0;
 }
 
@@ -377,7 +380,7 @@ static kv_status kv_detach(KVObject *self)
     self->h = NULL;      /* marked closed even if the flush fails */
     self->hot = NULL;
     kvhot_free(hot);
-    if (h && self->fork.forked && self->ops == &kvb_embedded)
+    if (h && self->fork.forked && self->ops != &kvb_attached)
         h = NULL;   /* a forked child's inherited connection: the parent's, leaked */
     if (h) {
         /* the write-back cache is written, never dropped, writer or not */
@@ -407,11 +410,13 @@ static uint64_t mono_ms(void)
 
 /* Commit guard of an embedded object: refuse while a dead writer's records
  * are not replayed (any mode) or, in "auto" mode, while a writer holds the
- * registry for our table (runs inside SQLite's write lock, GIL or not). */
+ * registry for our table or serves the file for another one (runs inside
+ * SQLite's write lock, GIL or not). */
 static int route_check(void *ctx)
 {
     KVObject *s = ctx;
-    return (s->route && kvb_attached_locked(s->reg, s->ctable)) ||
+    return (s->route &&
+            (kvb_attached_locked(s->reg, s->ctable) || kvb_routed_served(s->probe))) ||
            kvb_attached_recover_pending(s->reg, s->ctable);
 }
 
@@ -426,6 +431,8 @@ static int route_init(KVObject *s, int route)
     s->guard.ctx = s;
     s->route = route;
     s->guarded = 1;
+    if (route && !s->probe)
+        s->probe = kvb_routed_probe(s->cpath);   /* NULL: no registry, never served */
     return 0;
 }
 
@@ -459,26 +466,29 @@ static void kv_swap(KVObject *s, const kvb_ops *ops, void *h)
 }
 
 /* `route` of an object opened with shared="spawn": as "auto", and a writer
- * that died under an attached object is replaced (spawn_writer). */
+ * that died under an attached object is replaced (kvb_spawn_writer). */
 #define ROUTE_SPAWN 2
 
-/* Start a writer for the object's file as KVault(shared="spawn") does
- * (kohakuvault.proxy._spawn_writer: exactly one among racing processes).
- * GIL held. 1 when it returned, 0 when it raised (cleared: the object then
- * continues embedded). */
-static int spawn_writer(KVObject *s)
+int kvb_spawn_writer(const char *cpath, const char *table)
 {
+#if PY_VERSION_HEX >= 0x030D0000
+    if (Py_IsFinalizing())
+#else
+    if (_Py_IsFinalizing())
+#endif
+        return 0;
+    PyGILState_STATE g = PyGILState_Ensure();
     PyObject *mod = PyImport_ImportModule("kohakuvault.proxy");
-    PyObject *path = mod ? PyUnicode_DecodeFSDefault(s->cpath) : NULL;
-    PyObject *r = path ? PyObject_CallMethod(mod, "_spawn_writer", "Os", path, s->ctable) : NULL;
+    PyObject *path = mod ? PyUnicode_DecodeFSDefault(cpath) : NULL;
+    PyObject *r = path ? PyObject_CallMethod(mod, "_spawn_writer", "Os", path, table) : NULL;
     Py_XDECREF(path);
     Py_XDECREF(mod);
-    if (!r) {
+    int returned = r != NULL;
+    if (!r)
         PyErr_Clear();
-        return 0;
-    }
-    Py_DECREF(r);
-    return 1;
+    Py_XDECREF(r);
+    PyGILState_Release(g);
+    return returned && kvb_attached_served(cpath, table);
 }
 
 /* After a call of an object in "auto" mode (lock and GIL held): 1 when the
@@ -487,12 +497,13 @@ static int spawn_writer(KVObject *s)
  *   embedded, a commit refused by the guard: a dead writer's records are
  *     not replayed -> replay them (kv_attach_recover), run the call again;
  *     a writer holds the registry ("auto" mode) -> attach, waiting up to
- *     ROUTE_WAIT_MS for the writer to be ready; if it goes away instead,
- *     run the call embedded again;
+ *     ROUTE_WAIT_MS for the writer to be ready; a writer that serves the
+ *     file for another table -> routed (kv_routed.c); if it goes away
+ *     instead, run the call embedded again;
  *   attached, the writer stopped cleanly or died (its handle replayed the
  *     dead writer and committed what it had queued): continue embedded;
  *     run the call again if it failed. In "spawn" mode a writer that died
- *     is replaced first (spawn_writer) and the object attaches to it. */
+ *     is replaced first (kvb_spawn_writer) and the object attaches to it. */
 static int kv_reroute(KVObject *s, kv_status *st)
 {
     void *h = NULL;
@@ -526,6 +537,14 @@ static int kv_reroute(KVObject *s, kv_status *st)
                 kv_swap(s, &kvb_attached, h);
                 return 1;
             }
+            if (!locked && kvb_routed_served(s->probe)) {
+                Py_BEGIN_ALLOW_THREADS
+                ost = kvb_routed.open(s->cpath, &s->o, 1, &h, err, sizeof err);
+                Py_END_ALLOW_THREADS
+                if (ost == KV_OK)
+                    kv_swap(s, &kvb_routed, h);
+                return 1;
+            }
             if (!locked)
                 return 1;
             if (mono_ms() >= deadline) {
@@ -537,7 +556,7 @@ static int kv_reroute(KVObject *s, kv_status *st)
     int stopped;
     if (!s->route || !s->ops->stopped || !(stopped = s->ops->stopped(s->h)))
         return 0;
-    if (s->route == ROUTE_SPAWN && stopped == 2 && spawn_writer(s)) {
+    if (s->route == ROUTE_SPAWN && stopped == 2 && kvb_spawn_writer(s->cpath, s->ctable)) {
         Py_BEGIN_ALLOW_THREADS
         ost = kvb_attached.open(s->cpath, &s->o, s->route, &h, err, sizeof err);
         Py_END_ALLOW_THREADS
@@ -564,6 +583,7 @@ static void KV_dealloc(KVObject *self)
     free(self->cpath);
     free(self->ctable);
     free(self->reg);
+    kvb_routed_probe_free(self->probe);
     Py_XDECREF(self->path);
     Py_XDECREF(self->table);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -1690,7 +1710,7 @@ static PyObject *KV_get_generation(KVObject *self, void *unused)
 
 static PyObject *KV_get_attached(KVObject *self, void *unused)
 {
-    return PyBool_FromLong(self->ops == &kvb_attached);
+    return PyBool_FromLong(self->ops != &kvb_embedded);
 }
 
 static PyObject *KV_get_write_mode(KVObject *self, void *unused)
@@ -1764,7 +1784,9 @@ static PyGetSetDef KV_getset[] = {
     {"closed", (getter)KV_get_closed, NULL, "True after close()", NULL},
     {"path", (getter)KV_get_path, NULL, "the path given to the constructor", NULL},
     {"table", (getter)KV_get_table, NULL, "the table name", NULL},
-    {"attached", (getter)KV_get_attached, NULL, "True when attached to a kvault-writer", NULL},
+    {"attached", (getter)KV_get_attached, NULL,
+     "True when the writes go through a kvault-writer (attached, or routed for a table it "
+     "does not serve)", NULL},
     {"write_mode", (getter)KV_get_write_mode, NULL,
      "'applied' or 'pipelined' (docs/shared-mode.md, \"Write modes\")", NULL},
     {"generation", (getter)KV_get_generation, NULL,
@@ -1782,7 +1804,9 @@ static PyTypeObject KVType = {
               "        *, read_cache_bytes, attach=False, write_mode='applied')\n"
               "Native key-value store over one SQLite table (see kohakuvault.KVault);\n"
               "defaults in KV_DEFAULTS. attach=True: attached to the kvault-writer\n"
-              "serving the file (shared mode, docs/shared-mode.md), else embedded.\n"
+              "serving the file (shared mode, docs/shared-mode.md); attach=2: routed,\n"
+              "a table the writer of the file does not serve, written through it;\n"
+              "else embedded.\n"
               "read_cache_bytes: embedded, cap of the process-local read cache (WAL mode\n"
               "only; 0 = off), a cached value served only while SQLite's WAL-index header\n"
               "is unchanged; attached, cap of the hot-value cache (and of the own\n"
@@ -1815,9 +1839,23 @@ static PyObject *mod_attach_served(PyObject *m, PyObject *args)
     return PyBool_FromLong(r);
 }
 
+static PyObject *mod_exec_served(PyObject *m, PyObject *arg)
+{
+    PyObject *pathb = NULL;
+    if (!PyUnicode_FSConverter(arg, &pathb))
+        return NULL;
+    kv_exec *probe = kvb_routed_probe(PyBytes_AS_STRING(pathb));
+    Py_DECREF(pathb);
+    int r = kvb_routed_served(probe);
+    kvb_routed_probe_free(probe);
+    return PyBool_FromLong(r);
+}
+
 static PyMethodDef mod_methods[] = {
     {"_attach_served", mod_attach_served, METH_VARARGS,
      "_attach_served(path, table='kv') -> bool: a kvault-writer serves this file and table"},
+    {"_exec_served", mod_exec_served, METH_O,
+     "_exec_served(path) -> bool: a kvault-writer serves this file (for any table)"},
     {NULL, NULL, 0, NULL},
 };
 

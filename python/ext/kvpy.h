@@ -36,6 +36,7 @@ static inline int kvpy_key_arg(PyObject *k, const char **p, Py_ssize_t *n)
 
 /* ---- errors_py.c: kv_status -> Python exception, in one table. */
 #include "kvault/kvault.h"
+#include "kvault/oprec.h"
 #include "kvshm/ops.h"
 
 extern PyObject *kvpy_KeyNotFoundError;  /**< _kvault.KeyNotFoundError(RuntimeError) */
@@ -196,8 +197,19 @@ typedef struct kvpy_store_kind {
     unsigned op_class;                           /**< KVSHM_OPC_* */
     /** kv_*_set_commit_guard of the engine handle. */
     void (*set_guard)(void *h, kv_commit_guard *g);
+    /** kv_*_conn of the engine handle (its operation records). */
+    void (*conn)(void *h, kv_conn *out);
     /** Append the open parameters of `s` (kvshm/ops.h, per class). */
     void (*encode_open)(const kvpy_store *s, kvshm_op_enc *e);
+    /** Apply an insert this store pipelined (kvpy_store_post_insert,
+     *  decoded) on the own handle, with the id it carries: the writer that
+     *  had it is gone. NULL: the store's inserts are not pipelined. */
+    kv_status (*run_posted)(void *h, const kvshm_op *op);
+    /** kv_*_tx_begin / kv_*_tx_end of the engine handle: the own
+     *  connection applies a dead writer's share of pipelined inserts in
+     *  one transaction. Set with run_posted. */
+    kv_status (*tx_begin)(void *h);
+    kv_status (*tx_end)(void *h, int commit);
 } kvpy_store_kind;
 
 /** How a write of a store travels to the writer (kvpy_store_write): its
@@ -222,8 +234,14 @@ typedef struct kvpy_store_remote {
 typedef struct kvpy_route {
     struct kv_exec *ex;      /* connection to the writer (made at first use) */
     kv_commit_guard guard;   /* on the engine handle */
+    kv_conn conn;            /* the engine handle's connection (kv_*_conn), set with the guard */
+    kv_oprec rec;            /* the record of an operation a dead writer applied */
     int via_writer;          /* writes go to the writer */
     kv_buf op;               /* the encoded operation of the current write */
+    int64_t lease_next;      /* the block of ids pipelined inserts take: */
+    int64_t lease_end;       /*   [lease_next, lease_end), empty when equal */
+    int64_t lease_size;      /* ids of the next block asked for (0: 1) */
+    kvshm_op *dec;           /* a pipelined insert decoded again (own fallback) */
 } kvpy_route;
 
 /** A route for the file at `path` (unless KVAULT_SHARED is "off"; a path
@@ -234,7 +252,13 @@ int kvpy_route_new(const char *path, kvpy_route **out);
 void kvpy_route_free(kvpy_route *r);
 /** Send the operation in r->op (GIL released). 1 when a writer answered:
  *  *st its status, *res and *rlen its result, and on failure its message in
- *  msg; 0 when none serves the file now (r->via_writer cleared). */
+ *  msg; 0 when none serves the file now (r->via_writer cleared): the caller
+ *  applies it on its own connection. Exactly once: when the writer that
+ *  received it died without replying, the operation's record is read first
+ *  through r->conn (kvault/oprec.h); if the dead writer applied it, 1 with
+ *  the recorded status and result (it must not be applied again); if the
+ *  record cannot be read, 1 with that failure (the operation stays
+ *  unsettled: the caller's retry of it is checked again). */
 int kvpy_route_send(kvpy_route *r, size_t result_max, kv_status *st, const uint8_t **res,
                     size_t *rlen, char *msg, size_t mlen);
 
@@ -288,6 +312,22 @@ int kvpy_store_route_open(kvpy_store *s);
  *  there. */
 int kvpy_store_write(kvpy_store *s, kvpy_store_op op, void *ctx, const kvpy_store_remote *rw,
                      kv_status *st_out);
+/** Pipelined insert (docs/shared-mode.md, "Pipelined inserts"): when a
+ *  writer serves the file and the store's kind pipelines inserts, take the
+ *  next id of the object's block of ids (asking the writer for a block when
+ *  it is used up: 1 id, then twice as many each time up to
+ *  KVPY_LEASE_BLOCK, so an object that inserts a few documents and ends
+ *  without closing leaves few ids unused), send the insert `rw` of ctx with
+ *  that id without waiting for its reply, and put the id in *id: 1. 0: the
+ *  caller makes the ordinary write (kvpy_store_write): no writer serves
+ *  the file, the insert does not fit one packet, or the kind does not
+ *  pipeline. -1 with an exception: the failure of an earlier pipelined
+ *  insert (raised here, by the next call of the object), or of this one
+ *  when the writer went away and it was applied on the own connection. */
+int kvpy_store_post_insert(kvpy_store *s, void *ctx, const kvpy_store_remote *rw, int64_t *id);
+/** Most ids a pipelining object asks the writer for at once. */
+#define KVPY_LEASE_BLOCK 256
+
 /** kvpy_store_call for a get_by_id: an unknown `id` (KV_NOTFOUND) raises
  *  RuntimeError("ID <id> not found") -- a plain failure, KohakuVaultError once
  *  mapped, never NotFound (docs/api.md §2.5). 0 or -1 as above. */

@@ -50,6 +50,7 @@ static kv_status tx_reopen(const kvpy_store *s, void **h, char *err, size_t errl
 }
 
 static void tx_set_guard(void *h, kv_commit_guard *g) { kv_text_set_commit_guard(h, g); }
+static void tx_conn(void *h, kv_conn *c) { kv_text_conn(h, c); }
 /* Open parameters of the writer's handle: the column names (kvshm/ops.h). */
 static void tx_encode_open(const kvpy_store *s, kvshm_op_enc *e)
 {
@@ -57,6 +58,27 @@ static void tx_encode_open(const kvpy_store *s, kvshm_op_enc *e)
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t->columns); i++)
         kvshm_op_add(e, t->names[i], strlen(t->names[i]));
 }
+
+/* kvpy_store_kind.run_posted: a pipelined insert (kvshm/ops.h, TEXT INSERT
+ * with its id) on the own handle. */
+static kv_status tx_run_posted(void *h, const kvshm_op *op)
+{
+    const char *texts[255];
+    size_t lens[255];
+    int64_t id;
+    if (op->cls != KVSHM_OPC_TEXT || op->op != KVSHM_OP_INSERT || op->nargs != op->nopen + 2 ||
+        op->nopen != kv_text_ncolumns(h))
+        return KV_INVALID;
+    for (uint32_t i = 0; i < op->nopen; i++) {
+        texts[i] = (const char *)op->args[1 + i].p;
+        lens[i] = op->args[1 + i].len;
+    }
+    return kv_text_insert_at(h, kvshm_op_i64(&op->args[op->nargs - 1], NULL), texts, lens,
+                             op->args[0].p, op->args[0].len, &id);
+}
+
+static kv_status tx_tx_begin(void *h) { return kv_text_tx_begin(h); }
+static kv_status tx_tx_end(void *h, int commit) { return kv_text_tx_end(h, commit); }
 
 static const kvpy_store_kind text_kind = {
     .name = "TextVault",
@@ -68,7 +90,11 @@ static const kvpy_store_kind text_kind = {
     .reopen = tx_reopen,
     .op_class = KVSHM_OPC_TEXT,
     .set_guard = tx_set_guard,
+    .conn = tx_conn,
     .encode_open = tx_encode_open,
+    .run_posted = tx_run_posted,
+    .tx_begin = tx_tx_begin,
+    .tx_end = tx_tx_end,
 };
 
 #define STORE(self) ((kvpy_store *)(self))
@@ -208,10 +234,15 @@ typedef struct {
     size_t ncols;                   /* insert, update: entries at texts (through the writer) */
 } tv_args;
 
+/* Every insert of the own connection takes its id past the blocks of ids
+ * a writer granted (kv_text_insert_leased), whatever the object's mode: a
+ * writer may serve the file to other objects or processes whose pipelined
+ * inserts carry ids of their blocks not yet stored. With no lease row this
+ * costs one read of kohakuvault_meta. */
 static kv_status op_insert(void *h, void *c)
 {
     tv_args *a = c;
-    return kv_text_insert(h, a->texts, a->lens, a->val, a->vlen, &a->id);
+    return kv_text_insert_leased(h, a->texts, a->lens, a->val, a->vlen, &a->id);
 }
 
 static kv_status op_update(void *h, void *c)
@@ -338,7 +369,8 @@ static PyObject *tv_insert(TextVaultObject *self, PyObject *args)
         goto out;
     tv_args a = {.texts = ptrs, .lens = lens, .val = buf.data, .vlen = buf.len,
                  .ncols = (size_t)PyTuple_GET_SIZE(self->columns)};
-    if (kvpy_store_write(STORE(self), op_insert, &a, &remote_insert, NULL) == 0)
+    int posted = kvpy_store_post_insert(STORE(self), &a, &remote_insert, &a.id);
+    if (posted > 0 || (posted == 0 && kvpy_store_write(STORE(self), op_insert, &a, &remote_insert, NULL) == 0))
         ret = PyLong_FromLongLong(a.id);
 out:
     Py_XDECREF(tup);

@@ -47,6 +47,7 @@ static kv_status vx_reopen(const kvpy_store *s, void **h, char *err, size_t errl
 }
 
 static void vx_set_guard(void *h, kv_commit_guard *g) { kv_vector_set_commit_guard(h, g); }
+static void vx_conn(void *h, kv_conn *c) { kv_vector_conn(h, c); }
 /* Open parameters of the writer's handle: dims, metric, elem (kvshm/ops.h). */
 static void vx_encode_open(const kvpy_store *s, kvshm_op_enc *e)
 {
@@ -66,6 +67,7 @@ static const kvpy_store_kind vector_kind = {
     .reopen = vx_reopen,
     .op_class = KVSHM_OPC_VECTOR,
     .set_guard = vx_set_guard,
+    .conn = vx_conn,
     .encode_open = vx_encode_open,
 };
 

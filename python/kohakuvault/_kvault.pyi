@@ -45,12 +45,18 @@ class BusyError(RuntimeError):
 def _attach_served(path: str | bytes | PathLike[str], table: str = "kv", /) -> bool:
     """Whether a kvault-writer serves ``path`` for ``table``."""
 
+def _exec_served(path: str | bytes | PathLike[str], /) -> bool:
+    """Whether a kvault-writer serves ``path`` (for any table)."""
+
 class _KVault(_PackSwitches):
     """Native key-value store over one SQLite table (see kohakuvault.KVault).
 
     ``attach=False``: embedded (libkvault in this process); ``attach=True``:
     attached to the kvault-writer serving the file (shared mode,
-    docs/shared-mode.md). Defaults of the arguments: ``KV_DEFAULTS``.
+    docs/shared-mode.md); ``attach=2``: routed, a table the writer of the
+    file does not serve: reads on the own connection, every write applied
+    and committed by the writer (docs/shared-mode.md, "Every class through
+    the writer"). Defaults of the arguments: ``KV_DEFAULTS``.
 
     Errors: KeyNotFoundError / BusyError (RuntimeError subclasses),
     RuntimeError (SQLite text), TypeError/ValueError for bad arguments,
@@ -72,7 +78,7 @@ class _KVault(_PackSwitches):
         cache_kb: int = 100000,
         *,
         read_cache_bytes: int = 33554432,
-        attach: bool = False,
+        attach: bool | int = False,
         write_mode: Literal["applied", "pipelined"] | None = None,
     ) -> None:
         """``write_mode``: when writes return (docs/shared-mode.md, "Write

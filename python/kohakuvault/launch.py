@@ -4,7 +4,8 @@
                            [--commit-interval-ms MS] [--synchronous LEVEL]
                            [--port P] [--unix PATH] [--bind ADDR]
                            [--requirepass-file FILE] [--io auto|epoll|uring]
-                           [--group GROUP] [-- COMMAND ...]
+                           [--group GROUP] [--cluster ID@HOST:PORT,... --node-id ID]
+                           [-- COMMAND ...]
     kvault-launch status DB
     kvault-launch stop DB
     kvault-launch clean DB
@@ -30,10 +31,17 @@ interrupted. Exit status: the first non-zero worker status, else 0.
 --group GROUP (a name or gid) is passed to the writer: processes of other
 users in that group may attach, and the writer's files get mode 0660 and
 that group (docs/security.md).
+--cluster ID@HOST:PORT,... with --node-id ID runs the writer as node ID of a
+cluster (docs/replication.md): start `serve` on each node with the same
+--cluster and its own --node-id. The elected leader's writer takes writes and
+replicates every committed batch through Raft; the other nodes apply them to
+their own file and shared memory (their processes read locally) and refuse
+writes, naming the leader. Raft's state is kept in DB.raft/.
 
 status: prints the writer's figures (keys cached, hits/misses, applied and
-committed sequence, memory used, attached processes), read over its socket,
-then one line per reader (pid, alive, open connections, connections
+committed sequence, memory used, attached processes), read over its socket;
+in a cluster also the node's role, term, commit index, applied index, lag
+and leader; then one line per reader (pid, alive, open connections, connections
 accepted, commands served; from the stats file each reader rewrites every
 second, DB-kvault-reader.i).
 
@@ -194,7 +202,9 @@ def writer_command(args):
     for opt, value in (("--shards", args.shards), ("--cache-size", args.cache_size),
                        ("--commit-interval-ms", args.commit_interval_ms),
                        ("--synchronous", args.synchronous), ("--table", args.table),
-                       ("--group", getattr(args, "group", None))):
+                       ("--group", getattr(args, "group", None)),
+                       ("--cluster", getattr(args, "cluster", None)),
+                       ("--node-id", getattr(args, "node_id", None))):
         if value is not None:
             cmd += [opt, str(value)]
     cmd.append(args.db)
@@ -356,6 +366,15 @@ def cmd_serve(args):
         print("kvault-launch serve: error: give either COMMAND or --port/--unix, not both",
               file=sys.stderr)
         return 2
+    if (args.cluster is None) != (args.node_id is None):
+        print("kvault-launch serve: error: --cluster and --node-id go together",
+              file=sys.stderr)
+        return 2
+    if args.cluster is not None and args.node_id not in args.cluster:
+        print(f"kvault-launch serve: error: --node-id {args.node_id} is not among the nodes "
+              f"of --cluster {','.join(f'{i}@{a}' for i, a in args.cluster.items())}",
+              file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     writer = start_writer(args)
@@ -399,6 +418,15 @@ def cmd_serve(args):
     return rc
 
 
+# The writer's cluster figures (STATUS keys) that `status` prints, and their labels.
+CLUSTER_STATUS = (("cluster_node", "node"), ("cluster_role", "role"),
+                  ("cluster_term", "term"), ("cluster_leader", "leader"),
+                  ("cluster_commit_index", "commit_index"),
+                  ("cluster_last_applied", "applied_index"), ("cluster_lag", "lag"),
+                  ("cluster_match_index", "match_index"),
+                  ("cluster_accepts_writes", "accepts_writes"))
+
+
 def cmd_status(args):
     st = writer_status(args.db)
     if st is None:
@@ -410,6 +438,9 @@ def cmd_status(args):
               "execs_failed", "exec_batches", "exec_batched_ops", "exec_batch_max"):
         if k in st:
             print(f"{k:18} {st[k]}")
+    for k, label in CLUSTER_STATUS:
+        if k in st:
+            print(f"{label:18} {st[k]}")
     rows = []
     for path in sorted(glob.glob(reader_stats_path(args.db, "*"))):
         if path.endswith(".tmp"):
@@ -517,6 +548,33 @@ def int_range(lo, hi=None):
     return parse
 
 
+def cluster_spec(text):
+    """argparse type of --cluster: ID@HOST:PORT,... as {id: "HOST:PORT"}
+    (IDs distinct, >= 1; PORT 1..65535); passed to the writer as written."""
+    nodes = {}
+    for item in text.split(","):
+        ident, _, addr = item.partition("@")
+        host, _, port = addr.rpartition(":")
+        ok = ident.isdigit() and int(ident) >= 1 and host and port.isdigit() \
+            and 1 <= int(port) <= 65535 and " " not in item
+        if not ok or int(ident) in nodes:
+            raise argparse.ArgumentTypeError(
+                f"expected ID@HOST:PORT,... with distinct IDs >= 1, got {text!r}")
+        nodes[int(ident)] = addr
+    return ClusterNodes(nodes, text)
+
+
+class ClusterNodes(dict):
+    """The nodes of --cluster ({id: "HOST:PORT"}); str() is the text given."""
+
+    def __init__(self, nodes, text):
+        super().__init__(nodes)
+        self.text = text
+
+    def __str__(self):
+        return self.text
+
+
 def group_id(name):
     """The gid of a group given by name or number (None: None). argparse
     type of --group, which kvault-writer checks the same way."""
@@ -593,6 +651,10 @@ def add_commands(sub):
     s.add_argument("--group", metavar="GROUP", type=group_name,
                    help="also serve processes of other users in GROUP (name or gid): the "
                    "writer's files and the --unix socket get mode 0660 and that group")
+    s.add_argument("--cluster", metavar="ID@HOST:PORT,...", type=cluster_spec,
+                   help="run as a node of this cluster (docs/replication.md); with --node-id")
+    s.add_argument("--node-id", metavar="ID", type=int_range(1),
+                   help="this node's ID among those of --cluster")
     s.set_defaults(func=cmd_serve)
     for name, (text, func) in COMMANDS.items():
         q = sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)

@@ -266,12 +266,13 @@ class KVault(Mapping):
         # shared mode: docs/shared-mode.md
         attach_deadline = time.monotonic() + _ATTACH_RETRY_S
         while True:
-            self._shared_at_open, route = _attach(fspath, table, shared)
+            attach, route = _attach(fspath, table, shared)
+            self._shared_at_open = attach != _EMBEDDED
             try:
                 native_cls = functools.partial(
                     _kvault._KVault,
                     read_cache_bytes=read_cache_bytes,
-                    attach=self._shared_at_open,
+                    attach=attach,
                     write_mode=write_mode,
                     route=route,
                 )
@@ -313,7 +314,9 @@ class KVault(Mapping):
 
     @property
     def shared(self) -> bool:
-        """Whether the object is attached to a kvault-writer now. With
+        """Whether the object is attached to a kvault-writer now (on a
+        table the writer does not serve: whether its writes go through
+        it). With
         ``shared="auto"`` this changes when a writer starts (the next write
         attaches) or stops cleanly or dies (the object continues embedded,
         or with ``"spawn"`` attaches to a writer it starts); see
@@ -1092,9 +1095,12 @@ def _shared_setting(shared):
 
 
 def _spawn_writer(path, table):
-    """Start a kvault-writer for ``path`` unless one serves it: exactly one
-    even when processes race (an ``flock`` on ``<db>-kvault.spawn``). The
-    writer runs in its own session, logs to ``<db>-kvault.log`` and stops
+    """Start a kvault-writer for ``path`` unless one serves it (for any
+    table): exactly one even when processes race (an ``flock`` on
+    ``<db>-kvault.spawn``). It serves ``table`` through its segment, the
+    table of the object that started it; a ``KVault`` on another table of
+    the file writes through it as table operations. The writer runs in its
+    own session, logs to ``<db>-kvault.log`` and stops
     ``KVAULT_LINGER_MS`` (default 2000) after its last client detached.
     Returns when a writer serves the file or it failed to start (then the
     caller opens the file embedded, following a writer that appears)."""
@@ -1112,7 +1118,7 @@ def _spawn_writer(path, table):
 
     with open(real + "-kvault.spawn", "a", opener=private) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if exe is None or _kvault._attach_served(path, table):
+        if exe is None or _kvault._exec_served(path):
             return
         linger = os.environ.get("KVAULT_LINGER_MS", str(_SPAWN_LINGER_MS))
         with open(real + "-kvault.log", "ab", opener=private) as log:
@@ -1143,25 +1149,33 @@ def _check_table(table):
         raise InvalidArgument(f"Invalid table name: {reprlib.repr(table)[1:-1]}")
 
 
+# _KVault(attach=...): embedded, attached, routed (a table the writer of the
+# file does not serve, written through it: docs/shared-mode.md).
+_EMBEDDED, _ATTACHED, _ROUTED = 0, 1, 2
+
+
 def _attach(path, table, shared):
     """``(attach, route)`` for ``KVault(path, shared=...)``: whether the
-    object attaches to a kvault-writer (``_KVault(..., attach=True)``) or
-    opens the file embedded, and whether it follows the writer afterwards
-    (``route=True``).
+    object attaches to a kvault-writer (``_KVault(..., attach=_ATTACHED)``),
+    routes its writes through one that serves the file for another table
+    (``_ROUTED``) or opens the file embedded (``_EMBEDDED``), and whether it
+    follows the writer afterwards (``route=True``).
 
     ``"auto"``: attached when a kvault-writer serves ``path`` for ``table``
-    (its registry lock is held), else embedded; it follows the writer: an
+    (its registry lock is held), routed when one serves it for another
+    table, else embedded; it follows the writer: an
     embedded object attaches at its first write after a writer started, an
     attached one continues embedded after its writer stopped cleanly.
     ``"spawn"``: as ``"auto"``, after starting a writer when none serves the
     file (``_spawn_writer``), and ``route=2``: a writer that dies under the
-    attached object is replaced (the native object calls ``_spawn_writer``). ``True``: attached, or ``KohakuVaultError``
-    when no writer serves the file. ``False``: always embedded.
+    attached object is replaced (the native object calls ``_spawn_writer``).
+    ``True``: attached or routed, or ``KohakuVaultError`` when no writer
+    serves the file. ``False``: always embedded.
     ``KVAULT_SHARED`` replaces the default (``_shared_setting``).
     """
     shared = _shared_setting(shared)
     if shared is False or shared is None:
-        return False, False
+        return _EMBEDDED, False
     if shared not in ("auto", "spawn", True):
         raise InvalidArgument(
             "shared must be 'auto', 'spawn', True or False, got "
@@ -1170,19 +1184,21 @@ def _attach(path, table, shared):
     _check_table(table)
     auto = shared in ("auto", "spawn")
     if shared == "spawn" and path != ":memory:" and not path.startswith("file:") \
-            and not _kvault._attach_served(path, table):
+            and not _kvault._exec_served(path):
         _spawn_writer(path, table)
     # route 2: "spawn" also replaces a writer that dies under the object
     route = 2 if shared == "spawn" else auto
     if _kvault._attach_served(path, table):
-        return True, route
+        return _ATTACHED, route
+    if _kvault._exec_served(path):
+        return _ROUTED, route
     if shared is True:
         raise KohakuVaultError(
             f"shared=True: no kvault-writer serves {path!r} (table {table!r}); "
             f"start one with `kvault-launch serve {path}"
             + (f" --table {table}`" if table != "kv" else "`")
         )
-    return False, route
+    return _EMBEDDED, route
 
 
 def _tell(stream):

@@ -25,7 +25,8 @@ static inline const char *kvtest_path(char *buf, size_t n, const char *name)
     snprintf(dir, sizeof dir, "%s/kvtest-XXXXXX", base);
     if (!mkdtemp(dir))
         abort();
-    snprintf(buf, n, "%s/%s", dir, name);
+    if ((size_t)snprintf(buf, n, "%s/%s", dir, name) >= n)
+        abort();   /* the caller's buffer is too small for the path */
     return buf;
 }
 

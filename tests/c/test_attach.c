@@ -15,54 +15,18 @@
 
 #include "kvault/kvault.h"
 #include "kvshm/attach.h"
+#include "kvshm/ops.h"
 #include "kvtest_util.h"
+#include "kvtest_writer.h"
 
 static char db[600];
 static pid_t writer = -1;
 
-/* build/<x>/tests/c/test_attach -> build/<x>/workers/kvault-writer */
-static void writer_path(char *out, size_t n)
-{
-    char self[512];
-    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
-    cr_assert(len > 0);
-    self[len] = 0;
-    snprintf(out, n, "%s/../../workers/kvault-writer", dirname(self));
-}
-
-static void start_writer(const char *extra)
-{
-    char exe[600];
-    writer_path(exe, sizeof exe);
-    writer = fork();
-    cr_assert(writer >= 0);
-    if (writer == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);   /* never outlive a timed-out test */
-        int devnull = open("/dev/null", 1);
-        dup2(devnull, 1);
-        if (extra)
-            execl(exe, exe, "--commit-interval-ms", extra, "--batch-size", "100000000", db,
-                  (char *)NULL);
-        else
-            execl(exe, exe, db, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) {   /* up to 5 s */
-        if (kv_attach_served(db, "kv")) return;
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    cr_assert_fail("writer did not become ready");
-}
+static void start_writer(const char *extra) { writer = kvtest_writer_start(db, extra); }
 
 static void stop_writer(int sig)
 {
-    if (writer > 0) {
-        kill(writer, sig);
-        int st;
-        waitpid(writer, &st, 0);
-        if (sig == SIGTERM) cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-    }
+    kvtest_writer_stop(writer, sig);
     writer = -1;
 }
 
@@ -219,6 +183,19 @@ Test(attach, forked_child_reads_and_writes)
     kv_attach_close(a);
 }
 
+/* Keys of the file's kv table, read through an embedded connection. */
+static int64_t committed_count(void)
+{
+    kv_db *d = NULL;
+    kv_open_opts o;
+    kv_open_opts_default(&o);
+    cr_assert_eq(kv_db_open(db, &o, &d, NULL, 0), KV_OK);
+    int64_t cnt = 0;
+    cr_assert_eq(kv_count(d, &cnt), KV_OK);
+    kv_db_close(d);
+    return cnt;
+}
+
 Test(attach, writer_killed_then_restarted_keeps_applied_writes)
 {
     stop_writer(SIGTERM);
@@ -235,14 +212,47 @@ Test(attach, writer_killed_then_restarted_keeps_applied_writes)
     /* the first write after the restart re-attaches by itself */
     cr_assert_eq(kv_att_put(a, "after", 5, "1", 1, KV_ATT_SYNC), KV_OK, "%s", kv_att_errmsg(a));
     cr_assert_gt(kv_att_generation(a), gen);
-    kv_db *d = NULL;
-    kv_open_opts o;
-    kv_open_opts_default(&o);
-    cr_assert_eq(kv_db_open(db, &o, &d, NULL, 0), KV_OK);
-    int64_t cnt = 0;
-    cr_assert_eq(kv_count(d, &cnt), KV_OK);
-    cr_assert_eq(cnt, 5001);
-    kv_db_close(d);
+    cr_assert_eq(committed_count(), 5001);
+    kv_attach_close(a);
+}
+
+/* kv_attach_opts.respawn of the test below: starts the suite's writer. */
+static int respawn_calls;
+
+static int respawn_writer(void *ctx)
+{
+    (void)ctx;
+    respawn_calls++;
+    start_writer(NULL);
+    return 1;
+}
+
+Test(attach, dead_writer_is_replaced_by_respawn_and_the_ring_reattaches)
+{
+    stop_writer(SIGTERM);
+    start_writer("600000");   /* never commits by itself */
+    kv_attach_opts o;
+    kv_attach_opts_default(&o);
+    o.continue_on_stop = 2;
+    o.respawn = respawn_writer;
+    char err[512] = "";
+    kv_att *a = NULL;
+    cr_assert_eq(kv_attach(db, &o, &a, err, sizeof err), KV_OK, "attach: %s", err);
+    uint64_t gen = kv_att_generation(a);
+    char key[32];
+    for (int i = 0; i < 500; i++) {
+        int kl = snprintf(key, sizeof key, "k%d", i);
+        cr_assert_eq(kv_att_put(a, key, (size_t)kl, key, (size_t)kl, 0), KV_OK);
+    }
+    stop_writer(SIGKILL);   /* applied, not committed: only in its segment */
+    respawn_calls = 0;
+    /* nobody restarts it: after the grace the handle asks for a writer and
+     * goes on attached, with the dead writer's records replayed by it */
+    cr_assert_eq(kv_att_put(a, "after", 5, "1", 1, KV_ATT_SYNC), KV_OK, "%s", kv_att_errmsg(a));
+    cr_assert_eq(respawn_calls, 1);
+    cr_assert_eq(kv_att_stopped(a), 0);
+    cr_assert_gt(kv_att_generation(a), gen);
+    cr_assert_eq(committed_count(), 501);
     kv_attach_close(a);
 }
 
@@ -399,4 +409,116 @@ Test(attach, delete_many_counts_distinct_keys_that_existed)
     free(it);
     kv_attach_close(b);
     kv_attach_close(a);
+}
+
+/* One encoded operation through the suite's writer (kv_exec). Returns the
+ * writer's status; the result in *res and *rlen. */
+static kv_status exec_kv(kv_exec *x, kv_buf *op, const uint8_t **res, size_t *rlen)
+{
+    int reached = 0;
+    kv_status st = kv_exec_call(x, op->data, op->len, 64, res, rlen, &reached);
+    cr_assert(reached, "no writer answered: %s", kv_exec_errmsg(x));
+    return st;
+}
+
+static void kv_op_begin(kvshm_op_enc *e, kv_buf *b, unsigned op, const char *table)
+{
+    b->len = 0;
+    kvshm_op_begin(e, b, KVSHM_OPC_KV, op, table);
+    kvshm_op_add_i64(e, 1 << 20);
+    kvshm_op_args(e);
+}
+
+/* A KVault table the writer does not serve is written by the writer as
+ * table operations (docs/shared-mode.md, "Every class through the
+ * writer"): committed when the call returns, read through an own
+ * connection; the served table is refused (its writes go through the
+ * ring). */
+Test(attach, exec_writes_a_table_the_writer_does_not_serve)
+{
+    kv_exec *x = NULL;
+    kv_buf b;
+    kvshm_op_enc e;
+    const uint8_t *res;
+    size_t rlen;
+    kv_buf_init(&b);
+    cr_assert_eq(kv_exec_open(db, &x), KV_OK);
+
+    kv_op_begin(&e, &b, KVSHM_OP_PUT, "other");
+    kvshm_op_add(&e, "k", 1);
+    kvshm_op_add(&e, "hello", 5);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert_eq(exec_kv(x, &b, &res, &rlen), KV_OK, "%s", kv_exec_errmsg(x));
+
+    int64_t kl[3] = {1, 1, 2}, vl[3] = {1, 0, 3};
+    kv_op_begin(&e, &b, KVSHM_OP_PUT_MANY, "other");
+    kvshm_op_add(&e, kl, sizeof kl);
+    kvshm_op_add(&e, "abcd", 4);
+    kvshm_op_add(&e, vl, sizeof vl);
+    kvshm_op_add(&e, "1234", 4);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert_eq(exec_kv(x, &b, &res, &rlen), KV_OK, "%s", kv_exec_errmsg(x));
+
+    /* committed on return: an own connection reads every value */
+    kv_open_opts o;
+    kv_open_opts_default(&o);
+    o.table = "other";
+    kv_db *own = NULL;
+    char err[256];
+    cr_assert_eq(kv_db_open(db, &o, &own, err, sizeof err), KV_OK, "%s", err);
+    const struct { const char *k, *v; } want[] = {{"k", "hello"}, {"a", "1"}, {"b", ""},
+                                                  {"cd", "234"}};
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+        const void *v;
+        size_t n;
+        cr_assert_eq(kv_get(own, want[i].k, strlen(want[i].k), &v, &n), KV_OK, "%s", want[i].k);
+        cr_assert(n == strlen(want[i].v) && !memcmp(v, want[i].v, n), "%s", want[i].k);
+        kv_get_done(own);
+    }
+
+    kv_op_begin(&e, &b, KVSHM_OP_DELETE, "other");
+    kvshm_op_add(&e, "k", 1);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert_eq(exec_kv(x, &b, &res, &rlen), KV_OK);
+    cr_assert(rlen == 1 && res[0] == 1);
+    cr_assert_eq(exec_kv(x, &b, &res, &rlen), KV_OK);
+    cr_assert(rlen == 1 && res[0] == 0);   /* gone already */
+
+    int64_t dl[3] = {1, 1, 1};
+    kv_op_begin(&e, &b, KVSHM_OP_DEL_MANY, "other");
+    kvshm_op_add(&e, dl, sizeof dl);
+    kvshm_op_add(&e, "aax", 3);   /* a twice, x missing */
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert_eq(exec_kv(x, &b, &res, &rlen), KV_OK);
+    int64_t removed = -1;
+    cr_assert_eq(rlen, 8);
+    memcpy(&removed, res, 8);
+    cr_assert_eq(removed, 1);
+
+    kv_op_begin(&e, &b, KVSHM_OP_FEATURE, "other");
+    kvshm_op_add(&e, "routed", 6);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert_eq(exec_kv(x, &b, &res, &rlen), KV_OK, "%s", kv_exec_errmsg(x));
+
+    int64_t n = -1;
+    cr_assert_eq(kv_count(own, &n), KV_OK);
+    cr_assert_eq(n, 2);   /* b, cd */
+
+    /* the served table is refused, and nothing of it is written */
+    kv_op_begin(&e, &b, KVSHM_OP_PUT, "kv");
+    kvshm_op_add(&e, "k", 1);
+    kvshm_op_add(&e, "v", 1);
+    cr_assert_eq(kvshm_op_end(&e), KV_OK);
+    cr_assert_eq(exec_kv(x, &b, &res, &rlen), KV_INVALID);
+    cr_assert(strstr(kv_exec_errmsg(x), "served through the shared segment"), "%s",
+              kv_exec_errmsg(x));
+    kv_att *a = att();
+    const void *v;
+    size_t vn;
+    cr_assert_eq(kv_att_get(a, "k", 1, &v, &vn), KV_NOTFOUND);
+    cr_assert_eq(kv_attach_close(a), KV_OK);
+
+    kv_db_close(own);
+    kv_exec_close(x);
+    kv_buf_free(&b);
 }

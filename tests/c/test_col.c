@@ -6,7 +6,9 @@
 #include <criterion/new/assert.h>
 #include <sqlite3.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "kvault/column.h"
 #include "kvtest_util.h"
@@ -472,6 +474,57 @@ Test(col, read_cache_off_in_memory)
     cr_assert(memcmp(out, v, sizeof v) == 0);
     cr_assert(eq(int, kv_col_read_fixed_try(c, 0, 8, out, &hit), KV_OK));
     cr_assert(eq(int, hit, 0));
+    kv_col_close(c);
+    kv_colvault_close(cv);
+}
+
+/* kv_colvault_set_checkpointer: what the function saw. */
+typedef struct {
+    int calls, max_frames;
+} ckpt_seen;
+
+static void ckpt_record(void *ctx, int wal_frames)
+{
+    ckpt_seen *s = ctx;
+    s->calls++;
+    if (wal_frames > s->max_frames)
+        s->max_frames = wal_frames;
+}
+
+static int64_t file_size(const char *suffix)
+{
+    char p[640];
+    struct stat sb;
+    snprintf(p, sizeof p, "%s%s", path, suffix);
+    return stat(p, &sb) == 0 ? (int64_t)sb.st_size : -1;
+}
+
+Test(col, checkpointer_replaces_the_automatic_checkpoint)
+{
+    kv_colvault *cv = open_cv(1 << 20, 4 << 20);
+    kv_col *c;
+    int64_t id, n = 5 << 20; /* 40 MiB: more than 1000 WAL frames of 32 KiB */
+    ckpt_seen seen = {0};
+    c = new_i64_col(cv, &id);
+    int64_t *src = malloc(sizeof *src * (size_t)n);
+    fill_i64(src, n, 3);
+    kv_colvault_set_checkpointer(cv, ckpt_record, &seen);
+    cr_assert(eq(int, kv_col_append(c, src, NULL, (size_t)n), KV_OK));
+    cr_assert(eq(int, seen.calls, 1), "one commit past 1000 frames: one call");
+    cr_assert(ge(int, seen.max_frames, 1000));
+    /* nothing was copied into the database file: the pages are in the WAL */
+    cr_assert(lt(i64, file_size(""), n * 8 / 2), "db %lld bytes", (long long)file_size(""));
+    cr_assert(ge(i64, file_size("-wal"), n * 8));
+    /* back to SQLite's own: the next commit checkpoints in place */
+    kv_colvault_set_checkpointer(cv, NULL, NULL);
+    cr_assert(eq(int, kv_col_append(c, src, NULL, 1), KV_OK));
+    cr_assert(eq(int, seen.calls, 1));
+    cr_assert(ge(i64, file_size(""), n * 8), "checkpointed: db %lld bytes", (long long)file_size(""));
+    int64_t out[4];
+    cr_assert(eq(int, kv_col_read_fixed(c, n - 3, 4, out), KV_OK));
+    cr_assert(eq(i64, out[0], src[n - 3]));
+    cr_assert(eq(i64, out[3], src[0]));
+    free(src);
     kv_col_close(c);
     kv_colvault_close(cv);
 }

@@ -23,6 +23,19 @@ static kv_db *open_db(const char *table, char *path, size_t n)
     return db;
 }
 
+/* Another handle on the file of open_db: `table`, busy timeout in ms. */
+static kv_db *open_second(const char *path, const char *table, int busy_ms)
+{
+    kv_open_opts o;
+    kv_db *db = NULL;
+    char err[256];
+    kv_open_opts_default(&o);
+    o.table = table;
+    o.busy_timeout_ms = busy_ms;
+    cr_assert(eq(int, kv_db_open(path, &o, &db, err, sizeof err), KV_OK), "%s", err);
+    return db;
+}
+
 Test(kv, bad_table_names_refused)
 {
     const char *bad[] = {"kv; DROP TABLE x", "a b", "", "1abc", "9", "a-b", "t\"x", "kv--", "é"};
@@ -164,13 +177,8 @@ Test(kv, put_many_and_features)
 
 Test(kv, two_tables_one_file_and_busy_is_reported)
 {
-    char path[600], err[256];
-    kv_db *a = open_db("t1", path, sizeof path), *b = NULL;
-    kv_open_opts o;
-    kv_open_opts_default(&o);
-    o.table = "t2";
-    o.busy_timeout_ms = 50;
-    cr_assert(eq(int, kv_db_open(path, &o, &b, err, sizeof err), KV_OK), "%s", err);
+    char path[600];
+    kv_db *a = open_db("t1", path, sizeof path), *b = open_second(path, "t2", 50);
     cr_assert(eq(int, kv_put(a, "k", 1, "A", 1), KV_OK));
     cr_assert(eq(int, kv_put(b, "k", 1, "B", 1), KV_OK));
     const void *v;
@@ -265,4 +273,54 @@ Test(kv, autocommit_put_is_one_statement_and_one_frame_per_changed_page)
         kv_db_close(db);
         kvtest_remove_dir_of(path);
     }
+}
+
+/* Group commit (kv_db_tx_begin): writes join one transaction, each in its
+ * own savepoint; a write that fails is undone alone; nothing is visible to
+ * another connection before kv_db_tx_end, and a rolled-back group leaves
+ * nothing. */
+Test(kv, group_transaction_keeps_each_write_atomic)
+{
+    char path[600];
+    kv_db *db = open_db("grp", path, sizeof path), *other = open_second(path, "grp", 0);
+    cr_assert(eq(int, kv_put(db, "gone", 4, "x", 1), KV_OK));
+
+    cr_assert(eq(int, kv_db_tx_begin(db), KV_OK), "%s", kv_db_errmsg(db));
+    cr_assert(eq(int, kv_put(db, "a", 1, "1", 1), KV_OK));
+    kv_item items[2] = {{"b", 1, "2", 1}, {"c", 1, "3", 1}};
+    cr_assert(eq(int, kv_put_many(db, items, 2), KV_OK));
+    /* a stream from a descriptor that cannot be read fails after its upsert:
+     * that write alone is rolled back */
+    cr_assert(eq(int, kv_put_fd(db, "bad", 3, -1, 100, 0), KV_IO));
+    const void *keys[2] = {"gone", "nothing"};
+    size_t klens[2] = {4, 7}, removed = 0;
+    cr_assert(eq(int, kv_delete_many(db, keys, klens, 2, &removed), KV_OK));
+    cr_assert(eq(sz, removed, 1));
+    cr_assert(eq(int, kv_record_feature(db, "grouped"), KV_OK), "%s", kv_db_errmsg(db));
+    /* the group holds the write lock and its changes are not visible yet */
+    int found = 1;
+    cr_assert(eq(int, kv_exists(other, "a", 1, &found), KV_OK));
+    cr_assert(eq(int, found, 0));
+    cr_assert(eq(int, kv_db_tx_begin(other), KV_BUSY));
+    cr_assert(eq(int, kv_db_tx_end(db, 1), KV_OK), "%s", kv_db_errmsg(db));
+
+    int64_t n = 0;
+    cr_assert(eq(int, kv_count(other, &n), KV_OK));
+    cr_assert(eq(i64, n, 3));   /* a, b, c; "gone" deleted, "bad" undone */
+    cr_assert(eq(int, kv_exists(other, "bad", 3, &found), KV_OK));
+    cr_assert(eq(int, found, 0));
+    cr_assert(eq(int, kv_exists(other, "gone", 4, &found), KV_OK));
+    cr_assert(eq(int, found, 0));
+
+    /* a group rolled back leaves nothing; the handle commits on its own again */
+    cr_assert(eq(int, kv_db_tx_begin(db), KV_OK));
+    cr_assert(eq(int, kv_put(db, "d", 1, "4", 1), KV_OK));
+    cr_assert(eq(int, kv_db_tx_end(db, 0), KV_OK));
+    cr_assert(eq(int, kv_exists(other, "d", 1, &found), KV_OK));
+    cr_assert(eq(int, found, 0));
+    cr_assert(eq(int, kv_put(db, "e", 1, "5", 1), KV_OK));
+    cr_assert(eq(int, kv_exists(other, "e", 1, &found), KV_OK));
+    cr_assert(eq(int, found, 1));
+    kv_db_close(other);
+    kv_db_close(db);
 }

@@ -175,29 +175,59 @@ Test(shm_ops, vector_shapes)
 
 Test(shm_ops, exec_request_sizes)
 {
-    uint8_t pkt[sizeof(struct kvshm_msg) + KVSHM_OP_HDR];
+    const size_t idn = sizeof(struct kvshm_exec_id);
+    uint8_t pkt[sizeof(struct kvshm_msg) + sizeof(struct kvshm_exec_id) + KVSHM_OP_HDR];
     struct kvshm_msg m = {.m_magic = KVSHM_PROTO_MAGIC, .m_type = KVSHM_MSG_EXEC};
+    struct kvshm_exec_id id = {.x_token = {1, 2, 3}, .x_seq = 1};
     struct kvshm_msg out;
     const uint8_t *pl;
     const char *why;
-    /* inline: at least the operation header, m_arg 0 */
-    m.m_len = KVSHM_OP_HDR;
+    memset(pkt, 0, sizeof pkt);
+    memcpy(pkt + sizeof m, &id, idn);
+    /* inline: the id, then at least the operation header, m_arg 0 */
+    m.m_len = (uint32_t)(idn + KVSHM_OP_HDR);
     memcpy(pkt, &m, sizeof m);
     cr_assert_eq(kvshm_msg_parse(pkt, sizeof pkt, &out, &pl, &why), 0);
+    cr_assert_eq(pl, pkt + sizeof m);
     m.m_arg = 5;
     memcpy(pkt, &m, sizeof m);
     cr_assert_eq(kvshm_msg_parse(pkt, sizeof pkt, &out, &pl, &why), -1);
-    /* in a memfd: no payload, 1..KVSHM_OP_MAX_BYTES */
+    /* an operation shorter than its header after the id */
+    m.m_arg = 0;
+    m.m_len = (uint32_t)(idn + KVSHM_OP_HDR - 1);
+    memcpy(pkt, &m, sizeof m);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof pkt - 1, &out, &pl, &why), -1);
+    /* in a memfd: the id alone, m_arg 1..KVSHM_OP_MAX_BYTES */
+    m.m_len = (uint32_t)idn;
+    m.m_arg = 100;
+    memcpy(pkt, &m, sizeof m);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof m + idn, &out, &pl, &why), 0);
+    m.m_arg = 0;
+    memcpy(pkt, &m, sizeof m);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof m + idn, &out, &pl, &why), -1);
+    m.m_arg = KVSHM_OP_MAX_BYTES + 1;
+    memcpy(pkt, &m, sizeof m);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof m + idn, &out, &pl, &why), -1);
+    /* no id, or operation number 0 */
     m.m_len = 0;
     m.m_arg = 100;
     memcpy(pkt, &m, sizeof m);
-    cr_assert_eq(kvshm_msg_parse(pkt, sizeof m, &out, &pl, &why), 0);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof m, &out, &pl, &why), -1);
+    id.x_seq = 0;
+    memcpy(pkt + sizeof m, &id, idn);
+    m.m_len = (uint32_t)idn;
+    memcpy(pkt, &m, sizeof m);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof m + idn, &out, &pl, &why), -1);
+    /* EXEC_END: exactly an id */
+    id.x_seq = 9;
+    memcpy(pkt + sizeof m, &id, idn);
+    m.m_type = KVSHM_MSG_EXEC_END;
     m.m_arg = 0;
     memcpy(pkt, &m, sizeof m);
-    cr_assert_eq(kvshm_msg_parse(pkt, sizeof m, &out, &pl, &why), -1);
-    m.m_arg = KVSHM_OP_MAX_BYTES + 1;
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof m + idn, &out, &pl, &why), 0);
+    m.m_len = (uint32_t)(idn + 1);
     memcpy(pkt, &m, sizeof m);
-    cr_assert_eq(kvshm_msg_parse(pkt, sizeof m, &out, &pl, &why), -1);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof m + idn + 1, &out, &pl, &why), -1);
 }
 
 /* A column operation (chunk bounds 128 KiB .. 16 MiB), at its arguments:
@@ -332,4 +362,98 @@ Test(shm_ops, column_shapes)
     cr_assert_eq(kvshm_op_end(&e), KV_OK);
     cr_assert(!decodes(&b));
     kv_buf_free(&b);
+}
+
+/* One KV operation on table "other": `chunk` as open parameter, then up to
+ * four argument fields (len SIZE_MAX: absent), and whether it decodes. */
+typedef struct kv_case {
+    unsigned op;
+    int64_t chunk;
+    size_t nargs;
+    struct { const void *p; size_t len; } a[4];
+    int ok;
+} kv_case;
+
+/* KV operations (a KVault table the writer does not serve): the shapes the
+ * executor relies on. */
+Test(shm_ops, kv_shapes)
+{
+    static const int64_t kl[2] = {1, 2}, vl[2] = {3, 0};
+    const kv_case cases[] = {
+        /* an empty key and value are values; absent ones are not */
+        {KVSHM_OP_PUT, 1 << 20, 2, {{"", 0}, {"", 0}}, 1},
+        {KVSHM_OP_PUT, 4096, 2, {{"k", 1}, {NULL, SIZE_MAX}}, 0},
+        /* the chunk size is part of the handle's key and must be positive */
+        {KVSHM_OP_PUT, 0, 2, {{"k", 1}, {"v", 1}}, 0},
+        /* put_many: lengths cover the bytes, as many values as keys */
+        {KVSHM_OP_PUT_MANY, 4096, 4, {{kl, 16}, {"abc", 3}, {vl, 16}, {"xyz", 3}}, 1},
+        {KVSHM_OP_PUT_MANY, 4096, 4, {{kl, 16}, {"abc", 3}, {vl, 8}, {"xyz", 3}}, 0},
+        {KVSHM_OP_PUT_MANY, 4096, 4, {{kl, 16}, {"abcd", 4}, {vl, 16}, {"xyz", 3}}, 0},
+        {KVSHM_OP_DELETE, 4096, 1, {{"k", 1}}, 1},
+        {KVSHM_OP_DELETE, 4096, 2, {{"k", 1}, {"k", 1}}, 0},
+        {KVSHM_OP_DEL_MANY, 4096, 2, {{kl, 16}, {"abc", 3}}, 1},
+        {KVSHM_OP_DEL_MANY, 4096, 2, {{kl, 16}, {"ab", 2}}, 0},
+        {KVSHM_OP_FEATURE, 4096, 1, {{"headers", 7}}, 1},
+        {KVSHM_OP_FEATURE, 4096, 1, {{"a,b", 3}}, 0},
+        /* an operation of another class is not a KV one */
+        {KVSHM_OP_APPEND, 4096, 0, {{NULL, 0}}, 0},
+    };
+    kv_buf b;
+    kv_buf_init(&b);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const kv_case *c = &cases[i];
+        kvshm_op_enc e;
+        b.len = 0;
+        kvshm_op_begin(&e, &b, KVSHM_OPC_KV, c->op, "other");
+        kvshm_op_add_i64(&e, c->chunk);
+        kvshm_op_args(&e);
+        for (size_t k = 0; k < c->nargs; k++) {
+            if (c->a[k].len == SIZE_MAX)
+                kvshm_op_add_absent(&e);
+            else
+                kvshm_op_add(&e, c->a[k].p, c->a[k].len);
+        }
+        cr_assert_eq(kvshm_op_end(&e), KV_OK);
+        cr_assert_eq(decodes(&b), c->ok, "case %zu", i);
+        if (c->ok)
+            cr_assert(g_op.cls == KVSHM_OPC_KV && g_op.nargs == c->nargs, "case %zu", i);
+    }
+    kv_buf_free(&b);
+}
+
+/* TEXT INSERT with an id, LEASE and LEASE_END (pipelined inserts). */
+Test(shm_ops, text_lease_shapes)
+{
+    struct {
+        unsigned op;
+        int64_t args[3];
+        int nargs;      /* i64 arguments after the insert's value and text */
+        int ok;
+    } cases[] = {
+        {KVSHM_OP_INSERT, {7}, 1, 1},   {KVSHM_OP_INSERT, {0}, 1, 0},
+        {KVSHM_OP_INSERT, {-3}, 1, 0},  {KVSHM_OP_INSERT, {1, 2}, 2, 0},
+        {KVSHM_OP_LEASE, {1}, 1, 1},    {KVSHM_OP_LEASE, {65536}, 1, 1},
+        {KVSHM_OP_LEASE, {0}, 1, 0},    {KVSHM_OP_LEASE, {65537}, 1, 0},
+        {KVSHM_OP_LEASE, {1, 1}, 2, 0}, {KVSHM_OP_LEASE_END, {3, 9}, 2, 1},
+        {KVSHM_OP_LEASE_END, {3, 3}, 2, 1}, {KVSHM_OP_LEASE_END, {9, 3}, 2, 0},
+        {KVSHM_OP_LEASE_END, {0, 3}, 2, 0}, {KVSHM_OP_LEASE_END, {3}, 1, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        kv_buf b;
+        kv_buf_init(&b);
+        kvshm_op_enc e;
+        kvshm_op_begin(&e, &b, KVSHM_OPC_TEXT, cases[i].op, "t");
+        kvshm_op_add(&e, "content", 7);
+        kvshm_op_args(&e);
+        if (cases[i].op == KVSHM_OP_INSERT) {
+            kvshm_op_add(&e, "v", 1);
+            kvshm_op_add(&e, "text", 4);
+        }
+        for (int k = 0; k < cases[i].nargs; k++) kvshm_op_add_i64(&e, cases[i].args[k]);
+        cr_assert_eq(kvshm_op_end(&e), KV_OK);
+        const char *why = NULL;
+        cr_assert_eq(kvshm_op_decode(b.data, b.len, &g_op, &why) == 0, cases[i].ok,
+                     "case %zu: %s", i, why ? why : "decoded");
+        kv_buf_free(&b);
+    }
 }

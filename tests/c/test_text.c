@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kvault/oprec.h"
 #include "kvault/text.h"
 #include "kvtest_util.h"
 
@@ -345,5 +346,59 @@ Test(text, tx_groups_writes_and_a_failing_one_is_undone_alone)
     cr_assert(eq(int, kv_text_tx_end(other, 1), KV_OK));
     ins(t, "epsilon five", "e");
     kv_text_close(other);
+    kv_text_close(t);
+}
+
+/* Leases (kvault/oprec.h): blocks above every document and every block
+ * granted, the tail given back when it is the last block, explicit ids,
+ * and inserts without an id that never take a granted one. */
+Test(text, leased_ids_blocks_and_explicit_inserts)
+{
+    kv_text *t = open1();
+    kv_conn c;
+    kv_text_conn(t, &c);
+    const char *texts[1] = {"a"};
+    size_t lens[1] = {1};
+    int64_t next = 0, lo = 0, id = 0;
+    cr_assert_eq(kv_text_next_id(t, &next), KV_OK);
+    cr_assert_eq(next, 1);
+    cr_assert_eq(ins(t, "one", "v"), 1);
+    cr_assert_eq(kv_text_next_id(t, &next), KV_OK);
+    cr_assert_eq(next, 2);
+    /* a block [2, 6), then one above it */
+    cr_assert_eq(kv_lease_grant(&c, "text_vault", next, 4, &lo), KV_OK, "%s", kv_text_errmsg(t));
+    cr_assert_eq(lo, 2);
+    cr_assert_eq(kv_lease_grant(&c, "text_vault", next, 2, &lo), KV_OK);
+    cr_assert_eq(lo, 6);
+    /* explicit ids, out of order; a taken one fails and writes nothing */
+    cr_assert_eq(kv_text_insert_at(t, 6, texts, lens, "x", 1, &id), KV_OK);
+    cr_assert_eq(id, 6);
+    cr_assert_eq(kv_text_insert_at(t, 2, texts, lens, "y", 1, &id), KV_OK);
+    cr_assert_eq(id, 2);
+    int64_t count = 0;
+    cr_assert_neq(kv_text_insert_at(t, 2, texts, lens, "z", 1, &id), KV_OK);
+    cr_assert_eq(kv_text_count(t, &count), KV_OK);
+    cr_assert_eq(count, 3);
+    /* an insert without an id skips every granted block */
+    cr_assert_eq(kv_text_insert_leased(t, texts, lens, "w", 1, &id), KV_OK);
+    cr_assert_eq(id, 8);
+    /* the first block's tail is not the last block: nothing changes; the
+     * last block's tail is, but an insert took the id after it */
+    cr_assert_eq(kv_lease_return(&c, "text_vault", 3, 6), KV_OK);
+    cr_assert_eq(kv_lease_return(&c, "text_vault", 7, 8), KV_OK);
+    cr_assert_eq(kv_text_insert_leased(t, texts, lens, "w", 1, &id), KV_OK);
+    cr_assert_eq(id, 9);
+    /* a last block given back whole: the next id follows the documents */
+    cr_assert_eq(kv_text_next_id(t, &next), KV_OK);
+    cr_assert_eq(next, 10);
+    cr_assert_eq(kv_lease_grant(&c, "text_vault", next, 16, &lo), KV_OK);
+    cr_assert_eq(lo, 10);
+    cr_assert_eq(kv_lease_return(&c, "text_vault", 10, 26), KV_OK);
+    cr_assert_eq(kv_text_insert_leased(t, texts, lens, "w", 1, &id), KV_OK);
+    cr_assert_eq(id, 10);
+    cr_assert_eq(kv_text_insert(t, texts, lens, "w", 1, &id), KV_OK);
+    cr_assert_eq(id, 11);
+    cr_assert_eq(kv_lease_grant(&c, "text_vault", 1, 0, &lo), KV_INVALID);
+    cr_assert_eq(kv_lease_return(&c, "text_vault", 5, 4), KV_INVALID);
     kv_text_close(t);
 }

@@ -86,6 +86,22 @@ def test_read_cache_bytes_zero_turns_it_off(served):  # noqa: F811
     kv.close()
 
 
+def test_table_grows_to_hold_many_keys(served):  # noqa: F811
+    """The table starts small and doubles as copies are kept: 3,000 small
+    values read twice are all hot hits the second time (a table that stayed
+    at its first size would evict most of them)."""
+    db, _ = served
+    kv = KVault(db, shared=True)
+    keys = [f"k{i:05d}" for i in range(3000)]
+    kv.put_many([(k, k.encode()) for k in keys])
+    assert [kv[k] for k in keys] == [k.encode() for k in keys]
+    before = _hot_hits(kv)
+    assert [kv[k] for k in keys] == [k.encode() for k in keys]
+    # 2-way sets: a few copies may have lost their set to a neighbour
+    assert _hot_hits(kv) - before >= 2700
+    kv.close()
+
+
 def test_large_values_are_not_kept(served):  # noqa: F811
     db, _ = served
     kv = KVault(db, shared=True)

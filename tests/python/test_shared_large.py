@@ -6,6 +6,7 @@ processes.
 """
 
 import os
+import signal
 import time
 
 import pytest
@@ -152,3 +153,72 @@ def test_readers_never_see_a_torn_value_while_the_writer_replaces_it(tmp_path):
         kv.close()
     finally:
         w.kill()
+
+
+def _status(kv):
+    return {k: int(v) if v.isdigit() else v
+            for k, v in (line.split("=", 1) for line in kv._native.status().splitlines())}
+
+
+def _settled_misses(kv):
+    """The writer's miss figures once it has handled every reported miss:
+    polled (each poll wakes the writer with a put) until the queue is empty
+    and the figures stay the same over three polls."""
+    names = ("miss_loads", "miss_declined", "miss_skipped", "miss_queued")
+    last, same = None, 0
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        kv.put("tick", 1)
+        st = _status(kv)
+        now = tuple(st[n] for n in names)
+        same = same + 1 if now == last and st["miss_queued"] == 0 else 0
+        if same >= 3:
+            return dict(zip(names, now))
+        last = now
+        time.sleep(0.1)
+    raise AssertionError(f"the writer's miss figures did not settle: {last}")
+
+
+@pytest.mark.parametrize("policy", ["free room", "all"])
+def test_large_misses_the_writer_would_decline_are_not_reported(tmp_path, monkeypatch, policy):
+    """100 values of 100 KB, more than the one shard of an 8 MB segment
+    holds, read twice by one process. The first pass fills the free room;
+    in the second every value still uncached misses again, and under the
+    default policy only the misses that fit the free room left are reported
+    (the reader applies the writer's free-room rule from the shard table,
+    counting its own reports not loaded yet), so the writer declines almost
+    none. With KVAULT_WRITER_ADMIT_LARGE=all the writer
+    publishes that it loads every value, and the second pass is reported and
+    loaded."""
+    db = str(tmp_path / "loader.db")
+    n, size = 100, 100_000
+    keys = [f"big{i:03d}" for i in range(n)]
+    with KVault(db, shared=False) as emb:  # rows the writer never saw
+        emb.put_many([(k, _value(size, i)) for i, k in enumerate(keys)])
+    if policy == "all":
+        monkeypatch.setenv("KVAULT_WRITER_ADMIT_LARGE", "all")
+    w = Writer(db, "--cache-size", "8M", "--memtable-size", "1M", "--shards", "1")
+    try:
+        kv = KVault(db, shared=True)
+        assert all(kv[k] == _value(size, i) for i, k in enumerate(keys))
+        first = _settled_misses(kv)
+        assert first["miss_loads"] > 0
+        misses0 = kv._native.counters()[1]
+        assert all(kv[k] == _value(size, i) for i, k in enumerate(keys))
+        missed = kv._native.counters()[1] - misses0
+        assert missed >= n // 4  # the segment holds less than 3/4 of the values
+        second = _settled_misses(kv)
+        reported = sum(second[x] - first[x] for x in ("miss_loads", "miss_declined", "miss_skipped"))
+        if policy == "all":
+            assert second["miss_loads"] > first["miss_loads"]
+        else:
+            # What the second pass reports is what still fits the free room
+            # (the first pass's reports may have stopped short of it, and a
+            # reclaim between the passes may free some): the writer loads it
+            # all and declines almost nothing.
+            declined = second["miss_declined"] - first["miss_declined"]
+            assert declined <= 2, (first, second, missed)
+            assert reported < missed // 2, (first, second, missed)
+        kv.close()
+    finally:
+        w.kill(signal.SIGTERM)

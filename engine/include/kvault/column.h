@@ -94,6 +94,23 @@ KV_API const char *kv_colvault_errmsg(kv_colvault *cv);
 /** PRAGMA wal_checkpoint(PASSIVE); errors are ignored. Always KV_OK. */
 KV_API kv_status kv_colvault_checkpoint(kv_colvault *cv);
 
+/** Called after a commit of a vault's connection that leaves `wal_frames`
+ *  frames in the WAL, at least SQLite's wal_autocheckpoint (1000), with
+ *  SQLite's write lock already released; runs on the committing thread,
+ *  under the vault's mutex (it must not call into the vault). */
+typedef void (*kv_colvault_ckpt_fn)(void *ctx, int wal_frames);
+
+/** Hand the vault's checkpoints to its owner: after each commit that leaves
+ *  at least 1000 frames in the WAL, fn(ctx, frames) runs instead of the
+ *  PASSIVE checkpoint SQLite's wal_autocheckpoint would run inside that
+ *  commit (sqlite3_wal_hook replaces it). The owner checkpoints the file
+ *  on a connection of its own, so the copy of the WAL into the database
+ *  file and its fsyncs are not on the committing caller's time; it also
+ *  keeps the WAL bounded (by waiting for a checkpoint when fn sees too many
+ *  frames). fn NULL: SQLite's automatic checkpoint again. Under the vault's
+ *  mutex; `ctx` must outlive the setting. */
+KV_API void kv_colvault_set_checkpointer(kv_colvault *cv, kv_colvault_ckpt_fn fn, void *ctx);
+
 /**
  * Create one physical column row (docs/api.md §6.2): dtype verbatim, elem_size,
  * length 0, min/max aligned to elem_size when elem_size > 1 (min up, max
@@ -297,6 +314,20 @@ KV_API void kv_col_cache_discard(kv_col *col);
  *  failed cache flush keeps the cache) with g->refused set. `g` must
  *  outlive the guard. Under the vault's mutex. */
 KV_API void kv_colvault_set_commit_guard(kv_colvault *cv, kv_commit_guard *g);
+
+/** Group commit, as kv_text_tx_begin: the vault's next writes (column
+ *  creation and deletion, appends without the write-back cache, writes,
+ *  inserts, deletes, clears) run as savepoints of one write transaction
+ *  (BEGIN IMMEDIATE) until kv_colvault_tx_end; a failing one is rolled back
+ *  alone. Appends into an enabled write-back cache must not run meanwhile
+ *  (their flush would commit inside it). KV_OK, or the failure of BEGIN
+ *  (KV_BUSY: another connection holds the write lock). Takes the vault's
+ *  mutex. */
+KV_API kv_status kv_colvault_tx_begin(kv_colvault *cv);
+
+/** End kv_colvault_tx_begin's transaction as kv_text_tx_end; the read
+ *  cache is invalidated either way. */
+KV_API kv_status kv_colvault_tx_end(kv_colvault *cv, int commit);
 
 /** Vault-wide cache lock flag (docs/api.md §6.1 lock_cache): only background
  *  flushers consult it (kv_colvault_cache_locked); manual flushes ignore it. */

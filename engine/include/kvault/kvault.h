@@ -187,6 +187,23 @@ typedef struct kv_commit_guard {
  *  must outlive the guard. One thread at a time, like every call on `db`. */
 KV_API void kv_db_set_commit_guard(kv_db *db, kv_commit_guard *g);
 
+/** Group commit: open a write transaction (BEGIN IMMEDIATE) on the
+ *  handle's connection that the next writes of `db` join (kv_put,
+ *  kv_put_many, kv_delete, kv_delete_many, kv_record_feature, kv_put_fd,
+ *  ...), each in its own savepoint: a write that fails is rolled back alone
+ *  and returns its usual status and message, the others stay, and all
+ *  become visible at kv_db_tx_end. For a handle without a write-back cache
+ *  (the writes must reach SQLite). Drops the read cache. Returns KV_OK,
+ *  KV_BUSY (another connection holds the write lock; nothing opened),
+ *  KV_IO, KV_SQLITE. Not nestable. One thread at a time. */
+KV_API kv_status kv_db_tx_begin(kv_db *db);
+
+/** End kv_db_tx_begin's transaction: commit != 0 commits it (KV_OK, or the
+ *  failure after which every write since kv_db_tx_begin is undone),
+ *  commit == 0 rolls it back (KV_OK). The handle writes in its own
+ *  transactions again afterwards. */
+KV_API kv_status kv_db_tx_end(kv_db *db, int commit);
+
 /** PRAGMA wal_checkpoint(PASSIVE). Errors (busy, not WAL) are swallowed:
  *  always returns KV_OK on an open handle. */
 KV_API kv_status kv_checkpoint(kv_db *db);

@@ -77,6 +77,29 @@ KV_API size_t kv_text_ncolumns(const kv_text *t);
 KV_API kv_status kv_text_insert(kv_text *t, const char *const *texts, const size_t *lens,
                                 const void *val, size_t vlen, int64_t *id);
 
+/** kv_text_insert with the document id chosen by the caller: `at` > 0 is
+ *  the FTS rowid of the new document (an id already in use fails with
+ *  KV_SQLITE, "constraint failed", and nothing is written); `at` <= 0 lets
+ *  SQLite assign max(rowid) + 1, as kv_text_insert does. The shared-mode
+ *  writer inserts the documents of a client that took its ids from a
+ *  lease (kvault/oprec.h, kv_lease_grant). Statuses as kv_text_insert. */
+KV_API kv_status kv_text_insert_at(kv_text *t, int64_t at, const char *const *texts,
+                                   const size_t *lens, const void *val, size_t vlen, int64_t *id);
+
+/** kv_text_insert with the id kv_lease_next gives (kvault/oprec.h): the
+ *  next id above every document and every block of ids the shared-mode
+ *  writer granted (a client of a writer that died may still insert the
+ *  ids of its block). In one transaction of its own, or inside
+ *  kv_text_tx_begin's. Statuses as kv_text_insert. */
+KV_API kv_status kv_text_insert_leased(kv_text *t, const char *const *texts, const size_t *lens,
+                                       const void *val, size_t vlen, int64_t *id);
+
+/** *next = the id kv_text_insert would give the next document now:
+ *  max(rowid) + 1, or 1 for an empty store (ids of deleted documents at the
+ *  top are given again, as SQLite does for a rowid table). Reads in the
+ *  connection's open transaction, if any. KV_OK, KV_BUSY, KV_IO, KV_SQLITE. */
+KV_API kv_status kv_text_next_id(kv_text *t, int64_t *next);
+
 /** One search result. All pointers borrow the kv_text_hits that holds it. */
 typedef struct kv_text_hit {
     int64_t id;             /**< document id (FTS rowid) */

@@ -7,7 +7,9 @@
  * the writer's unix socket. Then:
  *   reads   segment (active memtable -> frozen -> CSB+tree), no lock, no
  *           system call; on a miss, the process's own SQLite connection
- *           (through libkvault), and the key is reported to the writer;
+ *           (through libkvault), and the key is reported to the writer
+ *           (a large value only when the writer would load it:
+ *           kvshm_reader_miss_wanted);
  *   writes  a record in the ring; kv_att_put returns when the writer has
  *           APPLIED it (every attached process sees it), or with
  *           KV_ATT_SYNC when it is COMMITTED to SQLite, or with
@@ -54,6 +56,18 @@ typedef struct kv_attach_opts {
                                      first replays its applied
                                      records (kv_attach_recover); default 0 */
     kv_open_opts db;            /**< options of the process's own SQLite connection */
+    /** With continue_on_stop: called once the writer is found dead (no
+     *  successor took the registry within the 500 ms grace), before the
+     *  handle replays and continues on its own: it starts a new writer
+     *  (exactly one among racing processes is the callback's business)
+     *  and returns nonzero when one serves the file now. The handle then
+     *  re-attaches to it with its ring, as to a supervised restart: the new
+     *  writer replays the dead one's records, then applies the ring's. 0:
+     *  the handle goes on as without the callback. Called at most once per
+     *  dead writer, from the thread whose call noticed, with no lock of the
+     *  library held (the handle's caller may hold its own). NULL: none. */
+    int (*respawn)(void *ctx);
+    void *respawn_ctx;          /**< argument of respawn */
 } kv_attach_opts;
 
 /** Defaults: table "kv", 4 MiB ring, 60 s re-attach wait, kv_open_opts_default. */
@@ -163,7 +177,7 @@ kv_status kv_att_get(kv_att *a, const void *key, size_t klen, const void **val, 
  *  segment is read from the own SQLite connection by kv_get_into
  *  (KV_GET_DIRECT_MIN: a large one by the engine's large-value reader)
  *  straight into a buffer of `alloc`, and the miss is reported to the
- *  writer. On KV_OK *vlen = n and the last buffer `alloc` returned holds
+ *  writer (as in the reads above). On KV_OK *vlen = n and the last buffer `alloc` returned holds
  *  exactly the value. `alloc` runs inside the segment's read section or
  *  SQLite's read transaction: it must be short and not call into `a`.
  *  KV_NOMEM when it returned NULL; other statuses as kv_att_get. Not
@@ -292,7 +306,9 @@ typedef struct kv_exec kv_exec;
  *  file does not exist); KV_NOMEM. */
 kv_status kv_exec_open(const char *db_path, kv_exec **out);
 
-/** Close the connection and free (NULL: no-op). */
+/** Close the connection and free (NULL: no-op). A handle connected to a
+ *  writer tells it first that it is closing (EXEC_END, no reply awaited):
+ *  the writer deletes the handle's record of applied operations. */
 void kv_exec_close(kv_exec *x);
 
 /** 1 if a live writer serves the file now (registry locked and ready, any
@@ -307,15 +323,102 @@ int kv_exec_served(const kv_exec *x);
  *  kv_exec_errmsg's. *reached = 0 when no writer serves the file (none
  *  ready, or it stopped or died and no new one is ready): the operation was
  *  not applied by a writer that stopped cleanly; the caller runs it itself.
- *  A writer that dies (kill -9) after receiving it may have committed it.
- *  `result_max` is the largest result the operation can have (bytes):
+ *  A writer that dies (kill -9) after receiving it may have committed it:
+ *  the operation is then unsettled (kv_exec_unsettled), and the caller must
+ *  look whether it was applied before it applies it itself.
+ *  Exactly once: each call is a new operation (the handle's next number),
+ *  except while the last one is unsettled: then the call is its re-send and
+ *  keeps its number, and a writer that finds it applied replies with the
+ *  recorded result instead of applying it again (docs/shared-mode.md,
+ *  "Exactly once"). Re-sends inside one call (the writer changed) keep it
+ *  too. `result_max` is the largest result the operation can have (bytes):
  *  operations or results above one packet travel in a memfd. Blocks until
  *  the reply. */
 kv_status kv_exec_call(kv_exec *x, const void *op, size_t len, size_t result_max,
                        const uint8_t **res, size_t *rlen, int *reached);
 
+/** 1 when the handle's last operation reached a writer that gave no reply
+ *  (it died, possibly after committing it), with the handle's token and the
+ *  operation's number in token[0..16) and *seq: the key of its record
+ *  (kvault/oprec.h, kv_oprec_get through the caller's own connection: a
+ *  record with that seq means the operation was applied, with that status
+ *  and result). 0 otherwise. */
+int kv_exec_unsettled(const kv_exec *x, uint8_t token[16], uint64_t *seq);
+
+/** The caller is done with the unsettled operation (it found its record,
+ *  or found none and applies it itself): the next call is a new
+ *  operation. No-op when none is unsettled. */
+void kv_exec_settle(kv_exec *x);
+
 /** Message of the last failed call ("" if none). */
 const char *kv_exec_errmsg(const kv_exec *x);
+
+/* ---- pipelined operations: sent without waiting for their replies ------
+ * (docs/shared-mode.md, "Pipelined inserts"). The handle keeps each one
+ * (its bytes and number) until its reply arrives; the replies come in
+ * order. A writer that dies is handed every one without a reply again
+ * (with its number: the next writer replies with the record to those the
+ * dead one applied, exactly once); when no writer serves the file any
+ * more, the caller applies them itself (kv_exec_posted_op). A sync call
+ * (kv_exec_call) waits for the pipelined ones first. */
+
+/** Most bytes of an operation kv_exec_post takes: one socket packet
+ *  (64 KiB) less its header and the operation's id (24 bytes each). */
+#define KV_EXEC_POST_MAX (64u * 1024u - 48u)
+
+/** Send the encoded operation op[0..len) (len <= KV_EXEC_POST_MAX, else
+ *  KV_INVALID) as the handle's next operation and return without its
+ *  reply: the replies that arrived meanwhile are read, and with 64 without
+ *  a reply the call waits until 32 are left. *queued = 1 when the
+ *  operation was sent (it is the handle's to settle now). *reached = 1:
+ *  a writer has it. *reached = 0: no writer serves the file: either
+ *  nothing was sent (*queued 0) and the caller applies the operation
+ *  itself, or the writer went away with operations of the handle
+ *  unreplied (kv_exec_posted > 0, *queued may be 1) and the caller
+ *  settles them as kv_exec_posted_op says. A failure an earlier reply
+ *  reported is returned before anything is sent (*queued 0, *reached 1):
+ *  an operation whose call returned a failure was never sent. After the
+ *  send, the call returns only this operation's own failure; one of an
+ *  earlier operation read meanwhile is kept for the next call (this one,
+ *  kv_exec_flush or kv_exec_failure). Returns KV_OK, KV_INVALID (too
+ *  large, or a sync operation is unsettled), KV_NOMEM, KV_IO, KV_NOTFOUND
+ *  (*reached 0) or a reply's failure. Blocks while the socket is full. */
+kv_status kv_exec_post(kv_exec *x, const void *op, size_t len, int *reached, int *queued);
+
+/** Wait for the reply of every pipelined operation (re-sending them to the
+ *  next writer when the one that had them died). *reached = 1: every one
+ *  is replied; the return value is the first failure a reply reported
+ *  since the last flush (message: kv_exec_errmsg), or KV_OK. *reached = 0
+ *  (KV_NOTFOUND): no writer serves the file and kv_exec_posted
+ *  operations have no reply: the caller settles them (kv_exec_posted_op,
+ *  then kv_exec_forget; a failure a reply reported before is kept for
+ *  kv_exec_failure). In a forked child the parent's are not the
+ *  child's: KV_OK at once. */
+kv_status kv_exec_flush(kv_exec *x, int *reached);
+
+/** The failure a reply of a pipelined operation reported that no call
+ *  returned yet (message: kv_exec_errmsg), or KV_OK; cleared. For a caller
+ *  that settles the operations itself after kv_exec_flush's *reached = 0
+ *  (failures read before the writer went away). */
+kv_status kv_exec_failure(kv_exec *x);
+
+/** Pipelined operations without a reply (0 in a forked child). */
+size_t kv_exec_posted(const kv_exec *x);
+
+/** Pipelined operation i (0: the oldest) without a reply: its bytes (owned
+ *  by the handle, valid until kv_exec_forget or the next call) and its
+ *  number. A writer applied it if the handle's record
+ *  (kv_oprec_get(token of kv_exec_token)) holds that number or a larger
+ *  one; else the caller applies it itself. i < kv_exec_posted. */
+void kv_exec_posted_op(const kv_exec *x, size_t i, const uint8_t **op, size_t *len,
+                       uint64_t *seq);
+
+/** The handle's token (the key of its record, kvault/oprec.h). */
+void kv_exec_token(const kv_exec *x, uint8_t token[16]);
+
+/** Drop the pipelined operations without a reply (the caller settled
+ *  them) and any failure kept for kv_exec_flush. */
+void kv_exec_forget(kv_exec *x);
 
 #ifdef __cplusplus
 }

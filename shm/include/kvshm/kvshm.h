@@ -301,6 +301,14 @@ kvshm_status kvshm_writer_cache_evict(kvshm_writer *w, const void *const *keys,
  * clears the fault once a commit succeeds. Writer only. */
 void kvshm_writer_set_fault(kvshm_writer *w, uint32_t status, int64_t sqlite_code);
 
+/* Write refusal: a writer that is a follower in a cluster (workers/cluster.c)
+ * takes no writes of its own; clients check the refusal before they publish
+ * a write and fail it with msg (e.g. "not the leader; leader is
+ * 2@10.0.0.2:7001"; cut to KVSHM_REFUSE_MSG_MAX - 1 bytes). msg NULL lifts
+ * the refusal. Writer only; readers see it through kvshm_reader_refusal. */
+#define KVSHM_REFUSE_MSG_MAX 120
+void kvshm_writer_set_refusal(kvshm_writer *w, const char *msg);
+
 /* Publish the applied / committed sequence numbers (release stores; readers
  * acquire-load them with kvshm_reader_seqs). 0 leaves a value unchanged.
  * Writer only. */
@@ -380,6 +388,51 @@ typedef struct kvshm_shard_stats {
     uint64_t mt_keys;       /* records in the active + frozen memtables */
 } kvshm_shard_stats;
 #define KVSHM_ALL_SHARDS UINT32_MAX
+
+/* Live bytes (used - retired) above which a shard is under pressure: the
+ * writer evicts there. 3/4 of the region. */
+static inline uint64_t kvshm_evict_mark(const kvshm_shard_stats *st)
+{
+    return st->region_bytes / 4 * 3;
+}
+
+/* The free-room rule of large miss loads: 1 if a value taking `bytes` of
+ * the region (kvshm_cached_bytes), with `pending` such bytes already read
+ * for the shard and not loaded yet, keeps the shard's live bytes at or below
+ * 5/8 of the region, else 0. The 1/8 of the region between that mark and
+ * kvshm_evict_mark is left to writes and small misses: large loads that
+ * went up to the eviction mark would have the next put start an eviction
+ * of a sample of every cached key (the loaded values among them, which
+ * readers would then report and the writer load again). The writer applies
+ * it before loading; readers apply it (kvshm_reader_miss_wanted) before
+ * reporting, with pending 0. */
+static inline int kvshm_large_fits(const kvshm_shard_stats *st, uint64_t pending, uint64_t bytes)
+{
+    return st->used_bytes - st->retired_bytes + pending + bytes <= st->region_bytes / 8 * 5;
+}
+
+/*
+ * kvshm_cached_bytes: the bytes of its shard's region a cached value of a
+ * klen-byte key and vlen bytes takes: its record (header, key, value)
+ * rounded up to the record's size-classed block (at most 25% more), the
+ * amount the shard's used bytes grow by when it is loaded. 0 for a key of
+ * length 0 or above KVSHM_MAX_KEY, or a value too large for any block.
+ * Pure; any process.
+ */
+uint64_t kvshm_cached_bytes(size_t klen, size_t vlen);
+
+/* Which reported misses the writer loads (kvshm_writer_set_miss_policy);
+ * every segment starts at KVSHM_MISS_LARGE_FREE. */
+#define KVSHM_MISS_LARGE_FREE 0u  /* large values only into free room (kvshm_large_fits) */
+#define KVSHM_MISS_ALL        1u  /* every value, evicting as needed */
+
+/*
+ * kvshm_writer_set_miss_policy: publish the writer's miss policy
+ * (KVSHM_MISS_*) in every shard record, where readers look it up
+ * (kvshm_reader_miss_wanted). Writer only. Returns KVSHM_OK, KVSHM_E_INVAL
+ * (unknown policy).
+ */
+kvshm_status kvshm_writer_set_miss_policy(kvshm_writer *w, uint32_t policy);
 
 /*
  * kvshm_writer_shard_stats: fill *out with the figures of `shard`
@@ -511,6 +564,21 @@ kvshm_status kvshm_reader_get(kvshm_reader *r, const void *key, size_t klen,
                               kvshm_val *out);
 
 /*
+ * kvshm_reader_miss_wanted: whether the writer would load a large value
+ * (one it applies the free-room rule to) of vlen bytes for key, read from
+ * SQLite after a miss, if the reader reported it now: 1 when the writer's
+ * policy is KVSHM_MISS_ALL or the value fits the free room of the key's
+ * shard (kvshm_large_fits of kvshm_cached_bytes on the shard's published
+ * figures), else 0. The reader counts what it answered 1 for as pending
+ * until the shard's live bytes grow by as much, or for at most 200 ms, so a
+ * burst of misses faster than the writer's loads is not all reported into
+ * the same free room. A hint read with relaxed loads from the shard table:
+ * no section, no system call; the writer applies the rule again when it
+ * loads. Any reader (it updates the handle's own counts).
+ */
+int kvshm_reader_miss_wanted(kvshm_reader *r, const void *key, size_t klen, uint64_t vlen);
+
+/*
  * kvshm_reader_get_many: kvshm_reader_get for n keys, with the CSB+tree
  * descents of up to KVSHM_FIND_GROUP (16) keys at a time interleaved: each
  * round takes one level of every key's search and prefetches its next node
@@ -565,6 +633,12 @@ kvshm_status kvshm_reader_leave(kvshm_reader *r);
  * commits succeed; *sqlite_code (may be NULL) gets the SQLite extended result
  * code. Any reader. */
 uint32_t kvshm_reader_fault(const kvshm_reader *r, int64_t *sqlite_code);
+
+/* The writer's write refusal (kvshm_writer_set_refusal): 1 with its message
+ * copied into msg (cap bytes, NUL-terminated; cap >= 1) while writes are
+ * refused, else 0. A consistent copy (seqlock read; 0 when the writer died
+ * in the middle of a change and left it inconsistent). Any reader. */
+int kvshm_reader_refusal(const kvshm_reader *r, char *msg, size_t cap);
 
 /* Applied and committed sequence numbers as last published (acquire loads).
  * Either pointer may be NULL. Any reader. */

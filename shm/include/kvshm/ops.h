@@ -4,7 +4,8 @@
  * docs/shared-mode.md, "Every class through the writer").
  *
  * The writer owns every write to its file. A store other than the served
- * KV table (TextVault, VectorKVault, ColumnVault) sends each write as
+ * KV table (TextVault, VectorKVault, ColumnVault, a KVault on another
+ * table) sends each write as
  * one operation: the class, the operation, the table, the parameters the
  * writer needs to open its own engine handle on that table, then the
  * engine-level arguments. The writer applies it with the same engine call
@@ -27,7 +28,12 @@
  * (workers/exec.c, and the table in docs/shared-mode.md):
  *
  *   TEXT   open:   one field per column name (UTF-8, no NUL)
- *          INSERT  args: value, text[0..ncols)                 -> i64 id
+ *          INSERT  args: value, text[0..ncols), [id (i64 > 0: the
+ *                  document id, from a lease of the client)]   -> i64 id
+ *          LEASE   args: n (i64, 1..65536): a block of n ids for
+ *                  the client's inserts (kvault/oprec.h)       -> i64 first
+ *          LEASE_END args: next, end (i64): the unused tail of a
+ *                  block, given back                           -> (empty)
  *          UPDATE  args: id, value|ABSENT, [text[0..ncols)]    -> (empty)
  *          DELETE  args: id                                    -> u8 removed
  *          CLEAR   args: (none)                                -> (empty)
@@ -55,6 +61,18 @@
  *          INSERT  args: col_id, idx_id, index, element, pname -> (empty)
  *          DELETE  args: col_id, idx_id, index, pname          -> (empty)
  *          CLEAR   args: col_id, idx_id, pname                 -> (empty)
+ *   KV     a KVault table other than the one the writer serves through
+ *          its segment (which it refuses: its writes go through the ring).
+ *          Keys and values are the bytes the embedded binding stores
+ *          (values encoded by the client: auto-pack, headers).
+ *          open:   chunk_size (i64, > 0: the streaming chunk, bytes)
+ *          PUT     args: key, value                            -> (empty)
+ *          PUT_MANY args: key lengths (n i64), keys back to back, value
+ *                  lengths (n i64), values back to back        -> (empty)
+ *          DELETE  args: key                                   -> u8 removed
+ *          DEL_MANY args: key lengths (n i64), keys back to back
+ *                                                              -> i64 removed
+ *          FEATURE args: name (1..64 bytes, no comma)          -> (empty)
  *
  * Layering: pure byte handling; encoding appends to an engine kv_buf.
  */
@@ -79,6 +97,7 @@
 #define KVSHM_OPC_TEXT   1u
 #define KVSHM_OPC_VECTOR 2u
 #define KVSHM_OPC_COLUMN 3u
+#define KVSHM_OPC_KV     4u
 
 /* operations */
 #define KVSHM_OP_INSERT      1u
@@ -90,6 +109,12 @@
 #define KVSHM_OP_COL_DROP    7u
 #define KVSHM_OP_APPEND      8u
 #define KVSHM_OP_WRITE       9u
+#define KVSHM_OP_PUT         10u
+#define KVSHM_OP_PUT_MANY    11u
+#define KVSHM_OP_DEL_MANY    12u
+#define KVSHM_OP_FEATURE     13u
+#define KVSHM_OP_LEASE       14u
+#define KVSHM_OP_LEASE_END   15u
 
 /* One field of a decoded operation: `len` bytes at `p` (into the decoded
  * buffer), or absent (p NULL, len 0). */

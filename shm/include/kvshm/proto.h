@@ -37,16 +37,25 @@
  *     OPTIMIZE   PRAGMA optimize; VACUUM
  *     CHECKPOINT WAL checkpoint
  *     STATUS     reply payload: `name=value` lines (segment figures)
- *     EXEC       one table operation (kvshm/ops.h): the encoded operation
- *                as payload (m_arg 0), or, when it does not fit in one
- *                packet, no payload and fd = a memfd holding it from offset
- *                0, m_arg = its byte length (1..KVSHM_OP_MAX_BYTES). The
- *                writer applies it, commits, and replies with m_status =
- *                the operation's kv_status and as payload its result
- *                (kvshm/ops.h) or, on failure, the engine's message. A
- *                result larger than a packet is written into the request's
- *                memfd from offset 0 instead: payload empty, m_arg = its
- *                length (an inline reply has m_arg 0).
+ *     EXEC       one table operation (kvshm/ops.h): payload = struct
+ *                kvshm_exec_id (which client, which of its operations),
+ *                then the encoded operation (m_arg 0), or, when it does not
+ *                fit in one packet, the kvshm_exec_id alone and fd = a memfd
+ *                holding the operation from offset 0, m_arg = its byte
+ *                length (1..KVSHM_OP_MAX_BYTES). The writer applies it,
+ *                commits, and replies with m_status = the operation's
+ *                kv_status and as payload its result (kvshm/ops.h) or, on
+ *                failure, the engine's message. A result larger than a
+ *                packet is written into the request's memfd from offset 0
+ *                instead: payload empty, m_arg = its length (an inline
+ *                reply has m_arg 0). An operation whose id the writer finds
+ *                applied already (a re-send after a writer died between
+ *                its commit and its reply) is not applied again: the reply
+ *                carries the recorded status and result (exactly once,
+ *                kvault/oprec.h).
+ *     EXEC_END   payload = struct kvshm_exec_id of a client handle that is
+ *                closing (x_seq: its last operation): the writer forgets
+ *                the handle's record. No reply.
  * Replies are struct kvshm_msg with m_type = the request's type | REPLY,
  * m_status a kv_status value (0 = ok) and an optional message payload.
  */
@@ -143,6 +152,7 @@ int kvshm_rec_check(uint32_t type, const void *payload, uint32_t len);
 #define KVSHM_MSG_CHECKPOINT 5u
 #define KVSHM_MSG_STATUS     6u
 #define KVSHM_MSG_EXEC       7u
+#define KVSHM_MSG_EXEC_END   8u
 #define KVSHM_MSG_REPLY      0x100u
 #define KVSHM_MSG_MAX        (64u * 1024u)   /* largest packet, header included */
 
@@ -161,6 +171,16 @@ struct kvshm_attach_req {
     uint64_t a_generation; /* segment generation the client mapped */
 };
 
+/* The id of one EXEC operation, first in its payload: a random token per
+ * client handle (getrandom) and the handle's operation number (1, 2, ...;
+ * a re-send of the same call keeps it). */
+#define KVSHM_EXEC_TOKEN 16u
+struct kvshm_exec_id {
+    uint8_t x_token[KVSHM_EXEC_TOKEN];
+    uint64_t x_seq;     /* >= 1 */
+};
+_Static_assert(sizeof(struct kvshm_exec_id) == 24, "exec id size");
+
 /* Longest FEATURE payload (a feature name), bytes. */
 #define KVSHM_FEATURE_MAX 4095u
 
@@ -172,10 +192,11 @@ struct kvshm_attach_req {
  * rest of the packet, the type is not a request type, or the payload does not
  * fit its type: ATTACH carries a struct kvshm_attach_req; PUT_FILE a u64
  * chunk size and a key of 1..KVSHM_MAX_KEY bytes; FEATURE 1..KVSHM_FEATURE_MAX
- * bytes; OPTIMIZE, CHECKPOINT and STATUS take no payload; EXEC carries
- * either an operation of at least its header (m_arg 0) or nothing with m_arg
- * = the byte length of the memfd passed (1..KVSHM_OP_MAX_BYTES; the
- * operation itself is checked by kvshm_op_decode). Descriptors passed
+ * bytes; OPTIMIZE, CHECKPOINT and STATUS take no payload; EXEC carries a
+ * struct kvshm_exec_id with x_seq >= 1, then either an operation of at
+ * least its header (m_arg 0) or nothing with m_arg = the byte length of the
+ * memfd passed (1..KVSHM_OP_MAX_BYTES; the operation itself is checked by
+ * kvshm_op_decode); EXEC_END exactly a kvshm_exec_id. Descriptors passed
  * with the packet are the caller's to check. Pure; any thread. The writer
  * trusts nothing a client sends: this is the only reading of a request's
  * header and sizes (fuzz/fuzz_msg.c). */

@@ -1,0 +1,665 @@
+/*
+ * cluster.c -- cluster mode of kvault-writer on libraft (cluster.h,
+ * docs/replication.md).
+ *
+ * Consensus, elections and the replicated log are libraft's (Debian's
+ * libraft 0.15, the Raft library dqlite is built on; its libuv disk I/O and
+ * TCP transport, raft/uv.h). This file is the state machine and the glue:
+ *
+ * Entries. The unit of replication is one batch of the writer's commit
+ * pipeline (loop.c): the newest version of every key written with a
+ * sequence in (previous batch, last_seq], as the leader's INSERT phase walks
+ * its frozen memtables. While inserting, the leader also encodes each record
+ * (wr_cluster_batch_add); once its local commit succeeded the encoding is
+ * proposed as one Raft entry (wr_cluster_batch_commit -> raft_apply).
+ * Encoding, little-endian:
+ *     header  u32 magic "KVR1", u32 records, u64 nonce, u64 last_seq
+ *     record  u8 tombstone, u32 klen, u32 vlen, u64 seq, key, value
+ * nonce: random per writer process, so a node knows its own entries.
+ *
+ * State machine (fsm_apply), on every node once an entry is committed:
+ *   - its own entries (this process's nonce) are in its memtables already:
+ *     nothing to do;
+ *   - entries whose last_seq is below the sequence this node's file held
+ *     when the writer started are in the file already (the log is applied
+ *     from its start again after a restart: no snapshots yet);
+ *   - any other entry: its records go through the writer's apply path
+ *     (wr_apply_write, the one client writes take) with their own
+ *     sequences, so readers attached to this node see them at once, and the
+ *     loop's commit pipeline commits them to this node's file.
+ *
+ * Roles. Only a leader that has applied every entry of earlier terms takes
+ * client writes: on election it appends a barrier (raft_barrier); when the
+ * barrier is applied it commits everything pending locally (so its next
+ * batch holds only its own writes) and lifts the segment's write refusal.
+ * Every other node publishes a refusal naming the leader
+ * (kvshm_writer_set_refusal), which clients report when they write.
+ *
+ * Snapshots are not taken (the snapshot threshold is set beyond any log
+ * this writer produces in practice); the state machine's snapshot call
+ * fails with RAFT_NOTFOUND if libraft asks all the same.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+
+#include <raft.h>
+#include <raft/uv.h>
+#include <uv.h>
+
+#include "cluster.h"
+#include "kv_assert.h"
+#include "writer.h"
+
+#define ENTRY_MAGIC 0x3152564bu   /* "KVR1" */
+#define ENTRY_HDR 24u
+#define REC_HDR 17u
+/* Raft timing, milliseconds: heartbeats every 100 ms, elections after
+ * 500-1000 ms without one (libraft randomizes between T and 2T), so a new
+ * leader is in place about a second after the old one died. */
+#define ELECTION_MS 500u
+#define HEARTBEAT_MS 100u
+/* libuv runs at most this often from the loop's passes, microseconds. */
+#define UV_EVERY_US 100u
+/* The idle wait's bound in cluster mode, milliseconds: Raft's sockets are
+ * not among the doorbell's wake-ups. */
+#define WAIT_MAX_MS 1
+/* Attempts to apply a replicated record while the memtable is full. */
+#define APPLY_ATTEMPTS 100
+
+typedef struct node {
+    uint64_t id;
+    char addr[256];   /* HOST:PORT */
+} node;
+
+struct wr_cluster {
+    uv_loop_t loop;
+    struct raft_uv_transport transport;
+    struct raft_io io;
+    struct raft_fsm fsm;
+    struct raft raft;
+    int loop_ok, transport_ok, io_ok, raft_ok;
+    int closed;                    /* raft_close's callback ran */
+    node nodes[WR_CLUSTER_MAX_NODES];
+    unsigned nnodes;
+    const node *self;
+    char dir[4300];                /* <db>.raft */
+    uint64_t nonce;
+    uint64_t start_committed;      /* the file's committed sequence at start */
+    /* role */
+    int role;                      /* raft_state() at the last pass */
+    raft_id leader_seen;           /* leader named by the published refusal */
+    int ready;                     /* leader with its barrier applied: takes writes */
+    char refusal[KVSHM_REFUSE_MSG_MAX]; /* the published refusal ("" when ready) */
+    int barrier_busy;
+    struct raft_barrier barrier;
+    uint64_t last_uv_us;
+    /* the batch being encoded (raft_malloc'ed: handed to raft_apply) */
+    uint8_t *buf;
+    size_t len, cap;
+    uint32_t nrec;
+    int collecting;                /* this batch is the leader's own */
+    uint64_t next_prop;            /* number of the last proposal */
+    uint64_t committed_prop;       /* highest proposal the cluster committed */
+    wr_state *ws;
+    int oom;
+    /* figures */
+    uint64_t proposed, propose_failed, applied_entries, applied_records, skipped_entries;
+    uint64_t inflight;
+};
+
+/* ---- --cluster ------------------------------------------------------------ */
+
+/* Parse ID@HOST:PORT,... into nodes. 0, or -1 with err. */
+static int parse_nodes(const char *spec, node *nodes, unsigned *n, char *err, size_t errlen)
+{
+    *n = 0;
+    const char *p = spec;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        char item[300];
+        if (len == 0 || len >= sizeof item) {
+            snprintf(err, errlen, "--cluster: expected ID@HOST:PORT,..., got '%s'", spec);
+            return -1;
+        }
+        memcpy(item, p, len);
+        item[len] = 0;
+        char *at = strchr(item, '@'), *colon = strrchr(item, ':'), *e;
+        errno = 0;
+        unsigned long long id = at ? strtoull(item, &e, 10) : 0;
+        long port = colon && colon > at ? strtol(colon + 1, &e, 10) : 0;
+        if (!at || at == item || id == 0 || errno || !colon || colon == at + 1 || *e ||
+            port < 1 || port > 65535 || strchr(item, ' ')) {
+            snprintf(err, errlen, "--cluster: '%s' is not ID@HOST:PORT (ID a whole number"
+                     " >= 1, PORT 1..65535)", item);
+            return -1;
+        }
+        if (*n == WR_CLUSTER_MAX_NODES) {
+            snprintf(err, errlen, "--cluster: more than %d nodes", WR_CLUSTER_MAX_NODES);
+            return -1;
+        }
+        for (unsigned i = 0; i < *n; i++)
+            if (nodes[i].id == id) {
+                snprintf(err, errlen, "--cluster: node id %llu given twice", id);
+                return -1;
+            }
+        nodes[*n].id = id;
+        snprintf(nodes[*n].addr, sizeof nodes[*n].addr, "%s", at + 1);
+        (*n)++;
+        p += len + (end != NULL);
+    }
+    if (*n == 0) {
+        snprintf(err, errlen, "--cluster: no node given");
+        return -1;
+    }
+    return 0;
+}
+
+int wr_cluster_check(const wr_cluster_opts *o, char *err, size_t errlen)
+{
+    node nodes[WR_CLUSTER_MAX_NODES];
+    unsigned n;
+    if (!o->spec) {
+        if (o->node_id) {
+            snprintf(err, errlen, "--node-id needs --cluster");
+            return -1;
+        }
+        return 0;
+    }
+    if (parse_nodes(o->spec, nodes, &n, err, errlen)) return -1;
+    for (unsigned i = 0; i < n; i++)
+        if (nodes[i].id == o->node_id) return 0;
+    snprintf(err, errlen, "--node-id %" PRIu64 " is not among the nodes of --cluster '%s'",
+             o->node_id, o->spec);
+    return -1;
+}
+
+/* ---- encoding ------------------------------------------------------------- */
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint32_t get32(const uint8_t *p)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
+    return v;
+}
+static uint64_t get64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+void wr_cluster_batch_reset(wr_state *ws)
+{
+    wr_cluster *cl = ws->cluster;
+    if (!cl) return;
+    cl->len = ENTRY_HDR;
+    cl->nrec = 0;
+    cl->oom = 0;
+    cl->collecting = cl->ready;
+}
+
+int wr_cluster_batch_add(wr_state *ws, const void *key, size_t klen, const void *val,
+                         size_t vlen, uint64_t seq, int tomb)
+{
+    wr_cluster *cl = ws->cluster;
+    if (!cl || !cl->collecting || cl->oom) return 0;
+    KV_ASSERT(klen <= UINT32_MAX && vlen <= UINT32_MAX);
+    size_t need = cl->len + REC_HDR + klen + vlen;
+    if (need > cl->cap || !cl->buf) {
+        size_t nc = cl->cap ? cl->cap : 65536;
+        while (nc < need) nc *= 2;
+        uint8_t *nb = raft_realloc(cl->buf, nc);
+        if (!nb) {
+            cl->oom = 1;
+            return -1;
+        }
+        cl->buf = nb;
+        cl->cap = nc;
+    }
+    uint8_t *p = cl->buf + cl->len;
+    p[0] = (uint8_t)(tomb != 0);
+    put32(p + 1, (uint32_t)klen);
+    put32(p + 5, tomb ? 0 : (uint32_t)vlen);
+    put64(p + 9, seq);
+    memcpy(p + REC_HDR, key, klen);
+    if (!tomb && vlen) memcpy(p + REC_HDR + klen, val, vlen);
+    cl->len += REC_HDR + klen + (tomb ? 0 : vlen);
+    cl->nrec++;
+    return 0;
+}
+
+/* A proposal with its number (raft_apply's request). */
+typedef struct proposal {
+    struct raft_apply req;
+    uint64_t no;
+} proposal;
+
+/* Mark each client's ring committed up to the position recorded with a
+ * proposal the cluster committed (number <= cl->committed_prop). */
+static void release_clients(wr_cluster *cl)
+{
+    wr_state *ws = cl->ws;
+    for (size_t i = 0; i < ws->nclients; i++) {
+        wr_client *c = &ws->clients[i];
+        if (c->sock < 0 || !c->ring || !c->repl_prop || c->repl_prop > cl->committed_prop)
+            continue;
+        if (c->repl_pos > c->committed_pos) {
+            kvshm_ring_set_committed(c->ring, c->repl_pos);
+            c->committed_pos = c->repl_pos;
+        }
+        c->repl_prop = 0;
+    }
+}
+
+/* Entries commit in log order, so proposals complete in number order. */
+static void apply_done(struct raft_apply *req, int status, void *result)
+{
+    proposal *p = (proposal *)req;
+    wr_cluster *cl = req->data;
+    (void)result;
+    cl->inflight--;
+    if (status != 0) {
+        cl->propose_failed++;
+        wr_log("cluster: proposal %" PRIu64 " was not committed by the cluster: %s", p->no,
+               raft_strerror(status));
+    } else {
+        if (p->no > cl->committed_prop) cl->committed_prop = p->no;
+        release_clients(cl);
+    }
+    free(p);
+}
+
+uint64_t wr_cluster_batch_commit(wr_state *ws, uint64_t last_seq)
+{
+    wr_cluster *cl = ws->cluster;
+    if (!cl || !cl->collecting) return 0;
+    cl->collecting = 0;
+    if (cl->oom) {
+        cl->propose_failed++;
+        wr_log("cluster: batch ending at sequence %" PRIu64 " not replicated: out of memory",
+               last_seq);
+        return UINT64_MAX;
+    }
+    if (cl->nrec == 0) return 0;
+    /* Every entry's length is a multiple of 8: libraft's uv log pads
+     * entries to 8 bytes on disk, and entries of other lengths came back
+     * shifted by a few bytes when a restarted node loaded its log (seen
+     * with Debian's libraft 0.15: tests/python/test_cluster.py,
+     * test_restarted_nodes_catch_up). The zero padding is ignored: decoding
+     * stops after the header's record count. */
+    size_t padded = (cl->len + 7) & ~(size_t)7;
+    memset(cl->buf + cl->len, 0, padded - cl->len);   /* cap is a power of two >= 64 KiB */
+    cl->len = padded;
+    put32(cl->buf, ENTRY_MAGIC);
+    put32(cl->buf + 4, cl->nrec);
+    put64(cl->buf + 8, cl->nonce);
+    put64(cl->buf + 16, last_seq);
+    /* raft keeps the buffer in its in-memory log: hand it over at its
+     * length, not at the capacity it grew to (64 KiB at least) */
+    if (cl->cap > cl->len) {
+        uint8_t *fit = raft_realloc(cl->buf, cl->len);
+        if (fit) {
+            cl->buf = fit;
+            cl->cap = cl->len;
+        }
+    }
+    proposal *p = malloc(sizeof *p);
+    struct raft_buffer b = {.base = cl->buf, .len = cl->len};
+    int rc = p ? 0 : RAFT_NOMEM;
+    if (p) {
+        p->req.data = cl;
+        p->no = cl->next_prop + 1;
+        rc = raft_apply(&cl->raft, &p->req, &b, 1, apply_done);
+    }
+    if (rc != 0) {
+        free(p);
+        cl->propose_failed++;
+        wr_log("cluster: batch ending at sequence %" PRIu64 " (%u records) not proposed: %s",
+               last_seq, cl->nrec, raft_strerror(rc));
+        return UINT64_MAX;   /* the buffer stays ours */
+    }
+    cl->next_prop = p->no;
+    cl->proposed++;
+    cl->inflight++;
+    cl->buf = NULL;   /* raft's now */
+    cl->cap = 0;
+    cl->len = ENTRY_HDR;
+    cl->nrec = 0;
+    return cl->next_prop;
+}
+
+/* ---- state machine ---------------------------------------------------------- */
+
+static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
+{
+    wr_state *ws = fsm->data;
+    wr_cluster *cl = ws->cluster;
+    *result = NULL;
+    const uint8_t *p = buf->base, *end = p + buf->len;
+    if (buf->len < ENTRY_HDR || get32(p) != ENTRY_MAGIC) {
+        wr_log("cluster: log entry of %zu bytes is not a batch: skipped", buf->len);
+        return 0;
+    }
+    uint32_t n = get32(p + 4);
+    uint64_t nonce = get64(p + 8), last_seq = get64(p + 16);
+    if (nonce == cl->nonce || last_seq < cl->start_committed) {
+        cl->skipped_entries++;
+        return 0;
+    }
+    /* a partly frozen batch takes no records (loop.c, cm_freeze) */
+    if (ws->phase == WR_FREEZE) wr_commit_finish(ws);
+    /* The whole entry counts as applied before its records are: a commit
+     * that a full memtable forces halfway through (wr_commit_room) then
+     * records last_seq as committed, and the entry is applied again after a
+     * restart (start_committed) instead of being taken as committed while
+     * its remaining records were only in memory. */
+    if (ws->seq < last_seq) ws->seq = last_seq;
+    p += ENTRY_HDR;
+    for (uint32_t i = 0; i < n; i++) {
+        if ((size_t)(end - p) < REC_HDR) goto bad;
+        int tomb = p[0] != 0;
+        uint32_t klen = get32(p + 1), vlen = get32(p + 5);
+        uint64_t seq = get64(p + 9);
+        if ((size_t)(end - p) - REC_HDR < (uint64_t)klen + vlen || seq > last_seq) goto bad;
+        const uint8_t *key = p + REC_HDR;
+        int rc = 1;
+        for (int a = 0; rc == 1 && a < APPLY_ATTEMPTS; a++)
+            rc = wr_apply_write(ws, key, klen, tomb ? NULL : key + klen, vlen, tomb, seq);
+        if (rc != 0) kv_panic("cluster: a replicated record (sequence %" PRIu64 ") could not be"
+                              " applied: %s", seq, rc > 0 ? "memtable stays full" : "rejected");
+        p += REC_HDR + klen + vlen;
+    }
+    kvshm_writer_publish_seq(ws->w, ws->seq, 0);
+    cl->applied_entries++;
+    cl->applied_records += n;
+    return 0;
+bad:
+    kv_panic("cluster: malformed batch entry (sequence %" PRIu64 ", %u records)", last_seq, n);
+}
+
+static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n)
+{
+    (void)fsm;
+    (void)bufs;
+    (void)n;
+    wr_log("cluster: raft asked for a snapshot; this writer does not take snapshots");
+    return RAFT_NOTFOUND;
+}
+
+static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
+{
+    (void)fsm;
+    (void)buf;
+    wr_log("cluster: raft asked to install a snapshot; this writer does not take snapshots");
+    return RAFT_NOTFOUND;
+}
+
+/* ---- roles -------------------------------------------------------------- */
+
+static const char *role_name(int state)
+{
+    switch (state) {
+    case RAFT_FOLLOWER: return "follower";
+    case RAFT_CANDIDATE: return "candidate";
+    case RAFT_LEADER: return "leader";
+    default: return "unavailable";
+    }
+}
+
+static void barrier_done(struct raft_barrier *req, int status)
+{
+    wr_state *ws = req->data;
+    wr_cluster *cl = ws->cluster;
+    cl->barrier_busy = 0;
+    if (status != 0 || raft_state(&cl->raft) != RAFT_LEADER) return;
+    /* Everything of earlier terms is applied. Commit what is pending (the
+     * records of other nodes' entries), so that the batches this node
+     * proposes from now on hold only its own writes. */
+    if (wr_commit_all(ws) != 0) return;   /* retried at the next pass */
+    cl->ready = 1;
+    cl->refusal[0] = 0;
+    kvshm_writer_set_refusal(ws->w, NULL);
+    wr_log("cluster: node %" PRIu64 " leads (term %llu): taking writes", cl->self->id,
+           (unsigned long long)cl->raft.current_term);
+}
+
+/* Publish the refusal for a node that does not take writes. */
+static void refuse(wr_state *ws, const char *why)
+{
+    snprintf(ws->cluster->refusal, sizeof ws->cluster->refusal, "%s", why);
+    kvshm_writer_set_refusal(ws->w, why);
+}
+
+static void follow_role(wr_state *ws)
+{
+    wr_cluster *cl = ws->cluster;
+    int state = raft_state(&cl->raft);
+    if (state == RAFT_LEADER) {
+        if (cl->role != RAFT_LEADER) {
+            cl->ready = 0;
+            cl->leader_seen = cl->self->id;
+            refuse(ws, "not the leader yet; this node was just elected and applies the log");
+        }
+        if (!cl->ready && !cl->barrier_busy) {
+            cl->barrier.data = ws;
+            if (raft_barrier(&cl->raft, &cl->barrier, barrier_done) == 0) cl->barrier_busy = 1;
+        }
+    } else {
+        raft_id id = 0;
+        const char *addr = NULL;
+        raft_leader(&cl->raft, &id, &addr);
+        if (cl->ready || cl->role != state || id != cl->leader_seen) {
+            char msg[KVSHM_REFUSE_MSG_MAX];
+            if (id && addr)
+                snprintf(msg, sizeof msg, "not the leader; leader is %llu@%s",
+                         (unsigned long long)id, addr);
+            else
+                snprintf(msg, sizeof msg, "not the leader; no leader is known yet (election"
+                         " in progress)");
+            refuse(ws, msg);
+            if (cl->ready) wr_log("cluster: node %" PRIu64 " lost the lead", cl->self->id);
+            cl->ready = 0;
+            cl->leader_seen = id;
+        }
+    }
+    cl->role = state;
+}
+
+/* ---- loop integration ------------------------------------------------------ */
+
+void wr_cluster_pass(wr_state *ws)
+{
+    wr_cluster *cl = ws->cluster;
+    if (!cl) return;
+    uint64_t now = wr_now_us();
+    if (now - cl->last_uv_us < UV_EVERY_US) return;
+    cl->last_uv_us = now;
+    uv_run(&cl->loop, UV_RUN_NOWAIT);
+    follow_role(ws);
+}
+
+int wr_cluster_wait_ms(const wr_state *ws, int timeout_ms)
+{
+    if (!ws->cluster) return timeout_ms;
+    return timeout_ms < 0 || timeout_ms > WAIT_MAX_MS ? WAIT_MAX_MS : timeout_ms;
+}
+
+int wr_cluster_io_ready(const wr_state *ws)
+{
+    if (!ws->cluster) return 0;
+    struct pollfd pfd = {.fd = uv_backend_fd(&ws->cluster->loop), .events = POLLIN};
+    return poll(&pfd, 1, 0) > 0;
+}
+
+int wr_cluster_accepts_writes(const wr_state *ws)
+{
+    return !ws->cluster || ws->cluster->ready;
+}
+
+const char *wr_cluster_refusal(const wr_state *ws)
+{
+    return ws->cluster && !ws->cluster->ready ? ws->cluster->refusal : "";
+}
+
+size_t wr_cluster_status(wr_state *ws, char *buf, size_t cap)
+{
+    wr_cluster *cl = ws->cluster;
+    if (!cl || cap == 0) return 0;
+    struct raft *r = &cl->raft;
+    raft_id lid = 0;
+    const char *laddr = NULL;
+    raft_leader(r, &lid, &laddr);
+    int state = raft_state(r);
+    /* lag: a follower's committed entries not applied yet; the leader's
+     * largest distance of a voter's replicated index from its last entry */
+    unsigned long long last = raft_last_index(r), lag = r->commit_index - r->last_applied;
+    char peers[512] = "";
+    size_t pn = 0;
+    if (state == RAFT_LEADER && r->leader_state.progress) {
+        lag = 0;
+        for (unsigned i = 0; i < r->configuration.n; i++) {
+            const struct raft_server *s = &r->configuration.servers[i];
+            unsigned long long m = s->id == r->id ? last : r->leader_state.progress[i].match_index;
+            if (last - m > lag) lag = last - m;
+            int k = snprintf(peers + pn, sizeof peers - pn, "%s%llu:%llu", pn ? "," : "",
+                             (unsigned long long)s->id, m);
+            if (k > 0 && (size_t)k < sizeof peers - pn) pn += (size_t)k;
+        }
+    }
+    char leader[300];
+    if (lid && laddr) snprintf(leader, sizeof leader, "%llu@%s", (unsigned long long)lid, laddr);
+    else snprintf(leader, sizeof leader, "none");
+    int n = snprintf(buf, cap,
+        "cluster_node=%" PRIu64 "@%s\ncluster_role=%s\ncluster_term=%llu\n"
+        "cluster_commit_index=%llu\ncluster_last_applied=%llu\ncluster_last_index=%llu\n"
+        "cluster_lag=%llu\ncluster_leader=%s\ncluster_accepts_writes=%d\n"
+        "cluster_match_index=%s\ncluster_proposed=%" PRIu64 "\ncluster_propose_failed=%" PRIu64
+        "\ncluster_applied_entries=%" PRIu64 "\ncluster_applied_records=%" PRIu64 "\n"
+        "cluster_skipped_entries=%" PRIu64 "\ncluster_refused_writes=%" PRIu64 "\n",
+        cl->self->id, cl->self->addr, role_name(state), (unsigned long long)r->current_term,
+        (unsigned long long)r->commit_index, (unsigned long long)r->last_applied, last, lag,
+        leader, cl->ready, pn ? peers : "-", cl->proposed, cl->propose_failed,
+        cl->applied_entries, cl->applied_records, cl->skipped_entries, ws->stat_refused_writes);
+    if (n < 0) return 0;
+    return (size_t)n >= cap ? cap - 1 : (size_t)n;
+}
+
+/* ---- start / stop --------------------------------------------------------- */
+
+int wr_cluster_start(wr_state *ws)
+{
+    const wr_cluster_opts *o = &ws->o.cluster;
+    if (!o->spec) return 0;
+    wr_cluster *cl = calloc(1, sizeof *cl);
+    if (!cl) return -1;
+    ws->cluster = cl;
+    cl->ws = ws;
+    char err[512];
+    if (parse_nodes(o->spec, cl->nodes, &cl->nnodes, err, sizeof err)) {
+        wr_log("%s", err);
+        return -1;
+    }
+    for (unsigned i = 0; i < cl->nnodes; i++)
+        if (cl->nodes[i].id == o->node_id) cl->self = &cl->nodes[i];
+    KV_ASSERT(cl->self != NULL);   /* wr_cluster_check passed */
+    if (getrandom(&cl->nonce, sizeof cl->nonce, 0) != sizeof cl->nonce) {
+        wr_log("cluster: getrandom: %s", strerror(errno));
+        return -1;
+    }
+    cl->nonce |= 1;   /* never 0 */
+    cl->start_committed = ws->committed;
+    cl->role = -1;
+    cl->len = ENTRY_HDR;
+    snprintf(cl->dir, sizeof cl->dir, "%s.raft", ws->db_abs);
+    if (mkdir(cl->dir, 0700) != 0 && errno != EEXIST) {
+        wr_log("cluster: mkdir %s: %s", cl->dir, strerror(errno));
+        return -1;
+    }
+    refuse(ws, "not the leader; no leader is known yet (election in progress)");
+    int rc = uv_loop_init(&cl->loop);
+    if (rc != 0) {
+        wr_log("cluster: uv_loop_init: %s", uv_strerror(rc));
+        return -1;
+    }
+    cl->loop_ok = 1;
+    if ((rc = raft_uv_tcp_init(&cl->transport, &cl->loop)) != 0) goto raft_fail;
+    cl->transport_ok = 1;
+    if ((rc = raft_uv_init(&cl->io, &cl->loop, cl->dir, &cl->transport)) != 0) goto raft_fail;
+    cl->io_ok = 1;
+    cl->fsm.version = 1;
+    cl->fsm.data = ws;
+    cl->fsm.apply = fsm_apply;
+    cl->fsm.snapshot = fsm_snapshot;
+    cl->fsm.restore = fsm_restore;
+    if ((rc = raft_init(&cl->raft, &cl->io, &cl->fsm, cl->self->id, cl->self->addr)) != 0)
+        goto raft_fail;
+    cl->raft_ok = 1;
+    cl->raft.data = ws;
+    struct raft_configuration conf;
+    raft_configuration_init(&conf);
+    for (unsigned i = 0; i < cl->nnodes && rc == 0; i++)
+        rc = raft_configuration_add(&conf, cl->nodes[i].id, cl->nodes[i].addr, RAFT_VOTER);
+    if (rc == 0) {
+        rc = raft_bootstrap(&cl->raft, &conf);
+        if (rc == RAFT_CANTBOOTSTRAP) rc = 0;   /* state on disk: a restart */
+    }
+    raft_configuration_close(&conf);
+    if (rc != 0) goto raft_fail;
+    raft_set_election_timeout(&cl->raft, ELECTION_MS);
+    raft_set_heartbeat_timeout(&cl->raft, HEARTBEAT_MS);
+    raft_set_snapshot_threshold(&cl->raft, UINT_MAX);
+    raft_set_pre_vote(&cl->raft, true);
+    if ((rc = raft_start(&cl->raft)) != 0) goto raft_fail;
+    wr_log("cluster: node %" PRIu64 "@%s of %u, raft state in %s", cl->self->id, cl->self->addr,
+           cl->nnodes, cl->dir);
+    return 0;
+raft_fail:
+    {
+        const char *why = cl->raft_ok ? raft_errmsg(&cl->raft) : "";
+        wr_log("cluster: node %" PRIu64 "@%s (raft state in %s) cannot start: %s%s%s%s",
+               cl->self->id, cl->self->addr, cl->dir, raft_strerror(rc), why[0] ? ": " : "", why,
+               rc == RAFT_IOERR ? " (is the address in use, or not this host's?)" : "");
+    }
+    return -1;
+}
+
+static void raft_closed(struct raft *r)
+{
+    wr_state *ws = r->data;
+    ws->cluster->closed = 1;
+}
+
+void wr_cluster_stop(wr_state *ws)
+{
+    wr_cluster *cl = ws->cluster;
+    if (!cl) return;
+    if (cl->raft_ok) {
+        raft_close(&cl->raft, raft_closed);
+        while (!cl->closed) uv_run(&cl->loop, UV_RUN_ONCE);
+    }
+    if (cl->io_ok) raft_uv_close(&cl->io);
+    if (cl->transport_ok) raft_uv_tcp_close(&cl->transport);
+    if (cl->loop_ok) {
+        uv_run(&cl->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&cl->loop);
+    }
+    raft_free(cl->buf);
+    free(cl);
+    ws->cluster = NULL;
+}

@@ -1,0 +1,101 @@
+/*
+ * cluster.h -- cluster mode of kvault-writer (docs/replication.md): the
+ * writers of several hosts keep equal copies of one database by replicating
+ * the writer's committed batches through a Raft log (libraft, with its libuv
+ * disk I/O and TCP transport).
+ *
+ * The leader's writer takes writes as a single writer does; each batch it
+ * commits to its SQLite file is also serialized into one Raft entry. Every
+ * node applies the committed entries of other nodes' writers to its own
+ * memtables (so readers attached to it see them at once) and its commit
+ * pipeline commits them to its own file (loop.c). Followers refuse client
+ * writes (kvshm_writer_set_refusal), naming the leader.
+ *
+ * Everything runs on the writer's loop thread: libuv's loop is embedded in
+ * the writer loop (wr_cluster_pass runs it without blocking; the idle wait
+ * is bounded by wr_cluster_wait_ms), so Raft's callbacks, the state machine
+ * included, run on that thread between the loop's own steps.
+ *
+ * None of this is active without --cluster: ws->cluster stays NULL and each
+ * entry point below is a no-op (or reports "single node").
+ */
+#ifndef KVAULT_WRITER_CLUSTER_H
+#define KVAULT_WRITER_CLUSTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct wr_state;
+
+/* Largest number of nodes named by --cluster. */
+#define WR_CLUSTER_MAX_NODES 16
+
+/* --cluster ID@HOST:PORT,... and --node-id ID. */
+typedef struct wr_cluster_opts {
+    const char *spec;      /* the --cluster text, NULL: single node */
+    uint64_t node_id;      /* --node-id; 0: not given */
+} wr_cluster_opts;
+
+/* Check a --cluster text and --node-id: every entry ID@HOST:PORT with a
+ * distinct ID >= 1 and a port 1..65535, at most WR_CLUSTER_MAX_NODES, and
+ * node_id among the IDs. 0, or -1 with the reason in err (errlen bytes). */
+int wr_cluster_check(const wr_cluster_opts *o, char *err, size_t errlen);
+
+/* Start the node: data directory `<db>.raft/` (created, mode 0700), libuv
+ * loop, libraft's uv I/O and TCP transport bound to this node's address,
+ * bootstrap with the configuration of --cluster when the directory holds no
+ * Raft state yet, start. The segment refuses writes until this node leads
+ * (and has applied every entry of earlier terms). Call after the segment
+ * exists and the recovery ran. 0, or -1 (logged). Loop thread. */
+int wr_cluster_start(struct wr_state *ws);
+
+/* One pass of the cluster's work: run libuv's ready callbacks without
+ * blocking (Raft's timers, network, disk, state machine), then follow role
+ * changes (leader elected, leadership lost: the write refusal). Rate-limited
+ * to one libuv run per UV_EVERY_US (100 us). Loop thread. */
+void wr_cluster_pass(struct wr_state *ws);
+
+/* The idle wait's timeout, bounded so that Raft's sockets and timers are
+ * served (a few milliseconds); timeout_ms unchanged without a cluster. */
+int wr_cluster_wait_ms(const struct wr_state *ws, int timeout_ms);
+
+/* 1 when libuv's backend has events ready (a zero-timeout poll; a system
+ * call: the idle wait's final check). 0 without a cluster. */
+int wr_cluster_io_ready(const struct wr_state *ws);
+
+/* 1 when client writes are taken: no cluster, or this node leads and has
+ * applied every entry before its term's barrier. */
+int wr_cluster_accepts_writes(const struct wr_state *ws);
+/* Why writes are refused (the text published in the segment), while
+ * wr_cluster_accepts_writes is 0; "" otherwise. */
+const char *wr_cluster_refusal(const struct wr_state *ws);
+
+/* The batch being committed (loop.c): forget what wr_cluster_batch_add
+ * collected (a new batch starts, or the insert restarts from scratch). */
+void wr_cluster_batch_reset(struct wr_state *ws);
+/* Add one record of the batch being inserted (the newest version of a key
+ * in a frozen memtable; val NULL for a tombstone). 0, or -1 when out of
+ * memory (the batch is then not replicated: logged at the proposal). */
+int wr_cluster_batch_add(struct wr_state *ws, const void *key, size_t klen, const void *val,
+                         size_t vlen, uint64_t seq, int tomb);
+/* The batch ending at sequence last_seq is committed to the local file:
+ * propose it as one Raft entry (raft_apply). Returns 0 when the batch is not
+ * this node's to replicate (no cluster; a follower committing replicated
+ * records; no record in it): its clients' rings are marked committed now;
+ * else the proposal's number (> 0), under which the caller records each
+ * client's position (wr_client.repl_pos/repl_prop) to be marked committed
+ * once the cluster committed the entry (sync=True puts then return only
+ * after a quorum stored the batch); UINT64_MAX when the proposal failed
+ * (this node does not lead anymore: logged), whose positions are never
+ * marked: their clients see the write refusal instead. Loop thread. */
+uint64_t wr_cluster_batch_commit(struct wr_state *ws, uint64_t last_seq);
+
+/* Cluster lines of the STATUS text (role, term, indexes, leader, lag) into
+ * buf; returns their length (0 without a cluster). */
+size_t wr_cluster_status(struct wr_state *ws, char *buf, size_t cap);
+
+/* Close Raft, its I/O and transport and the libuv loop (runs the loop until
+ * every handle closed). No-op without a cluster. Loop thread. */
+void wr_cluster_stop(struct wr_state *ws);
+
+#endif /* KVAULT_WRITER_CLUSTER_H */
