@@ -401,21 +401,27 @@ KV_API kv_status kv_lease_grant(const kv_conn *c, const char *name, int64_t floo
     return st;
 }
 
-KV_API kv_status kv_lease_next(const kv_conn *c, const char *name, int64_t floor, int64_t *id)
+KV_API kv_status kv_lease_take(const kv_conn *c, const char *name, int64_t floor, int64_t n,
+                               int64_t *lo)
 {
     char key[sizeof LEASE_PREFIX + LEASE_NAME_MAX];
     int64_t next = 0;
-    if (floor < 1 || lease_key(name, key) != 0)
-        return kvi_err_set(c->err, KV_INVALID, "lease: bad name or floor");
+    if (floor < 1 || n < 1 || n > INT64_MAX - floor || lease_key(name, key) != 0)
+        return kvi_err_set(c->err, KV_INVALID, "lease: bad name, floor or count");
     conn_lock(c);
     kv_status st = lease_read(c, key, &next);
     if (st == KV_OK) {
-        *id = next > floor ? next : floor;
-        if (next >= floor)   /* blocks reach the store's end: step past this id too */
-            st = lease_write(c, key, *id + 1);
+        *lo = next > floor ? next : floor;
+        if (next >= floor)   /* blocks reach the store's end: step past these ids too */
+            st = lease_write(c, key, *lo + n);
     }
     conn_unlock(c);
     return st;
+}
+
+KV_API kv_status kv_lease_next(const kv_conn *c, const char *name, int64_t floor, int64_t *id)
+{
+    return kv_lease_take(c, name, floor, 1, id);
 }
 
 KV_API kv_status kv_lease_return(const kv_conn *c, const char *name, int64_t next, int64_t end)

@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -59,6 +60,17 @@
 /* WAL frames after a commit from which the checkpointer is woken (SQLite's
  * default wal_autocheckpoint). */
 #define CKPT_FRAMES 1000
+/* Blocks of leased ids (section 5b): a block no insert advanced for this
+ * long no longer holds chunk packing back (its client died, or went
+ * idle; a later insert into it unpacks what was packed above it). */
+#define LEASE_IDLE_MS 10000
+/* The block taken for granted when an insert brings an id of a block this
+ * handle did not grant (one a writer before it granted): the largest block
+ * a client asks for. */
+#define LEASE_IMPLICIT 256
+/* Rows inserted at leased ids between two looks for a chunk to cut below
+ * the horizon that found none (pack_below). */
+#define PACK_LOOK_EVERY 64
 
 /* One chunk of the in-memory copy (also used for the unchunked rows, then
  * with valid == NULL: every slot valid). */
@@ -140,6 +152,15 @@ struct kv_vector {
     kvi_err err;                /* last failure */
     kvi_oprec_st oprec;         /* operation records (oprec.c) */
     vckpt ckpt;                 /* WAL checkpoints off the writing thread */
+    sqlite3_stmt *st_cvec;      /* SELECT vectors FROM t_chunk_vectors WHERE chunk_id=?1 */
+    sqlite3_stmt *st_unmove;    /* mark a row unchunked, with its vector */
+    sqlite3_stmt *st_nth;       /* the ?2-th (0-based) row id above ?1 */
+    struct vlease {             /* blocks of ids granted and not used up (section 5b) */
+        int64_t next, end;      /* ids [next, end) still to come */
+        uint64_t touched_ms;    /* grant or last insert (mono_ms) */
+    } *leases;
+    size_t nleases, cap_leases;
+    int pack_wait;              /* rows to insert before pack_below looks again */
 };
 
 /* ====================================================================== */
@@ -651,7 +672,8 @@ void kv_vector_close(kv_vector *v)
                            v->st_last,      v->st_above,    v->st_layout,
                            v->st_load,      v->st_load_tail, v->st_get_val, v->st_get_row,
                            v->st_del_row,   v->st_del_val,  v->st_del_chunk, v->st_del_cvec,
-                           v->st_upd_vec,   v->st_upd_val,  v->st_count};
+                           v->st_upd_vec,   v->st_upd_val,  v->st_count,
+                           v->st_cvec,      v->st_unmove,   v->st_nth};
     for (size_t i = 0; i < sizeof sts / sizeof sts[0]; i++)
         sqlite3_finalize(sts[i]);
     kvi_oprec_finalize(&v->oprec);
@@ -661,6 +683,7 @@ void kv_vector_close(kv_vector *v)
     }
     cache_drop(&v->cache);
     kvi_free(v->scratch);
+    kvi_free(v->leases);
     kvi_free(v->table);
     kvi_free(v);
 }
@@ -876,8 +899,13 @@ static kv_status prepare_native(kv_vector *v)
     PREP(v->st_ins_cvec, "INSERT INTO \"%s_chunk_vectors\"(chunk_id, vectors) VALUES(?1, ?2)", table);
     PREP(v->st_wstate, "SELECT (SELECT max(id) FROM \"%s\"), (SELECT max(chunk_id) FROM \"%s_chunks\")",
          table, table);
-    PREP(v->st_last, "SELECT size, validity, rowids FROM \"%s_chunks\" ORDER BY chunk_id DESC LIMIT 1",
+    PREP(v->st_last,
+         "SELECT size, validity, rowids, chunk_id FROM \"%s_chunks\" ORDER BY chunk_id DESC LIMIT 1",
          table);
+    PREP(v->st_cvec, "SELECT vectors FROM \"%s_chunk_vectors\" WHERE chunk_id = ?1", table);
+    PREP(v->st_unmove,
+         "UPDATE \"%s\" SET vector = ?1, chunk_id = NULL, chunk_offset = NULL WHERE id = ?2", table);
+    PREP(v->st_nth, "SELECT id FROM \"%s\" WHERE id > ?1 ORDER BY id LIMIT 1 OFFSET ?2", table);
     PREP(v->st_above, "SELECT count(*) FROM \"%s\" WHERE id > ?1", table);
     PREP(v->st_layout,
          "SELECT (SELECT length(vectors) FROM \"%s_chunk_vectors\" ORDER BY chunk_id DESC LIMIT 1), "
@@ -1099,6 +1127,26 @@ static kv_status check_layout(kv_vector *v)
     return st;
 }
 
+/* v->mark from the last chunk (INT64_MIN when there is none). */
+static kv_status read_mark(kv_vector *v)
+{
+    kv_status st = KV_OK;
+    int rc = sqlite3_step(v->st_last);
+    v->mark = INT64_MIN;
+    if (rc == SQLITE_ROW) {
+        size_t n = (size_t)sqlite3_column_int64(v->st_last, 0);
+        if ((size_t)sqlite3_column_bytes(v->st_last, 1) < (n + 7) / 8 ||
+            (size_t)sqlite3_column_bytes(v->st_last, 2) < n * 8)
+            st = kvi_err_set(&v->err, KV_CORRUPT, "last chunk: bitmap or rowids too short");
+        else
+            v->mark = chunk_mark(sqlite3_column_blob(v->st_last, 1), sqlite3_column_blob(v->st_last, 2), n);
+    } else if (rc != SQLITE_DONE) {
+        st = sql_fail(v, rc, "write state");
+    }
+    sqlite3_reset(v->st_last);
+    return st;
+}
+
 /* In a write transaction: make the write state current. */
 static kv_status write_state(kv_vector *v)
 {
@@ -1114,18 +1162,9 @@ static kv_status write_state(kv_vector *v)
         st = sql_fail(v, rc, "write state");
     }
     sqlite3_reset(v->st_wstate);
-    v->mark = INT64_MIN;
-    if (st == KV_OK && (rc = sqlite3_step(v->st_last)) == SQLITE_ROW) {
-        size_t n = (size_t)sqlite3_column_int64(v->st_last, 0);
-        if ((size_t)sqlite3_column_bytes(v->st_last, 1) < (n + 7) / 8 ||
-            (size_t)sqlite3_column_bytes(v->st_last, 2) < n * 8)
-            st = kvi_err_set(&v->err, KV_CORRUPT, "last chunk: bitmap or rowids too short");
-        else
-            v->mark = chunk_mark(sqlite3_column_blob(v->st_last, 1), sqlite3_column_blob(v->st_last, 2), n);
-    } else if (st == KV_OK && rc != SQLITE_DONE) {
-        st = sql_fail(v, rc, "write state");
-    }
-    sqlite3_reset(v->st_last);
+    v->pack_wait = 0;
+    if (st == KV_OK)
+        st = read_mark(v);
     if (st == KV_OK) {
         sqlite3_bind_int64(v->st_above, 1, v->mark);
         if ((rc = sqlite3_step(v->st_above)) == SQLITE_ROW)
@@ -1344,11 +1383,16 @@ static kv_status put_rows(kv_vector *v, size_t n, const uint8_t *rows, int norm,
     return st;
 }
 
+static int64_t lease_horizon(kv_vector *v);
+static kv_status rows_unchunked(kv_vector *v, size_t n, const uint8_t *rows, int norm,
+                                const int64_t *ids, const int64_t *refs);
+
 /*
  * Insert n checked rows in one write transaction: values vals[i]
  * (vlens[i] bytes; vals NULL: all empty) and vectors rows[0..n), stored
  * as they are or, with `norm`, L2-normalised by put_rows. Ids are assigned
- * consecutively from max(id)+1 into ids[]. When the in-memory copy is
+ * consecutively into ids[], from max(id)+1 or above every block of ids
+ * leased (kv_lease_take). When the in-memory copy is
  * loaded it needs the stored bytes after the commit: the rows are then
  * normalised into one buffer first.
  */
@@ -1375,7 +1419,15 @@ static kv_status rows_insert(kv_vector *v, size_t n, const uint8_t *rows, int no
     kv_status st = kvi_store_begin(&v->err, v->db, 1);
     if (st == KV_OK)
         st = write_state(v);
-    int64_t first_chunk = v->next_chunk;
+    int64_t first_chunk = v->next_chunk, first = v->next_id;
+    if (st == KV_OK) {   /* above every block of ids a writer's client fills (kvault/oprec.h) */
+        kv_conn c;
+        kv_vector_conn(v, &c);
+        st = kv_lease_take(&c, v->table, v->next_id, (int64_t)n, &first);
+    }
+    /* blocks granted by this handle and still being filled: chunks are
+     * packed only below them (section 5b) */
+    const int held = st == KV_OK && lease_horizon(v) != INT64_MAX;
     for (size_t i = 0; i < n && st == KV_OK;) {
         /* INS_BATCH values per statement while that many remain: AUTOINCREMENT
          * gives the rows of one statement consecutive ids ending at the last
@@ -1389,20 +1441,26 @@ static kv_status rows_insert(kv_vector *v, size_t n, const uint8_t *rows, int no
         st = kvi_store_step_done(&v->err, v->db, s, "insert value");
         int64_t last = sqlite3_last_insert_rowid(v->db);
         for (size_t b = 0; b < m; b++, i++) {
-            ids[i] = v->next_id + (int64_t)i;
+            ids[i] = first + (int64_t)i;
             refs[i] = last - (int64_t)(m - 1 - b);
         }
     }
-    if (st == KV_OK)
+    if (st == KV_OK && held)
+        st = rows_unchunked(v, n, rows, norm, ids, refs);
+    else if (st == KV_OK)
         st = put_rows(v, n, rows, norm, ids, refs, &next_chunk, &unchunked, &mark);
     if (refs != &one_ref)
         kvi_free(refs);
     if (st == KV_OK && (st = kvi_store_commit(&v->err, v->db)) == KV_OK) {
-        v->next_id += (int64_t)n;
-        v->next_chunk = next_chunk;
-        v->unchunked = unchunked;
-        v->mark = mark;
-        cache_apply_insert(v, first_chunk, ids, rows, n); /* rows as stored when the copy is loaded */
+        v->next_id = first + (int64_t)n;
+        if (held) {   /* v's write state was moved along by rows_unchunked */
+            cache_drop(&v->cache);
+        } else {
+            v->next_chunk = next_chunk;
+            v->unchunked = unchunked;
+            v->mark = mark;
+            cache_apply_insert(v, first_chunk, ids, rows, n); /* rows as stored when the copy is loaded */
+        }
         kvi_free(whole);
         return KV_OK;
     }
@@ -1439,6 +1497,310 @@ kv_status kv_vector_insert_many(kv_vector *v, size_t n, const void *vecs, size_t
             return kvi_err_set(&v->err, KV_INVALID, "vector element %ld is not finite", bad);
     }
     return rows_insert(v, n, vecs, norm, vals, vlens, ids);
+}
+
+/* ====================================================================== */
+/* 5b. Inserts at leased ids (pipelined inserts of a writer's clients)     */
+/* ====================================================================== */
+
+/*
+ * A client of the shared-mode writer inserts without waiting for each
+ * reply, so it picks each row's id itself, from a block of ids the writer
+ * granted it (kvault/oprec.h). Rows then arrive out of id order: client A
+ * fills [1, 64) while client B fills [64, 192). The layout needs chunks cut
+ * in id order (every id above the mark is unchunked), so the handle that
+ * granted the blocks packs a chunk only from rows below its horizon: the
+ * lowest id still to come of a block in use. A row that arrives below the
+ * mark anyway (its block was granted by a writer before this one, or sat
+ * idle for LEASE_IDLE_MS) first unpacks the chunks above it: correct in
+ * every order, and rare.
+ */
+
+static kv_status locate(kv_vector *v, int64_t id, int *found, int64_t *ref, int64_t *chunk,
+                        int64_t *slot);
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* The lowest id still to come of a block in use (blocks idle for
+ * LEASE_IDLE_MS are forgotten), or INT64_MAX when there is none. */
+static int64_t lease_horizon(kv_vector *v)
+{
+    int64_t h = INT64_MAX;
+    uint64_t now = v->nleases ? mono_ms() : 0;
+    for (size_t i = 0; i < v->nleases;) {
+        struct vlease *b = &v->leases[i];
+        if (now - b->touched_ms > LEASE_IDLE_MS) {
+            *b = v->leases[--v->nleases];
+            continue;
+        }
+        if (b->next < h)
+            h = b->next;
+        i++;
+    }
+    return h;
+}
+
+/* Track block [next, end). -1 out of memory (the block is then not
+ * tracked: its rows may unpack chunks, nothing worse). */
+static int lease_track(kv_vector *v, int64_t next, int64_t end)
+{
+    if (v->nleases == v->cap_leases) {
+        size_t cap = v->cap_leases ? 2 * v->cap_leases : 8;
+        struct vlease *nb = kvi_realloc(v->leases, cap * sizeof *nb);
+        if (!nb)
+            return -1;
+        v->leases = nb;
+        v->cap_leases = cap;
+    }
+    v->leases[v->nleases++] = (struct vlease){next, end, mono_ms()};
+    return 0;
+}
+
+/* Row `id` was inserted: its block moves past it (a block it ends is
+ * forgotten). An id of no tracked block starts one of LEASE_IMPLICIT ids
+ * after it: its client goes on filling a block granted before this handle
+ * (a writer's successor). */
+static void lease_used(kv_vector *v, int64_t id)
+{
+    for (size_t i = 0; i < v->nleases; i++) {
+        struct vlease *b = &v->leases[i];
+        if (id >= b->next && id < b->end) {
+            b->next = id + 1;
+            b->touched_ms = mono_ms();
+            if (b->next == b->end)
+                *b = v->leases[--v->nleases];
+            return;
+        }
+    }
+    (void)lease_track(v, id + 1, id + 1 + LEASE_IMPLICIT);
+}
+
+/* Unpack the chunks holding ids at or above `id` (the last ones: chunks
+ * are cut in id order) back into unchunked rows, so v->mark < id. Inside a
+ * write transaction with a current write state. */
+static kv_status unpack_above(kv_vector *v, int64_t id)
+{
+    kv_status st = KV_OK;
+    while (st == KV_OK && v->mark >= id) {
+        int rc = sqlite3_step(v->st_last);
+        if (rc != SQLITE_ROW) {
+            sqlite3_reset(v->st_last);
+            return rc == SQLITE_DONE ? kvi_err_set(&v->err, KV_CORRUPT, "no chunk holds the mark")
+                                     : sql_fail(v, rc, "unpack chunk");
+        }
+        size_t n = (size_t)sqlite3_column_int64(v->st_last, 0);
+        int64_t cid = sqlite3_column_int64(v->st_last, 3);
+        uint8_t valid[4096 / 8 + 1];
+        int64_t *ids = NULL;
+        if (n > v->chunk_rows || n > 4096 || (size_t)sqlite3_column_bytes(v->st_last, 1) < (n + 7) / 8 ||
+            (size_t)sqlite3_column_bytes(v->st_last, 2) < n * 8)
+            st = kvi_err_set(&v->err, KV_CORRUPT, "chunk %lld: bad size, bitmap or rowids", (long long)cid);
+        else if (!(ids = kvi_malloc(n * 8 + 8)))
+            st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+        if (st == KV_OK) {
+            memcpy(valid, sqlite3_column_blob(v->st_last, 1), (n + 7) / 8);
+            memcpy(ids, sqlite3_column_blob(v->st_last, 2), n * 8);
+        }
+        sqlite3_reset(v->st_last);
+        sqlite3_bind_int64(v->st_cvec, 1, cid);
+        if (st == KV_OK && (rc = sqlite3_step(v->st_cvec)) != SQLITE_ROW)
+            st = rc == SQLITE_DONE ? kvi_err_set(&v->err, KV_CORRUPT, "chunk %lld has no vectors", (long long)cid)
+                                   : sql_fail(v, rc, "unpack chunk");
+        if (st == KV_OK && (size_t)sqlite3_column_bytes(v->st_cvec, 0) < n * v->row_bytes)
+            st = corrupt_chunk(v, cid, "vectors", (size_t)sqlite3_column_bytes(v->st_cvec, 0), n * v->row_bytes);
+        const uint8_t *vecs = st == KV_OK ? sqlite3_column_blob(v->st_cvec, 0) : NULL;
+        for (size_t j = 0; st == KV_OK && j < n; j++) {
+            if (!(valid[j >> 3] & (1u << (j & 7))))
+                continue;
+            sqlite3_bind_blob64(v->st_unmove, 1, vecs + j * v->row_bytes, v->row_bytes, SQLITE_STATIC);
+            sqlite3_bind_int64(v->st_unmove, 2, ids[j]);
+            st = kvi_store_step_done(&v->err, v->db, v->st_unmove, "unpack row");
+            v->unchunked++;
+        }
+        sqlite3_reset(v->st_cvec);
+        kvi_free(ids);
+        if (st == KV_OK) {
+            sqlite3_bind_int64(v->st_del_chunk, 1, cid);
+            st = kvi_store_step_done(&v->err, v->db, v->st_del_chunk, "unpack chunk");
+        }
+        if (st == KV_OK) {
+            sqlite3_bind_int64(v->st_del_cvec, 1, cid);
+            st = kvi_store_step_done(&v->err, v->db, v->st_del_cvec, "unpack chunk");
+        }
+        if (st == KV_OK)
+            st = read_mark(v);
+    }
+    v->pack_wait = 0;
+    return st;
+}
+
+/* Cut chunks from the lowest unchunked rows while chunk_rows of them lie
+ * below horizon `h`. Looking costs a walk over chunk_rows ids, so after a
+ * look that finds too few the next PACK_LOOK_EVERY rows inserted while a
+ * block is in use do not look (packing later only leaves rows unchunked a while longer: searches
+ * read them all the same). Inside a write transaction with a current write
+ * state. */
+static kv_status pack_below(kv_vector *v, int64_t h)
+{
+    const size_t C = v->chunk_rows;
+    kv_status st = KV_OK;
+    int64_t *ids = NULL;
+    uint8_t *vecs = NULL;
+    if (v->pack_wait > 0 && h != INT64_MAX) {
+        v->pack_wait--;
+        return KV_OK;
+    }
+    while (st == KV_OK && (size_t)v->unchunked >= C) {
+        sqlite3_bind_int64(v->st_nth, 1, v->mark);
+        sqlite3_bind_int64(v->st_nth, 2, (int64_t)C - 1);
+        int rc = sqlite3_step(v->st_nth);
+        int64_t nth = rc == SQLITE_ROW ? sqlite3_column_int64(v->st_nth, 0) : INT64_MAX;
+        sqlite3_reset(v->st_nth);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+            st = sql_fail(v, rc, "pack chunk");
+            break;
+        }
+        if (rc == SQLITE_DONE) {
+            st = kvi_err_set(&v->err, KV_CORRUPT, "expected %lld unchunked rows", (long long)v->unchunked);
+            break;
+        }
+        if (nth >= h) {
+            v->pack_wait = PACK_LOOK_EVERY;
+            break;
+        }
+        if (!ids && (!(ids = kvi_malloc(C * 8)) || !(vecs = mi_malloc_aligned(C * v->row_bytes, 64)))) {
+            st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+            break;
+        }
+        if ((st = read_unchunked(v, C, ids, vecs)) != KV_OK ||
+            (st = write_chunk(v, v->next_chunk, ids, vecs, C)) != KV_OK)
+            break;
+        for (size_t j = 0; j < C && st == KV_OK; j++) {
+            sqlite3_bind_int64(v->st_move, 1, v->next_chunk);
+            sqlite3_bind_int64(v->st_move, 2, (int64_t)j);
+            sqlite3_bind_int64(v->st_move, 3, ids[j]);
+            st = kvi_store_step_done(&v->err, v->db, v->st_move, "chunk row");
+        }
+        v->mark = ids[C - 1];
+        v->unchunked -= (int64_t)C;
+        v->next_chunk++;
+    }
+    kvi_free(ids);
+    mi_free(vecs);
+    return st;
+}
+
+/* Rows ids[0..n) (values at refs[]) stored unchunked, L2-normalised on
+ * the way when `norm`, then chunks packed below the horizon. Inside a
+ * write transaction with a current write state; moves v's write state
+ * along. */
+static kv_status rows_unchunked(kv_vector *v, size_t n, const uint8_t *rows, int norm,
+                                const int64_t *ids, const int64_t *refs)
+{
+    kv_status st = KV_OK;
+    for (size_t i = 0; i < n && st == KV_OK; i++) {
+        const uint8_t *row = rows + i * v->row_bytes;
+        if (norm) {
+            take_rows(v, v->scratch, row, 1, 1);
+            row = v->scratch;
+        }
+        if (ids[i] <= v->mark && (st = unpack_above(v, ids[i])) != KV_OK)
+            break;
+        if ((st = put_row(v, ids[i], refs[i], row, 0, 0)) != KV_OK)
+            break;
+        v->unchunked++;
+    }
+    return st == KV_OK ? pack_below(v, lease_horizon(v)) : st;
+}
+
+kv_status kv_vector_check(kv_vector *v, const void *vec, size_t vbytes)
+{
+    kv_status st = KV_OK;
+    kvi_err_clear(&v->err);
+    if (v->vec0)
+        return read_only(v);
+    if (!vec)
+        return kvi_err_set(&v->err, KV_INVALID, "vector is NULL");
+    if (check_bytes(v, vbytes, 1, &st) < 0)
+        return st;
+    long bad = v->elem == KV_VECTOR_F32 ? v->prep(vec, NULL, v->dims, 0) : -1;
+    return bad >= 0 ? kvi_err_set(&v->err, KV_INVALID, "vector element %ld is not finite", bad) : KV_OK;
+}
+
+kv_status kv_vector_lease(kv_vector *v, int64_t n, int64_t *lo)
+{
+    kvi_err_clear(&v->err);
+    if (v->vec0)
+        return read_only(v);
+    kv_conn c;
+    kv_vector_conn(v, &c);
+    kv_status st = kvi_store_begin(&v->err, v->db, 1);
+    if (st == KV_OK && (st = write_state(v)) == KV_OK)
+        st = kv_lease_grant(&c, v->table, v->next_id, n, lo);
+    if (st == KV_OK)
+        st = kvi_store_commit(&v->err, v->db);
+    else
+        kvi_store_rollback(&v->err, v->db);
+    if (st == KV_OK && lease_track(v, *lo, *lo + n) < 0)
+        st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+    return st;
+}
+
+kv_status kv_vector_lease_return(kv_vector *v, int64_t next, int64_t end)
+{
+    kvi_err_clear(&v->err);
+    if (v->vec0)
+        return read_only(v);
+    for (size_t i = 0; i < v->nleases; i++)
+        if (v->leases[i].end == end) {
+            v->leases[i] = v->leases[--v->nleases];
+            break;
+        }
+    kv_conn c;
+    kv_vector_conn(v, &c);
+    return kv_lease_return(&c, v->table, next, end);
+}
+
+kv_status kv_vector_insert_at(kv_vector *v, int64_t id, const void *vec, size_t vbytes,
+                              const void *val, size_t vlen)
+{
+    kv_status st = kv_vector_check(v, vec, vbytes);
+    if (st != KV_OK)
+        return st;
+    if (id < 1)
+        return kvi_err_set(&v->err, KV_INVALID, "vector id %lld is not positive", (long long)id);
+    int found = 0;
+    int64_t ref = 0, chunk, slot;
+    const int norm = v->elem == KV_VECTOR_F32 && v->metric == KV_VECTOR_COSINE;
+    if ((st = kvi_store_begin(&v->err, v->db, 1)) != KV_OK)
+        return st;
+    if ((st = write_state(v)) == KV_OK && (st = locate(v, id, &found, &ref, &chunk, &slot)) == KV_OK &&
+        found)
+        st = kvi_err_set(&v->err, KV_INVALID, "vector id %lld is already stored", (long long)id);
+    if (st == KV_OK) {
+        sqlite3_bind_blob64(v->st_ins_val, 1, vlen ? val : "", vlen, SQLITE_STATIC);
+        st = kvi_store_step_done(&v->err, v->db, v->st_ins_val, "insert value");
+        ref = sqlite3_last_insert_rowid(v->db);
+    }
+    if (st == KV_OK) {
+        lease_used(v, id);
+        st = rows_unchunked(v, 1, vec, norm, &id, &ref);
+    }
+    if (st == KV_OK && (st = kvi_store_commit(&v->err, v->db)) == KV_OK) {
+        if (id >= v->next_id)
+            v->next_id = id + 1;
+        cache_drop(&v->cache);   /* the copy's unchunked rows are kept in id order */
+        return KV_OK;
+    }
+    kvi_store_rollback(&v->err, v->db);
+    v->ws_valid = 0;
+    cache_drop(&v->cache);
+    return st;
 }
 
 /* Find row `id` in a write transaction: *found, *ref, *chunk (-1 when

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kvault/oprec.h"
 #include "kvshm/ops.h"
 
 #define CHECK(e) do { if (!(e)) abort(); } while (0)
@@ -146,6 +147,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             for (int i = 0; i < 3; i++) {
                 (void)kvshm_op_i64(&op->open[i], &ok);
                 CHECK(ok);
+            }
+            if (op->op == KVSHM_OP_INSERT) {
+                /* a vector and a value, then an optional id >= 1 (a
+                 * pipelined insert's, docs/shared-mode.md) */
+                CHECK(op->nargs == 2 || op->nargs == 3);
+                if (op->nargs == 3) {
+                    int64_t id = kvshm_op_i64(&op->args[2], &ok);
+                    CHECK(ok && id >= 1);
+                }
+            }
+            if (op->op == KVSHM_OP_LEASE) {
+                int64_t n = kvshm_op_i64(&op->args[0], &ok);
+                CHECK(op->nargs == 1 && ok && n >= 1 && n <= KV_LEASE_MAX);
             }
             if (op->op == KVSHM_OP_INSERT_MANY && op->nargs == 4) {
                 int64_t n = kvshm_op_i64(&op->args[0], &ok);

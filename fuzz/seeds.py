@@ -180,6 +180,14 @@ def ops():
                                  [i64(2), bytes(32), i64(1) + i64(2), b"abc"]),
         "vector-update": op(2, 2, b"vectors", vec, [i64(1), None, b"v"]),
         "vector-delete": op(2, 3, b"vectors", vec, [i64(1)]),
+        # pipelined inserts: an insert at an id of the client's block, the
+        # block asked for and its unused tail given back
+        "text-insert-at": op(1, 1, b"text_vault", cols, [b"\x89KV", b"hello", b"world", i64(9)]),
+        "text-lease": op(1, 14, b"text_vault", cols, [i64(64)]),
+        "text-lease-end": op(1, 15, b"text_vault", cols, [i64(10), i64(65)]),
+        "vector-insert-at": op(2, 1, b"vectors", vec, [bytes(16), b"v", i64(9)]),
+        "vector-lease": op(2, 14, b"vectors", vec, [i64(256)]),
+        "vector-lease-end": op(2, 15, b"vectors", vec, [i64(10), i64(257)]),
         "column-create": op(3, 6, b"col_meta", col, [b"prices", b"i64", i64(8)]),
         "column-drop": op(3, 7, b"col_meta", col, [b"prices"]),
         "column-append": op(3, 8, b"col_meta", col, [i64(1), i64(0), bytes(24), b"prices"]),

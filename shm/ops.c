@@ -122,6 +122,25 @@ static const char *kv_shape(const kvshm_op *op)
     }
 }
 
+/* The shape of LEASE (a count of 1..KV_LEASE_MAX ids) and LEASE_END (next,
+ * end) of a text (text != 0) or vector operation: NULL when it fits, else
+ * why not. */
+static const char *lease_shape(const kvshm_op *op, int text)
+{
+    const kvshm_op_field *a = op->args;
+    if (op->op == KVSHM_OP_LEASE)
+        return op->nargs == 1 && is_i64(&a[0]) && kvshm_op_i64(&a[0], NULL) >= 1 &&
+                       kvshm_op_i64(&a[0], NULL) <= KV_LEASE_MAX
+                   ? NULL
+               : text ? "text lease: a count of 1..65536 ids"
+                      : "vector lease: a count of 1..65536 ids";
+    return op->nargs == 2 && is_i64(&a[0]) && is_i64(&a[1]) && kvshm_op_i64(&a[0], NULL) >= 1 &&
+                   kvshm_op_i64(&a[1], NULL) >= kvshm_op_i64(&a[0], NULL)
+               ? NULL
+           : text ? "text lease end: next, end"
+                  : "vector lease end: next, end";
+}
+
 /* The per-class shape of an operation: counts and integer fields. NULL
  * when it fits, else why not. */
 static const char *shape_check(const kvshm_op *op)
@@ -145,16 +164,8 @@ static const char *shape_check(const kvshm_op *op)
                 return "text insert: bad id";
             return NULL;
         case KVSHM_OP_LEASE:
-            return op->nargs == 1 && is_i64(&a[0]) && kvshm_op_i64(&a[0], NULL) >= 1 &&
-                           kvshm_op_i64(&a[0], NULL) <= KV_LEASE_MAX
-                       ? NULL
-                       : "text lease: a count of 1..65536 ids";
         case KVSHM_OP_LEASE_END:
-            return op->nargs == 2 && is_i64(&a[0]) && is_i64(&a[1]) &&
-                           kvshm_op_i64(&a[0], NULL) >= 1 &&
-                           kvshm_op_i64(&a[1], NULL) >= kvshm_op_i64(&a[0], NULL)
-                       ? NULL
-                       : "text lease end: next, end";
+            return lease_shape(op, 1);
         case KVSHM_OP_UPDATE:
             if (op->nargs != 2 && op->nargs != 2 + op->nopen)
                 return "text update: id, value, optional texts";
@@ -175,9 +186,15 @@ static const char *shape_check(const kvshm_op *op)
             !is_i64(&op->open[2]))
             return "vector: open parameters are dims, metric, elem";
         switch (op->op) {
-        case KVSHM_OP_INSERT:
-            return op->nargs == 2 && a[0].present && a[1].present ? NULL
-                                                                  : "vector insert: vector, value";
+        case KVSHM_OP_INSERT:   /* vector, value, [id] */
+            if ((op->nargs != 2 && op->nargs != 3) || !a[0].present || !a[1].present)
+                return "vector insert: vector, value, then an optional id";
+            if (op->nargs == 3 && (!is_i64(&a[2]) || kvshm_op_i64(&a[2], NULL) < 1))
+                return "vector insert: bad id";
+            return NULL;
+        case KVSHM_OP_LEASE:
+        case KVSHM_OP_LEASE_END:
+            return lease_shape(op, 0);
         case KVSHM_OP_INSERT_MANY: {
             if ((op->nargs != 2 && op->nargs != 4) || !is_i64(&a[0]) || !a[1].present)
                 return "vector insert_many: n, vectors, value lengths, values";

@@ -26,10 +26,10 @@
  * commit and reply) gets the recorded reply and is not applied again; one
  * below it (a pipelined insert sent again) an empty success.
  *
- * Pipelined text inserts (docs/shared-mode.md, "Pipelined inserts") carry
- * their id, taken from a block of ids LEASE granted the client
- * (kv_lease_grant); an insert without an id takes one above every block
- * (kv_text_insert_leased). The
+ * Pipelined text and vector inserts (docs/shared-mode.md, "Pipelined
+ * inserts") carry their id, taken from a block of ids LEASE granted the
+ * client (kv_lease_grant, kv_vector_lease); an insert without an id takes
+ * one above every block (kv_text_insert_leased, kv_lease_take). The
  * executor keeps the last number per token it saw (oncemap.c) and reads
  * the record only at the first sight of a token. Records go when their
  * client closes its handle (EXEC_END) or, stale, at the executor's first
@@ -317,9 +317,19 @@ static kv_status run_vector(wr_exec *x, void *h, const kvshm_op *op)
     int removed = 0;
     kv_status st;
     switch (op->op) {
-    case KVSHM_OP_INSERT:   /* vector, value */
-        st = kv_vector_insert(v, a[0].p, a[0].len, a[1].p, a[1].len, &id);
+    case KVSHM_OP_INSERT:   /* vector, value, [id] */
+        if (op->nargs == 3) {   /* the id from the client's block */
+            id = kvshm_op_i64(&a[2], NULL);
+            st = kv_vector_insert_at(v, id, a[0].p, a[0].len, a[1].p, a[1].len);
+        } else {   /* never one of a block a client holds */
+            st = kv_vector_insert(v, a[0].p, a[0].len, a[1].p, a[1].len, &id);
+        }
         return st == KV_OK ? result(x, &id, 8) : st;
+    case KVSHM_OP_LEASE:   /* n: a block above every id in use or leased */
+        st = kv_vector_lease(v, kvshm_op_i64(&a[0], NULL), &id);
+        return st == KV_OK ? result(x, &id, 8) : st;
+    case KVSHM_OP_LEASE_END:   /* next, end */
+        return kv_vector_lease_return(v, kvshm_op_i64(&a[0], NULL), kvshm_op_i64(&a[1], NULL));
     case KVSHM_OP_INSERT_MANY: {   /* n, vectors, [value lengths, values] */
         size_t n = (size_t)kvshm_op_i64(&a[0], NULL);
         const void **vals = NULL;

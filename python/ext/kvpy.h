@@ -223,6 +223,11 @@ typedef struct kvpy_store_remote {
     /** Store the result bytes in ctx: KV_OK, or KV_IO when they do not have
      *  the operation's shape. NULL: the operation returns nothing. */
     kv_status (*result)(void *ctx, const uint8_t *res, size_t n);
+    /** The checks the engine would make of a pipelined insert, run on the
+     *  own handle before it is sent (kvpy_store_post_insert), so bad input
+     *  raises at its own call: KV_OK, or a failure with the engine's
+     *  message. NULL: none. */
+    kv_status (*check)(void *h, const void *ctx);
 } kvpy_store_remote;
 
 /** Where a store's writes go (store_py.c): its own connection, or the

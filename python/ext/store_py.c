@@ -431,6 +431,10 @@ static int route_post(kvpy_store *s, void *ctx, const kvpy_store_remote *rw, int
     int reached, queued;
     if (!r || !r->via_writer || !s->kind->run_posted || kv_exec_unsettled(r->ex, tok, &seq))
         return 0;
+    if (rw->check && (*st = rw->check(s->h, ctx)) != KV_OK) {
+        snprintf(msg, mlen, "%s", s->kind->errmsg(s->h));
+        return -1;
+    }
     if (r->lease_next >= r->lease_end) {
         /* the object's inserts settled first: a failure of one is raised
          * here, not picked up (and lost) by the request for the block */
@@ -747,7 +751,11 @@ static kv_status res_delete(void *c, const uint8_t *res, size_t n)
     return KV_OK;
 }
 
-static const kvpy_store_remote remote_delete = {KVSHM_OP_DELETE, enc_delete, NULL, res_delete};
+static const kvpy_store_remote remote_delete = {
+    .op = KVSHM_OP_DELETE,
+    .encode = enc_delete,
+    .result = res_delete,
+};
 
 PyObject *kvpy_store_delete(PyObject *self, PyObject *arg)
 {

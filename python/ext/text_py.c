@@ -330,9 +330,13 @@ static kv_status res_id(void *c, const uint8_t *res, size_t n)
     return KV_OK;
 }
 
-static const kvpy_store_remote remote_insert = {KVSHM_OP_INSERT, enc_insert, NULL, res_id};
-static const kvpy_store_remote remote_update = {KVSHM_OP_UPDATE, enc_update, NULL, NULL};
-static const kvpy_store_remote remote_clear = {KVSHM_OP_CLEAR, enc_clear, NULL, NULL};
+static const kvpy_store_remote remote_insert = {
+    .op = KVSHM_OP_INSERT,
+    .encode = enc_insert,
+    .result = res_id,
+};
+static const kvpy_store_remote remote_update = {.op = KVSHM_OP_UPDATE, .encode = enc_update};
+static const kvpy_store_remote remote_clear = {.op = KVSHM_OP_CLEAR, .encode = enc_clear};
 
 /* A str argument → UTF-8 in a->q / a->qlen (valid while `obj` lives). */
 static int tv_query_arg(PyObject *obj, const char *what, tv_args *a)

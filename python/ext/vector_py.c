@@ -57,6 +57,20 @@ static void vx_encode_open(const kvpy_store *s, kvshm_op_enc *e)
     kvshm_op_add_i64(e, (int64_t)v->elem);
 }
 
+/* kvpy_store_kind.run_posted: a pipelined insert (kvshm/ops.h, VECTOR
+ * INSERT with its id) on the own handle. */
+static kv_status vx_run_posted(void *h, const kvshm_op *op)
+{
+    if (op->cls != KVSHM_OPC_VECTOR || op->op != KVSHM_OP_INSERT || op->nargs != 3)
+        return KV_INVALID;
+    const kvshm_op_field *a = op->args;
+    return kv_vector_insert_at(h, kvshm_op_i64(&a[2], NULL), a[0].p ? (const void *)a[0].p : "",
+                               a[0].len, a[1].p, a[1].len);
+}
+
+static kv_status vx_tx_begin(void *h) { return kv_vector_tx_begin(h); }
+static kv_status vx_tx_end(void *h, int commit) { return kv_vector_tx_end(h, commit); }
+
 static const kvpy_store_kind vector_kind = {
     .name = "VectorKVault",
     .close = vx_close,
@@ -69,6 +83,9 @@ static const kvpy_store_kind vector_kind = {
     .set_guard = vx_set_guard,
     .conn = vx_conn,
     .encode_open = vx_encode_open,
+    .run_posted = vx_run_posted,
+    .tx_begin = vx_tx_begin,
+    .tx_end = vx_tx_end,
 };
 
 #define STORE(self) ((kvpy_store *)(self))
@@ -188,10 +205,27 @@ static kv_status res_ids(void *c, const uint8_t *res, size_t n)
     return KV_OK;
 }
 
-static const kvpy_store_remote remote_insert = {KVSHM_OP_INSERT, enc_insert, NULL, res_id};
-static const kvpy_store_remote remote_insert_many = {KVSHM_OP_INSERT_MANY, enc_insert_many,
-                                                     max_insert_many, res_ids};
-static const kvpy_store_remote remote_update = {KVSHM_OP_UPDATE, enc_update, NULL, NULL};
+/* The checks of an insert, made before a pipelined one is sent (its
+ * failure would otherwise surface at the object's next call). */
+static kv_status check_insert(void *h, const void *c)
+{
+    const vk_args *a = c;
+    return kv_vector_check(h, a->vec, a->vbytes);
+}
+
+static const kvpy_store_remote remote_insert = {
+    .op = KVSHM_OP_INSERT,
+    .encode = enc_insert,
+    .result = res_id,
+    .check = check_insert,
+};
+static const kvpy_store_remote remote_insert_many = {
+    .op = KVSHM_OP_INSERT_MANY,
+    .encode = enc_insert_many,
+    .result_max = max_insert_many,
+    .result = res_ids,
+};
+static const kvpy_store_remote remote_update = {.op = KVSHM_OP_UPDATE, .encode = enc_update};
 
 static const char *metric_names[] = {"cosine", "L2", "L1", "hamming"};
 static const char *elem_names[] = {"float32", "int8", "bit"};
@@ -422,7 +456,9 @@ static PyObject *vk_insert(VectorObject *self, PyObject *args, PyObject *kw)
     if (kvpy_store_encode(value, &self->opts, &buf) == 0) {
         vk_args a = {.vec = PyBytes_AS_STRING(vb), .vbytes = (size_t)PyBytes_GET_SIZE(vb),
                      .val = buf.data, .vlen = buf.len};
-        if (kvpy_store_write(STORE(self), op_insert, &a, &remote_insert, NULL) == 0)
+        int posted = kvpy_store_post_insert(STORE(self), &a, &remote_insert, &a.id);
+        if (posted > 0 ||
+            (posted == 0 && kvpy_store_write(STORE(self), op_insert, &a, &remote_insert, NULL) == 0))
             ret = PyLong_FromLongLong(a.id);
     }
     Py_DECREF(vb);

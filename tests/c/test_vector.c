@@ -656,3 +656,89 @@ Test(vector, tx_groups_writes_and_rollback_resets_the_handle)
     cr_expect(eq(i64, n, 3));
     kv_vector_close(v);
 }
+
+/* The layout invariant (engine/vector.c, section 5b): every row at or
+ * below the last chunk's largest id is in a chunk, every row above it is
+ * unchunked, and chunks are full. */
+static void expect_layout(int64_t rows, int64_t chunk_rows)
+{
+    int64_t mark = kvtest_sql_i64(path, "SELECT coalesce(max(id), 0) FROM vec_kvault WHERE chunk_id IS NOT NULL");
+    cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT count(*) FROM vec_kvault"), rows));
+    cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT count(*) FROM vec_kvault WHERE id <= (SELECT coalesce(max(id), 0) "
+                                           "FROM vec_kvault WHERE chunk_id IS NOT NULL) AND chunk_id IS NULL"),
+                 0), "an unchunked row below the chunks (mark %lld)", (long long)mark);
+    cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT count(*) FROM vec_kvault_chunks WHERE size != "
+                                           "(SELECT max(size) FROM vec_kvault_chunks)"),
+                 0));
+    if (mark)
+        cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT max(size) FROM vec_kvault_chunks"), chunk_rows));
+}
+
+Test(vector, leased_ids_pack_below_the_horizon_and_late_rows_unpack)
+{
+    enum { D = 4096, C = 64 }; /* 16 KiB rows: 64 per chunk */
+    kv_vector *w = vopen(D, KV_VECTOR_L2, KV_VECTOR_F32), *other = vopen(D, KV_VECTOR_L2, KV_VECTOR_F32);
+    static float row[D];
+    int64_t a, b, id;
+    /* two clients' blocks, filled at once, in alternation */
+    cr_assert(eq(int, kv_vector_lease(w, 100, &a), KV_OK), "%s", kv_vector_errmsg(w));
+    cr_assert(eq(int, kv_vector_lease(w, 100, &b), KV_OK));
+    cr_expect(eq(i64, a, 1));
+    cr_expect(eq(i64, b, 101));
+    for (int i = 0; i < 100; i++) {
+        row[0] = (float)i;
+        cr_assert(eq(int, kv_vector_insert_at(w, b + i, row, sizeof row, "b", 1), KV_OK), "%s", kv_vector_errmsg(w));
+        cr_assert(eq(int, kv_vector_insert_at(w, a + i, row, sizeof row, "a", 1), KV_OK));
+        /* while both blocks are in use, chunks are cut only from rows
+         * below both blocks' next ids (block a's) */
+        int64_t chunks = kvtest_sql_i64(path, "SELECT count(*) FROM vec_kvault_chunks");
+        if (i < 99)
+            cr_expect(le(i64, chunks * C, i + 1), "%lld chunks after %d rows of block a", (long long)chunks, i + 1);
+    }
+    expect_layout(200, C);
+    cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT count(*) FROM vec_kvault_chunks"), 3));
+    /* an id taken twice is refused, nothing changes */
+    cr_expect(eq(int, kv_vector_insert_at(w, a + 5, row, sizeof row, "x", 1), KV_INVALID));
+    cr_expect(eq(str, (char *)kv_vector_errmsg(w), "vector id 6 is already stored"));
+    /* a block whose rows come after chunks were cut above it (a writer
+     * before this one granted it): its rows unpack those chunks */
+    int64_t late;
+    cr_assert(eq(int, kv_vector_lease(other, 10, &late), KV_OK));
+    cr_expect(eq(i64, late, 201));
+    int64_t ids[3 * C];
+    static float many[3 * C][D];
+    cr_assert(eq(int, kv_vector_insert_many(w, 3 * C, many, sizeof many, NULL, NULL, ids), KV_OK));
+    cr_expect(eq(i64, ids[0], 211)); /* above both blocks */
+    expect_layout(200 + 3 * C, C);
+    int64_t before = kvtest_sql_i64(path, "SELECT count(*) FROM vec_kvault WHERE chunk_id IS NULL");
+    for (int i = 0; i < 10; i++)
+        cr_assert(eq(int, kv_vector_insert_at(w, late + i, row, sizeof row, "late", 4), KV_OK), "%s",
+                  kv_vector_errmsg(w));
+    expect_layout(200 + 3 * C + 10, C);
+    cr_expect(gt(i64, kvtest_sql_i64(path, "SELECT count(*) FROM vec_kvault WHERE chunk_id IS NULL"), before));
+    /* every row is found where it is */
+    for (int i = 0; i < 10; i++) {
+        uint8_t *vec, *val;
+        size_t vb, vl;
+        cr_assert(eq(int, kv_vector_get_by_id(other, late + i, &vec, &vb, &val, &vl), KV_OK));
+        cr_expect(eq(sz, vl, 4));
+        kv_vector_free(vec);
+        kv_vector_free(val);
+    }
+    kv_vector_hits *h;
+    row[0] = 42.0f;
+    cr_assert(eq(int, kv_vector_search(other, row, sizeof row, 3, &h), KV_OK));
+    cr_expect(eq(dbl, h->hits[0].distance, 0.0));
+    kv_vector_hits_free(h);
+    /* the unused tail of a block goes back: the next ids follow on */
+    cr_assert(eq(int, kv_vector_lease(w, 20, &id), KV_OK));
+    cr_assert(eq(int, kv_vector_lease_return(w, id, id + 20), KV_OK));
+    cr_assert(eq(int, kv_vector_insert(w, row, sizeof row, "n", 1, &id), KV_OK));
+    cr_expect(eq(i64, id, 211 + 3 * C));
+    int64_t n;
+    cr_assert(eq(int, kv_vector_count(other, &n), KV_OK));
+    cr_expect(eq(i64, n, 200 + 3 * C + 10 + 1));
+    expect_layout(n, C);
+    kv_vector_close(w);
+    kv_vector_close(other);
+}

@@ -108,14 +108,16 @@ def _script(db):
         lambda: vk.update(1, value=b"a2"),
         lambda: vk.update(999, value=b"x"),
         lambda: vk.update(999, vector=[1, 1, 1, 1]),
-        lambda: vk.delete(2),
-        lambda: vk.delete(2),
+        # not the highest id: a pipelining object's next ids stay above a
+        # deleted highest id (docs/shared-mode.md, "Pipelined inserts")
+        lambda: vk.delete(1),
+        lambda: vk.delete(1),
         lambda: vk.insert_many(np.eye(4, dtype=np.float32), [b"e0", "e1", 2, None]),
         # ids of 10,000 rows do not fit one reply packet: the memfd carries them
         lambda: len(vk.insert_many(np.random.default_rng(7).random((10_000, 4), dtype=np.float32),
                                    [i for i in range(10_000)])),
         lambda: vk.search([0, 0, 1, 0], k=3),
-        lambda: vk.get_by_id(1),
+        lambda: vk.get_by_id(2),
         lambda: vl.insert([1, 2, 3], b"l2"),
         lambda: vl.search([1, 2, 3], k=1),
         lambda: len(vk),
@@ -145,9 +147,10 @@ def test_same_results_exceptions_and_tables_attached_and_embedded(tmp_path):
     for i, (a, b) in enumerate(zip(embedded, attached)):
         assert a == b, f"step {i}: embedded {a!r} attached {b!r}"
     assert len(embedded) == len(attached)
-    # every write of the script that reaches the engine was one EXEC: 23
-    # (the missing column and the wrong dimensions fail before, in Python)
-    assert execs == 23
+    # every write of the script that reaches the engine was one EXEC: 22
+    # (the missing column and the wrong dimensions fail before, in Python;
+    # the vector with a NaN before it is sent: that insert is pipelined)
+    assert execs == 22
     assert _dump(emb) == _dump(att)
 
 
@@ -329,8 +332,8 @@ def test_three_processes_insert_through_the_writer(tmp_path):
             assert tv.count_matches(f'"tag{k}x{i}"') == 1
     # an embedded rebuild of the same rows, in the same id order. Pipelined
     # inserts take their ids from blocks each process asked for, so the
-    # served documents' ids need not follow on without a gap: the rebuild's
-    # ids are mapped (in the same order)
+    # served documents' and vectors' ids need not follow on without a gap:
+    # the rebuild's ids are mapped (in the same order)
     rebuilt = str(tmp_path / "rebuilt.db")
     rt = TextVault(rebuilt, columns=["content"])
     rv = VectorKVault(rebuilt, dimensions=4)
@@ -340,14 +343,18 @@ def test_three_processes_insert_through_the_writer(tmp_path):
         docs[doc] = rt.insert(text, value)
     assert sorted(docs) == sorted(all_ids)
     assert list(docs.values()) == list(range(1, 3 * n + 1))
-    for row in range(1, 3 * n + 1):
+    all_vids = sorted(v for _, vids, _ in results for v in vids)
+    assert len(set(all_vids)) == 3 * n
+    rows = {}
+    for row in all_vids:   # the same order: ties of equal distance rank alike
         vec, value = vk.get_by_id(row)
-        assert rv.insert(vec, value) == row
+        rows[row] = rv.insert(vec, value)
+    assert list(rows.values()) == list(range(1, 3 * n + 1))
     for q in ("doc7", "w1", "tag2x14", "doc"):
         assert [(docs[h[0]],) + tuple(h[1:]) for h in tv.search(q, k=20)] == [
             tuple(h) for h in rt.search(q, k=20)]
     for q in ([0, 3, 1, 0], [2, 100, 1, 0], [1, 149, 1, 0]):
-        assert [h[0] for h in vk.search(q, k=10)] == [h[0] for h in rv.search(q, k=10)]
+        assert [rows[h[0]] for h in vk.search(q, k=10)] == [h[0] for h in rv.search(q, k=10)]
     for s in (tv, vk, rt, rv):
         s.close()
 

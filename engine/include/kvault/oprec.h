@@ -140,6 +140,12 @@ KV_API kv_status kv_lease_grant(const kv_conn *c, const char *name, int64_t floo
  *  KV_OK; KV_INVALID (floor < 1, bad name); a mapped SQLite failure. */
 KV_API kv_status kv_lease_next(const kv_conn *c, const char *name, int64_t floor, int64_t *id);
 
+/** kv_lease_next for n >= 1 consecutive ids [*lo, *lo + n) of rows the
+ *  caller inserts at once, in the same transaction: none of a block
+ *  granted. Statuses as kv_lease_next; KV_INVALID also for n < 1. */
+KV_API kv_status kv_lease_take(const kv_conn *c, const char *name, int64_t floor, int64_t n,
+                               int64_t *lo);
+
 /** Give back the unused tail [next, end) of a block of lease `name`: when
  *  no block was granted after it (the stored next id is still `end`), the
  *  stored next id becomes `next`, so the store's next ids follow on as if

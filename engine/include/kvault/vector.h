@@ -155,7 +155,8 @@ KV_API kv_status kv_vector_insert(kv_vector *v, const void *vec, size_t vbytes,
 /** Insert `n` vectors and their values in one transaction. `vecs` holds n
  *  rows back to back (`vbytes` must be n * kv_vector_row_bytes); vals[i]
  *  is vlens[i] bytes (vals NULL: every value empty). ids[0..n) receives
- *  the new row ids (consecutive, ascending). Every row is checked before
+ *  the new row ids (consecutive, ascending; above every block of ids
+ *  leased, kv_vector_lease). Every row is checked before
  *  anything is written; whole chunks are written as one BLOB each (with the
  *  cosine metric normalised chunk by chunk into a buffer of one chunk, so
  *  the input is not copied whole), the values and map rows 64 per INSERT
@@ -163,6 +164,38 @@ KV_API kv_status kv_vector_insert(kv_vector *v, const void *vec, size_t vbytes,
  *  KV_INVALID also for a vec0 table (read-only). */
 KV_API kv_status kv_vector_insert_many(kv_vector *v, size_t n, const void *vecs, size_t vbytes,
                                        const void *const *vals, const size_t *vlens, int64_t *ids);
+
+/** Check one vector as kv_vector_insert would, without writing: KV_OK, or
+ *  KV_INVALID (vec0 table, NULL vector, wrong byte count, non-finite f32
+ *  element) with the message insert gives. A client pipelining inserts
+ *  (docs/shared-mode.md, "Pipelined inserts") raises these before it
+ *  sends. One thread at a time. */
+KV_API kv_status kv_vector_check(kv_vector *v, const void *vec, size_t vbytes);
+
+/** Grant a block of n (1..KV_LEASE_MAX) ids [*lo, *lo + n) for pipelined
+ *  inserts (kv_lease_grant, kvault/oprec.h: above every stored and leased
+ *  id), in a write transaction of its own (a savepoint inside
+ *  kv_vector_tx_begin's), and remember it: until the block is used up,
+ *  given back or idle for 10 s, this handle packs chunks only from rows
+ *  below it, so rows inserted at its ids later need no repacking.
+ *  KV_OK; KV_INVALID (n out of range, vec0 table); KV_BUSY; KV_IO;
+ *  KV_NOMEM; KV_SQLITE. One thread at a time. */
+KV_API kv_status kv_vector_lease(kv_vector *v, int64_t n, int64_t *lo);
+
+/** Give back the unused tail [next, end) of a block kv_vector_lease
+ *  granted (kv_lease_return) and forget the block. Statuses as
+ *  kv_lease_return. One thread at a time. */
+KV_API kv_status kv_vector_lease_return(kv_vector *v, int64_t next, int64_t end);
+
+/** Insert one vector and its value, as kv_vector_insert, at id `id` (>= 1,
+ *  not stored): the id a pipelining client took from its block. Rows may
+ *  arrive in any id order: one below the chunked rows first unpacks the
+ *  chunks above it (the rows stay; only their place in the file changes).
+ *  Returns as kv_vector_insert; KV_INVALID also for an id < 1 or one
+ *  already stored ("vector id N is already stored"). One thread at a
+ *  time. */
+KV_API kv_status kv_vector_insert_at(kv_vector *v, int64_t id, const void *vec, size_t vbytes,
+                                     const void *val, size_t vlen);
 
 /** One search result; `val` borrows the kv_vector_hits holding it. */
 typedef struct kv_vector_hit {
