@@ -336,6 +336,44 @@ def test_sync_put_waits_for_the_cluster(cluster):
         assert "not the leader" in done["error"]
 
 
+def test_minority_leader_refuses_quorum_writes_and_rejoins(cluster):
+    """A partition that leaves the leader alone (both followers stopped with
+    SIGSTOP): within a few election timeouts the leader steps down, and a
+    quorum write on it (put(sync=True)) fails with a clear error instead of
+    waiting; once the followers run again the three nodes elect a leader by
+    themselves, quorum writes succeed, and all files are equal."""
+    nodes = cluster
+    leader = wait_leader(nodes, timeout=15)
+    followers = [n for n in nodes if n is not leader]
+    before = {f"p{i:03d}".encode(): os.urandom(20) for i in range(100)}
+    put_all(leader.db, before)
+    for f in followers:
+        f.proc.send_signal(signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 10
+        while leader.status()["cluster_accepts_writes"] == "1":
+            assert time.monotonic() < deadline, "the cut-off leader still takes writes after 10 s"
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        with KVault(leader.db, shared=True) as kv:
+            with pytest.raises(KohakuVaultError, match="not the leader"):
+                kv.put(b"minority", b"x", sync=True)
+            assert kv[b"p050"] == before[b"p050"]   # reads go on
+        assert time.monotonic() - t0 < 5
+    finally:
+        for f in followers:
+            f.proc.send_signal(signal.SIGCONT)
+    new = wait_leader(nodes, timeout=15)
+    after = {f"q{i:03d}".encode(): os.urandom(20) for i in range(100)}
+    put_all(new.db, after)
+    want = {**before, **after}
+    for n in nodes:
+        wait_rows(n.db, want, timeout=15)
+    assert all(b"minority" not in rows(n.db) for n in nodes)
+    hashes = [key_hashes(n.db) for n in nodes]
+    assert hashes[0] == hashes[1] == hashes[2]
+
+
 def test_launcher_serve_cluster_and_status(tmp_path):
     """kvault-launch serve --cluster/--node-id starts a node (a one-node
     cluster leads itself); kvault-launch status prints role, term and commit
