@@ -61,9 +61,16 @@
  * default wal_autocheckpoint). */
 #define CKPT_FRAMES 1000
 /* Blocks of leased ids (section 5b): a block no insert advanced for this
- * long no longer holds chunk packing back (its client died, or went
- * idle; a later insert into it unpacks what was packed above it). */
-#define LEASE_IDLE_MS 10000
+ * long no longer holds chunk packing back (its client died; a live client
+ * gives back a block idle for 5 s before it inserts again,
+ * KVPY_LEASE_IDLE_MS in python/ext/kvpy.h). */
+#define LEASE_IDLE_MS 15000
+/* Chunks one insert at leased ids cuts at most (pack_below): rows held
+ * back by a long block are packed over the next inserts, not all by one. */
+#define PACK_MAX_CHUNKS 8
+/* Largest id an insert may bring (kv_vector_insert_at): ids stay far from
+ * int64 overflow in the handle's arithmetic. */
+#define ID_MAX (INT64_MAX / 2)
 /* The block taken for granted when an insert brings an id of a block this
  * handle did not grant (one a writer before it granted): the largest block
  * a client asks for. */
@@ -160,6 +167,7 @@ struct kv_vector {
         uint64_t touched_ms;    /* grant or last insert (mono_ms) */
     } *leases;
     size_t nleases, cap_leases;
+    int granted;                /* kv_vector_lease granted a block: a writer's handle */
     int pack_wait;              /* rows to insert before pack_below looks again */
 };
 
@@ -1511,9 +1519,12 @@ kv_status kv_vector_insert_many(kv_vector *v, size_t n, const void *vecs, size_t
  * in id order (every id above the mark is unchunked), so the handle that
  * granted the blocks packs a chunk only from rows below its horizon: the
  * lowest id still to come of a block in use. A row that arrives below the
- * mark anyway (its block was granted by a writer before this one, or sat
- * idle for LEASE_IDLE_MS) first unpacks the chunks above it: correct in
- * every order, and rare.
+ * mark anyway first unpacks the chunks above it, so the layout holds in
+ * every order. That happens when its block was granted by a writer before
+ * this one (then tracked from its first row on, LEASE_IMPLICIT), when an
+ * embedded process cut chunks meanwhile, or when its client stalled
+ * LEASE_IDLE_MS inside one call (a live client gives an idle block back
+ * first); each costs a rewrite of the rows above it, once.
  */
 
 static kv_status locate(kv_vector *v, int64_t id, int *found, int64_t *ref, int64_t *chunk,
@@ -1562,9 +1573,11 @@ static int lease_track(kv_vector *v, int64_t next, int64_t end)
 }
 
 /* Row `id` was inserted: its block moves past it (a block it ends is
- * forgotten). An id of no tracked block starts one of LEASE_IMPLICIT ids
- * after it: its client goes on filling a block granted before this handle
- * (a writer's successor). */
+ * forgotten). On a handle that grants blocks (a writer's), an id of no
+ * tracked block starts one of LEASE_IMPLICIT ids after it: its client goes
+ * on filling a block granted before this handle (a writer's
+ * predecessor). A client's own handle, applying its inserts a dead writer
+ * did not, tracks nothing. */
 static void lease_used(kv_vector *v, int64_t id)
 {
     for (size_t i = 0; i < v->nleases; i++) {
@@ -1577,7 +1590,8 @@ static void lease_used(kv_vector *v, int64_t id)
             return;
         }
     }
-    (void)lease_track(v, id + 1, id + 1 + LEASE_IMPLICIT);
+    if (v->granted && v->nleases < 4096)
+        (void)lease_track(v, id + 1, id + 1 + LEASE_IMPLICIT);
 }
 
 /* Unpack the chunks holding ids at or above `id` (the last ones: chunks
@@ -1655,7 +1669,7 @@ static kv_status pack_below(kv_vector *v, int64_t h)
         v->pack_wait--;
         return KV_OK;
     }
-    while (st == KV_OK && (size_t)v->unchunked >= C) {
+    for (int cut = 0; st == KV_OK && (size_t)v->unchunked >= C && cut < PACK_MAX_CHUNKS; cut++) {
         sqlite3_bind_int64(v->st_nth, 1, v->mark);
         sqlite3_bind_int64(v->st_nth, 2, (int64_t)C - 1);
         int rc = sqlite3_step(v->st_nth);
@@ -1746,8 +1760,10 @@ kv_status kv_vector_lease(kv_vector *v, int64_t n, int64_t *lo)
         st = kvi_store_commit(&v->err, v->db);
     else
         kvi_store_rollback(&v->err, v->db);
-    if (st == KV_OK && lease_track(v, *lo, *lo + n) < 0)
-        st = kvi_err_set(&v->err, KV_NOMEM, "out of memory");
+    if (st == KV_OK) {   /* untracked (out of memory): its rows may unpack chunks, no worse */
+        (void)lease_track(v, *lo, *lo + n);
+        v->granted = 1;
+    }
     return st;
 }
 
@@ -1772,8 +1788,8 @@ kv_status kv_vector_insert_at(kv_vector *v, int64_t id, const void *vec, size_t 
     kv_status st = kv_vector_check(v, vec, vbytes);
     if (st != KV_OK)
         return st;
-    if (id < 1)
-        return kvi_err_set(&v->err, KV_INVALID, "vector id %lld is not positive", (long long)id);
+    if (id < 1 || id > ID_MAX)
+        return kvi_err_set(&v->err, KV_INVALID, "vector id %lld is out of range", (long long)id);
     int found = 0;
     int64_t ref = 0, chunk, slot;
     const int norm = v->elem == KV_VECTOR_F32 && v->metric == KV_VECTOR_COSINE;

@@ -246,6 +246,7 @@ typedef struct kvpy_route {
     int64_t lease_next;      /* the block of ids pipelined inserts take: */
     int64_t lease_end;       /*   [lease_next, lease_end), empty when equal */
     int64_t lease_size;      /* ids of the next block asked for (0: 1) */
+    uint64_t lease_used_ms;  /* when the block last gave an id (CLOCK_MONOTONIC ms) */
     kvshm_op *dec;           /* a pipelined insert decoded again (own fallback) */
 } kvpy_route;
 
@@ -332,6 +333,11 @@ int kvpy_store_write(kvpy_store *s, kvpy_store_op op, void *ctx, const kvpy_stor
 int kvpy_store_post_insert(kvpy_store *s, void *ctx, const kvpy_store_remote *rw, int64_t *id);
 /** Most ids a pipelining object asks the writer for at once. */
 #define KVPY_LEASE_BLOCK 256
+/** A block of ids that gave no id for this long (ms) is given back before
+ *  the object's next insert, which asks for a new one: the writer stops
+ *  counting a block idle for 15 s (engine/vector.c, LEASE_IDLE_MS) and may
+ *  then cut chunks above its ids, so no object fills a block that long idle. */
+#define KVPY_LEASE_IDLE_MS 5000
 
 /** kvpy_store_call for a get_by_id: an unknown `id` (KV_NOTFOUND) raises
  *  RuntimeError("ID <id> not found") -- a plain failure, KohakuVaultError once

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kvshm/attach.h"
@@ -96,6 +97,13 @@ static int store_enter(kvpy_store *s)
  * SQLite's write lock, polling every ROUTE_BUSY_POLL_MS (ms). */
 #define ROUTE_BUSY_MS 30000
 #define ROUTE_BUSY_POLL_MS 2
+
+static uint64_t route_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
 
 static int route_check(void *ctx)
 {
@@ -435,6 +443,15 @@ static int route_post(kvpy_store *s, void *ctx, const kvpy_store_remote *rw, int
         snprintf(msg, mlen, "%s", s->kind->errmsg(s->h));
         return -1;
     }
+    uint64_t now = route_now_ms();
+    if (r->lease_next < r->lease_end && now - r->lease_used_ms > KVPY_LEASE_IDLE_MS) {
+        /* a block idle that long goes back (KVPY_LEASE_IDLE_MS) */
+        if ((*st = route_settle_if(s, msg, mlen)) != KV_OK)
+            return -1;
+        route_lease_return(s, r);
+        if (!r->via_writer)
+            return 0;
+    }
     if (r->lease_next >= r->lease_end) {
         /* the object's inserts settled first: a failure of one is raised
          * here, not picked up (and lost) by the request for the block */
@@ -443,6 +460,7 @@ static int route_post(kvpy_store *s, void *ctx, const kvpy_store_remote *rw, int
         if (!r->via_writer || !route_lease(s, r))
             return 0;
     }
+    r->lease_used_ms = now;
     int64_t at = r->lease_next;
     if (route_encode_op(s, r, rw->op, rw->encode, ctx, &at, 1) != KV_OK)
         return 0;

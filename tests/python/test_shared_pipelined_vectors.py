@@ -290,3 +290,25 @@ def test_embedded_inserts_keep_off_the_block_and_its_chunks(tmp_path):
     assert [values[i] for i in ids] == [b"m%d" % i for i in range(300)]
     assert [rows[i] for i in ids] == [_vec(2, i).tobytes() for i in range(300)]
     assert all(values[o] == b"outsider" for o in others)
+
+
+def test_an_idle_block_goes_back_before_the_next_insert(tmp_path):
+    """An object whose block of ids gave no id for 5 s gives it back (the
+    writer stops holding chunks back for a block idle 15 s) and asks for a
+    new one before its next insert: the ids go on past the old block's
+    rest, and nothing is lost."""
+    db = str(tmp_path / "idle.db")
+    w = Writer(db)
+    try:
+        vk = VectorKVault(db, dimensions=8)
+        ids = [vk.insert([float(i + 1)] * 8, i) for i in range(6)]   # blocks of 1, 2, 4
+        leases = _status(db)["exec_leases"]
+        time.sleep(5.5)
+        ids.append(vk.insert([7.0] * 8, 6))
+        assert _status(db)["exec_leases"] == leases + 2   # the rest back, a new block
+        ids += [vk.insert([float(i + 1)] * 8, i) for i in range(7, 20)]
+        assert ids == sorted(set(ids)) and len(vk) == 20
+        assert [vk.get_by_id(d)[1] for d in ids] == list(range(20))
+        vk.close()
+    finally:
+        w.kill(signal.SIGTERM)

@@ -176,7 +176,7 @@ KV_API kv_status kv_vector_check(kv_vector *v, const void *vec, size_t vbytes);
  *  inserts (kv_lease_grant, kvault/oprec.h: above every stored and leased
  *  id), in a write transaction of its own (a savepoint inside
  *  kv_vector_tx_begin's), and remember it: until the block is used up,
- *  given back or idle for 10 s, this handle packs chunks only from rows
+ *  given back or idle for 15 s, this handle packs chunks only from rows
  *  below it, so rows inserted at its ids later need no repacking.
  *  KV_OK; KV_INVALID (n out of range, vec0 table); KV_BUSY; KV_IO;
  *  KV_NOMEM; KV_SQLITE. One thread at a time. */
@@ -187,12 +187,13 @@ KV_API kv_status kv_vector_lease(kv_vector *v, int64_t n, int64_t *lo);
  *  kv_lease_return. One thread at a time. */
 KV_API kv_status kv_vector_lease_return(kv_vector *v, int64_t next, int64_t end);
 
-/** Insert one vector and its value, as kv_vector_insert, at id `id` (>= 1,
- *  not stored): the id a pipelining client took from its block. Rows may
+/** Insert one vector and its value, as kv_vector_insert, at id `id` (1 ..
+ *  INT64_MAX / 2, not stored): the id a pipelining client took from its
+ *  block. Rows may
  *  arrive in any id order: one below the chunked rows first unpacks the
  *  chunks above it (the rows stay; only their place in the file changes).
- *  Returns as kv_vector_insert; KV_INVALID also for an id < 1 or one
- *  already stored ("vector id N is already stored"). One thread at a
+ *  Returns as kv_vector_insert; KV_INVALID also for an id out of range or
+ *  one already stored ("vector id N is already stored"). One thread at a
  *  time. */
 KV_API kv_status kv_vector_insert_at(kv_vector *v, int64_t id, const void *vec, size_t vbytes,
                                      const void *val, size_t vlen);
