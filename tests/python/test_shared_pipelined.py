@@ -135,21 +135,46 @@ def _check(db, got, n):
 
 
 @contextlib.contextmanager
-def _inserting(path, n):
-    """A served file at `path` and 2 forked _inserter processes of n
-    inserts each: yields (db, writers, pipes, processes); a test that
-    starts another writer appends it to `writers`. All are stopped and
-    reaped at the end."""
+def _inserting(path, n, create=lambda db: TextVault(db).close(), target=_inserter):
+    """A served file at `path` (its table made by create(db)) and 2 forked
+    target processes of n inserts each (_inserter's messages): yields (db,
+    writers, pipes, processes); a test that starts another writer appends
+    it to `writers`. All are stopped and reaped at the end."""
     db = str(path)
-    TextVault(db).close()
+    create(db)
     writers, procs = [Writer(db)], []
     try:
-        pipes, procs = start_workers("fork", db, _inserter, 2, n)
+        pipes, procs = start_workers("fork", db, target, 2, n)
         yield db, writers, pipes, procs
     finally:
         _reap(*procs)
         for w in writers:
             w.kill(signal.SIGTERM)
+
+
+def kill_under_inserters(db, writers, conns, procs, n, restart):
+    """Once both inserters had a read acknowledged, kill -9 the writer
+    (and start a new one when `restart`); then collect every message until
+    both are done: {inserter: messages}, the processes reaped."""
+    acked = 0
+    deadline = time.time() + 60
+    pending = {k: [] for k in range(2)}
+    while acked < 2 and time.time() < deadline:
+        for k, c in enumerate(conns):
+            while acked < 2 and pending[k][-1:] != [("done", n)] and c.poll(0.01):
+                m = c.recv()
+                pending[k].append(m)
+                acked += m == ("acked", 50)
+    assert acked == 2
+    writers[0].kill(signal.SIGKILL)
+    if restart:
+        time.sleep(0.2)
+        writers.append(Writer(db))
+    got = _collect(conns, procs, done=lambda k: pending[k][-1:] == [("done", n)])
+    for k in got:
+        got[k] = pending[k] + got[k]
+    _reap(*procs)
+    return got
 
 
 def test_two_processes_insert_at_once(tmp_path):
@@ -170,25 +195,7 @@ def test_writer_killed_under_inserting_processes(tmp_path, restart):
     applies them on its own connection (not restarted); every insert whose
     call returned is there once, under its id."""
     with _inserting(tmp_path / "kill.db", 3000) as (db, writers, conns, procs):
-        acked = 0
-        deadline = time.time() + 60
-        pending = {k: [] for k in range(2)}
-        while acked < 2 and time.time() < deadline:   # both have had a read acknowledged
-            for k, c in enumerate(conns):
-                while acked < 2 and pending[k][-1:] != [("done", 3000)] and c.poll(0.01):
-                    m = c.recv()
-                    pending[k].append(m)
-                    acked += m == ("acked", 50)
-        assert acked == 2
-        writers[0].kill(signal.SIGKILL)
-        if restart:
-            time.sleep(0.2)
-            writers.append(Writer(db))
-        got = _collect(conns, procs, done=lambda k: pending[k][-1:] == [("done", 3000)])
-        for k in got:
-            got[k] = pending[k] + got[k]
-        _reap(*procs)
-        _check(db, got, 3000)
+        _check(db, kill_under_inserters(db, writers, conns, procs, 3000, restart), 3000)
 
 
 def _insert_and_die(db, n, conn):
@@ -231,6 +238,17 @@ def test_process_killed_after_its_inserts_returned_loses_none(tmp_path):
         w.kill(signal.SIGTERM)
 
 
+def raise_alike(calls, served, embedded):
+    """Each call(store) raises on the served store what it raises on the
+    embedded one: the same type and message."""
+    for call in calls:
+        with pytest.raises(Exception) as att:
+            call(served)
+        with pytest.raises(Exception) as emb:
+            call(embedded)
+        assert (att.type, str(att.value)) == (emb.type, str(emb.value))
+
+
 def test_a_bad_insert_raises_at_the_call_and_loses_nothing(tmp_path):
     """Between pipelined inserts, an insert the engine would refuse raises
     at its own call (checked before it is sent), as embedded, and the
@@ -246,12 +264,7 @@ def test_a_bad_insert_raises_at_the_call_and_loses_nothing(tmp_path):
         calls = [lambda t: t.insert({"title": "only"}, b"v"),
                  lambda t: t.insert({"title": "t", "body": "b"}, "a str value"),
                  lambda t: t.insert(["too", "many", "texts"], b"v")]
-        for call in calls:
-            with pytest.raises(Exception) as served:
-                call(tv)
-            with pytest.raises(Exception) as embedded:
-                call(te)
-            assert (served.type, str(served.value)) == (embedded.type, str(embedded.value))
+        raise_alike(calls, tv, te)
         ids += [tv.insert({"title": f"u{i}", "body": "b"}, b"v") for i in range(40)]
         assert ids == list(range(1, 81))
         assert len(tv) == 80

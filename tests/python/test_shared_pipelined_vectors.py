@@ -27,7 +27,8 @@ from kohakuvault import VectorKVault
 
 from test_shared_classes import _status, start_workers
 from test_shared_mode import WRITER, Writer, _reap
-from test_shared_pipelined import _collect
+from test_shared_pipelined import _collect, kill_under_inserters, raise_alike
+from test_shared_pipelined import _inserting as text_inserting
 
 pytestmark = pytest.mark.skipif(WRITER is None, reason="kvault-writer is not built")
 
@@ -111,21 +112,11 @@ def _check(db, got, n):
             assert rows[vid] == _vec(k, i).tobytes()
 
 
-@contextlib.contextmanager
 def _inserting(path, n):
-    """A served file and 2 forked _inserter processes of n inserts each:
-    yields (db, writers, pipes, processes); all stopped and reaped at the
-    end."""
-    db = str(path)
-    VectorKVault(db, dimensions=DIMS, metric="l2").close()
-    writers, procs = [Writer(db)], []
-    try:
-        pipes, procs = start_workers("fork", db, _inserter, 2, n)
-        yield db, writers, pipes, procs
-    finally:
-        _reap(*procs)
-        for w in writers:
-            w.kill(signal.SIGTERM)
+    """A served file and 2 forked _inserter processes of n vector inserts
+    each (test_shared_pipelined._inserting)."""
+    return text_inserting(path, n, create=lambda db: VectorKVault(
+        db, dimensions=DIMS, metric="l2").close(), target=_inserter)
 
 
 def test_vector_ids_are_those_an_embedded_object_returns(tmp_path):
@@ -200,25 +191,7 @@ def test_writer_killed_under_vector_inserters(tmp_path, restart):
     is there once, under its id, and the layout holds."""
     n = 1500
     with _inserting(tmp_path / "kill.db", n) as (db, writers, conns, procs):
-        acked = 0
-        deadline = time.time() + 60
-        pending = {k: [] for k in range(2)}
-        while acked < 2 and time.time() < deadline:   # both have had a read acknowledged
-            for k, c in enumerate(conns):
-                while acked < 2 and pending[k][-1:] != [("done", n)] and c.poll(0.01):
-                    m = c.recv()
-                    pending[k].append(m)
-                    acked += m == ("acked", 50)
-        assert acked == 2
-        writers[0].kill(signal.SIGKILL)
-        if restart:
-            time.sleep(0.2)
-            writers.append(Writer(db))
-        got = _collect(conns, procs, done=lambda k: pending[k][-1:] == [("done", n)])
-        for k in got:
-            got[k] = pending[k] + got[k]
-        _reap(*procs)
-        _check(db, got, n)
+        _check(db, kill_under_inserters(db, writers, conns, procs, n, restart), n)
 
 
 def test_a_bad_vector_raises_at_the_call_and_loses_nothing(tmp_path):
@@ -234,12 +207,7 @@ def test_a_bad_vector_raises_at_the_call_and_loses_nothing(tmp_path):
         calls = [lambda v: v.insert([1.0] * 7, 0),
                  lambda v: v.insert([1.0] * 7 + [math.nan], 0),
                  lambda v: v.insert([1.0] * 7 + ["x"], 0)]
-        for call in calls:
-            with pytest.raises(Exception) as served:
-                call(vs)
-            with pytest.raises(Exception) as embedded:
-                call(ve)
-            assert (served.type, str(served.value)) == (embedded.type, str(embedded.value))
+        raise_alike(calls, vs, ve)
         ids += [vs.insert([float(i + 1)] * 8, i) for i in range(40, 80)]
         assert ids == list(range(1, 81))
         assert len(vs) == 80
