@@ -15,6 +15,9 @@
 
 #define OPREC_VERSION 1
 #define OPREC_HDR 24            /* version, form, reserved, status, seq, time */
+#define FORM_RUN 1u             /* form bit: the result is a run of ids */
+#define FORM_FAIL 2u            /* form bit: a failure block precedes the result */
+#define FAIL_HDR 16             /* fail_seq, fail_status, message length */
 #define OPREC_RUN_MIN 3         /* ids stored as a run from this many on */
 #define OPREC_PREFIX "exec:"
 #define OPREC_KEY_LEN (sizeof OPREC_PREFIX - 1 + 2 * KV_OPREC_TOKEN_BYTES)
@@ -93,14 +96,30 @@ static kv_status oprec_stmt(const kv_conn *c, int which, sqlite3_stmt **out, int
  * -1 out of memory. */
 static int oprec_parse(const uint8_t *v, size_t n, kv_oprec *r)
 {
-    if (n < OPREC_HDR || v[0] != OPREC_VERSION || v[1] > 1)
+    if (n < OPREC_HDR || v[0] != OPREC_VERSION || v[1] > (FORM_RUN | FORM_FAIL))
         return 0;
     memcpy(&r->status, v + 4, 4);
     memcpy(&r->seq, v + 8, 8);
     memcpy(&r->time_ms, v + 16, 8);
     const uint8_t *body = v + OPREC_HDR;
     size_t blen = n - OPREC_HDR;
-    if (v[1] == 1) {   /* a run of ids */
+    if (v[1] & FORM_FAIL) {   /* fail_seq, fail_status, message length, message */
+        uint32_t ml;
+        if (blen < FAIL_HDR)
+            return 0;
+        memcpy(&r->fail_seq, body, 8);
+        memcpy(&r->fail_status, body + 8, 4);
+        memcpy(&ml, body + 12, 4);
+        if (ml > blen - FAIL_HDR)
+            return 0;
+        if (!(r->fail_msg = kvi_malloc((size_t)ml + 1)))
+            return -1;
+        memcpy(r->fail_msg, body + FAIL_HDR, ml);
+        r->fail_msg[ml] = 0;
+        body += FAIL_HDR + ml;
+        blen -= FAIL_HDR + ml;
+    }
+    if (v[1] & FORM_RUN) {   /* a run of ids */
         int64_t first;
         uint64_t count;
         if (blen != 16)
@@ -163,8 +182,10 @@ KV_API kv_status kv_oprec_get(const kv_conn *c, const uint8_t token[KV_OPREC_TOK
 KV_API void kv_oprec_free(kv_oprec *r)
 {
     kvi_free(r->res);
+    kvi_free(r->fail_msg);
     r->res = NULL;
     r->res_len = 0;
+    r->fail_msg = NULL;
 }
 
 /* 1 when res[0..len) is a run of at least OPREC_RUN_MIN i64 ids, each one
@@ -218,28 +239,41 @@ static kv_status meta_put(const kv_conn *c, const char *key, const void *v, size
     return st;
 }
 
-KV_API kv_status kv_oprec_put(const kv_conn *c, const uint8_t token[KV_OPREC_TOKEN_BYTES],
-                              uint64_t seq, int32_t status, const void *res, size_t len)
+KV_API kv_status kv_oprec_put_failed(const kv_conn *c, const uint8_t token[KV_OPREC_TOKEN_BYTES],
+                                     uint64_t seq, int32_t status, const void *res, size_t len,
+                                     uint64_t fail_seq, int32_t fail_status, const char *fail_msg)
 {
     char key[OPREC_KEY_LEN + 1];
     int run = id_run(res, len);
-    size_t n = OPREC_HDR + (run ? 16 : len);
+    size_t ml = fail_seq && fail_msg ? strlen(fail_msg) : 0;
+    size_t fail = fail_seq ? FAIL_HDR + ml : 0;
+    size_t n = OPREC_HDR + fail + (run ? 16 : len);
     uint8_t *v = kvi_malloc(n);
     if (!v)
         return kvi_err_set(c->err, KV_NOMEM, "operation record: out of memory");
     int64_t t = now_ms();
     memset(v, 0, OPREC_HDR);
     v[0] = OPREC_VERSION;
-    v[1] = (uint8_t)run;
+    v[1] = (uint8_t)((run ? FORM_RUN : 0) | (fail_seq ? FORM_FAIL : 0));
     memcpy(v + 4, &status, 4);
     memcpy(v + 8, &seq, 8);
     memcpy(v + 16, &t, 8);
+    uint8_t *body = v + OPREC_HDR;
+    if (fail_seq) {
+        uint32_t ml32 = (uint32_t)ml;
+        memcpy(body, &fail_seq, 8);
+        memcpy(body + 8, &fail_status, 4);
+        memcpy(body + 12, &ml32, 4);
+        if (ml)
+            memcpy(body + FAIL_HDR, fail_msg, ml);
+        body += fail;
+    }
     if (run) {
         uint64_t count = len / 8;
-        memcpy(v + OPREC_HDR, res, 8);
-        memcpy(v + OPREC_HDR + 8, &count, 8);
+        memcpy(body, res, 8);
+        memcpy(body + 8, &count, 8);
     } else if (len) {
-        memcpy(v + OPREC_HDR, res, len);
+        memcpy(body, res, len);
     }
     oprec_key(token, key);
     conn_lock(c);
@@ -247,6 +281,12 @@ KV_API kv_status kv_oprec_put(const kv_conn *c, const uint8_t token[KV_OPREC_TOK
     conn_unlock(c);
     kvi_free(v);
     return st;
+}
+
+KV_API kv_status kv_oprec_put(const kv_conn *c, const uint8_t token[KV_OPREC_TOKEN_BYTES],
+                              uint64_t seq, int32_t status, const void *res, size_t len)
+{
+    return kv_oprec_put_failed(c, token, seq, status, res, len, 0, 0, NULL);
 }
 
 KV_API kv_status kv_oprec_drop(const kv_conn *c, const uint8_t token[KV_OPREC_TOKEN_BYTES])

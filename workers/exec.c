@@ -856,19 +856,43 @@ static int once_check(wr_state *ws, wr_handle *w, wr_pending *p)
         ws->stat_exec_replayed++;
         return 0;
     }
-    kv_oprec_free(&r);
-    if (found && p->id.x_seq > r.seq) return 1;
+    if (found && p->id.x_seq > r.seq) {
+        kv_oprec_free(&r);
+        return 1;
+    }
     if (found) {
         /* older than the last one recorded: a pipelined client re-sends
          * every operation whose reply it did not get, and each one was
-         * applied before that one (or failed); its result is not kept */
+         * applied before that one (its result is not kept), or failed: the
+         * record names the first that failed in its transaction */
         p->replayed = 1;
         p->st = KV_OK;
+        if (r.fail_seq == p->id.x_seq)
+            pend_fail(p, r.fail_status != KV_OK ? (kv_status)r.fail_status : KV_IO,
+                      r.fail_msg ? r.fail_msg : "exec: the operation failed");
+        kv_oprec_free(&r);
         ws->stat_exec_replayed++;
         return 0;
     }
+    kv_oprec_free(&r);
     pend_fail(p, KV_INVALID, "exec: the operation number is not the client's next one");
     return 0;
+}
+
+/* The first member before members[k] of the same client (token) that ran
+ * and failed, or NULL: the record of members[k] names it, so that its
+ * failure is not taken for an applied operation if the writer dies before
+ * its reply leaves. */
+static const wr_pending *first_failed(const wr_exec *x, const size_t *members, size_t k)
+{
+    const wr_pending *p = &x->pend[members[k]];
+    for (size_t j = 0; j < k; j++) {
+        const wr_pending *q = &x->pend[members[j]];
+        if (q->ran && !q->applied && !q->replayed && !q->dup && q->st != KV_OK &&
+            !memcmp(q->id.x_token, p->id.x_token, KVSHM_EXEC_TOKEN))
+            return q;
+    }
+    return NULL;
 }
 
 /* 1 when a member after members[k] applied an operation of the same
@@ -936,7 +960,10 @@ static void run_group(wr_state *ws, size_t first)
     for (size_t k = 0; st == KV_OK && k < n; k++) {
         wr_pending *p = &x->pend[members[k]];
         if (!p->applied || later_applied(x, members, k, n)) continue;
-        if ((st = kv_oprec_put(&c, p->id.x_token, p->id.x_seq, KV_OK, p->res, p->res_len)) != KV_OK)
+        const wr_pending *f = first_failed(x, members, k);
+        if ((st = kv_oprec_put_failed(&c, p->id.x_token, p->id.x_seq, KV_OK, p->res, p->res_len,
+                                      f ? f->id.x_seq : 0, f ? (int32_t)f->st : 0,
+                                      f ? f->err : NULL)) != KV_OK)
             snprintf(err, sizeof err, "%s", handle_errmsg(w));
     }
     if (!grouped) return;

@@ -334,6 +334,14 @@ static kv_status route_settle(kvpy_store *s, char *msg, size_t mlen)
         size_t len;
         uint64_t seq;
         kv_exec_posted_op(r->ex, i, &op, &len, &seq);
+        if (found && seq == r->rec.fail_seq && r->rec.fail_seq < r->rec.seq) {
+            /* it failed at the dead writer, whose reply never left */
+            if (first == KV_OK) {
+                first = r->rec.fail_status != KV_OK ? (kv_status)r->rec.fail_status : KV_IO;
+                snprintf(fmsg, fmlen, "%s", r->rec.fail_msg ? r->rec.fail_msg : "the insert failed");
+            }
+            continue;
+        }
         if (found && seq <= r->rec.seq)
             continue;   /* the dead writer committed it */
         st = route_apply_own(s, r, op, len, first == KV_OK ? fmsg : none,

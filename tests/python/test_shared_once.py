@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from kohakuvault import ColumnVault, KVault, TextVault, VectorKVault
+from kohakuvault.errors import KohakuVaultError
 
 from test_shared_mode import WRITER, Writer, die_with_parent
 
@@ -250,3 +251,46 @@ def test_bulk_column_extends_through_the_writer(tmp_path):
     assert len(col) == 2_500_010
     got = col.to_numpy()
     assert np.array_equal(got[:2_500_000], data) and list(got[-10:]) == list(range(10))
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["own-connection", "next-writer"])
+def test_pipelined_failure_whose_reply_died_with_its_writer_is_raised(tmp_path, shim, restart):
+    """A pipelined vector insert fails at the writer (its id was taken by a
+    program that ignores the leases) in the same group as later inserts
+    that commit; the writer dies before the failure's reply leaves. The
+    record of the group names the failed insert, so the object's next call
+    raises that failure (from its own connection, or from the next writer
+    answering the re-sent insert) instead of taking it for applied."""
+    db = str(tmp_path / "fail.db")
+    vk = VectorKVault(db, dimensions=4)
+    # EXEC replies: 1 id 1 (the first insert), 2 LEASE(1), 3 id 2, 4
+    # LEASE(2), 5-6 ids 3-4, 7 LEASE(4), 8-11 ids 5-8, 12 LEASE(8), 13 id 9,
+    # 14.. ids 10..: the writer dies before reply 16, id 12's
+    w = KillingWriter(db, shim, 16)
+    w2 = None
+    try:
+        ids = [vk.insert([i, 1, 0, 0], i) for i in range(9)]
+        assert ids == list(range(1, 10))
+        os.kill(w.proc.pid, signal.SIGSTOP)
+        con = sqlite3.connect(db, timeout=30)
+        with con:   # a program that ignores the leases takes id 12
+            ref = con.execute("INSERT INTO vec_kvault_values(value) VALUES (x'00')").lastrowid
+            con.execute("INSERT INTO vec_kvault(id, value_ref, vector) VALUES (12, ?, ?)",
+                        (ref, np.zeros(4, np.float32).tobytes()))
+        con.close()
+        ids += [vk.insert([i, 1, 0, 0], i) for i in range(9, 16)]   # ids 10..16, one group
+        assert ids == list(range(1, 17))
+        os.kill(w.proc.pid, signal.SIGCONT)
+        w.wait_killed()
+        if restart:
+            w2 = Writer(db)
+        with pytest.raises(KohakuVaultError, match="vector id 12 is already stored"):
+            len(vk)
+        assert len(vk) == 16   # every other insert stored once, and the outsider
+        got = {i: vk.get_by_id(i)[1] for i in ids if i != 12}
+        assert got == {i: v for v, i in enumerate(ids) if i != 12}
+    finally:
+        if w2:
+            w2.kill(signal.SIGTERM)
+        w.kill()
+        vk.close()

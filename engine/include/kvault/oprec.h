@@ -18,11 +18,13 @@
  *
  * Value layout (native byte order: the file is only shared by processes of
  * one machine):
- *     u8  version (1), u8 form (0: result bytes follow; 1: the result is a
- *         run of i64 ids first, first + 1, ..., stored as i64 first, u64
- *         count), u16 reserved (0), i32 status, u64 seq, i64 time (Unix
- *         milliseconds when written), then the result (form 0) or
- *         first/count (form 1).
+ *     u8  version (1), u8 form (bit 0 clear: result bytes follow; set:
+ *         the result is a run of i64 ids first, first + 1, ..., stored as
+ *         i64 first, u64 count; bit 1: a failure block comes first), u16
+ *         reserved (0), i32 status, u64 seq, i64 time (Unix milliseconds
+ *         when written), then the failure block when bit 1 is set (u64
+ *         fail_seq, i32 fail_status, u32 message length, the message),
+ *         then the result (bytes, or first/count).
  * Form 1 keeps the record of a large insert_many (consecutive ids) at 16
  * bytes; any other result is stored as it is.
  *
@@ -81,6 +83,9 @@ typedef struct kv_oprec {
     int64_t time_ms;
     uint8_t *res;
     size_t res_len;
+    uint64_t fail_seq;    /**< an earlier operation that failed (0: none) */
+    int32_t fail_status;  /**< its status */
+    char *fail_msg;       /**< its message (NUL-terminated), or NULL */
 } kv_oprec;
 
 /** Read the record of `token`: *found = 1 and *out filled (free with
@@ -100,6 +105,17 @@ KV_API void kv_oprec_free(kv_oprec *r);
  *  KV_NOMEM, or a mapped SQLite failure. */
 KV_API kv_status kv_oprec_put(const kv_conn *c, const uint8_t token[KV_OPREC_TOKEN_BYTES],
                               uint64_t seq, int32_t status, const void *res, size_t len);
+
+/** kv_oprec_put that also records an earlier operation of the same client
+ *  that failed in the same transaction: fail_seq (< seq; 0: none, as
+ *  kv_oprec_put), its status and message (may be NULL). A pipelined client
+ *  whose writer died before that failure's reply left learns of it from
+ *  the record (kv_oprec.fail_seq) instead of taking the operation for
+ *  applied. Statuses as kv_oprec_put. */
+KV_API kv_status kv_oprec_put_failed(const kv_conn *c, const uint8_t token[KV_OPREC_TOKEN_BYTES],
+                                     uint64_t seq, int32_t status, const void *res, size_t len,
+                                     uint64_t fail_seq, int32_t fail_status,
+                                     const char *fail_msg);
 
 /** Delete the record of `token` (none: KV_OK). Autocommit unless the
  *  connection has a transaction open. KV_OK or a mapped SQLite failure. */
