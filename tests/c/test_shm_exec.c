@@ -425,6 +425,21 @@ Test(shm_exec, records_put_get_drop_expire)
     cr_assert_eq(memcmp(r.res, ids, sizeof ids), 0);
     kv_oprec_free(&r);
     cr_assert_eq(query_i64(t, RECORDS), 1);
+    /* with an earlier failed operation named: read back, beside a run */
+    cr_assert_eq(kv_oprec_put_failed(&c, tok, 12, KV_OK, ids + 6, 800 * 8, 10, KV_INVALID,
+                                     "vector id 9 is already stored"),
+                 KV_OK);
+    cr_assert_eq(kv_oprec_get(&c, tok, &r, &found), KV_OK);
+    cr_assert(found && r.seq == 12 && r.res_len == 800 * 8);
+    cr_assert_eq(memcmp(r.res, ids + 6, 800 * 8), 0);
+    cr_assert_eq(r.fail_seq, 10);
+    cr_assert_eq(r.fail_status, KV_INVALID);
+    cr_assert_str_eq(r.fail_msg, "vector id 9 is already stored");
+    kv_oprec_free(&r);
+    cr_assert_eq(kv_oprec_put(&c, tok, 13, KV_OK, "z", 1), KV_OK);   /* the next one forgets it */
+    cr_assert_eq(kv_oprec_get(&c, tok, &r, &found), KV_OK);
+    cr_assert(found && r.seq == 13 && r.fail_seq == 0 && r.fail_msg == NULL);
+    kv_oprec_free(&r);
     cr_assert_eq(kv_oprec_drop(&c, tok), KV_OK);
     cr_assert_eq(kv_oprec_get(&c, tok, &r, &found), KV_OK);
     cr_assert_eq(found, 0);
