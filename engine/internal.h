@@ -134,6 +134,9 @@ kv_status kvi_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out, kvi_err 
 enum { KVI_OPREC_GET, KVI_OPREC_PUT, KVI_OPREC_DEL, KVI_OPREC_COUNT };
 typedef struct kvi_oprec_st {
     sqlite3_stmt *st[KVI_OPREC_COUNT];
+    sqlite3_stmt *schema;   /* PRAGMA schema_version */
+    int missing_known;      /* kohakuvault_meta was missing at schema version missing_at */
+    int64_t missing_at;
 } kvi_oprec_st;
 /** Finalize them (at the handle's close, before its connection closes). */
 void kvi_oprec_finalize(kvi_oprec_st *s);

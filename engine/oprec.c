@@ -35,6 +35,9 @@ void kvi_oprec_finalize(kvi_oprec_st *s)
         sqlite3_finalize(s->st[i]);
         s->st[i] = NULL;
     }
+    sqlite3_finalize(s->schema);
+    s->schema = NULL;
+    s->missing_known = 0;
 }
 
 static void conn_lock(const kv_conn *c)
@@ -71,18 +74,50 @@ static void oprec_key(const uint8_t *token, char key[OPREC_KEY_LEN + 1])
 
 /* Statement `which` of c, prepared at first use. KV_OK; *missing = 1 (and
  * KV_OK) when the file has no kohakuvault_meta table; else the failure. */
+/* The schema version of c's database (PRAGMA schema_version) into *v:
+ * 0, or -1 when it cannot be read. */
+static int schema_version(const kv_conn *c, kvi_oprec_st *s, int64_t *v)
+{
+    if (!s->schema && sqlite3_prepare_v3(c->db, "PRAGMA schema_version", -1,
+                                         SQLITE_PREPARE_PERSISTENT, &s->schema, NULL) != SQLITE_OK) {
+        s->schema = NULL;
+        return -1;
+    }
+    int rc = sqlite3_step(s->schema);
+    if (rc == SQLITE_ROW)
+        *v = sqlite3_column_int64(s->schema, 0);
+    sqlite3_reset(s->schema);
+    return rc == SQLITE_ROW ? 0 : -1;
+}
+
+/* Statement `which` of c, prepared at first use: *out, or *missing = 1
+ * when the file has no kohakuvault_meta table. A missing table is
+ * remembered with the schema version it was missing at, so a file without
+ * one (every embedded store: each insert looks up its lease) pays a pragma
+ * read per look instead of a failing prepare, which makes SQLite read the
+ * schema again each time (measured: embedded VectorKVault inserts at about
+ * half their rate). */
 static kv_status oprec_stmt(const kv_conn *c, int which, sqlite3_stmt **out, int *missing)
 {
     kvi_oprec_st *s = c->stmts;
     *missing = 0;
     if (!s->st[which]) {
         sqlite3 *db = c->db;
+        int64_t v = -1;
+        int have_v = schema_version(c, s, &v) == 0;
+        if (have_v && s->missing_known && v == s->missing_at) {
+            *missing = 1;
+            return KV_OK;
+        }
+        s->missing_known = 0;
         int rc = sqlite3_prepare_v3(db, oprec_sql[which], -1, SQLITE_PREPARE_PERSISTENT,
                                     &s->st[which], NULL);
         if (rc != SQLITE_OK) {
             s->st[which] = NULL;
             if (strstr(sqlite3_errmsg(db), "no such table")) {
                 *missing = 1;
+                s->missing_known = have_v;   /* read before the prepare: never too new */
+                s->missing_at = v;
                 return KV_OK;
             }
             return kvi_err_sqlite(c->err, db, rc, "prepare operation record");

@@ -742,3 +742,23 @@ Test(vector, leased_ids_pack_below_the_horizon_and_late_rows_unpack)
     kv_vector_close(w);
     kv_vector_close(other);
 }
+
+Test(vector, an_embedded_handle_sees_leases_granted_after_it_looked)
+{
+    /* a handle that found no kohakuvault_meta (it remembers that) still
+     * takes its ids above a block another connection grants later */
+    kv_vector *emb = vopen(4, KV_VECTOR_L2, KV_VECTOR_F32), *w = vopen(4, KV_VECTOR_L2, KV_VECTOR_F32);
+    float x[4] = {1, 2, 3, 4};
+    int64_t id, lo;
+    cr_assert(eq(int, kv_vector_insert(emb, x, sizeof x, "a", 1, &id), KV_OK));
+    cr_expect(eq(i64, id, 1));
+    cr_assert(eq(int, kv_vector_insert(emb, x, sizeof x, "b", 1, &id), KV_OK));
+    cr_expect(eq(i64, id, 2));
+    cr_expect(eq(i64, kvtest_sql_i64(path, "SELECT count(*) FROM sqlite_master WHERE name='kohakuvault_meta'"), 0));
+    cr_assert(eq(int, kv_vector_lease(w, 50, &lo), KV_OK), "%s", kv_vector_errmsg(w));
+    cr_expect(eq(i64, lo, 3));
+    cr_assert(eq(int, kv_vector_insert(emb, x, sizeof x, "c", 1, &id), KV_OK));
+    cr_expect(eq(i64, id, 53));
+    kv_vector_close(emb);
+    kv_vector_close(w);
+}
