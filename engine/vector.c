@@ -1527,9 +1527,6 @@ kv_status kv_vector_insert_many(kv_vector *v, size_t n, const void *vecs, size_t
  * first); each costs a rewrite of the rows above it, once.
  */
 
-static kv_status locate(kv_vector *v, int64_t id, int *found, int64_t *ref, int64_t *chunk,
-                        int64_t *slot);
-
 static uint64_t mono_ms(void)
 {
     struct timespec ts;
@@ -1790,14 +1787,11 @@ kv_status kv_vector_insert_at(kv_vector *v, int64_t id, const void *vec, size_t 
         return st;
     if (id < 1 || id > ID_MAX)
         return kvi_err_set(&v->err, KV_INVALID, "vector id %lld is out of range", (long long)id);
-    int found = 0;
-    int64_t ref = 0, chunk, slot;
+    int64_t ref = 0;
     const int norm = v->elem == KV_VECTOR_F32 && v->metric == KV_VECTOR_COSINE;
     if ((st = kvi_store_begin(&v->err, v->db, 1)) != KV_OK)
         return st;
-    if ((st = write_state(v)) == KV_OK && (st = locate(v, id, &found, &ref, &chunk, &slot)) == KV_OK &&
-        found)
-        st = kvi_err_set(&v->err, KV_INVALID, "vector id %lld is already stored", (long long)id);
+    st = write_state(v);
     if (st == KV_OK) {
         sqlite3_bind_blob64(v->st_ins_val, 1, vlen ? val : "", vlen, SQLITE_STATIC);
         st = kvi_store_step_done(&v->err, v->db, v->st_ins_val, "insert value");
@@ -1806,6 +1800,9 @@ kv_status kv_vector_insert_at(kv_vector *v, int64_t id, const void *vec, size_t 
     if (st == KV_OK) {
         lease_used(v, id);
         st = rows_unchunked(v, 1, vec, norm, &id, &ref);
+        /* the map's primary key refuses a stored id (no lookup first) */
+        if (st != KV_OK && v->err.sqlite_rc == SQLITE_CONSTRAINT_PRIMARYKEY)
+            st = kvi_err_set(&v->err, KV_INVALID, "vector id %lld is already stored", (long long)id);
     }
     if (st == KV_OK && (st = kvi_store_commit(&v->err, v->db)) == KV_OK) {
         if (id >= v->next_id)

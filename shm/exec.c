@@ -419,17 +419,25 @@ static int collect(kv_exec *x, size_t left, int wait)
 {
     int dead = 0;   /* a re-send failed: the replies still buffered are read */
     while (x->nout > left) {
-        struct pollfd pf = {.fd = x->sock, .events = POLLIN};
-        int pr = poll(&pf, 1, wait ? REPLY_STEP_MS : 0);
-        if (pr < 0 && errno == EINTR) continue;
+        /* not waiting: straight to recv (one system call per reply, and
+         * one more to find none left) */
+        int pr = 1;
+        if (wait) {
+            struct pollfd pf = {.fd = x->sock, .events = POLLIN};
+            pr = poll(&pf, 1, REPLY_STEP_MS);
+            if (pr < 0 && errno == EINTR) continue;
+        }
         if (pr == 0) {
             if (dead) return 0;   /* requeued ones were not sent: the caller re-sends */
-            if (!wait) return 1;
             if (!same_writer(x)) return 0;
             continue;
         }
         ssize_t n = recv(x->sock, x->res, KVSHM_MSG_MAX, MSG_DONTWAIT);
-        if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) {
+            if (!wait) return dead ? 0 : 1;
+            continue;
+        }
         struct kvshm_msg m;
         if (n < (ssize_t)sizeof m) return 0;
         memcpy(&m, x->res, sizeof m);
@@ -538,9 +546,11 @@ kv_status kv_exec_post(kv_exec *x, const void *op, size_t len, int *reached, int
         return KV_IO;
     }
     if (x->unsettled) return KV_INVALID;   /* kv_exec_call settles it first */
-    /* a failure of an earlier one is reported before this one is sent: an
+    /* the replies that arrived (at the window, wait for half of them): a
+     * failure of an earlier one is reported before this one is sent, so an
      * operation whose call failed was never applied */
-    if (x->sock >= 0 && x->nout && x->fork_gen == kvshmi_fork_generation() && !collect(x, 0, 0))
+    if (x->sock >= 0 && x->nout && x->fork_gen == kvshmi_fork_generation() &&
+        !collect(x, x->nout >= POST_WINDOW ? POST_WINDOW / 2 : 0, x->nout >= POST_WINDOW))
         disconnect(x);   /* the connection ended: re-sent below (kv_exec_flush) */
     if (x->post_st != KV_OK) {
         *reached = 1;
@@ -574,10 +584,7 @@ kv_status kv_exec_post(kv_exec *x, const void *op, size_t len, int *reached, int
     *queued = 1;
     if (send_inline(x, seq, op, len) != 0) return post_flush(x, seq, reached);
     kvshm_bell_request(x->bell);
-    /* the replies that arrived; at the window, wait for half of them */
-    if (!collect(x, x->nout >= POST_WINDOW ? POST_WINDOW / 2 : 0, x->nout >= POST_WINDOW))
-        return post_flush(x, seq, reached);
-    *reached = 1;
+    *reached = 1;   /* its reply is read by the next call */
     return KV_OK;
 }
 

@@ -23,6 +23,7 @@
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
@@ -78,6 +79,55 @@ void wr_reply(int sock, uint32_t type, int32_t status, uint64_t arg, const void 
               size_t len)
 {
     reply(sock, type, status, arg, payload, len);
+}
+
+/* Replies of one wr_reply_many call at most; more are sent in rounds. */
+#define REPLY_MANY_MAX 64
+
+void wr_reply_many(const wr_reply_msg *msgs, size_t n)
+{
+    struct kvshm_msg hdr[REPLY_MANY_MAX];
+    struct iovec iov[REPLY_MANY_MAX][2];
+    struct mmsghdr mm[REPLY_MANY_MAX];
+    uint8_t sent[REPLY_MANY_MAX];
+    if (n > REPLY_MANY_MAX) {
+        wr_reply_many(msgs, REPLY_MANY_MAX);
+        wr_reply_many(msgs + REPLY_MANY_MAX, n - REPLY_MANY_MAX);
+        return;
+    }
+    memset(sent, 0, n);
+    for (size_t first = 0; first < n; first++) {
+        if (sent[first]) continue;
+        int sock = msgs[first].sock;
+        unsigned k = 0;
+        for (size_t i = first; i < n; i++) {   /* this socket's replies, in order */
+            const wr_reply_msg *r = &msgs[i];
+            if (sent[i] || r->sock != sock) continue;
+            sent[i] = 1;
+            size_t len = r->len;
+            if (len > KVSHM_MSG_MAX - sizeof hdr[k]) len = KVSHM_MSG_MAX - sizeof hdr[k];
+            hdr[k] = (struct kvshm_msg){.m_magic = KVSHM_PROTO_MAGIC,
+                                        .m_type = r->type | KVSHM_MSG_REPLY,
+                                        .m_status = r->status, .m_arg = r->arg,
+                                        .m_len = (uint32_t)len};
+            iov[k][0] = (struct iovec){&hdr[k], sizeof hdr[k]};
+            iov[k][1] = (struct iovec){(void *)r->payload, len};
+            mm[k] = (struct mmsghdr){.msg_hdr = {.msg_iov = iov[k], .msg_iovlen = len ? 2 : 1}};
+            k++;
+        }
+        /* A client that went away gets nothing; the hang-up is seen later. */
+        for (unsigned done = 0; done < k;) {
+            int m = sendmmsg(sock, mm + done, k - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (m > 0) {
+                done += (unsigned)m;
+                continue;
+            }
+            if (m < 0 && errno == EINTR) continue;
+            if (m < 0 && errno != EPIPE)
+                wr_log("reply: %s (%u of %u replies dropped)", strerror(errno), k - done, k);
+            break;
+        }
+    }
 }
 
 static void reply_status(int sock, uint32_t type, kv_status st, const char *msg)

@@ -708,23 +708,33 @@ static void pend_fail(wr_pending *p, kv_status st, const char *msg)
     snprintf(p->err, sizeof p->err, "%s", msg);
 }
 
-/* Send pending operation p's reply (after its transaction committed) and
- * release what it holds. */
-static void pend_reply(wr_state *ws, wr_pending *p)
+/* Pending operation p's reply (after its transaction committed) into *r:
+ * its payload stays in p until pend_release. */
+static void pend_reply(wr_state *ws, wr_pending *p, wr_reply_msg *r)
 {
-    char err[160];
+    *r = (wr_reply_msg){.sock = p->sock, .type = p->type, .status = p->st};
     if (p->st != KV_OK) {
         ws->stat_exec_failed++;
-        wr_reply(p->sock, p->type, p->st, 0, p->err, strlen(p->err));
+        r->payload = p->err;
+        r->len = strlen(p->err);
     } else if (sizeof(struct kvshm_msg) + p->res_len <= KVSHM_MSG_MAX) {
-        wr_reply(p->sock, p->type, KV_OK, 0, p->res, p->res_len);
+        r->payload = p->res;
+        r->len = p->res_len;
     } else if (p->fd >= 0 && write_memfd(p->fd, p->res, p->res_len) == 0) {
-        wr_reply(p->sock, p->type, KV_OK, p->res_len, NULL, 0);
+        r->arg = p->res_len;
     } else {
         /* committed, but the result cannot travel: say so */
-        snprintf(err, sizeof err, "exec: result of %zu bytes does not fit a reply", p->res_len);
-        wr_reply(p->sock, p->type, KV_IO, 0, err, strlen(err));
+        snprintf(p->err, sizeof p->err, "exec: result of %zu bytes does not fit a reply",
+                 p->res_len);
+        r->status = KV_IO;
+        r->payload = p->err;
+        r->len = strlen(p->err);
     }
+}
+
+/* Release what pending operation p holds (its reply sent). */
+static void pend_release(wr_state *ws, wr_pending *p)
+{
     if (p->fd >= 0) close(p->fd);
     release_in(ws->exec, p->buf);
     free(p->res);
@@ -1031,7 +1041,10 @@ void wr_exec_flush(wr_state *ws)
         if (!x->pend[i].ran && !x->pend[i].dup && x->pend[i].st == KV_OK) run_group(ws, i);
     for (size_t i = 0; i < x->npend; i++)
         if (x->pend[i].dup) copy_dup(&x->pend[i], &x->pend[x->pend[i].dup - 1]);
-    for (size_t i = 0; i < x->npend; i++) pend_reply(ws, &x->pend[i]);
+    wr_reply_msg replies[WR_EXEC_BATCH];
+    for (size_t i = 0; i < x->npend; i++) pend_reply(ws, &x->pend[i], &replies[i]);
+    wr_reply_many(replies, x->npend);
+    for (size_t i = 0; i < x->npend; i++) pend_release(ws, &x->pend[i]);
     x->npend = 0;
     /* closed clients whose records no group transaction took */
     wr_handle *w = x->n ? &x->hs[0] : NULL;

@@ -209,6 +209,22 @@ size_t wr_status_text(wr_state *ws, char *buf, size_t cap);
 void wr_reply(int sock, uint32_t type, int32_t status, uint64_t arg, const void *payload,
               size_t len);
 
+/* One reply of wr_reply_many: as wr_reply's arguments. */
+typedef struct wr_reply_msg {
+    int sock;
+    uint32_t type;
+    int32_t status;
+    uint64_t arg;
+    const void *payload;
+    size_t len;
+} wr_reply_msg;
+
+/* Send n replies as wr_reply does, those of one socket in their order and
+ * in one sendmmsg (a pass's replies to a pipelining client cost one system
+ * call, not one each). A reply the socket has no room for is dropped, as
+ * wr_reply drops it. */
+void wr_reply_many(const wr_reply_msg *msgs, size_t n);
+
 /* exec.c */
 /* Take one EXEC request (kvshm_msg_parse passed it; fd: the memfd the
  * client passed, or -1, now owned by the executor): copy and decode the

@@ -5,7 +5,7 @@ returns what the writer applied, never a second time on the object's own
 connection.
 
 The writer runs with a small LD_PRELOAD library (built here with the C
-compiler) whose ``send`` raises SIGKILL in the writer itself just before
+compiler) whose ``send`` and ``sendmmsg`` raise SIGKILL in the writer itself just before
 its N-th reply to a table operation (EXEC): the operation is committed and
 the reply never leaves. Real writer, real files, real sockets.
 """
@@ -37,22 +37,43 @@ _SHIM = r"""
 #include <sys/socket.h>
 
 /* the N-th EXEC reply (KVAULT_TEST_KILL_AT_EXEC_REPLY=N) kills the process */
-ssize_t send(int fd, const void *buf, size_t n, int flags)
+static long left = -1;
+
+/* 1 when the message starting with buf[0..n) is the N-th EXEC reply */
+static int fatal(const void *buf, size_t n)
 {
-    static ssize_t (*real)(int, const void *, size_t, int);
-    static long left = -1;
-    if (!real) real = (ssize_t (*)(int, const void *, size_t, int))dlsym(RTLD_NEXT, "send");
     if (left < 0) {
         const char *e = getenv("KVAULT_TEST_KILL_AT_EXEC_REPLY");
         left = e ? atol(e) : 0;
     }
     uint32_t hdr[2];
-    if (n >= sizeof hdr) {
-        memcpy(hdr, buf, sizeof hdr);
-        if (hdr[0] == 0x4b565031u && hdr[1] == (7u | 0x100u) && left > 0 && --left == 0)
-            raise(SIGKILL);
-    }
+    if (n < sizeof hdr) return 0;
+    memcpy(hdr, buf, sizeof hdr);
+    return hdr[0] == 0x4b565031u && hdr[1] == (7u | 0x100u) && left > 0 && --left == 0;
+}
+
+ssize_t send(int fd, const void *buf, size_t n, int flags)
+{
+    static ssize_t (*real)(int, const void *, size_t, int);
+    if (!real) real = (ssize_t (*)(int, const void *, size_t, int))dlsym(RTLD_NEXT, "send");
+    if (fatal(buf, n)) raise(SIGKILL);
     return real(fd, buf, n, flags);
+}
+
+/* the writer sends a pass's replies to one client in one sendmmsg: the
+ * ones before the N-th go, then the process dies */
+int sendmmsg(int fd, struct mmsghdr *v, unsigned int vlen, int flags)
+{
+    static int (*real)(int, struct mmsghdr *, unsigned int, int);
+    if (!real) real = (int (*)(int, struct mmsghdr *, unsigned int, int))dlsym(RTLD_NEXT, "sendmmsg");
+    for (unsigned int i = 0; i < vlen; i++) {
+        const struct iovec *iov = v[i].msg_hdr.msg_iov;
+        if (v[i].msg_hdr.msg_iovlen && fatal(iov[0].iov_base, iov[0].iov_len)) {
+            if (i) real(fd, v, i, flags);
+            raise(SIGKILL);
+        }
+    }
+    return real(fd, v, vlen, flags);
 }
 """
 
