@@ -243,6 +243,5 @@ kv_status kvi_rc_read(kv_col *col, int64_t start, int64_t count, uint8_t *out, i
 /* col_cache.c (cv->mu held) */
 kv_status kvi_cache_append_locked(kv_col *col, const void *data, const size_t *lens, size_t n);
 kv_status kvi_cache_flush_locked(kv_col *col, size_t *flushed);
-double kvi_now_s(void);
 
 #endif /* KVAULT_COL_INTERNAL_H */

@@ -129,6 +129,9 @@ kv_status kvi_exec(sqlite3 *db, const char *sql, kvi_err *e);
 /** Prepare `sql` as a persistent statement; records failures into *e. */
 kv_status kvi_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out, kvi_err *e);
 
+/** Seconds on CLOCK_MONOTONIC (col_cache.c). Any thread. */
+double kvi_now_s(void);
+
 /** Statements of the operation records (oprec.c, kvault/oprec.h) a store
  *  handle keeps (zero-initialised: prepared at first use). */
 enum { KVI_OPREC_GET, KVI_OPREC_PUT, KVI_OPREC_DEL, KVI_OPREC_COUNT };

@@ -1485,6 +1485,23 @@ kv_status kv_vector_insert(kv_vector *v, const void *vec, size_t vbytes, const v
     return kv_vector_insert_many(v, 1, vec, vbytes, &val, &vlen, id);
 }
 
+/* The checks of n >= 1 rows to insert: present, n rows' bytes, f32
+ * elements finite. KV_OK, or KV_INVALID with the message insert gives. */
+static kv_status check_rows(kv_vector *v, const void *vecs, size_t vbytes, size_t n)
+{
+    kv_status st = KV_OK;
+    if (!vecs)
+        return kvi_err_set(&v->err, KV_INVALID, n == 1 ? "vector is NULL" : "vectors are NULL");
+    if (check_bytes(v, vbytes, n, &st) < 0)
+        return st;
+    for (size_t r = 0; v->elem == KV_VECTOR_F32 && r < n; r++) {
+        long bad = v->prep((const uint8_t *)vecs + r * v->row_bytes, NULL, v->dims, 0);
+        if (bad >= 0)
+            return kvi_err_set(&v->err, KV_INVALID, "vector element %ld is not finite", bad);
+    }
+    return KV_OK;
+}
+
 kv_status kv_vector_insert_many(kv_vector *v, size_t n, const void *vecs, size_t vbytes,
                                 const void *const *vals, const size_t *vlens, int64_t *ids)
 {
@@ -1494,16 +1511,11 @@ kv_status kv_vector_insert_many(kv_vector *v, size_t n, const void *vecs, size_t
         return read_only(v);
     if (n == 0)
         return KV_OK;
-    if (!vecs || check_bytes(v, vbytes, n, &st) < 0)
-        return vecs ? st : kvi_err_set(&v->err, KV_INVALID, n == 1 ? "vector is NULL" : "vectors are NULL");
-    /* check every row before anything is written; cosine rows are
+    /* every row checked before anything is written; cosine rows are
      * normalised later, chunk by chunk, on their way into the file */
+    if ((st = check_rows(v, vecs, vbytes, n)) != KV_OK)
+        return st;
     const int norm = v->elem == KV_VECTOR_F32 && v->metric == KV_VECTOR_COSINE;
-    for (size_t r = 0; v->elem == KV_VECTOR_F32 && r < n; r++) {
-        long bad = v->prep((const uint8_t *)vecs + r * v->row_bytes, NULL, v->dims, 0);
-        if (bad >= 0)
-            return kvi_err_set(&v->err, KV_INVALID, "vector element %ld is not finite", bad);
-    }
     return rows_insert(v, n, vecs, norm, vals, vlens, ids);
 }
 
@@ -1527,12 +1539,8 @@ kv_status kv_vector_insert_many(kv_vector *v, size_t n, const void *vecs, size_t
  * first); each costs a rewrite of the rows above it, once.
  */
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
+/* Monotonic milliseconds (kvi_now_s). */
+static uint64_t mono_ms(void) { return (uint64_t)(kvi_now_s() * 1000.0); }
 
 /* The lowest id still to come of a block in use (blocks idle for
  * LEASE_IDLE_MS are forgotten), or INT64_MAX when there is none. */
@@ -1731,16 +1739,8 @@ static kv_status rows_unchunked(kv_vector *v, size_t n, const uint8_t *rows, int
 
 kv_status kv_vector_check(kv_vector *v, const void *vec, size_t vbytes)
 {
-    kv_status st = KV_OK;
     kvi_err_clear(&v->err);
-    if (v->vec0)
-        return read_only(v);
-    if (!vec)
-        return kvi_err_set(&v->err, KV_INVALID, "vector is NULL");
-    if (check_bytes(v, vbytes, 1, &st) < 0)
-        return st;
-    long bad = v->elem == KV_VECTOR_F32 ? v->prep(vec, NULL, v->dims, 0) : -1;
-    return bad >= 0 ? kvi_err_set(&v->err, KV_INVALID, "vector element %ld is not finite", bad) : KV_OK;
+    return v->vec0 ? read_only(v) : check_rows(v, vec, vbytes, 1);
 }
 
 kv_status kv_vector_lease(kv_vector *v, int64_t n, int64_t *lo)

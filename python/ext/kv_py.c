@@ -401,13 +401,6 @@ static kv_status kv_detach(KVObject *self)
 #define ROUTE_WAIT_MS 10000
 #define ROUTE_POLL_US 20000
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* Commit guard of an embedded object: refuse while a dead writer's records
  * are not replayed (any mode) or, in "auto" mode, while a writer holds the
  * registry for our table or serves the file for another one (runs inside
@@ -524,7 +517,7 @@ static int kv_reroute(KVObject *s, kv_status *st)
         }
         if (!s->route)
             return 1;   /* the writer replayed meanwhile */
-        uint64_t deadline = mono_ms() + ROUTE_WAIT_MS;
+        uint64_t deadline = kvpy_now_ms() + ROUTE_WAIT_MS;
         for (;;) {
             int locked;
             Py_BEGIN_ALLOW_THREADS
@@ -547,7 +540,7 @@ static int kv_reroute(KVObject *s, kv_status *st)
             }
             if (!locked)
                 return 1;
-            if (mono_ms() >= deadline) {
+            if (kvpy_now_ms() >= deadline) {
                 *st = KV_BUSY;
                 return 0;
             }

@@ -15,6 +15,18 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <stdint.h>
+#include <time.h>
+
+/** Milliseconds on CLOCK_MONOTONIC: deadlines and idle times of the
+ *  binding (route waits, leases). Any thread, GIL or not. */
+static inline uint64_t kvpy_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 /* Borrows the bytes of a key: `k` must be bytes or str (UTF-8, the str's
  * cached encoding). On success the pointer and length point into `k` (valid while `k` lives)
  * and 0 is returned; otherwise TypeError("key must be bytes or str") or the

@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "kvshm/attach.h"
@@ -97,13 +96,6 @@ static int store_enter(kvpy_store *s)
  * SQLite's write lock, polling every ROUTE_BUSY_POLL_MS (ms). */
 #define ROUTE_BUSY_MS 30000
 #define ROUTE_BUSY_POLL_MS 2
-
-static uint64_t route_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 static int route_check(void *ctx)
 {
@@ -451,7 +443,7 @@ static int route_post(kvpy_store *s, void *ctx, const kvpy_store_remote *rw, int
         snprintf(msg, mlen, "%s", s->kind->errmsg(s->h));
         return -1;
     }
-    uint64_t now = route_now_ms();
+    uint64_t now = kvpy_now_ms();
     if (r->lease_next < r->lease_end && now - r->lease_used_ms > KVPY_LEASE_IDLE_MS) {
         /* a block idle that long goes back (KVPY_LEASE_IDLE_MS) */
         if ((*st = route_settle_if(s, msg, mlen)) != KV_OK)
