@@ -588,6 +588,9 @@ static kv_status reattach_within(kv_att *a, int timeout_ms)
                 a->died = 0;
                 return KV_OK;
             }
+            /* the new writer refuses this ring for good (a cluster node's
+             * writer: records the dead one applied were lost): say so now */
+            if (st == KV_UNSUPPORTED) return st;
         }
         int dead = 0;
         if (a->stopped || !a->o.continue_on_stop || !registry_dead(a->reg_path, old)) {

@@ -409,6 +409,11 @@ uint64_t kvshm_ring_head(const kvshm_ring *r)
     return kv_atomic_load_acquire64(&r->h->rh_head);
 }
 
+uint64_t kvshm_ring_committed(const kvshm_ring *r)
+{
+    return kv_atomic_load_acquire64(&r->h->rh_committed);
+}
+
 void kvshm_ring_set_committed(kvshm_ring *r, uint64_t pos)
 {
     kv_atomic_store_release64(&r->h->rh_committed, pos);

@@ -203,8 +203,10 @@ int wr_apply_write(wr_state *ws, const uint8_t *key, uint32_t klen, const uint8_
  * full (backpressure: never a silent drop). 0 applied, 1 no room yet (the
  * record stays in the ring), -1 malformed record. A node of a cluster that
  * does not lead drops writes (clients check the segment's refusal before
- * they publish one: only a write published as the node lost the lead gets
- * here; counted and logged). */
+ * they publish one: only a write published as the node lost the lead, or
+ * left in a ring handed over after a restart, gets here), and is deposed
+ * for it (cluster.h): its restart tells the client, which a later SYNC
+ * acknowledged here would not. */
 static int apply_kv(wr_state *ws, uint32_t type, const uint8_t *p, uint32_t len)
 {
     const uint8_t *key, *val;
@@ -215,8 +217,8 @@ static int apply_kv(wr_state *ws, uint32_t type, const uint8_t *p, uint32_t len)
         return 0;
     }
     if (!wr_cluster_accepts_writes(ws)) {
-        if (ws->stat_refused_writes++ == 0)
-            wr_log("cluster: a write came in while this node does not lead: dropped");
+        ws->stat_refused_writes++;
+        wr_cluster_write_dropped(ws);
         return 0;
     }
     int tomb = type == KVSHM_REC_DEL;
@@ -295,7 +297,7 @@ int wr_has_work(void *ctx, int final)
     if (!final) return 0;
     /* a request whose sender saw the writer awake and flagged nothing */
     struct epoll_event ev;
-    return epoll_wait(ws->ep, &ev, 1, 0) > 0 || wr_cluster_io_ready(ws);
+    return epoll_wait(ws->ep, &ev, 1, 0) > 0 || wr_cluster_io_ready(ws, 0);
 }
 
 /* ---- requests ------------------------------------------------------------ */
@@ -327,8 +329,20 @@ static void handle_attach(wr_state *ws, wr_client *c, const struct kvshm_msg *m,
     c->slot = req.a_slot;
     /* A ring handed over again after a writer restart: everything the old
      * writer applied (before the ring's head) was replayed and committed by
-     * this writer before it listened, so it counts as committed. */
+     * this writer before it listened, so it counts as committed -- except
+     * in a cluster, where a dead writer's segment is not replayed: records
+     * it applied and the cluster did not commit are lost, and the process
+     * must hear so rather than see its next SYNC succeed. */
     uint64_t head = kvshm_ring_head(c->ring);
+    if (ws->cluster && head > kvshm_ring_committed(c->ring)) {
+        kvshm_ring_close(c->ring);
+        c->ring = NULL;
+        reply_status(c->sock, m->m_type, KV_UNSUPPORTED,
+                     "writes of this process that the cluster had not committed were lost"
+                     " with the node's previous writer (cluster mode does not replay them);"
+                     " reopen and write them again");
+        return;
+    }
     c->applied_pos = c->commit_pos = c->committed_pos = head;
     if (head) kvshm_ring_set_committed(c->ring, head);
     reply(c->sock, m->m_type, KV_OK, ws->generation, NULL, 0);

@@ -9,9 +9,13 @@
  * Entries. The unit of replication is one batch of the writer's commit
  * pipeline (loop.c): the newest version of every key written with a
  * sequence in (previous batch, last_seq], as the leader's INSERT phase walks
- * its frozen memtables. While inserting, the leader also encodes each record
- * (wr_cluster_batch_add); once its local commit succeeded the encoding is
- * proposed as one Raft entry (wr_cluster_batch_commit -> raft_apply).
+ * its frozen memtables. While inserting them into its open transaction, the
+ * leader also encodes each record (wr_cluster_batch_add); the encoding is
+ * proposed as one Raft entry (wr_cluster_batch_propose -> raft_apply), and
+ * the transaction is committed only once the cluster committed the entry
+ * (wr_cluster_batch_wait; loop.c, cm_commit). So every node's file holds
+ * committed entries only, and a restarted node picks up the log where its
+ * file ends.
  * Encoding, little-endian:
  *     header  u32 magic "KVR1", u32 records, u64 nonce, u64 last_seq
  *     record  u8 tombstone, u32 klen, u32 vlen, u64 seq, key, value
@@ -27,6 +31,14 @@
  *     (wr_apply_write, the one client writes take) with their own
  *     sequences, so readers attached to this node see them at once, and the
  *     loop's commit pipeline commits them to this node's file.
+ *
+ * Deposition. A leader that loses the lead while it holds writes the cluster
+ * has not committed (applied to its memtables, read by its clients, perhaps
+ * proposed) cannot know yet whether the new leader keeps them. It exits
+ * (WR_EXIT_DEPOSED) and its supervisor starts it again: the new process
+ * starts from the file and the Raft log, and does not replay its segment.
+ * Undoing applied writes in place would also be possible, but readers of the
+ * segment already saw them; a restart takes under a second.
  *
  * Roles. Only a leader that has applied every entry of earlier terms takes
  * client writes: on election it appends a barrier (raft_barrier); when the
@@ -107,6 +119,7 @@ struct wr_cluster {
     int collecting;                /* this batch is the leader's own */
     uint64_t next_prop;            /* number of the last proposal */
     uint64_t committed_prop;       /* highest proposal the cluster committed */
+    int deposed;                   /* lost the lead holding uncommitted writes: exit */
     wr_state *ws;
     int oom;
     /* figures */
@@ -211,7 +224,9 @@ void wr_cluster_batch_reset(wr_state *ws)
     cl->len = ENTRY_HDR;
     cl->nrec = 0;
     cl->oom = 0;
-    cl->collecting = cl->ready;
+    /* a batch the cluster committed already and inserted again after a
+     * failed local commit (loop.c, cm_restart) is not proposed again */
+    cl->collecting = cl->ready && !ws->cm_prop;
 }
 
 int wr_cluster_batch_add(wr_state *ws, const void *key, size_t klen, const void *val,
@@ -250,24 +265,18 @@ typedef struct proposal {
     uint64_t no;
 } proposal;
 
-/* Mark each client's ring committed up to the position recorded with a
- * proposal the cluster committed (number <= cl->committed_prop). */
-static void release_clients(wr_cluster *cl)
+/* This node must not go on: it lost the lead holding writes the cluster has
+ * not committed, or dropped a client's write (cluster.h). */
+static void depose(wr_cluster *cl, const char *why)
 {
-    wr_state *ws = cl->ws;
-    for (size_t i = 0; i < ws->nclients; i++) {
-        wr_client *c = &ws->clients[i];
-        if (c->sock < 0 || !c->ring || !c->repl_prop || c->repl_prop > cl->committed_prop)
-            continue;
-        if (c->repl_pos > c->committed_pos) {
-            kvshm_ring_set_committed(c->ring, c->repl_pos);
-            c->committed_pos = c->repl_pos;
-        }
-        c->repl_prop = 0;
-    }
+    if (!cl->deposed)
+        wr_log("cluster: node %" PRIu64 " is deposed (%s); exiting for a restart from the"
+               " file and the Raft log", cl->self->id, why);
+    cl->deposed = 1;
 }
 
-/* Entries commit in log order, so proposals complete in number order. */
+/* Entries commit in log order, so proposals complete in number order; a
+ * proposal fails when this node stops leading before the entry commits. */
 static void apply_done(struct raft_apply *req, int status, void *result)
 {
     proposal *p = (proposal *)req;
@@ -278,14 +287,14 @@ static void apply_done(struct raft_apply *req, int status, void *result)
         cl->propose_failed++;
         wr_log("cluster: proposal %" PRIu64 " was not committed by the cluster: %s", p->no,
                raft_strerror(status));
-    } else {
-        if (p->no > cl->committed_prop) cl->committed_prop = p->no;
-        release_clients(cl);
+        depose(cl, raft_strerror(status));
+    } else if (p->no > cl->committed_prop) {
+        cl->committed_prop = p->no;
     }
     free(p);
 }
 
-uint64_t wr_cluster_batch_commit(wr_state *ws, uint64_t last_seq)
+uint64_t wr_cluster_batch_propose(wr_state *ws, uint64_t last_seq)
 {
     wr_cluster *cl = ws->cluster;
     if (!cl || !cl->collecting) return 0;
@@ -294,6 +303,7 @@ uint64_t wr_cluster_batch_commit(wr_state *ws, uint64_t last_seq)
         cl->propose_failed++;
         wr_log("cluster: batch ending at sequence %" PRIu64 " not replicated: out of memory",
                last_seq);
+        depose(cl, "out of memory");
         return UINT64_MAX;
     }
     if (cl->nrec == 0) return 0;
@@ -332,6 +342,7 @@ uint64_t wr_cluster_batch_commit(wr_state *ws, uint64_t last_seq)
         cl->propose_failed++;
         wr_log("cluster: batch ending at sequence %" PRIu64 " (%u records) not proposed: %s",
                last_seq, cl->nrec, raft_strerror(rc));
+        depose(cl, raft_strerror(rc));
         return UINT64_MAX;   /* the buffer stays ours */
     }
     cl->next_prop = p->no;
@@ -342,6 +353,32 @@ uint64_t wr_cluster_batch_commit(wr_state *ws, uint64_t last_seq)
     cl->len = ENTRY_HDR;
     cl->nrec = 0;
     return cl->next_prop;
+}
+
+static void follow_role(wr_state *ws);
+
+int wr_cluster_batch_wait(wr_state *ws, uint64_t prop, int block)
+{
+    wr_cluster *cl = ws->cluster;
+    KV_ASSERT(cl != NULL && prop > 0 && prop <= cl->next_prop);
+    for (;;) {
+        if (cl->committed_prop >= prop) return 1;
+        if (cl->deposed) return -1;
+        if (!block) return 0;
+        /* Raft's heartbeat timer wakes this at least every HEARTBEAT_MS */
+        uv_run(&cl->loop, UV_RUN_ONCE);
+        follow_role(ws);
+    }
+}
+
+int wr_cluster_deposed(const wr_state *ws)
+{
+    return ws->cluster && ws->cluster->deposed;
+}
+
+void wr_cluster_write_dropped(wr_state *ws)
+{
+    if (ws->cluster) depose(ws->cluster, "a client's write came in while it does not lead");
 }
 
 /* ---- state machine ---------------------------------------------------------- */
@@ -358,7 +395,8 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     }
     uint32_t n = get32(p + 4);
     uint64_t nonce = get64(p + 8), last_seq = get64(p + 16);
-    if (nonce == cl->nonce || last_seq < cl->start_committed) {
+    /* (a deposed node exits: the entries are applied again after its restart) */
+    if (nonce == cl->nonce || last_seq < cl->start_committed || cl->deposed) {
         cl->skipped_entries++;
         return 0;
     }
@@ -473,7 +511,13 @@ static void follow_role(wr_state *ws)
                 snprintf(msg, sizeof msg, "not the leader; no leader is known yet (election"
                          " in progress)");
             refuse(ws, msg);
-            if (cl->ready) wr_log("cluster: node %" PRIu64 " lost the lead", cl->self->id);
+            if (cl->ready) {
+                wr_log("cluster: node %" PRIu64 " lost the lead", cl->self->id);
+                /* writes applied as leader that no committed entry holds */
+                if (cl->inflight || ws->pending || ws->cm_prop ||
+                    (ws->phase != WR_IDLE && ws->phase != WR_FOLD))
+                    depose(cl, "lost the lead");
+            }
             cl->ready = 0;
             cl->leader_seen = id;
         }
@@ -500,11 +544,11 @@ int wr_cluster_wait_ms(const wr_state *ws, int timeout_ms)
     return timeout_ms < 0 || timeout_ms > WAIT_MAX_MS ? WAIT_MAX_MS : timeout_ms;
 }
 
-int wr_cluster_io_ready(const wr_state *ws)
+int wr_cluster_io_ready(const wr_state *ws, int timeout_ms)
 {
     if (!ws->cluster) return 0;
     struct pollfd pfd = {.fd = uv_backend_fd(&ws->cluster->loop), .events = POLLIN};
-    return poll(&pfd, 1, 0) > 0;
+    return poll(&pfd, 1, timeout_ms) > 0;
 }
 
 int wr_cluster_accepts_writes(const wr_state *ws)

@@ -5,7 +5,8 @@
  * disk I/O and TCP transport).
  *
  * The leader's writer takes writes as a single writer does; each batch it
- * commits to its SQLite file is also serialized into one Raft entry. Every
+ * freezes is serialized into one Raft entry, and committed to its SQLite
+ * file only after the cluster committed that entry. Every
  * node applies the committed entries of other nodes' writers to its own
  * memtables (so readers attached to it see them at once) and its commit
  * pipeline commits them to its own file (loop.c). Followers refuse client
@@ -59,9 +60,10 @@ void wr_cluster_pass(struct wr_state *ws);
  * served (a few milliseconds); timeout_ms unchanged without a cluster. */
 int wr_cluster_wait_ms(const struct wr_state *ws, int timeout_ms);
 
-/* 1 when libuv's backend has events ready (a zero-timeout poll; a system
- * call: the idle wait's final check). 0 without a cluster. */
-int wr_cluster_io_ready(const struct wr_state *ws);
+/* 1 when libuv's backend has events ready, waiting for them up to
+ * timeout_ms (a poll of its epoll descriptor: a system call; 0 ms is the
+ * idle wait's final check). 0 without a cluster. */
+int wr_cluster_io_ready(const struct wr_state *ws, int timeout_ms);
 
 /* 1 when client writes are taken: no cluster, or this node leads and has
  * applied every entry before its term's barrier. */
@@ -78,17 +80,44 @@ void wr_cluster_batch_reset(struct wr_state *ws);
  * memory (the batch is then not replicated: logged at the proposal). */
 int wr_cluster_batch_add(struct wr_state *ws, const void *key, size_t klen, const void *val,
                          size_t vlen, uint64_t seq, int tomb);
-/* The batch ending at sequence last_seq is committed to the local file:
- * propose it as one Raft entry (raft_apply). Returns 0 when the batch is not
- * this node's to replicate (no cluster; a follower committing replicated
- * records; no record in it): its clients' rings are marked committed now;
- * else the proposal's number (> 0), under which the caller records each
- * client's position (wr_client.repl_pos/repl_prop) to be marked committed
- * once the cluster committed the entry (sync=True puts then return only
- * after a quorum stored the batch); UINT64_MAX when the proposal failed
- * (this node does not lead anymore: logged), whose positions are never
- * marked: their clients see the write refusal instead. Loop thread. */
-uint64_t wr_cluster_batch_commit(struct wr_state *ws, uint64_t last_seq);
+/* The frozen batch ending at sequence last_seq is inserted into the open
+ * transaction (not committed): propose it as one Raft entry (raft_apply).
+ * Returns 0 when the batch is not this node's to replicate (no cluster; a
+ * follower committing replicated records; no record in it): commit it now;
+ * else the proposal's number (> 0): commit it to the file only once
+ * wr_cluster_batch_wait says the cluster committed it, so that a node's file
+ * never holds a batch the cluster may drop; UINT64_MAX when the proposal
+ * failed: this node does not lead anymore and is deposed
+ * (wr_cluster_deposed). Loop thread. */
+uint64_t wr_cluster_batch_propose(struct wr_state *ws, uint64_t last_seq);
+
+/* Whether proposal prop (from wr_cluster_batch_propose) is committed by the
+ * cluster: 1 committed (a quorum stored it), 0 not yet (only without
+ * block), -1 it never will be here: the node lost the lead and is deposed.
+ * With block, runs libuv's loop until the answer is 1 or -1 (at most about
+ * an election timeout: a leader that cannot reach a quorum steps down).
+ * Loop thread. */
+int wr_cluster_batch_wait(struct wr_state *ws, uint64_t prop, int block);
+
+/* Exit status of a deposed writer (EX_TEMPFAIL of sysexits.h): a supervisor
+ * (kvault-launch serve) restarts it. */
+#define WR_EXIT_DEPOSED 75
+
+/* 1 when this writer must exit with WR_EXIT_DEPOSED: it lost the lead while
+ * it held writes the cluster had not committed (applied to its memtables,
+ * read by its clients, maybe proposed: whether the cluster keeps them is
+ * the new leader's to decide), or it dropped a client's write
+ * (wr_cluster_write_dropped). A new process starts from the file, which
+ * holds only entries the cluster committed, and applies the Raft log from
+ * there (its segment is not replayed: registry.c). Loop thread. */
+int wr_cluster_deposed(const struct wr_state *ws);
+
+/* A client's write came in while this node does not take writes (it was
+ * published as the node lost the lead, or left in a ring handed over after
+ * a restart): it is dropped, and the node deposed, so that the client hears
+ * of the loss when it re-attaches to the restarted writer (clients.c,
+ * handle_attach) instead of seeing its next SYNC succeed. Loop thread. */
+void wr_cluster_write_dropped(struct wr_state *ws);
 
 /* Cluster lines of the STATUS text (role, term, indexes, leader, lag) into
  * buf; returns their length (0 without a cluster). */

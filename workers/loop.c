@@ -388,10 +388,22 @@ static int cm_insert(wr_state *ws, uint64_t deadline_us, int yield)
 }
 
 /* COMMIT: commit the batch with its last sequence, publish it, mark the
- * rings committed. Precondition: phase COMMIT, transaction open. 0 or -1
- * (logged; the batch is inserted again). */
-static int cm_commit(wr_state *ws)
+ * rings committed. In a cluster, a leader's batch is first proposed, and
+ * committed to the file only once the cluster committed it: until then the
+ * phase stays COMMIT and each step looks again (with sync, the step waits).
+ * Precondition: phase COMMIT, transaction open. 0 or -1 (logged; the batch
+ * is inserted again; or this node is deposed: wr_run exits). */
+static int cm_commit(wr_state *ws, int sync)
 {
+    if (!ws->cm_prop) {
+        uint64_t prop = wr_cluster_batch_propose(ws, ws->frozen_seq);
+        if (prop == UINT64_MAX) return -1;   /* deposed */
+        ws->cm_prop = prop;
+    }
+    if (ws->cm_prop) {
+        int r = wr_cluster_batch_wait(ws, ws->cm_prop, sync);
+        if (r <= 0) return r;   /* 0: not yet; -1: deposed */
+    }
     kv_status st = kv_batch_commit(ws->batch, ws->frozen_seq);
     ws->cm_open = 0;
     if (st != KV_OK) {
@@ -401,23 +413,18 @@ static int cm_commit(wr_state *ws)
     }
     kvshm_writer_set_fault(ws->w, 0, 0);
     ws->committed = ws->frozen_seq;
-    uint64_t prop = wr_cluster_batch_commit(ws, ws->frozen_seq);
+    ws->cm_prop = 0;
     ws->stat_commits++;
     if (ws->ckpt && ws->stat_commits % CKPT_EVERY == 0) wr_ckpt_kick(ws->ckpt);
     kvshm_writer_publish_seq(ws->w, 0, ws->committed);
-    /* Durable now: SYNC waiters up to each ring's freeze position return
-     * (the folds only decide what the trees cache); in a cluster, once the
-     * cluster committed the batch's entry (cluster.c, release_clients). */
+    /* Durable now (in a cluster: on a quorum, too): SYNC waiters up to each
+     * ring's freeze position return (the folds only decide what the trees
+     * cache). */
     for (size_t i = 0; i < ws->nclients; i++) {
         wr_client *c = &ws->clients[i];
         if (c->sock >= 0 && c->ring && c->commit_pos > c->committed_pos) {
-            if (prop) {
-                c->repl_pos = c->commit_pos;
-                c->repl_prop = prop;
-            } else {
-                kvshm_ring_set_committed(c->ring, c->commit_pos);
-                c->committed_pos = c->commit_pos;
-            }
+            kvshm_ring_set_committed(c->ring, c->commit_pos);
+            c->committed_pos = c->commit_pos;
         }
     }
     ws->phase = WR_FOLD;
@@ -440,7 +447,7 @@ static int cm_step(wr_state *ws, uint64_t budget_us, int sync)
         case WR_INSERT:
             rc = sync ? cm_insert(ws, UINT64_MAX, 0) : cm_insert(ws, t0 + budget_us, ws->yield);
             break;
-        case WR_COMMIT: rc = cm_commit(ws); break;
+        case WR_COMMIT: rc = cm_commit(ws, sync); break;
         case WR_FOLD:
             if ((rc = fold_shard(ws, ws->cm_shard)) == 0 &&
                 ++ws->cm_shard == kvshm_writer_shards(ws->w))
@@ -509,6 +516,9 @@ static void cm_tick(wr_state *ws, uint64_t now_ms, uint64_t budget_us)
     do {
         uint64_t now = wr_now_us();
         if (cm_step(ws, deadline > now ? deadline - now : 0, 0) != 0) break;
+        /* a batch waiting for the cluster's commit: nothing to do until
+         * Raft's answer (the loop waits for it) */
+        if (ws->phase == WR_COMMIT && ws->cm_prop) break;
     } while (ws->phase != WR_IDLE && wr_now_us() < deadline && !(ws->yield && rings_waiting(ws)));
 }
 
@@ -728,6 +738,10 @@ int wr_run(wr_state *ws)
         /* The socket costs a system call: polled when a client flagged a
          * request, else once a millisecond (accepts, hang-ups). */
         wr_cluster_pass(ws);
+        if (wr_cluster_deposed(ws)) {
+            rc = WR_EXIT_DEPOSED;
+            goto out;
+        }
         uint32_t req = kvshm_writer_requests(ws->w);
         wr_idle idle = {.ws = ws, .requests = req};
         uint64_t now_us = wr_now_us();
@@ -739,6 +753,10 @@ int wr_run(wr_state *ws)
         }
         /* A partly frozen batch takes no records (see cm_freeze). */
         size_t drained = ws->phase == WR_FREEZE ? 0 : wr_drain(ws);
+        if (wr_cluster_deposed(ws)) {   /* before any ring is marked committed below */
+            rc = WR_EXIT_DEPOSED;
+            goto out;
+        }
         if (ws->phase != WR_IDLE) ws->stat_applies_during_commit += drained;
         uint64_t drain_us = wr_now_us() - now_us;
         uint64_t now = wr_now_ms();
@@ -767,9 +785,7 @@ int wr_run(wr_state *ws)
              * (covers SYNC/MISS/STATS records with no write behind them). */
             for (size_t i = 0; i < ws->nclients; i++) {
                 wr_client *c = &ws->clients[i];
-                /* (a position waiting for the cluster's commit waits on) */
-                if (c->sock >= 0 && c->ring && c->committed_pos != c->applied_pos &&
-                    !c->repl_prop) {
+                if (c->sock >= 0 && c->ring && c->committed_pos != c->applied_pos) {
                     c->commit_pos = c->committed_pos = c->applied_pos;
                     kvshm_ring_set_committed(c->ring, c->applied_pos);
                 }
@@ -807,6 +823,12 @@ int wr_run(wr_state *ws)
             stopping = 1;
             stop_ms = now;
             wr_log("stopping: committing everything pending");
+            continue;
+        }
+        /* A batch waiting for the cluster's commit: wait for Raft's answer
+         * up to 1 ms (client records are drained at least that often). */
+        if (ws->phase == WR_COMMIT && ws->cm_prop && !drained && !ws->nmiss) {
+            wr_cluster_io_ready(ws, 1);
             continue;
         }
         /* A commit in flight or queued misses: the next pass goes on with them. */

@@ -180,7 +180,15 @@ int wr_recover(wr_state *ws)
         return -1;
     }
     uint64_t top = committed, replayed = 0;
-    if (seg[0]) {
+    /* In a cluster the segment is not replayed: its applied records that the
+     * file lacks are either in the Raft log (applied again from there:
+     * cluster.c) or were never committed by the cluster, and must not reach
+     * this node's file alone. */
+    if (seg[0] && ws->o.cluster.spec) {
+        if (strcmp(state, "stopped") != 0)
+            wr_log("cluster: segment %s of the previous writer not replayed (the Raft log is)",
+               seg);
+    } else if (seg[0]) {
         if (replay_segment(ws, seg, committed, &replayed, &top) != 0) {
             wr_log("replay of %s failed", seg);
             return -1;
@@ -188,8 +196,8 @@ int wr_recover(wr_state *ws)
         if (replayed)
             wr_log("replayed %" PRIu64 " records of generation %" PRIu64
                    " (sequence %" PRIu64 " -> %" PRIu64 ")", replayed, old_gen, committed, top);
-        kvshm_unlink(seg, slots[0] ? slots : NULL);
     }
+    if (seg[0]) kvshm_unlink(seg, slots[0] ? slots : NULL);
     ws->stat_replayed = replayed;
     /* Start barrier (docs/shared-mode.md, "Objects opened before the
      * writer"): the registry lock is held, so an embedded KVault in "auto"

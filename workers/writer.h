@@ -53,8 +53,6 @@ typedef struct wr_client {
     uint64_t applied_pos;        /* ring position up to which records are applied */
     uint64_t commit_pos;         /* applied_pos when the pending batch was frozen */
     uint64_t committed_pos;      /* last position marked committed in the ring */
-    uint64_t repl_pos;           /* cluster: position committed locally, marked once */
-    uint64_t repl_prop;          /* proposal repl_prop is replicated (cluster.c); 0: none */
     uint64_t hits, misses;       /* reported by STATS records */
     int dead;                    /* socket hung up: drain, then drop */
 } wr_client;
@@ -109,6 +107,8 @@ typedef struct wr_state {
     uint32_t cm_shard;           /* shard being frozen / inserted / folded */
     kvshm_scan_cursor cm_cur;    /* insert position in that shard's frozen memtable */
     int cm_open;                 /* the kv_batch transaction is open */
+    uint64_t cm_prop;            /* cluster: the batch's Raft proposal (cluster.c), from
+                                    its proposal until its local commit; 0: none */
     uint64_t frozen_seq;         /* last sequence of the frozen (uncommitted) batch */
     uint64_t frozen_pending;     /* records in it */
     uint64_t last_commit_ms;     /* when the last commit started (its freeze) */

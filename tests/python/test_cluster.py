@@ -446,3 +446,239 @@ def test_writer_reports_its_address_in_use(tmp_path):
     assert r.returncode == 1
     assert f"node 1@{addr}" in r.stderr and "cannot start" in r.stderr, r.stderr
     assert not r.stdout.startswith("ready")
+
+
+# ---- quorum writes while the leader is killed ----------------------------
+
+TOTAL_KEYS = int(os.environ.get("KVT_KEYS", "100000"))
+ROUND = 1000        # keys per round; a round is acknowledged by one put(sync=True)
+EXIT_DEPOSED = 75   # a writer that lost the lead holding uncommitted writes (cluster.h)
+
+
+def value_of(key):
+    """The value every write of key stores (48 bytes), on every retry."""
+    return hashlib.sha256(key).digest()[:16] * 3
+
+
+def find_leader_db(dbs, timeout=30):
+    """The file of the node that takes writes now (its STATUS)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for db in dbs:
+            st = writer_status(db, timeout=0.5)
+            if st and st.get("cluster_accepts_writes") == "1":
+                return db
+        assert time.monotonic() < deadline, "no node takes writes"
+        time.sleep(0.02)
+
+
+def quorum_client(dbs, cid, nclients, out):
+    """Client cid of nclients (a process of its own): writes its share of
+    TOTAL_KEYS in rounds of ROUND puts through the leader, each round
+    acknowledged by a put(sync=True) of b"round/<cid>" (which returns once
+    a quorum stored every put before it); appends each acknowledged round's
+    key count to out. A round that fails (the leader died or stepped down)
+    is written again, whole, through the node that leads then."""
+    keys = [f"key{i:06d}".encode() for i in range(cid, TOTAL_KEYS, nclients)]
+    kv = None
+    with open(out, "a") as log:
+        for r in range(0, len(keys), ROUND):
+            chunk = keys[r:r + ROUND]
+            while True:
+                try:
+                    if kv is None:
+                        kv = KVault(find_leader_db(dbs), shared=True)
+                    for k in chunk:
+                        kv[k] = value_of(k)
+                    kv.put(b"round/%d" % cid, b"%d" % (r + len(chunk)), sync=True)
+                    break
+                except KohakuVaultError as e:
+                    if os.environ.get("KVT_DEBUG"):
+                        print(f"client {cid} {time.time():.3f} round {r}: {e}", file=sys.stderr)
+                    if kv is not None:
+                        try:
+                            kv.close()
+                        except KohakuVaultError:
+                            pass
+                    kv = None
+                    time.sleep(0.05)
+            log.write(f"{r + len(chunk)}\n")
+            log.flush()
+    kv.close()
+
+
+class Supervisor(threading.Thread):
+    """Starts a node again when its writer exited while the test did not
+    stop it (killed by the test, or deposed: exit EXIT_DEPOSED), as
+    `kvault-launch serve` does."""
+
+    def __init__(self, nodes):
+        super().__init__(daemon=True)
+        self.nodes = nodes
+        self.halt = threading.Event()
+        self.exits = []
+
+    def run(self):
+        while not self.halt.is_set():
+            for n in self.nodes:
+                if n.proc is not None and n.proc.poll() is not None and not self.halt.is_set():
+                    self.exits.append((n.id, n.proc.returncode))
+                    n.start()
+            time.sleep(0.05)
+
+
+class FollowerReader(threading.Thread):
+    """A client that reads b"round/0" and b"round/1" through a follower's
+    writer without pause and checks that neither value ever goes back. It
+    reads one follower per connection: when its node leads or is to be
+    killed (avoid), it moves to another follower, as a new client."""
+
+    def __init__(self, nodes):
+        super().__init__(daemon=True)
+        self.nodes = nodes
+        self.halt = threading.Event()
+        self.avoid = None
+        self.node = None
+        self.reads = 0
+        self.regressions = []
+
+    def pick(self):
+        for n in self.nodes:
+            st = n.status()
+            if n.db != self.avoid and st and st["cluster_role"] == "follower":
+                return n
+        return None
+
+    def run(self):
+        while not self.halt.is_set():
+            node = self.pick()
+            if node is None:
+                time.sleep(0.02)
+                continue
+            self.node = node
+            last = {}
+            try:
+                with KVault(node.db, shared=True) as kv:
+                    while not self.halt.is_set() and node.db != self.avoid:
+                        st = node.status()
+                        if not st or st["cluster_role"] != "follower":
+                            break
+                        for c in (0, 1):
+                            v = kv.get(b"round/%d" % c)
+                            n = int(v) if v is not None else 0
+                            if n < last.get(c, 0):
+                                self.regressions.append((node.id, c, last[c], n))
+                            last[c] = n
+                        self.reads += 1
+            except KohakuVaultError:
+                pass
+            self.node = None
+
+
+def acked_keys(out, cid, nclients):
+    """The keys of client cid's acknowledged rounds (its log out)."""
+    with open(out) as f:
+        done = max((int(line) for line in f if line.strip()), default=0)
+    keys = [f"key{i:06d}".encode() for i in range(cid, TOTAL_KEYS, nclients)]
+    return keys[:done]
+
+
+def test_quorum_writes_survive_three_leader_kills(cluster, tmp_path):
+    """The acceptance test of cluster mode: 2 client processes write 100k
+    keys with quorum acknowledgement while the leader is killed -9 three
+    times. Each time a new leader takes writes within FAILOVER_S; at the end
+    every acknowledged key is on every node with its value, the three files
+    are equal (per-key hashes), and a client reading followers saw the
+    acknowledged counters only grow."""
+    nodes = cluster
+    dbs = [n.db for n in nodes]
+    sup = Supervisor(nodes)
+    sup.start()
+    reader = FollowerReader(nodes)
+    reader.start()
+    outs = [str(tmp_path / f"client{c}.log") for c in range(2)]
+    here = os.path.dirname(os.path.abspath(__file__))
+    clients = [subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, json; sys.path.insert(0, sys.argv[1]); import test_cluster as t; "
+         "t.quorum_client(json.loads(sys.argv[2]), int(sys.argv[3]), 2, sys.argv[4])",
+         here, __import__("json").dumps(dbs), str(c), outs[c]],
+        env=dict(os.environ, KVAULT_WRITER=WRITER), preexec_fn=die_with_parent)
+        for c in range(2)]
+    failovers = []
+    try:
+        def acked():
+            return sum(len(acked_keys(o, c, 2)) if os.path.exists(o) else 0
+                       for c, o in enumerate(outs))
+
+        for mark in (0.2, 0.45, 0.7):
+            deadline = time.monotonic() + 120
+            while acked() < mark * TOTAL_KEYS:
+                assert all(p.poll() is None for p in clients), "a client exited early"
+                assert time.monotonic() < deadline, f"stuck at {acked()} acknowledged keys"
+                time.sleep(0.05)
+            leader = wait_leader(nodes, timeout=15)
+            reader.avoid = leader.db
+            while reader.node is leader:
+                time.sleep(0.01)
+            term = int(leader.status()["cluster_term"])
+            leader.proc.kill()
+            t0 = time.monotonic()
+            # a leader of a later term (the restarted node may win it, too)
+            while True:
+                new = wait_leader(nodes, timeout=15)
+                st = new.status()
+                if st and int(st["cluster_term"]) > term:
+                    break
+                assert time.monotonic() - t0 < 15, "no new leader after 15 s"
+                time.sleep(0.01)
+            failovers.append(time.monotonic() - t0)
+            reader.avoid = None
+        for p in clients:
+            assert p.wait(timeout=150) == 0
+        reader.halt.set()
+        reader.join(timeout=30)
+        check_quorum_run(nodes, outs, failovers, reader, sup)
+    finally:
+        for p in clients:
+            if p.poll() is None:
+                p.kill()
+        reader.halt.set()
+        reader.join(timeout=30)
+        # (the nodes the supervisor restarted get SIGTERM as its thread ends:
+        # die_with_parent)
+        sup.halt.set()
+        sup.join(timeout=30)
+
+
+def check_quorum_run(nodes, outs, failovers, reader, sup):
+    """The end checks of test_quorum_writes_survive_three_leader_kills,
+    while the nodes run."""
+    assert all(t < FAILOVER_S for t in failovers), f"failovers took {failovers} s"
+    want = {}
+    for c, o in enumerate(outs):
+        for k in acked_keys(o, c, 2):
+            want[k] = value_of(k)
+    assert len(want) == TOTAL_KEYS
+    try:
+        for n in nodes:
+            wait_rows(n.db, want, timeout=60)
+    except AssertionError:
+        keys = ("cluster_role", "cluster_term", "cluster_commit_index", "cluster_last_applied",
+                "cluster_last_index", "committed_seq", "applied_seq", "cluster_proposed",
+                "cluster_applied_entries", "cluster_skipped_entries", "refused_writes",
+                "cluster_refused_writes")
+        for n in nodes:
+            st = n.status() or {}
+            print(n.id, {k: st.get(k) for k in keys}, file=sys.stderr)
+        raise
+    deadline = time.monotonic() + 30
+    while True:
+        hashes = [key_hashes(n.db) for n in nodes]
+        if hashes[0] == hashes[1] == hashes[2]:
+            break
+        assert time.monotonic() < deadline, "the three files differ"
+        time.sleep(0.2)
+    assert reader.reads > 100 and not reader.regressions, (reader.reads, reader.regressions[:5])
+    print(f"failovers {[round(t, 2) for t in failovers]} s; restarts {sup.exits}; "
+          f"follower reads {reader.reads}")

@@ -151,6 +151,9 @@ kvshm_status kvshm_ring_wait_data(kvshm_ring *r, int timeout_ms);
  * before it was applied by the previous writer, and a new mapping's private
  * head starts there. Either side. */
 uint64_t kvshm_ring_head(const kvshm_ring *r);
+/* Ring position up to which records are marked committed (acquire load;
+ * kvshm_ring_set_committed). Either side. */
+uint64_t kvshm_ring_committed(const kvshm_ring *r);
 /* Mark every record before pos as committed (release store) and wake the
  * producer only if it sleeps for a committed position <= pos. Consumer
  * only. */
