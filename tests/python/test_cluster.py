@@ -10,6 +10,7 @@ survivors' files end up with equal contents (per-key hashes).
 """
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -450,7 +451,7 @@ def test_writer_reports_its_address_in_use(tmp_path):
 
 # ---- quorum writes while the leader is killed ----------------------------
 
-TOTAL_KEYS = int(os.environ.get("KVT_KEYS", "100000"))
+TOTAL_KEYS = 100_000
 ROUND = 1000        # keys per round; a round is acknowledged by one put(sync=True)
 EXIT_DEPOSED = 75   # a writer that lost the lead holding uncommitted writes (cluster.h)
 
@@ -472,14 +473,14 @@ def find_leader_db(dbs, timeout=30):
         time.sleep(0.02)
 
 
-def quorum_client(dbs, cid, nclients, out):
+def quorum_client(dbs, cid, nclients, out, total=TOTAL_KEYS):
     """Client cid of nclients (a process of its own): writes its share of
-    TOTAL_KEYS in rounds of ROUND puts through the leader, each round
+    `total` keys in rounds of ROUND puts through the leader, each round
     acknowledged by a put(sync=True) of b"round/<cid>" (which returns once
     a quorum stored every put before it); appends each acknowledged round's
     key count to out. A round that fails (the leader died or stepped down)
     is written again, whole, through the node that leads then."""
-    keys = [f"key{i:06d}".encode() for i in range(cid, TOTAL_KEYS, nclients)]
+    keys = [f"key{i:06d}".encode() for i in range(cid, total, nclients)]
     kv = None
     with open(out, "a") as log:
         for r in range(0, len(keys), ROUND):
@@ -493,8 +494,7 @@ def quorum_client(dbs, cid, nclients, out):
                     kv.put(b"round/%d" % cid, b"%d" % (r + len(chunk)), sync=True)
                     break
                 except KohakuVaultError as e:
-                    if os.environ.get("KVT_DEBUG"):
-                        print(f"client {cid} {time.time():.3f} round {r}: {e}", file=sys.stderr)
+                    print(f"client {cid}: round {r} again: {e}", file=sys.stderr)
                     if kv is not None:
                         try:
                             kv.close()
@@ -505,6 +505,18 @@ def quorum_client(dbs, cid, nclients, out):
             log.write(f"{r + len(chunk)}\n")
             log.flush()
     kv.close()
+
+
+def start_quorum_client(dbs, cid, nclients, out, total=TOTAL_KEYS):
+    """quorum_client in a process of its own."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, json; sys.path.insert(0, sys.argv[1]); import test_cluster as t; "
+         "t.quorum_client(json.loads(sys.argv[2]), *map(int, sys.argv[3:5]), sys.argv[5], "
+         "int(sys.argv[6]))",
+         here, json.dumps(dbs), str(cid), str(nclients), out, str(total)],
+        env=dict(os.environ, KVAULT_WRITER=WRITER), preexec_fn=die_with_parent)
 
 
 class Supervisor(threading.Thread):
@@ -575,11 +587,13 @@ class FollowerReader(threading.Thread):
             self.node = None
 
 
-def acked_keys(out, cid, nclients):
+def acked_keys(out, cid, nclients, total=TOTAL_KEYS):
     """The keys of client cid's acknowledged rounds (its log out)."""
+    if not os.path.exists(out):
+        return []
     with open(out) as f:
         done = max((int(line) for line in f if line.strip()), default=0)
-    keys = [f"key{i:06d}".encode() for i in range(cid, TOTAL_KEYS, nclients)]
+    keys = [f"key{i:06d}".encode() for i in range(cid, total, nclients)]
     return keys[:done]
 
 
@@ -597,19 +611,11 @@ def test_quorum_writes_survive_three_leader_kills(cluster, tmp_path):
     reader = FollowerReader(nodes)
     reader.start()
     outs = [str(tmp_path / f"client{c}.log") for c in range(2)]
-    here = os.path.dirname(os.path.abspath(__file__))
-    clients = [subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, json; sys.path.insert(0, sys.argv[1]); import test_cluster as t; "
-         "t.quorum_client(json.loads(sys.argv[2]), int(sys.argv[3]), 2, sys.argv[4])",
-         here, __import__("json").dumps(dbs), str(c), outs[c]],
-        env=dict(os.environ, KVAULT_WRITER=WRITER), preexec_fn=die_with_parent)
-        for c in range(2)]
+    clients = [start_quorum_client(dbs, c, 2, outs[c]) for c in range(2)]
     failovers = []
     try:
         def acked():
-            return sum(len(acked_keys(o, c, 2)) if os.path.exists(o) else 0
-                       for c, o in enumerate(outs))
+            return sum(len(acked_keys(o, c, 2)) for c, o in enumerate(outs))
 
         for mark in (0.2, 0.45, 0.7):
             deadline = time.monotonic() + 120
@@ -682,3 +688,57 @@ def check_quorum_run(nodes, outs, failovers, reader, sup):
     assert reader.reads > 100 and not reader.regressions, (reader.reads, reader.regressions[:5])
     print(f"failovers {[round(t, 2) for t in failovers]} s; restarts {sup.exits}; "
           f"follower reads {reader.reads}")
+
+
+def test_partition_under_load_minority_refuses_and_rejoins(cluster, tmp_path):
+    """A partition under write load: a client writes quorum-acknowledged
+    rounds through the leader when both followers stop (SIGSTOP). The cut-off
+    leader acknowledges nothing more: the client's round fails with a clear
+    error (the leader steps down, and is deposed for the writes it held: its
+    supervisor restarts it). Once the followers run again the three nodes
+    elect a leader by themselves, the client finishes through it, and every
+    acknowledged key is on every node; the files are equal."""
+    nodes = cluster
+    sup = Supervisor(nodes)
+    sup.start()
+    total = 40_000
+    out = str(tmp_path / "client.log")
+    client = None
+    try:
+        leader = wait_leader(nodes, timeout=15)
+        followers = [n for n in nodes if n is not leader]
+        client = start_quorum_client([n.db for n in nodes], 0, 1, out, total)
+        deadline = time.monotonic() + 60
+        while len(acked_keys(out, 0, 1, total)) < 5000:
+            assert client.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        for f in followers:
+            f.proc.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(0.5)   # the rounds in flight when the partition began
+            cut = len(acked_keys(out, 0, 1, total))
+            time.sleep(2.5)   # > 2 election timeouts: the leader stepped down
+            assert len(acked_keys(out, 0, 1, total)) == cut, \
+                "the cut-off leader acknowledged quorum writes"
+            st = leader.status()
+            assert st is None or st["cluster_accepts_writes"] == "0", st
+        finally:
+            for f in followers:
+                f.proc.send_signal(signal.SIGCONT)
+        assert client.wait(timeout=120) == 0
+        want = {k: value_of(k) for k in acked_keys(out, 0, 1, total)}
+        assert len(want) == total
+        for n in nodes:
+            wait_rows(n.db, want, timeout=30)
+        deadline = time.monotonic() + 30
+        while True:
+            hashes = [key_hashes(n.db) for n in nodes]
+            if hashes[0] == hashes[1] == hashes[2]:
+                break
+            assert time.monotonic() < deadline, "the three files differ"
+            time.sleep(0.2)
+    finally:
+        if client is not None and client.poll() is None:
+            client.kill()
+        sup.halt.set()
+        sup.join(timeout=30)
