@@ -13,6 +13,13 @@ network is loopback, and the nodes share its cores), 100-byte values under
 - ``put(k, v, sync=True)`` latency (median, p99) on the leader (returns once
   a quorum stored the batch) and on the single writer (returns at the local
   commit);
+- quorum-acknowledged puts from 1 and 2 client processes: rounds of ROUND
+  puts, each round acknowledged by one ``put(sync=True)`` (on the leader it
+  returns once a quorum stored the round; on the single writer, at its
+  local commit): acknowledged puts per second;
+- reads: ``kv[k]`` of keys written before, one process attached to a
+  follower, and to the single writer: gets per second (median of 3,
+  alternated);
 - failover: the leader is killed with SIGKILL; seconds until a survivor
   leads and takes writes. Target (checked in this run): under 2 s.
 
@@ -22,6 +29,7 @@ network is loopback, and the nodes share its cores), 100-byte values under
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import shutil
 import signal
@@ -41,6 +49,7 @@ from kohakuvault.launch import writer_status  # noqa: E402
 
 VALUE = b"v" * 100
 FAILOVER_S = 2.0
+ROUND = 1000   # puts per quorum-acknowledged round
 
 
 def free_ports(n: int) -> list[int]:
@@ -106,15 +115,58 @@ def sync_latency(db: str, n: int, prefix: bytes) -> tuple[float, float]:
     return statistics.median(out), out[int(len(out) * 0.99)]
 
 
+def _rounds(db: str, n: int, prefix: bytes, q) -> None:
+    """Client process of quorum_puts: n puts in rounds of ROUND, each round
+    acknowledged by a put(sync=True); puts its seconds on q."""
+    with KVault(db, shared=True) as kv:
+        t0 = time.perf_counter()
+        for r in range(0, n, ROUND):
+            for i in range(r, min(n, r + ROUND)):
+                kv[prefix + b"%015d" % i] = VALUE
+            kv.put(prefix + b"round", b"%d" % r, sync=True)
+        q.put(time.perf_counter() - t0)
+
+
+def quorum_puts(db: str, n: int, clients: int, prefix: bytes) -> float:
+    """Acknowledged puts per second of `clients` processes writing n puts in
+    all (quorum-acknowledged rounds), from the slowest client's time."""
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    ps = [ctx.Process(target=_rounds, args=(db, n // clients, prefix + b"%d" % c, q))
+          for c in range(clients)]
+    for p in ps:
+        p.start()
+    times = [q.get(timeout=600) for _ in ps]
+    for p in ps:
+        p.join()
+    return (n // clients) * clients / max(times)
+
+
+def reads(db: str, n: int, prefix: bytes, nkeys: int) -> float:
+    """Gets per second of n kv[k] of keys prefix+%015d below nkeys (a
+    stride through them), one process attached to db."""
+    keys = [prefix + b"%015d" % (i * 7919 % nkeys) for i in range(n)]
+    with KVault(db, shared=True) as kv:
+        t0 = time.perf_counter()
+        for k in keys:
+            kv[k]
+        return n / (time.perf_counter() - t0)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--puts", type=int, default=100000, help="applied puts per run")
     ap.add_argument("--syncs", type=int, default=1000, help="sync puts per run")
+    ap.add_argument("--quorum-puts", type=int, default=20000,
+                    help="puts per run of acknowledged rounds (kept below what fills the "
+                    "default segment: with two clients writing, a full segment's eviction "
+                    "and allocation costs, the same for both stores, would be measured "
+                    "instead of replication; docs/replication.md)")
     ap.add_argument("--json", metavar="PATH", help="write the rows as JSON")
     ap.add_argument("--quick", action="store_true", help="20,000 puts, 200 sync puts")
     args = ap.parse_args(argv)
     if args.quick:
-        args.puts, args.syncs = 20000, 200
+        args.puts, args.syncs, args.quorum_puts = 20000, 200, 10000
     rows, procs = [], []
     tmp = tempfile.mkdtemp(prefix="kv-cluster-")
     try:
@@ -125,6 +177,13 @@ def main(argv=None) -> int:
         leader, lp = leader_of(nodes)
         followers = [db for db, _ in nodes if db != leader]
 
+        # first, while the caches are empty: see --quorum-puts
+        for clients in (1, 2):
+            for store, db in (("single writer", single), ("cluster leader (3 nodes)", leader)):
+                rate = quorum_puts(db, args.quorum_puts, clients, b"q%d" % clients)
+                rows.append({"workload": f"acknowledged put, rounds of {ROUND}, {clients} "
+                             f"client{'s' if clients > 1 else ''}", "store": store,
+                             "ops_per_s": rate})
         s = puts(single, args.puts, b"a")
         rows.append({"workload": "applied put, 100 B", "store": "single writer",
                      "ops_per_s": args.puts / s})
@@ -142,6 +201,15 @@ def main(argv=None) -> int:
             p50, p99 = sync_latency(db, args.syncs, b"s")
             rows.append({"workload": "put(sync=True), 100 B", "store": store,
                          "p50_us": p50, "p99_us": p99})
+        # alternated, median of 3 each: the other store's writer may still
+        # be folding or checkpointing after the writes above
+        got = {"single writer": [], "cluster follower": []}
+        for _ in range(3):
+            for store, db in (("single writer", single), ("cluster follower", followers[0])):
+                got[store].append(reads(db, args.puts, b"a", args.puts))
+        for store, rates in got.items():
+            rows.append({"workload": "get 100 B, 1 process, median of 3", "store": store,
+                         "ops_per_s": statistics.median(rates)})
 
         lp.send_signal(signal.SIGKILL)
         lp.wait()
@@ -156,9 +224,9 @@ def main(argv=None) -> int:
             p.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"{'workload':44} {'store':26} {'ops/s':>12} {'p50 us':>9} {'p99 us':>9}")
+    print(f"{'workload':52} {'store':26} {'ops/s':>12} {'p50 us':>9} {'p99 us':>9}")
     for r in rows:
-        print(f"{r['workload']:44} {r['store']:26} {r.get('ops_per_s', 0):12,.0f} "
+        print(f"{r['workload']:52} {r['store']:26} {r.get('ops_per_s', 0):12,.0f} "
               f"{r.get('p50_us', 0):9.0f} {r.get('p99_us', 0):9.0f}")
     checks = [{"target": "new leader after kill -9 of the leader, s", "value": failover,
                "need": f"< {FAILOVER_S:g}", "met": failover < FAILOVER_S}]
