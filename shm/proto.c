@@ -136,6 +136,9 @@ int kvshm_msg_parse(const void *buf, size_t n, struct kvshm_msg *m, const uint8_
     case KVSHM_MSG_FEATURE:
         if (m->m_len == 0 || m->m_len > KVSHM_FEATURE_MAX) { *why = "feature: bad name length"; return -1; }
         return 0;
+    case KVSHM_MSG_CLUSTER:
+        if (m->m_len == 0 || m->m_len > KVSHM_FEATURE_MAX) { *why = "cluster: bad request length"; return -1; }
+        return 0;
     case KVSHM_MSG_EXEC:
     case KVSHM_MSG_EXEC_END: {
         const size_t idn = sizeof(struct kvshm_exec_id);

@@ -532,6 +532,14 @@ static int handle_request(wr_state *ws, wr_client *c)
         break;
     case KVSHM_MSG_EXEC: wr_exec_request(ws, c->sock, &m, pl, fd); return 1;   /* owns fd */
     case KVSHM_MSG_EXEC_END: wr_exec_end(ws, pl); break;   /* no reply */
+    case KVSHM_MSG_CLUSTER: {
+        char msg[512];
+        memcpy(text, pl, m.m_len);
+        text[m.m_len] = 0;
+        st = wr_cluster_change(ws, text, msg, sizeof msg);
+        reply_status(c->sock, m.m_type, st, msg);
+        break;
+    }
     case KVSHM_MSG_STATUS: {
         size_t len = wr_status_text(ws, text, sizeof text);
         reply(c->sock, m.m_type, KV_OK, ws->generation, text, len);

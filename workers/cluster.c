@@ -122,6 +122,11 @@ struct wr_cluster {
     int deposed;                   /* lost the lead holding uncommitted writes: exit */
     wr_state *ws;
     int oom;
+    /* the membership change in progress (wr_cluster_change) */
+    struct raft_change change;
+    int change_busy;
+    raft_id change_id;
+    char change_what[64];
     /* figures */
     uint64_t proposed, propose_failed, applied_entries, applied_records, skipped_entries;
     uint64_t inflight;
@@ -180,8 +185,8 @@ int wr_cluster_check(const wr_cluster_opts *o, char *err, size_t errlen)
     node nodes[WR_CLUSTER_MAX_NODES];
     unsigned n;
     if (!o->spec) {
-        if (o->node_id) {
-            snprintf(err, errlen, "--node-id needs --cluster");
+        if (o->node_id || o->join) {
+            snprintf(err, errlen, "%s needs --cluster", o->join ? "--join" : "--node-id");
             return -1;
         }
         return 0;
@@ -561,6 +566,99 @@ const char *wr_cluster_refusal(const wr_state *ws)
     return ws->cluster && !ws->cluster->ready ? ws->cluster->refusal : "";
 }
 
+/* ---- membership ------------------------------------------------------------ */
+
+static const char *member_role(int role)
+{
+    switch (role) {
+    case RAFT_VOTER: return "voter";
+    case RAFT_STANDBY: return "standby";
+    case RAFT_SPARE: return "spare";
+    default: return "unknown";
+    }
+}
+
+static void change_done(struct raft_change *req, int status)
+{
+    wr_cluster *cl = req->data;
+    cl->change_busy = 0;
+    if (status != 0) {
+        wr_log("cluster: %s of node %llu failed: %s", cl->change_what,
+               (unsigned long long)cl->change_id, raft_strerror(status));
+        return;
+    }
+    wr_log("cluster: %s of node %llu committed", cl->change_what,
+           (unsigned long long)cl->change_id);
+    if (strcmp(cl->change_what, "add") != 0) return;
+    /* the spare gets the log, then votes (raft_assign catches it up first) */
+    snprintf(cl->change_what, sizeof cl->change_what, "promotion to voter");
+    cl->change.data = cl;
+    int rc = raft_assign(&cl->raft, &cl->change, cl->change_id, RAFT_VOTER, change_done);
+    if (rc != 0)
+        wr_log("cluster: promotion of node %llu to voter: %s", (unsigned long long)cl->change_id,
+               raft_strerror(rc));
+    else
+        cl->change_busy = 1;
+}
+
+kv_status wr_cluster_change(wr_state *ws, const char *cmd, char *msg, size_t msglen)
+{
+    wr_cluster *cl = ws->cluster;
+    if (!cl) {
+        snprintf(msg, msglen, "cluster: this writer is not a cluster node (no --cluster)");
+        return KV_UNSUPPORTED;
+    }
+    if (!cl->ready) {
+        snprintf(msg, msglen, "cluster: %s", cl->refusal);
+        return KV_UNSUPPORTED;
+    }
+    if (cl->change_busy) {
+        snprintf(msg, msglen, "cluster: the %s of node %llu is still in progress",
+                 cl->change_what, (unsigned long long)cl->change_id);
+        return KV_INVALID;
+    }
+    int rc;
+    cl->change.data = cl;
+    if (!strncmp(cmd, "add ", 4)) {
+        node n[WR_CLUSTER_MAX_NODES];
+        unsigned nn;
+        char err[400];
+        if (parse_nodes(cmd + 4, n, &nn, err, sizeof err) || nn != 1) {
+            snprintf(msg, msglen, "cluster add: expected one ID@HOST:PORT, got '%s'", cmd + 4);
+            return KV_INVALID;
+        }
+        cl->change_id = n[0].id;
+        snprintf(cl->change_what, sizeof cl->change_what, "add");
+        rc = raft_add(&cl->raft, &cl->change, n[0].id, n[0].addr, change_done);
+    } else if (!strncmp(cmd, "remove ", 7)) {
+        char *end;
+        errno = 0;
+        unsigned long long id = strtoull(cmd + 7, &end, 10);
+        if (errno || id == 0 || *end || end == cmd + 7) {
+            snprintf(msg, msglen, "cluster remove: expected a node ID, got '%s'", cmd + 7);
+            return KV_INVALID;
+        }
+        cl->change_id = id;
+        snprintf(cl->change_what, sizeof cl->change_what, "removal");
+        rc = raft_remove(&cl->raft, &cl->change, id, change_done);
+    } else {
+        snprintf(msg, msglen, "cluster: unknown request '%s' (add ID@HOST:PORT, remove ID)", cmd);
+        return KV_INVALID;
+    }
+    if (rc != 0) {
+        snprintf(msg, msglen, "cluster: %s of node %llu refused: %s", cl->change_what,
+                 (unsigned long long)cl->change_id, raft_errmsg(&cl->raft)[0]
+                 ? raft_errmsg(&cl->raft) : raft_strerror(rc));
+        return KV_INVALID;
+    }
+    cl->change_busy = 1;
+    wr_log("cluster: %s of node %llu started", cl->change_what,
+           (unsigned long long)cl->change_id);
+    snprintf(msg, msglen, "%s of node %llu started", cl->change_what,
+             (unsigned long long)cl->change_id);
+    return KV_OK;
+}
+
 size_t wr_cluster_status(wr_state *ws, char *buf, size_t cap)
 {
     wr_cluster *cl = ws->cluster;
@@ -586,6 +684,14 @@ size_t wr_cluster_status(wr_state *ws, char *buf, size_t cap)
             if (k > 0 && (size_t)k < sizeof peers - pn) pn += (size_t)k;
         }
     }
+    char members[1024] = "";
+    size_t mn = 0;
+    for (unsigned i = 0; i < r->configuration.n; i++) {
+        const struct raft_server *s = &r->configuration.servers[i];
+        int k = snprintf(members + mn, sizeof members - mn, "%s%llu@%s:%s", mn ? "," : "",
+                         (unsigned long long)s->id, s->address, member_role(s->role));
+        if (k > 0 && (size_t)k < sizeof members - mn) mn += (size_t)k;
+    }
     char leader[300];
     if (lid && laddr) snprintf(leader, sizeof leader, "%llu@%s", (unsigned long long)lid, laddr);
     else snprintf(leader, sizeof leader, "none");
@@ -595,11 +701,13 @@ size_t wr_cluster_status(wr_state *ws, char *buf, size_t cap)
         "cluster_lag=%llu\ncluster_leader=%s\ncluster_accepts_writes=%d\n"
         "cluster_match_index=%s\ncluster_proposed=%" PRIu64 "\ncluster_propose_failed=%" PRIu64
         "\ncluster_applied_entries=%" PRIu64 "\ncluster_applied_records=%" PRIu64 "\n"
-        "cluster_skipped_entries=%" PRIu64 "\ncluster_refused_writes=%" PRIu64 "\n",
+        "cluster_skipped_entries=%" PRIu64 "\ncluster_refused_writes=%" PRIu64 "\n"
+        "cluster_members=%s\ncluster_change=%s\n",
         cl->self->id, cl->self->addr, role_name(state), (unsigned long long)r->current_term,
         (unsigned long long)r->commit_index, (unsigned long long)r->last_applied, last, lag,
         leader, cl->ready, pn ? peers : "-", cl->proposed, cl->propose_failed,
-        cl->applied_entries, cl->applied_records, cl->skipped_entries, ws->stat_refused_writes);
+        cl->applied_entries, cl->applied_records, cl->skipped_entries, ws->stat_refused_writes,
+        mn ? members : "-", cl->change_busy ? cl->change_what : "-");
     if (n < 0) return 0;
     return (size_t)n >= cap ? cap - 1 : (size_t)n;
 }
@@ -659,7 +767,7 @@ int wr_cluster_start(wr_state *ws)
     raft_configuration_init(&conf);
     for (unsigned i = 0; i < cl->nnodes && rc == 0; i++)
         rc = raft_configuration_add(&conf, cl->nodes[i].id, cl->nodes[i].addr, RAFT_VOTER);
-    if (rc == 0) {
+    if (rc == 0 && !o->join) {
         rc = raft_bootstrap(&cl->raft, &conf);
         if (rc == RAFT_CANTBOOTSTRAP) rc = 0;   /* state on disk: a restart */
     }

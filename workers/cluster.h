@@ -26,6 +26,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kvault/kvault.h"   /* kv_status */
+
 struct wr_state;
 
 /* Largest number of nodes named by --cluster. */
@@ -35,6 +37,7 @@ struct wr_state;
 typedef struct wr_cluster_opts {
     const char *spec;      /* the --cluster text, NULL: single node */
     uint64_t node_id;      /* --node-id; 0: not given */
+    int join;              /* --join: a node added at run time (no bootstrap) */
 } wr_cluster_opts;
 
 /* Check a --cluster text and --node-id: every entry ID@HOST:PORT with a
@@ -45,7 +48,8 @@ int wr_cluster_check(const wr_cluster_opts *o, char *err, size_t errlen);
 /* Start the node: data directory `<db>.raft/` (created, mode 0700), libuv
  * loop, libraft's uv I/O and TCP transport bound to this node's address,
  * bootstrap with the configuration of --cluster when the directory holds no
- * Raft state yet, start. The segment refuses writes until this node leads
+ * Raft state yet (not with --join: such a node waits, with no configuration,
+ * for the leader to add it: wr_cluster_change), start. The segment refuses writes until this node leads
  * (and has applied every entry of earlier terms). Call after the segment
  * exists and the recovery ran. 0, or -1 (logged). Loop thread. */
 int wr_cluster_start(struct wr_state *ws);
@@ -118,6 +122,22 @@ int wr_cluster_deposed(const struct wr_state *ws);
  * of the loss when it re-attaches to the restarted writer (clients.c,
  * handle_attach) instead of seeing its next SYNC succeed. Loop thread. */
 void wr_cluster_write_dropped(struct wr_state *ws);
+
+/* A membership change asked through the control socket (KVSHM_MSG_CLUSTER,
+ * `kvault-launch cluster add|remove`), on the leader:
+ *   "add ID@HOST:PORT"  raft_add (the node joins as a spare, receiving
+ *                       nothing), then, once that configuration committed,
+ *                       raft_assign to voter: libraft first brings the node's
+ *                       log up to date (from the log: no snapshots), then
+ *                       commits the configuration in which it votes;
+ *   "remove ID"         raft_remove.
+ * Returns KV_OK once the change started (its progress and the end show in
+ * the STATUS line cluster_members, and in the log), with a short text in
+ * msg; KV_UNSUPPORTED on a node that does not lead (msg names the leader)
+ * or without a cluster; KV_INVALID for a malformed request or one libraft
+ * refuses (another change in progress, an unknown ID, ...), the reason in
+ * msg. Loop thread. */
+kv_status wr_cluster_change(struct wr_state *ws, const char *cmd, char *msg, size_t msglen);
 
 /* Cluster lines of the STATUS text (role, term, indexes, leader, lag) into
  * buf; returns their length (0 without a cluster). */

@@ -76,7 +76,9 @@ static void usage(FILE *f)
         "                           that group (default: the writer's user only, 0600)\n"
         "  --cluster ID@HOST:PORT,...  cluster mode: the nodes of the cluster; batches are\n"
         "                           replicated through Raft (docs/replication.md)\n"
-        "  --node-id ID             this node's ID among those of --cluster\n");
+        "  --node-id ID             this node's ID among those of --cluster\n"
+        "  --join                   a node added to a running cluster (kvault-launch\n"
+        "                           cluster add): no bootstrap; waits for the leader\n");
 }
 
 /* A size: a number with an optional K/M/G suffix (powers of 1024; "KiB",
@@ -159,6 +161,7 @@ static int parse_args(int argc, char **argv, wr_opts *o)
         {"group", required_argument, 0, 'g'},
         {"cluster", required_argument, 0, 'C'},
         {"node-id", required_argument, 0, 'N'},
+        {"join", no_argument, 0, 'J'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -200,6 +203,7 @@ static int parse_args(int argc, char **argv, wr_opts *o)
         case 'l': o->linger_ms = (int)n; break;
         case 'C': o->cluster.spec = optarg; break;
         case 'N': o->cluster.node_id = (uint64_t)n; break;
+        case 'J': o->cluster.join = 1; break;
         case 'g':
             if (parse_group(optarg, o)) return -1;
             break;

@@ -81,6 +81,7 @@ from ._writer import native_binary
 REG_SUFFIX = "-kvault"
 PROTO_MAGIC = 0x4B565031
 MSG_STATUS = 6
+MSG_CLUSTER = 9
 MSG_REPLY = 0x100
 MSG = struct.Struct("<IIiIQ")  # kvshm_msg: magic, type, status, len, arg
 
@@ -173,8 +174,10 @@ def pid_alive(pid):
         return True
 
 
-def writer_status(db, timeout=5.0):
-    """The writer's STATUS reply as a dict, or None if no writer serves DB."""
+def writer_request(db, typ, payload=b"", timeout=5.0):
+    """Send one control request of type typ to the writer serving DB:
+    (status, reply text), or None if no writer serves DB or it did not
+    answer."""
     reg = read_registry(db)
     if not reg or reg.get("state") != "ready" or not pid_alive(int(reg.get("pid", "0"))):
         return None
@@ -182,17 +185,24 @@ def writer_status(db, timeout=5.0):
     s.settimeout(timeout)
     try:
         s.connect("\0" + reg["socket"])
-        s.send(MSG.pack(PROTO_MAGIC, MSG_STATUS, 0, 0, 0))
+        s.send(MSG.pack(PROTO_MAGIC, typ, 0, len(payload), 0) + payload)
         data = s.recv(65536)
     except OSError:
         return None
     finally:
         s.close()
-    _magic, typ, status, length, _arg = MSG.unpack_from(data)
-    if typ != MSG_STATUS | MSG_REPLY or status != 0:
+    _magic, rtyp, status, length, _arg = MSG.unpack_from(data)
+    if rtyp != typ | MSG_REPLY:
         return None
-    text = data[MSG.size:MSG.size + length].decode()
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return status, data[MSG.size:MSG.size + length].decode(errors="replace")
+
+
+def writer_status(db, timeout=5.0):
+    """The writer's STATUS reply as a dict, or None if no writer serves DB."""
+    r = writer_request(db, MSG_STATUS, timeout=timeout)
+    if r is None or r[0] != 0:
+        return None
+    return dict(line.split("=", 1) for line in r[1].splitlines() if "=" in line)
 
 
 def writer_command(args):
@@ -207,6 +217,8 @@ def writer_command(args):
                        ("--node-id", getattr(args, "node_id", None))):
         if value is not None:
             cmd += [opt, str(value)]
+    if getattr(args, "join", False):
+        cmd.append("--join")
     cmd.append(args.db)
     return cmd
 
@@ -366,6 +378,10 @@ def cmd_serve(args):
         print("kvault-launch serve: error: give either COMMAND or --port/--unix, not both",
               file=sys.stderr)
         return 2
+    if args.join and args.cluster is None:
+        print("kvault-launch serve: error: --join needs --cluster and --node-id",
+              file=sys.stderr)
+        return 2
     if (args.cluster is None) != (args.node_id is None):
         print("kvault-launch serve: error: --cluster and --node-id go together",
               file=sys.stderr)
@@ -424,7 +440,8 @@ CLUSTER_STATUS = (("cluster_node", "node"), ("cluster_role", "role"),
                   ("cluster_commit_index", "commit_index"),
                   ("cluster_last_applied", "applied_index"), ("cluster_lag", "lag"),
                   ("cluster_match_index", "match_index"),
-                  ("cluster_accepts_writes", "accepts_writes"))
+                  ("cluster_accepts_writes", "accepts_writes"),
+                  ("cluster_members", "members"))
 
 
 def cmd_status(args):
@@ -610,6 +627,39 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 MAX_SHARDS = 256   # KVSHM_MAX_SHARDS (shm/include/kvshm/kvshm.h)
 
+def cmd_cluster(args):
+    """Change the cluster's membership through the leader's writer. `add
+    ID@HOST:PORT` adds the node (started with `serve --join`), first as a
+    spare, then, once its log caught up, as a voter; `remove ID` removes a
+    node. Waits until the configuration holds the change (STATUS
+    cluster_members), printing it."""
+    db = os.path.realpath(args.db)
+    text = f"{args.action} {args.node}".encode()
+    r = writer_request(db, MSG_CLUSTER, text)
+    if r is None:
+        fail(f"no writer serves {db}")
+    status, msg = r
+    if status != 0:
+        fail(msg)
+    log(msg)
+    node_id = args.node.split("@", 1)[0]
+    deadline = time.monotonic() + args.timeout
+    while True:
+        st = writer_status(db) or {}
+        members = {m.split("@", 1)[0]: m for m in st.get("cluster_members", "-").split(",")
+                   if "@" in m}
+        done = (node_id in members and members[node_id].endswith(":voter")
+                if args.action == "add" else node_id not in members)
+        if done and st.get("cluster_change") == "-":
+            print(f"members {st['cluster_members']}")
+            return 0
+        if time.monotonic() > deadline:
+            fail(f"the {args.action} of node {node_id} did not complete in {args.timeout:g} s "
+                 f"(members {st.get('cluster_members')}, change {st.get('cluster_change')}; "
+                 "the writer's log says why)")
+        time.sleep(0.05)
+
+
 COMMANDS = {
     "status": ("print the writer's figures (keys cached, hits, sequences, memory, attached "
                "processes) and one line per RESP reader", cmd_status),
@@ -655,7 +705,19 @@ def add_commands(sub):
                    help="run as a node of this cluster (docs/replication.md); with --node-id")
     s.add_argument("--node-id", metavar="ID", type=int_range(1),
                    help="this node's ID among those of --cluster")
+    s.add_argument("--join", action="store_true",
+                   help="this node is added to a running cluster (`kvault-launch cluster DB add` "
+                   "on the leader): it does not bootstrap, it waits for the leader")
     s.set_defaults(func=cmd_serve)
+    c = sub.add_parser("cluster", help="add a node to the cluster, or remove one (ask the "
+                       "leader's DB)", description=cmd_cluster.__doc__,
+                       formatter_class=HelpFormatter)
+    c.add_argument("db", metavar="DB", help="database file of the leader node")
+    c.add_argument("action", choices=["add", "remove"])
+    c.add_argument("node", metavar="NODE", help="add: ID@HOST:PORT; remove: ID")
+    c.add_argument("--timeout", metavar="S", type=float, default=120.0,
+                   help="seconds to wait until the change is committed")
+    c.set_defaults(func=cmd_cluster)
     for name, (text, func) in COMMANDS.items():
         q = sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
         q.add_argument("db", metavar="DB", help="database file")

@@ -54,8 +54,9 @@ def free_ports(n):
 class Node:
     """One kvault-writer of the cluster, with its own directory."""
 
-    def __init__(self, root, node_id, spec):
+    def __init__(self, root, node_id, spec, join=False):
         self.id = node_id
+        self.join = join
         self.dir = os.path.join(root, f"node{node_id}")
         os.makedirs(self.dir)
         self.db = os.path.join(self.dir, "db.sqlite")
@@ -67,7 +68,8 @@ class Node:
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
                 [WRITER, "--cluster", self.spec, "--node-id", str(self.id),
-                 "--commit-interval-ms", "10", "--cache-size", "64M", "--shards", "2", self.db],
+                 "--commit-interval-ms", "10", "--cache-size", "64M", "--shards", "2",
+                 *(["--join"] if self.join else []), self.db],
                 stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=die_with_parent)
         line = self.proc.stdout.readline()
         assert line.startswith("ready"), f"node {self.id} failed: {line!r}\n{self.logs()}"
@@ -423,6 +425,8 @@ LAUNCH = [sys.executable, "-m", "kohakuvault.launch", "serve"]
     ("writer", ["--cluster", "1@127.0.0.1", "--node-id", "1"], "is not ID@HOST:PORT"),
     ("writer", ["--cluster", "1@127.0.0.1:5"], "is not among the nodes"),
     ("writer", ["--node-id", "1"], "--node-id needs --cluster"),
+    ("writer", ["--join"], "--join needs --cluster"),
+    ("launch", ["--join"], "--join needs --cluster"),
 ])
 def test_bad_cluster_options_are_refused(tmp_path, program, argv, text):
     """kvault-launch serve and kvault-writer refuse bad --cluster/--node-id
@@ -742,3 +746,69 @@ def test_partition_under_load_minority_refuses_and_rejoins(cluster, tmp_path):
             client.kill()
         sup.halt.set()
         sup.join(timeout=30)
+
+
+def launch_cluster(db, action, node):
+    """`kvault-launch cluster DB ACTION NODE` (a membership change through
+    the leader's writer), as a completed process."""
+    return subprocess.run([sys.executable, "-m", "kohakuvault.launch", "cluster", db, action,
+                           node, "--timeout", "60"],
+                          env=dict(os.environ, KVAULT_WRITER=WRITER), capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_membership_add_and_remove_a_node(cluster, tmp_path):
+    """A fourth node started with --join is added at run time (`kvault-launch
+    cluster DB add`): it catches up from the log (keys written before it
+    joined and after) and becomes a voter. Then a follower is removed
+    (`cluster DB remove`) and stopped: the three voters left keep a quorum,
+    so when the leader is killed a new one is elected among them and takes
+    writes; the restarted old leader catches up, and the three members'
+    files are equal."""
+    nodes = cluster
+    leader = wait_leader(nodes, timeout=15)
+    a = {f"a{i:04d}".encode(): os.urandom(30) for i in range(500)}
+    put_all(leader.db, a)
+
+    port, = free_ports(1)
+    addr4 = f"4@127.0.0.1:{port}"
+    n4 = Node(str(tmp_path), 4, nodes[0].spec + "," + addr4, join=True)
+    try:
+        n4.start()
+        assert n4.status()["cluster_role"] != "leader"
+        r = launch_cluster(leader.db, "add", addr4)
+        assert r.returncode == 0, r.stderr
+        assert f"{addr4}:voter" in r.stdout, r.stdout
+        wait_rows(n4.db, a, timeout=30)
+        b = {f"b{i:04d}".encode(): os.urandom(30) for i in range(500)}
+        put_all(leader.db, b)
+        wait_rows(n4.db, {**a, **b}, timeout=30)
+
+        # a bad request and a non-leader are refused with a reason
+        r = launch_cluster(leader.db, "remove", "x")
+        assert r.returncode != 0 and "expected a node ID" in r.stderr, r.stderr
+        follower = next(n for n in nodes if n is not leader)
+        r = launch_cluster(follower.db, "remove", "4")
+        assert r.returncode != 0 and "not the leader" in r.stderr, r.stderr
+
+        victim = follower
+        r = launch_cluster(leader.db, "remove", str(victim.id))
+        assert r.returncode == 0, r.stderr
+        assert f"{victim.id}@" not in leader.status()["cluster_members"]
+        victim.kill(signal.SIGTERM)
+        members = [n for n in nodes if n is not victim] + [n4]
+
+        leader.proc.kill()
+        new = wait_leader([n for n in members if n is not leader], timeout=15)
+        c = {f"c{i:04d}".encode(): os.urandom(30) for i in range(500)}
+        put_all(new.db, c)
+        leader.start()
+        want = {**a, **b, **c}
+        for n in members:
+            wait_rows(n.db, want, timeout=30)
+        hashes = [key_hashes(n.db) for n in members]
+        assert hashes[0] == hashes[1] == hashes[2]
+        assert b"c0001" not in rows(victim.db)   # removed before c was written
+    finally:
+        n4.kill(signal.SIGTERM)
+        shutil.rmtree(n4.db + ".raft", ignore_errors=True)

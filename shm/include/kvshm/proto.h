@@ -153,6 +153,7 @@ int kvshm_rec_check(uint32_t type, const void *payload, uint32_t len);
 #define KVSHM_MSG_STATUS     6u
 #define KVSHM_MSG_EXEC       7u
 #define KVSHM_MSG_EXEC_END   8u
+#define KVSHM_MSG_CLUSTER    9u   /* membership change: "add ID@HOST:PORT", "remove ID" */
 #define KVSHM_MSG_REPLY      0x100u
 #define KVSHM_MSG_MAX        (64u * 1024u)   /* largest packet, header included */
 
@@ -192,7 +193,8 @@ _Static_assert(sizeof(struct kvshm_exec_id) == 24, "exec id size");
  * rest of the packet, the type is not a request type, or the payload does not
  * fit its type: ATTACH carries a struct kvshm_attach_req; PUT_FILE a u64
  * chunk size and a key of 1..KVSHM_MAX_KEY bytes; FEATURE 1..KVSHM_FEATURE_MAX
- * bytes; OPTIMIZE, CHECKPOINT and STATUS take no payload; EXEC carries a
+ * bytes; CLUSTER 1..KVSHM_FEATURE_MAX bytes of text; OPTIMIZE, CHECKPOINT
+ * and STATUS take no payload; EXEC carries a
  * struct kvshm_exec_id with x_seq >= 1, then either an operation of at
  * least its header (m_arg 0) or nothing with m_arg = the byte length of the
  * memfd passed (1..KVSHM_OP_MAX_BYTES; the operation itself is checked by
