@@ -47,9 +47,11 @@
  * Every other node publishes a refusal naming the leader
  * (kvshm_writer_set_refusal), which clients report when they write.
  *
- * Snapshots are not taken (the snapshot threshold is set beyond any log
- * this writer produces in practice); the state machine's snapshot call
- * fails with RAFT_NOTFOUND if libraft asks all the same.
+ * Snapshots (fsm_snapshot, fsm_restore): an image of the whole database
+ * file (SQLite's backup API, kv_batch_snapshot), taken every
+ * --snapshot-entries entries; libraft then drops the log before it. A node
+ * whose log ends before the leader's first entry (a new node, or one down
+ * for long) gets the snapshot and replaces its file with it.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -71,10 +73,15 @@
 
 #define ENTRY_MAGIC 0x3152564bu   /* "KVR1" */
 #define ENTRY_HDR 24u
+#define SNAP_MAGIC 0x3153564bu    /* "KVS1" */
+#define SNAP_HDR 24u
 #define REC_HDR 17u
 /* Raft timing, milliseconds: heartbeats every 100 ms, elections after
  * 500-1000 ms without one (libraft randomizes between T and 2T), so a new
  * leader is in place about a second after the old one died. */
+/* Milliseconds without an answer after which the leader sends a snapshot
+ * again (enough for an image of hundreds of megabytes over a LAN). */
+#define SNAPSHOT_RESEND_MS 5000u
 #define ELECTION_MS 500u
 #define HEARTBEAT_MS 100u
 /* libuv runs at most this often from the loop's passes, microseconds. */
@@ -120,6 +127,8 @@ struct wr_cluster {
     uint64_t next_prop;            /* number of the last proposal */
     uint64_t committed_prop;       /* highest proposal the cluster committed */
     int deposed;                   /* lost the lead holding uncommitted writes: exit */
+    int started;                   /* raft_start returned */
+    int restore_failed;            /* a snapshot could not be restored at start */
     wr_state *ws;
     int oom;
     /* the membership change in progress (wr_cluster_change) */
@@ -128,6 +137,7 @@ struct wr_cluster {
     raft_id change_id;
     char change_what[64];
     /* figures */
+    uint64_t snapshots, restores;
     uint64_t proposed, propose_failed, applied_entries, applied_records, skipped_entries;
     uint64_t inflight;
 };
@@ -436,21 +446,111 @@ bad:
     kv_panic("cluster: malformed batch entry (sequence %" PRIu64 ", %u records)", last_seq, n);
 }
 
-static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n)
+/* ---- snapshots ---------------------------------------------------------------- */
+
+/* Make the file hold exactly what raft counts as applied: on a node that
+ * does not lead, commit every applied record (the records of applied
+ * entries; nothing else is applied there); on the leader, commit the batch
+ * whose entry the cluster committed and that waits for its local commit
+ * (its client writes not proposed yet stay out). Never waits for the
+ * cluster (this runs inside a Raft callback). 0, or -1 (logged). */
+static int commit_applied(wr_state *ws)
 {
-    (void)fsm;
-    (void)bufs;
-    (void)n;
-    wr_log("cluster: raft asked for a snapshot; this writer does not take snapshots");
-    return RAFT_NOTFOUND;
+    wr_cluster *cl = ws->cluster;
+    if (!cl->ready) return wr_commit_all(ws);
+    if (ws->phase == WR_COMMIT && ws->cm_prop && cl->committed_prop >= ws->cm_prop)
+        return wr_commit_finish(ws);
+    return 0;
 }
 
+/* Snapshot: the header (SNAP_HDR bytes: u32 magic "KVS1", u32 0, u64 the
+ * file's committed sequence, u64 image bytes), then the database image
+ * (kv_batch_snapshot), zero-padded to a multiple of 8. Taken by libraft every
+ * o.snapshot_entries entries (raft_set_snapshot_threshold); after it, libraft
+ * drops the log before it but for the trailing entries. Runs on the loop
+ * thread and stalls it for the copy of the whole database. */
+static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n)
+{
+    wr_state *ws = fsm->data;
+    wr_cluster *cl = ws->cluster;
+    if (commit_applied(ws) != 0) return RAFT_IOERR;   /* libraft tries again later */
+    void *img;
+    size_t len;
+    if (kv_batch_snapshot(ws->batch, &img, &len) != KV_OK) {
+        wr_log("cluster: snapshot: %s", kv_batch_errmsg(ws->batch));
+        return RAFT_IOERR;
+    }
+    size_t total = (SNAP_HDR + len + 7) & ~(size_t)7;
+    uint8_t *p = raft_malloc(total);
+    struct raft_buffer *b = raft_malloc(sizeof *b);
+    if (!p || !b) {
+        raft_free(p);
+        raft_free(b);
+        free(img);
+        return RAFT_NOMEM;
+    }
+    put32(p, SNAP_MAGIC);
+    put32(p + 4, 0);
+    put64(p + 8, ws->committed);
+    put64(p + 16, len);
+    memcpy(p + SNAP_HDR, img, len);
+    memset(p + SNAP_HDR + len, 0, total - SNAP_HDR - len);
+    free(img);
+    b->base = p;
+    b->len = total;
+    *bufs = b;
+    *n = 1;
+    cl->snapshots++;
+    wr_log("cluster: snapshot at sequence %" PRIu64 " (%zu bytes)", ws->committed, len);
+    return 0;
+}
+
+/* Install a snapshot: at start (libraft loads the last one it stored) or
+ * from the leader (this node's log ends before the leader's first entry).
+ * A file that holds the snapshot's sequence already is kept (the entries
+ * after it are applied, those it holds skipped). Otherwise the file's
+ * contents are replaced by the image (kv_batch_restore); at start nothing
+ * is cached yet, later the node is deposed so that it starts again from the
+ * new file with an empty segment. Takes ownership of buf->base. */
 static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 {
-    (void)fsm;
-    (void)buf;
-    wr_log("cluster: raft asked to install a snapshot; this writer does not take snapshots");
-    return RAFT_NOTFOUND;
+    wr_state *ws = fsm->data;
+    wr_cluster *cl = ws->cluster;
+    const uint8_t *p = buf->base;
+    if (buf->len < SNAP_HDR || get32(p) != SNAP_MAGIC || get64(p + 16) > buf->len - SNAP_HDR) {
+        wr_log("cluster: snapshot of %zu bytes is not this writer's", buf->len);
+        return RAFT_MALFORMED;
+    }
+    uint64_t seq = get64(p + 8), len = get64(p + 16);
+    if (seq <= ws->committed) {
+        wr_log("cluster: snapshot at sequence %" PRIu64 " kept out: the file holds %" PRIu64,
+               seq, ws->committed);
+        raft_free(buf->base);
+        return 0;
+    }
+    if (ws->cm_open) {   /* records older than the snapshot: dropped with the restart */
+        kv_batch_rollback(ws->batch);
+        ws->cm_open = 0;
+    }
+    kv_status st = kv_batch_restore(ws->batch, p + SNAP_HDR, (size_t)len);
+    raft_free(buf->base);
+    if (st != KV_OK) {
+        wr_log("cluster: restore of the snapshot at sequence %" PRIu64 ": %s", seq,
+               kv_batch_errmsg(ws->batch));
+        if (!cl->started) cl->restore_failed = 1;
+        else depose(cl, "a snapshot could not be restored");
+        return 0;   /* libraft keeps it: tried again at the restart */
+    }
+    wr_log("cluster: the file was replaced by the snapshot at sequence %" PRIu64
+           " (it held %" PRIu64 ")", seq, ws->committed);
+    cl->restores++;
+    if (cl->started) {
+        depose(cl, "installed a snapshot");
+        return 0;
+    }
+    ws->seq = ws->committed = cl->start_committed = seq;
+    kvshm_writer_publish_seq(ws->w, ws->seq, ws->committed);
+    return 0;
 }
 
 /* ---- roles -------------------------------------------------------------- */
@@ -702,12 +802,14 @@ size_t wr_cluster_status(wr_state *ws, char *buf, size_t cap)
         "cluster_match_index=%s\ncluster_proposed=%" PRIu64 "\ncluster_propose_failed=%" PRIu64
         "\ncluster_applied_entries=%" PRIu64 "\ncluster_applied_records=%" PRIu64 "\n"
         "cluster_skipped_entries=%" PRIu64 "\ncluster_refused_writes=%" PRIu64 "\n"
-        "cluster_members=%s\ncluster_change=%s\n",
+        "cluster_members=%s\ncluster_change=%s\ncluster_snapshots=%" PRIu64
+        "\ncluster_restores=%" PRIu64 "\n",
         cl->self->id, cl->self->addr, role_name(state), (unsigned long long)r->current_term,
         (unsigned long long)r->commit_index, (unsigned long long)r->last_applied, last, lag,
         leader, cl->ready, pn ? peers : "-", cl->proposed, cl->propose_failed,
         cl->applied_entries, cl->applied_records, cl->skipped_entries, ws->stat_refused_writes,
-        mn ? members : "-", cl->change_busy ? cl->change_what : "-");
+        mn ? members : "-", cl->change_busy ? cl->change_what : "-", cl->snapshots,
+        cl->restores);
     if (n < 0) return 0;
     return (size_t)n >= cap ? cap - 1 : (size_t)n;
 }
@@ -775,9 +877,16 @@ int wr_cluster_start(wr_state *ws)
     if (rc != 0) goto raft_fail;
     raft_set_election_timeout(&cl->raft, ELECTION_MS);
     raft_set_heartbeat_timeout(&cl->raft, HEARTBEAT_MS);
-    raft_set_snapshot_threshold(&cl->raft, UINT_MAX);
+    raft_set_snapshot_threshold(&cl->raft, o->snapshot_entries);
+    raft_set_snapshot_trailing(&cl->raft, o->snapshot_entries / 2 + 1);
+    /* a snapshot sent to a node that was down is sent again after this long
+     * without an answer (libraft's default, 30 s, left a restarted node
+     * behind that long) */
+    raft_set_install_snapshot_timeout(&cl->raft, SNAPSHOT_RESEND_MS);
     raft_set_pre_vote(&cl->raft, true);
     if ((rc = raft_start(&cl->raft)) != 0) goto raft_fail;
+    cl->started = 1;
+    if (cl->restore_failed) return -1;   /* logged */
     wr_log("cluster: node %" PRIu64 "@%s of %u, raft state in %s", cl->self->id, cl->self->addr,
            cl->nnodes, cl->dir);
     return 0;

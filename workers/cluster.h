@@ -30,6 +30,9 @@
 
 struct wr_state;
 
+/* Default of --snapshot-entries. */
+#define WR_CLUSTER_SNAPSHOT_ENTRIES 16384u
+
 /* Largest number of nodes named by --cluster. */
 #define WR_CLUSTER_MAX_NODES 16
 
@@ -38,6 +41,7 @@ typedef struct wr_cluster_opts {
     const char *spec;      /* the --cluster text, NULL: single node */
     uint64_t node_id;      /* --node-id; 0: not given */
     int join;              /* --join: a node added at run time (no bootstrap) */
+    unsigned snapshot_entries; /* --snapshot-entries: Raft entries between snapshots */
 } wr_cluster_opts;
 
 /* Check a --cluster text and --node-id: every entry ID@HOST:PORT with a

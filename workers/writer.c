@@ -78,7 +78,9 @@ static void usage(FILE *f)
         "                           replicated through Raft (docs/replication.md)\n"
         "  --node-id ID             this node's ID among those of --cluster\n"
         "  --join                   a node added to a running cluster (kvault-launch\n"
-        "                           cluster add): no bootstrap; waits for the leader\n");
+        "                           cluster add): no bootstrap; waits for the leader\n"
+        "  --snapshot-entries N     cluster: a snapshot of the file every N Raft entries\n"
+        "                           (default 16384)\n");
 }
 
 /* A size: a number with an optional K/M/G suffix (powers of 1024; "KiB",
@@ -162,6 +164,7 @@ static int parse_args(int argc, char **argv, wr_opts *o)
         {"cluster", required_argument, 0, 'C'},
         {"node-id", required_argument, 0, 'N'},
         {"join", no_argument, 0, 'J'},
+        {"snapshot-entries", required_argument, 0, 'S'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -177,6 +180,7 @@ static int parse_args(int argc, char **argv, wr_opts *o)
     o->synchronous = 1;
     o->nslots = 128;
     o->linger_ms = -1;
+    o->cluster.snapshot_entries = WR_CLUSTER_SNAPSHOT_ENTRIES;
     /* The whole-number options: range and what the message asks for. */
     static const struct { int c; long long lo, hi; const char *want; } counts[] = {
         {'s', 1, KVSHM_MAX_SHARDS, "an integer 1..256"},
@@ -185,6 +189,7 @@ static int parse_args(int argc, char **argv, wr_opts *o)
         {'n', 1, UINT32_MAX, "an integer, 1 or more"},
         {'l', 0, INT_MAX, "a whole number of milliseconds, 0 or more"},
         {'N', 1, LLONG_MAX, "a node ID, 1 or more"},
+        {'S', 2, UINT32_MAX / 2, "a number of entries, 2 or more"},
     };
     int c, li = 0;
     while ((c = getopt_long(argc, argv, "h", longs, &li)) != -1) {
@@ -204,6 +209,7 @@ static int parse_args(int argc, char **argv, wr_opts *o)
         case 'C': o->cluster.spec = optarg; break;
         case 'N': o->cluster.node_id = (uint64_t)n; break;
         case 'J': o->cluster.join = 1; break;
+        case 'S': o->cluster.snapshot_entries = (unsigned)n; break;
         case 'g':
             if (parse_group(optarg, o)) return -1;
             break;

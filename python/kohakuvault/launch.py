@@ -214,7 +214,8 @@ def writer_command(args):
                        ("--synchronous", args.synchronous), ("--table", args.table),
                        ("--group", getattr(args, "group", None)),
                        ("--cluster", getattr(args, "cluster", None)),
-                       ("--node-id", getattr(args, "node_id", None))):
+                       ("--node-id", getattr(args, "node_id", None)),
+                       ("--snapshot-entries", getattr(args, "snapshot_entries", None))):
         if value is not None:
             cmd += [opt, str(value)]
     if getattr(args, "join", False):
@@ -705,6 +706,9 @@ def add_commands(sub):
                    help="run as a node of this cluster (docs/replication.md); with --node-id")
     s.add_argument("--node-id", metavar="ID", type=int_range(1),
                    help="this node's ID among those of --cluster")
+    s.add_argument("--snapshot-entries", metavar="N", type=int_range(2),
+                   help="cluster: a snapshot of the database every N Raft entries (the "
+                   "writer's default: 16384)")
     s.add_argument("--join", action="store_true",
                    help="this node is added to a running cluster (`kvault-launch cluster DB add` "
                    "on the leader): it does not bootstrap, it waits for the leader")

@@ -54,9 +54,10 @@ def free_ports(n):
 class Node:
     """One kvault-writer of the cluster, with its own directory."""
 
-    def __init__(self, root, node_id, spec, join=False):
+    def __init__(self, root, node_id, spec, join=False, extra=()):
         self.id = node_id
         self.join = join
+        self.extra = list(extra)
         self.dir = os.path.join(root, f"node{node_id}")
         os.makedirs(self.dir)
         self.db = os.path.join(self.dir, "db.sqlite")
@@ -69,7 +70,7 @@ class Node:
             self.proc = subprocess.Popen(
                 [WRITER, "--cluster", self.spec, "--node-id", str(self.id),
                  "--commit-interval-ms", "10", "--cache-size", "64M", "--shards", "2",
-                 *(["--join"] if self.join else []), self.db],
+                 *(["--join"] if self.join else []), *self.extra, self.db],
                 stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=die_with_parent)
         line = self.proc.stdout.readline()
         assert line.startswith("ready"), f"node {self.id} failed: {line!r}\n{self.logs()}"
@@ -812,3 +813,67 @@ def test_membership_add_and_remove_a_node(cluster, tmp_path):
     finally:
         n4.kill(signal.SIGTERM)
         shutil.rmtree(n4.db + ".raft", ignore_errors=True)
+
+
+def test_snapshots_catch_up_a_lagging_and_a_new_node(tmp_path):
+    """With a snapshot every 16 entries the Raft log is compacted: a
+    follower killed while 60 batches are written, and a fourth node added
+    afterwards, cannot get those entries from the log any more; each gets the
+    leader's snapshot (an image of its SQLite file), replaces its file with
+    it, restarts (its supervisor) and catches up. All files end up equal."""
+    ports = free_ports(4)
+    spec = ",".join(f"{i + 1}@127.0.0.1:{p}" for i, p in enumerate(ports[:3]))
+    extra = ["--snapshot-entries", "16"]
+    nodes = [Node(str(tmp_path), i + 1, spec, extra=extra) for i in range(3)]
+    n4 = Node(str(tmp_path), 4, spec + f",4@127.0.0.1:{ports[3]}", join=True, extra=extra)
+    sup = Supervisor(nodes + [n4])
+    try:
+        for n in nodes:
+            n.start()
+        sup.start()
+        leader = wait_leader(nodes, timeout=15)
+        want = {}
+        with KVault(leader.db, shared=True) as kv:
+            for r in range(40):
+                for i in range(20):
+                    want[b"a%02d-%02d" % (r, i)] = os.urandom(20)
+                    kv[b"a%02d-%02d" % (r, i)] = want[b"a%02d-%02d" % (r, i)]
+                kv.put(b"round", b"%d" % r, sync=True)   # one batch, one entry, each
+        want[b"round"] = b"39"
+        assert int(leader.status()["cluster_snapshots"]) >= 1
+
+        victim = next(n for n in nodes if n is not leader)
+        sup.halt.set()   # the victim stays down while the log moves on
+        sup.join()
+        victim.kill(signal.SIGKILL)
+        with KVault(leader.db, shared=True) as kv:
+            for r in range(60):
+                kv[b"b%02d" % r] = b"%d" % r
+                kv.put(b"round", b"b%d" % r, sync=True)
+        want.update({b"b%02d" % r: b"%d" % r for r in range(60)})
+        want[b"round"] = b"b59"
+        victim.start()
+        sup = Supervisor(nodes + [n4])
+        sup.start()
+        wait_rows(victim.db, want, timeout=60)
+        assert "replaced by the snapshot" in victim.logs(), victim.logs()
+
+        n4.start()
+        r = launch_cluster(leader.db, "add", f"4@127.0.0.1:{ports[3]}")
+        assert r.returncode == 0, r.stderr
+        wait_rows(n4.db, want, timeout=60)
+        assert "replaced by the snapshot" in n4.logs(), n4.logs()
+        with KVault(leader.db, shared=True) as kv:
+            kv.put(b"after", b"4", sync=True)
+        want[b"after"] = b"4"
+        for n in nodes + [n4]:
+            wait_rows(n.db, want, timeout=30)
+        hashes = [key_hashes(n.db) for n in nodes + [n4]]
+        assert all(h == hashes[0] for h in hashes)
+    finally:
+        sup.halt.set()
+        if sup.is_alive():
+            sup.join()
+        for n in nodes + [n4]:
+            n.kill(signal.SIGTERM)
+            shutil.rmtree(n.db + ".raft", ignore_errors=True)

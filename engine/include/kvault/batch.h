@@ -119,6 +119,25 @@ KV_API void kv_batch_rollback(kv_batch *b);
  *  an open handle outside a batch, KV_INVALID inside one. */
 KV_API kv_status kv_batch_checkpoint(kv_batch *b, int *wal_frames);
 
+/** The committed database, whole, as one database image (the bytes of an
+ *  SQLite database file): SQLite's online backup API copies it into an
+ *  in-memory database of the same page size, and sqlite3_serialize gives its
+ *  bytes. Used for cluster snapshots (workers/cluster.c). *image is
+ *  malloc'ed and the caller's to free; *len is its length in bytes. The
+ *  whole database is held in memory twice while this runs. Must not be
+ *  called inside a batch. Returns KV_OK, KV_INVALID (inside a batch),
+ *  KV_NOMEM, KV_BUSY, KV_SQLITE. One thread at a time per handle. */
+KV_API kv_status kv_batch_snapshot(kv_batch *b, void **image, size_t *len);
+
+/** Replace the whole database with a database image (from
+ *  kv_batch_snapshot, len bytes; copied, the caller keeps it): the backup API
+ *  copies it into the file in one write transaction, so other connections
+ *  see either the old contents or the new. The image's page size must be
+ *  the file's (both come from the same cluster). Must not be called inside
+ *  a batch. Returns KV_OK, KV_INVALID (inside a batch; not a database image
+ *  or another page size), KV_NOMEM, KV_BUSY, KV_SQLITE. */
+KV_API kv_status kv_batch_restore(kv_batch *b, const void *image, size_t len);
+
 #ifdef __cplusplus
 }
 #endif
