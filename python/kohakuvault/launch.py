@@ -5,7 +5,8 @@
                            [--port P] [--unix PATH] [--bind ADDR]
                            [--requirepass-file FILE] [--io auto|epoll|uring]
                            [--group GROUP] [--cluster ID@HOST:PORT,... --node-id ID]
-                           [-- COMMAND ...]
+                           [--snapshot-entries N] [--join] [-- COMMAND ...]
+    kvault-launch cluster DB add ID@HOST:PORT | remove ID
     kvault-launch status DB
     kvault-launch stop DB
     kvault-launch clean DB
@@ -36,7 +37,15 @@ cluster (docs/replication.md): start `serve` on each node with the same
 --cluster and its own --node-id. The elected leader's writer takes writes and
 replicates every committed batch through Raft; the other nodes apply them to
 their own file and shared memory (their processes read locally) and refuse
-writes, naming the leader. Raft's state is kept in DB.raft/.
+writes, naming the leader. Raft's state is kept in DB.raft/. A snapshot of
+the database is taken every --snapshot-entries entries. --join starts a node
+that is added to a running cluster (its --cluster also names itself): it
+waits for the leader instead of bootstrapping.
+
+cluster: a membership change through the leader's writer (DB is the
+leader's file): `add ID@HOST:PORT` adds a node started with `serve --join`
+(it catches up from the log or a snapshot, then votes), `remove ID` removes
+one. Waits until the configuration holds the change and prints the members.
 
 status: prints the writer's figures (keys cached, hits/misses, applied and
 committed sequence, memory used, attached processes), read over its socket;
