@@ -128,6 +128,8 @@ struct wr_cluster {
     uint64_t committed_prop;       /* highest proposal the cluster committed */
     int deposed;                   /* lost the lead holding uncommitted writes: exit */
     int started;                   /* raft_start returned */
+    int waiting;                   /* inside wr_cluster_batch_wait's uv_run: a commit
+                                      step is in progress below (no other may start) */
     int restore_failed;            /* a snapshot could not be restored at start */
     wr_state *ws;
     int oom;
@@ -381,7 +383,9 @@ int wr_cluster_batch_wait(wr_state *ws, uint64_t prop, int block)
         if (cl->deposed) return -1;
         if (!block) return 0;
         /* Raft's heartbeat timer wakes this at least every HEARTBEAT_MS */
+        cl->waiting = 1;
         uv_run(&cl->loop, UV_RUN_ONCE);
+        cl->waiting = 0;
         follow_role(ws);
     }
 }
@@ -453,10 +457,14 @@ bad:
  * entries; nothing else is applied there); on the leader, commit the batch
  * whose entry the cluster committed and that waits for its local commit
  * (its client writes not proposed yet stay out). Never waits for the
- * cluster (this runs inside a Raft callback). 0, or -1 (logged). */
+ * cluster (this runs inside a Raft callback). 0, or -1: not now (called
+ * from the uv_run of a commit step that waits for the cluster: that step
+ * owns the pipeline), or a commit failed (logged); libraft tries the
+ * snapshot again after a later entry. */
 static int commit_applied(wr_state *ws)
 {
     wr_cluster *cl = ws->cluster;
+    if (cl->waiting) return -1;
     if (!cl->ready) return wr_commit_all(ws);
     if (ws->phase == WR_COMMIT && ws->cm_prop && cl->committed_prop >= ws->cm_prop)
         return wr_commit_finish(ws);

@@ -136,6 +136,19 @@ def wait_rows(db, want, timeout):
         time.sleep(0.05)
 
 
+def wait_equal_files(nodes, timeout):
+    """Until the nodes' files hold the same keys with the same values
+    (per-key hashes); fails after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        hashes = [key_hashes(n.db) for n in nodes]
+        if all(h == hashes[0] for h in hashes):
+            return
+        assert time.monotonic() < deadline, \
+            f"the files differ after {timeout} s: {[len(h) for h in hashes]} keys"
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def cluster(tmp_path):
     ports = free_ports(3)
@@ -683,13 +696,7 @@ def check_quorum_run(nodes, outs, failovers, reader, sup):
             st = n.status() or {}
             print(n.id, {k: st.get(k) for k in keys}, file=sys.stderr)
         raise
-    deadline = time.monotonic() + 30
-    while True:
-        hashes = [key_hashes(n.db) for n in nodes]
-        if hashes[0] == hashes[1] == hashes[2]:
-            break
-        assert time.monotonic() < deadline, "the three files differ"
-        time.sleep(0.2)
+    wait_equal_files(nodes, timeout=30)
     assert reader.reads > 100 and not reader.regressions, (reader.reads, reader.regressions[:5])
     print(f"failovers {[round(t, 2) for t in failovers]} s; restarts {sup.exits}; "
           f"follower reads {reader.reads}")
@@ -735,13 +742,7 @@ def test_partition_under_load_minority_refuses_and_rejoins(cluster, tmp_path):
         assert len(want) == total
         for n in nodes:
             wait_rows(n.db, want, timeout=30)
-        deadline = time.monotonic() + 30
-        while True:
-            hashes = [key_hashes(n.db) for n in nodes]
-            if hashes[0] == hashes[1] == hashes[2]:
-                break
-            assert time.monotonic() < deadline, "the three files differ"
-            time.sleep(0.2)
+        wait_equal_files(nodes, timeout=30)
     finally:
         if client is not None and client.poll() is None:
             client.kill()
@@ -868,8 +869,7 @@ def test_snapshots_catch_up_a_lagging_and_a_new_node(tmp_path):
         want[b"after"] = b"4"
         for n in nodes + [n4]:
             wait_rows(n.db, want, timeout=30)
-        hashes = [key_hashes(n.db) for n in nodes + [n4]]
-        assert all(h == hashes[0] for h in hashes)
+        wait_equal_files(nodes + [n4], timeout=30)
     finally:
         sup.halt.set()
         if sup.is_alive():
