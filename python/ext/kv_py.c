@@ -46,7 +46,8 @@ typedef struct KVObject {
     const kvb_ops *ops;        /* backend of h */
     kvpy_fork_node fork;       /* leaf mutex, its holder, fork state (forksafe.c) */
     kvhot *hot;                /* owned hot-value cache, or NULL */
-    int write_flags;           /* KVB_PUT_PIPELINED or 0: the object's write mode */
+    int write_flags;           /* KVB_PUT_PIPELINED, KVB_PUT_SYNC ("replicated") or 0:
+                                  the object's write mode */
     kvpy_pack_opts opts;       /* §3.6 switches */
     size_t chunk_size;         /* default streaming chunk, bytes */
     PyObject *path;            /* owned str */
@@ -215,9 +216,19 @@ static int chunk_arg(KVObject *s, PyObject *o, size_t *chunk)
 static const struct {
     const char *name;
     int flags;
-} write_modes[] = {{"applied", 0}, {"pipelined", KVB_PUT_PIPELINED}};
+} write_modes[] = {{"applied", 0}, {"pipelined", KVB_PUT_PIPELINED}, {"replicated", KVB_PUT_SYNC}};
 
-#define WRITE_MODE_MSG "write_mode must be 'applied' or 'pipelined', got %R"
+#define WRITE_MODE_MSG "write_mode must be 'applied', 'pipelined' or 'replicated', got %R"
+
+/* The end of a write in the object's write mode: "replicated" returns once
+ * the write is committed (ops->sync; in a cluster, once a quorum stored it).
+ * put carries KVB_PUT_SYNC itself; put_many and delete take only
+ * KVB_PUT_PIPELINED, so they sync after. */
+#define KV_WRITE_END(self, st)                                                     \
+    do {                                                                           \
+        if ((st) == KV_OK && ((self)->write_flags & KVB_PUT_SYNC))                  \
+            KV_CALL((self), (st), 1, (self)->ops->sync((self)->h));                \
+    } while (0)
 
 /* A write_mode argument into *flags; None leaves *flags as it is. 0, or -1
  * with ValueError. */
@@ -955,7 +966,9 @@ static PyObject *KV_put_many(KVObject *self, PyObject *items)
             it[i].vlen = offs[4 * i + 3];
         }
     }
-    KV_CALL(self, st, 1, self->ops->put_many(self->h, it, (size_t)n, self->write_flags));
+    KV_CALL(self, st, 1, self->ops->put_many(self->h, it, (size_t)n,
+                                             self->write_flags & KVB_PUT_PIPELINED));
+    KV_WRITE_END(self, st);
     ret = none_unless(st);
 out:
     for (Py_ssize_t i = 0; held && i < n; i++)
@@ -986,10 +999,11 @@ static PyObject *key_flag(KVObject *self, PyObject *key, int del)
     const kvb_ops *ops = self->ops;
     const void *kp = k;
     size_t kl = (size_t)kn;
-    if (del)
-        KV_CALL(self, st, 1,
-                self->ops->del_many(self->h, &kp, &kl, 1, self->write_flags, &removed));
-    else
+    if (del) {
+        KV_CALL(self, st, 1, self->ops->del_many(self->h, &kp, &kl, 1,
+                                                 self->write_flags & KVB_PUT_PIPELINED, &removed));
+        KV_WRITE_END(self, st);
+    } else
         KV_CALL(self, st, ops->exists_blocks, ops->exists(self->h, k, kl, &found));
     return st == KV_OK ? PyBool_FromLong(found || removed) : NULL;
 }
@@ -1028,8 +1042,9 @@ static PyObject *KV_delete_many(KVObject *self, PyObject *keys)
             goto out;
     for (Py_ssize_t i = 0; i < n; i++)
         kp[i] = buf.data + offs[i];
-    KV_CALL(self, st, 1,
-            self->ops->del_many(self->h, kp, klens, (size_t)n, self->write_flags, &removed));
+    KV_CALL(self, st, 1, self->ops->del_many(self->h, kp, klens, (size_t)n,
+                                             self->write_flags & KVB_PUT_PIPELINED, &removed));
+    KV_WRITE_END(self, st);
     if (st == KV_OK)
         ret = PyLong_FromSize_t(removed);
 out:
@@ -1726,7 +1741,7 @@ static PyMethodDef KV_methods[] = {
     KV_METHOD(get_or, METH_FASTCALL, "get_or(key, default) -> value or default"),
     KV_METHOD(put, METH_FASTCALL | METH_KEYWORDS,
               "put(key, value, *, sync=False, write_mode=None): upsert (auto-packed); sync: "
-              "return once committed; write_mode: 'applied'/'pipelined' for this call "
+              "return once committed; write_mode: 'applied'/'pipelined'/'replicated' for this call "
               "(None: the object's)"),
     KV_METHOD(put_many, METH_O,
               "put_many([(key, value), ...]): every pair checked first, then one batch"),
@@ -1781,7 +1796,7 @@ static PyGetSetDef KV_getset[] = {
      "True when the writes go through a kvault-writer (attached, or routed for a table it "
      "does not serve)", NULL},
     {"write_mode", (getter)KV_get_write_mode, NULL,
-     "'applied' or 'pipelined' (docs/shared-mode.md, \"Write modes\")", NULL},
+     "'applied', 'pipelined' or 'replicated' (docs/shared-mode.md, \"Write modes\")", NULL},
     {"generation", (getter)KV_get_generation, NULL,
      "writer generation attached to (0 once closed); None when embedded", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -45,7 +45,7 @@ _ALL_KEYS = 1 << 62
 # Flush daemon wake-up period, seconds (docs/api.md §4.7).
 _DAEMON_TICK = 0.5
 # The write modes (docs/shared-mode.md, "Write modes"); the first is the default.
-_WRITE_MODES = ("applied", "pipelined")
+_WRITE_MODES = ("applied", "pipelined", "replicated")
 
 
 def _key_bytes(key):
@@ -62,7 +62,7 @@ def _key_bytes(key):
 def _check_write_mode(write_mode):
     if not isinstance(write_mode, str) or write_mode not in _WRITE_MODES:
         raise InvalidArgument(
-            f"write_mode must be 'applied' or 'pipelined', got {write_mode!r}"
+            f"write_mode must be 'applied', 'pipelined' or 'replicated', got {write_mode!r}"
         )
 
 
@@ -170,7 +170,11 @@ class KVault(Mapping):
             write is in this process's submission ring; this object reads
             its own writes at once, other processes see them when the writer
             applies them, and :meth:`flush` waits for that. Embedded, both
-            modes apply the write before returning. See docs/shared-mode.md,
+            modes apply the write before returning. ``"replicated"``: once
+            the write is committed, as ``put(..., sync=True)``: shared mode,
+            the writer committed it to SQLite, and in a cluster a quorum of
+            nodes stored it (docs/replication.md); embedded, committed (the
+            write-back cache, if any, flushed). See docs/shared-mode.md,
             "Write modes".
         unpickle: keyword-only. ``True``: values stored with the pickle
             encoding are read with ``pickle.loads`` (which runs code from the
@@ -192,7 +196,8 @@ class KVault(Mapping):
 
     Raises:
         InvalidArgument: ``path`` is not path-like, bad table name, a
-            ``write_mode`` other than ``"applied"``/``"pipelined"``, an
+            ``write_mode`` other than ``"applied"``/``"pipelined"``/
+            ``"replicated"``, an
             integer option outside its range, a bad ``shared`` or
             ``unpickle`` value, or other bad parameter.
         DatabaseBusy: the file stayed locked through every retry.
@@ -411,7 +416,8 @@ class KVault(Mapping):
             sync: return once the value is committed to SQLite (shared mode:
                 the writer committed it; embedded: the write-back cache, if
                 any, is flushed), whatever the write mode.
-            write_mode: ``"applied"`` or ``"pipelined"`` for this call;
+            write_mode: ``"applied"``, ``"pipelined"`` or ``"replicated"``
+                for this call;
                 ``None`` (default): the vault's :attr:`write_mode`.
 
         Raises:
@@ -419,7 +425,8 @@ class KVault(Mapping):
                 auto-pack off (``"value must be bytes-like (or enable
                 auto-pack)"``); value not encodable (``use_pickle=False``,
                 unknown wrapper, msgpack/cbor wrapper failure); a
-                ``write_mode`` other than ``"applied"``/``"pipelined"``.
+                ``write_mode`` other than ``"applied"``/``"pipelined"``/
+                ``"replicated"``.
             DatabaseBusy: still locked after the retries.
             ValueError: the vault is closed.
         """
@@ -472,7 +479,7 @@ class KVault(Mapping):
 
     @property
     def write_mode(self) -> str:
-        """``"applied"`` or ``"pipelined"``: when writes return (set at
+        """``"applied"``, ``"pipelined"`` or ``"replicated"``: when writes return (set at
         construction; docs/shared-mode.md, "Write modes")."""
         return self._write_mode
 

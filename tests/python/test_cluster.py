@@ -877,3 +877,41 @@ def test_snapshots_catch_up_a_lagging_and_a_new_node(tmp_path):
         for n in nodes + [n4]:
             n.kill(signal.SIGTERM)
             shutil.rmtree(n.db + ".raft", ignore_errors=True)
+
+
+def test_replicated_write_mode_returns_after_the_quorum(cluster):
+    """write_mode="replicated": kv[k] = v, put_many and delete return once
+    the cluster committed the write (the leader commits a batch to its file
+    only after a quorum stored it, so the leader's file holds it at once);
+    with both followers stopped such a write does not return."""
+    nodes = cluster
+    leader = wait_leader(nodes, timeout=15)
+    followers = [n for n in nodes if n is not leader]
+    with KVault(leader.db, shared=True, write_mode="replicated") as kv:
+        assert kv.write_mode == "replicated"
+        kv[b"r1"] = b"one"
+        assert rows(leader.db)[b"r1"] == b"one"
+        kv.put_many({b"r2": b"two", b"r3": b"three"})
+        assert rows(leader.db)[b"r3"] == b"three"
+        kv.delete(b"r2")
+        assert b"r2" not in rows(leader.db)
+        for f in followers:
+            f.proc.send_signal(signal.SIGSTOP)
+        done = {}
+
+        def put():
+            try:
+                kv[b"held"] = b"x"
+                done["ok"] = True
+            except KohakuVaultError as e:
+                done["error"] = str(e)
+
+        t = threading.Thread(target=put)
+        t.start()
+        time.sleep(0.3)
+        returned_early = dict(done)
+        for f in followers:
+            f.proc.send_signal(signal.SIGCONT)
+        t.join(timeout=30)
+        assert not t.is_alive(), "a replicated put still waits 30 s after the followers resumed"
+    assert not returned_early, f"a replicated put returned with no follower running: {done}"

@@ -89,17 +89,17 @@ def test_write_mode_default_and_property(db):
         assert kv.write_mode == "applied"
 
 
-@pytest.mark.parametrize("bad", ["", "Applied", "sync", None, 1, b"pipelined"])
+@pytest.mark.parametrize("bad", ["", "Applied", "sync", None, 1, b"pipelined", "quorum"])
 def test_write_mode_validation(tmp_path, bad):
     path = str(tmp_path / "v.db")
-    with pytest.raises(InvalidArgument, match="'applied' or 'pipelined'"):
+    with pytest.raises(InvalidArgument, match="'applied', 'pipelined' or 'replicated'"):
         KVault(path, write_mode=bad)
     with KVault(path) as kv:
         if bad is not None:   # None is "the object's mode" for one call
-            with pytest.raises(InvalidArgument, match="'applied' or 'pipelined'"):
+            with pytest.raises(InvalidArgument, match="'applied', 'pipelined' or 'replicated'"):
                 kv.put("k", 1, write_mode=bad)
             assert "k" not in kv
-        with pytest.raises(ValueError, match="'applied' or 'pipelined'"):
+        with pytest.raises(ValueError, match="'applied', 'pipelined' or 'replicated'"):
             kv._native.put("k", 1, write_mode="nope")
 
 
