@@ -40,6 +40,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             CHECK(m.m_len >= 9 && m.m_len - 8 <= KVSHM_MAX_KEY);
             break;
         case KVSHM_MSG_FEATURE:
+        case KVSHM_MSG_CLUSTER:
             CHECK(m.m_len >= 1 && m.m_len <= KVSHM_FEATURE_MAX);
             break;
         case KVSHM_MSG_OPTIMIZE:

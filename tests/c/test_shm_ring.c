@@ -500,6 +500,15 @@ Test(shm_ring, control_packet_parse)
     memcpy(pkt, &h, sizeof h);
     cr_assert_eq(kvshm_msg_parse(pkt, sizeof h + 8, &m, &pl, &why), -1);
     cr_assert_str_eq(why, "put_file: key missing or too long");
+    h.m_type = KVSHM_MSG_CLUSTER;   /* a membership change: 1.. bytes of text */
+    h.m_len = 8;
+    memcpy(pkt, &h, sizeof h);
+    memcpy(pkt + sizeof h, "remove 3", 8);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof h + 8, &m, &pl, &why), 0);
+    h.m_len = 0;
+    memcpy(pkt, &h, sizeof h);
+    cr_assert_eq(kvshm_msg_parse(pkt, sizeof h, &m, &pl, &why), -1);
+    cr_assert_str_eq(why, "cluster: bad request length");
     h.m_type = 77;
     h.m_len = 0;
     memcpy(pkt, &h, sizeof h);
