@@ -365,7 +365,9 @@ KVSHM_STRUCT(kvshm_slot, KVSHM_SLOT_FIELDS, 64);
     F(S, uint32_t, rh_commit_seq,       ,   148) /* futex: bumped to wake one waiting on committed */ \
     F(S, uint32_t, rh_consumer_waiting, ,   152) /* 1 while sleeping on tail_seq */ \
     F(S, uint32_t, rh_pad3,             ,   156)                                  \
-    F(S, uint64_t, rh_pad4,             [4], 160)                                 \
+    F(S, uint64_t, rh_write_consumed,   ,   160) /* end of the last PUT/DEL consumed (release; \
+                                                    stored before the head passes it) */ \
+    F(S, uint64_t, rh_pad4,             [3], 168)                                 \
     F(S, uint64_t, rh_reserved,         [8], 192)
 KVSHM_STRUCT(kvshm_ring_hdr, KVSHM_RING_HDR_FIELDS, KVSHM_RING_HDR);
 

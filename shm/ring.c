@@ -414,6 +414,16 @@ uint64_t kvshm_ring_committed(const kvshm_ring *r)
     return kv_atomic_load_acquire64(&r->h->rh_committed);
 }
 
+void kvshm_ring_set_write_consumed(kvshm_ring *r, uint64_t pos)
+{
+    kv_atomic_store_release64(&r->h->rh_write_consumed, pos);
+}
+
+uint64_t kvshm_ring_write_consumed(const kvshm_ring *r)
+{
+    return kv_atomic_load_acquire64(&r->h->rh_write_consumed);
+}
+
 void kvshm_ring_set_committed(kvshm_ring *r, uint64_t pos)
 {
     kv_atomic_store_release64(&r->h->rh_committed, pos);

@@ -225,6 +225,16 @@ static int apply_kv(wr_state *ws, uint32_t type, const uint8_t *p, uint32_t len)
     return wr_apply_write(ws, key, klen, tomb ? NULL : val, tomb ? 0 : vlen, tomb, ws->seq + 1);
 }
 
+/* Release c's ring up to the records consumed: first the end of the last
+ * write record among them (so that a writer handed the ring after a crash
+ * can tell consumed writes from other records), then the head. */
+static uint64_t ring_release(wr_client *c)
+{
+    if (c->write_end > kvshm_ring_write_consumed(c->ring))
+        kvshm_ring_set_write_consumed(c->ring, c->write_end);
+    return kvshm_ring_release(c->ring);
+}
+
 size_t wr_drain(wr_state *ws)
 {
     size_t total = 0;
@@ -268,14 +278,15 @@ size_t wr_drain(wr_state *ws)
                 client_drop(ws, c);
                 break;
             }
-            kvshm_ring_consume(c->ring);
+            uint64_t end = kvshm_ring_consume(c->ring);
+            if (type == KVSHM_REC_PUT || type == KVSHM_REC_DEL) c->write_end = end;
             n++;
             /* Applied once released: the producer may return from put
              * (docs/shared-mode.md, "Write modes"). A long batch is acknowledged early. */
-            if (n % 64 == 0) c->applied_pos = kvshm_ring_release(c->ring);
+            if (n % 64 == 0) c->applied_pos = ring_release(c);
             if (n >= 4096) break;   /* fairness between clients */
         }
-        if (c->ring) c->applied_pos = kvshm_ring_release(c->ring);
+        if (c->ring) c->applied_pos = ring_release(c);
         if (c->sock >= 0 && c->dead && n == 0) client_drop(ws, c);
         total += n;
     }
@@ -330,19 +341,22 @@ static void handle_attach(wr_state *ws, wr_client *c, const struct kvshm_msg *m,
     /* A ring handed over again after a writer restart: everything the old
      * writer applied (before the ring's head) was replayed and committed by
      * this writer before it listened, so it counts as committed -- except
-     * in a cluster, where a dead writer's segment is not replayed: records
-     * it applied and the cluster did not commit are lost, and the process
-     * must hear so rather than see its next SYNC succeed. */
+     * in a cluster, where a dead writer's segment is not replayed: write
+     * records it consumed past the ring's committed position were not
+     * confirmed by the cluster (they may or may not be in its log), and the
+     * process must hear so rather than see its next SYNC succeed. Reads,
+     * misses and barriers past it are no loss. */
     uint64_t head = kvshm_ring_head(c->ring);
-    if (ws->cluster && head > kvshm_ring_committed(c->ring)) {
+    if (ws->cluster && kvshm_ring_write_consumed(c->ring) > kvshm_ring_committed(c->ring)) {
         kvshm_ring_close(c->ring);
         c->ring = NULL;
         reply_status(c->sock, m->m_type, KV_UNSUPPORTED,
-                     "writes of this process that the cluster had not committed were lost"
-                     " with the node's previous writer (cluster mode does not replay them);"
-                     " reopen and write them again");
+                     "writes of this process that the cluster had not confirmed were in flight"
+                     " when the node's writer stopped (cluster mode does not replay them): they"
+                     " may be lost; reopen and write them again");
         return;
     }
+    c->write_end = kvshm_ring_write_consumed(c->ring);
     c->applied_pos = c->commit_pos = c->committed_pos = head;
     if (head) kvshm_ring_set_committed(c->ring, head);
     reply(c->sock, m->m_type, KV_OK, ws->generation, NULL, 0);

@@ -25,8 +25,8 @@
  *   - its own entries (this process's nonce) are in its memtables already:
  *     nothing to do;
  *   - entries whose last_seq is below the sequence this node's file held
- *     when the writer started are in the file already (the log is applied
- *     from its start again after a restart: no snapshots yet);
+ *     when the writer started are in the file already (after a restart the
+ *     log is applied again from the last snapshot on);
  *   - any other entry: its records go through the writer's apply path
  *     (wr_apply_write, the one client writes take) with their own
  *     sequences, so readers attached to this node see them at once, and the
@@ -128,8 +128,7 @@ struct wr_cluster {
     uint64_t committed_prop;       /* highest proposal the cluster committed */
     int deposed;                   /* lost the lead holding uncommitted writes: exit */
     int started;                   /* raft_start returned */
-    int waiting;                   /* inside wr_cluster_batch_wait's uv_run: a commit
-                                      step is in progress below (no other may start) */
+    int closing;                   /* wr_cluster_stop began */
     int restore_failed;            /* a snapshot could not be restored at start */
     wr_state *ws;
     int oom;
@@ -138,6 +137,7 @@ struct wr_cluster {
     int change_busy;
     raft_id change_id;
     char change_what[64];
+    char change_error[160];        /* how the last change failed after it started; "" */
     /* figures */
     uint64_t snapshots, restores;
     uint64_t proposed, propose_failed, applied_entries, applied_records, skipped_entries;
@@ -383,9 +383,7 @@ int wr_cluster_batch_wait(wr_state *ws, uint64_t prop, int block)
         if (cl->deposed) return -1;
         if (!block) return 0;
         /* Raft's heartbeat timer wakes this at least every HEARTBEAT_MS */
-        cl->waiting = 1;
         uv_run(&cl->loop, UV_RUN_ONCE);
-        cl->waiting = 0;
         follow_role(ws);
     }
 }
@@ -456,18 +454,19 @@ bad:
  * does not lead, commit every applied record (the records of applied
  * entries; nothing else is applied there); on the leader, commit the batch
  * whose entry the cluster committed and that waits for its local commit
- * (its client writes not proposed yet stay out). Never waits for the
- * cluster (this runs inside a Raft callback). 0, or -1: not now (called
- * from the uv_run of a commit step that waits for the cluster: that step
- * owns the pipeline), or a commit failed (logged); libraft tries the
- * snapshot again after a later entry. */
+ * (its client writes not proposed yet stay out), in whatever phase it is
+ * (a failed local commit inserts it again). Never waits for the cluster
+ * (this runs inside a Raft callback; when that callback runs inside a
+ * commit step's wait for the cluster, the step finds its batch committed:
+ * loop.c, cm_commit). 0, or -1 when a commit failed (logged). */
 static int commit_applied(wr_state *ws)
 {
     wr_cluster *cl = ws->cluster;
-    if (cl->waiting) return -1;
     if (!cl->ready) return wr_commit_all(ws);
-    if (ws->phase == WR_COMMIT && ws->cm_prop && cl->committed_prop >= ws->cm_prop)
-        return wr_commit_finish(ws);
+    if (ws->cm_prop && cl->committed_prop >= ws->cm_prop) {
+        if (wr_commit_finish(ws) != 0) return -1;
+        if (ws->cm_prop) return -1;   /* still not in the file */
+    }
     return 0;
 }
 
@@ -481,12 +480,14 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 {
     wr_state *ws = fsm->data;
     wr_cluster *cl = ws->cluster;
-    if (commit_applied(ws) != 0) return RAFT_IOERR;   /* libraft tries again later */
+    /* RAFT_BUSY: libraft takes the snapshot again after a later entry
+     * (any other error would make a follower unavailable) */
+    if (commit_applied(ws) != 0) return RAFT_BUSY;
     void *img;
     size_t len;
     if (kv_batch_snapshot(ws->batch, &img, &len) != KV_OK) {
         wr_log("cluster: snapshot: %s", kv_batch_errmsg(ws->batch));
-        return RAFT_IOERR;
+        return RAFT_BUSY;
     }
     size_t total = (SNAP_HDR + len + 7) & ~(size_t)7;
     uint8_t *p = raft_malloc(total);
@@ -495,7 +496,7 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
         raft_free(p);
         raft_free(b);
         free(img);
-        return RAFT_NOMEM;
+        return RAFT_BUSY;
     }
     put32(p, SNAP_MAGIC);
     put32(p + 4, 0);
@@ -601,6 +602,10 @@ static void follow_role(wr_state *ws)
 {
     wr_cluster *cl = ws->cluster;
     int state = raft_state(&cl->raft);
+    /* libraft stops a node it hit an error in (a disk write of its log):
+     * nothing would apply entries any more; a restart may cure it */
+    if (state == RAFT_UNAVAILABLE && cl->started && !cl->closing)
+        depose(cl, "raft stopped this node after an error");
     if (state == RAFT_LEADER) {
         if (cl->role != RAFT_LEADER) {
             cl->ready = 0;
@@ -691,8 +696,9 @@ static void change_done(struct raft_change *req, int status)
     wr_cluster *cl = req->data;
     cl->change_busy = 0;
     if (status != 0) {
-        wr_log("cluster: %s of node %llu failed: %s", cl->change_what,
-               (unsigned long long)cl->change_id, raft_strerror(status));
+        snprintf(cl->change_error, sizeof cl->change_error, "%s of node %llu failed: %s",
+                 cl->change_what, (unsigned long long)cl->change_id, raft_strerror(status));
+        wr_log("cluster: %s", cl->change_error);
         return;
     }
     wr_log("cluster: %s of node %llu committed", cl->change_what,
@@ -702,11 +708,13 @@ static void change_done(struct raft_change *req, int status)
     snprintf(cl->change_what, sizeof cl->change_what, "promotion to voter");
     cl->change.data = cl;
     int rc = raft_assign(&cl->raft, &cl->change, cl->change_id, RAFT_VOTER, change_done);
-    if (rc != 0)
-        wr_log("cluster: promotion of node %llu to voter: %s", (unsigned long long)cl->change_id,
-               raft_strerror(rc));
-    else
+    if (rc != 0) {
+        snprintf(cl->change_error, sizeof cl->change_error, "promotion of node %llu to voter"
+                 " refused: %s", (unsigned long long)cl->change_id, raft_strerror(rc));
+        wr_log("cluster: %s", cl->change_error);
+    } else {
         cl->change_busy = 1;
+    }
 }
 
 kv_status wr_cluster_change(wr_state *ws, const char *cmd, char *msg, size_t msglen)
@@ -727,6 +735,7 @@ kv_status wr_cluster_change(wr_state *ws, const char *cmd, char *msg, size_t msg
     }
     int rc;
     cl->change.data = cl;
+    cl->change_error[0] = 0;
     if (!strncmp(cmd, "add ", 4)) {
         node n[WR_CLUSTER_MAX_NODES];
         unsigned nn;
@@ -736,8 +745,18 @@ kv_status wr_cluster_change(wr_state *ws, const char *cmd, char *msg, size_t msg
             return KV_INVALID;
         }
         cl->change_id = n[0].id;
-        snprintf(cl->change_what, sizeof cl->change_what, "add");
-        rc = raft_add(&cl->raft, &cl->change, n[0].id, n[0].addr, change_done);
+        /* a node already added (a spare whose promotion failed): promote */
+        const struct raft_server *known = NULL;
+        for (unsigned i = 0; i < cl->raft.configuration.n; i++)
+            if (cl->raft.configuration.servers[i].id == n[0].id)
+                known = &cl->raft.configuration.servers[i];
+        if (known && known->role != RAFT_VOTER) {
+            snprintf(cl->change_what, sizeof cl->change_what, "promotion to voter");
+            rc = raft_assign(&cl->raft, &cl->change, n[0].id, RAFT_VOTER, change_done);
+        } else {
+            snprintf(cl->change_what, sizeof cl->change_what, "add");
+            rc = raft_add(&cl->raft, &cl->change, n[0].id, n[0].addr, change_done);
+        }
     } else if (!strncmp(cmd, "remove ", 7)) {
         char *end;
         errno = 0;
@@ -755,8 +774,7 @@ kv_status wr_cluster_change(wr_state *ws, const char *cmd, char *msg, size_t msg
     }
     if (rc != 0) {
         snprintf(msg, msglen, "cluster: %s of node %llu refused: %s", cl->change_what,
-                 (unsigned long long)cl->change_id, raft_errmsg(&cl->raft)[0]
-                 ? raft_errmsg(&cl->raft) : raft_strerror(rc));
+                 (unsigned long long)cl->change_id, raft_strerror(rc));
         return KV_INVALID;
     }
     cl->change_busy = 1;
@@ -810,13 +828,15 @@ size_t wr_cluster_status(wr_state *ws, char *buf, size_t cap)
         "cluster_match_index=%s\ncluster_proposed=%" PRIu64 "\ncluster_propose_failed=%" PRIu64
         "\ncluster_applied_entries=%" PRIu64 "\ncluster_applied_records=%" PRIu64 "\n"
         "cluster_skipped_entries=%" PRIu64 "\ncluster_refused_writes=%" PRIu64 "\n"
-        "cluster_members=%s\ncluster_change=%s\ncluster_snapshots=%" PRIu64
+        "cluster_members=%s\ncluster_change=%s\ncluster_change_error=%s\n"
+        "cluster_snapshots=%" PRIu64
         "\ncluster_restores=%" PRIu64 "\n",
         cl->self->id, cl->self->addr, role_name(state), (unsigned long long)r->current_term,
         (unsigned long long)r->commit_index, (unsigned long long)r->last_applied, last, lag,
         leader, cl->ready, pn ? peers : "-", cl->proposed, cl->propose_failed,
         cl->applied_entries, cl->applied_records, cl->skipped_entries, ws->stat_refused_writes,
-        mn ? members : "-", cl->change_busy ? cl->change_what : "-", cl->snapshots,
+        mn ? members : "-", cl->change_busy ? cl->change_what : "-",
+        cl->change_error[0] ? cl->change_error : "-", cl->snapshots,
         cl->restores);
     if (n < 0) return 0;
     return (size_t)n >= cap ? cap - 1 : (size_t)n;
@@ -918,6 +938,7 @@ void wr_cluster_stop(wr_state *ws)
 {
     wr_cluster *cl = ws->cluster;
     if (!cl) return;
+    cl->closing = 1;
     if (cl->raft_ok) {
         raft_close(&cl->raft, raft_closed);
         while (!cl->closed) uv_run(&cl->loop, UV_RUN_ONCE);

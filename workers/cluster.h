@@ -132,8 +132,10 @@ void wr_cluster_write_dropped(struct wr_state *ws);
  *   "add ID@HOST:PORT"  raft_add (the node joins as a spare, receiving
  *                       nothing), then, once that configuration committed,
  *                       raft_assign to voter: libraft first brings the node's
- *                       log up to date (from the log: no snapshots), then
- *                       commits the configuration in which it votes;
+ *                       log up to date (from the log, or from a snapshot when
+ *                       the log no longer reaches back), then commits the
+ *                       configuration in which it votes; an add of a node
+ *                       that is a spare already only promotes it;
  *   "remove ID"         raft_remove.
  * Returns KV_OK once the change started (its progress and the end show in
  * the STATUS line cluster_members, and in the log), with a short text in

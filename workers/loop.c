@@ -109,7 +109,7 @@
 #define INSERT_CHUNK 32
 /* After SIGTERM/SIGINT, how long the final commit is retried (a busy file, a
  * full disk) before the writer exits and leaves the applied records in its
- * segment for the next writer to replay. */
+ * segment for the next writer to replay (not in a cluster: registry.c). */
 #define STOP_COMMIT_MS 10000
 /* Time budget of miss loading per loop pass, microseconds. */
 #define MISS_STEP_US 200
@@ -403,6 +403,9 @@ static int cm_commit(wr_state *ws, int sync)
     if (ws->cm_prop) {
         int r = wr_cluster_batch_wait(ws, ws->cm_prop, sync);
         if (r <= 0) return r;   /* 0: not yet; -1: deposed */
+        /* a snapshot taken inside the wait (cluster.c, commit_applied) may
+         * have committed this batch already */
+        if (!ws->cm_open || ws->phase != WR_COMMIT) return 0;
     }
     kv_status st = kv_batch_commit(ws->batch, ws->frozen_seq);
     ws->cm_open = 0;
@@ -853,7 +856,9 @@ out:
     if (ws->w) {
         if (rc == 0) wr_registry_write(ws, "stopped");
         /* Applied records that no commit holds stay in the segment: the
-         * registry still names it, and the next writer replays them. */
+         * registry still names it, and the next writer replays them (a
+         * single node; a cluster node's next writer takes them from the
+         * Raft log instead: registry.c). */
         kvshm_writer_destroy(ws->w, ws->committed == ws->seq);
     }
     if (ws->lsock >= 0) close(ws->lsock);

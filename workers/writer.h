@@ -51,6 +51,7 @@ typedef struct wr_client {
     kvshm_ring *ring;            /* its submission ring (NULL before ATTACH) */
     uint32_t pid, slot;
     uint64_t applied_pos;        /* ring position up to which records are applied */
+    uint64_t write_end;          /* end of the last PUT/DEL consumed (kvshm_ring_set_write_consumed) */
     uint64_t commit_pos;         /* applied_pos when the pending batch was frozen */
     uint64_t committed_pos;      /* last position marked committed in the ring */
     uint64_t hits, misses;       /* reported by STATS records */

@@ -663,6 +663,8 @@ def cmd_cluster(args):
         if done and st.get("cluster_change") == "-":
             print(f"members {st['cluster_members']}")
             return 0
+        if st.get("cluster_change_error", "-") != "-":
+            fail(f"{st['cluster_change_error']} (members {st.get('cluster_members')})")
         if time.monotonic() > deadline:
             fail(f"the {args.action} of node {node_id} did not complete in {args.timeout:g} s "
                  f"(members {st.get('cluster_members')}, change {st.get('cluster_change')}; "

@@ -124,7 +124,8 @@ KV_API kv_status kv_batch_checkpoint(kv_batch *b, int *wal_frames);
  *  in-memory database of the same page size, and sqlite3_serialize gives its
  *  bytes. Used for cluster snapshots (workers/cluster.c). *image is
  *  malloc'ed and the caller's to free; *len is its length in bytes. The
- *  whole database is held in memory twice while this runs. Must not be
+ *  whole database is held in memory three times at the peak (the in-memory
+ *  copy, its serialization, the result). Must not be
  *  called inside a batch. Returns KV_OK, KV_INVALID (inside a batch),
  *  KV_NOMEM, KV_BUSY, KV_SQLITE. One thread at a time per handle. */
 KV_API kv_status kv_batch_snapshot(kv_batch *b, void **image, size_t *len);

@@ -154,6 +154,14 @@ uint64_t kvshm_ring_head(const kvshm_ring *r);
 /* Ring position up to which records are marked committed (acquire load;
  * kvshm_ring_set_committed). Either side. */
 uint64_t kvshm_ring_committed(const kvshm_ring *r);
+/* The consumer's note of the end of the last write record (PUT/DEL) it
+ * consumed, stored (release) before kvshm_ring_release publishes a head past
+ * it, so that a later consumer of a handed-over ring can tell whether writes
+ * were consumed and not committed (kvshm_ring_write_consumed above
+ * kvshm_ring_committed) from reads and barriers that were. Consumer only /
+ * either side. 0 for a new ring. */
+void kvshm_ring_set_write_consumed(kvshm_ring *r, uint64_t pos);
+uint64_t kvshm_ring_write_consumed(const kvshm_ring *r);
 /* Mark every record before pos as committed (release store) and wake the
  * producer only if it sleeps for a committed position <= pos. Consumer
  * only. */
