@@ -380,8 +380,10 @@ static void handle_put_file(wr_state *ws, wr_client *c, const struct kvshm_msg *
         close(fd);
         return;
     }
-    if (!wr_cluster_accepts_writes(ws)) {   /* a cluster node that does not lead */
-        reply_status(c->sock, m->m_type, KV_UNSUPPORTED, wr_cluster_refusal(ws));
+    if (ws->cluster) {   /* streams are not replicated: refused on every node */
+        reply_status(c->sock, m->m_type, KV_UNSUPPORTED,
+                     wr_cluster_accepts_writes(ws) ? WR_CLUSTER_NOT_REPLICATED
+                                                   : wr_cluster_refusal(ws));
         close(fd);
         return;
     }

@@ -30,6 +30,15 @@
 
 struct wr_state;
 
+/* The refusal of the writes cluster mode does not replicate (table
+ * operations of the other classes, put_file streams), on the leader; the
+ * other nodes give their usual refusal, naming the leader. */
+#define WR_CLUSTER_NOT_REPLICATED                                                            \
+    "cluster mode replicates the key-value table the writer serves only: table operations"  \
+    " of TextVault, VectorKVault, ColumnVault and of a KVault on another table, and values" \
+    " streamed with put_file (or larger than half the ring), are not replicated, so every"  \
+    " node refuses them"
+
 /* Default of --snapshot-entries. */
 #define WR_CLUSTER_SNAPSHOT_ENTRIES 16384u
 

@@ -1107,9 +1107,10 @@ void wr_exec_request(wr_state *ws, int sock, const struct kvshm_msg *m, const ui
         p->key_len = x->op.key_len;
     }
     if (why) pend_fail(p, strcmp(why, "exec: out of memory") ? KV_INVALID : KV_NOMEM, why);
-    /* a cluster node that does not lead takes no table operation: they are
-     * not replicated (docs/replication.md), so one applied here would be on
-     * this node alone */
-    else if (!wr_cluster_accepts_writes(ws))
-        pend_fail(p, KV_UNSUPPORTED, wr_cluster_refusal(ws));
+    /* a cluster node takes no table operation: they are not replicated
+     * (docs/replication.md), so one applied here would be on this node
+     * alone; a node that does not lead names the leader */
+    else if (ws->cluster)
+        pend_fail(p, KV_UNSUPPORTED, wr_cluster_accepts_writes(ws) ? WR_CLUSTER_NOT_REPLICATED
+                                                                   : wr_cluster_refusal(ws));
 }

@@ -915,3 +915,27 @@ def test_replicated_write_mode_returns_after_the_quorum(cluster):
         t.join(timeout=30)
         assert not t.is_alive(), "a replicated put still waits 30 s after the followers resumed"
     assert not returned_early, f"a replicated put returned with no follower running: {done}"
+
+
+def test_leader_refuses_what_it_cannot_replicate(cluster):
+    """Table operations of the other classes and put_file streams are not
+    replicated: the leader refuses them too (clearly), rather than apply
+    them to its own file alone; its replicated key-value writes go on."""
+    nodes = cluster
+    leader = wait_leader(nodes, timeout=15)
+    with KVault(leader.db, shared=True) as kv:
+        with pytest.raises(KohakuVaultError, match="are not replicated"):
+            kv[b"big"] = b"x" * (3 << 20)   # larger than half the ring: put_file
+        kv.put(b"small", b"ok", sync=True)
+    tv = TextVault(leader.db)
+    try:
+        with pytest.raises(KohakuVaultError, match="are not replicated"):
+            tv.insert("a document", b"v")
+    finally:
+        tv.close()
+    with KVault(leader.db, table="aux") as af:
+        with pytest.raises(KohakuVaultError, match="are not replicated"):
+            af[b"k"] = b"v"
+    for n in nodes:
+        wait_rows(n.db, {b"small": b"ok"}, timeout=10)
+        assert b"big" not in rows(n.db)
