@@ -728,7 +728,8 @@ def add_commands(sub):
                        "leader's DB)", description=cmd_cluster.__doc__,
                        formatter_class=HelpFormatter)
     c.add_argument("db", metavar="DB", help="database file of the leader node")
-    c.add_argument("action", choices=["add", "remove"])
+    c.add_argument("action", choices=["add", "remove"],
+                   help="add a node (started with `serve --join`), or remove one")
     c.add_argument("node", metavar="NODE", help="add: ID@HOST:PORT; remove: ID")
     c.add_argument("--timeout", metavar="S", type=float, default=120.0,
                    help="seconds to wait until the change is committed")
