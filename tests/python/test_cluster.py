@@ -314,6 +314,23 @@ def test_stopped_leader_steps_down(cluster):
     assert hashes[0] == hashes[1] == hashes[2]
 
 
+def write_in_thread(write):
+    """Run write() in a thread: (the started thread, a dict that gets "ok",
+    the time it returned, or "error", the KohakuVaultError's text)."""
+    done = {}
+
+    def run():
+        try:
+            write()
+            done["ok"] = time.monotonic()
+        except KohakuVaultError as e:
+            done["error"] = str(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, done
+
+
 def test_sync_put_waits_for_the_cluster(cluster):
     """put(sync=True) on the leader returns only once a quorum stored the
     batch: with both followers stopped (SIGSTOP) it does not return; after
@@ -326,17 +343,7 @@ def test_sync_put_waits_for_the_cluster(cluster):
         kv.put(b"warm", b"1", sync=True)
         for f in followers:
             f.proc.send_signal(signal.SIGSTOP)
-        done = {}
-
-        def put():
-            try:
-                kv.put(b"held", b"2", sync=True)
-                done["ok"] = time.monotonic()
-            except KohakuVaultError as e:
-                done["error"] = str(e)
-
-        t = threading.Thread(target=put)
-        t.start()
+        t, done = write_in_thread(lambda: kv.put(b"held", b"2", sync=True))
         time.sleep(0.3)
         returned_early = dict(done)
         resumed = time.monotonic()
@@ -897,17 +904,7 @@ def test_replicated_write_mode_returns_after_the_quorum(cluster):
         assert b"r2" not in rows(leader.db)
         for f in followers:
             f.proc.send_signal(signal.SIGSTOP)
-        done = {}
-
-        def put():
-            try:
-                kv[b"held"] = b"x"
-                done["ok"] = True
-            except KohakuVaultError as e:
-                done["error"] = str(e)
-
-        t = threading.Thread(target=put)
-        t.start()
+        t, done = write_in_thread(lambda: kv.__setitem__(b"held", b"x"))
         time.sleep(0.3)
         returned_early = dict(done)
         for f in followers:
