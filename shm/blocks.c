@@ -109,9 +109,67 @@ static kvshm_status carve(kvshm_blocks *b, enum area area, uint64_t cb, uint64_t
     return KVSHM_OK;
 }
 
+/* Push the free block at `at` onto list `cls` of `lists`. */
+static kvshm_status push_free(kvshm_blocks *b, uint64_t *lists, int cls, uint64_t at)
+{
+    uint64_t *link = kvshm_at(b->seg, at, 8);
+    if (!link) return KVSHM_E_CORRUPT;
+    *link = lists[cls];
+    lists[cls] = at;
+    return KVSHM_OK;
+}
+
+/* Classes up to this one (1 KiB) are multiples of 16 bytes: a free block of
+ * one splits into blocks of any smaller class. */
+#define SPLIT_MAX_CLASS 63
+
+/* A small block (class c, cb < 512 bytes) when its class's list is empty
+ * and its area has no room left: split the smallest free block of a larger
+ * small class, from the caller's area's lists first, then from the other
+ * area's (`other`: a block of class c there is taken as it is). Without this, once the leaf area's bump pointer meets the
+ * index area, a class whose list runs dry starves although half the region
+ * may be free in other classes (measured: the tree's 48-byte separator
+ * records; docs/performance.md, "Many small commits and the segment's size
+ * classes"). The request takes the block's first cb bytes; the rest goes
+ * back, as blocks of class c and one smaller block, onto the lists the
+ * block came from, where kvshm_blocks_free files them too (by address).
+ * Blocks below 512 bytes need only the 16-byte alignment every piece has.
+ * KVSHM_OK, KVSHM_E_FULL (no such block), KVSHM_E_CORRUPT. */
+static kvshm_status split_larger(kvshm_blocks *b, uint64_t *lists, uint64_t *other, int c,
+                                 uint64_t cb, uint64_t *off)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        uint64_t *l = pass ? other : lists;
+        if (!l) break;
+        /* (the other area's own class-c list first: pieces of an earlier
+         * split land there) */
+        for (int k = pass ? c : c + 1; k <= SPLIT_MAX_CLASS; k++) {
+            uint64_t head = l[k];
+            if (!head) continue;
+            uint64_t *link = kvshm_at(b->seg, head, 8);
+            if (!link) return KVSHM_E_CORRUPT;
+            l[k] = *link;
+            if (k == c) {
+                *off = head;
+                return KVSHM_OK;
+            }
+            uint64_t at = head + cb, end = head + ((uint64_t)(k + 1) << 4);
+            kvshm_status st = KVSHM_OK;
+            for (; st == KVSHM_OK && end - at >= cb; at += cb) st = push_free(b, l, c, at);
+            if (st == KVSHM_OK && end > at) st = push_free(b, l, (int)((end - at) >> 4) - 1, at);
+            if (st) return st;
+            *off = head;
+            b->splits++;
+            return KVSHM_OK;
+        }
+    }
+    return KVSHM_E_FULL;
+}
+
 /* Allocate a block of at least `bytes` from the free lists `lists` (one per
  * class; a free block's first 8 bytes link to the next) or, when its class's
- * list is empty, carve one from `area`. */
+ * list is empty, carve one from `area`; a small block may come from a
+ * larger free block split in two when the area is full (split_larger). */
 static kvshm_status alloc_in(kvshm_blocks *b, uint64_t bytes, uint64_t *lists,
                              enum area area, uint64_t *off)
 {
@@ -128,6 +186,9 @@ static kvshm_status alloc_in(kvshm_blocks *b, uint64_t bytes, uint64_t *lists,
         *off = head;
     } else {
         kvshm_status st = carve(b, area, cb, off);
+        if (st == KVSHM_E_FULL && cb < 512)
+            st = split_larger(b, lists, lists == b->free_head ? b->free_idx : b->free_head, c,
+                              cb, off);
         if (st) return st;
     }
     b->used += cb;

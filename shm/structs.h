@@ -42,6 +42,7 @@ typedef struct kvshm_blocks {
     uint64_t free_head[KVSHM_NCLASSES];
     uint64_t free_idx[KVSHM_NCLASSES];   /* free lists of the leaf area */
     uint64_t free_inner[KVSHM_NCLASSES]; /* free lists of the inner area */
+    uint64_t splits;             /* free blocks split for a smaller class (split_larger) */
     uint64_t used;               /* class bytes allocated, incl. retired */
     uint64_t retired;            /* class bytes retired, not yet reclaimed */
     kvshm_retired *ret;          /* FIFO of retired blocks, epochs ascending */

@@ -140,3 +140,40 @@ Test(shm_blocks, index_areas_grow_down_and_keep_their_own_free_lists)
     cr_assert_eq(kvshm_blocks_alloc_inner(&B, 4096, &c), KVSHM_OK);
     cr_assert_eq(c, inner[3]);
 }
+
+Test(shm_blocks, a_full_area_splits_a_larger_free_block_for_a_small_class)
+{
+    /* fill the leaf area with 144-byte records and the index area with
+     * 48-byte blocks until neither has room: the two areas meet */
+    uint64_t off, leaf[64];
+    int nleaf = 0;
+    while (kvshm_blocks_alloc(&B, 142, &off) == KVSHM_OK)
+        if (nleaf < 64) leaf[nleaf++] = off;
+    while (kvshm_blocks_alloc_idx(&B, 42, &off) == KVSHM_OK) {}
+    cr_assert_eq(kvshm_blocks_alloc_idx(&B, 42, &off), KVSHM_E_FULL);
+    cr_assert_eq(nleaf, 64);
+    /* a freed record of a larger class now serves three 48-byte blocks */
+    kvshm_blocks_free(&B, leaf[5], 142);
+    uint64_t used = B.used, splits = B.splits, got[3];
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(kvshm_blocks_alloc_idx(&B, 42, &got[i]), KVSHM_OK, "block %d", i);
+        cr_assert_geq(got[i], leaf[5]);
+        cr_assert_leq(got[i] + 48, leaf[5] + 144, "inside the freed block");
+        cr_assert_eq(got[i] % 16, 0);
+        memset(S->base + got[i], 0x40 + i, 48);
+    }
+    cr_assert_eq(B.splits, splits + 1, "one split, then the pieces from the free list");
+    cr_assert_neq(got[0], got[1]);
+    cr_assert_neq(got[1], got[2]);
+    cr_assert_neq(got[0], got[2]);
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 48; j++) cr_assert_eq(S->base[got[i] + j], 0x40 + i, "overlap");
+    cr_assert_eq(B.used, used + 3 * 48);
+    /* the area is full again; freed pieces come back by address and are reused */
+    cr_assert_eq(kvshm_blocks_alloc_idx(&B, 42, &off), KVSHM_E_FULL);
+    kvshm_blocks_free(&B, got[1], 42);
+    cr_assert_eq(kvshm_blocks_alloc_idx(&B, 42, &off), KVSHM_OK);
+    cr_assert_eq(off, got[1]);
+    /* a class larger than every free block still fails */
+    cr_assert_eq(kvshm_blocks_alloc(&B, 300, &off), KVSHM_E_FULL);
+}
