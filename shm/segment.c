@@ -215,6 +215,10 @@ kvshm_status kvshm_writer_create(const kvshm_config *cfg, kvshm_writer **out)
     kvshm_writer *w = calloc(1, sizeof *w);
     if (!w) return KVSHM_E_NOMEM;
     w->cfg = *cfg;
+    /* A stalled reader must be evicted while the region still has room:
+     * a limit at or above the region would let pinned retired blocks fill
+     * it first (every allocation then fails with KVSHM_E_FULL). */
+    if (w->cfg.retire_limit_bytes > region / 4) w->cfg.retire_limit_bytes = region / 4;
     w->pid = getpid();
     w->nshards = cfg->shards;
     w->slot_fd = -1;

@@ -213,6 +213,66 @@ Test(shm_slots, stalled_reader_evicted_at_limit_then_retries)
     kvshm_writer_destroy(w, 1);
 }
 
+/* A region smaller than the configured retire limit (the default 16 MiB
+ * against a 6 MiB shard): the limit in force is capped at a quarter of the
+ * region, so a reader stalled in a read section is evicted and the writer
+ * keeps loading. Uncapped, the pinned retired blocks fill the region and
+ * the load fails with KVSHM_E_FULL before the limit is ever crossed. */
+Test(shm_slots, stalled_reader_evicted_before_a_small_region_fills)
+{
+    kvshm_config c = shmt_config(8u << 20, 1);
+    cr_assert_gt(c.retire_limit_bytes, 8u << 20, "the default limit exceeds this region");
+    kvshm_writer *w;
+    cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
+    load_gen(w, 0);
+    int up[2], down[2];
+    cr_assert_eq(pipe(up), 0);
+    cr_assert_eq(pipe(down), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        kvshm_reader *r;
+        if (kvshm_reader_attach(shmt_seg, shmt_slot, &r) != KVSHM_OK) _exit(2);
+        if (kvshm_reader_enter(r) != KVSHM_OK) _exit(3);
+        char b = 'r';
+        shmt_write(up[1], &b, 1);
+        int gen;
+        if (shmt_read(down[0], &gen, sizeof gen)) _exit(5);  /* stopped in here */
+        if (kvshm_reader_leave(r) != KVSHM_E_EVICTED) _exit(6);
+        kvshm_reader_detach(r);
+        _exit(0);
+    }
+    char b;
+    cr_assert_eq(shmt_read(up[0], &b, 1), 0);
+    cr_assert_eq(kill(pid, SIGSTOP), 0);
+    int wst;
+    cr_assert_eq(waitpid(pid, &wst, WUNTRACED), pid);
+    /* 200 keys x 100 bytes per generation: 600 generations retire several
+     * times the region */
+    kvshm_maint m;
+    uint64_t evicted = 0, worst = 0;
+    int gen;
+    for (gen = 1; gen <= 600; gen++) {
+        kvshm_kv kv[NKEYS];
+        static char keys[NKEYS][16], vals[NKEYS][VLEN];
+        for (int i = 0; i < NKEYS; i++) {
+            keyname(keys[i], i); valfor(vals[i], gen, i);
+            kv[i] = (kvshm_kv){ keys[i], strlen(keys[i]), vals[i], VLEN, (uint64_t)gen };
+        }
+        kvshm_status st = kvshm_writer_cache_load(w, kv, NKEYS);
+        cr_assert_eq(st, KVSHM_OK, "generation %d: %s (retired %lu bytes, %lu evictions)", gen,
+                     kvshm_strerror(st), (unsigned long)worst, (unsigned long)evicted);
+        cr_assert_eq(kvshm_writer_maintain(w, &m), KVSHM_OK);
+        evicted += m.evicted;
+        if (m.retired_bytes > worst) worst = m.retired_bytes;
+    }
+    cr_assert_eq(evicted, 1, "the stalled reader was evicted once");
+    cr_assert_leq(worst, (8u << 20) / 4 + 64 * 1024, "retired memory stayed near a quarter");
+    cr_assert_eq(shmt_write(down[1], &gen, sizeof gen), 0);
+    cr_assert_eq(kill(pid, SIGCONT), 0);
+    cr_assert_eq(shmt_wait(pid), 0, "the child saw its eviction");
+    kvshm_writer_destroy(w, 1);
+}
+
 /* ---- doorbell and the writer's idle wait ------------------------------------ */
 
 static int flag_work(void *ctx, int final) { (void)final; return *(int *)ctx; }
