@@ -252,6 +252,29 @@ static int registry_unreplayed(const char *text, const char *table, char *seg, c
     return stat(path, &sb) == 0;
 }
 
+/* The node id in registry text `text` when its writer served a cluster
+ * node (kvshm_registry.cluster_node), else 0. Such a file is the node's
+ * copy of the cluster's data: a client never replays its dead writer's
+ * segment nor commits its own ring there (the Raft log restores what the
+ * cluster committed when the node restarts), and no embedded commit may
+ * add writes the cluster does not have. */
+static uint64_t registry_cluster(const char *text)
+{
+    char v[32];
+    return kvshm_registry_field(text, "cluster", v, sizeof v) ? 0 : strtoull(v, NULL, 10);
+}
+
+/* registry_cluster of the file at reg_path (0: none, or unreadable). */
+static uint64_t registry_cluster_at(const char *reg_path)
+{
+    int fd = open(reg_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    char text[2048];
+    registry_text(fd, text, sizeof text);
+    close(fd);
+    return registry_cluster(text);
+}
+
 int kv_attach_recover_pending(const char *reg_path, const char *table)
 {
     int fd = open(reg_path, O_RDONLY | O_CLOEXEC);
@@ -260,7 +283,7 @@ int kv_attach_recover_pending(const char *reg_path, const char *table)
     if (kind == REG_FREE) {
         char text[2048], seg[96], slots[96];
         registry_text(fd, text, sizeof text);
-        pending = registry_unreplayed(text, table, seg, slots);
+        pending = registry_cluster(text) || registry_unreplayed(text, table, seg, slots);
     }
     close(fd);
     return pending;
@@ -337,8 +360,16 @@ kv_status kv_attach_recover(const char *db_path, const char *table, int wait_ms,
         if (fd >= 0 && fcntl(fd, F_OFD_SETLK, &fl) == 0) {
             char text[2048], seg[96], slots[96];
             registry_text(fd, text, sizeof text);
-            if (registry_unreplayed(text, table, seg, slots))
+            uint64_t node = registry_cluster(text);
+            if (node) {
+                st = KV_UNSUPPORTED;
+                snprintf(err, errlen, "%s is the copy of cluster node %" PRIu64 " and only its "
+                         "writer writes it; start the node again (kvault-launch serve), or, "
+                         "once it has left its cluster, delete %s to use the file alone",
+                         db_path, node, reg);
+            } else if (registry_unreplayed(text, table, seg, slots)) {
                 st = recover_locked(fd, abs, table, text, seg, slots, &n, err, errlen);
+            }
             close(fd);   /* releases the lock */
             if (st != KV_BUSY) break;
         } else if (fd >= 0) {
@@ -613,6 +644,13 @@ static kv_status reattach_within(kv_att *a, int timeout_ms)
             if (st != KV_OK && st != KV_BUSY) return fail(a, st, "recover: %s", rerr);
             dead = st == KV_OK;
             a->died |= dead;
+        }
+        if (!a->stopped && a->o.continue_on_stop && registry_stopped(a->reg_path, old)) {
+            uint64_t node = registry_cluster_at(a->reg_path);
+            if (node)
+                return fail(a, KV_UNSUPPORTED, "the writer of cluster node %" PRIu64 " (%s) "
+                            "stopped; writes of this process it had not confirmed are not "
+                            "written: reopen once the node runs again", node, a->db_path);
         }
         if (a->stopped || dead ||
             (a->o.continue_on_stop && registry_stopped(a->reg_path, old))) {

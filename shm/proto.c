@@ -41,11 +41,14 @@ int kvshm_registry_format(const kvshm_registry *reg, char *buf, size_t cap)
 {
     char layout[17];
     layout_text(layout);
+    char cluster[32] = "";
+    if (reg->cluster_node)
+        snprintf(cluster, sizeof cluster, "cluster=%" PRIu64 "\n", reg->cluster_node);
     int n = snprintf(buf, cap,
                      "kvault-registry=1\nlayout=%s\ngeneration=%" PRIu64
-                     "\npid=%d\ntable=%s\nsegment=%s\nslots=%s\nsocket=%s\nstate=%s\n",
+                     "\npid=%d\ntable=%s\nsegment=%s\nslots=%s\nsocket=%s\n%sstate=%s\n",
                      layout, reg->generation, reg->pid, reg->table, reg->segment,
-                     reg->slots, reg->socket, reg->state);
+                     reg->slots, reg->socket, cluster, reg->state);
     if (n < 0 || (size_t)n >= cap) return -1;
     int e = snprintf(buf + n, cap - (size_t)n, "end=%d\n", n);
     return e < 0 || (size_t)e >= cap - (size_t)n ? -1 : n + e;

@@ -86,7 +86,8 @@ int wr_registry_write(wr_state *ws, const char *state)
     char buf[1024];
     kvshm_registry reg = {.generation = ws->generation, .pid = (int)getpid(),
                           .table = ws->o.table, .segment = ws->seg_name,
-                          .slots = ws->slot_name, .socket = ws->sock_name, .state = state};
+                          .slots = ws->slot_name, .socket = ws->sock_name, .state = state,
+                          .cluster_node = ws->o.cluster.spec ? ws->o.cluster.node_id : 0};
     int n = kvshm_registry_format(&reg, buf, sizeof buf);
     if (n < 0) {
         wr_log("registry text of %s does not fit", ws->reg_path);

@@ -41,6 +41,10 @@ static kv_status emb_open(const char *path, const kv_open_opts *o, int route, vo
     /* a dead writer's acknowledged records go into the file before this
      * handle can write it (docs/shared-mode.md, "Recovery") */
     kv_status st = kvb_attached_recover(path, o->table, err, errlen);
+    /* a cluster node's file without its writer: it opens for reading, and
+     * its commit guard refuses every write (kv_attach_recover_pending) */
+    if (st == KV_UNSUPPORTED)
+        st = KV_OK;
     if (st == KV_OK)
         st = kv_db_open(path, o, &db, err, errlen);
     *out = db;

@@ -63,6 +63,8 @@ typedef struct KVObject {
     kv_open_opts o;            /* the open options, to open the other backend */
     kv_commit_guard guard;     /* embedded: refuses commits while a writer holds reg */
     kv_exec *probe;            /* "auto" mode: whether a writer serves the file (any table) */
+    char route_err[512];       /* why kv_reroute's replay failed ("" if it did not): the
+                                  text raise_status gives, once */
 } KVObject;
 
 static PyTypeObject KVType;
@@ -128,8 +130,11 @@ static inline int kv_enter(KVObject *s)
 static PyObject *raise_status(KVObject *s, kv_status st)
 {
     /* a handle's message may be stale after a "not found" outcome */
-    const char *msg = st == KV_NOTFOUND ? NULL : s->ops->errmsg(s->h);
-    return kvpy_raise_status(st, msg, s->ops->os_errno ? s->ops->os_errno(s->h) : 0);
+    const char *msg = st == KV_NOTFOUND ? NULL : s->route_err[0] ? s->route_err
+                                                                  : s->ops->errmsg(s->h);
+    PyObject *r = kvpy_raise_status(st, msg, s->ops->os_errno ? s->ops->os_errno(s->h) : 0);
+    s->route_err[0] = 0;
+    return r;
 }
 
 /* Raise for a failed st (lock held), release the lock; returns st. */
@@ -523,6 +528,7 @@ static int kv_reroute(KVObject *s, kv_status *st)
             Py_END_ALLOW_THREADS
             if (ost == KV_OK)
                 return 1;
+            snprintf(s->route_err, sizeof s->route_err, "%s", err);
             *st = ost;
             return 0;
         }

@@ -537,6 +537,12 @@ Test(shm_ring, registry_text_roundtrip)
     layout[7] = layout[7] == '0' ? '1' : '0';
     cr_assert(!kvshm_registry_layout_ok(text), "another build's layout");
     cr_assert_eq(kvshm_registry_format(&reg, text, 40), -1, "does not fit");
+    cr_assert_neq(kvshm_registry_field(text, "cluster", v, sizeof v), 0, "single node: no line");
+    reg.cluster_node = 3;   /* a cluster node's writer */
+    cr_assert_gt(kvshm_registry_format(&reg, text, sizeof text), 0);
+    cr_assert_eq(kvshm_registry_field(text, "cluster", v, sizeof v), 0);
+    cr_assert_str_eq(v, "3");
+    cr_assert(kvshm_registry_complete(text));
 }
 
 /* A whole registry text ends with end=<bytes before it>: a partial or

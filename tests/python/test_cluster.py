@@ -279,6 +279,36 @@ def test_restarted_nodes_catch_up(cluster):
     assert set(hashes[0]) == set(want) | {b"barrier"}
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_stopped_nodes_file_refuses_writes_without_its_writer(cluster, sig):
+    """A follower's writer killed (its segment left behind) or stopped
+    cleanly: a process that opens its file without a writer (shared="auto"
+    or embedded) reads it but cannot write it, and nothing is replayed into
+    it, since the cluster may not have those writes; the restarted node
+    catches up and the three files end up equal."""
+    nodes = cluster
+    leader = wait_leader(nodes, timeout=15)
+    follower = next(n for n in nodes if n is not leader)
+    a = {f"a{i:03d}".encode(): os.urandom(20) for i in range(100)}
+    put_all(leader.db, a)
+    wait_rows(follower.db, a, timeout=15)
+    follower.kill(sig)
+    before = key_hashes(follower.db)
+    for shared in ("auto", False):
+        with KVault(follower.db, shared=shared) as kv:
+            assert kv[b"a050"] == a[b"a050"]
+            with pytest.raises(KohakuVaultError, match=f"copy of cluster node {follower.id}"):
+                kv[b"local"] = b"diverges"
+    assert key_hashes(follower.db) == before, "the node's file was written without its writer"
+    follower.start()
+    b = {f"b{i:03d}".encode(): os.urandom(20) for i in range(100)}
+    put_all(leader.db, b)
+    for n in nodes:
+        wait_rows(n.db, {**a, **b}, timeout=15)
+    wait_equal_files(nodes, timeout=15)
+    assert b"local" not in rows(follower.db)
+
+
 def test_stopped_leader_steps_down(cluster):
     """A leader stopped with SIGSTOP (cut off, as in a partition) is replaced;
     when it runs again it follows the new leader, refuses writes naming it,

@@ -91,7 +91,9 @@ int kv_attach_registry_locked(const char *reg_path, const char *table);
 /** 1 if the registry at `reg_path` names a writer of `table` that is gone
  *  (its lock is free) without stopping cleanly and whose data segment still
  *  exists, or a client is replaying one now (kv_attach_recover): a commit
- *  made before kv_attach_recover would be overwritten by the replay. One
+ *  made before kv_attach_recover would be overwritten by the replay. Also 1
+ *  (any table) while no writer runs on the file of a cluster node (the
+ *  registry's cluster= line): only that node's writer may write it. One
  *  open, fcntl, pread and stat; takes no lock. Any process and thread. */
 int kv_attach_recover_pending(const char *reg_path, const char *table);
 
@@ -106,8 +108,10 @@ int kv_attach_recover_pending(const char *reg_path, const char *table);
  *  process replays or SQLite is busy. *replayed (may be NULL) = keys written.
  *  Returns KV_OK (also when nothing was pending or the file does not
  *  exist); KV_BUSY (still held after wait_ms); a kv_batch_open status; KV_IO
- *  (the segment could not be read or the batch failed); `err` receives a
- *  message. Any process and thread; blocks. */
+ *  (the segment could not be read or the batch failed); KV_UNSUPPORTED (the
+ *  file is a cluster node's: nothing is replayed, see
+ *  kv_attach_recover_pending); `err` receives a message. Any process and
+ *  thread; blocks. */
 kv_status kv_attach_recover(const char *db_path, const char *table, int wait_ms,
                             uint64_t *replayed, char *err, size_t errlen);
 

@@ -84,10 +84,15 @@ typedef struct kvshm_registry {
     const char *slots;      /* shm name of the slot file */
     const char *socket;     /* abstract socket name, without the leading NUL */
     const char *state;      /* "ready" or "stopped" */
+    uint64_t cluster_node;  /* 0; or, for a writer of a cluster node, its node id:
+                               the file is the node's copy of the cluster's data,
+                               written by its writer alone (never replayed or
+                               written by a client) */
 } kvshm_registry;
 
 /* Render the registry text of `reg` (every line above, in that order, with
- * layout = this build's segment layout hash, then the last line
+ * layout = this build's segment layout hash; `cluster=<id>` before the
+ * state line only when cluster_node is nonzero), then the last line
  * `end=<bytes before it>`) into buf (cap bytes, NUL terminated). Returns the text length in bytes, or -1 when it does not fit.
  * Any process (the writer publishes it); pure. */
 int kvshm_registry_format(const kvshm_registry *reg, char *buf, size_t cap);
