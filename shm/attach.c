@@ -354,22 +354,27 @@ kv_status kv_attach_recover(const char *db_path, const char *table, int wait_ms,
     uint64_t n = 0;
     uint64_t deadline = kvshmi_now_ms() + (uint64_t)(wait_ms > 0 ? wait_ms : 0);
     while (reg && kv_attach_recover_pending(reg, table)) {
+        /* a cluster node's file: refused from a read-only look, so a node
+         * writer starting meanwhile never finds the registry locked */
+        uint64_t node = registry_cluster_at(reg);
+        if (node) {
+            st = KV_UNSUPPORTED;
+            snprintf(err, errlen, "%s is the copy of cluster node %" PRIu64 " and only its "
+                     "writer writes it; start the node again (kvault-launch serve), or, "
+                     "once it has left its cluster, delete %s to use the file alone",
+                     db_path, node, reg);
+            break;
+        }
         int fd = open(reg, O_RDWR | O_CLOEXEC);
         struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0,
                            .l_len = RECOVER_LOCK_LEN};
         if (fd >= 0 && fcntl(fd, F_OFD_SETLK, &fl) == 0) {
             char text[2048], seg[96], slots[96];
             registry_text(fd, text, sizeof text);
-            uint64_t node = registry_cluster(text);
-            if (node) {
-                st = KV_UNSUPPORTED;
-                snprintf(err, errlen, "%s is the copy of cluster node %" PRIu64 " and only its "
-                         "writer writes it; start the node again (kvault-launch serve), or, "
-                         "once it has left its cluster, delete %s to use the file alone",
-                         db_path, node, reg);
-            } else if (registry_unreplayed(text, table, seg, slots)) {
+            /* (a registry that became a cluster node's since the look above
+             * is left alone: registry_unreplayed finds its writer's lock) */
+            if (!registry_cluster(text) && registry_unreplayed(text, table, seg, slots))
                 st = recover_locked(fd, abs, table, text, seg, slots, &n, err, errlen);
-            }
             close(fd);   /* releases the lock */
             if (st != KV_BUSY) break;
         } else if (fd >= 0) {
@@ -623,8 +628,12 @@ static kv_status reattach_within(kv_att *a, int timeout_ms)
              * writer: records the dead one applied were lost): say so now */
             if (st == KV_UNSUPPORTED) return st;
         }
+        /* a cluster node's writer that stopped or died is never taken over
+         * here (its file is written by the node's writer alone): wait for
+         * its restart, as without continue_on_stop */
+        int node = a->o.continue_on_stop && !a->stopped && registry_cluster_at(a->reg_path) != 0;
         int dead = 0;
-        if (a->stopped || !a->o.continue_on_stop || !registry_dead(a->reg_path, old)) {
+        if (a->stopped || !a->o.continue_on_stop || node || !registry_dead(a->reg_path, old)) {
             free_since = 0;
         } else if (!free_since) {
             free_since = kvshmi_now_ms();
@@ -645,15 +654,8 @@ static kv_status reattach_within(kv_att *a, int timeout_ms)
             dead = st == KV_OK;
             a->died |= dead;
         }
-        if (!a->stopped && a->o.continue_on_stop && registry_stopped(a->reg_path, old)) {
-            uint64_t node = registry_cluster_at(a->reg_path);
-            if (node)
-                return fail(a, KV_UNSUPPORTED, "the writer of cluster node %" PRIu64 " (%s) "
-                            "stopped; writes of this process it had not confirmed are not "
-                            "written: reopen once the node runs again", node, a->db_path);
-        }
         if (a->stopped || dead ||
-            (a->o.continue_on_stop && registry_stopped(a->reg_path, old))) {
+            (a->o.continue_on_stop && !node && registry_stopped(a->reg_path, old))) {
             st = commit_ring_here(a);   /* also what was pushed since it stopped */
             if (st == KV_OK) {
                 a->stopped = 1;

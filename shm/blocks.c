@@ -77,8 +77,10 @@ static void publish_stats(kvshm_blocks *b)
 enum area { AREA_LEAF, AREA_IDX, AREA_INNER };
 
 /* Carve a fresh block of class size cb from `area`. Blocks of 512 bytes or
- * more in the leaf area, and every block of the other two, are 64-byte
- * aligned; smaller leaf blocks 16-byte aligned. Returns KVSHM_OK or
+ * more in the leaf area, and every block carved from the other two, are
+ * 64-byte aligned; smaller leaf blocks 16-byte aligned (as are the pieces
+ * split_larger makes in either area: nothing below 512 bytes needs more
+ * than 16). Returns KVSHM_OK or
  * KVSHM_E_FULL (the area has no room). */
 static kvshm_status carve(kvshm_blocks *b, enum area area, uint64_t cb, uint64_t *off)
 {
@@ -149,6 +151,7 @@ static kvshm_status split_larger(kvshm_blocks *b, uint64_t *lists, uint64_t *oth
             uint64_t *link = kvshm_at(b->seg, head, 8);
             if (!link) return KVSHM_E_CORRUPT;
             l[k] = *link;
+            KV_ASSERT_INTERNAL(head >= b->lo && head + ((uint64_t)(k + 1) << 4) <= b->hi);
             if (k == c) {
                 *off = head;
                 return KVSHM_OK;
@@ -186,7 +189,9 @@ static kvshm_status alloc_in(kvshm_blocks *b, uint64_t bytes, uint64_t *lists,
         *off = head;
     } else {
         kvshm_status st = carve(b, area, cb, off);
-        if (st == KVSHM_E_FULL && cb < 512)
+        /* (the inner area's own fallback is the index area,
+         * kvshm_blocks_alloc_inner, which may split there) */
+        if (st == KVSHM_E_FULL && cb < 512 && lists != b->free_inner)
             st = split_larger(b, lists, lists == b->free_head ? b->free_idx : b->free_head, c,
                               cb, off);
         if (st) return st;

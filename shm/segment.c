@@ -217,8 +217,12 @@ kvshm_status kvshm_writer_create(const kvshm_config *cfg, kvshm_writer **out)
     w->cfg = *cfg;
     /* A stalled reader must be evicted while the region still has room:
      * a limit at or above the region would let pinned retired blocks fill
-     * it first (every allocation then fails with KVSHM_E_FULL). */
-    if (w->cfg.retire_limit_bytes > region / 4) w->cfg.retire_limit_bytes = region / 4;
+     * it first (every allocation then fails with KVSHM_E_FULL). The cap
+     * stays above one and a half memtables, so the memtable one fold
+     * retires does not by itself evict a reader that is merely reading. */
+    uint64_t mt = kvshm_blocks_class_bytes(cfg->memtable_bytes);
+    uint64_t cap = region / 4 > mt + mt / 2 ? region / 4 : mt + mt / 2;
+    if (w->cfg.retire_limit_bytes > cap) w->cfg.retire_limit_bytes = cap;
     w->pid = getpid();
     w->nshards = cfg->shards;
     w->slot_fd = -1;

@@ -22,8 +22,9 @@
 
 /* ---- blocks (blocks.c) ---------------------------------------------------
  * Size classes: multiples of 16 bytes up to 1 KiB, then 4 classes per power
- * of two (at most 25% internal waste) up to 1 TiB. Blocks of 64 bytes or more
- * start on a 64-byte boundary. Free blocks of a class form a LIFO list whose
+ * of two (at most 25% internal waste) up to 1 TiB. Blocks of 512 bytes or more
+ * start on a 64-byte boundary, smaller ones on a 16-byte boundary (a small
+ * block may be a piece of a larger one, split_larger in blocks.c). Free blocks of a class form a LIFO list whose
  * links live in the blocks themselves (first 8 bytes); the list heads, the
  * bump pointer and the retire FIFO are the writer's private memory.
  */

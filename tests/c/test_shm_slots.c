@@ -30,7 +30,8 @@ static void valfor(char *v, int gen, int i)
 }
 
 /* Overwrite every key's cached value with generation `gen`. */
-static void load_gen(kvshm_writer *w, int gen)
+/* Load generation gen of every key into the cache: its status. */
+static kvshm_status try_load_gen(kvshm_writer *w, int gen)
 {
     static char keys[NKEYS][16], vals[NKEYS][VLEN];
     kvshm_kv kv[NKEYS];
@@ -38,7 +39,42 @@ static void load_gen(kvshm_writer *w, int gen)
         keyname(keys[i], i); valfor(vals[i], gen, i);
         kv[i] = (kvshm_kv){ keys[i], strlen(keys[i]), vals[i], VLEN, (uint64_t)gen };
     }
-    cr_assert_eq(kvshm_writer_cache_load(w, kv, NKEYS), KVSHM_OK);
+    return kvshm_writer_cache_load(w, kv, NKEYS);
+}
+
+static void load_gen(kvshm_writer *w, int gen) { cr_assert_eq(try_load_gen(w, gen), KVSHM_OK); }
+
+/* Fork a reader that attaches, enters a read section, runs in_section (a
+ * nonzero return is its exit code), and is stopped with SIGSTOP there.
+ * After SIGCONT it reads the int the test writes to *down_fd and exits
+ * with after(r, that int). Returns its pid. */
+static pid_t fork_stopped_reader(int (*in_section)(kvshm_reader *),
+                                 int (*after)(kvshm_reader *, int), int *down_fd)
+{
+    int up[2], down[2];
+    cr_assert_eq(pipe(up), 0);
+    cr_assert_eq(pipe(down), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        kvshm_reader *r;
+        if (kvshm_reader_attach(shmt_seg, shmt_slot, &r) != KVSHM_OK) _exit(2);
+        if (kvshm_reader_enter(r) != KVSHM_OK) _exit(3);
+        int rc = in_section ? in_section(r) : 0;
+        if (rc) _exit(rc);
+        char b = 'r';
+        shmt_write(up[1], &b, 1);
+        int v;
+        if (shmt_read(down[0], &v, sizeof v)) _exit(5);  /* stopped in here */
+        _exit(after(r, v));
+    }
+    char b;
+    cr_assert_eq(shmt_read(up[0], &b, 1), 0);
+    cr_assert_eq(kill(pid, SIGSTOP), 0);
+    int wst;
+    cr_assert_eq(waitpid(pid, &wst, WUNTRACED), pid);
+    cr_assert(WIFSTOPPED(wst));
+    *down_fd = down[1];
+    return pid;
 }
 
 /* In the child: every key has generation gen? */
@@ -141,6 +177,30 @@ Test(shm_slots, killed_reader_slot_cleared_and_memory_returns)
     kvshm_writer_destroy(w, 1);
 }
 
+/* stalled_reader_evicted_at_limit_then_retries: the child's read of key 3
+ * inside its section, and its retry after the eviction */
+static int read_key3(kvshm_reader *r)
+{
+    char k[16], v[VLEN], want[VLEN];
+    keyname(k, 3); valfor(want, 0, 3);
+    kvshm_val out = { v, sizeof v, 0, 0, NULL, NULL };
+    return kvshm_reader_get(r, k, strlen(k), &out) != KVSHM_OK || memcmp(v, want, VLEN) ? 4 : 0;
+}
+
+static int retry_after_eviction(kvshm_reader *r, int final_gen)
+{
+    /* still "inside" the old section: the writer has evicted us */
+    char k[16], v[VLEN];
+    keyname(k, 3);
+    kvshm_val out = { v, sizeof v, 0, 0, NULL, NULL };
+    kvshm_reader_get(r, k, strlen(k), &out);
+    if (kvshm_reader_leave(r) != KVSHM_E_EVICTED) return 6;
+    /* retry: fresh reads see the latest generation */
+    if (!check_gen(r, final_gen)) return 7;
+    kvshm_reader_detach(r);
+    return 0;
+}
+
 Test(shm_slots, stalled_reader_evicted_at_limit_then_retries)
 {
     kvshm_config c = shmt_config(32u << 20, 1);
@@ -150,36 +210,8 @@ Test(shm_slots, stalled_reader_evicted_at_limit_then_retries)
     load_gen(w, 0);
     kvshm_maint m;
     cr_assert_eq(kvshm_writer_maintain(w, &m), KVSHM_OK);
-    int up[2], down[2];
-    cr_assert_eq(pipe(up), 0);
-    cr_assert_eq(pipe(down), 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        kvshm_reader *r;
-        if (kvshm_reader_attach(shmt_seg, shmt_slot, &r) != KVSHM_OK) _exit(2);
-        if (kvshm_reader_enter(r) != KVSHM_OK) _exit(3);
-        char k[16], v[VLEN], want[VLEN];
-        keyname(k, 3); valfor(want, 0, 3);
-        kvshm_val out = { v, sizeof v, 0, 0, NULL, NULL };
-        if (kvshm_reader_get(r, k, strlen(k), &out) != KVSHM_OK || memcmp(v, want, VLEN)) _exit(4);
-        char b = 'r';
-        shmt_write(up[1], &b, 1);
-        int final_gen;
-        if (shmt_read(down[0], &final_gen, sizeof final_gen)) _exit(5);  /* stopped in here */
-        /* still "inside" the old section: the writer has evicted us */
-        kvshm_reader_get(r, k, strlen(k), &out);
-        if (kvshm_reader_leave(r) != KVSHM_E_EVICTED) _exit(6);
-        /* retry: fresh reads see the latest generation */
-        if (!check_gen(r, final_gen)) _exit(7);
-        kvshm_reader_detach(r);
-        _exit(0);
-    }
-    char b;
-    cr_assert_eq(shmt_read(up[0], &b, 1), 0);
-    cr_assert_eq(kill(pid, SIGSTOP), 0);
-    int wst;
-    cr_assert_eq(waitpid(pid, &wst, WUNTRACED), pid);
-    cr_assert(WIFSTOPPED(wst));
+    int down;
+    pid_t pid = fork_stopped_reader(read_key3, retry_after_eviction, &down);
     uint64_t prev_retired = 0, per_batch = 0, max_before = 0;
     int evicted_at = 0, gen;
     for (gen = 1; gen <= 40 && !evicted_at; gen++) {
@@ -207,7 +239,7 @@ Test(shm_slots, stalled_reader_evicted_at_limit_then_retries)
     }
     const struct kvshm_hdr *h = (const struct kvshm_hdr *)kvshm_writer_seg(w)->base;
     cr_assert_eq(h->h_evictions, 1);
-    cr_assert_eq(shmt_write(down[1], &gen, sizeof gen), 0);
+    cr_assert_eq(shmt_write(down, &gen, sizeof gen), 0);
     cr_assert_eq(kill(pid, SIGCONT), 0);
     cr_assert_eq(shmt_wait(pid), 0, "child retried after eviction and read generation %d", gen);
     kvshm_writer_destroy(w, 1);
@@ -218,6 +250,14 @@ Test(shm_slots, stalled_reader_evicted_at_limit_then_retries)
  * region, so a reader stalled in a read section is evicted and the writer
  * keeps loading. Uncapped, the pinned retired blocks fill the region and
  * the load fails with KVSHM_E_FULL before the limit is ever crossed. */
+static int leave_evicted(kvshm_reader *r, int gen)
+{
+    (void)gen;
+    if (kvshm_reader_leave(r) != KVSHM_E_EVICTED) return 6;
+    kvshm_reader_detach(r);
+    return 0;
+}
+
 Test(shm_slots, stalled_reader_evicted_before_a_small_region_fills)
 {
     kvshm_config c = shmt_config(8u << 20, 1);
@@ -225,40 +265,15 @@ Test(shm_slots, stalled_reader_evicted_before_a_small_region_fills)
     kvshm_writer *w;
     cr_assert_eq(kvshm_writer_create(&c, &w), KVSHM_OK);
     load_gen(w, 0);
-    int up[2], down[2];
-    cr_assert_eq(pipe(up), 0);
-    cr_assert_eq(pipe(down), 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        kvshm_reader *r;
-        if (kvshm_reader_attach(shmt_seg, shmt_slot, &r) != KVSHM_OK) _exit(2);
-        if (kvshm_reader_enter(r) != KVSHM_OK) _exit(3);
-        char b = 'r';
-        shmt_write(up[1], &b, 1);
-        int gen;
-        if (shmt_read(down[0], &gen, sizeof gen)) _exit(5);  /* stopped in here */
-        if (kvshm_reader_leave(r) != KVSHM_E_EVICTED) _exit(6);
-        kvshm_reader_detach(r);
-        _exit(0);
-    }
-    char b;
-    cr_assert_eq(shmt_read(up[0], &b, 1), 0);
-    cr_assert_eq(kill(pid, SIGSTOP), 0);
-    int wst;
-    cr_assert_eq(waitpid(pid, &wst, WUNTRACED), pid);
+    int down;
+    pid_t pid = fork_stopped_reader(NULL, leave_evicted, &down);
     /* 200 keys x 100 bytes per generation: 600 generations retire several
      * times the region */
     kvshm_maint m;
     uint64_t evicted = 0, worst = 0;
     int gen;
     for (gen = 1; gen <= 600; gen++) {
-        kvshm_kv kv[NKEYS];
-        static char keys[NKEYS][16], vals[NKEYS][VLEN];
-        for (int i = 0; i < NKEYS; i++) {
-            keyname(keys[i], i); valfor(vals[i], gen, i);
-            kv[i] = (kvshm_kv){ keys[i], strlen(keys[i]), vals[i], VLEN, (uint64_t)gen };
-        }
-        kvshm_status st = kvshm_writer_cache_load(w, kv, NKEYS);
+        kvshm_status st = try_load_gen(w, gen);
         cr_assert_eq(st, KVSHM_OK, "generation %d: %s (retired %lu bytes, %lu evictions)", gen,
                      kvshm_strerror(st), (unsigned long)worst, (unsigned long)evicted);
         cr_assert_eq(kvshm_writer_maintain(w, &m), KVSHM_OK);
@@ -267,7 +282,7 @@ Test(shm_slots, stalled_reader_evicted_before_a_small_region_fills)
     }
     cr_assert_eq(evicted, 1, "the stalled reader was evicted once");
     cr_assert_leq(worst, (8u << 20) / 4 + 64 * 1024, "retired memory stayed near a quarter");
-    cr_assert_eq(shmt_write(down[1], &gen, sizeof gen), 0);
+    cr_assert_eq(shmt_write(down, &gen, sizeof gen), 0);
     cr_assert_eq(kill(pid, SIGCONT), 0);
     cr_assert_eq(shmt_wait(pid), 0, "the child saw its eviction");
     kvshm_writer_destroy(w, 1);

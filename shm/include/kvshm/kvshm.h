@@ -125,7 +125,8 @@ typedef struct kvshm_config {
     uint64_t memtable_bytes;    /* arena size of one memtable */
     uint64_t retire_limit_bytes;/* retired-but-pinned memory per shard above which
                                    the writer evicts the reader pinning it; capped
-                                   at a quarter of a shard's region */
+                                   at a quarter of a shard's region (at least
+                                   1.5 memtables) */
     uint64_t generation;        /* writer incarnation; bump on every restart */
     int group_access;           /* nonzero: both objects get mode 0660 and group `gid`
                                    (kvault-writer --group); 0: mode 0600, the creator's
