@@ -174,6 +174,16 @@ int wr_recover(wr_state *ws)
     kvshm_registry_field(text, "slots", slots, sizeof slots);
     kvshm_registry_field(text, "state", state, sizeof state);
     ws->generation = old_gen + 1;
+    /* A cluster node's file is written by that node's writer alone: a
+     * single-node writer (kvault-launch serve without --cluster, or one a
+     * client spawned) would add writes the cluster does not have. */
+    char node[32];
+    if (!ws->o.cluster.spec && !kvshm_registry_field(text, "cluster", node, sizeof node)) {
+        wr_log("%s is the copy of cluster node %s: start this writer with --cluster and "
+               "--node-id %s, or delete %s to serve the file alone", ws->db_abs, node, node,
+               ws->reg_path);
+        return -1;
+    }
 
     uint64_t committed = 0;
     if (kv_batch_last_seq(ws->batch, &committed) != KV_OK) {

@@ -283,9 +283,9 @@ def test_restarted_nodes_catch_up(cluster):
 def test_a_stopped_nodes_file_refuses_writes_without_its_writer(cluster, sig):
     """A follower's writer killed (its segment left behind) or stopped
     cleanly: a process that opens its file without a writer (shared="auto"
-    or embedded) reads it but cannot write it, and nothing is replayed into
-    it, since the cluster may not have those writes; the restarted node
-    catches up and the three files end up equal."""
+    or embedded) reads it but cannot write it, nothing is replayed into it
+    and no single-node writer starts on it, since the cluster may not have
+    those writes; the restarted node catches up and the files end up equal."""
     nodes = cluster
     leader = wait_leader(nodes, timeout=15)
     follower = next(n for n in nodes if n is not leader)
@@ -299,6 +299,11 @@ def test_a_stopped_nodes_file_refuses_writes_without_its_writer(cluster, sig):
             assert kv[b"a050"] == a[b"a050"]
             with pytest.raises(KohakuVaultError, match=f"copy of cluster node {follower.id}"):
                 kv[b"local"] = b"diverges"
+    # nor may a single-node writer (one a client spawns, or `serve` without
+    # --cluster) serve it
+    single = subprocess.run([WRITER, follower.db], capture_output=True, text=True, timeout=60)
+    assert single.returncode != 0 and f"copy of cluster node {follower.id}" in single.stderr, \
+        single.stderr
     assert key_hashes(follower.db) == before, "the node's file was written without its writer"
     follower.start()
     b = {f"b{i:03d}".encode(): os.urandom(20) for i in range(100)}
