@@ -252,19 +252,12 @@ static int registry_unreplayed(const char *text, const char *table, char *seg, c
     return stat(path, &sb) == 0;
 }
 
-/* The node id in registry text `text` when its writer served a cluster
- * node (kvshm_registry.cluster_node), else 0. Such a file is the node's
- * copy of the cluster's data: a client never replays its dead writer's
- * segment nor commits its own ring there (the Raft log restores what the
- * cluster committed when the node restarts), and no embedded commit may
- * add writes the cluster does not have. */
-static uint64_t registry_cluster(const char *text)
-{
-    char v[32];
-    return kvshm_registry_field(text, "cluster", v, sizeof v) ? 0 : strtoull(v, NULL, 10);
-}
-
-/* registry_cluster of the file at reg_path (0: none, or unreadable). */
+/* The cluster node named by the registry at reg_path
+ * (kvshm_registry_cluster_node; 0: none, or unreadable). Such a file is
+ * the node's copy of the cluster's data: a client never replays its dead
+ * writer's segment nor commits its own ring there (the Raft log restores
+ * what the cluster committed when the node restarts), and no embedded
+ * commit may add writes the cluster does not have. */
 static uint64_t registry_cluster_at(const char *reg_path)
 {
     int fd = open(reg_path, O_RDONLY | O_CLOEXEC);
@@ -272,7 +265,7 @@ static uint64_t registry_cluster_at(const char *reg_path)
     char text[2048];
     registry_text(fd, text, sizeof text);
     close(fd);
-    return registry_cluster(text);
+    return kvshm_registry_cluster_node(text);
 }
 
 int kv_attach_recover_pending(const char *reg_path, const char *table)
@@ -283,7 +276,8 @@ int kv_attach_recover_pending(const char *reg_path, const char *table)
     if (kind == REG_FREE) {
         char text[2048], seg[96], slots[96];
         registry_text(fd, text, sizeof text);
-        pending = registry_cluster(text) || registry_unreplayed(text, table, seg, slots);
+        pending = kvshm_registry_cluster_node(text) ||
+                  registry_unreplayed(text, table, seg, slots);
     }
     close(fd);
     return pending;
@@ -353,27 +347,27 @@ kv_status kv_attach_recover(const char *db_path, const char *table, int wait_ms,
     kv_status st = KV_OK;
     uint64_t n = 0;
     uint64_t deadline = kvshmi_now_ms() + (uint64_t)(wait_ms > 0 ? wait_ms : 0);
-    while (reg && kv_attach_recover_pending(reg, table)) {
-        /* a cluster node's file: refused from a read-only look, so a node
-         * writer starting meanwhile never finds the registry locked */
-        uint64_t node = registry_cluster_at(reg);
-        if (node) {
-            st = KV_UNSUPPORTED;
-            snprintf(err, errlen, "%s is the copy of cluster node %" PRIu64 " and only its "
-                     "writer writes it; start the node again (kvault-launch serve), or, "
-                     "once it has left its cluster, delete %s to use the file alone",
-                     db_path, node, reg);
-            break;
-        }
+    /* a cluster node's file: refused from a read-only look, so a node
+     * writer starting meanwhile never finds the registry locked */
+    uint64_t node = reg ? registry_cluster_at(reg) : 0;
+    if (node) {
+        st = KV_UNSUPPORTED;
+        snprintf(err, errlen, "%s is the copy of cluster node %" PRIu64 " and only its "
+                 "writer writes it; start the node again (kvault-launch serve), or, "
+                 "once it has left its cluster, delete %s to use the file alone",
+                 db_path, node, reg);
+    }
+    while (!node && reg && kv_attach_recover_pending(reg, table)) {
         int fd = open(reg, O_RDWR | O_CLOEXEC);
         struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0,
                            .l_len = RECOVER_LOCK_LEN};
         if (fd >= 0 && fcntl(fd, F_OFD_SETLK, &fl) == 0) {
             char text[2048], seg[96], slots[96];
             registry_text(fd, text, sizeof text);
-            /* (a registry that became a cluster node's since the look above
-             * is left alone: registry_unreplayed finds its writer's lock) */
-            if (!registry_cluster(text) && registry_unreplayed(text, table, seg, slots))
+            /* (one that became a cluster node's since the look above is
+             * left alone) */
+            if (!kvshm_registry_cluster_node(text) &&
+                registry_unreplayed(text, table, seg, slots))
                 st = recover_locked(fd, abs, table, text, seg, slots, &n, err, errlen);
             close(fd);   /* releases the lock */
             if (st != KV_BUSY) break;
@@ -615,6 +609,10 @@ static kv_status reattach_within(kv_att *a, int timeout_ms)
     uint64_t free_since = 0;   /* when the registry lock was first seen free */
     int respawned = 0;         /* o.respawn was called for this dead writer */
     kv_status st = KV_IO;
+    /* a cluster node's writer that stopped or died is never taken over
+     * here (its file is written by the node's writer alone): wait for its
+     * restart, as without continue_on_stop */
+    int node = a->o.continue_on_stop && !a->stopped && registry_cluster_at(a->reg_path) != 0;
     for (;;) {
         reg_info ri;
         if (kvshmi_registry_read(a->reg_path, &ri) && ri.generation > old) {
@@ -628,10 +626,6 @@ static kv_status reattach_within(kv_att *a, int timeout_ms)
              * writer: records the dead one applied were lost): say so now */
             if (st == KV_UNSUPPORTED) return st;
         }
-        /* a cluster node's writer that stopped or died is never taken over
-         * here (its file is written by the node's writer alone): wait for
-         * its restart, as without continue_on_stop */
-        int node = a->o.continue_on_stop && !a->stopped && registry_cluster_at(a->reg_path) != 0;
         int dead = 0;
         if (a->stopped || !a->o.continue_on_stop || node || !registry_dead(a->reg_path, old)) {
             free_since = 0;

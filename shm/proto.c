@@ -54,6 +54,12 @@ int kvshm_registry_format(const kvshm_registry *reg, char *buf, size_t cap)
     return e < 0 || (size_t)e >= cap - (size_t)n ? -1 : n + e;
 }
 
+uint64_t kvshm_registry_cluster_node(const char *text)
+{
+    char v[32];
+    return kvshm_registry_field(text, "cluster", v, sizeof v) ? 0 : strtoull(v, NULL, 10);
+}
+
 int kvshm_registry_complete(char *text)
 {
     for (char *p = text; *p;) {

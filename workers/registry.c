@@ -177,11 +177,11 @@ int wr_recover(wr_state *ws)
     /* A cluster node's file is written by that node's writer alone: a
      * single-node writer (kvault-launch serve without --cluster, or one a
      * client spawned) would add writes the cluster does not have. */
-    char node[32];
-    if (!ws->o.cluster.spec && !kvshm_registry_field(text, "cluster", node, sizeof node)) {
-        wr_log("%s is the copy of cluster node %s: start this writer with --cluster and "
-               "--node-id %s, or delete %s to serve the file alone", ws->db_abs, node, node,
-               ws->reg_path);
+    uint64_t node = kvshm_registry_cluster_node(text);
+    if (node && !ws->o.cluster.spec) {
+        wr_log("%s is the copy of cluster node %" PRIu64 ": start this writer with --cluster "
+               "and --node-id %" PRIu64 ", or delete %s to serve the file alone", ws->db_abs,
+               node, node, ws->reg_path);
         return -1;
     }
 

@@ -542,6 +542,7 @@ Test(shm_ring, registry_text_roundtrip)
     cr_assert_gt(kvshm_registry_format(&reg, text, sizeof text), 0);
     cr_assert_eq(kvshm_registry_field(text, "cluster", v, sizeof v), 0);
     cr_assert_str_eq(v, "3");
+    cr_assert_eq(kvshm_registry_cluster_node(text), 3);
     cr_assert(kvshm_registry_complete(text));
 }
 

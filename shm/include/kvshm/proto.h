@@ -97,6 +97,11 @@ typedef struct kvshm_registry {
  * Any process (the writer publishes it); pure. */
 int kvshm_registry_format(const kvshm_registry *reg, char *buf, size_t cap);
 
+/* The node id on the `cluster=` line of registry text `text` (a cluster
+ * node's writer wrote it: kvshm_registry.cluster_node), or 0 without one.
+ * Any process; pure. */
+uint64_t kvshm_registry_cluster_node(const char *text);
+
 /* 1 if registry text `text` names this build's segment layout (its layout
  * line equals what kvshm_registry_format writes), else 0: the segment it
  * names cannot be attached by this build. Any process; pure. */
